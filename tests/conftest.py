@@ -1,0 +1,234 @@
+"""Shared fixtures: the emulator, real mounts through /dev/fuse, and log checks.
+
+Tiers (STYLE.md §10): ``tests/unit`` (no sockets, no FUSE), ``tests/emulator`` and ``tests/api``
+(HTTP against the emulator on port 0), ``tests/mount`` (real mounts in a subprocess),
+``tests/clients`` (xnatpy and pyxnat against the emulator).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import pytest
+
+HAVE_FUSE = os.path.exists("/dev/fuse")
+FUSE_SKIP_REASON = ("/dev/fuse is missing on this machine: the FUSE mount tests cannot run "
+                    "(run as root on a machine with the fuse kernel module)")
+needs_fuse = pytest.mark.skipif(not HAVE_FUSE, reason=FUSE_SKIP_REASON)
+
+ADMIN = ("admin", "admin-pw")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: D401
+    if not HAVE_FUSE:
+        terminalreporter.write_sep("!", "FUSE MOUNT TESTS SKIPPED: " + FUSE_SKIP_REASON, red=True)
+
+
+# ------------------------------------------------------------------------------ emulator
+class EmulatorRun:
+    """An emulator on a free port with an access log the tests can read."""
+
+    def __init__(self, data: Path, log: Path, **kwargs):
+        from xnatfs.emulator import Emulator
+
+        self.data, self.log, self.kwargs = data, log, kwargs
+        self.emu = Emulator(data, user=ADMIN[0], password=ADMIN[1], access_log=log, **kwargs)
+
+    def start(self) -> "EmulatorRun":
+        self.emu.start()
+        self.url = self.emu.url
+        return self
+
+    def stop(self) -> None:
+        self.emu.stop()
+
+    def restart(self) -> None:
+        """Start again on the same port and the same data (after ``stop``)."""
+        from xnatfs.emulator import Emulator
+
+        port = int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
+        kwargs = dict(self.kwargs, port=port, seed="empty")
+        self.emu = Emulator(self.data, user=ADMIN[0], password=ADMIN[1], access_log=self.log,
+                            **kwargs)
+        self.emu.start()
+
+    @property
+    def faults(self):
+        return self.emu.faults
+
+    def records(self) -> List[tuple]:
+        """(method, path_qs, status, bytes) per request, from the access log file."""
+        out = []
+        if self.log.exists():
+            for line in self.log.read_text(encoding="utf-8", errors="replace").splitlines():
+                parts = line.split(" ")
+                if len(parts) >= 4:
+                    out.append((parts[0], parts[1], int(parts[2]), parts[3]))
+        return out
+
+    def mark(self) -> int:
+        """Position in the access log; ``since(mark)`` gives the requests after it."""
+        return len(self.records())
+
+    def since(self, mark: int) -> List[tuple]:
+        return self.records()[mark:]
+
+
+@pytest.fixture(scope="session")
+def demo_template(tmp_path_factory) -> Path:
+    """A seeded demo archive made once per test run; tests copy it instead of seeding again."""
+    base = tmp_path_factory.mktemp("demo-template")
+    run = EmulatorRun(base / "data", base / "seed-access.log", seed="demo").start()
+    run.stop()
+    return base / "data"
+
+
+@pytest.fixture
+def make_emulator(tmp_path, demo_template):
+    """Factory: ``make_emulator(seed="demo"|"empty", **faults)`` -> started EmulatorRun."""
+    runs: List[EmulatorRun] = []
+
+    def make(seed: str = "demo", **kwargs) -> EmulatorRun:
+        n = len(runs)
+        data = tmp_path / f"emu{n}"
+        if seed == "demo":
+            shutil.copytree(demo_template, data)
+            seed = "empty"  # already seeded
+        run = EmulatorRun(data, tmp_path / f"emu{n}-access.log", seed=seed, **kwargs).start()
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        try:
+            run.stop()
+        except Exception:  # noqa: BLE001 - already stopped by the test
+            pass
+
+
+@pytest.fixture(scope="module")
+def shared_emulator(tmp_path_factory, demo_template):
+    """One demo emulator for a whole module of read-only tests."""
+    base = tmp_path_factory.mktemp("shared-emu")
+    shutil.copytree(demo_template, base / "data")
+    run = EmulatorRun(base / "data", base / "access.log", seed="empty").start()
+    yield run
+    run.stop()
+
+
+# ------------------------------------------------------------------------------ mounts
+def _mounted(path: Path) -> bool:
+    from xnatfs.fs.mounting import is_mounted
+
+    return is_mounted(str(path))
+
+
+class Mount:
+    """``python -m xnatfs mount --foreground`` in a subprocess (never a thread of pytest: a hung
+    FUSE request would hang the test run, fuse-notes.md §3.6)."""
+
+    def __init__(self, url: str, mnt: Path, cache: Path, log: Path, args: List[str],
+                 credentials=ADMIN):
+        self.url, self.path, self.cache, self.logfile = url, mnt, cache, log
+        self.args, self.credentials = args, credentials
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 30.0) -> "Mount":
+        self.path.mkdir(parents=True, exist_ok=True)
+        log = open(self.logfile, "ab")
+        argv = [sys.executable, "-m", "xnatfs", "mount", self.url, str(self.path),
+                "--foreground", "--credentials-stdin", "--cache-dir", str(self.cache),
+                "--log-level", "debug"] + self.args
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=log,
+                                     start_new_session=True)
+        log.close()
+        self.proc.stdin.write(json.dumps({"username": self.credentials[0],
+                                          "password": self.credentials[1]}).encode() + b"\n")
+        self.proc.stdin.close()
+        deadline = time.monotonic() + timeout
+        while not _mounted(self.path):
+            if self.proc.poll() is not None:
+                pytest.fail(f"xnatfs exited rc={self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.cleanup()
+                pytest.fail(f"mount did not appear within {timeout}s:\n{self.log_tail()}\n"
+                            f"{Path('/proc/self/mounts').read_text()[-2000:]}")
+            time.sleep(0.02)
+        os.stat(self.path)
+        return self
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def log_text(self) -> str:
+        return self.logfile.read_text(errors="replace")
+
+    def umount(self) -> None:
+        """The product's own umount; asserts it and the daemon exit 0 (S3QL t4_fuse)."""
+        res = subprocess.run([sys.executable, "-m", "xnatfs", "umount", str(self.path)],
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert self.proc.wait(timeout=20) == 0, self.log_tail()
+
+    def cleanup(self) -> None:
+        """After a failure: force the mount away and end the daemon."""
+        if _mounted(self.path):
+            for cmd in (["fusermount3", "-u"], ["fusermount3", "-uz"], ["umount", "-l"]):
+                if shutil.which(cmd[0]):
+                    subprocess.run(cmd + [str(self.path)], capture_output=True, timeout=20)
+                if not _mounted(self.path):
+                    break
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def make_mount(tmp_path, request):
+    """Factory: ``make_mount(emulator_run, *extra_args)`` -> a live Mount, unmounted after."""
+    if not HAVE_FUSE:
+        pytest.skip(FUSE_SKIP_REASON)
+    mounts: List[Mount] = []
+
+    def make(url: str, *args: str, cache: Optional[Path] = None, credentials=ADMIN,
+             name: Optional[str] = None) -> Mount:
+        n = len(mounts)
+        m = Mount(url, tmp_path / (name or f"mnt{n}"), cache or tmp_path / f"cache{n}",
+                  tmp_path / f"mount{n}.log", list(args), credentials).start()
+        mounts.append(m)
+        return m
+
+    yield make
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for m in mounts:
+        if m.proc is not None and m.proc.poll() is None and _mounted(m.path) and not failed:
+            m.umount()
+        else:
+            m.cleanup()
+        if failed:
+            print(f"--- xnatfs log ({m.logfile}) ---\n{m.log_tail(200)}")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+def run(cmd: List[str], timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    """Plain file operations on the mount go through a subprocess with a timeout (SIGKILL frees
+    a task blocked in a FUSE request; the test run never hangs)."""
+    return subprocess.run(cmd, capture_output=True, timeout=timeout, **kwargs)

@@ -1,0 +1,83 @@
+"""Helpers for mount tests: file operations run in subprocesses with timeouts, request counting."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from typing import Dict, Iterable, List, Sequence, Tuple
+from urllib.parse import unquote
+
+import requests
+
+from tests.conftest import ADMIN
+
+_HASHER = r"""
+import hashlib, json, sys
+from concurrent.futures import ThreadPoolExecutor
+threads, paths = int(sys.argv[1]), sys.argv[2:]
+def one(p):
+    h, n = hashlib.md5(), 0
+    try:
+        with open(p, 'rb') as f:
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk); n += len(chunk)
+    except OSError as e:
+        return p, ["error", e.errno]
+    return p, [h.hexdigest(), n]
+with ThreadPoolExecutor(threads) as pool:
+    print(json.dumps(dict(pool.map(one, paths))))
+"""
+
+
+def hash_files(paths: Sequence[str], threads: int = 1, timeout: float = 120) -> Dict[str, list]:
+    """md5 and size of each path, read through the mount by ``threads`` threads in a child
+    process; an error reads as ``["error", errno]``."""
+    res = subprocess.run([sys.executable, "-c", _HASHER, str(threads), *paths],
+                         capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def sh(cmd: List[str], timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert res.returncode == 0, f"{cmd} -> {res.returncode}: {res.stderr}"
+    return res
+
+
+def put_file(url: str, uri: str, data: bytes) -> None:
+    """Upload straight to the emulator (test data set-up, not the code under test)."""
+    r = requests.put(url + uri, data=data, auth=ADMIN, timeout=30,
+                     headers={"Content-Type": "application/octet-stream"},
+                     params={"overwrite": "true"})
+    assert r.status_code in (200, 201), (r.status_code, r.text[:300])
+
+
+def api(records: Iterable[tuple]) -> List[Tuple[str, str]]:
+    """Requests that are not session bookkeeping (login, heartbeat, logout)."""
+    skip = ("/data/JSESSION", "/data/services/auth", "/data/auth")
+    out = []
+    for method, path_qs, _status, _bytes in records:
+        path = unquote(path_qs.split("?", 1)[0])
+        if any(path.endswith(s) for s in skip) or path.startswith("/emulator"):
+            continue
+        out.append((method, unquote(path_qs)))
+    return out
+
+
+def downloads(records: Iterable[tuple]) -> List[str]:
+    """GETs of single files (a path below ``/files/``), decoded."""
+    out = []
+    for method, path_qs, status, _bytes in records:
+        path = unquote(path_qs.split("?", 1)[0])
+        if method == "GET" and "/files/" in path and status == 200:
+            out.append(path)
+    return out

@@ -1,0 +1,114 @@
+"""The mount command's refusals and crash recovery: one clear line each, no stale mount."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import ADMIN, Mount, needs_fuse
+from xnatfs.fs.mounting import is_mounted
+
+pytestmark = [needs_fuse]
+
+
+def _mount_cmd(url, mnt, tmp_path, env_extra=None, stdin=None, args=()):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XNATFS_")}
+    env.update({"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    env.update(env_extra or {})
+    mnt.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "xnatfs", "mount", url, str(mnt), *args],
+                          capture_output=True, text=True, timeout=90, env=env,
+                          stdin=subprocess.DEVNULL)
+
+
+def _one_line(res):
+    lines = [line for line in res.stderr.splitlines() if line.startswith("xnatfs:")]
+    assert res.returncode == 1, res.stderr
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+def test_wrong_password(shared_emulator, tmp_path):
+    line = _one_line(_mount_cmd(shared_emulator.url, tmp_path / "m", tmp_path,
+                                {"XNATFS_USER": "admin", "XNATFS_PASSWORD": "wrong"}))
+    assert "login refused" in line and "admin" in line and "wrong" not in line
+    assert not is_mounted(str(tmp_path / "m"))
+
+
+def test_unreachable_server(tmp_path):
+    line = _one_line(_mount_cmd("http://127.0.0.1:9", tmp_path / "m", tmp_path,
+                                {"XNATFS_USER": "a", "XNATFS_PASSWORD": "b"},
+                                args=("--connect-timeout", "1", "--retries", "0")))
+    assert "cannot reach" in line
+    assert not is_mounted(str(tmp_path / "m"))
+
+
+def test_netrc_readable_by_others_is_refused(shared_emulator, tmp_path):
+    host = shared_emulator.url.split("//", 1)[1].split("/", 1)[0]
+    netrc = tmp_path / ".netrc"
+    netrc.write_text(f"machine {host} login admin password {ADMIN[1]}\n")
+    netrc.chmod(0o644)
+    line = _one_line(_mount_cmd(shared_emulator.url, tmp_path / "m", tmp_path))
+    assert ".netrc" in line and "600" in line
+    assert not is_mounted(str(tmp_path / "m"))
+
+
+def test_missing_libfuse(shared_emulator, tmp_path):
+    line = _one_line(_mount_cmd(shared_emulator.url, tmp_path / "m", tmp_path,
+                                {"XNATFS_USER": "admin", "XNATFS_PASSWORD": ADMIN[1],
+                                 "FUSE_LIBRARY_PATH": str(tmp_path / "no-libfuse.so")}))
+    assert "fuse3" in line
+
+
+def test_background_mount_netrc_and_umount(shared_emulator, tmp_path):
+    host = shared_emulator.url.split("//", 1)[1].split("/", 1)[0]
+    netrc = tmp_path / ".netrc"
+    netrc.write_text(f"machine {host} login admin password {ADMIN[1]}\n")
+    netrc.chmod(0o600)
+    mnt = tmp_path / "m"
+    res = _mount_cmd(shared_emulator.url, mnt, tmp_path)
+    try:
+        assert res.returncode == 0, res.stderr
+        assert is_mounted(str(mnt))
+        assert "DEMO1" in os.listdir(mnt)
+        # the password is in no process's argv
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+                except OSError:
+                    continue
+                assert ADMIN[1].encode() not in cmdline
+    finally:
+        res = subprocess.run([sys.executable, "-m", "xnatfs", "umount", str(mnt)],
+                             capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert not is_mounted(str(mnt))
+
+
+def test_kill_9_then_mount_again(shared_emulator, tmp_path):
+    m = Mount(shared_emulator.url, tmp_path / "m", tmp_path / "c", tmp_path / "log", []).start()
+    try:
+        os.kill(m.proc.pid, signal.SIGKILL)
+        m.proc.wait(timeout=10)
+        m2 = Mount(shared_emulator.url, tmp_path / "m", tmp_path / "c", tmp_path / "log2",
+                   []).start()
+        assert "DEMO1" in os.listdir(m2.path)
+        m2.umount()
+    finally:
+        m.cleanup()
+
+
+def test_sigterm_unmounts_and_exits_0(shared_emulator, tmp_path):
+    m = Mount(shared_emulator.url, tmp_path / "m", tmp_path / "c", tmp_path / "log", []).start()
+    try:
+        os.kill(m.proc.pid, signal.SIGTERM)
+        assert m.proc.wait(timeout=20) == 0, m.log_tail()
+        deadline = time.monotonic() + 10
+        while is_mounted(str(m.path)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not is_mounted(str(m.path))
+    finally:
+        m.cleanup()

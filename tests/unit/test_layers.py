@@ -1,0 +1,59 @@
+"""The module map's import rules (STYLE.md §1), checked by walking every import with ``ast``."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[2] / "xnatfs"
+
+#: package -> xnatfs packages it must never import
+FORBIDDEN = {
+    "emulator": {"cli", "fs", "tree", "cache", "uploads", "xnat", "runtime", "options"},
+    "xnat": {"cli", "fs", "tree", "cache", "uploads", "emulator", "runtime"},
+    "cache": {"cli", "fs", "tree", "uploads", "xnat", "emulator", "runtime"},
+    "uploads": {"cli", "fs", "tree", "cache", "xnat", "emulator", "runtime"},
+    "tree": {"cli", "fs", "emulator", "runtime"},
+    "fs": {"cli", "emulator"},
+    "runtime": {"cli", "fs", "emulator"},
+}
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.level:  # relative import: resolve against the file's package
+                base = path.relative_to(PKG.parent).with_suffix("").parts[:-node.level]
+                yield ".".join(base + (node.module,))
+            else:
+                yield node.module
+
+
+def test_layers_import_only_downwards():
+    violations = []
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG).with_suffix("").parts
+        owner = rel[0]
+        banned = FORBIDDEN.get(owner, set())
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] == "xnatfs" and len(parts) > 1 and parts[1] in banned:
+                violations.append(f"{path.relative_to(PKG.parent)} imports {name}")
+    assert not violations, "\n".join(violations)
+
+
+def test_only_cli_imports_the_emulator():
+    offenders = [str(p.relative_to(PKG.parent)) for p in PKG.rglob("*.py")
+                 if p.relative_to(PKG).parts[0] not in ("emulator", "cli.py")
+                 and any(n.startswith("xnatfs.emulator") for n in _imports(p))]
+    assert offenders == []
+
+
+def test_only_the_client_imports_requests():
+    offenders = [str(p.relative_to(PKG.parent)) for p in PKG.rglob("*.py")
+                 if p.relative_to(PKG).parts[0] not in ("xnat", "emulator")
+                 and any(n == "requests" or n.startswith("requests.") for n in _imports(p))]
+    assert offenders == []

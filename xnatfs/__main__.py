@@ -1,0 +1,4 @@
+"""``python -m xnatfs`` runs the command line."""
+from xnatfs.cli import main
+
+raise SystemExit(main())

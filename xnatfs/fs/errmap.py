@@ -1,0 +1,53 @@
+"""The one table from exceptions to errno values (rclone ``translateError``).
+
+Only ``OSError`` may escape a FUSE op (mfusepy turns anything else into EINVAL), so every op funnels
+its exceptions through :func:`errno_for`.  A timeout is never ENOENT, and anything unexpected is
+EIO plus one ERROR line naming the path, the URL and the status.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+
+from xnatfs.xnat import errors as xe
+
+log = logging.getLogger(__name__)
+
+#: XNAT error class -> errno, most specific first
+_TABLE = (
+    (xe.NotFound, errno.ENOENT),
+    (xe.Unauthorized, errno.EACCES),
+    (xe.Forbidden, errno.EACCES),
+    (xe.Conflict, errno.EEXIST),
+    (xe.BadRequest, errno.EINVAL),
+    (xe.XnatTimeout, errno.ETIMEDOUT),
+)
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno an op should answer for ``exc``."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    if isinstance(exc, xe.XnatError):
+        for cls, code in _TABLE:
+            if isinstance(exc, cls):
+                return code
+        return errno.EIO
+    return errno.EIO
+
+
+def describe(op: str, path: str, exc: BaseException) -> str:
+    """One log line, subject first: ``read /P/x.dcm: GET <url> -> 503 ...: <text>``."""
+    return f"{op} {path}: {exc}"
+
+
+def log_failure(op: str, path: str, exc: BaseException, code: int) -> None:
+    """Log a failed op once.  ENOENT and friends are normal answers, not failures."""
+    if code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENODATA, errno.EROFS,
+                errno.ENOTSUP, errno.EEXIST, errno.ENOTEMPTY):
+        log.debug("%s", describe(op, path, exc))
+    elif isinstance(exc, (OSError, xe.XnatError)):
+        log.error("%s", describe(op, path, exc))
+    else:
+        log.error("%s: unexpected %s", describe(op, path, exc), type(exc).__name__,
+                  exc_info=log.isEnabledFor(logging.DEBUG))

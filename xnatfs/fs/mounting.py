@@ -1,0 +1,103 @@
+"""The mount table: is a path mounted, is it a stale (ENOTCONN) mount, unmount it.
+
+Used by the CLI before mounting (a crashed daemon leaves "Transport endpoint is not connected",
+fuse-notes.md §3.5) and by ``xnatfs umount``.  Every external command runs with a timeout.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import time
+from typing import List, Optional
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as octal
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1:i + 4]
+        if field[i] == "\\" and len(code) == 3 and code.isdigit():
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_entry(path: str) -> Optional[List[str]]:
+    """The ``/proc/self/mountinfo`` fields of the mount at ``path`` (the last one), or None."""
+    target = os.path.realpath(path)
+    found = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == target:
+                    found = fields
+    except OSError:
+        return None
+    return found
+
+
+def is_mounted(path: str) -> bool:
+    return mount_entry(path) is not None
+
+
+def is_stale(path: str) -> bool:
+    """A FUSE mount whose daemon is gone answers ENOTCONN to everything."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def _fusermount() -> List[str]:
+    for name in ("fusermount3", "fusermount"):
+        exe = shutil.which(name)
+        if exe:
+            return [exe]
+    return []
+
+
+def unmount(path: str, *, lazy: bool = False, timeout: float = 20.0) -> subprocess.CompletedProcess:
+    """Unmount with fusermount3 (fusermount, then umount as fallbacks).
+
+    ``lazy`` detaches even when a process still has its cwd inside (``-z``).
+    """
+    fm = _fusermount()
+    if fm:
+        cmd = fm + (["-uz"] if lazy else ["-u"]) + [path]
+    else:
+        cmd = ["umount"] + (["-l"] if lazy else []) + [path]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def clear_stale(path: str) -> bool:
+    """Remove a dead mount left at ``path`` by a crashed daemon; True if one was removed."""
+    if is_mounted(path) and is_stale(path):
+        unmount(path, lazy=True)
+        return True
+    return False
+
+
+def wait_mounted(path: str, deadline: float, alive=lambda: True, interval: float = 0.05) -> bool:
+    """Wait until ``path`` is a mount that answers ``stat``, the daemon died, or the deadline.
+
+    Returns True when mounted.  Polling with a short interval: the kernel offers no event for
+    a new mount that a plain process could wait on.
+    """
+    while time.monotonic() < deadline:
+        if not alive():
+            return False
+        if is_mounted(path):
+            try:
+                os.stat(path)
+                return True
+            except OSError:
+                pass
+        time.sleep(interval)
+    return False

@@ -1,0 +1,176 @@
+"""``XnatOperations``: the mfusepy adapter (ratarmount ``FuseMount``, kept thin).
+
+Each op resolves the path with one ``Tree`` call and converts the answer; every ``if`` about XNAT
+lives in ``xnatfs.tree``.  Exceptions go through ``errmap.errno_for`` — the only way an op fails.
+The runtime (client, caches, threads) is started by the caller before ``FUSE()`` and closed after
+it returns: xnatfs never lets libfuse fork (the daemon is a fresh process started by the CLI, with
+``foreground=True``), so nothing started early is lost, and a failed login stops before a mount
+appears.  ``init()`` only reports readiness (systemd ``READY=1``, the CLI's wait).
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat
+import threading
+from typing import Any, Callable, Dict, Iterable, Optional
+
+from xnatfs.fs import errmap
+from xnatfs.fs.fuselib import load
+
+mfusepy = load()
+
+log = logging.getLogger(__name__)
+
+XATTR_PREFIX = "user.xnat."
+_NS = 1_000_000_000
+
+
+def _op(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run one op: any exception becomes ``FuseOSError(errno)`` plus at most one log line."""
+    name = func.__name__
+
+    @functools.wraps(func)
+    def wrapper(self: "XnatOperations", path: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(self, path, *args, **kwargs)
+        except mfusepy.FuseOSError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the errno table decides
+            code = errmap.errno_for(exc)
+            errmap.log_failure(name, str(path), exc, code)
+            if self.runtime is not None and code not in (errno.ENOENT, errno.ENODATA):
+                self.runtime.note_error(errno.errorcode.get(code, str(code)))
+            raise mfusepy.FuseOSError(code) from None
+
+    return wrapper
+
+
+class XnatOperations(mfusepy.Operations):
+    """FUSE operations over a ``Runtime`` (client + caches + tree)."""
+
+    use_ns = True
+
+    def __init__(self, runtime: Any, *, on_ready: Optional[Callable[[], None]] = None) -> None:
+        self.runtime = runtime
+        self._on_ready = on_ready
+        self._uid = runtime.options.uid if runtime.options.uid is not None else os.getuid()
+        self._gid = runtime.options.gid if runtime.options.gid is not None else os.getgid()
+        self._handles: Dict[int, Any] = {}
+        self._handles_lock = threading.Lock()
+        self._next_fh = itertools.count(1)
+
+    # ------------------------------------------------------------------ life cycle
+    @mfusepy.overrides(mfusepy.Operations)
+    def init(self, path: str) -> None:
+        log.info("mounted %s", self.runtime.options.url)
+        if self._on_ready is not None:
+            self._on_ready()
+
+    @mfusepy.overrides(mfusepy.Operations)
+    def destroy(self, path: str) -> None:
+        with self._handles_lock:
+            handles, self._handles = list(self._handles.values()), {}
+        for handle in handles:
+            handle.close()
+
+    # ------------------------------------------------------------------ metadata
+    def _stat(self, node: Any) -> Dict[str, int]:
+        mtime = int(node.mtime * _NS)
+        if node.is_dir:
+            mode, nlink = stat.S_IFDIR | 0o555, 2
+        else:
+            mode, nlink = stat.S_IFREG | 0o444, 1
+        return {"st_mode": mode, "st_nlink": nlink, "st_size": node.size,
+                "st_uid": self._uid, "st_gid": self._gid, "st_blocks": (node.size + 511) // 512,
+                "st_mtime": mtime, "st_ctime": mtime, "st_atime": mtime}
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def getattr(self, path: str, fh: Optional[int] = None) -> Dict[str, int]:
+        return self._stat(self.runtime.tree.lookup(path))
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def readdir(self, path: str, fh: int) -> Iterable[str]:
+        return [".", ".."] + [node.name for node in self.runtime.tree.listdir(path)]
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if not name.startswith(XATTR_PREFIX):
+            # ENOTSUP, not ENODATA: coreutils then stops asking for ACLs/capabilities on every
+            # file (fuse-notes.md §2.3)
+            raise OSError(errno.ENOTSUP, "only user.xnat.* attributes", path)
+        tree = self.runtime.tree
+        value = tree.xattrs(tree.lookup(path)).get(name[len(XATTR_PREFIX):])
+        if value is None:
+            raise OSError(errno.ENODATA, "no such attribute", path)
+        return value.encode()
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def listxattr(self, path: str) -> Iterable[str]:
+        tree = self.runtime.tree
+        return [XATTR_PREFIX + key for key in tree.xattrs(tree.lookup(path))]
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def statfs(self, path: str) -> Dict[str, int]:
+        # a large block size makes readers issue large reads (ratarmount statfs)
+        return {"f_bsize": 256 * 1024, "f_frsize": 256 * 1024, "f_namemax": 255}
+
+    # ------------------------------------------------------------------ reading
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def open(self, path: str, fi: Any) -> int:
+        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise OSError(errno.EROFS, "xnatfs is read-only", path)
+        tree = self.runtime.tree
+        handle = tree.open(tree.lookup(path), path)
+        with self._handles_lock:
+            fh = next(self._next_fh)
+            self._handles[fh] = handle
+        fi.fh = fh
+        if handle.direct_io:
+            fi.direct_io = 1
+        else:
+            fi.keep_cache = 1  # content is keyed by (uri, size, digest): a change is a new size
+        return 0
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+        with self._handles_lock:
+            handle = self._handles.get(fi.fh)
+        if handle is None:
+            raise OSError(errno.EBADF, "unknown file handle", path)
+        return handle.read(offset, size)
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def release(self, path: str, fi: Any) -> int:
+        with self._handles_lock:
+            handle = self._handles.pop(fi.fh, None)
+        if handle is not None:
+            handle.close()
+        return 0
+
+    # ------------------------------------------------------------------ writes (EROFS for now)
+    def _read_only(self, path: str, *args: Any) -> int:
+        raise mfusepy.FuseOSError(errno.EROFS)
+
+    create = mkdir = unlink = rmdir = chmod = truncate = _read_only  # type: ignore[assignment]
+    utimens = setxattr = removexattr = symlink = link = mknod = _read_only  # type: ignore
+
+    def rename(self, old: str, new: str, *args: Any) -> int:
+        raise mfusepy.FuseOSError(errno.EROFS)
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        raise mfusepy.FuseOSError(errno.EROFS)
+
+    def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
+        raise mfusepy.FuseOSError(errno.EROFS)

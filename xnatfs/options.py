@@ -1,0 +1,68 @@
+"""One frozen ``Options`` record with every tunable and its default (STYLE.md §2).
+
+It is built once by the command line (or a test) and passed down explicitly; nothing reads
+settings from globals.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/xnatfs`` (``~/.cache/xnatfs``); created 0700 by the caches."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "xnatfs"
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"10G"`` / ``"512MiB"`` / ``"1000000"`` -> bytes (binary multiples)."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ValueError(f"not a size: {text!r} (use e.g. 512M, 20G)")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    power = " kmgtp".index(unit) if unit else 0
+    return int(number * (1024 ** power))
+
+
+@dataclass(frozen=True)
+class Options:
+    #: server base URL, context path included (``https://host/xnat``)
+    url: str
+    #: on-disk cache (content, journal, logs); private 0700
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    #: content cache size limit in bytes; least recently used files are evicted beyond it
+    cache_size: int = 10 * 1024 ** 3
+    #: seconds a listing is trusted; also the kernel's attr/entry timeouts
+    listing_ttl: float = 60.0
+    #: FUSE worker threads; the HTTP pool is sized to match
+    max_threads: int = 16
+    #: parallel whole-file downloads into the cache
+    max_downloads: int = 8
+    #: HTTP connect / read timeouts (seconds) for every request
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    #: GET/HEAD retries on connection errors and 502/503/504
+    retries: int = 3
+    #: the longest any filesystem call may wait (seconds) before it fails with EIO/ETIMEDOUT
+    fs_timeout: float = 60.0
+    #: TLS verification: True, False (testing only) or a CA bundle path
+    verify: object = True
+    #: writes: everything answers EROFS when True
+    read_only: bool = True
+    #: overwrite, rm, rmdir and prearchive delete need this
+    allow_delete: bool = False
+    #: xsiTypes for mkdir-created experiments and scans
+    experiment_type: str = "xnat:mrSessionData"
+    scan_type: str = "xnat:mrScanData"
+    #: generic FUSE options passed through to libfuse (``-o``)
+    fuse_options: Mapping[str, object] = field(default_factory=dict)
+    #: owner shown for every file (defaults to the mounting user)
+    uid: Optional[int] = None
+    gid: Optional[int] = None

@@ -1,0 +1,112 @@
+"""The running filesystem's parts, built and started in one fixed order (S3QL ``mount.py``).
+
+``Runtime`` owns the client, the two caches and the tree.  The constructor only records what to
+build: threads and sockets start in :meth:`start`, which the FUSE adapter calls from ``init()`` —
+after libfuse may have forked — and :meth:`close` stops them in reverse order.  Tests use a
+``Runtime`` without any mount.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Dict, Optional
+
+from xnatfs import __version__
+from xnatfs.cache.content import ContentCache
+from xnatfs.cache.meta import MetaCache
+from xnatfs.options import Options
+from xnatfs.tree.tree import Tree
+from xnatfs.xnat.auth import Credentials
+from xnatfs.xnat.client import ClientOptions, XnatClient
+
+log = logging.getLogger(__name__)
+
+
+def private_dir(path: "os.PathLike[str] | str") -> str:
+    """Create ``path`` (and parents) and make it 0700: caches and journals are private."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return str(path)
+
+
+class Runtime:
+    """Client + caches + tree for one mount.  ``start()`` once, ``close()`` once."""
+
+    def __init__(self, options: Options, credentials: Optional[Credentials]) -> None:
+        self.options = options
+        self._credentials = credentials
+        self.client: Optional[XnatClient] = None
+        self.meta: Optional[MetaCache] = None
+        self.content: Optional[ContentCache] = None
+        self.tree: Optional[Tree] = None
+        self.started_at = 0.0
+        self._errors_lock = threading.Lock()
+        #: errno name -> count of failed filesystem calls (for ``.xnatfs/stats``)
+        self.errors: Dict[str, int] = {}
+
+    def start(self) -> None:
+        o = self.options
+        self.started_at = time.time()
+        private_dir(o.cache_dir)
+        self.client = XnatClient(o.url, self._credentials, ClientOptions(
+            pool_size=max(o.max_threads, o.max_downloads) + 2,
+            connect_timeout=o.connect_timeout, read_timeout=o.read_timeout,
+            retries=o.retries, verify=o.verify))
+        self.client.start()
+        self.meta = MetaCache(ttl=o.listing_ttl)
+        self.content = ContentCache(os.path.join(o.cache_dir, "content"),
+                                    size_limit=o.cache_size, fetch=self._fetch,
+                                    max_downloads=o.max_downloads)
+        self.content.start()
+        self.tree = Tree(self.client, self.meta, self.content, fs_timeout=o.fs_timeout,
+                         read_only=o.read_only, stats_fn=self.stats)
+
+    def _fetch(self, uri: str, sink: Any) -> None:
+        """The content cache's one way to the network (it never sees the client)."""
+        assert self.client is not None
+        if "?format=zip" in uri:
+            base = uri.split("/files?format=zip", 1)[0]
+            self.client.download_archive(base, sink, format="zip")
+        else:
+            self.client.download(uri, sink)
+
+    def note_error(self, name: str) -> None:
+        with self._errors_lock:
+            self.errors[name] = self.errors.get(name, 0) + 1
+
+    def stats(self) -> Dict[str, Any]:
+        """What ``MNT/.xnatfs/stats`` shows."""
+        with self._errors_lock:
+            errors = dict(self.errors)
+        return {
+            "version": __version__,
+            "url": self.options.url,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "requests": _plain(self.client.stats) if self.client else {},
+            "listing_cache": _plain(self.meta.stats) if self.meta else {},
+            "content_cache": _plain(self.content.stats) if self.content else {},
+            "errors": errors,
+        }
+
+    def close(self) -> None:
+        """Stop in reverse order; each part gets its own try so one failure stops nothing."""
+        for name, part in (("content cache", self.content), ("client", self.client)):
+            if part is None:
+                continue
+            try:
+                part.close()
+            except Exception as exc:  # noqa: BLE001 - shutdown must go on
+                log.warning("closing the %s: %s", name, exc)
+
+
+def _plain(value: Any) -> Any:
+    """Stats objects -> JSON-able dicts."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return {k: _plain(v) for k, v in vars(value).items() if not k.startswith("_")}
+    return value

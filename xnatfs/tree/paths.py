@@ -1,0 +1,43 @@
+"""The path rule's text layer: splitting mount paths and escaping XNAT names into file names.
+
+XNAT names may hold characters that a path cannot (``/``, NUL).  They are escaped reversibly with
+``%XX``; ``%`` itself is escaped too so that the mapping stays a bijection.  Everything else,
+Unicode included, is shown exactly as XNAT has it (DESIGN.md §1.1).
+"""
+from __future__ import annotations
+
+import re
+from typing import Tuple
+
+PathParts = Tuple[str, ...]
+
+_ESCAPES = {"%": "%25", "/": "%2F", "\0": "%00"}
+_UNESCAPE_RE = re.compile(r"%(25|2F|2f|00)")
+_UNESCAPES = {"25": "%", "2F": "/", "2f": "/", "00": "\0"}
+
+
+def escape_name(name: str) -> str:
+    """XNAT name -> file name.  ``"a/b"`` -> ``"a%2Fb"``; names without ``% / NUL`` are unchanged."""
+    if not any(c in name for c in _ESCAPES):
+        return name
+    return "".join(_ESCAPES.get(c, c) for c in name)
+
+
+def unescape_name(name: str) -> str:
+    """File name -> XNAT name; the inverse of :func:`escape_name`."""
+    if "%" not in name:
+        return name
+    return _UNESCAPE_RE.sub(lambda m: _UNESCAPES[m.group(1)], name)
+
+
+def split_path(path: str) -> PathParts:
+    """``"/P/subjects/S"`` -> ``("P", "subjects", "S")``: file names, still escaped.
+
+    Empty components (double slashes, a trailing slash) are dropped; FUSE never sends them but
+    tests and the CLI might.
+    """
+    return tuple(p for p in path.split("/") if p)
+
+
+def join_path(parts: PathParts) -> str:
+    return "/" + "/".join(parts)

@@ -1,0 +1,349 @@
+"""The tree: XNAT's hierarchy as directories and files (DESIGN.md §1.1, §1.2).
+
+``Tree`` turns a mount path into a ``NodeInfo`` by walking from the root through cached listings,
+lists directories, and opens files through the content cache.  It knows XNAT's shape but not FUSE:
+it raises ``OSError`` (with an errno) or lets ``xnatfs.xnat.errors.XnatError`` pass through, and
+``xnatfs.fs.errmap`` turns both into errno values.
+
+Costs: every directory is one listing request (cached for ``listing_ttl``); object directories
+such as a project or a scan have fixed children and cost nothing; ``getattr`` of any path below a
+fresh listing costs nothing, and a name missing from a fresh listing is ENOENT without a request
+(fsspec ``_ls_from_cache``).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from xnatfs.cache.content import ContentCache, ContentKey
+from xnatfs.cache.meta import MetaCache
+from xnatfs.tree.nodes import (FIXED_CHILDREN, JSON_KINDS, JSON_NAME, ZIP_KINDS, ZIP_NAME, Kind,
+                               NodeInfo)
+from xnatfs.tree.paths import PathParts, escape_name, split_path
+
+log = logging.getLogger(__name__)
+
+PREARCHIVE_NAME = ".prearchive"
+CONTROL_NAME = ".xnatfs"
+
+
+@dataclass
+class Listing:
+    """A directory's children by file name, plus other names that resolve to the same child
+    (accession IDs of subjects and experiments listed by label, §0.1)."""
+
+    children: Dict[str, NodeInfo] = field(default_factory=dict)
+    aliases: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FileTree:
+    """One resource's files listing (a single request, §1.8) as nested folders:
+    sub-folder path -> Listing."""
+
+    folders: Dict[Tuple[str, ...], Listing] = field(default_factory=dict)
+
+
+class Tree:
+    """Path ⇄ XNAT object.  Thread-safe: all shared state lives in the caches.
+
+    ``client`` is an ``xnatfs.xnat.client.XnatClient`` (or anything with the same listing
+    methods); ``stats_fn`` returns the dict served as ``.xnatfs/stats``.
+    """
+
+    def __init__(self, client: Any, meta: MetaCache, content: ContentCache, *,
+                 fs_timeout: float = 60.0, read_only: bool = True,
+                 stats_fn: Optional[Callable[[], Mapping[str, Any]]] = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self.meta = meta
+        self.content = content
+        self.fs_timeout = fs_timeout
+        self.read_only = read_only
+        self._stats_fn = stats_fn or (lambda: {})
+        #: mtime shown when XNAT gives none: the mount's start time, so it is stable
+        self.epoch = clock()
+        self._root = NodeInfo(name="", kind=Kind.ROOT, is_dir=True, mtime=self.epoch)
+        self._virtual_lock = threading.Lock()
+        #: sizes of generated files once they were made, so later getattr shows the real size
+        self._virtual_sizes: Dict[str, int] = {}
+
+    # ------------------------------------------------------------------ lookup and listing
+    def lookup(self, path: str) -> NodeInfo:
+        """The node at ``path``; ``OSError(ENOENT)`` if XNAT has no such object."""
+        return self._lookup(split_path(path))
+
+    def listdir(self, path: str) -> List[NodeInfo]:
+        node = self.lookup(path)
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory", path)
+        return list(self._listing(split_path(path), node).children.values())
+
+    def _lookup(self, parts: PathParts) -> NodeInfo:
+        if not parts:
+            return self._root
+        parent_parts, name = parts[:-1], parts[-1]
+        parent = self._lookup(parent_parts)
+        if not parent.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory", "/" + "/".join(parent_parts))
+        if name == JSON_NAME and parent.kind in JSON_KINDS:
+            return self._virtual(parts, parent, "json")
+        if name == ZIP_NAME and parent.kind in ZIP_KINDS and not parent.prearchive:
+            return self._virtual(parts, parent, "zip")
+        listing = self._listing(parent_parts, parent)
+        child = listing.children.get(name)
+        if child is None and name in listing.aliases:
+            child = listing.children.get(listing.aliases[name])
+        if child is None:
+            raise OSError(errno.ENOENT, "no such XNAT object", "/" + "/".join(parts))
+        return child
+
+    def _listing(self, parts: PathParts, node: NodeInfo) -> Listing:
+        """Children of directory ``node`` at ``parts``: fixed, or from one cached listing."""
+        fixed = FIXED_CHILDREN.get(node.kind)
+        if fixed is not None:
+            return self._fixed_listing(node, fixed)
+        if node.kind is Kind.FILES:
+            # the whole resource is one listing; sub-folders are views of it
+            root_parts = parts[:len(parts) - len(node.subpath)]
+            tree = self.meta.get_or_load(root_parts, lambda: self._load_files(node))
+            listing = tree.folders.get(node.subpath)
+            if listing is None:
+                raise OSError(errno.ENOENT, "folder vanished from the resource", "/".join(parts))
+            return listing
+        return self.meta.get_or_load(parts, lambda: self._load_listing(node))
+
+    def _fixed_listing(self, node: NodeInfo, fixed: Tuple[Tuple[str, Kind], ...]) -> Listing:
+        listing = Listing()
+        for name, kind in fixed:
+            listing.children[name] = NodeInfo(
+                name=name, kind=kind, is_dir=True, mtime=node.mtime, uri=node.uri,
+                project=node.project, subject=node.subject, prearchive=node.prearchive)
+        return listing
+
+    # ------------------------------------------------------------------ loaders (one request)
+    def _load_listing(self, node: NodeInfo) -> Listing:
+        kind, c = node.kind, self.client
+        listing = Listing()
+
+        def add(child: NodeInfo, *aliases: str) -> None:
+            listing.children[child.name] = child
+            for alias in aliases:
+                alias = escape_name(alias)
+                if alias and alias != child.name:
+                    listing.aliases.setdefault(alias, child.name)
+
+        if kind is Kind.ROOT:
+            for p in c.list_projects():
+                add(NodeInfo(name=escape_name(p.id), kind=Kind.PROJECT, is_dir=True,
+                             mtime=p.mtime or self.epoch, uri=p.uri, project=p.id, ref=p,
+                             attrs=_attrs(id=p.id, label=p.id, uri=p.uri,
+                                          xsi_type="xnat:projectData", name=p.name)))
+            add(NodeInfo(name=PREARCHIVE_NAME, kind=Kind.PREARCHIVE, is_dir=True,
+                         mtime=self.epoch, prearchive=True))
+            add(NodeInfo(name=CONTROL_NAME, kind=Kind.CONTROL, is_dir=True, mtime=self.epoch))
+        elif kind is Kind.SUBJECTS:
+            for s in c.list_subjects(node.project):
+                add(NodeInfo(name=escape_name(s.label or s.id), kind=Kind.SUBJECT, is_dir=True,
+                             mtime=s.mtime or node.mtime, uri=s.uri, project=node.project,
+                             subject=s.id, ref=s,
+                             attrs=_attrs(id=s.id, label=s.label, uri=s.uri, project=s.project,
+                                          xsi_type="xnat:subjectData")), s.id)
+        elif kind is Kind.EXPERIMENTS:
+            for e in c.list_experiments(node.project, node.subject):
+                add(NodeInfo(name=escape_name(e.label or e.id), kind=Kind.EXPERIMENT,
+                             is_dir=True, mtime=e.mtime or node.mtime, uri=e.uri,
+                             project=node.project, subject=node.subject, ref=e,
+                             attrs=_attrs(id=e.id, label=e.label, uri=e.uri, project=e.project,
+                                          xsi_type=e.xsi_type, date=e.date)), e.id)
+        elif kind is Kind.SCANS:
+            scans = (c.list_prearchive_scans(node.uri) if node.prearchive
+                     else c.list_scans(node.uri))
+            for s in scans:
+                add(NodeInfo(name=escape_name(s.id), kind=Kind.SCAN, is_dir=True,
+                             mtime=s.mtime or node.mtime, uri=s.uri, project=node.project,
+                             subject=node.subject, prearchive=node.prearchive, ref=s,
+                             attrs=_attrs(id=s.id, label=s.id, uri=s.uri, xsi_type=s.xsi_type,
+                                          scan_type=s.type, quality=s.quality,
+                                          series_description=s.series_description)))
+        elif kind is Kind.ASSESSORS:
+            for a in c.list_assessors(node.uri):
+                add(NodeInfo(name=escape_name(a.label or a.id), kind=Kind.ASSESSOR, is_dir=True,
+                             mtime=a.mtime or node.mtime, uri=a.uri, project=node.project,
+                             subject=node.subject, ref=a,
+                             attrs=_attrs(id=a.id, label=a.label, uri=a.uri,
+                                          xsi_type=a.xsi_type)), a.id)
+        elif kind is Kind.RESOURCES:
+            resources = (c.list_prearchive_resources(node.uri) if node.prearchive
+                         else c.list_resources(node.uri))
+            for r in resources:
+                add(NodeInfo(name=escape_name(r.label or r.id), kind=Kind.RESOURCE, is_dir=True,
+                             mtime=node.mtime, uri=r.uri, project=node.project,
+                             subject=node.subject, prearchive=node.prearchive, ref=r,
+                             attrs=_attrs(id=r.id, label=r.label, uri=r.uri,
+                                          xsi_type="xnat:resourceCatalog", format=r.format,
+                                          content=r.content, tags=r.tags)), r.id)
+        elif kind is Kind.PREARCHIVE:
+            seen = set()
+            for s in c.list_prearchive():
+                if s.project not in seen:
+                    seen.add(s.project)
+                    add(NodeInfo(name=escape_name(s.project), kind=Kind.PRE_PROJECT, is_dir=True,
+                                 mtime=self.epoch, project=s.project, prearchive=True))
+        elif kind is Kind.PRE_PROJECT:
+            for s in c.list_prearchive(node.project):
+                name = escape_name(s.timestamp)
+                if name not in listing.children:
+                    add(NodeInfo(name=name, kind=Kind.PRE_TIMESTAMP, is_dir=True,
+                                 mtime=s.mtime or self.epoch, project=node.project,
+                                 prearchive=True, ref=s.timestamp))
+        elif kind is Kind.PRE_TIMESTAMP:
+            for s in c.list_prearchive(node.project):
+                if s.timestamp == node.ref:
+                    add(NodeInfo(name=escape_name(s.folder_name or s.name),
+                                 kind=Kind.PRE_SESSION, is_dir=True, mtime=s.mtime or self.epoch,
+                                 uri=s.uri, project=node.project, prearchive=True, ref=s,
+                                 attrs=_attrs(label=s.name, uri=s.uri, status=s.status,
+                                              subject=s.subject, timestamp=s.timestamp)))
+        elif kind is Kind.CONTROL:
+            add(NodeInfo(name="stats", kind=Kind.VIRTUAL, is_dir=False, mtime=self.epoch,
+                         ref=("stats", None)))
+        else:  # pragma: no cover - every directory kind is handled above
+            raise OSError(errno.EIO, f"cannot list a {kind.value}", node.name)
+        return listing
+
+    def _load_files(self, node: NodeInfo) -> FileTree:
+        """All files of one resource in one request, folded into sub-folders (§1.8)."""
+        entries = (self.client.list_prearchive_files(node.uri) if node.prearchive
+                   else self.client.list_files(node.uri))
+        tree = FileTree()
+        tree.folders[()] = Listing()
+        for entry in entries:
+            parts = tuple(escape_name(p) for p in entry.path.split("/") if p)
+            if not parts:
+                continue
+            for depth in range(1, len(parts)):
+                folder, name = parts[:depth - 1], parts[depth - 1]
+                sub = parts[:depth]
+                if sub not in tree.folders:
+                    tree.folders[sub] = Listing()
+                    tree.folders.setdefault(folder, Listing()).children[name] = NodeInfo(
+                        name=name, kind=Kind.FILES, is_dir=True, mtime=node.mtime, uri=node.uri,
+                        project=node.project, subject=node.subject, subpath=sub,
+                        prearchive=node.prearchive)
+            folder = parts[:-1]
+            tree.folders.setdefault(folder, Listing()).children[parts[-1]] = NodeInfo(
+                name=parts[-1], kind=Kind.FILE, is_dir=False, size=entry.size,
+                mtime=entry.mtime or node.mtime, uri=entry.uri, project=node.project,
+                subject=node.subject, subpath=parts, digest=entry.digest,
+                prearchive=node.prearchive, ref=entry,
+                attrs=_attrs(uri=entry.uri, digest=entry.digest, format=entry.format,
+                             content=entry.content, tags=entry.tags,
+                             resource=entry.collection))
+        return tree
+
+    # ------------------------------------------------------------------ generated files
+    def _virtual(self, parts: PathParts, parent: NodeInfo, what: str) -> NodeInfo:
+        path = "/" + "/".join(parts)
+        with self._virtual_lock:
+            size = self._virtual_sizes.get(path, 0)
+        return NodeInfo(name=parts[-1], kind=Kind.VIRTUAL, is_dir=False, size=size,
+                        mtime=parent.mtime, uri=parent.uri, project=parent.project,
+                        prearchive=parent.prearchive, ref=(what, parent))
+
+    def _make_virtual(self, node: NodeInfo) -> bytes:
+        what, parent = node.ref
+        if what == "stats":
+            return (json.dumps(self._stats_fn(), indent=2, sort_keys=True) + "\n").encode()
+        if what == "json":
+            if parent.kind in (Kind.RESOURCE, Kind.PRE_SESSION) or parent.prearchive:
+                doc: Any = dict(getattr(parent.ref, "fields", {}) or {})
+            else:
+                doc = self.client.get_object(parent.uri)
+            return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False)
+                    + "\n").encode()
+        raise OSError(errno.EIO, f"unknown generated file {what}", node.name)
+
+    # ------------------------------------------------------------------ reading
+    def open(self, node: NodeInfo, path: str = "") -> "ReadHandle":
+        """A read handle.  Never waits for the network: downloads start in the background."""
+        if node.is_dir:
+            raise OSError(errno.EISDIR, "is a directory", path)
+        if node.kind is Kind.VIRTUAL:
+            what, parent = node.ref
+            if what == "zip":
+                uri = parent.uri + ("/scans/ALL" if parent.kind is Kind.EXPERIMENT else "")
+                key = ContentKey(uri=uri + "/files?format=zip", size=None, digest="",
+                                 mtime=parent.mtime)
+                return ReadHandle(node, self.content.open(key), None, self, path)
+            data = self._make_virtual(node)
+            with self._virtual_lock:
+                self._virtual_sizes[path] = len(data)
+            return ReadHandle(node, None, data, self, path)
+        return ReadHandle(node, self.content.open(self.content_key(node)), None, self, path)
+
+    @staticmethod
+    def content_key(node: NodeInfo) -> ContentKey:
+        # With a digest, (uri, size, digest) identifies the bytes; the mtime we show for files is
+        # the parent object's, which changes whenever anything in it changes, so it would only
+        # cause needless downloads.  Without a digest (checksums off, §1.8) the mtime is all
+        # we have to notice a change.
+        return ContentKey(uri=node.uri, size=node.size, digest=node.digest,
+                          mtime=None if node.digest else node.mtime)
+
+    def cache_state(self, node: NodeInfo) -> str:
+        if node.kind is not Kind.FILE:
+            return "virtual" if node.kind is Kind.VIRTUAL else "n/a"
+        return self.content.state(self.content_key(node))
+
+    def xattrs(self, node: NodeInfo) -> Dict[str, str]:
+        """``user.xnat.*`` names (without the prefix) -> values; cache state for files."""
+        attrs = {k: v for k, v in node.attrs.items() if v}
+        if node.kind is Kind.FILE:
+            attrs["cache_state"] = self.cache_state(node)
+        return attrs
+
+    def invalidate(self, path: str) -> None:
+        """Forget cached listings at and below ``path`` and of its parent (after a change)."""
+        parts = split_path(path)
+        self.meta.invalidate_prefix(parts)
+        if parts:
+            self.meta.invalidate(parts[:-1])
+
+
+class ReadHandle:
+    """An open file: either a content-cache handle (XNAT files, zips) or generated bytes."""
+
+    def __init__(self, node: NodeInfo, cached: Any, data: Optional[bytes], tree: Tree,
+                 path: str) -> None:
+        self.node = node
+        self._cached = cached
+        self._data = data
+        self._tree = tree
+        self.path = path
+
+    @property
+    def direct_io(self) -> bool:
+        """Generated files have no size before they are made: the kernel must read to EOF."""
+        return self.node.kind is Kind.VIRTUAL
+
+    def read(self, offset: int, size: int) -> bytes:
+        if self._data is not None:
+            return self._data[offset:offset + size]
+        deadline = time.monotonic() + self._tree.fs_timeout
+        return self._cached.read(offset, size, deadline)
+
+    def close(self) -> None:
+        if self._cached is not None:
+            self._cached.close()
+            self._cached = None
+
+
+def _attrs(**values: Optional[str]) -> Dict[str, str]:
+    return {k: str(v) for k, v in values.items() if v}
