@@ -1,0 +1,410 @@
+"""ContentCache: single-flight whole-file downloads, streaming reads, verification, eviction.
+
+No network and no sleeps: ``FakeFetch`` serves bytes from memory and can hold a download at a
+chosen byte offset until the test opens its gate, so "while the rest is still streaming" is a
+state the test controls rather than a race it hopes to win.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Union
+
+import pytest
+
+from xnatfs.cache.content import ContentCache, ContentKey
+
+WAIT = 10.0  # seconds; generous deadline for conditions that should hold almost at once
+
+
+def later(seconds: float = WAIT) -> float:
+    return time.monotonic() + seconds
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    return bytes((i * 7 + seed) % 251 for i in range(n))
+
+
+class ServerDown(Exception):
+    """What a fake client raises (the cache must re-raise it unchanged)."""
+
+
+@dataclass
+class Failure:
+    """A fetch that sends ``prefix`` and then raises ``error``."""
+
+    prefix: bytes
+    error: BaseException
+
+
+Answer = Union[bytes, Failure]
+
+
+class FakeFetch:
+    """``fetch(uri, sink)`` from a dict uri -> answer, or uri -> [answer per call] (last repeats).
+
+    If ``hold_at`` is set, every call stops before sending byte ``hold_at`` until ``gate`` is set,
+    after setting ``held``.
+    """
+
+    def __init__(self, answers: Dict[str, Union[Answer, List[Answer]]], chunk: int = 4096,
+                 hold_at: Optional[int] = None) -> None:
+        self.answers = answers
+        self.chunk = chunk
+        self.hold_at = hold_at
+        self.gate = threading.Event()
+        self.held = threading.Event()
+        self.calls: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, uri: str, sink) -> None:
+        with self._lock:
+            n = self.calls[uri]
+            self.calls[uri] += 1
+        answer = self.answers[uri]
+        if isinstance(answer, list):
+            answer = answer[min(n, len(answer) - 1)]
+        data = answer.prefix if isinstance(answer, Failure) else answer
+        for off in range(0, len(data), self.chunk):
+            self._maybe_hold(off)
+            sink(data[off:off + self.chunk])
+        self._maybe_hold(len(data))
+        if isinstance(answer, Failure):
+            raise answer.error
+
+    def _maybe_hold(self, offset: int) -> None:
+        if self.hold_at is not None and offset >= self.hold_at and not self.gate.is_set():
+            self.held.set()
+            assert self.gate.wait(WAIT), "test never opened the gate"
+
+
+@pytest.fixture
+def make_cache(tmp_path):
+    caches: List[ContentCache] = []
+
+    def make(fetch, size_limit: int = 1 << 30, directory=None, **kw) -> ContentCache:
+        cc = ContentCache(directory or tmp_path / "cc", size_limit=size_limit, fetch=fetch, **kw)
+        cc.start()
+        caches.append(cc)
+        return cc
+
+    yield make
+    for cc in caches:
+        cc.close(later(5))
+
+
+def key_for(uri: str, data: bytes, digest: Optional[str] = None) -> ContentKey:
+    return ContentKey(uri, len(data), md5(data) if digest is None else digest, "2024-01-01")
+
+
+def read_all(cc: ContentCache, key: ContentKey) -> bytes:
+    """Whole file, returning once its download (if any) has ended, so state() is settled."""
+    with cc.open(key) as h:
+        data = h.read(0, (key.size or 0) + 1, later())
+        assert h.wait(later())
+        return data
+
+
+def wait_for(predicate, what: str) -> None:
+    deadline = later()
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        threading.Event().wait(0.002)  # poll interval of a deadline wait, not a fixed sleep
+
+
+# -- streaming and single flight ------------------------------------------------------------------
+
+
+def test_read_at_arrived_offset_returns_while_rest_streams(make_cache):
+    data = payload(100_000)
+    fetch = FakeFetch({"/f": data}, hold_at=8192)
+    cc = make_cache(fetch)
+    key = key_for("/f", data)
+
+    h = cc.open(key)  # returns at once: the download is queued, not awaited
+    assert h.read(100, 4000, later()) == data[100:4100]
+    assert fetch.held.is_set() and not fetch.gate.is_set()
+    assert cc.state(key) == "downloading"
+    assert cc.stats["downloads_in_flight"] == 1
+
+    fetch.gate.set()
+    assert h.read(90_000, 20_000, later()) == data[90_000:]   # short at EOF
+    assert h.read(100_000, 10, later()) == b""                # past EOF
+    assert h.wait(later())
+    h.close()
+    assert cc.state(key) == "cached"
+    assert read_all(cc, key) == data
+    assert fetch.calls["/f"] == 1
+    stats = cc.stats
+    assert stats["hits"] == 1 and stats["misses"] == 1
+    assert stats["bytes_downloaded"] == len(data) and stats["downloads_in_flight"] == 0
+
+
+def test_sixteen_readers_one_fetch(make_cache):
+    data = payload(300_000, seed=3)
+    fetch = FakeFetch({"/f": data}, chunk=8192, hold_at=0)
+    cc = make_cache(fetch, max_downloads=4)
+    key = key_for("/f", data)
+    opened = threading.Barrier(17)
+    results: List[bytes] = []
+    errors: List[BaseException] = []
+
+    def reader(i: int) -> None:
+        try:
+            with cc.open(key) as h:
+                opened.wait(WAIT)
+                out, off = [], i * 1000
+                while True:
+                    chunk = h.read(off, 10_000, later())
+                    if not chunk:
+                        break
+                    out.append(chunk)
+                    off += len(chunk)
+                results.append(data[: i * 1000] + b"".join(out))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    opened.wait(WAIT)          # all 16 hold a handle before a single byte is sent
+    fetch.gate.set()
+    for t in threads:
+        t.join(WAIT)
+    assert not errors
+    assert results == [data] * 16
+    assert fetch.calls["/f"] == 1
+    assert cc.stats["misses"] == 16 and cc.stats["downloads"] == 1
+
+
+def test_prefetch_downloads_without_handles(make_cache):
+    a, b = payload(5000), payload(7000, seed=1)
+    fetch = FakeFetch({"/a": a, "/b": b})
+    cc = make_cache(fetch)
+    ka, kb = key_for("/a", a), key_for("/b", b)
+    assert cc.prefetch([ka, kb, ka]) == 2
+    for k in (ka, kb):
+        assert cc.wait(k, later())
+    assert cc.state(ka) == cc.state(kb) == "cached"
+    assert cc.prefetch([ka]) == 0
+    assert read_all(cc, kb) == b
+    assert fetch.calls == Counter({"/a": 1, "/b": 1})
+
+
+# -- verification and errors ----------------------------------------------------------------------
+
+
+def test_digest_mismatch_once_refetches(make_cache):
+    good = payload(50_000)
+    bad = bytearray(good)
+    bad[1234] ^= 0xFF
+    fetch = FakeFetch({"/f": [bytes(bad), good]})
+    cc = make_cache(fetch)
+    key = key_for("/f", good)
+    with cc.open(key) as h:
+        assert h.wait(later())
+        assert h.read(0, len(good), later()) == good
+    assert fetch.calls["/f"] == 2
+    assert cc.state(key) == "cached"
+    assert read_all(cc, key) == good
+
+
+def test_digest_mismatch_twice_is_eio(make_cache, caplog):
+    good = payload(20_000)
+    bad = b"x" * len(good)
+    fetch = FakeFetch({"/bad": [bad, bad]})
+    cc = make_cache(fetch)
+    key = key_for("/bad", good)
+    with caplog.at_level(logging.INFO, logger="xnatfs.cache"):
+        with cc.open(key) as h:
+            assert h.wait(later())
+            with pytest.raises(OSError) as info:
+                h.read(0, 10, later())
+    assert info.value.errno == errno.EIO
+    assert "digest mismatch" in str(info.value)
+    assert fetch.calls["/bad"] == 2
+    assert cc.state(key) == "absent"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    line = errors[0].getMessage()
+    assert "/bad" in line and md5(good) in line and md5(bad) in line
+    assert os.listdir(cc.directory + "/partial") == []
+
+
+def test_short_download_is_an_error(make_cache):
+    data = payload(10_000)
+    fetch = FakeFetch({"/short": data[:6000]})
+    cc = make_cache(fetch, verify=False)
+    key = key_for("/short", data)
+    with cc.open(key) as h:
+        with pytest.raises(OSError) as info:
+            h.read(0, len(data), later())   # bytes 6000.. never come
+    assert info.value.errno == errno.EIO and "short download" in str(info.value)
+    assert cc.state(key) == "absent"
+
+
+def test_fetch_error_reaches_readers_and_next_open_retries(make_cache):
+    data = payload(40_000)
+    boom = ServerDown("GET /f -> 503 Service Unavailable")
+    fetch = FakeFetch({"/f": [Failure(data[:8192], boom), data]})
+    cc = make_cache(fetch)
+    key = key_for("/f", data)
+
+    h1, h2 = cc.open(key), cc.open(key)
+    for h in (h1, h2):
+        with pytest.raises(ServerDown) as info:
+            h.read(20_000, 100, later())
+        assert info.value is boom
+        h.close()
+    assert cc.state(key) == "absent"
+    assert cc.stats["download_errors"] == 1
+
+    assert read_all(cc, key) == data   # the next open starts a new download
+    assert fetch.calls["/f"] == 2
+
+
+def test_deadline_expiry_raises_etimedout(make_cache):
+    data = payload(30_000)
+    fetch = FakeFetch({"/slow": data}, hold_at=4096)
+    cc = make_cache(fetch)
+    key = key_for("/slow", data)
+    with cc.open(key) as h:
+        assert fetch.held.wait(WAIT)
+        with pytest.raises(TimeoutError) as info:
+            h.read(10_000, 100, time.monotonic() + 0.05)
+        assert isinstance(info.value, OSError) and info.value.errno == errno.ETIMEDOUT
+        assert h.read(0, 100, time.monotonic()) == data[:100]   # already there: no wait at all
+        fetch.gate.set()
+        assert h.read(10_000, 100, later()) == data[10_000:10_100]
+
+
+def test_close_cancels_running_download(tmp_path):
+    data = payload(30_000)
+    fetch = FakeFetch({"/f": data, "/g": data}, hold_at=4096)
+    cc = ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch, max_downloads=1)
+    cc.start()
+    h = cc.open(key_for("/f", data))
+    g = cc.open(ContentKey("/g", len(data), md5(data)))   # queued behind /f
+    assert fetch.held.wait(WAIT)
+    closer = threading.Thread(target=cc.close, args=(later(),))
+    closer.start()
+    wait_for(lambda: cc._closing, "close to begin")   # noqa: SLF001 - test reaches in
+    fetch.gate.set()
+    closer.join(WAIT)
+    for handle in (h, g):
+        with pytest.raises(OSError) as info:
+            handle.read(20_000, 10, later())
+        assert info.value.errno == errno.ECANCELED
+        handle.close()
+    assert not any(t.name.startswith("xnatfs-download") and t.is_alive()
+                   for t in threading.enumerate())
+
+
+# -- keys, persistence, eviction, modes -----------------------------------------------------------
+
+
+def test_changed_key_refetches(make_cache):
+    v1, v2 = payload(9000), payload(9100, seed=5)
+    fetch = FakeFetch({"/f": [v1, v2, v2]})
+    cc = make_cache(fetch)
+    k1 = key_for("/f", v1)
+    assert read_all(cc, k1) == v1
+    k2 = key_for("/f", v2)                    # size and digest changed on the server
+    assert cc.state(k2) == "absent"
+    assert read_all(cc, k2) == v2
+    k3 = ContentKey("/f", len(v2), md5(v2), "2025-06-01")   # only the mtime changed
+    assert read_all(cc, k3) == v2
+    assert fetch.calls["/f"] == 3
+    assert read_all(cc, k1) == v1 and read_all(cc, k2) == v2   # both versions still cached
+    assert fetch.calls["/f"] == 3
+
+
+def test_cache_persists_across_reopen(tmp_path, make_cache):
+    data = payload(70_000)
+    fetch = FakeFetch({"/f": data})
+    directory = tmp_path / "persist"
+    cc = make_cache(fetch, directory=directory)
+    key = key_for("/f", data)
+    assert read_all(cc, key) == data
+    cc.close(later())
+
+    leftover = directory / "partial" / "deadbeef.part"   # as if a download had crashed
+    leftover.write_bytes(b"junk")
+    refetch = FakeFetch({})
+    cc2 = make_cache(refetch, directory=directory)
+    assert not leftover.exists()
+    assert cc2.state(key) == "cached"
+    assert read_all(cc2, key) == data
+    assert sum(refetch.calls.values()) == 0
+    assert cc2.stats["hits"] == 1
+
+
+def test_eviction_is_lru_and_skips_open_files(make_cache):
+    mib = 1 << 20
+    files = {f"/{n}": payload(mib, seed=i) for i, n in enumerate("abcd")}
+    fetch = FakeFetch(files, chunk=64 * 1024)
+    cc = make_cache(fetch, size_limit=3 * mib)   # 3 files + the SQLite index do not fit
+    keys = {uri: key_for(uri, data) for uri, data in files.items()}
+
+    assert read_all(cc, keys["/a"]) == files["/a"]
+    assert read_all(cc, keys["/b"]) == files["/b"]
+    assert read_all(cc, keys["/a"]) == files["/a"]      # a used after b: b is now LRU
+    assert read_all(cc, keys["/c"]) == files["/c"]      # evicts b, not the older-stored a
+    assert [cc.state(keys[u]) for u in ("/a", "/b", "/c")] == ["cached", "absent", "cached"]
+    assert cc.stats["evictions"] == 1
+
+    hc = cc.open(keys["/c"])                            # c open (pinned) ...
+    assert hc.from_cache
+    assert read_all(cc, keys["/a"]) == files["/a"]      # ... and then older than a
+    assert read_all(cc, keys["/d"]) == files["/d"]      # LRU c is pinned: a goes instead
+    assert [cc.state(keys[u]) for u in ("/a", "/c", "/d")] == ["absent", "cached", "cached"]
+    assert hc.read(mib - 10, 100, later()) == files["/c"][-10:]
+    hc.close()
+    assert cc.stats["evictions"] == 2
+    assert cc.size() <= 3 * mib
+    assert fetch.calls == Counter({"/a": 1, "/b": 1, "/c": 1, "/d": 1})
+
+
+def test_eviction_removes_file_under_open_handle(make_cache):
+    mib = 1 << 20
+    files = {"/a": payload(mib), "/b": payload(mib, seed=1)}
+    cc = make_cache(FakeFetch(files, chunk=64 * 1024), size_limit=mib + mib // 2)
+    ka, kb = key_for("/a", files["/a"]), key_for("/b", files["/b"])
+    assert read_all(cc, ka) == files["/a"]
+    ha = cc.open(ka)
+    cc.clear()   # eviction of an open entry, as a forced cull would do it
+    assert cc.state(ka) == "absent"
+    assert ha.read(5, 5, later()) == files["/a"][5:10]
+    assert read_all(cc, kb) == files["/b"]
+    ha.close()
+
+
+def test_directories_are_private(tmp_path, make_cache):
+    directory = tmp_path / "private"
+    (directory / "index").mkdir(parents=True, mode=0o755)
+    os.chmod(directory / "index", 0o755)
+    data = payload(1000)
+    cc = make_cache(FakeFetch({"/f": data}), directory=directory)
+    assert read_all(cc, key_for("/f", data)) == data
+    for root, dirs, _files in os.walk(directory):
+        for d in [root] + [os.path.join(root, d) for d in dirs]:
+            assert stat.S_IMODE(os.stat(d).st_mode) == 0o700, d
+    assert cc.stats["entries"] == 1
+
+
+def test_open_before_start_is_an_error(tmp_path):
+    cc = ContentCache(tmp_path / "cc", size_limit=1 << 20, fetch=FakeFetch({}))
+    assert not any(t.name.startswith("xnatfs-download") for t in threading.enumerate())
+    with pytest.raises(RuntimeError):
+        cc.open(ContentKey("/f", 1, ""))

@@ -1,0 +1,189 @@
+"""MetaCache: TTL with a fake clock, single flight per key, errors not cached, invalidation."""
+from __future__ import annotations
+
+import threading
+from typing import List
+
+import pytest
+
+from xnatfs.cache.meta import MetaCache
+
+WAIT = 10.0
+
+
+class FakeClock:
+    """Injected ``timer``: time moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def wait_for(predicate, what: str) -> None:
+    """Poll ``predicate`` until true, failing after WAIT seconds (a deadline wait, not a sleep)."""
+    tick = threading.Event()
+    for _ in range(int(WAIT / 0.002)):
+        if predicate():
+            return
+        tick.wait(0.002)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_ttl_expiry_with_fake_clock(clock):
+    m = MetaCache(ttl=60.0, timer=clock)
+    calls: List[int] = []
+
+    def loader():
+        calls.append(1)
+        return ["SUBJ01", "SUBJ02"]
+
+    assert m.get_or_load(("DEMO1",), loader) == ["SUBJ01", "SUBJ02"]
+    clock.advance(59.9)
+    assert m.get_or_load(("DEMO1",), loader) == ["SUBJ01", "SUBJ02"]
+    assert m.peek(("DEMO1",)) == ["SUBJ01", "SUBJ02"]
+    assert len(calls) == 1
+    clock.advance(0.2)
+    assert m.peek(("DEMO1",)) is None            # stale: peek never loads
+    assert m.get_or_load(("DEMO1",), loader) == ["SUBJ01", "SUBJ02"]
+    assert len(calls) == 2
+    assert m.stats == {"hits": 1, "misses": 2, "loads": 2, "errors": 0, "joins": 0,
+                       "entries": 1, "in_flight": 0}
+
+
+def test_put_and_none_values(clock):
+    m = MetaCache(ttl=10.0, timer=clock)
+    m.put(("P",), None)                          # a loader may return None; it is cached too
+    assert m.get_or_load(("P",), lambda: pytest.fail("must not load")) is None
+    m.put(("P", "S"), {"a": 1})
+    assert m.peek(("P", "S")) == {"a": 1}
+    assert ("P", "S") in m and ("Q",) not in m
+
+
+def test_single_flight_per_key(clock):
+    m = MetaCache(timer=clock)
+    started, release = threading.Event(), threading.Event()
+    calls: List[int] = []
+
+    def slow_loader():
+        calls.append(1)
+        started.set()
+        assert release.wait(WAIT)
+        return "listing"
+
+    results: List[str] = []
+    leader = threading.Thread(target=lambda: results.append(m.get_or_load(("D",), slow_loader)))
+    leader.start()
+    assert started.wait(WAIT)
+    followers = [threading.Thread(target=lambda: results.append(m.get_or_load(("D",), slow_loader)))
+                 for _ in range(15)]
+    for t in followers:
+        t.start()
+    wait_for(lambda: m.stats["joins"] == 15, "all followers to join the running load")
+    # Another key is not held up by the running load.
+    assert m.get_or_load(("E",), lambda: "other") == "other"
+    release.set()
+    for t in [leader] + followers:
+        t.join(WAIT)
+    assert results == ["listing"] * 16
+    assert len(calls) == 1
+    assert m.stats["loads"] == 2 and m.stats["in_flight"] == 0
+
+
+def test_errors_reach_all_waiters_and_are_not_cached(clock):
+    m = MetaCache(timer=clock)
+    started, release = threading.Event(), threading.Event()
+    boom = ConnectionError("GET /data/projects -> 503")
+
+    def failing():
+        started.set()
+        assert release.wait(WAIT)
+        raise boom
+
+    errors: List[BaseException] = []
+
+    def call():
+        try:
+            m.get_or_load(("P",), failing)
+        except ConnectionError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call)]
+    threads[0].start()
+    assert started.wait(WAIT)
+    threads += [threading.Thread(target=call) for _ in range(3)]
+    for t in threads[1:]:
+        t.start()
+    wait_for(lambda: m.stats["joins"] == 3, "the waiters to join the failing load")
+    release.set()
+    for t in threads:
+        t.join(WAIT)
+    assert errors == [boom] * 4
+    assert m.peek(("P",)) is None
+    assert m.get_or_load(("P",), lambda: "ok") == "ok"   # the next call loads again
+    assert m.stats["errors"] == 1 and m.stats["loads"] == 2
+
+
+def test_loader_asking_for_its_own_key_fails_fast(clock):
+    m = MetaCache(timer=clock)
+
+    def recursive():
+        return m.get_or_load(("X",), recursive)
+
+    with pytest.raises(RuntimeError):
+        m.get_or_load(("X",), recursive)
+    assert m.stats["in_flight"] == 0
+
+
+def test_invalidate_and_invalidate_prefix(clock):
+    m = MetaCache(timer=clock)
+    for key in [("DEMO1",), ("DEMO1", "SUBJ01"), ("DEMO1", "SUBJ01", "MR1"), ("DEMO1", "SUBJ02"),
+                ("DEMO10",), ("DEMO2", "SUBJ01"), "not-a-tuple"]:
+        m.put(key, key)
+    m.invalidate(("DEMO1", "SUBJ02"))
+    assert m.peek(("DEMO1", "SUBJ02")) is None
+    assert m.invalidate_prefix(("DEMO1", "SUBJ01")) == 2
+    assert m.peek(("DEMO1", "SUBJ01")) is None and m.peek(("DEMO1", "SUBJ01", "MR1")) is None
+    assert m.peek(("DEMO1",)) == ("DEMO1",)
+    assert m.invalidate_prefix(("DEMO1",)) == 1
+    assert m.peek(("DEMO10",)) == ("DEMO10",)     # parts compare whole, not as string prefixes
+    assert m.peek(("DEMO2", "SUBJ01")) == ("DEMO2", "SUBJ01")
+    assert m.peek("not-a-tuple") == "not-a-tuple"
+    m.invalidate(("never", "there"))               # no error
+
+
+def test_invalidation_during_load_is_not_stored(clock):
+    """A listing loaded before a local change must not be cached after the change."""
+    m = MetaCache(timer=clock)
+    started, release = threading.Event(), threading.Event()
+
+    def loader():
+        started.set()
+        assert release.wait(WAIT)
+        return "old listing"
+
+    out: List[str] = []
+    t = threading.Thread(target=lambda: out.append(m.get_or_load(("P", "S"), loader)))
+    t.start()
+    assert started.wait(WAIT)
+    m.invalidate_prefix(("P",))                    # e.g. an upload into P/S finished
+    release.set()
+    t.join(WAIT)
+    assert out == ["old listing"]                  # the caller still gets its answer
+    assert m.peek(("P", "S")) is None              # but the next lookup lists again
+
+
+def test_maxsize_bounds_entries(clock):
+    m = MetaCache(ttl=60, maxsize=3, timer=clock)
+    for i in range(5):
+        m.put(("k", i), i)
+    assert len(m) == 3

@@ -1,0 +1,185 @@
+"""Metadata cache: listings and object records kept in memory for a TTL.
+
+A ``cachetools.TTLCache`` from a hashable key (by convention a tuple of path parts, e.g.
+``("DEMO1", "SUBJ01")``) to whatever the loader returned (a listing, a record). Entries age out after
+``ttl`` seconds of the injected ``timer`` and are dropped early by ``invalidate``/``invalidate_prefix``
+after a local change (rclone ``_age``/``ForgetPath``; fsspec ``DirCache``).
+
+Concurrent misses for one key are collapsed into one loader call (single flight), so a directory
+that 16 threads ``stat`` at once is listed once. Loader errors go to every waiter of that flight and
+are never cached: the next call loads again.
+
+This module must not import ``xnatfs.tree`` or ``xnatfs.xnat``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Hashable, Optional
+
+import cachetools
+
+log = logging.getLogger(__name__)
+
+#: Stored in place of nothing, so a loader may legitimately return None.
+_MISSING = object()
+
+
+@dataclass
+class _Flight:
+    """One running loader call for one key; waiters block on ``done``."""
+
+    #: Thread running the loader (a loader that asks for its own key would wait forever).
+    owner: int
+    #: Set once ``value`` or ``error`` is final.
+    done: threading.Event = field(default_factory=threading.Event)
+    value: Any = _MISSING
+    error: Optional[BaseException] = None
+    #: Cleared by an invalidation that happens while the loader runs: the result may predate a
+    #: local change, so it is handed to the waiters but not stored.
+    store: bool = True
+
+
+class MetaCache:
+    """TTL cache with single-flight loading and prefix invalidation.
+
+    Thread-safety: every method may be called from any thread. ``_lock`` protects ``_cache``,
+    ``_flights`` and ``_stats``; it is a leaf lock (nothing else is acquired while it is held) and
+    it is never held while a loader runs, so a loader may use this cache for *other* keys.
+    """
+
+    def __init__(
+        self,
+        ttl: float = 60.0,
+        maxsize: int = 200_000,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        #: Seconds an entry stays fresh, measured with ``timer``.
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        # _lock protects the three fields below.
+        self._cache: cachetools.TTLCache = cachetools.TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
+        self._flights: Dict[Hashable, _Flight] = {}
+        self._stats = {"hits": 0, "misses": 0, "loads": 0, "errors": 0, "joins": 0}
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get_or_load(self, key: Hashable, loader: Callable[[], Any]) -> Any:
+        """Return the fresh value of ``key``, calling ``loader()`` once if there is none.
+
+        Blocks while the loader (of this thread or of another one that got there first) runs.
+        Raises whatever the loader raised, to every caller that waited on that call; the error is
+        not cached. A loader that asks for its own key raises RuntimeError instead of deadlocking.
+        """
+        me = threading.get_ident()
+        with self._lock:
+            value = self._cache.get(key, _MISSING)
+            if value is not _MISSING:
+                self._stats["hits"] += 1
+                return value
+            self._stats["misses"] += 1
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = self._flights[key] = _Flight(owner=me)
+                leader = True
+                self._stats["loads"] += 1
+            else:
+                if flight.owner == me:
+                    raise RuntimeError(f"metadata loader for {key!r} asked for its own key")
+                leader = False
+                self._stats["joins"] += 1
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.value
+        try:
+            value = loader()
+        except BaseException as exc:
+            with self._lock:
+                self._stats["errors"] += 1
+                del self._flights[key]
+            flight.error = exc
+            flight.done.set()
+            raise
+        with self._lock:
+            if flight.store:
+                self._cache[key] = value
+            del self._flights[key]
+        flight.value = value
+        flight.done.set()
+        return value
+
+    def peek(self, key: Hashable) -> Any:
+        """Return the fresh value of ``key`` or None; never loads and never waits for a loader.
+
+        Used to answer a negative lookup from the cached parent listing without a request.
+        """
+        with self._lock:
+            value = self._cache.get(key, _MISSING)
+        return None if value is _MISSING else value
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._cache
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._cache.expire()
+            return len(self._cache)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Store ``value`` as fresh now (e.g. a listing the caller already has)."""
+        with self._lock:
+            self._cache[key] = value
+
+    def invalidate(self, key: Hashable) -> None:
+        """Forget ``key`` after a local change; a load of it running now will not be stored."""
+        with self._lock:
+            self._cache.pop(key, None)
+            flight = self._flights.get(key)
+            if flight is not None:
+                flight.store = False
+
+    def invalidate_prefix(self, prefix: tuple) -> int:
+        """Forget every tuple key that starts with ``prefix`` (``()`` forgets all tuple keys).
+
+        Returns how many cached entries were dropped. Loads running for such keys are not stored.
+        Cost is one pass over the keys, which is fine for the once-per-local-change use.
+        """
+        n = len(prefix)
+
+        def matches(k: Hashable) -> bool:
+            return isinstance(k, tuple) and k[:n] == prefix
+
+        with self._lock:
+            doomed = [k for k in self._cache.keys() if matches(k)]
+            for k in doomed:
+                self._cache.pop(k, None)
+            for k, flight in self._flights.items():
+                if matches(k):
+                    flight.store = False
+        return len(doomed)
+
+    def clear(self) -> None:
+        """Forget everything (loads running now are not stored)."""
+        with self._lock:
+            self._cache.clear()
+            for flight in self._flights.values():
+                flight.store = False
+
+    # -- counters --------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> Dict[str, int]:
+        """Counters for ``.xnatfs/``: hits, misses, loads, errors, joins (misses that waited on
+        another caller's load), entries and in_flight."""
+        with self._lock:
+            out = dict(self._stats)
+            out["entries"] = len(self._cache)
+            out["in_flight"] = len(self._flights)
+        return out
