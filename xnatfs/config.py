@@ -1,0 +1,468 @@
+"""The optional TOML configuration file and the precedence of every setting's sources.
+
+``$XDG_CONFIG_HOME/xnatfs/config.toml`` (``~/.config/xnatfs/config.toml``), or the file named by
+``--config PATH`` / ``$XNATFS_CONFIG``::
+
+    [defaults]
+    cache_size = "20G"
+    listing_ttl = 120
+
+    [servers."https://xnat.example.org"]
+    netrc = "~/.netrc-xnat"
+    max_threads = 32
+
+The keys are the long options of ``xnatfs mount`` with ``_`` for ``-`` (see :data:`KEYS`), plus
+``user``/``password``.  Precedence, highest first (:func:`effective_settings`):
+
+1. the command line (only the options the user actually typed),
+2. the environment, ``XNATFS_<KEY>`` (``XNATFS_CACHE_SIZE=50G``; ``XNATFS_USER`` and
+   ``XNATFS_PASSWORD`` are the variables ``xnat/auth.py`` already reads),
+3. the file: the server's table, then ``[defaults]``,
+4. the built-in defaults (those of :class:`xnatfs.options.Options` and the command line).
+
+Every problem is a :class:`ConfigError` whose message is one line naming the file (and line
+where TOML tells it) and the fix; nothing is logged here, the command line prints it.  A file
+holding a password must be private (``chmod 600``), like a netrc.
+
+Imports only ``xnatfs.options`` (for sizes and the default cache directory); no I/O beyond
+reading the one file.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from urllib.parse import urlsplit, urlunsplit
+
+from xnatfs.options import Options, parse_size
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python < 3.11 only
+    import tomli as tomllib
+
+#: precedence sources, as shown by ``xnatfs config``
+SOURCE_CLI = "command line"
+SOURCE_ENV = "environment"
+SOURCE_FILE = "config file"
+SOURCE_DEFAULT = "default"
+
+#: prefix of the environment variables that set a key (``XNATFS_CACHE_SIZE``)
+ENV_PREFIX = "XNATFS_"
+#: environment variable naming the config file (like ``--config``)
+ENV_CONFIG = "XNATFS_CONFIG"
+#: keys whose values are never shown
+SECRET_KEYS = frozenset({"password"})
+MASK = "********"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A configuration problem the user can fix; ``str()`` is one line."""
+
+
+# ------------------------------------------------------------------------------- converters
+# Each converter takes a TOML value (already typed) or a string (environment, command line,
+# ``from_text=True``) and returns the normalized value or raises ValueError with the reason.
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _to_bool(value: Any, from_text: bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if from_text and isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ValueError("must be true or false")
+
+
+def _to_int(minimum: int) -> Callable[[Any, bool], int]:
+    def convert(value: Any, from_text: bool) -> int:
+        if isinstance(value, bool):
+            raise ValueError("must be an integer")
+        if isinstance(value, str) and from_text:
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ValueError("must be an integer") from None
+        if not isinstance(value, int):
+            raise ValueError("must be an integer")
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+    return convert
+
+
+def _to_float(minimum: float, strict: bool) -> Callable[[Any, bool], float]:
+    def convert(value: Any, from_text: bool) -> float:
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        if isinstance(value, str) and from_text:
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError("must be a number") from None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError("must be a number")
+        if value < minimum or (strict and value == minimum):
+            raise ValueError(f"must be {'greater than' if strict else 'at least'} {minimum:g}")
+        return float(value)
+    return convert
+
+
+def _to_size(value: Any, from_text: bool) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as \"20G\" or a number of bytes")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+    if isinstance(value, str):
+        try:
+            size = parse_size(value)
+        except ValueError:
+            raise ValueError("must be a size such as \"20G\" or a number of bytes") from None
+        if size <= 0:
+            raise ValueError("must be positive")
+        return size
+    raise ValueError("must be a size such as \"20G\" or a number of bytes")
+
+
+def _to_str(value: Any, from_text: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _to_path(value: Any, from_text: bool) -> str:
+    if isinstance(value, Path):
+        value = str(value)
+    return os.path.expanduser(_to_str(value, from_text))
+
+
+def _to_log_level(value: Any, from_text: bool) -> str:
+    text = _to_str(value, from_text).lower()
+    if text not in LOG_LEVELS:
+        raise ValueError("must be one of " + ", ".join(LOG_LEVELS))
+    return text
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    #: normalizes a value or raises ValueError with the reason
+    convert: Callable[[Any, bool], Any]
+    #: built-in default (None: unset)
+    default: Any
+    #: what a human reads in ``xnatfs config``
+    kind: str
+
+
+_OPT = Options(url="http://defaults.invalid")
+
+#: every key of ``[defaults]`` / ``[servers."URL"]`` / ``XNATFS_<KEY>``; defaults match ``cli.py``
+KEYS: Dict[str, KeySpec] = {
+    "cache_dir": KeySpec(_to_path, None, "path"),  # $XDG_CACHE_HOME/xnatfs: see _default
+    "cache_size": KeySpec(_to_size, _OPT.cache_size, "size"),
+    "listing_ttl": KeySpec(_to_float(0.0, False), _OPT.listing_ttl, "seconds"),
+    "max_threads": KeySpec(_to_int(1), _OPT.max_threads, "integer"),
+    "max_downloads": KeySpec(_to_int(1), _OPT.max_downloads, "integer"),
+    "timeout": KeySpec(_to_float(0.0, True), _OPT.fs_timeout, "seconds"),
+    "connect_timeout": KeySpec(_to_float(0.0, True), _OPT.connect_timeout, "seconds"),
+    "read_timeout": KeySpec(_to_float(0.0, True), _OPT.read_timeout, "seconds"),
+    "retries": KeySpec(_to_int(0), _OPT.retries, "integer"),
+    "netrc": KeySpec(_to_path, None, "path"),
+    "ca_bundle": KeySpec(_to_path, None, "path"),
+    "log_level": KeySpec(_to_log_level, "info", "string"),
+    "allow_delete": KeySpec(_to_bool, _OPT.allow_delete, "boolean"),
+    "read_only": KeySpec(_to_bool, _OPT.read_only, "boolean"),
+    "experiment_type": KeySpec(_to_str, _OPT.experiment_type, "string"),
+    "scan_type": KeySpec(_to_str, _OPT.scan_type, "string"),
+    "user": KeySpec(_to_str, None, "string"),
+    "password": KeySpec(_to_str, None, "string"),
+}
+del _OPT
+
+
+def _default(key: str, env: Mapping[str, str]) -> Any:
+    if key == "cache_dir":
+        # what options.default_cache_dir() gives, but from the env mapping we were handed
+        base = env.get("XDG_CACHE_HOME") or os.path.join(
+            env.get("HOME") or os.path.expanduser("~"), ".cache")
+        return str(Path(base) / "xnatfs")
+    return KEYS[key].default
+
+
+# ------------------------------------------------------------------------------- the file
+@dataclass(frozen=True)
+class ConfigFile:
+    """A parsed and validated config file; empty when there is none."""
+
+    #: the file read, or None when no file exists (the default location is optional)
+    path: Optional[Path] = None
+    #: ``[defaults]``, normalized values
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: normalized server URL -> that server's table, normalized values
+    servers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def for_server(self, url: str) -> Dict[str, Any]:
+        """The file's values for ``url``: its server table over ``[defaults]``."""
+        merged = dict(self.defaults)
+        merged.update(self.servers.get(normalize_url(url), {}))
+        return merged
+
+
+def default_config_path(env: Mapping[str, str] = os.environ) -> Path:
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(
+        env.get("HOME") or os.path.expanduser("~"), ".config")
+    return Path(base) / "xnatfs" / "config.toml"
+
+
+def normalize_url(url: str) -> str:
+    """Server identity for matching tables: scheme and host lower-cased, no trailing ``/``,
+    no default port (``https://X.org:443/xnat/`` == ``https://x.org/xnat``)."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port and not ((scheme == "https" and port == 443) or (scheme == "http" and port == 80)):
+        host = f"{host}:{port}"
+    return urlunsplit((scheme, host, parts.path.rstrip("/"), "", ""))
+
+
+def _line_of(text: str, key: str, table: str) -> Optional[int]:
+    """Best-effort line number of ``key = ...`` inside ``[table]`` ("" = before any table);
+    tomllib reports lines for syntax errors only."""
+    def header(line: str) -> str:
+        inner = line.strip().lstrip("[").rpartition("]")[0] if "]" in line else line
+        return re.sub(r"\s+", "", inner).replace("'", '"')
+
+    current = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            current = header(stripped)
+            continue
+        if current == header(table) and re.match(
+                r'["\']?' + re.escape(key) + r'["\']?\s*=', stripped):
+            return number
+    return None
+
+
+def _where(path: Path, text: str, key: str, table: str) -> str:
+    line = _line_of(text, key, table)
+    return f"{path}, line {line}" if line else str(path)
+
+
+def _check_table(path: Path, text: str, name: str, table: Any) -> Dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: {name} must be a table ([{name}])")
+    out: Dict[str, Any] = {}
+    for key, value in table.items():
+        spec = KEYS.get(key)
+        if spec is None:
+            close = difflib.get_close_matches(key, KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else \
+                f" (known keys: {', '.join(KEYS)})"
+            raise ConfigError(f"{_where(path, text, key, name)}: unknown key '{key}' in "
+                              f"[{name}]{hint}")
+        try:
+            out[key] = spec.convert(value, False)
+        except ValueError as exc:
+            raise ConfigError(f"{_where(path, text, key, name)}: [{name}] {key} {exc} "
+                              f"(got {type(value).__name__} {_show(key, value)})") from None
+    return out
+
+
+def _show(key: str, value: Any) -> str:
+    return MASK if key in SECRET_KEYS else repr(value)
+
+
+def load_config(path: Optional[os.PathLike] = None,
+                env: Mapping[str, str] = os.environ) -> ConfigFile:
+    """Read and validate the config file; an absent default file is an empty config.
+
+    ``path`` (``--config``) or ``$XNATFS_CONFIG`` name a file that must exist.  Raises
+    :class:`ConfigError` for a file that cannot be read, malformed TOML (file and line), an
+    unknown table or key, a value of the wrong type, and a file holding a password that group or
+    others may access.
+    """
+    explicit = path is not None or bool(env.get(ENV_CONFIG))
+    file = Path(os.path.expanduser(str(path if path is not None else
+                                       env.get(ENV_CONFIG) or default_config_path(env))))
+    try:
+        with open(file, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            raw = fh.read()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {file} does not exist") from None
+        return ConfigFile()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text; save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: {_toml_message(exc)}") from None
+
+    defaults: Dict[str, Any] = {}
+    servers: Dict[str, Dict[str, Any]] = {}
+    for name, value in data.items():
+        if name == "defaults":
+            defaults = _check_table(file, text, "defaults", value)
+        elif name == "servers":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{file}: servers must be tables like "
+                                  f"[servers.\"https://xnat.example.org\"]")
+            for url, table in value.items():
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ConfigError(f"{file}: [servers.\"{url}\"] is not an http(s) URL; write "
+                                      f"the server as [servers.\"https://xnat.example.org\"]")
+                servers[normalize_url(url)] = _check_table(file, text, f'servers."{url}"',
+                                                           table)
+        else:
+            close = difflib.get_close_matches(name, ["defaults", "servers"], n=1)
+            hint = f" (did you mean [{close[0]}]?)" if close else \
+                " (only [defaults] and [servers.\"URL\"] exist)"
+            raise ConfigError(f"{_where(file, text, name, '')}: unknown table or key "
+                              f"'{name}'{hint}")
+
+    holds_password = "password" in defaults or any("password" in t for t in servers.values())
+    if holds_password and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{file} holds a password but group or others may access it "
+                          f"(mode {stat.S_IMODE(st.st_mode):04o}): run chmod 600 {file}")
+    return ConfigFile(path=file, defaults=defaults, servers=servers)
+
+
+def _toml_message(exc: Exception) -> str:
+    """tomllib says "Invalid value (at line 3, column 9)"; put the line first."""
+    text = str(exc)
+    m = re.search(r"\(at line (\d+), column (\d+)\)", text)
+    if m:
+        reason = text[:m.start()].strip()
+        return f"line {m.group(1)}, column {m.group(2)}: malformed TOML: {reason}"
+    m = re.search(r"\(at end of document\)", text)
+    if m:
+        return f"end of file: malformed TOML: {text[:m.start()].strip()}"
+    return f"malformed TOML: {text}"
+
+
+# ------------------------------------------------------------------------------- precedence
+def effective_settings(url: str, cli_values: Mapping[str, Any],
+                       env: Mapping[str, str] = os.environ,
+                       config: Optional[ConfigFile] = None) -> Dict[str, Tuple[Any, str]]:
+    """Every key of :data:`KEYS` -> ``(value, source)`` for a mount of ``url``.
+
+    ``cli_values`` holds only the options the user typed (see :func:`explicit_cli_values`),
+    keyed like :data:`KEYS` (``-`` is accepted for ``_``); ``None`` values count as not given.
+    Unset keys without a default come back as ``(None, "default")``.  Raises
+    :class:`ConfigError` for an unknown key or a bad value from the command line or from an
+    ``XNATFS_<KEY>`` variable.
+    """
+    config = config or ConfigFile()
+    from_file = config.for_server(url)
+    given: Dict[str, Any] = {}
+    for key, value in cli_values.items():
+        norm = key.replace("-", "_")
+        if norm not in KEYS:
+            raise ConfigError(f"unknown setting '{key}'")
+        if value is not None:
+            given[norm] = value
+
+    out: Dict[str, Tuple[Any, str]] = {}
+    for key, spec in KEYS.items():
+        if key in given:
+            option = "--" + key.replace("_", "-")
+            out[key] = (_convert(spec, key, given[key], f"{option}"), SOURCE_CLI)
+        elif env.get(ENV_PREFIX + key.upper()):
+            var = ENV_PREFIX + key.upper()
+            out[key] = (_convert(spec, key, env[var], f"${var}"), SOURCE_ENV)
+        elif key in from_file:
+            out[key] = (from_file[key], SOURCE_FILE)
+        else:
+            out[key] = (_default(key, env), SOURCE_DEFAULT)
+    return out
+
+
+def _convert(spec: KeySpec, key: str, value: Any, where: str) -> Any:
+    try:
+        return spec.convert(value, True)
+    except ValueError as exc:
+        raise ConfigError(f"{where} {exc} (got {_show(key, value)})") from None
+
+
+def explicit_cli_values(parser: Any, argv: Sequence[str]) -> Dict[str, Any]:
+    """The :data:`KEYS` options present in ``argv``, parsed by ``parser`` with every default
+    suppressed, so that an option left at its argparse default does not count as typed.
+
+    Pass a *fresh* parser (``cli.build_parser()``): its defaults are changed in place.
+    """
+    import argparse
+
+    def suppress(p: argparse.ArgumentParser) -> None:
+        for action in p._actions:  # noqa: SLF001 - argparse has no public walk
+            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+                for sub in action.choices.values():
+                    suppress(sub)
+            elif action.dest not in ("help", "version") and not action.required \
+                    and action.option_strings:
+                action.default = argparse.SUPPRESS
+        p._defaults.clear()  # noqa: SLF001 - set_defaults() values are not typed either
+
+    suppress(parser)
+    namespace = parser.parse_args(list(argv))
+    return {key: value for key, value in vars(namespace).items() if key in KEYS}
+
+
+# ------------------------------------------------------------------------------- rendering
+def _format_size(size: int) -> str:
+    for power, unit in ((4, "T"), (3, "G"), (2, "M"), (1, "K")):
+        if size % (1024 ** power) == 0:
+            return f"{size // 1024 ** power}{unit}"
+    return str(size)
+
+
+def render(settings: Mapping[str, Tuple[Any, str]], config: Optional[ConfigFile] = None) -> str:
+    """Text for ``xnatfs config``: one ``key = value  # source`` line per key, TOML-like,
+    secrets masked (an unset secret shows as unset, a set one as ``********``)."""
+    lines = []
+    if config is not None:
+        lines.append(f"# config file: {config.path if config.path else 'none'}")
+    rows = []
+    for key, (value, source) in settings.items():
+        if value is None:
+            shown = "(unset)"
+        elif key in SECRET_KEYS:
+            shown = f'"{MASK}"'
+        elif key == "cache_size" and isinstance(value, int):
+            shown = f'"{_format_size(value)}"'
+        elif isinstance(value, bool):
+            shown = "true" if value else "false"
+        elif isinstance(value, str):
+            shown = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        else:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+        rows.append((key, shown, source))
+    key_width = max((len(r[0]) for r in rows), default=0)
+    value_width = max((len(r[1]) for r in rows), default=0)
+    for key, shown, source in rows:
+        lines.append(f"{key.ljust(key_width)} = {shown.ljust(value_width)}  # {source}")
+    return "\n".join(lines) + "\n"
