@@ -1,0 +1,349 @@
+"""Journal: durable entries (data file + atomically written sidecar), reload after a crash.
+
+Crashes are simulated two ways: by leaving on disk what a kill -9 would leave (temp files,
+sidecars without data, data without sidecars), and by stopping ``add``/``update``/``remove``
+at every single file-system call in turn (``Crash`` is a BaseException, so no ``except
+OSError`` cleanup runs, as with a real kill) and then reloading a fresh Journal.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+
+from xnatfs.uploads import journal as journal_mod
+from xnatfs.uploads.journal import FAILED, PENDING, UPLOADING, Journal
+from xnatfs.uploads.spool import Spool
+
+TARGET = {"kind": "file", "resource_uri": "/data/projects/P/resources/R", "relpath": "a/x.nii",
+          "overwrite": False}
+MNT_PATH = "/P/resources/R/files/a/x.nii"
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    return bytes((i * 7 + seed) % 251 for i in range(n))
+
+
+def spooled(spool: Spool, data: bytes):
+    f = spool.create()
+    f.write(0, data)
+    return f
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    return Spool(tmp_path / "spool"), tmp_path / "journal"
+
+
+def files(directory) -> list:
+    return sorted(os.listdir(directory))
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 64 KiB tmpfs (root only); skipped, with the reason, where it cannot be mounted."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where = tmp_path / "tiny"
+    where.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs",
+                          str(where)], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], capture_output=True, timeout=30, check=True)
+
+
+# ---------------------------------------------------------------------------- add/update/remove
+def test_add_moves_the_spool_file_and_is_durable(dirs):
+    spool, jdir = dirs
+    j = Journal(jdir)
+    j.reload()
+    data = payload(5000)
+    f = spooled(spool, data)
+    entry = j.add(f, TARGET, MNT_PATH)
+    assert f.closed and not os.path.exists(f.path)
+    assert (entry.size, entry.md5, entry.state, entry.tries) == (5000, md5(data), PENDING, 0)
+    assert entry.target == TARGET and entry.target is not TARGET
+    assert entry.path == MNT_PATH
+    with open(entry.data_path, "rb") as fh:
+        assert fh.read() == data
+    assert stat.S_IMODE(os.stat(jdir).st_mode) == 0o700
+    assert files(jdir) == sorted([entry.id + ".data", entry.id + ".json"])
+    for name in files(jdir):
+        assert stat.S_IMODE(os.stat(jdir / name).st_mode) == 0o600
+    doc = json.loads((jdir / (entry.id + ".json")).read_text())
+    assert {k: doc[k] for k in ("id", "target", "path", "size", "md5", "state", "tries",
+                                "next_attempt", "last_error", "created")} == {
+        "id": entry.id, "target": TARGET, "path": MNT_PATH, "size": 5000, "md5": md5(data),
+        "state": "pending", "tries": 0, "next_attempt": 0.0, "last_error": "",
+        "created": entry.created}
+    # a new process sees the same entry
+    again = Journal(jdir).reload()
+    assert again == [entry]
+    assert again[0].data_path == entry.data_path
+
+
+def test_add_from_a_plain_path(tmp_path):
+    src = tmp_path / "upload.zip"
+    src.write_bytes(b"PK zip bytes")
+    j = Journal(tmp_path / "journal")
+    entry = j.add(src, {"kind": "import", "project": "P"}, "/P/subjects/S/experiments/s.zip")
+    assert not src.exists()
+    assert entry.md5 == md5(b"PK zip bytes")
+    assert stat.S_IMODE(os.stat(entry.data_path).st_mode) == 0o600
+
+
+def test_update_persists_and_never_resurrects(dirs):
+    spool, jdir = dirs
+    j = Journal(jdir)
+    entry = j.add(spooled(spool, b"abc"), TARGET, MNT_PATH)
+    newer = j.update(dataclasses.replace(entry, tries=3, last_error="503", next_attempt=12.5))
+    assert j.get(entry.id) == newer
+    assert Journal(jdir).reload()[0].tries == 3
+    j.remove(newer)
+    assert files(jdir) == []
+    assert j.get(entry.id) is None and j.entries() == []
+    with pytest.raises(KeyError):
+        j.update(newer)
+    assert files(jdir) == []
+    j.remove(newer)  # idempotent
+
+
+def test_lookups_by_path(dirs):
+    spool, jdir = dirs
+    j = Journal(jdir)
+    a1 = j.add(spooled(spool, b"v1"), TARGET, "/P/resources/R/files/a.txt")
+    b = j.add(spooled(spool, b"b"), TARGET, "/P/resources/R/files/sub/b.txt")
+    a2 = j.add(spooled(spool, b"v2!"), TARGET, "/P/resources/R/files/a.txt")
+    assert j.pending_for("/P/resources/R/files/a.txt") == a2
+    assert j.pending_for("/P/resources/R/files/zzz") is None
+    assert j.versions_for("/P/resources/R/files/a.txt") == [a1, a2]
+    assert j.by_path() == {"/P/resources/R/files/a.txt": a2,
+                           "/P/resources/R/files/sub/b.txt": b}
+    assert j.pending_in("/P/resources/R/files/") == [a2]
+    assert j.pending_in("/P/resources/R/files/sub") == [b]
+    assert j.entries() == [a1, b, a2]
+    j.remove(a2)
+    assert j.pending_for("/P/resources/R/files/a.txt") == a1
+    j.remove(a1)
+    assert "/P/resources/R/files/a.txt" not in j.by_path()
+    # order survives a restart (seq is persisted)
+    assert [e.id for e in Journal(jdir).reload()] == [b.id]
+
+
+def test_add_across_filesystems_copies(dirs, monkeypatch):
+    spool, jdir = dirs
+    j = Journal(jdir)
+    f = spooled(spool, b"far away")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if str(src).startswith(spool.directory):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(journal_mod.os, "rename", rename)
+    entry = j.add(f, TARGET, MNT_PATH)
+    monkeypatch.undo()
+    assert not os.path.exists(f.path)
+    with open(entry.data_path, "rb") as fh:
+        assert fh.read() == b"far away"
+    assert not [n for n in files(jdir) if n.endswith(".tmp")]
+
+
+def test_enospc_on_add_leaves_no_entry_and_keeps_the_bytes(tiny_fs):
+    spool = Spool(tiny_fs / "spool")
+    j = Journal(tiny_fs / "journal")
+    f = spooled(spool, b"precious")
+    f.close()
+    filler = spool.create()
+    with pytest.raises(OSError):
+        filler.write(0, b"\0" * (1 << 20))  # fill the disk (the failed write is undone ...)
+    n = 0
+    while True:  # ... so fill it page by page instead
+        try:
+            filler.write(filler.size, b"\1" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            break
+        n += 1
+    with pytest.raises(OSError) as info:
+        j.add(f.path, TARGET, MNT_PATH)
+    assert info.value.errno == errno.ENOSPC
+    assert j.entries() == [] and files(j.directory) == []
+    with open(f.path, "rb") as fh:
+        assert fh.read() == b"precious"
+    filler.discard()
+    entry = j.add(f.path, TARGET, MNT_PATH)
+    assert Journal(j.directory).reload() == [entry]
+
+
+# ---------------------------------------------------------------------------- reload
+def test_reload_repairs_what_a_crash_left(dirs):
+    spool, jdir = dirs
+    j = Journal(jdir)
+    keep = j.add(spooled(spool, b"keep"), TARGET, "/P/resources/R/files/keep")
+    busy = j.update(dataclasses.replace(
+        j.add(spooled(spool, b"busy"), TARGET, "/P/resources/R/files/busy"),
+        state=UPLOADING, tries=2))
+    done = j.update(dataclasses.replace(
+        j.add(spooled(spool, b"done"), TARGET, "/P/resources/R/files/done"), state="done"))
+    gone = j.add(spooled(spool, b"gone"), TARGET, "/P/resources/R/files/gone")
+    os.unlink(gone.data_path)  # a remove interrupted between its two unlinks
+    lost = j.add(spooled(spool, b"lost sidecar"), TARGET, "/P/resources/R/files/lost")
+    os.unlink(jdir / (lost.id + ".json"))
+    bad = j.add(spooled(spool, b"bad sidecar"), TARGET, "/P/resources/R/files/bad")
+    (jdir / (bad.id + ".json")).write_text('{"id": "')
+    (jdir / (".%s.json.abcd.tmp" % keep.id)).write_text('{"half')  # an interrupted update
+    (jdir / ("%s.data.1234.tmp" % keep.id)).write_bytes(b"half a copy")
+
+    fresh = Journal(jdir)
+    got = {e.id: e for e in fresh.reload()}
+    assert fresh.loaded
+    assert got[keep.id] == keep
+    assert got[busy.id].state == PENDING and got[busy.id].tries == 2
+    assert done.id not in got and not os.path.exists(done.data_path)
+    assert gone.id not in got and not (jdir / (gone.id + ".json")).exists()
+    for orphan, data in ((lost, b"lost sidecar"), (bad, b"bad sidecar")):
+        e = got[orphan.id]
+        assert e.state == FAILED and e.target is None and e.path == ""
+        assert e.size == len(data) and e.md5 == md5(data)
+        assert "sidecar" in e.last_error and e.data_path in e.last_error
+        with open(e.data_path, "rb") as fh:
+            assert fh.read() == data
+    assert (jdir / (bad.id + ".json.bad")).exists()
+    assert not [n for n in files(jdir) if n.endswith(".tmp")]
+    # the repairs are on disk: a second reload finds the same
+    assert {e.id: e for e in Journal(jdir).reload()} == got
+
+
+def test_reload_completes_an_interrupted_add(dirs):
+    spool, jdir = dirs
+    j = Journal(jdir)
+    f = spooled(spool, b"half added")
+    entry = j.add(f, TARGET, MNT_PATH)
+    os.rename(entry.data_path, f.path)  # as if the crash came before the rename
+    assert Journal(jdir).reload() == [entry]
+    assert not os.path.exists(f.path)
+    with open(entry.data_path, "rb") as fh:
+        assert fh.read() == b"half added"
+
+
+def test_keep_orphan_moves_a_leftover_in(dirs):
+    spool, jdir = dirs
+    j = Journal(jdir)
+    f = spooled(spool, b"written before a crash")
+    f.close()
+    for path in spool.leftovers():
+        e = j.keep_orphan(path, "spool file left by an unclean shutdown")
+    assert not os.path.exists(f.path)
+    assert e.state == FAILED and e.size == 22 and e.target is None
+    assert "unclean shutdown" in e.last_error
+    assert Journal(jdir).reload() == [e]
+
+
+# ---------------------------------------------------------------------------- kill -9 anywhere
+class Crash(BaseException):
+    """The process dies here (BaseException: ``except OSError`` cleanups do not run)."""
+
+
+class CrashingOs:
+    """Stands in for ``os`` in journal.py: the k-th mutating call dies instead of running."""
+
+    MUTATING = {"open", "write", "fsync", "replace", "rename", "unlink", "fchmod"}
+
+    def __init__(self, crash_at: int) -> None:
+        self.crash_at = crash_at
+        self.calls = 0
+
+    def __getattr__(self, name):
+        real = getattr(os, name)
+        if name not in self.MUTATING:
+            return real
+
+        def wrapper(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self.crash_at:
+                raise Crash(f"killed at {name}{args[:1]}")
+            return real(*args, **kwargs)
+
+        return wrapper
+
+
+def run_until_crash(monkeypatch, crash_at: int, action) -> bool:
+    """Run ``action`` with a crash at mutating call ``crash_at``; True if it crashed."""
+    fake = CrashingOs(crash_at)
+    monkeypatch.setattr(journal_mod, "os", fake)
+    try:
+        action()
+        return False
+    except Crash:
+        return True
+    finally:
+        monkeypatch.setattr(journal_mod, "os", os)
+
+
+def test_kill_at_any_point_of_add(tmp_path, monkeypatch):
+    data = payload(70_000)
+    crash_points = 0
+    for k in range(1, 100):
+        base = tmp_path / str(k)
+        spool, jdir = Spool(base / "spool"), base / "journal"
+        j = Journal(jdir)
+        f = spooled(spool, data)
+        crashed = run_until_crash(monkeypatch, k, lambda: j.add(f, TARGET, MNT_PATH))
+        got = Journal(jdir).reload()
+        if got:  # a complete entry, holding the bytes
+            assert len(got) == 1
+            e = got[0]
+            assert (e.target, e.path, e.size, e.md5, e.state) == (
+                TARGET, MNT_PATH, len(data), md5(data), PENDING)
+            with open(e.data_path, "rb") as fh:
+                assert fh.read() == data
+            assert not os.path.exists(f.path)
+        else:  # no entry, and the bytes are still in the spool
+            assert crashed
+            with open(f.path, "rb") as fh:
+                assert fh.read() == data
+        assert sorted(os.listdir(jdir)) == ([] if not got else
+                                            sorted([got[0].id + ".data", got[0].id + ".json"]))
+        if not crashed:
+            break
+        crash_points += 1
+    assert crash_points >= 6, "the simulation should have stopped add() at several points"
+
+
+def test_kill_at_any_point_of_update_and_remove(tmp_path, monkeypatch):
+    for k in range(1, 100):
+        base = tmp_path / str(k)
+        spool, jdir = Spool(base / "spool"), base / "journal"
+        j = Journal(jdir)
+        entry = j.add(spooled(spool, b"bytes"), TARGET, MNT_PATH)
+        newer = dataclasses.replace(entry, tries=1, last_error="503")
+        crashed_update = run_until_crash(monkeypatch, k, lambda: j.update(newer))
+        got = Journal(jdir).reload()
+        assert got in ([entry], [newer])  # old or new version, always whole
+
+        j = Journal(jdir)
+        j.reload()
+        crashed_remove = run_until_crash(monkeypatch, k, lambda: j.remove(got[0]))
+        after = Journal(jdir).reload()
+        assert after in ([], got)
+        if after:
+            with open(after[0].data_path, "rb") as fh:
+                assert fh.read() == b"bytes"
+        if not crashed_update and not crashed_remove:
+            break

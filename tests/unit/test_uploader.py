@@ -1,0 +1,465 @@
+"""Uploader: verify before delete, backoff for retryable errors only, upload_now, resume,
+bounded named workers, close with a deadline.
+
+No sleeps and no network: ``FakeServer`` keeps uploaded bytes in memory, fails on a script and
+can hold a put at a gate; time is a ``FakeClock`` the test moves (then ``uploader.wake()``).
+Every state change signals one Condition, so tests wait for conditions with a deadline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import logging
+import os
+import re
+import threading
+from typing import Dict, List, Optional
+
+import pytest
+
+from xnatfs.uploads.journal import DONE, FAILED, PENDING, UPLOADING, Journal
+from xnatfs.uploads.spool import Spool
+from xnatfs.uploads.uploader import Uploader, UploadNotVerified
+
+WAIT = 10.0  # generous deadline for conditions that should hold almost at once
+
+
+class Transient(Exception):
+    retryable = True
+
+    def __init__(self, msg: str = "POST /data/x -> 503 Service Unavailable",
+                 retry_after: Optional[float] = None) -> None:
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+class Permanent(Exception):
+    retryable = False
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Signal:
+    """One Condition for every event in a test; ``wait_for(pred)`` with a deadline."""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+
+    def notify(self) -> None:
+        with self.cv:
+            self.cv.notify_all()
+
+    def wait_for(self, predicate, timeout: float = WAIT) -> None:
+        with self.cv:
+            assert self.cv.wait_for(predicate, timeout), "condition not reached in time"
+
+
+class FakeServer:
+    """``put``/``verify`` against an in-memory archive.
+
+    ``failures``: exceptions raised by successive puts (None = succeed). ``gate``: when set to an
+    Event, each put waits for it (after counting itself in ``active``).
+    """
+
+    def __init__(self, signal: Signal) -> None:
+        self.signal = signal
+        self.files: Dict[str, bytes] = {}
+        self.failures: List[Optional[BaseException]] = []
+        self.gate: Optional[threading.Event] = None
+        self.lie_once = False  # verify says "no" once even though the bytes are there
+        self.lock = threading.Lock()
+        self.puts: List[tuple] = []   # (path, data, thread name)
+        self.verifies: List[str] = []
+        self.active = 0
+        self.max_active = 0
+
+    def put(self, entry) -> None:
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            failure = self.failures.pop(0) if self.failures else None
+        self.signal.notify()
+        try:
+            if self.gate is not None:
+                assert self.gate.wait(WAIT), "test forgot to open the gate"
+            with open(entry.data_path, "rb") as fh:
+                data = fh.read()
+            with self.lock:
+                self.puts.append((entry.path, data, threading.current_thread().name))
+            if failure is not None:
+                raise failure
+            with self.lock:
+                self.files[entry.path] = data
+        finally:
+            with self.lock:
+                self.active -= 1
+            self.signal.notify()
+
+    def verify(self, entry) -> bool:
+        with self.lock:
+            self.verifies.append(entry.path)
+            if self.lie_once:
+                self.lie_once = False
+                return False
+            data = self.files.get(entry.path)
+        return (data is not None and len(data) == entry.size
+                and hashlib.md5(data).hexdigest() == entry.md5)
+
+
+class Rig:
+    """A journal, a spool, a fake server and a factory for uploaders, in one tmp dir."""
+
+    def __init__(self, tmp_path) -> None:
+        self.tmp_path = tmp_path
+        self.signal = Signal()
+        self.server = FakeServer(self.signal)
+        self.clock = FakeClock()
+        self.spool = Spool(tmp_path / "spool")
+        self.journal = Journal(tmp_path / "journal")
+        self.journal.reload()
+        self.changes: List = []
+        self.uploaders: List[Uploader] = []
+
+    def on_change(self, entry) -> None:
+        self.changes.append(entry)
+        self.signal.notify()
+
+    def uploader(self, journal: Optional[Journal] = None, **kwargs) -> Uploader:
+        kwargs.setdefault("clock", self.clock)
+        kwargs.setdefault("on_change", self.on_change)
+        up = Uploader(journal or self.journal, self.server.put, self.server.verify, **kwargs)
+        self.uploaders.append(up)
+        return up
+
+    def add(self, data: bytes, path: str = "/P/resources/R/files/x.nii", journal=None):
+        f = self.spool.create()
+        f.write(0, data)
+        return (journal or self.journal).add(f, {"kind": "file", "relpath": path}, path)
+
+    def states(self, path: str) -> List[str]:
+        return [c.state for c in self.changes if c.path == path]
+
+    def close(self) -> None:
+        if self.server.gate is not None:
+            self.server.gate.set()
+        for up in self.uploaders:
+            up.close(self.clock() + WAIT)
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+def upload_threads() -> List[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("xnatfs-upload")]
+
+
+# ---------------------------------------------------------------------------- success
+def test_success_removes_the_entry_only_after_verify(rig):
+    up = rig.uploader()
+    assert upload_threads() == []  # the constructor starts nothing
+    up.start()
+    assert sorted(t.name for t in upload_threads()) == ["xnatfs-upload-0", "xnatfs-upload-1"]
+    rig.server.lie_once = True  # put succeeds, but the server does not show it yet
+    entry = rig.add(b"nifti bytes")
+    up.submit(entry)
+    rig.signal.wait_for(lambda: rig.states(entry.path) == [PENDING])
+    # not confirmed: the bytes are still in the journal, as a pending retry
+    kept = rig.journal.get(entry.id)
+    assert kept is not None and kept.tries == 1 and "does not show" in kept.last_error
+    with open(kept.data_path, "rb") as fh:
+        assert fh.read() == b"nifti bytes"
+    [st] = up.status()
+    assert st["state"] == PENDING and 0 < st["next_attempt_in"] <= 1.0
+    rig.clock.advance(1.0)
+    up.wake()
+    rig.signal.wait_for(lambda: rig.states(entry.path) == [PENDING, DONE])
+    assert rig.server.files[entry.path] == b"nifti bytes"
+    assert rig.journal.entries() == [] and up.status() == []
+    assert os.listdir(rig.journal.directory) == []
+    # the second attempt asked the server first (tries > 0), found the bytes, sent nothing
+    assert [p for p, _, _ in rig.server.puts] == [entry.path]
+    assert rig.server.verifies == [entry.path, entry.path]
+
+
+def test_upload_now_returns_after_confirmation(rig):
+    up = rig.uploader()  # not started: upload_now runs in the caller's thread anyway
+    entry = rig.add(b"abc")
+    assert up.upload_now(entry, rig.clock() + WAIT) is None
+    assert rig.server.files[entry.path] == b"abc"
+    assert rig.server.puts[0][2] == threading.current_thread().name
+    assert rig.server.verifies == [entry.path]
+    assert rig.journal.get(entry.id) is None
+    assert rig.changes[-1].state == DONE and rig.changes[-1].id == entry.id
+
+
+# ---------------------------------------------------------------------------- failures
+def test_retryable_error_backs_off_then_succeeds(rig, caplog):
+    rig.server.failures = [Transient(), Transient()]
+    up = rig.uploader(base_delay=2.0, max_delay=300)
+    up.start()
+    entry = rig.add(b"data")
+    with caplog.at_level(logging.DEBUG, logger="xnatfs.uploads"):
+        up.submit(entry)
+        rig.signal.wait_for(lambda: rig.states(entry.path) == [PENDING])
+        [st] = up.status()
+        assert (st["state"], st["tries"]) == (PENDING, 1)
+        assert "503" in st["last_error"]
+        assert 1.0 <= st["next_attempt_in"] <= 2.0   # base 2 s, jitter in [d/2, d]
+        assert rig.journal.get(entry.id).tries == 1  # persisted
+        rig.clock.advance(st["next_attempt_in"] + 0.001)
+        up.wake()
+        rig.signal.wait_for(lambda: rig.states(entry.path) == [PENDING, PENDING])
+        [st] = up.status()
+        assert st["tries"] == 2 and 2.0 <= st["next_attempt_in"] <= 4.0
+        rig.clock.advance(st["next_attempt_in"] + 0.001)
+        up.wake()
+        rig.signal.wait_for(lambda: rig.states(entry.path) == [PENDING, PENDING, DONE])
+    assert rig.server.files[entry.path] == b"data"
+    lines = [r for r in caplog.records if r.getMessage().startswith("upload ")
+             and "retry in" in r.getMessage()]
+    assert len(lines) == 2
+    assert re.fullmatch(r"upload /P/resources/R/files/x\.nii: POST /data/x -> 503 Service "
+                        r"Unavailable; try 1, retry in \d+\.\ds", lines[0].getMessage())
+    assert all(r.levelno == logging.DEBUG for r in lines)
+
+
+def test_non_retryable_error_marks_failed_and_keeps_the_bytes(rig, caplog):
+    rig.server.failures = [Permanent("POST /data/x -> 403 Forbidden")]
+    up = rig.uploader()
+    up.start()
+    entry = rig.add(b"forbidden bytes")
+    with caplog.at_level(logging.WARNING, logger="xnatfs.uploads"):
+        up.submit(entry)
+        rig.signal.wait_for(lambda: rig.states(entry.path) == [FAILED])
+    kept = rig.journal.get(entry.id)
+    assert kept.state == FAILED and kept.last_error == "POST /data/x -> 403 Forbidden"
+    assert rig.journal.pending_for(entry.path) == kept  # still visible in listings
+    with open(kept.data_path, "rb") as fh:
+        assert fh.read() == b"forbidden bytes"
+    assert Journal(rig.journal.directory).reload()[0].state == FAILED  # and after a restart
+    [st] = up.status()
+    assert st["state"] == FAILED and st["next_attempt_in"] is None
+    [line] = [r for r in caplog.records if r.name == "xnatfs.uploads.uploader"]
+    assert line.levelno == logging.WARNING
+    assert line.getMessage().startswith(f"upload {entry.path}: POST /data/x -> 403 Forbidden;")
+    # an explicit retry (e.g. after fixing permissions) goes through
+    up.submit(kept)
+    rig.signal.wait_for(lambda: rig.states(entry.path) == [FAILED, DONE])
+    assert rig.server.files[entry.path] == b"forbidden bytes"
+    assert rig.journal.entries() == []
+
+
+def test_upload_now_failure_reraises_and_leaves_pending(rig):
+    error = Transient()
+    rig.server.failures = [error]
+    up = rig.uploader()
+    entry = rig.add(b"close me")
+    with pytest.raises(Transient) as info:
+        up.upload_now(entry, rig.clock() + WAIT)
+    assert info.value is error
+    kept = rig.journal.get(entry.id)
+    assert (kept.state, kept.tries) == (PENDING, 1)
+    [st] = up.status()
+    assert st["next_attempt_in"] > 0
+    # the background pool takes it from there
+    up.start()
+    rig.clock.advance(st["next_attempt_in"] + 0.001)
+    up.wake()
+    rig.signal.wait_for(lambda: rig.states(entry.path)[-1:] == [DONE])
+    assert rig.server.files[entry.path] == b"close me"
+
+
+def test_upload_now_non_retryable_marks_failed(rig):
+    rig.server.failures = [Permanent("409 Conflict")]
+    up = rig.uploader()
+    entry = rig.add(b"dup")
+    with pytest.raises(Permanent):
+        up.upload_now(entry)
+    assert rig.journal.get(entry.id).state == FAILED
+    assert up.status()[0]["next_attempt_in"] is None
+
+
+def test_backoff_is_capped_honours_retry_after_and_raises_log_levels(rig, caplog):
+    rig.server.failures = [Transient() for _ in range(7)] + [Transient(retry_after=50.0)]
+    up = rig.uploader(base_delay=1.0, max_delay=10.0)
+    entry = rig.add(b"x")
+    delays = []
+    with caplog.at_level(logging.DEBUG, logger="xnatfs.uploads"):
+        for _ in range(8):
+            with pytest.raises(Transient):
+                up.upload_now(entry)
+            delays.append(up.status()[0]["next_attempt_in"])
+    assert all(0 < d <= 10.0 for d in delays)
+    assert 5.0 <= delays[6] <= 10.0        # 2**6 capped at 10, jitter >= half
+    assert delays[7] == 10.0               # Retry-After 50 s, capped at max_delay
+    levels = [r.levelno for r in caplog.records if "retry in" in r.getMessage()]
+    assert levels == [logging.DEBUG] * 2 + [logging.INFO] * 3 + [logging.WARNING] * 3
+    tries = [int(re.search(r"try (\d+)", r.getMessage()).group(1))
+             for r in caplog.records if "retry in" in r.getMessage()]
+    assert tries == list(range(1, 9))
+
+
+# ---------------------------------------------------------------------------- resume
+def test_resume_after_restart(rig, tmp_path):
+    fresh = rig.add(b"never tried", path="/P/resources/R/files/a")
+    interrupted = rig.journal.update(dataclasses.replace(
+        rig.add(b"was uploading", path="/P/resources/R/files/b"), state=UPLOADING, tries=1))
+    failed = rig.journal.update(dataclasses.replace(
+        rig.add(b"gave up", path="/P/resources/R/files/c"), state=FAILED, last_error="403"))
+    # the interrupted attempt had in fact reached the server before the crash
+    rig.server.files["/P/resources/R/files/b"] = b"was uploading"
+
+    journal = Journal(rig.journal.directory)  # a new process; start() reloads it
+    up = rig.uploader(journal=journal)
+    up.start()
+    rig.signal.wait_for(lambda: {c.path for c in rig.changes if c.state == DONE}
+                        == {fresh.path, interrupted.path})
+    assert rig.server.files[fresh.path] == b"never tried"
+    # verified first, not sent again (a second POST without overwrite would be a 409)
+    assert [p for p, _, _ in rig.server.puts] == [fresh.path]
+    assert [e.id for e in journal.entries()] == [failed.id]  # failed ones wait for a human
+
+
+# ---------------------------------------------------------------------------- workers
+def test_bounded_named_workers(rig):
+    rig.server.gate = threading.Event()
+    up = rig.uploader(workers=2)
+    up.start()
+    entries = [rig.add(b"%d" % i, path=f"/P/resources/R/files/f{i}") for i in range(5)]
+    for e in entries:
+        up.submit(e)
+    rig.signal.wait_for(lambda: rig.server.active == 2)
+    assert sorted(s["state"] for s in up.status()) == [PENDING] * 3 + [UPLOADING] * 2
+    rig.server.gate.set()
+    rig.signal.wait_for(lambda: len([c for c in rig.changes if c.state == DONE]) == 5)
+    assert rig.server.max_active == 2
+    assert {name for _, _, name in rig.server.puts} <= {"xnatfs-upload-0", "xnatfs-upload-1"}
+    assert len(rig.server.files) == 5
+
+
+def test_versions_of_one_path_upload_in_order_and_newest_wins(rig):
+    path = "/P/resources/R/files/edited.txt"
+    rig.server.gate = threading.Event()
+    up = rig.uploader(workers=2)
+    up.start()
+    v1 = rig.add(b"version 1", path=path)
+    up.submit(v1)
+    rig.signal.wait_for(lambda: rig.server.active == 1)
+    v2 = rig.add(b"version 2", path=path)
+    up.submit(v2)  # must not start while v1 is on the wire
+    other = rig.add(b"other", path="/P/resources/R/files/other")
+    up.submit(other)  # ... while another path may
+    rig.signal.wait_for(lambda: rig.server.active == 2)
+    rig.server.gate.set()
+    rig.signal.wait_for(lambda: len([c for c in rig.changes if c.state == DONE]) == 3)
+    assert [d for p, d, _ in rig.server.puts if p == path] == [b"version 1", b"version 2"]
+    assert rig.server.files[path] == b"version 2"
+
+
+def test_confirmed_version_drops_older_waiting_ones(rig):
+    path = "/P/resources/R/files/edited.txt"
+    rig.server.failures = [Transient()]
+    up = rig.uploader()
+    v1 = rig.add(b"old", path=path)
+    with pytest.raises(Transient):
+        up.upload_now(v1)  # v1 now waits out a backoff
+    v2 = rig.add(b"new", path=path)
+    up.upload_now(v2)
+    assert rig.journal.entries() == []  # v1 would overwrite newer bytes: dropped
+    up.start()
+    rig.clock.advance(1000)
+    up.wake()
+    assert rig.server.files[path] == b"new"
+    assert up.status() == []
+
+
+def test_on_change_errors_do_not_break_the_uploader(rig, caplog):
+    def broken(entry):
+        rig.signal.notify()
+        raise RuntimeError("tree exploded")
+
+    up = rig.uploader(on_change=broken)
+    entry = rig.add(b"x")
+    with caplog.at_level(logging.ERROR, logger="xnatfs.uploads"):
+        up.upload_now(entry)
+    assert rig.server.files[entry.path] == b"x"
+    assert any("on_change" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------- close
+def test_close_stops_idle_workers(rig):
+    up = rig.uploader()
+    up.start()
+    threads = upload_threads()
+    assert up.close(rig.clock() + WAIT) == []
+    assert not any(t.is_alive() for t in threads)
+    with pytest.raises(RuntimeError):
+        up.start()
+
+
+def test_close_with_deadline_abandons_a_stuck_upload_and_logs_pending(rig, caplog):
+    rig.server.gate = threading.Event()
+    up = rig.uploader(workers=1)
+    up.start()
+    stuck = rig.add(b"slow", path="/P/resources/R/files/slow")
+    waiting = rig.add(b"queued", path="/P/resources/R/files/queued")
+    up.submit(stuck)
+    rig.signal.wait_for(lambda: rig.server.active == 1)
+    up.submit(waiting)
+    with caplog.at_level(logging.WARNING, logger="xnatfs.uploads"):
+        left = up.close(deadline=rig.clock())  # no time left: do not wait
+    assert {s["path"]: s["state"] for s in left} == {stuck.path: UPLOADING,
+                                                    waiting.path: PENDING}
+    text = caplog.text
+    assert "still running at shutdown" in text
+    assert f"upload {stuck.path}: still uploading at shutdown" in text
+    assert f"upload {waiting.path}: still pending at shutdown" in text
+    # let the abandoned attempt end; the queued entry was not started after close()
+    threads = upload_threads()
+    rig.server.gate.set()
+    for t in threads:
+        t.join(WAIT)
+    assert [p for p, _, _ in rig.server.puts] == [stuck.path]
+    assert [e.path for e in rig.journal.entries()] == [waiting.path]
+    # and the next mount resumes it
+    later = rig.uploader(journal=Journal(rig.journal.directory))
+    later.start()
+    rig.signal.wait_for(lambda: waiting.path in rig.server.files)
+
+
+def test_upload_now_waits_for_a_running_attempt_until_its_deadline(rig):
+    rig.server.gate = threading.Event()
+    up = rig.uploader(workers=1)
+    up.start()
+    entry = rig.add(b"busy")
+    up.submit(entry)
+    rig.signal.wait_for(lambda: rig.server.active == 1)
+    with pytest.raises(TimeoutError) as info:
+        up.upload_now(entry, deadline=rig.clock())
+    assert info.value.errno == errno.ETIMEDOUT
+    rig.server.gate.set()
+    up.upload_now(entry, deadline=rig.clock() + WAIT)  # waits; the worker confirmed it
+    assert rig.journal.get(entry.id) is None
+    assert len(rig.server.puts) == 1
+
+
+def test_not_verified_error_is_retryable():
+    from xnatfs.uploads.journal import Entry
+
+    e = Entry(id="1", target={}, path="/p", size=3, md5="abc", created=0.0)
+    err = UploadNotVerified(e)
+    assert err.retryable is True and "3 bytes" in str(err)

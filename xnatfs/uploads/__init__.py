@@ -1,0 +1,26 @@
+"""Uploads: writes become uploads, and the bytes are never lost (DESIGN.md §1.3, STYLE.md §8).
+
+Modules:
+
+- ``spool``     ``Spool``/``SpoolFile``: the on-disk file a write handle writes into (positional
+                writes, reads, truncate, fsync; a failed write such as ENOSPC is undone).
+- ``journal``   ``Journal``/``Entry``: every upload not yet confirmed by the server, as a data
+                file + an atomically written JSON sidecar; crash-safe ``add``, ``reload`` after a
+                restart, lookups by mount path for listings.
+- ``uploader``  ``Uploader``: a bounded pool of named threads that calls the caller's
+                ``put(entry)``, confirms with ``verify(entry)`` before deleting anything, retries
+                retryable errors with jittered exponential backoff, ``upload_now`` for
+                close()/fsync(), ``status()`` for ``xnatfs status``.
+
+Typical use by the tree: ``spool.create()`` on open for write; ``journal.add(spool_file, target,
+path)`` then ``uploader.upload_now(entry, deadline)`` on release (answer the errno of what it
+raises; the entry stays pending); ``journal.pending_in(dir)`` to list pending files.
+
+This package imports neither ``xnatfs.tree`` nor ``xnatfs.xnat``: the uploader is given
+``put``/``verify`` callables and reads ``getattr(exc, "retryable", False)`` from their errors.
+"""
+from xnatfs.uploads.journal import Entry, Journal
+from xnatfs.uploads.spool import Spool, SpoolFile
+from xnatfs.uploads.uploader import Uploader, UploadNotVerified
+
+__all__ = ["Entry", "Journal", "Spool", "SpoolFile", "Uploader", "UploadNotVerified"]

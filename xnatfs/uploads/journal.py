@@ -1,0 +1,514 @@
+"""Journal: every upload that the server has not yet confirmed, durable on local disk.
+
+One entry = a data file plus a JSON sidecar (rclone ``vfscache`` item ``Info``)::
+
+    directory/                 0700
+        <id>.data              0600  the bytes to upload (renamed in from the spool)
+        <id>.json              0600  the sidecar: id, seq, target, path, size, md5, created,
+                                     tries, next_attempt, last_error, state (+ source, see below)
+        .<id>.json.<rnd>.tmp         a sidecar being written (fsspec ``atomic_write``)
+
+Every sidecar write goes to a temp file in the same directory, is fsynced, moved into place with
+``os.replace`` and the directory is fsynced, so a sidecar on disk is always a whole one.
+
+``add`` writes in this order: fsync the spool file, compute size and MD5, write the sidecar
+(recording ``source`` = the spool path), rename the spool file to ``<id>.data``, fsync the
+directory. A kill -9 at any point leaves one of:
+
+- nothing new, the bytes still in the spool file;
+- a sidecar and no data file, the bytes still at ``source``: ``reload`` completes the rename
+  (roll forward), so the entry is complete;
+- a complete entry.
+
+``remove`` deletes the data file first, then the sidecar. So a sidecar without a data file whose
+``source`` is gone is an interrupted remove (or an add whose source vanished) and ``reload``
+drops it: no bytes are lost that way. A data file without a sidecar cannot come from our own
+ordering, but if one appears (a sidecar lost to corruption or a careless hand) it is *kept*, as a
+failed entry with a reason, never deleted: user bytes are deleted only by ``remove``.
+
+States: ``pending`` (waiting for an attempt), ``uploading`` (an attempt runs; ``reload`` turns it
+back to pending), ``failed`` (a non-retryable error; kept and listed until someone retries or
+removes it), ``done`` (confirmed by the server: the uploader then removes the entry, so ``done``
+is seen by callbacks, never found on disk by ``reload`` -- and dropped if it is).
+
+Entries are frozen: ``update`` stores a new version (``dataclasses.replace``), so a reader never
+sees half an update. Entries of the same mount ``path`` are versions of one file, ordered by
+``seq`` (a counter persisted in the sidecars; wall clocks may jump).
+
+This module imports nothing from the rest of xnatfs except ``uploads.spool``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import errno
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+from xnatfs.uploads.spool import SpoolFile
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Entry", "Journal", "STATES", "PENDING", "UPLOADING", "FAILED", "DONE"]
+
+PENDING = "pending"
+UPLOADING = "uploading"
+FAILED = "failed"
+DONE = "done"
+STATES = (PENDING, UPLOADING, FAILED, DONE)
+
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+_DATA = ".data"
+_SIDECAR = ".json"
+_TMP = ".tmp"
+_VERSION = 1
+_CHUNK = 1 << 20
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One pending upload (a version of the sidecar). Frozen: use ``dataclasses.replace``."""
+
+    #: journal-unique name of the entry (also the data and sidecar file names)
+    id: str
+    #: what to upload to, opaque to the journal (e.g. ``{"kind": "file", "resource_uri": ...,
+    #: "relpath": ..., "overwrite": bool}``); None for an orphan whose sidecar was lost
+    target: Optional[Dict[str, Any]]
+    #: path in the mount the bytes were written to ("" for an orphan)
+    path: str
+    #: bytes in the data file
+    size: int
+    #: MD5 hex digest of the data file (XNAT's ``digest``)
+    md5: str
+    #: wall-clock time (time.time()) the entry was added
+    created: float
+    #: order of entries in this journal (several versions of one path upload oldest first)
+    seq: int = 0
+    #: attempts started so far (an attempt that was started may have reached the server)
+    tries: int = 0
+    #: when the next attempt is due, on the *uploader's* clock (monotonic): meaningless after a
+    #: restart, where every pending entry is due at once
+    next_attempt: float = 0.0
+    #: text of the last failure ("" if none)
+    last_error: str = ""
+    #: pending | uploading | failed | done
+    state: str = PENDING
+    #: where the bytes are now (not stored in the sidecar; the journal sets it)
+    data_path: str = field(default="", compare=False)
+
+    def to_json(self) -> Dict[str, Any]:
+        doc = dataclasses.asdict(self)
+        del doc["data_path"]
+        doc["v"] = _VERSION
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], data_path: str) -> "Entry":
+        state = doc.get("state", PENDING)
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        target = doc.get("target")
+        if target is not None and not isinstance(target, dict):
+            raise ValueError("target is not an object")
+        return cls(
+            id=str(doc["id"]),
+            target=target,
+            path=str(doc.get("path", "")),
+            size=int(doc["size"]),
+            md5=str(doc["md5"]),
+            created=float(doc.get("created", 0.0)),
+            seq=int(doc.get("seq", 0)),
+            tries=int(doc.get("tries", 0)),
+            next_attempt=float(doc.get("next_attempt", 0.0)),
+            last_error=str(doc.get("last_error", "")),
+            state=state,
+            data_path=data_path,
+        )
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _digest_fd(fd: int) -> "tuple[int, str]":
+    """(size, md5 hex) of an open file, read from offset 0."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    size = 0
+    offset = 0
+    while True:
+        chunk = os.pread(fd, _CHUNK, offset)
+        if not chunk:
+            return size, md5.hexdigest()
+        md5.update(chunk)
+        size += len(chunk)
+        offset += len(chunk)
+
+
+class Journal:
+    """The on-disk set of pending uploads, with an in-memory index.
+
+    Thread-safety: every method may be called from any thread. Two locks, taken in this order:
+    ``_write_lock`` serializes changes on disk (sidecar writes, renames, unlinks) so an update
+    racing a remove cannot bring a sidecar back; ``_lock`` guards the index (``_entries``,
+    ``_by_path``, ``_seq``) and is held only briefly, never across I/O, so lookups from FUSE
+    threads never wait for an fsync.
+
+    Call ``reload()`` once at start, before the uploader runs.
+    """
+
+    def __init__(self, directory: PathLike) -> None:
+        #: the journal directory (created 0700; local I/O only, nothing started)
+        self.directory = os.path.abspath(os.fspath(directory))
+        os.makedirs(self.directory, mode=_DIR_MODE, exist_ok=True)
+        os.chmod(self.directory, _DIR_MODE)
+        self._write_lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._entries: Dict[str, Entry] = {}   # id -> newest version
+        self._by_path: Dict[str, List[str]] = {}  # mount path -> ids, oldest first
+        self._seq = 0
+        self._loaded = False
+
+    # ----------------------------------------------------------------------- file names
+    def _data_path(self, entry_id: str) -> str:
+        return os.path.join(self.directory, entry_id + _DATA)
+
+    def _sidecar_path(self, entry_id: str) -> str:
+        return os.path.join(self.directory, entry_id + _SIDECAR)
+
+    def _write_sidecar(self, entry: Entry, **extra: Any) -> None:
+        """Atomically replace the sidecar of ``entry`` (temp file, fsync, os.replace, fsync of
+        the directory). On OSError the old sidecar is intact and the temp file is gone."""
+        doc = entry.to_json()
+        doc.update(extra)
+        payload = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        final = self._sidecar_path(entry.id)
+        tmp = os.path.join(self.directory,
+                           f".{entry.id}{_SIDECAR}.{secrets.token_hex(4)}{_TMP}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except OSError:
+            _unlink_quietly(tmp)
+            raise
+        _fsync_dir(self.directory)
+
+    # ----------------------------------------------------------------------- index
+    def _locked_insert(self, entry: Entry) -> None:
+        """Caller holds self._lock."""
+        self._entries[entry.id] = entry
+        self._seq = max(self._seq, entry.seq)
+        if entry.path:
+            ids = self._by_path.setdefault(entry.path, [])
+            if entry.id not in ids:
+                ids.append(entry.id)
+                ids.sort(key=lambda i: (self._entries[i].seq, i))
+
+    def _locked_drop(self, entry_id: str) -> None:
+        """Caller holds self._lock."""
+        entry = self._entries.pop(entry_id, None)
+        if entry is not None and entry.path:
+            ids = self._by_path.get(entry.path, [])
+            if entry_id in ids:
+                ids.remove(entry_id)
+            if not ids:
+                self._by_path.pop(entry.path, None)
+
+    def _next_seq(self) -> int:
+        with self._lock:
+            self._seq += 1
+            return self._seq
+
+    # ----------------------------------------------------------------------- public API
+    @property
+    def loaded(self) -> bool:
+        """True once ``reload()`` ran."""
+        return self._loaded
+
+    def add(self, spool: Union[PathLike, SpoolFile], target: Mapping[str, Any],
+            path: str) -> Entry:
+        """Take ownership of the bytes in ``spool`` (a closed-or-open ``SpoolFile`` or a path)
+        as a new pending entry uploading to ``target`` for mount path ``path``.
+
+        The file is moved, not copied (os.rename; same filesystem expected, a copy is the
+        EXDEV fallback). The entry is durable before this returns. On ``OSError`` (ENOSPC
+        writing the sidecar, ...) no entry exists and the bytes are still at the spool path.
+        A ``SpoolFile`` is fsynced and closed first.
+        """
+        if isinstance(spool, SpoolFile):
+            if not spool.closed:
+                spool.fsync()
+                spool.close()
+            source = spool.path
+        else:
+            source = os.path.abspath(os.fspath(spool))
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)  # the bytes must be on disk before a sidecar points at them
+            os.fchmod(fd, _FILE_MODE)
+            size, md5 = _digest_fd(fd)
+        finally:
+            os.close(fd)
+        entry = Entry(
+            id=f"{time.time_ns():016x}-{secrets.token_hex(6)}",
+            target=copy.deepcopy(dict(target)),
+            path=path,
+            size=size,
+            md5=md5,
+            created=time.time(),
+            seq=self._next_seq(),
+        )
+        entry = dataclasses.replace(entry, data_path=self._data_path(entry.id))
+        with self._write_lock:
+            self._write_sidecar(entry, source=source)
+            try:
+                self._move_in(source, entry.data_path)
+            except OSError:
+                _unlink_quietly(self._sidecar_path(entry.id))
+                raise
+            with self._lock:
+                self._locked_insert(entry)
+        log.debug("journal: added %s for %s (%d bytes, md5 %s)", entry.id, path, size, md5)
+        return entry
+
+    def _move_in(self, source: str, data_path: str) -> None:
+        """Rename ``source`` to ``data_path`` durably; copy + fsync + rename across
+        filesystems (the source is deleted only once the copy is in place)."""
+        try:
+            os.rename(source, data_path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            tmp = data_path + "." + secrets.token_hex(4) + _TMP
+            try:
+                with open(source, "rb") as src, open(
+                        os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                _FILE_MODE), "wb") as dst:
+                    while True:
+                        chunk = src.read(_CHUNK)
+                        if not chunk:
+                            break
+                        dst.write(chunk)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                os.rename(tmp, data_path)
+            except OSError:
+                _unlink_quietly(tmp)
+                raise
+            _fsync_dir(self.directory)
+            os.unlink(source)
+            return
+        _fsync_dir(self.directory)
+        try:
+            _fsync_dir(os.path.dirname(source))
+        except OSError:
+            pass
+
+    def update(self, entry: Entry) -> Entry:
+        """Store a new version of an entry (durably). Raises KeyError if the entry is no longer
+        in the journal (removed meanwhile): a removed entry is never brought back."""
+        with self._write_lock:
+            with self._lock:
+                if entry.id not in self._entries:
+                    raise KeyError(entry.id)
+            entry = dataclasses.replace(entry, data_path=self._data_path(entry.id))
+            self._write_sidecar(entry)
+            with self._lock:
+                self._locked_insert(entry)
+        return entry
+
+    def remove(self, entry: Entry) -> None:
+        """Delete an entry's data file, then its sidecar (the order ``reload`` relies on).
+        Idempotent. Only the uploader (after the server confirmed the bytes) and explicit user
+        deletes should call this."""
+        with self._write_lock:
+            _unlink_missing_ok(self._data_path(entry.id))
+            _unlink_missing_ok(self._sidecar_path(entry.id))
+            _fsync_dir(self.directory)
+            with self._lock:
+                self._locked_drop(entry.id)
+        log.debug("journal: removed %s (%s)", entry.id, entry.path)
+
+    def get(self, entry_id: str) -> Optional[Entry]:
+        """The current version of an entry, or None if it is not (any longer) in the journal."""
+        with self._lock:
+            return self._entries.get(entry_id)
+
+    def entries(self) -> List[Entry]:
+        """Every entry (current versions), oldest first."""
+        with self._lock:
+            return sorted(self._entries.values(), key=lambda e: (e.seq, e.id))
+
+    def pending_for(self, path: str) -> Optional[Entry]:
+        """The newest entry for mount path ``path`` (any state: a failed upload stays visible),
+        or None. The tree shows this size instead of the server's."""
+        with self._lock:
+            ids = self._by_path.get(path)
+            return self._entries[ids[-1]] if ids else None
+
+    def versions_for(self, path: str) -> List[Entry]:
+        """All entries for ``path``, oldest first."""
+        with self._lock:
+            return [self._entries[i] for i in self._by_path.get(path, ())]
+
+    def by_path(self) -> Dict[str, Entry]:
+        """Snapshot: mount path -> newest entry, for listings (rclone ``AddVirtualFn``)."""
+        with self._lock:
+            return {p: self._entries[ids[-1]] for p, ids in self._by_path.items() if ids}
+
+    def pending_in(self, directory: str) -> List[Entry]:
+        """Newest entry of every path directly inside mount directory ``directory``."""
+        directory = directory.rstrip("/") or "/"
+        with self._lock:
+            return [self._entries[ids[-1]] for p, ids in self._by_path.items()
+                    if ids and posixpath.dirname(p) == directory]
+
+    # ----------------------------------------------------------------------- recovery
+    def reload(self) -> List[Entry]:
+        """Rebuild the index from disk after a restart (or crash) and return every entry.
+
+        - temp files (``*.tmp``) are deleted: they never held the only copy of anything;
+        - a sidecar whose data file is missing: if its ``source`` still exists (an ``add`` was
+          interrupted after the sidecar was written) the rename is completed; otherwise (an
+          interrupted ``remove``) the sidecar is dropped;
+        - ``uploading`` becomes ``pending`` (the attempt died with the process; ``tries`` is
+          kept, so the uploader checks the server before sending again); ``done`` is removed;
+        - a data file without a readable sidecar is kept as a ``failed`` entry with a reason.
+        """
+        with self._write_lock:
+            with self._lock:
+                self._entries.clear()
+                self._by_path.clear()
+                self._seq = 0
+            names = sorted(os.listdir(self.directory))
+            for name in names:
+                if name.endswith(_TMP):
+                    log.info("journal: removing temp file %s left by a crash", name)
+                    _unlink_quietly(os.path.join(self.directory, name))
+            names = set(os.listdir(self.directory))
+            orphans: List[str] = []
+            for name in sorted(names):
+                if name.endswith(_SIDECAR):
+                    self._reload_sidecar(name[: -len(_SIDECAR)], names, orphans)
+            for name in sorted(names):
+                if name.endswith(_DATA):
+                    entry_id = name[: -len(_DATA)]
+                    if entry_id + _SIDECAR not in names or entry_id in orphans:
+                        self._keep_orphan_data(entry_id, "journal sidecar missing or unreadable")
+            with self._lock:
+                self._loaded = True
+        found = self.entries()
+        if found:
+            log.info("journal %s: %d upload(s) to resume", self.directory, len(found))
+        return found
+
+    def _reload_sidecar(self, entry_id: str, names: set, orphans: List[str]) -> None:
+        """Caller holds self._write_lock."""
+        sidecar = self._sidecar_path(entry_id)
+        data_path = self._data_path(entry_id)
+        try:
+            with open(sidecar, "rb") as fh:
+                doc = json.load(fh)
+            entry = Entry.from_json(doc, data_path)
+            if entry.id != entry_id:
+                raise ValueError(f"sidecar names entry {entry.id!r}")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("journal: sidecar %s is unreadable (%s); keeping it as %s.bad",
+                        sidecar, exc, sidecar)
+            os.replace(sidecar, sidecar + ".bad")
+            orphans.append(entry_id)
+            return
+        if entry_id + _DATA not in names:
+            source = doc.get("source")
+            if isinstance(source, str) and os.path.isfile(source):
+                log.info("journal: completing interrupted add of %s (%s) from %s",
+                         entry_id, entry.path, source)
+                try:
+                    self._move_in(source, data_path)
+                except OSError as exc:  # leave both for the next reload; the bytes are safe
+                    log.warning("journal: cannot complete the add of %s from %s: %s",
+                                entry_id, source, exc)
+                    return
+                names.add(entry_id + _DATA)
+            else:
+                log.info("journal: dropping entry %s (%s): no data file (interrupted remove)",
+                         entry_id, entry.path)
+                _unlink_missing_ok(sidecar)
+                return
+        if entry.state == DONE:
+            _unlink_missing_ok(data_path)
+            _unlink_missing_ok(sidecar)
+            return
+        if entry.state == UPLOADING:
+            entry = dataclasses.replace(entry, state=PENDING)
+            try:
+                self._write_sidecar(entry)
+            except OSError as exc:  # the in-memory state is right; disk says uploading
+                log.warning("journal: cannot update sidecar of %s: %s", entry_id, exc)
+        with self._lock:
+            self._locked_insert(entry)
+
+    def _keep_orphan_data(self, entry_id: str, reason: str) -> Entry:
+        """Make a failed entry of a data file that has no sidecar. Caller holds _write_lock."""
+        data_path = self._data_path(entry_id)
+        fd = os.open(data_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size, md5 = _digest_fd(fd)
+            mtime = os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
+        entry = Entry(id=entry_id, target=None, path="", size=size, md5=md5, created=mtime,
+                      seq=self._next_seq(), state=FAILED,
+                      last_error=f"{reason}: target unknown; bytes kept at {data_path}",
+                      data_path=data_path)
+        log.warning("journal: %s has no usable sidecar; kept as a failed entry (%d bytes at %s)",
+                    entry_id, size, data_path)
+        self._write_sidecar(entry)
+        with self._lock:
+            self._locked_insert(entry)
+        return entry
+
+    def keep_orphan(self, source: PathLike, reason: str) -> Entry:
+        """Move a stray file (e.g. a spool leftover) into the journal as a ``failed`` entry with
+        no target, so its bytes are kept and listed by ``xnatfs status`` rather than deleted."""
+        source = os.path.abspath(os.fspath(source))
+        entry_id = f"{time.time_ns():016x}-{secrets.token_hex(6)}"
+        with self._write_lock:
+            self._move_in(source, self._data_path(entry_id))
+            return self._keep_orphan_data(entry_id, reason)
+
+
+def _unlink_missing_ok(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+

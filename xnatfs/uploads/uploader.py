@@ -1,0 +1,419 @@
+"""Uploader: turns journal entries into uploads, with retries, backoff and resume.
+
+The uploader schedules; it does not know how to upload (rclone ``writeback`` ``PutFn``). It is
+given two callables:
+
+- ``put(entry)`` sends ``entry.data_path`` to ``entry.target`` and raises on failure. Whether a
+  failure is worth retrying is read from the exception: ``getattr(exc, "retryable", False)``
+  (``XnatError`` sets it; anything else counts as permanent), and ``retry_after`` (seconds the
+  server asked for) is honoured, capped at ``max_delay``.
+- ``verify(entry) -> bool`` says whether the server now shows ``entry.path`` with ``entry.size``
+  bytes and digest ``entry.md5``. An entry is removed from the journal *only* after verify said
+  yes. Verify is also asked *before* sending again when an earlier attempt was started
+  (``entry.tries > 0``): that attempt may have reached the server (a timeout after the body
+  was sent, a crash before the entry was removed), and sending again without overwrite would
+  get a 409.
+
+Scheduling: a bounded pool of ``workers`` named threads (``xnatfs-upload-N``) started by
+``start()`` (never by the constructor: threads must start after FUSE forks). Each waits on one
+``Condition`` with a timeout computed from the earliest ``next_attempt``; ``submit``,
+finished attempts and ``wake()`` notify it. Due entries run oldest first. Entries of the same
+mount path are versions of one file: never two attempts for one path at a time, and once a
+version is confirmed, older versions still waiting are dropped as superseded (they would
+overwrite newer bytes).
+
+Backoff: attempt N failing with a retryable error waits ``base_delay * 2**(N-1)``, capped at
+``max_delay``, with jitter (uniform in [d/2, d]). A non-retryable error marks the entry
+``failed``: it stays on disk, listed, and can be retried by ``submit``. Each failure is one log
+line, subject first: ``upload <path>: <error>; try N, retry in Ds``, at DEBUG for tries 1-2, INFO
+for 3-5, WARNING after (S3QL ``retry``); a give-up is a WARNING.
+
+Clocks: ``clock`` (default ``time.monotonic``) gives ``next_attempt`` and the ``deadline``
+arguments; the waits themselves are real (``Condition.wait(deadline - clock())``), so tests use
+a fake clock plus ``wake()`` instead of sleeping.
+
+This module imports nothing from ``xnatfs.tree`` or ``xnatfs.xnat``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import random
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from xnatfs.uploads.journal import DONE, FAILED, PENDING, UPLOADING, Entry, Journal
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Uploader", "UploadNotVerified", "PutFn", "VerifyFn"]
+
+PutFn = Callable[[Entry], Any]
+VerifyFn = Callable[[Entry], bool]
+ChangeFn = Callable[[Entry], None]
+
+#: How long ``close()`` / ``upload_now()`` wait when no deadline is given (seconds).
+_DEFAULT_WAIT = 10.0
+#: At most this many pending entries are named one by one in the shutdown log.
+_SHUTDOWN_LOG_LIMIT = 20
+
+
+class UploadNotVerified(Exception):
+    """``put`` returned but the server does not show the bytes (size or digest differ, or the
+    file is missing). Retryable: listings may lag, and sending again is safe."""
+
+    retryable = True
+
+    def __init__(self, entry: Entry) -> None:
+        self.path = entry.path
+        super().__init__(f"server does not show the uploaded file "
+                         f"({entry.size} bytes, md5 {entry.md5})")
+
+
+class Uploader:
+    """Uploads journal entries in the background and on demand.
+
+    Thread-safety: all public methods may be called from any thread. ``_cv`` (a Condition on
+    ``_lock``) protects ``_queued``, ``_running``, ``_threads``, ``_started`` and ``_stopping``;
+    it is never held while calling ``put``, ``verify``, ``on_change`` or a journal method that
+    writes. Lock order: ``Uploader._lock`` before ``Journal._lock`` (brief index reads such as
+    ``get``/``versions_for`` under ``_cv``); the journal never calls the uploader.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        put: PutFn,
+        verify: VerifyFn,
+        *,
+        workers: int = 2,
+        max_delay: float = 300.0,
+        base_delay: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Optional[ChangeFn] = None,
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self._journal = journal
+        self._put = put
+        self._verify = verify
+        #: size of the background pool
+        self.workers = workers
+        #: longest wait between attempts (seconds)
+        self.max_delay = float(max_delay)
+        #: wait after the first failure (seconds); doubles per try
+        self.base_delay = float(base_delay)
+        self._clock = clock
+        self._on_change = on_change
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._queued: Dict[str, Entry] = {}    # id -> entry waiting for next_attempt
+        self._running: Dict[str, Entry] = {}   # id -> entry whose attempt runs now
+        self._threads: List[threading.Thread] = []
+        self._started = False
+        self._stopping = False
+
+    # ------------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Queue every pending entry of the journal (reloading it first if nobody did) and
+        start the worker threads. Call once, after FUSE forked."""
+        with self._cv:
+            if self._started:
+                raise RuntimeError("uploader already started")
+            self._started = True
+        if not self._journal.loaded:
+            self._journal.reload()
+        now = self._clock()
+        resumed = 0
+        with self._cv:
+            for entry in self._journal.entries():
+                if (entry.state in (PENDING, UPLOADING) and entry.id not in self._queued
+                        and entry.id not in self._running):
+                    # next_attempt of an earlier run is on another clock: due now
+                    self._queued[entry.id] = dataclasses.replace(entry, state=PENDING,
+                                                                 next_attempt=now)
+                    resumed += 1
+            for i in range(self.workers):
+                thread = threading.Thread(target=self._worker, name=f"xnatfs-upload-{i}",
+                                          daemon=True)
+                self._threads.append(thread)
+            threads = list(self._threads)
+            self._cv.notify_all()
+        for thread in threads:
+            thread.start()
+        if resumed:
+            log.info("uploader: resuming %d pending upload(s)", resumed)
+
+    def close(self, deadline: Optional[float] = None) -> List[Dict[str, Any]]:
+        """Stop the workers: no new attempt starts; running ones may finish until ``deadline``
+        (on ``clock``; default now + 10 s), then are abandoned (daemon threads; their entries
+        stay in the journal and resume at the next start). Logs every upload still pending
+        (rclone ``WaitForWriters``) and returns ``status()`` of them."""
+        if deadline is None:
+            deadline = self._clock() + _DEFAULT_WAIT
+        with self._cv:
+            self._stopping = True
+            threads = list(self._threads)
+            self._cv.notify_all()
+        for thread in threads:
+            thread.join(max(0.0, deadline - self._clock()))
+        stuck = [t.name for t in threads if t.is_alive()]
+        left = [s for s in self.status() if s["state"] != DONE]
+        if stuck:
+            log.warning("uploader: %d upload(s) still running at shutdown (%s); abandoned, "
+                        "they stay in the journal", len(stuck), ", ".join(stuck))
+        for item in left[:_SHUTDOWN_LOG_LIMIT]:
+            log.warning("upload %s: still %s at shutdown (%d bytes, %d tries%s); kept in the "
+                        "journal for the next mount", item["path"] or item["id"], item["state"],
+                        item["size"], item["tries"],
+                        f", last error: {item['last_error']}" if item["last_error"] else "")
+        if len(left) > _SHUTDOWN_LOG_LIMIT:
+            log.warning("uploader: ... and %d more upload(s) kept in the journal",
+                        len(left) - _SHUTDOWN_LOG_LIMIT)
+        return left
+
+    def __enter__(self) -> "Uploader":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------ requests
+    def submit(self, entry: Entry) -> None:
+        """Queue ``entry`` for an attempt as soon as a worker is free: a new entry, or a retry
+        now of one that waits out a backoff or has failed. No-op while its attempt runs."""
+        current = self._journal.get(entry.id)
+        if current is None:
+            return  # confirmed or removed meanwhile
+        with self._cv:
+            if entry.id in self._running:
+                return
+        entry = current
+        if entry.state == FAILED:
+            entry = self._save(dataclasses.replace(entry, state=PENDING))
+            if entry is None:
+                return
+        with self._cv:
+            if entry.id in self._running:
+                return
+            self._queued[entry.id] = dataclasses.replace(entry, state=PENDING,
+                                                         next_attempt=self._clock())
+            self._cv.notify()
+
+    def wake(self) -> None:
+        """Re-read the schedule now (the clock moved, connectivity came back...)."""
+        with self._cv:
+            self._cv.notify_all()
+
+    def upload_now(self, entry: Entry, deadline: Optional[float] = None) -> None:
+        """One attempt in the caller's thread; returns once the server confirmed the bytes
+        (used by close()/fsync(), which must not return earlier).
+
+        If an attempt for this entry or another version of its path is running, waits for it
+        first, until ``deadline`` (on ``clock``; default now + 10 s), then raises
+        ``TimeoutError(ETIMEDOUT)``; if that attempt confirmed this entry, returns. The
+        attempt itself is bounded by ``put``'s own timeouts, not by ``deadline``.
+
+        On failure the entry stays in the journal (pending with a backoff scheduled if the
+        error is retryable, failed otherwise) and the error is re-raised unchanged, so the
+        caller can answer its errno.
+        """
+        if deadline is None:
+            deadline = self._clock() + _DEFAULT_WAIT
+        with self._cv:
+            while self._locked_blocked(entry):
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise TimeoutError(errno.ETIMEDOUT,
+                                       f"upload {entry.path}: an earlier upload of this file "
+                                       f"is still running")
+                self._cv.wait(remaining)
+            current = self._journal.get(entry.id)
+            if current is None:
+                return  # confirmed (or superseded) meanwhile
+            self._queued.pop(entry.id, None)
+            self._running[entry.id] = current
+        self._attempt(current, reraise=True)
+
+    # ------------------------------------------------------------------------ status
+    def status(self) -> List[Dict[str, Any]]:
+        """One dict per journal entry, oldest first: ``id``, ``path``, ``size``, ``state``,
+        ``tries``, ``last_error``, ``next_attempt_in`` (seconds until the next attempt, 0 if
+        due, None if none is scheduled: running, failed, or not queued)."""
+        now = self._clock()
+        entries = self._journal.entries()
+        with self._cv:
+            queued = dict(self._queued)
+            running = dict(self._running)
+        out = []
+        for entry in entries:
+            entry = running.get(entry.id) or queued.get(entry.id) or entry
+            next_in: Optional[float] = None
+            if entry.id in queued:
+                next_in = max(0.0, entry.next_attempt - now)
+            out.append({"id": entry.id, "path": entry.path, "size": entry.size,
+                        "state": entry.state, "tries": entry.tries,
+                        "last_error": entry.last_error, "next_attempt_in": next_in})
+        return out
+
+    # ------------------------------------------------------------------------ scheduling
+    def _locked_blocked(self, entry: Entry) -> bool:
+        """True if an attempt runs for ``entry`` or another version of its path.
+        Caller holds self._lock."""
+        if entry.id in self._running:
+            return True
+        return bool(entry.path) and any(e.path == entry.path for e in self._running.values())
+
+    def _locked_next(self) -> "tuple[Optional[Entry], Optional[float]]":
+        """(entry to run now, None) or (None, seconds to wait; None = until notified).
+        Caller holds self._lock. O(queued): the journal holds hundreds, not millions."""
+        now = self._clock()
+        busy = {e.path for e in self._running.values() if e.path}
+        best: Optional[Entry] = None
+        wait: Optional[float] = None
+        for entry in self._queued.values():
+            if entry.path and entry.path in busy:
+                continue  # woken when that attempt ends
+            if entry.next_attempt <= now:
+                if best is None or (entry.next_attempt, entry.seq) < (best.next_attempt,
+                                                                        best.seq):
+                    best = entry
+            else:
+                delay = entry.next_attempt - now
+                wait = delay if wait is None else min(wait, delay)
+        if best is not None:
+            return best, None
+        return None, wait
+
+    def _worker(self) -> None:
+        while True:
+            with self._cv:
+                while True:
+                    if self._stopping:
+                        return
+                    entry, wait = self._locked_next()
+                    if entry is not None:
+                        break
+                    self._cv.wait(None if wait is None else min(wait, self.max_delay))
+                del self._queued[entry.id]
+                self._running[entry.id] = entry
+            try:
+                self._attempt(entry, reraise=False)
+            except Exception:  # noqa: BLE001 - a worker must survive anything
+                log.exception("upload %s: unexpected error in the uploader", entry.path)
+                with self._cv:
+                    self._running.pop(entry.id, None)
+                    self._cv.notify_all()
+
+    # ------------------------------------------------------------------------ one attempt
+    def _attempt(self, entry: Entry, *, reraise: bool) -> None:
+        """Run one attempt of an entry the caller has put in ``_running``."""
+        check_first = entry.tries > 0
+        saved = self._save(dataclasses.replace(entry, state=UPLOADING, tries=entry.tries + 1))
+        if saved is None:  # removed from the journal meanwhile: nothing to upload
+            with self._cv:
+                self._running.pop(entry.id, None)
+                self._cv.notify_all()
+            return
+        entry = saved
+        with self._cv:
+            self._running[entry.id] = entry
+        try:
+            if not (check_first and self._verify(entry)):
+                self._put(entry)
+                if not self._verify(entry):
+                    raise UploadNotVerified(entry)
+        except Exception as exc:  # noqa: BLE001 - put/verify raise whatever the client raises
+            self._failed(entry, exc)
+            if reraise:
+                raise
+        else:
+            self._succeeded(entry)
+
+    def _backoff(self, tries: int, retry_after: Optional[float]) -> float:
+        delay = min(self.max_delay, self.base_delay * (2.0 ** max(0, tries - 1)))
+        delay = self._rng.uniform(delay / 2.0, delay)
+        if retry_after:
+            delay = max(delay, float(retry_after))
+        return min(delay, self.max_delay)
+
+    def _failed(self, entry: Entry, exc: Exception) -> None:
+        message = str(exc) or exc.__class__.__name__
+        if getattr(exc, "retryable", False):
+            delay = self._backoff(entry.tries, getattr(exc, "retry_after", None))
+            new = dataclasses.replace(entry, state=PENDING, last_error=message,
+                                      next_attempt=self._clock() + delay)
+            level = (logging.DEBUG if entry.tries <= 2 else
+                     logging.INFO if entry.tries <= 5 else logging.WARNING)
+            log.log(level, "upload %s: %s; try %d, retry in %.1fs",
+                    entry.path or entry.id, message, entry.tries, delay)
+        else:
+            new = dataclasses.replace(entry, state=FAILED, last_error=message, next_attempt=0.0)
+            log.warning("upload %s: %s; try %d, not retryable: kept as failed in %s",
+                        entry.path or entry.id, message, entry.tries, entry.data_path)
+        saved = self._save(new)
+        with self._cv:
+            self._running.pop(entry.id, None)
+            if saved is not None and new.state == PENDING:
+                self._queued[entry.id] = new
+            self._cv.notify_all()
+        self._notify(new)
+
+    def _succeeded(self, entry: Entry) -> None:
+        """Remove the confirmed entry and the older versions of its path that still wait.
+
+        The entry stays in ``_running`` (its path blocked) until the older versions are gone
+        from the journal, so neither a worker nor ``upload_now`` can send them in between.
+        """
+        done = dataclasses.replace(entry, state=DONE, last_error="", next_attempt=0.0)
+        try:
+            self._journal.remove(entry)
+        except OSError as exc:
+            # the bytes are on the server; tries > 0, so the next start verifies first
+            log.warning("upload %s: uploaded, but removing its journal entry failed: %s",
+                        entry.path, exc)
+        superseded: List[Entry] = []
+        if entry.path:
+            with self._cv:
+                superseded = [e for e in self._journal.versions_for(entry.path)
+                              if e.seq < entry.seq and e.id not in self._running]
+                for old in superseded:
+                    self._queued.pop(old.id, None)
+        for old in superseded:
+            log.info("upload %s: dropping older unsent version %s (superseded)", old.path, old.id)
+            try:
+                self._journal.remove(old)
+            except OSError as exc:
+                log.warning("upload %s: could not drop superseded version %s: %s",
+                            old.path, old.id, exc)
+        with self._cv:
+            self._running.pop(entry.id, None)
+            self._cv.notify_all()
+        log.log(logging.DEBUG if entry.tries <= 1 else logging.INFO,
+                "upload %s: done (%d bytes, try %d)", entry.path, entry.size, entry.tries)
+        self._notify(done)
+
+    def _save(self, entry: Entry) -> Optional[Entry]:
+        """Persist a new version; None if the entry left the journal. A failed write (ENOSPC
+        ...) is logged and the in-memory version used: the bytes are safe, only the counters
+        on disk are stale, and uploading is what frees the disk."""
+        try:
+            return self._journal.update(entry)
+        except KeyError:
+            return None
+        except OSError as exc:
+            log.warning("upload %s: could not update its journal entry: %s", entry.path, exc)
+            return entry
+
+    def _notify(self, entry: Entry) -> None:
+        if self._on_change is None:
+            return
+        try:
+            self._on_change(entry)
+        except Exception:  # noqa: BLE001 - a callback must not break the uploader
+            log.exception("upload %s: on_change callback failed", entry.path)
