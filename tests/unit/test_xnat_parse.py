@@ -1,0 +1,216 @@
+"""Pure parsing: XNAT rows and dates → models (no sockets)."""
+from __future__ import annotations
+
+import calendar
+
+import pytest
+
+from xnatfs.xnat import parse
+from xnatfs.xnat.models import FileEntry
+
+
+def utc(*args: int) -> float:
+    return float(calendar.timegm(args + (0,) * (6 - len(args)) + (0, 0, 0)))
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2019-03-05", utc(2019, 3, 5)),
+        ("2019-03-05 16:46:37.103", utc(2019, 3, 5, 16, 46, 37) + 0.103),
+        ("2026-02-02 14:54:42.62", utc(2026, 2, 2, 14, 54, 42) + 0.62),
+        ("2026-02-02 14:54:25.0", utc(2026, 2, 2, 14, 54, 25)),
+        ("2026-02-02 14:54:44.225298", utc(2026, 2, 2, 14, 54, 44) + 0.225298),
+        ("2019-03-05 16:46:37", utc(2019, 3, 5, 16, 46, 37)),
+        ("Thu Apr 08 19:28:45 UTC 2021", utc(2021, 4, 8, 19, 28, 45)),
+        ("Thu Apr 08 19:28:45 GMT 2021", utc(2021, 4, 8, 19, 28, 45)),
+        ("Thu Apr 08 19:28:45 CEST 2021", utc(2021, 4, 8, 17, 28, 45)),
+        ("Thu Apr 08 19:28:45 2021", utc(2021, 4, 8, 19, 28, 45)),
+        ("2021-04-08T19:28:45Z", utc(2021, 4, 8, 19, 28, 45)),
+        ("2021-04-08T19:28:45+02:00", utc(2021, 4, 8, 17, 28, 45)),
+        ("20211229_101128996", utc(2021, 12, 29, 10, 11, 28) + 0.996),
+        ("Thu, 08 Apr 2021 19:28:45 GMT", utc(2021, 4, 8, 19, 28, 45)),
+        ("  2019-03-05  ", utc(2019, 3, 5)),
+    ],
+)
+def test_parse_time_formats(text: str, expected: float) -> None:
+    assert parse.parse_time(text) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("text", [None, "", "   ", "garbage", "2021-13-01", "2021-02-30x",
+                                  "Foo Bar 08 19:28:45 UTC 2021"])
+def test_parse_time_rejects(text) -> None:
+    assert parse.parse_time(text) is None
+
+
+def test_parse_time_unknown_zone_is_read_as_utc() -> None:
+    assert parse.parse_time("Thu Apr 08 19:28:45 XYZ 2021") == utc(2021, 4, 8, 19, 28, 45)
+
+
+@pytest.mark.parametrize("value, expected", [("12", 12), ("", None), (None, None), (7, 7),
+                                             ("1.0", 1), ("x", None), (" 3 ", 3)])
+def test_parse_int(value, expected) -> None:
+    assert parse.parse_int(value) == expected
+
+
+def test_rows_from_json_stringifies_cells() -> None:
+    doc = {"ResultSet": {"Result": [{"ID": "P1", "n": 3, "x": None, "b": True}],
+                         "totalRecords": "1"}}
+    assert parse.rows_from_json(doc) == [{"ID": "P1", "n": "3", "x": "", "b": "true"}]
+    text = '{"ResultSet":{"Result":[{"ID":"P1"}], "totalRecords": "1"}}'
+    assert parse.rows_from_json(text) == [{"ID": "P1"}]
+    assert parse.rows_from_json(text.encode()) == [{"ID": "P1"}]
+
+
+@pytest.mark.parametrize("bad", ["<html>login</html>", "{}", '{"ResultSet": {}}',
+                                 '{"ResultSet": {"Result": {}}}', '{"ResultSet": {"Result": [1]}}',
+                                 '{"ResultSet": {"Result": [{"a":"b"}'])
+def test_rows_from_json_rejects_other_documents(bad: str) -> None:
+    with pytest.raises(parse.BadDocument):
+        parse.rows_from_json(bad)
+
+
+def test_rows_from_csv() -> None:
+    text = 'ID,label,note\nS1,"a,b",\nS2,x,"q ""y"""\n'
+    assert parse.rows_from_csv(text) == [
+        {"ID": "S1", "label": "a,b", "note": ""},
+        {"ID": "S2", "label": "x", "note": 'q "y"'},
+    ]
+
+
+def test_html_detection() -> None:
+    assert parse.looks_like_html(b"<html><body>x</body></html>")
+    assert parse.looks_like_html(b"\n  <!DOCTYPE html><html>")
+    assert parse.looks_like_html(b"\xef\xbb\xbf<HTML>")
+    assert not parse.looks_like_html(b'{"ResultSet": {}}')
+    assert not parse.looks_like_html(b"")
+    login = b'<!DOCTYPE html><html><head><title>XNAT Login</title></head><form action="/login">'
+    assert parse.looks_like_login_page(login)
+    status = (b"<html>\n<head>\n   <title>Status page</title>\n</head>\n<body>\n"
+              b"<h3>Unable to find file.</h3><p>You can get technical details</p></body></html>")
+    assert not parse.looks_like_login_page(status)
+    assert not parse.looks_like_login_page(b"login: plain text")
+
+
+def test_error_text() -> None:
+    page = (b"<html>\n<head>\n   <title>Status page</title>\n</head>\n<body>\n"
+            b"<h3>Authentication failed.</h3><p>You can get technical details "
+            b'<a href="x">here</a>.<br></p></body></html>')
+    assert parse.error_text(page) == "Authentication failed."
+    assert parse.error_text(b"<h3>a &amp; <b>b</b></h3>") == "a & b"
+    assert parse.error_text(b"plain\nmessage  here") == "plain message here"
+    assert parse.error_text(b"<html><body>no heading</body></html>") == ""
+    assert parse.error_text(b"\xff\xfe\x00binary") == ""
+    assert parse.error_text(b"x" * 500).endswith("...")
+
+
+def test_uri_list() -> None:
+    body = "/data/prearchive/projects/P1/20240101_101010123/S1\r\n\r\n# c\r\n/data/x\r\n"
+    assert parse.parse_uri_list(body) == ["/data/prearchive/projects/P1/20240101_101010123/S1",
+                                          "/data/x"]
+
+
+def test_project_row() -> None:
+    p = parse.project_from_row({"ID": "P1", "secondary_ID": "p one", "name": "Project 1",
+                                "description": "d", "pi_firstname": "", "URI": "/data/projects/P1"})
+    assert (p.id, p.name, p.secondary_id, p.description) == ("P1", "Project 1", "p one", "d")
+    assert p.uri == "/data/projects/P1" and p.mtime is None
+    assert p.fields["pi_firstname"] == ""
+
+
+def test_subject_row_is_project_scoped_and_keeps_primary_project() -> None:
+    row = {"ID": "XNAT_S00032", "label": "QIN-01", "project": "OTHER",
+           "insert_date": "2019-03-05 16:46:37.103", "URI": "/data/subjects/XNAT_S00032"}
+    s = parse.subject_from_row(row, "TEST")
+    assert s.uri == "/data/projects/TEST/subjects/XNAT_S00032"
+    assert s.project == "OTHER"  # shared subject: primary project (§10.1)
+    assert s.mtime == pytest.approx(utc(2019, 3, 5, 16, 46, 37) + 0.103)
+    row["last_modified"] = "2020-01-01 00:00:00.0"
+    assert parse.subject_from_row(row, "TEST").mtime == utc(2020, 1, 1)
+    assert parse.subject_from_row({"ID": "S", "label": "L"}, "P").project == "P"
+
+
+def test_experiment_row() -> None:
+    row = {"date": "1987-06-10", "xsiType": "xnat:petSessionData",
+           "xnat:subjectassessordata/id": "XNAT_E00037", "insert_date": "2019-03-05 16:46:37.103",
+           "project": "TEST", "ID": "XNAT_E00037", "label": "SESS", "subject_ID": "XNAT_S1",
+           "URI": "/data/experiments/XNAT_E00037"}
+    e = parse.experiment_from_row(row)
+    assert (e.id, e.label, e.project, e.subject_id, e.xsi_type, e.date) == (
+        "XNAT_E00037", "SESS", "TEST", "XNAT_S1", "xnat:petSessionData", "1987-06-10")
+    assert e.uri == "/data/experiments/XNAT_E00037"
+
+
+def test_scan_and_assessor_rows() -> None:
+    s = parse.scan_from_row({"ID": "3a/b", "type": "T1w", "series_description": "t1",
+                             "xsiType": "xnat:mrScanData", "quality": "usable"},
+                            "/data/experiments/E1")
+    assert s.id == "3a/b" and s.uri == "/data/experiments/E1/scans/3a%2Fb"
+    assert (s.type, s.series_description, s.quality) == ("T1w", "t1", "usable")
+    a = parse.assessor_from_row({"ID": "E1_FS", "label": "FS", "xsiType": "fs:fsData"},
+                                "/data/experiments/E1/")
+    assert a.uri == "/data/experiments/E1/assessors/E1_FS" and a.label == "FS"
+
+
+def test_resource_row_builds_uri_from_numeric_id() -> None:
+    row = {"xnat_abstractresource_id": "101", "label": "DICOM",
+           "element_name": "xnat:resourceCatalog", "category": "scans", "cat_id": "1",
+           "cat_desc": "T1w", "file_count": "2", "file_size": "", "tags": "",
+           "content": "RAW", "format": "DICOM"}
+    r = parse.resource_from_row(row, "/data/experiments/E1/scans/1")
+    assert r.uri == "/data/experiments/E1/scans/1/resources/101"
+    assert (r.id, r.label, r.file_count, r.file_size) == ("101", "DICOM", 2, None)
+    # prearchive resources have only a label (§7.2)
+    pr = parse.resource_from_row({"label": "DICOM", "file_count": "3", "file_size": "30"},
+                                 "/data/prearchive/projects/P/T/S/scans/1")
+    assert pr.uri == "/data/prearchive/projects/P/T/S/scans/1/resources/DICOM"
+
+
+def test_file_row_keeps_subfolders_and_uri_verbatim() -> None:
+    uri = "/data/experiments/XNAT_E00001/scans/1/resources/101/files/sub/dir/b.dcm"
+    f = parse.file_from_row({"Name": "b.dcm", "Size": "20", "URI": uri, "collection": "DICOM",
+                             "file_tags": "", "file_format": "DICOM", "file_content": "RAW",
+                             "cat_ID": "101", "digest": "abc"})
+    assert f == FileEntry(path="sub/dir/b.dcm", size=20, uri=uri, digest="abc",
+                          collection="DICOM", format="DICOM", content="RAW", tags="")
+    assert f.name == "b.dcm"
+    # no digest column on sites with checksums off; a resource dir literally named "files"
+    g = parse.file_from_row({"Name": "x", "Size": "",
+                             "URI": "/data/projects/P/resources/7/files/files/x"})
+    assert (g.digest, g.size, g.path) == ("", 0, "files/x")
+    # non-ASCII and a space: kept as sent; percent-encoded URIs decoded in ``path`` only
+    h = parse.file_from_row({"Name": "résumé – notes.txt", "Size": "5",
+                             "URI": "/data/projects/P/resources/7/files/d/résumé – notes.txt"})
+    assert h.path == "d/résumé – notes.txt"
+    enc = "/data/projects/P/resources/7/files/a%20b.txt"
+    k = parse.file_from_row({"Name": "a b.txt", "Size": "1", "URI": enc})
+    assert k.path == "a b.txt" and k.uri == enc
+
+
+def test_file_row_drops_a_context_path_prefix() -> None:
+    f = parse.file_from_row({"Name": "a", "Size": "1",
+                             "URI": "/xnat/data/projects/P/resources/7/files/a"})
+    assert f.uri == "/data/projects/P/resources/7/files/a"
+
+
+def test_prearchive_row_gets_data_prefix() -> None:
+    row = {"scan_time": "08:52:11.146", "status": "READY", "subject": "SUB1", "tag": "",
+           "uploaded": "2021-12-29 10:11:28.996", "lastmod": "2022-01-18 16:41:25.0",
+           "scan_date": "2001-09-24", "url": "/prearchive/projects/project1/20220122_105154616/N1",
+           "timestamp": "20211229_101128996", "project": "project1", "name": "N1",
+           "folderName": "F1"}
+    s = parse.prearchive_from_row(row)
+    assert s.uri == "/data/prearchive/projects/project1/20220122_105154616/N1"
+    assert (s.project, s.name, s.folder_name, s.subject, s.status) == (
+        "project1", "N1", "F1", "SUB1", "READY")
+    assert s.mtime == utc(2022, 1, 18, 16, 41, 25)
+    row["url"] = "/data/prearchive/projects/p/t/n"
+    assert parse.prearchive_from_row(row).uri == "/data/prearchive/projects/p/t/n"
+
+
+def test_remote_stat_from_headers() -> None:
+    st = parse.remote_stat_from_headers({"Content-Length": "40", "Content-Type": "text/plain",
+                                         "Last-Modified": "Thu, 08 Apr 2021 19:28:45 GMT"})
+    assert (st.size, st.mtime, st.content_type) == (40, utc(2021, 4, 8, 19, 28, 45),
+                                                    "text/plain")
+    assert parse.remote_stat_from_headers({}).size is None

@@ -1,0 +1,69 @@
+"""The XNAT REST client; it knows nothing of files, paths or FUSE.
+
+Modules (imports point down; none imports requests except ``client``):
+
+- ``client``  :class:`XnatClient` and :class:`ClientOptions`: pooled session, JSESSION login and
+              heartbeat, retries, typed listing/download/write calls.
+- ``auth``    :class:`Credentials` and :func:`resolve_credentials` (netrc, prompt, environment).
+- ``parse``   pure functions: ResultSet rows → models, XNAT date formats → POSIX seconds.
+- ``errors``  :class:`XnatError` and its subclasses; the only exceptions callers see.
+- ``models``  the frozen records the client returns.
+"""
+from __future__ import annotations
+
+from . import errors
+from .auth import Credentials, resolve_credentials
+from .client import ClientOptions, ClientStats, XnatClient
+from .errors import (
+    BadRequest,
+    Conflict,
+    CredentialsError,
+    Forbidden,
+    NotFound,
+    NotXnatResponse,
+    ServerError,
+    Unauthorized,
+    Unreachable,
+    XnatError,
+    XnatTimeout,
+)
+from .models import (
+    Assessor,
+    Experiment,
+    FileEntry,
+    PrearchiveSession,
+    Project,
+    RemoteStat,
+    Resource,
+    Scan,
+    Subject,
+)
+
+__all__ = [
+    "XnatClient",
+    "ClientOptions",
+    "ClientStats",
+    "Credentials",
+    "resolve_credentials",
+    "errors",
+    "XnatError",
+    "BadRequest",
+    "NotFound",
+    "Unauthorized",
+    "Forbidden",
+    "Conflict",
+    "ServerError",
+    "XnatTimeout",
+    "Unreachable",
+    "NotXnatResponse",
+    "CredentialsError",
+    "Project",
+    "Subject",
+    "Experiment",
+    "Scan",
+    "Assessor",
+    "Resource",
+    "FileEntry",
+    "PrearchiveSession",
+    "RemoteStat",
+]

@@ -1,0 +1,457 @@
+"""Pure functions that turn what XNAT sends into ``models`` records.
+
+No I/O, no requests, no logging of bodies: everything here is a function of its arguments, so it
+is unit-tested without sockets.  Raw XNAT JSON stops here (STYLE §2): ResultSet rows, where every
+value is a string (``xnat-rest-api.md`` §1.1, §10.9), become frozen dataclasses.
+
+Time values become POSIX seconds.  XNAT writes server-local times without a zone (java.sql
+``Timestamp.toString()``); we read those as UTC, which is what the stock Docker deployments run
+and, more importantly, is stable: the same string always gives the same number.
+"""
+from __future__ import annotations
+
+import calendar
+import csv
+import email.utils
+import html
+import io
+import json
+import re
+from typing import Any, Dict, List, Mapping, Optional
+from urllib.parse import quote, unquote
+
+from .models import (
+    Assessor,
+    Experiment,
+    FileEntry,
+    PrearchiveSession,
+    Project,
+    RemoteStat,
+    Resource,
+    Scan,
+    Subject,
+)
+
+__all__ = [
+    "parse_time",
+    "parse_http_date",
+    "parse_int",
+    "rows_from_json",
+    "rows_from_csv",
+    "server_root",
+    "BadDocument",
+    "looks_like_html",
+    "looks_like_login_page",
+    "error_text",
+    "parse_uri_list",
+    "quote_segment",
+    "file_relpath",
+    "project_from_row",
+    "subject_from_row",
+    "experiment_from_row",
+    "scan_from_row",
+    "assessor_from_row",
+    "resource_from_row",
+    "file_from_row",
+    "prearchive_from_row",
+    "remote_stat_from_headers",
+]
+
+Row = Mapping[str, str]
+
+# --------------------------------------------------------------------------------------------
+# scalars
+
+_MONTHS = {m: i for i, m in enumerate(
+    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)}
+
+#: zone abbreviations java.util.Date.toString() commonly prints (§2.1 ``start_date``); offsets in
+#: hours.  Unknown names are read as UTC rather than failing: a wrong hour beats no mtime.
+_ZONES = {
+    "UTC": 0, "GMT": 0, "UT": 0, "Z": 0, "WET": 0, "WEST": 1, "BST": 1, "CET": 1, "CEST": 2,
+    "MET": 1, "MEST": 2, "EET": 2, "EEST": 3, "MSK": 3, "IST": 5.5, "JST": 9, "KST": 9,
+    "AEST": 10, "AEDT": 11, "ACST": 9.5, "AWST": 8, "NZST": 12, "NZDT": 13,
+    "EST": -5, "EDT": -4, "CST": -6, "CDT": -5, "MST": -7, "MDT": -6, "PST": -8, "PDT": -7,
+    "AKST": -9, "AKDT": -8, "HST": -10,
+}
+
+# 2019-03-05 | 2019-03-05 16:46:37 | ...37.103 | ...44.225298 | 2021-04-08T19:28:45Z | +02:00
+_ISO_RE = re.compile(
+    r"^(\d{4})-(\d{1,2})-(\d{1,2})"
+    r"(?:[ T](\d{1,2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?"
+    r"\s*(Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)?$",
+    re.IGNORECASE,
+)
+# Thu Apr 08 19:28:45 UTC 2021 (java.util.Date.toString(), §10.9)
+_JAVA_RE = re.compile(
+    r"^[A-Za-z]{3},?\s+([A-Za-z]{3})\s+(\d{1,2})\s+(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:\s+([A-Za-z]{1,6}|[+-]\d{4}|GMT[+-]\d{1,2}(?::?\d{2})?))?\s+(\d{4})$"
+)
+# prearchive timestamp yyyyMMdd_HHmmssSSS (§7.1)
+_PREARC_RE = re.compile(r"^(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(\d{3})?$")
+
+
+def _offset_seconds(zone: Optional[str]) -> Optional[float]:
+    """Seconds east of UTC for a zone token; ``None`` for an unknown name."""
+    if not zone:
+        return 0.0
+    z = zone.upper()
+    if z in _ZONES:
+        return _ZONES[z] * 3600.0
+    m = re.match(r"^(?:GMT)?([+-])(\d{1,2}):?(\d{2})?$", z)
+    if m:
+        sign = -1.0 if m.group(1) == "-" else 1.0
+        return sign * (int(m.group(2)) * 3600 + int(m.group(3) or 0) * 60)
+    return None
+
+
+def _epoch(year: int, month: int, day: int, hh: int = 0, mm: int = 0, ss: int = 0,
+           frac: str = "", offset: float = 0.0) -> Optional[float]:
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hh < 24 and mm < 60 and ss <= 60):
+        return None
+    try:
+        secs = calendar.timegm((year, month, day, hh, mm, ss, 0, 0, 0))
+    except (ValueError, OverflowError):
+        return None
+    return secs + (float("0." + frac) if frac else 0.0) - offset
+
+
+def parse_time(value: Optional[str]) -> Optional[float]:
+    """XNAT date/time text → POSIX seconds, or ``None`` when empty or not understood.
+
+    Accepts the forms XNAT emits (§1.1, §2.1, §7.1, §10.9): ``2019-03-05``,
+    ``2019-03-05 16:46:37.103`` (any 0-9 fraction digits), ISO-8601 with ``T``/zone,
+    ``Thu Apr 08 19:28:45 UTC 2021``, the prearchive ``20211229_101128996`` and HTTP dates.
+    Times without a zone are UTC.
+    """
+    if value is None:
+        return None
+    s = str(value).strip()
+    if not s:
+        return None
+    m = _ISO_RE.match(s)
+    if m:
+        y, mo, d, hh, mi, ss, frac, zone = m.groups()
+        off = _offset_seconds(zone)
+        return _epoch(int(y), int(mo), int(d), int(hh or 0), int(mi or 0), int(ss or 0),
+                      frac or "", off if off is not None else 0.0)
+    m = _JAVA_RE.match(s)
+    if m:
+        mon, d, hh, mi, ss, frac, zone, y = m.groups()
+        month = _MONTHS.get(mon.lower())
+        if month is None:
+            return None
+        off = _offset_seconds(zone)
+        return _epoch(int(y), month, int(d), int(hh), int(mi), int(ss), frac or "",
+                      off if off is not None else 0.0)
+    m = _PREARC_RE.match(s)
+    if m:
+        y, mo, d, hh, mi, ss, ms = m.groups()
+        return _epoch(int(y), int(mo), int(d), int(hh), int(mi), int(ss), ms or "")
+    return parse_http_date(s)
+
+
+def parse_http_date(value: Optional[str]) -> Optional[float]:
+    """An RFC 7231 date (``Last-Modified``) → POSIX seconds, or ``None``."""
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    try:
+        return float(email.utils.mktime_tz(parsed))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def parse_int(value: Any) -> Optional[int]:
+    """A listing number (always a string, §10.9) → int; ``""``/garbage → ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    s = str(value).strip()
+    if not s:
+        return None
+    try:
+        return int(s)
+    except ValueError:
+        try:
+            f = float(s)
+        except ValueError:
+            return None
+        return int(f) if f == f and abs(f) != float("inf") else None
+
+
+# --------------------------------------------------------------------------------------------
+# bodies
+
+class BadDocument(ValueError):
+    """The body is not the document shape we expected (caller turns it into NotXnatResponse)."""
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return v if isinstance(v, str) else str(v)
+
+
+def rows_from_json(doc: Any) -> List[Dict[str, str]]:
+    """``{"ResultSet":{"Result":[...]}}`` (§1.1) → list of str→str dicts.
+
+    Accepts an already decoded document or the body text/bytes.  Raises :class:`BadDocument`
+    on anything else, so a proxy page or a truncated body never reads as an empty listing.
+    """
+    if isinstance(doc, (bytes, bytearray)):
+        doc = bytes(doc).decode("utf-8", errors="replace")
+    if isinstance(doc, str):
+        try:
+            doc = json.loads(doc)
+        except ValueError as exc:
+            raise BadDocument(f"not JSON: {exc}") from None
+    try:
+        result = doc["ResultSet"]["Result"]
+    except (TypeError, KeyError):
+        raise BadDocument("no ResultSet.Result in the answer") from None
+    if not isinstance(result, list):
+        raise BadDocument("ResultSet.Result is not a list")
+    rows = []
+    for item in result:
+        if not isinstance(item, dict):
+            raise BadDocument("ResultSet.Result holds a non-object row")
+        rows.append({str(k): _cell(v) for k, v in item.items()})
+    return rows
+
+
+def server_root(doc: Any) -> str:
+    """The ``serverRoot`` of a files listing's ``Columns`` (the context path, §1.8), or ""."""
+    try:
+        for col in doc["ResultSet"].get("Columns") or []:
+            if isinstance(col, dict) and col.get("key") == "URI":
+                return _cell(col.get("serverRoot"))
+    except (TypeError, KeyError, AttributeError):
+        pass
+    return ""
+
+
+def rows_from_csv(text: str) -> List[Dict[str, str]]:
+    """A ``format=csv`` listing (§1.2: header row, then rows) → list of str→str dicts."""
+    reader = csv.DictReader(io.StringIO(text))
+    return [{k: (v or "") for k, v in row.items() if k is not None} for row in reader]
+
+
+_HTML_START = (b"<html", b"<!doctype")
+_LOGIN_MARKERS = (b"login", b"j_username", b"log in", b"sign in")
+
+
+def looks_like_html(body: bytes) -> bool:
+    """Does the body start like an HTML page (§10.8)?  Leading whitespace/BOM are skipped."""
+    head = body[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return head.startswith(_HTML_START)
+
+
+def looks_like_login_page(body: bytes) -> bool:
+    """An HTML body that is XNAT's login form (the 200-with-a-login-page trap, §5.1)."""
+    if not looks_like_html(body):
+        return False
+    low = body[:65536].lower()
+    # a Restlet error status page carries <h3>; a login page has a form and the word login
+    if b"status page" in low and b"<h3>" in low:
+        return False
+    return any(m in low for m in _LOGIN_MARKERS)
+
+
+_H3_RE = re.compile(rb"<h3[^>]*>(.*?)</h3>", re.IGNORECASE | re.DOTALL)
+_TAG_RE = re.compile(r"<[^>]+>")
+
+
+def error_text(body: bytes, limit: int = 200) -> str:
+    """A one-line message from an error body: the ``<h3>`` of a Restlet status page (§5.1),
+    else the start of a plain-text body; "" for other HTML or binary bodies."""
+    if not body:
+        return ""
+    m = _H3_RE.search(body[:65536])
+    if m:
+        text = m.group(1).decode("utf-8", errors="replace")
+        text = html.unescape(_TAG_RE.sub("", text))
+    elif looks_like_html(body):
+        return ""
+    else:
+        try:
+            text = body[: limit * 4].decode("utf-8")
+        except UnicodeDecodeError:
+            return ""
+    text = " ".join(text.split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def parse_uri_list(body: str) -> List[str]:
+    """A ``text/uri-list`` answer (§6, §7.3) → the URIs (CRLF lines, ``#`` comments skipped)."""
+    return [ln.strip() for ln in body.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def quote_segment(value: str) -> str:
+    """Percent-encode one path segment (an ID, a label, a scan ID with ``/``, §10.17-18)."""
+    return quote(str(value), safe="")
+
+
+def file_relpath(uri: str) -> str:
+    """The path relative to the resource root: the part of ``URI`` after the first ``/files/``
+    (§1.8), sub-folders kept, percent-decoding applied if the server encoded it."""
+    i = uri.find("/files/")
+    rel = uri[i + 7:] if i >= 0 else uri.rsplit("/", 1)[-1]
+    return unquote(rel) if "%" in rel else rel
+
+
+def _strip_context(uri: str) -> str:
+    """Server URIs normally start with ``/data``; drop a context path if one slipped in (§0)."""
+    if uri and not uri.startswith(("/data/", "/REST/")):
+        i = uri.find("/data/")
+        if i > 0:
+            return uri[i:]
+    return uri
+
+
+def _mtime(row: Row) -> Optional[float]:
+    """``last_modified`` if the server sent one, else ``insert_date`` (§9 cache hints)."""
+    return parse_time(row.get("last_modified")) or parse_time(row.get("insert_date"))
+
+
+# --------------------------------------------------------------------------------------------
+# rows → models
+
+def project_from_row(row: Row) -> Project:
+    pid = row.get("ID") or row.get("id") or ""
+    return Project(
+        id=pid,
+        name=row.get("name", ""),
+        secondary_id=row.get("secondary_ID", ""),
+        description=row.get("description", ""),
+        uri=f"/data/projects/{quote_segment(pid)}",
+        mtime=_mtime(row),
+        fields=dict(row),
+    )
+
+
+def subject_from_row(row: Row, project: str) -> Subject:
+    """A subject row listed under ``project``.  ``uri`` is project-scoped by accession ID; the
+    ``project`` column is the *primary* project, which differs for shared subjects (§10.1)."""
+    sid = row.get("ID", "")
+    return Subject(
+        id=sid,
+        label=row.get("label", "") or sid,
+        project=row.get("project", "") or project,
+        uri=f"/data/projects/{quote_segment(project)}/subjects/{quote_segment(sid)}",
+        mtime=_mtime(row),
+        fields=dict(row),
+    )
+
+
+def experiment_from_row(row: Row) -> Experiment:
+    eid = row.get("ID", "") or row.get("xnat:subjectassessordata/id", "")
+    return Experiment(
+        id=eid,
+        label=row.get("label", "") or eid,
+        project=row.get("project", ""),
+        subject_id=row.get("subject_ID", ""),
+        xsi_type=row.get("xsiType", ""),
+        date=row.get("date", ""),
+        uri=f"/data/experiments/{quote_segment(eid)}",
+        mtime=_mtime(row),
+        fields=dict(row),
+    )
+
+
+def scan_from_row(row: Row, experiment_uri: str) -> Scan:
+    """Scan IDs are strings (§10.18); the uri is built under the experiment it was listed in."""
+    sid = row.get("ID", "")
+    return Scan(
+        id=sid,
+        type=row.get("type", ""),
+        series_description=row.get("series_description", ""),
+        xsi_type=row.get("xsiType", ""),
+        quality=row.get("quality", ""),
+        uri=f"{experiment_uri.rstrip('/')}/scans/{quote_segment(sid)}",
+        mtime=_mtime(row),
+        fields=dict(row),
+    )
+
+
+def assessor_from_row(row: Row, experiment_uri: str) -> Assessor:
+    aid = row.get("ID", "") or row.get("xnat:imageassessordata/id", "")
+    return Assessor(
+        id=aid,
+        label=row.get("label", "") or aid,
+        xsi_type=row.get("xsiType", ""),
+        uri=f"{experiment_uri.rstrip('/')}/assessors/{quote_segment(aid)}",
+        mtime=_mtime(row),
+        fields=dict(row),
+    )
+
+
+def resource_from_row(row: Row, parent_uri: str) -> Resource:
+    """Resource rows have no ID/URI (§1.7): the key is ``xnat_abstractresource_id`` (prearchive
+    resource rows have only a label, §7.2, so the label stands in)."""
+    rid = row.get("xnat_abstractresource_id", "") or row.get("label", "")
+    return Resource(
+        id=rid,
+        label=row.get("label", "") or rid,
+        format=row.get("format", ""),
+        content=row.get("content", ""),
+        tags=row.get("tags", ""),
+        file_count=parse_int(row.get("file_count")),
+        file_size=parse_int(row.get("file_size")),
+        uri=f"{parent_uri.rstrip('/')}/resources/{quote_segment(rid)}",
+        fields=dict(row),
+    )
+
+
+def file_from_row(row: Row, resource_uri: str = "") -> FileEntry:
+    """A files-listing row (§1.8).  ``URI`` is taken verbatim; only when a server sends none
+    (never seen) is it built from ``resource_uri`` and ``Name``."""
+    uri = _strip_context(row.get("URI", ""))
+    if not uri:
+        name = row.get("Name", "")
+        uri = f"{resource_uri.rstrip('/')}/files/{quote(name)}"
+    return FileEntry(
+        path=file_relpath(uri),
+        size=parse_int(row.get("Size")) or 0,
+        uri=uri,
+        digest=row.get("digest", "") or "",
+        collection=row.get("collection", ""),
+        format=row.get("file_format", ""),
+        content=row.get("file_content", ""),
+        tags=row.get("file_tags", ""),
+    )
+
+
+def prearchive_from_row(row: Row) -> PrearchiveSession:
+    """The listing's ``url`` lacks ``/data`` (§7.1, §10.20); add it."""
+    url = row.get("url", "")
+    if url and not url.startswith("/data/"):
+        url = "/data" + (url if url.startswith("/") else "/" + url)
+    return PrearchiveSession(
+        project=row.get("project", ""),
+        timestamp=row.get("timestamp", ""),
+        name=row.get("name", ""),
+        folder_name=row.get("folderName", ""),
+        subject=row.get("subject", ""),
+        status=row.get("status", ""),
+        uri=url,
+        mtime=parse_time(row.get("lastmod")) or parse_time(row.get("uploaded")),
+        fields=dict(row),
+    )
+
+
+def remote_stat_from_headers(headers: Mapping[str, str]) -> RemoteStat:
+    """``Content-Length``/``Last-Modified``/``Content-Type`` of a file answer (§3.1)."""
+    return RemoteStat(
+        size=parse_int(headers.get("Content-Length")),
+        mtime=parse_http_date(headers.get("Last-Modified")),
+        content_type=headers.get("Content-Type", "") or "",
+    )
