@@ -1,0 +1,362 @@
+"""The import service ``POST /data/services/import`` (``xnat-rest-api.md`` §6).
+
+A zip (or tar/tar.gz) of DICOM becomes one session per StudyInstanceUID; each series becomes a
+scan (ID = SeriesNumber, type = SeriesDescription) with a ``DICOM`` resource.  Where it lands is
+chosen by ``dest``:
+
+* ``/prearchive`` or ``/prearchive/projects/P`` (the default): a READY prearchive session;
+  the answer is its ``/data/prearchive/projects/P/TS/FOLDER`` URI.
+* ``/archive`` or ``/archive/projects/P[/subjects/S[/experiments/E]]``: an archived experiment,
+  written directly with ``Direct-Archive=true``, otherwise staged in the prearchive and archived
+  at once (so a label clash leaves a CONFLICT entry there, as on XNAT).
+
+Why parse before writing: the whole upload is parsed into a staging folder first; only a fully
+parsed upload touches the prearchive or the archive, so a corrupt zip (400) leaves nothing behind.
+
+``import-handler=gradual-DICOM`` takes one DICOM file per request and appends it to the
+prearchive session of its study, which stays RECEIVING until it has been idle for a while (or
+``POST ...?action=build``), like XNAT's DICOM receiver.
+
+Labels follow XNAT's default DICOM identifier: project from ``project``/``PROJECT_ID`` (else
+Unassigned), subject from ``subject``/``SUBJECT_ID`` else PatientName, session from
+``session``/``EXPT_LABEL`` else PatientID.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .dicom import ParsedStudy, ParsedUpload, UploadError, extract_dicom_archive, sniff_format
+from .prearchive import (UNASSIGNED, ArchiveConflict, Prearchive, PrearchiveError, ScanContent,
+                         SessionContent, _safe_segment, archive_session, archive_uri,
+                         normalise_overwrite, write_session)
+
+log = logging.getLogger(__name__)
+
+HANDLERS = ("DICOM-zip", "gradual-DICOM")
+#: handlers XNAT has but the emulator does not implement (answered 400 with a clear message)
+UNSUPPORTED_HANDLERS = ("SI", "XAR", "inbox", "blank")
+
+
+class ImportFailed(Exception):
+    """Answered with ``status`` and ``message`` as the error page's ``<h3>``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _truthy(value: Optional[str]) -> bool:
+    """XNAT's isQueryVariableTrue: anything but false/0 (and absent) is true (§1.2)."""
+    return value is not None and value.strip().lower() not in ("false", "0", "")
+
+
+@dataclass
+class ImportParams:
+    handler: str = "DICOM-zip"
+    project: Optional[str] = None
+    subject: Optional[str] = None
+    session: Optional[str] = None
+    dest: str = ""
+    overwrite: str = "none"
+    direct_archive: bool = False
+    ignore_unparsable: bool = False
+    src: Optional[str] = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str]) -> "ImportParams":
+        """From the merged query and form parameters (the names XNAT accepts, §6)."""
+        def first(*names: str) -> Optional[str]:
+            for n in names:
+                v = values.get(n)
+                if v not in (None, ""):
+                    return v
+            return None
+
+        handler = first("import-handler", "import_handler", "handler") or "DICOM-zip"
+        try:
+            overwrite = normalise_overwrite(first("overwrite"))
+        except PrearchiveError as exc:
+            raise ImportFailed(400, str(exc)) from exc
+        return cls(
+            handler=handler,
+            project=first("project", "PROJECT_ID"),
+            subject=first("subject", "SUBJECT_ID"),
+            session=first("session", "EXPT_LABEL", "experiment"),
+            dest=first("dest") or "",
+            overwrite=overwrite,
+            direct_archive=_truthy(first("Direct-Archive", "direct-archive", "Direct_Archive")),
+            ignore_unparsable=_truthy(first("Ignore-Unparsable", "ignore-unparsable")),
+            src=first("src"),
+        )
+
+
+@dataclass
+class Destination:
+    kind: str                     # "prearchive" | "archive"
+    project: Optional[str] = None
+    subject: Optional[str] = None
+    session: Optional[str] = None
+
+
+def parse_dest(dest: str, params: ImportParams) -> Destination:
+    """``dest`` plus the project/subject/session parameters (path components win)."""
+    parts = [p for p in (dest or "").split("/") if p]
+    if parts and parts[0] in ("data", "REST"):
+        parts = parts[1:]
+    if not parts:
+        return Destination("prearchive", params.project, params.subject, params.session)
+    kind = parts[0]
+    if kind not in ("prearchive", "archive"):
+        raise ImportFailed(400, f"Invalid destination: {dest}")
+    found: dict[str, str] = {}
+    rest = parts[1:]
+    names = {"projects": "project", "subjects": "subject", "experiments": "session"}
+    for i in range(0, len(rest) - 1, 2):
+        if rest[i] not in names:
+            raise ImportFailed(400, f"Invalid destination: {dest}")
+        found[names[rest[i]]] = rest[i + 1]
+    if len(rest) % 2:
+        raise ImportFailed(400, f"Invalid destination: {dest}")
+    return Destination(kind, found.get("project") or params.project,
+                       found.get("subject") or params.subject,
+                       found.get("session") or params.session)
+
+
+def _user_name(user: Any) -> str:
+    return getattr(user, "name", None) or (user if isinstance(user, str) else "admin")
+
+
+def _user_row(store: Any, user: Any) -> Any:
+    return store.get_user(user) if isinstance(user, str) else user
+
+
+def _resolve_project(store: Any, user: Any, project: Optional[str], *, required: bool) -> str:
+    """The canonical project ID the user may write to; Unassigned for an unknown prearchive
+    project (as XNAT does with an unidentifiable session)."""
+    if not project:
+        if required:
+            raise ImportFailed(400, "The archive destination needs a project.")
+        return UNASSIGNED
+    row = store.get_project(project)
+    if row is None:
+        if required:
+            raise ImportFailed(404, f"Unable to find project {project}")
+        return UNASSIGNED
+    if not store.can_read(_user_row(store, user), row.id):
+        raise ImportFailed(403, f"Access denied to project {row.id}")
+    return row.id
+
+
+def _labels(study: ParsedStudy, dest: Destination) -> tuple[str, str]:
+    subject = dest.subject or _safe_segment(study.patient_name) or _safe_segment(study.patient_id) \
+        or "Unknown"
+    session = dest.session or _safe_segment(study.patient_id) \
+        or f"{subject}_{(study.modality or 'XX').upper()}_{study.study_instance_uid[-6:]}"
+    return subject, session
+
+
+def _content(study: ParsedStudy) -> SessionContent:
+    scans = [ScanContent(s.scan_id, s.type, s.type, s.modality or study.modality,
+                         s.series_instance_uid, {"DICOM": [(f.name, f.path) for f in s.files]})
+             for s in study.sorted_series()]
+    return SessionContent(modality=study.modality or "MR", date=study.study_date,
+                          time=study.study_time, uid=study.study_instance_uid, scans=scans)
+
+
+def _staging(store: Any) -> str:
+    base = getattr(store, "tmp_dir", None)
+    if base is not None:
+        Path(base).mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(prefix="import-", dir=base)
+
+
+def _to_prearchive(pa: Prearchive, study: ParsedStudy, project: str, subject: str, label: str,
+                   source: str) -> Any:
+    s = pa.create_session(project, label, subject=subject, tag=study.study_instance_uid,
+                          scan_date=study.study_date, scan_time=study.study_time,
+                          modality=study.modality or "MR", source=source)
+    pa.add_study(s, study)
+    return pa.build(s)
+
+
+def import_upload(store: Any, user: Any, params: ImportParams, body_path: str | os.PathLike[str]) \
+        -> list[str]:
+    """Run one import; returns the created URIs (with ``/data``).  Raises :class:`ImportFailed`."""
+    if params.src:
+        raise ImportFailed(400, "Import from src= (user cache) is not supported by the emulator.")
+    if params.handler in UNSUPPORTED_HANDLERS:
+        raise ImportFailed(400, f"Import handler {params.handler} is not supported by the emulator.")
+    if params.handler not in HANDLERS:
+        raise ImportFailed(400, f"Unknown import handler: {params.handler}")
+    if os.path.getsize(body_path) == 0:
+        raise ImportFailed(400, "Unable to identify upload format.")
+    dest = parse_dest(params.dest, params)
+    if params.handler == "gradual-DICOM":
+        return [_gradual(store, user, params, dest, body_path)]
+
+    project = _resolve_project(store, user, dest.project, required=dest.kind == "archive")
+    staging = _staging(store)
+    try:
+        try:
+            parsed: ParsedUpload = extract_dicom_archive(
+                body_path, staging, ignore_unparsable=params.ignore_unparsable)
+        except UploadError as exc:
+            raise ImportFailed(400, str(exc)) from exc
+        studies = parsed.studies
+        if dest.session and len(studies) > 1:
+            # An explicit label names one session: merge the studies into it.
+            merged = studies[0]
+            for other in studies[1:]:
+                for sid, series in other.series.items():
+                    if sid in merged.series:
+                        merged.series[sid].files.extend(series.files)
+                    else:
+                        merged.series[sid] = series
+            studies = [merged]
+        plan = []
+        seen: set[str] = set()
+        for study in studies:
+            subject, label = _labels(study, dest)
+            base, n = label, 1
+            while label in seen:
+                n += 1
+                label = f"{base}_{n}"
+            seen.add(label)
+            plan.append((study, subject, label))
+        if dest.kind == "archive" and params.overwrite == "none":
+            for _study, _subject, label in plan:
+                if store.find_experiment(project, label) is not None:
+                    if not params.direct_archive:
+                        break  # staged first, then CONFLICT in the prearchive (below)
+                    raise ImportFailed(409, f"Session {label} already exists in project "
+                                            f"{project}, retry with overwrite enabled")
+        uris = []
+        with Prearchive.for_store(store) as pa:
+            for study, subject, label in plan:
+                if dest.kind == "prearchive":
+                    s = _to_prearchive(pa, study, project, subject, label, "import")
+                    uris.append(f"/data{s.url}")
+                elif params.direct_archive:
+                    try:
+                        eid = write_session(store, _content(study), project=project,
+                                            subject=subject, label=label,
+                                            overwrite=params.overwrite, user=_user_name(user),
+                                            move_files=True)
+                    except ArchiveConflict as exc:
+                        raise ImportFailed(409, str(exc)) from exc
+                    uris.append(archive_uri(store, eid))
+                else:
+                    s = _to_prearchive(pa, study, project, subject, label, "import")
+                    try:
+                        uris.append(archive_session(store, pa, s, overwrite=params.overwrite,
+                                                    user=_user_name(user)))
+                    except PrearchiveError as exc:
+                        raise ImportFailed(exc.status, str(exc)) from exc
+        return uris
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _gradual(store: Any, user: Any, params: ImportParams, dest: Destination,
+             body_path: str | os.PathLike[str]) -> str:
+    """One DICOM file joins the RECEIVING session of its study (created on first file)."""
+    if sniff_format(body_path) == "unknown":
+        raise ImportFailed(400, "Unable to identify upload format.")
+    project = _resolve_project(store, user, dest.project, required=False)
+    staging = _staging(store)
+    try:
+        try:
+            parsed = extract_dicom_archive(body_path, staging,
+                                           ignore_unparsable=params.ignore_unparsable,
+                                           allow_single_file=True)
+        except UploadError as exc:
+            raise ImportFailed(400, str(exc)) from exc
+        with Prearchive.for_store(store) as pa:
+            url = ""
+            for study in parsed.studies:
+                s = pa.find_receiving(project, study.study_instance_uid)
+                if s is None:
+                    subject, label = _labels(study, dest)
+                    s = pa.create_session(project, label, subject=subject,
+                                          tag=study.study_instance_uid,
+                                          scan_date=study.study_date, scan_time=study.study_time,
+                                          modality=study.modality or "MR", source="gradual-DICOM")
+                pa.add_study(s, study)
+                url = f"/data{s.url}"
+            return url
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP
+# --------------------------------------------------------------------------------------------
+
+def spool_body(request: Any, store: Any) -> tuple[str, dict[str, str]]:
+    """Write the upload to a temp file; returns (path, form fields).
+
+    Multipart: the first file part is the upload and the other parts are parameters.
+    Anything else: the raw body (whatever its Content-Type, §6)."""
+    fd, path = tempfile.mkstemp(prefix="import-body-", dir=getattr(store, "tmp_dir", None))
+    form: dict[str, str] = {}
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if (request.mimetype or "").startswith("multipart/"):
+                for k in request.form:
+                    form[k] = request.form[k]
+                first = True
+                for _name, storage in request.files.items(multi=True):
+                    if first:
+                        shutil.copyfileobj(storage.stream, out, 1 << 20)
+                        first = False
+                    storage.close()  # werkzeug spools parts to temp files
+            else:
+                stream = request.stream
+                while True:
+                    buf = stream.read(1 << 20)
+                    if not buf:
+                        break
+                    out.write(buf)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return path, form
+
+
+def handle(request: Any, ctx: Any) -> Any:
+    """``POST /data/services/import`` -> 200 ``text/uri-list`` (§6); errors are Restlet status
+    pages (400 "Unable to identify upload format.", 403, 404, 409)."""
+    from .prearchive import _Http
+
+    http = _Http(request, ctx)
+    if request.method != "POST":
+        return http.error(405, "Method Not Allowed")
+    store = ctx.store
+    if not (request.mimetype or "").startswith("multipart/") and hasattr(ctx, "spool_body"):
+        # app.py's spooler applies the emulator's faults (truncated bodies -> 400)
+        body_path, form = str(ctx.spool_body(request)), {}
+    else:
+        body_path, form = spool_body(request, store)
+    try:
+        values = {k: request.args.get(k) for k in request.args}
+        for k, v in form.items():
+            values.setdefault(k, v)
+        try:
+            params = ImportParams.from_mapping(values)
+            uris = import_upload(store, getattr(ctx, "user", None), params, body_path)
+        except ImportFailed as exc:
+            log.info("import refused (%d): %s", exc.status, exc.message)
+            return http.error(exc.status, exc.message)
+        return http.uri_list(uris)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(body_path)
