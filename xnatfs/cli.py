@@ -66,6 +66,13 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-timeout", type=float, default=5.0)
     p.add_argument("--read-timeout", type=float, default=30.0)
     p.add_argument("--retries", type=int, default=3)
+    p.add_argument("--read-only", action="store_true", help="refuse every write (EROFS)")
+    p.add_argument("--allow-delete", action="store_true",
+                   help="allow rm, rmdir, overwriting files and prearchive deletes")
+    p.add_argument("--experiment-type", default="xnat:mrSessionData",
+                   help="xsiType of experiments made with mkdir (default xnat:mrSessionData)")
+    p.add_argument("--scan-type", default="xnat:mrScanData",
+                   help="xsiType of scans made with mkdir (default xnat:mrScanData)")
     p.add_argument("--netrc", default=None, help="netrc file (default $NETRC or ~/.netrc)")
     p.add_argument("--ca-bundle", default=None, help="CA bundle for TLS verification")
     p.add_argument("--log-level", default="info",
@@ -125,6 +132,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         max_downloads=args.max_downloads, fs_timeout=args.timeout,
         connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
         retries=args.retries, verify=args.ca_bundle or True,
+        read_only=args.read_only, allow_delete=args.allow_delete,
+        experiment_type=args.experiment_type, scan_type=args.scan_type,
         fuse_options=_fuse_opts(args.fuse_options))
 
 
@@ -138,6 +147,9 @@ def setup_logging(level: str, stream: Any = None) -> None:
     root.setLevel(getattr(logging, level.upper()))
     # urllib3 logs full URLs at DEBUG, never credentials, but is noisy
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # mfusepy's own logger prints a traceback for every ENOENT at DEBUG; our ops log their
+    # failures themselves (fs/errmap.py)
+    logging.getLogger("fuse").setLevel(logging.WARNING)
 
 
 # ---------------------------------------------------------------------------------- mount
@@ -229,7 +241,12 @@ def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str) -> 
             "--max-downloads", str(options.max_downloads), "--timeout", str(options.fs_timeout),
             "--connect-timeout", str(options.connect_timeout),
             "--read-timeout", str(options.read_timeout), "--retries", str(options.retries),
-            "--log-level", args.log_level]
+            "--log-level", args.log_level,
+            "--experiment-type", options.experiment_type, "--scan-type", options.scan_type]
+    if options.read_only:
+        argv.append("--read-only")
+    if options.allow_delete:
+        argv.append("--allow-delete")
     if args.ca_bundle:
         argv += ["--ca-bundle", args.ca_bundle]
     for opt in args.fuse_options:

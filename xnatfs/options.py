@@ -55,7 +55,7 @@ class Options:
     #: TLS verification: True, False (testing only) or a CA bundle path
     verify: object = True
     #: writes: everything answers EROFS when True
-    read_only: bool = True
+    read_only: bool = False
     #: overwrite, rm, rmdir and prearchive delete need this
     allow_delete: bool = False
     #: xsiTypes for mkdir-created experiments and scans

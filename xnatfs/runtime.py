@@ -18,6 +18,7 @@ from xnatfs.cache.content import ContentCache
 from xnatfs.cache.meta import MetaCache
 from xnatfs.options import Options
 from xnatfs.tree.tree import Tree
+from xnatfs.tree.writes import Writer
 from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.client import ClientOptions, XnatClient
 
@@ -41,6 +42,8 @@ class Runtime:
         self.meta: Optional[MetaCache] = None
         self.content: Optional[ContentCache] = None
         self.tree: Optional[Tree] = None
+        #: the write side; None on a read-only mount
+        self.writer: Optional[Writer] = None
         self.started_at = 0.0
         self._errors_lock = threading.Lock()
         #: errno name -> count of failed filesystem calls (for ``.xnatfs/stats``)
@@ -62,6 +65,13 @@ class Runtime:
         self.content.start()
         self.tree = Tree(self.client, self.meta, self.content, fs_timeout=o.fs_timeout,
                          read_only=o.read_only, stats_fn=self.stats)
+        if not o.read_only:
+            self.writer = Writer(self.tree, self.client,
+                                 private_dir(os.path.join(o.cache_dir, "uploads")),
+                                 allow_delete=o.allow_delete, experiment_type=o.experiment_type,
+                                 scan_type=o.scan_type, fs_timeout=o.fs_timeout)
+            self.writer.start()
+            self.tree.overlay = self.writer
 
     def _fetch(self, uri: str, sink: Any) -> None:
         """The content cache's one way to the network (it never sees the client)."""
@@ -88,11 +98,13 @@ class Runtime:
             "listing_cache": _plain(self.meta.stats) if self.meta else {},
             "content_cache": _plain(self.content.stats) if self.content else {},
             "errors": errors,
+            "uploads": self.writer.status() if self.writer else [],
         }
 
     def close(self) -> None:
         """Stop in reverse order; each part gets its own try so one failure stops nothing."""
-        for name, part in (("content cache", self.content), ("client", self.client)):
+        for name, part in (("writer", self.writer), ("content cache", self.content),
+                           ("client", self.client)):
             if part is None:
                 continue
             try:

@@ -118,9 +118,10 @@ def test_attributes_xattrs_and_unlisted_files(mnt, xnat_session):
         os.getxattr(fpath, "security.capability")
     assert err.value.errno in (errno.ENOTSUP, errno.ENODATA)
     assert "user.xnat.uri" in os.listxattr(fpath)
-    # modes say what may be done: read-only for now
-    assert os.stat(fpath).st_mode & 0o777 == 0o444
+    # modes say what may be done: files in resources can be written, scan dirs cannot
+    assert os.stat(fpath).st_mode & 0o777 == 0o644
     assert os.stat(scan_dir).st_mode & 0o777 == 0o555
+    assert os.stat(scan_dir / "resources").st_mode & 0o777 == 0o755
     assert os.stat(fpath).st_uid == os.getuid()
     # unlisted .xnat.json and .zip
     assert ".xnat.json" not in os.listdir(exp_dir) and ".zip" not in os.listdir(exp_dir)
@@ -141,7 +142,7 @@ def test_attributes_xattrs_and_unlisted_files(mnt, xnat_session):
 def test_request_counts_ls_find_and_negative_lookups(shared_emulator, make_mount):
     url = shared_emulator.url
     for i in range(500):
-        put_file(url, f"/data/projects/DEMO2/resources/MANY/files/f{i:03d}.txt", b"x" * i)
+        put_file(url, f"/data/projects/DEMO2/resources/MANY/files/f{i:03d}.txt", b"x" * (i + 1))
     m = make_mount(url)
     files = m.path / "DEMO2" / "resources" / "MANY" / "files"
     sh(["ls", "-l", str(files.parent.parent)])  # resolve the way down
@@ -295,7 +296,10 @@ def test_prearchive_view(mnt):
     assert all(v[0] != "error" and v[1] > 0 for v in got.values())
 
 
-def test_writes_are_refused_read_only(mnt):
+def test_read_only_mount_refuses_writes(shared_emulator, make_mount):
+    mnt = make_mount(shared_emulator.url, "--read-only")
+    fpath = mnt.path / DEMO_SCAN_FILES / sorted(os.listdir(mnt.path / DEMO_SCAN_FILES))[0]
+    assert os.stat(fpath).st_mode & 0o777 == 0o444
     target = mnt.path / "DEMO1" / "resources" / "protocols" / "files" / "new.txt"
     res = sh(["sh", "-c", f"echo hi > '{target}'"], check=False)
     assert res.returncode != 0 and "Read-only file system" in res.stderr

@@ -178,13 +178,16 @@ def test_file_row_keeps_subfolders_and_uri_verbatim() -> None:
     g = parse.file_from_row({"Name": "x", "Size": "",
                              "URI": "/data/projects/P/resources/7/files/files/x"})
     assert (g.digest, g.size, g.path) == ("", 0, "files/x")
-    # non-ASCII and a space: kept as sent; percent-encoded URIs decoded in ``path`` only
+    # XNAT sends URIs raw (§1.8): non-ASCII, spaces and '%' are kept in ``path`` and
+    # percent-encoded in ``uri`` for the wire
     h = parse.file_from_row({"Name": "résumé – notes.txt", "Size": "5",
                              "URI": "/data/projects/P/resources/7/files/d/résumé – notes.txt"})
     assert h.path == "d/résumé – notes.txt"
-    enc = "/data/projects/P/resources/7/files/a%20b.txt"
-    k = parse.file_from_row({"Name": "a b.txt", "Size": "1", "URI": enc})
-    assert k.path == "a b.txt" and k.uri == enc
+    assert h.uri == "/data/projects/P/resources/7/files/d/r%C3%A9sum%C3%A9%20%E2%80%93%20notes.txt"
+    k = parse.file_from_row({"Name": "100%.txt", "Size": "1",
+                             "URI": "/data/projects/P/resources/7/files/a b/100%.txt"})
+    assert k.path == "a b/100%.txt"
+    assert k.uri == "/data/projects/P/resources/7/files/a%20b/100%25.txt"
 
 
 def test_file_row_drops_a_context_path_prefix() -> None:

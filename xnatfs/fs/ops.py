@@ -80,10 +80,11 @@ class XnatOperations(mfusepy.Operations):
     # ------------------------------------------------------------------ metadata
     def _stat(self, node: Any) -> Dict[str, int]:
         mtime = int(node.mtime * _NS)
+        writable = self.runtime.writer is not None and self.runtime.tree.writable(node)
         if node.is_dir:
-            mode, nlink = stat.S_IFDIR | 0o555, 2
+            mode, nlink = stat.S_IFDIR | (0o755 if writable else 0o555), 2
         else:
-            mode, nlink = stat.S_IFREG | 0o444, 1
+            mode, nlink = stat.S_IFREG | (0o644 if writable else 0o444), 1
         return {"st_mode": mode, "st_nlink": nlink, "st_size": node.size,
                 "st_uid": self._uid, "st_gid": self._gid, "st_blocks": (node.size + 511) // 512,
                 "st_mtime": mtime, "st_ctime": mtime, "st_atime": mtime}
@@ -120,35 +121,36 @@ class XnatOperations(mfusepy.Operations):
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def statfs(self, path: str) -> Dict[str, int]:
-        # a large block size makes readers issue large reads (ratarmount statfs)
-        return {"f_bsize": 256 * 1024, "f_frsize": 256 * 1024, "f_namemax": 255}
+        # a large block size makes readers issue large reads (ratarmount statfs); free space is
+        # the cache disk's, where writes are spooled before they are uploaded
+        bsize = 256 * 1024
+        disk = os.statvfs(self.runtime.options.cache_dir)
+        scale = disk.f_frsize / bsize
+        return {"f_bsize": bsize, "f_frsize": bsize, "f_namemax": 255,
+                "f_blocks": int(disk.f_blocks * scale), "f_bfree": int(disk.f_bfree * scale),
+                "f_bavail": int(disk.f_bavail * scale)}
 
     # ------------------------------------------------------------------ reading
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def open(self, path: str, fi: Any) -> int:
-        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise OSError(errno.EROFS, "xnatfs is read-only", path)
         tree = self.runtime.tree
-        handle = tree.open(tree.lookup(path), path)
-        with self._handles_lock:
-            fh = next(self._next_fh)
-            self._handles[fh] = handle
-        fi.fh = fh
+        node = tree.lookup(path)
+        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            handle = self._writer(path).open_write(node, path, truncate=bool(fi.flags & os.O_TRUNC))
+            return self._add_handle(handle, fi)
+        handle = tree.open(node, path)
+        self._add_handle(handle, fi)
         if handle.direct_io:
             fi.direct_io = 1
-        else:
-            fi.keep_cache = 1  # content is keyed by (uri, size, digest): a change is a new size
+        elif tree.cacheable(node):
+            fi.keep_cache = 1  # content is keyed by (uri, size, digest): a change is a new key
         return 0
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        with self._handles_lock:
-            handle = self._handles.get(fi.fh)
-        if handle is None:
-            raise OSError(errno.EBADF, "unknown file handle", path)
-        return handle.read(offset, size)
+        return self._handle(fi, path).read(offset, size)
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op
@@ -159,18 +161,108 @@ class XnatOperations(mfusepy.Operations):
             handle.close()
         return 0
 
-    # ------------------------------------------------------------------ writes (EROFS for now)
-    def _read_only(self, path: str, *args: Any) -> int:
-        raise mfusepy.FuseOSError(errno.EROFS)
+    # ------------------------------------------------------------------ writes
+    def _writer(self, path: str) -> Any:
+        writer = self.runtime.writer
+        if writer is None:
+            raise OSError(errno.EROFS, "mounted read-only", path)
+        return writer
 
-    create = mkdir = unlink = rmdir = chmod = truncate = _read_only  # type: ignore[assignment]
-    utimens = setxattr = removexattr = symlink = link = mknod = _read_only  # type: ignore
+    def _add_handle(self, handle: Any, fi: Any) -> int:
+        with self._handles_lock:
+            fh = next(self._next_fh)
+            self._handles[fh] = handle
+        fi.fh = fh
+        return 0
 
-    def rename(self, old: str, new: str, *args: Any) -> int:
-        raise mfusepy.FuseOSError(errno.EROFS)
+    def _handle(self, fi: Any, path: str) -> Any:
+        with self._handles_lock:
+            handle = self._handles.get(fi.fh) if fi is not None else None
+        if handle is None:
+            raise OSError(errno.EBADF, "unknown file handle", path)
+        return handle
 
-    def chown(self, path: str, uid: int, gid: int) -> int:
-        raise mfusepy.FuseOSError(errno.EROFS)
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        return self._add_handle(self._writer(path).create(path), fi)
 
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
-        raise mfusepy.FuseOSError(errno.EROFS)
+        return self._handle(fi, path).write(offset, data)
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        if fh is not None and getattr(fh, "fh", None):
+            self._handle(fh, path).truncate(length)
+        else:
+            self._writer(path).truncate(path, length)
+        return 0
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def flush(self, path: str, fi: Any) -> int:
+        handle = self._handle(fi, path)
+        if hasattr(handle, "flush"):
+            handle.flush()  # uploads now: close() returns only after XNAT accepted the bytes
+        return 0
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def fsync(self, path: str, datasync: int, fi: Any) -> int:
+        return self.flush(path, fi)
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def mkdir(self, path: str, mode: int) -> int:
+        self._writer(path).mkdir(path)
+        return 0
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def unlink(self, path: str) -> int:
+        self._writer(path).unlink(path)
+        return 0
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def rmdir(self, path: str) -> int:
+        self._writer(path).rmdir(path)
+        return 0
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def rename(self, old: str, new: str) -> int:
+        self._writer(old).rename(old, new)
+        return 0
+
+    # XNAT keeps no modes, owners or times of its own: accepting them as no-ops lets cp -p,
+    # rsync -a and touch work; refusing them would fail those tools after a good upload
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def chmod(self, path: str, mode: int) -> int:
+        self._writer(path)
+        self.runtime.tree.lookup(path)
+        return 0
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        return self.chmod(path, 0)
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def utimens(self, path: str, times: Any = None) -> int:
+        return self.chmod(path, 0)
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        raise OSError(errno.ENOTSUP, "user.xnat.* attributes are read-only", path)
+
+    def _refused(self, *args: Any) -> int:
+        raise mfusepy.FuseOSError(errno.EPERM)
+
+    symlink = link = mknod = removexattr = _refused  # type: ignore[assignment]

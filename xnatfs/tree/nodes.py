@@ -53,6 +53,10 @@ JSON_KINDS = frozenset({Kind.PROJECT, Kind.SUBJECT, Kind.EXPERIMENT, Kind.SCAN, 
 #: directories that carry an unlisted ``.zip`` bundle (XNAT's own zip download, §3.3)
 ZIP_KINDS = frozenset({Kind.EXPERIMENT, Kind.SCAN, Kind.RESOURCE})
 
+#: directories where files or objects can be made (``writes.Writer``)
+WRITABLE_DIRS = frozenset({Kind.FILES, Kind.RESOURCES, Kind.SUBJECTS, Kind.EXPERIMENTS,
+                           Kind.SCANS, Kind.PRE_PROJECT})
+
 JSON_NAME = ".xnat.json"
 ZIP_NAME = ".zip"
 

@@ -12,6 +12,7 @@ fresh listing costs nothing, and a name missing from a fresh listing is ENOENT w
 """
 from __future__ import annotations
 
+import cachetools
 import errno
 import json
 import logging
@@ -23,8 +24,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from xnatfs.cache.content import ContentCache, ContentKey
 from xnatfs.cache.meta import MetaCache
-from xnatfs.tree.nodes import (FIXED_CHILDREN, JSON_KINDS, JSON_NAME, ZIP_KINDS, ZIP_NAME, Kind,
-                               NodeInfo)
+from xnatfs.tree.nodes import (FIXED_CHILDREN, JSON_KINDS, JSON_NAME, WRITABLE_DIRS, ZIP_KINDS,
+                               ZIP_NAME, Kind, NodeInfo)
 from xnatfs.tree.paths import PathParts, escape_name, split_path
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,15 @@ class Tree:
         #: mtime shown when XNAT gives none: the mount's start time, so it is stable
         self.epoch = clock()
         self._root = NodeInfo(name="", kind=Kind.ROOT, is_dir=True, mtime=self.epoch)
+        #: what the user wrote that XNAT does not show yet (``writes.Writer``), or None
+        self.overlay: Any = None
         self._virtual_lock = threading.Lock()
         #: sizes of generated files once they were made, so later getattr shows the real size
         self._virtual_sizes: Dict[str, int] = {}
+        #: the last listing that loaded for each directory, kept past its TTL so that a server
+        #: that is down still shows what was seen (CVMFS-style offline metadata); bounded LRU
+        self._last_good: cachetools.LRUCache = cachetools.LRUCache(maxsize=50_000)
+        self._last_good_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lookup and listing
     def lookup(self, path: str) -> NodeInfo:
@@ -80,14 +87,25 @@ class Tree:
         return self._lookup(split_path(path))
 
     def listdir(self, path: str) -> List[NodeInfo]:
-        node = self.lookup(path)
+        parts = split_path(path)
+        node = self._lookup(parts)
         if not node.is_dir:
             raise OSError(errno.ENOTDIR, "not a directory", path)
-        return list(self._listing(split_path(path), node).children.values())
+        children = self._listing(parts, node).children
+        if self.overlay is None:
+            return list(children.values())
+        merged = dict(children)
+        for local in self.overlay.children(parts):
+            merged[local.name] = local
+        return list(merged.values())
 
     def _lookup(self, parts: PathParts) -> NodeInfo:
         if not parts:
             return self._root
+        if self.overlay is not None:
+            local = self.overlay.node(parts)
+            if local is not None:
+                return local
         parent_parts, name = parts[:-1], parts[-1]
         parent = self._lookup(parent_parts)
         if not parent.is_dir:
@@ -110,14 +128,39 @@ class Tree:
         if fixed is not None:
             return self._fixed_listing(node, fixed)
         if node.kind is Kind.FILES:
+            if node.ref == "local":  # made by mkdir, only local children (writes.Writer)
+                return Listing()
             # the whole resource is one listing; sub-folders are views of it
             root_parts = parts[:len(parts) - len(node.subpath)]
-            tree = self.meta.get_or_load(root_parts, lambda: self._load_files(node))
+            tree = self._cached(root_parts, lambda: self._load_files(node))
             listing = tree.folders.get(node.subpath)
             if listing is None:
                 raise OSError(errno.ENOENT, "folder vanished from the resource", "/".join(parts))
             return listing
-        return self.meta.get_or_load(parts, lambda: self._load_listing(node))
+        return self._cached(parts, lambda: self._load_listing(node))
+
+    def _cached(self, key: PathParts, loader: Callable[[], Any]) -> Any:
+        """The fresh listing, else one request; when that request fails with a transient error
+        (server down, timeout, 503), the last listing that loaded, if any."""
+        def load() -> Any:
+            value = loader()
+            with self._last_good_lock:
+                self._last_good[key] = value
+            return value
+
+        try:
+            return self.meta.get_or_load(key, load)
+        except Exception as exc:
+            if not getattr(exc, "retryable", False):
+                raise
+            with self._last_good_lock:
+                value = self._last_good.get(key)
+            if value is None:
+                raise
+            log.warning("/%s: %s; showing the listing seen before", "/".join(key), exc)
+            # trusted for another TTL, so a down server is not asked again on every stat
+            self.meta.put(key, value)
+            return value
 
     def _fixed_listing(self, node: NodeInfo, fixed: Tuple[Tuple[str, Kind], ...]) -> Listing:
         listing = Listing()
@@ -190,12 +233,13 @@ class Tree:
                                           xsi_type="xnat:resourceCatalog", format=r.format,
                                           content=r.content, tags=r.tags)), r.id)
         elif kind is Kind.PREARCHIVE:
-            seen = set()
-            for s in c.list_prearchive():
-                if s.project not in seen:
-                    seen.add(s.project)
-                    add(NodeInfo(name=escape_name(s.project), kind=Kind.PRE_PROJECT, is_dir=True,
-                                 mtime=self.epoch, project=s.project, prearchive=True))
+            # every project the user can see (an archive written into .prearchive/P is
+            # imported there), plus any other project that has sessions waiting
+            projects = [p.id for p in c.list_projects()]
+            projects += [s.project for s in c.list_prearchive()]
+            for project in dict.fromkeys(projects):
+                add(NodeInfo(name=escape_name(project), kind=Kind.PRE_PROJECT, is_dir=True,
+                             mtime=self.epoch, project=project, prearchive=True))
         elif kind is Kind.PRE_PROJECT:
             for s in c.list_prearchive(node.project):
                 name = escape_name(s.timestamp)
@@ -275,6 +319,8 @@ class Tree:
         """A read handle.  Never waits for the network: downloads start in the background."""
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory", path)
+        if self.overlay is not None and self.overlay.owns(node):
+            return self.overlay.local_read_handle(node)
         if node.kind is Kind.VIRTUAL:
             what, parent = node.ref
             if what == "zip":
@@ -297,6 +343,19 @@ class Tree:
         return ContentKey(uri=node.uri, size=node.size, digest=node.digest,
                           mtime=None if node.digest else node.mtime)
 
+    def writable(self, node: NodeInfo) -> bool:
+        """Can something be made in this directory, or this file be written (modes, §1.2)?"""
+        if node.is_dir:
+            return node.kind in WRITABLE_DIRS and (not node.prearchive
+                                                   or node.kind is Kind.PRE_PROJECT)
+        return node.kind is Kind.FILE and not node.prearchive
+
+    def cacheable(self, node: NodeInfo) -> bool:
+        """May the kernel keep this file's pages across opens?  Only XNAT's own files, whose
+        content is fixed by (uri, size, digest); never a file still being written."""
+        return node.kind is Kind.FILE and not (self.overlay is not None
+                                               and self.overlay.owns(node))
+
     def cache_state(self, node: NodeInfo) -> str:
         if node.kind is not Kind.FILE:
             return "virtual" if node.kind is Kind.VIRTUAL else "n/a"
@@ -305,7 +364,7 @@ class Tree:
     def xattrs(self, node: NodeInfo) -> Dict[str, str]:
         """``user.xnat.*`` names (without the prefix) -> values; cache state for files."""
         attrs = {k: v for k, v in node.attrs.items() if v}
-        if node.kind is Kind.FILE:
+        if node.kind is Kind.FILE and "cache_state" not in attrs:
             attrs["cache_state"] = self.cache_state(node)
         return attrs
 

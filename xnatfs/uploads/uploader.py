@@ -184,9 +184,11 @@ class Uploader:
         self.close()
 
     # ------------------------------------------------------------------------ requests
-    def submit(self, entry: Entry) -> None:
-        """Queue ``entry`` for an attempt as soon as a worker is free: a new entry, or a retry
-        now of one that waits out a backoff or has failed. No-op while its attempt runs."""
+    def submit(self, entry: Entry, delay: float = 0.0) -> None:
+        """Queue ``entry`` for an attempt as soon as a worker is free (or ``delay`` seconds from
+        now: a write-back delay for temporary files that are usually renamed right after they
+        are closed): a new entry, or a retry now of one that waits out a backoff or has
+        failed. No-op while its attempt runs."""
         current = self._journal.get(entry.id)
         if current is None:
             return  # confirmed or removed meanwhile
@@ -202,7 +204,7 @@ class Uploader:
             if entry.id in self._running:
                 return
             self._queued[entry.id] = dataclasses.replace(entry, state=PENDING,
-                                                         next_attempt=self._clock())
+                                                         next_attempt=self._clock() + delay)
             self._cv.notify()
 
     def wake(self) -> None:

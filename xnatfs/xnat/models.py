@@ -99,7 +99,8 @@ class FileEntry:
     #: (§1.8); ``Name`` is only the basename
     path: str
     size: int
-    #: the server's URI, taken verbatim and never rebuilt (§1.8)
+    #: the server's URI, never rebuilt (§1.8); XNAT sends it raw, and it is kept here
+    #: percent-encoded for the wire (``parse.wire_uri``) so that any name round-trips
     uri: str
     #: MD5 hex from the ``digest`` column; "" when the site has checksums off
     digest: str = ""

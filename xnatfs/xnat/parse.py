@@ -302,10 +302,21 @@ def quote_segment(value: str) -> str:
 
 def file_relpath(uri: str) -> str:
     """The path relative to the resource root: the part of ``URI`` after the first ``/files/``
-    (§1.8), sub-folders kept, percent-decoding applied if the server encoded it."""
+    (§1.8), sub-folders kept.  XNAT builds ``URI`` by plain concatenation, so it is raw (not
+    percent-encoded: a name with a space comes back with the space; pyxnat had to learn to
+    encode these URIs itself, pyxnat PR #29); the relative path is taken as it is."""
     i = uri.find("/files/")
-    rel = uri[i + 7:] if i >= 0 else uri.rsplit("/", 1)[-1]
-    return unquote(rel) if "%" in rel else rel
+    return uri[i + 7:] if i >= 0 else uri.rsplit("/", 1)[-1]
+
+
+#: characters left alone when a raw server URI is made fit for a request line
+_URI_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def wire_uri(raw: str) -> str:
+    """A raw server URI (spaces, ``%``, ``?``, non-ASCII as they are) percent-encoded for the
+    request line; the client's ``_url`` leaves existing ``%XX`` alone after this."""
+    return quote(raw, safe=_URI_SAFE)
 
 
 def _strip_context(uri: str) -> str:
@@ -421,7 +432,7 @@ def file_from_row(row: Row, resource_uri: str = "") -> FileEntry:
     return FileEntry(
         path=file_relpath(uri),
         size=parse_int(row.get("Size")) or 0,
-        uri=uri,
+        uri=wire_uri(uri),
         digest=row.get("digest", "") or "",
         collection=row.get("collection", ""),
         format=row.get("file_format", ""),

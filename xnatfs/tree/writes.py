@@ -1,0 +1,607 @@
+"""Writes become uploads (DESIGN.md §1.3): files in resources, objects by mkdir, imports, archive.
+
+``Writer`` owns everything the user wrote that XNAT does not have yet:
+
+- files being written (a spool file on disk, never whole in memory),
+- files closed but not yet confirmed by the server (entries of the upload journal),
+- folders made with ``mkdir`` inside ``files/`` (local until a file lands in them).
+
+It shows them to the ``Tree`` as an overlay (rclone ``AddVirtualFn``), so listings, ``stat`` and
+reads see them at once.  ``flush``/``fsync`` return only after XNAT accepted the bytes; when the
+upload fails the bytes stay in the journal, visible as pending (``user.xnat.cache_state``),
+retried with backoff, resumed after a restart, and the caller gets the errno.
+
+Lock: ``_lock`` protects ``_files`` and ``_dirs``; it is never held across a request.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from xnatfs.tree.nodes import Kind, NodeInfo
+from xnatfs.tree.paths import PathParts, join_path, split_path, unescape_name
+from xnatfs.uploads import Journal, Spool, SpoolFile, Uploader
+from xnatfs.uploads.journal import Entry
+
+log = logging.getLogger(__name__)
+
+#: labels XNAT accepts for subjects, experiments, resources and scans (§10.17)
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: archives that become imports when written into experiments/ or .prearchive/P/ (§6)
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
+#: names that editors and rsync write before renaming: uploaded after a delay, not at close
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9]{6}$|~$|^\.#|\.sw[a-p]$|\.tmp$|\.part$")
+#: seconds a temporary file waits for its rename before it is uploaded under its own name
+TEMP_UPLOAD_DELAY = 10.0
+
+
+def is_temporary(name: str) -> bool:
+    return bool(_TEMP_RE.search(name))
+
+
+@dataclass
+class LocalFile:
+    """A file the user wrote that XNAT does not (yet) show."""
+
+    parts: PathParts
+    #: where it goes: {"kind": "file", resource_uri, relpath, overwrite, listing} or
+    #: {"kind": "import", project, subject?, dest, listing}
+    target: Dict[str, Any]
+    spool: Optional[SpoolFile] = None
+    entry: Optional[Entry] = None
+    handles: int = 0
+    #: bytes written since the last commit to the journal
+    dirty: bool = False
+    state: str = "writing"
+    mtime: float = field(default_factory=time.time)
+
+    @property
+    def size(self) -> int:
+        if self.spool is not None and not self.spool.closed:
+            return self.spool.size
+        return self.entry.size if self.entry is not None else 0
+
+
+class WriteHandle:
+    """An open file being written; all state lives in its ``LocalFile``."""
+
+    def __init__(self, writer: "Writer", lf: LocalFile) -> None:
+        self.writer = writer
+        self.lf = lf
+        self.direct_io = False
+
+    def write(self, offset: int, data: bytes) -> int:
+        return self.writer._write(self.lf, offset, data)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.writer._read(self.lf, offset, size)
+
+    def truncate(self, length: int) -> None:
+        self.writer._truncate(self.lf, length)
+
+    def flush(self) -> None:
+        self.writer._commit(self.lf)
+
+    def close(self) -> None:
+        self.writer._release(self.lf)
+
+
+class Writer:
+    """The write side of the tree.  ``start()`` after the client is up; ``close()`` last."""
+
+    def __init__(self, tree: Any, client: Any, directory: str, *, allow_delete: bool = False,
+                 experiment_type: str = "xnat:mrSessionData",
+                 scan_type: str = "xnat:mrScanData", fs_timeout: float = 60.0,
+                 temp_delay: float = TEMP_UPLOAD_DELAY) -> None:
+        self.tree = tree
+        self.client = client
+        self.allow_delete = allow_delete
+        self.experiment_type = experiment_type
+        self.scan_type = scan_type
+        self.fs_timeout = fs_timeout
+        self.temp_delay = temp_delay
+        self.spool = Spool(os.path.join(directory, "spool"))
+        self.journal = Journal(os.path.join(directory, "journal"))
+        self.uploader = Uploader(self.journal, self._put, self._verify, workers=2,
+                                 max_delay=300, base_delay=1, on_change=self._on_change)
+        self._lock = threading.Lock()
+        self._files: Dict[PathParts, LocalFile] = {}
+        self._dirs: Set[PathParts] = set()
+        #: import entries the server accepted (import has nothing to list-verify against)
+        self._imported: Dict[str, List[str]] = {}
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> None:
+        """Reload the journal (files written before a crash show as pending again), keep stray
+        spool files as failed entries (never delete user bytes), start the uploader."""
+        self.journal.reload()
+        for leftover in self.spool.leftovers():
+            self.journal.keep_orphan(leftover, "spool file left by a crash; not uploaded")
+        with self._lock:
+            for entry in self.journal.entries():
+                if entry.target is None or not entry.path:
+                    continue
+                parts = split_path(entry.path)
+                self._files[parts] = LocalFile(parts, dict(entry.target), entry=entry,
+                                               state=entry.state, mtime=entry.created)
+        self.uploader.start()
+
+    def close(self) -> None:
+        with self._lock:
+            open_files = [lf for lf in self._files.values() if lf.spool is not None]
+        for lf in open_files:
+            try:
+                self._commit(lf, upload=False)
+            except OSError as exc:
+                log.error("write %s: could not save to the journal at unmount: %s",
+                          join_path(lf.parts), exc)
+        self.uploader.close(time.monotonic() + 10)
+
+    def status(self) -> List[Dict[str, Any]]:
+        return self.uploader.status()
+
+    # ------------------------------------------------------------------ overlay for the tree
+    def node(self, parts: PathParts) -> Optional[NodeInfo]:
+        with self._lock:
+            lf = self._files.get(parts)
+            if lf is not None:
+                return self._file_node(lf)
+            if parts in self._dirs:
+                return NodeInfo(name=parts[-1], kind=Kind.FILES, is_dir=True,
+                                mtime=time.time(), subpath=("local",), ref="local")
+        return None
+
+    def children(self, parts: PathParts) -> List[NodeInfo]:
+        n = len(parts) + 1
+        with self._lock:
+            files = [self._file_node(lf) for p, lf in self._files.items()
+                     if len(p) == n and p[:-1] == parts]
+            dirs = [NodeInfo(name=p[-1], kind=Kind.FILES, is_dir=True, mtime=time.time(),
+                             subpath=("local",), ref="local")
+                    for p in self._dirs if len(p) == n and p[:-1] == parts]
+        return files + dirs
+
+    @staticmethod
+    def _file_node(lf: LocalFile) -> NodeInfo:
+        target = lf.target
+        uri = ""
+        if target.get("kind") == "file":
+            uri = f"{target['resource_uri']}/files/{target['relpath']}"
+        return NodeInfo(name=lf.parts[-1], kind=Kind.FILE, is_dir=False, size=lf.size,
+                        mtime=lf.mtime, uri=uri, ref=lf,
+                        attrs={"cache_state": lf.state, "uri": uri,
+                               "digest": lf.entry.md5 if lf.entry else ""})
+
+    @staticmethod
+    def owns(node: NodeInfo) -> bool:
+        return isinstance(node.ref, LocalFile)
+
+    def local_read_handle(self, node: NodeInfo) -> WriteHandle:
+        """Reading a file that is still local (being written, or pending upload)."""
+        lf = node.ref
+        with self._lock:
+            lf.handles += 1
+        return WriteHandle(self, lf)
+
+    # ------------------------------------------------------------------ create / open
+    def create(self, path: str) -> WriteHandle:
+        parts = split_path(path)
+        parent = self.tree.lookup(join_path(parts[:-1]))
+        name = parts[-1]
+        try:
+            existing = self.tree.lookup(path)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None:
+            if existing.is_dir:
+                raise OSError(errno.EISDIR, "is a directory", path)
+            return self.open_write(existing, path, truncate=True)
+        target = self._target_for(parent, parts, path)
+        spool = self.spool.create()
+        lf = LocalFile(parts, target, spool=spool, handles=1, dirty=False)
+        with self._lock:
+            old = self._files.get(parts)
+            if old is not None and old.handles:
+                spool.discard()
+                raise OSError(errno.EBUSY, "being written by another handle", path)
+            self._files[parts] = lf
+            self._forget_dirs(parts)
+        return WriteHandle(self, lf)
+
+    def open_write(self, node: NodeInfo, path: str, truncate: bool) -> WriteHandle:
+        parts = split_path(path)
+        if isinstance(node.ref, LocalFile):
+            lf = node.ref
+            with self._lock:
+                lf.handles += 1
+            if truncate:
+                self._truncate(lf, 0)
+            return WriteHandle(self, lf)
+        if node.kind is not Kind.FILE:
+            raise OSError(errno.EACCES, "not a writable file", path)
+        if not self.allow_delete:
+            raise OSError(errno.EACCES, "overwriting a file on XNAT needs --allow-delete", path)
+        parent = self.tree.lookup(join_path(parts[:-1]))
+        target = self._target_for(parent, parts, path)
+        target["overwrite"] = True
+        spool = self.spool.create()
+        if not truncate:
+            self._fill_from_server(node, spool, path)
+        lf = LocalFile(parts, target, spool=spool, handles=1, dirty=truncate)
+        with self._lock:
+            self._files[parts] = lf
+        return WriteHandle(self, lf)
+
+    def truncate(self, path: str, length: int) -> None:
+        """``truncate`` without a handle (libfuse2's O_TRUNC, ``truncate -s``)."""
+        node = self.tree.lookup(path)
+        if node.is_dir:
+            raise OSError(errno.EISDIR, "is a directory", path)
+        handle = self.open_write(node, path, truncate=(length == 0))
+        try:
+            handle.truncate(length)
+            if handle.lf.handles <= 1:
+                handle.flush()
+        finally:
+            handle.close()
+
+    def _target_for(self, parent: NodeInfo, parts: PathParts, path: str) -> Dict[str, Any]:
+        name = unescape_name(parts[-1])
+        if parent.kind is Kind.FILES:
+            resource_parts = self._files_root(parent, parts[:-1])
+            relpath = "/".join(unescape_name(p) for p in parts[len(resource_parts):])
+            return {"kind": "file", "resource_uri": self._resource_uri(parent, resource_parts),
+                    "relpath": relpath, "overwrite": False, "listing": list(resource_parts)}
+        if parent.kind is Kind.EXPERIMENTS and name.lower().endswith(ARCHIVE_SUFFIXES):
+            return {"kind": "import", "project": parent.project, "subject": parent.subject,
+                    "dest": "/archive", "listing": list(parts[:-1]),
+                    "content_type": _archive_type(name)}
+        if parent.kind is Kind.PRE_PROJECT and name.lower().endswith(ARCHIVE_SUFFIXES):
+            return {"kind": "import", "project": parent.project,
+                    "dest": f"/prearchive/projects/{parent.project}",
+                    "listing": list(parts[:-2]), "content_type": _archive_type(name)}
+        if parent.kind in (Kind.EXPERIMENTS, Kind.PRE_PROJECT):
+            raise OSError(errno.EPERM, "only .zip/.tar.gz/.tgz archives can be written here "
+                          "(they are imported as sessions)", path)
+        raise OSError(errno.EPERM, "XNAT has no place for a file here (files go below "
+                      ".../resources/R/files/)", path)
+
+    def _files_root(self, parent: NodeInfo, parent_parts: PathParts) -> PathParts:
+        """Path of the ``files`` directory of the resource that holds ``parent``."""
+        depth = len(parent.subpath)
+        if parent.ref == "local":  # a local folder: walk up to a real one
+            up = parent_parts[:-1]
+            while up:
+                node = self.tree.lookup(join_path(up))
+                if node.kind is Kind.FILES and node.ref != "local":
+                    return up[:len(up) - len(node.subpath)]
+                up = up[:-1]
+            raise OSError(errno.EIO, "local folder outside a resource", join_path(parent_parts))
+        return parent_parts[:len(parent_parts) - depth]
+
+    def _resource_uri(self, parent: NodeInfo, resource_parts: PathParts) -> str:
+        if parent.ref != "local":
+            return parent.uri
+        return self.tree.lookup(join_path(resource_parts)).uri
+
+    def _fill_from_server(self, node: NodeInfo, spool: SpoolFile, path: str) -> None:
+        """Read-modify-write of a file on XNAT: its bytes first go into the spool."""
+        handle = self.tree.open(node, path)
+        try:
+            offset, chunk = 0, 1 << 20
+            while True:
+                data = handle.read(offset, chunk)
+                if not data:
+                    break
+                spool.write(offset, data)
+                offset += len(data)
+        finally:
+            handle.close()
+
+    def _forget_dirs(self, parts: PathParts) -> None:
+        """A file landed: its local parent folders are now real once it is uploaded.
+        Caller holds self._lock."""
+        for i in range(1, len(parts)):
+            self._dirs.discard(parts[:i])
+
+    # ------------------------------------------------------------------ handle operations
+    def _write(self, lf: LocalFile, offset: int, data: bytes) -> int:
+        if lf.spool is None or lf.spool.closed:
+            self._reopen_spool(lf)
+        assert lf.spool is not None
+        n = lf.spool.write(offset, data)
+        lf.dirty = True
+        lf.state = "writing"
+        lf.mtime = time.time()
+        return n
+
+    def _read(self, lf: LocalFile, offset: int, size: int) -> bytes:
+        if lf.spool is not None and not lf.spool.closed:
+            return lf.spool.read(offset, size)
+        if lf.entry is not None and os.path.exists(lf.entry.data_path):
+            with open(lf.entry.data_path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(size)
+        raise OSError(errno.EIO, "the local copy is gone (uploaded meanwhile): open again",
+                      join_path(lf.parts))
+
+    def _truncate(self, lf: LocalFile, length: int) -> None:
+        if lf.spool is None or lf.spool.closed:
+            self._reopen_spool(lf)
+        assert lf.spool is not None
+        lf.spool.truncate(length)
+        lf.dirty = True
+        lf.mtime = time.time()
+
+    def _reopen_spool(self, lf: LocalFile) -> None:
+        """More writes after a commit: continue from the committed bytes."""
+        if lf.entry is not None and os.path.exists(lf.entry.data_path):
+            lf.spool = self.spool.create(copy_from=lf.entry.data_path)
+        else:
+            lf.spool = self.spool.create()
+            node = self.tree.lookup(join_path(lf.parts))
+            if not isinstance(node.ref, LocalFile):
+                self._fill_from_server(node, lf.spool, join_path(lf.parts))
+        lf.target = dict(lf.target, overwrite=True)
+
+    def _commit(self, lf: LocalFile, upload: bool = True) -> None:
+        """close()/fsync(): put the bytes in the journal, then upload them now.
+
+        Returns once XNAT confirmed them; on failure raises the error (the caller answers its
+        errno) with the bytes safe in the journal and a retry scheduled.
+        """
+        path = join_path(lf.parts)
+        if not lf.dirty or lf.spool is None:
+            return
+        if lf.spool.size == 0:
+            # XNAT refuses empty uploads (§4.5): nothing to store, nothing to lose
+            log.info("write %s: empty file not uploaded (XNAT cannot store empty files)", path)
+            lf.dirty = False
+            return
+        entry = self.journal.add(lf.spool, lf.target, path)
+        with self._lock:
+            lf.spool = None
+            lf.entry = entry
+            lf.dirty = False
+            lf.state = "pending"
+        if not upload:
+            return
+        if is_temporary(lf.parts[-1]):
+            # rsync and editors rename their temporary file right after closing it: upload
+            # under the final name then, not twice
+            self.uploader.submit(entry, delay=self.temp_delay)
+            return
+        self._upload_now(lf, entry)
+
+    def _upload_now(self, lf: LocalFile, entry: Entry) -> None:
+        path = join_path(lf.parts)
+        try:
+            self.uploader.upload_now(entry, time.monotonic() + self.fs_timeout)
+        except Exception as exc:
+            with self._lock:
+                lf.state = "failed" if not getattr(exc, "retryable", False) else "pending"
+            log.error("upload %s: %s (kept in the journal, %s)", path, exc,
+                      "will retry" if getattr(exc, "retryable", False) else "not retryable")
+            raise
+
+    def _release(self, lf: LocalFile) -> None:
+        path = join_path(lf.parts)
+        try:
+            if lf.dirty:
+                self._commit(lf)
+        except Exception as exc:  # noqa: BLE001 - release cannot report; flush already did
+            log.debug("release %s: %s", path, exc)
+        finally:
+            with self._lock:
+                lf.handles = max(0, lf.handles - 1)
+                if lf.handles == 0:
+                    if lf.spool is not None and not lf.spool.closed and not lf.dirty:
+                        lf.spool.discard()
+                        lf.spool = None
+                    if lf.entry is None and lf.spool is None and self._files.get(lf.parts) is lf:
+                        # uploaded (or empty): the listing shows it from now on
+                        del self._files[lf.parts]
+
+    # ------------------------------------------------------------------ uploader callbacks
+    def _put(self, entry: Entry) -> None:
+        target = entry.target or {}
+        with open(entry.data_path, "rb") as fh:
+            if target.get("kind") == "file":
+                self.client.upload_file(target["resource_uri"], target["relpath"], fh,
+                                        entry.size, overwrite=bool(target.get("overwrite")))
+            elif target.get("kind") == "import":
+                uris = self.client.import_archive(
+                    fh, entry.size, project=target["project"], subject=target.get("subject"),
+                    dest=target.get("dest"),
+                    content_type=target.get("content_type", "application/zip"))
+                self._imported[entry.id] = uris
+                log.info("import %s: %s", entry.path, ", ".join(uris))
+            else:
+                raise OSError(errno.EINVAL, f"unknown upload target {target!r}", entry.path)
+
+    def _verify(self, entry: Entry) -> bool:
+        target = entry.target or {}
+        if target.get("kind") == "import":
+            return entry.id in self._imported
+        for f in self.client.list_files(target["resource_uri"]):
+            if f.path == target["relpath"]:
+                return f.size == entry.size and (not f.digest or f.digest == entry.md5)
+        return False
+
+    def _on_change(self, entry: Entry) -> None:
+        parts = split_path(entry.path)
+        listing = tuple((entry.target or {}).get("listing") or ())
+        with self._lock:
+            lf = self._files.get(parts)
+            if lf is not None and lf.entry is not None and lf.entry.id == entry.id:
+                if entry.state == "done":
+                    lf.entry = None
+                    if lf.handles == 0 and lf.spool is None:
+                        del self._files[parts]
+                else:
+                    lf.entry = entry
+                    lf.state = entry.state
+        if entry.state == "done" and listing:
+            self.tree.invalidate(join_path(listing))
+
+    # ------------------------------------------------------------------ namespace operations
+    def mkdir(self, path: str) -> None:
+        parts = split_path(path)
+        parent = self.tree.lookup(join_path(parts[:-1]))
+        name = unescape_name(parts[-1])
+        try:
+            self.tree.lookup(path)
+            raise OSError(errno.EEXIST, "exists", path)
+        except FileNotFoundError:
+            pass
+        if parent.kind is Kind.FILES:
+            with self._lock:
+                self._dirs.add(parts)
+            return
+        if parent.kind not in (Kind.SUBJECTS, Kind.EXPERIMENTS, Kind.SCANS, Kind.RESOURCES):
+            raise OSError(errno.EPERM, "XNAT objects are made with mkdir only inside subjects/, "
+                          "experiments/, scans/, resources/ or files/", path)
+        if not _LABEL_RE.match(name):
+            raise OSError(errno.EINVAL, "XNAT labels are 1-64 characters of A-Z a-z 0-9 _ -",
+                          path)
+        if parent.kind is Kind.SUBJECTS:
+            self.client.create_subject(parent.project, name)
+        elif parent.kind is Kind.EXPERIMENTS:
+            self.client.create_experiment(parent.project, parent.subject, name,
+                                          self.experiment_type)
+        elif parent.kind is Kind.SCANS:
+            self.client.create_scan(parent.uri, name, self.scan_type)
+        else:
+            self.client.create_resource(parent.uri, name)
+        log.info("mkdir %s: created on XNAT", path)
+        self.tree.invalidate(join_path(parts[:-1]))
+
+    def unlink(self, path: str) -> None:
+        parts = split_path(path)
+        with self._lock:
+            lf = self._files.get(parts)
+        if lf is not None:
+            if lf.handles:
+                raise OSError(errno.EBUSY, "still open", path)
+            with self._lock:
+                self._files.pop(parts, None)
+            if lf.entry is not None:
+                try:
+                    self.journal.remove(lf.entry)
+                except KeyError:
+                    pass
+            return
+        node = self.tree.lookup(path)
+        if node.is_dir:
+            raise OSError(errno.EISDIR, "is a directory", path)
+        if node.kind is not Kind.FILE or node.prearchive:
+            raise OSError(errno.EPERM, "cannot remove this", path)
+        if not self.allow_delete:
+            raise OSError(errno.EACCES, "removing files from XNAT needs --allow-delete", path)
+        self.client.delete(node.uri)
+        log.info("rm %s: deleted on XNAT", path)
+        self.tree.invalidate(join_path(parts[:-1]))
+
+    def rmdir(self, path: str) -> None:
+        parts = split_path(path)
+        with self._lock:
+            if parts in self._dirs:
+                if any(p[:len(parts)] == parts and p != parts
+                       for p in list(self._files) + list(self._dirs)):
+                    raise OSError(errno.ENOTEMPTY, "not empty", path)
+                self._dirs.discard(parts)
+                return
+        node = self.tree.lookup(path)
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory", path)
+        deletable = {Kind.SUBJECT, Kind.EXPERIMENT, Kind.SCAN, Kind.RESOURCE, Kind.PRE_SESSION,
+                     Kind.ASSESSOR}
+        if node.kind not in deletable:
+            raise OSError(errno.EPERM, "this directory cannot be removed", path)
+        if not self.allow_delete:
+            raise OSError(errno.EACCES, "removing XNAT objects needs --allow-delete", path)
+        if node.kind is not Kind.PRE_SESSION and not self._is_empty(path, node):
+            raise OSError(errno.ENOTEMPTY, "XNAT object is not empty", path)
+        if node.kind is Kind.PRE_SESSION:
+            self.client.delete_prearchive(node.uri)
+        else:
+            self.client.delete(node.uri)
+        log.info("rmdir %s: deleted on XNAT", path)
+        self.tree.invalidate(join_path(parts[:-1]))
+
+    def _is_empty(self, path: str, node: NodeInfo) -> bool:
+        for child in self.tree.listdir(path):
+            if child.kind is Kind.FILES:
+                if self.tree.listdir(join_path(split_path(path) + (child.name,))):
+                    return False
+            elif child.is_dir and child.kind in (Kind.RESOURCES, Kind.SCANS, Kind.EXPERIMENTS,
+                                                 Kind.ASSESSORS):
+                if self.tree.listdir(join_path(split_path(path) + (child.name,))):
+                    return False
+            else:
+                return False
+        return True
+
+    def rename(self, old: str, new: str) -> None:
+        old_parts, new_parts = split_path(old), split_path(new)
+        node = self.tree.lookup(old)
+        new_parent = self.tree.lookup(join_path(new_parts[:-1]))
+        if node.kind is Kind.PRE_SESSION and new_parent.kind is Kind.EXPERIMENTS:
+            label = unescape_name(new_parts[-1])
+            if not _LABEL_RE.match(label):
+                raise OSError(errno.EINVAL, "XNAT labels are 1-64 characters of A-Z a-z 0-9 _ -",
+                              new)
+            uri = self.client.archive_prearchive(node.uri, new_parent.project,
+                                                 _subject_label(self.tree, new_parts), label)
+            log.info("mv %s: archived as %s", old, uri)
+            self.tree.invalidate(join_path(new_parts[:-1]))
+            self.tree.invalidate(join_path(old_parts[:-1]))
+            return
+        lf = node.ref if isinstance(node.ref, LocalFile) else None
+        if lf is None or new_parent.kind is not Kind.FILES:
+            # XNAT cannot move a stored file: mv falls back to copy + unlink on EXDEV
+            raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)
+        try:
+            existing = self.tree.lookup(new)
+        except FileNotFoundError:
+            existing = None
+        target = self._target_for(new_parent, new_parts, new)
+        if existing is not None and not isinstance(existing.ref, LocalFile):
+            if not self.allow_delete:
+                raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
+            target["overwrite"] = True
+        with self._lock:
+            if self._files.get(old_parts) is not lf:
+                raise OSError(errno.ENOENT, "vanished", old)
+            del self._files[old_parts]
+            replaced = self._files.pop(new_parts, None)
+            lf.parts = new_parts
+            lf.target = target
+            self._files[new_parts] = lf
+            self._forget_dirs(new_parts)
+        if replaced is not None and replaced.entry is not None:
+            try:
+                self.journal.remove(replaced.entry)
+            except KeyError:
+                pass
+        if lf.entry is not None:
+            entry = self.journal.update(replace(lf.entry, target=target, path=new))
+            lf.entry = entry
+            if not is_temporary(new_parts[-1]) and lf.handles == 0:
+                self._upload_now(lf, entry)
+
+
+def _archive_type(name: str) -> str:
+    return "application/zip" if name.lower().endswith(".zip") else "application/x-gzip"
+
+
+def _subject_label(tree: Any, parts: PathParts) -> str:
+    """The label of the subject in ``P/subjects/S/experiments/...``."""
+    subject = tree.lookup(join_path(parts[:3]))
+    return subject.attrs.get("label") or unescape_name(parts[2])
