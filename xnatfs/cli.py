@@ -369,6 +369,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     for section in ("requests", "listing_cache", "content_cache", "errors"):
         value = stats.get(section)
         print(f"{section}: {json.dumps(value, sort_keys=True) if value else '-'}")
+    uploads = stats.get("uploads") or []
+    print(f"uploads not yet on XNAT: {len(uploads) or 'none'}")
+    for item in uploads:
+        line = f"  {item.get('state', '?'):9} {item.get('path') or item.get('id')} " \
+               f"({item.get('size', 0)} bytes, {item.get('tries', 0)} tries)"
+        if item.get("last_error"):
+            line += f": {item['last_error']}"
+        print(line)
     return 0
 
 

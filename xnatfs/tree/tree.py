@@ -96,7 +96,8 @@ class Tree:
             return list(children.values())
         merged = dict(children)
         for local in self.overlay.children(parts):
-            merged[local.name] = local
+            if not (local.is_dir and local.name in merged):
+                merged[local.name] = local
         return list(merged.values())
 
     def _lookup(self, parts: PathParts) -> NodeInfo:
@@ -118,6 +119,8 @@ class Tree:
         child = listing.children.get(name)
         if child is None and name in listing.aliases:
             child = listing.children.get(listing.aliases[name])
+        if child is None and self.overlay is not None:
+            child = self.overlay.dir_node(parts)
         if child is None:
             raise OSError(errno.ENOENT, "no such XNAT object", "/" + "/".join(parts))
         return child

@@ -60,6 +60,8 @@ class LocalFile:
     dirty: bool = False
     state: str = "writing"
     mtime: float = field(default_factory=time.time)
+    #: errno of a write that failed (ENOSPC...): the file is incomplete and is never uploaded
+    write_error: int = 0
 
     @property
     def size(self) -> int:
@@ -113,6 +115,8 @@ class Writer:
         self._lock = threading.Lock()
         self._files: Dict[PathParts, LocalFile] = {}
         self._dirs: Set[PathParts] = set()
+        #: folder -> number of local files below it (such folders show while files are local)
+        self._ancestors: Dict[PathParts, int] = {}
         #: import entries the server accepted (import has nothing to list-verify against)
         self._imported: Dict[str, List[str]] = {}
 
@@ -128,8 +132,8 @@ class Writer:
                 if entry.target is None or not entry.path:
                     continue
                 parts = split_path(entry.path)
-                self._files[parts] = LocalFile(parts, dict(entry.target), entry=entry,
-                                               state=entry.state, mtime=entry.created)
+                self._locked_put(LocalFile(parts, dict(entry.target), entry=entry,
+                                           state=entry.state, mtime=entry.created))
         self.uploader.start()
 
     def close(self) -> None:
@@ -148,24 +152,33 @@ class Writer:
 
     # ------------------------------------------------------------------ overlay for the tree
     def node(self, parts: PathParts) -> Optional[NodeInfo]:
+        """The local file at ``parts`` (it wins over what XNAT lists), or None."""
         with self._lock:
             lf = self._files.get(parts)
-            if lf is not None:
-                return self._file_node(lf)
-            if parts in self._dirs:
-                return NodeInfo(name=parts[-1], kind=Kind.FILES, is_dir=True,
-                                mtime=time.time(), subpath=("local",), ref="local")
+            return self._file_node(lf) if lf is not None else None
+
+    def dir_node(self, parts: PathParts) -> Optional[NodeInfo]:
+        """A folder that exists only here (made by mkdir, or holding local files); asked only
+        when XNAT's listing has no such name."""
+        with self._lock:
+            if parts in self._dirs or parts in self._ancestors:
+                return self._dir(parts)
         return None
 
     def children(self, parts: PathParts) -> List[NodeInfo]:
+        """Local files and folders directly in ``parts`` (folders only add missing names)."""
         n = len(parts) + 1
         with self._lock:
             files = [self._file_node(lf) for p, lf in self._files.items()
                      if len(p) == n and p[:-1] == parts]
-            dirs = [NodeInfo(name=p[-1], kind=Kind.FILES, is_dir=True, mtime=time.time(),
-                             subpath=("local",), ref="local")
-                    for p in self._dirs if len(p) == n and p[:-1] == parts]
+            dirs = [self._dir(p) for p in set(self._dirs) | set(self._ancestors)
+                    if len(p) == n and p[:-1] == parts]
         return files + dirs
+
+    @staticmethod
+    def _dir(parts: PathParts) -> NodeInfo:
+        return NodeInfo(name=parts[-1], kind=Kind.FILES, is_dir=True, mtime=time.time(),
+                        subpath=("local",), ref="local")
 
     @staticmethod
     def _file_node(lf: LocalFile) -> NodeInfo:
@@ -210,8 +223,7 @@ class Writer:
             if old is not None and old.handles:
                 spool.discard()
                 raise OSError(errno.EBUSY, "being written by another handle", path)
-            self._files[parts] = lf
-            self._forget_dirs(parts)
+            self._locked_put(lf)
         return WriteHandle(self, lf)
 
     def open_write(self, node: NodeInfo, path: str, truncate: bool) -> WriteHandle:
@@ -235,7 +247,7 @@ class Writer:
             self._fill_from_server(node, spool, path)
         lf = LocalFile(parts, target, spool=spool, handles=1, dirty=truncate)
         with self._lock:
-            self._files[parts] = lf
+            self._locked_put(lf)
         return WriteHandle(self, lf)
 
     def truncate(self, path: str, length: int) -> None:
@@ -304,9 +316,28 @@ class Writer:
         finally:
             handle.close()
 
-    def _forget_dirs(self, parts: PathParts) -> None:
-        """A file landed: its local parent folders are now real once it is uploaded.
-        Caller holds self._lock."""
+    def _locked_put(self, lf: LocalFile) -> None:
+        """Show ``lf``; its parent folders show too while it is local.  Caller holds _lock."""
+        if self._files.get(lf.parts) is None:
+            for i in range(1, len(lf.parts)):
+                self._ancestors[lf.parts[:i]] = self._ancestors.get(lf.parts[:i], 0) + 1
+        self._files[lf.parts] = lf
+
+    def _locked_drop(self, parts: PathParts) -> Optional[LocalFile]:
+        """Stop showing the local file at ``parts`` (uploaded, removed, renamed).  Caller holds
+        _lock."""
+        lf = self._files.pop(parts, None)
+        if lf is not None:
+            for i in range(1, len(parts)):
+                n = self._ancestors.get(parts[:i], 0) - 1
+                if n > 0:
+                    self._ancestors[parts[:i]] = n
+                else:
+                    self._ancestors.pop(parts[:i], None)
+        return lf
+
+    def _locked_forget_dirs(self, parts: PathParts) -> None:
+        """A file landed on XNAT: its folders now come from the listing.  Caller holds _lock."""
         for i in range(1, len(parts)):
             self._dirs.discard(parts[:i])
 
@@ -315,7 +346,13 @@ class Writer:
         if lf.spool is None or lf.spool.closed:
             self._reopen_spool(lf)
         assert lf.spool is not None
-        n = lf.spool.write(offset, data)
+        try:
+            n = lf.spool.write(offset, data)
+        except OSError as exc:
+            lf.write_error = exc.errno or errno.EIO
+            log.error("write %s: %s; the file is incomplete and will not be uploaded",
+                      join_path(lf.parts), exc)
+            raise
         lf.dirty = True
         lf.state = "writing"
         lf.mtime = time.time()
@@ -357,6 +394,8 @@ class Writer:
         errno) with the bytes safe in the journal and a retry scheduled.
         """
         path = join_path(lf.parts)
+        if lf.write_error:
+            raise OSError(lf.write_error, "an earlier write failed: not uploaded", path)
         if not lf.dirty or lf.spool is None:
             return
         if lf.spool.size == 0:
@@ -400,13 +439,18 @@ class Writer:
         finally:
             with self._lock:
                 lf.handles = max(0, lf.handles - 1)
+                if lf.handles == 0 and lf.write_error and lf.spool is not None:
+                    # the user was told at write() and close(); an incomplete file is dropped
+                    lf.spool.discard()
+                    lf.spool = None
+                    lf.dirty = False
                 if lf.handles == 0:
                     if lf.spool is not None and not lf.spool.closed and not lf.dirty:
                         lf.spool.discard()
                         lf.spool = None
                     if lf.entry is None and lf.spool is None and self._files.get(lf.parts) is lf:
                         # uploaded (or empty): the listing shows it from now on
-                        del self._files[lf.parts]
+                        self._locked_drop(lf.parts)
 
     # ------------------------------------------------------------------ uploader callbacks
     def _put(self, entry: Entry) -> None:
@@ -442,8 +486,9 @@ class Writer:
             if lf is not None and lf.entry is not None and lf.entry.id == entry.id:
                 if entry.state == "done":
                     lf.entry = None
+                    self._locked_forget_dirs(parts)
                     if lf.handles == 0 and lf.spool is None:
-                        del self._files[parts]
+                        self._locked_drop(parts)
                 else:
                     lf.entry = entry
                     lf.state = entry.state
@@ -490,7 +535,7 @@ class Writer:
             if lf.handles:
                 raise OSError(errno.EBUSY, "still open", path)
             with self._lock:
-                self._files.pop(parts, None)
+                self._locked_drop(parts)
             if lf.entry is not None:
                 try:
                     self.journal.remove(lf.entry)
@@ -579,12 +624,11 @@ class Writer:
         with self._lock:
             if self._files.get(old_parts) is not lf:
                 raise OSError(errno.ENOENT, "vanished", old)
-            del self._files[old_parts]
-            replaced = self._files.pop(new_parts, None)
+            self._locked_drop(old_parts)
+            replaced = self._locked_drop(new_parts)
             lf.parts = new_parts
             lf.target = target
-            self._files[new_parts] = lf
-            self._forget_dirs(new_parts)
+            self._locked_put(lf)
         if replaced is not None and replaced.entry is not None:
             try:
                 self.journal.remove(replaced.entry)

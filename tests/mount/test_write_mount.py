@@ -1,0 +1,360 @@
+"""Writes become uploads (DESIGN.md §1.3), for real through /dev/fuse against the emulator.
+
+What the server holds is checked with xnatpy, an independent client; request counts come from
+the emulator's access log.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import random
+import signal
+import subprocess
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ADMIN, Mount, needs_fuse
+from tests.mount.helpers import api, hash_files, md5, sh
+
+pytestmark = [needs_fuse]
+
+PROTOCOLS = "DEMO1/resources/protocols/files"
+SUBJ01 = "DEMO1/subjects/SUBJ01"
+
+
+def wait_for(condition, timeout=60.0, interval=0.1, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def server_files(emu, project="DEMO1", resource="protocols"):
+    """path -> (size, digest) of a project resource, straight from the server (xnatpy)."""
+    import xnat
+
+    with xnat.connect(emu.url, user=ADMIN[0], password=ADMIN[1], loglevel="ERROR") as s:
+        res = s.projects[project].resources[resource]
+        return {f.path: (int(f.size), f.digest) for f in res.files.values()}
+
+
+def puts(records):
+    return [p for m, p in api(records) if m in ("PUT", "POST")]
+
+
+def dicom_zip(path: Path, patient: str, series=((1, "T1w", 3), (2, "T2w", 2))) -> None:
+    """A small DICOM study written with pydicom, zipped."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    study = generate_uid()
+    with zipfile.ZipFile(path, "w") as zf:
+        for number, description, count in series:
+            series_uid = generate_uid()
+            for i in range(count):
+                meta = FileMetaDataset()
+                meta.MediaStorageSOPClassUID = MRImageStorage
+                meta.MediaStorageSOPInstanceUID = generate_uid()
+                meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+                ds.SOPClassUID = MRImageStorage
+                ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+                ds.PatientName, ds.PatientID = patient, patient
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
+                ds.StudyDate, ds.StudyTime, ds.Modality = "20240101", "101010", "MR"
+                ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = number, description, i + 1
+                ds.Rows = ds.Columns = 8
+                ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+                ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+                ds.PixelRepresentation = 0
+                ds.PixelData = bytes(range(128))
+                buf = io.BytesIO()
+                pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+                zf.writestr(f"{description}/{i + 1:04d}.dcm", buf.getvalue())
+
+
+@pytest.fixture
+def emu(make_emulator):
+    return make_emulator()
+
+
+def test_cp_small_files_and_ls_shows_them(emu, make_mount, tmp_path):
+    m = make_mount(emu.url)
+    files = m.path / PROTOCOLS
+    rnd = random.Random(1)
+    blobs = {f"out{i}.nii": rnd.randbytes(1000 + i) for i in range(5)}
+    for name, data in blobs.items():
+        (tmp_path / name).write_bytes(data)
+        sh(["cp", str(tmp_path / name), str(files / name)])
+        # after close() returns: ls -l shows it with its size, xnatfs says it is on the server
+        assert os.stat(files / name).st_size == len(data)
+    on_server = server_files(emu)
+    for name, data in blobs.items():
+        assert on_server[name] == (len(data), md5(data))
+    got = hash_files([str(files / n) for n in blobs])
+    assert {os.path.basename(p): v for p, v in got.items()} == {
+        n: [md5(d), len(d)] for n, d in blobs.items()}
+
+
+def test_cp_256_mib(emu, make_mount, tmp_path):
+    m = make_mount(emu.url)
+    src = tmp_path / "big.nii"
+    h = hashlib.md5()
+    rnd = random.Random(2)
+    with open(src, "wb") as fh:
+        for _ in range(256):
+            chunk = rnd.randbytes(1 << 20)
+            h.update(chunk)
+            fh.write(chunk)
+    sh(["cp", str(src), str(m.path / PROTOCOLS / "big.nii")], timeout=300)
+    assert server_files(emu)["big.nii"] == (256 << 20, h.hexdigest())
+
+
+def test_rsync_tree_uploads_each_file_once(emu, make_mount, tmp_path):
+    m = make_mount(emu.url)
+    src = tmp_path / "tree"
+    expected = {}
+    for rel in ("a.txt", "sub/b.txt", "sub/deeper/c.txt", "other/d e.txt"):
+        p = src / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        data = (rel * 100).encode()
+        p.write_bytes(data)
+        expected["rs/" + rel] = (len(data), md5(data))
+    (m.path / PROTOCOLS / "rs").mkdir()
+    mark = emu.mark()
+    res = sh(["rsync", "-a", f"{src}/", str(m.path / PROTOCOLS / "rs") + "/"], check=False,
+             timeout=120)
+    assert res.returncode == 0, res.stderr
+    on_server = server_files(emu)
+    for rel, value in expected.items():
+        assert on_server[rel] == value
+    uploads = [p for p in puts(emu.since(mark)) if "/files/" in p]
+    assert len(uploads) == len(expected), uploads  # temp names were never uploaded
+    assert not any("/." in p for p in uploads)
+
+
+def test_mkdir_makes_objects_with_their_xsi_types(emu, make_mount):
+    import xnat
+
+    m = make_mount(emu.url, "--experiment-type", "xnat:ctSessionData")
+    subj = m.path / "DEMO1" / "subjects" / "NEWSUBJ"
+    subj.mkdir()
+    (subj / "resources" / "NOTES").mkdir()
+    exp = subj / "experiments" / "NEWSUBJ_CT1"
+    exp.mkdir()
+    (exp / "scans" / "7").mkdir()
+    (exp / "scans" / "7" / "resources" / "RAW").mkdir()
+    (exp / "resources" / "QC").mkdir()
+    assert "NEWSUBJ_CT1" in os.listdir(subj / "experiments")
+    with xnat.connect(emu.url, user=ADMIN[0], password=ADMIN[1], loglevel="ERROR") as s:
+        subject = s.projects["DEMO1"].subjects["NEWSUBJ"]
+        assert "NOTES" in subject.resources
+        e = subject.experiments["NEWSUBJ_CT1"]
+        assert e.__xsi_type__ == "xnat:ctSessionData"
+        assert e.scans["7"].__xsi_type__ == "xnat:mrScanData"
+        assert "RAW" in e.scans["7"].resources and "QC" in e.resources
+
+
+def test_local_folder_lasts_until_a_file_lands(emu, make_mount, tmp_path):
+    m = make_mount(emu.url)
+    folder = m.path / PROTOCOLS / "newdir" / "inner"
+    os.makedirs(folder)
+    assert os.path.isdir(folder)
+    (tmp_path / "x.txt").write_bytes(b"hello")
+    sh(["cp", str(tmp_path / "x.txt"), str(folder / "x.txt")])
+    assert server_files(emu)["newdir/inner/x.txt"] == (5, md5(b"hello"))
+    assert os.listdir(folder) == ["x.txt"]
+
+
+def test_dicom_zip_into_experiments_becomes_a_session(emu, make_mount, tmp_path):
+    import xnat
+
+    m = make_mount(emu.url)
+    dicom_zip(tmp_path / "study.zip", "SUBJ02")
+    exps = m.path / "DEMO1" / "subjects" / "SUBJ02" / "experiments"
+    before = set(os.listdir(exps))
+    sh(["cp", str(tmp_path / "study.zip"), str(exps / "study.zip")], timeout=120)
+    new = set(os.listdir(exps)) - before
+    assert len(new) == 1, (before, os.listdir(exps))
+    label = new.pop()
+    assert sorted(os.listdir(exps / label / "scans")) == ["1", "2"]
+    with xnat.connect(emu.url, user=ADMIN[0], password=ADMIN[1], loglevel="ERROR") as s:
+        e = s.projects["DEMO1"].subjects["SUBJ02"].experiments[label]
+        assert len(e.scans["1"].resources["DICOM"].files) == 3
+        assert e.scans["2"].type == "T2w"
+
+
+def test_zip_into_prearchive_then_mv_archives_it(emu, make_mount, tmp_path):
+    m = make_mount(emu.url)
+    dicom_zip(tmp_path / "pre.zip", "PREPAT", series=((5, "DWI", 2),))
+    pre = m.path / ".prearchive" / "DEMO1"
+    before = {(ts, s) for ts in os.listdir(pre) for s in os.listdir(pre / ts)}
+    sh(["cp", str(tmp_path / "pre.zip"), str(pre / "pre.zip")], timeout=120)
+    after = {(ts, s) for ts in os.listdir(pre) for s in os.listdir(pre / ts)}
+    new = after - before
+    assert len(new) == 1
+    ts, session = new.pop()
+    assert os.listdir(pre / ts / session / "scans") == ["5"]
+    target = m.path / "DEMO1" / "subjects" / "SUBJ03" / "experiments" / "SUBJ03_DWI"
+    sh(["mv", str(pre / ts / session), str(target)], timeout=120)
+    assert os.listdir(target / "scans") == ["5"]
+    assert (ts, session) not in {(t, s) for t in os.listdir(pre) for s in os.listdir(pre / t)}
+
+
+def test_failed_upload_is_pending_then_uploaded(emu, make_mount, tmp_path):
+    m = make_mount(emu.url, "--timeout", "20")
+    files = m.path / PROTOCOLS
+    data = b"precious bytes" * 1000
+    (tmp_path / "p.dat").write_bytes(data)
+    os.listdir(files)  # listings cached: only the upload meets the fault
+    emu.faults.error_rate = 1.0
+    emu.faults.error_status = 503
+    res = sh(["cp", str(tmp_path / "p.dat"), str(files / "p.dat")], check=False, timeout=90)
+    assert res.returncode != 0 and "Input/output error" in res.stderr
+    assert os.getxattr(files / "p.dat", "user.xnat.cache_state").decode() in ("pending",
+                                                                                "uploading")
+    assert os.stat(files / "p.dat").st_size == len(data)
+    assert hash_files([str(files / "p.dat")])[str(files / "p.dat")] == [md5(data), len(data)]
+    status = sh(["python", "-m", "xnatfs", "status", str(m.path)], check=False)
+    assert "p.dat" in status.stdout, status.stdout + status.stderr
+    assert "upload" in m.log_text() and "p.dat" in m.log_text()
+    emu.faults.error_rate = 0.0
+    wait_for(lambda: server_files(emu).get("p.dat") == (len(data), md5(data)), 60,
+             what="the retried upload")
+
+
+def test_dropped_connection_mid_upload(emu, make_mount, tmp_path):
+    m = make_mount(emu.url, "--timeout", "20")
+    data = random.Random(3).randbytes(3 << 20)
+    (tmp_path / "d.bin").write_bytes(data)
+    os.listdir(m.path / PROTOCOLS)
+    emu.faults.drop_rate = 1.0
+    res = sh(["cp", str(tmp_path / "d.bin"), str(m.path / PROTOCOLS / "d.bin")], check=False,
+             timeout=90)
+    assert res.returncode != 0
+    emu.faults.drop_rate = 0.0
+    wait_for(lambda: server_files(emu).get("d.bin") == (len(data), md5(data)), 60,
+             what="the retried upload")
+
+
+def test_kill_9_mid_upload_then_remount_completes(emu, tmp_path):
+    data = random.Random(4).randbytes(2 << 20)
+    (tmp_path / "k.bin").write_bytes(data)
+    cache = tmp_path / "cache"
+    m = Mount(emu.url, tmp_path / "m", cache, tmp_path / "m.log", []).start()
+    try:
+        emu.faults.latency_ms = 4000  # the upload will still be on its way when we kill
+        cp = subprocess.Popen(["cp", str(tmp_path / "k.bin"), str(m.path / PROTOCOLS / "k.bin")],
+                              stderr=subprocess.PIPE)
+        wait_for(lambda: list((cache / "uploads" / "journal").glob("*.json")), 30,
+                 what="the journal entry")
+        os.kill(m.proc.pid, signal.SIGKILL)
+        m.proc.wait(timeout=10)
+        cp.wait(timeout=30)
+        emu.faults.latency_ms = 0
+        assert "k.bin" not in server_files(emu)
+        m2 = Mount(emu.url, tmp_path / "m", cache, tmp_path / "m2.log", []).start()
+        try:
+            wait_for(lambda: server_files(emu).get("k.bin") == (len(data), md5(data)), 60,
+                     what="the resumed upload")
+        finally:
+            m2.umount()
+    finally:
+        m.cleanup()
+
+
+def test_bad_input_changes_nothing_on_the_server(emu, make_mount, tmp_path):
+    m = make_mount(emu.url)
+    mark = emu.mark()
+    res = sh(["mkdir", str(m.path / "DEMO1" / "subjects" / "bad label")], check=False)
+    assert res.returncode != 0 and "Invalid argument" in res.stderr
+    res = sh(["mkdir", str(m.path / "DEMO1" / "subjects" / ("x" * 80))], check=False)
+    assert "Invalid argument" in res.stderr
+    (tmp_path / "f.txt").write_bytes(b"data")
+    res = sh(["cp", str(tmp_path / "f.txt"), str(m.path / "DEMO1" / "subjects" / "f.txt")],
+             check=False)
+    assert "Operation not permitted" in res.stderr
+    res = sh(["cp", str(tmp_path / "f.txt"), str(m.path / SUBJ01 / "experiments" / "f.txt")],
+             check=False)
+    assert "Operation not permitted" in res.stderr
+    existing = sorted(os.listdir(m.path / PROTOCOLS))
+    existing = [n for n in existing if os.path.isfile(m.path / PROTOCOLS / n)][0]
+    res = sh(["cp", str(tmp_path / "f.txt"), str(m.path / PROTOCOLS / existing)], check=False)
+    assert "Permission denied" in res.stderr
+    res = sh(["mkdir", str(m.path / PROTOCOLS / existing / "sub")], check=False)
+    assert "Not a directory" in res.stderr
+    res = sh(["rm", str(m.path / PROTOCOLS / existing)], check=False)
+    assert "Permission denied" in res.stderr
+    assert [p for p in puts(emu.since(mark))] == []
+    assert [r for r in api(emu.since(mark)) if r[0] == "DELETE"] == []
+    log = m.log_text()
+    assert "bad label" in log and "--allow-delete" in log
+
+
+def test_full_spool_disk_is_enospc(emu, make_mount, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip()}")
+    try:
+        m = make_mount(emu.url, cache=small / "cache")
+        (tmp_path / "big.bin").write_bytes(os.urandom(4 << 20))
+        res = sh(["cp", str(tmp_path / "big.bin"), str(m.path / PROTOCOLS / "big.bin")],
+                 check=False)
+        assert "No space left on device" in res.stderr
+        assert "big.bin" not in server_files(emu)
+        m.umount()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_allow_delete_overwrite_rm_rmdir(emu, make_mount, tmp_path):
+    m = make_mount(emu.url, "--allow-delete")
+    files = m.path / PROTOCOLS
+    (tmp_path / "v1").write_bytes(b"version one")
+    (tmp_path / "v2").write_bytes(b"version two!")
+    sh(["cp", str(tmp_path / "v1"), str(files / "v.txt")])
+    sh(["cp", str(tmp_path / "v2"), str(files / "v.txt")])
+    assert server_files(emu)["v.txt"] == (12, md5(b"version two!"))
+    sh(["rm", str(files / "v.txt")])
+    assert "v.txt" not in server_files(emu)
+    assert "v.txt" not in os.listdir(files)
+    res = sh(["rmdir", str(m.path / "DEMO1" / "resources" / "protocols")], check=False)
+    assert "Directory not empty" in res.stderr
+    (m.path / "DEMO1" / "resources" / "EMPTY").mkdir()
+    sh(["rmdir", str(m.path / "DEMO1" / "resources" / "EMPTY")])
+    assert "EMPTY" not in os.listdir(m.path / "DEMO1" / "resources")
+
+
+def test_two_mounts_see_each_others_uploads(emu, make_mount, tmp_path):
+    a = make_mount(emu.url, "--listing-ttl", "1")
+    b = make_mount(emu.url, "--listing-ttl", "1")
+    os.listdir(b.path / PROTOCOLS)
+    (tmp_path / "shared.txt").write_bytes(b"from a")
+    sh(["cp", str(tmp_path / "shared.txt"), str(a.path / PROTOCOLS / "shared.txt")])
+    wait_for(lambda: "shared.txt" in os.listdir(b.path / PROTOCOLS), 10,
+             what="mount b to list the file")
+    assert hash_files([str(b.path / PROTOCOLS / "shared.txt")])[
+        str(b.path / PROTOCOLS / "shared.txt")] == [md5(b"from a"), 6]
+
+
+def test_echo_redirect_and_append_semantics(emu, make_mount):
+    m = make_mount(emu.url)
+    target = m.path / PROTOCOLS / "echo.txt"
+    sh(["sh", "-c", f"echo hello > '{target}'"])
+    assert server_files(emu)["echo.txt"] == (6, md5(b"hello\n"))
+    # appending to a file already on XNAT is an overwrite: refused without --allow-delete
+    res = sh(["sh", "-c", f"echo more >> '{target}'"], check=False)
+    assert res.returncode != 0 and "Permission denied" in res.stderr
