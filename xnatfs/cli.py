@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from xnatfs import __version__
@@ -52,31 +52,35 @@ def _fuse_opts(values: Sequence[str]) -> Dict[str, object]:
 def _add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--foreground", "-f", action="store_true",
                    help="stay in the foreground (systemd, debugging); logs go to stderr")
-    p.add_argument("--cache-dir", type=Path, default=None,
+    # Defaults are None here: the effective value comes from xnatfs.config (command line >
+    # XNATFS_* environment > config file > built-in default), which knows the defaults.
+    p.add_argument("--config", default=None,
+                   help="config file (default $XNATFS_CONFIG or ~/.config/xnatfs/config.toml)")
+    p.add_argument("--cache-dir", default=None,
                    help="on-disk cache (default: $XDG_CACHE_HOME/xnatfs, mode 0700)")
-    p.add_argument("--cache-size", default="10G", help="content cache limit (default 10G)")
-    p.add_argument("--listing-ttl", type=float, default=60.0,
+    p.add_argument("--cache-size", default=None, help="content cache limit (default 10G)")
+    p.add_argument("--listing-ttl", type=float, default=None,
                    help="seconds a listing is trusted (default 60)")
-    p.add_argument("--max-threads", type=int, default=16,
+    p.add_argument("--max-threads", type=int, default=None,
                    help="FUSE worker threads = HTTP pool size (default 16)")
-    p.add_argument("--max-downloads", type=int, default=8,
+    p.add_argument("--max-downloads", type=int, default=None,
                    help="parallel file downloads into the cache (default 8)")
-    p.add_argument("--timeout", type=float, default=60.0,
+    p.add_argument("--timeout", type=float, default=None,
                    help="longest wait of any file operation in seconds (default 60)")
-    p.add_argument("--connect-timeout", type=float, default=5.0)
-    p.add_argument("--read-timeout", type=float, default=30.0)
-    p.add_argument("--retries", type=int, default=3)
-    p.add_argument("--read-only", action="store_true", help="refuse every write (EROFS)")
-    p.add_argument("--allow-delete", action="store_true",
+    p.add_argument("--connect-timeout", type=float, default=None, help="(default 5)")
+    p.add_argument("--read-timeout", type=float, default=None, help="(default 30)")
+    p.add_argument("--retries", type=int, default=None, help="(default 3)")
+    p.add_argument("--read-only", action="store_true", default=None,
+                   help="refuse every write (EROFS)")
+    p.add_argument("--allow-delete", action="store_true", default=None,
                    help="allow rm, rmdir, overwriting files and prearchive deletes")
-    p.add_argument("--experiment-type", default="xnat:mrSessionData",
+    p.add_argument("--experiment-type", default=None,
                    help="xsiType of experiments made with mkdir (default xnat:mrSessionData)")
-    p.add_argument("--scan-type", default="xnat:mrScanData",
+    p.add_argument("--scan-type", default=None,
                    help="xsiType of scans made with mkdir (default xnat:mrScanData)")
     p.add_argument("--netrc", default=None, help="netrc file (default $NETRC or ~/.netrc)")
     p.add_argument("--ca-bundle", default=None, help="CA bundle for TLS verification")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-file", default=None,
                    help="daemon log (default: <cache-dir>/logs/<mountpoint>.log)")
     p.add_argument("-o", dest="fuse_options", action="append", default=[],
@@ -95,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint")
     _add_mount_options(p)
 
+    p = sub.add_parser("config", help="print the effective settings for a server (secrets "
+                       "masked) and where each comes from")
+    p.add_argument("url")
+    _add_mount_options(p)
+
     p = sub.add_parser("umount", help="unmount")
     p.add_argument("mountpoint")
     p.add_argument("--lazy", "-z", action="store_true", help="detach even if busy")
@@ -109,32 +118,56 @@ def build_parser() -> argparse.ArgumentParser:
                    help="emulator data directory (default: a fresh temporary one)")
     p.add_argument("--port", type=int, default=0)
 
+    p = sub.add_parser("cache", help="inspect or manage the content cache")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True)
+    for name, text in (("usage", "size and number of cached files"),
+                       ("prune", "evict least recently used files down to SIZE"),
+                       ("clear", "empty the cache (refused while a mount uses it)")):
+        c = cache_sub.add_parser(name, help=text)
+        c.add_argument("--cache-dir", default=None,
+                       help="cache directory (default: $XDG_CACHE_HOME/xnatfs)")
+        if name == "prune":
+            c.add_argument("size", help="e.g. 5G")
+    c = cache_sub.add_parser("prefetch", help="read paths of a mount into its cache")
+    c.add_argument("paths", nargs="+", help="files or folders inside an xnatfs mount")
+    c.add_argument("--threads", type=int, default=8)
+
     sub.add_parser("emulator", help="run the XNAT emulator alone (see 'xnatfs emulator -h')",
                    add_help=False)
     return parser
 
 
-def options_from_args(args: argparse.Namespace) -> Options:
-    url = args.url.rstrip("/")
+def check_url(url: str) -> str:
+    url = url.rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"not an http(s) URL: {args.url}")
+        raise UsageError(f"not an http(s) URL: {url}")
     if parts.username or parts.password:
         raise UsageError("credentials do not belong in the URL (they would be visible in the "
                          "process list): use ~/.netrc, the prompt, or XNATFS_USER/XNATFS_PASSWORD")
-    try:
-        cache_size = parse_size(args.cache_size)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    return url
+
+
+def settings_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """Every setting -> (value, source), by the precedence of ``xnatfs.config``."""
+    from xnatfs import config as xc
+
+    url = check_url(args.url)
+    given = {key: getattr(args, key) for key in xc.KEYS if getattr(args, key, None) is not None}
+    return xc.effective_settings(url, given, os.environ, xc.load_config(args.config))
+
+
+def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequence[str]
+                          ) -> Options:
+    v = {key: value for key, (value, _source) in settings.items()}
     return Options(
-        url=url, cache_dir=Path(args.cache_dir or default_cache_dir()).expanduser().resolve(),
-        cache_size=cache_size, listing_ttl=args.listing_ttl, max_threads=args.max_threads,
-        max_downloads=args.max_downloads, fs_timeout=args.timeout,
-        connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
-        retries=args.retries, verify=args.ca_bundle or True,
-        read_only=args.read_only, allow_delete=args.allow_delete,
-        experiment_type=args.experiment_type, scan_type=args.scan_type,
-        fuse_options=_fuse_opts(args.fuse_options))
+        url=check_url(url), cache_dir=Path(v["cache_dir"]).expanduser().resolve(),
+        cache_size=v["cache_size"], listing_ttl=v["listing_ttl"], max_threads=v["max_threads"],
+        max_downloads=v["max_downloads"], fs_timeout=v["timeout"],
+        connect_timeout=v["connect_timeout"], read_timeout=v["read_timeout"],
+        retries=v["retries"], verify=v["ca_bundle"] or True, read_only=v["read_only"],
+        allow_delete=v["allow_delete"], experiment_type=v["experiment_type"],
+        scan_type=v["scan_type"], fuse_options=_fuse_opts(fuse_options))
 
 
 # ---------------------------------------------------------------------------------- logging
@@ -153,13 +186,18 @@ def setup_logging(level: str, stream: Any = None) -> None:
 
 
 # ---------------------------------------------------------------------------------- mount
-def _credentials(args: argparse.Namespace, url: str) -> Any:
+def _credentials(args: argparse.Namespace, url: str, settings: Dict[str, Any]) -> Any:
+    from xnatfs.config import SOURCE_FILE
     from xnatfs.xnat.auth import Credentials, resolve_credentials
 
     if args.credentials_stdin:
         data = json.loads(sys.stdin.readline() or "{}")
         return Credentials(data["username"], data["password"], source=data.get("source", "parent"))
-    return resolve_credentials(url, netrc_path=args.netrc)
+    user, user_src = settings["user"]
+    password, password_src = settings["password"]
+    if user and password and SOURCE_FILE in (user_src, password_src):
+        return Credentials(user, password, source="config file")
+    return resolve_credentials(url, netrc_path=settings["netrc"][0])
 
 
 def _check_server(options: Options, creds: Any) -> None:
@@ -210,17 +248,29 @@ def _load_fuse() -> Any:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level)
-    options = options_from_args(args)
+    settings = settings_from_args(args)
+    setup_logging(settings["log_level"][0])
+    options = options_from_settings(args.url, settings, args.fuse_options)
     mountpoint = _prepare_mountpoint(args.mountpoint)
     _load_fuse()
-    creds = _credentials(args, options.url)
+    creds = _credentials(args, options.url, settings)
     if args.foreground:
         if not args.credentials_stdin:
             _check_server(options, creds)
-        return run_foreground(options, creds, mountpoint)
+        from xnatfs import notify
+
+        return run_foreground(options, creds, mountpoint, on_ready=lambda: notify.notify_ready(
+            f"serving {options.url} at {mountpoint}"))
     _check_server(options, creds)
-    return spawn_daemon(args, options, creds, mountpoint)
+    return spawn_daemon(args, options, creds, mountpoint, settings["log_level"][0])
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from xnatfs import config as xc
+
+    settings = settings_from_args(args)
+    print(xc.render(settings, xc.load_config(args.config)), end="")
+    return 0
 
 
 def _log_file(args: argparse.Namespace, options: Options, mountpoint: str) -> Path:
@@ -232,7 +282,8 @@ def _log_file(args: argparse.Namespace, options: Options, mountpoint: str) -> Pa
     return logs / (mountpoint.strip("/").replace("/", "_") + ".log")
 
 
-def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str) -> List[str]:
+def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str,
+                log_level: str) -> List[str]:
     """The child's command line: every option explicit, credentials on stdin."""
     argv = [sys.executable, "-m", "xnatfs", "mount", options.url, mountpoint, "--foreground",
             "--credentials-stdin", "--cache-dir", str(options.cache_dir),
@@ -241,7 +292,7 @@ def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str) -> 
             "--max-downloads", str(options.max_downloads), "--timeout", str(options.fs_timeout),
             "--connect-timeout", str(options.connect_timeout),
             "--read-timeout", str(options.read_timeout), "--retries", str(options.retries),
-            "--log-level", args.log_level,
+            "--log-level", log_level, "--config", os.devnull,
             "--experiment-type", options.experiment_type, "--scan-type", options.scan_type]
     if options.read_only:
         argv.append("--read-only")
@@ -254,14 +305,16 @@ def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str) -> 
     return argv
 
 
-def spawn_daemon(args: argparse.Namespace, options: Options, creds: Any, mountpoint: str) -> int:
+def spawn_daemon(args: argparse.Namespace, options: Options, creds: Any, mountpoint: str,
+                 log_level: str) -> int:
     from xnatfs.fs import mounting
 
     log_path = _log_file(args, options, mountpoint)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_fh:
         os.chmod(log_path, 0o600)
-        child = subprocess.Popen(daemon_argv(args, options, mountpoint), stdin=subprocess.PIPE,
+        child = subprocess.Popen(daemon_argv(args, options, mountpoint, log_level),
+                                 stdin=subprocess.PIPE,
                                  stdout=log_fh, stderr=log_fh, start_new_session=True,
                                  close_fds=True)
     assert child.stdin is not None
@@ -439,6 +492,87 @@ Press Ctrl-C to unmount and stop.""", flush=True)
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``xnatfs cache usage|prune|clear|prefetch``."""
+    if args.cache_command == "prefetch":
+        return _prefetch(args.paths, args.threads)
+    import fcntl
+
+    from xnatfs.cache.content import ContentCache
+
+    cache_dir = Path(args.cache_dir or default_cache_dir()).expanduser()
+    content = cache_dir / "content"
+    if not content.is_dir():
+        raise UsageError(f"no xnatfs cache at {cache_dir}")
+    lock = open(cache_dir / "lock", "a+")  # noqa: SIM115 - held for the whole command
+    try:
+        exclusive = args.cache_command == "clear"
+        try:
+            fcntl.flock(lock, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except OSError:
+            raise UsageError(f"{cache_dir} is in use by a mount: unmount it first") from None
+        size_limit = parse_size(args.size) if args.cache_command == "prune" else 2 ** 62
+        cc = ContentCache(str(content), size_limit=size_limit, fetch=_no_fetch)
+        cc.start()  # start() evicts down to size_limit (prune)
+        try:
+            if args.cache_command == "clear":
+                removed = cc.clear()
+                print(f"removed {removed} cached files from {cache_dir}")
+            stats = cc.stats
+            print(f"{cache_dir}: {stats.get('entries', 0)} files, "
+                  f"{cc.size() / 2**20:.1f} MiB on disk")
+        finally:
+            cc.close()
+    finally:
+        lock.close()
+    return 0
+
+
+def _no_fetch(uri: str, sink: Any) -> None:
+    raise OSError(f"the cache command does not download ({uri})")
+
+
+def _prefetch(paths: Sequence[str], threads: int) -> int:
+    """Read every file below ``paths`` through the mount (filling its cache), with a progress
+    bar; the daemon does the downloading, in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    files: List[Tuple[str, int]] = []
+    for top in paths:
+        if os.path.isfile(top):
+            files.append((top, os.path.getsize(top)))
+            continue
+        if not os.path.isdir(top):
+            raise UsageError(f"{top}: no such file or directory")
+        for dirpath, _dirs, names in os.walk(top):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                files.append((path, os.path.getsize(path)))
+    failed: List[str] = []
+    with tqdm(total=sum(size for _, size in files), unit="B", unit_scale=True,
+              desc="prefetch", disable=None) as bar:
+        def read(item: Tuple[str, int]) -> None:
+            path, _size = item
+            try:
+                with open(path, "rb") as fh:
+                    while True:
+                        chunk = fh.read(1 << 20)
+                        if not chunk:
+                            break
+                        bar.update(len(chunk))
+            except OSError as exc:
+                failed.append(f"{path}: {exc.strerror}")
+
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="prefetch") as pool:
+            list(pool.map(read, files))
+    for line in failed:
+        print(f"xnatfs: prefetch {line}", file=sys.stderr)
+    print(f"prefetched {len(files) - len(failed)} of {len(files)} files")
+    return 1 if failed else 0
+
+
 def cmd_emulator(argv: List[str]) -> int:
     from xnatfs.emulator.cli import main as emulator_main
 
@@ -449,12 +583,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "emulator":
         return cmd_emulator(argv[1:])
+    if argv and "://" in argv[0]:
+        # mount.fuse3 runs "xnatfs SOURCE MOUNTPOINT -o OPTIONS" for fstab type fuse.xnatfs
+        # and for "xnatfs#URL" sources (fuse-notes.md §3.1)
+        return mount_helper_main(argv)
     args = build_parser().parse_args(argv)
     handlers = {"mount": cmd_mount, "umount": cmd_umount, "status": cmd_status,
-                "demo": cmd_demo}
+                "demo": cmd_demo, "config": cmd_config, "cache": cmd_cache}
+    from xnatfs.config import ConfigError
+
     try:
         return handlers[args.command](args)
-    except UsageError as exc:
+    except (UsageError, ConfigError) as exc:
         print(f"xnatfs: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - credentials errors and friends: one line
@@ -490,15 +630,21 @@ def mount_helper_main(argv: Optional[Sequence[str]] = None) -> int:
             i += 2
         else:
             i += 1
-    own = {"cache_dir", "cache_size", "listing_ttl", "max_threads", "max_downloads", "timeout",
-           "connect_timeout", "read_timeout", "retries", "netrc", "ca_bundle", "log_level",
-           "log_file"}
+    from xnatfs.config import KEYS
+
+    own = (set(KEYS) - {"user", "password"}) | {"config", "log_file"}
+    flags = {"read_only", "allow_delete"}
     dropped = {"_netdev", "nofail", "noauto", "auto", "user", "nouser", "users", "defaults"}
     cmd: List[str] = ["mount", source, mountpoint]
     fuse: List[str] = []
     for key, value in opts.items():
-        if key in own:
+        if key in flags:
+            if value is True or str(value).lower() in ("1", "true", "yes"):
+                cmd.append("--" + key.replace("_", "-"))
+        elif key in own:
             cmd += ["--" + key.replace("_", "-"), str(value)]
+        elif key == "ro":
+            cmd.append("--read-only")
         elif key in dropped or key.startswith("x-"):
             continue
         else:

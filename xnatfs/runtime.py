@@ -7,6 +7,7 @@ after libfuse may have forked — and :meth:`close` stops them in reverse order.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -46,6 +47,7 @@ class Runtime:
         self.writer: Optional[Writer] = None
         self.started_at = 0.0
         self._errors_lock = threading.Lock()
+        self._lock_file: Any = None
         #: errno name -> count of failed filesystem calls (for ``.xnatfs/stats``)
         self.errors: Dict[str, int] = {}
 
@@ -53,6 +55,10 @@ class Runtime:
         o = self.options
         self.started_at = time.time()
         private_dir(o.cache_dir)
+        # a shared lock for as long as the mount lives: ``xnatfs cache clear`` takes it
+        # exclusively and so refuses while any mount uses this cache
+        self._lock_file = open(os.path.join(o.cache_dir, "lock"), "a+")  # noqa: SIM115
+        fcntl.flock(self._lock_file, fcntl.LOCK_SH)
         self.client = XnatClient(o.url, self._credentials, ClientOptions(
             pool_size=max(o.max_threads, o.max_downloads) + 2,
             connect_timeout=o.connect_timeout, read_timeout=o.read_timeout,
@@ -111,6 +117,9 @@ class Runtime:
                 part.close()
             except Exception as exc:  # noqa: BLE001 - shutdown must go on
                 log.warning("closing the %s: %s", name, exc)
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
 
 def _plain(value: Any) -> Any:

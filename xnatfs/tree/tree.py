@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from xnatfs.cache.content import ContentCache, ContentKey
+from xnatfs import metrics
 from xnatfs.cache.meta import MetaCache
 from xnatfs.tree.nodes import (FIXED_CHILDREN, JSON_KINDS, JSON_NAME, WRITABLE_DIRS, ZIP_KINDS,
                                ZIP_NAME, Kind, NodeInfo)
@@ -259,8 +260,9 @@ class Tree:
                                  attrs=_attrs(label=s.name, uri=s.uri, status=s.status,
                                               subject=s.subject, timestamp=s.timestamp)))
         elif kind is Kind.CONTROL:
-            add(NodeInfo(name="stats", kind=Kind.VIRTUAL, is_dir=False, mtime=self.epoch,
-                         ref=("stats", None)))
+            for name in ("stats", "metrics"):
+                add(NodeInfo(name=name, kind=Kind.VIRTUAL, is_dir=False, mtime=self.epoch,
+                             ref=(name, None)))
         else:  # pragma: no cover - every directory kind is handled above
             raise OSError(errno.EIO, f"cannot list a {kind.value}", node.name)
         return listing
@@ -308,6 +310,8 @@ class Tree:
         what, parent = node.ref
         if what == "stats":
             return (json.dumps(self._stats_fn(), indent=2, sort_keys=True) + "\n").encode()
+        if what == "metrics":
+            return metrics.prometheus(self._stats_fn()).encode()
         if what == "json":
             if parent.kind in (Kind.RESOURCE, Kind.PRE_SESSION) or parent.prearchive:
                 doc: Any = dict(getattr(parent.ref, "fields", {}) or {})

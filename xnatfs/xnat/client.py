@@ -166,10 +166,19 @@ class ClientStats:
                 "bytes_out": self._bytes_out,
                 "retries": self._retries,
                 "logins": self._logins,
-                "latency_samples": list(self._latency),
-                "latency_p50": lat[len(lat) // 2] if lat else None,
+                "latency_samples": len(lat),
+                "latency_p50": _quantile(lat, 0.5),
+                "latency_p90": _quantile(lat, 0.9),
+                "latency_p99": _quantile(lat, 0.99),
                 "latency_max": lat[-1] if lat else None,
             }
+
+
+def _quantile(ordered: List[float], q: float) -> Optional[float]:
+    """Nearest-rank quantile of sorted samples; None without samples."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class _BlockAllCookies(http.cookiejar.DefaultCookiePolicy):
