@@ -65,6 +65,11 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    help="FUSE worker threads = HTTP pool size (default 16)")
     p.add_argument("--max-downloads", type=int, default=None,
                    help="parallel file downloads into the cache (default 8)")
+    p.add_argument("--prefetch", type=int, default=None,
+                   help="files of a folder downloaded ahead of the one opened (default 16, 0 off)")
+    p.add_argument("--read-ahead-kb", type=int, default=None,
+                   help="kernel read-ahead of the mount (default 1024: 1 MiB reads; 0 keeps "
+                   "the kernel's)")
     p.add_argument("--timeout", type=float, default=None,
                    help="longest wait of any file operation in seconds (default 60)")
     p.add_argument("--connect-timeout", type=float, default=None, help="(default 5)")
@@ -163,7 +168,8 @@ def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequ
     return Options(
         url=check_url(url), cache_dir=Path(v["cache_dir"]).expanduser().resolve(),
         cache_size=v["cache_size"], listing_ttl=v["listing_ttl"], max_threads=v["max_threads"],
-        max_downloads=v["max_downloads"], fs_timeout=v["timeout"],
+        max_downloads=v["max_downloads"], prefetch=v["prefetch"],
+        read_ahead_kb=v["read_ahead_kb"], fs_timeout=v["timeout"],
         connect_timeout=v["connect_timeout"], read_timeout=v["read_timeout"],
         retries=v["retries"], verify=v["ca_bundle"] or True, read_only=v["read_only"],
         allow_delete=v["allow_delete"], experiment_type=v["experiment_type"],
@@ -259,8 +265,17 @@ def cmd_mount(args: argparse.Namespace) -> int:
             _check_server(options, creds)
         from xnatfs import notify
 
-        return run_foreground(options, creds, mountpoint, on_ready=lambda: notify.notify_ready(
-            f"serving {options.url} at {mountpoint}"))
+        def ready() -> None:
+            # runs inside FUSE init: the read-ahead must wait until INIT is answered
+            from xnatfs.fs.mounting import set_read_ahead
+
+            if options.read_ahead_kb:
+                threading.Thread(target=set_read_ahead, name="xnatfs-readahead", daemon=True,
+                                 args=(mountpoint, options.read_ahead_kb,
+                                       time.monotonic() + 30)).start()
+            notify.notify_ready(f"serving {options.url} at {mountpoint}")
+
+        return run_foreground(options, creds, mountpoint, on_ready=ready)
     _check_server(options, creds)
     return spawn_daemon(args, options, creds, mountpoint, settings["log_level"][0])
 
@@ -290,6 +305,7 @@ def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str,
             "--cache-size", str(options.cache_size), "--listing-ttl", str(options.listing_ttl),
             "--max-threads", str(options.max_threads),
             "--max-downloads", str(options.max_downloads), "--timeout", str(options.fs_timeout),
+            "--prefetch", str(options.prefetch), "--read-ahead-kb", str(options.read_ahead_kb),
             "--connect-timeout", str(options.connect_timeout),
             "--read-timeout", str(options.read_timeout), "--retries", str(options.retries),
             "--log-level", log_level, "--config", os.devnull,

@@ -178,6 +178,8 @@ KEYS: Dict[str, KeySpec] = {
     "listing_ttl": KeySpec(_to_float(0.0, False), _OPT.listing_ttl, "seconds"),
     "max_threads": KeySpec(_to_int(1), _OPT.max_threads, "integer"),
     "max_downloads": KeySpec(_to_int(1), _OPT.max_downloads, "integer"),
+    "prefetch": KeySpec(_to_int(0), _OPT.prefetch, "integer"),
+    "read_ahead_kb": KeySpec(_to_int(0), _OPT.read_ahead_kb, "integer"),
     "timeout": KeySpec(_to_float(0.0, True), _OPT.fs_timeout, "seconds"),
     "connect_timeout": KeySpec(_to_float(0.0, True), _OPT.connect_timeout, "seconds"),
     "read_timeout": KeySpec(_to_float(0.0, True), _OPT.read_timeout, "seconds"),

@@ -45,6 +45,12 @@ class Options:
     max_threads: int = 16
     #: parallel whole-file downloads into the cache
     max_downloads: int = 8
+    #: when a file is opened, download up to this many of the next files of its folder in the
+    #: background (cp -r, dcm2niix read a DICOM folder file after file); 0 turns it off
+    prefetch: int = 16
+    #: kernel read-ahead of the mount in KiB; 1024 makes libfuse3 send 1 MiB reads
+    #: (fuse-notes.md §2.2); 0 leaves the kernel default; needs root
+    read_ahead_kb: int = 1024
     #: HTTP connect / read timeouts (seconds) for every request
     connect_timeout: float = 5.0
     read_timeout: float = 30.0

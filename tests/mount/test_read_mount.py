@@ -209,7 +209,7 @@ def test_remount_serves_cache_without_downloads(shared_emulator, make_mount, tmp
 def test_server_down_then_back(make_emulator, make_mount):
     emu = make_emulator()
     m = make_mount(emu.url, "--timeout", "15", "--connect-timeout", "1", "--read-timeout", "3",
-                   "--retries", "1")
+                   "--retries", "1", "--prefetch", "0")
     files = m.path / DEMO_SCAN_FILES
     names = sorted(os.listdir(files))
     cached = str(files / names[0])
@@ -313,3 +313,18 @@ def test_stats_file(mnt):
     os.listdir(mnt.path / "DEMO1" / "subjects")
     stats = json.loads(sh(["cat", str(mnt.path / ".xnatfs" / "stats")]).stdout)
     assert stats["url"] and stats["requests"]
+
+
+def test_prefetch_downloads_the_next_files_and_read_ahead_is_raised(shared_emulator, make_mount):
+    from tests.mount.test_write_mount import wait_for
+    from xnatfs.fs.mounting import mount_entry
+
+    m = make_mount(shared_emulator.url, "--prefetch", "4")
+    files = m.path / DEMO_SCAN_FILES
+    names = sorted(os.listdir(files))
+    hash_files([str(files / names[0])])
+    wait_for(lambda: all(os.getxattr(files / n, "user.xnat.cache_state") == b"cached"
+                         for n in names[1:5]), 30, what="the prefetched files")
+    assert os.getxattr(files / names[6], "user.xnat.cache_state") == b"absent"
+    bdi = f"/sys/class/bdi/{mount_entry(str(m.path))[2]}/read_ahead_kb"
+    wait_for(lambda: open(bdi).read().strip() == "1024", 10, what="read_ahead_kb")

@@ -69,7 +69,7 @@ def test_foreground_mount_sends_ready_to_systemd(shared_emulator, tmp_path):
 
 def test_stats_and_metrics_follow_the_access_log(make_emulator, make_mount):
     emu = make_emulator()
-    m = make_mount(emu.url)
+    m = make_mount(emu.url, "--prefetch", "0")
     files = sorted(os.listdir(m.path / DICOM))[:5]
     hash_files([str(m.path / DICOM / f) for f in files])
     stats = json.loads(sh(["cat", str(m.path / ".xnatfs" / "stats")]).stdout)

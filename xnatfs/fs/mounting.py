@@ -29,7 +29,9 @@ def _unescape_mountinfo(field: str) -> str:
 
 def mount_entry(path: str) -> Optional[List[str]]:
     """The ``/proc/self/mountinfo`` fields of the mount at ``path`` (the last one), or None."""
-    target = os.path.realpath(path)
+    # abspath, never realpath: realpath stats the mount point, which waits on the daemon (and
+    # deadlocks when called from the daemon's own FUSE init)
+    target = os.path.abspath(path)
     found = None
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
@@ -82,6 +84,33 @@ def clear_stale(path: str) -> bool:
         unmount(path, lazy=True)
         return True
     return False
+
+
+def set_read_ahead(path: str, kb: int, deadline: float) -> bool:
+    """Raise the kernel read-ahead of the mount at ``path`` so libfuse3 gets 1 MiB reads
+    instead of 128 KiB (fuse-notes.md §2.2).  Root only; False (and a debug line) when not
+    permitted.
+
+    Must run after FUSE INIT was answered: the kernel sets read-ahead to the smaller of the
+    current value and libfuse's reply while it handles INIT, undoing an earlier write.  So this
+    waits (until ``deadline``, monotonic) for the mount to answer ``stat`` — call it from a
+    thread, never from ``init()`` itself, where that stat would wait on the caller.
+    """
+    import logging
+
+    if not wait_mounted(path, deadline):
+        return False
+    entry = mount_entry(path)
+    if entry is None:
+        return False
+    bdi = f"/sys/class/bdi/{entry[2]}/read_ahead_kb"
+    try:
+        with open(bdi, "w", encoding="ascii") as fh:
+            fh.write(str(int(kb)))
+        return True
+    except OSError as exc:
+        logging.getLogger(__name__).debug("read_ahead_kb of %s not set (%s): %s", path, bdi, exc)
+        return False
 
 
 def wait_mounted(path: str, deadline: float, alive=lambda: True, interval: float = 0.05) -> bool:

@@ -42,6 +42,13 @@ class Listing:
 
     children: Dict[str, NodeInfo] = field(default_factory=dict)
     aliases: Dict[str, str] = field(default_factory=dict)
+    _sorted: Optional[List[str]] = field(default=None, repr=False)
+
+    def sorted_files(self) -> List[str]:
+        """Names of the files (not folders), sorted; computed once per listing."""
+        if self._sorted is None:
+            self._sorted = sorted(n for n, c in self.children.items() if c.kind is Kind.FILE)
+        return self._sorted
 
 
 @dataclass
@@ -62,12 +69,14 @@ class Tree:
     def __init__(self, client: Any, meta: MetaCache, content: ContentCache, *,
                  fs_timeout: float = 60.0, read_only: bool = True,
                  stats_fn: Optional[Callable[[], Mapping[str, Any]]] = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, prefetch: int = 0) -> None:
         self.client = client
         self.meta = meta
         self.content = content
         self.fs_timeout = fs_timeout
         self.read_only = read_only
+        #: how many following files of a folder to download when one is opened
+        self.prefetch = prefetch
         self._stats_fn = stats_fn or (lambda: {})
         #: mtime shown when XNAT gives none: the mount's start time, so it is stable
         self.epoch = clock()
@@ -339,7 +348,26 @@ class Tree:
             with self._virtual_lock:
                 self._virtual_sizes[path] = len(data)
             return ReadHandle(node, None, data, self, path)
-        return ReadHandle(node, self.content.open(self.content_key(node)), None, self, path)
+        handle = ReadHandle(node, self.content.open(self.content_key(node)), None, self, path)
+        if self.prefetch and path:
+            self._prefetch_after(split_path(path), node)
+        return handle
+
+    def _prefetch_after(self, parts: PathParts, node: NodeInfo) -> None:
+        """Queue downloads of the next ``prefetch`` files of the folder (by name, the order of
+        ``cp -r``, ``ls`` and DICOM readers), so per-request latency overlaps instead of adding
+        up.  A sliding window: each open moves it, and the queue stays short enough that a
+        file somebody actually opens is never stuck behind a long list of guesses."""
+        folder = self._lookup(parts[:-1])
+        listing = self._listing(parts[:-1], folder)
+        names = listing.sorted_files()
+        try:
+            start = names.index(node.name) + 1
+        except ValueError:
+            return
+        keys = [self.content_key(listing.children[name])
+                for name in names[start:start + self.prefetch]]
+        self.content.prefetch(keys)
 
     @staticmethod
     def content_key(node: NodeInfo) -> ContentKey:

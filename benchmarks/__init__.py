@@ -1,0 +1,1 @@
+"""xnatfs benchmarks: ``python -m benchmarks.run`` (see benchmarks/README.md)."""

@@ -1,0 +1,1166 @@
+"""xnatfs benchmark suite: the mount side by side with plain HTTP clients, same run, same server.
+
+Usage (from the repository root)::
+
+    .venv/bin/python -m benchmarks.run [--latency-ms 5] [--quick] [--only B1,B2] [--json out.json]
+
+What it does (details and targets in benchmarks/README.md):
+
+* starts the bundled XNAT emulator in this process (port 0, fresh temp data dir), builds the data
+  through its HTTP API with ``requests`` (with 0 ms injected latency, so set-up is quick), then sets
+  the injected per-request latency (default 5 ms) for every measurement;
+* mounts xnatfs in a subprocess exactly like ``tests/conftest.py`` does (``--foreground
+  --credentials-stdin``), with a fresh cache dir for every "cold" repetition;
+* runs every measured client (``dd``/``cp``/``find`` on the mount, ``requests`` and ``xnatpy``
+  for the baselines) in a child process, never in this one: the emulator lives here and a client
+  here would compete with it for the GIL, which the mount's client never does;
+* drops the page cache (``echo 3 > /proc/sys/vm/drop_caches``) before every cold or disk-warm
+  measurement when permitted, and says so in the output when it is not;
+* reports the median of ``--reps`` (>= 3) repetitions of each side, interleaved, and a table of
+  ratios against the targets.
+
+Every subprocess and HTTP call has a timeout; mounts are always unmounted (``fusermount3 -u``,
+then ``-uz``, then the daemon is signalled by its pid) and the emulator stopped, even on errors or
+SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import requests
+
+ADMIN = ("admin", "admin-pw")
+HTTP_TIMEOUT = (5.0, 300.0)          # (connect, read) for every request the driver makes
+MIB = 1 << 20
+BOOKKEEPING = ("/data/JSESSION", "/data/services/auth", "/data/auth")
+ALL = ("B1", "B2", "B3", "B4", "B5", "B6")
+
+
+class BenchError(RuntimeError):
+    """A benchmark step failed (wrong bytes, a child that failed, a mount that did not appear)."""
+
+
+@dataclass
+class Sizes:
+    """Data sizes and repetitions; ``--quick`` shrinks everything for a smoke run."""
+
+    b1_mib: int = 256
+    b2_files: int = 400
+    b2_kib: int = 256
+    b4_subjects: int = 200
+    b4_experiments: int = 2
+    b4_scans: int = 4
+    b5_mib: int = 256
+    reps: int = 3
+
+
+QUICK = Sizes(b1_mib=16, b2_files=30, b2_kib=64, b4_subjects=6, b4_experiments=2, b4_scans=2,
+              b5_mib=16, reps=3)
+
+
+@dataclass
+class Row:
+    bench: str
+    what: str
+    mount: str
+    baseline: str
+    ratio: Optional[float]
+    ratio_kind: str
+    target: str
+    ok: Optional[bool]
+
+
+# ------------------------------------------------------------------------------ child programs
+# Each client runs in its own process, times only the operation itself (not interpreter start-up,
+# imports or logging in) and prints one JSON line.
+
+READER = r"""
+import json, os, sys, time
+skip = ("cache.db",)  # diskcache's SQLite index: not content
+paths = sys.argv[1:]
+buf = bytearray(1 << 20)
+files = total = 0
+t0 = time.perf_counter()
+def one(p):
+    global files, total
+    with open(p, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            total += n
+    files += 1
+for root in paths:
+    if os.path.isfile(root):
+        one(root)
+        continue
+    for d, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            if not name.startswith(skip):
+                one(os.path.join(d, name))
+print(json.dumps({"seconds": time.perf_counter() - t0, "files": files, "bytes": total}))
+"""
+
+GET_STREAM = r"""
+import json, sys, time, requests
+url, user, pw = sys.argv[1:4]
+s = requests.Session(); s.auth = (user, pw)
+t0 = time.perf_counter(); n = 0
+with s.get(url, stream=True, timeout=(5, 300)) as r:
+    r.raise_for_status()
+    for chunk in r.iter_content(1 << 20):
+        n += len(chunk)
+print(json.dumps({"seconds": time.perf_counter() - t0, "bytes": n}))
+"""
+
+GET_LOOP = r"""
+import json, os, sys, time, requests
+base, listing, user, pw, dest = sys.argv[1:6]
+s = requests.Session(); s.auth = (user, pw)
+os.makedirs(dest, exist_ok=True)
+t0 = time.perf_counter(); n = files = 0
+r = s.get(base + listing, params={"format": "json"}, timeout=(5, 300)); r.raise_for_status()
+for row in r.json()["ResultSet"]["Result"]:
+    with s.get(base + row["URI"], stream=True, timeout=(5, 300)) as g:
+        g.raise_for_status()
+        with open(os.path.join(dest, row["Name"]), "wb") as out:
+            for chunk in g.iter_content(1 << 20):
+                out.write(chunk); n += len(chunk)
+    files += 1
+print(json.dumps({"seconds": time.perf_counter() - t0, "bytes": n, "files": files}))
+"""
+
+GET_PARALLEL = r"""
+import json, os, sys, time, requests
+from concurrent.futures import ThreadPoolExecutor
+base, listing, user, pw, dest, threads = sys.argv[1:7]
+s = requests.Session(); s.auth = (user, pw)
+s.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=int(threads)))
+os.makedirs(dest, exist_ok=True)
+t0 = time.perf_counter()
+r = s.get(base + listing, params={"format": "json"}, timeout=(5, 300)); r.raise_for_status()
+def one(row):
+    n = 0
+    with s.get(base + row["URI"], stream=True, timeout=(5, 300)) as g:
+        g.raise_for_status()
+        with open(os.path.join(dest, row["Name"]), "wb") as out:
+            for chunk in g.iter_content(1 << 20):
+                out.write(chunk); n += len(chunk)
+    return n
+with ThreadPoolExecutor(int(threads)) as pool:
+    sizes = list(pool.map(one, r.json()["ResultSet"]["Result"]))
+print(json.dumps({"seconds": time.perf_counter() - t0, "bytes": sum(sizes), "files": len(sizes)}))
+"""
+
+XNATPY = r"""
+import json, os, sys, time, xnat
+url, user, pw, project, subject, experiment, scan, resource, dest = sys.argv[1:10]
+with xnat.connect(url, user=user, password=pw, loglevel="ERROR") as session:
+    res = session.projects[project].subjects[subject].experiments[experiment].scans[scan] \
+        .resources[resource]
+    t0 = time.perf_counter()
+    res.download_dir(dest, verbose=False)
+    dt = time.perf_counter() - t0
+files = n = 0
+for d, _, names in os.walk(dest):
+    for name in names:
+        files += 1; n += os.path.getsize(os.path.join(d, name))
+print(json.dumps({"seconds": dt, "bytes": n, "files": files}))
+"""
+
+PUT = r"""
+import json, sys, time, requests
+url, src, user, pw = sys.argv[1:5]
+s = requests.Session(); s.auth = (user, pw)
+t0 = time.perf_counter()
+with open(src, "rb") as f:
+    r = s.put(url, data=f, params={"overwrite": "true"}, timeout=(5, 600),
+              headers={"Content-Type": "application/octet-stream"})
+r.raise_for_status()
+print(json.dumps({"seconds": time.perf_counter() - t0, "status": r.status_code}))
+"""
+
+STAT_LOOP = r"""
+import json, os, sys, time
+paths = [p for p in open(sys.argv[1], encoding="utf-8").read().split("\0") if p]
+passes = int(sys.argv[2])
+samples = []
+errors = 0
+for _ in range(passes):
+    for p in paths:
+        t = time.perf_counter_ns()
+        try:
+            os.stat(p)
+        except OSError:
+            errors += 1
+        samples.append(time.perf_counter_ns() - t)
+samples.sort()
+q = lambda f: samples[min(len(samples) - 1, int(f * len(samples)))] / 1000.0
+print(json.dumps({"n": len(samples), "p50_us": q(0.50), "p99_us": q(0.99),
+                  "max_us": samples[-1] / 1000.0, "errors": errors}))
+"""
+
+
+def child(code: str, args: Sequence[str], timeout: float) -> Dict[str, Any]:
+    """Run a child program; its last stdout line is JSON."""
+    try:
+        res = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                             text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"child timed out after {timeout}s: {args[:2]}") from exc
+    if res.returncode != 0:
+        raise BenchError(f"child failed rc={res.returncode} {args[:2]}:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def timed(cmd: Sequence[str], timeout: float, stdout: Any = subprocess.DEVNULL
+          ) -> Tuple[float, subprocess.CompletedProcess]:
+    """Wall time of a command (process start-up of cp/dd/ls/find is ~1 ms; included)."""
+    t0 = time.perf_counter()
+    try:
+        res = subprocess.run(list(map(str, cmd)), stdout=stdout, stderr=subprocess.PIPE,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{cmd[0]} timed out after {timeout}s") from exc
+    dt = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise BenchError(f"{shlex.join(map(str, cmd))} -> rc={res.returncode}: "
+                         f"{res.stderr.decode(errors='replace')[-1000:]}")
+    return dt, res
+
+
+def run_quiet(cmd: Sequence[str], timeout: float = 20) -> Optional[subprocess.CompletedProcess]:
+    try:
+        return subprocess.run(list(map(str, cmd)), capture_output=True, text=True,
+                              timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+# ------------------------------------------------------------------------------ page cache
+def drop_caches() -> bool:
+    """sync + drop page cache, dentries and inodes; False when not permitted."""
+    run_quiet(["sync"], timeout=120)
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------ the mount
+def mount_entry(path: Path) -> Optional[List[str]]:
+    """The mountinfo fields of the mount at ``path``. Pure string work: never ``realpath`` or
+    ``stat`` a mount point in this process (a hung daemon would hang the driver in D state);
+    the temp dir is resolved once when it is made."""
+    target = os.path.abspath(path)
+    found = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split(" ")
+                if len(parts) > 4:
+                    mp = parts[4].encode().decode("unicode_escape")  # \040 etc.
+                    if mp == target:
+                        found = parts
+    except OSError:
+        pass
+    return found
+
+
+def is_mounted(path: Path) -> bool:
+    return mount_entry(path) is not None
+
+
+def set_read_ahead(path: Path, kb: int) -> bool:
+    """Write the mount's bdi ``read_ahead_kb`` (fuse-notes.md §2.2; root only)."""
+    entry = mount_entry(path)
+    if entry is None:
+        return False
+    try:
+        with open(f"/sys/class/bdi/{entry[2]}/read_ahead_kb", "w") as f:
+            f.write(str(int(kb)))
+        return True
+    except OSError:
+        return False
+
+
+def get_read_ahead(path: Path) -> Optional[int]:
+    entry = mount_entry(path)
+    try:
+        return int(Path(f"/sys/class/bdi/{entry[2]}/read_ahead_kb").read_text()) if entry else None
+    except (OSError, ValueError):
+        return None
+
+
+class MountProc:
+    """``python -m xnatfs mount URL MNT --foreground --credentials-stdin`` (as tests/conftest.py)."""
+
+    def __init__(self, url: str, mnt: Path, cache: Path, log: Path, extra: Sequence[str] = (),
+                 bench_read_ahead_kb: Optional[int] = None):
+        self.url, self.path, self.cache, self.logfile = url, mnt, cache, log
+        self.extra = list(extra)
+        self.bench_read_ahead_kb = bench_read_ahead_kb
+        self.read_ahead_kb: Optional[int] = None
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 60.0) -> "MountProc":
+        self.path.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "xnatfs", "mount", self.url, str(self.path), "--foreground",
+                "--credentials-stdin", "--cache-dir", str(self.cache), "--config", os.devnull,
+                "--log-level", "warning"] + self.extra
+        with open(self.logfile, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=log,
+                                         start_new_session=True)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"username": ADMIN[0], "password": ADMIN[1]}).encode()
+                              + b"\n")
+        self.proc.stdin.close()
+        deadline = time.monotonic() + timeout
+        while not is_mounted(self.path):
+            if self.proc.poll() is not None:
+                raise BenchError(f"xnatfs exited rc={self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"mount did not appear within {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.02)
+        # the mount must answer (a stat from a child with a timeout, never from this process)
+        res = run_quiet(["stat", str(self.path)], timeout=30)
+        if res is None or res.returncode != 0:
+            raise BenchError(f"mount at {self.path} does not answer stat within 30 s "
+                             f"(daemon hung?):\n{self.log_tail()}")
+        if self.bench_read_ahead_kb is not None:
+            # only after FUSE INIT has been answered (the stat above proves it): the kernel's
+            # INIT reply handling sets ra_pages = min(bdi ra_pages, max_readahead), so a value
+            # written earlier is clobbered back to 128 KiB
+            set_read_ahead(self.path, self.bench_read_ahead_kb)
+        self.read_ahead_kb = get_read_ahead(self.path)
+        return self
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def vm_hwm_mb(self) -> Optional[float]:
+        """Peak resident set of the daemon (VmHWM) in MB (10^6 bytes)."""
+        if self.proc is None:
+            return None
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+        except OSError:
+            return None
+        return None
+
+    def stop(self) -> None:
+        """fusermount3 -u, then -uz; then the daemon by its pid (TERM, then KILL)."""
+        for cmd in (["fusermount3", "-u"], ["fusermount3", "-uz"], ["umount", "-l"]):
+            if not is_mounted(self.path):
+                break
+            if shutil.which(cmd[0]):
+                run_quiet(cmd + [str(self.path)], timeout=30)
+        if self.proc is not None and self.proc.poll() is None:
+            for sig, wait in ((None, 20), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+                if sig is not None:
+                    try:
+                        self.proc.send_signal(sig)
+                    except ProcessLookupError:
+                        break
+                try:
+                    self.proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+
+
+# ------------------------------------------------------------------------------ the server
+class Server:
+    """The emulator in this process and a ``requests`` session for building data."""
+
+    def __init__(self, base: Path, latency_ms: float):
+        from xnatfs.emulator import Emulator
+
+        self.latency_ms = latency_ms
+        self.emu = Emulator(base / "emu-data", user=ADMIN[0], password=ADMIN[1], seed="empty",
+                            latency_ms=0, access_log=base / "access.log", port=0)
+        self.url = ""
+        self.http = requests.Session()
+        self.http.auth = ADMIN
+
+    def start(self) -> "Server":
+        self.emu.start()
+        self.url = self.emu.url
+        return self
+
+    def stop(self) -> None:
+        self.http.close()
+        self.emu.stop()
+
+    def set_latency(self, ms: float) -> None:
+        self.emu.faults.latency_ms = float(ms)
+
+    def measuring(self) -> None:
+        self.set_latency(self.latency_ms)
+
+    def building(self) -> None:
+        self.set_latency(0)
+
+    # -- API (xnat-rest-api.md §4)
+    def put(self, uri: str, params: Optional[dict] = None, data: Any = None,
+            headers: Optional[dict] = None) -> requests.Response:
+        r = self.http.put(self.url + uri, params=params, data=data, headers=headers,
+                          timeout=HTTP_TIMEOUT)
+        if r.status_code not in (200, 201):
+            raise BenchError(f"PUT {uri} -> {r.status_code}: {r.text[:300]}")
+        return r
+
+    def project(self, p: str) -> None:
+        self.put(f"/data/projects/{p}")
+
+    def subject(self, p: str, s: str) -> None:
+        self.put(f"/data/projects/{p}/subjects/{s}")
+
+    def experiment(self, p: str, s: str, e: str) -> None:
+        self.put(f"/data/projects/{p}/subjects/{s}/experiments/{e}",
+                 params={"xsiType": "xnat:mrSessionData"})
+
+    def scan(self, p: str, s: str, e: str, n: str, type_: str) -> None:
+        self.put(f"/data/projects/{p}/subjects/{s}/experiments/{e}/scans/{n}",
+                 params={"xsiType": "xnat:mrScanData", "type": type_})
+
+    def upload(self, resource_uri: str, relpath: str, data: Any) -> None:
+        """PUT .../resources/R/files/relpath (§4.5; the resource is auto-created)."""
+        self.put(f"{resource_uri}/files/{relpath}", params={"overwrite": "true"}, data=data,
+                 headers={"Content-Type": "application/octet-stream"})
+
+    def head_size(self, uri: str) -> int:
+        r = self.http.head(self.url + uri, timeout=HTTP_TIMEOUT)
+        r.raise_for_status()
+        return int(r.headers.get("Content-Length", -1))
+
+    # -- access log
+    def mark(self) -> int:
+        return len(self.emu.access_records())
+
+    def since(self, mark: int) -> list:
+        return self.emu.access_records()[mark:]
+
+    def patterns(self, mark: int) -> Dict[str, int]:
+        """Requests since ``mark`` by method + URL shape (names replaced by *), for the report."""
+        import re
+        from collections import Counter
+
+        out: Counter = Counter()
+        for r in self.since(mark):
+            path, _, query = r.path_qs.partition("?")
+            shape = re.sub(r"/(projects|subjects|experiments|scans|resources|assessors|files)/"
+                           r"[^/]+", r"/\1/*", path)
+            keys = ",".join(sorted(k.split("=")[0] for k in query.split("&") if k))
+            out[f"{r.method} {shape}{'?' + keys if keys else ''}"] += 1
+        return dict(out.most_common())
+
+    def api_count(self, mark: int) -> int:
+        """Requests since ``mark`` that are not session bookkeeping (login, heartbeat)."""
+        return sum(1 for r in self.since(mark)
+                   if not r.path_qs.split("?", 1)[0].endswith(BOOKKEEPING))
+
+
+# ------------------------------------------------------------------------------ the suite
+def median(xs: Iterable[float]) -> float:
+    xs = list(xs)
+    return statistics.median(xs) if xs else float("nan")
+
+
+def mibs(nbytes: float, seconds: float) -> float:
+    return nbytes / MIB / seconds if seconds > 0 else float("inf")
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    sizes: Sizes
+    base: Path
+    server: Server
+    can_drop: bool
+    rows: List[Row] = field(default_factory=list)
+    raw: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+    mounts: List[MountProc] = field(default_factory=list)
+    counter: int = 0
+    log: Callable[[str], None] = print
+
+    def fresh(self, name: str) -> Path:
+        self.counter += 1
+        return self.base / f"{name}-{self.counter}"
+
+    def mount(self, cache: Optional[Path] = None) -> MountProc:
+        n = self.fresh("mnt")
+        extra, bench_ra = list(self.args.mount_arg), None
+        if self.args.read_ahead_by == "bench" or not self.args.xnatfs_has_read_ahead:
+            bench_ra = self.args.read_ahead_kb
+            if self.args.xnatfs_has_read_ahead:
+                extra += ["--read-ahead-kb", "0"]
+        else:
+            extra += ["--read-ahead-kb", str(self.args.read_ahead_kb)]
+        m = MountProc(self.server.url, n, cache or self.fresh("cache"),
+                      self.base / f"xnatfs-{n.name}.log", extra, bench_ra)
+        self.mounts.append(m)
+        m.start()
+        self.raw.setdefault("mount_read_ahead_kb", []).append(m.read_ahead_kb)
+        return m
+
+    def unmount(self, m: MountProc) -> None:
+        m.stop()
+        if m in self.mounts:
+            self.mounts.remove(m)
+
+    def patterns(self, label: str, mark: int) -> None:
+        """Keep the request shapes of the first repetition of each measurement."""
+        if "rep1" in label:
+            self.raw.setdefault("request_patterns", {})[label] = self.server.patterns(mark)
+
+    def profile(self, m: MountProc, name: str) -> Any:
+        """``py-spy record`` on the daemon around a measurement when ``--profile DIR`` is given
+        (first repetition only; profiling slows the daemon, so such a run is not for numbers)."""
+        import contextlib
+
+        if not self.args.profile or not name.endswith("rep1") or m.proc is None:
+            return contextlib.nullcontext()
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        out = Path(self.args.profile)
+        out.mkdir(parents=True, exist_ok=True)
+
+        @contextlib.contextmanager
+        def cm() -> Any:
+            proc = subprocess.Popen([spy, "record", "--pid", str(m.proc.pid), "--rate", "250",
+                                     "--threads", "--idle", "--format", "raw",
+                                     "-o", str(out / f"{name}.txt")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # py-spy attaches
+            try:
+                yield
+            finally:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+        return cm()
+
+    def drop(self) -> None:
+        if self.can_drop:
+            drop_caches()
+        else:
+            run_quiet(["sync"], timeout=120)
+
+    def row(self, *a: Any) -> None:
+        r = Row(*a)
+        self.rows.append(r)
+        self.log(f"  -> {r.bench} {r.what}: mount {r.mount} | baseline {r.baseline} | "
+                 f"ratio {fmt_ratio(r.ratio)} (target {r.target}) "
+                 f"{'' if r.ok is None else ('ok' if r.ok else 'MISSED')}")
+
+
+def fmt_ratio(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def timeout_for(nbytes: int) -> float:
+    """Generous: 2 MiB/s worst case, at least a minute."""
+    return max(60.0, nbytes / (2 * MIB))
+
+
+B1_PATH = ("BENCH", "S1", "E1", "1", "NIFTI", "big.nii")
+B2_PATH = ("BENCH", "S1", "E1", "2", "DICOM")
+
+
+def scan_resource_uri(p: str, s: str, e: str, n: str, r: str) -> str:
+    return f"/data/projects/{p}/subjects/{s}/experiments/{e}/scans/{n}/resources/{r}"
+
+
+def scan_resource_rel(p: str, s: str, e: str, n: str, r: str) -> str:
+    return f"{p}/subjects/{s}/experiments/{e}/scans/{n}/resources/{r}/files"
+
+
+def build_bench_project(ctx: Ctx, want_single: bool, want_multi: bool, want_upload: bool) -> None:
+    srv, z = ctx.server, ctx.sizes
+    p, s, e = B1_PATH[:3]
+    srv.project(p)
+    srv.subject(p, s)
+    srv.experiment(p, s, e)
+    if want_single:
+        srv.scan(p, s, e, "1", "T1w")
+        big = ctx.base / "b1-source.bin"
+        write_random(big, z.b1_mib * MIB)
+        with open(big, "rb") as f:
+            srv.upload(scan_resource_uri(*B1_PATH[:5]), B1_PATH[5], f)
+        big.unlink()
+    if want_multi:
+        srv.scan(p, s, e, "2", "DICOM-like")
+        uri = scan_resource_uri(*B2_PATH)
+        size = z.b2_kib * 1024
+
+        def one(i: int) -> None:
+            srv_put = requests.put(srv.url + f"{uri}/files/IM{i:05d}.dcm", auth=ADMIN,
+                                   params={"overwrite": "true"}, data=os.urandom(size),
+                                   headers={"Content-Type": "application/octet-stream"},
+                                   timeout=HTTP_TIMEOUT)
+            if srv_put.status_code not in (200, 201):
+                raise BenchError(f"upload IM{i} -> {srv_put.status_code}")
+
+        srv.put(uri, params={"format": "DICOM"})
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, range(z.b2_files)))
+    if want_upload:
+        srv.put(f"/data/projects/{p}/resources/UP", params={"format": "RAW"})
+
+
+def write_random(path: Path, nbytes: int) -> None:
+    block = os.urandom(MIB)
+    with open(path, "wb") as f:
+        left = nbytes
+        i = 0
+        while left > 0:
+            # vary each MiB cheaply so no layer can dedupe or compress it away
+            chunk = (i.to_bytes(8, "little") + block[8:])[:min(MIB, left)]
+            f.write(chunk)
+            left -= len(chunk)
+            i += 1
+
+
+def build_meta_project(ctx: Ctx) -> None:
+    """META: subjects x experiments x scans, each scan with one tiny file in resource R."""
+    srv, z = ctx.server, ctx.sizes
+    srv.project("META")
+    subjects = [f"S{i:04d}" for i in range(z.b4_subjects)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda s: srv.subject("META", s), subjects))
+        exps = [(s, f"{s}_MR{j}") for s in subjects for j in range(1, z.b4_experiments + 1)]
+        list(pool.map(lambda se: srv.experiment("META", se[0], se[1]), exps))
+        scans = [(s, e, str(k)) for s, e in exps for k in range(1, z.b4_scans + 1)]
+        list(pool.map(lambda sek: srv.scan("META", sek[0], sek[1], sek[2], "T1w"), scans))
+        list(pool.map(lambda sek: srv.upload(scan_resource_uri("META", *sek, "R"), "info.txt",
+                                             b"tiny\n"), scans))
+    ctx.raw["b4_objects"] = {"subjects": len(subjects), "experiments": len(exps),
+                             "scans": len(scans), "files": len(scans)}
+
+
+# -- B1 (+ B3 single file, B6 during B1)
+def flow_single(ctx: Ctx) -> None:
+    z, srv = ctx.sizes, ctx.server
+    size = z.b1_mib * MIB
+    rel = scan_resource_rel(*B1_PATH[:5]) + "/" + B1_PATH[5]
+    url = srv.url + scan_resource_uri(*B1_PATH[:5]) + "/files/" + B1_PATH[5]
+    tmo = timeout_for(size)
+    res: Dict[str, List[float]] = {k: [] for k in (
+        "cold_mount", "cold_requests", "warm_disk_mount", "warm_disk_direct",
+        "warm_page_mount", "warm_page_direct", "hwm_mb", "cold_requests_count")}
+    ctx.log(f"B1/B3: one {z.b1_mib} MiB file, {z.reps} reps")
+    for rep in range(z.reps):
+        def baseline() -> None:
+            ctx.drop()
+            r = child(GET_STREAM, [url, *ADMIN], tmo)
+            if r["bytes"] != size:
+                raise BenchError(f"requests got {r['bytes']} bytes, expected {size}")
+            res["cold_requests"].append(mibs(size, r["seconds"]))
+
+        if rep % 2 == 1:
+            baseline()
+        m = ctx.mount()
+        try:
+            ctx.drop()
+            mark = srv.mark()
+            with ctx.profile(m, f"B1-cold-rep{rep + 1}"):
+                dt, out = timed(["dd", f"if={m.path / rel}", "of=/dev/null", "bs=1M"], tmo)
+            ctx.patterns(f"B1 cold rep{rep + 1}", mark)
+            copied = int(out.stderr.decode().strip().splitlines()[-1].split()[0])
+            if copied != size:
+                raise BenchError(f"dd through the mount read {copied} bytes, expected {size}")
+            res["cold_mount"].append(mibs(size, dt))
+            res["cold_requests_count"].append(srv.api_count(mark))
+            res["hwm_mb"].append(m.vm_hwm_mb() or float("nan"))
+            warm_pass(ctx, res, m.path / rel, m.cache, size, tmo)
+            res["hwm_mb"][-1] = max(res["hwm_mb"][-1], m.vm_hwm_mb() or 0)
+        finally:
+            ctx.unmount(m)
+            shutil.rmtree(m.cache, ignore_errors=True)
+        if rep % 2 == 0:
+            baseline()
+        ctx.log(f"  rep {rep + 1}: mount {res['cold_mount'][-1]:.0f} MiB/s, "
+                f"requests {res['cold_requests'][-1]:.0f} MiB/s, "
+                f"disk-warm mount {res['warm_disk_mount'][-1]:.0f} vs direct "
+                f"{res['warm_disk_direct'][-1]:.0f} MiB/s")
+    ctx.raw["single"] = res
+    cm, cr = median(res["cold_mount"]), median(res["cold_requests"])
+    if want(ctx, "B1"):
+        ctx.row("B1", f"cold read {z.b1_mib} MiB (dd bs=1M) vs requests stream",
+                f"{cm:.0f} MiB/s", f"{cr:.0f} MiB/s", cm / cr, "throughput", ">= 0.9",
+                cm / cr >= 0.9)
+    if want(ctx, "B3"):
+        add_warm_rows(ctx, res, f"1 x {z.b1_mib} MiB")
+    ctx.raw.setdefault("hwm_mb", {})["B1"] = res["hwm_mb"]
+
+
+def warm_pass(ctx: Ctx, res: Dict[str, List[float]], target: Path, cache: Path, size: int,
+              tmo: float) -> None:
+    """B3: disk-warm (page cache dropped) and page-cache-warm, mount vs the cache files."""
+    index = cache / "content" / "index"
+    ctx.drop()
+    mark = ctx.server.mark()
+    r = child(READER, [target], tmo)
+    res.setdefault("warm_disk_mount_requests", []).append(ctx.server.api_count(mark))
+    check_bytes("warm mount read", r["bytes"], size)
+    res["warm_disk_mount"].append(mibs(r["bytes"], r["seconds"]))
+    ctx.drop()
+    d = child(READER, [index], tmo)
+    check_bytes("direct cache read", d["bytes"], size)
+    res["warm_disk_direct"].append(mibs(d["bytes"], d["seconds"]))
+    d = child(READER, [index], tmo)
+    res["warm_page_direct"].append(mibs(d["bytes"], d["seconds"]))
+    child(READER, [target], tmo)  # a page-cached source file; the mount's own pages may be cold
+    r = child(READER, [target], tmo)
+    res["warm_page_mount"].append(mibs(r["bytes"], r["seconds"]))
+
+
+def check_bytes(what: str, got: int, expected: int) -> None:
+    if got != expected:
+        raise BenchError(f"{what}: {got} bytes, expected {expected}")
+
+
+def add_warm_rows(ctx: Ctx, res: Dict[str, List[float]], label: str) -> None:
+    dm, dd_ = median(res["warm_disk_mount"]), median(res["warm_disk_direct"])
+    pm, pd = median(res["warm_page_mount"]), median(res["warm_page_direct"])
+    note = "" if ctx.can_drop else " (page cache NOT dropped: not permitted)"
+    ctx.row("B3", f"warm {label}, disk cache (page cache dropped){note} vs cache files",
+            f"{dm:.0f} MiB/s", f"{dd_:.0f} MiB/s", dm / dd_, "throughput", ">= 0.8",
+            dm / dd_ >= 0.8)
+    ctx.row("B3", f"warm {label}, page-cache-warm vs cache files page-cache-warm",
+            f"{pm:.0f} MiB/s", f"{pd:.0f} MiB/s", pm / pd, "throughput", "(report)", None)
+
+
+# -- B2 (+ B3 many files)
+def flow_multi(ctx: Ctx) -> None:
+    z, srv = ctx.sizes, ctx.server
+    nbytes = z.b2_files * z.b2_kib * 1024
+    rel = scan_resource_rel(*B2_PATH)
+    tmo = timeout_for(nbytes) + 2 * z.b2_files
+    res: Dict[str, List[float]] = {k: [] for k in (
+        "cold_mount_s", "xnatpy_s", "loop_s", "parallel8_s", "warm_disk_mount", "warm_disk_direct",
+        "warm_page_mount", "warm_page_direct", "cold_requests_count")}
+    ctx.log(f"B2/B3: {z.b2_files} files x {z.b2_kib} KiB, {z.reps} reps")
+    p, s, e, n, r_ = B2_PATH
+    for rep in range(z.reps):
+        def baselines() -> None:
+            dest = ctx.fresh("xnatpy-out")
+            ctx.drop()
+            r = child(XNATPY, [srv.url, *ADMIN, p, s, e, n, r_, dest], tmo)
+            check_bytes("xnatpy download_dir", r["bytes"], nbytes)
+            res["xnatpy_s"].append(r["seconds"])
+            shutil.rmtree(dest, ignore_errors=True)
+            dest = ctx.fresh("loop-out")
+            ctx.drop()
+            r = child(GET_LOOP, [srv.url, scan_resource_uri(*B2_PATH) + "/files", *ADMIN, dest],
+                      tmo)
+            check_bytes("GET loop", r["bytes"], nbytes)
+            res["loop_s"].append(r["seconds"])
+            shutil.rmtree(dest, ignore_errors=True)
+            dest = ctx.fresh("par-out")
+            ctx.drop()
+            r = child(GET_PARALLEL, [srv.url, scan_resource_uri(*B2_PATH) + "/files", *ADMIN,
+                                     dest, 8], tmo)
+            check_bytes("parallel GET", r["bytes"], nbytes)
+            res["parallel8_s"].append(r["seconds"])
+            shutil.rmtree(dest, ignore_errors=True)
+
+        if rep % 2 == 1:
+            baselines()
+        m = ctx.mount()
+        dest = ctx.fresh("cp-out")
+        try:
+            ctx.drop()
+            mark = srv.mark()
+            with ctx.profile(m, f"B2-cold-rep{rep + 1}"):
+                dt, _ = timed(["cp", "-r", m.path / rel, dest], tmo)
+            ctx.patterns(f"B2 cold rep{rep + 1}", mark)
+            res["cold_mount_s"].append(dt)
+            res["cold_requests_count"].append(srv.api_count(mark))
+            got = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+            check_bytes("cp -r through the mount", got, nbytes)
+            shutil.rmtree(dest, ignore_errors=True)
+            warm_pass(ctx, res, m.path / rel, m.cache, nbytes, tmo)
+        finally:
+            ctx.unmount(m)
+            shutil.rmtree(m.cache, ignore_errors=True)
+            shutil.rmtree(dest, ignore_errors=True)
+        if rep % 2 == 0:
+            baselines()
+        ctx.log(f"  rep {rep + 1}: cp -r {res['cold_mount_s'][-1]:.2f} s, xnatpy "
+                f"{res['xnatpy_s'][-1]:.2f} s, GET loop {res['loop_s'][-1]:.2f} s; "
+                f"disk-warm mount {res['warm_disk_mount'][-1]:.0f} vs direct "
+                f"{res['warm_disk_direct'][-1]:.0f} MiB/s")
+    ctx.raw["multi"] = res
+    cm, xp, lp = median(res["cold_mount_s"]), median(res["xnatpy_s"]), median(res["loop_s"])
+    if want(ctx, "B2"):
+        ctx.row("B2", f"cold cp -r {z.b2_files} x {z.b2_kib} KiB vs xnatpy download_dir (zip)",
+                f"{cm:.2f} s", f"{xp:.2f} s", cm / xp, "time mount/xnatpy", "<= 1.0",
+                cm / xp <= 1.0)
+        ctx.row("B2", f"cold cp -r {z.b2_files} x {z.b2_kib} KiB vs sequential GET loop",
+                f"{cm:.2f} s", f"{lp:.2f} s", lp / cm, "speed-up loop/mount", ">= 5",
+                lp / cm >= 5.0)
+        pp = median(res["parallel8_s"])
+        ctx.row("B2", "(reference) same files, 8 parallel GETs with requests: what per-file "
+                "fetching can reach on this server", f"{cm:.2f} s", f"{pp:.2f} s", pp / cm,
+                "speed-up par/mount", "(report)", None)
+    if want(ctx, "B3"):
+        add_warm_rows(ctx, res, f"{z.b2_files} x {z.b2_kib} KiB")
+
+
+# -- B4 (+ B6 during B4)
+def flow_meta(ctx: Ctx) -> None:
+    z, srv = ctx.sizes, ctx.server
+    res: Dict[str, List[float]] = {k: [] for k in (
+        "ls_cold_s", "ls_cold_req", "ls_warm_s", "ls_warm_req", "find_cold_s", "find_cold_req",
+        "find_warm_s", "find_warm_req", "stat_p50_us", "stat_p99_us", "stat_max_us", "hwm_mb",
+        "find_entries")}
+    ctx.log(f"B4: META {z.b4_subjects} subjects x {z.b4_experiments} experiments x "
+            f"{z.b4_scans} scans, {z.reps} reps")
+    for rep in range(z.reps):
+        m = ctx.mount()
+        try:
+            subjects = m.path / "META" / "subjects"
+            for kind in ("cold", "warm"):
+                mark = srv.mark()
+                dt, _ = timed(["ls", "-l", subjects], 600)
+                res[f"ls_{kind}_s"].append(dt)
+                res[f"ls_{kind}_req"].append(srv.api_count(mark))
+                ctx.patterns(f"B4 ls -l {kind} rep{rep + 1}", mark)
+            listing = None
+            for kind in ("cold", "warm"):
+                mark = srv.mark()
+                dt, out = timed(["find", m.path / "META", "-print0"], 1200,
+                                stdout=subprocess.PIPE)
+                res[f"find_{kind}_s"].append(dt)
+                res[f"find_{kind}_req"].append(srv.api_count(mark))
+                ctx.patterns(f"B4 find {kind} rep{rep + 1}", mark)
+                listing = out.stdout
+            assert listing is not None
+            paths_file = ctx.fresh("paths")
+            paths_file.write_bytes(listing)
+            res["find_entries"].append(listing.count(b"\0"))
+            st = child(STAT_LOOP, [paths_file, 3], 600)
+            if st["errors"]:
+                ctx.notes.append(f"B4: {st['errors']} os.stat errors through the mount")
+            res["stat_p50_us"].append(st["p50_us"])
+            res["stat_p99_us"].append(st["p99_us"])
+            res["stat_max_us"].append(st["max_us"])
+            res["hwm_mb"].append(m.vm_hwm_mb() or float("nan"))
+        finally:
+            ctx.unmount(m)
+            shutil.rmtree(m.cache, ignore_errors=True)
+        ctx.log(f"  rep {rep + 1}: ls -l cold {res['ls_cold_s'][-1]:.2f} s "
+                f"({res['ls_cold_req'][-1]:.0f} req), find cold {res['find_cold_s'][-1]:.2f} s "
+                f"({res['find_cold_req'][-1]:.0f} req, {res['find_entries'][-1]} entries), "
+                f"find warm {res['find_warm_s'][-1]:.3f} s, stat p99 "
+                f"{res['stat_p99_us'][-1]:.0f} us")
+    ctx.raw["meta"] = res
+    ctx.raw.setdefault("hwm_mb", {})["B4"] = res["hwm_mb"]
+    if want(ctx, "B4"):
+        o = ctx.raw.get("b4_objects", {})
+        # one listing per directory of the mount's layout (README "The path rule"): subjects;
+        # per subject experiments + resources; per experiment scans + resources + assessors;
+        # per scan resources + files of its one resource
+        minimal = (1 + 2 * o.get("subjects", 0) + 3 * o.get("experiments", 0)
+                   + 2 * o.get("scans", 0))
+        for what in ("ls", "find"):
+            for kind in ("cold", "warm"):
+                t, q = median(res[f"{what}_{kind}_s"]), median(res[f"{what}_{kind}_req"])
+                label = f"ls -l META/subjects ({z.b4_subjects} entries)" if what == "ls" else \
+                    f"find META ({int(median(res['find_entries']))} entries)"
+                ref = ""
+                if what == "find" and kind == "cold":
+                    ref = f"one listing per directory: {minimal} req"
+                ctx.row("B4", f"{label}, {kind}", f"{t:.3f} s, {q:.0f} req", ref or "-", None,
+                        "-", "(report)", None)
+        p50, p99 = median(res["stat_p50_us"]), median(res["stat_p99_us"])
+        ctx.row("B4", "warm os.stat latency, inside kernel+daemon (p50 / p99)",
+                f"{p50:.0f} / {p99:.0f} us", "-", None, "-", "p99 < 1 ms", p99 < 1000)
+
+
+# -- B5
+def flow_upload(ctx: Ctx) -> None:
+    z, srv = ctx.sizes, ctx.server
+    size = z.b5_mib * MIB
+    src = ctx.base / "b5-source.bin"
+    write_random(src, size)
+    tmo = timeout_for(size)
+    res: Dict[str, List[float]] = {"mount": [], "requests": [], "mount_put_paths": []}
+    ctx.log(f"B5: upload {z.b5_mib} MiB, {z.reps} reps")
+    m = ctx.mount()
+    try:
+        for rep in range(z.reps):
+            def baseline() -> None:
+                uri = f"/data/projects/BENCH/resources/UP/files/req-{rep}.bin"
+                ctx.drop()
+                r = child(PUT, [srv.url + uri, src, *ADMIN], tmo)
+                check_bytes("requests PUT (HEAD size)", srv.head_size(uri), size)
+                res["requests"].append(mibs(size, r["seconds"]))
+
+            if rep % 2 == 1:
+                baseline()
+            ctx.drop()
+            mark = srv.mark()
+            dt, _ = timed(["cp", src, m.path / "BENCH/resources/UP/files" / f"mnt-{rep}.bin"], tmo)
+            res["mount"].append(mibs(size, dt))
+            puts = [r.path_qs for r in srv.since(mark) if r.method in ("PUT", "POST")]
+            res["mount_put_paths"].append(puts)
+            check_bytes("cp into the mount (server HEAD size)",
+                        srv.head_size(f"/data/projects/BENCH/resources/UP/files/mnt-{rep}.bin"),
+                        size)
+            if rep % 2 == 0:
+                baseline()
+            ctx.log(f"  rep {rep + 1}: cp {res['mount'][-1]:.0f} MiB/s, requests PUT "
+                    f"{res['requests'][-1]:.0f} MiB/s; mount sent {puts}")
+    finally:
+        ctx.unmount(m)
+        shutil.rmtree(m.cache, ignore_errors=True)
+        src.unlink(missing_ok=True)
+    ctx.raw["upload"] = res
+    cm, cr = median(res["mount"]), median(res["requests"])
+    ctx.row("B5", f"cp {z.b5_mib} MiB into the mount (upload on close) vs requests PUT",
+            f"{cm:.0f} MiB/s", f"{cr:.0f} MiB/s", cm / cr, "throughput", ">= 0.8", cm / cr >= 0.8)
+
+
+def add_b6(ctx: Ctx) -> None:
+    for b in ("B1", "B4"):
+        vals = [v for v in ctx.raw.get("hwm_mb", {}).get(b, []) if v == v]
+        if vals:
+            peak = max(vals)
+            ctx.row("B6", f"daemon peak RSS (VmHWM) during {b}", f"{peak:.0f} MB", "-", None, "-",
+                    "< 250 MB", peak < 250)
+
+
+def want(ctx: Ctx, b: str) -> bool:
+    return b in ctx.args.only
+
+
+# ------------------------------------------------------------------------------ report
+def machine_info(argv: List[str]) -> Dict[str, str]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    fuse = run_quiet(["fusermount3", "--version"])
+    fuse_v = (fuse.stdout + fuse.stderr).strip() if fuse else "fusermount3 not found"
+    lib = "?"
+    ld = run_quiet(["ldconfig", "-p"])
+    if ld:
+        for line in ld.stdout.splitlines():
+            if "libfuse3.so" in line and "=>" in line:
+                lib = os.path.realpath(line.split("=>", 1)[1].strip())
+                break
+    git = run_quiet(["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse",
+                     "--short", "HEAD"])
+    try:
+        from importlib.metadata import version
+        mfuse = version("mfusepy")
+    except Exception:  # noqa: BLE001 - report only
+        mfuse = "?"
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cores": str(os.cpu_count()),
+        "cpu": model,
+        "kernel": platform.release(),
+        "libfuse": f"{fuse_v}; {lib}",
+        "mfusepy": mfuse,
+        "python": platform.python_version(),
+        "commit": git.stdout.strip() if git and git.returncode == 0 else "?",
+        "command": shlex.join([os.path.relpath(sys.executable) if sys.executable.startswith(
+            os.getcwd()) else sys.executable, "-m", "benchmarks.run", *argv]),
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def render(info: Dict[str, str], ctx: Ctx) -> str:
+    lines = ["", "xnatfs benchmarks", "================="]
+    for k, v in info.items():
+        lines.append(f"{k:12s} {v}")
+    lines.append(f"{'latency':12s} {ctx.server.latency_ms:g} ms injected per request (emulator)")
+    lines.append(f"{'page cache':12s} " + ("dropped before every cold/disk-warm measurement"
+                                           if ctx.can_drop else
+                                           "NOT dropped (no permission to write "
+                                           "/proc/sys/vm/drop_caches): 'cold' means fresh "
+                                           "xnatfs cache only"))
+    lines.append(f"{'sizes':12s} {asdict(ctx.sizes)}")
+    ras = sorted({str(x) for x in ctx.raw.get("mount_read_ahead_kb", [])})
+    lines.append(f"{'read-ahead':12s} mount bdi read_ahead_kb = {', '.join(ras) or '?'} "
+                 f"(set by {ctx.args.read_ahead_by if ctx.args.xnatfs_has_read_ahead else 'bench'})"
+                 f"; extra mount args: {ctx.args.mount_arg or 'none'}")
+    lines.append("")
+    head = ("bench", "what", "mount", "baseline", "ratio", "target", "result")
+    body = [(r.bench, r.what, r.mount, r.baseline,
+             fmt_ratio(r.ratio) + (f" ({r.ratio_kind})" if r.ratio is not None else ""),
+             r.target, "-" if r.ok is None else ("ok" if r.ok else "MISSED")) for r in ctx.rows]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join("---" for _ in head) + "|")
+    for b in body:
+        lines.append("| " + " | ".join(b) + " |")
+    if ctx.notes:
+        lines.append("")
+        lines.extend(f"note: {n}" for n in ctx.notes)
+    missed = [r for r in ctx.rows if r.ok is False]
+    lines.append("")
+    lines.append(f"targets missed: {len(missed)} of {sum(1 for r in ctx.rows if r.ok is not None)}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ main
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latency-ms", type=float, default=5.0,
+                    help="latency the emulator adds to every request while measuring "
+                         "(default 5; 0 and 20 are the other supported settings)")
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run (< 60 s)")
+    ap.add_argument("--only", default=",".join(ALL),
+                    help="comma-separated subset of B1..B6 (default: all)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, minimum 3)")
+    ap.add_argument("--json", default=None, help="also write every raw sample to this JSON file")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="py-spy record the daemon during the first cold B1/B2 repetition into "
+                         "DIR (collapsed stacks); slows the daemon: not for the numbers")
+    ap.add_argument("--keep-temp", action="store_true", help="keep the temp dir (logs, data)")
+    ap.add_argument("--read-ahead-kb", type=int, default=1024,
+                    help="the mount's kernel read-ahead (bdi read_ahead_kb; default 1024, as "
+                         "xnatfs's own default)")
+    ap.add_argument("--read-ahead-by", choices=("bench", "xnatfs"), default="bench",
+                    help="who sets it: 'bench' (default) mounts with --read-ahead-kb 0 and writes "
+                         "the bdi itself once the mount is up (works around xnatfs setting it "
+                         "from FUSE init, which deadlocked at the time of writing: see "
+                         "RESULTS.md); 'xnatfs' passes --read-ahead-kb N to the mount")
+    ap.add_argument("--mount-arg", action="append", default=[],
+                    help="extra argument for `xnatfs mount` (repeatable), e.g. "
+                         "--mount-arg=--max-downloads=16")
+    args = ap.parse_args(argv)
+    only = {x.strip().upper() for x in args.only.split(",") if x.strip()}
+    bad = only - set(ALL)
+    if bad:
+        ap.error(f"unknown benchmark(s) {sorted(bad)}; choose from {','.join(ALL)}")
+    args.only = only
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else Sizes()
+    if args.reps is not None:
+        sizes.reps = max(3, args.reps)
+    if not os.path.exists("/dev/fuse"):
+        print("benchmarks: /dev/fuse is missing; the mount benchmarks cannot run", file=sys.stderr)
+        return 2
+    info = machine_info(argv)
+    helptext = run_quiet([sys.executable, "-m", "xnatfs", "mount", "--help"], timeout=60)
+    args.xnatfs_has_read_ahead = bool(helptext and "--read-ahead-kb" in helptext.stdout)
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    base = Path(tempfile.mkdtemp(prefix="xnatfs-bench-")).resolve()
+    server = Server(base, args.latency_ms)
+    ctx = Ctx(args, sizes, base, server, can_drop=False,
+              log=lambda s: print(s, flush=True))
+    t_start = time.monotonic()
+    rc = 0
+    try:
+        ctx.can_drop = drop_caches()
+        if not ctx.can_drop:
+            ctx.notes.append("page cache could NOT be dropped (not permitted): cold/disk-warm "
+                             "figures include whatever the page cache still held")
+        ctx.log(f"benchmarks: temp dir {base}; page cache drop "
+                f"{'permitted' if ctx.can_drop else 'NOT permitted'}")
+        server.start()
+        single = bool(args.only & {"B1", "B3", "B6"})
+        multi = bool(args.only & {"B2", "B3"})
+        meta = bool(args.only & {"B4", "B6"})
+        upload = "B5" in args.only
+        t0 = time.monotonic()
+        server.building()
+        if single or multi or upload:
+            build_bench_project(ctx, single, multi, upload)
+        if meta:
+            build_meta_project(ctx)
+        ctx.log(f"data built through the API in {time.monotonic() - t0:.1f} s")
+        server.measuring()
+        if single:
+            flow_single(ctx)
+        if multi:
+            flow_multi(ctx)
+        if meta:
+            flow_meta(ctx)
+        if upload:
+            flow_upload(ctx)
+        if "B6" in args.only:
+            add_b6(ctx)
+    except KeyboardInterrupt as exc:
+        print(f"benchmarks: interrupted ({exc}); cleaning up", file=sys.stderr)
+        rc = 130
+    except Exception as exc:  # noqa: BLE001 - report, clean up, non-zero exit
+        print(f"benchmarks: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        for m in ctx.mounts:
+            print(f"--- xnatfs log {m.logfile} ---\n{m.log_tail()}", file=sys.stderr)
+        rc = 1
+    finally:
+        for m in list(ctx.mounts):
+            try:
+                ctx.unmount(m)
+            except Exception as exc:  # noqa: BLE001 - keep cleaning
+                print(f"benchmarks: unmount {m.path} failed: {exc}", file=sys.stderr)
+        try:
+            server.stop()
+        except Exception as exc:  # noqa: BLE001
+            print(f"benchmarks: emulator stop failed: {exc}", file=sys.stderr)
+        signal.signal(signal.SIGTERM, old)
+        info["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        info["duration"] = f"{time.monotonic() - t_start:.0f} s"
+        if ctx.rows:
+            print(render(info, ctx), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                {"info": info, "sizes": asdict(sizes), "latency_ms": args.latency_ms,
+                 "page_cache_dropped": ctx.can_drop, "rows": [asdict(r) for r in ctx.rows],
+                 "raw": ctx.raw, "notes": ctx.notes}, indent=1, default=str))
+        if args.keep_temp:
+            print(f"benchmarks: kept {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
