@@ -3,7 +3,8 @@
 #   bash scripts/install.sh demo [MOUNTPOINT]   install everything, then run the demo mount
 #   bash scripts/install.sh test [PYTEST ARGS]  install everything, then run the whole test suite
 #   bash scripts/install.sh install             install only
-# It installs the apt packages xnatfs needs (fuse3, python3-venv, attr, rsync), creates the
+# It installs the apt packages xnatfs needs (fuse3, python3-venv, attr, rsync, systemd for
+# systemd-analyze), creates the
 # virtualenv .venv next to this checkout and installs xnatfs into it with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ action="${1:-install}"; shift || true
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-APT_PACKAGES=(fuse3 python3 python3-venv python3-pip attr rsync)
+APT_PACKAGES=(fuse3 python3 python3-venv python3-pip attr rsync systemd)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
