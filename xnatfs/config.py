@@ -373,7 +373,7 @@ def effective_settings(url: str, cli_values: Mapping[str, Any],
                        config: Optional[ConfigFile] = None) -> Dict[str, Tuple[Any, str]]:
     """Every key of :data:`KEYS` -> ``(value, source)`` for a mount of ``url``.
 
-    ``cli_values`` holds only the options the user typed (see :func:`explicit_cli_values`),
+    ``cli_values`` holds only the options the user typed (the CLI leaves the others None),
     keyed like :data:`KEYS` (``-`` is accepted for ``_``); ``None`` values count as not given.
     Unset keys without a default come back as ``(None, "default")``.  Raises
     :class:`ConfigError` for an unknown key or a bad value from the command line or from an
@@ -409,29 +409,6 @@ def _convert(spec: KeySpec, key: str, value: Any, where: str) -> Any:
         return spec.convert(value, True)
     except ValueError as exc:
         raise ConfigError(f"{where} {exc} (got {_show(key, value)})") from None
-
-
-def explicit_cli_values(parser: Any, argv: Sequence[str]) -> Dict[str, Any]:
-    """The :data:`KEYS` options present in ``argv``, parsed by ``parser`` with every default
-    suppressed, so that an option left at its argparse default does not count as typed.
-
-    Pass a *fresh* parser (``cli.build_parser()``): its defaults are changed in place.
-    """
-    import argparse
-
-    def suppress(p: argparse.ArgumentParser) -> None:
-        for action in p._actions:  # noqa: SLF001 - argparse has no public walk
-            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
-                for sub in action.choices.values():
-                    suppress(sub)
-            elif action.dest not in ("help", "version") and not action.required \
-                    and action.option_strings:
-                action.default = argparse.SUPPRESS
-        p._defaults.clear()  # noqa: SLF001 - set_defaults() values are not typed either
-
-    suppress(parser)
-    namespace = parser.parse_args(list(argv))
-    return {key: value for key, value in vars(namespace).items() if key in KEYS}
 
 
 # ------------------------------------------------------------------------------- rendering

@@ -38,7 +38,7 @@ def url(emulator) -> str:
     return emulator.url
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """No ~/.netrc or pyxnat config of the machine may leak into the clients."""
     home = tmp_path_factory.mktemp("home")

@@ -14,7 +14,8 @@ pytestmark = [needs_fuse]
 
 
 def _mount_cmd(url, mnt, tmp_path, env_extra=None, stdin=None, args=()):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XNATFS_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("XNATFS_") and k != "NETRC"}
     env.update({"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")})
     env.update(env_extra or {})
     mnt.mkdir(exist_ok=True)

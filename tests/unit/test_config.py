@@ -15,7 +15,7 @@ import pytest
 from xnatfs import cli, notify
 from xnatfs.config import (
     KEYS, MASK, SOURCE_CLI, SOURCE_DEFAULT, SOURCE_ENV, SOURCE_FILE, ConfigError, ConfigFile,
-    effective_settings, explicit_cli_values, load_config, normalize_url, render,
+    effective_settings, load_config, normalize_url, render,
 )
 
 URL = "https://xnat.example.org"
@@ -118,10 +118,11 @@ def test_server_table_beats_defaults_and_env_beats_server_table(tmp_path, env):
 def test_no_file_no_env_gives_the_cli_defaults(env):
     s = effective_settings(URL, {}, env, ConfigFile())
     assert all(source == SOURCE_DEFAULT for _, source in s.values())
+    # the command line leaves every setting unset, so the defaults live in one place
     parsed = cli.build_parser().parse_args(["mount", URL, "/mnt"])
-    for key in ("listing_ttl", "max_threads", "max_downloads", "timeout", "connect_timeout",
-                "read_timeout", "retries", "log_level"):
-        assert s[key][0] == getattr(parsed, key), key
+    assert all(getattr(parsed, key) is None for key in KEYS if key not in ("user", "password"))
+    opts = cli.options_from_settings(URL, s, [])
+    assert (opts.listing_ttl, opts.max_threads, opts.retries) == (60.0, 16, 3)
     assert s["cache_size"][0] == 10 * 1024 ** 3
 
 
@@ -137,13 +138,6 @@ def test_values_are_converted_from_text(env):
     assert s["password"] == ("s3cret", SOURCE_ENV)
 
 
-def test_explicit_cli_values_only_counts_typed_options():
-    argv = ["mount", URL, "/mnt", "--foreground", "--cache-size", "5G", "--retries", "1"]
-    assert explicit_cli_values(cli.build_parser(), argv) == {"cache_size": "5G", "retries": 1}
-    assert explicit_cli_values(cli.build_parser(), ["mount", URL, "/mnt"]) == {}
-
-
-# --------------------------------------------------------------------------- render
 def test_render_masks_the_password_and_names_sources(tmp_path, env):
     path = write(tmp_path / "c.toml", '[defaults]\nuser = "alice"\npassword = "hunter2"\n')
     cfg = load_config(path, env=env)
