@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -80,6 +81,11 @@ class ContentKey:
 
     def hexname(self) -> str:
         """sha256 of the key: the on-disk name and the index key; stable across processes."""
+        return self._hexname
+
+    @functools.cached_property
+    def _hexname(self) -> str:
+        # computed once per key object: open, state and prefetch all ask for it
         blob = json.dumps([self.uri, self.size, self.digest, self.mtime], ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

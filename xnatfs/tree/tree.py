@@ -44,11 +44,19 @@ class Listing:
     aliases: Dict[str, str] = field(default_factory=dict)
     _sorted: Optional[List[str]] = field(default=None, repr=False)
 
+    _positions: Optional[Dict[str, int]] = field(default=None, repr=False)
+
     def sorted_files(self) -> List[str]:
         """Names of the files (not folders), sorted; computed once per listing."""
         if self._sorted is None:
             self._sorted = sorted(n for n, c in self.children.items() if c.kind is Kind.FILE)
         return self._sorted
+
+    def position(self, name: str) -> int:
+        """Index of ``name`` in :meth:`sorted_files`, -1 if it is not a file here."""
+        if self._positions is None:
+            self._positions = {n: i for i, n in enumerate(self.sorted_files())}
+        return self._positions.get(name, -1)
 
 
 @dataclass
@@ -86,6 +94,8 @@ class Tree:
         self._virtual_lock = threading.Lock()
         #: sizes of generated files once they were made, so later getattr shows the real size
         self._virtual_sizes: Dict[str, int] = {}
+        #: id(listing) -> (listing, end of the prefetch window queued for it); bounded
+        self._prefetched: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)
         #: the last listing that loaded for each directory, kept past its TTL so that a server
         #: that is down still shows what was seen (CVMFS-style offline metadata); bounded LRU
         self._last_good: cachetools.LRUCache = cachetools.LRUCache(maxsize=50_000)
@@ -361,13 +371,20 @@ class Tree:
         folder = self._lookup(parts[:-1])
         listing = self._listing(parts[:-1], folder)
         names = listing.sorted_files()
-        try:
-            start = names.index(node.name) + 1
-        except ValueError:
+        start = listing.position(node.name) + 1
+        if start == 0:
             return
-        keys = [self.content_key(listing.children[name])
-                for name in names[start:start + self.prefetch]]
-        self.content.prefetch(keys)
+        end = min(len(names), start + self.prefetch)
+        with self._virtual_lock:
+            # the window already queued for this folder listing: only extend it
+            done = self._prefetched.get(id(listing), (None, 0))
+            if done[0] is listing and start <= done[1]:
+                start = done[1]
+            if start >= end:
+                return
+            self._prefetched[id(listing)] = (listing, end)
+        self.content.prefetch(self.content_key(listing.children[name])
+                              for name in names[start:end])
 
     @staticmethod
     def content_key(node: NodeInfo) -> ContentKey:
