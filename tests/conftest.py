@@ -152,7 +152,7 @@ class Mount:
                                           "password": self.credentials[1]}).encode() + b"\n")
         self.proc.stdin.close()
         deadline = time.monotonic() + timeout
-        while not _mounted(self.path):
+        while not self._answers():
             if self.proc.poll() is not None:
                 pytest.fail(f"xnatfs exited rc={self.proc.returncode}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
@@ -160,8 +160,17 @@ class Mount:
                 pytest.fail(f"mount did not appear within {timeout}s:\n{self.log_tail()}\n"
                             f"{Path('/proc/self/mounts').read_text()[-2000:]}")
             time.sleep(0.02)
-        os.stat(self.path)
         return self
+
+    def _answers(self) -> bool:
+        """Mounted and answering (a dead mount left by a killed daemon is neither)."""
+        if not _mounted(self.path):
+            return False
+        try:
+            os.stat(self.path)
+            return True
+        except OSError:
+            return False
 
     def log_tail(self, n: int = 60) -> str:
         try:

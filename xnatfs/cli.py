@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -504,6 +505,7 @@ Press Ctrl-C to unmount and stop.""", flush=True)
         except subprocess.TimeoutExpired:
             child.kill()
         emu.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
         print("xnatfs demo: unmounted and stopped.")
     return 0
 

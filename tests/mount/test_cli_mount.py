@@ -118,3 +118,28 @@ def test_sigterm_unmounts_and_exits_0(shared_emulator, tmp_path):
         assert not is_mounted(str(m.path))
     finally:
         m.cleanup()
+
+
+def test_demo_command_mounts_and_stops_on_ctrl_c(tmp_path):
+    """The README's first command ends in ``xnatfs demo``."""
+    mnt = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "xnatfs", "demo", str(mnt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not is_mounted(str(mnt)):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "demo did not mount"
+            time.sleep(0.05)
+        assert {"DEMO1", "DEMO2"} <= set(os.listdir(mnt))
+        assert "résumé – notes.txt" in os.listdir(mnt / "DEMO1/resources/protocols/files")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert "unmounted and stopped" in proc.stdout.read()
+        assert not is_mounted(str(mnt))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if is_mounted(str(mnt)):
+            subprocess.run(["fusermount3", "-uz", str(mnt)], timeout=20)
