@@ -32,6 +32,8 @@ from xnatfs.tree.paths import PathParts, escape_name, split_path
 log = logging.getLogger(__name__)
 
 PREARCHIVE_NAME = ".prearchive"
+#: last part of the metadata-cache key of a resolved node (a file name cannot hold NUL)
+_NODE_KEY = "\0node"
 CONTROL_NAME = ".xnatfs"
 
 
@@ -127,6 +129,20 @@ class Tree:
             local = self.overlay.node(parts)
             if local is not None:
                 return local
+        # the node itself is kept as long as listings are: getattr of a deep path then costs one
+        # cache lookup instead of a walk from the root (the key sorts under the path, so
+        # invalidate(path) of the path or of any folder above it drops it too)
+        node_key = parts + (_NODE_KEY,)
+        cached = self.meta.peek(node_key)
+        if cached is not None:
+            return cached
+        node = self._resolve(parts)
+        # generated files learn their size when made; local folders come and go with writes
+        if node.kind is not Kind.VIRTUAL and node.ref != "local":
+            self.meta.put(node_key, node)
+        return node
+
+    def _resolve(self, parts: PathParts) -> NodeInfo:
         parent_parts, name = parts[:-1], parts[-1]
         parent = self._lookup(parent_parts)
         if not parent.is_dir:
