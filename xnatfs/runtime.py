@@ -70,7 +70,7 @@ class Runtime:
                                     max_downloads=o.max_downloads)
         self.content.start()
         self.tree = Tree(self.client, self.meta, self.content, fs_timeout=o.fs_timeout,
-                         read_only=o.read_only, stats_fn=self.stats, prefetch=o.prefetch)
+                         stats_fn=self.stats, prefetch=o.prefetch)
         if not o.read_only:
             self.writer = Writer(self.tree, self.client,
                                  private_dir(os.path.join(o.cache_dir, "uploads")),

@@ -77,14 +77,13 @@ class Tree:
     """
 
     def __init__(self, client: Any, meta: MetaCache, content: ContentCache, *,
-                 fs_timeout: float = 60.0, read_only: bool = True,
+                 fs_timeout: float = 60.0,
                  stats_fn: Optional[Callable[[], Mapping[str, Any]]] = None,
                  clock: Callable[[], float] = time.time, prefetch: int = 0) -> None:
         self.client = client
         self.meta = meta
         self.content = content
         self.fs_timeout = fs_timeout
-        self.read_only = read_only
         #: how many following files of a folder to download when one is opened
         self.prefetch = prefetch
         self._stats_fn = stats_fn or (lambda: {})
@@ -93,6 +92,7 @@ class Tree:
         self._root = NodeInfo(name="", kind=Kind.ROOT, is_dir=True, mtime=self.epoch)
         #: what the user wrote that XNAT does not show yet (``writes.Writer``), or None
         self.overlay: Any = None
+        #: guards _virtual_sizes and _prefetched (small, short critical sections)
         self._virtual_lock = threading.Lock()
         #: sizes of generated files once they were made, so later getattr shows the real size
         self._virtual_sizes: Dict[str, int] = {}

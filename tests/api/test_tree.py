@@ -1,0 +1,148 @@
+"""The tree and the write path without FUSE: a Runtime (client + caches + tree + writer) against
+the emulator, driven through the same calls the FUSE adapter makes."""
+from __future__ import annotations
+
+import errno
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ADMIN
+from tests.mount.helpers import api
+from xnatfs.options import Options
+from xnatfs.runtime import Runtime
+from xnatfs.tree.nodes import Kind
+from xnatfs.xnat.auth import Credentials
+
+SCAN = "/DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1/scans/1"
+
+
+@pytest.fixture
+def runtime(make_emulator, tmp_path):
+    emu = make_emulator()
+    rt = Runtime(Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0),
+                 Credentials(*ADMIN))
+    rt.start()
+    rt.emu = emu  # type: ignore[attr-defined]
+    yield rt
+    rt.close()
+
+
+def read_all(rt, path):
+    tree = rt.tree
+    handle = tree.open(tree.lookup(path), path)
+    try:
+        out, offset = b"", 0
+        while True:
+            chunk = handle.read(offset, 1 << 20)
+            if not chunk:
+                return out
+            out += chunk
+            offset += len(chunk)
+    finally:
+        handle.close()
+
+
+def test_lookup_kinds_aliases_and_free_negatives(runtime):
+    tree, emu = runtime.tree, runtime.emu
+    assert tree.lookup("/DEMO1").kind is Kind.PROJECT
+    subject = tree.lookup("/DEMO1/subjects/SUBJ01")
+    # the accession ID resolves to the same subject (§0.1)
+    assert tree.lookup(f"/DEMO1/subjects/{subject.attrs['id']}").uri == subject.uri
+    files = tree.listdir(SCAN + "/resources/DICOM/files")
+    assert files and all(f.size > 0 for f in files)
+    mark = emu.mark()
+    with pytest.raises(FileNotFoundError):
+        tree.lookup(SCAN + "/resources/DICOM/files/missing.dcm")
+    tree.lookup(SCAN + "/resources/DICOM/files/" + files[0].name)
+    assert api(emu.since(mark)) == []
+    with pytest.raises(NotADirectoryError):
+        tree.lookup(SCAN + "/resources/DICOM/files/" + files[0].name + "/x")
+
+
+def test_read_verifies_md5(runtime):
+    tree = runtime.tree
+    path = SCAN + "/resources/DICOM/files/" + tree.listdir(SCAN + "/resources/DICOM/files")[0].name
+    node = tree.lookup(path)
+    data = read_all(runtime, path)
+    assert len(data) == node.size and hashlib.md5(data).hexdigest() == node.digest
+    from tests.mount.test_write_mount import wait_for
+
+    wait_for(lambda: tree.cache_state(node) == "cached", 10, what="the copy to be kept")
+
+
+def test_write_flush_uploads_and_shows(runtime):
+    tree, writer = runtime.tree, runtime.writer
+    path = "/DEMO1/resources/protocols/files/new/sub/out.txt"
+    with pytest.raises(FileNotFoundError):
+        writer.create(path)  # like any filesystem: the folder must exist first
+    writer.mkdir("/DEMO1/resources/protocols/files/new")
+    writer.mkdir("/DEMO1/resources/protocols/files/new/sub")
+    handle = writer.create(path)
+    assert tree.lookup("/DEMO1/resources/protocols/files/new").is_dir
+    handle.write(0, b"hello ")
+    handle.write(6, b"world")
+    assert tree.lookup(path).size == 11
+    assert tree.xattrs(tree.lookup(path))["cache_state"] == "writing"
+    handle.flush()
+    handle.close()
+    node = tree.lookup(path)
+    assert not writer.owns(node)  # now from XNAT's listing
+    assert node.size == 11 and node.digest == hashlib.md5(b"hello world").hexdigest()
+    assert read_all(runtime, path) == b"hello world"
+
+
+def test_refusals_have_the_right_errno(runtime):
+    writer = runtime.writer
+    with pytest.raises(OSError) as err:
+        writer.create("/DEMO1/subjects/file.txt")
+    assert err.value.errno == errno.EPERM
+    with pytest.raises(OSError) as err:
+        writer.mkdir("/DEMO1/subjects/bad label")
+    assert err.value.errno == errno.EINVAL
+    existing = runtime.tree.listdir("/DEMO1/resources/protocols/files")
+    name = [n.name for n in existing if not n.is_dir][0]
+    with pytest.raises(OSError) as err:
+        writer.unlink(f"/DEMO1/resources/protocols/files/{name}")
+    assert err.value.errno == errno.EACCES
+
+
+def test_mkdir_objects(runtime):
+    tree, writer = runtime.tree, runtime.writer
+    writer.mkdir("/DEMO2/subjects/T1")
+    writer.mkdir("/DEMO2/subjects/T1/experiments/T1_MR")
+    writer.mkdir("/DEMO2/subjects/T1/experiments/T1_MR/scans/9")
+    exp = tree.lookup("/DEMO2/subjects/T1/experiments/T1_MR")
+    assert exp.attrs["xsi_type"] == "xnat:mrSessionData"
+    assert tree.lookup("/DEMO2/subjects/T1/experiments/T1_MR/scans/9").kind is Kind.SCAN
+
+
+def test_pending_upload_survives_a_restart(make_emulator, tmp_path):
+    emu = make_emulator()
+    options = Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0)
+    rt = Runtime(options, Credentials(*ADMIN))
+    rt.start()
+    path = "/DEMO1/resources/protocols/files/later.bin"
+    rt.tree.listdir("/DEMO1/resources/protocols/files")  # listings cached before the fault
+    emu.faults.error_rate = 1.0
+    emu.faults.error_status = 503
+    handle = rt.writer.create(path)
+    handle.write(0, b"x" * 1000)
+    with pytest.raises(Exception) as err:
+        handle.flush()
+    assert getattr(err.value, "retryable", False)
+    handle.close()
+    assert rt.tree.xattrs(rt.tree.lookup(path))["cache_state"] == "pending"
+    rt.close()
+    emu.faults.error_rate = 0.0
+    rt2 = Runtime(options, Credentials(*ADMIN))
+    rt2.start()
+    try:
+        from tests.mount.test_write_mount import wait_for
+
+        wait_for(lambda: not rt2.writer.status(), 30, what="the resumed upload")
+        rt2.tree.invalidate("/DEMO1/resources/protocols/files")
+        assert rt2.tree.lookup(path).size == 1000
+    finally:
+        rt2.close()
