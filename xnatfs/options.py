@@ -48,6 +48,8 @@ class Options:
     #: when a file is opened, download up to this many of the next files of its folder in the
     #: background (cp -r, dcm2niix read a DICOM folder file after file); 0 turns it off
     prefetch: int = 16
+    #: listings loaded in parallel ahead of a tree walk (find, cp -r, du); 0 turns it off
+    walk_ahead: int = 4
     #: kernel read-ahead of the mount in KiB; 1024 makes libfuse3 send 1 MiB reads
     #: (fuse-notes.md §2.2); 0 leaves the kernel default; needs root
     read_ahead_kb: int = 1024

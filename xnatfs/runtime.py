@@ -70,7 +70,7 @@ class Runtime:
                                     max_downloads=o.max_downloads)
         self.content.start()
         self.tree = Tree(self.client, self.meta, self.content, fs_timeout=o.fs_timeout,
-                         stats_fn=self.stats, prefetch=o.prefetch)
+                         stats_fn=self.stats, prefetch=o.prefetch, walk_ahead=o.walk_ahead)
         if not o.read_only:
             self.writer = Writer(self.tree, self.client,
                                  private_dir(os.path.join(o.cache_dir, "uploads")),
@@ -109,7 +109,8 @@ class Runtime:
 
     def close(self) -> None:
         """Stop in reverse order; each part gets its own try so one failure stops nothing."""
-        for name, part in (("writer", self.writer), ("content cache", self.content),
+        for name, part in (("writer", self.writer), ("tree", self.tree),
+                           ("content cache", self.content),
                            ("client", self.client)):
             if part is None:
                 continue

@@ -141,5 +141,6 @@ def test_demo_command_mounts_and_stops_on_ctrl_c(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        proc.stdout.close()
         if is_mounted(str(mnt)):
             subprocess.run(["fusermount3", "-uz", str(mnt)], timeout=20)

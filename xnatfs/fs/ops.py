@@ -97,7 +97,7 @@ class XnatOperations(mfusepy.Operations):
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def readdir(self, path: str, fh: int) -> Iterable[str]:
-        return [".", ".."] + [node.name for node in self.runtime.tree.listdir(path)]
+        return [".", ".."] + [node.name for node in self.runtime.tree.readdir(path)]
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -32,6 +33,10 @@ from xnatfs.tree.paths import PathParts, escape_name, split_path
 log = logging.getLogger(__name__)
 
 PREARCHIVE_NAME = ".prearchive"
+#: a folder read less than this many seconds after its parent and grandparent means a walk
+_WALK_WINDOW = 10.0
+#: most listings queued ahead of a walker at once
+_WALK_QUEUE = 512
 #: last part of the metadata-cache key of a resolved node (a file name cannot hold NUL)
 _NODE_KEY = "\0node"
 CONTROL_NAME = ".xnatfs"
@@ -79,7 +84,8 @@ class Tree:
     def __init__(self, client: Any, meta: MetaCache, content: ContentCache, *,
                  fs_timeout: float = 60.0,
                  stats_fn: Optional[Callable[[], Mapping[str, Any]]] = None,
-                 clock: Callable[[], float] = time.time, prefetch: int = 0) -> None:
+                 clock: Callable[[], float] = time.time, prefetch: int = 0,
+                 walk_ahead: int = 0) -> None:
         self.client = client
         self.meta = meta
         self.content = content
@@ -92,10 +98,16 @@ class Tree:
         self._root = NodeInfo(name="", kind=Kind.ROOT, is_dir=True, mtime=self.epoch)
         #: what the user wrote that XNAT does not show yet (``writes.Writer``), or None
         self.overlay: Any = None
-        #: guards _virtual_sizes and _prefetched (small, short critical sections)
+        #: guards _virtual_sizes, _prefetched and the walk-ahead state (short critical sections)
         self._virtual_lock = threading.Lock()
         #: sizes of generated files once they were made, so later getattr shows the real size
         self._virtual_sizes: Dict[str, int] = {}
+        #: parallel listing loads while somebody walks the tree (0: off)
+        self.walk_ahead = walk_ahead
+        self._walk_pool: Optional[ThreadPoolExecutor] = None
+        self._walk_pending = 0
+        #: folder -> when it was last read (to recognise a walk); bounded
+        self._recent_reads: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
         #: id(listing) -> (listing, end of the prefetch window queued for it); bounded
         self._prefetched: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)
         #: the last listing that loaded for each directory, kept past its TTL so that a server
@@ -121,6 +133,63 @@ class Tree:
             if not (local.is_dir and local.name in merged):
                 merged[local.name] = local
         return list(merged.values())
+
+    def readdir(self, path: str) -> List[NodeInfo]:
+        """``listdir`` for FUSE readdir.  When the two folders above were read just before,
+        somebody is walking the tree (find, cp -r, du, rsync): the listings one level down are
+        then loaded in the background, ``walk_ahead`` at a time, instead of one after another
+        as the walker reaches them.  Each is still one request per directory."""
+        children = self.listdir(path)
+        if self.walk_ahead:
+            parts = split_path(path)
+            now = time.monotonic()
+            with self._virtual_lock:
+                recent = self._recent_reads
+                walking = len(parts) >= 2 and all(
+                    now - recent.get(parts[:-i], -1e9) < _WALK_WINDOW for i in (1, 2))
+                recent[parts] = now
+            if walking:
+                self._walk_ahead(parts, children)
+        return children
+
+    def _walk_ahead(self, parts: PathParts, children: List[NodeInfo]) -> None:
+        jobs: List[Tuple[PathParts, NodeInfo]] = []
+        for child in children:
+            if not child.is_dir or child.kind in (Kind.CONTROL, Kind.PREARCHIVE) \
+                    or child.ref == "local":
+                continue
+            cparts = parts + (child.name,)
+            fixed = FIXED_CHILDREN.get(child.kind)
+            if fixed is None:
+                jobs.append((cparts, child))
+            else:  # objects with fixed children: their children's listings are the requests
+                for name, grandchild in self._fixed_listing(child, fixed).children.items():
+                    jobs.append((cparts + (name,), grandchild))
+        with self._virtual_lock:
+            if self._walk_pool is None:
+                self._walk_pool = ThreadPoolExecutor(self.walk_ahead,
+                                                     thread_name_prefix="xnatfs-walk")
+            for job_parts, node in jobs:
+                if self._walk_pending >= _WALK_QUEUE or self.meta.peek(job_parts) is not None:
+                    continue
+                self._walk_pending += 1
+                self._walk_pool.submit(self._walk_load, job_parts, node)
+
+    def _walk_load(self, parts: PathParts, node: NodeInfo) -> None:
+        try:
+            self._listing(parts, node)
+        except Exception as exc:  # noqa: BLE001 - a guess that failed; the walker will ask
+            log.debug("walk-ahead /%s: %s", "/".join(parts), exc)
+        finally:
+            with self._virtual_lock:
+                self._walk_pending -= 1
+
+    def close(self) -> None:
+        """Stop the walk-ahead pool (queued guesses are dropped)."""
+        with self._virtual_lock:
+            pool, self._walk_pool = self._walk_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _lookup(self, parts: PathParts) -> NodeInfo:
         if not parts:
