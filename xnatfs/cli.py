@@ -68,6 +68,9 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    help="parallel file downloads into the cache (default 8)")
     p.add_argument("--prefetch", type=int, default=None,
                    help="files of a folder downloaded ahead of the one opened (default 16, 0 off)")
+    p.add_argument("--bulk-zip", type=int, default=None,
+                   help="fetch a resource with at least N uncached files as one zip when one "
+                   "of them is opened (default 32, 0 off)")
     p.add_argument("--walk-ahead", type=int, default=None,
                    help="listings loaded in parallel ahead of find/cp -r/du (default 4, 0 off)")
     p.add_argument("--read-ahead-kb", type=int, default=None,
@@ -172,6 +175,7 @@ def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequ
         url=check_url(url), cache_dir=Path(v["cache_dir"]).expanduser().resolve(),
         cache_size=v["cache_size"], listing_ttl=v["listing_ttl"], max_threads=v["max_threads"],
         max_downloads=v["max_downloads"], prefetch=v["prefetch"], walk_ahead=v["walk_ahead"],
+        bulk_zip=v["bulk_zip"],
         read_ahead_kb=v["read_ahead_kb"], fs_timeout=v["timeout"],
         connect_timeout=v["connect_timeout"], read_timeout=v["read_timeout"],
         retries=v["retries"], verify=v["ca_bundle"] or True, read_only=v["read_only"],
@@ -309,7 +313,7 @@ def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str,
             "--max-threads", str(options.max_threads),
             "--max-downloads", str(options.max_downloads), "--timeout", str(options.fs_timeout),
             "--prefetch", str(options.prefetch), "--read-ahead-kb", str(options.read_ahead_kb),
-            "--walk-ahead", str(options.walk_ahead),
+            "--walk-ahead", str(options.walk_ahead), "--bulk-zip", str(options.bulk_zip),
             "--connect-timeout", str(options.connect_timeout),
             "--read-timeout", str(options.read_timeout), "--retries", str(options.retries),
             "--log-level", log_level, "--config", os.devnull,

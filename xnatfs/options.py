@@ -48,6 +48,9 @@ class Options:
     #: when a file is opened, download up to this many of the next files of its folder in the
     #: background (cp -r, dcm2niix read a DICOM folder file after file); 0 turns it off
     prefetch: int = 16
+    #: when a file of a resource with at least this many uncached files is opened, fetch the
+    #: whole resource as one zip (XNAT's own zip download) instead of file by file; 0 turns it off
+    bulk_zip: int = 32
     #: listings loaded in parallel ahead of a tree walk (find, cp -r, du); 0 turns it off
     walk_ahead: int = 4
     #: kernel read-ahead of the mount in KiB; 1024 makes libfuse3 send 1 MiB reads

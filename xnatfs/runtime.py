@@ -70,7 +70,8 @@ class Runtime:
                                     max_downloads=o.max_downloads)
         self.content.start()
         self.tree = Tree(self.client, self.meta, self.content, fs_timeout=o.fs_timeout,
-                         stats_fn=self.stats, prefetch=o.prefetch, walk_ahead=o.walk_ahead)
+                         stats_fn=self.stats, prefetch=o.prefetch, walk_ahead=o.walk_ahead,
+                         bulk_min=o.bulk_zip)
         if not o.read_only:
             self.writer = Writer(self.tree, self.client,
                                  private_dir(os.path.join(o.cache_dir, "uploads")),

@@ -319,7 +319,7 @@ def test_prefetch_downloads_the_next_files_and_read_ahead_is_raised(shared_emula
     from tests.mount.test_write_mount import wait_for
     from xnatfs.fs.mounting import mount_entry
 
-    m = make_mount(shared_emulator.url, "--prefetch", "4")
+    m = make_mount(shared_emulator.url, "--prefetch", "4", "--bulk-zip", "0")
     files = m.path / DEMO_SCAN_FILES
     names = sorted(os.listdir(files))
     hash_files([str(files / names[0])])
@@ -328,3 +328,25 @@ def test_prefetch_downloads_the_next_files_and_read_ahead_is_raised(shared_emula
     assert os.getxattr(files / names[6], "user.xnat.cache_state") == b"absent"
     bdi = f"/sys/class/bdi/{mount_entry(str(m.path))[2]}/read_ahead_kb"
     wait_for(lambda: open(bdi).read().strip() == "1024", 10, what="read_ahead_kb")
+
+
+def test_bulk_zip_fetches_a_many_file_resource_in_one_request(shared_emulator, make_mount):
+    from tests.mount.test_write_mount import wait_for
+
+    rnd = random.Random(11)
+    blobs = {f"s{i:03d}.dcm": rnd.randbytes(2000 + i) for i in range(40)}
+    for name, data in blobs.items():
+        put_file(shared_emulator.url, f"/data/projects/DEMO2/resources/BULK/files/{name}", data)
+    m = make_mount(shared_emulator.url, "--bulk-zip", "32", "--prefetch", "0")
+    files = m.path / "DEMO2" / "resources" / "BULK" / "files"
+    names = sorted(os.listdir(files))
+    mark = shared_emulator.mark()
+    hash_files([str(files / names[0])])
+    wait_for(lambda: all(os.getxattr(files / n, "user.xnat.cache_state") == b"cached"
+                         for n in names), 30, what="the zip to fill the cache")
+    requests = api(shared_emulator.since(mark))
+    assert [r for r in requests if "format=zip" in r[1]], requests
+    assert len(downloads(shared_emulator.since(mark))) <= 2  # the opened file, maybe alone
+    got = hash_files([str(files / n) for n in names])
+    assert {os.path.basename(p): v for p, v in got.items()} == {
+        n: [md5(d), len(d)] for n, d in blobs.items()}

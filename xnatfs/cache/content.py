@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import secrets
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -393,6 +394,37 @@ class ContentCache:
                 self._start_locked(key, hexname)
                 started += 1
         return started
+
+    def add(self, key: ContentKey, data: bytes) -> bool:
+        """Store bytes that arrived another way (a member of a resource's zip) under ``key``,
+        after checking them against the key's size and MD5 like a download.  False when the
+        key is cached or downloading already, or the bytes do not match."""
+        if key.size is not None and key.size >= 0 and len(data) != key.size:
+            return False
+        if self.verify and key.digest and \
+                hashlib.md5(data, usedforsecurity=False).hexdigest() != key.digest:
+            log.warning("content cache: %s from a bulk fetch does not match its digest; "
+                        "it will be downloaded alone", key.uri)
+            return False
+        hexname = key.hexname()
+        with self._lock:
+            index = self._require_started()
+            if hexname in self._downloads or hexname in index:
+                return False
+        fd, path = tempfile.mkstemp(dir=self._partial_dir, prefix=hexname + ".", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            self._adopt(hexname, path)
+        except BaseException:
+            if os.path.exists(path):
+                os.unlink(path)
+            raise
+        return True
+
+    def temp_file(self) -> Any:
+        """An anonymous file on the cache's disk (for a zip being split into the cache)."""
+        return tempfile.TemporaryFile(dir=self._partial_dir)
 
     def state(self, key: ContentKey) -> str:
         """"cached", "downloading" or "absent" (for ``.xnatfs/`` status and ``xnatfs cache``)."""
