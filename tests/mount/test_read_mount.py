@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -327,7 +328,7 @@ def test_prefetch_downloads_the_next_files_and_read_ahead_is_raised(shared_emula
                          for n in names[1:5]), 30, what="the prefetched files")
     assert os.getxattr(files / names[6], "user.xnat.cache_state") == b"absent"
     bdi = f"/sys/class/bdi/{mount_entry(str(m.path))[2]}/read_ahead_kb"
-    wait_for(lambda: open(bdi).read().strip() == "1024", 10, what="read_ahead_kb")
+    wait_for(lambda: Path(bdi).read_text().strip() == "1024", 10, what="read_ahead_kb")
 
 
 def test_bulk_zip_fetches_a_many_file_resource_in_one_request(shared_emulator, make_mount):

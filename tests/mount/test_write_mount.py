@@ -255,7 +255,7 @@ def test_kill_9_mid_upload_then_remount_completes(emu, tmp_path):
     try:
         emu.faults.latency_ms = 4000  # the upload will still be on its way when we kill
         cp = subprocess.Popen(["cp", str(tmp_path / "k.bin"), str(m.path / PROTOCOLS / "k.bin")],
-                              stderr=subprocess.PIPE)
+                              stderr=subprocess.DEVNULL)
         wait_for(lambda: list((cache / "uploads" / "journal").glob("*.json")), 30,
                  what="the journal entry")
         os.kill(m.proc.pid, signal.SIGKILL)
