@@ -39,6 +39,7 @@ _WALK_WINDOW = 10.0
 #: a bulk zip is used only for resources up to this size, and of small files on average
 _BULK_MAX_BYTES = 2 << 30
 _BULK_MAX_MEAN = 16 << 20
+_BULK_MAX_MEMBER = 64 << 20
 #: most listings queued ahead of a walker at once
 _WALK_QUEUE = 512
 #: last part of the metadata-cache key of a resolved node (a file name cannot hold NUL)
@@ -233,7 +234,9 @@ class Tree:
                     for info in archive.infolist():
                         rel = info.filename.split("/files/", 1)[-1]
                         node = wanted.get(rel)
-                        if node is None or info.file_size != node.size:
+                        # a big member is fetched alone: splitting holds one member in memory
+                        if node is None or info.file_size != node.size \
+                                or info.file_size > _BULK_MAX_MEMBER:
                             continue
                         if self.content.add(self.content_key(node), archive.read(info)):
                             added += 1
