@@ -73,10 +73,13 @@ class EmulatorRun:
         return out
 
     def mark(self) -> int:
-        """Position in the access log; ``since(mark)`` gives the requests after it."""
+        """Position in the access log; ``since(mark)`` gives the requests after it.  Waits until
+        requests already answered are written (the line follows the last byte sent)."""
+        self.emu.wait_idle()
         return len(self.records())
 
     def since(self, mark: int) -> List[tuple]:
+        self.emu.wait_idle()
         return self.records()[mark:]
 
 

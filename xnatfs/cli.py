@@ -273,16 +273,17 @@ def cmd_mount(args: argparse.Namespace) -> int:
         from xnatfs import notify
 
         def ready() -> None:
-            # runs inside FUSE init: the read-ahead must wait until INIT is answered
+            notify.notify_ready(f"serving {options.url} at {mountpoint}")
+
+        def first_request() -> None:
+            # INIT has been answered once any other request arrives (fuse-notes.md §2.2)
             from xnatfs.fs.mounting import set_read_ahead
 
             if options.read_ahead_kb:
-                threading.Thread(target=set_read_ahead, name="xnatfs-readahead", daemon=True,
-                                 args=(mountpoint, options.read_ahead_kb,
-                                       time.monotonic() + 30)).start()
-            notify.notify_ready(f"serving {options.url} at {mountpoint}")
+                set_read_ahead(mountpoint, options.read_ahead_kb)
 
-        return run_foreground(options, creds, mountpoint, on_ready=ready)
+        return run_foreground(options, creds, mountpoint, on_ready=ready,
+                              on_first_request=first_request)
     _check_server(options, creds)
     return spawn_daemon(args, options, creds, mountpoint, settings["log_level"][0])
 
@@ -388,7 +389,7 @@ def fuse_kwargs(options: Options, mfusepy: Any) -> Dict[str, object]:
 
 
 def run_foreground(options: Options, creds: Any, mountpoint: str,
-                   on_ready: Any = None) -> int:
+                   on_ready: Any = None, on_first_request: Any = None) -> int:
     """Mount and serve until unmounted or signalled; exit status 0 on a clean stop."""
     mfusepy = _load_fuse()
     from xnatfs.fs.ops import XnatOperations
@@ -400,7 +401,7 @@ def run_foreground(options: Options, creds: Any, mountpoint: str,
     except Exception:
         runtime.close()
         raise
-    ops = XnatOperations(runtime, on_ready=on_ready)
+    ops = XnatOperations(runtime, on_ready=on_ready, on_first_request=on_first_request)
     log.info("mounting %s at %s (libfuse %s)", options.url, mountpoint,
              getattr(mfusepy, "fuse_version_major", "?"))
     try:

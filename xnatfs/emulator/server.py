@@ -91,7 +91,10 @@ class Emulator:
         self._server: Optional[wsgi.Server] = None
         self._thread: Optional[threading.Thread] = None
         self._records: list[AccessRecord] = []
-        self._records_lock = threading.Lock()  # protects _records and the log file
+        self._records_lock = threading.Lock()  # protects _records, _in_flight and the log file
+        self._idle = threading.Condition(self._records_lock)
+        #: requests that arrived and are not recorded yet
+        self._in_flight = 0
         self._log_fh: Any = None
         self._rng = random.Random()
         self.url = ""
@@ -243,6 +246,8 @@ class Emulator:
                 state["status"] = int(status.split(" ", 1)[0])
                 return start_response(status, headers, exc_info)
 
+            with self._records_lock:
+                self._in_flight += 1
             f = self.faults
             drop = False
             try:
@@ -291,9 +296,23 @@ class Emulator:
                 close()
             self._record(method, raw_path, state["status"], state["sent"])
 
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until every request that arrived has been recorded in the access log (a client
+        may have its answer a moment before the line is written); True if idle in time."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
     def _record(self, method: str, path_qs: str, status: int, sent: int) -> None:
         rec = AccessRecord(method, path_qs, status, sent)
         with self._records_lock:
+            self._in_flight = max(0, self._in_flight - 1)
+            self._idle.notify_all()
             self._records.append(rec)
             if self._log_fh is not None:
                 self._log_fh.write(f"{method} {path_qs} {status} {sent}\n")

@@ -86,20 +86,19 @@ def clear_stale(path: str) -> bool:
     return False
 
 
-def set_read_ahead(path: str, kb: int, deadline: float) -> bool:
+def set_read_ahead(path: str, kb: int) -> bool:
     """Raise the kernel read-ahead of the mount at ``path`` so libfuse3 gets 1 MiB reads
     instead of 128 KiB (fuse-notes.md §2.2).  Root only; False (and a debug line) when not
     permitted.
 
-    Must run after FUSE INIT was answered: the kernel sets read-ahead to the smaller of the
-    current value and libfuse's reply while it handles INIT, undoing an earlier write.  So this
-    waits (until ``deadline``, monotonic) for the mount to answer ``stat`` — call it from a
-    thread, never from ``init()`` itself, where that stat would wait on the caller.
+    Call it only after FUSE INIT was answered — the kernel sets read-ahead to the smaller of
+    the current value and libfuse's reply while it handles INIT, undoing an earlier write — and
+    never by stat'ing the mount from the daemon itself: a daemon thread waiting on its own
+    mount cannot be killed (the connection only aborts when the daemon exits).  The adapter
+    calls it when the first request after INIT arrives.
     """
     import logging
 
-    if not wait_mounted(path, deadline):
-        return False
     entry = mount_entry(path)
     if entry is None:
         return False

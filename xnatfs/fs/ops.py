@@ -35,6 +35,8 @@ def _op(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(self: "XnatOperations", path: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._on_first_request is not None:
+            self._first_request()
         try:
             return func(self, path, *args, **kwargs)
         except mfusepy.FuseOSError:
@@ -54,9 +56,13 @@ class XnatOperations(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, runtime: Any, *, on_ready: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, runtime: Any, *, on_ready: Optional[Callable[[], None]] = None,
+                 on_first_request: Optional[Callable[[], None]] = None) -> None:
         self.runtime = runtime
         self._on_ready = on_ready
+        #: run once, by the first request after INIT (INIT has then been answered)
+        self._on_first_request = on_first_request
+        self._first_lock = threading.Lock()
         self._uid = runtime.options.uid if runtime.options.uid is not None else os.getuid()
         self._gid = runtime.options.gid if runtime.options.gid is not None else os.getgid()
         self._handles: Dict[int, Any] = {}
@@ -69,6 +75,15 @@ class XnatOperations(mfusepy.Operations):
         log.info("mounted %s", self.runtime.options.url)
         if self._on_ready is not None:
             self._on_ready()
+
+    def _first_request(self) -> None:
+        with self._first_lock:
+            callback, self._on_first_request = self._on_first_request, None
+        if callback is not None:
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - a tuning step must not fail a request
+                log.warning("after mount: %s", exc)
 
     @mfusepy.overrides(mfusepy.Operations)
     def destroy(self, path: str) -> None:
