@@ -90,6 +90,7 @@ def test_access_log(femu: Emulator, make_client: Any, tmp_path: Path) -> None:
     c = make_client(("admin", "admin"), base=femu.url)
     c.get("/data/projects/F/resources/R/files?format=json&x=%20y")
     c.get("/data/nothing/here")
+    femu.wait_idle()  # the line is written just after the last byte was sent
     recs = femu.access_records()
     assert recs[-2].method == "GET" and recs[-2].path_qs.endswith("files?format=json&x=%20y")
     assert recs[-2].status == 200 and recs[-2].bytes_sent > 0

@@ -186,6 +186,9 @@ class Emulator:
         self.sessions.expire_all()
 
     def access_records(self) -> list[AccessRecord]:
+        """Every request so far.  Waits (briefly) for requests still being answered, since a
+        client may hold its answer a moment before the line is recorded."""
+        self.wait_idle(2.0)
         with self._records_lock:
             return list(self._records)
 
