@@ -78,12 +78,44 @@ def unmount(path: str, *, lazy: bool = False, timeout: float = 20.0) -> subproce
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def clear_stale(path: str) -> bool:
-    """Remove a dead mount left at ``path`` by a crashed daemon; True if one was removed."""
+def _unmount_helpers(path: str) -> List[int]:
+    """PIDs of fusermount processes whose command line names ``path``: with ``auto_unmount`` a
+    helper stays behind each daemon and unmounts the path *by name* when the daemon dies."""
+    target = os.fsencode(os.path.abspath(path))
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]).startswith(b"fusermount") and target in argv:
+            pids.append(int(entry))
+    return pids
+
+
+def clear_stale(path: str, timeout: float = 10.0) -> bool:
+    """Remove a dead mount left at ``path`` by a crashed daemon; True if one was removed.
+
+    Also waits (up to ``timeout``) for the dead daemon's auto-unmount helper to finish: it
+    unmounts by path, so if it ran after a new mount it would take that one down instead.
+    """
+    deadline = time.monotonic() + timeout
+    removed = False
     if is_mounted(path) and is_stale(path):
         unmount(path, lazy=True)
-        return True
-    return False
+        removed = True
+    if removed or not is_mounted(path):
+        # a healthy mount keeps its helper for life; only a dead daemon's helper is waited for
+        # (polling: a process we did not start cannot be waited on)
+        while _unmount_helpers(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if is_mounted(path) and is_stale(path):
+        unmount(path, lazy=True)
+        removed = True
+    return removed
 
 
 def set_read_ahead(path: str, kb: int) -> bool:
