@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import stat
-import subprocess
 
 import pytest
 
@@ -47,23 +46,6 @@ def dirs(tmp_path):
 
 def files(directory) -> list:
     return sorted(os.listdir(directory))
-
-
-@pytest.fixture
-def tiny_fs(tmp_path):
-    """A 64 KiB tmpfs (root only); skipped, with the reason, where it cannot be mounted."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where = tmp_path / "tiny"
-    where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs",
-                          str(where)], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], capture_output=True, timeout=30, check=True)
 
 
 # ---------------------------------------------------------------------------- add/update/remove

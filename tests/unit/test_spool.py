@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import subprocess
 import threading
 
 import pytest
@@ -19,23 +18,6 @@ from xnatfs.uploads.spool import Spool
 
 def payload(n: int, seed: int = 0) -> bytes:
     return bytes((i * 7 + seed) % 251 for i in range(n))
-
-
-@pytest.fixture
-def tiny_fs(tmp_path):
-    """A 64 KiB tmpfs (root only); skipped, with the reason, where it cannot be mounted."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; ENOSPC is covered by the patched-pwrite test")
-    where = tmp_path / "tiny"
-    where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs",
-                          str(where)], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], capture_output=True, timeout=30, check=True)
 
 
 def test_directory_and_files_are_private(tmp_path):
