@@ -143,7 +143,10 @@ class Mount:
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self, timeout: float = 30.0) -> "Mount":
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a dead mount left there (ENOTCONN): xnatfs mount must clear it
+            pass
         log = open(self.logfile, "ab")
         argv = [sys.executable, "-m", "xnatfs", "mount", self.url, str(self.path),
                 "--foreground", "--credentials-stdin", "--cache-dir", str(self.cache),
@@ -170,7 +173,7 @@ class Mount:
         if not _mounted(self.path):
             return False
         try:
-            os.stat(self.path)
+            os.statvfs(self.path)  # reaches the daemon: a dead mount's stat may come from cache
             return True
         except OSError:
             return False

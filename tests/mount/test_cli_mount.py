@@ -95,10 +95,17 @@ def test_background_mount_netrc_and_umount(shared_emulator, tmp_path):
 
 
 def test_kill_9_then_mount_again(shared_emulator, tmp_path):
+    """A crash that leaves a dead mount behind ("Transport endpoint is not connected"): the
+    auto-unmount helper is killed first, so the dead mount is certain, not a race against it."""
+    from xnatfs.fs.mounting import _unmount_helpers, is_stale
+
     m = Mount(shared_emulator.url, tmp_path / "m", tmp_path / "c", tmp_path / "log", []).start()
     try:
+        for pid in _unmount_helpers(str(m.path)):
+            os.kill(pid, signal.SIGKILL)
         os.kill(m.proc.pid, signal.SIGKILL)
         m.proc.wait(timeout=10)
+        assert is_mounted(str(m.path)) and is_stale(str(m.path))
         m2 = Mount(shared_emulator.url, tmp_path / "m", tmp_path / "c", tmp_path / "log2",
                    []).start()
         assert "DEMO1" in os.listdir(m2.path)

@@ -49,9 +49,11 @@ def is_mounted(path: str) -> bool:
 
 
 def is_stale(path: str) -> bool:
-    """A FUSE mount whose daemon is gone answers ENOTCONN to everything."""
+    """A FUSE mount whose daemon is gone answers ENOTCONN.  ``statvfs``, not ``stat``: the
+    kernel answers ``stat`` of the mount root from its attribute cache (attr_timeout) without
+    asking the dead daemon, so a dead mount can look alive to ``stat`` for a minute."""
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
@@ -155,7 +157,7 @@ def wait_mounted(path: str, deadline: float, alive=lambda: True, interval: float
             return False
         if is_mounted(path):
             try:
-                os.stat(path)
+                os.statvfs(path)  # reaches the daemon; stat may be answered from the cache
                 return True
             except OSError:
                 pass
