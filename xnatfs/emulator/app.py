@@ -1357,7 +1357,7 @@ class XnatApp:
             items = [(res, f) for res, f in items if fnmatch.fnmatchcase(f.content, fc)]
         if fmt in ("zip", "tar", "tar.gz", "tgz"):
             kind = self._deepest_kind(r)
-            return self.archive_response(request, items, fmt, self._archive_name(kind, r), r)
+            return self.archive_response(request, items, fmt, self._archive_name(kind, r))
         if fmt == "xcat":
             if len(resources) != 1:
                 raise HttpError(400, "format=xcat needs one resource")
@@ -1600,10 +1600,10 @@ class XnatApp:
             resources = [res for p in r.parents() for res in st.list_resources(p)]
         return [(res, f) for res in resources for f in st.list_files(res.id)]
 
-    def _archive_path(self, res: ResourceRow, f: FileRow, r: Optional[Resolved]) -> str:
-        """XNAT's default zip layout (§3.3)."""
+    def _archive_prefix(self, res: ResourceRow) -> str:
+        """XNAT's default zip layout (§3.3): the folder of a resource's files in the archive."""
         st = self.store
-        tail = f"resources/{res.label}/files/{f.relpath}"
+        tail = f"resources/{res.label}/files/"
         if res.kind in ("scan", "experiment", "assessor"):
             e = st.get_experiment(res.experiment_id)
             sess = e.label if e else res.experiment_id
@@ -1621,10 +1621,15 @@ class XnatApp:
         return f"{res.project}/{tail}"
 
     def archive_response(self, request: Request, items: list[tuple[ResourceRow, FileRow]],
-                         fmt: str, name: str, r: Optional[Resolved] = None) -> Response:
+                         fmt: str, name: str) -> Response:
         """Streamed zip/tar/tar.gz, chunked, no Content-Length (§3.3, §10.11)."""
-        entries = [(self._archive_path(res, f, r), self.store.file_path(res.id, f.relpath), f)
-                   for res, f in items]
+        prefixes: dict = {}   # once per resource, not per file (two queries each)
+        entries = []
+        for res, f in items:
+            if res.id not in prefixes:
+                prefixes[res.id] = self._archive_prefix(res)
+            entries.append((prefixes[res.id] + f.relpath, self.store.file_path(res.id, f.relpath),
+                            f))
         if fmt == "zip":
             gen = _zip_stream(entries)
             ctype, ext = "application/zip", "zip"
