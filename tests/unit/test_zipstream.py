@@ -1,0 +1,130 @@
+"""ZipSplitter: members out of a zip as it streams in, whatever the chunking.
+
+The archives are written by Python's zipfile, to a seekable file (sizes in the local headers)
+and to an unseekable stream (data descriptors, zero sizes in the headers: what the emulator
+sends, §3.3), stored and deflated, with zip64 and non-ASCII names.
+"""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+from xnatfs.cache.zipstream import ZipSplitter, ZipStreamError
+
+
+class _Unseekable(io.RawIOBase):
+    """A write-only stream zipfile cannot seek back in (so it writes data descriptors)."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        self.out += b
+        return len(b)
+
+
+FILES = {
+    "S/scans/1/resources/DICOM/files/a.dcm": os.urandom(70_000),
+    "S/scans/1/resources/DICOM/files/sub/b.dcm": b"x" * 5000,
+    "S/scans/1/resources/DICOM/files/empty.txt": b"",
+    "S/scans/1/resources/DICOM/files/résumé – notes.txt": "é".encode() * 300,
+}
+
+
+def make_zip(method: int, streamed: bool, zip64: bool = False,
+             files: Dict[str, bytes] = FILES) -> bytes:
+    target: io.IOBase = _Unseekable() if streamed else io.BytesIO()
+    with zipfile.ZipFile(target, "w", method, allowZip64=True) as zf:  # type: ignore[arg-type]
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0))
+            info.compress_type = method
+            with zf.open(info, "w", force_zip64=zip64) as out:
+                out.write(data)
+    return bytes(target.out) if streamed else target.getvalue()  # type: ignore[attr-defined]
+
+
+def split(blob: bytes, chunk: int, sizes: Optional[Dict[str, int]] = None,
+          skip: Tuple[str, ...] = ()) -> Tuple[Dict[str, bytes], List[Tuple[str, bool]]]:
+    got: Dict[str, bytearray] = {}
+    ends: List[Tuple[str, bool]] = []
+    known = {n: len(d) for n, d in FILES.items()} if sizes is None else sizes
+
+    def on_start(name: str):
+        if name in skip:
+            return None
+        got[name] = bytearray()
+        return got[name].extend  # copies: the splitter may hand out views of its buffer
+
+    splitter = ZipSplitter(known.get, on_start, lambda n, ok: ends.append((n, ok)))
+    for off in range(0, len(blob), chunk):
+        splitter.feed(blob[off:off + chunk])
+    splitter.close()
+    return {n: bytes(d) for n, d in got.items()}, ends
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+@pytest.mark.parametrize("streamed", [True, False])
+@pytest.mark.parametrize("zip64", [False, True])
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_every_member_arrives_whole(method, streamed, zip64, chunk):
+    blob = make_zip(method, streamed, zip64)
+    got, ends = split(blob, chunk)
+    assert got == FILES
+    assert ends == [(n, True) for n in FILES]
+
+
+def test_skipped_members_are_read_past():
+    blob = make_zip(zipfile.ZIP_STORED, streamed=True)
+    first = next(iter(FILES))
+    got, ends = split(blob, 999, skip=(first,))
+    assert first not in got and len(got) == len(FILES) - 1
+    assert [n for n, _ in ends] == list(FILES)
+
+
+def test_a_corrupted_member_ends_not_ok_and_the_rest_still_arrive():
+    blob = bytearray(make_zip(zipfile.ZIP_STORED, streamed=True))
+    data = FILES["S/scans/1/resources/DICOM/files/a.dcm"]
+    at = bytes(blob).index(data[:64])
+    blob[at + 100] ^= 0xFF
+    got, ends = split(bytes(blob), 4096)
+    assert ends[0] == ("S/scans/1/resources/DICOM/files/a.dcm", False)
+    assert all(ok for _, ok in ends[1:])
+    assert got["S/scans/1/resources/DICOM/files/sub/b.dcm"] == b"x" * 5000
+
+
+def test_stored_member_of_unknown_size_stops_the_split():
+    blob = make_zip(zipfile.ZIP_STORED, streamed=True)
+    with pytest.raises(ZipStreamError, match="unknown size"):
+        split(blob, 4096, sizes={})
+
+
+def test_a_wrong_listed_size_is_caught():
+    blob = make_zip(zipfile.ZIP_STORED, streamed=True)
+    sizes = {n: len(d) for n, d in FILES.items()}
+    sizes["S/scans/1/resources/DICOM/files/a.dcm"] -= 10
+    ends: List[Tuple[str, bool]] = []
+    splitter = ZipSplitter(sizes.get, lambda n: None, lambda n, ok: ends.append((n, ok)))
+    with pytest.raises(ZipStreamError):
+        splitter.feed(blob)
+    assert ends == [("S/scans/1/resources/DICOM/files/a.dcm", False)]
+
+
+def test_a_cut_stream_is_an_error_at_close():
+    blob = make_zip(zipfile.ZIP_DEFLATED, streamed=True)
+    splitter = ZipSplitter(lambda n: None, lambda n: None, lambda n, ok: None)
+    splitter.feed(blob[: len(blob) // 2])
+    with pytest.raises(ZipStreamError):
+        splitter.close()
+
+
+def test_not_a_zip():
+    splitter = ZipSplitter(lambda n: None, lambda n: None, lambda n, ok: None)
+    with pytest.raises(ZipStreamError):
+        splitter.feed(b"<html><body>login</body></html>")

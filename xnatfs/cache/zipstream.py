@@ -1,0 +1,234 @@
+"""A zip archive split into its members while it streams in (push parser, no seeking).
+
+XNAT's zip download (``xnat-rest-api.md`` §3.3) is streamed without a Content-Length, so its
+central directory — the part ``zipfile`` needs first — arrives last.  ``ZipSplitter`` reads the
+local headers instead, as the bytes come: each member is handed out as soon as its bytes are
+there, so a reader of the fifth file of a 400-file scan does not wait for the other 395.
+
+Streamed zips mark members with a *data descriptor* (flag bit 3): sizes and CRC follow the
+data.  A deflated member ends by itself (its deflate stream says so); a stored one cannot be
+delimited without knowing its size, which ``size_of`` supplies (the resource's file listing has
+every size).  Only STORED and DEFLATED members are understood; anything else (other methods,
+encryption, a stored member of unknown size) stops the split with ``ZipStreamError`` — callers
+fetch what is left another way.  Why not ``stream-unzip`` (PyPI): it refuses exactly these
+members — stored, with a data descriptor, no length in the local header ("NotStreamUnzippable",
+stream-unzip.docs.trade.gov.uk/limitations) — which is how the emulator (Python's ``zipfile``
+writing to a socket) sends them; only the listing's sizes make them splittable.
+
+Knows nothing of XNAT, the cache or HTTP: bytes in, member callbacks out.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Callable, Optional
+
+_LOCAL = b"PK\x03\x04"
+_CENTRAL = b"PK\x01\x02"
+_END = b"PK\x05\x06"
+_END64 = b"PK\x06\x06"
+_DESCRIPTOR = 0x08074B50
+_HEADER = struct.Struct("<4sHHHHHIIIHH")   # 30 bytes
+_STORED, _DEFLATED = 0, 8
+_FLAG_ENCRYPTED, _FLAG_DESCRIPTOR, _FLAG_UTF8 = 0x1, 0x8, 0x800
+
+#: ``on_start(name)`` -> a sink for the member's bytes (it may get a memoryview, valid only
+#: during the call), or None to skip the member
+OnStart = Callable[[str], Optional[Callable[[bytes], None]]]
+#: ``on_end(name, ok)``: the member ended; ok is False when its size or CRC did not match
+OnEnd = Callable[[str, bool], None]
+
+
+class ZipStreamError(ValueError):
+    """The stream cannot be split further (not a zip, an unsupported member, cut short)."""
+
+
+class ZipSplitter:
+    """Feed it the archive's bytes in any chunking; it calls ``on_start``/``on_end`` per member.
+
+    ``size_of(name)`` gives a stored member's size when its header does not (None: unknown).
+    ``feed`` raises ``ZipStreamError`` when the stream cannot be followed; the member in
+    progress then gets no ``on_end``.  ``close()`` checks that the stream ended at a member
+    boundary.  Not thread-safe: one feeder.
+    """
+
+    def __init__(self, size_of: Callable[[str], Optional[int]], on_start: OnStart,
+                 on_end: OnEnd) -> None:
+        self._size_of = size_of
+        self._on_start = on_start
+        self._on_end = on_end
+        self._buf = bytearray()
+        self._state = "header"
+        self._name = ""
+        self._sink: Optional[Callable[[bytes], None]] = None
+        self._method = _STORED
+        self._has_descriptor = False
+        self._zip64 = False
+        self._crc_expected = 0
+        self._size_expected = 0
+        self._left = 0                 # stored bytes still to come
+        self._inflate: Optional["zlib._Decompress"] = None
+        self._crc = 0
+        self._produced = 0
+        #: members seen so far (started, whether or not they were wanted)
+        self.members = 0
+
+    # ------------------------------------------------------------------ input
+    def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            if self._state == "done":
+                return
+            if self._state == "data":
+                view = self._data(view)
+            else:
+                self._buf += view
+                view = memoryview(b"")
+                rest = self._parse_buffered()
+                if rest is not None:
+                    view = memoryview(rest)
+
+    def close(self) -> None:
+        """The stream ended: fine only after the last member (or the central directory)."""
+        if self._state == "done" or (self._state == "header" and not self._buf):
+            return
+        raise ZipStreamError(f"archive ended inside {self._name or 'a header'!r}")
+
+    # ------------------------------------------------------------------ headers
+    def _parse_buffered(self) -> Optional[bytes]:
+        """Parse what is buffered; returns bytes to go on with once a member's data begins."""
+        if self._state == "header":
+            if len(self._buf) < 4:
+                return None
+            sig = bytes(self._buf[:4])
+            if sig in (_CENTRAL, _END, _END64):
+                self._state = "done"
+                self._buf.clear()
+                return None
+            if sig != _LOCAL:
+                raise ZipStreamError(f"no local file header where one was expected ({sig!r})")
+            if len(self._buf) < _HEADER.size:
+                return None
+            (_, _, flags, method, _, _, crc, csize, usize, nlen,
+             xlen) = _HEADER.unpack_from(self._buf)
+            total = _HEADER.size + nlen + xlen
+            if len(self._buf) < total:
+                return None
+            raw_name = bytes(self._buf[_HEADER.size:_HEADER.size + nlen])
+            extra = bytes(self._buf[_HEADER.size + nlen:total])
+            rest = bytes(self._buf[total:])
+            self._buf.clear()
+            self._begin(raw_name, flags, method, crc, csize, usize, extra)
+            return rest
+        if self._state == "descriptor":
+            return self._descriptor()
+        raise AssertionError(self._state)  # pragma: no cover
+
+    def _begin(self, raw_name: bytes, flags: int, method: int, crc: int, csize: int,
+               usize: int, extra: bytes) -> None:
+        name = raw_name.decode("utf-8" if flags & _FLAG_UTF8 else "cp437", "replace")
+        if flags & _FLAG_ENCRYPTED:
+            raise ZipStreamError(f"{name}: encrypted members are not supported")
+        if method not in (_STORED, _DEFLATED):
+            raise ZipStreamError(f"{name}: compression method {method} is not supported")
+        self._zip64 = False
+        if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or _zip64_extra(extra) is not None:
+            self._zip64 = True
+            sizes = _zip64_extra(extra) or ()
+            values = list(sizes)
+            if usize == 0xFFFFFFFF and values:
+                usize = values.pop(0)
+            if csize == 0xFFFFFFFF and values:
+                csize = values.pop(0)
+        self._name = name
+        self._method = method
+        self._has_descriptor = bool(flags & _FLAG_DESCRIPTOR)
+        self._crc_expected = crc
+        self._size_expected = usize
+        self._crc = 0
+        self._produced = 0
+        self.members += 1
+        if method == _STORED:
+            if self._has_descriptor and usize == 0:
+                known = self._size_of(name)
+                if known is None:
+                    raise ZipStreamError(f"{name}: stored member of unknown size")
+                self._size_expected = known
+            self._left = self._size_expected
+            self._inflate = None
+        else:
+            self._inflate = zlib.decompressobj(-15)
+        self._sink = self._on_start(name)
+        self._state = "data"
+        if method == _STORED and self._left == 0:
+            self._data_done()
+
+    # ------------------------------------------------------------------ member data
+    def _data(self, view: memoryview) -> memoryview:
+        if self._method == _STORED:
+            n = min(self._left, len(view))
+            self._emit(view[:n])
+            self._left -= n
+            view = view[n:]
+            if self._left == 0:
+                self._data_done()
+            return view
+        assert self._inflate is not None
+        out = self._inflate.decompress(view)
+        if out:
+            self._emit(out)
+        if self._inflate.eof:
+            rest = self._inflate.unused_data
+            self._data_done()
+            return memoryview(rest)
+        return memoryview(b"")
+
+    def _emit(self, data: "bytes | memoryview") -> None:
+        if not data:
+            return
+        self._crc = zlib.crc32(data, self._crc)
+        self._produced += len(data)
+        if self._sink is not None:
+            self._sink(data)
+
+    def _data_done(self) -> None:
+        if self._has_descriptor:
+            self._state = "descriptor"
+            return
+        self._finish(self._crc_expected, self._size_expected)
+
+    def _descriptor(self) -> Optional[bytes]:
+        size_len = 8 if self._zip64 else 4
+        need = 4 + 2 * size_len
+        if len(self._buf) < 4:
+            return None
+        signed = struct.unpack_from("<I", self._buf)[0] == _DESCRIPTOR
+        if signed:
+            need += 4
+        if len(self._buf) < need:
+            return None
+        at = 4 if signed else 0
+        crc = struct.unpack_from("<I", self._buf, at)[0]
+        usize = struct.unpack_from("<Q" if self._zip64 else "<I", self._buf, at + 4 + size_len)[0]
+        rest = bytes(self._buf[need:])
+        self._buf.clear()
+        self._finish(crc, usize)
+        return rest
+
+    def _finish(self, crc: int, usize: int) -> None:
+        ok = self._produced == usize and self._crc == crc
+        name, self._sink = self._name, None
+        self._state = "header"
+        self._on_end(name, ok)
+
+
+def _zip64_extra(extra: bytes) -> Optional[tuple]:
+    """The 8-byte values of a zip64 extra field (id 1), or None when there is none."""
+    at = 0
+    while at + 4 <= len(extra):
+        ident, length = struct.unpack_from("<HH", extra, at)
+        if ident == 1:
+            body = extra[at + 4:at + 4 + length]
+            return tuple(struct.unpack_from("<Q", body, i)[0] for i in range(0, len(body) - 7, 8))
+        at += 4 + length
+    return None
