@@ -408,7 +408,147 @@ def test_directories_are_private(tmp_path, make_cache):
 
 
 def test_open_before_start_is_an_error(tmp_path):
+    before = set(threading.enumerate())
     cc = ContentCache(tmp_path / "cc", size_limit=1 << 20, fetch=FakeFetch({}))
-    assert not any(t.name.startswith("xnatfs-download") for t in threading.enumerate())
+    assert not {t for t in threading.enumerate() if t.name.startswith("xnatfs-")} - before
     with pytest.raises(RuntimeError):
         cc.open(ContentKey("/f", 1, ""))
+
+
+# -- large files, hits without SQLite, bulk (zip) fetches ----------------------------------------
+
+
+def test_large_file_hashed_beside_the_download_and_refetched_on_mismatch(make_cache):
+    from xnatfs.cache.download import INLINE_HASH_MAX
+
+    good = payload(INLINE_HASH_MAX + 300_000, seed=4)   # past the inline limit: _FileMD5
+    bad = bytearray(good)
+    bad[-5] ^= 0xFF
+    fetch = FakeFetch({"/big": [bytes(bad), good]}, chunk=256 * 1024)
+    cc = make_cache(fetch)
+    key = key_for("/big", good)
+    with cc.open(key) as h:
+        assert h.wait(later())
+        assert h.read(0, len(good), later()) == good
+    assert fetch.calls["/big"] == 2
+    assert cc.state(key) == "cached" and read_all(cc, key) == good
+
+
+def test_hit_survives_a_file_removed_behind_the_cache(make_cache):
+    data = payload(5000)
+    fetch = FakeFetch({"/f": data})
+    cc = make_cache(fetch)
+    key = key_for("/f", data)
+    assert read_all(cc, key) == data
+    os.unlink(cc._stored_path(key.hexname()))   # noqa: SLF001 - as another mount's clear would
+    assert read_all(cc, key) == data             # fetched again, not an error
+    assert fetch.calls["/f"] == 2
+    assert read_all(cc, key) == data and fetch.calls["/f"] == 2
+
+
+def test_rows_of_another_layout_are_dropped_at_start(tmp_path, make_cache):
+    directory = tmp_path / "layout"
+    data = payload(3000)
+    cc = make_cache(FakeFetch({"/f": data}), directory=directory)
+    key = key_for("/f", data)
+    assert read_all(cc, key) == data
+    cc.close(later())
+    import sqlite3
+
+    db = sqlite3.connect(directory / "index" / "cache.db")
+    db.execute("UPDATE Cache SET filename = 'ab/cd/old.bin'")
+    db.commit()
+    db.close()
+    refetch = FakeFetch({"/f": data})
+    cc2 = make_cache(refetch, directory=directory)
+    assert cc2.state(key) == "absent" and cc2.stats["entries"] == 0
+    assert read_all(cc2, key) == data and refetch.calls["/f"] == 1
+
+
+def _zip_of(files: Dict[str, bytes], prefix: str = "S/scans/1-T1w/resources/DICOM/files/") -> bytes:
+    """A zip as the emulator streams it: stored members with data descriptors (§3.3)."""
+    import io
+    import zipfile
+
+    class Unseekable(io.RawIOBase):
+        def __init__(self) -> None:
+            self.out = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:  # type: ignore[override]
+            self.out += b
+            return len(b)
+
+    target = Unseekable()
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zf:   # type: ignore[arg-type]
+        for name, data in files.items():
+            with zf.open(zipfile.ZipInfo(prefix + name.lstrip("/")), "w") as out:
+                out.write(data)
+    return bytes(target.out)
+
+
+def _bulk_setup(files: Dict[str, bytes], zipped: Optional[Dict[str, bytes]] = None, **fetch_kw):
+    zipped = files if zipped is None else zipped
+    answers: Dict[str, Union[Answer, List[Answer]]] = dict(files)
+    answers["/zip"] = _zip_of(zipped)
+    keys = {uri: key_for(uri, data) for uri, data in files.items()}
+
+    def key_of(member: str) -> Optional[ContentKey]:
+        return keys.get("/" + member.split("/files/", 1)[1])
+
+    return FakeFetch(answers, **fetch_kw), keys, key_of
+
+
+def test_bulk_brings_every_file_in_one_request(make_cache):
+    files = {f"/f{i:02d}": payload(3000 + i * 100, seed=i) for i in range(20)}
+    fetch, keys, key_of = _bulk_setup(files)
+    cc = make_cache(fetch)
+    assert cc.bulk("/zip", keys.values(), key_of) == 20
+    assert cc.bulk("/zip", keys.values(), key_of) == 0       # all registered already
+    for uri, key in keys.items():
+        assert read_all(cc, key) == files[uri]
+    wait_for(lambda: all(cc.state(k) == "cached" for k in keys.values()), "the members")
+    assert fetch.calls == Counter({"/zip": 1})
+    assert cc.stats["bulk_fetches"] == 1 and cc.stats["download_errors"] == 0
+
+
+def test_bulk_member_is_readable_before_the_zip_is_complete(make_cache):
+    files = {f"/f{i:02d}": payload(20_000, seed=i) for i in range(10)}
+    blob_len = len(_zip_of(files))
+    fetch, keys, key_of = _bulk_setup(files, hold_at=blob_len // 2, chunk=4096)
+    cc = make_cache(fetch)
+    cc.bulk("/zip", keys.values(), key_of)
+    assert fetch.held.wait(WAIT)                 # the zip stops half-way ...
+    with cc.open(keys["/f00"]) as h:             # ... and the first member is served anyway
+        assert h.read(0, 20_000, later()) == files["/f00"]
+    fetch.gate.set()
+    assert read_all(cc, keys["/f09"]) == files["/f09"]
+    assert fetch.calls == Counter({"/zip": 1})
+
+
+def test_bulk_members_missing_or_damaged_are_fetched_alone(make_cache):
+    files = {f"/f{i:02d}": payload(5000, seed=i) for i in range(6)}
+    zipped = {u: d for u, d in files.items() if u != "/f03"}          # not in the zip
+    zipped["/f01"] = b"x" * 5000                                      # right size, wrong bytes
+    fetch, keys, key_of = _bulk_setup(files, zipped)
+    cc = make_cache(fetch)
+    cc.bulk("/zip", keys.values(), key_of)
+    for uri, key in keys.items():
+        assert read_all(cc, key) == files[uri]
+    assert fetch.calls == Counter({"/zip": 1, "/f01": 1, "/f03": 1})
+
+
+def test_bulk_cut_short_leaves_the_rest_to_single_downloads(make_cache):
+    files = {f"/f{i:02d}": payload(8000, seed=i) for i in range(8)}
+    blob = _zip_of(files)
+    fetch, keys, key_of = _bulk_setup(files)
+    fetch.answers["/zip"] = Failure(blob[: len(blob) // 2], ServerDown("connection reset"))
+    cc = make_cache(fetch)
+    cc.bulk("/zip", keys.values(), key_of)
+    for uri, key in keys.items():
+        assert read_all(cc, key) == files[uri]
+    alone = {uri for uri in files if fetch.calls[uri]}
+    assert 0 < len(alone) < len(files)        # the first half came from the zip
+    assert all(n == 1 for uri, n in fetch.calls.items() if uri != "/zip")

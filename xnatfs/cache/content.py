@@ -4,7 +4,7 @@ Layout under ``directory`` (all directories mode 0700, files 0600)::
 
     index/            a diskcache.Cache: SQLite index + the cached files (LRU by size_limit)
         cache.db
-        ab/cd/abcd....bin   one cached file, named by the sha256 of its ContentKey
+        ab/abcd....bin      one cached file, named by the sha256 of its ContentKey
     partial/          downloads in progress (same filesystem, so adoption is a rename)
 
 A ``ContentKey`` is (uri, size, digest, mtime): a file changed on the server has another key, so
@@ -12,9 +12,14 @@ a stale copy is never served (rclone ``_checkObject``); old copies age out by LR
 is the sha256 of the key (fsspec ``HashCacheMapper``), and the diskcache key is that same hex
 string, so the index holds no URIs.
 
-A finished download is *adopted*: ``_AdoptingDisk.store`` renames the partial file into
-diskcache's file layout instead of copying it. The cache survives restarts; partial files left by
-a crash are removed by ``start()``.
+A finished download is *adopted*: ``_Index.adopt_many`` renames the partial file into the
+index's file layout (``stored_name``) and writes its row, instead of copying it through
+diskcache's ``set``. The cache survives restarts; partial files left by a crash are removed by
+``start()``.
+
+Opens of cached files never touch SQLite: ``_present`` (every key in the index, read at start)
+says what is cached and the file's path follows from its key; access times are kept in memory
+and written in batches before each cull and at close.
 
 Eviction and open handles: a handle holds an fd, so an evicted (unlinked) file would stay readable
 through it anyway (POSIX). On top of that, open handles *pin* their key, and eviction skips pinned
@@ -33,6 +38,7 @@ This module must not import ``xnatfs.tree`` or ``xnatfs.xnat``: it gets ``fetch(
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import errno
 import functools
@@ -41,16 +47,16 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Set, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import diskcache
-from diskcache.core import MODE_BINARY, UNKNOWN
+from diskcache.core import MODE_BINARY
 
 from xnatfs.cache.download import Download, DownloadCancelled, Fetch, IntegrityError
+from xnatfs.cache.zipstream import ZipSplitter
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +69,11 @@ __all__ = [
 ]
 
 _DIR_MODE = 0o700
+
 #: How long ``close()`` waits for running downloads when no deadline is given.
 _DEFAULT_CLOSE_SECONDS = 10.0
+#: insertions between two reads of the real index volume (another mount may share the index)
+_VOLUME_SYNC = 64
 
 
 @dataclass(frozen=True)
@@ -91,43 +100,29 @@ class ContentKey:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def _read_ahead(path: str) -> None:
+    """Ask the kernel to start reading ``path`` into the page cache (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except (OSError, AttributeError):
+        pass
+    finally:
+        os.close(fd)
+
+
 # -- storage: diskcache with adoption -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Adopt:
-    """Value marker for ``index.set``: move this finished file into the store (no copy)."""
-
-    path: str
-
-
-class _AdoptingDisk(diskcache.Disk):
-    """diskcache Disk that adopts finished downloads by ``os.rename``.
-
-    Stored file names derive from the (hex) key, ``ab/cd/<hex>.bin``, so a cached file can be
-    found by its key alone. Other value types keep diskcache's behaviour (not used by xnatfs).
-    """
-
-    def filename(self, key: Any = UNKNOWN, value: Any = UNKNOWN) -> tuple:
-        if isinstance(key, str) and len(key) == 64:
-            name = os.path.join(key[:2], key[2:4], key + ".bin")
-            return name, os.path.join(self._directory, name)
-        return super().filename(key, value)
-
-    def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple:
-        if not isinstance(value, _Adopt):
-            return super().store(value, read, key=key)
-        filename, full_path = self.filename(key, value)
-        # One level at a time: makedirs applies ``mode`` to the leaf only.
-        parent = self._directory
-        for part in os.path.dirname(filename).split(os.sep):
-            parent = os.path.join(parent, part)
-            try:
-                os.mkdir(parent, _DIR_MODE)
-            except FileExistsError:
-                pass
-        os.rename(value.path, full_path)
-        return os.stat(full_path).st_size, MODE_BINARY, filename, None
+def stored_name(hexname: str) -> str:
+    """A cached file's path below ``index/``: ``ab/<hex>.bin``, so a file is found from its key
+    alone (the index's ``filename`` column holds the same relative path, which is what
+    diskcache's clean-up of evicted rows deletes).  One level of 256 folders, not diskcache's
+    two (65,536): with two, nearly every new file of a scan made a new folder as well."""
+    return os.path.join(hexname[:2], hexname + ".bin")
 
 
 class _Index(diskcache.Cache):
@@ -141,6 +136,99 @@ class _Index(diskcache.Cache):
     internals (``_transact`` and the ``Cache`` table's ``key``/``access_time``/``filename``
     columns, stable through diskcache 5.x); ``test_content_cache.py`` covers it.
     """
+
+    #: the ``ab`` folders known to exist (one mkdir attempt each per process)
+    _folders: Optional[Set[str]] = None
+
+    def _make_parents(self, name: str) -> None:
+        """Create the folder of ``name`` below the index (0700) unless it is known to exist."""
+        if self._folders is None:
+            self._folders = set()
+        folder = os.path.dirname(name)
+        if folder in self._folders:
+            return
+        try:
+            os.mkdir(os.path.join(self.directory, folder), _DIR_MODE)
+        except FileExistsError:
+            pass
+        self._folders.add(folder)
+
+    def adopt_many(self, items: Sequence[Tuple[str, str, int]]) -> List[Optional[BaseException]]:
+        """Move finished files (``(hex key, path, size)``, on the same filesystem) into the
+        store by rename and index them, all in one SQLite transaction; per item None or its
+        error.
+
+        Rows are written directly (what ``Cache.set`` would write for a raw str key with a
+        file value: ``MODE_BINARY``, a relative ``filename``); diskcache's triggers keep its
+        count and size.  One transaction for a batch instead of one ``set`` each: adopting the
+        400 members of a zip cost ~0.5 ms a file with ``set``.  A key already indexed (only
+        when another mount shares the directory) keeps its row and the new file is dropped,
+        unless the indexed file is gone.
+        """
+        results: List[Optional[BaseException]] = [None] * len(items)
+        moved: List[Tuple[int, str]] = []
+        now = time.time()
+        try:
+            with self._transact(retry=True) as (sql, _cleanup):
+                for i, (key, path, size) in enumerate(items):
+                    name = stored_name(key)
+                    full = os.path.join(self.directory, name)
+                    row = sql("SELECT rowid FROM Cache WHERE key = ? AND raw = 1",
+                              (key,)).fetchone()
+                    if row is not None:
+                        if os.path.exists(full):
+                            os.unlink(path)
+                            continue
+                        sql("DELETE FROM Cache WHERE rowid = ?", row)  # its file was lost
+                    try:
+                        self._make_parents(name)
+                        os.rename(path, full)
+                    except OSError as exc:
+                        results[i] = exc
+                        continue
+                    moved.append((i, full))
+                    sql("INSERT INTO Cache(key, raw, store_time, expire_time, access_time,"
+                        " access_count, tag, size, mode, filename, value)"
+                        " VALUES (?, 1, ?, NULL, ?, 0, NULL, ?, ?, ?, NULL)",
+                        (key, now, now, size, MODE_BINARY, name))
+        except BaseException as exc:
+            # the rows are rolled back: do not leave unindexed files behind
+            for i, full in moved:
+                results[i] = exc
+                try:
+                    os.unlink(full)
+                except OSError:
+                    pass
+            if not isinstance(exc, Exception):
+                raise
+        return results
+
+    def entries(self) -> Dict[str, int]:
+        """hex key -> size of every cached file (read once at start: ``ContentCache._present``).
+
+        Rows in another layout (an older xnatfs, or not ours) are removed with their files:
+        a cached file must be where ``stored_name`` says."""
+        rows = self._sql("SELECT rowid, key, size, filename FROM Cache").fetchall()
+        stray = [(rowid, filename) for rowid, key, _, filename in rows
+                 if not isinstance(key, str) or filename != stored_name(key)]
+        if stray:
+            with self._transact(retry=True) as (sql, cleanup):
+                for rowid, filename in stray:
+                    sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+                    if filename:
+                        cleanup(filename)
+        return {key: int(size or 0) for _, key, size, filename in rows
+                if isinstance(key, str) and filename == stored_name(key)}
+
+    def touch_many(self, touched: Dict[str, float]) -> None:
+        """Write access times kept in memory (LRU order for ``cull_unpinned``), in one
+        transaction instead of one per open."""
+        if not touched:
+            return
+        with self._transact(retry=True) as (sql, _cleanup):
+            for key, when in touched.items():
+                sql("UPDATE Cache SET access_time = ?, access_count = access_count + 1 "
+                    "WHERE key = ? AND raw = 1", (when, key))
 
     def cull_unpinned(self, pinned: Set[str]) -> List[str]:
         """Delete least-recently-used entries whose key is not in ``pinned`` until ``volume()`` is
@@ -182,14 +270,12 @@ class ContentHandle:
         key: ContentKey,
         fd: int,
         download: Optional[Download] = None,
-        fileobj: Any = None,
     ) -> None:
         #: Read-only.
         self.key = key
         self._cache = cache
         self._fd = fd
         self._download = download
-        self._fileobj = fileobj  # keeps diskcache's file object (and so the fd) alive
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -214,6 +300,21 @@ class ContentHandle:
             return b""
         return os.pread(self._fd, size, offset)
 
+    def span(self, offset: int, size: int, deadline: float) -> "tuple[int, int]":
+        """``(fd, n)``: the ``n`` bytes at ``offset`` (at most ``size``; fewer only at the end of
+        the file) can be read from ``fd`` now.  For FUSE ``read_buf``, which lets libfuse copy
+        (or splice) them from the fd without the bytes passing through Python.  Waits and
+        raises like :meth:`read`; the fd stays valid until :meth:`close`."""
+        if self._closed:
+            raise OSError(errno.EBADF, f"content handle for {self.key.uri} is closed")
+        if self._download is not None:
+            return self._fd, self._download.span(offset, size, deadline)
+        if size <= 0 or offset < 0:
+            return self._fd, 0
+        if self.key.size is not None and self.key.size >= 0:
+            size = max(0, min(size, self.key.size - offset))
+        return self._fd, size
+
     def wait(self, deadline: float) -> bool:
         """Block until the whole file is there (or failed) or ``deadline``; True if it ended."""
         return True if self._download is None else self._download.wait(deadline)
@@ -224,10 +325,7 @@ class ContentHandle:
                 return
             self._closed = True
         try:
-            if self._fileobj is not None:
-                self._fileobj.close()
-            else:
-                os.close(self._fd)
+            os.close(self._fd)
         finally:
             self._cache._unpin(self.key.hexname())
 
@@ -239,6 +337,74 @@ class ContentHandle:
 
 
 # -- the cache -------------------------------------------------------------------------------------
+
+
+class _BulkSettler:
+    """Checks (size, MD5 read back from the file) and adopts the members of one bulk fetch, in
+    the order they arrived, on a thread of its own.
+
+    The MD5 of a whole scan and the index rows are a good part of the work of a bulk fetch;
+    done inline they would hold back the members behind it.  Members that check out are
+    adopted in batches (one SQLite transaction for up to ``BATCH``), and their readers never
+    wait for any of this: they read the partial file as it arrives.
+    """
+
+    BATCH = 64
+
+    def __init__(self, cache: "ContentCache") -> None:
+        self._cache = cache
+        self._cond = threading.Condition()
+        self._queue: "collections.deque[Tuple[Download, str]]" = collections.deque()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="xnatfs-settle", daemon=True)
+        self._thread.start()
+
+    def put(self, download: Download, hexname: str) -> None:
+        with self._cond:
+            self._queue.append((download, hexname))
+            self._cond.notify()
+
+    def finish(self) -> None:
+        """No more members: settle what is queued, then let the thread end."""
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._done:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = [self._queue.popleft() for _ in range(min(self.BATCH, len(self._queue)))]
+            self._settle(batch)
+
+    def _settle(self, batch: List[Tuple[Download, str]]) -> None:
+        cache = self._cache
+        good: List[Tuple[Download, str]] = []
+        for download, hexname in batch:
+            if cache._closing:
+                download.fail(DownloadCancelled(download.uri),
+                              lambda error, d=download, h=hexname: cache._unregister(d, h, error))
+                continue
+            problem = download.check_fed()
+            if problem is None:
+                good.append((download, hexname))
+            else:
+                log.info("content cache: %s from the zip: %s; fetched alone", download.uri,
+                         problem)
+                cache._fetch_alone(download, hexname)
+        if not good:
+            return
+        errors = cache._adopt_many([(h, d.partial_path, d.arrived) for d, h in good])
+        for (download, hexname), error in zip(good, errors):
+            ended = lambda e, d=download, h=hexname: cache._unregister(d, h, e)  # noqa: E731
+            if error is None:
+                download.adopted(ended)
+            else:
+                download.fail(error, ended)
 
 
 class ContentCache:
@@ -286,6 +452,21 @@ class ContentCache:
         self._closing = False
         self._downloads: Dict[str, Download] = {}
         self._pins: Dict[str, int] = {}
+        #: hex -> size of every file in the index, as far as this process knows: an open of a
+        #: cached file is then one os.open, no SQLite (diskcache's LRU-updating get is a write
+        #: transaction, ~0.2 ms, on every open)
+        self._present: Dict[str, int] = {}
+        #: hex -> last open time not yet written to the index (``_flush_touches``)
+        self._touched: Dict[str, float] = {}
+        #: cached files to page in (``prefetch``), newest kept when it overflows
+        self._read_ahead_queue: "collections.deque[str]" = collections.deque(maxlen=256)
+        self._read_ahead_cond = threading.Condition()
+        self._read_ahead_stop = False
+        self._read_ahead_thread: Optional[threading.Thread] = None
+        #: bytes the index holds (``volume()``), kept up to date here and re-read from SQLite
+        #: whenever it nears the limit, so an insertion costs no volume query
+        self._volume = 0
+        self._adopted_since_sync = 0
         self._stats = {
             "hits": 0,             # opens served by a complete cached copy
             "misses": 0,           # opens that started or joined a download
@@ -293,6 +474,7 @@ class ContentCache:
             "download_errors": 0,  # downloads that ended in an error
             "bytes_downloaded": 0, # bytes received by finished downloads (running ones added live)
             "evictions": 0,        # entries culled by the size limit
+            "bulk_fetches": 0,     # archives fetched to bring many files at once (``bulk``)
         }
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -314,15 +496,21 @@ class ContentCache:
                 self._index_dir,
                 size_limit=self.size_limit,
                 eviction_policy="least-recently-used",
-                cull_limit=0,  # set() never culls; _adopt calls cull_unpinned (see _Index)
-                disk=_AdoptingDisk,
+                cull_limit=0,  # nothing here calls set(); _adopt_many culls (see _Index)
             )
             evicted = self._index.cull_unpinned(set())   # the limit may have shrunk since last run
             self._stats["evictions"] += len(evicted)
+            self._present = self._index.entries()
+            self._touched = {}
+            self._volume = self._index.volume()
             self._closing = False
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.max_downloads, thread_name_prefix="xnatfs-download"
             )
+            self._read_ahead_stop = False
+            self._read_ahead_thread = threading.Thread(
+                target=self._read_ahead_worker, name="xnatfs-readahead", daemon=True)
+            self._read_ahead_thread.start()
 
     def close(self, deadline: Optional[float] = None) -> None:
         """Cancel queued downloads, wait for running ones until ``deadline`` (time.monotonic();
@@ -340,6 +528,11 @@ class ContentCache:
             running = list(self._downloads.values())
         if pool is None:
             return
+        with self._read_ahead_cond:
+            self._read_ahead_stop = True
+            self._read_ahead_cond.notify()
+        if self._read_ahead_thread is not None:
+            self._read_ahead_thread.join(max(0.0, deadline - time.monotonic()))
         pool.shutdown(wait=False, cancel_futures=True)
         stuck = [d.uri for d in running if not d.wait(deadline)]
         if stuck:
@@ -348,7 +541,10 @@ class ContentCache:
         with self._index_lock:
             index, self._index = self._index, None
             if index is not None:
-                index.close()
+                try:
+                    self._flush_touches(index)
+                finally:
+                    index.close()
 
     def __enter__(self) -> "ContentCache":
         self.start()
@@ -365,75 +561,194 @@ class ContentCache:
         Cached → a handle on the cached file (and an LRU touch). A download of ``key`` running →
         a handle that follows it. Else a download is queued on the pool and followed. Raises
         RuntimeError if the cache is not started.
+
+        A hit never touches SQLite: ``_present`` says the file is cached and its path follows
+        from its key (``stored_name``), so it costs one ``os.open`` — made outside the lock,
+        since after a page-cache drop it waits for the disk.  Its access time is remembered
+        in memory and written to the index in batches.  A key this process has not seen cached
+        is looked up in the index once (another mount may share the directory); a file that
+        vanished behind our back (``xnatfs cache clear`` elsewhere) is forgotten and fetched
+        again.
         """
         hexname = key.hexname()
-        with self._lock:
-            index = self._require_started()
-            download = self._downloads.get(hexname)
-            if download is None:
-                fileobj = index.get(hexname, default=None, read=True, retry=True)
-                if fileobj is not None:
-                    self._stats["hits"] += 1
+        ask_index = True
+        while True:
+            with self._lock:
+                index = self._require_started()
+                download = self._downloads.get(hexname)
+                if download is None:
+                    if ask_index and hexname not in self._present and hexname in index:
+                        self._present[hexname] = key.size or 0
+                    ask_index = False
+                    if hexname not in self._present:
+                        download = self._start_locked(key, hexname)
+                if download is not None:
+                    self._stats["misses"] += 1
+                    fd = download.dup_fd()
                     self._pin_locked(hexname)
-                    return ContentHandle(self, key, fileobj.fileno(), fileobj=fileobj)
-                download = self._start_locked(key, hexname)
-            self._stats["misses"] += 1
-            fd = download.dup_fd()
-            self._pin_locked(hexname)
-        return ContentHandle(self, key, fd, download=download)
+                    return ContentHandle(self, key, fd, download=download)
+                self._pin_locked(hexname)  # eviction now leaves the file alone
+            try:
+                fd = os.open(self._stored_path(hexname), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self._unpin(hexname)
+                with self._lock:
+                    self._present.pop(hexname, None)
+                continue
+            except BaseException:
+                self._unpin(hexname)
+                raise
+            with self._lock:
+                self._stats["hits"] += 1
+                self._touched[hexname] = time.time()
+            return ContentHandle(self, key, fd)
+
+    def _stored_path(self, hexname: str) -> str:
+        """Where the cached file of ``hexname`` lives (``stored_name``)."""
+        return os.path.join(self._index_dir, stored_name(hexname))
 
     def prefetch(self, keys: Iterable[ContentKey]) -> int:
-        """Queue downloads of the keys that are neither cached nor downloading; returns how many."""
+        """Queue downloads of the keys that are neither cached nor downloading; returns how many.
+
+        Keys already cached are read ahead from disk instead (``POSIX_FADV_WILLNEED``): a
+        reader going through a folder of cached files then finds the next ones in the page
+        cache rather than waiting for the disk file after file.
+        """
         started = 0
+        cached: List[str] = []
         for key in keys:
             hexname = key.hexname()
             with self._lock:
-                index = self._require_started()
-                if hexname in self._downloads or hexname in index:
+                self._require_started()
+                if hexname in self._downloads:
+                    continue
+                if hexname in self._present:
+                    cached.append(hexname)
                     continue
                 self._start_locked(key, hexname)
                 started += 1
+        if cached:
+            with self._read_ahead_cond:
+                self._read_ahead_queue.extend(self._stored_path(h) for h in cached)
+                self._read_ahead_cond.notify()
         return started
 
-    def add(self, key: ContentKey, data: bytes) -> bool:
-        """Store bytes that arrived another way (a member of a resource's zip) under ``key``,
-        after checking them against the key's size and MD5 like a download.  False when the
-        key is cached or downloading already, or the bytes do not match."""
-        if key.size is not None and key.size >= 0 and len(data) != key.size:
-            return False
-        if self.verify and key.digest and \
-                hashlib.md5(data, usedforsecurity=False).hexdigest() != key.digest:
-            log.warning("content cache: %s from a bulk fetch does not match its digest; "
-                        "it will be downloaded alone", key.uri)
-            return False
-        hexname = key.hexname()
-        with self._lock:
-            index = self._require_started()
-            if hexname in self._downloads or hexname in index:
-                return False
-        fd, path = tempfile.mkstemp(dir=self._partial_dir, prefix=hexname + ".", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            self._adopt(hexname, path)
-        except BaseException:
-            if os.path.exists(path):
-                os.unlink(path)
-            raise
-        return True
+    def _read_ahead_worker(self) -> None:
+        """Thread: pages in the files ``prefetch`` found cached, off the FUSE threads (after a
+        page-cache drop even opening one waits for the disk)."""
+        while True:
+            with self._read_ahead_cond:
+                while not self._read_ahead_queue and not self._read_ahead_stop:
+                    self._read_ahead_cond.wait()
+                if self._read_ahead_stop:
+                    return
+                path = self._read_ahead_queue.popleft()
+            _read_ahead(path)
 
-    def temp_file(self) -> Any:
-        """An anonymous file on the cache's disk (for a zip being split into the cache)."""
-        return tempfile.TemporaryFile(dir=self._partial_dir)
+    def bulk(self, uri: str, keys: Iterable[ContentKey],
+             key_of: Callable[[str], Optional[ContentKey]], max_files: int = 4096) -> int:
+        """Fetch many files with one request: ``uri`` answers a zip of them (a resource's
+        ``files?format=zip``, ``xnat-rest-api.md`` §3.3); returns how many it will bring.
+
+        A download is registered at once for each of ``keys`` (at most ``max_files``) that is
+        neither cached nor downloading, so a reader who opens one of those files joins it and
+        is served as soon as its member streams in — not after the whole zip.  ``key_of(member
+        name)`` maps the zip's members to keys.  A member that is missing, damaged, or does not
+        match its key's size and MD5 is then fetched on its own, like any download.
+        """
+        wanted: Dict[str, Download] = {}
+        with self._lock:
+            self._require_started()
+            for key in keys:
+                if len(wanted) >= max_files:
+                    break
+                hexname = key.hexname()
+                if hexname in self._downloads or hexname in self._present or hexname in wanted:
+                    continue
+                wanted[hexname] = self._register_locked(key, hexname)
+            if not wanted:
+                return 0
+            self._stats["bulk_fetches"] += 1
+            try:
+                assert self._pool is not None
+                future = self._pool.submit(self._run_bulk, uri, dict(wanted), key_of)
+            except RuntimeError:
+                for hexname, download in wanted.items():
+                    del self._downloads[hexname]
+                    download.fail(DownloadCancelled(download.uri), lambda error: None)
+                raise RuntimeError("content cache is closing") from None
+        future.add_done_callback(lambda f: f.cancelled() and [
+            download.fail(DownloadCancelled(download.uri),
+                          lambda error, d=download, h=hexname: self._unregister(d, h, error))
+            for hexname, download in wanted.items()])
+        return len(wanted)
+
+    def _run_bulk(self, uri: str, wanted: Dict[str, Download],
+                  key_of: Callable[[str], Optional[ContentKey]]) -> None:
+        """Pool task of ``bulk``: stream the zip, each member into its download; a settler
+        checks and adopts the members behind it (``_BulkSettler``)."""
+        settler = _BulkSettler(self)
+        current: List[Any] = []    # [hexname, download] of the member being fed
+
+        def size_of(name: str) -> Optional[int]:
+            key = key_of(name)
+            return key.size if key is not None else None
+
+        def on_start(name: str) -> Optional[Callable[[bytes], None]]:
+            key = key_of(name)
+            download = wanted.pop(key.hexname(), None) if key is not None else None
+            if download is None:
+                return None
+            current[:] = [key.hexname(), download]
+            return download.feed()
+
+        def on_end(name: str, ok: bool) -> None:
+            if not current:
+                return
+            hexname, download = current
+            current.clear()
+            download.feed_done()
+            if ok:
+                settler.put(download, hexname)
+            else:
+                log.info("content cache: %s arrived damaged in the zip; fetched alone", name)
+                self._fetch_alone(download, hexname)
+
+        splitter = ZipSplitter(size_of, on_start, on_end)
+        members = len(wanted)
+
+        def sink(chunk: bytes) -> None:
+            if self._closing:
+                raise DownloadCancelled(uri)
+            splitter.feed(chunk)
+
+        problem: Optional[BaseException] = None
+        try:
+            self._fetch(uri, sink)
+            splitter.close()
+        except BaseException as exc:  # noqa: BLE001 - what is left is fetched file by file
+            problem = exc
+        finally:
+            if current:
+                hexname, download = current
+                download.feed_done()
+                wanted[hexname] = download
+            settler.finish()
+            for hexname, download in wanted.items():
+                self._fetch_alone(download, hexname)
+        if problem is not None or wanted:
+            log.info("content cache: bulk fetch %s: %d of %d file(s) from the zip%s; the "
+                     "others are fetched alone", uri, members - len(wanted), members,
+                     f" ({problem})" if problem is not None else "")
 
     def state(self, key: ContentKey) -> str:
         """"cached", "downloading" or "absent" (for ``.xnatfs/`` status and ``xnatfs cache``)."""
         hexname = key.hexname()
         with self._lock:
-            index = self._require_started()
+            self._require_started()
             if hexname in self._downloads:
                 return "downloading"
-            return "cached" if hexname in index else "absent"
+            return "cached" if hexname in self._present else "absent"
 
     def wait(self, key: ContentKey, deadline: float) -> bool:
         """Block until no download of ``key`` runs (or ``deadline``); True if none runs."""
@@ -457,7 +772,12 @@ class ContentCache:
         with self._lock:
             index = self._require_started()
         with self._index_lock:
-            return index.clear(retry=True)
+            removed = index.clear(retry=True)
+            with self._lock:
+                self._present.clear()
+                self._touched.clear()
+            self._volume = index.volume()
+            return removed
 
     @property
     def stats(self) -> Dict[str, int]:
@@ -498,6 +818,17 @@ class ContentCache:
 
     def _start_locked(self, key: ContentKey, hexname: str) -> Download:
         """Register and queue the download of ``key``. Caller holds self._lock."""
+        download = self._register_locked(key, hexname)
+        try:
+            self._submit_locked(download, hexname)
+        except RuntimeError:
+            del self._downloads[hexname]
+            download.fail(DownloadCancelled(key.uri), lambda error: None)
+            raise
+        return download
+
+    def _register_locked(self, key: ContentKey, hexname: str) -> Download:
+        """A new download of ``key``, registered (readers join it) but not queued yet."""
         partial = os.path.join(self._partial_dir, f"{hexname}.{secrets.token_hex(4)}.part")
         download = Download(
             key.uri, key.size, key.digest, partial, self._fetch,
@@ -505,15 +836,31 @@ class ContentCache:
         )
         self._downloads[hexname] = download
         self._stats["downloads"] += 1
-        assert self._pool is not None
+        return download
+
+    def _submit_locked(self, download: Download, hexname: str) -> None:
+        """Queue a registered download on the pool. Caller holds self._lock; raises
+        RuntimeError when the pool is shut down."""
+        if self._pool is None:
+            raise RuntimeError("content cache is closing")
         try:
             future = self._pool.submit(self._run, download, hexname)
         except RuntimeError as exc:  # pool shut down under us
-            del self._downloads[hexname]
-            download.fail(DownloadCancelled(key.uri), lambda error: None)
             raise RuntimeError("content cache is closing") from exc
         future.add_done_callback(lambda f: self._on_cancelled(f, download, hexname))
-        return download
+
+    def _fetch_alone(self, download: Download, hexname: str) -> None:
+        """A registered download whose bytes a bulk fetch did not deliver: one GET of its own
+        (or, when the cache is closing, the readers learn that)."""
+        download.restart()
+        with self._lock:
+            try:
+                self._submit_locked(download, hexname)
+                return
+            except RuntimeError:
+                pass
+        download.fail(DownloadCancelled(download.uri),
+                      lambda error: self._unregister(download, hexname, error))
 
     def _on_cancelled(self, future: concurrent.futures.Future, download: Download,
                       hexname: str) -> None:
@@ -540,36 +887,55 @@ class ContentCache:
             if error is not None:
                 self._stats["download_errors"] += 1
 
-    def _adopt(self, hexname: str, partial_path: str) -> None:
-        """Move a verified partial file into the index, then evict LRU entries that are not pinned.
+    def _flush_touches(self, index: "_Index") -> None:
+        """Write the remembered access times (before a cull reads them, and at close)."""
+        with self._lock:
+            touched, self._touched = self._touched, {}
+        index.touch_many(touched)
 
-        Runs in the download thread; raises (and the download fails) if the index refuses it.
+    def _adopt(self, hexname: str, partial_path: str) -> None:
+        """Move one verified partial file into the index (raises if the index refuses it)."""
+        error = self._adopt_many([(hexname, partial_path, os.stat(partial_path).st_size)])[0]
+        if error is not None:
+            raise error
+
+    def _adopt_many(self, items: Sequence[Tuple[str, str, int]]
+                    ) -> List[Optional[BaseException]]:
+        """Move verified partial files into the index in one transaction, then evict LRU
+        entries that are not pinned; per item None or the error that kept it out.
+
+        Runs in a download or settler thread.
         """
         with self._index_lock:
             with self._lock:
                 index = self._index
                 pinned = set(self._pins)
             if index is None:  # close() gave up waiting for us
-                raise DownloadCancelled(partial_path)
-            if hexname in index:  # only if another process shares the directory
-                os.unlink(partial_path)
-                return
-            try:
-                index.set(hexname, _Adopt(partial_path), retry=True)
-            except BaseException:
-                # store() may have renamed the file already: do not leave it unindexed.
-                _, stored = index.disk.filename(hexname)
-                try:
-                    if os.path.exists(stored) and hexname not in index:
-                        os.unlink(stored)
-                except Exception:  # noqa: BLE001 - the original error matters more
-                    log.debug("content cache: cleanup of %s failed", stored, exc_info=True)
-                raise
+                return [DownloadCancelled(path) for _, path, _ in items]
+            results = index.adopt_many(items)
+            sizes = [(hexname, size) for (hexname, _, size), error in zip(items, results)
+                     if error is None]
             with self._lock:  # pins taken while we stored count too
                 pinned |= set(self._pins)
-            evicted = index.cull_unpinned(pinned)
+                for hexname, size in sizes:
+                    self._present[hexname] = size
+            self._volume += sum(size for _, size in sizes)
+            self._adopted_since_sync += len(sizes)
+            evicted: List[str] = []
+            if self._volume > self.size_limit or self._adopted_since_sync >= _VOLUME_SYNC:
+                # near the limit (or another mount shares the index): the real numbers decide
+                self._flush_touches(index)
+                evicted = index.cull_unpinned(pinned)
+                self._volume = index.volume()
+                self._adopted_since_sync = 0
+                if evicted:
+                    with self._lock:
+                        for gone in evicted:
+                            self._present.pop(gone, None)
+                            self._touched.pop(gone, None)
         if evicted:
-            log.debug("content cache: evicted %d entr%s to store %s", len(evicted),
-                      "y" if len(evicted) == 1 else "ies", hexname)
+            log.debug("content cache: evicted %d entr%s", len(evicted),
+                      "y" if len(evicted) == 1 else "ies")
             with self._lock:
                 self._stats["evictions"] += len(evicted)
+        return results

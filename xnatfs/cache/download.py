@@ -2,9 +2,10 @@
 
 XNAT ignores HTTP Range and sends no ETag (DESIGN.md §2), so a file is always fetched whole. A
 ``Download`` owns the partial file of one content key: the worker thread appends what ``fetch``
-hands to the sink, computes the MD5 on the way and wakes readers; readers ``pread`` the bytes they
-asked for as soon as those bytes have arrived (rclone ``downloaders``). At the end the size and the
-MD5 are checked; a mismatch is fetched again once before the download fails.
+hands to the sink and wakes readers; readers ``pread`` the bytes they asked for (or hand the fd
+to libfuse) as soon as those bytes have arrived (rclone ``downloaders``). The MD5 is computed
+beside the download, never in its way (``_FileMD5``). At the end the size and the MD5 are
+checked; a mismatch is fetched again once before the download fails.
 
 This module knows nothing of diskcache, of the client or of the tree: it gets ``fetch(uri, sink)``
 and an ``adopt(partial_path)`` callback that moves a verified file into the store.
@@ -13,12 +14,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import queue
 import logging
 import os
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 log = logging.getLogger(__name__)
 
@@ -35,45 +35,96 @@ class DownloadCancelled(OSError):
         super().__init__(errno.ECANCELED, f"download of {uri} cancelled: content cache closing")
 
 
-class _BackgroundMD5:
-    """MD5 on a second thread, so a download receives, writes and hashes at the same time
-    (hashlib releases the GIL on large buffers; inline, the hash took ~3/4 of the download
-    thread in the B1 profile).  The queue is bounded: at most 16 chunks (16 MiB) wait."""
+#: A file up to this size is hashed inline, chunk by chunk, as it arrives (cheap); a larger one
+#: by a ``_FileMD5`` thread that follows the partial file.
+INLINE_HASH_MAX = 4 << 20
+_HASH_READ = 1 << 20
 
-    _END = b""
 
-    #: bytes hashed inline before a thread is worth it (small files never get one)
-    INLINE = 4 << 20
+def idle_priority() -> None:
+    """Lower the calling thread (a Linux task) to nice 19: it then runs on CPU time nobody else
+    wants.  Best effort; other systems keep the normal priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
 
-    def __init__(self) -> None:
+
+class _FileMD5:
+    """The MD5 of a large download, computed by a thread that reads the partial file behind
+    the writer instead of taking chunks from it.
+
+    Why not hash the chunks on the way in: MD5 runs at ~600 MiB/s here, slower than the local
+    link, and a bounded hand-off queue throttled the download itself to MD5 speed (B1 profile:
+    the download thread waited on the full queue). Following the file never holds the
+    download back and needs no buffer of its own.  While the fetch runs, the thread has idle
+    priority, so on a busy machine the readers (who never wait for the digest: they are served
+    as bytes arrive) get the CPU first; when the fetch is over, :meth:`hexdigest` takes over the
+    rest at the caller's normal priority, so on a loaded node adoption is not starved.
+    """
+
+    def __init__(self, download: "Download", fd: int, generation: int) -> None:
+        self._download = download
+        self._fd = os.dup(fd)
+        self._generation = generation
         self._md5 = hashlib.md5(usedforsecurity=False)
-        self._queue: "queue.Queue[bytes]" = queue.Queue(maxsize=16)
-        self._thread: Optional[threading.Thread] = None
-        self._inline = 0
+        self._pos = 0
+        self._stop = False       # hexdigest() or abandon() want the thread gone
+        self._thread = threading.Thread(target=self._run, name="xnatfs-md5", daemon=True)
+        self._thread.start()
 
-    def update(self, chunk: bytes) -> None:
-        if self._thread is None and self._inline < self.INLINE:
-            self._inline += len(chunk)
+    def _hash_to(self, end: int) -> bool:
+        """Hash the file up to ``end``; False if it was shorter."""
+        while self._pos < end:
+            if self._stop and threading.current_thread() is self._thread:
+                return True
+            chunk = os.pread(self._fd, min(end - self._pos, _HASH_READ), self._pos)
+            if not chunk:
+                return False
             self._md5.update(chunk)
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="xnatfs-md5", daemon=True)
-            self._thread.start()
-        self._queue.put(chunk)
+            self._pos += len(chunk)
+        return True
 
     def _run(self) -> None:
-        while True:
-            chunk = self._queue.get()
-            if chunk is self._END:
+        idle_priority()
+        while not self._stop:
+            got = self._download._hash_wait(self._pos, self._generation, lambda: self._stop)
+            if got is None:
                 return
-            self._md5.update(chunk)
+            end, fetch_over = got
+            if not self._hash_to(end) or fetch_over:
+                return
 
-    def hexdigest(self) -> str:
-        if self._thread is not None:
-            self._queue.put(self._END)
-            self._thread.join()
-            self._thread = None
+    def hexdigest(self, size: int) -> str:
+        """The digest of the first ``size`` bytes (the fetch is over): stop the idle thread and
+        hash what it has not reached yet in the calling thread."""
+        self._stop = True
+        self._download._wake()
+        self._thread.join()
+        try:
+            self._hash_to(size)
+        finally:
+            os.close(self._fd)
         return self._md5.hexdigest()
+
+    def abandon(self) -> None:
+        self._stop = True
+        self._download._wake()
+        self._thread.join()
+        os.close(self._fd)
+
+
+def _digest_file(fd: int, size: int) -> str:
+    """MD5 of the first ``size`` bytes of ``fd`` (read back from the page cache)."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    pos = 0
+    while pos < size:
+        chunk = os.pread(fd, min(size - pos, _HASH_READ), pos)
+        if not chunk:
+            break
+        md5.update(chunk)
+        pos += len(chunk)
+    return md5.hexdigest()
 
 
 class IntegrityError(OSError):
@@ -91,12 +142,19 @@ class Download:
     ``fail()`` ends a download that never ran (its queued work was cancelled).
 
     Readers hold their own ``dup()`` of the partial fd (``dup_fd``), so they keep reading after
-    the partial is renamed into the store or unlinked: it is the same inode.
+    the partial is renamed into the store or unlinked: it is the same inode.  ``span()`` says how
+    many bytes at an offset are there, so a reader can hand the fd itself to libfuse
+    (``read_buf``) and the bytes never pass through Python.
 
-    Thread-safety: ``_cond`` protects ``_arrived``, ``_generation``, ``_done``, ``error``,
-    ``bytes_received`` and the validity of ``_fd``. Lock order: the content cache's lock may be
-    held when ``_cond`` is taken (``dup_fd``), never the reverse. The fd offset is used only by the
-    writer; readers use ``os.pread``, which leaves it alone.
+    A second attempt (after a size or MD5 mismatch) rewrites the partial file in place from
+    offset 0 rather than truncating it: a reader whose ``pread`` is in flight then sees bytes of
+    one attempt or the other, never a hole, and readers that ask for bytes not yet rewritten
+    wait for them again (``_arrived`` restarts at 0).
+
+    Thread-safety: ``_cond`` protects ``_arrived``, ``_generation``, ``_fetching``, ``_done``,
+    ``error``, ``bytes_received`` and the validity of ``_fd``. Lock order: the content cache's
+    lock may be held when ``_cond`` is taken (``dup_fd``), never the reverse. The fd offset is
+    used only by the writer; readers use ``pread``, which leaves it alone.
     """
 
     def __init__(
@@ -116,14 +174,14 @@ class Download:
         self.partial_path = partial_path
         self._fetch = fetch
         self._cancelled = cancelled
-        # O_EXCL: a partial is never shared with a leftover; 0600: the cache is private.
-        self._fd: Optional[int] = os.open(
-            partial_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-        )
+        #: the partial file, created when the first byte is due or the first reader joins (a
+        #: bulk fetch registers hundreds of downloads at once: their files come one by one)
+        self._fd: Optional[int] = None
         self._cond = threading.Condition(threading.Lock())
         # _cond protects the fields below.
         self._arrived = 0          # bytes of the current attempt written to the partial file
-        self._generation = 0       # attempt number; bumps when the partial is truncated to refetch
+        self._generation = 0       # attempt number; bumps when a refetch starts
+        self._fetching = False     # the current attempt's fetch is still running
         self._done = False
         #: None until done; then None (success) or the exception readers get.
         self.error: Optional[BaseException] = None
@@ -132,10 +190,14 @@ class Download:
 
     # -- worker side -----------------------------------------------------------------------------
 
-    def run(self, adopt: Callable[[str], None], ended: Ended) -> None:
+    def run(self, adopt: Callable[[str], None], ended: Ended,
+            first: Optional[Fetch] = None) -> None:
         """Fetch, verify (refetching once on a mismatch) and ``adopt`` the partial; never raises.
 
-        Runs in a download pool thread. Then calls ``ended(error)`` (the owner unregisters the
+        ``first``, if given, supplies the bytes of the first attempt instead of ``fetch`` (a
+        member of a resource's zip); a second attempt always uses ``fetch`` (one GET).
+
+        Runs in a worker thread. Then calls ``ended(error)`` (the owner unregisters the
         download, so that nobody can join it any more) *before* waking the readers with the result:
         a reader that sees the error and opens again starts a new download instead of joining
         this one, and a reader that sees success finds the key cached.
@@ -143,13 +205,13 @@ class Download:
         error: Optional[BaseException] = None
         try:
             for attempt in (1, 2):
-                problem = self._attempt()
+                problem = self._attempt(first if attempt == 1 and first else self._fetch)
                 if problem is None:
                     adopt(self.partial_path)
                     break
                 if attempt == 1:
                     log.info("download %s: %s; fetching again", self.uri, problem)
-                    self._restart()
+                    self.restart()
                 else:
                     log.error("download %s: %s", self.uri, problem)
                     error = IntegrityError(f"{problem} (uri {self.uri})")
@@ -164,9 +226,33 @@ class Download:
             self._discard()
         self._end(error, ended)
 
-    def _attempt(self) -> Optional[str]:
+    def _attempt(self, fetch: Fetch) -> Optional[str]:
         """One fetch into the partial file; returns None if size and MD5 check out, else why not."""
-        md5 = _BackgroundMD5()
+        sink, hasher = self._begin(hash_now=True)
+        try:
+            fetch(self.uri, sink)  # once all here, it is kept even if the cache is closing
+        except BaseException:
+            self._fetch_over()
+            if isinstance(hasher, _FileMD5):
+                hasher.abandon()
+            raise
+        self._fetch_over()
+        return self._check(hasher)
+
+    def _begin(self, hash_now: bool) -> "tuple[Callable[[bytes], None], Any]":
+        """Start an attempt: (sink for its bytes, hasher or None).  With ``hash_now`` False the
+        MD5 is left to ``_check``, which reads the file back (``feed``)."""
+        hasher: Any = None
+        with self._cond:
+            fd = self._partial_fd_locked()
+            self._fetching = True
+            generation = self._generation
+        if self.digest and hash_now:
+            if self.size is not None and self.size <= INLINE_HASH_MAX:
+                hasher = hashlib.md5(usedforsecurity=False)
+            else:
+                hasher = _FileMD5(self, fd, generation)
+        inline = hasher if not isinstance(hasher, _FileMD5) else None
 
         def sink(chunk: bytes) -> None:
             if self._cancelled():
@@ -175,34 +261,106 @@ class Download:
                 return
             view = memoryview(chunk)
             while view:
-                written = os.write(self._fd, view)
+                written = os.write(fd, view)
                 view = view[written:]
             with self._cond:
                 self._arrived += len(chunk)
                 self.bytes_received += len(chunk)
                 self._cond.notify_all()
-            md5.update(chunk)  # after the readers were woken: they never wait for the hash
+            if inline is not None:
+                inline.update(chunk)  # after the readers were woken: they never wait for it
 
-        try:
-            self._fetch(self.uri, sink)  # once all here, it is kept even if the cache is closing
-        finally:
-            got = md5.hexdigest()
+        return sink, hasher
+
+    def _fetch_over(self) -> None:
+        with self._cond:
+            self._fetching = False
+            self._cond.notify_all()
+
+    def _check(self, hasher: Any) -> Optional[str]:
+        """Size and MD5 of the attempt that just ended; None if both are right, else why not."""
+        assert self._fd is not None
+        fd = self._fd
         with self._cond:
             got_size = self._arrived
+        if os.fstat(fd).st_size > got_size:   # a longer first attempt was rewritten in place
+            os.ftruncate(fd, got_size)
         if self.size is not None and got_size != self.size:
+            if isinstance(hasher, _FileMD5):
+                hasher.abandon()
             kind = "short download" if got_size < self.size else "long download"
             return f"{kind}: expected {self.size} bytes, got {got_size}"
-        if self.digest and got != self.digest:
-            return f"digest mismatch: expected {self.digest}, got {got}"
+        if self.digest:
+            if isinstance(hasher, _FileMD5):
+                got = hasher.hexdigest(got_size)
+            elif hasher is not None:
+                got = hasher.hexdigest()
+            else:
+                got = _digest_file(fd, got_size)
+            if got != self.digest:
+                return f"digest mismatch: expected {self.digest}, got {got}"
         return None
 
-    def _restart(self) -> None:
-        """Truncate the partial for a second attempt; readers waiting past 0 keep waiting."""
+    # -- fed attempts: the bytes come from elsewhere (a member of a resource's zip) -------------
+
+    def feed(self) -> Callable[[bytes], None]:
+        """Begin an attempt whose bytes the caller pushes into the returned sink; end it with
+        :meth:`feed_done`.  Readers are served as the bytes arrive, as with ``fetch``."""
+        return self._begin(hash_now=False)[0]
+
+    def feed_done(self) -> None:
+        """The pushed bytes are complete (or the push broke off)."""
+        self._fetch_over()
+
+    def check_fed(self) -> Optional[str]:
+        """Size and MD5 (read back from the file) of a fed attempt: None if right, else why
+        not.  When right, the owner adopts the file and calls :meth:`adopted`; when not, it
+        fetches the file on its own (:meth:`restart`, then :meth:`run`)."""
+        try:
+            return self._check(None)
+        except OSError as exc:
+            return f"cannot check the fed bytes: {exc}"
+
+    def adopted(self, ended: Ended) -> None:
+        """The owner adopted a fed download's file: end the download with success (a failed
+        one ends with :meth:`fail`)."""
+        self._end(None, ended)
+
+    # the hashing thread's view of the download (``_FileMD5``)
+    def _hash_wait(self, pos: int, generation: int, abandoned: Callable[[], bool]
+                   ) -> "Optional[tuple[int, bool]]":
+        """Block until more than ``pos`` bytes arrived or the fetch ended; (arrived count, fetch
+        over), or None when this attempt is over for the hasher (abandoned, refetched, closed)."""
+        with self._cond:
+            while True:
+                if abandoned() or self._generation != generation or self._done:
+                    return None
+                if self._arrived > pos or not self._fetching:
+                    return self._arrived, not self._fetching
+                self._cond.wait()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def restart(self) -> None:
+        """Start another attempt over the last one's bytes (see the class docstring)."""
         with self._cond:
             self._generation += 1
             self._arrived = 0
-            os.ftruncate(self._fd, 0)
-            os.lseek(self._fd, 0, os.SEEK_SET)
+            if self._fd is not None:
+                os.lseek(self._fd, 0, os.SEEK_SET)
+            self._cond.notify_all()
+
+    def _partial_fd_locked(self) -> int:
+        """The partial file's fd, created on first use.  Caller holds ``_cond``."""
+        if self._fd is None:
+            if self._done:
+                raise RuntimeError(f"download {self.uri}: already ended")
+            # O_EXCL: a partial is never shared with a leftover; 0600: the cache is private.
+            self._fd = os.open(self.partial_path,
+                               os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return self._fd
 
     def _discard(self) -> None:
         try:
@@ -232,6 +390,12 @@ class Download:
     # -- reader side -----------------------------------------------------------------------------
 
     @property
+    def arrived(self) -> int:
+        """Bytes of the current attempt in the partial file."""
+        with self._cond:
+            return self._arrived
+
+    @property
     def done(self) -> bool:
         with self._cond:
             return self._done
@@ -253,43 +417,51 @@ class Download:
         has not returned yet and the download's own fd is still open.
         """
         with self._cond:
-            if self._fd is None:
+            if self._done:
                 raise RuntimeError(f"download {self.uri}: joined after release")
-            return os.dup(self._fd)
+            return os.dup(self._partial_fd_locked())
 
-    def read(self, fd: int, offset: int, size: int, deadline: float) -> bytes:
-        """Bytes [offset, offset+size) read with ``pread(fd)`` as soon as they have arrived.
+    def span(self, offset: int, size: int, deadline: float) -> int:
+        """How many bytes of [offset, offset+size) are in the partial file, once they all have
+        arrived (fewer only at the end of the file, 0 past it).
 
-        Short or empty at the end of the file. Raises the download's error if it failed (whatever
-        ``fetch`` raised, IntegrityError, DownloadCancelled), or TimeoutError (ETIMEDOUT) when
-        ``deadline`` (a time.monotonic() value) passes first.
+        Raises the download's error if it failed (whatever ``fetch`` raised, IntegrityError,
+        DownloadCancelled), or TimeoutError (ETIMEDOUT) when ``deadline`` (a time.monotonic()
+        value) passes first.
         """
+        return self._span(offset, size, deadline)[0]
+
+    def _span(self, offset: int, size: int, deadline: float) -> "tuple[int, int]":
         if size <= 0 or offset < 0:
-            return b""
+            return 0, -1
         end = offset + size
         if self.size is not None:
             end = min(end, self.size)
             if offset >= end:
-                return b""
+                return 0, -1
+        with self._cond:
+            while True:
+                if self.error is not None:
+                    raise self.error
+                if self._arrived >= end or self._done:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        errno.ETIMEDOUT,
+                        f"download {self.uri}: bytes {offset}..{end} not there in time"
+                        f" ({self._arrived} arrived)",
+                    )
+                self._cond.wait(remaining)
+            return max(0, min(end, self._arrived) - offset), self._generation
+
+    def read(self, fd: int, offset: int, size: int, deadline: float) -> bytes:
+        """Bytes [offset, offset+size) read with ``pread(fd)`` as soon as they have arrived;
+        short or empty at the end of the file.  Raises like :meth:`span`."""
         while True:
+            n, generation = self._span(offset, size, deadline)
+            data = os.pread(fd, n, offset) if n > 0 else b""
             with self._cond:
-                while True:
-                    if self.error is not None:
-                        raise self.error
-                    if self._arrived >= end or self._done:
-                        break
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(
-                            errno.ETIMEDOUT,
-                            f"download {self.uri}: bytes {offset}..{end} not there in time"
-                            f" ({self._arrived} arrived)",
-                        )
-                    self._cond.wait(remaining)
-                generation = self._generation
-                available = self._arrived
-            data = os.pread(fd, min(end, available) - offset, offset) if available > offset else b""
-            with self._cond:
-                # A refetch truncated the file while we read: those bytes may be from either try.
-                if self._generation == generation:
+                # a refetch rewrote the file while we read: those bytes may be from either try
+                if generation < 0 or self._generation == generation:
                     return data
