@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import cachetools
 import errno
+import functools
 import json
 import logging
 import os
+import re
+import resource
 import threading
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -39,7 +41,9 @@ _WALK_WINDOW = 10.0
 #: a bulk zip is used only for resources up to this size, and of small files on average
 _BULK_MAX_BYTES = 2 << 30
 _BULK_MAX_MEAN = 16 << 20
-_BULK_MAX_MEMBER = 64 << 20
+#: the part of a zip member's name below its resource's ``files/`` (§3.3 default structure:
+#: ``{session}/scans/{id}-{type}/resources/{label}/files/{relpath}``)
+_ZIP_MEMBER = re.compile(r"^(?:.*?/)?resources/[^/]+/files/(.+)$")
 #: most listings queued ahead of a walker at once
 _WALK_QUEUE = 512
 #: last part of the metadata-cache key of a resolved node (a file name cannot hold NUL)
@@ -109,9 +113,7 @@ class Tree:
         self._virtual_sizes: Dict[str, int] = {}
         #: a resource with at least this many uncached files is fetched as one zip (0: off)
         self.bulk_min = bulk_min
-        self._bulk_pool: Optional[ThreadPoolExecutor] = None
-        #: resource roots whose zip is being fetched
-        self._bulk_running: set = set()
+        #: resource roots whose first open already decided for or against a zip
         self._bulk_seen: cachetools.TTLCache = cachetools.TTLCache(maxsize=4096,
                                                                     ttl=meta.ttl or 60.0)
         #: parallel listing loads while somebody walks the tree (0: off)
@@ -198,61 +200,42 @@ class Tree:
 
     def _bulk(self, folder_parts: PathParts, folder: NodeInfo) -> bool:
         """Fetch the resource holding ``folder`` as one zip (§3.3) the first time one of its
-        files is opened, when it holds many files: one request instead of one per file, which
-        is what makes ``cp -r`` of a DICOM scan as fast as xnatpy's zip download.  True while
-        that zip is on its way (per-file prefetching would only fetch the same bytes twice)."""
+        files is opened, when many of its files are not cached: one request instead of one per
+        file, which is what lets ``cp -r`` of a DICOM scan keep up with xnatpy's zip download.
+        The zip's members are streamed into the cache as they arrive and a reader of any of
+        them waits only for its own member (``ContentCache.bulk``).  True when the zip is on
+        its way (per-file prefetching would fetch the same bytes twice)."""
         root = folder_parts[:len(folder_parts) - len(folder.subpath)]
         with self._virtual_lock:
-            if root in self._bulk_running:
-                return True
             if root in self._bulk_seen:
                 return False
             self._bulk_seen[root] = True
-            if self._bulk_pool is None:
-                self._bulk_pool = ThreadPoolExecutor(1, thread_name_prefix="xnatfs-bulk")
-            self._bulk_running.add(root)
-        self._bulk_pool.submit(self._bulk_fetch, root, folder.uri)
-        return True
+        files = [node for listing in self._cached(
+            root, lambda: self._load_files(self._lookup(root))).folders.values()
+            for node in listing.children.values() if node.kind is Kind.FILE]
+        total = sum(n.size for n in files)
+        absent = [n for n in files if self.content.state(self.content_key(n)) == "absent"]
+        if len(absent) < self.bulk_min or total > _BULK_MAX_BYTES \
+                or total > _BULK_MAX_MEAN * len(files):
+            return False
+        by_path = {n.ref.path: self.content_key(n) for n in files
+                   if getattr(n.ref, "path", None) is not None}
 
-    def _bulk_fetch(self, root: PathParts, resource_uri: str) -> None:
-        path = "/" + "/".join(root)
+        def key_of(member: str) -> Optional[ContentKey]:
+            m = _ZIP_MEMBER.match(member)
+            return by_path.get(m.group(1)) if m else None
+
         try:
-            files = [node for listing in self._cached(
-                root, lambda: self._load_files(self._lookup(root))).folders.values()
-                for node in listing.children.values() if node.kind is Kind.FILE]
-            total = sum(n.size for n in files)
-            wanted = {n.ref.path: n for n in files
-                      if self.content.state(self.content_key(n)) == "absent"}
-            if len(wanted) < self.bulk_min or total > _BULK_MAX_BYTES \
-                    or total > _BULK_MAX_MEAN * len(files):
-                return
-            with self.content.temp_file() as spool:
-                self.client.download_archive(resource_uri, spool.write, format="zip")
-                spool.seek(0)
-                added = 0
-                with zipfile.ZipFile(spool) as archive:
-                    for info in archive.infolist():
-                        rel = info.filename.split("/files/", 1)[-1]
-                        node = wanted.get(rel)
-                        # a big member is fetched alone: splitting holds one member in memory
-                        if node is None or info.file_size != node.size \
-                                or info.file_size > _BULK_MAX_MEMBER:
-                            continue
-                        if self.content.add(self.content_key(node), archive.read(info)):
-                            added += 1
-            log.debug("%s: %d of %d files cached from one zip", path, added, len(files))
-        except Exception as exc:  # noqa: BLE001 - files are then fetched one by one, as before
-            log.info("%s: bulk fetch as zip failed (%s); files are fetched one by one", path, exc)
-        finally:
-            with self._virtual_lock:
-                self._bulk_running.discard(root)
+            started = self.content.bulk(folder.uri.rstrip("/") + "/files?format=zip",
+                                        (self.content_key(n) for n in absent), key_of,
+                                        max_files=_bulk_max_files())
+        except RuntimeError:  # the cache is closing
+            return False
+        log.debug("/%s: %d file(s) coming in one zip", "/".join(root), started)
+        return started > 0
 
     def close(self) -> None:
-        """Stop the walk-ahead and bulk pools (queued work is dropped)."""
-        with self._virtual_lock:
-            bulk, self._bulk_pool = self._bulk_pool, None
-        if bulk is not None:
-            bulk.shutdown(wait=False, cancel_futures=True)
+        """Stop the walk-ahead pool (queued work is dropped)."""
         with self._virtual_lock:
             pool, self._walk_pool = self._walk_pool, None
         if pool is not None:
@@ -532,9 +515,10 @@ class Tree:
             return
         end = min(len(names), start + self.prefetch)
         with self._virtual_lock:
-            # the window already queued for this folder listing: only extend it
+            # the window already queued for this folder listing: only extend it, unless the
+            # reader went back (a second pass) or jumped past it
             done = self._prefetched.get(id(listing), (None, 0))
-            if done[0] is listing and start <= done[1]:
+            if done[0] is listing and done[1] - self.prefetch <= start <= done[1]:
                 start = done[1]
             if start >= end:
                 return
@@ -548,8 +532,8 @@ class Tree:
         # the parent object's, which changes whenever anything in it changes, so it would only
         # cause needless downloads.  Without a digest (checksums off, §1.8) the mtime is all
         # we have to notice a change.
-        return ContentKey(uri=node.uri, size=node.size, digest=node.digest,
-                          mtime=None if node.digest else node.mtime)
+        return _content_key(node.uri, node.size, node.digest,
+                            None if node.digest else node.mtime)
 
     def writable(self, node: NodeInfo) -> bool:
         """Can something be made in this directory, or this file be written (modes, §1.2)?"""
@@ -606,10 +590,33 @@ class ReadHandle:
         deadline = time.monotonic() + self._tree.fs_timeout
         return self._cached.read(offset, size, deadline)
 
+    def span(self, offset: int, size: int) -> "Tuple[int, int] | bytes":
+        """``(fd, n)`` where the bytes can be read from a file (cache, download), else the
+        bytes themselves; waits for a download at most ``fs_timeout`` (FUSE ``read_buf``)."""
+        if self._data is not None:
+            return self._data[offset:offset + size]
+        return self._cached.span(offset, size, time.monotonic() + self._tree.fs_timeout)
+
     def close(self) -> None:
         if self._cached is not None:
             self._cached.close()
             self._cached = None
+
+
+def _bulk_max_files() -> int:
+    """Files one bulk zip may bring: each holds an open partial file until it is cached, so
+    stay well inside the open-files limit (the daemon raises it at start, ``cli``)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(0, min(4096, soft // 2 - 128))
+
+
+@functools.lru_cache(maxsize=65536)
+def _content_key(uri: str, size: int, digest: str, mtime: Optional[float]) -> ContentKey:
+    """One ContentKey object per file version, so its hexname (json + sha256) is computed once
+    and not on every open, prefetch check and xattr read."""
+    return ContentKey(uri=uri, size=size, digest=digest, mtime=mtime)
 
 
 def _attrs(**values: Optional[str]) -> Dict[str, str]:

@@ -84,6 +84,10 @@ class WriteHandle:
     def read(self, offset: int, size: int) -> bytes:
         return self.writer._read(self.lf, offset, size)
 
+    def span(self, offset: int, size: int) -> bytes:
+        """The bytes (the spool changes under writes, so no fd is handed out)."""
+        return self.writer._read(self.lf, offset, size)
+
     def truncate(self, length: int) -> None:
         self.writer._truncate(self.lf, length)
 
