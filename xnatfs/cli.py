@@ -388,13 +388,29 @@ def fuse_kwargs(options: Options, mfusepy: Any) -> Dict[str, object]:
     return kwargs
 
 
+def _raise_open_files_limit(want: int = 65536) -> None:
+    """Lift the soft open-files limit towards the hard one (as Go's runtime does): a bulk zip
+    holds a partial file open for each file it brings (``Tree._bulk``), and 1024 is a
+    common soft default."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.info("open-files limit stays at %d: %s", soft, exc)
+
+
 def run_foreground(options: Options, creds: Any, mountpoint: str,
                    on_ready: Any = None, on_first_request: Any = None) -> int:
     """Mount and serve until unmounted or signalled; exit status 0 on a clean stop."""
     mfusepy = _load_fuse()
-    from xnatfs.fs.ops import XnatOperations
+    from xnatfs.fs.ops import XnatFUSE, XnatOperations
     from xnatfs.runtime import Runtime
 
+    _raise_open_files_limit()
     runtime = Runtime(options, creds)
     try:
         runtime.start()
@@ -405,7 +421,7 @@ def run_foreground(options: Options, creds: Any, mountpoint: str,
     log.info("mounting %s at %s (libfuse %s)", options.url, mountpoint,
              getattr(mfusepy, "fuse_version_major", "?"))
     try:
-        mfusepy.FUSE(ops, mountpoint, foreground=True, raw_fi=True,
+        XnatFUSE(ops, mountpoint, foreground=True, raw_fi=True,
                      **fuse_kwargs(options, mfusepy))
     except RuntimeError as exc:
         # libfuse3 returns 8 after SIGTERM/SIGINT although the unmount was clean

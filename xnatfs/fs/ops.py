@@ -9,6 +9,7 @@ appears.  ``init()`` only reports readiness (systemd ``READY=1``, the CLI's wait
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import itertools
@@ -156,6 +157,10 @@ class XnatOperations(mfusepy.Operations):
             return self._add_handle(handle, fi)
         handle = tree.open(node, path)
         self._add_handle(handle, fi)
+        if hasattr(fi, "noflush"):
+            # nothing to flush on a read-only file: close(2) then costs no FLUSH round trip
+            # (libfuse >= 3.11; older kernels ignore it)
+            fi.noflush = 1
         if handle.direct_io:
             fi.direct_io = 1
         elif tree.cacheable(node):
@@ -166,6 +171,26 @@ class XnatOperations(mfusepy.Operations):
     @_op
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
         return self._handle(fi, path).read(offset, size)
+
+    @_op
+    def read_into(self, path: str, address: int, size: int, offset: int, fi: Any) -> int:
+        """``read`` for ``XnatFUSE``: the bytes go straight from the cache file into libfuse's
+        buffer at ``address``; returns how many."""
+        got = self._handle(fi, path).span(offset, size)
+        if not isinstance(got, tuple):
+            ctypes.memmove(address, got, len(got))
+            return len(got)
+        fd, n = got
+        if n <= 0:
+            return 0
+        view = memoryview((ctypes.c_char * n).from_address(address)).cast("B")
+        done = 0
+        while done < n:
+            got_n = os.preadv(fd, [view[done:]], offset + done)
+            if got_n <= 0:
+                break
+            done += got_n
+        return done
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op
@@ -281,3 +306,51 @@ class XnatOperations(mfusepy.Operations):
         raise mfusepy.FuseOSError(errno.EPERM)
 
     symlink = link = mknod = removexattr = _refused  # type: ignore[assignment]
+
+
+def _keep_thread_state() -> None:
+    """Keep this libfuse worker thread's Python thread state for the life of the thread.
+
+    A ctypes callback on a thread Python did not start makes a fresh thread state and drops it
+    again when the callback returns (``PyGILState_Ensure``/``Release``): every FUSE request
+    paid for that (a 16 KiB mmap + munmap, seen with strace, and the state's set-up).  One
+    unmatched ``PyGILState_Ensure`` keeps the state alive; libfuse's worker threads live as
+    long as the mount (``max_idle_threads`` is unlimited in libfuse 3.12+).
+    """
+    ensure = ctypes.pythonapi.PyGILState_Ensure
+    ensure.restype = ctypes.c_int
+    ensure()
+
+
+class XnatFUSE(mfusepy.FUSE):
+    """mfusepy's ``FUSE`` with two changes: ``read`` fills libfuse's buffer in place, and each
+    worker thread keeps its Python thread state (``_keep_thread_state``).
+
+    mfusepy's own ``read`` takes the ``bytes`` that ``Operations.read`` returns and copies them
+    into libfuse's buffer, so every byte read is copied twice in Python's care and every
+    request allocates its size (1 MiB) anew.  ``XnatOperations.read_into`` ``preadv``s the cache
+    file directly into that buffer (one copy, no allocation, GIL released).  Measured against
+    the alternative of answering ``read_buf`` with the fd (libfuse 3.14 copies through a freshly
+    mmapped buffer per request and did not splice here): that was slower than mfusepy's ``read``,
+    this is faster (benchmarks/RESULTS.md, B3).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: per worker thread: its thread state is kept (set before the loop starts, which
+        #: mfusepy's __init__ runs)
+        self._kept = threading.local()
+        super().__init__(*args, **kwargs)
+
+    def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(self._kept, "done", False):
+            _keep_thread_state()
+            self._kept.done = True
+        return super()._wrapper(func, *args, **kwargs)
+
+    def read(self, path: Optional[bytes], buf: Any, size: int, offset: int, fip: Any) -> int:
+        read_into = getattr(self.operations, "read_into", None)
+        if read_into is None:
+            return super().read(path, buf, size, offset, fip)
+        fh = fip.contents if self.raw_fi else fip.contents.fh
+        return read_into(None if path is None else path.decode(self.encoding, self.errors),
+                         ctypes.cast(buf, ctypes.c_void_p).value, size, offset, fh)
