@@ -329,3 +329,21 @@ def test_kill_at_any_point_of_update_and_remove(tmp_path, monkeypatch):
                 assert fh.read() == b"bytes"
         if not crashed_update and not crashed_remove:
             break
+
+
+def test_add_without_digest_leaves_it_to_the_uploader_or_to_reload(dirs):
+    spool, jdir = dirs
+    j = Journal(jdir)
+    j.reload()
+    data = payload(70_000, seed=3)
+    entry = j.add(spooled(spool, data), TARGET, MNT_PATH, digest=False)
+    assert (entry.size, entry.md5) == (70_000, "")
+    hashed = j.with_digest(entry)
+    assert hashed.md5 == md5(data) and j.get(entry.id).md5 == md5(data)
+    # an entry whose digest was never stored (crash during its first upload) gets it on reload
+    other = j.add(spooled(spool, data[:100]), TARGET, MNT_PATH + "2", digest=False)
+    j2 = Journal(jdir)
+    [reloaded] = [e for e in j2.reload() if e.id == other.id]
+    assert reloaded.md5 == md5(data[:100])
+    with open(os.path.join(jdir, other.id + ".json")) as fh:
+        assert json.load(fh)["md5"] == md5(data[:100])

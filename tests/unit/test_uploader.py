@@ -463,3 +463,16 @@ def test_not_verified_error_is_retryable():
     e = Entry(id="1", target={}, path="/p", size=3, md5="abc", created=0.0)
     err = UploadNotVerified(e)
     assert err.retryable is True and "3 bytes" in str(err)
+
+
+def test_entry_added_without_digest_is_hashed_beside_the_upload(rig):
+    up = rig.uploader()
+    data = os.urandom(3 << 20)   # a few chunks of the digest thread
+    f = rig.spool.create()
+    f.write(0, data)
+    entry = rig.journal.add(f, {"kind": "file", "relpath": "big"}, "/P/big", digest=False)
+    assert entry.md5 == ""
+    up.upload_now(entry, rig.clock() + WAIT)
+    assert rig.server.files["/P/big"] == data   # verify compared the MD5 it computed
+    assert rig.journal.entries() == []
+    assert rig.states("/P/big") == [DONE]

@@ -407,7 +407,7 @@ class Writer:
             log.info("write %s: empty file not uploaded (XNAT cannot store empty files)", path)
             lf.dirty = False
             return
-        entry = self.journal.add(lf.spool, lf.target, path)
+        entry = self.journal.add(lf.spool, lf.target, path, digest=False)
         with self._lock:
             lf.spool = None
             lf.entry = entry

@@ -11,9 +11,10 @@ One entry = a data file plus a JSON sidecar (rclone ``vfscache`` item ``Info``):
 Every sidecar write goes to a temp file in the same directory, is fsynced, moved into place with
 ``os.replace`` and the directory is fsynced, so a sidecar on disk is always a whole one.
 
-``add`` writes in this order: fsync the spool file, compute size and MD5, write the sidecar
-(recording ``source`` = the spool path), rename the spool file to ``<id>.data``, fsync the
-directory. A kill -9 at any point leaves one of:
+``add`` writes in this order: fsync the spool file, compute size and MD5 (or leave the MD5 to
+the uploader, ``digest=False``: then ``reload`` computes it from the fsynced bytes), write the
+sidecar (recording ``source`` = the spool path), rename the spool file to ``<id>.data``, fsync
+the directory. A kill -9 at any point leaves one of:
 
 - nothing new, the bytes still in the spool file;
 - a sidecar and no data file, the bytes still at ``source``: ``reload`` completes the rename
@@ -89,7 +90,8 @@ class Entry:
     path: str
     #: bytes in the data file
     size: int
-    #: MD5 hex digest of the data file (XNAT's ``digest``)
+    #: MD5 hex digest of the data file (XNAT's ``digest``); "" until computed (``add`` with
+    #: ``digest=False``, then ``Journal.with_digest``)
     md5: str
     #: wall-clock time (time.time()) the entry was added
     created: float
@@ -254,7 +256,7 @@ class Journal:
         return self._loaded
 
     def add(self, spool: Union[PathLike, SpoolFile], target: Mapping[str, Any],
-            path: str) -> Entry:
+            path: str, digest: bool = True) -> Entry:
         """Take ownership of the bytes in ``spool`` (a closed-or-open ``SpoolFile`` or a path)
         as a new pending entry uploading to ``target`` for mount path ``path``.
 
@@ -262,6 +264,11 @@ class Journal:
         EXDEV fallback). The entry is durable before this returns. On ``OSError`` (ENOSPC
         writing the sidecar, ...) no entry exists and the bytes are still at the spool path.
         A ``SpoolFile`` is fsynced and closed first.
+
+        With ``digest`` False the entry's ``md5`` is left empty (reading a large file once
+        more just to hash it is as slow as uploading it): whoever uploads it computes the MD5
+        beside the upload and stores it with :meth:`with_digest`.  The bytes are fsynced
+        before the sidecar exists either way, so ``reload`` can always compute it from them.
         """
         if isinstance(spool, SpoolFile):
             if not spool.closed:
@@ -274,7 +281,7 @@ class Journal:
         try:
             os.fsync(fd)  # the bytes must be on disk before a sidecar points at them
             os.fchmod(fd, _FILE_MODE)
-            size, md5 = _digest_fd(fd)
+            size, md5 = _digest_fd(fd) if digest else (os.fstat(fd).st_size, "")
         finally:
             os.close(fd)
         entry = Entry(
@@ -331,6 +338,18 @@ class Journal:
             _fsync_dir(os.path.dirname(source))
         except OSError:
             pass
+
+    def with_digest(self, entry: Entry) -> Entry:
+        """The entry with its ``md5`` filled in (computed from the data file if it is empty)
+        and stored.  Raises KeyError if the entry left the journal meanwhile."""
+        if entry.md5:
+            return entry
+        fd = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _, md5 = _digest_fd(fd)
+        finally:
+            os.close(fd)
+        return self.update(dataclasses.replace(entry, md5=md5))
 
     def update(self, entry: Entry) -> Entry:
         """Store a new version of an entry (durably). Raises KeyError if the entry is no longer
@@ -467,11 +486,22 @@ class Journal:
             _unlink_missing_ok(data_path)
             _unlink_missing_ok(sidecar)
             return
+        changed = False
         if entry.state == UPLOADING:
             entry = dataclasses.replace(entry, state=PENDING)
+            changed = True
+        if not entry.md5:  # added with digest=False: the data was fsynced, hash it now
+            fd = os.open(data_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _, md5 = _digest_fd(fd)
+            finally:
+                os.close(fd)
+            entry = dataclasses.replace(entry, md5=md5)
+            changed = True
+        if changed:
             try:
                 self._write_sidecar(entry)
-            except OSError as exc:  # the in-memory state is right; disk says uploading
+            except OSError as exc:  # the in-memory state is right; disk lags behind
                 log.warning("journal: cannot update sidecar of %s: %s", entry_id, exc)
         with self._lock:
             self._locked_insert(entry)

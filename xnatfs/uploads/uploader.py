@@ -8,7 +8,8 @@ given two callables:
   (``XnatError`` sets it; anything else counts as permanent), and ``retry_after`` (seconds the
   server asked for) is honoured, capped at ``max_delay``.
 - ``verify(entry) -> bool`` says whether the server now shows ``entry.path`` with ``entry.size``
-  bytes and digest ``entry.md5``. An entry is removed from the journal *only* after verify said
+  bytes and digest ``entry.md5`` (an entry added without its MD5 gets it from a thread that
+  hashes the data file while ``put`` sends it, ``_Digest``). An entry is removed from the journal *only* after verify said
   yes. Verify is also asked *before* sending again when an earlier attempt was started
   (``entry.tries > 0``): that attempt may have reached the server (a timeout after the body
   was sent, a crash before the entry was removed), and sending again without overwrite would
@@ -38,7 +39,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import logging
+import os
 import random
 import threading
 import time
@@ -70,6 +73,68 @@ class UploadNotVerified(Exception):
         self.path = entry.path
         super().__init__(f"server does not show the uploaded file "
                          f"({entry.size} bytes, md5 {entry.md5})")
+
+
+class _Digest:
+    """The MD5 of an entry's data file, computed while the upload runs (both read the same
+    bytes; hashing them first would add the hash's time to every close).
+
+    The thread has idle priority while the upload runs, so on a small machine it takes no CPU
+    from the transfer (or from an XNAT on the same host); :meth:`result` then takes over
+    whatever is left at the caller's priority, so a loaded node does not starve it.
+    """
+
+    _CHUNK = 1 << 20
+
+    def __init__(self, journal: Journal, entry: Entry) -> None:
+        self._journal = journal
+        self._entry = entry
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._fd = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
+        self._pos = 0
+        self._stop = False
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="xnatfs-digest", daemon=True)
+        self._thread.start()
+
+    def _hash(self, in_thread: bool) -> None:
+        while not (in_thread and self._stop):
+            chunk = os.pread(self._fd, self._CHUNK, self._pos)
+            if not chunk:
+                return
+            self._md5.update(chunk)
+            self._pos += len(chunk)
+
+    def _run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
+        try:
+            self._hash(in_thread=True)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by result()
+            self._error = exc
+
+    def result(self) -> Entry:
+        """The entry with its digest, stored (raises what hashing raised; KeyError: the entry
+        left the journal)."""
+        self._stop = True
+        self._thread.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            self._hash(in_thread=False)
+        finally:
+            os.close(self._fd)
+        return self._journal.update(dataclasses.replace(self._entry,
+                                                        md5=self._md5.hexdigest()))
+
+    def result_or(self, entry: Entry) -> Entry:
+        """The entry with its digest, or ``entry`` as it was if hashing failed."""
+        try:
+            return self.result()
+        except Exception:  # noqa: BLE001 - the upload's own error is the one to report
+            return entry
 
 
 class Uploader:
@@ -325,12 +390,22 @@ class Uploader:
         entry = saved
         with self._cv:
             self._running[entry.id] = entry
+        digest: Optional[_Digest] = None
         try:
+            if not entry.md5:
+                # hashed beside the upload, not before it: both read the same bytes once
+                digest = _Digest(self._journal, entry)
+                if check_first:
+                    entry = digest.result()
             if not (check_first and self._verify(entry)):
                 self._put(entry)
+                if digest is not None:
+                    entry = digest.result()
                 if not self._verify(entry):
                     raise UploadNotVerified(entry)
         except Exception as exc:  # noqa: BLE001 - put/verify raise whatever the client raises
+            if digest is not None:
+                entry = digest.result_or(entry)
             self._failed(entry, exc)
             if reraise:
                 raise
