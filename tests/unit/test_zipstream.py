@@ -128,3 +128,18 @@ def test_not_a_zip():
     splitter = ZipSplitter(lambda n: None, lambda n: None, lambda n, ok: None)
     with pytest.raises(ZipStreamError):
         splitter.feed(b"<html><body>login</body></html>")
+
+
+def test_without_crc_a_damaged_member_still_ends_ok_by_size():
+    """check_crc=False is for callers that verify each member's MD5 themselves."""
+    blob = bytearray(make_zip(zipfile.ZIP_STORED, streamed=True))
+    data = FILES["S/scans/1/resources/DICOM/files/a.dcm"]
+    at = bytes(blob).index(data[:64])
+    blob[at + 100] ^= 0xFF
+    ends: List[Tuple[str, bool]] = []
+    sizes = {n: len(d) for n, d in FILES.items()}
+    splitter = ZipSplitter(sizes.get, lambda n: None, lambda n, ok: ends.append((n, ok)),
+                           check_crc=False)
+    splitter.feed(bytes(blob))
+    splitter.close()
+    assert ends == [(n, True) for n in FILES]
