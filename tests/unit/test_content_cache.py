@@ -552,3 +552,27 @@ def test_bulk_cut_short_leaves_the_rest_to_single_downloads(make_cache):
     alone = {uri for uri in files if fetch.calls[uri]}
     assert 0 < len(alone) < len(files)        # the first half came from the zip
     assert all(n == 1 for uri, n in fetch.calls.items() if uri != "/zip")
+
+
+def test_close_during_a_bulk_fetch_ends_every_member(tmp_path):
+    files = {f"/f{i:02d}": payload(20_000, seed=i) for i in range(10)}
+    blob_len = len(_zip_of(files))
+    fetch, keys, key_of = _bulk_setup(files, hold_at=blob_len // 3, chunk=4096)
+    cc = ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch)
+    cc.start()
+    cc.bulk("/zip", keys.values(), key_of)
+    assert fetch.held.wait(WAIT)
+    handles = [cc.open(k) for k in keys.values()]
+    closer = threading.Thread(target=cc.close, args=(later(),))
+    closer.start()
+    wait_for(lambda: cc._closing, "close to begin")   # noqa: SLF001 - test reaches in
+    fetch.gate.set()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    for uri, h in zip(keys, handles):
+        try:
+            got = h.read(0, 20_000, later())
+            assert got == files[uri]                  # arrived before the close
+        except OSError as exc:
+            assert exc.errno == errno.ECANCELED       # or cancelled, never a hang
+        h.close()

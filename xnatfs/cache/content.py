@@ -43,6 +43,7 @@ import concurrent.futures
 import errno
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -386,6 +387,8 @@ class ContentCache:
         self._closing = False
         self._downloads: Dict[str, Download] = {}
         self._pins: Dict[str, int] = {}
+        self._partial_tag = secrets.token_hex(4)
+        self._partial_seq = itertools.count()
         #: hex -> size of every file in the index, as far as this process knows: an open of a
         #: cached file is then one os.open, no SQLite (diskcache's LRU-updating get is a write
         #: transaction, ~0.2 ms, on every open)
@@ -580,28 +583,29 @@ class ContentCache:
             _read_ahead(path)
 
     def bulk(self, uri: str, keys: Iterable[ContentKey],
-             key_of: Callable[[str], Optional[ContentKey]], max_files: int = 4096) -> int:
+             key_of: Callable[[str], Optional[ContentKey]], min_files: int = 1,
+             max_files: int = 4096) -> int:
         """Fetch many files with one request: ``uri`` answers a zip of them (a resource's
-        ``files?format=zip``, ``xnat-rest-api.md`` §3.3); returns how many it will bring.
+        ``files?format=zip``, ``xnat-rest-api.md`` §3.3); returns how many it will bring (0
+        when fewer than ``min_files`` of ``keys`` are neither cached nor downloading).
 
-        A download is registered at once for each of ``keys`` (at most ``max_files``) that is
-        neither cached nor downloading, so a reader who opens one of those files joins it and
-        is served as soon as its member streams in — not after the whole zip.  ``key_of(member
-        name)`` maps the zip's members to keys.  A member that is missing, damaged, or does not
-        match its key's size and MD5 is then fetched on its own, like any download.
+        A download is registered at once for each of those (at most ``max_files``), so a
+        reader who opens one of those files joins it and is served as soon as its member
+        streams in — not after the whole zip.  ``key_of(member name)`` maps the zip's members
+        to keys.  A member that is missing, damaged, or does not match its key's size and MD5
+        is then fetched on its own, like any download.
         """
-        wanted: Dict[str, Download] = {}
         with self._lock:
             self._require_started()
+            todo: Dict[str, ContentKey] = {}
             for key in keys:
-                if len(wanted) >= max_files:
-                    break
                 hexname = key.hexname()
-                if hexname in self._downloads or hexname in self._present or hexname in wanted:
-                    continue
-                wanted[hexname] = self._register_locked(key, hexname)
-            if not wanted:
+                if hexname not in self._downloads and hexname not in self._present:
+                    todo.setdefault(hexname, key)
+            if len(todo) < max(1, min_files):
                 return 0
+            wanted = {hexname: self._register_locked(key, hexname)
+                      for hexname, key in itertools.islice(todo.items(), max_files)}
             self._stats["bulk_fetches"] += 1
             try:
                 assert self._pool is not None
@@ -799,7 +803,10 @@ class ContentCache:
 
     def _register_locked(self, key: ContentKey, hexname: str) -> Download:
         """A new download of ``key``, registered (readers join it) but not queued yet."""
-        partial = os.path.join(self._partial_dir, f"{hexname}.{secrets.token_hex(4)}.part")
+        # unique within this process (O_EXCL guards against anything else): a counter is
+        # cheaper than random bytes for the hundreds a bulk fetch registers at once
+        partial = os.path.join(self._partial_dir,
+                               f"{hexname}.{self._partial_tag}{next(self._partial_seq)}.part")
         download = Download(
             key.uri, key.size, key.digest, partial, self._fetch,
             verify=self.verify, cancelled=lambda: self._closing,

@@ -214,8 +214,7 @@ class Tree:
             root, lambda: self._load_files(self._lookup(root))).folders.values()
             for node in listing.children.values() if node.kind is Kind.FILE]
         total = sum(n.size for n in files)
-        absent = [n for n in files if self.content.state(self.content_key(n)) == "absent"]
-        if len(absent) < self.bulk_min or total > _BULK_MAX_BYTES \
+        if len(files) < self.bulk_min or total > _BULK_MAX_BYTES \
                 or total > _BULK_MAX_MEAN * len(files):
             return False
         by_path = {n.ref.path: self.content_key(n) for n in files
@@ -227,8 +226,8 @@ class Tree:
 
         try:
             started = self.content.bulk(folder.uri.rstrip("/") + "/files?format=zip",
-                                        (self.content_key(n) for n in absent), key_of,
-                                        max_files=_bulk_max_files())
+                                        [self.content_key(n) for n in files], key_of,
+                                        min_files=self.bulk_min, max_files=_bulk_max_files())
         except RuntimeError:  # the cache is closing
             return False
         log.debug("/%s: %d file(s) coming in one zip", "/".join(root), started)
