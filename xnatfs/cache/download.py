@@ -143,8 +143,11 @@ class Download:
 
     Readers hold their own ``dup()`` of the partial fd (``dup_fd``), so they keep reading after
     the partial is renamed into the store or unlinked: it is the same inode.  ``span()`` says how
-    many bytes at an offset are there, so a reader can hand the fd itself to libfuse
-    (``read_buf``) and the bytes never pass through Python.
+    many bytes at an offset are there, so a reader can ``preadv`` them straight into libfuse's
+    buffer (``fs.ops.XnatFUSE``) instead of through a Python ``bytes``.
+
+    Its bytes come from ``fetch`` (``run``) or are pushed by the owner (``feed``: a member of a
+    resource's zip, ``ContentCache.bulk``).
 
     A second attempt (after a size or MD5 mismatch) rewrites the partial file in place from
     offset 0 rather than truncating it: a reader whose ``pread`` is in flight then sees bytes of
@@ -190,14 +193,10 @@ class Download:
 
     # -- worker side -----------------------------------------------------------------------------
 
-    def run(self, adopt: Callable[[str], None], ended: Ended,
-            first: Optional[Fetch] = None) -> None:
+    def run(self, adopt: Callable[[str], None], ended: Ended) -> None:
         """Fetch, verify (refetching once on a mismatch) and ``adopt`` the partial; never raises.
 
-        ``first``, if given, supplies the bytes of the first attempt instead of ``fetch`` (a
-        member of a resource's zip); a second attempt always uses ``fetch`` (one GET).
-
-        Runs in a worker thread. Then calls ``ended(error)`` (the owner unregisters the
+        Runs in a download pool thread. Then calls ``ended(error)`` (the owner unregisters the
         download, so that nobody can join it any more) *before* waking the readers with the result:
         a reader that sees the error and opens again starts a new download instead of joining
         this one, and a reader that sees success finds the key cached.
@@ -205,7 +204,7 @@ class Download:
         error: Optional[BaseException] = None
         try:
             for attempt in (1, 2):
-                problem = self._attempt(first if attempt == 1 and first else self._fetch)
+                problem = self._attempt(self._fetch)
                 if problem is None:
                     adopt(self.partial_path)
                     break
