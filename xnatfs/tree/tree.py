@@ -591,7 +591,8 @@ class ReadHandle:
 
     def span(self, offset: int, size: int) -> "Tuple[int, int] | bytes":
         """``(fd, n)`` where the bytes can be read from a file (cache, download), else the
-        bytes themselves; waits for a download at most ``fs_timeout`` (FUSE ``read_buf``)."""
+        bytes themselves; waits for a download at most ``fs_timeout``
+        (``XnatOperations.read_into``)."""
         if self._data is not None:
             return self._data[offset:offset + size]
         return self._cached.span(offset, size, time.monotonic() + self._tree.fs_timeout)
