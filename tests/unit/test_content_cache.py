@@ -19,7 +19,9 @@ from typing import Dict, List, Optional, Union
 
 import pytest
 
+from tests.unit.ziphelp import streamed_zip
 from xnatfs.cache.content import ContentCache, ContentKey
+from xnatfs.cache.download import INLINE_HASH_MAX
 
 WAIT = 10.0  # seconds; generous deadline for conditions that should hold almost at once
 
@@ -206,11 +208,13 @@ def test_prefetch_downloads_without_handles(make_cache):
 # -- verification and errors ----------------------------------------------------------------------
 
 
-def test_digest_mismatch_once_refetches(make_cache):
-    good = payload(50_000)
+@pytest.mark.parametrize("size", [50_000, INLINE_HASH_MAX + 300_000],
+                         ids=["hashed-inline", "hashed-beside-the-download"])
+def test_digest_mismatch_once_refetches(make_cache, size):
+    good = payload(size)
     bad = bytearray(good)
-    bad[1234] ^= 0xFF
-    fetch = FakeFetch({"/f": [bytes(bad), good]})
+    bad[-1234] ^= 0xFF
+    fetch = FakeFetch({"/f": [bytes(bad), good]}, chunk=64 * 1024)
     cc = make_cache(fetch)
     key = key_for("/f", good)
     with cc.open(key) as h:
@@ -418,22 +422,6 @@ def test_open_before_start_is_an_error(tmp_path):
 # -- large files, hits without SQLite, bulk (zip) fetches ----------------------------------------
 
 
-def test_large_file_hashed_beside_the_download_and_refetched_on_mismatch(make_cache):
-    from xnatfs.cache.download import INLINE_HASH_MAX
-
-    good = payload(INLINE_HASH_MAX + 300_000, seed=4)   # past the inline limit: _FileMD5
-    bad = bytearray(good)
-    bad[-5] ^= 0xFF
-    fetch = FakeFetch({"/big": [bytes(bad), good]}, chunk=256 * 1024)
-    cc = make_cache(fetch)
-    key = key_for("/big", good)
-    with cc.open(key) as h:
-        assert h.wait(later())
-        assert h.read(0, len(good), later()) == good
-    assert fetch.calls["/big"] == 2
-    assert cc.state(key) == "cached" and read_all(cc, key) == good
-
-
 def test_hit_survives_a_file_removed_behind_the_cache(make_cache):
     data = payload(5000)
     fetch = FakeFetch({"/f": data})
@@ -467,26 +455,7 @@ def test_rows_of_another_layout_are_dropped_at_start(tmp_path, make_cache):
 
 def _zip_of(files: Dict[str, bytes], prefix: str = "S/scans/1-T1w/resources/DICOM/files/") -> bytes:
     """A zip as the emulator streams it: stored members with data descriptors (§3.3)."""
-    import io
-    import zipfile
-
-    class Unseekable(io.RawIOBase):
-        def __init__(self) -> None:
-            self.out = bytearray()
-
-        def writable(self) -> bool:
-            return True
-
-        def write(self, b) -> int:  # type: ignore[override]
-            self.out += b
-            return len(b)
-
-    target = Unseekable()
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zf:   # type: ignore[arg-type]
-        for name, data in files.items():
-            with zf.open(zipfile.ZipInfo(prefix + name.lstrip("/")), "w") as out:
-                out.write(data)
-    return bytes(target.out)
+    return streamed_zip({prefix + name.lstrip("/"): data for name, data in files.items()})
 
 
 def _bulk_setup(files: Dict[str, bytes], zipped: Optional[Dict[str, bytes]] = None, **fetch_kw):

@@ -13,21 +13,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
+from tests.unit.ziphelp import streamed_zip
 from xnatfs.cache.zipstream import ZipSplitter, ZipStreamError
-
-
-class _Unseekable(io.RawIOBase):
-    """A write-only stream zipfile cannot seek back in (so it writes data descriptors)."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:  # type: ignore[override]
-        self.out += b
-        return len(b)
 
 
 FILES = {
@@ -40,14 +27,16 @@ FILES = {
 
 def make_zip(method: int, streamed: bool, zip64: bool = False,
              files: Dict[str, bytes] = FILES) -> bytes:
-    target: io.IOBase = _Unseekable() if streamed else io.BytesIO()
-    with zipfile.ZipFile(target, "w", method, allowZip64=True) as zf:  # type: ignore[arg-type]
+    if streamed:
+        return streamed_zip(files, method, zip64)
+    target = io.BytesIO()
+    with zipfile.ZipFile(target, "w", method, allowZip64=True) as zf:
         for name, data in files.items():
             info = zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0))
             info.compress_type = method
             with zf.open(info, "w", force_zip64=zip64) as out:
                 out.write(data)
-    return bytes(target.out) if streamed else target.getvalue()  # type: ignore[attr-defined]
+    return target.getvalue()
 
 
 def split(blob: bytes, chunk: int, sizes: Optional[Dict[str, int]] = None,
