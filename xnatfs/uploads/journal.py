@@ -91,7 +91,7 @@ class Entry:
     #: bytes in the data file
     size: int
     #: MD5 hex digest of the data file (XNAT's ``digest``); "" until computed (``add`` with
-    #: ``digest=False``, then ``Journal.with_digest``)
+    #: ``digest=False``: the uploader stores it with ``update``, or ``reload`` computes it)
     md5: str
     #: wall-clock time (time.time()) the entry was added
     created: float
@@ -267,8 +267,8 @@ class Journal:
 
         With ``digest`` False the entry's ``md5`` is left empty (reading a large file once
         more just to hash it is as slow as uploading it): whoever uploads it computes the MD5
-        beside the upload and stores it with :meth:`with_digest`.  The bytes are fsynced
-        before the sidecar exists either way, so ``reload`` can always compute it from them.
+        beside the upload and stores it with :meth:`update`.  The bytes are fsynced before the
+        sidecar exists either way, so ``reload`` can always compute it from them.
         """
         if isinstance(spool, SpoolFile):
             if not spool.closed:
@@ -338,18 +338,6 @@ class Journal:
             _fsync_dir(os.path.dirname(source))
         except OSError:
             pass
-
-    def with_digest(self, entry: Entry) -> Entry:
-        """The entry with its ``md5`` filled in (computed from the data file if it is empty)
-        and stored.  Raises KeyError if the entry left the journal meanwhile."""
-        if entry.md5:
-            return entry
-        fd = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _, md5 = _digest_fd(fd)
-        finally:
-            os.close(fd)
-        return self.update(dataclasses.replace(entry, md5=md5))
 
     def update(self, entry: Entry) -> Entry:
         """Store a new version of an entry (durably). Raises KeyError if the entry is no longer

@@ -9,8 +9,8 @@ given two callables:
   server asked for) is honoured, capped at ``max_delay``.
 - ``verify(entry) -> bool`` says whether the server now shows ``entry.path`` with ``entry.size``
   bytes and digest ``entry.md5`` (an entry added without its MD5 gets it from a thread that
-  hashes the data file while ``put`` sends it, ``_Digest``). An entry is removed from the journal *only* after verify said
-  yes. Verify is also asked *before* sending again when an earlier attempt was started
+  hashes the data file while ``put`` sends it, ``_Digest``). An entry is removed from the
+  journal *only* after verify said yes. Verify is also asked *before* sending again when an earlier attempt was started
   (``entry.tries > 0``): that attempt may have reached the server (a timeout after the body
   was sent, a crash before the entry was removed), and sending again without overwrite would
   get a 409.
