@@ -615,11 +615,17 @@ class ContentCache:
                     del self._downloads[hexname]
                     download.fail(DownloadCancelled(download.uri), lambda error: None)
                 raise RuntimeError("content cache is closing") from None
-        future.add_done_callback(lambda f: f.cancelled() and [
-            download.fail(DownloadCancelled(download.uri),
-                          lambda error, d=download, h=hexname: self._unregister(d, h, error))
-            for hexname, download in wanted.items()])
+        future.add_done_callback(lambda f: self._on_bulk_cancelled(f, wanted))
         return len(wanted)
+
+    def _on_bulk_cancelled(self, future: concurrent.futures.Future,
+                           wanted: Dict[str, Download]) -> None:
+        """Done-callback: a bulk fetch whose queued work was cancelled (``close``) never ran,
+        so none of its downloads will end by itself."""
+        if future.cancelled():
+            for hexname, download in wanted.items():
+                download.fail(DownloadCancelled(download.uri),
+                              lambda error, d=download, h=hexname: self._unregister(d, h, error))
 
     def _run_bulk(self, uri: str, wanted: Dict[str, Download],
                   key_of: Callable[[str], Optional[ContentKey]]) -> None:
