@@ -17,7 +17,6 @@ import errno
 import functools
 import json
 import logging
-import os
 import re
 import resource
 import threading
