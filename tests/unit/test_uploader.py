@@ -319,7 +319,8 @@ def test_resume_after_restart(rig, tmp_path):
     interrupted = rig.journal.update(dataclasses.replace(
         rig.add(b"was uploading", path="/P/resources/R/files/b"), state=UPLOADING, tries=1))
     failed = rig.journal.update(dataclasses.replace(
-        rig.add(b"gave up", path="/P/resources/R/files/c"), state=FAILED, last_error="403"))
+        rig.add(b"gave up", path="/P/resources/R/files/c"), state=FAILED,
+        last_error="PUT http://x/data/projects/P/resources/R/files/c -> 403 Forbidden"))
     # the interrupted attempt had in fact reached the server before the crash
     rig.server.files["/P/resources/R/files/b"] = b"was uploading"
 

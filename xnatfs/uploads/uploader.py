@@ -4,9 +4,12 @@ The uploader schedules; it does not know how to upload (rclone ``writeback`` ``P
 given two callables:
 
 - ``put(entry)`` sends ``entry.data_path`` to ``entry.target`` and raises on failure. Whether a
-  failure is worth retrying is read from the exception: ``getattr(exc, "retryable", False)``
-  (``XnatError`` sets it; anything else counts as permanent), and ``retry_after`` (seconds the
-  server asked for) is honoured, capped at ``max_delay``.
+  failure is worth retrying is decided by the one table in ``uploads/retry.py``
+  (:func:`~xnatfs.uploads.retry.classify`: only 400/401/403/404/409/413-like refusals and a
+  bad local target are permanent; 5xx, timeouts, drops, login pages are retried until XNAT
+  has the bytes), and ``retry_after`` (seconds the server asked for) is honoured, capped at
+  ``max_delay``. A ``verify`` that fails after a ``put`` that returned is always re-checked
+  later, never ``failed``.
 - ``verify(entry) -> bool`` says whether the server now shows ``entry.path`` with ``entry.size``
   bytes and digest ``entry.md5`` (an entry added without its MD5 gets it from a thread that
   hashes the data file while ``put`` sends it, ``_Digest``). An entry is removed from the
@@ -23,9 +26,11 @@ mount path are versions of one file: never two attempts for one path at a time, 
 version is confirmed, older versions still waiting are dropped as superseded (they would
 overwrite newer bytes).
 
-Backoff: attempt N failing with a retryable error waits ``base_delay * 2**(N-1)``, capped at
-``max_delay``, with jitter (uniform in [d/2, d]). A non-retryable error marks the entry
-``failed``: it stays on disk, listed, and can be retried by ``submit``. Each failure is one log
+Backoff: attempt N failing with a transient error waits ``base_delay * 2**(N-1)``, capped at
+``max_delay``, with jitter (uniform in [d/2, d]). A permanent error marks the entry
+``failed``: it stays on disk, listed, and can be retried by ``submit``. On ``start`` a
+``failed`` entry whose recorded error the table now calls transient (written by an older
+version, which gave up on 500s) is queued again. Each failure is one log
 line, subject first: ``upload <path>: <error>; try N, retry in Ds``, at DEBUG for tries 1-2, INFO
 for 3-5, WARNING after (S3QL ``retry``); a give-up is a WARNING.
 
@@ -33,7 +38,8 @@ Clocks: ``clock`` (default ``time.monotonic``) gives ``next_attempt`` and the ``
 arguments; the waits themselves are real (``Condition.wait(deadline - clock())``), so tests use
 a fake clock plus ``wake()`` instead of sleeping.
 
-This module imports nothing from ``xnatfs.tree`` or ``xnatfs.xnat``.
+This module imports nothing from ``xnatfs.tree`` or ``xnatfs.xnat`` (``retry`` imports the
+error types of ``xnatfs.xnat.errors``, which import nothing).
 """
 from __future__ import annotations
 
@@ -48,6 +54,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from xnatfs.uploads.journal import DONE, FAILED, PENDING, UPLOADING, Entry, Journal
+from xnatfs.uploads.retry import Verdict, classify, classify_text
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,14 @@ class _Digest:
     The thread has idle priority while the upload runs, so on a small machine it takes no CPU
     from the transfer (or from an XNAT on the same host); :meth:`result` then takes over
     whatever is left at the caller's priority, so a loaded node does not starve it.
+
+    Ownership of the descriptor (issue 18, the fd closed twice): this object is the only owner
+    of ``_fd``. It is closed once, by :meth:`close` (idempotent, under ``_lock``), only after
+    the hashing thread has ended; :meth:`result` computes the digest once and remembers it (or
+    the error), so calling it again -- after a ``verify`` that raised -- never touches the
+    descriptor again. A descriptor number is reused by the kernel at once for the next
+    ``open``/``socket`` of any thread: reading or closing it a second time read or closed
+    another thread's file or connection (wrong bytes in uploads, the journal and the cache).
     """
 
     _CHUNK = 1 << 20
@@ -90,16 +105,20 @@ class _Digest:
         self._journal = journal
         self._entry = entry
         self._md5 = hashlib.md5(usedforsecurity=False)
-        self._fd = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
+        self._lock = threading.Lock()  # guards _fd, _done, _value, _failure
+        self._fd: Optional[int] = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
         self._pos = 0
         self._stop = False
         self._error: Optional[BaseException] = None
+        self._done = False
+        self._value: Optional[Entry] = None
+        self._failure: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="xnatfs-digest", daemon=True)
         self._thread.start()
 
-    def _hash(self, in_thread: bool) -> None:
+    def _hash(self, fd: int, in_thread: bool) -> None:
         while not (in_thread and self._stop):
-            chunk = os.pread(self._fd, self._CHUNK, self._pos)
+            chunk = os.pread(fd, self._CHUNK, self._pos)
             if not chunk:
                 return
             self._md5.update(chunk)
@@ -110,24 +129,49 @@ class _Digest:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         except (AttributeError, OSError):
             pass
+        fd = self._fd  # set before the thread started; closed only after it is joined
         try:
-            self._hash(in_thread=True)
+            if fd is not None:
+                self._hash(fd, in_thread=True)
         except BaseException as exc:  # noqa: BLE001 - re-raised by result()
             self._error = exc
 
-    def result(self) -> Entry:
-        """The entry with its digest, stored (raises what hashing raised; KeyError: the entry
-        left the journal)."""
+    def close(self) -> None:
+        """Stop the thread and close the descriptor. Idempotent: the fd is closed once."""
         self._stop = True
         self._thread.join()
-        try:
-            if self._error is not None:
-                raise self._error
-            self._hash(in_thread=False)
-        finally:
-            os.close(self._fd)
-        return self._journal.update(dataclasses.replace(self._entry,
-                                                        md5=self._md5.hexdigest()))
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def result(self) -> Entry:
+        """The entry with its digest, stored (raises what hashing raised; KeyError: the entry
+        left the journal). Computed once: later calls return (or raise) the same."""
+        with self._lock:
+            if self._done:
+                if self._failure is not None:
+                    raise self._failure
+                assert self._value is not None
+                return self._value
+            self._done = True
+            self._stop = True
+            self._thread.join()
+            fd, self._fd = self._fd, None
+            try:
+                if self._error is not None:
+                    raise self._error
+                assert fd is not None
+                self._hash(fd, in_thread=False)
+                self._value = self._journal.update(
+                    dataclasses.replace(self._entry, md5=self._md5.hexdigest()))
+                return self._value
+            except BaseException as exc:
+                self._failure = exc
+                raise
+            finally:
+                if fd is not None:
+                    os.close(fd)
 
     def result_or(self, entry: Entry) -> Entry:
         """The entry with its digest, or ``entry`` as it was if hashing failed."""
@@ -194,8 +238,14 @@ class Uploader:
             self._journal.reload()
         now = self._clock()
         resumed = 0
+        requeued: List[Entry] = []
         with self._cv:
             for entry in self._journal.entries():
+                if (entry.state == FAILED and entry.target is not None
+                        and classify_text(entry.last_error).retry):
+                    # failed by an older version for a reason the table now calls transient
+                    requeued.append(entry)
+                    continue
                 if (entry.state in (PENDING, UPLOADING) and entry.id not in self._queued
                         and entry.id not in self._running):
                     # next_attempt of an earlier run is on another clock: due now
@@ -208,6 +258,10 @@ class Uploader:
                 self._threads.append(thread)
             threads = list(self._threads)
             self._cv.notify_all()
+        for entry in requeued:
+            log.info("upload %s: was failed (%s); transient, queued again",
+                     entry.path or entry.id, entry.last_error)
+            self.submit(entry)
         for thread in threads:
             thread.start()
         if resumed:
@@ -391,6 +445,7 @@ class Uploader:
         with self._cv:
             self._running[entry.id] = entry
         digest: Optional[_Digest] = None
+        sent = False  # the PUT returned: the bytes are (very likely) on the server
         try:
             if not entry.md5:
                 # hashed beside the upload, not before it: both read the same bytes once
@@ -399,6 +454,7 @@ class Uploader:
                     entry = digest.result()
             if not (check_first and self._verify(entry)):
                 self._put(entry)
+                sent = True
                 if digest is not None:
                     entry = digest.result()
                 if not self._verify(entry):
@@ -406,11 +462,14 @@ class Uploader:
         except Exception as exc:  # noqa: BLE001 - put/verify raise whatever the client raises
             if digest is not None:
                 entry = digest.result_or(entry)
-            self._failed(entry, exc)
+            self._failed(entry, exc, after_put=sent)
             if reraise:
                 raise
         else:
             self._succeeded(entry)
+        finally:
+            if digest is not None:
+                digest.close()
 
     def _backoff(self, tries: int, retry_after: Optional[float]) -> float:
         delay = min(self.max_delay, self.base_delay * (2.0 ** max(0, tries - 1)))
@@ -419,9 +478,16 @@ class Uploader:
             delay = max(delay, float(retry_after))
         return min(delay, self.max_delay)
 
-    def _failed(self, entry: Entry, exc: Exception) -> None:
+    def _failed(self, entry: Entry, exc: Exception, after_put: bool = False) -> None:
+        """Schedule a retry, or mark the entry ``failed`` when :func:`retry.classify` says no
+        attempt can succeed. After a PUT that returned, a failing check is always re-checked
+        later (the bytes are probably on XNAT; the next attempt verifies before sending, so
+        nothing is uploaded twice)."""
         message = str(exc) or exc.__class__.__name__
-        if getattr(exc, "retryable", False):
+        verdict = classify(exc)
+        if after_put and not verdict.retry:
+            verdict = Verdict(True, f"check after a successful PUT ({verdict.rule})")
+        if verdict.retry:
             delay = self._backoff(entry.tries, getattr(exc, "retry_after", None))
             new = dataclasses.replace(entry, state=PENDING, last_error=message,
                                       next_attempt=self._clock() + delay)
@@ -431,8 +497,9 @@ class Uploader:
                     entry.path or entry.id, message, entry.tries, delay)
         else:
             new = dataclasses.replace(entry, state=FAILED, last_error=message, next_attempt=0.0)
-            log.warning("upload %s: %s; try %d, not retryable: kept as failed in %s",
-                        entry.path or entry.id, message, entry.tries, entry.data_path)
+            log.warning("upload %s: %s; try %d, not retryable (%s): kept as failed in %s",
+                        entry.path or entry.id, message, entry.tries, verdict.rule,
+                        entry.data_path)
         saved = self._save(new)
         with self._cv:
             self._running.pop(entry.id, None)
