@@ -477,3 +477,221 @@ def test_entry_added_without_digest_is_hashed_beside_the_upload(rig):
     assert rig.server.files["/P/big"] == data   # verify compared the MD5 it computed
     assert rig.journal.entries() == []
     assert rig.states("/P/big") == [DONE]
+
+
+# ---------------------------------------------------------------------------- fd ownership
+def _fd_of(path: str) -> int:
+    """The descriptor number this process has open on ``path`` (the digest's)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == path:
+                return int(name)
+        except OSError:
+            continue
+    raise AssertionError(f"no fd open on {path}")
+
+
+def _occupy(fd_number: int, path: str) -> None:
+    """Open ``path`` as descriptor ``fd_number`` -- what the kernel does for the next open()
+    of any thread once that number is free (made deterministic with dup2)."""
+    fd = os.open(path, os.O_RDONLY)
+    if fd != fd_number:
+        os.dup2(fd, fd_number)
+        os.close(fd)
+
+
+def test_digest_result_twice_leaves_a_reused_fd_alone(rig, tmp_path):
+    """Issue 18, critical: the digest's fd is closed once; a second ``result()`` neither reads
+    nor closes the number that someone else opened meanwhile."""
+    from xnatfs.uploads.uploader import _Digest
+
+    data = os.urandom(3 << 20)
+    f = rig.spool.create()
+    f.write(0, data)
+    entry = rig.journal.add(f, {"kind": "file", "relpath": "d"}, "/P/d", digest=False)
+    other = tmp_path / "someone-elses-file"
+    other.write_bytes(b"another thread's bytes" * 1000)
+    digest = _Digest(rig.journal, entry)
+    number = _fd_of(entry.data_path)
+    first = digest.result()
+    assert first.md5 == hashlib.md5(data).hexdigest()
+    _occupy(number, str(other))
+    try:
+        again = digest.result()  # as result_or() did after a verify that raised
+        assert again.md5 == first.md5
+        os.fstat(number)  # EBADF on the old code: the second result() closed it
+        assert os.pread(number, 1 << 20, 0) == other.read_bytes()
+        digest.close()  # the owner's close is idempotent too
+        os.fstat(number)
+    finally:
+        os.close(number)
+
+
+def test_verify_raising_after_put_keeps_other_fds_intact_and_digest_right(rig, tmp_path):
+    """The path of the bug: put, result() closes the digest fd, verify opens something (it
+    gets that number) and raises a 500; the upload must not read or close that descriptor,
+    must store the right MD5, and must re-check later instead of failing or sending again."""
+    from xnatfs.xnat.errors import error_for_status
+
+    data = os.urandom((2 << 20) + 123)
+    f = rig.spool.create()
+    f.write(0, data)
+    entry = rig.journal.add(f, {"kind": "file", "relpath": "v"}, "/P/v", digest=False)
+    other = tmp_path / "a-socket-or-cache-file"
+    other.write_bytes(b"GET /data/experiments/E/files/r051.bin HTTP/1.1\r\nHost: x\r\n" * 50)
+    seen: Dict[str, int] = {}
+    real_put, real_verify = rig.server.put, rig.server.verify
+
+    def put(e):
+        seen["fd"] = _fd_of(e.data_path)  # the digest's fd, open while the body is sent
+        real_put(e)
+
+    def verify(e):
+        if "opened" not in seen:
+            _occupy(seen["fd"], str(other))
+            seen["opened"] = seen["fd"]
+            raise error_for_status("GET", "http://x/data/.../files", 500, "boom")
+        return real_verify(e)
+
+    up = Uploader(rig.journal, put, verify, clock=rig.clock, on_change=rig.on_change)
+    rig.uploaders.append(up)
+    try:
+        with pytest.raises(Exception, match="500"):
+            up.upload_now(entry, rig.clock() + WAIT)
+        number = seen["opened"]
+        os.fstat(number)  # still open
+        assert os.pread(number, 1 << 20, 0) == other.read_bytes()  # and intact
+        kept = rig.journal.get(entry.id)
+        assert kept is not None and kept.state == PENDING  # re-checked later, not failed
+        assert kept.md5 == hashlib.md5(data).hexdigest()
+        with open(kept.data_path, "rb") as fh:
+            assert fh.read() == data
+        up.start()
+        rig.clock.advance(400)
+        up.wake()
+        rig.signal.wait_for(lambda: rig.states("/P/v")[-1:] == [DONE])
+        assert [p for p, _, _ in rig.server.puts] == ["/P/v"]  # checked, not sent twice
+        assert rig.server.files["/P/v"] == data
+    finally:
+        if "opened" in seen:
+            os.close(seen["opened"])
+
+
+# ---------------------------------------------------------------------------- retry table
+def _xe(status, cls_name=None, **kw):
+    from xnatfs.xnat import errors as xe
+    from xnatfs.xnat.errors import error_for_status
+
+    if cls_name is None:
+        return error_for_status("PUT", "http://x/data/p/files/f", status, "msg", **kw)
+    return getattr(xe, cls_name)("PUT", "http://x/data/p/files/f", status, "msg", **kw)
+
+
+@pytest.mark.parametrize("make, retry", [
+    (lambda: _xe(401), False),                       # after the client's re-login
+    (lambda: _xe(403), False),
+    (lambda: _xe(404), False),                       # the parent is gone
+    (lambda: _xe(409), False),
+    (lambda: _xe(None, "Conflict"), False),          # a 200 {"duplicates": ...}
+    (lambda: _xe(413), False),
+    (lambda: _xe(400), False),                       # a bad name
+    (lambda: _xe(422), False),
+    (lambda: _xe(None, "CredentialsError"), False),
+    (lambda: OSError(errno.EINVAL, "unknown upload target"), False),
+    (lambda: OSError(errno.ENOENT, "data file gone"), False),
+    (lambda: _xe(500), True),
+    (lambda: _xe(502), True),
+    (lambda: _xe(503), True),
+    (lambda: _xe(504), True),
+    (lambda: _xe(429), True),
+    (lambda: _xe(None, "XnatTimeout"), True),
+    (lambda: _xe(None, "Unreachable"), True),        # refused, reset, a mid-body drop
+    (lambda: _xe(200, "NotXnatResponse"), True),     # a login page after the re-login
+    (lambda: OSError(errno.ESPIPE, "Illegal seek"), True),
+    (lambda: OSError(errno.EIO, "I/O error"), True),
+    (lambda: OSError(errno.EPIPE, "Broken pipe"), True),
+    (lambda: UploadNotVerified(_entry()), True),
+    (lambda: Permanent("declared"), False),
+    (lambda: RuntimeError("something new"), True),
+])
+def test_retry_table_rows(make, retry):
+    from xnatfs.uploads.retry import classify
+
+    assert classify(make()).retry is retry
+
+
+@pytest.mark.parametrize("text, retry", [
+    ("PUT http://x/data/p/resources/R/files/f?overwrite=false -> 500 Internal Server Error", True),
+    ("PUT http://x/data/p/resources/R/files/f -> 503 Service Unavailable", True),
+    ("GET http://x/data/p/resources/R/files -> 500 Internal Server Error: boom", True),
+    ("PUT http://x/data/p/files/f -> failed: HTML page where XNAT data was expected", True),
+    ("PUT http://x/data/p/files/f -> unreachable: Connection aborted", True),
+    ("PUT http://x/data/p/files/f -> timed out: no data for 60s", True),
+    ("[Errno 29] Illegal seek", True),
+    ("server does not show the uploaded file (3 bytes, md5 abc)", True),
+    ("PUT http://x/data/p/files/f -> 403 Forbidden", False),
+    ("PUT http://x/data/p/files/f -> 404 Not Found: no such resource", False),
+    ("PUT http://x/data/p/files/f -> 409 Conflict", False),
+    ("PUT http://x/data/p/files/f -> 200 OK: file exists (duplicates: f)", False),
+    ("PUT http://x/data/p/files/f -> 413 Request Entity Too Large", False),
+    ("[Errno 22] unknown upload target {}", False),
+    ("journal sidecar missing or unreadable: target unknown; bytes kept at /x", False),
+])
+def test_retry_table_on_recorded_text(text, retry):
+    from xnatfs.uploads.retry import classify_text
+
+    assert classify_text(text).retry is retry
+
+
+def _entry():
+    from xnatfs.uploads.journal import Entry
+
+    return Entry(id="1", target={}, path="/p", size=3, md5="abc", created=0.0)
+
+
+def test_http_500_on_put_is_retried_until_the_server_has_it(rig):
+    rig.server.failures = [_xe(500), _xe(500), _xe(None, "Unreachable")]
+    up = rig.uploader()
+    entry = rig.add(b"five hundred")
+    for _ in range(3):
+        with pytest.raises(Exception):
+            up.upload_now(entry, rig.clock() + WAIT)
+        assert rig.journal.get(entry.id).state == PENDING
+    up.start()
+    rig.clock.advance(400)
+    up.wake()
+    rig.signal.wait_for(lambda: rig.states(entry.path)[-1:] == [DONE])
+    assert rig.server.files[entry.path] == b"five hundred"
+    assert rig.journal.entries() == []
+
+
+def test_permanent_failure_is_kept_failed(rig):
+    rig.server.failures = [_xe(403)]
+    up = rig.uploader()
+    entry = rig.add(b"forbidden")
+    with pytest.raises(Exception, match="403"):
+        up.upload_now(entry, rig.clock() + WAIT)
+    kept = rig.journal.get(entry.id)
+    assert kept.state == FAILED and "403" in kept.last_error
+
+
+def test_old_failed_entries_with_transient_errors_are_requeued_on_start(rig):
+    """A journal written by an older version, which marked 500s/login pages failed."""
+    texts = {
+        "a": "PUT http://x/data/p/resources/R/files/a -> 500 Internal Server Error",
+        "b": "PUT http://x/data/p/resources/R/files/b -> failed: HTML page where XNAT data "
+             "was expected",
+        "c": "[Errno 29] Illegal seek",
+        "d": "PUT http://x/data/p/resources/R/files/d -> 403 Forbidden",
+    }
+    for name, text in texts.items():
+        rig.journal.update(dataclasses.replace(
+            rig.add(name.encode() * 10, path=f"/P/resources/R/files/{name}"),
+            state=FAILED, tries=3, last_error=text))
+    journal = Journal(rig.journal.directory)
+    up = rig.uploader(journal=journal)
+    up.start()
+    rig.signal.wait_for(lambda: {c.path for c in rig.changes if c.state == DONE}
+                        == {f"/P/resources/R/files/{n}" for n in "abc"})
+    [left] = journal.entries()
+    assert left.path == "/P/resources/R/files/d" and left.state == FAILED
