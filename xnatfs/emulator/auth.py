@@ -33,20 +33,28 @@ class Session:
     id: str
     user: str
     last_access: float
+    #: when the session was made (for ``SessionTable.lifetime``)
+    created: float = 0.0
 
 
 class SessionTable:
-    """JSESSION ids -> user, expired after ``timeout`` seconds without a request."""
+    """JSESSION ids -> user, expired after ``timeout`` seconds without a request, or (fault
+    injection) ``lifetime`` seconds after login however busy (0 = no limit): a real XNAT's
+    sessions also end under load (restarts, a cluster node change, an admin), and a client
+    must log in again without the user noticing."""
 
-    def __init__(self, timeout: float = 900.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, timeout: float = 900.0, clock: Callable[[], float] = time.monotonic,
+                 lifetime: float = 0.0) -> None:
         self.timeout = timeout
+        self.lifetime = lifetime
         self._clock = clock
         self._lock = threading.Lock()  # protects _sessions
         self._sessions: dict[str, Session] = {}
 
     def create(self, user: str) -> Session:
         sid = secrets.token_hex(16).upper()
-        s = Session(sid, user, self._clock())
+        now = self._clock()
+        s = Session(sid, user, now, now)
         with self._lock:
             self._prune_locked()
             self._sessions[sid] = s
@@ -59,7 +67,8 @@ class SessionTable:
             s = self._sessions.get(sid)
             if s is None:
                 return None
-            if now - s.last_access > self.timeout:
+            if now - s.last_access > self.timeout or (
+                    self.lifetime > 0 and now - s.created > self.lifetime):
                 del self._sessions[sid]
                 return None
             s.last_access = now

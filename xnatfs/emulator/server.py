@@ -72,7 +72,7 @@ class Emulator:
                  seed: str = "empty", latency_ms: float = 0, access_log: Optional[str | Path] = None,
                  session_timeout: float = 900.0, host: str = "127.0.0.1", port: int = 0,
                  context_path: str = "", extra_users: Sequence[tuple[str, str, Sequence[str]]] = (),
-                 threads: int = 32, site_id: str = "XNAT") -> None:
+                 threads: int = 32, site_id: str = "XNAT", session_lifetime: float = 0.0) -> None:
         self.data_dir = Path(data_dir)
         self.user = user
         self.password = password
@@ -86,7 +86,8 @@ class Emulator:
         self.site_id = site_id
         #: live fault knobs
         self.faults = Faults(latency_ms=float(latency_ms))
-        self.sessions = SessionTable(session_timeout)
+        #: session_lifetime > 0: every session ends that many seconds after login (faults)
+        self.sessions = SessionTable(session_timeout, lifetime=session_lifetime)
         self.store: Optional[Store] = None
         self._server: Optional[wsgi.Server] = None
         self._thread: Optional[threading.Thread] = None

@@ -28,6 +28,7 @@ from xnatfs.tree.nodes import Kind, NodeInfo
 from xnatfs.tree.paths import PathParts, join_path, split_path, unescape_name
 from xnatfs.uploads import Journal, Spool, SpoolFile, Uploader
 from xnatfs.uploads.journal import Entry
+from xnatfs.uploads.retry import classify
 
 log = logging.getLogger(__name__)
 
@@ -427,10 +428,14 @@ class Writer:
         try:
             self.uploader.upload_now(entry, time.monotonic() + self.fs_timeout)
         except Exception as exc:
+            # the same table as the uploader's (uploads/retry.py); the ERROR line with the
+            # errno is the _op wrapper's (one line per failure), this one says what happens next
+            retry = classify(exc).retry
             with self._lock:
-                lf.state = "failed" if not getattr(exc, "retryable", False) else "pending"
-            log.error("upload %s: %s (kept in the journal, %s)", path, exc,
-                      "will retry" if getattr(exc, "retryable", False) else "not retryable")
+                lf.state = "pending" if retry else "failed"
+            log.info("upload %s: kept in the journal, %s", path,
+                     "retried in the background until XNAT has it" if retry
+                     else "not retryable: kept as failed")
             raise
 
     def _release(self, lf: LocalFile) -> None:
