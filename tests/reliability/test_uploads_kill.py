@@ -1,0 +1,88 @@
+"""``kill -9`` of the daemon in the middle of a big upload, then a remount on the same cache
+directory (issue 18): the upload resumes from the journal and the file ends on XNAT whole, with
+the right MD5, exactly once.
+
+Size: ``XNATFS_RELIABILITY_BIG_MIB`` (default 64 for CI; the issue's figure is 200).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+
+from tests.conftest import Mount, needs_fuse
+from tests.reliability.conftest import (FILES, env_float, md5, mount_stats, server_listing,
+                                        successful_puts, wait_for)
+
+pytestmark = [needs_fuse]
+
+
+def _uploading(journal) -> bool:
+    for sidecar in journal.glob("*.json"):
+        try:
+            if json.loads(sidecar.read_text()).get("state") == "uploading":
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def test_kill_9_during_a_big_upload_resumes_after_remount(make_emulator, tmp_path, record):
+    mib = int(env_float("XNATFS_RELIABILITY_BIG_MIB", 64))
+    emu = make_emulator()
+    src = tmp_path / "big.bin"
+    h = hashlib.md5()
+    with open(src, "wb") as fh:
+        for _ in range(mib):
+            chunk = os.urandom(1 << 20)
+            h.update(chunk)
+            fh.write(chunk)
+    want = (mib << 20, h.hexdigest())
+    cache = tmp_path / "cache"
+    journal = cache / "uploads" / "journal"
+    m = Mount(emu.url, tmp_path / "mnt", cache, tmp_path / "m1.log", []).start()
+    m2 = None
+    try:
+        os.listdir(m.path / FILES)
+        mark = emu.mark()
+        # the server holds each request a moment, so the PUT is surely under way at the kill
+        emu.faults.latency_ms = 1000
+        cp = subprocess.Popen(["cp", str(src), str(m.path / FILES / "big.bin")],
+                              stderr=subprocess.DEVNULL)
+        wait_for(lambda: _uploading(journal), 120, "the upload to start", interval=0.01)
+        os.kill(m.proc.pid, signal.SIGKILL)
+        m.proc.wait(timeout=10)
+        cp.wait(timeout=60)
+        emu.faults.latency_ms = 0
+        killed_at = time.monotonic()
+        before = (server_listing(emu.url) or {}).get("big.bin")
+        assert before is None, "the upload finished before the kill: nothing was tested"
+        m.cleanup()
+
+        m2 = Mount(emu.url, tmp_path / "mnt", cache, tmp_path / "m2.log", []).start()
+        wait_for(lambda: (server_listing(emu.url) or {}).get("big.bin") == want
+                 and not (mount_stats(m2.path) or {}).get("uploads", True), 180,
+                 "the resumed upload")
+        resume_s = time.monotonic() - killed_at
+        accepted = successful_puts(emu.since(mark)).get("big.bin", 0)
+        with open(m2.path / FILES / "big.bin", "rb") as fh:
+            got = hashlib.md5()
+            while chunk := fh.read(1 << 20):
+                got.update(chunk)
+        left = sorted(os.listdir(journal))
+        record(mib=mib, kills=1, accepted_puts=accepted, resume_s=round(resume_s, 1),
+               lost=0 if accepted else 1, journal_left=len(left),
+               read_back_ok=got.hexdigest() == want[1])
+        assert accepted == 1          # sent whole once after the restart, never twice
+        assert got.hexdigest() == want[1]
+        assert left == []
+        m2.umount()
+        m2 = None
+    finally:
+        emu.faults.latency_ms = 0
+        if m2 is not None:
+            m2.cleanup()
+        m.cleanup()
