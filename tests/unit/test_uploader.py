@@ -695,3 +695,13 @@ def test_old_failed_entries_with_transient_errors_are_requeued_on_start(rig):
                         == {f"/P/resources/R/files/{n}" for n in "abc"})
     [left] = journal.entries()
     assert left.path == "/P/resources/R/files/d" and left.state == FAILED
+
+
+def test_retry_table_names_exist_in_the_client_errors():
+    """uploads/retry.py matches the client's error classes by name (layering): each name must
+    be a real XnatError subclass, so a rename cannot silently turn a row off."""
+    from xnatfs.uploads.retry import ERROR_CLASSES
+    from xnatfs.xnat import errors as xe
+
+    for name in ERROR_CLASSES:
+        assert issubclass(getattr(xe, name), xe.XnatError), name

@@ -9,15 +9,18 @@ Modules:
                 restart, lookups by mount path for listings.
 - ``uploader``  ``Uploader``: a bounded pool of named threads that calls the caller's
                 ``put(entry)``, confirms with ``verify(entry)`` before deleting anything, retries
-                retryable errors with jittered exponential backoff, ``upload_now`` for
-                close()/fsync(), ``status()`` for ``xnatfs status``.
+                transient errors with jittered exponential backoff until the server has the
+                bytes, ``upload_now`` for close()/fsync(), ``status()`` for ``xnatfs status``.
+- ``retry``     the one table of which failures are permanent (``classify``), also applied to
+                error texts recorded by older versions (``classify_text``).
 
 Typical use by the tree: ``spool.create()`` on open for write; ``journal.add(spool_file, target,
 path)`` then ``uploader.upload_now(entry, deadline)`` on release (answer the errno of what it
 raises; the entry stays pending); ``journal.pending_in(dir)`` to list pending files.
 
 This package imports neither ``xnatfs.tree`` nor ``xnatfs.xnat``: the uploader is given
-``put``/``verify`` callables and reads ``getattr(exc, "retryable", False)`` from their errors.
+``put``/``verify`` callables and ``retry.classify`` reads their errors' class names and
+``status``.
 """
 from xnatfs.uploads.journal import Entry, Journal
 from xnatfs.uploads.spool import Spool, SpoolFile

@@ -35,18 +35,20 @@ user's upload. ``classify_text`` applies the same table to the text of an error 
 journal by an older version (which had only the text), so that entries it marked ``failed`` for a
 transient reason are re-queued on start.
 
-This module imports ``xnatfs.xnat.errors`` only (the error types, no HTTP).
+The client's error classes (``xnatfs/xnat/errors.py``) are matched by *name* along the
+exception's MRO, with its ``status``: ``uploads`` may not import ``xnatfs.xnat``
+(tests/unit/test_layers.py), and ``tests/unit/test_uploader.py`` checks that every name used here
+exists there, so a rename cannot silently change a verdict.
 """
 from __future__ import annotations
 
 import errno
 import re
 from dataclasses import dataclass
-from typing import FrozenSet, Optional
+from typing import FrozenSet, Optional, Set
 
-from xnatfs.xnat import errors as xe
-
-__all__ = ["Verdict", "classify", "classify_text", "PERMANENT_STATUSES", "PERMANENT_ERRNOS"]
+__all__ = ["Verdict", "classify", "classify_text", "PERMANENT_STATUSES", "PERMANENT_ERRNOS",
+           "ERROR_CLASSES"]
 
 #: HTTP statuses that re-sending the same upload cannot fix (see the table above)
 PERMANENT_STATUSES: FrozenSet[int] = frozenset({400, 401, 403, 404, 406, 409, 410, 413, 417,
@@ -66,30 +68,41 @@ class Verdict:
     rule: str
 
 
+#: client error class name -> verdict (None: decided by the status below)
+ERROR_CLASSES = {
+    "CredentialsError": False,   # no credentials: nothing to log in with
+    "Unauthorized": False,       # 401 after the client's own re-login
+    "Forbidden": False,          # 403
+    "NotFound": False,           # 404: the parent resource/session is gone
+    "Conflict": False,           # 409 or a 200 {"duplicates": [...]} (§4.5)
+    "BadRequest": False,         # 400/406/417/422: a bad name or body
+    "XnatTimeout": True,         # a slow server
+    "Unreachable": True,         # refused, reset, a body cut in the middle
+    "NotXnatResponse": True,     # a login page after the re-login (§5.1, §10.8), a proxy page
+    "ServerError": True,         # 5xx, 429
+}
+
+
+def _class_names(exc: BaseException) -> Set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
 def classify(exc: BaseException) -> Verdict:
     """The verdict for an exception raised by ``put`` or ``verify``."""
-    if isinstance(exc, xe.CredentialsError):
-        return Verdict(False, "no credentials")
-    if isinstance(exc, xe.XnatError):
-        status = exc.status
-        if status is not None and status in PERMANENT_STATUSES:
+    names = _class_names(exc)
+    if "XnatError" in names:
+        status = getattr(exc, "status", None)
+        if isinstance(status, int) and status in PERMANENT_STATUSES:
             return Verdict(False, f"HTTP {status}")
-        if isinstance(exc, (xe.Unauthorized, xe.Forbidden, xe.NotFound, xe.Conflict,
-                            xe.BadRequest)):
-            return Verdict(False, type(exc).__name__)
-        if isinstance(exc, xe.XnatTimeout):
-            return Verdict(True, "timeout")
-        if isinstance(exc, xe.Unreachable):
-            return Verdict(True, "connection")
-        if isinstance(exc, xe.NotXnatResponse):
-            return Verdict(True, "login page / not XNAT data")
-        if status is not None and (status >= 500 or status == 429):
+        for name, retry in ERROR_CLASSES.items():
+            if name in names:
+                return Verdict(retry, name)
+        if isinstance(status, int) and (status >= 500 or status == 429):
             return Verdict(True, f"HTTP {status}")
         return Verdict(True, "other XNAT error")
     if isinstance(exc, OSError) and exc.errno is not None:
-        if exc.errno in PERMANENT_ERRNOS:
-            return Verdict(False, f"local {errno.errorcode.get(exc.errno, exc.errno)}")
-        return Verdict(True, f"local {errno.errorcode.get(exc.errno, exc.errno)}")
+        code = errno.errorcode.get(exc.errno, str(exc.errno))
+        return Verdict(exc.errno not in PERMANENT_ERRNOS, f"local {code}")
     explicit = getattr(exc, "retryable", None)
     if isinstance(explicit, bool):  # UploadNotVerified, and callers' own exception types
         return Verdict(explicit, "declared by the exception")
