@@ -705,3 +705,25 @@ def test_retry_table_names_exist_in_the_client_errors():
 
     for name in ERROR_CLASSES:
         assert issubclass(getattr(xe, name), xe.XnatError), name
+
+
+def test_local_read_racing_a_commit_reads_the_journal_copy_not_ebadf(tmp_path):
+    """tree/writes.py: a read of a file being written whose spool another handle's close()
+    has just committed (closed, bytes moved to the journal) answers the bytes, not EBADF."""
+    from xnatfs.tree.writes import LocalFile, Writer
+
+    writer = Writer(tree=None, client=None, directory=str(tmp_path))
+    spool = writer.spool.create()
+    spool.write(0, b"committed bytes")
+    lf = LocalFile(("P", "x"), {"kind": "file"}, spool=spool, handles=2)
+    entry = writer.journal.add(spool, lf.target, "/P/x", digest=False)  # closes the spool
+
+    class StillLooksOpen:
+        """The spool as the reader saw it an instant before the commit closed it."""
+        closed = False
+        read = staticmethod(spool.read)
+
+    lf.spool = StillLooksOpen()  # type: ignore[assignment]
+    lf.entry = entry
+    assert writer._read(lf, 0, 100) == b"committed bytes"
+    assert writer._read(lf, 10, 100) == b"bytes"

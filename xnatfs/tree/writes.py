@@ -364,12 +364,24 @@ class Writer:
         return n
 
     def _read(self, lf: LocalFile, offset: int, size: int) -> bytes:
-        if lf.spool is not None and not lf.spool.closed:
-            return lf.spool.read(offset, size)
-        if lf.entry is not None and os.path.exists(lf.entry.data_path):
-            with open(lf.entry.data_path, "rb") as fh:
-                fh.seek(offset)
-                return fh.read(size)
+        spool = lf.spool
+        if spool is not None:
+            try:
+                return spool.read(offset, size)
+            except OSError as exc:
+                # another handle's close() committed it between our look and the read: the
+                # spool is closed (EBADF from SpoolFile, never a reused descriptor) and its
+                # bytes are now the journal entry's; read them there
+                if exc.errno != errno.EBADF:
+                    raise
+        entry = lf.entry
+        if entry is not None:
+            try:
+                with open(entry.data_path, "rb") as fh:
+                    fh.seek(offset)
+                    return fh.read(size)
+            except FileNotFoundError:
+                pass
         raise OSError(errno.EIO, "the local copy is gone (uploaded meanwhile): open again",
                       join_path(lf.parts))
 
