@@ -258,7 +258,7 @@ def test_non_retryable_error_marks_failed_and_keeps_the_bytes(rig, caplog):
     assert line.getMessage().startswith(f"upload {entry.path}: POST /data/x -> 403 Forbidden;")
     # an explicit retry (e.g. after fixing permissions) goes through
     up.submit(kept)
-    rig.signal.wait_for(lambda: rig.states(entry.path) == [FAILED, DONE])
+    rig.signal.wait_for(lambda: rig.states(entry.path) == [FAILED, PENDING, DONE])
     assert rig.server.files[entry.path] == b"forbidden bytes"
     assert rig.journal.entries() == []
 
@@ -695,6 +695,9 @@ def test_old_failed_entries_with_transient_errors_are_requeued_on_start(rig):
                         == {f"/P/resources/R/files/{n}" for n in "abc"})
     [left] = journal.entries()
     assert left.path == "/P/resources/R/files/d" and left.state == FAILED
+    # the re-queued ones were shown pending again before their attempt
+    for name in "abc":
+        assert rig.states(f"/P/resources/R/files/{name}")[:1] == [PENDING]
 
 
 def test_retry_table_names_exist_in_the_client_errors():

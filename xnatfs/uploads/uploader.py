@@ -319,6 +319,7 @@ class Uploader:
             entry = self._save(dataclasses.replace(entry, state=PENDING))
             if entry is None:
                 return
+            self._notify(entry)  # listings show it pending again, not failed
         with self._cv:
             if entry.id in self._running:
                 return
