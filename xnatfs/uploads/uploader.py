@@ -70,15 +70,16 @@ _DEFAULT_WAIT = 10.0
 _SHUTDOWN_LOG_LIMIT = 20
 
 
-class UploadNotVerified(Exception):
+class UploadNotVerified(OSError):
     """``put`` returned but the server does not show the bytes (size or digest differ, or the
-    file is missing). Retryable: listings may lag, and sending again is safe."""
+    file is missing). Retryable: listings may lag, and sending again is safe. An ``OSError``
+    (EIO) so that close() answers EIO through the one error path (fs/errmap.py)."""
 
     retryable = True
 
     def __init__(self, entry: Entry) -> None:
         self.path = entry.path
-        super().__init__(f"server does not show the uploaded file "
+        super().__init__(errno.EIO, f"server does not show the uploaded file "
                          f"({entry.size} bytes, md5 {entry.md5})")
 
 
