@@ -38,8 +38,8 @@ Clocks: ``clock`` (default ``time.monotonic``) gives ``next_attempt`` and the ``
 arguments; the waits themselves are real (``Condition.wait(deadline - clock())``), so tests use
 a fake clock plus ``wake()`` instead of sleeping.
 
-This module imports nothing from ``xnatfs.tree`` or ``xnatfs.xnat`` (``retry`` imports the
-error types of ``xnatfs.xnat.errors``, which import nothing).
+This module imports nothing from ``xnatfs.tree`` or ``xnatfs.xnat`` (``retry`` matches the
+client's error classes by name).
 """
 from __future__ import annotations
 
