@@ -12,11 +12,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import needs_fuse
 from tests.reliability.conftest import (FILES, PROJECT, env_float, md5, mount_stats, put_file,
                                         server_bytes, server_listing, wait_for)
 
-pytestmark = [needs_fuse]
+SECONDS = env_float("XNATFS_RELIABILITY_SECONDS", 20)
+#: the suite's per-test timeout (pyproject) would cut a long run short
+pytestmark = [needs_fuse, pytest.mark.timeout(int(SECONDS) + 240)]
 
 LIFETIME = 2.0
 COLD = f"{PROJECT}/resources/coldsess/files"
@@ -57,7 +61,7 @@ print(json.dumps(out))
 
 def test_sessions_expiring_every_few_seconds_cause_no_user_visible_failure(
         make_emulator, make_mount, record):
-    seconds = env_float("XNATFS_RELIABILITY_SECONDS", 20)
+    seconds = SECONDS
     emu = make_emulator(session_lifetime=LIFETIME)
     cold = []
     for i in range(300):
