@@ -62,7 +62,8 @@ def mixed_sizes(n: int, low: int, high: int, seed: int) -> List[int]:
     return sizes
 
 
-def server_listing(url: str, resource_uri: str = RESOURCE_URI) -> Optional[Dict[str, Tuple[int, str]]]:
+def server_listing(url: str,
+                   resource_uri: str = RESOURCE_URI) -> Optional[Dict[str, Tuple[int, str]]]:
     """name -> (size, digest) of a resource, straight from the server; None on any error
     (callers poll it while the server may still be failing)."""
     try:

@@ -72,7 +72,8 @@ class Emulator:
                  seed: str = "empty", latency_ms: float = 0, access_log: Optional[str | Path] = None,
                  session_timeout: float = 900.0, host: str = "127.0.0.1", port: int = 0,
                  context_path: str = "", extra_users: Sequence[tuple[str, str, Sequence[str]]] = (),
-                 threads: int = 32, site_id: str = "XNAT", session_lifetime: float = 0.0) -> None:
+                 threads: int = 32, site_id: str = "XNAT",
+                 session_lifetime: float = 0.0) -> None:
         self.data_dir = Path(data_dir)
         self.user = user
         self.password = password
