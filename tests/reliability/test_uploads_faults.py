@@ -76,7 +76,15 @@ def test_100_uploads_under_errors_and_drops_all_arrive(status, make_emulator, ma
     duplicated = {n: c for n, c in accepted.items() if n in blobs and c > 1}
     journal = m.cache / "uploads" / "journal"
     left = sorted(os.listdir(journal)) if journal.exists() else []
-    failed_log = m.log_text().count("kept as failed")
+    log = m.log_text()
+    failed_log = log.count("kept as failed")
+    # each failed close: ONE error line naming the path, the URL and the status (or the cause)
+    error_lines = {}
+    for r in results:
+        if r["close_errno"]:
+            name = os.path.basename(r["dst"])
+            error_lines[name] = [ln for ln in log.splitlines()
+                                 if " ERROR " in ln and f"flush /{FILES}/{name}:" in ln]
     record(status=status, files=N_FILES, mib=round(sum(map(len, blobs.values())) / 2**20, 1),
            error_rate=0.25, drop_rate=0.25, failed_closes=sum(close_errnos.values()),
            close_errnos={errno.errorcode[k]: v for k, v in close_errnos.items()},
@@ -84,6 +92,9 @@ def test_100_uploads_under_errors_and_drops_all_arrive(status, make_emulator, ma
            settle_s=round(settle_s, 1), lost=N_FILES - len([n for n in blobs if n in accepted]),
            wrong=len(wrong), duplicated=len(duplicated), left_failed=failed_log,
            journal_left=len(left))
+    assert all(len(lines) == 1 and ("http://" in lines[0] or "does not show" in lines[0])
+               for lines in error_lines.values()), \
+        {n: lines for n, lines in error_lines.items() if len(lines) != 1}
     assert wrong == []
     assert duplicated == {}
     assert set(accepted) >= set(blobs)
