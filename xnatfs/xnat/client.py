@@ -47,6 +47,7 @@ from .auth import Credentials
 from .errors import (
     NotXnatResponse,
     TRANSIENT_STATUSES,
+    BadRequest,
     Conflict,
     Unauthorized,
     Unreachable,
