@@ -296,6 +296,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.foreground:
         if not args.credentials_stdin:
             _check_server(options, creds)
+            _drop_credentials_from_environment(args, options, creds, mountpoint,
+                                               settings["log_level"][0])
         from xnatfs import notify
 
         def ready() -> None:
@@ -368,6 +370,29 @@ def daemon_env(environ: Mapping[str, str]) -> Dict[str, str]:
 
     return {key: value for key, value in environ.items()
             if key not in (ENV_USER, ENV_PASSWORD)}
+
+
+def _drop_credentials_from_environment(args: argparse.Namespace, options: Options, creds: Any,
+                                       mountpoint: str, log_level: str) -> None:
+    """A foreground mount (systemd ``EnvironmentFile=``, ``docker run -e``) whose environment
+    holds ``XNATFS_USER``/``XNATFS_PASSWORD`` replaces itself (same PID, so systemd's
+    ``Type=notify`` still sees its main process) by the daemon command line with the credentials
+    on stdin and an environment without them: ``/proc/PID/environ`` shows the environment the
+    process was started with for its whole life (issue 17 §7)."""
+    if daemon_env(os.environ) == dict(os.environ):
+        return
+    read_end, write_end = os.pipe()
+    os.write(write_end, json.dumps({"username": creds.username, "password": creds.password,
+                                    "source": creds.source}).encode() + b"\n")
+    os.close(write_end)
+    os.dup2(read_end, 0)
+    os.close(read_end)
+    argv = daemon_argv(args, options, mountpoint, log_level)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, daemon_env(os.environ))
 
 
 def spawn_daemon(args: argparse.Namespace, options: Options, creds: Any, mountpoint: str,

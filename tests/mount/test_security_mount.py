@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -255,6 +256,35 @@ def test_daemon_environment_holds_no_credentials(shared_emulator, tmp_path):
             assert b"XNATFS_LISTING_TTL=30" in environ  # only the secrets are taken out
     finally:
         _umount(mnt)
+
+
+def test_foreground_mount_drops_credentials_from_its_environment(shared_emulator, tmp_path):
+    """systemd (EnvironmentFile=) and docker (-e) run the daemon in the foreground with the
+    password in its environment: it re-executes itself (same PID) without it."""
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    env = _mount_env(tmp_path, {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1]})
+    with open(tmp_path / "fg.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "xnatfs", "mount", shared_emulator.url,
+                                 str(mnt), "--foreground", "--cache-dir", str(tmp_path / "c")],
+                                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+    try:
+        from xnatfs.fs.mounting import wait_mounted
+
+        assert wait_mounted(str(mnt), time.monotonic() + 60, alive=lambda: proc.poll() is None), \
+            (tmp_path / "fg.log").read_text()
+        assert "DEMO1" in os.listdir(mnt)
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
+        assert b"XNATFS_PASSWORD" not in environ and ADMIN[1].encode() not in environ
+        assert ADMIN[1].encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        _umount(mnt)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            _umount(mnt)
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 # ------------------------------------------------------------------ --ca-bundle (§6)
