@@ -177,3 +177,20 @@ def test_modes_shown_never_give_others_write_unless_asked(monkeypatch):
     assert all(mode & 0o077 == 0 for mode in ops._modes.values())
     ops = _ops(monkeypatch, 0, allow_other_write=True)
     assert ops._modes[(False, True)] == 0o666 and ops._modes[(False, False)] == 0o444
+
+
+def test_deletes_of_listed_uris_stay_under_data():
+    """A hostile listing could name ``/data/../../x`` as an object's URI: rm/rmdir must not
+    send a DELETE there."""
+    client = XnatClient(URL, Credentials("u", "p"), ClientOptions(pool_size=1))
+    sent = []
+    client._send = lambda *a, **k: sent.append(a)
+    try:
+        for uri in ("/data/../../admin/x", "/data/projects/P/../../../x", "/other/x"):
+            with pytest.raises(xe.BadRequest):
+                client.delete(uri)
+        with pytest.raises(xe.BadRequest):
+            client.delete_prearchive("/data/prearchive/projects/P/../../../archive/x")
+    finally:
+        client.close()
+    assert sent == []

@@ -305,7 +305,11 @@ def check_contained(method: str, uri: str, base: str) -> None:
     bad = any(seg in (".", "..") for form in (uri, decoded_uri, base, decoded_base)
               for seg in segments(form))
     bad = bad or "\\" in decoded_uri or "\0" in decoded_uri
-    inside = decoded_base.startswith("/data/") and decoded_uri.startswith(decoded_base + "/")
+    if uri.startswith(("http://", "https://")):  # _url() keeps it under the base URL
+        inside = True
+    else:
+        inside = ((decoded_base + "/").startswith("/data/")
+                  and decoded_uri.startswith(decoded_base + "/"))
     if bad or not inside:
         raise BadRequest(method, uri, None,
                          f"refused before sending: the path leaves {base} (a '..', '\\' or "
@@ -1010,6 +1014,7 @@ class XnatClient:
     def delete(self, uri: str) -> None:
         """``DELETE <uri>?removeFiles=true`` (§4.2-4.5).  A missing resource is a silent
         success on XNAT (§10.19); a missing file or object is NotFound."""
+        check_contained("DELETE", uri, "/data")  # the uri came from a listing
         self._write("DELETE", uri, {"removeFiles": "true"}).close()
 
     def import_archive(
@@ -1061,4 +1066,5 @@ class XnatClient:
 
     def delete_prearchive(self, session_uri: str) -> None:
         """Delete a prearchive session (``DELETE <session>``, §7.2)."""
+        check_contained("DELETE", session_uri, "/data/prearchive")
         self._write("DELETE", session_uri).close()
