@@ -483,6 +483,9 @@ def run_foreground(options: Options, creds: Any, mountpoint: str,
     from xnatfs.runtime import Runtime
 
     _raise_open_files_limit()
+    # everything the daemon creates (cache index, lock, journal, spool) is private whatever
+    # the caller's umask; the folders are 0700 as well (docs/SECURITY.md)
+    os.umask(0o077)
     runtime = Runtime(options, creds)
     try:
         runtime.start()

@@ -287,6 +287,36 @@ def test_foreground_mount_drops_credentials_from_its_environment(shared_emulator
             proc.wait(timeout=10)
 
 
+def test_no_secret_on_disk_and_everything_private(shared_emulator, tmp_path):
+    """After reads, a write, a refused write and an unmount, at debug level: the password is
+    in no file under the cache directory (content, journal, spool, logs), and nothing there is
+    open to group or others (issue 17 "the basics")."""
+    cache, mnt = tmp_path / "cache" / "xnatfs", tmp_path / "m"
+    res = _bg_mount(shared_emulator.url, mnt, tmp_path,
+                    {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1]},
+                    "--log-level", "debug", "--cache-dir", str(cache))
+    try:
+        assert res.returncode == 0, res.stderr
+        files = mnt / PROTOCOLS
+        assert (files / "README.txt").read_bytes()
+        (files / "new.txt").write_bytes(b"new bytes")
+        assert _py("open(sys.argv[1], 'wb').write(b'x')", str(files / ESCAPE)) == "EINVAL"
+    finally:
+        _umount(mnt)
+    seen = 0
+    assert cache.stat().st_mode & 0o077 == 0
+    for dirpath, dirnames, filenames in os.walk(cache):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            assert st.st_mode & 0o077 == 0, f"{path} is mode {st.st_mode & 0o777:o}"
+            if name in filenames:
+                seen += 1
+                assert ADMIN[1].encode() not in Path(path).read_bytes(), path
+    assert seen >= 2  # at least the log and a cached file
+    assert list(cache.glob("logs/*.log"))
+
+
 # ------------------------------------------------------------------ --ca-bundle (§6)
 @pytest.fixture(scope="module")
 def tls_front(shared_emulator, tmp_path_factory):
