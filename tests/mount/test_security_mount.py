@@ -379,3 +379,89 @@ def test_truncate_shorter_replaces_on_xnat(emu, make_mount):
     sh(["truncate", "-s", "10", str(readme)])
     r = requests.get(emu.url + f"{PROTOCOLS_URI}/README.txt", auth=ADMIN, timeout=30)
     assert r.content == before[:10]
+
+
+# ------------------------------------------------------------------ redirects (issue 17 basics)
+class _Recorder:
+    """A plain HTTP server that records what it was asked and answers with ``answer``."""
+
+    def __init__(self, answer):
+        import http.server
+        import threading
+
+        self.hits = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                recorder.hits.append((self.command, self.path, self.headers.get("Cookie"),
+                                      self.headers.get("Authorization")))
+                status, headers, body = answer(self)
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["other-host", "https-to-http"])
+def test_redirects_are_never_followed(tmp_path, tls):
+    """A server that answers with a redirect to another origin (or from https to http) never
+    gets the client to send anything there: not the request, not the session cookie."""
+    from xnatfs.xnat.auth import Credentials
+    from xnatfs.xnat.client import ClientOptions, XnatClient
+    from xnatfs.xnat.errors import XnatError
+
+    target = _Recorder(lambda h: (200, {}, b'{"ResultSet": {"Result": []}}'))
+
+    def hostile(handler):
+        if handler.path.startswith("/data/services/auth"):
+            return 200, {"Set-Cookie": "JSESSIONID=SECRETSESSION; Path=/"}, b"SECRETSESSION"
+        return 302, {"Location": f"http://127.0.0.1:{target.port}{handler.path}"}, b""
+
+    server = _Recorder(hostile)
+    proxy = None
+    url, verify = f"http://127.0.0.1:{server.port}", True
+    try:
+        if tls:
+            if not shutil.which("openssl"):
+                pytest.skip("the openssl command is needed to make test certificates")
+            from tests.mount.tlsproxy import TLSProxy, make_ca, make_server_cert
+
+            ca = make_ca(tmp_path, "ca")
+            proxy = TLSProxy(server.port, *make_server_cert(tmp_path, ca)).start()
+            url, verify = proxy.url, str(ca[0])
+        client = XnatClient(url, Credentials(*ADMIN),
+                            ClientOptions(verify=verify, retries=0, heartbeat=False))
+        client.start()
+        try:
+            with pytest.raises(XnatError):
+                client.list_projects()
+            with pytest.raises(XnatError):
+                client.download("/data/projects/DEMO1/resources/r/files/a.txt",
+                                lambda chunk: None)
+        finally:
+            client.close()
+        assert server.hits, "the hostile server was not asked at all"
+        assert target.hits == []
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        server.stop()
+        target.stop()
