@@ -33,6 +33,12 @@ SCAN1 = "DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1/scans/1"
 ESCAPE = "..%2F..%2F..%2F..%2F..%2Fresources%2FSEGnd%2Ffiles%2Fesc.txt"
 
 
+#: the tests of other users run commands as nobody: root and setpriv (util-linux) are needed
+as_other_user = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"),
+    reason="running a command as another user needs root and setpriv (util-linux)")
+
+
 @pytest.fixture
 def emu(make_emulator):
     return make_emulator()
@@ -97,6 +103,7 @@ def server_files(emu, files_uri=PROTOCOLS_URI):
 
 
 # ------------------------------------------------------------------ other local users (§2)
+@as_other_user
 def test_allow_other_others_read_but_cannot_write(emu, public_mount, tmp_path):
     m = public_mount(emu.url, "-o", "allow_other", "--allow-delete")
     files = m.path / PROTOCOLS
@@ -124,6 +131,7 @@ def test_allow_other_others_read_but_cannot_write(emu, public_mount, tmp_path):
     assert "mine.txt" in server_files(emu)
 
 
+@as_other_user
 def test_allow_other_umask_keeps_others_out(emu, public_mount):
     m = public_mount(emu.url, "-o", "allow_other,umask=077")
     assert py_as_nobody("os.listdir(sys.argv[1])", str(m.path / PROTOCOLS)) == "EACCES"
@@ -132,6 +140,7 @@ def test_allow_other_umask_keeps_others_out(emu, public_mount):
     assert "README.txt" in os.listdir(m.path / PROTOCOLS)  # the owner is not affected
 
 
+@as_other_user
 def test_allow_other_umask_cannot_add_write_bits(emu, public_mount):
     """libfuse's own umask= would set 0777 & ~umask on every file: umask=0 must not let
     others write."""
@@ -142,6 +151,7 @@ def test_allow_other_umask_cannot_add_write_bits(emu, public_mount):
     assert writes(emu.since(mark)) == []
 
 
+@as_other_user
 def test_allow_other_write_is_an_explicit_choice(emu, public_mount):
     m = public_mount(emu.url, "-o", "allow_other", "--allow-other-write")
     assert py_as_nobody("open(sys.argv[1], 'wb').write(b'shared')",
