@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from xnatfs import __version__
@@ -85,6 +85,9 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    help="refuse every write (EROFS)")
     p.add_argument("--allow-delete", action="store_true", default=None,
                    help="allow rm, rmdir, overwriting files and prearchive deletes")
+    p.add_argument("--allow-other-write", action="store_true", default=None,
+                   help="with -o allow_other: let other local users write too (as you, on "
+                   "XNAT); without it they can only read (see -o umask=)")
     p.add_argument("--experiment-type", default=None,
                    help="xsiType of experiments made with mkdir (default xnat:mrSessionData)")
     p.add_argument("--scan-type", default=None,
@@ -168,9 +171,31 @@ def settings_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     return xc.effective_settings(url, given, os.environ, xc.load_config(args.config))
 
 
+def _take_owner_options(fuse: Dict[str, object]) -> Dict[str, int]:
+    """``uid=``, ``gid=`` and ``umask=`` are applied by xnatfs, not passed to libfuse.
+
+    libfuse3's own ``umask=`` *replaces* every mode with ``0777 & ~umask``, so ``umask=0`` would
+    give other users write bits; ours only takes bits away (issue 17 §2).
+    """
+    out: Dict[str, int] = {}
+    for key, base in (("uid", 10), ("gid", 10), ("umask", 8)):
+        if key not in fuse:
+            continue
+        value = fuse.pop(key)
+        try:
+            out[key] = int(str(value), base)
+        except ValueError:
+            raise UsageError(f"-o {key}={value}: not a number") from None
+        if out[key] < 0 or (key == "umask" and out[key] > 0o777):
+            raise UsageError(f"-o {key}={value}: out of range")
+    return out
+
+
 def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequence[str]
                           ) -> Options:
     v = {key: value for key, (value, _source) in settings.items()}
+    fuse = _fuse_opts(fuse_options)
+    owner = _take_owner_options(fuse)
     return Options(
         url=check_url(url), cache_dir=Path(v["cache_dir"]).expanduser().resolve(),
         cache_size=v["cache_size"], listing_ttl=v["listing_ttl"], max_threads=v["max_threads"],
@@ -179,8 +204,9 @@ def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequ
         read_ahead_kb=v["read_ahead_kb"], fs_timeout=v["timeout"],
         connect_timeout=v["connect_timeout"], read_timeout=v["read_timeout"],
         retries=v["retries"], verify=v["ca_bundle"] or True, read_only=v["read_only"],
-        allow_delete=v["allow_delete"], experiment_type=v["experiment_type"],
-        scan_type=v["scan_type"], fuse_options=_fuse_opts(fuse_options))
+        allow_delete=v["allow_delete"], allow_other_write=v["allow_other_write"],
+        experiment_type=v["experiment_type"], scan_type=v["scan_type"], fuse_options=fuse,
+        uid=owner.get("uid"), gid=owner.get("gid"), umask=owner.get("umask", 0))
 
 
 # ---------------------------------------------------------------------------------- logging
@@ -270,6 +296,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.foreground:
         if not args.credentials_stdin:
             _check_server(options, creds)
+            _drop_credentials_from_environment(args, options, creds, mountpoint,
+                                               settings["log_level"][0])
         from xnatfs import notify
 
         def ready() -> None:
@@ -323,11 +351,48 @@ def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str,
         argv.append("--read-only")
     if options.allow_delete:
         argv.append("--allow-delete")
-    if args.ca_bundle:
-        argv += ["--ca-bundle", args.ca_bundle]
+    if options.allow_other_write:
+        argv.append("--allow-other-write")
+    if isinstance(options.verify, str):
+        # from whichever source set it (command line, environment, config file): the child
+        # reads no config file, and a relative path must not depend on its working directory
+        argv += ["--ca-bundle", os.path.abspath(options.verify)]
     for opt in args.fuse_options:
         argv += ["-o", opt]
     return argv
+
+
+def daemon_env(environ: Mapping[str, str]) -> Dict[str, str]:
+    """The daemon's environment: the caller's without the credential variables.  The daemon
+    gets its credentials on stdin only; left in its environment the password would be readable
+    in ``/proc/PID/environ`` for as long as the mount lives (issue 17 §7)."""
+    from xnatfs.xnat.auth import ENV_PASSWORD, ENV_USER
+
+    return {key: value for key, value in environ.items()
+            if key not in (ENV_USER, ENV_PASSWORD)}
+
+
+def _drop_credentials_from_environment(args: argparse.Namespace, options: Options, creds: Any,
+                                       mountpoint: str, log_level: str) -> None:
+    """A foreground mount (systemd ``EnvironmentFile=``, ``docker run -e``) whose environment
+    holds ``XNATFS_USER``/``XNATFS_PASSWORD`` replaces itself (same PID, so systemd's
+    ``Type=notify`` still sees its main process) by the daemon command line with the credentials
+    on stdin and an environment without them: ``/proc/PID/environ`` shows the environment the
+    process was started with for its whole life (issue 17 §7)."""
+    if daemon_env(os.environ) == dict(os.environ):
+        return
+    read_end, write_end = os.pipe()
+    os.write(write_end, json.dumps({"username": creds.username, "password": creds.password,
+                                    "source": creds.source}).encode() + b"\n")
+    os.close(write_end)
+    os.dup2(read_end, 0)
+    os.close(read_end)
+    argv = daemon_argv(args, options, mountpoint, log_level)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, daemon_env(os.environ))
 
 
 def spawn_daemon(args: argparse.Namespace, options: Options, creds: Any, mountpoint: str,
@@ -339,7 +404,7 @@ def spawn_daemon(args: argparse.Namespace, options: Options, creds: Any, mountpo
     with open(log_path, "ab") as log_fh:
         os.chmod(log_path, 0o600)
         child = subprocess.Popen(daemon_argv(args, options, mountpoint, log_level),
-                                 stdin=subprocess.PIPE,
+                                 stdin=subprocess.PIPE, env=daemon_env(os.environ),
                                  stdout=log_fh, stderr=log_fh, start_new_session=True,
                                  close_fds=True)
     assert child.stdin is not None
@@ -385,6 +450,13 @@ def fuse_kwargs(options: Options, mfusepy: Any) -> Dict[str, object]:
             log.warning("ignoring -o %s: libfuse3 refuses it (fuse-notes.md §1.3)", key)
             continue
         kwargs[key] = value
+    if kwargs.get("allow_other") or kwargs.get("allow_root"):
+        # other users reach the mount: the kernel must check the modes shown (owner-only
+        # write bits unless --allow-other-write), else anyone could write to XNAT as the
+        # owner (issue 17 §2, fuse-notes.md §3.4)
+        kwargs["default_permissions"] = True
+    elif options.allow_other_write:
+        log.warning("--allow-other-write has no effect without -o allow_other")
     return kwargs
 
 
@@ -411,6 +483,9 @@ def run_foreground(options: Options, creds: Any, mountpoint: str,
     from xnatfs.runtime import Runtime
 
     _raise_open_files_limit()
+    # everything the daemon creates (cache index, lock, journal, spool) is private whatever
+    # the caller's umask; the folders are 0700 as well (docs/SECURITY.md)
+    os.umask(0o077)
     runtime = Runtime(options, creds)
     try:
         runtime.start()
@@ -675,7 +750,7 @@ def mount_helper_main(argv: Optional[Sequence[str]] = None) -> int:
     from xnatfs.config import KEYS
 
     own = (set(KEYS) - {"user", "password"}) | {"config", "log_file"}
-    flags = {"read_only", "allow_delete"}
+    flags = {"read_only", "allow_delete", "allow_other_write"}
     dropped = {"_netdev", "nofail", "noauto", "auto", "user", "nouser", "users", "defaults"}
     cmd: List[str] = ["mount", source, mountpoint]
     fuse: List[str] = []

@@ -69,11 +69,18 @@ class Options:
     read_only: bool = False
     #: overwrite, rm, rmdir and prearchive delete need this
     allow_delete: bool = False
+    #: with ``-o allow_other``: may users other than the owner write (as the owner, on XNAT)?
+    #: Off: the kernel refuses them (``default_permissions`` + owner-only write bits) and the
+    #: daemon refuses any write whose caller is not the owner (issue 17 §2)
+    allow_other_write: bool = False
     #: xsiTypes for mkdir-created experiments and scans
     experiment_type: str = "xnat:mrSessionData"
     scan_type: str = "xnat:mrScanData"
     #: generic FUSE options passed through to libfuse (``-o``)
     fuse_options: Mapping[str, object] = field(default_factory=dict)
-    #: owner shown for every file (defaults to the mounting user)
+    #: owner shown for every file (defaults to the mounting user); ``-o uid=,gid=``
     uid: Optional[int] = None
     gid: Optional[int] = None
+    #: mode bits taken away from every file and folder shown (``-o umask=027``): with
+    #: ``allow_other`` this decides who else may read; it can only remove bits, never add
+    umask: int = 0

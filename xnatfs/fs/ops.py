@@ -64,8 +64,19 @@ class XnatOperations(mfusepy.Operations):
         #: run once, by the first request after INIT (INIT has then been answered)
         self._on_first_request = on_first_request
         self._first_lock = threading.Lock()
-        self._uid = runtime.options.uid if runtime.options.uid is not None else os.getuid()
-        self._gid = runtime.options.gid if runtime.options.gid is not None else os.getgid()
+        options = runtime.options
+        self._uid = options.uid if options.uid is not None else os.getuid()
+        self._gid = options.gid if options.gid is not None else os.getgid()
+        # modes shown; with allow_other the kernel enforces them (default_permissions, added
+        # by cli.fuse_kwargs): others get no write bit unless --allow-other-write (issue 17 §2)
+        keep = ~getattr(options, "umask", 0)
+        other_write = bool(getattr(options, "allow_other_write", False))
+        self._modes = {(True, True): (0o777 if other_write else 0o755) & keep,
+                       (True, False): 0o555 & keep,
+                       (False, True): (0o666 if other_write else 0o644) & keep,
+                       (False, False): 0o444 & keep}
+        #: uids whose writes are served: the daemon's own and the owner shown
+        self._writers = None if other_write else {os.getuid(), self._uid}
         self._handles: Dict[int, Any] = {}
         self._handles_lock = threading.Lock()
         self._next_fh = itertools.count(1)
@@ -97,10 +108,11 @@ class XnatOperations(mfusepy.Operations):
     def _stat(self, node: Any) -> Dict[str, int]:
         mtime = int(node.mtime * _NS)
         writable = self.runtime.writer is not None and self.runtime.tree.writable(node)
+        perm = self._modes[(node.is_dir, writable)]
         if node.is_dir:
-            mode, nlink = stat.S_IFDIR | (0o755 if writable else 0o555), 2
+            mode, nlink = stat.S_IFDIR | perm, 2
         else:
-            mode, nlink = stat.S_IFREG | (0o644 if writable else 0o444), 1
+            mode, nlink = stat.S_IFREG | perm, 1
         return {"st_mode": mode, "st_nlink": nlink, "st_size": node.size,
                 "st_uid": self._uid, "st_gid": self._gid, "st_blocks": (node.size + 511) // 512,
                 "st_mtime": mtime, "st_ctime": mtime, "st_atime": mtime}
@@ -206,6 +218,13 @@ class XnatOperations(mfusepy.Operations):
         writer = self.runtime.writer
         if writer is None:
             raise OSError(errno.EROFS, "mounted read-only", path)
+        if self._writers is not None:
+            # the kernel already refuses (default_permissions); this holds even if someone
+            # mounts with allow_other some other way, or root writes on a user's mount
+            caller = mfusepy.fuse_get_context()[0]
+            if caller not in self._writers:
+                raise OSError(errno.EACCES, f"uid {caller} is not the mount's owner: writes "
+                              "by other users need --allow-other-write", path)
         return writer
 
     def _add_handle(self, handle: Any, fi: Any) -> int:

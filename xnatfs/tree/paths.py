@@ -6,6 +6,7 @@ Unicode included, is shown exactly as XNAT has it (DESIGN.md §1.1).
 """
 from __future__ import annotations
 
+import errno
 import re
 from typing import Tuple
 
@@ -41,3 +42,30 @@ def split_path(path: str) -> PathParts:
 
 def join_path(parts: PathParts) -> str:
     return "/" + "/".join(parts)
+
+
+def check_write_name(name: str, path: str = "") -> str:
+    """The XNAT name a *written* file name stands for; ``OSError(EINVAL)`` if it could change
+    the request path.
+
+    A written name becomes part of an upload URL (``<resource>/files/<relpath>``, §4.5).  After
+    unescaping, ``..%2F..%2Fresources%2FX%2Ffiles%2Fa`` would be ``../../resources/X/files/a``,
+    and HTTP libraries collapse ``..`` before sending (issue 17 §3): the bytes would land on
+    another object.  So a name is refused when its XNAT form is ``.`` or ``..``, or holds a
+    ``/`` (decoded ``%2F``), a NUL, a backslash (some servlet containers treat ``\\`` as ``/``)
+    or another control character.  Checked before any request is made.
+    """
+    xnat = unescape_name(name)
+    bad = ""
+    if xnat in ("", ".", ".."):
+        bad = "is a relative path segment"
+    elif "/" in xnat:
+        bad = "holds '/' (%2F)"
+    elif "\\" in xnat:
+        bad = "holds a backslash"
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in xnat):
+        bad = "holds a control character"
+    if bad:
+        raise OSError(errno.EINVAL, f"name {name!r} {bad}: refused for writing to XNAT",
+                      path or name)
+    return xnat

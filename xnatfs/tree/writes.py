@@ -25,7 +25,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from xnatfs.tree.nodes import Kind, NodeInfo
-from xnatfs.tree.paths import PathParts, join_path, split_path, unescape_name
+from xnatfs.tree.paths import (PathParts, check_write_name, join_path, split_path,
+                               unescape_name)
 from xnatfs.uploads import Journal, Spool, SpoolFile, Uploader
 from xnatfs.uploads.journal import Entry
 from xnatfs.uploads.retry import classify
@@ -210,6 +211,7 @@ class Writer:
     # ------------------------------------------------------------------ create / open
     def create(self, path: str) -> WriteHandle:
         parts = split_path(path)
+        check_write_name(parts[-1], path)  # before any request (issue 17 §3)
         parent = self.tree.lookup(join_path(parts[:-1]))
         name = parts[-1]
         try:
@@ -256,10 +258,19 @@ class Writer:
         return WriteHandle(self, lf)
 
     def truncate(self, path: str, length: int) -> None:
-        """``truncate`` without a handle (libfuse2's O_TRUNC, ``truncate -s``)."""
+        """``truncate`` without a handle (libfuse2's O_TRUNC, ``truncate -s``).
+
+        Shorter than the file: a real replace (the first ``length`` bytes are uploaded).  To
+        zero bytes: ENOTSUP, since XNAT cannot store an empty file (§4.5) and answering 0 would
+        leave the old bytes on the server behind a success (issue 17 §8).
+        """
         node = self.tree.lookup(path)
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory", path)
+        if length == 0 and self.allow_delete and not isinstance(node.ref, LocalFile):
+            log.warning("truncate %s: refused (ENOTSUP): XNAT cannot store an empty file", path)
+            raise OSError(errno.ENOTSUP, "XNAT cannot store an empty file: the file on XNAT "
+                          "is kept (rm it instead)", path)
         handle = self.open_write(node, path, truncate=(length == 0))
         try:
             handle.truncate(length)
@@ -269,10 +280,11 @@ class Writer:
             handle.close()
 
     def _target_for(self, parent: NodeInfo, parts: PathParts, path: str) -> Dict[str, Any]:
-        name = unescape_name(parts[-1])
+        name = check_write_name(parts[-1], path)
         if parent.kind is Kind.FILES:
             resource_parts = self._files_root(parent, parts[:-1])
-            relpath = "/".join(unescape_name(p) for p in parts[len(resource_parts):])
+            # every folder below files/ is part of the upload URL: each is checked
+            relpath = "/".join(check_write_name(p, path) for p in parts[len(resource_parts):])
             return {"kind": "file", "resource_uri": self._resource_uri(parent, resource_parts),
                     "relpath": relpath, "overwrite": False, "listing": list(resource_parts)}
         if parent.kind is Kind.EXPERIMENTS and name.lower().endswith(ARCHIVE_SUFFIXES):
@@ -415,6 +427,15 @@ class Writer:
             raise OSError(lf.write_error, "an earlier write failed: not uploaded", path)
         if not lf.dirty or lf.spool is None:
             return
+        if lf.spool.size == 0 and lf.target.get("overwrite"):
+            # opened with O_TRUNC (or truncated) and closed empty: XNAT cannot store an empty
+            # file and still holds the old bytes; say so, never succeed silently (issue 17 §8).
+            # As a failed write: the empty local copy is dropped at release.
+            lf.write_error = errno.ENOTSUP
+            log.warning("write %s: emptied but XNAT cannot store an empty file: ENOTSUP, the "
+                        "old bytes stay on XNAT", path)
+            raise OSError(errno.ENOTSUP, "XNAT cannot store an empty file: the file on XNAT "
+                          "keeps its old bytes", path)
         if lf.spool.size == 0:
             # XNAT refuses empty uploads (§4.5): nothing to store, nothing to lose
             log.info("write %s: empty file not uploaded (XNAT cannot store empty files)", path)
@@ -519,8 +540,8 @@ class Writer:
     # ------------------------------------------------------------------ namespace operations
     def mkdir(self, path: str) -> None:
         parts = split_path(path)
+        name = check_write_name(parts[-1], path)  # before any request (issue 17 §3)
         parent = self.tree.lookup(join_path(parts[:-1]))
-        name = unescape_name(parts[-1])
         try:
             self.tree.lookup(path)
             raise OSError(errno.EEXIST, "exists", path)
@@ -616,6 +637,7 @@ class Writer:
 
     def rename(self, old: str, new: str) -> None:
         old_parts, new_parts = split_path(old), split_path(new)
+        check_write_name(new_parts[-1], new)  # before any request (issue 17 §3)
         node = self.tree.lookup(old)
         new_parent = self.tree.lookup(join_path(new_parts[:-1]))
         if node.kind is Kind.PRE_SESSION and new_parent.kind is Kind.EXPERIMENTS:

@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import requests
 import requests.adapters
@@ -47,6 +47,7 @@ from .auth import Credentials
 from .errors import (
     NotXnatResponse,
     TRANSIENT_STATUSES,
+    BadRequest,
     Conflict,
     Unauthorized,
     Unreachable,
@@ -192,6 +193,20 @@ class _BlockAllCookies(http.cookiejar.DefaultCookiePolicy):
         return False
 
 
+class _Session(requests.Session):
+    """A ``Session`` whose own ``verify`` (a CA bundle path, or False) wins over the
+    environment.  requests merges ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` *over*
+    ``Session.verify`` (``trust_env``), so ``--ca-bundle`` was silently ignored wherever those
+    are set (conda, many institutes: issue 17 §6).  With the default ``True`` the environment
+    still chooses the bundle, as for curl."""
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: D102
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and self.verify is not True:
+            settings["verify"] = self.verify
+        return settings
+
+
 def _no_auth(r: requests.PreparedRequest) -> requests.PreparedRequest:
     """Set as ``Session.auth`` so requests never adds ``~/.netrc`` basic auth by itself
     (``trust_env``) behind the credential checks of ``auth.py``."""
@@ -275,6 +290,32 @@ def _translate(exc: BaseException, method: str, url: str, timeout: Tuple[float, 
     return XnatError(method, url, None, f"{type(exc).__name__}: {_short(exc)}")
 
 
+def check_contained(method: str, uri: str, base: str) -> None:
+    """Refuse (before sending) a write whose server path leaves the object it was built for.
+
+    ``uri`` is the path as it will be sent, ``base`` the object's own path (``<resource>/files``
+    for an upload).  HTTP libraries and servlet containers collapse ``.``/``..`` segments, in
+    the raw or the percent-decoded path, so a ``..`` in a name would move the request to another
+    object (issue 17 §3).  Raises :class:`BadRequest` (EINVAL, never retried) naming the URL.
+    """
+    def segments(path: str) -> List[str]:
+        return path.partition("?")[0].split("/")
+
+    decoded_uri, decoded_base = unquote(uri), unquote(base.rstrip("/"))
+    bad = any(seg in (".", "..") for form in (uri, decoded_uri, base, decoded_base)
+              for seg in segments(form))
+    bad = bad or "\\" in decoded_uri or "\0" in decoded_uri
+    if uri.startswith(("http://", "https://")):  # _url() keeps it under the base URL
+        inside = True
+    else:
+        inside = ((decoded_base + "/").startswith("/data/")
+                  and decoded_uri.startswith(decoded_base + "/"))
+    if bad or not inside:
+        raise BadRequest(method, uri, None,
+                         f"refused before sending: the path leaves {base} (a '..', '\\' or "
+                         f"NUL in a name, or a URI outside /data/)")
+
+
 def _short(exc: BaseException) -> str:
     """The useful part of a wrapped urllib3 message ("[Errno 111] Connection refused")."""
     text = str(exc)
@@ -307,7 +348,7 @@ class XnatClient:
         opts = self.options
         self._timeout: Tuple[float, float] = (opts.connect_timeout, opts.read_timeout)
 
-        http = requests.Session()
+        http = _Session()
         adapter = requests.adapters.HTTPAdapter(
             pool_connections=2, pool_maxsize=opts.pool_size, max_retries=0, pool_block=False
         )
@@ -902,6 +943,7 @@ class XnatClient:
         """
         rel = relpath.lstrip("/")
         uri = f"{resource_uri.rstrip('/')}/files/{quote(rel, safe='/')}"
+        check_contained("PUT", uri, f"{resource_uri.rstrip('/')}/files")
         params: Params = {"overwrite": "true" if overwrite else "false", "inbody": "true"}
         # note the clash (§10.7): format= here is the file's format attribute
         if content:
@@ -933,6 +975,7 @@ class XnatClient:
         """Create (or find) a subject by label; returns its accession ID (§4.2)."""
         uri = (f"/data/projects/{parse.quote_segment(project)}/subjects/"
                f"{parse.quote_segment(label)}")
+        check_contained("PUT", uri, f"/data/projects/{parse.quote_segment(project)}/subjects")
         return self._put_id(uri, {"xsiType": "xnat:subjectData"})
 
     def create_experiment(self, project: str, subject: str, label: str, xsi_type: str) -> str:
@@ -940,12 +983,14 @@ class XnatClient:
         experiment accession ID (§4.3)."""
         uri = (f"/data/projects/{parse.quote_segment(project)}/subjects/"
                f"{parse.quote_segment(subject)}/experiments/{parse.quote_segment(label)}")
+        check_contained("PUT", uri, uri.rsplit("/", 1)[0])
         return self._put_id(uri, {"xsiType": xsi_type})
 
     def create_scan(self, experiment_uri: str, scan_id: str, xsi_type: str,
                     type: Optional[str] = None) -> str:
         """Create a scan (§4.3); returns its uri."""
         uri = f"{experiment_uri.rstrip('/')}/scans/{parse.quote_segment(scan_id)}"
+        check_contained("PUT", uri, f"{experiment_uri.rstrip('/')}/scans")
         params = {"xsiType": xsi_type}
         if type:
             params["type"] = type
@@ -957,6 +1002,7 @@ class XnatClient:
         """Create an empty resource (§4.4); returns ``<parent>/resources/<label>``.
         Conflict if it exists."""
         uri = f"{parent_uri.rstrip('/')}/resources/{parse.quote_segment(label)}"
+        check_contained("PUT", uri, f"{parent_uri.rstrip('/')}/resources")
         params: Params = {}
         if format:
             params["format"] = format
@@ -968,6 +1014,7 @@ class XnatClient:
     def delete(self, uri: str) -> None:
         """``DELETE <uri>?removeFiles=true`` (§4.2-4.5).  A missing resource is a silent
         success on XNAT (§10.19); a missing file or object is NotFound."""
+        check_contained("DELETE", uri, "/data")  # the uri came from a listing
         self._write("DELETE", uri, {"removeFiles": "true"}).close()
 
     def import_archive(
@@ -1019,4 +1066,5 @@ class XnatClient:
 
     def delete_prearchive(self, session_uri: str) -> None:
         """Delete a prearchive session (``DELETE <session>``, §7.2)."""
+        check_contained("DELETE", session_uri, "/data/prearchive")
         self._write("DELETE", session_uri).close()

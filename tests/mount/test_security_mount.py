@@ -1,0 +1,477 @@
+"""The mount's security (issue 17, docs/SECURITY.md): other local users, hostile written names,
+credentials in the daemon's environment, ``--ca-bundle`` against the environment, truncate.
+
+Everything goes through a real mount; what reached the server is read from the emulator's access
+log and its own listings (plain requests, not the code under test).  Commands of "another user"
+run as ``nobody`` (uid 65534) through ``setpriv``.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ADMIN, Mount, needs_fuse
+from tests.mount.helpers import api, md5, sh
+from xnatfs.fs.mounting import is_mounted
+
+pytestmark = [needs_fuse]
+
+NOBODY = 65534
+PROTOCOLS = "DEMO1/resources/protocols/files"
+PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
+SCAN1 = "DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1/scans/1"
+#: issue 17 §3: five '..' from .../scans/1/resources/DICOM/files reach the experiment
+ESCAPE = "..%2F..%2F..%2F..%2F..%2Fresources%2FSEGnd%2Ffiles%2Fesc.txt"
+
+
+#: the tests of other users run commands as nobody: root and setpriv (util-linux) are needed
+as_other_user = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"),
+    reason="running a command as another user needs root and setpriv (util-linux)")
+
+
+@pytest.fixture
+def emu(make_emulator):
+    return make_emulator()
+
+
+@pytest.fixture
+def public_dir():
+    """A directory ``nobody`` can traverse (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="xnatfs-sec-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def public_mount(public_dir, tmp_path):
+    """Factory: a mount at a path ``nobody`` can reach; unmounted after."""
+    mounts = []
+
+    def make(url, *args):
+        m = Mount(url, public_dir / f"m{len(mounts)}", tmp_path / f"cache{len(mounts)}",
+                  tmp_path / f"mount{len(mounts)}.log", list(args)).start()
+        mounts.append(m)
+        return m
+
+    yield make
+    for m in mounts:
+        if m.proc.poll() is None and is_mounted(str(m.path)):
+            m.umount()
+        else:
+            m.cleanup()
+
+
+def as_nobody(cmd, timeout=60):
+    """Run ``cmd`` as uid/gid 65534 with no supplementary groups."""
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                           "--clear-groups", *cmd], capture_output=True, text=True,
+                          timeout=timeout, cwd="/", env={"PATH": os.environ["PATH"]})
+
+
+def py_as_nobody(code, *args):
+    """A Python snippet as nobody; prints ``ok`` or the errno name of the OSError."""
+    wrapper = ("import errno, os, sys\ntry:\n" +
+               "".join(f"    {line}\n" for line in code.strip().splitlines()) +
+               "    print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n")
+    res = as_nobody([sys.executable, "-c", wrapper, *args])
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def writes(records):
+    return [(m, p) for m, p in api(records) if m in ("PUT", "POST", "DELETE")]
+
+
+def server_files(emu, files_uri=PROTOCOLS_URI):
+    """Paths (below ``files/``) of the files XNAT lists under ``files_uri``: the
+    emulator's own answer."""
+    r = requests.get(emu.url + files_uri, params={"format": "json"}, auth=ADMIN, timeout=30)
+    r.raise_for_status()
+    # XNAT builds URI by plain concatenation: the name in it is raw (parse.file_relpath)
+    return {row["URI"].split("/files/", 1)[1] for row in r.json()["ResultSet"]["Result"]}
+
+
+# ------------------------------------------------------------------ other local users (§2)
+@as_other_user
+def test_allow_other_others_read_but_cannot_write(emu, public_mount, tmp_path):
+    m = public_mount(emu.url, "-o", "allow_other", "--allow-delete")
+    files = m.path / PROTOCOLS
+    readme = files / "README.txt"
+    expected = readme.read_bytes()
+    mark = emu.mark()
+    # reading is what allow_other is for
+    res = as_nobody(["cat", str(readme)])
+    assert res.returncode == 0 and res.stdout.encode() == expected, res.stderr
+    # every kind of write is refused to another user, by the kernel, before xnatfs sees it
+    assert py_as_nobody("open(sys.argv[1], 'wb').write(b'x')", str(files / "evil.txt")) \
+        == "EACCES"
+    assert py_as_nobody("os.mkdir(sys.argv[1])", str(m.path / "DEMO1/subjects/EVIL")) \
+        == "EACCES"
+    assert py_as_nobody("open(sys.argv[1], 'r+b').write(b'x')", str(readme)) == "EACCES"
+    assert py_as_nobody("os.truncate(sys.argv[1], 0)", str(readme)) == "EACCES"
+    assert py_as_nobody("os.unlink(sys.argv[1])", str(readme)) == "EACCES"
+    assert writes(emu.since(mark)) == []
+    st = os.stat(files)
+    assert st.st_uid == os.getuid() and st.st_mode & 0o022 == 0
+    # the owner still writes
+    src = tmp_path / "mine.txt"
+    src.write_bytes(b"mine")
+    sh(["cp", str(src), str(files / "mine.txt")])
+    assert "mine.txt" in server_files(emu)
+
+
+@as_other_user
+def test_allow_other_umask_keeps_others_out(emu, public_mount):
+    m = public_mount(emu.url, "-o", "allow_other,umask=077")
+    assert py_as_nobody("os.listdir(sys.argv[1])", str(m.path / PROTOCOLS)) == "EACCES"
+    assert py_as_nobody("open(sys.argv[1], 'rb').read()",
+                        str(m.path / PROTOCOLS / "README.txt")) == "EACCES"
+    assert "README.txt" in os.listdir(m.path / PROTOCOLS)  # the owner is not affected
+
+
+@as_other_user
+def test_allow_other_umask_cannot_add_write_bits(emu, public_mount):
+    """libfuse's own umask= would set 0777 & ~umask on every file: umask=0 must not let
+    others write."""
+    m = public_mount(emu.url, "-o", "allow_other,umask=0")
+    mark = emu.mark()
+    assert py_as_nobody("open(sys.argv[1], 'wb').write(b'x')",
+                        str(m.path / PROTOCOLS / "evil.txt")) == "EACCES"
+    assert writes(emu.since(mark)) == []
+
+
+@as_other_user
+def test_allow_other_write_is_an_explicit_choice(emu, public_mount):
+    m = public_mount(emu.url, "-o", "allow_other", "--allow-other-write")
+    assert py_as_nobody("open(sys.argv[1], 'wb').write(b'shared')",
+                        str(m.path / PROTOCOLS / "shared.txt")) == "ok"
+    assert "shared.txt" in server_files(emu)
+
+
+# ------------------------------------------------------------------ hostile written names (§3)
+def _py(code, *args):
+    """A Python snippet as this user; ``ok`` or the errno name."""
+    wrapper = ("import errno, os, sys\ntry:\n" +
+               "".join(f"    {line}\n" for line in code.strip().splitlines()) +
+               "    print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n")
+    res = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def test_dotdot_names_are_refused_before_any_request(emu, make_mount):
+    m = make_mount(emu.url)
+    dicom = m.path / SCAN1 / "resources/DICOM/files"
+    os.listdir(dicom)  # listings loaded: what follows may only be the refused writes
+    mark = emu.mark()
+    assert _py("open(sys.argv[1], 'wb').write(b'escaped')", str(dicom / ESCAPE)) == "EINVAL"
+    assert _py("os.mkdir(sys.argv[1])", str(dicom / "..%2F..%2Fx")) == "EINVAL"
+    assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / "a\\b.txt")) == "EINVAL"
+    assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / "a%2Fb.txt")) == "EINVAL"
+    assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / "bell\x07.txt")) == "EINVAL"
+    # rename: a local file (a temporary name: not uploaded at close) moved to a hostile name
+    tmp = dicom / "draft.tmp"
+    assert _py("open(sys.argv[1], 'wb').write(b'x')\nos.rename(sys.argv[1], sys.argv[2])",
+               str(tmp), str(dicom / ESCAPE)) == "EINVAL"
+    os.unlink(tmp)
+    touched = [p for _m, p in api(emu.since(mark))]
+    assert not [p for p in touched if "SEGnd" in p or "esc.txt" in p], touched
+    assert writes(emu.since(mark)) == []
+    r = requests.get(emu.url + "/data/projects/DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1"
+                     "/resources", params={"format": "json"}, auth=ADMIN, timeout=30)
+    assert "SEGnd" not in r.text
+
+
+@pytest.mark.parametrize("name", ["a#b.txt", "what?.txt", "50%25 done.txt", "two  spaces.txt",
+                                  "Ünïcødé ✓.txt", "%252E%252E.txt", "..dots..txt"])
+def test_odd_names_land_where_written(emu, make_mount, tmp_path, name):
+    """The name XNAT stores is the one written (``%25`` is how a ``%`` is written, README
+    "The path rule"), in the resource written into, and reads back."""
+    m = make_mount(emu.url)
+    data = name.encode() * 3
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    sh(["cp", str(src), str(m.path / PROTOCOLS / name)])
+    xnat_name = name.replace("%25", "%")
+    assert xnat_name in server_files(emu)
+    assert name in os.listdir(m.path / PROTOCOLS)
+    assert md5((m.path / PROTOCOLS / name).read_bytes()) == md5(data)
+
+
+# ------------------------------------------------------------------ credentials (§7)
+def _mount_env(tmp_path, extra):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("XNATFS_") and k not in ("NETRC", "REQUESTS_CA_BUNDLE",
+                                                       "CURL_CA_BUNDLE")}
+    env.update({"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    env.update(extra)
+    return env
+
+
+def _bg_mount(url, mnt, tmp_path, env_extra, *args):
+    mnt.mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "xnatfs", "mount", url, str(mnt), *args],
+                          capture_output=True, text=True, timeout=90,
+                          env=_mount_env(tmp_path, env_extra), stdin=subprocess.DEVNULL)
+
+
+def _umount(mnt):
+    if is_mounted(str(mnt)):
+        res = subprocess.run([sys.executable, "-m", "xnatfs", "umount", str(mnt)],
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+
+
+def _daemon_pids(mnt):
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(mnt).encode() in argv and b"--foreground" in argv:
+            pids.append(int(pid))
+    return pids
+
+
+def test_daemon_environment_holds_no_credentials(shared_emulator, tmp_path):
+    mnt = tmp_path / "m"
+    res = _bg_mount(shared_emulator.url, mnt, tmp_path,
+                    {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1],
+                     "XNATFS_LISTING_TTL": "30"})
+    try:
+        assert res.returncode == 0, res.stderr
+        assert "DEMO1" in os.listdir(mnt)
+        pids = _daemon_pids(mnt)
+        assert pids, "no daemon found"
+        for pid in pids:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert not [v for v in environ if v.startswith((b"XNATFS_USER=",
+                                                            b"XNATFS_PASSWORD="))]
+            assert not [v for v in environ if ADMIN[1].encode() in v]
+            assert b"XNATFS_LISTING_TTL=30" in environ  # only the secrets are taken out
+    finally:
+        _umount(mnt)
+
+
+def test_foreground_mount_drops_credentials_from_its_environment(shared_emulator, tmp_path):
+    """systemd (EnvironmentFile=) and docker (-e) run the daemon in the foreground with the
+    password in its environment: it re-executes itself (same PID) without it."""
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    env = _mount_env(tmp_path, {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1]})
+    with open(tmp_path / "fg.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "xnatfs", "mount", shared_emulator.url,
+                                 str(mnt), "--foreground", "--cache-dir", str(tmp_path / "c")],
+                                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+    try:
+        from xnatfs.fs.mounting import wait_mounted
+
+        assert wait_mounted(str(mnt), time.monotonic() + 60, alive=lambda: proc.poll() is None), \
+            (tmp_path / "fg.log").read_text()
+        assert "DEMO1" in os.listdir(mnt)
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
+        assert b"XNATFS_PASSWORD" not in environ and ADMIN[1].encode() not in environ
+        assert ADMIN[1].encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        _umount(mnt)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            _umount(mnt)
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_no_secret_on_disk_and_everything_private(shared_emulator, tmp_path):
+    """After reads, a write, a refused write and an unmount, at debug level: the password is
+    in no file under the cache directory (content, journal, spool, logs), and nothing there is
+    open to group or others (issue 17 "the basics")."""
+    cache, mnt = tmp_path / "cache" / "xnatfs", tmp_path / "m"
+    res = _bg_mount(shared_emulator.url, mnt, tmp_path,
+                    {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1]},
+                    "--log-level", "debug", "--cache-dir", str(cache))
+    try:
+        assert res.returncode == 0, res.stderr
+        files = mnt / PROTOCOLS
+        assert (files / "README.txt").read_bytes()
+        (files / "new.txt").write_bytes(b"new bytes")
+        assert _py("open(sys.argv[1], 'wb').write(b'x')", str(files / ESCAPE)) == "EINVAL"
+    finally:
+        _umount(mnt)
+    seen = 0
+    assert cache.stat().st_mode & 0o077 == 0
+    for dirpath, dirnames, filenames in os.walk(cache):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            assert st.st_mode & 0o077 == 0, f"{path} is mode {st.st_mode & 0o777:o}"
+            if name in filenames:
+                seen += 1
+                assert ADMIN[1].encode() not in Path(path).read_bytes(), path
+    assert seen >= 2  # at least the log and a cached file
+    assert list(cache.glob("logs/*.log"))
+
+
+# ------------------------------------------------------------------ --ca-bundle (§6)
+@pytest.fixture(scope="module")
+def tls_front(shared_emulator, tmp_path_factory):
+    """The shared emulator behind TLS, the right CA and an unrelated one."""
+    if not shutil.which("openssl"):
+        pytest.skip("the openssl command is needed to make test certificates")
+    from tests.mount.tlsproxy import TLSProxy, make_ca, make_server_cert
+
+    base = tmp_path_factory.mktemp("tls")
+    right = make_ca(base, "right")
+    wrong = make_ca(base, "wrong")
+    cert, key = make_server_cert(base, right)
+    port = int(shared_emulator.url.rsplit(":", 1)[1].split("/", 1)[0])
+    proxy = TLSProxy(port, cert, key).start()
+    yield proxy, right[0], wrong[0]
+    proxy.stop()
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_ca_bundle_option_wins_over_environment(tls_front, tmp_path, variable):
+    proxy, right, wrong = tls_front
+    creds = {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1], variable: str(wrong)}
+    mnt = tmp_path / "m"
+    # the environment's bundle is used when no option is given: it is wrong, so refused
+    refused = _bg_mount(proxy.url, mnt, tmp_path, creds, "--connect-timeout", "5",
+                        "--retries", "0")
+    assert refused.returncode == 1 and not is_mounted(str(mnt)), refused.stderr
+    # --ca-bundle wins for the check before mounting and for the daemon
+    res = _bg_mount(proxy.url, mnt, tmp_path, creds, "--ca-bundle", str(right))
+    try:
+        assert res.returncode == 0, res.stderr
+        assert "DEMO1" in os.listdir(mnt)
+        assert (mnt / PROTOCOLS / "README.txt").read_bytes()
+    finally:
+        _umount(mnt)
+
+
+# ------------------------------------------------------------------ truncate (§8)
+def test_truncate_to_zero_is_refused_not_silent(emu, make_mount):
+    m = make_mount(emu.url, "--allow-delete")
+    readme = m.path / PROTOCOLS / "README.txt"
+    before = readme.read_bytes()
+    mark = emu.mark()
+    res = sh(["truncate", "-s", "0", str(readme)], check=False)
+    assert res.returncode != 0 and "not supported" in res.stderr, res.stderr
+    # open(O_TRUNC) + close without writing: the error comes at close
+    assert _py("fd = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC)\nos.close(fd)",
+               str(readme)) == errno.errorcode[errno.ENOTSUP]
+    assert writes(emu.since(mark)) == []
+    assert readme.stat().st_size == len(before)
+    assert readme.read_bytes() == before
+    r = requests.get(emu.url + f"{PROTOCOLS_URI}/README.txt", auth=ADMIN, timeout=30)
+    assert r.content == before
+
+
+def test_truncate_shorter_replaces_on_xnat(emu, make_mount):
+    m = make_mount(emu.url, "--allow-delete")
+    readme = m.path / PROTOCOLS / "README.txt"
+    before = readme.read_bytes()
+    sh(["truncate", "-s", "10", str(readme)])
+    r = requests.get(emu.url + f"{PROTOCOLS_URI}/README.txt", auth=ADMIN, timeout=30)
+    assert r.content == before[:10]
+
+
+# ------------------------------------------------------------------ redirects (issue 17 basics)
+class _Recorder:
+    """A plain HTTP server that records what it was asked and answers with ``answer``."""
+
+    def __init__(self, answer):
+        import http.server
+        import threading
+
+        self.hits = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                recorder.hits.append((self.command, self.path, self.headers.get("Cookie"),
+                                      self.headers.get("Authorization")))
+                status, headers, body = answer(self)
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["other-host", "https-to-http"])
+def test_redirects_are_never_followed(tmp_path, tls):
+    """A server that answers with a redirect to another origin (or from https to http) never
+    gets the client to send anything there: not the request, not the session cookie."""
+    from xnatfs.xnat.auth import Credentials
+    from xnatfs.xnat.client import ClientOptions, XnatClient
+    from xnatfs.xnat.errors import XnatError
+
+    target = _Recorder(lambda h: (200, {}, b'{"ResultSet": {"Result": []}}'))
+
+    def hostile(handler):
+        if handler.path.startswith("/data/services/auth"):
+            return 200, {"Set-Cookie": "JSESSIONID=SECRETSESSION; Path=/"}, b"SECRETSESSION"
+        return 302, {"Location": f"http://127.0.0.1:{target.port}{handler.path}"}, b""
+
+    server = _Recorder(hostile)
+    proxy = None
+    url, verify = f"http://127.0.0.1:{server.port}", True
+    try:
+        if tls:
+            if not shutil.which("openssl"):
+                pytest.skip("the openssl command is needed to make test certificates")
+            from tests.mount.tlsproxy import TLSProxy, make_ca, make_server_cert
+
+            ca = make_ca(tmp_path, "ca")
+            proxy = TLSProxy(server.port, *make_server_cert(tmp_path, ca)).start()
+            url, verify = proxy.url, str(ca[0])
+        client = XnatClient(url, Credentials(*ADMIN),
+                            ClientOptions(verify=verify, retries=0, heartbeat=False))
+        client.start()
+        try:
+            with pytest.raises(XnatError):
+                client.list_projects()
+            with pytest.raises(XnatError):
+                client.download("/data/projects/DEMO1/resources/r/files/a.txt",
+                                lambda chunk: None)
+        finally:
+            client.close()
+        assert server.hits, "the hostile server was not asked at all"
+        assert target.hits == []
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        server.stop()
+        target.stop()

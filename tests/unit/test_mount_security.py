@@ -1,0 +1,196 @@
+"""The pure parts of the mount's security (issue 17, docs/SECURITY.md): written-name checks,
+write-URL containment, the CA bundle against the environment, the daemon's environment and
+argv, the options that decide what other local users may do."""
+from __future__ import annotations
+
+import errno
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from xnatfs import cli
+from xnatfs.config import effective_settings, load_config
+from xnatfs.options import Options
+from xnatfs.tree.paths import check_write_name
+from xnatfs.xnat import errors as xe
+from xnatfs.xnat.client import ClientOptions, XnatClient, check_contained
+from xnatfs.xnat.auth import Credentials
+
+URL = "https://xnat.example.org"
+
+
+# ------------------------------------------------------------------ written names
+@pytest.mark.parametrize("name", ["..", ".", "..%2F..%2Fx",
+                                  "a%2Fb", "a%00b", "a\\b", "line\nbreak", "tab\there", "del\x7f"])
+def test_hostile_written_names_are_einval(name):
+    with pytest.raises(OSError) as info:
+        check_write_name(name, "/P/resources/R/files/" + name)
+    assert info.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("name, xnat", [("a#b.txt", "a#b.txt"), ("q?.txt", "q?.txt"),
+                                        ("50%25.txt", "50%.txt"), ("..x", "..x"),
+                                        ("%252E%252E", "%2E%2E"), ("Ünï ✓", "Ünï ✓")])
+def test_ordinary_odd_names_pass(name, xnat):
+    assert check_write_name(name) == xnat
+
+
+# ------------------------------------------------------------------ URL containment
+@pytest.mark.parametrize("uri", [
+    "/data/experiments/E1/resources/R/files/../../../resources/X/files/a",
+    "/data/experiments/E1/resources/R/files/%2E%2E/%2e%2e/x",
+    "/data/experiments/E1/resources/R/files/a%5Cb",
+    "/data/experiments/E1/resources/R/files/./a",
+    "/data/experiments/E1/resources/Rx/files/a",
+    "/data/experiments/E1/resources/R/files",
+])
+def test_write_urls_must_stay_under_their_object(uri):
+    with pytest.raises(xe.BadRequest):
+        check_contained("PUT", uri, "/data/experiments/E1/resources/R/files")
+
+
+def test_base_outside_data_or_with_dots_is_refused():
+    with pytest.raises(xe.BadRequest):
+        check_contained("PUT", "/etc/x/files/a", "/etc/x/files")
+    with pytest.raises(xe.BadRequest):
+        check_contained("PUT", "/data/../etc/files/a", "/data/../etc/files")
+
+
+def test_ordinary_write_urls_pass():
+    base = "/data/experiments/E1/resources/R/files"
+    for uri in (base + "/a%20b.txt", base + "/sub/dir/x.nii", base + "/%252E%252E",
+                base + "/a%23b%3F.txt"):
+        check_contained("PUT", uri, base)
+
+
+def test_client_refuses_a_dotdot_upload_without_sending():
+    client = XnatClient(URL, Credentials("u", "p"), ClientOptions(pool_size=1))
+    sent = []
+    client._send = lambda *a, **k: sent.append(a)  # would be the only way out
+    try:
+        with pytest.raises(xe.BadRequest):
+            client.upload_file("/data/experiments/E1/resources/R", "../../../resources/S/x",
+                               None, 1)
+        with pytest.raises(xe.BadRequest):
+            client.create_subject("P", "..")
+        with pytest.raises(xe.BadRequest):
+            client.create_resource("/data/experiments/E1", "..")
+    finally:
+        client.close()
+    assert sent == []
+
+
+# ------------------------------------------------------------------ --ca-bundle vs environment
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_ca_bundle_beats_the_environment(monkeypatch, tmp_path, variable):
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, str(tmp_path / "wrong.pem"))
+    client = XnatClient(URL, Credentials("u", "p"),
+                        ClientOptions(verify=str(tmp_path / "right.pem")))
+    merged = client._http.merge_environment_settings(URL, {}, None, None, None)
+    client.close()
+    assert merged["verify"] == str(tmp_path / "right.pem")
+    # without the option the environment's bundle is used, as by curl
+    client = XnatClient(URL, Credentials("u", "p"), ClientOptions())
+    merged = client._http.merge_environment_settings(URL, {}, None, None, None)
+    client.close()
+    assert merged["verify"] == str(tmp_path / "wrong.pem")
+
+
+def _args_and_options(argv, env, config=None):
+    args = cli.build_parser().parse_args(["mount", URL, "/mnt", *argv])
+    given = {k: getattr(args, k) for k in ("ca_bundle", "allow_other_write")
+             if getattr(args, k, None) is not None}
+    settings = effective_settings(URL, given, env, load_config(config, env) if config
+                                  else load_config(None, env))
+    return args, cli.options_from_settings(URL, settings, args.fuse_options)
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+
+def test_daemon_gets_a_ca_bundle_from_the_config_file(tmp_path, env):
+    """The daemon reads no config file (``--config /dev/null``): a bundle named only there
+    must reach it on its command line."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'[defaults]\nca_bundle = "{tmp_path}/ca.pem"\n')
+    config.chmod(0o600)
+    args, options = _args_and_options([], env, str(config))
+    argv = cli.daemon_argv(args, options, "/mnt", "info")
+    assert argv[argv.index("--ca-bundle") + 1] == f"{tmp_path}/ca.pem"
+
+
+def test_daemon_environment_has_no_credentials():
+    env = cli.daemon_env({"XNATFS_USER": "u", "XNATFS_PASSWORD": "secret", "PATH": "/bin",
+                          "XNATFS_CACHE_SIZE": "1G"})
+    assert env == {"PATH": "/bin", "XNATFS_CACHE_SIZE": "1G"}
+
+
+# ------------------------------------------------------------------ other local users
+def test_allow_other_always_brings_default_permissions(env):
+    _args, options = _args_and_options(["-o", "allow_other"], env)
+    kwargs = cli.fuse_kwargs(options, SimpleNamespace(fuse_version_major=3))
+    assert kwargs["allow_other"] is True and kwargs["default_permissions"] is True
+    _args, options = _args_and_options([], env)
+    assert "default_permissions" not in cli.fuse_kwargs(options,
+                                                        SimpleNamespace(fuse_version_major=3))
+
+
+def test_uid_gid_umask_are_taken_by_xnatfs_not_libfuse(env):
+    _args, options = _args_and_options(["-o", "allow_other,uid=1000,gid=100,umask=027"], env)
+    assert (options.uid, options.gid, options.umask) == (1000, 100, 0o027)
+    kwargs = cli.fuse_kwargs(options, SimpleNamespace(fuse_version_major=3))
+    assert not {"uid", "gid", "umask"} & set(kwargs)
+    with pytest.raises(cli.UsageError):
+        _args_and_options(["-o", "umask=999"], env)
+
+
+def _ops(monkeypatch, caller, **options):
+    from xnatfs.fs import ops
+
+    monkeypatch.setattr(ops.mfusepy, "fuse_get_context", lambda: (caller, caller, 1))
+    runtime = SimpleNamespace(options=Options(url=URL, **options), writer=object())
+    return ops.XnatOperations(runtime)
+
+
+def test_daemon_refuses_writes_of_other_users(monkeypatch):
+    """Behind the kernel's check (default_permissions): a write request from another uid
+    (root on a user's mount, a mount made with allow_other some other way) is refused."""
+    other = os.getuid() + 1
+    with pytest.raises(OSError) as info:
+        _ops(monkeypatch, other)._writer("/P/x")
+    assert info.value.errno == errno.EACCES
+    assert _ops(monkeypatch, os.getuid())._writer("/P/x") is not None
+    assert _ops(monkeypatch, other, uid=other)._writer("/P/x") is not None  # -o uid=: owner
+    assert _ops(monkeypatch, other, allow_other_write=True)._writer("/P/x") is not None
+
+
+def test_modes_shown_never_give_others_write_unless_asked(monkeypatch):
+    ops = _ops(monkeypatch, 0)
+    assert all(mode & 0o022 == 0 for mode in ops._modes.values())
+    ops = _ops(monkeypatch, 0, umask=0o077)
+    assert all(mode & 0o077 == 0 for mode in ops._modes.values())
+    ops = _ops(monkeypatch, 0, allow_other_write=True)
+    assert ops._modes[(False, True)] == 0o666 and ops._modes[(False, False)] == 0o444
+
+
+def test_deletes_of_listed_uris_stay_under_data():
+    """A hostile listing could name ``/data/../../x`` as an object's URI: rm/rmdir must not
+    send a DELETE there."""
+    client = XnatClient(URL, Credentials("u", "p"), ClientOptions(pool_size=1))
+    sent = []
+    client._send = lambda *a, **k: sent.append(a)
+    try:
+        for uri in ("/data/../../admin/x", "/data/projects/P/../../../x", "/other/x"):
+            with pytest.raises(xe.BadRequest):
+                client.delete(uri)
+        with pytest.raises(xe.BadRequest):
+            client.delete_prearchive("/data/prearchive/projects/P/../../../archive/x")
+    finally:
+        client.close()
+    assert sent == []
