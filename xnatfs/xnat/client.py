@@ -49,6 +49,7 @@ import requests.adapters
 import urllib3.exceptions
 
 from .. import __version__
+from .. import deadline as _call_deadline
 from . import body as _body
 from . import parse
 from .auth import Credentials
@@ -469,6 +470,12 @@ class XnatClient:
         self._stats.login()
         log.debug("logged in to %s as %s", self.base_url, creds.username)
 
+    def _deadline(self) -> float:
+        """Now + ``deadline``, or the end of the filesystem call being served if sooner."""
+        mine = time.monotonic() + self.options.deadline
+        outer = _call_deadline.current()
+        return mine if outer is None else min(mine, outer)
+
     def _acquire_login_lock(self, deadline: Optional[float]) -> None:
         """Queue on the login lock no longer than the caller's deadline: a login that hangs
         must not hold every other caller past its ``--timeout`` (issue 17 §1)."""
@@ -627,7 +634,7 @@ class XnatClient:
             url += ("&" if "?" in url else "?") + urlencode(params, quote_via=quote, safe="/,:")
         opts = self.options
         if deadline is None:
-            deadline = time.monotonic() + opts.deadline
+            deadline = self._deadline()
         attempt = 0
         relogged = False
         # a write can be sent again (after a re-login) only if its body can be made again
@@ -876,7 +883,7 @@ class XnatClient:
 
     def _stream(self, uri: str, sink: Sink, params: Optional[Params]) -> RemoteStat:
         opts = self.options
-        deadline = time.monotonic() + opts.deadline
+        deadline = self._deadline()
         attempt = 0
         relogged = False
         while True:
