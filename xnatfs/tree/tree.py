@@ -239,7 +239,8 @@ class Tree:
             self._bulk_seen[root] = True
         files = [node for listing in self._cached(
             root, lambda: self._load_files(self._lookup(root))).folders.values()
-            for node in listing.children.values() if node.kind is Kind.FILE]
+            for node in listing.children.values()
+            if node.kind is Kind.FILE and not getattr(node.ref, "problem", "")]
         total = sum(n.size for n in files)
         if len(files) < self.bulk_min or total > _BULK_MAX_BYTES \
                 or total > _BULK_MAX_MEAN * len(files):
@@ -616,7 +617,8 @@ class Tree:
                 return
             self._prefetched[id(listing)] = (listing, end)
         self.content.prefetch(self.content_key(listing.children[name])
-                              for name in names[start:end])
+                              for name in names[start:end]
+                              if not getattr(listing.children[name].ref, "problem", ""))
 
     @staticmethod
     def content_key(node: NodeInfo) -> ContentKey:

@@ -295,9 +295,10 @@ def _translate(exc: BaseException, method: str, url: str, timeout: Tuple[float, 
 
 
 def _safe_path(path: str) -> bool:
-    """A request path that starts with one ``/`` and has no ``.``/``..`` segment, percent-decoded
-    or not (``//host/...`` would be a network-path reference to another host)."""
-    if path.startswith("//"):
+    """A request path below ``/data/`` (or its old spelling ``/REST/``) with no ``.``/``..``
+    segment, percent-decoded or not (``//host/...`` would be a network-path reference to another
+    host); the client never asks for anything else."""
+    if path.startswith("//") or not path.startswith(("/data/", "/REST/")):
         return False
     for seg in unquote(path).split("/")[1:]:
         if seg in (".", ".."):
@@ -547,7 +548,7 @@ class XnatClient:
         path, sep, query = uri.partition("?")
         if not _safe_path(path):
             raise XnatError("", self.base_url + uri, None,
-                            "refused: the path leaves the object it names ('.', '..' or '//')")
+                            "refused: the path is not plainly below /data/ ('.', '..', '//')")
         path = quote(path, safe="/%:@!$&'()*+,;=-._~")
         return self.base_url + path + (sep + query if sep else "")
 
