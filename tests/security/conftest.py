@@ -1,0 +1,87 @@
+"""The hostile-server fixtures (issue 17): ``hostile`` (mode switch: ``hostile.mode = "..."``,
+see ``hostile.MODES``) and ``evil`` (another host that must never be asked anything), plus
+daemon measurements shared by the security tests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.security.hostile import HostileServer
+
+
+@pytest.fixture
+def evil() -> Iterator[HostileServer]:
+    """A second server on another loopback address: redirects and absolute URIs point here;
+    a test asserts ``evil.requests == []``."""
+    server = HostileServer(host="127.0.0.2").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hostile(evil) -> Iterator[HostileServer]:
+    """A hostile XNAT in mode ``ok``; set ``.mode`` before the file operations."""
+    server = HostileServer(evil_url=evil.url + "/").start()
+    yield server
+    server.stop()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set (VmHWM) of a process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def daemon_pid(mount) -> int:
+    """The process serving the mount (``--foreground``: the one the test started)."""
+    assert mount.proc is not None and mount.proc.poll() is None
+    return mount.proc.pid
+
+
+
+
+_OP = r"""
+import errno, json, os, sys, time
+kind, path = sys.argv[1], sys.argv[2]
+t = time.monotonic()
+out = {}
+try:
+    if kind == "stat":
+        out["size"] = os.stat(path).st_size
+    elif kind == "listdir":
+        out["names"] = sorted(os.listdir(path))
+    elif kind == "read":
+        with open(path, "rb") as f:
+            data = f.read()
+        out["size"] = len(data)
+        out["head"] = data[:64].decode("latin-1")
+    out["errno"] = 0
+except OSError as e:
+    out["errno"] = e.errno
+out["seconds"] = time.monotonic() - t
+print(json.dumps(out))
+"""
+
+
+def fs_op(kind: str, path: "os.PathLike[str] | str", timeout: float = 120) -> dict:
+    """One file operation (``stat``, ``listdir``, ``read``) in a child process (a hung FUSE call
+    cannot hang the test run): ``{"errno", "seconds", ...}``, the time measured around the
+    call itself.  A child still blocked at ``timeout`` is killed and reported as errno None."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    t = time.monotonic()
+    try:
+        res = subprocess.run([sys.executable, "-c", _OP, kind, str(path)], capture_output=True,
+                             text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"errno": None, "seconds": time.monotonic() - t, "hung": True}
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
