@@ -18,7 +18,8 @@ import time
 import zlib
 from typing import Any, List, Optional
 
-__all__ = ["BodyTooLarge", "BodyDeadline", "BadEncoding", "read_body", "MAX_DOCUMENT_BYTES"]
+__all__ = ["BodyTooLarge", "BodyDeadline", "BadEncoding", "read_body", "socket_of",
+           "MAX_DOCUMENT_BYTES"]
 
 #: largest decoded listing/document (JSON, error page, login answer) the client will hold;
 #: the biggest real listings (a files listing of a 100,000-file resource) are ~30 MiB
@@ -39,7 +40,7 @@ class BadEncoding(ValueError):
     """A Content-Encoding we did not ask for, or a corrupt compressed stream."""
 
 
-def _socket_of(raw: Any) -> Optional[socket.socket]:
+def socket_of(raw: Any) -> Optional[socket.socket]:
     """The socket under a urllib3 response (2.x: ``_connection.sock``; else via http.client)."""
     conn = getattr(raw, "_connection", None)
     sock = getattr(conn, "sock", None)
@@ -71,7 +72,7 @@ def read_body(raw: Any, encoding: str, deadline: float, limit: int = MAX_DOCUMEN
     (a ``clock`` value) passes first, :class:`BodyTooLarge` past ``limit`` decoded bytes,
     :class:`BadEncoding` for an unknown or corrupt encoding.  Socket errors pass through."""
     dec = _decoder(encoding)
-    sock = _socket_of(raw)
+    sock = socket_of(raw)
     parts: List[bytes] = []
     total = 0
     while True:

@@ -578,6 +578,7 @@ class XnatClient:
             err = XnatTimeout(method, url, None, "no time left for this request")
             self._stats.error(type(err).__name__)
             raise err
+        full_read_timeout = timeout[1]
         timeout = (min(timeout[0], left), min(timeout[1], left))
         try:
             # always streamed: a non-streamed body is read below, by us, within the deadline
@@ -585,11 +586,22 @@ class XnatClient:
                 method, url, data=data, headers=hdrs, stream=True,
                 timeout=timeout, allow_redirects=False, auth=auth,
             )
-            if not stream:
+            if stream:
+                # the deadline bounded the wait for the headers; a download's body is bounded
+                # per read, as before (its own size checks are the content cache's)
+                sock = _body.socket_of(resp.raw)
+                if sock is not None:
+                    sock.settimeout(full_read_timeout)
+            else:
+                body_deadline = deadline
+                if data is not None and not isinstance(data, (dict, str)):
+                    # an upload may take long to send: its answer gets a deadline of its own,
+                    # counted from the headers (the journal decides about a lost answer)
+                    body_deadline = max(deadline, time.monotonic() + self.options.deadline)
                 try:
                     content = _body.read_body(
-                        resp.raw, resp.headers.get("Content-Encoding", ""), deadline,
-                        read_timeout=timeout[1])
+                        resp.raw, resp.headers.get("Content-Encoding", ""), body_deadline,
+                        read_timeout=full_read_timeout)
                 except BaseException:
                     resp.close()
                     raise
