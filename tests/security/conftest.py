@@ -71,17 +71,22 @@ print(json.dumps(out))
 def fs_op(kind: str, path: "os.PathLike[str] | str", timeout: float = 120) -> dict:
     """One file operation (``stat``, ``listdir``, ``read``) in a child process (a hung FUSE call
     cannot hang the test run): ``{"errno", "seconds", ...}``, the time measured around the
-    call itself.  A child still blocked at ``timeout`` is killed and reported as errno None."""
+    call itself.  A child still blocked at ``timeout`` is sent SIGKILL and reported as errno
+    None, ``hung``."""
     import json
     import subprocess
     import sys
     import time
 
     t = time.monotonic()
+    child = subprocess.Popen([sys.executable, "-c", _OP, kind, str(path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        res = subprocess.run([sys.executable, "-c", _OP, kind, str(path)], capture_output=True,
-                             text=True, timeout=timeout)
+        stdout, stderr = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # blocked in a FUSE request: SIGKILL stays pending until the daemon answers (the very
+        # defect of issue 17 §1), so do not wait for the child; it ends with the mount
+        child.kill()
         return {"errno": None, "seconds": time.monotonic() - t, "hung": True}
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
+    assert child.returncode == 0, stderr
+    return json.loads(stdout)
