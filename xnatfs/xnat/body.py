@@ -26,6 +26,8 @@ __all__ = ["BodyTooLarge", "BodyDeadline", "BadEncoding", "read_body", "socket_o
 MAX_DOCUMENT_BYTES = 64 << 20
 #: bytes asked of the socket per read
 _READ = 64 << 10
+#: most bytes inflated in one step (zlib's output buffer grows to this, not to the cap)
+_INFLATE_STEP = 1 << 20
 
 
 class BodyTooLarge(ValueError):
@@ -99,11 +101,11 @@ def read_body(raw: Any, encoding: str, deadline: float, limit: int = MAX_DOCUMEN
                 raise BodyTooLarge(f"body larger than {limit} bytes")
             parts.append(data)
             continue
-        # inflate in steps of at most what the cap still allows (+1 to see the overflow)
+        # inflate in small steps, never past what the cap still allows (+1 to see the overflow)
         pending = data
         while pending:
             try:
-                out = dec.decompress(pending, limit - total + 1)
+                out = dec.decompress(pending, min(limit - total + 1, _INFLATE_STEP))
             except zlib.error as exc:
                 raise BadEncoding(f"corrupt {encoding} body: {exc}") from None
             total += len(out)
