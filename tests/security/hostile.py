@@ -276,3 +276,60 @@ def gunzip_size(blob: bytes) -> int:
 
 __all__ = ["HostileServer", "MODES", "SESSION", "PROJECT", "GOOD_BYTES", "gzip_bomb",
            "gunzip_size", "Request"]
+
+
+class TrickledHeadersServer:
+    """A raw socket server whose answer's status line and headers arrive one byte every
+    ``trickle`` seconds, for ever (no WSGI server can do that: they send headers at once)."""
+
+    def __init__(self, trickle: float = 0.2) -> None:
+        import socket
+
+        self.trickle = trickle
+        self._stop = threading.Event()
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(8)
+        self._sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.connections = 0
+        self._threads: List[threading.Thread] = []
+
+    def start(self) -> "TrickledHeadersServer":
+        t = threading.Thread(target=self._accept, daemon=True, name="trickled-headers")
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.connections += 1
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, conn: Any) -> None:
+        head = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 60000
+        try:
+            conn.settimeout(5)
+            conn.recv(65536)  # the request (small enough to come in one piece)
+            for i in range(len(head)):
+                if self._stop.wait(self.trickle if i else 0):
+                    break
+                conn.sendall(head[i:i + 1])
+        except OSError:
+            pass  # the client gave up: what the test wants
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        for t in self._threads:
+            t.join(5)

@@ -92,3 +92,21 @@ def test_a_path_leaving_data_is_refused_before_any_request(hostile, uri):
         with pytest.raises(errors.XnatError, match="refused"):
             c.get_object(uri)
         assert len(hostile.paths()) == before
+
+
+def test_trickled_headers_end_at_the_deadline():
+    """Per-read timeouts cannot end a status line and headers sent one byte every 0.2 s;
+    the watchdog does (issue 17 §1)."""
+    from tests.security.hostile import TrickledHeadersServer
+
+    server = TrickledHeadersServer().start()
+    try:
+        c = client(server.url)
+        t0 = time.monotonic()
+        with pytest.raises(errors.XnatTimeout):
+            c.start()  # the login is the first request
+        assert time.monotonic() - t0 < DEADLINE + SLACK
+        assert server.connections >= 1
+        c.close()
+    finally:
+        server.stop()

@@ -52,6 +52,7 @@ from .. import __version__
 from .. import deadline as _call_deadline
 from . import body as _body
 from . import parse
+from . import watchdog as _watchdog
 from .auth import Credentials
 from .errors import (
     NotXnatResponse,
@@ -270,7 +271,10 @@ def _translate(exc: BaseException, method: str, url: str, timeout: Tuple[float, 
     if isinstance(exc, _body.BadEncoding):
         return NotXnatResponse(method, url, None, str(exc))
     if deadline is not None and time.monotonic() >= deadline and (
-            _is_read_timeout(exc) or isinstance(exc, R.ConnectTimeout)):
+            _is_read_timeout(exc) or isinstance(exc, (R.ConnectionError,
+                                                      urllib3.exceptions.HTTPError))):
+        # a read timeout cut to the deadline, or the watchdog shut a socket whose status
+        # line and headers were still trickling in
         return XnatTimeout(method, url, None, "no complete answer within the deadline")
     if isinstance(exc, R.ConnectTimeout):
         return Unreachable(method, url, None, f"no connection within {timeout[0]:g}s")
@@ -342,6 +346,8 @@ class XnatClient:
         adapter = requests.adapters.HTTPAdapter(
             pool_connections=2, pool_maxsize=opts.pool_size, max_retries=0, pool_block=False
         )
+        # connections whose status line and headers are bounded by the request's deadline
+        adapter.poolmanager.pool_classes_by_scheme = dict(_watchdog.POOL_CLASSES)
         http.mount("http://", adapter)
         http.mount("https://", adapter)
         http.verify = opts.verify
@@ -580,6 +586,7 @@ class XnatClient:
             raise err
         full_read_timeout = timeout[1]
         timeout = (min(timeout[0], left), min(timeout[1], left))
+        armed = _watchdog.REQUEST_DEADLINE.set(deadline)
         try:
             # always streamed: a non-streamed body is read below, by us, within the deadline
             resp = self._http.request(
@@ -613,6 +620,8 @@ class XnatClient:
             self._stats.request(method, type(err).__name__, time.monotonic() - started)
             self._stats.error(type(err).__name__)
             raise err from None
+        finally:
+            _watchdog.REQUEST_DEADLINE.reset(armed)
         self._stats.request(method, resp.status_code, time.monotonic() - started)
         return resp
 
