@@ -146,15 +146,15 @@ class Tree:
     def lookup(self, path: str) -> NodeInfo:
         """The node at ``path``; ``OSError(ENOENT)`` if XNAT has no such object."""
         with deadline.scope(self.fs_timeout):
-            return self._checked(self._lookup(split_path(path)), path)
+            return self._checked(self._lookup(split_path(path)))
 
     @staticmethod
-    def _checked(node: NodeInfo, path: str) -> NodeInfo:
+    def _checked(node: NodeInfo) -> NodeInfo:
         """A file whose listing row was refused (a size outside 0..2^63-1, a URI leaving
         ``/data/``, issue 17 §8) is EIO, with the reason; ``fs/ops`` logs it once."""
         problem = getattr(node.ref, "problem", "") if node.kind is Kind.FILE else ""
         if problem:
-            raise OSError(errno.EIO, f"refused listing row ({problem}), uri={node.uri!r}", path)
+            raise OSError(errno.EIO, f"refused listing row ({problem}), uri={node.uri!r}")
         return node
 
     def listdir(self, path: str) -> List[NodeInfo]:
