@@ -25,7 +25,8 @@ Policy in one place:
 Thread-safety: one client is shared by all FUSE worker threads.  ``_login_lock`` serialises
 logins and guards ``_jsession``/``_generation``; the stats have their own lock.  Nothing else is
 mutable after ``start()``.  No background thread exists before ``start()`` (the process may
-daemonize after construction, STYLE §6).
+daemonize after construction, STYLE §6): the heartbeat starts there, the header watchdog
+(``watchdog.py``, its own lock) with the first request; ``close()`` ends both.
 
 Never logged: passwords, the login form, ``Authorization``/``Cookie`` headers, session ids.
 """
@@ -358,6 +359,8 @@ class XnatClient:
         # only what body.read_body can inflate with a bound (never br/zstd)
         http.headers["Accept-Encoding"] = "gzip, deflate"
         self._http = http
+        #: ends a response whose status line and headers outlast the request's deadline
+        self._watchdog = _watchdog.Watchdog()
 
         self._stats = ClientStats(opts.latency_samples)
         #: guards _jsession, _generation, _heartbeat_interval; held during a login
@@ -413,6 +416,7 @@ class XnatClient:
             except XnatError as err:
                 log.info("logout: %s", err)
         self._http.close()
+        self._watchdog.close()
 
     def __enter__(self) -> "XnatClient":
         self.start()
@@ -586,7 +590,7 @@ class XnatClient:
             raise err
         full_read_timeout = timeout[1]
         timeout = (min(timeout[0], left), min(timeout[1], left))
-        armed = _watchdog.REQUEST_DEADLINE.set(deadline)
+        armed = _watchdog.REQUEST_DEADLINE.set((deadline, self._watchdog))
         try:
             # always streamed: a non-streamed body is read below, by us, within the deadline
             resp = self._http.request(

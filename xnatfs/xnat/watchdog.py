@@ -3,13 +3,13 @@ status line and headers.
 
 http.client reads them line by line with as many ``recv`` calls as it takes, each with the
 socket's per-read timeout, so a server that sends one header byte every few seconds holds a
-caller almost without limit (issue 17 §1).  ``DeadlineHTTPConnection.getresponse`` arms one
-shared watchdog thread with the request's deadline (a ``ContextVar`` the client sets around each
-request); when it passes first, the watchdog shuts the socket down, the blocked ``recv`` returns,
-and the client reports a timeout.  The body is bounded by ``body.read_body`` instead.
+caller almost without limit (issue 17 §1).  ``DeadlineHTTPConnection.getresponse`` arms the
+client's watchdog with the request's deadline (both in a ``ContextVar`` the client sets around
+each request); when it passes first, the watchdog shuts the socket down, the blocked ``recv``
+returns, and the client reports a timeout.  The body is bounded by ``body.read_body`` instead.
 
-The thread starts on first use (never before the client is used, so never before a daemon
-forks) and sleeps while nothing is armed.
+Each client owns one watchdog; its thread starts on first use (never before the client is used,
+so never before a daemon forks), sleeps while nothing is armed and ends with ``close()``.
 """
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ from typing import Dict, List, Optional, Tuple
 import urllib3.connection
 import urllib3.connectionpool
 
-__all__ = ["REQUEST_DEADLINE", "Watchdog", "WATCHDOG", "POOL_CLASSES"]
+__all__ = ["REQUEST_DEADLINE", "Watchdog", "POOL_CLASSES"]
 
-#: the ``time.monotonic()`` deadline of the request this thread is sending, if any
-REQUEST_DEADLINE: ContextVar[Optional[float]] = ContextVar("xnatfs_request_deadline",
-                                                           default=None)
+#: the ``time.monotonic()`` deadline of the request this thread is sending, and the watchdog
+#: of the client sending it; None outside a request
+REQUEST_DEADLINE: "ContextVar[Optional[Tuple[float, Watchdog]]]" = ContextVar(
+    "xnatfs_request_deadline", default=None)
 
 
 class Watchdog:
@@ -41,12 +42,16 @@ class Watchdog:
         self._heap: List[Tuple[float, int]] = []
         self._armed: Dict[int, socket.socket] = {}
         self._thread: Optional[threading.Thread] = None
+        self._closed = False
         self._ids = itertools.count(1)
         #: sockets shut down so far (for tests and stats)
         self.fired = 0
 
     def arm(self, deadline: float, sock: socket.socket) -> int:
+        """Shut ``sock`` down at ``deadline`` (a clock value) unless disarmed; 0 once closed."""
         with self._cond:
+            if self._closed:
+                return 0
             token = next(self._ids)
             self._armed[token] = sock
             heapq.heappush(self._heap, (deadline, token))
@@ -61,9 +66,22 @@ class Watchdog:
         with self._cond:
             self._armed.pop(token, None)
 
+    def close(self) -> None:
+        """End the thread (armed sockets are left alone: their requests end by themselves)."""
+        with self._cond:
+            self._closed = True
+            self._armed.clear()
+            self._heap.clear()
+            thread = self._thread
+            self._cond.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+
     def _run(self) -> None:
         while True:
             with self._cond:
+                if self._closed:
+                    return
                 while self._heap and self._heap[0][1] not in self._armed:
                     heapq.heappop(self._heap)  # disarmed: drop it
                 if not self._heap:
@@ -84,22 +102,20 @@ class Watchdog:
                     pass  # already closed: nothing is waiting on it
 
 
-WATCHDOG = Watchdog()
-
-
 class _Armed:
     """Mixin: arm the watchdog around reading the status line and headers."""
 
     def getresponse(self):  # type: ignore[no-untyped-def]
-        deadline = REQUEST_DEADLINE.get()
+        armed = REQUEST_DEADLINE.get()
         sock = getattr(self, "sock", None)
-        token = WATCHDOG.arm(deadline, sock) if deadline is not None and isinstance(
-            sock, socket.socket) else None
+        token = 0
+        if armed is not None and isinstance(sock, socket.socket):
+            token = armed[1].arm(armed[0], sock)
         try:
             return super().getresponse()  # type: ignore[misc]
         finally:
-            if token is not None:
-                WATCHDOG.disarm(token)
+            if token:
+                armed[1].disarm(token)  # type: ignore[index]
 
 
 class DeadlineHTTPConnection(_Armed, urllib3.connection.HTTPConnection):
