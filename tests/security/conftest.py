@@ -29,6 +29,22 @@ def hostile(evil) -> Iterator[HostileServer]:
     server.stop()
 
 
+@pytest.fixture
+def self_signed(tmp_path) -> "tuple[str, str]":
+    """A self-signed certificate for 127.0.0.1 (cert.pem, key.pem), made with openssl."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
 def peak_rss_mb(pid: int) -> float:
     """Peak resident set (VmHWM) of a process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -24,7 +24,8 @@ Modes (``MODES``):
 ``sizes``              files with sizes -5, 10^23, ``abc``, 2^63 and one good file of 10 bytes
 ``uris``               file URIs ``/data/../../../etc/passwd``, ``//evil/...``, an absolute URL
                        to ``evil_url``, one outside ``/data/``, and one good file
-``redirect``           ``/data/projects`` answers 302 to ``evil_url`` (another host)
+``redirect``           ``/data/projects`` answers 302 to ``evil_url`` (another host; with
+                       ``tls=`` set and an http ``evil_url``: https -> http)
 ``file_endless``       file ``big.bin`` is listed as 1,000 bytes; its body never ends
 ``file_longer``        file ``big.bin`` is listed as 1,000 bytes; the body has 5,000
 ``file_gzip_bomb``     file ``big.bin`` (listed 1,000) comes gzip-encoded, inflating to 1 GiB
@@ -90,6 +91,8 @@ class HostileServer:
     mode: str = "ok"
     #: address to bind: 127.0.0.2 makes "another host" for redirects (all of 127/8 is loopback)
     host: str = "127.0.0.1"
+    #: (certificate, key) PEM files: serve https (for the https -> http redirect case)
+    tls: Optional[Tuple[str, str]] = None
     #: seconds between bytes of a trickled body
     trickle: float = 0.5
     #: GETs of /data/projects answered 500 in mode listing_500
@@ -109,9 +112,13 @@ class HostileServer:
     def start(self) -> "HostileServer":
         self._server = wsgi.Server((self.host, 0), self._app, numthreads=16,
                                    server_name="hostile")
+        if self.tls is not None:
+            from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+            self._server.ssl_adapter = BuiltinSSLAdapter(*self.tls)
         self._server.prepare()
         port = self._server.bind_addr[1]
-        self.url = f"http://{self.host}:{port}"
+        self.url = f"{'https' if self.tls else 'http'}://{self.host}:{port}"
         self._thread = threading.Thread(target=self._server.serve, daemon=True,
                                         name="hostile-server")
         self._thread.start()

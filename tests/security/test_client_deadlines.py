@@ -110,3 +110,25 @@ def test_trickled_headers_end_at_the_deadline():
         c.close()
     finally:
         server.stop()
+
+
+def test_an_https_to_http_redirect_is_not_followed(self_signed, monkeypatch):
+    """A redirect from the https server to plain http (a downgrade) is an error; nothing, and
+    no cookie, reaches the http side."""
+    from tests.security.hostile import HostileServer
+
+    # the CA file must win (issue 17 §6 is fixed elsewhere; keep this test independent of it)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    plain = HostileServer().start()
+    tls = HostileServer(tls=self_signed, evil_url=plain.url + "/").start()
+    try:
+        with client(tls.url, verify=self_signed[0]) as c:
+            assert [p.id for p in c.list_projects()] == ["H"]  # https works
+            tls.mode = "redirect"
+            with pytest.raises(errors.NotXnatResponse, match="redirected"):
+                c.list_projects()
+        assert plain.requests == []
+    finally:
+        tls.stop()
+        plain.stop()
