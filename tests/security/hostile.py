@@ -18,6 +18,7 @@ Modes (``MODES``):
 ``slow_files``         the files listing trickles the same way (the projects listing is fine)
 ``gzip_bomb``          ``/data/projects`` is ~1 MiB of gzip that inflates to 1 GiB
 ``huge_listing``       ``/data/projects`` is an identity body of ``huge_bytes`` (default 256 MiB)
+``many_rows``          ``/data/projects`` lists 3,000,000 tiny valid rows (~33 MB of JSON)
 ``listing_500``        the first ``fail_first`` GETs of ``/data/projects`` answer 500
 ``names``              subjects labelled ``.``, ``..``, ``a/b``, ``new\\nline``; files ``..``,
                        ``evil\\nname.txt`` (size -5)
@@ -45,8 +46,8 @@ SESSION = "HOSTILESESSIONID0123456789"
 PROJECT = "H"
 GOOD_BYTES = b"good file\n"  # 10 bytes
 
-MODES = ("ok", "slow_login", "slow_listing", "slow_files", "gzip_bomb", "huge_listing", "listing_500",
-         "names", "sizes", "uris", "redirect", "file_endless", "file_longer", "file_gzip_bomb")
+MODES = ("ok", "slow_login", "slow_listing", "slow_files", "gzip_bomb", "huge_listing",
+         "many_rows", "listing_500", "names", "sizes", "uris", "redirect", "file_endless", "file_longer", "file_gzip_bomb")
 
 _BOMB: Dict[str, bytes] = {}
 _BOMB_LOCK = threading.Lock()
@@ -71,6 +72,14 @@ class Request:
     path: str
     query: str
     cookie: bool
+
+
+def _many_rows(n: int = 3_000_000) -> bytes:
+    """A valid listing of ``n`` minimal rows: small in bytes, huge as Python objects."""
+    if "many" not in _BOMB:
+        _BOMB["many"] = (b'{"ResultSet":{"Result":[' + b",".join([b'{"ID":"x"}'] * n)
+                         + b'],"totalRecords":"' + str(n).encode() + b'"}}')
+    return _BOMB["many"]
 
 
 def _rows(rows: List[Dict[str, Any]]) -> bytes:
@@ -203,6 +212,8 @@ class HostileServer:
                 return send("200 OK", self._trickle(rows))
             if mode == "gzip_bomb":
                 return send("200 OK", gzip_bomb(), headers=(("Content-Encoding", "gzip"),))
+            if mode == "many_rows":
+                return send("200 OK", _many_rows())
             if mode == "huge_listing":
                 return send("200 OK", self._huge(self.huge_bytes), length=self.huge_bytes)
             if mode == "listing_500" and n <= self.fail_first:

@@ -86,6 +86,20 @@ def test_a_huge_plain_listing_is_refused_within_bounded_memory(hostile, make_mou
     assert len(error_lines(m, "/data/projects")) == 1
 
 
+def test_a_listing_of_millions_of_tiny_rows_is_refused_within_bounded_memory(hostile,
+                                                                            make_mount):
+    """Under the byte cap, 3,000,000 rows of ``{"ID":"x"}`` would still parse into ~1 GB."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "many_rows"
+    res = fs_op("listdir", m.path)
+    note("3,000,000 tiny rows (33 MB), ls", res, m)
+    assert res["errno"] == errno.EIO, res
+    assert res["seconds"] < T + SLACK, res
+    assert peak_rss_mb(daemon_pid(m)) < RSS_LIMIT_MB
+    lines = error_lines(m, "/data/projects")
+    assert len(lines) == 1 and "JSON objects" in lines[0], lines
+
+
 def test_a_500_on_a_listing_is_retried(hostile, make_mount):
     """Issue 18 §0.5: two 500s, then the listing: ``ls`` succeeds."""
     m = make_mount(hostile.url, *ARGS)

@@ -19,11 +19,14 @@ import zlib
 from typing import Any, List, Optional
 
 __all__ = ["BodyTooLarge", "BodyDeadline", "BadEncoding", "read_body", "socket_of",
-           "MAX_DOCUMENT_BYTES"]
+           "MAX_DOCUMENT_BYTES", "MAX_DOCUMENT_OBJECTS"]
 
 #: largest decoded listing/document (JSON, error page, login answer) the client will hold;
 #: the biggest real listings (a files listing of a 100,000-file resource) are ~30 MiB
 MAX_DOCUMENT_BYTES = 64 << 20
+#: most JSON objects (``{``) a document may hold before it is parsed: the byte cap alone would
+#: let 64 MiB of tiny rows become ~2 GB of Python objects; 500,000 minimal rows are ~150 MiB
+MAX_DOCUMENT_OBJECTS = 500_000
 #: bytes asked of the socket per read
 _READ = 64 << 10
 #: most bytes inflated in one step (zlib's output buffer grows to this, not to the cap)

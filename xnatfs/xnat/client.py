@@ -782,6 +782,12 @@ class XnatClient:
         q = {"format": "json"}
         q.update(params or {})
         resp = self._call("GET", uri, params=q)
+        if resp.content.count(b"{") > _body.MAX_DOCUMENT_OBJECTS:
+            # 64 MiB of tiny rows would parse into ~2 GB of Python objects (issue 17 §4)
+            err = NotXnatResponse("GET", resp.url, resp.status_code,
+                                  f"refused: more than {_body.MAX_DOCUMENT_OBJECTS} JSON objects")
+            self._log_failure(err)
+            raise err
         try:
             return json.loads(resp.content.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
