@@ -47,7 +47,8 @@ PROJECT = "H"
 GOOD_BYTES = b"good file\n"  # 10 bytes
 
 MODES = ("ok", "slow_login", "slow_listing", "slow_files", "gzip_bomb", "huge_listing",
-         "many_rows", "listing_500", "names", "sizes", "uris", "redirect", "file_endless", "file_longer", "file_gzip_bomb")
+         "many_rows", "listing_500", "names", "sizes", "uris", "redirect", "file_endless",
+         "file_longer", "file_gzip_bomb")
 
 _BOMB: Dict[str, bytes] = {}
 _BOMB_LOCK = threading.Lock()
