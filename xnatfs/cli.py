@@ -211,8 +211,10 @@ def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequ
 
 # ---------------------------------------------------------------------------------- logging
 def setup_logging(level: str, stream: Any = None) -> None:
+    from xnatfs.logfmt import SafeFormatter  # one line per record, controls escaped
+
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter(
+    handler.setFormatter(SafeFormatter(
         "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -62,7 +62,9 @@ class Runtime:
         self.client = XnatClient(o.url, self._credentials, ClientOptions(
             pool_size=max(o.max_threads, o.max_downloads) + 2,
             connect_timeout=o.connect_timeout, read_timeout=o.read_timeout,
-            retries=o.retries, verify=o.verify))
+            retries=o.retries, verify=o.verify,
+            # the README's "no call waits longer than --timeout": the client's whole-call bound
+            deadline=o.fs_timeout))
         self.client.start()
         self.meta = MetaCache(ttl=o.listing_ttl)
         self.content = ContentCache(os.path.join(o.cache_dir, "content"),

@@ -57,7 +57,7 @@ def test_ttl_expiry_with_fake_clock(clock):
     assert m.get_or_load(("DEMO1",), loader) == ["SUBJ01", "SUBJ02"]
     assert len(calls) == 2
     assert m.stats == {"hits": 1, "misses": 2, "loads": 2, "errors": 0, "joins": 0,
-                       "entries": 1, "in_flight": 0}
+                       "timeouts": 0, "entries": 1, "in_flight": 0}
 
 
 def test_put_and_none_values(clock):
@@ -187,3 +187,71 @@ def test_maxsize_bounds_entries(clock):
     for i in range(5):
         m.put(("k", i), i)
     assert len(m) == 3
+
+
+# -- bounded waits and background loads (issue 17 §1, issue 18 §0.3) ------------------------------
+
+def test_a_waiter_gives_up_at_its_timeout_while_the_load_goes_on():
+    """A joiner of a hung load waits its own deadline, not the loader's: ETIMEDOUT, and the
+    load still lands for the next caller."""
+    import errno
+    import time
+
+    m = MetaCache(ttl=60)
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow_loader():
+        started.set()
+        release.wait(30)
+        return "late"
+
+    leader = threading.Thread(target=m.get_or_load, args=(("K",), slow_loader))
+    leader.start()
+    assert started.wait(10)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError) as info:
+        m.get_or_load(("K",), lambda: "other", timeout=0.2)
+    assert info.value.errno == errno.ETIMEDOUT
+    assert time.monotonic() - t0 < 10  # generous: the point is "not until the loader ends"
+    assert m.stats["timeouts"] == 1
+    release.set()
+    leader.join(10)
+    assert m.get_or_load(("K",), lambda: "other") == "late"
+
+
+def test_load_async_runs_one_flight_on_the_executor_and_never_blocks():
+    m = MetaCache(ttl=60)
+    release = threading.Event()
+    calls: List[int] = []
+    jobs: list = []
+
+    def loader():
+        calls.append(1)
+        release.wait(30)
+        return "v"
+
+    def submit(job):  # a fake executor: runs the job on a thread of its own
+        t = threading.Thread(target=job)
+        jobs.append(t)
+        t.start()
+
+    f1 = m.load_async(("K",), loader, submit)
+    f2 = m.load_async(("K",), loader, submit)
+    assert f1 is f2 and not f1.done.is_set() and len(jobs) == 1
+    release.set()
+    assert f1.done.wait(10) and f1.value == "v" and f1.error is None
+    assert m.peek(("K",)) == "v" and len(calls) == 1
+    done = m.load_async(("K",), loader, submit)  # fresh: answered at once, nothing submitted
+    assert done.done.is_set() and done.value == "v" and len(jobs) == 1
+
+
+def test_load_async_error_is_handed_over_not_cached():
+    m = MetaCache(ttl=60)
+
+    def boom():
+        raise ValueError("down")
+
+    f = m.load_async(("K",), boom, lambda job: job())
+    assert f.done.is_set() and isinstance(f.error, ValueError)
+    assert m.peek(("K",)) is None and m.stats["in_flight"] == 0

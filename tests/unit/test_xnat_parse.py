@@ -217,3 +217,34 @@ def test_remote_stat_from_headers() -> None:
     assert (st.size, st.mtime, st.content_type) == (40, utc(2021, 4, 8, 19, 28, 45),
                                                     "text/plain")
     assert parse.remote_stat_from_headers({}).size is None
+
+
+# -- hostile rows (issue 17 §8) -----------------------------------------------------------------
+
+@pytest.mark.parametrize("size, why", [
+    ("-5", "outside"), ("100000000000000000000000", "outside"),
+    ("9223372036854775808", "outside"), ("abc", "not a byte count"), ("1e23", "not a byte count"),
+])
+def test_a_size_outside_0_to_2_63_is_refused_not_wrapped(size, why) -> None:
+    f = parse.file_from_row({"Name": "a", "Size": size,
+                             "URI": "/data/projects/P/resources/7/files/a"})
+    assert f.size == 0 and why in f.problem and size[:20] in f.problem
+
+
+def test_sizes_that_are_byte_counts_pass() -> None:
+    for size, want in (("0", 0), ("20", 20), ("20.0", 20), ("", 0),
+                       ("9223372036854775807", (1 << 63) - 1)):
+        f = parse.file_from_row({"Name": "a", "Size": size,
+                                 "URI": "/data/projects/P/resources/7/files/a"})
+        assert (f.size, f.problem) == (want, "")
+
+
+@pytest.mark.parametrize("uri", [
+    "/data/../../../etc/passwd", "/data/projects/P/resources/7/files/../../../../x",
+    "/data/projects/P/resources/7/files/%2e%2e/%2E%2E/x", "//evil.example/data/x",
+    "http://evil.example/data/projects/P/resources/7/files/a", "/etc/passwd",
+    "/data/projects/P/resources/7/files/./a",
+])
+def test_a_file_uri_leaving_data_is_marked_never_fetched(uri) -> None:
+    f = parse.file_from_row({"Name": "a", "Size": "1", "URI": uri})
+    assert f.problem, uri

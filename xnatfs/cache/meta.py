@@ -9,10 +9,16 @@ Concurrent misses for one key are collapsed into one loader call (single flight)
 that 16 threads ``stat`` at once is listed once. Loader errors go to every waiter of that flight and
 are never cached: the next call loads again.
 
+No wait is unbounded (issue 17 §1): a caller that joins another caller's load waits at most its own
+``timeout`` and then gets ``TimeoutError`` (errno ETIMEDOUT), while the load goes on and is stored
+for the next caller.  ``load_async`` starts a load on another thread (the stale-while-slow refresh
+of ``tree.Tree``) and hands back the flight to wait on for as long as the caller chooses.
+
 This module must not import ``xnatfs.tree`` or ``xnatfs.xnat``.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -62,16 +68,20 @@ class MetaCache:
         # _lock protects the three fields below.
         self._cache: cachetools.TTLCache = cachetools.TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
         self._flights: Dict[Hashable, _Flight] = {}
-        self._stats = {"hits": 0, "misses": 0, "loads": 0, "errors": 0, "joins": 0}
+        self._stats = {"hits": 0, "misses": 0, "loads": 0, "errors": 0, "joins": 0,
+                       "timeouts": 0}
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def get_or_load(self, key: Hashable, loader: Callable[[], Any]) -> Any:
+    def get_or_load(self, key: Hashable, loader: Callable[[], Any],
+                    timeout: Optional[float] = None) -> Any:
         """Return the fresh value of ``key``, calling ``loader()`` once if there is none.
 
-        Blocks while the loader (of this thread or of another one that got there first) runs.
-        Raises whatever the loader raised, to every caller that waited on that call; the error is
-        not cached. A loader that asks for its own key raises RuntimeError instead of deadlocking.
+        Blocks while the loader (of this thread or of another one that got there first) runs;
+        waiting for another thread's loader lasts at most ``timeout`` seconds (None: no bound),
+        then ``TimeoutError`` (ETIMEDOUT).  Raises whatever the loader raised, to every caller
+        that waited on that call; the error is not cached. A loader that asks for its own key
+        raises RuntimeError instead of deadlocking.
         """
         me = threading.get_ident()
         with self._lock:
@@ -91,26 +101,79 @@ class MetaCache:
                 leader = False
                 self._stats["joins"] += 1
         if not leader:
-            flight.done.wait()
+            if not flight.done.wait(timeout):
+                with self._lock:
+                    self._stats["timeouts"] += 1
+                raise TimeoutError(errno.ETIMEDOUT,
+                                   f"waited {timeout:g}s for a listing another call is loading",
+                                   "/".join(map(str, key)) if isinstance(key, tuple) else key)
             if flight.error is not None:
                 raise flight.error
             return flight.value
+        return self._run(key, flight, loader, raise_error=True)
+
+    def _run(self, key: Hashable, flight: _Flight, loader: Callable[[], Any],
+             raise_error: bool) -> Any:
+        """Run ``loader`` for ``flight`` (this thread leads it), publish the outcome."""
         try:
             value = loader()
         except BaseException as exc:
             with self._lock:
                 self._stats["errors"] += 1
-                del self._flights[key]
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
             flight.error = exc
             flight.done.set()
-            raise
+            if raise_error:
+                raise
+            return None
         with self._lock:
             if flight.store:
                 self._cache[key] = value
-            del self._flights[key]
+            if self._flights.get(key) is flight:
+                del self._flights[key]
         flight.value = value
         flight.done.set()
         return value
+
+    def load_async(self, key: Hashable, loader: Callable[[], Any],
+                   submit: Callable[[Callable[[], Any]], Any]) -> _Flight:
+        """Make sure a load of ``key`` is running, on a thread of ``submit`` (an executor's
+        ``submit``) if none is, and return its flight: ``done`` is set once ``value`` or
+        ``error`` is final.  Never blocks on the loader.  A fresh entry gives an already done
+        flight holding it."""
+        with self._lock:
+            value = self._cache.get(key, _MISSING)
+            if value is not _MISSING:
+                flight = _Flight(owner=0, value=value)
+                flight.done.set()
+                return flight
+            self._stats["misses"] += 1
+            flight = self._flights.get(key)
+            if flight is not None:
+                self._stats["joins"] += 1
+                return flight
+            flight = self._flights[key] = _Flight(owner=0)
+            self._stats["loads"] += 1
+        try:
+            submit(lambda: self._run(key, flight, loader, raise_error=False))
+        except BaseException as exc:  # the executor is shut down: fail this flight now
+            with self._lock:
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+            flight.error = exc
+            flight.done.set()
+        return flight
+
+    def get_fresh(self, key: Hashable) -> Any:
+        """The fresh value of ``key`` or None (counted as a hit when there is one); never
+        loads, never waits."""
+        with self._lock:
+            value = self._cache.get(key, _MISSING)
+            if value is _MISSING:
+                return None
+            self._stats["hits"] += 1
+            return value
 
     def peek(self, key: Hashable) -> Any:
         """Return the fresh value of ``key`` or None; never loads and never waits for a loader.
@@ -177,7 +240,8 @@ class MetaCache:
     @property
     def stats(self) -> Dict[str, int]:
         """Counters for ``.xnatfs/``: hits, misses, loads, errors, joins (misses that waited on
-        another caller's load), entries and in_flight."""
+        another caller's load), timeouts (joins that gave up at their deadline), entries and
+        in_flight."""
         with self._lock:
             out = dict(self._stats)
             out["entries"] = len(self._cache)

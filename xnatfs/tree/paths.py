@@ -1,8 +1,10 @@
 """The path rule's text layer: splitting mount paths and escaping XNAT names into file names.
 
 XNAT names may hold characters that a path cannot (``/``, NUL).  They are escaped reversibly with
-``%XX``; ``%`` itself is escaped too so that the mapping stays a bijection.  Everything else,
-Unicode included, is shown exactly as XNAT has it (DESIGN.md §1.1).
+``%XX``; ``%`` itself is escaped too so that the mapping stays a bijection.  The names ``.`` and
+``..`` (a hostile or odd server can list them) become ``%2E`` and ``%2E%2E``, so a directory never
+shows a second ``.``/``..`` entry (issue 17 §8).  Everything else, Unicode and control characters
+included, is shown exactly as XNAT has it (DESIGN.md §1.1); logs escape the latter.
 """
 from __future__ import annotations
 
@@ -13,12 +15,16 @@ from typing import Tuple
 PathParts = Tuple[str, ...]
 
 _ESCAPES = {"%": "%25", "/": "%2F", "\0": "%00"}
-_UNESCAPE_RE = re.compile(r"%(25|2F|2f|00)")
-_UNESCAPES = {"25": "%", "2F": "/", "2f": "/", "00": "\0"}
+_UNESCAPE_RE = re.compile(r"%(25|2F|2f|00|2E|2e)")
+_UNESCAPES = {"25": "%", "2F": "/", "2f": "/", "00": "\0", "2E": ".", "2e": "."}
+_DOTS = {".": "%2E", "..": "%2E%2E"}
 
 
 def escape_name(name: str) -> str:
-    """XNAT name -> file name.  ``"a/b"`` -> ``"a%2Fb"``; names without ``% / NUL`` are unchanged."""
+    """XNAT name -> file name.  ``"a/b"`` -> ``"a%2Fb"``, ``".."`` -> ``"%2E%2E"``; names
+    without ``% / NUL`` that are not ``.``/``..`` are unchanged."""
+    if name in _DOTS:
+        return _DOTS[name]
     if not any(c in name for c in _ESCAPES):
         return name
     return "".join(_ESCAPES.get(c, c) for c in name)

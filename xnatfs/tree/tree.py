@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from xnatfs.cache.content import ContentCache, ContentKey
-from xnatfs import metrics
+from xnatfs import deadline, metrics
 from xnatfs.cache.meta import MetaCache
 from xnatfs.tree.nodes import (FIXED_CHILDREN, JSON_KINDS, JSON_NAME, WRITABLE_DIRS, ZIP_KINDS,
                                ZIP_NAME, Kind, NodeInfo)
@@ -47,6 +47,10 @@ _ZIP_MEMBER = re.compile(r"^(?:.*?/)?resources/[^/]+/files/(.+)$")
 _WALK_QUEUE = 512
 #: last part of the metadata-cache key of a resolved node (a file name cannot hold NUL)
 _NODE_KEY = "\0node"
+#: threads refreshing expired listings in the background (stale-while-slow)
+_REFRESH_THREADS = 4
+#: longest wait for a refresh of an expired listing before the one seen before is shown
+_STALE_GRACE_MAX = 2.0
 CONTROL_NAME = ".xnatfs"
 
 
@@ -126,14 +130,38 @@ class Tree:
         #: the last listing that loaded for each directory, kept past its TTL so that a server
         #: that is down still shows what was seen (CVMFS-style offline metadata); bounded LRU
         self._last_good: cachetools.LRUCache = cachetools.LRUCache(maxsize=50_000)
+        #: guards _last_good, _invalidations, _slow_since and _refresh_pool
         self._last_good_lock = threading.Lock()
+        #: bumped by every invalidate(): a load that began before it does not become last-good
+        self._invalidations = 0
+        #: monotonic time since when refreshes fail or take longer than the grace (None: the
+        #: server answers); while set, expired listings are shown at once, refreshed behind
+        self._slow_since: Optional[float] = None
+        self._refresh_pool: Optional[ThreadPoolExecutor] = None
+        #: how long a call waits for the refresh of an expired listing before showing the old
+        #: one: most calls on cached paths return at once, none costs more than one deadline
+        self.stale_grace = min(_STALE_GRACE_MAX, fs_timeout / 4.0)
 
     # ------------------------------------------------------------------ lookup and listing
     def lookup(self, path: str) -> NodeInfo:
         """The node at ``path``; ``OSError(ENOENT)`` if XNAT has no such object."""
-        return self._lookup(split_path(path))
+        with deadline.scope(self.fs_timeout):
+            return self._checked(self._lookup(split_path(path)))
+
+    @staticmethod
+    def _checked(node: NodeInfo) -> NodeInfo:
+        """A file whose listing row was refused (a size outside 0..2^63-1, a URI leaving
+        ``/data/``, issue 17 §8) is EIO, with the reason; ``fs/ops`` logs it once."""
+        problem = getattr(node.ref, "problem", "") if node.kind is Kind.FILE else ""
+        if problem:
+            raise OSError(errno.EIO, f"refused listing row ({problem}), uri={node.uri!r}")
+        return node
 
     def listdir(self, path: str) -> List[NodeInfo]:
+        with deadline.scope(self.fs_timeout):
+            return self._listdir(path)
+
+    def _listdir(self, path: str) -> List[NodeInfo]:
         parts = split_path(path)
         node = self._lookup(parts)
         if not node.is_dir:
@@ -211,7 +239,8 @@ class Tree:
             self._bulk_seen[root] = True
         files = [node for listing in self._cached(
             root, lambda: self._load_files(self._lookup(root))).folders.values()
-            for node in listing.children.values() if node.kind is Kind.FILE]
+            for node in listing.children.values()
+            if node.kind is Kind.FILE and not getattr(node.ref, "problem", "")]
         total = sum(n.size for n in files)
         if len(files) < self.bulk_min or total > _BULK_MAX_BYTES \
                 or total > _BULK_MAX_MEAN * len(files):
@@ -233,11 +262,15 @@ class Tree:
         return started > 0
 
     def close(self) -> None:
-        """Stop the walk-ahead pool (queued work is dropped)."""
+        """Stop the walk-ahead and refresh pools (queued work is dropped)."""
         with self._virtual_lock:
             pool, self._walk_pool = self._walk_pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+        with self._last_good_lock:
+            refresh, self._refresh_pool = self._refresh_pool, None
+        if refresh is not None:
+            refresh.shutdown(wait=False, cancel_futures=True)
 
     def _lookup(self, parts: PathParts) -> NodeInfo:
         if not parts:
@@ -261,6 +294,9 @@ class Tree:
 
     def _resolve(self, parts: PathParts) -> NodeInfo:
         parent_parts, name = parts[:-1], parts[-1]
+        if not parent_parts and name == CONTROL_NAME:
+            # never behind the root listing: stats must answer while the server does not
+            return NodeInfo(name=CONTROL_NAME, kind=Kind.CONTROL, is_dir=True, mtime=self.epoch)
         parent = self._lookup(parent_parts)
         if not parent.is_dir:
             raise OSError(errno.ENOTDIR, "not a directory", "/" + "/".join(parent_parts))
@@ -283,6 +319,8 @@ class Tree:
         fixed = FIXED_CHILDREN.get(node.kind)
         if fixed is not None:
             return self._fixed_listing(node, fixed)
+        if node.kind is Kind.CONTROL:
+            return self._load_listing(node)  # no request, nothing to wait for
         if node.kind is Kind.FILES:
             if node.ref == "local":  # made by mkdir, only local children (writes.Writer)
                 return Listing()
@@ -296,27 +334,84 @@ class Tree:
         return self._cached(parts, lambda: self._load_listing(node))
 
     def _cached(self, key: PathParts, loader: Callable[[], Any]) -> Any:
-        """The fresh listing, else one request; when that request fails with a transient error
-        (server down, timeout, 503), the last listing that loaded, if any."""
+        """The fresh listing, else one request; stale-while-slow when one was seen before.
+
+        Without a listing seen before, the caller loads it (or joins the load running), waiting
+        no longer than its call's deadline.  With one (it expired, issue 18 §0.3), the refresh
+        runs on a background thread (single flight) and the caller waits for it only
+        ``stale_grace`` seconds, and not at all while the server is known to be slow: then the
+        listing seen before is shown at once.  A refresh that fails with a transient error
+        (down, timeout, 503) keeps the old listing for another TTL; one that fails for good
+        (404, 403) forgets it, so the next call reports the error.
+        """
+        fresh = self.meta.get_fresh(key)
+        if fresh is not None:
+            return fresh
+        with self._last_good_lock:
+            stale = self._last_good.get(key)
+            generation = self._invalidations
+
         def load() -> Any:
-            value = loader()
+            try:
+                value = loader()
+            except Exception as exc:
+                self._note_failure(key, exc)
+                raise
             with self._last_good_lock:
-                self._last_good[key] = value
+                if self._invalidations == generation:
+                    self._last_good[key] = value
+                was_slow, self._slow_since = self._slow_since, None
+            if was_slow is not None:
+                log.warning("%s answers again", getattr(self.client, "base_url", "XNAT"))
             return value
 
-        try:
-            return self.meta.get_or_load(key, load)
-        except Exception as exc:
-            if not getattr(exc, "retryable", False):
-                raise
-            with self._last_good_lock:
-                value = self._last_good.get(key)
-            if value is None:
-                raise
+        if stale is None:
+            return self.meta.get_or_load(key, load, timeout=deadline.left(self.fs_timeout))
+        flight = self.meta.load_async(key, load, self._refresh_submit)
+        with self._last_good_lock:
+            slow = self._slow_since is not None
+        if not slow:
+            flight.done.wait(min(self.stale_grace, deadline.left(self.fs_timeout)))
+        if flight.done.is_set():
+            err = flight.error
+            if err is None:
+                return flight.value
+            if not getattr(err, "retryable", False) and not isinstance(err, TimeoutError):
+                raise err
+            return stale
+        with self._last_good_lock:
+            became_slow = self._slow_since is None
+            if became_slow:
+                self._slow_since = time.monotonic()
+        if became_slow:
+            log.warning("/%s: no answer within %.1fs; showing listings seen before while %s "
+                        "is slow", "/".join(key), self.stale_grace,
+                        getattr(self.client, "base_url", "XNAT"))
+        return stale
+
+    def _note_failure(self, key: PathParts, exc: BaseException) -> None:
+        """A listing load failed: remember a slow server, forget a listing that is gone."""
+        transient = getattr(exc, "retryable", False) or isinstance(exc, TimeoutError)
+        with self._last_good_lock:
+            stale = self._last_good.get(key)
+            if not transient:
+                self._last_good.pop(key, None)
+                return
+            if self._slow_since is None:
+                self._slow_since = time.monotonic()
+        if stale is not None:
             log.warning("/%s: %s; showing the listing seen before", "/".join(key), exc)
             # trusted for another TTL, so a down server is not asked again on every stat
-            self.meta.put(key, value)
-            return value
+            self.meta.put(key, stale)
+
+    def _refresh_submit(self, job: Callable[[], Any]) -> Any:
+        """Run a listing refresh on the small background pool (made on first use)."""
+        with self._last_good_lock:
+            if self._refresh_pool is None:
+                self._refresh_pool = ThreadPoolExecutor(_REFRESH_THREADS,
+                                                        thread_name_prefix="xnatfs-refresh")
+            pool = self._refresh_pool
+        return pool.submit(job)
 
     def _fixed_listing(self, node: NodeInfo, fixed: Tuple[Tuple[str, Kind], ...]) -> Listing:
         listing = Listing()
@@ -522,7 +617,8 @@ class Tree:
                 return
             self._prefetched[id(listing)] = (listing, end)
         self.content.prefetch(self.content_key(listing.children[name])
-                              for name in names[start:end])
+                              for name in names[start:end]
+                              if not getattr(listing.children[name].ref, "problem", ""))
 
     @staticmethod
     def content_key(node: NodeInfo) -> ContentKey:
@@ -561,6 +657,13 @@ class Tree:
     def invalidate(self, path: str) -> None:
         """Forget cached listings at and below ``path`` and of its parent (after a change)."""
         parts = split_path(path)
+        n = len(parts)
+        with self._last_good_lock:
+            # a listing from before a local change is never shown in place of a fresh one
+            self._invalidations += 1
+            for key in [k for k in self._last_good.keys()
+                        if k[:n] == parts or (n and k == parts[:-1])]:
+                self._last_good.pop(key, None)
         self.meta.invalidate_prefix(parts)
         if parts:
             self.meta.invalidate(parts[:-1])

@@ -6,10 +6,17 @@ It knows nothing of files or paths; it speaks ``/data/...`` (``xnat-rest-api.md`
 
 Policy in one place:
 
-* every request carries ``timeout=(connect, read)``; ``_send`` has no default for it;
-* GET/HEAD are retried on connection errors and 429/502/503/504 with jittered exponential
-  backoff (``Retry-After`` honoured), bounded by ``retries`` and a total ``deadline``; writes are
+* every call has a whole-response deadline (``deadline``, the mount's ``--timeout``): each
+  request's connect/read timeouts are cut to what is left of it, a document body is read by
+  ``body.read_body`` against it (a server that trickles a listing cannot hold a caller, issue 17
+  §1), and a wait for the login lock is bounded by it too; ``_send`` has no default for either;
+* document bodies are capped (``body.MAX_DOCUMENT_BYTES`` decoded) and gzip/deflate are inflated
+  by us with ``max_length``, never by urllib3 (a gzip bomb costs at most the cap, issue 17 §4);
+* GET/HEAD are retried on connection errors and 429/500/502/503/504 with jittered exponential
+  backoff (``Retry-After`` honoured), bounded by ``retries`` and the deadline; writes are
   never retried here (the upload journal decides);
+* a path that would leave ``/data/`` (``..``/``.`` segments, ``//host``, another host) is refused
+  before any request (issue 17 §8), so the session cookie only goes where XNAT objects are;
 * a 401, a redirect to the login page or a 200 HTML login page (§5.1, §10.8) makes the client log
   in again, once, and repeat the call; many threads may see the 401 together and only one logs in;
 * HTML is never taken for data (§10.8); a download is never returned short (Content-Length is
@@ -18,7 +25,8 @@ Policy in one place:
 Thread-safety: one client is shared by all FUSE worker threads.  ``_login_lock`` serialises
 logins and guards ``_jsession``/``_generation``; the stats have their own lock.  Nothing else is
 mutable after ``start()``.  No background thread exists before ``start()`` (the process may
-daemonize after construction, STYLE §6).
+daemonize after construction, STYLE §6): the heartbeat starts there, the header watchdog
+(``watchdog.py``, its own lock) with the first request; ``close()`` ends both.
 
 Never logged: passwords, the login form, ``Authorization``/``Cookie`` headers, session ids.
 """
@@ -42,7 +50,10 @@ import requests.adapters
 import urllib3.exceptions
 
 from .. import __version__
+from .. import deadline as _call_deadline
+from . import body as _body
 from . import parse
+from . import watchdog as _watchdog
 from .auth import Credentials
 from .errors import (
     NotXnatResponse,
@@ -100,8 +111,8 @@ class ClientOptions:
     read_timeout: float = 30.0
     #: extra attempts for GET/HEAD on connection errors and 429/502/503/504
     retries: int = 3
-    #: seconds a call may spend in total, retries and backoff included (not a cap on a
-    #: download that is making progress)
+    #: seconds a call may spend in total, retries, backoff, login and the whole body included
+    #: (for a streamed download: until its headers arrive; the body is then bounded per read)
     deadline: float = 60.0
     #: first backoff step in seconds; doubles each try, with jitter
     backoff_base: float = 0.5
@@ -263,11 +274,24 @@ def _is_read_timeout(exc: BaseException) -> bool:
     return False
 
 
-def _translate(exc: BaseException, method: str, url: str, timeout: Tuple[float, float]) -> XnatError:
+def _translate(exc: BaseException, method: str, url: str, timeout: Tuple[float, float],
+               deadline: Optional[float] = None) -> XnatError:
     """THE boundary: a requests/urllib3/socket exception → an :mod:`errors` instance."""
     R = requests.exceptions
     if isinstance(exc, XnatError):
         return exc
+    if isinstance(exc, _body.BodyDeadline):
+        return XnatTimeout(method, url, None, f"answer not complete in time: {exc}")
+    if isinstance(exc, _body.BodyTooLarge):
+        return NotXnatResponse(method, url, None, f"refused: {exc}")
+    if isinstance(exc, _body.BadEncoding):
+        return NotXnatResponse(method, url, None, str(exc))
+    if deadline is not None and time.monotonic() >= deadline and (
+            _is_read_timeout(exc) or isinstance(exc, (R.ConnectionError,
+                                                      urllib3.exceptions.HTTPError))):
+        # a read timeout cut to the deadline, or the watchdog shut a socket whose status
+        # line and headers were still trickling in
+        return XnatTimeout(method, url, None, "no complete answer within the deadline")
     if isinstance(exc, R.ConnectTimeout):
         return Unreachable(method, url, None, f"no connection within {timeout[0]:g}s")
     if isinstance(exc, R.SSLError):
@@ -316,6 +340,18 @@ def check_contained(method: str, uri: str, base: str) -> None:
                          f"NUL in a name, or a URI outside /data/)")
 
 
+def _safe_path(path: str) -> bool:
+    """A request path below ``/data/`` (or its old spelling ``/REST/``) with no ``.``/``..``
+    segment, percent-decoded or not (``//host/...`` would be a network-path reference to another
+    host); the client never asks for anything else."""
+    if path.startswith("//") or not path.startswith(("/data/", "/REST/")):
+        return False
+    for seg in unquote(path).split("/")[1:]:
+        if seg in (".", ".."):
+            return False
+    return True
+
+
 def _short(exc: BaseException) -> str:
     """The useful part of a wrapped urllib3 message ("[Errno 111] Connection refused")."""
     text = str(exc)
@@ -352,6 +388,8 @@ class XnatClient:
         adapter = requests.adapters.HTTPAdapter(
             pool_connections=2, pool_maxsize=opts.pool_size, max_retries=0, pool_block=False
         )
+        # connections whose status line and headers are bounded by the request's deadline
+        adapter.poolmanager.pool_classes_by_scheme = dict(_watchdog.POOL_CLASSES)
         http.mount("http://", adapter)
         http.mount("https://", adapter)
         http.verify = opts.verify
@@ -359,7 +397,11 @@ class XnatClient:
         http.cookies.set_policy(_BlockAllCookies())
         http.headers["User-Agent"] = opts.user_agent
         http.headers["Accept"] = "*/*"
+        # only what body.read_body can inflate with a bound (never br/zstd)
+        http.headers["Accept-Encoding"] = "gzip, deflate"
         self._http = http
+        #: ends a response whose status line and headers outlast the request's deadline
+        self._watchdog = _watchdog.Watchdog()
 
         self._stats = ClientStats(opts.latency_samples)
         #: guards _jsession, _generation, _heartbeat_interval; held during a login
@@ -408,12 +450,14 @@ class XnatClient:
             try:
                 resp = self._send("DELETE", self._url("/data/JSESSION"), jsession=jsession,
                                   timeout=(self.options.connect_timeout,
-                                           min(self.options.read_timeout, 10.0)))
+                                           min(self.options.read_timeout, 10.0)),
+                                  deadline=time.monotonic() + min(self.options.deadline, 10.0))
                 resp.close()
                 log.debug("logged out of %s (%s)", self.base_url, resp.status_code)
             except XnatError as err:
                 log.info("logout: %s", err)
         self._http.close()
+        self._watchdog.close()
 
     def __enter__(self) -> "XnatClient":
         self.start()
@@ -438,20 +482,23 @@ class XnatClient:
 
     # ---------------------------------------------------------------- session
 
-    def _locked_login(self) -> None:
+    def _locked_login(self, deadline: Optional[float] = None) -> None:
         """``PUT /data/services/auth`` with the form (§5.1, §8.1) → JSESSIONID.
         Caller holds self._login_lock."""
+        if deadline is None:
+            deadline = time.monotonic() + self.options.deadline
         method, url = "PUT", self._url("/data/services/auth")
         creds = self._credentials
         form = {"username": creds.username, "password": creds.password}
-        resp = self._send(method, url, data=form, timeout=self._timeout, jsession=None)
+        resp = self._send(method, url, data=form, timeout=self._timeout, jsession=None,
+                          deadline=deadline)
         body = resp.content  # already read: _send does not stream
         resp.close()
         if resp.status_code in (404, 405, 501):
             # very old servers: basic auth against /data/JSESSION gives the same cookie
             method, url = "POST", self._url("/data/JSESSION")
             resp = self._send(method, url, timeout=self._timeout, jsession=None,
-                              auth=(creds.username, creds.password))
+                              auth=(creds.username, creds.password), deadline=deadline)
             body = resp.content
             resp.close()
         if resp.status_code != 200:
@@ -475,22 +522,42 @@ class XnatClient:
         self._stats.login()
         log.debug("logged in to %s as %s", self.base_url, creds.username)
 
-    def _relogin(self, seen_generation: int) -> None:
+    def _deadline(self) -> float:
+        """Now + ``deadline``, or the end of the filesystem call being served if sooner."""
+        mine = time.monotonic() + self.options.deadline
+        outer = _call_deadline.current()
+        return mine if outer is None else min(mine, outer)
+
+    def _acquire_login_lock(self, deadline: Optional[float]) -> None:
+        """Queue on the login lock no longer than the caller's deadline: a login that hangs
+        must not hold every other caller past its ``--timeout`` (issue 17 §1)."""
+        left = (deadline - time.monotonic()) if deadline is not None else self.options.deadline
+        if left <= 0 or not self._login_lock.acquire(timeout=left):
+            raise XnatTimeout("PUT", self._url("/data/services/auth"), None,
+                              "waited for a login by another thread until the deadline")
+
+    def _relogin(self, seen_generation: int, deadline: Optional[float] = None) -> None:
         """Log in again unless another thread already did since ``seen_generation``."""
-        with self._login_lock:
+        self._acquire_login_lock(deadline)
+        try:
             if self._closed:
                 raise XnatError("", self.base_url, None, "client is closed")
             if self._generation != seen_generation and self._jsession is not None:
                 return
             log.info("session on %s expired; logging in again", self.base_url)
-            self._locked_login()
+            self._locked_login(deadline)
+        finally:
+            self._login_lock.release()
 
-    def _current_session(self) -> Tuple[Optional[str], int]:
+    def _current_session(self, deadline: Optional[float] = None) -> Tuple[Optional[str], int]:
         """(jsession, generation), logging in first if nobody has (lazy start)."""
-        with self._login_lock:
+        self._acquire_login_lock(deadline)
+        try:
             if self._jsession is None and not self._closed:
-                self._locked_login()
+                self._locked_login(deadline)
             return self._jsession, self._generation
+        finally:
+            self._login_lock.release()
 
     def _note_expiry(self, resp: requests.Response) -> None:
         """Read ``SESSION_EXPIRATION_TIME="<lastAccessMillis>,<timeoutMillis>"`` (§5.1)."""
@@ -517,14 +584,22 @@ class XnatClient:
     # ---------------------------------------------------------------- transport
 
     def _url(self, uri: str) -> str:
-        """Base URL + a server path (``/data/...``), percent-encoding what must be (§10.17)."""
+        """Base URL + a server path (``/data/...``), percent-encoding what must be (§10.17).
+
+        Refuses (XnatError, not retryable, before any request) a path that is not plainly below
+        the base URL: another host, ``//host``, a ``.``/``..`` segment in any spelling
+        (``%2e%2e``, ``..%2F``).  HTTP libraries collapse ``..`` (issue 17 §3, §8), so such a
+        path would reach another object, or another site, with the session cookie."""
         if uri.startswith(("http://", "https://")):
             if not uri.startswith(self.base_url + "/"):
-                raise XnatError("", uri, None, f"URL is not under {self.base_url}")
+                raise XnatError("", uri, None, f"refused: URL is not under {self.base_url}")
             uri = uri[len(self.base_url):]
         if not uri.startswith("/"):
             uri = "/" + uri
         path, sep, query = uri.partition("?")
+        if not _safe_path(path):
+            raise XnatError("", self.base_url + uri, None,
+                            "refused: the path is not plainly below /data/ ('.', '..', '//')")
         path = quote(path, safe="/%:@!$&'()*+,;=-._~")
         return self.base_url + path + (sep + query if sep else "")
 
@@ -539,25 +614,60 @@ class XnatClient:
         headers: Optional[Mapping[str, str]] = None,
         stream: bool = False,
         auth: Optional[Tuple[str, str]] = None,
+        deadline: float,
     ) -> requests.Response:
-        """One HTTP exchange, no policy.  ``timeout`` has no default on purpose."""
+        """One HTTP exchange, no policy.  ``timeout`` and ``deadline`` (a ``time.monotonic``
+        value) have no default on purpose: both timeouts are cut to what is left of the
+        deadline, and unless ``stream`` the whole body is read here, within the deadline and
+        the document cap (``body.read_body``)."""
         hdrs = dict(headers or {})
         if jsession:
             hdrs["Cookie"] = f"JSESSIONID={jsession}"
         started = time.monotonic()
+        left = deadline - started
+        if left <= 0:
+            err = XnatTimeout(method, url, None, "no time left for this request")
+            self._stats.error(type(err).__name__)
+            raise err
+        full_read_timeout = timeout[1]
+        timeout = (min(timeout[0], left), min(timeout[1], left))
+        armed = _watchdog.REQUEST_DEADLINE.set((deadline, self._watchdog))
         try:
+            # always streamed: a non-streamed body is read below, by us, within the deadline
             resp = self._http.request(
-                method, url, data=data, headers=hdrs, stream=stream,
+                method, url, data=data, headers=hdrs, stream=True,
                 timeout=timeout, allow_redirects=False, auth=auth,
             )
+            if stream:
+                # the deadline bounded the wait for the headers; a download's body is bounded
+                # per read, as before (its own size checks are the content cache's)
+                sock = _body.socket_of(resp.raw)
+                if sock is not None:
+                    sock.settimeout(full_read_timeout)
+            else:
+                body_deadline = deadline
+                if data is not None and not isinstance(data, (dict, str)):
+                    # an upload may take long to send: its answer gets a deadline of its own,
+                    # counted from the headers (the journal decides about a lost answer)
+                    body_deadline = max(deadline, time.monotonic() + self.options.deadline)
+                try:
+                    content = _body.read_body(
+                        resp.raw, resp.headers.get("Content-Encoding", ""), body_deadline,
+                        read_timeout=full_read_timeout)
+                except BaseException:
+                    resp.close()
+                    raise
+                resp._content = content  # type: ignore[attr-defined]
+                resp._content_consumed = True  # type: ignore[attr-defined]
+                self._stats.bytes_in(len(content))
         except Exception as exc:  # the one translation boundary
-            err = _translate(exc, method, url, timeout)
+            err = _translate(exc, method, url, timeout, deadline)
             self._stats.request(method, type(err).__name__, time.monotonic() - started)
             self._stats.error(type(err).__name__)
             raise err from None
+        finally:
+            _watchdog.REQUEST_DEADLINE.reset(armed)
         self._stats.request(method, resp.status_code, time.monotonic() - started)
-        if not stream:
-            self._stats.bytes_in(len(resp.content))
         return resp
 
     def _call(
@@ -572,6 +682,7 @@ class XnatClient:
         stream: bool = False,
         idempotent: Optional[bool] = None,
         ok: Tuple[int, ...] = (200, 201, 202, 204),
+        deadline: Optional[float] = None,
     ) -> requests.Response:
         """Send with the client's policy; return a successful response (caller closes it when
         ``stream``), else raise the typed error.
@@ -589,18 +700,23 @@ class XnatClient:
         if params:
             url += ("&" if "?" in url else "?") + urlencode(params, quote_via=quote, safe="/,:")
         opts = self.options
-        deadline = time.monotonic() + opts.deadline
+        if deadline is None:
+            deadline = self._deadline()
         attempt = 0
         relogged = False
         # a write can be sent again (after a re-login) only if its body can be made again
         repeatable = data is None or body_factory is not None
         while True:
             attempt += 1
-            jsession, generation = self._current_session()
+            try:
+                jsession, generation = self._current_session(deadline)
+            except XnatError as err:
+                self._log_failure(err)
+                raise
             body = body_factory() if body_factory is not None else data
             try:
                 resp = self._send(method, url, data=body, headers=headers, stream=stream,
-                                  timeout=self._timeout, jsession=jsession)
+                                  timeout=self._timeout, jsession=jsession, deadline=deadline)
             except XnatError as err:
                 # connection errors only: a read timeout is not retried here, so a stalled
                 # server costs one read_timeout, not retries x read_timeout
@@ -614,10 +730,11 @@ class XnatClient:
             if self._wants_login(resp) and not relogged and repeatable:
                 resp.close()
                 relogged = True
-                self._relogin(generation)
+                self._relogin(generation, deadline)
                 continue
 
-            if status in TRANSIENT_STATUSES and idempotent:
+            # a 500 on a GET is usually XNAT's passing trouble (issue 18 §0.5): retried too
+            if idempotent and (status in TRANSIENT_STATUSES or status == 500):
                 err = self._status_error(method, resp)
                 if self._backoff(err, attempt, deadline):
                     continue
@@ -633,7 +750,7 @@ class XnatClient:
                 # §10.8: a 200 HTML page is never data; a login page means the session is gone
                 if parse.looks_like_login_page(resp.content) and not relogged and repeatable:
                     relogged = True
-                    self._relogin(generation)
+                    self._relogin(generation, deadline)
                     continue
                 err = NotXnatResponse(method, url, status,
                                       "HTML page where XNAT data was expected")
@@ -655,7 +772,10 @@ class XnatClient:
         url = resp.url or ""
         try:
             if resp.raw is not None and not resp._content_consumed:  # type: ignore[attr-defined]
-                body = resp.raw.read(_ERROR_BODY_LIMIT, decode_content=True) or b""
+                # bounded in bytes and time like any document (an error page is no exception)
+                body = _body.read_body(resp.raw, resp.headers.get("Content-Encoding", ""),
+                                       time.monotonic() + min(self.options.read_timeout, 5.0),
+                                       limit=_ERROR_BODY_LIMIT)
                 self._stats.bytes_in(len(body))
             else:
                 body = resp.content or b""
@@ -703,6 +823,12 @@ class XnatClient:
         q = {"format": "json"}
         q.update(params or {})
         resp = self._call("GET", uri, params=q)
+        if resp.content.count(b"{") > _body.MAX_DOCUMENT_OBJECTS:
+            # 64 MiB of tiny rows would parse into ~2 GB of Python objects (issue 17 §4)
+            err = NotXnatResponse("GET", resp.url, resp.status_code,
+                                  f"refused: more than {_body.MAX_DOCUMENT_OBJECTS} JSON objects")
+            self._log_failure(err)
+            raise err
         try:
             return json.loads(resp.content.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
@@ -830,14 +956,15 @@ class XnatClient:
 
     def _stream(self, uri: str, sink: Sink, params: Optional[Params]) -> RemoteStat:
         opts = self.options
-        deadline = time.monotonic() + opts.deadline
+        deadline = self._deadline()
         attempt = 0
         relogged = False
         while True:
             attempt += 1
-            _, generation = self._current_session()
+            _, generation = self._current_session(deadline)
             # identity: Content-Length must be the file's size, and the bytes the file's bytes
-            resp = self._call("GET", uri, params=params, stream=True, headers=_IDENTITY)
+            resp = self._call("GET", uri, params=params, stream=True, headers=_IDENTITY,
+                              deadline=deadline)
             url = resp.url
             stat = parse.remote_stat_from_headers(resp.headers)
             encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
@@ -878,7 +1005,7 @@ class XnatClient:
             self._stats.error(type(failure).__name__)
             if login_page and not relogged:
                 relogged = True
-                self._relogin(generation)
+                self._relogin(generation, deadline)
                 continue
             if received == 0 and isinstance(failure, Unreachable) and failure.retryable \
                     and self._backoff(failure, attempt, deadline):

@@ -110,6 +110,9 @@ class FileEntry:
     tags: str = ""
     #: listings carry no per-file time; filled from ``Last-Modified`` when known
     mtime: Optional[float] = None
+    #: why this row cannot be served ("" when it can): a size outside 0..2^63-1 or not a
+    #: number, a URI that leaves ``/data/`` (issue 17 §8); the file then answers EIO
+    problem: str = ""
 
     @property
     def name(self) -> str:

@@ -422,16 +422,56 @@ def resource_from_row(row: Row, parent_uri: str) -> Resource:
     )
 
 
+#: the largest size a file can have (st_size is a signed 64-bit number)
+MAX_FILE_SIZE = (1 << 63) - 1
+#: a whole number, optionally written "20.0"; a sign is checked by the range test
+_SIZE_RE = re.compile(r"^[+-]?\d{1,30}(?:\.0*)?$")
+
+
+def listed_size(value: Any) -> "tuple[int, str]":
+    """A listing's ``Size`` → (bytes, problem).  Empty is 0 (sites without sizes); anything
+    else must be a whole number in 0..2^63-1 (issue 17 §8: -5 and 10^23 were shown, the
+    latter wrapped); otherwise (0, why)."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return 0, ""
+    if not _SIZE_RE.match(text):
+        return 0, f"listed size {text[:40]!r} is not a byte count"
+    n = int(text.split(".", 1)[0])
+    if not 0 <= n <= MAX_FILE_SIZE:
+        return 0, f"listed size {text[:40]!r} is outside 0..2^63-1"
+    return n, ""
+
+
+def uri_problem(raw: str) -> str:
+    """Why a server-given file URI must not be requested, or "" (issue 17 §8): it must be a
+    plain path below ``/data/`` on the same server — no scheme or ``//host``, no ``.``/``..``
+    segment in any spelling — or the session cookie would go with it somewhere else."""
+    if "://" in raw or raw.startswith("//"):
+        return "file URI names another server"
+    path = _strip_context(raw.split("?", 1)[0])
+    if not path.startswith(("/data/", "/REST/")):
+        return "file URI is not below /data/"
+    if any(seg in (".", "..") for seg in unquote(path).split("/")):
+        return "file URI has a '.' or '..' segment"
+    return ""
+
+
 def file_from_row(row: Row, resource_uri: str = "") -> FileEntry:
     """A files-listing row (§1.8).  ``URI`` is taken verbatim; only when a server sends none
-    (never seen) is it built from ``resource_uri`` and ``Name``."""
-    uri = _strip_context(row.get("URI", ""))
+    (never seen) is it built from ``resource_uri`` and ``Name``.  A row with a bad size or a
+    URI that leaves ``/data/`` comes back with ``problem`` set: it is listed, never fetched."""
+    raw = row.get("URI", "")
+    problem = uri_problem(raw) if raw else ""
+    uri = raw if problem else _strip_context(raw)  # refused ones shown as sent
     if not uri:
         name = row.get("Name", "")
         uri = f"{resource_uri.rstrip('/')}/files/{quote(name)}"
+    size, size_problem = listed_size(row.get("Size"))
     return FileEntry(
         path=file_relpath(uri),
-        size=parse_int(row.get("Size")) or 0,
+        size=size,
+        problem=problem or size_problem,
         uri=wire_uri(uri),
         digest=row.get("digest", "") or "",
         collection=row.get("collection", ""),

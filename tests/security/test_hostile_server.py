@@ -1,0 +1,207 @@
+"""Mounts against the hostile server (issue 17 §1, §4, §8): plain file operations, each checked
+for its errno, its one log line, its time (no call past ``--timeout``) and the daemon's peak RSS.
+
+``T`` is the mount's ``--timeout``; every call must end within it plus ``SLACK`` (process start
+and scheduling on a loaded 2-core CI machine), a generous bound and not a timing measurement.
+"""
+from __future__ import annotations
+
+import errno
+import threading
+
+import pytest
+
+from tests.security.conftest import daemon_pid, fs_op, peak_rss_mb
+from tests.security.hostile import GOOD_BYTES, gzip_bomb
+
+T = 3.0
+SLACK = 2.0
+RSS_LIMIT_MB = 250.0
+ARGS = ("--timeout", str(T), "--read-only")
+
+FILES = "H/resources/R/files"
+
+
+def note(what: str, res: dict, mount=None) -> None:
+    """One figure per case for docs/SECURITY.md (shown with ``pytest -s``)."""
+    rss = f", daemon peak RSS {peak_rss_mb(daemon_pid(mount)):.0f} MiB" if mount else ""
+    print(f"[hostile] {what}: errno {res.get('errno')} in {res.get('seconds', 0):.2f}s{rss}")
+
+
+def error_lines(mount, needle: str) -> list:
+    return [ln for ln in mount.log_text().splitlines() if needle in ln and " ERROR " in ln]
+
+
+def test_a_trickled_listing_ends_within_the_timeout_and_stats_still_answers(
+        hostile, make_mount):
+    """Issue 17 §1: a listing body sent one byte at a time kept ``ls`` in D state for 11.8
+    minutes and ``stat .xnatfs/stats`` blocked behind it."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "slow_listing"
+    result = {}
+    ls = threading.Thread(target=lambda: result.update(fs_op("listdir", m.path, timeout=30)))
+    ls.start()
+    try:
+        # while the listing trickles: the control files answer at once
+        for _ in range(3):
+            st = fs_op("stat", m.path / ".xnatfs" / "stats", timeout=10)
+            assert st["errno"] == 0 and st["seconds"] < T, st
+        rd = fs_op("read", m.path / ".xnatfs" / "stats", timeout=10)
+        assert rd["errno"] == 0 and rd["size"] > 0 and rd["seconds"] < T, rd
+    finally:
+        ls.join(60)
+    note("trickled listing, ls", result, m)
+    note("trickled listing, stat .xnatfs/stats meanwhile", st)
+    assert result.get("errno") in (errno.ETIMEDOUT, errno.EIO), result
+    assert result["seconds"] < T + SLACK, result
+    lines = error_lines(m, "/data/projects")
+    assert len(lines) == 1, lines
+    assert "\n" not in lines[0]
+
+
+def test_a_gzip_bomb_listing_is_refused_within_bounded_memory(hostile, make_mount):
+    """Issue 17 §4: ~1 MiB of gzip inflating to 1 GiB took the daemon to 3.4 GB."""
+    assert len(gzip_bomb()) < 2 << 20  # made before the mount: it takes seconds
+    m = make_mount(hostile.url, *ARGS)
+    before = peak_rss_mb(daemon_pid(m))
+    hostile.mode = "gzip_bomb"
+    res = fs_op("listdir", m.path)
+    note("gzip bomb listing (1 MiB -> 1 GiB), ls", res, m)
+    assert res["errno"] == errno.EIO, res
+    assert res["seconds"] < T + SLACK, res
+    peak = peak_rss_mb(daemon_pid(m))
+    assert peak < RSS_LIMIT_MB, f"daemon peak RSS {peak:.0f} MiB (was {before:.0f} at start)"
+    lines = error_lines(m, "/data/projects")
+    assert len(lines) == 1 and "larger than" in lines[0], lines
+
+
+def test_a_huge_plain_listing_is_refused_within_bounded_memory(hostile, make_mount):
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "huge_listing"
+    res = fs_op("listdir", m.path)
+    note("256 MiB identity listing, ls", res, m)
+    assert res["errno"] == errno.EIO, res
+    assert res["seconds"] < T + SLACK, res
+    assert peak_rss_mb(daemon_pid(m)) < RSS_LIMIT_MB
+    assert len(error_lines(m, "/data/projects")) == 1
+
+
+def test_a_listing_of_millions_of_tiny_rows_is_refused_within_bounded_memory(hostile,
+                                                                            make_mount):
+    """Under the byte cap, 3,000,000 rows of ``{"ID":"x"}`` would still parse into ~1 GB."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "many_rows"
+    res = fs_op("listdir", m.path)
+    note("3,000,000 tiny rows (33 MB), ls", res, m)
+    assert res["errno"] == errno.EIO, res
+    assert res["seconds"] < T + SLACK, res
+    assert peak_rss_mb(daemon_pid(m)) < RSS_LIMIT_MB
+    lines = error_lines(m, "/data/projects")
+    assert len(lines) == 1 and "JSON objects" in lines[0], lines
+
+
+def test_a_500_on_a_listing_is_retried(hostile, make_mount):
+    """Issue 18 §0.5: two 500s, then the listing: ``ls`` succeeds."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "listing_500"
+    res = fs_op("listdir", m.path)
+    assert res["errno"] == 0 and "H" in res["names"], res
+    assert hostile.count("GET /data/projects") == hostile.fail_first + 1
+
+
+@pytest.mark.parametrize("name", ["neg.bin", "huge.bin", "nan.bin", "over.bin"])
+def test_a_listed_size_outside_0_to_2_63_is_eio_with_one_log_line(hostile, make_mount, name):
+    """Issue 17 §8: size -5 gave EIO with no log line; 10^23 wrapped to 200376420520689663."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "sizes"
+    listing = fs_op("listdir", m.path / FILES)
+    assert listing["errno"] == 0 and name in listing["names"], listing
+    res = fs_op("stat", m.path / FILES / name)
+    assert res["errno"] == errno.EIO, res
+    lines = error_lines(m, f"/{FILES}/{name}")
+    assert len(lines) == 1 and "listed size" in lines[0], lines
+    good = fs_op("read", m.path / FILES / "good.txt")
+    assert good["errno"] == 0 and good["size"] == len(GOOD_BYTES), good
+    assert not any(".bin" in p for p in hostile.paths()), "a refused file was fetched"
+
+
+def test_dot_names_are_escaped_and_control_characters_do_not_split_log_lines(
+        hostile, make_mount):
+    """Issue 17 §8: subjects named '.'/'..' showed as duplicate '.'/'..' entries; a newline in
+    a name split its log line."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "names"
+    subjects = fs_op("listdir", m.path / "H" / "subjects")
+    assert subjects["errno"] == 0, subjects
+    assert subjects["names"] == sorted(["%2E", "%2E%2E", "a%2Fb", "new\nline", "plain"])
+    import subprocess
+
+    out = subprocess.run(["ls", "-a1", "--quoting-style=literal", str(m.path / "H" / "subjects")],
+                         capture_output=True, timeout=30)
+    entries = out.stdout.split(b"\n")
+    assert entries.count(b".") == 1 and entries.count(b"..") == 1, out.stdout
+    assert fs_op("stat", m.path / "H" / "subjects" / "%2E%2E")["errno"] == 0
+    files = fs_op("listdir", m.path / FILES)
+    assert files["names"] == sorted(["%2E%2E", "evil\nname.txt", "good.txt"]), files
+    bad = fs_op("stat", m.path / FILES / "evil\nname.txt")
+    assert bad["errno"] == errno.EIO, bad
+    text = m.log_text()
+    assert "evil\\nname.txt" in text
+    assert not any(ln.startswith("name.txt") for ln in text.splitlines()), \
+        "a name's newline split a log line"
+
+
+def test_file_uris_leaving_data_are_never_requested(hostile, evil, make_mount):
+    """Issue 17 §8: ``/data/../../../etc/passwd`` was requested on the same host with the
+    session cookie; ``//host`` and absolute URLs must not reach any server either."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "uris"
+    for name in ("passwd", "net.bin", "abs.bin", "root.bin"):
+        res = fs_op("read", m.path / FILES / name)
+        note(f"file URI leaving /data/ ({name}), cat", res)
+        assert res["errno"] == errno.EIO, (name, res)
+        assert res["seconds"] < T + SLACK, (name, res)
+    good = fs_op("read", m.path / FILES / "good.txt")
+    assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode()
+    assert [p for p in hostile.paths() if not p.startswith("/data/")
+            or ".." in p or p.startswith("/data/x")] == []
+    assert not any(p.endswith(("/passwd", "/net.bin", "/abs.bin", "/root.bin"))
+                   for p in hostile.paths())
+    assert evil.requests == []
+
+
+def test_a_redirect_to_another_host_is_not_followed(hostile, evil, make_mount):
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "redirect"
+    res = fs_op("listdir", m.path)
+    assert res["errno"] == errno.EIO, res
+    assert evil.requests == []
+    assert len(error_lines(m, "/data/projects")) == 1
+
+
+# -- file bodies (the download path: issue 17 §4/§5, fixed on the cache side) -------------------
+
+#: the download side (content cache) is another branch's fix; these pass once it lands
+_CACHE_SIDE = pytest.mark.xfail(reason="download size/encoding checks: cache-side fix "
+                                "(issue 17 §4/§5), not in this branch", strict=False)
+
+
+@pytest.mark.parametrize("mode", [pytest.param("file_endless", marks=_CACHE_SIDE),
+                                  pytest.param("file_longer", marks=_CACHE_SIDE),
+                                  pytest.param("file_gzip_bomb", marks=_CACHE_SIDE)])
+def test_a_file_body_that_breaks_its_listing_is_an_error_within_bounds(hostile, make_mount,
+                                                                       mode):
+    """A body longer than listed (or endless, or a gzip bomb) is EIO, not a success with the
+    wrong bytes, within the timeout and bounded memory; the good file next to it still reads."""
+    if mode == "file_gzip_bomb":
+        gzip_bomb()
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = mode
+    res = fs_op("read", m.path / FILES / "big.bin", timeout=60)
+    note(f"{mode}, cat", res, m)
+    peak = peak_rss_mb(daemon_pid(m))
+    good = fs_op("read", m.path / FILES / "good.txt")
+    assert good["errno"] == 0 and good["size"] == len(GOOD_BYTES), good
+    assert peak < RSS_LIMIT_MB, f"daemon peak RSS {peak:.0f} MiB"
+    assert res["errno"] == errno.EIO, res
+    assert res["seconds"] < T + SLACK, res

@@ -1,0 +1,39 @@
+"""The one log formatter: one record is one line, whatever a server or a user put in a name.
+
+A file name may hold a newline or an ANSI escape (XNAT allows it, a hostile server sends it, an
+untrusted archive extracted into the mount carries it); logged raw it would split its line or
+forge another one (issue 17 §8).  Every control character of the message and of the other
+fields is shown as a Python-style escape (``\\n``, ``\\x1b``); a traceback, added after the
+message, keeps its own newlines.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+__all__ = ["SafeFormatter", "escape_controls"]
+
+#: C0 controls, DEL, C1 controls and the Unicode line/paragraph separators
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape_one(m: "re.Match[str]") -> str:
+    c = m.group(0)
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c, f"\\x{ord(c):02x}" if ord(c) < 256
+                                                       else f"\\u{ord(c):04x}")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (a no-op for most text)."""
+    return _CONTROL_RE.sub(_escape_one, text)
+
+
+class SafeFormatter(logging.Formatter):
+    """``logging.Formatter`` whose message (and thread/logger names) cannot hold a control
+    character; ``exc_info`` text is appended by the base class afterwards, as usual."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging API
+        record.message = escape_controls(record.message)
+        record.threadName = escape_controls(str(record.threadName))
+        record.name = escape_controls(record.name)
+        return super().formatMessage(record)
