@@ -249,7 +249,8 @@ def _check_server(options: Options, creds: Any) -> None:
 
     client = XnatClient(options.url, creds, ClientOptions(
         pool_size=1, connect_timeout=options.connect_timeout, read_timeout=options.read_timeout,
-        retries=1, verify=options.verify, heartbeat=False))
+        retries=1, verify=options.verify, heartbeat=False,
+        deadline=options.fs_timeout))  # the check is bounded like every call (issue 17 §1)
     try:
         client.start()
     except xe.Unauthorized:
