@@ -57,6 +57,7 @@ import diskcache
 from diskcache.core import MODE_BINARY
 
 from xnatfs.cache.download import Download, DownloadCancelled, Fetch, IntegrityError
+from xnatfs.cache.stream import StreamHandle
 from xnatfs.cache.zipstream import ZipSplitter
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,51 @@ def _read_ahead(path: str) -> None:
         os.close(fd)
 
 
+def _digest_fd(fd: int, size: int) -> str:
+    """MD5 of the first ``size`` bytes of ``fd``."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    pos = 0
+    while pos < size:
+        chunk = os.pread(fd, min(size - pos, 1 << 20), pos)
+        if not chunk:
+            break
+        md5.update(chunk)
+        pos += len(chunk)
+    return md5.hexdigest()
+
+
+def _sync_all(downloads: Sequence[Download]) -> None:
+    """Make the partial files of ``downloads`` durable: one ``syncfs`` of the cache's file
+    system when there are several (Linux), else ``fdatasync`` each."""
+    if len(downloads) > 1 and _syncfs is not None:
+        fd = downloads[0].dup_partial()
+        if fd is not None:
+            try:
+                if _syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+    for download in downloads:
+        download.sync()
+
+
+def _load_syncfs() -> Optional[Callable[[int], int]]:
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        func = libc.syncfs
+        func.argtypes = [ctypes.c_int]
+        func.restype = ctypes.c_int
+        return func
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
+
+
 # -- storage: diskcache with adoption -------------------------------------------------------------
 
 
@@ -156,10 +202,12 @@ class _Index(diskcache.Cache):
             pass
         self._folders.add(folder)
 
-    def adopt_many(self, items: Sequence[Tuple[str, str, int]]) -> List[Optional[BaseException]]:
-        """Move finished files (``(hex key, path, size)``, on the same filesystem) into the
+    def adopt_many(self, items: Sequence[Tuple[str, str, int, str]]
+                   ) -> List[Optional[BaseException]]:
+        """Move finished files (``(hex key, path, size, md5)``, on the same filesystem) into the
         store by rename and index them, all in one SQLite transaction; per item None or its
-        error.
+        error.  The MD5 (the listing's, checked) goes into the row's ``tag`` column ("" /
+        NULL: none), so ``xnatfs cache verify`` can check a file without knowing its URI.
 
         Rows are written directly (what ``Cache.set`` would write for a raw str key with a
         file value: ``MODE_BINARY``, a relative ``filename``); diskcache's triggers keep its
@@ -173,7 +221,7 @@ class _Index(diskcache.Cache):
         now = time.time()
         try:
             with self._transact(retry=True) as (sql, _cleanup):
-                for i, (key, path, size) in enumerate(items):
+                for i, (key, path, size, digest) in enumerate(items):
                     name = stored_name(key)
                     full = os.path.join(self.directory, name)
                     row = sql("SELECT rowid FROM Cache WHERE key = ? AND raw = 1",
@@ -185,15 +233,22 @@ class _Index(diskcache.Cache):
                         sql("DELETE FROM Cache WHERE rowid = ?", row)  # its file was lost
                     try:
                         self._make_parents(name)
-                        os.rename(path, full)
+                        try:
+                            os.rename(path, full)
+                        except FileNotFoundError:
+                            # diskcache's removal of an evicted (or dropped) file also removes
+                            # its folder once empty (``Disk.remove``: ``os.removedirs``)
+                            self._folders.discard(os.path.dirname(name))   # type: ignore[union-attr]
+                            self._make_parents(name)
+                            os.rename(path, full)
                     except OSError as exc:
                         results[i] = exc
                         continue
                     moved.append((i, full))
                     sql("INSERT INTO Cache(key, raw, store_time, expire_time, access_time,"
                         " access_count, tag, size, mode, filename, value)"
-                        " VALUES (?, 1, ?, NULL, ?, 0, NULL, ?, ?, ?, NULL)",
-                        (key, now, now, size, MODE_BINARY, name))
+                        " VALUES (?, 1, ?, NULL, ?, 0, ?, ?, ?, ?, NULL)",
+                        (key, now, now, digest or None, size, MODE_BINARY, name))
         except BaseException as exc:
             # the rows are rolled back: do not leave unindexed files behind
             for i, full in moved:
@@ -223,6 +278,23 @@ class _Index(diskcache.Cache):
         return {key: int(size or 0) for _, key, size, filename in rows
                 if isinstance(key, str) and filename == stored_name(key)}
 
+    def size_of(self, key: str) -> Optional[int]:
+        """The indexed size of ``key``, None when it is not indexed (one SQLite read)."""
+        row = self._sql("SELECT size FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchone()
+        return None if row is None else int(row[0] or 0)
+
+    def drop(self, key: str) -> bool:
+        """Delete ``key``'s row and file (a damaged entry); True if there was a row."""
+        with self._transact(retry=True) as (sql, cleanup):
+            row = sql("SELECT rowid, filename FROM Cache WHERE key = ? AND raw = 1",
+                      (key,)).fetchone()
+            if row is None:
+                return False
+            sql("DELETE FROM Cache WHERE rowid = ?", (row[0],))
+            if row[1]:
+                cleanup(row[1])
+        return True
+
     def touch_many(self, touched: Dict[str, float]) -> None:
         """Write access times kept in memory (LRU order for ``cull_unpinned``), in one
         transaction instead of one per open."""
@@ -233,15 +305,16 @@ class _Index(diskcache.Cache):
                 sql("UPDATE Cache SET access_time = ?, access_count = access_count + 1 "
                     "WHERE key = ? AND raw = 1", (when, key))
 
-    def cull_unpinned(self, pinned: Set[str]) -> List[str]:
+    def cull_unpinned(self, pinned: Set[str], target: Optional[int] = None) -> List[str]:
         """Delete least-recently-used entries whose key is not in ``pinned`` until ``volume()`` is
-        at most ``size_limit``; returns the deleted keys.
+        at most ``target`` (default ``size_limit``); returns the deleted keys.
 
         A pinned file is open, so deleting it would free no space until its last reader closes;
         when only pinned entries are left the cache stays over its limit until they are unpinned.
         """
         removed: List[str] = []
-        while self.volume() > self.size_limit:
+        limit = self.size_limit if target is None else target
+        while self.volume() > limit:
             with self._transact(retry=True) as (sql, cleanup):
                 rows = sql(
                     "SELECT rowid, key, filename FROM Cache ORDER BY access_time LIMIT ?",
@@ -393,6 +466,13 @@ class ContentCache:
         #: cached file is then one os.open, no SQLite (diskcache's LRU-updating get is a write
         #: transaction, ~0.2 ms, on every open)
         self._present: Dict[str, int] = {}
+        #: hex -> (st_ino, st_mtime_ns) of the cached file when its MD5 was last checked by
+        #: this process (downloaded here, or hashed on its first open): a file written by an
+        #: earlier mount or another process, or changed since, is hashed once before it is
+        #: served (issue 18 §1)
+        self._verified: Dict[str, Tuple[int, int]] = {}
+        #: bytes of downloads running now (room made for them before they start)
+        self._reserved = 0
         #: hex -> last open time not yet written to the index (``_flush_touches``)
         self._touched: Dict[str, float] = {}
         #: cached files to page in (``prefetch``), newest kept when it overflows
@@ -412,6 +492,9 @@ class ContentCache:
             "bytes_downloaded": 0, # bytes received by finished downloads (running ones added live)
             "evictions": 0,        # entries culled by the size limit
             "bulk_fetches": 0,     # archives fetched to bring many files at once (``bulk``)
+            "damaged": 0,          # cached entries dropped on open: wrong size, gone, bad MD5
+            "verified": 0,         # cached files hashed on first open (written by others)
+            "streamed": 0,         # opens served straight from the server (file > cache)
         }
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -514,10 +597,16 @@ class ContentCache:
                 index = self._require_started()
                 download = self._downloads.get(hexname)
                 if download is None:
-                    if ask_index and hexname not in self._present and hexname in index:
-                        self._present[hexname] = key.size or 0
+                    if ask_index and hexname not in self._present:
+                        indexed = index.size_of(hexname)
+                        if indexed is not None:
+                            self._present[hexname] = indexed
                     ask_index = False
                     if hexname not in self._present:
+                        if self._too_big(key):
+                            self._stats["streamed"] += 1
+                            self._stats["misses"] += 1
+                            return StreamHandle(key, self._fetch, verify=self.verify)  # type: ignore[return-value]
                         download = self._start_locked(key, hexname)
                 if download is not None:
                     self._stats["misses"] += 1
@@ -525,20 +614,95 @@ class ContentCache:
                     self._pin_locked(hexname)
                     return ContentHandle(self, key, fd, download=download)
                 self._pin_locked(hexname)  # eviction now leaves the file alone
+                expected = self._present.get(hexname)
             try:
                 fd = os.open(self._stored_path(hexname), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 self._unpin(hexname)
-                with self._lock:
-                    self._present.pop(hexname, None)
+                self._drop(hexname, key, "cached file is gone")
                 continue
             except BaseException:
                 self._unpin(hexname)
                 raise
+            try:
+                problem = self._check_cached(fd, key, hexname, expected)
+            except BaseException:
+                os.close(fd)
+                self._unpin(hexname)
+                raise
+            if problem is not None:
+                os.close(fd)
+                self._unpin(hexname)
+                self._drop(hexname, key, problem)
+                continue
             with self._lock:
                 self._stats["hits"] += 1
                 self._touched[hexname] = time.time()
             return ContentHandle(self, key, fd)
+
+    def _check_cached(self, fd: int, key: ContentKey, hexname: str,
+                      expected: Optional[int]) -> Optional[str]:
+        """Why the cached file open at ``fd`` must not be served, or None (issue 18 §1).
+
+        Every hit costs one ``fstat``: the size must be the indexed (and listed) one, so a
+        truncated, extended or zero-length file after a crash is never served.  A file this
+        process has not checked since it was last written (another process's or an earlier
+        mount's; told by inode and mtime) is hashed against the listing's MD5 once, before
+        the first byte is served.  Without an MD5 (checksums off on the server) the size is
+        all there is to check.
+        """
+        st = os.fstat(fd)
+        if expected is not None and st.st_size != expected:
+            return f"size {st.st_size} on disk, {expected} indexed"
+        if key.size is not None and key.size >= 0 and st.st_size != key.size:
+            return f"size {st.st_size} on disk, {key.size} listed"
+        if not (self.verify and key.digest):
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns)
+        with self._lock:
+            if self._verified.get(hexname) == stamp:
+                return None
+        got = _digest_fd(fd, st.st_size)
+        if got != key.digest.strip().lower():
+            return f"MD5 {got}, listed {key.digest}"
+        with self._lock:
+            self._verified[hexname] = stamp
+            self._stats["verified"] += 1
+        return None
+
+    def _drop(self, hexname: str, key: ContentKey, problem: str) -> None:
+        """Forget a damaged cached entry (row and file; handles open on it keep their fd), with
+        one log line; the caller then fetches the file again."""
+        log.warning("content cache: %s (%s): %s; dropped, fetched again", key.uri,
+                    self._stored_path(hexname), problem)
+        with self._index_lock:
+            with self._lock:
+                index = self._index
+                self._present.pop(hexname, None)
+                self._verified.pop(hexname, None)
+                self._touched.pop(hexname, None)
+                self._stats["damaged"] += 1
+            if index is not None:
+                try:
+                    index.drop(hexname)
+                except Exception as exc:  # noqa: BLE001 - the fresh copy replaces it anyway
+                    log.warning("content cache: cannot drop %s from the index: %s", hexname, exc)
+                self._volume = index.volume()
+
+    def _too_big(self, key: ContentKey) -> bool:
+        """Is ``key`` larger than the cache could ever hold (its limit, or the free disk plus
+        all it could evict)?  Such a file is streamed from the server and not kept (gcsfuse).
+        Caller holds self._lock."""
+        if key.size is None or key.size < 0:
+            return False
+        if key.size > self.size_limit:
+            return True
+        try:
+            st = os.statvfs(self._partial_dir)
+        except OSError:
+            return False
+        free = st.f_bavail * st.f_frsize
+        return key.size > free + self._volume - self._reserved
 
     def _stored_path(self, hexname: str) -> str:
         """Where the cached file of ``hexname`` lives (``stored_name``)."""
@@ -652,14 +816,17 @@ class ContentCache:
             hexname, download = current
             current.clear()
             download.feed_done()
-            if ok:
+            # the verdict before the next member: a reader of this one's last bytes waits for it
+            problem = download.check_fed() if ok else "size or CRC-32 wrong in the zip"
+            if problem is None:
                 fed.append((download, hexname))
             else:
-                log.info("content cache: %s arrived damaged in the zip; fetched alone", name)
+                log.info("content cache: %s from the zip: %s; fetched alone", download.uri,
+                         problem)
                 self._fetch_alone(download, hexname)
 
-        # every member is checked against its MD5 before it is kept (``_settle``): the zip's
-        # own CRC-32 is needed only where the listing has no digest
+        # every member is checked against its MD5 as it ends (``on_end``): the zip's own
+        # CRC-32 is needed only where the listing has no digest
         digests = self.verify and all(d.digest for d in wanted.values())
         splitter = ZipSplitter(size_of, on_start, on_end, check_crc=not digests)
         members = len(wanted)
@@ -690,13 +857,13 @@ class ContentCache:
                      f" ({problem})" if problem is not None else "")
 
     def _settle(self, batch: List[Tuple[Download, str]]) -> None:
-        """Check fed downloads (size, and the MD5 read back from the file) and adopt the good
-        ones in one transaction; the others are fetched on their own.
+        """Make fed downloads (checked as they ended: size and MD5) durable and adopt them in
+        one transaction; one that cannot be adopted fails (its readers had their verdict).
 
-        Done after the zip has arrived, not beside it: the MD5 of a scan and the index rows
-        cost about as much CPU as the transfer, and the readers of the members (who never wait
-        for any of this: they read the partial files as they fill) came first.  Measured on 2
-        cores: settling beside the stream made ``cp -r`` of 400 files 0.6 s, after it 0.45 s.
+        Done after the zip has arrived, not beside it: the fsyncs and the index rows cost
+        time, and the readers of the members (who wait only for each member's own verdict)
+        came first.  One ``syncfs`` for the batch where the system has it instead of one
+        ``fdatasync`` per file (benchmarks/RESULTS.md).
         """
         good: List[Tuple[Download, str]] = []
         for download, hexname in batch:
@@ -704,16 +871,11 @@ class ContentCache:
                 download.fail(DownloadCancelled(download.uri),
                               lambda error, d=download, h=hexname: self._unregister(d, h, error))
                 continue
-            problem = download.check_fed()
-            if problem is None:
-                good.append((download, hexname))
-            else:
-                log.info("content cache: %s from the zip: %s; fetched alone", download.uri,
-                         problem)
-                self._fetch_alone(download, hexname)
+            good.append((download, hexname))
         if not good:
             return
-        errors = self._adopt_many([(h, d.partial_path, d.arrived) for d, h in good])
+        _sync_all([d for d, _ in good])
+        errors = self._adopt_many([(h, d.partial_path, d.arrived, d.digest) for d, h in good])
         for (download, hexname), error in zip(good, errors):
             ended = lambda e, d=download, h=hexname: self._unregister(d, h, e)  # noqa: E731
             if error is None:
@@ -816,6 +978,7 @@ class ContentCache:
         download = Download(
             key.uri, key.size, key.digest, partial, self._fetch,
             verify=self.verify, cancelled=lambda: self._closing,
+            max_bytes=self.size_limit, make_room=self._make_room,
         )
         self._downloads[hexname] = download
         self._stats["downloads"] += 1
@@ -855,10 +1018,70 @@ class ContentCache:
     def _run(self, download: Download, hexname: str) -> None:
         """Pool task. The download adopts its file, then unregisters, then wakes its readers, so
         ``open``/``state`` see the key downloading or cached, never absent in between."""
-        download.run(
-            adopt=lambda path: self._adopt(hexname, path),
-            ended=lambda error: self._unregister(download, hexname, error),
-        )
+        need = download.size or 0
+        if need:
+            self._ensure_room(need)
+        try:
+            download.run(
+                adopt=lambda path: self._adopt(hexname, path, download.digest),
+                ended=lambda error: self._unregister(download, hexname, error),
+            )
+        finally:
+            if need:
+                with self._lock:
+                    self._reserved -= need
+
+    def _ensure_room(self, need: int) -> None:
+        """Before a download of ``need`` bytes starts: evict least-recently-used unpinned
+        entries so that the index plus running downloads stay under the limit and the cache
+        disk has room for it (issue 18 §0: eviction ran only after an insertion, so a full
+        cache disk gave ENOSPC with nothing evicted)."""
+        with self._index_lock:
+            with self._lock:
+                index = self._index
+                self._reserved += need
+                reserved = self._reserved
+                pinned = set(self._pins)
+            if index is None:
+                return
+            target = self.size_limit - reserved
+            try:
+                st = os.statvfs(self._partial_dir)
+                free = st.f_bavail * st.f_frsize
+                if free < need:
+                    target = min(target, self._volume - (need - free))
+            except OSError:
+                pass
+            if self._volume <= target:
+                return
+            self._cull(index, pinned, max(0, target))
+
+    def _make_room(self, need: int) -> bool:
+        """A write into ``partial/`` failed with ENOSPC: evict at least ``need`` bytes of
+        unpinned entries; True if anything was evicted (the write is then tried again)."""
+        with self._index_lock:
+            with self._lock:
+                index = self._index
+                pinned = set(self._pins)
+            if index is None:
+                return False
+            evicted = self._cull(index, pinned, max(0, index.volume() - need))
+        log.info("content cache: cache disk full; evicted %d entr%s to make room",
+                 evicted, "y" if evicted == 1 else "ies")
+        return evicted > 0
+
+    def _cull(self, index: "_Index", pinned: Set[str], target: int) -> int:
+        """Evict down to ``target`` bytes; caller holds ``_index_lock``.  Returns how many."""
+        self._flush_touches(index)
+        evicted = index.cull_unpinned(pinned, target)
+        self._volume = index.volume()
+        with self._lock:
+            for gone in evicted:
+                self._present.pop(gone, None)
+                self._touched.pop(gone, None)
+                self._verified.pop(gone, None)
+            self._stats["evictions"] += len(evicted)
+        return len(evicted)
 
     def _unregister(self, download: Download, hexname: str,
                     error: Optional[BaseException]) -> None:
@@ -876,13 +1099,14 @@ class ContentCache:
             touched, self._touched = self._touched, {}
         index.touch_many(touched)
 
-    def _adopt(self, hexname: str, partial_path: str) -> None:
+    def _adopt(self, hexname: str, partial_path: str, digest: str) -> None:
         """Move one verified partial file into the index (raises if the index refuses it)."""
-        error = self._adopt_many([(hexname, partial_path, os.stat(partial_path).st_size)])[0]
+        error = self._adopt_many([(hexname, partial_path, os.stat(partial_path).st_size,
+                                   digest)])[0]
         if error is not None:
             raise error
 
-    def _adopt_many(self, items: Sequence[Tuple[str, str, int]]
+    def _adopt_many(self, items: Sequence[Tuple[str, str, int, str]]
                     ) -> List[Optional[BaseException]]:
         """Move verified partial files into the index in one transaction, then evict LRU
         entries that are not pinned; per item None or the error that kept it out.
@@ -894,14 +1118,22 @@ class ContentCache:
                 index = self._index
                 pinned = set(self._pins)
             if index is None:  # close() gave up waiting for us
-                return [DownloadCancelled(path) for _, path, _ in items]
+                return [DownloadCancelled(path) for _, path, _, _ in items]
             results = index.adopt_many(items)
-            sizes = [(hexname, size) for (hexname, _, size), error in zip(items, results)
+            sizes = [(hexname, size) for (hexname, _, size, _), error in zip(items, results)
                      if error is None]
+            stamps = {}
+            for hexname, _ in sizes:
+                try:   # checked by this process as it arrived: no hashing on its first open
+                    st = os.stat(self._stored_path(hexname))
+                    stamps[hexname] = (st.st_ino, st.st_mtime_ns)
+                except OSError:
+                    pass
             with self._lock:  # pins taken while we stored count too
                 pinned |= set(self._pins)
                 for hexname, size in sizes:
                     self._present[hexname] = size
+                self._verified.update(stamps)
             self._volume += sum(size for _, size in sizes)
             self._adopted_since_sync += len(sizes)
             evicted: List[str] = []
@@ -916,6 +1148,7 @@ class ContentCache:
                         for gone in evicted:
                             self._present.pop(gone, None)
                             self._touched.pop(gone, None)
+                            self._verified.pop(gone, None)
         if evicted:
             log.debug("content cache: evicted %d entr%s", len(evicted),
                       "y" if len(evicted) == 1 else "ies")
