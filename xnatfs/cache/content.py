@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -1155,3 +1156,84 @@ class ContentCache:
             with self._lock:
                 self._stats["evictions"] += len(evicted)
         return results
+
+
+# -- offline check: ``xnatfs cache verify`` --------------------------------------------------------
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify_entries`` found: counts, and one line per bad entry."""
+
+    checked: int = 0
+    #: entries whose MD5 was compared (the others have no digest: size only)
+    hashed: int = 0
+    bad: int = 0
+    dropped: int = 0
+    problems: List[str] = dataclasses.field(default_factory=list)
+
+
+def verify_entries(directory: Union[str, os.PathLike], repair: bool = False,
+                   progress: Optional[Callable[[int], None]] = None,
+                   on_total: Optional[Callable[[int, int], None]] = None) -> VerifyReport:
+    """Check every entry of the content cache at ``directory`` (its ``content`` folder):
+    the file exists, has the indexed size, and its MD5 is the one stored with it (the row's
+    ``tag``; entries without one are checked by size only).  With ``repair``, bad entries are
+    dropped (row and file) so the next read fetches them again.
+
+    Safe beside a running mount: only the index is opened (no partial files are touched), each
+    drop is one SQLite transaction that deletes the row only if it is still the one checked
+    (same rowid and store time), and a mount that finds a dropped file gone fetches it again.
+    ``on_total(entries, bytes)`` is called once, ``progress(bytes)`` after each file.
+    """
+    index_dir = os.path.join(os.fspath(directory), "index")
+    report = VerifyReport()
+    index = _Index(index_dir, eviction_policy="least-recently-used", cull_limit=0)
+    try:
+        rows = index._sql("SELECT rowid, key, size, tag, filename, store_time FROM Cache"
+                          " WHERE raw = 1").fetchall()
+        if on_total is not None:
+            on_total(len(rows), sum(int(r[2] or 0) for r in rows))
+        for rowid, key, size, tag, filename, stored in rows:
+            size = int(size or 0)
+            report.checked += 1
+            problem = _entry_problem(os.path.join(index_dir, filename or ""), size, tag or "")
+            if tag:
+                report.hashed += 1
+            if progress is not None:
+                progress(size)
+            if problem is None:
+                continue
+            report.bad += 1
+            report.problems.append(f"{filename}: {problem}")
+            if repair:
+                with index._transact(retry=True) as (sql, cleanup):
+                    gone = sql("DELETE FROM Cache WHERE rowid = ? AND key = ? AND"
+                               " store_time = ?", (rowid, key, stored)).rowcount
+                    if gone and filename:
+                        cleanup(filename)
+                report.dropped += int(bool(gone))
+    finally:
+        index.close()
+    return report
+
+
+def _entry_problem(path: str, size: int, digest: str) -> Optional[str]:
+    """Why the cached file at ``path`` is bad, or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    try:
+        actual = os.fstat(fd).st_size
+        if actual != size:
+            return f"size {actual}, indexed {size}"
+        if digest:
+            got = _digest_fd(fd, size)
+            if got != digest.strip().lower():
+                return f"MD5 {got}, expected {digest}"
+    finally:
+        os.close(fd)
+    return None
