@@ -49,6 +49,7 @@ import json
 import logging
 import os
 import secrets
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -278,6 +279,36 @@ class _Index(diskcache.Cache):
                         cleanup(filename)
         return {key: int(size or 0) for _, key, size, filename in rows
                 if isinstance(key, str) and filename == stored_name(key)}
+
+    def free_up(self, pinned: Set[str], need: int) -> List[str]:
+        """The cache disk is full: delete the files of least-recently-used unpinned entries
+        until ``need`` bytes are freed, *then* their rows.  Files first because SQLite needs
+        disk space to delete a row (its WAL grows); a row whose file is gone is harmless (an
+        open finds the file missing and fetches it again).  Returns the deleted keys."""
+        rows = self._sql("SELECT key, size, filename FROM Cache WHERE raw = 1"
+                         " ORDER BY access_time").fetchall()
+        freed, victims = 0, []
+        for key, size, filename in rows:
+            if freed >= need:
+                break
+            if key in pinned or not filename:
+                continue
+            try:
+                os.unlink(os.path.join(self.directory, filename))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            victims.append(key)
+            freed += int(size or 0)
+        if victims:
+            try:
+                with self._transact(retry=True) as (sql, _cleanup):
+                    for key in victims:
+                        sql("DELETE FROM Cache WHERE key = ? AND raw = 1", (key,))
+            except sqlite3.Error as exc:   # still no room: the rows go at their next open
+                log.warning("content cache: cannot drop %d evicted rows: %s", len(victims), exc)
+        return victims
 
     def size_of(self, key: str) -> Optional[int]:
         """The indexed size of ``key``, None when it is not indexed (one SQLite read)."""
@@ -1022,13 +1053,23 @@ class ContentCache:
         need = download.size or 0
         if need:
             self._ensure_room(need)
+        released = False
+
+        def ended(error: Optional[BaseException]) -> None:
+            # before the readers wake: the adopted bytes now count in the volume instead
+            nonlocal released
+            if need and not released:
+                released = True
+                with self._lock:
+                    self._reserved -= need
+            self._unregister(download, hexname, error)
+
         try:
-            download.run(
-                adopt=lambda path: self._adopt(hexname, path, download.digest),
-                ended=lambda error: self._unregister(download, hexname, error),
-            )
+            download.run(adopt=lambda path: self._adopt(hexname, path, download.digest),
+                         ended=ended)
         finally:
-            if need:
+            if need and not released:
+                released = True
                 with self._lock:
                     self._reserved -= need
 
@@ -1066,7 +1107,15 @@ class ContentCache:
                 pinned = set(self._pins)
             if index is None:
                 return False
-            evicted = self._cull(index, pinned, max(0, index.volume() - need))
+            evicted = index.free_up(pinned, need)
+            self._volume = index.volume()
+            with self._lock:
+                for gone in evicted:
+                    self._present.pop(gone, None)
+                    self._touched.pop(gone, None)
+                    self._verified.pop(gone, None)
+                self._stats["evictions"] += len(evicted)
+            evicted = len(evicted)
         log.info("content cache: cache disk full; evicted %d entr%s to make room",
                  evicted, "y" if evicted == 1 else "ies")
         return evicted > 0
