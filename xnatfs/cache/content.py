@@ -503,6 +503,8 @@ class ContentCache:
         #: earlier mount or another process, or changed since, is hashed once before it is
         #: served (issue 18 §1)
         self._verified: Dict[str, Tuple[int, int]] = {}
+        #: hex -> lock held while one opener hashes that file (the others wait for it)
+        self._verifying: Dict[str, threading.Lock] = {}
         #: bytes of downloads running now (room made for them before they start)
         self._reserved = 0
         #: hex -> last open time not yet written to the index (``_flush_touches``)
@@ -694,12 +696,21 @@ class ContentCache:
         with self._lock:
             if self._verified.get(hexname) == stamp:
                 return None
-        got = _digest_fd(fd, st.st_size)
-        if got != key.digest.strip().lower():
-            return f"MD5 {got}, listed {key.digest}"
-        with self._lock:
-            self._verified[hexname] = stamp
-            self._stats["verified"] += 1
+            gate = self._verifying.setdefault(hexname, threading.Lock())
+        with gate:   # single flight: eight ``cp -r`` after a remount hash each file once
+            with self._lock:
+                if self._verified.get(hexname) == stamp:
+                    return None
+            try:
+                got = _digest_fd(fd, st.st_size)
+            finally:
+                with self._lock:
+                    self._verifying.pop(hexname, None)
+            if got != key.digest.strip().lower():
+                return f"MD5 {got}, listed {key.digest}"
+            with self._lock:
+                self._verified[hexname] = stamp
+                self._stats["verified"] += 1
         return None
 
     def _drop(self, hexname: str, key: ContentKey, problem: str) -> None:
