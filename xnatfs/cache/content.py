@@ -769,6 +769,8 @@ class ContentCache:
                 if hexname in self._present:
                     cached.append(hexname)
                     continue
+                if self._too_big(key):
+                    continue          # streamed when opened, never kept
                 self._start_locked(key, hexname)
                 started += 1
         if cached:
@@ -807,7 +809,8 @@ class ContentCache:
             todo: Dict[str, ContentKey] = {}
             for key in keys:
                 hexname = key.hexname()
-                if hexname not in self._downloads and hexname not in self._present:
+                if (hexname not in self._downloads and hexname not in self._present
+                        and not self._too_big(key)):
                     todo.setdefault(hexname, key)
             if len(todo) < max(1, min_files):
                 return 0
@@ -880,6 +883,8 @@ class ContentCache:
             splitter.feed(chunk)
 
         problem: Optional[BaseException] = None
+        need = sum(d.size or 0 for d in wanted.values())
+        self._ensure_room(need)      # room first, as for a single download
         try:
             self._fetch(uri, sink)
             splitter.close()
@@ -892,6 +897,8 @@ class ContentCache:
                 wanted[hexname] = download
             for hexname, download in wanted.items():
                 self._fetch_alone(download, hexname)
+            with self._lock:
+                self._reserved -= need
             for at in range(0, len(fed), _SETTLE_BATCH):
                 self._settle(fed[at:at + _SETTLE_BATCH])
         if problem is not None or wanted:
