@@ -693,9 +693,9 @@ class ContentCache:
         if not (self.verify and key.digest):
             return None
         stamp = (st.st_ino, st.st_mtime_ns)
+        if self._verified.get(hexname) == stamp:   # one dict read (atomic): the hit path
+            return None
         with self._lock:
-            if self._verified.get(hexname) == stamp:
-                return None
             gate = self._verifying.setdefault(hexname, threading.Lock())
         with gate:   # single flight: eight ``cp -r`` after a remount hash each file once
             with self._lock:
