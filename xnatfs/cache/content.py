@@ -21,6 +21,14 @@ Opens of cached files never touch SQLite: ``_present`` (every key in the index, 
 says what is cached and the file's path follows from its key; access times are kept in memory
 and written in batches before each cull and at close.
 
+Integrity (issue 18 §1): an open of a cached file costs one ``fstat`` on top: the size must be
+the indexed one, and a file this process has not checked since it was last written (another
+process's, an earlier mount's: told by inode and mtime, ``_verified``) is hashed against its MD5
+once before it is served.  The MD5 is kept in the row's ``tag`` for ``verify_entries`` (``xnatfs
+cache verify``).  Files are ``fdatasync``ed before their row is written; room is made before a
+download starts (``_ensure_room``) and when a write meets ENOSPC (``_make_room``); a file larger
+than the cache can hold is streamed, not kept (``stream.StreamHandle``).
+
 Eviction and open handles: a handle holds an fd, so an evicted (unlinked) file would stay readable
 through it anyway (POSIX). On top of that, open handles *pin* their key, and eviction skips pinned
 keys: after each insertion ``_Index.cull_unpinned`` deletes least-recently-used unpinned entries,
@@ -609,7 +617,7 @@ class ContentCache:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def open(self, key: ContentKey) -> ContentHandle:
+    def open(self, key: ContentKey) -> "ContentHandle | StreamHandle":
         """A handle on ``key``'s bytes; never waits for the network.
 
         Cached → a handle on the cached file (and an LRU touch). A download of ``key`` running →
@@ -622,7 +630,9 @@ class ContentCache:
         in memory and written to the index in batches.  A key this process has not seen cached
         is looked up in the index once (another mount may share the directory); a file that
         vanished behind our back (``xnatfs cache clear`` elsewhere) is forgotten and fetched
-        again.
+        again.  Every hit is checked first (``_check_cached``: size always, MD5 once per
+        daemon); a damaged entry is dropped and fetched again.  A file larger than the cache
+        could hold gets a ``StreamHandle`` (``_too_big``): served from the server, not kept.
         """
         hexname = key.hexname()
         ask_index = True
@@ -640,7 +650,7 @@ class ContentCache:
                         if self._too_big(key):
                             self._stats["streamed"] += 1
                             self._stats["misses"] += 1
-                            return StreamHandle(key, self._fetch, verify=self.verify)  # type: ignore[return-value]
+                            return StreamHandle(key, self._fetch, verify=self.verify)
                         download = self._start_locked(key, hexname)
                 if download is not None:
                     self._stats["misses"] += 1

@@ -22,9 +22,12 @@ import hashlib
 import logging
 import threading
 import time
-from typing import Callable, Deque, Optional, Tuple
+from typing import TYPE_CHECKING, Deque, Optional, Tuple
 
 from xnatfs.cache.download import DownloadCancelled, Fetch, IntegrityError, TooLong
+
+if TYPE_CHECKING:  # content.py imports this module
+    from xnatfs.cache.content import ContentKey
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +45,13 @@ class StreamHandle:
     """An open file served from a live GET (see the module docstring); the interface of
     ``ContentHandle``.  Thread-safe; one GET (thread) at a time per handle."""
 
-    def __init__(self, key: "object", fetch: Fetch, verify: bool = True) -> None:
+    def __init__(self, key: "ContentKey", fetch: Fetch, verify: bool = True) -> None:
+        if key.size is None or key.size < 0:
+            raise ValueError(f"{key.uri}: only a file of listed size can be streamed")
         self.key = key
-        self._uri: str = key.uri            # type: ignore[attr-defined]
-        self._size: int = key.size          # type: ignore[attr-defined]
-        self._digest = ((key.digest or "").strip().lower()  # type: ignore[attr-defined]
-                        if verify else "")
+        self._uri = key.uri
+        self._size: int = key.size
+        self._digest = (key.digest or "").strip().lower() if verify else ""
         self._fetch = fetch
         self._cond = threading.Condition(threading.Lock())
         # _cond protects the fields below
