@@ -84,6 +84,9 @@ def test_damaged_cache_files_are_never_served(shared_emulator, make_mount, tmp_p
     if when == "unmounted":
         m.umount()
         _damage(files)
+        res = _verify(cache)          # finds all four, repairs nothing: the mount must cope
+        assert res.returncode == 1 and ", 4 bad" in res.stdout, res.stdout + res.stderr
+        assert res.stderr.count("bad entry") == 4
         m = make_mount(shared_emulator.url, "--prefetch", "0", "--bulk-zip", "0", cache=cache)
         paths = [str(m.path / SCAN / n) for n in names]
         os.listdir(m.path / SCAN)
@@ -242,3 +245,22 @@ def test_a_file_larger_than_the_cache_disk_is_streamed(make_emulator, make_mount
     assert not list((cache_on_64m_tmpfs / "content" / "partial").iterdir())
     res = _verify(cache_on_64m_tmpfs)
     assert res.returncode == 0 and ", 0 bad" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_full_cache_disk_is_evicted_before_a_read_fails(make_emulator, make_mount,
+                                                          cache_on_64m_tmpfs):
+    """Issue 18 §0: with the cache disk full of closed entries (the limit, 10G, is far above
+    the disk), a 40 MiB read gave ENOSPC with 0 evictions."""
+    emu = make_emulator()
+    blobs = {f"f{i}.bin": _random_bytes(10 << 20, seed=40 + i) for i in range(5)}
+    blobs["big.bin"] = _random_bytes(40 << 20, seed=50)
+    for name, data in blobs.items():
+        put_file(emu.url, f"/data/projects/DEMO2/resources/FULL/files/{name}", data)
+    m = make_mount(emu.url, "--prefetch", "0", "--bulk-zip", "0", cache=cache_on_64m_tmpfs)
+    base = m.path / "DEMO2/resources/FULL/files"
+    paths = [str(base / name) for name in blobs]          # the five 10 MiB files first
+    got = hash_files(paths, timeout=300)
+    assert got == {str(base / n): [md5(d), len(d)] for n, d in blobs.items()}
+    assert os.getxattr(base / "big.bin", "user.xnat.cache_state") == b"cached"
+    stats = json.loads((m.path / ".xnatfs" / "stats").read_text())["content_cache"]
+    assert stats["evictions"] >= 1, stats
