@@ -1197,6 +1197,12 @@ class ContentCache:
                 pinned = set(self._pins)
             if index is None:  # close() gave up waiting for us
                 return [DownloadCancelled(path) for _, path, _, _ in items]
+            inodes = {}
+            for hexname, path, _, _ in items:
+                try:
+                    inodes[hexname] = os.stat(path).st_ino
+                except OSError:
+                    pass
             results = index.adopt_many(items)
             sizes = [(hexname, size) for (hexname, _, size, _), error in zip(items, results)
                      if error is None]
@@ -1204,9 +1210,10 @@ class ContentCache:
             for hexname, _ in sizes:
                 try:   # checked by this process as it arrived: no hashing on its first open
                     st = os.stat(self._stored_path(hexname))
-                    stamps[hexname] = (st.st_ino, st.st_mtime_ns)
                 except OSError:
-                    pass
+                    continue
+                if st.st_ino == inodes.get(hexname):   # ours, not a copy another mount kept
+                    stamps[hexname] = (st.st_ino, st.st_mtime_ns)
             with self._lock:  # pins taken while we stored count too
                 pinned |= set(self._pins)
                 for hexname, size in sizes:
