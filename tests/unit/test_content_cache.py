@@ -823,3 +823,35 @@ def test_verify_finds_and_repairs_every_kind_of_damage(tmp_path):
             if uri != "/f5":
                 assert read_all(cc, key) == files[uri]
         assert fetch.calls["/f0"] == fetch.calls["/f1"] == fetch.calls["/f2"] == 2
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_large_entry_is_hashed_while_read_and_holds_back_its_end(tmp_path, monkeypatch,
+                                                                 damaged):
+    """Above VERIFY_INLINE_MAX the first open does not wait for the hash (a file of gigabytes
+    on a slow disk would outlast --timeout); the read of the last bytes does, and is EIO when
+    the MD5 is wrong; the next open fetches the file again."""
+    from xnatfs.cache import content as content_module
+
+    monkeypatch.setattr(content_module, "VERIFY_INLINE_MAX", 100_000)
+    data = payload(3 << 20)
+    fetch = FakeFetch({"/f": data}, chunk=64 << 10)
+    with ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch) as first:
+        key = key_for("/f", data)
+        assert read_all(first, key) == data
+    if damaged:
+        _flip(_stored(first, key), len(data) // 2)
+    with ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch) as second:
+        with second.open(key) as h:
+            assert h.from_cache
+            head = h.read(0, 4096, later())
+            assert head == data[:4096]
+            if damaged:
+                with pytest.raises(OSError) as info:
+                    h.read(len(data) - 4096, 4096, later())
+                assert info.value.errno == errno.EIO
+            else:
+                assert h.read(len(data) - 4096, 8192, later()) == data[-4096:]
+        assert read_all(second, key) == data
+        assert fetch.calls["/f"] == (2 if damaged else 1)
+        assert second.stats["damaged"] == int(damaged)

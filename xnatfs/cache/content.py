@@ -86,6 +86,9 @@ _DIR_MODE = 0o700
 _DEFAULT_CLOSE_SECONDS = 10.0
 #: insertions between two reads of the real index volume (another mount may share the index)
 _VOLUME_SYNC = 64
+#: a cached file up to this size that needs its MD5 checked is hashed in ``open`` (a hash of
+#: 32 MiB takes ~50 ms); a larger one by a thread while it is read (``_Verification``)
+VERIFY_INLINE_MAX = 32 << 20
 #: members of a bulk fetch adopted in one index transaction
 _SETTLE_BATCH = 64
 
@@ -373,6 +376,53 @@ class _Index(diskcache.Cache):
 # -- handles ---------------------------------------------------------------------------------------
 
 
+class _Verification:
+    """The MD5 check of one large cached file this daemon has not checked yet, run by a thread
+    while its first readers are served (issue 18 §1: "verify while the first reader streams
+    through it, holding back the final bytes until the digest matches").  Hashing a file of
+    gigabytes in ``open`` could take longer than ``--timeout`` on a slow disk; this way only
+    the read of the last bytes waits, with its deadline.  ``done(problem)`` is called once
+    with None (right) or why not, before the readers wake."""
+
+    def __init__(self, fd: int, size: int, digest: str,
+                 done: Callable[[Optional[str]], None]) -> None:
+        self._fd = os.dup(fd)
+        self._size = size
+        self._digest = digest
+        self._done_cb = done
+        self._cond = threading.Condition()
+        self.problem: Optional[str] = None
+        self.finished = False
+        threading.Thread(target=self._run, name="xnatfs-verify", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            got = _digest_fd(self._fd, self._size)
+            problem = None if got == self._digest else f"MD5 {got}, listed {self._digest}"
+        except OSError as exc:
+            problem = f"cannot hash it: {exc}"
+        finally:
+            os.close(self._fd)
+        try:
+            self._done_cb(problem)
+        finally:
+            with self._cond:
+                self.problem = problem
+                self.finished = True
+                self._cond.notify_all()
+
+    def wait(self, deadline: float) -> Optional[str]:
+        """The verdict (None: right); TimeoutError (ETIMEDOUT) if not there by ``deadline``."""
+        with self._cond:
+            while not self.finished:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(errno.ETIMEDOUT, "MD5 check of a cached file not done "
+                                                        "in time")
+                self._cond.wait(remaining)
+            return self.problem
+
+
 class ContentHandle:
     """An open file in the content cache: a cached copy or a running download being followed.
 
@@ -386,12 +436,15 @@ class ContentHandle:
         key: ContentKey,
         fd: int,
         download: Optional[Download] = None,
+        verification: Optional[_Verification] = None,
     ) -> None:
         #: Read-only.
         self.key = key
         self._cache = cache
         self._fd = fd
         self._download = download
+        #: a cached file still being hashed: reads of its last bytes wait for the verdict
+        self._verification = verification
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -414,7 +467,19 @@ class ContentHandle:
             return self._download.read(self._fd, offset, size, deadline)
         if size <= 0 or offset < 0:
             return b""
+        self._hold_back(offset, size, deadline)
         return os.pread(self._fd, size, offset)
+
+    def _hold_back(self, offset: int, size: int, deadline: float) -> None:
+        """A read reaching the end of a cached file still being hashed waits for the verdict;
+        EIO when it is bad (the entry is dropped by then: the next open fetches it again)."""
+        check = self._verification
+        if check is None or self.key.size is None or offset + size < self.key.size:
+            return
+        problem = check.wait(deadline)
+        if problem is not None:
+            raise IntegrityError(f"cached copy of {self.key.uri}: {problem}")
+        self._verification = None
 
     def span(self, offset: int, size: int, deadline: float) -> "tuple[int, int]":
         """``(fd, n)``: the ``n`` bytes at ``offset`` (at most ``size``; fewer only at the end of
@@ -427,6 +492,7 @@ class ContentHandle:
             return self._fd, self._download.span(offset, size, deadline)
         if size <= 0 or offset < 0:
             return self._fd, 0
+        self._hold_back(offset, size, deadline)
         if self.key.size is not None and self.key.size >= 0:
             size = max(0, min(size, self.key.size - offset))
         return self._fd, size
@@ -511,6 +577,8 @@ class ContentCache:
         #: earlier mount or another process, or changed since, is hashed once before it is
         #: served (issue 18 §1)
         self._verified: Dict[str, Tuple[int, int]] = {}
+        #: hex -> the background MD5 check of a large cached file (``_verify_behind``)
+        self._behind: Dict[str, _Verification] = {}
         #: hex -> lock held while one opener hashes that file (the others wait for it)
         self._verifying: Dict[str, threading.Lock] = {}
         #: bytes of downloads running now (room made for them before they start)
@@ -674,7 +742,7 @@ class ContentCache:
                 os.close(fd)
                 self._unpin(hexname)
                 raise
-            if problem is not None:
+            if isinstance(problem, str):
                 os.close(fd)
                 self._unpin(hexname)
                 self._drop(hexname, key, problem)
@@ -682,18 +750,20 @@ class ContentCache:
             with self._lock:
                 self._stats["hits"] += 1
                 self._touched[hexname] = time.time()
-            return ContentHandle(self, key, fd)
+            return ContentHandle(self, key, fd, verification=problem)
 
     def _check_cached(self, fd: int, key: ContentKey, hexname: str,
-                      expected: Optional[int]) -> Optional[str]:
+                      expected: Optional[int]) -> "str | _Verification | None":
         """Why the cached file open at ``fd`` must not be served, or None (issue 18 §1).
 
         Every hit costs one ``fstat``: the size must be the indexed (and listed) one, so a
         truncated, extended or zero-length file after a crash is never served.  A file this
         process has not checked since it was last written (another process's or an earlier
         mount's; told by inode and mtime) is hashed against the listing's MD5 once, before
-        the first byte is served.  Without an MD5 (checksums off on the server) the size is
-        all there is to check.
+        the first byte is served; a file larger than ``VERIFY_INLINE_MAX`` is hashed by a
+        thread while it is read instead (the ``_Verification`` returned: the read of its last
+        bytes waits for it).  Without an MD5 (checksums off on the server) the size is all
+        there is to check.
         """
         st = os.fstat(fd)
         if expected is not None and st.st_size != expected:
@@ -705,6 +775,8 @@ class ContentCache:
         stamp = (st.st_ino, st.st_mtime_ns)
         if self._verified.get(hexname) == stamp:   # one dict read (atomic): the hit path
             return None
+        if st.st_size > VERIFY_INLINE_MAX:
+            return self._verify_behind(fd, key, hexname, stamp, st.st_size)
         with self._lock:
             gate = self._verifying.setdefault(hexname, threading.Lock())
         with gate:   # single flight: eight ``cp -r`` after a remount hash each file once
@@ -722,6 +794,28 @@ class ContentCache:
                 self._verified[hexname] = stamp
                 self._stats["verified"] += 1
         return None
+
+    def _verify_behind(self, fd: int, key: ContentKey, hexname: str, stamp: Tuple[int, int],
+                       size: int) -> _Verification:
+        """The running (or a new) background MD5 check of a large cached file (single flight)."""
+        with self._lock:
+            running = self._behind.get(hexname)
+            if running is not None:
+                return running
+
+            def done(problem: Optional[str]) -> None:
+                # drop first, then let new opens past the check: they fetch it again
+                if problem is not None:
+                    self._drop(hexname, key, problem)
+                with self._lock:
+                    self._behind.pop(hexname, None)
+                    if problem is None:
+                        self._verified[hexname] = stamp
+                        self._stats["verified"] += 1
+
+            check = _Verification(fd, size, key.digest.strip().lower(), done)
+            self._behind[hexname] = check
+            return check
 
     def _drop(self, hexname: str, key: ContentKey, problem: str) -> None:
         """Forget a damaged cached entry (row and file; handles open on it keep their fd), with
