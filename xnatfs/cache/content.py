@@ -66,7 +66,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 import diskcache
 from diskcache.core import MODE_BINARY
 
-from xnatfs.cache.download import Download, DownloadCancelled, Fetch, IntegrityError
+from xnatfs.cache.download import (Download, DownloadCancelled, Fetch, IntegrityError,
+                                    digest_file)
 from xnatfs.cache.stream import StreamHandle
 from xnatfs.cache.zipstream import ZipSplitter
 
@@ -129,19 +130,6 @@ def _read_ahead(path: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _digest_fd(fd: int, size: int) -> str:
-    """MD5 of the first ``size`` bytes of ``fd``."""
-    md5 = hashlib.md5(usedforsecurity=False)
-    pos = 0
-    while pos < size:
-        chunk = os.pread(fd, min(size - pos, 1 << 20), pos)
-        if not chunk:
-            break
-        md5.update(chunk)
-        pos += len(chunk)
-    return md5.hexdigest()
 
 
 def _sync_all(downloads: Sequence[Download]) -> None:
@@ -397,7 +385,7 @@ class _Verification:
 
     def _run(self) -> None:
         try:
-            got = _digest_fd(self._fd, self._size)
+            got = digest_file(self._fd, self._size)
             problem = None if got == self._digest else f"MD5 {got}, listed {self._digest}"
         except OSError as exc:
             problem = f"cannot hash it: {exc}"
@@ -784,7 +772,7 @@ class ContentCache:
                 if self._verified.get(hexname) == stamp:
                     return None
             try:
-                got = _digest_fd(fd, st.st_size)
+                got = digest_file(fd, st.st_size)
             finally:
                 with self._lock:
                     self._verifying.pop(hexname, None)
@@ -1409,7 +1397,7 @@ def _entry_problem(path: str, size: int, digest: str) -> Optional[str]:
         if actual != size:
             return f"size {actual}, indexed {size}"
         if digest:
-            got = _digest_fd(fd, size)
+            got = digest_file(fd, size)
             if got != digest.strip().lower():
                 return f"MD5 {got}, expected {digest}"
     finally:

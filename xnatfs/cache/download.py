@@ -114,7 +114,7 @@ class _FileMD5:
         os.close(self._fd)
 
 
-def _digest_file(fd: int, size: int) -> str:
+def digest_file(fd: int, size: int) -> str:
     """MD5 of the first ``size`` bytes of ``fd`` (read back from the page cache)."""
     md5 = hashlib.md5(usedforsecurity=False)
     pos = 0
@@ -354,7 +354,7 @@ class Download:
             elif hasher is not None:
                 got = hasher.hexdigest()
             else:
-                got = _digest_file(fd, got_size)
+                got = digest_file(fd, got_size)
             if got != self.digest:
                 return f"digest mismatch: expected {self.digest}, got {got}"
         with self._cond:
@@ -380,7 +380,7 @@ class Download:
         not.  When right, the owner adopts the file and calls :meth:`adopted`; when not, it
         fetches the file on its own (:meth:`restart`, then :meth:`run`)."""
         try:
-            return self._check(getattr(self, "_fed_hasher", None))
+            return self._check(self._fed_hasher)
         except OSError as exc:
             return f"cannot check the fed bytes: {exc}"
 
