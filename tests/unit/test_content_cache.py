@@ -855,3 +855,31 @@ def test_a_large_entry_is_hashed_while_read_and_holds_back_its_end(tmp_path, mon
         assert read_all(second, key) == data
         assert fetch.calls["/f"] == (2 if damaged else 1)
         assert second.stats["damaged"] == int(damaged)
+
+
+def test_cache_verify_command_reports_and_repairs(tmp_path):
+    import subprocess
+    import sys
+
+    files = {f"/f{i}": payload(20_000, seed=i) for i in range(4)}
+    cc = ContentCache(tmp_path / "xc" / "content", size_limit=1 << 30, fetch=FakeFetch(files))
+    with cc:
+        keys = [key_for(uri, data) for uri, data in files.items()]
+        for key in keys:
+            read_all(cc, key)
+    _flip(_stored(cc, keys[0]), 7)
+    os.unlink(_stored(cc, keys[1]))
+
+    def verify(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "xnatfs", "cache", "verify", "--cache-dir",
+                               str(tmp_path / "xc"), *extra], capture_output=True, text=True,
+                              timeout=60)
+
+    res = verify()
+    assert res.returncode == 1, res.stderr
+    assert "4 files checked (4 by MD5" in res.stdout and ", 2 bad" in res.stdout
+    assert res.stderr.count("bad entry") == 2
+    res = verify("--repair")
+    assert res.returncode == 0 and "2 bad, 2 dropped" in res.stdout, res.stdout + res.stderr
+    res = verify()
+    assert res.returncode == 0 and "2 files checked" in res.stdout and ", 0 bad" in res.stdout
