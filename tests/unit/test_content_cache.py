@@ -883,3 +883,23 @@ def test_cache_verify_command_reports_and_repairs(tmp_path):
     assert res.returncode == 0 and "2 bad, 2 dropped" in res.stdout, res.stdout + res.stderr
     res = verify()
     assert res.returncode == 0 and "2 files checked" in res.stdout and ", 0 bad" in res.stdout
+
+
+def test_bulk_member_inflating_past_its_listed_size_is_fetched_alone(make_cache, tmp_path):
+    """Issue 17 §4: a zip member that inflates beyond its listed size is cut (nothing past
+    the size reaches partial/), and it and the members after it are fetched alone."""
+    import zipfile
+
+    files = {f"/f{i:02d}": payload(5000, seed=i) for i in range(6)}
+    zipped = dict(files)
+    zipped["/f02"] = bytes(8 << 20)              # listed 5000 bytes: a bomb of zeros
+    fetch, keys, key_of = _bulk_setup(files, zipped)
+    fetch.answers["/zip"] = streamed_zip(
+        {"S/scans/1/resources/DICOM/files/" + u.lstrip("/"): d for u, d in zipped.items()},
+        zipfile.ZIP_DEFLATED)
+    cc = make_cache(fetch)
+    cc.bulk("/zip", keys.values(), key_of)
+    for uri, key in keys.items():
+        assert read_all(cc, key) == files[uri]
+    assert fetch.calls["/f02"] == 1 and fetch.calls["/f00"] == 0 and fetch.calls["/zip"] == 1
+    assert cc.stats["bytes_downloaded"] < 100_000
