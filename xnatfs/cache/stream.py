@@ -32,9 +32,9 @@ if TYPE_CHECKING:  # content.py imports this module
 log = logging.getLogger(__name__)
 
 #: bytes buffered past the furthest read before the fetch waits
-AHEAD = 16 << 20
+AHEAD = 8 << 20
 #: bytes kept before the furthest read (out-of-order read-ahead is served from them)
-BEHIND = 8 << 20
+BEHIND = 4 << 20
 
 
 class _Superseded(Exception):
