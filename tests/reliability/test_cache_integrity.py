@@ -39,6 +39,13 @@ def _random_bytes(n: int, seed: int) -> bytes:
     return b"".join(rnd.randbytes(min(1 << 20, n - off)) for off in range(0, n, 1 << 20))
 
 
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
 def _cache_files(cache: Path) -> List[Path]:
     return sorted((cache / "content" / "index").glob("??/*.bin"))
 
@@ -247,6 +254,9 @@ def test_a_file_larger_than_the_cache_disk_is_streamed(make_emulator, make_mount
     half = len(big) // 2
     assert back == [md5(big[half:half + 4096]), md5(big[1000:5096]), md5(big[-4096:])]
     assert os.getxattr(path, "user.xnat.cache_state") == b"absent"
+    hwm = _peak_rss_mb(m.proc.pid)
+    print(f"daemon peak RSS {hwm:.0f} MB")
+    assert hwm < 250, "issue 17: the daemon's peak RSS stays under 250 MB"
     assert hash_files([str(path.parent / "small.bin")]) == {
         str(path.parent / "small.bin"): [md5(small), len(small)]}   # the mount is usable
     assert not list((cache_on_64m_tmpfs / "content" / "partial").iterdir())
