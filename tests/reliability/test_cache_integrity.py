@@ -24,7 +24,7 @@ from typing import Dict, List
 import pytest
 
 from tests.conftest import needs_fuse
-from tests.mount.helpers import downloads, hash_files, md5, put_file, sh
+from tests.mount.helpers import api, downloads, hash_files, md5, put_file, sh
 
 pytestmark = [needs_fuse]
 
@@ -159,8 +159,11 @@ def test_sixteen_readers_and_eight_copies_one_download_per_file(shared_emulator,
     for i in range(8):
         for n in names:
             assert md5((tmp_path / f"copy{i}" / n).read_bytes()) == reference[str(scan / n)][0]
-    dl = downloads(shared_emulator.since(mark))
+    records = shared_emulator.since(mark)
+    dl = downloads(records)
     assert sorted(dl) == sorted(set(dl)), "one download per file"
+    zips = [r for r in api(records) if "format=zip" in r[1]]
+    assert len(zips) <= 1, zips                   # the scan's files: at most one zip as well
 
 
 def test_kill_during_a_bulk_zip_then_remount_resumes(make_emulator, make_mount, tmp_path):

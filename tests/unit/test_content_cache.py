@@ -903,3 +903,26 @@ def test_bulk_member_inflating_past_its_listed_size_is_fetched_alone(make_cache,
         assert read_all(cc, key) == files[uri]
     assert fetch.calls["/f02"] == 1 and fetch.calls["/f00"] == 0 and fetch.calls["/zip"] == 1
     assert cc.stats["bytes_downloaded"] < 100_000
+
+
+def test_room_is_made_before_a_download_not_after_it(make_cache):
+    """Issue 18 §0: eviction ran only after a file was added, so the cache (and its disk)
+    held the old files and the whole new one at once.  Now the least-recently-used file goes
+    before the first byte of the new one is written: at no time do the index and the running
+    download together exceed the limit."""
+    mib = 1 << 20
+    old = {"/a": payload(mib, seed=1), "/b": payload(mib, seed=2)}
+    new = payload(mib + mib // 2, seed=3)
+    fetch = FakeFetch({**old, "/new": new}, chunk=64 << 10, hold_at=mib)
+    fetch.gate.set()                                    # the old files pass the hold point
+    cc = make_cache(fetch, size_limit=3 * mib)
+    for uri, data in old.items():
+        assert read_all(cc, key_for(uri, data)) == data
+    fetch.gate.clear()
+    key = key_for("/new", new)
+    with cc.open(key) as h:
+        assert fetch.held.wait(WAIT)                    # 1 MiB of the new file written
+        assert cc.stats["evictions"] == 1 and cc.state(key_for("/a", old["/a"])) == "absent"
+        assert cc.size() + mib <= 3 * mib
+        fetch.gate.set()
+        assert h.read(0, len(new), later()) == new
