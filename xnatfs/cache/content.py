@@ -1066,7 +1066,9 @@ class ContentCache:
     @property
     def stats(self) -> Dict[str, int]:
         """Counters for ``.xnatfs/``: hits, misses, downloads, download_errors, bytes_downloaded,
-        downloads_in_flight, evictions, entries, size_on_disk, pinned."""
+        downloads_in_flight, evictions, bulk_fetches, damaged (entries dropped on open),
+        verified (cached files hashed on first open), streamed (opens of files larger than the
+        cache), entries, size_on_disk, pinned."""
         with self._lock:
             out = dict(self._stats)
             out["bytes_downloaded"] += sum(d.bytes_received for d in self._downloads.values())
