@@ -926,3 +926,26 @@ def test_room_is_made_before_a_download_not_after_it(make_cache):
         assert cc.size() + mib <= 3 * mib
         fetch.gate.set()
         assert h.read(0, len(new), later()) == new
+
+
+def test_a_streamed_file_read_by_several_threads_slightly_out_of_order(make_cache,
+                                                                       monkeypatch):
+    """The kernel's read-ahead sends one file's reads from several FUSE threads, not in
+    order: within the window behind the furthest read they are served without a re-fetch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xnatfs.cache import stream
+
+    monkeypatch.setattr(stream, "AHEAD", 1 << 20)
+    monkeypatch.setattr(stream, "BEHIND", 512 << 10)
+    big = payload(6 << 20, seed=8)
+    fetch = FakeFetch({"/big": big}, chunk=64 << 10)
+    cc = make_cache(fetch, size_limit=1 << 20)
+    block = 128 << 10
+    offsets = list(range(0, len(big), block))
+    for i in range(0, len(offsets) - 1, 2):          # pairs swapped: 1, 0, 3, 2, ...
+        offsets[i], offsets[i + 1] = offsets[i + 1], offsets[i]
+    with cc.open(key_for("/big", big)) as h, ThreadPoolExecutor(4) as pool:
+        got = dict(zip(offsets, pool.map(lambda off: h.read(off, block, later()), offsets)))
+    assert b"".join(got[o] for o in sorted(got)) == big
+    assert fetch.calls["/big"] == 1

@@ -59,6 +59,9 @@ class StreamHandle:
         self._start = 0            # offset of the first buffered byte
         self._end = 0              # bytes of the current GET received so far
         self._want = 0             # furthest offset a reader asked for
+        #: offsets readers wait for now: nothing at or after the lowest is dropped (else two
+        #: readers a little apart would make each other re-fetch, and again, and again)
+        self._waiting: "collections.Counter[int]" = collections.Counter()
         self._generation = 0       # bumps when a seek back restarts the GET
         self._error: Optional[BaseException] = None
         self._verdict = False      # the current GET ended with the right size and MD5
@@ -112,6 +115,8 @@ class StreamHandle:
                 self._chunks.append((self._end, data))
                 self._end += len(data)
                 floor = self._want - BEHIND
+                if self._waiting:
+                    floor = min(floor, min(self._waiting))
                 while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= floor:
                     off, old = self._chunks.popleft()
                     self._start = off + len(old)
@@ -175,7 +180,13 @@ class StreamHandle:
                     raise TimeoutError(errno.ETIMEDOUT,
                                        f"stream {self._uri}: bytes {offset}..{end} not there "
                                        f"in time ({self._end} arrived)")
-                self._cond.wait(remaining)
+                self._waiting[offset] += 1
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._waiting[offset] -= 1
+                    if not self._waiting[offset]:
+                        del self._waiting[offset]
 
     def _slice_locked(self, offset: int, end: int) -> bytes:
         parts = []
