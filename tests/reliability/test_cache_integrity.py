@@ -247,6 +247,8 @@ def test_a_file_larger_than_the_cache_disk_is_streamed(make_emulator, make_mount
     put_file(emu.url, "/data/projects/DEMO2/resources/HUGE/files/small.bin", small)
     m = make_mount(emu.url, "--prefetch", "0", cache=cache_on_64m_tmpfs)
     path = m.path / "DEMO2/resources/HUGE/files/huge.bin"
+    os.listdir(path.parent)
+    mark = emu.mark()
     res = subprocess.run([sys.executable, "-c", _READ_AT, str(path), str(len(big))],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr + m.log_tail()
@@ -256,6 +258,8 @@ def test_a_file_larger_than_the_cache_disk_is_streamed(make_emulator, make_mount
           f"({n / seconds / 2**20:.0f} MiB/s, MD5 in the reader included)")
     half = len(big) // 2
     assert back == [md5(big[half:half + 4096]), md5(big[1000:5096]), md5(big[-4096:])]
+    gets = [p for p in downloads(emu.since(mark)) if p.endswith("/huge.bin")]
+    assert 1 <= len(gets) <= 3, gets     # one for the pass, one per read back at most
     assert os.getxattr(path, "user.xnat.cache_state") == b"absent"
     hwm = _peak_rss_mb(m.proc.pid)
     print(f"daemon peak RSS {hwm:.0f} MB")
