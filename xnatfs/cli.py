@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cache directory (default: $XDG_CACHE_HOME/xnatfs)")
         if name == "prune":
             c.add_argument("size", help="e.g. 5G")
+    c = cache_sub.add_parser("verify", help="check every cached file (size and MD5); works "
+                             "while a mount uses the cache")
+    c.add_argument("--cache-dir", default=None,
+                   help="cache directory (default: $XDG_CACHE_HOME/xnatfs)")
+    c.add_argument("--repair", action="store_true",
+                   help="drop bad entries (the next read fetches them again)")
     c = cache_sub.add_parser("prefetch", help="read paths of a mount into its cache")
     c.add_argument("paths", nargs="+", help="files or folders inside an xnatfs mount")
     c.add_argument("--threads", type=int, default=8)
@@ -613,9 +619,11 @@ Press Ctrl-C to unmount and stop.""", flush=True)
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    """``xnatfs cache usage|prune|clear|prefetch``."""
+    """``xnatfs cache usage|prune|clear|verify|prefetch``."""
     if args.cache_command == "prefetch":
         return _prefetch(args.paths, args.threads)
+    if args.cache_command == "verify":
+        return _verify(Path(args.cache_dir or default_cache_dir()).expanduser(), args.repair)
     import fcntl
 
     from xnatfs.cache.content import ContentCache
@@ -646,6 +654,36 @@ def cmd_cache(args: argparse.Namespace) -> int:
     finally:
         lock.close()
     return 0
+
+
+def _verify(cache_dir: Path, repair: bool) -> int:
+    """``xnatfs cache verify``: size and MD5 of every entry, with a progress bar; exit 1 if
+    bad entries remain (0 after ``--repair`` dropped them all)."""
+    from tqdm import tqdm
+
+    from xnatfs.cache.content import verify_entries
+
+    if not (cache_dir / "content" / "index").is_dir():
+        raise UsageError(f"no xnatfs cache at {cache_dir}")
+    bar: Any = None
+
+    def on_total(entries: int, total: int) -> None:
+        nonlocal bar
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"verify {entries} files",
+                   disable=None, file=sys.stderr)
+
+    try:
+        report = verify_entries(cache_dir / "content", repair=repair,
+                                progress=lambda n: bar.update(n), on_total=on_total)
+    finally:
+        if bar is not None:
+            bar.close()
+    for line in report.problems:
+        print(f"xnatfs: cache verify: bad entry {line}", file=sys.stderr)
+    print(f"{cache_dir}: {report.checked} files checked ({report.hashed} by MD5, the others "
+          f"by size: no MD5 listed), {report.bad} bad"
+          + (f", {report.dropped} dropped" if repair else ""))
+    return 0 if report.bad == report.dropped else 1
 
 
 def _no_fetch(uri: str, sink: Any) -> None:
