@@ -42,8 +42,9 @@ def describe(op: str, path: str, exc: BaseException) -> str:
 
 
 def log_failure(op: str, path: str, exc: BaseException, code: int) -> None:
-    """Log a failed op once.  ENOENT and friends are normal answers, not failures."""
-    if code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENODATA, errno.EROFS,
+    """Log a failed op once.  ENOENT and friends are normal answers, not failures; an error
+    marked ``reported`` (``tree.writes.AlreadyReported``) was logged where it happened."""
+    if getattr(exc, "reported", False) or code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENODATA, errno.EROFS,
                 errno.ENOTSUP, errno.EEXIST, errno.ENOTEMPTY):
         log.debug("%s", describe(op, path, exc))
     elif isinstance(exc, (OSError, xe.XnatError)):
