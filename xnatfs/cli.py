@@ -285,7 +285,7 @@ def _prepare_mountpoint(mountpoint: str, nonempty: bool = False) -> str:
         log.info("cleared a stale mount at %s", path)
     if mounting.is_mounted(path):
         raise UsageError(f"{path} is already mounted (xnatfs umount {path})")
-    if os.path.lexists(path) and not os.path.isdir(path):
+    if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"mount point {path} is a file, not a directory: mount on a "
                          "directory (an empty one)")
     if not os.path.isdir(path):

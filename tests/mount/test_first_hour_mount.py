@@ -100,6 +100,7 @@ def test_generated_files_report_their_true_size(emu, make_mount, tmp_path):
 
     # .xnat.json: the whole document through shutil.copy (sendfile) and rsync
     jpath = exp / ".xnat.json"
+    mark = emu.mark()
     copy = Path(shutil.copy(jpath, tmp_path / "copy.json"))
     doc = json.loads(copy.read_text())
     assert doc["items"][0]["data_fields"]["label"] == "SUBJ01_MR1"
@@ -109,6 +110,10 @@ def test_generated_files_report_their_true_size(emu, make_mount, tmp_path):
         assert (tmp_path / ".xnat.json").read_bytes() == copy.read_bytes()
         assert (tmp_path / ".zip").read_bytes() == whole
     assert Path(shutil.copy(zpath, tmp_path / "copy.zip")).read_bytes() == whole
+    # the document was fetched once, at lookup, and served from then on; the zip, once made,
+    # costs nothing more
+    assert [p for _m, p in api(emu.since(mark))] == [
+        f"/data/experiments/{doc['items'][0]['data_fields']['ID']}?format=json"]
 
 
 def test_zip_that_cannot_be_made_in_time_fails_then_comes(emu, make_mount):
