@@ -653,7 +653,8 @@ class Writer:
             return
         lf = node.ref if isinstance(node.ref, LocalFile) else None
         if lf is None and node.ref != "local" and not self.allow_delete:
-            # mv answers EXDEV with copy + remove; the remove would be refused after the copy
+            # XNAT has no move (a stored file can only be uploaded or deleted, §4.5), and mv
+            # answers EXDEV with copy + remove; the remove would be refused after the copy
             # reached XNAT, leaving both there (a file twice, or a new empty subject): refuse
             # before anything is copied.  Local files and folders (rsync/editor temp files)
             # need no delete on XNAT and rename below (issue 16 §2)
