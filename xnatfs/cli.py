@@ -88,6 +88,14 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-other-write", action="store_true", default=None,
                    help="with -o allow_other: let other local users write too (as you, on "
                    "XNAT); without it they can only read (see -o umask=)")
+    p.add_argument("--dir-mode", default=None,
+                   help="permission bits shown for directories (default 0755; group/other "
+                   "never get write bits unless --allow-other-write)")
+    p.add_argument("--file-mode", default=None,
+                   help="permission bits shown for files (default 0644; the same rule)")
+    p.add_argument("--nonempty", action="store_true", default=None,
+                   help="mount even if the mount point holds files (they stay hidden while "
+                   "mounted); also -o nonempty")
     p.add_argument("--experiment-type", default=None,
                    help="xsiType of experiments made with mkdir (default xnat:mrSessionData)")
     p.add_argument("--scan-type", default=None,
@@ -202,6 +210,8 @@ def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequ
     v = {key: value for key, (value, _source) in settings.items()}
     fuse = _fuse_opts(fuse_options)
     owner = _take_owner_options(fuse)
+    # libfuse3 has no "nonempty" (it always allows it): xnatfs checks the mount point itself
+    nonempty = fuse.pop("nonempty", None) is not None or bool(v["nonempty"])
     return Options(
         url=check_url(url), cache_dir=Path(v["cache_dir"]).expanduser().resolve(),
         cache_size=v["cache_size"], listing_ttl=v["listing_ttl"], max_threads=v["max_threads"],
@@ -212,7 +222,8 @@ def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequ
         retries=v["retries"], verify=v["ca_bundle"] or True, read_only=v["read_only"],
         allow_delete=v["allow_delete"], allow_other_write=v["allow_other_write"],
         experiment_type=v["experiment_type"], scan_type=v["scan_type"], fuse_options=fuse,
-        uid=owner.get("uid"), gid=owner.get("gid"), umask=owner.get("umask", 0))
+        uid=owner.get("uid"), gid=owner.get("gid"), umask=owner.get("umask", 0),
+        dir_mode=v["dir_mode"], file_mode=v["file_mode"], nonempty=nonempty)
 
 
 # ---------------------------------------------------------------------------------- logging
@@ -273,7 +284,9 @@ def _check_server(options: Options, creds: Any) -> None:
             pass
 
 
-def _prepare_mountpoint(mountpoint: str) -> str:
+def _prepare_mountpoint(mountpoint: str, nonempty: bool = False) -> str:
+    """The absolute mount point, after clearing a stale mount there; one clear line (a
+    ``UsageError``) when it cannot or should not be mounted on (issue 16 §6)."""
     from xnatfs.fs import mounting
 
     path = os.path.abspath(mountpoint)
@@ -281,8 +294,22 @@ def _prepare_mountpoint(mountpoint: str) -> str:
         log.info("cleared a stale mount at %s", path)
     if mounting.is_mounted(path):
         raise UsageError(f"{path} is already mounted (xnatfs umount {path})")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"mount point {path} is a file, not a directory: mount on a "
+                         "directory (an empty one)")
     if not os.path.isdir(path):
-        raise UsageError(f"mount point {path} is not a directory (mkdir -p {path})")
+        raise UsageError(f"mount point {path} does not exist (mkdir -p {path})")
+    if not nonempty:
+        try:
+            with os.scandir(path) as entries:
+                busy = any(True for _ in entries)
+        except OSError:
+            busy = False  # unreadable to us: libfuse decides
+        if busy:
+            # its files would be hidden while mounted; sshfs and rclone refuse it too
+            raise UsageError(f"mount point {path} is not empty: its files would be hidden "
+                             "while mounted; use an empty directory, or --nonempty "
+                             "(-o nonempty) to mount over them")
     return path
 
 
@@ -299,7 +326,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     setup_logging(settings["log_level"][0])
     options = options_from_settings(args.url, settings, args.fuse_options)
-    mountpoint = _prepare_mountpoint(args.mountpoint)
+    mountpoint = _prepare_mountpoint(args.mountpoint, options.nonempty)
     _load_fuse()
     creds = _credentials(args, options.url, settings)
     if args.foreground:
@@ -362,6 +389,11 @@ def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str,
         argv.append("--allow-delete")
     if options.allow_other_write:
         argv.append("--allow-other-write")
+    if options.nonempty:
+        argv.append("--nonempty")
+    for flag, mode in (("--dir-mode", options.dir_mode), ("--file-mode", options.file_mode)):
+        if mode is not None:
+            argv += [flag, f"{mode:04o}"]
     if isinstance(options.verify, str):
         # from whichever source set it (command line, environment, config file): the child
         # reads no config file, and a relative path must not depend on its working directory
@@ -791,7 +823,7 @@ def mount_helper_main(argv: Optional[Sequence[str]] = None) -> int:
     from xnatfs.config import KEYS
 
     own = (set(KEYS) - {"user", "password"}) | {"config", "log_file"}
-    flags = {"read_only", "allow_delete", "allow_other_write"}
+    flags = {"read_only", "allow_delete", "allow_other_write", "nonempty"}
     dropped = {"_netdev", "nofail", "noauto", "auto", "user", "nouser", "users", "defaults"}
     cmd: List[str] = ["mount", source, mountpoint]
     fuse: List[str] = []

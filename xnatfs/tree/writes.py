@@ -661,6 +661,14 @@ class Writer:
             self.tree.invalidate(join_path(old_parts[:-1]))
             return
         lf = node.ref if isinstance(node.ref, LocalFile) else None
+        if lf is None and node.ref != "local" and not self.allow_delete:
+            # XNAT has no move (a stored file can only be uploaded or deleted, §4.5), and mv
+            # answers EXDEV with copy + remove; the remove would be refused after the copy
+            # reached XNAT, leaving both there (a file twice, or a new empty subject): refuse
+            # before anything is copied.  Local files and folders (rsync/editor temp files)
+            # need no delete on XNAT and rename below (issue 16 §2)
+            raise OSError(errno.EACCES, "moving what is on XNAT is a copy plus a delete: "
+                          "it needs --allow-delete", old)
         if lf is None or new_parent.kind is not Kind.FILES:
             # XNAT cannot move a stored file: mv falls back to copy + unlink on EXDEV
             raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)
