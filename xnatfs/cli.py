@@ -248,6 +248,12 @@ def _check_server(options: Options, creds: Any) -> None:
     client = XnatClient(options.url, creds, ClientOptions(
         pool_size=1, connect_timeout=options.connect_timeout, read_timeout=options.read_timeout,
         retries=1, verify=options.verify, heartbeat=False))
+    # the outcome is the one line below: the client's own log line of the same refusal would
+    # print first, timestamped (issue 16 §5); at --log-level debug it stays
+    client_log = logging.getLogger("xnatfs.xnat")
+    old_level = client_log.level
+    if not client_log.isEnabledFor(logging.DEBUG):
+        client_log.setLevel(logging.CRITICAL)
     try:
         client.start()
     except xe.Unauthorized:
@@ -262,6 +268,7 @@ def _check_server(options: Options, creds: Any) -> None:
             client.close()
         except Exception:  # noqa: BLE001 - best-effort logout of the check session
             pass
+        client_log.setLevel(old_level)
 
 
 def _prepare_mountpoint(mountpoint: str) -> str:
@@ -320,6 +327,13 @@ def cmd_config(args: argparse.Namespace) -> int:
     from xnatfs import config as xc
 
     settings = settings_from_args(args)
+    if settings["netrc"][0] is None:
+        # show the file the credentials really come from (xnat/auth.py: $NETRC, else ~/.netrc)
+        from xnatfs.xnat.auth import _default_netrc
+
+        path, explicit = _default_netrc(os.environ)
+        exists = "" if os.path.exists(path) else ", missing"
+        settings["netrc"] = (path, ("environment ($NETRC)" if explicit else "default") + exists)
     print(xc.render(settings, xc.load_config(args.config)), end="")
     return 0
 
@@ -445,6 +459,10 @@ def fuse_kwargs(options: Options, mfusepy: Any) -> Dict[str, object]:
     }
     if getattr(mfusepy, "fuse_version_major", 3) >= 3:
         kwargs["max_threads"] = options.max_threads
+        # libfuse 3.14 checks the unset max_idle_threads (UINT_MAX) as a value and prints
+        # "Ignoring invalid max threads value 4294967295" on every mount (libfuse#1003,
+        # fuse-notes.md §1.3): a valid value silences it; idle workers are kept up to the pool
+        kwargs["max_idle_threads"] = options.max_threads
     for key, value in options.fuse_options.items():
         if key in ("big_writes", "large_read") and getattr(mfusepy, "fuse_version_major", 3) >= 3:
             log.warning("ignoring -o %s: libfuse3 refuses it (fuse-notes.md §1.3)", key)
@@ -546,6 +564,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         if item.get("last_error"):
             line += f": {item['last_error']}"
         print(line)
+    failed = [item for item in uploads if item.get("state") == "failed" and item.get("path")]
+    if failed:
+        # a failed file stays listed (README "Writes become uploads"); rm is how it goes
+        example = os.path.join(os.path.abspath(args.mountpoint), failed[0]["path"].lstrip("/"))
+        print(f"failed files are never retried: to discard one, rm it in the mount "
+              f"(rm '{example}'); to retry, fix the cause, copy it out, rm it and copy it in "
+              f"again")
     return 0
 
 
@@ -613,6 +638,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
     """``xnatfs cache usage|prune|clear|prefetch``."""
     if args.cache_command == "prefetch":
         return _prefetch(args.paths, args.threads)
+    if args.cache_command == "usage" and not args.cache_dir:
+        # the default cache and those of the running mounts (the demo's is a temporary one)
+        dirs = _caches_in_use(Path(default_cache_dir()).expanduser())
+        if dirs:
+            for one in dirs:
+                cmd_cache(argparse.Namespace(**dict(vars(args), cache_dir=str(one))))
+            return 0
     import fcntl
 
     from xnatfs.cache.content import ContentCache
@@ -645,6 +677,23 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _caches_in_use(default: Path) -> List[Path]:
+    """The default cache directory if it holds a cache, then the cache directory of each
+    running xnatfs mount (from its ``.xnatfs/stats``); empty when there is none of either."""
+    from xnatfs.fs.mounting import xnatfs_mounts
+
+    out = [default] if (default / "content").is_dir() else []
+    for mnt in xnatfs_mounts():
+        try:
+            with open(os.path.join(mnt, ".xnatfs", "stats"), encoding="utf-8") as fh:
+                found = json.load(fh).get("cache_dir")
+        except (OSError, ValueError):
+            continue  # another user's mount, a stale one: not ours to report
+        if found and Path(found) not in out and (Path(found) / "content").is_dir():
+            out.append(Path(found))
+    return out
+
+
 def _no_fetch(uri: str, sink: Any) -> None:
     raise OSError(f"the cache command does not download ({uri})")
 
@@ -656,8 +705,17 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
 
     from tqdm import tqdm
 
+    from xnatfs.fs.mounting import xnatfs_mounts
+
+    mounts = xnatfs_mounts()
     files: List[Tuple[str, int]] = []
     for top in paths:
+        # abspath, never realpath (that would stat through a mount): reading files elsewhere
+        # would only copy them into nothing
+        absolute = os.path.abspath(top)
+        if not any(absolute == m or absolute.startswith(m.rstrip("/") + "/") for m in mounts):
+            raise UsageError(f"{top} is not inside an xnatfs mount (mounted: "
+                             f"{', '.join(mounts) or 'none'}); nothing was read")
         if os.path.isfile(top):
             files.append((top, os.path.getsize(top)))
             continue
@@ -693,10 +751,27 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
 def cmd_emulator(argv: List[str]) -> int:
     from xnatfs.emulator.cli import main as emulator_main
 
-    return emulator_main(argv)
+    return emulator_main(argv, prog="xnatfs emulator")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; a reader that goes away (``xnatfs status MNT | head -1``) ends it
+    quietly with the shell's status for SIGPIPE, 141, instead of a ``BrokenPipeError``
+    traceback (issue 16 §5)."""
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()  # inside the try: the last lines may still sit in the buffer
+        return rc
+    except BrokenPipeError:
+        # Python's documented recipe: point stdout at /dev/null so that the flush at exit
+        # does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "emulator":
         return cmd_emulator(argv[1:])
