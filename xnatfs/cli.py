@@ -588,15 +588,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _load_fuse()
     workdir = Path(tempfile.mkdtemp(prefix="xnatfs-demo-"))
     os.chmod(workdir, 0o700)
-    data = args.data or workdir / "archive"
+    data = args.data.resolve() if args.data else workdir / "archive"
     user, password = "admin", "admin"
     emu = Emulator(data, user=user, password=password, seed="demo", port=args.port)
     print("xnatfs demo: starting the XNAT emulator with demo data ...", flush=True)
     emu.start()
     options = Options(url=emu.url, cache_dir=workdir / "cache")
+    log_path = workdir / "xnatfs.log"
     argv = [sys.executable, "-m", "xnatfs", "mount", emu.url, mountpoint, "--foreground",
-            "--credentials-stdin", "--cache-dir", str(options.cache_dir), "--log-level", "warning"]
-    child = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
+            "--credentials-stdin", "--cache-dir", str(options.cache_dir), "--log-level", "info"]
+    with open(log_path, "ab") as log_fh:
+        # the mount's log goes to a file the banner names, not over the banner (issue 16 §7)
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log_fh, stderr=log_fh,
+                                 start_new_session=True)
     assert child.stdin is not None
     child.stdin.write(json.dumps({"username": user, "password": password}).encode() + b"\n")
     child.stdin.close()
@@ -606,11 +610,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         if not mounting.wait_mounted(mountpoint, time.monotonic() + MOUNT_WAIT_S,
                                      alive=lambda: child.poll() is None):
-            raise UsageError("the demo mount did not come up (see the messages above)")
+            raise UsageError(f"the demo mount did not come up; last log lines ({log_path}):"
+                             f"\n{_tail(log_path)}")
+        from xnatfs.emulator.seed import DEMO_USER
+
+        kept = (f"{data} (kept: run 'xnatfs demo --data {data}' again to see your writes)"
+                if args.data else f"{data} (removed at exit; --data DIR keeps it)")
         print(f"""
 xnatfs demo is running.
-  XNAT emulator : {emu.url}   (user {user}, password {password})
-  mounted at    : {mountpoint}
+  XNAT emulator : {emu.url}
+  users         : {user} / {password} (sees everything),
+                  {DEMO_USER[0]} / {DEMO_USER[1]} (sees only DEMO1)
+  mounted at    : {mountpoint} (as {user})
+  archive data  : {kept}
+  cache         : {options.cache_dir} (xnatfs cache usage; removed at exit)
+  log           : {log_path} (removed at exit)
 
 Try, in another terminal:
   ls {mountpoint}
