@@ -108,7 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xnatfs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("mount", help="mount an XNAT server")
+    p = sub.add_parser(
+        "mount", help="mount an XNAT server", description="Mount an XNAT server.",
+        epilog="Credentials (never on the command line): user and password in the config "
+        "file (which must then be private), else the netrc entry for the host (--netrc FILE, "
+        "else $NETRC, else ~/.netrc; refused when group- or world-readable), else a prompt on "
+        "a terminal, else XNATFS_USER/XNATFS_PASSWORD. 'xnatfs config URL' shows the netrc.")
     p.add_argument("url", help="XNAT base URL, e.g. https://xnat.example.org (context path included)")
     p.add_argument("mountpoint")
     _add_mount_options(p)
