@@ -703,14 +703,29 @@ def _caches_in_use(default: Path) -> List[Path]:
 
     out = [default] if (default / "content").is_dir() else []
     for mnt in xnatfs_mounts():
-        try:
-            with open(os.path.join(mnt, ".xnatfs", "stats"), encoding="utf-8") as fh:
-                found = json.load(fh).get("cache_dir")
-        except (OSError, ValueError):
-            continue  # another user's mount, a stale one: not ours to report
+        found = _mount_stats(mnt).get("cache_dir")
         if found and Path(found) not in out and (Path(found) / "content").is_dir():
             out.append(Path(found))
     return out
+
+
+def _mount_stats(mountpoint: str, timeout: float = 5.0) -> Dict[str, Any]:
+    """A mount's ``.xnatfs/stats``, or ``{}`` when it cannot be read within ``timeout`` (another
+    user's mount, a stale one, a daemon that does not answer: the reading thread is left
+    behind, as a daemon thread, rather than hanging the command)."""
+    result: Dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            with open(os.path.join(mountpoint, ".xnatfs", "stats"), encoding="utf-8") as fh:
+                result.update(json.load(fh))
+        except (OSError, ValueError):
+            pass
+
+    reader = threading.Thread(target=read, name="stats", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return dict(result) if not reader.is_alive() else {}
 
 
 def _no_fetch(uri: str, sink: Any) -> None:
@@ -729,9 +744,9 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
     mounts = xnatfs_mounts()
     files: List[Tuple[str, int]] = []
     for top in paths:
-        # abspath, never realpath (that would stat through a mount): reading files elsewhere
-        # would only copy them into nothing
-        absolute = os.path.abspath(top)
+        # reading files elsewhere would only copy them into nothing; realpath: a link to a
+        # mount is fine (it stats through the mount, which prefetch reads anyway)
+        absolute = os.path.realpath(top)
         if not any(absolute == m or absolute.startswith(m.rstrip("/") + "/") for m in mounts):
             raise UsageError(f"{top} is not inside an xnatfs mount (mounted: "
                              f"{', '.join(mounts) or 'none'}); nothing was read")

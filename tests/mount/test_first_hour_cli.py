@@ -164,10 +164,12 @@ def test_prefetch_refuses_paths_outside_a_mount(shared_emulator, make_mount, tmp
     (outside / "a.txt").write_text("local\n")
     line = _only_line(xnatfs("cache", "prefetch", str(outside), env=_env(tmp_path)))
     assert "not inside an xnatfs mount" in line and str(outside) in line
-    res = xnatfs("cache", "prefetch", str(m.path / "DEMO1/resources/protocols"),
-                 env=_env(tmp_path))
-    assert res.returncode == 0, res.stderr
-    assert re.search(r"prefetched (\d+) of \1 files", res.stdout), res.stdout
+    link = tmp_path / "protocols-link"  # a link into the mount is inside it
+    link.symlink_to(m.path / "DEMO1/resources/protocols")
+    for inside in (m.path / "DEMO1/resources/protocols", link):
+        res = xnatfs("cache", "prefetch", str(inside), env=_env(tmp_path))
+        assert res.returncode == 0, res.stderr
+        assert re.search(r"prefetched ([1-9]\d*) of \1 files", res.stdout), res.stdout
 
 
 def test_cache_usage_finds_a_running_mounts_cache(shared_emulator, make_mount, tmp_path):
