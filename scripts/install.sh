@@ -36,7 +36,8 @@ link_commands() {
   echo "xnatfs install: linked xnatfs and mount.xnatfs into $bin_dir"
   case ":$PATH:" in
     *":$bin_dir:"*) ;;
-    *) echo "xnatfs install: $bin_dir is not on your PATH; add it: export PATH=\"$bin_dir:\$PATH\"";;
+    *) echo "xnatfs install: $bin_dir is not on your PATH; add it:" \
+         "export PATH=\"$bin_dir:\$PATH\"";;
   esac
 }
 
