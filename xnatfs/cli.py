@@ -657,6 +657,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
     """``xnatfs cache usage|prune|clear|prefetch``."""
     if args.cache_command == "prefetch":
         return _prefetch(args.paths, args.threads)
+    import fcntl
+
+    from xnatfs.cache.content import ContentCache
+
     if args.cache_command == "usage" and not args.cache_dir:
         # the default cache and those of the running mounts (the demo's is a temporary one)
         dirs = _caches_in_use(Path(default_cache_dir()).expanduser())
@@ -664,10 +668,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
             for one in dirs:
                 cmd_cache(argparse.Namespace(**dict(vars(args), cache_dir=str(one))))
             return 0
-    import fcntl
-
-    from xnatfs.cache.content import ContentCache
-
     cache_dir = Path(args.cache_dir or default_cache_dir()).expanduser()
     content = cache_dir / "content"
     if not content.is_dir():
@@ -694,38 +694,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
     finally:
         lock.close()
     return 0
-
-
-def _caches_in_use(default: Path) -> List[Path]:
-    """The default cache directory if it holds a cache, then the cache directory of each
-    running xnatfs mount (from its ``.xnatfs/stats``); empty when there is none of either."""
-    from xnatfs.fs.mounting import xnatfs_mounts
-
-    out = [default] if (default / "content").is_dir() else []
-    for mnt in xnatfs_mounts():
-        found = _mount_stats(mnt).get("cache_dir")
-        if found and Path(found) not in out and (Path(found) / "content").is_dir():
-            out.append(Path(found))
-    return out
-
-
-def _mount_stats(mountpoint: str, timeout: float = 5.0) -> Dict[str, Any]:
-    """A mount's ``.xnatfs/stats``, or ``{}`` when it cannot be read within ``timeout`` (another
-    user's mount, a stale one, a daemon that does not answer: the reading thread is left
-    behind, as a daemon thread, rather than hanging the command)."""
-    result: Dict[str, Any] = {}
-
-    def read() -> None:
-        try:
-            with open(os.path.join(mountpoint, ".xnatfs", "stats"), encoding="utf-8") as fh:
-                result.update(json.load(fh))
-        except (OSError, ValueError):
-            pass
-
-    reader = threading.Thread(target=read, name="stats", daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return dict(result) if not reader.is_alive() else {}
 
 
 def _no_fetch(uri: str, sink: Any) -> None:
@@ -780,6 +748,38 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
         print(f"xnatfs: prefetch {line}", file=sys.stderr)
     print(f"prefetched {len(files) - len(failed)} of {len(files)} files")
     return 1 if failed else 0
+
+
+def _caches_in_use(default: Path) -> List[Path]:
+    """The default cache directory if it holds a cache, then the cache directory of each
+    running xnatfs mount (from its ``.xnatfs/stats``); empty when there is none of either."""
+    from xnatfs.fs.mounting import xnatfs_mounts
+
+    out = [default] if (default / "content").is_dir() else []
+    for mnt in xnatfs_mounts():
+        found = _mount_stats(mnt).get("cache_dir")
+        if found and Path(found) not in out and (Path(found) / "content").is_dir():
+            out.append(Path(found))
+    return out
+
+
+def _mount_stats(mountpoint: str, timeout: float = 5.0) -> Dict[str, Any]:
+    """A mount's ``.xnatfs/stats``, or ``{}`` when it cannot be read within ``timeout`` (another
+    user's mount, a stale one, a daemon that does not answer: the reading thread is left
+    behind, as a daemon thread, rather than hanging the command)."""
+    result: Dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            with open(os.path.join(mountpoint, ".xnatfs", "stats"), encoding="utf-8") as fh:
+                result.update(json.load(fh))
+        except (OSError, ValueError):
+            pass
+
+    reader = threading.Thread(target=read, name="stats", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return dict(result) if not reader.is_alive() else {}
 
 
 def cmd_emulator(argv: List[str]) -> int:
