@@ -573,7 +573,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if failed:
         # a failed file stays listed (README "Writes become uploads"); rm is how it goes
         example = os.path.join(os.path.abspath(args.mountpoint), failed[0]["path"].lstrip("/"))
-        print(f"failed files are never retried: to discard one, rm it in the mount "
+        print(f"failed files are not retried: to discard one, rm it in the mount "
               f"(rm '{example}'); to retry, fix the cause, copy it out, rm it and copy it in "
               f"again")
     return 0
