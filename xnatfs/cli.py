@@ -116,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xnatfs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("mount", help="mount an XNAT server")
+    p = sub.add_parser(
+        "mount", help="mount an XNAT server", description="Mount an XNAT server.",
+        epilog="Credentials (never on the command line): user and password in the config "
+        "file (which must then be private), else the netrc entry for the host (--netrc FILE, "
+        "else $NETRC, else ~/.netrc; refused when group- or world-readable), else a prompt on "
+        "a terminal, else XNATFS_USER/XNATFS_PASSWORD. 'xnatfs config URL' shows the netrc.")
     p.add_argument("url", help="XNAT base URL, e.g. https://xnat.example.org (context path included)")
     p.add_argument("mountpoint")
     _add_mount_options(p)
@@ -268,6 +273,12 @@ def _check_server(options: Options, creds: Any) -> None:
         pool_size=1, connect_timeout=options.connect_timeout, read_timeout=options.read_timeout,
         retries=1, verify=options.verify, heartbeat=False,
         deadline=options.fs_timeout))  # the check is bounded like every call (issue 17 §1)
+    # the outcome is the one line below: the client's own log line of the same refusal would
+    # print first, timestamped (issue 16 §5); at --log-level debug it stays
+    client_log = logging.getLogger("xnatfs.xnat")
+    old_level = client_log.level
+    if not client_log.isEnabledFor(logging.DEBUG):
+        client_log.setLevel(logging.CRITICAL)
     try:
         client.start()
     except xe.Unauthorized:
@@ -282,6 +293,7 @@ def _check_server(options: Options, creds: Any) -> None:
             client.close()
         except Exception:  # noqa: BLE001 - best-effort logout of the check session
             pass
+        client_log.setLevel(old_level)
 
 
 def _prepare_mountpoint(mountpoint: str, nonempty: bool = False) -> str:
@@ -356,6 +368,13 @@ def cmd_config(args: argparse.Namespace) -> int:
     from xnatfs import config as xc
 
     settings = settings_from_args(args)
+    if settings["netrc"][0] is None:
+        # show the file the credentials really come from (xnat/auth.py: $NETRC, else ~/.netrc)
+        from xnatfs.xnat.auth import _default_netrc
+
+        path, explicit = _default_netrc(os.environ)
+        exists = "" if os.path.exists(path) else ", missing"
+        settings["netrc"] = (path, ("environment ($NETRC)" if explicit else "default") + exists)
     print(xc.render(settings, xc.load_config(args.config)), end="")
     return 0
 
@@ -486,6 +505,10 @@ def fuse_kwargs(options: Options, mfusepy: Any) -> Dict[str, object]:
     }
     if getattr(mfusepy, "fuse_version_major", 3) >= 3:
         kwargs["max_threads"] = options.max_threads
+        # libfuse 3.14 checks the unset max_idle_threads (UINT_MAX) as a value and prints
+        # "Ignoring invalid max threads value 4294967295" on every mount (libfuse#1003,
+        # fuse-notes.md §1.3): a valid value silences it; idle workers are kept up to the pool
+        kwargs["max_idle_threads"] = options.max_threads
     for key, value in options.fuse_options.items():
         if key in ("big_writes", "large_read") and getattr(mfusepy, "fuse_version_major", 3) >= 3:
             log.warning("ignoring -o %s: libfuse3 refuses it (fuse-notes.md §1.3)", key)
@@ -587,6 +610,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         if item.get("last_error"):
             line += f": {item['last_error']}"
         print(line)
+    failed = [item for item in uploads if item.get("state") == "failed" and item.get("path")]
+    if failed:
+        # a failed file stays listed (README "Writes become uploads"); rm is how it goes
+        example = os.path.join(os.path.abspath(args.mountpoint), failed[0]["path"].lstrip("/"))
+        print(f"failed files are not retried: to discard one, rm it in the mount "
+              f"(rm '{example}'); to retry, fix the cause, copy it out, rm it and copy it in "
+              f"again")
     return 0
 
 
@@ -604,15 +634,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _load_fuse()
     workdir = Path(tempfile.mkdtemp(prefix="xnatfs-demo-"))
     os.chmod(workdir, 0o700)
-    data = args.data or workdir / "archive"
+    data = args.data.resolve() if args.data else workdir / "archive"
     user, password = "admin", "admin"
     emu = Emulator(data, user=user, password=password, seed="demo", port=args.port)
     print("xnatfs demo: starting the XNAT emulator with demo data ...", flush=True)
     emu.start()
     options = Options(url=emu.url, cache_dir=workdir / "cache")
+    log_path = workdir / "xnatfs.log"
     argv = [sys.executable, "-m", "xnatfs", "mount", emu.url, mountpoint, "--foreground",
-            "--credentials-stdin", "--cache-dir", str(options.cache_dir), "--log-level", "warning"]
-    child = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
+            "--credentials-stdin", "--cache-dir", str(options.cache_dir), "--log-level", "info"]
+    with open(log_path, "ab") as log_fh:
+        # the mount's log goes to a file the banner names, not over the banner (issue 16 §7)
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log_fh, stderr=log_fh,
+                                 start_new_session=True)
     assert child.stdin is not None
     child.stdin.write(json.dumps({"username": user, "password": password}).encode() + b"\n")
     child.stdin.close()
@@ -622,11 +656,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         if not mounting.wait_mounted(mountpoint, time.monotonic() + MOUNT_WAIT_S,
                                      alive=lambda: child.poll() is None):
-            raise UsageError("the demo mount did not come up (see the messages above)")
+            raise UsageError(f"the demo mount did not come up; last log lines ({log_path}):"
+                             f"\n{_tail(log_path)}")
+        from xnatfs.emulator.seed import DEMO_USER
+
+        kept = (f"{data} (kept: run 'xnatfs demo --data {data}' again to see your writes)"
+                if args.data else f"{data} (removed at exit; --data DIR keeps it)")
         print(f"""
 xnatfs demo is running.
-  XNAT emulator : {emu.url}   (user {user}, password {password})
-  mounted at    : {mountpoint}
+  XNAT emulator : {emu.url}
+  users         : {user} / {password} (sees everything),
+                  {DEMO_USER[0]} / {DEMO_USER[1]} (sees only DEMO1)
+  mounted at    : {mountpoint} (as {user})
+  archive data  : {kept}
+  cache         : {options.cache_dir} (xnatfs cache usage; removed at exit)
+  log           : {log_path} (removed at exit)
 
 Try, in another terminal:
   ls {mountpoint}
@@ -660,6 +704,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     from xnatfs.cache.content import ContentCache
 
+    if args.cache_command == "usage" and not args.cache_dir:
+        # the default cache and those of the running mounts (the demo's is a temporary one)
+        dirs = _caches_in_use(Path(default_cache_dir()).expanduser())
+        if dirs:
+            for one in dirs:
+                cmd_cache(argparse.Namespace(**dict(vars(args), cache_dir=str(one))))
+            return 0
     cache_dir = Path(args.cache_dir or default_cache_dir()).expanduser()
     content = cache_dir / "content"
     if not content.is_dir():
@@ -729,8 +780,17 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
 
     from tqdm import tqdm
 
+    from xnatfs.fs.mounting import xnatfs_mounts
+
+    mounts = xnatfs_mounts()
     files: List[Tuple[str, int]] = []
     for top in paths:
+        # reading files elsewhere would only copy them into nothing; realpath: a link to a
+        # mount is fine (it stats through the mount, which prefetch reads anyway)
+        absolute = os.path.realpath(top)
+        if not any(absolute == m or absolute.startswith(m.rstrip("/") + "/") for m in mounts):
+            raise UsageError(f"{top} is not inside an xnatfs mount (mounted: "
+                             f"{', '.join(mounts) or 'none'}); nothing was read")
         if os.path.isfile(top):
             files.append((top, os.path.getsize(top)))
             continue
@@ -763,13 +823,62 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
     return 1 if failed else 0
 
 
+def _caches_in_use(default: Path) -> List[Path]:
+    """The default cache directory if it holds a cache, then the cache directory of each
+    running xnatfs mount (from its ``.xnatfs/stats``); empty when there is none of either."""
+    from xnatfs.fs.mounting import xnatfs_mounts
+
+    out = [default] if (default / "content").is_dir() else []
+    for mnt in xnatfs_mounts():
+        found = _mount_stats(mnt).get("cache_dir")
+        if found and Path(found) not in out and (Path(found) / "content").is_dir():
+            out.append(Path(found))
+    return out
+
+
+def _mount_stats(mountpoint: str, timeout: float = 5.0) -> Dict[str, Any]:
+    """A mount's ``.xnatfs/stats``, or ``{}`` when it cannot be read within ``timeout`` (another
+    user's mount, a stale one, a daemon that does not answer: the reading thread is left
+    behind, as a daemon thread, rather than hanging the command)."""
+    result: Dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            with open(os.path.join(mountpoint, ".xnatfs", "stats"), encoding="utf-8") as fh:
+                result.update(json.load(fh))
+        except (OSError, ValueError):
+            pass
+
+    reader = threading.Thread(target=read, name="stats", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return dict(result) if not reader.is_alive() else {}
+
+
 def cmd_emulator(argv: List[str]) -> int:
     from xnatfs.emulator.cli import main as emulator_main
 
-    return emulator_main(argv)
+    return emulator_main(argv, prog="xnatfs emulator")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; a reader that goes away (``xnatfs status MNT | head -1``) ends it
+    quietly with the shell's status for SIGPIPE, 141, instead of a ``BrokenPipeError``
+    traceback (issue 16 §5)."""
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()  # inside the try: the last lines may still sit in the buffer
+        return rc
+    except BrokenPipeError:
+        # Python's documented recipe: point stdout at /dev/null so that the flush at exit
+        # does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "emulator":
         return cmd_emulator(argv[1:])

@@ -36,6 +36,19 @@ def errno_for(exc: BaseException) -> int:
     return errno.EIO
 
 
+#: attribute calls: ``ls``/``cp`` ask for ``security.*``, ACLs and capabilities on every file
+_XATTR_OPS = frozenset({"getxattr", "listxattr", "setxattr", "removexattr"})
+
+
+def is_refusal(op: str, code: int) -> bool:
+    """An expected answer, not a failure, so not counted in the stats' ``errors`` (issue 16
+    §5): a missing name (``ENOENT``), a missing attribute (``ENODATA``) and the ``ENOTSUP`` that
+    every ``ls -l`` gets for the ``security.*`` attributes xnatfs does not serve."""
+    if code in (errno.ENOENT, errno.ENODATA):
+        return True
+    return op in _XATTR_OPS and code == errno.ENOTSUP
+
+
 def describe(op: str, path: str, exc: BaseException) -> str:
     """One log line, subject first: ``read /P/x.dcm: GET <url> -> 503 ...: <text>``."""
     return f"{op} {path}: {exc}"

@@ -68,7 +68,7 @@ def _op(func: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException as exc:  # noqa: BLE001 - the errno table decides
             code = errmap.errno_for(exc)
             errmap.log_failure(name, str(path), exc, code)
-            if self.runtime is not None and code not in (errno.ENOENT, errno.ENODATA):
+            if self.runtime is not None and not errmap.is_refusal(name, code):
                 self.runtime.note_error(errno.errorcode.get(code, str(code)))
             raise mfusepy.FuseOSError(code) from None
 
