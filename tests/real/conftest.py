@@ -8,7 +8,9 @@ the fixture starts an emulator with demo data and a fresh scratch project, so CI
 tests and they cannot rot.
 
 Knobs (environment): ``XNATFS_TEST_SAMPLE`` (objects per level in the read checks, default 2),
-``XNATFS_TEST_MAX_MB`` (largest file the read checks hash, default 64).
+``XNATFS_TEST_MAX_MB`` (largest file the read checks hash, default 64), ``XNATFS_TEST_ACCESS_LOG``
+(the server's access log as ``METHOD PATH STATUS BYTES`` lines, e.g. the emulator's
+``--access-log``: request counts are checked only with it).
 
 The default ``pytest tests/`` run includes these tests once: ``test_selfcheck.py`` runs them in a
 child ``pytest -m real`` against a separately started emulator (what a user with a real server
@@ -64,7 +66,22 @@ class Target:
     user: str
     password: str
     project: str          # the scratch project
-    emulator: bool        # started by this fixture (request counts can be read from its log)
+    emulator: bool        # started by this fixture
+    #: the server's access log in the emulator's "METHOD PATH STATUS BYTES" format, when known
+    #: (``XNATFS_TEST_ACCESS_LOG``): request counts are checked only then
+    access_log: Optional[Path] = None
+
+    def requests_since(self, mark: int) -> List[tuple]:
+        """(method, path) of the requests logged after line ``mark``."""
+        return [tuple(ln.split(" ")[:2]) for ln in self._lines()[mark:] if " " in ln]
+
+    def log_mark(self) -> int:
+        return len(self._lines())
+
+    def _lines(self) -> List[str]:
+        if self.access_log is None or not self.access_log.exists():
+            return []
+        return self.access_log.read_text(encoding="utf-8", errors="replace").splitlines()
 
     def http(self) -> requests.Session:
         s = requests.Session()
@@ -94,12 +111,15 @@ def target(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
     if url:
         user, password = _credentials(url)
         project = os.environ.get("XNATFS_TEST_PROJECT", "")
-        yield Target(url, user, password, project, emulator=False)
+        log = os.environ.get("XNATFS_TEST_ACCESS_LOG")
+        yield Target(url, user, password, project, emulator=False,
+                     access_log=Path(log) if log else None)
         return
     base = tmp_path_factory.mktemp("real-emu")
     shutil.copytree(request.getfixturevalue("demo_template"), base / "data")
     run = EmulatorRun(base / "data", base / "access.log", seed="empty").start()
-    t = Target(run.url, ADMIN[0], ADMIN[1], SCRATCH_DEFAULT, emulator=True)
+    t = Target(run.url, ADMIN[0], ADMIN[1], SCRATCH_DEFAULT, emulator=True,
+               access_log=base / "access.log")
     r = t.http().put(f"{t.url}/data/projects/{t.project}", timeout=30)
     assert r.status_code in (200, 201), r.text
     try:

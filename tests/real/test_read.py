@@ -202,3 +202,23 @@ def test_resource_zip(sample: Sample, ro_mount: str, tmp_path) -> None:
     assert len(names) == len(sample.zip_names), names
     for path in sample.zip_names:
         assert any(n == path or n.endswith("/" + path) for n in names), (path, names)
+
+
+def test_ls_l_downloads_nothing(sample: Sample, ro_mount: str, target: Target) -> None:
+    """``ls -l`` of a resource's files (sizes included) costs at most one listing request and
+    never a file download: sizes come from the listing (README "What you see").  Checked only
+    where the server's access log is readable."""
+    if target.access_log is None:
+        pytest.skip("no access log of the server (XNATFS_TEST_ACCESS_LOG): request counts unknown")
+    lv = next((lv for lv in sample.levels if lv.path.endswith("/files") and lv.names), None)
+    if lv is None:
+        pytest.skip("the sample holds no files")
+    mark = target.log_mark()
+    names = fs_batch([("ls", f"{ro_mount}/{lv.path}")])[0]
+    stats = fs_batch([("stat", f"{ro_mount}/{lv.path}/{n}") for n in names])
+    assert all(isinstance(st, dict) for st in stats), stats
+    seen = target.requests_since(mark)
+    downloads = [p for m, p in seen if m in ("GET", "HEAD") and "/files/" in p.split("?")[0]]
+    listings = [p for m, p in seen if m == "GET" and p.split("?")[0].endswith("/files")]
+    assert downloads == [], seen
+    assert len(listings) <= 1, seen

@@ -35,7 +35,8 @@ def separate_emulator(tmp_path: Path, demo_template: Path) -> Iterator[str]:
     log = open(tmp_path / "emulator.out", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "xnatfs", "emulator", "--data", str(data),
                              "--port", "0", "--seed", "empty", "--user", ADMIN[0],
-                             "--password", ADMIN[1]],
+                             "--password", ADMIN[1], "--access-log",
+                             str(tmp_path / "access.log")],
                             stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT),
                             env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True)
     try:
@@ -64,7 +65,7 @@ def separate_emulator(tmp_path: Path, demo_template: Path) -> Iterator[str]:
 def _child_pytest(url: str, project: str, basetemp: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, XNATFS_TEST_URL=url, XNATFS_TEST_USER=ADMIN[0],
                XNATFS_TEST_PASSWORD=ADMIN[1], XNATFS_TEST_PROJECT=project,
-               PYTHONPATH=str(ROOT))
+               XNATFS_TEST_ACCESS_LOG=str(basetemp.parent / "access.log"), PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "real",
            "--basetemp", str(basetemp), "-o", "console_output_style=classic", "tests/real",
            *extra]
@@ -97,7 +98,7 @@ def test_real_mode_against_separate_emulator(separate_emulator: str, tmp_path: P
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
     passed = re.search(r"(\d+) passed", out)
-    assert passed and int(passed.group(1)) >= 12, out[-3000:]
+    assert passed and int(passed.group(1)) >= 13, out[-3000:]
     if HAVE_FUSE:
         assert "skipped" not in out, out[-3000:]
     assert _snapshot(scratch) == before
