@@ -2,7 +2,7 @@
 (``xnat-rest-api.md`` §6).
 
 Why it matters: an import that names a project but no ``dest`` lands where this setting says,
-not always in the prearchive.  XNAT's codes (``PrearcUtils.PrearcStatus``/``PrearchiveCode``):
+not always in the prearchive.  XNAT's codes (enum ``org.nrg.framework.constants.PrearchiveCode``):
 ``0`` manual (the session waits in the prearchive), ``4`` auto-archive, ``5`` auto-archive with
 overwrite.  **A fresh project is 4** (reported by a client verified live against XNAT 1.9.2.1),
 so xnatpy's documented ``services.import_(zip, project=, subject=)`` creates an archived
