@@ -8,6 +8,7 @@ import pytest
 from xnatfs.emulator import dicom, importer, prearchive
 from xnatfs.emulator.prearchive import Prearchive
 from xnatfs.emulator.store import Store
+from xnatfs.emulator import prearchive_code
 
 STUDY = dicom.StudySpec(seed="core/S1", patient_name="NEWSUBJ", patient_id="NEWSUBJ_MR1",
                         series=(dicom.SeriesSpec(1, "T1w", 3), dicom.SeriesSpec(2, "T2w", 2)))
@@ -36,6 +37,8 @@ def _run(store: Store, tmp_path: Path, data: bytes, user: str = "admin", **param
 
 
 def test_default_goes_to_prearchive_ready(store: Store, tmp_path: Path) -> None:
+    # no dest: the project's prearchive_code decides; 0 (manual) keeps it in the prearchive
+    prearchive_code.set_code(store, "P1", prearchive_code.MANUAL)
     uris = _run(store, tmp_path, dicom.build_dicom_zip(STUDY), project="P1")
     assert len(uris) == 1 and uris[0].startswith("/data/prearchive/projects/P1/")
     assert uris[0].endswith("/NEWSUBJ_MR1")
@@ -130,7 +133,7 @@ def test_gradual_dicom_receiving_then_build(store: Store, tmp_path: Path) -> Non
 
 
 def test_move_and_delete(store: Store, tmp_path: Path) -> None:
-    (uri,) = _run(store, tmp_path, dicom.build_dicom_zip(STUDY), project="P1")
+    (uri,) = _run(store, tmp_path, dicom.build_dicom_zip(STUDY), project="P1", dest="/prearchive")
     with Prearchive.for_store(store) as pa:
         s = pa.from_url(uri)
         moved = pa.move(s, "P2")

@@ -60,6 +60,9 @@ class Http:
     def delete(self, path: str, **kw: Any) -> _Resp:
         return self._do("DELETE", path, **kw)
 
+    def put(self, path: str, **kw: Any) -> _Resp:
+        return self._do("PUT", path, **kw)
+
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
@@ -121,7 +124,50 @@ def test_session_tree_and_file(admin: Http) -> None:
     assert admin.get(uri).headers["Content-Type"].startswith("text/xml")
 
 
+def test_import_without_dest_follows_prearchive_code(admin: Http, alice: Http) -> None:
+    """Issue 11 §3: a fresh project is 4 (auto-archive), so an import with a project and no
+    dest is archived; 0 keeps it in the prearchive; 5 archives over an existing session (§6)."""
+    study = dicom.StudySpec(seed="http/pcode", patient_name="PCODE", patient_id="PCODE_MR1",
+                            series=(dicom.SeriesSpec(1, "T1w", 2, rows=16, columns=16),))
+    r = admin.get("/data/projects/DEMO2/prearchive_code")
+    assert r.status_code == 200 and r.get_data(as_text=True) == "4"
+    r = admin.post("/data/services/import?project=DEMO2", data=dicom.build_dicom_zip(study),
+                   content_type="application/zip")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.get_data(as_text=True) == \
+        "/data/archive/projects/DEMO2/subjects/PCODE/experiments/PCODE_MR1\r\n"
+    # 4 again: the label exists, overwrite none -> a CONFLICT, not a silent merge
+    r = admin.post("/data/services/import?project=DEMO2", data=dicom.build_dicom_zip(study),
+                   content_type="application/zip")
+    assert r.status_code == 409
+    # 5: auto-archive with overwrite
+    assert admin.put("/data/projects/DEMO2/prearchive_code/5").status_code == 200
+    assert admin.get("/data/projects/DEMO2/prearchive_code").get_data(as_text=True) == "5"
+    r = admin.post("/data/services/import?project=DEMO2", data=dicom.build_dicom_zip(study),
+                   content_type="application/zip")
+    assert r.status_code == 200 and r.get_data(as_text=True).startswith("/data/archive/")
+    # 0: manual -> the prearchive
+    assert admin.put("/data/projects/DEMO2/prearchive_code/0").status_code == 200
+    r = admin.post("/data/services/import?project=DEMO2", data=dicom.build_dicom_zip(study),
+                   content_type="application/zip")
+    src = r.get_data(as_text=True).strip()
+    assert src.startswith("/data/prearchive/projects/DEMO2/"), src
+    assert admin.post("/data/services/prearchive/delete", query_string={"src": src}).status_code == 200
+    # bad codes and non-owners are refused; an explicit dest still wins
+    assert admin.put("/data/projects/DEMO2/prearchive_code/7").status_code == 400
+    assert alice.put("/data/projects/DEMO2/prearchive_code/4").status_code in (403, 404)
+    assert admin.put("/data/projects/DEMO2/prearchive_code/4").status_code == 200
+    r = admin.post("/data/services/import?project=DEMO2&dest=/prearchive",
+                   data=dicom.build_dicom_zip(study), content_type="application/zip")
+    src = r.get_data(as_text=True).strip()
+    assert src.startswith("/data/prearchive/projects/DEMO2/"), src
+    assert admin.post("/data/services/prearchive/delete", query_string={"src": src}).status_code == 200
+    assert admin.get("/data/projects/NOPE/prearchive_code").status_code == 404
+
+
 def test_import_to_prearchive_then_archive(admin: Http) -> None:
+    # the project's prearchive setting sends an import without dest to the prearchive (§6)
+    assert admin.put("/data/projects/DEMO1/prearchive_code/0").status_code == 200
     r = admin.post("/data/services/import?project=DEMO1&import-handler=DICOM-zip",
                    data=dicom.build_dicom_zip(STUDY), content_type="application/zip")
     assert r.status_code == 200 and r.mimetype == "text/uri-list"
@@ -163,7 +209,8 @@ def test_import_multipart_and_errors(admin: Http, alice: Http) -> None:
 
 
 def test_move_rebuild_actions(admin: Http) -> None:
-    src = admin.post("/data/services/import?project=DEMO1", data=dicom.build_dicom_zip(STUDY),
+    src = admin.post("/data/services/import?project=DEMO1&dest=/prearchive",
+                     data=dicom.build_dicom_zip(STUDY),
                      content_type="application/zip").get_data(as_text=True).strip()
     r = admin.post("/data/services/prearchive/rebuild", query_string={"src": src})
     assert _rows(r)[0]["status"] == "READY"

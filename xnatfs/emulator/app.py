@@ -54,6 +54,7 @@ from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request, Response
 
 from . import formats
+from . import prearchive_code as prearchive_codes
 from .auth import SessionTable, authenticate, check_credentials, is_browser
 from .store import (Conflict, ExperimentRow, FileRow, InvalidInput, NotFound, Parent, ProjectRow,
                     ResourceRow, ScanRow, Store, SubjectRow, TruncatedUpload, UserRow,
@@ -141,7 +142,8 @@ class Chain:
     collection: Optional[str] = None
     files: Optional[str] = None        # relative path after /files ("" = listing)
     files_dir: bool = False            # the path ended in "/"
-    extra: Optional[str] = None        # e.g. "status"
+    extra: Optional[str] = None        # e.g. "status", "prearchive_code"
+    extra_arg: Optional[str] = None    # the CODE of PUT .../prearchive_code/CODE
 
 
 @dataclass
@@ -182,6 +184,10 @@ def parse_chain(segments: list[str], trailing_slash: bool) -> Chain:
             continue
         if seg == "status" and links and i == len(segments) - 1:
             return Chain(links, extra="status")
+        if seg == "prearchive_code" and len(links) == 1 and links[0][0] == "project" \
+                and i >= len(segments) - 2:
+            return Chain(links, extra="prearchive_code",
+                         extra_arg=segments[i + 1] if i + 1 < len(segments) else None)
         kind = COLLECTIONS.get(seg)
         if kind is None:
             raise HttpError(404, f"Unknown path segment: {seg}")
@@ -670,6 +676,8 @@ class XnatApp:
         if chain.extra == "status":
             self.resolve(chain.links, user, False)
             return text_response("active")
+        if chain.extra == "prearchive_code":
+            return self.prearchive_code(request, chain, user)
         if chain.collection is not None:
             r = self.resolve(chain.links, user, write)
             if method in ("GET", "HEAD"):
@@ -877,6 +885,24 @@ class XnatApp:
         raise HttpError(404, "The requested resource was not found.")
 
     # -------------------------------------------------------------------------------- objects
+    def prearchive_code(self, request: Request, chain: Chain, user: UserRow) -> Response:
+        """``GET`` the bare integer as text; ``PUT .../prearchive_code/CODE`` sets it (§6)."""
+        method = request.method
+        if method in ("GET", "HEAD") and chain.extra_arg is None:
+            r = self.resolve(chain.links, user, False)
+            assert r.project is not None
+            return text_response(str(prearchive_codes.get(self.store, r.project.id)))
+        if method in ("PUT", "POST") and chain.extra_arg is not None:
+            r = self.resolve(chain.links, user, True)
+            assert r.project is not None
+            try:
+                code = prearchive_codes.parse(chain.extra_arg)
+            except ValueError:
+                raise HttpError(400, f"Invalid prearchive code: {chain.extra_arg}") from None
+            prearchive_codes.set_code(self.store, r.project.id, code)
+            return text_response("")
+        raise HttpError(405, "Method Not Allowed")
+
     def get_object(self, request: Request, kind: str, r: Resolved) -> Response:
         fmt = (request.args.get("format") or "xml").lower()
         if kind == "resource":
@@ -984,6 +1010,11 @@ class XnatApp:
                               "xnat_imagescandata_id": s.pk, "xnat_imageScanData_id": s.pk,
                               "image_session_ID": s.experiment_id,
                               "series_description": s.series_description}
+        # identity: xnat:imageScanData carries a ``project`` attribute (xnat.xsd), and XNAT's
+        # ItemJSONBuilder emits it in data_fields (docs/FIDELITY.md "single-object documents")
+        exp = self.store.get_experiment(s.experiment_id)
+        if exp is not None:
+            df["project"] = exp.project
         if s.note:
             df["note"] = s.note
         for k, v in s.fields.items():

@@ -4,8 +4,11 @@ A zip (or tar/tar.gz) of DICOM becomes one session per StudyInstanceUID; each se
 scan (ID = SeriesNumber, type = SeriesDescription) with a ``DICOM`` resource.  Where it lands is
 chosen by ``dest``:
 
-* ``/prearchive`` or ``/prearchive/projects/P`` (the default): a READY prearchive session;
-  the answer is its ``/data/prearchive/projects/P/TS/FOLDER`` URI.
+* ``/prearchive`` or ``/prearchive/projects/P``: a READY prearchive session; the answer is its
+  ``/data/prearchive/projects/P/TS/FOLDER`` URI.
+* no ``dest``: the project's prearchive setting (``prearchive_code.py``): a fresh project
+  auto-archives (code 4), code 0 keeps the session in the prearchive; an unknown or missing
+  project lands in the Unassigned prearchive.
 * ``/archive`` or ``/archive/projects/P[/subjects/S[/experiments/E]]``: an archived experiment,
   written directly with ``Direct-Archive=true``, otherwise staged in the prearchive and archived
   at once (so a label clash leaves a CONFLICT entry there, as on XNAT).
@@ -24,6 +27,7 @@ Unassigned), subject from ``subject``/``SUBJECT_ID`` else PatientName, session f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from . import prearchive_code
 from .dicom import ParsedStudy, ParsedUpload, UploadError, extract_dicom_archive, sniff_format
 from .prearchive import (UNASSIGNED, ArchiveConflict, Prearchive, PrearchiveError, ScanContent,
                          SessionContent, _safe_segment, archive_session, archive_uri,
@@ -203,6 +208,13 @@ def import_upload(store: Any, user: Any, params: ImportParams, body_path: str | 
         return [_gradual(store, user, params, dest, body_path)]
 
     project = _resolve_project(store, user, dest.project, required=dest.kind == "archive")
+    if not params.dest and project != UNASSIGNED:
+        # No dest: the project's prearchive setting decides, and a fresh project auto-archives
+        # (prearchive_code.py, xnat-rest-api.md §6).
+        kind, code_overwrite = prearchive_code.destination(prearchive_code.get(store, project))
+        dest = dataclasses.replace(dest, kind=kind)
+        if params.overwrite == "none":
+            params = dataclasses.replace(params, overwrite=code_overwrite)
     staging = _staging(store)
     try:
         try:

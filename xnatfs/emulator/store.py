@@ -483,6 +483,17 @@ class Store:
             r = self._one("SELECT * FROM projects WHERE secondary_id=? ORDER BY id LIMIT 1", (pid,))
         return self._project(r) if r else None
 
+    def get_project_setting(self, pid: str, name: str) -> Optional[str]:
+        """A per-project setting (e.g. ``prearchive_code``) kept in the ``meta`` table; None when
+        never set (the caller knows XNAT's default)."""
+        r = self._one("SELECT value FROM meta WHERE key=?", (f"project/{pid}/{name}",))
+        return None if r is None else r["value"]
+
+    def set_project_setting(self, pid: str, name: str, value: str) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)",
+                      (f"project/{pid}/{name}", value))
+
     def list_projects(self) -> list[ProjectRow]:
         return [self._project(r) for r in self._q("SELECT * FROM projects ORDER BY id")]
 
@@ -973,6 +984,8 @@ class Store:
                 self.delete_experiment(e["id"])
             self._delete_resources("project=?", (pid,))
             c.execute("DELETE FROM members WHERE project=?", (pid,))
+            pre = f"project/{pid}/"
+            c.execute("DELETE FROM meta WHERE substr(key, 1, ?) = ?", (len(pre), pre))
             cur = c.execute("DELETE FROM projects WHERE id=?", (pid,))
             return cur.rowcount > 0
 

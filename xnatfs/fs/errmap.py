@@ -18,6 +18,8 @@ _TABLE = (
     (xe.NotFound, errno.ENOENT),
     (xe.Unauthorized, errno.EACCES),
     (xe.Forbidden, errno.EACCES),
+    # 409, and XNAT's 200 {"duplicates": [...]} to an upload without overwrite=true (§4.5,
+    # FileList.handlePost; docs/FIDELITY.md): another client made the file first
     (xe.Conflict, errno.EEXIST),
     (xe.BadRequest, errno.EINVAL),
     (xe.XnatTimeout, errno.ETIMEDOUT),

@@ -602,7 +602,11 @@ class Writer:
             raise OSError(errno.EACCES, "removing files from XNAT needs --allow-delete", path)
         self.client.delete(node.uri)
         log.info("rm %s: deleted on XNAT", path)
-        self.tree.invalidate(join_path(parts[:-1]))
+        # a resource's files are one listing however deep the folders (§1.8): forget all of it,
+        # else a file in a sub-folder stays listed after rm (found by tests/real)
+        parent = self.tree.lookup(join_path(parts[:-1]))
+        root = self._files_root(parent, parts[:-1]) if parent.kind is Kind.FILES else parts[:-1]
+        self.tree.invalidate(join_path(root))
 
     def rmdir(self, path: str) -> None:
         parts = split_path(path)
