@@ -69,7 +69,10 @@ class ProxyConfig:
     tls_cert: str = ""       # serve https with this certificate chain ...
     tls_key: str = ""        # ... and key (both or neither)
     ca_file: str = "/etc/ssl/certs/ca-certificates.crt"   # to verify an https upstream
-    lock_timeout_s: int = 600   # longest wait behind another node's download of the same file
+    # Longest wait behind another node's download of the same file; then the request goes to
+    # XNAT itself, uncached.  A waiter gets no byte meanwhile, so this stays below the mounts'
+    # 30 s read timeout (options.read_timeout) rather than making them time out.
+    lock_timeout_s: int = 25
     workers: int = 2
     worker_user: str = ""    # only as root: the user nginx's workers run as
 
@@ -166,8 +169,8 @@ http {{
     proxy_set_header Connection "";
     proxy_set_header Host {hostport};
     proxy_connect_timeout 10s;
-    proxy_read_timeout 3600s;
-    proxy_send_timeout 3600s;
+    proxy_read_timeout 300s;
+    proxy_send_timeout 300s;
 {upstream_tls}
     server {{
         listen {listen_host}:{cfg.port}{" ssl" if cfg.tls_cert else ""};
@@ -304,7 +307,7 @@ def _unprivileged_user() -> str:
 def make_config(upstream: str, port: int, cache_dir: str, cache_size: int,
                 run_dir: Optional[str] = None, bind: str = "127.0.0.1", tls_cert: str = "",
                 tls_key: str = "", ca_file: str = "", workers: int = 2,
-                worker_user: str = "") -> ProxyConfig:
+                worker_user: str = "", lock_timeout_s: int = 25) -> ProxyConfig:
     if os.geteuid() == 0 and not worker_user:
         worker_user = _unprivileged_user()
     cfg = ProxyConfig(upstream=upstream.rstrip("/"), port=port,
@@ -312,7 +315,7 @@ def make_config(upstream: str, port: int, cache_dir: str, cache_size: int,
                       run_dir=os.path.abspath(run_dir) if run_dir else "",
                       cache_size=cache_size, bind=bind, tls_cert=tls_cert and
                       os.path.abspath(tls_cert), tls_key=tls_key and os.path.abspath(tls_key),
-                      workers=workers, worker_user=worker_user if os.geteuid() == 0 else "",
+                      workers=workers, lock_timeout_s=lock_timeout_s, worker_user=worker_user if os.geteuid() == 0 else "",
                       **({"ca_file": os.path.abspath(ca_file)} if ca_file
                                          else {}))
     cfg.scheme_host_port  # validate early
@@ -344,6 +347,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--upstream-ca", default="",
                    help="CA bundle to verify an https upstream (default: the system's)")
     p.add_argument("--workers", type=int, default=2, help="nginx worker processes (default 2)")
+    p.add_argument("--lock-timeout", type=int, default=25,
+                   help="seconds a request waits for another node's download of the same file "
+                   "before it fetches uncached (default 25; keep it below the mounts' 30 s "
+                   "read timeout)")
     p.add_argument("--worker-user", default="",
                    help="started as root: run nginx's workers as this user (default www-data, "
                    "else nobody); it must be able to reach --cache-dir")
@@ -357,7 +364,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                    else default_run_dir()),
                           bind=args.bind, tls_cert=args.tls_cert, tls_key=args.tls_key,
                           ca_file=args.upstream_ca, workers=args.workers,
-                          worker_user=args.worker_user)
+                          worker_user=args.worker_user, lock_timeout_s=args.lock_timeout)
         if args.print_config:
             print(render(cfg), end="")
             return 0
