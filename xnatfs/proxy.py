@@ -112,6 +112,9 @@ def render(cfg: ProxyConfig) -> str:
         raise ProxyError("--tls-cert and --tls-key go together")
     run, cache = cfg.run_dir, cfg.cache_dir
     hostport = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    # the Host header XNAT would get directly (no port when it is the scheme's default)
+    host_header = hostport if port != (443 if scheme == "https" else 80) else (
+        host if ":" not in host else f"[{host}]")
     listen_host = f"[{cfg.bind}]" if ":" in cfg.bind else cfg.bind
     ssl = ""
     if cfg.tls_cert:
@@ -167,7 +170,7 @@ http {{
 
     proxy_http_version 1.1;
     proxy_set_header Connection "";
-    proxy_set_header Host {hostport};
+    proxy_set_header Host {host_header};
     proxy_connect_timeout 10s;
     proxy_read_timeout 300s;
     proxy_send_timeout 300s;
@@ -194,7 +197,13 @@ http {{
             proxy_pass {scheme}://xnat;
             proxy_cache xnatfs;
             proxy_cache_key $request_uri;
-            proxy_cache_valid 200 30d;
+            # entries are refreshed daily: a bound on how long an entry stored under a digest
+            # the file did not have (the listing/download race) can cost its readers an EIO
+            proxy_cache_valid 200 1d;
+            # the key has no Accept-Encoding: store and serve XNAT's identity bytes only
+            proxy_set_header Accept-Encoding "";
+            proxy_set_header Host {host_header};   # (a location's own proxy_set_header
+            proxy_set_header Connection "";     # replaces all inherited ones)
             proxy_cache_methods GET HEAD;
             proxy_cache_lock on;
             proxy_cache_lock_timeout {cfg.lock_timeout_s}s;
@@ -216,6 +225,8 @@ http {{
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
             proxy_set_header Accept-Encoding identity;
+            proxy_set_header Host {host_header};
+            proxy_set_header Connection "";
             proxy_pass {scheme}://xnat$request_uri;
         }}
     }}

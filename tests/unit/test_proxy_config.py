@@ -46,6 +46,11 @@ def test_config_has_the_safety_parts(tmp_path):
     # nothing per user in the key, and the pass-through locations store nothing
     assert "$http_cookie" not in text and "$http_authorization" not in text
     assert text.count("proxy_cache xnatfs;") == 1
+    # a location with its own proxy_set_header inherits none: each one sets XNAT's Host again
+    assert text.count("proxy_set_header Host 127.0.0.1:8080;") == 1 + text.count(
+        "proxy_set_header Accept-Encoding")
+    assert "proxy_set_header Host xnat.example.org;" in proxy.render(
+        _cfg(tmp_path, upstream="https://xnat.example.org/xnat"))
 
 
 def test_refuses_bad_input(tmp_path):
