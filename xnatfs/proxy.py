@@ -277,7 +277,7 @@ def run(cfg: ProxyConfig, out=sys.stderr) -> int:
                          + (check.stderr.strip() or check.stdout.strip())[-800:])
     print(f"xnatfs cache-proxy: {cfg.upstream} cached in {cfg.cache_dir}; mounts use "
           f"{cfg.mount_url()} (run dir {cfg.run_dir})", file=out, flush=True)
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
 
     def stop(signum: int, _frame: object) -> None:
         if proc.poll() is None:
@@ -292,6 +292,17 @@ def run(cfg: ProxyConfig, out=sys.stderr) -> int:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: nginx gets SIGTERM if this process dies (even by SIGKILL), so
+    no orphaned proxy keeps the port and the cache (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def default_run_dir() -> str:
