@@ -35,6 +35,7 @@ error and access logs, temp files); no system nginx file is read or written (``-
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -82,6 +83,9 @@ class ProxyConfig:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ProxyError(f"--upstream must look like https://host[:port][/path], "
                              f"not {self.upstream!r}")
+        if not _HOST.fullmatch(parts.hostname):
+            raise ProxyError(f"--upstream host {parts.hostname!r} is not a plain host name or "
+                             f"address")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         return parts.scheme, parts.hostname, port
 
@@ -96,6 +100,10 @@ class ProxyConfig:
         if ":" in host:
             host = f"[{host}]"
         return f"{scheme}://{host}:{self.port}{self.context_path}"
+
+
+#: a host name, IPv4 or IPv6 address: nothing that could end an nginx directive
+_HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")
 
 
 def _q(value: str) -> str:
@@ -115,6 +123,8 @@ def render(cfg: ProxyConfig) -> str:
     # the Host header XNAT would get directly (no port when it is the scheme's default)
     host_header = hostport if port != (443 if scheme == "https" else 80) else (
         host if ":" not in host else f"[{host}]")
+    if not _HOST.fullmatch(cfg.bind):
+        raise ProxyError(f"--bind wants an address or host name, not {cfg.bind!r}")
     listen_host = f"[{cfg.bind}]" if ":" in cfg.bind else cfg.bind
     ssl = ""
     if cfg.tls_cert:

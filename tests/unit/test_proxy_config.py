@@ -56,6 +56,10 @@ def test_config_has_the_safety_parts(tmp_path):
 def test_refuses_bad_input(tmp_path):
     with pytest.raises(proxy.ProxyError):
         _cfg(tmp_path, upstream="ftp://x")
+    with pytest.raises(proxy.ProxyError):  # would end the `server` directive
+        _cfg(tmp_path, upstream="http://a;b/")
+    with pytest.raises(proxy.ProxyError):
+        proxy.render(_cfg(tmp_path, bind="0.0.0.0:1;x"))
     with pytest.raises(proxy.ProxyError):
         proxy.render(proxy.make_config("http://x", 1, str(tmp_path / 'a";b'), 1, run_dir="/r"))
     with pytest.raises(proxy.ProxyError):
