@@ -49,7 +49,7 @@ fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-APT_PACKAGES=(fuse3 python3 python3-venv python3-pip attr rsync systemd)
+APT_PACKAGES=(fuse3 python3 python3-venv python3-pip attr rsync systemd nginx)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("emulator", help="run the XNAT emulator alone (see 'xnatfs emulator -h')",
                    add_help=False)
+    sub.add_parser("cache-proxy", help="run a shared nginx cache of file bytes for many mounts "
+                   "(see 'xnatfs cache-proxy -h', docs/SCALING.md)", add_help=False)
     return parser
 
 
@@ -882,6 +884,10 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "emulator":
         return cmd_emulator(argv[1:])
+    if argv and argv[0] == "cache-proxy":
+        from xnatfs.proxy import main as proxy_main
+
+        return proxy_main(argv[1:])
     if argv and "://" in argv[0]:
         # mount.fuse3 runs "xnatfs SOURCE MOUNTPOINT -o OPTIONS" for fstab type fuse.xnatfs
         # and for "xnatfs#URL" sources (fuse-notes.md §3.1)

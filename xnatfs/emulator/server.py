@@ -250,7 +250,7 @@ class Emulator:
                                                 if environ.get("QUERY_STRING") else ""))
             is_control = environ.get("PATH_INFO", "").startswith(control_prefix)
             environ["xnatfs.emulator.control"] = is_control
-            state: dict[str, Any] = {"status": 0, "sent": 0}
+            state: dict[str, Any] = {"status": 0, "sent": 0, "t0": time.time()}
 
             def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
                 state["status"] = int(status.split(" ", 1)[0])
@@ -278,7 +278,7 @@ class Emulator:
                         self._rng.random() < f.drop_rate
                 result = app(environ, sr)
             except DropConnection:
-                self._record(method, raw_path, 0, 0)
+                self._record(method, raw_path, 0, 0, state["t0"])
                 raise
             return self._count(result, state, method, raw_path, drop)
 
@@ -304,7 +304,7 @@ class Emulator:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-            self._record(method, raw_path, state["status"], state["sent"])
+            self._record(method, raw_path, state["status"], state["sent"], state["t0"])
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until every request that arrived has been recorded in the access log (a client
@@ -318,11 +318,16 @@ class Emulator:
                 self._idle.wait(remaining)
         return True
 
-    def _record(self, method: str, path_qs: str, status: int, sent: int) -> None:
+    def _record(self, method: str, path_qs: str, status: int, sent: int,
+                 t0: Optional[float] = None) -> None:
         rec = AccessRecord(method, path_qs, status, sent)
+        # fields 5 and 6 (start as Unix time, duration in ms) feed benchmarks/scale.py's
+        # latency and concurrency figures; readers of the first four fields are unaffected
+        t0 = time.time() if t0 is None else t0
+        timing = f" {t0:.6f} {(time.time() - t0) * 1000:.3f}"
         with self._records_lock:
             self._in_flight = max(0, self._in_flight - 1)
             self._idle.notify_all()
             self._records.append(rec)
             if self._log_fh is not None:
-                self._log_fh.write(f"{method} {path_qs} {status} {sent}\n")
+                self._log_fh.write(f"{method} {path_qs} {status} {sent}{timing}\n")

@@ -24,6 +24,7 @@ Public API (stable; emulator-data codes against it). All ids are ``str`` except 
     st.check_password(name, password) -> bool
     st.get_user(name) -> UserRow | None                        # .name .admin .projects
     st.add_member(name, project_id)
+    st.remove_member(name, project_id)
     st.can_read(user, project_id) -> bool                      # admin or member
     st.accessible_projects(user) -> list[str]
 
@@ -408,6 +409,11 @@ class Store:
     def add_member(self, name: str, project_id: str) -> None:
         with self._tx() as c:
             c.execute("INSERT OR IGNORE INTO members VALUES (?,?)", (name, project_id))
+
+    def remove_member(self, name: str, project_id: str) -> None:
+        """Revoke access (tests: a user whose access ends while a proxy holds the bytes)."""
+        with self._tx() as c:
+            c.execute("DELETE FROM members WHERE user=? AND project=?", (name, project_id))
 
     def check_password(self, name: str, password: str) -> bool:
         r = self._one("SELECT password FROM users WHERE name=?", (name,))

@@ -755,8 +755,19 @@ def _bulk_max_files() -> int:
 @functools.lru_cache(maxsize=65536)
 def _content_key(uri: str, size: int, digest: str, mtime: Optional[float]) -> ContentKey:
     """One ContentKey object per file version, so its hexname (json + sha256) is computed once
-    and not on every open, prefetch check and xattr read."""
+    and not on every open, prefetch check and xattr read.
+
+    The listed MD5 rides on the download URL as ``xnatfs_md5=``, a parameter XNAT does not read
+    (xnat-rest-api.md §1.2, §3.1), so that a shared cache proxy (``xnatfs cache-proxy``,
+    docs/SCALING.md) keys on it: a file changed on XNAT has a new URL and never an old entry."""
+    if digest and _HEX.fullmatch(digest):
+        uri += ("&" if "?" in uri else "?") + DIGEST_PARAM + "=" + digest.lower()
     return ContentKey(uri=uri, size=size, digest=digest, mtime=mtime)
+
+
+#: the download URL parameter that carries the listed MD5 (the cache proxy's key)
+DIGEST_PARAM = "xnatfs_md5"
+_HEX = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def _attrs(**values: Optional[str]) -> Dict[str, str]:
