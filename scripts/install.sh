@@ -3,6 +3,7 @@
 #   bash scripts/install.sh demo [MOUNTPOINT]   install everything, then run the demo mount
 #   bash scripts/install.sh test [PYTEST ARGS]  install everything, then run the whole test suite
 #   bash scripts/install.sh install             install only
+#   bash scripts/install.sh proxy               install, plus nginx for `xnatfs cache-proxy`
 #   bash scripts/install.sh link                only put xnatfs on PATH (after an install)
 # It installs the apt packages xnatfs needs (fuse3, python3-venv, attr, rsync, systemd for
 # systemd-analyze), creates the
@@ -49,7 +50,12 @@ fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-APT_PACKAGES=(fuse3 python3 python3-venv python3-pip attr rsync systemd nginx)
+APT_PACKAGES=(fuse3 python3 python3-venv python3-pip attr rsync systemd)
+# nginx runs `xnatfs cache-proxy` (a cluster's shared cache tier) and its tests; a workstation
+# or the demo does not need it, and Debian's package starts a system nginx on port 80
+case "$action" in
+  test|proxy) APT_PACKAGES+=(nginx);;
+esac
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -71,6 +77,9 @@ link_commands
 case "$action" in
   install)
     echo "xnatfs installed: $(pwd)/.venv/bin/xnatfs (try: xnatfs demo)";;
+  proxy)
+    echo "xnatfs installed with nginx for xnatfs cache-proxy (Debian starts a system nginx on" \
+         "port 80: systemctl disable --now nginx if you do not want it)";;
   demo)
     exec .venv/bin/xnatfs demo "${1:-$PWD/xnat-demo}";;
   test)
@@ -83,6 +92,6 @@ case "$action" in
     # pytest exits 5 when it collected no test: that is a failure of the suite, not a pass
     exit "$rc";;
   *)
-    echo "usage: bash scripts/install.sh [install|link|demo [MOUNTPOINT]|test [PYTEST ARGS]]" >&2
+    echo "usage: bash scripts/install.sh [install|link|proxy|demo [MOUNTPOINT]|test [PYTEST ARGS]]" >&2
     exit 2;;
 esac
