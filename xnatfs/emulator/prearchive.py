@@ -285,7 +285,12 @@ class Prearchive:
         session as the service's status table shows it (still in its old project)."""
         queued_status, _running = _QUEUED_STATUS[op]
         allowed = (RECEIVING, "RECEIVING_INTERRUPT", *_SETTLED) if op == "delete" else _SETTLED
-        self.set_status(s, queued_status, allowed)
+        try:
+            self.set_status(s, queued_status, allowed)
+        except StatusConflict:
+            # PrearchiveBatchMove & co.: SessionException InvalidStatus -> 403
+            raise StatusConflict(f"Can't {op} session {s.folder} and timestamp {s.timestamp} in "
+                                 f"project {s.project} as it has an invalid status", 403) from None
         now = self.clock()
         with self._tx() as c:
             c.execute("INSERT OR REPLACE INTO queued VALUES (?,?,?,?,?,?,?)",
