@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("paths", nargs="+", help="files or folders inside an xnatfs mount")
     c.add_argument("--threads", type=int, default=8)
 
+    from xnatfs import prearchive_cli
+
+    prearchive_cli.add_parser(sub)
     sub.add_parser("emulator", help="run the XNAT emulator alone (see 'xnatfs emulator -h')",
                    add_help=False)
     return parser
@@ -698,6 +701,12 @@ def cmd_emulator(argv: List[str]) -> int:
     return emulator_main(argv)
 
 
+def _cmd_prearchive(args: argparse.Namespace) -> int:
+    from xnatfs import prearchive_cli
+
+    return prearchive_cli.run(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "emulator":
@@ -708,7 +717,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return mount_helper_main(argv)
     args = build_parser().parse_args(argv)
     handlers = {"mount": cmd_mount, "umount": cmd_umount, "status": cmd_status,
-                "demo": cmd_demo, "config": cmd_config, "cache": cmd_cache}
+                "demo": cmd_demo, "config": cmd_config, "cache": cmd_cache,
+                "prearchive": _cmd_prearchive}
     from xnatfs.config import ConfigError
 
     try:

@@ -284,7 +284,7 @@ class Prearchive:
         """Mark ``s`` ``QUEUED_<OP>`` and queue ``op`` (``PrearchiveBatch*``, §7.3); answers the
         session as the service's status table shows it (still in its old project)."""
         queued_status, _running = _QUEUED_STATUS[op]
-        allowed = (RECEIVING, "RECEIVING_INTERRUPT", *_SETTLED) if op == "delete" else _SETTLED
+        allowed = _SETTLED if op == "move" else (RECEIVING, "RECEIVING_INTERRUPT", *_SETTLED)
         try:
             self.set_status(s, queued_status, allowed)
         except StatusConflict:
