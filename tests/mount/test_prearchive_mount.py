@@ -133,3 +133,34 @@ def test_action_on_a_busy_session_gives_ebusy_within_the_timeout(emu, make_mount
     assert err.value.errno == errno.EINVAL
     os.rename(src, m.path / ".prearchive" / "DEMO2" / folder)
     assert _sessions(emu.url, "DEMO2", "PREBUSY") == [("DEMO2", ts, "READY")]
+
+
+def test_cli_archive_and_delete_by_uri(emu, tmp_path):
+    """``xnatfs prearchive archive|delete URI --url``: no mount needed; checked with xnatpy."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home), XNATFS_USER=ADMIN[0], XNATFS_PASSWORD=ADMIN[1])
+    env.pop("NETRC", None)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "xnatfs", "prearchive", *args,
+                               "--url", emu.url], capture_output=True, text=True, timeout=90,
+                              env=env, stdin=subprocess.DEVNULL)
+
+    ts, folder = _import(emu.url, tmp_path, "PRECLIA")
+    uri = f"/data/prearchive/projects/DEMO1/{ts}/{folder}"
+    res = cli("archive", uri, "--subject", "SUBJ02", "--label", "PRECLIA_MR9")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == \
+        "/data/archive/projects/DEMO1/subjects/SUBJ02/experiments/PRECLIA_MR9"
+    with xnat.connect(emu.url, user=ADMIN[0], password=ADMIN[1], loglevel="ERROR") as s:
+        exp = s.projects["DEMO1"].subjects["SUBJ02"].experiments["PRECLIA_MR9"]
+        assert sorted(exp.scans.keys()) == ["1"]
+    assert _sessions(emu.url, "DEMO1", "PRECLIA") == []
+
+    ts, folder = _import(emu.url, tmp_path, "PRECLID")
+    uri = f"/data/prearchive/projects/DEMO1/{ts}/{folder}"
+    assert cli("delete", uri).returncode == 0
+    assert _sessions(emu.url, None, "PRECLID") == []
+    res = cli("rebuild", uri)  # gone: one line, exit 1
+    assert res.returncode == 1 and "ENOENT" in res.stderr and len(res.stderr.splitlines()) == 1
