@@ -196,8 +196,17 @@ def test_move_rebuild_actions(admin: Http) -> None:
     # _moveToProject keeps timestamp and folder, READY in the new project
     assert moved["project"] == "DEMO2" and moved["url"] == uri[len("/data"):]
     assert admin.get(src + "?format=json").status_code == 404
+    # PrearcSessionResource: set-status answers nothing, reset-status and build the URI
     r = admin.post(uri + "?action=set-status&status=ERROR")
-    assert _rows(r)[0]["status"] == "ERROR"
+    assert r.status_code == 200 and r.get_data() == b""
+    assert _rows(admin.get(uri + "?format=json"))[0]["status"] == "ERROR"
+    r = admin.post(uri + "?action=reset-status")
+    assert r.mimetype == "text/uri-list" and r.get_data(as_text=True) == uri + "\r\n"
+    assert _rows(admin.get(uri + "?format=json"))[0]["status"] == "READY"
+    admin.post(uri + "?action=set-status&status=ARCHIVING")
+    r = admin.post(uri + "?action=build")
+    assert r.status_code == 409 and b"session document locked" in r.get_data()
+    admin.post(uri + "?action=set-status&status=ERROR")
     assert admin.delete(uri).status_code == 200
     assert admin.get(uri + "?format=json").status_code == 404
 
@@ -214,7 +223,9 @@ def test_gradual_dicom(admin: Http) -> None:
     (uri,) = urls
     assert _rows(admin.get(uri + "?format=json"))[0]["status"] == "RECEIVING"
     assert admin.get(uri + "/scans?format=json").status_code == 404
-    assert _rows(admin.post(uri + "?action=build"))[0]["status"] == "READY"
+    r = admin.post(uri + "?action=build")
+    assert r.mimetype == "text/uri-list" and r.get_data(as_text=True) == uri + "\r\n"
+    assert _rows(admin.get(uri + "?format=json"))[0]["status"] == "READY"
     files = _rows(admin.get(uri + "/scans/1/resources/DICOM/files?format=json"))
     assert len(files) == 3
     assert admin.delete(uri).status_code == 200

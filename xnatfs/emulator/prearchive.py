@@ -1090,17 +1090,29 @@ def _session_endpoint(http: _Http, pa: Prearchive, store: Any, ctx: Any, s: Prea
     if method in ("POST", "PUT"):
         params = _params(request)
         action = (params.get("action") or "").lower()
+        # PrearcSessionResource.handlePost (xnat-web): build/reset-status answer the session's
+        # URI as text/uri-list, move the new URI with 301, set-status nothing; build and move
+        # run synchronously here (only the /services/prearchive/* batch forms are queued)
         if action in ("build", "rebuild"):
-            pa.build(s)
+            try:
+                pa.build(s)
+            except StatusConflict:
+                return http.error(409, "session document locked")
+            return http.uri_list([f"/data{s.url}"])
         elif action == "reset-status":
             pa.set_status(s, READY)
+            return http.uri_list([f"/data{s.url}"])
         elif action == "set-status":
             status = params.get("status") or ""
             if status not in KNOWN_STATUSES:
                 return http.error(400, f"Invalid status {status}")
             pa.set_status(s, status)
+            return http.text("")
         elif action == "move":
             s = _move(pa, store, ctx, s, params.get("newProject") or "")
+            resp = http.uri_list([f"/data{s.url}"])
+            resp.status_code = 301
+            return resp
         elif action in ("commit", "archive"):
             uri = archive_session(store, pa, s, project=params.get("project") or None,
                                   subject=params.get("subject") or None,
@@ -1109,7 +1121,6 @@ def _session_endpoint(http: _Http, pa: Prearchive, store: Any, ctx: Any, s: Prea
             return http.uri_list([uri])
         else:
             return http.error(400, f"Unknown action {action or '(none)'}")
-        return http.table([s.row()], PREARC_COLUMNS)
     if method not in ("GET", "HEAD"):
         return http.error(405, "Method Not Allowed")
     f = (request.args.get("format") or "").lower()
