@@ -14,7 +14,12 @@ requests (and the emulator restarted on the same data dir) consistent.
 
 Status lifecycle (§7.1): ``RECEIVING`` (gradual-DICOM still arriving) -> ``BUILDING`` -> ``READY``
 -> ``ARCHIVING`` -> row removed once the archive holds it.  Archiving onto an existing label
-without ``overwrite`` leaves the session in ``CONFLICT``; a failure leaves ``ERROR``.
+without ``overwrite`` leaves the session in ``CONFLICT``; a failure leaves ``ERROR``.  The batch
+services ``/data/services/prearchive/{move,rebuild,delete}`` are queued as in XNAT
+(``PrearchiveBatch*`` + JMS handlers, xnat-web): ``QUEUED_MOVING`` -> ``MOVING`` -> ``READY`` in
+the new project (same timestamp and folder, ``PrearcDatabase._moveToProject``),
+``QUEUED_BUILDING`` -> ``BUILDING`` -> ``READY``, ``QUEUED_DELETING`` -> ``DELETING`` -> gone;
+each over :data:`QUEUE_DELAY_S`, advanced lazily by the next request (``_run_queue``).
 
 HTTP: :func:`handle` serves ``/data/prearchive...``, ``/data/services/archive`` and
 ``/data/services/prearchive/{move,delete,rebuild}``; the router in ``app.py`` passes them here.
