@@ -335,7 +335,8 @@ class Prearchive:
                         self.set_status(s, READY, (queued_status, running))
                     elif r["op"] == "delete":
                         self.remove(s)
-                except PrearchiveError as exc:
+                except Exception as exc:  # noqa: BLE001 - like a JMS handler: the session
+                    # shows the failure (move() leaves ERROR); the request that ran it is not hurt
                     log.warning("queued %s of %s failed: %s", r["op"], s.url, exc)
         finally:
             self._in_queue = False
