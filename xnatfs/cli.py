@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("paths", nargs="+", help="files or folders inside an xnatfs mount")
     c.add_argument("--threads", type=int, default=8)
 
+    from xnatfs import prearchive_cli
+
+    prearchive_cli.add_parser(sub)
     sub.add_parser("emulator", help="run the XNAT emulator alone (see 'xnatfs emulator -h')",
                    add_help=False)
     sub.add_parser("cache-proxy", help="run a shared nginx cache of file bytes for many mounts "
@@ -863,6 +866,12 @@ def cmd_emulator(argv: List[str]) -> int:
     return emulator_main(argv, prog="xnatfs emulator")
 
 
+def _cmd_prearchive(args: argparse.Namespace) -> int:
+    from xnatfs import prearchive_cli
+
+    return prearchive_cli.run(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; a reader that goes away (``xnatfs status MNT | head -1``) ends it
     quietly with the shell's status for SIGPIPE, 141, instead of a ``BrokenPipeError``
@@ -894,7 +903,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         return mount_helper_main(argv)
     args = build_parser().parse_args(argv)
     handlers = {"mount": cmd_mount, "umount": cmd_umount, "status": cmd_status,
-                "demo": cmd_demo, "config": cmd_config, "cache": cmd_cache}
+                "demo": cmd_demo, "config": cmd_config, "cache": cmd_cache,
+                "prearchive": _cmd_prearchive}
     from xnatfs.config import ConfigError
 
     try:

@@ -198,20 +198,6 @@ def test_prearchive_seed_session_browse(xnat_session, tmp_path: Path) -> None:
     assert len(zipfile.ZipFile(tmp_path / "pre.zip").namelist()) == 28
 
 
-def test_prearchive_move_rebuild_delete(xnat_session, unique: str, tmp_path: Path) -> None:
-    zpath = tmp_path / "upload.zip"
-    dicom.build_dicom_zip(_study(unique, f"{unique}S", f"{unique}E"), zpath)
-    pre = xnat_session.services.import_(zpath, project="DEMO1", destination="/prearchive/projects/DEMO1")
-    assert pre.project == "DEMO1"
-    pre.rebuild()
-    pre.move("DEMO2")
-    (moved,) = [s for s in xnat_session.prearchive.sessions("DEMO2") if s.label == f"{unique}E"]
-    assert moved.status == "READY"
-    assert not [s for s in xnat_session.prearchive.sessions("DEMO1") if s.label == f"{unique}E"]
-    moved.delete()
-    assert not [s for s in xnat_session.prearchive.sessions() if s.label == f"{unique}E"]
-
-
 def test_import_corrupt_and_not_zip(xnat_session, unique: str, tmp_path: Path) -> None:
     failed = (xnat.exceptions.XNATUploadError, xnat.exceptions.XNATResponseError)
     with pytest.raises(failed, match="Unable to identify upload format"):

@@ -145,6 +145,36 @@ def test_move_and_delete(store: Store, tmp_path: Path) -> None:
             pa.from_url(uri)
 
 
+def test_queued_operations_follow_xnat_states(store: Store, tmp_path: Path) -> None:
+    """PrearchiveBatch{Rebuild,Move,Delete} (xnat-web): QUEUED_* at once, BUILDING/MOVING/
+    DELETING once a handler picked it up, then READY (in the new project for a move, same
+    timestamp and folder, PrearcDatabase._moveToProject) or gone."""
+    (uri,) = _run(store, tmp_path, dicom.build_dicom_zip(STUDY), project="P1")
+    now = [2_000_000_000.0]
+    with Prearchive.for_store(store, clock=lambda: now[0], queue_delay_s=2.0) as pa:
+        s = pa.from_url(uri)
+        assert pa.enqueue(s, "rebuild").status == "QUEUED_BUILDING"
+        with pytest.raises(prearchive.StatusConflict):
+            pa.enqueue(pa.get(*s.key), "move", "P2")  # not settled: refused
+        now[0] += 1.0
+        assert pa.get(*s.key).status == prearchive.BUILDING
+        now[0] += 1.0
+        assert pa.get(*s.key).status == prearchive.READY
+        pa.enqueue(pa.get(*s.key), "move", "P2")
+        assert [x.status for x in pa.list(["P1"])] == ["QUEUED_MOVING"]
+        now[0] += 1.0
+        assert [x.status for x in pa.list(["P1"])] == [prearchive.MOVING]
+        now[0] += 1.0
+        assert pa.list(["P1"]) == []
+        (moved,) = pa.list(["P2"])
+        assert (moved.status, moved.timestamp, moved.folder) == (prearchive.READY, s.timestamp,
+                                                                 s.folder)
+        assert len(pa.files(moved, "2", "DICOM")) == 2
+        pa.enqueue(moved, "delete")
+        now[0] += 2.0
+        assert pa.list() == []
+
+
 def test_receiving_settles_after_idle_time(tmp_path: Path) -> None:
     now = [1_700_000_000.0]
     with Prearchive(tmp_path / "pa", clock=lambda: now[0], receiving_idle_s=5.0) as pa:

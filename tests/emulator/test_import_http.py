@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 from typing import Any, Optional
 
@@ -188,7 +189,10 @@ def test_import_to_prearchive_then_archive(admin: Http) -> None:
     assert r.status_code == 409 and r.get_data(as_text=True).startswith("<html>")
     assert _rows(admin.get(src2 + "?format=json"))[0]["status"] == "CONFLICT"
     r = admin.post("/data/services/prearchive/delete", query_string={"src": src2})
-    assert r.status_code == 200
+    assert r.status_code == 200 and _rows(r)[0]["status"] == "QUEUED_DELETING"
+    deadline = time.monotonic() + 30
+    while admin.get(src2 + "?format=json").status_code != 404 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert admin.get(src2 + "?format=json").status_code == 404
 
 
@@ -208,19 +212,48 @@ def test_import_multipart_and_errors(admin: Http, alice: Http) -> None:
     assert admin.get("/data/services/import").status_code == 405
 
 
+def _wait_row(admin: Http, uri: str, want: str, timeout: float = 30.0) -> dict[str, str]:
+    """Poll ``uri?format=json`` until its status is ``want`` (queued operations, §7.3)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = admin.get(uri + "?format=json")
+        row = _rows(r)[0] if r.status_code == 200 else {}
+        if row.get("status") == want or time.monotonic() > deadline:
+            return row
+        time.sleep(0.05)
+
+
 def test_move_rebuild_actions(admin: Http) -> None:
     src = admin.post("/data/services/import?project=DEMO1&dest=/prearchive",
                      data=dicom.build_dicom_zip(STUDY),
                      content_type="application/zip").get_data(as_text=True).strip()
+    # PrearchiveBatchRebuild: QUEUED_BUILDING in the answer, READY once the handler ran
     r = admin.post("/data/services/prearchive/rebuild", query_string={"src": src})
-    assert _rows(r)[0]["status"] == "READY"
+    assert _rows(r)[0]["status"] == "QUEUED_BUILDING"
+    # not settled yet: a move is refused (403 like XNAT's InvalidStatus) or queued after READY
+    assert _wait_row(admin, src, "READY")["status"] == "READY"
     r = admin.post("/data/services/prearchive/move",
                    query_string={"src": src, "newProject": "DEMO2"})
     (row,) = _rows(r)
-    assert row["project"] == "DEMO2"
-    uri = "/data" + row["url"]
+    # PrearchiveBatchMove answers the row as queued, still in the old project
+    assert row["project"] == "DEMO1" and row["status"] == "QUEUED_MOVING"
+    ts, folder = row["timestamp"], row["folderName"]
+    uri = f"/data/prearchive/projects/DEMO2/{ts}/{folder}"
+    moved = _wait_row(admin, uri, "READY")
+    # _moveToProject keeps timestamp and folder, READY in the new project
+    assert moved["project"] == "DEMO2" and moved["url"] == uri[len("/data"):]
+    assert admin.get(src + "?format=json").status_code == 404
+    # PrearcSessionResource: set-status answers nothing, reset-status and build the URI
     r = admin.post(uri + "?action=set-status&status=ERROR")
-    assert _rows(r)[0]["status"] == "ERROR"
+    assert r.status_code == 200 and r.get_data() == b""
+    assert _rows(admin.get(uri + "?format=json"))[0]["status"] == "ERROR"
+    r = admin.post(uri + "?action=reset-status")
+    assert r.mimetype == "text/uri-list" and r.get_data(as_text=True) == uri + "\r\n"
+    assert _rows(admin.get(uri + "?format=json"))[0]["status"] == "READY"
+    admin.post(uri + "?action=set-status&status=ARCHIVING")
+    r = admin.post(uri + "?action=build")
+    assert r.status_code == 409 and b"session document locked" in r.get_data()
+    admin.post(uri + "?action=set-status&status=ERROR")
     assert admin.delete(uri).status_code == 200
     assert admin.get(uri + "?format=json").status_code == 404
 
@@ -237,7 +270,9 @@ def test_gradual_dicom(admin: Http) -> None:
     (uri,) = urls
     assert _rows(admin.get(uri + "?format=json"))[0]["status"] == "RECEIVING"
     assert admin.get(uri + "/scans?format=json").status_code == 404
-    assert _rows(admin.post(uri + "?action=build"))[0]["status"] == "READY"
+    r = admin.post(uri + "?action=build")
+    assert r.mimetype == "text/uri-list" and r.get_data(as_text=True) == uri + "\r\n"
+    assert _rows(admin.get(uri + "?format=json"))[0]["status"] == "READY"
     files = _rows(admin.get(uri + "/scans/1/resources/DICOM/files?format=json"))
     assert len(files) == 3
     assert admin.delete(uri).status_code == 200

@@ -14,7 +14,12 @@ requests (and the emulator restarted on the same data dir) consistent.
 
 Status lifecycle (§7.1): ``RECEIVING`` (gradual-DICOM still arriving) -> ``BUILDING`` -> ``READY``
 -> ``ARCHIVING`` -> row removed once the archive holds it.  Archiving onto an existing label
-without ``overwrite`` leaves the session in ``CONFLICT``; a failure leaves ``ERROR``.
+without ``overwrite`` leaves the session in ``CONFLICT``; a failure leaves ``ERROR``.  The batch
+services ``/data/services/prearchive/{move,rebuild,delete}`` are queued as in XNAT
+(``PrearchiveBatch*`` + JMS handlers, xnat-web): ``QUEUED_MOVING`` -> ``MOVING`` -> ``READY`` in
+the new project (same timestamp and folder, ``PrearcDatabase._moveToProject``),
+``QUEUED_BUILDING`` -> ``BUILDING`` -> ``READY``, ``QUEUED_DELETING`` -> ``DELETING`` -> gone;
+each over :data:`QUEUE_DELAY_S`, advanced lazily by the next request (``_run_queue``).
 
 HTTP: :func:`handle` serves ``/data/prearchive...``, ``/data/services/archive`` and
 ``/data/services/prearchive/{move,delete,rebuild}``; the router in ``app.py`` passes them here.
@@ -66,6 +71,17 @@ RECEIVING_IDLE_S = 5.0
 #: statuses from which a session may be archived, moved, rebuilt or deleted
 _SETTLED = (READY, CONFLICT, ERROR)
 
+#: how long a queued batch operation (move, rebuild, delete) takes in the emulator.  XNAT's
+#: ``PrearchiveBatch{Move,Rebuild,Delete}`` only mark the session ``QUEUED_*`` and send a JMS
+#: request; a handler later sets ``BUILDING``/``MOVING``/``DELETING`` and finishes (§7.3).  The
+#: emulator keeps that shape: ``QUEUED_*`` for the first half of the delay, the in-progress
+#: status for the second, then the result.  ``XNATFS_EMULATOR_PREARC_DELAY`` (seconds) overrides.
+QUEUE_DELAY_S = 0.4
+
+#: queued op -> (status while queued, status while running)
+_QUEUED_STATUS = {"move": ("QUEUED_MOVING", MOVING), "rebuild": ("QUEUED_BUILDING", BUILDING),
+                  "delete": ("QUEUED_DELETING", DELETING)}
+
 UNASSIGNED = "Unassigned"
 
 _SCHEMA = """
@@ -84,6 +100,10 @@ CREATE TABLE IF NOT EXISTS scans (
     type TEXT NOT NULL DEFAULT '', series_description TEXT NOT NULL DEFAULT '',
     modality TEXT NOT NULL DEFAULT '', uid TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (project, timestamp, folder, scan_id));
+CREATE TABLE IF NOT EXISTS queued (
+    project TEXT NOT NULL, timestamp TEXT NOT NULL, folder TEXT NOT NULL, op TEXT NOT NULL,
+    arg TEXT NOT NULL DEFAULT '', started REAL NOT NULL, due REAL NOT NULL,
+    PRIMARY KEY (project, timestamp, folder));
 """
 
 
@@ -197,11 +217,16 @@ class Prearchive:
     """Prearchive rows and folders under ``root``.  Use as a context manager (closes the DB)."""
 
     def __init__(self, root: os.PathLike[str] | str, clock: Callable[[], float] = time.time,
-                 receiving_idle_s: float = RECEIVING_IDLE_S) -> None:
+                 receiving_idle_s: float = RECEIVING_IDLE_S,
+                 queue_delay_s: Optional[float] = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         self.receiving_idle_s = receiving_idle_s
+        if queue_delay_s is None:
+            queue_delay_s = float(os.environ.get("XNATFS_EMULATOR_PREARC_DELAY", QUEUE_DELAY_S))
+        self.queue_delay_s = max(0.0, queue_delay_s)
+        self._in_queue = False
         self._db = sqlite3.connect(self.root / "prearchive.sqlite3", timeout=30,
                                    isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
@@ -251,10 +276,70 @@ class Prearchive:
             protocol=r["protocol"], timezone=r["timezone"], modality=r["modality"])
 
     def _settle_receiving(self) -> None:
-        """RECEIVING sessions idle for ``receiving_idle_s`` are built (XNAT's idle timer)."""
+        """RECEIVING sessions idle for ``receiving_idle_s`` are built (XNAT's idle timer), and
+        queued operations whose time has come run (XNAT's JMS handlers; lazily, on the next
+        request, so the emulator needs no worker thread)."""
         cutoff = self.clock() - self.receiving_idle_s
         self._db.execute("UPDATE sessions SET status=? WHERE status=? AND lastmod<?",
                          (READY, RECEIVING, cutoff))
+        self._run_queue()
+
+    # ------------------------------------------------------------------ queued operations
+    def enqueue(self, s: PrearcSession, op: str, arg: str = "") -> PrearcSession:
+        """Mark ``s`` ``QUEUED_<OP>`` and queue ``op`` (``PrearchiveBatch*``, §7.3); answers the
+        session as the service's status table shows it (still in its old project)."""
+        queued_status, _running = _QUEUED_STATUS[op]
+        allowed = _SETTLED if op == "move" else (RECEIVING, "RECEIVING_INTERRUPT", *_SETTLED)
+        try:
+            self.set_status(s, queued_status, allowed)
+        except StatusConflict:
+            # PrearchiveBatchMove & co.: SessionException InvalidStatus -> 403
+            raise StatusConflict(f"Can't {op} session {s.folder} and timestamp {s.timestamp} in "
+                                 f"project {s.project} as it has an invalid status", 403) from None
+        now = self.clock()
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO queued VALUES (?,?,?,?,?,?,?)",
+                      (*s.key, op, arg, now, now + self.queue_delay_s))
+        if self.queue_delay_s <= 0:
+            self._run_queue()
+        return s
+
+    def _run_queue(self) -> None:
+        if self._in_queue:
+            return
+        self._in_queue = True
+        try:
+            now = self.clock()
+            for r in self._db.execute("SELECT * FROM queued").fetchall():
+                key = (r["project"], r["timestamp"], r["folder"])
+                queued_status, running = _QUEUED_STATUS.get(r["op"], ("", ""))
+                if now < r["due"]:
+                    if now >= (r["started"] + r["due"]) / 2:  # the handler has picked it up
+                        self._db.execute("UPDATE sessions SET status=? WHERE project=? AND "
+                                         "timestamp=? AND folder=? AND status=?",
+                                         (running, *key, queued_status))
+                    continue
+                with self._tx() as c:  # claim it: one request runs each queued op
+                    if c.execute("DELETE FROM queued WHERE project=? AND timestamp=? AND "
+                                 "folder=?", key).rowcount == 0:
+                        continue
+                row = self._db.execute("SELECT * FROM sessions WHERE project=? AND timestamp=? "
+                                       "AND folder=?", key).fetchone()
+                if row is None:
+                    continue
+                s = self._session(row)
+                try:
+                    if r["op"] == "move":
+                        self.move(s, r["arg"], (queued_status, running))
+                    elif r["op"] == "rebuild":
+                        self.set_status(s, READY, (queued_status, running))
+                    elif r["op"] == "delete":
+                        self.remove(s)
+                except Exception as exc:  # noqa: BLE001 - like a JMS handler: the session
+                    # shows the failure (move() leaves ERROR); the request that ran it is not hurt
+                    log.warning("queued %s of %s failed: %s", r["op"], s.url, exc)
+        finally:
+            self._in_queue = False
 
     def get(self, project: str, timestamp: str, folder: str) -> Optional[PrearcSession]:
         self._settle_receiving()
@@ -419,11 +504,13 @@ class Prearchive:
         with contextlib.suppress(OSError):
             ts_dir.rmdir()  # only when empty
 
-    def move(self, s: PrearcSession, new_project: str) -> PrearcSession:
-        """Move to another project's prearchive (same timestamp/folder when free)."""
+    def move(self, s: PrearcSession, new_project: str,
+             allowed_from: Sequence[str] = _SETTLED) -> PrearcSession:
+        """Move to another project's prearchive (same timestamp/folder when free), READY there
+        (``PrearcDatabase._moveToProject``); onto its own project it just becomes READY again."""
         if new_project == s.project:
-            return s
-        self.set_status(s, MOVING, _SETTLED)
+            return self.set_status(s, READY, allowed_from)
+        self.set_status(s, MOVING, allowed_from)
         try:
             with self._tx() as c:
                 ts = self._unique_timestamp(new_project, s.folder,
@@ -903,20 +990,22 @@ def _service_batch(http: _Http, store: Any, ctx: Any, op: str) -> Any:
     rows = []
     with Prearchive.for_store(store) as pa:
         sessions = [_open_session(pa, store, ctx, src) for src in srcs]
+        new_project = ""
+        if op == "move":
+            new_project = _move_target(store, ctx, params.get("newProject") or "")
         for s in sessions:
-            if op == "delete":
-                pa.delete(s)
-                s.status = DELETING
-                rows.append(s.row())
-            elif op == "rebuild":
-                rows.append(pa.build(s).row())
-            else:
-                new_project = params.get("newProject") or ""
-                rows.append(_move(pa, store, ctx, s, new_project).row())
+            # queued like XNAT's PrearchiveBatch* (``async=false`` is ignored there too): the
+            # answer shows QUEUED_*, the session changes a moment later
+            rows.append(pa.enqueue(s, op, new_project).row())
     return http.table(rows, PREARC_COLUMNS)
 
 
 def _move(pa: Prearchive, store: Any, ctx: Any, s: PrearcSession, new_project: str) -> PrearcSession:
+    return pa.move(s, _move_target(store, ctx, new_project))
+
+
+def _move_target(store: Any, ctx: Any, new_project: str) -> str:
+    """The destination project's ID; 400/404/403 like ``PrearchiveBatchMove``."""
     if not new_project:
         raise PrearchiveError("Missing newProject parameter")
     if new_project != UNASSIGNED:
@@ -926,7 +1015,7 @@ def _move(pa: Prearchive, store: Any, ctx: Any, s: PrearcSession, new_project: s
         new_project = row.id
     if not _can_access(store, _ctx_user(ctx), new_project):
         raise PrearchiveError(f"Access denied to project {new_project}", 403)
-    return pa.move(s, new_project)
+    return new_project
 
 
 def _session_xml(pa: Prearchive, s: PrearcSession) -> bytes:
@@ -1007,17 +1096,29 @@ def _session_endpoint(http: _Http, pa: Prearchive, store: Any, ctx: Any, s: Prea
     if method in ("POST", "PUT"):
         params = _params(request)
         action = (params.get("action") or "").lower()
+        # PrearcSessionResource.handlePost (xnat-web): build/reset-status answer the session's
+        # URI as text/uri-list, move the new URI with 301, set-status nothing; build and move
+        # run synchronously here (only the /services/prearchive/* batch forms are queued)
         if action in ("build", "rebuild"):
-            pa.build(s)
+            try:
+                pa.build(s)
+            except StatusConflict:
+                return http.error(409, "session document locked")
+            return http.uri_list([f"/data{s.url}"])
         elif action == "reset-status":
             pa.set_status(s, READY)
+            return http.uri_list([f"/data{s.url}"])
         elif action == "set-status":
             status = params.get("status") or ""
             if status not in KNOWN_STATUSES:
                 return http.error(400, f"Invalid status {status}")
             pa.set_status(s, status)
+            return http.text("")
         elif action == "move":
             s = _move(pa, store, ctx, s, params.get("newProject") or "")
+            resp = http.uri_list([f"/data{s.url}"])
+            resp.status_code = 301
+            return resp
         elif action in ("commit", "archive"):
             uri = archive_session(store, pa, s, project=params.get("project") or None,
                                   subject=params.get("subject") or None,
@@ -1026,7 +1127,6 @@ def _session_endpoint(http: _Http, pa: Prearchive, store: Any, ctx: Any, s: Prea
             return http.uri_list([uri])
         else:
             return http.error(400, f"Unknown action {action or '(none)'}")
-        return http.table([s.row()], PREARC_COLUMNS)
     if method not in ("GET", "HEAD"):
         return http.error(405, "Method Not Allowed")
     f = (request.args.get("format") or "").lower()

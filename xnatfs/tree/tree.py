@@ -32,6 +32,7 @@ from xnatfs.cache.meta import MetaCache
 from xnatfs.tree.nodes import (FIXED_CHILDREN, JSON_KINDS, JSON_NAME, WRITABLE_DIRS, ZIP_KINDS,
                                ZIP_NAME, Kind, NodeInfo)
 from xnatfs.tree.paths import PathParts, escape_name, split_path
+from xnatfs.xnat.errors import XnatError
 
 log = logging.getLogger(__name__)
 
@@ -687,6 +688,17 @@ class Tree:
     def xattrs(self, node: NodeInfo) -> Dict[str, str]:
         """``user.xnat.*`` names (without the prefix) -> values; cache state for files."""
         attrs = {k: v for k, v in node.attrs.items() if v}
+        if node.kind is Kind.PRE_SESSION and node.uri:
+            # queued builds and moves change the status well within a listing's TTL (§7.3):
+            # read it fresh; on failure the listing's value stands
+            try:
+                with deadline.scope(self.fs_timeout):
+                    fresh = self.client.get_prearchive(node.uri)
+            except XnatError as exc:
+                log.debug("status of %s: %s", node.uri, exc)
+                fresh = None
+            if fresh is not None and fresh.status:
+                attrs["status"] = fresh.status
         if node.kind is Kind.FILE and "cache_state" not in attrs:
             attrs["cache_state"] = self.cache_state(node)
         return attrs

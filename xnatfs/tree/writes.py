@@ -629,7 +629,7 @@ class Writer:
         if node.kind is not Kind.PRE_SESSION and not self._is_empty(path, node):
             raise OSError(errno.ENOTEMPTY, "XNAT object is not empty", path)
         if node.kind is Kind.PRE_SESSION:
-            self.client.delete_prearchive(node.uri)
+            self._prearc().delete(node.uri)
         else:
             self.client.delete(node.uri)
         log.info("rmdir %s: deleted on XNAT", path)
@@ -658,11 +658,14 @@ class Writer:
             if not _LABEL_RE.match(label):
                 raise OSError(errno.EINVAL, "XNAT labels are 1-64 characters of A-Z a-z 0-9 _ -",
                               new)
-            uri = self.client.archive_prearchive(node.uri, new_parent.project,
-                                                 _subject_label(self.tree, new_parts), label)
+            uri = self._prearc().archive(node.uri, new_parent.project,
+                                         _subject_label(self.tree, new_parts), label)
             log.info("mv %s: archived as %s", old, uri)
             self.tree.invalidate(join_path(new_parts[:-1]))
             self.tree.invalidate(join_path(old_parts[:-1]))
+            return
+        if node.kind is Kind.PRE_SESSION and new_parent.kind is Kind.PRE_PROJECT:
+            self._prearchive_move(node, new_parent, old_parts, new_parts, new)
             return
         lf = node.ref if isinstance(node.ref, LocalFile) else None
         if lf is None and node.ref != "local" and not self.allow_delete:
@@ -703,6 +706,26 @@ class Writer:
             lf.entry = entry
             if not is_temporary(new_parts[-1]) and lf.handles == 0:
                 self._upload_now(lf, entry)
+
+
+    def _prearc(self) -> Any:
+        """Prearchive actions that wait (within ``--timeout``) for the state XNAT needs."""
+        from xnatfs.xnat.prearc import PrearcActions
+
+        return PrearcActions(self.client, timeout=self.tree.fs_timeout)
+
+    def _prearchive_move(self, node: NodeInfo, new_parent: NodeInfo, old_parts: PathParts,
+                         new_parts: PathParts, new: str) -> None:
+        """``mv .prearchive/P/TS/SESSION .prearchive/Q/``: XNAT's prearchive move (§7.3); the
+        session then shows as ``.prearchive/Q/TS/SESSION`` (same timestamp and folder)."""
+        if new_parts[-1] != old_parts[-1]:
+            raise OSError(errno.EINVAL, "a prearchive session keeps its name when moved: "
+                                        "mv it into the other project's folder", new)
+        uri = self._prearc().move(node.uri, new_parent.project)
+        log.info("mv %s: moved to %s", join_path(old_parts), uri)
+        self.tree.invalidate(join_path(old_parts[:-1]))
+        self.tree.invalidate(join_path(old_parts[:-2]))
+        self.tree.invalidate(join_path(new_parts[:-1]))
 
 
 def _archive_type(name: str) -> str:

@@ -60,6 +60,7 @@ from .errors import (
     TRANSIENT_STATUSES,
     BadRequest,
     Conflict,
+    NotFound,
     Unauthorized,
     Unreachable,
     XnatError,
@@ -1190,6 +1191,29 @@ class XnatClient:
             raise NotXnatResponse("POST", resp.url, resp.status_code,
                                   "archive answered with no URI")
         return uris[0]
+
+    def get_prearchive(self, session_uri: str) -> Optional[PrearchiveSession]:
+        """One session's status row (``GET <session>?format=json``, §7.2); None once it is gone
+        (archived, moved, deleted)."""
+        check_contained("GET", session_uri, "/data/prearchive")
+        try:
+            rows, _ = self._rows(session_uri)
+        except NotFound:
+            return None
+        found = [parse.prearchive_from_row(r) for r in rows if r.get("url")]
+        return found[0] if found else None
+
+    def move_prearchive(self, session_uri: str, project: str) -> None:
+        """Queue a move to ``project``'s prearchive (``POST /data/services/prearchive/move``,
+        §7.3); XNAT answers at once with the session ``QUEUED_MOVING`` and moves it later."""
+        self._write("POST", "/data/services/prearchive/move",
+                    {"src": self._src(session_uri), "newProject": project}).close()
+
+    def rebuild_prearchive(self, session_uri: str) -> None:
+        """Queue a rebuild (``POST /data/services/prearchive/rebuild``, §7.3): the session goes
+        ``QUEUED_BUILDING`` -> ``BUILDING`` -> ``READY``."""
+        self._write("POST", "/data/services/prearchive/rebuild",
+                    {"src": self._src(session_uri)}).close()
 
     def delete_prearchive(self, session_uri: str) -> None:
         """Delete a prearchive session (``DELETE <session>``, §7.2)."""
