@@ -110,6 +110,8 @@ class Tree:
         self._root = NodeInfo(name="", kind=Kind.ROOT, is_dir=True, mtime=self.epoch)
         #: what the user wrote that XNAT does not show yet (``writes.Writer``), or None
         self.overlay: Any = None
+        #: file times set on the mount (``cache.times.TimesIndex``, issue 15 §2), or None
+        self.times: Any = None
         #: guards _virtual_sizes, _prefetched and the walk-ahead state (short critical sections)
         self._virtual_lock = threading.Lock()
         #: sizes of generated files once they were made, so later getattr shows the real size
@@ -628,6 +630,18 @@ class Tree:
         # we have to notice a change.
         return _content_key(node.uri, node.size, node.digest,
                             None if node.digest else node.mtime)
+
+    def mtime_ns(self, node: NodeInfo) -> int:
+        """The mtime ``getattr`` shows, in nanoseconds: a local file's own; for a file on
+        XNAT the one set on this mount for these bytes (``cache.times``), else XNAT's."""
+        if self.overlay is not None and self.overlay.owns(node):
+            return int(node.ref.mtime_ns)
+        if node.kind is Kind.FILE and self.times is not None and node.uri:
+            kept = self.times.get(node.uri, node.size, node.digest,
+                                  getattr(node.ref, "mtime", None) or 0.0)
+            if kept is not None:
+                return kept
+        return int(node.mtime * 1e9)
 
     def writable(self, node: NodeInfo) -> bool:
         """Can something be made in this directory, or this file be written (modes, §1.2)?"""
