@@ -123,3 +123,122 @@ def test_second_rsync_does_nothing_and_changed_file_only_is_resent(emu, make_mou
     rc, sent, out = rsync_stats(src, dst)
     assert (rc, sent) == (0, 0), out
     assert puts(emu.since(mark)) == []
+
+
+def test_cp_p_and_tar_x_keep_mtimes_across_remount(emu, make_mount, tmp_path):
+    src = tmp_path / "src"
+    files = make_tree(src)
+    m = make_mount(emu.url)
+    dst = new_resource(m, "COPIED")
+    sh(["cp", "-p", str(src / "a.txt"), str(src / "d.json"), str(dst)])
+    tarball = tmp_path / "t.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(src / "sub", arcname="sub")
+    sh(["tar", "-x", "-f", str(tarball), "-C", str(dst)])
+    # tar keeps the times its format holds: what a local extraction gets is the reference
+    local = tmp_path / "local"
+    local.mkdir()
+    sh(["cp", "-p", str(src / "a.txt"), str(src / "d.json"), str(local)])
+    sh(["tar", "-x", "-f", str(tarball), "-C", str(local)])
+    want = mtimes_ns(local)
+    assert mtimes_ns(dst) == want
+    m.umount()
+    # the same cache: the times come back from its index, the bytes from XNAT
+    m2 = make_mount(emu.url, cache=m.cache)
+    dst2 = m2.path / SUBJ01 / "resources" / "COPIED" / "files"
+    assert mtimes_ns(dst2) == want
+    assert sorted(mtimes_ns(dst2)) == sorted(files)
+    # another cache (another machine) sees XNAT's own times, not these
+    m3 = make_mount(emu.url)
+    other = mtimes_ns(m3.path / SUBJ01 / "resources" / "COPIED" / "files")
+    assert all(other[k] != want[k] for k in want)
+
+
+def test_identical_rewrite_without_allow_delete_is_a_no_op(emu, make_mount, tmp_path):
+    m = make_mount(emu.url)
+    target = m.path / PROTOCOLS / "same.txt"
+    (tmp_path / "same.txt").write_bytes(b"the same bytes\n")
+    sh(["cp", str(tmp_path / "same.txt"), str(target)])
+    uri = os.getxattr(m.path / "DEMO1" / "resources" / "protocols", "user.xnat.uri").decode()
+    before = server_files(emu, uri)
+    mark = emu.mark()
+    # cp, a shell redirection and rsync's temp-and-rename: all succeed, none uploads
+    sh(["cp", str(tmp_path / "same.txt"), str(target)])
+    sh(["sh", "-c", f"printf 'the same bytes\\n' > '{target}'"])
+    rc, _sent, out = rsync_stats_file(tmp_path / "same.txt", target)
+    assert rc == 0, out
+    assert puts(emu.since(mark)) == []
+    assert target.read_bytes() == b"the same bytes\n"
+    # other bytes: EACCES (at the first write past the old size, or at close), server unchanged
+    (tmp_path / "other.txt").write_bytes(b"other bytes!!!\n")  # the same size
+    res = sh(["cp", str(tmp_path / "other.txt"), str(target)], check=False)
+    assert res.returncode != 0 and "Permission denied" in res.stderr
+    # longer: refused at write() (shells ignore close errors); the kernel may report the
+    # refused page write as EIO
+    res = sh(["sh", "-c", f"echo 'much longer other bytes' > '{target}'"], check=False)
+    assert res.returncode != 0 and ("Permission denied" in res.stderr
+                                    or "I/O error" in res.stderr), res.stderr
+    res = subprocess.run(["rsync", "-I", str(tmp_path / "other.txt"), str(target)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "Permission denied" in res.stderr
+    assert puts(emu.since(mark)) == []
+    assert server_files(emu, uri) == before
+    assert target.read_bytes() == b"the same bytes\n"
+    # nothing is left behind in the folder (rsync's temporary file was not kept)
+    wait_names = [n for n in os.listdir(target.parent) if n.startswith(".same.txt.")]
+    assert wait_names == []
+
+
+def rsync_stats_file(src: Path, dst: Path) -> tuple:
+    """rsync of one file with -I (ignore times: always through the temp file and rename)."""
+    res = subprocess.run(["rsync", "-I", "--stats", str(src), str(dst)],
+                         capture_output=True, text=True, timeout=60)
+    return res.returncode, None, res.stdout + res.stderr
+
+
+MAKEFILE = """\
+OUT := {out}
+all: $(OUT)/report.txt
+$(OUT)/%.up: in/%.txt
+\tcp $< $@
+$(OUT)/report.txt: $(OUT)/a.up $(OUT)/b.up
+\tcat $^ > $@
+"""
+
+
+def test_make_with_targets_on_the_mount(emu, make_mount, tmp_path):
+    m = make_mount(emu.url, "--allow-delete")
+    out = new_resource(m, "MAKE")
+    work = tmp_path / "work"
+    (work / "in").mkdir(parents=True)
+    past = time.time_ns() - 3600 * 10**9
+    for name in ("a", "b"):
+        (work / "in" / f"{name}.txt").write_text(f"input {name}\n")
+        os.utime(work / "in" / f"{name}.txt", ns=(past, past))
+    (work / "Makefile").write_text(MAKEFILE.format(out=out))
+
+    def make() -> list:
+        res = subprocess.run(["make", "-C", str(work)], capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return [line for line in res.stdout.splitlines() if line.startswith(("cp ", "cat "))]
+
+    assert len(make()) == 3
+    assert (out / "report.txt").read_text() == "input a\ninput b\n"
+    mark = emu.mark()
+    assert make() == []  # nothing to do: the targets are newer than their inputs
+    assert puts(emu.since(mark)) == []
+    # touch one input: only what depends on it is rebuilt; its bytes are the same, so
+    # nothing is uploaded, and the next make is quiet again
+    now = time.time_ns()
+    os.utime(work / "in" / "a.txt", ns=(now, now))
+    ran = make()
+    assert len(ran) == 2 and ran[0].startswith("cp in/a.txt") and ran[1].startswith("cat "), ran
+    assert make() == []
+    # change an input: rebuilt and uploaded (with --allow-delete)
+    (work / "in" / "b.txt").write_text("input b, changed\n")
+    ran = make()
+    assert len(ran) == 2 and ran[0].startswith("cp in/b.txt"), ran
+    assert (out / "report.txt").read_text() == "input a\ninput b, changed\n"
+    assert make() == []
+    assert len(puts(emu.since(mark))) == 2

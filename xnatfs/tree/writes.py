@@ -455,6 +455,17 @@ class Writer:
             raise OSError(lf.write_error, "an earlier write failed: not uploaded", path)
         if not lf.dirty or lf.spool is None:
             return
+        if lf.spool.size == 0 and lf.target.get("overwrite"):
+            # opened with O_TRUNC (or truncated) and closed empty: XNAT cannot store an empty
+            # file and still holds the old bytes; say so, never succeed silently (issue 17 §8).
+            # Not sticky: a shell's `cmd > file` closes its first descriptor (after dup2)
+            # before cmd writes; a later close with bytes is judged on them.  Still empty at
+            # release: the empty local copy is dropped there.
+            code = errno.ENOTSUP if self.allow_delete or lf.replaces is None else errno.EACCES
+            log.warning("write %s: emptied but XNAT cannot store an empty file: %s, the "
+                        "old bytes stay on XNAT", path, errno.errorcode[code])
+            raise OSError(code, "XNAT cannot store an empty file: the file on XNAT "
+                          "keeps its old bytes", path)
         if lf.replaces is not None:
             if self._spool_same(lf.spool, lf.replaces):
                 # what rsync, cp and make do when nothing changed: no upload, and no
@@ -467,15 +478,6 @@ class Writer:
                 lf.write_error = errno.EACCES
                 raise OSError(errno.EACCES, "replacing a file on XNAT with other bytes needs "
                               "--allow-delete; XNAT keeps its copy", path)
-        if lf.spool.size == 0 and lf.target.get("overwrite"):
-            # opened with O_TRUNC (or truncated) and closed empty: XNAT cannot store an empty
-            # file and still holds the old bytes; say so, never succeed silently (issue 17 §8).
-            # As a failed write: the empty local copy is dropped at release.
-            lf.write_error = errno.ENOTSUP
-            log.warning("write %s: emptied but XNAT cannot store an empty file: ENOTSUP, the "
-                        "old bytes stay on XNAT", path)
-            raise OSError(errno.ENOTSUP, "XNAT cannot store an empty file: the file on XNAT "
-                          "keeps its old bytes", path)
         if lf.spool.size == 0:
             # XNAT refuses empty uploads (§4.5): nothing to store, nothing to lose
             log.info("write %s: empty file not uploaded (XNAT cannot store empty files)", path)
@@ -526,6 +528,9 @@ class Writer:
                     lf.spool.discard()
                     lf.spool = None
                     lf.dirty = False
+                if (lf.handles == 0 and lf.spool is not None and not lf.spool.closed
+                        and lf.dirty and lf.spool.size == 0 and lf.target.get("overwrite")):
+                    lf.dirty = False  # emptied and refused at close: XNAT keeps its bytes
                 if lf.handles == 0:
                     if lf.spool is not None and not lf.spool.closed and not lf.dirty:
                         lf.spool.discard()
