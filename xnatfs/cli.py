@@ -85,6 +85,9 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    help="refuse every write (EROFS)")
     p.add_argument("--allow-delete", action="store_true", default=None,
                    help="allow rm, rmdir, overwriting files and prearchive deletes")
+    p.add_argument("--catalog-times", action="store_true", default=None,
+                   help="show files' times from XNAT's resource catalogs (one more request "
+                   "per resource listing)")
     p.add_argument("--allow-other-write", action="store_true", default=None,
                    help="with -o allow_other: let other local users write too (as you, on "
                    "XNAT); without it they can only read (see -o umask=)")
@@ -211,7 +214,7 @@ def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequ
         connect_timeout=v["connect_timeout"], read_timeout=v["read_timeout"],
         retries=v["retries"], verify=v["ca_bundle"] or True, read_only=v["read_only"],
         allow_delete=v["allow_delete"], allow_other_write=v["allow_other_write"],
-        experiment_type=v["experiment_type"], scan_type=v["scan_type"], fuse_options=fuse,
+        catalog_times=v["catalog_times"], experiment_type=v["experiment_type"], scan_type=v["scan_type"], fuse_options=fuse,
         uid=owner.get("uid"), gid=owner.get("gid"), umask=owner.get("umask", 0))
 
 
@@ -362,6 +365,8 @@ def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str,
         argv.append("--allow-delete")
     if options.allow_other_write:
         argv.append("--allow-other-write")
+    if options.catalog_times:
+        argv.append("--catalog-times")
     if isinstance(options.verify, str):
         # from whichever source set it (command line, environment, config file): the child
         # reads no config file, and a relative path must not depend on its working directory
@@ -791,7 +796,7 @@ def mount_helper_main(argv: Optional[Sequence[str]] = None) -> int:
     from xnatfs.config import KEYS
 
     own = (set(KEYS) - {"user", "password"}) | {"config", "log_file"}
-    flags = {"read_only", "allow_delete", "allow_other_write"}
+    flags = {"read_only", "allow_delete", "allow_other_write", "catalog_times"}
     dropped = {"_netdev", "nofail", "noauto", "auto", "user", "nouser", "users", "defaults"}
     cmd: List[str] = ["mount", source, mountpoint]
     fuse: List[str] = []

@@ -79,6 +79,7 @@ class Runtime:
         self.times = TimesIndex(os.path.join(o.cache_dir, "times.db"))
         self.times.start()
         self.tree.times = self.times
+        self.tree.catalog_times = o.catalog_times
         if not o.read_only:
             self.writer = Writer(self.tree, self.client,
                                  private_dir(os.path.join(o.cache_dir, "uploads")),

@@ -242,3 +242,44 @@ def test_make_with_targets_on_the_mount(emu, make_mount, tmp_path):
     assert (out / "report.txt").read_text() == "input a\ninput b, changed\n"
     assert make() == []
     assert len(puts(emu.since(mark))) == 2
+
+
+def test_catalog_times_shown_by_ls(emu, make_mount, tmp_path):
+    """``--catalog-times``: the files' times are those of XNAT's catalog entries
+    (``createdTime``/``modifiedTime``), read with one request per resource."""
+    import datetime
+    import xml.etree.ElementTree as ET
+
+    uri = "/data/projects/DEMO1/resources/protocols"
+    from tests.mount.helpers import put_file
+    put_file(emu.url, uri + "/files/sub/x.txt", b"in a sub-folder\n")
+    m = make_mount(emu.url, "--catalog-times")
+    files = m.path / PROTOCOLS
+    mark = emu.mark()
+    out = subprocess.run(["ls", "-lR", "--time-style=full-iso", str(files)], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "TZ": "UTC"}).stdout
+    requests_made = [p for _m, p in api(emu.since(mark))]
+    assert len([p for p in requests_made if "format=xcat" in p]) == 1, requests_made
+    shown = {}
+    folder = ""
+    for line in out.splitlines():
+        if line.endswith(":"):
+            folder = os.path.relpath(line[:-1], files)
+            folder = "" if folder == "." else folder + "/"
+        parts = line.split(None, 8)  # the name (parts[8]) may hold spaces
+        if len(parts) == 9 and parts[0].startswith("-"):
+            stamp = datetime.datetime.strptime(parts[5] + " " + parts[6][:15],
+                                               "%Y-%m-%d %H:%M:%S.%f")
+            shown[folder + parts[8]] = stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+    r = requests.get(emu.url + uri + "/files", params={"format": "xcat"}, auth=ADMIN,
+                     timeout=30)
+    server = {}
+    for e in ET.fromstring(r.content).iter("{http://nrg.wustl.edu/catalog}entry"):
+        stamp = datetime.datetime.strptime(e.get("createdTime"), "%Y-%m-%dT%H:%M:%S.%f")
+        server[e.get("URI")] = stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+    assert "sub/x.txt" in server and len(server) >= 2
+    assert shown.keys() == server.keys()
+    for rel, t in server.items():
+        assert abs(shown[rel] - t) < 1e-3, (rel, shown[rel], t)
+    # files of one resource have their own times, not one object time for all
+    assert len(set(shown.values())) > 1
