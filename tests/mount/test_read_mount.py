@@ -127,9 +127,9 @@ def test_attributes_xattrs_and_unlisted_files(mnt, xnat_session):
         os.getxattr(fpath, "security.capability")
     assert err.value.errno in (errno.ENOTSUP, errno.ENODATA)
     assert "user.xnat.uri" in os.listxattr(fpath)
-    # modes say what may be done: files in resources can be written, scan dirs cannot
+    # the same modes everywhere (a copy taken out stays deletable, issue 16 §3)
     assert os.stat(fpath).st_mode & 0o777 == 0o644
-    assert os.stat(scan_dir).st_mode & 0o777 == 0o555
+    assert os.stat(scan_dir).st_mode & 0o777 == 0o755
     assert os.stat(scan_dir / "resources").st_mode & 0o777 == 0o755
     assert os.stat(fpath).st_uid == os.getuid()
     # unlisted .xnat.json and .zip

@@ -215,22 +215,6 @@ def test_kill_during_a_bulk_zip_then_remount_resumes(make_emulator, make_mount, 
           f"cached")
 
 
-@pytest.fixture
-def cache_on_64m_tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where = tmp_path / "tmpfs"
-    where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs",
-                          str(where)], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield where / "cache"
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
-
-
 _READ_AT = r"""
 import hashlib, json, os, sys, time
 path, size = sys.argv[1], int(sys.argv[2])
