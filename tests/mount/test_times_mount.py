@@ -283,3 +283,17 @@ def test_catalog_times_shown_by_ls(emu, make_mount, tmp_path):
         assert abs(shown[rel] - t) < 1e-3, (rel, shown[rel], t)
     # files of one resource have their own times, not one object time for all
     assert len(set(shown.values())) > 1
+
+
+def test_a_kept_time_is_dropped_when_the_file_changes_on_xnat(emu, make_mount, tmp_path):
+    from tests.mount.helpers import put_file, wait_until
+
+    m = make_mount(emu.url, "--listing-ttl", "1")
+    readme = m.path / PROTOCOLS / "README.txt"
+    set_to = 1_500_000_000_987_654_321
+    os.utime(readme, ns=(set_to, set_to))  # touch -d: no upload, kept locally
+    assert readme.stat().st_mtime_ns == set_to
+    uri = os.getxattr(readme, "user.xnat.uri").decode()
+    put_file(emu.url, uri, b"new bytes from another client\n")  # the server's copy changes
+    wait_until(lambda: readme.stat().st_size == 30, what="the new listing")
+    assert readme.stat().st_mtime_ns != set_to  # XNAT's time again, not the one kept
