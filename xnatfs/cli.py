@@ -85,6 +85,9 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    help="refuse every write (EROFS)")
     p.add_argument("--allow-delete", action="store_true", default=None,
                    help="allow rm, rmdir, overwriting files and prearchive deletes")
+    p.add_argument("--catalog-times", action="store_true", default=None,
+                   help="show files' times from XNAT's resource catalogs (one more request "
+                   "per resource listing)")
     p.add_argument("--allow-other-write", action="store_true", default=None,
                    help="with -o allow_other: let other local users write too (as you, on "
                    "XNAT); without it they can only read (see -o umask=)")
@@ -231,6 +234,7 @@ def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequ
         connect_timeout=v["connect_timeout"], read_timeout=v["read_timeout"],
         retries=v["retries"], verify=v["ca_bundle"] or True, read_only=v["read_only"],
         allow_delete=v["allow_delete"], allow_other_write=v["allow_other_write"],
+        catalog_times=v["catalog_times"],
         experiment_type=v["experiment_type"], scan_type=v["scan_type"], fuse_options=fuse,
         uid=owner.get("uid"), gid=owner.get("gid"), umask=owner.get("umask", 0),
         dir_mode=v["dir_mode"], file_mode=v["file_mode"], nonempty=nonempty)
@@ -413,6 +417,8 @@ def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str,
         argv.append("--allow-delete")
     if options.allow_other_write:
         argv.append("--allow-other-write")
+    if options.catalog_times:
+        argv.append("--catalog-times")
     if options.nonempty:
         argv.append("--nonempty")
     for flag, mode in (("--dir-mode", options.dir_mode), ("--file-mode", options.file_mode)):
@@ -948,7 +954,7 @@ def mount_helper_main(argv: Optional[Sequence[str]] = None) -> int:
     from xnatfs.config import KEYS
 
     own = (set(KEYS) - {"user", "password"}) | {"config", "log_file"}
-    flags = {"read_only", "allow_delete", "allow_other_write", "nonempty"}
+    flags = {"read_only", "allow_delete", "allow_other_write", "catalog_times", "nonempty"}
     dropped = {"_netdev", "nofail", "noauto", "auto", "user", "nouser", "users", "defaults"}
     cmd: List[str] = ["mount", source, mountpoint]
     fuse: List[str] = []

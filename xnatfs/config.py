@@ -204,6 +204,7 @@ KEYS: Dict[str, KeySpec] = {
     "ca_bundle": KeySpec(_to_path, None, "path"),
     "log_level": KeySpec(_to_log_level, "info", "string"),
     "allow_delete": KeySpec(_to_bool, _OPT.allow_delete, "boolean"),
+    "catalog_times": KeySpec(_to_bool, _OPT.catalog_times, "boolean"),
     "allow_other_write": KeySpec(_to_bool, _OPT.allow_other_write, "boolean"),
     "read_only": KeySpec(_to_bool, _OPT.read_only, "boolean"),
     "dir_mode": KeySpec(_to_mode, _OPT.dir_mode, "octal mode"),

@@ -69,6 +69,9 @@ class Options:
     read_only: bool = False
     #: overwrite, rm, rmdir and prearchive delete need this
     allow_delete: bool = False
+    #: per-file times from each resource's catalog XML (one more request per resource listing;
+    #: issue 15 §1); off: files show their object's time
+    catalog_times: bool = False
     #: with ``-o allow_other``: may users other than the owner write (as the owner, on XNAT)?
     #: Off: the kernel refuses them (``default_permissions`` + owner-only write bits) and the
     #: daemon refuses any write whose caller is not the owner (issue 17 §2)

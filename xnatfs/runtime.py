@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional
 from xnatfs import __version__
 from xnatfs.cache.content import ContentCache
 from xnatfs.cache.meta import MetaCache
+from xnatfs.cache.times import TimesIndex
 from xnatfs.options import Options
 from xnatfs.tree.tree import Tree
 from xnatfs.tree.writes import Writer
@@ -43,6 +44,7 @@ class Runtime:
         self.meta: Optional[MetaCache] = None
         self.content: Optional[ContentCache] = None
         self.tree: Optional[Tree] = None
+        self.times: Optional[TimesIndex] = None
         #: the write side; None on a read-only mount
         self.writer: Optional[Writer] = None
         self.started_at = 0.0
@@ -74,6 +76,10 @@ class Runtime:
         self.tree = Tree(self.client, self.meta, self.content, fs_timeout=o.fs_timeout,
                          stats_fn=self.stats, prefetch=o.prefetch, walk_ahead=o.walk_ahead,
                          bulk_min=o.bulk_zip)
+        self.times = TimesIndex(os.path.join(o.cache_dir, "times.db"))
+        self.times.start()
+        self.tree.times = self.times
+        self.tree.catalog_times = o.catalog_times
         if not o.read_only:
             self.writer = Writer(self.tree, self.client,
                                  private_dir(os.path.join(o.cache_dir, "uploads")),
@@ -114,7 +120,7 @@ class Runtime:
     def close(self) -> None:
         """Stop in reverse order; each part gets its own try so one failure stops nothing."""
         for name, part in (("writer", self.writer), ("tree", self.tree),
-                           ("content cache", self.content),
+                           ("content cache", self.content), ("times index", self.times),
                            ("client", self.client)):
             if part is None:
                 continue

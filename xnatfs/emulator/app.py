@@ -1075,10 +1075,14 @@ class XnatApp:
     def catalog_xml(self, res: ResourceRow) -> bytes:
         from xml.sax.saxutils import quoteattr
 
+        # createdTime: XNAT's audit attribute of every entry since 1.6 (CatalogUtils.
+        # configureEntry); the emulator stores one time per file (when its bytes were stored),
+        # so a replaced file's new time shows here where XNAT adds a modifiedTime
         entries = "".join(
             f"<cat:entry URI={quoteattr(f.relpath)} ID={quoteattr(f.relpath)} "
             f"name={quoteattr(f.name)} digest={quoteattr(f.md5)} format={quoteattr(f.format)} "
-            f"content={quoteattr(f.content)} xsi:type=\"cat:entry\"/>"
+            f"content={quoteattr(f.content)} createdTime={quoteattr(_catalog_time(f.mtime))} "
+            f"xsi:type=\"cat:entry\"/>"
             for f in self.store.list_files(res.id))
         xml = ('<?xml version="1.0" encoding="UTF-8"?>\n'
                f'<cat:Catalog ID={quoteattr(res.label)} xmlns:arc="http://nrg.wustl.edu/arc" '
@@ -1831,3 +1835,12 @@ def _tar_stream(entries: list[tuple[str, Path, FileRow]], gz: bool) -> Iterator[
 
 __all__ = ["XnatApp", "AppConfig", "Ctx", "HttpError", "DropConnection", "error_response",
            "text_response", "json_response"]
+
+
+def _catalog_time(t: float) -> str:
+    """A catalog entry's time as XDAT writes ``xs:dateTime`` values: local wall-clock time with
+    milliseconds and no zone (the emulator's zone is UTC)."""
+    import datetime
+
+    stamp = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"

@@ -17,6 +17,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from typing import Any, Callable, Dict, Iterable, Optional
 
 from xnatfs.fs import errmap
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 XATTR_PREFIX = "user.xnat."
 _NS = 1_000_000_000
+#: libfuse3 passes utimensat's UTIME_NOW / UTIME_OMIT as tv_nsec with tv_sec 0
+_UTIME_NOW, _UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 
 
 def shown_modes(options: Any) -> Dict[bool, int]:
@@ -122,7 +125,7 @@ class XnatOperations(mfusepy.Operations):
 
     # ------------------------------------------------------------------ metadata
     def _stat(self, node: Any) -> Dict[str, int]:
-        mtime = int(node.mtime * _NS)
+        mtime = self.runtime.tree.mtime_ns(node)
         perm = self._modes[node.is_dir]
         if node.is_dir:
             mode, nlink = stat.S_IFDIR | perm, 2
@@ -312,8 +315,8 @@ class XnatOperations(mfusepy.Operations):
         self._writer(old).rename(old, new)
         return 0
 
-    # XNAT keeps no modes, owners or times of its own: accepting them as no-ops lets cp -p,
-    # rsync -a and touch work; refusing them would fail those tools after a good upload
+    # XNAT keeps no modes or owners of its own: accepting them as no-ops lets cp -p, rsync -a
+    # work; refusing them would fail those tools after a good upload.  Times stick (utimens)
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def chmod(self, path: str, mode: int) -> int:
@@ -329,7 +332,17 @@ class XnatOperations(mfusepy.Operations):
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def utimens(self, path: str, times: Any = None) -> int:
-        return self.chmod(path, 0)
+        """Kept in the cache's times index (issue 15 §2): rsync, make, cp -p and tar compare
+        them.  ``times`` is (atime, mtime) in ns (``use_ns``); None or UTIME_NOW is now."""
+        writer = self._writer(path)
+        mtime = None if times is None else int(times[1])
+        if mtime == _UTIME_OMIT:
+            self.runtime.tree.lookup(path)
+            return 0
+        if mtime is None or mtime == _UTIME_NOW:
+            mtime = time.time_ns()
+        writer.set_mtime(path, mtime)
+        return 0
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op

@@ -112,6 +112,10 @@ class Tree:
         self._root = NodeInfo(name="", kind=Kind.ROOT, is_dir=True, mtime=self.epoch)
         #: what the user wrote that XNAT does not show yet (``writes.Writer``), or None
         self.overlay: Any = None
+        #: file times set on the mount (``cache.times.TimesIndex``, issue 15 §2), or None
+        self.times: Any = None
+        #: read per-file times from each resource's catalog (one request per resource)
+        self.catalog_times = False
         #: guards _generated, _prefetched and the walk-ahead state (short critical sections)
         self._virtual_lock = threading.Lock()
         #: ``.xnat.json`` documents made at lookup (path -> bytes), so that the size stat
@@ -522,6 +526,7 @@ class Tree:
         """All files of one resource in one request, folded into sub-folders (§1.8)."""
         entries = (self.client.list_prearchive_files(node.uri) if node.prearchive
                    else self.client.list_files(node.uri))
+        times = self._catalog_times(node) if self.catalog_times and not node.prearchive else {}
         tree = FileTree()
         tree.folders[()] = Listing()
         for entry in entries:
@@ -540,13 +545,24 @@ class Tree:
             folder = parts[:-1]
             tree.folders.setdefault(folder, Listing()).children[parts[-1]] = NodeInfo(
                 name=parts[-1], kind=Kind.FILE, is_dir=False, size=entry.size,
-                mtime=entry.mtime or node.mtime, uri=entry.uri, project=node.project,
-                subject=node.subject, subpath=parts, digest=entry.digest,
+                mtime=entry.mtime or times.get(entry.path) or node.mtime, uri=entry.uri,
+                project=node.project, subject=node.subject, subpath=parts, digest=entry.digest,
                 prearchive=node.prearchive, ref=entry,
                 attrs=_attrs(uri=entry.uri, digest=entry.digest, format=entry.format,
                              content=entry.content, tags=entry.tags,
                              resource=entry.collection))
         return tree
+
+    def _catalog_times(self, node: NodeInfo) -> Dict[str, float]:
+        """Per-file times from the resource's catalog (``--catalog-times``, issue 15 §1): one
+        more request per resource listing, none per file.  A server that cannot answer costs
+        only the times (the object's time is shown), never the listing."""
+        try:
+            return self.client.catalog_times(node.uri)
+        except Exception as exc:  # noqa: BLE001 - times are a nicety; the listing stands
+            log.info("catalog times of %s unavailable (%s): files show the object's time",
+                     node.uri, exc)
+            return {}
 
     # ------------------------------------------------------------------ generated files
     def _virtual(self, parts: PathParts, parent: NodeInfo, what: str) -> NodeInfo:
@@ -666,6 +682,18 @@ class Tree:
         # we have to notice a change.
         return _content_key(node.uri, node.size, node.digest,
                             None if node.digest else node.mtime)
+
+    def mtime_ns(self, node: NodeInfo) -> int:
+        """The mtime ``getattr`` shows, in nanoseconds: a local file's own; for a file on
+        XNAT the one set on this mount for these bytes (``cache.times``), else XNAT's."""
+        if self.overlay is not None and self.overlay.owns(node):
+            return int(node.ref.mtime_ns)
+        if node.kind is Kind.FILE and self.times is not None and node.uri:
+            kept = self.times.get(node.uri, node.size, node.digest,
+                                  getattr(node.ref, "mtime", None) or 0.0)
+            if kept is not None:
+                return kept
+        return int(node.mtime * 1e9)
 
     def writable(self, node: NodeInfo) -> bool:
         """Can something be made in this directory, or this file be written (modes, §1.2)?"""

@@ -16,6 +16,7 @@ Lock: ``_lock`` protects ``_files`` and ``_dirs``; it is never held across a req
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -69,9 +70,18 @@ class LocalFile:
     #: bytes written since the last commit to the journal
     dirty: bool = False
     state: str = "writing"
-    mtime: float = field(default_factory=time.time)
+    #: nanoseconds (rsync and make compare them; a float of seconds cannot hold them): the last
+    #: write, or what ``utimens`` set
+    mtime_ns: int = field(default_factory=time.time_ns)
     #: errno of a write that failed (ENOSPC...): the file is incomplete and is never uploaded
     write_error: int = 0
+    #: the file on XNAT this one replaces (opened with O_TRUNC over it): a commit of the same
+    #: size and MD5 uploads nothing (issue 15 §3)
+    replaces: Optional[NodeInfo] = None
+
+    @property
+    def mtime(self) -> float:
+        return self.mtime_ns / 1e9
 
     @property
     def size(self) -> int:
@@ -147,7 +157,8 @@ class Writer:
                     continue
                 parts = split_path(entry.path)
                 self._locked_put(LocalFile(parts, dict(entry.target), entry=entry,
-                                           state=entry.state, mtime=entry.created))
+                                           state=entry.state,
+                                           mtime_ns=int(entry.created * 1e9)))
         self.uploader.start()
 
     def close(self) -> None:
@@ -252,15 +263,20 @@ class Writer:
             return WriteHandle(self, lf)
         if node.kind is not Kind.FILE:
             raise OSError(errno.EACCES, "not a writable file", path)
-        if not self.allow_delete:
-            raise OSError(errno.EACCES, "overwriting a file on XNAT needs --allow-delete", path)
+        if not self.allow_delete and not truncate:
+            # appending or changing bytes in place: the result differs from what XNAT has
+            raise OSError(errno.EACCES, "changing a file on XNAT needs --allow-delete", path)
         parent = self.tree.lookup(join_path(parts[:-1]))
         target = self._target_for(parent, parts, path)
         target["overwrite"] = True
         spool = self.spool.create()
         if not truncate:
             self._fill_from_server(node, spool, path)
-        lf = LocalFile(parts, target, spool=spool, handles=1, dirty=truncate)
+        # without --allow-delete an O_TRUNC open is let through: rewriting the same bytes
+        # (cp, make, editors when nothing changed) destroys nothing and uploads nothing;
+        # other bytes are refused with EACCES at the first write past the old size, else at
+        # close (issue 15 §3)
+        lf = LocalFile(parts, target, spool=spool, handles=1, dirty=truncate, replaces=node)
         with self._lock:
             self._locked_put(lf)
         return WriteHandle(self, lf)
@@ -275,6 +291,11 @@ class Writer:
         node = self.tree.lookup(path)
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory", path)
+        if not self.allow_delete and not isinstance(node.ref, LocalFile) \
+                and node.kind is Kind.FILE and length == node.size:
+            return  # the same bytes: nothing changes (issue 15 §3)
+        if not self.allow_delete and not isinstance(node.ref, LocalFile):
+            raise OSError(errno.EACCES, "truncating a file on XNAT needs --allow-delete", path)
         if length == 0 and self.allow_delete and not isinstance(node.ref, LocalFile):
             log.warning("truncate %s: refused (ENOTSUP): XNAT cannot store an empty file", path)
             raise OSError(errno.ENOTSUP, "XNAT cannot store an empty file: the file on XNAT "
@@ -371,6 +392,13 @@ class Writer:
         if lf.spool is None or lf.spool.closed:
             self._reopen_spool(lf)
         assert lf.spool is not None
+        if (lf.replaces is not None and not self.allow_delete
+                and offset + len(data) > lf.replaces.size):
+            # longer than the file on XNAT: certainly other bytes; say so now, not only at
+            # close (shells ignore close errors)
+            lf.write_error = errno.EACCES
+            raise OSError(errno.EACCES, "replacing a file on XNAT with other bytes needs "
+                          "--allow-delete", join_path(lf.parts))
         try:
             n = lf.spool.write(offset, data)
         except OSError as exc:
@@ -381,7 +409,7 @@ class Writer:
                           "will not be uploaded", join_path(lf.parts)) from exc
         lf.dirty = True
         lf.state = "writing"
-        lf.mtime = time.time()
+        lf.mtime_ns = time.time_ns()
         return n
 
     def _read(self, lf: LocalFile, offset: int, size: int) -> bytes:
@@ -412,7 +440,7 @@ class Writer:
         assert lf.spool is not None
         lf.spool.truncate(length)
         lf.dirty = True
-        lf.mtime = time.time()
+        lf.mtime_ns = time.time_ns()
 
     def _reopen_spool(self, lf: LocalFile) -> None:
         """More writes after a commit: continue from the committed bytes."""
@@ -439,12 +467,26 @@ class Writer:
         if lf.spool.size == 0 and lf.target.get("overwrite"):
             # opened with O_TRUNC (or truncated) and closed empty: XNAT cannot store an empty
             # file and still holds the old bytes; say so, never succeed silently (issue 17 §8).
-            # As a failed write: the empty local copy is dropped at release.
-            lf.write_error = errno.ENOTSUP
-            log.warning("write %s: emptied but XNAT cannot store an empty file: ENOTSUP, the "
-                        "old bytes stay on XNAT", path)
-            raise OSError(errno.ENOTSUP, "XNAT cannot store an empty file: the file on XNAT "
+            # Not sticky: a shell's `cmd > file` closes its first descriptor (after dup2)
+            # before cmd writes; a later close with bytes is judged on them.  Still empty at
+            # release: the empty local copy is dropped there.
+            code = errno.ENOTSUP if self.allow_delete or lf.replaces is None else errno.EACCES
+            log.warning("write %s: emptied but XNAT cannot store an empty file: %s, the "
+                        "old bytes stay on XNAT", path, errno.errorcode[code])
+            raise OSError(code, "XNAT cannot store an empty file: the file on XNAT "
                           "keeps its old bytes", path)
+        if lf.replaces is not None:
+            if self._spool_same(lf.spool, lf.replaces):
+                # what rsync, cp and make do when nothing changed: no upload, and no
+                # --allow-delete needed since nothing is destroyed; the write's time sticks
+                lf.dirty = False
+                self._remember_time(lf.replaces, lf.mtime_ns)
+                log.info("write %s: the same bytes as on XNAT: nothing uploaded", path)
+                return
+            if not self.allow_delete:
+                lf.write_error = errno.EACCES
+                raise OSError(errno.EACCES, "replacing a file on XNAT with other bytes needs "
+                              "--allow-delete; XNAT keeps its copy", path)
         if lf.spool.size == 0:
             # XNAT refuses empty uploads (§4.5): nothing to store, nothing to lose
             log.info("write %s: empty file not uploaded (XNAT cannot store empty files)", path)
@@ -483,7 +525,9 @@ class Writer:
     def _release(self, lf: LocalFile) -> None:
         path = join_path(lf.parts)
         try:
-            if lf.dirty:
+            emptied = (lf.spool is not None and not lf.spool.closed and lf.spool.size == 0
+                       and lf.target.get("overwrite"))
+            if lf.dirty and not emptied:  # an emptied file was refused (and logged) at flush
                 self._commit(lf)
         except Exception as exc:  # noqa: BLE001 - release cannot report; flush already did
             log.debug("release %s: %s", path, exc)
@@ -495,6 +539,9 @@ class Writer:
                     lf.spool.discard()
                     lf.spool = None
                     lf.dirty = False
+                if (lf.handles == 0 and lf.spool is not None and not lf.spool.closed
+                        and lf.dirty and lf.spool.size == 0 and lf.target.get("overwrite")):
+                    lf.dirty = False  # emptied and refused at close: XNAT keeps its bytes
                 if lf.handles == 0:
                     if lf.spool is not None and not lf.spool.closed and not lf.dirty:
                         lf.spool.discard()
@@ -526,8 +573,76 @@ class Writer:
             return entry.id in self._imported
         for f in self.client.list_files(target["resource_uri"]):
             if f.path == target["relpath"]:
-                return f.size == entry.size and (not f.digest or f.digest == entry.md5)
+                ok = f.size == entry.size and (not f.digest or f.digest == entry.md5)
+                if ok:
+                    self._landed(entry, f)
+                return ok
         return False
+
+    # ------------------------------------------------------------------ times (issue 15)
+    def _landed(self, entry: Entry, listed: Any) -> None:
+        """XNAT has the bytes of ``entry`` as the listing row ``listed``: the time the file
+        showed while local (its last write, or what ``utimens`` set) sticks to it, so that
+        ``make`` and ``rsync -t`` see the time they expect, not the object's."""
+        with self._lock:
+            lf = self._files.get(split_path(entry.path))
+            mine = lf is not None and lf.entry is not None and lf.entry.id == entry.id
+            mtime_ns = lf.mtime_ns if mine and lf is not None else int(entry.created * 1e9)
+        times = getattr(self.tree, "times", None)
+        if times is not None:
+            times.set(listed.uri, listed.size, listed.digest, mtime_ns,
+                      listed=getattr(listed, "mtime", None) or 0.0)
+
+    def _remember_time(self, node: NodeInfo, mtime_ns: int) -> None:
+        times = getattr(self.tree, "times", None)
+        if times is not None:
+            times.set(node.uri, node.size, node.digest, mtime_ns,
+                      listed=getattr(node.ref, "mtime", None) or 0.0)
+
+    def set_mtime(self, path: str, mtime_ns: int) -> None:
+        """``utimens``: a local file takes the time now (and keeps it when it lands); a file
+        on XNAT keeps it in the cache's times index; directories accept it and keep nothing
+        (their times are XNAT's objects')."""
+        parts = split_path(path)
+        with self._lock:
+            lf = self._files.get(parts)
+            if lf is not None:
+                lf.mtime_ns = mtime_ns
+                return
+        node = self.tree.lookup(path)
+        if node.kind is Kind.FILE and not node.prearchive and not node.is_dir:
+            self._remember_time(node, mtime_ns)
+
+    def _spool_same(self, spool: SpoolFile, node: NodeInfo) -> bool:
+        """Do the spool's bytes have the size and MD5 the listing gives for ``node``?  With
+        no digest (checksums off, §1.8) they cannot be told equal without a download: no."""
+        if not node.digest or spool.size != node.size:
+            return False
+        md5 = hashlib.md5(usedforsecurity=False)
+        offset, chunk = 0, 1 << 20
+        while offset < spool.size:
+            data = spool.read(offset, chunk)
+            if not data:
+                break
+            md5.update(data)
+            offset += len(data)
+        return offset == node.size and md5.hexdigest() == node.digest
+
+    def _entry_same(self, entry: Entry, node: NodeInfo) -> bool:
+        """Does a journal entry hold the size and MD5 the listing gives for ``node``?"""
+        if not node.digest or entry.size != node.size:
+            return False
+        digest = entry.md5
+        if not digest:
+            md5 = hashlib.md5(usedforsecurity=False)
+            try:
+                with open(entry.data_path, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        md5.update(block)
+            except OSError:
+                return False
+            digest = md5.hexdigest()
+        return digest == node.digest
 
     def _on_change(self, entry: Entry) -> None:
         parts = split_path(entry.path)
@@ -685,6 +800,20 @@ class Writer:
             existing = None
         target = self._target_for(new_parent, new_parts, new)
         if existing is not None and not isinstance(existing.ref, LocalFile):
+            if (existing.kind is Kind.FILE and lf.entry is not None and lf.spool is None
+                    and lf.handles == 0 and self._entry_same(lf.entry, existing)):
+                # rsync's temporary file renamed over a file XNAT has with the same bytes:
+                # nothing to upload or destroy; the temp's time (rsync -t) sticks
+                with self._lock:
+                    if self._files.get(old_parts) is lf:
+                        self._locked_drop(old_parts)
+                try:
+                    self.journal.remove(lf.entry)
+                except KeyError:
+                    pass
+                self._remember_time(existing, lf.mtime_ns)
+                log.info("mv %s %s: the same bytes as on XNAT: nothing uploaded", old, new)
+                return
             if not self.allow_delete:
                 raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
             target["overwrite"] = True

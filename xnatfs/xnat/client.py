@@ -899,6 +899,15 @@ class XnatClient:
         return [parse.file_from_row(r, resource_uri) for r in rows
                 if r.get("URI") or r.get("Name")]
 
+    def catalog_times(self, resource_uri: str) -> Dict[str, float]:
+        """Per-file times of a resource from its catalog (``files?format=xcat``, §1.8): one
+        request per resource, ``relpath -> mtime``; {} when the catalog keeps none."""
+        resp = self._call("GET", f"{resource_uri.rstrip('/')}/files", params={"format": "xcat"})
+        try:
+            return parse.catalog_times(resp.content)
+        except parse.BadDocument as exc:
+            raise NotXnatResponse("GET", resp.url, resp.status_code, str(exc)) from None
+
     def get_object(self, uri: str) -> Dict[str, Any]:
         """``GET <uri>?format=json``: the raw ``{"items":[...]}`` document (§2.1)."""
         doc = self._get_json(uri)

@@ -506,3 +506,49 @@ def remote_stat_from_headers(headers: Mapping[str, str]) -> RemoteStat:
         mtime=parse_http_date(headers.get("Last-Modified")),
         content_type=headers.get("Content-Type", "") or "",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# per-file times from a resource catalog (issue 15 §1)
+
+#: the catalog namespace of ``cat:entry`` (XNAT's catalog.xsd)
+_CAT_NS = "{http://nrg.wustl.edu/catalog}"
+
+
+def catalog_times(body: bytes) -> Dict[str, float]:
+    """``relpath -> mtime`` from a resource catalog (``.../files?format=xcat``, §1.8).
+
+    XNAT's file listing has no time column (``CatalogUtils.FILE_HEADERS``), but every catalog
+    entry written by XNAT 1.6 or later carries the audit attributes ``createdTime`` (set when
+    the entry is made: ``CatalogUtils.configureEntry``) and ``modifiedTime`` (set when it is
+    replaced or moved to history).  The later of the two is the file's time.  The relative path
+    is the entry's ``URI`` unless that is absolute, then ``cachePath``/``ID``
+    (``CatalogUtils.getRelativePathForCatalogEntry``).  Entries without either time are left
+    out (their files keep the object's time).  A DOCTYPE is refused: a catalog never has one,
+    and entity expansion is how XML bodies attack parsers.
+    """
+    import xml.etree.ElementTree as ET
+
+    head = body[:4096].lstrip()
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        raise BadDocument("catalog XML with a DOCTYPE/ENTITY refused")
+    if not head.startswith(b"<"):
+        raise BadDocument("answer is not a catalog XML document")
+    out: Dict[str, float] = {}
+    try:
+        for _event, elem in ET.iterparse(io.BytesIO(body), events=("end",)):
+            if not (elem.tag == _CAT_NS + "entry" or elem.tag.endswith("}entry")
+                    or elem.tag == "entry"):
+                continue
+            uri = elem.get("URI", "")
+            rel = uri
+            if not uri or uri.startswith("/") or "://" in uri:
+                rel = elem.get("cachePath") or elem.get("ID") or ""
+            times = [t for t in (parse_time(elem.get("modifiedTime")),
+                                 parse_time(elem.get("createdTime"))) if t is not None]
+            if rel and times:
+                out[rel.lstrip("/")] = max(times)
+            elem.clear()
+    except ET.ParseError as exc:
+        raise BadDocument(f"catalog XML does not parse: {exc}") from None
+    return out
