@@ -149,7 +149,8 @@ def test_queued_operations_follow_xnat_states(store: Store, tmp_path: Path) -> N
     """PrearchiveBatch{Rebuild,Move,Delete} (xnat-web): QUEUED_* at once, BUILDING/MOVING/
     DELETING once a handler picked it up, then READY (in the new project for a move, same
     timestamp and folder, PrearcDatabase._moveToProject) or gone."""
-    (uri,) = _run(store, tmp_path, dicom.build_dicom_zip(STUDY), project="P1")
+    (uri,) = _run(store, tmp_path, dicom.build_dicom_zip(STUDY), project="P1",
+                  dest="/prearchive")
     now = [2_000_000_000.0]
     with Prearchive.for_store(store, clock=lambda: now[0], queue_delay_s=2.0) as pa:
         s = pa.from_url(uri)
