@@ -101,7 +101,7 @@ def test_retry_after_holds_the_whole_client_back() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         c = XnatClient(f"http://127.0.0.1:{server.server_address[1]}", ADMIN,
-                       options(deadline=2.0, backoff_max=20.0, retries=3))
+                       options(deadline=2.0, backoff_max=20.0, pause_max=20.0, retries=3))
         c.start()
         with pytest.raises(errors.XnatError):
             c.list_projects()

@@ -133,6 +133,9 @@ class ClientOptions:
     #: requests in flight at most, every caller included (``--max-requests``); the adaptive
     #: limit (``limiter.py``, AIMD) stays between 1 and this
     max_requests: int = 16
+    #: longest mount-wide pause of the limiter while XNAT is down or asks to wait: one probe
+    #: per pause at worst, and at most this long unanswered after XNAT is back
+    pause_max: float = 10.0
 
 
 class ClientStats:
@@ -421,7 +424,7 @@ class XnatClient:
         #: the one cap on requests in flight (issue 13 §2): a slot per HTTP exchange
         self._limiter = _limiter.RequestLimiter(opts.max_requests,
                                                 backoff_base=opts.backoff_base,
-                                                backoff_max=opts.backoff_max)
+                                                backoff_max=opts.pause_max)
 
         self._stats = ClientStats(opts.latency_samples)
         #: guards _jsession, _generation, _heartbeat_interval; held during a login
