@@ -3,12 +3,48 @@
 #   bash scripts/install.sh demo [MOUNTPOINT]   install everything, then run the demo mount
 #   bash scripts/install.sh test [PYTEST ARGS]  install everything, then run the whole test suite
 #   bash scripts/install.sh install             install only
+#   bash scripts/install.sh link                only put xnatfs on PATH (after an install)
 # It installs the apt packages xnatfs needs (fuse3, python3-venv, attr, rsync, systemd for
 # systemd-analyze), creates the
-# virtualenv .venv next to this checkout and installs xnatfs into it with its test extras.
+# virtualenv .venv next to this checkout and installs xnatfs into it with its test extras,
+# then links xnatfs and mount.xnatfs into /usr/local/bin (as root) or ~/.local/bin (otherwise;
+# XNATFS_BIN_DIR chooses another folder) so that `xnatfs` is on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 action="${1:-install}"; shift || true
+
+# Put the virtualenv's commands on PATH by symbolic links; says where, and whether that folder
+# is on PATH. A file there that is not a link (another installation) is left alone.
+link_commands() {
+  local bin_dir tool target
+  if [ -n "${XNATFS_BIN_DIR:-}" ]; then bin_dir="$XNATFS_BIN_DIR"
+  elif [ "$(id -u)" -eq 0 ]; then bin_dir=/usr/local/bin
+  else bin_dir="$HOME/.local/bin"; fi
+  mkdir -p "$bin_dir"
+  for tool in xnatfs mount.xnatfs; do
+    target="$(pwd)/.venv/bin/$tool"
+    if [ ! -x "$target" ]; then
+      echo "xnatfs install: $target is missing (run: bash scripts/install.sh install)" >&2
+      return 1
+    fi
+    if [ -e "$bin_dir/$tool" ] && [ ! -L "$bin_dir/$tool" ]; then
+      echo "xnatfs install: $bin_dir/$tool exists and is not a link: left alone (use $target)" >&2
+      continue
+    fi
+    ln -sfn "$target" "$bin_dir/$tool"
+  done
+  echo "xnatfs install: linked xnatfs and mount.xnatfs into $bin_dir"
+  case ":$PATH:" in
+    *":$bin_dir:"*) ;;
+    *) echo "xnatfs install: $bin_dir is not on your PATH; add it:" \
+         "export PATH=\"$bin_dir:\$PATH\"";;
+  esac
+}
+
+if [ "$action" = link ]; then
+  link_commands
+  exit $?
+fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -30,10 +66,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+link_commands
 
 case "$action" in
   install)
-    echo "xnatfs installed: $(pwd)/.venv/bin/xnatfs (try: .venv/bin/xnatfs demo)";;
+    echo "xnatfs installed: $(pwd)/.venv/bin/xnatfs (try: xnatfs demo)";;
   demo)
     exec .venv/bin/xnatfs demo "${1:-$PWD/xnat-demo}";;
   test)
@@ -46,6 +83,6 @@ case "$action" in
     # pytest exits 5 when it collected no test: that is a failure of the suite, not a pass
     exit "$rc";;
   *)
-    echo "usage: bash scripts/install.sh [install|demo [MOUNTPOINT]|test [PYTEST ARGS]]" >&2
+    echo "usage: bash scripts/install.sh [install|link|demo [MOUNTPOINT]|test [PYTEST ARGS]]" >&2
     exit 2;;
 esac

@@ -91,6 +91,14 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-other-write", action="store_true", default=None,
                    help="with -o allow_other: let other local users write too (as you, on "
                    "XNAT); without it they can only read (see -o umask=)")
+    p.add_argument("--dir-mode", default=None,
+                   help="permission bits shown for directories (default 0755; group/other "
+                   "never get write bits unless --allow-other-write)")
+    p.add_argument("--file-mode", default=None,
+                   help="permission bits shown for files (default 0644; the same rule)")
+    p.add_argument("--nonempty", action="store_true", default=None,
+                   help="mount even if the mount point holds files (they stay hidden while "
+                   "mounted); also -o nonempty")
     p.add_argument("--experiment-type", default=None,
                    help="xsiType of experiments made with mkdir (default xnat:mrSessionData)")
     p.add_argument("--scan-type", default=None,
@@ -111,7 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xnatfs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("mount", help="mount an XNAT server")
+    p = sub.add_parser(
+        "mount", help="mount an XNAT server", description="Mount an XNAT server.",
+        epilog="Credentials (never on the command line): user and password in the config "
+        "file (which must then be private), else the netrc entry for the host (--netrc FILE, "
+        "else $NETRC, else ~/.netrc; refused when group- or world-readable), else a prompt on "
+        "a terminal, else XNATFS_USER/XNATFS_PASSWORD. 'xnatfs config URL' shows the netrc.")
     p.add_argument("url", help="XNAT base URL, e.g. https://xnat.example.org (context path included)")
     p.add_argument("mountpoint")
     _add_mount_options(p)
@@ -145,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cache directory (default: $XDG_CACHE_HOME/xnatfs)")
         if name == "prune":
             c.add_argument("size", help="e.g. 5G")
+    c = cache_sub.add_parser("verify", help="check every cached file (size and MD5); works "
+                             "while a mount uses the cache")
+    c.add_argument("--cache-dir", default=None,
+                   help="cache directory (default: $XDG_CACHE_HOME/xnatfs)")
+    c.add_argument("--repair", action="store_true",
+                   help="drop bad entries (the next read fetches them again)")
     c = cache_sub.add_parser("prefetch", help="read paths of a mount into its cache")
     c.add_argument("paths", nargs="+", help="files or folders inside an xnatfs mount")
     c.add_argument("--threads", type=int, default=8)
@@ -199,6 +218,8 @@ def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequ
     v = {key: value for key, (value, _source) in settings.items()}
     fuse = _fuse_opts(fuse_options)
     owner = _take_owner_options(fuse)
+    # libfuse3 has no "nonempty" (it always allows it): xnatfs checks the mount point itself
+    nonempty = fuse.pop("nonempty", None) is not None or bool(v["nonempty"])
     return Options(
         url=check_url(url), cache_dir=Path(v["cache_dir"]).expanduser().resolve(),
         cache_size=v["cache_size"], listing_ttl=v["listing_ttl"], max_threads=v["max_threads"],
@@ -209,7 +230,8 @@ def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequ
         retries=v["retries"], verify=v["ca_bundle"] or True, read_only=v["read_only"],
         allow_delete=v["allow_delete"], allow_other_write=v["allow_other_write"],
         experiment_type=v["experiment_type"], scan_type=v["scan_type"], fuse_options=fuse,
-        uid=owner.get("uid"), gid=owner.get("gid"), umask=owner.get("umask", 0))
+        uid=owner.get("uid"), gid=owner.get("gid"), umask=owner.get("umask", 0),
+        dir_mode=v["dir_mode"], file_mode=v["file_mode"], nonempty=nonempty)
 
 
 # ---------------------------------------------------------------------------------- logging
@@ -252,7 +274,14 @@ def _check_server(options: Options, creds: Any) -> None:
 
     client = XnatClient(options.url, creds, ClientOptions(
         pool_size=1, connect_timeout=options.connect_timeout, read_timeout=options.read_timeout,
-        retries=1, verify=options.verify, heartbeat=False))
+        retries=1, verify=options.verify, heartbeat=False,
+        deadline=options.fs_timeout))  # the check is bounded like every call (issue 17 §1)
+    # the outcome is the one line below: the client's own log line of the same refusal would
+    # print first, timestamped (issue 16 §5); at --log-level debug it stays
+    client_log = logging.getLogger("xnatfs.xnat")
+    old_level = client_log.level
+    if not client_log.isEnabledFor(logging.DEBUG):
+        client_log.setLevel(logging.CRITICAL)
     try:
         client.start()
     except xe.Unauthorized:
@@ -267,9 +296,12 @@ def _check_server(options: Options, creds: Any) -> None:
             client.close()
         except Exception:  # noqa: BLE001 - best-effort logout of the check session
             pass
+        client_log.setLevel(old_level)
 
 
-def _prepare_mountpoint(mountpoint: str) -> str:
+def _prepare_mountpoint(mountpoint: str, nonempty: bool = False) -> str:
+    """The absolute mount point, after clearing a stale mount there; one clear line (a
+    ``UsageError``) when it cannot or should not be mounted on (issue 16 §6)."""
     from xnatfs.fs import mounting
 
     path = os.path.abspath(mountpoint)
@@ -277,8 +309,22 @@ def _prepare_mountpoint(mountpoint: str) -> str:
         log.info("cleared a stale mount at %s", path)
     if mounting.is_mounted(path):
         raise UsageError(f"{path} is already mounted (xnatfs umount {path})")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"mount point {path} is a file, not a directory: mount on a "
+                         "directory (an empty one)")
     if not os.path.isdir(path):
-        raise UsageError(f"mount point {path} is not a directory (mkdir -p {path})")
+        raise UsageError(f"mount point {path} does not exist (mkdir -p {path})")
+    if not nonempty:
+        try:
+            with os.scandir(path) as entries:
+                busy = any(True for _ in entries)
+        except OSError:
+            busy = False  # unreadable to us: libfuse decides
+        if busy:
+            # its files would be hidden while mounted; sshfs and rclone refuse it too
+            raise UsageError(f"mount point {path} is not empty: its files would be hidden "
+                             "while mounted; use an empty directory, or --nonempty "
+                             "(-o nonempty) to mount over them")
     return path
 
 
@@ -295,7 +341,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     setup_logging(settings["log_level"][0])
     options = options_from_settings(args.url, settings, args.fuse_options)
-    mountpoint = _prepare_mountpoint(args.mountpoint)
+    mountpoint = _prepare_mountpoint(args.mountpoint, options.nonempty)
     _load_fuse()
     creds = _credentials(args, options.url, settings)
     if args.foreground:
@@ -325,6 +371,13 @@ def cmd_config(args: argparse.Namespace) -> int:
     from xnatfs import config as xc
 
     settings = settings_from_args(args)
+    if settings["netrc"][0] is None:
+        # show the file the credentials really come from (xnat/auth.py: $NETRC, else ~/.netrc)
+        from xnatfs.xnat.auth import _default_netrc
+
+        path, explicit = _default_netrc(os.environ)
+        exists = "" if os.path.exists(path) else ", missing"
+        settings["netrc"] = (path, ("environment ($NETRC)" if explicit else "default") + exists)
     print(xc.render(settings, xc.load_config(args.config)), end="")
     return 0
 
@@ -359,6 +412,11 @@ def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str,
         argv.append("--allow-delete")
     if options.allow_other_write:
         argv.append("--allow-other-write")
+    if options.nonempty:
+        argv.append("--nonempty")
+    for flag, mode in (("--dir-mode", options.dir_mode), ("--file-mode", options.file_mode)):
+        if mode is not None:
+            argv += [flag, f"{mode:04o}"]
     if isinstance(options.verify, str):
         # from whichever source set it (command line, environment, config file): the child
         # reads no config file, and a relative path must not depend on its working directory
@@ -451,6 +509,10 @@ def fuse_kwargs(options: Options, mfusepy: Any) -> Dict[str, object]:
     }
     if getattr(mfusepy, "fuse_version_major", 3) >= 3:
         kwargs["max_threads"] = options.max_threads
+        # libfuse 3.14 checks the unset max_idle_threads (UINT_MAX) as a value and prints
+        # "Ignoring invalid max threads value 4294967295" on every mount (libfuse#1003,
+        # fuse-notes.md §1.3): a valid value silences it; idle workers are kept up to the pool
+        kwargs["max_idle_threads"] = options.max_threads
     for key, value in options.fuse_options.items():
         if key in ("big_writes", "large_read") and getattr(mfusepy, "fuse_version_major", 3) >= 3:
             log.warning("ignoring -o %s: libfuse3 refuses it (fuse-notes.md §1.3)", key)
@@ -552,6 +614,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         if item.get("last_error"):
             line += f": {item['last_error']}"
         print(line)
+    failed = [item for item in uploads if item.get("state") == "failed" and item.get("path")]
+    if failed:
+        # a failed file stays listed (README "Writes become uploads"); rm is how it goes
+        example = os.path.join(os.path.abspath(args.mountpoint), failed[0]["path"].lstrip("/"))
+        print(f"failed files are not retried: to discard one, rm it in the mount "
+              f"(rm '{example}'); to retry, fix the cause, copy it out, rm it and copy it in "
+              f"again")
     return 0
 
 
@@ -569,15 +638,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _load_fuse()
     workdir = Path(tempfile.mkdtemp(prefix="xnatfs-demo-"))
     os.chmod(workdir, 0o700)
-    data = args.data or workdir / "archive"
+    data = args.data.resolve() if args.data else workdir / "archive"
     user, password = "admin", "admin"
     emu = Emulator(data, user=user, password=password, seed="demo", port=args.port)
     print("xnatfs demo: starting the XNAT emulator with demo data ...", flush=True)
     emu.start()
     options = Options(url=emu.url, cache_dir=workdir / "cache")
+    log_path = workdir / "xnatfs.log"
     argv = [sys.executable, "-m", "xnatfs", "mount", emu.url, mountpoint, "--foreground",
-            "--credentials-stdin", "--cache-dir", str(options.cache_dir), "--log-level", "warning"]
-    child = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
+            "--credentials-stdin", "--cache-dir", str(options.cache_dir), "--log-level", "info"]
+    with open(log_path, "ab") as log_fh:
+        # the mount's log goes to a file the banner names, not over the banner (issue 16 §7)
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log_fh, stderr=log_fh,
+                                 start_new_session=True)
     assert child.stdin is not None
     child.stdin.write(json.dumps({"username": user, "password": password}).encode() + b"\n")
     child.stdin.close()
@@ -587,11 +660,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         if not mounting.wait_mounted(mountpoint, time.monotonic() + MOUNT_WAIT_S,
                                      alive=lambda: child.poll() is None):
-            raise UsageError("the demo mount did not come up (see the messages above)")
+            raise UsageError(f"the demo mount did not come up; last log lines ({log_path}):"
+                             f"\n{_tail(log_path)}")
+        from xnatfs.emulator.seed import DEMO_USER
+
+        kept = (f"{data} (kept: run 'xnatfs demo --data {data}' again to see your writes)"
+                if args.data else f"{data} (removed at exit; --data DIR keeps it)")
         print(f"""
 xnatfs demo is running.
-  XNAT emulator : {emu.url}   (user {user}, password {password})
-  mounted at    : {mountpoint}
+  XNAT emulator : {emu.url}
+  users         : {user} / {password} (sees everything),
+                  {DEMO_USER[0]} / {DEMO_USER[1]} (sees only DEMO1)
+  mounted at    : {mountpoint} (as {user})
+  archive data  : {kept}
+  cache         : {options.cache_dir} (xnatfs cache usage; removed at exit)
+  log           : {log_path} (removed at exit)
 
 Try, in another terminal:
   ls {mountpoint}
@@ -616,13 +699,22 @@ Press Ctrl-C to unmount and stop.""", flush=True)
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    """``xnatfs cache usage|prune|clear|prefetch``."""
+    """``xnatfs cache usage|prune|clear|verify|prefetch``."""
     if args.cache_command == "prefetch":
         return _prefetch(args.paths, args.threads)
+    if args.cache_command == "verify":
+        return _verify(Path(args.cache_dir or default_cache_dir()).expanduser(), args.repair)
     import fcntl
 
     from xnatfs.cache.content import ContentCache
 
+    if args.cache_command == "usage" and not args.cache_dir:
+        # the default cache and those of the running mounts (the demo's is a temporary one)
+        dirs = _caches_in_use(Path(default_cache_dir()).expanduser())
+        if dirs:
+            for one in dirs:
+                cmd_cache(argparse.Namespace(**dict(vars(args), cache_dir=str(one))))
+            return 0
     cache_dir = Path(args.cache_dir or default_cache_dir()).expanduser()
     content = cache_dir / "content"
     if not content.is_dir():
@@ -651,6 +743,36 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(cache_dir: Path, repair: bool) -> int:
+    """``xnatfs cache verify``: size and MD5 of every entry, with a progress bar; exit 1 if
+    bad entries remain (0 after ``--repair`` dropped them all)."""
+    from tqdm import tqdm
+
+    from xnatfs.cache.content import verify_entries
+
+    if not (cache_dir / "content" / "index").is_dir():
+        raise UsageError(f"no xnatfs cache at {cache_dir}")
+    bar: Any = None
+
+    def on_total(entries: int, total: int) -> None:
+        nonlocal bar
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"verify {entries} files",
+                   disable=None, file=sys.stderr)
+
+    try:
+        report = verify_entries(cache_dir / "content", repair=repair,
+                                progress=lambda n: bar.update(n), on_total=on_total)
+    finally:
+        if bar is not None:
+            bar.close()
+    for line in report.problems:
+        print(f"xnatfs: cache verify: bad entry {line}", file=sys.stderr)
+    print(f"{cache_dir}: {report.checked} files checked ({report.hashed} by MD5, the others "
+          f"by size: no MD5 listed), {report.bad} bad"
+          + (f", {report.dropped} dropped" if repair else ""))
+    return 0 if report.bad == report.dropped else 1
+
+
 def _no_fetch(uri: str, sink: Any) -> None:
     raise OSError(f"the cache command does not download ({uri})")
 
@@ -662,8 +784,17 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
 
     from tqdm import tqdm
 
+    from xnatfs.fs.mounting import xnatfs_mounts
+
+    mounts = xnatfs_mounts()
     files: List[Tuple[str, int]] = []
     for top in paths:
+        # reading files elsewhere would only copy them into nothing; realpath: a link to a
+        # mount is fine (it stats through the mount, which prefetch reads anyway)
+        absolute = os.path.realpath(top)
+        if not any(absolute == m or absolute.startswith(m.rstrip("/") + "/") for m in mounts):
+            raise UsageError(f"{top} is not inside an xnatfs mount (mounted: "
+                             f"{', '.join(mounts) or 'none'}); nothing was read")
         if os.path.isfile(top):
             files.append((top, os.path.getsize(top)))
             continue
@@ -696,13 +827,62 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
     return 1 if failed else 0
 
 
+def _caches_in_use(default: Path) -> List[Path]:
+    """The default cache directory if it holds a cache, then the cache directory of each
+    running xnatfs mount (from its ``.xnatfs/stats``); empty when there is none of either."""
+    from xnatfs.fs.mounting import xnatfs_mounts
+
+    out = [default] if (default / "content").is_dir() else []
+    for mnt in xnatfs_mounts():
+        found = _mount_stats(mnt).get("cache_dir")
+        if found and Path(found) not in out and (Path(found) / "content").is_dir():
+            out.append(Path(found))
+    return out
+
+
+def _mount_stats(mountpoint: str, timeout: float = 5.0) -> Dict[str, Any]:
+    """A mount's ``.xnatfs/stats``, or ``{}`` when it cannot be read within ``timeout`` (another
+    user's mount, a stale one, a daemon that does not answer: the reading thread is left
+    behind, as a daemon thread, rather than hanging the command)."""
+    result: Dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            with open(os.path.join(mountpoint, ".xnatfs", "stats"), encoding="utf-8") as fh:
+                result.update(json.load(fh))
+        except (OSError, ValueError):
+            pass
+
+    reader = threading.Thread(target=read, name="stats", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return dict(result) if not reader.is_alive() else {}
+
+
 def cmd_emulator(argv: List[str]) -> int:
     from xnatfs.emulator.cli import main as emulator_main
 
-    return emulator_main(argv)
+    return emulator_main(argv, prog="xnatfs emulator")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; a reader that goes away (``xnatfs status MNT | head -1``) ends it
+    quietly with the shell's status for SIGPIPE, 141, instead of a ``BrokenPipeError``
+    traceback (issue 16 §5)."""
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()  # inside the try: the last lines may still sit in the buffer
+        return rc
+    except BrokenPipeError:
+        # Python's documented recipe: point stdout at /dev/null so that the flush at exit
+        # does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "emulator":
         return cmd_emulator(argv[1:])
@@ -756,7 +936,7 @@ def mount_helper_main(argv: Optional[Sequence[str]] = None) -> int:
     from xnatfs.config import KEYS
 
     own = (set(KEYS) - {"user", "password"}) | {"config", "log_file"}
-    flags = {"read_only", "allow_delete", "allow_other_write"}
+    flags = {"read_only", "allow_delete", "allow_other_write", "nonempty"}
     dropped = {"_netdev", "nofail", "noauto", "auto", "user", "nouser", "users", "defaults"}
     cmd: List[str] = ["mount", source, mountpoint]
     fuse: List[str] = []

@@ -138,6 +138,20 @@ def _to_size(value: Any, from_text: bool) -> int:
     raise ValueError("must be a size such as \"20G\" or a number of bytes")
 
 
+def _to_mode(value: Any, from_text: bool) -> int:
+    """Permission bits, octal as in chmod: ``"0750"``/``"750"`` (TOML: the string, or 0o750)."""
+    if isinstance(value, bool):
+        raise ValueError("must be octal permission bits such as \"0755\"")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip(), 8)
+        except ValueError:
+            raise ValueError("must be octal permission bits such as \"0755\"") from None
+    if not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise ValueError("must be octal permission bits between 0000 and 0777")
+    return value
+
+
 def _to_str(value: Any, from_text: bool) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string")
@@ -193,6 +207,9 @@ KEYS: Dict[str, KeySpec] = {
     "allow_delete": KeySpec(_to_bool, _OPT.allow_delete, "boolean"),
     "allow_other_write": KeySpec(_to_bool, _OPT.allow_other_write, "boolean"),
     "read_only": KeySpec(_to_bool, _OPT.read_only, "boolean"),
+    "dir_mode": KeySpec(_to_mode, _OPT.dir_mode, "octal mode"),
+    "file_mode": KeySpec(_to_mode, _OPT.file_mode, "octal mode"),
+    "nonempty": KeySpec(_to_bool, _OPT.nonempty, "boolean"),
     "experiment_type": KeySpec(_to_str, _OPT.experiment_type, "string"),
     "scan_type": KeySpec(_to_str, _OPT.scan_type, "string"),
     "user": KeySpec(_to_str, None, "string"),
@@ -437,6 +454,8 @@ def render(settings: Mapping[str, Tuple[Any, str]], config: Optional[ConfigFile]
             shown = f'"{MASK}"'
         elif key == "cache_size" and isinstance(value, int):
             shown = f'"{_format_size(value)}"'
+        elif key in ("dir_mode", "file_mode") and isinstance(value, int):
+            shown = f'"{value:04o}"'
         elif isinstance(value, bool):
             shown = "true" if value else "false"
         elif isinstance(value, str):

@@ -88,3 +88,10 @@ class Options:
     #: mode bits taken away from every file and folder shown (``-o umask=027``): with
     #: ``allow_other`` this decides who else may read; it can only remove bits, never add
     umask: int = 0
+    #: permission bits shown for every directory / file (``--dir-mode``/``--file-mode``);
+    #: None: 0755/0644 (0777/0666 with ``allow_other_write``).  Group/other write bits are
+    #: dropped unless ``allow_other_write``, every write bit with ``read_only`` (fs/ops.py)
+    dir_mode: Optional[int] = None
+    file_mode: Optional[int] = None
+    #: mount on a directory that is not empty (its files are hidden while mounted)
+    nonempty: bool = False

@@ -102,6 +102,7 @@ class Runtime:
         return {
             "version": __version__,
             "url": self.options.url,
+            "cache_dir": str(self.options.cache_dir),  # for ``xnatfs cache usage`` (issue 16 §7)
             "uptime_s": round(time.time() - self.started_at, 3),
             "requests": _plain(self.client.stats) if self.client else {},
             "limiter": _plain(self.client.limiter) if self.client else {},

@@ -5,7 +5,8 @@ import hashlib
 import json
 import subprocess
 import sys
-from typing import Dict, Iterable, List, Sequence, Tuple
+import time
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 from urllib.parse import unquote
 
 import requests
@@ -81,3 +82,13 @@ def downloads(records: Iterable[tuple]) -> List[str]:
         if method == "GET" and "/files/" in path and status == 200:
             out.append(path)
     return out
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05,
+               what: str = "condition") -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)

@@ -173,3 +173,20 @@ def record(request):
                 fh.write(line + "\n")
 
     return emit
+
+
+@pytest.fixture
+def cache_on_64m_tmpfs(tmp_path):
+    """A cache directory on its own 64 MiB tmpfs: a small, really full disk."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs",
+                          str(where)], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield where / "cache"
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)

@@ -181,14 +181,7 @@ def test_a_redirect_to_another_host_is_not_followed(hostile, evil, make_mount):
 
 # -- file bodies (the download path: issue 17 §4/§5, fixed on the cache side) -------------------
 
-#: the download side (content cache) is another branch's fix; these pass once it lands
-_CACHE_SIDE = pytest.mark.xfail(reason="download size/encoding checks: cache-side fix "
-                                "(issue 17 §4/§5), not in this branch", strict=False)
-
-
-@pytest.mark.parametrize("mode", [pytest.param("file_endless", marks=_CACHE_SIDE),
-                                  pytest.param("file_longer", marks=_CACHE_SIDE),
-                                  pytest.param("file_gzip_bomb", marks=_CACHE_SIDE)])
+@pytest.mark.parametrize("mode", ["file_endless", "file_longer", "file_gzip_bomb"])
 def test_a_file_body_that_breaks_its_listing_is_an_error_within_bounds(hostile, make_mount,
                                                                        mode):
     """A body longer than listed (or endless, or a gzip bomb) is EIO, not a success with the

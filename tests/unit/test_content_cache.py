@@ -545,3 +545,407 @@ def test_close_during_a_bulk_fetch_ends_every_member(tmp_path):
         except OSError as exc:
             assert exc.errno == errno.ECANCELED       # or cancelled, never a hang
         h.close()
+
+
+# -- integrity of cached entries (issue 18 §1) ----------------------------------------------------
+
+
+def _stored(cc: ContentCache, key: ContentKey) -> str:
+    return cc._stored_path(key.hexname())   # noqa: SLF001 - the test damages the file itself
+
+
+def _cached(cc_factory, data: bytes, uri: str = "/f"):
+    fetch = FakeFetch({uri: data})
+    cc = cc_factory(fetch)
+    key = key_for(uri, data)
+    assert read_all(cc, key) == data
+    return cc, fetch, key
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zero", "extend", "delete"])
+def test_a_cached_file_of_the_wrong_size_is_fetched_again(make_cache, damage, caplog):
+    data = payload(50_000)
+    cc, fetch, key = _cached(make_cache, data)
+    path = _stored(cc, key)
+    if damage == "delete":
+        os.unlink(path)
+    else:
+        with open(path, "r+b") as f:
+            f.truncate({"truncate": 100, "zero": 0, "extend": 60_000}[damage])
+    with caplog.at_level(logging.WARNING, logger="xnatfs.cache.content"):
+        assert read_all(cc, key) == data
+    assert fetch.calls["/f"] == 2
+    assert [r for r in caplog.records if "/f" in r.getMessage()], "one line naming the file"
+    assert read_all(cc, key) == data and fetch.calls["/f"] == 2   # the fresh copy is kept
+
+
+def _flip(path: str, at: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+@pytest.mark.parametrize("size", [50_000, INLINE_HASH_MAX + 100_000])
+def test_an_earlier_mounts_damaged_entry_is_hashed_before_it_is_served(tmp_path, size):
+    """Same size, one bit flipped while nothing ran: the next daemon hashes the file once on
+    its first open and fetches it again; a sound entry is hashed once, then served as is."""
+    data, other = payload(size), payload(size, seed=5)
+    fetch = FakeFetch({"/f": data, "/g": other})
+    first = ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch)
+    with first:
+        kf, kg = key_for("/f", data), key_for("/g", other)
+        assert read_all(first, kf) == data and read_all(first, kg) == other
+        assert first.stats["verified"] == 0     # its own downloads: checked as they came
+    _flip(_stored(first, kf), size // 2)
+    second = ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch)
+    with second:
+        assert read_all(second, kf) == data
+        assert read_all(second, kg) == other
+        assert read_all(second, kg) == other
+        assert fetch.calls == Counter({"/f": 2, "/g": 1})
+        assert second.stats["verified"] == 1 and second.stats["damaged"] == 1
+
+
+def test_a_verified_entry_changed_while_running_is_hashed_again(make_cache):
+    data = payload(50_000)
+    cc, fetch, key = _cached(make_cache, data)
+    path = _stored(cc, key)
+    st = os.stat(path)
+    _flip(path, 1000)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # the write's own mtime
+    assert read_all(cc, key) == data
+    assert fetch.calls["/f"] == 2
+
+
+def test_a_same_size_replacement_is_fetched_again(make_cache):
+    data = payload(50_000)
+    cc, fetch, key = _cached(make_cache, data)
+    path = _stored(cc, key)
+    with open(path + ".new", "wb") as f:
+        f.write(payload(50_000, seed=9))
+    os.replace(path + ".new", path)
+    assert read_all(cc, key) == data
+    assert fetch.calls["/f"] == 2
+
+
+# -- verdict before the last bytes (issue 17 §5) --------------------------------------------------
+
+
+def test_the_last_bytes_wait_for_the_md5_verdict(make_cache):
+    data = payload(50_000)
+    fetch = FakeFetch({"/f": [b"y" * 50_000]}, hold_at=50_000)   # all sent, then held
+    cc = make_cache(fetch)
+    key = key_for("/f", data)
+    with cc.open(key) as h:
+        assert h.read(0, 1000, later()) == b"y" * 1000            # early bytes: served as they come
+        assert fetch.held.wait(WAIT)
+        with pytest.raises(TimeoutError):                         # the end: not before the verdict
+            h.read(49_000, 1000, time.monotonic() + 0.2)
+        fetch.gate.set()
+        with pytest.raises(OSError) as info:
+            h.read(49_000, 1000, later())
+        assert info.value.errno == errno.EIO
+        with pytest.raises(OSError):
+            h.read(50_000, 10, later())                           # EOF is no success either
+    assert fetch.calls["/f"] == 2 and cc.state(key) == "absent"
+
+
+def test_a_body_longer_than_listed_is_cut_at_the_listed_size(make_cache, tmp_path, caplog):
+    data = payload(10_000)
+    fetch = FakeFetch({"/f": data + payload(1 << 20, seed=2)})
+    cc = make_cache(fetch)
+    key = key_for("/f", data, digest="")
+    with caplog.at_level(logging.ERROR), cc.open(key) as h:
+        with pytest.raises(OSError) as info:
+            h.read(0, 20_000, later())
+        assert info.value.errno == errno.EIO
+    assert cc.stats["bytes_downloaded"] <= 2 * 10_000      # never past the listed size
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+    assert cc.state(key) == "absent" and os.listdir(tmp_path / "cc" / "partial") == []
+
+
+def test_a_body_shorter_than_listed_is_eio(make_cache):
+    data = payload(10_000)
+    fetch = FakeFetch({"/f": data[:9000]}, hold_at=9000)
+    cc = make_cache(fetch)
+    key = key_for("/f", data)
+    with cc.open(key) as h:
+        assert h.read(0, 1000, later()) == data[:1000]
+        fetch.gate.set()
+        with pytest.raises(OSError) as info:
+            h.read(9000, 1000, later())
+        assert info.value.errno == errno.EIO
+
+
+def test_a_download_of_unknown_size_never_outgrows_the_cache(make_cache):
+    fetch = FakeFetch({"/zip": payload(300_000)}, chunk=8192)
+    cc = make_cache(fetch, size_limit=100_000)
+    key = ContentKey("/zip", None, "", "2024")
+    with cc.open(key) as h:
+        with pytest.raises(OSError) as info:
+            h.read(0, 400_000, later())
+        assert info.value.errno == errno.EIO
+    assert cc.stats["bytes_downloaded"] <= 2 * 100_000
+    assert cc.size() <= 100_000
+
+
+# -- durability (issue 18 §0) ---------------------------------------------------------------------
+
+
+def test_cache_files_are_synced_before_they_are_indexed(make_cache, monkeypatch):
+    from xnatfs.cache import download as download_module
+
+    data = payload(50_000)
+    fetch = FakeFetch({"/f": data})
+    cc = make_cache(fetch)
+    key = key_for("/f", data)
+    seen: List[str] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        seen.append(cc.state(key) if cc._index.size_of(key.hexname()) is None  # noqa: SLF001
+                    else "indexed")
+        real(fd)
+
+    monkeypatch.setattr(download_module.os, "fdatasync", fdatasync)
+    assert read_all(cc, key) == data
+    assert seen == ["downloading"]
+
+
+# -- room for downloads (issue 18 §0, §2) ---------------------------------------------------------
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MiB tmpfs (root only): a cache disk that really fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    import subprocess
+
+    where = tmp_path / "small"
+    where.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs",
+                          str(where)], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("listed", [True, False])
+def test_a_full_cache_disk_is_evicted_before_a_download_fails(make_cache, small_fs, listed):
+    """The limit (1 GiB) is far above the disk (4 MiB), as when the cache disk is shared:
+    eviction makes room before (size listed) or when (size unknown: ENOSPC) the download
+    needs it; the old code gave ENOSPC with nothing evicted."""
+    old = {f"/old{i}": payload(1 << 20, seed=i) for i in range(3)}
+    new = payload(2 << 20, seed=7)
+    fetch = FakeFetch({**old, "/new": new}, chunk=64 << 10)
+    cc = make_cache(fetch, directory=small_fs / "cc")
+    for uri, data in old.items():
+        assert read_all(cc, key_for(uri, data)) == data
+    key = key_for("/new", new) if listed else ContentKey("/new", None, "", "x")
+    with cc.open(key) as h:
+        assert h.read(0, len(new) + 1, later()) == new
+        assert h.wait(later())
+    assert cc.stats["evictions"] >= 1 and cc.state(key) == "cached"
+
+
+def test_a_file_larger_than_the_cache_is_streamed_and_not_kept(make_cache, tmp_path,
+                                                               monkeypatch):
+    from xnatfs.cache import stream
+
+    monkeypatch.setattr(stream, "AHEAD", 512 << 10)
+    monkeypatch.setattr(stream, "BEHIND", 256 << 10)
+    big = payload(3 << 20, seed=4)
+    fetch = FakeFetch({"/big": big}, chunk=64 << 10)
+    cc = make_cache(fetch, size_limit=1 << 20)
+    key = key_for("/big", big)
+    with cc.open(key) as h:
+        got = bytearray()
+        while True:
+            chunk = h.read(len(got), 128 << 10, later())
+            if not chunk:
+                break
+            got += chunk
+        assert bytes(got) == big and fetch.calls["/big"] == 1
+        assert h.read(1000, 100, later()) == big[1000:1100]       # back past the window ...
+    assert fetch.calls["/big"] == 2                                # ... fetched again
+    assert cc.state(key) == "absent" and cc.stats["streamed"] == 1
+    assert os.listdir(tmp_path / "cc" / "partial") == []
+
+
+@pytest.mark.parametrize("body", ["damaged", "long", "short"])
+def test_a_streamed_file_with_bad_bytes_ends_in_eio(make_cache, body, caplog):
+    big = payload(3 << 20, seed=4)
+    sent = {"damaged": big[:-1] + b"!", "long": big + b"more", "short": big[:-10]}[body]
+    fetch = FakeFetch({"/big": sent}, chunk=64 << 10)
+    cc = make_cache(fetch, size_limit=1 << 20)
+    with caplog.at_level(logging.ERROR), cc.open(key_for("/big", big)) as h:
+        with pytest.raises(OSError) as info:
+            pos = 0
+            while True:
+                chunk = h.read(pos, 1 << 20, later())
+                assert chunk == big[pos:pos + len(chunk)]     # what is served is right
+                if not chunk:
+                    break
+                pos += len(chunk)
+        assert info.value.errno == errno.EIO
+
+
+# -- xnatfs cache verify ----------------------------------------------------------------------------
+
+
+def test_verify_finds_and_repairs_every_kind_of_damage(tmp_path):
+    from xnatfs.cache.content import verify_entries
+
+    files = {f"/f{i}": payload(20_000, seed=i) for i in range(6)}
+    fetch = FakeFetch(files)
+    cc = ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch)
+    with cc:
+        keys = {uri: key_for(uri, data) for uri, data in files.items()}
+        nodigest = ContentKey("/f5", 20_000, "", "x")
+        for uri, key in keys.items():
+            assert read_all(cc, key if uri != "/f5" else nodigest) == files[uri]
+        _flip(_stored(cc, keys["/f0"]), 5)
+        os.truncate(_stored(cc, keys["/f1"]), 100)
+        os.unlink(_stored(cc, keys["/f2"]))
+        _flip(_stored(cc, nodigest), 5)                       # no MD5: size only, not found
+        report = verify_entries(tmp_path / "cc")              # beside the running cache
+        assert (report.checked, report.hashed, report.bad, report.dropped) == (6, 5, 3, 0)
+        report = verify_entries(tmp_path / "cc", repair=True)
+        assert report.bad == 3 and report.dropped == 3
+        assert verify_entries(tmp_path / "cc").bad == 0
+        for uri, key in keys.items():                         # the running cache fetches again
+            if uri != "/f5":
+                assert read_all(cc, key) == files[uri]
+        assert fetch.calls["/f0"] == fetch.calls["/f1"] == fetch.calls["/f2"] == 2
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_large_entry_is_hashed_while_read_and_holds_back_its_end(tmp_path, monkeypatch,
+                                                                 damaged):
+    """Above VERIFY_INLINE_MAX the first open does not wait for the hash (a file of gigabytes
+    on a slow disk would outlast --timeout); the read of the last bytes does, and is EIO when
+    the MD5 is wrong; the next open fetches the file again."""
+    from xnatfs.cache import content as content_module
+
+    monkeypatch.setattr(content_module, "VERIFY_INLINE_MAX", 100_000)
+    data = payload(3 << 20)
+    fetch = FakeFetch({"/f": data}, chunk=64 << 10)
+    with ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch) as first:
+        key = key_for("/f", data)
+        assert read_all(first, key) == data
+    if damaged:
+        _flip(_stored(first, key), len(data) // 2)
+    with ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch) as second:
+        with second.open(key) as h:
+            assert h.from_cache
+            head = h.read(0, 4096, later())
+            assert head == data[:4096]
+            if damaged:
+                with pytest.raises(OSError) as info:
+                    h.read(len(data) - 4096, 4096, later())
+                assert info.value.errno == errno.EIO
+            else:
+                assert h.read(len(data) - 4096, 8192, later()) == data[-4096:]
+        assert read_all(second, key) == data
+        assert fetch.calls["/f"] == (2 if damaged else 1)
+        assert second.stats["damaged"] == int(damaged)
+
+
+def test_cache_verify_command_reports_and_repairs(tmp_path):
+    import subprocess
+    import sys
+
+    files = {f"/f{i}": payload(20_000, seed=i) for i in range(4)}
+    cc = ContentCache(tmp_path / "xc" / "content", size_limit=1 << 30, fetch=FakeFetch(files))
+    with cc:
+        keys = [key_for(uri, data) for uri, data in files.items()]
+        for key in keys:
+            read_all(cc, key)
+    _flip(_stored(cc, keys[0]), 7)
+    os.unlink(_stored(cc, keys[1]))
+
+    def verify(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "xnatfs", "cache", "verify", "--cache-dir",
+                               str(tmp_path / "xc"), *extra], capture_output=True, text=True,
+                              timeout=60)
+
+    res = verify()
+    assert res.returncode == 1, res.stderr
+    assert "4 files checked (4 by MD5" in res.stdout and ", 2 bad" in res.stdout
+    assert res.stderr.count("bad entry") == 2
+    res = verify("--repair")
+    assert res.returncode == 0 and "2 bad, 2 dropped" in res.stdout, res.stdout + res.stderr
+    res = verify()
+    assert res.returncode == 0 and "2 files checked" in res.stdout and ", 0 bad" in res.stdout
+
+
+def test_bulk_member_inflating_past_its_listed_size_is_fetched_alone(make_cache, tmp_path):
+    """Issue 17 §4: a zip member that inflates beyond its listed size is cut (nothing past
+    the size reaches partial/), and it and the members after it are fetched alone."""
+    import zipfile
+
+    files = {f"/f{i:02d}": payload(5000, seed=i) for i in range(6)}
+    zipped = dict(files)
+    zipped["/f02"] = bytes(8 << 20)              # listed 5000 bytes: a bomb of zeros
+    fetch, keys, key_of = _bulk_setup(files, zipped)
+    fetch.answers["/zip"] = streamed_zip(
+        {"S/scans/1/resources/DICOM/files/" + u.lstrip("/"): d for u, d in zipped.items()},
+        zipfile.ZIP_DEFLATED)
+    cc = make_cache(fetch)
+    cc.bulk("/zip", keys.values(), key_of)
+    for uri, key in keys.items():
+        assert read_all(cc, key) == files[uri]
+    assert fetch.calls["/f02"] == 1 and fetch.calls["/f00"] == 0 and fetch.calls["/zip"] == 1
+    assert cc.stats["bytes_downloaded"] < 100_000
+
+
+def test_room_is_made_before_a_download_not_after_it(make_cache):
+    """Issue 18 §0: eviction ran only after a file was added, so the cache (and its disk)
+    held the old files and the whole new one at once.  Now the least-recently-used file goes
+    before the first byte of the new one is written: at no time do the index and the running
+    download together exceed the limit."""
+    mib = 1 << 20
+    old = {"/a": payload(mib, seed=1), "/b": payload(mib, seed=2)}
+    new = payload(mib + mib // 2, seed=3)
+    fetch = FakeFetch({**old, "/new": new}, chunk=64 << 10, hold_at=mib)
+    fetch.gate.set()                                    # the old files pass the hold point
+    cc = make_cache(fetch, size_limit=3 * mib)
+    for uri, data in old.items():
+        assert read_all(cc, key_for(uri, data)) == data
+    fetch.gate.clear()
+    key = key_for("/new", new)
+    with cc.open(key) as h:
+        assert fetch.held.wait(WAIT)                    # 1 MiB of the new file written
+        assert cc.stats["evictions"] == 1 and cc.state(key_for("/a", old["/a"])) == "absent"
+        assert cc.size() + mib <= 3 * mib
+        fetch.gate.set()
+        assert h.read(0, len(new), later()) == new
+
+
+def test_a_streamed_file_read_by_several_threads_slightly_out_of_order(make_cache,
+                                                                       monkeypatch):
+    """The kernel's read-ahead sends one file's reads from several FUSE threads, not in
+    order: within the window behind the furthest read they are served without a re-fetch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xnatfs.cache import stream
+
+    monkeypatch.setattr(stream, "AHEAD", 1 << 20)
+    monkeypatch.setattr(stream, "BEHIND", 512 << 10)
+    big = payload(6 << 20, seed=8)
+    fetch = FakeFetch({"/big": big}, chunk=64 << 10)
+    cc = make_cache(fetch, size_limit=1 << 20)
+    block = 128 << 10
+    offsets = list(range(0, len(big), block))
+    for i in range(0, len(offsets) - 1, 2):          # pairs swapped: 1, 0, 3, 2, ...
+        offsets[i], offsets[i + 1] = offsets[i + 1], offsets[i]
+    with cc.open(key_for("/big", big)) as h, ThreadPoolExecutor(4) as pool:
+        got = dict(zip(offsets, pool.map(lambda off: h.read(off, block, later()), offsets)))
+    assert b"".join(got[o] for o in sorted(got)) == big
+    assert fetch.calls["/big"] == 1

@@ -176,7 +176,14 @@ def test_modes_shown_never_give_others_write_unless_asked(monkeypatch):
     ops = _ops(monkeypatch, 0, umask=0o077)
     assert all(mode & 0o077 == 0 for mode in ops._modes.values())
     ops = _ops(monkeypatch, 0, allow_other_write=True)
-    assert ops._modes[(False, True)] == 0o666 and ops._modes[(False, False)] == 0o444
+    assert ops._modes == {True: 0o777, False: 0o666}
+    # --dir-mode/--file-mode cannot add group/other write bits either (issue 16 §3)
+    ops = _ops(monkeypatch, 0, dir_mode=0o777, file_mode=0o666)
+    assert ops._modes == {True: 0o755, False: 0o644}
+    ops = _ops(monkeypatch, 0, dir_mode=0o777, file_mode=0o666, umask=0o027)
+    assert ops._modes == {True: 0o750, False: 0o640}
+    ops = _ops(monkeypatch, 0, read_only=True, allow_other_write=True)
+    assert ops._modes == {True: 0o555, False: 0o444}
 
 
 def test_deletes_of_listed_uris_stay_under_data():

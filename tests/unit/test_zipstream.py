@@ -132,3 +132,45 @@ def test_without_crc_a_damaged_member_still_ends_ok_by_size():
     splitter.feed(bytes(blob))
     splitter.close()
     assert ends == [(n, True) for n in FILES]
+
+
+# -- bounds (issue 17 §4: a member inflating to 1 GiB reached 2.1 GB of memory) ---------------
+
+BOMB = 64 << 20   # zeros: deflate to ~64 KiB
+
+
+@pytest.fixture(scope="module")
+def bomb_zip() -> bytes:
+    return streamed_zip({"bomb.bin": bytes(BOMB), "after.txt": b"after"}, zipfile.ZIP_DEFLATED)
+
+
+def test_a_bomb_is_inflated_in_bounded_steps(bomb_zip):
+    """Size unknown to the listing: the member is inflated whole, but never more than
+    INFLATE_STEP at a time (the old code made one 64 MiB bytes from one feed)."""
+    from xnatfs.cache.zipstream import INFLATE_STEP
+
+    largest = [0]
+    total = [0]
+
+    def sink(data) -> None:
+        largest[0] = max(largest[0], len(data))
+        total[0] += len(data)
+
+    ends: List[Tuple[str, bool]] = []
+    splitter = ZipSplitter(lambda n: None, lambda n: sink if n == "bomb.bin" else None,
+                           lambda n, ok: ends.append((n, ok)))
+    splitter.feed(bomb_zip)          # one chunk holding the whole archive
+    splitter.close()
+    assert total[0] == BOMB and 0 < largest[0] <= INFLATE_STEP
+    assert ends == [("bomb.bin", True), ("after.txt", True)]
+
+
+def test_a_member_inflating_past_its_listed_size_is_cut(bomb_zip):
+    got = bytearray()
+    ends: List[Tuple[str, bool]] = []
+    splitter = ZipSplitter({"bomb.bin": 1000, "after.txt": 5}.get,
+                           lambda n: got.extend if n == "bomb.bin" else None,
+                           lambda n, ok: ends.append((n, ok)))
+    with pytest.raises(ZipStreamError, match="listed size"):
+        splitter.feed(bomb_zip)
+    assert len(got) <= 1000 and ends == []

@@ -114,7 +114,7 @@ class _FileMD5:
         os.close(self._fd)
 
 
-def _digest_file(fd: int, size: int) -> str:
+def digest_file(fd: int, size: int) -> str:
     """MD5 of the first ``size`` bytes of ``fd`` (read back from the page cache)."""
     md5 = hashlib.md5(usedforsecurity=False)
     pos = 0
@@ -132,6 +132,11 @@ class IntegrityError(OSError):
 
     def __init__(self, message: str) -> None:
         super().__init__(errno.EIO, message)
+
+
+class TooLong(IntegrityError):
+    """The body goes on past the listed size (or, size unknown, past the cache limit): the
+    attempt stops there, nothing more is written (issue 17 §4)."""
 
 
 class Download:
@@ -169,6 +174,8 @@ class Download:
         fetch: Fetch,
         verify: bool = True,
         cancelled: Callable[[], bool] = lambda: False,
+        max_bytes: Optional[int] = None,
+        make_room: Callable[[int], bool] = lambda needed: False,
     ) -> None:
         #: Read-only after construction.
         self.uri = uri
@@ -177,6 +184,12 @@ class Download:
         self.partial_path = partial_path
         self._fetch = fetch
         self._cancelled = cancelled
+        #: no attempt may write more than this into the partial file: the listed size, else
+        #: the cache limit (a download never outgrows the cache, issue 17 §4)
+        self._max_bytes = self.size if self.size is not None else max_bytes
+        #: ``make_room(n)``: the cache disk is full (ENOSPC); evict to free ``n`` bytes, True
+        #: if anything was freed (then the write is tried once more)
+        self._make_room = make_room
         #: the partial file, created when the first byte is due or the first reader joins (a
         #: bulk fetch registers hundreds of downloads at once: their files come one by one)
         self._fd: Optional[int] = None
@@ -186,6 +199,10 @@ class Download:
         self._generation = 0       # attempt number; bumps when a refetch starts
         self._fetching = False     # the current attempt's fetch is still running
         self._done = False
+        #: the attempt (generation) whose size and MD5 checked out; readers of the last bytes
+        #: wait for it (issue 17 §5: nothing is read to EOF before the verdict)
+        self._verified = -1
+        self._fed_hasher: Any = None   # the MD5 of the current fed attempt (``feed``)
         #: None until done; then None (success) or the exception readers get.
         self.error: Optional[BaseException] = None
         #: Bytes received over all attempts (for the cache's bytes_downloaded counter).
@@ -206,6 +223,7 @@ class Download:
             for attempt in (1, 2):
                 problem = self._attempt(self._fetch)
                 if problem is None:
+                    self.sync()        # durable before the index row names it (issue 18 §0)
                     adopt(self.partial_path)
                     break
                 if attempt == 1:
@@ -227,9 +245,14 @@ class Download:
 
     def _attempt(self, fetch: Fetch) -> Optional[str]:
         """One fetch into the partial file; returns None if size and MD5 check out, else why not."""
-        sink, hasher = self._begin(hash_now=True)
+        sink, hasher = self._begin()
         try:
             fetch(self.uri, sink)  # once all here, it is kept even if the cache is closing
+        except TooLong as exc:
+            self._fetch_over()
+            if isinstance(hasher, _FileMD5):
+                hasher.abandon()
+            return str(exc)
         except BaseException:
             self._fetch_over()
             if isinstance(hasher, _FileMD5):
@@ -238,30 +261,38 @@ class Download:
         self._fetch_over()
         return self._check(hasher)
 
-    def _begin(self, hash_now: bool) -> "tuple[Callable[[bytes], None], Any]":
-        """Start an attempt: (sink for its bytes, hasher or None).  With ``hash_now`` False the
-        MD5 is left to ``_check``, which reads the file back (``feed``)."""
+    def _begin(self, inline_only: bool = False) -> "tuple[Callable[[bytes], None], Any]":
+        """Start an attempt: (sink for its bytes, hasher or None).  The MD5 is computed as the
+        bytes come: inline for small files and for fed members (``inline_only``: a zip's
+        feeder thread hashes each member as it passes, so its verdict is there when the
+        member ends), by a ``_FileMD5`` thread for large fetched files.
+
+        The sink writes at most ``_max_bytes`` (the listed size): one byte more ends the
+        attempt with ``TooLong`` and nothing beyond it reaches the disk (issue 17 §4)."""
         hasher: Any = None
         with self._cond:
             fd = self._partial_fd_locked()
             self._fetching = True
             generation = self._generation
-        if self.digest and hash_now:
-            if self.size is not None and self.size <= INLINE_HASH_MAX:
+        if self.digest:
+            if inline_only or (self.size is not None and self.size <= INLINE_HASH_MAX):
                 hasher = hashlib.md5(usedforsecurity=False)
             else:
                 hasher = _FileMD5(self, fd, generation)
         inline = hasher if not isinstance(hasher, _FileMD5) else None
+        limit = self._max_bytes
 
         def sink(chunk: bytes) -> None:
             if self._cancelled():
                 raise DownloadCancelled(self.uri)
             if not chunk:
                 return
+            if limit is not None and self._arrived + len(chunk) > limit:
+                what = "listed size" if self.size is not None else "cache limit"
+                raise TooLong(f"long download: more than the {what} of {limit} bytes")
             view = memoryview(chunk)
             while view:
-                written = os.write(fd, view)
-                view = view[written:]
+                view = view[self._write(fd, view):]
             with self._cond:
                 self._arrived += len(chunk)
                 self.bytes_received += len(chunk)
@@ -270,6 +301,34 @@ class Download:
                 inline.update(chunk)  # after the readers were woken: they never wait for it
 
         return sink, hasher
+
+    def _write(self, fd: int, view: memoryview) -> int:
+        """One ``write``; on ENOSPC the cache is asked to evict and the write tried once
+        more (a full cache disk with evictable entries is not an error, issue 18 §0)."""
+        try:
+            return os.write(fd, view)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or not self._make_room(max(len(view), 1 << 20)):
+                raise
+        return os.write(fd, view)
+
+    def dup_partial(self) -> Optional[int]:
+        """A dup of the partial file's fd (caller closes it), None when there is none."""
+        with self._cond:
+            return None if self._fd is None else os.dup(self._fd)
+
+    def sync(self) -> None:
+        """Make the partial file's bytes durable (``fdatasync``), before it is indexed: after a
+        power loss an index row never names a file whose bytes were never written."""
+        with self._cond:
+            fd = self._fd
+            if fd is None:
+                return
+            fd = os.dup(fd)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _fetch_over(self) -> None:
         with self._cond:
@@ -295,9 +354,12 @@ class Download:
             elif hasher is not None:
                 got = hasher.hexdigest()
             else:
-                got = _digest_file(fd, got_size)
+                got = digest_file(fd, got_size)
             if got != self.digest:
                 return f"digest mismatch: expected {self.digest}, got {got}"
+        with self._cond:
+            self._verified = self._generation
+            self._cond.notify_all()
         return None
 
     # -- fed attempts: the bytes come from elsewhere (a member of a resource's zip) -------------
@@ -305,7 +367,9 @@ class Download:
     def feed(self) -> Callable[[bytes], None]:
         """Begin an attempt whose bytes the caller pushes into the returned sink; end it with
         :meth:`feed_done`.  Readers are served as the bytes arrive, as with ``fetch``."""
-        return self._begin(hash_now=False)[0]
+        sink, hasher = self._begin(inline_only=True)
+        self._fed_hasher = hasher
+        return sink
 
     def feed_done(self) -> None:
         """The pushed bytes are complete (or the push broke off)."""
@@ -316,7 +380,7 @@ class Download:
         not.  When right, the owner adopts the file and calls :meth:`adopted`; when not, it
         fetches the file on its own (:meth:`restart`, then :meth:`run`)."""
         try:
-            return self._check(None)
+            return self._check(self._fed_hasher)
         except OSError as exc:
             return f"cannot check the fed bytes: {exc}"
 
@@ -434,15 +498,18 @@ class Download:
         if size <= 0 or offset < 0:
             return 0, -1
         end = offset + size
+        # a read that reaches the listed end also waits for the verdict on size and MD5, so
+        # nobody reads a whole file whose bytes are wrong with success (issue 17 §5)
+        last = False
         if self.size is not None:
+            last = end >= self.size
             end = min(end, self.size)
-            if offset >= end:
-                return 0, -1
         with self._cond:
             while True:
                 if self.error is not None:
                     raise self.error
-                if self._arrived >= end or self._done:
+                if self._done or (self._arrived >= end and (
+                        not last or self._verified == self._generation)):
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -452,6 +519,8 @@ class Download:
                         f" ({self._arrived} arrived)",
                     )
                 self._cond.wait(remaining)
+            if offset >= end:
+                return 0, -1
             return max(0, min(end, self._arrived) - offset), self._generation
 
     def read(self, fd: int, offset: int, size: int, deadline: float) -> bytes:

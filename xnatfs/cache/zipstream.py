@@ -30,6 +30,9 @@ _END64 = b"PK\x06\x06"
 _DESCRIPTOR = 0x08074B50
 _HEADER = struct.Struct("<4sHHHHHIIIHH")   # 30 bytes
 _STORED, _DEFLATED = 0, 8
+#: most bytes one ``decompress`` call may produce: a member that inflates a thousandfold
+#: (a zip bomb) then costs this much memory at a time, not its whole size (issue 17 §4)
+INFLATE_STEP = 1 << 20
 _FLAG_ENCRYPTED, _FLAG_DESCRIPTOR, _FLAG_UTF8 = 0x1, 0x8, 0x800
 
 #: ``on_start(name)`` -> a sink for the member's bytes (it may get a memoryview, valid only
@@ -73,6 +76,7 @@ class ZipSplitter:
         self._inflate: Optional["zlib._Decompress"] = None
         self._crc = 0
         self._produced = 0
+        self._limit: Optional[int] = None   # most bytes the member in progress may produce
         #: members seen so far (started, whether or not they were wanted)
         self.members = 0
 
@@ -151,6 +155,11 @@ class ZipSplitter:
         self._crc = 0
         self._produced = 0
         self.members += 1
+        # the listing's size bounds what the member may inflate to (else the header's, when
+        # it has one: no descriptor)
+        known = self._size_of(name)
+        self._limit = known if known is not None and known >= 0 else (
+            None if self._has_descriptor else usize)
         if method == _STORED:
             if self._has_descriptor and usize == 0:
                 known = self._size_of(name)
@@ -177,18 +186,25 @@ class ZipSplitter:
                 self._data_done()
             return view
         assert self._inflate is not None
-        out = self._inflate.decompress(view)
-        if out:
-            self._emit(out)
-        if self._inflate.eof:
-            rest = self._inflate.unused_data
-            self._data_done()
-            return memoryview(rest)
-        return memoryview(b"")
+        data: "bytes | memoryview" = view
+        while True:
+            out = self._inflate.decompress(data, INFLATE_STEP)
+            if out:
+                self._emit(out)
+            if self._inflate.eof:
+                rest = self._inflate.unused_data
+                self._data_done()
+                return memoryview(rest)
+            data = self._inflate.unconsumed_tail
+            if not data:
+                return memoryview(b"")
 
     def _emit(self, data: "bytes | memoryview") -> None:
         if not data:
             return
+        if self._limit is not None and self._produced + len(data) > self._limit:
+            raise ZipStreamError(f"{self._name}: longer than its listed size of "
+                                 f"{self._limit} bytes")
         if self._check_crc:
             self._crc = zlib.crc32(data, self._crc)
         self._produced += len(data)

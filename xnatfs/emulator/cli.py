@@ -29,8 +29,9 @@ def build_parser(prog: str = "python -m xnatfs.emulator") -> argparse.ArgumentPa
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m xnatfs.emulator") -> int:
+    """``prog``: the name usage lines show (``xnatfs emulator`` when run through xnatfs)."""
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
     from .server import Emulator

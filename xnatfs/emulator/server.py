@@ -118,6 +118,11 @@ class Emulator:
             from .seed import seed_demo  # owned by emulator-data; imported lazily
 
             seed_demo(store)
+            # the users given to the emulator win over the seed's own (``--user alice`` with
+            # the demo seed: the seed's alice must not replace the admin asked for, issue 16 §8)
+            store.add_user(self.user, self.password, admin=True)
+            for name, pw, projects in self.extra_users:
+                store.add_user(name, pw, projects)
         elif self.seed not in ("demo", "empty"):
             raise ValueError(f"unknown seed {self.seed!r} (demo|empty)")
         self.store = store

@@ -36,14 +36,28 @@ def errno_for(exc: BaseException) -> int:
     return errno.EIO
 
 
+#: attribute calls: ``ls``/``cp`` ask for ``security.*``, ACLs and capabilities on every file
+_XATTR_OPS = frozenset({"getxattr", "listxattr", "setxattr", "removexattr"})
+
+
+def is_refusal(op: str, code: int) -> bool:
+    """An expected answer, not a failure, so not counted in the stats' ``errors`` (issue 16
+    §5): a missing name (``ENOENT``), a missing attribute (``ENODATA``) and the ``ENOTSUP`` that
+    every ``ls -l`` gets for the ``security.*`` attributes xnatfs does not serve."""
+    if code in (errno.ENOENT, errno.ENODATA):
+        return True
+    return op in _XATTR_OPS and code == errno.ENOTSUP
+
+
 def describe(op: str, path: str, exc: BaseException) -> str:
     """One log line, subject first: ``read /P/x.dcm: GET <url> -> 503 ...: <text>``."""
     return f"{op} {path}: {exc}"
 
 
 def log_failure(op: str, path: str, exc: BaseException, code: int) -> None:
-    """Log a failed op once.  ENOENT and friends are normal answers, not failures."""
-    if code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENODATA, errno.EROFS,
+    """Log a failed op once.  ENOENT and friends are normal answers, not failures; an error
+    marked ``reported`` (``tree.writes.AlreadyReported``) was logged where it happened."""
+    if getattr(exc, "reported", False) or code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENODATA, errno.EROFS,
                 errno.ENOTSUP, errno.EEXIST, errno.ENOTEMPTY):
         log.debug("%s", describe(op, path, exc))
     elif isinstance(exc, (OSError, xe.XnatError)):

@@ -48,6 +48,24 @@ def is_mounted(path: str) -> bool:
     return mount_entry(path) is not None
 
 
+def xnatfs_mounts() -> List[str]:
+    """Mount points of the xnatfs mounts in this mount namespace (type ``fuse.xnatfs``), for
+    the commands that act on "a mount" without being told which (``xnatfs cache``)."""
+    out = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                fields = line.split()
+                if " - " not in line or len(fields) < 5:
+                    continue
+                fstype = line.split(" - ", 1)[1].split()[0]
+                if fstype == "fuse.xnatfs":
+                    out.append(_unescape_mountinfo(fields[4]))
+    except OSError:
+        return []
+    return out
+
+
 def is_stale(path: str) -> bool:
     """A FUSE mount whose daemon is gone answers ENOTCONN.  ``statvfs``, not ``stat``: the
     kernel answers ``stat`` of the mount root from its attribute cache (attr_timeout) without

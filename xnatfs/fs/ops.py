@@ -30,6 +30,29 @@ XATTR_PREFIX = "user.xnat."
 _NS = 1_000_000_000
 
 
+def shown_modes(options: Any) -> Dict[bool, int]:
+    """is_dir -> the permission bits shown for every directory / file.
+
+    The same everywhere (0755/0644 by default, ``--dir-mode``/``--file-mode``), not "writable
+    here or not": a copy taken out with ``cp -r``/``rsync -a`` keeps the modes, and a read-only
+    folder there could not be deleted by its owner (issue 16 §3).  A write XNAT cannot take
+    still fails at the call with its errno.  With ``allow_other`` the kernel enforces these
+    modes (default_permissions, ``cli.fuse_kwargs``), so group/other never get a write bit
+    unless ``--allow-other-write`` (issue 17 §2, docs/SECURITY.md); ``--read-only`` drops every
+    write bit; ``-o umask=`` only takes bits away.
+    """
+    other_write = bool(getattr(options, "allow_other_write", False))
+    modes = {True: getattr(options, "dir_mode", None), False: getattr(options, "file_mode", None)}
+    defaults = {True: 0o777 if other_write else 0o755, False: 0o666 if other_write else 0o644}
+    keep = 0o777 & ~getattr(options, "umask", 0)
+    if not other_write:
+        keep &= ~0o022
+    if getattr(options, "read_only", False):
+        keep &= ~0o222
+    return {is_dir: (defaults[is_dir] if mode is None else mode) & keep
+            for is_dir, mode in modes.items()}
+
+
 def _op(func: Callable[..., Any]) -> Callable[..., Any]:
     """Run one op: any exception becomes ``FuseOSError(errno)`` plus at most one log line."""
     name = func.__name__
@@ -45,7 +68,7 @@ def _op(func: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException as exc:  # noqa: BLE001 - the errno table decides
             code = errmap.errno_for(exc)
             errmap.log_failure(name, str(path), exc, code)
-            if self.runtime is not None and code not in (errno.ENOENT, errno.ENODATA):
+            if self.runtime is not None and not errmap.is_refusal(name, code):
                 self.runtime.note_error(errno.errorcode.get(code, str(code)))
             raise mfusepy.FuseOSError(code) from None
 
@@ -67,16 +90,9 @@ class XnatOperations(mfusepy.Operations):
         options = runtime.options
         self._uid = options.uid if options.uid is not None else os.getuid()
         self._gid = options.gid if options.gid is not None else os.getgid()
-        # modes shown; with allow_other the kernel enforces them (default_permissions, added
-        # by cli.fuse_kwargs): others get no write bit unless --allow-other-write (issue 17 §2)
-        keep = ~getattr(options, "umask", 0)
-        other_write = bool(getattr(options, "allow_other_write", False))
-        self._modes = {(True, True): (0o777 if other_write else 0o755) & keep,
-                       (True, False): 0o555 & keep,
-                       (False, True): (0o666 if other_write else 0o644) & keep,
-                       (False, False): 0o444 & keep}
+        self._modes = shown_modes(options)
         #: uids whose writes are served: the daemon's own and the owner shown
-        self._writers = None if other_write else {os.getuid(), self._uid}
+        self._writers = None if options.allow_other_write else {os.getuid(), self._uid}
         self._handles: Dict[int, Any] = {}
         self._handles_lock = threading.Lock()
         self._next_fh = itertools.count(1)
@@ -107,8 +123,7 @@ class XnatOperations(mfusepy.Operations):
     # ------------------------------------------------------------------ metadata
     def _stat(self, node: Any) -> Dict[str, int]:
         mtime = int(node.mtime * _NS)
-        writable = self.runtime.writer is not None and self.runtime.tree.writable(node)
-        perm = self._modes[(node.is_dir, writable)]
+        perm = self._modes[node.is_dir]
         if node.is_dir:
             mode, nlink = stat.S_IFDIR | perm, 2
         else:

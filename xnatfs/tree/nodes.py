@@ -31,7 +31,7 @@ class Kind(enum.Enum):
     PRE_TIMESTAMP = "prearchive-timestamp"
     PRE_SESSION = "prearchive-session"
     CONTROL = "control"                # MNT/.xnatfs
-    #: generated files: ``.xnat.json``, ``.zip``, ``.xnatfs/stats``; size known only once made
+    #: generated files: ``.xnat.json``, ``.zip`` (made at lookup, true size), ``.xnatfs/stats``
     VIRTUAL = "virtual"
 
 
@@ -68,7 +68,7 @@ class NodeInfo:
     name: str
     kind: Kind
     is_dir: bool
-    #: bytes; for VIRTUAL files 0 until generated (they are served with direct_io)
+    #: bytes; ``.xnatfs/`` files show 0 (they are served with direct_io)
     size: int = 0
     mtime: float = 0.0
     #: XNAT URI of the object this node shows (for a FILE: the file's URI verbatim)

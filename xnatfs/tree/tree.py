@@ -17,12 +17,13 @@ import errno
 import functools
 import json
 import logging
+import os
 import re
 import resource
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from xnatfs.cache.content import ContentCache, ContentKey
@@ -110,10 +111,12 @@ class Tree:
         self._root = NodeInfo(name="", kind=Kind.ROOT, is_dir=True, mtime=self.epoch)
         #: what the user wrote that XNAT does not show yet (``writes.Writer``), or None
         self.overlay: Any = None
-        #: guards _virtual_sizes, _prefetched and the walk-ahead state (short critical sections)
+        #: guards _generated, _prefetched and the walk-ahead state (short critical sections)
         self._virtual_lock = threading.Lock()
-        #: sizes of generated files once they were made, so later getattr shows the real size
-        self._virtual_sizes: Dict[str, int] = {}
+        #: ``.xnat.json`` documents made at lookup (path -> bytes), so that the size stat
+        #: shows is the size read gives, for as long as the kernel trusts that stat; bounded
+        self._generated: cachetools.TTLCache = cachetools.TTLCache(maxsize=1024,
+                                                                    ttl=meta.ttl or 1.0)
         #: a resource with at least this many uncached files is fetched as one zip (0: off)
         self.bulk_min = bulk_min
         #: resource roots whose first open already decided for or against a zip
@@ -546,12 +549,49 @@ class Tree:
 
     # ------------------------------------------------------------------ generated files
     def _virtual(self, parts: PathParts, parent: NodeInfo, what: str) -> NodeInfo:
+        """A generated file with its true size, never 0 until read (issue 16 §1): ``shutil``,
+        ``rsync``, ``zipfile`` and ``unzip`` trust the size ``stat`` gives.  ``.xnat.json``
+        is made now (one small request, kept as long as the listing); the ``.zip`` is XNAT's
+        own download (§3.3), brought into the content cache first."""
         path = "/" + "/".join(parts)
+        node = NodeInfo(name=parts[-1], kind=Kind.VIRTUAL, is_dir=False, mtime=parent.mtime,
+                        uri=parent.uri, project=parent.project, prearchive=parent.prearchive,
+                        ref=(what, parent))
+        size = self._zip_size(node, path) if what == "zip" else len(self._generate(node, path))
+        return replace(node, size=size)
+
+    def _generate(self, node: NodeInfo, path: str) -> bytes:
         with self._virtual_lock:
-            size = self._virtual_sizes.get(path, 0)
-        return NodeInfo(name=parts[-1], kind=Kind.VIRTUAL, is_dir=False, size=size,
-                        mtime=parent.mtime, uri=parent.uri, project=parent.project,
-                        prearchive=parent.prearchive, ref=(what, parent))
+            data = self._generated.get(path)
+        if data is None:
+            data = self._make_virtual(node)
+            with self._virtual_lock:
+                self._generated[path] = data
+        return data
+
+    @staticmethod
+    def _zip_key(parent: NodeInfo) -> ContentKey:
+        uri = parent.uri + ("/scans/ALL" if parent.kind is Kind.EXPERIMENT else "")
+        return ContentKey(uri=uri + "/files?format=zip", size=None, digest="",
+                          mtime=parent.mtime)
+
+    def _zip_size(self, node: NodeInfo, path: str) -> int:
+        """The size of XNAT's zip, which exists only once XNAT has made it: it is downloaded
+        into the content cache (once; later stats cost one ``open``) within the call's
+        deadline.  A zip too big for that answers ETIMEDOUT (one log line, by the ``_op``
+        wrapper) while its download goes on, so a later ``stat`` finds it."""
+        key = self._zip_key(node.ref[1])
+        deadline = time.monotonic() + self.fs_timeout
+        handle = self.content.open(key)
+        try:
+            if not handle.wait(deadline):
+                raise OSError(errno.ETIMEDOUT, f"XNAT's zip {key.uri} is not downloaded after "
+                              f"{self.fs_timeout:g} s (--timeout); it goes on downloading into "
+                              "the cache: try again later", path)
+            fd, _ = handle.span(0, 1, deadline)  # raises the download's error, if it failed
+            return os.fstat(fd).st_size
+        finally:
+            handle.close()
 
     def _make_virtual(self, node: NodeInfo) -> bytes:
         what, parent = node.ref
@@ -578,13 +618,10 @@ class Tree:
         if node.kind is Kind.VIRTUAL:
             what, parent = node.ref
             if what == "zip":
-                uri = parent.uri + ("/scans/ALL" if parent.kind is Kind.EXPERIMENT else "")
-                key = ContentKey(uri=uri + "/files?format=zip", size=None, digest="",
-                                 mtime=parent.mtime)
-                return ReadHandle(node, self.content.open(key), None, self, path)
-            data = self._make_virtual(node)
-            with self._virtual_lock:
-                self._virtual_sizes[path] = len(data)
+                return ReadHandle(node, self.content.open(self._zip_key(parent)), None, self,
+                                  path)
+            # .xnat.json: the bytes whose size lookup gave; stats and metrics: made now
+            data = self._generate(node, path) if what == "json" else self._make_virtual(node)
             return ReadHandle(node, None, data, self, path)
         handle = ReadHandle(node, self.content.open(self.content_key(node)), None, self, path)
         if (self.prefetch or self.bulk_min) and path:
@@ -682,7 +719,8 @@ class ReadHandle:
 
     @property
     def direct_io(self) -> bool:
-        """Generated files have no size before they are made: the kernel must read to EOF."""
+        """Generated files are read to their end whatever size the kernel remembers: a
+        document made again after its listing TTL may have changed length."""
         return self.node.kind is Kind.VIRTUAL
 
     def read(self, offset: int, size: int) -> bytes:

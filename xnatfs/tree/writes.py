@@ -47,6 +47,14 @@ def is_temporary(name: str) -> bool:
     return bool(_TEMP_RE.search(name))
 
 
+class AlreadyReported(OSError):
+    """An error whose cause was logged when it happened (a failed ``write``): later calls on
+    the same file (``flush``, ``release``) answer its errno again, but the error path
+    (``fs/errmap.log_failure``) logs them at DEBUG, so one failure is one ERROR line."""
+
+    reported = True
+
+
 @dataclass
 class LocalFile:
     """A file the user wrote that XNAT does not (yet) show."""
@@ -366,10 +374,11 @@ class Writer:
         try:
             n = lf.spool.write(offset, data)
         except OSError as exc:
+            # the op's error path logs this one line (path, errno, what it means); the
+            # flush/release after it answer the errno again without a line of their own
             lf.write_error = exc.errno or errno.EIO
-            log.error("write %s: %s; the file is incomplete and will not be uploaded",
-                      join_path(lf.parts), exc)
-            raise
+            raise OSError(lf.write_error, f"{exc.strerror or exc}; the file is incomplete and "
+                          "will not be uploaded", join_path(lf.parts)) from exc
         lf.dirty = True
         lf.state = "writing"
         lf.mtime = time.time()
@@ -424,7 +433,7 @@ class Writer:
         """
         path = join_path(lf.parts)
         if lf.write_error:
-            raise OSError(lf.write_error, "an earlier write failed: not uploaded", path)
+            raise AlreadyReported(lf.write_error, "an earlier write failed: not uploaded", path)
         if not lf.dirty or lf.spool is None:
             return
         if lf.spool.size == 0 and lf.target.get("overwrite"):
@@ -652,6 +661,14 @@ class Writer:
             self.tree.invalidate(join_path(old_parts[:-1]))
             return
         lf = node.ref if isinstance(node.ref, LocalFile) else None
+        if lf is None and node.ref != "local" and not self.allow_delete:
+            # XNAT has no move (a stored file can only be uploaded or deleted, §4.5), and mv
+            # answers EXDEV with copy + remove; the remove would be refused after the copy
+            # reached XNAT, leaving both there (a file twice, or a new empty subject): refuse
+            # before anything is copied.  Local files and folders (rsync/editor temp files)
+            # need no delete on XNAT and rename below (issue 16 §2)
+            raise OSError(errno.EACCES, "moving what is on XNAT is a copy plus a delete: "
+                          "it needs --allow-delete", old)
         if lf is None or new_parent.kind is not Kind.FILES:
             # XNAT cannot move a stored file: mv falls back to copy + unlink on EXDEV
             raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)

@@ -464,7 +464,7 @@ class Uploader:
         except Exception as exc:  # noqa: BLE001 - put/verify raise whatever the client raises
             if digest is not None:
                 entry = digest.result_or(entry)
-            self._failed(entry, exc, after_put=sent)
+            self._failed(entry, exc, after_put=sent, caller_logs=reraise)
             if reraise:
                 raise
         else:
@@ -480,11 +480,13 @@ class Uploader:
             delay = max(delay, float(retry_after))
         return min(delay, self.max_delay)
 
-    def _failed(self, entry: Entry, exc: Exception, after_put: bool = False) -> None:
+    def _failed(self, entry: Entry, exc: Exception, after_put: bool = False,
+                caller_logs: bool = False) -> None:
         """Schedule a retry, or mark the entry ``failed`` when :func:`retry.classify` says no
         attempt can succeed. After a PUT that returned, a failing check is always re-checked
         later (the bytes are probably on XNAT; the next attempt verifies before sending, so
-        nothing is uploaded twice)."""
+        nothing is uploaded twice).  ``caller_logs``: the failure is re-raised to a ``close()``
+        whose ``_op`` wrapper logs the one ERROR line, so this one is INFO (issue 16 §5)."""
         message = str(exc) or exc.__class__.__name__
         verdict = classify(exc)
         if after_put and not verdict.retry:
@@ -499,9 +501,10 @@ class Uploader:
                     entry.path or entry.id, message, entry.tries, delay)
         else:
             new = dataclasses.replace(entry, state=FAILED, last_error=message, next_attempt=0.0)
-            log.warning("upload %s: %s; try %d, not retryable (%s): kept as failed in %s",
-                        entry.path or entry.id, message, entry.tries, verdict.rule,
-                        entry.data_path)
+            log.log(logging.INFO if caller_logs else logging.WARNING,
+                    "upload %s: %s; try %d, not retryable (%s): kept as failed in %s",
+                    entry.path or entry.id, message, entry.tries, verdict.rule,
+                    entry.data_path)
         saved = self._save(new)
         with self._cv:
             self._running.pop(entry.id, None)

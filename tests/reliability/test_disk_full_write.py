@@ -1,0 +1,86 @@
+"""Issue 18 §2: a write larger than the disk under the cache (the spool and journal live there).
+
+The cache directory sits on a 64 MiB tmpfs and a 100 MiB file is written into the mount: the
+write that does not fit answers ENOSPC, the close answers it again, the log says it once, nothing
+reaches XNAT, no half file is left in the spool, the journal or the listing, and the mount goes on
+working (a small write and a read after it succeed).
+"""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+
+from tests.conftest import needs_fuse
+from tests.mount.helpers import api, hash_files, md5
+from tests.reliability.conftest import FILES
+
+pytestmark = needs_fuse
+
+_WRITE = r"""
+import os, sys
+path, mib = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+chunk = os.urandom(1 << 20)
+written, write_errno, close_errno = 0, 0, 0
+try:
+    for _ in range(mib):
+        os.write(fd, chunk)
+        written += 1
+except OSError as exc:
+    write_errno = exc.errno
+try:
+    os.close(fd)
+except OSError as exc:
+    close_errno = exc.errno
+print((written, write_errno, close_errno))
+"""
+
+
+def _files_under(root: str) -> list:
+    return [os.path.join(d, f) for d, _, names in os.walk(root) for f in names]
+
+
+def test_a_write_larger_than_the_cache_disk_is_enospc_at_the_write(make_emulator, make_mount,
+                                                                   cache_on_64m_tmpfs, record):
+    emu = make_emulator()
+    m = make_mount(emu.url, "--prefetch", "0", cache=cache_on_64m_tmpfs)
+    files = m.path / FILES
+    target = files / "big100.bin"
+    before = sorted(os.listdir(files))
+    mark = emu.mark()
+    res = subprocess.run([sys.executable, "-c", _WRITE, str(target), "100"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    written, write_errno, close_errno = ast.literal_eval(res.stdout.strip())
+    assert write_errno == 28, f"the write that does not fit is ENOSPC (got {write_errno})"
+    assert close_errno == 28, f"the close says it again (got {close_errno})"
+    assert written < 64, "no more MiB were taken than the disk holds"
+
+    log = m.log_tail(400)
+    lines = [ln for ln in log.splitlines() if " ERROR " in ln and "big100.bin" in ln]
+    assert len(lines) == 1, "one failure, one ERROR line:\n" + "\n".join(lines)
+    assert "No space left on device" in lines[0] and "will not be uploaded" in lines[0], lines
+
+    writes = [r for r in api(emu.since(mark)) if r[0] in ("PUT", "POST")]
+    assert writes == [], f"nothing reaches XNAT: {writes}"
+    assert sorted(os.listdir(files)) == before, "no half file is listed"
+    assert not target.exists()
+    left = [p for p in _files_under(str(cache_on_64m_tmpfs)) if os.path.getsize(p) > (1 << 20)]
+    assert left == [], f"no half file is kept in the spool or the journal: {left}"
+
+    # the mount goes on: a small write is uploaded and a read works
+    small = os.urandom(64 << 10)
+    (files / "after.bin").write_bytes(small)
+    readme = files / "README.txt"
+    assert hash_files([str(files / "after.bin")]) == {str(files / "after.bin"): [md5(small),
+                                                                                 len(small)]}
+    assert readme.read_bytes()
+    status = subprocess.run([sys.executable, "-m", "xnatfs", "status", str(m.path)],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "big100.bin" not in status.stdout, status.stdout
+    record(tried="100 MiB written, cache on a 64 MiB tmpfs",
+           written_mib=written, write_errno="ENOSPC", close_errno="ENOSPC", error_lines=1,
+           requests_to_xnat=0, left_behind=0)
