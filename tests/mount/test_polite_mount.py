@@ -74,6 +74,8 @@ def test_max_requests_caps_what_the_server_sees(make_emulator, make_mount, tmp_p
     assert 2 <= peak <= 4, peak  # >= 2: the workload did press on the cap
     client_side = _stats(m.path)["limiter"]
     assert client_side["max_requests"] == 4 and client_side["peak_in_flight"] <= 4
+    metrics = (m.path / ".xnatfs" / "metrics").read_text()
+    assert "\nxnatfs_request_limit " in metrics and "\nxnatfs_requests_in_flight " in metrics
     # the copies are the server's bytes (a cap must not cost correctness)
     for rel in ("a", "b"):
         src = m.path / SUBJECTS / ("SUBJ01" if rel == "a" else "SUBJ02")
