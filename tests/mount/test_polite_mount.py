@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import needs_fuse
 
 pytestmark = [needs_fuse]
@@ -90,8 +92,17 @@ def _count(emu) -> int:
     return len(emu.records())
 
 
-def test_no_retry_storm_when_xnat_restarts(make_emulator, make_mount, tmp_path):
-    """N busy mounts; the server answers 503 to everything for a while, then recovers.
+def _attempts(mounts) -> int:
+    """Requests the mounts sent (answered or not), from their own stats: a stopped server
+    cannot count the connections it refused."""
+    return sum(sum(_stats(m.path)["requests"]["requests"].values()) for m in mounts)
+
+
+@pytest.mark.parametrize("outage", ["503", "stopped"])
+def test_no_retry_storm_when_xnat_restarts(make_emulator, make_mount, tmp_path, outage):
+    """N busy mounts; the server answers 503 to everything for a while (``503``; counted at
+    the server), or is stopped and started again on the same port (``stopped``: connections
+    refused; counted by the mounts), then recovers.
 
     Bounds (per mount, ``--max-requests 8``, 8 busy threads):
     * during the outage, each overload round halves the window (8, 4, 2, 1) and from the
@@ -121,11 +132,18 @@ def test_no_retry_storm_when_xnat_restarts(make_emulator, make_mount, tmp_path):
         steady_rate = (_count(emu) - before) / (time.monotonic() - t0)
         assert steady_rate > 0
 
-        emu.faults.update({"error_rate": 1.0, "error_status": 503})
-        start_down = _count(emu)
-        time.sleep(down)  # the outage itself: a measured window, not a wait for a condition
-        during = _count(emu) - start_down
-        emu.faults.update({"error_rate": 0.0})
+        if outage == "503":
+            emu.faults.update({"error_rate": 1.0, "error_status": 503})
+            start_down = _count(emu)
+            time.sleep(down)  # the outage itself: a measured window, not a wait for a condition
+            during = _count(emu) - start_down
+            emu.faults.update({"error_rate": 0.0})
+        else:
+            emu.stop()
+            start_down = _attempts(mounts)
+            time.sleep(down)  # the outage itself: a measured window
+            during = _attempts(mounts) - start_down
+            emu.restart()
         emu.emu.reset_peak()
         at_restart = _count(emu)
         time.sleep(0.3)
@@ -134,7 +152,7 @@ def test_no_retry_storm_when_xnat_restarts(make_emulator, make_mount, tmp_path):
         first_second = _count(emu) - at_restart
 
         per_mount_bound = 2 * 8 + 2 * math.log2(down / 0.25) + 6
-        print(f"storm: {n} mounts, steady {steady_rate:.0f} req/s; {down:g}s of 503: "
+        print(f"storm: {n} mounts, steady {steady_rate:.0f} req/s; {down:g}s {outage}: "
               f"{during} requests ({during / n:.1f}/mount, bound {per_mount_bound:.1f}); "
               f"restart: peak {first_peak} in flight in 0.3 s, {first_second} requests in 1 s")
         assert during <= n * per_mount_bound, (during, n * per_mount_bound)
