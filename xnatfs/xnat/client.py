@@ -15,6 +15,10 @@ Policy in one place:
 * GET/HEAD are retried on connection errors and 429/500/502/503/504 with jittered exponential
   backoff (``Retry-After`` honoured), bounded by ``retries`` and the deadline; writes are
   never retried here (the upload journal decides);
+* every HTTP exchange holds a slot of one adaptive limiter (``limiter.py``, ``--max-requests``,
+  issue 13 §2): a streamed download until its response is closed; it halves on 429/502/503/
+  504/timeouts/refused connections, pauses the whole client while XNAT is down or asks to wait
+  (``Retry-After``), and regrows by about one request per round trip;
 * a path that would leave ``/data/`` (``..``/``.`` segments, ``//host``, another host) is refused
   before any request (issue 17 §8), so the session cookie only goes where XNAT objects are;
 * a 401, a redirect to the login page or a 200 HTML login page (§5.1, §10.8) makes the client log
