@@ -73,6 +73,9 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    "of them is opened (default 32, 0 off)")
     p.add_argument("--walk-ahead", type=int, default=None,
                    help="listings loaded in parallel ahead of find/cp -r/du (default 4, 0 off)")
+    p.add_argument("--max-requests", type=int, default=None,
+                   help="HTTP requests in flight at most, every activity together; backs off "
+                   "by itself on 429/503/timeouts (default 16)")
     p.add_argument("--read-ahead-kb", type=int, default=None,
                    help="kernel read-ahead of the mount (default 1024: 1 MiB reads; 0 keeps "
                    "the kernel's)")
@@ -229,7 +232,7 @@ def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequ
         url=check_url(url), cache_dir=Path(v["cache_dir"]).expanduser().resolve(),
         cache_size=v["cache_size"], listing_ttl=v["listing_ttl"], max_threads=v["max_threads"],
         max_downloads=v["max_downloads"], prefetch=v["prefetch"], walk_ahead=v["walk_ahead"],
-        bulk_zip=v["bulk_zip"],
+        bulk_zip=v["bulk_zip"], max_requests=v["max_requests"],
         read_ahead_kb=v["read_ahead_kb"], fs_timeout=v["timeout"],
         connect_timeout=v["connect_timeout"], read_timeout=v["read_timeout"],
         retries=v["retries"], verify=v["ca_bundle"] or True, read_only=v["read_only"],
@@ -407,6 +410,7 @@ def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str,
             "--max-downloads", str(options.max_downloads), "--timeout", str(options.fs_timeout),
             "--prefetch", str(options.prefetch), "--read-ahead-kb", str(options.read_ahead_kb),
             "--walk-ahead", str(options.walk_ahead), "--bulk-zip", str(options.bulk_zip),
+            "--max-requests", str(options.max_requests),
             "--connect-timeout", str(options.connect_timeout),
             "--read-timeout", str(options.read_timeout), "--retries", str(options.retries),
             "--log-level", log_level, "--config", os.devnull,

@@ -195,6 +195,7 @@ KEYS: Dict[str, KeySpec] = {
     "prefetch": KeySpec(_to_int(0), _OPT.prefetch, "integer"),
     "walk_ahead": KeySpec(_to_int(0), _OPT.walk_ahead, "integer"),
     "bulk_zip": KeySpec(_to_int(0), _OPT.bulk_zip, "integer"),
+    "max_requests": KeySpec(_to_int(1), _OPT.max_requests, "integer"),
     "read_ahead_kb": KeySpec(_to_int(0), _OPT.read_ahead_kb, "integer"),
     "timeout": KeySpec(_to_float(0.0, True), _OPT.fs_timeout, "seconds"),
     "connect_timeout": KeySpec(_to_float(0.0, True), _OPT.connect_timeout, "seconds"),

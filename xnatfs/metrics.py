@@ -43,6 +43,14 @@ def prometheus(stats: Mapping[str, Any]) -> str:
     w.metric("sent_bytes_total", "counter", "bytes sent to XNAT", [((), requests.get("bytes_out"))])
     w.metric("request_retries_total", "counter", "GET/HEAD retries", [((), requests.get("retries"))])
     w.metric("logins_total", "counter", "JSESSION logins", [((), requests.get("logins"))])
+    limiter: Mapping[str, Any] = stats.get("limiter") or {}
+    w.metric("request_limit", "gauge", "requests allowed in flight now (adaptive, <= "
+             "--max-requests)", [((), limiter.get("limit"))])
+    w.metric("requests_in_flight", "gauge", "requests in flight", [((), limiter.get("in_flight"))])
+    w.metric("request_limit_decreases_total", "counter", "halvings of the limit (429/503/"
+             "timeouts)", [((), limiter.get("decreases"))])
+    w.metric("request_pauses_total", "counter", "mount-wide pauses (server down, Retry-After)",
+             [((), limiter.get("pauses"))])
     w.metric("request_latency_seconds", "summary", "latency of recent requests",
              [((("quantile", q),), requests.get(f"latency_p{p}"))
               for q, p in (("0.5", "50"), ("0.9", "90"), ("0.99", "99"))])

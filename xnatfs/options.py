@@ -53,6 +53,10 @@ class Options:
     bulk_zip: int = 32
     #: listings loaded in parallel ahead of a tree walk (find, cp -r, du); 0 turns it off
     walk_ahead: int = 4
+    #: HTTP requests in flight at most, all callers together (listings, walk-ahead, prefetch,
+    #: bulk zips, downloads, uploads); the adaptive limit backs off below it on 429/503/
+    #: timeouts (issue 13 §2, ``xnat/limiter.py``)
+    max_requests: int = 16
     #: kernel read-ahead of the mount in KiB; 1024 makes libfuse3 send 1 MiB reads
     #: (fuse-notes.md §2.2); 0 leaves the kernel default; needs root
     read_ahead_kb: int = 1024

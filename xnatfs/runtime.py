@@ -64,7 +64,7 @@ class Runtime:
         self.client = XnatClient(o.url, self._credentials, ClientOptions(
             pool_size=max(o.max_threads, o.max_downloads) + 2,
             connect_timeout=o.connect_timeout, read_timeout=o.read_timeout,
-            retries=o.retries, verify=o.verify,
+            retries=o.retries, verify=o.verify, max_requests=o.max_requests,
             # the README's "no call waits longer than --timeout": the client's whole-call bound
             deadline=o.fs_timeout))
         self.client.start()
@@ -111,6 +111,7 @@ class Runtime:
             "cache_dir": str(self.options.cache_dir),  # for ``xnatfs cache usage`` (issue 16 §7)
             "uptime_s": round(time.time() - self.started_at, 3),
             "requests": _plain(self.client.stats) if self.client else {},
+            "limiter": _plain(self.client.limiter) if self.client else {},
             "listing_cache": _plain(self.meta.stats) if self.meta else {},
             "content_cache": _plain(self.content.stats) if self.content else {},
             "errors": errors,

@@ -97,6 +97,11 @@ class Emulator:
         self._idle = threading.Condition(self._records_lock)
         #: requests that arrived and are not recorded yet
         self._in_flight = 0
+        #: requests being served, counted from arrival until *before* their last chunk is
+        #: written (so never above what a client has in flight), and the most seen at once
+        #: since ``reset_peak`` (politeness tests, issue 13 §2); under _records_lock
+        self._active = 0
+        self.peak_active = 0
         self._log_fh: Any = None
         self._rng = random.Random()
         self.url = ""
@@ -199,6 +204,17 @@ class Emulator:
         with self._records_lock:
             return list(self._records)
 
+    def reset_peak(self) -> int:
+        """Start a new high-water mark of concurrent requests; returns the previous one."""
+        with self._records_lock:
+            old, self.peak_active = self.peak_active, self._active
+            return old
+
+    def _activity(self, delta: int) -> None:
+        with self._records_lock:
+            self._active = max(0, self._active + delta)
+            self.peak_active = max(self.peak_active, self._active)
+
     # ------------------------------------------------------------------------- faults
     def _control(self, request: Request, user: Optional[UserRow]) -> Response:
         path = request.path[len(self.context_path):].rstrip("/")
@@ -258,6 +274,7 @@ class Emulator:
 
             with self._records_lock:
                 self._in_flight += 1
+            self._activity(+1)
             f = self.faults
             drop = False
             try:
@@ -278,7 +295,11 @@ class Emulator:
                         self._rng.random() < f.drop_rate
                 result = app(environ, sr)
             except DropConnection:
+                self._activity(-1)
                 self._record(method, raw_path, 0, 0, state["t0"])
+                raise
+            except BaseException:
+                self._activity(-1)
                 raise
             return self._count(result, state, method, raw_path, drop)
 
@@ -286,7 +307,16 @@ class Emulator:
 
     def _count(self, result: Iterable[bytes], state: dict[str, Any], method: str, raw_path: str,
                drop: bool) -> Iterator[bytes]:
-        """Pass the body through, counting bytes; record on close; cut it for a drop fault."""
+        """Pass the body through, counting bytes; record on close; cut it for a drop fault.
+        The last chunk is held back until the request stops counting as active (see
+        ``_active``)."""
+        active = [True]
+
+        def inactive() -> None:
+            if active[0]:
+                active[0] = False
+                self._activity(-1)
+
         try:
             if drop:
                 # Send roughly half of the first chunk(s), then close the socket.
@@ -297,10 +327,18 @@ class Emulator:
                         yield chunk[:half]
                     raise DropConnection()
                 raise DropConnection()
+            pending: Optional[bytes] = None
             for chunk in result:
-                state["sent"] += len(chunk)
-                yield chunk
+                if pending is not None:
+                    state["sent"] += len(pending)
+                    yield pending
+                pending = chunk
+            inactive()
+            if pending is not None:
+                state["sent"] += len(pending)
+                yield pending
         finally:
+            inactive()
             close = getattr(result, "close", None)
             if close is not None:
                 close()

@@ -15,6 +15,10 @@ Policy in one place:
 * GET/HEAD are retried on connection errors and 429/500/502/503/504 with jittered exponential
   backoff (``Retry-After`` honoured), bounded by ``retries`` and the deadline; writes are
   never retried here (the upload journal decides);
+* every HTTP exchange holds a slot of one adaptive limiter (``limiter.py``, ``--max-requests``,
+  issue 13 §2): a streamed download until its response is closed; it halves on 429/502/503/
+  504/timeouts/refused connections, pauses the whole client while XNAT is down or asks to wait
+  (``Retry-After``), and regrows by about one request per round trip;
 * a path that would leave ``/data/`` (``..``/``.`` segments, ``//host``, another host) is refused
   before any request (issue 17 §8), so the session cookie only goes where XNAT objects are;
 * a 401, a redirect to the login page or a 200 HTML login page (§5.1, §10.8) makes the client log
@@ -41,6 +45,7 @@ import re
 import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 from urllib.parse import quote, unquote, urlencode, urlsplit
@@ -52,6 +57,7 @@ import urllib3.exceptions
 from .. import __version__
 from .. import deadline as _call_deadline
 from . import body as _body
+from . import limiter as _limiter
 from . import parse
 from . import watchdog as _watchdog
 from .auth import Credentials
@@ -129,6 +135,12 @@ class ClientOptions:
     chunk_size: int = 1 << 20
     #: latency samples kept for ``stats``
     latency_samples: int = 256
+    #: requests in flight at most, every caller included (``--max-requests``); the adaptive
+    #: limit (``limiter.py``, AIMD) stays between 1 and this
+    max_requests: int = 16
+    #: longest mount-wide pause of the limiter while XNAT is down or asks to wait: one probe
+    #: per pause at worst, and at most this long unanswered after XNAT is back
+    pause_max: float = 10.0
 
 
 class ClientStats:
@@ -260,6 +272,17 @@ def _parse_retry_after(value: Optional[str]) -> Optional[float]:
         return float(value)
     when = parse.parse_http_date(value)
     return max(0.0, when - time.time()) if when is not None else None
+
+
+#: answers that mean "too much": the adaptive limit backs off on them (issue 13 §2)
+_OVERLOAD_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def _limiter_outcome(resp: requests.Response) -> "Tuple[_limiter.Outcome, Optional[float]]":
+    """What an answer tells the limiter, and the ``Retry-After`` it asks for (seconds)."""
+    if resp.status_code in _OVERLOAD_STATUSES:
+        return _limiter.Outcome.OVERLOAD, _parse_retry_after(resp.headers.get("Retry-After"))
+    return _limiter.Outcome.OK, None
 
 
 def _is_read_timeout(exc: BaseException) -> bool:
@@ -403,6 +426,10 @@ class XnatClient:
         self._http = http
         #: ends a response whose status line and headers outlast the request's deadline
         self._watchdog = _watchdog.Watchdog()
+        #: the one cap on requests in flight (issue 13 §2): a slot per HTTP exchange
+        self._limiter = _limiter.RequestLimiter(opts.max_requests,
+                                                backoff_base=opts.backoff_base,
+                                                backoff_max=opts.pause_max)
 
         self._stats = ClientStats(opts.latency_samples)
         #: guards _jsession, _generation, _heartbeat_interval; held during a login
@@ -474,6 +501,11 @@ class XnatClient:
     def stats(self) -> Dict[str, Any]:
         """A snapshot of the counters (see :class:`ClientStats`)."""
         return self._stats.snapshot()
+
+    @property
+    def limiter(self) -> Dict[str, Any]:
+        """The request limiter's state (``limiter.RequestLimiter.snapshot``)."""
+        return self._limiter.snapshot()
 
     @property
     def heartbeat_interval(self) -> float:
@@ -631,8 +663,22 @@ class XnatClient:
             self._stats.error(type(err).__name__)
             raise err
         full_read_timeout = timeout[1]
-        timeout = (min(timeout[0], left), min(timeout[1], left))
+        try:
+            # the mount-wide cap (limiter.py): held for the whole exchange, body included; a
+            # streamed response gives it back when closed
+            slot = self._limiter.acquire(deadline)
+        except _limiter.SlotUnavailable as exc:
+            err = (Unreachable(method, url, None, str(exc), retryable=False) if exc.paused
+                   else XnatTimeout(method, url, None, str(exc)))
+            self._stats.error(type(err).__name__)
+            raise err from None
+        started = time.monotonic()  # latency samples: the server's time, not the queue's
+        left = deadline - started
+        timeout = (max(0.001, min(timeout[0], left)), max(0.001, min(timeout[1], left)))
         armed = _watchdog.REQUEST_DEADLINE.set((deadline, self._watchdog))
+        handed_over = False
+        outcome = _limiter.Outcome.NEUTRAL
+        retry_after: Optional[float] = None
         try:
             # always streamed: a non-streamed body is read below, by us, within the deadline
             resp = self._http.request(
@@ -661,15 +707,39 @@ class XnatClient:
                 resp._content = content  # type: ignore[attr-defined]
                 resp._content_consumed = True  # type: ignore[attr-defined]
                 self._stats.bytes_in(len(content))
+            outcome, retry_after = _limiter_outcome(resp)
+            if stream:
+                self._hand_slot_to(resp, slot, outcome, retry_after)
+                handed_over = True
         except Exception as exc:  # the one translation boundary
             err = _translate(exc, method, url, timeout, deadline)
+            if isinstance(err, XnatTimeout) or (isinstance(err, Unreachable) and err.retryable):
+                outcome = _limiter.Outcome.OVERLOAD  # a slow, refusing or restarting server
             self._stats.request(method, type(err).__name__, time.monotonic() - started)
             self._stats.error(type(err).__name__)
             raise err from None
         finally:
             _watchdog.REQUEST_DEADLINE.reset(armed)
+            if not handed_over:
+                self._limiter.release(slot, outcome, retry_after)
         self._stats.request(method, resp.status_code, time.monotonic() - started)
         return resp
+
+    def _hand_slot_to(self, resp: requests.Response, slot: "_limiter.Slot",
+                      outcome: "_limiter.Outcome", retry_after: Optional[float]) -> None:
+        """A streamed response keeps its slot until it is closed (every caller closes it in a
+        ``finally``); should one be dropped unclosed, the slot returns when it is collected."""
+        limiter = self._limiter
+        close = resp.close
+
+        def close_and_release() -> None:
+            try:
+                close()
+            finally:
+                limiter.release(slot, outcome, retry_after)
+
+        resp.close = close_and_release  # type: ignore[method-assign]
+        weakref.finalize(resp, limiter.release, slot, outcome, retry_after)
 
     def _call(
         self,
