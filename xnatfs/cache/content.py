@@ -66,7 +66,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 import diskcache
 from diskcache.core import MODE_BINARY
 
-from xnatfs.cache.download import (Download, DownloadCancelled, Fetch, IntegrityError,
+from xnatfs.cache.download import (Download, DownloadCancelled, Fetch, IntegrityError, Span,
                                     digest_file)
 from xnatfs.cache.stream import StreamHandle
 from xnatfs.cache.zipstream import ZipSplitter
@@ -435,11 +435,36 @@ class ContentHandle:
         self._verification = verification
         self._closed = False
         self._close_lock = threading.Lock()
+        #: attempts (``Download`` generations) this handle has served bytes of: a refetch
+        #: rewrites the file, so a reader may hold bytes of a failed attempt (``_served``)
+        self._served: Set[int] = set()
+        self._served_lock = threading.Lock()
 
     @property
     def from_cache(self) -> bool:
         """True if this handle opened a complete cached copy (no download involved)."""
         return self._download is None
+
+    @property
+    def verified(self) -> bool:
+        """Served from a complete cached copy whose check is done (no download, no MD5 check
+        pending): only then may the kernel keep pages of earlier opens (``fs.ops.open``)."""
+        return self._download is None and self._verification is None
+
+    def _served_span(self, span: Span) -> int:
+        """Note the attempt ``span``'s bytes came from; at the final read (verdict in), EIO if
+        this handle ever served bytes of another attempt than the verified one: a successful
+        end of file then means every byte this handle gave out was verified."""
+        with self._served_lock:
+            if span.n > 0:
+                self._served.add(span.generation)
+            other = sorted(self._served - {span.generation})
+            if span.final and other:
+                raise IntegrityError(
+                    f"{self.key.uri}: this open read bytes of download attempt "
+                    f"{other[0] + 1}, which failed its size or MD5 check; only attempt "
+                    f"{span.generation + 1} was verified (open the file again)")
+        return span.n
 
     def read(self, offset: int, size: int, deadline: float) -> bytes:
         """Bytes [offset, offset+size); short or b"" at the end of the file.
@@ -452,7 +477,9 @@ class ContentHandle:
         if self._closed:
             raise OSError(errno.EBADF, f"content handle for {self.key.uri} is closed")
         if self._download is not None:
-            return self._download.read(self._fd, offset, size, deadline)
+            data, span = self._download.read_of(self._fd, offset, size, deadline)
+            self._served_span(span)
+            return data
         if size <= 0 or offset < 0:
             return b""
         self._hold_back(offset, size, deadline)
@@ -477,7 +504,7 @@ class ContentHandle:
         if self._closed:
             raise OSError(errno.EBADF, f"content handle for {self.key.uri} is closed")
         if self._download is not None:
-            return self._fd, self._download.span(offset, size, deadline)
+            return self._fd, self._served_span(self._download.span_of(offset, size, deadline))
         if size <= 0 or offset < 0:
             return self._fd, 0
         self._hold_back(offset, size, deadline)
