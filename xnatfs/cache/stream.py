@@ -80,6 +80,11 @@ class StreamHandle:
     def from_cache(self) -> bool:
         return False
 
+    @property
+    def verified(self) -> bool:
+        """Never: its bytes come from the server as they are read (``fs.keepcache``)."""
+        return False
+
     # -- the fetching thread ---------------------------------------------------------------------
 
     def _restart_locked(self, want: int) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterable, Optional
 
 from xnatfs.fs import errmap
 from xnatfs.fs.fuselib import load
+from xnatfs.fs.keepcache import PageCacheTrust
 
 mfusepy = load()
 
@@ -96,6 +97,7 @@ class XnatOperations(mfusepy.Operations):
         self._handles: Dict[int, Any] = {}
         self._handles_lock = threading.Lock()
         self._next_fh = itertools.count(1)
+        self._page_trust = PageCacheTrust()
 
     # ------------------------------------------------------------------ life cycle
     @mfusepy.overrides(mfusepy.Operations)
@@ -191,7 +193,9 @@ class XnatOperations(mfusepy.Operations):
         if handle.direct_io:
             fi.direct_io = 1
         elif tree.cacheable(node):
-            fi.keep_cache = 1  # content is keyed by (uri, size, digest): a change is a new key
+            # only pages of verified bytes may serve a later open (fs/keepcache.py)
+            fi.keep_cache = int(self._page_trust.keep_cache(
+                path, getattr(handle, "verified_version", None)))
         return 0
 
     @mfusepy.overrides(mfusepy.Operations)

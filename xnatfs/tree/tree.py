@@ -723,6 +723,13 @@ class ReadHandle:
         document made again after its listing TTL may have changed length."""
         return self.node.kind is Kind.VIRTUAL
 
+    @property
+    def verified_version(self) -> Any:
+        """The content key when served from a verified cache entry (no download, no MD5 check
+        pending), else None: only then may the kernel keep earlier pages (``fs.keepcache``)."""
+        cached = self._cached
+        return cached.key if getattr(cached, "verified", False) else None
+
     def read(self, offset: int, size: int) -> bytes:
         if self._data is not None:
             return self._data[offset:offset + size]
