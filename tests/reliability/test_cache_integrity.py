@@ -292,7 +292,8 @@ def test_pages_of_a_failed_open_never_serve_the_next_one(make_emulator, make_mou
     the pages it read stay in the kernel's page cache.  The next ``cat``, WITHOUT dropping
     caches, must give the right bytes: its open (a new download) does not keep those pages
     (``keep_cache`` only for verified entries, fs/keepcache.py).  A third ``cat`` (now a
-    verified entry) is right too, and a fourth may keep the third's pages."""
+    verified entry) is right too, and a fourth open keeps the pages (warm reads stay page-cache
+    fast: mincore finds them resident right after the open)."""
     from xnatfs.cache.content import VERIFY_INLINE_MAX
 
     emu = make_emulator()
@@ -320,3 +321,34 @@ def test_pages_of_a_failed_open_never_serve_the_next_one(make_emulator, make_mou
         assert again.returncode == 0, again.stderr
         assert md5(again.stdout) == md5(data), "0 wrong bytes"
     assert m.log_text().count("dropped, fetched again") == 1
+    # warm reads keep their speed: an open of the verified entry keeps the pages
+    assert _resident_after_open(path) > 0.9, "keep_cache for a verified entry"
+
+
+def _resident_after_open(path: Path) -> float:
+    """The fraction of ``path``'s pages in the page cache just after a new open of it (mmap +
+    mincore, nothing read): ~1 when the open kept the pages of earlier reads, 0 when it
+    dropped them."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size = os.path.getsize(path)
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * pages)()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(b & 1 for b in vec) / pages
