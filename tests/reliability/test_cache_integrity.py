@@ -292,8 +292,9 @@ def test_pages_of_a_failed_open_never_serve_the_next_one(make_emulator, make_mou
     the pages it read stay in the kernel's page cache.  The next ``cat``, WITHOUT dropping
     caches, must give the right bytes: its open (a new download) does not keep those pages
     (``keep_cache`` only for verified entries, fs/keepcache.py).  A third ``cat`` (now a
-    verified entry) is right too, and a fourth open keeps the pages (warm reads stay page-cache
-    fast: mincore finds them resident right after the open)."""
+    verified entry) is right too, and a fourth open keeps the pages; so does the first open
+    after a clean download (warm reads stay page-cache fast: mincore finds the pages resident
+    right after the open)."""
     from xnatfs.cache.content import VERIFY_INLINE_MAX
 
     emu = make_emulator()
@@ -304,6 +305,8 @@ def test_pages_of_a_failed_open_never_serve_the_next_one(make_emulator, make_mou
     path = m.path / "DEMO2/resources/BIG/files/big.bin"
     assert md5(path.read_bytes()) == md5(data)
     _settled(m)
+    # a clean download's pages serve the next open (the warm read costs no extra pass)
+    assert _resident_after_open(path) > 0.9, "keep_cache after a clean download"
     m.umount()
     (stored,) = _cache_files(cache)
     with open(stored, "r+b") as f:          # one bit flipped in the middle

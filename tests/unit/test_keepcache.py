@@ -4,23 +4,30 @@ from __future__ import annotations
 from xnatfs.fs.keepcache import PageCacheTrust
 
 
-def test_pages_are_kept_only_after_a_verified_open_dropped_them():
+def test_a_clean_download_keeps_its_pages_for_the_next_open():
     trust = PageCacheTrust()
-    assert not trust.keep_cache("/f", None)          # a download: its pages are suspect
-    assert not trust.keep_cache("/f", "v1")          # first verified open drops them
-    assert trust.keep_cache("/f", "v1")              # later verified opens keep them
-    assert trust.keep_cache("/f", "v1")
-    assert not trust.keep_cache("/f", None)          # an unverified open again (a damaged entry)
-    assert not trust.keep_cache("/f", "v1")
-    assert trust.keep_cache("/f", "v1")
-    assert not trust.keep_cache("/f", "v2")          # another version of the file
-    assert trust.keep_cache("/f", "v2")
-    assert not trust.keep_cache("/g", "v2")          # per path (the kernel's inode)
+    assert not trust.keep_cache("/f", "v1", False, 0)   # a download: drop, on probation
+    assert trust.keep_cache("/f", "v1", True, 0)        # nothing failed since: keep
+    assert trust.keep_cache("/f", "v1", True, 5)        # verified opens since: keep
+    assert not trust.keep_cache("/g", "v1", True, 5)    # per path (the kernel's inode)
+
+
+def test_pages_read_before_a_failed_check_are_dropped():
+    trust = PageCacheTrust()
+    assert not trust.keep_cache("/f", "v1", False, 3)   # a download (or a large entry hashed)
+    assert not trust.keep_cache("/f", "v1", True, 4)    # an attempt failed meanwhile: drop
+    assert trust.keep_cache("/f", "v1", True, 4)        # the drop made the pages clean
+    assert not trust.keep_cache("/f", "v1", False, 4)   # suspect again
+    assert not trust.keep_cache("/f", "v1", False, 5)   # a second suspect open: keeps count 4
+    assert not trust.keep_cache("/f", "v1", True, 5)
+    assert not trust.keep_cache("/f", "v2", True, 5)    # another version of the file
+    assert trust.keep_cache("/f", "v2", True, 5)
 
 
 def test_a_forgotten_path_costs_one_drop_never_a_kept_page():
     trust = PageCacheTrust(limit=2)
-    for path in ("/a", "/b", "/c"):
-        assert not trust.keep_cache(path, "v")
-    assert trust.keep_cache("/c", "v") and trust.keep_cache("/b", "v")
-    assert not trust.keep_cache("/a", "v")           # evicted (least recent): dropped again
+    assert not trust.keep_cache("/a", "v", False, 0)
+    for path in ("/b", "/c"):
+        assert not trust.keep_cache(path, "v", True, 0)
+    assert trust.keep_cache("/c", "v", True, 0) and trust.keep_cache("/b", "v", True, 0)
+    assert not trust.keep_cache("/a", "v", True, 0)     # forgotten (least recent): dropped

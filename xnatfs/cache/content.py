@@ -609,6 +609,8 @@ class ContentCache:
         #: whenever it nears the limit, so an insertion costs no volume query
         self._volume = 0
         self._adopted_since_sync = 0
+        #: bumps whenever readers may have been served bytes that failed a check (``taints``)
+        self._taints = 0
         self._stats = {
             "hits": 0,             # opens served by a complete cached copy
             "misses": 0,           # opens that started or joined a download
@@ -821,6 +823,7 @@ class ContentCache:
             def done(problem: Optional[str]) -> None:
                 # drop first, then let new opens past the check: they fetch it again
                 if problem is not None:
+                    self._taint()
                     self._drop(hexname, key, problem)
                 with self._lock:
                     self._behind.pop(hexname, None)
@@ -1149,7 +1152,7 @@ class ContentCache:
         download = Download(
             key.uri, key.size, key.digest, partial, self._fetch,
             verify=self.verify, cancelled=lambda: self._closing,
-            max_bytes=self.size_limit, make_room=self._make_room,
+            max_bytes=self.size_limit, make_room=self._make_room, restarted=self._taint,
         )
         self._downloads[hexname] = download
         self._stats["downloads"] += 1
@@ -1272,6 +1275,18 @@ class ContentCache:
             self._stats["evictions"] += len(evicted)
         return len(evicted)
 
+    @property
+    def taints(self) -> int:
+        """How many times readers may have been served bytes that then failed their check (a
+        download attempt thrown away, a download failed, a cached file failing its MD5 while
+        read).  ``fs.keepcache``: unchanged since the pages of a file were dropped means every
+        page read since is of verified bytes."""
+        return self._taints
+
+    def _taint(self) -> None:
+        with self._lock:
+            self._taints += 1
+
     def _unregister(self, download: Download, hexname: str,
                     error: Optional[BaseException]) -> None:
         """After this returns nobody can join ``download`` (joins happen under self._lock)."""
@@ -1281,6 +1296,7 @@ class ContentCache:
             self._stats["bytes_downloaded"] += download.bytes_received
             if error is not None:
                 self._stats["download_errors"] += 1
+                self._taints += 1
 
     def _flush_touches(self, index: "_Index") -> None:
         """Write the remembered access times (before a cull reads them, and at close)."""

@@ -188,6 +188,7 @@ class Download:
         cancelled: Callable[[], bool] = lambda: False,
         max_bytes: Optional[int] = None,
         make_room: Callable[[int], bool] = lambda needed: False,
+        restarted: Callable[[], None] = lambda: None,
     ) -> None:
         #: Read-only after construction.
         self.uri = uri
@@ -202,6 +203,8 @@ class Download:
         #: ``make_room(n)``: the cache disk is full (ENOSPC); evict to free ``n`` bytes, True
         #: if anything was freed (then the write is tried once more)
         self._make_room = make_room
+        #: called when an attempt is thrown away for another (its bytes may have been read)
+        self._restarted = restarted
         #: the partial file, created when the first byte is due or the first reader joins (a
         #: bulk fetch registers hundreds of downloads at once: their files come one by one)
         self._fd: Optional[int] = None
@@ -425,6 +428,7 @@ class Download:
 
     def restart(self) -> None:
         """Start another attempt over the last one's bytes (see the class docstring)."""
+        self._restarted()   # first: nobody may trust pages of this file from here on
         with self._cond:
             self._generation += 1
             self._arrived = 0

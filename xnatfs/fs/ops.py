@@ -194,8 +194,9 @@ class XnatOperations(mfusepy.Operations):
             fi.direct_io = 1
         elif tree.cacheable(node):
             # only pages of verified bytes may serve a later open (fs/keepcache.py)
+            version, verified = getattr(handle, "content_version", (None, False))
             fi.keep_cache = int(self._page_trust.keep_cache(
-                path, getattr(handle, "verified_version", None)))
+                path, version, verified, getattr(tree.content, "taints", 0)))
         return 0
 
     @mfusepy.overrides(mfusepy.Operations)

@@ -724,11 +724,12 @@ class ReadHandle:
         return self.node.kind is Kind.VIRTUAL
 
     @property
-    def verified_version(self) -> Any:
-        """The content key when served from a verified cache entry (no download, no MD5 check
-        pending), else None: only then may the kernel keep earlier pages (``fs.keepcache``)."""
+    def content_version(self) -> Tuple[Any, bool]:
+        """(the content key read, served from a verified cache entry: no download, no MD5
+        check pending); what the kernel may keep of earlier opens depends on it
+        (``fs.keepcache``)."""
         cached = self._cached
-        return cached.key if getattr(cached, "verified", False) else None
+        return getattr(cached, "key", None), bool(getattr(cached, "verified", False))
 
     def read(self, offset: int, size: int) -> bytes:
         if self._data is not None:
