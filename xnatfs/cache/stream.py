@@ -70,7 +70,7 @@ class StreamHandle:
         #: readers got bytes of the current GET
         self._served_now = False
         #: readers got bytes of a GET that ended without a good verdict (superseded by a seek
-        #: back, or failed): the read of the last bytes is then EIO (``_final_check``)
+        #: back, or failed): the read of the last bytes is then EIO (``_final_check_locked``)
         self._tainted = False
         self.fetches = 0           # GETs started (tests, stats)
         with self._cond:
