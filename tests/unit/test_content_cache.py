@@ -797,11 +797,12 @@ def test_a_streamed_file_with_bad_bytes_ends_in_eio(make_cache, body, caplog):
         assert info.value.errno == errno.EIO
 
 
-# -- a handle that served bytes of a failed attempt never ends in success --------------------------
+# -- a handle that served bytes of a failed attempt never ends in success -------------------------
 
 
 @pytest.mark.parametrize("how", ["read", "span"])
-def test_reader_of_a_refetched_file_never_gets_first_attempt_bytes_with_success(make_cache, how):
+def test_reader_of_a_refetched_file_never_gets_first_attempt_bytes_with_success(make_cache,
+                                                                                how):
     """The reviewer's repro: attempt 1 has a wrong first byte, a reader gets it, attempt 2
     checks out.  The reader's end of file must be EIO (it holds a wrong byte), whether it reads
     through ``read`` or ``span`` + ``pread`` (``XnatOperations.read_into``); a handle that

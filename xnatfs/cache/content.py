@@ -448,7 +448,8 @@ class ContentHandle:
     @property
     def verified(self) -> bool:
         """Served from a complete cached copy whose check is done (no download, no MD5 check
-        pending): what the kernel may keep of earlier opens depends on it (``fs.keepcache``)."""
+        pending): what the kernel may keep of earlier opens depends on it
+        (``fs.keepcache``)."""
         return self._download is None and self._verification is None
 
     def _served_span(self, span: Span) -> int:

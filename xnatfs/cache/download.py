@@ -357,7 +357,7 @@ class Download:
         with self._cond:
             got_size = self._arrived
         try:
-            if os.fstat(fd).st_size > got_size:   # a longer first attempt was rewritten in place
+            if os.fstat(fd).st_size > got_size:   # a longer first attempt rewritten in place
                 os.ftruncate(fd, got_size)
         except BaseException:
             if isinstance(hasher, _FileMD5):
