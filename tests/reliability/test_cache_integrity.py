@@ -284,3 +284,74 @@ def test_a_full_cache_disk_is_evicted_before_a_read_fails(make_emulator, make_mo
     assert os.getxattr(base / "big.bin", "user.xnat.cache_state") == b"cached"
     stats = json.loads((m.path / ".xnatfs" / "stats").read_text())["content_cache"]
     assert stats["evictions"] >= 1, stats
+
+
+def test_pages_of_a_failed_open_never_serve_the_next_one(make_emulator, make_mount, tmp_path):
+    """A large cached entry from an earlier mount (hashed while it is read, above
+    ``VERIFY_INLINE_MAX``) is damaged: the first ``cat`` fails with EIO at its last read, but
+    the pages it read stay in the kernel's page cache.  The next ``cat``, WITHOUT dropping
+    caches, must give the right bytes: its open (a new download) does not keep those pages
+    (``keep_cache`` only for verified entries, fs/keepcache.py).  A third ``cat`` (now a
+    verified entry) is right too, and a fourth open keeps the pages; so does the first open
+    after a clean download (warm reads stay page-cache fast: mincore finds the pages resident
+    right after the open)."""
+    from xnatfs.cache.content import VERIFY_INLINE_MAX
+
+    emu = make_emulator()
+    data = _random_bytes(VERIFY_INLINE_MAX + (4 << 20), seed=11)
+    _put_and_find(emu, "/data/projects/DEMO2/resources/BIG/files/big.bin", data)
+    cache = tmp_path / "cache"
+    m = make_mount(emu.url, "--prefetch", "0", cache=cache)
+    path = m.path / "DEMO2/resources/BIG/files/big.bin"
+    assert md5(path.read_bytes()) == md5(data)
+    _settled(m)
+    # a clean download's pages serve the next open (the warm read costs no extra pass)
+    assert _resident_after_open(path) > 0.9, "keep_cache after a clean download"
+    m.umount()
+    (stored,) = _cache_files(cache)
+    with open(stored, "r+b") as f:          # one bit flipped in the middle
+        f.seek(len(data) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x10]))
+    m = make_mount(emu.url, "--prefetch", "0", cache=cache)
+    path = m.path / "DEMO2/resources/BIG/files/big.bin"
+    first = subprocess.run(["cat", str(path)], capture_output=True, timeout=120)
+    assert first.returncode != 0 and b"Input/output error" in first.stderr
+    assert len(first.stdout) > len(data) // 2, "the damaged byte was read (and page-cached)"
+    for _ in range(3):
+        again = subprocess.run(["cat", str(path)], capture_output=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert md5(again.stdout) == md5(data), "0 wrong bytes"
+    assert m.log_text().count("dropped, fetched again") == 1
+    # warm reads keep their speed: an open of the verified entry keeps the pages
+    assert _resident_after_open(path) > 0.9, "keep_cache for a verified entry"
+
+
+def _resident_after_open(path: Path) -> float:
+    """The fraction of ``path``'s pages in the page cache just after a new open of it (mmap +
+    mincore, nothing read): ~1 when the open kept the pages of earlier reads, 0 when it
+    dropped them."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size = os.path.getsize(path)
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * pages)()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(b & 1 for b in vec) / pages

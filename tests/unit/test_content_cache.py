@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import stat
+import sys
 import threading
 import time
 from collections import Counter
@@ -794,6 +795,117 @@ def test_a_streamed_file_with_bad_bytes_ends_in_eio(make_cache, body, caplog):
                     break
                 pos += len(chunk)
         assert info.value.errno == errno.EIO
+
+
+# -- a handle that served bytes of a failed attempt never ends in success -------------------------
+
+
+@pytest.mark.parametrize("how", ["read", "span"])
+def test_reader_of_a_refetched_file_never_gets_first_attempt_bytes_with_success(make_cache,
+                                                                                how):
+    """The reviewer's repro: attempt 1 has a wrong first byte, a reader gets it, attempt 2
+    checks out.  The reader's end of file must be EIO (it holds a wrong byte), whether it reads
+    through ``read`` or ``span`` + ``pread`` (``XnatOperations.read_into``); a handle that
+    only saw attempt 2 reads the whole file with success."""
+    good = payload(50_000)
+    bad = bytearray(good)
+    bad[0] ^= 0xFF
+    fetch = FakeFetch({"/f": [bytes(bad), good]}, chunk=4096, hold_at=40_000)
+    cc = make_cache(fetch)
+    key = key_for("/f", good)
+
+    def get(h, offset: int, size: int) -> bytes:
+        if how == "read":
+            return h.read(offset, size, later())
+        fd, n = h.span(offset, size, later())
+        return os.pread(fd, n, offset)
+
+    with cc.open(key) as h, cc.open(key) as late:
+        first = get(h, 0, 4096)                      # attempt 1's (wrong) bytes
+        assert first[0] != good[0]
+        fetch.gate.set()
+        assert late.wait(later())
+        with pytest.raises(OSError) as info:
+            got = first + get(h, 4096, 50_000)       # reaches the end: attempt 2 verified
+            assert got != good                       # (unreached) the wrong byte, with success
+        assert info.value.errno == errno.EIO
+        assert "attempt 1" in str(info.value)
+        with pytest.raises(OSError):
+            get(h, 50_000, 10)                       # the EOF read fails as well
+        assert get(late, 0, 50_001) == good          # attempt 2 only: fine
+    assert fetch.calls["/f"] == 2
+    assert read_all(cc, key) == good
+
+
+def test_a_streamed_pass_cut_short_by_a_seek_back_taints_the_end(make_cache, monkeypatch):
+    """A StreamHandle: bytes of a GET that a seek back superseded were never verified, so the
+    read of the last bytes of the next GET is EIO; two whole passes are both verified (OK)."""
+    from xnatfs.cache import stream
+
+    monkeypatch.setattr(stream, "AHEAD", 256 << 10)
+    monkeypatch.setattr(stream, "BEHIND", 128 << 10)
+    big = payload(2 << 20, seed=5)
+    fetch = FakeFetch({"/big": big}, chunk=64 << 10)
+    cc = make_cache(fetch, size_limit=1 << 20)
+    key = key_for("/big", big)
+
+    def to_end(h, pos: int) -> bytes:
+        got = bytearray()
+        while True:
+            chunk = h.read(pos, 128 << 10, later())
+            if not chunk:
+                return bytes(got)
+            got += chunk
+            pos += len(chunk)
+
+    with cc.open(key) as h:
+        assert to_end(h, 0) == big and to_end(h, 0) == big     # pass, seek back, pass
+    assert fetch.calls["/big"] == 2
+    with cc.open(key) as h:
+        assert h.read(1 << 20, 4096, later()) == big[1 << 20:(1 << 20) + 4096]   # GET 3
+        assert h.read(0, 4096, later()) == big[:4096]          # a seek back: GET 4
+        with pytest.raises(OSError) as info:
+            to_end(h, 4096)
+        assert info.value.errno == errno.EIO and "seek back" in str(info.value)
+    assert fetch.calls["/big"] == 4
+
+
+def test_a_failing_fstat_at_the_check_leaks_no_hashing_fd(make_cache, monkeypatch, tmp_path):
+    """``Download._check``: an OSError from fstat/ftruncate before the digest still stops
+    the hashing thread and closes its dup'd fd."""
+    from xnatfs.cache import download
+
+    monkeypatch.setattr(download, "INLINE_HASH_MAX", 1000)   # hashed by a _FileMD5 thread
+    real_fstat = os.fstat
+
+    def fstat(fd):
+        if sys._getframe(1).f_code.co_name == "_check":
+            raise OSError(errno.EIO, "disk gone")
+        return real_fstat(fd)
+
+    def partial_fds() -> List[str]:
+        """Our fds on files of this cache's partial directory (unlinked ones too)."""
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(tmp_path / "cc" / "partial")):
+                found.append(target)
+        return found
+
+    data = payload(300_000)
+    cc = make_cache(FakeFetch({"/f": data}, chunk=16 << 10))
+    monkeypatch.setattr(download.os, "fstat", fstat)
+    with cc.open(key_for("/f", data)) as h:
+        assert h.wait(later())
+        with pytest.raises(OSError) as info:
+            h.read(0, len(data), later())
+        assert "disk gone" in str(info.value)
+    monkeypatch.setattr(download.os, "fstat", real_fstat)
+    # the download closes its own fd just after waking its readers
+    wait_for(lambda: partial_fds() == [], "every fd on the partial file closed")
 
 
 # -- xnatfs cache verify ----------------------------------------------------------------------------

@@ -66,7 +66,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 import diskcache
 from diskcache.core import MODE_BINARY
 
-from xnatfs.cache.download import (Download, DownloadCancelled, Fetch, IntegrityError,
+from xnatfs.cache.download import (Download, DownloadCancelled, Fetch, IntegrityError, Span,
                                     digest_file)
 from xnatfs.cache.stream import StreamHandle
 from xnatfs.cache.zipstream import ZipSplitter
@@ -435,11 +435,37 @@ class ContentHandle:
         self._verification = verification
         self._closed = False
         self._close_lock = threading.Lock()
+        #: attempts (``Download`` generations) this handle has served bytes of: a refetch
+        #: rewrites the file, so a reader may hold bytes of a failed attempt (``_served``)
+        self._served: Set[int] = set()
+        self._served_lock = threading.Lock()
 
     @property
     def from_cache(self) -> bool:
         """True if this handle opened a complete cached copy (no download involved)."""
         return self._download is None
+
+    @property
+    def verified(self) -> bool:
+        """Served from a complete cached copy whose check is done (no download, no MD5 check
+        pending): what the kernel may keep of earlier opens depends on it
+        (``fs.keepcache``)."""
+        return self._download is None and self._verification is None
+
+    def _served_span(self, span: Span) -> int:
+        """Note the attempt ``span``'s bytes came from; at the final read (verdict in), EIO if
+        this handle ever served bytes of another attempt than the verified one: a successful
+        end of file then means every byte this handle gave out was verified."""
+        with self._served_lock:
+            if span.n > 0:
+                self._served.add(span.generation)
+            other = sorted(self._served - {span.generation})
+            if span.final and other:
+                raise IntegrityError(
+                    f"{self.key.uri}: this open read bytes of download attempt "
+                    f"{other[0] + 1}, which failed its size or MD5 check; only attempt "
+                    f"{span.generation + 1} was verified (open the file again)")
+        return span.n
 
     def read(self, offset: int, size: int, deadline: float) -> bytes:
         """Bytes [offset, offset+size); short or b"" at the end of the file.
@@ -452,7 +478,9 @@ class ContentHandle:
         if self._closed:
             raise OSError(errno.EBADF, f"content handle for {self.key.uri} is closed")
         if self._download is not None:
-            return self._download.read(self._fd, offset, size, deadline)
+            data, span = self._download.read_of(self._fd, offset, size, deadline)
+            self._served_span(span)
+            return data
         if size <= 0 or offset < 0:
             return b""
         self._hold_back(offset, size, deadline)
@@ -477,7 +505,7 @@ class ContentHandle:
         if self._closed:
             raise OSError(errno.EBADF, f"content handle for {self.key.uri} is closed")
         if self._download is not None:
-            return self._fd, self._download.span(offset, size, deadline)
+            return self._fd, self._served_span(self._download.span_of(offset, size, deadline))
         if size <= 0 or offset < 0:
             return self._fd, 0
         self._hold_back(offset, size, deadline)
@@ -582,6 +610,8 @@ class ContentCache:
         #: whenever it nears the limit, so an insertion costs no volume query
         self._volume = 0
         self._adopted_since_sync = 0
+        #: bumps whenever readers may have been served bytes that failed a check (``taints``)
+        self._taints = 0
         self._stats = {
             "hits": 0,             # opens served by a complete cached copy
             "misses": 0,           # opens that started or joined a download
@@ -794,6 +824,7 @@ class ContentCache:
             def done(problem: Optional[str]) -> None:
                 # drop first, then let new opens past the check: they fetch it again
                 if problem is not None:
+                    self._taint()
                     self._drop(hexname, key, problem)
                 with self._lock:
                     self._behind.pop(hexname, None)
@@ -1122,7 +1153,7 @@ class ContentCache:
         download = Download(
             key.uri, key.size, key.digest, partial, self._fetch,
             verify=self.verify, cancelled=lambda: self._closing,
-            max_bytes=self.size_limit, make_room=self._make_room,
+            max_bytes=self.size_limit, make_room=self._make_room, restarted=self._taint,
         )
         self._downloads[hexname] = download
         self._stats["downloads"] += 1
@@ -1245,6 +1276,18 @@ class ContentCache:
             self._stats["evictions"] += len(evicted)
         return len(evicted)
 
+    @property
+    def taints(self) -> int:
+        """How many times readers may have been served bytes that then failed their check (a
+        download attempt thrown away, a download failed, a cached file failing its MD5 while
+        read).  ``fs.keepcache``: unchanged since the pages of a file were dropped means every
+        page read since is of verified bytes."""
+        return self._taints
+
+    def _taint(self) -> None:
+        with self._lock:
+            self._taints += 1
+
     def _unregister(self, download: Download, hexname: str,
                     error: Optional[BaseException]) -> None:
         """After this returns nobody can join ``download`` (joins happen under self._lock)."""
@@ -1254,6 +1297,7 @@ class ContentCache:
             self._stats["bytes_downloaded"] += download.bytes_received
             if error is not None:
                 self._stats["download_errors"] += 1
+                self._taints += 1
 
     def _flush_touches(self, index: "_Index") -> None:
         """Write the remembered access times (before a cull reads them, and at close)."""

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,17 @@ def digest_file(fd: int, size: int) -> str:
     return md5.hexdigest()
 
 
+@dataclass(frozen=True)
+class Span:
+    """What a read of a download got: ``n`` bytes, written by attempt ``generation`` (-1: no
+    bytes), and ``final``: the read reached the end of the file with the size and MD5 verdict
+    in, so ``generation`` is the verified attempt."""
+
+    n: int
+    generation: int
+    final: bool
+
+
 class IntegrityError(OSError):
     """The downloaded bytes do not match the listing's size or MD5 (EIO)."""
 
@@ -176,6 +188,7 @@ class Download:
         cancelled: Callable[[], bool] = lambda: False,
         max_bytes: Optional[int] = None,
         make_room: Callable[[int], bool] = lambda needed: False,
+        restarted: Callable[[], None] = lambda: None,
     ) -> None:
         #: Read-only after construction.
         self.uri = uri
@@ -190,6 +203,8 @@ class Download:
         #: ``make_room(n)``: the cache disk is full (ENOSPC); evict to free ``n`` bytes, True
         #: if anything was freed (then the write is tried once more)
         self._make_room = make_room
+        #: called when an attempt is thrown away for another (its bytes may have been read)
+        self._restarted = restarted
         #: the partial file, created when the first byte is due or the first reader joins (a
         #: bulk fetch registers hundreds of downloads at once: their files come one by one)
         self._fd: Optional[int] = None
@@ -341,8 +356,13 @@ class Download:
         fd = self._fd
         with self._cond:
             got_size = self._arrived
-        if os.fstat(fd).st_size > got_size:   # a longer first attempt was rewritten in place
-            os.ftruncate(fd, got_size)
+        try:
+            if os.fstat(fd).st_size > got_size:   # a longer first attempt rewritten in place
+                os.ftruncate(fd, got_size)
+        except BaseException:
+            if isinstance(hasher, _FileMD5):
+                hasher.abandon()   # its thread and its dup'd fd end with the attempt
+            raise
         if self.size is not None and got_size != self.size:
             if isinstance(hasher, _FileMD5):
                 hasher.abandon()
@@ -408,6 +428,7 @@ class Download:
 
     def restart(self) -> None:
         """Start another attempt over the last one's bytes (see the class docstring)."""
+        self._restarted()   # first: nobody may trust pages of this file from here on
         with self._cond:
             self._generation += 1
             self._arrived = 0
@@ -492,11 +513,17 @@ class Download:
         DownloadCancelled), or TimeoutError (ETIMEDOUT) when ``deadline`` (a time.monotonic()
         value) passes first.
         """
-        return self._span(offset, size, deadline)[0]
+        return self._span(offset, size, deadline).n
 
-    def _span(self, offset: int, size: int, deadline: float) -> "tuple[int, int]":
+    def span_of(self, offset: int, size: int, deadline: float) -> "Span":
+        """:meth:`span` with the attempt the bytes belong to and whether the read is final: a
+        handle checks at its final read that it served no other attempt's bytes
+        (``ContentHandle``)."""
+        return self._span(offset, size, deadline)
+
+    def _span(self, offset: int, size: int, deadline: float) -> "Span":
         if size <= 0 or offset < 0:
-            return 0, -1
+            return Span(0, -1, False)
         end = offset + size
         # a read that reaches the listed end also waits for the verdict on size and MD5, so
         # nobody reads a whole file whose bytes are wrong with success (issue 17 §5)
@@ -519,17 +546,24 @@ class Download:
                         f" ({self._arrived} arrived)",
                     )
                 self._cond.wait(remaining)
-            if offset >= end:
-                return 0, -1
-            return max(0, min(end, self._arrived) - offset), self._generation
+            # final: the verdict is in and this read reaches the end; the generation is then
+            # the verified one (a size-less download is final once done, at its end)
+            final = last or (self._done and end >= self._arrived)
+            n = max(0, min(end, self._arrived) - offset)
+            return Span(n, self._generation, final)
 
     def read(self, fd: int, offset: int, size: int, deadline: float) -> bytes:
         """Bytes [offset, offset+size) read with ``pread(fd)`` as soon as they have arrived;
         short or empty at the end of the file.  Raises like :meth:`span`."""
+        return self.read_of(fd, offset, size, deadline)[0]
+
+    def read_of(self, fd: int, offset: int, size: int, deadline: float
+                ) -> "tuple[bytes, Span]":
+        """:meth:`read` with the :class:`Span` the bytes came from (one attempt's bytes)."""
         while True:
-            n, generation = self._span(offset, size, deadline)
-            data = os.pread(fd, n, offset) if n > 0 else b""
+            span = self._span(offset, size, deadline)
+            data = os.pread(fd, span.n, offset) if span.n > 0 else b""
             with self._cond:
                 # a refetch rewrote the file while we read: those bytes may be from either try
-                if generation < 0 or self._generation == generation:
-                    return data
+                if span.n <= 0 or self._generation == span.generation:
+                    return data, span

@@ -67,6 +67,11 @@ class StreamHandle:
         self._verdict = False      # the current GET ended with the right size and MD5
         self._closed = False
         self._thread: Optional[threading.Thread] = None
+        #: readers got bytes of the current GET
+        self._served_now = False
+        #: readers got bytes of a GET that ended without a good verdict (superseded by a seek
+        #: back, or failed): the read of the last bytes is then EIO (``_final_check_locked``)
+        self._tainted = False
         self.fetches = 0           # GETs started (tests, stats)
         with self._cond:
             self._restart_locked(0)
@@ -75,9 +80,17 @@ class StreamHandle:
     def from_cache(self) -> bool:
         return False
 
+    @property
+    def verified(self) -> bool:
+        """Never: its bytes come from the server as they are read (``fs.keepcache``)."""
+        return False
+
     # -- the fetching thread ---------------------------------------------------------------------
 
     def _restart_locked(self, want: int) -> None:
+        if self._served_now and not self._verdict:
+            self._tainted = True
+        self._served_now = False
         self._generation += 1
         self._chunks.clear()
         self._start = self._end = 0
@@ -169,8 +182,12 @@ class StreamHandle:
                     raise self._error
                 if offset >= end:
                     if self._verdict:
+                        self._final_check_locked()
                         return b""
                 elif self._end >= end and (not last or self._verdict):
+                    if last:
+                        self._final_check_locked()
+                    self._served_now = True
                     return self._slice_locked(offset, end)
                 if offset > self._want:
                     self._want = offset
@@ -187,6 +204,15 @@ class StreamHandle:
                     self._waiting[offset] -= 1
                     if not self._waiting[offset]:
                         del self._waiting[offset]
+
+    def _final_check_locked(self) -> None:
+        """The read of the last bytes, the current GET verified: EIO if this handle served
+        bytes of an earlier GET that was never verified (a pass cut short by a seek back), so
+        that a successful end of file means every byte this handle gave out was verified."""
+        if self._tainted:
+            raise IntegrityError(
+                f"stream {self._uri}: this open read bytes of an earlier GET that was cut short "
+                f"before its size and MD5 check (a seek back); open the file again")
 
     def _slice_locked(self, offset: int, end: int) -> bytes:
         parts = []

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterable, Optional
 
 from xnatfs.fs import errmap
 from xnatfs.fs.fuselib import load
+from xnatfs.fs.keepcache import PageCacheTrust
 
 mfusepy = load()
 
@@ -99,6 +100,7 @@ class XnatOperations(mfusepy.Operations):
         self._handles: Dict[int, Any] = {}
         self._handles_lock = threading.Lock()
         self._next_fh = itertools.count(1)
+        self._page_trust = PageCacheTrust()
 
     # ------------------------------------------------------------------ life cycle
     @mfusepy.overrides(mfusepy.Operations)
@@ -194,7 +196,10 @@ class XnatOperations(mfusepy.Operations):
         if handle.direct_io:
             fi.direct_io = 1
         elif tree.cacheable(node):
-            fi.keep_cache = 1  # content is keyed by (uri, size, digest): a change is a new key
+            # only pages of verified bytes may serve a later open (fs/keepcache.py)
+            version, verified = getattr(handle, "content_version", (None, False))
+            fi.keep_cache = int(self._page_trust.keep_cache(
+                path, version, verified, getattr(tree.content, "taints", 0)))
         return 0
 
     @mfusepy.overrides(mfusepy.Operations)

@@ -763,6 +763,14 @@ class ReadHandle:
         document made again after its listing TTL may have changed length."""
         return self.node.kind is Kind.VIRTUAL
 
+    @property
+    def content_version(self) -> Tuple[Any, bool]:
+        """(the content key read, served from a verified cache entry: no download, no MD5
+        check pending); what the kernel may keep of earlier opens depends on it
+        (``fs.keepcache``)."""
+        cached = self._cached
+        return getattr(cached, "key", None), bool(getattr(cached, "verified", False))
+
     def read(self, offset: int, size: int) -> bytes:
         if self._data is not None:
             return self._data[offset:offset + size]
