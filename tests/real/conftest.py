@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -251,6 +252,26 @@ def foreign(inv: Dict[str, List[str]]) -> List[str]:
     return out
 
 
+def delete_prearchive_session(target: Target, src: str, timeout: float = 60.0) -> None:
+    """Delete a prearchive session (``src`` = ``/prearchive/projects/P/TS/S``) and wait until it
+    is gone: XNAT queues the delete (``QUEUED_DELETING``, then ``DELETING``) and refuses one
+    for a session that is not settled yet (403), so both are polled within ``timeout``."""
+    s = target.http()
+    session = f"{target.url}/data{src}"
+    end = time.monotonic() + timeout
+    asked = False
+    while time.monotonic() < end:
+        gone = s.get(session, params={"format": "json"}, timeout=60).status_code == 404
+        if gone:
+            return
+        if not asked:
+            r = s.post(f"{target.url}/data/services/prearchive/delete", params={"src": src},
+                       timeout=60)
+            asked = r.status_code < 400
+        time.sleep(0.2)
+    raise AssertionError(f"prearchive session {src} still there after {timeout:g}s")
+
+
 def clean_own(target: Target, project: str) -> None:
     """Remove what an earlier (killed) run of the suite left: only names with PREFIX."""
     s = target.http()
@@ -258,8 +279,7 @@ def clean_own(target: Target, project: str) -> None:
     inv = project_inventory(target, project)
     for url in inv["prearchive"]:
         if url.rstrip("/").rsplit("/", 1)[-1].startswith(PREFIX):
-            s.post(f"{target.url}/data/services/prearchive/delete", params={"src": url},
-                   timeout=60)
+            delete_prearchive_session(target, url)
     for e in inv["experiments"]:
         if e.startswith(PREFIX):
             s.delete(f"{base}/experiments/{e}", params={"removeFiles": "true"}, timeout=60)

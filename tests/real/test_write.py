@@ -22,7 +22,8 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 import requests
 
-from tests.real.conftest import PREFIX, Scratch, Target, fs_batch, start_mount, stop_mount
+from tests.real.conftest import (PREFIX, Scratch, Target, delete_prearchive_session, fs_batch,
+                                 start_mount, stop_mount)
 from xnatfs.emulator import dicom
 
 DEADLINE = 120.0   # a real XNAT may take a while to build a prearchive session
@@ -52,8 +53,7 @@ def cleanup(target: Target, scratch: Scratch) -> Iterator[List[str]]:
     s = target.http()
     for uri in reversed(uris):
         if uri.startswith("/data/prearchive/"):
-            s.post(f"{target.url}/data/services/prearchive/delete", params={"src": uri[5:]},
-                   timeout=60)
+            delete_prearchive_session(target, uri[5:])
         else:
             s.delete(f"{target.url}{uri}", params={"removeFiles": "true"}, timeout=60)
 

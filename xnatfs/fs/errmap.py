@@ -56,11 +56,19 @@ def describe(op: str, path: str, exc: BaseException) -> str:
     return f"{op} {path}: {exc}"
 
 
+#: errno values that are ordinary answers (a missing name, a refused attribute...), not failures
+_QUIET = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENODATA, errno.EROFS,
+                    errno.ENOTSUP, errno.EEXIST, errno.ENOTEMPTY})
+#: ops that commit a written file: EEXIST there is XNAT's "duplicates" answer (a file of that
+#: name appeared on XNAT meanwhile) and the bytes stay in the journal, so it is a failure
+_COMMIT_OPS = frozenset({"flush", "fsync", "release"})
+
+
 def log_failure(op: str, path: str, exc: BaseException, code: int) -> None:
     """Log a failed op once.  ENOENT and friends are normal answers, not failures; an error
     marked ``reported`` (``tree.writes.AlreadyReported``) was logged where it happened."""
-    if getattr(exc, "reported", False) or code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENODATA, errno.EROFS,
-                errno.ENOTSUP, errno.EEXIST, errno.ENOTEMPTY):
+    quiet = code in _QUIET and not (op in _COMMIT_OPS and code == errno.EEXIST)
+    if getattr(exc, "reported", False) or quiet:
         log.debug("%s", describe(op, path, exc))
     elif isinstance(exc, (OSError, xe.XnatError)):
         log.error("%s", describe(op, path, exc))
