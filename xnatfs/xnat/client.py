@@ -20,7 +20,10 @@ Policy in one place:
 * a 401, a redirect to the login page or a 200 HTML login page (§5.1, §10.8) makes the client log
   in again, once, and repeat the call; many threads may see the 401 together and only one logs in;
 * HTML is never taken for data (§10.8); a download is never returned short (Content-Length is
-  checked against the bytes received).
+  checked against the bytes received) and never decoded: files are asked for as stored
+  (``Accept-Encoding: identity``), an answer with another Content-Encoding is refused;
+* an upload's answer is owed from its last body byte on (``watchdog.RequestDeadline``): sending
+  is bounded per send, so a body that takes longer than the deadline to send is not cut.
 
 Thread-safety: one client is shared by all FUSE worker threads.  ``_login_lock`` serialises
 logins and guards ``_jsession``/``_generation``; the stats have their own lock.  Nothing else is
@@ -228,7 +231,10 @@ class _CountingBody:
     """An upload body read from a file object in chunks, exactly ``size`` bytes.
 
     ``__len__`` lets requests send a Content-Length (not chunked, which XNAT handles badly),
-    ``__iter__`` streams without holding the file in memory.
+    ``__iter__`` streams without holding the file in memory.  urllib3 iterates it in the
+    sending thread, so when the last chunk has been handed to the socket it tells the request's
+    :class:`~.watchdog.RequestDeadline`: the answer is owed from then on, not from when the
+    request began (a body that takes longer than ``--timeout`` to send is not cut).
     """
 
     def __init__(self, fileobj: Any, size: int, chunk: int, counter: Callable[[int], None]):
@@ -249,6 +255,9 @@ class _CountingBody:
             left -= len(data)
             self._count(len(data))
             yield data
+        armed = _watchdog.REQUEST_DEADLINE.get()
+        if armed is not None:
+            armed[0].body_sent()
 
 
 def _parse_retry_after(value: Optional[str]) -> Optional[float]:
@@ -614,24 +623,32 @@ class XnatClient:
         headers: Optional[Mapping[str, str]] = None,
         stream: bool = False,
         auth: Optional[Tuple[str, str]] = None,
-        deadline: float,
+        deadline: Union[float, _watchdog.RequestDeadline],
     ) -> requests.Response:
         """One HTTP exchange, no policy.  ``timeout`` and ``deadline`` (a ``time.monotonic``
         value) have no default on purpose: both timeouts are cut to what is left of the
         deadline, and unless ``stream`` the whole body is read here, within the deadline and
-        the document cap (``body.read_body``)."""
+        the document cap (``body.read_body``).
+
+        An upload body (:class:`_CountingBody`) moves the deadline to its last byte sent +
+        ``options.deadline``: sending is bounded per send by the socket timeout, the answer
+        (headers and body) by that moved deadline.  A caller that passes a
+        :class:`~.watchdog.RequestDeadline` sees where it ended."""
+        if not isinstance(deadline, _watchdog.RequestDeadline):
+            deadline = _watchdog.RequestDeadline(deadline, self.options.deadline)
+        holder = deadline
         hdrs = dict(headers or {})
         if jsession:
             hdrs["Cookie"] = f"JSESSIONID={jsession}"
         started = time.monotonic()
-        left = deadline - started
+        left = holder.at - started
         if left <= 0:
             err = XnatTimeout(method, url, None, "no time left for this request")
             self._stats.error(type(err).__name__)
             raise err
         full_read_timeout = timeout[1]
         timeout = (min(timeout[0], left), min(timeout[1], left))
-        armed = _watchdog.REQUEST_DEADLINE.set((deadline, self._watchdog))
+        armed = _watchdog.REQUEST_DEADLINE.set((holder, self._watchdog))
         try:
             # always streamed: a non-streamed body is read below, by us, within the deadline
             resp = self._http.request(
@@ -645,14 +662,11 @@ class XnatClient:
                 if sock is not None:
                     sock.settimeout(full_read_timeout)
             else:
-                body_deadline = deadline
-                if data is not None and not isinstance(data, (dict, str)):
-                    # an upload may take long to send: its answer gets a deadline of its own,
-                    # counted from the headers (the journal decides about a lost answer)
-                    body_deadline = max(deadline, time.monotonic() + self.options.deadline)
                 try:
+                    # holder.at: for an upload, its last body byte + the deadline (the
+                    # journal decides about a lost answer)
                     content = _body.read_body(
-                        resp.raw, resp.headers.get("Content-Encoding", ""), body_deadline,
+                        resp.raw, resp.headers.get("Content-Encoding", ""), holder.at,
                         read_timeout=full_read_timeout)
                 except BaseException:
                     resp.close()
@@ -661,7 +675,7 @@ class XnatClient:
                 resp._content_consumed = True  # type: ignore[attr-defined]
                 self._stats.bytes_in(len(content))
         except Exception as exc:  # the one translation boundary
-            err = _translate(exc, method, url, timeout, deadline)
+            err = _translate(exc, method, url, timeout, holder.at)
             self._stats.request(method, type(err).__name__, time.monotonic() - started)
             self._stats.error(type(err).__name__)
             raise err from None
@@ -714,9 +728,10 @@ class XnatClient:
                 self._log_failure(err)
                 raise
             body = body_factory() if body_factory is not None else data
+            sent = _watchdog.RequestDeadline(deadline, opts.deadline)
             try:
                 resp = self._send(method, url, data=body, headers=headers, stream=stream,
-                                  timeout=self._timeout, jsession=jsession, deadline=deadline)
+                                  timeout=self._timeout, jsession=jsession, deadline=sent)
             except XnatError as err:
                 # connection errors only: a read timeout is not retried here, so a stalled
                 # server costs one read_timeout, not retries x read_timeout
@@ -726,6 +741,8 @@ class XnatClient:
                 self._log_failure(err)
                 raise
             status = resp.status_code
+            # after a long upload, a re-login and the repeat are owed from its last byte on
+            deadline = sent.at
 
             if self._wants_login(resp) and not relogged and repeatable:
                 resp.close()
@@ -966,8 +983,20 @@ class XnatClient:
             resp = self._call("GET", uri, params=params, stream=True, headers=_IDENTITY,
                               deadline=deadline)
             url = resp.url
+            encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+            if encoding not in ("", "identity"):
+                # asked for as stored (§3.1): an encoded answer is refused before a byte is
+                # read, never inflated by urllib3 (unbounded before urllib3 2.6) nor passed off
+                # as the file; not retried, the server would answer the same
+                resp.close()
+                err = NotXnatResponse("GET", url, resp.status_code,
+                                      f"refused: the file came with Content-Encoding "
+                                      f"{encoding[:40]!r}, not as stored (Accept-Encoding: "
+                                      f"identity)")
+                self._stats.error(type(err).__name__)
+                self._log_failure(err)
+                raise err
             stat = parse.remote_stat_from_headers(resp.headers)
-            encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
             received = 0
             login_page = False
             failure: Optional[XnatError] = None
@@ -995,8 +1024,7 @@ class XnatClient:
                         sink(chunk)
             finally:
                 resp.close()
-            if failure is None and stat.size is not None and not encoded \
-                    and received != stat.size:
+            if failure is None and stat.size is not None and received != stat.size:
                 # never a short body passed off as the file (urllib3 usually notices first)
                 failure = Unreachable("GET", url, 200,
                                       f"body ended after {received} of {stat.size} bytes")
