@@ -188,3 +188,30 @@ def test_a_gzip_encoded_file_is_refused_before_a_byte_is_read(hostile):
         assert time.monotonic() - t0 < DEADLINE + SLACK
     assert got == []
     assert hostile.count("GET /data/projects/H/resources/1/files/big.bin") == 1  # no retry
+
+
+def test_close_ends_a_download_whose_body_trickles(hostile):
+    """A file body trickling one byte every 0.5 s (inside ``read_timeout``) held its download
+    thread, and so the daemon's exit after unmount, for as long as the server liked."""
+    c = client(hostile.url)
+    c.start()
+    hostile.mode = "file_slow"
+    outcome = {}
+
+    def download():
+        try:
+            c.download("/data/projects/H/resources/1/files/big.bin", lambda chunk: None)
+            outcome["result"] = "returned"
+        except errors.XnatError as exc:
+            outcome["result"] = exc
+
+    t = threading.Thread(target=download, daemon=True)
+    t.start()
+    end = time.monotonic() + 10
+    while "/data/projects/H/resources/1/files/big.bin" not in hostile.paths() \
+            and time.monotonic() < end:
+        time.sleep(0.01)
+    c.close()
+    t.join(DEADLINE + SLACK)
+    assert not t.is_alive(), "close() left the download reading"
+    assert isinstance(outcome["result"], errors.XnatError), outcome

@@ -423,6 +423,10 @@ class XnatClient:
         self._closing = threading.Event()
         self._heartbeat_thread: Optional[threading.Thread] = None
         self._closed = False
+        #: sockets of file downloads whose body is being read; ``close()`` shuts them down so
+        #: a body that trickles for ever (each byte inside read_timeout) cannot hold the exit
+        self._streams_lock = threading.Lock()
+        self._streams: Dict[int, socket.socket] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -450,6 +454,14 @@ class XnatClient:
             return
         self._closed = True
         self._closing.set()
+        with self._streams_lock:
+            # under the lock: a stream unregisters (under it) before its connection goes back
+            # to the pool, so only sockets of downloads still reading are shut down
+            for sock in self._streams.values():
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         t = self._heartbeat_thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout=self.options.connect_timeout + self.options.read_timeout)
@@ -1000,6 +1012,15 @@ class XnatClient:
             received = 0
             login_page = False
             failure: Optional[XnatError] = None
+            sock = _body.socket_of(resp.raw)
+            with self._streams_lock:
+                if sock is not None:
+                    self._streams[id(resp)] = sock
+                if self._closed and sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)  # close() has run: read nothing more
+                    except OSError:
+                        pass
             try:
                 chunks = resp.iter_content(opts.chunk_size)
                 first = True
@@ -1023,6 +1044,8 @@ class XnatClient:
                         self._stats.bytes_in(len(chunk))
                         sink(chunk)
             finally:
+                with self._streams_lock:
+                    self._streams.pop(id(resp), None)
                 resp.close()
             if failure is None and stat.size is not None and received != stat.size:
                 # never a short body passed off as the file (urllib3 usually notices first)
