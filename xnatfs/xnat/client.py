@@ -112,10 +112,11 @@ class ClientOptions:
     connect_timeout: float = 5.0
     #: seconds without a byte from the server before a request (or a body) times out
     read_timeout: float = 30.0
-    #: extra attempts for GET/HEAD on connection errors and 429/502/503/504
+    #: extra attempts for GET/HEAD on connection errors and 429/500/502/503/504
     retries: int = 3
     #: seconds a call may spend in total, retries, backoff, login and the whole body included
-    #: (for a streamed download: until its headers arrive; the body is then bounded per read)
+    #: (for a streamed download: until its headers arrive; the body is then bounded per read;
+    #: for an upload: sending is bounded per send, the answer by this much after the last byte)
     deadline: float = 60.0
     #: first backoff step in seconds; doubles each try, with jitter
     backoff_base: float = 0.5
