@@ -126,6 +126,9 @@ class HostileServer:
     body_done: Optional[float] = None
     #: bytes of the last slow upload body read
     body_bytes: int = 0
+    #: SO_RCVBUF of the server's sockets: small, so that a slow reader is felt by the client at
+    #: once (an autotuned loopback buffer would take megabytes of an upload unread)
+    rcvbuf: int = 64 << 10
     #: where redirects and absolute URIs point (another server; see ``evil`` in conftest)
     evil_url: str = "http://127.0.0.2:9/"
     requests: List[Request] = field(default_factory=list)
@@ -145,6 +148,9 @@ class HostileServer:
 
             self._server.ssl_adapter = BuiltinSSLAdapter(*self.tls)
         self._server.prepare()
+        import socket
+
+        self._server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
         port = self._server.bind_addr[1]
         self.url = f"{'https' if self.tls else 'http'}://{self.host}:{port}"
         self._thread = threading.Thread(target=self._server.serve, daemon=True,
