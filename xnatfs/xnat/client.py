@@ -982,11 +982,18 @@ class XnatClient:
         have no Content-Length (§10.11); ``size`` of the result is the byte count received."""
         if not uri.rstrip("/").endswith("/files"):
             uri = uri.rstrip("/") + "/files"
-        return self._stream(uri, sink, params={"format": format})
+        # XNAT may compose a zip for longer than --timeout before its first byte (§3.3); the
+        # stat waiting for it has its own deadline and the download goes on (README), so out of
+        # a filesystem call its headers get the longest silence, read_timeout, if that is longer
+        return self._stream(uri, sink, params={"format": format},
+                            patience=self.options.read_timeout)
 
-    def _stream(self, uri: str, sink: Sink, params: Optional[Params]) -> RemoteStat:
+    def _stream(self, uri: str, sink: Sink, params: Optional[Params],
+                patience: float = 0.0) -> RemoteStat:
         opts = self.options
         deadline = self._deadline()
+        if patience and _call_deadline.current() is None:
+            deadline = max(deadline, time.monotonic() + patience)
         attempt = 0
         relogged = False
         while True:
