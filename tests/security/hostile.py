@@ -30,12 +30,20 @@ Modes (``MODES``):
 ``file_endless``       file ``big.bin`` is listed as 1,000 bytes; its body never ends
 ``file_longer``        file ``big.bin`` is listed as 1,000 bytes; the body has 5,000
 ``file_gzip_bomb``     file ``big.bin`` (listed 1,000) comes gzip-encoded, inflating to 1 GiB
+``file_gzip``          file ``big.bin`` (listed 1,000) comes gzip-encoded, inflating to 1,000
+``file_slow``          file ``big.bin`` (listed 1,000) trickles 1 byte every ``trickle`` s
+``file_bad_digest``    file ``big.bin`` (listed 1,000 with an MD5) has other bytes, every time
+``slow_upload``        a file PUT's body is read at ~``upload_rate`` B/s, then answered at once
+``slow_upload_answer`` the same, then the answer trickles for ever (``body_done`` is when the
+                       body had all been read)
 =====================  ==========================================================================
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -45,10 +53,13 @@ from cheroot import wsgi
 SESSION = "HOSTILESESSIONID0123456789"
 PROJECT = "H"
 GOOD_BYTES = b"good file\n"  # 10 bytes
+#: what ``big.bin`` should hold in the ``file_*`` modes that list its MD5 (1,000 bytes)
+BIG_BYTES = b"b" * 1000
 
 MODES = ("ok", "slow_login", "slow_listing", "slow_files", "gzip_bomb", "huge_listing",
          "many_rows", "listing_500", "names", "sizes", "uris", "redirect", "file_endless",
-         "file_longer", "file_gzip_bomb")
+         "file_longer", "file_gzip_bomb", "file_gzip", "file_slow", "file_bad_digest",
+         "slow_upload", "slow_upload_answer")
 
 _BOMB: Dict[str, bytes] = {}
 _BOMB_LOCK = threading.Lock()
@@ -87,10 +98,11 @@ def _rows(rows: List[Dict[str, Any]]) -> bytes:
     return json.dumps({"ResultSet": {"Result": rows, "totalRecords": str(len(rows))}}).encode()
 
 
-def _file_row(name: str, size: Any, uri: Optional[str] = None) -> Dict[str, Any]:
+def _file_row(name: str, size: Any, uri: Optional[str] = None,
+              digest: str = "") -> Dict[str, Any]:
     base = f"/data/projects/{PROJECT}/resources/1/files/"
     return {"Name": name, "Size": str(size), "URI": uri if uri is not None else base + name,
-            "collection": "R", "digest": "", "file_tags": "", "file_format": "",
+            "collection": "R", "digest": digest, "file_tags": "", "file_format": "",
             "file_content": "", "cat_ID": "1"}
 
 
@@ -108,6 +120,15 @@ class HostileServer:
     #: GETs of /data/projects answered 500 in mode listing_500
     fail_first: int = 2
     huge_bytes: int = 256 << 20
+    #: bytes per second a ``slow_upload*`` PUT body is read at (64 KiB steps)
+    upload_rate: int = 1 << 20
+    #: ``time.monotonic()`` when the last slow upload body had all been read (None: not yet)
+    body_done: Optional[float] = None
+    #: bytes of the last slow upload body read
+    body_bytes: int = 0
+    #: SO_RCVBUF of the server's sockets: small, so that a slow reader is felt by the client at
+    #: once (an autotuned loopback buffer would take megabytes of an upload unread)
+    rcvbuf: int = 64 << 10
     #: where redirects and absolute URIs point (another server; see ``evil`` in conftest)
     evil_url: str = "http://127.0.0.2:9/"
     requests: List[Request] = field(default_factory=list)
@@ -127,6 +148,9 @@ class HostileServer:
 
             self._server.ssl_adapter = BuiltinSSLAdapter(*self.tls)
         self._server.prepare()
+        import socket
+
+        self._server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
         port = self._server.bind_addr[1]
         self.url = f"{'https' if self.tls else 'http'}://{self.host}:{port}"
         self._thread = threading.Thread(target=self._server.serve, daemon=True,
@@ -162,6 +186,23 @@ class HostileServer:
     def _endless(self, chunk: bytes = b"x" * 65536) -> Iterator[bytes]:
         while not self._stop.is_set():
             yield chunk
+
+    def _read_slowly(self, environ: Dict[str, Any]) -> None:
+        """Read a request body in 64 KiB steps at ``upload_rate`` (a server behind a slow
+        link); note when it is all in."""
+        left = int(environ.get("CONTENT_LENGTH") or 0)
+        step = 64 << 10
+        got = 0
+        while left > 0 and not self._stop.is_set():
+            data = environ["wsgi.input"].read(min(step, left))
+            if not data:
+                break
+            left -= len(data)
+            got += len(data)
+            self._stop.wait(len(data) / self.upload_rate)
+        with self._lock:
+            self.body_bytes = got
+            self.body_done = time.monotonic()
 
     def _huge(self, n: int) -> Iterator[bytes]:
         block = b" " * (1 << 20)
@@ -242,6 +283,12 @@ class HostileServer:
                                           "file_count": "", "file_size": ""}]))
 
         files_base = f"/data/projects/{PROJECT}/resources/1/files"
+        if method == "PUT" and path.startswith(files_base + "/") and mode in (
+                "slow_upload", "slow_upload_answer"):
+            self._read_slowly(environ)
+            if mode == "slow_upload_answer":
+                return send("200 OK", self._trickle(b""), "text/plain")
+            return send("200 OK", b"", "text/plain")
         if path == files_base:
             body = _rows(self._file_rows(mode))
             if mode == "slow_files":
@@ -257,6 +304,14 @@ class HostileServer:
                 if mode == "file_gzip_bomb":
                     return send("200 OK", gzip_bomb(), "application/octet-stream",
                                 (("Content-Encoding", "gzip"),))
+                if mode == "file_gzip":
+                    return send("200 OK", zlib.compress(BIG_BYTES, wbits=16 + zlib.MAX_WBITS),
+                                "application/octet-stream", (("Content-Encoding", "gzip"),))
+                if mode == "file_slow":
+                    return send("200 OK", self._trickle(BIG_BYTES), "application/octet-stream",
+                                length=len(BIG_BYTES))
+                if mode == "file_bad_digest":
+                    return send("200 OK", b"c" * len(BIG_BYTES), "application/octet-stream")
             return send("200 OK", GOOD_BYTES, "application/octet-stream")
         return send("404 Not Found", b"<html><body><h3>Not Found</h3></body></html>",
                     "text/html")
@@ -277,6 +332,10 @@ class HostileServer:
                               "files/abs.bin"),
                     _file_row("root.bin", 10, "/etc/xnat/files/root.bin"),
                     _file_row("good.txt", len(GOOD_BYTES))]
+        if mode == "file_bad_digest":
+            return [_file_row("big.bin", len(BIG_BYTES),
+                              digest=hashlib.md5(BIG_BYTES).hexdigest()),
+                    _file_row("good.txt", len(GOOD_BYTES))]
         if mode.startswith("file_"):
             return [_file_row("big.bin", 1000), _file_row("good.txt", len(GOOD_BYTES))]
         return [_file_row(f"f{i}.txt", len(GOOD_BYTES)) for i in range(3)]
@@ -293,7 +352,7 @@ def gunzip_size(blob: bytes) -> int:
     return n
 
 
-__all__ = ["HostileServer", "MODES", "SESSION", "PROJECT", "GOOD_BYTES", "gzip_bomb",
+__all__ = ["HostileServer", "MODES", "SESSION", "PROJECT", "GOOD_BYTES", "BIG_BYTES", "gzip_bomb",
            "gunzip_size", "Request"]
 
 

@@ -132,3 +132,86 @@ def test_an_https_to_http_redirect_is_not_followed(self_signed, monkeypatch):
     finally:
         tls.stop()
         plain.stop()
+
+
+# -- uploads: the answer is owed from the last body byte on, not from the call's start ---------
+
+UPLOAD_DEADLINE = 1.0
+#: 3 MiB read by the server at 1 MiB/s: ~3 s to send, three times the deadline
+UPLOAD_BYTES = 3 << 20
+
+
+def test_an_upload_slower_than_the_deadline_succeeds(hostile):
+    """Review of issue 17: the watchdog was armed with the call's deadline after the body was
+    sent, so an upload that took longer than ``--timeout`` to send failed on every attempt
+    (the journal's retries too) and never reached XNAT."""
+    import io
+
+    data = b"u" * UPLOAD_BYTES
+    with client(hostile.url, deadline=UPLOAD_DEADLINE) as c:
+        hostile.mode = "slow_upload"
+        t0 = time.monotonic()
+        c.upload_file("/data/projects/H/resources/1", "slow.bin", io.BytesIO(data), len(data))
+    assert hostile.body_bytes == len(data)
+    # the case under test: the body took longer than the deadline to arrive
+    assert hostile.body_done - t0 > UPLOAD_DEADLINE
+
+
+def test_a_trickled_answer_after_a_slow_upload_ends_at_its_last_byte_plus_the_deadline(
+        hostile):
+    """The moved deadline still bounds the answer: XNAT's answer trickling for ever after
+    the body ends at the body's end + the deadline, not per read (``read_timeout`` 30 s)."""
+    import io
+
+    data = b"u" * UPLOAD_BYTES
+    with client(hostile.url, deadline=UPLOAD_DEADLINE) as c:
+        hostile.mode = "slow_upload_answer"
+        with pytest.raises(errors.XnatTimeout):
+            c.upload_file("/data/projects/H/resources/1", "slow.bin", io.BytesIO(data),
+                          len(data))
+        ended = time.monotonic()
+    assert hostile.body_done is not None and hostile.body_bytes == len(data), \
+        "the upload was cut before its body was sent"
+    assert ended - hostile.body_done < UPLOAD_DEADLINE + SLACK
+
+
+def test_a_gzip_encoded_file_is_refused_before_a_byte_is_read(hostile):
+    """Files are asked for as stored (Accept-Encoding: identity); a gzip answer is not
+    inflated (urllib3 < 2.6 did that without a bound) nor passed off as the file."""
+    gzip_bomb()
+    got = []
+    with client(hostile.url) as c:
+        hostile.mode = "file_gzip_bomb"
+        t0 = time.monotonic()
+        with pytest.raises(errors.NotXnatResponse, match="Content-Encoding"):
+            c.download("/data/projects/H/resources/1/files/big.bin", got.append)
+        assert time.monotonic() - t0 < DEADLINE + SLACK
+    assert got == []
+    assert hostile.count("GET /data/projects/H/resources/1/files/big.bin") == 1  # no retry
+
+
+def test_close_ends_a_download_whose_body_trickles(hostile):
+    """A file body trickling one byte every 0.5 s (inside ``read_timeout``) held its download
+    thread, and so the daemon's exit after unmount, for as long as the server liked."""
+    c = client(hostile.url)
+    c.start()
+    hostile.mode = "file_slow"
+    outcome = {}
+
+    def download():
+        try:
+            c.download("/data/projects/H/resources/1/files/big.bin", lambda chunk: None)
+            outcome["result"] = "returned"
+        except errors.XnatError as exc:
+            outcome["result"] = exc
+
+    t = threading.Thread(target=download, daemon=True)
+    t.start()
+    end = time.monotonic() + 10
+    while "/data/projects/H/resources/1/files/big.bin" not in hostile.paths() \
+            and time.monotonic() < end:
+        time.sleep(0.01)
+    c.close()
+    t.join(DEADLINE + SLACK)
+    assert not t.is_alive(), "close() left the download reading"
+    assert isinstance(outcome["result"], errors.XnatError), outcome

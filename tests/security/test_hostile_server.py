@@ -198,3 +198,71 @@ def test_a_file_body_that_breaks_its_listing_is_an_error_within_bounds(hostile, 
     assert peak < RSS_LIMIT_MB, f"daemon peak RSS {peak:.0f} MiB"
     assert res["errno"] == errno.EIO, res
     assert res["seconds"] < T + SLACK, res
+
+
+def test_a_gzip_encoded_file_is_eio_with_one_log_line_never_inflated(hostile, make_mount):
+    """Files are asked for as stored (Accept-Encoding: identity): a gzip answer, even one that
+    inflates to exactly the listed size, is refused before reading, never served inflated."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "file_gzip"
+    res = fs_op("read", m.path / FILES / "big.bin")
+    note("gzip-encoded file (inflates to the listed size), cat", res)
+    assert res["errno"] == errno.EIO, res
+    assert res["seconds"] < T + SLACK, res
+    lines = error_lines(m, "big.bin")
+    # one per failed read(2) the kernel sends: its readahead, then (when that failed) the
+    # synchronous retry of the same page; one `cat` may make both
+    assert 1 <= len(lines) <= 2, lines
+    assert all("Content-Encoding 'gzip'" in ln and "/big.bin" in ln for ln in lines), lines
+    good = fs_op("read", m.path / FILES / "good.txt")
+    assert good["errno"] == 0 and good["size"] == len(GOOD_BYTES), good
+
+
+def test_a_trickled_file_body_ends_within_the_timeout_and_the_mount_answers(hostile,
+                                                                           make_mount):
+    """A file whose bytes come one every 0.5 s (each well inside --read-timeout): ``cat``
+    ends within --timeout with an error, and the mount answers meanwhile."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "file_slow"
+    listing = fs_op("listdir", m.path / FILES)
+    assert listing["errno"] == 0 and "big.bin" in listing["names"], listing
+    result = {}
+    cat = threading.Thread(target=lambda: result.update(
+        fs_op("read", m.path / FILES / "big.bin", timeout=60)))
+    cat.start()
+    try:
+        for _ in range(3):
+            st = fs_op("stat", m.path / ".xnatfs" / "stats", timeout=10)
+            assert st["errno"] == 0 and st["seconds"] < T, st
+        good = fs_op("read", m.path / FILES / "good.txt", timeout=10)
+        assert good["errno"] == 0 and good["size"] == len(GOOD_BYTES), good
+    finally:
+        cat.join(60)
+    note("trickled file body, cat", result, m)
+    assert result.get("errno") in (errno.ETIMEDOUT, errno.EIO), result
+    # each read(2) the daemon serves ends by --timeout; the kernel retries a failed readahead
+    # with a second synchronous read of the same page, so one `cat` may take two
+    lines = error_lines(m, "big.bin")
+    assert 1 <= len(lines) <= 2 and all("not there in time" in ln for ln in lines), lines
+    assert result["seconds"] < 2 * T + SLACK, result
+    if result["seconds"] >= T + SLACK:
+        pytest.xfail("known gap (cache side): the kernel's retry of the failed readahead waits "
+                     "a second --timeout for the same stalled download")
+
+
+def test_a_file_with_the_wrong_digest_on_every_try_is_eio_each_time_and_never_cached(
+        hostile, make_mount):
+    """The listing's MD5 never matches the bytes: every ``cat`` is EIO (never the wrong bytes),
+    and nothing is cached (each ``cat`` asks the server again)."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "file_bad_digest"
+    big = "GET /data/projects/H/resources/1/files/big.bin"
+    for i in range(3):
+        before = hostile.count(big)
+        res = fs_op("read", m.path / FILES / "big.bin")
+        note(f"wrong MD5 on every try, cat #{i + 1}", res)
+        assert res["errno"] == errno.EIO, res
+        assert res["seconds"] < T + SLACK, res
+        assert hostile.count(big) > before, "served without asking the server: cached"
+    good = fs_op("read", m.path / FILES / "good.txt")
+    assert good["errno"] == 0 and good["size"] == len(GOOD_BYTES), good

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
-from xnatfs.xnat.watchdog import Watchdog
+import pytest
+
+from xnatfs.xnat.watchdog import RequestDeadline, Watchdog, unsent_bytes
 
 
 def test_an_armed_socket_is_shut_down_at_its_deadline_and_a_blocked_recv_returns():
@@ -37,3 +40,71 @@ def test_a_disarmed_socket_is_left_alone():
     finally:
         for s in (a, b, c, d):
             s.close()
+
+
+def test_a_socket_is_shut_down_while_the_watchdog_still_owns_it():
+    """Review of issue 17: the socket was popped under the lock but shut down after it, so its
+    request could disarm meanwhile, return the connection to the pool and a new request reuse
+    it; the late shutdown then killed the new request.  Disarming must wait for the shutdown."""
+    dog = Watchdog()
+    seen = {}
+
+    class Sock:
+        def shutdown(self, how):
+            # another thread (the request disarming) tries to take the watchdog's lock now
+            probe = threading.Thread(
+                target=lambda: seen.update(free=dog._cond.acquire(blocking=False)))
+            probe.start()
+            probe.join()
+            if seen["free"]:
+                dog._cond.release()
+            seen["done"] = True
+
+    dog.arm(time.monotonic() - 1, Sock())  # already due
+    end = time.monotonic() + 10
+    while "done" not in seen and time.monotonic() < end:
+        time.sleep(0.01)
+    dog.close()
+    assert seen.get("done"), "the watchdog never fired"
+    assert seen["free"] is False, "a disarm could run between taking the socket and shutdown"
+
+
+def test_an_upload_answer_is_owed_from_when_the_send_queue_emptied():
+    """An upload's last ``send`` only fills the kernel's buffers: the answer's deadline counts
+    from when they drained (bytes moving), and not at all longer once they stop moving."""
+    a, b = socket.socketpair()
+    try:
+        if unsent_bytes(a) is None:
+            pytest.skip("no SIOCOUTQ here")
+        holder = RequestDeadline(time.monotonic() + 0.1, answer=5.0)
+        holder.wait_drained(a, stall=1.0)  # nothing sent: no wait, no change
+        assert holder.at < time.monotonic() + 1
+        holder.body_sent()
+        a.setblocking(False)
+        queued = 0
+        try:
+            while True:
+                queued += a.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        a.setblocking(True)
+        assert unsent_bytes(a) > 0
+
+        def drain():
+            got = 0
+            b.settimeout(10)
+            while got < queued:
+                got += len(b.recv(65536))
+                time.sleep(0.01)  # a slow reader: the queue shrinks step by step
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        holder.wait_drained(a, stall=2.0)
+        emptied = time.monotonic()
+        reader.join(10)
+        assert unsent_bytes(a) == 0
+        assert emptied + 5.0 - 1.0 <= holder.at <= emptied + 5.0 + 0.01
+    finally:
+        a.close()
+        b.close()
+

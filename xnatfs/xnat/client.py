@@ -24,7 +24,10 @@ Policy in one place:
 * a 401, a redirect to the login page or a 200 HTML login page (§5.1, §10.8) makes the client log
   in again, once, and repeat the call; many threads may see the 401 together and only one logs in;
 * HTML is never taken for data (§10.8); a download is never returned short (Content-Length is
-  checked against the bytes received).
+  checked against the bytes received) and never decoded: files are asked for as stored
+  (``Accept-Encoding: identity``), an answer with another Content-Encoding is refused;
+* an upload's answer is owed from its last body byte on (``watchdog.RequestDeadline``): sending
+  is bounded per send, so a body that takes longer than the deadline to send is not cut.
 
 Thread-safety: one client is shared by all FUSE worker threads.  ``_login_lock`` serialises
 logins and guards ``_jsession``/``_generation``; the stats have their own lock.  Nothing else is
@@ -116,10 +119,11 @@ class ClientOptions:
     connect_timeout: float = 5.0
     #: seconds without a byte from the server before a request (or a body) times out
     read_timeout: float = 30.0
-    #: extra attempts for GET/HEAD on connection errors and 429/502/503/504
+    #: extra attempts for GET/HEAD on connection errors and 429/500/502/503/504
     retries: int = 3
     #: seconds a call may spend in total, retries, backoff, login and the whole body included
-    #: (for a streamed download: until its headers arrive; the body is then bounded per read)
+    #: (for a streamed download: until its headers arrive; the body is then bounded per read;
+    #: for an upload: sending is bounded per send, the answer by this much after the last byte)
     deadline: float = 60.0
     #: first backoff step in seconds; doubles each try, with jitter
     backoff_base: float = 0.5
@@ -241,7 +245,10 @@ class _CountingBody:
     """An upload body read from a file object in chunks, exactly ``size`` bytes.
 
     ``__len__`` lets requests send a Content-Length (not chunked, which XNAT handles badly),
-    ``__iter__`` streams without holding the file in memory.
+    ``__iter__`` streams without holding the file in memory.  urllib3 iterates it in the
+    sending thread, so when the last chunk has been handed to the socket it tells the request's
+    :class:`~.watchdog.RequestDeadline`: the answer is owed from then on, not from when the
+    request began (a body that takes longer than ``--timeout`` to send is not cut).
     """
 
     def __init__(self, fileobj: Any, size: int, chunk: int, counter: Callable[[int], None]):
@@ -262,6 +269,9 @@ class _CountingBody:
             left -= len(data)
             self._count(len(data))
             yield data
+        armed = _watchdog.REQUEST_DEADLINE.get()
+        if armed is not None:
+            armed[0].body_sent()
 
 
 def _parse_retry_after(value: Optional[str]) -> Optional[float]:
@@ -442,6 +452,10 @@ class XnatClient:
         self._closing = threading.Event()
         self._heartbeat_thread: Optional[threading.Thread] = None
         self._closed = False
+        #: sockets of file downloads whose body is being read; ``close()`` shuts them down so
+        #: a body that trickles for ever (each byte inside read_timeout) cannot hold the exit
+        self._streams_lock = threading.Lock()
+        self._streams: Dict[int, socket.socket] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -469,6 +483,14 @@ class XnatClient:
             return
         self._closed = True
         self._closing.set()
+        with self._streams_lock:
+            # under the lock: a stream unregisters (under it) before its connection goes back
+            # to the pool, so only sockets of downloads still reading are shut down
+            for sock in self._streams.values():
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         t = self._heartbeat_thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout=self.options.connect_timeout + self.options.read_timeout)
@@ -647,35 +669,44 @@ class XnatClient:
         headers: Optional[Mapping[str, str]] = None,
         stream: bool = False,
         auth: Optional[Tuple[str, str]] = None,
-        deadline: float,
+        deadline: Union[float, _watchdog.RequestDeadline],
     ) -> requests.Response:
         """One HTTP exchange, no policy.  ``timeout`` and ``deadline`` (a ``time.monotonic``
         value) have no default on purpose: both timeouts are cut to what is left of the
         deadline, and unless ``stream`` the whole body is read here, within the deadline and
-        the document cap (``body.read_body``)."""
+        the document cap (``body.read_body``).
+
+        An upload body (:class:`_CountingBody`) moves the deadline to its last byte sent +
+        ``options.deadline``: sending is bounded per send by the socket timeout, the answer
+        (headers and body) by that moved deadline.  A caller that passes a
+        :class:`~.watchdog.RequestDeadline` sees where it ended.
+
+        The exchange holds one slot of the mount-wide cap (``limiter.py``) from before the
+        request to its end, body included; a streamed response gives it back when closed."""
+        if not isinstance(deadline, _watchdog.RequestDeadline):
+            deadline = _watchdog.RequestDeadline(deadline, self.options.deadline)
+        holder = deadline
         hdrs = dict(headers or {})
         if jsession:
             hdrs["Cookie"] = f"JSESSIONID={jsession}"
         started = time.monotonic()
-        left = deadline - started
+        left = holder.at - started
         if left <= 0:
             err = XnatTimeout(method, url, None, "no time left for this request")
             self._stats.error(type(err).__name__)
             raise err
         full_read_timeout = timeout[1]
         try:
-            # the mount-wide cap (limiter.py): held for the whole exchange, body included; a
-            # streamed response gives it back when closed
-            slot = self._limiter.acquire(deadline)
+            slot = self._limiter.acquire(holder.at)
         except _limiter.SlotUnavailable as exc:
             err = (Unreachable(method, url, None, str(exc), retryable=False) if exc.paused
                    else XnatTimeout(method, url, None, str(exc)))
             self._stats.error(type(err).__name__)
             raise err from None
         started = time.monotonic()  # latency samples: the server's time, not the queue's
-        left = deadline - started
+        left = holder.at - started
         timeout = (max(0.001, min(timeout[0], left)), max(0.001, min(timeout[1], left)))
-        armed = _watchdog.REQUEST_DEADLINE.set((deadline, self._watchdog))
+        armed = _watchdog.REQUEST_DEADLINE.set((holder, self._watchdog))
         handed_over = False
         outcome = _limiter.Outcome.NEUTRAL
         retry_after: Optional[float] = None
@@ -692,14 +723,11 @@ class XnatClient:
                 if sock is not None:
                     sock.settimeout(full_read_timeout)
             else:
-                body_deadline = deadline
-                if data is not None and not isinstance(data, (dict, str)):
-                    # an upload may take long to send: its answer gets a deadline of its own,
-                    # counted from the headers (the journal decides about a lost answer)
-                    body_deadline = max(deadline, time.monotonic() + self.options.deadline)
                 try:
+                    # holder.at: for an upload, its last body byte + the deadline (the
+                    # journal decides about a lost answer)
                     content = _body.read_body(
-                        resp.raw, resp.headers.get("Content-Encoding", ""), body_deadline,
+                        resp.raw, resp.headers.get("Content-Encoding", ""), holder.at,
                         read_timeout=full_read_timeout)
                 except BaseException:
                     resp.close()
@@ -712,7 +740,7 @@ class XnatClient:
                 self._hand_slot_to(resp, slot, outcome, retry_after)
                 handed_over = True
         except Exception as exc:  # the one translation boundary
-            err = _translate(exc, method, url, timeout, deadline)
+            err = _translate(exc, method, url, timeout, holder.at)
             if isinstance(err, XnatTimeout) or (isinstance(err, Unreachable) and err.retryable):
                 outcome = _limiter.Outcome.OVERLOAD  # a slow, refusing or restarting server
             self._stats.request(method, type(err).__name__, time.monotonic() - started)
@@ -785,9 +813,10 @@ class XnatClient:
                 self._log_failure(err)
                 raise
             body = body_factory() if body_factory is not None else data
+            sent = _watchdog.RequestDeadline(deadline, opts.deadline)
             try:
                 resp = self._send(method, url, data=body, headers=headers, stream=stream,
-                                  timeout=self._timeout, jsession=jsession, deadline=deadline)
+                                  timeout=self._timeout, jsession=jsession, deadline=sent)
             except XnatError as err:
                 # connection errors only: a read timeout is not retried here, so a stalled
                 # server costs one read_timeout, not retries x read_timeout
@@ -797,6 +826,8 @@ class XnatClient:
                 self._log_failure(err)
                 raise
             status = resp.status_code
+            # after a long upload, a re-login and the repeat are owed from its last byte on
+            deadline = sent.at
 
             if self._wants_login(resp) and not relogged and repeatable:
                 resp.close()
@@ -1032,11 +1063,18 @@ class XnatClient:
         have no Content-Length (§10.11); ``size`` of the result is the byte count received."""
         if not uri.rstrip("/").endswith("/files"):
             uri = uri.rstrip("/") + "/files"
-        return self._stream(uri, sink, params={"format": format})
+        # XNAT may compose a zip for longer than --timeout before its first byte (§3.3); the
+        # stat waiting for it has its own deadline and the download goes on (README), so out of
+        # a filesystem call its headers get the longest silence, read_timeout, if that is longer
+        return self._stream(uri, sink, params={"format": format},
+                            patience=self.options.read_timeout)
 
-    def _stream(self, uri: str, sink: Sink, params: Optional[Params]) -> RemoteStat:
+    def _stream(self, uri: str, sink: Sink, params: Optional[Params],
+                patience: float = 0.0) -> RemoteStat:
         opts = self.options
         deadline = self._deadline()
+        if patience and _call_deadline.current() is None:
+            deadline = max(deadline, time.monotonic() + patience)
         attempt = 0
         relogged = False
         while True:
@@ -1046,11 +1084,32 @@ class XnatClient:
             resp = self._call("GET", uri, params=params, stream=True, headers=_IDENTITY,
                               deadline=deadline)
             url = resp.url
+            encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+            if encoding not in ("", "identity"):
+                # asked for as stored (§3.1): an encoded answer is refused before a byte is
+                # read, never inflated by urllib3 (unbounded before urllib3 2.6) nor passed off
+                # as the file; not retried, the server would answer the same
+                resp.close()
+                err = NotXnatResponse("GET", url, resp.status_code,
+                                      f"refused: the file came with Content-Encoding "
+                                      f"{encoding[:40]!r}, not as stored (Accept-Encoding: "
+                                      f"identity)")
+                self._stats.error(type(err).__name__)
+                self._log_failure(err)
+                raise err
             stat = parse.remote_stat_from_headers(resp.headers)
-            encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
             received = 0
             login_page = False
             failure: Optional[XnatError] = None
+            sock = _body.socket_of(resp.raw)
+            with self._streams_lock:
+                if sock is not None:
+                    self._streams[id(resp)] = sock
+                if self._closed and sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)  # close() has run: read nothing more
+                    except OSError:
+                        pass
             try:
                 chunks = resp.iter_content(opts.chunk_size)
                 first = True
@@ -1074,9 +1133,10 @@ class XnatClient:
                         self._stats.bytes_in(len(chunk))
                         sink(chunk)
             finally:
+                with self._streams_lock:
+                    self._streams.pop(id(resp), None)
                 resp.close()
-            if failure is None and stat.size is not None and not encoded \
-                    and received != stat.size:
+            if failure is None and stat.size is not None and received != stat.size:
                 # never a short body passed off as the file (urllib3 usually notices first)
                 failure = Unreachable("GET", url, 200,
                                       f"body ended after {received} of {stat.size} bytes")

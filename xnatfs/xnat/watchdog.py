@@ -8,14 +8,24 @@ client's watchdog with the request's deadline (both in a ``ContextVar`` the clie
 each request); when it passes first, the watchdog shuts the socket down, the blocked ``recv``
 returns, and the client reports a timeout.  The body is bounded by ``body.read_body`` instead.
 
+The deadline is a :class:`RequestDeadline`, not a number: an upload's body may take longer than
+the deadline to send (bytes moving, each send bounded by the socket timeout), so the answer is
+owed from the last body byte on; the upload body calls :meth:`RequestDeadline.body_sent` then,
+and ``getresponse`` first waits while the kernel's send queue still drains towards the server
+(:meth:`RequestDeadline.wait_drained`: megabytes may sit in socket buffers after the last
+``send``), then arms the watchdog.
+
 Each client owns one watchdog; its thread starts on first use (never before the client is used,
 so never before a daemon forks), sleeps while nothing is armed and ends with ``close()``.
 """
 from __future__ import annotations
 
+import fcntl
 import heapq
 import itertools
 import socket
+import struct
+import termios
 import threading
 import time
 from contextvars import ContextVar
@@ -24,11 +34,67 @@ from typing import Dict, List, Optional, Tuple
 import urllib3.connection
 import urllib3.connectionpool
 
-__all__ = ["REQUEST_DEADLINE", "Watchdog", "POOL_CLASSES"]
+__all__ = ["REQUEST_DEADLINE", "RequestDeadline", "Watchdog", "POOL_CLASSES"]
 
-#: the ``time.monotonic()`` deadline of the request this thread is sending, and the watchdog
-#: of the client sending it; None outside a request
-REQUEST_DEADLINE: "ContextVar[Optional[Tuple[float, Watchdog]]]" = ContextVar(
+
+class RequestDeadline:
+    """The ``time.monotonic()`` value by which one request must be answered (``at``).
+
+    Only the thread sending the request changes it (a float store: atomic), and only later:
+    :meth:`body_sent` moves it to ``max(at, now + answer)`` when an upload body has been sent,
+    so a slow upload is bounded per send while bytes move and by ``answer`` seconds after.
+    """
+
+    #: seconds between looks at a draining send queue (no event says "the peer acked")
+    POLL = 0.05
+
+    def __init__(self, at: float, answer: float, clock=time.monotonic) -> None:
+        self.at = at
+        self._answer = answer
+        self._clock = clock
+        self._sent = False
+
+    def body_sent(self) -> None:
+        """The last body byte is on its way: XNAT's answer is owed within ``answer`` s."""
+        self._sent = True
+        self.at = max(self.at, self._clock() + self._answer)
+
+    def wait_drained(self, sock: socket.socket, stall: float) -> None:
+        """After :meth:`body_sent`: wait while ``sock``'s send queue shrinks (the server is
+        still reading the body), then owe the answer from when it emptied.  Gives up once the
+        queue has not shrunk for ``stall`` s (then ``at`` stays: bytes stopped moving)."""
+        if not self._sent:
+            return
+        last = unsent_bytes(sock)
+        moved = self._clock()
+        while last:
+            time.sleep(self.POLL)
+            now = self._clock()
+            queued = unsent_bytes(sock)
+            if queued is None:
+                return
+            if queued < last:
+                moved, last = now, queued
+            if queued == 0:
+                self.at = max(self.at, now + self._answer)
+                return
+            if now - moved >= stall:
+                return
+
+
+def unsent_bytes(sock: socket.socket) -> Optional[int]:
+    """Bytes the kernel still holds for ``sock`` (not yet sent or not yet acknowledged):
+    ``SIOCOUTQ`` (= ``TIOCOUTQ``), Linux; None where that is not available."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        return int(struct.unpack("i", raw)[0])
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+#: the deadline of the request this thread is sending, and the watchdog of the client sending
+#: it; None outside a request
+REQUEST_DEADLINE: "ContextVar[Optional[Tuple[RequestDeadline, Watchdog]]]" = ContextVar(
     "xnatfs_request_deadline", default=None)
 
 
@@ -94,12 +160,15 @@ class Watchdog:
                     continue
                 heapq.heappop(self._heap)
                 sock = self._armed.pop(token, None)
-            if sock is not None:
-                self.fired += 1
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already closed: nothing is waiting on it
+                if sock is not None:
+                    # inside the lock: once its request disarmed (which waits for the lock)
+                    # the connection may go back to the pool and serve another request, whose
+                    # socket this must never shut down; shutdown() does not block
+                    self.fired += 1
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # already closed: nothing is waiting on it
 
 
 class _Armed:
@@ -110,7 +179,9 @@ class _Armed:
         sock = getattr(self, "sock", None)
         token = 0
         if armed is not None and isinstance(sock, socket.socket):
-            token = armed[1].arm(armed[0], sock)
+            # read now, not when the request began: an upload's body has been sent by now
+            armed[0].wait_drained(sock, sock.gettimeout() or 30.0)
+            token = armed[1].arm(armed[0].at, sock)
         try:
             return super().getresponse()  # type: ignore[misc]
         finally:
