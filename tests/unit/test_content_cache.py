@@ -297,6 +297,26 @@ def test_deadline_expiry_raises_etimedout(make_cache):
         assert h.read(10_000, 100, later()) == data[10_000:10_100]
 
 
+def test_a_second_wait_on_the_same_stall_is_short(make_cache):
+    """The kernel retries a failed readahead with a second read of the same page: while no
+    byte arrived since the first read waited its whole deadline, the second one gives up after
+    ``STALL_GRACE``, not after another full deadline; progress clears the stall."""
+    data = payload(30_000)
+    fetch = FakeFetch({"/slow": data}, hold_at=4096)
+    cc = make_cache(fetch)
+    with cc.open(key_for("/slow", data)) as h:
+        assert fetch.held.wait(WAIT)
+        with pytest.raises(TimeoutError):
+            h.read(10_000, 100, time.monotonic() + 0.05)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError) as info:
+            h.read(10_000, 100, time.monotonic() + 60)
+        assert time.monotonic() - started < 30, "waited for its whole deadline again"
+        assert "none since a reader waited" in str(info.value)
+        fetch.gate.set()
+        assert h.read(10_000, 100, later()) == data[10_000:10_100]
+
+
 def test_close_cancels_running_download(tmp_path):
     data = payload(30_000)
     fetch = FakeFetch({"/f": data, "/g": data}, hold_at=4096)

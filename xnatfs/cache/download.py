@@ -29,6 +29,11 @@ Fetch = Callable[[str, Callable[[bytes], None]], None]
 Ended = Callable[[Optional[BaseException]], None]
 
 
+#: seconds a read waits for a download that made no progress since another read waited its
+#: whole deadline for it (see ``Download._stalled_at``)
+STALL_GRACE = 1.0
+
+
 class DownloadCancelled(OSError):
     """The cache is closing: the download was dropped before or while it ran."""
 
@@ -211,6 +216,10 @@ class Download:
         self._cond = threading.Condition(threading.Lock())
         # _cond protects the fields below.
         self._arrived = 0          # bytes of the current attempt written to the partial file
+        #: ``_arrived`` when a reader last gave up at its deadline; while nothing more has
+        #: arrived, a new wait is cut to ``STALL_GRACE`` (the kernel retries a failed
+        #: readahead with a second read: it must not wait another --timeout for the same stall)
+        self._stalled_at: Optional[int] = None
         self._generation = 0       # attempt number; bumps when a refetch starts
         self._fetching = False     # the current attempt's fetch is still running
         self._done = False
@@ -432,6 +441,7 @@ class Download:
         with self._cond:
             self._generation += 1
             self._arrived = 0
+            self._stalled_at = None
             if self._fd is not None:
                 os.lseek(self._fd, 0, os.SEEK_SET)
             self._cond.notify_all()
@@ -532,6 +542,9 @@ class Download:
             last = end >= self.size
             end = min(end, self.size)
         with self._cond:
+            stalled = self._stalled_at is not None and self._stalled_at == self._arrived
+            if stalled:
+                deadline = min(deadline, time.monotonic() + STALL_GRACE)
             while True:
                 if self.error is not None:
                     raise self.error
@@ -540,10 +553,12 @@ class Download:
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    self._stalled_at = self._arrived
                     raise TimeoutError(
                         errno.ETIMEDOUT,
                         f"download {self.uri}: bytes {offset}..{end} not there in time"
-                        f" ({self._arrived} arrived)",
+                        f" ({self._arrived} arrived"
+                        f"{'; none since a reader waited its whole deadline' if stalled else ''})",
                     )
                 self._cond.wait(remaining)
             # final: the verdict is in and this read reaches the end; the generation is then
