@@ -156,7 +156,9 @@ def test_no_retry_storm_when_xnat_restarts(make_emulator, make_mount, tmp_path, 
               f"{during} requests ({during / n:.1f}/mount, bound {per_mount_bound:.1f}); "
               f"restart: peak {first_peak} in flight in 0.3 s, {first_second} requests in 1 s")
         assert during <= n * per_mount_bound, (during, n * per_mount_bound)
-        assert first_peak <= n, first_peak
+        # a restarted XNAT forgot every session: a mount's first probe may be joined by its
+        # re-login, so up to two requests per mount (without the limiter: its threads)
+        assert first_peak <= 2 * n, first_peak
         # and the mounts did come back: requests succeed again after the outage
         deadline = time.monotonic() + 30
         mark = _count(emu)

@@ -78,6 +78,9 @@ class LocalFile:
     #: the file on XNAT this one replaces (opened with O_TRUNC over it): a commit of the same
     #: size and MD5 uploads nothing (issue 15 §3)
     replaces: Optional[NodeInfo] = None
+    #: size of the last upload XNAT confirmed: a ``stat`` between that confirmation (at
+    #: close) and the release that drops this overlay entry must not see 0
+    uploaded_size: int = 0
 
     @property
     def mtime(self) -> float:
@@ -87,7 +90,7 @@ class LocalFile:
     def size(self) -> int:
         if self.spool is not None and not self.spool.closed:
             return self.spool.size
-        return self.entry.size if self.entry is not None else 0
+        return self.entry.size if self.entry is not None else self.uploaded_size
 
 
 class WriteHandle:
@@ -651,6 +654,7 @@ class Writer:
             lf = self._files.get(parts)
             if lf is not None and lf.entry is not None and lf.entry.id == entry.id:
                 if entry.state == "done":
+                    lf.uploaded_size = entry.size
                     lf.entry = None
                     self._locked_forget_dirs(parts)
                     if lf.handles == 0 and lf.spool is None:
