@@ -67,7 +67,7 @@ def test_read_verifies_md5(runtime):
     node = tree.lookup(path)
     data = read_all(runtime, path)
     assert len(data) == node.size and hashlib.md5(data).hexdigest() == node.digest
-    from tests.mount.test_write_mount import wait_for
+    from tests.mount.helpers import wait_for
 
     wait_for(lambda: tree.cache_state(node) == "cached", 10, what="the copy to be kept")
 
@@ -139,7 +139,7 @@ def test_pending_upload_survives_a_restart(make_emulator, tmp_path):
     rt2 = Runtime(options, Credentials(*ADMIN))
     rt2.start()
     try:
-        from tests.mount.test_write_mount import wait_for
+        from tests.mount.helpers import wait_for
 
         wait_for(lambda: not rt2.writer.status(), 30, what="the resumed upload")
         rt2.tree.invalidate("/DEMO1/resources/protocols/files")

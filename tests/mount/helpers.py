@@ -84,11 +84,20 @@ def downloads(records: Iterable[tuple]) -> List[str]:
     return out
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05,
-               what: str = "condition") -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.1,
+             what: str = "condition") -> object:
+    """Poll ``condition`` until it answers something truthy (returned); fail naming ``what``
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+#: the same wait, named as the read tests use it
+wait_until = wait_for

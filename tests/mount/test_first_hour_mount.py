@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN, Mount, needs_fuse
-from tests.mount.helpers import api, sh
+from tests.mount.helpers import api, sh, wait_for
 from xnatfs.fs.mounting import is_mounted
 
 pytestmark = [needs_fuse]
@@ -31,17 +31,6 @@ EXP = "DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1"
 PROTOCOLS = "DEMO1/resources/protocols/files"
 PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
 NOBODY = 65534
-
-
-def wait_for(condition, timeout=60.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def server_files(emu, files_uri=PROTOCOLS_URI):

@@ -325,7 +325,7 @@ def test_stats_file(mnt):
 
 
 def test_prefetch_downloads_the_next_files_and_read_ahead_is_raised(shared_emulator, make_mount):
-    from tests.mount.test_write_mount import wait_for
+    from tests.mount.helpers import wait_for
     from xnatfs.fs.mounting import mount_entry
 
     m = make_mount(shared_emulator.url, "--prefetch", "4", "--bulk-zip", "0")
@@ -341,7 +341,7 @@ def test_prefetch_downloads_the_next_files_and_read_ahead_is_raised(shared_emula
 
 def test_bulk_zip_fetches_a_many_file_resource_in_one_request(shared_emulator, make_mount,
                                                              tmp_path):
-    from tests.mount.test_write_mount import wait_for
+    from tests.mount.helpers import wait_for
 
     rnd = random.Random(11)
     blobs = {f"s{i:03d}.dcm": rnd.randbytes(2000 + i) for i in range(40)}

@@ -19,23 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ADMIN, Mount, needs_fuse
-from tests.mount.helpers import api, hash_files, md5, sh
+from tests.mount.helpers import api, hash_files, md5, sh, wait_for
 
 pytestmark = [needs_fuse]
 
 PROTOCOLS = "DEMO1/resources/protocols/files"
 SUBJ01 = "DEMO1/subjects/SUBJ01"
-
-
-def wait_for(condition, timeout=60.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def server_files(emu, project="DEMO1", resource="protocols"):
