@@ -51,9 +51,7 @@ from typing import (Any, Callable, Dict, Iterable, List, Optional, Protocol, Tup
 
 from xnatfs.cache.content import ContentKey
 from xnatfs.view.node import NodeInfo
-
-#: a path below a layout's root (or below the mount, for the engine), as file names
-PathParts = Tuple[str, ...]
+from xnatfs.view.paths import PathParts
 
 
 @dataclass
