@@ -432,9 +432,15 @@ class Engine:
         return "n/a" if key is None else self.content.state(key)
 
     def xattrs(self, node: NodeInfo) -> Dict[str, str]:
-        """``user.xnat.*`` names (without the prefix) -> values, from the node's layout."""
+        """``user.xnat.*`` names (without the prefix) -> values: the node's layout's, plus
+        ``cache_state`` for a file read through the content cache."""
         with deadline.scope(self.fs_timeout):
-            return self._layout_for(node).attributes(node)
+            attrs = self._layout_for(node).attributes(node)
+        if not node.is_dir and "cache_state" not in attrs:
+            key = self.content_key(node)
+            if key is not None:
+                attrs["cache_state"] = self.content.state(key)
+        return attrs
 
     def close(self) -> None:
         """Stop the policies, the refresh pool and the layouts (queued work is dropped)."""

@@ -162,7 +162,8 @@ class XnatLayout(BaseLayout):
         return node.kind is Kind.FILE
 
     def attributes(self, node: NodeInfo) -> Dict[str, str]:
-        """The listing's fields; a prearchive session's status read fresh; cache state."""
+        """The listing's fields; a prearchive session's status read fresh (the engine adds
+        ``cache_state``)."""
         attrs = {k: v for k, v in node.attrs.items() if v}
         if node.kind is Kind.PRE_SESSION and node.uri:
             # queued builds and moves change the status well within a listing's TTL (§7.3):
@@ -174,8 +175,6 @@ class XnatLayout(BaseLayout):
                 fresh = None
             if fresh is not None and fresh.status:
                 attrs["status"] = fresh.status
-        if node.kind is Kind.FILE and "cache_state" not in attrs:
-            attrs["cache_state"] = self.content.state(self._file_key(node))
         return attrs
 
 
