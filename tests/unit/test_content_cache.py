@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -21,7 +22,8 @@ from typing import Dict, List, Optional, Union
 import pytest
 
 from tests.unit.ziphelp import streamed_zip
-from xnatfs.cache.content import ContentCache, ContentKey
+from xnatfs.cache.content import (ARCHIVE, ContentCache, ContentKey, archive_object_uri,
+                                   archive_uri)
 from xnatfs.cache.download import INLINE_HASH_MAX
 
 WAIT = 10.0  # seconds; generous deadline for conditions that should hold almost at once
@@ -1081,3 +1083,39 @@ def test_a_streamed_file_read_by_several_threads_slightly_out_of_order(make_cach
         got = dict(zip(offsets, pool.map(lambda off: h.read(off, block, later()), offsets)))
     assert b"".join(got[o] for o in sorted(got)) == big
     assert fetch.calls["/big"] == 1
+
+
+# -- the kind of a key: which fetch brings it -----------------------------------------------------
+
+
+def test_archive_keys_and_bulk_zips_go_to_the_archive_fetch_files_to_the_file_fetch(make_cache):
+    """``ContentKey.kind``, not the shape of the URI, decides how a key is fetched: a file key
+    whose URI looks like a zip's is still a file, an archive key goes to ``fetch_archive``."""
+    files = {f"/f{i}": payload(2000 + i, seed=i) for i in range(3)}
+    fetch, keys, key_of = _bulk_setup(files)
+    zip_bytes = _zip_of(files)
+    archives = FakeFetch({archive_uri("/data/experiments/E1"): zip_bytes, "/zip": zip_bytes})
+    odd = "/data/projects/P/resources/R/files/odd?format=zip"   # a file named like a query
+    fetch.answers[odd] = b"just a file"
+    cc = make_cache(fetch, fetch_archive=archives)
+    archive = ContentKey.archive("/data/experiments/E1", mtime="2024-01-01")
+    assert (archive.kind, archive.size, archive.uri) == (
+        ARCHIVE, None, "/data/experiments/E1/files?format=zip")
+    assert archive_object_uri(archive.uri) == "/data/experiments/E1"
+    with cc.open(archive) as h:     # size unknown: read past the end
+        assert h.read(0, len(zip_bytes) + 1, later()) == zip_bytes
+        assert h.wait(later())
+    assert read_all(cc, ContentKey(odd, 11, md5(b"just a file"))) == b"just a file"
+    assert cc.bulk("/zip", keys.values(), key_of) == 3
+    for uri, key in keys.items():
+        assert read_all(cc, key) == files[uri]
+    assert archives.calls == Counter({archive.uri: 1, "/zip": 1})
+    assert fetch.calls == Counter({odd: 1})
+
+
+def test_the_kind_leaves_the_cache_name_of_a_key_unchanged():
+    """Entries cached before ``kind`` existed keep their names (no refetch after an upgrade)."""
+    key = ContentKey("/data/x/files?format=zip", None, "", 5.0)
+    assert key.hexname() == ContentKey.archive("/data/x", mtime=5.0).hexname()
+    assert key.hexname() == hashlib.sha256(
+        json.dumps(["/data/x/files?format=zip", None, "", 5.0]).encode()).hexdigest()

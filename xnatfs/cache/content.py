@@ -42,7 +42,9 @@ then cull" does not work.)
 ``size_limit`` is compared with diskcache's ``volume()``: the cached bytes plus the SQLite index
 (tens of KiB).
 
-This module must not import ``xnatfs.tree`` or ``xnatfs.xnat``: it gets ``fetch(uri, sink)``.
+This module must not import ``xnatfs.tree`` or ``xnatfs.xnat``: it gets ``fetch(uri, sink)``
+for files and ``fetch_archive(uri, sink)`` for keys of kind ``archive`` (XNAT's zip of a
+folder, ``xnat-rest-api.md`` §3.3), and never looks into a URI to tell them apart.
 """
 from __future__ import annotations
 
@@ -77,6 +79,10 @@ __all__ = [
     "ContentCache",
     "ContentHandle",
     "ContentKey",
+    "ARCHIVE",
+    "FILE",
+    "archive_uri",
+    "archive_object_uri",
     "DownloadCancelled",
     "IntegrityError",
 ]
@@ -94,6 +100,24 @@ VERIFY_INLINE_MAX = 32 << 20
 _SETTLE_BATCH = 64
 
 
+#: ``ContentKey.kind`` of a file XNAT stores
+FILE = "file"
+#: ``ContentKey.kind`` of an archive XNAT makes on request (``<object>/files?format=zip``, §3.3)
+ARCHIVE = "archive"
+#: what turns an object's URI into the URI of its zip (§3.3); ``archive_object_uri`` undoes it
+_ARCHIVE_SUFFIX = "/files?format=zip"
+
+
+def archive_uri(object_uri: str) -> str:
+    """The URI of the zip XNAT makes of everything below ``object_uri`` (§3.3)."""
+    return object_uri.rstrip("/") + _ARCHIVE_SUFFIX
+
+
+def archive_object_uri(uri: str) -> str:
+    """The object whose zip ``uri`` (made by :func:`archive_uri`) is."""
+    return uri[:-len(_ARCHIVE_SUFFIX)] if uri.endswith(_ARCHIVE_SUFFIX) else uri
+
+
 @dataclass(frozen=True)
 class ContentKey:
     """Identity of one version of one remote file; any field change means another cache entry."""
@@ -106,6 +130,16 @@ class ContentKey:
     digest: str = ""
     #: Modification time from the listing (any JSON-able value), "" / None if unknown.
     mtime: Union[float, int, str, None] = None
+    #: FILE (fetched with ``fetch``) or ARCHIVE (made by XNAT, fetched with
+    #: ``fetch_archive``).  Not part of ``hexname``: an archive's URI differs anyway, and
+    #: entries cached before the field existed keep their names.
+    kind: str = FILE
+
+    @classmethod
+    def archive(cls, object_uri: str, mtime: Union[float, int, str, None] = None
+                ) -> "ContentKey":
+        """The zip of everything below ``object_uri``: size and digest unknown until made."""
+        return cls(uri=archive_uri(object_uri), size=None, digest="", mtime=mtime, kind=ARCHIVE)
 
     def hexname(self) -> str:
         """sha256 of the key: the on-disk name and the index key; stable across processes."""
@@ -560,6 +594,7 @@ class ContentCache:
         fetch: Fetch,
         max_downloads: int = 8,
         verify: bool = True,
+        fetch_archive: Optional[Fetch] = None,
     ) -> None:
         #: Read-only after construction.
         self.directory = os.path.abspath(os.fspath(directory))
@@ -568,6 +603,8 @@ class ContentCache:
         #: Check MD5 digests from the listing (the size is always checked).
         self.verify = verify
         self._fetch = fetch
+        #: fetches keys of kind ARCHIVE and the zips of ``bulk`` (tests give one fetch for all)
+        self._fetch_archive = fetch_archive or fetch
         self._index_dir = os.path.join(self.directory, "index")
         self._partial_dir = os.path.join(self.directory, "partial")
         for path in (self.directory, self._index_dir, self._partial_dir):
@@ -736,7 +773,7 @@ class ContentCache:
                         if self._too_big(key):
                             self._stats["streamed"] += 1
                             self._stats["misses"] += 1
-                            return StreamHandle(key, self._fetch, verify=self.verify)
+                            return StreamHandle(key, self._fetcher(key), verify=self.verify)
                         download = self._start_locked(key, hexname)
                 if download is not None:
                     self._stats["misses"] += 1
@@ -1009,7 +1046,7 @@ class ContentCache:
         need = sum(d.size or 0 for d in wanted.values())
         self._ensure_room(need)      # room first, as for a single download
         try:
-            self._fetch(uri, sink)
+            self._fetch_archive(uri, sink)
             splitter.close()
         except BaseException as exc:  # noqa: BLE001 - what is left is fetched file by file
             problem = exc
@@ -1144,6 +1181,9 @@ class ContentCache:
             raise
         return download
 
+    def _fetcher(self, key: ContentKey) -> Fetch:
+        return self._fetch_archive if key.kind == ARCHIVE else self._fetch
+
     def _register_locked(self, key: ContentKey, hexname: str) -> Download:
         """A new download of ``key``, registered (readers join it) but not queued yet."""
         # unique within this process (O_EXCL guards against anything else): a counter is
@@ -1151,7 +1191,7 @@ class ContentCache:
         partial = os.path.join(self._partial_dir,
                                f"{hexname}.{self._partial_tag}{next(self._partial_seq)}.part")
         download = Download(
-            key.uri, key.size, key.digest, partial, self._fetch,
+            key.uri, key.size, key.digest, partial, self._fetcher(key),
             verify=self.verify, cancelled=lambda: self._closing,
             max_bytes=self.size_limit, make_room=self._make_room, restarted=self._taint,
         )

@@ -589,8 +589,7 @@ class Tree:
     @staticmethod
     def _zip_key(parent: NodeInfo) -> ContentKey:
         uri = parent.uri + ("/scans/ALL" if parent.kind is Kind.EXPERIMENT else "")
-        return ContentKey(uri=uri + "/files?format=zip", size=None, digest="",
-                          mtime=parent.mtime)
+        return ContentKey.archive(uri, mtime=parent.mtime)
 
     def _zip_size(self, node: NodeInfo, path: str) -> int:
         """The size of XNAT's zip, which exists only once XNAT has made it: it is downloaded
