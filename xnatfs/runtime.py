@@ -1,8 +1,10 @@
 """The running filesystem's parts, built and started in one fixed order (S3QL ``mount.py``).
 
 ``Runtime`` owns the client, the two caches and the tree.  The constructor only records what to
-build: threads and sockets start in :meth:`start`, which the FUSE adapter calls from ``init()`` —
-after libfuse may have forked — and :meth:`close` stops them in reverse order.  Tests use a
+build: threads and sockets start in :meth:`start`, which ``cli.run_foreground`` calls before it
+hands the operations to libfuse (the mount runs in the foreground of a process of its own; a
+daemon is a new process, never a fork of this one, so nothing started here is lost), and
+:meth:`close` stops them in reverse order.  A failed mount still calls ``close``.  Tests use a
 ``Runtime`` without any mount.
 """
 from __future__ import annotations

@@ -475,11 +475,6 @@ class ContentHandle:
         self._served_lock = threading.Lock()
 
     @property
-    def from_cache(self) -> bool:
-        """True if this handle opened a complete cached copy (no download involved)."""
-        return self._download is None
-
-    @property
     def verified(self) -> bool:
         """Served from a complete cached copy whose check is done (no download, no MD5 check
         pending): what the kernel may keep of earlier opens depends on it
@@ -1101,12 +1096,6 @@ class ContentCache:
             if hexname in self._downloads:
                 return "downloading"
             return "cached" if hexname in self._present else "absent"
-
-    def wait(self, key: ContentKey, deadline: float) -> bool:
-        """Block until no download of ``key`` runs (or ``deadline``); True if none runs."""
-        with self._lock:
-            download = self._downloads.get(key.hexname())
-        return download is None or download.wait(deadline)
 
     # -- maintenance -----------------------------------------------------------------------------
 

@@ -1041,12 +1041,6 @@ class XnatClient:
 
     # ---------------------------------------------------------------- downloads (§3)
 
-    def head(self, file_uri: str) -> RemoteStat:
-        """Size (``Content-Length``) and mtime (``Last-Modified``) of a file (§3.1)."""
-        resp = self._call("HEAD", file_uri, headers=_IDENTITY)
-        resp.close()
-        return parse.remote_stat_from_headers(resp.headers)
-
     def download(self, file_uri: str, sink: Sink) -> RemoteStat:
         """Stream a file into ``sink`` in chunks of ``chunk_size``; return its RemoteStat.
 
