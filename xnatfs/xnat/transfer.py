@@ -63,6 +63,11 @@ class Transfer(Transport):
 
     def _stream(self, uri: str, sink: Sink, params: Optional[Params],
                 patience: float = 0.0) -> RemoteStat:
+        """``download``/``download_archive``: stream ``uri`` into ``sink``, retried only
+        while no byte reached the sink, the socket registered so ``close()`` can end it.
+
+        Long because: headers, login-page check, retry-before-first-byte and the short-body
+        check share the response and its slot; apart they would pass both around."""
         opts = self.options
         deadline = self._deadline()
         if patience and _call_deadline.current() is None:

@@ -667,7 +667,10 @@ class Transport:
         :class:`~.watchdog.RequestDeadline` sees where it ended.
 
         The exchange holds one slot of the mount-wide cap (``limiter.py``) from before the
-        request to its end, body included; a streamed response gives it back when closed."""
+        request to its end, body included; a streamed response gives it back when closed.
+
+        Long because: the one place every requests/urllib3/socket failure becomes an error of
+        ``errors.py``, slot and deadline handling around it; split, the order would be lost."""
         if not isinstance(deadline, _watchdog.RequestDeadline):
             deadline = _watchdog.RequestDeadline(deadline, self.options.deadline)
         holder = deadline
@@ -773,6 +776,9 @@ class Transport:
 
         ``body_factory`` makes a fresh request body per attempt (a rewound file), needed to
         repeat a write after a re-login.
+
+        Long because: the retry loop is one state machine (attempt, re-login, backoff,
+        deadline) whose branches share its variables; it reads best in one piece.
         """
         if self._closed:
             raise XnatError(method, self.base_url + uri, None, "client is closed")
