@@ -336,25 +336,6 @@ class ContentCache(BulkFetches):
                     log.warning("content cache: cannot drop %s from the index: %s", hexname, exc)
                 self._volume = index.volume()
 
-    def _too_big(self, key: ContentKey) -> bool:
-        """Is ``key`` larger than the cache could ever hold (its limit, or the free disk plus
-        all it could evict)?  Such a file is streamed from the server and not kept (gcsfuse).
-        Caller holds self._lock."""
-        if key.size is None or key.size < 0:
-            return False
-        if key.size > self.size_limit:
-            return True
-        try:
-            st = os.statvfs(self._partial_dir)
-        except OSError:
-            return False
-        free = st.f_bavail * st.f_frsize
-        return key.size > free + self._volume - self._reserved
-
-    def _stored_path(self, hexname: str) -> str:
-        """Where the cached file of ``hexname`` lives (``stored_name``)."""
-        return os.path.join(self._index_dir, stored_name(hexname))
-
     def state(self, key: ContentKey) -> str:
         """"cached", "downloading" or "absent" (for ``.xnatfs/`` status and ``xnatfs cache``)."""
         hexname = key.hexname()

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from xnatfs.cache.download import (Download, DownloadCancelled, Fetch)
 from xnatfs.cache.handle import _Verification
-from xnatfs.cache.index import _Index
+from xnatfs.cache.index import _Index, stored_name
 from xnatfs.cache.key import ARCHIVE, ContentKey
 
 #: one logger for the whole content cache, whichever part of it logs (what log filters name)
@@ -370,3 +370,22 @@ class ContentStore:
             with self._lock:
                 self._stats["evictions"] += len(evicted)
         return results
+
+    def _too_big(self, key: ContentKey) -> bool:
+        """Is ``key`` larger than the cache could ever hold (its limit, or the free disk plus
+        all it could evict)?  Such a file is streamed from the server and not kept (gcsfuse).
+        Caller holds self._lock."""
+        if key.size is None or key.size < 0:
+            return False
+        if key.size > self.size_limit:
+            return True
+        try:
+            st = os.statvfs(self._partial_dir)
+        except OSError:
+            return False
+        free = st.f_bavail * st.f_frsize
+        return key.size > free + self._volume - self._reserved
+
+    def _stored_path(self, hexname: str) -> str:
+        """Where the cached file of ``hexname`` lives (``stored_name``)."""
+        return os.path.join(self._index_dir, stored_name(hexname))
