@@ -156,8 +156,7 @@ class BulkFetches(ContentStore):
         so none of its downloads will end by itself."""
         if future.cancelled():
             for hexname, download in wanted.items():
-                download.fail(DownloadCancelled(download.uri),
-                              lambda error, d=download, h=hexname: self._unregister(d, h, error))
+                download.fail(DownloadCancelled(download.uri), self._ender(download, hexname))
 
     def _run_bulk(self, uri: str, wanted: Dict[str, Download],
                   key_of: Callable[[str], Optional[ContentKey]]) -> None:
@@ -175,7 +174,9 @@ class BulkFetches(ContentStore):
 
         def on_start(name: str) -> Optional[Callable[[bytes], None]]:
             key = key_of(name)
-            download = wanted.pop(key.hexname(), None) if key is not None else None
+            if key is None:
+                return None
+            download = wanted.pop(key.hexname(), None)
             if download is None:
                 return None
             current[:] = [key.hexname(), download]
@@ -243,8 +244,7 @@ class BulkFetches(ContentStore):
         good: List[Tuple[Download, str]] = []
         for download, hexname in batch:
             if self._closing:
-                download.fail(DownloadCancelled(download.uri),
-                              lambda error, d=download, h=hexname: self._unregister(d, h, error))
+                download.fail(DownloadCancelled(download.uri), self._ender(download, hexname))
                 continue
             good.append((download, hexname))
         if not good:
@@ -252,7 +252,7 @@ class BulkFetches(ContentStore):
         _sync_all([d for d, _ in good])
         errors = self._adopt_many([(h, d.partial_path, d.arrived, d.digest) for d, h in good])
         for (download, hexname), error in zip(good, errors):
-            ended = lambda e, d=download, h=hexname: self._unregister(d, h, e)  # noqa: E731
+            ended = self._ender(download, hexname)
             if error is None:
                 download.adopted(ended)
             else:

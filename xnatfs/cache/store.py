@@ -17,7 +17,7 @@ import threading
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 
-from xnatfs.cache.download import (Download, DownloadCancelled, Fetch)
+from xnatfs.cache.download import Download, DownloadCancelled, Ended, Fetch
 from xnatfs.cache.handle import _Verification
 from xnatfs.cache.index import _Index, stored_name
 from xnatfs.cache.key import ARCHIVE, ContentKey
@@ -260,10 +260,10 @@ class ContentStore:
                     self._touched.pop(gone, None)
                     self._verified.pop(gone, None)
                 self._stats["evictions"] += len(evicted)
-            evicted = len(evicted)
+        count = len(evicted)
         log.info("content cache: cache disk full; evicted %d entr%s to make room",
-                 evicted, "y" if evicted == 1 else "ies")
-        return evicted > 0
+                 count, "y" if count == 1 else "ies")
+        return count > 0
 
     def _cull(self, index: "_Index", pinned: Set[str], target: int) -> int:
         """Evict down to ``target`` bytes; caller holds ``_index_lock``.  Returns how many."""
@@ -289,6 +289,10 @@ class ContentStore:
     def _taint(self) -> None:
         with self._lock:
             self._taints += 1
+
+    def _ender(self, download: Download, hexname: str) -> Ended:
+        """The ``ended`` callback of ``download``: unregister it (bound now, not in a loop)."""
+        return lambda error: self._unregister(download, hexname, error)
 
     def _unregister(self, download: Download, hexname: str,
                     error: Optional[BaseException]) -> None:

@@ -55,7 +55,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Set, Union
 
 from xnatfs.uploads.spool import SpoolFile
 from xnatfs.uploads.target import UploadTarget
@@ -428,8 +428,7 @@ class Journal:
                 self._entries.clear()
                 self._by_path.clear()
                 self._seq = 0
-            names = sorted(os.listdir(self.directory))
-            for name in names:
+            for name in sorted(os.listdir(self.directory)):
                 if name.endswith(_TMP):
                     log.info("journal: removing temp file %s left by a crash", name)
                     _unlink_quietly(os.path.join(self.directory, name))
@@ -450,7 +449,7 @@ class Journal:
             log.info("journal %s: %d upload(s) to resume", self.directory, len(found))
         return found
 
-    def _reload_sidecar(self, entry_id: str, names: set, orphans: List[str]) -> None:
+    def _reload_sidecar(self, entry_id: str, names: Set[str], orphans: List[str]) -> None:
         """Caller holds self._write_lock."""
         sidecar = self._sidecar_path(entry_id)
         data_path = self._data_path(entry_id)

@@ -679,6 +679,7 @@ class Transport:
             hdrs["Cookie"] = f"JSESSIONID={jsession}"
         started = time.monotonic()
         left = holder.at - started
+        err: XnatError
         if left <= 0:
             err = XnatTimeout(method, url, None, "no time left for this request")
             self._stats.error(type(err).__name__)
@@ -800,21 +801,21 @@ class Transport:
             attempt += 1
             try:
                 jsession, generation = self._current_session(deadline)
-            except XnatError as err:
-                self._log_failure(err)
+            except XnatError as failed:
+                self._log_failure(failed)
                 raise
             body = body_factory() if body_factory is not None else data
             sent = _watchdog.RequestDeadline(deadline, opts.deadline)
             try:
                 resp = self._send(method, url, data=body, headers=headers, stream=stream,
                                   timeout=self._timeout, jsession=jsession, deadline=sent)
-            except XnatError as err:
+            except XnatError as failed:
                 # connection errors only: a read timeout is not retried here, so a stalled
                 # server costs one read_timeout, not retries x read_timeout
-                if idempotent and isinstance(err, Unreachable) and err.retryable \
-                        and self._backoff(err, attempt, deadline):
+                if idempotent and isinstance(failed, Unreachable) and failed.retryable \
+                        and self._backoff(failed, attempt, deadline):
                     continue
-                self._log_failure(err)
+                self._log_failure(failed)
                 raise
             status = resp.status_code
             # after a long upload, a re-login and the repeat are owed from its last byte on
