@@ -398,3 +398,23 @@ def test_target_of_an_unknown_kind_is_kept_not_dropped(tmp_path):
     assert entry.target is not None and entry.target.kind == "mystery"
     assert not entry.target.is_file and not entry.target.is_import
     assert entry.target.to_json() == {"kind": "mystery", "project": "P"}
+
+
+@pytest.mark.parametrize("target", [
+    UploadTarget.file("/data/projects/P/resources/R", "a/b c.nii", listing=("P", "R")),
+    UploadTarget.file("/data/projects/P/resources/R", "x", overwrite=True),
+    UploadTarget.archive_import("P", "/archive", listing=("P",), subject="S",
+                                content_type="application/x-tar"),
+    UploadTarget.archive_import("P", "/prearchive/projects/P"),
+])
+def test_a_target_survives_the_sidecar(dirs, target):
+    """What the writer gives ``add`` is what a restarted journal hands the uploader."""
+    spool, jdir = dirs
+    j = Journal(jdir)
+    j.reload()
+    entry = j.add(spooled(spool, b"bytes"), target, MNT_PATH)
+    assert entry.target == target
+    [again] = Journal(jdir).reload()
+    assert again.target == target and isinstance(again.target, UploadTarget)
+    doc = json.loads((jdir / (entry.id + ".json")).read_text())["target"]
+    assert doc["kind"] == target.kind and ("subject" in doc) == (target.subject is not None)
