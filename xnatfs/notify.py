@@ -59,8 +59,3 @@ def sd_notify(message: str, env: Optional[Mapping[str, str]] = None) -> bool:
 def notify_ready(status: str = "") -> bool:
     """``READY=1`` (plus a ``STATUS=`` line shown by ``systemctl status``)."""
     return sd_notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
-
-
-def notify_stopping(status: str = "") -> bool:
-    """``STOPPING=1``: the unmount has begun (systemd then shows "deactivating")."""
-    return sd_notify("STOPPING=1" + (f"\nSTATUS={status}" if status else ""))

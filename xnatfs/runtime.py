@@ -1,8 +1,10 @@
 """The running filesystem's parts, built and started in one fixed order (S3QL ``mount.py``).
 
 ``Runtime`` owns the client, the two caches and the tree.  The constructor only records what to
-build: threads and sockets start in :meth:`start`, which the FUSE adapter calls from ``init()`` —
-after libfuse may have forked — and :meth:`close` stops them in reverse order.  Tests use a
+build: threads and sockets start in :meth:`start`, which ``cli.run_foreground`` calls before it
+hands the operations to libfuse (the mount runs in the foreground of a process of its own; a
+daemon is a new process, never a fork of this one, so nothing started here is lost), and
+:meth:`close` stops them in reverse order.  A failed mount still calls ``close``.  Tests use a
 ``Runtime`` without any mount.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from typing import Any, Dict, Optional
 
 from xnatfs import __version__
-from xnatfs.cache.content import ContentCache
+from xnatfs.cache.content import ContentCache, archive_object_uri
 from xnatfs.cache.meta import MetaCache
 from xnatfs.cache.times import TimesIndex
 from xnatfs.options import Options
@@ -71,6 +73,7 @@ class Runtime:
         self.meta = MetaCache(ttl=o.listing_ttl)
         self.content = ContentCache(os.path.join(o.cache_dir, "content"),
                                     size_limit=o.cache_size, fetch=self._fetch,
+                                    fetch_archive=self._fetch_archive,
                                     max_downloads=o.max_downloads)
         self.content.start()
         self.tree = Tree(self.client, self.meta, self.content, fs_timeout=o.fs_timeout,
@@ -89,13 +92,15 @@ class Runtime:
             self.tree.attach_overlay(self.writer)
 
     def _fetch(self, uri: str, sink: Any) -> None:
-        """The content cache's one way to the network (it never sees the client)."""
+        """The content cache's way to the network for files (it never sees the client)."""
         assert self.client is not None
-        if "?format=zip" in uri:
-            base = uri.split("/files?format=zip", 1)[0]
-            self.client.download_archive(base, sink, format="zip")
-        else:
-            self.client.download(uri, sink)
+        self.client.download(uri, sink)
+
+    def _fetch_archive(self, uri: str, sink: Any) -> None:
+        """... and for archives (keys of kind ARCHIVE, bulk zips): ``uri`` is one that
+        ``cache.content.archive_uri`` made."""
+        assert self.client is not None
+        self.client.download_archive(archive_object_uri(uri), sink, format="zip")
 
     def note_error(self, name: str) -> None:
         with self._errors_lock:

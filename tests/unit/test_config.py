@@ -278,8 +278,6 @@ def test_notify_ready_reads_the_environment(tmp_path, monkeypatch):
     with _receiver(path) as sock:
         assert notify.notify_ready("serving https://x")
         assert sock.recv(4096) == b"READY=1\nSTATUS=serving https://x"
-        assert notify.notify_stopping()
-        assert sock.recv(4096) == b"STOPPING=1"
 
 
 @pytest.mark.parametrize("environ", [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -21,7 +22,8 @@ from typing import Dict, List, Optional, Union
 import pytest
 
 from tests.unit.ziphelp import streamed_zip
-from xnatfs.cache.content import ContentCache, ContentKey
+from xnatfs.cache.content import (ARCHIVE, ContentCache, ContentKey, archive_object_uri,
+                                   archive_uri)
 from xnatfs.cache.download import INLINE_HASH_MAX
 
 WAIT = 10.0  # seconds; generous deadline for conditions that should hold almost at once
@@ -199,7 +201,7 @@ def test_prefetch_downloads_without_handles(make_cache):
     ka, kb = key_for("/a", a), key_for("/b", b)
     assert cc.prefetch([ka, kb, ka]) == 2
     for k in (ka, kb):
-        assert cc.wait(k, later())
+        wait_for(lambda: cc.state(k) == "cached", "the prefetch")
     assert cc.state(ka) == cc.state(kb) == "cached"
     assert cc.prefetch([ka]) == 0
     assert read_all(cc, kb) == b
@@ -393,8 +395,9 @@ def test_eviction_is_lru_and_skips_open_files(make_cache):
     assert [cc.state(keys[u]) for u in ("/a", "/b", "/c")] == ["cached", "absent", "cached"]
     assert cc.stats["evictions"] == 1
 
+    hits = cc.stats["hits"]
     hc = cc.open(keys["/c"])                            # c open (pinned) ...
-    assert hc.from_cache
+    assert cc.stats["hits"] == hits + 1                 # (from the cache)
     assert read_all(cc, keys["/a"]) == files["/a"]      # ... and then older than a
     assert read_all(cc, keys["/d"]) == files["/d"]      # LRU c is pinned: a goes instead
     assert [cc.state(keys[u]) for u in ("/a", "/c", "/d")] == ["absent", "cached", "cached"]
@@ -975,7 +978,7 @@ def test_a_large_entry_is_hashed_while_read_and_holds_back_its_end(tmp_path, mon
         _flip(_stored(first, key), len(data) // 2)
     with ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch) as second:
         with second.open(key) as h:
-            assert h.from_cache
+            assert second.stats["hits"] == 1   # the cached copy, no download
             head = h.read(0, 4096, later())
             assert head == data[:4096]
             if damaged:
@@ -1081,3 +1084,39 @@ def test_a_streamed_file_read_by_several_threads_slightly_out_of_order(make_cach
         got = dict(zip(offsets, pool.map(lambda off: h.read(off, block, later()), offsets)))
     assert b"".join(got[o] for o in sorted(got)) == big
     assert fetch.calls["/big"] == 1
+
+
+# -- the kind of a key: which fetch brings it -----------------------------------------------------
+
+
+def test_archive_keys_and_bulk_zips_go_to_the_archive_fetch_files_to_the_file_fetch(make_cache):
+    """``ContentKey.kind``, not the shape of the URI, decides how a key is fetched: a file key
+    whose URI looks like a zip's is still a file, an archive key goes to ``fetch_archive``."""
+    files = {f"/f{i}": payload(2000 + i, seed=i) for i in range(3)}
+    fetch, keys, key_of = _bulk_setup(files)
+    zip_bytes = _zip_of(files)
+    archives = FakeFetch({archive_uri("/data/experiments/E1"): zip_bytes, "/zip": zip_bytes})
+    odd = "/data/projects/P/resources/R/files/odd?format=zip"   # a file named like a query
+    fetch.answers[odd] = b"just a file"
+    cc = make_cache(fetch, fetch_archive=archives)
+    archive = ContentKey.archive("/data/experiments/E1", mtime="2024-01-01")
+    assert (archive.kind, archive.size, archive.uri) == (
+        ARCHIVE, None, "/data/experiments/E1/files?format=zip")
+    assert archive_object_uri(archive.uri) == "/data/experiments/E1"
+    with cc.open(archive) as h:     # size unknown: read past the end
+        assert h.read(0, len(zip_bytes) + 1, later()) == zip_bytes
+        assert h.wait(later())
+    assert read_all(cc, ContentKey(odd, 11, md5(b"just a file"))) == b"just a file"
+    assert cc.bulk("/zip", keys.values(), key_of) == 3
+    for uri, key in keys.items():
+        assert read_all(cc, key) == files[uri]
+    assert archives.calls == Counter({archive.uri: 1, "/zip": 1})
+    assert fetch.calls == Counter({odd: 1})
+
+
+def test_the_kind_leaves_the_cache_name_of_a_key_unchanged():
+    """Entries cached before ``kind`` existed keep their names (no refetch after an upgrade)."""
+    key = ContentKey("/data/x/files?format=zip", None, "", 5.0)
+    assert key.hexname() == ContentKey.archive("/data/x", mtime=5.0).hexname()
+    assert key.hexname() == hashlib.sha256(
+        json.dumps(["/data/x/files?format=zip", None, "", 5.0]).encode()).hexdigest()

@@ -19,6 +19,7 @@ import pytest
 from xnatfs.uploads import journal as journal_mod
 from xnatfs.uploads.journal import FAILED, PENDING, UPLOADING, Journal
 from xnatfs.uploads.spool import Spool
+from xnatfs.uploads.target import UploadTarget
 
 TARGET = {"kind": "file", "resource_uri": "/data/projects/P/resources/R", "relpath": "a/x.nii",
           "overwrite": False}
@@ -58,7 +59,7 @@ def test_add_moves_the_spool_file_and_is_durable(dirs):
     entry = j.add(f, TARGET, MNT_PATH)
     assert f.closed and not os.path.exists(f.path)
     assert (entry.size, entry.md5, entry.state, entry.tries) == (5000, md5(data), PENDING, 0)
-    assert entry.target == TARGET and entry.target is not TARGET
+    assert entry.target == UploadTarget.from_json(TARGET) and entry.target is not TARGET
     assert entry.path == MNT_PATH
     with open(entry.data_path, "rb") as fh:
         assert fh.read() == data
@@ -292,7 +293,7 @@ def test_kill_at_any_point_of_add(tmp_path, monkeypatch):
             assert len(got) == 1
             e = got[0]
             assert (e.target, e.path, e.size, e.md5, e.state) == (
-                TARGET, MNT_PATH, len(data), md5(data), PENDING)
+                UploadTarget.from_json(TARGET), MNT_PATH, len(data), md5(data), PENDING)
             with open(e.data_path, "rb") as fh:
                 assert fh.read() == data
             assert not os.path.exists(f.path)
@@ -348,3 +349,72 @@ def test_add_without_digest_leaves_it_to_the_uploader_or_to_reload(dirs):
     assert reloaded.md5 == md5(data[:100])
     with open(os.path.join(jdir, other.id + ".json")) as fh:
         assert json.load(fh)["md5"] == md5(data[:100])
+
+
+# ---------------------------------------------------------------------------- the target record
+def _old_sidecar(jdir, entry_id: str, target: dict, data: bytes) -> None:
+    """A sidecar exactly as the version before ``UploadTarget`` wrote it (target = a plain dict
+    with the writer's keys, ``listing`` a JSON list), beside its data file."""
+    os.makedirs(jdir, mode=0o700, exist_ok=True)
+    (jdir / f"{entry_id}.data").write_bytes(data)
+    doc = {"id": entry_id, "seq": 3, "target": target, "path": "/P/x", "size": len(data),
+           "md5": md5(data), "created": 1700000000.0, "tries": 2, "next_attempt": 0.0,
+           "last_error": "HTTP 503", "state": "uploading", "v": 1}
+    (jdir / f"{entry_id}.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
+
+
+@pytest.mark.parametrize("old, want", [
+    ({"kind": "file", "resource_uri": "/data/projects/P/resources/R", "relpath": "a/x.nii",
+      "overwrite": True, "listing": ["P", "resources", "R", "files"]},
+     UploadTarget.file("/data/projects/P/resources/R", "a/x.nii",
+                       listing=("P", "resources", "R", "files"), overwrite=True)),
+    ({"kind": "import", "project": "P", "subject": "S1", "dest": "/archive",
+      "listing": ["P", "subjects", "S1", "experiments"], "content_type": "application/x-tar"},
+     UploadTarget.archive_import("P", "/archive", listing=("P", "subjects", "S1", "experiments"),
+                                 subject="S1", content_type="application/x-tar")),
+    # an import written before content_type existed, into a prearchive (no subject)
+    ({"kind": "import", "project": "P", "dest": "/prearchive/projects/P", "listing": ["P"]},
+     UploadTarget.archive_import("P", "/prearchive/projects/P", listing=("P",))),
+])
+def test_sidecar_of_the_previous_version_loads_and_is_rewritten_the_same(tmp_path, old, want):
+    jdir = tmp_path / "journal"
+    _old_sidecar(jdir, "0001-old", old, b"old bytes")
+    [entry] = Journal(jdir).reload()
+    assert entry.target == want
+    assert (entry.state, entry.tries, entry.size) == (PENDING, 2, 9)  # uploading -> pending
+    # reload rewrote the sidecar (state changed): the target keeps the old JSON shape
+    doc = json.loads((jdir / "0001-old.json").read_text())
+    expected = dict(old, content_type=want.content_type) if want.is_import else old
+    assert doc["target"] == expected
+    assert UploadTarget.from_json(doc["target"]) == want
+
+
+def test_target_of_an_unknown_kind_is_kept_not_dropped(tmp_path):
+    """A kind this version does not know (a newer version's, or a damaged sidecar) loads as
+    it did before the record existed: the bytes stay listed (the writer refuses the upload)."""
+    jdir = tmp_path / "journal"
+    _old_sidecar(jdir, "0002-odd", {"kind": "mystery", "project": "P"}, b"keep me")
+    [entry] = Journal(jdir).reload()
+    assert entry.target is not None and entry.target.kind == "mystery"
+    assert not entry.target.is_file and not entry.target.is_import
+    assert entry.target.to_json() == {"kind": "mystery", "project": "P"}
+
+
+@pytest.mark.parametrize("target", [
+    UploadTarget.file("/data/projects/P/resources/R", "a/b c.nii", listing=("P", "R")),
+    UploadTarget.file("/data/projects/P/resources/R", "x", overwrite=True),
+    UploadTarget.archive_import("P", "/archive", listing=("P",), subject="S",
+                                content_type="application/x-tar"),
+    UploadTarget.archive_import("P", "/prearchive/projects/P"),
+])
+def test_a_target_survives_the_sidecar(dirs, target):
+    """What the writer gives ``add`` is what a restarted journal hands the uploader."""
+    spool, jdir = dirs
+    j = Journal(jdir)
+    j.reload()
+    entry = j.add(spooled(spool, b"bytes"), target, MNT_PATH)
+    assert entry.target == target
+    [again] = Journal(jdir).reload()
+    assert again.target == target and isinstance(again.target, UploadTarget)
+    doc = json.loads((jdir / (entry.id + ".json")).read_text())["target"]
+    assert doc["kind"] == target.kind and ("subject" in doc) == (target.subject is not None)

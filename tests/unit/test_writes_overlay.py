@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from xnatfs.tree.paths import split_path
 from xnatfs.tree.writes import LocalFile, Writer
 from xnatfs.uploads.journal import Entry
+from xnatfs.uploads.target import UploadTarget
 
 
 def test_a_stat_between_the_confirmed_upload_and_the_release_keeps_the_size():
@@ -18,7 +19,7 @@ def test_a_stat_between_the_confirmed_upload_and_the_release_keeps_the_size():
     writer._files = {}
     writer._dirs = set()
     writer.tree = SimpleNamespace(invalidate=lambda path: None)
-    target = {"kind": "file", "resource_uri": "/data/projects/P/resources/R", "relpath": "a.nii"}
+    target = UploadTarget.file("/data/projects/P/resources/R", "a.nii")
     entry = Entry(id="e1", target=target, path="/P/resources/R/files/a.nii", size=1000,
                   md5="", created=0.0)
     lf = LocalFile(parts=split_path(entry.path), target=target, entry=entry, handles=1)

@@ -77,10 +77,6 @@ class StreamHandle:
             self._restart_locked(0)
 
     @property
-    def from_cache(self) -> bool:
-        return False
-
-    @property
     def verified(self) -> bool:
         """Never: its bytes come from the server as they are read (``fs.keepcache``)."""
         return False

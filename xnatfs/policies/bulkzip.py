@@ -10,6 +10,7 @@ from typing import List, Optional
 import cachetools
 
 from xnatfs.cache.content import ContentKey
+from xnatfs.cache.key import archive_uri
 from xnatfs.layouts.xnat.loaders import FileTree
 from xnatfs.view.layout import Loaded, View
 from xnatfs.view.node import NodeInfo
@@ -73,7 +74,7 @@ class BulkZip:
             return by_path.get(m.group(1)) if m else None
 
         try:
-            started = view.content.bulk(folder.uri.rstrip("/") + "/files?format=zip",
+            started = view.content.bulk(archive_uri(folder.uri),
                                         [view.content_key(n) for n in files], key_of,
                                         min_files=self.min_files, max_files=bulk_max_files())
         except RuntimeError:  # the cache is closing

@@ -29,14 +29,18 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 from xnatfs.tree.nodes import Kind, Local, NodeInfo
 from xnatfs.tree.paths import (PathParts, check_write_name, join_path, split_path,
                                unescape_name)
-from xnatfs.uploads import Journal, Spool, SpoolFile, Uploader
-from xnatfs.uploads.journal import Entry
+from xnatfs.uploads import Journal, Spool, SpoolFile, Uploader, UploadTarget
+from xnatfs.uploads.journal import DONE, FAILED, PENDING, Entry
 from xnatfs.uploads.retry import classify
 
 log = logging.getLogger(__name__)
 
 #: labels XNAT accepts for subjects, experiments, resources and scans (§10.17)
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: a LocalFile's state while the user writes it (before the journal has it); after that it
+#: takes the journal's states (``uploads/journal.py``: PENDING, UPLOADING, FAILED, DONE)
+WRITING = "writing"
+
 #: archives that become imports when written into experiments/ or .prearchive/P/ (§6)
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
 #: names that editors and rsync write before renaming: uploaded after a delay, not at close
@@ -62,15 +66,15 @@ class LocalFile:
     """A file the user wrote that XNAT does not (yet) show."""
 
     parts: PathParts
-    #: where it goes: {"kind": "file", resource_uri, relpath, overwrite, listing} or
-    #: {"kind": "import", project, subject?, dest, listing}
-    target: Dict[str, Any]
+    #: where it goes: a file in a resource, or an archive import
+    target: UploadTarget
     spool: Optional[SpoolFile] = None
     entry: Optional[Entry] = None
     handles: int = 0
     #: bytes written since the last commit to the journal
     dirty: bool = False
-    state: str = "writing"
+    #: WRITING, or the journal's state of the entry (PENDING, UPLOADING, FAILED)
+    state: str = WRITING
     #: nanoseconds (rsync and make compare them; a float of seconds cannot hold them): the last
     #: write, or what ``utimens`` set
     mtime_ns: int = field(default_factory=time.time_ns)
@@ -160,7 +164,7 @@ class Writer:
                 if entry.target is None or not entry.path:
                     continue
                 parts = split_path(entry.path)
-                self._locked_put(LocalFile(parts, dict(entry.target), entry=entry,
+                self._locked_put(LocalFile(parts, entry.target, entry=entry,
                                            state=entry.state,
                                            mtime_ns=int(entry.created * 1e9)))
         self.uploader.start()
@@ -211,10 +215,7 @@ class Writer:
 
     @staticmethod
     def _file_node(lf: LocalFile) -> NodeInfo:
-        target = lf.target
-        uri = ""
-        if target.get("kind") == "file":
-            uri = f"{target['resource_uri']}/files/{target['relpath']}"
+        uri = lf.target.file_uri
         return NodeInfo(name=lf.parts[-1], kind=Kind.FILE, is_dir=False, size=lf.size,
                         mtime=lf.mtime, uri=uri, ref=Local(lf),
                         attrs={"cache_state": lf.state, "uri": uri,
@@ -276,8 +277,7 @@ class Writer:
             # appending or changing bytes in place: the result differs from what XNAT has
             raise OSError(errno.EACCES, "changing a file on XNAT needs --allow-delete", path)
         parent = self.tree.lookup(join_path(parts[:-1]))
-        target = self._target_for(parent, parts, path)
-        target["overwrite"] = True
+        target = replace(self._target_for(parent, parts, path), overwrite=True)
         spool = self.spool.create()
         if not truncate:
             self._fill_from_server(node, spool, path)
@@ -317,22 +317,23 @@ class Writer:
         finally:
             handle.close()
 
-    def _target_for(self, parent: NodeInfo, parts: PathParts, path: str) -> Dict[str, Any]:
+    def _target_for(self, parent: NodeInfo, parts: PathParts, path: str) -> UploadTarget:
         name = check_write_name(parts[-1], path)
         if parent.kind is Kind.FILES:
             resource_parts = self._files_root(parent, parts[:-1])
             # every folder below files/ is part of the upload URL: each is checked
             relpath = "/".join(check_write_name(p, path) for p in parts[len(resource_parts):])
-            return {"kind": "file", "resource_uri": self._resource_uri(parent, resource_parts),
-                    "relpath": relpath, "overwrite": False, "listing": list(resource_parts)}
+            return UploadTarget.file(self._resource_uri(parent, resource_parts), relpath,
+                                     listing=resource_parts)
         if parent.kind is Kind.EXPERIMENTS and name.lower().endswith(ARCHIVE_SUFFIXES):
-            return {"kind": "import", "project": parent.project, "subject": parent.subject,
-                    "dest": "/archive", "listing": list(parts[:-1]),
-                    "content_type": _archive_type(name)}
+            return UploadTarget.archive_import(parent.project, "/archive", listing=parts[:-1],
+                                               subject=parent.subject,
+                                               content_type=_archive_type(name))
         if parent.kind is Kind.PRE_PROJECT and name.lower().endswith(ARCHIVE_SUFFIXES):
-            return {"kind": "import", "project": parent.project,
-                    "dest": f"/prearchive/projects/{parent.project}",
-                    "listing": list(parts[:-2]), "content_type": _archive_type(name)}
+            return UploadTarget.archive_import(parent.project,
+                                               f"/prearchive/projects/{parent.project}",
+                                               listing=parts[:-2],
+                                               content_type=_archive_type(name))
         if parent.kind in (Kind.EXPERIMENTS, Kind.PRE_PROJECT):
             raise OSError(errno.EPERM, "only .zip/.tar.gz/.tgz archives can be written here "
                           "(they are imported as sessions)", path)
@@ -417,7 +418,7 @@ class Writer:
             raise OSError(lf.write_error, f"{exc.strerror or exc}; the file is incomplete and "
                           "will not be uploaded", join_path(lf.parts)) from exc
         lf.dirty = True
-        lf.state = "writing"
+        lf.state = WRITING
         lf.mtime_ns = time.time_ns()
         return n
 
@@ -460,7 +461,7 @@ class Writer:
             node = self.tree.lookup(join_path(lf.parts))
             if not isinstance(node.local_file, LocalFile):
                 self._fill_from_server(node, lf.spool, join_path(lf.parts))
-        lf.target = dict(lf.target, overwrite=True)
+        lf.target = replace(lf.target, overwrite=True)
 
     def _commit(self, lf: LocalFile, upload: bool = True) -> None:
         """close()/fsync(): put the bytes in the journal, then upload them now.
@@ -473,7 +474,7 @@ class Writer:
             raise AlreadyReported(lf.write_error, "an earlier write failed: not uploaded", path)
         if not lf.dirty or lf.spool is None:
             return
-        if lf.spool.size == 0 and lf.target.get("overwrite"):
+        if lf.spool.size == 0 and lf.target.overwrite:
             # opened with O_TRUNC (or truncated) and closed empty: XNAT cannot store an empty
             # file and still holds the old bytes; say so, never succeed silently (issue 17 §8).
             # Not sticky: a shell's `cmd > file` closes its first descriptor (after dup2)
@@ -506,7 +507,7 @@ class Writer:
             lf.spool = None
             lf.entry = entry
             lf.dirty = False
-            lf.state = "pending"
+            lf.state = PENDING
         if not upload:
             return
         if is_temporary(lf.parts[-1]):
@@ -525,7 +526,7 @@ class Writer:
             # errno is the _op wrapper's (one line per failure), this one says what happens next
             retry = classify(exc).retry
             with self._lock:
-                lf.state = "pending" if retry else "failed"
+                lf.state = PENDING if retry else FAILED
             log.info("upload %s: kept in the journal, %s", path,
                      "retried in the background until XNAT has it" if retry
                      else "not retryable: kept as failed")
@@ -535,7 +536,7 @@ class Writer:
         path = join_path(lf.parts)
         try:
             emptied = (lf.spool is not None and not lf.spool.closed and lf.spool.size == 0
-                       and lf.target.get("overwrite"))
+                       and lf.target.overwrite)
             if lf.dirty and not emptied:  # an emptied file was refused (and logged) at flush
                 self._commit(lf)
         except Exception as exc:  # noqa: BLE001 - release cannot report; flush already did
@@ -549,7 +550,7 @@ class Writer:
                     lf.spool = None
                     lf.dirty = False
                 if (lf.handles == 0 and lf.spool is not None and not lf.spool.closed
-                        and lf.dirty and lf.spool.size == 0 and lf.target.get("overwrite")):
+                        and lf.dirty and lf.spool.size == 0 and lf.target.overwrite):
                     lf.dirty = False  # emptied and refused at close: XNAT keeps its bytes
                 if lf.handles == 0:
                     if lf.spool is not None and not lf.spool.closed and not lf.dirty:
@@ -561,27 +562,26 @@ class Writer:
 
     # ------------------------------------------------------------------ uploader callbacks
     def _put(self, entry: Entry) -> None:
-        target = entry.target or {}
+        target = entry.target
         with open(entry.data_path, "rb") as fh:
-            if target.get("kind") == "file":
-                self.client.upload_file(target["resource_uri"], target["relpath"], fh,
-                                        entry.size, overwrite=bool(target.get("overwrite")))
-            elif target.get("kind") == "import":
+            if target is not None and target.is_file:
+                self.client.upload_file(target.resource_uri, target.relpath, fh,
+                                        entry.size, overwrite=target.overwrite)
+            elif target is not None and target.is_import:
                 uris = self.client.import_archive(
-                    fh, entry.size, project=target["project"], subject=target.get("subject"),
-                    dest=target.get("dest"),
-                    content_type=target.get("content_type", "application/zip"))
+                    fh, entry.size, project=target.project, subject=target.subject,
+                    dest=target.dest or None, content_type=target.content_type)
                 self._imported[entry.id] = uris
                 log.info("import %s: %s", entry.path, ", ".join(uris))
             else:
                 raise OSError(errno.EINVAL, f"unknown upload target {target!r}", entry.path)
 
     def _verify(self, entry: Entry) -> bool:
-        target = entry.target or {}
-        if target.get("kind") == "import":
+        target = entry.target
+        if target is None or not target.is_file:  # an import has no listing to check
             return entry.id in self._imported
-        for f in self.client.list_files(target["resource_uri"]):
-            if f.path == target["relpath"]:
+        for f in self.client.list_files(target.resource_uri):
+            if f.path == target.relpath:
                 ok = f.size == entry.size and (not f.digest or f.digest == entry.md5)
                 if ok:
                     self._landed(entry, f)
@@ -655,11 +655,11 @@ class Writer:
 
     def _on_change(self, entry: Entry) -> None:
         parts = split_path(entry.path)
-        listing = tuple((entry.target or {}).get("listing") or ())
+        listing = entry.target.listing if entry.target is not None else ()
         with self._lock:
             lf = self._files.get(parts)
             if lf is not None and lf.entry is not None and lf.entry.id == entry.id:
-                if entry.state == "done":
+                if entry.state == DONE:
                     lf.uploaded_size = entry.size
                     lf.entry = None
                     self._locked_forget_dirs(parts)
@@ -668,7 +668,7 @@ class Writer:
                 else:
                     lf.entry = entry
                     lf.state = entry.state
-        if entry.state == "done" and listing:
+        if entry.state == DONE and listing:
             self.tree.invalidate(join_path(listing))
 
     # ------------------------------------------------------------------ namespace operations
@@ -826,7 +826,7 @@ class Writer:
                 return
             if not self.allow_delete:
                 raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
-            target["overwrite"] = True
+            target = replace(target, overwrite=True)
         with self._lock:
             if self._files.get(old_parts) is not lf:
                 raise OSError(errno.ENOENT, "vanished", old)

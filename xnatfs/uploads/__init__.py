@@ -11,6 +11,8 @@ Modules:
                 ``put(entry)``, confirms with ``verify(entry)`` before deleting anything, retries
                 transient errors with jittered exponential backoff until the server has the
                 bytes, ``upload_now`` for close()/fsync(), ``status()`` for ``xnatfs status``.
+- ``target``    ``UploadTarget``: the frozen record of what an entry uploads to (a file in a
+                resource, or an archive import), persisted in the sidecar.
 - ``retry``     the one table of which failures are permanent (``classify``), also applied to
                 error texts recorded by older versions (``classify_text``).
 
@@ -24,6 +26,8 @@ This package imports neither ``xnatfs.tree`` nor ``xnatfs.xnat``: the uploader i
 """
 from xnatfs.uploads.journal import Entry, Journal
 from xnatfs.uploads.spool import Spool, SpoolFile
+from xnatfs.uploads.target import UploadTarget
 from xnatfs.uploads.uploader import Uploader, UploadNotVerified
 
-__all__ = ["Entry", "Journal", "Spool", "SpoolFile", "Uploader", "UploadNotVerified"]
+__all__ = ["Entry", "Journal", "Spool", "SpoolFile", "UploadTarget", "Uploader",
+           "UploadNotVerified"]

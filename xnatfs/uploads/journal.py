@@ -36,11 +36,14 @@ Entries are frozen: ``update`` stores a new version (``dataclasses.replace``), s
 sees half an update. Entries of the same mount ``path`` are versions of one file, ordered by
 ``seq`` (a counter persisted in the sidecars; wall clocks may jump).
 
-This module imports nothing from the rest of xnatfs except ``uploads.spool``.
+The sidecar's ``target`` is an :class:`~xnatfs.uploads.target.UploadTarget` written as the
+plain JSON object of earlier versions (``UploadTarget.to_json``), so their sidecars still load.
+
+This module imports nothing from the rest of xnatfs except ``uploads.spool`` and
+``uploads.target``.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import errno
 import hashlib
@@ -52,13 +55,19 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Set, Union
 
 from xnatfs.uploads.spool import SpoolFile
+from xnatfs.uploads.target import UploadTarget
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Entry", "Journal", "STATES", "PENDING", "UPLOADING", "FAILED", "DONE"]
+__all__ = ["Entry", "Journal", "UploadTarget", "STATES", "PENDING", "UPLOADING", "FAILED",
+           "DONE"]
+
+# Plain strings, not an Enum: they are the sidecar's JSON values and the ``cache_state``
+# attribute users read, and a str-mixin Enum neither hashes like its value (sets mixing both)
+# nor formats like it on every Python this supports (3.9+).
 
 PENDING = "pending"
 UPLOADING = "uploading"
@@ -83,9 +92,9 @@ class Entry:
 
     #: journal-unique name of the entry (also the data and sidecar file names)
     id: str
-    #: what to upload to, opaque to the journal (e.g. ``{"kind": "file", "resource_uri": ...,
-    #: "relpath": ..., "overwrite": bool}``); None for an orphan whose sidecar was lost
-    target: Optional[Dict[str, Any]]
+    #: what to upload to (the journal only stores it); None for an orphan whose sidecar was
+    #: lost.  A mapping in the sidecar's shape is read as an ``UploadTarget``.
+    target: Optional[UploadTarget]
     #: path in the mount the bytes were written to ("" for an orphan)
     path: str
     #: bytes in the data file
@@ -109,9 +118,14 @@ class Entry:
     #: where the bytes are now (not stored in the sidecar; the journal sets it)
     data_path: str = field(default="", compare=False)
 
+    def __post_init__(self) -> None:
+        if self.target is not None and not isinstance(self.target, UploadTarget):
+            object.__setattr__(self, "target", UploadTarget.coerce(self.target))
+
     def to_json(self) -> Dict[str, Any]:
-        doc = dataclasses.asdict(self)
-        del doc["data_path"]
+        doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "data_path"}
+        doc["target"] = None if self.target is None else self.target.to_json()
         doc["v"] = _VERSION
         return doc
 
@@ -121,11 +135,9 @@ class Entry:
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         target = doc.get("target")
-        if target is not None and not isinstance(target, dict):
-            raise ValueError("target is not an object")
         return cls(
             id=str(doc["id"]),
-            target=target,
+            target=None if target is None else UploadTarget.from_json(target),
             path=str(doc.get("path", "")),
             size=int(doc["size"]),
             md5=str(doc["md5"]),
@@ -255,7 +267,8 @@ class Journal:
         """True once ``reload()`` ran."""
         return self._loaded
 
-    def add(self, spool: Union[PathLike, SpoolFile], target: Mapping[str, Any],
+    def add(self, spool: Union[PathLike, SpoolFile],
+            target: Union[UploadTarget, Mapping[str, Any]],
             path: str, digest: bool = True) -> Entry:
         """Take ownership of the bytes in ``spool`` (a closed-or-open ``SpoolFile`` or a path)
         as a new pending entry uploading to ``target`` for mount path ``path``.
@@ -286,7 +299,7 @@ class Journal:
             os.close(fd)
         entry = Entry(
             id=f"{time.time_ns():016x}-{secrets.token_hex(6)}",
-            target=copy.deepcopy(dict(target)),
+            target=UploadTarget.coerce(target),
             path=path,
             size=size,
             md5=md5,
@@ -415,8 +428,7 @@ class Journal:
                 self._entries.clear()
                 self._by_path.clear()
                 self._seq = 0
-            names = sorted(os.listdir(self.directory))
-            for name in names:
+            for name in sorted(os.listdir(self.directory)):
                 if name.endswith(_TMP):
                     log.info("journal: removing temp file %s left by a crash", name)
                     _unlink_quietly(os.path.join(self.directory, name))
@@ -437,7 +449,7 @@ class Journal:
             log.info("journal %s: %d upload(s) to resume", self.directory, len(found))
         return found
 
-    def _reload_sidecar(self, entry_id: str, names: set, orphans: List[str]) -> None:
+    def _reload_sidecar(self, entry_id: str, names: Set[str], orphans: List[str]) -> None:
         """Caller holds self._write_lock."""
         sidecar = self._sidecar_path(entry_id)
         data_path = self._data_path(entry_id)

@@ -317,9 +317,10 @@ class Uploader:
                 return
         entry = current
         if entry.state == FAILED:
-            entry = self._save(dataclasses.replace(entry, state=PENDING))
-            if entry is None:
+            saved = self._save(dataclasses.replace(entry, state=PENDING))
+            if saved is None:
                 return
+            entry = saved
             self._notify(entry)  # listings show it pending again, not failed
         with self._cv:
             if entry.id in self._running:

@@ -1,9 +1,12 @@
 """The XNAT REST client; it knows nothing of files, paths or FUSE.
 
-Modules (imports point down; none imports requests except ``client``):
+Modules (imports point down; only the client's modules import requests):
 
 - ``client``  :class:`XnatClient` and :class:`ClientOptions`: pooled session, JSESSION login and
-              heartbeat, retries, typed listing/download/write calls.
+              heartbeat, retries, typed listing/download/write calls.  Assembled from
+              ``transport`` (session, login, the policy of ``_call``), ``listings``,
+              ``transfer`` (downloads, uploads) and ``objects`` (create, delete, import,
+              prearchive actions).
 - ``auth``    :class:`Credentials` and :func:`resolve_credentials` (netrc, prompt, environment).
 - ``parse``   pure functions: ResultSet rows → models, XNAT date formats → POSIX seconds.
 - ``errors``  :class:`XnatError` and its subclasses; the only exceptions callers see.

@@ -136,6 +136,9 @@ def resolve_credentials(
 ) -> Credentials:
     """Find credentials for the XNAT at ``url``; raise :class:`CredentialsError` if none.
 
+    Long because: the sources are tried in one documented order (netrc, prompt, environment),
+    each a few lines; the order is the point, so it stays in one place.
+
     ``netrc_path`` overrides ``$NETRC``/``~/.netrc``; an explicitly named file (argument or
     ``$NETRC``) that is missing is an error, a missing ``~/.netrc`` is not.  A netrc that exists
     but has no entry for the host falls through to the next source.  ``stdin``,

@@ -197,7 +197,7 @@ def _folder(subpath: PathParts, parts: PathParts, tree: FileTree) -> Listing:
 def zip_key(parent: NodeInfo) -> ContentKey:
     """XNAT's zip of an experiment's scans, a scan or a resource (§3.3)."""
     uri = parent.uri + ("/scans/ALL" if parent.kind is Kind.EXPERIMENT else "")
-    return ContentKey(uri=uri + "/files?format=zip", size=None, digest="", mtime=parent.mtime)
+    return ContentKey.archive(uri, mtime=parent.mtime)
 
 
 @functools.lru_cache(maxsize=65536)

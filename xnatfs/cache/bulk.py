@@ -1,0 +1,259 @@
+"""Fetching ahead: page cached files in (``prefetch``) and bring many files in one zip (``bulk``).
+
+``BulkFetches`` builds on :class:`~xnatfs.cache.store.ContentStore`: a bulk fetch registers a
+download per wanted member, streams the archive through ``ZipSplitter`` into them, adopts the
+good ones in batches (one ``syncfs`` for many files) and leaves the rest to single downloads.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import os
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+
+from xnatfs.cache.download import (Download, DownloadCancelled)
+from xnatfs.cache.zipstream import ZipSplitter
+from xnatfs.cache.key import ContentKey
+from xnatfs.cache.store import ContentStore
+
+#: one logger for the whole content cache, whichever part of it logs (what log filters name)
+log = logging.getLogger("xnatfs.cache.content")
+#: members of a bulk fetch adopted in one index transaction
+_SETTLE_BATCH = 64
+
+
+def _read_ahead(path: str) -> None:
+    """Ask the kernel to start reading ``path`` into the page cache (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except (OSError, AttributeError):
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sync_all(downloads: Sequence[Download]) -> None:
+    """Make the partial files of ``downloads`` durable: one ``syncfs`` of the cache's file
+    system when there are several (Linux), else ``fdatasync`` each."""
+    if len(downloads) > 1 and _syncfs is not None:
+        fd = downloads[0].dup_partial()
+        if fd is not None:
+            try:
+                if _syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+    for download in downloads:
+        download.sync()
+
+
+def _load_syncfs() -> Optional[Callable[[int], int]]:
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        func = libc.syncfs
+        func.argtypes = [ctypes.c_int]
+        func.restype = ctypes.c_int
+        return func
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
+
+
+class BulkFetches(ContentStore):
+    """``prefetch`` and ``bulk`` of :class:`~xnatfs.cache.content.ContentCache`."""
+
+    def prefetch(self, keys: Iterable[ContentKey]) -> int:
+        """Queue downloads of the keys that are neither cached nor downloading; returns how many.
+
+        Keys already cached are read ahead from disk instead (``POSIX_FADV_WILLNEED``): a
+        reader going through a folder of cached files then finds the next ones in the page
+        cache rather than waiting for the disk file after file.
+        """
+        started = 0
+        cached: List[str] = []
+        for key in keys:
+            hexname = key.hexname()
+            with self._lock:
+                self._require_started()
+                if hexname in self._downloads:
+                    continue
+                if hexname in self._present:
+                    cached.append(hexname)
+                    continue
+                if self._too_big(key):
+                    continue          # streamed when opened, never kept
+                self._start_locked(key, hexname)
+                started += 1
+        if cached:
+            with self._read_ahead_cond:
+                self._read_ahead_queue.extend(self._stored_path(h) for h in cached)
+                self._read_ahead_cond.notify()
+        return started
+
+    def _read_ahead_worker(self) -> None:
+        """Thread: pages in the files ``prefetch`` found cached, off the FUSE threads (after a
+        page-cache drop even opening one waits for the disk)."""
+        while True:
+            with self._read_ahead_cond:
+                while not self._read_ahead_queue and not self._read_ahead_stop:
+                    self._read_ahead_cond.wait()
+                if self._read_ahead_stop:
+                    return
+                path = self._read_ahead_queue.popleft()
+            _read_ahead(path)
+
+    def bulk(self, uri: str, keys: Iterable[ContentKey],
+             key_of: Callable[[str], Optional[ContentKey]], min_files: int = 1,
+             max_files: int = 4096) -> int:
+        """Fetch many files with one request: ``uri`` answers a zip of them (a resource's
+        ``files?format=zip``, ``xnat-rest-api.md`` §3.3); returns how many it will bring (0
+        when fewer than ``min_files`` of ``keys`` are neither cached nor downloading).
+
+        A download is registered at once for each of those (at most ``max_files``), so a
+        reader who opens one of those files joins it and is served as soon as its member
+        streams in — not after the whole zip.  ``key_of(member name)`` maps the zip's members
+        to keys.  A member that is missing, damaged, or does not match its key's size and MD5
+        is then fetched on its own, like any download.
+        """
+        with self._lock:
+            self._require_started()
+            todo: Dict[str, ContentKey] = {}
+            for key in keys:
+                hexname = key.hexname()
+                if (hexname not in self._downloads and hexname not in self._present
+                        and not self._too_big(key)):
+                    todo.setdefault(hexname, key)
+            if len(todo) < max(1, min_files):
+                return 0
+            wanted = {hexname: self._register_locked(key, hexname)
+                      for hexname, key in itertools.islice(todo.items(), max_files)}
+            self._stats["bulk_fetches"] += 1
+            try:
+                assert self._pool is not None
+                future = self._pool.submit(self._run_bulk, uri, dict(wanted), key_of)
+            except RuntimeError:
+                for hexname, download in wanted.items():
+                    del self._downloads[hexname]
+                    download.fail(DownloadCancelled(download.uri), lambda error: None)
+                raise RuntimeError("content cache is closing") from None
+        future.add_done_callback(lambda f: self._on_bulk_cancelled(f, wanted))
+        return len(wanted)
+
+    def _on_bulk_cancelled(self, future: concurrent.futures.Future,
+                           wanted: Dict[str, Download]) -> None:
+        """Done-callback: a bulk fetch whose queued work was cancelled (``close``) never ran,
+        so none of its downloads will end by itself."""
+        if future.cancelled():
+            for hexname, download in wanted.items():
+                download.fail(DownloadCancelled(download.uri), self._ender(download, hexname))
+
+    def _run_bulk(self, uri: str, wanted: Dict[str, Download],
+                  key_of: Callable[[str], Optional[ContentKey]]) -> None:
+        """Pool task of ``bulk``: stream the zip, each member into its download, then check and
+        adopt the members (``_settle``).
+
+        Long because: the splitter's three callbacks share the member being fed with the
+        streaming loop and the clean-up after it; as closures they stay next to it."""
+        current: List[Any] = []    # [hexname, download] of the member being fed
+        fed: List[Tuple[Download, str]] = []
+
+        def size_of(name: str) -> Optional[int]:
+            key = key_of(name)
+            return key.size if key is not None else None
+
+        def on_start(name: str) -> Optional[Callable[[bytes], None]]:
+            key = key_of(name)
+            if key is None:
+                return None
+            download = wanted.pop(key.hexname(), None)
+            if download is None:
+                return None
+            current[:] = [key.hexname(), download]
+            return download.feed()
+
+        def on_end(name: str, ok: bool) -> None:
+            if not current:
+                return
+            hexname, download = current
+            current.clear()
+            download.feed_done()
+            # the verdict before the next member: a reader of this one's last bytes waits for it
+            problem = download.check_fed() if ok else "size or CRC-32 wrong in the zip"
+            if problem is None:
+                fed.append((download, hexname))
+            else:
+                log.info("content cache: %s from the zip: %s; fetched alone", download.uri,
+                         problem)
+                self._fetch_alone(download, hexname)
+
+        # every member is checked against its MD5 as it ends (``on_end``): the zip's own
+        # CRC-32 is needed only where the listing has no digest
+        digests = self.verify and all(d.digest for d in wanted.values())
+        splitter = ZipSplitter(size_of, on_start, on_end, check_crc=not digests)
+        members = len(wanted)
+
+        def sink(chunk: bytes) -> None:
+            if self._closing:
+                raise DownloadCancelled(uri)
+            splitter.feed(chunk)
+
+        problem: Optional[BaseException] = None
+        need = sum(d.size or 0 for d in wanted.values())
+        self._ensure_room(need)      # room first, as for a single download
+        try:
+            self._fetch_archive(uri, sink)
+            splitter.close()
+        except BaseException as exc:  # noqa: BLE001 - what is left is fetched file by file
+            problem = exc
+        finally:
+            if current:
+                hexname, download = current
+                download.feed_done()
+                wanted[hexname] = download
+            for hexname, download in wanted.items():
+                self._fetch_alone(download, hexname)
+            with self._lock:
+                self._reserved -= need
+            for at in range(0, len(fed), _SETTLE_BATCH):
+                self._settle(fed[at:at + _SETTLE_BATCH])
+        if problem is not None or wanted:
+            log.info("content cache: bulk fetch %s: %d of %d file(s) from the zip%s; the "
+                     "others are fetched alone", uri, members - len(wanted), members,
+                     f" ({problem})" if problem is not None else "")
+
+    def _settle(self, batch: List[Tuple[Download, str]]) -> None:
+        """Make fed downloads (checked as they ended: size and MD5) durable and adopt them in
+        one transaction; one that cannot be adopted fails (its readers had their verdict).
+
+        Done after the zip has arrived, not beside it: the fsyncs and the index rows cost
+        time, and the readers of the members (who wait only for each member's own verdict)
+        came first.  One ``syncfs`` for the batch where the system has it instead of one
+        ``fdatasync`` per file (benchmarks/RESULTS.md).
+        """
+        good: List[Tuple[Download, str]] = []
+        for download, hexname in batch:
+            if self._closing:
+                download.fail(DownloadCancelled(download.uri), self._ender(download, hexname))
+                continue
+            good.append((download, hexname))
+        if not good:
+            return
+        _sync_all([d for d, _ in good])
+        errors = self._adopt_many([(h, d.partial_path, d.arrived, d.digest) for d, h in good])
+        for (download, hexname), error in zip(good, errors):
+            ended = self._ender(download, hexname)
+            if error is None:
+                download.adopted(ended)
+            else:
+                download.fail(error, ended)

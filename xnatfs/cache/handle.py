@@ -1,0 +1,192 @@
+"""``ContentHandle``: an open file of the content cache, served as its bytes arrive.
+
+A handle reads a complete cached copy or joins the running download; a large cached copy whose
+MD5 is being checked (``_Verification``) holds back its last bytes until the verdict.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Optional, Set
+
+
+from xnatfs.cache.download import (Download, IntegrityError, Span,
+                                    digest_file)
+from xnatfs.cache.key import ContentKey
+
+if TYPE_CHECKING:  # the cache makes handles; a handle only calls back into it
+    from xnatfs.cache.content import ContentCache
+
+#: one logger for the whole content cache, whichever part of it logs (what log filters name)
+log = logging.getLogger("xnatfs.cache.content")
+
+
+# -- handles ---------------------------------------------------------------------------------------
+
+
+class _Verification:
+    """The MD5 check of one large cached file this daemon has not checked yet, run by a thread
+    while its first readers are served (issue 18 §1: "verify while the first reader streams
+    through it, holding back the final bytes until the digest matches").  Hashing a file of
+    gigabytes in ``open`` could take longer than ``--timeout`` on a slow disk; this way only
+    the read of the last bytes waits, with its deadline.  ``done(problem)`` is called once
+    with None (right) or why not, before the readers wake."""
+
+    def __init__(self, fd: int, size: int, digest: str,
+                 done: Callable[[Optional[str]], None]) -> None:
+        self._fd = os.dup(fd)
+        self._size = size
+        self._digest = digest
+        self._done_cb = done
+        self._cond = threading.Condition()
+        self.problem: Optional[str] = None
+        self.finished = False
+        threading.Thread(target=self._run, name="xnatfs-verify", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            got = digest_file(self._fd, self._size)
+            problem = None if got == self._digest else f"MD5 {got}, listed {self._digest}"
+        except OSError as exc:
+            problem = f"cannot hash it: {exc}"
+        finally:
+            os.close(self._fd)
+        try:
+            self._done_cb(problem)
+        finally:
+            with self._cond:
+                self.problem = problem
+                self.finished = True
+                self._cond.notify_all()
+
+    def wait(self, deadline: float) -> Optional[str]:
+        """The verdict (None: right); TimeoutError (ETIMEDOUT) if not there by ``deadline``."""
+        with self._cond:
+            while not self.finished:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(errno.ETIMEDOUT, "MD5 check of a cached file not done "
+                                                        "in time")
+                self._cond.wait(remaining)
+            return self.problem
+
+
+class ContentHandle:
+    """An open file in the content cache: a cached copy or a running download being followed.
+
+    Holds its own fd, so eviction or adoption of the file never breaks it. One handle may be read
+    from several threads at once (``pread``). ``close()`` is idempotent.
+    """
+
+    def __init__(
+        self,
+        cache: "ContentCache",
+        key: ContentKey,
+        fd: int,
+        download: Optional[Download] = None,
+        verification: Optional[_Verification] = None,
+    ) -> None:
+        #: Read-only.
+        self.key = key
+        self._cache = cache
+        self._fd = fd
+        self._download = download
+        #: a cached file still being hashed: reads of its last bytes wait for the verdict
+        self._verification = verification
+        self._closed = False
+        self._close_lock = threading.Lock()
+        #: attempts (``Download`` generations) this handle has served bytes of: a refetch
+        #: rewrites the file, so a reader may hold bytes of a failed attempt (``_served``)
+        self._served: Set[int] = set()
+        self._served_lock = threading.Lock()
+
+    @property
+    def verified(self) -> bool:
+        """Served from a complete cached copy whose check is done (no download, no MD5 check
+        pending): what the kernel may keep of earlier opens depends on it
+        (``fs.keepcache``)."""
+        return self._download is None and self._verification is None
+
+    def _served_span(self, span: Span) -> int:
+        """Note the attempt ``span``'s bytes came from; at the final read (verdict in), EIO if
+        this handle ever served bytes of another attempt than the verified one: a successful
+        end of file then means every byte this handle gave out was verified."""
+        with self._served_lock:
+            if span.n > 0:
+                self._served.add(span.generation)
+            other = sorted(self._served - {span.generation})
+            if span.final and other:
+                raise IntegrityError(
+                    f"{self.key.uri}: this open read bytes of download attempt "
+                    f"{other[0] + 1}, which failed its size or MD5 check; only attempt "
+                    f"{span.generation + 1} was verified (open the file again)")
+        return span.n
+
+    def read(self, offset: int, size: int, deadline: float) -> bytes:
+        """Bytes [offset, offset+size); short or b"" at the end of the file.
+
+        On a downloading handle, blocks only until those bytes have arrived or ``deadline``
+        (a ``time.monotonic()`` value) passes: then TimeoutError (an OSError with errno
+        ETIMEDOUT). If the download failed, raises its error (what ``fetch`` raised, or an
+        OSError EIO for a size/MD5 mismatch, or DownloadCancelled when the cache closes).
+        """
+        if self._closed:
+            raise OSError(errno.EBADF, f"content handle for {self.key.uri} is closed")
+        if self._download is not None:
+            data, span = self._download.read_of(self._fd, offset, size, deadline)
+            self._served_span(span)
+            return data
+        if size <= 0 or offset < 0:
+            return b""
+        self._hold_back(offset, size, deadline)
+        return os.pread(self._fd, size, offset)
+
+    def _hold_back(self, offset: int, size: int, deadline: float) -> None:
+        """A read reaching the end of a cached file still being hashed waits for the verdict;
+        EIO when it is bad (the entry is dropped by then: the next open fetches it again)."""
+        check = self._verification
+        if check is None or self.key.size is None or offset + size < self.key.size:
+            return
+        problem = check.wait(deadline)
+        if problem is not None:
+            raise IntegrityError(f"cached copy of {self.key.uri}: {problem}")
+        self._verification = None
+
+    def span(self, offset: int, size: int, deadline: float) -> "tuple[int, int]":
+        """``(fd, n)``: the ``n`` bytes at ``offset`` (at most ``size``; fewer only at the end of
+        the file) can be read from ``fd`` now.  For FUSE ``read_buf``, which lets libfuse copy
+        (or splice) them from the fd without the bytes passing through Python.  Waits and
+        raises like :meth:`read`; the fd stays valid until :meth:`close`."""
+        if self._closed:
+            raise OSError(errno.EBADF, f"content handle for {self.key.uri} is closed")
+        if self._download is not None:
+            return self._fd, self._served_span(self._download.span_of(offset, size, deadline))
+        if size <= 0 or offset < 0:
+            return self._fd, 0
+        self._hold_back(offset, size, deadline)
+        if self.key.size is not None and self.key.size >= 0:
+            size = max(0, min(size, self.key.size - offset))
+        return self._fd, size
+
+    def wait(self, deadline: float) -> bool:
+        """Block until the whole file is there (or failed) or ``deadline``; True if it ended."""
+        return True if self._download is None else self._download.wait(deadline)
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            os.close(self._fd)
+        finally:
+            self._cache._unpin(self.key.hexname())
+
+    def __enter__(self) -> "ContentHandle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,68 @@
+"""``ContentKey``: the identity of one version of one remote file in the content cache.
+
+A key is (uri, size, digest, mtime) plus its ``kind``: a file XNAT stores, or an archive XNAT
+makes on request (``xnat-rest-api.md`` §3.3).  The cache fetches each kind with its own
+callable and never looks into a URI to tell them apart.
+
+This module imports nothing from the rest of xnatfs.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Optional, Union
+
+
+
+#: ``ContentKey.kind`` of a file XNAT stores
+FILE = "file"
+#: ``ContentKey.kind`` of an archive XNAT makes on request (``<object>/files?format=zip``, §3.3)
+ARCHIVE = "archive"
+#: what turns an object's URI into the URI of its zip (§3.3); ``archive_object_uri`` undoes it
+_ARCHIVE_SUFFIX = "/files?format=zip"
+
+
+def archive_uri(object_uri: str) -> str:
+    """The URI of the zip XNAT makes of everything below ``object_uri`` (§3.3)."""
+    return object_uri.rstrip("/") + _ARCHIVE_SUFFIX
+
+
+def archive_object_uri(uri: str) -> str:
+    """The object whose zip ``uri`` (made by :func:`archive_uri`) is."""
+    return uri[:-len(_ARCHIVE_SUFFIX)] if uri.endswith(_ARCHIVE_SUFFIX) else uri
+
+
+@dataclass(frozen=True)
+class ContentKey:
+    """Identity of one version of one remote file; any field change means another cache entry."""
+
+    #: Server-relative file URI, as passed to ``fetch``.
+    uri: str
+    #: Size from the listing in bytes; None (or negative) if the listing did not say.
+    size: Optional[int]
+    #: MD5 hex digest from the listing (``digest``); "" if the server gave none.
+    digest: str = ""
+    #: Modification time from the listing (any JSON-able value), "" / None if unknown.
+    mtime: Union[float, int, str, None] = None
+    #: FILE (fetched with ``fetch``) or ARCHIVE (made by XNAT, fetched with
+    #: ``fetch_archive``).  Not part of ``hexname``: an archive's URI differs anyway, and
+    #: entries cached before the field existed keep their names.
+    kind: str = FILE
+
+    @classmethod
+    def archive(cls, object_uri: str, mtime: Union[float, int, str, None] = None
+                ) -> "ContentKey":
+        """The zip of everything below ``object_uri``: size and digest unknown until made."""
+        return cls(uri=archive_uri(object_uri), size=None, digest="", mtime=mtime, kind=ARCHIVE)
+
+    def hexname(self) -> str:
+        """sha256 of the key: the on-disk name and the index key; stable across processes."""
+        return self._hexname
+
+    @functools.cached_property
+    def _hexname(self) -> str:
+        # computed once per key object: open, state and prefetch all ask for it
+        blob = json.dumps([self.uri, self.size, self.digest, self.mtime], ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -1,0 +1,126 @@
+"""What an upload goes to: a frozen record, persisted in the journal's sidecars.
+
+Two kinds (``../shared/DESIGN.md`` §1.3):
+
+- ``file``: PUT the bytes to ``<resource_uri>/files/<relpath>`` (``overwrite`` when it
+  replaces a file XNAT has);
+- ``import``: POST an archive to the import service (``project``, ``subject``, ``dest``,
+  ``content_type``), which makes sessions of it.
+
+``listing`` is the mount path (as parts) of the folder whose listing shows the file once
+XNAT has it: the writer invalidates it then.
+
+The JSON shape is the one the journal has always written (a plain object with ``kind`` and
+the fields of that kind), so sidecars of earlier versions load unchanged and a sidecar this
+version writes is read by them.  Unknown kinds load too (as they did): the writer refuses to
+upload them (EINVAL) and the entry stays listed as failed, its bytes kept.
+
+This module imports nothing from the rest of xnatfs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+__all__ = ["UploadTarget", "FILE", "IMPORT"]
+
+FILE = "file"
+IMPORT = "import"
+
+_DEFAULT_ARCHIVE_TYPE = "application/zip"
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where the bytes of one journal entry go.  Frozen: use ``dataclasses.replace``."""
+
+    #: ``file`` or ``import`` (anything else is kept but never uploaded)
+    kind: str
+    #: file: the resource's URI (``/data/.../resources/<label>``)
+    resource_uri: str = ""
+    #: file: path below the resource's ``files/`` (folders included)
+    relpath: str = ""
+    #: file: replace what XNAT has at that path
+    overwrite: bool = False
+    #: mount path parts of the folder to refresh once XNAT has the bytes
+    listing: Tuple[str, ...] = ()
+    #: import: project the sessions go to
+    project: str = ""
+    #: import: subject (None lets XNAT take it from the archive)
+    subject: Optional[str] = None
+    #: import: ``/archive`` or ``/prearchive/projects/<P>``
+    dest: str = ""
+    #: import: MIME type of the archive
+    content_type: str = _DEFAULT_ARCHIVE_TYPE
+
+    @classmethod
+    def file(cls, resource_uri: str, relpath: str, listing: Sequence[str] = (),
+             overwrite: bool = False) -> "UploadTarget":
+        return cls(FILE, resource_uri=resource_uri, relpath=relpath, overwrite=overwrite,
+                   listing=tuple(listing))
+
+    @classmethod
+    def archive_import(cls, project: str, dest: str, listing: Sequence[str] = (),
+                       subject: Optional[str] = None,
+                       content_type: str = _DEFAULT_ARCHIVE_TYPE) -> "UploadTarget":
+        return cls(IMPORT, project=project, subject=subject, dest=dest, listing=tuple(listing),
+                   content_type=content_type)
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind == FILE
+
+    @property
+    def is_import(self) -> bool:
+        return self.kind == IMPORT
+
+    @property
+    def file_uri(self) -> str:
+        """URI of the uploaded file (file targets; "" otherwise)."""
+        return f"{self.resource_uri}/files/{self.relpath}" if self.is_file else ""
+
+    def to_json(self) -> Dict[str, Any]:
+        """The sidecar's ``target`` object: the fields of this kind, in the historical shape."""
+        doc: Dict[str, Any] = {"kind": self.kind}
+        if self.is_file:
+            doc.update(resource_uri=self.resource_uri, relpath=self.relpath,
+                       overwrite=self.overwrite)
+        elif self.is_import:
+            doc.update(project=self.project, dest=self.dest, content_type=self.content_type)
+            if self.subject is not None:
+                doc["subject"] = self.subject
+        else:
+            doc.update(self._extra_fields())
+        if self.listing:
+            doc["listing"] = list(self.listing)
+        return doc
+
+    def _extra_fields(self) -> Dict[str, Any]:
+        defaults = UploadTarget(self.kind)
+        return {name: getattr(self, name) for name in ("resource_uri", "relpath", "overwrite",
+                                                         "project", "subject", "dest")
+                if getattr(self, name) != getattr(defaults, name)}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "UploadTarget":
+        """Read a sidecar's ``target`` (any version's shape: missing fields take defaults,
+        unknown ones are ignored).  Raises ValueError on a shape that is not an object."""
+        if not isinstance(doc, Mapping):
+            raise ValueError("target is not an object")
+        subject = doc.get("subject")
+        return cls(
+            kind=str(doc.get("kind", "")),
+            resource_uri=str(doc.get("resource_uri", "")),
+            relpath=str(doc.get("relpath", "")),
+            overwrite=bool(doc.get("overwrite", False)),
+            listing=tuple(str(p) for p in (doc.get("listing") or ())),
+            project=str(doc.get("project", "")),
+            subject=None if subject is None else str(subject),
+            dest=str(doc.get("dest") or ""),
+            content_type=str(doc.get("content_type") or _DEFAULT_ARCHIVE_TYPE),
+        )
+
+    @classmethod
+    def coerce(cls, target: "UploadTarget | Mapping[str, Any]") -> "UploadTarget":
+        """``target`` itself, or a mapping in the sidecar's shape read as one."""
+        return target if isinstance(target, UploadTarget) else cls.from_json(target)

@@ -1,0 +1,227 @@
+"""The client's file transfers: streamed downloads of files and of the archives XNAT makes
+(§3), and uploads of files into resources (§4.5).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from typing import Any, Callable, Optional
+from urllib.parse import quote
+
+import requests
+
+from .. import deadline as _call_deadline
+from . import body as _body
+from . import parse
+from .errors import (
+    NotXnatResponse,
+    Conflict,
+    Unauthorized,
+    Unreachable,
+    XnatError,
+)
+from .models import (
+    RemoteStat,
+)
+from .transport import (_IDENTITY, Params, Sink, Transport, _CountingBody, _translate,
+                        check_contained)
+
+__all__ = ["Transfer"]
+
+#: one logger for the whole client, whichever part of it logs (what log filters name)
+log = logging.getLogger("xnatfs.xnat.client")
+
+
+class Transfer(Transport):
+    """Download and upload calls of :class:`~xnatfs.xnat.client.XnatClient`."""
+
+    # ---------------------------------------------------------------- downloads (§3)
+
+    def download(self, file_uri: str, sink: Sink) -> RemoteStat:
+        """Stream a file into ``sink`` in chunks of ``chunk_size``; return its RemoteStat.
+
+        Retries (connection errors, 5xx) only while no byte has reached ``sink``; after that a
+        failure raises (Unreachable/XnatTimeout, retryable) and the caller decides.  A body
+        shorter than ``Content-Length`` is an error, never a short file.  A body that stalls
+        raises XnatTimeout after ``read_timeout``.  Exceptions raised by ``sink`` propagate
+        unchanged.
+        """
+        return self._stream(file_uri, sink, params=None)
+
+    def download_archive(self, uri: str, sink: Sink, format: str = "zip") -> RemoteStat:
+        """Stream ``<uri>/files?format=zip|tar|tar.gz`` (§3.3) into ``sink``.  Such answers
+        have no Content-Length (§10.11); ``size`` of the result is the byte count received."""
+        if not uri.rstrip("/").endswith("/files"):
+            uri = uri.rstrip("/") + "/files"
+        # XNAT may compose a zip for longer than --timeout before its first byte (§3.3); the
+        # stat waiting for it has its own deadline and the download goes on (README), so out of
+        # a filesystem call its headers get the longest silence, read_timeout, if that is longer
+        return self._stream(uri, sink, params={"format": format},
+                            patience=self.options.read_timeout)
+
+    def _stream(self, uri: str, sink: Sink, params: Optional[Params],
+                patience: float = 0.0) -> RemoteStat:
+        """``download``/``download_archive``: stream ``uri`` into ``sink``, retried only
+        while no byte reached the sink, the socket registered so ``close()`` can end it.
+
+        Long because: headers, login-page check, retry-before-first-byte and the short-body
+        check share the response and its slot; apart they would pass both around."""
+        opts = self.options
+        deadline = self._deadline()
+        if patience and _call_deadline.current() is None:
+            deadline = max(deadline, time.monotonic() + patience)
+        attempt = 0
+        relogged = False
+        while True:
+            attempt += 1
+            _, generation = self._current_session(deadline)
+            # identity: Content-Length must be the file's size, and the bytes the file's bytes
+            resp = self._call("GET", uri, params=params, stream=True, headers=_IDENTITY,
+                              deadline=deadline)
+            url = resp.url
+            encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+            if encoding not in ("", "identity"):
+                # asked for as stored (§3.1): an encoded answer is refused before a byte is
+                # read, never inflated by urllib3 (unbounded before urllib3 2.6) nor passed off
+                # as the file; not retried, the server would answer the same
+                resp.close()
+                err = NotXnatResponse("GET", url, resp.status_code,
+                                      f"refused: the file came with Content-Encoding "
+                                      f"{encoding[:40]!r}, not as stored (Accept-Encoding: "
+                                      f"identity)")
+                self._stats.error(type(err).__name__)
+                self._log_failure(err)
+                raise err
+            stat = parse.remote_stat_from_headers(resp.headers)
+            received = 0
+            login_page = False
+            failure: Optional[XnatError] = None
+            sock = _body.socket_of(resp.raw)
+            with self._streams_lock:
+                if sock is not None:
+                    self._streams[id(resp)] = sock
+                if self._closed and sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)  # close() has run: read nothing more
+                    except OSError:
+                        pass
+            try:
+                chunks = resp.iter_content(opts.chunk_size)
+                first = True
+                while True:
+                    try:
+                        chunk = next(chunks)
+                    except StopIteration:
+                        break
+                    except Exception as exc:  # translation boundary for the body
+                        failure = _translate(exc, "GET", url, self._timeout)
+                        break
+                    if first:
+                        first = False
+                        if self._is_login_body(resp, chunk):
+                            login_page = True
+                            failure = NotXnatResponse("GET", url, 200,
+                                                      "login page instead of the file")
+                            break
+                    if chunk:
+                        received += len(chunk)
+                        self._stats.bytes_in(len(chunk))
+                        sink(chunk)
+            finally:
+                with self._streams_lock:
+                    self._streams.pop(id(resp), None)
+                resp.close()
+            if failure is None and stat.size is not None and received != stat.size:
+                # never a short body passed off as the file (urllib3 usually notices first)
+                failure = Unreachable("GET", url, 200,
+                                      f"body ended after {received} of {stat.size} bytes")
+            if failure is None:
+                return RemoteStat(received, stat.mtime, stat.content_type)
+            self._stats.error(type(failure).__name__)
+            if login_page and not relogged:
+                relogged = True
+                self._relogin(generation, deadline)
+                continue
+            if received == 0 and isinstance(failure, Unreachable) and failure.retryable \
+                    and self._backoff(failure, attempt, deadline):
+                continue
+            self._log_failure(failure)
+            raise failure
+
+    @staticmethod
+    def _is_login_body(resp: requests.Response, first_chunk: bytes) -> bool:
+        """A 200 HTML login page where a file was expected.  A real ``.html`` file comes with
+        ``Content-Disposition`` (§3.1); the login page does not."""
+        ctype = resp.headers.get("Content-Type", "").lower()
+        if "html" not in ctype or resp.headers.get("Content-Disposition"):
+            return False
+        return parse.looks_like_login_page(first_chunk)
+
+    # ---------------------------------------------------------------- writes (never retried)
+
+    def _rewindable(self, fileobj: Any, size: int) -> Callable[[], _CountingBody]:
+        """A body factory that rewinds ``fileobj`` to where it was, so the write can be
+        repeated once after a re-login; an unseekable stream gets one shot."""
+        try:
+            start: Optional[int] = fileobj.tell()
+        except (AttributeError, OSError, ValueError):
+            start = None
+        used = [False]
+
+        def factory() -> Any:
+            if size == 0:
+                return b""  # an empty iterable body would make requests send chunked
+            if used[0]:
+                if start is None:
+                    raise Unauthorized("PUT", self.base_url, 401,
+                                       "session expired during an unrepeatable upload")
+                fileobj.seek(start)
+            used[0] = True
+            return _CountingBody(fileobj, size, self.options.chunk_size, self._stats.bytes_out)
+
+        return factory
+
+
+    def upload_file(
+        self,
+        resource_uri: str,
+        relpath: str,
+        fileobj: Any,
+        size: int,
+        overwrite: bool = False,
+        content: Optional[str] = None,
+        format: Optional[str] = None,
+        tags: Optional[str] = None,
+    ) -> str:
+        """``PUT <resource>/files/<relpath>`` with the raw body streamed from ``fileobj``
+        (§4.5); return the file's uri.  The resource is created by XNAT if missing.
+
+        Raises Conflict when the file exists and ``overwrite`` is false (XNAT says so with a
+        200 ``{"duplicates":[...]}``, not a 409).  XNAT refuses an empty body (400).
+        """
+        rel = relpath.lstrip("/")
+        uri = f"{resource_uri.rstrip('/')}/files/{quote(rel, safe='/')}"
+        check_contained("PUT", uri, f"{resource_uri.rstrip('/')}/files")
+        params: Params = {"overwrite": "true" if overwrite else "false", "inbody": "true"}
+        # note the clash (§10.7): format= here is the file's format attribute
+        if content:
+            params["content"] = content
+        if format:
+            params["format"] = format
+        if tags:
+            params["tags"] = tags
+        resp = self._write("PUT", uri, params, body_factory=self._rewindable(fileobj, size),
+                           headers={"Content-Type": "application/octet-stream",
+                                    "Content-Length": str(size)})
+        text = resp.content.strip()
+        if text.startswith(b"{"):
+            try:
+                dups = json.loads(text.decode("utf-8")).get("duplicates")
+            except (ValueError, UnicodeDecodeError, AttributeError):
+                dups = None
+            if dups:
+                raise Conflict("PUT", resp.url, resp.status_code,
+                               f"file exists (duplicates: {', '.join(map(str, dups))})")
+        return uri
