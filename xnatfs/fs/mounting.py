@@ -244,8 +244,11 @@ class MountDaemon:
                 env=dict(self.env) if self.env is not None else None, start_new_session=True,
                 close_fds=True)
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(self.credentials).encode() + b"\n")
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.write(json.dumps(self.credentials).encode() + b"\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:  # it died at once: wait() reports its exit and log
+            pass
         return self
 
     def alive(self) -> bool:
@@ -274,10 +277,12 @@ class MountDaemon:
                                   tail)
             time.sleep(0.02)
 
-    def stop(self, grace: float = 20.0, timeout: float = 20.0) -> Optional[int]:
+    def stop(self, grace: float = 20.0, timeout: float = 20.0, term_wait: float = 5.0
+             ) -> Optional[int]:
         """Unmount (``fusermount3 -u``, then ``-uz``, then ``umount -l``, while it is still
-        mounted), give the daemon ``grace`` seconds to exit, then SIGTERM, then SIGKILL (5 s
-        each); every command bounded by ``timeout``.  Returns the exit status (None: none)."""
+        mounted), give the daemon ``grace`` seconds to exit, then SIGTERM (``term_wait``
+        seconds), then SIGKILL; every command bounded by ``timeout``.  Returns the exit status
+        (None: none)."""
         for cmd in (["fusermount3", "-u"], ["fusermount3", "-uz"], ["umount", "-l"]):
             if not is_mounted(self.path):
                 break
@@ -287,13 +292,13 @@ class MountDaemon:
                                    check=False)
                 except subprocess.TimeoutExpired:
                     continue
-        return self.end(grace)
+        return self.end(grace, term_wait)
 
-    def end(self, grace: float = 10.0) -> Optional[int]:
-        """The process alone: wait ``grace``, then SIGTERM, then SIGKILL (5 s each)."""
+    def end(self, grace: float = 10.0, term_wait: float = 5.0) -> Optional[int]:
+        """The process alone: wait ``grace``, then SIGTERM (``term_wait``), then SIGKILL."""
         if self.proc is None:
             return None
-        for sig, wait in ((None, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((None, grace), (signal.SIGTERM, term_wait), (signal.SIGKILL, 5.0)):
             if sig is not None and self.proc.poll() is None:
                 try:
                     self.proc.send_signal(sig)
