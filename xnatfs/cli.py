@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from xnatfs import __version__
 from xnatfs import settings as table
@@ -49,6 +49,29 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", dest="fuse_options", action="append", default=[],
                    help="FUSE options, comma separated (e.g. allow_other)")
     p.add_argument("--credentials-stdin", action="store_true", help=argparse.SUPPRESS)
+
+
+def _add_cache_parser(sub: Any) -> None:
+    """``xnatfs cache usage|prune|clear|verify|prefetch``."""
+    p = sub.add_parser("cache", help="inspect or manage the content cache")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True)
+    for name, text in (("usage", "size and number of cached files"),
+                       ("prune", "evict least recently used files down to SIZE"),
+                       ("clear", "empty the cache (refused while a mount uses it)")):
+        c = cache_sub.add_parser(name, help=text)
+        c.add_argument("--cache-dir", default=None,
+                       help="cache directory (default: $XDG_CACHE_HOME/xnatfs)")
+        if name == "prune":
+            c.add_argument("size", help="e.g. 5G")
+    c = cache_sub.add_parser("verify", help="check every cached file (size and MD5); works "
+                             "while a mount uses the cache")
+    c.add_argument("--cache-dir", default=None,
+                   help="cache directory (default: $XDG_CACHE_HOME/xnatfs)")
+    c.add_argument("--repair", action="store_true",
+                   help="drop bad entries (the next read fetches them again)")
+    c = cache_sub.add_parser("prefetch", help="read paths of a mount into its cache")
+    c.add_argument("paths", nargs="+", help="files or folders inside an xnatfs mount")
+    c.add_argument("--threads", type=int, default=8)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,25 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="emulator data directory (default: a fresh temporary one)")
     p.add_argument("--port", type=int, default=0)
 
-    p = sub.add_parser("cache", help="inspect or manage the content cache")
-    cache_sub = p.add_subparsers(dest="cache_command", required=True)
-    for name, text in (("usage", "size and number of cached files"),
-                       ("prune", "evict least recently used files down to SIZE"),
-                       ("clear", "empty the cache (refused while a mount uses it)")):
-        c = cache_sub.add_parser(name, help=text)
-        c.add_argument("--cache-dir", default=None,
-                       help="cache directory (default: $XDG_CACHE_HOME/xnatfs)")
-        if name == "prune":
-            c.add_argument("size", help="e.g. 5G")
-    c = cache_sub.add_parser("verify", help="check every cached file (size and MD5); works "
-                             "while a mount uses the cache")
-    c.add_argument("--cache-dir", default=None,
-                   help="cache directory (default: $XDG_CACHE_HOME/xnatfs)")
-    c.add_argument("--repair", action="store_true",
-                   help="drop bad entries (the next read fetches them again)")
-    c = cache_sub.add_parser("prefetch", help="read paths of a mount into its cache")
-    c.add_argument("paths", nargs="+", help="files or folders inside an xnatfs mount")
-    c.add_argument("--threads", type=int, default=8)
+    _add_cache_parser(sub)
 
     from xnatfs import prearchive_cli
 
@@ -117,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Emulator with demo data + a mount of it; Ctrl-C unmounts and stops both.  (68 lines:
-    most of it is the banner's text.)"""
+    """Emulator with demo data + a mount of it; Ctrl-C unmounts and stops both.  (Over 60
+    lines: a third of it is the banner's text, kept in one piece to read as printed.)"""
     import tempfile
 
     from xnatfs.emulator import Emulator

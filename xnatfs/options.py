@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Union
 
 from xnatfs.settings import default as _d
 from xnatfs.settings import default_cache_dir, parse_size
@@ -55,7 +55,7 @@ class Options:
     #: the longest any filesystem call may wait (seconds) before it fails with EIO/ETIMEDOUT
     fs_timeout: float = _d("fs_timeout")
     #: TLS verification: True, False (testing only) or a CA bundle path
-    verify: object = True  # no --ca-bundle (the table's None): the system's CAs
+    verify: Union[bool, str] = True  # no --ca-bundle (the table's None): the system's CAs
     #: writes: everything answers EROFS when True
     read_only: bool = _d("read_only")
     #: overwrite, rm, rmdir and prearchive delete need this
