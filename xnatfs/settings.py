@@ -225,6 +225,8 @@ class Setting:
     config: bool = True
     #: how the default reads in help when it is not a plain value (a path that depends on $HOME)
     default_text: Optional[str] = None
+    #: argparse metavar, when the kind's is not the word for it
+    metavar: Optional[str] = None
 
     @property
     def flag(self) -> str:
@@ -250,7 +252,7 @@ def _s(name: str, kind: Kind, default: Any, help: str, **kw: Any) -> Setting:
 #: every setting, in the order ``xnatfs config`` shows them
 SETTINGS: Tuple[Setting, ...] = (
     _s("cache_dir", PATH, None, "on-disk cache (default: {default}, mode 0700)",
-       default_text="$XDG_CACHE_HOME/xnatfs"),
+       default_text="$XDG_CACHE_HOME/xnatfs", metavar="DIR"),
     _s("cache_size", SIZE, 10 * 1024 ** 3, "content cache limit (default {default})"),
     _s("listing_ttl", seconds(0.0, False), 60.0, "seconds a listing is trusted (default {default})"),
     _s("max_threads", count(1), 16, "FUSE worker threads = HTTP pool size (default {default})"),
@@ -295,9 +297,9 @@ SETTINGS: Tuple[Setting, ...] = (
        "mount even if the mount point holds files (they stay hidden while mounted); also "
        "-o nonempty"),
     _s("experiment_type", STRING, "xnat:mrSessionData",
-       "xsiType of experiments made with mkdir (default {default})"),
+       "xsiType of experiments made with mkdir (default {default})", metavar="XSITYPE"),
     _s("scan_type", STRING, "xnat:mrScanData",
-       "xsiType of scans made with mkdir (default {default})"),
+       "xsiType of scans made with mkdir (default {default})", metavar="XSITYPE"),
     _s("upload_workers", count(1), 2, "files uploaded to XNAT at the same time (default {default})"),
     _s("upload_backoff", seconds(), 1.0,
        "first wait before an upload is retried, doubled per failure (default {default} s)"),
@@ -341,7 +343,7 @@ def add_arguments(parser: Any) -> None:
             parser.add_argument(s.flag, default=None, choices=list(LOG_LEVELS),
                                 help=s.help_text())
         else:
-            parser.add_argument(s.flag, default=None, metavar=s.kind.metavar,
+            parser.add_argument(s.flag, default=None, metavar=s.metavar or s.kind.metavar,
                                 type=s.kind.argtype, help=s.help_text())
 
 

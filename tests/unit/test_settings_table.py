@@ -153,3 +153,21 @@ def test_upload_settings_are_checked(bad):
 
     with pytest.raises(ConfigError):
         _options_from_argv(["mount", URL, "/mnt", bad])
+
+
+def test_defaults_the_readme_states_are_the_table():
+    """Each "`--option` ... default X" of README.md names the table's default (X in the
+    option's own unit; "5 min" for seconds is read as 300)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    found = {}
+    for m in re.finditer(r"`--([a-z-]+)(?: [A-Z]+)?`[^`]{0,40}?default (`[^`]+`|[^,;)\s]+)"
+                         r"( s| min)?", readme):
+        found.setdefault(m.group(1).replace("-", "_"), []).append((m.group(2), m.group(3)))
+    assert {"timeout", "cache_size", "bulk_zip", "upload_backoff_max"} <= set(found)
+    for name, mentions in found.items():
+        s = table.BY_NAME[name]
+        for text, unit in mentions:
+            if s.default is None:  # a path that depends on the environment
+                continue
+            value = s.kind.convert(text.strip("`"), True)
+            assert value * (60 if unit == " min" else 1) == s.default, (name, text, unit)
