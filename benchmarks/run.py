@@ -298,22 +298,12 @@ def page_fill_mibs(base: Path, mib: int = 256, reps: int = 3) -> Optional[float]
 
 # ------------------------------------------------------------------------------ the mount
 def mount_entry(path: Path) -> Optional[List[str]]:
-    """The mountinfo fields of the mount at ``path``. Pure string work: never ``realpath`` or
-    ``stat`` a mount point in this process (a hung daemon would hang the driver in D state);
-    the temp dir is resolved once when it is made."""
-    target = os.path.abspath(path)
-    found = None
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                parts = line.split(" ")
-                if len(parts) > 4:
-                    mp = parts[4].encode().decode("unicode_escape")  # \040 etc.
-                    if mp == target:
-                        found = parts
-    except OSError:
-        pass
-    return found
+    """The mountinfo fields of the mount at ``path``: the product's one decoder
+    (``xnatfs.fs.mounting``). Pure string work: never ``realpath`` or ``stat`` a mount point in
+    this process (a hung daemon would hang the driver in D state)."""
+    from xnatfs.fs.mounting import mount_entry as entry
+
+    return entry(str(path))
 
 
 def is_mounted(path: Path) -> bool:
@@ -342,7 +332,8 @@ def get_read_ahead(path: Path) -> Optional[int]:
 
 
 class MountProc:
-    """``python -m xnatfs mount URL MNT --foreground --credentials-stdin`` (as tests/conftest.py)."""
+    """``python -m xnatfs mount URL MNT --foreground --credentials-stdin``, through the product's
+    mount harness (``xnatfs.fs.mounting.MountDaemon``, as tests/conftest.py)."""
 
     def __init__(self, url: str, mnt: Path, cache: Path, log: Path, extra: Sequence[str] = (),
                  bench_read_ahead_kb: Optional[int] = None):
@@ -350,27 +341,26 @@ class MountProc:
         self.extra = list(extra)
         self.bench_read_ahead_kb = bench_read_ahead_kb
         self.read_ahead_kb: Optional[int] = None
-        self.proc: Optional[subprocess.Popen] = None
+        self.daemon: Any = None
+
+    @property
+    def proc(self) -> Optional[subprocess.Popen]:
+        return self.daemon.proc if self.daemon is not None else None
 
     def start(self, timeout: float = 60.0) -> "MountProc":
+        from xnatfs.fs import mounting
+
         self.path.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "xnatfs", "mount", self.url, str(self.path), "--foreground",
-                "--credentials-stdin", "--cache-dir", str(self.cache), "--config", os.devnull,
-                "--log-level", "warning"] + self.extra
-        with open(self.logfile, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=log,
-                                         start_new_session=True)
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"username": ADMIN[0], "password": ADMIN[1]}).encode()
-                              + b"\n")
-        self.proc.stdin.close()
-        deadline = time.monotonic() + timeout
-        while not is_mounted(self.path):
-            if self.proc.poll() is not None:
-                raise BenchError(f"xnatfs exited rc={self.proc.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"mount did not appear within {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.02)
+        argv = mounting.xnatfs_argv(self.url, self.path, "--cache-dir", str(self.cache),
+                                    "--config", os.devnull, "--log-level", "warning",
+                                    *self.extra)
+        self.daemon = mounting.MountDaemon(argv, self.path, self.logfile,
+                                           {"username": ADMIN[0], "password": ADMIN[1]}).start()
+        try:
+            # mounted is enough here: the stat below runs in a child, with a timeout
+            self.daemon.wait(timeout, answers=lambda: True, tail_lines=40)
+        except mounting.MountFailed as exc:
+            raise BenchError(str(exc)) from None
         # the mount must answer (a stat from a child with a timeout, never from this process)
         res = run_quiet(["stat", str(self.path)], timeout=30)
         if res is None or res.returncode != 0:
@@ -385,10 +375,9 @@ class MountProc:
         return self
 
     def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        from xnatfs.fs.mounting import log_tail
+
+        return log_tail(self.logfile, n, missing="")
 
     def vm_hwm_mb(self) -> Optional[float]:
         """Peak resident set of the daemon (VmHWM) in MB (10^6 bytes)."""
@@ -404,23 +393,8 @@ class MountProc:
 
     def stop(self) -> None:
         """fusermount3 -u, then -uz; then the daemon by its pid (TERM, then KILL)."""
-        for cmd in (["fusermount3", "-u"], ["fusermount3", "-uz"], ["umount", "-l"]):
-            if not is_mounted(self.path):
-                break
-            if shutil.which(cmd[0]):
-                run_quiet(cmd + [str(self.path)], timeout=30)
-        if self.proc is not None and self.proc.poll() is None:
-            for sig, wait in ((None, 20), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-                if sig is not None:
-                    try:
-                        self.proc.send_signal(sig)
-                    except ProcessLookupError:
-                        break
-                try:
-                    self.proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+        if self.daemon is not None:
+            self.daemon.stop(grace=20, timeout=30)
 
 
 # ------------------------------------------------------------------------------ the server

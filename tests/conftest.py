@@ -6,12 +6,10 @@ Tiers (STYLE.md §10): ``tests/unit`` (no sockets, no FUSE), ``tests/emulator`` 
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -134,55 +132,50 @@ def _mounted(path: Path) -> bool:
 
 class Mount:
     """``python -m xnatfs mount --foreground`` in a subprocess (never a thread of pytest: a hung
-    FUSE request would hang the test run, fuse-notes.md §3.6)."""
+    FUSE request would hang the test run, fuse-notes.md §3.6), through the product's own mount
+    harness (``xnatfs.fs.mounting.MountDaemon``: spawn, wait, stop)."""
 
     def __init__(self, url: str, mnt: Path, cache: Path, log: Path, args: List[str],
                  credentials=ADMIN):
         self.url, self.path, self.cache, self.logfile = url, mnt, cache, log
         self.args, self.credentials = args, credentials
-        self.proc: Optional[subprocess.Popen] = None
+        self.daemon = None
+
+    @property
+    def proc(self) -> Optional[subprocess.Popen]:
+        return self.daemon.proc if self.daemon is not None else None
 
     def start(self, timeout: float = 30.0) -> "Mount":
+        from xnatfs.fs import mounting
+
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError:  # a dead mount left there (ENOTCONN): xnatfs mount must clear it
             pass
-        log = open(self.logfile, "ab")
-        argv = [sys.executable, "-m", "xnatfs", "mount", self.url, str(self.path),
-                "--foreground", "--credentials-stdin", "--cache-dir", str(self.cache),
-                "--log-level", "debug"] + self.args
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=log,
-                                     start_new_session=True)
-        log.close()
-        self.proc.stdin.write(json.dumps({"username": self.credentials[0],
-                                          "password": self.credentials[1]}).encode() + b"\n")
-        self.proc.stdin.close()
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self.proc.poll() is not None:
-                pytest.fail(f"xnatfs exited rc={self.proc.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.cleanup()
-                pytest.fail(f"mount did not appear within {timeout}s:\n{self.log_tail()}\n"
-                            f"{Path('/proc/self/mounts').read_text()[-2000:]}")
-            time.sleep(0.02)
+        argv = mounting.xnatfs_argv(self.url, self.path, "--cache-dir", str(self.cache),
+                                    "--log-level", "debug", *self.args)
+        self.daemon = mounting.MountDaemon(
+            argv, self.path, self.logfile,
+            {"username": self.credentials[0], "password": self.credentials[1]}).start()
+        try:
+            self.daemon.wait(timeout, tail_lines=60)
+        except mounting.MountFailed as exc:
+            if exc.returncode is not None:
+                pytest.fail(str(exc))
+            self.cleanup()
+            pytest.fail(f"{exc}\n{Path('/proc/self/mounts').read_text()[-2000:]}")
         return self
 
     def _answers(self) -> bool:
         """Mounted and answering (a dead mount left by a killed daemon is neither)."""
-        if not _mounted(self.path):
-            return False
-        try:
-            os.statvfs(self.path)  # reaches the daemon: a dead mount's stat may come from cache
-            return True
-        except OSError:
-            return False
+        from xnatfs.fs import mounting
+
+        return _mounted(self.path) and mounting._answers(str(self.path))  # noqa: SLF001
 
     def log_tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        from xnatfs.fs.mounting import log_tail
+
+        return log_tail(self.logfile, n, missing="")
 
     def log_text(self) -> str:
         return self.logfile.read_text(errors="replace")
@@ -195,19 +188,9 @@ class Mount:
         assert self.proc.wait(timeout=20) == 0, self.log_tail()
 
     def cleanup(self) -> None:
-        """After a failure: force the mount away and end the daemon."""
-        if _mounted(self.path):
-            for cmd in (["fusermount3", "-u"], ["fusermount3", "-uz"], ["umount", "-l"]):
-                if shutil.which(cmd[0]):
-                    subprocess.run(cmd + [str(self.path)], capture_output=True, timeout=20)
-                if not _mounted(self.path):
-                    break
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        """After a failure: force the mount away and end the daemon (bounded)."""
+        if self.daemon is not None:
+            self.daemon.stop(grace=3)
 
 
 @pytest.fixture

@@ -18,29 +18,28 @@ The keys are the long options of ``xnatfs mount`` with ``_`` for ``-`` (see :dat
 2. the environment, ``XNATFS_<KEY>`` (``XNATFS_CACHE_SIZE=50G``; ``XNATFS_USER`` and
    ``XNATFS_PASSWORD`` are the variables ``xnat/auth.py`` already reads),
 3. the file: the server's table, then ``[defaults]``,
-4. the built-in defaults (those of :class:`xnatfs.options.Options` and the command line).
+4. the built-in defaults (the table of ``xnatfs/settings.py``).
 
 Every problem is a :class:`ConfigError` whose message is one line naming the file (and line
 where TOML tells it) and the fix; nothing is logged here, the command line prints it.  A file
 holding a password must be private (``chmod 600``), like a netrc.
 
-Imports only ``xnatfs.options`` (for sizes and the default cache directory); no I/O beyond
-reading the one file.
+Imports only ``xnatfs.settings`` (the keys, their types and defaults); no I/O beyond reading
+the one file.
 """
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
-from xnatfs.options import Options, parse_size
+from xnatfs.settings import BY_NAME, CONFIG_SETTINGS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,117 +59,10 @@ ENV_CONFIG = "XNATFS_CONFIG"
 #: keys whose values are never shown
 SECRET_KEYS = frozenset({"password"})
 MASK = "********"
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(Exception):
     """A configuration problem the user can fix; ``str()`` is one line."""
-
-
-# ------------------------------------------------------------------------------- converters
-# Each converter takes a TOML value (already typed) or a string (environment, command line,
-# ``from_text=True``) and returns the normalized value or raises ValueError with the reason.
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _to_bool(value: Any, from_text: bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    if from_text and isinstance(value, str):
-        text = value.strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-    raise ValueError("must be true or false")
-
-
-def _to_int(minimum: int) -> Callable[[Any, bool], int]:
-    def convert(value: Any, from_text: bool) -> int:
-        if isinstance(value, bool):
-            raise ValueError("must be an integer")
-        if isinstance(value, str) and from_text:
-            try:
-                value = int(value.strip())
-            except ValueError:
-                raise ValueError("must be an integer") from None
-        if not isinstance(value, int):
-            raise ValueError("must be an integer")
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}")
-        return value
-    return convert
-
-
-def _to_float(minimum: float, strict: bool) -> Callable[[Any, bool], float]:
-    def convert(value: Any, from_text: bool) -> float:
-        if isinstance(value, bool):
-            raise ValueError("must be a number")
-        if isinstance(value, str) and from_text:
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise ValueError("must be a number") from None
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError("must be a number")
-        if value < minimum or (strict and value == minimum):
-            raise ValueError(f"must be {'greater than' if strict else 'at least'} {minimum:g}")
-        return float(value)
-    return convert
-
-
-def _to_size(value: Any, from_text: bool) -> int:
-    if isinstance(value, bool):
-        raise ValueError("must be a size such as \"20G\" or a number of bytes")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError("must be positive")
-        return value
-    if isinstance(value, str):
-        try:
-            size = parse_size(value)
-        except ValueError:
-            raise ValueError("must be a size such as \"20G\" or a number of bytes") from None
-        if size <= 0:
-            raise ValueError("must be positive")
-        return size
-    raise ValueError("must be a size such as \"20G\" or a number of bytes")
-
-
-def _to_mode(value: Any, from_text: bool) -> int:
-    """Permission bits, octal as in chmod: ``"0750"``/``"750"`` (TOML: the string, or 0o750)."""
-    if isinstance(value, bool):
-        raise ValueError("must be octal permission bits such as \"0755\"")
-    if isinstance(value, str):
-        try:
-            value = int(value.strip(), 8)
-        except ValueError:
-            raise ValueError("must be octal permission bits such as \"0755\"") from None
-    if not isinstance(value, int) or not 0 <= value <= 0o777:
-        raise ValueError("must be octal permission bits between 0000 and 0777")
-    return value
-
-
-def _to_str(value: Any, from_text: bool) -> str:
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    if not value:
-        raise ValueError("must not be empty")
-    return value
-
-
-def _to_path(value: Any, from_text: bool) -> str:
-    if isinstance(value, Path):
-        value = str(value)
-    return os.path.expanduser(_to_str(value, from_text))
-
-
-def _to_log_level(value: Any, from_text: bool) -> str:
-    text = _to_str(value, from_text).lower()
-    if text not in LOG_LEVELS:
-        raise ValueError("must be one of " + ", ".join(LOG_LEVELS))
-    return text
 
 
 @dataclass(frozen=True)
@@ -183,40 +75,10 @@ class KeySpec:
     kind: str
 
 
-_OPT = Options(url="http://defaults.invalid")
-
-#: every key of ``[defaults]`` / ``[servers."URL"]`` / ``XNATFS_<KEY>``; defaults match ``cli.py``
-KEYS: Dict[str, KeySpec] = {
-    "cache_dir": KeySpec(_to_path, None, "path"),  # $XDG_CACHE_HOME/xnatfs: see _default
-    "cache_size": KeySpec(_to_size, _OPT.cache_size, "size"),
-    "listing_ttl": KeySpec(_to_float(0.0, False), _OPT.listing_ttl, "seconds"),
-    "max_threads": KeySpec(_to_int(1), _OPT.max_threads, "integer"),
-    "max_downloads": KeySpec(_to_int(1), _OPT.max_downloads, "integer"),
-    "prefetch": KeySpec(_to_int(0), _OPT.prefetch, "integer"),
-    "walk_ahead": KeySpec(_to_int(0), _OPT.walk_ahead, "integer"),
-    "bulk_zip": KeySpec(_to_int(0), _OPT.bulk_zip, "integer"),
-    "max_requests": KeySpec(_to_int(1), _OPT.max_requests, "integer"),
-    "read_ahead_kb": KeySpec(_to_int(0), _OPT.read_ahead_kb, "integer"),
-    "timeout": KeySpec(_to_float(0.0, True), _OPT.fs_timeout, "seconds"),
-    "connect_timeout": KeySpec(_to_float(0.0, True), _OPT.connect_timeout, "seconds"),
-    "read_timeout": KeySpec(_to_float(0.0, True), _OPT.read_timeout, "seconds"),
-    "retries": KeySpec(_to_int(0), _OPT.retries, "integer"),
-    "netrc": KeySpec(_to_path, None, "path"),
-    "ca_bundle": KeySpec(_to_path, None, "path"),
-    "log_level": KeySpec(_to_log_level, "info", "string"),
-    "allow_delete": KeySpec(_to_bool, _OPT.allow_delete, "boolean"),
-    "catalog_times": KeySpec(_to_bool, _OPT.catalog_times, "boolean"),
-    "allow_other_write": KeySpec(_to_bool, _OPT.allow_other_write, "boolean"),
-    "read_only": KeySpec(_to_bool, _OPT.read_only, "boolean"),
-    "dir_mode": KeySpec(_to_mode, _OPT.dir_mode, "octal mode"),
-    "file_mode": KeySpec(_to_mode, _OPT.file_mode, "octal mode"),
-    "nonempty": KeySpec(_to_bool, _OPT.nonempty, "boolean"),
-    "experiment_type": KeySpec(_to_str, _OPT.experiment_type, "string"),
-    "scan_type": KeySpec(_to_str, _OPT.scan_type, "string"),
-    "user": KeySpec(_to_str, None, "string"),
-    "password": KeySpec(_to_str, None, "string"),
-}
-del _OPT
+#: every key of ``[defaults]`` / ``[servers."URL"]`` / ``XNATFS_<KEY>``: generated from the one
+#: table of settings (``xnatfs/settings.py``)
+KEYS: Dict[str, KeySpec] = {s.name: KeySpec(s.kind.convert, s.default, s.kind.label)
+                            for s in CONFIG_SETTINGS}
 
 
 def _default(key: str, env: Mapping[str, str]) -> Any:
@@ -434,13 +296,6 @@ def _convert(spec: KeySpec, key: str, value: Any, where: str) -> Any:
 
 
 # ------------------------------------------------------------------------------- rendering
-def _format_size(size: int) -> str:
-    for power, unit in ((4, "T"), (3, "G"), (2, "M"), (1, "K")):
-        if size % (1024 ** power) == 0:
-            return f"{size // 1024 ** power}{unit}"
-    return str(size)
-
-
 def render(settings: Mapping[str, Tuple[Any, str]], config: Optional[ConfigFile] = None) -> str:
     """Text for ``xnatfs config``: one ``key = value  # source`` line per key, TOML-like,
     secrets masked (an unset secret shows as unset, a set one as ``********``)."""
@@ -453,10 +308,9 @@ def render(settings: Mapping[str, Tuple[Any, str]], config: Optional[ConfigFile]
             shown = "(unset)"
         elif key in SECRET_KEYS:
             shown = f'"{MASK}"'
-        elif key == "cache_size" and isinstance(value, int):
-            shown = f'"{_format_size(value)}"'
-        elif key in ("dir_mode", "file_mode") and isinstance(value, int):
-            shown = f'"{value:04o}"'
+        elif key in BY_NAME and BY_NAME[key].kind.label in ("size", "octal mode") \
+                and isinstance(value, int):
+            shown = f'"{BY_NAME[key].kind.text(value)}"'
         elif isinstance(value, bool):
             shown = "true" if value else "false"
         elif isinstance(value, str):

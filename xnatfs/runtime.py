@@ -87,7 +87,10 @@ class Runtime:
             self.writer = Writer(self.tree, self.client,
                                  private_dir(os.path.join(o.cache_dir, "uploads")),
                                  allow_delete=o.allow_delete, experiment_type=o.experiment_type,
-                                 scan_type=o.scan_type, fs_timeout=o.fs_timeout)
+                                 scan_type=o.scan_type, fs_timeout=o.fs_timeout,
+                                 upload_workers=o.upload_workers,
+                                 upload_backoff=o.upload_backoff,
+                                 upload_backoff_max=o.upload_backoff_max)
             self.writer.start()
             self.tree.attach_overlay(self.writer)
 

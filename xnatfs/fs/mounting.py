@@ -1,20 +1,29 @@
-"""The mount table: is a path mounted, is it a stale (ENOTCONN) mount, unmount it.
+"""The mount table (is a path mounted, is it a stale ENOTCONN mount, unmount it) and the one
+mount harness, :class:`MountDaemon`: spawn ``xnatfs mount --foreground`` with the credentials on
+its stdin, wait for its mount (with a deadline, noticing an early exit), stop it (unmount, then
+signals, every step bounded).
 
 Used by the CLI before mounting (a crashed daemon leaves "Transport endpoint is not connected",
-fuse-notes.md §3.5) and by ``xnatfs umount``.  Every external command runs with a timeout.
+fuse-notes.md §3.5), by ``xnatfs mount``/``umount``/``demo``, by the tests' ``Mount`` fixture and
+by the benchmarks' ``MountProc``.  Every external command runs with a timeout.
 """
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
-from typing import List, Optional
+from pathlib import Path
+from typing import Callable, List, Mapping, Optional, Sequence, Union
 
 
 def _unescape_mountinfo(field: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as octal
+    """/proc/self/mountinfo escapes space, tab, newline and backslash as octal (``\\040``);
+    the one decoder of mount points (the benchmarks use it too)."""
     out, i = [], 0
     while i < len(field):
         code = field[i + 1:i + 4]
@@ -173,11 +182,140 @@ def wait_mounted(path: str, deadline: float, alive=lambda: True, interval: float
     while time.monotonic() < deadline:
         if not alive():
             return False
-        if is_mounted(path):
-            try:
-                os.statvfs(path)  # reaches the daemon; stat may be answered from the cache
-                return True
-            except OSError:
-                pass
+        if is_mounted(path) and _answers(path):
+            return True
         time.sleep(interval)
     return False
+
+
+# ------------------------------------------------------------------------------- the harness
+#: how long ``xnatfs mount`` (and ``xnatfs demo``) wait for the daemon's mount to answer; an
+#: internal bound, not a user knob: a daemon that is up answers in well under a second, and one
+#: whose server is slow is bounded by ``--timeout`` before that
+MOUNT_WAIT_S = 60.0
+
+
+def xnatfs_argv(url: str, mountpoint: Union[str, Path], *options: str) -> List[str]:
+    """``python -m xnatfs mount URL MNT --foreground --credentials-stdin OPTIONS...``."""
+    return [sys.executable, "-m", "xnatfs", "mount", url, str(mountpoint), "--foreground",
+            "--credentials-stdin", *options]
+
+
+def log_tail(path: Union[str, Path], lines: int = 15, missing: str = "(no log)") -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return missing
+
+
+class MountFailed(Exception):
+    """The daemon exited, or its mount did not answer by the deadline; ``str()`` says which,
+    with the tail of its log."""
+
+    def __init__(self, message: str, returncode: Optional[int], tail: str) -> None:
+        super().__init__(message)
+        self.returncode, self.tail = returncode, tail
+
+
+class MountDaemon:
+    """One daemon process and its mount point.
+
+    ``start()`` spawns ``argv`` in a new session (a Ctrl-C of the caller's terminal is not the
+    daemon's) with stdout and stderr appended to ``log_path``, and writes the credentials as
+    one JSON line on its stdin (never argv or the environment: issue 17 §7).  ``wait()`` polls
+    the mount table: the kernel has no event a plain process could wait on for a new mount.
+    """
+
+    def __init__(self, argv: Sequence[str], mountpoint: Union[str, Path],
+                 log_path: Union[str, Path], credentials: Mapping[str, str],
+                 env: Optional[Mapping[str, str]] = None, log_mode: Optional[int] = None
+                 ) -> None:
+        self.argv, self.path = list(argv), os.path.abspath(mountpoint)
+        self.log_path, self.credentials = Path(log_path), dict(credentials)
+        self.env, self.log_mode = env, log_mode
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "MountDaemon":
+        with open(self.log_path, "ab") as log_fh:
+            if self.log_mode is not None:
+                os.chmod(self.log_path, self.log_mode)
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.PIPE, stdout=log_fh, stderr=log_fh,
+                env=dict(self.env) if self.env is not None else None, start_new_session=True,
+                close_fds=True)
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(self.credentials).encode() + b"\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:  # it died at once: wait() reports its exit and log
+            pass
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        return log_tail(self.log_path, lines)
+
+    def wait(self, timeout: float = MOUNT_WAIT_S, *, answers: Optional[Callable[[], bool]] = None,
+             tail_lines: int = 15) -> None:
+        """Return once the mount is there and ``answers()`` (default: ``statvfs`` reaches the
+        daemon); raise :class:`MountFailed` when the daemon exits first or at the deadline
+        (the daemon is left running: :meth:`stop` is the caller's)."""
+        deadline = time.monotonic() + timeout
+        check = answers or (lambda: _answers(self.path))
+        while True:
+            if not self.alive():
+                rc = self.proc.returncode if self.proc is not None else None
+                tail = self.tail(tail_lines)
+                raise MountFailed(f"xnatfs exited rc={rc}:\n{tail}", rc, tail)
+            if is_mounted(self.path) and check():
+                return
+            if time.monotonic() > deadline:
+                tail = self.tail(tail_lines)
+                raise MountFailed(f"mount did not appear within {timeout:g}s:\n{tail}", None,
+                                  tail)
+            time.sleep(0.02)
+
+    def stop(self, grace: float = 20.0, timeout: float = 20.0, term_wait: float = 5.0
+             ) -> Optional[int]:
+        """Unmount (``fusermount3 -u``, then ``-uz``, then ``umount -l``, while it is still
+        mounted), give the daemon ``grace`` seconds to exit, then SIGTERM (``term_wait``
+        seconds), then SIGKILL; every command bounded by ``timeout``.  Returns the exit status
+        (None: none)."""
+        for cmd in (["fusermount3", "-u"], ["fusermount3", "-uz"], ["umount", "-l"]):
+            if not is_mounted(self.path):
+                break
+            if shutil.which(cmd[0]):
+                try:
+                    subprocess.run(cmd + [self.path], capture_output=True, timeout=timeout,
+                                   check=False)
+                except subprocess.TimeoutExpired:
+                    continue
+        return self.end(grace, term_wait)
+
+    def end(self, grace: float = 10.0, term_wait: float = 5.0) -> Optional[int]:
+        """The process alone: wait ``grace``, then SIGTERM (``term_wait``), then SIGKILL."""
+        if self.proc is None:
+            return None
+        for sig, wait in ((None, grace), (signal.SIGTERM, term_wait), (signal.SIGKILL, 5.0)):
+            if sig is not None and self.proc.poll() is None:
+                try:
+                    self.proc.send_signal(sig)
+                except ProcessLookupError:
+                    break
+            try:
+                return self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        return self.proc.poll()
+
+
+def _answers(path: str) -> bool:
+    """The mount reaches its daemon: ``statvfs``, not ``stat``, which the kernel may answer
+    from its attribute cache."""
+    try:
+        os.statvfs(path)
+        return True
+    except OSError:
+        return False

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Set, Tuple
 
+from xnatfs import settings
 from xnatfs.tree.nodes import Kind, Local, NodeInfo
 from xnatfs.tree.paths import (PathParts, check_write_name, join_path, split_path,
                                unescape_name)
@@ -132,7 +133,10 @@ class Writer:
     def __init__(self, tree: Any, client: Any, directory: str, *, allow_delete: bool = False,
                  experiment_type: str = "xnat:mrSessionData",
                  scan_type: str = "xnat:mrScanData", fs_timeout: float = 60.0,
-                 temp_delay: float = TEMP_UPLOAD_DELAY) -> None:
+                 temp_delay: float = TEMP_UPLOAD_DELAY,
+                 upload_workers: int = settings.default("upload_workers"),
+                 upload_backoff: float = settings.default("upload_backoff"),
+                 upload_backoff_max: float = settings.default("upload_backoff_max")) -> None:
         self.tree = tree
         self.client = client
         self.allow_delete = allow_delete
@@ -142,8 +146,10 @@ class Writer:
         self.temp_delay = temp_delay
         self.spool = Spool(os.path.join(directory, "spool"))
         self.journal = Journal(os.path.join(directory, "journal"))
-        self.uploader = Uploader(self.journal, self._put, self._verify, workers=2,
-                                 max_delay=300, base_delay=1, on_change=self._on_change)
+        # workers and backoff: the --upload-* settings (xnatfs/settings.py)
+        self.uploader = Uploader(self.journal, self._put, self._verify, workers=upload_workers,
+                                 max_delay=upload_backoff_max, base_delay=upload_backoff,
+                                 on_change=self._on_change)
         self._lock = threading.Lock()
         self._files: Dict[PathParts, LocalFile] = {}
         self._dirs: Set[PathParts] = set()

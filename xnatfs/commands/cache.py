@@ -1,0 +1,174 @@
+"""``xnatfs cache usage|prune|clear|verify|prefetch``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+from xnatfs.commands.common import UsageError
+from xnatfs.options import default_cache_dir, parse_size
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``xnatfs cache usage|prune|clear|verify|prefetch``."""
+    if args.cache_command == "prefetch":
+        return _prefetch(args.paths, args.threads)
+    if args.cache_command == "verify":
+        return _verify(Path(args.cache_dir or default_cache_dir()).expanduser(), args.repair)
+    import fcntl
+
+    from xnatfs.cache.content import ContentCache
+
+    if args.cache_command == "usage" and not args.cache_dir:
+        # the default cache and those of the running mounts (the demo's is a temporary one)
+        dirs = _caches_in_use(Path(default_cache_dir()).expanduser())
+        if dirs:
+            for one in dirs:
+                cmd_cache(argparse.Namespace(**dict(vars(args), cache_dir=str(one))))
+            return 0
+    cache_dir = Path(args.cache_dir or default_cache_dir()).expanduser()
+    content = cache_dir / "content"
+    if not content.is_dir():
+        raise UsageError(f"no xnatfs cache at {cache_dir}")
+    lock = open(cache_dir / "lock", "a+")  # noqa: SIM115 - held for the whole command
+    try:
+        exclusive = args.cache_command == "clear"
+        try:
+            fcntl.flock(lock, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except OSError:
+            raise UsageError(f"{cache_dir} is in use by a mount: unmount it first") from None
+        size_limit = parse_size(args.size) if args.cache_command == "prune" else 2 ** 62
+        cc = ContentCache(str(content), size_limit=size_limit, fetch=_no_fetch)
+        cc.start()  # start() evicts down to size_limit (prune)
+        try:
+            if args.cache_command == "clear":
+                removed = cc.clear()
+                print(f"removed {removed} cached files from {cache_dir}")
+            stats = cc.stats
+            print(f"{cache_dir}: {stats.get('entries', 0)} files, "
+                  f"{cc.size() / 2**20:.1f} MiB on disk")
+        finally:
+            cc.close()
+    finally:
+        lock.close()
+    return 0
+
+
+def _verify(cache_dir: Path, repair: bool) -> int:
+    """``xnatfs cache verify``: size and MD5 of every entry, with a progress bar; exit 1 if
+    bad entries remain (0 after ``--repair`` dropped them all)."""
+    from tqdm import tqdm
+
+    from xnatfs.cache.content import verify_entries
+
+    if not (cache_dir / "content" / "index").is_dir():
+        raise UsageError(f"no xnatfs cache at {cache_dir}")
+    bar: Any = None
+
+    def on_total(entries: int, total: int) -> None:
+        nonlocal bar
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"verify {entries} files",
+                   disable=None, file=sys.stderr)
+
+    try:
+        report = verify_entries(cache_dir / "content", repair=repair,
+                                progress=lambda n: bar.update(n), on_total=on_total)
+    finally:
+        if bar is not None:
+            bar.close()
+    for line in report.problems:
+        print(f"xnatfs: cache verify: bad entry {line}", file=sys.stderr)
+    print(f"{cache_dir}: {report.checked} files checked ({report.hashed} by MD5, the others "
+          f"by size: no MD5 listed), {report.bad} bad"
+          + (f", {report.dropped} dropped" if repair else ""))
+    return 0 if report.bad == report.dropped else 1
+
+
+def _no_fetch(uri: str, sink: Any) -> None:
+    raise OSError(f"the cache command does not download ({uri})")
+
+
+def _prefetch(paths: Sequence[str], threads: int) -> int:
+    """Read every file below ``paths`` through the mount (filling its cache), with a progress
+    bar; the daemon does the downloading, in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from xnatfs.fs.mounting import xnatfs_mounts
+
+    mounts = xnatfs_mounts()
+    files: List[Tuple[str, int]] = []
+    for top in paths:
+        # reading files elsewhere would only copy them into nothing; realpath: a link to a
+        # mount is fine (it stats through the mount, which prefetch reads anyway)
+        absolute = os.path.realpath(top)
+        if not any(absolute == m or absolute.startswith(m.rstrip("/") + "/") for m in mounts):
+            raise UsageError(f"{top} is not inside an xnatfs mount (mounted: "
+                             f"{', '.join(mounts) or 'none'}); nothing was read")
+        if os.path.isfile(top):
+            files.append((top, os.path.getsize(top)))
+            continue
+        if not os.path.isdir(top):
+            raise UsageError(f"{top}: no such file or directory")
+        for dirpath, _dirs, names in os.walk(top):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                files.append((path, os.path.getsize(path)))
+    failed: List[str] = []
+    with tqdm(total=sum(size for _, size in files), unit="B", unit_scale=True,
+              desc="prefetch", disable=None) as bar:
+        def read(item: Tuple[str, int]) -> None:
+            path, _size = item
+            try:
+                with open(path, "rb") as fh:
+                    while True:
+                        chunk = fh.read(1 << 20)
+                        if not chunk:
+                            break
+                        bar.update(len(chunk))
+            except OSError as exc:
+                failed.append(f"{path}: {exc.strerror}")
+
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="prefetch") as pool:
+            list(pool.map(read, files))
+    for line in failed:
+        print(f"xnatfs: prefetch {line}", file=sys.stderr)
+    print(f"prefetched {len(files) - len(failed)} of {len(files)} files")
+    return 1 if failed else 0
+
+
+def _caches_in_use(default: Path) -> List[Path]:
+    """The default cache directory if it holds a cache, then the cache directory of each
+    running xnatfs mount (from its ``.xnatfs/stats``); empty when there is none of either."""
+    from xnatfs.fs.mounting import xnatfs_mounts
+
+    out = [default] if (default / "content").is_dir() else []
+    for mnt in xnatfs_mounts():
+        found = _mount_stats(mnt).get("cache_dir")
+        if found and Path(found) not in out and (Path(found) / "content").is_dir():
+            out.append(Path(found))
+    return out
+
+
+def _mount_stats(mountpoint: str, timeout: float = 5.0) -> Dict[str, Any]:
+    """A mount's ``.xnatfs/stats``, or ``{}`` when it cannot be read within ``timeout`` (another
+    user's mount, a stale one, a daemon that does not answer: the reading thread is left
+    behind, as a daemon thread, rather than hanging the command)."""
+    result: Dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            with open(os.path.join(mountpoint, ".xnatfs", "stats"), encoding="utf-8") as fh:
+                result.update(json.load(fh))
+        except (OSError, ValueError):
+            pass
+
+    reader = threading.Thread(target=read, name="stats", daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return dict(result) if not reader.is_alive() else {}

@@ -1,0 +1,53 @@
+"""``xnatfs umount`` and ``xnatfs status``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from xnatfs.commands.common import UsageError
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from xnatfs.fs import mounting
+
+    path = os.path.abspath(args.mountpoint)
+    if not mounting.is_mounted(path):
+        raise UsageError(f"{path} is not mounted")
+    result = mounting.unmount(path, lazy=args.lazy)
+    if result.returncode != 0:
+        raise UsageError(f"unmount of {path} failed: {result.stderr.strip()} "
+                         f"(busy? try: xnatfs umount --lazy {path})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    stats_path = os.path.join(args.mountpoint, ".xnatfs", "stats")
+    try:
+        with open(stats_path, encoding="utf-8") as fh:
+            stats = json.load(fh)
+    except OSError as exc:
+        raise UsageError(f"{args.mountpoint} is not an xnatfs mount ({exc.strerror})") from None
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return 0
+    print(f"xnatfs {stats.get('version')} — {stats.get('url')} (up {stats.get('uptime_s')} s)")
+    for section in ("requests", "listing_cache", "content_cache", "errors"):
+        value = stats.get(section)
+        print(f"{section}: {json.dumps(value, sort_keys=True) if value else '-'}")
+    uploads = stats.get("uploads") or []
+    print(f"uploads not yet on XNAT: {len(uploads) or 'none'}")
+    for item in uploads:
+        line = f"  {item.get('state', '?'):9} {item.get('path') or item.get('id')} " \
+               f"({item.get('size', 0)} bytes, {item.get('tries', 0)} tries)"
+        if item.get("last_error"):
+            line += f": {item['last_error']}"
+        print(line)
+    failed = [item for item in uploads if item.get("state") == "failed" and item.get("path")]
+    if failed:
+        # a failed file stays listed (README "Writes become uploads"); rm is how it goes
+        example = os.path.join(os.path.abspath(args.mountpoint), failed[0]["path"].lstrip("/"))
+        print(f"failed files are not retried: to discard one, rm it in the mount "
+              f"(rm '{example}'); to retry, fix the cause, copy it out, rm it and copy it in "
+              f"again")
+    return 0
