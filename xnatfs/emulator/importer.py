@@ -36,11 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from werkzeug.wrappers import Request, Response
+
 from . import prearchive_code
 from .dicom import ParsedStudy, ParsedUpload, UploadError, extract_dicom_archive, sniff_format
 from .prearchive import (UNASSIGNED, ArchiveConflict, Prearchive, PrearchiveError, ScanContent,
                          SessionContent, _safe_segment, archive_session, archive_uri,
                          normalise_overwrite, write_session)
+from .serving import Ctx, error_response, uri_list_response
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -312,31 +316,21 @@ def _gradual(store: Any, user: Any, params: ImportParams, dest: Destination,
 # HTTP
 # --------------------------------------------------------------------------------------------
 
-def spool_body(request: Any, store: Any) -> tuple[str, dict[str, str]]:
-    """Write the upload to a temp file; returns (path, form fields).
-
-    Multipart: the first file part is the upload and the other parts are parameters.
-    Anything else: the raw body (whatever its Content-Type, §6)."""
-    fd, path = tempfile.mkstemp(prefix="import-body-", dir=getattr(store, "tmp_dir", None))
+def _spool_multipart(request: Request, store: Store) -> tuple[str, dict[str, str]]:
+    """A multipart upload: the first file part into a temp file, the other parts as parameters;
+    returns (path, form fields)."""
+    fd, path = tempfile.mkstemp(prefix="import-body-", dir=store.tmp_dir)
     form: dict[str, str] = {}
     try:
         with os.fdopen(fd, "wb") as out:
-            if (request.mimetype or "").startswith("multipart/"):
-                for k in request.form:
-                    form[k] = request.form[k]
-                first = True
-                for _name, storage in request.files.items(multi=True):
-                    if first:
-                        shutil.copyfileobj(storage.stream, out, 1 << 20)
-                        first = False
-                    storage.close()  # werkzeug spools parts to temp files
-            else:
-                stream = request.stream
-                while True:
-                    buf = stream.read(1 << 20)
-                    if not buf:
-                        break
-                    out.write(buf)
+            for k in request.form:
+                form[k] = request.form[k]
+            first = True
+            for _name, storage in request.files.items(multi=True):
+                if first:
+                    shutil.copyfileobj(storage.stream, out, 1 << 20)
+                    first = False
+                storage.close()  # werkzeug spools parts to temp files
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -344,31 +338,30 @@ def spool_body(request: Any, store: Any) -> tuple[str, dict[str, str]]:
     return path, form
 
 
-def handle(request: Any, ctx: Any) -> Any:
+def handle(ctx: Ctx) -> Response:
     """``POST /data/services/import`` -> 200 ``text/uri-list`` (§6); errors are Restlet status
     pages (400 "Unable to identify upload format.", 403, 404, 409)."""
-    from .prearchive import _Http
-
-    http = _Http(request, ctx)
+    request = ctx.request
     if request.method != "POST":
-        return http.error(405, "Method Not Allowed")
+        return error_response(405, "Method Not Allowed")
     store = ctx.store
-    if not (request.mimetype or "").startswith("multipart/") and hasattr(ctx, "spool_body"):
-        # app.py's spooler applies the emulator's faults (truncated bodies -> 400)
-        body_path, form = str(ctx.spool_body(request)), {}
+    if (request.mimetype or "").startswith("multipart/"):
+        body_path, form = _spool_multipart(request, store)
     else:
-        body_path, form = spool_body(request, store)
+        # any other Content-Type is the raw body (§6); the spooler applies the server's faults
+        # (a truncated body is a 400)
+        body_path, form = str(ctx.spool_body()), {}
     try:
         values = {k: request.args.get(k) for k in request.args}
         for k, v in form.items():
             values.setdefault(k, v)
         try:
             params = ImportParams.from_mapping(values)
-            uris = import_upload(store, getattr(ctx, "user", None), params, body_path)
+            uris = import_upload(store, ctx.user, params, body_path)
         except ImportFailed as exc:
             log.info("import refused (%d): %s", exc.status, exc.message)
-            return http.error(exc.status, exc.message)
-        return http.uri_list(uris)
+            return error_response(exc.status, exc.message)
+        return uri_list_response(request, uris)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(body_path)
