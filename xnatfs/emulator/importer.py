@@ -226,59 +226,65 @@ def import_upload(store: Any, user: Any, params: ImportParams, body_path: str | 
                 body_path, staging, ignore_unparsable=params.ignore_unparsable)
         except UploadError as exc:
             raise ImportFailed(400, str(exc)) from exc
-        studies = parsed.studies
-        if dest.session and len(studies) > 1:
-            # An explicit label names one session: merge the studies into it.
-            merged = studies[0]
-            for other in studies[1:]:
-                for sid, series in other.series.items():
-                    if sid in merged.series:
-                        merged.series[sid].files.extend(series.files)
-                    else:
-                        merged.series[sid] = series
-            studies = [merged]
-        plan = []
-        seen: set[str] = set()
-        for study in studies:
-            subject, label = _labels(study, dest)
-            base, n = label, 1
-            while label in seen:
-                n += 1
-                label = f"{base}_{n}"
-            seen.add(label)
-            plan.append((study, subject, label))
+        plan = _plan(parsed.studies, dest)
         if dest.kind == "archive" and params.overwrite == "none":
             for _study, _subject, label in plan:
                 if store.find_experiment(project, label) is not None:
                     if not params.direct_archive:
-                        break  # staged first, then CONFLICT in the prearchive (below)
+                        break  # staged first, then CONFLICT in the prearchive (_place)
                     raise ImportFailed(409, f"Session {label} already exists in project "
                                             f"{project}, retry with overwrite enabled")
-        uris = []
         with Prearchive.for_store(store) as pa:
-            for study, subject, label in plan:
-                if dest.kind == "prearchive":
-                    s = _to_prearchive(pa, study, project, subject, label, "import")
-                    uris.append(f"/data{s.url}")
-                elif params.direct_archive:
-                    try:
-                        eid = write_session(store, _content(study), project=project,
-                                            subject=subject, label=label,
-                                            overwrite=params.overwrite, user=_user_name(user),
-                                            move_files=True)
-                    except ArchiveConflict as exc:
-                        raise ImportFailed(409, str(exc)) from exc
-                    uris.append(archive_uri(store, eid))
-                else:
-                    s = _to_prearchive(pa, study, project, subject, label, "import")
-                    try:
-                        uris.append(archive_session(store, pa, s, overwrite=params.overwrite,
-                                                    user=_user_name(user)))
-                    except PrearchiveError as exc:
-                        raise ImportFailed(exc.status, str(exc)) from exc
-        return uris
+            return [_place(store, pa, user, params, dest, project, *step) for step in plan]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _plan(studies: list[ParsedStudy], dest: Destination) -> list[tuple[ParsedStudy, str, str]]:
+    """(study, subject label, session label) per session to create; labels made unique."""
+    if dest.session and len(studies) > 1:
+        # An explicit label names one session: merge the studies into it.
+        merged = studies[0]
+        for other in studies[1:]:
+            for sid, series in other.series.items():
+                if sid in merged.series:
+                    merged.series[sid].files.extend(series.files)
+                else:
+                    merged.series[sid] = series
+        studies = [merged]
+    plan = []
+    seen: set[str] = set()
+    for study in studies:
+        subject, label = _labels(study, dest)
+        base, n = label, 1
+        while label in seen:
+            n += 1
+            label = f"{base}_{n}"
+        seen.add(label)
+        plan.append((study, subject, label))
+    return plan
+
+
+def _place(store: Any, pa: Prearchive, user: Any, params: ImportParams, dest: Destination,
+           project: str, study: ParsedStudy, subject: str, label: str) -> str:
+    """One planned session into the prearchive, straight into the archive (Direct-Archive), or
+    staged in the prearchive and archived at once; returns its URI."""
+    if dest.kind == "prearchive":
+        s = _to_prearchive(pa, study, project, subject, label, "import")
+        return f"/data{s.url}"
+    if params.direct_archive:
+        try:
+            eid = write_session(store, _content(study), project=project, subject=subject,
+                                label=label, overwrite=params.overwrite, user=_user_name(user),
+                                move_files=True)
+        except ArchiveConflict as exc:
+            raise ImportFailed(409, str(exc)) from exc
+        return archive_uri(store, eid)
+    s = _to_prearchive(pa, study, project, subject, label, "import")
+    try:
+        return archive_session(store, pa, s, overwrite=params.overwrite, user=_user_name(user))
+    except PrearchiveError as exc:
+        raise ImportFailed(exc.status, str(exc)) from exc
 
 
 def _gradual(store: Any, user: Any, params: ImportParams, dest: Destination,
@@ -352,7 +358,7 @@ def handle(ctx: Ctx) -> Response:
         # (a truncated body is a 400)
         body_path, form = str(ctx.spool_body()), {}
     try:
-        values = {k: request.args.get(k) for k in request.args}
+        values = {k: request.args[k] for k in request.args}
         for k, v in form.items():
             values.setdefault(k, v)
         try:

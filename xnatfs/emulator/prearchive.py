@@ -26,6 +26,7 @@ HTTP: ``prearchive_http.py`` serves ``/data/prearchive...``, ``/data/services/ar
 """
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as _dt
 import logging
@@ -361,28 +362,28 @@ class Prearchive:
             raise PrearchiveError(f"Invalid prearchive session URI: {url}")
         return self.require(parts[2], parts[3], parts[4])
 
-    def list(self, projects: Optional[Iterable[str]] = None) -> list[PrearcSession]:
+    def list(self, projects: Optional[Iterable[str]] = None) -> builtins.list[PrearcSession]:
         self._settle_receiving()
         rows = self._db.execute("SELECT * FROM sessions ORDER BY project, timestamp, folder")
         wanted = None if projects is None else set(projects)
         return [self._session(r) for r in rows if wanted is None or r["project"] in wanted]
 
-    def scans(self, s: PrearcSession) -> list[PrearcScan]:
+    def scans(self, s: PrearcSession) -> builtins.list[PrearcScan]:
         rows = self._db.execute("SELECT * FROM scans WHERE project=? AND timestamp=? AND folder=?",
                                 s.key).fetchall()
         out = [PrearcScan(r["scan_id"], r["type"], r["series_description"], r["modality"], r["uid"])
                for r in rows]
         return sorted(out, key=lambda x: _natural_key(x.scan_id))
 
-    def resources(self, s: PrearcSession, scan_id: str) -> list[str]:
+    def resources(self, s: PrearcSession, scan_id: str) -> builtins.list[str]:
         d = self.session_dir(s) / "SCANS" / scan_id
         return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
 
-    def files(self, s: PrearcSession, scan_id: str, resource: str) -> list[PrearcFile]:
+    def files(self, s: PrearcSession, scan_id: str, resource: str) -> builtins.list[PrearcFile]:
         base = self.resource_dir(s, scan_id, resource)
         if not base.is_dir():
             return []
-        out = []
+        out: builtins.list[PrearcFile] = []
         for dirpath, _dirs, names in os.walk(base):
             for n in names:
                 p = Path(dirpath) / n
@@ -646,8 +647,8 @@ def write_session(store: Store, content: SessionContent, *, project: str, subjec
                     f"Session {label} already exists in project {project}, retry with overwrite "
                     f"enabled")
             if overwrite == "delete":
-                for scan in store.list_scans(existing.id):
-                    store.delete_scan(existing.id, scan.id)
+                for old in store.list_scans(existing.id):
+                    store.delete_scan(existing.id, old.id)
         fields = {k: v for k, v in (("date", content.date), ("time", content.time),
                                     ("modality", content.modality), ("UID", content.uid)) if v}
         try:

@@ -113,11 +113,11 @@ def tokens(ctx: Ctx, segs: list[str]) -> Response:
             "created": int(tok.created * 1000), "id": abs(hash(tok.alias)) % 100000,
             "disabled": 0, "validIPAddresses": []})
     if op in ("validate", "invalidate") and len(segs) >= 3:
-        tok = st.get_token(segs[1])
-        if tok is None or not tok.valid or tok.secret != segs[2]:
+        found = st.get_token(segs[1])
+        if found is None or not found.valid or found.secret != segs[2]:
             raise HttpError(404, "Token not found or invalid.")
         if op == "validate":
-            return json_response({"valid": tok.user})
-        st.invalidate_token(tok.alias)
+            return json_response({"valid": found.user})
+        st.invalidate_token(found.alias)
         return json_response({"result": "OK"})
     raise HttpError(404, NOT_FOUND)

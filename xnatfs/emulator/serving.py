@@ -337,12 +337,13 @@ def spooled_archive(entries: Sequence[tuple[str, Path]], filename: str, kind: st
                 zf.write(path, name)
         ctype, ext = "application/zip", "zip"
     else:
-        mode = "w:gz" if kind in ("tar.gz", "tgz") else "w"
-        with tarfile.open(fileobj=tmp, mode=mode) as tf:
+        gz = kind in ("tar.gz", "tgz")
+        with (tarfile.open(fileobj=tmp, mode="w:gz") if gz else
+              tarfile.open(fileobj=tmp, mode="w")) as tf:
             for name, path in entries:
                 tf.add(str(path), arcname=name)
-        ctype = "application/x-gzip" if mode == "w:gz" else "application/x-tar"
-        ext = "tar.gz" if mode == "w:gz" else "tar"
+        ctype = "application/x-gzip" if gz else "application/x-tar"
+        ext = "tar.gz" if gz else "tar"
     tmp.seek(0)
     resp = Response(file_iter(tmp, 1 << 16), 200, content_type=ctype, direct_passthrough=True)
     resp.headers["Content-Disposition"] = f'attachment; filename="{filename}.{ext}";'
@@ -371,7 +372,7 @@ class _Sink:
 
 def _zip_stream(entries: list[tuple[str, Path, FileRow]]) -> Iterator[bytes]:
     sink = _Sink()
-    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[call-overload]
         for arcname, path, f in entries:
             info = zipfile.ZipInfo(arcname, time.localtime(f.mtime)[:6])
             info.compress_type = zipfile.ZIP_STORED

@@ -11,8 +11,8 @@ Layout of ``data_dir``::
     data_dir/tmp/                          upload staging (always on the same filesystem)
     data_dir/prearchive/                   free for prearchive.py (not used here)
 
-Public API (stable; the handlers, the seed, the importer and the prearchive use only this). All ids are ``str`` except resource ids
-(``int``, XNAT's ``xnat_abstractresource_id``) and scan primary keys (``int``,
+Public API (stable; the handlers, the seed, the importer and the prearchive use only this).
+All ids are ``str`` except resource ids (``int``, XNAT's ``xnat_abstractresource_id``) and scan primary keys (``int``,
 ``xnat_imagescandata_id``). ``fields`` are plain ``dict[str, str]`` of extra data fields (e.g.
 ``{"date": "2024-01-01", "gender": "female"}``); well-known keys are copied into columns.
 
@@ -111,7 +111,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import Any, Optional, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +312,12 @@ CREATE TABLE IF NOT EXISTS files (resource_id INTEGER NOT NULL, relpath TEXT NOT
 # First ids handed out, to look like a real site's (and to keep resource ids visibly numeric).
 _RESOURCE_ID_START = 100
 _SCAN_PK_START = 10
+
+
+class Readable(Protocol):
+    """What :meth:`Store.put_file` reads from: a file, or a request body behind ``read(n)``."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 def _fields(text: Optional[str]) -> dict[str, str]:
@@ -734,8 +740,8 @@ class _Catalog:
 
     # ----------------------------------------------------------------------------- resources
     def _resource(self, r: sqlite3.Row) -> ResourceRow:
-        stats = self._one("SELECT COUNT(*) n, COALESCE(SUM(size),0) s FROM files WHERE resource_id=?",
-                          (r["id"],))
+        stats = self._conn().execute("SELECT COUNT(*) n, COALESCE(SUM(size),0) s FROM files "
+                                     "WHERE resource_id=?", (r["id"],)).fetchone()
         return ResourceRow(r["id"], r["kind"], r["project"], r["subject_id"], r["experiment_id"],
                            r["scan_id"], r["assessor_id"], r["label"], r["format"] or "",
                            r["content"] or "", r["tags"] or "", r["description"] or "",
@@ -784,7 +790,7 @@ class _Catalog:
                             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                             (*key, label, format, content, tags, description, time.time()))
             self._touch_owner(c, key)
-            return int(cur.lastrowid), True
+            return int(cur.lastrowid or 0), True
 
     def _touch_owner(self, c: sqlite3.Connection, key: tuple[str, ...]) -> None:
         now = time.time()
@@ -864,7 +870,7 @@ class Store(_Catalog):
 
         return tempfile.mkstemp(dir=self.tmp_dir)
 
-    def put_file(self, resource_id: int, relpath: str, fileobj: IO[bytes], overwrite: bool = False,
+    def put_file(self, resource_id: int, relpath: str, fileobj: Readable, overwrite: bool = False,
                  *, format: str = "", content: str = "", tags: str = "",
                  expected_size: Optional[int] = None, mtime: Optional[float] = None) -> bool:
         """Stream ``fileobj`` into the resource. Returns False for a duplicate (not stored).

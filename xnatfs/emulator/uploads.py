@@ -112,7 +112,8 @@ def _raw(ctx: Ctx, res: ResourceRow, relpath: str, overwrite: bool, extract: boo
     stream = _IterReader(itertools.chain([first], chunks))
     try:
         stored = ctx.store.put_file(res.id, rel, stream, overwrite,
-                                    expected_size=request.content_length, **meta)
+                                    expected_size=request.content_length, format=meta["format"],
+                                    content=meta["content"], tags=meta["tags"])
     except TruncatedUpload as e:
         raise HttpError(400, str(e)) from None
     if not stored:
@@ -131,7 +132,9 @@ def _store_upload(ctx: Ctx, res: ResourceRow, relpath: str, tmp: Path, overwrite
                 if not overwrite and st.get_file(res.id, name) is not None:
                     duplicates.append(name)
                     continue
-                st.put_file_from_path(res.id, name, stage / name, overwrite, move=True, **meta)
+                st.put_file_from_path(res.id, name, stage / name, overwrite, move=True,
+                                      format=meta["format"], content=meta["content"],
+                                      tags=meta["tags"])
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return
@@ -141,7 +144,8 @@ def _store_upload(ctx: Ctx, res: ResourceRow, relpath: str, tmp: Path, overwrite
         raise HttpError(400, str(e)) from None
     if tmp.stat().st_size == 0:
         raise HttpError(400, "You tried to upload an empty file.")
-    if not st.put_file_from_path(res.id, rel, tmp, overwrite, move=True, **meta):
+    if not st.put_file_from_path(res.id, rel, tmp, overwrite, move=True, format=meta["format"],
+                                 content=meta["content"], tags=meta["tags"]):
         duplicates.append(rel)
 
 
@@ -196,10 +200,10 @@ def _extract_archive(src: Path, name: str, dest: Path) -> list[str]:
                     rel = validate_relpath(m.name)
                     target = dest / rel
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    fin = tf.extractfile(m)
-                    assert fin is not None
-                    with fin, open(target, "wb") as fout:
-                        shutil.copyfileobj(fin, fout, CHUNK)
+                    member = tf.extractfile(m)
+                    assert member is not None
+                    with member, open(target, "wb") as fout:
+                        shutil.copyfileobj(member, fout, CHUNK)
                     out.append(rel)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError, InvalidInput) as e:
         raise HttpError(400, f"Unable to extract archive {name}: {e}") from None
