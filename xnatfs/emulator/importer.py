@@ -41,7 +41,7 @@ from werkzeug.wrappers import Request, Response
 from . import prearchive_code
 from .dicom import ParsedStudy, ParsedUpload, UploadError, extract_dicom_archive, sniff_format
 from .prearchive import (UNASSIGNED, ArchiveConflict, Prearchive, PrearchiveError, ScanContent,
-                         SessionContent, _safe_segment, archive_session, archive_uri,
+                         SessionContent, safe_segment, archive_session, archive_uri,
                          normalise_overwrite, write_session)
 from .serving import Ctx, error_response, uri_list_response
 from .store import Store
@@ -165,9 +165,9 @@ def _resolve_project(store: Any, user: Any, project: Optional[str], *, required:
 
 
 def _labels(study: ParsedStudy, dest: Destination) -> tuple[str, str]:
-    subject = dest.subject or _safe_segment(study.patient_name) or _safe_segment(study.patient_id) \
+    subject = dest.subject or safe_segment(study.patient_name) or safe_segment(study.patient_id) \
         or "Unknown"
-    session = dest.session or _safe_segment(study.patient_id) \
+    session = dest.session or safe_segment(study.patient_id) \
         or f"{subject}_{(study.modality or 'XX').upper()}_{study.study_instance_uid[-6:]}"
     return subject, session
 

@@ -405,7 +405,7 @@ class Prearchive:
                        when: Optional[float] = None) -> PrearcSession:
         """A new empty session row (and folder) in ``status``."""
         now = self.clock() if when is None else when
-        folder = _safe_segment(name) or "session"
+        folder = safe_segment(name) or "session"
         with self._tx() as c:
             ts = self._unique_timestamp(project, folder, now)
             s = PrearcSession(project=project, timestamp=ts, folder=folder, name=name,
@@ -559,7 +559,7 @@ def _natural_key(text: str) -> tuple:
         return (1, 0, text)
 
 
-def _safe_segment(text: str) -> str:
+def safe_segment(text: str) -> str:
     """A label usable as one URL/path segment (XNAT allows ``[A-Za-z0-9_-]``, §10.17)."""
     out = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in text.strip())
     return out.strip("_") or ""

@@ -12,9 +12,10 @@ Layout of ``data_dir``::
     data_dir/prearchive/                   free for prearchive.py (not used here)
 
 Public API (stable; the handlers, the seed, the importer and the prearchive use only this).
-All ids are ``str`` except resource ids (``int``, XNAT's ``xnat_abstractresource_id``) and scan primary keys (``int``,
-``xnat_imagescandata_id``). ``fields`` are plain ``dict[str, str]`` of extra data fields (e.g.
-``{"date": "2024-01-01", "gender": "female"}``); well-known keys are copied into columns.
+All ids are ``str`` except resource ids (``int``, XNAT's ``xnat_abstractresource_id``) and scan
+primary keys (``int``, ``xnat_imagescandata_id``). ``fields`` are plain ``dict[str, str]`` of
+extra data fields (e.g. ``{"date": "2024-01-01", "gender": "female"}``); well-known keys are
+copied into columns.
 
     st = Store(data_dir, site_id="XNAT")             # opens/creates; thread safe
     st.close()
