@@ -209,7 +209,7 @@ class PrearcFile:
 # Storage
 # --------------------------------------------------------------------------------------------
 
-def prearchive_root(store: Any) -> Path:
+def prearchive_root(store: Store) -> Path:
     return Path(store.data_dir) / "prearchive"
 
 
@@ -234,7 +234,7 @@ class Prearchive:
         self._db.executescript(_SCHEMA)
 
     @classmethod
-    def for_store(cls, store: Any, **kw: Any) -> "Prearchive":
+    def for_store(cls, store: Store, **kw: Any) -> "Prearchive":
         return cls(prearchive_root(store), **kw)
 
     def close(self) -> None:
@@ -691,24 +691,27 @@ def session_content_from_prearchive(pa: Prearchive, s: PrearcSession) -> Session
                           uid=s.tag, scans=scans)
 
 
-def archive_uri(store: Any, experiment_id: str) -> str:
+def archive_uri(store: Store, experiment_id: str) -> str:
     """``/data/archive/projects/P/subjects/<subject label>/experiments/<label>`` (§7.3)."""
     e = store.get_experiment(experiment_id)
+    assert e is not None, experiment_id  # just written by the caller
     subj = store.get_subject(e.subject_id)
+    assert subj is not None, e.subject_id
     return f"/data/archive/projects/{e.project}/subjects/{subj.label}/experiments/{e.label}"
 
 
-def archive_session(store: Any, pa: Prearchive, s: PrearcSession, *, project: Optional[str] = None,
+def archive_session(store: Store, pa: Prearchive, s: PrearcSession, *, project: Optional[str] = None,
                     subject: Optional[str] = None, label: Optional[str] = None,
                     overwrite: Optional[str] = None, user: str = "admin") -> str:
     """The archive step (§7.3): READY/CONFLICT/ERROR -> ARCHIVING -> written to the archive ->
     prearchive row removed.  Returns the archive URI (with ``/data``).  A label clash without
     overwrite leaves the session in CONFLICT (and raises :class:`ArchiveConflict`)."""
     project = project or s.project
-    if project == UNASSIGNED or store.get_project(project) is None:
+    row = store.get_project(project) if project != UNASSIGNED else None
+    if row is None:
         raise PrearchiveError(f"Invalid project {project}: a session must be archived into an "
                               f"existing project", 400 if project == UNASSIGNED else 404)
-    project = store.get_project(project).id
+    project = row.id
     subject = subject or s.subject or s.name
     label = label or s.name
     pa.set_status(s, ARCHIVING, _SETTLED)
