@@ -107,6 +107,14 @@ class _Create:
         self.fields.pop("__ID", None)
         self.fields.pop("__project", None)
 
+    def _keep(self, kind: str, oid: str, project: Optional[str] = None, label: str = "") -> Response:
+        """An object that exists: relabelled (``label=`` with ``project``), fields merged; 200."""
+        if project is not None and self.rename and self.rename != label:
+            _rename(self.ctx, kind, oid, project, self.rename)
+        if self.fields:
+            self.st.update_fields(kind, oid, self.fields)
+        return text_response(oid, 200)
+
     def project(self) -> Response:
         st, key, fields, user = self.st, self.key, self.fields, self.user
         if self.parent.project is not None:
@@ -114,9 +122,7 @@ class _Create:
         existing = st.get_project(key)
         if existing is not None:
             check_project(st, existing, user, True)
-            if fields:
-                st.update_fields("project", existing.id, fields)
-            return text_response(existing.id, 200)
+            return self._keep("project", existing.id)
         if not LABEL_RE.match(key):
             raise HttpError(400, f"Invalid project ID '{key}': IDs may contain only letters, "
                                  "digits, '_' and '-'.")
@@ -138,11 +144,7 @@ class _Create:
                             "Subjects are created below /data/projects/{P}/subjects.")
         s = st.find_subject(parent.project.id, key)
         if s is not None:
-            if self.rename and self.rename != s.label:
-                _rename(self.ctx, "subject", s.id, parent.project.id, self.rename)
-            if fields:
-                st.update_fields("subject", s.id, fields)
-            return text_response(s.id, 200)
+            return self._keep("subject", s.id, parent.project.id, s.label)
         if not LABEL_RE.match(key):
             raise HttpError(400, f"Invalid subject label '{key}': labels may contain only "
                                  "letters, digits, '_' and '-'.")
@@ -157,9 +159,7 @@ class _Create:
         p = self.st.get_project(e.project)
         assert p is not None
         check_project(self.st, p, self.user, True)
-        if self.fields:
-            self.st.update_fields("experiment", e.id, self.fields)
-        return text_response(e.id, 200)
+        return self._keep("experiment", e.id)
 
     def experiment(self) -> Response:
         st, key, fields, parent, xsi = self.st, self.key, self.fields, self.parent, self.xsi
@@ -167,11 +167,7 @@ class _Create:
             return self._modify_experiment_by_id()
         e = st.find_experiment(parent.project.id, key)
         if e is not None and not e.session_id:
-            if self.rename and self.rename != e.label:
-                _rename(self.ctx, "experiment", e.id, parent.project.id, self.rename)
-            if fields:
-                st.update_fields("experiment", e.id, fields)
-            return text_response(e.id, 200)
+            return self._keep("experiment", e.id, parent.project.id, e.label)
         if e is not None:
             raise HttpError(409, f"Label {key} is already used by an assessor in project "
                                  f"{parent.project.id}.")
@@ -217,9 +213,7 @@ class _Create:
             raise HttpError(404, NOT_FOUND)
         a = st.find_assessor(parent.experiment.id, key)
         if a is not None:
-            if fields:
-                st.update_fields("assessor", a.id, fields)
-            return text_response(a.id, 200)
+            return self._keep("assessor", a.id)
         if not xsi:
             raise HttpError(417, "Need PUT Contents")
         if not LABEL_RE.match(key):
