@@ -238,3 +238,30 @@ def test_demo_seed_is_deterministic_and_complete(tmp_path: Path) -> None:
     finally:
         for st in stores:
             st.close()
+
+
+def test_store_transaction_rolls_back_every_write_inside(store: Store) -> None:
+    # the public transaction: the store's own writes inside it join it and fall with it
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.create_subject("P1", "TXSUBJ")
+            store.create_project("TXPROJ")
+            raise RuntimeError("abort")
+    assert store.find_subject("P1", "TXSUBJ") is None
+    assert store.get_project("TXPROJ") is None
+
+
+def test_failed_archive_write_leaves_no_catalog_rows(store: Store, tmp_path: Path) -> None:
+    # write_session runs in one store transaction: a file that cannot be read part way through
+    # (the second scan's) leaves neither the experiment nor the first scan behind
+    good = tmp_path / "good.dcm"
+    good.write_bytes(b"x" * 10)
+    content = prearchive.SessionContent(modality="MR", scans=[
+        prearchive.ScanContent("1", "T1w", "T1w", "MR", "", {"DICOM": [("a.dcm", good)]}),
+        prearchive.ScanContent("2", "T2w", "T2w", "MR", "",
+                               {"DICOM": [("b.dcm", tmp_path / "missing.dcm")]})])
+    with pytest.raises(FileNotFoundError):
+        prearchive.write_session(store, content, project="P1", subject="TXS", label="TXS_MR1")
+    assert store.find_experiment("P1", "TXS_MR1") is None
+    assert store.find_subject("P1", "TXS") is None
+    assert good.exists()  # copied, not moved: the source is untouched

@@ -93,16 +93,22 @@ def resultset_csv(rows: Sequence[Row], columns: Sequence[str]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
+def _cells(out: list[str], rows: Sequence[Row], columns: Sequence[str], row_tag: str,
+           cell_tag: str) -> None:
+    """One element per row with one escaped element per column (HTML and XML tables)."""
+    for r in rows:
+        out.append(f"<{row_tag}>")
+        out.extend(f"<{cell_tag}>{html.escape(cell(r.get(c)))}</{cell_tag}>" for c in columns)
+        out.append(f"</{row_tag}>")
+
+
 def resultset_html(rows: Sequence[Row], columns: Sequence[str], title: str = "") -> bytes:
     e = html.escape
     out = ["<html><head><title>", e(title or "XNAT"), "</title></head><body>"]
     out.append('<table class="x_rs_t" cellpadding="0" cellspacing="0"><thead class="x_rs_thead"><tr>')
     out.extend(f"<th>{e(c)}</th>" for c in columns)
     out.append("</tr></thead><tbody>")
-    for r in rows:
-        out.append("<tr>")
-        out.extend(f"<td>{e(cell(r.get(c)))}</td>" for c in columns)
-        out.append("</tr>")
+    _cells(out, rows, columns, "tr", "td")
     out.append("</tbody></table></body></html>")
     return "".join(out).encode("utf-8")
 
@@ -117,10 +123,7 @@ def resultset_xml(rows: Sequence[Row], columns: Sequence[str], meta: Mapping[str
            "<results><columns>"]
     out.extend(f"<column>{e(c)}</column>" for c in columns)
     out.append("</columns><rows>")
-    for r in rows:
-        out.append("<row>")
-        out.extend(f"<cell>{e(cell(r.get(c)))}</cell>" for c in columns)
-        out.append("</row>")
+    _cells(out, rows, columns, "row", "cell")
     out.append("</rows></results></ResultSet>")
     return "".join(out).encode("utf-8")
 

@@ -36,11 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from werkzeug.wrappers import Request, Response
+
 from . import prearchive_code
 from .dicom import ParsedStudy, ParsedUpload, UploadError, extract_dicom_archive, sniff_format
 from .prearchive import (UNASSIGNED, ArchiveConflict, Prearchive, PrearchiveError, ScanContent,
-                         SessionContent, _safe_segment, archive_session, archive_uri,
+                         SessionContent, safe_segment, archive_session, archive_uri,
                          normalise_overwrite, write_session)
+from .serving import Ctx, error_response, uri_list_response
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +165,9 @@ def _resolve_project(store: Any, user: Any, project: Optional[str], *, required:
 
 
 def _labels(study: ParsedStudy, dest: Destination) -> tuple[str, str]:
-    subject = dest.subject or _safe_segment(study.patient_name) or _safe_segment(study.patient_id) \
+    subject = dest.subject or safe_segment(study.patient_name) or safe_segment(study.patient_id) \
         or "Unknown"
-    session = dest.session or _safe_segment(study.patient_id) \
+    session = dest.session or safe_segment(study.patient_id) \
         or f"{subject}_{(study.modality or 'XX').upper()}_{study.study_instance_uid[-6:]}"
     return subject, session
 
@@ -222,59 +226,65 @@ def import_upload(store: Any, user: Any, params: ImportParams, body_path: str | 
                 body_path, staging, ignore_unparsable=params.ignore_unparsable)
         except UploadError as exc:
             raise ImportFailed(400, str(exc)) from exc
-        studies = parsed.studies
-        if dest.session and len(studies) > 1:
-            # An explicit label names one session: merge the studies into it.
-            merged = studies[0]
-            for other in studies[1:]:
-                for sid, series in other.series.items():
-                    if sid in merged.series:
-                        merged.series[sid].files.extend(series.files)
-                    else:
-                        merged.series[sid] = series
-            studies = [merged]
-        plan = []
-        seen: set[str] = set()
-        for study in studies:
-            subject, label = _labels(study, dest)
-            base, n = label, 1
-            while label in seen:
-                n += 1
-                label = f"{base}_{n}"
-            seen.add(label)
-            plan.append((study, subject, label))
+        plan = _plan(parsed.studies, dest)
         if dest.kind == "archive" and params.overwrite == "none":
             for _study, _subject, label in plan:
                 if store.find_experiment(project, label) is not None:
                     if not params.direct_archive:
-                        break  # staged first, then CONFLICT in the prearchive (below)
+                        break  # staged first, then CONFLICT in the prearchive (_place)
                     raise ImportFailed(409, f"Session {label} already exists in project "
                                             f"{project}, retry with overwrite enabled")
-        uris = []
         with Prearchive.for_store(store) as pa:
-            for study, subject, label in plan:
-                if dest.kind == "prearchive":
-                    s = _to_prearchive(pa, study, project, subject, label, "import")
-                    uris.append(f"/data{s.url}")
-                elif params.direct_archive:
-                    try:
-                        eid = write_session(store, _content(study), project=project,
-                                            subject=subject, label=label,
-                                            overwrite=params.overwrite, user=_user_name(user),
-                                            move_files=True)
-                    except ArchiveConflict as exc:
-                        raise ImportFailed(409, str(exc)) from exc
-                    uris.append(archive_uri(store, eid))
-                else:
-                    s = _to_prearchive(pa, study, project, subject, label, "import")
-                    try:
-                        uris.append(archive_session(store, pa, s, overwrite=params.overwrite,
-                                                    user=_user_name(user)))
-                    except PrearchiveError as exc:
-                        raise ImportFailed(exc.status, str(exc)) from exc
-        return uris
+            return [_place(store, pa, user, params, dest, project, *step) for step in plan]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _plan(studies: list[ParsedStudy], dest: Destination) -> list[tuple[ParsedStudy, str, str]]:
+    """(study, subject label, session label) per session to create; labels made unique."""
+    if dest.session and len(studies) > 1:
+        # An explicit label names one session: merge the studies into it.
+        merged = studies[0]
+        for other in studies[1:]:
+            for sid, series in other.series.items():
+                if sid in merged.series:
+                    merged.series[sid].files.extend(series.files)
+                else:
+                    merged.series[sid] = series
+        studies = [merged]
+    plan = []
+    seen: set[str] = set()
+    for study in studies:
+        subject, label = _labels(study, dest)
+        base, n = label, 1
+        while label in seen:
+            n += 1
+            label = f"{base}_{n}"
+        seen.add(label)
+        plan.append((study, subject, label))
+    return plan
+
+
+def _place(store: Any, pa: Prearchive, user: Any, params: ImportParams, dest: Destination,
+           project: str, study: ParsedStudy, subject: str, label: str) -> str:
+    """One planned session into the prearchive, straight into the archive (Direct-Archive), or
+    staged in the prearchive and archived at once; returns its URI."""
+    if dest.kind == "prearchive":
+        s = _to_prearchive(pa, study, project, subject, label, "import")
+        return f"/data{s.url}"
+    if params.direct_archive:
+        try:
+            eid = write_session(store, _content(study), project=project, subject=subject,
+                                label=label, overwrite=params.overwrite, user=_user_name(user),
+                                move_files=True)
+        except ArchiveConflict as exc:
+            raise ImportFailed(409, str(exc)) from exc
+        return archive_uri(store, eid)
+    s = _to_prearchive(pa, study, project, subject, label, "import")
+    try:
+        return archive_session(store, pa, s, overwrite=params.overwrite, user=_user_name(user))
+    except PrearchiveError as exc:
+        raise ImportFailed(exc.status, str(exc)) from exc
 
 
 def _gradual(store: Any, user: Any, params: ImportParams, dest: Destination,
@@ -312,31 +322,21 @@ def _gradual(store: Any, user: Any, params: ImportParams, dest: Destination,
 # HTTP
 # --------------------------------------------------------------------------------------------
 
-def spool_body(request: Any, store: Any) -> tuple[str, dict[str, str]]:
-    """Write the upload to a temp file; returns (path, form fields).
-
-    Multipart: the first file part is the upload and the other parts are parameters.
-    Anything else: the raw body (whatever its Content-Type, §6)."""
-    fd, path = tempfile.mkstemp(prefix="import-body-", dir=getattr(store, "tmp_dir", None))
+def _spool_multipart(request: Request, store: Store) -> tuple[str, dict[str, str]]:
+    """A multipart upload: the first file part into a temp file, the other parts as parameters;
+    returns (path, form fields)."""
+    fd, path = tempfile.mkstemp(prefix="import-body-", dir=store.tmp_dir)
     form: dict[str, str] = {}
     try:
         with os.fdopen(fd, "wb") as out:
-            if (request.mimetype or "").startswith("multipart/"):
-                for k in request.form:
-                    form[k] = request.form[k]
-                first = True
-                for _name, storage in request.files.items(multi=True):
-                    if first:
-                        shutil.copyfileobj(storage.stream, out, 1 << 20)
-                        first = False
-                    storage.close()  # werkzeug spools parts to temp files
-            else:
-                stream = request.stream
-                while True:
-                    buf = stream.read(1 << 20)
-                    if not buf:
-                        break
-                    out.write(buf)
+            for k in request.form:
+                form[k] = request.form[k]
+            first = True
+            for _name, storage in request.files.items(multi=True):
+                if first:
+                    shutil.copyfileobj(storage.stream, out, 1 << 20)
+                    first = False
+                storage.close()  # werkzeug spools parts to temp files
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -344,31 +344,30 @@ def spool_body(request: Any, store: Any) -> tuple[str, dict[str, str]]:
     return path, form
 
 
-def handle(request: Any, ctx: Any) -> Any:
+def handle(ctx: Ctx) -> Response:
     """``POST /data/services/import`` -> 200 ``text/uri-list`` (§6); errors are Restlet status
     pages (400 "Unable to identify upload format.", 403, 404, 409)."""
-    from .prearchive import _Http
-
-    http = _Http(request, ctx)
+    request = ctx.request
     if request.method != "POST":
-        return http.error(405, "Method Not Allowed")
+        return error_response(405, "Method Not Allowed")
     store = ctx.store
-    if not (request.mimetype or "").startswith("multipart/") and hasattr(ctx, "spool_body"):
-        # app.py's spooler applies the emulator's faults (truncated bodies -> 400)
-        body_path, form = str(ctx.spool_body(request)), {}
+    if (request.mimetype or "").startswith("multipart/"):
+        body_path, form = _spool_multipart(request, store)
     else:
-        body_path, form = spool_body(request, store)
+        # any other Content-Type is the raw body (§6); the spooler applies the server's faults
+        # (a truncated body is a 400)
+        body_path, form = str(ctx.spool_body()), {}
     try:
-        values = {k: request.args.get(k) for k in request.args}
+        values = {k: request.args[k] for k in request.args}
         for k, v in form.items():
             values.setdefault(k, v)
         try:
             params = ImportParams.from_mapping(values)
-            uris = import_upload(store, getattr(ctx, "user", None), params, body_path)
+            uris = import_upload(store, ctx.user, params, body_path)
         except ImportFailed as exc:
             log.info("import refused (%d): %s", exc.status, exc.message)
-            return http.error(exc.status, exc.message)
-        return http.uri_list(uris)
+            return error_response(exc.status, exc.message)
+        return uri_list_response(request, uris)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(body_path)

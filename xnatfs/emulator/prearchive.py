@@ -21,26 +21,26 @@ the new project (same timestamp and folder, ``PrearcDatabase._moveToProject``),
 ``QUEUED_BUILDING`` -> ``BUILDING`` -> ``READY``, ``QUEUED_DELETING`` -> ``DELETING`` -> gone;
 each over :data:`QUEUE_DELAY_S`, advanced lazily by the next request (``_run_queue``).
 
-HTTP: :func:`handle` serves ``/data/prearchive...``, ``/data/services/archive`` and
-``/data/services/prearchive/{move,delete,rebuild}``; the router in ``app.py`` passes them here.
+HTTP: ``prearchive_http.py`` serves ``/data/prearchive...``, ``/data/services/archive`` and
+``/data/services/prearchive/{move,delete,rebuild}`` on top of this module.
 """
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as _dt
 import logging
 import os
 import shutil
 import sqlite3
-import tarfile
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from .dicom import ParsedStudy
+from .store import Conflict, Parent, Store
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class PrearcFile:
 # Storage
 # --------------------------------------------------------------------------------------------
 
-def prearchive_root(store: Any) -> Path:
+def prearchive_root(store: Store) -> Path:
     return Path(store.data_dir) / "prearchive"
 
 
@@ -234,7 +234,7 @@ class Prearchive:
         self._db.executescript(_SCHEMA)
 
     @classmethod
-    def for_store(cls, store: Any, **kw: Any) -> "Prearchive":
+    def for_store(cls, store: Store, **kw: Any) -> "Prearchive":
         return cls(prearchive_root(store), **kw)
 
     def close(self) -> None:
@@ -362,28 +362,28 @@ class Prearchive:
             raise PrearchiveError(f"Invalid prearchive session URI: {url}")
         return self.require(parts[2], parts[3], parts[4])
 
-    def list(self, projects: Optional[Iterable[str]] = None) -> list[PrearcSession]:
+    def list(self, projects: Optional[Iterable[str]] = None) -> builtins.list[PrearcSession]:
         self._settle_receiving()
         rows = self._db.execute("SELECT * FROM sessions ORDER BY project, timestamp, folder")
         wanted = None if projects is None else set(projects)
         return [self._session(r) for r in rows if wanted is None or r["project"] in wanted]
 
-    def scans(self, s: PrearcSession) -> list[PrearcScan]:
+    def scans(self, s: PrearcSession) -> builtins.list[PrearcScan]:
         rows = self._db.execute("SELECT * FROM scans WHERE project=? AND timestamp=? AND folder=?",
                                 s.key).fetchall()
         out = [PrearcScan(r["scan_id"], r["type"], r["series_description"], r["modality"], r["uid"])
                for r in rows]
         return sorted(out, key=lambda x: _natural_key(x.scan_id))
 
-    def resources(self, s: PrearcSession, scan_id: str) -> list[str]:
+    def resources(self, s: PrearcSession, scan_id: str) -> builtins.list[str]:
         d = self.session_dir(s) / "SCANS" / scan_id
         return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
 
-    def files(self, s: PrearcSession, scan_id: str, resource: str) -> list[PrearcFile]:
+    def files(self, s: PrearcSession, scan_id: str, resource: str) -> builtins.list[PrearcFile]:
         base = self.resource_dir(s, scan_id, resource)
         if not base.is_dir():
             return []
-        out = []
+        out: builtins.list[PrearcFile] = []
         for dirpath, _dirs, names in os.walk(base):
             for n in names:
                 p = Path(dirpath) / n
@@ -405,7 +405,7 @@ class Prearchive:
                        when: Optional[float] = None) -> PrearcSession:
         """A new empty session row (and folder) in ``status``."""
         now = self.clock() if when is None else when
-        folder = _safe_segment(name) or "session"
+        folder = safe_segment(name) or "session"
         with self._tx() as c:
             ts = self._unique_timestamp(project, folder, now)
             s = PrearcSession(project=project, timestamp=ts, folder=folder, name=name,
@@ -559,7 +559,7 @@ def _natural_key(text: str) -> tuple:
         return (1, 0, text)
 
 
-def _safe_segment(text: str) -> str:
+def safe_segment(text: str) -> str:
     """A label usable as one URL/path segment (XNAT allows ``[A-Za-z0-9_-]``, §10.17)."""
     out = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in text.strip())
     return out.strip("_") or ""
@@ -629,14 +629,7 @@ class ArchiveConflict(PrearchiveError):
     status = 409
 
 
-def _store_transaction(store: Any) -> Any:
-    """The store's write transaction, so a failed archive leaves no catalog rows behind.
-    (``store.transaction()`` when the store offers it publicly, else its ``_tx()``.)"""
-    tx = getattr(store, "transaction", None) or getattr(store, "_tx", None)
-    return tx() if tx is not None else contextlib.nullcontext()
-
-
-def write_session(store: Any, content: SessionContent, *, project: str, subject: str, label: str,
+def write_session(store: Store, content: SessionContent, *, project: str, subject: str, label: str,
                   overwrite: str = "none", user: str = "admin", move_files: bool = False) -> str:
     """Create (or, per ``overwrite``, extend or replace) experiment ``label`` of ``subject`` in
     ``project`` from ``content``; returns the experiment accession ID.
@@ -644,26 +637,24 @@ def write_session(store: Any, content: SessionContent, *, project: str, subject:
     Raises :class:`ArchiveConflict` when the label exists and ``overwrite`` is ``none``.  Runs in
     one store transaction: a failure part way leaves no rows (files already renamed into the
     archive folder stay orphaned but invisible)."""
-    from . import store as store_mod  # sibling module of emulator-core
-
     overwrite = normalise_overwrite(overwrite)
     session_xsi, scan_xsi = xsi_types_for(content.modality)
-    with _store_transaction(store):
+    with store.transaction():
         existing = store.find_experiment(project, label)
-        if existing is not None and not getattr(existing, "session_id", ""):
+        if existing is not None and not existing.session_id:
             if overwrite == "none":
                 raise ArchiveConflict(
                     f"Session {label} already exists in project {project}, retry with overwrite "
                     f"enabled")
             if overwrite == "delete":
-                for scan in store.list_scans(existing.id):
-                    store.delete_scan(existing.id, scan.id)
+                for old in store.list_scans(existing.id):
+                    store.delete_scan(existing.id, old.id)
         fields = {k: v for k, v in (("date", content.date), ("time", content.time),
                                     ("modality", content.modality), ("UID", content.uid)) if v}
         try:
             eid, _created = store.create_experiment(project, subject, label, session_xsi,
                                                     fields=fields, user=user)
-        except store_mod.Conflict as exc:
+        except Conflict as exc:
             raise ArchiveConflict(str(exc)) from exc
         for scan in content.scans:
             n_files = sum(len(v) for v in scan.resources.values())
@@ -677,8 +668,8 @@ def write_session(store: Any, content: SessionContent, *, project: str, subject:
                               fields=scan_fields)
             for res_label, files in scan.resources.items():
                 fmt = "DICOM" if res_label.upper() == "DICOM" else ""
-                rid, _ = store.create_resource(store_mod.Parent(project=project, experiment=eid,
-                                                                scan=scan.scan_id),
+                rid, _ = store.create_resource(Parent(project=project, experiment=eid,
+                                                      scan=scan.scan_id),
                                                res_label, format=fmt,
                                                content="RAW" if fmt else "")
                 for relpath, path in files:
@@ -700,24 +691,27 @@ def session_content_from_prearchive(pa: Prearchive, s: PrearcSession) -> Session
                           uid=s.tag, scans=scans)
 
 
-def archive_uri(store: Any, experiment_id: str) -> str:
+def archive_uri(store: Store, experiment_id: str) -> str:
     """``/data/archive/projects/P/subjects/<subject label>/experiments/<label>`` (§7.3)."""
     e = store.get_experiment(experiment_id)
+    assert e is not None, experiment_id  # just written by the caller
     subj = store.get_subject(e.subject_id)
+    assert subj is not None, e.subject_id
     return f"/data/archive/projects/{e.project}/subjects/{subj.label}/experiments/{e.label}"
 
 
-def archive_session(store: Any, pa: Prearchive, s: PrearcSession, *, project: Optional[str] = None,
+def archive_session(store: Store, pa: Prearchive, s: PrearcSession, *, project: Optional[str] = None,
                     subject: Optional[str] = None, label: Optional[str] = None,
                     overwrite: Optional[str] = None, user: str = "admin") -> str:
     """The archive step (§7.3): READY/CONFLICT/ERROR -> ARCHIVING -> written to the archive ->
     prearchive row removed.  Returns the archive URI (with ``/data``).  A label clash without
     overwrite leaves the session in CONFLICT (and raises :class:`ArchiveConflict`)."""
     project = project or s.project
-    if project == UNASSIGNED or store.get_project(project) is None:
+    row = store.get_project(project) if project != UNASSIGNED else None
+    if row is None:
         raise PrearchiveError(f"Invalid project {project}: a session must be archived into an "
                               f"existing project", 400 if project == UNASSIGNED else 404)
-    project = store.get_project(project).id
+    project = row.id
     subject = subject or s.subject or s.name
     label = label or s.name
     pa.set_status(s, ARCHIVING, _SETTLED)
@@ -734,475 +728,3 @@ def archive_session(store: Any, pa: Prearchive, s: PrearcSession, *, project: Op
         raise
     pa.remove(s)
     return archive_uri(store, eid)
-
-
-# --------------------------------------------------------------------------------------------
-# HTTP: /data/prearchive..., /data/services/archive, /data/services/prearchive/*
-# --------------------------------------------------------------------------------------------
-
-_SCAN_COLUMNS = ("ID", "series_description", "type")
-_RESOURCE_COLUMNS = ("label", "file_count", "file_size")
-_SESSION_RESOURCE_COLUMNS = ("category", "cat_id", "label", "file_count", "file_size")
-_FILE_COLUMNS = ("Name", "Size", "URI")
-
-
-def api_segments(path: str) -> list[str]:
-    """Path segments after ``/data`` or ``/REST`` (the context path, if any, is skipped)."""
-    parts = [p for p in path.split("/") if p]
-    for i, p in enumerate(parts):
-        if p in ("data", "REST"):
-            return parts[i + 1:]
-    return parts
-
-
-def _ctx_user(ctx: Any) -> Any:
-    return getattr(ctx, "user", None)
-
-
-def _user_name(ctx: Any) -> str:
-    u = _ctx_user(ctx)
-    return getattr(u, "name", None) or (u if isinstance(u, str) else "admin")
-
-
-def _is_admin(store: Any, user: Any) -> bool:
-    if isinstance(user, str):
-        user = store.get_user(user)
-    return bool(getattr(user, "admin", False))
-
-
-def _can_access(store: Any, user: Any, project: str) -> bool:
-    """Prearchive visibility: project members; Unassigned is for admins only."""
-    if isinstance(user, str):
-        user = store.get_user(user)
-    if project == UNASSIGNED:
-        return _is_admin(store, user)
-    return bool(store.can_read(user, project))
-
-
-class _Http:
-    """werkzeug response helpers built on ``formats`` (no dependency on app.py internals)."""
-
-    def __init__(self, request: Any, ctx: Any = None) -> None:
-        from werkzeug.wrappers import Response
-
-        self.request = request
-        self.ctx = ctx
-        self.Response = Response
-
-    def fmt(self) -> str:
-        f = (self.request.args.get("format") or "").lower()
-        if f:
-            return f
-        return "json"
-
-    def table(self, rows: Sequence[dict[str, str]], columns: Sequence[str],
-              meta: Optional[dict[str, str]] = None) -> Any:
-        from . import formats
-
-        meta = {"totalRecords": str(len(rows))} if meta is None else meta
-        if self.ctx is not None and hasattr(self.ctx, "resultset"):
-            # app.py's table writer: format=, sortBy, limit/offset like every other listing
-            return self.ctx.resultset(list(rows), list(columns), meta, request=self.request)
-        f = self.fmt()
-        if f == "csv":
-            return self.Response(formats.resultset_csv(rows, columns), 200,
-                                 content_type="text/csv; charset=utf-8")
-        if f == "html":
-            return self.Response(formats.resultset_html(rows, columns), 200,
-                                 content_type="text/html; charset=utf-8")
-        if f == "xml":
-            return self.Response(formats.resultset_xml(rows, columns, meta), 200,
-                                 content_type="text/xml; charset=utf-8")
-        return self.Response(formats.resultset_json(rows, columns, meta), 200,
-                             content_type="application/json")
-
-    def error(self, status: int, message: str) -> Any:
-        from . import formats
-
-        if self.ctx is not None and hasattr(self.ctx, "error"):
-            return self.ctx.error(status, message)
-        return self.Response(formats.error_page(status, message), status,
-                             content_type="text/html; charset=utf-8")
-
-    def text(self, body: str, status: int = 200, content_type: str = "text/plain") -> Any:
-        return self.Response(body.encode("utf-8"), status, content_type=content_type)
-
-    def uri_list(self, uris: Sequence[str]) -> Any:
-        """``text/uri-list``, each URI CRLF-terminated (§6, §7.3); ``format=txt`` -> text/plain."""
-        body = "".join(u + "\r\n" for u in uris)
-        if (self.request.args.get("format") or "").lower() == "txt":
-            return self.text(uris[0] if uris else "")
-        return self.text(body, content_type="text/uri-list")
-
-    def archive_stream(self, entries: Sequence[tuple[str, Path]], filename: str,
-                       kind: str) -> Any:
-        """A zip / tar / tar.gz of ``entries`` (name, path), built in a temp file and streamed
-        without Content-Length, as XNAT does (§3.3)."""
-        import tempfile
-
-        tmp = tempfile.TemporaryFile()
-        if kind == "zip":
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-                for name, path in entries:
-                    zf.write(path, name)
-            ctype, ext = "application/zip", "zip"
-        else:
-            mode = "w:gz" if kind in ("tar.gz", "tgz") else "w"
-            with tarfile.open(fileobj=tmp, mode=mode) as tf:
-                for name, path in entries:
-                    tf.add(str(path), arcname=name)
-            ctype = "application/x-gzip" if mode == "w:gz" else "application/x-tar"
-            ext = "tar.gz" if mode == "w:gz" else "tar"
-        tmp.seek(0)
-
-        def chunks() -> Iterator[bytes]:
-            with tmp:
-                while True:
-                    buf = tmp.read(1 << 16)
-                    if not buf:
-                        return
-                    yield buf
-
-        resp = self.Response(chunks(), 200, content_type=ctype, direct_passthrough=True)
-        resp.headers["Content-Disposition"] = f'attachment; filename="{filename}.{ext}";'
-        return resp
-
-    def file(self, path: Path) -> Any:
-        """One prearchive file: the headers of §3.1 (Content-Length, Last-Modified, ...)."""
-        from . import formats
-
-        st = path.stat()
-        ext = path.suffix.lower().lstrip(".")
-        ctype = {"txt": "text/plain", "xml": "text/xml", "json": "application/json",
-                 "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg",
-                 "gif": "image/gif", "pdf": "application/pdf"}.get(ext, "application/octet-stream")
-        if self.request.method == "HEAD":
-            body: Any = b""
-        else:
-            def body_iter() -> Iterator[bytes]:
-                with open(path, "rb") as fh:
-                    while True:
-                        buf = fh.read(1 << 16)
-                        if not buf:
-                            return
-                        yield buf
-            body = body_iter()
-        resp = self.Response(body, 200, content_type=ctype, direct_passthrough=True)
-        resp.headers["Content-Length"] = str(st.st_size)
-        resp.headers["Last-Modified"] = formats.http_date(st.st_mtime)
-        resp.headers["Content-Disposition"] = f'attachment; filename="{path.name}";'
-        resp.headers["Cache-Control"] = "must-revalidate"
-        return resp
-
-
-def handle(request: Any, ctx: Any) -> Any:
-    """Entry point from ``app.py`` for ``/data/prearchive...``, ``/data/services/archive`` and
-    ``/data/services/prearchive/*``."""
-    http = _Http(request, ctx)
-    store = ctx.store
-    ctx_path = getattr(ctx, "path", None)
-    # ctx.path is already below /data (app.py); the bare test shims pass the full path
-    segs = [p for p in ctx_path.split("/") if p] if ctx_path else api_segments(request.path)
-    if segs[:1] == ["archive"]:
-        segs = segs[1:]
-    try:
-        if segs[:1] == ["services"]:
-            if request.method != "POST":
-                return http.error(405, "Method Not Allowed")
-            if segs[1:2] == ["archive"]:
-                return _service_archive(http, store, ctx)
-            if segs[1:2] == ["prearchive"] and len(segs) >= 3:
-                return _service_batch(http, store, ctx, segs[2])
-            return http.error(404, "Unknown service")
-        if segs[:1] == ["prearchive"]:
-            return _prearchive(http, store, ctx, segs[1:])
-        return http.error(404, "Not Found")
-    except PrearchiveError as exc:
-        return http.error(exc.status, str(exc))
-
-
-def _params(request: Any) -> dict[str, str]:
-    out = {k: request.args.get(k) for k in request.args}
-    if (request.mimetype or "") in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        for k in request.form:
-            out.setdefault(k, request.form[k])
-    return out
-
-
-def _srcs(request: Any) -> list[str]:
-    vals = list(request.args.getlist("src"))
-    if (request.mimetype or "") in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        vals += request.form.getlist("src")
-    out: list[str] = []
-    for v in vals:
-        out.extend(x for x in v.split(",") if x)
-    return out
-
-
-def _open_session(pa: Prearchive, store: Any, ctx: Any, url: str) -> PrearcSession:
-    s = pa.from_url(url)
-    if not _can_access(store, _ctx_user(ctx), s.project):
-        raise SessionNotFound(f"Unable to find prearchive session {url}")
-    return s
-
-
-def _service_archive(http: _Http, store: Any, ctx: Any) -> Any:
-    """``POST /data/services/archive?src=...`` (§7.3)."""
-    params = _params(http.request)
-    srcs = _srcs(http.request)
-    if not srcs:
-        return http.error(400, "Missing src parameter")
-    dest = params.get("dest") or ""
-    dparts = [p for p in dest.split("/") if p]
-    dvals: dict[str, str] = {}
-    names = {"projects": "project", "subjects": "subject", "experiments": "session"}
-    for i in range(1 if dparts[:1] == ["archive"] else 0, len(dparts) - 1, 2):
-        if dparts[i] in names:
-            dvals[names[dparts[i]]] = dparts[i + 1]
-    project = dvals.get("project") or params.get("project") or None
-    subject = dvals.get("subject") or params.get("subject") or None
-    label = dvals.get("session") or params.get("session") or params.get("label") or None
-    user = _ctx_user(ctx)
-    uris = []
-    with Prearchive.for_store(store) as pa:
-        for src in srcs:
-            s = _open_session(pa, store, ctx, src)
-            target = project or s.project
-            if target != UNASSIGNED and store.get_project(target) is not None and \
-                    not store.can_read(store.get_user(user) if isinstance(user, str) else user,
-                                       store.get_project(target).id):
-                return http.error(403, f"Access denied to project {target}")
-            uris.append(archive_session(store, pa, s, project=project, subject=subject,
-                                        label=label, overwrite=params.get("overwrite"),
-                                        user=_user_name(ctx)))
-    return http.uri_list(uris)
-
-
-def _service_batch(http: _Http, store: Any, ctx: Any, op: str) -> Any:
-    """``POST /data/services/prearchive/{move,delete,rebuild}?src=..[&newProject=]`` (§7.3);
-    answers the affected rows."""
-    if op not in ("move", "delete", "rebuild"):
-        return http.error(404, f"Unknown prearchive operation {op}")
-    params = _params(http.request)
-    srcs = _srcs(http.request)
-    if not srcs:
-        return http.error(400, "Missing src parameter")
-    rows = []
-    with Prearchive.for_store(store) as pa:
-        sessions = [_open_session(pa, store, ctx, src) for src in srcs]
-        new_project = ""
-        if op == "move":
-            new_project = _move_target(store, ctx, params.get("newProject") or "")
-        for s in sessions:
-            # queued like XNAT's PrearchiveBatch* (``async=false`` is ignored there too): the
-            # answer shows QUEUED_*, the session changes a moment later
-            rows.append(pa.enqueue(s, op, new_project).row())
-    return http.table(rows, PREARC_COLUMNS)
-
-
-def _move(pa: Prearchive, store: Any, ctx: Any, s: PrearcSession, new_project: str) -> PrearcSession:
-    return pa.move(s, _move_target(store, ctx, new_project))
-
-
-def _move_target(store: Any, ctx: Any, new_project: str) -> str:
-    """The destination project's ID; 400/404/403 like ``PrearchiveBatchMove``."""
-    if not new_project:
-        raise PrearchiveError("Missing newProject parameter")
-    if new_project != UNASSIGNED:
-        row = store.get_project(new_project)
-        if row is None:
-            raise PrearchiveError(f"Unable to find project {new_project}", 404)
-        new_project = row.id
-    if not _can_access(store, _ctx_user(ctx), new_project):
-        raise PrearchiveError(f"Access denied to project {new_project}", 403)
-    return new_project
-
-
-def _session_xml(pa: Prearchive, s: PrearcSession) -> bytes:
-    """A minimal session document (XNAT serves the prearchive session XML by default)."""
-    from html import escape as e
-
-    session_xsi, scan_xsi = xsi_types_for(s.modality)
-    elem = {"xnat:mrSessionData": "MRSession", "xnat:ctSessionData": "CTSession",
-            "xnat:petSessionData": "PETSession"}.get(session_xsi, "OtherDicomSession")
-    scans = []
-    for sc in pa.scans(s):
-        res = "".join(
-            f'<xnat:file xsi:type="xnat:resourceCatalog" label="{e(r)}" format="DICOM" '
-            f'content="RAW" file_count="{len(pa.files(s, sc.scan_id, r))}"/>'
-            for r in pa.resources(s, sc.scan_id))
-        scans.append(f'<xnat:scan ID="{e(sc.scan_id)}" type="{e(sc.type)}" UID="{e(sc.uid)}" '
-                     f'xsi:type="{scan_xsi}"><xnat:series_description>{e(sc.series_description)}'
-                     f'</xnat:series_description>{res}</xnat:scan>')
-    doc = (f'<?xml version="1.0" encoding="UTF-8"?>\n<xnat:{elem} label="{e(s.name)}" '
-           f'project="{e(s.project)}" UID="{e(s.tag)}" xmlns:xnat="http://nrg.wustl.edu/xnat" '
-           f'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
-           f'<xnat:date>{e(s.scan_date)}</xnat:date><xnat:time>{e(s.scan_time)}</xnat:time>'
-           f'<xnat:dcmPatientName>{e(s.subject)}</xnat:dcmPatientName>'
-           f'<xnat:subject_ID>{e(s.subject)}</xnat:subject_ID>'
-           f'<xnat:scans>{"".join(scans)}</xnat:scans></xnat:{elem}>\n')
-    return doc.encode("utf-8")
-
-
-def _prearchive(http: _Http, store: Any, ctx: Any, segs: list[str]) -> Any:
-    """``/data/prearchive[/projects[/P[/TS/FOLDER[/...]]]]`` (§7.1, §7.2)."""
-    request = http.request
-    method = request.method
-    user = _ctx_user(ctx)
-    if not segs or segs == ["projects"]:
-        if method not in ("GET", "HEAD"):
-            return http.error(405, "Method Not Allowed")
-        with Prearchive.for_store(store) as pa:
-            rows = [s.row() for s in pa.list() if _can_access(store, user, s.project)]
-        return http.table(rows, PREARC_COLUMNS)
-    if segs[0] != "projects":
-        return http.error(404, "Not Found")
-    project = segs[1]
-    if project != UNASSIGNED:
-        prow = store.get_project(project)
-        if prow is not None:
-            project = prow.id
-    if not _can_access(store, user, project):
-        if project != UNASSIGNED and store.get_project(project) is None:
-            return http.error(404, f"Unable to find project {project}")
-        return http.error(403, f"Access denied to project {project}")
-    if len(segs) == 2:
-        if method not in ("GET", "HEAD"):
-            return http.error(405, "Method Not Allowed")
-        with Prearchive.for_store(store) as pa:
-            rows = [s.row() for s in pa.list([project])]
-        return http.table(rows, PREARC_COLUMNS)
-    if len(segs) == 3:
-        return http.error(404, "Unable to find prearchive session")
-    with Prearchive.for_store(store) as pa:
-        s = pa.require(project, segs[2], segs[3])
-        rest = segs[4:]
-        if not rest:
-            return _session_endpoint(http, pa, store, ctx, s)
-        if method not in ("GET", "HEAD"):
-            return http.error(405, "Method Not Allowed")
-        if s.status == RECEIVING:
-            # XNAT cannot serve a session still receiving (xnatpy hides them, §7.1)
-            return http.error(404, "Session still receiving")
-        return _session_subresource(http, pa, s, rest)
-
-
-def _session_endpoint(http: _Http, pa: Prearchive, store: Any, ctx: Any, s: PrearcSession) -> Any:
-    request = http.request
-    method = request.method
-    if method == "DELETE":
-        pa.delete(s)
-        return http.text("")
-    if method in ("POST", "PUT"):
-        params = _params(request)
-        action = (params.get("action") or "").lower()
-        # PrearcSessionResource.handlePost (xnat-web): build/reset-status answer the session's
-        # URI as text/uri-list, move the new URI with 301, set-status nothing; build and move
-        # run synchronously here (only the /services/prearchive/* batch forms are queued)
-        if action in ("build", "rebuild"):
-            try:
-                pa.build(s)
-            except StatusConflict:
-                return http.error(409, "session document locked")
-            return http.uri_list([f"/data{s.url}"])
-        elif action == "reset-status":
-            pa.set_status(s, READY)
-            return http.uri_list([f"/data{s.url}"])
-        elif action == "set-status":
-            status = params.get("status") or ""
-            if status not in KNOWN_STATUSES:
-                return http.error(400, f"Invalid status {status}")
-            pa.set_status(s, status)
-            return http.text("")
-        elif action == "move":
-            s = _move(pa, store, ctx, s, params.get("newProject") or "")
-            resp = http.uri_list([f"/data{s.url}"])
-            resp.status_code = 301
-            return resp
-        elif action in ("commit", "archive"):
-            uri = archive_session(store, pa, s, project=params.get("project") or None,
-                                  subject=params.get("subject") or None,
-                                  label=params.get("session") or params.get("label") or None,
-                                  overwrite=params.get("overwrite"), user=_user_name(ctx))
-            return http.uri_list([uri])
-        else:
-            return http.error(400, f"Unknown action {action or '(none)'}")
-    if method not in ("GET", "HEAD"):
-        return http.error(405, "Method Not Allowed")
-    f = (request.args.get("format") or "").lower()
-    if f in ("json", "csv", "html"):
-        return http.table([s.row()], PREARC_COLUMNS)
-    if f in ("zip", "tar", "tar.gz", "tgz"):
-        return http.archive_stream(list(pa.iter_archive_entries(s)), s.folder, f)
-    if s.status == RECEIVING:
-        return http.error(404, "Session document not built yet")
-    return http.Response(_session_xml(pa, s), 200, content_type="text/xml; charset=utf-8")
-
-
-def _session_subresource(http: _Http, pa: Prearchive, s: PrearcSession, rest: list[str]) -> Any:
-    """``/scans``, ``/scans/S[/resources[/R[/files[/path]]]]``, ``/resources``, ``/logs``."""
-    request = http.request
-    base = f"/data{s.url}"
-    if rest[0] == "logs":
-        return http.text("")
-    if rest[0] == "resources" and len(rest) == 1:
-        rows = []
-        for sc in pa.scans(s):
-            for r in pa.resources(s, sc.scan_id):
-                files = pa.files(s, sc.scan_id, r)
-                rows.append({"category": "scans", "cat_id": sc.scan_id, "label": r,
-                             "file_count": str(len(files)),
-                             "file_size": str(sum(f.size for f in files))})
-        return http.table(rows, _SESSION_RESOURCE_COLUMNS,
-                          {"title": "Resources", "totalRecords": str(len(rows))})
-    if rest[0] != "scans":
-        return http.error(404, "Not Found")
-    scans = pa.scans(s)
-    if len(rest) == 1:
-        rows = [{"ID": sc.scan_id, "series_description": sc.series_description, "type": sc.type}
-                for sc in scans]
-        return http.table(rows, _SCAN_COLUMNS)
-    scan = next((sc for sc in scans if sc.scan_id == rest[1]), None)
-    if scan is None:
-        return http.error(404, f"Unable to find scan {rest[1]}")
-    if len(rest) == 2:
-        f = (request.args.get("format") or "").lower()
-        if f in ("zip", "tar", "tar.gz", "tgz"):
-            return http.archive_stream(list(pa.iter_archive_entries(s, [scan.scan_id])),
-                                       f"{s.folder}_scan{scan.scan_id}", f)
-        return http.table([{"ID": scan.scan_id, "series_description": scan.series_description,
-                            "type": scan.type}], _SCAN_COLUMNS)
-    if rest[2] != "resources":
-        return http.error(404, "Not Found")
-    resources = pa.resources(s, scan.scan_id)
-    if len(rest) == 3:
-        rows = []
-        for r in resources:
-            files = pa.files(s, scan.scan_id, r)
-            rows.append({"label": r, "file_count": str(len(files)),
-                         "file_size": str(sum(f.size for f in files))})
-        return http.table(rows, _RESOURCE_COLUMNS)
-    if rest[3] not in resources:
-        return http.error(404, f"Unable to find resource {rest[3]}")
-    res = rest[3]
-    files = pa.files(s, scan.scan_id, res)
-    if len(rest) == 4 or (len(rest) == 5 and rest[4] == "files"):
-        f = (request.args.get("format") or "").lower()
-        if f in ("zip", "tar", "tar.gz", "tgz"):
-            entries = [(f"{scan.scan_id}/{res}/{x.relpath}", x.path) for x in files]
-            return http.archive_stream(entries, f"{s.folder}_scan{scan.scan_id}_{res}", f)
-        if len(rest) == 4:
-            rows = [{"label": res, "file_count": str(len(files)),
-                     "file_size": str(sum(x.size for x in files))}]
-            return http.table(rows, _RESOURCE_COLUMNS)
-        rows = [{"Name": x.relpath.rsplit("/", 1)[-1], "Size": str(x.size),
-                 "URI": f"{base}/scans/{scan.scan_id}/resources/{res}/files/{x.relpath}"}
-                for x in files]
-        return http.table(rows, _FILE_COLUMNS, {"title": "Files"})
-    if rest[4] != "files":
-        return http.error(404, "Not Found")
-    relpath = "/".join(rest[5:])
-    hit = next((x for x in files if x.relpath == relpath), None)
-    if hit is None:
-        return http.error(404, "Unable to find file.")
-    return http.file(hit.path)

@@ -20,8 +20,10 @@ from cheroot import wsgi
 from werkzeug.wrappers import Request, Response
 
 from . import formats
-from .app import AppConfig, DropConnection, XnatApp, error_response, json_response
+from .app import XnatApp
 from .auth import SessionTable
+from .seed import seed_demo
+from .serving import AppConfig, DropConnection, error_response, json_response
 from .store import Store, UserRow
 
 log = logging.getLogger(__name__)
@@ -115,8 +117,6 @@ class Emulator:
         for name, pw, projects in self.extra_users:
             store.add_user(name, pw, projects)
         if self.seed == "demo" and fresh:
-            from .seed import seed_demo  # owned by emulator-data; imported lazily
-
             seed_demo(store)
             # the users given to the emulator win over the seed's own (``--user alice`` with
             # the demo seed: the seed's alice must not replace the admin asked for, issue 16 §8)

@@ -11,10 +11,11 @@ Layout of ``data_dir``::
     data_dir/tmp/                          upload staging (always on the same filesystem)
     data_dir/prearchive/                   free for prearchive.py (not used here)
 
-Public API (stable; emulator-data codes against it). All ids are ``str`` except resource ids
-(``int``, XNAT's ``xnat_abstractresource_id``) and scan primary keys (``int``,
-``xnat_imagescandata_id``). ``fields`` are plain ``dict[str, str]`` of extra data fields (e.g.
-``{"date": "2024-01-01", "gender": "female"}``); well-known keys are copied into columns.
+Public API (stable; the handlers, the seed, the importer and the prearchive use only this).
+All ids are ``str`` except resource ids (``int``, XNAT's ``xnat_abstractresource_id``) and scan
+primary keys (``int``, ``xnat_imagescandata_id``). ``fields`` are plain ``dict[str, str]`` of
+extra data fields (e.g. ``{"date": "2024-01-01", "gender": "female"}``); well-known keys are
+copied into columns.
 
     st = Store(data_dir, site_id="XNAT")             # opens/creates; thread safe
     st.close()
@@ -45,7 +46,6 @@ Public API (stable; emulator-data codes against it). All ids are ``str`` except 
         # a short read (expected_size not reached) raises TruncatedUpload and stores nothing.
     st.put_file_from_path(resource_id, relpath, path, overwrite=False, move=False, ...) -> bool
     st.new_temp() -> (fd, path)          # a staging file in data_dir/tmp (same filesystem)
-    st.iter_file(resource_id, relpath) -> iterator of 1 MiB chunks
     st.is_empty() -> bool                # no project and no user yet (fresh data dir)
 
     # parents of resources
@@ -85,6 +85,10 @@ Public API (stable; emulator-data codes against it). All ids are ``str`` except 
     # updates
     st.update_fields(kind, key, fields)   # kind in project|subject|experiment|scan|assessor
     st.touch_experiment(eid)              # bump last_modified
+    st.relabel(kind, id, label)           # kind in subject|experiment (rename)
+
+    # transactions: several writes that stand or fall together
+    with st.transaction() as c: ...       # re-entrant; the store's own writes join it
 
     # alias tokens
     st.issue_token(user, lifetime_s) -> TokenRow ; st.get_token(alias) -> TokenRow | None
@@ -108,7 +112,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional
+from typing import Any, Optional, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +315,12 @@ _RESOURCE_ID_START = 100
 _SCAN_PK_START = 10
 
 
+class Readable(Protocol):
+    """What :meth:`Store.put_file` reads from: a file, or a request body behind ``read(n)``."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 def _fields(text: Optional[str]) -> dict[str, str]:
     return json.loads(text) if text else {}
 
@@ -323,8 +333,8 @@ def validate_relpath(relpath: str) -> str:
     return "/".join(parts)
 
 
-class Store:
-    """See the module docstring for the API."""
+class _Catalog:
+    """The metadata half of :class:`Store`: connections, users, objects and resources."""
 
     def __init__(self, data_dir: str | os.PathLike[str], site_id: str = "XNAT") -> None:
         self.data_dir = Path(data_dir)
@@ -374,8 +384,11 @@ class Store:
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Optional[sqlite3.Row]:
         return self._conn().execute(sql, args).fetchone()
 
-    def _tx(self) -> "_Tx":
-        return _Tx(self)
+    def transaction(self) -> "Transaction":
+        """A write transaction (``with st.transaction() as c:``) under the store lock: the
+        store's own writes inside it join it, and an exception rolls all of them back (the
+        prearchive's archive step writes a whole session this way)."""
+        return Transaction(self)
 
     def close(self) -> None:
         with self._conns_lock:
@@ -399,7 +412,7 @@ class Store:
 
     # ----------------------------------------------------------------------------- users
     def add_user(self, name: str, password: str, projects: Any = (), admin: bool = False) -> None:
-        with self._tx() as c:
+        with self.transaction() as c:
             c.execute("INSERT INTO users(name, password, admin) VALUES (?,?,?) ON CONFLICT(name) "
                       "DO UPDATE SET password=excluded.password, admin=excluded.admin",
                       (name, password, int(admin)))
@@ -407,12 +420,12 @@ class Store:
                 c.execute("INSERT OR IGNORE INTO members VALUES (?,?)", (name, p))
 
     def add_member(self, name: str, project_id: str) -> None:
-        with self._tx() as c:
+        with self.transaction() as c:
             c.execute("INSERT OR IGNORE INTO members VALUES (?,?)", (name, project_id))
 
     def remove_member(self, name: str, project_id: str) -> None:
         """Revoke access (tests: a user whose access ends while a proxy holds the bytes)."""
-        with self._tx() as c:
+        with self.transaction() as c:
             c.execute("DELETE FROM members WHERE user=? AND project=?", (name, project_id))
 
     def check_password(self, name: str, password: str) -> bool:
@@ -440,7 +453,7 @@ class Store:
         alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
         tok = TokenRow(str(uuid.uuid4()), "".join(secrets.choice(alphabet) for _ in range(64)),
                        user, now, now + lifetime_s, True)
-        with self._tx() as c:
+        with self.transaction() as c:
             c.execute("INSERT INTO tokens VALUES (?,?,?,?,?,1)",
                       (tok.alias, tok.secret, tok.user, tok.created, tok.expires))
         return tok
@@ -453,7 +466,7 @@ class Store:
                         bool(r["valid"]) and r["expires"] > time.time())
 
     def invalidate_token(self, alias: str) -> None:
-        with self._tx() as c:
+        with self.transaction() as c:
             c.execute("UPDATE tokens SET valid=0 WHERE alias=?", (alias,))
 
     # ----------------------------------------------------------------------------- projects
@@ -469,7 +482,7 @@ class Store:
         """Create project ``pid``; False (and a field update) when it already exists."""
         fields = dict(fields or {})
         now = time.time()
-        with self._tx() as c:
+        with self.transaction() as c:
             r = c.execute("SELECT * FROM projects WHERE id=?", (pid,)).fetchone()
             if r is not None:
                 upd = {k: v for k, v in (("name", name), ("description", description),
@@ -496,7 +509,7 @@ class Store:
         return None if r is None else r["value"]
 
     def set_project_setting(self, pid: str, name: str, value: str) -> None:
-        with self._tx() as c:
+        with self.transaction() as c:
             c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)",
                       (f"project/{pid}/{name}", value))
 
@@ -512,7 +525,7 @@ class Store:
     def create_subject(self, project: str, label: str, fields: Optional[dict[str, str]] = None,
                        user: str = "admin") -> tuple[str, bool]:
         now = time.time()
-        with self._tx() as c:
+        with self.transaction() as c:
             if c.execute("SELECT 1 FROM projects WHERE id=?", (project,)).fetchone() is None:
                 raise NotFound(f"Unable to find project {project}")
             r = c.execute("SELECT id FROM subjects WHERE project=? AND label=?",
@@ -560,7 +573,7 @@ class Store:
                           user: str = "admin") -> tuple[str, bool]:
         fields = dict(fields or {})
         now = time.time()
-        with self._tx() as c:
+        with self.transaction() as c:
             existing = self.find_experiment(project, label)
             if existing is not None and not existing.session_id:
                 if fields or (xsi_type and xsi_type != existing.xsi_type):
@@ -600,7 +613,7 @@ class Store:
         return [self._experiment(r) for r in self._q(sql + " ORDER BY insert_date, id", tuple(args))]
 
     def touch_experiment(self, experiment_id: str) -> None:
-        with self._tx() as c:
+        with self.transaction() as c:
             c.execute("UPDATE experiments SET last_modified=? WHERE id=?", (time.time(), experiment_id))
 
     # ----------------------------------------------------------------------------- assessors
@@ -609,7 +622,7 @@ class Store:
                         user: str = "admin") -> tuple[str, bool]:
         fields = dict(fields or {})
         now = time.time()
-        with self._tx() as c:
+        with self.transaction() as c:
             sess = self.get_experiment(experiment_id)
             if sess is None or sess.session_id:
                 raise NotFound(f"Unable to find experiment {experiment_id}")
@@ -657,7 +670,7 @@ class Store:
                     fields: Optional[dict[str, str]] = None) -> bool:
         fields = dict(fields or {})
         now = time.time()
-        with self._tx() as c:
+        with self.transaction() as c:
             if c.execute("SELECT 1 FROM experiments WHERE id=? AND session_id=''",
                          (experiment_id,)).fetchone() is None:
                 raise NotFound(f"Unable to find experiment {experiment_id}")
@@ -715,13 +728,21 @@ class Store:
             for k in ("name", "description", "pi_firstname", "pi_lastname"):
                 if k in fields:
                     cols[k] = fields.pop(k)
-        with self._tx() as c:
+        with self.transaction() as c:
             self._update(c, table, keycol, key, cols, fields)
+
+    def relabel(self, kind: str, object_id: str, label: str) -> None:
+        """Give subject or experiment ``object_id`` a new label (the caller checked that the
+        label is valid and free in its project)."""
+        table = "subjects" if kind == "subject" else "experiments"
+        with self.transaction() as c:
+            c.execute(f"UPDATE {table} SET label=?, last_modified=? WHERE id=?",
+                      (label, time.time(), object_id))
 
     # ----------------------------------------------------------------------------- resources
     def _resource(self, r: sqlite3.Row) -> ResourceRow:
-        stats = self._one("SELECT COUNT(*) n, COALESCE(SUM(size),0) s FROM files WHERE resource_id=?",
-                          (r["id"],))
+        stats = self._conn().execute("SELECT COUNT(*) n, COALESCE(SUM(size),0) s FROM files "
+                                     "WHERE resource_id=?", (r["id"],)).fetchone()
         return ResourceRow(r["id"], r["kind"], r["project"], r["subject_id"], r["experiment_id"],
                            r["scan_id"], r["assessor_id"], r["label"], r["format"] or "",
                            r["content"] or "", r["tags"] or "", r["description"] or "",
@@ -758,7 +779,7 @@ class Store:
 
     def create_resource(self, parent: Parent, label: str, format: str = "", content: str = "",
                         tags: str = "", description: str = "") -> tuple[int, bool]:
-        with self._tx() as c:
+        with self.transaction() as c:
             key = self._parent_key(parent)
             r = c.execute("SELECT id FROM resources WHERE kind=? AND project=? AND subject_id=? AND "
                           "experiment_id=? AND scan_id=? AND assessor_id=? AND label=?",
@@ -770,7 +791,7 @@ class Store:
                             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                             (*key, label, format, content, tags, description, time.time()))
             self._touch_owner(c, key)
-            return int(cur.lastrowid), True
+            return int(cur.lastrowid or 0), True
 
     def _touch_owner(self, c: sqlite3.Connection, key: tuple[str, ...]) -> None:
         now = time.time()
@@ -813,6 +834,12 @@ class Store:
         rows = self._q("SELECT * FROM resources WHERE experiment_id=? ORDER BY id", (experiment_id,))
         return [self._resource(r) for r in rows]
 
+
+
+class Store(_Catalog):
+    """See the module docstring for the API; this part holds the files of resources (rows in
+    ``files``, bytes in ``archive/<resource_id>/``) and the deletions that remove both."""
+
     # ----------------------------------------------------------------------------- files
     def _res_dir(self, resource_id: int) -> Path:
         return self.archive_dir / str(int(resource_id))
@@ -844,7 +871,7 @@ class Store:
 
         return tempfile.mkstemp(dir=self.tmp_dir)
 
-    def put_file(self, resource_id: int, relpath: str, fileobj: IO[bytes], overwrite: bool = False,
+    def put_file(self, resource_id: int, relpath: str, fileobj: Readable, overwrite: bool = False,
                  *, format: str = "", content: str = "", tags: str = "",
                  expected_size: Optional[int] = None, mtime: Optional[float] = None) -> bool:
         """Stream ``fileobj`` into the resource. Returns False for a duplicate (not stored).
@@ -902,7 +929,7 @@ class Store:
                      overwrite: bool, format: str, content: str, tags: str,
                      mtime: Optional[float]) -> bool:
         dest = self._res_dir(resource_id) / relpath
-        with self._tx() as c:
+        with self.transaction() as c:
             if not overwrite and self.get_file(resource_id, relpath) is not None:
                 return False
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -918,7 +945,7 @@ class Store:
             return True
 
     def delete_file(self, resource_id: int, relpath: str) -> bool:
-        with self._tx() as c:
+        with self.transaction() as c:
             cur = c.execute("DELETE FROM files WHERE resource_id=? AND relpath=?",
                             (int(resource_id), relpath))
             if cur.rowcount:
@@ -935,13 +962,9 @@ class Store:
             n += self.delete_file(resource_id, f.relpath)
         return n
 
-    def iter_file(self, resource_id: int, relpath: str, chunk: int = CHUNK) -> Iterator[bytes]:
-        with open(self.file_path(resource_id, relpath), "rb") as f:
-            yield from iter(lambda: f.read(chunk), b"")
-
     # ----------------------------------------------------------------------------- deletion
     def delete_resource(self, resource_id: int) -> bool:
-        with self._tx() as c:
+        with self.transaction() as c:
             cur = c.execute("DELETE FROM resources WHERE id=?", (int(resource_id),))
             c.execute("DELETE FROM files WHERE resource_id=?", (int(resource_id),))
         shutil.rmtree(self._res_dir(resource_id), ignore_errors=True)
@@ -952,7 +975,7 @@ class Store:
             self.delete_resource(r["id"])
 
     def delete_scan(self, experiment_id: str, scan_id: str) -> bool:
-        with self._tx() as c:
+        with self.transaction() as c:
             self._delete_resources("kind='scan' AND experiment_id=? AND scan_id=?",
                                    (experiment_id, scan_id))
             cur = c.execute("DELETE FROM scans WHERE experiment_id=? AND scan_id=?",
@@ -960,13 +983,13 @@ class Store:
             return cur.rowcount > 0
 
     def delete_assessor(self, assessor_id: str) -> bool:
-        with self._tx() as c:
+        with self.transaction() as c:
             self._delete_resources("kind='assessor' AND assessor_id=?", (assessor_id,))
             cur = c.execute("DELETE FROM experiments WHERE id=? AND session_id!=''", (assessor_id,))
             return cur.rowcount > 0
 
     def delete_experiment(self, experiment_id: str) -> bool:
-        with self._tx() as c:
+        with self.transaction() as c:
             self._delete_resources("experiment_id=?", (experiment_id,))
             c.execute("DELETE FROM scans WHERE experiment_id=?", (experiment_id,))
             c.execute("DELETE FROM experiments WHERE session_id=?", (experiment_id,))
@@ -974,7 +997,7 @@ class Store:
             return cur.rowcount > 0
 
     def delete_subject(self, subject_id: str, project: Optional[str] = None) -> bool:
-        with self._tx() as c:
+        with self.transaction() as c:
             for e in self._q("SELECT id FROM experiments WHERE subject_id=? AND session_id=''",
                              (subject_id,)):
                 self.delete_experiment(e["id"])
@@ -983,7 +1006,7 @@ class Store:
             return cur.rowcount > 0
 
     def delete_project(self, pid: str) -> bool:
-        with self._tx() as c:
+        with self.transaction() as c:
             for s in self._q("SELECT id FROM subjects WHERE project=?", (pid,)):
                 self.delete_subject(s["id"])
             for e in self._q("SELECT id FROM experiments WHERE project=?", (pid,)):
@@ -996,10 +1019,10 @@ class Store:
             return cur.rowcount > 0
 
 
-class _Tx:
+class Transaction:
     """Write transaction under the store lock (re-entrant: nested uses join the outer one)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: _Catalog) -> None:
         self.store = store
         self.outer = False
 
