@@ -149,10 +149,10 @@ class MetaCache:
                 flight.done.set()
                 return flight
             self._stats["misses"] += 1
-            flight = self._flights.get(key)
-            if flight is not None:
+            running = self._flights.get(key)
+            if running is not None:
                 self._stats["joins"] += 1
-                return flight
+                return running
             flight = self._flights[key] = _Flight(owner=0)
             self._stats["loads"] += 1
         try:
