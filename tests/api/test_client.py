@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import zipfile
-from typing import Iterator, List
+from typing import Iterator, List, Set
 
 import pytest
 
@@ -131,7 +131,10 @@ def test_heartbeat_uses_the_expiry_cookie(client: XnatClient) -> None:
 
 def test_heartbeat_thread_lives_between_start_and_close(emu: Emulator) -> None:
     c = XnatClient(emu.url, ADMIN, options(heartbeat=True))
-    names = lambda: {t.name for t in threading.enumerate()}  # noqa: E731
+
+    def names() -> Set[str]:
+        return {t.name for t in threading.enumerate()}
+
     assert "xnatfs-heartbeat" not in names()
     c.start()
     assert "xnatfs-heartbeat" in names()
@@ -158,7 +161,7 @@ def test_many_threads_hit_the_expired_session_once(emu: Emulator, client: XnatCl
         barrier.wait()
         try:
             results.append(len(client.list_projects()))
-        except Exception as exc:  # reported below
+        except Exception as exc:  # noqa: BLE001 - reported below
             results.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(8)]

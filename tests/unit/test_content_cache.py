@@ -327,7 +327,7 @@ def test_close_cancels_running_download(tmp_path):
     assert fetch.held.wait(WAIT)
     closer = threading.Thread(target=cc.close, args=(later(),))
     closer.start()
-    wait_for(lambda: cc._closing, "close to begin")   # noqa: SLF001 - test reaches in
+    wait_for(lambda: cc._closing, "close to begin")   # the test reaches in
     fetch.gate.set()
     closer.join(WAIT)
     for handle in (h, g):
@@ -449,7 +449,7 @@ def test_hit_survives_a_file_removed_behind_the_cache(make_cache):
     cc = make_cache(fetch)
     key = key_for("/f", data)
     assert read_all(cc, key) == data
-    os.unlink(cc._stored_path(key.hexname()))   # noqa: SLF001 - as another mount's clear would
+    os.unlink(cc._stored_path(key.hexname()))   # as another mount's clear would
     assert read_all(cc, key) == data             # fetched again, not an error
     assert fetch.calls["/f"] == 2
     assert read_all(cc, key) == data and fetch.calls["/f"] == 2
@@ -555,7 +555,7 @@ def test_close_during_a_bulk_fetch_ends_every_member(tmp_path):
     handles = [cc.open(k) for k in keys.values()]
     closer = threading.Thread(target=cc.close, args=(later(),))
     closer.start()
-    wait_for(lambda: cc._closing, "close to begin")   # noqa: SLF001 - test reaches in
+    wait_for(lambda: cc._closing, "close to begin")   # the test reaches in
     fetch.gate.set()
     closer.join(WAIT)
     assert not closer.is_alive()
@@ -572,7 +572,7 @@ def test_close_during_a_bulk_fetch_ends_every_member(tmp_path):
 
 
 def _stored(cc: ContentCache, key: ContentKey) -> str:
-    return cc._stored_path(key.hexname())   # noqa: SLF001 - the test damages the file itself
+    return cc._stored_path(key.hexname())   # the test damages the file itself
 
 
 def _cached(cc_factory, data: bytes, uri: str = "/f"):
@@ -726,7 +726,7 @@ def test_cache_files_are_synced_before_they_are_indexed(make_cache, monkeypatch)
     real = os.fdatasync
 
     def fdatasync(fd: int) -> None:
-        seen.append(cc.state(key) if cc._index.size_of(key.hexname()) is None  # noqa: SLF001
+        seen.append(cc.state(key) if cc._index.size_of(key.hexname()) is None
                     else "indexed")
         real(fd)
 

@@ -21,6 +21,7 @@ import pytest
 from xnatfs.uploads.journal import DONE, FAILED, PENDING, UPLOADING, Journal
 from xnatfs.uploads.spool import Spool
 from xnatfs.uploads.uploader import Uploader, UploadNotVerified
+from xnatfs.xnat.errors import XnatError
 
 WAIT = 10.0  # generous deadline for conditions that should hold almost at once
 
@@ -654,7 +655,7 @@ def test_http_500_on_put_is_retried_until_the_server_has_it(rig):
     up = rig.uploader()
     entry = rig.add(b"five hundred")
     for _ in range(3):
-        with pytest.raises(Exception):
+        with pytest.raises(XnatError):
             up.upload_now(entry, rig.clock() + WAIT)
         assert rig.journal.get(entry.id).state == PENDING
     up.start()
