@@ -5,13 +5,13 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
-from typing import Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 from urllib.parse import unquote
 
 import requests
 
 from tests.conftest import ADMIN
+from tests.helpers.waiting import wait_for
 
 _HASHER = r"""
 import hashlib, json, sys
@@ -82,21 +82,6 @@ def downloads(records: Iterable[tuple]) -> List[str]:
         if method == "GET" and "/files/" in path and status == 200:
             out.append(path)
     return out
-
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.1,
-             what: str = "condition") -> object:
-    """Poll ``condition`` until it answers something truthy (returned); fail naming ``what``
-    after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 #: the same wait, named as the read tests use it

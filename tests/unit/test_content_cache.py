@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Union
 
 import pytest
 
+from tests.helpers.tmpfs import small_tmpfs
 from tests.unit.ziphelp import streamed_zip
 from xnatfs.cache.content import ContentCache, ContentKey
 from xnatfs.cache.download import INLINE_HASH_MAX
@@ -741,20 +742,8 @@ def test_cache_files_are_synced_before_they_are_indexed(make_cache, monkeypatch)
 @pytest.fixture
 def small_fs(tmp_path):
     """A 4 MiB tmpfs (root only): a cache disk that really fills up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    import subprocess
-
-    where = tmp_path / "small"
-    where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs",
-                          str(where)], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "4m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
 
 
 @pytest.mark.parametrize("listed", [True, False])

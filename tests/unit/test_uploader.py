@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from tests.helpers.clock import FakeClock
 from xnatfs.uploads.journal import DONE, FAILED, PENDING, UPLOADING, Journal
 from xnatfs.uploads.spool import Spool
 from xnatfs.uploads.uploader import Uploader, UploadNotVerified
@@ -37,17 +38,6 @@ class Transient(Exception):
 
 class Permanent(Exception):
     retryable = False
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Signal:
