@@ -15,35 +15,11 @@ from typing import Iterator, List, Set
 
 import pytest
 
+from tests.api.helpers import ADMIN, ALICE, options, reset_faults
 from xnatfs.emulator import Emulator
 from xnatfs.xnat import errors
 from xnatfs.xnat.auth import Credentials
-from xnatfs.xnat.client import ClientOptions, XnatClient
-
-ADMIN = Credentials("admin", "admin-pw")  # the conftest emulators' admin
-ALICE = Credentials("alice", "alice-pw")
-
-
-def options(**kw) -> ClientOptions:
-    base = dict(pool_size=8, connect_timeout=2.0, read_timeout=10.0, retries=3,
-                backoff_base=0.01, backoff_max=0.05, deadline=30.0, heartbeat=False)
-    base.update(kw)
-    return ClientOptions(**base)
-
-
-def reset_faults(emu: Emulator) -> None:
-    f = emu.faults
-    f.latency_ms = 0
-    f.error_rate = 0.0
-    f.error_status = 503
-    f.drop_rate = 0.0
-    f.html_login_rate = 0.0
-
-
-@pytest.fixture(scope="module")
-def emu(shared_emulator) -> Emulator:
-    """The module's read-only demo emulator (conftest ``shared_emulator``)."""
-    return shared_emulator.emu
+from xnatfs.xnat.client import XnatClient
 
 
 @pytest.fixture
