@@ -2,6 +2,9 @@
 emulator's admin, and resetting the emulator's fault switches between tests."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from xnatfs.emulator import Emulator
 from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.client import ClientOptions
@@ -26,3 +29,16 @@ def reset_faults(emu: Emulator) -> None:
     f.error_status = 503
     f.drop_rate = 0.0
     f.html_login_rate = 0.0
+
+
+@contextmanager
+def faults(emu: Emulator, **switches: object) -> Iterator[None]:
+    """The emulator's fault ``switches`` (``error_status=503, error_rate=1.0``, ...) on for the
+    ``with`` block; every fault off after it, also when the block fails."""
+    for name, value in switches.items():
+        assert hasattr(emu.faults, name), name
+        setattr(emu.faults, name, value)
+    try:
+        yield
+    finally:
+        reset_faults(emu)
