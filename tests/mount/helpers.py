@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
 from urllib.parse import unquote
 
@@ -82,6 +85,38 @@ def downloads(records: Iterable[tuple]) -> List[str]:
         if method == "GET" and "/files/" in path and status == 200:
             out.append(path)
     return out
+
+
+def dicom_zip(path: Path, patient: str, series=((1, "T1w", 3), (2, "T2w", 2))) -> None:
+    """A small DICOM study written with pydicom, zipped."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    study = generate_uid()
+    with zipfile.ZipFile(path, "w") as zf:
+        for number, description, count in series:
+            series_uid = generate_uid()
+            for i in range(count):
+                meta = FileMetaDataset()
+                meta.MediaStorageSOPClassUID = MRImageStorage
+                meta.MediaStorageSOPInstanceUID = generate_uid()
+                meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+                ds.SOPClassUID = MRImageStorage
+                ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+                ds.PatientName, ds.PatientID = patient, patient
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
+                ds.StudyDate, ds.StudyTime, ds.Modality = "20240101", "101010", "MR"
+                ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = number, description, i + 1
+                ds.Rows = ds.Columns = 8
+                ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+                ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+                ds.PixelRepresentation = 0
+                ds.PixelData = bytes(range(128))
+                buf = io.BytesIO()
+                pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+                zf.writestr(f"{description}/{i + 1:04d}.dcm", buf.getvalue())
 
 
 #: the same wait, named as the read tests use it

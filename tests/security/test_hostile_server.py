@@ -11,7 +11,8 @@ import threading
 
 import pytest
 
-from tests.security.conftest import daemon_pid, fs_op, peak_rss_mb
+from tests.helpers.fsop import fs_op
+from tests.security.conftest import daemon_pid, peak_rss_mb
 from tests.security.hostile import GOOD_BYTES, gzip_bomb
 
 T = 3.0
