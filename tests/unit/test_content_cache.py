@@ -917,7 +917,7 @@ def test_a_failing_fstat_at_the_check_leaks_no_hashing_fd(make_cache, monkeypatc
     wait_for(lambda: partial_fds() == [], "every fd on the partial file closed")
 
 
-# -- xnatfs cache verify ----------------------------------------------------------------------------
+# -- xnatfs cache verify ---------------------------------------------------------------------------
 
 
 def test_verify_finds_and_repairs_every_kind_of_damage(tmp_path):
