@@ -14,6 +14,7 @@ from urllib.parse import unquote
 import requests
 
 from tests.conftest import ADMIN
+from xnatfs.fs.mounting import is_mounted
 from tests.helpers.waiting import wait_for
 
 _HASHER = r"""
@@ -117,6 +118,18 @@ def dicom_zip(path: Path, patient: str, series=((1, "T1w", 3), (2, "T2w", 2))) -
                 buf = io.BytesIO()
                 pydicom.dcmwrite(buf, ds, enforce_file_format=True)
                 zf.writestr(f"{description}/{i + 1:04d}.dcm", buf.getvalue())
+
+
+def end_demo(proc: subprocess.Popen, mnt: Path) -> None:
+    """After a test of ``xnatfs demo``: the child killed if it still runs, its mount cleared
+    if one is left (the test itself checked the clean stop)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    if is_mounted(str(mnt)):
+        subprocess.run(["fusermount3", "-uz", str(mnt)], timeout=20)
 
 
 #: the same wait, named as the read tests use it

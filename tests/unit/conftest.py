@@ -12,3 +12,11 @@ def tiny_fs(tmp_path):
     the reason, where it cannot be mounted.  The patched-pwrite tests cover ENOSPC elsewhere."""
     with small_tmpfs(tmp_path / "tiny", "64k", lazy=False) as where:
         yield where
+
+
+@pytest.fixture
+def env(tmp_path):
+    """A clean environment for the settings tests: no XNATFS_* variables from the machine
+    running the tests, and HOME/XDG folders of the test's own."""
+    return {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "XDG_CACHE_HOME": str(tmp_path / "cache")}

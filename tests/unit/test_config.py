@@ -28,13 +28,6 @@ def write(path: Path, text: str, mode: int = 0o600) -> Path:
     return path
 
 
-@pytest.fixture
-def env(tmp_path):
-    """A clean environment: no XNATFS_* variables from the machine running the tests."""
-    return {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
-            "XDG_CACHE_HOME": str(tmp_path / "cache")}
-
-
 CONFIG = """
 # comment
 [defaults]
