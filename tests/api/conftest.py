@@ -1,4 +1,5 @@
 """Fixtures of the client tests."""
+
 from __future__ import annotations
 
 import pytest

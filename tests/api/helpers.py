@@ -1,5 +1,6 @@
 """Helpers of the client tests (``tests/api``): the client's options with tiny backoffs, the
 emulator's admin, and resetting the emulator's fault switches between tests."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -15,8 +16,16 @@ ALICE = Credentials("alice", "alice-pw")
 
 def options(**kw) -> ClientOptions:
     """Options for a test client: retries with tiny backoffs (fast tests), no heartbeat."""
-    base = dict(pool_size=8, connect_timeout=2.0, read_timeout=10.0, retries=3,
-                backoff_base=0.01, backoff_max=0.05, deadline=30.0, heartbeat=False)
+    base = dict(
+        pool_size=8,
+        connect_timeout=2.0,
+        read_timeout=10.0,
+        retries=3,
+        backoff_base=0.01,
+        backoff_max=0.05,
+        deadline=30.0,
+        heartbeat=False,
+    )
     base.update(kw)
     return ClientOptions(**base)
 

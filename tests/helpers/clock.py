@@ -1,5 +1,6 @@
 """``FakeClock``: the injected ``timer``/``clock`` of the unit tests (cache TTLs, upload backoff,
 the request limiter, the prearchive waits)."""
+
 from __future__ import annotations
 
 

@@ -1,5 +1,6 @@
 """``fs_op``: one file operation through a mount, in a child process with a deadline, so that a
 hung FUSE call cannot hang the test run (the security and reliability suites)."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,12 @@ def fs_op(kind: str, path: "os.PathLike[str] | str", timeout: float = 120) -> di
     call itself.  A child still blocked at ``timeout`` is sent SIGKILL and reported as errno
     None, ``hung``."""
     t = time.monotonic()
-    child = subprocess.Popen([sys.executable, "-c", _OP, kind, str(path)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _OP, kind, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         stdout, stderr = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -1,4 +1,5 @@
 """A small tmpfs of its own for a test: a disk that really fills up (real ENOSPC)."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,12 @@ def small_tmpfs(where: Path, size: str, lazy: bool = True) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
-                          str(where)], capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
     try:
