@@ -17,7 +17,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from xnatfs.emulator import Emulator  # noqa: E402
+from xnatfs.emulator import Emulator
 
 CHUNK = 1024 * 1024
 

@@ -259,7 +259,7 @@ def run_mode(mode: str, srv: Server, w: Workload, want: Dict[str, str], base: Pa
             notes.append(f"readers saw {seen} files, expected {expected}")
         kinds: Counter = Counter()
         kbytes: Counter = Counter()
-        for method, path_qs, status, sent, _t, _ms in rows:
+        for method, path_qs, _status, sent, _t, _ms in rows:
             k = kind_of(method, path_qs)
             kinds[k] += 1
             kbytes[k] += sent

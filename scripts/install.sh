@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # xnatfs installer for Debian/Ubuntu (run as root or with sudo available).
 #   bash scripts/install.sh demo [MOUNTPOINT]   install everything, then run the demo mount
-#   bash scripts/install.sh test [PYTEST ARGS]  install everything, then run the whole test suite
+#   bash scripts/install.sh test [PYTEST ARGS]  install everything, then lint and run the whole test suite
+#   bash scripts/install.sh lint                only the lint step of `test` (after an install)
 #   bash scripts/install.sh install             install only
 #   bash scripts/install.sh proxy               install, plus nginx for `xnatfs cache-proxy`
 #   bash scripts/install.sh link                only put xnatfs on PATH (after an install)
@@ -42,10 +43,44 @@ link_commands() {
   esac
 }
 
-if [ "$action" = link ]; then
-  link_commands
-  exit $?
-fi
+# The lint step of `test`: ruff check, ruff format --check and mypy xnatfs, as pyproject.toml
+# configures them. Runs all three, then names each one that failed (its findings are above).
+run_lint() {
+  local failed=()
+  if [ ! -x .venv/bin/ruff ]; then
+    echo "xnatfs lint: .venv/bin/ruff is missing (run: bash scripts/install.sh install)" >&2
+    return 1
+  fi
+  echo "xnatfs lint: ruff check"
+  .venv/bin/ruff check --no-cache . || failed+=("ruff check")
+  echo "xnatfs lint: ruff format --check"
+  .venv/bin/ruff format --no-cache --check . || failed+=("ruff format --check")
+  if [ -x .venv/bin/mypy ]; then
+    echo "xnatfs lint: mypy xnatfs"
+    .venv/bin/mypy xnatfs || failed+=("mypy xnatfs")
+  elif .venv/bin/python -c 'import sys; sys.exit(sys.version_info >= (3, 10))'; then
+    echo "xnatfs lint: mypy skipped: mypy 2 needs Python 3.10 or later"
+  else
+    echo "xnatfs lint: .venv/bin/mypy is missing (run: bash scripts/install.sh install)" >&2
+    failed+=("mypy xnatfs")
+  fi
+  if [ "${#failed[@]}" -gt 0 ]; then
+    LINT_FAILED="$(IFS=,; echo "${failed[*]}")"
+    echo "!!! lint FAILED: ${LINT_FAILED//,/, } !!! (ruff's fixes: .venv/bin/ruff check --fix;" \
+         ".venv/bin/ruff format)" >&2
+    return 1
+  fi
+  echo "xnatfs lint: clean (ruff check, ruff format --check, mypy xnatfs)"
+}
+
+case "$action" in
+  link)
+    link_commands
+    exit $?;;
+  lint)
+    run_lint
+    exit $?;;
+esac
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -87,11 +122,18 @@ case "$action" in
       echo "!!! /dev/fuse is missing: every test that mounts will be SKIPPED !!!" >&2
     fi
     set +e
+    run_lint
+    lint_rc=$?
     .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests
     rc=$?
     # pytest exits 5 when it collected no test: that is a failure of the suite, not a pass
+    if [ "$lint_rc" -ne 0 ]; then
+      # said again after pytest's summary, where a reader of the CI log looks
+      echo "!!! lint FAILED (see above): ${LINT_FAILED//,/, } !!!" >&2
+      [ "$rc" -ne 0 ] || rc=1
+    fi
     exit "$rc";;
   *)
-    echo "usage: bash scripts/install.sh [install|link|proxy|demo [MOUNTPOINT]|test [PYTEST ARGS]]" >&2
+    echo "usage: bash scripts/install.sh [install|link|lint|proxy|demo [MOUNTPOINT]|test [PYTEST ARGS]]" >&2
     exit 2;;
 esac

@@ -23,7 +23,7 @@ needs_fuse = pytest.mark.skipif(not HAVE_FUSE, reason=FUSE_SKIP_REASON)
 ADMIN = ("admin", "admin-pw")
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: D401
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not HAVE_FUSE:
         terminalreporter.write_sep("!", "FUSE MOUNT TESTS SKIPPED: " + FUSE_SKIP_REASON, red=True)
 

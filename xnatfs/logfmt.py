@@ -32,7 +32,7 @@ class SafeFormatter(logging.Formatter):
     """``logging.Formatter`` whose message (and thread/logger names) cannot hold a control
     character; ``exc_info`` text is appended by the base class afterwards, as usual."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging API
+    def formatMessage(self, record: logging.LogRecord) -> str:  # logging's name for it
         record.message = escape_controls(record.message)
         record.threadName = escape_controls(str(record.threadName))
         record.name = escape_controls(record.name)

@@ -18,11 +18,10 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
+from xnatfs.cli import UsageError
+
 ACTIONS = ("rebuild", "archive", "move", "delete")
 PREARC_PREFIX = "/data/prearchive/projects/"
-
-
-from xnatfs.cli import UsageError
 
 
 class PrearchiveUsage(UsageError):

@@ -1,4 +1,4 @@
-"""``xnatfs cache-proxy``: a shared cache of file bytes for many mounts, on the distribution's nginx.
+"""``xnatfs cache-proxy``: a shared cache of file bytes for many mounts, on the system's nginx.
 
 Why nginx and not a cache of our own: the issue (13 §1) asks for an existing engine, and nginx has
 everything the job needs built in (Debian's ``nginx`` package: ``proxy_cache``,
@@ -347,10 +347,10 @@ def make_config(upstream: str, port: int, cache_dir: str, cache_size: int,
                       run_dir=os.path.abspath(run_dir) if run_dir else "",
                       cache_size=cache_size, bind=bind, tls_cert=tls_cert and
                       os.path.abspath(tls_cert), tls_key=tls_key and os.path.abspath(tls_key),
-                      workers=workers, lock_timeout_s=lock_timeout_s, worker_user=worker_user if os.geteuid() == 0 else "",
-                      **({"ca_file": os.path.abspath(ca_file)} if ca_file
-                                         else {}))
-    cfg.scheme_host_port  # validate early
+                      workers=workers, lock_timeout_s=lock_timeout_s,
+                      worker_user=worker_user if os.geteuid() == 0 else "",
+                      **({"ca_file": os.path.abspath(ca_file)} if ca_file else {}))
+    _ = cfg.scheme_host_port  # validate early: raises ProxyError on a bad upstream
     if not 0 < port < 65536:
         raise ProxyError(f"--port must be 1..65535, not {port}")
     return cfg

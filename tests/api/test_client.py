@@ -11,39 +11,15 @@ import socket
 import threading
 import time
 import zipfile
-from typing import Iterator, List
+from typing import Iterator, List, Set
 
 import pytest
 
+from tests.api.helpers import ADMIN, ALICE, faults, options, reset_faults
 from xnatfs.emulator import Emulator
 from xnatfs.xnat import errors
 from xnatfs.xnat.auth import Credentials
-from xnatfs.xnat.client import ClientOptions, XnatClient
-
-ADMIN = Credentials("admin", "admin-pw")  # the conftest emulators' admin
-ALICE = Credentials("alice", "alice-pw")
-
-
-def options(**kw) -> ClientOptions:
-    base = dict(pool_size=8, connect_timeout=2.0, read_timeout=10.0, retries=3,
-                backoff_base=0.01, backoff_max=0.05, deadline=30.0, heartbeat=False)
-    base.update(kw)
-    return ClientOptions(**base)
-
-
-def reset_faults(emu: Emulator) -> None:
-    f = emu.faults
-    f.latency_ms = 0
-    f.error_rate = 0.0
-    f.error_status = 503
-    f.drop_rate = 0.0
-    f.html_login_rate = 0.0
-
-
-@pytest.fixture(scope="module")
-def emu(shared_emulator) -> Emulator:
-    """The module's read-only demo emulator (conftest ``shared_emulator``)."""
-    return shared_emulator.emu
+from xnatfs.xnat.client import XnatClient
 
 
 @pytest.fixture
@@ -131,7 +107,10 @@ def test_heartbeat_uses_the_expiry_cookie(client: XnatClient) -> None:
 
 def test_heartbeat_thread_lives_between_start_and_close(emu: Emulator) -> None:
     c = XnatClient(emu.url, ADMIN, options(heartbeat=True))
-    names = lambda: {t.name for t in threading.enumerate()}  # noqa: E731
+
+    def names() -> Set[str]:
+        return {t.name for t in threading.enumerate()}
+
     assert "xnatfs-heartbeat" not in names()
     c.start()
     assert "xnatfs-heartbeat" in names()
@@ -158,7 +137,7 @@ def test_many_threads_hit_the_expired_session_once(emu: Emulator, client: XnatCl
         barrier.wait()
         try:
             results.append(len(client.list_projects()))
-        except Exception as exc:  # reported below
+        except Exception as exc:  # noqa: BLE001 - reported below
             results.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(8)]
@@ -338,13 +317,9 @@ def test_download_archive_zip(client: XnatClient) -> None:
 def test_503_is_retried(emu: Emulator) -> None:
     reset_faults(emu)
     with XnatClient(emu.url, ADMIN, options(retries=20)) as c:
-        emu.faults.error_status = 503
-        emu.faults.error_rate = 0.5
-        try:
+        with faults(emu, error_status=503, error_rate=0.5):
             for _ in range(10):
                 assert len(c.list_projects()) == 2
-        finally:
-            reset_faults(emu)
         assert c.stats["retries"] > 0
         assert c.stats["requests"].get("GET 503", 0) > 0
 
@@ -353,13 +328,9 @@ def test_503_gives_up_after_retries(emu: Emulator) -> None:
     reset_faults(emu)
     with XnatClient(emu.url, ADMIN, options(retries=2)) as c:
         n = len(emu.access_records())
-        emu.faults.error_status = 503
-        emu.faults.error_rate = 1.0
-        try:
-            with pytest.raises(errors.ServerError) as info:
-                c.list_projects()
-        finally:
-            reset_faults(emu)
+        with faults(emu, error_status=503, error_rate=1.0), \
+                pytest.raises(errors.ServerError) as info:
+            c.list_projects()
         assert info.value.status == 503 and info.value.retryable
         assert len(wait_records(emu, n, "/data/projects", 3)) == 3
 
@@ -370,13 +341,9 @@ def test_500_on_a_get_is_retried_then_reported(emu: Emulator) -> None:
     reset_faults(emu)
     with XnatClient(emu.url, ADMIN, options(retries=3)) as c:
         n = len(emu.access_records())
-        emu.faults.error_status = 500
-        emu.faults.error_rate = 1.0
-        try:
-            with pytest.raises(errors.ServerError) as info:
-                c.list_projects()
-        finally:
-            reset_faults(emu)
+        with faults(emu, error_status=500, error_rate=1.0), \
+                pytest.raises(errors.ServerError) as info:
+            c.list_projects()
         assert info.value.status == 500 and not info.value.retryable
         c.heartbeat()  # a later request: its record follows the 500's
         wait_records(emu, n, "/data/JSESSION", 1)
@@ -389,12 +356,9 @@ def test_dropped_connection_mid_body_is_a_retryable_error(emu: Emulator,
                if r.label == "protocols")
     f = next(f for f in client.list_files(res.uri) if f.path == "README.txt")
     got = bytearray()
-    emu.faults.drop_rate = 1.0
-    try:
-        with pytest.raises((errors.Unreachable, errors.XnatTimeout)) as info:
-            client.download(f.uri, got.extend)
-    finally:
-        reset_faults(emu)
+    with faults(emu, drop_rate=1.0), \
+            pytest.raises((errors.Unreachable, errors.XnatTimeout)) as info:
+        client.download(f.uri, got.extend)
     assert info.value.retryable
     assert len(got) < f.size  # never a short body passed off as the file
     assert collect(client, f.uri) == collect(client, f.uri)  # and the next try works
@@ -405,45 +369,30 @@ def test_dropped_connections_are_retried_before_the_first_byte(emu: Emulator) ->
     with XnatClient(emu.url, ADMIN, options(retries=20)) as c:
         res = next(r for r in c.list_resources("/data/projects/DEMO1") if r.label == "protocols")
         files = c.list_files(res.uri)
-        emu.faults.drop_rate = 0.5
-        try:
+        with faults(emu, drop_rate=0.5):
             for f in files:
                 assert hashlib.md5(collect(c, f.uri)).hexdigest() == f.digest
-        finally:
-            reset_faults(emu)
 
 
 def test_stalled_server_times_out(emu: Emulator) -> None:
     reset_faults(emu)
     with XnatClient(emu.url, ADMIN, options(read_timeout=0.3, retries=0)) as c:
-        emu.faults.latency_ms = 3000
-        try:
-            with pytest.raises(errors.XnatTimeout) as info:
-                c.list_projects()
-        finally:
-            reset_faults(emu)
+        with faults(emu, latency_ms=3000), pytest.raises(errors.XnatTimeout) as info:
+            c.list_projects()
         assert info.value.retryable
 
 
 def test_html_login_page_is_never_data(emu: Emulator, client: XnatClient) -> None:
-    emu.faults.html_login_rate = 1.0
-    try:
-        with pytest.raises(errors.NotXnatResponse):
-            client.list_projects()
-    finally:
-        reset_faults(emu)
+    with faults(emu, html_login_rate=1.0), pytest.raises(errors.NotXnatResponse):
+        client.list_projects()
     assert len(client.list_projects()) == 2
 
 
 def test_login_page_is_never_file_content(emu: Emulator, client: XnatClient) -> None:
     uri = "/data/projects/DEMO1/resources/protocols/files/README.txt"
     got = bytearray()
-    emu.faults.html_login_rate = 1.0
-    try:
-        with pytest.raises(errors.NotXnatResponse):
-            client.download(uri, got.extend)
-    finally:
-        reset_faults(emu)
+    with faults(emu, html_login_rate=1.0), pytest.raises(errors.NotXnatResponse):
+        client.download(uri, got.extend)
     assert got == b""
     assert collect(client, uri).startswith(b"Acquisition protocols")
 
@@ -454,15 +403,12 @@ def test_html_login_pages_make_the_client_log_in_again(emu: Emulator,
     logging in again) or raises NotXnatResponse; never wrong data, never another error."""
     logins = client.stats["logins"]
     outcomes = []
-    emu.faults.html_login_rate = 0.5
-    try:
+    with faults(emu, html_login_rate=0.5):
         for _ in range(20):
             try:
                 outcomes.append([p.id for p in client.list_projects()])
             except errors.NotXnatResponse:
                 outcomes.append("html")
-    finally:
-        reset_faults(emu)
     assert all(o in ("html", ["DEMO1", "DEMO2"]) for o in outcomes)
     assert ["DEMO1", "DEMO2"] in outcomes
     assert client.stats["logins"] > logins

@@ -9,17 +9,12 @@ from typing import Iterator, List
 
 import pytest
 
+from tests.api.helpers import ADMIN, options, reset_faults
 from xnatfs.emulator import Emulator
 from xnatfs.xnat import errors
 from xnatfs.xnat.client import XnatClient
-from tests.api.test_client import ADMIN, options, reset_faults
 
 README = "/data/projects/DEMO1/resources/protocols/files/README.txt"
-
-
-@pytest.fixture(scope="module")
-def emu(shared_emulator) -> Emulator:
-    return shared_emulator.emu
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ the state it needs, as a script against a real server must.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 
+from tests.helpers.waiting import wait_for
 from xnatfs.emulator import dicom
 
 xnat = pytest.importorskip("xnat")
@@ -24,19 +24,6 @@ def _study(seed: str, subject: str, label: str) -> dicom.StudySpec:
     return dicom.StudySpec(seed=seed, patient_name=subject, patient_id=label,
                            series=(dicom.SeriesSpec(1, "T1w", 3), dicom.SeriesSpec(2, "T2w", 2)))
 
-
-def wait_for(what: str, probe: Callable[[], Optional[Any]], timeout: float = WAIT_S) -> Any:
-    """``probe()`` until it answers something truthy; fails naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
 
 
 def find(session: Any, project: Optional[str], label: str, status: Optional[str] = None) -> Any:
@@ -56,12 +43,13 @@ def test_rebuild_move_archive(xnat_session, unique: str, tmp_path: Path) -> None
 
     answer = pre.rebuild()
     assert answer.status_code == 200 and "QUEUED_BUILDING" in answer.text
-    ready = wait_for("rebuilt", lambda: find(xnat_session, "DEMO1", f"{unique}E", "READY"))
+    ready = wait_for(lambda: find(xnat_session, "DEMO1", f"{unique}E", "READY"), WAIT_S,
+                     "rebuilt")
 
     answer = ready.move("DEMO2")
     assert answer.status_code == 200 and "QUEUED_MOVING" in answer.text
-    moved = wait_for("moved to DEMO2",
-                     lambda: find(xnat_session, "DEMO2", f"{unique}E", "READY"))
+    moved = wait_for(lambda: find(xnat_session, "DEMO2", f"{unique}E", "READY"), WAIT_S,
+                     "moved to DEMO2")
     assert moved.project == "DEMO2" and moved.timestamp == timestamp
     assert find(xnat_session, "DEMO1", f"{unique}E") is None
     assert sorted(moved.scans.keys()) == ["1", "2"]
@@ -82,9 +70,10 @@ def test_delete_and_refusals(xnat_session, unique: str, tmp_path: Path) -> None:
     # still queued: XNAT refuses a second operation (InvalidStatus -> 403)
     with pytest.raises(xnat.exceptions.XNATResponseError, match="403"):
         pre.move("DEMO2")
-    ready = wait_for("rebuilt", lambda: find(xnat_session, "DEMO1", f"{unique}E", "READY"))
+    ready = wait_for(lambda: find(xnat_session, "DEMO1", f"{unique}E", "READY"), WAIT_S,
+                     "rebuilt")
     with pytest.raises(xnat.exceptions.XNATResponseError, match="404"):
         ready.move("NO_SUCH_PROJECT")
     answer = ready.delete()
     assert "QUEUED_DELETING" in answer.text
-    wait_for("deleted", lambda: find(xnat_session, None, f"{unique}E") is None)
+    wait_for(lambda: find(xnat_session, None, f"{unique}E") is None, WAIT_S, "deleted")

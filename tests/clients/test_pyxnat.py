@@ -119,7 +119,8 @@ def test_upload_create_and_delete(pyxnat_interface, unique: str, tmp_path: Path)
 
 
 def test_import_with_raw_requests_like_xnat4tests(url: str, unique: str) -> None:
-    """xnat4tests' call (§6): POST zip with dest + Direct-Archive + overwrite, then pyxnat sees it."""
+    """xnat4tests' call (§6): POST zip with dest + Direct-Archive + overwrite, then pyxnat sees
+    it."""
     study = dicom.StudySpec(seed=unique, patient_name="P", patient_id="P",
                             series=(dicom.SeriesSpec(3, "fMRI", 2, rows=16, columns=16),))
     dest = f"/archive/projects/DEMO2/subjects/{unique}S/experiments/{unique}E"

@@ -58,8 +58,9 @@ def test_archive_download_layout(admin: Client, populated: Archive, fmt: str) ->
         zf = zipfile.ZipFile(io.BytesIO(r.content))
         got = {n: zf.read(n) for n in zf.namelist()}
     else:
-        tf = tarfile.open(fileobj=io.BytesIO(r.content), mode="r:*")
-        got = {m.name: tf.extractfile(m).read() for m in tf.getmembers()}  # type: ignore[union-attr]
+        with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:*") as tf:
+            got = {m.name: tf.extractfile(m).read()  # type: ignore[union-attr]
+                   for m in tf.getmembers()}
     assert got == {f"E1/scans/1-T1w/resources/DICOM/files/{k}": v
                    for k, v in populated.files.items()}
 

@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
-import time
-from typing import Callable, Dict, Iterable, List, Sequence, Tuple
+import zipfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence, Tuple
 from urllib.parse import unquote
 
 import requests
 
 from tests.conftest import ADMIN
+from xnatfs.fs.mounting import is_mounted
+from tests.helpers.waiting import wait_for
 
 _HASHER = r"""
 import hashlib, json, sys
@@ -84,19 +88,48 @@ def downloads(records: Iterable[tuple]) -> List[str]:
     return out
 
 
+def dicom_zip(path: Path, patient: str, series=((1, "T1w", 3), (2, "T2w", 2))) -> None:
+    """A small DICOM study written with pydicom, zipped."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.1,
-             what: str = "condition") -> object:
-    """Poll ``condition`` until it answers something truthy (returned); fail naming ``what``
-    after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    study = generate_uid()
+    with zipfile.ZipFile(path, "w") as zf:
+        for number, description, count in series:
+            series_uid = generate_uid()
+            for i in range(count):
+                meta = FileMetaDataset()
+                meta.MediaStorageSOPClassUID = MRImageStorage
+                meta.MediaStorageSOPInstanceUID = generate_uid()
+                meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+                ds.SOPClassUID = MRImageStorage
+                ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+                ds.PatientName, ds.PatientID = patient, patient
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
+                ds.StudyDate, ds.StudyTime, ds.Modality = "20240101", "101010", "MR"
+                ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = number, description, i + 1
+                ds.Rows = ds.Columns = 8
+                ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+                ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+                ds.PixelRepresentation = 0
+                ds.PixelData = bytes(range(128))
+                buf = io.BytesIO()
+                pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+                zf.writestr(f"{description}/{i + 1:04d}.dcm", buf.getvalue())
+
+
+def end_demo(proc: subprocess.Popen, mnt: Path) -> None:
+    """After a test of ``xnatfs demo``: the child killed if it still runs, its mount cleared
+    if one is left (the test itself checked the clean stop)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    if is_mounted(str(mnt)):
+        subprocess.run(["fusermount3", "-uz", str(mnt)], timeout=20)
 
 
 #: the same wait, named as the read tests use it

@@ -23,7 +23,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -32,6 +31,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN, needs_fuse
+from tests.helpers.waiting import wait_for
 from tests.mount.helpers import hash_files, md5, put_file
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
@@ -51,17 +51,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)  # poll interval of the wait-for-condition
-
-
 @pytest.fixture
 def cache_proxy(tmp_path):
     """Factory: ``cache_proxy(emulator_url)`` -> the URL mounts use; stopped after the test."""
@@ -69,16 +58,15 @@ def cache_proxy(tmp_path):
 
     def start(upstream: str) -> str:
         port = _free_port()
-        log = open(tmp_path / "cache-proxy.out", "ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "xnatfs", "cache-proxy", "--upstream", upstream,
-             "--port", str(port), "--cache-dir", str(tmp_path / "proxy-cache"),
-             "--run-dir", str(tmp_path / "proxy-run"), "--cache-size", "1G",
-             # as root, nginx workers run as www-data, which cannot enter pytest's 0700
-             # temp dirs; the test runs them as the test's own user
-             *(["--worker-user", "root"] if os.geteuid() == 0 else [])],
-            stdout=log, stderr=log, start_new_session=True)
-        log.close()
+        with open(tmp_path / "cache-proxy.out", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "xnatfs", "cache-proxy", "--upstream", upstream,
+                 "--port", str(port), "--cache-dir", str(tmp_path / "proxy-cache"),
+                 "--run-dir", str(tmp_path / "proxy-run"), "--cache-size", "1G",
+                 # as root, nginx workers run as www-data, which cannot enter pytest's 0700
+                 # temp dirs; the test runs them as the test's own user
+                 *(["--worker-user", "root"] if os.geteuid() == 0 else [])],
+                stdout=log, stderr=log, start_new_session=True)
         procs.append(proc)
 
         def up() -> bool:
@@ -176,7 +164,7 @@ def test_four_mounts_share_one_cache_and_xnat_still_authorizes(make_emulator, ma
     mark = emu.mark()
     put_file(emu.url, f"/data/projects/{FILES}/f05.bin", new)
     for m in mounts:
-        wait_for(lambda: hash_files([str(m.path / FILES / "f05.bin")])
+        wait_for(lambda m=m: hash_files([str(m.path / FILES / "f05.bin")])
                  == {str(m.path / FILES / "f05.bin"): [md5(new), len(new)]},
                  60, f"{m.path} to read the new f05.bin")
     emu.mark()

@@ -8,6 +8,7 @@ import sys
 import time
 
 from tests.conftest import ADMIN, Mount, needs_fuse
+from tests.mount.helpers import end_demo
 from xnatfs.fs.mounting import is_mounted
 
 pytestmark = [needs_fuse]
@@ -145,9 +146,4 @@ def test_demo_command_mounts_and_stops_on_ctrl_c(tmp_path):
         assert "unmounted and stopped" in proc.stdout.read()
         assert not is_mounted(str(mnt))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        proc.stdout.close()
-        if is_mounted(str(mnt)):
-            subprocess.run(["fusermount3", "-uz", str(mnt)], timeout=20)
+        end_demo(proc, mnt)

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 import requests
 
 from tests.conftest import ADMIN, needs_fuse, run
+from tests.mount.helpers import end_demo
 from xnatfs.fs.mounting import is_mounted
 
 LIBFUSE_THREADS_WARNING = "Ignoring invalid max threads value"
@@ -233,9 +234,4 @@ def test_demo_says_where_things_are(tmp_path):
         assert proc.wait(timeout=60) == 0
         assert not is_mounted(str(mnt))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        proc.stdout.close()
-        if is_mounted(str(mnt)):
-            subprocess.run(["fusermount3", "-uz", str(mnt)], timeout=20)
+        end_demo(proc, mnt)

@@ -25,19 +25,6 @@ pytestmark = [needs_fuse]
 xnat = pytest.importorskip("xnat")
 
 
-def wait_for(condition, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
-
-
 @pytest.fixture
 def emu(make_emulator):
     return make_emulator()

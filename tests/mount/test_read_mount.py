@@ -91,7 +91,7 @@ def test_every_demo_file_reads_back_with_size_and_md5(mnt, xnat_session):
 def test_subfolders_spaces_and_unicode(mnt, xnat_session):
     files = mnt.path / "DEMO1" / "resources" / "protocols" / "files"
     names = set()
-    for dirpath, dirnames, filenames in os.walk(files):
+    for dirpath, _dirnames, filenames in os.walk(files):
         names.update(os.path.relpath(os.path.join(dirpath, n), files) for n in filenames)
     listed = {f.path for f in xnat_session.projects["DEMO1"].resources["protocols"].files.values()}
     assert names == listed

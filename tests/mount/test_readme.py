@@ -24,7 +24,7 @@ from typing import Dict, List, Set, Tuple
 import requests
 
 from tests.conftest import ADMIN
-from tests.mount.test_write_mount import dicom_zip
+from tests.mount.helpers import dicom_zip
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 NAMES = {"P": "DEMO1", "S": "SUBJ01", "E": "SUBJ01_MR1"}

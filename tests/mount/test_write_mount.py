@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import os
 import random
 import signal
 import subprocess
 import time
-import zipfile
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import ADMIN, Mount, needs_fuse
-from tests.mount.helpers import api, hash_files, md5, sh, wait_for
+from tests.mount.helpers import api, dicom_zip, hash_files, md5, sh, wait_for
 
 pytestmark = [needs_fuse]
 
@@ -38,38 +35,6 @@ def server_files(emu, project="DEMO1", resource="protocols"):
 
 def puts(records):
     return [p for m, p in api(records) if m in ("PUT", "POST")]
-
-
-def dicom_zip(path: Path, patient: str, series=((1, "T1w", 3), (2, "T2w", 2))) -> None:
-    """A small DICOM study written with pydicom, zipped."""
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    study = generate_uid()
-    with zipfile.ZipFile(path, "w") as zf:
-        for number, description, count in series:
-            series_uid = generate_uid()
-            for i in range(count):
-                meta = FileMetaDataset()
-                meta.MediaStorageSOPClassUID = MRImageStorage
-                meta.MediaStorageSOPInstanceUID = generate_uid()
-                meta.TransferSyntaxUID = ExplicitVRLittleEndian
-                ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-                ds.SOPClassUID = MRImageStorage
-                ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-                ds.PatientName, ds.PatientID = patient, patient
-                ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
-                ds.StudyDate, ds.StudyTime, ds.Modality = "20240101", "101010", "MR"
-                ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = number, description, i + 1
-                ds.Rows = ds.Columns = 8
-                ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-                ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-                ds.PixelRepresentation = 0
-                ds.PixelData = bytes(range(128))
-                buf = io.BytesIO()
-                pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-                zf.writestr(f"{description}/{i + 1:04d}.dcm", buf.getvalue())
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def separate_emulator(tmp_path: Path, demo_template: Path) -> Iterator[str]:
     """``python -m xnatfs emulator`` in its own process on a free port; yields its URL."""
     data = tmp_path / "emu-data"
     shutil.copytree(demo_template, data)
-    log = open(tmp_path / "emulator.out", "w+")
+    log = open(tmp_path / "emulator.out", "w+")  # noqa: SIM115 - the emulator's, for its life
     proc = subprocess.Popen([sys.executable, "-m", "xnatfs", "emulator", "--data", str(data),
                              "--port", "0", "--seed", "empty", "--user", ADMIN[0],
                              "--password", ADMIN[1], "--access-log",

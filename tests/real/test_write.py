@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
@@ -22,6 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 import requests
 
+from tests.helpers.waiting import wait_for
 from tests.real.conftest import (PREFIX, Scratch, Target, delete_prearchive_session, fs_batch,
                                  start_mount, stop_mount)
 from xnatfs.emulator import dicom
@@ -76,16 +76,10 @@ def ok(*cmd: str, timeout: float = 120) -> None:
     assert res.returncode == 0, f"{cmd}: rc={res.returncode} {res.stderr}"
 
 
-def wait_for(what: str, cond: Callable[[], Any], deadline: float = DEADLINE) -> Any:
-    """Poll ``cond`` until it answers something truthy (a server-side state change)."""
-    end = time.monotonic() + deadline
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > end:
-            pytest.fail(f"{what}: not within {deadline}s")
-        time.sleep(0.2)
+def wait_server(what: str, cond: Callable[[], Any], deadline: float = DEADLINE) -> Any:
+    """Poll ``cond`` until it answers something truthy (a server-side state change), gently:
+    a real XNAT is asked at most five times a second."""
+    return wait_for(cond, deadline, what, interval=0.2)
 
 
 def study_zip(tmp: Path, seed: str, patient: str, session: str) -> Path:
@@ -178,7 +172,7 @@ def test_dicom_import_into_experiments(target: Target, scratch: Scratch, rw_moun
     ok("mkdir", f"{mnt}/{P}/subjects/{name}")
     z = study_zip(tmp_path, name, name, f"{name}_MR1")
     ok("cp", str(z), f"{mnt}/{P}/subjects/{name}/experiments/")
-    (e,) = wait_for("archived session", lambda: rows(
+    (e,) = wait_server("archived session", lambda: rows(
         target, f"/data/projects/{P}/subjects/{name}/experiments"))
     cleanup.append(f"/data/experiments/{e['ID']}")
     scans = sorted(r["ID"] for r in rows(target, f"/data/experiments/{e['ID']}/scans"))
@@ -200,7 +194,7 @@ def test_prearchive_import_then_archive(target: Target, scratch: Scratch, rw_mou
     ok("mkdir", f"{mnt}/{P}/subjects/{name}")
     z = study_zip(tmp_path, name + "pre", name, f"{name}_PRE")
     ok("cp", str(z), f"{mnt}/.prearchive/{P}/")
-    (row,) = wait_for("READY prearchive session", lambda: [
+    (row,) = wait_server("READY prearchive session", lambda: [
         r for r in rows(target, f"/data/prearchive/projects/{P}")
         if r.get("name") == f"{name}_PRE" and r.get("status") == "READY"])
     cleanup.append("/data" + row["url"])
@@ -209,9 +203,9 @@ def test_prearchive_import_then_archive(target: Target, scratch: Scratch, rw_mou
         st = fs_batch([("stat", src)])[0]
         return isinstance(st, dict) and st["dir"]
 
-    wait_for("session directory in the mount", shown, deadline=30)
+    wait_server("session directory in the mount", shown, deadline=30)
     ok("mv", src, f"{mnt}/{P}/subjects/{name}/experiments/{name}_ARC")
-    (e,) = wait_for("archived session", lambda: rows(
+    (e,) = wait_server("archived session", lambda: rows(
         target, f"/data/projects/{P}/subjects/{name}/experiments"))
     cleanup.append(f"/data/experiments/{e['ID']}")
     assert e["label"] == f"{name}_ARC"

@@ -18,13 +18,14 @@ import os
 import random
 import subprocess
 import sys
-import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 import requests
 
 from tests.conftest import ADMIN
+from tests.helpers.tmpfs import small_tmpfs
+from tests.helpers.waiting import wait_for  # noqa: F401 - the reliability tests import it here
 
 PROJECT = "DEMO1"
 RESOURCE = "protocols"
@@ -35,19 +36,6 @@ RESOURCE_URI = f"/data/projects/{PROJECT}/resources/{RESOURCE}"
 def env_float(name: str, default: float) -> float:
     value = os.environ.get(name, "")
     return float(value) if value.strip() else default
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.2) -> object:
-    """Poll ``condition`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def md5(data: bytes) -> str:
@@ -178,15 +166,5 @@ def record(request):
 @pytest.fixture
 def cache_on_64m_tmpfs(tmp_path):
     """A cache directory on its own 64 MiB tmpfs: a small, really full disk."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where = tmp_path / "tmpfs"
-    where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs",
-                          str(where)], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "tmpfs", "64m") as where:
         yield where / "cache"
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from tests.conftest import needs_fuse
-from tests.security.conftest import fs_op
+from tests.helpers.fsop import fs_op
 
 T = 3.0          # the mount's --timeout
 TTL = 1.0        # --listing-ttl: listings (and the kernel's attributes) expire quickly

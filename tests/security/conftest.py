@@ -3,7 +3,6 @@ see ``hostile.MODES``) and ``evil`` (another host that must never be asked anyth
 daemon measurements shared by the security tests."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -58,51 +57,3 @@ def daemon_pid(mount) -> int:
     assert mount.proc is not None and mount.proc.poll() is None
     return mount.proc.pid
 
-
-
-
-_OP = r"""
-import errno, json, os, sys, time
-kind, path = sys.argv[1], sys.argv[2]
-t = time.monotonic()
-out = {}
-try:
-    if kind == "stat":
-        out["size"] = os.stat(path).st_size
-    elif kind == "listdir":
-        out["names"] = sorted(os.listdir(path))
-    elif kind == "read":
-        with open(path, "rb") as f:
-            data = f.read()
-        out["size"] = len(data)
-        out["head"] = data[:64].decode("latin-1")
-    out["errno"] = 0
-except OSError as e:
-    out["errno"] = e.errno
-out["seconds"] = time.monotonic() - t
-print(json.dumps(out))
-"""
-
-
-def fs_op(kind: str, path: "os.PathLike[str] | str", timeout: float = 120) -> dict:
-    """One file operation (``stat``, ``listdir``, ``read``) in a child process (a hung FUSE call
-    cannot hang the test run): ``{"errno", "seconds", ...}``, the time measured around the
-    call itself.  A child still blocked at ``timeout`` is sent SIGKILL and reported as errno
-    None, ``hung``."""
-    import json
-    import subprocess
-    import sys
-    import time
-
-    t = time.monotonic()
-    child = subprocess.Popen([sys.executable, "-c", _OP, kind, str(path)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = child.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # blocked in a FUSE request: SIGKILL stays pending until the daemon answers (the very
-        # defect of issue 17 §1), so do not wait for the child; it ends with the mount
-        child.kill()
-        return {"errno": None, "seconds": time.monotonic() - t, "hung": True}
-    assert child.returncode == 0, stderr
-    return json.loads(stdout)

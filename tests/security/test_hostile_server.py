@@ -11,7 +11,8 @@ import threading
 
 import pytest
 
-from tests.security.conftest import daemon_pid, fs_op, peak_rss_mb
+from tests.helpers.fsop import fs_op
+from tests.security.conftest import daemon_pid, peak_rss_mb
 from tests.security.hostile import GOOD_BYTES, gzip_bomb
 
 T = 3.0
@@ -65,44 +66,40 @@ def test_a_trickled_listing_ends_within_the_timeout_and_stats_still_answers(
     assert "\n" not in lines[0]
 
 
-def test_a_gzip_bomb_listing_is_refused_within_bounded_memory(hostile, make_mount):
-    """Issue 17 §4: ~1 MiB of gzip inflating to 1 GiB took the daemon to 3.4 GB."""
-    assert len(gzip_bomb()) < 2 << 20  # made before the mount: it takes seconds
+def refused_root_listing(hostile, make_mount, mode: str, what: str) -> list:
+    """``ls`` of a fresh mount's root while the hostile server answers ``mode``: EIO within
+    the timeout, the daemon's memory bounded; returns the ERROR lines naming the listing."""
     m = make_mount(hostile.url, *ARGS)
     before = peak_rss_mb(daemon_pid(m))
-    hostile.mode = "gzip_bomb"
+    hostile.mode = mode
     res = fs_op("listdir", m.path)
-    note("gzip bomb listing (1 MiB -> 1 GiB), ls", res, m)
+    note(what, res, m)
     assert res["errno"] == errno.EIO, res
     assert res["seconds"] < T + SLACK, res
     peak = peak_rss_mb(daemon_pid(m))
     assert peak < RSS_LIMIT_MB, f"daemon peak RSS {peak:.0f} MiB (was {before:.0f} at start)"
-    lines = error_lines(m, "/data/projects")
+    return error_lines(m, "/data/projects")
+
+
+def test_a_gzip_bomb_listing_is_refused_within_bounded_memory(hostile, make_mount):
+    """Issue 17 §4: ~1 MiB of gzip inflating to 1 GiB took the daemon to 3.4 GB."""
+    assert len(gzip_bomb()) < 2 << 20  # made before the mount: it takes seconds
+    lines = refused_root_listing(hostile, make_mount, "gzip_bomb",
+                                 "gzip bomb listing (1 MiB -> 1 GiB), ls")
     assert len(lines) == 1 and "larger than" in lines[0], lines
 
 
 def test_a_huge_plain_listing_is_refused_within_bounded_memory(hostile, make_mount):
-    m = make_mount(hostile.url, *ARGS)
-    hostile.mode = "huge_listing"
-    res = fs_op("listdir", m.path)
-    note("256 MiB identity listing, ls", res, m)
-    assert res["errno"] == errno.EIO, res
-    assert res["seconds"] < T + SLACK, res
-    assert peak_rss_mb(daemon_pid(m)) < RSS_LIMIT_MB
-    assert len(error_lines(m, "/data/projects")) == 1
+    lines = refused_root_listing(hostile, make_mount, "huge_listing",
+                                 "256 MiB identity listing, ls")
+    assert len(lines) == 1, lines
 
 
 def test_a_listing_of_millions_of_tiny_rows_is_refused_within_bounded_memory(hostile,
                                                                             make_mount):
     """Under the byte cap, 3,000,000 rows of ``{"ID":"x"}`` would still parse into ~1 GB."""
-    m = make_mount(hostile.url, *ARGS)
-    hostile.mode = "many_rows"
-    res = fs_op("listdir", m.path)
-    note("3,000,000 tiny rows (33 MB), ls", res, m)
-    assert res["errno"] == errno.EIO, res
-    assert res["seconds"] < T + SLACK, res
-    assert peak_rss_mb(daemon_pid(m)) < RSS_LIMIT_MB
-    lines = error_lines(m, "/data/projects")
+    lines = refused_root_listing(hostile, make_mount, "many_rows",
+                                 "3,000,000 tiny rows (33 MB), ls")
     assert len(lines) == 1 and "JSON objects" in lines[0], lines
 
 

@@ -1,25 +1,22 @@
 """Fixtures shared by the unit tests."""
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
+
+from tests.helpers.tmpfs import small_tmpfs
 
 
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A 64 KiB tmpfs for real ENOSPC (root only; the tests run as root in CI); skipped, with
     the reason, where it cannot be mounted.  The patched-pwrite tests cover ENOSPC elsewhere."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where = tmp_path / "tiny"
-    where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs",
-                          str(where)], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "tiny", "64k", lazy=False) as where:
         yield where
-    finally:
-        subprocess.run(["umount", str(where)], capture_output=True, timeout=30, check=True)
+
+
+@pytest.fixture
+def env(tmp_path):
+    """A clean environment for the settings tests: no XNATFS_* variables from the machine
+    running the tests, and HOME/XDG folders of the test's own."""
+    return {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "XDG_CACHE_HOME": str(tmp_path / "cache")}

@@ -28,13 +28,6 @@ def write(path: Path, text: str, mode: int = 0o600) -> Path:
     return path
 
 
-@pytest.fixture
-def env(tmp_path):
-    """A clean environment: no XNATFS_* variables from the machine running the tests."""
-    return {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
-            "XDG_CACHE_HOME": str(tmp_path / "cache")}
-
-
 CONFIG = """
 # comment
 [defaults]
@@ -148,10 +141,10 @@ def test_render_masks_the_password_and_names_sources(tmp_path, env):
     assert re.search(rf'^password +\= "{re.escape(MASK)}"', text, re.M)
     assert "# config file" in text.splitlines()[1 + list(KEYS).index("password")]
     assert str(path) in text.splitlines()[0]
-    line = next(l for l in text.splitlines() if l.startswith("max_threads"))
+    line = next(ln for ln in text.splitlines() if ln.startswith("max_threads"))
     assert line.split("=", 1)[1].split("#")[0].strip() == "4" and line.endswith("# command line")
     assert re.search(r'^cache_size +\= "10G"', text, re.M)
-    assert "(unset)" in next(l for l in text.splitlines() if l.startswith("ca_bundle"))
+    assert "(unset)" in next(ln for ln in text.splitlines() if ln.startswith("ca_bundle"))
 
 
 def test_errors_never_show_the_password(env):

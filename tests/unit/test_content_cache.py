@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Union
 
 import pytest
 
+from tests.helpers.tmpfs import small_tmpfs
 from tests.unit.ziphelp import streamed_zip
 from xnatfs.cache.content import (ARCHIVE, ContentCache, ContentKey, archive_object_uri,
                                    archive_uri)
@@ -329,7 +330,7 @@ def test_close_cancels_running_download(tmp_path):
     assert fetch.held.wait(WAIT)
     closer = threading.Thread(target=cc.close, args=(later(),))
     closer.start()
-    wait_for(lambda: cc._closing, "close to begin")   # noqa: SLF001 - test reaches in
+    wait_for(lambda: cc._closing, "close to begin")   # the test reaches in
     fetch.gate.set()
     closer.join(WAIT)
     for handle in (h, g):
@@ -452,7 +453,7 @@ def test_hit_survives_a_file_removed_behind_the_cache(make_cache):
     cc = make_cache(fetch)
     key = key_for("/f", data)
     assert read_all(cc, key) == data
-    os.unlink(cc._stored_path(key.hexname()))   # noqa: SLF001 - as another mount's clear would
+    os.unlink(cc._stored_path(key.hexname()))   # as another mount's clear would
     assert read_all(cc, key) == data             # fetched again, not an error
     assert fetch.calls["/f"] == 2
     assert read_all(cc, key) == data and fetch.calls["/f"] == 2
@@ -558,7 +559,7 @@ def test_close_during_a_bulk_fetch_ends_every_member(tmp_path):
     handles = [cc.open(k) for k in keys.values()]
     closer = threading.Thread(target=cc.close, args=(later(),))
     closer.start()
-    wait_for(lambda: cc._closing, "close to begin")   # noqa: SLF001 - test reaches in
+    wait_for(lambda: cc._closing, "close to begin")   # the test reaches in
     fetch.gate.set()
     closer.join(WAIT)
     assert not closer.is_alive()
@@ -575,7 +576,7 @@ def test_close_during_a_bulk_fetch_ends_every_member(tmp_path):
 
 
 def _stored(cc: ContentCache, key: ContentKey) -> str:
-    return cc._stored_path(key.hexname())   # noqa: SLF001 - the test damages the file itself
+    return cc._stored_path(key.hexname())   # the test damages the file itself
 
 
 def _cached(cc_factory, data: bytes, uri: str = "/f"):
@@ -729,7 +730,7 @@ def test_cache_files_are_synced_before_they_are_indexed(make_cache, monkeypatch)
     real = os.fdatasync
 
     def fdatasync(fd: int) -> None:
-        seen.append(cc.state(key) if cc._index.size_of(key.hexname()) is None  # noqa: SLF001
+        seen.append(cc.state(key) if cc._index.size_of(key.hexname()) is None
                     else "indexed")
         real(fd)
 
@@ -744,20 +745,8 @@ def test_cache_files_are_synced_before_they_are_indexed(make_cache, monkeypatch)
 @pytest.fixture
 def small_fs(tmp_path):
     """A 4 MiB tmpfs (root only): a cache disk that really fills up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    import subprocess
-
-    where = tmp_path / "small"
-    where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs",
-                          str(where)], capture_output=True, text=True, timeout=30)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "4m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
 
 
 @pytest.mark.parametrize("listed", [True, False])
@@ -931,7 +920,7 @@ def test_a_failing_fstat_at_the_check_leaks_no_hashing_fd(make_cache, monkeypatc
     wait_for(lambda: partial_fds() == [], "every fd on the partial file closed")
 
 
-# -- xnatfs cache verify ----------------------------------------------------------------------------
+# -- xnatfs cache verify ---------------------------------------------------------------------------
 
 
 def test_verify_finds_and_repairs_every_kind_of_damage(tmp_path):

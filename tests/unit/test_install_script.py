@@ -1,4 +1,5 @@
-"""``scripts/install.sh`` puts ``xnatfs`` on PATH and says where (issue 16 §7).
+"""``scripts/install.sh`` puts ``xnatfs`` on PATH and says where (issue 16 §7); its lint step
+names each check that failed (issue 14 item 7).
 
 The script runs on a copy of the checkout with a stand-in virtualenv (two tiny executables), so
 no apt or pip is involved; ``XNATFS_BIN_DIR`` replaces ``/usr/local/bin``/``~/.local/bin``.
@@ -8,7 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Dict
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "install.sh"
 
@@ -58,3 +61,51 @@ def test_link_says_when_the_folder_is_not_on_path_and_leaves_other_files(tmp_pat
     assert "is not a link: left alone" in res.stderr
     assert (bin_dir / "xnatfs").read_text() == "another installation\n"
     assert os.readlink(bin_dir / "mount.xnatfs") == str(root / ".venv" / "bin" / "mount.xnatfs")
+
+
+def _lint(tmp_path: Path, results: Dict[str, int]) -> subprocess.CompletedProcess:
+    """``install.sh lint`` with stand-in ruff and mypy that exit as ``results`` says
+    (``"check"``, ``"format"``, ``"mypy"``: exit status; a missing key: that tool is absent)."""
+    root = _checkout(tmp_path)
+    venv_bin = root / ".venv" / "bin"
+    (venv_bin / "python").symlink_to(sys.executable)
+    if "check" in results:
+        (venv_bin / "ruff").write_text(
+            "#!/bin/sh\necho ruff \"$@\"\n"
+            f'case "$1" in check) exit {results["check"]};; *) exit {results["format"]};; esac\n')
+        (venv_bin / "ruff").chmod(0o755)
+    if "mypy" in results:
+        (venv_bin / "mypy").write_text(f"#!/bin/sh\necho mypy \"$@\"\nexit {results['mypy']}\n")
+        (venv_bin / "mypy").chmod(0o755)
+    return subprocess.run(["bash", str(root / "scripts" / "install.sh"), "lint"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_lint_runs_ruff_and_mypy_and_says_clean(tmp_path: Path) -> None:
+    res = _lint(tmp_path, {"check": 0, "format": 0, "mypy": 0})
+    assert res.returncode == 0, res.stderr
+    assert "ruff check --no-cache ." in res.stdout
+    assert "ruff format --no-cache --check ." in res.stdout
+    assert "mypy xnatfs" in res.stdout
+    assert "xnatfs lint: clean" in res.stdout
+    assert "FAILED" not in res.stderr
+
+
+def test_lint_runs_every_check_and_names_the_failed_ones(tmp_path: Path) -> None:
+    res = _lint(tmp_path, {"check": 1, "format": 0, "mypy": 1})
+    assert res.returncode == 1
+    # the format check still ran after ruff check failed
+    assert "ruff format --no-cache --check ." in res.stdout
+    assert "!!! lint FAILED: ruff check, mypy xnatfs !!!" in res.stderr
+    assert "xnatfs lint: clean" not in res.stdout
+
+
+def test_lint_fails_when_a_tool_is_missing(tmp_path: Path) -> None:
+    res = _lint(tmp_path, {})
+    assert res.returncode == 1
+    assert ".venv/bin/ruff is missing" in res.stderr
+    if sys.version_info >= (3, 10):
+        res = _lint(tmp_path / "again", {"check": 0, "format": 0})
+        assert res.returncode == 1
+        assert ".venv/bin/mypy is missing" in res.stderr
+        assert "!!! lint FAILED: mypy xnatfs !!!" in res.stderr

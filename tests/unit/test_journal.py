@@ -287,7 +287,7 @@ def test_kill_at_any_point_of_add(tmp_path, monkeypatch):
         spool, jdir = Spool(base / "spool"), base / "journal"
         j = Journal(jdir)
         f = spooled(spool, data)
-        crashed = run_until_crash(monkeypatch, k, lambda: j.add(f, TARGET, MNT_PATH))
+        crashed = run_until_crash(monkeypatch, k, lambda j=j, f=f: j.add(f, TARGET, MNT_PATH))
         got = Journal(jdir).reload()
         if got:  # a complete entry, holding the bytes
             assert len(got) == 1
@@ -316,13 +316,13 @@ def test_kill_at_any_point_of_update_and_remove(tmp_path, monkeypatch):
         j = Journal(jdir)
         entry = j.add(spooled(spool, b"bytes"), TARGET, MNT_PATH)
         newer = dataclasses.replace(entry, tries=1, last_error="503")
-        crashed_update = run_until_crash(monkeypatch, k, lambda: j.update(newer))
+        crashed_update = run_until_crash(monkeypatch, k, lambda j=j, newer=newer: j.update(newer))
         got = Journal(jdir).reload()
         assert got in ([entry], [newer])  # old or new version, always whole
 
         j = Journal(jdir)
         j.reload()
-        crashed_remove = run_until_crash(monkeypatch, k, lambda: j.remove(got[0]))
+        crashed_remove = run_until_crash(monkeypatch, k, lambda j=j, got=got: j.remove(got[0]))
         after = Journal(jdir).reload()
         assert after in ([], got)
         if after:

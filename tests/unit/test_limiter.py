@@ -9,19 +9,12 @@ import threading
 
 import pytest
 
+from tests.helpers.clock import FakeClock
 from xnatfs.xnat.limiter import Outcome, RequestLimiter, Slot, SlotUnavailable
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def make(max_requests: int = 8, rand: float = 1.0, **kw):
-    clock = Clock()
+    clock = FakeClock()
     return RequestLimiter(max_requests, clock=clock, rand=lambda: rand, **kw), clock
 
 

@@ -13,12 +13,6 @@ from xnatfs.xnat.client import ClientOptions, XnatClient
 URL = "https://xnat.example.org"
 
 
-@pytest.fixture
-def env(tmp_path):
-    return {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
-            "XDG_CACHE_HOME": str(tmp_path / "cache")}
-
-
 def _options(argv, env, config=None):
     args = cli.build_parser().parse_args(["mount", URL, "/mnt", *argv])
     given = {"max_requests": args.max_requests} if args.max_requests is not None else {}

@@ -6,22 +6,10 @@ from typing import List
 
 import pytest
 
+from tests.helpers.clock import FakeClock
 from xnatfs.cache.meta import MetaCache
 
 WAIT = 10.0
-
-
-class FakeClock:
-    """Injected ``timer``: time moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def wait_for(predicate, what: str) -> None:

@@ -10,12 +10,6 @@ from xnatfs.config import ConfigError, effective_settings, load_config
 URL = "https://xnat.example.org"
 
 
-@pytest.fixture
-def env(tmp_path):
-    return {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
-            "XDG_CACHE_HOME": str(tmp_path / "cache")}
-
-
 def _options(argv, env, config=None):
     args = cli.build_parser().parse_args(["mount", URL, "/mnt", *argv])
     given = {k: getattr(args, k) for k in ("dir_mode", "file_mode", "nonempty")

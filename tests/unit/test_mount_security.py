@@ -108,12 +108,6 @@ def _args_and_options(argv, env, config=None):
     return args, cli.options_from_settings(URL, settings, args.fuse_options)
 
 
-@pytest.fixture
-def env(tmp_path):
-    return {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
-            "XDG_CACHE_HOME": str(tmp_path / "cache")}
-
-
 def test_daemon_gets_a_ca_bundle_from_the_config_file(tmp_path, env):
     """The daemon reads no config file (``--config /dev/null``): a bundle named only there
     must reach it on its command line."""

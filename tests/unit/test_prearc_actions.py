@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from tests.helpers.clock import FakeClock
 from xnatfs.xnat.models import PrearchiveSession
 from xnatfs.xnat.prearc import PrearcActions
 
@@ -15,23 +16,11 @@ URI = "/data/prearchive/projects/P/20240101_000000000/S1"
 MOVED = "/data/prearchive/projects/Q/20240101_000000000/S1"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, s: float) -> None:
-        assert s >= 0
-        self.now += s
-
-
 class FakeXnat:
     """Status rows per URI; ``script`` maps a URI to the statuses its next reads answer (the
     last one repeats); None is "gone" (404)."""
 
-    def __init__(self, clock: Clock, script: Dict[str, List[Optional[str]]]) -> None:
+    def __init__(self, clock: FakeClock, script: Dict[str, List[Optional[str]]]) -> None:
         self.clock = clock
         self.script = {k: list(v) for k, v in script.items()}
         self.calls: List[str] = []
@@ -61,7 +50,7 @@ class FakeXnat:
 
 
 def actions(script: Dict[str, List[Optional[str]]], timeout: float = 10.0):
-    clock = Clock()
+    clock = FakeClock()
     fake = FakeXnat(clock, script)
     return PrearcActions(fake, timeout=timeout, clock=clock, sleep=clock.sleep), fake, clock
 

@@ -47,9 +47,9 @@ def test_every_served_attribute_is_documented() -> None:
 
 def test_every_mount_option_is_in_the_command_summary() -> None:
     parser = build_parser()
-    mount = next(a for a in parser._subparsers._group_actions[0].choices.items()  # noqa: SLF001
+    mount = next(a for a in parser._subparsers._group_actions[0].choices.items()
                  if a[0] == "mount")[1]
-    options = {s for action in mount._actions for s in action.option_strings  # noqa: SLF001
+    options = {s for action in mount._actions for s in action.option_strings
                if s.startswith("--") and action.help != "==SUPPRESS==" and s != "--help"}
     summary = _section("Commands").split("```", 2)[1]
     missing = {o for o in options if not re.search(re.escape(o) + r"\b", summary)}

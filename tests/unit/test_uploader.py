@@ -18,9 +18,11 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from tests.helpers.clock import FakeClock
 from xnatfs.uploads.journal import DONE, FAILED, PENDING, UPLOADING, Journal
 from xnatfs.uploads.spool import Spool
 from xnatfs.uploads.uploader import Uploader, UploadNotVerified
+from xnatfs.xnat.errors import XnatError
 
 WAIT = 10.0  # generous deadline for conditions that should hold almost at once
 
@@ -36,17 +38,6 @@ class Transient(Exception):
 
 class Permanent(Exception):
     retryable = False
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Signal:
@@ -654,7 +645,7 @@ def test_http_500_on_put_is_retried_until_the_server_has_it(rig):
     up = rig.uploader()
     entry = rig.add(b"five hundred")
     for _ in range(3):
-        with pytest.raises(Exception):
+        with pytest.raises(XnatError):
             up.upload_now(entry, rig.clock() + WAIT)
         assert rig.journal.get(entry.id).state == PENDING
     up.start()

@@ -7,6 +7,7 @@ import zlib
 
 import pytest
 
+from tests.helpers.clock import FakeClock
 from xnatfs.xnat import body
 
 
@@ -24,14 +25,6 @@ class FakeRaw:
         if self.clock is not None:
             self.clock.now += self.step
         return self.pieces.pop(0) if self.pieces else b""
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 def chunks(data: bytes, n: int = 1 << 16):
@@ -64,7 +57,7 @@ def test_an_identity_body_over_the_cap_is_refused():
 
 
 def test_the_deadline_ends_a_trickle_whatever_the_per_read_timeout():
-    clock = Clock()
+    clock = FakeClock(start=0.0)
     raw = FakeRaw([b"x"] * 1000, clock=clock, step=0.5)  # a byte every 0.5 "seconds"
     with pytest.raises(body.BodyDeadline):
         body.read_body(raw, "", deadline=3.0, clock=clock)

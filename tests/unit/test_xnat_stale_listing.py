@@ -8,6 +8,7 @@ from typing import List
 
 import pytest
 
+from tests.helpers.clock import FakeClock
 from xnatfs.cache.meta import MetaCache
 from xnatfs.tree.tree import Tree
 from xnatfs.xnat import errors
@@ -15,14 +16,6 @@ from xnatfs.xnat.models import Project
 
 TTL = 10.0
 FS_TIMEOUT = 4.0  # stale_grace = 1 s
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeClient:
@@ -51,7 +44,7 @@ class FakeClient:
 
 @pytest.fixture
 def setup():
-    clock = Clock()
+    clock = FakeClock()
     client = FakeClient()
     tree = Tree(client, MetaCache(ttl=TTL, timer=clock), content=None, fs_timeout=FS_TIMEOUT)
     yield tree, client, clock

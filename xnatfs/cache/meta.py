@@ -1,9 +1,9 @@
 """Metadata cache: listings and object records kept in memory for a TTL.
 
 A ``cachetools.TTLCache`` from a hashable key (by convention a tuple of path parts, e.g.
-``("DEMO1", "SUBJ01")``) to whatever the loader returned (a listing, a record). Entries age out after
-``ttl`` seconds of the injected ``timer`` and are dropped early by ``invalidate``/``invalidate_prefix``
-after a local change (rclone ``_age``/``ForgetPath``; fsspec ``DirCache``).
+``("DEMO1", "SUBJ01")``) to whatever the loader returned (a listing, a record). Entries age out
+after ``ttl`` seconds of the injected ``timer`` and are dropped early by ``invalidate``/
+``invalidate_prefix`` after a local change (rclone ``_age``/``ForgetPath``; fsspec ``DirCache``).
 
 Concurrent misses for one key are collapsed into one loader call (single flight), so a directory
 that 16 threads ``stat`` at once is listed once. Loader errors go to every waiter of that flight and
@@ -149,15 +149,15 @@ class MetaCache:
                 flight.done.set()
                 return flight
             self._stats["misses"] += 1
-            flight = self._flights.get(key)
-            if flight is not None:
+            running = self._flights.get(key)
+            if running is not None:
                 self._stats["joins"] += 1
-                return flight
+                return running
             flight = self._flights[key] = _Flight(owner=0)
             self._stats["loads"] += 1
         try:
             submit(lambda: self._run(key, flight, loader, raise_error=False))
-        except BaseException as exc:  # the executor is shut down: fail this flight now
+        except BaseException as exc:  # noqa: BLE001 - the executor is shut down: the flight fails
             with self._lock:
                 if self._flights.get(key) is flight:
                     del self._flights[key]

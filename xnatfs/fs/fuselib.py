@@ -25,7 +25,7 @@ def load() -> ModuleType:
         if name is not None:
             os.environ["FUSE_LIBRARY_NAME"] = name
         try:
-            import mfusepy  # noqa: WPS433 (deliberately late)
+            import mfusepy  # deliberately late: after FUSE_LIBRARY_NAME is set
             return mfusepy
         except (OSError, ImportError) as exc:  # mfusepy raises OSError('Unable to find libfuse')
             last = exc
@@ -36,4 +36,5 @@ def load() -> ModuleType:
 
 
 def version(mfusepy: ModuleType) -> str:
-    return f"{getattr(mfusepy, 'fuse_version_major', '?')}.{getattr(mfusepy, 'fuse_version_minor', '?')}"
+    major = getattr(mfusepy, "fuse_version_major", "?")
+    return f"{major}.{getattr(mfusepy, 'fuse_version_minor', '?')}"

@@ -182,9 +182,9 @@ def resolve_credentials(
             raise CredentialsError(message="no credentials: the prompt was interrupted") from None
 
     # 3. environment
-    user, password = env.get(ENV_USER), env.get(ENV_PASSWORD)
-    if user and password:
-        return Credentials(user, password, source="env")
+    env_user, env_password = env.get(ENV_USER), env.get(ENV_PASSWORD)
+    if env_user and env_password:
+        return Credentials(env_user, env_password, source="env")
 
     host = _host_keys(url)[0]
     raise CredentialsError(

@@ -174,7 +174,7 @@ class Watchdog:
 class _Armed:
     """Mixin: arm the watchdog around reading the status line and headers."""
 
-    def getresponse(self):  # type: ignore[no-untyped-def]
+    def getresponse(self):
         armed = REQUEST_DEADLINE.get()
         sock = getattr(self, "sock", None)
         token = 0

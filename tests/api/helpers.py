@@ -1,0 +1,53 @@
+"""Helpers of the client tests (``tests/api``): the client's options with tiny backoffs, the
+emulator's admin, and resetting the emulator's fault switches between tests."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from xnatfs.emulator import Emulator
+from xnatfs.xnat.auth import Credentials
+from xnatfs.xnat.client import ClientOptions
+
+ADMIN = Credentials("admin", "admin-pw")  # the conftest emulators' admin
+ALICE = Credentials("alice", "alice-pw")
+
+
+def options(**kw) -> ClientOptions:
+    """Options for a test client: retries with tiny backoffs (fast tests), no heartbeat."""
+    base = dict(
+        pool_size=8,
+        connect_timeout=2.0,
+        read_timeout=10.0,
+        retries=3,
+        backoff_base=0.01,
+        backoff_max=0.05,
+        deadline=30.0,
+        heartbeat=False,
+    )
+    base.update(kw)
+    return ClientOptions(**base)
+
+
+def reset_faults(emu: Emulator) -> None:
+    """Every fault of the emulator off (``emu.faults`` is shared by the tests of a module)."""
+    f = emu.faults
+    f.latency_ms = 0
+    f.error_rate = 0.0
+    f.error_status = 503
+    f.drop_rate = 0.0
+    f.html_login_rate = 0.0
+
+
+@contextmanager
+def faults(emu: Emulator, **switches: object) -> Iterator[None]:
+    """The emulator's fault ``switches`` (``error_status=503, error_rate=1.0``, ...) on for the
+    ``with`` block; every fault off after it, also when the block fails."""
+    for name, value in switches.items():
+        assert hasattr(emu.faults, name), name
+        setattr(emu.faults, name, value)
+    try:
+        yield
+    finally:
+        reset_faults(emu)
