@@ -17,7 +17,8 @@ E501).  Such a line is split at its last space before the limit when the split i
 comment (the new line repeats the comment's indent and ``#``/``#:``) or inside a triple-quoted
 string (a docstring; the new line keeps the indent).  Other long lines are only reported.
 
-Usage: ``python3 scripts/rewrite_citations.py [--map CITATIONS.tsv] [--check] [PATH ...]``
+Usage: ``python3 scripts/rewrite_citations.py [--map CITATIONS.tsv] [--check] [PATH ...]``;
+``--self-test`` checks these rules on small inputs.
 (paths default to the code, unit files, images, scripts, benchmarks, docs and README).
 ``--check`` changes nothing and exits 1 when something would change.  Stdlib only.
 """
@@ -157,13 +158,35 @@ def files_under(root: str, paths: List[str]) -> Iterator[str]:
                     yield os.path.join(directory, name)
 
 
+def self_test() -> None:
+    """The rules above on small inputs (``--self-test``); raises AssertionError on a failure."""
+    rows = [("a.md §1", "docs/A.md §1"), ("a.md §1.2", "docs/A.md §1.2"), ("a.md", "docs/A.md")]
+    pattern, table = compile_map(rows), dict(rows)
+    assert rewrite("(a.md §1.2) (a.md §1) a.md §10", pattern, table, False) == \
+        "(docs/A.md §1.2) (docs/A.md §1) docs/A.md §10"
+    assert rewrite("see a.md §1", pattern, table, True) == "see A.md §1"
+    long_comment = "    # " + "word " * 17 + "(a.md §1)"
+    new = rewrite(long_comment, pattern, table, False)
+    wrapped, left = wrap_long_lines(long_comment, new, python=True)
+    assert left == [] and all(len(x) <= LIMIT for x in wrapped.split("\n")), wrapped
+    assert wrapped.split("\n")[1].startswith("    # ") and "docs/A.md §1" in wrapped
+    code = "x = '" + "y" * 90 + " a.md §1'"
+    wrapped, left = wrap_long_lines(code, rewrite(code, pattern, table, False), python=True)
+    assert "\n" not in wrapped and left == [1]  # a string literal is never split
+
+
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--map", default="CITATIONS.tsv", help="the old<TAB>new map")
     parser.add_argument("--root", default=".", help="the repository root")
     parser.add_argument("--check", action="store_true", help="report, change nothing")
+    parser.add_argument("--self-test", action="store_true", help="check the rules and exit")
     parser.add_argument("paths", nargs="*", default=DEFAULT_PATHS)
     args = parser.parse_args(argv)
+    if args.self_test:
+        self_test()
+        print("self-test passed")
+        return 0
     rows = load_map(os.path.join(args.root, args.map) if not os.path.isabs(args.map)
                     else args.map)
     table = dict(rows)
