@@ -209,7 +209,13 @@ def seconds(minimum: float = 0.0, strict: bool = True) -> Kind:
 # ------------------------------------------------------------------------------- the table
 @dataclass(frozen=True)
 class Setting:
-    """One setting.  ``help`` may hold ``{default}``: the default, rendered once, from here."""
+    """One setting.  ``help`` may hold ``{default}``: the default, rendered once, from here.
+
+    Where it applies: ``cli`` -- a long option of ``xnatfs mount``/``config`` and so a
+    ``mount.xnatfs -o NAME=`` option; ``config`` -- a config file key and ``XNATFS_<NAME>``;
+    ``field`` -- the ``Options`` field the daemon runs with (and so part of the daemon's argv).
+    ``log_level`` and ``config`` reach the daemon's argv by hand (``daemon_args``).
+    """
 
     #: config key, ``XNATFS_<NAME>``, ``mount.xnatfs -o NAME=``; the flag is ``--name-with-dashes``
     name: str
