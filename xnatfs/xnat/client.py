@@ -21,10 +21,15 @@ Never logged: passwords, the login form, ``Authorization``/``Cookie`` headers, s
 """
 from __future__ import annotations
 
-# names this module has always exported (other modules and tests import them from here)
-from .listings import ASSESSOR_COLUMNS, EXPERIMENT_COLUMNS, SCAN_COLUMNS, SUBJECT_COLUMNS, Listings  # noqa: F401
+from .listings import (  # noqa: F401 - the column lists have always been exported here
+    ASSESSOR_COLUMNS,
+    EXPERIMENT_COLUMNS,
+    SCAN_COLUMNS,
+    SUBJECT_COLUMNS,
+    Listings,
+)
 from .objects import Objects
-from .transport import (  # noqa: F401
+from .transport import (  # noqa: F401 - names callers and tests have always imported from here
     ClientOptions,
     ClientStats,
     Params,
