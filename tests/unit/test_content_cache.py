@@ -202,7 +202,7 @@ def test_prefetch_downloads_without_handles(make_cache):
     ka, kb = key_for("/a", a), key_for("/b", b)
     assert cc.prefetch([ka, kb, ka]) == 2
     for k in (ka, kb):
-        wait_for(lambda: cc.state(k) == "cached", "the prefetch")
+        wait_for(lambda k=k: cc.state(k) == "cached", "the prefetch")
     assert cc.state(ka) == cc.state(kb) == "cached"
     assert cc.prefetch([ka]) == 0
     assert read_all(cc, kb) == b

@@ -12,11 +12,10 @@ import logging
 import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-
-from xnatfs.cache.download import (Download, DownloadCancelled)
-from xnatfs.cache.zipstream import ZipSplitter
+from xnatfs.cache.download import Download, DownloadCancelled
 from xnatfs.cache.key import ContentKey
 from xnatfs.cache.store import ContentStore
+from xnatfs.cache.zipstream import ZipSplitter
 
 #: one logger for the whole content cache, whichever part of it logs (what log filters name)
 log = logging.getLogger("xnatfs.cache.content")

@@ -58,12 +58,11 @@ from typing import Dict, Optional, Tuple
 from xnatfs.cache.bulk import BulkFetches
 from xnatfs.cache.download import DownloadCancelled, IntegrityError, digest_file
 from xnatfs.cache.handle import ContentHandle, _Verification
-from xnatfs.cache.stream import StreamHandle
+
 # names this module has always exported (callers and tests import them from here)
-from xnatfs.cache.index import (VerifyReport, _Index, stored_name,  # noqa: F401
-                                verify_entries)
-from xnatfs.cache.key import (ARCHIVE, FILE, ContentKey, archive_object_uri,  # noqa: F401
-                              archive_uri)
+from xnatfs.cache.index import VerifyReport, _Index, stored_name, verify_entries  # noqa: F401
+from xnatfs.cache.key import ARCHIVE, FILE, ContentKey, archive_object_uri, archive_uri
+from xnatfs.cache.stream import StreamHandle
 
 #: one logger for the whole content cache, whichever part of it logs (what log filters name)
 log = logging.getLogger("xnatfs.cache.content")

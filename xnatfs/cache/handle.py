@@ -12,9 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Optional, Set
 
-
-from xnatfs.cache.download import (Download, IntegrityError, Span,
-                                    digest_file)
+from xnatfs.cache.download import Download, IntegrityError, Span, digest_file
 from xnatfs.cache.key import ContentKey
 
 if TYPE_CHECKING:  # the cache makes handles; a handle only calls back into it

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 import diskcache
 from diskcache.core import MODE_BINARY
 
-from xnatfs.cache.download import (digest_file)
+from xnatfs.cache.download import digest_file
 
 #: one logger for the whole content cache, whichever part of it logs (what log filters name)
 log = logging.getLogger("xnatfs.cache.content")

@@ -14,8 +14,6 @@ import json
 from dataclasses import dataclass
 from typing import Optional, Union
 
-
-
 #: ``ContentKey.kind`` of a file XNAT stores
 FILE = "file"
 #: ``ContentKey.kind`` of an archive XNAT makes on request (``<object>/files?format=zip``, §3.3)

@@ -16,7 +16,6 @@ import secrets
 import threading
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
-
 from xnatfs.cache.download import Download, DownloadCancelled, Ended, Fetch
 from xnatfs.cache.handle import _Verification
 from xnatfs.cache.index import _Index, stored_name

@@ -13,10 +13,10 @@ given two callables:
 - ``verify(entry) -> bool`` says whether the server now shows ``entry.path`` with ``entry.size``
   bytes and digest ``entry.md5`` (an entry added without its MD5 gets it from a thread that
   hashes the data file while ``put`` sends it, ``_Digest``). An entry is removed from the
-  journal *only* after verify said yes. Verify is also asked *before* sending again when an earlier attempt was started
-  (``entry.tries > 0``): that attempt may have reached the server (a timeout after the body
-  was sent, a crash before the entry was removed), and sending again without overwrite would
-  get a 409.
+  journal *only* after verify said yes. Verify is also asked *before* sending again when
+  an earlier attempt was started (``entry.tries > 0``): that attempt may have reached the
+  server (a timeout after the body was sent, a crash before the entry was removed), and
+  sending again without overwrite would get a 409.
 
 Scheduling: a bounded pool of ``workers`` named threads (``xnatfs-upload-N``) started by
 ``start()`` (never by the constructor: threads must start after FUSE forks). Each waits on one
@@ -428,7 +428,7 @@ class Uploader:
                 self._running[entry.id] = entry
             try:
                 self._attempt(entry, reraise=False)
-            except Exception:  # noqa: BLE001 - a worker must survive anything
+            except Exception:  # a worker must survive anything
                 log.exception("upload %s: unexpected error in the uploader", entry.path)
                 with self._cv:
                     self._running.pop(entry.id, None)
@@ -462,7 +462,7 @@ class Uploader:
                     entry = digest.result()
                 if not self._verify(entry):
                     raise UploadNotVerified(entry)
-        except Exception as exc:  # noqa: BLE001 - put/verify raise whatever the client raises
+        except Exception as exc:  # put/verify raise whatever the client raises
             if digest is not None:
                 entry = digest.result_or(entry)
             self._failed(entry, exc, after_put=sent, caller_logs=reraise)
@@ -565,5 +565,5 @@ class Uploader:
             return
         try:
             self._on_change(entry)
-        except Exception:  # noqa: BLE001 - a callback must not break the uploader
+        except Exception:  # a callback must not break the uploader
             log.exception("upload %s: on_change callback failed", entry.path)

@@ -1,8 +1,9 @@
 """The XNAT REST client: one pooled HTTP session, typed calls, typed errors.
 
 It knows nothing of files or paths; it speaks ``/data/...`` (``xnat-rest-api.md``) and returns
-``models`` records.  It is the only module of xnatfs that imports requests (STYLE §9), and
-``transport.Transport._send`` is the one place where requests/urllib3/socket exceptions become :mod:`errors`.
+``models`` records.  Its modules are the only ones of xnatfs that import requests (STYLE §9),
+and ``transport.Transport._send`` is the one place where requests/urllib3/socket exceptions
+become :mod:`errors`.
 
 The client is assembled from one module per concern, each a class the next builds on:
 
@@ -20,13 +21,23 @@ Never logged: passwords, the login form, ``Authorization``/``Cookie`` headers, s
 """
 from __future__ import annotations
 
-from .listings import Listings
+from .listings import (  # noqa: F401 - the column lists have always been exported here
+    ASSESSOR_COLUMNS,
+    EXPERIMENT_COLUMNS,
+    SCAN_COLUMNS,
+    SUBJECT_COLUMNS,
+    Listings,
+)
 from .objects import Objects
-# names this module has always exported (other modules and tests import them from here)
-from .listings import (ASSESSOR_COLUMNS, EXPERIMENT_COLUMNS,  # noqa: F401
-                       SCAN_COLUMNS, SUBJECT_COLUMNS)
-from .transport import (ClientOptions, ClientStats, Params, Sink,  # noqa: F401
-                        _parse_retry_after, _translate, check_contained)
+from .transport import (  # noqa: F401 - names callers and tests have always imported from here
+    ClientOptions,
+    ClientStats,
+    Params,
+    Sink,
+    _parse_retry_after,
+    _translate,
+    check_contained,
+)
 
 __all__ = ["XnatClient", "ClientOptions", "ClientStats"]
 

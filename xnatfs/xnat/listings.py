@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Optional
 
-
 from . import parse
 from .errors import (
     NotXnatResponse,

@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 from typing import Any, List, Optional
 
-
 from . import parse
 from .errors import (
-    NotXnatResponse,
     NotFound,
+    NotXnatResponse,
 )
 from .models import (
     PrearchiveSession,

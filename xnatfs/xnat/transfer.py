@@ -16,8 +16,8 @@ from .. import deadline as _call_deadline
 from . import body as _body
 from . import parse
 from .errors import (
-    NotXnatResponse,
     Conflict,
+    NotXnatResponse,
     Unauthorized,
     Unreachable,
     XnatError,
@@ -25,8 +25,15 @@ from .errors import (
 from .models import (
     RemoteStat,
 )
-from .transport import (_IDENTITY, Params, Sink, Transport, _CountingBody, _translate,
-                        check_contained)
+from .transport import (
+    _IDENTITY,
+    Params,
+    Sink,
+    Transport,
+    _CountingBody,
+    _translate,
+    check_contained,
+)
 
 __all__ = ["Transfer"]
 
@@ -115,7 +122,7 @@ class Transfer(Transport):
                         chunk = next(chunks)
                     except StopIteration:
                         break
-                    except Exception as exc:  # translation boundary for the body
+                    except Exception as exc:  # noqa: BLE001 - translation boundary for the body
                         failure = _translate(exc, "GET", url, self._timeout)
                         break
                     if first:

@@ -69,9 +69,9 @@ from . import parse
 from . import watchdog as _watchdog
 from .auth import Credentials
 from .errors import (
-    NotXnatResponse,
     TRANSIENT_STATUSES,
     BadRequest,
+    NotXnatResponse,
     Unreachable,
     XnatError,
     XnatTimeout,
@@ -202,7 +202,7 @@ class _BlockAllCookies(http.cookiejar.DefaultCookiePolicy):
     """The session's jar stores nothing: the client sends its own JSESSIONID header, so a
     cookie can never follow a redirect to another host, nor leak between logins."""
 
-    def set_ok(self, cookie, request):  # noqa: D401
+    def set_ok(self, cookie, request):
         return False
 
     def return_ok(self, cookie, request):
@@ -216,7 +216,7 @@ class _Session(requests.Session):
     are set (conda, many institutes: issue 17 §6).  With the default ``True`` the environment
     still chooses the bundle, as for curl."""
 
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: D102
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
         if verify is None and self.verify is not True:
             settings["verify"] = self.verify
@@ -728,7 +728,7 @@ class Transport:
             if stream:
                 self._hand_slot_to(resp, slot, outcome, retry_after)
                 handed_over = True
-        except Exception as exc:  # the one translation boundary
+        except Exception as exc:  # noqa: BLE001 - the one translation boundary
             err = _translate(exc, method, url, timeout, holder.at)
             if isinstance(err, XnatTimeout) or (isinstance(err, Unreachable) and err.retryable):
                 outcome = _limiter.Outcome.OVERLOAD  # a slow, refusing or restarting server
@@ -873,7 +873,7 @@ class Transport:
                 self._stats.bytes_in(len(body))
             else:
                 body = resp.content or b""
-        except Exception:  # a broken error body is still the same error
+        except Exception:  # noqa: BLE001 - a broken error body is still the same error
             body = b""
         finally:
             resp.close()
