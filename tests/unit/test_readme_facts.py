@@ -25,7 +25,7 @@ def _section(title: str) -> str:
 def _served_attributes() -> Set[str]:
     """Names given to ``_attrs(...)`` and ``attrs={...}`` in the tree, plus ``cache_state``."""
     names = {"cache_state"}
-    for module in ("layouts/xnat/loaders.py", "tree/writes.py"):
+    for module in ("layouts/xnat/loaders.py", "tree/overlay.py"):
         tree = ast.parse((ROOT / "xnatfs" / module).read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "_attrs":

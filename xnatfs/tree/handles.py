@@ -1,0 +1,167 @@
+"""Open files of the write side: ``WriteHandle`` and the operations on a ``LocalFile``
+through it (write, read, truncate, release); a file's bytes live in a spool file on disk, never
+whole in memory."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from dataclasses import replace
+
+from xnatfs.tree.local import WRITING, LocalFile
+from xnatfs.tree.nodes import NodeInfo
+from xnatfs.tree.paths import join_path
+from xnatfs.tree.uploading import UploadPath
+from xnatfs.uploads import SpoolFile
+
+log = logging.getLogger(__name__)
+
+
+class WriteHandle:
+    """An open file being written; all state lives in its ``LocalFile``."""
+
+    def __init__(self, writer: "HandleOps", lf: LocalFile) -> None:
+        self.writer = writer
+        self.lf = lf
+        self.direct_io = False
+
+    def write(self, offset: int, data: bytes) -> int:
+        return self.writer._write(self.lf, offset, data)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.writer._read(self.lf, offset, size)
+
+    def span(self, offset: int, size: int) -> bytes:
+        """The bytes (the spool changes under writes, so no fd is handed out)."""
+        return self.writer._read(self.lf, offset, size)
+
+    def truncate(self, length: int) -> None:
+        self.writer._truncate(self.lf, length)
+
+    def flush(self) -> None:
+        self.writer._commit(self.lf)
+
+    def close(self) -> None:
+        self.writer._release(self.lf)
+
+
+
+class HandleOps(UploadPath):
+    """What a ``WriteHandle`` does to its ``LocalFile``; all state lives in the file."""
+
+    def local_read_handle(self, node: NodeInfo) -> WriteHandle:
+        """Reading a file that is still local (being written, or pending upload)."""
+        lf = node.local_file
+        with self._lock:
+            lf.handles += 1
+        return WriteHandle(self, lf)
+
+    # ------------------------------------------------------------------ handle operations
+    def _write(self, lf: LocalFile, offset: int, data: bytes) -> int:
+        if lf.spool is None or lf.spool.closed:
+            self._reopen_spool(lf)
+        assert lf.spool is not None
+        if (lf.replaces is not None and not self.allow_delete
+                and offset + len(data) > lf.replaces.size):
+            # longer than the file on XNAT: certainly other bytes; say so now, not only at
+            # close (shells ignore close errors)
+            lf.write_error = errno.EACCES
+            raise OSError(errno.EACCES, "replacing a file on XNAT with other bytes needs "
+                          "--allow-delete", join_path(lf.parts))
+        try:
+            n = lf.spool.write(offset, data)
+        except OSError as exc:
+            # the op's error path logs this one line (path, errno, what it means); the
+            # flush/release after it answer the errno again without a line of their own
+            lf.write_error = exc.errno or errno.EIO
+            raise OSError(lf.write_error, f"{exc.strerror or exc}; the file is incomplete and "
+                          "will not be uploaded", join_path(lf.parts)) from exc
+        lf.dirty = True
+        lf.state = WRITING
+        lf.mtime_ns = time.time_ns()
+        return n
+
+    def _read(self, lf: LocalFile, offset: int, size: int) -> bytes:
+        spool = lf.spool
+        if spool is not None:
+            try:
+                return spool.read(offset, size)
+            except OSError as exc:
+                # another handle's close() committed it between our look and the read: the
+                # spool is closed (EBADF from SpoolFile, never a reused descriptor) and its
+                # bytes are now the journal entry's; read them there
+                if exc.errno != errno.EBADF:
+                    raise
+        entry = lf.entry
+        if entry is not None:
+            try:
+                with open(entry.data_path, "rb") as fh:
+                    fh.seek(offset)
+                    return fh.read(size)
+            except FileNotFoundError:
+                pass
+        raise OSError(errno.EIO, "the local copy is gone (uploaded meanwhile): open again",
+                      join_path(lf.parts))
+
+    def _truncate(self, lf: LocalFile, length: int) -> None:
+        if lf.spool is None or lf.spool.closed:
+            self._reopen_spool(lf)
+        assert lf.spool is not None
+        lf.spool.truncate(length)
+        lf.dirty = True
+        lf.mtime_ns = time.time_ns()
+
+    def _reopen_spool(self, lf: LocalFile) -> None:
+        """More writes after a commit: continue from the committed bytes."""
+        if lf.entry is not None and os.path.exists(lf.entry.data_path):
+            lf.spool = self.spool.create(copy_from=lf.entry.data_path)
+        else:
+            lf.spool = self.spool.create()
+            node = self.tree.lookup(join_path(lf.parts))
+            if not isinstance(node.local_file, LocalFile):
+                self._fill_from_server(node, lf.spool, join_path(lf.parts))
+        lf.target = replace(lf.target, overwrite=True)
+
+    def _fill_from_server(self, node: NodeInfo, spool: SpoolFile, path: str) -> None:
+        """Read-modify-write of a file on XNAT: its bytes first go into the spool."""
+        handle = self.tree.open(node, path)
+        try:
+            offset, chunk = 0, 1 << 20
+            while True:
+                data = handle.read(offset, chunk)
+                if not data:
+                    break
+                spool.write(offset, data)
+                offset += len(data)
+        finally:
+            handle.close()
+
+
+    def _release(self, lf: LocalFile) -> None:
+        path = join_path(lf.parts)
+        try:
+            emptied = (lf.spool is not None and not lf.spool.closed and lf.spool.size == 0
+                       and lf.target.overwrite)
+            if lf.dirty and not emptied:  # an emptied file was refused (and logged) at flush
+                self._commit(lf)
+        except Exception as exc:  # noqa: BLE001 - release cannot report; flush already did
+            log.debug("release %s: %s", path, exc)
+        finally:
+            with self._lock:
+                lf.handles = max(0, lf.handles - 1)
+                if lf.handles == 0 and lf.write_error and lf.spool is not None:
+                    # the user was told at write() and close(); an incomplete file is dropped
+                    lf.spool.discard()
+                    lf.spool = None
+                    lf.dirty = False
+                if (lf.handles == 0 and lf.spool is not None and not lf.spool.closed
+                        and lf.dirty and lf.spool.size == 0 and lf.target.overwrite):
+                    lf.dirty = False  # emptied and refused at close: XNAT keeps its bytes
+                if lf.handles == 0:
+                    if lf.spool is not None and not lf.spool.closed and not lf.dirty:
+                        lf.spool.discard()
+                        lf.spool = None
+                    if lf.entry is None and lf.spool is None and self._files.get(lf.parts) is lf:
+                        # uploaded (or empty): the listing shows it from now on
+                        self._locked_drop(lf.parts)

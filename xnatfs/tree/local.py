@@ -1,0 +1,74 @@
+"""The records of the write side: a file the user wrote that XNAT does not show yet
+(``LocalFile``), its states, and which names are editors' and rsync's temporary files."""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from xnatfs.tree.nodes import NodeInfo
+from xnatfs.tree.paths import PathParts
+from xnatfs.uploads import SpoolFile, UploadTarget
+from xnatfs.uploads.journal import Entry
+
+#: a LocalFile's state while the user writes it (before the journal has it); after that it
+#: takes the journal's states (``uploads/journal.py``: PENDING, UPLOADING, FAILED, DONE)
+WRITING = "writing"
+
+#: archives that become imports when written into experiments/ or .prearchive/P/ (§6)
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
+#: names that editors and rsync write before renaming: uploaded after a delay, not at close
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9]{6}$|~$|^\.#|\.sw[a-p]$|\.tmp$|\.part$")
+#: seconds a temporary file waits for its rename before it is uploaded under its own name
+TEMP_UPLOAD_DELAY = 10.0
+
+
+def is_temporary(name: str) -> bool:
+    return bool(_TEMP_RE.search(name))
+
+
+class AlreadyReported(OSError):
+    """An error whose cause was logged when it happened (a failed ``write``): later calls on
+    the same file (``flush``, ``release``) answer its errno again, but the error path
+    (``fs/errmap.log_failure``) logs them at DEBUG, so one failure is one ERROR line."""
+
+    reported = True
+
+
+@dataclass
+class LocalFile:
+    """A file the user wrote that XNAT does not (yet) show."""
+
+    parts: PathParts
+    #: where it goes: a file in a resource, or an archive import
+    target: UploadTarget
+    spool: Optional[SpoolFile] = None
+    entry: Optional[Entry] = None
+    handles: int = 0
+    #: bytes written since the last commit to the journal
+    dirty: bool = False
+    #: WRITING, or the journal's state of the entry (PENDING, UPLOADING, FAILED)
+    state: str = WRITING
+    #: nanoseconds (rsync and make compare them; a float of seconds cannot hold them): the last
+    #: write, or what ``utimens`` set
+    mtime_ns: int = field(default_factory=time.time_ns)
+    #: errno of a write that failed (ENOSPC...): the file is incomplete and is never uploaded
+    write_error: int = 0
+    #: the file on XNAT this one replaces (opened with O_TRUNC over it): a commit of the same
+    #: size and MD5 uploads nothing (issue 15 §3)
+    replaces: Optional[NodeInfo] = None
+    #: size of the last upload XNAT confirmed: a ``stat`` between that confirmation (at
+    #: close) and the release that drops this overlay entry must not see 0
+    uploaded_size: int = 0
+
+    @property
+    def mtime(self) -> float:
+        return self.mtime_ns / 1e9
+
+    @property
+    def size(self) -> int:
+        if self.spool is not None and not self.spool.closed:
+            return self.spool.size
+        return self.entry.size if self.entry is not None else self.uploaded_size
+

@@ -1,0 +1,214 @@
+"""Namespace operations of the write side: ``mkdir`` (local folders in ``files/``, XNAT
+objects elsewhere), ``unlink``, ``rmdir`` and ``rename`` (local files, prearchive moves)."""
+from __future__ import annotations
+
+import errno
+import logging
+import re
+from dataclasses import replace
+from typing import Any
+
+from xnatfs.tree import prearchive_moves
+from xnatfs.tree.local import LocalFile, is_temporary
+from xnatfs.tree.nodes import Kind, NodeInfo
+from xnatfs.tree.opening import Opening
+from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path, unescape_name
+
+log = logging.getLogger(__name__)
+
+#: labels XNAT accepts for subjects, experiments, resources and scans (§10.17)
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _check_label(label: str, path: str) -> None:
+    if not _LABEL_RE.match(label):
+        raise OSError(errno.EINVAL, "XNAT labels are 1-64 characters of A-Z a-z 0-9 _ -", path)
+
+
+class Namespace(Opening):
+    """mkdir, unlink, rmdir and rename over the overlay and XNAT."""
+
+    experiment_type: str
+    scan_type: str
+
+    def mkdir(self, path: str) -> None:
+        parts = split_path(path)
+        name = check_write_name(parts[-1], path)  # before any request (issue 17 §3)
+        parent = self.tree.lookup(join_path(parts[:-1]))
+        try:
+            self.tree.lookup(path)
+            raise OSError(errno.EEXIST, "exists", path)
+        except FileNotFoundError:
+            pass
+        if parent.kind is Kind.FILES:
+            with self._lock:
+                self._dirs.add(parts)
+            return
+        if parent.kind not in (Kind.SUBJECTS, Kind.EXPERIMENTS, Kind.SCANS, Kind.RESOURCES):
+            raise OSError(errno.EPERM, "XNAT objects are made with mkdir only inside subjects/, "
+                          "experiments/, scans/, resources/ or files/", path)
+        _check_label(name, path)
+        if parent.kind is Kind.SUBJECTS:
+            self.client.create_subject(parent.project, name)
+        elif parent.kind is Kind.EXPERIMENTS:
+            self.client.create_experiment(parent.project, parent.subject, name,
+                                          self.experiment_type)
+        elif parent.kind is Kind.SCANS:
+            self.client.create_scan(parent.uri, name, self.scan_type)
+        else:
+            self.client.create_resource(parent.uri, name)
+        log.info("mkdir %s: created on XNAT", path)
+        self.tree.invalidate(join_path(parts[:-1]))
+
+    def unlink(self, path: str) -> None:
+        parts = split_path(path)
+        with self._lock:
+            lf = self._files.get(parts)
+        if lf is not None:
+            if lf.handles:
+                raise OSError(errno.EBUSY, "still open", path)
+            with self._lock:
+                self._locked_drop(parts)
+            if lf.entry is not None:
+                try:
+                    self.journal.remove(lf.entry)
+                except KeyError:
+                    pass
+            return
+        node = self.tree.lookup(path)
+        if node.is_dir:
+            raise OSError(errno.EISDIR, "is a directory", path)
+        if node.kind is not Kind.FILE or node.prearchive:
+            raise OSError(errno.EPERM, "cannot remove this", path)
+        if not self.allow_delete:
+            raise OSError(errno.EACCES, "removing files from XNAT needs --allow-delete", path)
+        self.client.delete(node.uri)
+        log.info("rm %s: deleted on XNAT", path)
+        # a resource's files are one listing however deep the folders (§1.8): forget all of it,
+        # else a file in a sub-folder stays listed after rm (found by tests/real)
+        parent = self.tree.lookup(join_path(parts[:-1]))
+        root = self._files_root(parent, parts[:-1]) if parent.kind is Kind.FILES else parts[:-1]
+        self.tree.invalidate(join_path(root))
+
+    def rmdir(self, path: str) -> None:
+        parts = split_path(path)
+        with self._lock:
+            if parts in self._dirs:
+                if any(p[:len(parts)] == parts and p != parts
+                       for p in list(self._files) + list(self._dirs)):
+                    raise OSError(errno.ENOTEMPTY, "not empty", path)
+                self._dirs.discard(parts)
+                return
+        node = self.tree.lookup(path)
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory", path)
+        deletable = {Kind.SUBJECT, Kind.EXPERIMENT, Kind.SCAN, Kind.RESOURCE, Kind.PRE_SESSION,
+                     Kind.ASSESSOR}
+        if node.kind not in deletable:
+            raise OSError(errno.EPERM, "this directory cannot be removed", path)
+        if not self.allow_delete:
+            raise OSError(errno.EACCES, "removing XNAT objects needs --allow-delete", path)
+        if node.kind is not Kind.PRE_SESSION and not self._is_empty(path, node):
+            raise OSError(errno.ENOTEMPTY, "XNAT object is not empty", path)
+        if node.kind is Kind.PRE_SESSION:
+            self._prearc().delete(node.uri)
+        else:
+            self.client.delete(node.uri)
+        log.info("rmdir %s: deleted on XNAT", path)
+        self.tree.invalidate(join_path(parts[:-1]))
+
+    def _is_empty(self, path: str, node: NodeInfo) -> bool:
+        for child in self.tree.listdir(path):
+            if child.kind is Kind.FILES:
+                if self.tree.listdir(join_path(split_path(path) + (child.name,))):
+                    return False
+            elif child.is_dir and child.kind in (Kind.RESOURCES, Kind.SCANS, Kind.EXPERIMENTS,
+                                                 Kind.ASSESSORS):
+                if self.tree.listdir(join_path(split_path(path) + (child.name,))):
+                    return False
+            else:
+                return False
+        return True
+
+    def rename(self, old: str, new: str) -> None:
+        old_parts, new_parts = split_path(old), split_path(new)
+        check_write_name(new_parts[-1], new)  # before any request (issue 17 §3)
+        node = self.tree.lookup(old)
+        new_parent = self.tree.lookup(join_path(new_parts[:-1]))
+        if node.kind is Kind.PRE_SESSION and new_parent.kind is Kind.EXPERIMENTS:
+            label = unescape_name(new_parts[-1])
+            _check_label(label, new)
+            prearchive_moves.archive_session(self._prearc(), self.tree, node, new_parent,
+                                             old, new, label)
+            return
+        if node.kind is Kind.PRE_SESSION and new_parent.kind is Kind.PRE_PROJECT:
+            prearchive_moves.move_session(self._prearc(), self.tree, node, new_parent,
+                                          old_parts, new_parts, new)
+            return
+        lf = node.local_file if isinstance(node.local_file, LocalFile) else None
+        if lf is None and not node.is_local and not self.allow_delete:
+            # XNAT has no move (a stored file can only be uploaded or deleted, §4.5), and mv
+            # answers EXDEV with copy + remove; the remove would be refused after the copy
+            # reached XNAT, leaving both there (a file twice, or a new empty subject): refuse
+            # before anything is copied.  Local files and folders (rsync/editor temp files)
+            # need no delete on XNAT and rename below (issue 16 §2)
+            raise OSError(errno.EACCES, "moving what is on XNAT is a copy plus a delete: "
+                          "it needs --allow-delete", old)
+        if lf is None or new_parent.kind is not Kind.FILES:
+            # XNAT cannot move a stored file: mv falls back to copy + unlink on EXDEV
+            raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)
+        self._rename_local(lf, new_parent, old, new)
+
+    def _rename_local(self, lf: LocalFile, new_parent: NodeInfo, old: str, new: str) -> None:
+        """A local file (being written, or pending upload) takes its new name; over a file on
+        XNAT it replaces it (with --allow-delete) or, holding the same bytes, just goes."""
+        old_parts, new_parts = split_path(old), split_path(new)
+        try:
+            existing = self.tree.lookup(new)
+        except FileNotFoundError:
+            existing = None
+        target = self._target_for(new_parent, new_parts, new)
+        if existing is not None and not isinstance(existing.local_file, LocalFile):
+            if (existing.kind is Kind.FILE and lf.entry is not None and lf.spool is None
+                    and lf.handles == 0 and self._entry_same(lf.entry, existing)):
+                self._drop_same_bytes(lf, old_parts, existing)
+                log.info("mv %s %s: the same bytes as on XNAT: nothing uploaded", old, new)
+                return
+            if not self.allow_delete:
+                raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
+            target = replace(target, overwrite=True)
+        with self._lock:
+            if self._files.get(old_parts) is not lf:
+                raise OSError(errno.ENOENT, "vanished", old)
+            self._locked_drop(old_parts)
+            replaced = self._locked_drop(new_parts)
+            lf.parts = new_parts
+            lf.target = target
+            self._locked_put(lf)
+        if replaced is not None and replaced.entry is not None:
+            try:
+                self.journal.remove(replaced.entry)
+            except KeyError:
+                pass
+        if lf.entry is not None:
+            entry = self.journal.update(replace(lf.entry, target=target, path=new))
+            lf.entry = entry
+            if not is_temporary(new_parts[-1]) and lf.handles == 0:
+                self._upload_now(lf, entry)
+
+    def _drop_same_bytes(self, lf: LocalFile, old_parts: PathParts, existing: NodeInfo) -> None:
+        """rsync's temporary file renamed over a file XNAT has with the same bytes: nothing to
+        upload or destroy; the temp's time (rsync -t) sticks."""
+        with self._lock:
+            if self._files.get(old_parts) is lf:
+                self._locked_drop(old_parts)
+        if lf.entry is not None:
+            try:
+                self.journal.remove(lf.entry)
+            except KeyError:
+                pass
+        self._remember_time(existing, lf.mtime_ns)
+
+    def _prearc(self) -> Any:
+        """Prearchive actions that wait (within ``--timeout``) for the state XNAT needs."""
+        return prearchive_moves.prearc_actions(self.client, self.tree.fs_timeout)

@@ -1,0 +1,144 @@
+"""Opening files for writing: ``create``, ``open_write``, ``truncate``, and where a path's
+bytes go on XNAT (``UploadTarget``: a file in a resource, or an archive import)."""
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import replace
+
+from xnatfs.tree.handles import HandleOps, WriteHandle
+from xnatfs.tree.local import ARCHIVE_SUFFIXES, LocalFile
+from xnatfs.tree.nodes import Kind, NodeInfo
+from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path
+from xnatfs.uploads import UploadTarget
+
+log = logging.getLogger(__name__)
+
+
+class Opening(HandleOps):
+    """Files opened for writing, and the upload target of each."""
+
+    def create(self, path: str) -> WriteHandle:
+        parts = split_path(path)
+        check_write_name(parts[-1], path)  # before any request (issue 17 §3)
+        parent = self.tree.lookup(join_path(parts[:-1]))
+        try:
+            existing = self.tree.lookup(path)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None:
+            if existing.is_dir:
+                raise OSError(errno.EISDIR, "is a directory", path)
+            return self.open_write(existing, path, truncate=True)
+        target = self._target_for(parent, parts, path)
+        spool = self.spool.create()
+        lf = LocalFile(parts, target, spool=spool, handles=1, dirty=False)
+        with self._lock:
+            old = self._files.get(parts)
+            if old is not None and old.handles:
+                spool.discard()
+                raise OSError(errno.EBUSY, "being written by another handle", path)
+            self._locked_put(lf)
+        return WriteHandle(self, lf)
+
+    def open_write(self, node: NodeInfo, path: str, truncate: bool) -> WriteHandle:
+        parts = split_path(path)
+        if isinstance(node.local_file, LocalFile):
+            lf = node.local_file
+            with self._lock:
+                lf.handles += 1
+            if truncate:
+                self._truncate(lf, 0)
+            return WriteHandle(self, lf)
+        if node.kind is not Kind.FILE:
+            raise OSError(errno.EACCES, "not a writable file", path)
+        if not self.allow_delete and not truncate:
+            # appending or changing bytes in place: the result differs from what XNAT has
+            raise OSError(errno.EACCES, "changing a file on XNAT needs --allow-delete", path)
+        parent = self.tree.lookup(join_path(parts[:-1]))
+        target = replace(self._target_for(parent, parts, path), overwrite=True)
+        spool = self.spool.create()
+        if not truncate:
+            self._fill_from_server(node, spool, path)
+        # without --allow-delete an O_TRUNC open is let through: rewriting the same bytes
+        # (cp, make, editors when nothing changed) destroys nothing and uploads nothing;
+        # other bytes are refused with EACCES at the first write past the old size, else at
+        # close (issue 15 §3)
+        lf = LocalFile(parts, target, spool=spool, handles=1, dirty=truncate, replaces=node)
+        with self._lock:
+            self._locked_put(lf)
+        return WriteHandle(self, lf)
+
+    def truncate(self, path: str, length: int) -> None:
+        """``truncate`` without a handle (libfuse2's O_TRUNC, ``truncate -s``).
+
+        Shorter than the file: a real replace (the first ``length`` bytes are uploaded).  To
+        zero bytes: ENOTSUP, since XNAT cannot store an empty file (§4.5) and answering 0 would
+        leave the old bytes on the server behind a success (issue 17 §8).
+        """
+        node = self.tree.lookup(path)
+        if node.is_dir:
+            raise OSError(errno.EISDIR, "is a directory", path)
+        if not self.allow_delete and not isinstance(node.local_file, LocalFile) \
+                and node.kind is Kind.FILE and length == node.size:
+            return  # the same bytes: nothing changes (issue 15 §3)
+        if not self.allow_delete and not isinstance(node.local_file, LocalFile):
+            raise OSError(errno.EACCES, "truncating a file on XNAT needs --allow-delete", path)
+        if length == 0 and self.allow_delete and not isinstance(node.local_file, LocalFile):
+            log.warning("truncate %s: refused (ENOTSUP): XNAT cannot store an empty file", path)
+            raise OSError(errno.ENOTSUP, "XNAT cannot store an empty file: the file on XNAT "
+                          "is kept (rm it instead)", path)
+        handle = self.open_write(node, path, truncate=(length == 0))
+        try:
+            handle.truncate(length)
+            if handle.lf.handles <= 1:
+                handle.flush()
+        finally:
+            handle.close()
+
+    def _target_for(self, parent: NodeInfo, parts: PathParts, path: str) -> UploadTarget:
+        name = check_write_name(parts[-1], path)
+        if parent.kind is Kind.FILES:
+            resource_parts = self._files_root(parent, parts[:-1])
+            # every folder below files/ is part of the upload URL: each is checked
+            relpath = "/".join(check_write_name(p, path) for p in parts[len(resource_parts):])
+            return UploadTarget.file(self._resource_uri(parent, resource_parts), relpath,
+                                     listing=resource_parts)
+        if parent.kind is Kind.EXPERIMENTS and name.lower().endswith(ARCHIVE_SUFFIXES):
+            return UploadTarget.archive_import(parent.project, "/archive", listing=parts[:-1],
+                                               subject=parent.subject,
+                                               content_type=_archive_type(name))
+        if parent.kind is Kind.PRE_PROJECT and name.lower().endswith(ARCHIVE_SUFFIXES):
+            return UploadTarget.archive_import(parent.project,
+                                               f"/prearchive/projects/{parent.project}",
+                                               listing=parts[:-2],
+                                               content_type=_archive_type(name))
+        if parent.kind in (Kind.EXPERIMENTS, Kind.PRE_PROJECT):
+            raise OSError(errno.EPERM, "only .zip/.tar.gz/.tgz archives can be written here "
+                          "(they are imported as sessions)", path)
+        raise OSError(errno.EPERM, "XNAT has no place for a file here (files go below "
+                      ".../resources/R/files/)", path)
+
+    def _files_root(self, parent: NodeInfo, parent_parts: PathParts) -> PathParts:
+        """Path of the ``files`` directory of the resource that holds ``parent``."""
+        depth = len(parent.subpath)
+        if parent.is_local:  # a local folder: walk up to a real one
+            up = parent_parts[:-1]
+            while up:
+                node = self.tree.lookup(join_path(up))
+                if node.kind is Kind.FILES and not node.is_local:
+                    return up[:len(up) - len(node.subpath)]
+                up = up[:-1]
+            raise OSError(errno.EIO, "local folder outside a resource", join_path(parent_parts))
+        return parent_parts[:len(parent_parts) - depth]
+
+    def _resource_uri(self, parent: NodeInfo, resource_parts: PathParts) -> str:
+        if not parent.is_local:
+            return parent.uri
+        return self.tree.lookup(join_path(resource_parts)).uri
+
+
+
+def _archive_type(name: str) -> str:
+    return "application/zip" if name.lower().endswith(".zip") else "application/x-gzip"
+
