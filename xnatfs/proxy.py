@@ -114,7 +114,10 @@ def _q(value: str) -> str:
 
 
 def render(cfg: ProxyConfig) -> str:
-    """The nginx configuration (``--print-config`` prints it for a site's own nginx)."""
+    """The nginx configuration (``--print-config`` prints it for a site's own nginx).
+
+    Long because: the configuration is one template, kept whole so that it reads as nginx
+    reads it (the Python before it only computes the values it needs)."""
     scheme, host, port = cfg.scheme_host_port
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ProxyError("--tls-cert and --tls-key go together")
