@@ -170,7 +170,7 @@ class Mount:
         """Mounted and answering (a dead mount left by a killed daemon is neither)."""
         from xnatfs.fs import mounting
 
-        return _mounted(self.path) and mounting._answers(str(self.path))  # noqa: SLF001
+        return _mounted(self.path) and mounting._answers(str(self.path))
 
     def log_tail(self, n: int = 60) -> str:
         from xnatfs.fs.mounting import log_tail

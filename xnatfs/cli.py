@@ -240,7 +240,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, ConfigError) as exc:
         print(f"xnatfs: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001 - credentials errors and friends: one line
+    except Exception as exc:  # credentials errors and friends: one line
         from xnatfs.xnat.errors import XnatError
 
         if isinstance(exc, XnatError):

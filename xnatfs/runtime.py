@@ -39,7 +39,7 @@ def private_dir(path: "os.PathLike[str] | str") -> str:
 class Runtime:
     """Client + caches + tree for one mount.  ``start()`` once, ``close()`` once."""
 
-    def __init__(self, options: Options, credentials: Optional[Credentials]) -> None:
+    def __init__(self, options: Options, credentials: Credentials) -> None:
         self.options = options
         self._credentials = credentials
         self.client: Optional[XnatClient] = None

@@ -63,5 +63,5 @@ def test_wait_returns_once_the_path_is_mounted_and_answers(tmp_path):
 
 
 def test_mountinfo_decoder_reads_escaped_mount_points():
-    assert mounting._unescape_mountinfo(r"/mnt/a\040b\134c\011d") == "/mnt/a b\\c\td"  # noqa: SLF001
+    assert mounting._unescape_mountinfo(r"/mnt/a\040b\134c\011d") == "/mnt/a b\\c\td"
 

@@ -23,7 +23,7 @@ NOT_SETTINGS = {"url", "fuse_options", "uid", "gid", "umask"}
 
 def _mount_parser():
     parser = cli.build_parser()
-    return parser._subparsers._group_actions[0].choices["mount"]  # noqa: SLF001
+    return parser._subparsers._group_actions[0].choices["mount"]
 
 
 def _options_from_argv(argv):
@@ -57,7 +57,7 @@ def _other_value(setting: table.Setting, tmp_path: Path):
 def test_every_setting_is_an_option_of_mount_with_its_default_once_from_the_table(monkeypatch):
     monkeypatch.setenv("COLUMNS", "100000")  # argparse wraps help text at hyphens
     mount = _mount_parser()
-    by_flag = {s: a for a in mount._actions for s in a.option_strings}  # noqa: SLF001
+    by_flag = {s: a for a in mount._actions for s in a.option_strings}
     help_text = " ".join(mount.format_help().split())
     for s in table.SETTINGS:
         if not s.cli:

@@ -73,9 +73,9 @@ def test_writes_below_a_mounted_layout_are_erofs(engine):
                               writer=object(), tree=eng)
     adapter = ops.XnatOperations(runtime)
     with pytest.raises(OSError) as info:
-        adapter._writer("/.mirror/x")  # noqa: SLF001 - the one gate every write passes
+        adapter._writer("/.mirror/x")  # the one gate every write passes
     assert info.value.errno == errno.EROFS
-    assert adapter._writer("/docs/x") is runtime.writer  # noqa: SLF001
+    assert adapter._writer("/docs/x") is runtime.writer
 
 
 class Recorder:
@@ -114,7 +114,7 @@ def test_policies_plug_in_and_the_first_to_take_an_open_stops_the_rest(engine):
 
 
 def test_overlay_nodes_are_typed_not_string_sentinels():
-    folder = Writer._dir(("P", "resources", "R", "files", "new"))  # noqa: SLF001
+    folder = Writer._dir(("P", "resources", "R", "files", "new"))
     assert isinstance(folder.ref, Local) and folder.is_local and folder.local_file is None
     assert folder.subpath == ()
     assert not Writer.owns(folder)
@@ -128,10 +128,10 @@ def test_the_overlay_is_registered_not_assigned(engine):
             return None
 
         def dir_node(self, parts):
-            return Writer._dir(parts) if parts == ("docs", "local") else None  # noqa: SLF001
+            return Writer._dir(parts) if parts == ("docs", "local") else None
 
         def children(self, parts):
-            return [Writer._dir(parts + ("local",))] if parts == ("docs",) else []  # noqa: SLF001
+            return [Writer._dir(parts + ("local",))] if parts == ("docs",) else []
 
         def owns(self, node):
             return False

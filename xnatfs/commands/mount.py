@@ -96,11 +96,12 @@ def _check_server(options: Options, creds: Any) -> None:
         client.start()
     except xe.Unauthorized:
         raise UsageError(f"{options.url}: login refused for user '{creds.username}' "
-                         f"(credentials from {creds.source}): check the user name and password")
+                         f"(credentials from {creds.source}): check the user name and password"
+                         ) from None
     except (xe.Unreachable, xe.XnatTimeout) as exc:
-        raise UsageError(f"cannot reach {options.url}: {exc.message or exc}")
+        raise UsageError(f"cannot reach {options.url}: {exc.message or exc}") from exc
     except xe.XnatError as exc:
-        raise UsageError(f"{options.url} does not answer like an XNAT server: {exc}")
+        raise UsageError(f"{options.url} does not answer like an XNAT server: {exc}") from exc
     finally:
         try:
             client.close()

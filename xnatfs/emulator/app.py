@@ -68,7 +68,7 @@ class XnatApp:
             response = error_response(400, str(e))
         except ClientDisconnected:
             response = error_response(400, "The request body was truncated.")
-        except Exception:  # noqa: BLE001 - a server never answers with a traceback
+        except Exception:  # a server never answers with a traceback
             log.exception("internal error on %s %s", request.method, request.full_path)
             response = error_response(500, "Internal Server Error")
         self.add_cookies(response, session_cookie)

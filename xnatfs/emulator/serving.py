@@ -290,7 +290,7 @@ def file_response(request: Request, path: Path, name: str,
                   types: dict[str, str] = FILE_TYPES) -> Response:
     """GET/HEAD of one file (§3.1): streamed, Content-Length, no ETag, Range ignored."""
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - streamed; closed by the response's iterator
     except FileNotFoundError:
         raise HttpError(404, "Unable to find file.") from None
     st = os.fstat(fh.fileno())
@@ -330,7 +330,7 @@ def archive_response(request: Request, entries: list[tuple[str, Path, FileRow]],
 def spooled_archive(entries: Sequence[tuple[str, Path]], filename: str, kind: str) -> Response:
     """Prearchive folders as a zip / tar / tar.gz of ``entries`` (name, path), built in a temp
     file (deflated, file modes kept) and streamed without Content-Length, as XNAT does (§3.3)."""
-    tmp = tempfile.TemporaryFile()
+    tmp = tempfile.TemporaryFile()  # noqa: SIM115 - streamed, closed by the response
     if kind == "zip":
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
             for name, path in entries:

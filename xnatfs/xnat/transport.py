@@ -721,7 +721,7 @@ class Transport:
                 except BaseException:
                     resp.close()
                     raise
-                resp._content = content  # type: ignore[attr-defined]
+                resp._content = content
                 resp._content_consumed = True  # type: ignore[attr-defined]
                 self._stats.bytes_in(len(content))
             outcome, retry_after = _limiter_outcome(resp)
