@@ -6,22 +6,28 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "xnatfs"
 
+#: the command line: ``cli.py`` and the ``commands/`` package it dispatches to
+CLI = {"cli", "commands"}
+
 #: package -> xnatfs packages it must never import
 FORBIDDEN = {
-    "emulator": {"cli", "fs", "tree", "cache", "uploads", "xnat", "runtime", "options"},
-    "xnat": {"cli", "fs", "tree", "cache", "uploads", "emulator", "runtime"},
-    "cache": {"cli", "fs", "tree", "uploads", "xnat", "emulator", "runtime"},
-    "uploads": {"cli", "fs", "tree", "cache", "xnat", "emulator", "runtime"},
-    "tree": {"cli", "fs", "emulator", "runtime"},
+    "emulator": CLI | {"fs", "tree", "cache", "uploads", "xnat", "runtime", "options"},
+    "xnat": CLI | {"fs", "tree", "cache", "uploads", "emulator", "runtime"},
+    "cache": CLI | {"fs", "tree", "uploads", "xnat", "emulator", "runtime"},
+    "uploads": CLI | {"fs", "tree", "cache", "xnat", "emulator", "runtime"},
+    "tree": CLI | {"fs", "emulator", "runtime"},
     # the view engine knows no XNAT and no layout: layouts and policies plug into it (#14)
-    "view": {"cli", "fs", "emulator", "runtime", "xnat", "tree", "layouts", "policies",
-             "uploads", "options"},
+    "view": CLI | {"fs", "emulator", "runtime", "xnat", "tree", "layouts", "policies",
+                   "uploads", "options"},
     # a layout serves the engine; it never reaches up to FUSE, the CLI or the Tree wiring
-    "layouts": {"cli", "fs", "emulator", "runtime", "tree", "policies"},
+    "layouts": CLI | {"fs", "emulator", "runtime", "tree", "policies"},
     # read-ahead policies use the engine (and a layout's records), never FUSE or the CLI
-    "policies": {"cli", "fs", "emulator", "runtime", "tree"},
-    "fs": {"cli", "emulator"},
-    "runtime": {"cli", "fs", "emulator"},
+    "policies": CLI | {"fs", "emulator", "runtime", "tree"},
+    "fs": CLI | {"emulator"},
+    "runtime": CLI | {"fs", "emulator"},
+    # the CLI's commands may use every product layer, as cli.py does, but not the emulator:
+    # ``demo`` and ``emulator`` stay in cli.py, the one module that imports it
+    "commands": {"emulator"},
 }
 
 
@@ -85,4 +91,13 @@ def test_the_xnat_layout_imports_nothing_from_fs():
 def test_policies_import_neither_fs_nor_the_cli():
     names = _module_imports("policies")
     assert "xnatfs.view.layout" in names
-    assert [n for n in names if n.split(".")[:2] in (["xnatfs", "fs"], ["xnatfs", "cli"])] == []
+    assert [n for n in names if n.split(".")[:2] in (["xnatfs", "fs"], ["xnatfs", "cli"],
+                                                        ["xnatfs", "commands"])] == []
+
+
+def test_the_commands_package_is_checked_as_part_of_the_cli():
+    """``xnatfs/commands/`` (the CLI's subcommands) exists and uses the product layers; no
+    layer below the CLI imports it (FORBIDDEN), and it never imports the emulator."""
+    names = _module_imports("commands")
+    assert "xnatfs.fs.mounting" in names  # the parse saw the package's imports
+    assert [n for n in names if n.startswith("xnatfs.emulator")] == []

@@ -1,5 +1,6 @@
-"""Stale-while-slow listings in ``Tree._cached`` (issue 18 §0.3), with a fake client and a fake
-clock: no sockets, no FUSE.  The mount-level proof is tests/reliability/test_stalled_server.py."""
+"""Stale-while-slow listings in ``Engine.cached`` (``view/engine.py``, issue 18 §0.3), with a
+fake client and a fake clock: no sockets, no FUSE.  The mount-level proof is
+tests/reliability/test_stalled_server.py."""
 from __future__ import annotations
 
 import threading

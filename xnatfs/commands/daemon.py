@@ -127,8 +127,8 @@ def fuse_kwargs(options: Options, mfusepy: Any) -> Dict[str, object]:
 
 def _raise_open_files_limit(want: int = 65536) -> None:
     """Lift the soft open-files limit towards the hard one (as Go's runtime does): a bulk zip
-    holds a partial file open for each file it brings (``Tree._bulk``), and 1024 is a
-    common soft default."""
+    holds a partial file open for each file it brings (``policies.bulkzip.BulkZip``), and 1024
+    is a common soft default."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
