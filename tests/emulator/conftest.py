@@ -1,4 +1,5 @@
-"""Fixtures for the emulator HTTP tests: an emulator on port 0 and a small archive made over HTTP."""
+"""Fixtures for the emulator HTTP tests: an emulator on port 0 and a small archive made over
+HTTP."""
 from __future__ import annotations
 
 import sys

@@ -218,11 +218,12 @@ def test_resources_at_every_level(admin: Client, populated: Archive) -> None:
                     params={"xsiType": "xnat:qcAssessmentData"}).text
     uploads = {
         "/data/projects/P1/resources/PR": "/data/projects/P1/resources/{rid}/files/p.txt",
-        "/data/projects/P1/subjects/S1/resources/SR":
-            f"/data/projects/P1/subjects/{sid}/resources/{{rid}}/files/p.txt",
-        f"/data/experiments/{eid}/resources/ER": f"/data/experiments/{eid}/resources/{{rid}}/files/p.txt",
-        f"/data/experiments/{eid}/assessors/E1_FS/out/resources/AR":
-            f"/data/experiments/{eid}/assessors/{aid}/out/resources/{{rid}}/files/p.txt",
+        "/data/projects/P1/subjects/S1/resources/SR": (
+            f"/data/projects/P1/subjects/{sid}/resources/{{rid}}/files/p.txt"),
+        f"/data/experiments/{eid}/resources/ER": (
+            f"/data/experiments/{eid}/resources/{{rid}}/files/p.txt"),
+        f"/data/experiments/{eid}/assessors/E1_FS/out/resources/AR": (
+            f"/data/experiments/{eid}/assessors/{aid}/out/resources/{{rid}}/files/p.txt"),
     }
     for base, uri_pattern in uploads.items():
         assert admin.put(f"{base}/files/p.txt", data=base.encode()).status_code == 200

@@ -1,4 +1,5 @@
-"""Command line of the emulator: ``python -m xnatfs.emulator --data DIR ...`` (also ``xnatfs emulator``)."""
+"""Command line of the emulator: ``python -m xnatfs.emulator --data DIR ...`` (also
+``xnatfs emulator``)."""
 from __future__ import annotations
 
 import argparse

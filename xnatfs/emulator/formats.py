@@ -52,7 +52,8 @@ def java_timestamp(epoch: Optional[float], digits: int = 3) -> str:
 
 
 def java_date(epoch: Optional[float]) -> str:
-    """``java.util.Date.toString()``: ``EEE MMM dd HH:mm:ss zzz yyyy`` (item ``meta.start_date``)."""
+    """``java.util.Date.toString()``: ``EEE MMM dd HH:mm:ss zzz yyyy`` (item
+    ``meta.start_date``)."""
     if epoch is None:
         return ""
     t = time.localtime(epoch)
@@ -129,7 +130,8 @@ def resultset_xml(rows: Sequence[Row], columns: Sequence[str], meta: Mapping[str
 
 
 def error_page(status: int, message: str) -> bytes:
-    """Restlet 1.1's default status page: starts with ``<html>`` and holds ``<h3>msg</h3>`` (§5.1)."""
+    """Restlet 1.1's default status page: starts with ``<html>`` and holds ``<h3>msg</h3>``
+    (§5.1)."""
     reason = HTTP_REASONS.get(status, "Error")
     section = {400: "10.4.1", 401: "10.4.2", 403: "10.4.4", 404: "10.4.5", 405: "10.4.6",
                406: "10.4.7", 409: "10.4.10", 417: "10.4.18", 500: "10.5.1", 503: "10.5.4"}

@@ -133,7 +133,8 @@ class StatusConflict(PrearchiveError):
 # --------------------------------------------------------------------------------------------
 
 def java_timestamp(t: float) -> str:
-    """``java.sql.Timestamp.toString()``: local time, millis, trailing zeros dropped (``.0`` kept)."""
+    """``java.sql.Timestamp.toString()``: local time, millis, trailing zeros dropped (``.0``
+    kept)."""
     d = _dt.datetime.fromtimestamp(t)
     frac = f"{d.microsecond // 1000:03d}".rstrip("0") or "0"
     return d.strftime("%Y-%m-%d %H:%M:%S.") + frac

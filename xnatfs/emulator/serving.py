@@ -127,7 +127,7 @@ class Ctx:
         return resultset(self.request, list(rows), list(columns), meta, **kw)
 
 
-# ------------------------------------------------------------------------------------ simple answers
+# -------------------------------------------------------------------------------- simple answers
 def error_response(status: int, message: str, headers: Optional[dict[str, str]] = None) -> Response:
     r = Response(formats.error_page(status, message), status=status,
                  content_type="text/html;charset=UTF-8")

@@ -30,14 +30,16 @@ copied into columns.
     st.accessible_projects(user) -> list[str]
 
     # creation (idempotent: an existing object is returned with created=False)
-    st.create_project(pid, name="", description="", secondary_id="", fields=None, user="admin") -> bool
+    st.create_project(pid, name="", description="", secondary_id="", fields=None,
+                      user="admin") -> bool
     st.create_subject(project, label, fields=None, user="admin") -> (subject_id, created)
     st.create_experiment(project, subject, label, xsi_type, fields=None, user="admin")
         -> (experiment_id, created)            # subject = subject label or accession id in project
                                                # (created when missing)
     st.create_scan(experiment_id, scan_id, xsi_type, fields=None) -> created
         # fields may carry "type", "quality", "note", "series_description", "frames", "UID"
-    st.create_assessor(experiment_id, label, xsi_type, fields=None, user="admin") -> (assessor_id, created)
+    st.create_assessor(experiment_id, label, xsi_type, fields=None, user="admin")
+        -> (assessor_id, created)
     st.create_resource(parent, label, format="", content="", tags="", description="")
         -> (resource_id, created)
     st.put_file(resource_id, relpath, fileobj, overwrite=False, *, format="", content="",
@@ -67,7 +69,8 @@ copied into columns.
     st.list_experiments(project=None, subject_id=None) -> list[ExperimentRow]   # sessions only
     st.get_scan(experiment_id, scan_id) -> ScanRow | None
     st.list_scans(experiment_id) -> list[ScanRow]
-    st.get_assessor(assessor_id) / st.find_assessor(experiment_id, id_or_label) -> AssessorRow | None
+    st.get_assessor(assessor_id) / st.find_assessor(experiment_id, id_or_label)
+        -> AssessorRow | None
     st.list_assessors(experiment_id) -> list[AssessorRow]
     st.get_resource(resource_id) -> ResourceRow | None
     st.find_resource(parent, id_or_label) -> ResourceRow | None
@@ -289,8 +292,9 @@ CREATE TABLE IF NOT EXISTS tokens (alias TEXT PRIMARY KEY, secret TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS projects (id TEXT PRIMARY KEY, secondary_id TEXT, name TEXT,
     description TEXT, pi_firstname TEXT, pi_lastname TEXT, insert_date REAL, insert_user TEXT,
     last_modified REAL, fields TEXT);
-CREATE TABLE IF NOT EXISTS subjects (id TEXT PRIMARY KEY, project TEXT NOT NULL, label TEXT NOT NULL,
-    insert_date REAL, insert_user TEXT, last_modified REAL, fields TEXT, UNIQUE(project, label));
+CREATE TABLE IF NOT EXISTS subjects (id TEXT PRIMARY KEY, project TEXT NOT NULL,
+    label TEXT NOT NULL, insert_date REAL, insert_user TEXT, last_modified REAL, fields TEXT,
+    UNIQUE(project, label));
 CREATE TABLE IF NOT EXISTS experiments (id TEXT PRIMARY KEY, project TEXT NOT NULL,
     subject_id TEXT NOT NULL, label TEXT NOT NULL, xsi_type TEXT NOT NULL, date TEXT,
     session_id TEXT NOT NULL DEFAULT '', insert_date REAL, insert_user TEXT, last_modified REAL,
