@@ -128,8 +128,8 @@ class Emulator:
         self.store = store
         if self.access_log_path is not None:
             # open for the server's life, closed by stop()
-            self._log_fh = open(self.access_log_path, "a", encoding="utf-8",  # noqa: SIM115
-                                buffering=1)
+            log_fh = open(self.access_log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            self._log_fh = log_fh
         app = XnatApp(store, self.sessions,
                       AppConfig(self.context_path, self.site_id, self.data_dir),
                       control=self._control, body_filter=self._body_filter)
