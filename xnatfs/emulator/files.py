@@ -81,8 +81,12 @@ def _file_uri(store: Store, r: Resolved, res: ResourceRow, relpath: str) -> str:
         base = f"/data/experiments/{res.experiment_id}/assessors/{res.assessor_id}/out"
     elif res.kind == "experiment":
         if r.via_project:
-            subj = r.subject.id if r.subject else (store.get_experiment(res.experiment_id)
-                                                    or r.experiment).subject_id  # type: ignore[union-attr]
+            if r.subject:
+                subj = r.subject.id
+            else:
+                experiment = store.get_experiment(res.experiment_id) or r.experiment
+                assert experiment is not None  # the resource's experiment exists
+                subj = experiment.subject_id
             base = f"/data/projects/{res.project}/subjects/{subj}/experiments/{res.experiment_id}"
         else:
             base = f"/data/experiments/{res.experiment_id}"
