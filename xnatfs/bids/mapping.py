@@ -284,7 +284,7 @@ def heuristic(facts: ScanFacts) -> Match:
             _direction(d).items())), src)
     if re.search(r"dwi|dti|diffusion|dmri", low):
         return Match(BidsName("dwi", "dwi", tuple(_direction(d).items())), src)
-    if re.search(r"field ?map|fmap|b0map|topup|se[-_]?epi|spin ?echo", low):
+    if re.search(r"field[ _-]?map|fmap|b0map|topup|se[-_]?epi|spin ?echo", low):
         if "phase" in low:
             return Match(BidsName("fmap", "phasediff"), src)
         if "magn" in low:
