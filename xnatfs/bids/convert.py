@@ -18,6 +18,7 @@ with a ``timeout``; each runs in a private temp dir that is removed afterwards. 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -44,7 +45,10 @@ SCHEME = "xnatfs-bids:"
 
 
 class ConversionError(OSError):
-    """dcm2niix failed, timed out, or wrote no image; ``str()`` carries its message."""
+    """dcm2niix failed, timed out, or wrote no image: EIO, with dcm2niix's message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EIO, message)
 
 
 def dcm2niix_binary() -> str:

@@ -28,7 +28,7 @@ _SIMPLE = (
     ("ImagingFrequency", "ImagingFrequency", 1.0),
     ("InstitutionName", "InstitutionName", None),
     ("Modality", "Modality", None),
-    ("BodyPartExamined", "BodyPartExamined", None),
+    ("BodyPartExamined", "BodyPart", None),
     ("PatientPosition", "PatientPosition", None),
     ("MRAcquisitionType", "MRAcquisitionType", None),
     ("SeriesDescription", "SeriesDescription", None),
