@@ -51,9 +51,7 @@ from typing import (Any, Callable, Dict, Iterable, List, Optional, Protocol, Tup
 
 from xnatfs.cache.content import ContentKey
 from xnatfs.view.node import NodeInfo
-
-#: a path below a layout's root (or below the mount, for the engine), as file names
-PathParts = Tuple[str, ...]
+from xnatfs.view.paths import PathParts
 
 
 @dataclass
@@ -186,7 +184,8 @@ class Layout(Protocol):
     def attributes(self, node: NodeInfo) -> Dict[str, str]:
         """Extended attributes, names without the ``user.xnat.`` prefix.  May make one bounded
         request (XNAT: a prearchive session's fresh status); the engine runs it under the
-        call's deadline."""
+        call's deadline, and adds ``cache_state`` (cached / downloading / absent) for files
+        with a ``content_key`` when the layout gave none."""
 
     def mtime_ns(self, node: NodeInfo) -> int:
         """The mtime stat shows, in nanoseconds (overlay files are answered by the overlay)."""
@@ -204,7 +203,7 @@ class Layout(Protocol):
 
 class BaseLayout:
     """Defaults for a read-only layout: a subclass needs only ``root``, ``children`` and
-    ``open`` (see ``tests/mount/test_toy_layout.py`` for a whole layout in ~40 lines)."""
+    ``open`` (``tests/mount/toy_layout.py`` is a whole layout in ~80 lines)."""
 
     source = "the source"
 
