@@ -68,6 +68,8 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    help="parallel file downloads into the cache (default 8)")
     p.add_argument("--prefetch", type=int, default=None,
                    help="files of a folder downloaded ahead of the one opened (default 16, 0 off)")
+    p.add_argument("--bids-config", default=None, metavar="FILE",
+                   help="dcm2bids configuration file for the BIDS view MNT/.bids (docs/BIDS.md)")
     p.add_argument("--bulk-zip", type=int, default=None,
                    help="fetch a resource with at least N uncached files as one zip when one "
                    "of them is opened (default 32, 0 off)")
@@ -240,7 +242,8 @@ def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequ
         catalog_times=v["catalog_times"],
         experiment_type=v["experiment_type"], scan_type=v["scan_type"], fuse_options=fuse,
         uid=owner.get("uid"), gid=owner.get("gid"), umask=owner.get("umask", 0),
-        dir_mode=v["dir_mode"], file_mode=v["file_mode"], nonempty=nonempty)
+        dir_mode=v["dir_mode"], file_mode=v["file_mode"], nonempty=nonempty,
+        bids_config=str(v["bids_config"] or ""))
 
 
 # ---------------------------------------------------------------------------------- logging
@@ -423,6 +426,8 @@ def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str,
         argv.append("--allow-other-write")
     if options.catalog_times:
         argv.append("--catalog-times")
+    if options.bids_config:
+        argv += ["--bids-config", options.bids_config]
     if options.nonempty:
         argv.append("--nonempty")
     for flag, mode in (("--dir-mode", options.dir_mode), ("--file-mode", options.file_mode)):
@@ -614,7 +619,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2, sort_keys=True))
         return 0
     print(f"xnatfs {stats.get('version')} — {stats.get('url')} (up {stats.get('uptime_s')} s)")
-    for section in ("requests", "listing_cache", "content_cache", "errors"):
+    for section in ("requests", "listing_cache", "content_cache", "bids", "errors"):
         value = stats.get(section)
         print(f"{section}: {json.dumps(value, sort_keys=True) if value else '-'}")
     uploads = stats.get("uploads") or []

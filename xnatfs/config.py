@@ -213,6 +213,7 @@ KEYS: Dict[str, KeySpec] = {
     "nonempty": KeySpec(_to_bool, _OPT.nonempty, "boolean"),
     "experiment_type": KeySpec(_to_str, _OPT.experiment_type, "string"),
     "scan_type": KeySpec(_to_str, _OPT.scan_type, "string"),
+    "bids_config": KeySpec(_to_path, None, "path"),
     "user": KeySpec(_to_str, None, "string"),
     "password": KeySpec(_to_str, None, "string"),
 }

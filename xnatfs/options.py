@@ -98,3 +98,6 @@ class Options:
     file_mode: Optional[int] = None
     #: mount on a directory that is not empty (its files are hidden while mounted)
     nonempty: bool = False
+    #: a dcm2bids configuration file naming the scans of the BIDS view (``MNT/.bids``);
+    #: "" uses XNAT's BIDS map, else the built-in heuristic (docs/BIDS.md)
+    bids_config: str = ""

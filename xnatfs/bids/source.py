@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from xnatfs.bids import names as N
 from xnatfs.bids.mapping import Mapper, Match, ScanFacts, XnatBidsMap
 from xnatfs.cache.content import ContentKey
+from xnatfs.layouts.xnat.layout import _content_key
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,6 @@ class ScanFiles:
 def file_key(entry: Any) -> ContentKey:
     """The content-cache key the XNAT layout gives the same file, so both views share one
     cached copy (with a digest: uri+MD5 parameter, size, digest; without: the listed mtime)."""
-    from xnatfs.tree.tree import _content_key  # the XNAT layout's own key function
-
     return _content_key(entry.uri, entry.size, entry.digest,
                         None if entry.digest else (entry.mtime or 0.0))
 
