@@ -79,3 +79,29 @@ def test_dataset_files(bids_mount) -> None:
         "participant_id", "sub-SUBJ01", "sub-SUBJ02", "sub-SUBJ03"]
     assert "participant_id" in json.loads((root / "participants.json").read_text())
     assert "DEMO1" in (root / "README").read_text()
+
+
+def test_pybids_indexes_the_view_with_one_header_per_scan(bids_mount) -> None:
+    bids = pytest.importorskip("bids")
+    emu, m = bids_mount
+    root = m.path / ".bids" / "DEMO1"
+    mark = emu.mark()
+    layout = bids.BIDSLayout(str(root))
+    assert sorted(layout.get_subjects()) == ["SUBJ01", "SUBJ02", "SUBJ03"]
+    assert sorted(layout.get_sessions()) == ["MR1", "MR2"]
+    assert sorted(layout.get_datatypes()) == ["anat", "func"]
+    assert sorted(layout.get_suffixes(datatype=["anat", "func"])) == ["T1w", "T2w", "bold"]
+    assert sorted(layout.get_runs()) == [1, 2]
+    assert layout.get_tasks() == ["rest"]
+    bold = layout.get(suffix="bold", extension=".nii.gz")
+    assert len(bold) == 2
+    for f in bold:
+        meta = f.get_metadata()
+        assert meta["RepetitionTime"] == 2.0 and meta["TaskName"] == "rest", meta
+    for f in layout.get(extension=".nii.gz"):
+        assert "EchoTime" in f.get_metadata(), f.path
+    records = emu.since(mark)
+    assert zip_gets(records) == []
+    counts = per_scan(file_gets(records))
+    assert counts and max(counts.values()) <= 1, counts        # one DICOM header per scan
+    assert conversions(m.path)["done"] == 0

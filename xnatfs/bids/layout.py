@@ -282,7 +282,9 @@ class BidsLayout(BaseLayout):
                             subject=scan.xnat_subject, ref=ref, attrs=attrs)
 
         out.append(node(stem + ext, "image", image_size))
-        out.append(node(stem + ".json", "json", SIDECAR_SIZE_GUESS))
+        local = self._sidecar_if_local(BidsFile(scan, files, "json", bundle))
+        out.append(node(stem + ".json", "json",
+                        SIDECAR_SIZE_GUESS if local is None else len(local)))
         if scan.name.datatype == "dwi":
             for role in ("bval", "bvec"):
                 if bundle:
@@ -294,6 +296,24 @@ class BidsLayout(BaseLayout):
                     size = entry.size
                 out.append(node(f"{stem}.{role}", role, size))
         return out
+
+    def _sidecar_if_local(self, ref: BidsFile) -> Optional[bytes]:
+        """The sidecar when everything it is made of is already on this machine (its DICOM
+        header in the content cache or in memory, the bundle or the resource's JSON cached):
+        then ``ls -l`` shows its true size at no cost.  None otherwise."""
+        content = self.src.content
+        needed = []
+        if ref.files.dicom and not self.src.has_header(ref.scan.scan_uri):
+            needed.append(file_key(ref.files.dicom[0]))
+        if not ref.converted and ".json" in ref.files.companions:
+            needed.append(file_key(ref.files.companions[".json"]))
+        if any(content.state(key) != "cached" for key in needed):
+            return None
+        try:
+            return _SidecarHandle(self, ref).read(0, 1 << 24, time.monotonic() + 5.0)
+        except (OSError, ValueError) as exc:
+            log.debug("sidecar of %s not made from the cache: %s", ref.scan.scan_uri, exc)
+            return None
 
     def _bundle_sizes(self, bundle: str) -> Dict[str, int]:
         """Member sizes of a bundle already in the cache (a local read), else {}."""

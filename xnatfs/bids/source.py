@@ -219,28 +219,32 @@ class Source:
 
     # ------------------------------------------------------------------ scan files
     def scan_files(self, scan_uri: str) -> ScanFiles:
-        """A NIfTI resource's image (and its .json/.bval/.bvec), else the DICOM resource's
-        files: one ``resources`` listing and one ``files`` listing."""
+        """A NIfTI resource's image (and its .json/.bval/.bvec) and the DICOM resource's files
+        (for the sidecar's header, and to convert when there is no NIfTI): one ``resources``
+        listing and one ``files`` listing per resource used."""
         resources = self.client.list_resources(scan_uri)
-        nifti = [r for r in resources if (r.label or "").upper() in ("NIFTI", "BIDS")
-                 or (r.format or "").upper() == "NIFTI"]
-        for res in nifti:
+        found: Dict[str, Any] = {}
+        for res in resources:
+            if not ((res.label or "").upper() in ("NIFTI", "BIDS")
+                    or (res.format or "").upper() == "NIFTI"):
+                continue
             entries = sorted(self.client.list_files(res.uri), key=lambda e: e.path)
             images = [e for e in entries if e.path.lower().endswith(_NIFTI_EXT)]
             if images:
-                img = images[0]
-                stem = _strip_ext(img.path)
-                companions = {ext: e for e in entries for ext in (".json", ".bval", ".bvec")
-                              if e.path == stem + ext}
-                return ScanFiles(nifti=img, companions=companions)
+                stem = _strip_ext(images[0].path)
+                found = {"nifti": images[0],
+                         "companions": {ext: e for e in entries
+                                        for ext in (".json", ".bval", ".bvec")
+                                        if e.path == stem + ext}}
+                break
         dicom = [r for r in resources if (r.label or "").upper() == "DICOM"
                  or (r.format or "").upper() == "DICOM"]
-        if not dicom:
-            return ScanFiles()
-        entries = [e for e in self.client.list_files(dicom[0].uri)
-                   if not getattr(e, "problem", "")]
-        return ScanFiles(dicom=tuple(sorted(entries, key=lambda e: e.path)),
-                         dicom_resource_uri=dicom[0].uri)
+        if dicom:
+            entries = [e for e in self.client.list_files(dicom[0].uri)
+                       if not getattr(e, "problem", "")]
+            found["dicom"] = tuple(sorted(entries, key=lambda e: e.path))
+            found["dicom_resource_uri"] = dicom[0].uri
+        return ScanFiles(**found)
 
     # ------------------------------------------------------------------ bytes
     def read_whole(self, entry: Any, deadline: float) -> bytes:
@@ -255,6 +259,10 @@ class Source:
                 out += chunk
         finally:
             handle.close()
+
+    def has_header(self, scan_uri: str) -> bool:
+        with self._headers_lock:
+            return scan_uri in self._headers
 
     def header(self, scan_uri: str, files: Optional[ScanFiles], deadline: float
                ) -> Mapping[str, Any]:
