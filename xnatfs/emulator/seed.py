@@ -162,7 +162,14 @@ def _put_all(store: Any, resource_id: int, files: Iterable[tuple[str, bytes]], *
                        content=content, mtime=SEED_MTIME)
 
 
-def _seed_session(store: Any, demo: DemoSession) -> int:
+def seed_session(store: Any, demo: DemoSession, *, nifti: bool = False) -> int:
+    """Add one session of generated DICOM (and with ``nifti``, a NIFTI resource on its first
+    scan) to an existing project; the subject is made if needed.  Returns the DICOM count.
+    Used by tests that need sessions of their own (e.g. hostile labels)."""
+    return _seed_session(store, demo, nifti=nifti)
+
+
+def _seed_session(store: Any, demo: DemoSession, *, nifti: bool = True) -> int:
     from .store import Parent
 
     study = demo.study()
@@ -185,7 +192,7 @@ def _seed_session(store: Any, demo: DemoSession) -> int:
                                        "DICOM", format="DICOM", content="RAW")
         _put_all(store, rid, [(g.name, g.data) for g in files], format="DICOM", content="RAW")
         n += len(files)
-    if demo.series is BIDS_SERIES:
+    if demo.series is BIDS_SERIES or not nifti:
         return n
     # a NIFTI resource on scan 1 (image + BIDS sidecar)
     t1 = demo.series[0]
