@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -83,6 +84,9 @@ def test_first_read_converts_once_and_matches_dcm2niix(make_emulator, make_mount
         assert got.shape == want.shape, nii
         assert np.allclose(got.affine, want.affine, atol=1e-4), nii
         assert np.array_equal(np.asanyarray(got.dataobj), np.asanyarray(want.dataobj)), nii
+    status = subprocess.run([sys.executable, "-m", "xnatfs", "status", str(m.path)],
+                            capture_output=True, text=True, timeout=60)
+    assert 'bids: {"done": 4, "failed": 0' in status.stdout, status.stdout + status.stderr
     bold = subject / "ses-MR2/func/sub-SUBJ02_ses-MR2_task-rest_bold.nii.gz"
     assert nib.load(str(bold)).shape == (32, 32, 8, 4)
     assert os.getxattr(bold, "user.xnat.conversion") == b"cached"
