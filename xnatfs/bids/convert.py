@@ -34,9 +34,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
-#: dcm2niix options: gzip, BIDS sidecar (anonymised, its default),
-#: file name = series number, overwrite, quiet; fixed, and part of every key
-OPTIONS: Tuple[str, ...] = ("-z", "y", "-b", "y", "-ba", "y", "-f", "%s",
+#: dcm2niix options: gzip at level 1 (``-1``: a 176-slice MPRAGE converts ~6x faster than at
+#: the default level 6 for ~1.7x the bytes; the first read of an image waits for this, the
+#: cache keeps the result), BIDS sidecar (anonymised, its default), file name = series
+#: number, overwrite, quiet; fixed, and part of every key
+OPTIONS: Tuple[str, ...] = ("-z", "y", "-1", "-b", "y", "-ba", "y", "-f", "%s",
                             "-w", "1", "-v", "0")
 _MAGIC = b"XNATFSB1"
 _HEAD = struct.Struct("<8sQ")
