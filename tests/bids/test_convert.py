@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import threading
 import time
@@ -122,6 +123,7 @@ def test_one_conversion_per_scan_however_many_readers(tmp_path: Path) -> None:
 
 
 def test_failed_conversion_is_eio_with_dcm2niix_message(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="xnatfs.bids.convert")
     def not_dicom(dest: str) -> None:
         Path(dest, "junk.dcm").write_bytes(b"not a DICOM file" * 10)
 
@@ -136,7 +138,8 @@ def test_failed_conversion_is_eio_with_dcm2niix_message(tmp_path: Path, caplog) 
         assert conv.snapshot()["failed"] == 1 and conv.snapshot()["done"] == 0
     finally:
         cache.close()
-    lines = [r for r in caplog.records if "P/S/E/scans/9" in r.getMessage()]
+    lines = [r for r in caplog.records if "P/S/E/scans/9" in r.getMessage()
+             and r.levelno >= 20]
     assert len(lines) == 1 and "dcm2niix" in lines[0].getMessage()
 
 

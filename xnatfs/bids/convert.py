@@ -140,7 +140,7 @@ def run_dcm2niix(dicom_dir: str, out_dir: str, timeout: float) -> Dict[str, byte
     if proc.returncode != 0 or not images:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         problem = next((ln for ln in reversed(lines) if "error" in ln.lower()),
-                       lines[-1] if lines else "no output")
+                       lines[-1] if lines else "no output").replace(dicom_dir, "<series>")
         raise ConversionError(f"dcm2niix exit {proc.returncode}: {problem}")
     return outputs
 
@@ -217,11 +217,14 @@ class Converter:
             try:
                 data = self._convert(job)
             except Exception as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 with self._lock:
                     self.stats.failed += 1
-                    self.stats.last_error = f"{job.scan}: {exc}"
-                log.error("BIDS conversion of %s failed: %s", job.scan, exc)
-                raise ConversionError(f"conversion of {job.scan} failed: {exc}") from exc
+                    self.stats.last_error = f"{job.scan}: {why}"
+                # INFO here: the reader's EIO is the one ERROR line (``fs.errmap``), and it
+                # carries this message; ``xnatfs status`` keeps the last one
+                log.info("BIDS conversion of %s failed: %s", job.scan, why)
+                raise ConversionError(f"BIDS conversion of {job.scan} failed: {why}") from exc
             finally:
                 with self._lock:
                     self.stats.running -= 1
