@@ -11,11 +11,13 @@ through the content cache's bulk path) for a conversion.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -163,21 +165,24 @@ class Source:
                     getattr(project, "description", "") or "")
         subjects = sorted(self.client.list_subjects(project.id), key=lambda s: s.label or s.id)
         sub_map = N.LabelMap([s.label or s.id for s in subjects])
+        # one request per subject (experiments), then one per experiment (scans): run
+        # ``_PLAN_THREADS`` at a time (the client's limiter still bounds the total)
+        exps_of = _parallel(lambda subj: sorted(
+            (e for e in self.client.list_experiments(project.id, subj.id)
+             if not e.xsi_type or e.xsi_type.endswith("SessionData")),
+            key=lambda e: (e.date or "", e.label or e.id)), subjects)
+        pairs = [(subj, exp) for subj, exps in zip(subjects, exps_of) for exp in exps]
+        scans_of = _parallel(lambda pair: sorted(self.client.list_scans(pair[1].uri),
+                                                 key=lambda s: _scan_order(s.id)), pairs)
         found: List[Tuple[Any, str, Any, Any, Match]] = []   # subject, ses-raw, exp, scan, match
-        for subj in subjects:
+        for (subj, exp), scans in zip(pairs, scans_of):
             s_label = subj.label or subj.id
-            for exp in sorted(self.client.list_experiments(project.id, subj.id),
-                              key=lambda e: (e.date or "", e.label or e.id)):
-                if exp.xsi_type and not exp.xsi_type.endswith("SessionData"):
-                    continue
-                for scan in sorted(self.client.list_scans(exp.uri),
-                                   key=lambda s: _scan_order(s.id)):
-                    facts = ScanFacts(scan.id, scan.type, scan.series_description,
-                                      scan.xsi_type, scan.quality,
-                                      modality=_modality(scan.xsi_type),
-                                      header=self._header_fn(scan.uri))
-                    found.append((subj, N.session_label(s_label, exp.label or exp.id), exp, scan,
-                                  mapper.map(facts)))
+            for scan in scans:
+                facts = ScanFacts(scan.id, scan.type, scan.series_description, scan.xsi_type,
+                                  scan.quality, modality=_modality(scan.xsi_type),
+                                  header=self._header_fn(scan.uri))
+                found.append((subj, N.session_label(s_label, exp.label or exp.id), exp, scan,
+                              mapper.map(facts)))
         # the session rule needs every subject's count of sessions with a mapped scan
         per_subject: Dict[str, set] = {}
         for subj, _, exp, _, match in found:
@@ -308,6 +313,21 @@ class Source:
         for i, f in enumerate(files.dicom):
             with open(os.path.join(dest, f"{i:06d}.dcm"), "wb") as fh:
                 fh.write(self.read_whole(f, deadline))
+
+
+#: listings a plan loads at once
+_PLAN_THREADS = 8
+
+
+def _parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Any]:
+    """``[fn(x) for x in items]``, ``_PLAN_THREADS`` at a time; each worker runs in a copy of
+    the caller's context, so the filesystem call's deadline (``xnatfs.deadline``) bounds it."""
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(_PLAN_THREADS, len(items)),
+                            thread_name_prefix="xnatfs-bids-plan") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, fn, x) for x in items]
+        return [f.result() for f in futures]
 
 
 def _config_contents(doc: Any) -> Any:
