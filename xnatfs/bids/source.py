@@ -218,8 +218,8 @@ class Source:
                 mtime=scan.mtime or exp.mtime or subj.mtime or 0.0)
             plan.folders.setdefault(planned.folder(), []).append(planned)
             shown_subjects.add(subj.id)
-        plan.participants = [(sub_map[s.label or s.id], dict(s.fields)) for s in subjects
-                             if s.id in shown_subjects]
+        plan.participants = sorted((sub_map[s.label or s.id], dict(s.fields)) for s in subjects
+                                   if s.id in shown_subjects)
         return plan
 
     # ------------------------------------------------------------------ scan files
