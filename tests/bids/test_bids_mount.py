@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bids.conftest import (DEMO1_FILES, conversions, file_gets, per_scan, tree, zip_gets)
+from tests.bids.conftest import DEMO1_FILES, conversions, file_gets, per_scan, tree, zip_gets
 
 pytestmark = pytest.mark.mount
 

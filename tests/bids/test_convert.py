@@ -60,7 +60,8 @@ def test_bundle_key_follows_files_and_converter() -> None:
     rows = [("a.dcm", 10, "d1"), ("b.dcm", 10, "d2")]
     k = convert.bundle_key_uri("/data/experiments/E/scans/1", rows)
     assert k == convert.bundle_key_uri("/data/experiments/E/scans/1", list(reversed(rows)))
-    assert k != convert.bundle_key_uri("/data/experiments/E/scans/1", [rows[0], ("b.dcm", 10, "d3")])
+    changed = [rows[0], ("b.dcm", 10, "d3")]
+    assert k != convert.bundle_key_uri("/data/experiments/E/scans/1", changed)
     assert k != convert.bundle_key_uri("/data/experiments/E/scans/2", rows)
     assert convert.converter_version() not in ("", "unknown")
 

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from xnatfs.bids.mapping import (Dcm2BidsConfig, Mapper, ScanFacts, XnatBidsMap, heuristic,
-                                 unmatched_tsv)
+from xnatfs.bids.mapping import (
+    Dcm2BidsConfig,
+    Mapper,
+    ScanFacts,
+    XnatBidsMap,
+    heuristic,
+    unmatched_tsv,
+)
 from xnatfs.bids.names import BidsName
 
 
@@ -51,7 +57,8 @@ CONFIG = {
          "criteria": {"SeriesDescription": "T1w*"}},
         {"datatype": "func", "suffix": "bold", "custom_entities": ["task-rest", "acq-fast"],
          "criteria": {"SeriesDescription": "*fMRI*", "RepetitionTime": {"le": 2.5}}},
-        {"datatype": "anat", "suffix": "T2w", "criteria": {"ProtocolName": {"any": ["T2*", "t2*"]}}},
+        {"datatype": "anat", "suffix": "T2w",
+         "criteria": {"ProtocolName": {"any": ["T2*", "t2*"]}}},
         {"datatype": "anat", "suffix": "FLAIR", "criteria": {"SeriesDescription": "T2*"}},
     ]
 }

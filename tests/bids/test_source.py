@@ -28,7 +28,8 @@ class StubClient:
     def list_experiments(self, project: str, subject: str) -> List[Experiment]:
         label = {s.id: s.label for s in self.list_subjects(project)}[subject]
         return [Experiment(f"{subject}E{i}", f"{label}_V{i}", project, subject,
-                           "xnat:mrSessionData", f"2024-01-0{i}", f"/data/experiments/{subject}E{i}")
+                           "xnat:mrSessionData", f"2024-01-0{i}",
+                           f"/data/experiments/{subject}E{i}")
                 for i in ((1, 2) if subject == "S1" else (1,))]
 
     def list_scans(self, uri: str) -> List[Scan]:
@@ -40,7 +41,8 @@ def scan(i: str, desc: str) -> Scan:
 
 
 def test_plan_runs_sessions_labels_and_the_xnat_map() -> None:
-    scans = {"S1E1": [scan("1", "MPRAGE"), scan("2", "BOLD"), scan("3", "BOLD"), scan("10", "MPRAGE")],
+    scans = {"S1E1": [scan("1", "MPRAGE"), scan("2", "BOLD"), scan("3", "BOLD"),
+                      scan("10", "MPRAGE")],
              "S1E2": [scan("1", "MPRAGE")], "S2E1": [scan("1", "MPRAGE")],
              "S3E1": [scan("1", "localizer")]}
     maps = {"/data/projects/P/config/bids/bidsmap": [

@@ -40,7 +40,7 @@ from xnatfs.bids import convert, dataset, sidecar
 from xnatfs.bids.mapping import Dcm2BidsConfig, Mapper, unmatched_tsv
 from xnatfs.bids.source import Plan, PlannedScan, ScanFiles, Source, file_key
 from xnatfs.cache.content import ContentCache, ContentKey
-from xnatfs.view.layout import BaseLayout, Children, Fixed, Listing, Loaded, Opened, PathParts
+from xnatfs.view.layout import BaseLayout, Children, Listing, Loaded, Opened, PathParts
 from xnatfs.view.node import Generated, NodeInfo, Record, Ref
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class BidsLayout(BaseLayout):
     def open(self, node: NodeInfo, path: str) -> Opened:
         ref = node.ref
         if isinstance(ref, Generated):
-            what = ref.what
+            what: Any = ref.what   # ("doc", name, bytes) or ("unmatched", project)
             if what[0] == "doc":
                 return Opened(data=what[2])
             if what[0] == "unmatched":
@@ -355,7 +355,7 @@ class _BundleMember:
     first open of the bundle's key (never in ``open``'s thread: the cache's worker runs it)."""
 
     def __init__(self, cache: ContentCache, key: ContentKey, member: str, scan: str) -> None:
-        self._handle = cache.open(key)
+        self._handle: Any = cache.open(key)
         self._member = member
         self._scan = scan
         self._span: Optional[Tuple[int, int]] = None

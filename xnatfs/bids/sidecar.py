@@ -3,8 +3,9 @@
 Why from one header: pybids indexes a dataset by reading every sidecar; building them from
 dcm2niix's output would convert the whole archive on ``BIDSLayout()``.  One header per scan
 (pydicom, ``stop_before_pixels``) gives what pipelines read first — ``RepetitionTime``,
-``EchoTime``, ``FlipAngle``, ``SliceTiming``, ``PhaseEncodingAxis`` (the direction's sign needs vendors' private
-headers: dcm2niix adds ``PhaseEncodingDirection`` after a conversion), ``TaskName`` — in
+``EchoTime``, ``FlipAngle``, ``SliceTiming``, ``PhaseEncodingAxis`` (the direction's sign
+needs vendors' private headers: dcm2niix adds ``PhaseEncodingDirection`` after a conversion),
+``TaskName`` — in
 the units dcm2niix writes (seconds, degrees).  After a conversion :func:`merge` takes dcm2niix's
 own sidecar and lays ours over it only where dcm2niix is silent, so the file shown before and
 after a conversion agree on every key both have (dcm2niix's values win, it saw every slice).

@@ -194,12 +194,14 @@ class Source:
                     for sid in per_subject}
         # run numbers: per subject, session and kind, in scan order
         groups: Dict[Tuple[str, str], List[int]] = {}
-        for i, (subj, ses, exp, _, match) in enumerate(found):
+        kinds: Dict[int, Tuple[Any, ...]] = {}
+        for i, (subj, _ses, exp, _, match) in enumerate(found):
             if match.name is not None:
+                kinds[i] = match.name.kind()
                 groups.setdefault((subj.id, exp.id if plan.sessions_shown else ""), []).append(i)
         runs: Dict[int, Optional[int]] = {}
         for idxs in groups.values():
-            for i, run in zip(idxs, N.number_runs([found[i][4].name.kind() for i in idxs])):
+            for i, run in zip(idxs, N.number_runs([kinds[i] for i in idxs])):
                 runs[i] = run
         shown_subjects = set()
         for i, (subj, ses, exp, scan, match) in enumerate(found):
