@@ -75,6 +75,7 @@ def test_dataset_files(bids_mount) -> None:
     desc = json.loads((root / "dataset_description.json").read_text())
     assert desc["Name"] == "Demo project 1" and desc["DatasetType"] == "raw"
     assert desc["BIDSVersion"] and desc["GeneratedBy"][0]["Name"] == "xnatfs"
+    assert desc["Authors"] == ["Ada Lovelace"]                  # the project's PI
     assert (root / "participants.tsv").read_text().splitlines() == [
         "participant_id", "sub-SUBJ01", "sub-SUBJ02", "sub-SUBJ03"]
     assert "participant_id" in json.loads((root / "participants.json").read_text())

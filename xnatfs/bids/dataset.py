@@ -22,8 +22,16 @@ def _dump(doc: Any) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def dataset_description(project_id: str, project_name: str) -> bytes:
-    return _dump({
+def authors(project_fields: Mapping[str, str]) -> List[str]:
+    """The project's PI as XNAT lists it (``pi_firstname``, ``pi_lastname``), if any."""
+    name = " ".join(str(project_fields.get(k, "") or "").strip()
+                    for k in ("pi_firstname", "pi_lastname")).strip()
+    return [name] if name else []
+
+
+def dataset_description(project_id: str, project_name: str,
+                        author_names: Sequence[str] = ()) -> bytes:
+    doc: Dict[str, Any] = {
         "Name": project_name or project_id,
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "raw",
@@ -34,7 +42,10 @@ def dataset_description(project_id: str, project_name: str) -> bytes:
             "CodeURL": "https://github.com/xnatfs/xnatfs",
         }],
         "SourceDatasets": [{"URL": f"xnat:/data/projects/{project_id}"}],
-    })
+    }
+    if author_names:
+        doc["Authors"] = list(author_names)
+    return _dump(doc)
 
 
 def readme(project_id: str, project_name: str, description: str) -> bytes:

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from xnatfs.bids import convert, dataset, sidecar
 from xnatfs.bids.mapping import Dcm2BidsConfig, Mapper, unmatched_tsv
-from xnatfs.bids.source import Plan, PlannedScan, ScanFiles, Source, file_key
+from xnatfs.bids.source import Plan, PlannedScan, ScanFiles, Source, file_key, parallel
 from xnatfs.cache.content import ContentCache, ContentKey
 from xnatfs.view.layout import BaseLayout, Children, Listing, Loaded, Opened, PathParts
 from xnatfs.view.node import Generated, NodeInfo, Record, Ref
@@ -217,7 +217,8 @@ class BidsLayout(BaseLayout):
         listings: Dict[Tuple[str, ...], Listing] = {(): Listing()}
         top = listings[()]
         docs = {
-            "dataset_description.json": dataset.dataset_description(project, plan.name),
+            "dataset_description.json": dataset.dataset_description(
+                project, plan.name, dataset.authors(getattr(record, "fields", {}) or {})),
             "README": dataset.readme(project, plan.name, plan.description),
             "participants.tsv": dataset.participants_tsv(plan.participants),
             "participants.json": dataset.participants_json(plan.participants),
@@ -246,8 +247,8 @@ class BidsLayout(BaseLayout):
     def _load_datatype(self, parts: PathParts, node: NodeInfo) -> Listing:
         plan = self._plan_of(parts[0])
         listing = Listing()
-        for scan in plan.folders.get(tuple(parts[1:]), ()):
-            files = self.src.scan_files(scan.scan_uri)
+        scans = plan.folders.get(tuple(parts[1:]), [])
+        for scan, files in zip(scans, parallel(lambda s: self.src.scan_files(s.scan_uri), scans)):
             if files.nifti is None and not files.dicom:
                 log.info("BIDS: %s/%s scan %s has no NIfTI or DICOM resource: not shown",
                          scan.xnat_subject, scan.xnat_session, scan.scan_id)

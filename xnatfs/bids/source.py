@@ -167,12 +167,12 @@ class Source:
         sub_map = N.LabelMap([s.label or s.id for s in subjects])
         # one request per subject (experiments), then one per experiment (scans): run
         # ``_PLAN_THREADS`` at a time (the client's limiter still bounds the total)
-        exps_of = _parallel(lambda subj: sorted(
+        exps_of = parallel(lambda subj: sorted(
             (e for e in self.client.list_experiments(project.id, subj.id)
              if not e.xsi_type or e.xsi_type.endswith("SessionData")),
             key=lambda e: (e.date or "", e.label or e.id)), subjects)
         pairs = [(subj, exp) for subj, exps in zip(subjects, exps_of) for exp in exps]
-        scans_of = _parallel(lambda pair: sorted(self.client.list_scans(pair[1].uri),
+        scans_of = parallel(lambda pair: sorted(self.client.list_scans(pair[1].uri),
                                                  key=lambda s: _scan_order(s.id)), pairs)
         found: List[Tuple[Any, str, Any, Any, Match]] = []   # subject, ses-raw, exp, scan, match
         for (subj, exp), scans in zip(pairs, scans_of):
@@ -321,7 +321,7 @@ class Source:
 _PLAN_THREADS = 8
 
 
-def _parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Any]:
+def parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Any]:
     """``[fn(x) for x in items]``, ``_PLAN_THREADS`` at a time; each worker runs in a copy of
     the caller's context, so the filesystem call's deadline (``xnatfs.deadline``) bounds it."""
     if len(items) <= 1:
