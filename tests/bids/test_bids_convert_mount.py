@@ -71,7 +71,10 @@ def test_first_read_converts_once_and_matches_dcm2niix(make_emulator, make_mount
         assert {k: v for k, v in before.items() if after.get(k) != v} in (
             {}, {"ImageType": before.get("ImageType")}), path
         assert "RepetitionTime" in before and after["RepetitionTime"] == before["RepetitionTime"]
-    for nii in images:
+    # every image of the dataset (the other subjects' are converted here, on this read)
+    everything = sorted((m.path / ".bids" / "DEMO1").rglob("*.nii.gz"))
+    assert len(everything) == 12
+    for nii in everything:
         got = nib.load(str(nii))
         if os.getxattr(nii, "user.xnat.bids_source") == b"nifti-resource":
             src = xnat_folder(m.path, nii, "NIFTI")
@@ -79,6 +82,7 @@ def test_first_read_converts_once_and_matches_dcm2niix(make_emulator, make_mount
             assert nii.read_bytes() == want_bytes
             continue
         local = tmp_path / "local" / nii.name
+        assert not local.exists()
         shutil.copytree(xnat_folder(m.path, nii, "DICOM"), local / "dicom")
         want = local_dcm2niix(local / "dicom", local / "out")
         assert got.shape == want.shape, nii
