@@ -90,7 +90,7 @@ def test_first_read_converts_once_and_matches_dcm2niix(make_emulator, make_mount
         assert np.array_equal(np.asanyarray(got.dataobj), np.asanyarray(want.dataobj)), nii
     status = subprocess.run([sys.executable, "-m", "xnatfs", "status", str(m.path)],
                             capture_output=True, text=True, timeout=60)
-    assert 'bids: {"done": 4, "failed": 0' in status.stdout, status.stdout + status.stderr
+    assert 'bids: {"done": 9, "failed": 0' in status.stdout, status.stdout + status.stderr
     bold = subject / "ses-MR2/func/sub-SUBJ02_ses-MR2_task-rest_bold.nii.gz"
     assert nib.load(str(bold)).shape == (32, 32, 8, 4)
     assert os.getxattr(bold, "user.xnat.conversion") == b"cached"
