@@ -18,7 +18,7 @@ def _options(argv, env, config=None):
 def test_bids_config_from_every_source(tmp_path) -> None:
     env = {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
            "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    assert _options([], env)[1].bids_config == ""
+    assert not _options([], env)[1].bids_config  # unset: no config file
     config = tmp_path / "c.toml"
     config.write_text('[defaults]\nbids_config = "/etc/xnatfs/dcm2bids.json"\n')
     assert _options([], env, config)[1].bids_config == "/etc/xnatfs/dcm2bids.json"
