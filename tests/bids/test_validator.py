@@ -24,8 +24,11 @@ def validator() -> str:
                       shutil.which("bids-validator") or ""):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    pytest.skip("bids-validator is not installed: run scripts/install-bids-validator.sh "
-                "(scripts/install.sh test does)")
+    why = ("bids-validator is not installed: run scripts/install-bids-validator.sh "
+           "(scripts/install.sh test does)")
+    if os.environ.get("CI"):  # the README's test command installs it: missing there is a bug
+        pytest.fail(why)
+    pytest.skip(why)
     return ""
 
 
