@@ -91,6 +91,8 @@ APT_PACKAGES=(fuse3 python3 python3-venv python3-pip attr rsync systemd)
 case "$action" in
   test|proxy) APT_PACKAGES+=(nginx);;
 esac
+# the BIDS validator the tests run on MNT/.bids (npm package, scripts/install-bids-validator.sh)
+if [ "$action" = test ]; then APT_PACKAGES+=(nodejs npm); fi
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -121,6 +123,7 @@ case "$action" in
     if [ ! -e /dev/fuse ]; then
       echo "!!! /dev/fuse is missing: every test that mounts will be SKIPPED !!!" >&2
     fi
+    bash scripts/install-bids-validator.sh
     set +e
     run_lint
     lint_rc=$?

@@ -91,3 +91,6 @@ class Options:
     #: longest wait between retries, seconds
     upload_backoff: float = _d("upload_backoff")
     upload_backoff_max: float = _d("upload_backoff_max")
+    #: a dcm2bids configuration file naming the scans of the BIDS view (``MNT/.bids``);
+    #: "" uses XNAT's BIDS map, else the built-in heuristic (docs/BIDS.md)
+    bids_config: Optional[str] = _d("bids_config")

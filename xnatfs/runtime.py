@@ -17,6 +17,7 @@ import time
 from typing import Any, Dict, Optional
 
 from xnatfs import __version__
+from xnatfs.bids.layout import MOUNT_NAME, BidsLayout
 from xnatfs.cache.content import ContentCache, archive_object_uri
 from xnatfs.cache.meta import MetaCache
 from xnatfs.cache.times import TimesIndex
@@ -46,6 +47,8 @@ class Runtime:
         self.meta: Optional[MetaCache] = None
         self.content: Optional[ContentCache] = None
         self.tree: Optional[Tree] = None
+        #: the BIDS view mounted at ``MNT/.bids`` (issue 10)
+        self.bids: Optional[BidsLayout] = None
         self.times: Optional[TimesIndex] = None
         #: the write side; None on a read-only mount
         self.writer: Optional[Writer] = None
@@ -82,6 +85,10 @@ class Runtime:
         self.times = TimesIndex(os.path.join(o.cache_dir, "times.db"))
         self.times.start()
         self.tree.times = self.times
+        self.bids = BidsLayout(self.client, self.content,
+                               private_dir(os.path.join(o.cache_dir, "bids")),
+                               cache_size=o.cache_size, config_path=o.bids_config or "")
+        self.tree.mount(MOUNT_NAME, self.bids)
         self.tree.catalog_times = o.catalog_times
         if not o.read_only:
             self.writer = Writer(self.tree, self.client,
@@ -124,6 +131,7 @@ class Runtime:
             "content_cache": _plain(self.content.stats) if self.content else {},
             "errors": errors,
             "uploads": self.writer.status() if self.writer else [],
+            "bids": self.bids.stats()["conversions"] if self.bids else {},
         }
 
     def close(self) -> None:

@@ -311,6 +311,8 @@ SETTINGS: Tuple[Setting, ...] = (
        "first wait before an upload is retried, doubled per failure (default {default} s)"),
     _s("upload_backoff_max", seconds(), 300.0,
        "longest wait between upload retries in seconds (default {default})"),
+    _s("bids_config", PATH, None,
+       "dcm2bids configuration file for the BIDS view MNT/.bids (docs/BIDS.md)"),
     _s("user", STRING, None, "XNAT user", attr="", cli=False),
     _s("password", STRING, None, "XNAT password", attr="", cli=False),
     # command line (and mount.xnatfs -o) only: where the other settings come from / go to

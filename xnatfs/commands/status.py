@@ -32,7 +32,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2, sort_keys=True))
         return 0
     print(f"xnatfs {stats.get('version')} — {stats.get('url')} (up {stats.get('uptime_s')} s)")
-    for section in ("requests", "listing_cache", "content_cache", "errors"):
+    for section in ("requests", "listing_cache", "content_cache", "bids", "errors"):
         value = stats.get(section)
         print(f"{section}: {json.dumps(value, sort_keys=True) if value else '-'}")
     uploads = stats.get("uploads") or []

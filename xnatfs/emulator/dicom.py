@@ -57,9 +57,26 @@ class SeriesSpec:
 
     number: int
     description: str
+    #: files in the series: slices x volumes
     n_images: int
     rows: int = 64
     columns: int = 64
+    #: > 1: a 4-D series (fMRI): ``n_images // volumes`` slices, each acquired ``volumes`` times
+    #: one repetition time apart (same position, later AcquisitionTime), as scanners write them
+    volumes: int = 1
+
+    @property
+    def slices(self) -> int:
+        return max(1, self.n_images // max(1, self.volumes))
+
+    @property
+    def functional(self) -> bool:
+        return self.volumes > 1 or self.description.lower().startswith("fmri")
+
+    @property
+    def repetition_time_ms(self) -> float:
+        return 2000.0 if self.functional else 2300.0 if "t1" in self.description.lower() \
+            else 3200.0 if "t2" in self.description.lower() else 500.0
 
 
 @dataclass(frozen=True)
@@ -112,7 +129,8 @@ def pixel_data(seed: str, series: SeriesSpec, index: int) -> bytes:
     little-endian uint16, 12 bits stored.  Pure Python: the emulator does not need numpy."""
     rows, cols = series.rows, series.columns
     rng = random.Random(f"{seed}/{series.number}/{index}")
-    frac = (index + 0.5) / max(series.n_images, 1)
+    # the ellipse follows the slice (the same in every volume of a 4-D series); noise per file
+    frac = (index % series.slices + 0.5) / series.slices
     radius = 0.25 + 0.6 * (1.0 - abs(2.0 * frac - 1.0))  # largest in the middle slice
     base = 400 + 300 * (series.number % 4)
     cy, cx = (rows - 1) / 2.0, (cols - 1) / 2.0
@@ -149,15 +167,27 @@ def make_dataset(study: StudySpec, series: SeriesSpec, index: int) -> FileDatase
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
     ds.SOPClassUID = MR_IMAGE_STORAGE
     ds.SOPInstanceUID = sop_uid
+    # a 4-D series: file ``index`` is slice ``index % slices`` of volume ``index // slices``
+    slices = series.slices
+    slice_index, volume = index % slices, index // slices
+    tr_ms = series.repetition_time_ms
+    acq_time = _add_seconds(study.study_time, (series.number - 1) * 300
+                            + volume * tr_ms / 1000.0 + slice_index * tr_ms / 1000.0 / slices)
     ds.StudyDate = study.study_date
     ds.SeriesDate = study.study_date
+    ds.AcquisitionDate = study.study_date
     ds.ContentDate = study.study_date
     ds.StudyTime = study.study_time
     ds.SeriesTime = study.study_time
-    ds.ContentTime = study.study_time
+    ds.AcquisitionTime = acq_time
+    ds.ContentTime = acq_time
     ds.AccessionNumber = ""
     ds.Modality = "MR"
     ds.Manufacturer = _MANUFACTURER
+    ds.ManufacturerModelName = "Emulated 3T"
+    ds.DeviceSerialNumber = "0001"
+    ds.SoftwareVersions = "xnatfs-emulator 1"
+    ds.StationName = "EMU3T"
     ds.InstitutionName = "xnatfs"
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = study.study_description
@@ -167,19 +197,36 @@ def make_dataset(study: StudySpec, series: SeriesSpec, index: int) -> FileDatase
     ds.PatientID = study.patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
+    ds.PatientPosition = "HFS"
+    ds.BodyPartExamined = "BRAIN"
+    ds.ScanningSequence = "EP" if series.functional else "GR"
+    ds.SequenceVariant = "SK"
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "2D"
     ds.SliceThickness = "3"
-    ds.RepetitionTime = "2000" if series.description.lower().startswith("fmri") else "500"
+    ds.SpacingBetweenSlices = "3"
+    ds.RepetitionTime = f"{tr_ms:g}"
     ds.EchoTime = "30"
+    ds.FlipAngle = "77" if series.functional else "9"
+    ds.ImagingFrequency = "123.2"
     ds.MagneticFieldStrength = "3"
+    ds.EchoTrainLength = "1"
+    ds.PixelBandwidth = "2232"
+    ds.InPlanePhaseEncodingDirection = "COL"
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.StudyID = "1"
     ds.SeriesNumber = series.number
+    ds.AcquisitionNumber = volume + 1
     ds.InstanceNumber = index + 1
-    ds.ImagePositionPatient = [-(series.columns / 2.0), -(series.rows / 2.0), 3.0 * index]
+    if series.volumes > 1:
+        ds.TemporalPositionIdentifier = volume + 1
+        ds.NumberOfTemporalPositions = series.volumes
+    ds.ImagePositionPatient = [-(series.columns / 2.0), -(series.rows / 2.0), 3.0 * slice_index]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.FrameOfReferenceUID = uid_for(study.seed, "frame")
-    ds.SliceLocation = 3.0 * index
+    ds.PositionReferenceIndicator = ""
+    ds.SliceLocation = 3.0 * slice_index
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = series.rows
@@ -194,6 +241,14 @@ def make_dataset(study: StudySpec, series: SeriesSpec, index: int) -> FileDatase
     ds.PixelData = pixel_data(study.seed, series, index)
     ds["PixelData"].VR = "OW"
     return ds
+
+
+def _add_seconds(hhmmss: str, seconds: float) -> str:
+    """DICOM TM ``hhmmss`` plus ``seconds``, as ``hhmmss.ffffff`` (same day)."""
+    t = int(hhmmss[:2]) * 3600 + int(hhmmss[2:4]) * 60 + int(hhmmss[4:6]) + seconds
+    h, rest = divmod(t, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{int(h):02d}{int(m):02d}{sec:09.6f}"
 
 
 def dataset_bytes(ds: FileDataset) -> bytes:

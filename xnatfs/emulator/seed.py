@@ -12,11 +12,16 @@ Contents::
     │       ├── scan 1 T1w   DICOM + NIFTI
     │       ├── scan 2 T2w   DICOM
     │       └── scan 3 fMRI  DICOM
-    ├── SUBJ02 / SUBJ02_MR1 (same scans)
-    ├── SUBJ03 / SUBJ03_MR1 (same scans)
+    ├── SUBJ02 / SUBJ02_MR1 (same scans), SUBJ02_MR2 (BIDS protocol, below)
+    ├── SUBJ03 / SUBJ03_MR1 (same scans), SUBJ03_MR2 (BIDS protocol)
     └── prearchive: SUBJ04_MR1 (READY)
     DEMO2  (alice is not a member)
     └── D2SUBJ01 / D2SUBJ01_MR1 (scans 1 T1w, 2 T2w)
+
+The BIDS protocol of the ``_MR2`` sessions (issue 10: what a BIDS validator and dcm2niix need,
+shown as ``MNT/.bids/DEMO1``): scan 1 ``localizer`` (the heuristic leaves it out), scans 2 and 3
+``T1w_MPRAGE`` (two runs of one kind), scan 4 ``rest_fMRI`` (4-D: 8 slices x 4 volumes, TR 2 s).
+The ``_MR1`` sessions' ``fMRI`` has no task name, so the heuristic leaves it out too.
 """
 from __future__ import annotations
 
@@ -63,10 +68,20 @@ class DemoSession:
                          study_description="Demo MR", series=self.series)
 
 
+#: the BIDS protocol of the second sessions (module docstring)
+BIDS_SERIES = (
+    SeriesSpec(1, "localizer", 3),
+    SeriesSpec(2, "T1w_MPRAGE", 16),
+    SeriesSpec(3, "T1w_MPRAGE", 16),
+    SeriesSpec(4, "rest_fMRI", 32, rows=32, columns=32, volumes=4),
+)
+
 DEMO_SESSIONS = (
     DemoSession("DEMO1", "SUBJ01", "SUBJ01_MR1", "20240102"),
     DemoSession("DEMO1", "SUBJ02", "SUBJ02_MR1", "20240103"),
     DemoSession("DEMO1", "SUBJ03", "SUBJ03_MR1", "20240104"),
+    DemoSession("DEMO1", "SUBJ02", "SUBJ02_MR2", "20240203", BIDS_SERIES),
+    DemoSession("DEMO1", "SUBJ03", "SUBJ03_MR2", "20240204", BIDS_SERIES),
     DemoSession("DEMO2", "D2SUBJ01", "D2SUBJ01_MR1", "20240105", DEMO_SERIES[:2]),
 )
 
@@ -147,7 +162,14 @@ def _put_all(store: Any, resource_id: int, files: Iterable[tuple[str, bytes]], *
                        content=content, mtime=SEED_MTIME)
 
 
-def _seed_session(store: Any, demo: DemoSession) -> int:
+def seed_session(store: Any, demo: DemoSession, *, nifti: bool = False) -> int:
+    """Add one session of generated DICOM (and with ``nifti``, a NIFTI resource on its first
+    scan) to an existing project; the subject is made if needed.  Returns the DICOM count.
+    Used by tests that need sessions of their own (e.g. hostile labels)."""
+    return _seed_session(store, demo, nifti=nifti)
+
+
+def _seed_session(store: Any, demo: DemoSession, *, nifti: bool = True) -> int:
     from .store import Parent
 
     study = demo.study()
@@ -170,6 +192,8 @@ def _seed_session(store: Any, demo: DemoSession) -> int:
                                        "DICOM", format="DICOM", content="RAW")
         _put_all(store, rid, [(g.name, g.data) for g in files], format="DICOM", content="RAW")
         n += len(files)
+    if demo.series is BIDS_SERIES or not nifti:
+        return n
     # a NIFTI resource on scan 1 (image + BIDS sidecar)
     t1 = demo.series[0]
     rid, _ = store.create_resource(Parent(project=demo.project, experiment=eid, scan="1"),

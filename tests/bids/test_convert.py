@@ -1,0 +1,158 @@
+"""Sidecars from one header, dcm2niix runs, bundles and the conversion cache
+(xnatfs/bids/sidecar.py, convert.py), without a mount."""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+
+from xnatfs.bids import convert, sidecar
+from xnatfs.cache.content import ContentCache, ContentKey
+from xnatfs.emulator.dicom import SeriesSpec, StudySpec, iter_study_files
+
+BOLD = SeriesSpec(4, "rest_fMRI", 32, rows=32, columns=32, volumes=4)
+
+
+def write_series(dest: Path, series: SeriesSpec = BOLD) -> list:
+    dest.mkdir(parents=True, exist_ok=True)
+    files = list(iter_study_files(StudySpec("t", "P", "P1", series=(series,))))
+    for g in files:
+        (dest / g.name).write_bytes(g.data)
+    return files
+
+
+def test_sidecar_from_one_header_agrees_with_dcm2niix(tmp_path: Path) -> None:
+    files = write_series(tmp_path / "dicom")
+    ours = sidecar.from_bytes(files[0].data, task="rest")
+    assert ours["RepetitionTime"] == 2.0 and ours["EchoTime"] == 0.03   # seconds
+    assert ours["FlipAngle"] == 77.0 and ours["TaskName"] == "rest"
+    (tmp_path / "out").mkdir()
+    out = convert.run_dcm2niix(str(tmp_path / "dicom"), str(tmp_path / "out"), 60)
+    theirs = json.loads(out["4.json"])
+    # dcm2niix appends what it derived to ImageType (MAGNITUDE); every other key both write
+    # has the same value and unit
+    shared = (set(ours) & set(theirs)) - {"ImageType"}
+    assert {"RepetitionTime", "EchoTime", "FlipAngle", "SeriesDescription",
+            "PhaseEncodingAxis", "MagneticFieldStrength"} <= shared
+    assert all(ours[k] == theirs[k] for k in shared), {k: (ours[k], theirs[k]) for k in shared
+                                                        if ours[k] != theirs[k]}
+    merged = sidecar.merge(ours, theirs)
+    assert merged["TaskName"] == "rest" and merged["ConversionSoftware"] == "dcm2niix"
+    img = nib.load(str(tmp_path / "out" / "4.nii.gz"))
+    assert img.shape == (32, 32, 8, 4) and img.header.get_zooms()[3] == 2.0
+
+
+def test_bundle_round_trip() -> None:
+    outputs = {"image.nii.gz": os.urandom(5000), "image.json": b"{}", "extra/x": b""}
+    blob = convert.pack(outputs)
+    index = convert.read_index(lambda o, n: blob[o:o + n])
+    assert {k: blob[o:o + n] for k, (o, n) in index.items()} == outputs
+
+
+def test_bundle_key_follows_files_and_converter() -> None:
+    rows = [("a.dcm", 10, "d1"), ("b.dcm", 10, "d2")]
+    k = convert.bundle_key_uri("/data/experiments/E/scans/1", rows)
+    assert k == convert.bundle_key_uri("/data/experiments/E/scans/1", list(reversed(rows)))
+    changed = [rows[0], ("b.dcm", 10, "d3")]
+    assert k != convert.bundle_key_uri("/data/experiments/E/scans/1", changed)
+    assert k != convert.bundle_key_uri("/data/experiments/E/scans/2", rows)
+    assert convert.converter_version() not in ("", "unknown")
+
+
+def _cache(tmp_path: Path, conv: convert.Converter) -> ContentCache:
+    cache = ContentCache(tmp_path / "bundles", size_limit=1 << 30, fetch=conv.fetch)
+    cache.start()
+    return cache
+
+
+def _read_all(cache: ContentCache, uri: str) -> bytes:
+    h = cache.open(ContentKey(uri, None))
+    try:
+        out = bytearray()
+        while True:
+            chunk = h.read(len(out), 1 << 20, time.monotonic() + 60)
+            if not chunk:
+                return bytes(out)
+            out += chunk
+    finally:
+        h.close()
+
+
+def test_one_conversion_per_scan_however_many_readers(tmp_path: Path) -> None:
+    write_series(tmp_path / "src")
+    calls = []
+
+    def fetch_dicom(dest: str) -> None:
+        calls.append(dest)
+        for name in os.listdir(tmp_path / "src"):
+            os.link(tmp_path / "src" / name, os.path.join(dest, name))
+
+    conv = convert.Converter(max_running=1, timeout=60, tmp_dir=str(tmp_path))
+    conv.register("xnatfs-bids:/s#1", convert.Job("P/S/E/scans/4", fetch_dicom,
+                                                  convert.main_outputs))
+    cache = _cache(tmp_path, conv)
+    try:
+        got = []
+        threads = [threading.Thread(target=lambda: got.append(_read_all(cache, "xnatfs-bids:/s#1")))
+                   for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(got) == 6 and len(set(got)) == 1 and len(calls) == 1
+        index = convert.read_index(lambda o, n: got[0][o:o + n])
+        assert {"image.nii.gz", "image.json"} <= set(index)
+        assert _read_all(cache, "xnatfs-bids:/s#1") == got[0] and len(calls) == 1
+        assert conv.snapshot()["done"] == 1 and conv.snapshot()["failed"] == 0
+        # the private temp dir is gone
+        assert not [p for p in os.listdir(tmp_path) if p.startswith("xnatfs-bids-")]
+    finally:
+        cache.close()
+    # a new cache object on the same directory (a remount): no conversion
+    cache = _cache(tmp_path, conv)
+    try:
+        assert _read_all(cache, "xnatfs-bids:/s#1") == got[0] and len(calls) == 1
+    finally:
+        cache.close()
+
+
+def test_failed_conversion_is_eio_with_dcm2niix_message(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="xnatfs.bids.convert")
+    def not_dicom(dest: str) -> None:
+        Path(dest, "junk.dcm").write_bytes(b"not a DICOM file" * 10)
+
+    conv = convert.Converter(timeout=60, tmp_dir=str(tmp_path))
+    conv.register("xnatfs-bids:/bad#1", convert.Job("P/S/E/scans/9", not_dicom))
+    cache = _cache(tmp_path, conv)
+    try:
+        with pytest.raises(OSError) as info:
+            _read_all(cache, "xnatfs-bids:/bad#1")
+        assert info.value.errno == errno.EIO
+        assert "P/S/E/scans/9" in str(info.value) and "dcm2niix" in str(info.value)
+        assert conv.snapshot()["failed"] == 1 and conv.snapshot()["done"] == 0
+    finally:
+        cache.close()
+    lines = [r for r in caplog.records if "P/S/E/scans/9" in r.getMessage()
+             and r.levelno >= 20]
+    assert len(lines) == 1 and "dcm2niix" in lines[0].getMessage()
+
+
+def test_conversion_timeout(tmp_path: Path) -> None:
+    write_series(tmp_path / "dicom")
+    with pytest.raises(convert.ConversionError, match="longer than"):
+        os.mkdir(tmp_path / "out")
+        convert.run_dcm2niix(str(tmp_path / "dicom"), str(tmp_path / "out"), 0.0001)
+
+
+def test_main_outputs_names_the_first_image() -> None:
+    out = convert.main_outputs({"4.nii.gz": b"i", "4.json": b"j", "4_ph.nii.gz": b"p",
+                                "4_ph.json": b"q"})
+    assert out == {"image.nii.gz": b"i", "image.json": b"j", "extra/4_ph.nii.gz": b"p",
+                   "extra/4_ph.json": b"q"}

@@ -1,0 +1,441 @@
+"""The BIDS layout: ``MNT/.bids/<PROJECT>/…`` as a BIDS dataset, for the view engine.
+
+Paths below the mount name (``parts`` here)::
+
+    P/                              one per project the user can see
+    P/dataset_description.json      generated (true size at lookup; no request beyond the plan)
+    P/README, participants.tsv, participants.json
+    P/.xnatfs-unmatched.tsv         unlisted: the scans left out, and why
+    P/sub-X/[ses-Y/]<datatype>/<stem>.nii.gz|.json[|.bval|.bvec]
+
+Listing costs (the engine caches each like any listing): the root is one ``projects`` request;
+a project folder loads the project's *plan* (``source.Source.plan``) and every ``sub-``/``ses-``
+folder below it is a view of that one cached value; a datatype folder lists each of its scans'
+resources and files.  So ``ls -l``/``find``/``du`` download no DICOM and run no conversion.
+
+Bytes (``open``): a NIfTI resource already on the scan is served as it is, through the content
+cache like any XNAT file.  Otherwise the image is a member of the scan's conversion bundle
+(``convert``) in the BIDS content cache, converted on first read; the sidecar is made from one
+DICOM header (merged with dcm2niix's own once the scan is converted).
+
+Sizes before conversion (docs/BIDS.md): a converted image whose bundle is not in the cache yet
+shows the series' DICOM size (an upper bound: the gzipped image is smaller) and a sidecar not
+yet made shows 4096; both are served with direct I/O, so every reader gets the whole file up
+to its true end whatever stat said, and stat shows the true size at the first listing refresh
+after it is known.  ``cp``, ``cat``, Python's ``read()``, nibabel and pybids read to EOF.
+"""
+from __future__ import annotations
+
+import enum
+import errno
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from xnatfs.bids import convert, dataset, sidecar
+from xnatfs.bids.mapping import Dcm2BidsConfig, Mapper, unmatched_tsv
+from xnatfs.bids.source import Plan, PlannedScan, ScanFiles, Source, file_key, parallel
+from xnatfs.cache.content import ContentCache, ContentKey
+from xnatfs.view.layout import BaseLayout, Children, Listing, Loaded, Opened, PathParts
+from xnatfs.view.node import Generated, NodeInfo, Record, Ref
+
+log = logging.getLogger(__name__)
+
+MOUNT_NAME = ".bids"
+UNMATCHED_NAME = ".xnatfs-unmatched.tsv"
+#: the size a sidecar shows before it is made (see the module docstring)
+SIDECAR_SIZE_GUESS = 4096
+_DOCS = ("dataset_description.json", "README", "participants.tsv", "participants.json")
+
+
+class Kind(enum.Enum):
+    ROOT = "bids-root"
+    PROJECT = "bids-project"
+    FOLDER = "bids-folder"          # sub-X, ses-Y
+    DATATYPE = "bids-datatype"      # anat, func, dwi, fmap
+    DOC = "bids-doc"                # dataset-level files
+    FILE = "bids-file"              # image, sidecar, bval, bvec
+
+
+@dataclass(frozen=True)
+class BidsFile(Ref):
+    """A file made from one scan: ``role`` is image / json / bval / bvec."""
+
+    scan: PlannedScan
+    files: ScanFiles
+    role: str
+    #: the conversion bundle's cache URI ("" when a NIfTI resource is served as is)
+    bundle: str = ""
+
+    @property
+    def converted(self) -> bool:
+        return bool(self.bundle)
+
+
+@dataclass(frozen=True)
+class _PlanView:
+    """The cached value of a project folder: the plan and the listing of each folder in it."""
+
+    plan: Plan
+    listings: Mapping[Tuple[str, ...], Listing]
+
+
+class BidsLayout(BaseLayout):
+    """Read-only BIDS datasets of every project (mounted by the engine under ``.bids``)."""
+
+    source = "XNAT (BIDS view)"
+
+    def __init__(self, client: Any, content: Any, cache_dir: str, *, cache_size: int,
+                 config_path: str = "", max_conversions: int = 2,
+                 conversion_timeout: float = 600.0, epoch: Optional[float] = None) -> None:
+        config = Dcm2BidsConfig.load(config_path) if config_path else None
+        self.src = Source(client, content, Mapper(config=config))
+        self.source = getattr(client, "base_url", "XNAT") + " (BIDS view)"
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        self.converter = convert.Converter(max_running=max_conversions,
+                                           timeout=conversion_timeout,
+                                           tmp_dir=os.path.join(cache_dir, "tmp"))
+        os.makedirs(os.path.join(cache_dir, "tmp"), mode=0o700, exist_ok=True)
+        #: conversion bundles, like downloads: single flight per key, LRU, kept across mounts
+        self.bundles = ContentCache(os.path.join(cache_dir, "content"), size_limit=cache_size,
+                                    fetch=self.converter.fetch,
+                                    max_downloads=max(1, max_conversions) * 4)
+        self.bundles.start()
+        self.epoch = time.time() if epoch is None else epoch
+        self._root = NodeInfo(name="", kind=Kind.ROOT, is_dir=True, mtime=self.epoch)
+        self._plans_lock = threading.Lock()
+        #: project -> its last plan (for the unlisted report; the engine caches the listings)
+        self._plans: Dict[str, Plan] = {}
+
+    # ------------------------------------------------------------------ Layout
+    def root(self) -> NodeInfo:
+        return self._root
+
+    def children(self, parts: PathParts, node: NodeInfo) -> Children:
+        if node.kind is Kind.ROOT:
+            return Loaded(key=(), load=self._load_projects)
+        project = parts[0]
+        if node.kind is Kind.DATATYPE:
+            return Loaded(key=parts, load=lambda: self._load_datatype(parts, node))
+        record = node.record if node.kind is Kind.PROJECT else None
+        inner = tuple(parts[1:])
+
+        def select(view: _PlanView) -> Listing:
+            listing = view.listings.get(inner)
+            if listing is None:
+                raise OSError(errno.ENOENT, "no such folder in the BIDS dataset",
+                              "/".join(parts))
+            return listing
+
+        return Loaded(key=(project,), load=lambda: self._load_project(project, record),
+                      select=select)
+
+    def lookup(self, parts: PathParts, parent: NodeInfo, name: str) -> Optional[NodeInfo]:
+        if parent.kind is Kind.PROJECT and name == UNMATCHED_NAME:
+            return NodeInfo(name=name, kind=Kind.DOC, is_dir=False, mtime=parent.mtime,
+                            project=parent.project,
+                            ref=Generated(what=("unmatched", parent.project), sized=True))
+        return None
+
+    def open(self, node: NodeInfo, path: str) -> Opened:
+        ref = node.ref
+        if isinstance(ref, Generated):
+            what: Any = ref.what   # ("doc", name, bytes) or ("unmatched", project)
+            if what[0] == "doc":
+                return Opened(data=what[2])
+            if what[0] == "unmatched":
+                return Opened(data=unmatched_tsv(self._plan_of(what[1]).unmatched))
+        if not isinstance(ref, BidsFile):
+            raise OSError(errno.EIO, "not a BIDS file", path)
+        if ref.role == "json":
+            return Opened(handle=_SidecarHandle(self, ref), direct_io=True)
+        if not ref.converted:
+            entry = ref.files.nifti if ref.role == "image" else \
+                ref.files.companions.get("." + ref.role)
+            if entry is None:
+                raise OSError(errno.EIO, f"{ref.role} missing from the scan's NIfTI resource",
+                              path)
+            return Opened(key=file_key(entry))
+        self._register(ref)
+        return Opened(handle=_BundleMember(self.bundles, _bundle_key(ref.bundle),
+                                           "image." + ("nii.gz" if ref.role == "image"
+                                                       else ref.role), ref.scan.scan_uri),
+                      direct_io=True)
+
+    def content_key(self, node: NodeInfo) -> Optional[ContentKey]:
+        ref = node.ref
+        if isinstance(ref, BidsFile) and not ref.converted and ref.role == "image" \
+                and ref.files.nifti is not None:
+            return file_key(ref.files.nifti)
+        return None
+
+    def attributes(self, node: NodeInfo) -> Dict[str, str]:
+        attrs = {k: v for k, v in node.attrs.items() if v}
+        ref = node.ref
+        if isinstance(ref, BidsFile) and ref.converted and ref.role != "json":
+            attrs["conversion"] = self.bundles.state(_bundle_key(ref.bundle))
+        return attrs
+
+    def cacheable(self, node: NodeInfo) -> bool:
+        return self.content_key(node) is not None
+
+    def close(self) -> None:
+        self.bundles.close()
+
+    def stats(self) -> Dict[str, Any]:
+        """For ``.xnatfs/stats`` (``xnatfs status``): conversions done, running, failed."""
+        return {"conversions": self.converter.snapshot(), "cache": dict(self.bundles.stats)}
+
+    # ------------------------------------------------------------------ loaders
+    def _load_projects(self) -> Listing:
+        listing = Listing()
+        for p in self.src.client.list_projects():
+            name = p.id.replace("/", "%2F")
+            listing.add(NodeInfo(name=name, kind=Kind.PROJECT, is_dir=True,
+                                 mtime=p.mtime or self.epoch, uri=p.uri, project=p.id,
+                                 ref=Record(p), attrs={"project": p.id, "uri": p.uri}))
+        return listing
+
+    def _plan_of(self, project: str) -> Plan:
+        with self._plans_lock:
+            plan = self._plans.get(project)
+        return plan if plan is not None else self._load_project(project, None).plan
+
+    def _load_project(self, project: str, record: Any) -> _PlanView:
+        if record is None:
+            record = next((p for p in self.src.client.list_projects() if p.id == project), None)
+            if record is None:
+                raise OSError(errno.ENOENT, "no such project", project)
+        plan = self.src.plan(record)
+        with self._plans_lock:
+            self._plans[project] = plan
+        mtime = record.mtime or self.epoch
+        listings: Dict[Tuple[str, ...], Listing] = {(): Listing()}
+        top = listings[()]
+        docs = {
+            "dataset_description.json": dataset.dataset_description(
+                project, plan.name, dataset.authors(getattr(record, "fields", {}) or {})),
+            "README": dataset.readme(project, plan.name, plan.description),
+            "participants.tsv": dataset.participants_tsv(plan.participants),
+            "participants.json": dataset.participants_json(plan.participants),
+        }
+        for name in _DOCS:
+            top.add(NodeInfo(name=name, kind=Kind.DOC, is_dir=False, mtime=mtime,
+                             project=project, size=len(docs[name]),
+                             ref=Generated(what=("doc", name, docs[name]), sized=True),
+                             attrs={"project": project, "uri": record.uri}))
+        for folder, scans in plan.folders.items():
+            for depth in range(1, len(folder) + 1):
+                sub = folder[:depth]
+                listing = listings.setdefault(sub[:-1], Listing())
+                if sub[-1] not in listing.children:
+                    first = scans[0]
+                    kind = Kind.DATATYPE if depth == len(folder) else Kind.FOLDER
+                    listing.add(NodeInfo(
+                        name=sub[-1], kind=kind, is_dir=True, mtime=first.mtime or mtime,
+                        project=project, subject=first.xnat_subject,
+                        attrs={"project": project, "subject": first.xnat_subject,
+                               **({"experiment": first.xnat_session}
+                                  if sub[-1].startswith("ses-") else {})}))
+                listings.setdefault(sub, Listing())
+        return _PlanView(plan, listings)
+
+    def _load_datatype(self, parts: PathParts, node: NodeInfo) -> Listing:
+        plan = self._plan_of(parts[0])
+        listing = Listing()
+        scans = plan.folders.get(tuple(parts[1:]), [])
+        for scan, files in zip(scans, parallel(lambda s: self.src.scan_files(s.scan_uri), scans)):
+            if files.nifti is None and not files.dicom:
+                log.info("BIDS: %s/%s scan %s has no NIfTI or DICOM resource: not shown",
+                         scan.xnat_subject, scan.xnat_session, scan.scan_id)
+                continue
+            for child in self._file_nodes(scan, files):
+                listing.add(child)
+        return listing
+
+    def _file_nodes(self, scan: PlannedScan, files: ScanFiles) -> List[NodeInfo]:
+        stem = scan.stem
+        attrs = scan.attrs()
+        bundle = ""
+        if files.nifti is not None:
+            ext = ".nii" if files.nifti.path.lower().endswith(".nii") else ".nii.gz"
+            image_size = files.nifti.size
+            attrs["bids_source"] = "nifti-resource"
+            attrs["source_uri"] = files.nifti.uri
+        else:
+            ext = ".nii.gz"
+            bundle = convert.bundle_key_uri(scan.scan_uri, files.digests)
+            attrs["bids_source"] = "dicom"
+            sizes = self._bundle_sizes(bundle)
+            image_size = sizes.get("image.nii.gz", files.dicom_bytes)
+        out = []
+
+        def node(name: str, role: str, size: int) -> NodeInfo:
+            ref = BidsFile(scan, files, role, bundle)
+            if bundle:
+                self._register(ref)
+            return NodeInfo(name=name, kind=Kind.FILE, is_dir=False, size=size,
+                            mtime=scan.mtime, uri=scan.scan_uri, project=scan.project,
+                            subject=scan.xnat_subject, ref=ref, attrs=attrs)
+
+        out.append(node(stem + ext, "image", image_size))
+        local = self._sidecar_if_local(BidsFile(scan, files, "json", bundle))
+        out.append(node(stem + ".json", "json",
+                        SIDECAR_SIZE_GUESS if local is None else len(local)))
+        if scan.name.datatype == "dwi":
+            for role in ("bval", "bvec"):
+                if bundle:
+                    size = self._bundle_sizes(bundle).get("image." + role, 4096)
+                else:
+                    entry = files.companions.get("." + role)
+                    if entry is None:
+                        continue
+                    size = entry.size
+                out.append(node(f"{stem}.{role}", role, size))
+        return out
+
+    def _sidecar_if_local(self, ref: BidsFile) -> Optional[bytes]:
+        """The sidecar when everything it is made of is already on this machine (its DICOM
+        header in the content cache or in memory, the bundle or the resource's JSON cached):
+        then ``ls -l`` shows its true size at no cost.  None otherwise."""
+        content = self.src.content
+        needed = []
+        if ref.files.dicom and not self.src.has_header(ref.scan.scan_uri):
+            needed.append(file_key(ref.files.dicom[0]))
+        if not ref.converted and ".json" in ref.files.companions:
+            needed.append(file_key(ref.files.companions[".json"]))
+        if any(content.state(key) != "cached" for key in needed):
+            return None
+        try:
+            return _SidecarHandle(self, ref).read(0, 1 << 24, time.monotonic() + 5.0)
+        except (OSError, ValueError) as exc:
+            log.debug("sidecar of %s not made from the cache: %s", ref.scan.scan_uri, exc)
+            return None
+
+    def _bundle_sizes(self, bundle: str) -> Dict[str, int]:
+        """Member sizes of a bundle already in the cache (a local read), else {}."""
+        key = _bundle_key(bundle)
+        if self.bundles.state(key) != "cached":
+            return {}
+        try:
+            member = _BundleMember(self.bundles, key, "", bundle)
+            try:
+                index = member.index(time.monotonic() + 5.0)
+            finally:
+                member.close()
+        except OSError as exc:
+            log.debug("bundle %s: %s", bundle, exc)
+            return {}
+        return {name: size for name, (_, size) in index.items()}
+
+    def _register(self, ref: BidsFile) -> None:
+        files, label = ref.files, _scan_label(ref.scan)
+        deadline_s = self.converter.timeout
+        src = self.src
+        self.converter.register(ref.bundle, convert.Job(
+            scan=label,
+            fetch_dicom=lambda dest: src.fetch_series(files, dest,
+                                                      time.monotonic() + deadline_s),
+            post=convert.main_outputs))
+
+
+def _scan_label(scan: PlannedScan) -> str:
+    return f"{scan.project}/{scan.xnat_subject}/{scan.xnat_session}/scans/{scan.scan_id}"
+
+
+def _bundle_key(uri: str) -> ContentKey:
+    return ContentKey(uri=uri, size=None, digest="", mtime=None)
+
+
+class _BundleMember:
+    """A read handle on one member of a conversion bundle; the conversion starts with the
+    first open of the bundle's key (never in ``open``'s thread: the cache's worker runs it)."""
+
+    def __init__(self, cache: ContentCache, key: ContentKey, member: str, scan: str) -> None:
+        self._handle: Any = cache.open(key)
+        self._member = member
+        self._scan = scan
+        self._span: Optional[Tuple[int, int]] = None
+        self._index: Optional[Dict[str, Tuple[int, int]]] = None
+
+    def _exact(self, offset: int, size: int, deadline: float) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            chunk = self._handle.read(offset + len(out), size - len(out), deadline)
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+
+    def index(self, deadline: float) -> Dict[str, Tuple[int, int]]:
+        if self._index is None:
+            self._index = convert.read_index(lambda o, n: self._exact(o, n, deadline))
+        return self._index
+
+    def read(self, offset: int, size: int, deadline: float) -> bytes:
+        if self._span is None:
+            span = self.index(deadline).get(self._member)
+            if span is None:
+                raise OSError(errno.EIO, f"the conversion of {self._scan} wrote no "
+                              f"{self._member.split('.', 1)[-1]}")
+            self._span = span
+        start, length = self._span
+        if offset >= length or size <= 0:
+            return b""
+        return self._exact(start + offset, min(size, length - offset), deadline)
+
+    def span(self, offset: int, size: int, deadline: float) -> bytes:
+        return self.read(offset, size, deadline)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class _SidecarHandle:
+    """The sidecar, made on first read: one DICOM header (pydicom), laid under dcm2niix's own
+    sidecar once the scan is converted, or under the NIfTI resource's JSON."""
+
+    def __init__(self, layout: BidsLayout, ref: BidsFile) -> None:
+        self._layout = layout
+        self._ref = ref
+        self._data: Optional[bytes] = None
+
+    def _make(self, deadline: float) -> bytes:
+        ref, src = self._ref, self._layout.src
+        ours: Dict[str, Any] = {}
+        if ref.files.dicom:
+            ours.update(src.header(ref.scan.scan_uri, ref.files, deadline))
+        if ref.scan.task:
+            ours["TaskName"] = ref.scan.task
+        theirs: Optional[Dict[str, Any]] = None
+        if not ref.converted:
+            entry = ref.files.companions.get(".json")
+            if entry is not None:
+                theirs = json.loads(src.read_whole(entry, deadline).decode("utf-8"))
+        elif self._layout.bundles.state(_bundle_key(ref.bundle)) == "cached":
+            member = _BundleMember(self._layout.bundles, _bundle_key(ref.bundle), "image.json",
+                                   ref.scan.scan_uri)
+            try:
+                if "image.json" in member.index(deadline):
+                    theirs = json.loads(member.read(0, 1 << 24, deadline).decode("utf-8"))
+            finally:
+                member.close()
+        doc = sidecar.merge(ours, theirs) if theirs is not None else ours
+        return sidecar.dumps(doc)
+
+    def read(self, offset: int, size: int, deadline: float) -> bytes:
+        if self._data is None:
+            self._data = self._make(deadline)
+        return self._data[offset:offset + size]
+
+    def span(self, offset: int, size: int, deadline: float) -> bytes:
+        return self.read(offset, size, deadline)
+
+    def close(self) -> None:
+        self._data = None

@@ -1,0 +1,363 @@
+"""The XNAT side of the BIDS view: what a project's dataset holds (its *plan*), a scan's files,
+one DICOM header, and the whole series for a conversion.
+
+Why one plan per project: BIDS names depend on the whole project — the session rule looks at
+every subject, run numbers at every scan of a session, the label rule at every subject label —
+so the project folder's listing loads them all at once (one request per listing: subjects, then
+experiments per subject, then scans per experiment, plus XNAT's BIDS map), and the engine caches
+it like any listing.  A datatype folder then costs one ``resources`` and one ``files`` listing
+per scan in it.  Bytes come only on read: one DICOM file for a sidecar, the series (as one zip,
+through the content cache's bulk path) for a conversion.
+"""
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from xnatfs.bids import names as N
+from xnatfs.bids.mapping import Mapper, Match, ScanFacts, XnatBidsMap
+from xnatfs.cache.content import ContentKey
+from xnatfs.layouts.xnat.layout import _content_key
+
+log = logging.getLogger(__name__)
+
+#: the part of a zip member's name below its resource's ``files/`` (XNAT's default zip
+#: structure, docs: ``{session}/scans/{id}-{type}/resources/{label}/files/{relpath}``)
+_ZIP_MEMBER = re.compile(r"^(?:.*?/)?resources/[^/]+/files/(.+)$")
+_NIFTI_EXT = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class PlannedScan:
+    """One scan shown in the dataset."""
+
+    project: str
+    subject: str            # BIDS label
+    session: str            # BIDS label, "" when sessions are not shown
+    xnat_subject: str       # XNAT labels, for xattrs and the unmatched report
+    xnat_session: str
+    experiment_uri: str
+    scan_id: str
+    scan_uri: str
+    scan_type: str
+    series_description: str
+    name: N.BidsName
+    run: Optional[int]
+    source: str             # config / xnat-bidsmap / heuristic
+    mtime: float = 0.0
+
+    @property
+    def stem(self) -> str:
+        ents: Dict[str, str] = {"sub": self.subject}
+        if self.session:
+            ents["ses"] = self.session
+        ents.update(dict(self.name.entities))
+        if self.run is not None:
+            ents["run"] = str(self.run)
+        return N.file_stem(ents, self.name.suffix)
+
+    @property
+    def task(self) -> str:
+        return dict(self.name.entities).get("task", "")
+
+    def folder(self) -> Tuple[str, ...]:
+        return ((f"sub-{self.subject}",) + ((f"ses-{self.session}",) if self.session else ())
+                + (self.name.datatype,))
+
+    def attrs(self) -> Dict[str, str]:
+        return {"project": self.project, "subject": self.xnat_subject,
+                "experiment": self.xnat_session, "scan": self.scan_id, "uri": self.scan_uri,
+                "scan_type": self.scan_type, "series_description": self.series_description,
+                "bids_rule": self.source}
+
+
+@dataclass
+class Plan:
+    """A project's dataset: the scans shown, by folder, and the ones left out."""
+
+    project: str
+    name: str
+    description: str
+    #: BIDS subject label -> XNAT subject fields (participants.tsv), in display order
+    participants: List[Tuple[str, Mapping[str, str]]] = field(default_factory=list)
+    #: folder parts (sub-X[, ses-Y], datatype) -> scans in it
+    folders: Dict[Tuple[str, ...], List[PlannedScan]] = field(default_factory=dict)
+    #: (subject, session, scan, description, reason)
+    unmatched: List[Tuple[str, str, str, str, str]] = field(default_factory=list)
+    sessions_shown: bool = False
+
+    def subfolders(self, parts: Tuple[str, ...]) -> List[str]:
+        n = len(parts)
+        return sorted({k[n] for k in self.folders if len(k) > n and k[:n] == parts})
+
+
+@dataclass(frozen=True)
+class ScanFiles:
+    """A scan's bytes as XNAT lists them: a NIfTI image (served as is) or the DICOM series."""
+
+    nifti: Optional[Any] = None                  # FileEntry of the image
+    companions: Mapping[str, Any] = field(default_factory=dict)   # ".json"/".bval"/".bvec"
+    dicom: Tuple[Any, ...] = ()                  # FileEntry rows, by path
+    dicom_resource_uri: str = ""
+
+    @property
+    def digests(self) -> List[Tuple[str, int, str]]:
+        return [(f.path, f.size, f.digest or str(f.mtime or "")) for f in self.dicom]
+
+    @property
+    def dicom_bytes(self) -> int:
+        return sum(f.size for f in self.dicom)
+
+
+def file_key(entry: Any) -> ContentKey:
+    """The content-cache key the XNAT layout gives the same file, so both views share one
+    cached copy (with a digest: uri+MD5 parameter, size, digest; without: the listed mtime)."""
+    return _content_key(entry.uri, entry.size, entry.digest,
+                        None if entry.digest else (entry.mtime or 0.0))
+
+
+def _scan_order(scan_id: str) -> Tuple[int, Any]:
+    return (0, int(scan_id)) if scan_id.isdigit() else (1, scan_id)
+
+
+class Source:
+    """Listings and bytes from XNAT for the BIDS layout (``client``: ``xnat.client.XnatClient``,
+    ``content``: the main ``ContentCache``)."""
+
+    def __init__(self, client: Any, content: Any, mapper: Mapper, *,
+                 use_xnat_map: bool = True) -> None:
+        self.client = client
+        self.content = content
+        self.mapper = mapper
+        self.use_xnat_map = use_xnat_map and mapper.config is None
+        self._headers_lock = threading.Lock()
+        #: scan uri -> sidecar keys from its first DICOM header (bounded)
+        self._headers: Dict[str, Mapping[str, Any]] = {}
+
+    # ------------------------------------------------------------------ plan
+    def xnat_map(self, project: str) -> Optional[XnatBidsMap]:
+        """XNAT's BIDS map: the project's config entry, then the site's; None when neither
+        exists (404) or the server refuses."""
+        docs = []
+        for uri in (f"/data/projects/{project}/config/bids/bidsmap", "/data/config/bids/bidsmap"):
+            try:
+                docs.append(_config_contents(self.client._get_json(uri, {"contents": "true"})))
+            except Exception as exc:  # noqa: BLE001 - a missing map is the common case
+                log.debug("BIDS map %s: %s", uri, exc)
+        found = XnatBidsMap.from_lists(*docs)
+        return found if found.entries else None
+
+    def plan(self, project: Any) -> Plan:
+        """Every subject, experiment and scan of ``project`` mapped to BIDS names."""
+        mapper = self.mapper
+        if self.use_xnat_map:
+            xmap = self.xnat_map(project.id)
+            if xmap is not None:
+                mapper = Mapper(config=None, xnat_map=xmap)
+        plan = Plan(project.id, getattr(project, "name", "") or project.id,
+                    getattr(project, "description", "") or "")
+        subjects = sorted(self.client.list_subjects(project.id), key=lambda s: s.label or s.id)
+        sub_map = N.LabelMap([s.label or s.id for s in subjects])
+        # one request per subject (experiments), then one per experiment (scans): run
+        # ``_PLAN_THREADS`` at a time (the client's limiter still bounds the total)
+        exps_of = parallel(lambda subj: sorted(
+            (e for e in self.client.list_experiments(project.id, subj.id)
+             if not e.xsi_type or e.xsi_type.endswith("SessionData")),
+            key=lambda e: (e.date or "", e.label or e.id)), subjects)
+        pairs = [(subj, exp) for subj, exps in zip(subjects, exps_of) for exp in exps]
+        scans_of = parallel(lambda pair: sorted(self.client.list_scans(pair[1].uri),
+                                                 key=lambda s: _scan_order(s.id)), pairs)
+        found: List[Tuple[Any, str, Any, Any, Match]] = []   # subject, ses-raw, exp, scan, match
+        for (subj, exp), scans in zip(pairs, scans_of):
+            s_label = subj.label or subj.id
+            for scan in scans:
+                facts = ScanFacts(scan.id, scan.type, scan.series_description, scan.xsi_type,
+                                  scan.quality, modality=_modality(scan.xsi_type),
+                                  header=self._header_fn(scan.uri))
+                found.append((subj, N.session_label(s_label, exp.label or exp.id), exp, scan,
+                              mapper.map(facts)))
+        # the session rule needs every subject's count of sessions with a mapped scan
+        per_subject: Dict[str, set] = {}
+        for subj, _, exp, _, match in found:
+            if match.name is not None:
+                per_subject.setdefault(subj.id, set()).add(exp.id)
+        plan.sessions_shown = N.sessions_shown({k: len(v) for k, v in per_subject.items()})
+        ses_maps = {sid: N.LabelMap([ses for subj, ses, exp, _, m in found
+                                     if subj.id == sid and m.name is not None])
+                    for sid in per_subject}
+        # run numbers: per subject, session and kind, in scan order
+        groups: Dict[Tuple[str, str], List[int]] = {}
+        kinds: Dict[int, Tuple[Any, ...]] = {}
+        for i, (subj, _ses, exp, _, match) in enumerate(found):
+            if match.name is not None:
+                kinds[i] = match.name.kind()
+                groups.setdefault((subj.id, exp.id if plan.sessions_shown else ""), []).append(i)
+        runs: Dict[int, Optional[int]] = {}
+        for idxs in groups.values():
+            for i, run in zip(idxs, N.number_runs([kinds[i] for i in idxs])):
+                runs[i] = run
+        shown_subjects = set()
+        for i, (subj, ses, exp, scan, match) in enumerate(found):
+            s_label = subj.label or subj.id
+            if match.name is None:
+                plan.unmatched.append((s_label, exp.label or exp.id, scan.id,
+                                       scan.series_description or scan.type, match.reason))
+                continue
+            planned = PlannedScan(
+                project=project.id, subject=sub_map[s_label],
+                session=ses_maps[subj.id][ses] if plan.sessions_shown else "",
+                xnat_subject=s_label, xnat_session=exp.label or exp.id,
+                experiment_uri=exp.uri, scan_id=scan.id, scan_uri=scan.uri,
+                scan_type=scan.type, series_description=scan.series_description,
+                name=match.name, run=runs.get(i), source=match.source,
+                mtime=scan.mtime or exp.mtime or subj.mtime or 0.0)
+            plan.folders.setdefault(planned.folder(), []).append(planned)
+            shown_subjects.add(subj.id)
+        plan.participants = sorted((sub_map[s.label or s.id], dict(s.fields)) for s in subjects
+                                   if s.id in shown_subjects)
+        return plan
+
+    # ------------------------------------------------------------------ scan files
+    def scan_files(self, scan_uri: str) -> ScanFiles:
+        """A NIfTI resource's image (and its .json/.bval/.bvec) and the DICOM resource's files
+        (for the sidecar's header, and to convert when there is no NIfTI): one ``resources``
+        listing and one ``files`` listing per resource used."""
+        resources = self.client.list_resources(scan_uri)
+        found: Dict[str, Any] = {}
+        for res in resources:
+            if not ((res.label or "").upper() in ("NIFTI", "BIDS")
+                    or (res.format or "").upper() == "NIFTI"):
+                continue
+            entries = sorted(self.client.list_files(res.uri), key=lambda e: e.path)
+            images = [e for e in entries if e.path.lower().endswith(_NIFTI_EXT)]
+            if images:
+                stem = _strip_ext(images[0].path)
+                found = {"nifti": images[0],
+                         "companions": {ext: e for e in entries
+                                        for ext in (".json", ".bval", ".bvec")
+                                        if e.path == stem + ext}}
+                break
+        dicom = [r for r in resources if (r.label or "").upper() == "DICOM"
+                 or (r.format or "").upper() == "DICOM"]
+        if dicom:
+            entries = [e for e in self.client.list_files(dicom[0].uri)
+                       if not getattr(e, "problem", "")]
+            found["dicom"] = tuple(sorted(entries, key=lambda e: e.path))
+            found["dicom_resource_uri"] = dicom[0].uri
+        return ScanFiles(**found)
+
+    # ------------------------------------------------------------------ bytes
+    def read_whole(self, entry: Any, deadline: float) -> bytes:
+        """One XNAT file through the main content cache (downloaded once, kept)."""
+        handle = self.content.open(file_key(entry))
+        try:
+            out = bytearray()
+            while True:
+                chunk = handle.read(len(out), 1 << 20, deadline)
+                if not chunk:
+                    return bytes(out)
+                out += chunk
+        finally:
+            handle.close()
+
+    def has_header(self, scan_uri: str) -> bool:
+        with self._headers_lock:
+            return scan_uri in self._headers
+
+    def header(self, scan_uri: str, files: Optional[ScanFiles], deadline: float
+               ) -> Mapping[str, Any]:
+        """Sidecar keys from the scan's first DICOM file (one download, cached on disk by the
+        content cache and here in memory); {} when the scan has no DICOM."""
+        from xnatfs.bids import sidecar
+
+        with self._headers_lock:
+            known = self._headers.get(scan_uri)
+        if known is not None:
+            return known
+        if files is None:
+            files = self.scan_files(scan_uri)
+        if not files.dicom:
+            return {}
+        doc = sidecar.from_bytes(self.read_whole(files.dicom[0], deadline))
+        with self._headers_lock:
+            if len(self._headers) > 20_000:
+                self._headers.clear()
+            self._headers[scan_uri] = doc
+        return doc
+
+    def _header_fn(self, scan_uri: str) -> Callable[[], Mapping[str, Any]]:
+        def get() -> Mapping[str, Any]:
+            return self.header(scan_uri, None, time.monotonic() + 60.0)
+        return get
+
+    def fetch_series(self, files: ScanFiles, dest: str, deadline: float) -> None:
+        """Every DICOM file of the scan into ``dest``: the resource as one zip through the
+        content cache's bulk path when several files are missing, then each from the cache."""
+        keys = {f.path: file_key(f) for f in files.dicom}
+
+        def key_of(member: str) -> Optional[ContentKey]:
+            m = _ZIP_MEMBER.match(member)
+            return keys.get(m.group(1)) if m else None
+
+        if len(keys) > 1 and files.dicom_resource_uri:
+            try:
+                self.content.bulk(files.dicom_resource_uri.rstrip("/") + "/files?format=zip",
+                                  list(keys.values()), key_of, min_files=2)
+            except RuntimeError:  # the cache is closing
+                raise OSError(5, "content cache closing") from None
+        for i, f in enumerate(files.dicom):
+            with open(os.path.join(dest, f"{i:06d}.dcm"), "wb") as fh:
+                fh.write(self.read_whole(f, deadline))
+
+
+#: listings a plan loads at once
+_PLAN_THREADS = 8
+
+
+def parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Any]:
+    """``[fn(x) for x in items]``, ``_PLAN_THREADS`` at a time; each worker runs in a copy of
+    the caller's context, so the filesystem call's deadline (``xnatfs.deadline``) bounds it."""
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(_PLAN_THREADS, len(items)),
+                            thread_name_prefix="xnatfs-bids-plan") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, fn, x) for x in items]
+        return [f.result() for f in futures]
+
+
+def _config_contents(doc: Any) -> Any:
+    """The config service answers ``?contents=true`` with the stored text (a JSON document
+    here); some versions wrap it in a ResultSet with a ``contents`` column."""
+    import json
+
+    if isinstance(doc, dict):
+        rows = doc.get("ResultSet", {}).get("Result", [])
+        if rows and isinstance(rows[0], dict) and "contents" in rows[0]:
+            try:
+                return json.loads(rows[0]["contents"])
+            except (TypeError, ValueError):
+                return None
+    return doc
+
+
+def _modality(xsi_type: str) -> str:
+    low = (xsi_type or "").lower()
+    for key, mod in (("mr", "MR"), ("pet", "PT"), ("ct", "CT")):
+        if low.startswith(f"xnat:{key}"):
+            return mod
+    return "MR" if not low else low.split(":")[-1][:2].upper()
+
+
+def _strip_ext(path: str) -> str:
+    low = path.lower()
+    for ext in _NIFTI_EXT:
+        if low.endswith(ext):
+            return path[:-len(ext)]
+    return path
