@@ -56,7 +56,7 @@ class ConversionError(OSError):
 def dcm2niix_binary() -> str:
     """The binary the ``dcm2niix`` PyPI package ships (``dcm2niix.bin``), else one on PATH."""
     try:
-        import dcm2niix  # type: ignore[import-untyped]
+        import dcm2niix
 
         path = str(getattr(dcm2niix, "bin", ""))
         if path and os.access(path, os.X_OK):
@@ -72,7 +72,7 @@ def dcm2niix_binary() -> str:
 def converter_version() -> str:
     """The dcm2niix package version (no process started: it is part of every key)."""
     try:
-        import dcm2niix  # type: ignore[import-untyped]
+        import dcm2niix
 
         return str(getattr(dcm2niix, "__version__", "unknown"))
     except ImportError:

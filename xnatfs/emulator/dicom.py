@@ -30,12 +30,12 @@ import zlib
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, Optional, Sequence, Union
+from typing import IO, BinaryIO, Iterable, Iterator, Optional, Sequence, Union
 
 import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 log = logging.getLogger(__name__)
 
@@ -150,19 +150,22 @@ def pixel_data(seed: str, series: SeriesSpec, index: int) -> bytes:
 
 
 def make_dataset(study: StudySpec, series: SeriesSpec, index: int) -> FileDataset:
-    """The ``index``-th image (0-based) of ``series`` in ``study`` as a complete Part-10 dataset."""
+    """The ``index``-th image (0-based) of ``series`` in ``study`` as a complete Part-10 dataset.
+
+    Long because: one assignment per DICOM attribute, in the order of the standard's modules,
+    so the whole header a scanner would write reads top to bottom in one place."""
     study_uid = study.study_instance_uid
     series_uid = uid_for(study.seed, "series", series.number)
     sop_uid = uid_for(study.seed, "sop", series.number, index)
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(MR_IMAGE_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "XNATFS_EMU"
 
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
     ds.SOPClassUID = MR_IMAGE_STORAGE
@@ -468,7 +471,7 @@ class _Accumulator:
         self.skipped: list[str] = []
         self._n = 0
 
-    def add_stream(self, member: str, stream: BinaryIO) -> None:
+    def add_stream(self, member: str, stream: IO[bytes]) -> None:
         self._n += 1
         staged = self.staging / f"{self._n:06d}.part"
         with open(staged, "wb") as out:
@@ -540,11 +543,11 @@ def extract_dicom_archive(src: Union[str, os.PathLike], staging: Union[str, os.P
                 for info in zf.infolist():
                     if info.is_dir():
                         continue
-                    with zf.open(info) as stream:
-                        acc.add_stream(info.filename, stream)
+                    with zf.open(info) as member_stream:
+                        acc.add_stream(info.filename, member_stream)
         elif kind == "tar":
             try:
-                tf = tarfile.open(src, "r:*")
+                tf = tarfile.open(src, "r:*")  # noqa: SIM115 - closed by `with tf:` below
             except tarfile.ReadError as exc:
                 # e.g. a lone .nii.gz: compressed, but no tar inside
                 raise UploadFormatError() from exc
