@@ -165,24 +165,7 @@ class Source:
                     getattr(project, "description", "") or "")
         subjects = sorted(self.client.list_subjects(project.id), key=lambda s: s.label or s.id)
         sub_map = N.LabelMap([s.label or s.id for s in subjects])
-        # one request per subject (experiments), then one per experiment (scans): run
-        # ``_PLAN_THREADS`` at a time (the client's limiter still bounds the total)
-        exps_of = parallel(lambda subj: sorted(
-            (e for e in self.client.list_experiments(project.id, subj.id)
-             if not e.xsi_type or e.xsi_type.endswith("SessionData")),
-            key=lambda e: (e.date or "", e.label or e.id)), subjects)
-        pairs = [(subj, exp) for subj, exps in zip(subjects, exps_of) for exp in exps]
-        scans_of = parallel(lambda pair: sorted(self.client.list_scans(pair[1].uri),
-                                                 key=lambda s: _scan_order(s.id)), pairs)
-        found: List[Tuple[Any, str, Any, Any, Match]] = []   # subject, ses-raw, exp, scan, match
-        for (subj, exp), scans in zip(pairs, scans_of):
-            s_label = subj.label or subj.id
-            for scan in scans:
-                facts = ScanFacts(scan.id, scan.type, scan.series_description, scan.xsi_type,
-                                  scan.quality, modality=_modality(scan.xsi_type),
-                                  header=self._header_fn(scan.uri))
-                found.append((subj, N.session_label(s_label, exp.label or exp.id), exp, scan,
-                              mapper.map(facts)))
+        found = self._scans(project, subjects, mapper)
         # the session rule needs every subject's count of sessions with a mapped scan
         per_subject: Dict[str, set] = {}
         for subj, _, exp, _, match in found:
@@ -192,17 +175,7 @@ class Source:
         ses_maps = {sid: N.LabelMap([ses for subj, ses, exp, _, m in found
                                      if subj.id == sid and m.name is not None])
                     for sid in per_subject}
-        # run numbers: per subject, session and kind, in scan order
-        groups: Dict[Tuple[str, str], List[int]] = {}
-        kinds: Dict[int, Tuple[Any, ...]] = {}
-        for i, (subj, _ses, exp, _, match) in enumerate(found):
-            if match.name is not None:
-                kinds[i] = match.name.kind()
-                groups.setdefault((subj.id, exp.id if plan.sessions_shown else ""), []).append(i)
-        runs: Dict[int, Optional[int]] = {}
-        for idxs in groups.values():
-            for i, run in zip(idxs, N.number_runs([kinds[i] for i in idxs])):
-                runs[i] = run
+        runs = _run_numbers(found, plan.sessions_shown)
         shown_subjects = set()
         for i, (subj, ses, exp, scan, match) in enumerate(found):
             s_label = subj.label or subj.id
@@ -223,6 +196,29 @@ class Source:
         plan.participants = sorted((sub_map[s.label or s.id], dict(s.fields)) for s in subjects
                                    if s.id in shown_subjects)
         return plan
+
+    def _scans(self, project: Any, subjects: List[Any], mapper: Mapper) -> List["Found"]:
+        """(subject, raw session label, experiment, scan, match) of every scan of the project,
+        in subject, session and scan order."""
+        # one request per subject (experiments), then one per experiment (scans): run
+        # ``_PLAN_THREADS`` at a time (the client's limiter still bounds the total)
+        exps_of = parallel(lambda subj: sorted(
+            (e for e in self.client.list_experiments(project.id, subj.id)
+             if not e.xsi_type or e.xsi_type.endswith("SessionData")),
+            key=lambda e: (e.date or "", e.label or e.id)), subjects)
+        pairs = [(subj, exp) for subj, exps in zip(subjects, exps_of) for exp in exps]
+        scans_of = parallel(lambda pair: sorted(self.client.list_scans(pair[1].uri),
+                                                 key=lambda s: _scan_order(s.id)), pairs)
+        found: List[Found] = []
+        for (subj, exp), scans in zip(pairs, scans_of):
+            s_label = subj.label or subj.id
+            for scan in scans:
+                facts = ScanFacts(scan.id, scan.type, scan.series_description, scan.xsi_type,
+                                  scan.quality, modality=_modality(scan.xsi_type),
+                                  header=self._header_fn(scan.uri))
+                found.append((subj, N.session_label(s_label, exp.label or exp.id), exp, scan,
+                              mapper.map(facts)))
+        return found
 
     # ------------------------------------------------------------------ scan files
     def scan_files(self, scan_uri: str) -> ScanFiles:
@@ -361,3 +357,22 @@ def _strip_ext(path: str) -> str:
         if low.endswith(ext):
             return path[:-len(ext)]
     return path
+
+
+#: one scan of a plan: (subject, raw session label, experiment, scan, match)
+Found = Tuple[Any, str, Any, Any, Match]
+
+
+def _run_numbers(found: List[Found], sessions_shown: bool) -> Dict[int, Optional[int]]:
+    """Run numbers per subject, session and kind, in scan order (index in ``found`` -> run)."""
+    groups: Dict[Tuple[str, str], List[int]] = {}
+    kinds: Dict[int, Tuple[Any, ...]] = {}
+    for i, (subj, _ses, exp, _, match) in enumerate(found):
+        if match.name is not None:
+            kinds[i] = match.name.kind()
+            groups.setdefault((subj.id, exp.id if sessions_shown else ""), []).append(i)
+    runs: Dict[int, Optional[int]] = {}
+    for idxs in groups.values():
+        for i, run in zip(idxs, N.number_runs([kinds[i] for i in idxs])):
+            runs[i] = run
+    return runs
