@@ -38,8 +38,7 @@ def dataset_description(project_id: str, project_name: str,
         "GeneratedBy": [{
             "Name": "xnatfs",
             "Version": __version__,
-            "Description": "BIDS view of an XNAT project, converted with dcm2niix on first read",
-            "CodeURL": "https://github.com/xnatfs/xnatfs",
+            "Description": "BIDS view of an XNAT project (dcm2niix on first read)",
         }],
         "SourceDatasets": [{"URL": f"xnat:/data/projects/{project_id}"}],
     }

@@ -302,7 +302,8 @@ def build_dicom_zip(study: StudySpec, dest: Union[None, str, os.PathLike, Binary
     prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for gen in iter_study_files(study):
-            arcname = f"{prefix}{gen.series.number}-{gen.series.description}/{gen.instance_number:04d}.dcm"
+            series_dir = f"{prefix}{gen.series.number}-{gen.series.description}"
+            arcname = f"{series_dir}/{gen.instance_number:04d}.dcm"
             zf.writestr(_zinfo(arcname), gen.data)
         for name, data in extra_entries:
             zf.writestr(_zinfo(name), data)

@@ -88,6 +88,9 @@ DEMO_SESSIONS = (
 #: waiting in DEMO1's prearchive
 DEMO_PREARCHIVE = DemoSession("DEMO1", "SUBJ04", "SUBJ04_MR1", "20240110", DEMO_SERIES[:2])
 
+#: the protocol notes: a UTF-8 name and content
+_NOTES = "Résumé – notes on the protocol (UTF-8 name and content: ü, ß, –).\n"
+
 #: project resource ``protocols`` of DEMO1: relpath -> bytes
 PROTOCOL_FILES: Mapping[str, bytes] = MappingProxyType({
     "README.txt": b"Acquisition protocols of the DEMO1 study (synthetic data from xnatfs).\n",
@@ -98,8 +101,7 @@ PROTOCOL_FILES: Mapping[str, bytes] = MappingProxyType({
         {"TaskName": "rest", "RepetitionTime": 2.0, "EchoTime": 0.03,
          "SliceTiming": [0.0, 1.0, 0.5, 1.5]}, indent=2).encode() + b"\n",
     "mri/fmri/events.tsv": b"onset\tduration\ttrial_type\n0.0\t20.0\trest\n20.0\t20.0\ttask\n",
-    "résumé – notes.txt": "Résumé – notes on the protocol (UTF-8 name and content: ü, ß, –).\n"
-                          .encode("utf-8"),
+    "résumé – notes.txt": _NOTES.encode(),
 })
 
 
