@@ -1,5 +1,5 @@
-"""The project plan and XNAT's BIDS map lookup, against a stub client (no server needed: the
-emulator has no config service)."""
+"""The project plan and XNAT's BIDS map lookup, against a stub client (no server needed; the
+same lookup against the emulator's config service: test_bids_xnatmap_mount.py)."""
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -7,7 +7,6 @@ from typing import Any, Dict, List
 from xnatfs.bids.mapping import Mapper
 from xnatfs.bids.names import label_hash
 from xnatfs.bids.source import Source
-from xnatfs.xnat.errors import NotFound
 from xnatfs.xnat.models import Experiment, Project, Scan, Subject
 
 
@@ -15,11 +14,10 @@ class StubClient:
     def __init__(self, scans: Dict[str, List[Scan]], maps: Dict[str, Any]) -> None:
         self.scans, self.maps, self.calls = scans, maps, []
 
-    def _get_json(self, uri: str, params: Any = None) -> Any:
+    def config_json(self, tool: str, path: str, project: Any = None) -> Any:
+        uri = (f"/data/projects/{project}" if project else "/data") + f"/config/{tool}/{path}"
         self.calls.append(uri)
-        if uri not in self.maps:
-            raise NotFound("GET", uri, 404, "no such config")
-        return self.maps[uri]
+        return self.maps.get(uri)
 
     def list_subjects(self, project: str) -> List[Subject]:
         return [Subject("S1", "A_1", project), Subject("S2", "A-1", project),

@@ -144,13 +144,13 @@ class Source:
     # ------------------------------------------------------------------ plan
     def xnat_map(self, project: str) -> Optional[XnatBidsMap]:
         """XNAT's BIDS map: the project's config entry, then the site's; None when neither
-        exists (404) or the server refuses."""
+        exists (404) or the server refuses (the client logged that call's failure)."""
         docs = []
-        for uri in (f"/data/projects/{project}/config/bids/bidsmap", "/data/config/bids/bidsmap"):
+        for where in (project, None):
             try:
-                docs.append(_config_contents(self.client._get_json(uri, {"contents": "true"})))
-            except Exception as exc:  # noqa: BLE001 - a missing map is the common case
-                log.debug("BIDS map %s: %s", uri, exc)
+                docs.append(self.client.config_json("bids", "bidsmap", where))
+            except Exception as exc:  # noqa: BLE001 - an unreadable map is no map
+                log.debug("BIDS map of %s: %s", where or "the site", exc)
         found = XnatBidsMap.from_lists(*docs)
         return found if found.entries else None
 
@@ -326,21 +326,6 @@ def parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Any]:
                             thread_name_prefix="xnatfs-bids-plan") as pool:
         futures = [pool.submit(contextvars.copy_context().run, fn, x) for x in items]
         return [f.result() for f in futures]
-
-
-def _config_contents(doc: Any) -> Any:
-    """The config service answers ``?contents=true`` with the stored text (a JSON document
-    here); some versions wrap it in a ResultSet with a ``contents`` column."""
-    import json
-
-    if isinstance(doc, dict):
-        rows = doc.get("ResultSet", {}).get("Result", [])
-        if rows and isinstance(rows[0], dict) and "contents" in rows[0]:
-            try:
-                return json.loads(rows[0]["contents"])
-            except (TypeError, ValueError):
-                return None
-    return doc
 
 
 def _modality(xsi_type: str) -> str:

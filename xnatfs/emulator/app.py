@@ -6,6 +6,7 @@ Each area has its own handler module, all answering through ``serving.py``:
     /data/projects|subjects|experiments/...   (path grammar)    resolve.py
         collection listings, /data/search                       listings.py
         single objects (GET/PUT/POST/DELETE), prearchive_code   objects.py (+ documents.py)
+        .../config/{TOOL}/{PATH} (and /data/config/...)         config.py
         .../files[/path] (GET/HEAD/DELETE, downloads)           files.py
         .../files uploads                                       uploads.py
     /data/prearchive..., /data/services/{archive,prearchive}    prearchive_http.py
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request, Response
 
-from . import files, formats, listings, objects, prearchive_http, services
+from . import config, files, formats, listings, objects, prearchive_http, services
 from .auth import SessionTable, authenticate, is_browser
 from .resolve import NOT_FOUND, Chain, parse_chain, resolve, resolve_parent_for_create
 from .serving import (AppConfig, Ctx, DropConnection, HttpError, error_response, text_response)
@@ -175,6 +176,8 @@ class XnatApp:
             return services.services(ctx, segments[1:])
         if head == "search":
             return listings.search(ctx, segments[1:])
+        if head == "config":
+            return config.handle(ctx, None, "/".join(segments[1:]))
         if head == "user" and segments[1:2] == ["cache"]:
             raise HttpError(404, NOT_FOUND)
         if head in ("projects", "subjects", "experiments"):
@@ -183,7 +186,8 @@ class XnatApp:
 
 
 def archive(ctx: Ctx, chain: Chain) -> Response:
-    """An archive path by shape: files tail, ``status``/``prearchive_code``, collection, object."""
+    """An archive path by shape: files tail, ``status``/``prearchive_code``/``config``,
+    collection, object."""
     method = ctx.request.method
     write = method in ("PUT", "POST", "DELETE")
     if chain.files is not None:
@@ -192,6 +196,9 @@ def archive(ctx: Ctx, chain: Chain) -> Response:
         return objects.status(ctx, chain)
     if chain.extra == "prearchive_code":
         return objects.prearchive_code(ctx, chain)
+    if chain.extra == "config":
+        assert chain.links[0][0] == "project"
+        return config.handle(ctx, chain.links[0][1], chain.extra_arg or "")
     if chain.collection is not None:
         r = resolve(ctx.store, chain.links, ctx.user, write)
         if method in ("GET", "HEAD"):

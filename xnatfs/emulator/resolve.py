@@ -35,8 +35,8 @@ class Chain:
     collection: Optional[str] = None
     files: Optional[str] = None        # relative path after /files ("" = listing)
     files_dir: bool = False            # the path ended in "/"
-    extra: Optional[str] = None        # e.g. "status", "prearchive_code"
-    extra_arg: Optional[str] = None    # the CODE of PUT .../prearchive_code/CODE
+    extra: Optional[str] = None        # e.g. "status", "prearchive_code", "config"
+    extra_arg: Optional[str] = None    # the CODE of PUT .../prearchive_code/CODE, config's TOOL/PATH
 
 
 @dataclass
@@ -90,6 +90,9 @@ def parse_chain(segments: list[str], trailing_slash: bool) -> Chain:
                 and i >= len(segments) - 2:
             return Chain(links, extra="prearchive_code",
                          extra_arg=segments[i + 1] if i + 1 < len(segments) else None)
+        if seg == "config" and len(links) == 1 and links[0][0] == "project":
+            # the project's config service entries, config.py (§12)
+            return Chain(links, extra="config", extra_arg="/".join(segments[i + 1:]))
         kind = COLLECTIONS.get(seg)
         if kind is None:
             raise HttpError(404, f"Unknown path segment: {seg}")

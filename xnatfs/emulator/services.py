@@ -2,8 +2,9 @@
 ``JSESSION`` heartbeat, ``/xapi`` (build info, uptime, schemas), alias tokens, and the hand-off
 of import/archive/prearchive services to ``importer.py`` and ``prearchive_http.py`` (§5, §6, §7).
 
-A new site-level service (for example XNAT's config service ``/data/config/...``) is one more
-entry in :func:`services` or, for a project-level one, a branch of ``app._data``."""
+A new site-level service is one more entry in :func:`services` or a branch of ``app._data``
+(XNAT's config service, ``/data/config/...`` and ``/data/projects/{P}/config/...``, is
+``config.py``, routed from ``app``)."""
 from __future__ import annotations
 
 import time

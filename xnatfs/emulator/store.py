@@ -517,6 +517,16 @@ class _Catalog:
             c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)",
                       (f"project/{pid}/{name}", value))
 
+    def get_site_setting(self, name: str) -> Optional[str]:
+        """A site-wide setting (e.g. a config service entry), None when never set."""
+        r = self._one("SELECT value FROM meta WHERE key=?", (f"site/{name}",))
+        return None if r is None else r["value"]
+
+    def set_site_setting(self, name: str, value: str) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)",
+                      (f"site/{name}", value))
+
     def list_projects(self) -> list[ProjectRow]:
         return [self._project(r) for r in self._q("SELECT * FROM projects ORDER BY id")]
 

@@ -10,7 +10,8 @@ The client is assembled from one module per concern, each a class the next build
 * ``transport``  the session, login and heartbeat, and ``_call``: the policy every request
                  follows (deadlines, retries, the limiter, containment, login pages) is written
                  out there;
-* ``listings``   one call per listing of the hierarchy and the prearchive;
+* ``listings``   one call per listing of the hierarchy and the prearchive, and config
+                 service entries;
 * ``transfer``   streamed downloads (files, archives) and file uploads;
 * ``objects``    creating and deleting objects, imports, prearchive actions.
 

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 
 from . import parse
 from .errors import (
+    NotFound,
     NotXnatResponse,
 )
 from .models import (
@@ -98,6 +99,21 @@ class Listings(Transport):
         if not isinstance(doc, dict):
             raise NotXnatResponse("GET", self._url(uri), 200, "answer is not a JSON object")
         return doc
+
+    def config_json(self, tool: str, path: str, project: Optional[str] = None) -> Any:
+        """The JSON document kept in XNAT's config service under ``tool``/``path`` (the
+        project's entry with ``project``, else the site's); None when there is none.
+
+        ``?contents=true`` answers the stored text as it is, not a ResultSet, whatever
+        ``format=`` says; an absent or disabled entry is 404 (docs/XNAT-API.md §12)."""
+        base = f"/data/projects/{parse.quote_segment(project)}/config" if project else \
+            "/data/config"
+        uri = "/".join([base, parse.quote_segment(tool)]
+                       + [parse.quote_segment(p) for p in path.split("/") if p])
+        try:
+            return self._get_json(uri, {"contents": "true"})
+        except NotFound:
+            return None
 
     # ---------------------------------------------------------------- prearchive (§7)
 
