@@ -253,12 +253,7 @@ class ContentStore:
                 return False
             evicted = index.free_up(pinned, need)
             self._volume = index.volume()
-            with self._lock:
-                for gone in evicted:
-                    self._present.pop(gone, None)
-                    self._touched.pop(gone, None)
-                    self._verified.pop(gone, None)
-                self._stats["evictions"] += len(evicted)
+            self._forget_evicted(evicted)
         count = len(evicted)
         log.info("content cache: cache disk full; evicted %d entr%s to make room",
                  count, "y" if count == 1 else "ies")
@@ -269,13 +264,17 @@ class ContentStore:
         self._flush_touches(index)
         evicted = index.cull_unpinned(pinned, target)
         self._volume = index.volume()
+        self._forget_evicted(evicted)
+        return len(evicted)
+
+    def _forget_evicted(self, evicted: List[str]) -> None:
+        """Drop what this process remembers of entries the index just evicted."""
         with self._lock:
             for gone in evicted:
                 self._present.pop(gone, None)
                 self._touched.pop(gone, None)
                 self._verified.pop(gone, None)
             self._stats["evictions"] += len(evicted)
-        return len(evicted)
 
     @property
     def taints(self) -> int:
