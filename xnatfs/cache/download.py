@@ -350,9 +350,6 @@ class Download:
             if inline is not None:
                 inline.update(chunk)  # after the readers were woken: they never wait for it
 
-        # it writes each chunk before it returns and keeps no reference: the client may hand
-        # it views of one reused buffer (``xnat.client._read_into``)
-        sink.accepts_views = True  # type: ignore[attr-defined]
         return sink, hasher
 
     def _write(self, fd: int, view: memoryview) -> int:

@@ -40,7 +40,6 @@ Never logged: passwords, the login form, ``Authorization``/``Cookie`` headers, s
 from __future__ import annotations
 
 import collections
-import http.client
 import http.cookiejar
 import json
 import logging
@@ -93,9 +92,6 @@ __all__ = ["XnatClient", "ClientOptions", "ClientStats"]
 
 log = logging.getLogger(__name__)
 
-#: receives each chunk of a body.  A sink with a true ``accepts_views`` attribute (it keeps no
-#: reference to a chunk after the call) gets, from ``XnatClient.download``, views of one reused
-#: buffer instead of fresh ``bytes`` (``_read_into``)
 Sink = Callable[[bytes], None]
 Params = Dict[str, str]
 
@@ -310,38 +306,6 @@ def _is_read_timeout(exc: BaseException) -> bool:
         exc = inner or exc.__cause__ or exc.__context__  # type: ignore[assignment]
         seen += 1
     return False
-
-
-def _read_into(resp: requests.Response, size: int) -> Iterator[memoryview]:
-    """The body of an identity-encoded answer as views of one reused ``size`` buffer, read by
-    http.client's ``readinto`` (one ``recv_into`` per call, no allocation).
-
-    Why (issue 12, B1): ``iter_content`` allocates a fresh ``size`` bytes object per chunk
-    (through urllib3's ``read``): for 1 MiB chunks that is an mmap, 256 page faults and a
-    munmap per chunk in glibc.  Falls back to ``iter_content`` when the response is not the
-    usual urllib3-over-http.client one.  A short body ends the iteration early; the caller
-    compares the byte count with ``Content-Length``.  Once the body is read to its end, the
-    connection goes back to the pool as ``iter_content`` would let it.
-    """
-    raw = resp.raw
-    fp = getattr(raw, "_fp", None)
-    if fp is None or not hasattr(fp, "readinto") or not hasattr(raw, "release_conn"):
-        yield from resp.iter_content(size)
-        return
-    view = memoryview(bytearray(size))
-    while True:
-        try:
-            n = fp.readinto(view)
-        except http.client.HTTPException as exc:   # e.g. a broken chunked encoding
-            raise urllib3.exceptions.ProtocolError(f"body: {exc!r}") from exc
-        if not n:
-            break
-        yield view[:n]
-    if fp.isclosed():
-        # http.client saw the whole body: requests must not close the connection, urllib3
-        # may reuse it (as after ``iter_content`` read to the end)
-        resp._content_consumed = True
-        raw.release_conn()
 
 
 def _translate(exc: BaseException, method: str, url: str, timeout: Tuple[float, float],
@@ -1108,8 +1072,7 @@ class XnatClient:
         raises XnatTimeout after ``read_timeout``.  Exceptions raised by ``sink`` propagate
         unchanged.
         """
-        return self._stream(file_uri, sink, params=None,
-                            reuse_buffer=bool(getattr(sink, "accepts_views", False)))
+        return self._stream(file_uri, sink, params=None)
 
     def download_archive(self, uri: str, sink: Sink, format: str = "zip") -> RemoteStat:
         """Stream ``<uri>/files?format=zip|tar|tar.gz`` (§3.3) into ``sink``.  Such answers
@@ -1123,7 +1086,7 @@ class XnatClient:
                             patience=self.options.read_timeout)
 
     def _stream(self, uri: str, sink: Sink, params: Optional[Params],
-                patience: float = 0.0, reuse_buffer: bool = False) -> RemoteStat:
+                patience: float = 0.0) -> RemoteStat:
         opts = self.options
         deadline = self._deadline()
         if patience and _call_deadline.current() is None:
@@ -1164,8 +1127,7 @@ class XnatClient:
                     except OSError:
                         pass
             try:
-                chunks = (_read_into(resp, opts.chunk_size) if reuse_buffer
-                          else resp.iter_content(opts.chunk_size))
+                chunks = resp.iter_content(opts.chunk_size)
                 first = True
                 while True:
                     try:
@@ -1177,7 +1139,7 @@ class XnatClient:
                         break
                     if first:
                         first = False
-                        if self._is_login_body(resp, bytes(chunk[:65536])):
+                        if self._is_login_body(resp, chunk):
                             login_page = True
                             failure = NotXnatResponse("GET", url, 200,
                                                       "login page instead of the file")
