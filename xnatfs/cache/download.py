@@ -46,14 +46,15 @@ class DownloadCancelled(OSError):
 INLINE_HASH_MAX = 4 << 20
 _HASH_READ = 1 << 20
 
-#: Run the ``_FileMD5`` thread at idle priority while the fetch runs (True) or at normal
-#: priority (False, the default since issue 12).  Every byte must be hashed before the last
-#: read of the file is answered (issue 17 §5), so the hash is on the critical path of anyone
-#: reading to the end: at idle priority on a busy machine the thread got almost no CPU during
-#: the transfer and the whole hash ran after it, in series (B1 profile, benchmarks/RESULTS.md:
-#: half the download thread's time was ``hexdigest`` after the last byte).  At normal
-#: priority it runs beside the transfer on the second core.
-MD5_IDLE_PRIORITY = False
+#: Run the ``_FileMD5`` thread at idle priority while the fetch runs (True, the default) or
+#: at normal priority (False).  Every byte must be hashed before the last read of the file is
+#: answered (issue 17 §5), so whatever the idle thread has not hashed when the fetch ends is
+#: hashed then, in series, on the last reader's critical path (B1 profile in
+#: benchmarks/RESULTS.md: half the file at load 5).  At normal priority the hashing thread
+#: competes for the GIL with the download thread during the transfer; A/B runs on the shared
+#: machine (issue 12) did not show either setting ahead beyond noise, so the setting measured
+#: better on a quiet machine in the previous round stays.
+MD5_IDLE_PRIORITY = True
 
 
 class _Reader:
@@ -86,10 +87,10 @@ class _FileMD5:
     Why not hash the chunks on the way in: MD5 runs at ~600 MiB/s here, slower than the local
     link, and a bounded hand-off queue throttled the download itself to MD5 speed (B1 profile:
     the download thread waited on the full queue). Following the file never holds the
-    download back.  The thread runs at normal priority (``MD5_IDLE_PRIORITY``): a reader of
-    the last bytes waits for the verdict, so hashing later only moves the work onto that
-    reader's critical path.  When the fetch is over, :meth:`hexdigest` hashes whatever the
-    thread has not reached yet in the caller's thread.
+    download back.  While the fetch runs the thread has idle priority (``MD5_IDLE_PRIORITY``),
+    so on a busy machine the readers (who never wait for the digest until their last read)
+    get the CPU first; when the fetch is over, :meth:`hexdigest` hashes the rest at the
+    caller's normal priority, so on a loaded node adoption is not starved.
     """
 
     def __init__(self, download: "Download", fd: int, generation: int) -> None:
