@@ -112,9 +112,12 @@ class ExperimentBundles:
                            rid: str) -> bool:
         if resources is None:
             return False   # no walk seen: a single resource is listed alone
-        counts = [getattr(r, "file_count", None) for rs in resources.values() for r in rs]
-        if any(c is None for c in counts):
-            return False   # stats not computed: the size of the table is unknown
+        counts: List[int] = []
+        for rs in resources.values():
+            for r in rs:
+                if getattr(r, "file_count", None) is None:
+                    return False   # stats not computed: the size of the table is unknown
+                counts.append(r.file_count)
         mine = next((r.file_count for r in resources.get(scan_id, ()) if r.id == rid), None)
         if mine is None:
             return False
