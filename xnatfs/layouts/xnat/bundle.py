@@ -24,6 +24,11 @@ experiment's resources are known (the first table) and the whole session holds a
 ``FILES_MAX`` files or not more than twice the resource being listed — so ``cp -r`` of one
 series of a big session still lists that series alone.
 
+Age: a directory listing made from a table is kept by the engine for a listing TTL from the
+moment it is made, so the tables themselves live only half a TTL (``ExperimentBundles(ttl=)``
+is given the listing TTL): what a listing shows is at most 1.5 TTL old (one request per
+directory: 1 TTL).  A walk of one experiment takes far less than half a TTL.
+
 Invalidation: the engine calls ``invalidated(parts)`` on every local change; the bundles of
 every experiment at, above or below ``parts`` are dropped (and a load running for one is not
 stored), so a listing loaded after a write is never served from rows older than the write.
@@ -59,7 +64,8 @@ class ExperimentBundles:
     def __init__(self, client: Any, ttl: float = 60.0, files_max: int = FILES_MAX) -> None:
         self.client = client
         self.files_max = files_max
-        self._cache = MetaCache(ttl=ttl, maxsize=4096)
+        #: ``ttl``: the listing TTL; the tables live half of it (module docstring, "Age")
+        self._cache = MetaCache(ttl=ttl / 2, maxsize=4096)
         self._lock = threading.Lock()
         # _lock protects _stats
         self._stats = {"resources_from_bundle": 0, "files_from_bundle": 0, "fallbacks": 0}
