@@ -86,7 +86,7 @@ class Runtime:
                                  allow_delete=o.allow_delete, experiment_type=o.experiment_type,
                                  scan_type=o.scan_type, fs_timeout=o.fs_timeout)
             self.writer.start()
-            self.tree.overlay = self.writer
+            self.tree.attach_overlay(self.writer)
 
     def _fetch(self, uri: str, sink: Any) -> None:
         """The content cache's one way to the network (it never sees the client)."""

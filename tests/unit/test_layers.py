@@ -13,6 +13,13 @@ FORBIDDEN = {
     "cache": {"cli", "fs", "tree", "uploads", "xnat", "emulator", "runtime"},
     "uploads": {"cli", "fs", "tree", "cache", "xnat", "emulator", "runtime"},
     "tree": {"cli", "fs", "emulator", "runtime"},
+    # the view engine knows no XNAT and no layout: layouts and policies plug into it (#14)
+    "view": {"cli", "fs", "emulator", "runtime", "xnat", "tree", "layouts", "policies",
+             "uploads", "options"},
+    # a layout serves the engine; it never reaches up to FUSE, the CLI or the Tree wiring
+    "layouts": {"cli", "fs", "emulator", "runtime", "tree", "policies"},
+    # read-ahead policies use the engine (and a layout's records), never FUSE or the CLI
+    "policies": {"cli", "fs", "emulator", "runtime", "tree"},
     "fs": {"cli", "emulator"},
     "runtime": {"cli", "fs", "emulator"},
 }
@@ -57,3 +64,25 @@ def test_only_the_client_imports_requests():
                  if p.relative_to(PKG).parts[0] not in ("xnat", "emulator")
                  and any(n == "requests" or n.startswith("requests.") for n in _imports(p))]
     assert offenders == []
+
+
+def _module_imports(rel: str):
+    return [n for path in sorted((PKG / rel).rglob("*.py")) for n in _imports(path)]
+
+
+def test_the_view_engine_imports_nothing_from_xnat():
+    names = _module_imports("view")
+    assert names, "the view package was not found"
+    assert [n for n in names if n == "xnatfs.xnat" or n.startswith("xnatfs.xnat.")] == []
+
+
+def test_the_xnat_layout_imports_nothing_from_fs():
+    names = _module_imports("layouts/xnat")
+    assert "xnatfs.xnat.errors" in names  # the parse saw the layout's imports
+    assert [n for n in names if n == "xnatfs.fs" or n.startswith("xnatfs.fs.")] == []
+
+
+def test_policies_import_neither_fs_nor_the_cli():
+    names = _module_imports("policies")
+    assert "xnatfs.view.layout" in names
+    assert [n for n in names if n.split(".")[:2] in (["xnatfs", "fs"], ["xnatfs", "cli"])] == []

@@ -25,8 +25,8 @@ def _section(title: str) -> str:
 def _served_attributes() -> Set[str]:
     """Names given to ``_attrs(...)`` and ``attrs={...}`` in the tree, plus ``cache_state``."""
     names = {"cache_state"}
-    for module in ("tree.py", "writes.py"):
-        tree = ast.parse((ROOT / "xnatfs" / "tree" / module).read_text(encoding="utf-8"))
+    for module in ("layouts/xnat/loaders.py", "tree/writes.py"):
+        tree = ast.parse((ROOT / "xnatfs" / module).read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "_attrs":
                 names |= {kw.arg for kw in node.keywords if kw.arg}

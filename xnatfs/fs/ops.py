@@ -248,6 +248,9 @@ class XnatOperations(mfusepy.Operations):
             if caller not in self._writers:
                 raise OSError(errno.EACCES, f"uid {caller} is not the mount's owner: writes "
                               "by other users need --allow-other-write", path)
+        tree = getattr(self.runtime, "tree", None)
+        if tree is not None and tree.read_only(path):  # a view mounted under a name (.bids)
+            raise OSError(errno.EROFS, "a read-only view", path)
         return writer
 
     def _add_handle(self, handle: Any, fi: Any) -> int:

@@ -6,10 +6,11 @@
 - files closed but not yet confirmed by the server (entries of the upload journal),
 - folders made with ``mkdir`` inside ``files/`` (local until a file lands in them).
 
-It shows them to the ``Tree`` as an overlay (rclone ``AddVirtualFn``), so listings, ``stat`` and
-reads see them at once.  ``flush``/``fsync`` return only after XNAT accepted the bytes; when the
-upload fails the bytes stay in the journal, visible as pending (``user.xnat.cache_state``),
-retried with backoff, resumed after a restart, and the caller gets the errno.
+It shows them to the ``Tree`` as an overlay (rclone ``AddVirtualFn``), registered with
+``Engine.attach_overlay``, so listings, ``stat`` and reads see them at once.  ``flush``/``fsync``
+return only after XNAT accepted the bytes; when the upload fails the bytes stay in the journal,
+visible as pending (``user.xnat.cache_state``), retried with backoff, resumed after a restart,
+and the caller gets the errno.
 
 Lock: ``_lock`` protects ``_files`` and ``_dirs``; it is never held across a request.
 """
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from xnatfs.tree.nodes import Kind, NodeInfo
+from xnatfs.tree.nodes import Kind, Local, NodeInfo
 from xnatfs.tree.paths import (PathParts, check_write_name, join_path, split_path,
                                unescape_name)
 from xnatfs.uploads import Journal, Spool, SpoolFile, Uploader
@@ -206,7 +207,7 @@ class Writer:
     @staticmethod
     def _dir(parts: PathParts) -> NodeInfo:
         return NodeInfo(name=parts[-1], kind=Kind.FILES, is_dir=True, mtime=time.time(),
-                        subpath=("local",), ref="local")
+                        ref=Local())
 
     @staticmethod
     def _file_node(lf: LocalFile) -> NodeInfo:
@@ -215,17 +216,22 @@ class Writer:
         if target.get("kind") == "file":
             uri = f"{target['resource_uri']}/files/{target['relpath']}"
         return NodeInfo(name=lf.parts[-1], kind=Kind.FILE, is_dir=False, size=lf.size,
-                        mtime=lf.mtime, uri=uri, ref=lf,
+                        mtime=lf.mtime, uri=uri, ref=Local(lf),
                         attrs={"cache_state": lf.state, "uri": uri,
                                "digest": lf.entry.md5 if lf.entry else ""})
 
     @staticmethod
     def owns(node: NodeInfo) -> bool:
-        return isinstance(node.ref, LocalFile)
+        return isinstance(node.local_file, LocalFile)
+
+    @staticmethod
+    def mtime_ns(node: NodeInfo) -> int:
+        """The mtime of a file this overlay owns (``view.layout.Overlay``)."""
+        return int(node.local_file.mtime_ns)
 
     def local_read_handle(self, node: NodeInfo) -> WriteHandle:
         """Reading a file that is still local (being written, or pending upload)."""
-        lf = node.ref
+        lf = node.local_file
         with self._lock:
             lf.handles += 1
         return WriteHandle(self, lf)
@@ -257,8 +263,8 @@ class Writer:
 
     def open_write(self, node: NodeInfo, path: str, truncate: bool) -> WriteHandle:
         parts = split_path(path)
-        if isinstance(node.ref, LocalFile):
-            lf = node.ref
+        if isinstance(node.local_file, LocalFile):
+            lf = node.local_file
             with self._lock:
                 lf.handles += 1
             if truncate:
@@ -294,12 +300,12 @@ class Writer:
         node = self.tree.lookup(path)
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory", path)
-        if not self.allow_delete and not isinstance(node.ref, LocalFile) \
+        if not self.allow_delete and not isinstance(node.local_file, LocalFile) \
                 and node.kind is Kind.FILE and length == node.size:
             return  # the same bytes: nothing changes (issue 15 §3)
-        if not self.allow_delete and not isinstance(node.ref, LocalFile):
+        if not self.allow_delete and not isinstance(node.local_file, LocalFile):
             raise OSError(errno.EACCES, "truncating a file on XNAT needs --allow-delete", path)
-        if length == 0 and self.allow_delete and not isinstance(node.ref, LocalFile):
+        if length == 0 and self.allow_delete and not isinstance(node.local_file, LocalFile):
             log.warning("truncate %s: refused (ENOTSUP): XNAT cannot store an empty file", path)
             raise OSError(errno.ENOTSUP, "XNAT cannot store an empty file: the file on XNAT "
                           "is kept (rm it instead)", path)
@@ -336,18 +342,18 @@ class Writer:
     def _files_root(self, parent: NodeInfo, parent_parts: PathParts) -> PathParts:
         """Path of the ``files`` directory of the resource that holds ``parent``."""
         depth = len(parent.subpath)
-        if parent.ref == "local":  # a local folder: walk up to a real one
+        if parent.is_local:  # a local folder: walk up to a real one
             up = parent_parts[:-1]
             while up:
                 node = self.tree.lookup(join_path(up))
-                if node.kind is Kind.FILES and node.ref != "local":
+                if node.kind is Kind.FILES and not node.is_local:
                     return up[:len(up) - len(node.subpath)]
                 up = up[:-1]
             raise OSError(errno.EIO, "local folder outside a resource", join_path(parent_parts))
         return parent_parts[:len(parent_parts) - depth]
 
     def _resource_uri(self, parent: NodeInfo, resource_parts: PathParts) -> str:
-        if parent.ref != "local":
+        if not parent.is_local:
             return parent.uri
         return self.tree.lookup(join_path(resource_parts)).uri
 
@@ -452,7 +458,7 @@ class Writer:
         else:
             lf.spool = self.spool.create()
             node = self.tree.lookup(join_path(lf.parts))
-            if not isinstance(node.ref, LocalFile):
+            if not isinstance(node.local_file, LocalFile):
                 self._fill_from_server(node, lf.spool, join_path(lf.parts))
         lf.target = dict(lf.target, overwrite=True)
 
@@ -600,7 +606,7 @@ class Writer:
         times = getattr(self.tree, "times", None)
         if times is not None:
             times.set(node.uri, node.size, node.digest, mtime_ns,
-                      listed=getattr(node.ref, "mtime", None) or 0.0)
+                      listed=getattr(node.record, "mtime", None) or 0.0)
 
     def set_mtime(self, path: str, mtime_ns: int) -> None:
         """``utimens``: a local file takes the time now (and keeps it when it lands); a file
@@ -786,8 +792,8 @@ class Writer:
         if node.kind is Kind.PRE_SESSION and new_parent.kind is Kind.PRE_PROJECT:
             self._prearchive_move(node, new_parent, old_parts, new_parts, new)
             return
-        lf = node.ref if isinstance(node.ref, LocalFile) else None
-        if lf is None and node.ref != "local" and not self.allow_delete:
+        lf = node.local_file if isinstance(node.local_file, LocalFile) else None
+        if lf is None and not node.is_local and not self.allow_delete:
             # XNAT has no move (a stored file can only be uploaded or deleted, §4.5), and mv
             # answers EXDEV with copy + remove; the remove would be refused after the copy
             # reached XNAT, leaving both there (a file twice, or a new empty subject): refuse
@@ -803,7 +809,7 @@ class Writer:
         except FileNotFoundError:
             existing = None
         target = self._target_for(new_parent, new_parts, new)
-        if existing is not None and not isinstance(existing.ref, LocalFile):
+        if existing is not None and not isinstance(existing.local_file, LocalFile):
             if (existing.kind is Kind.FILE and lf.entry is not None and lf.spool is None
                     and lf.handles == 0 and self._entry_same(lf.entry, existing)):
                 # rsync's temporary file renamed over a file XNAT has with the same bytes:

@@ -1,0 +1,148 @@
+"""The view engine without FUSE (#14): several layouts in one mount, policies as plug-ins, the
+write side registered as an overlay, typed node references.  The mounted proof is
+tests/mount/test_toy_layout.py."""
+from __future__ import annotations
+
+import errno
+from types import SimpleNamespace
+from typing import List, Tuple
+
+import pytest
+
+from tests.mount.toy_layout import MIRROR, TREE, ToyLayout
+from xnatfs.cache.content import ContentCache
+from xnatfs.cache.meta import MetaCache
+from xnatfs.tree.writes import Writer
+from xnatfs.view.engine import Engine
+from xnatfs.view.layout import Layout, Overlay
+from xnatfs.view.node import Local
+
+
+@pytest.fixture
+def engine(tmp_path):
+    main, mirror = ToyLayout(TREE), ToyLayout(MIRROR)
+    by_uri = {f"toy:{id(main)}": main, f"toy:{id(mirror)}": mirror}
+    content = ContentCache(str(tmp_path / "content"), size_limit=1 << 24,
+                           fetch=lambda uri, sink: by_uri[uri.rsplit(":", 1)[0]].fetch(uri, sink))
+    content.start()
+    eng = Engine(main, MetaCache(ttl=60.0), content, fs_timeout=10.0)
+    eng.mount(".mirror", mirror)  # the one line that wires a second layout
+    yield eng, main, mirror
+    eng.close()
+    content.close()
+
+
+def test_a_toy_layout_satisfies_the_protocol():
+    assert isinstance(ToyLayout(TREE), Layout)
+    assert isinstance(Writer.__new__(Writer), Overlay)
+
+
+def test_paths_route_to_the_layout_mounted_under_their_first_name(engine):
+    eng, main, mirror = engine
+    assert {n.name for n in eng.listdir("/")} == set(TREE) | {".mirror"}
+    node = eng.lookup("/.mirror/only-here.txt")
+    assert node.mount == ".mirror" and eng.lookup("/docs/readme.txt").mount == ""
+    handle = eng.open(node, "/.mirror/only-here.txt")
+    try:
+        assert handle.read(0, 1000) == MIRROR["only-here.txt"]
+    finally:
+        handle.close()
+    with pytest.raises(FileNotFoundError):
+        eng.lookup("/.mirror/docs")
+    assert eng.read_only("/.mirror/new.txt") and eng.read_only("/.mirror")
+    assert not eng.read_only("/docs/new.txt") and not eng.read_only("/")
+    assert not eng.writable(eng.lookup("/.mirror"))
+
+
+def test_a_mounted_layouts_listings_are_cached_under_its_name(engine):
+    eng, main, mirror = engine
+    eng.listdir("/.mirror")
+    eng.listdir("/.mirror")
+    assert mirror.loads == 1 and main.loads == 0  # one load, kept under ("/.mirror",)
+    eng.invalidate("/.mirror/only-here.txt")  # the parent's listing goes too
+    eng.listdir("/.mirror")
+    assert mirror.loads == 2 and main.loads == 0
+
+
+def test_writes_below_a_mounted_layout_are_erofs(engine):
+    from xnatfs.fs import ops
+    from xnatfs.options import Options
+
+    eng, _main, _mirror = engine
+    runtime = SimpleNamespace(options=Options(url="toy://", allow_other_write=True),
+                              writer=object(), tree=eng)
+    adapter = ops.XnatOperations(runtime)
+    with pytest.raises(OSError) as info:
+        adapter._writer("/.mirror/x")  # noqa: SLF001 - the one gate every write passes
+    assert info.value.errno == errno.EROFS
+    assert adapter._writer("/docs/x") is runtime.writer  # noqa: SLF001
+
+
+class Recorder:
+    """A read-ahead policy is one class: this one records what the engine tells it."""
+
+    def __init__(self, take: bool) -> None:
+        self.take = take
+        self.seen: List[Tuple[str, Tuple[str, ...]]] = []
+        self.closed = False
+
+    def on_readdir(self, view, parts, children) -> None:
+        self.seen.append(("readdir", parts))
+
+    def on_open(self, view, parts, node) -> bool:
+        self.seen.append(("open", parts))
+        assert view.listing(parts[:-1], view.node(parts[:-1])).children[node.name] == node
+        return self.take
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_policies_plug_in_and_the_first_to_take_an_open_stops_the_rest(engine):
+    eng, _main, _mirror = engine
+    first, second = Recorder(take=True), Recorder(take=False)
+    eng.add_policy(first)
+    eng.add_policy(second)
+    eng.readdir("/docs")
+    node = eng.lookup("/docs/readme.txt")
+    eng.open(node, "/docs/readme.txt").close()
+    eng.open(eng.lookup("/docs/.about.json"), "/docs/.about.json").close()  # generated: no hook
+    assert first.seen == [("readdir", ("docs",)), ("open", ("docs", "readme.txt"))]
+    assert second.seen == [("readdir", ("docs",))]
+    eng.close()
+    assert first.closed and second.closed
+
+
+def test_overlay_nodes_are_typed_not_string_sentinels():
+    folder = Writer._dir(("P", "resources", "R", "files", "new"))  # noqa: SLF001
+    assert isinstance(folder.ref, Local) and folder.is_local and folder.local_file is None
+    assert folder.subpath == ()
+    assert not Writer.owns(folder)
+
+
+def test_the_overlay_is_registered_not_assigned(engine):
+    eng, _main, _mirror = engine
+
+    class Shadow:
+        def node(self, parts):
+            return None
+
+        def dir_node(self, parts):
+            return Writer._dir(parts) if parts == ("docs", "local") else None  # noqa: SLF001
+
+        def children(self, parts):
+            return [Writer._dir(parts + ("local",))] if parts == ("docs",) else []  # noqa: SLF001
+
+        def owns(self, node):
+            return False
+
+        def local_read_handle(self, node):  # pragma: no cover - owns nothing
+            raise AssertionError
+
+        def mtime_ns(self, node):  # pragma: no cover - owns nothing
+            raise AssertionError
+
+    eng.attach_overlay(Shadow())
+    assert "local" in {n.name for n in eng.listdir("/docs")}
+    assert eng.listdir("/docs/local") == []  # a local folder: no request, only local children
+    assert "local" not in {n.name for n in eng.listdir("/.mirror")}  # main layout only

@@ -1,0 +1,218 @@
+"""``XnatLayout``: XNAT's hierarchy as directories and files (DESIGN.md §1.1, §1.2).
+
+Object directories (a project, a scan) have fixed children and cost nothing; every other
+directory is one listing request (``loaders``); a resource's whole ``files/`` tree is ONE request
+(§1.8) whose sub-folders are views of it (one ``Loaded`` key for all of them).  ``.xnat.json``
+and ``.zip`` are unlisted names answered by ``lookup``; ``.xnatfs`` answers without the root
+listing, so stats answer while XNAT does not.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import re
+from typing import Any, Callable, Dict, Mapping, Optional
+
+from xnatfs import metrics
+from xnatfs.cache.content import ContentKey
+from xnatfs.layouts.xnat.kinds import (CONTROL_NAME, FIXED_CHILDREN, JSON_KINDS, JSON_NAME,
+                                       WRITABLE_DIRS, ZIP_KINDS, ZIP_NAME, Gen, Kind)
+from xnatfs.layouts.xnat.loaders import (FileTree, Source, control_listing, control_node,
+                                         load_files, load_listing)
+from xnatfs.view.layout import BaseLayout, Children, Fixed, Listing, Loaded, Opened
+from xnatfs.view.node import Generated, NodeInfo
+from xnatfs.view.paths import PathParts
+from xnatfs.xnat.errors import XnatError
+
+log = logging.getLogger(__name__)
+
+
+class XnatLayout(BaseLayout):
+    """The XNAT archive and prearchive.  ``client`` is an ``xnatfs.xnat.client.XnatClient``
+    (or anything with the same listing methods); ``content`` the content cache (for
+    ``cache_state``); ``stats_fn`` returns the dict served as ``.xnatfs/stats``."""
+
+    def __init__(self, client: Any, content: Any, *, epoch: float,
+                 stats_fn: Optional[Callable[[], Mapping[str, Any]]] = None) -> None:
+        self.client = client
+        self.content = content
+        self.source = getattr(client, "base_url", "XNAT")
+        self._src = Source(client, epoch)
+        self._stats_fn = stats_fn or (lambda: {})
+        self._root = NodeInfo(name="", kind=Kind.ROOT, is_dir=True, mtime=epoch)
+        self._control = control_node(epoch)
+        #: file times set on the mount (``cache.times.TimesIndex``, issue 15 §2), or None
+        self.times: Any = None
+
+    @property
+    def epoch(self) -> float:
+        return self._src.epoch
+
+    @property
+    def catalog_times(self) -> bool:
+        """Read per-file times from each resource's catalog (one request per resource)."""
+        return self._src.catalog_times
+
+    @catalog_times.setter
+    def catalog_times(self, value: bool) -> None:
+        self._src.catalog_times = value
+
+    # ------------------------------------------------------------------ hierarchy
+    def root(self) -> NodeInfo:
+        return self._root
+
+    def children(self, parts: PathParts, node: NodeInfo) -> Children:
+        fixed = FIXED_CHILDREN.get(node.kind)  # type: ignore[call-overload]
+        if fixed is not None:
+            return Fixed(fixed_listing(node, fixed))
+        if node.kind is Kind.CONTROL:
+            return Fixed(control_listing(self.epoch))  # no request, nothing to wait for
+        if node.kind is Kind.FILES:
+            # the whole resource is one listing; sub-folders are views of it
+            root = parts[:len(parts) - len(node.subpath)]
+            # a sub-folder's node carries the resource's uri, mtime and prearchive flag: all
+            # the one files listing of the resource needs (§1.8)
+            return Loaded(root, functools.partial(load_files, self._src, node),
+                          functools.partial(_folder, node.subpath, parts))
+        return Loaded(parts, functools.partial(load_listing, self._src, node))
+
+    def lookup(self, parts: PathParts, parent: NodeInfo, name: str) -> Optional[NodeInfo]:
+        if not parts and name == CONTROL_NAME:
+            # never behind the root listing: stats must answer while the server does not
+            return self._control
+        if name == JSON_NAME and parent.kind in JSON_KINDS:
+            return self._generated(name, parent, Gen.JSON)
+        if name == ZIP_NAME and parent.kind in ZIP_KINDS and not parent.prearchive:
+            return self._generated(name, parent, Gen.ZIP)
+        return None
+
+    @staticmethod
+    def _generated(name: str, parent: NodeInfo, what: Gen) -> NodeInfo:
+        return NodeInfo(name=name, kind=Kind.VIRTUAL, is_dir=False, mtime=parent.mtime,
+                        uri=parent.uri, project=parent.project, prearchive=parent.prearchive,
+                        ref=Generated(what, parent))
+
+    # ------------------------------------------------------------------ bytes
+    def open(self, node: NodeInfo, path: str) -> Opened:
+        ref = node.ref
+        if not isinstance(ref, Generated):
+            return Opened(key=self._file_key(node))
+        if ref.what is Gen.ZIP:
+            return Opened(key=zip_key(ref.parent), direct_io=True)  # type: ignore[arg-type]
+        return Opened(data=self._make(ref), direct_io=True)
+
+    def _make(self, ref: Generated) -> bytes:
+        what, parent = ref.what, ref.parent
+        if what is Gen.STATS:
+            return (json.dumps(self._stats_fn(), indent=2, sort_keys=True) + "\n").encode()
+        if what is Gen.METRICS:
+            return metrics.prometheus(self._stats_fn()).encode()
+        if what is Gen.JSON and parent is not None:
+            if parent.kind in (Kind.RESOURCE, Kind.PRE_SESSION) or parent.prearchive:
+                doc: Any = dict(getattr(parent.record, "fields", {}) or {})
+            else:
+                doc = self.client.get_object(parent.uri)
+            return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False)
+                    + "\n").encode()
+        raise OSError(errno.EIO, f"unknown generated file {what}")
+
+    def content_key(self, node: NodeInfo) -> Optional[ContentKey]:
+        if node.kind is not Kind.FILE or self.refusal(node):
+            return None
+        return self._file_key(node)
+
+    @staticmethod
+    def _file_key(node: NodeInfo) -> ContentKey:
+        # With a digest, (uri, size, digest) identifies the bytes; the mtime we show for files is
+        # the parent object's, which changes whenever anything in it changes, so it would only
+        # cause needless downloads.  Without a digest (checksums off, §1.8) the mtime is all
+        # we have to notice a change.
+        return _content_key(node.uri, node.size, node.digest,
+                            None if node.digest else node.mtime)
+
+    def refusal(self, node: NodeInfo) -> str:
+        """A listing row refused by the client (a size outside 0..2^63-1, a URI leaving
+        ``/data/``, issue 17 §8) carries its ``problem``."""
+        if node.kind is not Kind.FILE:
+            return ""
+        return getattr(node.record, "problem", "") or ""
+
+    # ------------------------------------------------------------------ attributes
+    def mtime_ns(self, node: NodeInfo) -> int:
+        """For a file on XNAT the mtime set on this mount for these bytes (``cache.times``),
+        else XNAT's."""
+        if node.kind is Kind.FILE and self.times is not None and node.uri:
+            kept = self.times.get(node.uri, node.size, node.digest,
+                                  getattr(node.record, "mtime", None) or 0.0)
+            if kept is not None:
+                return kept
+        return int(node.mtime * 1e9)
+
+    def writable(self, node: NodeInfo) -> bool:
+        """Can something be made in this directory, or this file be written (modes, §1.2)?"""
+        if node.is_dir:
+            return node.kind in WRITABLE_DIRS and (not node.prearchive
+                                                   or node.kind is Kind.PRE_PROJECT)
+        return node.kind is Kind.FILE and not node.prearchive
+
+    def cacheable(self, node: NodeInfo) -> bool:
+        """Only XNAT's own files, whose content is fixed by (uri, size, digest)."""
+        return node.kind is Kind.FILE
+
+    def attributes(self, node: NodeInfo) -> Dict[str, str]:
+        """The listing's fields; a prearchive session's status read fresh (the engine adds
+        ``cache_state``)."""
+        attrs = {k: v for k, v in node.attrs.items() if v}
+        if node.kind is Kind.PRE_SESSION and node.uri:
+            # queued builds and moves change the status well within a listing's TTL (§7.3):
+            # read it fresh; on failure the listing's value stands
+            try:
+                fresh = self.client.get_prearchive(node.uri)
+            except XnatError as exc:
+                log.debug("status of %s: %s", node.uri, exc)
+                fresh = None
+            if fresh is not None and fresh.status:
+                attrs["status"] = fresh.status
+        return attrs
+
+
+def fixed_listing(node: NodeInfo, fixed: Any) -> Listing:
+    listing = Listing()
+    for name, kind in fixed:
+        listing.children[name] = NodeInfo(
+            name=name, kind=kind, is_dir=True, mtime=node.mtime, uri=node.uri,
+            project=node.project, subject=node.subject, prearchive=node.prearchive)
+    return listing
+
+
+def _folder(subpath: PathParts, parts: PathParts, tree: FileTree) -> Listing:
+    listing = tree.folders.get(subpath)
+    if listing is None:
+        raise OSError(errno.ENOENT, "folder vanished from the resource", "/".join(parts))
+    return listing
+
+
+def zip_key(parent: NodeInfo) -> ContentKey:
+    """XNAT's zip of an experiment's scans, a scan or a resource (§3.3)."""
+    uri = parent.uri + ("/scans/ALL" if parent.kind is Kind.EXPERIMENT else "")
+    return ContentKey(uri=uri + "/files?format=zip", size=None, digest="", mtime=parent.mtime)
+
+
+@functools.lru_cache(maxsize=65536)
+def _content_key(uri: str, size: int, digest: str, mtime: Optional[float]) -> ContentKey:
+    """One ContentKey object per file version, so its hexname (json + sha256) is computed once
+    and not on every open, prefetch check and xattr read.
+
+    The listed MD5 rides on the download URL as ``xnatfs_md5=``, a parameter XNAT does not read
+    (xnat-rest-api.md §1.2, §3.1), so that a shared cache proxy (``xnatfs cache-proxy``,
+    docs/SCALING.md) keys on it: a file changed on XNAT has a new URL and never an old entry."""
+    if digest and _HEX.fullmatch(digest):
+        uri += ("&" if "?" in uri else "?") + DIGEST_PARAM + "=" + digest.lower()
+    return ContentKey(uri=uri, size=size, digest=digest, mtime=mtime)
+
+
+#: the download URL parameter that carries the listed MD5 (the cache proxy's key)
+DIGEST_PARAM = "xnatfs_md5"
+_HEX = re.compile(r"[0-9a-fA-F]{32}")

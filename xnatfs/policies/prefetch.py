@@ -1,0 +1,52 @@
+"""Prefetch: download the next files of a folder when one is opened."""
+from __future__ import annotations
+
+import threading
+from typing import List
+
+import cachetools
+
+from xnatfs.view.layout import View
+from xnatfs.view.node import NodeInfo
+from xnatfs.view.paths import PathParts
+
+
+class Prefetch:
+    """Queue downloads of the next ``window`` files of the folder (by name, the order of
+    ``cp -r``, ``ls`` and DICOM readers), so per-request latency overlaps instead of adding up.
+    A sliding window: each open moves it, and the queue stays short enough that a file
+    somebody actually opens is never stuck behind a long list of guesses."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        #: guards _queued (never held while calling the engine or the cache)
+        self._lock = threading.Lock()
+        #: id(listing) -> (listing, end of the window queued for it); bounded
+        self._queued: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)
+
+    def on_readdir(self, view: View, parts: PathParts, children: List[NodeInfo]) -> None:
+        return None
+
+    def on_open(self, view: View, parts: PathParts, node: NodeInfo) -> bool:
+        folder = view.node(parts[:-1])
+        listing = view.listing(parts[:-1], folder)
+        names = listing.sorted_files()
+        start = listing.position(node.name) + 1
+        if start == 0:
+            return False
+        end = min(len(names), start + self.window)
+        with self._lock:
+            # the window already queued for this folder listing: only extend it, unless the
+            # reader went back (a second pass) or jumped past it
+            done = self._queued.get(id(listing), (None, 0))
+            if done[0] is listing and done[1] - self.window <= start <= done[1]:
+                start = done[1]
+            if start >= end:
+                return True
+            self._queued[id(listing)] = (listing, end)
+        keys = (view.content_key(listing.children[name]) for name in names[start:end])
+        view.content.prefetch(key for key in keys if key is not None)
+        return True
+
+    def close(self) -> None:
+        return None

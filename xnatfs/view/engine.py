@@ -1,0 +1,496 @@
+"""The view engine: mount paths -> nodes of a layout, over the listing and content caches.
+
+``Engine`` turns a mount path into a ``NodeInfo`` by walking from the root through cached
+listings, lists directories, and opens files through the content cache.  It knows neither XNAT
+nor FUSE: the hierarchy is a ``Layout`` (``view.layout``), the local files not yet uploaded are
+an ``Overlay``, read-ahead is a list of ``Policy`` objects.  It raises ``OSError`` (with an errno)
+or lets the source's errors pass through, and ``xnatfs.fs.errmap`` turns both into errno values.
+
+Costs: every listed directory is one listing request (cached for ``listing_ttl``); directories
+with ``Fixed`` children cost nothing; ``getattr`` of any path below a fresh listing costs nothing
+(the node itself is cached under the path), and a name missing from a fresh listing is ENOENT
+without a request (fsspec ``_ls_from_cache``).
+
+Locks, in the order they may be taken (never the other way round): ``_last_good_lock`` (last-good
+listings, invalidation generation, slow-source state, refresh pool) and ``_generated_lock``
+(generated documents) are leaves: no call into a layout, a cache or a policy is made while one is
+held.  ``MetaCache`` has its own lock (single flight); policies have their own and never hold it
+while calling the engine.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import cachetools
+
+from xnatfs import deadline
+from xnatfs.cache.content import ContentKey
+from xnatfs.cache.meta import MetaCache
+from xnatfs.view.layout import Children, Fixed, Layout, Listing, Loaded, Overlay, Policy
+from xnatfs.view.node import Generated, Local, NodeInfo
+from xnatfs.view.paths import PathParts, join_path, split_path
+
+log = logging.getLogger(__name__)
+
+#: last part of the metadata-cache key of a resolved node (a file name cannot hold NUL)
+_NODE_KEY = "\0node"
+#: threads refreshing expired listings in the background (stale-while-slow)
+_REFRESH_THREADS = 4
+#: longest wait for a refresh of an expired listing before the one seen before is shown
+_STALE_GRACE_MAX = 2.0
+
+
+class Engine:
+    """Path ⇄ node of a layout.  Thread-safe: shared state lives in the caches and behind the
+    two leaf locks named in the module docstring."""
+
+    def __init__(self, layout: Layout, meta: MetaCache, content: Any, *,
+                 fs_timeout: float = 60.0, clock: Callable[[], float] = time.time,
+                 mounts: Optional[Mapping[str, Layout]] = None,
+                 policies: Sequence[Policy] = ()) -> None:
+        self.layout = layout
+        self.meta = meta
+        self.content = content
+        self.fs_timeout = fs_timeout
+        #: mtime shown when a source gives none: the mount's start time, so it is stable
+        self.epoch = clock()
+        #: top-level hidden name -> the layout mounted there (``mount``)
+        self._mounts: Dict[str, Layout] = {}
+        for name, mounted in (mounts or {}).items():
+            self.mount(name, mounted)
+        #: what the user wrote that the source does not show yet (``attach_overlay``), or None
+        self.overlay: Optional[Overlay] = None
+        self.policies: List[Policy] = list(policies)
+        #: generated documents made at lookup (path -> bytes), so that the size stat shows is
+        #: the size read gives, for as long as the kernel trusts that stat; bounded
+        self._generated: cachetools.TTLCache = cachetools.TTLCache(maxsize=1024,
+                                                                    ttl=meta.ttl or 1.0)
+        self._generated_lock = threading.Lock()
+        #: the last listing that loaded for each key, kept past its TTL so that a source that
+        #: is down still shows what was seen (CVMFS-style offline metadata); bounded LRU
+        self._last_good: cachetools.LRUCache = cachetools.LRUCache(maxsize=50_000)
+        #: guards _last_good, _invalidations, _slow_since and _refresh_pool
+        self._last_good_lock = threading.Lock()
+        #: bumped by every invalidate(): a load that began before it does not become last-good
+        self._invalidations = 0
+        #: monotonic time since when refreshes fail or take longer than the grace (None: the
+        #: source answers); while set, expired listings are shown at once, refreshed behind
+        self._slow_since: Optional[float] = None
+        self._refresh_pool: Optional[ThreadPoolExecutor] = None
+        #: how long a call waits for the refresh of an expired listing before showing the old
+        #: one: most calls on cached paths return at once, none costs more than one deadline
+        self.stale_grace = min(_STALE_GRACE_MAX, fs_timeout / 4.0)
+
+    # ------------------------------------------------------------------ registration
+    def mount(self, name: str, layout: Layout) -> None:
+        """Show ``layout`` at ``MNT/<name>`` (a hidden name such as ``.bids``), read-only.
+        Call before the first lookup."""
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"not a top-level name: {name!r}")
+        self._mounts[name] = layout
+
+    def attach_overlay(self, overlay: Overlay) -> None:
+        """Register the write side (``tree.writes.Writer``): its local files are shown over the
+        main layout's listings, and opened, stat'ed and timed by it."""
+        self.overlay = overlay
+
+    def add_policy(self, policy: Policy) -> None:
+        """Add a read-ahead policy; asked after those added before."""
+        self.policies.append(policy)
+
+    def layout_of(self, parts: PathParts) -> Tuple[Layout, PathParts]:
+        """The layout serving ``parts`` and the mount prefix (``()`` for the main layout)."""
+        if parts and parts[0] in self._mounts:
+            return self._mounts[parts[0]], parts[:1]
+        return self.layout, ()
+
+    def _layout_for(self, node: NodeInfo) -> Layout:
+        return self._mounts.get(node.mount, self.layout) if node.mount else self.layout
+
+    def read_only(self, path: str) -> bool:
+        """True below a mounted layout: writes there are EROFS (``fs.ops``)."""
+        parts = split_path(path)
+        return bool(parts) and parts[0] in self._mounts
+
+    # ------------------------------------------------------------------ lookup and listing
+    def lookup(self, path: str) -> NodeInfo:
+        """The node at ``path``; ``OSError(ENOENT)`` if the layout has no such node."""
+        with deadline.scope(self.fs_timeout):
+            return self._checked(self.node(split_path(path)))
+
+    def _checked(self, node: NodeInfo) -> NodeInfo:
+        """A node whose listing row was refused (``Layout.refusal``) is EIO, with the reason;
+        ``fs/ops`` logs it once."""
+        if node.is_dir or node.is_local:
+            return node
+        problem = self._layout_for(node).refusal(node)
+        if problem:
+            raise OSError(errno.EIO, f"refused listing row ({problem}), uri={node.uri!r}")
+        return node
+
+    def listdir(self, path: str) -> List[NodeInfo]:
+        with deadline.scope(self.fs_timeout):
+            return self._listdir(split_path(path))
+
+    def _listdir(self, parts: PathParts) -> List[NodeInfo]:
+        node = self.node(parts)
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory", join_path(parts))
+        children = self.listing(parts, node).children
+        overlay = None if self.layout_of(parts)[1] else self.overlay
+        if overlay is None and (parts or not self._mounts):
+            return list(children.values())
+        merged = dict(children)
+        if overlay is not None:
+            for local in overlay.children(parts):
+                if not (local.is_dir and local.name in merged):
+                    merged[local.name] = local
+        if not parts:
+            for name in self._mounts:
+                merged[name] = self._mount_root(name)
+        return list(merged.values())
+
+    def readdir(self, path: str) -> List[NodeInfo]:
+        """``listdir`` for FUSE readdir; then each policy's ``on_readdir`` (walk-ahead)."""
+        children = self.listdir(path)
+        if self.policies:
+            parts = split_path(path)
+            for policy in self.policies:
+                policy.on_readdir(self, parts, children)
+        return children
+
+    def node(self, parts: PathParts) -> NodeInfo:
+        """The node at ``parts`` (no deadline scope of its own: the caller's applies)."""
+        if not parts:
+            return self.layout.root()
+        layout, prefix = self.layout_of(parts)
+        if self.overlay is not None and not prefix:
+            local = self.overlay.node(parts)
+            if local is not None:
+                return local
+        # the node itself is kept as long as listings are: getattr of a deep path then costs one
+        # cache lookup instead of a walk from the root (the key sorts under the path, so
+        # invalidate(path) of the path or of any folder above it drops it too)
+        node_key = parts + (_NODE_KEY,)
+        cached = self.meta.peek(node_key)
+        if cached is not None:
+            return cached
+        node = self._resolve(parts, layout, prefix)
+        # generated files learn their size when made; local folders come and go with writes
+        if not isinstance(node.ref, (Generated, Local)):
+            self.meta.put(node_key, node)
+        return node
+
+    def _mount_root(self, name: str) -> NodeInfo:
+        return replace(self._mounts[name].root(), name=name, mount=name)
+
+    def _resolve(self, parts: PathParts, layout: Layout, prefix: PathParts) -> NodeInfo:
+        if prefix and len(parts) == 1:
+            return self._mount_root(parts[0])
+        parent_parts, name = parts[:-1], parts[-1]
+        parent = self.node(parent_parts)
+        if not parent.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory", join_path(parent_parts))
+        child = layout.lookup(parent_parts[len(prefix):], parent, name)
+        if child is None:
+            listing = self.listing(parent_parts, parent)
+            child = listing.children.get(name)
+            if child is None and name in listing.aliases:
+                child = listing.children.get(listing.aliases[name])
+            if child is None and self.overlay is not None and not prefix:
+                child = self.overlay.dir_node(parts)
+            if child is None:
+                raise OSError(errno.ENOENT, "no such object", join_path(parts))
+        if prefix:
+            child = replace(child, mount=prefix[0])
+        if isinstance(child.ref, Generated) and child.ref.sized:
+            child = self._sized(parts, child, layout)
+        return child
+
+    def descriptor(self, parts: PathParts, node: NodeInfo) -> Optional[Children]:
+        """How directory ``node`` at ``parts`` is listed, its ``Loaded`` key made absolute;
+        None for a local folder (made by mkdir: only the overlay's children)."""
+        if node.is_local:
+            return None
+        layout, prefix = self.layout_of(parts)
+        children = layout.children(parts[len(prefix):], node)
+        if prefix and isinstance(children, Loaded):
+            children = replace(children, key=prefix + children.key)
+        return children
+
+    def listing(self, parts: PathParts, node: NodeInfo) -> Listing:
+        """Children of directory ``node`` at ``parts``: fixed, or from one cached listing."""
+        children = self.descriptor(parts, node)
+        if children is None:
+            return Listing()
+        if isinstance(children, Fixed):
+            return children.listing
+        return children.select(self.cached(children.key, children.load))
+
+    # ------------------------------------------------------------------ listing cache
+    def cached(self, key: PathParts, loader: Callable[[], Any]) -> Any:
+        """The fresh listing, else one request; stale-while-slow when one was seen before.
+
+        Without a listing seen before, the caller loads it (or joins the load running), waiting
+        no longer than its call's deadline.  With one (it expired, issue 18 §0.3), the refresh
+        runs on a background thread (single flight) and the caller waits for it only
+        ``stale_grace`` seconds, and not at all while the source is known to be slow: then the
+        listing seen before is shown at once.  A refresh that fails with a transient error
+        (down, timeout, 503) keeps the old listing for another TTL; one that fails for good
+        (404, 403) forgets it, so the next call reports the error.
+        """
+        fresh = self.meta.get_fresh(key)
+        if fresh is not None:
+            return fresh
+        with self._last_good_lock:
+            stale = self._last_good.get(key)
+            generation = self._invalidations
+        source = self.layout_of(key)[0].source
+
+        def load() -> Any:
+            try:
+                value = loader()
+            except Exception as exc:
+                self._note_failure(key, exc)
+                raise
+            with self._last_good_lock:
+                if self._invalidations == generation:
+                    self._last_good[key] = value
+                was_slow, self._slow_since = self._slow_since, None
+            if was_slow is not None:
+                log.warning("%s answers again", source)
+            return value
+
+        if stale is None:
+            return self.meta.get_or_load(key, load, timeout=deadline.left(self.fs_timeout))
+        flight = self.meta.load_async(key, load, self._refresh_submit)
+        with self._last_good_lock:
+            slow = self._slow_since is not None
+        if not slow:
+            flight.done.wait(min(self.stale_grace, deadline.left(self.fs_timeout)))
+        if flight.done.is_set():
+            err = flight.error
+            if err is None:
+                return flight.value
+            if not getattr(err, "retryable", False) and not isinstance(err, TimeoutError):
+                raise err
+            return stale
+        with self._last_good_lock:
+            became_slow = self._slow_since is None
+            if became_slow:
+                self._slow_since = time.monotonic()
+        if became_slow:
+            log.warning("/%s: no answer within %.1fs; showing listings seen before while %s "
+                        "is slow", "/".join(key), self.stale_grace, source)
+        return stale
+
+    # the old private name, for callers written against ``Tree``
+    _cached = cached
+
+    def _note_failure(self, key: PathParts, exc: BaseException) -> None:
+        """A listing load failed: remember a slow source, forget a listing that is gone."""
+        transient = getattr(exc, "retryable", False) or isinstance(exc, TimeoutError)
+        with self._last_good_lock:
+            stale = self._last_good.get(key)
+            if not transient:
+                self._last_good.pop(key, None)
+                return
+            if self._slow_since is None:
+                self._slow_since = time.monotonic()
+        if stale is not None:
+            log.warning("/%s: %s; showing the listing seen before", "/".join(key), exc)
+            # trusted for another TTL, so a down source is not asked again on every stat
+            self.meta.put(key, stale)
+
+    def _refresh_submit(self, job: Callable[[], Any]) -> Any:
+        """Run a listing refresh on the small background pool (made on first use)."""
+        with self._last_good_lock:
+            if self._refresh_pool is None:
+                self._refresh_pool = ThreadPoolExecutor(_REFRESH_THREADS,
+                                                        thread_name_prefix="xnatfs-refresh")
+            pool = self._refresh_pool
+        return pool.submit(job)
+
+    def invalidate(self, path: str) -> None:
+        """Forget cached listings at and below ``path`` and of its parent (after a change)."""
+        parts = split_path(path)
+        n = len(parts)
+        with self._last_good_lock:
+            # a listing from before a local change is never shown in place of a fresh one
+            self._invalidations += 1
+            for key in [k for k in self._last_good.keys()
+                        if k[:n] == parts or (n and k == parts[:-1])]:
+                self._last_good.pop(key, None)
+        self.meta.invalidate_prefix(parts)
+        if parts:
+            self.meta.invalidate(parts[:-1])
+
+    # ------------------------------------------------------------------ generated files
+    def _sized(self, parts: PathParts, node: NodeInfo, layout: Layout) -> NodeInfo:
+        """A generated file with its true size, never 0 until read (issue 16 §1): ``shutil``,
+        ``rsync``, ``zipfile`` and ``unzip`` trust the size ``stat`` gives.  A document is
+        made now and kept (per path, as long as a listing); a file the server makes (XNAT's
+        zip, §3.3) is brought into the content cache first."""
+        path = join_path(parts)
+        with self._generated_lock:
+            data = self._generated.get(path)
+        if data is None:
+            opened = layout.open(node, path)
+            if opened.data is None:
+                if opened.key is not None:
+                    return replace(node, size=self._download_size(opened.key, path))
+                if opened.handle is not None:
+                    opened.handle.close()
+                return node
+            data = opened.data
+            with self._generated_lock:
+                self._generated[path] = data
+        return replace(node, size=len(data))
+
+    def _download_size(self, key: ContentKey, path: str) -> int:
+        """The size of a file that exists only once the server has made it: it is downloaded
+        into the content cache (once; later stats cost one ``open``) within the call's
+        deadline.  One too big for that answers ETIMEDOUT (one log line, by the ``_op``
+        wrapper) while its download goes on, so a later ``stat`` finds it."""
+        until = time.monotonic() + self.fs_timeout
+        handle = self.content.open(key)
+        try:
+            if not handle.wait(until):
+                raise OSError(errno.ETIMEDOUT, f"{key.uri} is not downloaded after "
+                              f"{self.fs_timeout:g} s (--timeout); it goes on downloading into "
+                              "the cache: try again later", path)
+            fd, _ = handle.span(0, 1, until)  # raises the download's error, if it failed
+            return os.fstat(fd).st_size
+        finally:
+            handle.close()
+
+    # ------------------------------------------------------------------ reading
+    def open(self, node: NodeInfo, path: str = "") -> Any:
+        """A read handle.  Never waits for the network: downloads start in the background."""
+        if node.is_dir:
+            raise OSError(errno.EISDIR, "is a directory", path)
+        if self.overlay is not None and self.overlay.owns(node):
+            return self.overlay.local_read_handle(node)
+        generated = isinstance(node.ref, Generated)
+        if generated and node.ref.sized:  # type: ignore[union-attr]
+            with self._generated_lock:
+                data = self._generated.get(path) if path else None
+            if data is not None:  # the bytes whose size lookup gave
+                return ReadHandle(node, None, data, self.fs_timeout, path, direct_io=True)
+        opened = self._layout_for(node).open(node, path)
+        if opened.data is not None:
+            if generated and node.ref.sized and path:  # type: ignore[union-attr]
+                with self._generated_lock:
+                    self._generated[path] = opened.data
+            cached = None
+        elif opened.key is not None:
+            cached = self.content.open(opened.key)
+        else:
+            cached = opened.handle
+        handle = ReadHandle(node, cached, opened.data, self.fs_timeout, path,
+                            direct_io=generated or opened.direct_io)
+        if not generated and path and self.policies:
+            parts = split_path(path)
+            for policy in self.policies:
+                if policy.on_open(self, parts, node):
+                    break
+        return handle
+
+    # ------------------------------------------------------------------ attributes
+    def content_key(self, node: NodeInfo) -> Optional[ContentKey]:
+        """The node's content-cache key (its layout's ``content_key``)."""
+        return self._layout_for(node).content_key(node)
+
+    def mtime_ns(self, node: NodeInfo) -> int:
+        """The mtime ``getattr`` shows, in nanoseconds: a local file's own, else the layout's."""
+        if self.overlay is not None and self.overlay.owns(node):
+            return self.overlay.mtime_ns(node)
+        return self._layout_for(node).mtime_ns(node)
+
+    def writable(self, node: NodeInfo) -> bool:
+        """Can something be made in this directory, or this file be written?"""
+        return not node.mount and self._layout_for(node).writable(node)
+
+    def cacheable(self, node: NodeInfo) -> bool:
+        """May the kernel keep this file's pages across opens?  Never a file still being
+        written; otherwise the layout says (only bytes fixed by their content key)."""
+        if self.overlay is not None and self.overlay.owns(node):
+            return False
+        return self._layout_for(node).cacheable(node)
+
+    def cache_state(self, node: NodeInfo) -> str:
+        if isinstance(node.ref, Generated):
+            return "virtual"
+        key = None if node.is_dir else self.content_key(node)
+        return "n/a" if key is None else self.content.state(key)
+
+    def xattrs(self, node: NodeInfo) -> Dict[str, str]:
+        """``user.xnat.*`` names (without the prefix) -> values: the node's layout's, plus
+        ``cache_state`` for a file read through the content cache."""
+        with deadline.scope(self.fs_timeout):
+            attrs = self._layout_for(node).attributes(node)
+        if not node.is_dir and "cache_state" not in attrs:
+            key = self.content_key(node)
+            if key is not None:
+                attrs["cache_state"] = self.content.state(key)
+        return attrs
+
+    def close(self) -> None:
+        """Stop the policies, the refresh pool and the layouts (queued work is dropped)."""
+        for policy in self.policies:
+            policy.close()
+        with self._last_good_lock:
+            refresh, self._refresh_pool = self._refresh_pool, None
+        if refresh is not None:
+            refresh.shutdown(wait=False, cancel_futures=True)
+        for layout in [self.layout, *self._mounts.values()]:
+            layout.close()
+
+
+class ReadHandle:
+    """An open file: a content-cache handle (or a layout's own handle) or generated bytes."""
+
+    def __init__(self, node: NodeInfo, cached: Any, data: Optional[bytes], fs_timeout: float,
+                 path: str, *, direct_io: bool = False) -> None:
+        self.node = node
+        self._cached = cached
+        self._data = data
+        self._fs_timeout = fs_timeout
+        self.path = path
+        #: generated files are read to their end whatever size the kernel remembers: a
+        #: document made again after its listing TTL may have changed length
+        self.direct_io = direct_io
+
+    @property
+    def content_version(self) -> Tuple[Any, bool]:
+        """(the content key read, served from a verified cache entry: no download, no MD5
+        check pending); what the kernel may keep of earlier opens depends on it
+        (``fs.keepcache``)."""
+        cached = self._cached
+        return getattr(cached, "key", None), bool(getattr(cached, "verified", False))
+
+    def read(self, offset: int, size: int) -> bytes:
+        if self._data is not None:
+            return self._data[offset:offset + size]
+        return self._cached.read(offset, size, time.monotonic() + self._fs_timeout)
+
+    def span(self, offset: int, size: int) -> "Tuple[int, int] | bytes":
+        """``(fd, n)`` where the bytes can be read from a file (cache, download), else the
+        bytes themselves; waits for a download at most ``fs_timeout``
+        (``XnatOperations.read_into``)."""
+        if self._data is not None:
+            return self._data[offset:offset + size]
+        return self._cached.span(offset, size, time.monotonic() + self._fs_timeout)
+
+    def close(self) -> None:
+        if self._cached is not None:
+            self._cached.close()
+            self._cached = None
+

@@ -1,0 +1,77 @@
+"""The path rule's text layer: splitting mount paths and escaping source names into file names.
+
+XNAT names may hold characters that a path cannot (``/``, NUL).  They are escaped reversibly with
+``%XX``; ``%`` itself is escaped too so that the mapping stays a bijection.  The names ``.`` and
+``..`` (a hostile or odd server can list them) become ``%2E`` and ``%2E%2E``, so a directory never
+shows a second ``.``/``..`` entry (issue 17 §8).  Everything else, Unicode and control characters
+included, is shown exactly as XNAT has it (DESIGN.md §1.1); logs escape the latter.
+"""
+from __future__ import annotations
+
+import errno
+import re
+from typing import Tuple
+
+PathParts = Tuple[str, ...]
+
+_ESCAPES = {"%": "%25", "/": "%2F", "\0": "%00"}
+_UNESCAPE_RE = re.compile(r"%(25|2F|2f|00|2E|2e)")
+_UNESCAPES = {"25": "%", "2F": "/", "2f": "/", "00": "\0", "2E": ".", "2e": "."}
+_DOTS = {".": "%2E", "..": "%2E%2E"}
+
+
+def escape_name(name: str) -> str:
+    """XNAT name -> file name.  ``"a/b"`` -> ``"a%2Fb"``, ``".."`` -> ``"%2E%2E"``; names
+    without ``% / NUL`` that are not ``.``/``..`` are unchanged."""
+    if name in _DOTS:
+        return _DOTS[name]
+    if not any(c in name for c in _ESCAPES):
+        return name
+    return "".join(_ESCAPES.get(c, c) for c in name)
+
+
+def unescape_name(name: str) -> str:
+    """File name -> XNAT name; the inverse of :func:`escape_name`."""
+    if "%" not in name:
+        return name
+    return _UNESCAPE_RE.sub(lambda m: _UNESCAPES[m.group(1)], name)
+
+
+def split_path(path: str) -> PathParts:
+    """``"/P/subjects/S"`` -> ``("P", "subjects", "S")``: file names, still escaped.
+
+    Empty components (double slashes, a trailing slash) are dropped; FUSE never sends them but
+    tests and the CLI might.
+    """
+    return tuple(p for p in path.split("/") if p)
+
+
+def join_path(parts: PathParts) -> str:
+    return "/" + "/".join(parts)
+
+
+def check_write_name(name: str, path: str = "") -> str:
+    """The XNAT name a *written* file name stands for; ``OSError(EINVAL)`` if it could change
+    the request path.
+
+    A written name becomes part of an upload URL (``<resource>/files/<relpath>``, §4.5).  After
+    unescaping, ``..%2F..%2Fresources%2FX%2Ffiles%2Fa`` would be ``../../resources/X/files/a``,
+    and HTTP libraries collapse ``..`` before sending (issue 17 §3): the bytes would land on
+    another object.  So a name is refused when its XNAT form is ``.`` or ``..``, or holds a
+    ``/`` (decoded ``%2F``), a NUL, a backslash (some servlet containers treat ``\\`` as ``/``)
+    or another control character.  Checked before any request is made.
+    """
+    xnat = unescape_name(name)
+    bad = ""
+    if xnat in ("", ".", ".."):
+        bad = "is a relative path segment"
+    elif "/" in xnat:
+        bad = "holds '/' (%2F)"
+    elif "\\" in xnat:
+        bad = "holds a backslash"
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in xnat):
+        bad = "holds a control character"
+    if bad:
+        raise OSError(errno.EINVAL, f"name {name!r} {bad}: refused for writing to XNAT",
+                      path or name)
+    return xnat
