@@ -46,6 +46,30 @@ class DownloadCancelled(OSError):
 INLINE_HASH_MAX = 4 << 20
 _HASH_READ = 1 << 20
 
+#: Run the ``_FileMD5`` thread at idle priority while the fetch runs (True, the default) or
+#: at normal priority (False).  Every byte must be hashed before the last read of the file is
+#: answered (issue 17 §5), so whatever the idle thread has not hashed when the fetch ends is
+#: hashed then, in series, on the last reader's critical path (B1 profile in
+#: benchmarks/RESULTS.md: half the file at load 5).  At normal priority the hashing thread
+#: competes for the GIL with the download thread during the transfer; A/B runs on the shared
+#: machine (issue 12) did not show either setting ahead beyond noise, so the setting measured
+#: better on a quiet machine in the previous round stays.
+MD5_IDLE_PRIORITY = True
+
+
+class _Reader:
+    """``pread`` into one reused buffer: a fresh 1 MiB ``bytes`` per read is an mmap, 256
+    page faults and a munmap each time (glibc serves large allocations with mmap)."""
+
+    def __init__(self, size: int = _HASH_READ) -> None:
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+
+    def read(self, fd: int, n: int, offset: int) -> memoryview:
+        """Up to ``n`` bytes at ``offset`` (a view valid until the next call)."""
+        got = os.preadv(fd, [self._view[:min(n, len(self._buf))]], offset)
+        return self._view[:got]
+
 
 def idle_priority() -> None:
     """Lower the calling thread (a Linux task) to nice 19: it then runs on CPU time nobody else
@@ -63,10 +87,10 @@ class _FileMD5:
     Why not hash the chunks on the way in: MD5 runs at ~600 MiB/s here, slower than the local
     link, and a bounded hand-off queue throttled the download itself to MD5 speed (B1 profile:
     the download thread waited on the full queue). Following the file never holds the
-    download back and needs no buffer of its own.  While the fetch runs, the thread has idle
-    priority, so on a busy machine the readers (who never wait for the digest: they are served
-    as bytes arrive) get the CPU first; when the fetch is over, :meth:`hexdigest` takes over the
-    rest at the caller's normal priority, so on a loaded node adoption is not starved.
+    download back.  While the fetch runs the thread has idle priority (``MD5_IDLE_PRIORITY``),
+    so on a busy machine the readers (who never wait for the digest until their last read)
+    get the CPU first; when the fetch is over, :meth:`hexdigest` hashes the rest at the
+    caller's normal priority, so on a loaded node adoption is not starved.
     """
 
     def __init__(self, download: "Download", fd: int, generation: int) -> None:
@@ -74,6 +98,7 @@ class _FileMD5:
         self._fd = os.dup(fd)
         self._generation = generation
         self._md5 = hashlib.md5(usedforsecurity=False)
+        self._reader = _Reader()
         self._pos = 0
         self._stop = False       # hexdigest() or abandon() want the thread gone
         self._thread = threading.Thread(target=self._run, name="xnatfs-md5", daemon=True)
@@ -84,7 +109,7 @@ class _FileMD5:
         while self._pos < end:
             if self._stop and threading.current_thread() is self._thread:
                 return True
-            chunk = os.pread(self._fd, min(end - self._pos, _HASH_READ), self._pos)
+            chunk = self._reader.read(self._fd, end - self._pos, self._pos)
             if not chunk:
                 return False
             self._md5.update(chunk)
@@ -92,7 +117,8 @@ class _FileMD5:
         return True
 
     def _run(self) -> None:
-        idle_priority()
+        if MD5_IDLE_PRIORITY:
+            idle_priority()
         while not self._stop:
             got = self._download._hash_wait(self._pos, self._generation, lambda: self._stop)
             if got is None:
@@ -123,9 +149,10 @@ class _FileMD5:
 def digest_file(fd: int, size: int) -> str:
     """MD5 of the first ``size`` bytes of ``fd`` (read back from the page cache)."""
     md5 = hashlib.md5(usedforsecurity=False)
+    reader = _Reader()
     pos = 0
     while pos < size:
-        chunk = os.pread(fd, min(size - pos, _HASH_READ), pos)
+        chunk = reader.read(fd, size - pos, pos)
         if not chunk:
             break
         md5.update(chunk)

@@ -7,10 +7,12 @@ from the mount's settings and keeps the names callers used before the split (``t
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, List, Mapping, Optional
 
 from xnatfs.cache.meta import MetaCache
+from xnatfs.layouts.xnat.bundle import ExperimentBundles
 from xnatfs.layouts.xnat.layout import DIGEST_PARAM, XnatLayout, _content_key
 from xnatfs.policies.bulkzip import BulkZip
 from xnatfs.policies.prefetch import Prefetch
@@ -30,9 +32,15 @@ class Tree(Engine):
                  fs_timeout: float = 60.0,
                  stats_fn: Optional[Callable[[], Mapping[str, Any]]] = None,
                  clock: Callable[[], float] = time.time, prefetch: int = 0,
-                 walk_ahead: int = 0, bulk_min: int = 0) -> None:
+                 walk_ahead: int = 0, bulk_min: int = 0,
+                 experiment_listings: Optional[bool] = None) -> None:
         epoch = clock()
         self.xnat = XnatLayout(client, content, epoch=epoch, stats_fn=stats_fn)
+        if experiment_listings is None:
+            # the switch until the settings table has it (benchmarks/RESULTS.md, B4)
+            experiment_listings = os.environ.get("XNATFS_EXPERIMENT_LISTINGS", "1") != "0"
+        if experiment_listings:
+            self.xnat.bundles = ExperimentBundles(client, ttl=meta.ttl or 60.0)
         policies: List[Policy] = []
         if walk_ahead:
             policies.append(WalkAhead(walk_ahead))

@@ -331,6 +331,12 @@ class Engine:
         self.meta.invalidate_prefix(parts)
         if parts:
             self.meta.invalidate(parts[:-1])
+        # a layout that keeps loads of its own (one request for many directories) forgets
+        # the ones the change touches
+        layout, prefix = self.layout_of(parts)
+        forget = getattr(layout, "invalidated", None)
+        if forget is not None:
+            forget(parts[len(prefix):])
 
     # ------------------------------------------------------------------ generated files
     def _sized(self, parts: PathParts, node: NodeInfo, layout: Layout) -> NodeInfo:

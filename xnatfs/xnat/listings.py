@@ -77,6 +77,22 @@ class Listings(Transport):
         return [parse.resource_from_row(r, parent_uri) for r in rows
                 if r.get("xnat_abstractresource_id") or r.get("label")]
 
+    def list_scan_resources(self, experiment_uri: str) -> Dict[str, List[Resource]]:
+        """The resources of every scan of an experiment in one request (``resources?all=true``,
+        §1.7): scan ID -> its resources, each ``Resource.uri`` =
+        ``<experiment_uri>/scans/<ID>/resources/<id>`` as ``list_resources(scan.uri)`` gives.
+        Rows of other categories (the experiment's own, assessors') are left out: the
+        experiment's own rows differ from its plain listing in ``cat_desc`` (§1.7)."""
+        rows, _ = self._rows(f"{experiment_uri.rstrip('/')}/resources", {"all": "true"})
+        out: Dict[str, List[Resource]] = {}
+        for r in rows:
+            if r.get("category") != "scans" or not r.get("cat_id") or not (
+                    r.get("xnat_abstractresource_id") or r.get("label")):
+                continue
+            scan_uri = f"{experiment_uri.rstrip('/')}/scans/{parse.quote_segment(r['cat_id'])}"
+            out.setdefault(r["cat_id"], []).append(parse.resource_from_row(r, scan_uri))
+        return out
+
     def list_files(self, resource_uri: str) -> List[FileEntry]:
         """Files of a resource (§1.8), sub-folders included; ``FileEntry.uri`` is the server's
         ``URI`` verbatim and ``path`` the part after ``/files/``."""

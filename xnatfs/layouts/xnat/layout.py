@@ -14,13 +14,15 @@ import json
 import logging
 import re
 from typing import Any, Callable, Dict, Mapping, Optional
+from urllib.parse import unquote
 
 from xnatfs import metrics
 from xnatfs.cache.content import ContentKey
 from xnatfs.layouts.xnat.kinds import (CONTROL_NAME, FIXED_CHILDREN, JSON_KINDS, JSON_NAME,
                                        WRITABLE_DIRS, ZIP_KINDS, ZIP_NAME, Gen, Kind)
+from xnatfs.layouts.xnat.bundle import ExperimentBundles
 from xnatfs.layouts.xnat.loaders import (FileTree, Source, control_listing, control_node,
-                                         load_files, load_listing)
+                                         load_files, load_listing, load_resources)
 from xnatfs.view.layout import BaseLayout, Children, Fixed, Listing, Loaded, Opened
 from xnatfs.view.node import Generated, NodeInfo
 from xnatfs.view.paths import PathParts
@@ -45,6 +47,9 @@ class XnatLayout(BaseLayout):
         self._control = control_node(epoch)
         #: file times set on the mount (``cache.times.TimesIndex``, issue 15 §2), or None
         self.times: Any = None
+        #: an experiment's scan resources and files from one or two requests (issue 12, B4),
+        #: or None: one request per directory (``Tree(experiment_listings=...)``)
+        self.bundles: Optional[ExperimentBundles] = None
 
     @property
     def epoch(self) -> float:
@@ -74,9 +79,48 @@ class XnatLayout(BaseLayout):
             root = parts[:len(parts) - len(node.subpath)]
             # a sub-folder's node carries the resource's uri, mtime and prearchive flag: all
             # the one files listing of the resource needs (§1.8)
-            return Loaded(root, functools.partial(load_files, self._src, node),
+            return Loaded(root, functools.partial(load_files, self._src, node,
+                                                  self._bundled_files(root, node)),
                           functools.partial(_folder, node.subpath, parts))
+        rows = self._bundled_resources(parts, node)
+        if rows is not None:
+            return Loaded(parts, functools.partial(load_resources, self._src, node, rows))
         return Loaded(parts, functools.partial(load_listing, self._src, node))
+
+    # an archive experiment's scans: P/subjects/S/experiments/E/scans/N/resources[/R/files]
+    @staticmethod
+    def _scan_path(parts: PathParts, depth: int) -> bool:
+        return (len(parts) == depth and parts[1] == "subjects" and parts[3] == "experiments"
+                and parts[5] == "scans" and parts[7] == "resources")
+
+    def _bundled_resources(self, parts: PathParts,
+                           node: NodeInfo) -> Optional[Callable[[], Any]]:
+        """A scan's resources from its experiment's one ``resources?all=true`` (B4)."""
+        if (self.bundles is None or node.prearchive or node.kind is not Kind.RESOURCES
+                or not self._scan_path(parts, 8) or "/scans/" not in node.uri):
+            return None
+        exp_uri, scan = node.uri.rsplit("/scans/", 1)
+        fallback = functools.partial(self.client.list_resources, node.uri)
+        return functools.partial(self.bundles.scan_resources, parts[:5], exp_uri,
+                                 unquote(scan), fallback)
+
+    def _bundled_files(self, root: PathParts, node: NodeInfo) -> Optional[Callable[[], Any]]:
+        """A scan resource's files from its experiment's one ``scans/ALL/files`` (B4); not
+        with ``--catalog-times`` (a request per resource anyway)."""
+        if (self.bundles is None or node.prearchive or self.catalog_times
+                or not self._scan_path(root, 10) or root[9] != "files"
+                or "/scans/" not in node.uri):
+            return None
+        scan_uri = node.uri.rsplit("/resources/", 1)[0]
+        exp_uri, scan = scan_uri.rsplit("/scans/", 1)
+        fallback = functools.partial(self.client.list_files, node.uri)
+        return functools.partial(self.bundles.scan_files, root[:5], exp_uri, unquote(scan),
+                                 node.uri, fallback)
+
+    def invalidated(self, parts: PathParts) -> None:
+        """A local change at ``parts`` (the engine calls it): bundles at or below forgotten."""
+        if self.bundles is not None:
+            self.bundles.invalidated(parts)
 
     def lookup(self, parts: PathParts, parent: NodeInfo, name: str) -> Optional[NodeInfo]:
         if not parts and name == CONTROL_NAME:

@@ -8,6 +8,7 @@ them by ``node.prearchive``, so no loader branches on it.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -144,9 +145,12 @@ def load_assessors(src: Source, node: NodeInfo) -> Listing:
     return listing
 
 
-def load_resources(src: Source, node: NodeInfo) -> Listing:
+def load_resources(src: Source, node: NodeInfo,
+                   rows: Optional[Callable[[], Any]] = None) -> Listing:
+    """``rows``: where the resources come from instead of the node's own listing (an
+    experiment's ``resources?all=true``, ``bundle.ExperimentBundles``)."""
     listing = Listing()
-    for r in src.endpoint(node, "resources")(node.uri):
+    for r in (rows or functools.partial(src.endpoint(node, "resources"), node.uri))():
         _add(listing, NodeInfo(name=escape_name(r.label or r.id), kind=Kind.RESOURCE,
                                is_dir=True, mtime=node.mtime, uri=r.uri, project=node.project,
                                subject=node.subject, prearchive=node.prearchive, ref=Record(r),
@@ -214,9 +218,12 @@ def load_listing(src: Source, node: NodeInfo) -> Listing:
     return loader(src, node)
 
 
-def load_files(src: Source, node: NodeInfo) -> FileTree:
-    """All files of one resource in one request, folded into sub-folders (§1.8)."""
-    entries = src.endpoint(node, "files")(node.uri)
+def load_files(src: Source, node: NodeInfo,
+               rows: Optional[Callable[[], Any]] = None) -> FileTree:
+    """All files of one resource in one request, folded into sub-folders (§1.8).  ``rows``:
+    where the entries come from instead of the resource's own listing (an experiment's
+    ``scans/ALL/files``, ``bundle.ExperimentBundles``)."""
+    entries = (rows or functools.partial(src.endpoint(node, "files"), node.uri))()
     endpoints = ENDPOINTS[node.prearchive]
     times = catalog_times(src, node) if src.catalog_times and endpoints.catalog_times else {}
     tree = FileTree()

@@ -1,0 +1,121 @@
+"""``ExperimentBundles``: per-directory listings served from one or two experiment-wide tables
+(issue 12, B4), with a fake client that counts its calls."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+from xnatfs.layouts.xnat.bundle import ExperimentBundles
+from xnatfs.xnat.models import FileEntry, Resource
+
+EXP = ("P", "subjects", "S", "experiments", "E")
+EXP_URI = "/data/experiments/E1"
+
+
+def _res(scan: str, rid: str, label: str, count: int) -> Resource:
+    return Resource(id=rid, label=label, file_count=count,
+                    uri=f"{EXP_URI}/scans/{scan}/resources/{rid}")
+
+
+def _file(scan: str, rid: str, path: str) -> FileEntry:
+    return FileEntry(path=path, size=1,
+                     uri=f"/data/experiments/E1/scans/{scan}/resources/{rid}/files/{path}")
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.calls: List[str] = []
+        self.resources: Dict[str, List[Resource]] = {
+            "1": [_res("1", "101", "DICOM", 2)], "2": [_res("2", "102", "NIFTI", 1)]}
+        self.files = [_file("1", "101", "a.dcm"), _file("1", "101", "sub/b.dcm"),
+                      _file("2", "102", "c.nii")]
+
+    def list_scan_resources(self, uri: str) -> Dict[str, List[Resource]]:
+        self.calls.append(f"all-resources {uri}")
+        return self.resources
+
+    def list_files(self, uri: str) -> List[FileEntry]:
+        self.calls.append(f"files {uri}")
+        return list(self.files)
+
+
+def _own(client: FakeClient, what: str):
+    def load():
+        client.calls.append(f"own {what}")
+        return [what]
+    return load
+
+
+def test_a_walk_lists_an_experiment_in_two_requests() -> None:
+    c = FakeClient()
+    b = ExperimentBundles(c)
+    assert b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1")) == c.resources["1"]
+    assert b.scan_resources(EXP, EXP_URI, "2", _own(c, "r2")) == c.resources["2"]
+    got1 = b.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/101", _own(c, "f1"))
+    got2 = b.scan_files(EXP, EXP_URI, "2", f"{EXP_URI}/scans/2/resources/102", _own(c, "f2"))
+    assert [e.path for e in got1] == ["a.dcm", "sub/b.dcm"]
+    assert [e.path for e in got2] == ["c.nii"]
+    assert c.calls == [f"all-resources {EXP_URI}", f"files {EXP_URI}/scans/ALL"]
+
+
+def test_one_resource_alone_is_listed_alone() -> None:
+    """No resources table seen (cp -r of one known path): the files table is not asked for."""
+    c = FakeClient()
+    b = ExperimentBundles(c)
+    assert b.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/101",
+                        _own(c, "f1")) == ["f1"]
+    assert c.calls == ["own f1"]
+
+
+def test_a_big_session_lists_one_series_alone() -> None:
+    c = FakeClient()
+    c.resources["3"] = [_res("3", "103", "DICOM", 5000)]
+    b = ExperimentBundles(c, files_max=100)
+    b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1"))
+    assert b.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/101",
+                        _own(c, "f1")) == ["f1"]
+    assert "files /data/experiments/E1/scans/ALL" not in c.calls
+
+
+def test_unknown_resource_and_unplaceable_rows_fall_back() -> None:
+    c = FakeClient()
+    b = ExperimentBundles(c)
+    b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1"))
+    # a resource the table does not name (made since): its own listing
+    assert b.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/999",
+                        _own(c, "f999")) == ["f999"]
+    c2 = FakeClient()
+    c2.files.append(FileEntry(path="x", size=1, uri="/data/elsewhere/files/x"))
+    b2 = ExperimentBundles(c2)
+    b2.scan_resources(EXP, EXP_URI, "1", _own(c2, "r1"))
+    assert b2.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/101",
+                         _own(c2, "f1")) == ["f1"]
+
+
+def test_a_change_below_the_experiment_forgets_its_tables() -> None:
+    c = FakeClient()
+    b = ExperimentBundles(c)
+    b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1"))
+    b.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/101", _own(c, "f1"))
+    c.files.append(_file("1", "101", "new.dcm"))
+    b.invalidated(EXP + ("scans", "1", "resources", "DICOM", "files", "new.dcm"))
+    b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1"))
+    got = b.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/101", _own(c, "f1"))
+    assert "new.dcm" in [e.path for e in got]
+    assert c.calls.count(f"all-resources {EXP_URI}") == 2
+    # a change above (the subject) forgets it too; one elsewhere does not
+    b.invalidated(("P", "subjects", "OTHER"))
+    b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1"))
+    assert c.calls.count(f"all-resources {EXP_URI}") == 2
+    b.invalidated(("P", "subjects", "S"))
+    b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1"))
+    assert c.calls.count(f"all-resources {EXP_URI}") == 3
+
+
+def test_a_failed_table_falls_back_to_the_directory_request() -> None:
+    class Failing(FakeClient):
+        def list_scan_resources(self, uri: str) -> Dict[str, List[Resource]]:
+            raise OSError("boom")
+
+    c = Failing()
+    b = ExperimentBundles(c)
+    assert b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1")) == ["r1"]
