@@ -18,13 +18,16 @@ import os
 import stat
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional
 
 from xnatfs.fs import errmap
 from xnatfs.fs.fuselib import load
 from xnatfs.fs.keepcache import PageCacheTrust
 
-mfusepy = load()
+if TYPE_CHECKING:  # the type checker reads the module; at run time it is loaded on libfuse3
+    import mfusepy
+else:
+    mfusepy = load()
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +363,7 @@ class XnatOperations(mfusepy.Operations):
     def _refused(self, *args: Any) -> int:
         raise mfusepy.FuseOSError(errno.EPERM)
 
-    symlink = link = mknod = removexattr = _refused  # type: ignore[assignment]
+    symlink = link = mknod = removexattr = _refused
 
 
 def _keep_thread_state() -> None:
