@@ -3,6 +3,7 @@
 Usage: ``python benchmarks/bench_emulator.py [--size-mib 256] [--rounds 3]``. Prints MiB/s of
 both and the ratio emulator/http.server (target >= 0.5).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,14 +74,28 @@ def main() -> int:
             s.auth = ("admin", "admin")
             s.put(f"{emu.url}/data/projects/BENCH", timeout=30).raise_for_status()
             with open(big, "rb") as f:
-                r = s.put(f"{emu.url}/data/projects/BENCH/resources/DATA/files/big.bin",
-                          data=f, timeout=300)
+                r = s.put(
+                    f"{emu.url}/data/projects/BENCH/resources/DATA/files/big.bin",
+                    data=f,
+                    timeout=300,
+                )
                 r.raise_for_status()
             emu_url = f"{emu.url}/data/projects/BENCH/resources/DATA/files/big.bin"
             port = free_port()
-            httpd = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
-                                      "127.0.0.1", "--directory", str(src)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            httpd = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "http.server",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--directory",
+                    str(src),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             wait_listening(port)
             plain_url = f"http://127.0.0.1:{port}/big.bin"
             plain = requests.Session()

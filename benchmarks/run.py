@@ -23,6 +23,7 @@ Every subprocess and HTTP call has a timeout; mounts are always unmounted (``fus
 then ``-uz``, then the daemon is signalled by its pid) and the emulator stopped, even on errors or
 SIGTERM.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import requests
 
 ADMIN = ("admin", "admin-pw")
-HTTP_TIMEOUT = (5.0, 300.0)          # (connect, read) for every request the driver makes
+HTTP_TIMEOUT = (5.0, 300.0)  # (connect, read) for every request the driver makes
 MIB = 1 << 20
 BOOKKEEPING = ("/data/JSESSION", "/data/services/auth", "/data/auth")
 ALL = ("B1", "B2", "B3", "B4", "B5", "B6")
@@ -72,13 +73,22 @@ class Sizes:
     #: B2's realistic second series (issue 12): (label, scan number, files, KiB per file); the
     #: first series is always ``b2_files`` x ``b2_kib`` in scan 2 (also B3's small files)
     b2_more: Tuple[Tuple[str, str, int, int], ...] = (
-        ("MR series 176 x 512 KiB", "3", 176, 512), ("fMRI run 2000 x 64 KiB", "4", 2000, 64))
+        ("MR series 176 x 512 KiB", "3", 176, 512),
+        ("fMRI run 2000 x 64 KiB", "4", 2000, 64),
+    )
 
 
-QUICK = Sizes(b1_mib=16, b2_files=30, b2_kib=64, b4_subjects=6, b4_experiments=2, b4_scans=2,
-              b5_mib=16, reps=3,
-              b2_more=(("MR series 24 x 512 KiB", "3", 24, 512),
-                       ("fMRI run 200 x 16 KiB", "4", 200, 16)))
+QUICK = Sizes(
+    b1_mib=16,
+    b2_files=30,
+    b2_kib=64,
+    b4_subjects=6,
+    b4_experiments=2,
+    b4_scans=2,
+    b5_mib=16,
+    reps=3,
+    b2_more=(("MR series 24 x 512 KiB", "3", 24, 512), ("fMRI run 200 x 16 KiB", "4", 200, 16)),
+)
 
 
 @dataclass
@@ -248,8 +258,12 @@ print(json.dumps({"n": len(samples), "p50_us": q(0.50), "p99_us": q(0.99),
 def child(code: str, args: Sequence[str], timeout: float) -> Dict[str, Any]:
     """Run a child program; its last stdout line is JSON."""
     try:
-        res = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
-                             text=True, timeout=timeout)
+        res = subprocess.run(
+            [sys.executable, "-c", code, *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"child timed out after {timeout}s: {args[:2]}") from exc
     if res.returncode != 0:
@@ -257,26 +271,29 @@ def child(code: str, args: Sequence[str], timeout: float) -> Dict[str, Any]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def timed(cmd: Sequence[str], timeout: float, stdout: Any = subprocess.DEVNULL
-          ) -> Tuple[float, subprocess.CompletedProcess]:
+def timed(
+    cmd: Sequence[str], timeout: float, stdout: Any = subprocess.DEVNULL
+) -> Tuple[float, subprocess.CompletedProcess]:
     """Wall time of a command (process start-up of cp/dd/ls/find is ~1 ms; included)."""
     t0 = time.perf_counter()
     try:
-        res = subprocess.run(list(map(str, cmd)), stdout=stdout, stderr=subprocess.PIPE,
-                             timeout=timeout)
+        res = subprocess.run(
+            list(map(str, cmd)), stdout=stdout, stderr=subprocess.PIPE, timeout=timeout
+        )
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"{cmd[0]} timed out after {timeout}s") from exc
     dt = time.perf_counter() - t0
     if res.returncode != 0:
-        raise BenchError(f"{shlex.join(map(str, cmd))} -> rc={res.returncode}: "
-                         f"{res.stderr.decode(errors='replace')[-1000:]}")
+        raise BenchError(
+            f"{shlex.join(map(str, cmd))} -> rc={res.returncode}: "
+            f"{res.stderr.decode(errors='replace')[-1000:]}"
+        )
     return dt, res
 
 
 def run_quiet(cmd: Sequence[str], timeout: float = 20) -> Optional[subprocess.CompletedProcess]:
     try:
-        return subprocess.run(list(map(str, cmd)), capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return None
 
@@ -336,7 +353,7 @@ def is_mounted(path: Path) -> bool:
 
 
 def set_read_ahead(path: Path, kb: int) -> bool:
-    """Write the mount's bdi ``read_ahead_kb`` (fuse-notes.md §2.2; root only)."""
+    """Write the mount's bdi ``read_ahead_kb`` (docs/FUSE.md §2.2; root only)."""
     entry = mount_entry(path)
     if entry is None:
         return False
@@ -360,8 +377,15 @@ class MountProc:
     """``python -m xnatfs mount URL MNT --foreground --credentials-stdin``, through the product's
     mount harness (``xnatfs.fs.mounting.MountDaemon``, as tests/conftest.py)."""
 
-    def __init__(self, url: str, mnt: Path, cache: Path, log: Path, extra: Sequence[str] = (),
-                 bench_read_ahead_kb: Optional[int] = None):
+    def __init__(
+        self,
+        url: str,
+        mnt: Path,
+        cache: Path,
+        log: Path,
+        extra: Sequence[str] = (),
+        bench_read_ahead_kb: Optional[int] = None,
+    ):
         self.url, self.path, self.cache, self.logfile = url, mnt, cache, log
         self.extra = list(extra)
         self.bench_read_ahead_kb = bench_read_ahead_kb
@@ -376,11 +400,20 @@ class MountProc:
         from xnatfs.fs import mounting
 
         self.path.mkdir(parents=True, exist_ok=True)
-        argv = mounting.xnatfs_argv(self.url, self.path, "--cache-dir", str(self.cache),
-                                    "--config", os.devnull, "--log-level", "warning",
-                                    *self.extra)
-        self.daemon = mounting.MountDaemon(argv, self.path, self.logfile,
-                                           {"username": ADMIN[0], "password": ADMIN[1]}).start()
+        argv = mounting.xnatfs_argv(
+            self.url,
+            self.path,
+            "--cache-dir",
+            str(self.cache),
+            "--config",
+            os.devnull,
+            "--log-level",
+            "warning",
+            *self.extra,
+        )
+        self.daemon = mounting.MountDaemon(
+            argv, self.path, self.logfile, {"username": ADMIN[0], "password": ADMIN[1]}
+        ).start()
         try:
             # mounted is enough here: the stat below runs in a child, with a timeout
             self.daemon.wait(timeout, answers=lambda: True, tail_lines=40)
@@ -389,8 +422,10 @@ class MountProc:
         # the mount must answer (a stat from a child with a timeout, never from this process)
         res = run_quiet(["stat", str(self.path)], timeout=30)
         if res is None or res.returncode != 0:
-            raise BenchError(f"mount at {self.path} does not answer stat within 30 s "
-                             f"(daemon hung?):\n{self.log_tail()}")
+            raise BenchError(
+                f"mount at {self.path} does not answer stat within 30 s "
+                f"(daemon hung?):\n{self.log_tail()}"
+            )
         if self.bench_read_ahead_kb is not None:
             # only after FUSE INIT has been answered (the stat above proves it): the kernel's
             # INIT reply handling sets ra_pages = min(bdi ra_pages, max_readahead), so a value
@@ -430,8 +465,15 @@ class Server:
         from xnatfs.emulator import Emulator
 
         self.latency_ms = latency_ms
-        self.emu = Emulator(base / "emu-data", user=ADMIN[0], password=ADMIN[1], seed="empty",
-                            latency_ms=0, access_log=base / "access.log", port=0)
+        self.emu = Emulator(
+            base / "emu-data",
+            user=ADMIN[0],
+            password=ADMIN[1],
+            seed="empty",
+            latency_ms=0,
+            access_log=base / "access.log",
+            port=0,
+        )
         self.url = ""
         self.http = requests.Session()
         self.http.auth = ADMIN
@@ -454,11 +496,17 @@ class Server:
     def building(self) -> None:
         self.set_latency(0)
 
-    # -- API (xnat-rest-api.md §4)
-    def put(self, uri: str, params: Optional[dict] = None, data: Any = None,
-            headers: Optional[dict] = None) -> requests.Response:
-        r = self.http.put(self.url + uri, params=params, data=data, headers=headers,
-                          timeout=HTTP_TIMEOUT)
+    # -- API (docs/XNAT-API.md §4)
+    def put(
+        self,
+        uri: str,
+        params: Optional[dict] = None,
+        data: Any = None,
+        headers: Optional[dict] = None,
+    ) -> requests.Response:
+        r = self.http.put(
+            self.url + uri, params=params, data=data, headers=headers, timeout=HTTP_TIMEOUT
+        )
         if r.status_code not in (200, 201):
             raise BenchError(f"PUT {uri} -> {r.status_code}: {r.text[:300]}")
         return r
@@ -470,17 +518,25 @@ class Server:
         self.put(f"/data/projects/{p}/subjects/{s}")
 
     def experiment(self, p: str, s: str, e: str) -> None:
-        self.put(f"/data/projects/{p}/subjects/{s}/experiments/{e}",
-                 params={"xsiType": "xnat:mrSessionData"})
+        self.put(
+            f"/data/projects/{p}/subjects/{s}/experiments/{e}",
+            params={"xsiType": "xnat:mrSessionData"},
+        )
 
     def scan(self, p: str, s: str, e: str, n: str, type_: str) -> None:
-        self.put(f"/data/projects/{p}/subjects/{s}/experiments/{e}/scans/{n}",
-                 params={"xsiType": "xnat:mrScanData", "type": type_})
+        self.put(
+            f"/data/projects/{p}/subjects/{s}/experiments/{e}/scans/{n}",
+            params={"xsiType": "xnat:mrScanData", "type": type_},
+        )
 
     def upload(self, resource_uri: str, relpath: str, data: Any) -> None:
         """PUT .../resources/R/files/relpath (§4.5; the resource is auto-created)."""
-        self.put(f"{resource_uri}/files/{relpath}", params={"overwrite": "true"}, data=data,
-                 headers={"Content-Type": "application/octet-stream"})
+        self.put(
+            f"{resource_uri}/files/{relpath}",
+            params={"overwrite": "true"},
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
 
     def head_size(self, uri: str) -> int:
         r = self.http.head(self.url + uri, timeout=HTTP_TIMEOUT)
@@ -502,16 +558,21 @@ class Server:
         out: Counter = Counter()
         for r in self.since(mark):
             path, _, query = r.path_qs.partition("?")
-            shape = re.sub(r"/(projects|subjects|experiments|scans|resources|assessors|files)/"
-                           r"[^/]+", r"/\1/*", path)
+            shape = re.sub(
+                r"/(projects|subjects|experiments|scans|resources|assessors|files)/"
+                r"[^/]+",
+                r"/\1/*",
+                path,
+            )
             keys = ",".join(sorted(k.split("=")[0] for k in query.split("&") if k))
             out[f"{r.method} {shape}{'?' + keys if keys else ''}"] += 1
         return dict(out.most_common())
 
     def api_count(self, mark: int) -> int:
         """Requests since ``mark`` that are not session bookkeeping (login, heartbeat)."""
-        return sum(1 for r in self.since(mark)
-                   if not r.path_qs.split("?", 1)[0].endswith(BOOKKEEPING))
+        return sum(
+            1 for r in self.since(mark) if not r.path_qs.split("?", 1)[0].endswith(BOOKKEEPING)
+        )
 
 
 # ------------------------------------------------------------------------------ the suite
@@ -551,8 +612,14 @@ class Ctx:
                 extra += ["--read-ahead-kb", "0"]
         else:
             extra += ["--read-ahead-kb", str(self.args.read_ahead_kb)]
-        m = MountProc(self.server.url, n, cache or self.fresh("cache"),
-                      self.base / f"xnatfs-{n.name}.log", extra, bench_ra)
+        m = MountProc(
+            self.server.url,
+            n,
+            cache or self.fresh("cache"),
+            self.base / f"xnatfs-{n.name}.log",
+            extra,
+            bench_ra,
+        )
         self.mounts.append(m)
         m.start()
         self.raw.setdefault("mount_read_ahead_kb", []).append(m.read_ahead_kb)
@@ -581,10 +648,24 @@ class Ctx:
 
         @contextlib.contextmanager
         def cm() -> Any:
-            proc = subprocess.Popen([spy, "record", "--pid", str(m.proc.pid), "--rate", "250",
-                                     "--threads", "--idle", "--format", "raw",
-                                     "-o", str(out / f"{name}.txt")],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(m.proc.pid),
+                    "--rate",
+                    "250",
+                    "--threads",
+                    "--idle",
+                    "--format",
+                    "raw",
+                    "-o",
+                    str(out / f"{name}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(1.0)  # py-spy attaches
             try:
                 yield
@@ -595,6 +676,7 @@ class Ctx:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=10)
+
         return cm()
 
     def drop(self) -> None:
@@ -606,9 +688,11 @@ class Ctx:
     def row(self, *a: Any) -> None:
         r = Row(*a)
         self.rows.append(r)
-        self.log(f"  -> {r.bench} {r.what}: mount {r.mount} | baseline {r.baseline} | "
-                 f"ratio {fmt_ratio(r.ratio)} (target {r.target}) "
-                 f"{'' if r.ok is None else ('ok' if r.ok else 'MISSED')}")
+        self.log(
+            f"  -> {r.bench} {r.what}: mount {r.mount} | baseline {r.baseline} | "
+            f"ratio {fmt_ratio(r.ratio)} (target {r.target}) "
+            f"{'' if r.ok is None else ('ok' if r.ok else 'MISSED')}"
+        )
 
 
 def fmt_ratio(x: Optional[float]) -> str:
@@ -677,10 +761,13 @@ def build_series(ctx: Ctx, scan: str, files: int, kib: int) -> None:
     http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=8))
 
     def one(i: int) -> None:
-        srv_put = http.put(srv.url + f"{uri}/files/IM{i:05d}.dcm",
-                           params={"overwrite": "true"}, data=os.urandom(size),
-                           headers={"Content-Type": "application/octet-stream"},
-                           timeout=HTTP_TIMEOUT)
+        srv_put = http.put(
+            srv.url + f"{uri}/files/IM{i:05d}.dcm",
+            params={"overwrite": "true"},
+            data=os.urandom(size),
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=HTTP_TIMEOUT,
+        )
         if srv_put.status_code not in (200, 201):
             raise BenchError(f"upload IM{i} -> {srv_put.status_code}")
 
@@ -697,7 +784,7 @@ def write_random(path: Path, nbytes: int) -> None:
         i = 0
         while left > 0:
             # vary each MiB cheaply so no layer can dedupe or compress it away
-            chunk = (i.to_bytes(8, "little") + block[8:])[:min(MIB, left)]
+            chunk = (i.to_bytes(8, "little") + block[8:])[: min(MIB, left)]
             f.write(chunk)
             left -= len(chunk)
             i += 1
@@ -714,10 +801,18 @@ def build_meta_project(ctx: Ctx) -> None:
         list(pool.map(lambda se: srv.experiment("META", se[0], se[1]), exps))
         scans = [(s, e, str(k)) for s, e in exps for k in range(1, z.b4_scans + 1)]
         list(pool.map(lambda sek: srv.scan("META", sek[0], sek[1], sek[2], "T1w"), scans))
-        list(pool.map(lambda sek: srv.upload(scan_resource_uri("META", *sek, "R"), "info.txt",
-                                             b"tiny\n"), scans))
-    ctx.raw["b4_objects"] = {"subjects": len(subjects), "experiments": len(exps),
-                             "scans": len(scans), "files": len(scans)}
+        list(
+            pool.map(
+                lambda sek: srv.upload(scan_resource_uri("META", *sek, "R"), "info.txt", b"tiny\n"),
+                scans,
+            )
+        )
+    ctx.raw["b4_objects"] = {
+        "subjects": len(subjects),
+        "experiments": len(exps),
+        "scans": len(scans),
+        "files": len(scans),
+    }
 
 
 # -- B1 (+ B3 single file, B6 during B1)
@@ -727,11 +822,23 @@ def flow_single(ctx: Ctx) -> None:
     rel = scan_resource_rel(*B1_PATH[:5]) + "/" + B1_PATH[5]
     url = srv.url + scan_resource_uri(*B1_PATH[:5]) + "/files/" + B1_PATH[5]
     tmo = timeout_for(size)
-    res: Dict[str, List[float]] = {k: [] for k in (
-        "cold_mount", "cold_requests", "cold_xnatpy", "warm_disk_mount", "warm_disk_direct",
-        "warm_page_mount", "warm_page_direct", "hwm_mb", "cold_requests_count")}
+    res: Dict[str, List[float]] = {
+        k: []
+        for k in (
+            "cold_mount",
+            "cold_requests",
+            "cold_xnatpy",
+            "warm_disk_mount",
+            "warm_disk_direct",
+            "warm_page_mount",
+            "warm_page_direct",
+            "hwm_mb",
+            "cold_requests_count",
+        )
+    }
     ctx.log(f"B1/B3: one {z.b1_mib} MiB file, {z.reps} reps")
     for rep in range(z.reps):
+
         def baseline() -> None:
             ctx.drop()
             r = child(GET_STREAM, [url, *ADMIN], tmo)
@@ -740,8 +847,7 @@ def flow_single(ctx: Ctx) -> None:
             res["cold_requests"].append(mibs(size, r["seconds"]))
             if want(ctx, "B1"):
                 ctx.drop()
-                r = child(XNATPY_FILE, [srv.url, *ADMIN, *B1_PATH, ctx.fresh("xnatpy-file")],
-                          tmo)
+                r = child(XNATPY_FILE, [srv.url, *ADMIN, *B1_PATH, ctx.fresh("xnatpy-file")], tmo)
                 check_bytes("xnatpy download()", r["bytes"], size)
                 res["cold_xnatpy"].append(mibs(size, r["seconds"]))
 
@@ -767,21 +873,39 @@ def flow_single(ctx: Ctx) -> None:
             shutil.rmtree(m.cache, ignore_errors=True)
         if rep % 2 == 0:
             baseline()
-        ctx.log(f"  rep {rep + 1}: mount {res['cold_mount'][-1]:.0f} MiB/s, "
-                f"requests {res['cold_requests'][-1]:.0f} MiB/s, "
-                f"xnatpy {(res['cold_xnatpy'] or [float('nan')])[-1]:.0f} MiB/s, "
-                f"disk-warm mount {res['warm_disk_mount'][-1]:.0f} vs direct "
-                f"{res['warm_disk_direct'][-1]:.0f} MiB/s")
+        ctx.log(
+            f"  rep {rep + 1}: mount {res['cold_mount'][-1]:.0f} MiB/s, "
+            f"requests {res['cold_requests'][-1]:.0f} MiB/s, "
+            f"xnatpy {(res['cold_xnatpy'] or [float('nan')])[-1]:.0f} MiB/s, "
+            f"disk-warm mount {res['warm_disk_mount'][-1]:.0f} vs direct "
+            f"{res['warm_disk_direct'][-1]:.0f} MiB/s"
+        )
     ctx.raw["single"] = res
     cm, cr = median(res["cold_mount"]), median(res["cold_requests"])
     if want(ctx, "B1"):
-        ctx.row("B1", f"cold read {z.b1_mib} MiB (dd bs=1M) vs requests stream (discards)",
-                f"{cm:.0f} MiB/s", f"{cr:.0f} MiB/s", cm / cr, "throughput", ">= 0.8",
-                cm / cr >= 0.8, spread(res["cold_mount"], res["cold_requests"]))
+        ctx.row(
+            "B1",
+            f"cold read {z.b1_mib} MiB (dd bs=1M) vs requests stream (discards)",
+            f"{cm:.0f} MiB/s",
+            f"{cr:.0f} MiB/s",
+            cm / cr,
+            "throughput",
+            ">= 0.8",
+            cm / cr >= 0.8,
+            spread(res["cold_mount"], res["cold_requests"]),
+        )
         cx = median(res["cold_xnatpy"])
-        ctx.row("B1", f"cold read {z.b1_mib} MiB vs xnatpy file.download() to a file",
-                f"{cm:.0f} MiB/s", f"{cx:.0f} MiB/s", cm / cx, "speed-up mount/xnatpy",
-                ">= 1.5", cm / cx >= 1.5, spread(res["cold_mount"], res["cold_xnatpy"]))
+        ctx.row(
+            "B1",
+            f"cold read {z.b1_mib} MiB vs xnatpy file.download() to a file",
+            f"{cm:.0f} MiB/s",
+            f"{cx:.0f} MiB/s",
+            cm / cx,
+            "speed-up mount/xnatpy",
+            ">= 1.5",
+            cm / cx >= 1.5,
+            spread(res["cold_mount"], res["cold_xnatpy"]),
+        )
     if want(ctx, "B3"):
         add_warm_rows(ctx, res, f"1 x {z.b1_mib} MiB")
     ctx.raw.setdefault("hwm_mb", {})["B1"] = res["hwm_mb"]
@@ -795,8 +919,10 @@ def settle(m: MountProc, timeout: float = 120.0) -> None:
     while True:
         res = run_quiet(["cat", str(m.path / ".xnatfs" / "stats")], timeout=30)
         try:
-            if res is not None and json.loads(res.stdout)["content_cache"][
-                    "downloads_in_flight"] == 0:
+            if (
+                res is not None
+                and json.loads(res.stdout)["content_cache"]["downloads_in_flight"] == 0
+            ):
                 return
         except (ValueError, KeyError, TypeError):
             pass
@@ -805,8 +931,15 @@ def settle(m: MountProc, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def warm_pass(ctx: Ctx, res: Dict[str, List[float]], target: Path, cache: Path, size: int,
-              tmo: float, m: MountProc) -> None:
+def warm_pass(
+    ctx: Ctx,
+    res: Dict[str, List[float]],
+    target: Path,
+    cache: Path,
+    size: int,
+    tmo: float,
+    m: MountProc,
+) -> None:
     """B3: disk-warm (page cache dropped) and page-cache-warm, mount vs the cache files."""
     index = cache / "content" / "index"
     settle(m)
@@ -836,12 +969,28 @@ def add_warm_rows(ctx: Ctx, res: Dict[str, List[float]], label: str) -> None:
     dm, dd_ = median(res["warm_disk_mount"]), median(res["warm_disk_direct"])
     pm, pd = median(res["warm_page_mount"]), median(res["warm_page_direct"])
     note = "" if ctx.can_drop else " (page cache NOT dropped: not permitted)"
-    ctx.row("B3", f"warm {label}, disk cache (page cache dropped){note} vs cache files",
-            f"{dm:.0f} MiB/s", f"{dd_:.0f} MiB/s", dm / dd_, "throughput", ">= 0.9",
-            dm / dd_ >= 0.9, spread(res["warm_disk_mount"], res["warm_disk_direct"]))
-    ctx.row("B3", f"warm {label}, page-cache-warm vs cache files page-cache-warm",
-            f"{pm:.0f} MiB/s", f"{pd:.0f} MiB/s", pm / pd, "throughput", ">= 0.9",
-            pm / pd >= 0.9, spread(res["warm_page_mount"], res["warm_page_direct"]))
+    ctx.row(
+        "B3",
+        f"warm {label}, disk cache (page cache dropped){note} vs cache files",
+        f"{dm:.0f} MiB/s",
+        f"{dd_:.0f} MiB/s",
+        dm / dd_,
+        "throughput",
+        ">= 0.9",
+        dm / dd_ >= 0.9,
+        spread(res["warm_disk_mount"], res["warm_disk_direct"]),
+    )
+    ctx.row(
+        "B3",
+        f"warm {label}, page-cache-warm vs cache files page-cache-warm",
+        f"{pm:.0f} MiB/s",
+        f"{pd:.0f} MiB/s",
+        pm / pd,
+        "throughput",
+        ">= 0.9",
+        pm / pd >= 0.9,
+        spread(res["warm_page_mount"], res["warm_page_direct"]),
+    )
 
 
 # -- B2 (+ B3 many files)
@@ -873,13 +1022,25 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
     nbytes = files * kib * 1024
     rel = scan_resource_rel(*path)
     tmo = timeout_for(nbytes) + 2 * files
-    res: Dict[str, List[float]] = {k: [] for k in (
-        "cold_mount_s", "xnatpy_s", "xnatpy_connect_s", "loop_s", "parallel8_s",
-        "warm_disk_mount", "warm_disk_direct", "warm_page_mount", "warm_page_direct",
-        "cold_requests_count")}
+    res: Dict[str, List[float]] = {
+        k: []
+        for k in (
+            "cold_mount_s",
+            "xnatpy_s",
+            "xnatpy_connect_s",
+            "loop_s",
+            "parallel8_s",
+            "warm_disk_mount",
+            "warm_disk_direct",
+            "warm_page_mount",
+            "warm_page_direct",
+            "cold_requests_count",
+        )
+    }
     ctx.log(f"B2{'/B3' if main else ''}: {label} at {latency:g} ms, {z.reps} reps")
     p, s, e, n, r_ = path
     for rep in range(z.reps):
+
         def baselines() -> None:
             dest = ctx.fresh("xnatpy-out")
             ctx.drop()
@@ -892,15 +1053,15 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
                 return
             dest = ctx.fresh("loop-out")
             ctx.drop()
-            r = child(GET_LOOP, [srv.url, scan_resource_uri(*path) + "/files", *ADMIN, dest],
-                      tmo)
+            r = child(GET_LOOP, [srv.url, scan_resource_uri(*path) + "/files", *ADMIN, dest], tmo)
             check_bytes("GET loop", r["bytes"], nbytes)
             res["loop_s"].append(r["seconds"])
             shutil.rmtree(dest, ignore_errors=True)
             dest = ctx.fresh("par-out")
             ctx.drop()
-            r = child(GET_PARALLEL, [srv.url, scan_resource_uri(*path) + "/files", *ADMIN,
-                                     dest, 8], tmo)
+            r = child(
+                GET_PARALLEL, [srv.url, scan_resource_uri(*path) + "/files", *ADMIN, dest, 8], tmo
+            )
             check_bytes("parallel GET", r["bytes"], nbytes)
             res["parallel8_s"].append(r["seconds"])
             shutil.rmtree(dest, ignore_errors=True)
@@ -932,30 +1093,66 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
         if res["loop_s"]:
             extra += f", GET loop {res['loop_s'][-1]:.2f} s"
         if res["warm_disk_mount"]:
-            extra += (f"; disk-warm mount {res['warm_disk_mount'][-1]:.0f} vs direct "
-                      f"{res['warm_disk_direct'][-1]:.0f} MiB/s")
-        ctx.log(f"  rep {rep + 1}: cp -r {res['cold_mount_s'][-1]:.2f} s "
-                f"({res['cold_requests_count'][-1]:.0f} req), xnatpy "
-                f"{res['xnatpy_s'][-1]:.2f} s (from connect {res['xnatpy_connect_s'][-1]:.2f} s)"
-                f"{extra}")
+            extra += (
+                f"; disk-warm mount {res['warm_disk_mount'][-1]:.0f} vs direct "
+                f"{res['warm_disk_direct'][-1]:.0f} MiB/s"
+            )
+        ctx.log(
+            f"  rep {rep + 1}: cp -r {res['cold_mount_s'][-1]:.2f} s "
+            f"({res['cold_requests_count'][-1]:.0f} req), xnatpy "
+            f"{res['xnatpy_s'][-1]:.2f} s (from connect {res['xnatpy_connect_s'][-1]:.2f} s)"
+            f"{extra}"
+        )
     ctx.raw.setdefault("multi", {})[f"{label} @ {latency:g} ms"] = res
     cm = median(res["cold_mount_s"])
     xp, xc = median(res["xnatpy_s"]), median(res["xnatpy_connect_s"])
     if want(ctx, "B2"):
-        ctx.row("B2", f"cold cp -r {label}, {latency:g} ms, vs xnatpy download_dir (zip) timed "
-                "from connect", f"{cm:.2f} s", f"{xc:.2f} s", cm / xc, "time mount/xnatpy",
-                "<= 0.8", cm / xc <= 0.8, spread(res["cold_mount_s"], res["xnatpy_connect_s"]))
-        ctx.row("B2", "(stricter) same, xnatpy timed from finding the resource",
-                f"{cm:.2f} s", f"{xp:.2f} s", cm / xp, "time mount/xnatpy", "(report)", None,
-                spread(res["cold_mount_s"], res["xnatpy_s"]))
+        ctx.row(
+            "B2",
+            f"cold cp -r {label}, {latency:g} ms, vs xnatpy download_dir (zip) timed from connect",
+            f"{cm:.2f} s",
+            f"{xc:.2f} s",
+            cm / xc,
+            "time mount/xnatpy",
+            "<= 0.8",
+            cm / xc <= 0.8,
+            spread(res["cold_mount_s"], res["xnatpy_connect_s"]),
+        )
+        ctx.row(
+            "B2",
+            "(stricter) same, xnatpy timed from finding the resource",
+            f"{cm:.2f} s",
+            f"{xp:.2f} s",
+            cm / xp,
+            "time mount/xnatpy",
+            "(report)",
+            None,
+            spread(res["cold_mount_s"], res["xnatpy_s"]),
+        )
         if res["loop_s"]:
             lp, pp = median(res["loop_s"]), median(res["parallel8_s"])
-            ctx.row("B2", f"(reference) cold cp -r {label} vs sequential GET loop",
-                    f"{cm:.2f} s", f"{lp:.2f} s", lp / cm, "speed-up loop/mount", "(report)",
-                    None, spread(res["cold_mount_s"], res["loop_s"], invert=True))
-            ctx.row("B2", "(reference) same files, 8 parallel GETs with requests",
-                    f"{cm:.2f} s", f"{pp:.2f} s", pp / cm, "speed-up par/mount", "(report)",
-                    None, spread(res["cold_mount_s"], res["parallel8_s"], invert=True))
+            ctx.row(
+                "B2",
+                f"(reference) cold cp -r {label} vs sequential GET loop",
+                f"{cm:.2f} s",
+                f"{lp:.2f} s",
+                lp / cm,
+                "speed-up loop/mount",
+                "(report)",
+                None,
+                spread(res["cold_mount_s"], res["loop_s"], invert=True),
+            )
+            ctx.row(
+                "B2",
+                "(reference) same files, 8 parallel GETs with requests",
+                f"{cm:.2f} s",
+                f"{pp:.2f} s",
+                pp / cm,
+                "speed-up par/mount",
+                "(report)",
+                None,
+                spread(res["cold_mount_s"], res["parallel8_s"], invert=True),
+            )
     if main and want(ctx, "B3"):
         add_warm_rows(ctx, res, label)
 
@@ -963,12 +1160,29 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
 # -- B4 (+ B6 during B4)
 def flow_meta(ctx: Ctx) -> None:
     z, srv = ctx.sizes, ctx.server
-    res: Dict[str, List[float]] = {k: [] for k in (
-        "ls_cold_s", "ls_cold_req", "ls_warm_s", "ls_warm_req", "find_cold_s", "find_cold_req",
-        "find_warm_s", "find_warm_req", "stat_p50_us", "stat_p99_us", "stat_max_us", "hwm_mb",
-        "find_entries", "find_dirs")}
-    ctx.log(f"B4: META {z.b4_subjects} subjects x {z.b4_experiments} experiments x "
-            f"{z.b4_scans} scans, {z.reps} reps")
+    res: Dict[str, List[float]] = {
+        k: []
+        for k in (
+            "ls_cold_s",
+            "ls_cold_req",
+            "ls_warm_s",
+            "ls_warm_req",
+            "find_cold_s",
+            "find_cold_req",
+            "find_warm_s",
+            "find_warm_req",
+            "stat_p50_us",
+            "stat_p99_us",
+            "stat_max_us",
+            "hwm_mb",
+            "find_entries",
+            "find_dirs",
+        )
+    }
+    ctx.log(
+        f"B4: META {z.b4_subjects} subjects x {z.b4_experiments} experiments x "
+        f"{z.b4_scans} scans, {z.reps} reps"
+    )
     for rep in range(z.reps):
         m = ctx.mount()
         try:
@@ -982,15 +1196,15 @@ def flow_meta(ctx: Ctx) -> None:
             listing = None
             for kind in ("cold", "warm"):
                 mark = srv.mark()
-                dt, out = timed(["find", m.path / "META", "-print0"], 1200,
-                                stdout=subprocess.PIPE)
+                dt, out = timed(["find", m.path / "META", "-print0"], 1200, stdout=subprocess.PIPE)
                 res[f"find_{kind}_s"].append(dt)
                 res[f"find_{kind}_req"].append(srv.api_count(mark))
                 ctx.patterns(f"B4 find {kind} rep{rep + 1}", mark)
                 listing = out.stdout
             assert listing is not None
-            _, dirs = timed(["find", m.path / "META", "-type", "d", "-print0"], 1200,
-                            stdout=subprocess.PIPE)
+            _, dirs = timed(
+                ["find", m.path / "META", "-type", "d", "-print0"], 1200, stdout=subprocess.PIPE
+            )
             res["find_dirs"].append(dirs.stdout.count(b"\0"))
             paths_file = ctx.fresh("paths")
             paths_file.write_bytes(listing)
@@ -1005,11 +1219,13 @@ def flow_meta(ctx: Ctx) -> None:
         finally:
             ctx.unmount(m)
             shutil.rmtree(m.cache, ignore_errors=True)
-        ctx.log(f"  rep {rep + 1}: ls -l cold {res['ls_cold_s'][-1]:.2f} s "
-                f"({res['ls_cold_req'][-1]:.0f} req), find cold {res['find_cold_s'][-1]:.2f} s "
-                f"({res['find_cold_req'][-1]:.0f} req, {res['find_entries'][-1]} entries), "
-                f"find warm {res['find_warm_s'][-1]:.3f} s, stat p99 "
-                f"{res['stat_p99_us'][-1]:.0f} us")
+        ctx.log(
+            f"  rep {rep + 1}: ls -l cold {res['ls_cold_s'][-1]:.2f} s "
+            f"({res['ls_cold_req'][-1]:.0f} req), find cold {res['find_cold_s'][-1]:.2f} s "
+            f"({res['find_cold_req'][-1]:.0f} req, {res['find_entries'][-1]} entries), "
+            f"find warm {res['find_warm_s'][-1]:.3f} s, stat p99 "
+            f"{res['stat_p99_us'][-1]:.0f} us"
+        )
     ctx.raw["meta"] = res
     ctx.raw.setdefault("hwm_mb", {})["B4"] = res["hwm_mb"]
     if want(ctx, "B4"):
@@ -1017,27 +1233,51 @@ def flow_meta(ctx: Ctx) -> None:
         # one listing per directory of the mount's layout (README "The path rule"): subjects;
         # per subject experiments + resources; per experiment scans + resources + assessors;
         # per scan resources + files of its one resource
-        minimal = (1 + 2 * o.get("subjects", 0) + 3 * o.get("experiments", 0)
-                   + 2 * o.get("scans", 0))
+        minimal = 1 + 2 * o.get("subjects", 0) + 3 * o.get("experiments", 0) + 2 * o.get("scans", 0)
         for what in ("ls", "find"):
             for kind in ("cold", "warm"):
                 t, q = median(res[f"{what}_{kind}_s"]), median(res[f"{what}_{kind}_req"])
-                label = f"ls -l META/subjects ({z.b4_subjects} entries)" if what == "ls" else \
-                    f"find META ({int(median(res['find_entries']))} entries)"
+                label = (
+                    f"ls -l META/subjects ({z.b4_subjects} entries)"
+                    if what == "ls"
+                    else f"find META ({int(median(res['find_entries']))} entries)"
+                )
                 if what == "find" and kind == "cold":
                     ndirs = median(res["find_dirs"])
                     per_dir = [q_ / d_ for q_, d_ in zip(res["find_cold_req"], res["find_dirs"])]
-                    ctx.row("B4", f"{label}, {kind}: requests per directory "
-                            f"({ndirs:.0f} directories)", f"{t:.3f} s, {q:.0f} req",
-                            f"one listing per directory of the layout: {minimal} req",
-                            q / ndirs, "requests/directory", "<= 0.3", q / ndirs <= 0.3,
-                            f"{min(per_dir):.2f}-{max(per_dir):.2f}")
+                    ctx.row(
+                        "B4",
+                        f"{label}, {kind}: requests per directory ({ndirs:.0f} directories)",
+                        f"{t:.3f} s, {q:.0f} req",
+                        f"one listing per directory of the layout: {minimal} req",
+                        q / ndirs,
+                        "requests/directory",
+                        "<= 0.3",
+                        q / ndirs <= 0.3,
+                        f"{min(per_dir):.2f}-{max(per_dir):.2f}",
+                    )
                     continue
-                ctx.row("B4", f"{label}, {kind}", f"{t:.3f} s, {q:.0f} req", "-", None,
-                        "-", "(report)", None)
+                ctx.row(
+                    "B4",
+                    f"{label}, {kind}",
+                    f"{t:.3f} s, {q:.0f} req",
+                    "-",
+                    None,
+                    "-",
+                    "(report)",
+                    None,
+                )
         p50, p99 = median(res["stat_p50_us"]), median(res["stat_p99_us"])
-        ctx.row("B4", "warm os.stat latency, inside kernel+daemon (p50 / p99)",
-                f"{p50:.0f} / {p99:.0f} us", "-", None, "-", "p99 < 1 ms", p99 < 1000)
+        ctx.row(
+            "B4",
+            "warm os.stat latency, inside kernel+daemon (p50 / p99)",
+            f"{p50:.0f} / {p99:.0f} us",
+            "-",
+            None,
+            "-",
+            "p99 < 1 ms",
+            p99 < 1000,
+        )
 
 
 # -- B5
@@ -1052,7 +1292,8 @@ def flow_upload(ctx: Ctx) -> None:
     m = ctx.mount()
     try:
         for rep in range(z.reps):
-            def baseline() -> None:
+
+            def baseline(rep: int = rep) -> None:
                 uri = f"/data/projects/BENCH/resources/UP/files/req-{rep}.bin"
                 ctx.drop()
                 r = child(PUT, [srv.url + uri, src, *ADMIN], tmo)
@@ -1067,22 +1308,34 @@ def flow_upload(ctx: Ctx) -> None:
             res["mount"].append(mibs(size, dt))
             puts = [r.path_qs for r in srv.since(mark) if r.method in ("PUT", "POST")]
             res["mount_put_paths"].append(puts)
-            check_bytes("cp into the mount (server HEAD size)",
-                        srv.head_size(f"/data/projects/BENCH/resources/UP/files/mnt-{rep}.bin"),
-                        size)
+            check_bytes(
+                "cp into the mount (server HEAD size)",
+                srv.head_size(f"/data/projects/BENCH/resources/UP/files/mnt-{rep}.bin"),
+                size,
+            )
             if rep % 2 == 0:
                 baseline()
-            ctx.log(f"  rep {rep + 1}: cp {res['mount'][-1]:.0f} MiB/s, requests PUT "
-                    f"{res['requests'][-1]:.0f} MiB/s; mount sent {puts}")
+            ctx.log(
+                f"  rep {rep + 1}: cp {res['mount'][-1]:.0f} MiB/s, requests PUT "
+                f"{res['requests'][-1]:.0f} MiB/s; mount sent {puts}"
+            )
     finally:
         ctx.unmount(m)
         shutil.rmtree(m.cache, ignore_errors=True)
         src.unlink(missing_ok=True)
     ctx.raw["upload"] = res
     cm, cr = median(res["mount"]), median(res["requests"])
-    ctx.row("B5", f"cp {z.b5_mib} MiB into the mount (upload on close) vs requests PUT",
-            f"{cm:.0f} MiB/s", f"{cr:.0f} MiB/s", cm / cr, "throughput", ">= 0.8", cm / cr >= 0.8,
-            spread(res["mount"], res["requests"]))
+    ctx.row(
+        "B5",
+        f"cp {z.b5_mib} MiB into the mount (upload on close) vs requests PUT",
+        f"{cm:.0f} MiB/s",
+        f"{cr:.0f} MiB/s",
+        cm / cr,
+        "throughput",
+        ">= 0.8",
+        cm / cr >= 0.8,
+        spread(res["mount"], res["requests"]),
+    )
 
 
 def add_b6(ctx: Ctx) -> None:
@@ -1093,8 +1346,16 @@ def add_b6(ctx: Ctx) -> None:
             what = b
             if b == "B4":
                 what += f" ({ctx.raw.get('b4_objects', {}).get('experiments', '?')} experiments)"
-            ctx.row("B6", f"daemon peak RSS (VmHWM) during {what}", f"{peak:.0f} MB", "-", None,
-                    "-", "< 250 MB", peak < 250)
+            ctx.row(
+                "B6",
+                f"daemon peak RSS (VmHWM) during {what}",
+                f"{peak:.0f} MB",
+                "-",
+                None,
+                "-",
+                "< 250 MB",
+                peak < 250,
+            )
 
 
 def want(ctx: Ctx, b: str) -> bool:
@@ -1120,10 +1381,12 @@ def machine_info(argv: List[str]) -> Dict[str, str]:
             if "libfuse3.so" in line and "=>" in line:
                 lib = os.path.realpath(line.split("=>", 1)[1].strip())
                 break
-    git = run_quiet(["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse",
-                     "--short", "HEAD"])
+    git = run_quiet(
+        ["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "--short", "HEAD"]
+    )
     try:
         from importlib.metadata import version
+
         mfuse = version("mfusepy")
     except Exception:  # noqa: BLE001 - report only
         mfuse = "?"
@@ -1136,8 +1399,16 @@ def machine_info(argv: List[str]) -> Dict[str, str]:
         "mfusepy": mfuse,
         "python": platform.python_version(),
         "commit": git.stdout.strip() if git and git.returncode == 0 else "?",
-        "command": shlex.join([os.path.relpath(sys.executable) if sys.executable.startswith(
-            os.getcwd()) else sys.executable, "-m", "benchmarks.run", *argv]),
+        "command": shlex.join(
+            [
+                os.path.relpath(sys.executable)
+                if sys.executable.startswith(os.getcwd())
+                else sys.executable,
+                "-m",
+                "benchmarks.run",
+                *argv,
+            ]
+        ),
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
@@ -1147,22 +1418,38 @@ def render(info: Dict[str, str], ctx: Ctx) -> str:
     for k, v in info.items():
         lines.append(f"{k:12s} {v}")
     lines.append(f"{'latency':12s} {ctx.server.latency_ms:g} ms injected per request (emulator)")
-    lines.append(f"{'page cache':12s} " + ("dropped before every cold/disk-warm measurement"
-                                           if ctx.can_drop else
-                                           "NOT dropped (no permission to write "
-                                           "/proc/sys/vm/drop_caches): 'cold' means fresh "
-                                           "xnatfs cache only"))
+    lines.append(
+        f"{'page cache':12s} "
+        + (
+            "dropped before every cold/disk-warm measurement"
+            if ctx.can_drop
+            else "NOT dropped (no permission to write "
+            "/proc/sys/vm/drop_caches): 'cold' means fresh "
+            "xnatfs cache only"
+        )
+    )
     lines.append(f"{'sizes':12s} {asdict(ctx.sizes)}")
     ras = sorted({str(x) for x in ctx.raw.get("mount_read_ahead_kb", [])})
-    lines.append(f"{'read-ahead':12s} mount bdi read_ahead_kb = {', '.join(ras) or '?'} "
-                 f"(set by {ctx.args.read_ahead_by if ctx.args.xnatfs_has_read_ahead else 'bench'})"
-                 f"; extra mount args: {ctx.args.mount_arg or 'none'}")
+    lines.append(
+        f"{'read-ahead':12s} mount bdi read_ahead_kb = {', '.join(ras) or '?'} "
+        f"(set by {ctx.args.read_ahead_by if ctx.args.xnatfs_has_read_ahead else 'bench'})"
+        f"; extra mount args: {ctx.args.mount_arg or 'none'}"
+    )
     lines.append("")
     head = ("bench", "what", "mount", "baseline", "ratio", "spread of reps", "target", "result")
-    body = [(r.bench, r.what, r.mount, r.baseline,
-             fmt_ratio(r.ratio) + (f" ({r.ratio_kind})" if r.ratio is not None else ""),
-             r.spread or "-", r.target, "-" if r.ok is None else ("ok" if r.ok else "MISSED"))
-            for r in ctx.rows]
+    body = [
+        (
+            r.bench,
+            r.what,
+            r.mount,
+            r.baseline,
+            fmt_ratio(r.ratio) + (f" ({r.ratio_kind})" if r.ratio is not None else ""),
+            r.spread or "-",
+            r.target,
+            "-" if r.ok is None else ("ok" if r.ok else "MISSED"),
+        )
+        for r in ctx.rows
+    ]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join("---" for _ in head) + "|")
     for b in body:
@@ -1178,37 +1465,67 @@ def render(info: Dict[str, str], ctx: Ctx) -> str:
 
 # ------------------------------------------------------------------------------ main
 def parse_args(argv: List[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split(
-        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--latency-ms", type=float, default=5.0,
-                    help="latency the emulator adds to every request while measuring "
-                         "(default 5; 0 and 20 are the other supported settings)")
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--latency-ms",
+        type=float,
+        default=5.0,
+        help="latency the emulator adds to every request while measuring "
+        "(default 5; 0 and 20 are the other supported settings)",
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run (< 60 s)")
-    ap.add_argument("--only", default=",".join(ALL),
-                    help="comma-separated subset of B1..B6 (default: all)")
+    ap.add_argument(
+        "--only", default=",".join(ALL), help="comma-separated subset of B1..B6 (default: all)"
+    )
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 5, minimum 3)")
     ap.add_argument("--json", default=None, help="also write every raw sample to this JSON file")
-    ap.add_argument("--profile", default=None, metavar="DIR",
-                    help="py-spy record the daemon during the first cold B1/B2 repetition into "
-                         "DIR (collapsed stacks); slows the daemon: not for the numbers")
+    ap.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="py-spy record the daemon during the first cold B1/B2 repetition into "
+        "DIR (collapsed stacks); slows the daemon: not for the numbers",
+    )
     ap.add_argument("--keep-temp", action="store_true", help="keep the temp dir (logs, data)")
-    ap.add_argument("--read-ahead-kb", type=int, default=1024,
-                    help="the mount's kernel read-ahead (bdi read_ahead_kb; default 1024, as "
-                         "xnatfs's own default)")
-    ap.add_argument("--read-ahead-by", choices=("bench", "xnatfs"), default="bench",
-                    help="who sets it: 'bench' (default) mounts with --read-ahead-kb 0 and writes "
-                         "the bdi itself once the mount is up (works around xnatfs setting it "
-                         "from FUSE init, which deadlocked at the time of writing: see "
-                         "RESULTS.md); 'xnatfs' passes --read-ahead-kb N to the mount")
-    ap.add_argument("--b4-subjects", type=int, default=None,
-                    help="B4's project size in subjects, 2 experiments each (default 200; "
-                         "issue 12's B6 figure is for 800: 1,600 experiments)")
-    ap.add_argument("--b2-latencies", default="5,20",
-                    help="B2 is also measured at these latencies in ms (default 5,20; the run's "
-                         "--latency-ms comes first)")
-    ap.add_argument("--mount-arg", action="append", default=[],
-                    help="extra argument for `xnatfs mount` (repeatable), e.g. "
-                         "--mount-arg=--max-downloads=16")
+    ap.add_argument(
+        "--read-ahead-kb",
+        type=int,
+        default=1024,
+        help="the mount's kernel read-ahead (bdi read_ahead_kb; default 1024, as "
+        "xnatfs's own default)",
+    )
+    ap.add_argument(
+        "--read-ahead-by",
+        choices=("bench", "xnatfs"),
+        default="bench",
+        help="who sets it: 'bench' (default) mounts with --read-ahead-kb 0 and writes "
+        "the bdi itself once the mount is up (works around xnatfs setting it "
+        "from FUSE init, which deadlocked at the time of writing: see "
+        "RESULTS.md); 'xnatfs' passes --read-ahead-kb N to the mount",
+    )
+    ap.add_argument(
+        "--b4-subjects",
+        type=int,
+        default=None,
+        help="B4's project size in subjects, 2 experiments each (default 200; "
+        "issue 12's B6 figure is for 800: 1,600 experiments)",
+    )
+    ap.add_argument(
+        "--b2-latencies",
+        default="5,20",
+        help="B2 is also measured at these latencies in ms (default 5,20; the run's "
+        "--latency-ms comes first)",
+    )
+    ap.add_argument(
+        "--mount-arg",
+        action="append",
+        default=[],
+        help="extra argument for `xnatfs mount` (repeatable), e.g. --mount-arg=--max-downloads=16",
+    )
     args = ap.parse_args(argv)
     only = {x.strip().upper() for x in args.only.split(",") if x.strip()}
     bad = only - set(ALL)
@@ -1240,21 +1557,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     old = signal.signal(signal.SIGTERM, on_term)
     base = Path(tempfile.mkdtemp(prefix="xnatfs-bench-")).resolve()
     server = Server(base, args.latency_ms)
-    ctx = Ctx(args, sizes, base, server, can_drop=False,
-              log=lambda s: print(s, flush=True))
+    ctx = Ctx(args, sizes, base, server, can_drop=False, log=lambda s: print(s, flush=True))
     t_start = time.monotonic()
     rc = 0
     try:
         ctx.can_drop = drop_caches()
         if not ctx.can_drop:
-            ctx.notes.append("page cache could NOT be dropped (not permitted): cold/disk-warm "
-                             "figures include whatever the page cache still held")
-        ctx.log(f"benchmarks: temp dir {base}; page cache drop "
-                f"{'permitted' if ctx.can_drop else 'NOT permitted'}")
+            ctx.notes.append(
+                "page cache could NOT be dropped (not permitted): cold/disk-warm "
+                "figures include whatever the page cache still held"
+            )
+        ctx.log(
+            f"benchmarks: temp dir {base}; page cache drop "
+            f"{'permitted' if ctx.can_drop else 'NOT permitted'}"
+        )
         fill = page_fill_mibs(base)
         if fill is not None:
-            info["page_fill"] = (f"{fill:.0f} MiB/s into new page-cache pages 3 s after a drop "
-                                 "(every byte a side keeps costs this; see RESULTS.md)")
+            info["page_fill"] = (
+                f"{fill:.0f} MiB/s into new page-cache pages 3 s after a drop "
+                "(every byte a side keeps costs this; see RESULTS.md)"
+            )
             ctx.raw["page_fill_mibs"] = fill
         server.start()
         single = bool(args.only & {"B1", "B3", "B6"})
@@ -1303,10 +1625,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         if ctx.rows:
             print(render(info, ctx), flush=True)
         if args.json:
-            Path(args.json).write_text(json.dumps(
-                {"info": info, "sizes": asdict(sizes), "latency_ms": args.latency_ms,
-                 "page_cache_dropped": ctx.can_drop, "rows": [asdict(r) for r in ctx.rows],
-                 "raw": ctx.raw, "notes": ctx.notes}, indent=1, default=str))
+            Path(args.json).write_text(
+                json.dumps(
+                    {
+                        "info": info,
+                        "sizes": asdict(sizes),
+                        "latency_ms": args.latency_ms,
+                        "page_cache_dropped": ctx.can_drop,
+                        "rows": [asdict(r) for r in ctx.rows],
+                        "raw": ctx.raw,
+                        "notes": ctx.notes,
+                    },
+                    indent=1,
+                    default=str,
+                )
+            )
         if args.keep_temp:
             print(f"benchmarks: kept {base}", file=sys.stderr)
         else:

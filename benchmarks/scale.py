@@ -23,6 +23,7 @@ Mounts run with ``--bulk-zip 0`` in both modes (the proxy caches files, not zips
 with their defaults.  Every subprocess and HTTP call has a timeout; mounts are unmounted and the
 proxy stopped on every exit path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,8 +110,9 @@ def read_log(path: Path, since_line: int) -> List[Tuple[str, str, int, int, floa
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[since_line:]:
         parts = line.split(" ")
         if len(parts) >= 6:
-            rows.append((parts[0], parts[1], int(parts[2]), int(parts[3]), float(parts[4]),
-                         float(parts[5])))
+            rows.append(
+                (parts[0], parts[1], int(parts[2]), int(parts[3]), float(parts[4]), float(parts[5]))
+            )
     return rows
 
 
@@ -141,9 +143,22 @@ class Proxy:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.base = base
-        args = [sys.executable, "-m", "xnatfs", "cache-proxy", "--upstream", upstream,
-                "--port", str(self.port), "--cache-dir", str(base / "proxy-cache"),
-                "--run-dir", str(base / "proxy-run"), "--cache-size", "10G"]
+        args = [
+            sys.executable,
+            "-m",
+            "xnatfs",
+            "cache-proxy",
+            "--upstream",
+            upstream,
+            "--port",
+            str(self.port),
+            "--cache-dir",
+            str(base / "proxy-cache"),
+            "--run-dir",
+            str(base / "proxy-run"),
+            "--cache-size",
+            "10G",
+        ]
         if os.geteuid() == 0:
             args += ["--worker-user", "root"]  # the temp dir is 0700 root
         with open(base / "proxy.out", "ab") as log:
@@ -192,8 +207,9 @@ def build(srv: Server, w: Workload, rnd: random.Random) -> Dict[str, str]:
         for i in range(files):
             data = rnd.randbytes(kib * 1024)
             srv.upload(uri, f"IM{i:04d}.dcm", data)
-            want[f"SCALE/subjects/{s}/experiments/{e}/scans/{n}/resources/DICOM/files/"
-                 f"IM{i:04d}.dcm"] = hashlib.md5(data).hexdigest()
+            want[
+                f"SCALE/subjects/{s}/experiments/{e}/scans/{n}/resources/DICOM/files/IM{i:04d}.dcm"
+            ] = hashlib.md5(data).hexdigest()
 
     for node in range(w.nodes):
         s, e = f"N{node:03d}", f"N{node:03d}_MR1"
@@ -214,8 +230,9 @@ def node_dirs(mnt: Path, node: int) -> List[str]:
     return [str(p) for p in own + [shared]]
 
 
-def run_mode(mode: str, srv: Server, w: Workload, want: Dict[str, str], base: Path,
-             log_path: Path) -> Result:
+def run_mode(
+    mode: str, srv: Server, w: Workload, want: Dict[str, str], base: Path, log_path: Path
+) -> Result:
     proxy: Optional[Proxy] = None
     mounts: List[MountProc] = []
     notes: List[str] = []
@@ -226,16 +243,28 @@ def run_mode(mode: str, srv: Server, w: Workload, want: Dict[str, str], base: Pa
             url = proxy.url
         srv.building()  # mounting (login, first statfs) is not part of the workload
         for i in range(w.nodes):
-            mounts.append(MountProc(url, base / mode / f"mnt{i}", base / mode / f"cache{i}",
-                                    base / mode / f"mount{i}.log",
-                                    extra=["--bulk-zip", "0"]).start())
+            mounts.append(
+                MountProc(
+                    url,
+                    base / mode / f"mnt{i}",
+                    base / mode / f"cache{i}",
+                    base / mode / f"mount{i}.log",
+                    extra=["--bulk-zip", "0"],
+                ).start()
+            )
         srv.measuring()
         srv.emu.wait_idle()
         since = len(log_path.read_text().splitlines())
         t0 = time.monotonic()
-        procs = [subprocess.Popen([sys.executable, "-c", READER, *node_dirs(m.path, i)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for i, m in enumerate(mounts)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", READER, *node_dirs(m.path, i)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i, m in enumerate(mounts)
+        ]
         outs = []
         for p in procs:
             out, err = p.communicate(timeout=900)
@@ -264,15 +293,22 @@ def run_mode(mode: str, srv: Server, w: Workload, want: Dict[str, str], base: Pa
             kinds[k] += 1
             kbytes[k] += sent
         verdicts = proxy.verdicts() if proxy else Counter()
-        return Result(mode=mode, wall_s=round(wall, 2), requests=dict(kinds.most_common()),
-                      bytes_served=sum(r[3] for r in rows), bytes_by_kind=dict(kbytes),
-                      peak_concurrent=peak_concurrency(rows),
-                      p50_ms=round(quantile([r[5] for r in rows], 0.5), 1),
-                      p99_ms=round(quantile([r[5] for r in rows], 0.99), 1),
-                      error_answers=sum(1 for r in rows if r[2] >= 400 or r[2] == 0),
-                      wrong_files=wrong, unreadable_files=unreadable,
-                      proxy_hits=verdicts.get("HIT", 0), proxy_misses=verdicts.get("MISS", 0),
-                      notes=notes)
+        return Result(
+            mode=mode,
+            wall_s=round(wall, 2),
+            requests=dict(kinds.most_common()),
+            bytes_served=sum(r[3] for r in rows),
+            bytes_by_kind=dict(kbytes),
+            peak_concurrent=peak_concurrency(rows),
+            p50_ms=round(quantile([r[5] for r in rows], 0.5), 1),
+            p99_ms=round(quantile([r[5] for r in rows], 0.99), 1),
+            error_answers=sum(1 for r in rows if r[2] >= 400 or r[2] == 0),
+            wrong_files=wrong,
+            unreadable_files=unreadable,
+            proxy_hits=verdicts.get("HIT", 0),
+            proxy_misses=verdicts.get("MISS", 0),
+            notes=notes,
+        )
     finally:
         for m in mounts:
             m.stop()
@@ -293,20 +329,32 @@ def model(w: Workload, direct: Result, proxied: Result, nodes: int, window_s: fl
     p_req_per_node = (sum(proxied.requests.values()) - shared_gets) / n
     out = {}
     for mode, req_total, bytes_total, hit in (
-            ("direct", d_req * nodes, (own_bytes + shared_bytes) * nodes, 0.0),
-            ("proxy", p_req_per_node * nodes + shared_gets, own_bytes * nodes + shared_bytes,
-             (nodes - 1) * w.shared_files / (nodes * files_per_node))):
-        out[mode] = {"requests": round(req_total), "req_per_s": round(req_total / window_s, 1),
-                     "bytes_GB": round(bytes_total / 1e9, 3), "proxy_hit_ratio": round(hit, 3)}
+        ("direct", d_req * nodes, (own_bytes + shared_bytes) * nodes, 0.0),
+        (
+            "proxy",
+            p_req_per_node * nodes + shared_gets,
+            own_bytes * nodes + shared_bytes,
+            (nodes - 1) * w.shared_files / (nodes * files_per_node),
+        ),
+    ):
+        out[mode] = {
+            "requests": round(req_total),
+            "req_per_s": round(req_total / window_s, 1),
+            "bytes_GB": round(bytes_total / 1e9, 3),
+            "proxy_hit_ratio": round(hit, 3),
+        }
     return out
 
 
 def render(w: Workload, results: List[Result], models: Dict[int, Dict], info: str) -> str:
-    lines = [f"Scale run: {w.nodes} nodes, {w.latency_ms:g} ms injected latency per request; "
-             f"each node reads 2 own scans x {w.own_files} x {w.file_kib} KiB and one shared "
-             f"scan of {w.shared_files} x {w.shared_kib} KiB. {info}", "",
-             "| | " + " | ".join(r.mode for r in results) + " |",
-             "|---|" + "---|" * len(results)]
+    lines = [
+        f"Scale run: {w.nodes} nodes, {w.latency_ms:g} ms injected latency per request; "
+        f"each node reads 2 own scans x {w.own_files} x {w.file_kib} KiB and one shared "
+        f"scan of {w.shared_files} x {w.shared_kib} KiB. {info}",
+        "",
+        "| | " + " | ".join(r.mode for r in results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
 
     def row(label: str, fn) -> None:
         lines.append(f"| {label} | " + " | ".join(str(fn(r)) for r in results) + " |")
@@ -320,14 +368,22 @@ def render(w: Workload, results: List[Result], models: Dict[int, Dict], info: st
     row("request latency p50 / p99 (ms)", lambda r: f"{r.p50_ms} / {r.p99_ms}")
     row("error answers (>= 400)", lambda r: r.error_answers)
     row("wrong / unreadable files", lambda r: f"{r.wrong_files} / {r.unreadable_files}")
-    row("proxy HIT / MISS", lambda r: f"{r.proxy_hits} / {r.proxy_misses}" if r.mode == "proxy"
-        else "-")
+    row(
+        "proxy HIT / MISS",
+        lambda r: f"{r.proxy_hits} / {r.proxy_misses}" if r.mode == "proxy" else "-",
+    )
     row("jobs' wall time (s)", lambda r: r.wall_s)
-    lines += ["", "| model | requests | req/s | GB at XNAT | proxy hit ratio |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| model | requests | req/s | GB at XNAT | proxy hit ratio |",
+        "|---|---|---|---|---|",
+    ]
     for nodes, m in models.items():
         for mode, v in m.items():
-            lines.append(f"| {nodes} nodes, {mode} | {v['requests']} | {v['req_per_s']} | "
-                         f"{v['bytes_GB']} | {v['proxy_hit_ratio']} |")
+            lines.append(
+                f"| {nodes} nodes, {mode} | {v['requests']} | {v['req_per_s']} | "
+                f"{v['bytes_GB']} | {v['proxy_hit_ratio']} |"
+            )
     for r in results:
         for note in r.notes:
             lines.append(f"\nNOTE ({r.mode}): {note}")
@@ -343,8 +399,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--file-kib", type=int, default=64)
     p.add_argument("--shared-kib", type=int, default=256)
     p.add_argument("--modes", default="direct,proxy")
-    p.add_argument("--window-s", type=float, default=60.0,
-                   help="model: the nodes' jobs start within this many seconds")
+    p.add_argument(
+        "--window-s",
+        type=float,
+        default=60.0,
+        help="model: the nodes' jobs start within this many seconds",
+    )
     p.add_argument("--json", default=None)
     p.add_argument("--keep-temp", action="store_true")
     a = p.parse_args(argv)
@@ -372,13 +432,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "direct" in by and "proxy" in by:
         models = {n: model(w, by["direct"], by["proxy"], n, a.window_s) for n in (100, 1000)}
     load = os.getloadavg()
-    info = (f"Machine: {os.cpu_count()} CPUs, load {load[0]:.1f} at the end; emulator, "
-            f"proxy and all mounts on this one machine.")
+    info = (
+        f"Machine: {os.cpu_count()} CPUs, load {load[0]:.1f} at the end; emulator, "
+        f"proxy and all mounts on this one machine."
+    )
     text = render(w, results, models, info)
     print(text)
     if a.json:
-        Path(a.json).write_text(json.dumps({"workload": asdict(w), "results": [
-            asdict(r) for r in results], "model": models}, indent=1))
+        Path(a.json).write_text(
+            json.dumps(
+                {"workload": asdict(w), "results": [asdict(r) for r in results], "model": models},
+                indent=1,
+            )
+        )
     bad = any(r.wrong_files for r in results)
     return 1 if bad else 0
 

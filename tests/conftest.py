@@ -1,9 +1,11 @@
 """Shared fixtures: the emulator, real mounts through /dev/fuse, and log checks.
 
-Tiers (STYLE.md §10): ``tests/unit`` (no sockets, no FUSE), ``tests/emulator`` and ``tests/api``
+Tiers (docs/ARCHITECTURE.md §12): ``tests/unit`` (no sockets, no FUSE), ``tests/emulator`` and
+``tests/api``
 (HTTP against the emulator on port 0), ``tests/mount`` (real mounts in a subprocess),
 ``tests/clients`` (xnatpy and pyxnat against the emulator).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +18,10 @@ from typing import List, Optional
 import pytest
 
 HAVE_FUSE = os.path.exists("/dev/fuse")
-FUSE_SKIP_REASON = ("/dev/fuse is missing on this machine: the FUSE mount tests cannot run "
-                    "(run as root on a machine with the fuse kernel module)")
+FUSE_SKIP_REASON = (
+    "/dev/fuse is missing on this machine: the FUSE mount tests cannot run "
+    "(run as root on a machine with the fuse kernel module)"
+)
 needs_fuse = pytest.mark.skipif(not HAVE_FUSE, reason=FUSE_SKIP_REASON)
 
 ADMIN = ("admin", "admin-pw")
@@ -52,8 +56,9 @@ class EmulatorRun:
 
         port = int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
         kwargs = dict(self.kwargs, port=port, seed="empty")
-        self.emu = Emulator(self.data, user=ADMIN[0], password=ADMIN[1], access_log=self.log,
-                            **kwargs)
+        self.emu = Emulator(
+            self.data, user=ADMIN[0], password=ADMIN[1], access_log=self.log, **kwargs
+        )
         self.emu.start()
 
     @property
@@ -132,11 +137,12 @@ def _mounted(path: Path) -> bool:
 
 class Mount:
     """``python -m xnatfs mount --foreground`` in a subprocess (never a thread of pytest: a hung
-    FUSE request would hang the test run, fuse-notes.md §3.6), through the product's own mount
+    FUSE request would hang the test run, docs/FUSE.md §3.6), through the product's own mount
     harness (``xnatfs.fs.mounting.MountDaemon``: spawn, wait, stop)."""
 
-    def __init__(self, url: str, mnt: Path, cache: Path, log: Path, args: List[str],
-                 credentials=ADMIN):
+    def __init__(
+        self, url: str, mnt: Path, cache: Path, log: Path, args: List[str], credentials=ADMIN
+    ):
         self.url, self.path, self.cache, self.logfile = url, mnt, cache, log
         self.args, self.credentials = args, credentials
         self.daemon = None
@@ -152,11 +158,15 @@ class Mount:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError:  # a dead mount left there (ENOTCONN): xnatfs mount must clear it
             pass
-        argv = mounting.xnatfs_argv(self.url, self.path, "--cache-dir", str(self.cache),
-                                    "--log-level", "debug", *self.args)
+        argv = mounting.xnatfs_argv(
+            self.url, self.path, "--cache-dir", str(self.cache), "--log-level", "debug", *self.args
+        )
         self.daemon = mounting.MountDaemon(
-            argv, self.path, self.logfile,
-            {"username": self.credentials[0], "password": self.credentials[1]}).start()
+            argv,
+            self.path,
+            self.logfile,
+            {"username": self.credentials[0], "password": self.credentials[1]},
+        ).start()
         try:
             self.daemon.wait(timeout, tail_lines=60)
         except mounting.MountFailed as exc:
@@ -182,8 +192,12 @@ class Mount:
 
     def umount(self) -> None:
         """The product's own umount; asserts it and the daemon exit 0 (S3QL t4_fuse)."""
-        res = subprocess.run([sys.executable, "-m", "xnatfs", "umount", str(self.path)],
-                             capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            [sys.executable, "-m", "xnatfs", "umount", str(self.path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert res.returncode == 0, res.stderr
         assert self.proc.wait(timeout=20) == 0, self.log_tail()
 
@@ -200,11 +214,22 @@ def make_mount(tmp_path, request):
         pytest.skip(FUSE_SKIP_REASON)
     mounts: List[Mount] = []
 
-    def make(url: str, *args: str, cache: Optional[Path] = None, credentials=ADMIN,
-             name: Optional[str] = None) -> Mount:
+    def make(
+        url: str,
+        *args: str,
+        cache: Optional[Path] = None,
+        credentials=ADMIN,
+        name: Optional[str] = None,
+    ) -> Mount:
         n = len(mounts)
-        m = Mount(url, tmp_path / (name or f"mnt{n}"), cache or tmp_path / f"cache{n}",
-                  tmp_path / f"mount{n}.log", list(args), credentials).start()
+        m = Mount(
+            url,
+            tmp_path / (name or f"mnt{n}"),
+            cache or tmp_path / f"cache{n}",
+            tmp_path / f"mount{n}.log",
+            list(args),
+            credentials,
+        ).start()
         mounts.append(m)
         return m
 

@@ -11,6 +11,7 @@ Package map (imports point down; ``tests/unit/test_layers.py`` enforces it):
 - ``xnat``     REST client; knows nothing of files or paths.
 - ``emulator`` a separate XNAT server; imports nothing from the rest of xnatfs.
 """
+
 import logging
 
 __version__ = "0.1.0"

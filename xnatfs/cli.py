@@ -9,6 +9,7 @@ this module parses, dispatches, and keeps the two entry points (``xnatfs.cli:mai
 ``xnatfs.cli:mount_helper_main``) and ``demo``/``emulator``, the commands that import the
 emulator.  Every setting's option comes from the one table, ``xnatfs/settings.py``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,29 +26,59 @@ from xnatfs import settings as table
 from xnatfs.commands.cache import cmd_cache
 from xnatfs.commands.common import UsageError, check_url, load_fuse, setup_logging
 from xnatfs.commands.daemon import (
-    daemon_argv, daemon_env, fuse_kwargs, run_foreground, spawn_daemon,
+    daemon_argv,
+    daemon_env,
+    fuse_kwargs,
+    run_foreground,
+    spawn_daemon,
 )
 from xnatfs.commands.mount import (
-    _credentials, _prepare_mountpoint, cmd_config, cmd_mount, options_from_settings,
+    _credentials,
+    _prepare_mountpoint,
+    cmd_config,
+    cmd_mount,
+    options_from_settings,
     settings_from_args,
 )
 from xnatfs.commands.status import cmd_status, cmd_umount
 from xnatfs.options import Options
 
 # the names other modules and the tests use as ``cli.X`` (prearchive_cli, tests/unit)
-__all__ = ["UsageError", "build_parser", "check_url", "daemon_argv", "daemon_env", "fuse_kwargs",
-           "main", "mount_helper_main", "options_from_settings", "run_foreground",
-           "settings_from_args", "setup_logging", "spawn_daemon", "_credentials"]
+__all__ = [
+    "UsageError",
+    "build_parser",
+    "check_url",
+    "daemon_argv",
+    "daemon_env",
+    "fuse_kwargs",
+    "main",
+    "mount_helper_main",
+    "options_from_settings",
+    "run_foreground",
+    "settings_from_args",
+    "setup_logging",
+    "spawn_daemon",
+    "_credentials",
+]
 
 
 def add_mount_options(p: argparse.ArgumentParser) -> None:
     """The options of ``xnatfs mount``/``xnatfs config``: the settings table's, plus the few
     that are not settings (foreground, ``-o``, the daemon's ``--credentials-stdin``)."""
-    p.add_argument("--foreground", "-f", action="store_true",
-                   help="stay in the foreground (systemd, debugging); logs go to stderr")
+    p.add_argument(
+        "--foreground",
+        "-f",
+        action="store_true",
+        help="stay in the foreground (systemd, debugging); logs go to stderr",
+    )
     table.add_arguments(p)
-    p.add_argument("-o", dest="fuse_options", action="append", default=[],
-                   help="FUSE options, comma separated (e.g. allow_other)")
+    p.add_argument(
+        "-o",
+        dest="fuse_options",
+        action="append",
+        default=[],
+        help="FUSE options, comma separated (e.g. allow_other)",
+    )
     p.add_argument("--credentials-stdin", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -55,43 +86,57 @@ def _add_cache_parser(sub: Any) -> None:
     """``xnatfs cache usage|prune|clear|verify|prefetch``."""
     p = sub.add_parser("cache", help="inspect or manage the content cache")
     cache_sub = p.add_subparsers(dest="cache_command", required=True)
-    for name, text in (("usage", "size and number of cached files"),
-                       ("prune", "evict least recently used files down to SIZE"),
-                       ("clear", "empty the cache (refused while a mount uses it)")):
+    for name, text in (
+        ("usage", "size and number of cached files"),
+        ("prune", "evict least recently used files down to SIZE"),
+        ("clear", "empty the cache (refused while a mount uses it)"),
+    ):
         c = cache_sub.add_parser(name, help=text)
-        c.add_argument("--cache-dir", default=None,
-                       help="cache directory (default: $XDG_CACHE_HOME/xnatfs)")
+        c.add_argument(
+            "--cache-dir", default=None, help="cache directory (default: $XDG_CACHE_HOME/xnatfs)"
+        )
         if name == "prune":
             c.add_argument("size", help="e.g. 5G")
-    c = cache_sub.add_parser("verify", help="check every cached file (size and MD5); works "
-                             "while a mount uses the cache")
-    c.add_argument("--cache-dir", default=None,
-                   help="cache directory (default: $XDG_CACHE_HOME/xnatfs)")
-    c.add_argument("--repair", action="store_true",
-                   help="drop bad entries (the next read fetches them again)")
+    c = cache_sub.add_parser(
+        "verify", help="check every cached file (size and MD5); works while a mount uses the cache"
+    )
+    c.add_argument(
+        "--cache-dir", default=None, help="cache directory (default: $XDG_CACHE_HOME/xnatfs)"
+    )
+    c.add_argument(
+        "--repair", action="store_true", help="drop bad entries (the next read fetches them again)"
+    )
     c = cache_sub.add_parser("prefetch", help="read paths of a mount into its cache")
     c.add_argument("paths", nargs="+", help="files or folders inside an xnatfs mount")
     c.add_argument("--threads", type=int, default=8)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xnatfs",
-                                     description="Mount an XNAT archive as a filesystem.")
+    parser = argparse.ArgumentParser(
+        prog="xnatfs", description="Mount an XNAT archive as a filesystem."
+    )
     parser.add_argument("--version", action="version", version=f"xnatfs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        "mount", help="mount an XNAT server", description="Mount an XNAT server.",
+        "mount",
+        help="mount an XNAT server",
+        description="Mount an XNAT server.",
         epilog="Credentials (never on the command line): user and password in the config "
         "file (which must then be private), else the netrc entry for the host (--netrc FILE, "
         "else $NETRC, else ~/.netrc; refused when group- or world-readable), else a prompt on "
-        "a terminal, else XNATFS_USER/XNATFS_PASSWORD. 'xnatfs config URL' shows the netrc.")
-    p.add_argument("url", help="XNAT base URL, e.g. https://xnat.example.org (context path included)")
+        "a terminal, else XNATFS_USER/XNATFS_PASSWORD. 'xnatfs config URL' shows the netrc.",
+    )
+    p.add_argument(
+        "url", help="XNAT base URL, e.g. https://xnat.example.org (context path included)"
+    )
     p.add_argument("mountpoint")
     add_mount_options(p)
 
-    p = sub.add_parser("config", help="print the effective settings for a server (secrets "
-                       "masked) and where each comes from")
+    p = sub.add_parser(
+        "config",
+        help="print the effective settings for a server (secrets masked) and where each comes from",
+    )
     p.add_argument("url")
     add_mount_options(p)
 
@@ -105,8 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the bundled XNAT emulator with demo data and mount it")
     p.add_argument("mountpoint", nargs="?", default="xnat-demo")
-    p.add_argument("--data", type=Path, default=None,
-                   help="emulator data directory (default: a fresh temporary one)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="emulator data directory (default: a fresh temporary one)",
+    )
     p.add_argument("--port", type=int, default=0)
 
     _add_cache_parser(sub)
@@ -114,10 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     from xnatfs import prearchive_cli
 
     prearchive_cli.add_parser(sub)
-    sub.add_parser("emulator", help="run the XNAT emulator alone (see 'xnatfs emulator -h')",
-                   add_help=False)
-    sub.add_parser("cache-proxy", help="run a shared nginx cache of file bytes for many mounts "
-                   "(see 'xnatfs cache-proxy -h', docs/SCALING.md)", add_help=False)
+    sub.add_parser(
+        "emulator", help="run the XNAT emulator alone (see 'xnatfs emulator -h')", add_help=False
+    )
+    sub.add_parser(
+        "cache-proxy",
+        help="run a shared nginx cache of file bytes for many mounts "
+        "(see 'xnatfs cache-proxy -h', docs/SCALING.md)",
+        add_help=False,
+    )
     return parser
 
 
@@ -145,9 +199,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     log_path = workdir / "xnatfs.log"
     # the mount's log goes to a file the banner names, not over the banner (issue 16 §7)
     daemon = mounting.MountDaemon(
-        mounting.xnatfs_argv(emu.url, mountpoint, "--cache-dir", str(options.cache_dir),
-                             "--log-level", "info"),
-        mountpoint, log_path, {"username": user, "password": password}).start()
+        mounting.xnatfs_argv(
+            emu.url, mountpoint, "--cache-dir", str(options.cache_dir), "--log-level", "info"
+        ),
+        mountpoint,
+        log_path,
+        {"username": user, "password": password},
+    ).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -155,13 +213,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         try:
             daemon.wait(mounting.MOUNT_WAIT_S)
         except mounting.MountFailed:
-            raise UsageError(f"the demo mount did not come up; last log lines ({log_path}):"
-                             f"\n{daemon.tail()}") from None
+            raise UsageError(
+                f"the demo mount did not come up; last log lines ({log_path}):\n{daemon.tail()}"
+            ) from None
         from xnatfs.emulator.seed import DEMO_USER
 
-        kept = (f"{data} (kept: run 'xnatfs demo --data {data}' again to see your writes)"
-                if args.data else f"{data} (removed at exit; --data DIR keeps it)")
-        print(f"""
+        kept = (
+            f"{data} (kept: run 'xnatfs demo --data {data}' again to see your writes)"
+            if args.data
+            else f"{data} (removed at exit; --data DIR keeps it)"
+        )
+        print(
+            f"""
 xnatfs demo is running.
   XNAT emulator : {emu.url}
   users         : {user} / {password} (sees everything),
@@ -177,7 +240,9 @@ Try, in another terminal:
   find {mountpoint}/DEMO1/resources
   getfattr -d {mountpoint}/DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1/scans/1
 
-Press Ctrl-C to unmount and stop.""", flush=True)
+Press Ctrl-C to unmount and stop.""",
+            flush=True,
+        )
         while not stop.is_set() and daemon.alive():
             stop.wait(0.5)
     finally:
@@ -227,12 +292,18 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         return proxy_main(argv[1:])
     if argv and "://" in argv[0]:
         # mount.fuse3 runs "xnatfs SOURCE MOUNTPOINT -o OPTIONS" for fstab type fuse.xnatfs
-        # and for "xnatfs#URL" sources (fuse-notes.md §3.1)
+        # and for "xnatfs#URL" sources (docs/FUSE.md §3.1)
         return mount_helper_main(argv)
     args = build_parser().parse_args(argv)
-    handlers = {"mount": cmd_mount, "umount": cmd_umount, "status": cmd_status,
-                "demo": cmd_demo, "config": cmd_config, "cache": cmd_cache,
-                "prearchive": _cmd_prearchive}
+    handlers = {
+        "mount": cmd_mount,
+        "umount": cmd_umount,
+        "status": cmd_status,
+        "demo": cmd_demo,
+        "config": cmd_config,
+        "cache": cmd_cache,
+        "prearchive": _cmd_prearchive,
+    }
     from xnatfs.config import ConfigError
 
     try:
@@ -264,7 +335,7 @@ def mount_helper_main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     source, mountpoint, rest = argv[0], argv[1], argv[2:]
     if source.startswith("xnatfs#"):
-        source = source[len("xnatfs#"):]
+        source = source[len("xnatfs#") :]
     opts: Dict[str, object] = {}
     i = 0
     while i < len(rest):

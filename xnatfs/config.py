@@ -27,6 +27,7 @@ holding a password must be private (``chmod 600``), like a netrc.
 Imports only ``xnatfs.settings`` (the keys, their types and defaults); no I/O beyond reading
 the one file.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -77,15 +78,17 @@ class KeySpec:
 
 #: every key of ``[defaults]`` / ``[servers."URL"]`` / ``XNATFS_<KEY>``: generated from the one
 #: table of settings (``xnatfs/settings.py``)
-KEYS: Dict[str, KeySpec] = {s.name: KeySpec(s.kind.convert, s.default, s.kind.label)
-                            for s in CONFIG_SETTINGS}
+KEYS: Dict[str, KeySpec] = {
+    s.name: KeySpec(s.kind.convert, s.default, s.kind.label) for s in CONFIG_SETTINGS
+}
 
 
 def _default(key: str, env: Mapping[str, str]) -> Any:
     if key == "cache_dir":
         # what options.default_cache_dir() gives, but from the env mapping we were handed
         base = env.get("XDG_CACHE_HOME") or os.path.join(
-            env.get("HOME") or os.path.expanduser("~"), ".cache")
+            env.get("HOME") or os.path.expanduser("~"), ".cache"
+        )
         return str(Path(base) / "xnatfs")
     return KEYS[key].default
 
@@ -111,7 +114,8 @@ class ConfigFile:
 
 def default_config_path(env: Mapping[str, str] = os.environ) -> Path:
     base = env.get("XDG_CONFIG_HOME") or os.path.join(
-        env.get("HOME") or os.path.expanduser("~"), ".config")
+        env.get("HOME") or os.path.expanduser("~"), ".config"
+    )
     return Path(base) / "xnatfs" / "config.toml"
 
 
@@ -133,6 +137,7 @@ def normalize_url(url: str) -> str:
 def _line_of(text: str, key: str, table: str) -> Optional[int]:
     """Best-effort line number of ``key = ...`` inside ``[table]`` ("" = before any table);
     tomllib reports lines for syntax errors only."""
+
     def header(line: str) -> str:
         inner = line.strip().lstrip("[").rpartition("]")[0] if "]" in line else line
         return re.sub(r"\s+", "", inner).replace("'", '"')
@@ -144,7 +149,8 @@ def _line_of(text: str, key: str, table: str) -> Optional[int]:
             current = header(stripped)
             continue
         if current == header(table) and re.match(
-                r'["\']?' + re.escape(key) + r'["\']?\s*=', stripped):
+            r'["\']?' + re.escape(key) + r'["\']?\s*=', stripped
+        ):
             return number
     return None
 
@@ -162,15 +168,19 @@ def _check_table(path: Path, text: str, name: str, table: Any) -> Dict[str, Any]
         spec = KEYS.get(key)
         if spec is None:
             close = difflib.get_close_matches(key, KEYS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else \
-                f" (known keys: {', '.join(KEYS)})"
-            raise ConfigError(f"{_where(path, text, key, name)}: unknown key '{key}' in "
-                              f"[{name}]{hint}")
+            hint = (
+                f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(KEYS)})"
+            )
+            raise ConfigError(
+                f"{_where(path, text, key, name)}: unknown key '{key}' in [{name}]{hint}"
+            )
         try:
             out[key] = spec.convert(value, False)
         except ValueError as exc:
-            raise ConfigError(f"{_where(path, text, key, name)}: [{name}] {key} {exc} "
-                              f"(got {type(value).__name__} {_show(key, value)})") from None
+            raise ConfigError(
+                f"{_where(path, text, key, name)}: [{name}] {key} {exc} "
+                f"(got {type(value).__name__} {_show(key, value)})"
+            ) from None
     return out
 
 
@@ -178,8 +188,9 @@ def _show(key: str, value: Any) -> str:
     return MASK if key in SECRET_KEYS else repr(value)
 
 
-def load_config(path: Optional[os.PathLike] = None,
-                env: Mapping[str, str] = os.environ) -> ConfigFile:
+def load_config(
+    path: Optional[os.PathLike] = None, env: Mapping[str, str] = os.environ
+) -> ConfigFile:
     """Read and validate the config file; an absent default file is an empty config.
 
     ``path`` (``--config``) or ``$XNATFS_CONFIG`` name a file that must exist.  Raises
@@ -188,8 +199,11 @@ def load_config(path: Optional[os.PathLike] = None,
     others may access.
     """
     explicit = path is not None or bool(env.get(ENV_CONFIG))
-    file = Path(os.path.expanduser(str(path if path is not None else
-                                       env.get(ENV_CONFIG) or default_config_path(env))))
+    file = Path(
+        os.path.expanduser(
+            str(path if path is not None else env.get(ENV_CONFIG) or default_config_path(env))
+        )
+    )
     try:
         with open(file, "rb") as fh:
             st = os.fstat(fh.fileno())
@@ -215,26 +229,34 @@ def load_config(path: Optional[os.PathLike] = None,
             defaults = _check_table(file, text, "defaults", value)
         elif name == "servers":
             if not isinstance(value, dict):
-                raise ConfigError(f"{file}: servers must be tables like "
-                                  f"[servers.\"https://xnat.example.org\"]")
+                raise ConfigError(
+                    f'{file}: servers must be tables like [servers."https://xnat.example.org"]'
+                )
             for url, table in value.items():
                 parts = urlsplit(url)
                 if parts.scheme not in ("http", "https") or not parts.hostname:
-                    raise ConfigError(f"{file}: [servers.\"{url}\"] is not an http(s) URL; write "
-                                      f"the server as [servers.\"https://xnat.example.org\"]")
-                servers[normalize_url(url)] = _check_table(file, text, f'servers."{url}"',
-                                                           table)
+                    raise ConfigError(
+                        f'{file}: [servers."{url}"] is not an http(s) URL; write '
+                        f'the server as [servers."https://xnat.example.org"]'
+                    )
+                servers[normalize_url(url)] = _check_table(file, text, f'servers."{url}"', table)
         else:
             close = difflib.get_close_matches(name, ["defaults", "servers"], n=1)
-            hint = f" (did you mean [{close[0]}]?)" if close else \
-                " (only [defaults] and [servers.\"URL\"] exist)"
-            raise ConfigError(f"{_where(file, text, name, '')}: unknown table or key "
-                              f"'{name}'{hint}")
+            hint = (
+                f" (did you mean [{close[0]}]?)"
+                if close
+                else ' (only [defaults] and [servers."URL"] exist)'
+            )
+            raise ConfigError(
+                f"{_where(file, text, name, '')}: unknown table or key '{name}'{hint}"
+            )
 
     holds_password = "password" in defaults or any("password" in t for t in servers.values())
     if holds_password and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{file} holds a password but group or others may access it "
-                          f"(mode {stat.S_IMODE(st.st_mode):04o}): run chmod 600 {file}")
+        raise ConfigError(
+            f"{file} holds a password but group or others may access it "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}): run chmod 600 {file}"
+        )
     return ConfigFile(path=file, defaults=defaults, servers=servers)
 
 
@@ -243,18 +265,21 @@ def _toml_message(exc: Exception) -> str:
     text = str(exc)
     m = re.search(r"\(at line (\d+), column (\d+)\)", text)
     if m:
-        reason = text[:m.start()].strip()
+        reason = text[: m.start()].strip()
         return f"line {m.group(1)}, column {m.group(2)}: malformed TOML: {reason}"
     m = re.search(r"\(at end of document\)", text)
     if m:
-        return f"end of file: malformed TOML: {text[:m.start()].strip()}"
+        return f"end of file: malformed TOML: {text[: m.start()].strip()}"
     return f"malformed TOML: {text}"
 
 
 # ------------------------------------------------------------------------------- precedence
-def effective_settings(url: str, cli_values: Mapping[str, Any],
-                       env: Mapping[str, str] = os.environ,
-                       config: Optional[ConfigFile] = None) -> Dict[str, Tuple[Any, str]]:
+def effective_settings(
+    url: str,
+    cli_values: Mapping[str, Any],
+    env: Mapping[str, str] = os.environ,
+    config: Optional[ConfigFile] = None,
+) -> Dict[str, Tuple[Any, str]]:
     """Every key of :data:`KEYS` -> ``(value, source)`` for a mount of ``url``.
 
     ``cli_values`` holds only the options the user typed (the CLI leaves the others None),
@@ -308,8 +333,11 @@ def render(settings: Mapping[str, Tuple[Any, str]], config: Optional[ConfigFile]
             shown = "(unset)"
         elif key in SECRET_KEYS:
             shown = f'"{MASK}"'
-        elif key in BY_NAME and BY_NAME[key].kind.label in ("size", "octal mode") \
-                and isinstance(value, int):
+        elif (
+            key in BY_NAME
+            and BY_NAME[key].kind.label in ("size", "octal mode")
+            and isinstance(value, int)
+        ):
             shown = f'"{BY_NAME[key].kind.text(value)}"'
         elif isinstance(value, bool):
             shown = "true" if value else "false"

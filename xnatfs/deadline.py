@@ -7,6 +7,7 @@ level (issue 17 §1, issue 18 §0.3).  ``Tree`` opens a scope per call; the clie
 request's deadline to it.  A ``ContextVar``, so each FUSE worker thread (and nothing it hands
 work to) has its own.  Imports nothing from xnatfs: the client and the tree both use it.
 """
+
 from __future__ import annotations
 
 import contextlib

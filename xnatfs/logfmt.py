@@ -6,6 +6,7 @@ forge another one (issue 17 §8).  Every control character of the message and of
 fields is shown as a Python-style escape (``\\n``, ``\\x1b``); a traceback, added after the
 message, keeps its own newlines.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,9 @@ _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 def _escape_one(m: "re.Match[str]") -> str:
     c = m.group(0)
-    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c, f"\\x{ord(c):02x}" if ord(c) < 256
-                                                       else f"\\u{ord(c):04x}")
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(
+        c, f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+    )
 
 
 def escape_controls(text: str) -> str:

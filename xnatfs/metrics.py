@@ -3,6 +3,7 @@
 A pure function of the stats dict that ``Runtime.stats()`` builds, so both files always agree and
 this module needs no imports from the rest of xnatfs.  Format: Prometheus text exposition 0.0.4.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
@@ -18,8 +19,9 @@ class _Writer:
     def __init__(self) -> None:
         self.lines: List[str] = []
 
-    def metric(self, name: str, kind: str, text: str,
-               samples: Iterable[Tuple[Labels, Optional[float]]]) -> None:
+    def metric(
+        self, name: str, kind: str, text: str, samples: Iterable[Tuple[Labels, Optional[float]]]
+    ) -> None:
         rows = [(labels, value) for labels, value in samples if value is not None]
         self.lines.append(f"# HELP xnatfs_{name} {text}")
         self.lines.append(f"# TYPE xnatfs_{name} {kind}")
@@ -33,54 +35,128 @@ def prometheus(stats: Mapping[str, Any]) -> str:
     w = _Writer()
     requests: Mapping[str, Any] = stats.get("requests") or {}
     by_status: Dict[str, int] = requests.get("requests") or {}
-    w.metric("requests_total", "counter", "HTTP requests to XNAT by method and status",
-             [((("method", key.split(" ", 1)[0]), ("status", key.split(" ", 1)[-1])), n)
-              for key, n in sorted(by_status.items())])
-    w.metric("request_failures_total", "counter", "HTTP requests that got no answer, by kind",
-             [((("kind", k),), n) for k, n in sorted((requests.get("errors") or {}).items())])
-    w.metric("received_bytes_total", "counter", "bytes received from XNAT",
-             [((), requests.get("bytes_in"))])
+    w.metric(
+        "requests_total",
+        "counter",
+        "HTTP requests to XNAT by method and status",
+        [
+            ((("method", key.split(" ", 1)[0]), ("status", key.split(" ", 1)[-1])), n)
+            for key, n in sorted(by_status.items())
+        ],
+    )
+    w.metric(
+        "request_failures_total",
+        "counter",
+        "HTTP requests that got no answer, by kind",
+        [((("kind", k),), n) for k, n in sorted((requests.get("errors") or {}).items())],
+    )
+    w.metric(
+        "received_bytes_total",
+        "counter",
+        "bytes received from XNAT",
+        [((), requests.get("bytes_in"))],
+    )
     w.metric("sent_bytes_total", "counter", "bytes sent to XNAT", [((), requests.get("bytes_out"))])
-    w.metric("request_retries_total", "counter", "GET/HEAD retries", [((), requests.get("retries"))])
+    w.metric(
+        "request_retries_total", "counter", "GET/HEAD retries", [((), requests.get("retries"))]
+    )
     w.metric("logins_total", "counter", "JSESSION logins", [((), requests.get("logins"))])
     limiter: Mapping[str, Any] = stats.get("limiter") or {}
-    w.metric("request_limit", "gauge", "requests allowed in flight now (adaptive, <= "
-             "--max-requests)", [((), limiter.get("limit"))])
+    w.metric(
+        "request_limit",
+        "gauge",
+        "requests allowed in flight now (adaptive, <= --max-requests)",
+        [((), limiter.get("limit"))],
+    )
     w.metric("requests_in_flight", "gauge", "requests in flight", [((), limiter.get("in_flight"))])
-    w.metric("request_limit_decreases_total", "counter", "halvings of the limit (429/503/"
-             "timeouts)", [((), limiter.get("decreases"))])
-    w.metric("request_pauses_total", "counter", "mount-wide pauses (server down, Retry-After)",
-             [((), limiter.get("pauses"))])
-    w.metric("request_latency_seconds", "summary", "latency of recent requests",
-             [((("quantile", q),), requests.get(f"latency_p{p}"))
-              for q, p in (("0.5", "50"), ("0.9", "90"), ("0.99", "99"))])
+    w.metric(
+        "request_limit_decreases_total",
+        "counter",
+        "halvings of the limit (429/503/timeouts)",
+        [((), limiter.get("decreases"))],
+    )
+    w.metric(
+        "request_pauses_total",
+        "counter",
+        "mount-wide pauses (server down, Retry-After)",
+        [((), limiter.get("pauses"))],
+    )
+    w.metric(
+        "request_latency_seconds",
+        "summary",
+        "latency of recent requests",
+        [
+            ((("quantile", q),), requests.get(f"latency_p{p}"))
+            for q, p in (("0.5", "50"), ("0.9", "90"), ("0.99", "99"))
+        ],
+    )
     listing: Mapping[str, Any] = stats.get("listing_cache") or {}
-    w.metric("listing_cache_hits_total", "counter", "listings answered from memory",
-             [((), listing.get("hits"))])
-    w.metric("listing_cache_misses_total", "counter", "listings that needed XNAT",
-             [((), listing.get("misses"))])
+    w.metric(
+        "listing_cache_hits_total",
+        "counter",
+        "listings answered from memory",
+        [((), listing.get("hits"))],
+    )
+    w.metric(
+        "listing_cache_misses_total",
+        "counter",
+        "listings that needed XNAT",
+        [((), listing.get("misses"))],
+    )
     content: Mapping[str, Any] = stats.get("content_cache") or {}
-    w.metric("content_cache_hits_total", "counter", "file opens served from the disk cache",
-             [((), content.get("hits"))])
-    w.metric("content_cache_misses_total", "counter", "file opens that needed a download",
-             [((), content.get("misses"))])
-    w.metric("content_cache_bytes", "gauge", "bytes on disk in the content cache",
-             [((), content.get("size_on_disk"))])
-    w.metric("content_cache_files", "gauge", "files in the content cache",
-             [((), content.get("entries"))])
-    w.metric("downloads_in_flight", "gauge", "downloads running now",
-             [((), content.get("downloads_in_flight"))])
-    w.metric("downloaded_bytes_total", "counter", "bytes downloaded into the cache",
-             [((), content.get("bytes_downloaded"))])
+    w.metric(
+        "content_cache_hits_total",
+        "counter",
+        "file opens served from the disk cache",
+        [((), content.get("hits"))],
+    )
+    w.metric(
+        "content_cache_misses_total",
+        "counter",
+        "file opens that needed a download",
+        [((), content.get("misses"))],
+    )
+    w.metric(
+        "content_cache_bytes",
+        "gauge",
+        "bytes on disk in the content cache",
+        [((), content.get("size_on_disk"))],
+    )
+    w.metric(
+        "content_cache_files", "gauge", "files in the content cache", [((), content.get("entries"))]
+    )
+    w.metric(
+        "downloads_in_flight",
+        "gauge",
+        "downloads running now",
+        [((), content.get("downloads_in_flight"))],
+    )
+    w.metric(
+        "downloaded_bytes_total",
+        "counter",
+        "bytes downloaded into the cache",
+        [((), content.get("bytes_downloaded"))],
+    )
     uploads = stats.get("uploads") or []
     states: Dict[str, int] = {}
     for item in uploads:
         states[item.get("state", "?")] = states.get(item.get("state", "?"), 0) + 1
-    w.metric("uploads", "gauge", "uploads not yet confirmed by XNAT, by state",
-             [((("state", st),), states.get(st, 0))
-              for st in sorted(set(states) | {"pending", "failed"})])
-    w.metric("errors_total", "counter", "failed filesystem calls by errno",
-             [((("errno", k),), n) for k, n in sorted((stats.get("errors") or {}).items())])
-    w.metric("uptime_seconds", "gauge", "seconds since the mount started",
-             [((), stats.get("uptime_s"))])
+    w.metric(
+        "uploads",
+        "gauge",
+        "uploads not yet confirmed by XNAT, by state",
+        [
+            ((("state", st),), states.get(st, 0))
+            for st in sorted(set(states) | {"pending", "failed"})
+        ],
+    )
+    w.metric(
+        "errors_total",
+        "counter",
+        "failed filesystem calls by errno",
+        [((("errno", k),), n) for k, n in sorted((stats.get("errors") or {}).items())],
+    )
+    w.metric(
+        "uptime_seconds", "gauge", "seconds since the mount started", [((), stats.get("uptime_s"))]
+    )
     return "\n".join(w.lines) + "\n"

@@ -2,13 +2,14 @@
 
 ``systemd/xnatfs@.service`` is ``Type=notify``: systemd considers the mount started only when
 xnatfs sends ``READY=1``, which it does from ``XnatOperations.init()`` — i.e. once the kernel's
-FUSE INIT arrived, so the mount answers (fuse-notes.md §3.2).  ``NotifyAccess=main`` means the
+FUSE INIT arrived, so the mount answers (docs/FUSE.md §3.2).  ``NotifyAccess=main`` means the
 message must come from the main process (any of its threads), which the foreground mount is.
 
 Outside systemd ($NOTIFY_SOCKET unset) every call is a cheap no-op.  Nothing here raises: a
 readiness message that cannot be delivered must never take the filesystem down; the result is
 returned (and logged at DEBUG) instead.  Imports nothing from xnatfs.
 """
+
 from __future__ import annotations
 
 import logging

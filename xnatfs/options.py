@@ -1,4 +1,4 @@
-"""One frozen ``Options`` record with every tunable (STYLE.md §2).
+"""One frozen ``Options`` record with every tunable (docs/ARCHITECTURE.md §2).
 
 It is built once by the command line (or a test) and passed down explicitly; nothing reads
 settings from globals.  Every default comes from the one table of settings,
@@ -6,6 +6,7 @@ settings from globals.  Every default comes from the one table of settings,
 the table fills is here, with that default); the fields not in the table (``url``,
 ``fuse_options``, ``uid``/``gid``/``umask``) come from the command line's arguments and ``-o``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ class Options:
     #: timeouts (issue 13 §2, ``xnat/limiter.py``)
     max_requests: int = _d("max_requests")
     #: kernel read-ahead of the mount in KiB; 1024 makes libfuse3 send 1 MiB reads
-    #: (fuse-notes.md §2.2); 0 leaves the kernel default; needs root
+    #: (docs/FUSE.md §2.2); 0 leaves the kernel default; needs root
     read_ahead_kb: int = _d("read_ahead_kb")
     #: HTTP connect / read timeouts (seconds) for every request
     connect_timeout: float = _d("connect_timeout")

@@ -9,6 +9,7 @@ netrc, prompt; never argv), and each action waits, within ``--timeout``, for the
 requires (``xnat/prearc.py``).  The mount shows the result after its listing TTL (at once for
 ``user.xnat.status``, which a session folder reads fresh).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,22 +31,37 @@ class PrearchiveUsage(UsageError):
 
 def add_parser(sub: Any) -> None:
     """The ``prearchive`` sub-command (called from ``cli.build_parser``)."""
-    p = sub.add_parser("prearchive", help="rebuild, archive, move or delete a prearchive "
-                       "session (given as its folder in a mount)")
+    p = sub.add_parser(
+        "prearchive",
+        help="rebuild, archive, move or delete a prearchive "
+        "session (given as its folder in a mount)",
+    )
     p.add_argument("action", choices=ACTIONS)
-    p.add_argument("path", help="MNT/.prearchive/PROJECT/TIMESTAMP/SESSION (or its "
-                   "/data/prearchive/... URI with --url)")
-    p.add_argument("project", nargs="?", default=None,
-                   help="move: the destination project; archive: the project (default: the "
-                   "session's)")
-    p.add_argument("--subject", default=None, help="archive: subject label (default: the "
-                   "session's subject)")
-    p.add_argument("--label", default=None, help="archive: experiment label (default: the "
-                   "session's name)")
+    p.add_argument(
+        "path",
+        help="MNT/.prearchive/PROJECT/TIMESTAMP/SESSION (or its "
+        "/data/prearchive/... URI with --url)",
+    )
+    p.add_argument(
+        "project",
+        nargs="?",
+        default=None,
+        help="move: the destination project; archive: the project (default: the session's)",
+    )
+    p.add_argument(
+        "--subject", default=None, help="archive: subject label (default: the session's subject)"
+    )
+    p.add_argument(
+        "--label", default=None, help="archive: experiment label (default: the session's name)"
+    )
     p.add_argument("--url", default=None, help="XNAT base URL when PATH is not in a mount")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="longest wait for XNAT to finish, in seconds (default: the mount's "
-                   "--timeout setting, 60)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="longest wait for XNAT to finish, in seconds (default: the mount's "
+        "--timeout setting, 60)",
+    )
     p.add_argument("--config", default=None)
     p.add_argument("--netrc", default=None)
     p.add_argument("--ca-bundle", default=None)
@@ -60,8 +76,10 @@ def resolve(path: str, url: Optional[str]) -> Tuple[str, str]:
     try:
         uri = os.getxattr(path, "user.xnat.uri").decode("utf-8")
     except OSError as exc:
-        raise PrearchiveUsage(f"{path}: not a session folder of an xnatfs mount "
-                              f"({os.strerror(exc.errno or errno.EIO)})") from None
+        raise PrearchiveUsage(
+            f"{path}: not a session folder of an xnatfs mount "
+            f"({os.strerror(exc.errno or errno.EIO)})"
+        ) from None
     if not uri.startswith(PREARC_PREFIX):
         raise PrearchiveUsage(f"{path} is not a prearchive session ({uri})")
     if url is None:
@@ -96,18 +114,28 @@ def run(args: argparse.Namespace) -> int:
     cli.setup_logging(settings["log_level"][0])
     timeout = args.timeout if args.timeout is not None else float(settings["timeout"][0])
     creds = cli._credentials(args, cli.check_url(url), settings)
-    client = XnatClient(cli.check_url(url), creds, ClientOptions(
-        pool_size=1, connect_timeout=float(settings["connect_timeout"][0]),
-        read_timeout=float(settings["read_timeout"][0]), deadline=timeout,
-        verify=settings["ca_bundle"][0] or True, heartbeat=False))
+    client = XnatClient(
+        cli.check_url(url),
+        creds,
+        ClientOptions(
+            pool_size=1,
+            connect_timeout=float(settings["connect_timeout"][0]),
+            read_timeout=float(settings["read_timeout"][0]),
+            deadline=timeout,
+            verify=settings["ca_bundle"][0] or True,
+            heartbeat=False,
+        ),
+    )
     client.start()
     try:
         actions = PrearcActions(client, timeout=timeout)
         try:
             result = _act(actions, client, args, uri)
         except OSError as exc:
-            raise PrearchiveUsage(f"{args.action} {uri}: {exc.strerror or exc} "
-                                  f"[{errno.errorcode.get(exc.errno or 0, exc.errno)}]") from None
+            raise PrearchiveUsage(
+                f"{args.action} {uri}: {exc.strerror or exc} "
+                f"[{errno.errorcode.get(exc.errno or 0, exc.errno)}]"
+            ) from None
         print(result)
         return 0
     finally:
@@ -126,11 +154,13 @@ def _act(actions: Any, client: Any, args: argparse.Namespace, uri: str) -> str:
         return f"{uri}: deleted"
     if args.action == "move":
         if not args.project:
-            raise PrearchiveUsage("move needs the destination project: xnatfs prearchive move "
-                                  "PATH PROJECT")
+            raise PrearchiveUsage(
+                "move needs the destination project: xnatfs prearchive move PATH PROJECT"
+            )
         return actions.move(uri, args.project)
     s = client.get_prearchive(uri)
     if s is None:
         raise PrearchiveUsage(f"{uri}: no such prearchive session")
-    return actions.archive(uri, args.project or s.project, args.subject or s.subject or s.name,
-                           args.label or s.name)
+    return actions.archive(
+        uri, args.project or s.project, args.subject or s.subject or s.name, args.label or s.name
+    )

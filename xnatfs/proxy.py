@@ -9,7 +9,7 @@ What the generated configuration does, and why each part is safe:
 * **XNAT still authorizes every request.**  A cacheable request (GET/HEAD, a path below
   ``/files/``, an ``xnatfs_md5=<32 hex>`` parameter) first sends ``HEAD`` of the same URI to XNAT
   with the requester's own ``Cookie``/``Authorization`` (``auth_request``).  XNAT answers HEAD of a
-  file through the same code as GET, without the body (xnat-rest-api.md §3.1), so this is the
+  file through the same code as GET, without the body (docs/XNAT-API.md §3.1), so this is the
   cheapest question that XNAT answers with the same permission check as the download.  Only on
   2xx are cached bytes served.  On any other answer the request goes to XNAT unchanged and
   uncached, so the user gets XNAT's own status (403, 404, 401 for an expired session ...), which
@@ -32,6 +32,7 @@ The process runs in the foreground with everything in its own run directory (con
 error and access logs, temp files); no system nginx file is read or written (``-p RUN -c CONF``,
 ``-e`` for the early error log) and no root is needed for a port above 1023.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,31 +62,33 @@ class ProxyError(Exception):
 class ProxyConfig:
     """Everything the generated nginx configuration depends on."""
 
-    upstream: str            # XNAT's URL, e.g. https://xnat.example.org/xnat
+    upstream: str  # XNAT's URL, e.g. https://xnat.example.org/xnat
     port: int
     cache_dir: str
     run_dir: str
-    cache_size: int          # bytes
+    cache_size: int  # bytes
     bind: str = "127.0.0.1"
-    tls_cert: str = ""       # serve https with this certificate chain ...
-    tls_key: str = ""        # ... and key (both or neither)
-    ca_file: str = "/etc/ssl/certs/ca-certificates.crt"   # to verify an https upstream
+    tls_cert: str = ""  # serve https with this certificate chain ...
+    tls_key: str = ""  # ... and key (both or neither)
+    ca_file: str = "/etc/ssl/certs/ca-certificates.crt"  # to verify an https upstream
     # Longest wait behind another node's download of the same file; then the request goes to
     # XNAT itself, uncached.  A waiter gets no byte meanwhile, so this stays below the mounts'
     # 30 s read timeout (options.read_timeout) rather than making them time out.
     lock_timeout_s: int = 25
     workers: int = 2
-    worker_user: str = ""    # only as root: the user nginx's workers run as
+    worker_user: str = ""  # only as root: the user nginx's workers run as
 
     @property
     def scheme_host_port(self) -> tuple[str, str, int]:
         parts = urlsplit(self.upstream)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ProxyError(f"--upstream must look like https://host[:port][/path], "
-                             f"not {self.upstream!r}")
+            raise ProxyError(
+                f"--upstream must look like https://host[:port][/path], not {self.upstream!r}"
+            )
         if not _HOST.fullmatch(parts.hostname):
-            raise ProxyError(f"--upstream host {parts.hostname!r} is not a plain host name or "
-                             f"address")
+            raise ProxyError(
+                f"--upstream host {parts.hostname!r} is not a plain host name or address"
+            )
         port = parts.port or (443 if parts.scheme == "https" else 80)
         return parts.scheme, parts.hostname, port
 
@@ -108,7 +111,7 @@ _HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")
 
 def _q(value: str) -> str:
     """An nginx string literal (paths may contain spaces)."""
-    if any(c in value for c in "\"\\\n\r;{}$"):
+    if any(c in value for c in '"\\\n\r;{}$'):
         raise ProxyError(f"refusing a value nginx cannot quote safely: {value!r}")
     return f'"{value}"'
 
@@ -124,22 +127,29 @@ def render(cfg: ProxyConfig) -> str:
     run, cache = cfg.run_dir, cfg.cache_dir
     hostport = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     # the Host header XNAT would get directly (no port when it is the scheme's default)
-    host_header = hostport if port != (443 if scheme == "https" else 80) else (
-        host if ":" not in host else f"[{host}]")
+    host_header = (
+        hostport
+        if port != (443 if scheme == "https" else 80)
+        else (host if ":" not in host else f"[{host}]")
+    )
     if not _HOST.fullmatch(cfg.bind):
         raise ProxyError(f"--bind wants an address or host name, not {cfg.bind!r}")
     listen_host = f"[{cfg.bind}]" if ":" in cfg.bind else cfg.bind
     ssl = ""
     if cfg.tls_cert:
-        ssl = (f"        ssl_certificate {_q(cfg.tls_cert)};\n"
-               f"        ssl_certificate_key {_q(cfg.tls_key)};\n"
-               "        ssl_protocols TLSv1.2 TLSv1.3;\n")
+        ssl = (
+            f"        ssl_certificate {_q(cfg.tls_cert)};\n"
+            f"        ssl_certificate_key {_q(cfg.tls_key)};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;\n"
+        )
     upstream_tls = ""
     if scheme == "https":
-        upstream_tls = (f"    proxy_ssl_server_name on;\n    proxy_ssl_name {host};\n"
-                        f"    proxy_ssl_verify on;\n    proxy_ssl_verify_depth 4;\n"
-                        f"    proxy_ssl_trusted_certificate {_q(cfg.ca_file)};\n"
-                        "    proxy_ssl_session_reuse on;\n")
+        upstream_tls = (
+            f"    proxy_ssl_server_name on;\n    proxy_ssl_name {host};\n"
+            f"    proxy_ssl_verify on;\n    proxy_ssl_verify_depth 4;\n"
+            f"    proxy_ssl_trusted_certificate {_q(cfg.ca_file)};\n"
+            "    proxy_ssl_session_reuse on;\n"
+        )
     return f"""# generated by `xnatfs cache-proxy` (xnatfs/proxy.py); see docs/SCALING.md
 daemon off;
 master_process on;
@@ -249,10 +259,13 @@ http {{
 
 def find_nginx() -> str:
     found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), "")
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), ""
+    )
     if not found:
-        raise ProxyError(f"nginx is not installed (Debian/Ubuntu: apt-get install "
-                         f"{NGINX_PACKAGE}; it must have the auth_request module, see nginx -V)")
+        raise ProxyError(
+            f"nginx is not installed (Debian/Ubuntu: apt-get install "
+            f"{NGINX_PACKAGE}; it must have the auth_request module, see nginx -V)"
+        )
     return found
 
 
@@ -274,8 +287,7 @@ def prepare(cfg: ProxyConfig) -> Path:
 def command(nginx: str, cfg: ProxyConfig, conf: Path) -> List[str]:
     # -p: prefix (relative paths, and where nginx would look by default); -e: the error log
     # used before the configuration is read (else /var/log/nginx/error.log)
-    return [nginx, "-p", cfg.run_dir, "-e", os.path.join(cfg.run_dir, "error.log"),
-            "-c", str(conf)]
+    return [nginx, "-p", cfg.run_dir, "-e", os.path.join(cfg.run_dir, "error.log"), "-c", str(conf)]
 
 
 def run(cfg: ProxyConfig, out=sys.stderr) -> int:
@@ -286,10 +298,16 @@ def run(cfg: ProxyConfig, out=sys.stderr) -> int:
     cmd = command(nginx, cfg, conf)
     check = subprocess.run(cmd + ["-t", "-q"], capture_output=True, text=True, timeout=60)
     if check.returncode != 0:
-        raise ProxyError("nginx refused the generated configuration: "
-                         + (check.stderr.strip() or check.stdout.strip())[-800:])
-    print(f"xnatfs cache-proxy: {cfg.upstream} cached in {cfg.cache_dir}; mounts use "
-          f"{cfg.mount_url()} (run dir {cfg.run_dir})", file=out, flush=True)
+        raise ProxyError(
+            "nginx refused the generated configuration: "
+            + (check.stderr.strip() or check.stdout.strip())[-800:]
+        )
+    print(
+        f"xnatfs cache-proxy: {cfg.upstream} cached in {cfg.cache_dir}; mounts use "
+        f"{cfg.mount_url()} (run dir {cfg.run_dir})",
+        file=out,
+        flush=True,
+    )
     proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
 
     def stop(signum: int, _frame: object) -> None:
@@ -339,20 +357,36 @@ def _unprivileged_user() -> str:
     raise ProxyError("started as root and no www-data/nobody user: give --worker-user")
 
 
-def make_config(upstream: str, port: int, cache_dir: str, cache_size: int,
-                run_dir: Optional[str] = None, bind: str = "127.0.0.1", tls_cert: str = "",
-                tls_key: str = "", ca_file: str = "", workers: int = 2,
-                worker_user: str = "", lock_timeout_s: int = 25) -> ProxyConfig:
+def make_config(
+    upstream: str,
+    port: int,
+    cache_dir: str,
+    cache_size: int,
+    run_dir: Optional[str] = None,
+    bind: str = "127.0.0.1",
+    tls_cert: str = "",
+    tls_key: str = "",
+    ca_file: str = "",
+    workers: int = 2,
+    worker_user: str = "",
+    lock_timeout_s: int = 25,
+) -> ProxyConfig:
     if os.geteuid() == 0 and not worker_user:
         worker_user = _unprivileged_user()
-    cfg = ProxyConfig(upstream=upstream.rstrip("/"), port=port,
-                      cache_dir=os.path.abspath(cache_dir),
-                      run_dir=os.path.abspath(run_dir) if run_dir else "",
-                      cache_size=cache_size, bind=bind, tls_cert=tls_cert and
-                      os.path.abspath(tls_cert), tls_key=tls_key and os.path.abspath(tls_key),
-                      workers=workers, lock_timeout_s=lock_timeout_s,
-                      worker_user=worker_user if os.geteuid() == 0 else "",
-                      **({"ca_file": os.path.abspath(ca_file)} if ca_file else {}))
+    cfg = ProxyConfig(
+        upstream=upstream.rstrip("/"),
+        port=port,
+        cache_dir=os.path.abspath(cache_dir),
+        run_dir=os.path.abspath(run_dir) if run_dir else "",
+        cache_size=cache_size,
+        bind=bind,
+        tls_cert=tls_cert and os.path.abspath(tls_cert),
+        tls_key=tls_key and os.path.abspath(tls_key),
+        workers=workers,
+        lock_timeout_s=lock_timeout_s,
+        worker_user=worker_user if os.geteuid() == 0 else "",
+        **({"ca_file": os.path.abspath(ca_file)} if ca_file else {}),
+    )
     _ = cfg.scheme_host_port  # validate early: raises ProxyError on a bad upstream
     if not 0 < port < 65536:
         raise ProxyError(f"--port must be 1..65535, not {port}")
@@ -368,38 +402,66 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(
         prog="xnatfs cache-proxy",
         description="Run nginx in the foreground as a shared cache of XNAT file bytes for many "
-        "mounts; XNAT still authorizes every request (docs/SCALING.md).")
+        "mounts; XNAT still authorizes every request (docs/SCALING.md).",
+    )
     p.add_argument("--upstream", required=True, help="XNAT's URL, e.g. https://xnat.example.org")
     p.add_argument("--port", type=int, required=True, help="port to listen on")
     p.add_argument("--cache-dir", required=True, help="where cached files are kept (mode 0700)")
     p.add_argument("--cache-size", default="100G", help="cache limit (default 100G)")
-    p.add_argument("--bind", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for a cluster)")
-    p.add_argument("--run-dir", default=None,
-                   help="config, pid file, logs, temp files (default: a fresh temp dir)")
+    p.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 for a cluster)",
+    )
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="config, pid file, logs, temp files (default: a fresh temp dir)",
+    )
     p.add_argument("--tls-cert", default="", help="serve https with this certificate chain")
     p.add_argument("--tls-key", default="", help="... and this private key")
-    p.add_argument("--upstream-ca", default="",
-                   help="CA bundle to verify an https upstream (default: the system's)")
+    p.add_argument(
+        "--upstream-ca",
+        default="",
+        help="CA bundle to verify an https upstream (default: the system's)",
+    )
     p.add_argument("--workers", type=int, default=2, help="nginx worker processes (default 2)")
-    p.add_argument("--lock-timeout", type=int, default=25,
-                   help="seconds a request waits for another node's download of the same file "
-                   "before it fetches uncached (default 25; keep it below the mounts' 30 s "
-                   "read timeout)")
-    p.add_argument("--worker-user", default="",
-                   help="started as root: run nginx's workers as this user (default www-data, "
-                   "else nobody); it must be able to reach --cache-dir")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the nginx configuration (for a site's own nginx) and exit")
+    p.add_argument(
+        "--lock-timeout",
+        type=int,
+        default=25,
+        help="seconds a request waits for another node's download of the same file "
+        "before it fetches uncached (default 25; keep it below the mounts' 30 s "
+        "read timeout)",
+    )
+    p.add_argument(
+        "--worker-user",
+        default="",
+        help="started as root: run nginx's workers as this user (default www-data, "
+        "else nobody); it must be able to reach --cache-dir",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the nginx configuration (for a site's own nginx) and exit",
+    )
     args = p.parse_args(argv)
     try:
-        cfg = make_config(args.upstream, args.port, args.cache_dir,
-                          parse_size(args.cache_size),
-                          run_dir=args.run_dir or ("/run/xnatfs-cache-proxy" if args.print_config
-                                                   else default_run_dir()),
-                          bind=args.bind, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                          ca_file=args.upstream_ca, workers=args.workers,
-                          worker_user=args.worker_user, lock_timeout_s=args.lock_timeout)
+        cfg = make_config(
+            args.upstream,
+            args.port,
+            args.cache_dir,
+            parse_size(args.cache_size),
+            run_dir=args.run_dir
+            or ("/run/xnatfs-cache-proxy" if args.print_config else default_run_dir()),
+            bind=args.bind,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            ca_file=args.upstream_ca,
+            workers=args.workers,
+            worker_user=args.worker_user,
+            lock_timeout_s=args.lock_timeout,
+        )
         if args.print_config:
             print(render(cfg), end="")
             return 0

@@ -7,6 +7,7 @@ daemon is a new process, never a fork of this one, so nothing started here is lo
 :meth:`close` stops them in reverse order.  A failed mount still calls ``close``.  Tests use a
 ``Runtime`` without any mount.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -66,38 +67,65 @@ class Runtime:
         # exclusively and so refuses while any mount uses this cache
         self._lock_file = open(os.path.join(o.cache_dir, "lock"), "a+")  # noqa: SIM115
         fcntl.flock(self._lock_file, fcntl.LOCK_SH)
-        self.client = XnatClient(o.url, self._credentials, ClientOptions(
-            pool_size=max(o.max_threads, o.max_downloads) + 2,
-            connect_timeout=o.connect_timeout, read_timeout=o.read_timeout,
-            retries=o.retries, verify=o.verify, max_requests=o.max_requests,
-            # the README's "no call waits longer than --timeout": the client's whole-call bound
-            deadline=o.fs_timeout))
+        self.client = XnatClient(
+            o.url,
+            self._credentials,
+            ClientOptions(
+                pool_size=max(o.max_threads, o.max_downloads) + 2,
+                connect_timeout=o.connect_timeout,
+                read_timeout=o.read_timeout,
+                retries=o.retries,
+                verify=o.verify,
+                max_requests=o.max_requests,
+                # the README's "no call waits longer than --timeout": the client's whole-call bound
+                deadline=o.fs_timeout,
+            ),
+        )
         self.client.start()
         self.meta = MetaCache(ttl=o.listing_ttl)
-        self.content = ContentCache(os.path.join(o.cache_dir, "content"),
-                                    size_limit=o.cache_size, fetch=self._fetch,
-                                    fetch_archive=self._fetch_archive,
-                                    max_downloads=o.max_downloads)
+        self.content = ContentCache(
+            os.path.join(o.cache_dir, "content"),
+            size_limit=o.cache_size,
+            fetch=self._fetch,
+            fetch_archive=self._fetch_archive,
+            max_downloads=o.max_downloads,
+        )
         self.content.start()
-        self.tree = Tree(self.client, self.meta, self.content, fs_timeout=o.fs_timeout,
-                         stats_fn=self.stats, prefetch=o.prefetch, walk_ahead=o.walk_ahead,
-                         bulk_min=o.bulk_zip)
+        self.tree = Tree(
+            self.client,
+            self.meta,
+            self.content,
+            fs_timeout=o.fs_timeout,
+            stats_fn=self.stats,
+            prefetch=o.prefetch,
+            walk_ahead=o.walk_ahead,
+            bulk_min=o.bulk_zip,
+        )
         self.times = TimesIndex(os.path.join(o.cache_dir, "times.db"))
         self.times.start()
         self.tree.times = self.times
-        self.bids = BidsLayout(self.client, self.content,
-                               private_dir(os.path.join(o.cache_dir, "bids")),
-                               cache_size=o.cache_size, config_path=o.bids_config or "")
+        self.bids = BidsLayout(
+            self.client,
+            self.content,
+            private_dir(os.path.join(o.cache_dir, "bids")),
+            cache_size=o.cache_size,
+            config_path=o.bids_config or "",
+        )
         self.tree.mount(MOUNT_NAME, self.bids)
         self.tree.catalog_times = o.catalog_times
         if not o.read_only:
-            self.writer = Writer(self.tree, self.client,
-                                 private_dir(os.path.join(o.cache_dir, "uploads")),
-                                 allow_delete=o.allow_delete, experiment_type=o.experiment_type,
-                                 scan_type=o.scan_type, fs_timeout=o.fs_timeout,
-                                 upload_workers=o.upload_workers,
-                                 upload_backoff=o.upload_backoff,
-                                 upload_backoff_max=o.upload_backoff_max)
+            self.writer = Writer(
+                self.tree,
+                self.client,
+                private_dir(os.path.join(o.cache_dir, "uploads")),
+                allow_delete=o.allow_delete,
+                experiment_type=o.experiment_type,
+                scan_type=o.scan_type,
+                fs_timeout=o.fs_timeout,
+                upload_workers=o.upload_workers,
+                upload_backoff=o.upload_backoff,
+                upload_backoff_max=o.upload_backoff_max,
+            )
             self.writer.start()
             self.tree.attach_overlay(self.writer)
 
@@ -136,9 +164,13 @@ class Runtime:
 
     def close(self) -> None:
         """Stop in reverse order; each part gets its own try so one failure stops nothing."""
-        for name, part in (("writer", self.writer), ("tree", self.tree),
-                           ("content cache", self.content), ("times index", self.times),
-                           ("client", self.client)):
+        for name, part in (
+            ("writer", self.writer),
+            ("tree", self.tree),
+            ("content cache", self.content),
+            ("times index", self.times),
+            ("client", self.client),
+        ):
             if part is None:
                 continue
             try:

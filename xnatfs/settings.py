@@ -16,6 +16,7 @@ stays: ``timeout`` fills ``fs_timeout``, ``ca_bundle`` fills ``verify``).
 
 Imports nothing from xnatfs: ``options`` and ``config`` import it.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,14 +45,14 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r} (use e.g. 512M, 20G)")
     number, unit = float(m.group(1)), m.group(2).lower()
     power = " kmgtp".index(unit) if unit else 0
-    return int(number * (1024 ** power))
+    return int(number * (1024**power))
 
 
 def format_size(size: int) -> str:
     """Bytes -> the shortest exact ``"10G"`` form (``parse_size`` reads it back)."""
     for power, unit in ((4, "T"), (3, "G"), (2, "M"), (1, "K")):
-        if size % (1024 ** power) == 0:
-            return f"{size // 1024 ** power}{unit}"
+        if size % (1024**power) == 0:
+            return f"{size // 1024**power}{unit}"
     return str(size)
 
 
@@ -89,6 +90,7 @@ def _to_int(minimum: int) -> Convert:
         if value < minimum:
             raise ValueError(f"must be at least {minimum}")
         return value
+
     return convert
 
 
@@ -106,10 +108,11 @@ def _to_float(minimum: float, strict: bool) -> Convert:
         if value < minimum or (strict and value == minimum):
             raise ValueError(f"must be {'greater than' if strict else 'at least'} {minimum:g}")
         return float(value)
+
     return convert
 
 
-_SIZE_HINT = "must be a size such as \"20G\" or a number of bytes"
+_SIZE_HINT = 'must be a size such as "20G" or a number of bytes'
 
 
 def _to_size(value: Any, from_text: bool) -> int:
@@ -133,12 +136,12 @@ def _to_size(value: Any, from_text: bool) -> int:
 def _to_mode(value: Any, from_text: bool) -> int:
     """Permission bits, octal as in chmod: ``"0750"``/``"750"`` (TOML: the string, or 0o750)."""
     if isinstance(value, bool):
-        raise ValueError("must be octal permission bits such as \"0755\"")
+        raise ValueError('must be octal permission bits such as "0755"')
     if isinstance(value, str):
         try:
             value = int(value.strip(), 8)
         except ValueError:
-            raise ValueError("must be octal permission bits such as \"0755\"") from None
+            raise ValueError('must be octal permission bits such as "0755"') from None
     if not isinstance(value, int) or not 0 <= value <= 0o777:
         raise ValueError("must be octal permission bits between 0000 and 0777")
     return value
@@ -257,69 +260,175 @@ def _s(name: str, kind: Kind, default: Any, help: str, **kw: Any) -> Setting:
 
 #: every setting, in the order ``xnatfs config`` shows them
 SETTINGS: Tuple[Setting, ...] = (
-    _s("cache_dir", PATH, None, "on-disk cache (default: {default}, mode 0700)",
-       default_text="$XDG_CACHE_HOME/xnatfs", metavar="DIR"),
-    _s("cache_size", SIZE, 10 * 1024 ** 3, "content cache limit (default {default})"),
-    _s("listing_ttl", seconds(0.0, False), 60.0, "seconds a listing is trusted (default {default})"),
+    _s(
+        "cache_dir",
+        PATH,
+        None,
+        "on-disk cache (default: {default}, mode 0700)",
+        default_text="$XDG_CACHE_HOME/xnatfs",
+        metavar="DIR",
+    ),
+    _s("cache_size", SIZE, 10 * 1024**3, "content cache limit (default {default})"),
+    _s(
+        "listing_ttl", seconds(0.0, False), 60.0, "seconds a listing is trusted (default {default})"
+    ),
     _s("max_threads", count(1), 16, "FUSE worker threads = HTTP pool size (default {default})"),
     _s("max_downloads", count(1), 8, "parallel file downloads into the cache (default {default})"),
-    _s("prefetch", count(0), 16,
-       "files of a folder downloaded ahead of the one opened (default {default}, 0 off)"),
-    _s("walk_ahead", count(0), 4,
-       "listings loaded in parallel ahead of find/cp -r/du (default {default}, 0 off)"),
-    _s("bulk_zip", count(0), 32,
-       "fetch a resource with at least N uncached files as one zip when one of them is opened "
-       "(default {default}, 0 off)"),
-    _s("max_requests", count(1), 16,
-       "HTTP requests in flight at most, every activity together; backs off by itself on "
-       "429/503/timeouts (default {default})"),
-    _s("read_ahead_kb", count(0), 1024,
-       "kernel read-ahead of the mount (default {default}: 1 MiB reads; 0 keeps the kernel's)"),
-    _s("timeout", seconds(), 60.0,
-       "longest wait of any file operation in seconds (default {default})", attr="fs_timeout"),
+    _s(
+        "prefetch",
+        count(0),
+        16,
+        "files of a folder downloaded ahead of the one opened (default {default}, 0 off)",
+    ),
+    _s(
+        "walk_ahead",
+        count(0),
+        4,
+        "listings loaded in parallel ahead of find/cp -r/du (default {default}, 0 off)",
+    ),
+    _s(
+        "bulk_zip",
+        count(0),
+        32,
+        "fetch a resource with at least N uncached files as one zip when one of them is opened "
+        "(default {default}, 0 off)",
+    ),
+    _s(
+        "max_requests",
+        count(1),
+        16,
+        "HTTP requests in flight at most, every activity together; backs off by itself on "
+        "429/503/timeouts (default {default})",
+    ),
+    _s(
+        "read_ahead_kb",
+        count(0),
+        1024,
+        "kernel read-ahead of the mount (default {default}: 1 MiB reads; 0 keeps the kernel's)",
+    ),
+    _s(
+        "timeout",
+        seconds(),
+        60.0,
+        "longest wait of any file operation in seconds (default {default})",
+        attr="fs_timeout",
+    ),
     _s("connect_timeout", seconds(), 5.0, "HTTP connect timeout in seconds (default {default})"),
-    _s("read_timeout", seconds(), 30.0,
-       "longest silence of an HTTP answer in seconds (default {default})"),
-    _s("retries", count(0), 3,
-       "retries of a read after a dropped connection or a 429/5xx (default {default})"),
-    _s("netrc", PATH, None, "netrc file (default {default})", attr="",
-       default_text="$NETRC or ~/.netrc"),
+    _s(
+        "read_timeout",
+        seconds(),
+        30.0,
+        "longest silence of an HTTP answer in seconds (default {default})",
+    ),
+    _s(
+        "retries",
+        count(0),
+        3,
+        "retries of a read after a dropped connection or a 429/5xx (default {default})",
+    ),
+    _s(
+        "netrc",
+        PATH,
+        None,
+        "netrc file (default {default})",
+        attr="",
+        default_text="$NETRC or ~/.netrc",
+    ),
     _s("ca_bundle", PATH, None, "CA bundle for TLS verification", attr="verify"),
     _s("log_level", LOG_LEVEL, "info", "daemon log level (default {default})", attr=""),
     _s("allow_delete", BOOL, False, "allow rm, rmdir, overwriting files and prearchive deletes"),
-    _s("catalog_times", BOOL, False,
-       "show files' times from XNAT's resource catalogs (one more request per resource "
-       "listing)"),
-    _s("allow_other_write", BOOL, False,
-       "with -o allow_other: let other local users write too (as you, on XNAT); without it "
-       "they can only read (see -o umask=)"),
+    _s(
+        "catalog_times",
+        BOOL,
+        False,
+        "show files' times from XNAT's resource catalogs (one more request per resource listing)",
+    ),
+    _s(
+        "allow_other_write",
+        BOOL,
+        False,
+        "with -o allow_other: let other local users write too (as you, on XNAT); without it "
+        "they can only read (see -o umask=)",
+    ),
     _s("read_only", BOOL, False, "refuse every write (EROFS)"),
-    _s("dir_mode", MODE, None,
-       "permission bits shown for directories (default {default}; group/other never get write "
-       "bits unless --allow-other-write)", default_text="0755"),
-    _s("file_mode", MODE, None,
-       "permission bits shown for files (default {default}; the same rule)", default_text="0644"),
-    _s("nonempty", BOOL, False,
-       "mount even if the mount point holds files (they stay hidden while mounted); also "
-       "-o nonempty"),
-    _s("experiment_type", STRING, "xnat:mrSessionData",
-       "xsiType of experiments made with mkdir (default {default})", metavar="XSITYPE"),
-    _s("scan_type", STRING, "xnat:mrScanData",
-       "xsiType of scans made with mkdir (default {default})", metavar="XSITYPE"),
-    _s("upload_workers", count(1), 2, "files uploaded to XNAT at the same time (default {default})"),
-    _s("upload_backoff", seconds(), 1.0,
-       "first wait before an upload is retried, doubled per failure (default {default} s)"),
-    _s("upload_backoff_max", seconds(), 300.0,
-       "longest wait between upload retries in seconds (default {default})"),
-    _s("bids_config", PATH, None,
-       "dcm2bids configuration file for the BIDS view MNT/.bids (docs/BIDS.md)"),
+    _s(
+        "dir_mode",
+        MODE,
+        None,
+        "permission bits shown for directories (default {default}; group/other never get write "
+        "bits unless --allow-other-write)",
+        default_text="0755",
+    ),
+    _s(
+        "file_mode",
+        MODE,
+        None,
+        "permission bits shown for files (default {default}; the same rule)",
+        default_text="0644",
+    ),
+    _s(
+        "nonempty",
+        BOOL,
+        False,
+        "mount even if the mount point holds files (they stay hidden while mounted); also "
+        "-o nonempty",
+    ),
+    _s(
+        "experiment_type",
+        STRING,
+        "xnat:mrSessionData",
+        "xsiType of experiments made with mkdir (default {default})",
+        metavar="XSITYPE",
+    ),
+    _s(
+        "scan_type",
+        STRING,
+        "xnat:mrScanData",
+        "xsiType of scans made with mkdir (default {default})",
+        metavar="XSITYPE",
+    ),
+    _s(
+        "upload_workers", count(1), 2, "files uploaded to XNAT at the same time (default {default})"
+    ),
+    _s(
+        "upload_backoff",
+        seconds(),
+        1.0,
+        "first wait before an upload is retried, doubled per failure (default {default} s)",
+    ),
+    _s(
+        "upload_backoff_max",
+        seconds(),
+        300.0,
+        "longest wait between upload retries in seconds (default {default})",
+    ),
+    _s(
+        "bids_config",
+        PATH,
+        None,
+        "dcm2bids configuration file for the BIDS view MNT/.bids (docs/BIDS.md)",
+    ),
     _s("user", STRING, None, "XNAT user", attr="", cli=False),
     _s("password", STRING, None, "XNAT password", attr="", cli=False),
     # command line (and mount.xnatfs -o) only: where the other settings come from / go to
-    _s("config", PATH, None, "config file (default {default})", attr="", config=False,
-       default_text="$XNATFS_CONFIG or ~/.config/xnatfs/config.toml"),
-    _s("log_file", PATH, None, "daemon log (default: {default})", attr="", config=False,
-       default_text="<cache-dir>/logs/<mountpoint>.log"),
+    _s(
+        "config",
+        PATH,
+        None,
+        "config file (default {default})",
+        attr="",
+        config=False,
+        default_text="$XNATFS_CONFIG or ~/.config/xnatfs/config.toml",
+    ),
+    _s(
+        "log_file",
+        PATH,
+        None,
+        "daemon log (default: {default})",
+        attr="",
+        config=False,
+        default_text="<cache-dir>/logs/<mountpoint>.log",
+    ),
 )
 
 BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -348,11 +457,15 @@ def add_arguments(parser: Any) -> None:
         if s.kind is BOOL:
             parser.add_argument(s.flag, action="store_true", default=None, help=s.help_text())
         elif s.kind is LOG_LEVEL:
-            parser.add_argument(s.flag, default=None, choices=list(LOG_LEVELS),
-                                help=s.help_text())
+            parser.add_argument(s.flag, default=None, choices=list(LOG_LEVELS), help=s.help_text())
         else:
-            parser.add_argument(s.flag, default=None, metavar=s.metavar or s.kind.metavar,
-                                type=s.kind.argtype, help=s.help_text())
+            parser.add_argument(
+                s.flag,
+                default=None,
+                metavar=s.metavar or s.kind.metavar,
+                type=s.kind.argtype,
+                help=s.help_text(),
+            )
 
 
 def option_values(values: Mapping[str, Any]) -> Dict[str, Any]:
@@ -396,8 +509,9 @@ def daemon_args(options: Any, log_level: str) -> List[str]:
 
 
 #: ``mount.xnatfs -o`` options mount(8) adds that libfuse does not take: dropped
-MOUNT_ONLY_OPTIONS = frozenset({"_netdev", "nofail", "noauto", "auto", "user", "nouser",
-                                "users", "defaults"})
+MOUNT_ONLY_OPTIONS = frozenset(
+    {"_netdev", "nofail", "noauto", "auto", "user", "nouser", "users", "defaults"}
+)
 
 
 def helper_args(opts: Mapping[str, object]) -> Tuple[List[str], List[str]]:

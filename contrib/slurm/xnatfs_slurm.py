@@ -34,6 +34,7 @@ Settings (environment, or ``/etc/xnatfs/slurm.env`` with KEY=VALUE lines):
 
 This file does not import xnatfs: it runs under the system's python3.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -62,12 +63,14 @@ class Settings:
     def from_env(cls, env: Dict[str, str]) -> "Settings":
         if not env.get("XNATFS_URL"):
             raise SystemExit("xnatfs_slurm: XNATFS_URL is not set (/etc/xnatfs/slurm.env)")
-        return cls(url=env["XNATFS_URL"],
-                   mount_root=Path(env.get("XNATFS_MOUNT_ROOT", "/xnat")),
-                   cache_root=Path(env.get("XNATFS_CACHE_ROOT", "/scratch/xnatfs")),
-                   state_dir=Path(env.get("XNATFS_SLURM_STATE", "/run/xnatfs-slurm")),
-                   xnatfs=env.get("XNATFS_BIN", "xnatfs"),
-                   mount_args=shlex.split(env.get("XNATFS_MOUNT_ARGS", "")))
+        return cls(
+            url=env["XNATFS_URL"],
+            mount_root=Path(env.get("XNATFS_MOUNT_ROOT", "/xnat")),
+            cache_root=Path(env.get("XNATFS_CACHE_ROOT", "/scratch/xnatfs")),
+            state_dir=Path(env.get("XNATFS_SLURM_STATE", "/run/xnatfs-slurm")),
+            xnatfs=env.get("XNATFS_BIN", "xnatfs"),
+            mount_args=shlex.split(env.get("XNATFS_MOUNT_ARGS", "")),
+        )
 
 
 def _proc_mounts() -> Set[str]:
@@ -93,8 +96,12 @@ def slurm_running_jobs(job_ids: Iterable[str]) -> Optional[Set[str]]:
     if not ids:
         return set()
     try:
-        res = subprocess.run(["squeue", "-h", "-o", "%A", "-j", ",".join(ids)],
-                             capture_output=True, text=True, timeout=20)
+        res = subprocess.run(
+            ["squeue", "-h", "-o", "%A", "-j", ",".join(ids)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if res.returncode != 0:
@@ -110,10 +117,14 @@ def _run(cmd: Sequence[str]) -> int:
 class NodeMounts:
     """The logic, with every side effect injected (tests pass fakes)."""
 
-    def __init__(self, settings: Settings, run: Runner = _run,
-                 state: Callable[[Path], str] = mount_state,
-                 running: Callable[[Iterable[str]], Optional[Set[str]]] = slurm_running_jobs,
-                 chown: Optional[Callable[[Path, str], None]] = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        run: Runner = _run,
+        state: Callable[[Path], str] = mount_state,
+        running: Callable[[Iterable[str]], Optional[Set[str]]] = slurm_running_jobs,
+        chown: Optional[Callable[[Path, str], None]] = None,
+    ) -> None:
         self.s = settings
         self.run = run
         self.state = state
@@ -166,8 +177,21 @@ class NodeMounts:
             for d in (mnt, cache):
                 d.mkdir(parents=True, exist_ok=True, mode=0o700)
                 self.chown(d, user)
-            rc = self.run(["runuser", "-u", user, "--", self.s.xnatfs, "mount", self.s.url,
-                           str(mnt), "--cache-dir", str(cache), *self.s.mount_args])
+            rc = self.run(
+                [
+                    "runuser",
+                    "-u",
+                    user,
+                    "--",
+                    self.s.xnatfs,
+                    "mount",
+                    self.s.url,
+                    str(mnt),
+                    "--cache-dir",
+                    str(cache),
+                    *self.s.mount_args,
+                ]
+            )
             if rc != 0:
                 (jobs / job).unlink(missing_ok=True)
                 raise SystemExit(f"xnatfs_slurm: mounting {mnt} for {user} failed ({rc})")
@@ -221,11 +245,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     nm = NodeMounts(Settings.from_env(_env()))
     if args[0] == "status":
-        users = args[1:] or (sorted(p.name for p in nm.s.state_dir.iterdir())
-                             if nm.s.state_dir.is_dir() else [])
+        users = args[1:] or (
+            sorted(p.name for p in nm.s.state_dir.iterdir()) if nm.s.state_dir.is_dir() else []
+        )
         for user in users:
-            print(f"{user}: {nm.state(nm.mountpoint(user))} {nm.mountpoint(user)} "
-                  f"jobs={','.join(nm.jobs(user)) or '-'}")
+            print(
+                f"{user}: {nm.state(nm.mountpoint(user))} {nm.mountpoint(user)} "
+                f"jobs={','.join(nm.jobs(user)) or '-'}"
+            )
         return 0
     if len(args) != 3:
         print("usage: xnatfs_slurm.py start|stop JOBID USER", file=sys.stderr)

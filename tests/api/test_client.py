@@ -3,6 +3,7 @@
 Faults are injected in the emulator (``emu.faults``), never in the client.  Retries use tiny
 backoffs so the tests stay fast; nothing here asserts on timing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -170,8 +171,9 @@ def test_context_path(make_emulator) -> None:
         assert e.url.endswith("/xnat")
         with XnatClient(e.url, ADMIN, options()) as c:
             assert [p.id for p in c.list_projects()] == ["DEMO1", "DEMO2"]
-            res = next(r for r in c.list_resources("/data/projects/DEMO1")
-                       if r.label == "protocols")
+            res = next(
+                r for r in c.list_resources("/data/projects/DEMO1") if r.label == "protocols"
+            )
             files = c.list_files(res.uri)
             f = next(f for f in files if f.path == "README.txt")
             assert f.uri.startswith("/data/")
@@ -229,14 +231,20 @@ def test_project_subject_experiment_resources(client: XnatClient) -> None:
     res = {r.label: r for r in client.list_resources("/data/projects/DEMO1")}
     assert "protocols" in res
     paths = {f.path for f in client.list_files(res["protocols"].uri)}
-    assert {"README.txt", "mri/T1w protocol.txt", "mri/fmri/events.tsv",
-            "résumé – notes.txt"} <= paths
+    assert {
+        "README.txt",
+        "mri/T1w protocol.txt",
+        "mri/fmri/events.tsv",
+        "résumé – notes.txt",
+    } <= paths
     s1 = next(s for s in client.list_subjects("DEMO1") if s.label == "SUBJ01")
     assert [r.label for r in client.list_resources(s1.uri)] == ["consent"]
     euri = experiment_uri(client, "DEMO1", "SUBJ01", "SUBJ01_MR1")
     notes = next(r for r in client.list_resources(euri) if r.label == "notes")
-    assert {f.path for f in client.list_files(notes.uri)} == {"session_notes.txt",
-                                                              "qc/qc_report.json"}
+    assert {f.path for f in client.list_files(notes.uri)} == {
+        "session_notes.txt",
+        "qc/qc_report.json",
+    }
 
 
 def test_assessors(client: XnatClient) -> None:
@@ -285,8 +293,7 @@ def test_missing_object_is_not_found(client: XnatClient) -> None:
 
 
 def test_download_matches_digest(client: XnatClient) -> None:
-    res = next(r for r in client.list_resources("/data/projects/DEMO1")
-               if r.label == "protocols")
+    res = next(r for r in client.list_resources("/data/projects/DEMO1") if r.label == "protocols")
     for f in client.list_files(res.uri):
         chunks: List[bytes] = []
         stat = client.download(f.uri, chunks.append)
@@ -299,8 +306,7 @@ def test_download_matches_digest(client: XnatClient) -> None:
 
 def test_download_missing_file(client: XnatClient) -> None:
     with pytest.raises(errors.NotFound):
-        client.download("/data/projects/DEMO1/resources/protocols/files/nope.txt",
-                        lambda b: None)
+        client.download("/data/projects/DEMO1/resources/protocols/files/nope.txt", lambda b: None)
 
 
 def test_download_archive_zip(client: XnatClient) -> None:
@@ -328,8 +334,10 @@ def test_503_gives_up_after_retries(emu: Emulator) -> None:
     reset_faults(emu)
     with XnatClient(emu.url, ADMIN, options(retries=2)) as c:
         n = len(emu.access_records())
-        with faults(emu, error_status=503, error_rate=1.0), \
-                pytest.raises(errors.ServerError) as info:
+        with (
+            faults(emu, error_status=503, error_rate=1.0),
+            pytest.raises(errors.ServerError) as info,
+        ):
             c.list_projects()
         assert info.value.status == 503 and info.value.retryable
         assert len(wait_records(emu, n, "/data/projects", 3)) == 3
@@ -341,8 +349,10 @@ def test_500_on_a_get_is_retried_then_reported(emu: Emulator) -> None:
     reset_faults(emu)
     with XnatClient(emu.url, ADMIN, options(retries=3)) as c:
         n = len(emu.access_records())
-        with faults(emu, error_status=500, error_rate=1.0), \
-                pytest.raises(errors.ServerError) as info:
+        with (
+            faults(emu, error_status=500, error_rate=1.0),
+            pytest.raises(errors.ServerError) as info,
+        ):
             c.list_projects()
         assert info.value.status == 500 and not info.value.retryable
         c.heartbeat()  # a later request: its record follows the 500's
@@ -350,14 +360,16 @@ def test_500_on_a_get_is_retried_then_reported(emu: Emulator) -> None:
         assert len(wait_records(emu, n, "/data/projects", 4)) == 4  # 1 + retries=3
 
 
-def test_dropped_connection_mid_body_is_a_retryable_error(emu: Emulator,
-                                                          client: XnatClient) -> None:
-    res = next(r for r in client.list_resources("/data/projects/DEMO1")
-               if r.label == "protocols")
+def test_dropped_connection_mid_body_is_a_retryable_error(
+    emu: Emulator, client: XnatClient
+) -> None:
+    res = next(r for r in client.list_resources("/data/projects/DEMO1") if r.label == "protocols")
     f = next(f for f in client.list_files(res.uri) if f.path == "README.txt")
     got = bytearray()
-    with faults(emu, drop_rate=1.0), \
-            pytest.raises((errors.Unreachable, errors.XnatTimeout)) as info:
+    with (
+        faults(emu, drop_rate=1.0),
+        pytest.raises((errors.Unreachable, errors.XnatTimeout)) as info,
+    ):
         client.download(f.uri, got.extend)
     assert info.value.retryable
     assert len(got) < f.size  # never a short body passed off as the file
@@ -397,8 +409,7 @@ def test_login_page_is_never_file_content(emu: Emulator, client: XnatClient) -> 
     assert collect(client, uri).startswith(b"Acquisition protocols")
 
 
-def test_html_login_pages_make_the_client_log_in_again(emu: Emulator,
-                                                      client: XnatClient) -> None:
+def test_html_login_pages_make_the_client_log_in_again(emu: Emulator, client: XnatClient) -> None:
     """Half the answers are a 200 login page: each call either returns the right data (after
     logging in again) or raises NotXnatResponse; never wrong data, never another error."""
     logins = client.stats["logins"]
@@ -504,8 +515,9 @@ def test_import_and_archive(wclient: XnatClient) -> None:
             z.writestr(f.path, collect(c, f.uri))
     size = buf.tell()
     buf.seek(0)
-    uris = c.import_archive(buf, size, "DEMO2", subject="IMPSUBJ",
-                            dest="/prearchive/projects/DEMO2")
+    uris = c.import_archive(
+        buf, size, "DEMO2", subject="IMPSUBJ", dest="/prearchive/projects/DEMO2"
+    )
     assert len(uris) == 1 and uris[0].startswith("/data/prearchive/projects/DEMO2/")
     sessions = [s for s in c.list_prearchive("DEMO2") if s.uri == uris[0]]
     assert len(sessions) == 1

@@ -1,4 +1,5 @@
 """``XnatClient.config_json`` against the emulator's config service (docs/XNAT-API.md §12)."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,13 @@ BIDSMAP = [{"series_description": "MPRAGE", "bidsname": "T1w"}]
 
 
 def _put(url: str, body: str) -> None:
-    r = requests.put(url, params={"inbody": "true"}, data=body.encode(),
-                     auth=(ADMIN.username, ADMIN.password), timeout=30)
+    r = requests.put(
+        url,
+        params={"inbody": "true"},
+        data=body.encode(),
+        auth=(ADMIN.username, ADMIN.password),
+        timeout=30,
+    )
     assert r.status_code == 201, r.text
 
 
@@ -27,9 +33,9 @@ def test_config_json_reads_project_and_site_entries(make_emulator) -> None:
     _put(f"{emu.url}/data/projects/DEMO2/config/bids/bidsmap", "[]")
     with XnatClient(emu.url, ALICE, options()) as c:
         assert c.config_json("bids", "bidsmap", "DEMO1") == BIDSMAP
-        assert c.config_json("bids", "bidsmap") is None                  # absent: 404
-        assert c.config_json("xnatfs", "deep/path") == {"a": 1}          # a path of segments
+        assert c.config_json("bids", "bidsmap") is None  # absent: 404
+        assert c.config_json("xnatfs", "deep/path") == {"a": 1}  # a path of segments
         with pytest.raises(errors.NotXnatResponse):
-            c.config_json("xnatfs", "text")                               # text, not JSON
+            c.config_json("xnatfs", "text")  # text, not JSON
         with pytest.raises(errors.Forbidden):
-            c.config_json("bids", "bidsmap", "DEMO2")                     # not alice's project
+            c.config_json("bids", "bidsmap", "DEMO2")  # not alice's project

@@ -1,5 +1,6 @@
 """The client's one cap on requests (issue 13 §2): every exchange holds a slot, a streamed
 download until it is closed, on every path; Retry-After holds the whole client back."""
+
 from __future__ import annotations
 
 import http.server
@@ -95,8 +96,11 @@ def test_retry_after_holds_the_whole_client_back() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RetryAfterHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        c = XnatClient(f"http://127.0.0.1:{server.server_address[1]}", ADMIN,
-                       options(deadline=2.0, backoff_max=20.0, pause_max=20.0, retries=3))
+        c = XnatClient(
+            f"http://127.0.0.1:{server.server_address[1]}",
+            ADMIN,
+            options(deadline=2.0, backoff_max=20.0, pause_max=20.0, retries=3),
+        )
         c.start()
         with pytest.raises(errors.XnatError):
             c.list_projects()

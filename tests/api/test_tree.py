@@ -1,10 +1,10 @@
 """The tree and the write path without FUSE: a Runtime (client + caches + tree + writer) against
 the emulator, driven through the same calls the FUSE adapter makes."""
+
 from __future__ import annotations
 
 import errno
 import hashlib
-from pathlib import Path
 
 import pytest
 
@@ -21,8 +21,9 @@ SCAN = "/DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1/scans/1"
 @pytest.fixture
 def runtime(make_emulator, tmp_path):
     emu = make_emulator()
-    rt = Runtime(Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0),
-                 Credentials(*ADMIN))
+    rt = Runtime(
+        Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0), Credentials(*ADMIN)
+    )
     rt.start()
     rt.emu = emu  # type: ignore[attr-defined]
     yield rt

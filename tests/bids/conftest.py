@@ -1,4 +1,5 @@
 """Shared pieces of the BIDS view tests: the expected demo dataset and access-log helpers."""
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,25 @@ import pytest
 #: every file of MNT/.bids/DEMO1 with the demo seed and the heuristic (xnatfs/emulator/seed.py)
 DEMO1_FILES = sorted(
     ["dataset_description.json", "README", "participants.json", "participants.tsv"]
-    + [f"sub-{s}/ses-MR1/anat/sub-{s}_ses-MR1_{k}.{e}" for s in ("SUBJ01", "SUBJ02", "SUBJ03")
-       for k in ("T1w", "T2w") for e in ("nii.gz", "json")]
-    + [f"sub-{s}/ses-MR2/{f}" for s in ("SUBJ02", "SUBJ03")
-       for f in (f"anat/sub-{s}_ses-MR2_run-1_T1w.nii.gz", f"anat/sub-{s}_ses-MR2_run-1_T1w.json",
-                 f"anat/sub-{s}_ses-MR2_run-2_T1w.nii.gz", f"anat/sub-{s}_ses-MR2_run-2_T1w.json",
-                 f"func/sub-{s}_ses-MR2_task-rest_bold.nii.gz",
-                 f"func/sub-{s}_ses-MR2_task-rest_bold.json")])
+    + [
+        f"sub-{s}/ses-MR1/anat/sub-{s}_ses-MR1_{k}.{e}"
+        for s in ("SUBJ01", "SUBJ02", "SUBJ03")
+        for k in ("T1w", "T2w")
+        for e in ("nii.gz", "json")
+    ]
+    + [
+        f"sub-{s}/ses-MR2/{f}"
+        for s in ("SUBJ02", "SUBJ03")
+        for f in (
+            f"anat/sub-{s}_ses-MR2_run-1_T1w.nii.gz",
+            f"anat/sub-{s}_ses-MR2_run-1_T1w.json",
+            f"anat/sub-{s}_ses-MR2_run-2_T1w.nii.gz",
+            f"anat/sub-{s}_ses-MR2_run-2_T1w.json",
+            f"func/sub-{s}_ses-MR2_task-rest_bold.nii.gz",
+            f"func/sub-{s}_ses-MR2_task-rest_bold.json",
+        )
+    ]
+)
 
 
 def tree(root: Path) -> List[str]:

@@ -1,5 +1,6 @@
 """A path resolver over a layout with no engine, no caching and no FUSE: enough to drive the
 BIDS layout's contract (children/lookup/open) in-process against the emulator."""
+
 from __future__ import annotations
 
 import errno

@@ -1,5 +1,6 @@
 """Conversion on first read through FUSE: whole files on the first try, equal to dcm2niix on a
 local copy, once per scan version, kept across mounts (issue 10 "How we will know")."""
+
 from __future__ import annotations
 
 import io
@@ -24,9 +25,20 @@ pytestmark = pytest.mark.mount
 
 def xnat_folder(mnt: Path, nii: Path, resource: str) -> Path:
     """The scan's resource folder on the XNAT side of the same mount, from the file's xattrs."""
-    a = {k[len("user.xnat."):]: os.getxattr(nii, k).decode() for k in os.listxattr(nii)}
-    return (mnt / a["project"] / "subjects" / a["subject"] / "experiments" / a["experiment"]
-            / "scans" / a["scan"] / "resources" / resource / "files")
+    a = {k[len("user.xnat.") :]: os.getxattr(nii, k).decode() for k in os.listxattr(nii)}
+    return (
+        mnt
+        / a["project"]
+        / "subjects"
+        / a["subject"]
+        / "experiments"
+        / a["experiment"]
+        / "scans"
+        / a["scan"]
+        / "resources"
+        / resource
+        / "files"
+    )
 
 
 def local_dcm2niix(dicom_dir: Path, out: Path) -> nib.Nifti1Image:
@@ -36,8 +48,9 @@ def local_dcm2niix(dicom_dir: Path, out: Path) -> nib.Nifti1Image:
     return nib.load(str(out / image))
 
 
-def test_first_read_converts_once_and_matches_dcm2niix(make_emulator, make_mount,
-                                                       tmp_path: Path) -> None:
+def test_first_read_converts_once_and_matches_dcm2niix(
+    make_emulator, make_mount, tmp_path: Path
+) -> None:
     emu = make_emulator()
     cache = tmp_path / "cache"
     m = make_mount(emu.url, cache=cache)
@@ -46,8 +59,9 @@ def test_first_read_converts_once_and_matches_dcm2niix(make_emulator, make_mount
     mark = emu.mark()
     # the first access of anything in the subject is cp -r: whole files on the first try
     copy = tmp_path / "copy"
-    res = subprocess.run(["cp", "-r", str(subject), str(copy)], capture_output=True, text=True,
-                         timeout=180)
+    res = subprocess.run(
+        ["cp", "-r", str(subject), str(copy)], capture_output=True, text=True, timeout=180
+    )
     assert res.returncode == 0, res.stderr
     records = emu.since(mark)
     images = sorted(subject.rglob("*.nii.gz"))
@@ -63,13 +77,15 @@ def test_first_read_converts_once_and_matches_dcm2niix(make_emulator, make_mount
         data = (copy / path.relative_to(subject)).read_bytes()
         assert size_before > 0, path
         if path.suffix != ".json":
-            assert data == path.read_bytes(), path              # cp == a later plain read
+            assert data == path.read_bytes(), path  # cp == a later plain read
             continue
         # cp read the sidecar before its image was converted (one DICOM header); now it is
         # dcm2niix's merged with ours: every key shown before keeps its value
         before, after = json.loads(data), json.loads(path.read_bytes())
         assert {k: v for k, v in before.items() if after.get(k) != v} in (
-            {}, {"ImageType": before.get("ImageType")}), path
+            {},
+            {"ImageType": before.get("ImageType")},
+        ), path
         assert "RepetitionTime" in before and after["RepetitionTime"] == before["RepetitionTime"]
     # every image of the dataset (the other subjects' are converted here, on this read)
     everything = sorted((m.path / ".bids" / "DEMO1").rglob("*.nii.gz"))
@@ -88,8 +104,12 @@ def test_first_read_converts_once_and_matches_dcm2niix(make_emulator, make_mount
         assert got.shape == want.shape, nii
         assert np.allclose(got.affine, want.affine, atol=1e-4), nii
         assert np.array_equal(np.asanyarray(got.dataobj), np.asanyarray(want.dataobj)), nii
-    status = subprocess.run([sys.executable, "-m", "xnatfs", "status", str(m.path)],
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "status", str(m.path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert 'bids: {"done": 9, "failed": 0' in status.stdout, status.stdout + status.stderr
     bold = subject / "ses-MR2/func/sub-SUBJ02_ses-MR2_task-rest_bold.nii.gz"
     assert nib.load(str(bold)).shape == (32, 32, 8, 4)
@@ -105,7 +125,7 @@ def test_first_read_converts_once_and_matches_dcm2niix(make_emulator, make_mount
         if path.is_file():
             if path.suffix != ".json":
                 assert path.read_bytes() == (copy / path.relative_to(subject2)).read_bytes()
-            assert path.stat().st_size == len(path.read_bytes()), path   # true sizes now
+            assert path.stat().st_size == len(path.read_bytes()), path  # true sizes now
     records = emu.since(mark)
     assert file_gets(records) == [] and zip_gets(records) == []
     assert conversions(m2.path)["done"] == 0

@@ -1,4 +1,5 @@
 """The BIDS view through FUSE against the emulator (issue 10 "How we will know")."""
+
 from __future__ import annotations
 
 import errno
@@ -23,8 +24,9 @@ def test_listing_the_view_downloads_nothing_and_converts_nothing(bids_mount) -> 
     assert all(s > 0 for s in sizes.values()), sizes
     du = subprocess.run(["du", "-s", str(root)], capture_output=True, text=True, timeout=60)
     assert du.returncode == 0, du.stderr
-    found = subprocess.run(["find", str(root), "-type", "f"], capture_output=True, text=True,
-                           timeout=60)
+    found = subprocess.run(
+        ["find", str(root), "-type", "f"], capture_output=True, text=True, timeout=60
+    )
     assert sorted(str(Path(p).relative_to(root)) for p in found.stdout.split()) == DEMO1_FILES
     records = emu.since(mark)
     assert file_gets(records) == [] and zip_gets(records) == []
@@ -45,9 +47,13 @@ def test_unmatched_report_is_unlisted(bids_mount) -> None:
     rows = [line.split("\t") for line in (root / ".xnatfs-unmatched.tsv").read_text().splitlines()]
     assert rows[0] == ["subject", "session", "scan", "description", "reason"]
     left = {(r[0], r[1], r[2]): r[4] for r in rows[1:]}
-    assert set(left) == {("SUBJ01", "SUBJ01_MR1", "3"), ("SUBJ02", "SUBJ02_MR1", "3"),
-                         ("SUBJ03", "SUBJ03_MR1", "3"), ("SUBJ02", "SUBJ02_MR2", "1"),
-                         ("SUBJ03", "SUBJ03_MR2", "1")}
+    assert set(left) == {
+        ("SUBJ01", "SUBJ01_MR1", "3"),
+        ("SUBJ02", "SUBJ02_MR1", "3"),
+        ("SUBJ03", "SUBJ03_MR1", "3"),
+        ("SUBJ02", "SUBJ02_MR2", "1"),
+        ("SUBJ03", "SUBJ03_MR2", "1"),
+    }
     assert "task" in left[("SUBJ01", "SUBJ01_MR1", "3")]
     assert "localizer" in left[("SUBJ02", "SUBJ02_MR2", "1")]
 
@@ -56,13 +62,15 @@ def test_writes_are_erofs(bids_mount) -> None:
     _, m = bids_mount
     root = m.path / ".bids" / "DEMO1"
     nii = root / "sub-SUBJ01/ses-MR1/anat/sub-SUBJ01_ses-MR1_T2w.nii.gz"
-    attempts = [lambda: (root / "new.txt").write_bytes(b"x"),
-                lambda: (root / "sub-SUBJ09").mkdir(),
-                lambda: nii.unlink(),
-                lambda: os.rename(nii, nii.with_name("x.nii.gz")),
-                lambda: open(nii, "r+b").close(),
-                lambda: os.truncate(root / "README", 0),
-                lambda: (root / "sub-SUBJ01").rmdir()]
+    attempts = [
+        lambda: (root / "new.txt").write_bytes(b"x"),
+        lambda: (root / "sub-SUBJ09").mkdir(),
+        lambda: nii.unlink(),
+        lambda: os.rename(nii, nii.with_name("x.nii.gz")),
+        lambda: open(nii, "r+b").close(),
+        lambda: os.truncate(root / "README", 0),
+        lambda: (root / "sub-SUBJ01").rmdir(),
+    ]
     for attempt in attempts:
         with pytest.raises(OSError) as info:
             attempt()
@@ -75,9 +83,13 @@ def test_dataset_files(bids_mount) -> None:
     desc = json.loads((root / "dataset_description.json").read_text())
     assert desc["Name"] == "Demo project 1" and desc["DatasetType"] == "raw"
     assert desc["BIDSVersion"] and desc["GeneratedBy"][0]["Name"] == "xnatfs"
-    assert desc["Authors"] == ["Ada Lovelace"]                  # the project's PI
+    assert desc["Authors"] == ["Ada Lovelace"]  # the project's PI
     assert (root / "participants.tsv").read_text().splitlines() == [
-        "participant_id", "sub-SUBJ01", "sub-SUBJ02", "sub-SUBJ03"]
+        "participant_id",
+        "sub-SUBJ01",
+        "sub-SUBJ02",
+        "sub-SUBJ03",
+    ]
     assert "participant_id" in json.loads((root / "participants.json").read_text())
     assert "DEMO1" in (root / "README").read_text()
 
@@ -105,5 +117,5 @@ def test_pybids_indexes_the_view_with_one_header_per_scan(bids_mount) -> None:
     assert zip_gets(records) == []
     # one DICOM file per scan (its header); a NIfTI resource's own JSON is read too
     counts = per_scan(p for p in file_gets(records) if p.endswith(".dcm"))
-    assert len(counts) == 12 and max(counts.values()) <= 1, counts   # 12 scans shown
+    assert len(counts) == 12 and max(counts.values()) <= 1, counts  # 12 scans shown
     assert conversions(m.path)["done"] == 0

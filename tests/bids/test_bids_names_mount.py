@@ -1,4 +1,5 @@
 """Names in the view: hostile XNAT labels, and a dcm2bids config with custom entities."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,12 @@ def test_hostile_subject_labels(make_emulator, make_mount) -> None:
     store = emu.emu.store
     store.create_project("HOSTILE", name="Hostile labels")
     for i, label in enumerate(HOSTILE):
-        seed_session(store, DemoSession("HOSTILE", label, f"{label}_MR1", f"202402{i + 10}",
-                                        (SeriesSpec(1, "T1w", 3),)))
+        seed_session(
+            store,
+            DemoSession(
+                "HOSTILE", label, f"{label}_MR1", f"202402{i + 10}", (SeriesSpec(1, "T1w", 3),)
+            ),
+        )
     m = make_mount(emu.url)
     root = m.path / ".bids" / "HOSTILE"
     want = LabelMap(HOSTILE)
@@ -43,10 +48,18 @@ def test_hostile_subject_labels(make_emulator, make_mount) -> None:
 
 CONFIG = {
     "descriptions": [
-        {"datatype": "anat", "suffix": "T1w", "custom_entities": "acq-mprage",
-         "criteria": {"SeriesDescription": "T1w_MPRAGE"}},
-        {"datatype": "func", "suffix": "bold", "custom_entities": ["task-rest", "acq-fast"],
-         "criteria": {"SeriesDescription": "rest_*", "RepetitionTime": {"le": 2.5}}},
+        {
+            "datatype": "anat",
+            "suffix": "T1w",
+            "custom_entities": "acq-mprage",
+            "criteria": {"SeriesDescription": "T1w_MPRAGE"},
+        },
+        {
+            "datatype": "func",
+            "suffix": "bold",
+            "custom_entities": ["task-rest", "acq-fast"],
+            "criteria": {"SeriesDescription": "rest_*", "RepetitionTime": {"le": 2.5}},
+        },
     ]
 }
 
@@ -62,13 +75,20 @@ def test_dcm2bids_config_with_custom_entities(make_emulator, make_mount, tmp_pat
     # only what the config names, named as dcm2bids would; MR1 sessions have nothing left, so
     # each subject has one session: no ses- level (the session rule)
     assert subjects == sorted(
-        f"sub-{s}/{d}/sub-{s}_{n}.{e}" for s in ("SUBJ02", "SUBJ03")
-        for d, n in (("anat", "acq-mprage_run-1_T1w"), ("anat", "acq-mprage_run-2_T1w"),
-                     ("func", "task-rest_acq-fast_bold"))
-        for e in ("nii.gz", "json"))
-    bold = json.loads((root / "sub-SUBJ02/func/sub-SUBJ02_task-rest_acq-fast_bold.json")
-                      .read_text())
+        f"sub-{s}/{d}/sub-{s}_{n}.{e}"
+        for s in ("SUBJ02", "SUBJ03")
+        for d, n in (
+            ("anat", "acq-mprage_run-1_T1w"),
+            ("anat", "acq-mprage_run-2_T1w"),
+            ("func", "task-rest_acq-fast_bold"),
+        )
+        for e in ("nii.gz", "json")
+    )
+    bold = json.loads(
+        (root / "sub-SUBJ02/func/sub-SUBJ02_task-rest_acq-fast_bold.json").read_text()
+    )
     assert bold["TaskName"] == "rest" and bold["RepetitionTime"] == 2.0
     left = (root / ".xnatfs-unmatched.tsv").read_text().splitlines()[1:]
-    assert len(left) == 3 * 3 + 2 and all("no description of the dcm2bids config" in r
-                                          for r in left)
+    assert len(left) == 3 * 3 + 2 and all(
+        "no description of the dcm2bids config" in r for r in left
+    )

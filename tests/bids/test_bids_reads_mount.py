@@ -1,5 +1,6 @@
 """First reads through the view: every tool gets the whole file whatever size stat showed, one
 conversion however many readers, and a failed conversion is EIO with one log line."""
+
 from __future__ import annotations
 
 import errno
@@ -19,8 +20,9 @@ from tests.bids.conftest import conversions
 pytestmark = pytest.mark.mount
 
 
-def test_every_reader_gets_the_whole_file_on_first_read(make_emulator, make_mount,
-                                                       tmp_path: Path) -> None:
+def test_every_reader_gets_the_whole_file_on_first_read(
+    make_emulator, make_mount, tmp_path: Path
+) -> None:
     emu = make_emulator()
     m = make_mount(emu.url)
     root = m.path / ".bids" / "DEMO1"
@@ -30,15 +32,24 @@ def test_every_reader_gets_the_whole_file_on_first_read(make_emulator, make_moun
     shown = {p: p.stat().st_size for p in t2w + bold}
     # each file is read first by a different tool, before anything of its scan is converted
     first = {}
-    first[t2w[0]] = subprocess.run(["cat", str(t2w[0])], capture_output=True, check=True,
-                                   timeout=120).stdout
+    first[t2w[0]] = subprocess.run(
+        ["cat", str(t2w[0])], capture_output=True, check=True, timeout=120
+    ).stdout
     first[t2w[1]] = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.stdout.buffer.write(open(sys.argv[1], 'rb')"
-         ".read())", str(t2w[1])], capture_output=True, check=True, timeout=120).stdout
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.stdout.buffer.write(open(sys.argv[1], 'rb').read())",
+            str(t2w[1]),
+        ],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout
     shutil.copyfile(t2w[2], tmp_path / "copied.nii.gz")
     first[t2w[2]] = (tmp_path / "copied.nii.gz").read_bytes()
     img = nib.load(str(bold[0]))
-    assert img.get_fdata().shape == (32, 32, 8, 4)          # nibabel read it to the end
+    assert img.get_fdata().shape == (32, 32, 8, 4)  # nibabel read it to the end
     # four readers of one file at once: one conversion
     got = []
     readers = [threading.Thread(target=lambda: got.append(bold[1].read_bytes())) for _ in range(4)]
@@ -53,7 +64,7 @@ def test_every_reader_gets_the_whole_file_on_first_read(make_emulator, make_moun
         assert data[:2] == b"\x1f\x8b" and len(data) == len(path.read_bytes()), path
         assert data == path.read_bytes(), path
         assert shown[path] > 0
-    assert conversions(m.path)["done"] == 5                  # later reads: from the cache
+    assert conversions(m.path)["done"] == 5  # later reads: from the cache
 
 
 def test_failed_conversion_is_eio_with_one_log_line(make_emulator, make_mount) -> None:
@@ -61,15 +72,24 @@ def test_failed_conversion_is_eio_with_one_log_line(make_emulator, make_mount) -
 
     emu = make_emulator()
     store = emu.emu.store
-    eid, _ = store.create_experiment("DEMO1", "SUBJ01", "SUBJ01_BAD", "xnat:mrSessionData",
-                                     fields={"date": "2024-05-01"})
-    store.create_scan(eid, "5", "xnat:mrScanData", fields={"type": "T2w",
-                                                           "series_description": "T2w"})
-    rid, _ = store.create_resource(Parent(project="DEMO1", experiment=eid, scan="5"), "DICOM",
-                                   format="DICOM", content="RAW")
+    eid, _ = store.create_experiment(
+        "DEMO1", "SUBJ01", "SUBJ01_BAD", "xnat:mrSessionData", fields={"date": "2024-05-01"}
+    )
+    store.create_scan(
+        eid, "5", "xnat:mrScanData", fields={"type": "T2w", "series_description": "T2w"}
+    )
+    rid, _ = store.create_resource(
+        Parent(project="DEMO1", experiment=eid, scan="5"), "DICOM", format="DICOM", content="RAW"
+    )
     for i in range(3):
-        store.put_file(rid, f"junk{i}.dcm", io.BytesIO(b"not DICOM at all " * 50),
-                       overwrite=True, format="DICOM", content="RAW")
+        store.put_file(
+            rid,
+            f"junk{i}.dcm",
+            io.BytesIO(b"not DICOM at all " * 50),
+            overwrite=True,
+            format="DICOM",
+            content="RAW",
+        )
     m = make_mount(emu.url)
     nii = m.path / ".bids/DEMO1/sub-SUBJ01/ses-BAD/anat/sub-SUBJ01_ses-BAD_T2w.nii.gz"
     assert nii.stat().st_size > 0
@@ -77,11 +97,15 @@ def test_failed_conversion_is_eio_with_one_log_line(make_emulator, make_mount) -
         nii.read_bytes()
     assert info.value.errno == errno.EIO
     assert conversions(m.path)["failed"] >= 1
-    lines = [ln for ln in m.log_text().splitlines()
-             if "SUBJ01_BAD" in ln and (" ERROR " in ln or " WARNING " in ln)]
+    lines = [
+        ln
+        for ln in m.log_text().splitlines()
+        if "SUBJ01_BAD" in ln and (" ERROR " in ln or " WARNING " in ln)
+    ]
     assert len(lines) == 1, "\n".join(lines)
     assert "dcm2niix" in lines[0] and "scans/5" in lines[0]
     # the rest of the dataset reads
-    assert (m.path / ".bids/DEMO1/sub-SUBJ01/ses-MR1/anat/sub-SUBJ01_ses-MR1_T2w.nii.gz") \
-        .read_bytes()[:2] == b"\x1f\x8b"
+    assert (
+        m.path / ".bids/DEMO1/sub-SUBJ01/ses-MR1/anat/sub-SUBJ01_ses-MR1_T2w.nii.gz"
+    ).read_bytes()[:2] == b"\x1f\x8b"
     assert os.path.exists(m.path / ".bids/DEMO1/participants.tsv")

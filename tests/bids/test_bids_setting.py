@@ -1,5 +1,6 @@
 """``--bids-config`` / ``bids_config``: command line, config file, ``Options`` and the daemon's
 argv (the settings helper's table will generate these; this checks the path end to end)."""
+
 from __future__ import annotations
 
 from xnatfs import cli
@@ -16,8 +17,11 @@ def _options(argv, env, config=None):
 
 
 def test_bids_config_from_every_source(tmp_path) -> None:
-    env = {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
-           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = {
+        "HOME": str(tmp_path / "home"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
     assert not _options([], env)[1].bids_config  # unset: no config file
     config = tmp_path / "c.toml"
     config.write_text('[defaults]\nbids_config = "/etc/xnatfs/dcm2bids.json"\n')

@@ -1,5 +1,6 @@
 """Sidecars from one header, dcm2niix runs, bundles and the conversion cache
 (xnatfs/bids/sidecar.py, convert.py), without a mount."""
+
 from __future__ import annotations
 
 import errno
@@ -31,7 +32,7 @@ def write_series(dest: Path, series: SeriesSpec = BOLD) -> list:
 def test_sidecar_from_one_header_agrees_with_dcm2niix(tmp_path: Path) -> None:
     files = write_series(tmp_path / "dicom")
     ours = sidecar.from_bytes(files[0].data, task="rest")
-    assert ours["RepetitionTime"] == 2.0 and ours["EchoTime"] == 0.03   # seconds
+    assert ours["RepetitionTime"] == 2.0 and ours["EchoTime"] == 0.03  # seconds
     assert ours["FlipAngle"] == 77.0 and ours["TaskName"] == "rest"
     (tmp_path / "out").mkdir()
     out = convert.run_dcm2niix(str(tmp_path / "dicom"), str(tmp_path / "out"), 60)
@@ -39,10 +40,17 @@ def test_sidecar_from_one_header_agrees_with_dcm2niix(tmp_path: Path) -> None:
     # dcm2niix appends what it derived to ImageType (MAGNITUDE); every other key both write
     # has the same value and unit
     shared = (set(ours) & set(theirs)) - {"ImageType"}
-    assert {"RepetitionTime", "EchoTime", "FlipAngle", "SeriesDescription",
-            "PhaseEncodingAxis", "MagneticFieldStrength"} <= shared
-    assert all(ours[k] == theirs[k] for k in shared), {k: (ours[k], theirs[k]) for k in shared
-                                                        if ours[k] != theirs[k]}
+    assert {
+        "RepetitionTime",
+        "EchoTime",
+        "FlipAngle",
+        "SeriesDescription",
+        "PhaseEncodingAxis",
+        "MagneticFieldStrength",
+    } <= shared
+    assert all(ours[k] == theirs[k] for k in shared), {
+        k: (ours[k], theirs[k]) for k in shared if ours[k] != theirs[k]
+    }
     merged = sidecar.merge(ours, theirs)
     assert merged["TaskName"] == "rest" and merged["ConversionSoftware"] == "dcm2niix"
     img = nib.load(str(tmp_path / "out" / "4.nii.gz"))
@@ -52,8 +60,8 @@ def test_sidecar_from_one_header_agrees_with_dcm2niix(tmp_path: Path) -> None:
 def test_bundle_round_trip() -> None:
     outputs = {"image.nii.gz": os.urandom(5000), "image.json": b"{}", "extra/x": b""}
     blob = convert.pack(outputs)
-    index = convert.read_index(lambda o, n: blob[o:o + n])
-    assert {k: blob[o:o + n] for k, (o, n) in index.items()} == outputs
+    index = convert.read_index(lambda o, n: blob[o : o + n])
+    assert {k: blob[o : o + n] for k, (o, n) in index.items()} == outputs
 
 
 def test_bundle_key_follows_files_and_converter() -> None:
@@ -95,19 +103,22 @@ def test_one_conversion_per_scan_however_many_readers(tmp_path: Path) -> None:
             os.link(tmp_path / "src" / name, os.path.join(dest, name))
 
     conv = convert.Converter(max_running=1, timeout=60, tmp_dir=str(tmp_path))
-    conv.register("xnatfs-bids:/s#1", convert.Job("P/S/E/scans/4", fetch_dicom,
-                                                  convert.main_outputs))
+    conv.register(
+        "xnatfs-bids:/s#1", convert.Job("P/S/E/scans/4", fetch_dicom, convert.main_outputs)
+    )
     cache = _cache(tmp_path, conv)
     try:
         got = []
-        threads = [threading.Thread(target=lambda: got.append(_read_all(cache, "xnatfs-bids:/s#1")))
-                   for _ in range(6)]
+        threads = [
+            threading.Thread(target=lambda: got.append(_read_all(cache, "xnatfs-bids:/s#1")))
+            for _ in range(6)
+        ]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
         assert len(got) == 6 and len(set(got)) == 1 and len(calls) == 1
-        index = convert.read_index(lambda o, n: got[0][o:o + n])
+        index = convert.read_index(lambda o, n: got[0][o : o + n])
         assert {"image.nii.gz", "image.json"} <= set(index)
         assert _read_all(cache, "xnatfs-bids:/s#1") == got[0] and len(calls) == 1
         assert conv.snapshot()["done"] == 1 and conv.snapshot()["failed"] == 0
@@ -125,6 +136,7 @@ def test_one_conversion_per_scan_however_many_readers(tmp_path: Path) -> None:
 
 def test_failed_conversion_is_eio_with_dcm2niix_message(tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="xnatfs.bids.convert")
+
     def not_dicom(dest: str) -> None:
         Path(dest, "junk.dcm").write_bytes(b"not a DICOM file" * 10)
 
@@ -139,8 +151,7 @@ def test_failed_conversion_is_eio_with_dcm2niix_message(tmp_path: Path, caplog) 
         assert conv.snapshot()["failed"] == 1 and conv.snapshot()["done"] == 0
     finally:
         cache.close()
-    lines = [r for r in caplog.records if "P/S/E/scans/9" in r.getMessage()
-             and r.levelno >= 20]
+    lines = [r for r in caplog.records if "P/S/E/scans/9" in r.getMessage() and r.levelno >= 20]
     assert len(lines) == 1 and "dcm2niix" in lines[0].getMessage()
 
 
@@ -152,7 +163,12 @@ def test_conversion_timeout(tmp_path: Path) -> None:
 
 
 def test_main_outputs_names_the_first_image() -> None:
-    out = convert.main_outputs({"4.nii.gz": b"i", "4.json": b"j", "4_ph.nii.gz": b"p",
-                                "4_ph.json": b"q"})
-    assert out == {"image.nii.gz": b"i", "image.json": b"j", "extra/4_ph.nii.gz": b"p",
-                   "extra/4_ph.json": b"q"}
+    out = convert.main_outputs(
+        {"4.nii.gz": b"i", "4.json": b"j", "4_ph.nii.gz": b"p", "4_ph.json": b"q"}
+    )
+    assert out == {
+        "image.nii.gz": b"i",
+        "image.json": b"j",
+        "extra/4_ph.nii.gz": b"p",
+        "extra/4_ph.json": b"q",
+    }

@@ -1,4 +1,5 @@
 """Scan -> BIDS name: dcm2bids configs, XNAT's BIDS map, the heuristic (xnatfs/bids/mapping.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,30 +19,40 @@ def facts(desc: str, **kw) -> ScanFacts:
     return ScanFacts("1", type=desc, series_description=desc, **kw)
 
 
-@pytest.mark.parametrize("desc,want", [
-    ("T1w", ("anat", "T1w", {})),
-    ("MPRAGE_sag", ("anat", "T1w", {})),
-    ("t2_spc_sag", ("anat", "T2w", {})),
-    ("t2_tse_dark-fluid FLAIR", ("anat", "FLAIR", {})),
-    ("rest_fMRI", ("func", "bold", {"task": "rest"})),
-    ("task-nback_bold_AP", ("func", "bold", {"task": "nback", "dir": "AP"})),
-    ("fMRI_stroop", ("func", "bold", {"task": "stroop"})),
-    ("rest_SBRef", ("func", "sbref", {"task": "rest"})),
-    ("DTI_64dir_PA", ("dwi", "dwi", {"dir": "PA"})),
-    ("SE_fieldmap_AP", ("fmap", "epi", {"dir": "AP"})),
-    ("gre_field_mapping phase", ("fmap", "phasediff", {})),
-    ("SWI_Images", ("anat", "T2starw", {"acq": "SWI"})),
-])
+@pytest.mark.parametrize(
+    "desc,want",
+    [
+        ("T1w", ("anat", "T1w", {})),
+        ("MPRAGE_sag", ("anat", "T1w", {})),
+        ("t2_spc_sag", ("anat", "T2w", {})),
+        ("t2_tse_dark-fluid FLAIR", ("anat", "FLAIR", {})),
+        ("rest_fMRI", ("func", "bold", {"task": "rest"})),
+        ("task-nback_bold_AP", ("func", "bold", {"task": "nback", "dir": "AP"})),
+        ("fMRI_stroop", ("func", "bold", {"task": "stroop"})),
+        ("rest_SBRef", ("func", "sbref", {"task": "rest"})),
+        ("DTI_64dir_PA", ("dwi", "dwi", {"dir": "PA"})),
+        ("SE_fieldmap_AP", ("fmap", "epi", {"dir": "AP"})),
+        ("gre_field_mapping phase", ("fmap", "phasediff", {})),
+        ("SWI_Images", ("anat", "T2starw", {"acq": "SWI"})),
+    ],
+)
 def test_heuristic_matches(desc: str, want) -> None:
     m = heuristic(facts(desc))
     assert m.name is not None, m.reason
     assert (m.name.datatype, m.name.suffix, dict(m.name.entities)) == want
 
 
-@pytest.mark.parametrize("desc,why", [
-    ("localizer", "localizer"), ("AAHead_Scout", "localizer"), ("fMRI", "task"),
-    ("ep2d_bold_MoCo", "derived"), ("DTI_ADC", "derived"), ("something odd", "knows no"),
-])
+@pytest.mark.parametrize(
+    "desc,why",
+    [
+        ("localizer", "localizer"),
+        ("AAHead_Scout", "localizer"),
+        ("fMRI", "task"),
+        ("ep2d_bold_MoCo", "derived"),
+        ("DTI_ADC", "derived"),
+        ("something odd", "knows no"),
+    ],
+)
 def test_heuristic_leaves_out_with_a_reason(desc: str, why: str) -> None:
     m = heuristic(facts(desc))
     assert m.name is None and why in m.reason
@@ -53,12 +64,23 @@ def test_unusable_scans_are_left_out() -> None:
 
 CONFIG = {
     "descriptions": [
-        {"datatype": "anat", "suffix": "T1w", "custom_entities": "acq-mprage",
-         "criteria": {"SeriesDescription": "T1w*"}},
-        {"datatype": "func", "suffix": "bold", "custom_entities": ["task-rest", "acq-fast"],
-         "criteria": {"SeriesDescription": "*fMRI*", "RepetitionTime": {"le": 2.5}}},
-        {"datatype": "anat", "suffix": "T2w",
-         "criteria": {"ProtocolName": {"any": ["T2*", "t2*"]}}},
+        {
+            "datatype": "anat",
+            "suffix": "T1w",
+            "custom_entities": "acq-mprage",
+            "criteria": {"SeriesDescription": "T1w*"},
+        },
+        {
+            "datatype": "func",
+            "suffix": "bold",
+            "custom_entities": ["task-rest", "acq-fast"],
+            "criteria": {"SeriesDescription": "*fMRI*", "RepetitionTime": {"le": 2.5}},
+        },
+        {
+            "datatype": "anat",
+            "suffix": "T2w",
+            "criteria": {"ProtocolName": {"any": ["T2*", "t2*"]}},
+        },
         {"datatype": "anat", "suffix": "FLAIR", "criteria": {"SeriesDescription": "T2*"}},
     ]
 }
@@ -72,9 +94,9 @@ def test_dcm2bids_config_matches_like_dcm2bids() -> None:
     assert t1.name == BidsName("anat", "T1w", (("acq", "mprage"),)) and t1.source == "config"
     bold = m.map(facts("rest_fMRI", header=lambda: headers))
     assert bold.name == BidsName("func", "bold", (("task", "rest"), ("acq", "fast")))
-    headers["RepetitionTime"] = 3.0                     # a criterion on a DICOM field
+    headers["RepetitionTime"] = 3.0  # a criterion on a DICOM field
     assert m.map(facts("rest_fMRI", header=lambda: headers)).name is None
-    both = m.map(facts("T2w"))                          # T2w matches two descriptions
+    both = m.map(facts("T2w"))  # T2w matches two descriptions
     assert both.name is None and "2 descriptions" in both.reason
     # case-sensitive fnmatch by default; the config can turn it off
     assert m.map(facts("t1w")).name is None
@@ -91,9 +113,12 @@ def test_bad_config_is_refused() -> None:
 
 def test_xnat_bidsmap_then_heuristic() -> None:
     xmap = XnatBidsMap.from_lists(
-        [{"series_description": "AX T1", "bidsname": "T1w"},
-         {"series_description": "BOLD", "bidsname": "task-rest_acq-x_bold"}],
-        [{"series_description": "ax t1", "bidsname": "T2w"}])   # site entry after project's
+        [
+            {"series_description": "AX T1", "bidsname": "T1w"},
+            {"series_description": "BOLD", "bidsname": "task-rest_acq-x_bold"},
+        ],
+        [{"series_description": "ax t1", "bidsname": "T2w"}],
+    )  # site entry after project's
     m = Mapper(xnat_map=xmap)
     assert m.map(facts("ax t1")).name == BidsName("anat", "T1w")
     got = m.map(facts("BOLD"))
@@ -104,5 +129,7 @@ def test_xnat_bidsmap_then_heuristic() -> None:
 
 def test_unmatched_report_is_a_tsv() -> None:
     text = unmatched_tsv([("S1", "S1_MR1", "3", "fMRI\tx", "no task")]).decode()
-    assert text.splitlines() == ["subject\tsession\tscan\tdescription\treason",
-                                 "S1\tS1_MR1\t3\tfMRI x\tno task"]
+    assert text.splitlines() == [
+        "subject\tsession\tscan\tdescription\treason",
+        "S1\tS1_MR1\t3\tfMRI x\tno task",
+    ]

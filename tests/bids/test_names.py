@@ -1,4 +1,5 @@
 """The label rule, the session rule, run numbers and file names (xnatfs/bids/names.py)."""
+
 from __future__ import annotations
 
 from xnatfs.bids import names as N
@@ -14,9 +15,9 @@ def test_hostile_labels_become_alphanumeric_and_distinct() -> None:
     m = N.LabelMap(hostile)
     out = [m[x] for x in hostile]
     assert all(N.is_label(o) for o in out), out
-    assert len(set(out)) == len(hostile), out            # collision-free
+    assert len(set(out)) == len(hostile), out  # collision-free
     assert m["sub.01"] == "sub01" and m["a/b"] == "ab" and m["x\ty"] == "xy"
-    assert m["Zoë_2"] == "Zoe2"                           # NFKD keeps the base letter
+    assert m["Zoë_2"] == "Zoe2"  # NFKD keeps the base letter
     # the already-valid label wins its name; the sanitised twins get the label's hash
     assert m["SUBJ01"] == "SUBJ01"
     assert m["SUBJ_01"] == "SUBJ01" + N.label_hash("SUBJ_01")
@@ -48,7 +49,14 @@ def test_runs_in_scan_order_only_for_repeated_kinds() -> None:
 
 
 def test_file_stem_puts_entities_in_bids_order() -> None:
-    ents = {"run": "2", "sub": "01", "acq": "hi", "task": "rest", "ses": "A", "dir": "AP",
-            "zzz": "custom"}
+    ents = {
+        "run": "2",
+        "sub": "01",
+        "acq": "hi",
+        "task": "rest",
+        "ses": "A",
+        "dir": "AP",
+        "zzz": "custom",
+    }
     assert N.file_stem(ents, "bold") == "sub-01_ses-A_task-rest_acq-hi_dir-AP_run-2_zzz-custom_bold"
     assert N.parse_entities("acq-high.res_task-rest") == {"acq": "highres", "task": "rest"}

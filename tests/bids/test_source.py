@@ -1,5 +1,6 @@
 """The project plan and XNAT's BIDS map lookup, against a stub client (no server needed; the
 same lookup against the emulator's config service: test_bids_xnatmap_mount.py)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -20,15 +21,26 @@ class StubClient:
         return self.maps.get(uri)
 
     def list_subjects(self, project: str) -> List[Subject]:
-        return [Subject("S1", "A_1", project), Subject("S2", "A-1", project),
-                Subject("S3", "B", project)]
+        return [
+            Subject("S1", "A_1", project),
+            Subject("S2", "A-1", project),
+            Subject("S3", "B", project),
+        ]
 
     def list_experiments(self, project: str, subject: str) -> List[Experiment]:
         label = {s.id: s.label for s in self.list_subjects(project)}[subject]
-        return [Experiment(f"{subject}E{i}", f"{label}_V{i}", project, subject,
-                           "xnat:mrSessionData", f"2024-01-0{i}",
-                           f"/data/experiments/{subject}E{i}")
-                for i in ((1, 2) if subject == "S1" else (1,))]
+        return [
+            Experiment(
+                f"{subject}E{i}",
+                f"{label}_V{i}",
+                project,
+                subject,
+                "xnat:mrSessionData",
+                f"2024-01-0{i}",
+                f"/data/experiments/{subject}E{i}",
+            )
+            for i in ((1, 2) if subject == "S1" else (1,))
+        ]
 
     def list_scans(self, uri: str) -> List[Scan]:
         return self.scans.get(uri.rsplit("/", 1)[1], [])
@@ -39,19 +51,27 @@ def scan(i: str, desc: str) -> Scan:
 
 
 def test_plan_runs_sessions_labels_and_the_xnat_map() -> None:
-    scans = {"S1E1": [scan("1", "MPRAGE"), scan("2", "BOLD"), scan("3", "BOLD"),
-                      scan("10", "MPRAGE")],
-             "S1E2": [scan("1", "MPRAGE")], "S2E1": [scan("1", "MPRAGE")],
-             "S3E1": [scan("1", "localizer")]}
-    maps = {"/data/projects/P/config/bids/bidsmap": [
-        {"series_description": "bold", "bidsname": "task-motor_bold"}]}
+    scans = {
+        "S1E1": [scan("1", "MPRAGE"), scan("2", "BOLD"), scan("3", "BOLD"), scan("10", "MPRAGE")],
+        "S1E2": [scan("1", "MPRAGE")],
+        "S2E1": [scan("1", "MPRAGE")],
+        "S3E1": [scan("1", "localizer")],
+    }
+    maps = {
+        "/data/projects/P/config/bids/bidsmap": [
+            {"series_description": "bold", "bidsname": "task-motor_bold"}
+        ]
+    }
     c = StubClient(scans, maps)
     plan = Source(c, None, Mapper()).plan(Project("P", "Proj", uri="/data/projects/P"))
     assert c.calls == ["/data/projects/P/config/bids/bidsmap", "/data/config/bids/bidsmap"]
-    assert plan.sessions_shown                      # S1 has two sessions with scans shown
+    assert plan.sessions_shown  # S1 has two sessions with scans shown
     a1, a2 = (label_hash("A_1"), label_hash("A-1"))
-    got = {(s.xnat_subject, s.xnat_session, s.scan_id): (s.stem, s.source)
-           for f in plan.folders.values() for s in f}
+    got = {
+        (s.xnat_subject, s.xnat_session, s.scan_id): (s.stem, s.source)
+        for f in plan.folders.values()
+        for s in f
+    }
     assert got == {
         ("A_1", "A_1_V1", "1"): (f"sub-A1{a1}_ses-V1_run-1_T1w", "heuristic"),
         ("A_1", "A_1_V1", "10"): (f"sub-A1{a1}_ses-V1_run-2_T1w", "heuristic"),  # scan order

@@ -4,6 +4,7 @@ data dir), and connected xnatpy / pyxnat clients.
 Tests that write create their own uniquely named objects (the ``unique`` fixture), so they can
 share the one seeded emulator and run in any order.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -130,8 +131,9 @@ def forget_xnat_session(session: object) -> None:
 def xnat_session(url: str):
     import xnat
 
-    session = xnat.connect(url, user=ADMIN[0], password=ADMIN[1], loglevel="WARNING",
-                           default_timeout=60)
+    session = xnat.connect(
+        url, user=ADMIN[0], password=ADMIN[1], loglevel="WARNING", default_timeout=60
+    )
     try:
         yield session
     finally:

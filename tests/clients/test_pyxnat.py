@@ -1,5 +1,6 @@
 """Acceptance: pyxnat 1.6.4 against the emulator (basic auth on every call, CSV listings, label
 addressing, POST uploads with ``inbody=true``; §8.2)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,10 @@ def test_connect_list_and_logout(url: str, emulator) -> None:
     intf = pyxnat.Interface(server=url, user=ADMIN[0], password=ADMIN[1])
     assert {"DEMO1", "DEMO2"} <= set(intf.select.projects().get())
     intf.disconnect()
-    assert any(r.method == "DELETE" and r.path_qs.startswith("/data/JSESSION")
-               for r in emulator.access_records())
+    assert any(
+        r.method == "DELETE" and r.path_qs.startswith("/data/JSESSION")
+        for r in emulator.access_records()
+    )
 
 
 def test_navigation_by_label(pyxnat_interface) -> None:
@@ -58,9 +61,15 @@ def test_file_download_size_and_last_modified(pyxnat_interface, tmp_path: Path) 
     dest = f.get(str(tmp_path / "events.tsv"))
     data = Path(dest).read_bytes()
     assert data.startswith(b"onset\t") and int(f.size()) == len(data)
-    assert f.last_modified()                              # HEAD Last-Modified
-    nii = (pyxnat_interface.select.project("DEMO1").subject("SUBJ02").experiment("SUBJ02_MR1")
-           .scan("1").resource("NIFTI").file("SUBJ02_MR1_T1w.nii.gz"))
+    assert f.last_modified()  # HEAD Last-Modified
+    nii = (
+        pyxnat_interface.select.project("DEMO1")
+        .subject("SUBJ02")
+        .experiment("SUBJ02_MR1")
+        .scan("1")
+        .resource("NIFTI")
+        .file("SUBJ02_MR1_T1w.nii.gz")
+    )
     body = Path(nii.get(str(tmp_path / "t1.nii.gz"))).read_bytes()
     assert body[:2] == b"\x1f\x8b"
 
@@ -121,13 +130,21 @@ def test_upload_create_and_delete(pyxnat_interface, unique: str, tmp_path: Path)
 def test_import_with_raw_requests_like_xnat4tests(url: str, unique: str) -> None:
     """xnat4tests' call (§6): POST zip with dest + Direct-Archive + overwrite, then pyxnat sees
     it."""
-    study = dicom.StudySpec(seed=unique, patient_name="P", patient_id="P",
-                            series=(dicom.SeriesSpec(3, "fMRI", 2, rows=16, columns=16),))
+    study = dicom.StudySpec(
+        seed=unique,
+        patient_name="P",
+        patient_id="P",
+        series=(dicom.SeriesSpec(3, "fMRI", 2, rows=16, columns=16),),
+    )
     dest = f"/archive/projects/DEMO2/subjects/{unique}S/experiments/{unique}E"
-    r = requests.post(f"{url}/data/services/import",
-                      params={"dest": dest, "Direct-Archive": "True", "overwrite": "True"},
-                      data=dicom.build_dicom_zip(study), auth=ADMIN,
-                      headers={"Content-Type": "application/zip"}, timeout=60)
+    r = requests.post(
+        f"{url}/data/services/import",
+        params={"dest": dest, "Direct-Archive": "True", "overwrite": "True"},
+        data=dicom.build_dicom_zip(study),
+        auth=ADMIN,
+        headers={"Content-Type": "application/zip"},
+        timeout=60,
+    )
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/uri-list")
     assert r.text == f"/data{dest}\r\n"
     intf = pyxnat.Interface(server=url, user=ADMIN[0], password=ADMIN[1])

@@ -1,4 +1,5 @@
 """Acceptance: xnatpy 0.8.1 against the emulator (demo seed), as a user of XNAT would drive it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,12 @@ xnat = pytest.importorskip("xnat")
 
 
 def _study(seed: str, subject: str, label: str) -> dicom.StudySpec:
-    return dicom.StudySpec(seed=seed, patient_name=subject, patient_id=label,
-                           series=(dicom.SeriesSpec(1, "T1w", 3), dicom.SeriesSpec(2, "T2w", 2)))
+    return dicom.StudySpec(
+        seed=seed,
+        patient_name=subject,
+        patient_id=label,
+        series=(dicom.SeriesSpec(1, "T1w", 3), dicom.SeriesSpec(2, "T2w", 2)),
+    )
 
 
 def test_connect_and_logout(url: str, emulator) -> None:
@@ -52,8 +57,9 @@ def test_listing_by_id_and_label(xnat_session) -> None:
     assert sorted(scans.keys()) == ["1", "2", "3"]
     assert [scans[k].type for k in ("1", "2", "3")] == ["T1w", "T2w", "fMRI"]
     assert scans["1"].__xsi_type__ == "xnat:mrScanData"
-    assert sorted(scans["1"].resources.keys()) and \
-        {r.label for r in scans["1"].resources.values()} == {"DICOM", "NIFTI"}
+    assert sorted(scans["1"].resources.keys()) and {
+        r.label for r in scans["1"].resources.values()
+    } == {"DICOM", "NIFTI"}
     dcm = scans["1"].resources["DICOM"]
     assert dcm.id.isdigit() and scans["1"].resources[dcm.id].label == "DICOM"  # numeric id
     files = dcm.files
@@ -75,16 +81,16 @@ def test_download_digest_head_and_non_ascii(xnat_session, tmp_path: Path) -> Non
     f = files[name]
     assert f.name == name
     target = tmp_path / "notes.txt"
-    f.download(str(target), verbose=False)         # xnatpy checks the MD5 digest column
+    f.download(str(target), verbose=False)  # xnatpy checks the MD5 digest column
     assert target.read_text("utf-8").startswith("Résumé – notes")
-    assert int(f.size) == target.stat().st_size      # HEAD Content-Length (a str in xnatpy)
+    assert int(f.size) == target.stat().st_size  # HEAD Content-Length (a str in xnatpy)
     assert f.digest == hashlib.md5(target.read_bytes()).hexdigest()
     nested = files["mri/fmri/events.tsv"]
     nested.download(str(tmp_path / "events.tsv"), verbose=False)
     assert (tmp_path / "events.tsv").read_bytes().startswith(b"onset\t")
     dcm = demo1.subjects["SUBJ02"].experiments["SUBJ02_MR1"].scans["2"].resources["DICOM"]
     first = sorted(dcm.files.values(), key=lambda x: x.path)[0]
-    dcm.download_dir(tmp_path / "dl")                 # files?format=zip, unpacked (§3.3)
+    dcm.download_dir(tmp_path / "dl")  # files?format=zip, unpacked (§3.3)
     got = sorted(p.name for p in (tmp_path / "dl").rglob("*.dcm"))
     assert got == sorted(x.path for x in dcm.files.values())
     with first.open() as fh:
@@ -99,13 +105,20 @@ def test_uploads_single_nested_and_dir(xnat_session, unique: str, tmp_path: Path
     single.write_bytes(b"one file\n")
     res.upload(single, "single.txt")
     res.upload(single, "deep/er/nested file.txt")
-    tree = write_tree(tmp_path / "tree", {"a.txt": b"A\n", "sub/b.txt": b"BB\n",
-                                          "sub/deeper/c.bin": bytes(range(256))})
-    res.upload_dir(tree)                               # tar.gz + extract=true
+    tree = write_tree(
+        tmp_path / "tree",
+        {"a.txt": b"A\n", "sub/b.txt": b"BB\n", "sub/deeper/c.bin": bytes(range(256))},
+    )
+    res.upload_dir(tree)  # tar.gz + extract=true
     res.clearcache()
     paths = sorted(res.files.keys())
-    assert paths == ["a.txt", "deep/er/nested file.txt", "single.txt", "sub/b.txt",
-                     "sub/deeper/c.bin"]
+    assert paths == [
+        "a.txt",
+        "deep/er/nested file.txt",
+        "single.txt",
+        "sub/b.txt",
+        "sub/deeper/c.bin",
+    ]
     out = tmp_path / "c.bin"
     res.files["sub/deeper/c.bin"].download(str(out), verbose=False)
     assert out.read_bytes() == bytes(range(256))
@@ -163,9 +176,14 @@ def test_create_each_kind_and_delete(xnat_session, unique: str, url: str) -> Non
 def test_import_to_archive_and_prearchive(xnat_session, unique: str, tmp_path: Path) -> None:
     zpath = tmp_path / "upload.zip"
     dicom.build_dicom_zip(_study(unique, f"{unique}S", f"{unique}E"), zpath)
-    exp = xnat_session.services.import_(zpath, project="DEMO2", subject=f"{unique}S",
-                                        experiment=f"{unique}E", destination="/archive",
-                                        direct_archive=True)
+    exp = xnat_session.services.import_(
+        zpath,
+        project="DEMO2",
+        subject=f"{unique}S",
+        experiment=f"{unique}E",
+        destination="/archive",
+        direct_archive=True,
+    )
     assert exp.label == f"{unique}E" and exp.__xsi_type__ == "xnat:mrSessionData"
     assert sorted(exp.scans.keys()) == ["1", "2"]
     assert len(exp.scans["1"].resources["DICOM"].files) == 3
@@ -201,12 +219,17 @@ def test_prearchive_seed_session_browse(xnat_session, tmp_path: Path) -> None:
 def test_import_corrupt_and_not_zip(xnat_session, unique: str, tmp_path: Path) -> None:
     failed = (xnat.exceptions.XNATUploadError, xnat.exceptions.XNATResponseError)
     with pytest.raises(failed, match="Unable to identify upload format"):
-        xnat_session.services.import_(data=b"this is not a zip" * 10, project="DEMO1",
-                                      content_type="application/zip")
+        xnat_session.services.import_(
+            data=b"this is not a zip" * 10, project="DEMO1", content_type="application/zip"
+        )
     data = dicom.build_dicom_zip(_study(unique, "X", f"{unique}E"))
     with pytest.raises(failed, match="400"):
-        xnat_session.services.import_(data=data[: len(data) // 2], project="DEMO1",
-                                      destination="/archive", content_type="application/zip")
+        xnat_session.services.import_(
+            data=data[: len(data) // 2],
+            project="DEMO1",
+            destination="/archive",
+            content_type="application/zip",
+        )
     xnat_session.clearcache()
     assert f"{unique}E" not in xnat_session.projects["DEMO1"].experiments
 
@@ -217,8 +240,9 @@ def test_alice_sees_only_demo1(url: str) -> None:
         assert set(session.projects.keys()) == {"DEMO1"}
         with pytest.raises(KeyError):
             session.projects["DEMO2"]
-        status = requests.get(f"{url}/data/projects/DEMO2/subjects?format=json",
-                              auth=ALICE, timeout=30).status_code
+        status = requests.get(
+            f"{url}/data/projects/DEMO2/subjects?format=json", auth=ALICE, timeout=30
+        ).status_code
         assert status in (403, 404)
         assert all(s.project == "DEMO1" for s in session.prearchive.sessions())
     finally:
@@ -230,15 +254,21 @@ def test_gradual_dicom_receiving_session(xnat_session, unique: str) -> None:
     study = _study(unique, f"{unique}S", f"{unique}E")
     uris = set()
     for gen in dicom.iter_study_files(study):
-        pre = xnat_session.services.import_(data=gen.data, project="DEMO2",
-                                            import_handler="gradual-DICOM",
-                                            content_type="application/dicom")
+        pre = xnat_session.services.import_(
+            data=gen.data,
+            project="DEMO2",
+            import_handler="gradual-DICOM",
+            content_type="application/dicom",
+        )
         uris.add(pre.uri)
     assert len(uris) == 1
     # xnatpy hides RECEIVING sessions unless asked (§7.1)
     assert not [s for s in xnat_session.prearchive.sessions("DEMO2") if s.label == f"{unique}E"]
-    (receiving,) = [s for s in xnat_session.prearchive.sessions("DEMO2", allow_receiving=True)
-                    if s.label == f"{unique}E"]
+    (receiving,) = [
+        s
+        for s in xnat_session.prearchive.sessions("DEMO2", allow_receiving=True)
+        if s.label == f"{unique}E"
+    ]
     assert receiving.status == "RECEIVING"
     xnat_session.post(receiving.uri, query={"action": "build"})
     xnat_session.prearchive.clearcache()  # xnatpy reuses its session objects and their data

@@ -1,5 +1,6 @@
 """Fixtures for the emulator HTTP tests: an emulator on port 0 and a small archive made over
 HTTP."""
+
 from __future__ import annotations
 
 import sys
@@ -57,8 +58,13 @@ def pyxnat() -> Any:
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    e = Emulator(tmp_path_factory.mktemp("emu"), user="admin", password="admin", seed="empty",
-                 extra_users=[("bob", "bob-pw", ["P1"])])
+    e = Emulator(
+        tmp_path_factory.mktemp("emu"),
+        user="admin",
+        password="admin",
+        seed="empty",
+        extra_users=[("bob", "bob-pw", ["P1"])],
+    )
     e.start()
     yield e
     e.stop()
@@ -105,16 +111,22 @@ def populated(emu: Emulator) -> Archive:
             assert c.put(url).status_code in (200, 201)
         r = c.put("/data/projects/P1/subjects/S1")
         sid = r.text
-        r = c.put("/data/projects/P1/subjects/S1/experiments/E1",
-                  params={"xsiType": "xnat:mrSessionData", "date": "2024-01-01"})
+        r = c.put(
+            "/data/projects/P1/subjects/S1/experiments/E1",
+            params={"xsiType": "xnat:mrSessionData", "date": "2024-01-01"},
+        )
         eid = r.text
-        c.put(f"/data/experiments/{eid}/scans/1",
-              params={"xsiType": "xnat:mrScanData", "type": "T1w"}).raise_for_status()
-        c.put(f"/data/experiments/{eid}/scans/1/resources/DICOM",
-              params={"format": "DICOM", "content": "RAW"}).raise_for_status()
+        c.put(
+            f"/data/experiments/{eid}/scans/1", params={"xsiType": "xnat:mrScanData", "type": "T1w"}
+        ).raise_for_status()
+        c.put(
+            f"/data/experiments/{eid}/scans/1/resources/DICOM",
+            params={"format": "DICOM", "content": "RAW"},
+        ).raise_for_status()
         for rel, data in FILES.items():
-            c.put(f"/data/experiments/{eid}/scans/1/resources/DICOM/files/{rel}",
-                  data=data).raise_for_status()
+            c.put(
+                f"/data/experiments/{eid}/scans/1/resources/DICOM/files/{rel}", data=data
+            ).raise_for_status()
         rows = c.get(f"/data/experiments/{eid}/scans/1/resources?format=json").json()
         rid = rows["ResultSet"]["Result"][0]["xnat_abstractresource_id"]
         c.put("/data/projects/P2/subjects/OTHER").raise_for_status()

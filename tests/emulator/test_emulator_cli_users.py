@@ -1,5 +1,6 @@
 """``xnatfs emulator`` as a newcomer runs it (issue 16 §7, §8): its usage line names the command
 typed, and the user given on the command line can log in whatever the seed holds."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,8 +16,12 @@ TIMEOUT = 30
 
 def _start(argv: List[str]) -> "tuple[subprocess.Popen, str]":
     """Start ``xnatfs emulator`` on a free port; (process, URL from its banner line)."""
-    proc = subprocess.Popen([sys.executable, "-m", "xnatfs", "emulator", "--port", "0", *argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xnatfs", "emulator", "--port", "0", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the banner, printed once listening; EOF if it died
     if "listening on " not in line:
@@ -47,8 +52,7 @@ def emulator_cli(tmp_path: Path) -> Iterator:
 
 
 def _projects(url: str, auth: "tuple[str, str]") -> "tuple[int, set]":
-    r = requests.get(url + "/data/projects", params={"format": "json"}, auth=auth,
-                     timeout=TIMEOUT)
+    r = requests.get(url + "/data/projects", params={"format": "json"}, auth=auth, timeout=TIMEOUT)
     if r.status_code != 200:
         return r.status_code, set()
     return 200, {row["ID"] for row in r.json()["ResultSet"]["Result"]}
@@ -72,7 +76,11 @@ def test_demo_seed_users_with_the_default_admin(emulator_cli) -> None:
 
 
 def test_emulator_help_names_the_command_typed() -> None:
-    res = subprocess.run([sys.executable, "-m", "xnatfs", "emulator", "--help"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "emulator", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("usage: xnatfs emulator "), res.stdout[:200]

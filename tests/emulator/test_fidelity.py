@@ -3,8 +3,9 @@
 XNAT's ``?format=json`` item is ItemJSONBuilder over ItemPropBuilder: ``data_fields`` holds the
 item's own fields flattened along its extension chain (xnat.xsd), so identity fields from every
 level appear, and extension tables add their lower-case key twice (captured real items,
-xnat-rest-api.md §2.1).  Checked kind by kind here.
+docs/XNAT-API.md §2.1).  Checked kind by kind here.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -22,8 +23,14 @@ IDENTITY = {
     # experimentData @ID @project @label; subjectAssessorData subject_ID; extension key "id"
     "experiment": {"ID", "id", "project", "label", "subject_ID"},
     # imageScanData @ID @type @project, image_session_ID; PK twice (xnat_imagescandata_id)
-    "scan": {"ID", "type", "project", "image_session_ID", "xnat_imagescandata_id",
-             "xnat_imageScanData_id"},
+    "scan": {
+        "ID",
+        "type",
+        "project",
+        "image_session_ID",
+        "xnat_imagescandata_id",
+        "xnat_imageScanData_id",
+    },
     # imageAssessorData: experimentData's, plus imageSession_ID
     "assessor": {"ID", "id", "project", "label", "imageSession_ID"},
     # abstractResource @label, PK twice
@@ -52,15 +59,23 @@ def test_single_object_identity_fields(shared_emulator) -> None:
     exp = _rows(s, f"{base}/projects/DEMO1/subjects/{subj['ID']}/experiments")[0]
     scan = _rows(s, f"{base}/experiments/{exp['ID']}/scans")[0]
     res = _rows(s, f"{base}/experiments/{exp['ID']}/scans/{scan['ID']}/resources")[0]
-    urls = {"project": f"{base}/projects/DEMO1",
-            "subject": f"{base}/projects/DEMO1/subjects/{subj['ID']}",
-            "experiment": f"{base}/experiments/{exp['ID']}",
-            "scan": f"{base}/experiments/{exp['ID']}/scans/{scan['ID']}",
-            "resource": f"{base}/experiments/{exp['ID']}/scans/{scan['ID']}/resources/"
-                        f"{res['xnat_abstractresource_id']}"}
-    assessors = [r for e in _rows(s, f"{base}/projects/DEMO1/experiments")
-                 for r in (_rows(s, f"{base}/experiments/{e['ID']}/assessors")
-                           if e.get("xsiType", "").endswith("SessionData") else [])]
+    urls = {
+        "project": f"{base}/projects/DEMO1",
+        "subject": f"{base}/projects/DEMO1/subjects/{subj['ID']}",
+        "experiment": f"{base}/experiments/{exp['ID']}",
+        "scan": f"{base}/experiments/{exp['ID']}/scans/{scan['ID']}",
+        "resource": f"{base}/experiments/{exp['ID']}/scans/{scan['ID']}/resources/"
+        f"{res['xnat_abstractresource_id']}",
+    }
+    assessors = [
+        r
+        for e in _rows(s, f"{base}/projects/DEMO1/experiments")
+        for r in (
+            _rows(s, f"{base}/experiments/{e['ID']}/assessors")
+            if e.get("xsiType", "").endswith("SessionData")
+            else []
+        )
+    ]
     if assessors:
         urls["assessor"] = f"{base}/experiments/{exp['ID']}/assessors/{assessors[0]['ID']}"
     missing = {}

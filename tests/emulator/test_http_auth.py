@@ -1,4 +1,5 @@
-"""Authentication and sessions (xnat-rest-api.md §5.1, §8.1, §11 "Transport and auth")."""
+"""Authentication and sessions (docs/XNAT-API.md §5.1, §8.1, §11 "Transport and auth")."""
+
 from __future__ import annotations
 
 import re
@@ -72,12 +73,14 @@ def test_expire_sessions(emu: Emulator, anon: Client) -> None:
 def test_alias_tokens(admin: Client, make_client: Any) -> None:
     tok = admin.get("/data/services/tokens/issue").json()
     assert re.match(r"^[0-9a-f-]{36}$", tok["alias"]) and len(tok["secret"]) == 64
-    assert admin.get(f"/data/services/tokens/validate/{tok['alias']}/{tok['secret']}"
-                     ).json() == {"valid": "admin"}
+    assert admin.get(f"/data/services/tokens/validate/{tok['alias']}/{tok['secret']}").json() == {
+        "valid": "admin"
+    }
     c = make_client((tok["alias"], tok["secret"]))
     assert c.get("/data/auth").text == "User 'admin' is logged in"
-    assert admin.get(f"/data/services/tokens/invalidate/{tok['alias']}/{tok['secret']}"
-                     ).json() == {"result": "OK"}
+    assert admin.get(f"/data/services/tokens/invalidate/{tok['alias']}/{tok['secret']}").json() == {
+        "result": "OK"
+    }
     c2 = make_client((tok["alias"], tok["secret"]))
     assert c2.get("/data/auth").status_code == 401
 

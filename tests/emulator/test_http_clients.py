@@ -1,4 +1,5 @@
 """The two reference clients against the emulator: xnatpy 0.8.1 and pyxnat 1.6.4 (§8)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -39,11 +40,16 @@ def test_xnatpy_browse_and_download(session: Any, populated: Archive, tmp_path: 
     assert int(f.size) == len(populated.files["sub/b.dcm"])  # HEAD Content-Length
     target = tmp_path / "b.dcm"
     f.download(str(target), verbose=False)  # xnatpy checks the MD5 digest column
-    assert hashlib.md5(target.read_bytes()).hexdigest() == \
-        hashlib.md5(populated.files["sub/b.dcm"]).hexdigest()
+    assert (
+        hashlib.md5(target.read_bytes()).hexdigest()
+        == hashlib.md5(populated.files["sub/b.dcm"]).hexdigest()
+    )
     experiment.download_dir(str(tmp_path / "dir"), verbose=False)
-    got = {p.relative_to(tmp_path / "dir").as_posix() for p in (tmp_path / "dir").rglob("*")
-           if p.is_file()}
+    got = {
+        p.relative_to(tmp_path / "dir").as_posix()
+        for p in (tmp_path / "dir").rglob("*")
+        if p.is_file()
+    }
     assert got == {f"E1/scans/1-T1w/resources/DICOM/files/{k}" for k in populated.files}
 
 
@@ -55,10 +61,12 @@ def test_xnatpy_create_upload_delete(session: Any, emu: Emulator, admin: Any) ->
     scan = session.classes.MrScanData(parent=exp, id="9", type="FLAIR")
     res = session.classes.ResourceCatalog(parent=scan, label="NIFTI", format="NIFTI")
     res.upload_data(b"nifti bytes", "img.nii", overwrite=True)
-    rows = admin.get(f"/data/experiments/{exp.id}/scans/9/resources/NIFTI/files?format=json"
-                     ).json()["ResultSet"]["Result"]
+    rows = admin.get(
+        f"/data/experiments/{exp.id}/scans/9/resources/NIFTI/files?format=json"
+    ).json()["ResultSet"]["Result"]
     assert [(x["Name"], x["digest"]) for x in rows] == [
-        ("img.nii", hashlib.md5(b"nifti bytes").hexdigest())]
+        ("img.nii", hashlib.md5(b"nifti bytes").hexdigest())
+    ]
     # xnatpy's delete() re-reads every live listing object afterwards (``if listing:``), and
     # XNAT answers 404 for the children of a deleted object; so delete an object whose child
     # listings were never instantiated.
@@ -72,8 +80,9 @@ def test_xnatpy_create_upload_delete(session: Any, emu: Emulator, admin: Any) ->
     assert admin.delete("/data/projects/P1/subjects/XPY_S?removeFiles=true").status_code == 200
 
 
-def test_pyxnat_list_and_download(pyxnat: Any, emu: Emulator, populated: Archive,
-                                  tmp_path: Path) -> None:
+def test_pyxnat_list_and_download(
+    pyxnat: Any, emu: Emulator, populated: Archive, tmp_path: Path
+) -> None:
     iface = pyxnat.Interface(server=emu.url, user="admin", password="admin")
     try:
         assert "P1" in iface.select.projects().get()

@@ -1,4 +1,5 @@
-"""Fault injection, access log and the command line (docs/CONTRACTS.md "Emulator")."""
+"""Fault injection, access log and the command line (docs/ARCHITECTURE.md §11 "The emulator")."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,11 @@ def femu(tmp_path: Path) -> Iterator[Emulator]:
     with requests.Session() as s:
         s.auth = ("admin", "admin")
         s.put(f"{e.url}/data/projects/F", timeout=10).raise_for_status()
-        s.put(f"{e.url}/data/projects/F/resources/R/files/big.bin", data=os.urandom(300_000),
-              timeout=10).raise_for_status()
+        s.put(
+            f"{e.url}/data/projects/F/resources/R/files/big.bin",
+            data=os.urandom(300_000),
+            timeout=10,
+        ).raise_for_status()
     yield e
     e.stop()
 
@@ -108,9 +112,28 @@ def test_access_log(femu: Emulator, make_client: Any, tmp_path: Path) -> None:
 
 def test_cli_starts_and_stops(tmp_path: Path) -> None:
     with subprocess.Popen(
-            [sys.executable, "-m", "xnatfs.emulator", "--data", str(tmp_path / "d"), "--port", "0",
-             "--user", "root", "--password", "pw", "--seed", "empty", "--context-path", "/xnat"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        [
+            sys.executable,
+            "-m",
+            "xnatfs.emulator",
+            "--data",
+            str(tmp_path / "d"),
+            "--port",
+            "0",
+            "--user",
+            "root",
+            "--password",
+            "pw",
+            "--seed",
+            "empty",
+            "--context-path",
+            "/xnat",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
         _check_cli(proc)
 
 

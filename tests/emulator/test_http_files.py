@@ -1,4 +1,5 @@
-"""File download, archives, uploads and deletes (xnat-rest-api.md §3, §4.4-4.5, §10)."""
+"""File download, archives, uploads and deletes (docs/XNAT-API.md §3, §4.4-4.5, §10)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,7 +32,9 @@ def test_download_headers_and_no_range(admin: Client, populated: Archive) -> Non
     assert head.status_code == 200 and head.headers["Content-Length"] == str(len(data))
     assert head.content == b""
     # by labels, too
-    r = admin.get("/data/projects/P1/subjects/S1/experiments/E1/scans/1/resources/DICOM/files/a.dcm")
+    r = admin.get(
+        "/data/projects/P1/subjects/S1/experiments/E1/scans/1/resources/DICOM/files/a.dcm"
+    )
     assert r.content == populated.files["a.dcm"]
 
 
@@ -59,10 +62,13 @@ def test_archive_download_layout(admin: Client, populated: Archive, fmt: str) ->
         got = {n: zf.read(n) for n in zf.namelist()}
     else:
         with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:*") as tf:
-            got = {m.name: tf.extractfile(m).read()  # type: ignore[union-attr]
-                   for m in tf.getmembers()}
-    assert got == {f"E1/scans/1-T1w/resources/DICOM/files/{k}": v
-                   for k, v in populated.files.items()}
+            got = {
+                m.name: tf.extractfile(m).read()  # type: ignore[union-attr]
+                for m in tf.getmembers()
+            }
+    assert got == {
+        f"E1/scans/1-T1w/resources/DICOM/files/{k}": v for k, v in populated.files.items()
+    }
 
 
 def test_upload_raw_duplicates_overwrite(admin: Client, populated: Archive) -> None:
@@ -75,10 +81,13 @@ def test_upload_raw_duplicates_overwrite(admin: Client, populated: Archive) -> N
     r = admin.put(url + "?overwrite=true", data=b"three")
     assert r.status_code == 200 and admin.get(url).content == b"three"
     # pyxnat style: POST, inbody=true, format/content/tags as metadata, no content type
-    r = admin.post(url.replace("x.bin", "y.bin") + "?format=BIN&content=RAW&tags=t&inbody=true",
-                   data=b"four")
+    r = admin.post(
+        url.replace("x.bin", "y.bin") + "?format=BIN&content=RAW&tags=t&inbody=true", data=b"four"
+    )
     assert r.status_code == 200
-    rows = admin.get(url.rsplit("/files/", 1)[0] + "/files?format=json").json()["ResultSet"]["Result"]
+    rows = admin.get(url.rsplit("/files/", 1)[0] + "/files?format=json").json()["ResultSet"][
+        "Result"
+    ]
     y = next(x for x in rows if x["Name"] == "y.bin")
     assert y["file_format"] == "BIN" and y["file_content"] == "RAW"
     assert y["digest"] == hashlib.md5(b"four").hexdigest()
@@ -129,14 +138,20 @@ def test_bad_uploads_leave_nothing(admin: Client, populated: Archive) -> None:
     assert rows == []
 
 
-def test_truncated_upload_stores_no_partial_file(emu: Any, admin: Client, populated: Archive) -> None:
-    path = (f"/data/experiments/{populated.experiment_id}/resources/TRUNC/files/t.bin")
+def test_truncated_upload_stores_no_partial_file(
+    emu: Any, admin: Client, populated: Archive
+) -> None:
+    path = f"/data/experiments/{populated.experiment_id}/resources/TRUNC/files/t.bin"
     admin.put(f"/data/experiments/{populated.experiment_id}/resources/TRUNC").raise_for_status()
     u = urlparse(emu.url)
     with socket.create_connection((u.hostname, u.port), timeout=10) as s:
-        s.sendall((f"PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\n"
-                   "Content-Length: 100000\r\nContent-Type: application/octet-stream\r\n\r\n"
-                   ).encode() + b"x" * 1000)
+        s.sendall(
+            (
+                f"PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\n"
+                "Content-Length: 100000\r\nContent-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + b"x" * 1000
+        )
         s.shutdown(socket.SHUT_WR)
         reply = b""
         while True:

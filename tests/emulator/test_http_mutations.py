@@ -1,4 +1,5 @@
-"""Creating and deleting archive objects (xnat-rest-api.md §4, §10)."""
+"""Creating and deleting archive objects (docs/XNAT-API.md §4, §10)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,10 +17,15 @@ def proj(admin: Client) -> str:
 
 
 def test_create_statuses_and_accession_ids(admin: Client, proj: str) -> None:
-    r = admin.put(f"/data/projects/{proj}/subjects/SUBA",
-                  params={"xsiType": "xnat:subjectData", "req_format": "qs",
-                          "xnat:subjectData/gender": "female",
-                          "xnat:subjectData/fields/field[name=age]/field": "42"})
+    r = admin.put(
+        f"/data/projects/{proj}/subjects/SUBA",
+        params={
+            "xsiType": "xnat:subjectData",
+            "req_format": "qs",
+            "xnat:subjectData/gender": "female",
+            "xnat:subjectData/fields/field[name=age]/field": "42",
+        },
+    )
     assert r.status_code == 201 and r.headers["Content-Type"].startswith("text/plain")
     sid = r.text
     assert sid.startswith("XNAT_S") and len(sid) == len("XNAT_S00001")
@@ -36,22 +42,35 @@ def test_create_statuses_and_accession_ids(admin: Client, proj: str) -> None:
     assert r.status_code == 201 and r.text.startswith("XNAT_E")
     eid = r.text
     assert admin.put(url, params={"xsiType": "xnat:mrSessionData"}).text == eid
-    r = admin.put(f"/data/experiments/{eid}/scans/5", params={"xsiType": "xnat:mrScanData",
-                                                             "type": "T2w"})
+    r = admin.put(
+        f"/data/experiments/{eid}/scans/5", params={"xsiType": "xnat:mrScanData", "type": "T2w"}
+    )
     assert r.status_code == 201
-    assert admin.post(f"/data/experiments/{eid}/scans/5",
-                      params={"xsiType": "xnat:mrScanData"}).status_code == 409
-    r = admin.put(f"/data/experiments/{eid}/assessors/EXPA_QC",
-                  params={"xsiType": "xnat:qcAssessmentData", "req_format": "qs"})
+    assert (
+        admin.post(
+            f"/data/experiments/{eid}/scans/5", params={"xsiType": "xnat:mrScanData"}
+        ).status_code
+        == 409
+    )
+    r = admin.put(
+        f"/data/experiments/{eid}/assessors/EXPA_QC",
+        params={"xsiType": "xnat:qcAssessmentData", "req_format": "qs"},
+    )
     assert r.status_code == 201 and r.text.startswith("XNAT_E")
     rows = admin.get(f"/data/experiments/{eid}/assessors?format=json").json()["ResultSet"]["Result"]
     assert [x["label"] for x in rows] == ["EXPA_QC"]
     # an unknown subject under the experiment path is created on the fly (§4.3)
-    r = admin.put(f"/data/projects/{proj}/subjects/NEWSUBJ/experiments/EXPB",
-                  params={"xsiType": "xnat:mrSessionData"})
+    r = admin.put(
+        f"/data/projects/{proj}/subjects/NEWSUBJ/experiments/EXPB",
+        params={"xsiType": "xnat:mrSessionData"},
+    )
     assert r.status_code == 201
-    labels = [x["label"] for x in admin.get(f"/data/projects/{proj}/subjects?format=json"
-                                            ).json()["ResultSet"]["Result"]]
+    labels = [
+        x["label"]
+        for x in admin.get(f"/data/projects/{proj}/subjects?format=json").json()["ResultSet"][
+            "Result"
+        ]
+    ]
     assert "NEWSUBJ" in labels
 
 
@@ -61,8 +80,12 @@ def test_conflicts_and_missing_project(admin: Client, proj: str) -> None:
     assert admin.put(f"/data/projects/{proj}/subjects/S_A?label=S_B").status_code == 409
     assert admin.put("/data/projects/NOSUCH/subjects/X").status_code == 422
     assert admin.put(f"/data/projects/{proj}/subjects/S_A?label=S_C").status_code == 200
-    labels = {x["label"] for x in admin.get(f"/data/projects/{proj}/subjects?format=json"
-                                            ).json()["ResultSet"]["Result"]}
+    labels = {
+        x["label"]
+        for x in admin.get(f"/data/projects/{proj}/subjects?format=json").json()["ResultSet"][
+            "Result"
+        ]
+    }
     assert "S_C" in labels and "S_A" not in labels
 
 
@@ -73,20 +96,30 @@ def test_invalid_labels_are_refused(admin: Client, proj: str, label: str) -> Non
         assert r.status_code == 400, url
         assert r.text.startswith("<html>") and "<h3>" in r.text
     admin.put(f"/data/projects/{proj}/subjects/OKSUBJ").raise_for_status()
-    r = admin.put(f"/data/projects/{proj}/subjects/OKSUBJ/experiments/{label}",
-                  params={"xsiType": "xnat:mrSessionData"})
+    r = admin.put(
+        f"/data/projects/{proj}/subjects/OKSUBJ/experiments/{label}",
+        params={"xsiType": "xnat:mrSessionData"},
+    )
     assert r.status_code == 400
 
 
 def test_deletes(admin: Client, proj: str) -> None:
-    eid = admin.put(f"/data/projects/{proj}/subjects/DS/experiments/DE",
-                    params={"xsiType": "xnat:mrSessionData"}).text
+    eid = admin.put(
+        f"/data/projects/{proj}/subjects/DS/experiments/DE",
+        params={"xsiType": "xnat:mrSessionData"},
+    ).text
     admin.put(f"/data/experiments/{eid}/scans/1?xsiType=xnat:mrScanData").raise_for_status()
     admin.put(f"/data/experiments/{eid}/scans/1/resources/R/files/f.txt", data=b"f")
     assert admin.delete(f"/data/experiments/{eid}/scans/1?removeFiles=true").status_code == 200
-    assert admin.get(f"/data/experiments/{eid}/scans?format=json").json()["ResultSet"]["Result"] == []
-    assert admin.delete(f"/data/projects/{proj}/subjects/DS/experiments/DE?removeFiles=true"
-                        ).status_code == 200
+    assert (
+        admin.get(f"/data/experiments/{eid}/scans?format=json").json()["ResultSet"]["Result"] == []
+    )
+    assert (
+        admin.delete(
+            f"/data/projects/{proj}/subjects/DS/experiments/DE?removeFiles=true"
+        ).status_code
+        == 200
+    )
     assert admin.get(f"/data/experiments/{eid}?format=json").status_code == 404
     assert admin.delete(f"/data/experiments/{eid}").status_code == 404
     assert admin.delete(f"/data/projects/{proj}/subjects/DS?removeFiles=true").status_code == 200

@@ -1,17 +1,21 @@
 """importer.py / prearchive.py against a bare Store (no HTTP): placement, labels, lifecycle."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from xnatfs.emulator import dicom, importer, prearchive
+from xnatfs.emulator import dicom, importer, prearchive, prearchive_code
 from xnatfs.emulator.prearchive import Prearchive
 from xnatfs.emulator.store import Store
-from xnatfs.emulator import prearchive_code
 
-STUDY = dicom.StudySpec(seed="core/S1", patient_name="NEWSUBJ", patient_id="NEWSUBJ_MR1",
-                        series=(dicom.SeriesSpec(1, "T1w", 3), dicom.SeriesSpec(2, "T2w", 2)))
+STUDY = dicom.StudySpec(
+    seed="core/S1",
+    patient_name="NEWSUBJ",
+    patient_id="NEWSUBJ_MR1",
+    series=(dicom.SeriesSpec(1, "T1w", 3), dicom.SeriesSpec(2, "T2w", 2)),
+)
 
 
 @pytest.fixture()
@@ -31,9 +35,15 @@ def _body(tmp_path: Path, data: bytes, name: str = "body.zip") -> Path:
     return p
 
 
-def _run(store: Store, tmp_path: Path, data: bytes, user: str = "admin", **params: str) -> list[str]:
-    return importer.import_upload(store, store.get_user(user),
-                                  importer.ImportParams.from_mapping(params), _body(tmp_path, data))
+def _run(
+    store: Store, tmp_path: Path, data: bytes, user: str = "admin", **params: str
+) -> list[str]:
+    return importer.import_upload(
+        store,
+        store.get_user(user),
+        importer.ImportParams.from_mapping(params),
+        _body(tmp_path, data),
+    )
 
 
 def test_default_goes_to_prearchive_ready(store: Store, tmp_path: Path) -> None:
@@ -49,7 +59,7 @@ def test_default_goes_to_prearchive_ready(store: Store, tmp_path: Path) -> None:
         assert len(pa.files(s, "1", "DICOM")) == 3
         assert set(s.row()) == set(prearchive.PREARC_COLUMNS)
         assert all(isinstance(v, str) for v in s.row().values())
-        assert s.row()["url"] == uris[0][len("/data"):]
+        assert s.row()["url"] == uris[0][len("/data") :]
 
 
 def test_unknown_project_goes_to_unassigned(store: Store, tmp_path: Path) -> None:
@@ -58,25 +68,44 @@ def test_unknown_project_goes_to_unassigned(store: Store, tmp_path: Path) -> Non
 
 
 def test_direct_archive_with_dest_path(store: Store, tmp_path: Path) -> None:
-    uris = _run(store, tmp_path, dicom.build_dicom_zip(STUDY),
-                dest="/archive/projects/P1/subjects/S9/experiments/E9", **{"Direct-Archive": "true"})
+    uris = _run(
+        store,
+        tmp_path,
+        dicom.build_dicom_zip(STUDY),
+        dest="/archive/projects/P1/subjects/S9/experiments/E9",
+        **{"Direct-Archive": "true"},
+    )
     assert uris == ["/data/archive/projects/P1/subjects/S9/experiments/E9"]
     e = store.find_experiment("P1", "E9")
     assert e.xsi_type == "xnat:mrSessionData" and e.date == "2024-01-15"
     scans = store.list_scans(e.id)
-    assert [(s.id, s.type, s.xsi_type) for s in scans] == \
-        [("1", "T1w", "xnat:mrScanData"), ("2", "T2w", "xnat:mrScanData")]
+    assert [(s.id, s.type, s.xsi_type) for s in scans] == [
+        ("1", "T1w", "xnat:mrScanData"),
+        ("2", "T2w", "xnat:mrScanData"),
+    ]
     from xnatfs.emulator.store import Parent
+
     (res,) = store.list_resources(Parent(project="P1", experiment=e.id, scan="1"))
     assert res.label == "DICOM" and res.format == "DICOM" and res.file_count == 3
     # again without overwrite: 409, nothing changes
     with pytest.raises(importer.ImportFailed) as info:
-        _run(store, tmp_path, dicom.build_dicom_zip(STUDY),
-             dest="/archive/projects/P1/subjects/S9/experiments/E9", **{"Direct-Archive": "true"})
+        _run(
+            store,
+            tmp_path,
+            dicom.build_dicom_zip(STUDY),
+            dest="/archive/projects/P1/subjects/S9/experiments/E9",
+            **{"Direct-Archive": "true"},
+        )
     assert info.value.status == 409
     # append is fine
-    _run(store, tmp_path, dicom.build_dicom_zip(STUDY), overwrite="append",
-         dest="/archive/projects/P1/subjects/S9/experiments/E9", **{"Direct-Archive": "true"})
+    _run(
+        store,
+        tmp_path,
+        dicom.build_dicom_zip(STUDY),
+        overwrite="append",
+        dest="/archive/projects/P1/subjects/S9/experiments/E9",
+        **{"Direct-Archive": "true"},
+    )
     assert store.list_resources(Parent(project="P1", experiment=e.id, scan="1"))[0].file_count == 3
 
 
@@ -111,8 +140,9 @@ def test_corrupt_upload_leaves_nothing(store: Store, tmp_path: Path) -> None:
 
 def test_permissions(store: Store, tmp_path: Path) -> None:
     with pytest.raises(importer.ImportFailed) as info:
-        _run(store, tmp_path, dicom.build_dicom_zip(STUDY), user="bob", project="P2",
-             dest="/archive")
+        _run(
+            store, tmp_path, dicom.build_dicom_zip(STUDY), user="bob", project="P2", dest="/archive"
+        )
     assert info.value.status == 403
     with pytest.raises(importer.ImportFailed) as info:
         _run(store, tmp_path, dicom.build_dicom_zip(STUDY), project="NOPE", dest="/archive")
@@ -121,8 +151,10 @@ def test_permissions(store: Store, tmp_path: Path) -> None:
 
 def test_gradual_dicom_receiving_then_build(store: Store, tmp_path: Path) -> None:
     files = list(dicom.iter_study_files(STUDY))
-    urls = {_run(store, tmp_path, f.data, project="P1", **{"import-handler": "gradual-DICOM"})[0]
-            for f in files}
+    urls = {
+        _run(store, tmp_path, f.data, project="P1", **{"import-handler": "gradual-DICOM"})[0]
+        for f in files
+    }
     assert len(urls) == 1
     with Prearchive.for_store(store) as pa:
         (s,) = pa.list()
@@ -149,8 +181,7 @@ def test_queued_operations_follow_xnat_states(store: Store, tmp_path: Path) -> N
     """PrearchiveBatch{Rebuild,Move,Delete} (xnat-web): QUEUED_* at once, BUILDING/MOVING/
     DELETING once a handler picked it up, then READY (in the new project for a move, same
     timestamp and folder, PrearcDatabase._moveToProject) or gone."""
-    (uri,) = _run(store, tmp_path, dicom.build_dicom_zip(STUDY), project="P1",
-                  dest="/prearchive")
+    (uri,) = _run(store, tmp_path, dicom.build_dicom_zip(STUDY), project="P1", dest="/prearchive")
     now = [2_000_000_000.0]
     with Prearchive.for_store(store, clock=lambda: now[0], queue_delay_s=2.0) as pa:
         s = pa.from_url(uri)
@@ -168,8 +199,11 @@ def test_queued_operations_follow_xnat_states(store: Store, tmp_path: Path) -> N
         now[0] += 1.0
         assert pa.list(["P1"]) == []
         (moved,) = pa.list(["P2"])
-        assert (moved.status, moved.timestamp, moved.folder) == (prearchive.READY, s.timestamp,
-                                                                 s.folder)
+        assert (moved.status, moved.timestamp, moved.folder) == (
+            prearchive.READY,
+            s.timestamp,
+            s.folder,
+        )
         assert len(pa.files(moved, "2", "DICOM")) == 2
         pa.enqueue(moved, "delete")
         now[0] += 2.0
@@ -196,8 +230,19 @@ def _catalog(st: Store) -> list[tuple]:
         for e in st.list_experiments(p.id):
             for r in st.list_resources_under_experiment(e.id):
                 for f in st.list_files(r.id):
-                    out.append((p.id, e.label, r.kind, r.scan_id, r.label, f.relpath, f.size,
-                                f.md5, f.mtime))
+                    out.append(
+                        (
+                            p.id,
+                            e.label,
+                            r.kind,
+                            r.scan_id,
+                            r.label,
+                            f.relpath,
+                            f.size,
+                            f.md5,
+                            f.mtime,
+                        )
+                    )
     return sorted(out)
 
 
@@ -224,12 +269,18 @@ def test_demo_seed_is_deterministic_and_complete(tmp_path: Path) -> None:
         e1 = st.find_experiment("DEMO1", "SUBJ01_MR1")
         assert [a.label for a in st.list_assessors(e1.id)] == ["SUBJ01_MR1_FS"]
         labels = {(r.kind, r.scan_id, r.label) for r in st.list_resources_under_experiment(e1.id)}
-        assert {("scan", "1", "DICOM"), ("scan", "1", "NIFTI"), ("scan", "2", "DICOM"),
-                ("scan", "3", "DICOM"), ("experiment", "", "notes"),
-                ("assessor", "", "DATA")} <= labels
+        assert {
+            ("scan", "1", "DICOM"),
+            ("scan", "1", "NIFTI"),
+            ("scan", "2", "DICOM"),
+            ("scan", "3", "DICOM"),
+            ("experiment", "", "notes"),
+            ("assessor", "", "DATA"),
+        } <= labels
         subj = st.find_subject("DEMO1", "SUBJ01")
-        assert [r.label for r in st.list_resources(Parent(project="DEMO1", subject=subj.id))] \
-            == ["consent"]
+        assert [r.label for r in st.list_resources(Parent(project="DEMO1", subject=subj.id))] == [
+            "consent"
+        ]
         with Prearchive.for_store(st) as pa:
             (waiting,) = pa.list(["DEMO1"])
             assert waiting.name == "SUBJ04_MR1" and waiting.status == prearchive.READY
@@ -256,10 +307,15 @@ def test_failed_archive_write_leaves_no_catalog_rows(store: Store, tmp_path: Pat
     # (the second scan's) leaves neither the experiment nor the first scan behind
     good = tmp_path / "good.dcm"
     good.write_bytes(b"x" * 10)
-    content = prearchive.SessionContent(modality="MR", scans=[
-        prearchive.ScanContent("1", "T1w", "T1w", "MR", "", {"DICOM": [("a.dcm", good)]}),
-        prearchive.ScanContent("2", "T2w", "T2w", "MR", "",
-                               {"DICOM": [("b.dcm", tmp_path / "missing.dcm")]})])
+    content = prearchive.SessionContent(
+        modality="MR",
+        scans=[
+            prearchive.ScanContent("1", "T1w", "T1w", "MR", "", {"DICOM": [("a.dcm", good)]}),
+            prearchive.ScanContent(
+                "2", "T2w", "T2w", "MR", "", {"DICOM": [("b.dcm", tmp_path / "missing.dcm")]}
+            ),
+        ],
+    )
     with pytest.raises(FileNotFoundError):
         prearchive.write_session(store, content, project="P1", subject="TXS", label="TXS_MR1")
     assert store.find_experiment("P1", "TXS_MR1") is None

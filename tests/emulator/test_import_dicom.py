@@ -1,4 +1,5 @@
 """dicom.py on its own: deterministic generation and the upload parser (no server)."""
+
 from __future__ import annotations
 
 import io
@@ -12,9 +13,15 @@ import pytest
 from xnatfs.emulator import dicom
 from xnatfs.emulator.seed import nifti1_bytes, png_bytes
 
-STUDY = dicom.StudySpec(seed="unit/S1", patient_name="SUBJX", patient_id="SUBJX_MR1",
-                        series=(dicom.SeriesSpec(1, "T1w", 3), dicom.SeriesSpec(7, "fMRI bold", 2,
-                                                                                 rows=16, columns=16)))
+STUDY = dicom.StudySpec(
+    seed="unit/S1",
+    patient_name="SUBJX",
+    patient_id="SUBJX_MR1",
+    series=(
+        dicom.SeriesSpec(1, "T1w", 3),
+        dicom.SeriesSpec(7, "fMRI bold", 2, rows=16, columns=16),
+    ),
+)
 
 
 def _write(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -54,8 +61,10 @@ def test_zip_roundtrip_groups_by_series(tmp_path: Path) -> None:
     assert len(parsed.studies) == 1
     st = parsed.studies[0]
     assert st.patient_name == "SUBJX" and st.study_date == "2024-01-15" and st.modality == "MR"
-    assert [(s.scan_id, s.type, len(s.files)) for s in st.sorted_series()] == \
-        [("1", "T1w", 3), ("7", "fMRI bold", 2)]
+    assert [(s.scan_id, s.type, len(s.files)) for s in st.sorted_series()] == [
+        ("1", "T1w", 3),
+        ("7", "fMRI bold", 2),
+    ]
     for s in st.sorted_series():
         for f in s.files:
             assert f.path.is_file() and f.size == f.path.stat().st_size
@@ -122,11 +131,13 @@ def test_nifti_and_png_writers() -> None:
     png = png_bytes(bytes(range(16)), 4, 4)
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     idat_len = struct.unpack(">I", png[33:37])[0]
-    assert len(zlib.decompress(png[41:41 + idat_len])) == 4 * 5
+    assert len(zlib.decompress(png[41 : 41 + idat_len])) == 4 * 5
 
 
 def test_gzip_without_tar_is_unknown_format(tmp_path: Path) -> None:
     import gzip
 
     with pytest.raises(dicom.UploadFormatError):
-        _parse(tmp_path, _write(tmp_path, "x.nii.gz", gzip.compress(b"not a tar member header " * 100)))
+        _parse(
+            tmp_path, _write(tmp_path, "x.nii.gz", gzip.compress(b"not a tar member header " * 100))
+        )

@@ -1,4 +1,5 @@
 """Helpers for mount tests: file operations run in subprocesses with timeouts, request counting."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,8 @@ from urllib.parse import unquote
 import requests
 
 from tests.conftest import ADMIN
-from xnatfs.fs.mounting import is_mounted
 from tests.helpers.waiting import wait_for
+from xnatfs.fs.mounting import is_mounted
 
 _HASHER = r"""
 import hashlib, json, sys
@@ -41,8 +42,12 @@ with ThreadPoolExecutor(threads) as pool:
 def hash_files(paths: Sequence[str], threads: int = 1, timeout: float = 120) -> Dict[str, list]:
     """md5 and size of each path, read through the mount by ``threads`` threads in a child
     process; an error reads as ``["error", errno]``."""
-    res = subprocess.run([sys.executable, "-c", _HASHER, str(threads), *paths],
-                         capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, "-c", _HASHER, str(threads), *paths],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
@@ -60,9 +65,14 @@ def sh(cmd: List[str], timeout: float = 60, check: bool = True) -> subprocess.Co
 
 def put_file(url: str, uri: str, data: bytes) -> None:
     """Upload straight to the emulator (test data set-up, not the code under test)."""
-    r = requests.put(url + uri, data=data, auth=ADMIN, timeout=30,
-                     headers={"Content-Type": "application/octet-stream"},
-                     params={"overwrite": "true"})
+    r = requests.put(
+        url + uri,
+        data=data,
+        auth=ADMIN,
+        timeout=30,
+        headers={"Content-Type": "application/octet-stream"},
+        params={"overwrite": "true"},
+    )
     assert r.status_code in (200, 201), (r.status_code, r.text[:300])
 
 
@@ -109,7 +119,11 @@ def dicom_zip(path: Path, patient: str, series=((1, "T1w", 3), (2, "T2w", 2))) -
                 ds.PatientName, ds.PatientID = patient, patient
                 ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
                 ds.StudyDate, ds.StudyTime, ds.Modality = "20240101", "101010", "MR"
-                ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = number, description, i + 1
+                ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = (
+                    number,
+                    description,
+                    i + 1,
+                )
                 ds.Rows = ds.Columns = 8
                 ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
                 ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

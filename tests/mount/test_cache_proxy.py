@@ -13,6 +13,7 @@ plain file operations:
 
 Skipped (with the reason in the summary) only where nginx is not installed.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,7 +25,6 @@ import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -34,11 +34,17 @@ from tests.conftest import ADMIN, needs_fuse
 from tests.helpers.waiting import wait_for
 from tests.mount.helpers import hash_files, md5, put_file
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
-                                  else None)
-pytestmark = [needs_fuse, pytest.mark.skipif(
-    NGINX is None, reason="NGINX MISSING: the cache-proxy tests need Debian's nginx package "
-    "(scripts/install.sh installs it)")]
+NGINX = shutil.which("nginx") or (
+    "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+)
+pytestmark = [
+    needs_fuse,
+    pytest.mark.skipif(
+        NGINX is None,
+        reason="NGINX MISSING: the cache-proxy tests need Debian's nginx package "
+        "(scripts/install.sh installs it)",
+    ),
+]
 
 ALICE = ("alice", "alice-pw")
 FILES = "DEMO2/resources/SHARED/files"
@@ -60,13 +66,29 @@ def cache_proxy(tmp_path):
         port = _free_port()
         with open(tmp_path / "cache-proxy.out", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "xnatfs", "cache-proxy", "--upstream", upstream,
-                 "--port", str(port), "--cache-dir", str(tmp_path / "proxy-cache"),
-                 "--run-dir", str(tmp_path / "proxy-run"), "--cache-size", "1G",
-                 # as root, nginx workers run as www-data, which cannot enter pytest's 0700
-                 # temp dirs; the test runs them as the test's own user
-                 *(["--worker-user", "root"] if os.geteuid() == 0 else [])],
-                stdout=log, stderr=log, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "xnatfs",
+                    "cache-proxy",
+                    "--upstream",
+                    upstream,
+                    "--port",
+                    str(port),
+                    "--cache-dir",
+                    str(tmp_path / "proxy-cache"),
+                    "--run-dir",
+                    str(tmp_path / "proxy-run"),
+                    "--cache-size",
+                    "1G",
+                    # as root, nginx workers run as www-data, which cannot enter pytest's 0700
+                    # temp dirs; the test runs them as the test's own user
+                    *(["--worker-user", "root"] if os.geteuid() == 0 else []),
+                ],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
         procs.append(proc)
 
         def up() -> bool:
@@ -97,14 +119,20 @@ def _file_gets(records, since: int = 0):
     out: dict = {}
     for method, path_qs, status, sent in records[since:]:
         path = unquote(path_qs.split("?", 1)[0])
-        if method == "GET" and status == 200 and "/resources/" in path and \
-                "/files/f" in path and "DEMO2" in path:
+        if (
+            method == "GET"
+            and status == 200
+            and "/resources/" in path
+            and "/files/f" in path
+            and "DEMO2" in path
+        ):
             out.setdefault(path.rsplit("/", 1)[1], []).append(int(sent))
     return out
 
 
-def test_four_mounts_share_one_cache_and_xnat_still_authorizes(make_emulator, make_mount,
-                                                                 cache_proxy, tmp_path):
+def test_four_mounts_share_one_cache_and_xnat_still_authorizes(
+    make_emulator, make_mount, cache_proxy, tmp_path
+):
     emu = make_emulator()
     rnd = random.Random(13)
     blobs = {f"f{i:02d}.bin": rnd.randbytes(rnd.randint(20_000, 200_000)) for i in range(N_FILES)}
@@ -144,8 +172,7 @@ def test_four_mounts_share_one_cache_and_xnat_still_authorizes(make_emulator, ma
 
     # ... nor through a mount: she listed the folder while a member, then lost access
     emu.emu.store.add_member("alice", "DEMO2")
-    am = make_mount(proxy, "--bulk-zip", "0", "--prefetch", "0", credentials=ALICE,
-                    name="alice")
+    am = make_mount(proxy, "--bulk-zip", "0", "--prefetch", "0", credentials=ALICE, name="alice")
     assert sorted(os.listdir(am.path / FILES)) == sorted(blobs)
     emu.emu.store.remove_member("alice", "DEMO2")
     mark = emu.mark()
@@ -153,10 +180,12 @@ def test_four_mounts_share_one_cache_and_xnat_still_authorizes(make_emulator, ma
     assert list(got.values()) == [["error", errno.ENOENT]], got
     emu.mark()
     assert _file_gets(emu.records(), mark) == {}
-    assert any(r[0] == "HEAD" and "f01.bin" in r[1] and r[2] == 404
-               for r in emu.records()[mark:])
-    last = [ln for ln in (tmp_path / "proxy-run" / "access.log").read_text().splitlines()
-            if "f01.bin" in ln][-1]
+    assert any(r[0] == "HEAD" and "f01.bin" in r[1] and r[2] == 404 for r in emu.records()[mark:])
+    last = [
+        ln
+        for ln in (tmp_path / "proxy-run" / "access.log").read_text().splitlines()
+        if "f01.bin" in ln
+    ][-1]
     assert '" 404 ' in last and "cache=HIT" not in last, last
 
     # a re-upload (same URI, new bytes): every mount reads the new bytes after the TTL
@@ -164,8 +193,13 @@ def test_four_mounts_share_one_cache_and_xnat_still_authorizes(make_emulator, ma
     mark = emu.mark()
     put_file(emu.url, f"/data/projects/{FILES}/f05.bin", new)
     for m in mounts:
-        wait_for(lambda m=m: hash_files([str(m.path / FILES / "f05.bin")])
-                 == {str(m.path / FILES / "f05.bin"): [md5(new), len(new)]},
-                 60, f"{m.path} to read the new f05.bin")
+        wait_for(
+            lambda m=m: (
+                hash_files([str(m.path / FILES / "f05.bin")])
+                == {str(m.path / FILES / "f05.bin"): [md5(new), len(new)]}
+            ),
+            60,
+            f"{m.path} to read the new f05.bin",
+        )
     emu.mark()
     assert _file_gets(emu.records(), mark) == {"f05.bin": [len(new)]}

@@ -1,4 +1,5 @@
 """The mount command's refusals and crash recovery: one clear line each, no stale mount."""
+
 from __future__ import annotations
 
 import os
@@ -15,14 +16,18 @@ pytestmark = [needs_fuse]
 
 
 def _mount_cmd(url, mnt, tmp_path, env_extra=None, stdin=None, args=()):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("XNATFS_") and k != "NETRC"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XNATFS_") and k != "NETRC"}
     env.update({"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")})
     env.update(env_extra or {})
     mnt.mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "xnatfs", "mount", url, str(mnt), *args],
-                          capture_output=True, text=True, timeout=90, env=env,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "xnatfs", "mount", url, str(mnt), *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _one_line(res):
@@ -33,16 +38,28 @@ def _one_line(res):
 
 
 def test_wrong_password(shared_emulator, tmp_path):
-    line = _one_line(_mount_cmd(shared_emulator.url, tmp_path / "m", tmp_path,
-                                {"XNATFS_USER": "admin", "XNATFS_PASSWORD": "wrong"}))
+    line = _one_line(
+        _mount_cmd(
+            shared_emulator.url,
+            tmp_path / "m",
+            tmp_path,
+            {"XNATFS_USER": "admin", "XNATFS_PASSWORD": "wrong"},
+        )
+    )
     assert "login refused" in line and "admin" in line and "wrong" not in line
     assert not is_mounted(str(tmp_path / "m"))
 
 
 def test_unreachable_server(tmp_path):
-    line = _one_line(_mount_cmd("http://127.0.0.1:9", tmp_path / "m", tmp_path,
-                                {"XNATFS_USER": "a", "XNATFS_PASSWORD": "b"},
-                                args=("--connect-timeout", "1", "--retries", "0")))
+    line = _one_line(
+        _mount_cmd(
+            "http://127.0.0.1:9",
+            tmp_path / "m",
+            tmp_path,
+            {"XNATFS_USER": "a", "XNATFS_PASSWORD": "b"},
+            args=("--connect-timeout", "1", "--retries", "0"),
+        )
+    )
     assert "cannot reach" in line
     assert not is_mounted(str(tmp_path / "m"))
 
@@ -58,9 +75,18 @@ def test_netrc_readable_by_others_is_refused(shared_emulator, tmp_path):
 
 
 def test_missing_libfuse(shared_emulator, tmp_path):
-    line = _one_line(_mount_cmd(shared_emulator.url, tmp_path / "m", tmp_path,
-                                {"XNATFS_USER": "admin", "XNATFS_PASSWORD": ADMIN[1],
-                                 "FUSE_LIBRARY_PATH": str(tmp_path / "no-libfuse.so")}))
+    line = _one_line(
+        _mount_cmd(
+            shared_emulator.url,
+            tmp_path / "m",
+            tmp_path,
+            {
+                "XNATFS_USER": "admin",
+                "XNATFS_PASSWORD": ADMIN[1],
+                "FUSE_LIBRARY_PATH": str(tmp_path / "no-libfuse.so"),
+            },
+        )
+    )
     assert "fuse3" in line
 
 
@@ -89,8 +115,12 @@ def test_background_mount_netrc_and_umount(shared_emulator, tmp_path):
                     assert ADMIN[1].encode() not in cmdline
         assert seen >= 1
     finally:
-        res = subprocess.run([sys.executable, "-m", "xnatfs", "umount", str(mnt)],
-                             capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            [sys.executable, "-m", "xnatfs", "umount", str(mnt)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert res.returncode == 0, res.stderr
     assert not is_mounted(str(mnt))
 
@@ -107,8 +137,9 @@ def test_kill_9_then_mount_again(shared_emulator, tmp_path):
         os.kill(m.proc.pid, signal.SIGKILL)
         m.proc.wait(timeout=10)
         assert is_mounted(str(m.path)) and is_stale(str(m.path))
-        m2 = Mount(shared_emulator.url, tmp_path / "m", tmp_path / "c", tmp_path / "log2",
-                   []).start()
+        m2 = Mount(
+            shared_emulator.url, tmp_path / "m", tmp_path / "c", tmp_path / "log2", []
+        ).start()
         assert "DEMO1" in os.listdir(m2.path)
         m2.umount()
     finally:
@@ -131,8 +162,12 @@ def test_sigterm_unmounts_and_exits_0(shared_emulator, tmp_path):
 def test_demo_command_mounts_and_stops_on_ctrl_c(tmp_path):
     """The README's first command ends in ``xnatfs demo``."""
     mnt = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-m", "xnatfs", "demo", str(mnt)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xnatfs", "demo", str(mnt)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not is_mounted(str(mnt)):

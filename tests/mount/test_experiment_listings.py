@@ -1,5 +1,6 @@
 """An experiment's scan resources and files from one or two requests (issue 12, B4): the same
 tree as one request per directory, with fewer requests, and a change is seen as before."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,9 @@ def test_same_tree_fewer_requests(shared_emulator, make_mount, monkeypatch):
     assert after == before
     assert any("/scans/" in rel and rel.endswith(".dcm") for rel, *_ in after)
     # no scan's own resources listing, no scan resource's own files listing
-    scan_resources = [q for _, q in bundled if q.split("?")[0].endswith("/resources")
-                      and "/scans/" in q]
+    scan_resources = [
+        q for _, q in bundled if q.split("?")[0].endswith("/resources") and "/scans/" in q
+    ]
     assert scan_resources == []
     assert any("resources?" in q and "all=true" in q for _, q in bundled)
     assert any(q.split("?")[0].endswith("/scans/ALL/files") for _, q in bundled)
@@ -59,8 +61,12 @@ def test_changes_show_as_before(make_emulator, make_mount, monkeypatch, tmp_path
     # a file added on XNAT: listed once the TTL has passed
     uri = "/data/projects/DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1/scans/1/resources/DICOM"
     put_file(emu.url, f"{uri}/files/added_on_xnat.dcm", b"new")
-    wait_for(lambda: "added_on_xnat.dcm" in os.listdir(files), 20, interval=0.2,
-             what="the file added on XNAT")
+    wait_for(
+        lambda: "added_on_xnat.dcm" in os.listdir(files),
+        20,
+        interval=0.2,
+        what="the file added on XNAT",
+    )
     # a file written through the mount: listed at once (the bundle is forgotten with it)
     src = tmp_path / "mine.dcm"
     src.write_bytes(b"written through the mount")

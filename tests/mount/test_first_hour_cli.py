@@ -1,5 +1,6 @@
 """A newcomer's first hour, the command line (issue 16 §5, §7, §9): one clear line per error,
 and every command finds what it is about (the demo's cache, a mount's files, the netrc used)."""
+
 from __future__ import annotations
 
 import json
@@ -30,11 +31,18 @@ def _env(tmp_path: Path, extra: Optional[Dict[str, str]] = None) -> Dict[str, st
     return env
 
 
-def xnatfs(*args: str, env: Dict[str, str], timeout: float = 90,
-           **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xnatfs", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL,
-                          **kwargs)
+def xnatfs(
+    *args: str, env: Dict[str, str], timeout: float = 90, **kwargs
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "xnatfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        **kwargs,
+    )
 
 
 def _only_line(res: subprocess.CompletedProcess) -> str:
@@ -49,9 +57,14 @@ def _only_line(res: subprocess.CompletedProcess) -> str:
 @needs_fuse
 def test_wrong_password_is_one_line(shared_emulator, tmp_path):
     (tmp_path / "m").mkdir()
-    line = _only_line(xnatfs("mount", shared_emulator.url, str(tmp_path / "m"),
-                             env=_env(tmp_path, {"XNATFS_USER": "admin",
-                                                 "XNATFS_PASSWORD": "wrong"})))
+    line = _only_line(
+        xnatfs(
+            "mount",
+            shared_emulator.url,
+            str(tmp_path / "m"),
+            env=_env(tmp_path, {"XNATFS_USER": "admin", "XNATFS_PASSWORD": "wrong"}),
+        )
+    )
     assert "login refused" in line and "wrong" not in line
     assert not is_mounted(str(tmp_path / "m"))
 
@@ -61,17 +74,25 @@ def test_not_an_xnat_server_is_one_line(shared_emulator, tmp_path):
     """A wrong context path: the emulator answers the login with a redirect, as a web server
     in front of XNAT would."""
     (tmp_path / "m").mkdir()
-    line = _only_line(xnatfs("mount", shared_emulator.url + "/not-xnat", str(tmp_path / "m"),
-                             env=_env(tmp_path, {"XNATFS_USER": "admin",
-                                                 "XNATFS_PASSWORD": ADMIN[1]})))
+    line = _only_line(
+        xnatfs(
+            "mount",
+            shared_emulator.url + "/not-xnat",
+            str(tmp_path / "m"),
+            env=_env(tmp_path, {"XNATFS_USER": "admin", "XNATFS_PASSWORD": ADMIN[1]}),
+        )
+    )
     assert "does not answer like an XNAT server" in line
     assert not is_mounted(str(tmp_path / "m"))
 
 
 # ------------------------------------------------------------------------ a live mount
 def _log_problems(text: str) -> List[str]:
-    return [line for line in text.splitlines()
-            if re.search(r" (WARNING|ERROR|CRITICAL) ", line) or LIBFUSE_THREADS_WARNING in line]
+    return [
+        line
+        for line in text.splitlines()
+        if re.search(r" (WARNING|ERROR|CRITICAL) ", line) or LIBFUSE_THREADS_WARNING in line
+    ]
 
 
 def test_status_to_a_closed_pipe_exits_quietly(shared_emulator, make_mount, tmp_path):
@@ -81,8 +102,13 @@ def test_status_to_a_closed_pipe_exits_quietly(shared_emulator, make_mount, tmp_
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        res = subprocess.run([sys.executable, "-m", "xnatfs", "status", str(m.path)],
-                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+        res = subprocess.run(
+            [sys.executable, "-m", "xnatfs", "status", str(m.path)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
     finally:
         os.close(write_end)
     assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
@@ -176,8 +202,7 @@ def test_prefetch_refuses_paths_outside_a_mount(shared_emulator, make_mount, tmp
 def test_cache_usage_finds_a_running_mounts_cache(shared_emulator, make_mount, tmp_path):
     """No cache at the default place: ``xnatfs cache usage`` reports the mounts' caches."""
     m = make_mount(shared_emulator.url, cache=tmp_path / "elsewhere-cache")
-    assert run(["cat", str(m.path / "DEMO1/resources/protocols/files/README.txt")]
-               ).returncode == 0
+    assert run(["cat", str(m.path / "DEMO1/resources/protocols/files/README.txt")]).returncode == 0
     res = xnatfs("cache", "usage", env=_env(tmp_path))
     assert res.returncode == 0, res.stderr
     assert str(tmp_path / "elsewhere-cache") in res.stdout, res.stdout
@@ -202,8 +227,13 @@ def test_demo_says_where_things_are(tmp_path):
     ``xnatfs cache usage`` during the demo looks at the demo's cache."""
     mnt = tmp_path / "demo"
     env = _env(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "xnatfs", "demo", str(mnt)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xnatfs", "demo", str(mnt)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     banner: List[str] = []
     try:
@@ -217,14 +247,16 @@ def test_demo_says_where_things_are(tmp_path):
         fields = dict(re.findall(r"^\s+(\w[\w ]*?)\s+: (\S+)", text, re.M))
         url, cache, log = fields["XNAT emulator"], fields["cache"], fields["log"]
         assert "admin / admin" in text and "alice / alice-pw" in text and "--data" in text
-        for auth, projects in ((("admin", "admin"), {"DEMO1", "DEMO2"}),
-                               (("alice", "alice-pw"), {"DEMO1"})):
-            r = requests.get(url + "/data/projects", params={"format": "json"}, auth=auth,
-                             timeout=30)
+        for auth, projects in (
+            (("admin", "admin"), {"DEMO1", "DEMO2"}),
+            (("alice", "alice-pw"), {"DEMO1"}),
+        ):
+            r = requests.get(
+                url + "/data/projects", params={"format": "json"}, auth=auth, timeout=30
+            )
             assert r.status_code == 200
             assert {row["ID"] for row in r.json()["ResultSet"]["Result"]} == projects
-        assert run(["cat", str(mnt / "DEMO1/resources/protocols/files/README.txt")]
-                   ).returncode == 0
+        assert run(["cat", str(mnt / "DEMO1/resources/protocols/files/README.txt")]).returncode == 0
         res = xnatfs("cache", "usage", env=env)
         assert res.returncode == 0 and cache in res.stdout, (res.stdout, res.stderr)
         assert Path(log).is_file()

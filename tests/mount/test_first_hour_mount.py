@@ -5,6 +5,7 @@ copy them whole; ``mv`` of what is on XNAT without ``--allow-delete`` changes no
 server; a copy taken out of the mount can be deleted by its owner; the mount point is checked.
 What reached the server is read from the emulator's access log and its own listings.
 """
+
 from __future__ import annotations
 
 import errno
@@ -14,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -41,8 +41,12 @@ def server_files(emu, files_uri=PROTOCOLS_URI):
 
 
 def server_subjects(emu, project="DEMO1"):
-    r = requests.get(f"{emu.url}/data/projects/{project}/subjects", params={"format": "json"},
-                     auth=ADMIN, timeout=30)
+    r = requests.get(
+        f"{emu.url}/data/projects/{project}/subjects",
+        params={"format": "json"},
+        auth=ADMIN,
+        timeout=30,
+    )
     r.raise_for_status()
     return {row["label"] for row in r.json()["ResultSet"]["Result"]}
 
@@ -102,7 +106,8 @@ def test_generated_files_report_their_true_size(emu, make_mount, tmp_path):
     # the document was fetched once, at lookup, and served from then on; the zip, once made,
     # costs nothing more
     assert [p for _m, p in api(emu.since(mark))] == [
-        f"/data/experiments/{doc['items'][0]['data_fields']['ID']}?format=json"]
+        f"/data/experiments/{doc['items'][0]['data_fields']['ID']}?format=json"
+    ]
 
 
 def test_zip_that_cannot_be_made_in_time_fails_then_comes(emu, make_mount):
@@ -123,11 +128,11 @@ def test_zip_that_cannot_be_made_in_time_fails_then_comes(emu, make_mount):
     with zipfile.ZipFile(scan / ".zip") as zf:
         assert zf.namelist() and zf.testzip() is None
     assert os.path.getsize(scan / ".zip") == size
-    lines = [line for line in m.log_text().splitlines()
-             if "ERROR" in line and ".zip" in line]
+    lines = [line for line in m.log_text().splitlines() if "ERROR" in line and ".zip" in line]
     # one line per failed stat (the first and any the wait above made), naming path and URL
-    assert lines and all("scans/1/.zip" in line and "format=zip" in line and "--timeout" in line
-                         for line in lines), lines
+    assert lines and all(
+        "scans/1/.zip" in line and "format=zip" in line and "--timeout" in line for line in lines
+    ), lines
 
 
 def _size_or_none(path):
@@ -200,8 +205,10 @@ def test_modes_0755_0644_and_the_options(emu, make_mount):
     assert os.stat(m3.path / PROTOCOLS / "README.txt").st_mode & 0o777 == 0o444
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                    reason="running a command as another user needs root and setpriv")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"),
+    reason="running a command as another user needs root and setpriv",
+)
 def test_copy_taken_out_can_be_deleted_by_its_owner(emu, make_mount, tmp_path):
     """nobody copies a folder out of the mount (``-o allow_other``) into a directory it owns,
     then deletes its copy."""
@@ -209,8 +216,9 @@ def test_copy_taken_out_can_be_deleted_by_its_owner(emu, make_mount, tmp_path):
     try:
         public.chmod(0o755)
         mnt = public / "m"
-        m = Mount(emu.url, mnt, tmp_path / "cache-pub", tmp_path / "mount-pub.log",
-                  ["-o", "allow_other"]).start()
+        m = Mount(
+            emu.url, mnt, tmp_path / "cache-pub", tmp_path / "mount-pub.log", ["-o", "allow_other"]
+        ).start()
         try:
             home = public / "home"
             home.mkdir()
@@ -218,13 +226,25 @@ def test_copy_taken_out_can_be_deleted_by_its_owner(emu, make_mount, tmp_path):
             src = mnt / EXP / "scans" / "1"
             run = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
             env = {"PATH": os.environ["PATH"]}
-            res = subprocess.run(run + ["cp", "-r", str(src), str(home / "copy")],
-                                 capture_output=True, text=True, timeout=120, env=env, cwd="/")
+            res = subprocess.run(
+                run + ["cp", "-r", str(src), str(home / "copy")],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+                cwd="/",
+            )
             assert res.returncode == 0, res.stderr
             copied = [p for p in (home / "copy").rglob("*") if p.is_file()]
             assert copied and all(p.stat().st_uid == NOBODY for p in copied)
-            res = subprocess.run(run + ["rm", "-rf", str(home / "copy")],
-                                 capture_output=True, text=True, timeout=60, env=env, cwd="/")
+            res = subprocess.run(
+                run + ["rm", "-rf", str(home / "copy")],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+                cwd="/",
+            )
             assert res.returncode == 0 and res.stderr == "", res.stderr
             assert not (home / "copy").exists()
         finally:
@@ -239,11 +259,22 @@ def test_copy_taken_out_can_be_deleted_by_its_owner(emu, make_mount, tmp_path):
 # ------------------------------------------------------------------ §6 mount point checks
 def _mount_cmd(url, mnt, tmp_path, *args):
     env = {k: v for k, v in os.environ.items() if not k.startswith("XNATFS_") and k != "NETRC"}
-    env.update({"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
-                "XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1]})
-    return subprocess.run([sys.executable, "-m", "xnatfs", "mount", url, str(mnt), *args],
-                          capture_output=True, text=True, timeout=90, env=env,
-                          stdin=subprocess.DEVNULL)
+    env.update(
+        {
+            "HOME": str(tmp_path),
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "XNATFS_USER": ADMIN[0],
+            "XNATFS_PASSWORD": ADMIN[1],
+        }
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "xnatfs", "mount", url, str(mnt), *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _one_line(res):

@@ -1,6 +1,7 @@
 """The kernel's caches (entries, attributes, pages kept across opens) follow the listing TTL
 (issue 12, B3): a file changed on XNAT shows its new size and its new bytes once the TTL has
 passed, never a mix of the two versions, and while it is fresh a re-read costs no request."""
+
 from __future__ import annotations
 
 from tests.conftest import needs_fuse
@@ -18,7 +19,7 @@ def _read(path) -> bytes:
 
 def test_a_file_changed_on_xnat_shows_up_after_the_listing_ttl(make_emulator, make_mount):
     emu = make_emulator()
-    first = bytes(range(256)) * 64            # 16 KiB
+    first = bytes(range(256)) * 64  # 16 KiB
     put_file(emu.url, URI, first)
     m = make_mount(emu.url, "--listing-ttl", "1")
     path = m.path / "DEMO2" / "resources" / "KC" / "files" / "changing.bin"
@@ -44,4 +45,4 @@ def test_a_file_changed_on_xnat_shows_up_after_the_listing_ttl(make_emulator, ma
     wait_for(lambda: _read(path) == third, 20, interval=0.2, what="the shorter file")
     st = sh(["stat", "-c", "%s", str(path)]).stdout.strip()
     assert st == str(len(third))
-    assert api(emu.since(mark))   # it was XNAT that said so
+    assert api(emu.since(mark))  # it was XNAT that said so

@@ -8,6 +8,7 @@ The storm test's size is set by the environment (defaults keep it near 30 s on 2
 ``XNATFS_STORM_MOUNTS`` (default 6; the issue's figure is 16) and ``XNATFS_STORM_DOWN_S``
 (seconds the server answers 503 to everything; default 6, the issue's is 10).
 """
+
 from __future__ import annotations
 
 import json
@@ -60,15 +61,24 @@ def test_max_requests_caps_what_the_server_sees(make_emulator, make_mount, tmp_p
     emu.emu.reset_peak()
     out = tmp_path / "copy"
     out.mkdir()
-    cmds = [["find", str(m.path / "DEMO1"), "-type", "f"],
-            ["du", "-s", str(m.path / "DEMO1")],
-            ["cp", "-r", str(m.path / SUBJECTS / "SUBJ01"), str(out / "a")],
-            ["cp", "-r", str(m.path / SUBJECTS / "SUBJ02"), str(out / "b")],
-            [sys.executable, "-c", "import os,sys\n"
-             "for d,_,fs in os.walk(sys.argv[1]):\n"
-             "  [open(os.path.join(d,f),'rb').read() for f in fs]", str(m.path / SUBJECTS)]]
-    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for c in cmds]
+    cmds = [
+        ["find", str(m.path / "DEMO1"), "-type", "f"],
+        ["du", "-s", str(m.path / "DEMO1")],
+        ["cp", "-r", str(m.path / SUBJECTS / "SUBJ01"), str(out / "a")],
+        ["cp", "-r", str(m.path / SUBJECTS / "SUBJ02"), str(out / "b")],
+        [
+            sys.executable,
+            "-c",
+            "import os,sys\n"
+            "for d,_,fs in os.walk(sys.argv[1]):\n"
+            "  [open(os.path.join(d,f),'rb').read() for f in fs]",
+            str(m.path / SUBJECTS),
+        ],
+    ]
+    procs = [
+        subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for c in cmds
+    ]
     for c, p in zip(cmds, procs):
         _, err = p.communicate(timeout=240)
         assert p.returncode == 0, (c, err)
@@ -116,12 +126,26 @@ def test_no_retry_storm_when_xnat_restarts(make_emulator, make_mount, tmp_path, 
     n = int(os.environ.get("XNATFS_STORM_MOUNTS", "6"))
     down = float(os.environ.get("XNATFS_STORM_DOWN_S", "6"))
     emu = make_emulator(latency_ms=20)
-    mounts = [make_mount(emu.url, "--max-requests", "8", "--listing-ttl", "0",
-                         "--walk-ahead", "0", "--prefetch", "0", "--timeout", "30")
-              for _ in range(n)]
+    mounts = [
+        make_mount(
+            emu.url,
+            "--max-requests",
+            "8",
+            "--listing-ttl",
+            "0",
+            "--walk-ahead",
+            "0",
+            "--prefetch",
+            "0",
+            "--timeout",
+            "30",
+        )
+        for _ in range(n)
+    ]
     stop = tmp_path / "stop"
-    busy = [subprocess.Popen([sys.executable, "-c", _BUSY, str(m.path), str(stop), "8"])
-            for m in mounts]
+    busy = [
+        subprocess.Popen([sys.executable, "-c", _BUSY, str(m.path), str(stop), "8"]) for m in mounts
+    ]
     try:
         # steady state first: the mounts are busy and answered
         t0 = time.monotonic()
@@ -152,9 +176,11 @@ def test_no_retry_storm_when_xnat_restarts(make_emulator, make_mount, tmp_path, 
         first_second = _count(emu) - at_restart
 
         per_mount_bound = 2 * 8 + 2 * math.log2(down / 0.25) + 6
-        print(f"storm: {n} mounts, steady {steady_rate:.0f} req/s; {down:g}s {outage}: "
-              f"{during} requests ({during / n:.1f}/mount, bound {per_mount_bound:.1f}); "
-              f"restart: peak {first_peak} in flight in 0.3 s, {first_second} requests in 1 s")
+        print(
+            f"storm: {n} mounts, steady {steady_rate:.0f} req/s; {down:g}s {outage}: "
+            f"{during} requests ({during / n:.1f}/mount, bound {per_mount_bound:.1f}); "
+            f"restart: peak {first_peak} in flight in 0.3 s, {first_second} requests in 1 s"
+        )
         assert during <= n * per_mount_bound, (during, n * per_mount_bound)
         # a restarted XNAT forgot every session: a mount's first probe may be joined by its
         # re-login, so up to two requests per mount (without the limiter: its threads)

@@ -2,9 +2,10 @@
 ``xnatfs prearchive rebuild``, ``user.xnat.status``, and waiting for the state XNAT requires.
 
 Real /dev/fuse against the emulator, whose move/rebuild services queue like XNAT's
-(``QUEUED_*`` first, the result a moment later, xnat-rest-api.md §7.3); what the server holds is
+(``QUEUED_*`` first, the result a moment later, docs/XNAT-API.md §7.3); what the server holds is
 checked with xnatpy, an independent client.
 """
+
 from __future__ import annotations
 
 import errno
@@ -33,8 +34,15 @@ def emu(make_emulator):
 def _import(url: str, tmp_path: Path, label: str) -> tuple[str, str]:
     """A fresh session in DEMO1's prearchive; (timestamp, folder)."""
     zpath = tmp_path / f"{label}.zip"
-    dicom.build_dicom_zip(dicom.StudySpec(seed=label, patient_name=f"{label}S", patient_id=label,
-                                          series=(dicom.SeriesSpec(1, "T1w", 2),)), zpath)
+    dicom.build_dicom_zip(
+        dicom.StudySpec(
+            seed=label,
+            patient_name=f"{label}S",
+            patient_id=label,
+            series=(dicom.SeriesSpec(1, "T1w", 2),),
+        ),
+        zpath,
+    )
     with xnat.connect(url, user=ADMIN[0], password=ADMIN[1], loglevel="ERROR") as s:
         pre = s.services.import_(zpath, project="DEMO1", destination="/prearchive/projects/DEMO1")
         return pre.data["timestamp"], pre.folder_name
@@ -42,8 +50,11 @@ def _import(url: str, tmp_path: Path, label: str) -> tuple[str, str]:
 
 def _sessions(url: str, project: str, label: str) -> list:
     with xnat.connect(url, user=ADMIN[0], password=ADMIN[1], loglevel="ERROR") as s:
-        return [(x.project, x.data["timestamp"], x.status) for x in s.prearchive.sessions(project)
-                if x.label == label]
+        return [
+            (x.project, x.data["timestamp"], x.status)
+            for x in s.prearchive.sessions(project)
+            if x.label == label
+        ]
 
 
 def _post(url: str, path: str, **params: str) -> requests.Response:
@@ -58,8 +69,11 @@ def test_mv_between_projects_waits_and_cli_rebuild(emu, make_mount, tmp_path):
     src = m.path / ".prearchive" / "DEMO1" / ts / folder
     assert os.getxattr(src, "user.xnat.status") == b"READY"
     # a queued rebuild: the folder shows it at once, and mv waits for READY before moving
-    _post(emu.url, "/data/services/prearchive/rebuild",
-          src=f"/prearchive/projects/DEMO1/{ts}/{folder}")
+    _post(
+        emu.url,
+        "/data/services/prearchive/rebuild",
+        src=f"/prearchive/projects/DEMO1/{ts}/{folder}",
+    )
     assert os.getxattr(src, "user.xnat.status") in (b"QUEUED_BUILDING", b"BUILDING", b"READY")
     sh(["mv", str(src), str(m.path / ".prearchive" / "DEMO2") + "/"], timeout=90)
     # on the server (xnatpy): in DEMO2, same timestamp, READY; gone from DEMO1
@@ -69,8 +83,10 @@ def test_mv_between_projects_waits_and_cli_rebuild(emu, make_mount, tmp_path):
     moved = m.path / ".prearchive" / "DEMO2" / ts / folder
     assert os.listdir(moved / "scans") == ["1"]
     assert not (m.path / ".prearchive" / "DEMO1" / ts / folder).exists()
-    assert os.getxattr(moved, "user.xnat.uri").decode() == \
-        f"/data/prearchive/projects/DEMO2/{ts}/{folder}"
+    assert (
+        os.getxattr(moved, "user.xnat.uri").decode()
+        == f"/data/prearchive/projects/DEMO2/{ts}/{folder}"
+    )
 
     # xnatfs prearchive rebuild PATH: resolves the URI from the mount, credentials as mount
     mark = emu.mark()
@@ -78,9 +94,14 @@ def test_mv_between_projects_waits_and_cli_rebuild(emu, make_mount, tmp_path):
     home.mkdir()
     env = dict(os.environ, HOME=str(home), XNATFS_USER=ADMIN[0], XNATFS_PASSWORD=ADMIN[1])
     env.pop("NETRC", None)
-    res = subprocess.run([sys.executable, "-m", "xnatfs", "prearchive", "rebuild", str(moved)],
-                         capture_output=True, text=True, timeout=90, env=env,
-                         stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "prearchive", "rebuild", str(moved)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == f"/data/prearchive/projects/DEMO2/{ts}/{folder}: READY"
     assert ADMIN[1] not in res.stdout + res.stderr
@@ -89,9 +110,14 @@ def test_mv_between_projects_waits_and_cli_rebuild(emu, make_mount, tmp_path):
     assert _sessions(emu.url, "DEMO2", "PREMV") == [("DEMO2", ts, "READY")]
 
     # xnatfs prearchive move back, and the same name refused for a renaming mv
-    res = subprocess.run([sys.executable, "-m", "xnatfs", "prearchive", "move", str(moved),
-                          "DEMO1"], capture_output=True, text=True, timeout=90, env=env,
-                         stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "prearchive", "move", str(moved), "DEMO1"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     assert res.returncode == 0, res.stderr
     assert _sessions(emu.url, "DEMO1", "PREMV") == [("DEMO1", ts, "READY")]
 
@@ -130,16 +156,22 @@ def test_cli_archive_and_delete_by_uri(emu, tmp_path):
     env.pop("NETRC", None)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "xnatfs", "prearchive", *args,
-                               "--url", emu.url], capture_output=True, text=True, timeout=90,
-                              env=env, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [sys.executable, "-m", "xnatfs", "prearchive", *args, "--url", emu.url],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
 
     ts, folder = _import(emu.url, tmp_path, "PRECLIA")
     uri = f"/data/prearchive/projects/DEMO1/{ts}/{folder}"
     res = cli("archive", uri, "--subject", "SUBJ02", "--label", "PRECLIA_MR9")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == \
-        "/data/archive/projects/DEMO1/subjects/SUBJ02/experiments/PRECLIA_MR9"
+    assert (
+        res.stdout.strip() == "/data/archive/projects/DEMO1/subjects/SUBJ02/experiments/PRECLIA_MR9"
+    )
     with xnat.connect(emu.url, user=ADMIN[0], password=ADMIN[1], loglevel="ERROR") as s:
         exp = s.projects["DEMO1"].subjects["SUBJ02"].experiments["PRECLIA_MR9"]
         assert sorted(exp.scans.keys()) == ["1"]

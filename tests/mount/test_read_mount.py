@@ -3,6 +3,7 @@
 Everything is checked with plain file operations in child processes; the tree is compared with
 what xnatpy (an independent client) lists.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,8 +25,7 @@ DEMO_SCAN_FILES = "DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1/scans/1/resource
 def xnat_session(shared_emulator):
     import xnat
 
-    session = xnat.connect(shared_emulator.url, user=ADMIN[0], password=ADMIN[1],
-                           loglevel="ERROR")
+    session = xnat.connect(shared_emulator.url, user=ADMIN[0], password=ADMIN[1], loglevel="ERROR")
     yield session
     session.disconnect()
 
@@ -70,15 +70,28 @@ def test_every_demo_file_reads_back_with_size_and_md5(mnt, xnat_session):
     for project in xnat_session.projects.values():
         for res in project.resources.values():
             for f in res.files.values():
-                expected[str(mnt.path / project.id / "resources" / res.label / "files" / f.path)] = f
+                expected[
+                    str(mnt.path / project.id / "resources" / res.label / "files" / f.path)
+                ] = f
         for subject in project.subjects.values():
             for exp in subject.experiments.values():
-                edir = mnt.path / project.id / "subjects" / subject.label / "experiments" / exp.label
+                edir = (
+                    mnt.path / project.id / "subjects" / subject.label / "experiments" / exp.label
+                )
                 for scan in exp.scans.values():
                     for res in scan.resources.values():
                         for f in res.files.values():
-                            expected[str(edir / "scans" / scan.id / "resources" / res.label
-                                         / "files" / f.path)] = f
+                            expected[
+                                str(
+                                    edir
+                                    / "scans"
+                                    / scan.id
+                                    / "resources"
+                                    / res.label
+                                    / "files"
+                                    / f.path
+                                )
+                            ] = f
     assert len(expected) > 100
     # sizes are right before a byte is read (never 0-until-opened)
     for path, f in expected.items():
@@ -121,6 +134,7 @@ def test_attributes_xattrs_and_unlisted_files(mnt, xnat_session):
     def cached() -> bool:
         states.add(os.getxattr(fpath, "user.xnat.cache_state").decode())
         return "cached" in states
+
     wait_until(cached, what="cache_state 'cached'")
     assert states <= {"downloading", "cached"}, states
     with pytest.raises(OSError) as err:
@@ -139,11 +153,10 @@ def test_attributes_xattrs_and_unlisted_files(mnt, xnat_session):
     doc = json.loads(sh(["cat", str(exp_dir / ".xnat.json")]).stdout)
     assert doc["items"][0]["data_fields"]["ID"] == exp.id
     import io
-    import zipfile
     import subprocess
+    import zipfile
 
-    data = subprocess.run(["cat", str(scan_dir / ".zip")], capture_output=True,
-                          timeout=60).stdout
+    data = subprocess.run(["cat", str(scan_dir / ".zip")], capture_output=True, timeout=60).stdout
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert any(n.endswith("/files/" + f) for n in names), names[:5]
 
@@ -183,7 +196,7 @@ def test_parallel_readers_one_download_per_file(shared_emulator, make_mount):
         put_file(url, f"/data/projects/DEMO2/resources/PAR/files/{name}", data)
     big = rnd.randbytes(24 * 1024 * 1024 + 123)
     put_file(url, "/data/projects/DEMO2/resources/BIG/files/big.bin", big)
-    m = make_mount(url, "--bulk-zip", "0")   # file by file: the zip has a test of its own
+    m = make_mount(url, "--bulk-zip", "0")  # file by file: the zip has a test of its own
     base = m.path / "DEMO2" / "resources"
     os.listdir(base / "PAR" / "files")
     os.listdir(base / "BIG" / "files")
@@ -217,8 +230,19 @@ def test_remount_serves_cache_without_downloads(shared_emulator, make_mount, tmp
 
 def test_server_down_then_back(make_emulator, make_mount):
     emu = make_emulator()
-    m = make_mount(emu.url, "--timeout", "15", "--connect-timeout", "1", "--read-timeout", "3",
-                   "--retries", "1", "--prefetch", "0")
+    m = make_mount(
+        emu.url,
+        "--timeout",
+        "15",
+        "--connect-timeout",
+        "1",
+        "--read-timeout",
+        "3",
+        "--retries",
+        "1",
+        "--prefetch",
+        "0",
+    )
     files = m.path / DEMO_SCAN_FILES
     names = sorted(os.listdir(files))
     cached = str(files / names[0])
@@ -231,8 +255,11 @@ def test_server_down_then_back(make_emulator, make_mount):
     assert got[str(files / names[1])][0] == "error"
     assert got[str(files / names[1])][1] in (errno.EIO, errno.ETIMEDOUT)
     # a directory never listed: fails the same way
-    res = sh(["ls", str(m.path / "DEMO1" / "subjects" / "SUBJ02" / "experiments")],
-             check=False, timeout=40)
+    res = sh(
+        ["ls", str(m.path / "DEMO1" / "subjects" / "SUBJ02" / "experiments")],
+        check=False,
+        timeout=40,
+    )
     assert res.returncode != 0
     assert "Input/output error" in res.stderr or "timed out" in res.stderr
     assert "DEMO1" in m.log_text()  # the failure was logged with its path
@@ -332,15 +359,21 @@ def test_prefetch_downloads_the_next_files_and_read_ahead_is_raised(shared_emula
     files = m.path / DEMO_SCAN_FILES
     names = sorted(os.listdir(files))
     hash_files([str(files / names[0])])
-    wait_for(lambda: all(os.getxattr(files / n, "user.xnat.cache_state") == b"cached"
-                         for n in names[1:5]), 30, what="the prefetched files")
+    wait_for(
+        lambda: all(
+            os.getxattr(files / n, "user.xnat.cache_state") == b"cached" for n in names[1:5]
+        ),
+        30,
+        what="the prefetched files",
+    )
     assert os.getxattr(files / names[6], "user.xnat.cache_state") == b"absent"
     bdi = f"/sys/class/bdi/{mount_entry(str(m.path))[2]}/read_ahead_kb"
     wait_for(lambda: Path(bdi).read_text().strip() == "1024", 10, what="read_ahead_kb")
 
 
-def test_bulk_zip_fetches_a_many_file_resource_in_one_request(shared_emulator, make_mount,
-                                                             tmp_path):
+def test_bulk_zip_fetches_a_many_file_resource_in_one_request(
+    shared_emulator, make_mount, tmp_path
+):
     from tests.mount.helpers import wait_for
 
     rnd = random.Random(11)
@@ -359,12 +392,14 @@ def test_bulk_zip_fetches_a_many_file_resource_in_one_request(shared_emulator, m
     assert len([r for r in requests if "format=zip" in r[1]]) == 1, requests
     # the file cp opened first starts alone, before the zip is asked for; nothing else does
     assert len(downloads(shared_emulator.since(mark))) <= 1, requests
-    wait_for(lambda: all(os.getxattr(files / n, "user.xnat.cache_state") == b"cached"
-                         for n in blobs), 30, what="the zip's files to be cached")
+    wait_for(
+        lambda: all(os.getxattr(files / n, "user.xnat.cache_state") == b"cached" for n in blobs),
+        30,
+        what="the zip's files to be cached",
+    )
     mark = shared_emulator.mark()
     got = hash_files([str(files / n) for n in blobs])
     assert {os.path.relpath(p, files): v for p, v in got.items()} == {
-        n: [md5(d), len(d)] for n, d in blobs.items()}
+        n: [md5(d), len(d)] for n, d in blobs.items()
+    }
     assert api(shared_emulator.since(mark)) == []
-
-

@@ -11,6 +11,7 @@ placeholders are replaced path segment by path segment, never inside a name:
 Other names (``SEG``, ``FS``, ``NEW``, ``NEW_MR1``, ``S_MR2``) are used as written.  Then the
 server (over HTTP, not through the mount) must hold what the examples say they make.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -67,8 +68,9 @@ def test_readme_write_examples_run_as_written(make_emulator, make_mount, tmp_pat
     dicom_zip(work / "session.zip", "READMEPAT")
     exp_uri = "/data/projects/DEMO1/subjects/SUBJ01/experiments"
     experiments_before = {row["label"] for row in _server_json(emu.url, exp_uri)}
-    assert "SEG" not in {r["label"] for r in _server_json(
-        emu.url, exp_uri + "/SUBJ01_MR1/resources")}  # the examples' resources are new ones
+    assert "SEG" not in {
+        r["label"] for r in _server_json(emu.url, exp_uri + "/SUBJ01_MR1/resources")
+    }  # the examples' resources are new ones
 
     names = dict(NAMES, MNT=str(m.path))
     pre_before = _prearchive(m.path)
@@ -82,14 +84,20 @@ def test_readme_write_examples_run_as_written(make_emulator, make_mount, tmp_pat
         assert res.returncode == 0, f"README line failed: {line}\n{argv}\n{res.stderr}"
 
     # what the examples say they do, checked on the server
-    files = {row["Name"]: int(row["Size"]) for row in _server_json(
-        emu.url, exp_uri + "/SUBJ01_MR1/resources/SEG/files")}
+    files = {
+        row["Name"]: int(row["Size"])
+        for row in _server_json(emu.url, exp_uri + "/SUBJ01_MR1/resources/SEG/files")
+    }
     assert files == {"seg.nii.gz": len(seg)}
-    fs = {row["URI"].split("/files/", 1)[1]: int(row["Size"]) for row in _server_json(
-        emu.url, exp_uri + "/SUBJ01_MR1/resources/FS/files")}
+    fs = {
+        row["URI"].split("/files/", 1)[1]: int(row["Size"])
+        for row in _server_json(emu.url, exp_uri + "/SUBJ01_MR1/resources/FS/files")
+    }
     assert fs == {rel: len(data) for rel, data in derivatives.items()}, fs
-    assert {row["label"] for row in _server_json(
-        emu.url, "/data/projects/DEMO1/subjects/NEW/experiments")} == {"NEW_MR1"}
+    assert {
+        row["label"]
+        for row in _server_json(emu.url, "/data/projects/DEMO1/subjects/NEW/experiments")
+    } == {"NEW_MR1"}
     experiments = {row["label"] for row in _server_json(emu.url, exp_uri)}
     made = experiments - experiments_before
     assert "S_MR2" in made and len(made) == 2, made  # the import and the archived session

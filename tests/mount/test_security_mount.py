@@ -5,6 +5,7 @@ Everything goes through a real mount; what reached the server is read from the e
 log and its own listings (plain requests, not the code under test).  Commands of "another user"
 run as ``nobody`` (uid 65534) through ``setpriv``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -36,7 +37,8 @@ ESCAPE = "..%2F..%2F..%2F..%2F..%2Fresources%2FSEGnd%2Ffiles%2Fesc.txt"
 #: the tests of other users run commands as nobody: root and setpriv (util-linux) are needed
 as_other_user = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv"),
-    reason="running a command as another user needs root and setpriv (util-linux)")
+    reason="running a command as another user needs root and setpriv (util-linux)",
+)
 
 
 @pytest.fixture
@@ -59,8 +61,13 @@ def public_mount(public_dir, tmp_path):
     mounts = []
 
     def make(url, *args):
-        m = Mount(url, public_dir / f"m{len(mounts)}", tmp_path / f"cache{len(mounts)}",
-                  tmp_path / f"mount{len(mounts)}.log", list(args)).start()
+        m = Mount(
+            url,
+            public_dir / f"m{len(mounts)}",
+            tmp_path / f"cache{len(mounts)}",
+            tmp_path / f"mount{len(mounts)}.log",
+            list(args),
+        ).start()
         mounts.append(m)
         return m
 
@@ -74,16 +81,23 @@ def public_mount(public_dir, tmp_path):
 
 def as_nobody(cmd, timeout=60):
     """Run ``cmd`` as uid/gid 65534 with no supplementary groups."""
-    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
-                           "--clear-groups", *cmd], capture_output=True, text=True,
-                          timeout=timeout, cwd="/", env={"PATH": os.environ["PATH"]})
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd="/",
+        env={"PATH": os.environ["PATH"]},
+    )
 
 
 def py_as_nobody(code, *args):
     """A Python snippet as nobody; prints ``ok`` or the errno name of the OSError."""
-    wrapper = ("import errno, os, sys\ntry:\n" +
-               "".join(f"    {line}\n" for line in code.strip().splitlines()) +
-               "    print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n")
+    wrapper = (
+        "import errno, os, sys\ntry:\n"
+        + "".join(f"    {line}\n" for line in code.strip().splitlines())
+        + "    print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
+    )
     res = as_nobody([sys.executable, "-c", wrapper, *args])
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
@@ -114,10 +128,8 @@ def test_allow_other_others_read_but_cannot_write(emu, public_mount, tmp_path):
     res = as_nobody(["cat", str(readme)])
     assert res.returncode == 0 and res.stdout.encode() == expected, res.stderr
     # every kind of write is refused to another user, by the kernel, before xnatfs sees it
-    assert py_as_nobody("open(sys.argv[1], 'wb').write(b'x')", str(files / "evil.txt")) \
-        == "EACCES"
-    assert py_as_nobody("os.mkdir(sys.argv[1])", str(m.path / "DEMO1/subjects/EVIL")) \
-        == "EACCES"
+    assert py_as_nobody("open(sys.argv[1], 'wb').write(b'x')", str(files / "evil.txt")) == "EACCES"
+    assert py_as_nobody("os.mkdir(sys.argv[1])", str(m.path / "DEMO1/subjects/EVIL")) == "EACCES"
     assert py_as_nobody("open(sys.argv[1], 'r+b').write(b'x')", str(readme)) == "EACCES"
     assert py_as_nobody("os.truncate(sys.argv[1], 0)", str(readme)) == "EACCES"
     assert py_as_nobody("os.unlink(sys.argv[1])", str(readme)) == "EACCES"
@@ -135,8 +147,10 @@ def test_allow_other_others_read_but_cannot_write(emu, public_mount, tmp_path):
 def test_allow_other_umask_keeps_others_out(emu, public_mount):
     m = public_mount(emu.url, "-o", "allow_other,umask=077")
     assert py_as_nobody("os.listdir(sys.argv[1])", str(m.path / PROTOCOLS)) == "EACCES"
-    assert py_as_nobody("open(sys.argv[1], 'rb').read()",
-                        str(m.path / PROTOCOLS / "README.txt")) == "EACCES"
+    assert (
+        py_as_nobody("open(sys.argv[1], 'rb').read()", str(m.path / PROTOCOLS / "README.txt"))
+        == "EACCES"
+    )
     assert "README.txt" in os.listdir(m.path / PROTOCOLS)  # the owner is not affected
 
 
@@ -146,27 +160,36 @@ def test_allow_other_umask_cannot_add_write_bits(emu, public_mount):
     others write."""
     m = public_mount(emu.url, "-o", "allow_other,umask=0")
     mark = emu.mark()
-    assert py_as_nobody("open(sys.argv[1], 'wb').write(b'x')",
-                        str(m.path / PROTOCOLS / "evil.txt")) == "EACCES"
+    assert (
+        py_as_nobody("open(sys.argv[1], 'wb').write(b'x')", str(m.path / PROTOCOLS / "evil.txt"))
+        == "EACCES"
+    )
     assert writes(emu.since(mark)) == []
 
 
 @as_other_user
 def test_allow_other_write_is_an_explicit_choice(emu, public_mount):
     m = public_mount(emu.url, "-o", "allow_other", "--allow-other-write")
-    assert py_as_nobody("open(sys.argv[1], 'wb').write(b'shared')",
-                        str(m.path / PROTOCOLS / "shared.txt")) == "ok"
+    assert (
+        py_as_nobody(
+            "open(sys.argv[1], 'wb').write(b'shared')", str(m.path / PROTOCOLS / "shared.txt")
+        )
+        == "ok"
+    )
     assert "shared.txt" in server_files(emu)
 
 
 # ------------------------------------------------------------------ hostile written names (§3)
 def _py(code, *args):
     """A Python snippet as this user; ``ok`` or the errno name."""
-    wrapper = ("import errno, os, sys\ntry:\n" +
-               "".join(f"    {line}\n" for line in code.strip().splitlines()) +
-               "    print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n")
-    res = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True,
-                         text=True, timeout=60)
+    wrapper = (
+        "import errno, os, sys\ntry:\n"
+        + "".join(f"    {line}\n" for line in code.strip().splitlines())
+        + "    print('ok')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", wrapper, *args], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
 
@@ -183,19 +206,39 @@ def test_dotdot_names_are_refused_before_any_request(emu, make_mount):
     assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / "bell\x07.txt")) == "EINVAL"
     # rename: a local file (a temporary name: not uploaded at close) moved to a hostile name
     tmp = dicom / "draft.tmp"
-    assert _py("open(sys.argv[1], 'wb').write(b'x')\nos.rename(sys.argv[1], sys.argv[2])",
-               str(tmp), str(dicom / ESCAPE)) == "EINVAL"
+    assert (
+        _py(
+            "open(sys.argv[1], 'wb').write(b'x')\nos.rename(sys.argv[1], sys.argv[2])",
+            str(tmp),
+            str(dicom / ESCAPE),
+        )
+        == "EINVAL"
+    )
     os.unlink(tmp)
     touched = [p for _m, p in api(emu.since(mark))]
     assert not [p for p in touched if "SEGnd" in p or "esc.txt" in p], touched
     assert writes(emu.since(mark)) == []
-    r = requests.get(emu.url + "/data/projects/DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1"
-                     "/resources", params={"format": "json"}, auth=ADMIN, timeout=30)
+    r = requests.get(
+        emu.url + "/data/projects/DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1/resources",
+        params={"format": "json"},
+        auth=ADMIN,
+        timeout=30,
+    )
     assert "SEGnd" not in r.text
 
 
-@pytest.mark.parametrize("name", ["a#b.txt", "what?.txt", "50%25 done.txt", "two  spaces.txt",
-                                  "Ünïcødé ✓.txt", "%252E%252E.txt", "..dots..txt"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a#b.txt",
+        "what?.txt",
+        "50%25 done.txt",
+        "two  spaces.txt",
+        "Ünïcødé ✓.txt",
+        "%252E%252E.txt",
+        "..dots..txt",
+    ],
+)
 def test_odd_names_land_where_written(emu, make_mount, tmp_path, name):
     """The name XNAT stores is the one written (``%25`` is how a ``%`` is written, README
     "The path rule"), in the resource written into, and reads back."""
@@ -212,9 +255,12 @@ def test_odd_names_land_where_written(emu, make_mount, tmp_path, name):
 
 # ------------------------------------------------------------------ credentials (§7)
 def _mount_env(tmp_path, extra):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("XNATFS_") and k not in ("NETRC", "REQUESTS_CA_BUNDLE",
-                                                       "CURL_CA_BUNDLE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("XNATFS_")
+        and k not in ("NETRC", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+    }
     env.update({"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")})
     env.update(extra)
     return env
@@ -222,15 +268,24 @@ def _mount_env(tmp_path, extra):
 
 def _bg_mount(url, mnt, tmp_path, env_extra, *args):
     mnt.mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "xnatfs", "mount", url, str(mnt), *args],
-                          capture_output=True, text=True, timeout=90,
-                          env=_mount_env(tmp_path, env_extra), stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "xnatfs", "mount", url, str(mnt), *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=_mount_env(tmp_path, env_extra),
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _umount(mnt):
     if is_mounted(str(mnt)):
-        res = subprocess.run([sys.executable, "-m", "xnatfs", "umount", str(mnt)],
-                             capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            [sys.executable, "-m", "xnatfs", "umount", str(mnt)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert res.returncode == 0, res.stderr
 
 
@@ -250,9 +305,12 @@ def _daemon_pids(mnt):
 
 def test_daemon_environment_holds_no_credentials(shared_emulator, tmp_path):
     mnt = tmp_path / "m"
-    res = _bg_mount(shared_emulator.url, mnt, tmp_path,
-                    {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1],
-                     "XNATFS_LISTING_TTL": "30"})
+    res = _bg_mount(
+        shared_emulator.url,
+        mnt,
+        tmp_path,
+        {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1], "XNATFS_LISTING_TTL": "30"},
+    )
     try:
         assert res.returncode == 0, res.stderr
         assert "DEMO1" in os.listdir(mnt)
@@ -260,8 +318,7 @@ def test_daemon_environment_holds_no_credentials(shared_emulator, tmp_path):
         assert pids, "no daemon found"
         for pid in pids:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            assert not [v for v in environ if v.startswith((b"XNATFS_USER=",
-                                                            b"XNATFS_PASSWORD="))]
+            assert not [v for v in environ if v.startswith((b"XNATFS_USER=", b"XNATFS_PASSWORD="))]
             assert not [v for v in environ if ADMIN[1].encode() in v]
             assert b"XNATFS_LISTING_TTL=30" in environ  # only the secrets are taken out
     finally:
@@ -275,15 +332,30 @@ def test_foreground_mount_drops_credentials_from_its_environment(shared_emulator
     mnt.mkdir()
     env = _mount_env(tmp_path, {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1]})
     with open(tmp_path / "fg.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "xnatfs", "mount", shared_emulator.url,
-                                 str(mnt), "--foreground", "--cache-dir", str(tmp_path / "c")],
-                                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "xnatfs",
+                "mount",
+                shared_emulator.url,
+                str(mnt),
+                "--foreground",
+                "--cache-dir",
+                str(tmp_path / "c"),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     try:
         from xnatfs.fs.mounting import wait_mounted
 
-        assert wait_mounted(str(mnt), time.monotonic() + 60, alive=lambda: proc.poll() is None), \
-            (tmp_path / "fg.log").read_text()
+        assert wait_mounted(str(mnt), time.monotonic() + 60, alive=lambda: proc.poll() is None), (
+            tmp_path / "fg.log"
+        ).read_text()
         assert "DEMO1" in os.listdir(mnt)
         environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
         assert b"XNATFS_PASSWORD" not in environ and ADMIN[1].encode() not in environ
@@ -302,9 +374,16 @@ def test_no_secret_on_disk_and_everything_private(shared_emulator, tmp_path):
     in no file under the cache directory (content, journal, spool, logs), and nothing there is
     open to group or others (issue 17 "the basics")."""
     cache, mnt = tmp_path / "cache" / "xnatfs", tmp_path / "m"
-    res = _bg_mount(shared_emulator.url, mnt, tmp_path,
-                    {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1]},
-                    "--log-level", "debug", "--cache-dir", str(cache))
+    res = _bg_mount(
+        shared_emulator.url,
+        mnt,
+        tmp_path,
+        {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1]},
+        "--log-level",
+        "debug",
+        "--cache-dir",
+        str(cache),
+    )
     try:
         assert res.returncode == 0, res.stderr
         files = mnt / PROTOCOLS
@@ -351,8 +430,7 @@ def test_ca_bundle_option_wins_over_environment(tls_front, tmp_path, variable):
     creds = {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1], variable: str(wrong)}
     mnt = tmp_path / "m"
     # the environment's bundle is used when no option is given: it is wrong, so refused
-    refused = _bg_mount(proxy.url, mnt, tmp_path, creds, "--connect-timeout", "5",
-                        "--retries", "0")
+    refused = _bg_mount(proxy.url, mnt, tmp_path, creds, "--connect-timeout", "5", "--retries", "0")
     assert refused.returncode == 1 and not is_mounted(str(mnt)), refused.stderr
     # --ca-bundle wins for the check before mounting and for the daemon
     res = _bg_mount(proxy.url, mnt, tmp_path, creds, "--ca-bundle", str(right))
@@ -373,8 +451,10 @@ def test_truncate_to_zero_is_refused_not_silent(emu, make_mount):
     res = sh(["truncate", "-s", "0", str(readme)], check=False)
     assert res.returncode != 0 and "not supported" in res.stderr, res.stderr
     # open(O_TRUNC) + close without writing: the error comes at close
-    assert _py("fd = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC)\nos.close(fd)",
-               str(readme)) == errno.errorcode[errno.ENOTSUP]
+    assert (
+        _py("fd = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC)\nos.close(fd)", str(readme))
+        == errno.errorcode[errno.ENOTSUP]
+    )
     assert writes(emu.since(mark)) == []
     assert readme.stat().st_size == len(before)
     assert readme.read_bytes() == before
@@ -406,8 +486,14 @@ class _Recorder:
             def _any(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
-                recorder.hits.append((self.command, self.path, self.headers.get("Cookie"),
-                                      self.headers.get("Authorization")))
+                recorder.hits.append(
+                    (
+                        self.command,
+                        self.path,
+                        self.headers.get("Cookie"),
+                        self.headers.get("Authorization"),
+                    )
+                )
                 status, headers, body = answer(self)
                 self.send_response(status)
                 for key, value in headers.items():
@@ -457,15 +543,15 @@ def test_redirects_are_never_followed(tmp_path, tls):
             ca = make_ca(tmp_path, "ca")
             proxy = TLSProxy(server.port, *make_server_cert(tmp_path, ca)).start()
             url, verify = proxy.url, str(ca[0])
-        client = XnatClient(url, Credentials(*ADMIN),
-                            ClientOptions(verify=verify, retries=0, heartbeat=False))
+        client = XnatClient(
+            url, Credentials(*ADMIN), ClientOptions(verify=verify, retries=0, heartbeat=False)
+        )
         client.start()
         try:
             with pytest.raises(XnatError):
                 client.list_projects()
             with pytest.raises(XnatError):
-                client.download("/data/projects/DEMO1/resources/r/files/a.txt",
-                                lambda chunk: None)
+                client.download("/data/projects/DEMO1/resources/r/files/a.txt", lambda chunk: None)
         finally:
             client.close()
         assert server.hits, "the hostile server was not asked at all"

@@ -1,4 +1,5 @@
 """Running it like a service: fstab, readiness, stats and metrics, the cache command, config."""
+
 from __future__ import annotations
 
 import collections
@@ -32,11 +33,14 @@ def test_fstab_mount_and_umount(shared_emulator, tmp_path):
     mnt.mkdir()
     netrc = _netrc(tmp_path, shared_emulator.url)
     fstab = tmp_path / "fstab"
-    fstab.write_text(f"{VENV_XNATFS}#{shared_emulator.url} {mnt} fuse "
-                     f"noauto,_netdev,nofail,netrc={netrc},cache_dir={tmp_path / 'c'},"
-                     f"listing_ttl=30 0 0\n")
-    res = subprocess.run(["mount", "-T", str(fstab), str(mnt)], capture_output=True, text=True,
-                         timeout=90)
+    fstab.write_text(
+        f"{VENV_XNATFS}#{shared_emulator.url} {mnt} fuse "
+        f"noauto,_netdev,nofail,netrc={netrc},cache_dir={tmp_path / 'c'},"
+        f"listing_ttl=30 0 0\n"
+    )
+    res = subprocess.run(
+        ["mount", "-T", str(fstab), str(mnt)], capture_output=True, text=True, timeout=90
+    )
     try:
         assert res.returncode == 0, res.stderr + res.stdout
         assert "DEMO1" in os.listdir(mnt)
@@ -55,8 +59,7 @@ def test_foreground_mount_sends_ready_to_systemd(shared_emulator, tmp_path):
     sock.settimeout(30)
     os.environ["NOTIFY_SOCKET"] = sock_path
     try:
-        m = Mount(shared_emulator.url, tmp_path / "m", tmp_path / "c", tmp_path / "log",
-                  []).start()
+        m = Mount(shared_emulator.url, tmp_path / "m", tmp_path / "c", tmp_path / "log", []).start()
     finally:
         del os.environ["NOTIFY_SOCKET"]
     try:
@@ -90,19 +93,20 @@ def test_stats_and_metrics_follow_the_access_log(make_emulator, make_mount):
 def test_cache_prefetch_then_reads_download_nothing(shared_emulator, make_mount, tmp_path):
     cache = tmp_path / "cache"
     m = make_mount(shared_emulator.url, cache=cache)
-    res = sh([sys.executable, "-m", "xnatfs", "cache", "prefetch", str(m.path / DICOM)],
-             timeout=120)
+    res = sh(
+        [sys.executable, "-m", "xnatfs", "cache", "prefetch", str(m.path / DICOM)], timeout=120
+    )
     assert "prefetched" in res.stdout
     mark = shared_emulator.mark()
     names = sorted(os.listdir(m.path / DICOM))
-    assert all(os.getxattr(m.path / DICOM / n, "user.xnat.cache_state") == b"cached"
-               for n in names)
+    assert all(os.getxattr(m.path / DICOM / n, "user.xnat.cache_state") == b"cached" for n in names)
     sh(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
     hash_files([str(m.path / DICOM / n) for n in names])
     assert downloads(shared_emulator.since(mark)) == []
     # clear is refused while the mount uses the cache; usage works
-    res = sh([sys.executable, "-m", "xnatfs", "cache", "clear", "--cache-dir", str(cache)],
-             check=False)
+    res = sh(
+        [sys.executable, "-m", "xnatfs", "cache", "clear", "--cache-dir", str(cache)], check=False
+    )
     assert res.returncode == 1 and "in use" in res.stderr
     res = sh([sys.executable, "-m", "xnatfs", "cache", "usage", "--cache-dir", str(cache)])
     assert f"{len(names)} files" in res.stdout or "files" in res.stdout
@@ -117,8 +121,14 @@ def _xnatfs(args, tmp_path, env=None):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("XNATFS_")}
     full_env.update({"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg")})
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "xnatfs", *args], capture_output=True,
-                          text=True, timeout=60, env=full_env, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "xnatfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_bad_input_is_one_clear_line(tmp_path):
@@ -140,11 +150,14 @@ def test_bad_input_is_one_clear_line(tmp_path):
 def test_config_precedence_and_masking(tmp_path):
     cfg = tmp_path / "cfg" / "xnatfs" / "config.toml"
     cfg.parent.mkdir(parents=True)
-    cfg.write_text('[defaults]\nlisting_ttl = 30\ncache_size = "1G"\n\n'
-                   '[servers."http://x.org"]\nlisting_ttl = 90\nuser = "u"\npassword = "pw"\n')
+    cfg.write_text(
+        '[defaults]\nlisting_ttl = 30\ncache_size = "1G"\n\n'
+        '[servers."http://x.org"]\nlisting_ttl = 90\nuser = "u"\npassword = "pw"\n'
+    )
     cfg.chmod(0o600)
-    res = _xnatfs(["config", "http://x.org", "--cache-size", "2G"], tmp_path,
-                  {"XNATFS_MAX_THREADS": "7"})
+    res = _xnatfs(
+        ["config", "http://x.org", "--cache-size", "2G"], tmp_path, {"XNATFS_MAX_THREADS": "7"}
+    )
     assert res.returncode == 0, res.stderr
     lines = {line.split("=")[0].strip(): line for line in res.stdout.splitlines() if "=" in line}
     assert '"2G"' in lines["cache_size"] and "command line" in lines["cache_size"]

@@ -4,6 +4,7 @@ rsync, make, ``cp -p`` and ``tar -x`` decide by size and mtime: the mount must k
 they set (``utimens``) and must not upload (or refuse) a rewrite of the same bytes.  Uploads are
 counted in the emulator's access log; what the server holds is read back with requests.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,9 @@ def puts(records):
 
 def server_files(emu, resource_uri: str):
     """relpath -> (size, digest) straight from the emulator's files listing."""
-    r = requests.get(emu.url + resource_uri + "/files", params={"format": "json"}, auth=ADMIN,
-                     timeout=30)
+    r = requests.get(
+        emu.url + resource_uri + "/files", params={"format": "json"}, auth=ADMIN, timeout=30
+    )
     r.raise_for_status()
     out = {}
     for row in r.json()["ResultSet"]["Result"]:
@@ -70,8 +72,12 @@ def new_resource(m, name: str) -> Path:
 
 
 def rsync_stats(src: Path, dst: Path, *extra: str) -> tuple:
-    res = subprocess.run(["rsync", "-a", "--stats", *extra, f"{src}/", f"{dst}/"],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        ["rsync", "-a", "--stats", *extra, f"{src}/", f"{dst}/"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     m = re.search(r"Number of regular files transferred: (\d+)", res.stdout)
     return res.returncode, int(m.group(1)) if m else -1, res.stdout + res.stderr
 
@@ -176,10 +182,15 @@ def test_identical_rewrite_without_allow_delete_is_a_no_op(emu, make_mount, tmp_
     # longer: refused at write() (shells ignore close errors); the kernel may report the
     # refused page write as EIO
     res = sh(["sh", "-c", f"echo 'much longer other bytes' > '{target}'"], check=False)
-    assert res.returncode != 0 and ("Permission denied" in res.stderr
-                                    or "I/O error" in res.stderr), res.stderr
-    res = subprocess.run(["rsync", "-I", str(tmp_path / "other.txt"), str(target)],
-                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and (
+        "Permission denied" in res.stderr or "I/O error" in res.stderr
+    ), res.stderr
+    res = subprocess.run(
+        ["rsync", "-I", str(tmp_path / "other.txt"), str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode != 0 and "Permission denied" in res.stderr
     assert puts(emu.since(mark)) == []
     assert server_files(emu, uri) == before
@@ -191,8 +202,9 @@ def test_identical_rewrite_without_allow_delete_is_a_no_op(emu, make_mount, tmp_
 
 def rsync_stats_file(src: Path, dst: Path) -> tuple:
     """rsync of one file with -I (ignore times: always through the temp file and rename)."""
-    res = subprocess.run(["rsync", "-I", "--stats", str(src), str(dst)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["rsync", "-I", "--stats", str(src), str(dst)], capture_output=True, text=True, timeout=60
+    )
     return res.returncode, None, res.stdout + res.stderr
 
 
@@ -218,8 +230,7 @@ def test_make_with_targets_on_the_mount(emu, make_mount, tmp_path):
     (work / "Makefile").write_text(MAKEFILE.format(out=out))
 
     def make() -> list:
-        res = subprocess.run(["make", "-C", str(work)], capture_output=True, text=True,
-                             timeout=120)
+        res = subprocess.run(["make", "-C", str(work)], capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
         return [line for line in res.stdout.splitlines() if line.startswith(("cp ", "cat "))]
 
@@ -252,12 +263,18 @@ def test_catalog_times_shown_by_ls(emu, make_mount, tmp_path):
 
     uri = "/data/projects/DEMO1/resources/protocols"
     from tests.mount.helpers import put_file
+
     put_file(emu.url, uri + "/files/sub/x.txt", b"in a sub-folder\n")
     m = make_mount(emu.url, "--catalog-times")
     files = m.path / PROTOCOLS
     mark = emu.mark()
-    out = subprocess.run(["ls", "-lR", "--time-style=full-iso", str(files)], capture_output=True,
-                         text=True, timeout=60, env={**os.environ, "TZ": "UTC"}).stdout
+    out = subprocess.run(
+        ["ls", "-lR", "--time-style=full-iso", str(files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TZ": "UTC"},
+    ).stdout
     requests_made = [p for _m, p in api(emu.since(mark))]
     assert len([p for p in requests_made if "format=xcat" in p]) == 1, requests_made
     shown = {}
@@ -268,11 +285,11 @@ def test_catalog_times_shown_by_ls(emu, make_mount, tmp_path):
             folder = "" if folder == "." else folder + "/"
         parts = line.split(None, 8)  # the name (parts[8]) may hold spaces
         if len(parts) == 9 and parts[0].startswith("-"):
-            stamp = datetime.datetime.strptime(parts[5] + " " + parts[6][:15],
-                                               "%Y-%m-%d %H:%M:%S.%f")
+            stamp = datetime.datetime.strptime(
+                parts[5] + " " + parts[6][:15], "%Y-%m-%d %H:%M:%S.%f"
+            )
             shown[folder + parts[8]] = stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
-    r = requests.get(emu.url + uri + "/files", params={"format": "xcat"}, auth=ADMIN,
-                     timeout=30)
+    r = requests.get(emu.url + uri + "/files", params={"format": "xcat"}, auth=ADMIN, timeout=30)
     server = {}
     for e in ET.fromstring(r.content).iter("{http://nrg.wustl.edu/catalog}entry"):
         stamp = datetime.datetime.strptime(e.get("createdTime"), "%Y-%m-%dT%H:%M:%S.%f")

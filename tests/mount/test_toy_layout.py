@@ -2,6 +2,7 @@
 real through /dev/fuse with the same view engine and the same FUSE adapter (``fs/ops.py``) that
 serve XNAT, plus a second toy under ``MNT/.mirror`` (the way ``.bids`` is mounted): listing,
 attributes (stat size and mode, an xattr), reads, unlisted generated names, ENOENT, EROFS."""
+
 from __future__ import annotations
 
 import errno
@@ -32,11 +33,19 @@ def toy(tmp_path):
     # the script imports xnatfs (installed, or the checkout first on PYTHONPATH) and nothing
     # from tests/
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(SCRIPT), str(mnt), str(cache)], env=env,
-                                stdout=out, stderr=out, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(SCRIPT), str(mnt), str(cache)],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
     try:
-        wait_for(lambda: proc.poll() is not None or (_mounted(mnt) and os.listdir(mnt)),
-                 timeout=30, what="the toy mount")
+        wait_for(
+            lambda: proc.poll() is not None or (_mounted(mnt) and os.listdir(mnt)),
+            timeout=30,
+            what="the toy mount",
+        )
         assert proc.poll() is None, log.read_text(errors="replace")
         yield mnt
     finally:
@@ -70,9 +79,13 @@ def test_a_dict_of_dicts_mounts_through_the_same_engine_and_adapter(toy):
     big = TREE["data"]["deep"]["numbers.bin"]
     assert (toy / "data" / "deep" / "numbers.bin").read_bytes() == big
     # kept in the content cache once the download is adopted (just after the last byte)
-    wait_for(lambda: os.getxattr(toy / "data" / "deep" / "numbers.bin",
-                                 "user.xnat.cache_state") == b"cached",
-             timeout=20, what="the toy file in the content cache")
+    wait_for(
+        lambda: (
+            os.getxattr(toy / "data" / "deep" / "numbers.bin", "user.xnat.cache_state") == b"cached"
+        ),
+        timeout=20,
+        what="the toy file in the content cache",
+    )
     # an unlisted generated name: stat gives the size read gives
     about = toy / "docs" / ABOUT
     assert ABOUT not in os.listdir(toy / "docs")

@@ -1,17 +1,16 @@
-"""Writes become uploads (DESIGN.md §1.3), for real through /dev/fuse against the emulator.
+"""Writes become uploads (docs/LAYOUT.md §1.3), for real through /dev/fuse against the emulator.
 
 What the server holds is checked with xnatpy, an independent client; request counts come from
 the emulator's access log.
 """
+
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import random
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -57,7 +56,8 @@ def test_cp_small_files_and_ls_shows_them(emu, make_mount, tmp_path):
         assert on_server[name] == (len(data), md5(data))
     got = hash_files([str(files / n) for n in blobs])
     assert {os.path.basename(p): v for p, v in got.items()} == {
-        n: [md5(d), len(d)] for n, d in blobs.items()}
+        n: [md5(d), len(d)] for n, d in blobs.items()
+    }
 
 
 def test_cp_256_mib(emu, make_mount, tmp_path):
@@ -86,8 +86,9 @@ def test_rsync_tree_uploads_each_file_once(emu, make_mount, tmp_path):
         expected["rs/" + rel] = (len(data), md5(data))
     (m.path / PROTOCOLS / "rs").mkdir()
     mark = emu.mark()
-    res = sh(["rsync", "-a", f"{src}/", str(m.path / PROTOCOLS / "rs") + "/"], check=False,
-             timeout=120)
+    res = sh(
+        ["rsync", "-a", f"{src}/", str(m.path / PROTOCOLS / "rs") + "/"], check=False, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     on_server = server_files(emu)
     for rel, value in expected.items():
@@ -175,16 +176,21 @@ def test_failed_upload_is_pending_then_uploaded(emu, make_mount, tmp_path):
     emu.faults.error_status = 503
     res = sh(["cp", str(tmp_path / "p.dat"), str(files / "p.dat")], check=False, timeout=90)
     assert res.returncode != 0 and "Input/output error" in res.stderr
-    assert os.getxattr(files / "p.dat", "user.xnat.cache_state").decode() in ("pending",
-                                                                                "uploading")
+    assert os.getxattr(files / "p.dat", "user.xnat.cache_state").decode() in (
+        "pending",
+        "uploading",
+    )
     assert os.stat(files / "p.dat").st_size == len(data)
     assert hash_files([str(files / "p.dat")])[str(files / "p.dat")] == [md5(data), len(data)]
     status = sh(["python", "-m", "xnatfs", "status", str(m.path)], check=False)
     assert "p.dat" in status.stdout, status.stdout + status.stderr
     assert "upload" in m.log_text() and "p.dat" in m.log_text()
     emu.faults.error_rate = 0.0
-    wait_for(lambda: server_files(emu).get("p.dat") == (len(data), md5(data)), 60,
-             what="the retried upload")
+    wait_for(
+        lambda: server_files(emu).get("p.dat") == (len(data), md5(data)),
+        60,
+        what="the retried upload",
+    )
 
 
 def test_dropped_connection_mid_upload(emu, make_mount, tmp_path):
@@ -193,12 +199,16 @@ def test_dropped_connection_mid_upload(emu, make_mount, tmp_path):
     (tmp_path / "d.bin").write_bytes(data)
     os.listdir(m.path / PROTOCOLS)
     emu.faults.drop_rate = 1.0
-    res = sh(["cp", str(tmp_path / "d.bin"), str(m.path / PROTOCOLS / "d.bin")], check=False,
-             timeout=90)
+    res = sh(
+        ["cp", str(tmp_path / "d.bin"), str(m.path / PROTOCOLS / "d.bin")], check=False, timeout=90
+    )
     assert res.returncode != 0
     emu.faults.drop_rate = 0.0
-    wait_for(lambda: server_files(emu).get("d.bin") == (len(data), md5(data)), 60,
-             what="the retried upload")
+    wait_for(
+        lambda: server_files(emu).get("d.bin") == (len(data), md5(data)),
+        60,
+        what="the retried upload",
+    )
 
 
 def test_kill_9_mid_upload_then_remount_completes(emu, tmp_path):
@@ -208,10 +218,15 @@ def test_kill_9_mid_upload_then_remount_completes(emu, tmp_path):
     m = Mount(emu.url, tmp_path / "m", cache, tmp_path / "m.log", []).start()
     try:
         emu.faults.latency_ms = 4000  # the upload will still be on its way when we kill
-        cp = subprocess.Popen(["cp", str(tmp_path / "k.bin"), str(m.path / PROTOCOLS / "k.bin")],
-                              stderr=subprocess.DEVNULL)
-        wait_for(lambda: list((cache / "uploads" / "journal").glob("*.json")), 30,
-                 what="the journal entry")
+        cp = subprocess.Popen(
+            ["cp", str(tmp_path / "k.bin"), str(m.path / PROTOCOLS / "k.bin")],
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(
+            lambda: list((cache / "uploads" / "journal").glob("*.json")),
+            30,
+            what="the journal entry",
+        )
         os.kill(m.proc.pid, signal.SIGKILL)
         m.proc.wait(timeout=10)
         cp.wait(timeout=30)
@@ -219,8 +234,11 @@ def test_kill_9_mid_upload_then_remount_completes(emu, tmp_path):
         assert "k.bin" not in server_files(emu)
         m2 = Mount(emu.url, tmp_path / "m", cache, tmp_path / "m2.log", []).start()
         try:
-            wait_for(lambda: server_files(emu).get("k.bin") == (len(data), md5(data)), 60,
-                     what="the resumed upload")
+            wait_for(
+                lambda: server_files(emu).get("k.bin") == (len(data), md5(data)),
+                60,
+                what="the resumed upload",
+            )
         finally:
             m2.umount()
     finally:
@@ -235,11 +253,13 @@ def test_bad_input_changes_nothing_on_the_server(emu, make_mount, tmp_path):
     res = sh(["mkdir", str(m.path / "DEMO1" / "subjects" / ("x" * 80))], check=False)
     assert "Invalid argument" in res.stderr
     (tmp_path / "f.txt").write_bytes(b"data")
-    res = sh(["cp", str(tmp_path / "f.txt"), str(m.path / "DEMO1" / "subjects" / "f.txt")],
-             check=False)
+    res = sh(
+        ["cp", str(tmp_path / "f.txt"), str(m.path / "DEMO1" / "subjects" / "f.txt")], check=False
+    )
     assert "Operation not permitted" in res.stderr
-    res = sh(["cp", str(tmp_path / "f.txt"), str(m.path / SUBJ01 / "experiments" / "f.txt")],
-             check=False)
+    res = sh(
+        ["cp", str(tmp_path / "f.txt"), str(m.path / SUBJ01 / "experiments" / "f.txt")], check=False
+    )
     assert "Operation not permitted" in res.stderr
     existing = sorted(os.listdir(m.path / PROTOCOLS))
     existing = [n for n in existing if os.path.isfile(m.path / PROTOCOLS / n)][0]
@@ -258,15 +278,19 @@ def test_bad_input_changes_nothing_on_the_server(emu, make_mount, tmp_path):
 def test_full_spool_disk_is_enospc(emu, make_mount, tmp_path):
     small = tmp_path / "small"
     small.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)],
+        capture_output=True,
+        text=True,
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip()}")
     try:
         m = make_mount(emu.url, cache=small / "cache")
         (tmp_path / "big.bin").write_bytes(os.urandom(4 << 20))
-        res = sh(["cp", str(tmp_path / "big.bin"), str(m.path / PROTOCOLS / "big.bin")],
-                 check=False)
+        res = sh(
+            ["cp", str(tmp_path / "big.bin"), str(m.path / PROTOCOLS / "big.bin")], check=False
+        )
         assert "No space left on device" in res.stderr
         assert "big.bin" not in server_files(emu)
         m.umount()
@@ -298,10 +322,12 @@ def test_two_mounts_see_each_others_uploads(emu, make_mount, tmp_path):
     os.listdir(b.path / PROTOCOLS)
     (tmp_path / "shared.txt").write_bytes(b"from a")
     sh(["cp", str(tmp_path / "shared.txt"), str(a.path / PROTOCOLS / "shared.txt")])
-    wait_for(lambda: "shared.txt" in os.listdir(b.path / PROTOCOLS), 10,
-             what="mount b to list the file")
+    wait_for(
+        lambda: "shared.txt" in os.listdir(b.path / PROTOCOLS), 10, what="mount b to list the file"
+    )
     assert hash_files([str(b.path / PROTOCOLS / "shared.txt")])[
-        str(b.path / PROTOCOLS / "shared.txt")] == [md5(b"from a"), 6]
+        str(b.path / PROTOCOLS / "shared.txt")
+    ] == [md5(b"from a"), 6]
 
 
 def test_echo_redirect_and_append_semantics(emu, make_mount):

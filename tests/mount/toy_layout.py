@@ -6,6 +6,7 @@ and ``MIRROR`` at ``MNT/.mirror`` with the same ``Engine``, the same content cac
 ``fs.ops.XnatOperations`` that serve XNAT, in the foreground, until unmounted.  Nothing here
 knows XNAT.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -65,20 +66,33 @@ class ToyLayout(BaseLayout):
         for name, value in folder.items():
             path = "/".join(parts + (name,))
             if isinstance(value, dict):
-                listing.add(NodeInfo(name=name, kind="folder", is_dir=True, mtime=EPOCH,
-                                     uri=path))
+                listing.add(NodeInfo(name=name, kind="folder", is_dir=True, mtime=EPOCH, uri=path))
             else:
-                listing.add(NodeInfo(name=name, kind="file", is_dir=False, size=len(value),
-                                     mtime=EPOCH + len(value), uri=path,
-                                     digest=hashlib.md5(value).hexdigest(),
-                                     attrs={"toy_path": path, "uri": path}))
+                listing.add(
+                    NodeInfo(
+                        name=name,
+                        kind="file",
+                        is_dir=False,
+                        size=len(value),
+                        mtime=EPOCH + len(value),
+                        uri=path,
+                        digest=hashlib.md5(value).hexdigest(),
+                        attrs={"toy_path": path, "uri": path},
+                    )
+                )
         return listing
 
     def lookup(self, parts: PathParts, parent: NodeInfo, name: str) -> Optional[NodeInfo]:
         if name != ABOUT:
             return None
-        return NodeInfo(name=name, kind="about", is_dir=False, mtime=EPOCH, uri=parent.uri,
-                        ref=Generated("about", parent))
+        return NodeInfo(
+            name=name,
+            kind="about",
+            is_dir=False,
+            mtime=EPOCH,
+            uri=parent.uri,
+            ref=Generated("about", parent),
+        )
 
     def open(self, node: NodeInfo, path: str) -> Opened:
         if isinstance(node.ref, Generated):
@@ -127,11 +141,15 @@ class ToyRuntime:
         def fetch(uri: str, sink: Any) -> None:
             layouts[uri.rsplit(":", 1)[0]].fetch(uri, sink)
 
-        self.content = ContentCache(str(cache_dir / "content"), size_limit=64 << 20,
-                                    fetch=fetch)
+        self.content = ContentCache(str(cache_dir / "content"), size_limit=64 << 20, fetch=fetch)
         self.content.start()
-        self.tree = Engine(self.main, MetaCache(ttl=30.0), self.content, fs_timeout=20.0,
-                           mounts={".mirror": self.mirror})
+        self.tree = Engine(
+            self.main,
+            MetaCache(ttl=30.0),
+            self.content,
+            fs_timeout=20.0,
+            mounts={".mirror": self.mirror},
+        )
         self.writer = None
         self.errors: Dict[str, int] = {}
 
@@ -151,8 +169,13 @@ def main(mountpoint: str, cache_dir: str) -> int:
     mfusepy = load()
     runtime = ToyRuntime(Path(cache_dir))
     try:
-        XnatFUSE(XnatOperations(runtime), mountpoint, foreground=True, raw_fi=True,
-                 **fuse_kwargs(runtime.options, mfusepy))
+        XnatFUSE(
+            XnatOperations(runtime),
+            mountpoint,
+            foreground=True,
+            raw_fi=True,
+            **fuse_kwargs(runtime.options, mfusepy),
+        )
     except RuntimeError as exc:  # libfuse3 returns 7/8 after a clean unmount by signal
         if str(exc) not in ("7", "8"):
             raise

@@ -17,6 +17,7 @@ child ``pytest -m real`` against a separately started emulator (what a user with
 does), so the in-process copies are deselected then; ``pytest -m real`` or ``pytest tests/real``
 without the self-check runs them in-process.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,8 @@ class Target:
     url: str
     user: str
     password: str
-    project: str          # the scratch project
-    emulator: bool        # started by this fixture
+    project: str  # the scratch project
+    emulator: bool  # started by this fixture
     #: the server's access log in the emulator's "METHOD PATH STATUS BYTES" format, when known
     #: (``XNATFS_TEST_ACCESS_LOG``): request counts are checked only then
     access_log: Optional[Path] = None
@@ -100,27 +101,33 @@ def _credentials(url: str) -> tuple:
     except (OSError, netrc.NetrcParseError):
         auth = None
     if not auth:
-        pytest.exit(f"XNATFS_TEST_URL={url}: set XNATFS_TEST_USER and XNATFS_TEST_PASSWORD, or "
-                    f"add a netrc entry for {host}", returncode=4)
+        pytest.exit(
+            f"XNATFS_TEST_URL={url}: set XNATFS_TEST_USER and XNATFS_TEST_PASSWORD, or "
+            f"add a netrc entry for {host}",
+            returncode=4,
+        )
     return auth[0], auth[2]
 
 
 @pytest.fixture(scope="session")
-def target(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) \
-        -> Iterator[Target]:
+def target(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Target]:
     url = os.environ.get("XNATFS_TEST_URL", "").rstrip("/")
     if url:
         user, password = _credentials(url)
         project = os.environ.get("XNATFS_TEST_PROJECT", "")
         log = os.environ.get("XNATFS_TEST_ACCESS_LOG")
-        yield Target(url, user, password, project, emulator=False,
-                     access_log=Path(log) if log else None)
+        yield Target(
+            url, user, password, project, emulator=False, access_log=Path(log) if log else None
+        )
         return
     base = tmp_path_factory.mktemp("real-emu")
     shutil.copytree(request.getfixturevalue("demo_template"), base / "data")
     run = EmulatorRun(base / "data", base / "access.log", seed="empty").start()
-    t = Target(run.url, ADMIN[0], ADMIN[1], SCRATCH_DEFAULT, emulator=True,
-               access_log=base / "access.log")
+    t = Target(
+        run.url, ADMIN[0], ADMIN[1], SCRATCH_DEFAULT, emulator=True, access_log=base / "access.log"
+    )
     r = t.http().put(f"{t.url}/data/projects/{t.project}", timeout=30)
     assert r.status_code in (200, 201), r.text
     try:
@@ -134,8 +141,9 @@ def xnatpy(target: Target) -> Iterator[Any]:
     """An xnatpy session: the reference every check compares the mount with."""
     import xnat
 
-    session = xnat.connect(target.url, user=target.user, password=target.password,
-                           loglevel="ERROR", default_timeout=60)
+    session = xnat.connect(
+        target.url, user=target.user, password=target.password, loglevel="ERROR", default_timeout=60
+    )
     try:
         yield session
     finally:
@@ -146,8 +154,14 @@ def start_mount(target: Target, base: Path, *args: str) -> Mount:
     if not HAVE_FUSE:
         pytest.skip(FUSE_SKIP_REASON)
     base.mkdir(parents=True, exist_ok=True)
-    return Mount(target.url, base / "mnt", base / "cache", base / "mount.log", list(args),
-                 credentials=(target.user, target.password)).start(timeout=60)
+    return Mount(
+        target.url,
+        base / "mnt",
+        base / "cache",
+        base / "mount.log",
+        list(args),
+        credentials=(target.user, target.password),
+    ).start(timeout=60)
 
 
 def stop_mount(m: Mount, failed: bool = False) -> None:
@@ -194,8 +208,13 @@ print(json.dumps(out))
 def fs_batch(ops: List[tuple], timeout: float = 300) -> List[Any]:
     """Run plain file operations on the mount in a child process with a timeout (a hung FUSE
     request never hangs the test run); ``["error", errno]`` for a failed one."""
-    res = subprocess.run([sys.executable, "-c", _WALK], input=json.dumps(ops), text=True,
-                         capture_output=True, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, "-c", _WALK],
+        input=json.dumps(ops),
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
@@ -225,16 +244,23 @@ def project_inventory(target: Target, project: str) -> Dict[str, List[str]]:
         r.raise_for_status()
         return r.json()["ResultSet"]["Result"]
 
-    inv = {"subjects": sorted(r["label"] for r in rows(f"{base}/subjects")),
-           "experiments": sorted(r["label"] for r in rows(f"{base}/experiments")),
-           "resources": sorted(str(r.get("label") or r.get("xnat_abstractresource_id"))
-                               for r in rows(f"{base}/resources")),
-           "prearchive": sorted(str(r.get("url")) for r in
-                                rows(f"{target.url}/data/prearchive/projects/{project}"))}
+    inv = {
+        "subjects": sorted(r["label"] for r in rows(f"{base}/subjects")),
+        "experiments": sorted(r["label"] for r in rows(f"{base}/experiments")),
+        "resources": sorted(
+            str(r.get("label") or r.get("xnat_abstractresource_id"))
+            for r in rows(f"{base}/resources")
+        ),
+        "prearchive": sorted(
+            str(r.get("url")) for r in rows(f"{target.url}/data/prearchive/projects/{project}")
+        ),
+    }
     files = []
     for res in inv["resources"]:
-        files += [f"{res}/" + str(r["URI"]).split("/files/", 1)[-1]
-                  for r in rows(f"{base}/resources/{res}/files")]
+        files += [
+            f"{res}/" + str(r["URI"]).split("/files/", 1)[-1]
+            for r in rows(f"{base}/resources/{res}/files")
+        ]
     inv["files"] = sorted(files)
     return inv
 
@@ -265,8 +291,9 @@ def delete_prearchive_session(target: Target, src: str, timeout: float = 60.0) -
         if gone:
             return
         if not asked:
-            r = s.post(f"{target.url}/data/services/prearchive/delete", params={"src": src},
-                       timeout=60)
+            r = s.post(
+                f"{target.url}/data/services/prearchive/delete", params={"src": src}, timeout=60
+            )
             asked = r.status_code < 400
         time.sleep(0.2)
     raise AssertionError(f"prearchive session {src} still there after {timeout:g}s")
@@ -303,19 +330,27 @@ def scratch(target: Target) -> Iterator[Scratch]:
     not create; after the session it must be exactly as found."""
     if not target.project:
         pytest.skip("set XNATFS_TEST_PROJECT to a scratch project to run the write checks")
-    r = target.http().get(f"{target.url}/data/projects/{target.project}",
-                          params={"format": "json"}, timeout=60)
+    r = target.http().get(
+        f"{target.url}/data/projects/{target.project}", params={"format": "json"}, timeout=60
+    )
     if r.status_code != 200:
-        pytest.fail(f"scratch project {target.project}: GET answered {r.status_code}; create it "
-                    f"first (and give {target.user} owner rights)", pytrace=False)
+        pytest.fail(
+            f"scratch project {target.project}: GET answered {r.status_code}; create it "
+            f"first (and give {target.user} owner rights)",
+            pytrace=False,
+        )
     clean_own(target, target.project)
     found = project_inventory(target, target.project)
     bad = foreign(found)
     if bad:
-        pytest.fail(f"refusing to write: scratch project {target.project} holds data this suite "
-                    f"did not create ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}); "
-                    f"use an empty project", pytrace=False)
+        pytest.fail(
+            f"refusing to write: scratch project {target.project} holds data this suite "
+            f"did not create ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}); "
+            f"use an empty project",
+            pytrace=False,
+        )
     yield Scratch(target.project, found)
     after = project_inventory(target, target.project)
-    assert after == found, f"scratch project {target.project} not left as found: " \
-                           f"before {found}, after {after}"
+    assert after == found, (
+        f"scratch project {target.project} not left as found: before {found}, after {after}"
+    )

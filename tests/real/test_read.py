@@ -4,6 +4,7 @@ A bounded sample (``XNATFS_TEST_SAMPLE`` objects per level, files up to ``XNATFS
 listings level by level, sizes, MD5 of the bytes, ID and label resolution, ``user.xnat.*``
 xattrs, ``.xnat.json`` and ``.zip``.  Nothing here writes; the mount is ``--read-only``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-from tests.real.conftest import (Target, env_int, escape_name, fs_batch, start_mount,
-                                 stop_mount)
+from tests.real.conftest import Target, env_int, escape_name, fs_batch, start_mount, stop_mount
 
 SAMPLE = env_int("XNATFS_TEST_SAMPLE", 2)
 MAX_BYTES = env_int("XNATFS_TEST_MAX_MB", 64) << 20
@@ -26,17 +26,17 @@ MAX_BYTES = env_int("XNATFS_TEST_MAX_MB", 64) << 20
 class Level:
     """One directory of the mount and what xnatpy says it holds."""
 
-    path: str                       # relative to the mount
-    names: List[str]                # expected entries (escaped as the mount shows them)
-    obj: Any = None                 # the xnatpy object the directory stands for
+    path: str  # relative to the mount
+    names: List[str]  # expected entries (escaped as the mount shows them)
+    obj: Any = None  # the xnatpy object the directory stands for
 
 
 @dataclass
 class Sample:
     levels: List[Level] = field(default_factory=list)
-    files: List[Dict[str, Any]] = field(default_factory=list)   # path, size, digest, uri
+    files: List[Dict[str, Any]] = field(default_factory=list)  # path, size, digest, uri
     objects: List[Dict[str, Any]] = field(default_factory=list)  # path, id, label, kind, uri
-    zip_dir: Optional[str] = None     # a resource directory whose .zip is checked
+    zip_dir: Optional[str] = None  # a resource directory whose .zip is checked
     zip_names: List[str] = field(default_factory=list)
 
 
@@ -48,20 +48,29 @@ def _files_of(res: Any, base: str, sample: Sample) -> None:
     files = sorted(res.files.values(), key=lambda f: f.path)
     tops = sorted({escape_name(f.path.split("/", 1)[0]) for f in files})
     sample.levels.append(Level(f"{base}/files", tops, res))
-    for f in files[:SAMPLE * 2]:
+    for f in files[: SAMPLE * 2]:
         size = int(getattr(f, "size", 0) or 0)
         if size > MAX_BYTES:
             continue
-        sample.files.append({"path": f"{base}/files/" + "/".join(escape_name(p) for p in
-                                                                f.path.split("/")),
-                             "size": size, "digest": getattr(f, "digest", None), "obj": f})
+        sample.files.append(
+            {
+                "path": f"{base}/files/" + "/".join(escape_name(p) for p in f.path.split("/")),
+                "size": size,
+                "digest": getattr(f, "digest", None),
+                "obj": f,
+            }
+        )
 
 
 def _resources(owner: Any, base: str, sample: Sample) -> None:
     res = _first(owner.resources, SAMPLE)
-    sample.levels.append(Level(f"{base}/resources",
-                               sorted(escape_name(r.label) for r in owner.resources.values()),
-                               owner))
+    sample.levels.append(
+        Level(
+            f"{base}/resources",
+            sorted(escape_name(r.label) for r in owner.resources.values()),
+            owner,
+        )
+    )
     for r in res:
         rbase = f"{base}/resources/{escape_name(r.label)}"
         _files_of(r, rbase, sample)
@@ -88,25 +97,48 @@ def sample(xnatpy: Any) -> Sample:
         _resources(p, pbase, s)
         for sub in sorted(subjects, key=lambda o: o.label)[:SAMPLE]:
             sbase = f"{pbase}/subjects/{escape_name(sub.label)}"
-            s.objects.append({"path": sbase, "id": sub.id, "label": sub.label, "kind": "subject",
-                              "alias": f"{pbase}/subjects/{escape_name(sub.id)}"})
+            s.objects.append(
+                {
+                    "path": sbase,
+                    "id": sub.id,
+                    "label": sub.label,
+                    "kind": "subject",
+                    "alias": f"{pbase}/subjects/{escape_name(sub.id)}",
+                }
+            )
             exps = [e for e in sub.experiments.values() if _owned(e, p.id)]
-            s.levels.append(Level(f"{sbase}/experiments", sorted(escape_name(e.label) for e in exps)))
+            s.levels.append(
+                Level(f"{sbase}/experiments", sorted(escape_name(e.label) for e in exps))
+            )
             for e in sorted(exps, key=lambda o: o.label)[:SAMPLE]:
                 ebase = f"{sbase}/experiments/{escape_name(e.label)}"
-                s.objects.append({"path": ebase, "id": e.id, "label": e.label,
-                                  "kind": "experiment",
-                                  "alias": f"{sbase}/experiments/{escape_name(e.id)}"})
+                s.objects.append(
+                    {
+                        "path": ebase,
+                        "id": e.id,
+                        "label": e.label,
+                        "kind": "experiment",
+                        "alias": f"{sbase}/experiments/{escape_name(e.id)}",
+                    }
+                )
                 scans = getattr(e, "scans", None)
                 if scans is None:
                     continue
-                s.levels.append(Level(f"{ebase}/scans", sorted(escape_name(x.id) for x in
-                                                             scans.values())))
+                s.levels.append(
+                    Level(f"{ebase}/scans", sorted(escape_name(x.id) for x in scans.values()))
+                )
                 _resources(e, ebase, s)
                 for sc in _first(scans, SAMPLE):
                     scbase = f"{ebase}/scans/{escape_name(sc.id)}"
-                    s.objects.append({"path": scbase, "id": sc.id, "label": sc.id, "kind": "scan",
-                                      "type": sc.type})
+                    s.objects.append(
+                        {
+                            "path": scbase,
+                            "id": sc.id,
+                            "label": sc.id,
+                            "kind": "scan",
+                            "type": sc.type,
+                        }
+                    )
                     _resources(sc, scbase, s)
     return s
 
@@ -125,8 +157,11 @@ def test_listings_level_by_level(sample: Sample, ro_mount: str) -> None:
     got = fs_batch([("ls", f"{ro_mount}/{lv.path}".rstrip("/")) for lv in sample.levels])
     diffs = []
     for lv, names in zip(sample.levels, got):
-        shown = sorted(n for n in names if not n.startswith(".")) \
-            if isinstance(names, list) and names[:1] != ["error"] else names
+        shown = (
+            sorted(n for n in names if not n.startswith("."))
+            if isinstance(names, list) and names[:1] != ["error"]
+            else names
+        )
         if shown != lv.names:
             diffs.append(f"{lv.path or '/'}: mount {shown} != xnatpy {lv.names}")
     assert not diffs, "\n".join(diffs)
@@ -158,8 +193,10 @@ def test_id_and_label_resolution(sample: Sample, ro_mount: str) -> None:
     objs = [o for o in sample.objects if o.get("alias")]
     if not objs:
         pytest.skip("the sample holds no subject")
-    got = fs_batch([("xattrs", f"{ro_mount}/{o['alias']}") for o in objs] +
-                   [("xattrs", f"{ro_mount}/{o['path']}") for o in objs])
+    got = fs_batch(
+        [("xattrs", f"{ro_mount}/{o['alias']}") for o in objs]
+        + [("xattrs", f"{ro_mount}/{o['path']}") for o in objs]
+    )
     n = len(objs)
     for o, by_id, by_label in zip(objs, got[:n], got[n:]):
         assert isinstance(by_id, dict), (o["alias"], by_id)
@@ -196,8 +233,11 @@ def test_resource_zip(sample: Sample, ro_mount: str, tmp_path) -> None:
         pytest.skip("the sample holds no resource with 1-50 files")
     (data,) = fs_batch([("read", f"{ro_mount}/{sample.zip_dir}/.zip")])
     assert isinstance(data, str), data
-    names = [n for n in zipfile.ZipFile(io.BytesIO(data.encode("latin-1"))).namelist()
-             if not n.endswith("/")]
+    names = [
+        n
+        for n in zipfile.ZipFile(io.BytesIO(data.encode("latin-1"))).namelist()
+        if not n.endswith("/")
+    ]
     # XNAT prefixes the entries with where the resource sits; each listed file is one entry
     assert len(names) == len(sample.zip_names), names
     for path in sample.zip_names:

@@ -7,6 +7,7 @@ project holding data it did not create.
 This is how the default ``pytest tests/`` run includes the real-mode tests (once: conftest.py
 deselects the in-process copies then).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator
 
 import pytest
 import requests
@@ -33,12 +34,31 @@ def separate_emulator(tmp_path: Path, demo_template: Path) -> Iterator[str]:
     data = tmp_path / "emu-data"
     shutil.copytree(demo_template, data)
     log = open(tmp_path / "emulator.out", "w+")  # noqa: SIM115 - the emulator's, for its life
-    proc = subprocess.Popen([sys.executable, "-m", "xnatfs", "emulator", "--data", str(data),
-                             "--port", "0", "--seed", "empty", "--user", ADMIN[0],
-                             "--password", ADMIN[1], "--access-log",
-                             str(tmp_path / "access.log")],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT),
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xnatfs",
+            "emulator",
+            "--data",
+            str(data),
+            "--port",
+            "0",
+            "--seed",
+            "empty",
+            "--user",
+            ADMIN[0],
+            "--password",
+            ADMIN[1],
+            "--access-log",
+            str(tmp_path / "access.log"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=str(ROOT),
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         url = None
@@ -48,7 +68,9 @@ def separate_emulator(tmp_path: Path, demo_template: Path) -> Iterator[str]:
             if m:
                 url = m.group(1).rstrip("/")
                 break
-            assert proc.poll() is None, f"emulator exited: {(tmp_path / 'emulator.out').read_text()}"
+            assert proc.poll() is None, (
+                f"emulator exited: {(tmp_path / 'emulator.out').read_text()}"
+            )
             assert time.monotonic() < deadline, "emulator did not start within 60 s"
             time.sleep(0.05)
         yield url
@@ -62,21 +84,42 @@ def separate_emulator(tmp_path: Path, demo_template: Path) -> Iterator[str]:
         log.close()
 
 
-def _child_pytest(url: str, project: str, basetemp: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, XNATFS_TEST_URL=url, XNATFS_TEST_USER=ADMIN[0],
-               XNATFS_TEST_PASSWORD=ADMIN[1], XNATFS_TEST_PROJECT=project,
-               XNATFS_TEST_ACCESS_LOG=str(basetemp.parent / "access.log"), PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "real",
-           "--basetemp", str(basetemp), "-o", "console_output_style=classic", "tests/real",
-           *extra]
-    return subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True,
-                          timeout=540)
+def _child_pytest(
+    url: str, project: str, basetemp: Path, *extra: str
+) -> subprocess.CompletedProcess:
+    env = dict(
+        os.environ,
+        XNATFS_TEST_URL=url,
+        XNATFS_TEST_USER=ADMIN[0],
+        XNATFS_TEST_PASSWORD=ADMIN[1],
+        XNATFS_TEST_PROJECT=project,
+        XNATFS_TEST_ACCESS_LOG=str(basetemp.parent / "access.log"),
+        PYTHONPATH=str(ROOT),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "real",
+        "--basetemp",
+        str(basetemp),
+        "-o",
+        "console_output_style=classic",
+        "tests/real",
+        *extra,
+    ]
+    return subprocess.run(cmd, cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=540)
 
 
 def _snapshot(t: Target) -> dict:
     inv = project_inventory(t, t.project)
-    inv["prearchive_code"] = [t.http().get(f"{t.url}/data/projects/{t.project}/prearchive_code",
-                                           timeout=30).text.strip()]
+    inv["prearchive_code"] = [
+        t.http().get(f"{t.url}/data/projects/{t.project}/prearchive_code", timeout=30).text.strip()
+    ]
     return inv
 
 
@@ -88,8 +131,10 @@ def test_real_mode_against_separate_emulator(separate_emulator: str, tmp_path: P
     for p in ("RTSCRATCH", "RTBUSY"):
         assert s.put(f"{url}/data/projects/{p}", timeout=30).status_code in (200, 201)
     # someone else's data in RTBUSY: the suite must refuse to write there
-    assert s.put(f"{url}/data/projects/RTBUSY/subjects/somebody_elses",
-                 timeout=30).status_code in (200, 201)
+    assert s.put(f"{url}/data/projects/RTBUSY/subjects/somebody_elses", timeout=30).status_code in (
+        200,
+        201,
+    )
     scratch = Target(url, ADMIN[0], ADMIN[1], "RTSCRATCH", emulator=False)
     busy = Target(url, ADMIN[0], ADMIN[1], "RTBUSY", emulator=False)
     before, busy_before = _snapshot(scratch), _snapshot(busy)
@@ -105,7 +150,8 @@ def test_real_mode_against_separate_emulator(separate_emulator: str, tmp_path: P
 
     res = _child_pytest(url, "RTBUSY", tmp_path / "child-busy", "-k", "nested")
     out = res.stdout + res.stderr
-    assert res.returncode != 0 and "refusing to write: scratch project RTBUSY holds data" in out, \
+    assert res.returncode != 0 and "refusing to write: scratch project RTBUSY holds data" in out, (
         out[-3000:]
+    )
     assert "subjects: somebody_elses" in out
     assert _snapshot(busy) == busy_before

@@ -5,13 +5,11 @@ it must not touch; the ``scratch`` fixture refuses a project holding anything el
 after the session, that the project is exactly as found.  The mount runs with
 ``--allow-delete`` so deletes are checked too.
 """
+
 from __future__ import annotations
 
-import errno
 import hashlib
-import io
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -19,19 +17,26 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
-import requests
 
 from tests.helpers.waiting import wait_for
-from tests.real.conftest import (PREFIX, Scratch, Target, delete_prearchive_session, fs_batch,
-                                 start_mount, stop_mount)
+from tests.real.conftest import (
+    PREFIX,
+    Scratch,
+    Target,
+    delete_prearchive_session,
+    fs_batch,
+    start_mount,
+    stop_mount,
+)
 from xnatfs.emulator import dicom
 
-DEADLINE = 120.0   # a real XNAT may take a while to build a prearchive session
+DEADLINE = 120.0  # a real XNAT may take a while to build a prearchive session
 
 
 @pytest.fixture(scope="module")
-def rw_mount(target: Target, scratch: Scratch,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def rw_mount(
+    target: Target, scratch: Scratch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     m = start_mount(target, tmp_path_factory.mktemp("real-rw"), "--allow-delete")
     try:
         yield m
@@ -83,9 +88,15 @@ def wait_server(what: str, cond: Callable[[], Any], deadline: float = DEADLINE) 
 
 
 def study_zip(tmp: Path, seed: str, patient: str, session: str) -> Path:
-    spec = dicom.StudySpec(seed=seed, patient_name=patient, patient_id=session,
-                           series=(dicom.SeriesSpec(1, "T1w", 2, rows=16, columns=16),
-                                   dicom.SeriesSpec(2, "T2w", 1, rows=16, columns=16)))
+    spec = dicom.StudySpec(
+        seed=seed,
+        patient_name=patient,
+        patient_id=session,
+        series=(
+            dicom.SeriesSpec(1, "T1w", 2, rows=16, columns=16),
+            dicom.SeriesSpec(2, "T2w", 1, rows=16, columns=16),
+        ),
+    )
     path = tmp / f"{session}.zip"
     dicom.build_dicom_zip(spec, path)
     return path
@@ -106,15 +117,17 @@ except OSError as e:
 
 def write(path: str, data: str) -> str:
     """Write and close ``path`` in a child process: "ok" or the errno name close() gave."""
-    res = subprocess.run([sys.executable, "-c", _WRITE, path, data], capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", _WRITE, path, data], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
 
 
 # ------------------------------------------------------------------------------ the checks
-def test_upload_nested_folders_and_delete(target: Target, scratch: Scratch, rw_mount: Any,
-                                          name: str, cleanup: List[str]) -> None:
+def test_upload_nested_folders_and_delete(
+    target: Target, scratch: Scratch, rw_mount: Any, name: str, cleanup: List[str]
+) -> None:
     """mkdir a project resource, nested folders in it, a file: on XNAT with the right bytes;
     rm and rmdir through the mount take them away again."""
     P, mnt = scratch.project, rw_mount.path
@@ -123,8 +136,10 @@ def test_upload_nested_folders_and_delete(target: Target, scratch: Scratch, rw_m
     ok("mkdir", res)
     ok("mkdir", "-p", f"{res}/files/a/b")
     assert write(f"{res}/files/a/b/x.txt", "nested upload") == "ok"
-    files = {r["URI"].split("/files/", 1)[1]: r for r in
-             rows(target, f"/data/projects/{P}/resources/{name}/files")}
+    files = {
+        r["URI"].split("/files/", 1)[1]: r
+        for r in rows(target, f"/data/projects/{P}/resources/{name}/files")
+    }
     assert list(files) == ["a/b/x.txt"]
     got = target.http().get(target.url + files["a/b/x.txt"]["URI"], timeout=60)
     assert got.content == b"nested upload"
@@ -136,8 +151,9 @@ def test_upload_nested_folders_and_delete(target: Target, scratch: Scratch, rw_m
     assert name not in [r.get("label") for r in rows(target, f"/data/projects/{P}/resources")]
 
 
-def test_mkdir_objects_then_delete(target: Target, scratch: Scratch, rw_mount: Any,
-                                   name: str, cleanup: List[str]) -> None:
+def test_mkdir_objects_then_delete(
+    target: Target, scratch: Scratch, rw_mount: Any, name: str, cleanup: List[str]
+) -> None:
     """mkdir subject / experiment / scan / resource make those XNAT objects; rmdir of each
     (empty) removes it."""
     P, mnt = scratch.project, rw_mount.path
@@ -148,14 +164,16 @@ def test_mkdir_objects_then_delete(target: Target, scratch: Scratch, rw_mount: A
     res = f"{scan}/resources/NIFTI"
     for d in (sub, exp, scan, res):
         ok("mkdir", d)
-    assert [r["label"] for r in rows(target, f"/data/projects/{P}/subjects")
-            if r["label"] == name] == [name]
+    assert [
+        r["label"] for r in rows(target, f"/data/projects/{P}/subjects") if r["label"] == name
+    ] == [name]
     (e,) = rows(target, f"/data/projects/{P}/subjects/{name}/experiments")
     assert e["label"] == f"{name}_MR1"
     (sc,) = rows(target, f"/data/experiments/{e['ID']}/scans")
     assert sc["ID"] == "7"
-    assert [r["label"] for r in rows(target, f"/data/experiments/{e['ID']}/scans/7/resources")] \
-        == ["NIFTI"]
+    assert [r["label"] for r in rows(target, f"/data/experiments/{e['ID']}/scans/7/resources")] == [
+        "NIFTI"
+    ]
     assert write(f"{res}/files/img.nii", "not really nifti") == "ok"
     ok("rm", f"{res}/files/img.nii")
     for d in (res, scan, exp, sub):
@@ -163,8 +181,9 @@ def test_mkdir_objects_then_delete(target: Target, scratch: Scratch, rw_mount: A
     assert name not in [r["label"] for r in rows(target, f"/data/projects/{P}/subjects")]
 
 
-def test_dicom_import_into_experiments(target: Target, scratch: Scratch, rw_mount: Any,
-                                       name: str, cleanup: List[str], tmp_path: Path) -> None:
+def test_dicom_import_into_experiments(
+    target: Target, scratch: Scratch, rw_mount: Any, name: str, cleanup: List[str], tmp_path: Path
+) -> None:
     """A DICOM zip copied into experiments/ becomes an archived session of that subject; its
     files read back through the mount with XNAT's bytes."""
     P, mnt = scratch.project, rw_mount.path
@@ -172,21 +191,25 @@ def test_dicom_import_into_experiments(target: Target, scratch: Scratch, rw_moun
     ok("mkdir", f"{mnt}/{P}/subjects/{name}")
     z = study_zip(tmp_path, name, name, f"{name}_MR1")
     ok("cp", str(z), f"{mnt}/{P}/subjects/{name}/experiments/")
-    (e,) = wait_server("archived session", lambda: rows(
-        target, f"/data/projects/{P}/subjects/{name}/experiments"))
+    (e,) = wait_server(
+        "archived session", lambda: rows(target, f"/data/projects/{P}/subjects/{name}/experiments")
+    )
     cleanup.append(f"/data/experiments/{e['ID']}")
     scans = sorted(r["ID"] for r in rows(target, f"/data/experiments/{e['ID']}/scans"))
     assert scans == ["1", "2"]
     files = rows(target, f"/data/experiments/{e['ID']}/scans/1/resources/DICOM/files")
     assert len(files) == 2
     want = hashlib.md5(target.http().get(target.url + files[0]["URI"], timeout=60).content)
-    path = (f"{mnt}/{P}/subjects/{name}/experiments/{e['label']}/scans/1/resources/DICOM/files/"
-            + files[0]["URI"].split("/files/", 1)[1])
+    path = (
+        f"{mnt}/{P}/subjects/{name}/experiments/{e['label']}/scans/1/resources/DICOM/files/"
+        + files[0]["URI"].split("/files/", 1)[1]
+    )
     assert fs_batch([("md5", path)]) == [want.hexdigest()]
 
 
-def test_prearchive_import_then_archive(target: Target, scratch: Scratch, rw_mount: Any,
-                                        name: str, cleanup: List[str], tmp_path: Path) -> None:
+def test_prearchive_import_then_archive(
+    target: Target, scratch: Scratch, rw_mount: Any, name: str, cleanup: List[str], tmp_path: Path
+) -> None:
     """A zip copied into .prearchive/P/ lands in P's prearchive; mv of the session directory
     into experiments/ archives it under the new label."""
     P, mnt = scratch.project, rw_mount.path
@@ -194,28 +217,37 @@ def test_prearchive_import_then_archive(target: Target, scratch: Scratch, rw_mou
     ok("mkdir", f"{mnt}/{P}/subjects/{name}")
     z = study_zip(tmp_path, name + "pre", name, f"{name}_PRE")
     ok("cp", str(z), f"{mnt}/.prearchive/{P}/")
-    (row,) = wait_server("READY prearchive session", lambda: [
-        r for r in rows(target, f"/data/prearchive/projects/{P}")
-        if r.get("name") == f"{name}_PRE" and r.get("status") == "READY"])
+    (row,) = wait_server(
+        "READY prearchive session",
+        lambda: [
+            r
+            for r in rows(target, f"/data/prearchive/projects/{P}")
+            if r.get("name") == f"{name}_PRE" and r.get("status") == "READY"
+        ],
+    )
     cleanup.append("/data" + row["url"])
     src = f"{mnt}/.prearchive/{P}/{row['timestamp']}/{row['folderName']}"
+
     def shown() -> bool:
         st = fs_batch([("stat", src)])[0]
         return isinstance(st, dict) and st["dir"]
 
     wait_server("session directory in the mount", shown, deadline=30)
     ok("mv", src, f"{mnt}/{P}/subjects/{name}/experiments/{name}_ARC")
-    (e,) = wait_server("archived session", lambda: rows(
-        target, f"/data/projects/{P}/subjects/{name}/experiments"))
+    (e,) = wait_server(
+        "archived session", lambda: rows(target, f"/data/projects/{P}/subjects/{name}/experiments")
+    )
     cleanup.append(f"/data/experiments/{e['ID']}")
     assert e["label"] == f"{name}_ARC"
     assert sorted(r["ID"] for r in rows(target, f"/data/experiments/{e['ID']}/scans")) == ["1", "2"]
-    assert not [r for r in rows(target, f"/data/prearchive/projects/{P}")
-                if r.get("name") == f"{name}_PRE"]
+    assert not [
+        r for r in rows(target, f"/data/prearchive/projects/{P}") if r.get("name") == f"{name}_PRE"
+    ]
 
 
-def test_duplicate_upload_without_overwrite(target: Target, scratch: Scratch, rw_mount: Any,
-                                            xnatpy: Any, name: str, cleanup: List[str]) -> None:
+def test_duplicate_upload_without_overwrite(
+    target: Target, scratch: Scratch, rw_mount: Any, xnatpy: Any, name: str, cleanup: List[str]
+) -> None:
     """Issue 11 §3: a file upload to a name that exists, without overwrite=true, gets XNAT's
     answer -- 200 with a text/html body {"duplicates": [name]}, the old bytes kept
     (FileList.handlePost + CatalogUtils.storeCatalogEntry, docs/FIDELITY.md) -- through xnatpy
@@ -224,16 +256,26 @@ def test_duplicate_upload_without_overwrite(target: Target, scratch: Scratch, rw
     cleanup.append(f"/data/projects/{P}/resources/{name}")
     base = f"/data/projects/{P}/resources/{name}/files"
     s = target.http()
-    r = s.put(f"{target.url}{base}/dup.txt", data=b"first", params={"inbody": "true"},
-              headers={"Content-Type": "application/octet-stream"}, timeout=60)
+    r = s.put(
+        f"{target.url}{base}/dup.txt",
+        data=b"first",
+        params={"inbody": "true"},
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     # xnatpy: no exception (XNAT answers 200), and the file keeps its first bytes
     xnatpy.clearcache()  # listings xnatpy read earlier in the session predate the resource
     res = xnatpy.projects[P].resources[name]
     res.upload_data("second", "dup.txt", overwrite=False)
     # raw: the answer itself
-    r = s.put(f"{target.url}{base}/dup.txt", data=b"third", params={"inbody": "true"},
-              headers={"Content-Type": "application/octet-stream"}, timeout=60)
+    r = s.put(
+        f"{target.url}{base}/dup.txt",
+        data=b"third",
+        params={"inbody": "true"},
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=60,
+    )
     assert r.status_code == 200
     assert r.headers["Content-Type"].startswith("text/html")
     assert json.loads(r.text) == {"duplicates": ["dup.txt"]}
@@ -246,21 +288,33 @@ def test_duplicate_upload_without_overwrite(target: Target, scratch: Scratch, rw
     # new file and uploads without overwrite; XNAT's duplicates answer becomes EEXIST
     files_dir = f"{mnt}/{P}/resources/{name}/files"
     assert fs_batch([("ls", files_dir)]) == [["dup.txt"]]
-    r = s.put(f"{target.url}{base}/race.txt", data=b"other client", params={"inbody": "true"},
-              headers={"Content-Type": "application/octet-stream"}, timeout=60)
+    r = s.put(
+        f"{target.url}{base}/race.txt",
+        data=b"other client",
+        params={"inbody": "true"},
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=60,
+    )
     assert r.status_code == 200 and not r.text.strip()
     assert write(f"{files_dir}/race.txt", "from the mount") == "EEXIST"
     assert s.get(f"{target.url}{base}/race.txt", timeout=60).content == b"other client"
     # one log line above DEBUG naming path, URL and status (EEXIST itself is an expected errno)
-    lines = [ln for ln in rw_mount.log_text().splitlines()
-             if "race.txt" in ln and (" WARNING " in ln or " ERROR " in ln)]
+    lines = [
+        ln
+        for ln in rw_mount.log_text().splitlines()
+        if "race.txt" in ln and (" WARNING " in ln or " ERROR " in ln)
+    ]
     assert len(lines) == 1, lines
-    assert "/files/race.txt?overwrite=false" in lines[0] and "200" in lines[0] \
-        and "duplicates" in lines[0], lines
+    assert (
+        "/files/race.txt?overwrite=false" in lines[0]
+        and "200" in lines[0]
+        and "duplicates" in lines[0]
+    ), lines
 
 
-def test_import_follows_prearchive_code(target: Target, scratch: Scratch, xnatpy: Any,
-                                        name: str, cleanup: List[str], tmp_path: Path) -> None:
+def test_import_follows_prearchive_code(
+    target: Target, scratch: Scratch, xnatpy: Any, name: str, cleanup: List[str], tmp_path: Path
+) -> None:
     """Issue 11 §3: xnatpy's services.import_(zip, project=, subject=) with no destination
     lands where GET /data/projects/P/prearchive_code says (0 prearchive, 4/5 archive; a fresh
     project is 4), and PUT .../prearchive_code/0 sends the next one to the prearchive."""
@@ -287,8 +341,9 @@ def test_import_follows_prearchive_code(target: Target, scratch: Scratch, xnatpy
     else:
         assert not isinstance(first, xnat.prearchive.PrearchiveSession), first
         assert first.label == f"{name}_C1"
-        assert [e["label"] for e in rows(target, f"/data/projects/{P}/subjects/{name}/experiments")] \
-            == [f"{name}_C1"]
+        assert [
+            e["label"] for e in rows(target, f"/data/projects/{P}/subjects/{name}/experiments")
+        ] == [f"{name}_C1"]
     other = 4 if code == 0 else 0
     r = s.put(f"{target.url}/data/projects/{P}/prearchive_code/{other}", timeout=60)
     if r.status_code == 403:
@@ -302,5 +357,6 @@ def test_import_follows_prearchive_code(target: Target, scratch: Scratch, xnatpy
     finally:
         r = s.put(f"{target.url}/data/projects/{P}/prearchive_code/{code}", timeout=60)
         assert r.status_code == 200, r.text
-    assert s.get(f"{target.url}/data/projects/{P}/prearchive_code", timeout=60).text.strip() \
-        == str(code)
+    assert s.get(f"{target.url}/data/projects/{P}/prearchive_code", timeout=60).text.strip() == str(
+        code
+    )

@@ -10,6 +10,7 @@ minute and a half on a 2-core machine):
 - ``XNATFS_RELIABILITY_SECONDS``  length of the session-expiry loop (default 20; the issue: 300)
 - ``XNATFS_RELIABILITY_BIG_MIB``  size of the file uploaded while the daemon is killed (64; 200)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,13 +51,15 @@ def mixed_sizes(n: int, low: int, high: int, seed: int) -> List[int]:
     return sizes
 
 
-def server_listing(url: str,
-                   resource_uri: str = RESOURCE_URI) -> Optional[Dict[str, Tuple[int, str]]]:
+def server_listing(
+    url: str, resource_uri: str = RESOURCE_URI
+) -> Optional[Dict[str, Tuple[int, str]]]:
     """name -> (size, digest) of a resource, straight from the server; None on any error
     (callers poll it while the server may still be failing)."""
     try:
-        r = requests.get(f"{url}{resource_uri}/files", params={"format": "json"}, auth=ADMIN,
-                         timeout=30)
+        r = requests.get(
+            f"{url}{resource_uri}/files", params={"format": "json"}, auth=ADMIN, timeout=30
+        )
         if r.status_code != 200:
             return None
         rows = r.json()["ResultSet"]["Result"]
@@ -73,9 +76,14 @@ def server_bytes(url: str, name: str, resource_uri: str = RESOURCE_URI) -> bytes
 
 def put_file(url: str, uri: str, data: bytes) -> None:
     """Test data set-up straight to the emulator (not the code under test)."""
-    r = requests.put(url + uri, data=data, auth=ADMIN, timeout=60,
-                     headers={"Content-Type": "application/octet-stream"},
-                     params={"overwrite": "true", "inbody": "true"})
+    r = requests.put(
+        url + uri,
+        data=data,
+        auth=ADMIN,
+        timeout=60,
+        headers={"Content-Type": "application/octet-stream"},
+        params={"overwrite": "true", "inbody": "true"},
+    )
     assert r.status_code in (200, 201), (r.status_code, r.text[:300])
 
 
@@ -142,8 +150,13 @@ with ThreadPoolExecutor(spec["threads"]) as pool:
 def copy_in(pairs: List[Tuple[str, str]], threads: int = 4, timeout: float = 600) -> List[dict]:
     """Copy ``src -> dst`` pairs into the mount from a child process with ``threads`` threads;
     one dict per pair: ``open_errors`` (errnos, retried), ``write_errno``, ``close_errno``."""
-    res = subprocess.run([sys.executable, "-c", _COPIER], input=json.dumps(
-        {"threads": threads, "pairs": pairs}), capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, "-c", _COPIER],
+        input=json.dumps({"threads": threads, "pairs": pairs}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 

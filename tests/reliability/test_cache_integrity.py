@@ -9,6 +9,7 @@ Page-cache drops need root (the tests run as root in CI); without it the while-m
 skipped, with the reason.  Sizes are the issue's; ``XNATFS_RELIABILITY_STREAM_MIB`` shrinks the
 300 MiB file of the larger-than-the-cache case on slow machines (default 300).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,8 @@ def _settled(m) -> None:
     verdict before the file is synced and indexed, so the cache directory lags a little."""
     deadline = time.monotonic() + 60
     while json.loads((m.path / ".xnatfs" / "stats").read_text())["content_cache"][
-            "downloads_in_flight"]:
+        "downloads_in_flight"
+    ]:
         assert time.monotonic() < deadline, m.log_tail()
         time.sleep(0.02)
 
@@ -82,8 +84,12 @@ def _damage(files: List[Path]) -> None:
 
 
 def _verify(cache: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xnatfs", "cache", "verify", "--cache-dir",
-                           str(cache)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "xnatfs", "cache", "verify", "--cache-dir", str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("when", ["unmounted", "mounted"])
@@ -102,7 +108,7 @@ def test_damaged_cache_files_are_never_served(shared_emulator, make_mount, tmp_p
     if when == "unmounted":
         m.umount()
         _damage(files)
-        res = _verify(cache)          # finds all four, repairs nothing: the mount must cope
+        res = _verify(cache)  # finds all four, repairs nothing: the mount must cope
         assert res.returncode == 1 and ", 4 bad" in res.stdout, res.stdout + res.stderr
         assert res.stderr.count("bad entry") == 4
         m = make_mount(shared_emulator.url, "--prefetch", "0", "--bulk-zip", "0", cache=cache)
@@ -136,8 +142,11 @@ def test_bytes_that_fail_their_check_are_an_io_error(make_emulator, make_mount, 
     emu = make_emulator()
     data = random.Random(5).randbytes(3 << 20)
     stored = _put_and_find(emu, "/data/projects/DEMO2/resources/BAD/files/bad.bin", data)
-    stored.write_bytes({"damaged": data[:-1] + b"!", "longer": data + b"trailing junk",
-                        "shorter": data[:-1000]}[body])
+    stored.write_bytes(
+        {"damaged": data[:-1] + b"!", "longer": data + b"trailing junk", "shorter": data[:-1000]}[
+            body
+        ]
+    )
     m = make_mount(emu.url, "--prefetch", "0")
     path = m.path / "DEMO2/resources/BAD/files/bad.bin"
     for _ in range(2):
@@ -150,8 +159,9 @@ def test_bytes_that_fail_their_check_are_an_io_error(make_emulator, make_mount, 
     assert not list((m.cache / "content" / "partial").iterdir())
 
 
-def test_sixteen_readers_and_eight_copies_one_download_per_file(shared_emulator, make_mount,
-                                                               tmp_path):
+def test_sixteen_readers_and_eight_copies_one_download_per_file(
+    shared_emulator, make_mount, tmp_path
+):
     big = _random_bytes(100 << 20, seed=17)
     put_file(shared_emulator.url, "/data/projects/DEMO2/resources/HUNDRED/files/big.bin", big)
     m = make_mount(shared_emulator.url)
@@ -160,8 +170,12 @@ def test_sixteen_readers_and_eight_copies_one_download_per_file(shared_emulator,
     os.listdir(big_path.parent)
     names = sorted(os.listdir(scan))
     mark = shared_emulator.mark()
-    copies = [subprocess.Popen(["cp", "-r", str(scan), str(tmp_path / f"copy{i}")],
-                               stderr=subprocess.DEVNULL) for i in range(8)]
+    copies = [
+        subprocess.Popen(
+            ["cp", "-r", str(scan), str(tmp_path / f"copy{i}")], stderr=subprocess.DEVNULL
+        )
+        for i in range(8)
+    ]
     got = hash_files([str(big_path)] * 16, threads=16, timeout=300)
     for p in copies:
         assert p.wait(timeout=300) == 0
@@ -174,7 +188,7 @@ def test_sixteen_readers_and_eight_copies_one_download_per_file(shared_emulator,
     dl = downloads(records)
     assert sorted(dl) == sorted(set(dl)), "one download per file"
     zips = [r for r in api(records) if "format=zip" in r[1]]
-    assert len(zips) <= 1, zips                   # the scan's files: at most one zip as well
+    assert len(zips) <= 1, zips  # the scan's files: at most one zip as well
 
 
 def test_kill_during_a_bulk_zip_then_remount_resumes(make_emulator, make_mount, tmp_path):
@@ -188,11 +202,12 @@ def test_kill_during_a_bulk_zip_then_remount_resumes(make_emulator, make_mount, 
     m = make_mount(emu.url, "--bulk-zip", "8", "--prefetch", "0", cache=cache)
     files = m.path / "DEMO2/resources/ZIP/files"
     os.listdir(files)
-    copy = subprocess.Popen(["cp", "-r", str(files), str(tmp_path / "copy1")],
-                            stderr=subprocess.DEVNULL)
+    copy = subprocess.Popen(
+        ["cp", "-r", str(files), str(tmp_path / "copy1")], stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 60
     partial = cache / "content" / "partial"
-    while len(list(partial.iterdir())) < 20:   # members arriving: the zip is streaming
+    while len(list(partial.iterdir())) < 20:  # members arriving: the zip is streaming
         assert time.monotonic() < deadline, m.log_tail()
         time.sleep(0.005)
     os.kill(m.proc.pid, signal.SIGKILL)
@@ -200,9 +215,9 @@ def test_kill_during_a_bulk_zip_then_remount_resumes(make_emulator, make_mount, 
     m.proc.wait(timeout=20)
     copy.wait(timeout=60)
     m.cleanup()
-    for p in (tmp_path / "copy1").glob("*"):   # what the first cp got: right, or cut short
+    for p in (tmp_path / "copy1").glob("*"):  # what the first cp got: right, or cut short
         got = p.read_bytes()
-        assert blobs[p.name][:len(got)] == got, p.name
+        assert blobs[p.name][: len(got)] == got, p.name
     emu.faults.latency_ms = 0
     m2 = make_mount(emu.url, "--bulk-zip", "8", "--prefetch", "0", cache=cache, name="mnt2")
     files2 = m2.path / "DEMO2/resources/ZIP/files"
@@ -211,8 +226,7 @@ def test_kill_during_a_bulk_zip_then_remount_resumes(make_emulator, make_mount, 
         assert (tmp_path / "copy2" / name).read_bytes() == data, name
     res = _verify(cache)
     assert res.returncode == 0 and ", 0 bad" in res.stdout, res.stdout + res.stderr
-    print(f"killed with {at_kill[0]} partial files and {at_kill[1]} of {len(blobs)} members "
-          f"cached")
+    print(f"killed with {at_kill[0]} partial files and {at_kill[1]} of {len(blobs)} members cached")
 
 
 _READ_AT = r"""
@@ -233,8 +247,9 @@ print(json.dumps([h.hexdigest(), pos, [hashlib.md5(b).hexdigest() for b in back]
 """
 
 
-def test_a_file_larger_than_the_cache_disk_is_streamed(make_emulator, make_mount, tmp_path,
-                                                      cache_on_64m_tmpfs):
+def test_a_file_larger_than_the_cache_disk_is_streamed(
+    make_emulator, make_mount, tmp_path, cache_on_64m_tmpfs
+):
     emu = make_emulator()
     big = _random_bytes(STREAM_MIB << 20, seed=29)
     put_file(emu.url, "/data/projects/DEMO2/resources/HUGE/files/huge.bin", big)
@@ -244,30 +259,38 @@ def test_a_file_larger_than_the_cache_disk_is_streamed(make_emulator, make_mount
     path = m.path / "DEMO2/resources/HUGE/files/huge.bin"
     os.listdir(path.parent)
     mark = emu.mark()
-    res = subprocess.run([sys.executable, "-c", _READ_AT, str(path), str(len(big))],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", _READ_AT, str(path), str(len(big))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr + m.log_tail()
     digest, n, back, seconds = json.loads(res.stdout)
     assert (digest, n) == (md5(big), len(big))
-    print(f"streamed {n >> 20} MiB sequentially in {seconds:.2f} s "
-          f"({n / seconds / 2**20:.0f} MiB/s, MD5 in the reader included)")
+    print(
+        f"streamed {n >> 20} MiB sequentially in {seconds:.2f} s "
+        f"({n / seconds / 2**20:.0f} MiB/s, MD5 in the reader included)"
+    )
     half = len(big) // 2
-    assert back == [md5(big[half:half + 4096]), md5(big[1000:5096]), md5(big[-4096:])]
+    assert back == [md5(big[half : half + 4096]), md5(big[1000:5096]), md5(big[-4096:])]
     gets = [p for p in downloads(emu.since(mark)) if p.endswith("/huge.bin")]
-    assert 1 <= len(gets) <= 3, gets     # one for the pass, one per read back at most
+    assert 1 <= len(gets) <= 3, gets  # one for the pass, one per read back at most
     assert os.getxattr(path, "user.xnat.cache_state") == b"absent"
     hwm = _peak_rss_mb(m.proc.pid)
     print(f"daemon peak RSS {hwm:.0f} MB")
     assert hwm < 250, "issue 17: the daemon's peak RSS stays under 250 MB"
     assert hash_files([str(path.parent / "small.bin")]) == {
-        str(path.parent / "small.bin"): [md5(small), len(small)]}   # the mount is usable
+        str(path.parent / "small.bin"): [md5(small), len(small)]
+    }  # the mount is usable
     assert not list((cache_on_64m_tmpfs / "content" / "partial").iterdir())
     res = _verify(cache_on_64m_tmpfs)
     assert res.returncode == 0 and ", 0 bad" in res.stdout, res.stdout + res.stderr
 
 
-def test_a_full_cache_disk_is_evicted_before_a_read_fails(make_emulator, make_mount,
-                                                          cache_on_64m_tmpfs):
+def test_a_full_cache_disk_is_evicted_before_a_read_fails(
+    make_emulator, make_mount, cache_on_64m_tmpfs
+):
     """Issue 18 §0: with the cache disk full of closed entries (the limit, 10G, is far above
     the disk), a 40 MiB read gave ENOSPC with 0 evictions."""
     emu = make_emulator()
@@ -277,7 +300,7 @@ def test_a_full_cache_disk_is_evicted_before_a_read_fails(make_emulator, make_mo
         put_file(emu.url, f"/data/projects/DEMO2/resources/FULL/files/{name}", data)
     m = make_mount(emu.url, "--prefetch", "0", "--bulk-zip", "0", cache=cache_on_64m_tmpfs)
     base = m.path / "DEMO2/resources/FULL/files"
-    paths = [str(base / name) for name in blobs]          # the five 10 MiB files first
+    paths = [str(base / name) for name in blobs]  # the five 10 MiB files first
     got = hash_files(paths, timeout=300)
     assert got == {str(base / n): [md5(d), len(d)] for n, d in blobs.items()}
     _settled(m)
@@ -309,7 +332,7 @@ def test_pages_of_a_failed_open_never_serve_the_next_one(make_emulator, make_mou
     assert _resident_after_open(path) > 0.9, "keep_cache after a clean download"
     m.umount()
     (stored,) = _cache_files(cache)
-    with open(stored, "r+b") as f:          # one bit flipped in the middle
+    with open(stored, "r+b") as f:  # one bit flipped in the middle
         f.seek(len(data) // 2)
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
@@ -337,8 +360,14 @@ def _resident_after_open(path: Path) -> float:
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_long]
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     size = os.path.getsize(path)

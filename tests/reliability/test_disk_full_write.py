@@ -5,6 +5,7 @@ write that does not fit answers ENOSPC, the close answers it again, the log says
 reaches XNAT, no half file is left in the spool, the journal or the listing, and the mount goes on
 working (a small write and a read after it succeed).
 """
+
 from __future__ import annotations
 
 import ast
@@ -42,16 +43,21 @@ def _files_under(root: str) -> list:
     return [os.path.join(d, f) for d, _, names in os.walk(root) for f in names]
 
 
-def test_a_write_larger_than_the_cache_disk_is_enospc_at_the_write(make_emulator, make_mount,
-                                                                   cache_on_64m_tmpfs, record):
+def test_a_write_larger_than_the_cache_disk_is_enospc_at_the_write(
+    make_emulator, make_mount, cache_on_64m_tmpfs, record
+):
     emu = make_emulator()
     m = make_mount(emu.url, "--prefetch", "0", cache=cache_on_64m_tmpfs)
     files = m.path / FILES
     target = files / "big100.bin"
     before = sorted(os.listdir(files))
     mark = emu.mark()
-    res = subprocess.run([sys.executable, "-c", _WRITE, str(target), "100"],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", _WRITE, str(target), "100"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     written, write_errno, close_errno = ast.literal_eval(res.stdout.strip())
     assert write_errno == 28, f"the write that does not fit is ENOSPC (got {write_errno})"
@@ -74,13 +80,24 @@ def test_a_write_larger_than_the_cache_disk_is_enospc_at_the_write(make_emulator
     small = os.urandom(64 << 10)
     (files / "after.bin").write_bytes(small)
     readme = files / "README.txt"
-    assert hash_files([str(files / "after.bin")]) == {str(files / "after.bin"): [md5(small),
-                                                                                 len(small)]}
+    assert hash_files([str(files / "after.bin")]) == {
+        str(files / "after.bin"): [md5(small), len(small)]
+    }
     assert readme.read_bytes()
-    status = subprocess.run([sys.executable, "-m", "xnatfs", "status", str(m.path)],
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "status", str(m.path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert status.returncode == 0, status.stderr
     assert "big100.bin" not in status.stdout, status.stdout
-    record(tried="100 MiB written, cache on a 64 MiB tmpfs",
-           written_mib=written, write_errno="ENOSPC", close_errno="ENOSPC", error_lines=1,
-           requests_to_xnat=0, left_behind=0)
+    record(
+        tried="100 MiB written, cache on a 64 MiB tmpfs",
+        written_mib=written,
+        write_errno="ENOSPC",
+        close_errno="ENOSPC",
+        error_lines=1,
+        requests_to_xnat=0,
+        left_behind=0,
+    )

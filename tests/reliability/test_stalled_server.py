@@ -8,6 +8,7 @@ return at once; after SIGCONT the mount answers with fresh listings again.
 
 The emulator runs in its own process so that it can be stopped; ``T`` is short to keep CI fast.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,10 +24,10 @@ import pytest
 from tests.conftest import needs_fuse
 from tests.helpers.fsop import fs_op
 
-T = 3.0          # the mount's --timeout
-TTL = 1.0        # --listing-ttl: listings (and the kernel's attributes) expire quickly
-SLACK = 2.0      # generous: process start and scheduling on a loaded 2-core machine
-AT_ONCE = 0.5    # "returned at once"
+T = 3.0  # the mount's --timeout
+TTL = 1.0  # --listing-ttl: listings (and the kernel's attributes) expire quickly
+SLACK = 2.0  # generous: process start and scheduling on a loaded 2-core machine
+AT_ONCE = 0.5  # "returned at once"
 SCAN = "DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1/scans/1"
 FILES = SCAN + "/resources/DICOM/files"
 
@@ -38,10 +39,26 @@ def emulator_process(tmp_path, demo_template):
     shutil.copytree(demo_template, data)
     out = tmp_path / "emulator.out"
     with open(out, "wb") as sink:  # a file, not a pipe: a full pipe would stall the server
-        proc = subprocess.Popen([sys.executable, "-m", "xnatfs.emulator", "--data", str(data),
-                                 "--port", "0", "--seed", "empty", "--user", "admin",
-                                 "--password", "admin-pw"],
-                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "xnatfs.emulator",
+                "--data",
+                str(data),
+                "--port",
+                "0",
+                "--seed",
+                "empty",
+                "--user",
+                "admin",
+                "--password",
+                "admin-pw",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = None
     deadline = time.monotonic() + 60
     while url is None and time.monotonic() < deadline and proc.poll() is None:
@@ -67,7 +84,8 @@ def emulator_process(tmp_path, demo_template):
 
 @needs_fuse
 def test_cached_paths_answer_within_the_timeout_while_the_server_is_stopped(
-        emulator_process, make_mount):
+    emulator_process, make_mount
+):
     url, pid = emulator_process
     m = make_mount(url, "--timeout", str(T), "--listing-ttl", str(TTL), "--read-only")
     files = m.path / FILES
@@ -86,18 +104,25 @@ def test_cached_paths_answer_within_the_timeout_while_the_server_is_stopped(
     try:
         timings = []
         for _ in range(2):
-            for kind, path in (("listdir", files), ("stat", files / names[0]),
-                               ("read", files / names[0]), ("read", files / names[1]),
-                               ("listdir", m.path / SCAN), ("stat", m.path / "DEMO1"),
-                               ("listdir", m.path / "DEMO1" / "subjects"),
-                               ("stat", m.path / ".xnatfs" / "stats")):
+            for kind, path in (
+                ("listdir", files),
+                ("stat", files / names[0]),
+                ("read", files / names[0]),
+                ("read", files / names[1]),
+                ("listdir", m.path / SCAN),
+                ("stat", m.path / "DEMO1"),
+                ("listdir", m.path / "DEMO1" / "subjects"),
+                ("stat", m.path / ".xnatfs" / "stats"),
+            ):
                 res = fs_op(kind, path, timeout=120)
                 timings.append((kind, str(path), res["seconds"]))
                 assert res["errno"] == 0, (kind, path, res, m.log_tail())
                 assert res["seconds"] < T + SLACK, (kind, path, res)
         slow = [t for t in timings if t[2] >= AT_ONCE]
-        print(f"stalled server: {len(timings)} calls, {len(slow)} waited >= {AT_ONCE}s, "
-              f"max {max(t[2] for t in timings):.2f}s (--timeout {T:g})")
+        print(
+            f"stalled server: {len(timings)} calls, {len(slow)} waited >= {AT_ONCE}s, "
+            f"max {max(t[2] for t in timings):.2f}s (--timeout {T:g})"
+        )
         assert len(slow) <= len(timings) // 4, f"too many calls waited: {slow}"
         # the cached bytes are the right ones
         for name, digest in wanted.items():
@@ -114,5 +139,3 @@ def test_cached_paths_answer_within_the_timeout_while_the_server_is_stopped(
         fs_op("listdir", files)
         time.sleep(0.2)
     assert "answers again" in m.log_text(), m.log_tail()
-
-

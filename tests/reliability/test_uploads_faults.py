@@ -5,6 +5,7 @@ errno with the bytes kept in the journal; after the faults stop, every file reac
 with the right MD5 within a bounded time, with no remount -- 0 lost, 0 duplicated, 0 left
 ``failed``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,8 +16,17 @@ from collections import Counter
 import pytest
 
 from tests.conftest import needs_fuse
-from tests.reliability.conftest import (FILES, copy_in, md5, mixed_sizes, mount_stats,
-                                        server_bytes, server_listing, successful_puts, wait_for)
+from tests.reliability.conftest import (
+    FILES,
+    copy_in,
+    md5,
+    mixed_sizes,
+    mount_stats,
+    server_bytes,
+    server_listing,
+    successful_puts,
+    wait_for,
+)
 
 pytestmark = [needs_fuse]
 
@@ -26,8 +36,9 @@ SETTLE_DEADLINE = 120.0
 
 
 @pytest.mark.parametrize("status", [500, 503])
-def test_100_uploads_under_errors_and_drops_all_arrive(status, make_emulator, make_mount,
-                                                       tmp_path, record):
+def test_100_uploads_under_errors_and_drops_all_arrive(
+    status, make_emulator, make_mount, tmp_path, record
+):
     emu = make_emulator()
     m = make_mount(emu.url, "--timeout", "20")
     rnd_sizes = mixed_sizes(N_FILES, 1 << 10, 8 << 20, seed=18)
@@ -65,8 +76,11 @@ def test_100_uploads_under_errors_and_drops_all_arrive(status, make_emulator, ma
         if listing is None or stats is None:
             return False
         here = {n: v for n, v in listing.items() if n in blobs}
-        return (len(here) == N_FILES and not stats.get("uploads")
-                and all(here[n] == (len(d), md5(d)) for n, d in blobs.items()))
+        return (
+            len(here) == N_FILES
+            and not stats.get("uploads")
+            and all(here[n] == (len(d), md5(d)) for n, d in blobs.items())
+        )
 
     wait_for(settled, SETTLE_DEADLINE, "all 100 uploads on XNAT and none left in the journal")
     settle_s = time.monotonic() - faults_off
@@ -83,18 +97,30 @@ def test_100_uploads_under_errors_and_drops_all_arrive(status, make_emulator, ma
     for r in results:
         if r["close_errno"]:
             name = os.path.basename(r["dst"])
-            error_lines[name] = [ln for ln in log.splitlines()
-                                 if " ERROR " in ln and f"flush /{FILES}/{name}:" in ln]
-    record(status=status, files=N_FILES, mib=round(sum(map(len, blobs.values())) / 2**20, 1),
-           error_rate=0.25, drop_rate=0.25, failed_closes=sum(close_errnos.values()),
-           close_errnos={errno.errorcode[k]: v for k, v in close_errnos.items()},
-           open_retries=sum(open_errnos.values()), copy_s=round(copy_s, 1),
-           settle_s=round(settle_s, 1), lost=N_FILES - len([n for n in blobs if n in accepted]),
-           wrong=len(wrong), duplicated=len(duplicated), left_failed=failed_log,
-           journal_left=len(left))
-    assert all(len(lines) == 1 and ("http://" in lines[0] or "does not show" in lines[0])
-               for lines in error_lines.values()), \
-        {n: lines for n, lines in error_lines.items() if len(lines) != 1}
+            error_lines[name] = [
+                ln for ln in log.splitlines() if " ERROR " in ln and f"flush /{FILES}/{name}:" in ln
+            ]
+    record(
+        status=status,
+        files=N_FILES,
+        mib=round(sum(map(len, blobs.values())) / 2**20, 1),
+        error_rate=0.25,
+        drop_rate=0.25,
+        failed_closes=sum(close_errnos.values()),
+        close_errnos={errno.errorcode[k]: v for k, v in close_errnos.items()},
+        open_retries=sum(open_errnos.values()),
+        copy_s=round(copy_s, 1),
+        settle_s=round(settle_s, 1),
+        lost=N_FILES - len([n for n in blobs if n in accepted]),
+        wrong=len(wrong),
+        duplicated=len(duplicated),
+        left_failed=failed_log,
+        journal_left=len(left),
+    )
+    assert all(
+        len(lines) == 1 and ("http://" in lines[0] or "does not show" in lines[0])
+        for lines in error_lines.values()
+    ), {n: lines for n, lines in error_lines.items() if len(lines) != 1}
     assert wrong == []
     assert duplicated == {}
     assert set(accepted) >= set(blobs)

@@ -4,6 +4,7 @@ the right MD5, exactly once.
 
 Size: ``XNATFS_RELIABILITY_BIG_MIB`` (default 64 for CI; the issue's figure is 200).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,14 @@ import subprocess
 import time
 
 from tests.conftest import Mount, needs_fuse
-from tests.reliability.conftest import (FILES, env_float, md5, mount_stats, server_listing,
-                                        successful_puts, wait_for)
+from tests.reliability.conftest import (
+    FILES,
+    env_float,
+    mount_stats,
+    server_listing,
+    successful_puts,
+    wait_for,
+)
 
 pytestmark = [needs_fuse]
 
@@ -50,8 +57,9 @@ def test_kill_9_during_a_big_upload_resumes_after_remount(make_emulator, tmp_pat
         mark = emu.mark()
         # the server holds each request a moment, so the PUT is surely under way at the kill
         emu.faults.latency_ms = 1000
-        cp = subprocess.Popen(["cp", str(src), str(m.path / FILES / "big.bin")],
-                              stderr=subprocess.DEVNULL)
+        cp = subprocess.Popen(
+            ["cp", str(src), str(m.path / FILES / "big.bin")], stderr=subprocess.DEVNULL
+        )
         wait_for(lambda: _uploading(journal), 120, "the upload to start", interval=0.01)
         os.kill(m.proc.pid, signal.SIGKILL)
         m.proc.wait(timeout=10)
@@ -63,9 +71,14 @@ def test_kill_9_during_a_big_upload_resumes_after_remount(make_emulator, tmp_pat
         m.cleanup()
 
         m2 = Mount(emu.url, tmp_path / "mnt", cache, tmp_path / "m2.log", []).start()
-        wait_for(lambda: (server_listing(emu.url) or {}).get("big.bin") == want
-                 and not (mount_stats(m2.path) or {}).get("uploads", True), 180,
-                 "the resumed upload")
+        wait_for(
+            lambda: (
+                (server_listing(emu.url) or {}).get("big.bin") == want
+                and not (mount_stats(m2.path) or {}).get("uploads", True)
+            ),
+            180,
+            "the resumed upload",
+        )
         resume_s = time.monotonic() - killed_at
         accepted = successful_puts(emu.since(mark)).get("big.bin", 0)
         with open(m2.path / FILES / "big.bin", "rb") as fh:
@@ -73,10 +86,16 @@ def test_kill_9_during_a_big_upload_resumes_after_remount(make_emulator, tmp_pat
             while chunk := fh.read(1 << 20):
                 got.update(chunk)
         left = sorted(os.listdir(journal))
-        record(mib=mib, kills=1, accepted_puts=accepted, resume_s=round(resume_s, 1),
-               lost=0 if accepted else 1, journal_left=len(left),
-               read_back_ok=got.hexdigest() == want[1])
-        assert accepted == 1          # sent whole once after the restart, never twice
+        record(
+            mib=mib,
+            kills=1,
+            accepted_puts=accepted,
+            resume_s=round(resume_s, 1),
+            lost=0 if accepted else 1,
+            journal_left=len(left),
+            read_back_ok=got.hexdigest() == want[1],
+        )
+        assert accepted == 1  # sent whole once after the restart, never twice
         assert got.hexdigest() == want[1]
         assert left == []
         m2.umount()

@@ -2,6 +2,7 @@
 closed twice): not one wrong byte anywhere -- in what ``read`` returns, on the server, in the
 journal -- and no EBADF. A read or a close may fail (an errno); it may never lie.
 """
+
 from __future__ import annotations
 
 import errno
@@ -13,8 +14,17 @@ import time
 from collections import Counter
 
 from tests.conftest import needs_fuse
-from tests.reliability.conftest import (FILES, PROJECT, md5, mixed_sizes, mount_stats, put_file,
-                                        server_bytes, server_listing, wait_for)
+from tests.reliability.conftest import (
+    FILES,
+    PROJECT,
+    md5,
+    mixed_sizes,
+    mount_stats,
+    put_file,
+    server_bytes,
+    server_listing,
+    wait_for,
+)
 
 pytestmark = [needs_fuse]
 
@@ -73,15 +83,20 @@ print(json.dumps({"results": results, "open_retries": opens}))
 
 
 def run_tasks(tasks, threads=8, timeout=600):
-    res = subprocess.run([sys.executable, "-c", _WORKER],
-                         input=json.dumps({"threads": threads, "tasks": tasks}),
-                         capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, "-c", _WORKER],
+        input=json.dumps({"threads": threads, "tasks": tasks}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
 
-def test_cold_reads_and_uploads_under_500s_never_a_wrong_byte(make_emulator, make_mount,
-                                                              tmp_path, record):
+def test_cold_reads_and_uploads_under_500s_never_a_wrong_byte(
+    make_emulator, make_mount, tmp_path, record
+):
     emu = make_emulator()
     remote = {}
     for i, size in enumerate(mixed_sizes(N, 1 << 10, 3 << 20, seed=51)):
@@ -121,23 +136,35 @@ def test_cold_reads_and_uploads_under_500s_never_a_wrong_byte(make_emulator, mak
             continue  # uploaded and removed meanwhile
         journal_checked += 1
         name = entry["path"].rsplit("/", 1)[-1]
-        if (len(data) != entry["size"] or (entry["md5"] and entry["md5"] != md5(data))
-                or data != local.get(name)):
+        if (
+            len(data) != entry["size"]
+            or (entry["md5"] and entry["md5"] != md5(data))
+            or data != local.get(name)
+        ):
             journal_wrong += 1
     emu.faults.error_rate = 0.0
 
     outcomes = Counter(r[1] for r in results)
     errnos = Counter(r[2] for r in results if r[1] != "ok")
-    read_wrong = [r[0] for r in results if r[1] == "ok" and os.path.basename(r[0]) in remote
-                  and [r[2], r[3]] != [md5(remote[os.path.basename(r[0])]),
-                                       len(remote[os.path.basename(r[0])])]]
+    read_wrong = [
+        r[0]
+        for r in results
+        if r[1] == "ok"
+        and os.path.basename(r[0]) in remote
+        and [r[2], r[3]]
+        != [md5(remote[os.path.basename(r[0])]), len(remote[os.path.basename(r[0])])]
+    ]
     reads_ok = sum(1 for r in results if r[1] == "ok" and os.path.basename(r[0]) in remote)
 
     def settled():
         listing = server_listing(emu.url)
         stats = mount_stats(m.path)
-        return (listing is not None and stats is not None and not stats.get("uploads")
-                and all(listing.get(n) == (len(d), md5(d)) for n, d in local.items()))
+        return (
+            listing is not None
+            and stats is not None
+            and not stats.get("uploads")
+            and all(listing.get(n) == (len(d), md5(d)) for n, d in local.items())
+        )
 
     started = time.monotonic()
     try:
@@ -148,24 +175,42 @@ def test_cold_reads_and_uploads_under_500s_never_a_wrong_byte(make_emulator, mak
     settle_s = time.monotonic() - started
     listing = server_listing(emu.url) or {}
     missing = [n for n in local if n not in listing]
-    server_wrong = [n for n, d in local.items() if n in listing
-                    and server_bytes(emu.url, n) != d]
+    server_wrong = [n for n, d in local.items() if n in listing and server_bytes(emu.url, n) != d]
     # and every file read again (from the cache where one was kept) is right
     again = run_tasks([["read", str(m.path / READS / n)] for n in remote])["results"]
-    reread_wrong = [r[0] for r in again
-                    if [r[1], r[2], r[3]] != ["ok", md5(remote[os.path.basename(r[0])]),
-                                              len(remote[os.path.basename(r[0])])]]
+    reread_wrong = [
+        r[0]
+        for r in again
+        if [r[1], r[2], r[3]]
+        != ["ok", md5(remote[os.path.basename(r[0])]), len(remote[os.path.basename(r[0])])]
+    ]
     log = m.log_text()
-    ebadf = (errnos.get(errno.EBADF, 0) + run["open_retries"].count(errno.EBADF)
-             + log.count("Bad file descriptor"))
-    record(threads=8, cold_reads=N, uploads=N, error_rate=0.25, error_status=500,
-           reads_ok=reads_ok, open_retries=len(run["open_retries"]), outcomes=dict(outcomes),
-           errnos={errno.errorcode.get(k, str(k)): v for k, v in errnos.items()},
-           read_wrong=len(read_wrong), server_wrong=len(server_wrong),
-           journal_checked=journal_checked, journal_wrong=journal_wrong,
-           reread_wrong=len(reread_wrong), ebadf=ebadf, load_s=round(load_s, 1),
-           settle_s=round(settle_s, 1), missing_on_server=len(missing),
-           left_in_journal=len((mount_stats(m.path) or {}).get("uploads") or []))
+    ebadf = (
+        errnos.get(errno.EBADF, 0)
+        + run["open_retries"].count(errno.EBADF)
+        + log.count("Bad file descriptor")
+    )
+    record(
+        threads=8,
+        cold_reads=N,
+        uploads=N,
+        error_rate=0.25,
+        error_status=500,
+        reads_ok=reads_ok,
+        open_retries=len(run["open_retries"]),
+        outcomes=dict(outcomes),
+        errnos={errno.errorcode.get(k, str(k)): v for k, v in errnos.items()},
+        read_wrong=len(read_wrong),
+        server_wrong=len(server_wrong),
+        journal_checked=journal_checked,
+        journal_wrong=journal_wrong,
+        reread_wrong=len(reread_wrong),
+        ebadf=ebadf,
+        load_s=round(load_s, 1),
+        settle_s=round(settle_s, 1),
+        missing_on_server=len(missing),
+        left_in_journal=len((mount_stats(m.path) or {}).get("uploads") or []),
+    )
     assert settle_error == ""
     assert missing == []
     assert read_wrong == []

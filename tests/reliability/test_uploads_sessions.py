@@ -5,6 +5,7 @@ The emulator ends every session ``session_lifetime`` seconds after its login how
 (a real XNAT's sessions end on restarts, node changes, admin action). Length of the loop:
 ``XNATFS_RELIABILITY_SECONDS`` (default 20 for CI; the issue's figure is 300).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,17 @@ import sys
 import pytest
 
 from tests.conftest import needs_fuse
-from tests.reliability.conftest import (FILES, PROJECT, env_float, md5, mount_stats, put_file,
-                                        server_bytes, server_listing, wait_for)
+from tests.reliability.conftest import (
+    FILES,
+    PROJECT,
+    env_float,
+    md5,
+    mount_stats,
+    put_file,
+    server_bytes,
+    server_listing,
+    wait_for,
+)
 
 SECONDS = env_float("XNATFS_RELIABILITY_SECONDS", 20)
 #: the suite's per-test timeout (pyproject) would cut a long run short
@@ -60,7 +70,8 @@ print(json.dumps(out))
 
 
 def test_sessions_expiring_every_few_seconds_cause_no_user_visible_failure(
-        make_emulator, make_mount, record):
+    make_emulator, make_mount, record
+):
     seconds = SECONDS
     emu = make_emulator(session_lifetime=LIFETIME)
     cold = []
@@ -71,26 +82,51 @@ def test_sessions_expiring_every_few_seconds_cause_no_user_visible_failure(
         cold.append([name, md5(data)])
     m = make_mount(emu.url, "--timeout", "20")
     mark = emu.mark()
-    res = subprocess.run([sys.executable, "-c", _LOOP], input=json.dumps({
-        "seconds": seconds, "cold": cold, "cold_dir": str(m.path / COLD),
-        "write_dir": str(m.path / FILES)}), capture_output=True, text=True,
-        timeout=seconds + 120)
+    res = subprocess.run(
+        [sys.executable, "-c", _LOOP],
+        input=json.dumps(
+            {
+                "seconds": seconds,
+                "cold": cold,
+                "cold_dir": str(m.path / COLD),
+                "write_dir": str(m.path / FILES),
+            }
+        ),
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     records = emu.since(mark)
     unauthorized = sum(1 for r in records if r[2] == 401)
-    logins = sum(1 for r in records if r[0] in ("PUT", "POST") and r[1].split("?")[0].endswith(
-        ("/data/services/auth", "/data/JSESSION")))
-    wait_for(lambda: not (mount_stats(m.path) or {}).get("uploads", True), 60,
-             "the uploads to settle")
+    logins = sum(
+        1
+        for r in records
+        if r[0] in ("PUT", "POST")
+        and r[1].split("?")[0].endswith(("/data/services/auth", "/data/JSESSION"))
+    )
+    wait_for(
+        lambda: not (mount_stats(m.path) or {}).get("uploads", True), 60, "the uploads to settle"
+    )
     listing = server_listing(emu.url) or {}
     missing = [n for n in out["written"] if n not in listing]
-    wrong_on_server = [n for n, h in out["written"].items()
-                       if n in listing and md5(server_bytes(emu.url, n)) != h]
-    record(seconds=seconds, session_lifetime_s=LIFETIME, reads=out["reads"],
-           lists=out["lists"], writes=out["writes"], answers_401=unauthorized,
-           logins=logins, user_failures=len(out["failures"]), wrong_reads=len(out["wrong"]),
-           missing_on_server=len(missing), wrong_on_server=len(wrong_on_server))
+    wrong_on_server = [
+        n for n, h in out["written"].items() if n in listing and md5(server_bytes(emu.url, n)) != h
+    ]
+    record(
+        seconds=seconds,
+        session_lifetime_s=LIFETIME,
+        reads=out["reads"],
+        lists=out["lists"],
+        writes=out["writes"],
+        answers_401=unauthorized,
+        logins=logins,
+        user_failures=len(out["failures"]),
+        wrong_reads=len(out["wrong"]),
+        missing_on_server=len(missing),
+        wrong_on_server=len(wrong_on_server),
+    )
     assert out["failures"] == []
     assert out["wrong"] == []
     assert missing == [] and wrong_on_server == []

@@ -1,6 +1,7 @@
 """The hostile-server fixtures (issue 17): ``hostile`` (mode switch: ``hostile.mode = "..."``,
 see ``hostile.MODES``) and ``evil`` (another host that must never be asked anything), plus
 daemon measurements shared by the security tests."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,10 +38,29 @@ def self_signed(tmp_path) -> "tuple[str, str]":
     if not shutil.which("openssl"):
         pytest.skip("openssl is needed to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return str(cert), str(key)
 
 
@@ -56,4 +76,3 @@ def daemon_pid(mount) -> int:
     """The process serving the mount (``--foreground``: the one the test started)."""
     assert mount.proc is not None and mount.proc.poll() is None
     return mount.proc.pid
-

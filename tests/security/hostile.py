@@ -38,6 +38,7 @@ Modes (``MODES``):
                        body had all been read)
 =====================  ==========================================================================
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,10 +57,28 @@ GOOD_BYTES = b"good file\n"  # 10 bytes
 #: what ``big.bin`` should hold in the ``file_*`` modes that list its MD5 (1,000 bytes)
 BIG_BYTES = b"b" * 1000
 
-MODES = ("ok", "slow_login", "slow_listing", "slow_files", "gzip_bomb", "huge_listing",
-         "many_rows", "listing_500", "names", "sizes", "uris", "redirect", "file_endless",
-         "file_longer", "file_gzip_bomb", "file_gzip", "file_slow", "file_bad_digest",
-         "slow_upload", "slow_upload_answer")
+MODES = (
+    "ok",
+    "slow_login",
+    "slow_listing",
+    "slow_files",
+    "gzip_bomb",
+    "huge_listing",
+    "many_rows",
+    "listing_500",
+    "names",
+    "sizes",
+    "uris",
+    "redirect",
+    "file_endless",
+    "file_longer",
+    "file_gzip_bomb",
+    "file_gzip",
+    "file_slow",
+    "file_bad_digest",
+    "slow_upload",
+    "slow_upload_answer",
+)
 
 _BOMB: Dict[str, bytes] = {}
 _BOMB_LOCK = threading.Lock()
@@ -89,8 +108,13 @@ class Request:
 def _many_rows(n: int = 3_000_000) -> bytes:
     """A valid listing of ``n`` minimal rows: small in bytes, huge as Python objects."""
     if "many" not in _BOMB:
-        _BOMB["many"] = (b'{"ResultSet":{"Result":[' + b",".join([b'{"ID":"x"}'] * n)
-                         + b'],"totalRecords":"' + str(n).encode() + b'"}}')
+        _BOMB["many"] = (
+            b'{"ResultSet":{"Result":['
+            + b",".join([b'{"ID":"x"}'] * n)
+            + b'],"totalRecords":"'
+            + str(n).encode()
+            + b'"}}'
+        )
     return _BOMB["many"]
 
 
@@ -98,12 +122,19 @@ def _rows(rows: List[Dict[str, Any]]) -> bytes:
     return json.dumps({"ResultSet": {"Result": rows, "totalRecords": str(len(rows))}}).encode()
 
 
-def _file_row(name: str, size: Any, uri: Optional[str] = None,
-              digest: str = "") -> Dict[str, Any]:
+def _file_row(name: str, size: Any, uri: Optional[str] = None, digest: str = "") -> Dict[str, Any]:
     base = f"/data/projects/{PROJECT}/resources/1/files/"
-    return {"Name": name, "Size": str(size), "URI": uri if uri is not None else base + name,
-            "collection": "R", "digest": digest, "file_tags": "", "file_format": "",
-            "file_content": "", "cat_ID": "1"}
+    return {
+        "Name": name,
+        "Size": str(size),
+        "URI": uri if uri is not None else base + name,
+        "collection": "R",
+        "digest": digest,
+        "file_tags": "",
+        "file_format": "",
+        "file_content": "",
+        "cat_ID": "1",
+    }
 
 
 @dataclass
@@ -141,8 +172,7 @@ class HostileServer:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "HostileServer":
-        self._server = wsgi.Server((self.host, 0), self._app, numthreads=16,
-                                   server_name="hostile")
+        self._server = wsgi.Server((self.host, 0), self._app, numthreads=16, server_name="hostile")
         if self.tls is not None:
             from cheroot.ssl.builtin import BuiltinSSLAdapter
 
@@ -153,8 +183,9 @@ class HostileServer:
         self._server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
         port = self._server.bind_addr[1]
         self.url = f"{'https' if self.tls else 'http'}://{self.host}:{port}"
-        self._thread = threading.Thread(target=self._server.serve, daemon=True,
-                                        name="hostile-server")
+        self._thread = threading.Thread(
+            target=self._server.serve, daemon=True, name="hostile-server"
+        )
         self._thread.start()
         return self
 
@@ -179,7 +210,7 @@ class HostileServer:
         JSON allows trailing spaces, so only the deadline can end it)."""
         i = 0
         while not self._stop.is_set():
-            yield body[i:i + 1] if i < len(body) else b" "
+            yield body[i : i + 1] if i < len(body) else b" "
             i += 1
             self._stop.wait(self.trickle)
 
@@ -208,7 +239,7 @@ class HostileServer:
         block = b" " * (1 << 20)
         sent = 0
         while sent < n and not self._stop.is_set():
-            part = block[:min(len(block), n - sent)]
+            part = block[: min(len(block), n - sent)]
             sent += len(part)
             yield part
 
@@ -224,8 +255,13 @@ class HostileServer:
             n = self._count[f"{method} {path}"]
         mode = self.mode
 
-        def send(status: str, body: Any, ctype: str = "application/json",
-                 headers: Tuple[Tuple[str, str], ...] = (), length: Optional[int] = None):
+        def send(
+            status: str,
+            body: Any,
+            ctype: str = "application/json",
+            headers: Tuple[Tuple[str, str], ...] = (),
+            length: Optional[int] = None,
+        ):
             hdrs = [("Content-Type", ctype)] + list(headers)
             if isinstance(body, bytes):
                 hdrs.append(("Content-Length", str(len(body) if length is None else length)))
@@ -238,18 +274,35 @@ class HostileServer:
 
         if path == "/data/services/auth" and method == "PUT":
             if mode == "slow_login":
-                return send("200 OK", self._trickle(SESSION.encode()), "text/plain",
-                            (("Set-Cookie", f"JSESSIONID={SESSION}; Path=/; HttpOnly"),))
-            return send("200 OK", SESSION.encode(), "text/plain",
-                        (("Set-Cookie", f"JSESSIONID={SESSION}; Path=/; HttpOnly"),))
+                return send(
+                    "200 OK",
+                    self._trickle(SESSION.encode()),
+                    "text/plain",
+                    (("Set-Cookie", f"JSESSIONID={SESSION}; Path=/; HttpOnly"),),
+                )
+            return send(
+                "200 OK",
+                SESSION.encode(),
+                "text/plain",
+                (("Set-Cookie", f"JSESSIONID={SESSION}; Path=/; HttpOnly"),),
+            )
         if path == "/data/JSESSION":
             return send("200 OK", SESSION.encode(), "text/plain")
         if not cookie:
             return send("401 Unauthorized", b"login first", "text/plain")
 
         if path == "/data/projects":
-            rows = _rows([{"ID": PROJECT, "name": "hostile", "secondary_ID": PROJECT,
-                           "description": "", "URI": f"/data/projects/{PROJECT}"}])
+            rows = _rows(
+                [
+                    {
+                        "ID": PROJECT,
+                        "name": "hostile",
+                        "secondary_ID": PROJECT,
+                        "description": "",
+                        "URI": f"/data/projects/{PROJECT}",
+                    }
+                ]
+            )
             if mode == "slow_listing":
                 return send("200 OK", self._trickle(rows))
             if mode == "gzip_bomb":
@@ -259,32 +312,57 @@ class HostileServer:
             if mode == "huge_listing":
                 return send("200 OK", self._huge(self.huge_bytes), length=self.huge_bytes)
             if mode == "listing_500" and n <= self.fail_first:
-                return send("500 Internal Server Error", b"<html><body><h3>Internal Server "
-                            b"Error</h3></body></html>", "text/html")
+                return send(
+                    "500 Internal Server Error",
+                    b"<html><body><h3>Internal Server Error</h3></body></html>",
+                    "text/html",
+                )
             if mode == "redirect":
-                return send("302 Found", b"", "text/plain",
-                            (("Location", self.evil_url + "data/projects"),))
+                return send(
+                    "302 Found", b"", "text/plain", (("Location", self.evil_url + "data/projects"),)
+                )
             return send("200 OK", rows)
 
         if path == f"/data/projects/{PROJECT}/subjects":
             rows = []
             if mode == "names":
                 for i, label in enumerate((".", "..", "a/b", "new\nline", "plain")):
-                    rows.append({"ID": f"HS{i}", "label": label, "project": PROJECT,
-                                 "URI": f"/data/subjects/HS{i}"})
+                    rows.append(
+                        {
+                            "ID": f"HS{i}",
+                            "label": label,
+                            "project": PROJECT,
+                            "URI": f"/data/subjects/HS{i}",
+                        }
+                    )
             return send("200 OK", _rows(rows))
-        if path.startswith(f"/data/projects/{PROJECT}/subjects/") and path.endswith(
-                "/experiments"):
+        if path.startswith(f"/data/projects/{PROJECT}/subjects/") and path.endswith("/experiments"):
             return send("200 OK", _rows([]))
 
         if path == f"/data/projects/{PROJECT}/resources":
-            return send("200 OK", _rows([{"xnat_abstractresource_id": "1", "label": "R",
-                                          "format": "", "content": "", "tags": "",
-                                          "file_count": "", "file_size": ""}]))
+            return send(
+                "200 OK",
+                _rows(
+                    [
+                        {
+                            "xnat_abstractresource_id": "1",
+                            "label": "R",
+                            "format": "",
+                            "content": "",
+                            "tags": "",
+                            "file_count": "",
+                            "file_size": "",
+                        }
+                    ]
+                ),
+            )
 
         files_base = f"/data/projects/{PROJECT}/resources/1/files"
-        if method == "PUT" and path.startswith(files_base + "/") and mode in (
-                "slow_upload", "slow_upload_answer"):
+        if (
+            method == "PUT"
+            and path.startswith(files_base + "/")
+            and mode in ("slow_upload", "slow_upload_answer")
+        ):
             self._read_slowly(environ)
             if mode == "slow_upload_answer":
                 return send("200 OK", self._trickle(b""), "text/plain")
@@ -295,47 +373,68 @@ class HostileServer:
                 return send("200 OK", self._trickle(body))
             return send("200 OK", body)
         if path.startswith(files_base + "/"):
-            name = path[len(files_base) + 1:]
+            name = path[len(files_base) + 1 :]
             if name == "big.bin":
                 if mode == "file_endless":
                     return send("200 OK", self._endless(), "application/octet-stream")
                 if mode == "file_longer":
                     return send("200 OK", b"y" * 5000, "application/octet-stream")
                 if mode == "file_gzip_bomb":
-                    return send("200 OK", gzip_bomb(), "application/octet-stream",
-                                (("Content-Encoding", "gzip"),))
+                    return send(
+                        "200 OK",
+                        gzip_bomb(),
+                        "application/octet-stream",
+                        (("Content-Encoding", "gzip"),),
+                    )
                 if mode == "file_gzip":
-                    return send("200 OK", zlib.compress(BIG_BYTES, wbits=16 + zlib.MAX_WBITS),
-                                "application/octet-stream", (("Content-Encoding", "gzip"),))
+                    return send(
+                        "200 OK",
+                        zlib.compress(BIG_BYTES, wbits=16 + zlib.MAX_WBITS),
+                        "application/octet-stream",
+                        (("Content-Encoding", "gzip"),),
+                    )
                 if mode == "file_slow":
-                    return send("200 OK", self._trickle(BIG_BYTES), "application/octet-stream",
-                                length=len(BIG_BYTES))
+                    return send(
+                        "200 OK",
+                        self._trickle(BIG_BYTES),
+                        "application/octet-stream",
+                        length=len(BIG_BYTES),
+                    )
                 if mode == "file_bad_digest":
                     return send("200 OK", b"c" * len(BIG_BYTES), "application/octet-stream")
             return send("200 OK", GOOD_BYTES, "application/octet-stream")
-        return send("404 Not Found", b"<html><body><h3>Not Found</h3></body></html>",
-                    "text/html")
+        return send("404 Not Found", b"<html><body><h3>Not Found</h3></body></html>", "text/html")
 
     def _file_rows(self, mode: str) -> List[Dict[str, Any]]:
         if mode == "sizes":
-            return [_file_row("neg.bin", -5), _file_row("huge.bin", 10 ** 23),
-                    _file_row("nan.bin", "abc"), _file_row("over.bin", 2 ** 63),
-                    _file_row("good.txt", len(GOOD_BYTES))]
+            return [
+                _file_row("neg.bin", -5),
+                _file_row("huge.bin", 10**23),
+                _file_row("nan.bin", "abc"),
+                _file_row("over.bin", 2**63),
+                _file_row("good.txt", len(GOOD_BYTES)),
+            ]
         if mode == "names":
-            return [_file_row("..", len(GOOD_BYTES)),
-                    _file_row("evil\nname.txt", -5),
-                    _file_row("good.txt", len(GOOD_BYTES))]
+            return [
+                _file_row("..", len(GOOD_BYTES)),
+                _file_row("evil\nname.txt", -5),
+                _file_row("good.txt", len(GOOD_BYTES)),
+            ]
         if mode == "uris":
-            return [_file_row("passwd", 10, "/data/../../../etc/passwd"),
-                    _file_row("net.bin", 10, "//evil/data/projects/H/resources/1/files/net.bin"),
-                    _file_row("abs.bin", 10, self.evil_url + "data/projects/H/resources/1/"
-                              "files/abs.bin"),
-                    _file_row("root.bin", 10, "/etc/xnat/files/root.bin"),
-                    _file_row("good.txt", len(GOOD_BYTES))]
+            return [
+                _file_row("passwd", 10, "/data/../../../etc/passwd"),
+                _file_row("net.bin", 10, "//evil/data/projects/H/resources/1/files/net.bin"),
+                _file_row(
+                    "abs.bin", 10, self.evil_url + "data/projects/H/resources/1/files/abs.bin"
+                ),
+                _file_row("root.bin", 10, "/etc/xnat/files/root.bin"),
+                _file_row("good.txt", len(GOOD_BYTES)),
+            ]
         if mode == "file_bad_digest":
-            return [_file_row("big.bin", len(BIG_BYTES),
-                              digest=hashlib.md5(BIG_BYTES).hexdigest()),
-                    _file_row("good.txt", len(GOOD_BYTES))]
+            return [
+                _file_row("big.bin", len(BIG_BYTES), digest=hashlib.md5(BIG_BYTES).hexdigest()),
+                _file_row("good.txt", len(GOOD_BYTES)),
+            ]
         if mode.startswith("file_"):
             return [_file_row("big.bin", 1000), _file_row("good.txt", len(GOOD_BYTES))]
         return [_file_row(f"f{i}.txt", len(GOOD_BYTES)) for i in range(3)]
@@ -346,14 +445,23 @@ def gunzip_size(blob: bytes) -> int:
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     n = 0
     for i in range(0, len(blob), 1 << 16):
-        n += len(d.decompress(blob[i:i + (1 << 16)], 1 << 24))
+        n += len(d.decompress(blob[i : i + (1 << 16)], 1 << 24))
         while d.unconsumed_tail:
             n += len(d.decompress(d.unconsumed_tail, 1 << 24))
     return n
 
 
-__all__ = ["HostileServer", "MODES", "SESSION", "PROJECT", "GOOD_BYTES", "BIG_BYTES", "gzip_bomb",
-           "gunzip_size", "Request"]
+__all__ = [
+    "HostileServer",
+    "MODES",
+    "SESSION",
+    "PROJECT",
+    "GOOD_BYTES",
+    "BIG_BYTES",
+    "gzip_bomb",
+    "gunzip_size",
+    "Request",
+]
 
 
 class TrickledHeadersServer:
@@ -400,7 +508,7 @@ class TrickledHeadersServer:
             for i in range(len(head)):
                 if self._stop.wait(self.trickle if i else 0):
                     break
-                conn.sendall(head[i:i + 1])
+                conn.sendall(head[i : i + 1])
         except OSError:
             pass  # the client gave up: what the test wants
         finally:

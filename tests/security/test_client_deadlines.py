@@ -1,6 +1,7 @@
 """The REST client against the hostile server, without FUSE (issue 17 §1, §4, §8): every call
 ends by its whole-response deadline (login included, and the wait of callers queued behind a
 login), bodies are capped, and a path that leaves ``/data/`` is never sent."""
+
 from __future__ import annotations
 
 import threading
@@ -8,11 +9,11 @@ import time
 
 import pytest
 
+from tests.security.hostile import gzip_bomb
 from xnatfs import deadline
 from xnatfs.xnat import errors
 from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.client import ClientOptions, XnatClient
-from tests.security.hostile import gzip_bomb
 
 CREDS = Credentials("admin", "pw", source="test")
 DEADLINE = 2.0
@@ -20,8 +21,7 @@ SLACK = 1.5  # generous: thread start and a loaded CI machine, not a timing meas
 
 
 def client(url: str, **kw) -> XnatClient:
-    opts = dict(deadline=DEADLINE, read_timeout=30.0, heartbeat=False, retries=1,
-                backoff_base=0.05)
+    opts = dict(deadline=DEADLINE, read_timeout=30.0, heartbeat=False, retries=1, backoff_base=0.05)
     opts.update(kw)
     return XnatClient(url, CREDS, ClientOptions(**opts))
 
@@ -79,11 +79,17 @@ def test_a_gzip_bomb_document_is_refused_at_the_cap(hostile):
         assert time.monotonic() - t0 < DEADLINE + SLACK
 
 
-@pytest.mark.parametrize("uri", [
-    "/data/../../../etc/passwd", "/data/projects/H/resources/1/files/%2e%2e/%2E%2E/x",
-    "//evil.example/data/x", "http://evil.example/data/x", "/etc/passwd",
-    "/data/projects/H/resources/1/files/..%2F..%2Fx",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "/data/../../../etc/passwd",
+        "/data/projects/H/resources/1/files/%2e%2e/%2E%2E/x",
+        "//evil.example/data/x",
+        "http://evil.example/data/x",
+        "/etc/passwd",
+        "/data/projects/H/resources/1/files/..%2F..%2Fx",
+    ],
+)
 def test_a_path_leaving_data_is_refused_before_any_request(hostile, uri):
     with client(hostile.url) as c:
         before = len(hostile.paths())
@@ -157,8 +163,7 @@ def test_an_upload_slower_than_the_deadline_succeeds(hostile):
     assert hostile.body_done - t0 > UPLOAD_DEADLINE
 
 
-def test_a_trickled_answer_after_a_slow_upload_ends_at_its_last_byte_plus_the_deadline(
-        hostile):
+def test_a_trickled_answer_after_a_slow_upload_ends_at_its_last_byte_plus_the_deadline(hostile):
     """The moved deadline still bounds the answer: XNAT's answer trickling for ever after
     the body ends at the body's end + the deadline, not per read (``read_timeout`` 30 s)."""
     import io
@@ -167,11 +172,11 @@ def test_a_trickled_answer_after_a_slow_upload_ends_at_its_last_byte_plus_the_de
     with client(hostile.url, deadline=UPLOAD_DEADLINE) as c:
         hostile.mode = "slow_upload_answer"
         with pytest.raises(errors.XnatTimeout):
-            c.upload_file("/data/projects/H/resources/1", "slow.bin", io.BytesIO(data),
-                          len(data))
+            c.upload_file("/data/projects/H/resources/1", "slow.bin", io.BytesIO(data), len(data))
         ended = time.monotonic()
-    assert hostile.body_done is not None and hostile.body_bytes == len(data), \
+    assert hostile.body_done is not None and hostile.body_bytes == len(data), (
         "the upload was cut before its body was sent"
+    )
     assert ended - hostile.body_done < UPLOAD_DEADLINE + SLACK
 
 
@@ -208,8 +213,10 @@ def test_close_ends_a_download_whose_body_trickles(hostile):
     t = threading.Thread(target=download, daemon=True)
     t.start()
     end = time.monotonic() + 10
-    while "/data/projects/H/resources/1/files/big.bin" not in hostile.paths() \
-            and time.monotonic() < end:
+    while (
+        "/data/projects/H/resources/1/files/big.bin" not in hostile.paths()
+        and time.monotonic() < end
+    ):
         time.sleep(0.01)
     c.close()
     t.join(DEADLINE + SLACK)

@@ -4,6 +4,7 @@ for its errno, its one log line, its time (no call past ``--timeout``) and the d
 ``T`` is the mount's ``--timeout``; every call must end within it plus ``SLACK`` (process start
 and scheduling on a loaded 2-core CI machine), a generous bound and not a timing measurement.
 """
+
 from __future__ import annotations
 
 import errno
@@ -33,8 +34,7 @@ def error_lines(mount, needle: str) -> list:
     return [ln for ln in mount.log_text().splitlines() if needle in ln and " ERROR " in ln]
 
 
-def test_a_trickled_listing_ends_within_the_timeout_and_stats_still_answers(
-        hostile, make_mount):
+def test_a_trickled_listing_ends_within_the_timeout_and_stats_still_answers(hostile, make_mount):
     """Issue 17 §1: a listing body sent one byte at a time kept ``ls`` in D state for 11.8
     minutes and ``stat .xnatfs/stats`` blocked behind it."""
     m = make_mount(hostile.url, *ARGS)
@@ -84,22 +84,24 @@ def refused_root_listing(hostile, make_mount, mode: str, what: str) -> list:
 def test_a_gzip_bomb_listing_is_refused_within_bounded_memory(hostile, make_mount):
     """Issue 17 §4: ~1 MiB of gzip inflating to 1 GiB took the daemon to 3.4 GB."""
     assert len(gzip_bomb()) < 2 << 20  # made before the mount: it takes seconds
-    lines = refused_root_listing(hostile, make_mount, "gzip_bomb",
-                                 "gzip bomb listing (1 MiB -> 1 GiB), ls")
+    lines = refused_root_listing(
+        hostile, make_mount, "gzip_bomb", "gzip bomb listing (1 MiB -> 1 GiB), ls"
+    )
     assert len(lines) == 1 and "larger than" in lines[0], lines
 
 
 def test_a_huge_plain_listing_is_refused_within_bounded_memory(hostile, make_mount):
-    lines = refused_root_listing(hostile, make_mount, "huge_listing",
-                                 "256 MiB identity listing, ls")
+    lines = refused_root_listing(
+        hostile, make_mount, "huge_listing", "256 MiB identity listing, ls"
+    )
     assert len(lines) == 1, lines
 
 
-def test_a_listing_of_millions_of_tiny_rows_is_refused_within_bounded_memory(hostile,
-                                                                            make_mount):
+def test_a_listing_of_millions_of_tiny_rows_is_refused_within_bounded_memory(hostile, make_mount):
     """Under the byte cap, 3,000,000 rows of ``{"ID":"x"}`` would still parse into ~1 GB."""
-    lines = refused_root_listing(hostile, make_mount, "many_rows",
-                                 "3,000,000 tiny rows (33 MB), ls")
+    lines = refused_root_listing(
+        hostile, make_mount, "many_rows", "3,000,000 tiny rows (33 MB), ls"
+    )
     assert len(lines) == 1 and "JSON objects" in lines[0], lines
 
 
@@ -128,8 +130,7 @@ def test_a_listed_size_outside_0_to_2_63_is_eio_with_one_log_line(hostile, make_
     assert not any(".bin" in p for p in hostile.paths()), "a refused file was fetched"
 
 
-def test_dot_names_are_escaped_and_control_characters_do_not_split_log_lines(
-        hostile, make_mount):
+def test_dot_names_are_escaped_and_control_characters_do_not_split_log_lines(hostile, make_mount):
     """Issue 17 §8: subjects named '.'/'..' showed as duplicate '.'/'..' entries; a newline in
     a name split its log line."""
     m = make_mount(hostile.url, *ARGS)
@@ -139,8 +140,11 @@ def test_dot_names_are_escaped_and_control_characters_do_not_split_log_lines(
     assert subjects["names"] == sorted(["%2E", "%2E%2E", "a%2Fb", "new\nline", "plain"])
     import subprocess
 
-    out = subprocess.run(["ls", "-a1", "--quoting-style=literal", str(m.path / "H" / "subjects")],
-                         capture_output=True, timeout=30)
+    out = subprocess.run(
+        ["ls", "-a1", "--quoting-style=literal", str(m.path / "H" / "subjects")],
+        capture_output=True,
+        timeout=30,
+    )
     entries = out.stdout.split(b"\n")
     assert entries.count(b".") == 1 and entries.count(b"..") == 1, out.stdout
     assert fs_op("stat", m.path / "H" / "subjects" / "%2E%2E")["errno"] == 0
@@ -150,8 +154,9 @@ def test_dot_names_are_escaped_and_control_characters_do_not_split_log_lines(
     assert bad["errno"] == errno.EIO, bad
     text = m.log_text()
     assert "evil\\nname.txt" in text
-    assert not any(ln.startswith("name.txt") for ln in text.splitlines()), \
+    assert not any(ln.startswith("name.txt") for ln in text.splitlines()), (
         "a name's newline split a log line"
+    )
 
 
 def test_file_uris_leaving_data_are_never_requested(hostile, evil, make_mount):
@@ -166,10 +171,14 @@ def test_file_uris_leaving_data_are_never_requested(hostile, evil, make_mount):
         assert res["seconds"] < T + SLACK, (name, res)
     good = fs_op("read", m.path / FILES / "good.txt")
     assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode()
-    assert [p for p in hostile.paths() if not p.startswith("/data/")
-            or ".." in p or p.startswith("/data/x")] == []
-    assert not any(p.endswith(("/passwd", "/net.bin", "/abs.bin", "/root.bin"))
-                   for p in hostile.paths())
+    assert [
+        p
+        for p in hostile.paths()
+        if not p.startswith("/data/") or ".." in p or p.startswith("/data/x")
+    ] == []
+    assert not any(
+        p.endswith(("/passwd", "/net.bin", "/abs.bin", "/root.bin")) for p in hostile.paths()
+    )
     assert evil.requests == []
 
 
@@ -184,9 +193,9 @@ def test_a_redirect_to_another_host_is_not_followed(hostile, evil, make_mount):
 
 # -- file bodies (the download path: issue 17 §4/§5, fixed on the cache side) -------------------
 
+
 @pytest.mark.parametrize("mode", ["file_endless", "file_longer", "file_gzip_bomb"])
-def test_a_file_body_that_breaks_its_listing_is_an_error_within_bounds(hostile, make_mount,
-                                                                       mode):
+def test_a_file_body_that_breaks_its_listing_is_an_error_within_bounds(hostile, make_mount, mode):
     """A body longer than listed (or endless, or a gzip bomb) is EIO, not a success with the
     wrong bytes, within the timeout and bounded memory; the good file next to it still reads."""
     if mode == "file_gzip_bomb":
@@ -221,8 +230,7 @@ def test_a_gzip_encoded_file_is_eio_with_one_log_line_never_inflated(hostile, ma
     assert good["errno"] == 0 and good["size"] == len(GOOD_BYTES), good
 
 
-def test_a_trickled_file_body_ends_within_the_timeout_and_the_mount_answers(hostile,
-                                                                           make_mount):
+def test_a_trickled_file_body_ends_within_the_timeout_and_the_mount_answers(hostile, make_mount):
     """A file whose bytes come one every 0.5 s (each well inside --read-timeout): ``cat``
     ends within --timeout with an error, and the mount answers meanwhile."""
     m = make_mount(hostile.url, *ARGS)
@@ -230,8 +238,9 @@ def test_a_trickled_file_body_ends_within_the_timeout_and_the_mount_answers(host
     listing = fs_op("listdir", m.path / FILES)
     assert listing["errno"] == 0 and "big.bin" in listing["names"], listing
     result = {}
-    cat = threading.Thread(target=lambda: result.update(
-        fs_op("read", m.path / FILES / "big.bin", timeout=60)))
+    cat = threading.Thread(
+        target=lambda: result.update(fs_op("read", m.path / FILES / "big.bin", timeout=60))
+    )
     cat.start()
     try:
         for _ in range(3):
@@ -251,7 +260,8 @@ def test_a_trickled_file_body_ends_within_the_timeout_and_the_mount_answers(host
 
 
 def test_a_file_with_the_wrong_digest_on_every_try_is_eio_each_time_and_never_cached(
-        hostile, make_mount):
+    hostile, make_mount
+):
     """The listing's MD5 never matches the bytes: every ``cat`` is EIO (never the wrong bytes),
     and nothing is cached (each ``cat`` asks the server again)."""
     m = make_mount(hostile.url, *ARGS)

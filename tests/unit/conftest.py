@@ -1,4 +1,5 @@
 """Fixtures shared by the unit tests."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,5 +19,8 @@ def tiny_fs(tmp_path):
 def env(tmp_path):
     """A clean environment for the settings tests: no XNATFS_* variables from the machine
     running the tests, and HOME/XDG folders of the test's own."""
-    return {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
-            "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return {
+        "HOME": str(tmp_path / "home"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }

@@ -1,6 +1,7 @@
 """The product code stays in reviewable pieces (issue 14): no class in ``xnatfs/`` (emulator
 included) over 600 lines, and no function over 60 lines unless its docstring says why in a line
 of its own kind: "Long because: ..." (or the older "(Over 60 lines: ...)")."""
+
 from __future__ import annotations
 
 import ast
@@ -35,8 +36,10 @@ def offenders(root: Path = PKG) -> List[str]:
                 if length > MAX_CLASS:
                     found.append(f"{rel}:{node.lineno}: class {node.name} has {length} lines")
             elif length > MAX_FUNCTION and not _has_reason(node):
-                found.append(f"{rel}:{node.lineno}: {node.name}() has {length} lines and no "
-                             "'Long because:' line in its docstring")
+                found.append(
+                    f"{rel}:{node.lineno}: {node.name}() has {length} lines and no "
+                    "'Long because:' line in its docstring"
+                )
     return found
 
 
@@ -50,15 +53,20 @@ def test_the_check_sees_a_long_function_and_its_reason(tmp_path: Path) -> None:
     pkg = tmp_path / "xnatfs"
     pkg.mkdir()
     body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION))
-    (pkg / "a.py").write_text(f"def bare():\n{body}\n"
-                              f"def told():\n    \"\"\"Does it.\n\n    Long because: one table."
-                              f"\"\"\"\n{body}\n"
-                              f"def older():\n    \"\"\"Does it.  (Over 60\n    lines: a banner.)"
-                              f"\"\"\"\n{body}\n"
-                              f"def short():\n    return 1\n")
-    (pkg / "b.py").write_text("class Big:\n    \"\"\"Long because: no excuse for classes.\"\"\"\n"
-                              + "".join(f"    y{i} = {i}\n" for i in range(MAX_CLASS)))
+    (pkg / "a.py").write_text(
+        f"def bare():\n{body}\n"
+        f'def told():\n    """Does it.\n\n    Long because: one table.'
+        f'"""\n{body}\n'
+        f'def older():\n    """Does it.  (Over 60\n    lines: a banner.)'
+        f'"""\n{body}\n'
+        f"def short():\n    return 1\n"
+    )
+    (pkg / "b.py").write_text(
+        'class Big:\n    """Long because: no excuse for classes."""\n'
+        + "".join(f"    y{i} = {i}\n" for i in range(MAX_CLASS))
+    )
     assert offenders(pkg) == [
         f"xnatfs/a.py:1: bare() has {MAX_FUNCTION + 1} lines and no 'Long because:' line in "
         "its docstring",
-        f"xnatfs/b.py:1: class Big has {MAX_CLASS + 2} lines"]
+        f"xnatfs/b.py:1: class Big has {MAX_CLASS + 2} lines",
+    ]

@@ -3,6 +3,7 @@
 The sd_notify tests bind a local AF_UNIX datagram socket — the only "socket" in this file; no
 network is involved.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,18 @@ import pytest
 
 from xnatfs import cli, notify
 from xnatfs.config import (
-    KEYS, MASK, SOURCE_CLI, SOURCE_DEFAULT, SOURCE_ENV, SOURCE_FILE, ConfigError, ConfigFile,
-    effective_settings, load_config, normalize_url, render,
+    KEYS,
+    MASK,
+    SOURCE_CLI,
+    SOURCE_DEFAULT,
+    SOURCE_ENV,
+    SOURCE_FILE,
+    ConfigError,
+    ConfigFile,
+    effective_settings,
+    load_config,
+    normalize_url,
+    render,
 )
 
 URL = "https://xnat.example.org"
@@ -59,7 +70,7 @@ def test_default_location_is_xdg_config_home(env):
     write(path, CONFIG)
     cfg = load_config(env=env)
     assert cfg.path == path
-    assert cfg.defaults["cache_size"] == 20 * 1024 ** 3
+    assert cfg.defaults["cache_size"] == 20 * 1024**3
 
 
 def test_xnatfs_config_variable_names_the_file(tmp_path, env):
@@ -85,16 +96,21 @@ def test_server_tables_match_normalized_urls(tmp_path, env):
 # --------------------------------------------------------------------------- precedence
 def test_precedence_command_line_environment_file_default(tmp_path, env):
     cfg = load_config(write(tmp_path / "c.toml", CONFIG), env=env)
-    environ = dict(env, XNATFS_MAX_THREADS="64", XNATFS_LISTING_TTL="5",
-                   XNATFS_UNRELATED="ignored", XNATFS_FUSE="3")
+    environ = dict(
+        env,
+        XNATFS_MAX_THREADS="64",
+        XNATFS_LISTING_TTL="5",
+        XNATFS_UNRELATED="ignored",
+        XNATFS_FUSE="3",
+    )
     s = effective_settings(URL, {"listing-ttl": "7.5", "netrc": None}, environ, cfg)
-    assert s["listing_ttl"] == (7.5, SOURCE_CLI)                 # cli > env > file
-    assert s["max_threads"] == (64, SOURCE_ENV)                  # env > server table > defaults
-    assert s["read_only"] == (False, SOURCE_FILE)                # server table
-    assert s["cache_size"] == (20 * 1024 ** 3, SOURCE_FILE)      # [defaults]
+    assert s["listing_ttl"] == (7.5, SOURCE_CLI)  # cli > env > file
+    assert s["max_threads"] == (64, SOURCE_ENV)  # env > server table > defaults
+    assert s["read_only"] == (False, SOURCE_FILE)  # server table
+    assert s["cache_size"] == (20 * 1024**3, SOURCE_FILE)  # [defaults]
     assert s["log_level"] == ("warning", SOURCE_FILE)
     assert s["netrc"] == (os.path.expanduser("~/.netrc-xnat"), SOURCE_FILE)
-    assert s["retries"] == (3, SOURCE_DEFAULT)                   # other server's table unused
+    assert s["retries"] == (3, SOURCE_DEFAULT)  # other server's table unused
     assert s["cache_dir"] == (str(Path(env["XDG_CACHE_HOME"]) / "xnatfs"), SOURCE_DEFAULT)
     assert s["password"] == (None, SOURCE_DEFAULT)
     assert set(s) == set(KEYS)
@@ -103,10 +119,14 @@ def test_precedence_command_line_environment_file_default(tmp_path, env):
 def test_server_table_beats_defaults_and_env_beats_server_table(tmp_path, env):
     cfg = load_config(write(tmp_path / "c.toml", CONFIG), env=env)
     assert effective_settings(URL, {}, env, cfg)["max_threads"] == (32, SOURCE_FILE)
-    assert effective_settings("https://b.example.org", {}, env, cfg)["max_threads"] == \
-        (8, SOURCE_FILE)
-    assert effective_settings(URL, {}, dict(env, XNATFS_MAX_THREADS="2"), cfg)["max_threads"] \
-        == (2, SOURCE_ENV)
+    assert effective_settings("https://b.example.org", {}, env, cfg)["max_threads"] == (
+        8,
+        SOURCE_FILE,
+    )
+    assert effective_settings(URL, {}, dict(env, XNATFS_MAX_THREADS="2"), cfg)["max_threads"] == (
+        2,
+        SOURCE_ENV,
+    )
 
 
 def test_no_file_no_env_gives_the_cli_defaults(env):
@@ -117,14 +137,23 @@ def test_no_file_no_env_gives_the_cli_defaults(env):
     assert all(getattr(parsed, key) is None for key in KEYS if key not in ("user", "password"))
     opts = cli.options_from_settings(URL, s, [])
     assert (opts.listing_ttl, opts.max_threads, opts.retries) == (60.0, 16, 3)
-    assert s["cache_size"][0] == 10 * 1024 ** 3
+    assert s["cache_size"][0] == 10 * 1024**3
 
 
 def test_values_are_converted_from_text(env):
-    s = effective_settings(URL, {"cache_size": "512M", "allow_delete": "yes"},
-                           dict(env, XNATFS_READ_ONLY="off", XNATFS_RETRIES="0",
-                                XNATFS_USER="alice", XNATFS_PASSWORD="s3cret"), None)
-    assert s["cache_size"] == (512 * 1024 ** 2, SOURCE_CLI)
+    s = effective_settings(
+        URL,
+        {"cache_size": "512M", "allow_delete": "yes"},
+        dict(
+            env,
+            XNATFS_READ_ONLY="off",
+            XNATFS_RETRIES="0",
+            XNATFS_USER="alice",
+            XNATFS_PASSWORD="s3cret",
+        ),
+        None,
+    )
+    assert s["cache_size"] == (512 * 1024**2, SOURCE_CLI)
     assert s["allow_delete"] == (True, SOURCE_CLI)
     assert s["read_only"] == (False, SOURCE_ENV)
     assert s["retries"] == (0, SOURCE_ENV)
@@ -155,7 +184,7 @@ def test_errors_never_show_the_password(env):
 
 # --------------------------------------------------------------------------- refusals
 def test_malformed_toml_names_file_and_line(tmp_path, env):
-    path = write(tmp_path / "bad.toml", "[defaults]\ncache_size = \"20G\"\nlisting_ttl = = 3\n")
+    path = write(tmp_path / "bad.toml", '[defaults]\ncache_size = "20G"\nlisting_ttl = = 3\n')
     with pytest.raises(ConfigError) as info:
         load_config(path, env=env)
     message = str(info.value)
@@ -164,9 +193,12 @@ def test_malformed_toml_names_file_and_line(tmp_path, env):
 
 
 def test_unknown_key_is_refused_with_line_and_suggestion(tmp_path, env):
-    path = write(tmp_path / "c.toml", "[defaults]\n\ncache_sise = \"2G\"\n")
-    with pytest.raises(ConfigError, match=r"c\.toml, line 3: unknown key 'cache_sise' in "
-                                          r"\[defaults\] \(did you mean 'cache_size'\?\)"):
+    path = write(tmp_path / "c.toml", '[defaults]\n\ncache_sise = "2G"\n')
+    with pytest.raises(
+        ConfigError,
+        match=r"c\.toml, line 3: unknown key 'cache_sise' in "
+        r"\[defaults\] \(did you mean 'cache_size'\?\)",
+    ):
         load_config(path, env=env)
 
 
@@ -177,9 +209,12 @@ def test_unknown_key_in_a_server_table(tmp_path, env):
 
 
 def test_unknown_table_is_refused(tmp_path, env):
-    path = write(tmp_path / "c.toml", "[default]\ncache_size = \"2G\"\n")
-    with pytest.raises(ConfigError, match=r"unknown table or key 'default' \(did you mean "
-                                          r"\[defaults\]\?\)"):
+    path = write(tmp_path / "c.toml", '[default]\ncache_size = "2G"\n')
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown table or key 'default' \(did you mean "
+        r"\[defaults\]\?\)",
+    ):
         load_config(path, env=env)
 
 
@@ -189,17 +224,20 @@ def test_server_table_needs_an_http_url(tmp_path, env):
         load_config(path, env=env)
 
 
-@pytest.mark.parametrize("line, reason", [
-    ('max_threads = "16"', "max_threads must be an integer"),
-    ("max_threads = 0", "max_threads must be at least 1"),
-    ("listing_ttl = \"soon\"", "listing_ttl must be a number"),
-    ("timeout = 0", "timeout must be greater than 0"),
-    ("read_only = \"no\"", "read_only must be true or false"),
-    ("cache_size = \"lots\"", "cache_size must be a size"),
-    ("cache_size = true", "cache_size must be a size"),
-    ("log_level = \"loud\"", "log_level must be one of debug, info, warning, error"),
-    ("netrc = 3", "netrc must be a string"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ('max_threads = "16"', "max_threads must be an integer"),
+        ("max_threads = 0", "max_threads must be at least 1"),
+        ('listing_ttl = "soon"', "listing_ttl must be a number"),
+        ("timeout = 0", "timeout must be greater than 0"),
+        ('read_only = "no"', "read_only must be true or false"),
+        ('cache_size = "lots"', "cache_size must be a size"),
+        ("cache_size = true", "cache_size must be a size"),
+        ('log_level = "loud"', "log_level must be one of debug, info, warning, error"),
+        ("netrc = 3", "netrc must be a string"),
+    ],
+)
 def test_wrong_value_type_is_refused(tmp_path, env, line, reason):
     path = write(tmp_path / "c.toml", f"[defaults]\n{line}\n")
     with pytest.raises(ConfigError) as info:
@@ -220,8 +258,9 @@ def test_bad_environment_and_command_line_values_are_refused(env):
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
 def test_password_in_a_readable_file_is_refused(tmp_path, env, mode):
-    path = write(tmp_path / "c.toml",
-                 '[servers."https://xnat.example.org"]\npassword = "hunter2"\n', mode)
+    path = write(
+        tmp_path / "c.toml", '[servers."https://xnat.example.org"]\npassword = "hunter2"\n', mode
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path, env=env)
     message = str(info.value)
@@ -238,7 +277,7 @@ def test_password_in_a_private_file_and_readable_file_without_password_are_fine(
 
 def test_not_utf8_is_refused(tmp_path, env):
     path = tmp_path / "c.toml"
-    path.write_bytes(b"[defaults]\nuser = \"\xff\"\n")
+    path.write_bytes(b'[defaults]\nuser = "\xff"\n')
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(path, env=env)
 
@@ -273,15 +312,18 @@ def test_notify_ready_reads_the_environment(tmp_path, monkeypatch):
         assert sock.recv(4096) == b"READY=1\nSTATUS=serving https://x"
 
 
-@pytest.mark.parametrize("environ", [
-    {},                                              # not under systemd
-    {"NOTIFY_SOCKET": ""},
-    {"NOTIFY_SOCKET": "relative/path"},
-    {"NOTIFY_SOCKET": "vsock:2:1234"},
-    {"NOTIFY_SOCKET": "/nonexistent/dir/notify.sock"},  # nobody listening
-    {"NOTIFY_SOCKET": "@xnatfs-test-nobody-listens-" + uuid.uuid4().hex},
-    {"NOTIFY_SOCKET": "/" + "x" * 200},             # longer than sun_path
-])
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},  # not under systemd
+        {"NOTIFY_SOCKET": ""},
+        {"NOTIFY_SOCKET": "relative/path"},
+        {"NOTIFY_SOCKET": "vsock:2:1234"},
+        {"NOTIFY_SOCKET": "/nonexistent/dir/notify.sock"},  # nobody listening
+        {"NOTIFY_SOCKET": "@xnatfs-test-nobody-listens-" + uuid.uuid4().hex},
+        {"NOTIFY_SOCKET": "/" + "x" * 200},  # longer than sun_path
+    ],
+)
 def test_sd_notify_never_raises(environ):
     assert notify.sd_notify("READY=1", env=environ) is False
 

@@ -1,5 +1,6 @@
 """docker/compose.pipeline.yaml: the shape that makes a FUSE mount in one container visible
 to an unprivileged pipeline container (propagation rshared -> rslave).  Nothing is started."""
+
 from __future__ import annotations
 
 import re

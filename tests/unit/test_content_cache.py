@@ -4,6 +4,7 @@ No network and no sleeps: ``FakeFetch`` serves bytes from memory and can hold a 
 chosen byte offset until the test opens its gate, so "while the rest is still streaming" is a
 state the test controls rather than a race it hopes to win.
 """
+
 from __future__ import annotations
 
 import errno
@@ -23,8 +24,7 @@ import pytest
 
 from tests.helpers.tmpfs import small_tmpfs
 from tests.unit.ziphelp import streamed_zip
-from xnatfs.cache.content import (ARCHIVE, ContentCache, ContentKey, archive_object_uri,
-                                   archive_uri)
+from xnatfs.cache.content import ARCHIVE, ContentCache, ContentKey, archive_object_uri, archive_uri
 from xnatfs.cache.download import INLINE_HASH_MAX
 
 WAIT = 10.0  # seconds; generous deadline for conditions that should hold almost at once
@@ -64,8 +64,12 @@ class FakeFetch:
     after setting ``held``.
     """
 
-    def __init__(self, answers: Dict[str, Union[Answer, List[Answer]]], chunk: int = 4096,
-                 hold_at: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        answers: Dict[str, Union[Answer, List[Answer]]],
+        chunk: int = 4096,
+        hold_at: Optional[int] = None,
+    ) -> None:
         self.answers = answers
         self.chunk = chunk
         self.hold_at = hold_at
@@ -84,7 +88,7 @@ class FakeFetch:
         data = answer.prefix if isinstance(answer, Failure) else answer
         for off in range(0, len(data), self.chunk):
             self._maybe_hold(off)
-            sink(data[off:off + self.chunk])
+            sink(data[off : off + self.chunk])
         self._maybe_hold(len(data))
         if isinstance(answer, Failure):
             raise answer.error
@@ -146,8 +150,8 @@ def test_read_at_arrived_offset_returns_while_rest_streams(make_cache):
     assert cc.stats["downloads_in_flight"] == 1
 
     fetch.gate.set()
-    assert h.read(90_000, 20_000, later()) == data[90_000:]   # short at EOF
-    assert h.read(100_000, 10, later()) == b""                # past EOF
+    assert h.read(90_000, 20_000, later()) == data[90_000:]  # short at EOF
+    assert h.read(100_000, 10, later()) == b""  # past EOF
     assert h.wait(later())
     h.close()
     assert cc.state(key) == "cached"
@@ -185,7 +189,7 @@ def test_sixteen_readers_one_fetch(make_cache):
     threads = [threading.Thread(target=reader, args=(i,)) for i in range(16)]
     for t in threads:
         t.start()
-    opened.wait(WAIT)          # all 16 hold a handle before a single byte is sent
+    opened.wait(WAIT)  # all 16 hold a handle before a single byte is sent
     fetch.gate.set()
     for t in threads:
         t.join(WAIT)
@@ -212,8 +216,9 @@ def test_prefetch_downloads_without_handles(make_cache):
 # -- verification and errors ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [50_000, INLINE_HASH_MAX + 300_000],
-                         ids=["hashed-inline", "hashed-beside-the-download"])
+@pytest.mark.parametrize(
+    "size", [50_000, INLINE_HASH_MAX + 300_000], ids=["hashed-inline", "hashed-beside-the-download"]
+)
 def test_digest_mismatch_once_refetches(make_cache, size):
     good = payload(size)
     bad = bytearray(good)
@@ -258,7 +263,7 @@ def test_short_download_is_an_error(make_cache):
     key = key_for("/short", data)
     with cc.open(key) as h:
         with pytest.raises(OSError) as info:
-            h.read(0, len(data), later())   # bytes 6000.. never come
+            h.read(0, len(data), later())  # bytes 6000.. never come
     assert info.value.errno == errno.EIO and "short download" in str(info.value)
     assert cc.state(key) == "absent"
 
@@ -281,7 +286,7 @@ def test_fetch_error_reaches_readers_and_next_open_retries(make_cache):
     assert cc.state(key) == "absent"
     assert cc.stats["download_errors"] == 1
 
-    assert read_all(cc, key) == data   # the next open starts a new download
+    assert read_all(cc, key) == data  # the next open starts a new download
     assert fetch.calls["/f"] == 2
 
 
@@ -295,7 +300,7 @@ def test_deadline_expiry_raises_etimedout(make_cache):
         with pytest.raises(TimeoutError) as info:
             h.read(10_000, 100, time.monotonic() + 0.05)
         assert isinstance(info.value, OSError) and info.value.errno == errno.ETIMEDOUT
-        assert h.read(0, 100, time.monotonic()) == data[:100]   # already there: no wait at all
+        assert h.read(0, 100, time.monotonic()) == data[:100]  # already there: no wait at all
         fetch.gate.set()
         assert h.read(10_000, 100, later()) == data[10_000:10_100]
 
@@ -326,11 +331,11 @@ def test_close_cancels_running_download(tmp_path):
     cc = ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch, max_downloads=1)
     cc.start()
     h = cc.open(key_for("/f", data))
-    g = cc.open(ContentKey("/g", len(data), md5(data)))   # queued behind /f
+    g = cc.open(ContentKey("/g", len(data), md5(data)))  # queued behind /f
     assert fetch.held.wait(WAIT)
     closer = threading.Thread(target=cc.close, args=(later(),))
     closer.start()
-    wait_for(lambda: cc._closing, "close to begin")   # the test reaches in
+    wait_for(lambda: cc._closing, "close to begin")  # the test reaches in
     fetch.gate.set()
     closer.join(WAIT)
     for handle in (h, g):
@@ -339,8 +344,14 @@ def test_close_cancels_running_download(tmp_path):
         assert info.value.errno == errno.ECANCELED
         handle.close()
     # pool threads leave right after close() (this cache's and earlier tests' alike)
-    wait_for(lambda: not any(t.name.startswith("xnatfs-download") and t.is_alive()
-                             for t in threading.enumerate()), "download threads to end")
+    wait_for(
+        lambda: (
+            not any(
+                t.name.startswith("xnatfs-download") and t.is_alive() for t in threading.enumerate()
+            )
+        ),
+        "download threads to end",
+    )
 
 
 # -- keys, persistence, eviction, modes -----------------------------------------------------------
@@ -352,13 +363,13 @@ def test_changed_key_refetches(make_cache):
     cc = make_cache(fetch)
     k1 = key_for("/f", v1)
     assert read_all(cc, k1) == v1
-    k2 = key_for("/f", v2)                    # size and digest changed on the server
+    k2 = key_for("/f", v2)  # size and digest changed on the server
     assert cc.state(k2) == "absent"
     assert read_all(cc, k2) == v2
-    k3 = ContentKey("/f", len(v2), md5(v2), "2025-06-01")   # only the mtime changed
+    k3 = ContentKey("/f", len(v2), md5(v2), "2025-06-01")  # only the mtime changed
     assert read_all(cc, k3) == v2
     assert fetch.calls["/f"] == 3
-    assert read_all(cc, k1) == v1 and read_all(cc, k2) == v2   # both versions still cached
+    assert read_all(cc, k1) == v1 and read_all(cc, k2) == v2  # both versions still cached
     assert fetch.calls["/f"] == 3
 
 
@@ -371,7 +382,7 @@ def test_cache_persists_across_reopen(tmp_path, make_cache):
     assert read_all(cc, key) == data
     cc.close(later())
 
-    leftover = directory / "partial" / "deadbeef.part"   # as if a download had crashed
+    leftover = directory / "partial" / "deadbeef.part"  # as if a download had crashed
     leftover.write_bytes(b"junk")
     refetch = FakeFetch({})
     cc2 = make_cache(refetch, directory=directory)
@@ -386,21 +397,21 @@ def test_eviction_is_lru_and_skips_open_files(make_cache):
     mib = 1 << 20
     files = {f"/{n}": payload(mib, seed=i) for i, n in enumerate("abcd")}
     fetch = FakeFetch(files, chunk=64 * 1024)
-    cc = make_cache(fetch, size_limit=3 * mib)   # 3 files + the SQLite index do not fit
+    cc = make_cache(fetch, size_limit=3 * mib)  # 3 files + the SQLite index do not fit
     keys = {uri: key_for(uri, data) for uri, data in files.items()}
 
     assert read_all(cc, keys["/a"]) == files["/a"]
     assert read_all(cc, keys["/b"]) == files["/b"]
-    assert read_all(cc, keys["/a"]) == files["/a"]      # a used after b: b is now LRU
-    assert read_all(cc, keys["/c"]) == files["/c"]      # evicts b, not the older-stored a
+    assert read_all(cc, keys["/a"]) == files["/a"]  # a used after b: b is now LRU
+    assert read_all(cc, keys["/c"]) == files["/c"]  # evicts b, not the older-stored a
     assert [cc.state(keys[u]) for u in ("/a", "/b", "/c")] == ["cached", "absent", "cached"]
     assert cc.stats["evictions"] == 1
 
     hits = cc.stats["hits"]
-    hc = cc.open(keys["/c"])                            # c open (pinned) ...
-    assert cc.stats["hits"] == hits + 1                 # (from the cache)
-    assert read_all(cc, keys["/a"]) == files["/a"]      # ... and then older than a
-    assert read_all(cc, keys["/d"]) == files["/d"]      # LRU c is pinned: a goes instead
+    hc = cc.open(keys["/c"])  # c open (pinned) ...
+    assert cc.stats["hits"] == hits + 1  # (from the cache)
+    assert read_all(cc, keys["/a"]) == files["/a"]  # ... and then older than a
+    assert read_all(cc, keys["/d"]) == files["/d"]  # LRU c is pinned: a goes instead
     assert [cc.state(keys[u]) for u in ("/a", "/c", "/d")] == ["absent", "cached", "cached"]
     assert hc.read(mib - 10, 100, later()) == files["/c"][-10:]
     hc.close()
@@ -416,7 +427,7 @@ def test_eviction_removes_file_under_open_handle(make_cache):
     ka, kb = key_for("/a", files["/a"]), key_for("/b", files["/b"])
     assert read_all(cc, ka) == files["/a"]
     ha = cc.open(ka)
-    cc.clear()   # eviction of an open entry, as a forced cull would do it
+    cc.clear()  # eviction of an open entry, as a forced cull would do it
     assert cc.state(ka) == "absent"
     assert ha.read(5, 5, later()) == files["/a"][5:10]
     assert read_all(cc, kb) == files["/b"]
@@ -453,8 +464,8 @@ def test_hit_survives_a_file_removed_behind_the_cache(make_cache):
     cc = make_cache(fetch)
     key = key_for("/f", data)
     assert read_all(cc, key) == data
-    os.unlink(cc._stored_path(key.hexname()))   # as another mount's clear would
-    assert read_all(cc, key) == data             # fetched again, not an error
+    os.unlink(cc._stored_path(key.hexname()))  # as another mount's clear would
+    assert read_all(cc, key) == data  # fetched again, not an error
     assert fetch.calls["/f"] == 2
     assert read_all(cc, key) == data and fetch.calls["/f"] == 2
 
@@ -500,7 +511,7 @@ def test_bulk_brings_every_file_in_one_request(make_cache):
     fetch, keys, key_of = _bulk_setup(files)
     cc = make_cache(fetch)
     assert cc.bulk("/zip", keys.values(), key_of) == 20
-    assert cc.bulk("/zip", keys.values(), key_of) == 0       # all registered already
+    assert cc.bulk("/zip", keys.values(), key_of) == 0  # all registered already
     for uri, key in keys.items():
         assert read_all(cc, key) == files[uri]
     wait_for(lambda: all(cc.state(k) == "cached" for k in keys.values()), "the members")
@@ -514,8 +525,8 @@ def test_bulk_member_is_readable_before_the_zip_is_complete(make_cache):
     fetch, keys, key_of = _bulk_setup(files, hold_at=blob_len // 2, chunk=4096)
     cc = make_cache(fetch)
     cc.bulk("/zip", keys.values(), key_of)
-    assert fetch.held.wait(WAIT)                 # the zip stops half-way ...
-    with cc.open(keys["/f00"]) as h:             # ... and the first member is served anyway
+    assert fetch.held.wait(WAIT)  # the zip stops half-way ...
+    with cc.open(keys["/f00"]) as h:  # ... and the first member is served anyway
         assert h.read(0, 20_000, later()) == files["/f00"]
     fetch.gate.set()
     assert read_all(cc, keys["/f09"]) == files["/f09"]
@@ -524,8 +535,8 @@ def test_bulk_member_is_readable_before_the_zip_is_complete(make_cache):
 
 def test_bulk_members_missing_or_damaged_are_fetched_alone(make_cache):
     files = {f"/f{i:02d}": payload(5000, seed=i) for i in range(6)}
-    zipped = {u: d for u, d in files.items() if u != "/f03"}          # not in the zip
-    zipped["/f01"] = b"x" * 5000                                      # right size, wrong bytes
+    zipped = {u: d for u, d in files.items() if u != "/f03"}  # not in the zip
+    zipped["/f01"] = b"x" * 5000  # right size, wrong bytes
     fetch, keys, key_of = _bulk_setup(files, zipped)
     cc = make_cache(fetch)
     cc.bulk("/zip", keys.values(), key_of)
@@ -544,7 +555,7 @@ def test_bulk_cut_short_leaves_the_rest_to_single_downloads(make_cache):
     for uri, key in keys.items():
         assert read_all(cc, key) == files[uri]
     alone = {uri for uri in files if fetch.calls[uri]}
-    assert 0 < len(alone) < len(files)        # the first half came from the zip
+    assert 0 < len(alone) < len(files)  # the first half came from the zip
     assert all(n == 1 for uri, n in fetch.calls.items() if uri != "/zip")
 
 
@@ -559,16 +570,16 @@ def test_close_during_a_bulk_fetch_ends_every_member(tmp_path):
     handles = [cc.open(k) for k in keys.values()]
     closer = threading.Thread(target=cc.close, args=(later(),))
     closer.start()
-    wait_for(lambda: cc._closing, "close to begin")   # the test reaches in
+    wait_for(lambda: cc._closing, "close to begin")  # the test reaches in
     fetch.gate.set()
     closer.join(WAIT)
     assert not closer.is_alive()
     for uri, h in zip(keys, handles):
         try:
             got = h.read(0, 20_000, later())
-            assert got == files[uri]                  # arrived before the close
+            assert got == files[uri]  # arrived before the close
         except OSError as exc:
-            assert exc.errno == errno.ECANCELED       # or cancelled, never a hang
+            assert exc.errno == errno.ECANCELED  # or cancelled, never a hang
         h.close()
 
 
@@ -576,7 +587,7 @@ def test_close_during_a_bulk_fetch_ends_every_member(tmp_path):
 
 
 def _stored(cc: ContentCache, key: ContentKey) -> str:
-    return cc._stored_path(key.hexname())   # the test damages the file itself
+    return cc._stored_path(key.hexname())  # the test damages the file itself
 
 
 def _cached(cc_factory, data: bytes, uri: str = "/f"):
@@ -601,7 +612,7 @@ def test_a_cached_file_of_the_wrong_size_is_fetched_again(make_cache, damage, ca
         assert read_all(cc, key) == data
     assert fetch.calls["/f"] == 2
     assert [r for r in caplog.records if "/f" in r.getMessage()], "one line naming the file"
-    assert read_all(cc, key) == data and fetch.calls["/f"] == 2   # the fresh copy is kept
+    assert read_all(cc, key) == data and fetch.calls["/f"] == 2  # the fresh copy is kept
 
 
 def _flip(path: str, at: int) -> None:
@@ -622,7 +633,7 @@ def test_an_earlier_mounts_damaged_entry_is_hashed_before_it_is_served(tmp_path,
     with first:
         kf, kg = key_for("/f", data), key_for("/g", other)
         assert read_all(first, kf) == data and read_all(first, kg) == other
-        assert first.stats["verified"] == 0     # its own downloads: checked as they came
+        assert first.stats["verified"] == 0  # its own downloads: checked as they came
     _flip(_stored(first, kf), size // 2)
     second = ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch)
     with second:
@@ -660,20 +671,20 @@ def test_a_same_size_replacement_is_fetched_again(make_cache):
 
 def test_the_last_bytes_wait_for_the_md5_verdict(make_cache):
     data = payload(50_000)
-    fetch = FakeFetch({"/f": [b"y" * 50_000]}, hold_at=50_000)   # all sent, then held
+    fetch = FakeFetch({"/f": [b"y" * 50_000]}, hold_at=50_000)  # all sent, then held
     cc = make_cache(fetch)
     key = key_for("/f", data)
     with cc.open(key) as h:
-        assert h.read(0, 1000, later()) == b"y" * 1000            # early bytes: served as they come
+        assert h.read(0, 1000, later()) == b"y" * 1000  # early bytes: served as they come
         assert fetch.held.wait(WAIT)
-        with pytest.raises(TimeoutError):                         # the end: not before the verdict
+        with pytest.raises(TimeoutError):  # the end: not before the verdict
             h.read(49_000, 1000, time.monotonic() + 0.2)
         fetch.gate.set()
         with pytest.raises(OSError) as info:
             h.read(49_000, 1000, later())
         assert info.value.errno == errno.EIO
         with pytest.raises(OSError):
-            h.read(50_000, 10, later())                           # EOF is no success either
+            h.read(50_000, 10, later())  # EOF is no success either
     assert fetch.calls["/f"] == 2 and cc.state(key) == "absent"
 
 
@@ -686,7 +697,7 @@ def test_a_body_longer_than_listed_is_cut_at_the_listed_size(make_cache, tmp_pat
         with pytest.raises(OSError) as info:
             h.read(0, 20_000, later())
         assert info.value.errno == errno.EIO
-    assert cc.stats["bytes_downloaded"] <= 2 * 10_000      # never past the listed size
+    assert cc.stats["bytes_downloaded"] <= 2 * 10_000  # never past the listed size
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
     assert cc.state(key) == "absent" and os.listdir(tmp_path / "cc" / "partial") == []
 
@@ -730,8 +741,7 @@ def test_cache_files_are_synced_before_they_are_indexed(make_cache, monkeypatch)
     real = os.fdatasync
 
     def fdatasync(fd: int) -> None:
-        seen.append(cc.state(key) if cc._index.size_of(key.hexname()) is None
-                    else "indexed")
+        seen.append(cc.state(key) if cc._index.size_of(key.hexname()) is None else "indexed")
         real(fd)
 
     monkeypatch.setattr(download_module.os, "fdatasync", fdatasync)
@@ -767,8 +777,7 @@ def test_a_full_cache_disk_is_evicted_before_a_download_fails(make_cache, small_
     assert cc.stats["evictions"] >= 1 and cc.state(key) == "cached"
 
 
-def test_a_file_larger_than_the_cache_is_streamed_and_not_kept(make_cache, tmp_path,
-                                                               monkeypatch):
+def test_a_file_larger_than_the_cache_is_streamed_and_not_kept(make_cache, tmp_path, monkeypatch):
     from xnatfs.cache import stream
 
     monkeypatch.setattr(stream, "AHEAD", 512 << 10)
@@ -785,8 +794,8 @@ def test_a_file_larger_than_the_cache_is_streamed_and_not_kept(make_cache, tmp_p
                 break
             got += chunk
         assert bytes(got) == big and fetch.calls["/big"] == 1
-        assert h.read(1000, 100, later()) == big[1000:1100]       # back past the window ...
-    assert fetch.calls["/big"] == 2                                # ... fetched again
+        assert h.read(1000, 100, later()) == big[1000:1100]  # back past the window ...
+    assert fetch.calls["/big"] == 2  # ... fetched again
     assert cc.state(key) == "absent" and cc.stats["streamed"] == 1
     assert os.listdir(tmp_path / "cc" / "partial") == []
 
@@ -802,7 +811,7 @@ def test_a_streamed_file_with_bad_bytes_ends_in_eio(make_cache, body, caplog):
             pos = 0
             while True:
                 chunk = h.read(pos, 1 << 20, later())
-                assert chunk == big[pos:pos + len(chunk)]     # what is served is right
+                assert chunk == big[pos : pos + len(chunk)]  # what is served is right
                 if not chunk:
                     break
                 pos += len(chunk)
@@ -813,8 +822,7 @@ def test_a_streamed_file_with_bad_bytes_ends_in_eio(make_cache, body, caplog):
 
 
 @pytest.mark.parametrize("how", ["read", "span"])
-def test_reader_of_a_refetched_file_never_gets_first_attempt_bytes_with_success(make_cache,
-                                                                                how):
+def test_reader_of_a_refetched_file_never_gets_first_attempt_bytes_with_success(make_cache, how):
     """The reviewer's repro: attempt 1 has a wrong first byte, a reader gets it, attempt 2
     checks out.  The reader's end of file must be EIO (it holds a wrong byte), whether it reads
     through ``read`` or ``span`` + ``pread`` (``XnatOperations.read_into``); a handle that
@@ -833,18 +841,18 @@ def test_reader_of_a_refetched_file_never_gets_first_attempt_bytes_with_success(
         return os.pread(fd, n, offset)
 
     with cc.open(key) as h, cc.open(key) as late:
-        first = get(h, 0, 4096)                      # attempt 1's (wrong) bytes
+        first = get(h, 0, 4096)  # attempt 1's (wrong) bytes
         assert first[0] != good[0]
         fetch.gate.set()
         assert late.wait(later())
         with pytest.raises(OSError) as info:
-            got = first + get(h, 4096, 50_000)       # reaches the end: attempt 2 verified
-            assert got != good                       # (unreached) the wrong byte, with success
+            got = first + get(h, 4096, 50_000)  # reaches the end: attempt 2 verified
+            assert got != good  # (unreached) the wrong byte, with success
         assert info.value.errno == errno.EIO
         assert "attempt 1" in str(info.value)
         with pytest.raises(OSError):
-            get(h, 50_000, 10)                       # the EOF read fails as well
-        assert get(late, 0, 50_001) == good          # attempt 2 only: fine
+            get(h, 50_000, 10)  # the EOF read fails as well
+        assert get(late, 0, 50_001) == good  # attempt 2 only: fine
     assert fetch.calls["/f"] == 2
     assert read_all(cc, key) == good
 
@@ -871,11 +879,11 @@ def test_a_streamed_pass_cut_short_by_a_seek_back_taints_the_end(make_cache, mon
             pos += len(chunk)
 
     with cc.open(key) as h:
-        assert to_end(h, 0) == big and to_end(h, 0) == big     # pass, seek back, pass
+        assert to_end(h, 0) == big and to_end(h, 0) == big  # pass, seek back, pass
     assert fetch.calls["/big"] == 2
     with cc.open(key) as h:
-        assert h.read(1 << 20, 4096, later()) == big[1 << 20:(1 << 20) + 4096]   # GET 3
-        assert h.read(0, 4096, later()) == big[:4096]          # a seek back: GET 4
+        assert h.read(1 << 20, 4096, later()) == big[1 << 20 : (1 << 20) + 4096]  # GET 3
+        assert h.read(0, 4096, later()) == big[:4096]  # a seek back: GET 4
         with pytest.raises(OSError) as info:
             to_end(h, 4096)
         assert info.value.errno == errno.EIO and "seek back" in str(info.value)
@@ -887,7 +895,7 @@ def test_a_failing_fstat_at_the_check_leaks_no_hashing_fd(make_cache, monkeypatc
     the hashing thread and closes its dup'd fd."""
     from xnatfs.cache import download
 
-    monkeypatch.setattr(download, "INLINE_HASH_MAX", 1000)   # hashed by a _FileMD5 thread
+    monkeypatch.setattr(download, "INLINE_HASH_MAX", 1000)  # hashed by a _FileMD5 thread
     real_fstat = os.fstat
 
     def fstat(fd):
@@ -937,21 +945,20 @@ def test_verify_finds_and_repairs_every_kind_of_damage(tmp_path):
         _flip(_stored(cc, keys["/f0"]), 5)
         os.truncate(_stored(cc, keys["/f1"]), 100)
         os.unlink(_stored(cc, keys["/f2"]))
-        _flip(_stored(cc, nodigest), 5)                       # no MD5: size only, not found
-        report = verify_entries(tmp_path / "cc")              # beside the running cache
+        _flip(_stored(cc, nodigest), 5)  # no MD5: size only, not found
+        report = verify_entries(tmp_path / "cc")  # beside the running cache
         assert (report.checked, report.hashed, report.bad, report.dropped) == (6, 5, 3, 0)
         report = verify_entries(tmp_path / "cc", repair=True)
         assert report.bad == 3 and report.dropped == 3
         assert verify_entries(tmp_path / "cc").bad == 0
-        for uri, key in keys.items():                         # the running cache fetches again
+        for uri, key in keys.items():  # the running cache fetches again
             if uri != "/f5":
                 assert read_all(cc, key) == files[uri]
         assert fetch.calls["/f0"] == fetch.calls["/f1"] == fetch.calls["/f2"] == 2
 
 
 @pytest.mark.parametrize("damaged", [False, True])
-def test_a_large_entry_is_hashed_while_read_and_holds_back_its_end(tmp_path, monkeypatch,
-                                                                 damaged):
+def test_a_large_entry_is_hashed_while_read_and_holds_back_its_end(tmp_path, monkeypatch, damaged):
     """Above VERIFY_INLINE_MAX the first open does not wait for the hash (a file of gigabytes
     on a slow disk would outlast --timeout); the read of the last bytes does, and is EIO when
     the MD5 is wrong; the next open fetches the file again."""
@@ -967,7 +974,7 @@ def test_a_large_entry_is_hashed_while_read_and_holds_back_its_end(tmp_path, mon
         _flip(_stored(first, key), len(data) // 2)
     with ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch) as second:
         with second.open(key) as h:
-            assert second.stats["hits"] == 1   # the cached copy, no download
+            assert second.stats["hits"] == 1  # the cached copy, no download
             head = h.read(0, 4096, later())
             assert head == data[:4096]
             if damaged:
@@ -995,9 +1002,21 @@ def test_cache_verify_command_reports_and_repairs(tmp_path):
     os.unlink(_stored(cc, keys[1]))
 
     def verify(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "xnatfs", "cache", "verify", "--cache-dir",
-                               str(tmp_path / "xc"), *extra], capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "xnatfs",
+                "cache",
+                "verify",
+                "--cache-dir",
+                str(tmp_path / "xc"),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     res = verify()
     assert res.returncode == 1, res.stderr
@@ -1016,11 +1035,12 @@ def test_bulk_member_inflating_past_its_listed_size_is_fetched_alone(make_cache,
 
     files = {f"/f{i:02d}": payload(5000, seed=i) for i in range(6)}
     zipped = dict(files)
-    zipped["/f02"] = bytes(8 << 20)              # listed 5000 bytes: a bomb of zeros
+    zipped["/f02"] = bytes(8 << 20)  # listed 5000 bytes: a bomb of zeros
     fetch, keys, key_of = _bulk_setup(files, zipped)
     fetch.answers["/zip"] = streamed_zip(
         {"S/scans/1/resources/DICOM/files/" + u.lstrip("/"): d for u, d in zipped.items()},
-        zipfile.ZIP_DEFLATED)
+        zipfile.ZIP_DEFLATED,
+    )
     cc = make_cache(fetch)
     cc.bulk("/zip", keys.values(), key_of)
     for uri, key in keys.items():
@@ -1038,22 +1058,21 @@ def test_room_is_made_before_a_download_not_after_it(make_cache):
     old = {"/a": payload(mib, seed=1), "/b": payload(mib, seed=2)}
     new = payload(mib + mib // 2, seed=3)
     fetch = FakeFetch({**old, "/new": new}, chunk=64 << 10, hold_at=mib)
-    fetch.gate.set()                                    # the old files pass the hold point
+    fetch.gate.set()  # the old files pass the hold point
     cc = make_cache(fetch, size_limit=3 * mib)
     for uri, data in old.items():
         assert read_all(cc, key_for(uri, data)) == data
     fetch.gate.clear()
     key = key_for("/new", new)
     with cc.open(key) as h:
-        assert fetch.held.wait(WAIT)                    # 1 MiB of the new file written
+        assert fetch.held.wait(WAIT)  # 1 MiB of the new file written
         assert cc.stats["evictions"] == 1 and cc.state(key_for("/a", old["/a"])) == "absent"
         assert cc.size() + mib <= 3 * mib
         fetch.gate.set()
         assert h.read(0, len(new), later()) == new
 
 
-def test_a_streamed_file_read_by_several_threads_slightly_out_of_order(make_cache,
-                                                                       monkeypatch):
+def test_a_streamed_file_read_by_several_threads_slightly_out_of_order(make_cache, monkeypatch):
     """The kernel's read-ahead sends one file's reads from several FUSE threads, not in
     order: within the window behind the furthest read they are served without a re-fetch."""
     from concurrent.futures import ThreadPoolExecutor
@@ -1067,7 +1086,7 @@ def test_a_streamed_file_read_by_several_threads_slightly_out_of_order(make_cach
     cc = make_cache(fetch, size_limit=1 << 20)
     block = 128 << 10
     offsets = list(range(0, len(big), block))
-    for i in range(0, len(offsets) - 1, 2):          # pairs swapped: 1, 0, 3, 2, ...
+    for i in range(0, len(offsets) - 1, 2):  # pairs swapped: 1, 0, 3, 2, ...
         offsets[i], offsets[i + 1] = offsets[i + 1], offsets[i]
     with cc.open(key_for("/big", big)) as h, ThreadPoolExecutor(4) as pool:
         got = dict(zip(offsets, pool.map(lambda off: h.read(off, block, later()), offsets)))
@@ -1085,14 +1104,17 @@ def test_archive_keys_and_bulk_zips_go_to_the_archive_fetch_files_to_the_file_fe
     fetch, keys, key_of = _bulk_setup(files)
     zip_bytes = _zip_of(files)
     archives = FakeFetch({archive_uri("/data/experiments/E1"): zip_bytes, "/zip": zip_bytes})
-    odd = "/data/projects/P/resources/R/files/odd?format=zip"   # a file named like a query
+    odd = "/data/projects/P/resources/R/files/odd?format=zip"  # a file named like a query
     fetch.answers[odd] = b"just a file"
     cc = make_cache(fetch, fetch_archive=archives)
     archive = ContentKey.archive("/data/experiments/E1", mtime="2024-01-01")
     assert (archive.kind, archive.size, archive.uri) == (
-        ARCHIVE, None, "/data/experiments/E1/files?format=zip")
+        ARCHIVE,
+        None,
+        "/data/experiments/E1/files?format=zip",
+    )
     assert archive_object_uri(archive.uri) == "/data/experiments/E1"
-    with cc.open(archive) as h:     # size unknown: read past the end
+    with cc.open(archive) as h:  # size unknown: read past the end
         assert h.read(0, len(zip_bytes) + 1, later()) == zip_bytes
         assert h.wait(later())
     assert read_all(cc, ContentKey(odd, 11, md5(b"just a file"))) == b"just a file"
@@ -1107,5 +1129,9 @@ def test_the_kind_leaves_the_cache_name_of_a_key_unchanged():
     """Entries cached before ``kind`` existed keep their names (no refetch after an upgrade)."""
     key = ContentKey("/data/x/files?format=zip", None, "", 5.0)
     assert key.hexname() == ContentKey.archive("/data/x", mtime=5.0).hexname()
-    assert key.hexname() == hashlib.sha256(
-        json.dumps(["/data/x/files?format=zip", None, "", 5.0]).encode()).hexdigest()
+    assert (
+        key.hexname()
+        == hashlib.sha256(
+            json.dumps(["/data/x/files?format=zip", None, "", 5.0]).encode()
+        ).hexdigest()
+    )

@@ -1,5 +1,6 @@
 """``ExperimentBundles``: per-directory listings served from one or two experiment-wide tables
 (issue 12, B4), with a fake client that counts its calls."""
+
 from __future__ import annotations
 
 from typing import Dict, List
@@ -12,22 +13,29 @@ EXP_URI = "/data/experiments/E1"
 
 
 def _res(scan: str, rid: str, label: str, count: int) -> Resource:
-    return Resource(id=rid, label=label, file_count=count,
-                    uri=f"{EXP_URI}/scans/{scan}/resources/{rid}")
+    return Resource(
+        id=rid, label=label, file_count=count, uri=f"{EXP_URI}/scans/{scan}/resources/{rid}"
+    )
 
 
 def _file(scan: str, rid: str, path: str) -> FileEntry:
-    return FileEntry(path=path, size=1,
-                     uri=f"/data/experiments/E1/scans/{scan}/resources/{rid}/files/{path}")
+    return FileEntry(
+        path=path, size=1, uri=f"/data/experiments/E1/scans/{scan}/resources/{rid}/files/{path}"
+    )
 
 
 class FakeClient:
     def __init__(self) -> None:
         self.calls: List[str] = []
         self.resources: Dict[str, List[Resource]] = {
-            "1": [_res("1", "101", "DICOM", 2)], "2": [_res("2", "102", "NIFTI", 1)]}
-        self.files = [_file("1", "101", "a.dcm"), _file("1", "101", "sub/b.dcm"),
-                      _file("2", "102", "c.nii")]
+            "1": [_res("1", "101", "DICOM", 2)],
+            "2": [_res("2", "102", "NIFTI", 1)],
+        }
+        self.files = [
+            _file("1", "101", "a.dcm"),
+            _file("1", "101", "sub/b.dcm"),
+            _file("2", "102", "c.nii"),
+        ]
 
     def list_scan_resources(self, uri: str) -> Dict[str, List[Resource]]:
         self.calls.append(f"all-resources {uri}")
@@ -42,6 +50,7 @@ def _own(client: FakeClient, what: str):
     def load():
         client.calls.append(f"own {what}")
         return [what]
+
     return load
 
 
@@ -61,8 +70,9 @@ def test_one_resource_alone_is_listed_alone() -> None:
     """No resources table seen (cp -r of one known path): the files table is not asked for."""
     c = FakeClient()
     b = ExperimentBundles(c)
-    assert b.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/101",
-                        _own(c, "f1")) == ["f1"]
+    assert b.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/101", _own(c, "f1")) == [
+        "f1"
+    ]
     assert c.calls == ["own f1"]
 
 
@@ -71,8 +81,9 @@ def test_a_big_session_lists_one_series_alone() -> None:
     c.resources["3"] = [_res("3", "103", "DICOM", 5000)]
     b = ExperimentBundles(c, files_max=100)
     b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1"))
-    assert b.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/101",
-                        _own(c, "f1")) == ["f1"]
+    assert b.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/101", _own(c, "f1")) == [
+        "f1"
+    ]
     assert "files /data/experiments/E1/scans/ALL" not in c.calls
 
 
@@ -81,14 +92,16 @@ def test_unknown_resource_and_unplaceable_rows_fall_back() -> None:
     b = ExperimentBundles(c)
     b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1"))
     # a resource the table does not name (made since): its own listing
-    assert b.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/999",
-                        _own(c, "f999")) == ["f999"]
+    assert b.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/999", _own(c, "f999")) == [
+        "f999"
+    ]
     c2 = FakeClient()
     c2.files.append(FileEntry(path="x", size=1, uri="/data/elsewhere/files/x"))
     b2 = ExperimentBundles(c2)
     b2.scan_resources(EXP, EXP_URI, "1", _own(c2, "r1"))
-    assert b2.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/101",
-                         _own(c2, "f1")) == ["f1"]
+    assert b2.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/101", _own(c2, "f1")) == [
+        "f1"
+    ]
 
 
 def test_a_change_below_the_experiment_forgets_its_tables() -> None:

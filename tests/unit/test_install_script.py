@@ -4,6 +4,7 @@ names each check that failed (issue 14 item 7).
 The script runs on a copy of the checkout with a stand-in virtualenv (two tiny executables), so
 no apt or pip is involved; ``XNATFS_BIN_DIR`` replaces ``/usr/local/bin``/``~/.local/bin``.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,15 +24,20 @@ def _checkout(tmp_path: Path) -> Path:
     venv_bin = root / ".venv" / "bin"
     venv_bin.mkdir(parents=True)
     for tool in ("xnatfs", "mount.xnatfs"):
-        (venv_bin / tool).write_text(f"#!/bin/sh\necho {tool} \"$@\"\n")
+        (venv_bin / tool).write_text(f'#!/bin/sh\necho {tool} "$@"\n')
         (venv_bin / tool).chmod(0o755)
     return root
 
 
 def _link(root: Path, bin_dir: Path, path: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, XNATFS_BIN_DIR=str(bin_dir), PATH=path)
-    return subprocess.run(["bash", str(root / "scripts" / "install.sh"), "link"],
-                          capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        ["bash", str(root / "scripts" / "install.sh"), "link"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def test_link_puts_both_commands_on_path_and_says_where(tmp_path: Path) -> None:
@@ -43,8 +49,13 @@ def test_link_puts_both_commands_on_path_and_says_where(tmp_path: Path) -> None:
     assert "not on your PATH" not in res.stdout
     for tool in ("xnatfs", "mount.xnatfs"):
         assert os.readlink(bin_dir / tool) == str(root / ".venv" / "bin" / tool)
-    found = subprocess.run(["sh", "-c", "xnatfs --version"], capture_output=True, text=True,
-                           timeout=30, env=dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin"))
+    found = subprocess.run(
+        ["sh", "-c", "xnatfs --version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin"),
+    )
     assert found.stdout.strip() == "xnatfs --version"
     # again: the links are replaced, not an error
     assert _link(root, bin_dir, os.environ["PATH"]).returncode == 0
@@ -71,14 +82,19 @@ def _lint(tmp_path: Path, results: Dict[str, int]) -> subprocess.CompletedProces
     (venv_bin / "python").symlink_to(sys.executable)
     if "check" in results:
         (venv_bin / "ruff").write_text(
-            "#!/bin/sh\necho ruff \"$@\"\n"
-            f'case "$1" in check) exit {results["check"]};; *) exit {results["format"]};; esac\n')
+            '#!/bin/sh\necho ruff "$@"\n'
+            f'case "$1" in check) exit {results["check"]};; *) exit {results["format"]};; esac\n'
+        )
         (venv_bin / "ruff").chmod(0o755)
     if "mypy" in results:
-        (venv_bin / "mypy").write_text(f"#!/bin/sh\necho mypy \"$@\"\nexit {results['mypy']}\n")
+        (venv_bin / "mypy").write_text(f'#!/bin/sh\necho mypy "$@"\nexit {results["mypy"]}\n')
         (venv_bin / "mypy").chmod(0o755)
-    return subprocess.run(["bash", str(root / "scripts" / "install.sh"), "lint"],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(root / "scripts" / "install.sh"), "lint"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_lint_runs_ruff_and_mypy_and_says_clean(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ sidecars without data, data without sidecars), and by stopping ``add``/``update`
 at every single file-system call in turn (``Crash`` is a BaseException, so no ``except
 OSError`` cleanup runs, as with a real kill) and then reloading a fresh Journal.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,12 @@ from xnatfs.uploads.journal import FAILED, PENDING, UPLOADING, Journal
 from xnatfs.uploads.spool import Spool
 from xnatfs.uploads.target import UploadTarget
 
-TARGET = {"kind": "file", "resource_uri": "/data/projects/P/resources/R", "relpath": "a/x.nii",
-          "overwrite": False}
+TARGET = {
+    "kind": "file",
+    "resource_uri": "/data/projects/P/resources/R",
+    "relpath": "a/x.nii",
+    "overwrite": False,
+}
 MNT_PATH = "/P/resources/R/files/a/x.nii"
 
 
@@ -68,11 +73,32 @@ def test_add_moves_the_spool_file_and_is_durable(dirs):
     for name in files(jdir):
         assert stat.S_IMODE(os.stat(jdir / name).st_mode) == 0o600
     doc = json.loads((jdir / (entry.id + ".json")).read_text())
-    assert {k: doc[k] for k in ("id", "target", "path", "size", "md5", "state", "tries",
-                                "next_attempt", "last_error", "created")} == {
-        "id": entry.id, "target": TARGET, "path": MNT_PATH, "size": 5000, "md5": md5(data),
-        "state": "pending", "tries": 0, "next_attempt": 0.0, "last_error": "",
-        "created": entry.created}
+    assert {
+        k: doc[k]
+        for k in (
+            "id",
+            "target",
+            "path",
+            "size",
+            "md5",
+            "state",
+            "tries",
+            "next_attempt",
+            "last_error",
+            "created",
+        )
+    } == {
+        "id": entry.id,
+        "target": TARGET,
+        "path": MNT_PATH,
+        "size": 5000,
+        "md5": md5(data),
+        "state": "pending",
+        "tries": 0,
+        "next_attempt": 0.0,
+        "last_error": "",
+        "created": entry.created,
+    }
     # a new process sees the same entry
     again = Journal(jdir).reload()
     assert again == [entry]
@@ -114,8 +140,7 @@ def test_lookups_by_path(dirs):
     assert j.pending_for("/P/resources/R/files/a.txt") == a2
     assert j.pending_for("/P/resources/R/files/zzz") is None
     assert j.versions_for("/P/resources/R/files/a.txt") == [a1, a2]
-    assert j.by_path() == {"/P/resources/R/files/a.txt": a2,
-                           "/P/resources/R/files/sub/b.txt": b}
+    assert j.by_path() == {"/P/resources/R/files/a.txt": a2, "/P/resources/R/files/sub/b.txt": b}
     assert j.pending_in("/P/resources/R/files/") == [a2]
     assert j.pending_in("/P/resources/R/files/sub") == [b]
     assert j.entries() == [a1, b, a2]
@@ -179,11 +204,18 @@ def test_reload_repairs_what_a_crash_left(dirs):
     spool, jdir = dirs
     j = Journal(jdir)
     keep = j.add(spooled(spool, b"keep"), TARGET, "/P/resources/R/files/keep")
-    busy = j.update(dataclasses.replace(
-        j.add(spooled(spool, b"busy"), TARGET, "/P/resources/R/files/busy"),
-        state=UPLOADING, tries=2))
-    done = j.update(dataclasses.replace(
-        j.add(spooled(spool, b"done"), TARGET, "/P/resources/R/files/done"), state="done"))
+    busy = j.update(
+        dataclasses.replace(
+            j.add(spooled(spool, b"busy"), TARGET, "/P/resources/R/files/busy"),
+            state=UPLOADING,
+            tries=2,
+        )
+    )
+    done = j.update(
+        dataclasses.replace(
+            j.add(spooled(spool, b"done"), TARGET, "/P/resources/R/files/done"), state="done"
+        )
+    )
     gone = j.add(spooled(spool, b"gone"), TARGET, "/P/resources/R/files/gone")
     os.unlink(gone.data_path)  # a remove interrupted between its two unlinks
     lost = j.add(spooled(spool, b"lost sidecar"), TARGET, "/P/resources/R/files/lost")
@@ -293,7 +325,12 @@ def test_kill_at_any_point_of_add(tmp_path, monkeypatch):
             assert len(got) == 1
             e = got[0]
             assert (e.target, e.path, e.size, e.md5, e.state) == (
-                UploadTarget.from_json(TARGET), MNT_PATH, len(data), md5(data), PENDING)
+                UploadTarget.from_json(TARGET),
+                MNT_PATH,
+                len(data),
+                md5(data),
+                PENDING,
+            )
             with open(e.data_path, "rb") as fh:
                 assert fh.read() == data
             assert not os.path.exists(f.path)
@@ -301,8 +338,9 @@ def test_kill_at_any_point_of_add(tmp_path, monkeypatch):
             assert crashed
             with open(f.path, "rb") as fh:
                 assert fh.read() == data
-        assert sorted(os.listdir(jdir)) == ([] if not got else
-                                            sorted([got[0].id + ".data", got[0].id + ".json"]))
+        assert sorted(os.listdir(jdir)) == (
+            [] if not got else sorted([got[0].id + ".data", got[0].id + ".json"])
+        )
         if not crashed:
             break
         crash_points += 1
@@ -341,7 +379,7 @@ def test_add_without_digest_leaves_it_to_the_uploader_or_to_reload(dirs):
     entry = j.add(spooled(spool, data), TARGET, MNT_PATH, digest=False)
     assert (entry.size, entry.md5) == (70_000, "")
     with open(entry.data_path, "rb") as fh:
-        assert fh.read() == data   # the bytes are in place (and fsynced) without their digest
+        assert fh.read() == data  # the bytes are in place (and fsynced) without their digest
     # an entry whose digest was never stored (crash during its first upload) gets it on reload
     other = j.add(spooled(spool, data[:100]), TARGET, MNT_PATH + "2", digest=False)
     j2 = Journal(jdir)
@@ -357,25 +395,65 @@ def _old_sidecar(jdir, entry_id: str, target: dict, data: bytes) -> None:
     with the writer's keys, ``listing`` a JSON list), beside its data file."""
     os.makedirs(jdir, mode=0o700, exist_ok=True)
     (jdir / f"{entry_id}.data").write_bytes(data)
-    doc = {"id": entry_id, "seq": 3, "target": target, "path": "/P/x", "size": len(data),
-           "md5": md5(data), "created": 1700000000.0, "tries": 2, "next_attempt": 0.0,
-           "last_error": "HTTP 503", "state": "uploading", "v": 1}
+    doc = {
+        "id": entry_id,
+        "seq": 3,
+        "target": target,
+        "path": "/P/x",
+        "size": len(data),
+        "md5": md5(data),
+        "created": 1700000000.0,
+        "tries": 2,
+        "next_attempt": 0.0,
+        "last_error": "HTTP 503",
+        "state": "uploading",
+        "v": 1,
+    }
     (jdir / f"{entry_id}.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
 
 
-@pytest.mark.parametrize("old, want", [
-    ({"kind": "file", "resource_uri": "/data/projects/P/resources/R", "relpath": "a/x.nii",
-      "overwrite": True, "listing": ["P", "resources", "R", "files"]},
-     UploadTarget.file("/data/projects/P/resources/R", "a/x.nii",
-                       listing=("P", "resources", "R", "files"), overwrite=True)),
-    ({"kind": "import", "project": "P", "subject": "S1", "dest": "/archive",
-      "listing": ["P", "subjects", "S1", "experiments"], "content_type": "application/x-tar"},
-     UploadTarget.archive_import("P", "/archive", listing=("P", "subjects", "S1", "experiments"),
-                                 subject="S1", content_type="application/x-tar")),
-    # an import written before content_type existed, into a prearchive (no subject)
-    ({"kind": "import", "project": "P", "dest": "/prearchive/projects/P", "listing": ["P"]},
-     UploadTarget.archive_import("P", "/prearchive/projects/P", listing=("P",))),
-])
+@pytest.mark.parametrize(
+    "old, want",
+    [
+        (
+            {
+                "kind": "file",
+                "resource_uri": "/data/projects/P/resources/R",
+                "relpath": "a/x.nii",
+                "overwrite": True,
+                "listing": ["P", "resources", "R", "files"],
+            },
+            UploadTarget.file(
+                "/data/projects/P/resources/R",
+                "a/x.nii",
+                listing=("P", "resources", "R", "files"),
+                overwrite=True,
+            ),
+        ),
+        (
+            {
+                "kind": "import",
+                "project": "P",
+                "subject": "S1",
+                "dest": "/archive",
+                "listing": ["P", "subjects", "S1", "experiments"],
+                "content_type": "application/x-tar",
+            },
+            UploadTarget.archive_import(
+                "P",
+                "/archive",
+                listing=("P", "subjects", "S1", "experiments"),
+                subject="S1",
+                content_type="application/x-tar",
+            ),
+        ),
+        # an import written before content_type existed, into a prearchive (no subject)
+        (
+            {"kind": "import", "project": "P", "dest": "/prearchive/projects/P", "listing": ["P"]},
+            UploadTarget.archive_import("P", "/prearchive/projects/P", listing=("P",)),
+        ),
+    ],
+)
 def test_sidecar_of_the_previous_version_loads_and_is_rewritten_the_same(tmp_path, old, want):
     jdir = tmp_path / "journal"
     _old_sidecar(jdir, "0001-old", old, b"old bytes")
@@ -400,13 +478,17 @@ def test_target_of_an_unknown_kind_is_kept_not_dropped(tmp_path):
     assert entry.target.to_json() == {"kind": "mystery", "project": "P"}
 
 
-@pytest.mark.parametrize("target", [
-    UploadTarget.file("/data/projects/P/resources/R", "a/b c.nii", listing=("P", "R")),
-    UploadTarget.file("/data/projects/P/resources/R", "x", overwrite=True),
-    UploadTarget.archive_import("P", "/archive", listing=("P",), subject="S",
-                                content_type="application/x-tar"),
-    UploadTarget.archive_import("P", "/prearchive/projects/P"),
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        UploadTarget.file("/data/projects/P/resources/R", "a/b c.nii", listing=("P", "R")),
+        UploadTarget.file("/data/projects/P/resources/R", "x", overwrite=True),
+        UploadTarget.archive_import(
+            "P", "/archive", listing=("P",), subject="S", content_type="application/x-tar"
+        ),
+        UploadTarget.archive_import("P", "/prearchive/projects/P"),
+    ],
+)
 def test_a_target_survives_the_sidecar(dirs, target):
     """What the writer gives ``add`` is what a restarted journal hands the uploader."""
     spool, jdir = dirs

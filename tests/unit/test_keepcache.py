@@ -1,4 +1,5 @@
 """PageCacheTrust: which opens may keep the kernel's pages of earlier opens (fs/keepcache.py)."""
+
 from __future__ import annotations
 
 from xnatfs.fs.keepcache import PageCacheTrust
@@ -6,21 +7,21 @@ from xnatfs.fs.keepcache import PageCacheTrust
 
 def test_a_clean_download_keeps_its_pages_for_the_next_open():
     trust = PageCacheTrust()
-    assert not trust.keep_cache("/f", "v1", False, 0)   # a download: drop, on probation
-    assert trust.keep_cache("/f", "v1", True, 0)        # nothing failed since: keep
-    assert trust.keep_cache("/f", "v1", True, 5)        # verified opens since: keep
-    assert not trust.keep_cache("/g", "v1", True, 5)    # per path (the kernel's inode)
+    assert not trust.keep_cache("/f", "v1", False, 0)  # a download: drop, on probation
+    assert trust.keep_cache("/f", "v1", True, 0)  # nothing failed since: keep
+    assert trust.keep_cache("/f", "v1", True, 5)  # verified opens since: keep
+    assert not trust.keep_cache("/g", "v1", True, 5)  # per path (the kernel's inode)
 
 
 def test_pages_read_before_a_failed_check_are_dropped():
     trust = PageCacheTrust()
-    assert not trust.keep_cache("/f", "v1", False, 3)   # a download (or a large entry hashed)
-    assert not trust.keep_cache("/f", "v1", True, 4)    # an attempt failed meanwhile: drop
-    assert trust.keep_cache("/f", "v1", True, 4)        # the drop made the pages clean
-    assert not trust.keep_cache("/f", "v1", False, 4)   # suspect again
-    assert not trust.keep_cache("/f", "v1", False, 5)   # a second suspect open: keeps count 4
+    assert not trust.keep_cache("/f", "v1", False, 3)  # a download (or a large entry hashed)
+    assert not trust.keep_cache("/f", "v1", True, 4)  # an attempt failed meanwhile: drop
+    assert trust.keep_cache("/f", "v1", True, 4)  # the drop made the pages clean
+    assert not trust.keep_cache("/f", "v1", False, 4)  # suspect again
+    assert not trust.keep_cache("/f", "v1", False, 5)  # a second suspect open: keeps count 4
     assert not trust.keep_cache("/f", "v1", True, 5)
-    assert not trust.keep_cache("/f", "v2", True, 5)    # another version of the file
+    assert not trust.keep_cache("/f", "v2", True, 5)  # another version of the file
     assert trust.keep_cache("/f", "v2", True, 5)
 
 
@@ -30,4 +31,4 @@ def test_a_forgotten_path_costs_one_drop_never_a_kept_page():
     for path in ("/b", "/c"):
         assert not trust.keep_cache(path, "v", True, 0)
     assert trust.keep_cache("/c", "v", True, 0) and trust.keep_cache("/b", "v", True, 0)
-    assert not trust.keep_cache("/a", "v", True, 0)     # forgotten (least recent): dropped
+    assert not trust.keep_cache("/a", "v", True, 0)  # forgotten (least recent): dropped

@@ -1,6 +1,7 @@
 """contrib/kubernetes/: the manifests validate against a pinned Kubernetes API (strict: an
 unknown or misspelt field fails) with ``kubernetes-validate`` (PyPI, test extra), which bundles
 its schemas: nothing is fetched.  Plus the shape the recipe depends on."""
+
 from __future__ import annotations
 
 import copy
@@ -13,7 +14,8 @@ yaml = pytest.importorskip("yaml")
 kv = pytest.importorskip(
     "kubernetes_validate",
     reason="!!! kubernetes-validate is missing: the Kubernetes manifests are NOT validated "
-           "(pip install 'kubernetes-validate>=1.31,<2') !!!")
+    "(pip install 'kubernetes-validate>=1.31,<2') !!!",
+)
 
 #: the Kubernetes version the manifests are written for (bundled schema; bump deliberately)
 K8S_VERSION = "1.31.0"

@@ -1,4 +1,6 @@
-"""The module map's import rules (STYLE.md §1), checked by walking every import with ``ast``."""
+"""The module map's import rules (docs/ARCHITECTURE.md §1), checked by walking every import with
+``ast``."""
+
 from __future__ import annotations
 
 import ast
@@ -17,8 +19,8 @@ FORBIDDEN = {
     "uploads": CLI | {"fs", "tree", "cache", "xnat", "emulator", "runtime"},
     "tree": CLI | {"fs", "emulator", "runtime"},
     # the view engine knows no XNAT and no layout: layouts and policies plug into it (#14)
-    "view": CLI | {"fs", "emulator", "runtime", "xnat", "tree", "layouts", "policies",
-                   "uploads", "options"},
+    "view": CLI
+    | {"fs", "emulator", "runtime", "xnat", "tree", "layouts", "policies", "uploads", "options"},
     # a layout serves the engine; it never reaches up to FUSE, the CLI or the Tree wiring
     "layouts": CLI | {"fs", "emulator", "runtime", "tree", "policies"},
     # read-ahead policies use the engine (and a layout's records), never FUSE or the CLI
@@ -39,7 +41,7 @@ def _imports(path: Path):
                 yield alias.name
         elif isinstance(node, ast.ImportFrom) and node.module:
             if node.level:  # relative import: resolve against the file's package
-                base = path.relative_to(PKG.parent).with_suffix("").parts[:-node.level]
+                base = path.relative_to(PKG.parent).with_suffix("").parts[: -node.level]
                 yield ".".join(base + (node.module,))
             else:
                 yield node.module
@@ -59,16 +61,22 @@ def test_layers_import_only_downwards():
 
 
 def test_only_cli_imports_the_emulator():
-    offenders = [str(p.relative_to(PKG.parent)) for p in PKG.rglob("*.py")
-                 if p.relative_to(PKG).parts[0] not in ("emulator", "cli.py")
-                 and any(n.startswith("xnatfs.emulator") for n in _imports(p))]
+    offenders = [
+        str(p.relative_to(PKG.parent))
+        for p in PKG.rglob("*.py")
+        if p.relative_to(PKG).parts[0] not in ("emulator", "cli.py")
+        and any(n.startswith("xnatfs.emulator") for n in _imports(p))
+    ]
     assert offenders == []
 
 
 def test_only_the_client_imports_requests():
-    offenders = [str(p.relative_to(PKG.parent)) for p in PKG.rglob("*.py")
-                 if p.relative_to(PKG).parts[0] not in ("xnat", "emulator")
-                 and any(n == "requests" or n.startswith("requests.") for n in _imports(p))]
+    offenders = [
+        str(p.relative_to(PKG.parent))
+        for p in PKG.rglob("*.py")
+        if p.relative_to(PKG).parts[0] not in ("xnat", "emulator")
+        and any(n == "requests" or n.startswith("requests.") for n in _imports(p))
+    ]
     assert offenders == []
 
 
@@ -91,8 +99,11 @@ def test_the_xnat_layout_imports_nothing_from_fs():
 def test_policies_import_neither_fs_nor_the_cli():
     names = _module_imports("policies")
     assert "xnatfs.view.layout" in names
-    assert [n for n in names if n.split(".")[:2] in (["xnatfs", "fs"], ["xnatfs", "cli"],
-                                                        ["xnatfs", "commands"])] == []
+    assert [
+        n
+        for n in names
+        if n.split(".")[:2] in (["xnatfs", "fs"], ["xnatfs", "cli"], ["xnatfs", "commands"])
+    ] == []
 
 
 def test_the_commands_package_is_checked_as_part_of_the_cli():

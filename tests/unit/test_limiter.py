@@ -3,6 +3,7 @@
 The clock and the random source are injected; only the two threading tests use real time
 (bounded waits on events, no sleeps).
 """
+
 from __future__ import annotations
 
 import threading

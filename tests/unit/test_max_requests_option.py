@@ -1,6 +1,7 @@
 """``--max-requests`` (issue 13 §2) through the whole settings path: command line,
 ``XNATFS_MAX_REQUESTS``, config file, ``Options``, the daemon's argv, ``mount.xnatfs -o``, and
 on to the client's limiter."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """MetaCache: TTL with a fake clock, single flight per key, errors not cached, invalidation."""
+
 from __future__ import annotations
 
 import threading
@@ -41,16 +42,24 @@ def test_ttl_expiry_with_fake_clock(clock):
     assert m.peek(("DEMO1",)) == ["SUBJ01", "SUBJ02"]
     assert len(calls) == 1
     clock.advance(0.2)
-    assert m.peek(("DEMO1",)) is None            # stale: peek never loads
+    assert m.peek(("DEMO1",)) is None  # stale: peek never loads
     assert m.get_or_load(("DEMO1",), loader) == ["SUBJ01", "SUBJ02"]
     assert len(calls) == 2
-    assert m.stats == {"hits": 1, "misses": 2, "loads": 2, "errors": 0, "joins": 0,
-                       "timeouts": 0, "entries": 1, "in_flight": 0}
+    assert m.stats == {
+        "hits": 1,
+        "misses": 2,
+        "loads": 2,
+        "errors": 0,
+        "joins": 0,
+        "timeouts": 0,
+        "entries": 1,
+        "in_flight": 0,
+    }
 
 
 def test_put_and_none_values(clock):
     m = MetaCache(ttl=10.0, timer=clock)
-    m.put(("P",), None)                          # a loader may return None; it is cached too
+    m.put(("P",), None)  # a loader may return None; it is cached too
     assert m.get_or_load(("P",), lambda: pytest.fail("must not load")) is None
     m.put(("P", "S"), {"a": 1})
     assert m.peek(("P", "S")) == {"a": 1}
@@ -72,8 +81,10 @@ def test_single_flight_per_key(clock):
     leader = threading.Thread(target=lambda: results.append(m.get_or_load(("D",), slow_loader)))
     leader.start()
     assert started.wait(WAIT)
-    followers = [threading.Thread(target=lambda: results.append(m.get_or_load(("D",), slow_loader)))
-                 for _ in range(15)]
+    followers = [
+        threading.Thread(target=lambda: results.append(m.get_or_load(("D",), slow_loader)))
+        for _ in range(15)
+    ]
     for t in followers:
         t.start()
     wait_for(lambda: m.stats["joins"] == 15, "all followers to join the running load")
@@ -117,7 +128,7 @@ def test_errors_reach_all_waiters_and_are_not_cached(clock):
         t.join(WAIT)
     assert errors == [boom] * 4
     assert m.peek(("P",)) is None
-    assert m.get_or_load(("P",), lambda: "ok") == "ok"   # the next call loads again
+    assert m.get_or_load(("P",), lambda: "ok") == "ok"  # the next call loads again
     assert m.stats["errors"] == 1 and m.stats["loads"] == 2
 
 
@@ -134,8 +145,15 @@ def test_loader_asking_for_its_own_key_fails_fast(clock):
 
 def test_invalidate_and_invalidate_prefix(clock):
     m = MetaCache(timer=clock)
-    for key in [("DEMO1",), ("DEMO1", "SUBJ01"), ("DEMO1", "SUBJ01", "MR1"), ("DEMO1", "SUBJ02"),
-                ("DEMO10",), ("DEMO2", "SUBJ01"), "not-a-tuple"]:
+    for key in [
+        ("DEMO1",),
+        ("DEMO1", "SUBJ01"),
+        ("DEMO1", "SUBJ01", "MR1"),
+        ("DEMO1", "SUBJ02"),
+        ("DEMO10",),
+        ("DEMO2", "SUBJ01"),
+        "not-a-tuple",
+    ]:
         m.put(key, key)
     m.invalidate(("DEMO1", "SUBJ02"))
     assert m.peek(("DEMO1", "SUBJ02")) is None
@@ -143,10 +161,10 @@ def test_invalidate_and_invalidate_prefix(clock):
     assert m.peek(("DEMO1", "SUBJ01")) is None and m.peek(("DEMO1", "SUBJ01", "MR1")) is None
     assert m.peek(("DEMO1",)) == ("DEMO1",)
     assert m.invalidate_prefix(("DEMO1",)) == 1
-    assert m.peek(("DEMO10",)) == ("DEMO10",)     # parts compare whole, not as string prefixes
+    assert m.peek(("DEMO10",)) == ("DEMO10",)  # parts compare whole, not as string prefixes
     assert m.peek(("DEMO2", "SUBJ01")) == ("DEMO2", "SUBJ01")
     assert m.peek("not-a-tuple") == "not-a-tuple"
-    m.invalidate(("never", "there"))               # no error
+    m.invalidate(("never", "there"))  # no error
 
 
 def test_invalidation_during_load_is_not_stored(clock):
@@ -163,11 +181,11 @@ def test_invalidation_during_load_is_not_stored(clock):
     t = threading.Thread(target=lambda: out.append(m.get_or_load(("P", "S"), loader)))
     t.start()
     assert started.wait(WAIT)
-    m.invalidate_prefix(("P",))                    # e.g. an upload into P/S finished
+    m.invalidate_prefix(("P",))  # e.g. an upload into P/S finished
     release.set()
     t.join(WAIT)
-    assert out == ["old listing"]                  # the caller still gets its answer
-    assert m.peek(("P", "S")) is None              # but the next lookup lists again
+    assert out == ["old listing"]  # the caller still gets its answer
+    assert m.peek(("P", "S")) is None  # but the next lookup lists again
 
 
 def test_maxsize_bounds_entries(clock):
@@ -178,6 +196,7 @@ def test_maxsize_bounds_entries(clock):
 
 
 # -- bounded waits and background loads (issue 17 §1, issue 18 §0.3) ------------------------------
+
 
 def test_a_waiter_gives_up_at_its_timeout_while_the_load_goes_on():
     """A joiner of a hung load waits its own deadline, not the loader's: ETIMEDOUT, and the

@@ -2,6 +2,7 @@
 daemons (small Python processes; no FUSE): an early exit is reported at once with its stderr
 tail, a mount that never comes fails at its deadline, a daemon that ignores SIGTERM is killed,
 and the credentials travel on stdin only."""
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,16 @@ CREDS = {"username": "alice", "password": "s3cret-pw"}
 
 
 def _daemon(tmp_path, code: str, mountpoint=None) -> mounting.MountDaemon:
-    return mounting.MountDaemon([sys.executable, "-c", code], mountpoint or tmp_path / "mnt",
-                                tmp_path / "daemon.log", CREDS).start()
+    return mounting.MountDaemon(
+        [sys.executable, "-c", code], mountpoint or tmp_path / "mnt", tmp_path / "daemon.log", CREDS
+    ).start()
 
 
 def test_an_early_exit_is_reported_at_once_with_the_log_tail(tmp_path):
-    code = ("import json, sys; creds = json.loads(sys.stdin.readline()); "
-            "print('login refused for', creds['username'], file=sys.stderr); sys.exit(3)")
+    code = (
+        "import json, sys; creds = json.loads(sys.stdin.readline()); "
+        "print('login refused for', creds['username'], file=sys.stderr); sys.exit(3)"
+    )
     daemon = _daemon(tmp_path, code)
     started = time.monotonic()
     with pytest.raises(mounting.MountFailed) as info:
@@ -35,8 +39,10 @@ def test_an_early_exit_is_reported_at_once_with_the_log_tail(tmp_path):
 
 
 def test_a_mount_that_never_comes_fails_at_the_deadline_and_stop_is_bounded(tmp_path):
-    code = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            "sys.stdin.readline(); print('ready', flush=True); time.sleep(600)")
+    code = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "sys.stdin.readline(); print('ready', flush=True); time.sleep(600)"
+    )
     daemon = _daemon(tmp_path, code)
     with pytest.raises(mounting.MountFailed) as info:
         daemon.wait(timeout=0.5)
@@ -49,8 +55,9 @@ def test_a_mount_that_never_comes_fails_at_the_deadline_and_stop_is_bounded(tmp_
 
 def test_wait_returns_once_the_path_is_mounted_and_answers(tmp_path):
     # /proc is a mount point that answers statvfs: the stand-in "mounted" at once
-    daemon = _daemon(tmp_path, "import sys, time; sys.stdin.readline(); time.sleep(600)",
-                     mountpoint="/proc")
+    daemon = _daemon(
+        tmp_path, "import sys, time; sys.stdin.readline(); time.sleep(600)", mountpoint="/proc"
+    )
     try:
         daemon.wait(timeout=30)
         with pytest.raises(mounting.MountFailed):
@@ -64,4 +71,3 @@ def test_wait_returns_once_the_path_is_mounted_and_answers(tmp_path):
 
 def test_mountinfo_decoder_reads_escaped_mount_points():
     assert mounting._unescape_mountinfo(r"/mnt/a\040b\134c\011d") == "/mnt/a b\\c\td"
-

@@ -1,5 +1,6 @@
 """``--dir-mode``/``--file-mode``/``--nonempty`` (issue 16 §3, §6) through the whole settings path:
 command line, ``XNATFS_*``, config file, ``Options``, the daemon's argv, ``mount.xnatfs -o``."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,8 +13,11 @@ URL = "https://xnat.example.org"
 
 def _options(argv, env, config=None):
     args = cli.build_parser().parse_args(["mount", URL, "/mnt", *argv])
-    given = {k: getattr(args, k) for k in ("dir_mode", "file_mode", "nonempty")
-             if getattr(args, k, None) is not None}
+    given = {
+        k: getattr(args, k)
+        for k in ("dir_mode", "file_mode", "nonempty")
+        if getattr(args, k, None) is not None
+    }
     settings = effective_settings(URL, given, env, load_config(config, env))
     return args, cli.options_from_settings(URL, settings, args.fuse_options)
 

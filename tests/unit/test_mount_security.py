@@ -1,6 +1,7 @@
 """The pure parts of the mount's security (issue 17, docs/SECURITY.md): written-name checks,
 write-URL containment, the CA bundle against the environment, the daemon's environment and
 argv, the options that decide what other local users may do."""
+
 from __future__ import annotations
 
 import errno
@@ -14,37 +15,50 @@ from xnatfs.config import effective_settings, load_config
 from xnatfs.options import Options
 from xnatfs.tree.paths import check_write_name
 from xnatfs.xnat import errors as xe
-from xnatfs.xnat.client import ClientOptions, XnatClient, check_contained
 from xnatfs.xnat.auth import Credentials
+from xnatfs.xnat.client import ClientOptions, XnatClient, check_contained
 
 URL = "https://xnat.example.org"
 
 
 # ------------------------------------------------------------------ written names
-@pytest.mark.parametrize("name", ["..", ".", "..%2F..%2Fx",
-                                  "a%2Fb", "a%00b", "a\\b", "line\nbreak", "tab\there", "del\x7f"])
+@pytest.mark.parametrize(
+    "name",
+    ["..", ".", "..%2F..%2Fx", "a%2Fb", "a%00b", "a\\b", "line\nbreak", "tab\there", "del\x7f"],
+)
 def test_hostile_written_names_are_einval(name):
     with pytest.raises(OSError) as info:
         check_write_name(name, "/P/resources/R/files/" + name)
     assert info.value.errno == errno.EINVAL
 
 
-@pytest.mark.parametrize("name, xnat", [("a#b.txt", "a#b.txt"), ("q?.txt", "q?.txt"),
-                                        ("50%25.txt", "50%.txt"), ("..x", "..x"),
-                                        ("%252E%252E", "%2E%2E"), ("Ünï ✓", "Ünï ✓")])
+@pytest.mark.parametrize(
+    "name, xnat",
+    [
+        ("a#b.txt", "a#b.txt"),
+        ("q?.txt", "q?.txt"),
+        ("50%25.txt", "50%.txt"),
+        ("..x", "..x"),
+        ("%252E%252E", "%2E%2E"),
+        ("Ünï ✓", "Ünï ✓"),
+    ],
+)
 def test_ordinary_odd_names_pass(name, xnat):
     assert check_write_name(name) == xnat
 
 
 # ------------------------------------------------------------------ URL containment
-@pytest.mark.parametrize("uri", [
-    "/data/experiments/E1/resources/R/files/../../../resources/X/files/a",
-    "/data/experiments/E1/resources/R/files/%2E%2E/%2e%2e/x",
-    "/data/experiments/E1/resources/R/files/a%5Cb",
-    "/data/experiments/E1/resources/R/files/./a",
-    "/data/experiments/E1/resources/Rx/files/a",
-    "/data/experiments/E1/resources/R/files",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "/data/experiments/E1/resources/R/files/../../../resources/X/files/a",
+        "/data/experiments/E1/resources/R/files/%2E%2E/%2e%2e/x",
+        "/data/experiments/E1/resources/R/files/a%5Cb",
+        "/data/experiments/E1/resources/R/files/./a",
+        "/data/experiments/E1/resources/Rx/files/a",
+        "/data/experiments/E1/resources/R/files",
+    ],
+)
 def test_write_urls_must_stay_under_their_object(uri):
     with pytest.raises(xe.BadRequest):
         check_contained("PUT", uri, "/data/experiments/E1/resources/R/files")
@@ -59,8 +73,12 @@ def test_base_outside_data_or_with_dots_is_refused():
 
 def test_ordinary_write_urls_pass():
     base = "/data/experiments/E1/resources/R/files"
-    for uri in (base + "/a%20b.txt", base + "/sub/dir/x.nii", base + "/%252E%252E",
-                base + "/a%23b%3F.txt"):
+    for uri in (
+        base + "/a%20b.txt",
+        base + "/sub/dir/x.nii",
+        base + "/%252E%252E",
+        base + "/a%23b%3F.txt",
+    ):
         check_contained("PUT", uri, base)
 
 
@@ -70,8 +88,9 @@ def test_client_refuses_a_dotdot_upload_without_sending():
     client._send = lambda *a, **k: sent.append(a)  # would be the only way out
     try:
         with pytest.raises(xe.BadRequest):
-            client.upload_file("/data/experiments/E1/resources/R", "../../../resources/S/x",
-                               None, 1)
+            client.upload_file(
+                "/data/experiments/E1/resources/R", "../../../resources/S/x", None, 1
+            )
         with pytest.raises(xe.BadRequest):
             client.create_subject("P", "..")
         with pytest.raises(xe.BadRequest):
@@ -87,8 +106,9 @@ def test_ca_bundle_beats_the_environment(monkeypatch, tmp_path, variable):
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(variable, str(tmp_path / "wrong.pem"))
-    client = XnatClient(URL, Credentials("u", "p"),
-                        ClientOptions(verify=str(tmp_path / "right.pem")))
+    client = XnatClient(
+        URL, Credentials("u", "p"), ClientOptions(verify=str(tmp_path / "right.pem"))
+    )
     merged = client._http.merge_environment_settings(URL, {}, None, None, None)
     client.close()
     assert merged["verify"] == str(tmp_path / "right.pem")
@@ -101,10 +121,14 @@ def test_ca_bundle_beats_the_environment(monkeypatch, tmp_path, variable):
 
 def _args_and_options(argv, env, config=None):
     args = cli.build_parser().parse_args(["mount", URL, "/mnt", *argv])
-    given = {k: getattr(args, k) for k in ("ca_bundle", "allow_other_write")
-             if getattr(args, k, None) is not None}
-    settings = effective_settings(URL, given, env, load_config(config, env) if config
-                                  else load_config(None, env))
+    given = {
+        k: getattr(args, k)
+        for k in ("ca_bundle", "allow_other_write")
+        if getattr(args, k, None) is not None
+    }
+    settings = effective_settings(
+        URL, given, env, load_config(config, env) if config else load_config(None, env)
+    )
     return args, cli.options_from_settings(URL, settings, args.fuse_options)
 
 
@@ -120,8 +144,9 @@ def test_daemon_gets_a_ca_bundle_from_the_config_file(tmp_path, env):
 
 
 def test_daemon_environment_has_no_credentials():
-    env = cli.daemon_env({"XNATFS_USER": "u", "XNATFS_PASSWORD": "secret", "PATH": "/bin",
-                          "XNATFS_CACHE_SIZE": "1G"})
+    env = cli.daemon_env(
+        {"XNATFS_USER": "u", "XNATFS_PASSWORD": "secret", "PATH": "/bin", "XNATFS_CACHE_SIZE": "1G"}
+    )
     assert env == {"PATH": "/bin", "XNATFS_CACHE_SIZE": "1G"}
 
 
@@ -131,8 +156,9 @@ def test_allow_other_always_brings_default_permissions(env):
     kwargs = cli.fuse_kwargs(options, SimpleNamespace(fuse_version_major=3))
     assert kwargs["allow_other"] is True and kwargs["default_permissions"] is True
     _args, options = _args_and_options([], env)
-    assert "default_permissions" not in cli.fuse_kwargs(options,
-                                                        SimpleNamespace(fuse_version_major=3))
+    assert "default_permissions" not in cli.fuse_kwargs(
+        options, SimpleNamespace(fuse_version_major=3)
+    )
 
 
 def test_uid_gid_umask_are_taken_by_xnatfs_not_libfuse(env):

@@ -1,6 +1,7 @@
 """``xnat/prearc.py``: each action waits for the state XNAT requires, then acts, then waits for
 the result, and never past its deadline (issue 11 §2).  A scripted server stands in for XNAT's
 status rows and an injected clock for time, so no test sleeps."""
+
 from __future__ import annotations
 
 import errno
@@ -32,8 +33,14 @@ class FakeXnat:
         if status is None:
             return None
         project = uri.split("/")[4]
-        return PrearchiveSession(project=project, timestamp="20240101_000000000", name="S1",
-                                 folder_name="S1", status=status, uri=uri)
+        return PrearchiveSession(
+            project=project,
+            timestamp="20240101_000000000",
+            name="S1",
+            folder_name="S1",
+            status=status,
+            uri=uri,
+        )
 
     def move_prearchive(self, uri: str, project: str) -> None:
         self.calls.append(f"MOVE {uri} {project}")
@@ -56,8 +63,12 @@ def actions(script: Dict[str, List[Optional[str]]], timeout: float = 10.0):
 
 
 def test_move_waits_for_settled_then_for_the_new_project() -> None:
-    a, fake, _ = actions({URI: ["BUILDING", "BUILDING", "READY", "QUEUED_MOVING", None],
-                          MOVED: [None, None, "MOVING", "READY"]})
+    a, fake, _ = actions(
+        {
+            URI: ["BUILDING", "BUILDING", "READY", "QUEUED_MOVING", None],
+            MOVED: [None, None, "MOVING", "READY"],
+        }
+    )
     assert a.move(URI, "Q") == MOVED
     acts = [c for c in fake.calls if not c.startswith("GET")]
     assert acts == [f"MOVE {URI} Q"]

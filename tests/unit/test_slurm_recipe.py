@@ -2,6 +2,7 @@
 
 Side effects are fakes: a mount table, the commands run, and which jobs Slurm still runs.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,8 +14,9 @@ from typing import Dict, List, Optional, Set
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("xnatfs_slurm",
-                                               ROOT / "contrib" / "slurm" / "xnatfs_slurm.py")
+_spec = importlib.util.spec_from_file_location(
+    "xnatfs_slurm", ROOT / "contrib" / "slurm" / "xnatfs_slurm.py"
+)
 slurm = importlib.util.module_from_spec(_spec)
 sys.modules["xnatfs_slurm"] = slurm
 _spec.loader.exec_module(slurm)
@@ -69,11 +71,17 @@ def node() -> Node:
 
 @pytest.fixture
 def nm(tmp_path, node):
-    s = slurm.Settings(url="https://xnat.example.org", mount_root=tmp_path / "xnat",
-                       cache_root=tmp_path / "scratch", state_dir=tmp_path / "run",
-                       xnatfs="/usr/local/bin/xnatfs", mount_args=["--max-requests", "8"])
-    return slurm.NodeMounts(s, run=node.run, state=node.state, running=node.running,
-                            chown=lambda p, u: None)
+    s = slurm.Settings(
+        url="https://xnat.example.org",
+        mount_root=tmp_path / "xnat",
+        cache_root=tmp_path / "scratch",
+        state_dir=tmp_path / "run",
+        xnatfs="/usr/local/bin/xnatfs",
+        mount_args=["--max-requests", "8"],
+    )
+    return slurm.NodeMounts(
+        s, run=node.run, state=node.state, running=node.running, chown=lambda p, u: None
+    )
 
 
 def start(nm, node, job, user="ann"):
@@ -182,8 +190,7 @@ def test_concurrent_prologs_and_epilogs_mount_once(nm, node):
     [t.join(30) for t in threads]
     assert node.mounts_run() == 1 and len(nm.jobs("ann")) == 32
     results: List[bool] = []
-    threads = [threading.Thread(target=lambda j=j: results.append(nm.stop(j, "ann")))
-               for j in jobs]
+    threads = [threading.Thread(target=lambda j=j: results.append(nm.stop(j, "ann"))) for j in jobs]
     [t.start() for t in threads]
     [t.join(30) for t in threads]
     assert results.count(True) == 1
@@ -193,7 +200,8 @@ def test_concurrent_prologs_and_epilogs_mount_once(nm, node):
 def test_settings_from_env_need_the_url():
     with pytest.raises(SystemExit):
         slurm.Settings.from_env({})
-    s = slurm.Settings.from_env({"XNATFS_URL": "https://x", "XNATFS_MOUNT_ARGS": "--read-only "
-                                 "--max-requests 4"})
+    s = slurm.Settings.from_env(
+        {"XNATFS_URL": "https://x", "XNATFS_MOUNT_ARGS": "--read-only --max-requests 4"}
+    )
     assert s.mount_args == ["--read-only", "--max-requests", "4"]
     assert s.state_dir == Path("/run/xnatfs-slurm")

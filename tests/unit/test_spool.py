@@ -3,6 +3,7 @@
 ENOSPC is produced for real on a 64 KiB tmpfs when we may mount one (root), and by a patched
 ``os.pwrite`` otherwise (that test always runs, so the undo logic is covered everywhere).
 """
+
 from __future__ import annotations
 
 import errno
@@ -70,8 +71,7 @@ def test_closed_file_answers_ebadf(tmp_path):
     f.close()
     f.close()  # idempotent
     assert f.closed
-    for call in (lambda: f.write(0, b"x"), lambda: f.read(0, 1), lambda: f.truncate(0),
-                 f.fsync):
+    for call in (lambda: f.write(0, b"x"), lambda: f.read(0, 1), lambda: f.truncate(0), f.fsync):
         with pytest.raises(OSError) as info:
             call()
         assert info.value.errno == errno.EBADF

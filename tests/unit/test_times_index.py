@@ -1,4 +1,5 @@
 """cache.times.TimesIndex: times kept per (URI, bytes), across restarts, dropped on change."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ No sleeps and no network: ``FakeServer`` keeps uploaded bytes in memory, fails o
 can hold a put at a gate; time is a ``FakeClock`` the test moves (then ``uploader.wake()``).
 Every state change signals one Condition, so tests wait for conditions with a deadline.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,11 @@ WAIT = 10.0  # generous deadline for conditions that should hold almost at once
 class Transient(Exception):
     retryable = True
 
-    def __init__(self, msg: str = "POST /data/x -> 503 Service Unavailable",
-                 retry_after: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        msg: str = "POST /data/x -> 503 Service Unavailable",
+        retry_after: Optional[float] = None,
+    ) -> None:
         super().__init__(msg)
         self.retry_after = retry_after
 
@@ -69,7 +73,7 @@ class FakeServer:
         self.gate: Optional[threading.Event] = None
         self.lie_once = False  # verify says "no" once even though the bytes are there
         self.lock = threading.Lock()
-        self.puts: List[tuple] = []   # (path, data, thread name)
+        self.puts: List[tuple] = []  # (path, data, thread name)
         self.verifies: List[str] = []
         self.active = 0
         self.max_active = 0
@@ -103,8 +107,11 @@ class FakeServer:
                 self.lie_once = False
                 return False
             data = self.files.get(entry.path)
-        return (data is not None and len(data) == entry.size
-                and hashlib.md5(data).hexdigest() == entry.md5)
+        return (
+            data is not None
+            and len(data) == entry.size
+            and hashlib.md5(data).hexdigest() == entry.md5
+        )
 
 
 class Rig:
@@ -209,7 +216,7 @@ def test_retryable_error_backs_off_then_succeeds(rig, caplog):
         [st] = up.status()
         assert (st["state"], st["tries"]) == (PENDING, 1)
         assert "503" in st["last_error"]
-        assert 1.0 <= st["next_attempt_in"] <= 2.0   # base 2 s, jitter in [d/2, d]
+        assert 1.0 <= st["next_attempt_in"] <= 2.0  # base 2 s, jitter in [d/2, d]
         assert rig.journal.get(entry.id).tries == 1  # persisted
         rig.clock.advance(st["next_attempt_in"] + 0.001)
         up.wake()
@@ -220,11 +227,17 @@ def test_retryable_error_backs_off_then_succeeds(rig, caplog):
         up.wake()
         rig.signal.wait_for(lambda: rig.states(entry.path) == [PENDING, PENDING, DONE])
     assert rig.server.files[entry.path] == b"data"
-    lines = [r for r in caplog.records if r.getMessage().startswith("upload ")
-             and "retry in" in r.getMessage()]
+    lines = [
+        r
+        for r in caplog.records
+        if r.getMessage().startswith("upload ") and "retry in" in r.getMessage()
+    ]
     assert len(lines) == 2
-    assert re.fullmatch(r"upload /P/resources/R/files/x\.nii: POST /data/x -> 503 Service "
-                        r"Unavailable; try 1, retry in \d+\.\ds", lines[0].getMessage())
+    assert re.fullmatch(
+        r"upload /P/resources/R/files/x\.nii: POST /data/x -> 503 Service "
+        r"Unavailable; try 1, retry in \d+\.\ds",
+        lines[0].getMessage(),
+    )
     assert all(r.levelno == logging.DEBUG for r in lines)
 
 
@@ -295,31 +308,42 @@ def test_backoff_is_capped_honours_retry_after_and_raises_log_levels(rig, caplog
                 up.upload_now(entry)
             delays.append(up.status()[0]["next_attempt_in"])
     assert all(0 < d <= 10.0 for d in delays)
-    assert 5.0 <= delays[6] <= 10.0        # 2**6 capped at 10, jitter >= half
-    assert delays[7] == 10.0               # Retry-After 50 s, capped at max_delay
+    assert 5.0 <= delays[6] <= 10.0  # 2**6 capped at 10, jitter >= half
+    assert delays[7] == 10.0  # Retry-After 50 s, capped at max_delay
     levels = [r.levelno for r in caplog.records if "retry in" in r.getMessage()]
     assert levels == [logging.DEBUG] * 2 + [logging.INFO] * 3 + [logging.WARNING] * 3
-    tries = [int(re.search(r"try (\d+)", r.getMessage()).group(1))
-             for r in caplog.records if "retry in" in r.getMessage()]
+    tries = [
+        int(re.search(r"try (\d+)", r.getMessage()).group(1))
+        for r in caplog.records
+        if "retry in" in r.getMessage()
+    ]
     assert tries == list(range(1, 9))
 
 
 # ---------------------------------------------------------------------------- resume
 def test_resume_after_restart(rig, tmp_path):
     fresh = rig.add(b"never tried", path="/P/resources/R/files/a")
-    interrupted = rig.journal.update(dataclasses.replace(
-        rig.add(b"was uploading", path="/P/resources/R/files/b"), state=UPLOADING, tries=1))
-    failed = rig.journal.update(dataclasses.replace(
-        rig.add(b"gave up", path="/P/resources/R/files/c"), state=FAILED,
-        last_error="PUT http://x/data/projects/P/resources/R/files/c -> 403 Forbidden"))
+    interrupted = rig.journal.update(
+        dataclasses.replace(
+            rig.add(b"was uploading", path="/P/resources/R/files/b"), state=UPLOADING, tries=1
+        )
+    )
+    failed = rig.journal.update(
+        dataclasses.replace(
+            rig.add(b"gave up", path="/P/resources/R/files/c"),
+            state=FAILED,
+            last_error="PUT http://x/data/projects/P/resources/R/files/c -> 403 Forbidden",
+        )
+    )
     # the interrupted attempt had in fact reached the server before the crash
     rig.server.files["/P/resources/R/files/b"] = b"was uploading"
 
     journal = Journal(rig.journal.directory)  # a new process; start() reloads it
     up = rig.uploader(journal=journal)
     up.start()
-    rig.signal.wait_for(lambda: {c.path for c in rig.changes if c.state == DONE}
-                        == {fresh.path, interrupted.path})
+    rig.signal.wait_for(
+        lambda: {c.path for c in rig.changes if c.state == DONE} == {fresh.path, interrupted.path}
+    )
     assert rig.server.files[fresh.path] == b"never tried"
     # verified first, not sent again (a second POST without overwrite would be a 409)
     assert [p for p, _, _ in rig.server.puts] == [fresh.path]
@@ -414,8 +438,7 @@ def test_close_with_deadline_abandons_a_stuck_upload_and_logs_pending(rig, caplo
     up.submit(waiting)
     with caplog.at_level(logging.WARNING, logger="xnatfs.uploads"):
         left = up.close(deadline=rig.clock())  # no time left: do not wait
-    assert {s["path"]: s["state"] for s in left} == {stuck.path: UPLOADING,
-                                                    waiting.path: PENDING}
+    assert {s["path"]: s["state"] for s in left} == {stuck.path: UPLOADING, waiting.path: PENDING}
     text = caplog.text
     assert "still running at shutdown" in text
     assert f"upload {stuck.path}: still uploading at shutdown" in text
@@ -459,13 +482,13 @@ def test_not_verified_error_is_retryable():
 
 def test_entry_added_without_digest_is_hashed_beside_the_upload(rig):
     up = rig.uploader()
-    data = os.urandom(3 << 20)   # a few chunks of the digest thread
+    data = os.urandom(3 << 20)  # a few chunks of the digest thread
     f = rig.spool.create()
     f.write(0, data)
     entry = rig.journal.add(f, {"kind": "file", "relpath": "big"}, "/P/big", digest=False)
     assert entry.md5 == ""
     up.upload_now(entry, rig.clock() + WAIT)
-    assert rig.server.files["/P/big"] == data   # verify compared the MD5 it computed
+    assert rig.server.files["/P/big"] == data  # verify compared the MD5 it computed
     assert rig.journal.entries() == []
     assert rig.states("/P/big") == [DONE]
 
@@ -578,56 +601,65 @@ def _xe(status, cls_name=None, **kw):
     return getattr(xe, cls_name)("PUT", "http://x/data/p/files/f", status, "msg", **kw)
 
 
-@pytest.mark.parametrize("make, retry", [
-    (lambda: _xe(401), False),                       # after the client's re-login
-    (lambda: _xe(403), False),
-    (lambda: _xe(404), False),                       # the parent is gone
-    (lambda: _xe(409), False),
-    (lambda: _xe(None, "Conflict"), False),          # a 200 {"duplicates": ...}
-    (lambda: _xe(413), False),
-    (lambda: _xe(400), False),                       # a bad name
-    (lambda: _xe(422), False),
-    (lambda: _xe(None, "CredentialsError"), False),
-    (lambda: OSError(errno.EINVAL, "unknown upload target"), False),
-    (lambda: OSError(errno.ENOENT, "data file gone"), False),
-    (lambda: _xe(500), True),
-    (lambda: _xe(502), True),
-    (lambda: _xe(503), True),
-    (lambda: _xe(504), True),
-    (lambda: _xe(429), True),
-    (lambda: _xe(None, "XnatTimeout"), True),
-    (lambda: _xe(None, "Unreachable"), True),        # refused, reset, a mid-body drop
-    (lambda: _xe(200, "NotXnatResponse"), True),     # a login page after the re-login
-    (lambda: OSError(errno.ESPIPE, "Illegal seek"), True),
-    (lambda: OSError(errno.EIO, "I/O error"), True),
-    (lambda: OSError(errno.EPIPE, "Broken pipe"), True),
-    (lambda: UploadNotVerified(_entry()), True),
-    (lambda: Permanent("declared"), False),
-    (lambda: RuntimeError("something new"), True),
-])
+@pytest.mark.parametrize(
+    "make, retry",
+    [
+        (lambda: _xe(401), False),  # after the client's re-login
+        (lambda: _xe(403), False),
+        (lambda: _xe(404), False),  # the parent is gone
+        (lambda: _xe(409), False),
+        (lambda: _xe(None, "Conflict"), False),  # a 200 {"duplicates": ...}
+        (lambda: _xe(413), False),
+        (lambda: _xe(400), False),  # a bad name
+        (lambda: _xe(422), False),
+        (lambda: _xe(None, "CredentialsError"), False),
+        (lambda: OSError(errno.EINVAL, "unknown upload target"), False),
+        (lambda: OSError(errno.ENOENT, "data file gone"), False),
+        (lambda: _xe(500), True),
+        (lambda: _xe(502), True),
+        (lambda: _xe(503), True),
+        (lambda: _xe(504), True),
+        (lambda: _xe(429), True),
+        (lambda: _xe(None, "XnatTimeout"), True),
+        (lambda: _xe(None, "Unreachable"), True),  # refused, reset, a mid-body drop
+        (lambda: _xe(200, "NotXnatResponse"), True),  # a login page after the re-login
+        (lambda: OSError(errno.ESPIPE, "Illegal seek"), True),
+        (lambda: OSError(errno.EIO, "I/O error"), True),
+        (lambda: OSError(errno.EPIPE, "Broken pipe"), True),
+        (lambda: UploadNotVerified(_entry()), True),
+        (lambda: Permanent("declared"), False),
+        (lambda: RuntimeError("something new"), True),
+    ],
+)
 def test_retry_table_rows(make, retry):
     from xnatfs.uploads.retry import classify
 
     assert classify(make()).retry is retry
 
 
-@pytest.mark.parametrize("text, retry", [
-    ("PUT http://x/data/p/resources/R/files/f?overwrite=false -> 500 Internal Server Error", True),
-    ("PUT http://x/data/p/resources/R/files/f -> 503 Service Unavailable", True),
-    ("GET http://x/data/p/resources/R/files -> 500 Internal Server Error: boom", True),
-    ("PUT http://x/data/p/files/f -> failed: HTML page where XNAT data was expected", True),
-    ("PUT http://x/data/p/files/f -> unreachable: Connection aborted", True),
-    ("PUT http://x/data/p/files/f -> timed out: no data for 60s", True),
-    ("[Errno 29] Illegal seek", True),
-    ("server does not show the uploaded file (3 bytes, md5 abc)", True),
-    ("PUT http://x/data/p/files/f -> 403 Forbidden", False),
-    ("PUT http://x/data/p/files/f -> 404 Not Found: no such resource", False),
-    ("PUT http://x/data/p/files/f -> 409 Conflict", False),
-    ("PUT http://x/data/p/files/f -> 200 OK: file exists (duplicates: f)", False),
-    ("PUT http://x/data/p/files/f -> 413 Request Entity Too Large", False),
-    ("[Errno 22] unknown upload target {}", False),
-    ("journal sidecar missing or unreadable: target unknown; bytes kept at /x", False),
-])
+@pytest.mark.parametrize(
+    "text, retry",
+    [
+        (
+            "PUT http://x/data/p/resources/R/files/f?overwrite=false -> 500 Internal Server Error",
+            True,
+        ),
+        ("PUT http://x/data/p/resources/R/files/f -> 503 Service Unavailable", True),
+        ("GET http://x/data/p/resources/R/files -> 500 Internal Server Error: boom", True),
+        ("PUT http://x/data/p/files/f -> failed: HTML page where XNAT data was expected", True),
+        ("PUT http://x/data/p/files/f -> unreachable: Connection aborted", True),
+        ("PUT http://x/data/p/files/f -> timed out: no data for 60s", True),
+        ("[Errno 29] Illegal seek", True),
+        ("server does not show the uploaded file (3 bytes, md5 abc)", True),
+        ("PUT http://x/data/p/files/f -> 403 Forbidden", False),
+        ("PUT http://x/data/p/files/f -> 404 Not Found: no such resource", False),
+        ("PUT http://x/data/p/files/f -> 409 Conflict", False),
+        ("PUT http://x/data/p/files/f -> 200 OK: file exists (duplicates: f)", False),
+        ("PUT http://x/data/p/files/f -> 413 Request Entity Too Large", False),
+        ("[Errno 22] unknown upload target {}", False),
+        ("journal sidecar missing or unreadable: target unknown; bytes kept at /x", False),
+    ],
+)
 def test_retry_table_on_recorded_text(text, retry):
     from xnatfs.uploads.retry import classify_text
 
@@ -671,19 +703,28 @@ def test_old_failed_entries_with_transient_errors_are_requeued_on_start(rig):
     texts = {
         "a": "PUT http://x/data/p/resources/R/files/a -> 500 Internal Server Error",
         "b": "PUT http://x/data/p/resources/R/files/b -> failed: HTML page where XNAT data "
-             "was expected",
+        "was expected",
         "c": "[Errno 29] Illegal seek",
         "d": "PUT http://x/data/p/resources/R/files/d -> 403 Forbidden",
     }
     for name, text in texts.items():
-        rig.journal.update(dataclasses.replace(
-            rig.add(name.encode() * 10, path=f"/P/resources/R/files/{name}"),
-            state=FAILED, tries=3, last_error=text))
+        rig.journal.update(
+            dataclasses.replace(
+                rig.add(name.encode() * 10, path=f"/P/resources/R/files/{name}"),
+                state=FAILED,
+                tries=3,
+                last_error=text,
+            )
+        )
     journal = Journal(rig.journal.directory)
     up = rig.uploader(journal=journal)
     up.start()
-    rig.signal.wait_for(lambda: {c.path for c in rig.changes if c.state == DONE}
-                        == {f"/P/resources/R/files/{n}" for n in "abc"})
+    rig.signal.wait_for(
+        lambda: (
+            {c.path for c in rig.changes if c.state == DONE}
+            == {f"/P/resources/R/files/{n}" for n in "abc"}
+        )
+    )
     [left] = journal.entries()
     assert left.path == "/P/resources/R/files/d" and left.state == FAILED
     # the re-queued ones were shown pending again before their attempt
@@ -714,6 +755,7 @@ def test_local_read_racing_a_commit_reads_the_journal_copy_not_ebadf(tmp_path):
 
     class StillLooksOpen:
         """The spool as the reader saw it an instant before the commit closed it."""
+
         closed = False
         read = staticmethod(spool.read)
 

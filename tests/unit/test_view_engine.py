@@ -1,6 +1,7 @@
 """The view engine without FUSE (#14): several layouts in one mount, policies as plug-ins, the
 write side registered as an overlay, typed node references.  The mounted proof is
 tests/mount/test_toy_layout.py."""
+
 from __future__ import annotations
 
 import errno
@@ -22,8 +23,11 @@ from xnatfs.view.node import Local
 def engine(tmp_path):
     main, mirror = ToyLayout(TREE), ToyLayout(MIRROR)
     by_uri = {f"toy:{id(main)}": main, f"toy:{id(mirror)}": mirror}
-    content = ContentCache(str(tmp_path / "content"), size_limit=1 << 24,
-                           fetch=lambda uri, sink: by_uri[uri.rsplit(":", 1)[0]].fetch(uri, sink))
+    content = ContentCache(
+        str(tmp_path / "content"),
+        size_limit=1 << 24,
+        fetch=lambda uri, sink: by_uri[uri.rsplit(":", 1)[0]].fetch(uri, sink),
+    )
     content.start()
     eng = Engine(main, MetaCache(ttl=60.0), content, fs_timeout=10.0)
     eng.mount(".mirror", mirror)  # the one line that wires a second layout
@@ -69,8 +73,9 @@ def test_writes_below_a_mounted_layout_are_erofs(engine):
     from xnatfs.options import Options
 
     eng, _main, _mirror = engine
-    runtime = SimpleNamespace(options=Options(url="toy://", allow_other_write=True),
-                              writer=object(), tree=eng)
+    runtime = SimpleNamespace(
+        options=Options(url="toy://", allow_other_write=True), writer=object(), tree=eng
+    )
     adapter = ops.XnatOperations(runtime)
     with pytest.raises(OSError) as info:
         adapter._writer("/.mirror/x")  # the one gate every write passes

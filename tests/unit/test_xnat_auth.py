@@ -1,4 +1,5 @@
 """Credentials: netrc lookup and refusal, prompt, environment, masked repr (no sockets)."""
+
 from __future__ import annotations
 
 import io
@@ -34,24 +35,30 @@ def test_repr_masks_password() -> None:
 
 
 def test_netrc_host_port_wins_over_host(tmp_path: Path) -> None:
-    rc = write_netrc(tmp_path / "netrc",
-                     "machine xnat.example.org login hostonly password pw1\n"
-                     "machine xnat.example.org:8443 login withport password pw2\n")
-    c = resolve_credentials("https://xnat.example.org:8443/xnat", netrc_path=str(rc),
-                            interactive=False, env={})
+    rc = write_netrc(
+        tmp_path / "netrc",
+        "machine xnat.example.org login hostonly password pw1\n"
+        "machine xnat.example.org:8443 login withport password pw2\n",
+    )
+    c = resolve_credentials(
+        "https://xnat.example.org:8443/xnat", netrc_path=str(rc), interactive=False, env={}
+    )
     assert (c.username, c.password) == ("withport", "pw2")
     assert c.source == f"netrc:{rc}"
-    c = resolve_credentials("https://xnat.example.org/", netrc_path=str(rc), interactive=False,
-                            env={})
+    c = resolve_credentials(
+        "https://xnat.example.org/", netrc_path=str(rc), interactive=False, env={}
+    )
     assert (c.username, c.password) == ("hostonly", "pw1")
-    c = resolve_credentials("https://xnat.example.org:9999", netrc_path=str(rc),
-                            interactive=False, env={})
+    c = resolve_credentials(
+        "https://xnat.example.org:9999", netrc_path=str(rc), interactive=False, env={}
+    )
     assert c.username == "hostonly"
 
 
 def test_netrc_default_entry_is_last(tmp_path: Path) -> None:
-    rc = write_netrc(tmp_path / "netrc", "default login d password dp\n"
-                                         "machine h login m password mp\n")
+    rc = write_netrc(
+        tmp_path / "netrc", "default login d password dp\nmachine h login m password mp\n"
+    )
     assert resolve_credentials("http://h", str(rc), False, {}).username == "m"
     assert resolve_credentials("http://other", str(rc), False, {}).username == "d"
 
@@ -69,13 +76,17 @@ def test_netrc_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
 
 def test_netrc_from_env_var_and_home(tmp_path: Path) -> None:
     rc = write_netrc(tmp_path / "custom", "machine h login envrc password p\n")
-    assert resolve_credentials("http://h", interactive=False,
-                               env={"NETRC": str(rc)}).username == "envrc"
+    assert (
+        resolve_credentials("http://h", interactive=False, env={"NETRC": str(rc)}).username
+        == "envrc"
+    )
     home = tmp_path / "home"
     home.mkdir()
     write_netrc(home / ".netrc", "machine h login homerc password p\n")
-    assert resolve_credentials("http://h", interactive=False,
-                               env={"HOME": str(home)}).username == "homerc"
+    assert (
+        resolve_credentials("http://h", interactive=False, env={"HOME": str(home)}).username
+        == "homerc"
+    )
     write_netrc(home / ".netrc", "machine h login homerc password p\n", 0o644)
     with pytest.raises(CredentialsError, match="chmod 600"):
         resolve_credentials("http://h", interactive=False, env={"HOME": str(home)})
@@ -83,13 +94,13 @@ def test_netrc_from_env_var_and_home(tmp_path: Path) -> None:
 
 def test_explicit_missing_netrc_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(CredentialsError, match="does not exist"):
-        resolve_credentials("http://h", netrc_path=str(tmp_path / "nope"), interactive=False,
-                            env={})
+        resolve_credentials(
+            "http://h", netrc_path=str(tmp_path / "nope"), interactive=False, env={}
+        )
 
 
 def test_broken_netrc_names_file_not_contents(tmp_path: Path) -> None:
-    rc = write_netrc(tmp_path / "netrc", "machine h login u password secretpw macdef\n"
-                                         "machine\n")
+    rc = write_netrc(tmp_path / "netrc", "machine h login u password secretpw macdef\nmachine\n")
     try:
         resolve_credentials("http://h", netrc_path=str(rc), interactive=False, env={})
     except CredentialsError as err:
@@ -108,7 +119,9 @@ def test_prompt_when_tty_and_interactive(tmp_path: Path) -> None:
     env = {"HOME": str(tmp_path)}
     asked = []
     c = resolve_credentials(
-        "https://x:8443", env=env, stdin=Tty(),
+        "https://x:8443",
+        env=env,
+        stdin=Tty(),
         prompt_user=lambda m: asked.append(m) or "pu",
         prompt_password=lambda m: asked.append(m) or "pp",
     )
@@ -118,11 +131,18 @@ def test_prompt_when_tty_and_interactive(tmp_path: Path) -> None:
 
 def test_no_prompt_without_tty_or_when_not_interactive(tmp_path: Path) -> None:
     env = {"HOME": str(tmp_path), "XNATFS_USER": "eu", "XNATFS_PASSWORD": "ep"}
-    c = resolve_credentials("http://h", env=env, stdin=io.StringIO(),
-                            prompt_user=no_prompt, prompt_password=no_prompt)
+    c = resolve_credentials(
+        "http://h", env=env, stdin=io.StringIO(), prompt_user=no_prompt, prompt_password=no_prompt
+    )
     assert c.source == "env"
-    c = resolve_credentials("http://h", interactive=False, env=env, stdin=Tty(),
-                            prompt_user=no_prompt, prompt_password=no_prompt)
+    c = resolve_credentials(
+        "http://h",
+        interactive=False,
+        env=env,
+        stdin=Tty(),
+        prompt_user=no_prompt,
+        prompt_password=no_prompt,
+    )
     assert c.source == "env"
 
 
@@ -138,5 +158,10 @@ def test_interrupted_prompt(tmp_path: Path) -> None:
         raise EOFError
 
     with pytest.raises(CredentialsError, match="interrupted"):
-        resolve_credentials("http://h", env={"HOME": str(tmp_path)}, stdin=Tty(),
-                            prompt_user=eof, prompt_password=eof)
+        resolve_credentials(
+            "http://h",
+            env={"HOME": str(tmp_path)},
+            stdin=Tty(),
+            prompt_user=eof,
+            prompt_password=eof,
+        )

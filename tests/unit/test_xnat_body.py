@@ -1,5 +1,6 @@
 """``body.read_body``: the whole-body deadline, the decoded-size cap and bounded inflation
 (issue 17 §1, §4), on fake raw responses (no sockets)."""
+
 from __future__ import annotations
 
 import gzip
@@ -28,15 +29,17 @@ class FakeRaw:
 
 
 def chunks(data: bytes, n: int = 1 << 16):
-    return [data[i:i + n] for i in range(0, len(data), n)]
+    return [data[i : i + n] for i in range(0, len(data), n)]
 
 
 def test_identity_body_is_returned_whole():
     assert body.read_body(FakeRaw([b"ab", b"cd"]), "", deadline=1e18) == b"abcd"
 
 
-@pytest.mark.parametrize("encoding, pack", [
-    ("gzip", gzip.compress), ("deflate", zlib.compress), ("x-gzip", gzip.compress)])
+@pytest.mark.parametrize(
+    "encoding, pack",
+    [("gzip", gzip.compress), ("deflate", zlib.compress), ("x-gzip", gzip.compress)],
+)
 def test_gzip_and_deflate_are_inflated(encoding, pack):
     data = b'{"ResultSet": {"Result": []}}' * 1000
     assert body.read_body(FakeRaw(chunks(pack(data), 100)), encoding, deadline=1e18) == data

@@ -1,4 +1,5 @@
 """Client pieces that need no socket: error translation, URL building, no I/O at construction."""
+
 from __future__ import annotations
 
 import threading
@@ -40,10 +41,10 @@ def test_url_building_keeps_context_path_and_encodes() -> None:
     c = make()
     assert c._url("/data/projects") == "https://xnat.example.org/xnat/data/projects"
     assert c._url("/data/x/files/résumé – n.txt").endswith(
-        "/data/x/files/r%C3%A9sum%C3%A9%20%E2%80%93%20n.txt")
-    assert c._url("/data/x/files/a%20b") .endswith("/files/a%20b")  # not double-encoded
-    assert c._url("https://xnat.example.org/xnat/data/p") == \
-        "https://xnat.example.org/xnat/data/p"
+        "/data/x/files/r%C3%A9sum%C3%A9%20%E2%80%93%20n.txt"
+    )
+    assert c._url("/data/x/files/a%20b").endswith("/files/a%20b")  # not double-encoded
+    assert c._url("https://xnat.example.org/xnat/data/p") == "https://xnat.example.org/xnat/data/p"
     with pytest.raises(errors.XnatError):
         c._url("https://evil.example.org/data/p")
 
@@ -53,13 +54,23 @@ def test_url_building_keeps_context_path_and_encodes() -> None:
     [
         (requests.exceptions.ConnectTimeout("x"), errors.Unreachable, True),
         (requests.exceptions.ReadTimeout("x"), errors.XnatTimeout, True),
-        (requests.exceptions.ConnectionError(
-            urllib3.exceptions.ReadTimeoutError(None, "/", "Read timed out.")),
-         errors.XnatTimeout, True),
-        (requests.exceptions.ConnectionError("[Errno 111] Connection refused"),
-         errors.Unreachable, True),
-        (requests.exceptions.ChunkedEncodingError("IncompleteRead(10 bytes read)"),
-         errors.Unreachable, True),
+        (
+            requests.exceptions.ConnectionError(
+                urllib3.exceptions.ReadTimeoutError(None, "/", "Read timed out.")
+            ),
+            errors.XnatTimeout,
+            True,
+        ),
+        (
+            requests.exceptions.ConnectionError("[Errno 111] Connection refused"),
+            errors.Unreachable,
+            True,
+        ),
+        (
+            requests.exceptions.ChunkedEncodingError("IncompleteRead(10 bytes read)"),
+            errors.Unreachable,
+            True,
+        ),
         (urllib3.exceptions.ProtocolError("Connection broken"), errors.Unreachable, True),
         (requests.exceptions.SSLError("CERTIFICATE_VERIFY_FAILED"), errors.Unreachable, False),
         (requests.exceptions.InvalidURL("bad"), errors.XnatError, False),

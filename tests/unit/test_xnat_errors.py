@@ -1,4 +1,5 @@
 """Typed errors: the status table, str(), retryable, pickling (no sockets)."""
+
 from __future__ import annotations
 
 import pickle
@@ -32,18 +33,21 @@ def test_status_table(status: int, cls: type, retryable: bool) -> None:
     assert type(err) is cls
     assert isinstance(err, errors.XnatError)
     assert err.retryable is retryable
-    assert (err.method, err.url, err.status, err.message) == ("GET", "http://x/data/p", status,
-                                                              "m")
+    assert (err.method, err.url, err.status, err.message) == ("GET", "http://x/data/p", status, "m")
 
 
 def test_str_reads_like_an_http_failure() -> None:
     err = error_for_status("GET", "http://h/data/f", 404, "Unable to find file.")
     assert str(err) == "GET http://h/data/f -> 404 Not Found: Unable to find file."
     assert str(error_for_status("PUT", "u", 409)) == "PUT u -> 409 Conflict"
-    assert str(errors.XnatTimeout("GET", "u", None, "no data for 30s")) == \
-        "GET u -> timed out: no data for 30s"
-    assert str(errors.Unreachable("HEAD", "u", None, "[Errno 111] Connection refused")) == \
-        "HEAD u -> unreachable: [Errno 111] Connection refused"
+    assert (
+        str(errors.XnatTimeout("GET", "u", None, "no data for 30s"))
+        == "GET u -> timed out: no data for 30s"
+    )
+    assert (
+        str(errors.Unreachable("HEAD", "u", None, "[Errno 111] Connection refused"))
+        == "HEAD u -> unreachable: [Errno 111] Connection refused"
+    )
     assert str(errors.CredentialsError(message="no credentials")) == "no credentials"
 
 

@@ -1,5 +1,6 @@
 """Hostile names from XNAT (issue 17 §8): '.'/'..' escaped reversibly, control characters never
 split a log line."""
+
 from __future__ import annotations
 
 import io
@@ -12,10 +13,19 @@ from xnatfs.logfmt import escape_controls
 from xnatfs.tree.paths import escape_name, unescape_name
 
 
-@pytest.mark.parametrize("name, shown", [
-    (".", "%2E"), ("..", "%2E%2E"), ("%2E", "%252E"), ("...", "..."), (".hidden", ".hidden"),
-    ("a/..", "a%2F.."), ("../x", "..%2Fx"), ("nul\0", "nul%00"),
-])
+@pytest.mark.parametrize(
+    "name, shown",
+    [
+        (".", "%2E"),
+        ("..", "%2E%2E"),
+        ("%2E", "%252E"),
+        ("...", "..."),
+        (".hidden", ".hidden"),
+        ("a/..", "a%2F.."),
+        ("../x", "..%2Fx"),
+        ("nul\0", "nul%00"),
+    ],
+)
 def test_dot_names_are_escaped_reversibly(name, shown):
     assert escape_name(name) == shown
     assert shown not in (".", "..") and "/" not in shown
@@ -35,9 +45,11 @@ def test_every_log_record_is_one_line_whatever_the_name():
     saved = root.handlers[:], root.level
     try:
         setup_logging("info", stream)
-        logging.getLogger("xnatfs.test").error("read /P/%s: GET %s -> 500",
-                                               "evil\n2026-01-01 ERROR forged\r\x1b[2J\u2028x",
-                                               "http://h/data/a\nb")
+        logging.getLogger("xnatfs.test").error(
+            "read /P/%s: GET %s -> 500",
+            "evil\n2026-01-01 ERROR forged\r\x1b[2J\u2028x",
+            "http://h/data/a\nb",
+        )
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])

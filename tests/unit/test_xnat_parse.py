@@ -1,4 +1,5 @@
 """Pure parsing: XNAT rows and dates → models (no sockets)."""
+
 from __future__ import annotations
 
 import calendar
@@ -37,8 +38,10 @@ def test_parse_time_formats(text: str, expected: float) -> None:
     assert parse.parse_time(text) == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize("text", [None, "", "   ", "garbage", "2021-13-01", "2021-02-30x",
-                                  "Foo Bar 08 19:28:45 UTC 2021"])
+@pytest.mark.parametrize(
+    "text",
+    [None, "", "   ", "garbage", "2021-13-01", "2021-02-30x", "Foo Bar 08 19:28:45 UTC 2021"],
+)
 def test_parse_time_rejects(text) -> None:
     assert parse.parse_time(text) is None
 
@@ -47,24 +50,35 @@ def test_parse_time_unknown_zone_is_read_as_utc() -> None:
     assert parse.parse_time("Thu Apr 08 19:28:45 XYZ 2021") == utc(2021, 4, 8, 19, 28, 45)
 
 
-@pytest.mark.parametrize("value, expected", [("12", 12), ("", None), (None, None), (7, 7),
-                                             ("1.0", 1), ("x", None), (" 3 ", 3)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [("12", 12), ("", None), (None, None), (7, 7), ("1.0", 1), ("x", None), (" 3 ", 3)],
+)
 def test_parse_int(value, expected) -> None:
     assert parse.parse_int(value) == expected
 
 
 def test_rows_from_json_stringifies_cells() -> None:
-    doc = {"ResultSet": {"Result": [{"ID": "P1", "n": 3, "x": None, "b": True}],
-                         "totalRecords": "1"}}
+    doc = {
+        "ResultSet": {"Result": [{"ID": "P1", "n": 3, "x": None, "b": True}], "totalRecords": "1"}
+    }
     assert parse.rows_from_json(doc) == [{"ID": "P1", "n": "3", "x": "", "b": "true"}]
     text = '{"ResultSet":{"Result":[{"ID":"P1"}], "totalRecords": "1"}}'
     assert parse.rows_from_json(text) == [{"ID": "P1"}]
     assert parse.rows_from_json(text.encode()) == [{"ID": "P1"}]
 
 
-@pytest.mark.parametrize("bad", ["<html>login</html>", "{}", '{"ResultSet": {}}',
-                                 '{"ResultSet": {"Result": {}}}', '{"ResultSet": {"Result": [1]}}',
-                                 '{"ResultSet": {"Result": [{"a":"b"}'])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "<html>login</html>",
+        "{}",
+        '{"ResultSet": {}}',
+        '{"ResultSet": {"Result": {}}}',
+        '{"ResultSet": {"Result": [1]}}',
+        '{"ResultSet": {"Result": [{"a":"b"}',
+    ],
+)
 def test_rows_from_json_rejects_other_documents(bad: str) -> None:
     with pytest.raises(parse.BadDocument):
         parse.rows_from_json(bad)
@@ -86,16 +100,20 @@ def test_html_detection() -> None:
     assert not parse.looks_like_html(b"")
     login = b'<!DOCTYPE html><html><head><title>XNAT Login</title></head><form action="/login">'
     assert parse.looks_like_login_page(login)
-    status = (b"<html>\n<head>\n   <title>Status page</title>\n</head>\n<body>\n"
-              b"<h3>Unable to find file.</h3><p>You can get technical details</p></body></html>")
+    status = (
+        b"<html>\n<head>\n   <title>Status page</title>\n</head>\n<body>\n"
+        b"<h3>Unable to find file.</h3><p>You can get technical details</p></body></html>"
+    )
     assert not parse.looks_like_login_page(status)
     assert not parse.looks_like_login_page(b"login: plain text")
 
 
 def test_error_text() -> None:
-    page = (b"<html>\n<head>\n   <title>Status page</title>\n</head>\n<body>\n"
-            b"<h3>Authentication failed.</h3><p>You can get technical details "
-            b'<a href="x">here</a>.<br></p></body></html>')
+    page = (
+        b"<html>\n<head>\n   <title>Status page</title>\n</head>\n<body>\n"
+        b"<h3>Authentication failed.</h3><p>You can get technical details "
+        b'<a href="x">here</a>.<br></p></body></html>'
+    )
     assert parse.error_text(page) == "Authentication failed."
     assert parse.error_text(b"<h3>a &amp; <b>b</b></h3>") == "a & b"
     assert parse.error_text(b"plain\nmessage  here") == "plain message here"
@@ -106,21 +124,36 @@ def test_error_text() -> None:
 
 def test_uri_list() -> None:
     body = "/data/prearchive/projects/P1/20240101_101010123/S1\r\n\r\n# c\r\n/data/x\r\n"
-    assert parse.parse_uri_list(body) == ["/data/prearchive/projects/P1/20240101_101010123/S1",
-                                          "/data/x"]
+    assert parse.parse_uri_list(body) == [
+        "/data/prearchive/projects/P1/20240101_101010123/S1",
+        "/data/x",
+    ]
 
 
 def test_project_row() -> None:
-    p = parse.project_from_row({"ID": "P1", "secondary_ID": "p one", "name": "Project 1",
-                                "description": "d", "pi_firstname": "", "URI": "/data/projects/P1"})
+    p = parse.project_from_row(
+        {
+            "ID": "P1",
+            "secondary_ID": "p one",
+            "name": "Project 1",
+            "description": "d",
+            "pi_firstname": "",
+            "URI": "/data/projects/P1",
+        }
+    )
     assert (p.id, p.name, p.secondary_id, p.description) == ("P1", "Project 1", "p one", "d")
     assert p.uri == "/data/projects/P1" and p.mtime is None
     assert p.fields["pi_firstname"] == ""
 
 
 def test_subject_row_is_project_scoped_and_keeps_primary_project() -> None:
-    row = {"ID": "XNAT_S00032", "label": "QIN-01", "project": "OTHER",
-           "insert_date": "2019-03-05 16:46:37.103", "URI": "/data/subjects/XNAT_S00032"}
+    row = {
+        "ID": "XNAT_S00032",
+        "label": "QIN-01",
+        "project": "OTHER",
+        "insert_date": "2019-03-05 16:46:37.103",
+        "URI": "/data/subjects/XNAT_S00032",
+    }
     s = parse.subject_from_row(row, "TEST")
     assert s.uri == "/data/projects/TEST/subjects/XNAT_S00032"
     assert s.project == "OTHER"  # shared subject: primary project (§10.1)
@@ -131,120 +164,216 @@ def test_subject_row_is_project_scoped_and_keeps_primary_project() -> None:
 
 
 def test_experiment_row() -> None:
-    row = {"date": "1987-06-10", "xsiType": "xnat:petSessionData",
-           "xnat:subjectassessordata/id": "XNAT_E00037", "insert_date": "2019-03-05 16:46:37.103",
-           "project": "TEST", "ID": "XNAT_E00037", "label": "SESS", "subject_ID": "XNAT_S1",
-           "URI": "/data/experiments/XNAT_E00037"}
+    row = {
+        "date": "1987-06-10",
+        "xsiType": "xnat:petSessionData",
+        "xnat:subjectassessordata/id": "XNAT_E00037",
+        "insert_date": "2019-03-05 16:46:37.103",
+        "project": "TEST",
+        "ID": "XNAT_E00037",
+        "label": "SESS",
+        "subject_ID": "XNAT_S1",
+        "URI": "/data/experiments/XNAT_E00037",
+    }
     e = parse.experiment_from_row(row)
     assert (e.id, e.label, e.project, e.subject_id, e.xsi_type, e.date) == (
-        "XNAT_E00037", "SESS", "TEST", "XNAT_S1", "xnat:petSessionData", "1987-06-10")
+        "XNAT_E00037",
+        "SESS",
+        "TEST",
+        "XNAT_S1",
+        "xnat:petSessionData",
+        "1987-06-10",
+    )
     assert e.uri == "/data/experiments/XNAT_E00037"
 
 
 def test_scan_and_assessor_rows() -> None:
-    s = parse.scan_from_row({"ID": "3a/b", "type": "T1w", "series_description": "t1",
-                             "xsiType": "xnat:mrScanData", "quality": "usable"},
-                            "/data/experiments/E1")
+    s = parse.scan_from_row(
+        {
+            "ID": "3a/b",
+            "type": "T1w",
+            "series_description": "t1",
+            "xsiType": "xnat:mrScanData",
+            "quality": "usable",
+        },
+        "/data/experiments/E1",
+    )
     assert s.id == "3a/b" and s.uri == "/data/experiments/E1/scans/3a%2Fb"
     assert (s.type, s.series_description, s.quality) == ("T1w", "t1", "usable")
-    a = parse.assessor_from_row({"ID": "E1_FS", "label": "FS", "xsiType": "fs:fsData"},
-                                "/data/experiments/E1/")
+    a = parse.assessor_from_row(
+        {"ID": "E1_FS", "label": "FS", "xsiType": "fs:fsData"}, "/data/experiments/E1/"
+    )
     assert a.uri == "/data/experiments/E1/assessors/E1_FS" and a.label == "FS"
 
 
 def test_resource_row_builds_uri_from_numeric_id() -> None:
-    row = {"xnat_abstractresource_id": "101", "label": "DICOM",
-           "element_name": "xnat:resourceCatalog", "category": "scans", "cat_id": "1",
-           "cat_desc": "T1w", "file_count": "2", "file_size": "", "tags": "",
-           "content": "RAW", "format": "DICOM"}
+    row = {
+        "xnat_abstractresource_id": "101",
+        "label": "DICOM",
+        "element_name": "xnat:resourceCatalog",
+        "category": "scans",
+        "cat_id": "1",
+        "cat_desc": "T1w",
+        "file_count": "2",
+        "file_size": "",
+        "tags": "",
+        "content": "RAW",
+        "format": "DICOM",
+    }
     r = parse.resource_from_row(row, "/data/experiments/E1/scans/1")
     assert r.uri == "/data/experiments/E1/scans/1/resources/101"
     assert (r.id, r.label, r.file_count, r.file_size) == ("101", "DICOM", 2, None)
     # prearchive resources have only a label (§7.2)
-    pr = parse.resource_from_row({"label": "DICOM", "file_count": "3", "file_size": "30"},
-                                 "/data/prearchive/projects/P/T/S/scans/1")
+    pr = parse.resource_from_row(
+        {"label": "DICOM", "file_count": "3", "file_size": "30"},
+        "/data/prearchive/projects/P/T/S/scans/1",
+    )
     assert pr.uri == "/data/prearchive/projects/P/T/S/scans/1/resources/DICOM"
 
 
 def test_file_row_keeps_subfolders_and_uri_verbatim() -> None:
     uri = "/data/experiments/XNAT_E00001/scans/1/resources/101/files/sub/dir/b.dcm"
-    f = parse.file_from_row({"Name": "b.dcm", "Size": "20", "URI": uri, "collection": "DICOM",
-                             "file_tags": "", "file_format": "DICOM", "file_content": "RAW",
-                             "cat_ID": "101", "digest": "abc"})
-    assert f == FileEntry(path="sub/dir/b.dcm", size=20, uri=uri, digest="abc",
-                          collection="DICOM", format="DICOM", content="RAW", tags="")
+    f = parse.file_from_row(
+        {
+            "Name": "b.dcm",
+            "Size": "20",
+            "URI": uri,
+            "collection": "DICOM",
+            "file_tags": "",
+            "file_format": "DICOM",
+            "file_content": "RAW",
+            "cat_ID": "101",
+            "digest": "abc",
+        }
+    )
+    assert f == FileEntry(
+        path="sub/dir/b.dcm",
+        size=20,
+        uri=uri,
+        digest="abc",
+        collection="DICOM",
+        format="DICOM",
+        content="RAW",
+        tags="",
+    )
     assert f.name == "b.dcm"
     # no digest column on sites with checksums off; a resource dir literally named "files"
-    g = parse.file_from_row({"Name": "x", "Size": "",
-                             "URI": "/data/projects/P/resources/7/files/files/x"})
+    g = parse.file_from_row(
+        {"Name": "x", "Size": "", "URI": "/data/projects/P/resources/7/files/files/x"}
+    )
     assert (g.digest, g.size, g.path) == ("", 0, "files/x")
     # XNAT sends URIs raw (§1.8): non-ASCII, spaces and '%' are kept in ``path`` and
     # percent-encoded in ``uri`` for the wire
-    h = parse.file_from_row({"Name": "résumé – notes.txt", "Size": "5",
-                             "URI": "/data/projects/P/resources/7/files/d/résumé – notes.txt"})
+    h = parse.file_from_row(
+        {
+            "Name": "résumé – notes.txt",
+            "Size": "5",
+            "URI": "/data/projects/P/resources/7/files/d/résumé – notes.txt",
+        }
+    )
     assert h.path == "d/résumé – notes.txt"
     assert h.uri == "/data/projects/P/resources/7/files/d/r%C3%A9sum%C3%A9%20%E2%80%93%20notes.txt"
-    k = parse.file_from_row({"Name": "100%.txt", "Size": "1",
-                             "URI": "/data/projects/P/resources/7/files/a b/100%.txt"})
+    k = parse.file_from_row(
+        {"Name": "100%.txt", "Size": "1", "URI": "/data/projects/P/resources/7/files/a b/100%.txt"}
+    )
     assert k.path == "a b/100%.txt"
     assert k.uri == "/data/projects/P/resources/7/files/a%20b/100%25.txt"
 
 
 def test_file_row_drops_a_context_path_prefix() -> None:
-    f = parse.file_from_row({"Name": "a", "Size": "1",
-                             "URI": "/xnat/data/projects/P/resources/7/files/a"})
+    f = parse.file_from_row(
+        {"Name": "a", "Size": "1", "URI": "/xnat/data/projects/P/resources/7/files/a"}
+    )
     assert f.uri == "/data/projects/P/resources/7/files/a"
 
 
 def test_prearchive_row_gets_data_prefix() -> None:
-    row = {"scan_time": "08:52:11.146", "status": "READY", "subject": "SUB1", "tag": "",
-           "uploaded": "2021-12-29 10:11:28.996", "lastmod": "2022-01-18 16:41:25.0",
-           "scan_date": "2001-09-24", "url": "/prearchive/projects/project1/20220122_105154616/N1",
-           "timestamp": "20211229_101128996", "project": "project1", "name": "N1",
-           "folderName": "F1"}
+    row = {
+        "scan_time": "08:52:11.146",
+        "status": "READY",
+        "subject": "SUB1",
+        "tag": "",
+        "uploaded": "2021-12-29 10:11:28.996",
+        "lastmod": "2022-01-18 16:41:25.0",
+        "scan_date": "2001-09-24",
+        "url": "/prearchive/projects/project1/20220122_105154616/N1",
+        "timestamp": "20211229_101128996",
+        "project": "project1",
+        "name": "N1",
+        "folderName": "F1",
+    }
     s = parse.prearchive_from_row(row)
     assert s.uri == "/data/prearchive/projects/project1/20220122_105154616/N1"
     assert (s.project, s.name, s.folder_name, s.subject, s.status) == (
-        "project1", "N1", "F1", "SUB1", "READY")
+        "project1",
+        "N1",
+        "F1",
+        "SUB1",
+        "READY",
+    )
     assert s.mtime == utc(2022, 1, 18, 16, 41, 25)
     row["url"] = "/data/prearchive/projects/p/t/n"
     assert parse.prearchive_from_row(row).uri == "/data/prearchive/projects/p/t/n"
 
 
 def test_remote_stat_from_headers() -> None:
-    st = parse.remote_stat_from_headers({"Content-Length": "40", "Content-Type": "text/plain",
-                                         "Last-Modified": "Thu, 08 Apr 2021 19:28:45 GMT"})
-    assert (st.size, st.mtime, st.content_type) == (40, utc(2021, 4, 8, 19, 28, 45),
-                                                    "text/plain")
+    st = parse.remote_stat_from_headers(
+        {
+            "Content-Length": "40",
+            "Content-Type": "text/plain",
+            "Last-Modified": "Thu, 08 Apr 2021 19:28:45 GMT",
+        }
+    )
+    assert (st.size, st.mtime, st.content_type) == (40, utc(2021, 4, 8, 19, 28, 45), "text/plain")
     assert parse.remote_stat_from_headers({}).size is None
 
 
 # -- hostile rows (issue 17 §8) -----------------------------------------------------------------
 
-@pytest.mark.parametrize("size, why", [
-    ("-5", "outside"), ("100000000000000000000000", "outside"),
-    ("9223372036854775808", "outside"), ("abc", "not a byte count"), ("1e23", "not a byte count"),
-])
+
+@pytest.mark.parametrize(
+    "size, why",
+    [
+        ("-5", "outside"),
+        ("100000000000000000000000", "outside"),
+        ("9223372036854775808", "outside"),
+        ("abc", "not a byte count"),
+        ("1e23", "not a byte count"),
+    ],
+)
 def test_a_size_outside_0_to_2_63_is_refused_not_wrapped(size, why) -> None:
-    f = parse.file_from_row({"Name": "a", "Size": size,
-                             "URI": "/data/projects/P/resources/7/files/a"})
+    f = parse.file_from_row(
+        {"Name": "a", "Size": size, "URI": "/data/projects/P/resources/7/files/a"}
+    )
     assert f.size == 0 and why in f.problem and size[:20] in f.problem
 
 
 def test_sizes_that_are_byte_counts_pass() -> None:
-    for size, want in (("0", 0), ("20", 20), ("20.0", 20), ("", 0),
-                       ("9223372036854775807", (1 << 63) - 1)):
-        f = parse.file_from_row({"Name": "a", "Size": size,
-                                 "URI": "/data/projects/P/resources/7/files/a"})
+    for size, want in (
+        ("0", 0),
+        ("20", 20),
+        ("20.0", 20),
+        ("", 0),
+        ("9223372036854775807", (1 << 63) - 1),
+    ):
+        f = parse.file_from_row(
+            {"Name": "a", "Size": size, "URI": "/data/projects/P/resources/7/files/a"}
+        )
         assert (f.size, f.problem) == (want, "")
 
 
-@pytest.mark.parametrize("uri", [
-    "/data/../../../etc/passwd", "/data/projects/P/resources/7/files/../../../../x",
-    "/data/projects/P/resources/7/files/%2e%2e/%2E%2E/x", "//evil.example/data/x",
-    "http://evil.example/data/projects/P/resources/7/files/a", "/etc/passwd",
-    "/data/projects/P/resources/7/files/./a",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "/data/../../../etc/passwd",
+        "/data/projects/P/resources/7/files/../../../../x",
+        "/data/projects/P/resources/7/files/%2e%2e/%2E%2E/x",
+        "//evil.example/data/x",
+        "http://evil.example/data/projects/P/resources/7/files/a",
+        "/etc/passwd",
+        "/data/projects/P/resources/7/files/./a",
+    ],
+)
 def test_a_file_uri_leaving_data_is_marked_never_fetched(uri) -> None:
     f = parse.file_from_row({"Name": "a", "Size": "1", "URI": uri})
     assert f.problem, uri

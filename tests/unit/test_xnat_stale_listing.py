@@ -1,6 +1,7 @@
 """Stale-while-slow listings in ``Engine.cached`` (``view/engine.py``, issue 18 §0.3), with a
 fake client and a fake clock: no sockets, no FUSE.  The mount-level proof is
 tests/reliability/test_stalled_server.py."""
+
 from __future__ import annotations
 
 import threading
@@ -94,8 +95,9 @@ def test_a_transient_failure_keeps_the_listing_seen_before(setup):
     tree, client, clock = setup
     names(tree)
     clock.now += TTL + 1
-    client.error = errors.ServerError("GET", "http://fake/data/projects", 503, "busy",
-                                      retryable=True)
+    client.error = errors.ServerError(
+        "GET", "http://fake/data/projects", 503, "busy", retryable=True
+    )
     assert names(tree) == ["P1"]
 
 

@@ -1,4 +1,5 @@
 """The watchdog that bounds a response's status line and headers (issue 17 §1)."""
+
 from __future__ import annotations
 
 import socket
@@ -53,7 +54,8 @@ def test_a_socket_is_shut_down_while_the_watchdog_still_owns_it():
         def shutdown(self, how):
             # another thread (the request disarming) tries to take the watchdog's lock now
             probe = threading.Thread(
-                target=lambda: seen.update(free=dog._cond.acquire(blocking=False)))
+                target=lambda: seen.update(free=dog._cond.acquire(blocking=False))
+            )
             probe.start()
             probe.join()
             if seen["free"]:
@@ -107,4 +109,3 @@ def test_an_upload_answer_is_owed_from_when_the_send_queue_emptied():
     finally:
         a.close()
         b.close()
-

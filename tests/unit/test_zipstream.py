@@ -4,6 +4,7 @@ The archives are written by Python's zipfile, to a seekable file (sizes in the l
 and to an unseekable stream (data descriptors, zero sizes in the headers: what the emulator
 sends, §3.3), stored and deflated, with zip64 and non-ASCII names.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,7 +17,6 @@ import pytest
 from tests.unit.ziphelp import streamed_zip
 from xnatfs.cache.zipstream import ZipSplitter, ZipStreamError
 
-
 FILES = {
     "S/scans/1/resources/DICOM/files/a.dcm": os.urandom(70_000),
     "S/scans/1/resources/DICOM/files/sub/b.dcm": b"x" * 5000,
@@ -25,8 +25,9 @@ FILES = {
 }
 
 
-def make_zip(method: int, streamed: bool, zip64: bool = False,
-             files: Dict[str, bytes] = FILES) -> bytes:
+def make_zip(
+    method: int, streamed: bool, zip64: bool = False, files: Dict[str, bytes] = FILES
+) -> bytes:
     if streamed:
         return streamed_zip(files, method, zip64)
     target = io.BytesIO()
@@ -39,8 +40,9 @@ def make_zip(method: int, streamed: bool, zip64: bool = False,
     return target.getvalue()
 
 
-def split(blob: bytes, chunk: int, sizes: Optional[Dict[str, int]] = None,
-          skip: Tuple[str, ...] = ()) -> Tuple[Dict[str, bytes], List[Tuple[str, bool]]]:
+def split(
+    blob: bytes, chunk: int, sizes: Optional[Dict[str, int]] = None, skip: Tuple[str, ...] = ()
+) -> Tuple[Dict[str, bytes], List[Tuple[str, bool]]]:
     got: Dict[str, bytearray] = {}
     ends: List[Tuple[str, bool]] = []
     known = {n: len(d) for n, d in FILES.items()} if sizes is None else sizes
@@ -53,7 +55,7 @@ def split(blob: bytes, chunk: int, sizes: Optional[Dict[str, int]] = None,
 
     splitter = ZipSplitter(known.get, on_start, lambda n, ok: ends.append((n, ok)))
     for off in range(0, len(blob), chunk):
-        splitter.feed(blob[off:off + chunk])
+        splitter.feed(blob[off : off + chunk])
     splitter.close()
     return {n: bytes(d) for n, d in got.items()}, ends
 
@@ -127,8 +129,9 @@ def test_without_crc_a_damaged_member_still_ends_ok_by_size():
     blob[at + 100] ^= 0xFF
     ends: List[Tuple[str, bool]] = []
     sizes = {n: len(d) for n, d in FILES.items()}
-    splitter = ZipSplitter(sizes.get, lambda n: None, lambda n, ok: ends.append((n, ok)),
-                           check_crc=False)
+    splitter = ZipSplitter(
+        sizes.get, lambda n: None, lambda n, ok: ends.append((n, ok)), check_crc=False
+    )
     splitter.feed(bytes(blob))
     splitter.close()
     assert ends == [(n, True) for n in FILES]
@@ -136,7 +139,7 @@ def test_without_crc_a_damaged_member_still_ends_ok_by_size():
 
 # -- bounds (issue 17 §4: a member inflating to 1 GiB reached 2.1 GB of memory) ---------------
 
-BOMB = 64 << 20   # zeros: deflate to ~64 KiB
+BOMB = 64 << 20  # zeros: deflate to ~64 KiB
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +160,12 @@ def test_a_bomb_is_inflated_in_bounded_steps(bomb_zip):
         total[0] += len(data)
 
     ends: List[Tuple[str, bool]] = []
-    splitter = ZipSplitter(lambda n: None, lambda n: sink if n == "bomb.bin" else None,
-                           lambda n, ok: ends.append((n, ok)))
-    splitter.feed(bomb_zip)          # one chunk holding the whole archive
+    splitter = ZipSplitter(
+        lambda n: None,
+        lambda n: sink if n == "bomb.bin" else None,
+        lambda n, ok: ends.append((n, ok)),
+    )
+    splitter.feed(bomb_zip)  # one chunk holding the whole archive
     splitter.close()
     assert total[0] == BOMB and 0 < largest[0] <= INFLATE_STEP
     assert ends == [("bomb.bin", True), ("after.txt", True)]
@@ -168,9 +174,11 @@ def test_a_bomb_is_inflated_in_bounded_steps(bomb_zip):
 def test_a_member_inflating_past_its_listed_size_is_cut(bomb_zip):
     got = bytearray()
     ends: List[Tuple[str, bool]] = []
-    splitter = ZipSplitter({"bomb.bin": 1000, "after.txt": 5}.get,
-                           lambda n: got.extend if n == "bomb.bin" else None,
-                           lambda n, ok: ends.append((n, ok)))
+    splitter = ZipSplitter(
+        {"bomb.bin": 1000, "after.txt": 5}.get,
+        lambda n: got.extend if n == "bomb.bin" else None,
+        lambda n, ok: ends.append((n, ok)),
+    )
     with pytest.raises(ZipStreamError, match="listed size"):
         splitter.feed(bomb_zip)
     assert len(got) <= 1000 and ends == []

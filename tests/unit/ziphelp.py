@@ -1,5 +1,6 @@
 """Zips as XNAT streams them (no Content-Length, written to a socket): built with zipfile on an
 unseekable stream, so every member carries a data descriptor and zero sizes in its header."""
+
 from __future__ import annotations
 
 import io
@@ -21,8 +22,9 @@ class Unseekable(io.RawIOBase):
         return len(b)
 
 
-def streamed_zip(files: Dict[str, bytes], method: int = zipfile.ZIP_STORED,
-                 zip64: bool = False) -> bytes:
+def streamed_zip(
+    files: Dict[str, bytes], method: int = zipfile.ZIP_STORED, zip64: bool = False
+) -> bytes:
     """The members ``files`` (name -> bytes), in order, as one streamed zip."""
     target = Unseekable()
     with zipfile.ZipFile(target, "w", method, allowZip64=True) as zf:  # type: ignore[arg-type]

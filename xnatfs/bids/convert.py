@@ -16,6 +16,7 @@ Bounded: at most ``max_running`` dcm2niix processes at once (a semaphore; the ot
 with a ``timeout``; each runs in a private temp dir that is removed afterwards.  A failure raises
 :class:`ConversionError` with dcm2niix's message; the view turns it into EIO with one log line.
 """
+
 from __future__ import annotations
 
 import errno
@@ -38,8 +39,21 @@ log = logging.getLogger(__name__)
 #: the default level 6 for ~1.7x the bytes; the first read of an image waits for this, the
 #: cache keeps the result), BIDS sidecar (anonymised, its default), file name = series
 #: number, overwrite, quiet; fixed, and part of every key
-OPTIONS: Tuple[str, ...] = ("-z", "y", "-1", "-b", "y", "-ba", "y", "-f", "%s",
-                            "-w", "1", "-v", "0")
+OPTIONS: Tuple[str, ...] = (
+    "-z",
+    "y",
+    "-1",
+    "-b",
+    "y",
+    "-ba",
+    "y",
+    "-f",
+    "%s",
+    "-w",
+    "1",
+    "-v",
+    "0",
+)
 _MAGIC = b"XNATFSB1"
 _HEAD = struct.Struct("<8sQ")
 #: URI scheme of bundle keys in the BIDS content cache (never sent to XNAT)
@@ -79,8 +93,7 @@ def converter_version() -> str:
         return "system"
 
 
-def bundle_key_uri(scan_uri: str, files: Sequence[Tuple[str, int, str]],
-                   extra: str = "") -> str:
+def bundle_key_uri(scan_uri: str, files: Sequence[Tuple[str, int, str]], extra: str = "") -> str:
     """The bundle's cache URI: the scan, then a SHA-256 over the series' (name, size, MD5)
     rows, the converter's version and options (and ``extra``, e.g. the task name written
     into the sidecar)."""
@@ -130,8 +143,9 @@ def run_dcm2niix(dicom_dir: str, out_dir: str, timeout: float) -> Dict[str, byte
     with dcm2niix's last message on a non-zero exit, a timeout, or no NIfTI written."""
     cmd = [dcm2niix_binary(), *OPTIONS, "-o", out_dir, dicom_dir]
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout, check=False)
+        proc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise ConversionError(f"dcm2niix ran longer than {timeout:g} s") from exc
     text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
@@ -139,8 +153,10 @@ def run_dcm2niix(dicom_dir: str, out_dir: str, timeout: float) -> Dict[str, byte
     images = [n for n in outputs if n.endswith((".nii.gz", ".nii"))]
     if proc.returncode != 0 or not images:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        problem = next((ln for ln in reversed(lines) if "error" in ln.lower()),
-                       lines[-1] if lines else "no output").replace(dicom_dir, "<series>")
+        problem = next(
+            (ln for ln in reversed(lines) if "error" in ln.lower()),
+            lines[-1] if lines else "no output",
+        ).replace(dicom_dir, "<series>")
         raise ConversionError(f"dcm2niix exit {proc.returncode}: {problem}")
     return outputs
 
@@ -154,7 +170,7 @@ def _read(path: str) -> bytes:
 class Job:
     """What one bundle key converts: ``fetch_dicom(dest_dir)`` puts the series there."""
 
-    scan: str                       # for log lines: project/subject/session/scan
+    scan: str  # for log lines: project/subject/session/scan
     fetch_dicom: Callable[[str], None]
     #: called with the outputs before packing (e.g. to keep only the main image)
     post: Optional[Callable[[Dict[str, bytes]], Dict[str, bytes]]] = None
@@ -170,9 +186,14 @@ class ConversionStats:
     last_error: str = ""
 
     def as_dict(self) -> Dict[str, Any]:
-        return {"done": self.done, "running": self.running, "failed": self.failed,
-                "queued": self.queued, "seconds": round(self.seconds, 3),
-                "last_error": self.last_error}
+        return {
+            "done": self.done,
+            "running": self.running,
+            "failed": self.failed,
+            "queued": self.queued,
+            "seconds": round(self.seconds, 3),
+            "last_error": self.last_error,
+        }
 
 
 @dataclass
@@ -232,7 +253,7 @@ class Converter:
             with self._lock:
                 self.stats.done += 1
         for start in range(0, len(data), 1 << 20):
-            sink(data[start:start + (1 << 20)])
+            sink(data[start : start + (1 << 20)])
 
     def _convert(self, job: Job) -> bytes:
         with tempfile.TemporaryDirectory(prefix="xnatfs-bids-", dir=self.tmp_dir) as tmp:
@@ -255,7 +276,7 @@ def main_outputs(outputs: Dict[str, bytes]) -> Dict[str, bytes]:
     images = sorted(n for n in outputs if n.endswith(".nii.gz"))
     if not images:
         return outputs
-    stem = images[0][:-len(".nii.gz")]
+    stem = images[0][: -len(".nii.gz")]
     out: Dict[str, bytes] = {}
     for ext in (".nii.gz", ".json", ".bval", ".bvec"):
         if stem + ext in outputs:

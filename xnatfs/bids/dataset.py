@@ -1,5 +1,6 @@
 """The dataset-level files of a BIDS view: ``dataset_description.json``, ``README``,
 ``participants.tsv`` and ``participants.json`` (BIDS 1.9 "Modality agnostic files")."""
+
 from __future__ import annotations
 
 import json
@@ -24,22 +25,26 @@ def _dump(doc: Any) -> bytes:
 
 def authors(project_fields: Mapping[str, str]) -> List[str]:
     """The project's PI as XNAT lists it (``pi_firstname``, ``pi_lastname``), if any."""
-    name = " ".join(str(project_fields.get(k, "") or "").strip()
-                    for k in ("pi_firstname", "pi_lastname")).strip()
+    name = " ".join(
+        str(project_fields.get(k, "") or "").strip() for k in ("pi_firstname", "pi_lastname")
+    ).strip()
     return [name] if name else []
 
 
-def dataset_description(project_id: str, project_name: str,
-                        author_names: Sequence[str] = ()) -> bytes:
+def dataset_description(
+    project_id: str, project_name: str, author_names: Sequence[str] = ()
+) -> bytes:
     doc: Dict[str, Any] = {
         "Name": project_name or project_id,
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "raw",
-        "GeneratedBy": [{
-            "Name": "xnatfs",
-            "Version": __version__,
-            "Description": "BIDS view of an XNAT project (dcm2niix on first read)",
-        }],
+        "GeneratedBy": [
+            {
+                "Name": "xnatfs",
+                "Version": __version__,
+                "Description": "BIDS view of an XNAT project (dcm2niix on first read)",
+            }
+        ],
         "SourceDatasets": [{"URL": f"xnat:/data/projects/{project_id}"}],
     }
     if author_names:
@@ -48,12 +53,14 @@ def dataset_description(project_id: str, project_name: str,
 
 
 def readme(project_id: str, project_name: str, description: str) -> bytes:
-    text = (f"{project_name or project_id}\n{'=' * len(project_name or project_id)}\n\n"
-            f"{description.strip() or 'An XNAT project.'}\n\n"
-            f"This dataset is a read-only view of XNAT project {project_id} made by xnatfs.\n"
-            "Images are converted from DICOM with dcm2niix when first read; every file carries\n"
-            "user.xnat.* extended attributes naming the XNAT scan it came from.\n"
-            "Scans left out are listed, with the reason, in .xnatfs-unmatched.tsv.\n")
+    text = (
+        f"{project_name or project_id}\n{'=' * len(project_name or project_id)}\n\n"
+        f"{description.strip() or 'An XNAT project.'}\n\n"
+        f"This dataset is a read-only view of XNAT project {project_id} made by xnatfs.\n"
+        "Images are converted from DICOM with dcm2niix when first read; every file carries\n"
+        "user.xnat.* extended attributes naming the XNAT scan it came from.\n"
+        "Scans left out are listed, with the reason, in .xnatfs-unmatched.tsv.\n"
+    )
     return text.encode("utf-8")
 
 
@@ -67,8 +74,7 @@ def _field(fields: Mapping[str, str], names: Sequence[str]) -> str:
 
 def participant_columns(subjects: Sequence[Mapping[str, str]]) -> List[str]:
     """The optional columns at least one subject has a value for."""
-    return [col for col, names, _ in PARTICIPANT_COLUMNS
-            if any(_field(s, names) for s in subjects)]
+    return [col for col, names, _ in PARTICIPANT_COLUMNS if any(_field(s, names) for s in subjects)]
 
 
 def participants_tsv(rows: Sequence[Tuple[str, Mapping[str, str]]]) -> bytes:
@@ -77,15 +83,17 @@ def participants_tsv(rows: Sequence[Tuple[str, Mapping[str, str]]]) -> bytes:
     names = {col: n for col, n, _ in PARTICIPANT_COLUMNS}
     lines = ["\t".join(["participant_id"] + cols)]
     for label, fields in rows:
-        lines.append("\t".join([f"sub-{label}"] + [_field(fields, names[c]) or "n/a"
-                                                    for c in cols]))
+        lines.append(
+            "\t".join([f"sub-{label}"] + [_field(fields, names[c]) or "n/a" for c in cols])
+        )
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def participants_json(rows: Sequence[Tuple[str, Mapping[str, str]]]) -> bytes:
     cols = participant_columns([fields for _, fields in rows])
-    doc: Dict[str, Any] = {"participant_id": {"Description": "BIDS label of the XNAT subject "
-                                                             "(see user.xnat.label)"}}
+    doc: Dict[str, Any] = {
+        "participant_id": {"Description": "BIDS label of the XNAT subject (see user.xnat.label)"}
+    }
     for col, _, text in PARTICIPANT_COLUMNS:
         if col in cols:
             doc[col] = {"Description": text}

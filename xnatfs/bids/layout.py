@@ -24,6 +24,7 @@ yet made shows 4096; both are served with direct I/O, so every reader gets the w
 to its true end whatever stat said, and stat shows the true size at the first listing refresh
 after it is known.  ``cp``, ``cat``, Python's ``read()``, nibabel and pybids read to EOF.
 """
+
 from __future__ import annotations
 
 import enum
@@ -55,10 +56,10 @@ _DOCS = ("dataset_description.json", "README", "participants.tsv", "participants
 class Kind(enum.Enum):
     ROOT = "bids-root"
     PROJECT = "bids-project"
-    FOLDER = "bids-folder"          # sub-X, ses-Y
-    DATATYPE = "bids-datatype"      # anat, func, dwi, fmap
-    DOC = "bids-doc"                # dataset-level files
-    FILE = "bids-file"              # image, sidecar, bval, bvec
+    FOLDER = "bids-folder"  # sub-X, ses-Y
+    DATATYPE = "bids-datatype"  # anat, func, dwi, fmap
+    DOC = "bids-doc"  # dataset-level files
+    FILE = "bids-file"  # image, sidecar, bval, bvec
 
 
 @dataclass(frozen=True)
@@ -89,21 +90,35 @@ class BidsLayout(BaseLayout):
 
     source = "XNAT (BIDS view)"
 
-    def __init__(self, client: Any, content: Any, cache_dir: str, *, cache_size: int,
-                 config_path: str = "", max_conversions: int = 2,
-                 conversion_timeout: float = 600.0, epoch: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        content: Any,
+        cache_dir: str,
+        *,
+        cache_size: int,
+        config_path: str = "",
+        max_conversions: int = 2,
+        conversion_timeout: float = 600.0,
+        epoch: Optional[float] = None,
+    ) -> None:
         config = Dcm2BidsConfig.load(config_path) if config_path else None
         self.src = Source(client, content, Mapper(config=config))
         self.source = getattr(client, "base_url", "XNAT") + " (BIDS view)"
         os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        self.converter = convert.Converter(max_running=max_conversions,
-                                           timeout=conversion_timeout,
-                                           tmp_dir=os.path.join(cache_dir, "tmp"))
+        self.converter = convert.Converter(
+            max_running=max_conversions,
+            timeout=conversion_timeout,
+            tmp_dir=os.path.join(cache_dir, "tmp"),
+        )
         os.makedirs(os.path.join(cache_dir, "tmp"), mode=0o700, exist_ok=True)
         #: conversion bundles, like downloads: single flight per key, LRU, kept across mounts
-        self.bundles = ContentCache(os.path.join(cache_dir, "content"), size_limit=cache_size,
-                                    fetch=self.converter.fetch,
-                                    max_downloads=max(1, max_conversions) * 4)
+        self.bundles = ContentCache(
+            os.path.join(cache_dir, "content"),
+            size_limit=cache_size,
+            fetch=self.converter.fetch,
+            max_downloads=max(1, max_conversions) * 4,
+        )
         self.bundles.start()
         self.epoch = time.time() if epoch is None else epoch
         self._root = NodeInfo(name="", kind=Kind.ROOT, is_dir=True, mtime=self.epoch)
@@ -127,24 +142,29 @@ class BidsLayout(BaseLayout):
         def select(view: _PlanView) -> Listing:
             listing = view.listings.get(inner)
             if listing is None:
-                raise OSError(errno.ENOENT, "no such folder in the BIDS dataset",
-                              "/".join(parts))
+                raise OSError(errno.ENOENT, "no such folder in the BIDS dataset", "/".join(parts))
             return listing
 
-        return Loaded(key=(project,), load=lambda: self._load_project(project, record),
-                      select=select)
+        return Loaded(
+            key=(project,), load=lambda: self._load_project(project, record), select=select
+        )
 
     def lookup(self, parts: PathParts, parent: NodeInfo, name: str) -> Optional[NodeInfo]:
         if parent.kind is Kind.PROJECT and name == UNMATCHED_NAME:
-            return NodeInfo(name=name, kind=Kind.DOC, is_dir=False, mtime=parent.mtime,
-                            project=parent.project,
-                            ref=Generated(what=("unmatched", parent.project), sized=True))
+            return NodeInfo(
+                name=name,
+                kind=Kind.DOC,
+                is_dir=False,
+                mtime=parent.mtime,
+                project=parent.project,
+                ref=Generated(what=("unmatched", parent.project), sized=True),
+            )
         return None
 
     def open(self, node: NodeInfo, path: str) -> Opened:
         ref = node.ref
         if isinstance(ref, Generated):
-            what: Any = ref.what   # ("doc", name, bytes) or ("unmatched", project)
+            what: Any = ref.what  # ("doc", name, bytes) or ("unmatched", project)
             if what[0] == "doc":
                 return Opened(data=what[2])
             if what[0] == "unmatched":
@@ -154,22 +174,31 @@ class BidsLayout(BaseLayout):
         if ref.role == "json":
             return Opened(handle=_SidecarHandle(self, ref), direct_io=True)
         if not ref.converted:
-            entry = ref.files.nifti if ref.role == "image" else \
-                ref.files.companions.get("." + ref.role)
+            entry = (
+                ref.files.nifti if ref.role == "image" else ref.files.companions.get("." + ref.role)
+            )
             if entry is None:
-                raise OSError(errno.EIO, f"{ref.role} missing from the scan's NIfTI resource",
-                              path)
+                raise OSError(errno.EIO, f"{ref.role} missing from the scan's NIfTI resource", path)
             return Opened(key=file_key(entry))
         self._register(ref)
-        return Opened(handle=_BundleMember(self.bundles, _bundle_key(ref.bundle),
-                                           "image." + ("nii.gz" if ref.role == "image"
-                                                       else ref.role), ref.scan.scan_uri),
-                      direct_io=True)
+        return Opened(
+            handle=_BundleMember(
+                self.bundles,
+                _bundle_key(ref.bundle),
+                "image." + ("nii.gz" if ref.role == "image" else ref.role),
+                ref.scan.scan_uri,
+            ),
+            direct_io=True,
+        )
 
     def content_key(self, node: NodeInfo) -> Optional[ContentKey]:
         ref = node.ref
-        if isinstance(ref, BidsFile) and not ref.converted and ref.role == "image" \
-                and ref.files.nifti is not None:
+        if (
+            isinstance(ref, BidsFile)
+            and not ref.converted
+            and ref.role == "image"
+            and ref.files.nifti is not None
+        ):
             return file_key(ref.files.nifti)
         return None
 
@@ -195,9 +224,18 @@ class BidsLayout(BaseLayout):
         listing = Listing()
         for p in self.src.client.list_projects():
             name = p.id.replace("/", "%2F")
-            listing.add(NodeInfo(name=name, kind=Kind.PROJECT, is_dir=True,
-                                 mtime=p.mtime or self.epoch, uri=p.uri, project=p.id,
-                                 ref=Record(p), attrs={"project": p.id, "uri": p.uri}))
+            listing.add(
+                NodeInfo(
+                    name=name,
+                    kind=Kind.PROJECT,
+                    is_dir=True,
+                    mtime=p.mtime or self.epoch,
+                    uri=p.uri,
+                    project=p.id,
+                    ref=Record(p),
+                    attrs={"project": p.id, "uri": p.uri},
+                )
+            )
         return listing
 
     def _plan_of(self, project: str) -> Plan:
@@ -218,16 +256,25 @@ class BidsLayout(BaseLayout):
         top = listings[()]
         docs = {
             "dataset_description.json": dataset.dataset_description(
-                project, plan.name, dataset.authors(getattr(record, "fields", {}) or {})),
+                project, plan.name, dataset.authors(getattr(record, "fields", {}) or {})
+            ),
             "README": dataset.readme(project, plan.name, plan.description),
             "participants.tsv": dataset.participants_tsv(plan.participants),
             "participants.json": dataset.participants_json(plan.participants),
         }
         for name in _DOCS:
-            top.add(NodeInfo(name=name, kind=Kind.DOC, is_dir=False, mtime=mtime,
-                             project=project, size=len(docs[name]),
-                             ref=Generated(what=("doc", name, docs[name]), sized=True),
-                             attrs={"project": project, "uri": record.uri}))
+            top.add(
+                NodeInfo(
+                    name=name,
+                    kind=Kind.DOC,
+                    is_dir=False,
+                    mtime=mtime,
+                    project=project,
+                    size=len(docs[name]),
+                    ref=Generated(what=("doc", name, docs[name]), sized=True),
+                    attrs={"project": project, "uri": record.uri},
+                )
+            )
         for folder, scans in plan.folders.items():
             for depth in range(1, len(folder) + 1):
                 sub = folder[:depth]
@@ -235,12 +282,25 @@ class BidsLayout(BaseLayout):
                 if sub[-1] not in listing.children:
                     first = scans[0]
                     kind = Kind.DATATYPE if depth == len(folder) else Kind.FOLDER
-                    listing.add(NodeInfo(
-                        name=sub[-1], kind=kind, is_dir=True, mtime=first.mtime or mtime,
-                        project=project, subject=first.xnat_subject,
-                        attrs={"project": project, "subject": first.xnat_subject,
-                               **({"experiment": first.xnat_session}
-                                  if sub[-1].startswith("ses-") else {})}))
+                    listing.add(
+                        NodeInfo(
+                            name=sub[-1],
+                            kind=kind,
+                            is_dir=True,
+                            mtime=first.mtime or mtime,
+                            project=project,
+                            subject=first.xnat_subject,
+                            attrs={
+                                "project": project,
+                                "subject": first.xnat_subject,
+                                **(
+                                    {"experiment": first.xnat_session}
+                                    if sub[-1].startswith("ses-")
+                                    else {}
+                                ),
+                            },
+                        )
+                    )
                 listings.setdefault(sub, Listing())
         return _PlanView(plan, listings)
 
@@ -250,8 +310,12 @@ class BidsLayout(BaseLayout):
         scans = plan.folders.get(tuple(parts[1:]), [])
         for scan, files in zip(scans, parallel(lambda s: self.src.scan_files(s.scan_uri), scans)):
             if files.nifti is None and not files.dicom:
-                log.info("BIDS: %s/%s scan %s has no NIfTI or DICOM resource: not shown",
-                         scan.xnat_subject, scan.xnat_session, scan.scan_id)
+                log.info(
+                    "BIDS: %s/%s scan %s has no NIfTI or DICOM resource: not shown",
+                    scan.xnat_subject,
+                    scan.xnat_session,
+                    scan.scan_id,
+                )
                 continue
             for child in self._file_nodes(scan, files):
                 listing.add(child)
@@ -278,14 +342,24 @@ class BidsLayout(BaseLayout):
             ref = BidsFile(scan, files, role, bundle)
             if bundle:
                 self._register(ref)
-            return NodeInfo(name=name, kind=Kind.FILE, is_dir=False, size=size,
-                            mtime=scan.mtime, uri=scan.scan_uri, project=scan.project,
-                            subject=scan.xnat_subject, ref=ref, attrs=attrs)
+            return NodeInfo(
+                name=name,
+                kind=Kind.FILE,
+                is_dir=False,
+                size=size,
+                mtime=scan.mtime,
+                uri=scan.scan_uri,
+                project=scan.project,
+                subject=scan.xnat_subject,
+                ref=ref,
+                attrs=attrs,
+            )
 
         out.append(node(stem + ext, "image", image_size))
         local = self._sidecar_if_local(BidsFile(scan, files, "json", bundle))
-        out.append(node(stem + ".json", "json",
-                        SIDECAR_SIZE_GUESS if local is None else len(local)))
+        out.append(
+            node(stem + ".json", "json", SIDECAR_SIZE_GUESS if local is None else len(local))
+        )
         if scan.name.datatype == "dwi":
             for role in ("bval", "bvec"):
                 if bundle:
@@ -336,11 +410,16 @@ class BidsLayout(BaseLayout):
         files, label = ref.files, _scan_label(ref.scan)
         deadline_s = self.converter.timeout
         src = self.src
-        self.converter.register(ref.bundle, convert.Job(
-            scan=label,
-            fetch_dicom=lambda dest: src.fetch_series(files, dest,
-                                                      time.monotonic() + deadline_s),
-            post=convert.main_outputs))
+        self.converter.register(
+            ref.bundle,
+            convert.Job(
+                scan=label,
+                fetch_dicom=lambda dest: src.fetch_series(
+                    files, dest, time.monotonic() + deadline_s
+                ),
+                post=convert.main_outputs,
+            ),
+        )
 
 
 def _scan_label(scan: PlannedScan) -> str:
@@ -380,8 +459,10 @@ class _BundleMember:
         if self._span is None:
             span = self.index(deadline).get(self._member)
             if span is None:
-                raise OSError(errno.EIO, f"the conversion of {self._scan} wrote no "
-                              f"{self._member.split('.', 1)[-1]}")
+                raise OSError(
+                    errno.EIO,
+                    f"the conversion of {self._scan} wrote no {self._member.split('.', 1)[-1]}",
+                )
             self._span = span
         start, length = self._span
         if offset >= length or size <= 0:
@@ -419,8 +500,9 @@ class _SidecarHandle:
             if entry is not None:
                 theirs = json.loads(src.read_whole(entry, deadline).decode("utf-8"))
         elif self._layout.bundles.state(_bundle_key(ref.bundle)) == "cached":
-            member = _BundleMember(self._layout.bundles, _bundle_key(ref.bundle), "image.json",
-                                   ref.scan.scan_uri)
+            member = _BundleMember(
+                self._layout.bundles, _bundle_key(ref.bundle), "image.json", ref.scan.scan_uri
+            )
             try:
                 if "image.json" in member.index(deadline):
                     theirs = json.loads(member.read(0, 1 << 24, deadline).decode("utf-8"))
@@ -432,7 +514,7 @@ class _SidecarHandle:
     def read(self, offset: int, size: int, deadline: float) -> bytes:
         if self._data is None:
             self._data = self._make(deadline)
-        return self._data[offset:offset + size]
+        return self._data[offset : offset + size]
 
     def span(self, offset: int, size: int, deadline: float) -> bytes:
         return self.read(offset, size, deadline)

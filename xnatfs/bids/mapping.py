@@ -13,6 +13,7 @@ XNAT lists for a scan (``SeriesDescription``, ``SeriesNumber``, ``Modality``…,
 cost nothing; a criterion on another DICOM field (``EchoTime``, ``ImageType``…) reads the one
 DICOM header the sidecar needs anyway (``ScanFacts.header``), once per scan.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -25,13 +26,38 @@ from xnatfs.bids.names import BidsName, alnum, parse_entities
 
 #: BIDS suffixes by datatype, used to place an XNAT ``bidsname`` (the same families as XNAT's
 #: DICOM-to-BIDS script: anat / func / dwi / fmap)
-ANAT_SUFFIXES = ("T1w", "T2w", "T1rho", "T1map", "T2map", "T2starw", "T2star", "FLAIR", "FLASH",
-                 "PD", "PDw", "PDmap", "PDT2", "inplaneT1", "inplaneT2", "angio", "UNIT1",
-                 "MP2RAGE")
+ANAT_SUFFIXES = (
+    "T1w",
+    "T2w",
+    "T1rho",
+    "T1map",
+    "T2map",
+    "T2starw",
+    "T2star",
+    "FLAIR",
+    "FLASH",
+    "PD",
+    "PDw",
+    "PDmap",
+    "PDT2",
+    "inplaneT1",
+    "inplaneT2",
+    "angio",
+    "UNIT1",
+    "MP2RAGE",
+)
 FUNC_SUFFIXES = ("bold", "sbref", "cbv", "phase", "physio", "stim")
 DWI_SUFFIXES = ("dwi",)
-FMAP_SUFFIXES = ("phasediff", "phase1", "phase2", "magnitude", "magnitude1", "magnitude2",
-                 "fieldmap", "epi")
+FMAP_SUFFIXES = (
+    "phasediff",
+    "phase1",
+    "phase2",
+    "magnitude",
+    "magnitude1",
+    "magnitude2",
+    "fieldmap",
+    "epi",
+)
 
 
 @dataclass
@@ -53,10 +79,15 @@ class ScanFacts:
 
     def xnat_fields(self) -> Dict[str, Any]:
         """dcm2niix sidecar keys answered by XNAT's listing (no download)."""
-        return {"SeriesDescription": self.description, "ProtocolName": self.type
-                or self.description, "SeriesNumber": self.scan_id, "Modality": self.modality,
-                "XnatScanType": self.type, "XnatQuality": self.quality,
-                "XnatXsiType": self.xsi_type}
+        return {
+            "SeriesDescription": self.description,
+            "ProtocolName": self.type or self.description,
+            "SeriesNumber": self.scan_id,
+            "Modality": self.modality,
+            "XnatScanType": self.type,
+            "XnatQuality": self.quality,
+            "XnatXsiType": self.xsi_type,
+        }
 
     def get(self, key: str) -> Any:
         fields = self.xnat_fields()
@@ -101,13 +132,20 @@ class Dcm2BidsConfig:
             suffix = d.get("suffix") or d.get("modalityLabel")
             criteria = d.get("criteria")
             if not datatype or not suffix or not isinstance(criteria, dict):
-                raise ValueError(f"dcm2bids config: description {i} needs datatype, suffix "
-                                 "and criteria")
+                raise ValueError(
+                    f"dcm2bids config: description {i} needs datatype, suffix and criteria"
+                )
             custom = d.get("custom_entities", d.get("customLabels", ""))
             if isinstance(custom, (list, tuple)):
                 custom = "_".join(str(c) for c in custom)
-            out.append(Description(str(datatype), str(suffix), dict(criteria),
-                                   tuple(parse_entities(str(custom or "")).items())))
+            out.append(
+                Description(
+                    str(datatype),
+                    str(suffix),
+                    dict(criteria),
+                    tuple(parse_entities(str(custom or "")).items()),
+                )
+            )
         method = str(doc.get("search_method", "fnmatch"))
         if method not in ("fnmatch", "re"):
             raise ValueError(f"dcm2bids config: search_method {method!r} (fnmatch or re)")
@@ -130,8 +168,11 @@ class Dcm2BidsConfig:
         return fnmatch.fnmatchcase(name, pat)
 
     def _compare_list(self, value: Any, pattern: Any) -> bool:
-        if not isinstance(value, (list, tuple)) or not isinstance(pattern, list) \
-                or len(value) != len(pattern):
+        if (
+            not isinstance(value, (list, tuple))
+            or not isinstance(pattern, list)
+            or len(value) != len(pattern)
+        ):
             return False
         return all(self._compare(v, p) for v, p in zip(value, pattern))
 
@@ -141,8 +182,12 @@ class Dcm2BidsConfig:
                 raise ValueError("dcm2bids config: a dict criterion has exactly one key")
             op, arg = next(iter(pattern.items()))
             if op == "any":
-                return any(self._compare_list(value, p) if isinstance(value, (list, tuple))
-                           else self._compare(value, p) for p in arg)
+                return any(
+                    self._compare_list(value, p)
+                    if isinstance(value, (list, tuple))
+                    else self._compare(value, p)
+                    for p in arg
+                )
             return _compare_number(op, value, arg)
         if isinstance(value, (list, tuple)):
             return self._compare_list(value, pattern)
@@ -151,16 +196,23 @@ class Dcm2BidsConfig:
         return self._compare(value, pattern)
 
     def matches(self, facts: ScanFacts) -> List[Description]:
-        return [d for d in self.descriptions
-                if all(self._criterion(facts.get(k), p) for k, p in d.criteria.items())]
+        return [
+            d
+            for d in self.descriptions
+            if all(self._criterion(facts.get(k), p) for k, p in d.criteria.items())
+        ]
 
     def map(self, facts: ScanFacts) -> Match:
         found = self.matches(facts)
         if not found:
             return Match(None, "config", "no description of the dcm2bids config matches")
         if len(found) > 1:
-            return Match(None, "config", f"{len(found)} descriptions of the dcm2bids config "
-                         "match (dcm2bids leaves such scans out)")
+            return Match(
+                None,
+                "config",
+                f"{len(found)} descriptions of the dcm2bids config "
+                "match (dcm2bids leaves such scans out)",
+            )
         d = found[0]
         return Match(BidsName(d.datatype, d.suffix, d.entities), "config")
 
@@ -180,8 +232,12 @@ def _compare_number(op: str, value: Any, arg: Any) -> bool:
 # ------------------------------------------------------------------------ XNAT's BIDS map
 def datatype_of(suffix: str) -> Optional[str]:
     low = suffix.lower()
-    for datatype, suffixes in (("anat", ANAT_SUFFIXES), ("func", FUNC_SUFFIXES),
-                               ("dwi", DWI_SUFFIXES), ("fmap", FMAP_SUFFIXES)):
+    for datatype, suffixes in (
+        ("anat", ANAT_SUFFIXES),
+        ("func", FUNC_SUFFIXES),
+        ("dwi", DWI_SUFFIXES),
+        ("fmap", FMAP_SUFFIXES),
+    ):
         if low in (s.lower() for s in suffixes):
             return datatype
     return None
@@ -219,21 +275,30 @@ class XnatBidsMap:
         datatype = datatype_of(suffix)
         if datatype is None:
             return Match(None, "xnat-bidsmap", f"XNAT's BIDS map says {wanted!r}: unknown suffix")
-        entities = {k: v for k, v in parse_entities(head).items() if k not in ("sub", "ses",
-                                                                                 "run")}
-        return Match(BidsName(datatype, _canonical_suffix(suffix), tuple(entities.items())),
-                     "xnat-bidsmap")
+        entities = {k: v for k, v in parse_entities(head).items() if k not in ("sub", "ses", "run")}
+        return Match(
+            BidsName(datatype, _canonical_suffix(suffix), tuple(entities.items())), "xnat-bidsmap"
+        )
 
 
 # ------------------------------------------------------------------------ heuristic
-_LOCALIZER = re.compile(r"localizer|localiser|scout|survey|\baahead|\bloc\b|calibration|"
-                        r"phoenix|report|screen ?save", re.I)
-_DERIVED = re.compile(r"moco|_adc\b|\badc\b|_fa\b|\bfa\b|_trace|tracew|colfa|tensor|_mpr\b|"
-                      r"\bmip\b|\bsub\b|derived", re.I)
+_LOCALIZER = re.compile(
+    r"localizer|localiser|scout|survey|\baahead|\bloc\b|calibration|"
+    r"phoenix|report|screen ?save",
+    re.I,
+)
+_DERIVED = re.compile(
+    r"moco|_adc\b|\badc\b|_fa\b|\bfa\b|_trace|tracew|colfa|tensor|_mpr\b|"
+    r"\bmip\b|\bsub\b|derived",
+    re.I,
+)
 _DIR = re.compile(r"(?:^|[_\- ])(?:dir[-_]?)?(AP|PA|LR|RL|SI|IS)(?=$|[_\- ])", re.I)
 _TASK = re.compile(r"task[-_ ]?([A-Za-z0-9]+)", re.I)
-_FUNC_WORDS = re.compile(r"\b(?:f?mri|bold|func|epi|ep2d|ep_?bold|fmri|run\d*|ap|pa|lr|rl|"
-                         r"mb\d*|sms|\d+)\b", re.I)
+_FUNC_WORDS = re.compile(
+    r"\b(?:f?mri|bold|func|epi|ep2d|ep_?bold|fmri|run\d*|ap|pa|lr|rl|"
+    r"mb\d*|sms|\d+)\b",
+    re.I,
+)
 
 
 def _direction(desc: str) -> Dict[str, str]:
@@ -273,15 +338,21 @@ def heuristic(facts: ScanFacts) -> Match:
         task = _task(re.sub("sbref", "", d, flags=re.I))
         if not task:
             return Match(None, src, "single-band reference without a task name")
-        return Match(BidsName("func", "sbref", (("task", task),) + tuple(
-            _direction(d).items())), src)
+        return Match(
+            BidsName("func", "sbref", (("task", task),) + tuple(_direction(d).items())), src
+        )
     if re.search(r"fmri|bold|\brest|resting|task[-_ ]|func", low):
         task = _task(d)
         if not task:
-            return Match(None, src, "functional series without a task name in its description "
-                         "(BIDS needs task-<label>: use a config)")
-        return Match(BidsName("func", "bold", (("task", task),) + tuple(
-            _direction(d).items())), src)
+            return Match(
+                None,
+                src,
+                "functional series without a task name in its description "
+                "(BIDS needs task-<label>: use a config)",
+            )
+        return Match(
+            BidsName("func", "bold", (("task", task),) + tuple(_direction(d).items())), src
+        )
     if re.search(r"dwi|dti|diffusion|dmri", low):
         return Match(BidsName("dwi", "dwi", tuple(_direction(d).items())), src)
     if re.search(r"field[ _-]?map|fmap|b0map|topup|se[-_]?epi|spin ?echo", low):
@@ -334,6 +405,7 @@ def load_config(path: Union[str, None]) -> Optional[Dcm2BidsConfig]:
 
 def unmatched_tsv(rows: Sequence[Tuple[str, str, str, str, str]]) -> bytes:
     """``.xnatfs-unmatched.tsv``: subject, session, scan, description, reason."""
+
     def clean(v: str) -> str:
         return v.replace("\t", " ").replace("\n", " ")
 

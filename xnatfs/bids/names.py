@@ -16,6 +16,7 @@ The label rule (:class:`LabelMap`), documented in docs/BIDS.md:
    still collides.  The hash depends only on the label, so a name never depends on the order in
    which XNAT lists the objects.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,23 @@ _HASH_DIGITS = 6
 
 #: BIDS entity order in file names (BIDS 1.9 appendix "Entity table"; the ones a raw MR
 #: dataset uses)
-ENTITY_ORDER: Tuple[str, ...] = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "mod",
-                                 "echo", "flip", "inv", "mt", "part", "chunk")
+ENTITY_ORDER: Tuple[str, ...] = (
+    "sub",
+    "ses",
+    "task",
+    "acq",
+    "ce",
+    "rec",
+    "dir",
+    "run",
+    "mod",
+    "echo",
+    "flip",
+    "inv",
+    "mt",
+    "part",
+    "chunk",
+)
 
 
 def alnum(label: str) -> str:
@@ -56,7 +72,7 @@ class LabelMap:
         originals = list(dict.fromkeys(labels))
         self._map: Dict[str, str] = {}
         taken: Dict[str, str] = {}
-        for label in originals:            # already valid: keep the name
+        for label in originals:  # already valid: keep the name
             if is_label(label):
                 self._map[label] = label
                 taken[label] = label
@@ -99,7 +115,7 @@ def session_label(subject_label: str, experiment_label: str) -> str:
     for sep in ("_", "-", "."):
         prefix = subject_label + sep
         if experiment_label.startswith(prefix) and len(experiment_label) > len(prefix):
-            return experiment_label[len(prefix):]
+            return experiment_label[len(prefix) :]
     return experiment_label
 
 

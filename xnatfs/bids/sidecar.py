@@ -10,6 +10,7 @@ the units dcm2niix writes (seconds, degrees).  After a conversion :func:`merge` 
 own sidecar and lays ours over it only where dcm2niix is silent, so the file shown before and
 after a conversion agree on every key both have (dcm2niix's values win, it saw every slice).
 """
+
 from __future__ import annotations
 
 import io
@@ -77,9 +78,14 @@ def from_dataset(ds: Any, *, task: str = "") -> Dict[str, Any]:
     for keyword, key in _LISTS.items():
         value = ds.get(keyword)
         if value:
-            out[key] = [str(v) for v in (value if isinstance(value, (list, tuple,
-                                                                      pydicom.multival.MultiValue))
-                                         else [value])]
+            out[key] = [
+                str(v)
+                for v in (
+                    value
+                    if isinstance(value, (list, tuple, pydicom.multival.MultiValue))
+                    else [value]
+                )
+            ]
     timing = slice_timing(ds)
     if timing:
         out["SliceTiming"] = timing
@@ -106,8 +112,14 @@ def slice_timing(ds: Any) -> Optional[List[float]]:
     if elem is None or elem.value in (None, b"", ""):
         return None
     try:
-        values = [float(v) for v in (elem.value if isinstance(elem.value, (list, tuple,
-                                     pydicom.multival.MultiValue)) else [elem.value])]
+        values = [
+            float(v)
+            for v in (
+                elem.value
+                if isinstance(elem.value, (list, tuple, pydicom.multival.MultiValue))
+                else [elem.value]
+            )
+        ]
     except (TypeError, ValueError):
         return None
     return [round(v / 1000.0, 6) for v in values]

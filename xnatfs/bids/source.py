@@ -9,6 +9,7 @@ it like any listing.  A datatype folder then costs one ``resources`` and one ``f
 per scan in it.  Bytes come only on read: one DICOM file for a sidecar, the series (as one zip,
 through the content cache's bulk path) for a conversion.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -39,9 +40,9 @@ class PlannedScan:
     """One scan shown in the dataset."""
 
     project: str
-    subject: str            # BIDS label
-    session: str            # BIDS label, "" when sessions are not shown
-    xnat_subject: str       # XNAT labels, for xattrs and the unmatched report
+    subject: str  # BIDS label
+    session: str  # BIDS label, "" when sessions are not shown
+    xnat_subject: str  # XNAT labels, for xattrs and the unmatched report
     xnat_session: str
     experiment_uri: str
     scan_id: str
@@ -50,7 +51,7 @@ class PlannedScan:
     series_description: str
     name: N.BidsName
     run: Optional[int]
-    source: str             # config / xnat-bidsmap / heuristic
+    source: str  # config / xnat-bidsmap / heuristic
     mtime: float = 0.0
 
     @property
@@ -68,14 +69,23 @@ class PlannedScan:
         return dict(self.name.entities).get("task", "")
 
     def folder(self) -> Tuple[str, ...]:
-        return ((f"sub-{self.subject}",) + ((f"ses-{self.session}",) if self.session else ())
-                + (self.name.datatype,))
+        return (
+            (f"sub-{self.subject}",)
+            + ((f"ses-{self.session}",) if self.session else ())
+            + (self.name.datatype,)
+        )
 
     def attrs(self) -> Dict[str, str]:
-        return {"project": self.project, "subject": self.xnat_subject,
-                "experiment": self.xnat_session, "scan": self.scan_id, "uri": self.scan_uri,
-                "scan_type": self.scan_type, "series_description": self.series_description,
-                "bids_rule": self.source}
+        return {
+            "project": self.project,
+            "subject": self.xnat_subject,
+            "experiment": self.xnat_session,
+            "scan": self.scan_id,
+            "uri": self.scan_uri,
+            "scan_type": self.scan_type,
+            "series_description": self.series_description,
+            "bids_rule": self.source,
+        }
 
 
 @dataclass
@@ -102,9 +112,9 @@ class Plan:
 class ScanFiles:
     """A scan's bytes as XNAT lists them: a NIfTI image (served as is) or the DICOM series."""
 
-    nifti: Optional[Any] = None                  # FileEntry of the image
-    companions: Mapping[str, Any] = field(default_factory=dict)   # ".json"/".bval"/".bvec"
-    dicom: Tuple[Any, ...] = ()                  # FileEntry rows, by path
+    nifti: Optional[Any] = None  # FileEntry of the image
+    companions: Mapping[str, Any] = field(default_factory=dict)  # ".json"/".bval"/".bvec"
+    dicom: Tuple[Any, ...] = ()  # FileEntry rows, by path
     dicom_resource_uri: str = ""
 
     @property
@@ -119,8 +129,9 @@ class ScanFiles:
 def file_key(entry: Any) -> ContentKey:
     """The content-cache key the XNAT layout gives the same file, so both views share one
     cached copy (with a digest: uri+MD5 parameter, size, digest; without: the listed mtime)."""
-    return _content_key(entry.uri, entry.size, entry.digest,
-                        None if entry.digest else (entry.mtime or 0.0))
+    return _content_key(
+        entry.uri, entry.size, entry.digest, None if entry.digest else (entry.mtime or 0.0)
+    )
 
 
 def _scan_order(scan_id: str) -> Tuple[int, Any]:
@@ -131,8 +142,9 @@ class Source:
     """Listings and bytes from XNAT for the BIDS layout (``client``: ``xnat.client.XnatClient``,
     ``content``: the main ``ContentCache``)."""
 
-    def __init__(self, client: Any, content: Any, mapper: Mapper, *,
-                 use_xnat_map: bool = True) -> None:
+    def __init__(
+        self, client: Any, content: Any, mapper: Mapper, *, use_xnat_map: bool = True
+    ) -> None:
         self.client = client
         self.content = content
         self.mapper = mapper
@@ -161,8 +173,11 @@ class Source:
             xmap = self.xnat_map(project.id)
             if xmap is not None:
                 mapper = Mapper(config=None, xnat_map=xmap)
-        plan = Plan(project.id, getattr(project, "name", "") or project.id,
-                    getattr(project, "description", "") or "")
+        plan = Plan(
+            project.id,
+            getattr(project, "name", "") or project.id,
+            getattr(project, "description", "") or "",
+        )
         subjects = sorted(self.client.list_subjects(project.id), key=lambda s: s.label or s.id)
         sub_map = N.LabelMap([s.label or s.id for s in subjects])
         found = self._scans(project, subjects, mapper)
@@ -172,29 +187,48 @@ class Source:
             if match.name is not None:
                 per_subject.setdefault(subj.id, set()).add(exp.id)
         plan.sessions_shown = N.sessions_shown({k: len(v) for k, v in per_subject.items()})
-        ses_maps = {sid: N.LabelMap([ses for subj, ses, exp, _, m in found
-                                     if subj.id == sid and m.name is not None])
-                    for sid in per_subject}
+        ses_maps = {
+            sid: N.LabelMap(
+                [ses for subj, ses, exp, _, m in found if subj.id == sid and m.name is not None]
+            )
+            for sid in per_subject
+        }
         runs = _run_numbers(found, plan.sessions_shown)
         shown_subjects = set()
         for i, (subj, ses, exp, scan, match) in enumerate(found):
             s_label = subj.label or subj.id
             if match.name is None:
-                plan.unmatched.append((s_label, exp.label or exp.id, scan.id,
-                                       scan.series_description or scan.type, match.reason))
+                plan.unmatched.append(
+                    (
+                        s_label,
+                        exp.label or exp.id,
+                        scan.id,
+                        scan.series_description or scan.type,
+                        match.reason,
+                    )
+                )
                 continue
             planned = PlannedScan(
-                project=project.id, subject=sub_map[s_label],
+                project=project.id,
+                subject=sub_map[s_label],
                 session=ses_maps[subj.id][ses] if plan.sessions_shown else "",
-                xnat_subject=s_label, xnat_session=exp.label or exp.id,
-                experiment_uri=exp.uri, scan_id=scan.id, scan_uri=scan.uri,
-                scan_type=scan.type, series_description=scan.series_description,
-                name=match.name, run=runs.get(i), source=match.source,
-                mtime=scan.mtime or exp.mtime or subj.mtime or 0.0)
+                xnat_subject=s_label,
+                xnat_session=exp.label or exp.id,
+                experiment_uri=exp.uri,
+                scan_id=scan.id,
+                scan_uri=scan.uri,
+                scan_type=scan.type,
+                series_description=scan.series_description,
+                name=match.name,
+                run=runs.get(i),
+                source=match.source,
+                mtime=scan.mtime or exp.mtime or subj.mtime or 0.0,
+            )
             plan.folders.setdefault(planned.folder(), []).append(planned)
             shown_subjects.add(subj.id)
-        plan.participants = sorted((sub_map[s.label or s.id], dict(s.fields)) for s in subjects
-                                   if s.id in shown_subjects)
+        plan.participants = sorted(
+            (sub_map[s.label or s.id], dict(s.fields)) for s in subjects if s.id in shown_subjects
+        )
         return plan
 
     def _scans(self, project: Any, subjects: List[Any], mapper: Mapper) -> List["Found"]:
@@ -202,22 +236,46 @@ class Source:
         in subject, session and scan order."""
         # one request per subject (experiments), then one per experiment (scans): run
         # ``_PLAN_THREADS`` at a time (the client's limiter still bounds the total)
-        exps_of = parallel(lambda subj: sorted(
-            (e for e in self.client.list_experiments(project.id, subj.id)
-             if not e.xsi_type or e.xsi_type.endswith("SessionData")),
-            key=lambda e: (e.date or "", e.label or e.id)), subjects)
+        exps_of = parallel(
+            lambda subj: sorted(
+                (
+                    e
+                    for e in self.client.list_experiments(project.id, subj.id)
+                    if not e.xsi_type or e.xsi_type.endswith("SessionData")
+                ),
+                key=lambda e: (e.date or "", e.label or e.id),
+            ),
+            subjects,
+        )
         pairs = [(subj, exp) for subj, exps in zip(subjects, exps_of) for exp in exps]
-        scans_of = parallel(lambda pair: sorted(self.client.list_scans(pair[1].uri),
-                                                 key=lambda s: _scan_order(s.id)), pairs)
+        scans_of = parallel(
+            lambda pair: sorted(
+                self.client.list_scans(pair[1].uri), key=lambda s: _scan_order(s.id)
+            ),
+            pairs,
+        )
         found: List[Found] = []
         for (subj, exp), scans in zip(pairs, scans_of):
             s_label = subj.label or subj.id
             for scan in scans:
-                facts = ScanFacts(scan.id, scan.type, scan.series_description, scan.xsi_type,
-                                  scan.quality, modality=_modality(scan.xsi_type),
-                                  header=self._header_fn(scan.uri))
-                found.append((subj, N.session_label(s_label, exp.label or exp.id), exp, scan,
-                              mapper.map(facts)))
+                facts = ScanFacts(
+                    scan.id,
+                    scan.type,
+                    scan.series_description,
+                    scan.xsi_type,
+                    scan.quality,
+                    modality=_modality(scan.xsi_type),
+                    header=self._header_fn(scan.uri),
+                )
+                found.append(
+                    (
+                        subj,
+                        N.session_label(s_label, exp.label or exp.id),
+                        exp,
+                        scan,
+                        mapper.map(facts),
+                    )
+                )
         return found
 
     # ------------------------------------------------------------------ scan files
@@ -228,23 +286,34 @@ class Source:
         resources = self.client.list_resources(scan_uri)
         found: Dict[str, Any] = {}
         for res in resources:
-            if not ((res.label or "").upper() in ("NIFTI", "BIDS")
-                    or (res.format or "").upper() == "NIFTI"):
+            if not (
+                (res.label or "").upper() in ("NIFTI", "BIDS")
+                or (res.format or "").upper() == "NIFTI"
+            ):
                 continue
             entries = sorted(self.client.list_files(res.uri), key=lambda e: e.path)
             images = [e for e in entries if e.path.lower().endswith(_NIFTI_EXT)]
             if images:
                 stem = _strip_ext(images[0].path)
-                found = {"nifti": images[0],
-                         "companions": {ext: e for e in entries
-                                        for ext in (".json", ".bval", ".bvec")
-                                        if e.path == stem + ext}}
+                found = {
+                    "nifti": images[0],
+                    "companions": {
+                        ext: e
+                        for e in entries
+                        for ext in (".json", ".bval", ".bvec")
+                        if e.path == stem + ext
+                    },
+                }
                 break
-        dicom = [r for r in resources if (r.label or "").upper() == "DICOM"
-                 or (r.format or "").upper() == "DICOM"]
+        dicom = [
+            r
+            for r in resources
+            if (r.label or "").upper() == "DICOM" or (r.format or "").upper() == "DICOM"
+        ]
         if dicom:
-            entries = [e for e in self.client.list_files(dicom[0].uri)
-                       if not getattr(e, "problem", "")]
+            entries = [
+                e for e in self.client.list_files(dicom[0].uri) if not getattr(e, "problem", "")
+            ]
             found["dicom"] = tuple(sorted(entries, key=lambda e: e.path))
             found["dicom_resource_uri"] = dicom[0].uri
         return ScanFiles(**found)
@@ -267,8 +336,9 @@ class Source:
         with self._headers_lock:
             return scan_uri in self._headers
 
-    def header(self, scan_uri: str, files: Optional[ScanFiles], deadline: float
-               ) -> Mapping[str, Any]:
+    def header(
+        self, scan_uri: str, files: Optional[ScanFiles], deadline: float
+    ) -> Mapping[str, Any]:
         """Sidecar keys from the scan's first DICOM file (one download, cached on disk by the
         content cache and here in memory); {} when the scan has no DICOM."""
         from xnatfs.bids import sidecar
@@ -291,6 +361,7 @@ class Source:
     def _header_fn(self, scan_uri: str) -> Callable[[], Mapping[str, Any]]:
         def get() -> Mapping[str, Any]:
             return self.header(scan_uri, None, time.monotonic() + 60.0)
+
         return get
 
     def fetch_series(self, files: ScanFiles, dest: str, deadline: float) -> None:
@@ -304,8 +375,12 @@ class Source:
 
         if len(keys) > 1 and files.dicom_resource_uri:
             try:
-                self.content.bulk(files.dicom_resource_uri.rstrip("/") + "/files?format=zip",
-                                  list(keys.values()), key_of, min_files=2)
+                self.content.bulk(
+                    files.dicom_resource_uri.rstrip("/") + "/files?format=zip",
+                    list(keys.values()),
+                    key_of,
+                    min_files=2,
+                )
             except RuntimeError:  # the cache is closing
                 raise OSError(5, "content cache closing") from None
         for i, f in enumerate(files.dicom):
@@ -322,8 +397,9 @@ def parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Any]:
     the caller's context, so the filesystem call's deadline (``xnatfs.deadline``) bounds it."""
     if len(items) <= 1:
         return [fn(x) for x in items]
-    with ThreadPoolExecutor(min(_PLAN_THREADS, len(items)),
-                            thread_name_prefix="xnatfs-bids-plan") as pool:
+    with ThreadPoolExecutor(
+        min(_PLAN_THREADS, len(items)), thread_name_prefix="xnatfs-bids-plan"
+    ) as pool:
         futures = [pool.submit(contextvars.copy_context().run, fn, x) for x in items]
         return [f.result() for f in futures]
 
@@ -340,7 +416,7 @@ def _strip_ext(path: str) -> str:
     low = path.lower()
     for ext in _NIFTI_EXT:
         if low.endswith(ext):
-            return path[:-len(ext)]
+            return path[: -len(ext)]
     return path
 
 

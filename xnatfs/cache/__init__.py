@@ -1,4 +1,4 @@
-"""Caches: layers with one job each (STYLE.md §7).
+"""Caches: layers with one job each (docs/ARCHITECTURE.md §6).
 
 Modules:
 

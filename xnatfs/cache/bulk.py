@@ -4,6 +4,7 @@
 download per wanted member, streams the archive through ``ZipSplitter`` into them, adopts the
 good ones in batches (one ``syncfs`` for many files) and leaves the rest to single downloads.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -91,7 +92,7 @@ class BulkFetches(ContentStore):
                     cached.append(hexname)
                     continue
                 if self._too_big(key):
-                    continue          # streamed when opened, never kept
+                    continue  # streamed when opened, never kept
                 self._start_locked(key, hexname)
                 started += 1
         if cached:
@@ -112,11 +113,16 @@ class BulkFetches(ContentStore):
                 path = self._read_ahead_queue.popleft()
             _read_ahead(path)
 
-    def bulk(self, uri: str, keys: Iterable[ContentKey],
-             key_of: Callable[[str], Optional[ContentKey]], min_files: int = 1,
-             max_files: int = 4096) -> int:
+    def bulk(
+        self,
+        uri: str,
+        keys: Iterable[ContentKey],
+        key_of: Callable[[str], Optional[ContentKey]],
+        min_files: int = 1,
+        max_files: int = 4096,
+    ) -> int:
         """Fetch many files with one request: ``uri`` answers a zip of them (a resource's
-        ``files?format=zip``, ``xnat-rest-api.md`` §3.3); returns how many it will bring (0
+        ``files?format=zip``, ``docs/XNAT-API.md`` §3.3); returns how many it will bring (0
         when fewer than ``min_files`` of ``keys`` are neither cached nor downloading).
 
         A download is registered at once for each of those (at most ``max_files``), so a
@@ -130,13 +136,18 @@ class BulkFetches(ContentStore):
             todo: Dict[str, ContentKey] = {}
             for key in keys:
                 hexname = key.hexname()
-                if (hexname not in self._downloads and hexname not in self._present
-                        and not self._too_big(key)):
+                if (
+                    hexname not in self._downloads
+                    and hexname not in self._present
+                    and not self._too_big(key)
+                ):
                     todo.setdefault(hexname, key)
             if len(todo) < max(1, min_files):
                 return 0
-            wanted = {hexname: self._register_locked(key, hexname)
-                      for hexname, key in itertools.islice(todo.items(), max_files)}
+            wanted = {
+                hexname: self._register_locked(key, hexname)
+                for hexname, key in itertools.islice(todo.items(), max_files)
+            }
             self._stats["bulk_fetches"] += 1
             try:
                 assert self._pool is not None
@@ -149,22 +160,24 @@ class BulkFetches(ContentStore):
         future.add_done_callback(lambda f: self._on_bulk_cancelled(f, wanted))
         return len(wanted)
 
-    def _on_bulk_cancelled(self, future: concurrent.futures.Future,
-                           wanted: Dict[str, Download]) -> None:
+    def _on_bulk_cancelled(
+        self, future: concurrent.futures.Future, wanted: Dict[str, Download]
+    ) -> None:
         """Done-callback: a bulk fetch whose queued work was cancelled (``close``) never ran,
         so none of its downloads will end by itself."""
         if future.cancelled():
             for hexname, download in wanted.items():
                 download.fail(DownloadCancelled(download.uri), self._ender(download, hexname))
 
-    def _run_bulk(self, uri: str, wanted: Dict[str, Download],
-                  key_of: Callable[[str], Optional[ContentKey]]) -> None:
+    def _run_bulk(
+        self, uri: str, wanted: Dict[str, Download], key_of: Callable[[str], Optional[ContentKey]]
+    ) -> None:
         """Pool task of ``bulk``: stream the zip, each member into its download, then check and
         adopt the members (``_settle``).
 
         Long because: the splitter's three callbacks share the member being fed with the
         streaming loop and the clean-up after it; as closures they stay next to it."""
-        current: List[Any] = []    # [hexname, download] of the member being fed
+        current: List[Any] = []  # [hexname, download] of the member being fed
         fed: List[Tuple[Download, str]] = []
 
         def size_of(name: str) -> Optional[int]:
@@ -192,8 +205,7 @@ class BulkFetches(ContentStore):
             if problem is None:
                 fed.append((download, hexname))
             else:
-                log.info("content cache: %s from the zip: %s; fetched alone", download.uri,
-                         problem)
+                log.info("content cache: %s from the zip: %s; fetched alone", download.uri, problem)
                 self._fetch_alone(download, hexname)
 
         # every member is checked against its MD5 as it ends (``on_end``): the zip's own
@@ -209,7 +221,7 @@ class BulkFetches(ContentStore):
 
         problem: Optional[BaseException] = None
         need = sum(d.size or 0 for d in wanted.values())
-        self._ensure_room(need)      # room first, as for a single download
+        self._ensure_room(need)  # room first, as for a single download
         try:
             self._fetch_archive(uri, sink)
             splitter.close()
@@ -225,11 +237,16 @@ class BulkFetches(ContentStore):
             with self._lock:
                 self._reserved -= need
             for at in range(0, len(fed), _SETTLE_BATCH):
-                self._settle(fed[at:at + _SETTLE_BATCH])
+                self._settle(fed[at : at + _SETTLE_BATCH])
         if problem is not None or wanted:
-            log.info("content cache: bulk fetch %s: %d of %d file(s) from the zip%s; the "
-                     "others are fetched alone", uri, members - len(wanted), members,
-                     f" ({problem})" if problem is not None else "")
+            log.info(
+                "content cache: bulk fetch %s: %d of %d file(s) from the zip%s; the "
+                "others are fetched alone",
+                uri,
+                members - len(wanted),
+                members,
+                f" ({problem})" if problem is not None else "",
+            )
 
     def _settle(self, batch: List[Tuple[Download, str]]) -> None:
         """Make fed downloads (checked as they ended: size and MD5) durable and adopt them in

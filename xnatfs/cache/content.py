@@ -44,8 +44,9 @@ then cull" does not work.)
 
 This module must not import ``xnatfs.tree`` or ``xnatfs.xnat``: it gets ``fetch(uri, sink)``
 for files and ``fetch_archive(uri, sink)`` for keys of kind ``archive`` (XNAT's zip of a
-folder, ``xnat-rest-api.md`` §3.3), and never looks into a URI to tell them apart.
+folder, ``docs/XNAT-API.md`` §3.3), and never looks into a URI to tell them apart.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -123,7 +124,7 @@ class ContentCache(BulkFetches):
                 eviction_policy="least-recently-used",
                 cull_limit=0,  # nothing here calls set(); _adopt_many culls (see _Index)
             )
-            evicted = self._index.cull_unpinned(set())   # the limit may have shrunk since last run
+            evicted = self._index.cull_unpinned(set())  # the limit may have shrunk since last run
             self._stats["evictions"] += len(evicted)
             self._present = self._index.entries()
             self._touched = {}
@@ -134,7 +135,8 @@ class ContentCache(BulkFetches):
             )
             self._read_ahead_stop = False
             self._read_ahead_thread = threading.Thread(
-                target=self._read_ahead_worker, name="xnatfs-readahead", daemon=True)
+                target=self._read_ahead_worker, name="xnatfs-readahead", daemon=True
+            )
             self._read_ahead_thread.start()
 
     def close(self, deadline: Optional[float] = None) -> None:
@@ -161,8 +163,11 @@ class ContentCache(BulkFetches):
         pool.shutdown(wait=False, cancel_futures=True)
         stuck = [d.uri for d in running if not d.wait(deadline)]
         if stuck:
-            log.warning("content cache: %d download(s) still running at close: %s",
-                        len(stuck), ", ".join(stuck))
+            log.warning(
+                "content cache: %d download(s) still running at close: %s",
+                len(stuck),
+                ", ".join(stuck),
+            )
         with self._index_lock:
             index, self._index = self._index, None
             if index is not None:
@@ -250,8 +255,9 @@ class ContentCache(BulkFetches):
                 self._touched[hexname] = time.time()
             return ContentHandle(self, key, fd, verification=problem)
 
-    def _check_cached(self, fd: int, key: ContentKey, hexname: str,
-                      expected: Optional[int]) -> "str | _Verification | None":
+    def _check_cached(
+        self, fd: int, key: ContentKey, hexname: str, expected: Optional[int]
+    ) -> "str | _Verification | None":
         """Why the cached file open at ``fd`` must not be served, or None (issue 18 §1).
 
         Every hit costs one ``fstat``: the size must be the indexed (and listed) one, so a
@@ -271,13 +277,13 @@ class ContentCache(BulkFetches):
         if not (self.verify and key.digest):
             return None
         stamp = (st.st_ino, st.st_mtime_ns)
-        if self._verified.get(hexname) == stamp:   # one dict read (atomic): the hit path
+        if self._verified.get(hexname) == stamp:  # one dict read (atomic): the hit path
             return None
         if st.st_size > VERIFY_INLINE_MAX:
             return self._verify_behind(fd, key, hexname, stamp, st.st_size)
         with self._lock:
             gate = self._verifying.setdefault(hexname, threading.Lock())
-        with gate:   # single flight: eight ``cp -r`` after a remount hash each file once
+        with gate:  # single flight: eight ``cp -r`` after a remount hash each file once
             with self._lock:
                 if self._verified.get(hexname) == stamp:
                     return None
@@ -293,8 +299,9 @@ class ContentCache(BulkFetches):
                 self._stats["verified"] += 1
         return None
 
-    def _verify_behind(self, fd: int, key: ContentKey, hexname: str, stamp: Tuple[int, int],
-                       size: int) -> _Verification:
+    def _verify_behind(
+        self, fd: int, key: ContentKey, hexname: str, stamp: Tuple[int, int], size: int
+    ) -> _Verification:
         """The running (or a new) background MD5 check of a large cached file (single flight)."""
         with self._lock:
             running = self._behind.get(hexname)
@@ -319,8 +326,12 @@ class ContentCache(BulkFetches):
     def _drop(self, hexname: str, key: ContentKey, problem: str) -> None:
         """Forget a damaged cached entry (row and file; handles open on it keep their fd), with
         one log line; the caller then fetches the file again."""
-        log.warning("content cache: %s (%s): %s; dropped, fetched again", key.uri,
-                    self._stored_path(hexname), problem)
+        log.warning(
+            "content cache: %s (%s): %s; dropped, fetched again",
+            key.uri,
+            self._stored_path(hexname),
+            problem,
+        )
         with self._index_lock:
             with self._lock:
                 index = self._index
@@ -336,7 +347,7 @@ class ContentCache(BulkFetches):
                 self._volume = index.volume()
 
     def state(self, key: ContentKey) -> str:
-        """"cached", "downloading" or "absent" (for ``.xnatfs/`` status and ``xnatfs cache``)."""
+        """ "cached", "downloading" or "absent" (for ``.xnatfs/`` status and ``xnatfs cache``)."""
         hexname = key.hexname()
         with self._lock:
             self._require_started()

@@ -1,6 +1,7 @@
 """One whole-file download streaming into a partial file that readers follow as it grows.
 
-XNAT ignores HTTP Range and sends no ETag (DESIGN.md §2), so a file is always fetched whole. A
+XNAT ignores HTTP Range and sends no ETag (docs/XNAT-API.md §3.1), so a file is always fetched
+whole. A
 ``Download`` owns the partial file of one content key: the worker thread appends what ``fetch``
 hands to the sink and wakes readers; readers ``pread`` the bytes they asked for (or hand the fd
 to libfuse) as soon as those bytes have arrived (rclone ``downloaders``). The MD5 is computed
@@ -10,6 +11,7 @@ checked; a mismatch is fetched again once before the download fails.
 This module knows nothing of diskcache, of the client or of the tree: it gets ``fetch(uri, sink)``
 and an ``adopt(partial_path)`` callback that moves a verified file into the store.
 """
+
 from __future__ import annotations
 
 import errno
@@ -67,7 +69,7 @@ class _Reader:
 
     def read(self, fd: int, n: int, offset: int) -> memoryview:
         """Up to ``n`` bytes at ``offset`` (a view valid until the next call)."""
-        got = os.preadv(fd, [self._view[:min(n, len(self._buf))]], offset)
+        got = os.preadv(fd, [self._view[: min(n, len(self._buf))]], offset)
         return self._view[:got]
 
 
@@ -100,7 +102,7 @@ class _FileMD5:
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._reader = _Reader()
         self._pos = 0
-        self._stop = False       # hexdigest() or abandon() want the thread gone
+        self._stop = False  # hexdigest() or abandon() want the thread gone
         self._thread = threading.Thread(target=self._run, name="xnatfs-md5", daemon=True)
         self._thread.start()
 
@@ -242,18 +244,18 @@ class Download:
         self._fd: Optional[int] = None
         self._cond = threading.Condition(threading.Lock())
         # _cond protects the fields below.
-        self._arrived = 0          # bytes of the current attempt written to the partial file
+        self._arrived = 0  # bytes of the current attempt written to the partial file
         #: ``_arrived`` when a reader last gave up at its deadline; while nothing more has
         #: arrived, a new wait is cut to ``STALL_GRACE`` (the kernel retries a failed
         #: readahead with a second read: it must not wait another --timeout for the same stall)
         self._stalled_at: Optional[int] = None
-        self._generation = 0       # attempt number; bumps when a refetch starts
-        self._fetching = False     # the current attempt's fetch is still running
+        self._generation = 0  # attempt number; bumps when a refetch starts
+        self._fetching = False  # the current attempt's fetch is still running
         self._done = False
         #: the attempt (generation) whose size and MD5 checked out; readers of the last bytes
         #: wait for it (issue 17 §5: nothing is read to EOF before the verdict)
         self._verified = -1
-        self._fed_hasher: Any = None   # the MD5 of the current fed attempt (``feed``)
+        self._fed_hasher: Any = None  # the MD5 of the current fed attempt (``feed``)
         #: None until done; then None (success) or the exception readers get.
         self.error: Optional[BaseException] = None
         #: Bytes received over all attempts (for the cache's bytes_downloaded counter).
@@ -274,7 +276,7 @@ class Download:
             for attempt in (1, 2):
                 problem = self._attempt(self._fetch)
                 if problem is None:
-                    self.sync()        # durable before the index row names it (issue 18 §0)
+                    self.sync()  # durable before the index row names it (issue 18 §0)
                     adopt(self.partial_path)
                     break
                 if attempt == 1:
@@ -343,7 +345,7 @@ class Download:
                 raise TooLong(f"long download: more than the {what} of {limit} bytes")
             view = memoryview(chunk)
             while view:
-                view = view[self._write(fd, view):]
+                view = view[self._write(fd, view) :]
             with self._cond:
                 self._arrived += len(chunk)
                 self.bytes_received += len(chunk)
@@ -393,11 +395,11 @@ class Download:
         with self._cond:
             got_size = self._arrived
         try:
-            if os.fstat(fd).st_size > got_size:   # a longer first attempt rewritten in place
+            if os.fstat(fd).st_size > got_size:  # a longer first attempt rewritten in place
                 os.ftruncate(fd, got_size)
         except BaseException:
             if isinstance(hasher, _FileMD5):
-                hasher.abandon()   # its thread and its dup'd fd end with the attempt
+                hasher.abandon()  # its thread and its dup'd fd end with the attempt
             raise
         if self.size is not None and got_size != self.size:
             if isinstance(hasher, _FileMD5):
@@ -446,8 +448,9 @@ class Download:
         self._end(None, ended)
 
     # the hashing thread's view of the download (``_FileMD5``)
-    def _hash_wait(self, pos: int, generation: int, abandoned: Callable[[], bool]
-                   ) -> "Optional[tuple[int, bool]]":
+    def _hash_wait(
+        self, pos: int, generation: int, abandoned: Callable[[], bool]
+    ) -> "Optional[tuple[int, bool]]":
         """Block until more than ``pos`` bytes arrived or the fetch ended; (arrived count, fetch
         over), or None when this attempt is over for the hasher (abandoned, refetched, closed)."""
         with self._cond:
@@ -464,7 +467,7 @@ class Download:
 
     def restart(self) -> None:
         """Start another attempt over the last one's bytes (see the class docstring)."""
-        self._restarted()   # first: nobody may trust pages of this file from here on
+        self._restarted()  # first: nobody may trust pages of this file from here on
         with self._cond:
             self._generation += 1
             self._arrived = 0
@@ -479,8 +482,9 @@ class Download:
             if self._done:
                 raise RuntimeError(f"download {self.uri}: already ended")
             # O_EXCL: a partial is never shared with a leftover; 0600: the cache is private.
-            self._fd = os.open(self.partial_path,
-                               os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            self._fd = os.open(
+                self.partial_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
         return self._fd
 
     def _discard(self) -> None:
@@ -489,7 +493,9 @@ class Download:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            log.warning("download %s: cannot remove partial %s: %s", self.uri, self.partial_path, exc)
+            log.warning(
+                "download %s: cannot remove partial %s: %s", self.uri, self.partial_path, exc
+            )
 
     def _end(self, error: Optional[BaseException], ended: Ended) -> None:
         try:
@@ -498,7 +504,7 @@ class Download:
             with self._cond:
                 self.error = error
                 self._done = True
-                fd, self._fd = self._fd, None   # readers hold their own dups
+                fd, self._fd = self._fd, None  # readers hold their own dups
                 self._cond.notify_all()
             if fd is not None:
                 os.close(fd)
@@ -575,8 +581,9 @@ class Download:
             while True:
                 if self.error is not None:
                     raise self.error
-                if self._done or (self._arrived >= end and (
-                        not last or self._verified == self._generation)):
+                if self._done or (
+                    self._arrived >= end and (not last or self._verified == self._generation)
+                ):
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -599,8 +606,7 @@ class Download:
         short or empty at the end of the file.  Raises like :meth:`span`."""
         return self.read_of(fd, offset, size, deadline)[0]
 
-    def read_of(self, fd: int, offset: int, size: int, deadline: float
-                ) -> "tuple[bytes, Span]":
+    def read_of(self, fd: int, offset: int, size: int, deadline: float) -> "tuple[bytes, Span]":
         """:meth:`read` with the :class:`Span` the bytes came from (one attempt's bytes)."""
         while True:
             span = self._span(offset, size, deadline)

@@ -3,6 +3,7 @@
 A handle reads a complete cached copy or joins the running download; a large cached copy whose
 MD5 is being checked (``_Verification``) holds back its last bytes until the verdict.
 """
+
 from __future__ import annotations
 
 import errno
@@ -33,8 +34,9 @@ class _Verification:
     the read of the last bytes waits, with its deadline.  ``done(problem)`` is called once
     with None (right) or why not, before the readers wake."""
 
-    def __init__(self, fd: int, size: int, digest: str,
-                 done: Callable[[Optional[str]], None]) -> None:
+    def __init__(
+        self, fd: int, size: int, digest: str, done: Callable[[Optional[str]], None]
+    ) -> None:
         self._fd = os.dup(fd)
         self._size = size
         self._digest = digest
@@ -66,8 +68,9 @@ class _Verification:
             while not self.finished:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(errno.ETIMEDOUT, "MD5 check of a cached file not done "
-                                                        "in time")
+                    raise TimeoutError(
+                        errno.ETIMEDOUT, "MD5 check of a cached file not done in time"
+                    )
                 self._cond.wait(remaining)
             return self.problem
 
@@ -120,7 +123,8 @@ class ContentHandle:
                 raise IntegrityError(
                     f"{self.key.uri}: this open read bytes of download attempt "
                     f"{other[0] + 1}, which failed its size or MD5 check; only attempt "
-                    f"{span.generation + 1} was verified (open the file again)")
+                    f"{span.generation + 1} was verified (open the file again)"
+                )
         return span.n
 
     def read(self, offset: int, size: int, deadline: float) -> bytes:

@@ -4,6 +4,7 @@
 lives); ``ContentCache`` (``content.py``) owns the one instance.  ``verify_entries`` is ``xnatfs
 cache verify``: every entry's size and MD5 checked, bad ones dropped on request.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,8 +65,9 @@ class _Index(diskcache.Cache):
             pass
         self._folders.add(folder)
 
-    def adopt_many(self, items: Sequence[Tuple[str, str, int, str]]
-                   ) -> List[Optional[BaseException]]:
+    def adopt_many(
+        self, items: Sequence[Tuple[str, str, int, str]]
+    ) -> List[Optional[BaseException]]:
         """Move finished files (``(hex key, path, size, md5)``, on the same filesystem) into the
         store by rename and index them, all in one SQLite transaction; per item None or its
         error.  The MD5 (the listing's, checked) goes into the row's ``tag`` column ("" /
@@ -86,8 +88,9 @@ class _Index(diskcache.Cache):
                 for i, (key, path, size, digest) in enumerate(items):
                     name = stored_name(key)
                     full = os.path.join(self.directory, name)
-                    row = sql("SELECT rowid FROM Cache WHERE key = ? AND raw = 1",
-                              (key,)).fetchone()
+                    row = sql(
+                        "SELECT rowid FROM Cache WHERE key = ? AND raw = 1", (key,)
+                    ).fetchone()
                     if row is not None:
                         if os.path.exists(full):
                             os.unlink(path)
@@ -100,17 +103,19 @@ class _Index(diskcache.Cache):
                         except FileNotFoundError:
                             # diskcache's removal of an evicted (or dropped) file also removes
                             # its folder once empty (``Disk.remove``: ``os.removedirs``)
-                            self._folders.discard(os.path.dirname(name))   # type: ignore[union-attr]
+                            self._folders.discard(os.path.dirname(name))  # type: ignore[union-attr]
                             self._make_parents(name)
                             os.rename(path, full)
                     except OSError as exc:
                         results[i] = exc
                         continue
                     moved.append((i, full))
-                    sql("INSERT INTO Cache(key, raw, store_time, expire_time, access_time,"
+                    sql(
+                        "INSERT INTO Cache(key, raw, store_time, expire_time, access_time,"
                         " access_count, tag, size, mode, filename, value)"
                         " VALUES (?, 1, ?, NULL, ?, 0, ?, ?, ?, ?, NULL)",
-                        (key, now, now, digest or None, size, MODE_BINARY, name))
+                        (key, now, now, digest or None, size, MODE_BINARY, name),
+                    )
         except BaseException as exc:
             # the rows are rolled back: do not leave unindexed files behind
             for i, full in moved:
@@ -129,24 +134,31 @@ class _Index(diskcache.Cache):
         Rows in another layout (an older xnatfs, or not ours) are removed with their files:
         a cached file must be where ``stored_name`` says."""
         rows = self._sql("SELECT rowid, key, size, filename FROM Cache").fetchall()
-        stray = [(rowid, filename) for rowid, key, _, filename in rows
-                 if not isinstance(key, str) or filename != stored_name(key)]
+        stray = [
+            (rowid, filename)
+            for rowid, key, _, filename in rows
+            if not isinstance(key, str) or filename != stored_name(key)
+        ]
         if stray:
             with self._transact(retry=True) as (sql, cleanup):
                 for rowid, filename in stray:
                     sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
                     if filename:
                         cleanup(filename)
-        return {key: int(size or 0) for _, key, size, filename in rows
-                if isinstance(key, str) and filename == stored_name(key)}
+        return {
+            key: int(size or 0)
+            for _, key, size, filename in rows
+            if isinstance(key, str) and filename == stored_name(key)
+        }
 
     def free_up(self, pinned: Set[str], need: int) -> List[str]:
         """The cache disk is full: delete the files of least-recently-used unpinned entries
         until ``need`` bytes are freed, *then* their rows.  Files first because SQLite needs
         disk space to delete a row (its WAL grows); a row whose file is gone is harmless (an
         open finds the file missing and fetches it again).  Returns the deleted keys."""
-        rows = self._sql("SELECT key, size, filename FROM Cache WHERE raw = 1"
-                         " ORDER BY access_time").fetchall()
+        rows = self._sql(
+            "SELECT key, size, filename FROM Cache WHERE raw = 1 ORDER BY access_time"
+        ).fetchall()
         freed, victims = 0, []
         for key, size, filename in rows:
             if freed >= need:
@@ -166,7 +178,7 @@ class _Index(diskcache.Cache):
                 with self._transact(retry=True) as (sql, _cleanup):
                     for key in victims:
                         sql("DELETE FROM Cache WHERE key = ? AND raw = 1", (key,))
-            except sqlite3.Error as exc:   # still no room: the rows go at their next open
+            except sqlite3.Error as exc:  # still no room: the rows go at their next open
                 log.warning("content cache: cannot drop %d evicted rows: %s", len(victims), exc)
         return victims
 
@@ -178,8 +190,9 @@ class _Index(diskcache.Cache):
     def drop(self, key: str) -> bool:
         """Delete ``key``'s row and file (a damaged entry); True if there was a row."""
         with self._transact(retry=True) as (sql, cleanup):
-            row = sql("SELECT rowid, filename FROM Cache WHERE key = ? AND raw = 1",
-                      (key,)).fetchone()
+            row = sql(
+                "SELECT rowid, filename FROM Cache WHERE key = ? AND raw = 1", (key,)
+            ).fetchone()
             if row is None:
                 return False
             sql("DELETE FROM Cache WHERE rowid = ?", (row[0],))
@@ -194,8 +207,11 @@ class _Index(diskcache.Cache):
             return
         with self._transact(retry=True) as (sql, _cleanup):
             for key, when in touched.items():
-                sql("UPDATE Cache SET access_time = ?, access_count = access_count + 1 "
-                    "WHERE key = ? AND raw = 1", (when, key))
+                sql(
+                    "UPDATE Cache SET access_time = ?, access_count = access_count + 1 "
+                    "WHERE key = ? AND raw = 1",
+                    (when, key),
+                )
 
     def cull_unpinned(self, pinned: Set[str], target: Optional[int] = None) -> List[str]:
         """Delete least-recently-used entries whose key is not in ``pinned`` until ``volume()`` is
@@ -237,9 +253,12 @@ class VerifyReport:
     problems: List[str] = dataclasses.field(default_factory=list)
 
 
-def verify_entries(directory: Union[str, os.PathLike], repair: bool = False,
-                   progress: Optional[Callable[[int], None]] = None,
-                   on_total: Optional[Callable[[int, int], None]] = None) -> VerifyReport:
+def verify_entries(
+    directory: Union[str, os.PathLike],
+    repair: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
+    on_total: Optional[Callable[[int, int], None]] = None,
+) -> VerifyReport:
     """Check every entry of the content cache at ``directory`` (its ``content`` folder):
     the file exists, has the indexed size, and its MD5 is the one stored with it (the row's
     ``tag``; entries without one are checked by size only).  With ``repair``, bad entries are
@@ -254,8 +273,9 @@ def verify_entries(directory: Union[str, os.PathLike], repair: bool = False,
     report = VerifyReport()
     index = _Index(index_dir, eviction_policy="least-recently-used", cull_limit=0)
     try:
-        rows = index._sql("SELECT rowid, key, size, tag, filename, store_time FROM Cache"
-                          " WHERE raw = 1").fetchall()
+        rows = index._sql(
+            "SELECT rowid, key, size, tag, filename, store_time FROM Cache WHERE raw = 1"
+        ).fetchall()
         if on_total is not None:
             on_total(len(rows), sum(int(r[2] or 0) for r in rows))
         for rowid, key, size, tag, filename, stored in rows:
@@ -272,8 +292,10 @@ def verify_entries(directory: Union[str, os.PathLike], repair: bool = False,
             report.problems.append(f"{filename}: {problem}")
             if repair:
                 with index._transact(retry=True) as (sql, cleanup):
-                    gone = sql("DELETE FROM Cache WHERE rowid = ? AND key = ? AND"
-                               " store_time = ?", (rowid, key, stored)).rowcount
+                    gone = sql(
+                        "DELETE FROM Cache WHERE rowid = ? AND key = ? AND store_time = ?",
+                        (rowid, key, stored),
+                    ).rowcount
                     if gone and filename:
                         cleanup(filename)
                 report.dropped += int(bool(gone))

@@ -1,11 +1,12 @@
 """``ContentKey``: the identity of one version of one remote file in the content cache.
 
 A key is (uri, size, digest, mtime) plus its ``kind``: a file XNAT stores, or an archive XNAT
-makes on request (``xnat-rest-api.md`` §3.3).  The cache fetches each kind with its own
+makes on request (``docs/XNAT-API.md`` §3.3).  The cache fetches each kind with its own
 callable and never looks into a URI to tell them apart.
 
 This module imports nothing from the rest of xnatfs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,7 +30,7 @@ def archive_uri(object_uri: str) -> str:
 
 def archive_object_uri(uri: str) -> str:
     """The object whose zip ``uri`` (made by :func:`archive_uri`) is."""
-    return uri[:-len(_ARCHIVE_SUFFIX)] if uri.endswith(_ARCHIVE_SUFFIX) else uri
+    return uri[: -len(_ARCHIVE_SUFFIX)] if uri.endswith(_ARCHIVE_SUFFIX) else uri
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,7 @@ class ContentKey:
     kind: str = FILE
 
     @classmethod
-    def archive(cls, object_uri: str, mtime: Union[float, int, str, None] = None
-                ) -> "ContentKey":
+    def archive(cls, object_uri: str, mtime: Union[float, int, str, None] = None) -> "ContentKey":
         """The zip of everything below ``object_uri``: size and digest unknown until made."""
         return cls(uri=archive_uri(object_uri), size=None, digest="", mtime=mtime, kind=ARCHIVE)
 

@@ -16,6 +16,7 @@ of ``tree.Tree``) and hands back the flight to wait on for as long as the caller
 
 This module must not import ``xnatfs.tree`` or ``xnatfs.xnat``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -66,15 +67,17 @@ class MetaCache:
         self.ttl = ttl
         self._lock = threading.Lock()
         # _lock protects the three fields below.
-        self._cache: cachetools.TTLCache = cachetools.TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
+        self._cache: cachetools.TTLCache = cachetools.TTLCache(
+            maxsize=maxsize, ttl=ttl, timer=timer
+        )
         self._flights: Dict[Hashable, _Flight] = {}
-        self._stats = {"hits": 0, "misses": 0, "loads": 0, "errors": 0, "joins": 0,
-                       "timeouts": 0}
+        self._stats = {"hits": 0, "misses": 0, "loads": 0, "errors": 0, "joins": 0, "timeouts": 0}
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def get_or_load(self, key: Hashable, loader: Callable[[], Any],
-                    timeout: Optional[float] = None) -> Any:
+    def get_or_load(
+        self, key: Hashable, loader: Callable[[], Any], timeout: Optional[float] = None
+    ) -> Any:
         """Return the fresh value of ``key``, calling ``loader()`` once if there is none.
 
         Blocks while the loader (of this thread or of another one that got there first) runs;
@@ -104,16 +107,19 @@ class MetaCache:
             if not flight.done.wait(timeout):
                 with self._lock:
                     self._stats["timeouts"] += 1
-                raise TimeoutError(errno.ETIMEDOUT,
-                                   f"waited {timeout:g}s for a listing another call is loading",
-                                   "/".join(map(str, key)) if isinstance(key, tuple) else key)
+                raise TimeoutError(
+                    errno.ETIMEDOUT,
+                    f"waited {timeout:g}s for a listing another call is loading",
+                    "/".join(map(str, key)) if isinstance(key, tuple) else key,
+                )
             if flight.error is not None:
                 raise flight.error
             return flight.value
         return self._run(key, flight, loader, raise_error=True)
 
-    def _run(self, key: Hashable, flight: _Flight, loader: Callable[[], Any],
-             raise_error: bool) -> Any:
+    def _run(
+        self, key: Hashable, flight: _Flight, loader: Callable[[], Any], raise_error: bool
+    ) -> Any:
         """Run ``loader`` for ``flight`` (this thread leads it), publish the outcome."""
         try:
             value = loader()
@@ -136,8 +142,9 @@ class MetaCache:
         flight.done.set()
         return value
 
-    def load_async(self, key: Hashable, loader: Callable[[], Any],
-                   submit: Callable[[Callable[[], Any]], Any]) -> _Flight:
+    def load_async(
+        self, key: Hashable, loader: Callable[[], Any], submit: Callable[[Callable[[], Any]], Any]
+    ) -> _Flight:
         """Make sure a load of ``key`` is running, on a thread of ``submit`` (an executor's
         ``submit``) if none is, and return its flight: ``done`` is set once ``value`` or
         ``error`` is final.  Never blocks on the loader.  A fresh entry gives an already done

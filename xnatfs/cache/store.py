@@ -5,6 +5,7 @@ holds every field (the lock order is written out on ``ContentCache``), and its m
 run and end downloads, make room in the index and adopt finished files into it.  Reading
 (``open``), the life cycle and bulk fetches build on it in ``content.py`` and ``bulk.py``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -99,16 +100,16 @@ class ContentStore:
         #: bumps whenever readers may have been served bytes that failed a check (``taints``)
         self._taints = 0
         self._stats = {
-            "hits": 0,             # opens served by a complete cached copy
-            "misses": 0,           # opens that started or joined a download
-            "downloads": 0,        # downloads started
+            "hits": 0,  # opens served by a complete cached copy
+            "misses": 0,  # opens that started or joined a download
+            "downloads": 0,  # downloads started
             "download_errors": 0,  # downloads that ended in an error
-            "bytes_downloaded": 0, # bytes received by finished downloads (running ones added live)
-            "evictions": 0,        # entries culled by the size limit
-            "bulk_fetches": 0,     # archives fetched to bring many files at once (``bulk``)
-            "damaged": 0,          # cached entries dropped on open: wrong size, gone, bad MD5
-            "verified": 0,         # cached files hashed on first open (written by others)
-            "streamed": 0,         # opens served straight from the server (file > cache)
+            "bytes_downloaded": 0,  # bytes received by finished downloads (running ones added live)
+            "evictions": 0,  # entries culled by the size limit
+            "bulk_fetches": 0,  # archives fetched to bring many files at once (``bulk``)
+            "damaged": 0,  # cached entries dropped on open: wrong size, gone, bad MD5
+            "verified": 0,  # cached files hashed on first open (written by others)
+            "streamed": 0,  # opens served straight from the server (file > cache)
         }
 
     # -- internals -------------------------------------------------------------------------------
@@ -149,12 +150,20 @@ class ContentStore:
         """A new download of ``key``, registered (readers join it) but not queued yet."""
         # unique within this process (O_EXCL guards against anything else): a counter is
         # cheaper than random bytes for the hundreds a bulk fetch registers at once
-        partial = os.path.join(self._partial_dir,
-                               f"{hexname}.{self._partial_tag}{next(self._partial_seq)}.part")
+        partial = os.path.join(
+            self._partial_dir, f"{hexname}.{self._partial_tag}{next(self._partial_seq)}.part"
+        )
         download = Download(
-            key.uri, key.size, key.digest, partial, self._fetcher(key),
-            verify=self.verify, cancelled=lambda: self._closing,
-            max_bytes=self.size_limit, make_room=self._make_room, restarted=self._taint,
+            key.uri,
+            key.size,
+            key.digest,
+            partial,
+            self._fetcher(key),
+            verify=self.verify,
+            cancelled=lambda: self._closing,
+            max_bytes=self.size_limit,
+            make_room=self._make_room,
+            restarted=self._taint,
         )
         self._downloads[hexname] = download
         self._stats["downloads"] += 1
@@ -181,15 +190,20 @@ class ContentStore:
                 return
             except RuntimeError:
                 pass
-        download.fail(DownloadCancelled(download.uri),
-                      lambda error: self._unregister(download, hexname, error))
+        download.fail(
+            DownloadCancelled(download.uri),
+            lambda error: self._unregister(download, hexname, error),
+        )
 
-    def _on_cancelled(self, future: concurrent.futures.Future, download: Download,
-                      hexname: str) -> None:
+    def _on_cancelled(
+        self, future: concurrent.futures.Future, download: Download, hexname: str
+    ) -> None:
         """Done-callback: a download whose queued work was cancelled (``close``) never ran."""
         if future.cancelled():
-            download.fail(DownloadCancelled(download.uri),
-                          lambda error: self._unregister(download, hexname, error))
+            download.fail(
+                DownloadCancelled(download.uri),
+                lambda error: self._unregister(download, hexname, error),
+            )
 
     def _run(self, download: Download, hexname: str) -> None:
         """Pool task. The download adopts its file, then unregisters, then wakes its readers, so
@@ -209,8 +223,9 @@ class ContentStore:
             self._unregister(download, hexname, error)
 
         try:
-            download.run(adopt=lambda path: self._adopt(hexname, path, download.digest),
-                         ended=ended)
+            download.run(
+                adopt=lambda path: self._adopt(hexname, path, download.digest), ended=ended
+            )
         finally:
             if need and not released:
                 released = True
@@ -255,8 +270,11 @@ class ContentStore:
             self._volume = index.volume()
             self._forget_evicted(evicted)
         count = len(evicted)
-        log.info("content cache: cache disk full; evicted %d entr%s to make room",
-                 count, "y" if count == 1 else "ies")
+        log.info(
+            "content cache: cache disk full; evicted %d entr%s to make room",
+            count,
+            "y" if count == 1 else "ies",
+        )
         return count > 0
 
     def _cull(self, index: "_Index", pinned: Set[str], target: int) -> int:
@@ -292,8 +310,7 @@ class ContentStore:
         """The ``ended`` callback of ``download``: unregister it (bound now, not in a loop)."""
         return lambda error: self._unregister(download, hexname, error)
 
-    def _unregister(self, download: Download, hexname: str,
-                    error: Optional[BaseException]) -> None:
+    def _unregister(self, download: Download, hexname: str, error: Optional[BaseException]) -> None:
         """After this returns nobody can join ``download`` (joins happen under self._lock)."""
         with self._lock:
             if self._downloads.get(hexname) is download:
@@ -311,13 +328,15 @@ class ContentStore:
 
     def _adopt(self, hexname: str, partial_path: str, digest: str) -> None:
         """Move one verified partial file into the index (raises if the index refuses it)."""
-        error = self._adopt_many([(hexname, partial_path, os.stat(partial_path).st_size,
-                                   digest)])[0]
+        error = self._adopt_many([(hexname, partial_path, os.stat(partial_path).st_size, digest)])[
+            0
+        ]
         if error is not None:
             raise error
 
-    def _adopt_many(self, items: Sequence[Tuple[str, str, int, str]]
-                    ) -> List[Optional[BaseException]]:
+    def _adopt_many(
+        self, items: Sequence[Tuple[str, str, int, str]]
+    ) -> List[Optional[BaseException]]:
         """Move verified partial files into the index in one transaction, then evict LRU
         entries that are not pinned; per item None or the error that kept it out.
 
@@ -336,15 +355,18 @@ class ContentStore:
                 except OSError:
                     pass
             results = index.adopt_many(items)
-            sizes = [(hexname, size) for (hexname, _, size, _), error in zip(items, results)
-                     if error is None]
+            sizes = [
+                (hexname, size)
+                for (hexname, _, size, _), error in zip(items, results)
+                if error is None
+            ]
             stamps = {}
             for hexname, _ in sizes:
-                try:   # checked by this process as it arrived: no hashing on its first open
+                try:  # checked by this process as it arrived: no hashing on its first open
                     st = os.stat(self._stored_path(hexname))
                 except OSError:
                     continue
-                if st.st_ino == inodes.get(hexname):   # ours, not a copy another mount kept
+                if st.st_ino == inodes.get(hexname):  # ours, not a copy another mount kept
                     stamps[hexname] = (st.st_ino, st.st_mtime_ns)
             with self._lock:  # pins taken while we stored count too
                 pinned |= set(self._pins)
@@ -367,8 +389,11 @@ class ContentStore:
                             self._touched.pop(gone, None)
                             self._verified.pop(gone, None)
         if evicted:
-            log.debug("content cache: evicted %d entr%s", len(evicted),
-                      "y" if len(evicted) == 1 else "ies")
+            log.debug(
+                "content cache: evicted %d entr%s",
+                len(evicted),
+                "y" if len(evicted) == 1 else "ies",
+            )
             with self._lock:
                 self._stats["evictions"] += len(evicted)
         return results

@@ -3,7 +3,7 @@
 gcsfuse serves a file that exceeds its cache straight from the bucket; so does xnatfs
 (issue 18 §2): ``ContentCache.open`` hands out a ``StreamHandle`` when a file is larger than
 the cache limit or than the free cache disk plus everything the cache could evict.  XNAT
-ignores HTTP Range (DESIGN.md §2), so the handle runs one whole-file GET and keeps a window
+ignores HTTP Range (docs/XNAT-API.md §3.1), so the handle runs one whole-file GET and keeps a window
 of the body in memory: ``AHEAD`` bytes past the furthest read (the fetch waits when it is that
 far ahead: flow control, memory bounded) and ``BEHIND`` bytes before it (the kernel's
 read-ahead sends a file's reads slightly out of order, from several FUSE threads).  A read
@@ -14,6 +14,7 @@ The same promises as a cached file: the body is cut at its listed size (one byte
 EIO), and a read that reaches the last byte waits for the size and MD5 verdict and gets EIO
 when it is bad (issue 17 §5).  Knows nothing of the index or the client: it gets ``fetch``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -55,16 +56,16 @@ class StreamHandle:
         self._fetch = fetch
         self._cond = threading.Condition(threading.Lock())
         # _cond protects the fields below
-        self._chunks: Deque[Tuple[int, bytes]] = collections.deque()   # (offset, bytes)
-        self._start = 0            # offset of the first buffered byte
-        self._end = 0              # bytes of the current GET received so far
-        self._want = 0             # furthest offset a reader asked for
+        self._chunks: Deque[Tuple[int, bytes]] = collections.deque()  # (offset, bytes)
+        self._start = 0  # offset of the first buffered byte
+        self._end = 0  # bytes of the current GET received so far
+        self._want = 0  # furthest offset a reader asked for
         #: offsets readers wait for now: nothing at or after the lowest is dropped (else two
         #: readers a little apart would make each other re-fetch, and again, and again)
         self._waiting: "collections.Counter[int]" = collections.Counter()
-        self._generation = 0       # bumps when a seek back restarts the GET
+        self._generation = 0  # bumps when a seek back restarts the GET
         self._error: Optional[BaseException] = None
-        self._verdict = False      # the current GET ended with the right size and MD5
+        self._verdict = False  # the current GET ended with the right size and MD5
         self._closed = False
         self._thread: Optional[threading.Thread] = None
         #: readers got bytes of the current GET
@@ -72,7 +73,7 @@ class StreamHandle:
         #: readers got bytes of a GET that ended without a good verdict (superseded by a seek
         #: back, or failed): the read of the last bytes is then EIO (``_final_check_locked``)
         self._tainted = False
-        self.fetches = 0           # GETs started (tests, stats)
+        self.fetches = 0  # GETs started (tests, stats)
         with self._cond:
             self._restart_locked(0)
 
@@ -95,8 +96,9 @@ class StreamHandle:
         self._verdict = False
         self.fetches += 1
         generation = self._generation
-        self._thread = threading.Thread(target=self._run, args=(generation,), daemon=True,
-                                        name="xnatfs-stream")
+        self._thread = threading.Thread(
+            target=self._run, args=(generation,), daemon=True, name="xnatfs-stream"
+        )
         self._thread.start()
         self._cond.notify_all()
 
@@ -135,11 +137,14 @@ class StreamHandle:
         try:
             self._fetch(self._uri, sink)
             if received != self._size:
-                error = IntegrityError(f"short download: expected {self._size} bytes, got "
-                                       f"{received} (uri {self._uri})")
+                error = IntegrityError(
+                    f"short download: expected {self._size} bytes, got {received} (uri {self._uri})"
+                )
             elif md5 is not None and md5.hexdigest() != self._digest:
-                error = IntegrityError(f"digest mismatch: expected {self._digest}, got "
-                                       f"{md5.hexdigest()} (uri {self._uri})")
+                error = IntegrityError(
+                    f"digest mismatch: expected {self._digest}, got "
+                    f"{md5.hexdigest()} (uri {self._uri})"
+                )
         except _Superseded:
             return
         except IntegrityError as exc:
@@ -173,7 +178,7 @@ class StreamHandle:
                 if self._closed:
                     raise DownloadCancelled(self._uri)
                 if offset < self._start:
-                    self._restart_locked(offset)     # a seek back: XNAT cannot resume
+                    self._restart_locked(offset)  # a seek back: XNAT cannot resume
                 if self._error is not None:
                     raise self._error
                 if offset >= end:
@@ -190,9 +195,11 @@ class StreamHandle:
                     self._cond.notify_all()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(errno.ETIMEDOUT,
-                                       f"stream {self._uri}: bytes {offset}..{end} not there "
-                                       f"in time ({self._end} arrived)")
+                    raise TimeoutError(
+                        errno.ETIMEDOUT,
+                        f"stream {self._uri}: bytes {offset}..{end} not there "
+                        f"in time ({self._end} arrived)",
+                    )
                 self._waiting[offset] += 1
                 try:
                     self._cond.wait(remaining)
@@ -208,7 +215,8 @@ class StreamHandle:
         if self._tainted:
             raise IntegrityError(
                 f"stream {self._uri}: this open read bytes of an earlier GET that was cut short "
-                f"before its size and MD5 check (a seek back); open the file again")
+                f"before its size and MD5 check (a seek back); open the file again"
+            )
 
     def _slice_locked(self, offset: int, end: int) -> bytes:
         parts = []
@@ -217,7 +225,7 @@ class StreamHandle:
                 continue
             if off >= end:
                 break
-            parts.append(data[max(0, offset - off):end - off])
+            parts.append(data[max(0, offset - off) : end - off])
         if end > self._want:
             self._want = end
             self._cond.notify_all()

@@ -1,6 +1,6 @@
 """Times that stick (issue 15 §2): file mtimes set on the mount, kept in the cache directory.
 
-XNAT's file listing has no time column (xnat-rest-api.md §1.8: ``CatalogUtils.FILE_HEADERS``),
+XNAT's file listing has no time column (docs/XNAT-API.md §1.8: ``CatalogUtils.FILE_HEADERS``),
 so a file on XNAT shows its object's time, and ``utimens`` had nowhere to go: ``rsync -a`` and
 ``make`` then saw every file as changed.  This index remembers, per file, the mtime the user set
 (``touch``, ``cp -p``, ``tar -x``, ``rsync -t``) or the time the mount wrote it, keyed by the
@@ -18,6 +18,7 @@ bytes and no credentials.  Every row is also in memory (``_rows``), so ``getattr
 dict look-up; writes go to SQLite at once (a few per ``cp -p``).  Bounded: above ``max_rows``
 the rows set longest ago are dropped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,14 +61,16 @@ class TimesIndex:
     def start(self, _retry: bool = True) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         os.close(fd)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                             timeout=5.0)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS times (uri TEXT PRIMARY KEY, digest TEXT, "
-                       "size INTEGER, listed REAL, mtime_ns INTEGER, seq INTEGER)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS times (uri TEXT PRIMARY KEY, digest TEXT, "
+                "size INTEGER, listed REAL, mtime_ns INTEGER, seq INTEGER)"
+            )
             rows = db.execute(
-                "SELECT uri, digest, size, listed, mtime_ns, seq FROM times").fetchall()
+                "SELECT uri, digest, size, listed, mtime_ns, seq FROM times"
+            ).fetchall()
         except sqlite3.Error as exc:
             # a damaged file loses only remembered times (XNAT's show instead): start afresh
             log.warning("times index %s unreadable (%s): starting empty", self.path, exc)
@@ -80,8 +83,9 @@ class TimesIndex:
         with self._lock:
             self._db = db
             for uri, digest, size, listed, mtime, seq in rows:
-                self._rows[uri] = _Row(digest or "", int(size), float(listed or 0.0),
-                                       int(mtime), int(seq))
+                self._rows[uri] = _Row(
+                    digest or "", int(size), float(listed or 0.0), int(mtime), int(seq)
+                )
                 self._seq = max(self._seq, int(seq))
 
     def close(self) -> None:
@@ -111,10 +115,11 @@ class TimesIndex:
             return
         with self._lock:
             self._seq += 1
-            self._rows[uri] = _Row(digest or "", int(size), float(listed), int(mtime_ns),
-                                   self._seq)
-            self._exec("INSERT OR REPLACE INTO times VALUES (?, ?, ?, ?, ?, ?)",
-                       (uri, digest or "", int(size), float(listed), int(mtime_ns), self._seq))
+            self._rows[uri] = _Row(digest or "", int(size), float(listed), int(mtime_ns), self._seq)
+            self._exec(
+                "INSERT OR REPLACE INTO times VALUES (?, ?, ?, ?, ?, ?)",
+                (uri, digest or "", int(size), float(listed), int(mtime_ns), self._seq),
+            )
             if len(self._rows) > self.max_rows:
                 self._locked_trim()
 
@@ -123,7 +128,7 @@ class TimesIndex:
 
     def _locked_trim(self) -> None:
         drop = sorted(self._rows.items(), key=lambda kv: kv[1].seq)
-        drop = drop[:len(self._rows) - self.max_rows + self.max_rows // 10]
+        drop = drop[: len(self._rows) - self.max_rows + self.max_rows // 10]
         for uri, _ in drop:
             del self._rows[uri]
         if drop:

@@ -1,6 +1,6 @@
 """A zip archive split into its members while it streams in (push parser, no seeking).
 
-XNAT's zip download (``xnat-rest-api.md`` §3.3) is streamed without a Content-Length, so its
+XNAT's zip download (``docs/XNAT-API.md`` §3.3) is streamed without a Content-Length, so its
 central directory — the part ``zipfile`` needs first — arrives last.  ``ZipSplitter`` reads the
 local headers instead, as the bytes come: each member is handed out as soon as its bytes are
 there, so a reader of the fifth file of a 400-file scan does not wait for the other 395.
@@ -17,6 +17,7 @@ writing to a socket) sends them; only the listing's sizes make them splittable.
 
 Knows nothing of XNAT, the cache or HTTP: bytes in, member callbacks out.
 """
+
 from __future__ import annotations
 
 import struct
@@ -28,7 +29,7 @@ _CENTRAL = b"PK\x01\x02"
 _END = b"PK\x05\x06"
 _END64 = b"PK\x06\x06"
 _DESCRIPTOR = 0x08074B50
-_HEADER = struct.Struct("<4sHHHHHIIIHH")   # 30 bytes
+_HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes
 _STORED, _DEFLATED = 0, 8
 #: most bytes one ``decompress`` call may produce: a member that inflates a thousandfold
 #: (a zip bomb) then costs this much memory at a time, not its whole size (issue 17 §4)
@@ -55,8 +56,13 @@ class ZipSplitter:
     boundary.  Not thread-safe: one feeder.
     """
 
-    def __init__(self, size_of: Callable[[str], Optional[int]], on_start: OnStart,
-                 on_end: OnEnd, check_crc: bool = True) -> None:
+    def __init__(
+        self,
+        size_of: Callable[[str], Optional[int]],
+        on_start: OnStart,
+        on_end: OnEnd,
+        check_crc: bool = True,
+    ) -> None:
         self._size_of = size_of
         #: compute and compare each member's CRC-32 (a caller that checks an MD5 of every
         #: member it keeps can spare the time: on_end's ``ok`` then means "size matches")
@@ -72,11 +78,11 @@ class ZipSplitter:
         self._zip64 = False
         self._crc_expected = 0
         self._size_expected = 0
-        self._left = 0                 # stored bytes still to come
+        self._left = 0  # stored bytes still to come
         self._inflate: Optional["zlib._Decompress"] = None
         self._crc = 0
         self._produced = 0
-        self._limit: Optional[int] = None   # most bytes the member in progress may produce
+        self._limit: Optional[int] = None  # most bytes the member in progress may produce
         #: members seen so far (started, whether or not they were wanted)
         self.members = 0
 
@@ -116,13 +122,14 @@ class ZipSplitter:
                 raise ZipStreamError(f"no local file header where one was expected ({sig!r})")
             if len(self._buf) < _HEADER.size:
                 return None
-            (_, _, flags, method, _, _, crc, csize, usize, nlen,
-             xlen) = _HEADER.unpack_from(self._buf)
+            (_, _, flags, method, _, _, crc, csize, usize, nlen, xlen) = _HEADER.unpack_from(
+                self._buf
+            )
             total = _HEADER.size + nlen + xlen
             if len(self._buf) < total:
                 return None
-            raw_name = bytes(self._buf[_HEADER.size:_HEADER.size + nlen])
-            extra = bytes(self._buf[_HEADER.size + nlen:total])
+            raw_name = bytes(self._buf[_HEADER.size : _HEADER.size + nlen])
+            extra = bytes(self._buf[_HEADER.size + nlen : total])
             rest = bytes(self._buf[total:])
             self._buf.clear()
             self._begin(raw_name, flags, method, crc, csize, usize, extra)
@@ -131,8 +138,16 @@ class ZipSplitter:
             return self._descriptor()
         raise AssertionError(self._state)  # pragma: no cover
 
-    def _begin(self, raw_name: bytes, flags: int, method: int, crc: int, csize: int,
-               usize: int, extra: bytes) -> None:
+    def _begin(
+        self,
+        raw_name: bytes,
+        flags: int,
+        method: int,
+        crc: int,
+        csize: int,
+        usize: int,
+        extra: bytes,
+    ) -> None:
         name = raw_name.decode("utf-8" if flags & _FLAG_UTF8 else "cp437", "replace")
         if flags & _FLAG_ENCRYPTED:
             raise ZipStreamError(f"{name}: encrypted members are not supported")
@@ -158,8 +173,9 @@ class ZipSplitter:
         # the listing's size bounds what the member may inflate to (else the header's, when
         # it has one: no descriptor)
         known = self._size_of(name)
-        self._limit = known if known is not None and known >= 0 else (
-            None if self._has_descriptor else usize)
+        self._limit = (
+            known if known is not None and known >= 0 else (None if self._has_descriptor else usize)
+        )
         if method == _STORED:
             if self._has_descriptor and usize == 0:
                 known = self._size_of(name)
@@ -203,8 +219,9 @@ class ZipSplitter:
         if not data:
             return
         if self._limit is not None and self._produced + len(data) > self._limit:
-            raise ZipStreamError(f"{self._name}: longer than its listed size of "
-                                 f"{self._limit} bytes")
+            raise ZipStreamError(
+                f"{self._name}: longer than its listed size of {self._limit} bytes"
+            )
         if self._check_crc:
             self._crc = zlib.crc32(data, self._crc)
         self._produced += len(data)
@@ -250,7 +267,7 @@ def _zip64_extra(extra: bytes) -> Optional[tuple]:
     while at + 4 <= len(extra):
         ident, length = struct.unpack_from("<HH", extra, at)
         if ident == 1:
-            body = extra[at + 4:at + 4 + length]
+            body = extra[at + 4 : at + 4 + length]
             return tuple(struct.unpack_from("<Q", body, i)[0] for i in range(0, len(body) - 7, 8))
         at += 4 + length
     return None

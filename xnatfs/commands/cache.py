@@ -1,4 +1,5 @@
 """``xnatfs cache usage|prune|clear|verify|prefetch``."""
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
             fcntl.flock(lock, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except OSError:
             raise UsageError(f"{cache_dir} is in use by a mount: unmount it first") from None
-        size_limit = parse_size(args.size) if args.cache_command == "prune" else 2 ** 62
+        size_limit = parse_size(args.size) if args.cache_command == "prune" else 2**62
         cc = ContentCache(str(content), size_limit=size_limit, fetch=_no_fetch)
         cc.start()  # start() evicts down to size_limit (prune)
         try:
@@ -49,8 +50,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
                 removed = cc.clear()
                 print(f"removed {removed} cached files from {cache_dir}")
             stats = cc.stats
-            print(f"{cache_dir}: {stats.get('entries', 0)} files, "
-                  f"{cc.size() / 2**20:.1f} MiB on disk")
+            print(
+                f"{cache_dir}: {stats.get('entries', 0)} files, {cc.size() / 2**20:.1f} MiB on disk"
+            )
         finally:
             cc.close()
     finally:
@@ -71,20 +73,32 @@ def _verify(cache_dir: Path, repair: bool) -> int:
 
     def on_total(entries: int, total: int) -> None:
         nonlocal bar
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"verify {entries} files",
-                   disable=None, file=sys.stderr)
+        bar = tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=f"verify {entries} files",
+            disable=None,
+            file=sys.stderr,
+        )
 
     try:
-        report = verify_entries(cache_dir / "content", repair=repair,
-                                progress=lambda n: bar.update(n), on_total=on_total)
+        report = verify_entries(
+            cache_dir / "content",
+            repair=repair,
+            progress=lambda n: bar.update(n),
+            on_total=on_total,
+        )
     finally:
         if bar is not None:
             bar.close()
     for line in report.problems:
         print(f"xnatfs: cache verify: bad entry {line}", file=sys.stderr)
-    print(f"{cache_dir}: {report.checked} files checked ({report.hashed} by MD5, the others "
-          f"by size: no MD5 listed), {report.bad} bad"
-          + (f", {report.dropped} dropped" if repair else ""))
+    print(
+        f"{cache_dir}: {report.checked} files checked ({report.hashed} by MD5, the others "
+        f"by size: no MD5 listed), {report.bad} bad"
+        + (f", {report.dropped} dropped" if repair else "")
+    )
     return 0 if report.bad == report.dropped else 1
 
 
@@ -108,8 +122,10 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
         # mount is fine (it stats through the mount, which prefetch reads anyway)
         absolute = os.path.realpath(top)
         if not any(absolute == m or absolute.startswith(m.rstrip("/") + "/") for m in mounts):
-            raise UsageError(f"{top} is not inside an xnatfs mount (mounted: "
-                             f"{', '.join(mounts) or 'none'}); nothing was read")
+            raise UsageError(
+                f"{top} is not inside an xnatfs mount (mounted: "
+                f"{', '.join(mounts) or 'none'}); nothing was read"
+            )
         if os.path.isfile(top):
             files.append((top, os.path.getsize(top)))
             continue
@@ -120,8 +136,14 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
                 path = os.path.join(dirpath, name)
                 files.append((path, os.path.getsize(path)))
     failed: List[str] = []
-    with tqdm(total=sum(size for _, size in files), unit="B", unit_scale=True,
-              desc="prefetch", disable=None) as bar:
+    with tqdm(
+        total=sum(size for _, size in files),
+        unit="B",
+        unit_scale=True,
+        desc="prefetch",
+        disable=None,
+    ) as bar:
+
         def read(item: Tuple[str, int]) -> None:
             path, _size = item
             try:

@@ -1,4 +1,5 @@
 """What every command shares: the one-line user error, URL checks, logging, the FUSE library."""
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,10 @@ def check_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"not an http(s) URL: {url}")
     if parts.username or parts.password:
-        raise UsageError("credentials do not belong in the URL (they would be visible in the "
-                         "process list): use ~/.netrc, the prompt, or XNATFS_USER/XNATFS_PASSWORD")
+        raise UsageError(
+            "credentials do not belong in the URL (they would be visible in the "
+            "process list): use ~/.netrc, the prompt, or XNATFS_USER/XNATFS_PASSWORD"
+        )
     return url
 
 
@@ -27,8 +30,9 @@ def setup_logging(level: str, stream: Any = None) -> None:
     from xnatfs.logfmt import SafeFormatter  # one line per record, controls escaped
 
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(SafeFormatter(
-        "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"))
+    handler.setFormatter(
+        SafeFormatter("%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))

@@ -2,8 +2,9 @@
 (``fs/mounting.MountDaemon``), and the foreground FUSE loop it runs.
 
 Running the daemon as a fresh process (instead of forking a process that already has threads)
-means every thread starts after "daemonizing" (fuse-notes.md §3.1).
+means every thread starts after "daemonizing" (docs/FUSE.md §3.1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ def _log_file(args: argparse.Namespace, options: Options, mountpoint: str) -> Pa
     return logs / (mountpoint.strip("/").replace("/", "_") + ".log")
 
 
-def daemon_argv(args: argparse.Namespace, options: Options, mountpoint: str,
-                log_level: str) -> List[str]:
+def daemon_argv(
+    args: argparse.Namespace, options: Options, mountpoint: str, log_level: str
+) -> List[str]:
     """The child's command line: every setting explicit (from the table, ``settings.py``),
     credentials on stdin, the caller's ``-o`` options as given."""
     argv = mounting.xnatfs_argv(options.url, mountpoint, *table.daemon_args(options, log_level))
@@ -48,12 +50,12 @@ def daemon_env(environ: Mapping[str, str]) -> Dict[str, str]:
     in ``/proc/PID/environ`` for as long as the mount lives (issue 17 §7)."""
     from xnatfs.xnat.auth import ENV_PASSWORD, ENV_USER
 
-    return {key: value for key, value in environ.items()
-            if key not in (ENV_USER, ENV_PASSWORD)}
+    return {key: value for key, value in environ.items() if key not in (ENV_USER, ENV_PASSWORD)}
 
 
-def drop_credentials_from_environment(args: argparse.Namespace, options: Options, creds: Any,
-                                      mountpoint: str, log_level: str) -> None:
+def drop_credentials_from_environment(
+    args: argparse.Namespace, options: Options, creds: Any, mountpoint: str, log_level: str
+) -> None:
     """A foreground mount (systemd ``EnvironmentFile=``, ``docker run -e``) whose environment
     holds ``XNATFS_USER``/``XNATFS_PASSWORD`` replaces itself (same PID, so systemd's
     ``Type=notify`` still sees its main process) by the daemon command line with the credentials
@@ -62,8 +64,13 @@ def drop_credentials_from_environment(args: argparse.Namespace, options: Options
     if daemon_env(os.environ) == dict(os.environ):
         return
     read_end, write_end = os.pipe()
-    os.write(write_end, json.dumps({"username": creds.username, "password": creds.password,
-                                    "source": creds.source}).encode() + b"\n")
+    os.write(
+        write_end,
+        json.dumps(
+            {"username": creds.username, "password": creds.password, "source": creds.source}
+        ).encode()
+        + b"\n",
+    )
     os.close(write_end)
     os.dup2(read_end, 0)
     os.close(read_end)
@@ -75,50 +82,60 @@ def drop_credentials_from_environment(args: argparse.Namespace, options: Options
     os.execve(sys.executable, argv, daemon_env(os.environ))
 
 
-def spawn_daemon(args: argparse.Namespace, options: Options, creds: Any, mountpoint: str,
-                 log_level: str) -> int:
+def spawn_daemon(
+    args: argparse.Namespace, options: Options, creds: Any, mountpoint: str, log_level: str
+) -> int:
     """Start the daemon, wait until its mount answers; on failure stop it, clear what it left
     and raise the reason with the tail of its log."""
     log_path = _log_file(args, options, mountpoint)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     daemon = mounting.MountDaemon(
-        daemon_argv(args, options, mountpoint, log_level), mountpoint, log_path,
+        daemon_argv(args, options, mountpoint, log_level),
+        mountpoint,
+        log_path,
         {"username": creds.username, "password": creds.password, "source": creds.source},
-        env=daemon_env(os.environ), log_mode=0o600).start()
+        env=daemon_env(os.environ),
+        log_mode=0o600,
+    ).start()
     try:
         daemon.wait(mounting.MOUNT_WAIT_S)
     except mounting.MountFailed:
         daemon.end(grace=0)  # SIGTERM, then SIGKILL: bounded
         mounting.clear_stale(mountpoint)
-        raise UsageError(f"mount of {options.url} at {mountpoint} failed; last log lines "
-                         f"({log_path}):\n{daemon.tail()}") from None
+        raise UsageError(
+            f"mount of {options.url} at {mountpoint} failed; last log lines "
+            f"({log_path}):\n{daemon.tail()}"
+        ) from None
     print(f"xnatfs: mounted {options.url} at {mountpoint} (log: {log_path})")
     return 0
 
 
 def fuse_kwargs(options: Options, mfusepy: Any) -> Dict[str, object]:
-    """libfuse options: kernel caches matched to the listing TTL (fuse-notes.md §2.3)."""
+    """libfuse options: kernel caches matched to the listing TTL (docs/FUSE.md §2.3)."""
     ttl = options.listing_ttl
     kwargs: Dict[str, object] = {
-        "fsname": f"xnatfs#{options.url}", "subtype": "xnatfs",
-        "attr_timeout": ttl, "entry_timeout": ttl, "negative_timeout": min(ttl, 10.0),
+        "fsname": f"xnatfs#{options.url}",
+        "subtype": "xnatfs",
+        "attr_timeout": ttl,
+        "entry_timeout": ttl,
+        "negative_timeout": min(ttl, 10.0),
         "auto_unmount": True,
     }
     if getattr(mfusepy, "fuse_version_major", 3) >= 3:
         kwargs["max_threads"] = options.max_threads
         # libfuse 3.14 checks the unset max_idle_threads (UINT_MAX) as a value and prints
         # "Ignoring invalid max threads value 4294967295" on every mount (libfuse#1003,
-        # fuse-notes.md §1.3): a valid value silences it; idle workers are kept up to the pool
+        # docs/FUSE.md §1.3): a valid value silences it; idle workers are kept up to the pool
         kwargs["max_idle_threads"] = options.max_threads
     for key, value in options.fuse_options.items():
         if key in ("big_writes", "large_read") and getattr(mfusepy, "fuse_version_major", 3) >= 3:
-            log.warning("ignoring -o %s: libfuse3 refuses it (fuse-notes.md §1.3)", key)
+            log.warning("ignoring -o %s: libfuse3 refuses it (docs/FUSE.md §1.3)", key)
             continue
         kwargs[key] = value
     if kwargs.get("allow_other") or kwargs.get("allow_root"):
         # other users reach the mount: the kernel must check the modes shown (owner-only
         # write bits unless --allow-other-write), else anyone could write to XNAT as the
-        # owner (issue 17 §2, fuse-notes.md §3.4)
+        # owner (issue 17 §2, docs/FUSE.md §3.4)
         kwargs["default_permissions"] = True
     elif options.allow_other_write:
         log.warning("--allow-other-write has no effect without -o allow_other")
@@ -140,8 +157,13 @@ def _raise_open_files_limit(want: int = 65536) -> None:
             log.info("open-files limit stays at %d: %s", soft, exc)
 
 
-def run_foreground(options: Options, creds: Any, mountpoint: str,
-                   on_ready: Any = None, on_first_request: Any = None) -> int:
+def run_foreground(
+    options: Options,
+    creds: Any,
+    mountpoint: str,
+    on_ready: Any = None,
+    on_first_request: Any = None,
+) -> int:
     """Mount and serve until unmounted or signalled; exit status 0 on a clean stop."""
     mfusepy = load_fuse()
     from xnatfs.fs.ops import XnatFUSE, XnatOperations
@@ -158,14 +180,17 @@ def run_foreground(options: Options, creds: Any, mountpoint: str,
         runtime.close()
         raise
     ops = XnatOperations(runtime, on_ready=on_ready, on_first_request=on_first_request)
-    log.info("mounting %s at %s (libfuse %s)", options.url, mountpoint,
-             getattr(mfusepy, "fuse_version_major", "?"))
+    log.info(
+        "mounting %s at %s (libfuse %s)",
+        options.url,
+        mountpoint,
+        getattr(mfusepy, "fuse_version_major", "?"),
+    )
     try:
-        XnatFUSE(ops, mountpoint, foreground=True, raw_fi=True,
-                     **fuse_kwargs(options, mfusepy))
+        XnatFUSE(ops, mountpoint, foreground=True, raw_fi=True, **fuse_kwargs(options, mfusepy))
     except RuntimeError as exc:
         # libfuse3 returns 8 after SIGTERM/SIGINT although the unmount was clean
-        # (fuse-notes.md §1.3); anything else is a real failure
+        # (docs/FUSE.md §1.3); anything else is a real failure
         if str(exc) not in ("8", "7"):
             log.error("FUSE loop failed: %s", exc)
             return 1

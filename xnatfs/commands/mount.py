@@ -1,5 +1,6 @@
 """``xnatfs mount`` and ``xnatfs config``: settings -> ``Options``, credentials, the server
 check, the mount point; then the daemon (``commands/daemon.py``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ def _take_owner_options(fuse: Dict[str, object]) -> Dict[str, int]:
     return out
 
 
-def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequence[str]
-                          ) -> Options:
+def options_from_settings(
+    url: str, settings: Dict[str, Any], fuse_options: Sequence[str]
+) -> Options:
     """Effective settings (``settings_from_args``) and the ``-o`` options -> ``Options``: the
     table's fields by ``settings.option_values``, the owner options and ``nonempty`` taken out
     of what goes to libfuse."""
@@ -57,8 +59,14 @@ def options_from_settings(url: str, settings: Dict[str, Any], fuse_options: Sequ
     fields = table.option_values(values)
     # libfuse3 has no "nonempty" (it always allows it): xnatfs checks the mount point itself
     fields["nonempty"] = fuse.pop("nonempty", None) is not None or bool(fields["nonempty"])
-    return Options(url=check_url(url), fuse_options=fuse, uid=owner.get("uid"),
-                   gid=owner.get("gid"), umask=owner.get("umask", 0), **fields)
+    return Options(
+        url=check_url(url),
+        fuse_options=fuse,
+        uid=owner.get("uid"),
+        gid=owner.get("gid"),
+        umask=owner.get("umask", 0),
+        **fields,
+    )
 
 
 def _credentials(args: argparse.Namespace, url: str, settings: Dict[str, Any]) -> Any:
@@ -78,14 +86,23 @@ def _credentials(args: argparse.Namespace, url: str, settings: Dict[str, Any]) -
 
 def _check_server(options: Options, creds: Any) -> None:
     """Log in once with a short-lived client so that a wrong password or an unreachable server
-    is one clear line before anything is mounted (STYLE.md §6)."""
+    is one clear line before anything is mounted (docs/ARCHITECTURE.md §9)."""
     from xnatfs.xnat import errors as xe
     from xnatfs.xnat.client import ClientOptions, XnatClient
 
-    client = XnatClient(options.url, creds, ClientOptions(
-        pool_size=1, connect_timeout=options.connect_timeout, read_timeout=options.read_timeout,
-        retries=1, verify=options.verify, heartbeat=False,
-        deadline=options.fs_timeout))  # the check is bounded like every call (issue 17 §1)
+    client = XnatClient(
+        options.url,
+        creds,
+        ClientOptions(
+            pool_size=1,
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            retries=1,
+            verify=options.verify,
+            heartbeat=False,
+            deadline=options.fs_timeout,
+        ),
+    )  # the check is bounded like every call (issue 17 §1)
     # the outcome is the one line below: the client's own log line of the same refusal would
     # print first, timestamped (issue 16 §5); at --log-level debug it stays
     client_log = logging.getLogger("xnatfs.xnat")
@@ -95,9 +112,10 @@ def _check_server(options: Options, creds: Any) -> None:
     try:
         client.start()
     except xe.Unauthorized:
-        raise UsageError(f"{options.url}: login refused for user '{creds.username}' "
-                         f"(credentials from {creds.source}): check the user name and password"
-                         ) from None
+        raise UsageError(
+            f"{options.url}: login refused for user '{creds.username}' "
+            f"(credentials from {creds.source}): check the user name and password"
+        ) from None
     except (xe.Unreachable, xe.XnatTimeout) as exc:
         raise UsageError(f"cannot reach {options.url}: {exc.message or exc}") from exc
     except xe.XnatError as exc:
@@ -121,8 +139,9 @@ def _prepare_mountpoint(mountpoint: str, nonempty: bool = False) -> str:
     if mounting.is_mounted(path):
         raise UsageError(f"{path} is already mounted (xnatfs umount {path})")
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"mount point {path} is a file, not a directory: mount on a "
-                         "directory (an empty one)")
+        raise UsageError(
+            f"mount point {path} is a file, not a directory: mount on a directory (an empty one)"
+        )
     if not os.path.isdir(path):
         raise UsageError(f"mount point {path} does not exist (mkdir -p {path})")
     if not nonempty:
@@ -133,9 +152,11 @@ def _prepare_mountpoint(mountpoint: str, nonempty: bool = False) -> str:
             busy = False  # unreadable to us: libfuse decides
         if busy:
             # its files would be hidden while mounted; sshfs and rclone refuse it too
-            raise UsageError(f"mount point {path} is not empty: its files would be hidden "
-                             "while mounted; use an empty directory, or --nonempty "
-                             "(-o nonempty) to mount over them")
+            raise UsageError(
+                f"mount point {path} is not empty: its files would be hidden "
+                "while mounted; use an empty directory, or --nonempty "
+                "(-o nonempty) to mount over them"
+            )
     return path
 
 
@@ -150,22 +171,24 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.foreground:
         if not args.credentials_stdin:
             _check_server(options, creds)
-            drop_credentials_from_environment(args, options, creds, mountpoint,
-                                              settings["log_level"][0])
+            drop_credentials_from_environment(
+                args, options, creds, mountpoint, settings["log_level"][0]
+            )
         from xnatfs import notify
 
         def ready() -> None:
             notify.notify_ready(f"serving {options.url} at {mountpoint}")
 
         def first_request() -> None:
-            # INIT has been answered once any other request arrives (fuse-notes.md §2.2)
+            # INIT has been answered once any other request arrives (docs/FUSE.md §2.2)
             from xnatfs.fs.mounting import set_read_ahead
 
             if options.read_ahead_kb:
                 set_read_ahead(mountpoint, options.read_ahead_kb)
 
-        return run_foreground(options, creds, mountpoint, on_ready=ready,
-                              on_first_request=first_request)
+        return run_foreground(
+            options, creds, mountpoint, on_ready=ready, on_first_request=first_request
+        )
     _check_server(options, creds)
     return spawn_daemon(args, options, creds, mountpoint, settings["log_level"][0])
 

@@ -1,4 +1,5 @@
 """``xnatfs umount`` and ``xnatfs status``."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,10 @@ def cmd_umount(args: argparse.Namespace) -> int:
         raise UsageError(f"{path} is not mounted")
     result = mounting.unmount(path, lazy=args.lazy)
     if result.returncode != 0:
-        raise UsageError(f"unmount of {path} failed: {result.stderr.strip()} "
-                         f"(busy? try: xnatfs umount --lazy {path})")
+        raise UsageError(
+            f"unmount of {path} failed: {result.stderr.strip()} "
+            f"(busy? try: xnatfs umount --lazy {path})"
+        )
     return 0
 
 
@@ -38,8 +41,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     uploads = stats.get("uploads") or []
     print(f"uploads not yet on XNAT: {len(uploads) or 'none'}")
     for item in uploads:
-        line = f"  {item.get('state', '?'):9} {item.get('path') or item.get('id')} " \
-               f"({item.get('size', 0)} bytes, {item.get('tries', 0)} tries)"
+        line = (
+            f"  {item.get('state', '?'):9} {item.get('path') or item.get('id')} "
+            f"({item.get('size', 0)} bytes, {item.get('tries', 0)} tries)"
+        )
         if item.get("last_error"):
             line += f": {item['last_error']}"
         print(line)
@@ -47,7 +52,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if failed:
         # a failed file stays listed (README "Writes become uploads"); rm is how it goes
         example = os.path.join(os.path.abspath(args.mountpoint), failed[0]["path"].lstrip("/"))
-        print(f"failed files are not retried: to discard one, rm it in the mount "
-              f"(rm '{example}'); to retry, fix the cause, copy it out, rm it and copy it in "
-              f"again")
+        print(
+            f"failed files are not retried: to discard one, rm it in the mount "
+            f"(rm '{example}'); to retry, fix the cause, copy it out, rm it and copy it in "
+            f"again"
+        )
     return 0

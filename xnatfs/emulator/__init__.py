@@ -12,6 +12,7 @@ with), ``resolve`` (archive URL grammar), ``listings``, ``objects``, ``documents
 ``xsd`` (schemas for xnatpy), ``seed``/``dicom`` (demo data), ``cli`` (``python -m
 xnatfs.emulator``).
 """
+
 from __future__ import annotations
 
 from .server import AccessRecord, Emulator, Faults

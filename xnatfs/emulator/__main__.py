@@ -1,4 +1,5 @@
 """``python -m xnatfs.emulator``: see :func:`xnatfs.emulator.cli.main`."""
+
 from __future__ import annotations
 
 import sys

@@ -15,6 +15,7 @@ Each area has its own handler module, all answering through ``serving.py``:
 A new endpoint is one branch in :func:`_data` (or :func:`services.services`) calling a handler
 ``f(ctx, ...) -> Response``; a handler raises :class:`serving.HttpError` for an error page.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,7 +29,7 @@ from werkzeug.wrappers import Request, Response
 from . import config, files, formats, listings, objects, prearchive_http, services
 from .auth import SessionTable, authenticate, is_browser
 from .resolve import NOT_FOUND, Chain, parse_chain, resolve, resolve_parent_for_create
-from .serving import (AppConfig, Ctx, DropConnection, HttpError, error_response, text_response)
+from .serving import AppConfig, Ctx, DropConnection, HttpError, error_response, text_response
 from .store import Conflict, InvalidInput, NotFound, Store, TruncatedUpload, UserRow
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,14 @@ class XnatApp:
     """WSGI callable; ``control(request, user)`` answers ``/emulator/*`` (faults), and
     ``body_filter`` sees every request body (the server's faults may cut it)."""
 
-    def __init__(self, store: Store, sessions: SessionTable, config: AppConfig,
-                 control: Optional[Callable[[Request, Optional[UserRow]], Response]] = None,
-                 body_filter: Optional[Callable[[Request, Iterator[bytes]], Iterator[bytes]]] = None
-                 ) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sessions: SessionTable,
+        config: AppConfig,
+        control: Optional[Callable[[Request, Optional[UserRow]], Response]] = None,
+        body_filter: Optional[Callable[[Request, Iterator[bytes]], Iterator[bytes]]] = None,
+    ) -> None:
         self.store = store
         self.sessions = sessions
         self.config = config
@@ -52,7 +57,9 @@ class XnatApp:
         self._local = threading.local()
 
     # -------------------------------------------------------------------------------- WSGI entry
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         request = Request(environ)
         session_cookie: Optional[str] = None
         try:
@@ -83,8 +90,9 @@ class XnatApp:
         now_ms = int(time.time() * 1000)
         timeout_ms = int(self.sessions.timeout * 1000)
         # Quoted because of the comma; xnatpy's regex requires the quotes (§5.1).
-        response.headers.add("Set-Cookie",
-                             f'SESSION_EXPIRATION_TIME="{now_ms},{timeout_ms}"; Version=1; Path={cp}')
+        response.headers.add(
+            "Set-Cookie", f'SESSION_EXPIRATION_TIME="{now_ms},{timeout_ms}"; Version=1; Path={cp}'
+        )
         if session_id:
             response.headers.add("Set-Cookie", f"JSESSIONID={session_id}; Path={cp}; HttpOnly")
 
@@ -95,7 +103,7 @@ class XnatApp:
         if path == cp:
             return "/"
         if path.startswith(cp + "/"):
-            return path[len(cp):]
+            return path[len(cp) :]
         raise HttpError(404, NOT_FOUND)
 
     def dispatch(self, request: Request) -> tuple[Response, Optional[str]]:
@@ -103,8 +111,12 @@ class XnatApp:
         and the id of a session this request opened (for its cookie)."""
         path = self._strip_context(request.path)
         cp = self.config.context_path
-        auth = authenticate(self.store, self.sessions, request.cookies.get("JSESSIONID"),
-                            request.headers.get("Authorization", ""))
+        auth = authenticate(
+            self.store,
+            self.sessions,
+            request.cookies.get("JSESSIONID"),
+            request.headers.get("Authorization", ""),
+        )
         new_sid = auth.session.id if auth.new_session and auth.session else None
         self._local.auth_session = auth.session
         user = auth.user
@@ -114,8 +126,11 @@ class XnatApp:
             if self.control is None:
                 raise HttpError(404, "Not found")
             if user is None or not user.admin:
-                raise HttpError(401, "Authentication required.",
-                                {"WWW-Authenticate": f'Basic realm="{self.config.site_id}"'})
+                raise HttpError(
+                    401,
+                    "Authentication required.",
+                    {"WWW-Authenticate": f'Basic realm="{self.config.site_id}"'},
+                )
             return self.control(request, user), None
 
         # Public paths: the login page, the auth service.
@@ -131,16 +146,20 @@ class XnatApp:
         if auth.bad_credentials or user is None:
             data_path = path.startswith(("/data", "/REST", "/xapi", "/fs"))
             if data_path and not is_browser(ua):
-                msg = "Authentication failed." if auth.bad_credentials else "Authentication required."
-                raise HttpError(401, msg, {"WWW-Authenticate": f'Basic realm="{self.config.site_id}"'})
+                msg = (
+                    "Authentication failed." if auth.bad_credentials else "Authentication required."
+                )
+                raise HttpError(
+                    401, msg, {"WWW-Authenticate": f'Basic realm="{self.config.site_id}"'}
+                )
             return self._redirect_login(), None
 
         ctx = Ctx(request, self.store, user, self.config, body_filter=self.body_filter)
         if path.startswith("/xapi/"):
-            return services.xapi(ctx, path[len("/xapi"):], self.started), new_sid
+            return services.xapi(ctx, path[len("/xapi") :], self.started), new_sid
         for prefix in ("/data", "/REST"):
             if path == prefix or path.startswith(prefix + "/"):
-                ctx.path = path[len(prefix):]
+                ctx.path = path[len(prefix) :]
                 return self._data(ctx), new_sid
         raise HttpError(404, NOT_FOUND)
 

@@ -3,6 +3,7 @@
 Why it is separate from the routing: the session table is shared state with its own lock and its
 own clock (idle expiry), and the fault injector needs ``expire_all()`` without knowing HTTP.
 """
+
 from __future__ import annotations
 
 import base64
@@ -43,8 +44,12 @@ class SessionTable:
     sessions also end under load (restarts, a cluster node change, an admin), and a client
     must log in again without the user noticing."""
 
-    def __init__(self, timeout: float = 900.0, clock: Callable[[], float] = time.monotonic,
-                 lifetime: float = 0.0) -> None:
+    def __init__(
+        self,
+        timeout: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+        lifetime: float = 0.0,
+    ) -> None:
         self.timeout = timeout
         self.lifetime = lifetime
         self._clock = clock
@@ -68,7 +73,8 @@ class SessionTable:
             if s is None:
                 return None
             if now - s.last_access > self.timeout or (
-                    self.lifetime > 0 and now - s.created > self.lifetime):
+                self.lifetime > 0 and now - s.created > self.lifetime
+            ):
                 del self._sessions[sid]
                 return None
             s.last_access = now
@@ -124,8 +130,9 @@ class AuthResult:
     bad_credentials: bool = False
 
 
-def authenticate(store: Store, sessions: SessionTable, cookie_sid: Optional[str],
-                 authorization: str) -> AuthResult:
+def authenticate(
+    store: Store, sessions: SessionTable, cookie_sid: Optional[str], authorization: str
+) -> AuthResult:
     """A valid JSESSIONID cookie wins; otherwise Basic credentials (a new session is opened,
     as Tomcat does for a basic-auth request without a session)."""
     if cookie_sid:

@@ -1,5 +1,6 @@
 """Command line of the emulator: ``python -m xnatfs.emulator --data DIR ...`` (also
 ``xnatfs emulator``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,20 @@ def build_parser(prog: str = "python -m xnatfs.emulator") -> argparse.ArgumentPa
     p.add_argument("--port", type=int, default=8080, help="port (0 = pick a free one)")
     p.add_argument("--user", default="admin", help="admin user name")
     p.add_argument("--password", default="admin", help="admin password")
-    p.add_argument("--seed", choices=("demo", "empty"), default="empty",
-                   help="data to create in an empty data directory")
+    p.add_argument(
+        "--seed",
+        choices=("demo", "empty"),
+        default="empty",
+        help="data to create in an empty data directory",
+    )
     p.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
     p.add_argument("--access-log", default=None, help="file for 'METHOD PATH STATUS BYTES' lines")
-    p.add_argument("--session-timeout", type=float, default=900.0,
-                   help="idle JSESSION expiry in seconds (default 900)")
+    p.add_argument(
+        "--session-timeout",
+        type=float,
+        default=900.0,
+        help="idle JSESSION expiry in seconds (default 900)",
+    )
     p.add_argument("--context-path", default="", help="serve under a context path, e.g. /xnat")
     p.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
     return p
@@ -33,14 +42,24 @@ def build_parser(prog: str = "python -m xnatfs.emulator") -> argparse.ArgumentPa
 def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m xnatfs.emulator") -> int:
     """``prog``: the name usage lines show (``xnatfs emulator`` when run through xnatfs)."""
     args = build_parser(prog).parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-                        format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s",
+    )
     from .server import Emulator
 
-    emu = Emulator(args.data, user=args.user, password=args.password, seed=args.seed,
-                   latency_ms=args.latency_ms, access_log=args.access_log,
-                   session_timeout=args.session_timeout, host=args.host, port=args.port,
-                   context_path=args.context_path)
+    emu = Emulator(
+        args.data,
+        user=args.user,
+        password=args.password,
+        seed=args.seed,
+        latency_ms=args.latency_ms,
+        access_log=args.access_log,
+        session_timeout=args.session_timeout,
+        host=args.host,
+        port=args.port,
+        context_path=args.context_path,
+    )
     try:
         emu.start()
     except OSError as e:

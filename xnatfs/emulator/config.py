@@ -24,6 +24,7 @@ Stored in the store's settings (``config/{tool}/{path}`` of the project, or of t
 JSON record per entry.  Tool listings (``/data/config``, ``/data/config/{TOOL}``) are not
 emulated (``docs/FIDELITY.md``).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,18 @@ from .serving import Ctx, HttpError, text_response, truthy, write_table
 from .store import ProjectRow
 
 #: ConfigResource.configColumns, in XNAT's order
-COLUMNS = ["tool", "path", "project", "user", "create_date", "reason", "contents",
-           "unversioned", "version", "status"]
+COLUMNS = [
+    "tool",
+    "path",
+    "project",
+    "user",
+    "create_date",
+    "reason",
+    "contents",
+    "unversioned",
+    "version",
+    "status",
+]
 
 _STATUSES = {"enabled": "enabled", "true": "enabled", "disabled": "disabled", "false": "disabled"}
 
@@ -78,7 +89,7 @@ def _project(ctx: Ctx, project: Optional[str]) -> Optional[ProjectRow]:
 
 
 def _check_write(ctx: Ctx, proj: Optional[ProjectRow]) -> None:
-    if ctx.user.admin or proj is not None:   # a reader of an emulated project may change it
+    if ctx.user.admin or proj is not None:  # a reader of an emulated project may change it
         return
     raise HttpError(403, "User does not have privileges to modify config for this project")
 
@@ -93,8 +104,9 @@ def _load(ctx: Ctx, proj: Optional[ProjectRow], tool: str, path: str) -> Optiona
     return None if raw is None else json.loads(raw)
 
 
-def _save(ctx: Ctx, proj: Optional[ProjectRow], tool: str, path: str,
-          entry: dict[str, Any]) -> None:
+def _save(
+    ctx: Ctx, proj: Optional[ProjectRow], tool: str, path: str, entry: dict[str, Any]
+) -> None:
     st, name, raw = ctx.store, _setting(tool, path), json.dumps(entry)
     if proj is not None:
         st.set_project_setting(proj.id, name, raw)
@@ -123,20 +135,29 @@ def _get(ctx: Ctx, proj: Optional[ProjectRow], tool: str, path: str) -> Response
 def _not_found(ctx: Ctx, proj: Optional[ProjectRow], tool: str, path: str) -> Response:
     if truthy(ctx.request.args.get("accept-not-found")):
         return text_response("", status=204)
-    raise HttpError(404, f"Couldn't find config for user {ctx.user.name} and project "
-                         f"{proj.id if proj else None} on tool [{tool}] path [{path}]")
+    raise HttpError(
+        404,
+        f"Couldn't find config for user {ctx.user.name} and project "
+        f"{proj.id if proj else None} on tool [{tool}] path [{path}]",
+    )
 
 
 def _put(ctx: Ctx, proj: Optional[ProjectRow], tool: str, path: str) -> Response:
     contents, status = _body(ctx)
     if status is not None and status.lower() not in _STATUSES:
-        raise HttpError(400, "Only valid values for the status flag are enabled or true and "
-                             f"disabled or false: {status}")
+        raise HttpError(
+            400,
+            "Only valid values for the status flag are enabled or true and "
+            f"disabled or false: {status}",
+        )
     entry = _load(ctx, proj, tool, path)
     if contents is None:
         if status is None:
-            raise HttpError(400, "You must specify either the status querystring parameter or a "
-                                 "configuration object in the request body.")
+            raise HttpError(
+                400,
+                "You must specify either the status querystring parameter or a "
+                "configuration object in the request body.",
+            )
         if entry is not None:
             entry["status"] = _STATUSES[status.lower()]
             _save(ctx, proj, tool, path, entry)
@@ -147,10 +168,15 @@ def _put(ctx: Ctx, proj: Optional[ProjectRow], tool: str, path: str) -> Response
     # XNAT keeps an enabled entry whose contents are unchanged as it is (PUT is idempotent)
     if entry is None or entry["contents"] != contents or entry["status"] != "enabled" or status:
         version = 1 if entry is None else int(entry["version"]) + 1
-        entry = {"user": ctx.user.name, "create_date": _timestamp(),
-                 "reason": ctx.request.args.get("reason", ""), "contents": contents,
-                 "unversioned": "false", "version": str(version),
-                 "status": _STATUSES[status.lower()] if status else "enabled"}
+        entry = {
+            "user": ctx.user.name,
+            "create_date": _timestamp(),
+            "reason": ctx.request.args.get("reason", ""),
+            "contents": contents,
+            "unversioned": "false",
+            "version": str(version),
+            "status": _STATUSES[status.lower()] if status else "enabled",
+        }
         _save(ctx, proj, tool, path, entry)
     return text_response("", status=201 if created else 200)
 

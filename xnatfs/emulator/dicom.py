@@ -8,12 +8,13 @@ emulators started from the same seed serve byte-identical files (same sizes, sam
 Why the parser streams: an import body can be large.  The importer spools the request body to a
 temp file; :func:`extract_dicom_archive` walks the archive member by member, copies each member to
 a staging directory and reads only the DICOM header from that copy.  Nothing is written to the
-archive or the prearchive until the whole upload has parsed (``xnat-rest-api.md`` §6: a corrupt
+archive or the prearchive until the whole upload has parsed (``docs/XNAT-API.md`` §6: a corrupt
 upload must leave no partial data in the emulator).
 
 Grouping follows XNAT's DICOM importer: one session per StudyInstanceUID, one scan per series,
 scan ID = SeriesNumber, scan type = SeriesDescription (§6).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,6 +52,7 @@ _MANUFACTURER = "xnatfs-emulator"
 # Generation
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SeriesSpec:
     """One MR series to generate: ``number`` becomes the XNAT scan ID, ``description`` its type."""
@@ -75,8 +77,15 @@ class SeriesSpec:
 
     @property
     def repetition_time_ms(self) -> float:
-        return 2000.0 if self.functional else 2300.0 if "t1" in self.description.lower() \
-            else 3200.0 if "t2" in self.description.lower() else 500.0
+        return (
+            2000.0
+            if self.functional
+            else 2300.0
+            if "t1" in self.description.lower()
+            else 3200.0
+            if "t2" in self.description.lower()
+            else 500.0
+        )
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,8 @@ class StudySpec:
     seed: str
     patient_name: str
     patient_id: str
-    study_date: str = "20240115"          # DICOM DA (YYYYMMDD)
-    study_time: str = "093000"            # DICOM TM (HHMMSS)
+    study_date: str = "20240115"  # DICOM DA (YYYYMMDD)
+    study_time: str = "093000"  # DICOM TM (HHMMSS)
     study_description: str = "Demo MR"
     series: tuple[SeriesSpec, ...] = (
         SeriesSpec(1, "T1w", 4),
@@ -100,7 +109,8 @@ class StudySpec:
 
 
 def default_mr_series(scale: int = 1) -> tuple[SeriesSpec, ...]:
-    """The demo protocol: scans ``1`` T1w, ``2`` T2w, ``3`` fMRI (CONTRACTS.md demo seed)."""
+    """The demo protocol: scans ``1`` T1w, ``2`` T2w, ``3`` fMRI (docs/ARCHITECTURE.md §11.2, demo
+    seed)."""
     return (
         SeriesSpec(1, "T1w", 12 * scale),
         SeriesSpec(2, "T2w", 10 * scale),
@@ -115,8 +125,12 @@ def uid_for(seed: str, *parts: object) -> str:
     return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
-def dicom_file_name(study_uid: str, series_number: Union[int, str], instance_number: Union[int, str],
-                    sop_instance_uid: str) -> str:
+def dicom_file_name(
+    study_uid: str,
+    series_number: Union[int, str],
+    instance_number: Union[int, str],
+    sop_instance_uid: str,
+) -> str:
     """XNAT's default DICOM file naming pattern
     ``${StudyInstanceUID}-${SeriesNumber}-${InstanceNumber}-${HashSOPClassUIDWithSOPInstanceUID}.dcm``
     (the hash here is a short hex digest, not XNAT's exact hash function)."""
@@ -174,8 +188,10 @@ def make_dataset(study: StudySpec, series: SeriesSpec, index: int) -> FileDatase
     slices = series.slices
     slice_index, volume = index % slices, index // slices
     tr_ms = series.repetition_time_ms
-    acq_time = _add_seconds(study.study_time, (series.number - 1) * 300
-                            + volume * tr_ms / 1000.0 + slice_index * tr_ms / 1000.0 / slices)
+    acq_time = _add_seconds(
+        study.study_time,
+        (series.number - 1) * 300 + volume * tr_ms / 1000.0 + slice_index * tr_ms / 1000.0 / slices,
+    )
     ds.StudyDate = study.study_date
     ds.SeriesDate = study.study_date
     ds.AcquisitionDate = study.study_date
@@ -270,8 +286,9 @@ class GeneratedFile:
     data: bytes
 
 
-def iter_study_files(study: StudySpec,
-                     series_numbers: Optional[Iterable[int]] = None) -> Iterator[GeneratedFile]:
+def iter_study_files(
+    study: StudySpec, series_numbers: Optional[Iterable[int]] = None
+) -> Iterator[GeneratedFile]:
     """Every image of ``study`` (optionally only some series), in series then instance order."""
     wanted = None if series_numbers is None else set(series_numbers)
     for series in study.series:
@@ -279,13 +296,19 @@ def iter_study_files(study: StudySpec,
             continue
         for index in range(series.n_images):
             ds = make_dataset(study, series, index)
-            name = dicom_file_name(study.study_instance_uid, series.number, index + 1,
-                                   ds.SOPInstanceUID)
+            name = dicom_file_name(
+                study.study_instance_uid, series.number, index + 1, ds.SOPInstanceUID
+            )
             yield GeneratedFile(series, index + 1, name, dataset_bytes(ds))
 
 
-def build_dicom_zip(study: StudySpec, dest: Union[None, str, os.PathLike, BinaryIO] = None, *,
-                    folder: str = "", extra_entries: Sequence[tuple[str, bytes]] = ()) -> Optional[bytes]:
+def build_dicom_zip(
+    study: StudySpec,
+    dest: Union[None, str, os.PathLike, BinaryIO] = None,
+    *,
+    folder: str = "",
+    extra_entries: Sequence[tuple[str, bytes]] = (),
+) -> Optional[bytes]:
     """Zip every image of ``study``.  Returns the bytes when ``dest`` is None, else writes to the
     path or binary file object ``dest`` and returns None.
 
@@ -321,6 +344,7 @@ def _zinfo(name: str) -> zipfile.ZipInfo:
 # Parsing uploads
 # --------------------------------------------------------------------------------------------
 
+
 class UploadError(Exception):
     """Base of the errors the importer answers with 400 and the message as the ``<h3>``."""
 
@@ -355,9 +379,9 @@ class NoDicomError(UploadError):
 class ParsedFile:
     """One DICOM image of an upload, already copied to ``path`` in the staging directory."""
 
-    member: str            # name inside the uploaded archive
-    path: Path             # staged copy
-    name: str              # file name to give it in the DICOM resource (XNAT naming pattern)
+    member: str  # name inside the uploaded archive
+    path: Path  # staged copy
+    name: str  # file name to give it in the DICOM resource (XNAT naming pattern)
     size: int
     sop_instance_uid: str
     instance_number: str
@@ -385,8 +409,8 @@ class ParsedStudy:
     study_instance_uid: str
     patient_name: str
     patient_id: str
-    study_date: str      # ISO ``YYYY-MM-DD`` or ""
-    study_time: str      # ``HH:MM:SS`` or ""
+    study_date: str  # ISO ``YYYY-MM-DD`` or ""
+    study_time: str  # ``HH:MM:SS`` or ""
     modality: str
     series: dict[str, ParsedSeries] = field(default_factory=dict)
 
@@ -401,7 +425,7 @@ class ParsedStudy:
 @dataclass
 class ParsedUpload:
     studies: list[ParsedStudy]
-    skipped: list[str]          # members ignored because of Ignore-Unparsable
+    skipped: list[str]  # members ignored because of Ignore-Unparsable
 
     @property
     def n_files(self) -> int:
@@ -416,9 +440,19 @@ def _natural_key(text: str) -> tuple:
 
 
 _HEADER_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber",
-    "SeriesDescription", "InstanceNumber", "PatientName", "PatientID", "StudyDate", "StudyTime",
-    "Modality", "ProtocolName",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesDescription",
+    "InstanceNumber",
+    "PatientName",
+    "PatientID",
+    "StudyDate",
+    "StudyTime",
+    "Modality",
+    "ProtocolName",
 ]
 
 
@@ -442,8 +476,17 @@ def read_header(path: Union[str, os.PathLike]) -> Optional[Dataset]:
     """The header of a DICOM Part-10 file, or None when ``path`` is not DICOM."""
     try:
         return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except (InvalidDicomError, EOFError, ValueError, struct.error, KeyError, TypeError,
-            AttributeError, NotImplementedError, OSError):
+    except (
+        InvalidDicomError,
+        EOFError,
+        ValueError,
+        struct.error,
+        KeyError,
+        TypeError,
+        AttributeError,
+        NotImplementedError,
+        OSError,
+    ):
         return None
 
 
@@ -456,8 +499,12 @@ def sniff_format(path: Union[str, os.PathLike]) -> str:
         return "zip"
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
-    if head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00" \
-            or head[257:262] == b"ustar":
+    if (
+        head[:2] == b"\x1f\x8b"
+        or head[:3] == b"BZh"
+        or head[:6] == b"\xfd7zXZ\x00"
+        or head[257:262] == b"ustar"
+    ):
         return "tar"
     return "unknown"
 
@@ -510,17 +557,26 @@ class _Accumulator:
         if series is None:
             description = str(ds.get("SeriesDescription", "") or ds.get("ProtocolName", ""))
             series = study.series[scan_id] = ParsedSeries(
-                scan_id=scan_id, type=description,
+                scan_id=scan_id,
+                type=description,
                 series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
-                modality=str(ds.get("Modality", "")))
+                modality=str(ds.get("Modality", "")),
+            )
         sop_uid = str(ds.get("SOPInstanceUID", "")) or staged.name
         instance = str(ds.get("InstanceNumber", "") or "").strip() or str(len(series.files) + 1)
         name = dicom_file_name(study_uid, scan_id, instance, sop_uid)
         # The same SOP instance twice replaces the earlier copy (XNAT overwrites by name).
         series.files = [f for f in series.files if f.name != name]
-        series.files.append(ParsedFile(member=member, path=staged, name=name,
-                                       size=staged.stat().st_size, sop_instance_uid=sop_uid,
-                                       instance_number=instance))
+        series.files.append(
+            ParsedFile(
+                member=member,
+                path=staged,
+                name=name,
+                size=staged.stat().st_size,
+                sop_instance_uid=sop_uid,
+                instance_number=instance,
+            )
+        )
 
     def result(self) -> ParsedUpload:
         studies = [s for s in self.studies.values() if s.series]
@@ -529,9 +585,13 @@ class _Accumulator:
         return ParsedUpload(studies=studies, skipped=self.skipped)
 
 
-def extract_dicom_archive(src: Union[str, os.PathLike], staging: Union[str, os.PathLike], *,
-                          ignore_unparsable: bool = False,
-                          allow_single_file: bool = False) -> ParsedUpload:
+def extract_dicom_archive(
+    src: Union[str, os.PathLike],
+    staging: Union[str, os.PathLike],
+    *,
+    ignore_unparsable: bool = False,
+    allow_single_file: bool = False,
+) -> ParsedUpload:
     """Parse the upload at ``src`` (zip, tar, tar.gz; a lone DICOM file only when
     ``allow_single_file``), copying each DICOM member into ``staging`` (which must exist and is
     the caller's to delete).  Raises an :class:`UploadError` subclass on any problem."""
@@ -569,7 +629,15 @@ def extract_dicom_archive(src: Union[str, os.PathLike], staging: Union[str, os.P
             raise UploadFormatError()
     except UploadError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, zlib.error, EOFError,
-            OSError, NotImplementedError, ValueError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        tarfile.TarError,
+        zlib.error,
+        EOFError,
+        OSError,
+        NotImplementedError,
+        ValueError,
+    ) as exc:
         raise CorruptArchiveError(f"Unable to read the uploaded archive: {exc}") from exc
     return acc.result()

@@ -4,6 +4,7 @@ resource's catalog XML (§1.3, docs/FIDELITY.md "single-object documents").
 Why separate from the handlers: the item tree is built once (nested scans, resources, assessors)
 and rendered either as JSON or as XML, so both renderings agree by construction.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -18,20 +19,46 @@ from .store import Parent, ResourceRow, ScanRow, Store
 from .xsd import root_element
 
 #: data fields copied from ``fields`` into ``data_fields`` (the rest become fields/field)
-KNOWN_FIELDS = ("gender", "handedness", "dob", "yob", "group", "src", "initials", "time",
-                "modality", "UID", "frames", "note", "scanner", "operator")
+KNOWN_FIELDS = (
+    "gender",
+    "handedness",
+    "dob",
+    "yob",
+    "group",
+    "src",
+    "initials",
+    "time",
+    "modality",
+    "UID",
+    "frames",
+    "note",
+    "scanner",
+    "operator",
+)
 
 
 def _meta(xsi: str, start: float) -> dict[str, Any]:
-    return {"isHistory": False, "create_event_id": 1, "xsi:type": xsi,
-            "start_date": formats.java_date(start)}
+    return {
+        "isHistory": False,
+        "create_event_id": 1,
+        "xsi:type": xsi,
+        "start_date": formats.java_date(start),
+    }
 
 
-def _fields_children(xsi: str, fields: dict[str, str], skip: Iterable[str] = ()) -> list[dict[str, Any]]:
+def _fields_children(
+    xsi: str, fields: dict[str, str], skip: Iterable[str] = ()
+) -> list[dict[str, Any]]:
     skip = set(skip)
-    items = [{"meta": _meta(f"{xsi}_field", time.time()),
-              "data_fields": {"name": k, "field": v}, "children": []}
-             for k, v in sorted(fields.items()) if k not in skip]
+    items = [
+        {
+            "meta": _meta(f"{xsi}_field", time.time()),
+            "data_fields": {"name": k, "field": v},
+            "children": [],
+        }
+        for k, v in sorted(fields.items())
+        if k not in skip
+    ]
     return [{"field": "fields/field", "items": items}] if items else []
 
 
@@ -40,12 +67,21 @@ def catalog_path(data_dir: Path, res: ResourceRow) -> str:
 
 
 def resource_item(data_dir: Path, res: ResourceRow) -> dict[str, Any]:
-    return {"meta": _meta("xnat:resourceCatalog", res.insert_date),
-            "data_fields": {"xnat_abstractresource_id": res.id, "xnat_abstractResource_id": res.id,
-                            "label": res.label, "format": res.format, "content": res.content,
-                            "file_count": res.file_count, "file_size": res.file_size,
-                            "URI": catalog_path(data_dir, res), "description": res.description},
-            "children": []}
+    return {
+        "meta": _meta("xnat:resourceCatalog", res.insert_date),
+        "data_fields": {
+            "xnat_abstractresource_id": res.id,
+            "xnat_abstractResource_id": res.id,
+            "label": res.label,
+            "format": res.format,
+            "content": res.content,
+            "file_count": res.file_count,
+            "file_size": res.file_size,
+            "URI": catalog_path(data_dir, res),
+            "description": res.description,
+        },
+        "children": [],
+    }
 
 
 class ItemBuilder:
@@ -71,14 +107,18 @@ class ItemBuilder:
     def _project(self, r: Resolved) -> dict[str, Any]:
         p = r.project
         assert p is not None
-        df: dict[str, Any] = {"ID": p.id, "secondary_ID": p.secondary_id, "name": p.name,
-                              "description": p.description, "active": "true"}
+        df: dict[str, Any] = {
+            "ID": p.id,
+            "secondary_ID": p.secondary_id,
+            "name": p.name,
+            "description": p.description,
+            "active": "true",
+        }
         ch = _fields_children("xnat:projectData", p.fields)
         res = self._resources(Parent(p.id))
         if res:
             ch.append({"field": "resources/resource", "items": res})
-        return {"meta": _meta("xnat:projectData", p.insert_date), "data_fields": df,
-                "children": ch}
+        return {"meta": _meta("xnat:projectData", p.insert_date), "data_fields": df, "children": ch}
 
     def _subject(self, r: Resolved) -> dict[str, Any]:
         s = r.subject
@@ -89,8 +129,7 @@ class ItemBuilder:
         res = self._resources(Parent(s.project, s.id))
         if res:
             ch.append({"field": "resources/resource", "items": res})
-        return {"meta": _meta("xnat:subjectData", s.insert_date), "data_fields": df,
-                "children": ch}
+        return {"meta": _meta("xnat:subjectData", s.insert_date), "data_fields": df, "children": ch}
 
     def _experiment(self, kind: str, r: Resolved) -> dict[str, Any]:
         """An experiment (with its scans, resources and assessors) or an assessor."""
@@ -123,10 +162,15 @@ class ItemBuilder:
         return {"meta": _meta(e.xsi_type, e.insert_date), "data_fields": df, "children": ch}
 
     def scan(self, s: ScanRow) -> dict[str, Any]:
-        df: dict[str, Any] = {"ID": s.id, "type": s.type, "quality": s.quality,
-                              "xnat_imagescandata_id": s.pk, "xnat_imageScanData_id": s.pk,
-                              "image_session_ID": s.experiment_id,
-                              "series_description": s.series_description}
+        df: dict[str, Any] = {
+            "ID": s.id,
+            "type": s.type,
+            "quality": s.quality,
+            "xnat_imagescandata_id": s.pk,
+            "xnat_imageScanData_id": s.pk,
+            "image_session_ID": s.experiment_id,
+            "series_description": s.series_description,
+        }
         # identity: xnat:imageScanData carries a ``project`` attribute (xnat.xsd), and XNAT's
         # ItemJSONBuilder emits it in data_fields (docs/FIDELITY.md "single-object documents")
         exp = self.store.get_experiment(s.experiment_id)
@@ -154,15 +198,21 @@ def _render(it: dict[str, Any], tag: str, top: bool) -> str:
     attr_keys = [k for k in ("ID", "project", "label", "type", "name") if k in df]
     attrs = "".join(f" {k}={quoteattr(str(df[k]))}" for k in attr_keys)
     if top:
-        attrs += (' xmlns:xnat="http://nrg.wustl.edu/xnat" '
-                  'xmlns:xdat="http://nrg.wustl.edu/xdat" '
-                  'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"')
+        attrs += (
+            ' xmlns:xnat="http://nrg.wustl.edu/xnat" '
+            'xmlns:xdat="http://nrg.wustl.edu/xdat" '
+            'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
+        )
     else:
         attrs += f' xsi:type="{xsi}"'
     body = []
     for k, v in df.items():
-        if k in attr_keys or k in ("id",) or "_id" in k.lower() and k not in (
-                "subject_ID", "image_session_ID", "imageSession_ID"):
+        if (
+            k in attr_keys
+            or k in ("id",)
+            or "_id" in k.lower()
+            and k not in ("subject_ID", "image_session_ID", "imageSession_ID")
+        ):
             continue
         if k in ("URI", "format", "content", "file_count", "file_size", "description"):
             continue
@@ -170,10 +220,15 @@ def _render(it: dict[str, Any], tag: str, top: bool) -> str:
     for child in it.get("children", []):
         fieldname = child["field"]
         if fieldname == "fields/field":
-            body.append("<xnat:fields>" + "".join(
-                f'<xnat:field name={quoteattr(c["data_fields"]["name"])}>'
-                f'{escape(c["data_fields"]["field"])}</xnat:field>' for c in child["items"])
-                + "</xnat:fields>")
+            body.append(
+                "<xnat:fields>"
+                + "".join(
+                    f"<xnat:field name={quoteattr(c['data_fields']['name'])}>"
+                    f"{escape(c['data_fields']['field'])}</xnat:field>"
+                    for c in child["items"]
+                )
+                + "</xnat:fields>"
+            )
             continue
         parts = fieldname.split("/")
         inner = "".join(_render(c, f"xnat:{parts[-1]}", False) for c in child["items"])
@@ -205,11 +260,14 @@ def catalog_xml(store: Store, res: ResourceRow) -> bytes:
         f"<cat:entry URI={quoteattr(f.relpath)} ID={quoteattr(f.relpath)} "
         f"name={quoteattr(f.name)} digest={quoteattr(f.md5)} format={quoteattr(f.format)} "
         f"content={quoteattr(f.content)} createdTime={quoteattr(_catalog_time(f.mtime))} "
-        f"xsi:type=\"cat:entry\"/>"
-        for f in store.list_files(res.id))
-    xml = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-           f'<cat:Catalog ID={quoteattr(res.label)} xmlns:arc="http://nrg.wustl.edu/arc" '
-           'xmlns:cat="http://nrg.wustl.edu/catalog" xmlns:xdat="http://nrg.wustl.edu/xdat" '
-           'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
-           f"<cat:entries>{entries}</cat:entries></cat:Catalog>")
+        f'xsi:type="cat:entry"/>'
+        for f in store.list_files(res.id)
+    )
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<cat:Catalog ID={quoteattr(res.label)} xmlns:arc="http://nrg.wustl.edu/arc" '
+        'xmlns:cat="http://nrg.wustl.edu/catalog" xmlns:xdat="http://nrg.wustl.edu/xdat" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+        f"<cat:entries>{entries}</cat:entries></cat:Catalog>"
+    )
     return xml.encode("utf-8")

@@ -1,5 +1,6 @@
 """``.../files[/path]`` below any archive object: file listings, single files, deletes and the
 zip/tar downloads of whole objects (§1.8, §3.1, §3.3, §4.5).  Uploads are in ``uploads.py``."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -10,12 +11,28 @@ from werkzeug.wrappers import Response
 from . import uploads
 from .documents import catalog_xml
 from .resolve import RESOURCE_LABEL_RE, Chain, Resolved, resolve
-from .serving import (Ctx, HttpError, archive_response, file_response, response_format,
-                      text_response, truthy)
+from .serving import (
+    Ctx,
+    HttpError,
+    archive_response,
+    file_response,
+    response_format,
+    text_response,
+    truthy,
+)
 from .store import FileRow, InvalidInput, ResourceRow, Store, validate_relpath
 
-FILE_COLUMNS = ["Name", "Size", "URI", "collection", "file_tags", "file_format", "file_content",
-                "cat_ID", "digest"]
+FILE_COLUMNS = [
+    "Name",
+    "Size",
+    "URI",
+    "collection",
+    "file_tags",
+    "file_format",
+    "file_content",
+    "cat_ID",
+    "digest",
+]
 
 ARCHIVE_FORMATS = ("zip", "tar", "tar.gz", "tgz")
 
@@ -32,8 +49,9 @@ def files(ctx: Ctx, chain: Chain) -> Response:
         r = resolve(ctx.store, links, ctx.user, write)
     if r.resources is None:
         if write:
-            raise HttpError(400, "Files are uploaded into a resource: "
-                                 ".../resources/{label}/files/{path}.")
+            raise HttpError(
+                400, "Files are uploaded into a resource: .../resources/{label}/files/{path}."
+            )
         resources = [res for p in r.parents() for res in ctx.store.list_resources(p)]
     else:
         resources = r.resources
@@ -64,8 +82,13 @@ def _upload_target(ctx: Ctx, links: list[tuple[str, str]]) -> Resolved:
     if not resources:
         if not RESOURCE_LABEL_RE.match(label) or len(parent.parents()) != 1:
             raise HttpError(400, f"Invalid resource label '{label}'.")
-        rid, _ = st.create_resource(parent.parents()[0], label, args.get("format", ""),
-                                    args.get("content", ""), args.get("tags", ""))
+        rid, _ = st.create_resource(
+            parent.parents()[0],
+            label,
+            args.get("format", ""),
+            args.get("content", ""),
+            args.get("tags", ""),
+        )
         created = st.get_resource(rid)
         assert created is not None
         resources = [created]
@@ -117,12 +140,23 @@ def file_listing(ctx: Ctx, r: Resolved, resources: list[ResourceRow], prefix: st
         return Response(catalog_xml(st, resources[0]), content_type="text/xml")
     rows = []
     for res, f in items:
-        rows.append({"Name": f.name, "Size": str(f.size), "URI": _file_uri(st, r, res, f.relpath),
-                     "collection": res.label, "file_tags": f.tags, "file_format": f.format,
-                     "file_content": f.content, "cat_ID": str(res.id), "digest": f.md5})
+        rows.append(
+            {
+                "Name": f.name,
+                "Size": str(f.size),
+                "URI": _file_uri(st, r, res, f.relpath),
+                "collection": res.label,
+                "file_tags": f.tags,
+                "file_format": f.format,
+                "file_content": f.content,
+                "cat_ID": str(res.id),
+                "digest": f.md5,
+            }
+        )
     props = [{"key": "URI", "serverRoot": ctx.config.context_path}]
-    return ctx.resultset(rows, FILE_COLUMNS, {"title": "Files"}, honour_columns=False,
-                         column_props=props)
+    return ctx.resultset(
+        rows, FILE_COLUMNS, {"title": "Files"}, honour_columns=False, column_props=props
+    )
 
 
 def file_get(ctx: Ctx, resources: list[ResourceRow], relpath: str) -> Response:
@@ -201,7 +235,7 @@ def _archive_prefix(st: Store, res: ResourceRow) -> str:
 def archive_of(ctx: Ctx, items: list[tuple[ResourceRow, FileRow]], fmt: str, name: str) -> Response:
     """The files ``items`` as one streamed archive in XNAT's folder layout."""
     st = ctx.store
-    prefixes: dict = {}   # once per resource, not per file (two queries each)
+    prefixes: dict = {}  # once per resource, not per file (two queries each)
     entries = []
     for res, f in items:
         if res.id not in prefixes:

@@ -1,9 +1,10 @@
 """Wire formats of XNAT's ``/data`` API: ResultSet tables (JSON/CSV/HTML/XML), dates, error pages.
 
-Every writer here reproduces a quirk of the real server (xnat-rest-api.md §1.1, §1.2, §5.1):
+Every writer here reproduces a quirk of the real server (docs/XNAT-API.md §1.1, §1.2, §5.1):
 the JSON envelope is written by hand (not ``json.dumps`` of a dict) because XNAT's writer puts
 ``, `` and ``"key": "value"`` with spaces around the meta fields, and every cell is a string.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,11 +18,25 @@ from typing import Any, Mapping, Optional, Sequence
 Row = Mapping[str, Any]
 
 HTTP_REASONS = {
-    200: "OK", 201: "Created", 204: "No Content", 302: "Found", 303: "See Other",
-    304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict",
-    417: "Expectation Failed", 422: "Unprocessable Entity", 500: "Internal Server Error",
-    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    302: "Found",
+    303: "See Other",
+    304: "Not Modified",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    409: "Conflict",
+    417: "Expectation Failed",
+    422: "Unprocessable Entity",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
     504: "Gateway Timeout",
 }
 
@@ -57,8 +72,11 @@ def java_date(epoch: Optional[float]) -> str:
     if epoch is None:
         return ""
     t = time.localtime(epoch)
-    return time.strftime("%a %b %d %H:%M:%S ", t) + (time.strftime("%Z", t) or "UTC") + \
-        time.strftime(" %Y", t)
+    return (
+        time.strftime("%a %b %d %H:%M:%S ", t)
+        + (time.strftime("%Z", t) or "UTC")
+        + time.strftime(" %Y", t)
+    )
 
 
 def http_date(epoch: float) -> str:
@@ -69,14 +87,21 @@ def _json_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def resultset_json(rows: Sequence[Row], columns: Sequence[str], meta: Mapping[str, str],
-                   column_props: Optional[Sequence[Mapping[str, str]]] = None) -> bytes:
+def resultset_json(
+    rows: Sequence[Row],
+    columns: Sequence[str],
+    meta: Mapping[str, str],
+    column_props: Optional[Sequence[Mapping[str, str]]] = None,
+) -> bytes:
     """``{"ResultSet":{["Columns":[..],]"Result":[..], "totalRecords": "N", "title": ".."}}``."""
     result = [{c: cell(r.get(c)) for c in columns} for r in rows]
     parts = ['{"ResultSet":{']
     if column_props is not None:
-        parts.append('"Columns":' + json.dumps(list(column_props), separators=(",", ":"),
-                                               ensure_ascii=False) + ",")
+        parts.append(
+            '"Columns":'
+            + json.dumps(list(column_props), separators=(",", ":"), ensure_ascii=False)
+            + ","
+        )
     parts.append('"Result":' + json.dumps(result, separators=(",", ":"), ensure_ascii=False))
     for k, v in meta.items():
         parts.append(f", {_json_str(k)}: {_json_str(cell(v))}")
@@ -94,8 +119,9 @@ def resultset_csv(rows: Sequence[Row], columns: Sequence[str]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def _cells(out: list[str], rows: Sequence[Row], columns: Sequence[str], row_tag: str,
-           cell_tag: str) -> None:
+def _cells(
+    out: list[str], rows: Sequence[Row], columns: Sequence[str], row_tag: str, cell_tag: str
+) -> None:
     """One element per row with one escaped element per column (HTML and XML tables)."""
     for r in rows:
         out.append(f"<{row_tag}>")
@@ -106,7 +132,9 @@ def _cells(out: list[str], rows: Sequence[Row], columns: Sequence[str], row_tag:
 def resultset_html(rows: Sequence[Row], columns: Sequence[str], title: str = "") -> bytes:
     e = html.escape
     out = ["<html><head><title>", e(title or "XNAT"), "</title></head><body>"]
-    out.append('<table class="x_rs_t" cellpadding="0" cellspacing="0"><thead class="x_rs_thead"><tr>')
+    out.append(
+        '<table class="x_rs_t" cellpadding="0" cellspacing="0"><thead class="x_rs_thead"><tr>'
+    )
     out.extend(f"<th>{e(c)}</th>" for c in columns)
     out.append("</tr></thead><tbody>")
     _cells(out, rows, columns, "tr", "td")
@@ -118,10 +146,12 @@ def resultset_xml(rows: Sequence[Row], columns: Sequence[str], meta: Mapping[str
     """XFTTable XML form (rarely used; §1.2)."""
     e = html.escape
     attrs = "".join(f' {k}="{e(cell(v))}"' for k, v in meta.items())
-    out = ['<?xml version="1.0" encoding="UTF-8"?>\n',
-           f'<ResultSet xmlns="http://nrg.wustl.edu/xe" '
-           f'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"{attrs}>',
-           "<results><columns>"]
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>\n',
+        f'<ResultSet xmlns="http://nrg.wustl.edu/xe" '
+        f'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"{attrs}>',
+        "<results><columns>",
+    ]
     out.extend(f"<column>{e(c)}</column>" for c in columns)
     out.append("</columns><rows>")
     _cells(out, rows, columns, "row", "cell")
@@ -133,14 +163,24 @@ def error_page(status: int, message: str) -> bytes:
     """Restlet 1.1's default status page: starts with ``<html>`` and holds ``<h3>msg</h3>``
     (§5.1)."""
     reason = HTTP_REASONS.get(status, "Error")
-    section = {400: "10.4.1", 401: "10.4.2", 403: "10.4.4", 404: "10.4.5", 405: "10.4.6",
-               406: "10.4.7", 409: "10.4.10", 417: "10.4.18", 500: "10.5.1", 503: "10.5.4"}
+    section = {
+        400: "10.4.1",
+        401: "10.4.2",
+        403: "10.4.4",
+        404: "10.4.5",
+        405: "10.4.6",
+        406: "10.4.7",
+        409: "10.4.10",
+        417: "10.4.18",
+        500: "10.5.1",
+        503: "10.5.4",
+    }
     link = f"http://www.w3.org/Protocols/rfc2616/rfc2616-sec10.html#sec{section.get(status, '10')}"
     body = (
         "<html>\n<head>\n   <title>Status page</title>\n</head>\n<body>\n"
         f"<h3>{html.escape(message or reason)}</h3>"
         f'<p>You can get technical details <a href="{link}">here</a>.<br>\n'
-        "Please continue your visit at our <a href=\"/\">home page</a>.\n</p>\n</body>\n</html>\n"
+        'Please continue your visit at our <a href="/">home page</a>.\n</p>\n</body>\n</html>\n'
     )
     return body.encode("utf-8")
 
@@ -149,7 +189,7 @@ def login_page(context_path: str = "", message: str = "") -> bytes:
     """The HTML login page a browser (or a redirected client) gets with status 200 (§5.1)."""
     msg = f'<div class="error">{html.escape(message)}</div>' if message else ""
     body = (
-        "<!DOCTYPE html>\n<html>\n<head>\n<title>XNAT</title>\n</head>\n<body id=\"login\">\n"
+        '<!DOCTYPE html>\n<html>\n<head>\n<title>XNAT</title>\n</head>\n<body id="login">\n'
         f"{msg}"
         f'<form name="form1" method="post" action="{context_path}/j_spring_security_check" '
         'id="login_form">\n'
@@ -168,4 +208,3 @@ def home_page(user: str) -> bytes:
         "</body>\n</html>\n"
     )
     return body.encode("utf-8")
-

@@ -1,4 +1,4 @@
-"""The import service ``POST /data/services/import`` (``xnat-rest-api.md`` §6).
+"""The import service ``POST /data/services/import`` (``docs/XNAT-API.md`` §6).
 
 A zip (or tar/tar.gz) of DICOM becomes one session per StudyInstanceUID; each series becomes a
 scan (ID = SeriesNumber, type = SeriesDescription) with a ``DICOM`` resource.  Where it lands is
@@ -24,6 +24,7 @@ Labels follow XNAT's default DICOM identifier: project from ``project``/``PROJEC
 Unassigned), subject from ``subject``/``SUBJECT_ID`` else PatientName, session from
 ``session``/``EXPT_LABEL`` else PatientID.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,9 +41,19 @@ from werkzeug.wrappers import Request, Response
 
 from . import prearchive_code
 from .dicom import ParsedStudy, ParsedUpload, UploadError, extract_dicom_archive, sniff_format
-from .prearchive import (UNASSIGNED, ArchiveConflict, Prearchive, PrearchiveError, ScanContent,
-                         SessionContent, safe_segment, archive_session, archive_uri,
-                         normalise_overwrite, write_session)
+from .prearchive import (
+    UNASSIGNED,
+    ArchiveConflict,
+    Prearchive,
+    PrearchiveError,
+    ScanContent,
+    SessionContent,
+    archive_session,
+    archive_uri,
+    normalise_overwrite,
+    safe_segment,
+    write_session,
+)
 from .serving import Ctx, error_response, uri_list_response
 from .store import Store
 
@@ -82,6 +93,7 @@ class ImportParams:
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> "ImportParams":
         """From the merged query and form parameters (the names XNAT accepts, §6)."""
+
         def first(*names: str) -> Optional[str]:
             for n in names:
                 v = values.get(n)
@@ -109,7 +121,7 @@ class ImportParams:
 
 @dataclass
 class Destination:
-    kind: str                     # "prearchive" | "archive"
+    kind: str  # "prearchive" | "archive"
     project: Optional[str] = None
     subject: Optional[str] = None
     session: Optional[str] = None
@@ -134,9 +146,12 @@ def parse_dest(dest: str, params: ImportParams) -> Destination:
         found[names[rest[i]]] = rest[i + 1]
     if len(rest) % 2:
         raise ImportFailed(400, f"Invalid destination: {dest}")
-    return Destination(kind, found.get("project") or params.project,
-                       found.get("subject") or params.subject,
-                       found.get("session") or params.session)
+    return Destination(
+        kind,
+        found.get("project") or params.project,
+        found.get("subject") or params.subject,
+        found.get("session") or params.session,
+    )
 
 
 def _user_name(user: Any) -> str:
@@ -165,19 +180,39 @@ def _resolve_project(store: Any, user: Any, project: Optional[str], *, required:
 
 
 def _labels(study: ParsedStudy, dest: Destination) -> tuple[str, str]:
-    subject = dest.subject or safe_segment(study.patient_name) or safe_segment(study.patient_id) \
+    subject = (
+        dest.subject
+        or safe_segment(study.patient_name)
+        or safe_segment(study.patient_id)
         or "Unknown"
-    session = dest.session or safe_segment(study.patient_id) \
+    )
+    session = (
+        dest.session
+        or safe_segment(study.patient_id)
         or f"{subject}_{(study.modality or 'XX').upper()}_{study.study_instance_uid[-6:]}"
+    )
     return subject, session
 
 
 def _content(study: ParsedStudy) -> SessionContent:
-    scans = [ScanContent(s.scan_id, s.type, s.type, s.modality or study.modality,
-                         s.series_instance_uid, {"DICOM": [(f.name, f.path) for f in s.files]})
-             for s in study.sorted_series()]
-    return SessionContent(modality=study.modality or "MR", date=study.study_date,
-                          time=study.study_time, uid=study.study_instance_uid, scans=scans)
+    scans = [
+        ScanContent(
+            s.scan_id,
+            s.type,
+            s.type,
+            s.modality or study.modality,
+            s.series_instance_uid,
+            {"DICOM": [(f.name, f.path) for f in s.files]},
+        )
+        for s in study.sorted_series()
+    ]
+    return SessionContent(
+        modality=study.modality or "MR",
+        date=study.study_date,
+        time=study.study_time,
+        uid=study.study_instance_uid,
+        scans=scans,
+    )
 
 
 def _staging(store: Any) -> str:
@@ -187,22 +222,33 @@ def _staging(store: Any) -> str:
     return tempfile.mkdtemp(prefix="import-", dir=base)
 
 
-def _to_prearchive(pa: Prearchive, study: ParsedStudy, project: str, subject: str, label: str,
-                   source: str) -> Any:
-    s = pa.create_session(project, label, subject=subject, tag=study.study_instance_uid,
-                          scan_date=study.study_date, scan_time=study.study_time,
-                          modality=study.modality or "MR", source=source)
+def _to_prearchive(
+    pa: Prearchive, study: ParsedStudy, project: str, subject: str, label: str, source: str
+) -> Any:
+    s = pa.create_session(
+        project,
+        label,
+        subject=subject,
+        tag=study.study_instance_uid,
+        scan_date=study.study_date,
+        scan_time=study.study_time,
+        modality=study.modality or "MR",
+        source=source,
+    )
     pa.add_study(s, study)
     return pa.build(s)
 
 
-def import_upload(store: Any, user: Any, params: ImportParams, body_path: str | os.PathLike[str]) \
-        -> list[str]:
+def import_upload(
+    store: Any, user: Any, params: ImportParams, body_path: str | os.PathLike[str]
+) -> list[str]:
     """Run one import; returns the created URIs (with ``/data``).  Raises :class:`ImportFailed`."""
     if params.src:
         raise ImportFailed(400, "Import from src= (user cache) is not supported by the emulator.")
     if params.handler in UNSUPPORTED_HANDLERS:
-        raise ImportFailed(400, f"Import handler {params.handler} is not supported by the emulator.")
+        raise ImportFailed(
+            400, f"Import handler {params.handler} is not supported by the emulator."
+        )
     if params.handler not in HANDLERS:
         raise ImportFailed(400, f"Unknown import handler: {params.handler}")
     if os.path.getsize(body_path) == 0:
@@ -214,7 +260,7 @@ def import_upload(store: Any, user: Any, params: ImportParams, body_path: str | 
     project = _resolve_project(store, user, dest.project, required=dest.kind == "archive")
     if not params.dest and project != UNASSIGNED:
         # No dest: the project's prearchive setting decides, and a fresh project auto-archives
-        # (prearchive_code.py, xnat-rest-api.md §6).
+        # (prearchive_code.py, docs/XNAT-API.md §6).
         kind, code_overwrite = prearchive_code.destination(prearchive_code.get(store, project))
         dest = dataclasses.replace(dest, kind=kind)
         if params.overwrite == "none":
@@ -223,7 +269,8 @@ def import_upload(store: Any, user: Any, params: ImportParams, body_path: str | 
     try:
         try:
             parsed: ParsedUpload = extract_dicom_archive(
-                body_path, staging, ignore_unparsable=params.ignore_unparsable)
+                body_path, staging, ignore_unparsable=params.ignore_unparsable
+            )
         except UploadError as exc:
             raise ImportFailed(400, str(exc)) from exc
         plan = _plan(parsed.studies, dest)
@@ -232,8 +279,11 @@ def import_upload(store: Any, user: Any, params: ImportParams, body_path: str | 
                 if store.find_experiment(project, label) is not None:
                     if not params.direct_archive:
                         break  # staged first, then CONFLICT in the prearchive (_place)
-                    raise ImportFailed(409, f"Session {label} already exists in project "
-                                            f"{project}, retry with overwrite enabled")
+                    raise ImportFailed(
+                        409,
+                        f"Session {label} already exists in project "
+                        f"{project}, retry with overwrite enabled",
+                    )
         with Prearchive.for_store(store) as pa:
             return [_place(store, pa, user, params, dest, project, *step) for step in plan]
     finally:
@@ -265,8 +315,17 @@ def _plan(studies: list[ParsedStudy], dest: Destination) -> list[tuple[ParsedStu
     return plan
 
 
-def _place(store: Any, pa: Prearchive, user: Any, params: ImportParams, dest: Destination,
-           project: str, study: ParsedStudy, subject: str, label: str) -> str:
+def _place(
+    store: Any,
+    pa: Prearchive,
+    user: Any,
+    params: ImportParams,
+    dest: Destination,
+    project: str,
+    study: ParsedStudy,
+    subject: str,
+    label: str,
+) -> str:
     """One planned session into the prearchive, straight into the archive (Direct-Archive), or
     staged in the prearchive and archived at once; returns its URI."""
     if dest.kind == "prearchive":
@@ -274,9 +333,16 @@ def _place(store: Any, pa: Prearchive, user: Any, params: ImportParams, dest: De
         return f"/data{s.url}"
     if params.direct_archive:
         try:
-            eid = write_session(store, _content(study), project=project, subject=subject,
-                                label=label, overwrite=params.overwrite, user=_user_name(user),
-                                move_files=True)
+            eid = write_session(
+                store,
+                _content(study),
+                project=project,
+                subject=subject,
+                label=label,
+                overwrite=params.overwrite,
+                user=_user_name(user),
+                move_files=True,
+            )
         except ArchiveConflict as exc:
             raise ImportFailed(409, str(exc)) from exc
         return archive_uri(store, eid)
@@ -287,8 +353,13 @@ def _place(store: Any, pa: Prearchive, user: Any, params: ImportParams, dest: De
         raise ImportFailed(exc.status, str(exc)) from exc
 
 
-def _gradual(store: Any, user: Any, params: ImportParams, dest: Destination,
-             body_path: str | os.PathLike[str]) -> str:
+def _gradual(
+    store: Any,
+    user: Any,
+    params: ImportParams,
+    dest: Destination,
+    body_path: str | os.PathLike[str],
+) -> str:
     """One DICOM file joins the RECEIVING session of its study (created on first file)."""
     if sniff_format(body_path) == "unknown":
         raise ImportFailed(400, "Unable to identify upload format.")
@@ -296,9 +367,12 @@ def _gradual(store: Any, user: Any, params: ImportParams, dest: Destination,
     staging = _staging(store)
     try:
         try:
-            parsed = extract_dicom_archive(body_path, staging,
-                                           ignore_unparsable=params.ignore_unparsable,
-                                           allow_single_file=True)
+            parsed = extract_dicom_archive(
+                body_path,
+                staging,
+                ignore_unparsable=params.ignore_unparsable,
+                allow_single_file=True,
+            )
         except UploadError as exc:
             raise ImportFailed(400, str(exc)) from exc
         with Prearchive.for_store(store) as pa:
@@ -307,10 +381,16 @@ def _gradual(store: Any, user: Any, params: ImportParams, dest: Destination,
                 s = pa.find_receiving(project, study.study_instance_uid)
                 if s is None:
                     subject, label = _labels(study, dest)
-                    s = pa.create_session(project, label, subject=subject,
-                                          tag=study.study_instance_uid,
-                                          scan_date=study.study_date, scan_time=study.study_time,
-                                          modality=study.modality or "MR", source="gradual-DICOM")
+                    s = pa.create_session(
+                        project,
+                        label,
+                        subject=subject,
+                        tag=study.study_instance_uid,
+                        scan_date=study.study_date,
+                        scan_time=study.study_time,
+                        modality=study.modality or "MR",
+                        source="gradual-DICOM",
+                    )
                 pa.add_study(s, study)
                 url = f"/data{s.url}"
             return url
@@ -321,6 +401,7 @@ def _gradual(store: Any, user: Any, params: ImportParams, dest: Destination,
 # --------------------------------------------------------------------------------------------
 # HTTP
 # --------------------------------------------------------------------------------------------
+
 
 def _spool_multipart(request: Request, store: Store) -> tuple[str, dict[str, str]]:
     """A multipart upload: the first file part into a temp file, the other parts as parameters;

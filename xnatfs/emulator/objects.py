@@ -1,5 +1,6 @@
 """Single archive objects: GET as a document or download, PUT/POST create or modify, DELETE;
 plus the project's ``prearchive_code`` (§1.3, §4.1-§4.4, §6).  One create function per kind."""
+
 from __future__ import annotations
 
 import re
@@ -12,15 +13,39 @@ from . import formats
 from . import prearchive_code as prearchive_codes
 from .documents import ItemBuilder, catalog_xml, item_xml, resource_item
 from .files import all_files, archive_name, archive_of
-from .resolve import (LABEL_RE, NOT_FOUND, RESOURCE_LABEL_RE, SCAN_ID_RE, Chain, Resolved,
-                      check_project, resolve)
+from .resolve import (
+    LABEL_RE,
+    NOT_FOUND,
+    RESOURCE_LABEL_RE,
+    SCAN_ID_RE,
+    Chain,
+    Resolved,
+    check_project,
+    resolve,
+)
 from .serving import Ctx, HttpError, json_response, text_response
 from .store import Conflict, UserRow
 
 #: query parameters of a PUT that are never data fields
-_NOT_FIELDS = {"xsiType", "req_format", "format", "event_reason", "event_type", "event_action",
-               "triggerPipelines", "pullDataFromHeaders", "fixScanTypes", "allowDataDeletion",
-               "removeFiles", "inbody", "overwrite", "_", "ID", "label", "project"}
+_NOT_FIELDS = {
+    "xsiType",
+    "req_format",
+    "format",
+    "event_reason",
+    "event_type",
+    "event_action",
+    "triggerPipelines",
+    "pullDataFromHeaders",
+    "fixScanTypes",
+    "allowDataDeletion",
+    "removeFiles",
+    "inbody",
+    "overwrite",
+    "_",
+    "ID",
+    "label",
+    "project",
+}
 
 
 # ------------------------------------------------------------------------------------ GET
@@ -39,9 +64,10 @@ def get_object(ctx: Ctx, kind: str, r: Resolved) -> Response:
     if fmt == "xml":
         return Response(item_xml(item), content_type="text/xml")
     if fmt == "html":
-        return Response(formats.resultset_html([item["data_fields"]],
-                                               list(item["data_fields"].keys())),
-                        content_type="text/html")
+        return Response(
+            formats.resultset_html([item["data_fields"]], list(item["data_fields"].keys())),
+            content_type="text/html",
+        )
     if fmt in ("zip", "tar", "tar.gz"):
         return archive_of(ctx, all_files(st, kind, r), fmt, archive_name(kind, r))
     raise HttpError(400, f"Unsupported format: {fmt}")
@@ -107,7 +133,9 @@ class _Create:
         self.fields.pop("__ID", None)
         self.fields.pop("__project", None)
 
-    def _keep(self, kind: str, oid: str, project: Optional[str] = None, label: str = "") -> Response:
+    def _keep(
+        self, kind: str, oid: str, project: Optional[str] = None, label: str = ""
+    ) -> Response:
         """An object that exists: relabelled (``label=`` with ``project``), fields merged; 200."""
         if project is not None and self.rename and self.rename != label:
             _rename(self.ctx, kind, oid, project, self.rename)
@@ -124,12 +152,18 @@ class _Create:
             check_project(st, existing, user, True)
             return self._keep("project", existing.id)
         if not LABEL_RE.match(key):
-            raise HttpError(400, f"Invalid project ID '{key}': IDs may contain only letters, "
-                                 "digits, '_' and '-'.")
-        st.create_project(key, name=fields.pop("name", key),
-                          description=fields.pop("description", ""),
-                          secondary_id=fields.pop("secondary_ID", key), fields=fields,
-                          user=user.name)
+            raise HttpError(
+                400,
+                f"Invalid project ID '{key}': IDs may contain only letters, digits, '_' and '-'.",
+            )
+        st.create_project(
+            key,
+            name=fields.pop("name", key),
+            description=fields.pop("description", ""),
+            secondary_id=fields.pop("secondary_ID", key),
+            fields=fields,
+            user=user.name,
+        )
         if not user.admin:
             st.add_member(user.name, key)
         return text_response(key, 201)
@@ -140,14 +174,19 @@ class _Create:
     def subject(self) -> Response:
         st, key, fields, parent = self.st, self.key, self.fields, self.parent
         if parent.project is None or parent.experiment is not None:
-            raise HttpError(404 if parent.project else 400,
-                            "Subjects are created below /data/projects/{P}/subjects.")
+            raise HttpError(
+                404 if parent.project else 400,
+                "Subjects are created below /data/projects/{P}/subjects.",
+            )
         s = st.find_subject(parent.project.id, key)
         if s is not None:
             return self._keep("subject", s.id, parent.project.id, s.label)
         if not LABEL_RE.match(key):
-            raise HttpError(400, f"Invalid subject label '{key}': labels may contain only "
-                                 "letters, digits, '_' and '-'.")
+            raise HttpError(
+                400,
+                f"Invalid subject label '{key}': labels may contain only "
+                "letters, digits, '_' and '-'.",
+            )
         sid, created = st.create_subject(parent.project.id, key, fields, user=self.user.name)
         return text_response(sid, 201 if created else 200)
 
@@ -169,22 +208,30 @@ class _Create:
         if e is not None and not e.session_id:
             return self._keep("experiment", e.id, parent.project.id, e.label)
         if e is not None:
-            raise HttpError(409, f"Label {key} is already used by an assessor in project "
-                                 f"{parent.project.id}.")
+            raise HttpError(
+                409, f"Label {key} is already used by an assessor in project {parent.project.id}."
+            )
         if not xsi:
             raise HttpError(417, "Need PUT Contents")
         if not LABEL_RE.match(key):
-            raise HttpError(400, f"Invalid experiment label '{key}': labels may contain only "
-                                 "letters, digits, '_' and '-'.")
+            raise HttpError(
+                400,
+                f"Invalid experiment label '{key}': labels may contain only "
+                "letters, digits, '_' and '-'.",
+            )
         subject = parent.subject.id if parent.subject else fields.pop("subject_ID", None)
         if subject is None:
             raise HttpError(400, "An experiment needs a subject (subject_ID).")
-        if parent.subject is None and st.find_subject(parent.project.id, subject) is None \
-                and not LABEL_RE.match(subject):
+        if (
+            parent.subject is None
+            and st.find_subject(parent.project.id, subject) is None
+            and not LABEL_RE.match(subject)
+        ):
             raise HttpError(400, f"Invalid subject label '{subject}'.")
         try:
-            eid, created = st.create_experiment(parent.project.id, subject, key, xsi, fields,
-                                                user=self.user.name)
+            eid, created = st.create_experiment(
+                parent.project.id, subject, key, xsi, fields, user=self.user.name
+            )
         except Conflict as ex:
             raise HttpError(409, str(ex)) from None
         return text_response(eid, 201 if created else 200)
@@ -217,11 +264,15 @@ class _Create:
         if not xsi:
             raise HttpError(417, "Need PUT Contents")
         if not LABEL_RE.match(key):
-            raise HttpError(400, f"Invalid assessor label '{key}': labels may contain only "
-                                 "letters, digits, '_' and '-'.")
+            raise HttpError(
+                400,
+                f"Invalid assessor label '{key}': labels may contain only "
+                "letters, digits, '_' and '-'.",
+            )
         try:
-            aid, created = st.create_assessor(parent.experiment.id, key, xsi, fields,
-                                              user=self.user.name)
+            aid, created = st.create_assessor(
+                parent.experiment.id, key, xsi, fields, user=self.user.name
+            )
         except Conflict as ex:
             raise HttpError(409, str(ex)) from None
         return text_response(aid, 201 if created else 200)
@@ -233,9 +284,14 @@ class _Create:
 def create(ctx: Ctx, kind: str, key: str, parent: Resolved) -> Response:
     job = _Create(ctx, key, parent)
     steps: dict[str, Callable[[], Response]] = {
-        "project": job.project, "resource": job.resource, "subject": job.subject,
-        "experiment": job.experiment, "scan": job.scan, "assessor": job.assessor,
-        "reconstruction": job.reconstruction}
+        "project": job.project,
+        "resource": job.resource,
+        "subject": job.subject,
+        "experiment": job.experiment,
+        "scan": job.scan,
+        "assessor": job.assessor,
+        "reconstruction": job.reconstruction,
+    }
     step = steps.get(kind)
     if step is None:
         raise HttpError(405, "Method Not Allowed")
@@ -254,16 +310,24 @@ def _rename(ctx: Ctx, kind: str, oid: str, project: str, new: str) -> None:
 
 def create_resource(ctx: Ctx, parent: Resolved, label: str) -> Response:
     parents = parent.parents()
-    if parent.resources is not None or len(parents) != 1 or (parent.scans is not None and
-                                                            len(parent.scans) != 1):
+    if (
+        parent.resources is not None
+        or len(parents) != 1
+        or (parent.scans is not None and len(parent.scans) != 1)
+    ):
         raise HttpError(400, "A resource is created below exactly one object.")
     if not RESOURCE_LABEL_RE.match(label):
         raise HttpError(400, f"Invalid resource label '{label}'.")
     args = ctx.request.args
     # format= here is the resource's format attribute, not the response type (§4.4, §10.7)
-    _rid, created = ctx.store.create_resource(parents[0], label, args.get("format", ""),
-                                             args.get("content", ""), args.get("tags", ""),
-                                             args.get("description", ""))
+    _rid, created = ctx.store.create_resource(
+        parents[0],
+        label,
+        args.get("format", ""),
+        args.get("content", ""),
+        args.get("tags", ""),
+        args.get("description", ""),
+    )
     if not created:
         raise HttpError(409, "Specified resource already exists.")
     return text_response("", 200)

@@ -1,4 +1,4 @@
-"""The emulator's prearchive (``xnat-rest-api.md`` §7): sessions that arrived through the import
+"""The emulator's prearchive (``docs/XNAT-API.md`` §7): sessions that arrived through the import
 service (or the demo seed) and wait to be archived, moved or deleted.
 
 Why its own storage: the prearchive is not part of the archive catalog (``store.py``); a session
@@ -24,6 +24,7 @@ each over :data:`QUEUE_DELAY_S`, advanced lazily by the next request (``_run_que
 HTTP: ``prearchive_http.py`` serves ``/data/prearchive...``, ``/data/services/archive`` and
 ``/data/services/prearchive/{move,delete,rebuild}`` on top of this module.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -46,9 +47,25 @@ log = logging.getLogger(__name__)
 
 #: the 19 listing columns, in DatabaseSession order (§7.1)
 PREARC_COLUMNS = (
-    "project", "timestamp", "lastmod", "uploaded", "scan_date", "scan_time", "subject",
-    "folderName", "name", "tag", "status", "url", "autoarchive", "prevent_anon",
-    "prevent_auto_commit", "SOURCE", "VISIT", "PROTOCOL", "TIMEZONE",
+    "project",
+    "timestamp",
+    "lastmod",
+    "uploaded",
+    "scan_date",
+    "scan_time",
+    "subject",
+    "folderName",
+    "name",
+    "tag",
+    "status",
+    "url",
+    "autoarchive",
+    "prevent_anon",
+    "prevent_auto_commit",
+    "SOURCE",
+    "VISIT",
+    "PROTOCOL",
+    "TIMEZONE",
 )
 
 RECEIVING = "RECEIVING"
@@ -59,10 +76,26 @@ CONFLICT = "CONFLICT"
 ERROR = "ERROR"
 DELETING = "DELETING"
 MOVING = "MOVING"
-KNOWN_STATUSES = (RECEIVING, "RECEIVING_INTERRUPT", BUILDING, READY, ARCHIVING, CONFLICT, ERROR,
-                  DELETING, MOVING, "SEPARATING", "QUEUED_BUILDING", "QUEUED_ARCHIVING",
-                  "QUEUED_DELETING", "QUEUED_MOVING", "_BUILDING", "_ARCHIVING", "_DELETING",
-                  "_MOVING")
+KNOWN_STATUSES = (
+    RECEIVING,
+    "RECEIVING_INTERRUPT",
+    BUILDING,
+    READY,
+    ARCHIVING,
+    CONFLICT,
+    ERROR,
+    DELETING,
+    MOVING,
+    "SEPARATING",
+    "QUEUED_BUILDING",
+    "QUEUED_ARCHIVING",
+    "QUEUED_DELETING",
+    "QUEUED_MOVING",
+    "_BUILDING",
+    "_ARCHIVING",
+    "_DELETING",
+    "_MOVING",
+)
 
 #: a gradual-DICOM session with no new file for this long counts as complete and is built
 #: (XNAT's session idle timer; short here so tests need no long waits, `action=build` forces it)
@@ -79,8 +112,11 @@ _SETTLED = (READY, CONFLICT, ERROR)
 QUEUE_DELAY_S = 0.4
 
 #: queued op -> (status while queued, status while running)
-_QUEUED_STATUS = {"move": ("QUEUED_MOVING", MOVING), "rebuild": ("QUEUED_BUILDING", BUILDING),
-                  "delete": ("QUEUED_DELETING", DELETING)}
+_QUEUED_STATUS = {
+    "move": ("QUEUED_MOVING", MOVING),
+    "rebuild": ("QUEUED_BUILDING", BUILDING),
+    "delete": ("QUEUED_DELETING", DELETING),
+}
 
 UNASSIGNED = "Unassigned"
 
@@ -132,6 +168,7 @@ class StatusConflict(PrearchiveError):
 # Records
 # --------------------------------------------------------------------------------------------
 
+
 def java_timestamp(t: float) -> str:
     """``java.sql.Timestamp.toString()``: local time, millis, trailing zeros dropped (``.0``
     kept)."""
@@ -180,13 +217,25 @@ class PrearcSession:
     def row(self) -> dict[str, str]:
         """One listing row: the 19 columns, every value a string."""
         return {
-            "project": self.project, "timestamp": self.timestamp,
-            "lastmod": java_timestamp(self.lastmod), "uploaded": java_timestamp(self.uploaded),
-            "scan_date": self.scan_date, "scan_time": self.scan_time, "subject": self.subject,
-            "folderName": self.folder, "name": self.name, "tag": self.tag, "status": self.status,
-            "url": self.url, "autoarchive": self.autoarchive, "prevent_anon": self.prevent_anon,
-            "prevent_auto_commit": self.prevent_auto_commit, "SOURCE": self.source,
-            "VISIT": self.visit, "PROTOCOL": self.protocol, "TIMEZONE": self.timezone,
+            "project": self.project,
+            "timestamp": self.timestamp,
+            "lastmod": java_timestamp(self.lastmod),
+            "uploaded": java_timestamp(self.uploaded),
+            "scan_date": self.scan_date,
+            "scan_time": self.scan_time,
+            "subject": self.subject,
+            "folderName": self.folder,
+            "name": self.name,
+            "tag": self.tag,
+            "status": self.status,
+            "url": self.url,
+            "autoarchive": self.autoarchive,
+            "prevent_anon": self.prevent_anon,
+            "prevent_auto_commit": self.prevent_auto_commit,
+            "SOURCE": self.source,
+            "VISIT": self.visit,
+            "PROTOCOL": self.protocol,
+            "TIMEZONE": self.timezone,
         }
 
 
@@ -201,7 +250,7 @@ class PrearcScan:
 
 @dataclass
 class PrearcFile:
-    relpath: str      # relative to the resource folder
+    relpath: str  # relative to the resource folder
     size: int
     path: Path
 
@@ -210,6 +259,7 @@ class PrearcFile:
 # Storage
 # --------------------------------------------------------------------------------------------
 
+
 def prearchive_root(store: Store) -> Path:
     return Path(store.data_dir) / "prearchive"
 
@@ -217,9 +267,13 @@ def prearchive_root(store: Store) -> Path:
 class Prearchive:
     """Prearchive rows and folders under ``root``.  Use as a context manager (closes the DB)."""
 
-    def __init__(self, root: os.PathLike[str] | str, clock: Callable[[], float] = time.time,
-                 receiving_idle_s: float = RECEIVING_IDLE_S,
-                 queue_delay_s: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        root: os.PathLike[str] | str,
+        clock: Callable[[], float] = time.time,
+        receiving_idle_s: float = RECEIVING_IDLE_S,
+        queue_delay_s: Optional[float] = None,
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.clock = clock
@@ -228,8 +282,12 @@ class Prearchive:
             queue_delay_s = float(os.environ.get("XNATFS_EMULATOR_PREARC_DELAY", QUEUE_DELAY_S))
         self.queue_delay_s = max(0.0, queue_delay_s)
         self._in_queue = False
-        self._db = sqlite3.connect(self.root / "prearchive.sqlite3", timeout=30,
-                                   isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(
+            self.root / "prearchive.sqlite3",
+            timeout=30,
+            isolation_level=None,
+            check_same_thread=False,
+        )
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
@@ -269,20 +327,35 @@ class Prearchive:
     @staticmethod
     def _session(r: sqlite3.Row) -> PrearcSession:
         return PrearcSession(
-            project=r["project"], timestamp=r["timestamp"], folder=r["folder"], name=r["name"],
-            subject=r["subject"], tag=r["tag"], status=r["status"], uploaded=r["uploaded"],
-            lastmod=r["lastmod"], scan_date=r["scan_date"], scan_time=r["scan_time"],
-            autoarchive=r["autoarchive"], prevent_anon=r["prevent_anon"],
-            prevent_auto_commit=r["prevent_auto_commit"], source=r["source"], visit=r["visit"],
-            protocol=r["protocol"], timezone=r["timezone"], modality=r["modality"])
+            project=r["project"],
+            timestamp=r["timestamp"],
+            folder=r["folder"],
+            name=r["name"],
+            subject=r["subject"],
+            tag=r["tag"],
+            status=r["status"],
+            uploaded=r["uploaded"],
+            lastmod=r["lastmod"],
+            scan_date=r["scan_date"],
+            scan_time=r["scan_time"],
+            autoarchive=r["autoarchive"],
+            prevent_anon=r["prevent_anon"],
+            prevent_auto_commit=r["prevent_auto_commit"],
+            source=r["source"],
+            visit=r["visit"],
+            protocol=r["protocol"],
+            timezone=r["timezone"],
+            modality=r["modality"],
+        )
 
     def _settle_receiving(self) -> None:
         """RECEIVING sessions idle for ``receiving_idle_s`` are built (XNAT's idle timer), and
         queued operations whose time has come run (XNAT's JMS handlers; lazily, on the next
         request, so the emulator needs no worker thread)."""
         cutoff = self.clock() - self.receiving_idle_s
-        self._db.execute("UPDATE sessions SET status=? WHERE status=? AND lastmod<?",
-                         (READY, RECEIVING, cutoff))
+        self._db.execute(
+            "UPDATE sessions SET status=? WHERE status=? AND lastmod<?", (READY, RECEIVING, cutoff)
+        )
         self._run_queue()
 
     # ------------------------------------------------------------------ queued operations
@@ -295,12 +368,17 @@ class Prearchive:
             self.set_status(s, queued_status, allowed)
         except StatusConflict:
             # PrearchiveBatchMove & co.: SessionException InvalidStatus -> 403
-            raise StatusConflict(f"Can't {op} session {s.folder} and timestamp {s.timestamp} in "
-                                 f"project {s.project} as it has an invalid status", 403) from None
+            raise StatusConflict(
+                f"Can't {op} session {s.folder} and timestamp {s.timestamp} in "
+                f"project {s.project} as it has an invalid status",
+                403,
+            ) from None
         now = self.clock()
         with self._tx() as c:
-            c.execute("INSERT OR REPLACE INTO queued VALUES (?,?,?,?,?,?,?)",
-                      (*s.key, op, arg, now, now + self.queue_delay_s))
+            c.execute(
+                "INSERT OR REPLACE INTO queued VALUES (?,?,?,?,?,?,?)",
+                (*s.key, op, arg, now, now + self.queue_delay_s),
+            )
         if self.queue_delay_s <= 0:
             self._run_queue()
         return s
@@ -316,16 +394,23 @@ class Prearchive:
                 queued_status, running = _QUEUED_STATUS.get(r["op"], ("", ""))
                 if now < r["due"]:
                     if now >= (r["started"] + r["due"]) / 2:  # the handler has picked it up
-                        self._db.execute("UPDATE sessions SET status=? WHERE project=? AND "
-                                         "timestamp=? AND folder=? AND status=?",
-                                         (running, *key, queued_status))
+                        self._db.execute(
+                            "UPDATE sessions SET status=? WHERE project=? AND "
+                            "timestamp=? AND folder=? AND status=?",
+                            (running, *key, queued_status),
+                        )
                     continue
                 with self._tx() as c:  # claim it: one request runs each queued op
-                    if c.execute("DELETE FROM queued WHERE project=? AND timestamp=? AND "
-                                 "folder=?", key).rowcount == 0:
+                    if (
+                        c.execute(
+                            "DELETE FROM queued WHERE project=? AND timestamp=? AND folder=?", key
+                        ).rowcount
+                        == 0
+                    ):
                         continue
-                row = self._db.execute("SELECT * FROM sessions WHERE project=? AND timestamp=? "
-                                       "AND folder=?", key).fetchone()
+                row = self._db.execute(
+                    "SELECT * FROM sessions WHERE project=? AND timestamp=? AND folder=?", key
+                ).fetchone()
                 if row is None:
                     continue
                 s = self._session(row)
@@ -344,14 +429,18 @@ class Prearchive:
 
     def get(self, project: str, timestamp: str, folder: str) -> Optional[PrearcSession]:
         self._settle_receiving()
-        r = self._db.execute("SELECT * FROM sessions WHERE project=? AND timestamp=? AND folder=?",
-                             (project, timestamp, folder)).fetchone()
+        r = self._db.execute(
+            "SELECT * FROM sessions WHERE project=? AND timestamp=? AND folder=?",
+            (project, timestamp, folder),
+        ).fetchone()
         return self._session(r) if r else None
 
     def require(self, project: str, timestamp: str, folder: str) -> PrearcSession:
         s = self.get(project, timestamp, folder)
         if s is None:
-            raise SessionNotFound(f"Unable to find prearchive session {project}/{timestamp}/{folder}")
+            raise SessionNotFound(
+                f"Unable to find prearchive session {project}/{timestamp}/{folder}"
+            )
         return s
 
     def from_url(self, url: str) -> PrearcSession:
@@ -370,10 +459,13 @@ class Prearchive:
         return [self._session(r) for r in rows if wanted is None or r["project"] in wanted]
 
     def scans(self, s: PrearcSession) -> builtins.list[PrearcScan]:
-        rows = self._db.execute("SELECT * FROM scans WHERE project=? AND timestamp=? AND folder=?",
-                                s.key).fetchall()
-        out = [PrearcScan(r["scan_id"], r["type"], r["series_description"], r["modality"], r["uid"])
-               for r in rows]
+        rows = self._db.execute(
+            "SELECT * FROM scans WHERE project=? AND timestamp=? AND folder=?", s.key
+        ).fetchall()
+        out = [
+            PrearcScan(r["scan_id"], r["type"], r["series_description"], r["modality"], r["uid"])
+            for r in rows
+        ]
         return sorted(out, key=lambda x: _natural_key(x.scan_id))
 
     def resources(self, s: PrearcSession, scan_id: str) -> builtins.list[str]:
@@ -394,38 +486,86 @@ class Prearchive:
     # ------------------------------------------------------------------ creation
     def _unique_timestamp(self, project: str, folder: str, when: float) -> str:
         ts = prearc_timestamp(when)
-        while self._db.execute("SELECT 1 FROM sessions WHERE project=? AND timestamp=? AND folder=?",
-                               (project, ts, folder)).fetchone() is not None:
+        while (
+            self._db.execute(
+                "SELECT 1 FROM sessions WHERE project=? AND timestamp=? AND folder=?",
+                (project, ts, folder),
+            ).fetchone()
+            is not None
+        ):
             when += 0.001
             ts = prearc_timestamp(when)
         return ts
 
-    def create_session(self, project: str, name: str, *, subject: str = "", tag: str = "",
-                       status: str = RECEIVING, scan_date: str = "", scan_time: str = "",
-                       source: str = "", modality: str = "",
-                       when: Optional[float] = None) -> PrearcSession:
+    def create_session(
+        self,
+        project: str,
+        name: str,
+        *,
+        subject: str = "",
+        tag: str = "",
+        status: str = RECEIVING,
+        scan_date: str = "",
+        scan_time: str = "",
+        source: str = "",
+        modality: str = "",
+        when: Optional[float] = None,
+    ) -> PrearcSession:
         """A new empty session row (and folder) in ``status``."""
         now = self.clock() if when is None else when
         folder = safe_segment(name) or "session"
         with self._tx() as c:
             ts = self._unique_timestamp(project, folder, now)
-            s = PrearcSession(project=project, timestamp=ts, folder=folder, name=name,
-                              subject=subject, tag=tag, status=status, uploaded=now, lastmod=now,
-                              scan_date=scan_date, scan_time=scan_time, source=source,
-                              modality=modality)
-            c.execute("INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                      (s.project, s.timestamp, s.folder, s.name, s.subject, s.tag, s.status,
-                       s.uploaded, s.lastmod, s.scan_date, s.scan_time, s.autoarchive,
-                       s.prevent_anon, s.prevent_auto_commit, s.source, s.visit, s.protocol,
-                       s.timezone, s.modality))
+            s = PrearcSession(
+                project=project,
+                timestamp=ts,
+                folder=folder,
+                name=name,
+                subject=subject,
+                tag=tag,
+                status=status,
+                uploaded=now,
+                lastmod=now,
+                scan_date=scan_date,
+                scan_time=scan_time,
+                source=source,
+                modality=modality,
+            )
+            c.execute(
+                "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    s.project,
+                    s.timestamp,
+                    s.folder,
+                    s.name,
+                    s.subject,
+                    s.tag,
+                    s.status,
+                    s.uploaded,
+                    s.lastmod,
+                    s.scan_date,
+                    s.scan_time,
+                    s.autoarchive,
+                    s.prevent_anon,
+                    s.prevent_auto_commit,
+                    s.source,
+                    s.visit,
+                    s.protocol,
+                    s.timezone,
+                    s.modality,
+                ),
+            )
         self.session_dir(s).mkdir(parents=True, exist_ok=True)
         return s
 
     def find_receiving(self, project: str, tag: str) -> Optional[PrearcSession]:
         """The gradual-DICOM session still receiving study ``tag`` in ``project``."""
         self._settle_receiving()
-        r = self._db.execute("SELECT * FROM sessions WHERE project=? AND tag=? AND status=? "
-                             "ORDER BY timestamp DESC LIMIT 1", (project, tag, RECEIVING)).fetchone()
+        r = self._db.execute(
+            "SELECT * FROM sessions WHERE project=? AND tag=? AND status=? "
+            "ORDER BY timestamp DESC LIMIT 1",
+            (project, tag, RECEIVING),
+        ).fetchone()
         return self._session(r) if r else None
 
     def add_study(self, s: PrearcSession, study: ParsedStudy, *, move: bool = True) -> None:
@@ -439,21 +579,38 @@ class Prearchive:
                     os.replace(f.path, dest / f.name)
                 else:
                     shutil.copyfile(f.path, dest / f.name)
-        self.record_scans(s, [(x.scan_id, x.type, x.type, x.modality, x.series_instance_uid)
-                              for x in study.sorted_series()])
+        self.record_scans(
+            s,
+            [
+                (x.scan_id, x.type, x.type, x.modality, x.series_instance_uid)
+                for x in study.sorted_series()
+            ],
+        )
 
-    def record_scans(self, s: PrearcSession,
-                     scans: Sequence[tuple[str, str, str, str, str]]) -> None:
+    def record_scans(
+        self, s: PrearcSession, scans: Sequence[tuple[str, str, str, str, str]]
+    ) -> None:
         """Upsert (scan_id, type, series_description, modality, uid) rows and bump lastmod."""
         with self._tx() as c:
             for scan_id, type_, desc, modality, uid in scans:
-                c.execute("INSERT OR REPLACE INTO scans VALUES (?,?,?,?,?,?,?,?)",
-                          (*s.key, scan_id, type_, desc, modality, uid))
-            c.execute("UPDATE sessions SET lastmod=? WHERE project=? AND timestamp=? AND folder=?",
-                      (self.clock(), *s.key))
+                c.execute(
+                    "INSERT OR REPLACE INTO scans VALUES (?,?,?,?,?,?,?,?)",
+                    (*s.key, scan_id, type_, desc, modality, uid),
+                )
+            c.execute(
+                "UPDATE sessions SET lastmod=? WHERE project=? AND timestamp=? AND folder=?",
+                (self.clock(), *s.key),
+            )
 
-    def put_scan_file(self, s: PrearcSession, scan_id: str, resource: str, name: str,
-                      data: bytes, mtime: Optional[float] = None) -> None:
+    def put_scan_file(
+        self,
+        s: PrearcSession,
+        scan_id: str,
+        resource: str,
+        name: str,
+        data: bytes,
+        mtime: Optional[float] = None,
+    ) -> None:
         """Write one file directly (the demo seed builds its waiting session this way)."""
         dest = self.resource_dir(s, scan_id, resource)
         dest.mkdir(parents=True, exist_ok=True)
@@ -462,27 +619,36 @@ class Prearchive:
             os.utime(dest / name, (mtime, mtime))
 
     # ------------------------------------------------------------------ status
-    def set_status(self, s: PrearcSession, status: str,
-                   allowed_from: Optional[Sequence[str]] = None) -> PrearcSession:
+    def set_status(
+        self, s: PrearcSession, status: str, allowed_from: Optional[Sequence[str]] = None
+    ) -> PrearcSession:
         """Atomically move ``s`` to ``status``; with ``allowed_from``, only from those states
         (else :class:`StatusConflict`)."""
         with self._tx() as c:
             if allowed_from is None:
-                cur = c.execute("UPDATE sessions SET status=?, lastmod=? WHERE project=? AND "
-                                "timestamp=? AND folder=?", (status, self.clock(), *s.key))
+                cur = c.execute(
+                    "UPDATE sessions SET status=?, lastmod=? WHERE project=? AND "
+                    "timestamp=? AND folder=?",
+                    (status, self.clock(), *s.key),
+                )
             else:
                 marks = ",".join("?" * len(allowed_from))
-                cur = c.execute(f"UPDATE sessions SET status=?, lastmod=? WHERE project=? AND "
-                                f"timestamp=? AND folder=? AND status IN ({marks})",
-                                (status, self.clock(), *s.key, *allowed_from))
+                cur = c.execute(
+                    f"UPDATE sessions SET status=?, lastmod=? WHERE project=? AND "
+                    f"timestamp=? AND folder=? AND status IN ({marks})",
+                    (status, self.clock(), *s.key, *allowed_from),
+                )
             if cur.rowcount == 0:
-                cur_row = c.execute("SELECT status FROM sessions WHERE project=? AND timestamp=? "
-                                    "AND folder=?", s.key).fetchone()
+                cur_row = c.execute(
+                    "SELECT status FROM sessions WHERE project=? AND timestamp=? AND folder=?",
+                    s.key,
+                ).fetchone()
                 if cur_row is None:
                     raise SessionNotFound(f"Unable to find prearchive session {s.url}")
-                raise StatusConflict("Operation already in progress on this prearchive entry.",
-                                     403 if cur_row["status"] in (ARCHIVING, DELETING, MOVING)
-                                     else 409)
+                raise StatusConflict(
+                    "Operation already in progress on this prearchive entry.",
+                    403 if cur_row["status"] in (ARCHIVING, DELETING, MOVING) else 409,
+                )
         s.status = status
         return s
 
@@ -505,8 +671,9 @@ class Prearchive:
         with contextlib.suppress(OSError):
             ts_dir.rmdir()  # only when empty
 
-    def move(self, s: PrearcSession, new_project: str,
-             allowed_from: Sequence[str] = _SETTLED) -> PrearcSession:
+    def move(
+        self, s: PrearcSession, new_project: str, allowed_from: Sequence[str] = _SETTLED
+    ) -> PrearcSession:
         """Move to another project's prearchive (same timestamp/folder when free), READY there
         (``PrearcDatabase._moveToProject``); onto its own project it just becomes READY again."""
         if new_project == s.project:
@@ -514,16 +681,29 @@ class Prearchive:
         self.set_status(s, MOVING, allowed_from)
         try:
             with self._tx() as c:
-                ts = self._unique_timestamp(new_project, s.folder,
-                                            _parse_prearc_timestamp(s.timestamp))
+                ts = self._unique_timestamp(
+                    new_project, s.folder, _parse_prearc_timestamp(s.timestamp)
+                )
                 old_dir = self.session_dir(s)
-                new = PrearcSession(**{**s.__dict__, "project": new_project, "timestamp": ts,
-                                       "status": READY, "lastmod": self.clock()})
-                c.execute("UPDATE sessions SET project=?, timestamp=?, status=?, lastmod=? WHERE "
-                          "project=? AND timestamp=? AND folder=?",
-                          (new.project, new.timestamp, new.status, new.lastmod, *s.key))
-                c.execute("UPDATE scans SET project=?, timestamp=? WHERE project=? AND "
-                          "timestamp=? AND folder=?", (new.project, new.timestamp, *s.key))
+                new = PrearcSession(
+                    **{
+                        **s.__dict__,
+                        "project": new_project,
+                        "timestamp": ts,
+                        "status": READY,
+                        "lastmod": self.clock(),
+                    }
+                )
+                c.execute(
+                    "UPDATE sessions SET project=?, timestamp=?, status=?, lastmod=? WHERE "
+                    "project=? AND timestamp=? AND folder=?",
+                    (new.project, new.timestamp, new.status, new.lastmod, *s.key),
+                )
+                c.execute(
+                    "UPDATE scans SET project=?, timestamp=? WHERE project=? AND "
+                    "timestamp=? AND folder=?",
+                    (new.project, new.timestamp, *s.key),
+                )
                 new_dir = self.session_dir(new)
                 new_dir.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(old_dir, new_dir)
@@ -536,8 +716,9 @@ class Prearchive:
             raise
 
     # ------------------------------------------------------------------ archives
-    def iter_archive_entries(self, s: PrearcSession,
-                             scan_ids: Optional[Iterable[str]] = None) -> Iterator[tuple[str, Path]]:
+    def iter_archive_entries(
+        self, s: PrearcSession, scan_ids: Optional[Iterable[str]] = None
+    ) -> Iterator[tuple[str, Path]]:
         """(name inside a zip, local path) for the session folder, ``{folder}/SCANS/...``."""
         base = self.session_dir(s)
         wanted = None if scan_ids is None else set(scan_ids)
@@ -579,11 +760,13 @@ def _parse_prearc_timestamp(ts: str) -> float:
 # --------------------------------------------------------------------------------------------
 
 #: modality -> (session xsiType, scan xsiType)
-_XSI_BY_MODALITY: Mapping[str, tuple[str, str]] = MappingProxyType({
-    "MR": ("xnat:mrSessionData", "xnat:mrScanData"),
-    "CT": ("xnat:ctSessionData", "xnat:ctScanData"),
-    "PT": ("xnat:petSessionData", "xnat:petScanData"),
-})
+_XSI_BY_MODALITY: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        "MR": ("xnat:mrSessionData", "xnat:mrScanData"),
+        "CT": ("xnat:ctSessionData", "xnat:ctScanData"),
+        "PT": ("xnat:petSessionData", "xnat:petScanData"),
+    }
+)
 _XSI_OTHER = ("xnat:otherDicomSessionData", "xnat:otherDicomScanData")
 
 OVERWRITE_MODES = ("none", "append", "delete")
@@ -614,15 +797,17 @@ class ScanContent:
     series_description: str
     modality: str
     uid: str
-    resources: dict[str, list[tuple[str, Path]]] = field(default_factory=dict)  # label -> (relpath, path)
+    resources: dict[str, list[tuple[str, Path]]] = field(
+        default_factory=dict
+    )  # label -> (relpath, path)
 
 
 @dataclass
 class SessionContent:
     modality: str
-    date: str = ""          # YYYY-MM-DD
-    time: str = ""          # HH:MM:SS
-    uid: str = ""           # StudyInstanceUID
+    date: str = ""  # YYYY-MM-DD
+    time: str = ""  # HH:MM:SS
+    uid: str = ""  # StudyInstanceUID
     scans: list[ScanContent] = field(default_factory=list)
 
 
@@ -630,8 +815,17 @@ class ArchiveConflict(PrearchiveError):
     status = 409
 
 
-def write_session(store: Store, content: SessionContent, *, project: str, subject: str, label: str,
-                  overwrite: str = "none", user: str = "admin", move_files: bool = False) -> str:
+def write_session(
+    store: Store,
+    content: SessionContent,
+    *,
+    project: str,
+    subject: str,
+    label: str,
+    overwrite: str = "none",
+    user: str = "admin",
+    move_files: bool = False,
+) -> str:
     """Create (or, per ``overwrite``, extend or replace) experiment ``label`` of ``subject`` in
     ``project`` from ``content``; returns the experiment accession ID.
 
@@ -646,36 +840,62 @@ def write_session(store: Store, content: SessionContent, *, project: str, subjec
             if overwrite == "none":
                 raise ArchiveConflict(
                     f"Session {label} already exists in project {project}, retry with overwrite "
-                    f"enabled")
+                    f"enabled"
+                )
             if overwrite == "delete":
                 for old in store.list_scans(existing.id):
                     store.delete_scan(existing.id, old.id)
-        fields = {k: v for k, v in (("date", content.date), ("time", content.time),
-                                    ("modality", content.modality), ("UID", content.uid)) if v}
+        fields = {
+            k: v
+            for k, v in (
+                ("date", content.date),
+                ("time", content.time),
+                ("modality", content.modality),
+                ("UID", content.uid),
+            )
+            if v
+        }
         try:
-            eid, _created = store.create_experiment(project, subject, label, session_xsi,
-                                                    fields=fields, user=user)
+            eid, _created = store.create_experiment(
+                project, subject, label, session_xsi, fields=fields, user=user
+            )
         except Conflict as exc:
             raise ArchiveConflict(str(exc)) from exc
         for scan in content.scans:
             n_files = sum(len(v) for v in scan.resources.values())
-            scan_fields = {"type": scan.type, "series_description": scan.series_description,
-                           "quality": "usable"}
+            scan_fields = {
+                "type": scan.type,
+                "series_description": scan.series_description,
+                "quality": "usable",
+            }
             if scan.uid:
                 scan_fields["UID"] = scan.uid
             if n_files:
                 scan_fields["frames"] = str(n_files)
-            store.create_scan(eid, scan.scan_id, xsi_types_for(scan.modality or content.modality)[1],
-                              fields=scan_fields)
+            store.create_scan(
+                eid,
+                scan.scan_id,
+                xsi_types_for(scan.modality or content.modality)[1],
+                fields=scan_fields,
+            )
             for res_label, files in scan.resources.items():
                 fmt = "DICOM" if res_label.upper() == "DICOM" else ""
-                rid, _ = store.create_resource(Parent(project=project, experiment=eid,
-                                                      scan=scan.scan_id),
-                                               res_label, format=fmt,
-                                               content="RAW" if fmt else "")
+                rid, _ = store.create_resource(
+                    Parent(project=project, experiment=eid, scan=scan.scan_id),
+                    res_label,
+                    format=fmt,
+                    content="RAW" if fmt else "",
+                )
                 for relpath, path in files:
-                    store.put_file_from_path(rid, relpath, path, overwrite=True, move=move_files,
-                                             format=fmt, content="RAW" if fmt else "")
+                    store.put_file_from_path(
+                        rid,
+                        relpath,
+                        path,
+                        overwrite=True,
+                        move=move_files,
+                        format=fmt,
+                        content="RAW" if fmt else "",
+                    )
         return eid
 
 
@@ -685,11 +905,13 @@ def session_content_from_prearchive(pa: Prearchive, s: PrearcSession) -> Session
         resources = {}
         for res in pa.resources(s, sc.scan_id):
             resources[res] = [(f.relpath, f.path) for f in pa.files(s, sc.scan_id, res)]
-        scans.append(ScanContent(sc.scan_id, sc.type, sc.series_description, sc.modality, sc.uid,
-                                 resources))
+        scans.append(
+            ScanContent(sc.scan_id, sc.type, sc.series_description, sc.modality, sc.uid, resources)
+        )
     date = s.scan_date.split(" ")[0] if s.scan_date else ""
-    return SessionContent(modality=s.modality or "MR", date=date, time=s.scan_time,
-                          uid=s.tag, scans=scans)
+    return SessionContent(
+        modality=s.modality or "MR", date=date, time=s.scan_time, uid=s.tag, scans=scans
+    )
 
 
 def archive_uri(store: Store, experiment_id: str) -> str:
@@ -701,25 +923,42 @@ def archive_uri(store: Store, experiment_id: str) -> str:
     return f"/data/archive/projects/{e.project}/subjects/{subj.label}/experiments/{e.label}"
 
 
-def archive_session(store: Store, pa: Prearchive, s: PrearcSession, *, project: Optional[str] = None,
-                    subject: Optional[str] = None, label: Optional[str] = None,
-                    overwrite: Optional[str] = None, user: str = "admin") -> str:
+def archive_session(
+    store: Store,
+    pa: Prearchive,
+    s: PrearcSession,
+    *,
+    project: Optional[str] = None,
+    subject: Optional[str] = None,
+    label: Optional[str] = None,
+    overwrite: Optional[str] = None,
+    user: str = "admin",
+) -> str:
     """The archive step (§7.3): READY/CONFLICT/ERROR -> ARCHIVING -> written to the archive ->
     prearchive row removed.  Returns the archive URI (with ``/data``).  A label clash without
     overwrite leaves the session in CONFLICT (and raises :class:`ArchiveConflict`)."""
     project = project or s.project
     row = store.get_project(project) if project != UNASSIGNED else None
     if row is None:
-        raise PrearchiveError(f"Invalid project {project}: a session must be archived into an "
-                              f"existing project", 400 if project == UNASSIGNED else 404)
+        raise PrearchiveError(
+            f"Invalid project {project}: a session must be archived into an existing project",
+            400 if project == UNASSIGNED else 404,
+        )
     project = row.id
     subject = subject or s.subject or s.name
     label = label or s.name
     pa.set_status(s, ARCHIVING, _SETTLED)
     try:
         content = session_content_from_prearchive(pa, s)
-        eid = write_session(store, content, project=project, subject=subject, label=label,
-                            overwrite=overwrite or "none", user=user)
+        eid = write_session(
+            store,
+            content,
+            project=project,
+            subject=subject,
+            label=label,
+            overwrite=overwrite or "none",
+            user=user,
+        )
     except ArchiveConflict:
         pa.set_status(s, CONFLICT)
         raise

@@ -1,5 +1,5 @@
 """A project's prearchive setting, ``/data/projects/{P}/prearchive_code[/{CODE}]``
-(``xnat-rest-api.md`` §6).
+(``docs/XNAT-API.md`` §6).
 
 Why it matters: an import that names a project but no ``dest`` lands where this setting says,
 not always in the prearchive.  XNAT's codes (enum ``org.nrg.framework.constants.PrearchiveCode``):
@@ -9,6 +9,7 @@ so xnatpy's documented ``services.import_(zip, project=, subject=)`` creates an 
 experiment.  ``GET`` answers the bare integer as text (not JSON); ``PUT .../prearchive_code/CODE``
 sets it (200).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -4,17 +4,37 @@
 The storage and the archive step live in ``prearchive.py``; this module only maps URLs and
 parameters onto them and answers through ``serving.py`` like every other handler.
 """
+
 from __future__ import annotations
 
 from html import escape
 
 from werkzeug.wrappers import Response
 
-from .prearchive import (KNOWN_STATUSES, PREARC_COLUMNS, READY, RECEIVING, UNASSIGNED, Prearchive,
-                         PrearchiveError, PrearcSession, StatusConflict, SessionNotFound,
-                         archive_session, xsi_types_for)
-from .serving import (PREARCHIVE_FILE_TYPES, Ctx, error_response, file_response, form_params,
-                      spooled_archive, text_response, uri_list_response)
+from .prearchive import (
+    KNOWN_STATUSES,
+    PREARC_COLUMNS,
+    READY,
+    RECEIVING,
+    UNASSIGNED,
+    Prearchive,
+    PrearchiveError,
+    PrearcSession,
+    SessionNotFound,
+    StatusConflict,
+    archive_session,
+    xsi_types_for,
+)
+from .serving import (
+    PREARCHIVE_FILE_TYPES,
+    Ctx,
+    error_response,
+    file_response,
+    form_params,
+    spooled_archive,
+    text_response,
+    uri_list_response,
+)
 from .store import Store, UserRow
 
 _SCAN_COLUMNS = ("ID", "series_description", "type")
@@ -46,8 +66,12 @@ def handle(ctx: Ctx) -> Response:
         return error_response(exc.status, str(exc))
 
 
-def _table(ctx: Ctx, rows: list[dict[str, str]], columns: tuple[str, ...],
-           meta: dict[str, str] | None = None) -> Response:
+def _table(
+    ctx: Ctx,
+    rows: list[dict[str, str]],
+    columns: tuple[str, ...],
+    meta: dict[str, str] | None = None,
+) -> Response:
     """A prearchive ResultSet: every column listed, filters/sortBy/limit like any listing."""
     meta = {"totalRecords": str(len(rows))} if meta is None else meta
     return ctx.resultset(rows, columns, meta, honour_columns=False)
@@ -104,9 +128,18 @@ def _service_archive(ctx: Ctx) -> Response:
             row = store.get_project(target) if target != UNASSIGNED else None
             if row is not None and not store.can_read(ctx.user, row.id):
                 return error_response(403, f"Access denied to project {target}")
-            uris.append(archive_session(store, pa, s, project=project, subject=subject,
-                                        label=label, overwrite=params.get("overwrite"),
-                                        user=ctx.user.name))
+            uris.append(
+                archive_session(
+                    store,
+                    pa,
+                    s,
+                    project=project,
+                    subject=subject,
+                    label=label,
+                    overwrite=params.get("overwrite"),
+                    user=ctx.user.name,
+                )
+            )
     return uri_list_response(ctx.request, uris)
 
 
@@ -151,24 +184,32 @@ def _session_xml(pa: Prearchive, s: PrearcSession) -> bytes:
     """A minimal session document (XNAT serves the prearchive session XML by default)."""
     e = escape
     session_xsi, scan_xsi = xsi_types_for(s.modality)
-    elem = {"xnat:mrSessionData": "MRSession", "xnat:ctSessionData": "CTSession",
-            "xnat:petSessionData": "PETSession"}.get(session_xsi, "OtherDicomSession")
+    elem = {
+        "xnat:mrSessionData": "MRSession",
+        "xnat:ctSessionData": "CTSession",
+        "xnat:petSessionData": "PETSession",
+    }.get(session_xsi, "OtherDicomSession")
     scans = []
     for sc in pa.scans(s):
         res = "".join(
             f'<xnat:file xsi:type="xnat:resourceCatalog" label="{e(r)}" format="DICOM" '
             f'content="RAW" file_count="{len(pa.files(s, sc.scan_id, r))}"/>'
-            for r in pa.resources(s, sc.scan_id))
-        scans.append(f'<xnat:scan ID="{e(sc.scan_id)}" type="{e(sc.type)}" UID="{e(sc.uid)}" '
-                     f'xsi:type="{scan_xsi}"><xnat:series_description>{e(sc.series_description)}'
-                     f'</xnat:series_description>{res}</xnat:scan>')
-    doc = (f'<?xml version="1.0" encoding="UTF-8"?>\n<xnat:{elem} label="{e(s.name)}" '
-           f'project="{e(s.project)}" UID="{e(s.tag)}" xmlns:xnat="http://nrg.wustl.edu/xnat" '
-           f'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
-           f'<xnat:date>{e(s.scan_date)}</xnat:date><xnat:time>{e(s.scan_time)}</xnat:time>'
-           f'<xnat:dcmPatientName>{e(s.subject)}</xnat:dcmPatientName>'
-           f'<xnat:subject_ID>{e(s.subject)}</xnat:subject_ID>'
-           f'<xnat:scans>{"".join(scans)}</xnat:scans></xnat:{elem}>\n')
+            for r in pa.resources(s, sc.scan_id)
+        )
+        scans.append(
+            f'<xnat:scan ID="{e(sc.scan_id)}" type="{e(sc.type)}" UID="{e(sc.uid)}" '
+            f'xsi:type="{scan_xsi}"><xnat:series_description>{e(sc.series_description)}'
+            f"</xnat:series_description>{res}</xnat:scan>"
+        )
+    doc = (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<xnat:{elem} label="{e(s.name)}" '
+        f'project="{e(s.project)}" UID="{e(s.tag)}" xmlns:xnat="http://nrg.wustl.edu/xnat" '
+        f'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+        f"<xnat:date>{e(s.scan_date)}</xnat:date><xnat:time>{e(s.scan_time)}</xnat:time>"
+        f"<xnat:dcmPatientName>{e(s.subject)}</xnat:dcmPatientName>"
+        f"<xnat:subject_ID>{e(s.subject)}</xnat:subject_ID>"
+        f"<xnat:scans>{''.join(scans)}</xnat:scans></xnat:{elem}>\n"
+    )
     return doc.encode("utf-8")
 
 
@@ -241,10 +282,16 @@ def _session_action(ctx: Ctx, pa: Prearchive, s: PrearcSession) -> Response:
         resp.status_code = 301
         return resp
     if action in ("commit", "archive"):
-        uri = archive_session(ctx.store, pa, s, project=params.get("project") or None,
-                              subject=params.get("subject") or None,
-                              label=params.get("session") or params.get("label") or None,
-                              overwrite=params.get("overwrite"), user=ctx.user.name)
+        uri = archive_session(
+            ctx.store,
+            pa,
+            s,
+            project=params.get("project") or None,
+            subject=params.get("subject") or None,
+            label=params.get("session") or params.get("label") or None,
+            overwrite=params.get("overwrite"),
+            user=ctx.user.name,
+        )
         return uri_list_response(ctx.request, [uri])
     return error_response(400, f"Unknown action {action or '(none)'}")
 
@@ -268,13 +315,20 @@ def _session_endpoint(ctx: Ctx, pa: Prearchive, s: PrearcSession) -> Response:
     return Response(_session_xml(pa, s), 200, content_type="text/xml; charset=utf-8")
 
 
-def _resource_rows(pa: Prearchive, s: PrearcSession, scan_id: str, labels: list[str],
-                   **extra: str) -> list[dict[str, str]]:
+def _resource_rows(
+    pa: Prearchive, s: PrearcSession, scan_id: str, labels: list[str], **extra: str
+) -> list[dict[str, str]]:
     rows = []
     for r in labels:
         files = pa.files(s, scan_id, r)
-        rows.append({**extra, "label": r, "file_count": str(len(files)),
-                     "file_size": str(sum(f.size for f in files))})
+        rows.append(
+            {
+                **extra,
+                "label": r,
+                "file_count": str(len(files)),
+                "file_size": str(sum(f.size for f in files)),
+            }
+        )
     return rows
 
 
@@ -283,17 +337,27 @@ def _session_subresource(ctx: Ctx, pa: Prearchive, s: PrearcSession, rest: list[
     if rest[0] == "logs":
         return text_response("")
     if rest[0] == "resources" and len(rest) == 1:
-        rows = [row for sc in pa.scans(s)
-                for row in _resource_rows(pa, s, sc.scan_id, pa.resources(s, sc.scan_id),
-                                          category="scans", cat_id=sc.scan_id)]
-        return _table(ctx, rows, _SESSION_RESOURCE_COLUMNS,
-                      {"title": "Resources", "totalRecords": str(len(rows))})
+        rows = [
+            row
+            for sc in pa.scans(s)
+            for row in _resource_rows(
+                pa, s, sc.scan_id, pa.resources(s, sc.scan_id), category="scans", cat_id=sc.scan_id
+            )
+        ]
+        return _table(
+            ctx,
+            rows,
+            _SESSION_RESOURCE_COLUMNS,
+            {"title": "Resources", "totalRecords": str(len(rows))},
+        )
     if rest[0] != "scans":
         return error_response(404, "Not Found")
     scans = pa.scans(s)
     if len(rest) == 1:
-        rows = [{"ID": sc.scan_id, "series_description": sc.series_description, "type": sc.type}
-                for sc in scans]
+        rows = [
+            {"ID": sc.scan_id, "series_description": sc.series_description, "type": sc.type}
+            for sc in scans
+        ]
         return _table(ctx, rows, _SCAN_COLUMNS)
     scan = next((sc for sc in scans if sc.scan_id == rest[1]), None)
     if scan is None:
@@ -301,10 +365,22 @@ def _session_subresource(ctx: Ctx, pa: Prearchive, s: PrearcSession, rest: list[
     if len(rest) == 2:
         f = (ctx.request.args.get("format") or "").lower()
         if f in _ARCHIVE_FORMATS:
-            return spooled_archive(list(pa.iter_archive_entries(s, [scan.scan_id])),
-                                   f"{s.folder}_scan{scan.scan_id}", f)
-        return _table(ctx, [{"ID": scan.scan_id, "series_description": scan.series_description,
-                             "type": scan.type}], _SCAN_COLUMNS)
+            return spooled_archive(
+                list(pa.iter_archive_entries(s, [scan.scan_id])),
+                f"{s.folder}_scan{scan.scan_id}",
+                f,
+            )
+        return _table(
+            ctx,
+            [
+                {
+                    "ID": scan.scan_id,
+                    "series_description": scan.series_description,
+                    "type": scan.type,
+                }
+            ],
+            _SCAN_COLUMNS,
+        )
     if rest[2] != "resources":
         return error_response(404, "Not Found")
     resources = pa.resources(s, scan.scan_id)
@@ -315,8 +391,9 @@ def _session_subresource(ctx: Ctx, pa: Prearchive, s: PrearcSession, rest: list[
     return _resource_files(ctx, pa, s, scan.scan_id, rest[3], rest[4:])
 
 
-def _resource_files(ctx: Ctx, pa: Prearchive, s: PrearcSession, scan_id: str, res: str,
-                    rest: list[str]) -> Response:
+def _resource_files(
+    ctx: Ctx, pa: Prearchive, s: PrearcSession, scan_id: str, res: str, rest: list[str]
+) -> Response:
     """``.../scans/S/resources/R[/files[/path]]``: the resource row, its files, one file."""
     files = pa.files(s, scan_id, res)
     if not rest or rest == ["files"]:
@@ -327,9 +404,14 @@ def _resource_files(ctx: Ctx, pa: Prearchive, s: PrearcSession, scan_id: str, re
         if not rest:
             return _table(ctx, _resource_rows(pa, s, scan_id, [res]), _RESOURCE_COLUMNS)
         base = f"/data{s.url}"
-        rows = [{"Name": x.relpath.rsplit("/", 1)[-1], "Size": str(x.size),
-                 "URI": f"{base}/scans/{scan_id}/resources/{res}/files/{x.relpath}"}
-                for x in files]
+        rows = [
+            {
+                "Name": x.relpath.rsplit("/", 1)[-1],
+                "Size": str(x.size),
+                "URI": f"{base}/scans/{scan_id}/resources/{res}/files/{x.relpath}",
+            }
+            for x in files
+        ]
         return _table(ctx, rows, _FILE_COLUMNS, {"title": "Files"})
     if rest[0] != "files":
         return error_response(404, "Not Found")

@@ -5,6 +5,7 @@ Why by hand rather than with a werkzeug ``Map``: XNAT's archive URLs are a recur
 (``<obj>/resources/<R>/files/<path...>`` at five levels, comma lists, ``ALL``, ``/archive`` and
 ``/REST`` aliases, prefix matching with trailing slashes, §0).
 """
+
 from __future__ import annotations
 
 import re
@@ -12,16 +13,30 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .serving import HttpError
-from .store import (ExperimentRow, Parent, ProjectRow, ResourceRow, ScanRow, Store, SubjectRow,
-                    UserRow)
+from .store import (
+    ExperimentRow,
+    Parent,
+    ProjectRow,
+    ResourceRow,
+    ScanRow,
+    Store,
+    SubjectRow,
+    UserRow,
+)
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 SCAN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 RESOURCE_LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
-COLLECTIONS = {"projects": "project", "subjects": "subject", "experiments": "experiment",
-               "scans": "scan", "assessors": "assessor", "reconstructions": "reconstruction",
-               "resources": "resource"}
+COLLECTIONS = {
+    "projects": "project",
+    "subjects": "subject",
+    "experiments": "experiment",
+    "scans": "scan",
+    "assessors": "assessor",
+    "reconstructions": "reconstruction",
+    "resources": "resource",
+}
 
 NOT_FOUND = "The requested resource was not found."
 
@@ -33,10 +48,10 @@ class Chain:
 
     links: list[tuple[str, str]]
     collection: Optional[str] = None
-    files: Optional[str] = None        # relative path after /files ("" = listing)
-    files_dir: bool = False            # the path ended in "/"
-    extra: Optional[str] = None        # e.g. "status", "prearchive_code", "config"
-    extra_arg: Optional[str] = None    # the CODE of PUT .../prearchive_code/CODE, config's TOOL/PATH
+    files: Optional[str] = None  # relative path after /files ("" = listing)
+    files_dir: bool = False  # the path ended in "/"
+    extra: Optional[str] = None  # e.g. "status", "prearchive_code", "config"
+    extra_arg: Optional[str] = None  # the CODE of PUT .../prearchive_code/CODE, config's TOOL/PATH
 
 
 @dataclass
@@ -47,7 +62,7 @@ class Resolved:
     scans: Optional[list[ScanRow]] = None
     assessor: Optional[ExperimentRow] = None
     resources: Optional[list[ResourceRow]] = None
-    via_project: bool = False          # URL went through /projects/{P}
+    via_project: bool = False  # URL went through /projects/{P}
     via_subject: bool = False
 
     def parents(self) -> list[Parent]:
@@ -79,20 +94,27 @@ def parse_chain(segments: list[str], trailing_slash: bool) -> Chain:
     while i < len(segments):
         seg = segments[i]
         if seg == "files":
-            rest = "/".join(segments[i + 1:])
+            rest = "/".join(segments[i + 1 :])
             return Chain(links, files=rest, files_dir=trailing_slash and bool(rest))
         if seg in ("in", "out") and links and links[-1][0] in ("assessor", "reconstruction"):
             i += 1
             continue
         if seg == "status" and links and i == len(segments) - 1:
             return Chain(links, extra="status")
-        if seg == "prearchive_code" and len(links) == 1 and links[0][0] == "project" \
-                and i >= len(segments) - 2:
-            return Chain(links, extra="prearchive_code",
-                         extra_arg=segments[i + 1] if i + 1 < len(segments) else None)
+        if (
+            seg == "prearchive_code"
+            and len(links) == 1
+            and links[0][0] == "project"
+            and i >= len(segments) - 2
+        ):
+            return Chain(
+                links,
+                extra="prearchive_code",
+                extra_arg=segments[i + 1] if i + 1 < len(segments) else None,
+            )
         if seg == "config" and len(links) == 1 and links[0][0] == "project":
             # the project's config service entries, config.py (§12)
-            return Chain(links, extra="config", extra_arg="/".join(segments[i + 1:]))
+            return Chain(links, extra="config", extra_arg="/".join(segments[i + 1 :]))
         kind = COLLECTIONS.get(seg)
         if kind is None:
             raise HttpError(404, f"Unknown path segment: {seg}")
@@ -171,8 +193,11 @@ class _Resolver:
         if r.experiment is None:
             raise HttpError(404, NOT_FOUND)
         keys = key.split(",")
-        scans = [s for s in self.st.list_scans(r.experiment.id)
-                 if any(_scan_selector_match(s, k) for k in keys)]
+        scans = [
+            s
+            for s in self.st.list_scans(r.experiment.id)
+            if any(_scan_selector_match(s, k) for k in keys)
+        ]
         if not scans and key not in ("ALL", "*"):
             raise HttpError(404, f"Unable to find scan {key}.")
         r.scans = scans
@@ -204,9 +229,14 @@ class _Resolver:
 def resolve(store: Store, links: list[tuple[str, str]], user: UserRow, write: bool) -> Resolved:
     resolver = _Resolver(store, user, write)
     steps: dict[str, Callable[[str], None]] = {
-        "project": resolver.project, "subject": resolver.subject,
-        "experiment": resolver.experiment, "scan": resolver.scan, "assessor": resolver.assessor,
-        "reconstruction": resolver.reconstruction, "resource": resolver.resource}
+        "project": resolver.project,
+        "subject": resolver.subject,
+        "experiment": resolver.experiment,
+        "scan": resolver.scan,
+        "assessor": resolver.assessor,
+        "reconstruction": resolver.reconstruction,
+        "resource": resolver.resource,
+    }
     for kind, key in links:
         step = steps.get(kind)
         if step is None:  # pragma: no cover - parse_chain only yields known kinds
@@ -215,21 +245,26 @@ def resolve(store: Store, links: list[tuple[str, str]], user: UserRow, write: bo
     return resolver.r
 
 
-def resolve_parent_for_create(store: Store, links: list[tuple[str, str]], kind: str,
-                              user: UserRow) -> Resolved:
+def resolve_parent_for_create(
+    store: Store, links: list[tuple[str, str]], kind: str, user: UserRow
+) -> Resolved:
     if links and links[0][0] == "project":
         p = store.get_project(links[0][1])
         if p is None:
             # §4.2: creating below a project that does not exist gives 422.
-            raise HttpError(422 if kind != "resource" else 404,
-                            f"Unable to find project {links[0][1]}.")
+            raise HttpError(
+                422 if kind != "resource" else 404, f"Unable to find project {links[0][1]}."
+            )
         if kind == "experiment" and len(links) == 2 and links[1][0] == "subject":
             # Creating an experiment under an unknown subject creates the subject (§4.3).
             check_project(store, p, user, True)
             label = links[1][1]
             if store.find_subject(p.id, label) is None:
                 if not LABEL_RE.match(label):
-                    raise HttpError(400, f"Invalid subject label '{label}': labels may contain "
-                                         "only letters, digits, '_' and '-'.")
+                    raise HttpError(
+                        400,
+                        f"Invalid subject label '{label}': labels may contain "
+                        "only letters, digits, '_' and '-'.",
+                    )
                 store.create_subject(p.id, label, user=user.name)
     return resolve(store, links, user, True)

@@ -4,6 +4,7 @@ Why cheroot: a maintained, multi-threaded HTTP/1.1 server with keep-alive and ch
 so the emulator behaves like a real server under concurrent FUSE reads. Faults are a WSGI
 middleware so they see exactly what a client sees (status, partial bodies, closed sockets).
 """
+
 from __future__ import annotations
 
 import json
@@ -68,14 +69,25 @@ class _QuietServer(wsgi.Server):
 
 
 class Emulator:
-    """A faithful XNAT server for tests, the demo and benchmarks (see docs/CONTRACTS.md)."""
+    """A faithful XNAT server for tests, the demo and benchmarks (see docs/ARCHITECTURE.md §11)."""
 
-    def __init__(self, data_dir: str | Path, user: str = "admin", password: str = "admin",
-                 seed: str = "empty", latency_ms: float = 0, access_log: Optional[str | Path] = None,
-                 session_timeout: float = 900.0, host: str = "127.0.0.1", port: int = 0,
-                 context_path: str = "", extra_users: Sequence[tuple[str, str, Sequence[str]]] = (),
-                 threads: int = 32, site_id: str = "XNAT",
-                 session_lifetime: float = 0.0) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        user: str = "admin",
+        password: str = "admin",
+        seed: str = "empty",
+        latency_ms: float = 0,
+        access_log: Optional[str | Path] = None,
+        session_timeout: float = 900.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        context_path: str = "",
+        extra_users: Sequence[tuple[str, str, Sequence[str]]] = (),
+        threads: int = 32,
+        site_id: str = "XNAT",
+        session_lifetime: float = 0.0,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.user = user
         self.password = password
@@ -130,9 +142,13 @@ class Emulator:
             # open for the server's life, closed by stop()
             log_fh = open(self.access_log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
             self._log_fh = log_fh
-        app = XnatApp(store, self.sessions,
-                      AppConfig(self.context_path, self.site_id, self.data_dir),
-                      control=self._control, body_filter=self._body_filter)
+        app = XnatApp(
+            store,
+            self.sessions,
+            AppConfig(self.context_path, self.site_id, self.data_dir),
+            control=self._control,
+            body_filter=self._body_filter,
+        )
         if self.port == 0:
             # pick the port ourselves: cheroot sets SO_REUSEADDR only for an explicit port, and
             # without it a restart on the same port fails while old connections sit in
@@ -140,9 +156,14 @@ class Emulator:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
                 probe.bind((self.host, 0))
                 self.port = probe.getsockname()[1]
-        self._server = _QuietServer((self.host, self.port), self._middleware(app),
-                                    numthreads=self.threads, server_name="XNAT",
-                                    request_queue_size=64, timeout=60)
+        self._server = _QuietServer(
+            (self.host, self.port),
+            self._middleware(app),
+            numthreads=self.threads,
+            server_name="XNAT",
+            request_queue_size=64,
+            timeout=60,
+        )
         try:
             self._server.prepare()  # binds (SO_REUSEADDR is set by cheroot) and listens
         except BaseException:
@@ -152,8 +173,9 @@ class Emulator:
         bound = self._server.bind_addr
         self.port = bound[1]
         self.url = f"http://{self.host}:{self.port}{self.context_path}"
-        self._thread = threading.Thread(target=self._server.serve, name="xnat-emulator",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve, name="xnat-emulator", daemon=True
+        )
         self._thread.start()
         self._wait_ready()
         log.info("XNAT emulator listening on %s (data %s)", self.url, self.data_dir)
@@ -219,7 +241,7 @@ class Emulator:
 
     # ------------------------------------------------------------------------- faults
     def _control(self, request: Request, user: Optional[UserRow]) -> Response:
-        path = request.path[len(self.context_path):].rstrip("/")
+        path = request.path[len(self.context_path) :].rstrip("/")
         if path == "/emulator/faults":
             if request.method == "POST":
                 try:
@@ -261,11 +283,14 @@ class Emulator:
     def _middleware(self, app: XnatApp) -> Callable[..., Iterable[bytes]]:
         control_prefix = self.context_path + "/emulator/"
 
-        def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def wsgi_app(
+            environ: dict[str, Any], start_response: Callable[..., Any]
+        ) -> Iterable[bytes]:
             method = environ.get("REQUEST_METHOD", "GET")
             raw_path = environ.get("REQUEST_URI") or (
-                environ.get("PATH_INFO", "") + ("?" + environ["QUERY_STRING"]
-                                                if environ.get("QUERY_STRING") else ""))
+                environ.get("PATH_INFO", "")
+                + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else "")
+            )
             is_control = environ.get("PATH_INFO", "").startswith(control_prefix)
             environ["xnatfs.emulator.control"] = is_control
             state: dict[str, Any] = {"status": 0, "sent": 0, "t0": time.time()}
@@ -284,17 +309,23 @@ class Emulator:
                     if f.latency_ms > 0:
                         time.sleep(f.latency_ms / 1000.0)
                     if f.error_rate > 0 and self._rng.random() < f.error_rate:
-                        body = error_response(f.error_status, formats.HTTP_REASONS.get(
-                            f.error_status, "Error"))
+                        body = error_response(
+                            f.error_status, formats.HTTP_REASONS.get(f.error_status, "Error")
+                        )
                         app.add_cookies(body, None)
                         return self._count(body(environ, sr), state, method, raw_path, False)
                     if f.html_login_rate > 0 and self._rng.random() < f.html_login_rate:
-                        body = Response(formats.login_page(self.context_path),
-                                        content_type="text/html;charset=UTF-8")
+                        body = Response(
+                            formats.login_page(self.context_path),
+                            content_type="text/html;charset=UTF-8",
+                        )
                         app.add_cookies(body, None)
                         return self._count(body(environ, sr), state, method, raw_path, False)
-                    drop = f.drop_rate > 0 and method not in ("PUT", "POST") and \
-                        self._rng.random() < f.drop_rate
+                    drop = (
+                        f.drop_rate > 0
+                        and method not in ("PUT", "POST")
+                        and self._rng.random() < f.drop_rate
+                    )
                 result = app(environ, sr)
             except DropConnection:
                 self._activity(-1)
@@ -307,8 +338,9 @@ class Emulator:
 
         return wsgi_app
 
-    def _count(self, result: Iterable[bytes], state: dict[str, Any], method: str, raw_path: str,
-               drop: bool) -> Iterator[bytes]:
+    def _count(
+        self, result: Iterable[bytes], state: dict[str, Any], method: str, raw_path: str, drop: bool
+    ) -> Iterator[bytes]:
         """Pass the body through, counting bytes; record on close; cut it for a drop fault.
         The last chunk is held back until the request stops counting as active (see
         ``_active``)."""
@@ -358,8 +390,9 @@ class Emulator:
                 self._idle.wait(remaining)
         return True
 
-    def _record(self, method: str, path_qs: str, status: int, sent: int,
-                 t0: Optional[float] = None) -> None:
+    def _record(
+        self, method: str, path_qs: str, status: int, sent: int, t0: Optional[float] = None
+    ) -> None:
         rec = AccessRecord(method, path_qs, status, sent)
         # fields 5 and 6 (start as Unix time, duration in ms) feed benchmarks/scale.py's
         # latency and concurrency figures; readers of the first four fields are unaffected

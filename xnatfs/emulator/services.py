@@ -5,6 +5,7 @@ of import/archive/prearchive services to ``importer.py`` and ``prearchive_http.p
 A new site-level service is one more entry in :func:`services` or a branch of ``app._data``
 (XNAT's config service, ``/data/config/...`` and ``/data/projects/{P}/config/...``, is
 ``config.py``, routed from ``app``)."""
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,9 @@ from .xsd import SCHEMAS
 VERSION = "1.8.10"
 
 
-def login_service(request: Request, store: Store,
-                  sessions: SessionTable) -> tuple[Response, Optional[str]]:
+def login_service(
+    request: Request, store: Store, sessions: SessionTable
+) -> tuple[Response, Optional[str]]:
     """``PUT/POST /data/services/auth``: the new session id as text (and as the cookie)."""
     if request.method not in ("PUT", "POST"):
         raise HttpError(405, "Method Not Allowed")
@@ -51,21 +53,35 @@ def jsession(ctx: Ctx, sessions: SessionTable, session: Any) -> Response:
 def xapi(ctx: Ctx, path: str, started: float) -> Response:
     p = path.rstrip("/")
     if p == "/siteConfig/buildInfo":
-        return json_response({"version": VERSION, "buildNumber": "Emulator",
-                              "sha": "0000000", "branch": "emulator", "isDirty": "false",
-                              "timestamp": "2024-06-01T00:00:00Z", "commit": "emulator"})
+        return json_response(
+            {
+                "version": VERSION,
+                "buildNumber": "Emulator",
+                "sha": "0000000",
+                "branch": "emulator",
+                "isDirty": "false",
+                "timestamp": "2024-06-01T00:00:00Z",
+                "commit": "emulator",
+            }
+        )
     if p == "/siteConfig/buildInfo/version":
         return text_response(VERSION)
     if p == "/siteConfig/uptime":
         up = int(time.time() - started)
-        return json_response({"seconds": up % 60, "minutes": up // 60 % 60,
-                              "hours": up // 3600 % 24, "days": up // 86400})
+        return json_response(
+            {
+                "seconds": up % 60,
+                "minutes": up // 60 % 60,
+                "hours": up // 3600 % 24,
+                "days": up // 86400,
+            }
+        )
     if p == "/siteConfig/siteId":
         return text_response(ctx.config.site_id)
     if p == "/schemas":
         return json_response(sorted(SCHEMAS))
     if p.startswith("/schemas/"):
-        name = p[len("/schemas/"):]
+        name = p[len("/schemas/") :]
         if name.endswith(".xsd"):
             name = name[:-4]
         parts = name.split("/")
@@ -107,12 +123,21 @@ def tokens(ctx: Ctx, segs: list[str]) -> Response:
                 raise HttpError(404, f"User {segs[2]} not found")
             target = segs[2]
         tok = st.issue_token(target)
-        return json_response({
-            "alias": tok.alias, "secret": tok.secret, "xdatUserId": target, "singleUse": False,
-            "estimatedExpirationTime": int(tok.expires * 1000),
-            "timestamp": int(tok.created * 1000), "enabled": True,
-            "created": int(tok.created * 1000), "id": abs(hash(tok.alias)) % 100000,
-            "disabled": 0, "validIPAddresses": []})
+        return json_response(
+            {
+                "alias": tok.alias,
+                "secret": tok.secret,
+                "xdatUserId": target,
+                "singleUse": False,
+                "estimatedExpirationTime": int(tok.expires * 1000),
+                "timestamp": int(tok.created * 1000),
+                "enabled": True,
+                "created": int(tok.created * 1000),
+                "id": abs(hash(tok.alias)) % 100000,
+                "disabled": 0,
+                "validIPAddresses": [],
+            }
+        )
     if op in ("validate", "invalidate") and len(segs) >= 3:
         found = st.get_token(segs[1])
         if found is None or not found.valid or found.secret != segs[2]:

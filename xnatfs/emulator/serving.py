@@ -6,6 +6,7 @@ Why one module: the archive handlers (``listings``, ``objects``, ``files``, ``up
 XNAT ResultSets in json/csv/html/xml, files with the §3.1 headers, streamed zips), so each shape
 is written once here and a handler only decides *what* to answer.
 """
+
 from __future__ import annotations
 
 import errno
@@ -30,12 +31,49 @@ CHUNK = 1024 * 1024
 
 #: query parameters that are never column filters (§1.2)
 RESERVED_PARAMS = {
-    "format", "columns", "sortBy", "sortOrder", "limit", "offset", "all", "req_format", "xsiType",
-    "removeFiles", "overwrite", "extract", "inbody", "content", "tags", "event_reason", "event_type",
-    "event_action", "event_id", "update-stats", "accessible", "owner", "member", "collaborator",
-    "recent", "favorite", "activeSince", "structure", "compression", "locator", "file_stats",
-    "cache_file_stats", "CSRF", "description", "triggerPipelines", "pullDataFromHeaders",
-    "fixScanTypes", "allowDataDeletion", "label", "_", "file_format", "file_content", "project",
+    "format",
+    "columns",
+    "sortBy",
+    "sortOrder",
+    "limit",
+    "offset",
+    "all",
+    "req_format",
+    "xsiType",
+    "removeFiles",
+    "overwrite",
+    "extract",
+    "inbody",
+    "content",
+    "tags",
+    "event_reason",
+    "event_type",
+    "event_action",
+    "event_id",
+    "update-stats",
+    "accessible",
+    "owner",
+    "member",
+    "collaborator",
+    "recent",
+    "favorite",
+    "activeSince",
+    "structure",
+    "compression",
+    "locator",
+    "file_stats",
+    "cache_file_stats",
+    "CSRF",
+    "description",
+    "triggerPipelines",
+    "pullDataFromHeaders",
+    "fixScanTypes",
+    "allowDataDeletion",
+    "label",
+    "_",
+    "file_format",
+    "file_content",
+    "project",
     "accept-not-found",
 }
 
@@ -122,21 +160,29 @@ class Ctx:
             raise
         return Path(tmp)
 
-    def resultset(self, rows: Sequence[dict[str, Any]], columns: Sequence[str],
-                  meta: dict[str, str], **kw: Any) -> Response:
+    def resultset(
+        self,
+        rows: Sequence[dict[str, Any]],
+        columns: Sequence[str],
+        meta: dict[str, str],
+        **kw: Any,
+    ) -> Response:
         return resultset(self.request, list(rows), list(columns), meta, **kw)
 
 
 # -------------------------------------------------------------------------------- simple answers
 def error_response(status: int, message: str, headers: Optional[dict[str, str]] = None) -> Response:
-    r = Response(formats.error_page(status, message), status=status,
-                 content_type="text/html;charset=UTF-8")
+    r = Response(
+        formats.error_page(status, message), status=status, content_type="text/html;charset=UTF-8"
+    )
     for k, v in (headers or {}).items():
         r.headers[k] = v
     return r
 
 
-def text_response(body: str | bytes, status: int = 200, content_type: str = "text/plain") -> Response:
+def text_response(
+    body: str | bytes, status: int = 200, content_type: str = "text/plain"
+) -> Response:
     data = body.encode("utf-8") if isinstance(body, str) else body
     return Response(data, status=status, content_type=content_type)
 
@@ -186,10 +232,16 @@ def _column(available: set[str], name: str) -> Optional[str]:
     return next((c for c in available if c.lower() == name.lower()), None)
 
 
-def resultset(request: Request, rows: list[dict[str, Any]], columns: list[str],
-              meta: dict[str, str], honour_columns: bool = True,
-              always: Sequence[str] = ("ID", "URI"), column_props: Optional[list[dict[str, str]]] = None,
-              extra_when_columns: Sequence[str] = ()) -> Response:
+def resultset(
+    request: Request,
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    meta: dict[str, str],
+    honour_columns: bool = True,
+    always: Sequence[str] = ("ID", "URI"),
+    column_props: Optional[list[dict[str, str]]] = None,
+    extra_when_columns: Sequence[str] = (),
+) -> Response:
     """Apply columns=, filters, sortBy/sortOrder, limit/offset and write the table (§1.2)."""
     args = request.args
     available = set(columns)
@@ -204,8 +256,9 @@ def resultset(request: Request, rows: list[dict[str, Any]], columns: list[str],
         if col is None:
             continue
         pats = [v for v in value.split(",")]
-        rows = [r for r in rows if any(fnmatch.fnmatchcase(formats.cell(r.get(col)), p)
-                                       for p in pats)]
+        rows = [
+            r for r in rows if any(fnmatch.fnmatchcase(formats.cell(r.get(col)), p) for p in pats)
+        ]
     if honour_columns and args.get("columns"):
         wanted = [c.strip() for c in args["columns"].split(",") if c.strip()]
         out: list[str] = []
@@ -226,9 +279,9 @@ def resultset(request: Request, rows: list[dict[str, Any]], columns: list[str],
     limit = args.get("limit")
     try:
         if offset:
-            rows = rows[int(offset):]
+            rows = rows[int(offset) :]
         if limit and limit != "*":
-            rows = rows[:int(limit)]
+            rows = rows[: int(limit)]
     except ValueError:
         raise HttpError(400, "Invalid limit or offset") from None
     if "totalRecords" in meta:
@@ -236,34 +289,59 @@ def resultset(request: Request, rows: list[dict[str, Any]], columns: list[str],
     return write_table(request, rows, columns, meta, column_props)
 
 
-def write_table(request: Request, rows: list[dict[str, Any]], columns: list[str],
-                meta: dict[str, str], column_props: Optional[list[dict[str, str]]] = None) -> Response:
+def write_table(
+    request: Request,
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    meta: dict[str, str],
+    column_props: Optional[list[dict[str, str]]] = None,
+) -> Response:
     """The ResultSet in the format the request asks for (json by default)."""
     fmt = response_format(request)
     if fmt == "csv":
         return Response(formats.resultset_csv(rows, columns), content_type="text/csv")
     if fmt == "html":
-        return Response(formats.resultset_html(rows, columns, meta.get("title", "")),
-                        content_type="text/html")
+        return Response(
+            formats.resultset_html(rows, columns, meta.get("title", "")), content_type="text/html"
+        )
     if fmt == "xml":
         return Response(formats.resultset_xml(rows, columns, meta), content_type="text/xml")
     if fmt in ("json", "jsonp"):
-        return Response(formats.resultset_json(rows, columns, meta, column_props),
-                        content_type="application/json")
+        return Response(
+            formats.resultset_json(rows, columns, meta, column_props),
+            content_type="application/json",
+        )
     raise HttpError(400, f"Unsupported format: {fmt}")
 
 
 # ------------------------------------------------------------------------------------ files
 #: Content-Type of an archive file by extension (everything else is application/octet-stream)
-FILE_TYPES = {".bmp": "image/bmp", ".gif": "image/gif", ".html": "text/html",
-              ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".pdf": "application/pdf",
-              ".png": "image/png", ".svg": "image/svg+xml", ".tiff": "image/tiff",
-              ".tif": "image/tiff", ".txt": "text/plain", ".xml": "text/xml"}
+FILE_TYPES = {
+    ".bmp": "image/bmp",
+    ".gif": "image/gif",
+    ".html": "text/html",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".pdf": "application/pdf",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".tiff": "image/tiff",
+    ".tif": "image/tiff",
+    ".txt": "text/plain",
+    ".xml": "text/xml",
+}
 
 #: the prearchive's own (shorter) table, as it always answered
-PREARCHIVE_FILE_TYPES = {".txt": "text/plain", ".xml": "text/xml", ".json": "application/json",
-                         ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-                         ".gif": "image/gif", ".pdf": "application/pdf"}
+PREARCHIVE_FILE_TYPES = {
+    ".txt": "text/plain",
+    ".xml": "text/xml",
+    ".json": "application/json",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".pdf": "application/pdf",
+}
 
 
 def header_name(name: str) -> str:
@@ -286,8 +364,9 @@ def file_iter(fh: Any, chunk: int = CHUNK) -> Iterator[bytes]:
         fh.close()
 
 
-def file_response(request: Request, path: Path, name: str,
-                  types: dict[str, str] = FILE_TYPES) -> Response:
+def file_response(
+    request: Request, path: Path, name: str, types: dict[str, str] = FILE_TYPES
+) -> Response:
     """GET/HEAD of one file (§3.1): streamed, Content-Length, no ETag, Range ignored."""
     try:
         fh = open(path, "rb")  # noqa: SIM115 - streamed; closed by the response's iterator
@@ -310,8 +389,9 @@ def file_response(request: Request, path: Path, name: str,
 
 
 # ------------------------------------------------------------------------------------ archives
-def archive_response(request: Request, entries: list[tuple[str, Path, FileRow]], fmt: str,
-                     name: str) -> Response:
+def archive_response(
+    request: Request, entries: list[tuple[str, Path, FileRow]], fmt: str, name: str
+) -> Response:
     """Archive files as a streamed zip/tar/tar.gz, chunked, no Content-Length (§3.3, §10.11);
     ``entries`` are (name in the archive, local path, catalog row)."""
     if fmt == "zip":
@@ -321,8 +401,12 @@ def archive_response(request: Request, entries: list[tuple[str, Path, FileRow]],
         gz = fmt in ("tar.gz", "tgz")
         gen = _tar_stream(entries, gz)
         ctype, ext = ("application/x-gzip", "tar.gz") if gz else ("application/x-tar", "tar")
-    resp = Response(gen if request.method != "HEAD" else [], status=200, content_type=ctype,
-                    direct_passthrough=True)
+    resp = Response(
+        gen if request.method != "HEAD" else [],
+        status=200,
+        content_type=ctype,
+        direct_passthrough=True,
+    )
     resp.headers["Content-Disposition"] = f'attachment; filename="{header_name(name)}.{ext}";'
     return resp
 
@@ -338,8 +422,9 @@ def spooled_archive(entries: Sequence[tuple[str, Path]], filename: str, kind: st
         ctype, ext = "application/zip", "zip"
     else:
         gz = kind in ("tar.gz", "tgz")
-        with (tarfile.open(fileobj=tmp, mode="w:gz") if gz else
-              tarfile.open(fileobj=tmp, mode="w")) as tf:
+        with (
+            tarfile.open(fileobj=tmp, mode="w:gz") if gz else tarfile.open(fileobj=tmp, mode="w")
+        ) as tf:
             for name, path in entries:
                 tf.add(str(path), arcname=name)
         ctype = "application/x-gzip" if gz else "application/x-tar"

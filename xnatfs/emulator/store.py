@@ -101,6 +101,7 @@ Thread safety: one SQLite connection per thread (``threading.local``), WAL mode,
 ``RLock`` serialising writes so that "check then insert" sequences (accession IDs, duplicate
 labels) are atomic. Reads never take the lock.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -250,8 +251,13 @@ class ResourceRow:
 
     @property
     def parent(self) -> Parent:
-        return Parent(self.project or None, self.subject_id or None, self.experiment_id or None,
-                      self.scan_id or None, self.assessor_id or None)
+        return Parent(
+            self.project or None,
+            self.subject_id or None,
+            self.experiment_id or None,
+            self.scan_id or None,
+            self.assessor_id or None,
+        )
 
 
 @dataclass
@@ -360,20 +366,25 @@ class _Catalog:
             c = self._conn()
             c.executescript(_SCHEMA)
             c.execute("INSERT OR IGNORE INTO counters VALUES ('S', 0), ('E', 0)")
-            c.execute("INSERT OR IGNORE INTO sqlite_sequence(name, seq) SELECT 'resources', ? "
-                      "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name='resources')",
-                      (_RESOURCE_ID_START,))
-            c.execute("INSERT OR IGNORE INTO sqlite_sequence(name, seq) SELECT 'scans', ? "
-                      "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name='scans')",
-                      (_SCAN_PK_START,))
+            c.execute(
+                "INSERT OR IGNORE INTO sqlite_sequence(name, seq) SELECT 'resources', ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name='resources')",
+                (_RESOURCE_ID_START,),
+            )
+            c.execute(
+                "INSERT OR IGNORE INTO sqlite_sequence(name, seq) SELECT 'scans', ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name='scans')",
+                (_SCAN_PK_START,),
+            )
             c.commit()
 
     # ----------------------------------------------------------------------------- plumbing
     def _conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False,
-                                isolation_level=None)
+            c = sqlite3.connect(
+                self.db_path, timeout=30, check_same_thread=False, isolation_level=None
+            )
             c.execute("PRAGMA journal_mode=WAL")
             c.execute("PRAGMA synchronous=NORMAL")
             c.row_factory = sqlite3.Row
@@ -406,8 +417,10 @@ class _Catalog:
 
     def is_empty(self) -> bool:
         """True when no project and no user exists (a fresh data dir)."""
-        return self._one("SELECT 1 FROM projects LIMIT 1") is None and \
-            self._one("SELECT 1 FROM users LIMIT 1") is None
+        return (
+            self._one("SELECT 1 FROM projects LIMIT 1") is None
+            and self._one("SELECT 1 FROM users LIMIT 1") is None
+        )
 
     def _next_accession(self, c: sqlite3.Connection, kind: str) -> str:
         c.execute("UPDATE counters SET value = value + 1 WHERE name = ?", (kind,))
@@ -417,9 +430,11 @@ class _Catalog:
     # ----------------------------------------------------------------------------- users
     def add_user(self, name: str, password: str, projects: Any = (), admin: bool = False) -> None:
         with self.transaction() as c:
-            c.execute("INSERT INTO users(name, password, admin) VALUES (?,?,?) ON CONFLICT(name) "
-                      "DO UPDATE SET password=excluded.password, admin=excluded.admin",
-                      (name, password, int(admin)))
+            c.execute(
+                "INSERT INTO users(name, password, admin) VALUES (?,?,?) ON CONFLICT(name) "
+                "DO UPDATE SET password=excluded.password, admin=excluded.admin",
+                (name, password, int(admin)),
+            )
             for p in projects or ():
                 c.execute("INSERT OR IGNORE INTO members VALUES (?,?)", (name, p))
 
@@ -440,7 +455,9 @@ class _Catalog:
         r = self._one("SELECT * FROM users WHERE name=?", (name,))
         if r is None:
             return None
-        projects = [m["project"] for m in self._q("SELECT project FROM members WHERE user=?", (name,))]
+        projects = [
+            m["project"] for m in self._q("SELECT project FROM members WHERE user=?", (name,))
+        ]
         return UserRow(r["name"], bool(r["admin"]), projects)
 
     def can_read(self, user: Optional[UserRow], project_id: str) -> bool:
@@ -455,19 +472,33 @@ class _Catalog:
     def issue_token(self, user: str, lifetime_s: float = 2 * 86400) -> TokenRow:
         now = time.time()
         alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-        tok = TokenRow(str(uuid.uuid4()), "".join(secrets.choice(alphabet) for _ in range(64)),
-                       user, now, now + lifetime_s, True)
+        tok = TokenRow(
+            str(uuid.uuid4()),
+            "".join(secrets.choice(alphabet) for _ in range(64)),
+            user,
+            now,
+            now + lifetime_s,
+            True,
+        )
         with self.transaction() as c:
-            c.execute("INSERT INTO tokens VALUES (?,?,?,?,?,1)",
-                      (tok.alias, tok.secret, tok.user, tok.created, tok.expires))
+            c.execute(
+                "INSERT INTO tokens VALUES (?,?,?,?,?,1)",
+                (tok.alias, tok.secret, tok.user, tok.created, tok.expires),
+            )
         return tok
 
     def get_token(self, alias: str) -> Optional[TokenRow]:
         r = self._one("SELECT * FROM tokens WHERE alias=?", (alias,))
         if r is None:
             return None
-        return TokenRow(r["alias"], r["secret"], r["user"], r["created"], r["expires"],
-                        bool(r["valid"]) and r["expires"] > time.time())
+        return TokenRow(
+            r["alias"],
+            r["secret"],
+            r["user"],
+            r["created"],
+            r["expires"],
+            bool(r["valid"]) and r["expires"] > time.time(),
+        )
 
     def invalidate_token(self, alias: str) -> None:
         with self.transaction() as c:
@@ -476,28 +507,61 @@ class _Catalog:
     # ----------------------------------------------------------------------------- projects
     @staticmethod
     def _project(r: sqlite3.Row) -> ProjectRow:
-        return ProjectRow(r["id"], r["secondary_id"] or "", r["name"] or "", r["description"] or "",
-                          r["pi_firstname"] or "", r["pi_lastname"] or "", r["insert_date"],
-                          r["insert_user"] or "", r["last_modified"], _fields(r["fields"]))
+        return ProjectRow(
+            r["id"],
+            r["secondary_id"] or "",
+            r["name"] or "",
+            r["description"] or "",
+            r["pi_firstname"] or "",
+            r["pi_lastname"] or "",
+            r["insert_date"],
+            r["insert_user"] or "",
+            r["last_modified"],
+            _fields(r["fields"]),
+        )
 
-    def create_project(self, pid: str, name: str = "", description: str = "",
-                       secondary_id: str = "", fields: Optional[dict[str, str]] = None,
-                       user: str = "admin") -> bool:
+    def create_project(
+        self,
+        pid: str,
+        name: str = "",
+        description: str = "",
+        secondary_id: str = "",
+        fields: Optional[dict[str, str]] = None,
+        user: str = "admin",
+    ) -> bool:
         """Create project ``pid``; False (and a field update) when it already exists."""
         fields = dict(fields or {})
         now = time.time()
         with self.transaction() as c:
             r = c.execute("SELECT * FROM projects WHERE id=?", (pid,)).fetchone()
             if r is not None:
-                upd = {k: v for k, v in (("name", name), ("description", description),
-                                         ("secondary_id", secondary_id)) if v}
+                upd = {
+                    k: v
+                    for k, v in (
+                        ("name", name),
+                        ("description", description),
+                        ("secondary_id", secondary_id),
+                    )
+                    if v
+                }
                 if upd or fields:
                     self._update(c, "projects", "id", pid, upd, fields)
                 return False
-            c.execute("INSERT INTO projects VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (pid, secondary_id or pid, name or pid, description,
-                       fields.pop("pi_firstname", ""), fields.pop("pi_lastname", ""), now, user,
-                       now, json.dumps(fields)))
+            c.execute(
+                "INSERT INTO projects VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    pid,
+                    secondary_id or pid,
+                    name or pid,
+                    description,
+                    fields.pop("pi_firstname", ""),
+                    fields.pop("pi_lastname", ""),
+                    now,
+                    user,
+                    now,
+                    json.dumps(fields),
+                ),
+            )
             return True
 
     def get_project(self, pid: str) -> Optional[ProjectRow]:
@@ -514,8 +578,10 @@ class _Catalog:
 
     def set_project_setting(self, pid: str, name: str, value: str) -> None:
         with self.transaction() as c:
-            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)",
-                      (f"project/{pid}/{name}", value))
+            c.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)",
+                (f"project/{pid}/{name}", value),
+            )
 
     def get_site_setting(self, name: str) -> Optional[str]:
         """A site-wide setting (e.g. a config service entry), None when never set."""
@@ -524,8 +590,9 @@ class _Catalog:
 
     def set_site_setting(self, name: str, value: str) -> None:
         with self.transaction() as c:
-            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)",
-                      (f"site/{name}", value))
+            c.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)", (f"site/{name}", value)
+            )
 
     def list_projects(self) -> list[ProjectRow]:
         return [self._project(r) for r in self._q("SELECT * FROM projects ORDER BY id")]
@@ -533,27 +600,39 @@ class _Catalog:
     # ----------------------------------------------------------------------------- subjects
     @staticmethod
     def _subject(r: sqlite3.Row) -> SubjectRow:
-        return SubjectRow(r["id"], r["project"], r["label"], r["insert_date"],
-                          r["insert_user"] or "", r["last_modified"], _fields(r["fields"]))
+        return SubjectRow(
+            r["id"],
+            r["project"],
+            r["label"],
+            r["insert_date"],
+            r["insert_user"] or "",
+            r["last_modified"],
+            _fields(r["fields"]),
+        )
 
-    def create_subject(self, project: str, label: str, fields: Optional[dict[str, str]] = None,
-                       user: str = "admin") -> tuple[str, bool]:
+    def create_subject(
+        self, project: str, label: str, fields: Optional[dict[str, str]] = None, user: str = "admin"
+    ) -> tuple[str, bool]:
         now = time.time()
         with self.transaction() as c:
             if c.execute("SELECT 1 FROM projects WHERE id=?", (project,)).fetchone() is None:
                 raise NotFound(f"Unable to find project {project}")
-            r = c.execute("SELECT id FROM subjects WHERE project=? AND label=?",
-                          (project, label)).fetchone()
+            r = c.execute(
+                "SELECT id FROM subjects WHERE project=? AND label=?", (project, label)
+            ).fetchone()
             if r is None:
-                r = c.execute("SELECT id FROM subjects WHERE project=? AND id=?",
-                              (project, label)).fetchone()
+                r = c.execute(
+                    "SELECT id FROM subjects WHERE project=? AND id=?", (project, label)
+                ).fetchone()
             if r is not None:
                 if fields:
                     self._update(c, "subjects", "id", r["id"], {}, fields)
                 return r["id"], False
             sid = self._next_accession(c, "S")
-            c.execute("INSERT INTO subjects VALUES (?,?,?,?,?,?,?)",
-                      (sid, project, label, now, user, now, json.dumps(dict(fields or {}))))
+            c.execute(
+                "INSERT INTO subjects VALUES (?,?,?,?,?,?,?)",
+                (sid, project, label, now, user, now, json.dumps(dict(fields or {}))),
+            )
             return sid, True
 
     def get_subject(self, subject_id: str) -> Optional[SubjectRow]:
@@ -571,36 +650,71 @@ class _Catalog:
         if project is None:
             rows = self._q("SELECT * FROM subjects ORDER BY insert_date, id")
         else:
-            rows = self._q("SELECT * FROM subjects WHERE project=? ORDER BY insert_date, id",
-                           (project,))
+            rows = self._q(
+                "SELECT * FROM subjects WHERE project=? ORDER BY insert_date, id", (project,)
+            )
         return [self._subject(r) for r in rows]
 
     # ----------------------------------------------------------------------------- experiments
     @staticmethod
     def _experiment(r: sqlite3.Row) -> ExperimentRow:
-        return ExperimentRow(r["id"], r["project"], r["subject_id"], r["label"], r["xsi_type"],
-                             r["date"] or "", r["insert_date"], r["insert_user"] or "",
-                             r["last_modified"], _fields(r["fields"]), r["session_id"] or "")
+        return ExperimentRow(
+            r["id"],
+            r["project"],
+            r["subject_id"],
+            r["label"],
+            r["xsi_type"],
+            r["date"] or "",
+            r["insert_date"],
+            r["insert_user"] or "",
+            r["last_modified"],
+            _fields(r["fields"]),
+            r["session_id"] or "",
+        )
 
-    def create_experiment(self, project: str, subject: str, label: str, xsi_type: str,
-                          fields: Optional[dict[str, str]] = None,
-                          user: str = "admin") -> tuple[str, bool]:
+    def create_experiment(
+        self,
+        project: str,
+        subject: str,
+        label: str,
+        xsi_type: str,
+        fields: Optional[dict[str, str]] = None,
+        user: str = "admin",
+    ) -> tuple[str, bool]:
         fields = dict(fields or {})
         now = time.time()
         with self.transaction() as c:
             existing = self.find_experiment(project, label)
             if existing is not None and not existing.session_id:
                 if fields or (xsi_type and xsi_type != existing.xsi_type):
-                    self._update(c, "experiments", "id", existing.id,
-                                 {"date": fields.pop("date")} if "date" in fields else {}, fields)
+                    self._update(
+                        c,
+                        "experiments",
+                        "id",
+                        existing.id,
+                        {"date": fields.pop("date")} if "date" in fields else {},
+                        fields,
+                    )
                 return existing.id, False
             if existing is not None:
                 raise Conflict(f"Label {label} is already used in project {project}")
             subject_id, _ = self.create_subject(project, subject, user=user)
             eid = self._next_accession(c, "E")
-            c.execute("INSERT INTO experiments VALUES (?,?,?,?,?,?,'',?,?,?,?)",
-                      (eid, project, subject_id, label, xsi_type, fields.pop("date", ""), now,
-                       user, now, json.dumps(fields)))
+            c.execute(
+                "INSERT INTO experiments VALUES (?,?,?,?,?,?,'',?,?,?,?)",
+                (
+                    eid,
+                    project,
+                    subject_id,
+                    label,
+                    xsi_type,
+                    fields.pop("date", ""),
+                    now,
+                    user,
+                    now,
+                    json.dumps(fields),
+                ),
+            )
             return eid, True
 
     def get_experiment(self, experiment_id: str) -> Optional[ExperimentRow]:
@@ -611,12 +725,14 @@ class _Catalog:
         """Accession ID first (must belong to ``project``), then label (§0.1)."""
         r = self._one("SELECT * FROM experiments WHERE project=? AND id=?", (project, id_or_label))
         if r is None:
-            r = self._one("SELECT * FROM experiments WHERE project=? AND label=?",
-                          (project, id_or_label))
+            r = self._one(
+                "SELECT * FROM experiments WHERE project=? AND label=?", (project, id_or_label)
+            )
         return self._experiment(r) if r else None
 
-    def list_experiments(self, project: Optional[str] = None,
-                         subject_id: Optional[str] = None) -> list[ExperimentRow]:
+    def list_experiments(
+        self, project: Optional[str] = None, subject_id: Optional[str] = None
+    ) -> list[ExperimentRow]:
         sql, args = "SELECT * FROM experiments WHERE session_id=''", []
         if project is not None:
             sql += " AND project=?"
@@ -624,16 +740,25 @@ class _Catalog:
         if subject_id is not None:
             sql += " AND subject_id=?"
             args.append(subject_id)
-        return [self._experiment(r) for r in self._q(sql + " ORDER BY insert_date, id", tuple(args))]
+        return [
+            self._experiment(r) for r in self._q(sql + " ORDER BY insert_date, id", tuple(args))
+        ]
 
     def touch_experiment(self, experiment_id: str) -> None:
         with self.transaction() as c:
-            c.execute("UPDATE experiments SET last_modified=? WHERE id=?", (time.time(), experiment_id))
+            c.execute(
+                "UPDATE experiments SET last_modified=? WHERE id=?", (time.time(), experiment_id)
+            )
 
     # ----------------------------------------------------------------------------- assessors
-    def create_assessor(self, experiment_id: str, label: str, xsi_type: str,
-                        fields: Optional[dict[str, str]] = None,
-                        user: str = "admin") -> tuple[str, bool]:
+    def create_assessor(
+        self,
+        experiment_id: str,
+        label: str,
+        xsi_type: str,
+        fields: Optional[dict[str, str]] = None,
+        user: str = "admin",
+    ) -> tuple[str, bool]:
         fields = dict(fields or {})
         now = time.time()
         with self.transaction() as c:
@@ -648,9 +773,22 @@ class _Catalog:
                     self._update(c, "experiments", "id", existing.id, {}, fields)
                 return existing.id, False
             aid = self._next_accession(c, "E")
-            c.execute("INSERT INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                      (aid, sess.project, sess.subject_id, label, xsi_type,
-                       fields.pop("date", ""), experiment_id, now, user, now, json.dumps(fields)))
+            c.execute(
+                "INSERT INTO experiments VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    aid,
+                    sess.project,
+                    sess.subject_id,
+                    label,
+                    xsi_type,
+                    fields.pop("date", ""),
+                    experiment_id,
+                    now,
+                    user,
+                    now,
+                    json.dumps(fields),
+                ),
+            )
             c.execute("UPDATE experiments SET last_modified=? WHERE id=?", (now, experiment_id))
             return aid, True
 
@@ -659,37 +797,64 @@ class _Catalog:
         return self._experiment(r) if r else None
 
     def find_assessor(self, experiment_id: str, id_or_label: str) -> Optional[AssessorRow]:
-        r = self._one("SELECT * FROM experiments WHERE session_id=? AND id=?",
-                      (experiment_id, id_or_label))
+        r = self._one(
+            "SELECT * FROM experiments WHERE session_id=? AND id=?", (experiment_id, id_or_label)
+        )
         if r is None:
-            r = self._one("SELECT * FROM experiments WHERE session_id=? AND label=?",
-                          (experiment_id, id_or_label))
+            r = self._one(
+                "SELECT * FROM experiments WHERE session_id=? AND label=?",
+                (experiment_id, id_or_label),
+            )
         return self._experiment(r) if r else None
 
     def list_assessors(self, experiment_id: str) -> list[AssessorRow]:
-        return [self._experiment(r) for r in self._q(
-            "SELECT * FROM experiments WHERE session_id=? ORDER BY insert_date, id", (experiment_id,))]
+        return [
+            self._experiment(r)
+            for r in self._q(
+                "SELECT * FROM experiments WHERE session_id=? ORDER BY insert_date, id",
+                (experiment_id,),
+            )
+        ]
 
     # ----------------------------------------------------------------------------- scans
     @staticmethod
     def _scan(r: sqlite3.Row) -> ScanRow:
-        return ScanRow(r["pk"], r["experiment_id"], r["scan_id"], r["xsi_type"] or "",
-                       r["type"] or "", r["quality"] or "", r["note"] or "",
-                       r["series_description"] or "", r["insert_date"], r["last_modified"],
-                       _fields(r["fields"]))
+        return ScanRow(
+            r["pk"],
+            r["experiment_id"],
+            r["scan_id"],
+            r["xsi_type"] or "",
+            r["type"] or "",
+            r["quality"] or "",
+            r["note"] or "",
+            r["series_description"] or "",
+            r["insert_date"],
+            r["last_modified"],
+            _fields(r["fields"]),
+        )
 
     _SCAN_COLS = ("type", "quality", "note", "series_description")
 
-    def create_scan(self, experiment_id: str, scan_id: str, xsi_type: str,
-                    fields: Optional[dict[str, str]] = None) -> bool:
+    def create_scan(
+        self,
+        experiment_id: str,
+        scan_id: str,
+        xsi_type: str,
+        fields: Optional[dict[str, str]] = None,
+    ) -> bool:
         fields = dict(fields or {})
         now = time.time()
         with self.transaction() as c:
-            if c.execute("SELECT 1 FROM experiments WHERE id=? AND session_id=''",
-                         (experiment_id,)).fetchone() is None:
+            if (
+                c.execute(
+                    "SELECT 1 FROM experiments WHERE id=? AND session_id=''", (experiment_id,)
+                ).fetchone()
+                is None
+            ):
                 raise NotFound(f"Unable to find experiment {experiment_id}")
-            r = c.execute("SELECT pk FROM scans WHERE experiment_id=? AND scan_id=?",
-                          (experiment_id, scan_id)).fetchone()
+            r = c.execute(
+                "SELECT pk FROM scans WHERE experiment_id=? AND scan_id=?", (experiment_id, scan_id)
+            ).fetchone()
             cols = {k: fields.pop(k) for k in self._SCAN_COLS if k in fields}
             if r is not None:
                 if cols or fields or xsi_type:
@@ -697,37 +862,67 @@ class _Catalog:
                         cols["xsi_type"] = xsi_type
                     self._update(c, "scans", "pk", r["pk"], cols, fields)
                 return False
-            c.execute("INSERT INTO scans(experiment_id, scan_id, xsi_type, type, quality, note, "
-                      "series_description, insert_date, last_modified, fields) "
-                      "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (experiment_id, scan_id, xsi_type or "xnat:otherDicomScanData",
-                       cols.get("type", ""), cols.get("quality", "usable"), cols.get("note", ""),
-                       cols.get("series_description", ""), now, now, json.dumps(fields)))
+            c.execute(
+                "INSERT INTO scans(experiment_id, scan_id, xsi_type, type, quality, note, "
+                "series_description, insert_date, last_modified, fields) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    experiment_id,
+                    scan_id,
+                    xsi_type or "xnat:otherDicomScanData",
+                    cols.get("type", ""),
+                    cols.get("quality", "usable"),
+                    cols.get("note", ""),
+                    cols.get("series_description", ""),
+                    now,
+                    now,
+                    json.dumps(fields),
+                ),
+            )
             c.execute("UPDATE experiments SET last_modified=? WHERE id=?", (now, experiment_id))
             return True
 
     def get_scan(self, experiment_id: str, scan_id: str) -> Optional[ScanRow]:
-        r = self._one("SELECT * FROM scans WHERE experiment_id=? AND scan_id=?",
-                      (experiment_id, scan_id))
+        r = self._one(
+            "SELECT * FROM scans WHERE experiment_id=? AND scan_id=?", (experiment_id, scan_id)
+        )
         return self._scan(r) if r else None
 
     def list_scans(self, experiment_id: str) -> list[ScanRow]:
-        return [self._scan(r) for r in self._q(
-            "SELECT * FROM scans WHERE experiment_id=? ORDER BY pk", (experiment_id,))]
+        return [
+            self._scan(r)
+            for r in self._q(
+                "SELECT * FROM scans WHERE experiment_id=? ORDER BY pk", (experiment_id,)
+            )
+        ]
 
     # ----------------------------------------------------------------------------- updates
-    _TABLES = {"project": ("projects", "id"), "subject": ("subjects", "id"),
-               "experiment": ("experiments", "id"), "assessor": ("experiments", "id"),
-               "scan": ("scans", "pk")}
+    _TABLES = {
+        "project": ("projects", "id"),
+        "subject": ("subjects", "id"),
+        "experiment": ("experiments", "id"),
+        "assessor": ("experiments", "id"),
+        "scan": ("scans", "pk"),
+    }
 
-    def _update(self, c: sqlite3.Connection, table: str, keycol: str, key: Any,
-                cols: dict[str, Any], fields: dict[str, str]) -> None:
+    def _update(
+        self,
+        c: sqlite3.Connection,
+        table: str,
+        keycol: str,
+        key: Any,
+        cols: dict[str, Any],
+        fields: dict[str, str],
+    ) -> None:
         r = c.execute(f"SELECT fields FROM {table} WHERE {keycol}=?", (key,)).fetchone()
         merged = _fields(r["fields"]) if r else {}
         merged.update(fields)
         sets = ", ".join(f"{k}=?" for k in cols)
-        c.execute(f"UPDATE {table} SET {sets + ', ' if sets else ''}fields=?, last_modified=? "
-                  f"WHERE {keycol}=?", (*cols.values(), json.dumps(merged), time.time(), key))
+        c.execute(
+            f"UPDATE {table} SET {sets + ', ' if sets else ''}fields=?, last_modified=? "
+            f"WHERE {keycol}=?",
+            (*cols.values(), json.dumps(merged), time.time(), key),
+        )
 
     def update_fields(self, kind: str, key: Any, fields: dict[str, str]) -> None:
         """Merge ``fields`` into object ``key`` (scan key = ScanRow.pk)."""
@@ -750,17 +945,38 @@ class _Catalog:
         label is valid and free in its project)."""
         table = "subjects" if kind == "subject" else "experiments"
         with self.transaction() as c:
-            c.execute(f"UPDATE {table} SET label=?, last_modified=? WHERE id=?",
-                      (label, time.time(), object_id))
+            c.execute(
+                f"UPDATE {table} SET label=?, last_modified=? WHERE id=?",
+                (label, time.time(), object_id),
+            )
 
     # ----------------------------------------------------------------------------- resources
     def _resource(self, r: sqlite3.Row) -> ResourceRow:
-        stats = self._conn().execute("SELECT COUNT(*) n, COALESCE(SUM(size),0) s FROM files "
-                                     "WHERE resource_id=?", (r["id"],)).fetchone()
-        return ResourceRow(r["id"], r["kind"], r["project"], r["subject_id"], r["experiment_id"],
-                           r["scan_id"], r["assessor_id"], r["label"], r["format"] or "",
-                           r["content"] or "", r["tags"] or "", r["description"] or "",
-                           r["insert_date"], stats["n"], stats["s"])
+        stats = (
+            self._conn()
+            .execute(
+                "SELECT COUNT(*) n, COALESCE(SUM(size),0) s FROM files WHERE resource_id=?",
+                (r["id"],),
+            )
+            .fetchone()
+        )
+        return ResourceRow(
+            r["id"],
+            r["kind"],
+            r["project"],
+            r["subject_id"],
+            r["experiment_id"],
+            r["scan_id"],
+            r["assessor_id"],
+            r["label"],
+            r["format"] or "",
+            r["content"] or "",
+            r["tags"] or "",
+            r["description"] or "",
+            r["insert_date"],
+            stats["n"],
+            stats["s"],
+        )
 
     def _parent_key(self, parent: Parent) -> tuple[str, str, str, str, str, str]:
         """Validate ``parent`` and return the resources-table key columns."""
@@ -791,19 +1007,30 @@ class _Catalog:
                 assessor = a.id
         return kind, project, subject, experiment, scan, assessor
 
-    def create_resource(self, parent: Parent, label: str, format: str = "", content: str = "",
-                        tags: str = "", description: str = "") -> tuple[int, bool]:
+    def create_resource(
+        self,
+        parent: Parent,
+        label: str,
+        format: str = "",
+        content: str = "",
+        tags: str = "",
+        description: str = "",
+    ) -> tuple[int, bool]:
         with self.transaction() as c:
             key = self._parent_key(parent)
-            r = c.execute("SELECT id FROM resources WHERE kind=? AND project=? AND subject_id=? AND "
-                          "experiment_id=? AND scan_id=? AND assessor_id=? AND label=?",
-                          (*key, label)).fetchone()
+            r = c.execute(
+                "SELECT id FROM resources WHERE kind=? AND project=? AND subject_id=? AND "
+                "experiment_id=? AND scan_id=? AND assessor_id=? AND label=?",
+                (*key, label),
+            ).fetchone()
             if r is not None:
                 return int(r["id"]), False
-            cur = c.execute("INSERT INTO resources(kind, project, subject_id, experiment_id, scan_id, "
-                            "assessor_id, label, format, content, tags, description, insert_date) "
-                            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                            (*key, label, format, content, tags, description, time.time()))
+            cur = c.execute(
+                "INSERT INTO resources(kind, project, subject_id, experiment_id, scan_id, "
+                "assessor_id, label, format, content, tags, description, insert_date) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (*key, label, format, content, tags, description, time.time()),
+            )
             self._touch_owner(c, key)
             return int(cur.lastrowid or 0), True
 
@@ -811,11 +1038,15 @@ class _Catalog:
         now = time.time()
         kind, project, subject, experiment, scan, assessor = key
         if experiment:
-            c.execute("UPDATE experiments SET last_modified=? WHERE id IN (?,?)",
-                      (now, experiment, assessor))
+            c.execute(
+                "UPDATE experiments SET last_modified=? WHERE id IN (?,?)",
+                (now, experiment, assessor),
+            )
             if scan:
-                c.execute("UPDATE scans SET last_modified=? WHERE experiment_id=? AND scan_id=?",
-                          (now, experiment, scan))
+                c.execute(
+                    "UPDATE scans SET last_modified=? WHERE experiment_id=? AND scan_id=?",
+                    (now, experiment, scan),
+                )
         elif subject:
             c.execute("UPDATE subjects SET last_modified=? WHERE id=?", (now, subject))
         elif project:
@@ -830,8 +1061,11 @@ class _Catalog:
             key = self._parent_key(parent)
         except NotFound:
             return []
-        rows = self._q("SELECT * FROM resources WHERE kind=? AND project=? AND subject_id=? AND "
-                       "experiment_id=? AND scan_id=? AND assessor_id=? ORDER BY id", key)
+        rows = self._q(
+            "SELECT * FROM resources WHERE kind=? AND project=? AND subject_id=? AND "
+            "experiment_id=? AND scan_id=? AND assessor_id=? ORDER BY id",
+            key,
+        )
         return [self._resource(r) for r in rows]
 
     def find_resource(self, parent: Parent, id_or_label: str) -> Optional[ResourceRow]:
@@ -845,9 +1079,10 @@ class _Catalog:
         return None
 
     def list_resources_under_experiment(self, experiment_id: str) -> list[ResourceRow]:
-        rows = self._q("SELECT * FROM resources WHERE experiment_id=? ORDER BY id", (experiment_id,))
+        rows = self._q(
+            "SELECT * FROM resources WHERE experiment_id=? ORDER BY id", (experiment_id,)
+        )
         return [self._resource(r) for r in rows]
-
 
 
 class Store(_Catalog):
@@ -863,16 +1098,27 @@ class Store(_Catalog):
 
     @staticmethod
     def _file(r: sqlite3.Row) -> FileRow:
-        return FileRow(r["resource_id"], r["relpath"], r["size"], r["md5"], r["mtime"],
-                       r["format"] or "", r["content"] or "", r["tags"] or "")
+        return FileRow(
+            r["resource_id"],
+            r["relpath"],
+            r["size"],
+            r["md5"],
+            r["mtime"],
+            r["format"] or "",
+            r["content"] or "",
+            r["tags"] or "",
+        )
 
     def get_file(self, resource_id: int, relpath: str) -> Optional[FileRow]:
-        r = self._one("SELECT * FROM files WHERE resource_id=? AND relpath=?",
-                      (int(resource_id), relpath))
+        r = self._one(
+            "SELECT * FROM files WHERE resource_id=? AND relpath=?", (int(resource_id), relpath)
+        )
         return self._file(r) if r else None
 
     def list_files(self, resource_id: int, prefix: str = "") -> list[FileRow]:
-        rows = self._q("SELECT * FROM files WHERE resource_id=? ORDER BY relpath", (int(resource_id),))
+        rows = self._q(
+            "SELECT * FROM files WHERE resource_id=? ORDER BY relpath", (int(resource_id),)
+        )
         files = [self._file(r) for r in rows]
         if prefix:
             p = prefix.rstrip("/") + "/"
@@ -885,9 +1131,19 @@ class Store(_Catalog):
 
         return tempfile.mkstemp(dir=self.tmp_dir)
 
-    def put_file(self, resource_id: int, relpath: str, fileobj: Readable, overwrite: bool = False,
-                 *, format: str = "", content: str = "", tags: str = "",
-                 expected_size: Optional[int] = None, mtime: Optional[float] = None) -> bool:
+    def put_file(
+        self,
+        resource_id: int,
+        relpath: str,
+        fileobj: Readable,
+        overwrite: bool = False,
+        *,
+        format: str = "",
+        content: str = "",
+        tags: str = "",
+        expected_size: Optional[int] = None,
+        mtime: Optional[float] = None,
+    ) -> bool:
         """Stream ``fileobj`` into the resource. Returns False for a duplicate (not stored).
 
         The bytes go to a temp file first and are renamed into place only once complete, so a
@@ -915,20 +1171,48 @@ class Store(_Catalog):
                     size += len(buf)
             if expected_size is not None and size < expected_size:
                 raise TruncatedUpload(f"Upload ended after {size} of {expected_size} bytes")
-            return self._commit_file(resource_id, relpath, tmp, size, md5.hexdigest(), overwrite,
-                                     format, content, tags, mtime)
+            return self._commit_file(
+                resource_id,
+                relpath,
+                tmp,
+                size,
+                md5.hexdigest(),
+                overwrite,
+                format,
+                content,
+                tags,
+                mtime,
+            )
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def put_file_from_path(self, resource_id: int, relpath: str, path: str | os.PathLike[str],
-                           overwrite: bool = False, move: bool = False, *, format: str = "",
-                           content: str = "", tags: str = "", mtime: Optional[float] = None) -> bool:
+    def put_file_from_path(
+        self,
+        resource_id: int,
+        relpath: str,
+        path: str | os.PathLike[str],
+        overwrite: bool = False,
+        move: bool = False,
+        *,
+        format: str = "",
+        content: str = "",
+        tags: str = "",
+        mtime: Optional[float] = None,
+    ) -> bool:
         """Like put_file from a local file; ``move=True`` renames it instead of copying."""
         if not move:
             with open(path, "rb") as f:
-                return self.put_file(resource_id, relpath, f, overwrite, format=format,
-                                     content=content, tags=tags, mtime=mtime)
+                return self.put_file(
+                    resource_id,
+                    relpath,
+                    f,
+                    overwrite,
+                    format=format,
+                    content=content,
+                    tags=tags,
+                    mtime=mtime,
+                )
         relpath = validate_relpath(relpath)
         md5 = hashlib.md5()
         with open(path, "rb") as f:
@@ -936,12 +1220,32 @@ class Store(_Catalog):
                 md5.update(buf)
         if not overwrite and self.get_file(resource_id, relpath) is not None:
             return False
-        return self._commit_file(resource_id, relpath, str(path), os.path.getsize(path),
-                                 md5.hexdigest(), overwrite, format, content, tags, mtime)
+        return self._commit_file(
+            resource_id,
+            relpath,
+            str(path),
+            os.path.getsize(path),
+            md5.hexdigest(),
+            overwrite,
+            format,
+            content,
+            tags,
+            mtime,
+        )
 
-    def _commit_file(self, resource_id: int, relpath: str, tmp: str, size: int, md5: str,
-                     overwrite: bool, format: str, content: str, tags: str,
-                     mtime: Optional[float]) -> bool:
+    def _commit_file(
+        self,
+        resource_id: int,
+        relpath: str,
+        tmp: str,
+        size: int,
+        md5: str,
+        overwrite: bool,
+        format: str,
+        content: str,
+        tags: str,
+        mtime: Optional[float],
+    ) -> bool:
         dest = self._res_dir(resource_id) / relpath
         with self.transaction() as c:
             if not overwrite and self.get_file(resource_id, relpath) is not None:
@@ -951,17 +1255,29 @@ class Store(_Catalog):
             if mtime is not None:
                 os.utime(dest, (mtime, mtime))
             st_mtime = dest.stat().st_mtime
-            c.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
-                      (int(resource_id), relpath, size, md5, st_mtime, format, content, tags))
+            c.execute(
+                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?)",
+                (int(resource_id), relpath, size, md5, st_mtime, format, content, tags),
+            )
             r = c.execute("SELECT * FROM resources WHERE id=?", (int(resource_id),)).fetchone()
-            self._touch_owner(c, (r["kind"], r["project"], r["subject_id"], r["experiment_id"],
-                                  r["scan_id"], r["assessor_id"]))
+            self._touch_owner(
+                c,
+                (
+                    r["kind"],
+                    r["project"],
+                    r["subject_id"],
+                    r["experiment_id"],
+                    r["scan_id"],
+                    r["assessor_id"],
+                ),
+            )
             return True
 
     def delete_file(self, resource_id: int, relpath: str) -> bool:
         with self.transaction() as c:
-            cur = c.execute("DELETE FROM files WHERE resource_id=? AND relpath=?",
-                            (int(resource_id), relpath))
+            cur = c.execute(
+                "DELETE FROM files WHERE resource_id=? AND relpath=?", (int(resource_id), relpath)
+            )
             if cur.rowcount:
                 try:
                     (self._res_dir(resource_id) / relpath).unlink()
@@ -990,10 +1306,12 @@ class Store(_Catalog):
 
     def delete_scan(self, experiment_id: str, scan_id: str) -> bool:
         with self.transaction() as c:
-            self._delete_resources("kind='scan' AND experiment_id=? AND scan_id=?",
-                                   (experiment_id, scan_id))
-            cur = c.execute("DELETE FROM scans WHERE experiment_id=? AND scan_id=?",
-                            (experiment_id, scan_id))
+            self._delete_resources(
+                "kind='scan' AND experiment_id=? AND scan_id=?", (experiment_id, scan_id)
+            )
+            cur = c.execute(
+                "DELETE FROM scans WHERE experiment_id=? AND scan_id=?", (experiment_id, scan_id)
+            )
             return cur.rowcount > 0
 
     def delete_assessor(self, assessor_id: str) -> bool:
@@ -1012,8 +1330,9 @@ class Store(_Catalog):
 
     def delete_subject(self, subject_id: str, project: Optional[str] = None) -> bool:
         with self.transaction() as c:
-            for e in self._q("SELECT id FROM experiments WHERE subject_id=? AND session_id=''",
-                             (subject_id,)):
+            for e in self._q(
+                "SELECT id FROM experiments WHERE subject_id=? AND session_id=''", (subject_id,)
+            ):
                 self.delete_experiment(e["id"])
             self._delete_resources("kind='subject' AND subject_id=?", (subject_id,))
             cur = c.execute("DELETE FROM subjects WHERE id=?", (subject_id,))

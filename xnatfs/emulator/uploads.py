@@ -4,6 +4,7 @@ the store, and ``extract=true`` archives unpacked into the resource root.
 Why streamed: a raw body goes from the socket through the store's temp file into place, so a
 cut connection (the server's faults) stores nothing and a large upload never sits in memory.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -34,8 +35,11 @@ def upload(ctx: Ctx, res: ResourceRow, relpath: str) -> Response:
     args = ctx.request.args
     overwrite = truthy(args.get("overwrite"))
     extract = truthy(args.get("extract"))
-    meta = {"format": args.get("format", ""), "content": args.get("content", ""),
-            "tags": args.get("tags", "")}
+    meta = {
+        "format": args.get("format", ""),
+        "content": args.get("content", ""),
+        "tags": args.get("tags", ""),
+    }
     ctype = (ctx.request.mimetype or "").lower()
     duplicates: list[str] = []
     if ctype == "multipart/form-data":
@@ -44,13 +48,21 @@ def upload(ctx: Ctx, res: ResourceRow, relpath: str) -> Response:
         _raw(ctx, res, relpath, overwrite, extract, meta, duplicates)
     if duplicates:
         # Not 409: 200 + a JSON-ish body with text/html content type (§4.5, §10.5).
-        return Response(json.dumps({"duplicates": duplicates}).encode(), status=200,
-                        content_type="text/html")
+        return Response(
+            json.dumps({"duplicates": duplicates}).encode(), status=200, content_type="text/html"
+        )
     return text_response("")
 
 
-def _multipart(ctx: Ctx, res: ResourceRow, relpath: str, overwrite: bool, extract: bool,
-               meta: dict[str, str], duplicates: list[str]) -> None:
+def _multipart(
+    ctx: Ctx,
+    res: ResourceRow,
+    relpath: str,
+    overwrite: bool,
+    extract: bool,
+    meta: dict[str, str],
+    duplicates: list[str],
+) -> None:
     request = ctx.request
     if truthy(request.args.get("inbody")):
         raise HttpError(406, "Cannot combine multipart/form-data with inbody=true.")
@@ -62,8 +74,12 @@ def _multipart(ctx: Ctx, res: ResourceRow, relpath: str, overwrite: bool, extrac
     if not parts:
         raise _no_data(ctx)
     for fs in parts:
-        name = relpath if (relpath and len(parts) == 1) else \
-            (relpath.rstrip("/") + "/" if relpath else "") + os.path.basename(fs.filename or "upload")
+        name = (
+            relpath
+            if (relpath and len(parts) == 1)
+            else (relpath.rstrip("/") + "/" if relpath else "")
+            + os.path.basename(fs.filename or "upload")
+        )
         fd, tmp = ctx.store.new_temp()
         with os.fdopen(fd, "wb") as out:
             shutil.copyfileobj(fs.stream, out, CHUNK)
@@ -75,11 +91,19 @@ def _multipart(ctx: Ctx, res: ResourceRow, relpath: str, overwrite: bool, extrac
                 os.unlink(tmp)
 
 
-def _raw(ctx: Ctx, res: ResourceRow, relpath: str, overwrite: bool, extract: bool,
-         meta: dict[str, str], duplicates: list[str]) -> None:
+def _raw(
+    ctx: Ctx,
+    res: ResourceRow,
+    relpath: str,
+    overwrite: bool,
+    extract: bool,
+    meta: dict[str, str],
+    duplicates: list[str],
+) -> None:
     request = ctx.request
-    if (request.mimetype or "").lower() == "application/x-www-form-urlencoded" and \
-            not truthy(request.args.get("inbody")):
+    if (request.mimetype or "").lower() == "application/x-www-form-urlencoded" and not truthy(
+        request.args.get("inbody")
+    ):
         request.form  # noqa: B018 - parsed as a form: no file content (§4.5)
         raise _no_data(ctx)
     if not relpath:
@@ -111,17 +135,32 @@ def _raw(ctx: Ctx, res: ResourceRow, relpath: str, overwrite: bool, extract: boo
         raise _no_data(ctx)
     stream = _IterReader(itertools.chain([first], chunks))
     try:
-        stored = ctx.store.put_file(res.id, rel, stream, overwrite,
-                                    expected_size=request.content_length, format=meta["format"],
-                                    content=meta["content"], tags=meta["tags"])
+        stored = ctx.store.put_file(
+            res.id,
+            rel,
+            stream,
+            overwrite,
+            expected_size=request.content_length,
+            format=meta["format"],
+            content=meta["content"],
+            tags=meta["tags"],
+        )
     except TruncatedUpload as e:
         raise HttpError(400, str(e)) from None
     if not stored:
         duplicates.append(rel)
 
 
-def _store_upload(ctx: Ctx, res: ResourceRow, relpath: str, tmp: Path, overwrite: bool,
-                  extract: bool, meta: dict[str, str], duplicates: list[str]) -> None:
+def _store_upload(
+    ctx: Ctx,
+    res: ResourceRow,
+    relpath: str,
+    tmp: Path,
+    overwrite: bool,
+    extract: bool,
+    meta: dict[str, str],
+    duplicates: list[str],
+) -> None:
     st = ctx.store
     if extract and _is_archive_name(relpath):
         # extract=true ignores the URL sub-path: content lands in the resource root (§10.6)
@@ -132,9 +171,16 @@ def _store_upload(ctx: Ctx, res: ResourceRow, relpath: str, tmp: Path, overwrite
                 if not overwrite and st.get_file(res.id, name) is not None:
                     duplicates.append(name)
                     continue
-                st.put_file_from_path(res.id, name, stage / name, overwrite, move=True,
-                                      format=meta["format"], content=meta["content"],
-                                      tags=meta["tags"])
+                st.put_file_from_path(
+                    res.id,
+                    name,
+                    stage / name,
+                    overwrite,
+                    move=True,
+                    format=meta["format"],
+                    content=meta["content"],
+                    tags=meta["tags"],
+                )
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return
@@ -144,8 +190,16 @@ def _store_upload(ctx: Ctx, res: ResourceRow, relpath: str, tmp: Path, overwrite
         raise HttpError(400, str(e)) from None
     if tmp.stat().st_size == 0:
         raise HttpError(400, "You tried to upload an empty file.")
-    if not st.put_file_from_path(res.id, rel, tmp, overwrite, move=True, format=meta["format"],
-                                 content=meta["content"], tags=meta["tags"]):
+    if not st.put_file_from_path(
+        res.id,
+        rel,
+        tmp,
+        overwrite,
+        move=True,
+        format=meta["format"],
+        content=meta["content"],
+        tags=meta["tags"],
+    ):
         duplicates.append(rel)
 
 
@@ -158,7 +212,7 @@ class _IterReader:
         self.total = 0
 
     def read(self, n: int = -1) -> bytes:
-        while (n < 0 or len(self._buf) < n):
+        while n < 0 or len(self._buf) < n:
             try:
                 chunk = next(self._it)
             except StopIteration:

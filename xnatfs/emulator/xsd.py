@@ -6,6 +6,7 @@ as a wrapper element holding one ``maxOccurs="unbounded"`` child (``scans/scan``
 ``experiments/experiment``, ``resources/resource``, ``fields/field``, ``out/file``), and
 ``xdat:element displayIdentifiers`` where the real schema has them.
 """
+
 from __future__ import annotations
 
 _HEAD = """<?xml version="1.0" encoding="UTF-8"?>
@@ -76,26 +77,52 @@ def _scan_type(name: str) -> str:
 
 
 #: concrete image session and scan types (each must exist for xnatpy's class lookup)
-SESSION_TYPES = ["mrSessionData", "petSessionData", "ctSessionData", "usSessionData",
-                 "crSessionData", "otherDicomSessionData"]
-SCAN_TYPES = ["mrScanData", "petScanData", "ctScanData", "usScanData", "crScanData",
-              "scScanData", "otherDicomScanData"]
+SESSION_TYPES = [
+    "mrSessionData",
+    "petSessionData",
+    "ctSessionData",
+    "usSessionData",
+    "crSessionData",
+    "otherDicomSessionData",
+]
+SCAN_TYPES = [
+    "mrScanData",
+    "petScanData",
+    "ctScanData",
+    "usScanData",
+    "crScanData",
+    "scScanData",
+    "otherDicomScanData",
+]
 
 #: (top-level element name, complex type) pairs; element names are XML root names (§2.2).
 ELEMENTS = [
-    ("Project", "projectData"), ("Subject", "subjectData"), ("MRSession", "mrSessionData"),
-    ("PETSession", "petSessionData"), ("CTSession", "ctSessionData"),
-    ("USSession", "usSessionData"), ("CRSession", "crSessionData"),
+    ("Project", "projectData"),
+    ("Subject", "subjectData"),
+    ("MRSession", "mrSessionData"),
+    ("PETSession", "petSessionData"),
+    ("CTSession", "ctSessionData"),
+    ("USSession", "usSessionData"),
+    ("CRSession", "crSessionData"),
     ("OtherDicomSession", "otherDicomSessionData"),
-    ("MRScan", "mrScanData"), ("PETScan", "petScanData"), ("CTScan", "ctScanData"),
-    ("USScan", "usScanData"), ("CRScan", "crScanData"), ("SCScan", "scScanData"),
-    ("OtherDicomScan", "otherDicomScanData"), ("QCAssessment", "qcAssessmentData"),
-    ("Resource", "resource"), ("ResourceCatalog", "resourceCatalog"),
-    ("ImageSession", "imageSessionData"), ("ImageScan", "imageScanData"),
+    ("MRScan", "mrScanData"),
+    ("PETScan", "petScanData"),
+    ("CTScan", "ctScanData"),
+    ("USScan", "usScanData"),
+    ("CRScan", "crScanData"),
+    ("SCScan", "scScanData"),
+    ("OtherDicomScan", "otherDicomScanData"),
+    ("QCAssessment", "qcAssessmentData"),
+    ("Resource", "resource"),
+    ("ResourceCatalog", "resourceCatalog"),
+    ("ImageSession", "imageSessionData"),
+    ("ImageScan", "imageScanData"),
     ("ImageAssessor", "imageAssessorData"),
 ]
 
-XNAT_XSD = _HEAD + """
+XNAT_XSD = (
+    _HEAD
+    + """
   <xs:complexType name="abstractResource" abstract="true">
     <xs:sequence>
       <xs:element name="note" type="xs:string" minOccurs="0"/>
@@ -156,7 +183,9 @@ XNAT_XSD = _HEAD + """
             </xs:element>
           </xs:sequence>
         </xs:complexType>
-      </xs:element>""" + _FIELDS + """
+      </xs:element>"""
+    + _FIELDS
+    + """
     </xs:sequence>
     <xs:attribute name="ID" type="xs:string" use="required"/>
     <xs:attribute name="secondary_ID" type="xs:string"/>
@@ -168,7 +197,10 @@ XNAT_XSD = _HEAD + """
     <xs:sequence>
       <xs:element name="group" type="xs:string" minOccurs="0"/>
       <xs:element name="src" type="xs:string" minOccurs="0"/>
-      <xs:element name="initials" type="xs:string" minOccurs="0"/>""" + _RESOURCES + _FIELDS + """
+      <xs:element name="initials" type="xs:string" minOccurs="0"/>"""
+    + _RESOURCES
+    + _FIELDS
+    + """
       <xs:element name="experiments" minOccurs="0">
         <xs:complexType>
           <xs:sequence>
@@ -188,7 +220,10 @@ XNAT_XSD = _HEAD + """
       <xs:element name="date" type="xs:date" minOccurs="0"/>
       <xs:element name="time" type="xs:time" minOccurs="0"/>
       <xs:element name="note" type="xs:string" minOccurs="0"/>
-      <xs:element name="acquisition_site" type="xs:string" minOccurs="0"/>""" + _RESOURCES + _FIELDS + """
+      <xs:element name="acquisition_site" type="xs:string" minOccurs="0"/>"""
+    + _RESOURCES
+    + _FIELDS
+    + """
     </xs:sequence>
     <xs:attribute name="ID" type="xs:string" use="required"/>
     <xs:attribute name="project" type="xs:string" use="required"/>
@@ -241,7 +276,9 @@ XNAT_XSD = _HEAD + """
       </xs:extension>
     </xs:complexContent>
   </xs:complexType>
-""" + "".join(_session_type(t) for t in SESSION_TYPES) + """
+"""
+    + "".join(_session_type(t) for t in SESSION_TYPES)
+    + """
 
   <xs:complexType name="imageScanData" abstract="true">
     <xs:annotation><xs:appinfo><xdat:element displayIdentifiers="ID"/></xs:appinfo></xs:annotation>
@@ -262,7 +299,9 @@ XNAT_XSD = _HEAD + """
     <xs:attribute name="UID" type="xs:string"/>
     <xs:attribute name="project" type="xs:string"/>
   </xs:complexType>
-""" + "".join(_scan_type(t) for t in SCAN_TYPES) + """
+"""
+    + "".join(_scan_type(t) for t in SCAN_TYPES)
+    + """
 
   <xs:complexType name="reconstructedImageData">
     <xs:sequence>
@@ -329,8 +368,10 @@ XNAT_XSD = _HEAD + """
       </xs:extension>
     </xs:complexContent>
   </xs:complexType>
-""" + "".join(f'  <xs:element name="{e}" type="xnat:{t}"/>\n' for e, t in ELEMENTS) + \
-    "</xs:schema>\n"
+"""
+    + "".join(f'  <xs:element name="{e}" type="xnat:{t}"/>\n' for e, t in ELEMENTS)
+    + "</xs:schema>\n"
+)
 
 XDAT_XSD = """<?xml version="1.0" encoding="UTF-8"?>
 <xs:schema targetNamespace="http://nrg.wustl.edu/xdat" xmlns:xdat="http://nrg.wustl.edu/xdat"

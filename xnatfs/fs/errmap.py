@@ -4,6 +4,7 @@ Only ``OSError`` may escape a FUSE op (mfusepy turns anything else into EINVAL),
 its exceptions through :func:`errno_for`.  A timeout is never ENOENT, and anything unexpected is
 EIO plus one ERROR line naming the path, the URL and the status.
 """
+
 from __future__ import annotations
 
 import errno
@@ -57,8 +58,18 @@ def describe(op: str, path: str, exc: BaseException) -> str:
 
 
 #: errno values that are ordinary answers (a missing name, a refused attribute...), not failures
-_QUIET = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENODATA, errno.EROFS,
-                    errno.ENOTSUP, errno.EEXIST, errno.ENOTEMPTY})
+_QUIET = frozenset(
+    {
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENODATA,
+        errno.EROFS,
+        errno.ENOTSUP,
+        errno.EEXIST,
+        errno.ENOTEMPTY,
+    }
+)
 #: ops that commit a written file: EEXIST there is XNAT's "duplicates" answer (a file of that
 #: name appeared on XNAT meanwhile) and the bytes stay in the journal, so it is a failure
 _COMMIT_OPS = frozenset({"flush", "fsync", "release"})
@@ -73,5 +84,9 @@ def log_failure(op: str, path: str, exc: BaseException, code: int) -> None:
     elif isinstance(exc, (OSError, xe.XnatError)):
         log.error("%s", describe(op, path, exc))
     else:
-        log.error("%s: unexpected %s", describe(op, path, exc), type(exc).__name__,
-                  exc_info=log.isEnabledFor(logging.DEBUG))
+        log.error(
+            "%s: unexpected %s",
+            describe(op, path, exc),
+            type(exc).__name__,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )

@@ -1,8 +1,9 @@
-"""Loading libfuse: libfuse3 first, libfuse2 as fallback (fuse-notes.md "Recommendation").
+"""Loading libfuse: libfuse3 first, libfuse2 as fallback (docs/FUSE.md "Recommendation").
 
 mfusepy binds libfuse when it is imported and prefers libfuse2, so ``FUSE_LIBRARY_NAME`` must be
 set before the first import.  Nothing else in xnatfs may import mfusepy directly.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,13 +27,15 @@ def load() -> ModuleType:
             os.environ["FUSE_LIBRARY_NAME"] = name
         try:
             import mfusepy  # deliberately late: after FUSE_LIBRARY_NAME is set
+
             return mfusepy
         except (OSError, ImportError) as exc:  # mfusepy raises OSError('Unable to find libfuse')
             last = exc
             sys.modules.pop("mfusepy", None)
     raise FuseMissing(
         "libfuse is not installed (%s): install the fuse3 package, e.g. "
-        "'sudo apt-get install fuse3'" % last)
+        "'sudo apt-get install fuse3'" % last
+    )
 
 
 def version(mfusepy: ModuleType) -> str:

@@ -2,7 +2,7 @@
 
 With ``keep_cache=1`` the kernel serves a new open from the pages earlier opens read; with 0 it
 drops that inode's pages at open (``FOPEN_KEEP_CACHE`` unset: the kernel invalidates the
-mapping in ``fuse_finish_open``; fuse-notes.md §2).  Pages read through an open that was not
+mapping in ``fuse_finish_open``; docs/FUSE.md §2).  Pages read through an open that was not
 served from a verified cache entry — a download being followed, a large cached file still
 hashed while read, a streamed file — may hold bytes that later failed their check: that open
 ends in EIO, but its pages stay.  Keeping them for the next open would hand those wrong bytes
@@ -16,6 +16,7 @@ MD5 anywhere meanwhile: then every page read since the drop holds verified bytes
 drops them once more.  Per path, because the kernel's page cache is per inode and libfuse's
 inodes are paths; per content version, so a changed file never inherits the old one's pages.
 """
+
 from __future__ import annotations
 
 import collections
@@ -31,8 +32,8 @@ TRUSTED_MAX = 65536
 class _Pages:
     """What the kernel holds of one path since its pages were last dropped."""
 
-    version: Hashable          # the content version read since the drop
-    taints: Optional[int]      # None: only verified opens since; else the count at the drop
+    version: Hashable  # the content version read since the drop
+    taints: Optional[int]  # None: only verified opens since; else the count at the drop
 
 
 class PageCacheTrust:
@@ -58,8 +59,11 @@ class PageCacheTrust:
                     start = min(start, pages.taints)
                 self._remember(path, _Pages(version, start))
                 return False
-            keep = pages is not None and pages.version == version and (
-                pages.taints is None or pages.taints == taints)
+            keep = (
+                pages is not None
+                and pages.version == version
+                and (pages.taints is None or pages.taints == taints)
+            )
             self._remember(path, _Pages(version, None))
             return keep
 

@@ -4,9 +4,10 @@ its stdin, wait for its mount (with a deadline, noticing an early exit), stop it
 signals, every step bounded).
 
 Used by the CLI before mounting (a crashed daemon leaves "Transport endpoint is not connected",
-fuse-notes.md §3.5), by ``xnatfs mount``/``umount``/``demo``, by the tests' ``Mount`` fixture and
+docs/FUSE.md §3.5), by ``xnatfs mount``/``umount``/``demo``, by the tests' ``Mount`` fixture and
 by the benchmarks' ``MountProc``.  Every external command runs with a timeout.
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,7 +27,7 @@ def _unescape_mountinfo(field: str) -> str:
     the one decoder of mount points (the benchmarks use it too)."""
     out, i = [], 0
     while i < len(field):
-        code = field[i + 1:i + 4]
+        code = field[i + 1 : i + 4]
         if field[i] == "\\" and len(code) == 3 and code.isdigit():
             out.append(chr(int(code, 8)))
             i += 4
@@ -149,7 +150,7 @@ def clear_stale(path: str, timeout: float = 10.0) -> bool:
 
 def set_read_ahead(path: str, kb: int) -> bool:
     """Raise the kernel read-ahead of the mount at ``path`` so libfuse3 gets 1 MiB reads
-    instead of 128 KiB (fuse-notes.md §2.2).  Root only; False (and a debug line) when not
+    instead of 128 KiB (docs/FUSE.md §2.2).  Root only; False (and a debug line) when not
     permitted.
 
     Call it only after FUSE INIT was answered — the kernel sets read-ahead to the smaller of
@@ -197,8 +198,17 @@ MOUNT_WAIT_S = 60.0
 
 def xnatfs_argv(url: str, mountpoint: Union[str, Path], *options: str) -> List[str]:
     """``python -m xnatfs mount URL MNT --foreground --credentials-stdin OPTIONS...``."""
-    return [sys.executable, "-m", "xnatfs", "mount", url, str(mountpoint), "--foreground",
-            "--credentials-stdin", *options]
+    return [
+        sys.executable,
+        "-m",
+        "xnatfs",
+        "mount",
+        url,
+        str(mountpoint),
+        "--foreground",
+        "--credentials-stdin",
+        *options,
+    ]
 
 
 def log_tail(path: Union[str, Path], lines: int = 15, missing: str = "(no log)") -> str:
@@ -226,10 +236,15 @@ class MountDaemon:
     the mount table: the kernel has no event a plain process could wait on for a new mount.
     """
 
-    def __init__(self, argv: Sequence[str], mountpoint: Union[str, Path],
-                 log_path: Union[str, Path], credentials: Mapping[str, str],
-                 env: Optional[Mapping[str, str]] = None, log_mode: Optional[int] = None
-                 ) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        mountpoint: Union[str, Path],
+        log_path: Union[str, Path],
+        credentials: Mapping[str, str],
+        env: Optional[Mapping[str, str]] = None,
+        log_mode: Optional[int] = None,
+    ) -> None:
         self.argv, self.path = list(argv), os.path.abspath(mountpoint)
         self.log_path, self.credentials = Path(log_path), dict(credentials)
         self.env, self.log_mode = env, log_mode
@@ -240,9 +255,14 @@ class MountDaemon:
             if self.log_mode is not None:
                 os.chmod(self.log_path, self.log_mode)
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.PIPE, stdout=log_fh, stderr=log_fh,
-                env=dict(self.env) if self.env is not None else None, start_new_session=True,
-                close_fds=True)
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=log_fh,
+                stderr=log_fh,
+                env=dict(self.env) if self.env is not None else None,
+                start_new_session=True,
+                close_fds=True,
+            )
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps(self.credentials).encode() + b"\n")
@@ -257,8 +277,13 @@ class MountDaemon:
     def tail(self, lines: int = 15) -> str:
         return log_tail(self.log_path, lines)
 
-    def wait(self, timeout: float = MOUNT_WAIT_S, *, answers: Optional[Callable[[], bool]] = None,
-             tail_lines: int = 15) -> None:
+    def wait(
+        self,
+        timeout: float = MOUNT_WAIT_S,
+        *,
+        answers: Optional[Callable[[], bool]] = None,
+        tail_lines: int = 15,
+    ) -> None:
         """Return once the mount is there and ``answers()`` (default: ``statvfs`` reaches the
         daemon); raise :class:`MountFailed` when the daemon exits first or at the deadline
         (the daemon is left running: :meth:`stop` is the caller's)."""
@@ -273,12 +298,12 @@ class MountDaemon:
                 return
             if time.monotonic() > deadline:
                 tail = self.tail(tail_lines)
-                raise MountFailed(f"mount did not appear within {timeout:g}s:\n{tail}", None,
-                                  tail)
+                raise MountFailed(f"mount did not appear within {timeout:g}s:\n{tail}", None, tail)
             time.sleep(0.02)
 
-    def stop(self, grace: float = 20.0, timeout: float = 20.0, term_wait: float = 5.0
-             ) -> Optional[int]:
+    def stop(
+        self, grace: float = 20.0, timeout: float = 20.0, term_wait: float = 5.0
+    ) -> Optional[int]:
         """Unmount (``fusermount3 -u``, then ``-uz``, then ``umount -l``, while it is still
         mounted), give the daemon ``grace`` seconds to exit, then SIGTERM (``term_wait``
         seconds), then SIGKILL; every command bounded by ``timeout``.  Returns the exit status
@@ -288,8 +313,9 @@ class MountDaemon:
                 break
             if shutil.which(cmd[0]):
                 try:
-                    subprocess.run(cmd + [self.path], capture_output=True, timeout=timeout,
-                                   check=False)
+                    subprocess.run(
+                        cmd + [self.path], capture_output=True, timeout=timeout, check=False
+                    )
                 except subprocess.TimeoutExpired:
                     continue
         return self.end(grace, term_wait)

@@ -7,6 +7,7 @@ it returns: xnatfs never lets libfuse fork (the daemon is a fresh process starte
 ``foreground=True``), so nothing started early is lost, and a failed login stops before a mount
 appears.  ``init()`` only reports readiness (systemd ``READY=1``, the CLI's wait).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -56,8 +57,10 @@ def shown_modes(options: Any) -> Dict[bool, int]:
         keep &= ~0o022
     if getattr(options, "read_only", False):
         keep &= ~0o222
-    return {is_dir: (defaults[is_dir] if mode is None else mode) & keep
-            for is_dir, mode in modes.items()}
+    return {
+        is_dir: (defaults[is_dir] if mode is None else mode) & keep
+        for is_dir, mode in modes.items()
+    }
 
 
 def _op(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -87,8 +90,13 @@ class XnatOperations(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, runtime: Any, *, on_ready: Optional[Callable[[], None]] = None,
-                 on_first_request: Optional[Callable[[], None]] = None) -> None:
+    def __init__(
+        self,
+        runtime: Any,
+        *,
+        on_ready: Optional[Callable[[], None]] = None,
+        on_first_request: Optional[Callable[[], None]] = None,
+    ) -> None:
         self.runtime = runtime
         self._on_ready = on_ready
         #: run once, by the first request after INIT (INIT has then been answered)
@@ -136,9 +144,17 @@ class XnatOperations(mfusepy.Operations):
             mode, nlink = stat.S_IFDIR | perm, 2
         else:
             mode, nlink = stat.S_IFREG | perm, 1
-        return {"st_mode": mode, "st_nlink": nlink, "st_size": node.size,
-                "st_uid": self._uid, "st_gid": self._gid, "st_blocks": (node.size + 511) // 512,
-                "st_mtime": mtime, "st_ctime": mtime, "st_atime": mtime}
+        return {
+            "st_mode": mode,
+            "st_nlink": nlink,
+            "st_size": node.size,
+            "st_uid": self._uid,
+            "st_gid": self._gid,
+            "st_blocks": (node.size + 511) // 512,
+            "st_mtime": mtime,
+            "st_ctime": mtime,
+            "st_atime": mtime,
+        }
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op
@@ -155,10 +171,10 @@ class XnatOperations(mfusepy.Operations):
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if not name.startswith(XATTR_PREFIX):
             # ENOTSUP, not ENODATA: coreutils then stops asking for ACLs/capabilities on every
-            # file (fuse-notes.md §2.3)
+            # file (docs/FUSE.md §2.3)
             raise OSError(errno.ENOTSUP, "only user.xnat.* attributes", path)
         tree = self.runtime.tree
-        value = tree.xattrs(tree.lookup(path)).get(name[len(XATTR_PREFIX):])
+        value = tree.xattrs(tree.lookup(path)).get(name[len(XATTR_PREFIX) :])
         if value is None:
             raise OSError(errno.ENODATA, "no such attribute", path)
         return value.encode()
@@ -177,9 +193,14 @@ class XnatOperations(mfusepy.Operations):
         bsize = 256 * 1024
         disk = os.statvfs(self.runtime.options.cache_dir)
         scale = disk.f_frsize / bsize
-        return {"f_bsize": bsize, "f_frsize": bsize, "f_namemax": 255,
-                "f_blocks": int(disk.f_blocks * scale), "f_bfree": int(disk.f_bfree * scale),
-                "f_bavail": int(disk.f_bavail * scale)}
+        return {
+            "f_bsize": bsize,
+            "f_frsize": bsize,
+            "f_namemax": 255,
+            "f_blocks": int(disk.f_blocks * scale),
+            "f_bfree": int(disk.f_bfree * scale),
+            "f_bavail": int(disk.f_bavail * scale),
+        }
 
     # ------------------------------------------------------------------ reading
     @mfusepy.overrides(mfusepy.Operations)
@@ -201,8 +222,11 @@ class XnatOperations(mfusepy.Operations):
         elif tree.cacheable(node):
             # only pages of verified bytes may serve a later open (fs/keepcache.py)
             version, verified = getattr(handle, "content_version", (None, False))
-            fi.keep_cache = int(self._page_trust.keep_cache(
-                path, version, verified, getattr(tree.content, "taints", 0)))
+            fi.keep_cache = int(
+                self._page_trust.keep_cache(
+                    path, version, verified, getattr(tree.content, "taints", 0)
+                )
+            )
         return 0
 
     @mfusepy.overrides(mfusepy.Operations)
@@ -249,8 +273,12 @@ class XnatOperations(mfusepy.Operations):
             # mounts with allow_other some other way, or root writes on a user's mount
             caller = mfusepy.fuse_get_context()[0]
             if caller not in self._writers:
-                raise OSError(errno.EACCES, f"uid {caller} is not the mount's owner: writes "
-                              "by other users need --allow-other-write", path)
+                raise OSError(
+                    errno.EACCES,
+                    f"uid {caller} is not the mount's owner: writes "
+                    "by other users need --allow-other-write",
+                    path,
+                )
         tree = getattr(self.runtime, "tree", None)
         if tree is not None and tree.read_only(path):  # a view mounted under a name (.bids)
             raise OSError(errno.EROFS, "a read-only view", path)
@@ -410,5 +438,10 @@ class XnatFUSE(mfusepy.FUSE):
         if read_into is None:
             return super().read(path, buf, size, offset, fip)
         fh = fip.contents if self.raw_fi else fip.contents.fh
-        return read_into(None if path is None else path.decode(self.encoding, self.errors),
-                         ctypes.cast(buf, ctypes.c_void_p).value, size, offset, fh)
+        return read_into(
+            None if path is None else path.decode(self.encoding, self.errors),
+            ctypes.cast(buf, ctypes.c_void_p).value,
+            size,
+            offset,
+            fh,
+        )

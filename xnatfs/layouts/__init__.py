@@ -1,6 +1,6 @@
 """Layouts: hierarchies the view engine (``xnatfs.view``) shows as directories and files.
 
-- ``xnat``  XNAT's own hierarchy (DESIGN.md §1.1): projects, subjects, experiments, scans,
+- ``xnat``  XNAT's own hierarchy (docs/LAYOUT.md §1.1): projects, subjects, experiments, scans,
             assessors, resources, files, the prearchive and the ``.xnatfs`` control folder.
 
 A new layout is one class (``xnatfs.view.layout.BaseLayout``) plus one line of wiring in

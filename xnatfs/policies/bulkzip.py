@@ -1,4 +1,5 @@
 """Bulk zip: the first open in a XNAT resource with many uncached files fetches it as one zip."""
+
 from __future__ import annotations
 
 import logging
@@ -60,23 +61,37 @@ class BulkZip:
         tree = view.cached(how.key, how.load)
         if not isinstance(tree, FileTree):  # not a XNAT resource's files
             return False
-        files = [n for listing in tree.folders.values() for n in listing.children.values()
-                 if not n.is_dir and view.content_key(n) is not None]
+        files = [
+            n
+            for listing in tree.folders.values()
+            for n in listing.children.values()
+            if not n.is_dir and view.content_key(n) is not None
+        ]
         total = sum(n.size for n in files)
-        if len(files) < self.min_files or total > BULK_MAX_BYTES \
-                or total > BULK_MAX_MEAN * len(files):
+        if (
+            len(files) < self.min_files
+            or total > BULK_MAX_BYTES
+            or total > BULK_MAX_MEAN * len(files)
+        ):
             return False
-        by_path = {n.record.path: view.content_key(n) for n in files
-                   if getattr(n.record, "path", None) is not None}
+        by_path = {
+            n.record.path: view.content_key(n)
+            for n in files
+            if getattr(n.record, "path", None) is not None
+        }
 
         def key_of(member: str) -> Optional[ContentKey]:
             m = _ZIP_MEMBER.match(member)
             return by_path.get(m.group(1)) if m else None
 
         try:
-            started = view.content.bulk(archive_uri(folder.uri),
-                                        [view.content_key(n) for n in files], key_of,
-                                        min_files=self.min_files, max_files=bulk_max_files())
+            started = view.content.bulk(
+                archive_uri(folder.uri),
+                [view.content_key(n) for n in files],
+                key_of,
+                min_files=self.min_files,
+                max_files=bulk_max_files(),
+            )
         except RuntimeError:  # the cache is closing
             return False
         log.debug("/%s: %d file(s) coming in one zip", "/".join(how.key), started)

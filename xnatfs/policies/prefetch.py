@@ -1,4 +1,5 @@
 """Prefetch: download the next files of a folder when one is opened."""
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """Walk-ahead: parallel listing loads while somebody walks the tree."""
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,9 @@ class WalkAhead:
     still one request per directory.  Folders with ``Fixed`` children are looked through: their
     children's listings are the requests."""
 
-    def __init__(self, threads: int, *, window: float = WALK_WINDOW,
-                 queue: int = WALK_QUEUE) -> None:
+    def __init__(
+        self, threads: int, *, window: float = WALK_WINDOW, queue: int = WALK_QUEUE
+    ) -> None:
         self.threads = threads
         self.window = window
         self.queue = queue
@@ -45,7 +47,8 @@ class WalkAhead:
         with self._lock:
             recent = self._recent
             walking = len(parts) >= 2 and all(
-                now - recent.get(parts[:-i], -1e9) < self.window for i in (1, 2))
+                now - recent.get(parts[:-i], -1e9) < self.window for i in (1, 2)
+            )
             recent[parts] = now
         if walking:
             self._walk_ahead(view, parts, children)

@@ -1,6 +1,7 @@
 """Open files of the write side: ``WriteHandle`` and the operations on a ``LocalFile``
 through it (write, read, truncate, release); a file's bytes live in a spool file on disk, never
 whole in memory."""
+
 from __future__ import annotations
 
 import errno
@@ -46,7 +47,6 @@ class WriteHandle:
         self.writer._release(self.lf)
 
 
-
 class HandleOps(UploadPath):
     """What a ``WriteHandle`` does to its ``LocalFile``; all state lives in the file."""
 
@@ -62,21 +62,30 @@ class HandleOps(UploadPath):
         if lf.spool is None or lf.spool.closed:
             self._reopen_spool(lf)
         assert lf.spool is not None
-        if (lf.replaces is not None and not self.allow_delete
-                and offset + len(data) > lf.replaces.size):
+        if (
+            lf.replaces is not None
+            and not self.allow_delete
+            and offset + len(data) > lf.replaces.size
+        ):
             # longer than the file on XNAT: certainly other bytes; say so now, not only at
             # close (shells ignore close errors)
             lf.write_error = errno.EACCES
-            raise OSError(errno.EACCES, "replacing a file on XNAT with other bytes needs "
-                          "--allow-delete", join_path(lf.parts))
+            raise OSError(
+                errno.EACCES,
+                "replacing a file on XNAT with other bytes needs --allow-delete",
+                join_path(lf.parts),
+            )
         try:
             n = lf.spool.write(offset, data)
         except OSError as exc:
             # the op's error path logs this one line (path, errno, what it means); the
             # flush/release after it answer the errno again without a line of their own
             lf.write_error = exc.errno or errno.EIO
-            raise OSError(lf.write_error, f"{exc.strerror or exc}; the file is incomplete and "
-                          "will not be uploaded", join_path(lf.parts)) from exc
+            raise OSError(
+                lf.write_error,
+                f"{exc.strerror or exc}; the file is incomplete and will not be uploaded",
+                join_path(lf.parts),
+            ) from exc
         lf.dirty = True
         lf.state = WRITING
         lf.mtime_ns = time.time_ns()
@@ -101,8 +110,11 @@ class HandleOps(UploadPath):
                     return fh.read(size)
             except FileNotFoundError:
                 pass
-        raise OSError(errno.EIO, "the local copy is gone (uploaded meanwhile): open again",
-                      join_path(lf.parts))
+        raise OSError(
+            errno.EIO,
+            "the local copy is gone (uploaded meanwhile): open again",
+            join_path(lf.parts),
+        )
 
     def _truncate(self, lf: LocalFile, length: int) -> None:
         if lf.spool is None or lf.spool.closed:
@@ -137,12 +149,15 @@ class HandleOps(UploadPath):
         finally:
             handle.close()
 
-
     def _release(self, lf: LocalFile) -> None:
         path = join_path(lf.parts)
         try:
-            emptied = (lf.spool is not None and not lf.spool.closed and lf.spool.size == 0
-                       and lf.target.overwrite)
+            emptied = (
+                lf.spool is not None
+                and not lf.spool.closed
+                and lf.spool.size == 0
+                and lf.target.overwrite
+            )
             if lf.dirty and not emptied:  # an emptied file was refused (and logged) at flush
                 self._commit(lf)
         except Exception as exc:  # noqa: BLE001 - release cannot report; flush already did
@@ -155,8 +170,14 @@ class HandleOps(UploadPath):
                     lf.spool.discard()
                     lf.spool = None
                     lf.dirty = False
-                if (lf.handles == 0 and lf.spool is not None and not lf.spool.closed
-                        and lf.dirty and lf.spool.size == 0 and lf.target.overwrite):
+                if (
+                    lf.handles == 0
+                    and lf.spool is not None
+                    and not lf.spool.closed
+                    and lf.dirty
+                    and lf.spool.size == 0
+                    and lf.target.overwrite
+                ):
                     lf.dirty = False  # emptied and refused at close: XNAT keeps its bytes
                 if lf.handles == 0:
                     if lf.spool is not None and not lf.spool.closed and not lf.dirty:

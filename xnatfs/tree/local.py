@@ -1,5 +1,6 @@
 """The records of the write side: a file the user wrote that XNAT does not show yet
 (``LocalFile``), its states, and which names are editors' and rsync's temporary files."""
+
 from __future__ import annotations
 
 import re
@@ -71,4 +72,3 @@ class LocalFile:
         if self.spool is not None and not self.spool.closed:
             return self.spool.size
         return self.entry.size if self.entry is not None else self.uploaded_size
-

@@ -1,5 +1,6 @@
 """Namespace operations of the write side: ``mkdir`` (local folders in ``files/``, XNAT
 objects elsewhere), ``unlink``, ``rmdir`` and ``rename`` (local files, prearchive moves)."""
+
 from __future__ import annotations
 
 import errno
@@ -45,14 +46,19 @@ class Namespace(Opening):
                 self._dirs.add(parts)
             return
         if parent.kind not in (Kind.SUBJECTS, Kind.EXPERIMENTS, Kind.SCANS, Kind.RESOURCES):
-            raise OSError(errno.EPERM, "XNAT objects are made with mkdir only inside subjects/, "
-                          "experiments/, scans/, resources/ or files/", path)
+            raise OSError(
+                errno.EPERM,
+                "XNAT objects are made with mkdir only inside subjects/, "
+                "experiments/, scans/, resources/ or files/",
+                path,
+            )
         _check_label(name, path)
         if parent.kind is Kind.SUBJECTS:
             self.client.create_subject(parent.project, name)
         elif parent.kind is Kind.EXPERIMENTS:
-            self.client.create_experiment(parent.project, parent.subject, name,
-                                          self.experiment_type)
+            self.client.create_experiment(
+                parent.project, parent.subject, name, self.experiment_type
+            )
         elif parent.kind is Kind.SCANS:
             self.client.create_scan(parent.uri, name, self.scan_type)
         else:
@@ -94,16 +100,24 @@ class Namespace(Opening):
         parts = split_path(path)
         with self._lock:
             if parts in self._dirs:
-                if any(p[:len(parts)] == parts and p != parts
-                       for p in list(self._files) + list(self._dirs)):
+                if any(
+                    p[: len(parts)] == parts and p != parts
+                    for p in list(self._files) + list(self._dirs)
+                ):
                     raise OSError(errno.ENOTEMPTY, "not empty", path)
                 self._dirs.discard(parts)
                 return
         node = self.tree.lookup(path)
         if not node.is_dir:
             raise OSError(errno.ENOTDIR, "not a directory", path)
-        deletable = {Kind.SUBJECT, Kind.EXPERIMENT, Kind.SCAN, Kind.RESOURCE, Kind.PRE_SESSION,
-                     Kind.ASSESSOR}
+        deletable = {
+            Kind.SUBJECT,
+            Kind.EXPERIMENT,
+            Kind.SCAN,
+            Kind.RESOURCE,
+            Kind.PRE_SESSION,
+            Kind.ASSESSOR,
+        }
         if node.kind not in deletable:
             raise OSError(errno.EPERM, "this directory cannot be removed", path)
         if not self.allow_delete:
@@ -122,8 +136,12 @@ class Namespace(Opening):
             if child.kind is Kind.FILES:
                 if self.tree.listdir(join_path(split_path(path) + (child.name,))):
                     return False
-            elif child.is_dir and child.kind in (Kind.RESOURCES, Kind.SCANS, Kind.EXPERIMENTS,
-                                                 Kind.ASSESSORS):
+            elif child.is_dir and child.kind in (
+                Kind.RESOURCES,
+                Kind.SCANS,
+                Kind.EXPERIMENTS,
+                Kind.ASSESSORS,
+            ):
                 if self.tree.listdir(join_path(split_path(path) + (child.name,))):
                     return False
             else:
@@ -138,12 +156,14 @@ class Namespace(Opening):
         if node.kind is Kind.PRE_SESSION and new_parent.kind is Kind.EXPERIMENTS:
             label = unescape_name(new_parts[-1])
             _check_label(label, new)
-            prearchive_moves.archive_session(self._prearc(), self.tree, node, new_parent,
-                                             old, new, label)
+            prearchive_moves.archive_session(
+                self._prearc(), self.tree, node, new_parent, old, new, label
+            )
             return
         if node.kind is Kind.PRE_SESSION and new_parent.kind is Kind.PRE_PROJECT:
-            prearchive_moves.move_session(self._prearc(), self.tree, node, new_parent,
-                                          old_parts, new_parts, new)
+            prearchive_moves.move_session(
+                self._prearc(), self.tree, node, new_parent, old_parts, new_parts, new
+            )
             return
         lf = node.local_file if isinstance(node.local_file, LocalFile) else None
         if lf is None and not node.is_local and not self.allow_delete:
@@ -152,8 +172,11 @@ class Namespace(Opening):
             # reached XNAT, leaving both there (a file twice, or a new empty subject): refuse
             # before anything is copied.  Local files and folders (rsync/editor temp files)
             # need no delete on XNAT and rename below (issue 16 §2)
-            raise OSError(errno.EACCES, "moving what is on XNAT is a copy plus a delete: "
-                          "it needs --allow-delete", old)
+            raise OSError(
+                errno.EACCES,
+                "moving what is on XNAT is a copy plus a delete: it needs --allow-delete",
+                old,
+            )
         if lf is None or new_parent.kind is not Kind.FILES:
             # XNAT cannot move a stored file: mv falls back to copy + unlink on EXDEV
             raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)
@@ -169,8 +192,13 @@ class Namespace(Opening):
             existing = None
         target = self._target_for(new_parent, new_parts, new)
         if existing is not None and not isinstance(existing.local_file, LocalFile):
-            if (existing.kind is Kind.FILE and lf.entry is not None and lf.spool is None
-                    and lf.handles == 0 and self._entry_same(lf.entry, existing)):
+            if (
+                existing.kind is Kind.FILE
+                and lf.entry is not None
+                and lf.spool is None
+                and lf.handles == 0
+                and self._entry_same(lf.entry, existing)
+            ):
                 self._drop_same_bytes(lf, old_parts, existing)
                 log.info("mv %s %s: the same bytes as on XNAT: nothing uploaded", old, new)
                 return

@@ -1,5 +1,6 @@
 """Opening files for writing: ``create``, ``open_write``, ``truncate``, and where a path's
 bytes go on XNAT (``UploadTarget``: a file in a resource, or an archive import)."""
+
 from __future__ import annotations
 
 import errno
@@ -79,15 +80,22 @@ class Opening(HandleOps):
         node = self.tree.lookup(path)
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory", path)
-        if not self.allow_delete and not isinstance(node.local_file, LocalFile) \
-                and node.kind is Kind.FILE and length == node.size:
+        if (
+            not self.allow_delete
+            and not isinstance(node.local_file, LocalFile)
+            and node.kind is Kind.FILE
+            and length == node.size
+        ):
             return  # the same bytes: nothing changes (issue 15 §3)
         if not self.allow_delete and not isinstance(node.local_file, LocalFile):
             raise OSError(errno.EACCES, "truncating a file on XNAT needs --allow-delete", path)
         if length == 0 and self.allow_delete and not isinstance(node.local_file, LocalFile):
             log.warning("truncate %s: refused (ENOTSUP): XNAT cannot store an empty file", path)
-            raise OSError(errno.ENOTSUP, "XNAT cannot store an empty file: the file on XNAT "
-                          "is kept (rm it instead)", path)
+            raise OSError(
+                errno.ENOTSUP,
+                "XNAT cannot store an empty file: the file on XNAT is kept (rm it instead)",
+                path,
+            )
         handle = self.open_write(node, path, truncate=(length == 0))
         try:
             handle.truncate(length)
@@ -101,23 +109,37 @@ class Opening(HandleOps):
         if parent.kind is Kind.FILES:
             resource_parts = self._files_root(parent, parts[:-1])
             # every folder below files/ is part of the upload URL: each is checked
-            relpath = "/".join(check_write_name(p, path) for p in parts[len(resource_parts):])
-            return UploadTarget.file(self._resource_uri(parent, resource_parts), relpath,
-                                     listing=resource_parts)
+            relpath = "/".join(check_write_name(p, path) for p in parts[len(resource_parts) :])
+            return UploadTarget.file(
+                self._resource_uri(parent, resource_parts), relpath, listing=resource_parts
+            )
         if parent.kind is Kind.EXPERIMENTS and name.lower().endswith(ARCHIVE_SUFFIXES):
-            return UploadTarget.archive_import(parent.project, "/archive", listing=parts[:-1],
-                                               subject=parent.subject,
-                                               content_type=_archive_type(name))
+            return UploadTarget.archive_import(
+                parent.project,
+                "/archive",
+                listing=parts[:-1],
+                subject=parent.subject,
+                content_type=_archive_type(name),
+            )
         if parent.kind is Kind.PRE_PROJECT and name.lower().endswith(ARCHIVE_SUFFIXES):
-            return UploadTarget.archive_import(parent.project,
-                                               f"/prearchive/projects/{parent.project}",
-                                               listing=parts[:-2],
-                                               content_type=_archive_type(name))
+            return UploadTarget.archive_import(
+                parent.project,
+                f"/prearchive/projects/{parent.project}",
+                listing=parts[:-2],
+                content_type=_archive_type(name),
+            )
         if parent.kind in (Kind.EXPERIMENTS, Kind.PRE_PROJECT):
-            raise OSError(errno.EPERM, "only .zip/.tar.gz/.tgz archives can be written here "
-                          "(they are imported as sessions)", path)
-        raise OSError(errno.EPERM, "XNAT has no place for a file here (files go below "
-                      ".../resources/R/files/)", path)
+            raise OSError(
+                errno.EPERM,
+                "only .zip/.tar.gz/.tgz archives can be written here "
+                "(they are imported as sessions)",
+                path,
+            )
+        raise OSError(
+            errno.EPERM,
+            "XNAT has no place for a file here (files go below .../resources/R/files/)",
+            path,
+        )
 
     def _files_root(self, parent: NodeInfo, parent_parts: PathParts) -> PathParts:
         """Path of the ``files`` directory of the resource that holds ``parent``."""
@@ -127,10 +149,10 @@ class Opening(HandleOps):
             while up:
                 node = self.tree.lookup(join_path(up))
                 if node.kind is Kind.FILES and not node.is_local:
-                    return up[:len(up) - len(node.subpath)]
+                    return up[: len(up) - len(node.subpath)]
                 up = up[:-1]
             raise OSError(errno.EIO, "local folder outside a resource", join_path(parent_parts))
-        return parent_parts[:len(parent_parts) - depth]
+        return parent_parts[: len(parent_parts) - depth]
 
     def _resource_uri(self, parent: NodeInfo, resource_parts: PathParts) -> str:
         if not parent.is_local:
@@ -138,7 +160,5 @@ class Opening(HandleOps):
         return self.tree.lookup(join_path(resource_parts)).uri
 
 
-
 def _archive_type(name: str) -> str:
     return "application/zip" if name.lower().endswith(".zip") else "application/x-gzip"
-

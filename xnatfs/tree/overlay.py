@@ -4,6 +4,7 @@ and local folders, listed and stat'ed at once, over what XNAT lists.
 Lock: ``_lock`` protects ``_files``, ``_dirs`` and ``_ancestors``; it is never held across a
 request.  The ``_locked_*`` helpers expect the caller to hold it.
 """
+
 from __future__ import annotations
 
 import threading
@@ -43,24 +44,37 @@ class LocalOverlay:
         """Local files and folders directly in ``parts`` (folders only add missing names)."""
         n = len(parts) + 1
         with self._lock:
-            files = [self._file_node(lf) for p, lf in self._files.items()
-                     if len(p) == n and p[:-1] == parts]
-            dirs = [self._dir(p) for p in set(self._dirs) | set(self._ancestors)
-                    if len(p) == n and p[:-1] == parts]
+            files = [
+                self._file_node(lf)
+                for p, lf in self._files.items()
+                if len(p) == n and p[:-1] == parts
+            ]
+            dirs = [
+                self._dir(p)
+                for p in set(self._dirs) | set(self._ancestors)
+                if len(p) == n and p[:-1] == parts
+            ]
         return files + dirs
 
     @staticmethod
     def _dir(parts: PathParts) -> NodeInfo:
-        return NodeInfo(name=parts[-1], kind=Kind.FILES, is_dir=True, mtime=time.time(),
-                        ref=Local())
+        return NodeInfo(
+            name=parts[-1], kind=Kind.FILES, is_dir=True, mtime=time.time(), ref=Local()
+        )
 
     @staticmethod
     def _file_node(lf: LocalFile) -> NodeInfo:
         uri = lf.target.file_uri
-        return NodeInfo(name=lf.parts[-1], kind=Kind.FILE, is_dir=False, size=lf.size,
-                        mtime=lf.mtime, uri=uri, ref=Local(lf),
-                        attrs={"cache_state": lf.state, "uri": uri,
-                               "digest": lf.entry.md5 if lf.entry else ""})
+        return NodeInfo(
+            name=lf.parts[-1],
+            kind=Kind.FILE,
+            is_dir=False,
+            size=lf.size,
+            mtime=lf.mtime,
+            uri=uri,
+            ref=Local(lf),
+            attrs={"cache_state": lf.state, "uri": uri, "digest": lf.entry.md5 if lf.entry else ""},
+        )
 
     @staticmethod
     def owns(node: NodeInfo) -> bool:
@@ -70,7 +84,6 @@ class LocalOverlay:
     def mtime_ns(node: NodeInfo) -> int:
         """The mtime of a file this overlay owns (``view.layout.Overlay``)."""
         return int(node.local_file.mtime_ns)
-
 
     def _locked_put(self, lf: LocalFile) -> None:
         """Show ``lf``; its parent folders show too while it is local.  Caller holds _lock."""

@@ -5,6 +5,7 @@ The engine (``xnatfs.view.engine.Engine``) knows no XNAT; the hierarchy is
 from the mount's settings and keeps the names callers used before the split (``times``,
 ``catalog_times``, ``client``, ``DIGEST_PARAM``, ``_content_key``).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,12 +29,20 @@ class Tree(Engine):
     for: ``walk_ahead`` threads (0: off), ``bulk_min`` files for a bulk zip (0: off), and a
     ``prefetch`` window (0: off), asked in that order."""
 
-    def __init__(self, client: Any, meta: MetaCache, content: Any, *,
-                 fs_timeout: float = 60.0,
-                 stats_fn: Optional[Callable[[], Mapping[str, Any]]] = None,
-                 clock: Callable[[], float] = time.time, prefetch: int = 0,
-                 walk_ahead: int = 0, bulk_min: int = 0,
-                 experiment_listings: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        meta: MetaCache,
+        content: Any,
+        *,
+        fs_timeout: float = 60.0,
+        stats_fn: Optional[Callable[[], Mapping[str, Any]]] = None,
+        clock: Callable[[], float] = time.time,
+        prefetch: int = 0,
+        walk_ahead: int = 0,
+        bulk_min: int = 0,
+        experiment_listings: Optional[bool] = None,
+    ) -> None:
         epoch = clock()
         self.xnat = XnatLayout(client, content, epoch=epoch, stats_fn=stats_fn)
         if experiment_listings is None:
@@ -48,8 +57,9 @@ class Tree(Engine):
             policies.append(BulkZip(bulk_min, ttl=meta.ttl or 60.0))
         if prefetch:
             policies.append(Prefetch(prefetch))
-        super().__init__(self.xnat, meta, content, fs_timeout=fs_timeout, clock=lambda: epoch,
-                         policies=policies)
+        super().__init__(
+            self.xnat, meta, content, fs_timeout=fs_timeout, clock=lambda: epoch, policies=policies
+        )
         self.client = client
 
     @property

@@ -6,6 +6,7 @@ the times a file keeps when it lands (issue 15).
 stay in the journal, visible as pending (``user.xnat.cache_state``), retried with backoff,
 resumed after a restart, and the caller gets the errno.
 """
+
 from __future__ import annotations
 
 import errno
@@ -57,10 +58,15 @@ class UploadPath(LocalOverlay):
             # before cmd writes; a later close with bytes is judged on them.  Still empty at
             # release: the empty local copy is dropped there.
             code = errno.ENOTSUP if self.allow_delete or lf.replaces is None else errno.EACCES
-            log.warning("write %s: emptied but XNAT cannot store an empty file: %s, the "
-                        "old bytes stay on XNAT", path, errno.errorcode[code])
-            raise OSError(code, "XNAT cannot store an empty file: the file on XNAT "
-                          "keeps its old bytes", path)
+            log.warning(
+                "write %s: emptied but XNAT cannot store an empty file: %s, the "
+                "old bytes stay on XNAT",
+                path,
+                errno.errorcode[code],
+            )
+            raise OSError(
+                code, "XNAT cannot store an empty file: the file on XNAT keeps its old bytes", path
+            )
         if lf.replaces is not None:
             if self._spool_same(lf.spool, lf.replaces):
                 # what rsync, cp and make do when nothing changed: no upload, and no
@@ -71,8 +77,12 @@ class UploadPath(LocalOverlay):
                 return
             if not self.allow_delete:
                 lf.write_error = errno.EACCES
-                raise OSError(errno.EACCES, "replacing a file on XNAT with other bytes needs "
-                              "--allow-delete; XNAT keeps its copy", path)
+                raise OSError(
+                    errno.EACCES,
+                    "replacing a file on XNAT with other bytes needs "
+                    "--allow-delete; XNAT keeps its copy",
+                    path,
+                )
         if lf.spool.size == 0:
             # XNAT refuses empty uploads (§4.5): nothing to store, nothing to lose
             log.info("write %s: empty file not uploaded (XNAT cannot store empty files)", path)
@@ -103,23 +113,32 @@ class UploadPath(LocalOverlay):
             retry = classify(exc).retry
             with self._lock:
                 lf.state = PENDING if retry else FAILED
-            log.info("upload %s: kept in the journal, %s", path,
-                     "retried in the background until XNAT has it" if retry
-                     else "not retryable: kept as failed")
+            log.info(
+                "upload %s: kept in the journal, %s",
+                path,
+                "retried in the background until XNAT has it"
+                if retry
+                else "not retryable: kept as failed",
+            )
             raise
-
 
     # ------------------------------------------------------------------ uploader callbacks
     def _put(self, entry: Entry) -> None:
         target = entry.target
         with open(entry.data_path, "rb") as fh:
             if target is not None and target.is_file:
-                self.client.upload_file(target.resource_uri, target.relpath, fh,
-                                        entry.size, overwrite=target.overwrite)
+                self.client.upload_file(
+                    target.resource_uri, target.relpath, fh, entry.size, overwrite=target.overwrite
+                )
             elif target is not None and target.is_import:
                 uris = self.client.import_archive(
-                    fh, entry.size, project=target.project, subject=target.subject,
-                    dest=target.dest or None, content_type=target.content_type)
+                    fh,
+                    entry.size,
+                    project=target.project,
+                    subject=target.subject,
+                    dest=target.dest or None,
+                    content_type=target.content_type,
+                )
                 self._imported[entry.id] = uris
                 log.info("import %s: %s", entry.path, ", ".join(uris))
             else:
@@ -148,14 +167,24 @@ class UploadPath(LocalOverlay):
             mtime_ns = lf.mtime_ns if mine and lf is not None else int(entry.created * 1e9)
         times = getattr(self.tree, "times", None)
         if times is not None:
-            times.set(listed.uri, listed.size, listed.digest, mtime_ns,
-                      listed=getattr(listed, "mtime", None) or 0.0)
+            times.set(
+                listed.uri,
+                listed.size,
+                listed.digest,
+                mtime_ns,
+                listed=getattr(listed, "mtime", None) or 0.0,
+            )
 
     def _remember_time(self, node: NodeInfo, mtime_ns: int) -> None:
         times = getattr(self.tree, "times", None)
         if times is not None:
-            times.set(node.uri, node.size, node.digest, mtime_ns,
-                      listed=getattr(node.record, "mtime", None) or 0.0)
+            times.set(
+                node.uri,
+                node.size,
+                node.digest,
+                mtime_ns,
+                listed=getattr(node.record, "mtime", None) or 0.0,
+            )
 
     def set_mtime(self, path: str, mtime_ns: int) -> None:
         """``utimens``: a local file takes the time now (and keeps it when it lands); a file

@@ -1,4 +1,5 @@
-"""Writes become uploads (DESIGN.md §1.3): files in resources, objects by mkdir, imports, archive.
+"""Writes become uploads (docs/LAYOUT.md §1.3): files in resources, objects by mkdir, imports,
+archive.
 
 ``Writer`` owns everything the user wrote that XNAT does not have yet:
 
@@ -24,6 +25,7 @@ The class is built in layers, one module each, every one using only those below 
 
 Lock: ``_lock`` protects ``_files`` and ``_dirs``; it is never held across a request.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +47,16 @@ from xnatfs.tree.namespace import Namespace
 from xnatfs.tree.paths import join_path, split_path
 from xnatfs.uploads import Journal, Spool, Uploader
 
-__all__ = ["ARCHIVE_SUFFIXES", "TEMP_UPLOAD_DELAY", "WRITING", "AlreadyReported", "LocalFile",
-           "WriteHandle", "Writer", "is_temporary"]
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "TEMP_UPLOAD_DELAY",
+    "WRITING",
+    "AlreadyReported",
+    "LocalFile",
+    "WriteHandle",
+    "Writer",
+    "is_temporary",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +64,21 @@ log = logging.getLogger(__name__)
 class Writer(Namespace):
     """The write side of the tree.  ``start()`` after the client is up; ``close()`` last."""
 
-    def __init__(self, tree: Any, client: Any, directory: str, *, allow_delete: bool = False,
-                 experiment_type: str = "xnat:mrSessionData",
-                 scan_type: str = "xnat:mrScanData", fs_timeout: float = 60.0,
-                 temp_delay: float = TEMP_UPLOAD_DELAY,
-                 upload_workers: int = settings.default("upload_workers"),
-                 upload_backoff: float = settings.default("upload_backoff"),
-                 upload_backoff_max: float = settings.default("upload_backoff_max")) -> None:
+    def __init__(
+        self,
+        tree: Any,
+        client: Any,
+        directory: str,
+        *,
+        allow_delete: bool = False,
+        experiment_type: str = "xnat:mrSessionData",
+        scan_type: str = "xnat:mrScanData",
+        fs_timeout: float = 60.0,
+        temp_delay: float = TEMP_UPLOAD_DELAY,
+        upload_workers: int = settings.default("upload_workers"),
+        upload_backoff: float = settings.default("upload_backoff"),
+        upload_backoff_max: float = settings.default("upload_backoff_max"),
+    ) -> None:
         super().__init__()  # the overlay's state (``LocalOverlay``)
         self.tree = tree
         self.client = client
@@ -72,9 +90,15 @@ class Writer(Namespace):
         self.spool = Spool(os.path.join(directory, "spool"))
         self.journal = Journal(os.path.join(directory, "journal"))
         # workers and backoff: the --upload-* settings (xnatfs/settings.py)
-        self.uploader = Uploader(self.journal, self._put, self._verify, workers=upload_workers,
-                                 max_delay=upload_backoff_max, base_delay=upload_backoff,
-                                 on_change=self._on_change)
+        self.uploader = Uploader(
+            self.journal,
+            self._put,
+            self._verify,
+            workers=upload_workers,
+            max_delay=upload_backoff_max,
+            base_delay=upload_backoff,
+            on_change=self._on_change,
+        )
         #: import entries the server accepted (import has nothing to list-verify against)
         self._imported: Dict[str, List[str]] = {}
 
@@ -90,9 +114,15 @@ class Writer(Namespace):
                 if entry.target is None or not entry.path:
                     continue
                 parts = split_path(entry.path)
-                self._locked_put(LocalFile(parts, entry.target, entry=entry,
-                                           state=entry.state,
-                                           mtime_ns=int(entry.created * 1e9)))
+                self._locked_put(
+                    LocalFile(
+                        parts,
+                        entry.target,
+                        entry=entry,
+                        state=entry.state,
+                        mtime_ns=int(entry.created * 1e9),
+                    )
+                )
         self.uploader.start()
 
     def close(self) -> None:
@@ -102,10 +132,12 @@ class Writer(Namespace):
             try:
                 self._commit(lf, upload=False)
             except OSError as exc:
-                log.error("write %s: could not save to the journal at unmount: %s",
-                          join_path(lf.parts), exc)
+                log.error(
+                    "write %s: could not save to the journal at unmount: %s",
+                    join_path(lf.parts),
+                    exc,
+                )
         self.uploader.close(time.monotonic() + 10)
 
     def status(self) -> List[Dict[str, Any]]:
         return self.uploader.status()
-

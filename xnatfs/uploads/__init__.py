@@ -1,4 +1,5 @@
-"""Uploads: writes become uploads, and the bytes are never lost (DESIGN.md §1.3, STYLE.md §8).
+"""Uploads: writes become uploads, and the bytes are never lost (docs/LAYOUT.md §1.3,
+docs/ARCHITECTURE.md §7).
 
 Modules:
 
@@ -24,10 +25,18 @@ This package imports neither ``xnatfs.tree`` nor ``xnatfs.xnat``: the uploader i
 ``put``/``verify`` callables and ``retry.classify`` reads their errors' class names and
 ``status``.
 """
+
 from xnatfs.uploads.journal import Entry, Journal
 from xnatfs.uploads.spool import Spool, SpoolFile
 from xnatfs.uploads.target import UploadTarget
 from xnatfs.uploads.uploader import Uploader, UploadNotVerified
 
-__all__ = ["Entry", "Journal", "Spool", "SpoolFile", "UploadTarget", "Uploader",
-           "UploadNotVerified"]
+__all__ = [
+    "Entry",
+    "Journal",
+    "Spool",
+    "SpoolFile",
+    "UploadTarget",
+    "Uploader",
+    "UploadNotVerified",
+]

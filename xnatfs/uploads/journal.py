@@ -42,6 +42,7 @@ plain JSON object of earlier versions (``UploadTarget.to_json``), so their sidec
 This module imports nothing from the rest of xnatfs except ``uploads.spool`` and
 ``uploads.target``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,7 @@ from xnatfs.uploads.target import UploadTarget
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Entry", "Journal", "UploadTarget", "STATES", "PENDING", "UPLOADING", "FAILED",
-           "DONE"]
+__all__ = ["Entry", "Journal", "UploadTarget", "STATES", "PENDING", "UPLOADING", "FAILED", "DONE"]
 
 # Plain strings, not an Enum: they are the sidecar's JSON values and the ``cache_state``
 # attribute users read, and a str-mixin Enum neither hashes like its value (sets mixing both)
@@ -123,8 +123,9 @@ class Entry:
             object.__setattr__(self, "target", UploadTarget.coerce(self.target))
 
     def to_json(self) -> Dict[str, Any]:
-        doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name != "data_path"}
+        doc = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "data_path"
+        }
         doc["target"] = None if self.target is None else self.target.to_json()
         doc["v"] = _VERSION
         return doc
@@ -199,7 +200,7 @@ class Journal:
         os.chmod(self.directory, _DIR_MODE)
         self._write_lock = threading.RLock()
         self._lock = threading.Lock()
-        self._entries: Dict[str, Entry] = {}   # id -> newest version
+        self._entries: Dict[str, Entry] = {}  # id -> newest version
         self._by_path: Dict[str, List[str]] = {}  # mount path -> ids, oldest first
         self._seq = 0
         self._loaded = False
@@ -218,14 +219,13 @@ class Journal:
         doc.update(extra)
         payload = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
         final = self._sidecar_path(entry.id)
-        tmp = os.path.join(self.directory,
-                           f".{entry.id}{_SIDECAR}.{secrets.token_hex(4)}{_TMP}")
+        tmp = os.path.join(self.directory, f".{entry.id}{_SIDECAR}.{secrets.token_hex(4)}{_TMP}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         try:
             try:
                 view = memoryview(payload)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -267,9 +267,13 @@ class Journal:
         """True once ``reload()`` ran."""
         return self._loaded
 
-    def add(self, spool: Union[PathLike, SpoolFile],
-            target: Union[UploadTarget, Mapping[str, Any]],
-            path: str, digest: bool = True) -> Entry:
+    def add(
+        self,
+        spool: Union[PathLike, SpoolFile],
+        target: Union[UploadTarget, Mapping[str, Any]],
+        path: str,
+        digest: bool = True,
+    ) -> Entry:
         """Take ownership of the bytes in ``spool`` (a closed-or-open ``SpoolFile`` or a path)
         as a new pending entry uploading to ``target`` for mount path ``path``.
 
@@ -329,9 +333,15 @@ class Journal:
                 raise
             tmp = data_path + "." + secrets.token_hex(4) + _TMP
             try:
-                with open(source, "rb") as src, open(
-                        os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                _FILE_MODE), "wb") as dst:
+                with (
+                    open(source, "rb") as src,
+                    open(
+                        os.open(
+                            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE
+                        ),
+                        "wb",
+                    ) as dst,
+                ):
                     while True:
                         chunk = src.read(_CHUNK)
                         if not chunk:
@@ -408,8 +418,11 @@ class Journal:
         """Newest entry of every path directly inside mount directory ``directory``."""
         directory = directory.rstrip("/") or "/"
         with self._lock:
-            return [self._entries[ids[-1]] for p, ids in self._by_path.items()
-                    if ids and posixpath.dirname(p) == directory]
+            return [
+                self._entries[ids[-1]]
+                for p, ids in self._by_path.items()
+                if ids and posixpath.dirname(p) == directory
+            ]
 
     # ----------------------------------------------------------------------- recovery
     def reload(self) -> List[Entry]:
@@ -460,26 +473,38 @@ class Journal:
             if entry.id != entry_id:
                 raise ValueError(f"sidecar names entry {entry.id!r}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("journal: sidecar %s is unreadable (%s); keeping it as %s.bad",
-                        sidecar, exc, sidecar)
+            log.warning(
+                "journal: sidecar %s is unreadable (%s); keeping it as %s.bad",
+                sidecar,
+                exc,
+                sidecar,
+            )
             os.replace(sidecar, sidecar + ".bad")
             orphans.append(entry_id)
             return
         if entry_id + _DATA not in names:
             source = doc.get("source")
             if isinstance(source, str) and os.path.isfile(source):
-                log.info("journal: completing interrupted add of %s (%s) from %s",
-                         entry_id, entry.path, source)
+                log.info(
+                    "journal: completing interrupted add of %s (%s) from %s",
+                    entry_id,
+                    entry.path,
+                    source,
+                )
                 try:
                     self._move_in(source, data_path)
                 except OSError as exc:  # leave both for the next reload; the bytes are safe
-                    log.warning("journal: cannot complete the add of %s from %s: %s",
-                                entry_id, source, exc)
+                    log.warning(
+                        "journal: cannot complete the add of %s from %s: %s", entry_id, source, exc
+                    )
                     return
                 names.add(entry_id + _DATA)
             else:
-                log.info("journal: dropping entry %s (%s): no data file (interrupted remove)",
-                         entry_id, entry.path)
+                log.info(
+                    "journal: dropping entry %s (%s): no data file (interrupted remove)",
+                    entry_id,
+                    entry.path,
+                )
                 _unlink_missing_ok(sidecar)
                 return
         if entry.state == DONE:
@@ -515,12 +540,24 @@ class Journal:
             mtime = os.fstat(fd).st_mtime
         finally:
             os.close(fd)
-        entry = Entry(id=entry_id, target=None, path="", size=size, md5=md5, created=mtime,
-                      seq=self._next_seq(), state=FAILED,
-                      last_error=f"{reason}: target unknown; bytes kept at {data_path}",
-                      data_path=data_path)
-        log.warning("journal: %s has no usable sidecar; kept as a failed entry (%d bytes at %s)",
-                    entry_id, size, data_path)
+        entry = Entry(
+            id=entry_id,
+            target=None,
+            path="",
+            size=size,
+            md5=md5,
+            created=mtime,
+            seq=self._next_seq(),
+            state=FAILED,
+            last_error=f"{reason}: target unknown; bytes kept at {data_path}",
+            data_path=data_path,
+        )
+        log.warning(
+            "journal: %s has no usable sidecar; kept as a failed entry (%d bytes at %s)",
+            entry_id,
+            size,
+            data_path,
+        )
         self._write_sidecar(entry)
         with self._lock:
             self._locked_insert(entry)
@@ -541,4 +578,3 @@ def _unlink_missing_ok(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-

@@ -40,6 +40,7 @@ exception's MRO, with its ``status``: ``uploads`` may not import ``xnatfs.xnat``
 (tests/unit/test_layers.py), and ``tests/unit/test_uploader.py`` checks that every name used here
 exists there, so a rename cannot silently change a verdict.
 """
+
 from __future__ import annotations
 
 import errno
@@ -47,15 +48,23 @@ import re
 from dataclasses import dataclass
 from typing import FrozenSet, Optional, Set
 
-__all__ = ["Verdict", "classify", "classify_text", "PERMANENT_STATUSES", "PERMANENT_ERRNOS",
-           "ERROR_CLASSES"]
+__all__ = [
+    "Verdict",
+    "classify",
+    "classify_text",
+    "PERMANENT_STATUSES",
+    "PERMANENT_ERRNOS",
+    "ERROR_CLASSES",
+]
 
 #: HTTP statuses that re-sending the same upload cannot fix (see the table above)
-PERMANENT_STATUSES: FrozenSet[int] = frozenset({400, 401, 403, 404, 406, 409, 410, 413, 417,
-                                                414, 422})
+PERMANENT_STATUSES: FrozenSet[int] = frozenset(
+    {400, 401, 403, 404, 406, 409, 410, 413, 417, 414, 422}
+)
 #: local errors that re-sending cannot fix: the target is unusable or the bytes are gone
-PERMANENT_ERRNOS: FrozenSet[int] = frozenset({errno.EINVAL, errno.ENOENT, errno.EISDIR,
-                                              errno.ENAMETOOLONG, errno.EACCES, errno.EPERM})
+PERMANENT_ERRNOS: FrozenSet[int] = frozenset(
+    {errno.EINVAL, errno.ENOENT, errno.EISDIR, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM}
+)
 
 
 @dataclass(frozen=True)
@@ -70,16 +79,16 @@ class Verdict:
 
 #: client error class name -> verdict (None: decided by the status below)
 ERROR_CLASSES = {
-    "CredentialsError": False,   # no credentials: nothing to log in with
-    "Unauthorized": False,       # 401 after the client's own re-login
-    "Forbidden": False,          # 403
-    "NotFound": False,           # 404: the parent resource/session is gone
-    "Conflict": False,           # 409 or a 200 {"duplicates": [...]} (§4.5)
-    "BadRequest": False,         # 400/406/417/422: a bad name or body
-    "XnatTimeout": True,         # a slow server
-    "Unreachable": True,         # refused, reset, a body cut in the middle
-    "NotXnatResponse": True,     # a login page after the re-login (§5.1, §10.8), a proxy page
-    "ServerError": True,         # 5xx, 429
+    "CredentialsError": False,  # no credentials: nothing to log in with
+    "Unauthorized": False,  # 401 after the client's own re-login
+    "Forbidden": False,  # 403
+    "NotFound": False,  # 404: the parent resource/session is gone
+    "Conflict": False,  # 409 or a 200 {"duplicates": [...]} (§4.5)
+    "BadRequest": False,  # 400/406/417/422: a bad name or body
+    "XnatTimeout": True,  # a slow server
+    "Unreachable": True,  # refused, reset, a body cut in the middle
+    "NotXnatResponse": True,  # a login page after the re-login (§5.1, §10.8), a proxy page
+    "ServerError": True,  # 5xx, 429
 }
 
 
@@ -112,8 +121,13 @@ def classify(exc: BaseException) -> Verdict:
 #: ``str(XnatError)`` is ``"METHOD URL -> STATUS Reason: message"`` (errors.py)
 _STATUS_TEXT = re.compile(r" -> (\d{3})\b")
 _ERRNO_TEXT = re.compile(r"\[Errno (\d+)\]")
-_PERMANENT_WORDS = ("no usable credentials", "unknown upload target", "target unknown",
-                    "file exists (duplicates", "earlier write failed")
+_PERMANENT_WORDS = (
+    "no usable credentials",
+    "unknown upload target",
+    "target unknown",
+    "file exists (duplicates",
+    "earlier write failed",
+)
 
 
 def classify_text(text: str) -> Verdict:
@@ -130,6 +144,5 @@ def classify_text(text: str) -> Verdict:
     m = _ERRNO_TEXT.search(text)
     if m:
         code = int(m.group(1))
-        return Verdict(code not in PERMANENT_ERRNOS,
-                       f"local {errno.errorcode.get(code, code)}")
+        return Verdict(code not in PERMANENT_ERRNOS, f"local {errno.errorcode.get(code, code)}")
     return Verdict(True, "unknown")

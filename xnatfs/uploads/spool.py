@@ -18,6 +18,7 @@ drops them).
 
 This module imports nothing from the rest of xnatfs.
 """
+
 from __future__ import annotations
 
 import errno
@@ -140,8 +141,7 @@ class SpoolFile:
             self._modified = True
             return len(view)
 
-    def _locked_undo(self, fd: int, offset: int, saved: bytes, old_size: int,
-                     exc: OSError) -> None:
+    def _locked_undo(self, fd: int, offset: int, saved: bytes, old_size: int, exc: OSError) -> None:
         """Restore the file after a failed write. Caller holds self._lock.
 
         Truncating frees the space the partial write took, so the undo itself needs no space;
@@ -154,8 +154,9 @@ class SpoolFile:
                 _pwrite_all(fd, memoryview(saved), offset)
         except OSError as undo_exc:
             self._size = os.fstat(fd).st_size
-            log.error("spool %s: write failed (%s) and could not be undone: %s",
-                      self._path, exc, undo_exc)
+            log.error(
+                "spool %s: write failed (%s) and could not be undone: %s", self._path, exc, undo_exc
+            )
 
     def read(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset``; fewer only at end of file."""
@@ -265,9 +266,11 @@ class Spool:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
-        return sorted(p for p in (os.path.join(self.directory, n) for n in names
-                                  if n.endswith(SPOOL_SUFFIX))
-                      if p not in open_now)
+        return sorted(
+            p
+            for p in (os.path.join(self.directory, n) for n in names if n.endswith(SPOOL_SUFFIX))
+            if p not in open_now
+        )
 
     def discard_leftovers(self) -> int:
         """Delete ``leftovers()``; returns how many. Only call this after ``Journal.reload``,

@@ -1,6 +1,6 @@
 """What an upload goes to: a frozen record, persisted in the journal's sidecars.
 
-Two kinds (``../shared/DESIGN.md`` §1.3):
+Two kinds (``docs/LAYOUT.md`` §1.3):
 
 - ``file``: PUT the bytes to ``<resource_uri>/files/<relpath>`` (``overwrite`` when it
   replaces a file XNAT has);
@@ -17,6 +17,7 @@ upload them (EINVAL) and the entry stays listed as failed, its bytes kept.
 
 This module imports nothing from the rest of xnatfs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,17 +55,34 @@ class UploadTarget:
     content_type: str = _DEFAULT_ARCHIVE_TYPE
 
     @classmethod
-    def file(cls, resource_uri: str, relpath: str, listing: Sequence[str] = (),
-             overwrite: bool = False) -> "UploadTarget":
-        return cls(FILE, resource_uri=resource_uri, relpath=relpath, overwrite=overwrite,
-                   listing=tuple(listing))
+    def file(
+        cls, resource_uri: str, relpath: str, listing: Sequence[str] = (), overwrite: bool = False
+    ) -> "UploadTarget":
+        return cls(
+            FILE,
+            resource_uri=resource_uri,
+            relpath=relpath,
+            overwrite=overwrite,
+            listing=tuple(listing),
+        )
 
     @classmethod
-    def archive_import(cls, project: str, dest: str, listing: Sequence[str] = (),
-                       subject: Optional[str] = None,
-                       content_type: str = _DEFAULT_ARCHIVE_TYPE) -> "UploadTarget":
-        return cls(IMPORT, project=project, subject=subject, dest=dest, listing=tuple(listing),
-                   content_type=content_type)
+    def archive_import(
+        cls,
+        project: str,
+        dest: str,
+        listing: Sequence[str] = (),
+        subject: Optional[str] = None,
+        content_type: str = _DEFAULT_ARCHIVE_TYPE,
+    ) -> "UploadTarget":
+        return cls(
+            IMPORT,
+            project=project,
+            subject=subject,
+            dest=dest,
+            listing=tuple(listing),
+            content_type=content_type,
+        )
 
     @property
     def is_file(self) -> bool:
@@ -83,8 +101,9 @@ class UploadTarget:
         """The sidecar's ``target`` object: the fields of this kind, in the historical shape."""
         doc: Dict[str, Any] = {"kind": self.kind}
         if self.is_file:
-            doc.update(resource_uri=self.resource_uri, relpath=self.relpath,
-                       overwrite=self.overwrite)
+            doc.update(
+                resource_uri=self.resource_uri, relpath=self.relpath, overwrite=self.overwrite
+            )
         elif self.is_import:
             doc.update(project=self.project, dest=self.dest, content_type=self.content_type)
             if self.subject is not None:
@@ -97,9 +116,11 @@ class UploadTarget:
 
     def _extra_fields(self) -> Dict[str, Any]:
         defaults = UploadTarget(self.kind)
-        return {name: getattr(self, name) for name in ("resource_uri", "relpath", "overwrite",
-                                                         "project", "subject", "dest")
-                if getattr(self, name) != getattr(defaults, name)}
+        return {
+            name: getattr(self, name)
+            for name in ("resource_uri", "relpath", "overwrite", "project", "subject", "dest")
+            if getattr(self, name) != getattr(defaults, name)
+        }
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> "UploadTarget":

@@ -41,6 +41,7 @@ a fake clock plus ``wake()`` instead of sleeping.
 This module imports nothing from ``xnatfs.tree`` or ``xnatfs.xnat`` (``retry`` matches the
 client's error classes by name).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,8 +80,10 @@ class UploadNotVerified(OSError):
 
     def __init__(self, entry: Entry) -> None:
         self.path = entry.path
-        super().__init__(errno.EIO, f"server does not show the uploaded file "
-                         f"({entry.size} bytes, md5 {entry.md5})")
+        super().__init__(
+            errno.EIO,
+            f"server does not show the uploaded file ({entry.size} bytes, md5 {entry.md5})",
+        )
 
 
 class _Digest:
@@ -165,7 +168,8 @@ class _Digest:
                 assert fd is not None
                 self._hash(fd, in_thread=False)
                 self._value = self._journal.update(
-                    dataclasses.replace(self._entry, md5=self._md5.hexdigest()))
+                    dataclasses.replace(self._entry, md5=self._md5.hexdigest())
+                )
                 return self._value
             except BaseException as exc:
                 self._failure = exc
@@ -221,8 +225,8 @@ class Uploader:
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
-        self._queued: Dict[str, Entry] = {}    # id -> entry waiting for next_attempt
-        self._running: Dict[str, Entry] = {}   # id -> entry whose attempt runs now
+        self._queued: Dict[str, Entry] = {}  # id -> entry waiting for next_attempt
+        self._running: Dict[str, Entry] = {}  # id -> entry whose attempt runs now
         self._threads: List[threading.Thread] = []
         self._started = False
         self._stopping = False
@@ -242,26 +246,37 @@ class Uploader:
         requeued: List[Entry] = []
         with self._cv:
             for entry in self._journal.entries():
-                if (entry.state == FAILED and entry.target is not None
-                        and classify_text(entry.last_error).retry):
+                if (
+                    entry.state == FAILED
+                    and entry.target is not None
+                    and classify_text(entry.last_error).retry
+                ):
                     # failed by an older version for a reason the table now calls transient
                     requeued.append(entry)
                     continue
-                if (entry.state in (PENDING, UPLOADING) and entry.id not in self._queued
-                        and entry.id not in self._running):
+                if (
+                    entry.state in (PENDING, UPLOADING)
+                    and entry.id not in self._queued
+                    and entry.id not in self._running
+                ):
                     # next_attempt of an earlier run is on another clock: due now
-                    self._queued[entry.id] = dataclasses.replace(entry, state=PENDING,
-                                                                 next_attempt=now)
+                    self._queued[entry.id] = dataclasses.replace(
+                        entry, state=PENDING, next_attempt=now
+                    )
                     resumed += 1
             for i in range(self.workers):
-                thread = threading.Thread(target=self._worker, name=f"xnatfs-upload-{i}",
-                                          daemon=True)
+                thread = threading.Thread(
+                    target=self._worker, name=f"xnatfs-upload-{i}", daemon=True
+                )
                 self._threads.append(thread)
             threads = list(self._threads)
             self._cv.notify_all()
         for entry in requeued:
-            log.info("upload %s: was failed (%s); transient, queued again",
-                     entry.path or entry.id, entry.last_error)
+            log.info(
+                "upload %s: was failed (%s); transient, queued again",
+                entry.path or entry.id,
+                entry.last_error,
+            )
             self.submit(entry)
         for thread in threads:
             thread.start()
@@ -284,16 +299,27 @@ class Uploader:
         stuck = [t.name for t in threads if t.is_alive()]
         left = [s for s in self.status() if s["state"] != DONE]
         if stuck:
-            log.warning("uploader: %d upload(s) still running at shutdown (%s); abandoned, "
-                        "they stay in the journal", len(stuck), ", ".join(stuck))
+            log.warning(
+                "uploader: %d upload(s) still running at shutdown (%s); abandoned, "
+                "they stay in the journal",
+                len(stuck),
+                ", ".join(stuck),
+            )
         for item in left[:_SHUTDOWN_LOG_LIMIT]:
-            log.warning("upload %s: still %s at shutdown (%d bytes, %d tries%s); kept in the "
-                        "journal for the next mount", item["path"] or item["id"], item["state"],
-                        item["size"], item["tries"],
-                        f", last error: {item['last_error']}" if item["last_error"] else "")
+            log.warning(
+                "upload %s: still %s at shutdown (%d bytes, %d tries%s); kept in the "
+                "journal for the next mount",
+                item["path"] or item["id"],
+                item["state"],
+                item["size"],
+                item["tries"],
+                f", last error: {item['last_error']}" if item["last_error"] else "",
+            )
         if len(left) > _SHUTDOWN_LOG_LIMIT:
-            log.warning("uploader: ... and %d more upload(s) kept in the journal",
-                        len(left) - _SHUTDOWN_LOG_LIMIT)
+            log.warning(
+                "uploader: ... and %d more upload(s) kept in the journal",
+                len(left) - _SHUTDOWN_LOG_LIMIT,
+            )
         return left
 
     def __enter__(self) -> "Uploader":
@@ -325,8 +351,9 @@ class Uploader:
         with self._cv:
             if entry.id in self._running:
                 return
-            self._queued[entry.id] = dataclasses.replace(entry, state=PENDING,
-                                                         next_attempt=self._clock() + delay)
+            self._queued[entry.id] = dataclasses.replace(
+                entry, state=PENDING, next_attempt=self._clock() + delay
+            )
             self._cv.notify()
 
     def wake(self) -> None:
@@ -353,9 +380,10 @@ class Uploader:
             while self._locked_blocked(entry):
                 remaining = deadline - self._clock()
                 if remaining <= 0:
-                    raise TimeoutError(errno.ETIMEDOUT,
-                                       f"upload {entry.path}: an earlier upload of this file "
-                                       f"is still running")
+                    raise TimeoutError(
+                        errno.ETIMEDOUT,
+                        f"upload {entry.path}: an earlier upload of this file is still running",
+                    )
                 self._cv.wait(remaining)
             current = self._journal.get(entry.id)
             if current is None:
@@ -380,9 +408,17 @@ class Uploader:
             next_in: Optional[float] = None
             if entry.id in queued:
                 next_in = max(0.0, entry.next_attempt - now)
-            out.append({"id": entry.id, "path": entry.path, "size": entry.size,
-                        "state": entry.state, "tries": entry.tries,
-                        "last_error": entry.last_error, "next_attempt_in": next_in})
+            out.append(
+                {
+                    "id": entry.id,
+                    "path": entry.path,
+                    "size": entry.size,
+                    "state": entry.state,
+                    "tries": entry.tries,
+                    "last_error": entry.last_error,
+                    "next_attempt_in": next_in,
+                }
+            )
         return out
 
     # ------------------------------------------------------------------------ scheduling
@@ -404,8 +440,7 @@ class Uploader:
             if entry.path and entry.path in busy:
                 continue  # woken when that attempt ends
             if entry.next_attempt <= now:
-                if best is None or (entry.next_attempt, entry.seq) < (best.next_attempt,
-                                                                        best.seq):
+                if best is None or (entry.next_attempt, entry.seq) < (best.next_attempt, best.seq):
                     best = entry
             else:
                 delay = entry.next_attempt - now
@@ -481,8 +516,9 @@ class Uploader:
             delay = max(delay, float(retry_after))
         return min(delay, self.max_delay)
 
-    def _failed(self, entry: Entry, exc: Exception, after_put: bool = False,
-                caller_logs: bool = False) -> None:
+    def _failed(
+        self, entry: Entry, exc: Exception, after_put: bool = False, caller_logs: bool = False
+    ) -> None:
         """Schedule a retry, or mark the entry ``failed`` when :func:`retry.classify` says no
         attempt can succeed. After a PUT that returned, a failing check is always re-checked
         later (the bytes are probably on XNAT; the next attempt verifies before sending, so
@@ -494,18 +530,35 @@ class Uploader:
             verdict = Verdict(True, f"check after a successful PUT ({verdict.rule})")
         if verdict.retry:
             delay = self._backoff(entry.tries, getattr(exc, "retry_after", None))
-            new = dataclasses.replace(entry, state=PENDING, last_error=message,
-                                      next_attempt=self._clock() + delay)
-            level = (logging.DEBUG if entry.tries <= 2 else
-                     logging.INFO if entry.tries <= 5 else logging.WARNING)
-            log.log(level, "upload %s: %s; try %d, retry in %.1fs",
-                    entry.path or entry.id, message, entry.tries, delay)
+            new = dataclasses.replace(
+                entry, state=PENDING, last_error=message, next_attempt=self._clock() + delay
+            )
+            level = (
+                logging.DEBUG
+                if entry.tries <= 2
+                else logging.INFO
+                if entry.tries <= 5
+                else logging.WARNING
+            )
+            log.log(
+                level,
+                "upload %s: %s; try %d, retry in %.1fs",
+                entry.path or entry.id,
+                message,
+                entry.tries,
+                delay,
+            )
         else:
             new = dataclasses.replace(entry, state=FAILED, last_error=message, next_attempt=0.0)
-            log.log(logging.INFO if caller_logs else logging.WARNING,
-                    "upload %s: %s; try %d, not retryable (%s): kept as failed in %s",
-                    entry.path or entry.id, message, entry.tries, verdict.rule,
-                    entry.data_path)
+            log.log(
+                logging.INFO if caller_logs else logging.WARNING,
+                "upload %s: %s; try %d, not retryable (%s): kept as failed in %s",
+                entry.path or entry.id,
+                message,
+                entry.tries,
+                verdict.rule,
+                entry.data_path,
+            )
         saved = self._save(new)
         with self._cv:
             self._running.pop(entry.id, None)
@@ -525,13 +578,17 @@ class Uploader:
             self._journal.remove(entry)
         except OSError as exc:
             # the bytes are on the server; tries > 0, so the next start verifies first
-            log.warning("upload %s: uploaded, but removing its journal entry failed: %s",
-                        entry.path, exc)
+            log.warning(
+                "upload %s: uploaded, but removing its journal entry failed: %s", entry.path, exc
+            )
         superseded: List[Entry] = []
         if entry.path:
             with self._cv:
-                superseded = [e for e in self._journal.versions_for(entry.path)
-                              if e.seq < entry.seq and e.id not in self._running]
+                superseded = [
+                    e
+                    for e in self._journal.versions_for(entry.path)
+                    if e.seq < entry.seq and e.id not in self._running
+                ]
                 for old in superseded:
                     self._queued.pop(old.id, None)
         for old in superseded:
@@ -539,13 +596,19 @@ class Uploader:
             try:
                 self._journal.remove(old)
             except OSError as exc:
-                log.warning("upload %s: could not drop superseded version %s: %s",
-                            old.path, old.id, exc)
+                log.warning(
+                    "upload %s: could not drop superseded version %s: %s", old.path, old.id, exc
+                )
         with self._cv:
             self._running.pop(entry.id, None)
             self._cv.notify_all()
-        log.log(logging.DEBUG if entry.tries <= 1 else logging.INFO,
-                "upload %s: done (%d bytes, try %d)", entry.path, entry.size, entry.tries)
+        log.log(
+            logging.DEBUG if entry.tries <= 1 else logging.INFO,
+            "upload %s: done (%d bytes, try %d)",
+            entry.path,
+            entry.size,
+            entry.tries,
+        )
         self._notify(done)
 
     def _save(self, entry: Entry) -> Optional[Entry]:

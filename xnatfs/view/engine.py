@@ -17,6 +17,7 @@ listings, invalidation generation, slow-source state, refresh pool) and ``_gener
 held.  ``MetaCache`` has its own lock (single flight); policies have their own and never hold it
 while calling the engine.
 """
+
 from __future__ import annotations
 
 import errno
@@ -51,10 +52,17 @@ class Engine:
     """Path ⇄ node of a layout.  Thread-safe: shared state lives in the caches and behind the
     two leaf locks named in the module docstring."""
 
-    def __init__(self, layout: Layout, meta: MetaCache, content: Any, *,
-                 fs_timeout: float = 60.0, clock: Callable[[], float] = time.time,
-                 mounts: Optional[Mapping[str, Layout]] = None,
-                 policies: Sequence[Policy] = ()) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        meta: MetaCache,
+        content: Any,
+        *,
+        fs_timeout: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        mounts: Optional[Mapping[str, Layout]] = None,
+        policies: Sequence[Policy] = (),
+    ) -> None:
         self.layout = layout
         self.meta = meta
         self.content = content
@@ -70,8 +78,9 @@ class Engine:
         self.policies: List[Policy] = list(policies)
         #: generated documents made at lookup (path -> bytes), so that the size stat shows is
         #: the size read gives, for as long as the kernel trusts that stat; bounded
-        self._generated: cachetools.TTLCache = cachetools.TTLCache(maxsize=1024,
-                                                                    ttl=meta.ttl or 1.0)
+        self._generated: cachetools.TTLCache = cachetools.TTLCache(
+            maxsize=1024, ttl=meta.ttl or 1.0
+        )
         self._generated_lock = threading.Lock()
         #: the last listing that loaded for each key, kept past its TTL so that a source that
         #: is down still shows what was seen (CVMFS-style offline metadata); bounded LRU
@@ -198,7 +207,7 @@ class Engine:
         parent = self.node(parent_parts)
         if not parent.is_dir:
             raise OSError(errno.ENOTDIR, "not a directory", join_path(parent_parts))
-        child = layout.lookup(parent_parts[len(prefix):], parent, name)
+        child = layout.lookup(parent_parts[len(prefix) :], parent, name)
         if child is None:
             listing = self.listing(parent_parts, parent)
             child = listing.children.get(name)
@@ -220,7 +229,7 @@ class Engine:
         if node.is_local:
             return None
         layout, prefix = self.layout_of(parts)
-        children = layout.children(parts[len(prefix):], node)
+        children = layout.children(parts[len(prefix) :], node)
         if prefix and isinstance(children, Loaded):
             children = replace(children, key=prefix + children.key)
         return children
@@ -287,8 +296,12 @@ class Engine:
             if became_slow:
                 self._slow_since = time.monotonic()
         if became_slow:
-            log.warning("/%s: no answer within %.1fs; showing listings seen before while %s "
-                        "is slow", "/".join(key), self.stale_grace, source)
+            log.warning(
+                "/%s: no answer within %.1fs; showing listings seen before while %s is slow",
+                "/".join(key),
+                self.stale_grace,
+                source,
+            )
         return stale
 
     # the old private name, for callers written against ``Tree``
@@ -313,8 +326,9 @@ class Engine:
         """Run a listing refresh on the small background pool (made on first use)."""
         with self._last_good_lock:
             if self._refresh_pool is None:
-                self._refresh_pool = ThreadPoolExecutor(_REFRESH_THREADS,
-                                                        thread_name_prefix="xnatfs-refresh")
+                self._refresh_pool = ThreadPoolExecutor(
+                    _REFRESH_THREADS, thread_name_prefix="xnatfs-refresh"
+                )
             pool = self._refresh_pool
         return pool.submit(job)
 
@@ -325,8 +339,9 @@ class Engine:
         with self._last_good_lock:
             # a listing from before a local change is never shown in place of a fresh one
             self._invalidations += 1
-            for key in [k for k in self._last_good.keys()
-                        if k[:n] == parts or (n and k == parts[:-1])]:
+            for key in [
+                k for k in self._last_good.keys() if k[:n] == parts or (n and k == parts[:-1])
+            ]:
                 self._last_good.pop(key, None)
         self.meta.invalidate_prefix(parts)
         if parts:
@@ -336,7 +351,7 @@ class Engine:
         layout, prefix = self.layout_of(parts)
         forget = getattr(layout, "invalidated", None)
         if forget is not None:
-            forget(parts[len(prefix):])
+            forget(parts[len(prefix) :])
 
     # ------------------------------------------------------------------ generated files
     def _sized(self, parts: PathParts, node: NodeInfo, layout: Layout) -> NodeInfo:
@@ -369,9 +384,13 @@ class Engine:
         handle = self.content.open(key)
         try:
             if not handle.wait(until):
-                raise OSError(errno.ETIMEDOUT, f"{key.uri} is not downloaded after "
-                              f"{self.fs_timeout:g} s (--timeout); it goes on downloading into "
-                              "the cache: try again later", path)
+                raise OSError(
+                    errno.ETIMEDOUT,
+                    f"{key.uri} is not downloaded after "
+                    f"{self.fs_timeout:g} s (--timeout); it goes on downloading into "
+                    "the cache: try again later",
+                    path,
+                )
             fd, _ = handle.span(0, 1, until)  # raises the download's error, if it failed
             return os.fstat(fd).st_size
         finally:
@@ -400,8 +419,14 @@ class Engine:
             cached = self.content.open(opened.key)
         else:
             cached = opened.handle
-        handle = ReadHandle(node, cached, opened.data, self.fs_timeout, path,
-                            direct_io=generated or opened.direct_io)
+        handle = ReadHandle(
+            node,
+            cached,
+            opened.data,
+            self.fs_timeout,
+            path,
+            direct_io=generated or opened.direct_io,
+        )
         if not generated and path and self.policies:
             parts = split_path(path)
             for policy in self.policies:
@@ -463,8 +488,16 @@ class Engine:
 class ReadHandle:
     """An open file: a content-cache handle (or a layout's own handle) or generated bytes."""
 
-    def __init__(self, node: NodeInfo, cached: Any, data: Optional[bytes], fs_timeout: float,
-                 path: str, *, direct_io: bool = False) -> None:
+    def __init__(
+        self,
+        node: NodeInfo,
+        cached: Any,
+        data: Optional[bytes],
+        fs_timeout: float,
+        path: str,
+        *,
+        direct_io: bool = False,
+    ) -> None:
         self.node = node
         self._cached = cached
         self._data = data
@@ -484,7 +517,7 @@ class ReadHandle:
 
     def read(self, offset: int, size: int) -> bytes:
         if self._data is not None:
-            return self._data[offset:offset + size]
+            return self._data[offset : offset + size]
         return self._cached.read(offset, size, time.monotonic() + self._fs_timeout)
 
     def span(self, offset: int, size: int) -> "Tuple[int, int] | bytes":
@@ -492,11 +525,10 @@ class ReadHandle:
         bytes themselves; waits for a download at most ``fs_timeout``
         (``XnatOperations.read_into``)."""
         if self._data is not None:
-            return self._data[offset:offset + size]
+            return self._data[offset : offset + size]
         return self._cached.span(offset, size, time.monotonic() + self._fs_timeout)
 
     def close(self) -> None:
         if self._cached is not None:
             self._cached.close()
             self._cached = None
-

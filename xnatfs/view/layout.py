@@ -43,11 +43,22 @@ What the engine does per call, for a path below a layout:
 - ``xattrs``/``mtime_ns``/``cacheable``/``writable``: the node's layout's methods (overlay files
   answered by the overlay where it knows better); ``cache_state``: from ``content_key``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, Union,
-                    runtime_checkable)
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Protocol,
+    Tuple,
+    Union,
+    runtime_checkable,
+)
 
 from xnatfs.cache.content import ContentKey
 from xnatfs.view.node import NodeInfo

@@ -8,6 +8,7 @@ other field belongs to the layout that made the node (XNAT's uses them all; a to
 leave them empty).  ``kind`` is the layout's own tag (an enum of its own); the engine never
 looks at it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -4,8 +4,9 @@ XNAT names may hold characters that a path cannot (``/``, NUL).  They are escape
 ``%XX``; ``%`` itself is escaped too so that the mapping stays a bijection.  The names ``.`` and
 ``..`` (a hostile or odd server can list them) become ``%2E`` and ``%2E%2E``, so a directory never
 shows a second ``.``/``..`` entry (issue 17 §8).  Everything else, Unicode and control characters
-included, is shown exactly as XNAT has it (DESIGN.md §1.1); logs escape the latter.
+included, is shown exactly as XNAT has it (docs/LAYOUT.md §1.1); logs escape the latter.
 """
+
 from __future__ import annotations
 
 import errno
@@ -72,6 +73,7 @@ def check_write_name(name: str, path: str = "") -> str:
     elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in xnat):
         bad = "holds a control character"
     if bad:
-        raise OSError(errno.EINVAL, f"name {name!r} {bad}: refused for writing to XNAT",
-                      path or name)
+        raise OSError(
+            errno.EINVAL, f"name {name!r} {bad}: refused for writing to XNAT", path or name
+        )
     return xnat

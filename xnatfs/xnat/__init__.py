@@ -12,6 +12,7 @@ Modules (imports point down; only the client's modules import requests):
 - ``errors``  :class:`XnatError` and its subclasses; the only exceptions callers see.
 - ``models``  the frozen records the client returns.
 """
+
 from __future__ import annotations
 
 from . import errors

@@ -1,6 +1,7 @@
 """Where the XNAT username and password come from.
 
-Order (DESIGN §1.4): a ``.netrc`` file (``netrc_path``, else ``$NETRC``, else ``~/.netrc``), else
+Order (docs/LAYOUT.md §1.4): a ``.netrc`` file (``netrc_path``, else ``$NETRC``, else ``~/.netrc``),
+else
 an interactive prompt when stdin is a terminal, else ``XNATFS_USER``/``XNATFS_PASSWORD``.  Never
 from the command line: argv is visible to every user through ``ps``.
 
@@ -13,6 +14,7 @@ Alias tokens (§5.1) are ordinary credentials here: alias as username, secret as
 
 Nothing in this module logs a password, a netrc line or its contents.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -171,9 +173,12 @@ def resolve_credentials(
         host = _host_keys(url)[0]
         default_user = env.get(ENV_USER) or ""
         try:
-            user = ask_user(
-                f"XNAT user for {host}" + (f" [{default_user}]" if default_user else "") + ": "
-            ).strip() or default_user
+            user = (
+                ask_user(
+                    f"XNAT user for {host}" + (f" [{default_user}]" if default_user else "") + ": "
+                ).strip()
+                or default_user
+            )
             if user:
                 password = ask_password(f"Password for {user}@{host}: ")
                 if password:

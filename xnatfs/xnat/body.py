@@ -11,6 +11,7 @@ decoded bytes against ``limit``.
 No requests import here: the caller hands in the urllib3 response (``resp.raw``); failures are
 the small exceptions below, which ``client.py`` turns into :mod:`errors` at its one boundary.
 """
+
 from __future__ import annotations
 
 import socket
@@ -18,8 +19,15 @@ import time
 import zlib
 from typing import Any, List, Optional
 
-__all__ = ["BodyTooLarge", "BodyDeadline", "BadEncoding", "read_body", "socket_of",
-           "MAX_DOCUMENT_BYTES", "MAX_DOCUMENT_OBJECTS"]
+__all__ = [
+    "BodyTooLarge",
+    "BodyDeadline",
+    "BadEncoding",
+    "read_body",
+    "socket_of",
+    "MAX_DOCUMENT_BYTES",
+    "MAX_DOCUMENT_OBJECTS",
+]
 
 #: largest decoded listing/document (JSON, error page, login answer) the client will hold;
 #: the biggest real listings (a files listing of a 100,000-file resource) are ~30 MiB
@@ -69,9 +77,14 @@ def _decoder(encoding: str) -> Any:
     raise BadEncoding(f"Content-Encoding {encoding!r} was not asked for")
 
 
-def read_body(raw: Any, encoding: str, deadline: float, limit: int = MAX_DOCUMENT_BYTES,
-              read_timeout: Optional[float] = None,
-              clock: Any = time.monotonic) -> bytes:
+def read_body(
+    raw: Any,
+    encoding: str,
+    deadline: float,
+    limit: int = MAX_DOCUMENT_BYTES,
+    read_timeout: Optional[float] = None,
+    clock: Any = time.monotonic,
+) -> bytes:
     """The whole decoded body of ``raw`` (a urllib3 response opened with
     ``preload_content=False``), or an exception: :class:`BodyDeadline` when ``deadline``
     (a ``clock`` value) passes first, :class:`BodyTooLarge` past ``limit`` decoded bytes,
@@ -93,8 +106,9 @@ def read_body(raw: Any, encoding: str, deadline: float, limit: int = MAX_DOCUMEN
             data = raw.read1(_READ, decode_content=False)
         except (socket.timeout, TimeoutError) as exc:
             if deadline - clock() <= 0:
-                raise BodyDeadline(f"body not complete within the deadline ({total} bytes "
-                                   "so far)") from None
+                raise BodyDeadline(
+                    f"body not complete within the deadline ({total} bytes so far)"
+                ) from None
             raise exc
         if not data:
             break

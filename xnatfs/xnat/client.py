@@ -1,7 +1,8 @@
 """The XNAT REST client: one pooled HTTP session, typed calls, typed errors.
 
-It knows nothing of files or paths; it speaks ``/data/...`` (``xnat-rest-api.md``) and returns
-``models`` records.  Its modules are the only ones of xnatfs that import requests (STYLE §9),
+It knows nothing of files or paths; it speaks ``/data/...`` (``docs/XNAT-API.md``) and returns
+``models`` records.  Its modules are the only ones of xnatfs that import requests
+(docs/ARCHITECTURE.md §8),
 and ``transport.Transport._send`` is the one place where requests/urllib3/socket exceptions
 become :mod:`errors`.
 
@@ -20,6 +21,7 @@ guards what).  No background thread exists before ``start()``.
 
 Never logged: passwords, the login form, ``Authorization``/``Cookie`` headers, session ids.
 """
+
 from __future__ import annotations
 
 from .listings import (  # noqa: F401 - the column lists have always been exported here

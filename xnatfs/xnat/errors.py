@@ -8,6 +8,7 @@ the same request may succeed if sent again later.
 This module imports nothing from the rest of xnatfs and nothing from requests, so the layers
 above (``fs/errmap.py``, the upload journal) can depend on it cheaply.
 """
+
 from __future__ import annotations
 
 from http import HTTPStatus
@@ -97,8 +98,15 @@ class XnatError(Exception):
     def __reduce__(self):  # keep pickling (and copy) working with the keyword-only fields
         return (
             _rebuild,
-            (self.__class__, self.method, self.url, self.status, self.message,
-             self.__dict__.get("retryable"), self.retry_after),
+            (
+                self.__class__,
+                self.method,
+                self.url,
+                self.status,
+                self.message,
+                self.__dict__.get("retryable"),
+                self.retry_after,
+            ),
         )
 
 

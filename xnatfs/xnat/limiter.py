@@ -28,6 +28,7 @@ Locking: ``_cond`` guards every field; nothing is called with it held except the
 Deadlock freedom: a slot is never held while waiting for another slot or for the login lock
 (``client.py``: a login needs a slot, and no slot holder waits for the login lock).
 """
+
 from __future__ import annotations
 
 import enum
@@ -72,9 +73,15 @@ class RequestLimiter:
     """Adaptive cap on concurrent requests.  ``clock`` (monotonic seconds) and ``rand``
     (uniform in [0, 1)) are injected for tests."""
 
-    def __init__(self, max_requests: int, *, backoff_base: float = 0.5,
-                 backoff_max: float = 20.0, clock: Callable[[], float] = time.monotonic,
-                 rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        max_requests: int,
+        *,
+        backoff_base: float = 0.5,
+        backoff_max: float = 20.0,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         if max_requests < 1:
             raise ValueError("max_requests must be at least 1")
         self.max_requests = max_requests
@@ -111,10 +118,15 @@ class RequestLimiter:
     def snapshot(self) -> dict:
         with self._cond:
             now = self._clock()
-            return {"max_requests": self.max_requests, "limit": int(self._limit),
-                    "in_flight": self._in_flight, "peak_in_flight": self.peak_in_flight,
-                    "decreases": self.decreases, "pauses": self.pauses,
-                    "paused_for": round(max(0.0, self._paused_until - now), 3)}
+            return {
+                "max_requests": self.max_requests,
+                "limit": int(self._limit),
+                "in_flight": self._in_flight,
+                "peak_in_flight": self.peak_in_flight,
+                "decreases": self.decreases,
+                "pauses": self.pauses,
+                "paused_for": round(max(0.0, self._paused_until - now), 3),
+            }
 
     # ------------------------------------------------------------------ slots
     def try_acquire(self) -> "Slot | float":
@@ -145,11 +157,13 @@ class RequestLimiter:
                 if paused and now + got > deadline:
                     raise SlotUnavailable(
                         f"server overloaded or down: requests held back for {got:.1f}s more",
-                        paused=True)
+                        paused=True,
+                    )
                 if left <= 0:
                     raise SlotUnavailable(
                         f"all {int(self._limit)} request slots busy until the deadline",
-                        paused=False)
+                        paused=False,
+                    )
                 self._cond.wait(min(left, got))
 
     def release(self, slot: Slot, outcome: Outcome, retry_after: Optional[float] = None) -> None:

@@ -1,6 +1,7 @@
 """The client's listings: one typed call per level of the XNAT hierarchy (§1) and of the
 prearchive (§7), each a JSON listing parsed into ``models`` records by ``parse``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,10 @@ log = logging.getLogger("xnatfs.xnat.client")
 #: columns asked of the search-backed listings (§1.2: unknown names are ignored by XNAT)
 SUBJECT_COLUMNS = "ID,label,project,insert_date,insert_user,last_modified,URI"
 EXPERIMENT_COLUMNS = "ID,label,xsiType,date,project,subject_ID,insert_date,last_modified"
-SCAN_COLUMNS = ("xnat_imagescandata_id,ID,type,quality,xsiType,note,series_description,"
-                "insert_date,last_modified,URI")
+SCAN_COLUMNS = (
+    "xnat_imagescandata_id,ID,type,quality,xsiType,note,series_description,"
+    "insert_date,last_modified,URI"
+)
 ASSESSOR_COLUMNS = "ID,label,xsiType,project,date,insert_date,last_modified,URI"
 
 
@@ -55,8 +58,10 @@ class Listings(Transport):
     def list_experiments(self, project_id: str, subject_id: str) -> List[Experiment]:
         """Experiments of one subject within a project (§1.5); ``subject_id`` may be the
         accession ID or the label."""
-        uri = (f"/data/projects/{parse.quote_segment(project_id)}/subjects/"
-               f"{parse.quote_segment(subject_id)}/experiments")
+        uri = (
+            f"/data/projects/{parse.quote_segment(project_id)}/subjects/"
+            f"{parse.quote_segment(subject_id)}/experiments"
+        )
         rows = self._rows_with_columns(uri, EXPERIMENT_COLUMNS)
         return [parse.experiment_from_row(r) for r in rows if r.get("ID")]
 
@@ -67,15 +72,17 @@ class Listings(Transport):
 
     def list_assessors(self, experiment_uri: str) -> List[Assessor]:
         """Assessors of an experiment (§1.5, §9)."""
-        rows = self._rows_with_columns(f"{experiment_uri.rstrip('/')}/assessors",
-                                       ASSESSOR_COLUMNS)
+        rows = self._rows_with_columns(f"{experiment_uri.rstrip('/')}/assessors", ASSESSOR_COLUMNS)
         return [parse.assessor_from_row(r, experiment_uri) for r in rows if r.get("ID")]
 
     def list_resources(self, parent_uri: str) -> List[Resource]:
         """Resources of any object (§1.7); ``Resource.uri`` = ``<parent>/resources/<id>``."""
         rows, _ = self._rows(f"{parent_uri.rstrip('/')}/resources")
-        return [parse.resource_from_row(r, parent_uri) for r in rows
-                if r.get("xnat_abstractresource_id") or r.get("label")]
+        return [
+            parse.resource_from_row(r, parent_uri)
+            for r in rows
+            if r.get("xnat_abstractresource_id") or r.get("label")
+        ]
 
     def list_scan_resources(self, experiment_uri: str) -> Dict[str, List[Resource]]:
         """The resources of every scan of an experiment in one request (``resources?all=true``,
@@ -86,8 +93,11 @@ class Listings(Transport):
         rows, _ = self._rows(f"{experiment_uri.rstrip('/')}/resources", {"all": "true"})
         out: Dict[str, List[Resource]] = {}
         for r in rows:
-            if r.get("category") != "scans" or not r.get("cat_id") or not (
-                    r.get("xnat_abstractresource_id") or r.get("label")):
+            if (
+                r.get("category") != "scans"
+                or not r.get("cat_id")
+                or not (r.get("xnat_abstractresource_id") or r.get("label"))
+            ):
                 continue
             scan_uri = f"{experiment_uri.rstrip('/')}/scans/{parse.quote_segment(r['cat_id'])}"
             out.setdefault(r["cat_id"], []).append(parse.resource_from_row(r, scan_uri))
@@ -97,8 +107,7 @@ class Listings(Transport):
         """Files of a resource (§1.8), sub-folders included; ``FileEntry.uri`` is the server's
         ``URI`` verbatim and ``path`` the part after ``/files/``."""
         rows, _ = self._rows(f"{resource_uri.rstrip('/')}/files")
-        return [parse.file_from_row(r, resource_uri) for r in rows
-                if r.get("URI") or r.get("Name")]
+        return [parse.file_from_row(r, resource_uri) for r in rows if r.get("URI") or r.get("Name")]
 
     def catalog_times(self, resource_uri: str) -> Dict[str, float]:
         """Per-file times of a resource from its catalog (``files?format=xcat``, §1.8): one
@@ -122,10 +131,13 @@ class Listings(Transport):
 
         ``?contents=true`` answers the stored text as it is, not a ResultSet, whatever
         ``format=`` says; an absent or disabled entry is 404 (docs/XNAT-API.md §12)."""
-        base = f"/data/projects/{parse.quote_segment(project)}/config" if project else \
-            "/data/config"
-        uri = "/".join([base, parse.quote_segment(tool)]
-                       + [parse.quote_segment(p) for p in path.split("/") if p])
+        base = (
+            f"/data/projects/{parse.quote_segment(project)}/config" if project else "/data/config"
+        )
+        uri = "/".join(
+            [base, parse.quote_segment(tool)]
+            + [parse.quote_segment(p) for p in path.split("/") if p]
+        )
         try:
             return self._get_json(uri, {"contents": "true"})
         except NotFound:
@@ -146,10 +158,12 @@ class Listings(Transport):
 
     def list_prearchive_resources(self, scan_uri: str) -> List[Resource]:
         rows, _ = self._rows(f"{scan_uri.rstrip('/')}/resources")
-        return [parse.resource_from_row(r, scan_uri) for r in rows
-                if r.get("label") or r.get("xnat_abstractresource_id")]
+        return [
+            parse.resource_from_row(r, scan_uri)
+            for r in rows
+            if r.get("label") or r.get("xnat_abstractresource_id")
+        ]
 
     def list_prearchive_files(self, resource_uri: str) -> List[FileEntry]:
         rows, _ = self._rows(f"{resource_uri.rstrip('/')}/files")
-        return [parse.file_from_row(r, resource_uri) for r in rows
-                if r.get("URI") or r.get("Name")]
+        return [parse.file_from_row(r, resource_uri) for r in rows if r.get("URI") or r.get("Name")]

@@ -1,11 +1,12 @@
 """Typed records for what XNAT lists.  Raw XNAT JSON stops here: the client turns ResultSet rows
-(where every value is a string, ``xnat-rest-api.md`` §1.1, §10.9) into these dataclasses, and the
+(where every value is a string, ``docs/XNAT-API.md`` §1.1, §10.9) into these dataclasses, and the
 layers above never see a dict from the server.
 
 Times are POSIX seconds (float) or ``None`` when XNAT gave nothing usable.  ``uri`` fields are
 server paths that already carry the ``/data`` prefix but not the context path (the client adds
 the base URL), so they can be passed straight back to the client.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ class Subject:
     id: str
     label: str
     #: the primary (owning) project, which may differ from the project it was listed under
-    #: when the subject is shared (``xnat-rest-api.md`` §10.1)
+    #: when the subject is shared (``docs/XNAT-API.md`` §10.1)
     project: str = ""
     #: project-scoped: ``/data/projects/{P}/subjects/{ID}``
     uri: str = ""

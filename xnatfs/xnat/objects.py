@@ -1,6 +1,7 @@
 """The client's object calls: create subjects, experiments, scans and resources (§4), delete,
 import archives (§6) and act on prearchive sessions (§7.3).  Writes are never retried here.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,21 +34,23 @@ class Objects(Transfer):
 
     def create_subject(self, project: str, label: str) -> str:
         """Create (or find) a subject by label; returns its accession ID (§4.2)."""
-        uri = (f"/data/projects/{parse.quote_segment(project)}/subjects/"
-               f"{parse.quote_segment(label)}")
+        uri = f"/data/projects/{parse.quote_segment(project)}/subjects/{parse.quote_segment(label)}"
         check_contained("PUT", uri, f"/data/projects/{parse.quote_segment(project)}/subjects")
         return self._put_id(uri, {"xsiType": "xnat:subjectData"})
 
     def create_experiment(self, project: str, subject: str, label: str, xsi_type: str) -> str:
         """Create an experiment of ``xsi_type`` under a subject (ID or label); returns the
         experiment accession ID (§4.3)."""
-        uri = (f"/data/projects/{parse.quote_segment(project)}/subjects/"
-               f"{parse.quote_segment(subject)}/experiments/{parse.quote_segment(label)}")
+        uri = (
+            f"/data/projects/{parse.quote_segment(project)}/subjects/"
+            f"{parse.quote_segment(subject)}/experiments/{parse.quote_segment(label)}"
+        )
         check_contained("PUT", uri, uri.rsplit("/", 1)[0])
         return self._put_id(uri, {"xsiType": xsi_type})
 
-    def create_scan(self, experiment_uri: str, scan_id: str, xsi_type: str,
-                    type: Optional[str] = None) -> str:
+    def create_scan(
+        self, experiment_uri: str, scan_id: str, xsi_type: str, type: Optional[str] = None
+    ) -> str:
         """Create a scan (§4.3); returns its uri."""
         uri = f"{experiment_uri.rstrip('/')}/scans/{parse.quote_segment(scan_id)}"
         check_contained("PUT", uri, f"{experiment_uri.rstrip('/')}/scans")
@@ -57,8 +60,13 @@ class Objects(Transfer):
         self._write("PUT", uri, params)
         return uri
 
-    def create_resource(self, parent_uri: str, label: str, format: Optional[str] = None,
-                        content: Optional[str] = None) -> str:
+    def create_resource(
+        self,
+        parent_uri: str,
+        label: str,
+        format: Optional[str] = None,
+        content: Optional[str] = None,
+    ) -> str:
         """Create an empty resource (§4.4); returns ``<parent>/resources/<label>``.
         Conflict if it exists."""
         uri = f"{parent_uri.rstrip('/')}/resources/{parse.quote_segment(label)}"
@@ -101,27 +109,36 @@ class Objects(Transfer):
             params["dest"] = dest
         if overwrite:
             params["overwrite"] = overwrite
-        resp = self._write("POST", "/data/services/import", params,
-                           body_factory=self._rewindable(fileobj, size),
-                           headers={"Content-Type": content_type, "Content-Length": str(size)})
+        resp = self._write(
+            "POST",
+            "/data/services/import",
+            params,
+            body_factory=self._rewindable(fileobj, size),
+            headers={"Content-Type": content_type, "Content-Length": str(size)},
+        )
         return parse.parse_uri_list(resp.content.decode("utf-8", "replace"))
 
     @staticmethod
     def _src(session_uri: str) -> str:
         """The ``src=`` form of a prearchive session: ``/prearchive/projects/...`` (§7.3)."""
-        return session_uri[len("/data"):] if session_uri.startswith("/data/") else session_uri
+        return session_uri[len("/data") :] if session_uri.startswith("/data/") else session_uri
 
-    def archive_prearchive(self, session_uri: str, project: str, subject: str,
-                           label: str) -> str:
+    def archive_prearchive(self, session_uri: str, project: str, subject: str, label: str) -> str:
         """Archive a prearchive session as ``project/subject/label`` (§7.3); returns the
         archived experiment's URI (``/data/archive/projects/P/subjects/S/experiments/E``)."""
-        params = {"src": self._src(session_uri), "project": project, "subject": subject,
-                  "session": label, "auto-archive": "false"}
+        params = {
+            "src": self._src(session_uri),
+            "project": project,
+            "subject": subject,
+            "session": label,
+            "auto-archive": "false",
+        }
         resp = self._write("POST", "/data/services/archive", params)
         uris = parse.parse_uri_list(resp.content.decode("utf-8", "replace"))
         if not uris:
-            raise NotXnatResponse("POST", resp.url, resp.status_code,
-                                  "archive answered with no URI")
+            raise NotXnatResponse(
+                "POST", resp.url, resp.status_code, "archive answered with no URI"
+            )
         return uris[0]
 
     def get_prearchive(self, session_uri: str) -> Optional[PrearchiveSession]:
@@ -138,14 +155,18 @@ class Objects(Transfer):
     def move_prearchive(self, session_uri: str, project: str) -> None:
         """Queue a move to ``project``'s prearchive (``POST /data/services/prearchive/move``,
         §7.3); XNAT answers at once with the session ``QUEUED_MOVING`` and moves it later."""
-        self._write("POST", "/data/services/prearchive/move",
-                    {"src": self._src(session_uri), "newProject": project}).close()
+        self._write(
+            "POST",
+            "/data/services/prearchive/move",
+            {"src": self._src(session_uri), "newProject": project},
+        ).close()
 
     def rebuild_prearchive(self, session_uri: str) -> None:
         """Queue a rebuild (``POST /data/services/prearchive/rebuild``, §7.3): the session goes
         ``QUEUED_BUILDING`` -> ``BUILDING`` -> ``READY``."""
-        self._write("POST", "/data/services/prearchive/rebuild",
-                    {"src": self._src(session_uri)}).close()
+        self._write(
+            "POST", "/data/services/prearchive/rebuild", {"src": self._src(session_uri)}
+        ).close()
 
     def delete_prearchive(self, session_uri: str) -> None:
         """Delete a prearchive session (``DELETE <session>``, §7.2)."""

@@ -1,13 +1,15 @@
 """Pure functions that turn what XNAT sends into ``models`` records.
 
 No I/O, no requests, no logging of bodies: everything here is a function of its arguments, so it
-is unit-tested without sockets.  Raw XNAT JSON stops here (STYLE §2): ResultSet rows, where every
-value is a string (``xnat-rest-api.md`` §1.1, §10.9), become frozen dataclasses.
+is unit-tested without sockets.  Raw XNAT JSON stops here (docs/ARCHITECTURE.md §2): ResultSet rows,
+where every
+value is a string (``docs/XNAT-API.md`` §1.1, §10.9), become frozen dataclasses.
 
 Time values become POSIX seconds.  XNAT writes server-local times without a zone (java.sql
 ``Timestamp.toString()``); we read those as UTC, which is what the stock Docker deployments run
 and, more importantly, is stable: the same string always gives the same number.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -62,17 +64,50 @@ Row = Mapping[str, str]
 # --------------------------------------------------------------------------------------------
 # scalars
 
-_MONTHS = {m: i for i, m in enumerate(
-    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
+    )
+}
 
 #: zone abbreviations java.util.Date.toString() commonly prints (§2.1 ``start_date``); offsets in
 #: hours.  Unknown names are read as UTC rather than failing: a wrong hour beats no mtime.
 _ZONES = {
-    "UTC": 0, "GMT": 0, "UT": 0, "Z": 0, "WET": 0, "WEST": 1, "BST": 1, "CET": 1, "CEST": 2,
-    "MET": 1, "MEST": 2, "EET": 2, "EEST": 3, "MSK": 3, "IST": 5.5, "JST": 9, "KST": 9,
-    "AEST": 10, "AEDT": 11, "ACST": 9.5, "AWST": 8, "NZST": 12, "NZDT": 13,
-    "EST": -5, "EDT": -4, "CST": -6, "CDT": -5, "MST": -7, "MDT": -6, "PST": -8, "PDT": -7,
-    "AKST": -9, "AKDT": -8, "HST": -10,
+    "UTC": 0,
+    "GMT": 0,
+    "UT": 0,
+    "Z": 0,
+    "WET": 0,
+    "WEST": 1,
+    "BST": 1,
+    "CET": 1,
+    "CEST": 2,
+    "MET": 1,
+    "MEST": 2,
+    "EET": 2,
+    "EEST": 3,
+    "MSK": 3,
+    "IST": 5.5,
+    "JST": 9,
+    "KST": 9,
+    "AEST": 10,
+    "AEDT": 11,
+    "ACST": 9.5,
+    "AWST": 8,
+    "NZST": 12,
+    "NZDT": 13,
+    "EST": -5,
+    "EDT": -4,
+    "CST": -6,
+    "CDT": -5,
+    "MST": -7,
+    "MDT": -6,
+    "PST": -8,
+    "PDT": -7,
+    "AKST": -9,
+    "AKDT": -8,
+    "HST": -10,
 }
 
 # 2019-03-05 | 2019-03-05 16:46:37 | ...37.103 | ...44.225298 | 2021-04-08T19:28:45Z | +02:00
@@ -105,8 +140,16 @@ def _offset_seconds(zone: Optional[str]) -> Optional[float]:
     return None
 
 
-def _epoch(year: int, month: int, day: int, hh: int = 0, mm: int = 0, ss: int = 0,
-           frac: str = "", offset: float = 0.0) -> Optional[float]:
+def _epoch(
+    year: int,
+    month: int,
+    day: int,
+    hh: int = 0,
+    mm: int = 0,
+    ss: int = 0,
+    frac: str = "",
+    offset: float = 0.0,
+) -> Optional[float]:
     if not (1 <= month <= 12 and 1 <= day <= 31 and hh < 24 and mm < 60 and ss <= 60):
         return None
     try:
@@ -133,8 +176,16 @@ def parse_time(value: Optional[str]) -> Optional[float]:
     if m:
         y, mo, d, hh, mi, ss, frac, zone = m.groups()
         off = _offset_seconds(zone)
-        return _epoch(int(y), int(mo), int(d), int(hh or 0), int(mi or 0), int(ss or 0),
-                      frac or "", off if off is not None else 0.0)
+        return _epoch(
+            int(y),
+            int(mo),
+            int(d),
+            int(hh or 0),
+            int(mi or 0),
+            int(ss or 0),
+            frac or "",
+            off if off is not None else 0.0,
+        )
     m = _JAVA_RE.match(s)
     if m:
         mon, d, hh, mi, ss, frac, zone, y = m.groups()
@@ -142,8 +193,16 @@ def parse_time(value: Optional[str]) -> Optional[float]:
         if month is None:
             return None
         off = _offset_seconds(zone)
-        return _epoch(int(y), month, int(d), int(hh), int(mi), int(ss), frac or "",
-                      off if off is not None else 0.0)
+        return _epoch(
+            int(y),
+            month,
+            int(d),
+            int(hh),
+            int(mi),
+            int(ss),
+            frac or "",
+            off if off is not None else 0.0,
+        )
     m = _PREARC_RE.match(s)
     if m:
         y, mo, d, hh, mi, ss, ms = m.groups()
@@ -188,6 +247,7 @@ def parse_int(value: Any) -> Optional[int]:
 
 # --------------------------------------------------------------------------------------------
 # bodies
+
 
 class BadDocument(ValueError):
     """The body is not the document shape we expected (caller turns it into NotXnatResponse)."""
@@ -306,7 +366,7 @@ def file_relpath(uri: str) -> str:
     percent-encoded: a name with a space comes back with the space; pyxnat had to learn to
     encode these URIs itself, pyxnat PR #29); the relative path is taken as it is."""
     i = uri.find("/files/")
-    return uri[i + 7:] if i >= 0 else uri.rsplit("/", 1)[-1]
+    return uri[i + 7 :] if i >= 0 else uri.rsplit("/", 1)[-1]
 
 
 #: characters left alone when a raw server URI is made fit for a request line
@@ -335,6 +395,7 @@ def _mtime(row: Row) -> Optional[float]:
 
 # --------------------------------------------------------------------------------------------
 # rows → models
+
 
 def project_from_row(row: Row) -> Project:
     pid = row.get("ID") or row.get("id") or ""
@@ -537,15 +598,19 @@ def catalog_times(body: bytes) -> Dict[str, float]:
     out: Dict[str, float] = {}
     try:
         for _event, elem in ET.iterparse(io.BytesIO(body), events=("end",)):
-            if not (elem.tag == _CAT_NS + "entry" or elem.tag.endswith("}entry")
-                    or elem.tag == "entry"):
+            if not (
+                elem.tag == _CAT_NS + "entry" or elem.tag.endswith("}entry") or elem.tag == "entry"
+            ):
                 continue
             uri = elem.get("URI", "")
             rel = uri
             if not uri or uri.startswith("/") or "://" in uri:
                 rel = elem.get("cachePath") or elem.get("ID") or ""
-            times = [t for t in (parse_time(elem.get("modifiedTime")),
-                                 parse_time(elem.get("createdTime"))) if t is not None]
+            times = [
+                t
+                for t in (parse_time(elem.get("modifiedTime")), parse_time(elem.get("createdTime")))
+                if t is not None
+            ]
             if rel and times:
                 out[rel.lstrip("/")] = max(times)
             elem.clear()

@@ -14,6 +14,7 @@ text names the URL and the last status seen (the one log line of ``fs/errmap.py`
 
 The clock and the sleep are injected, like ``cache/meta.py``, so the unit tests need no waits.
 """
+
 from __future__ import annotations
 
 import errno
@@ -67,8 +68,14 @@ class PrearcActions:
         """Every request of one action ends within ``timeout`` (``xnatfs.deadline``)."""
         return _call_deadline.scope(self.timeout)
 
-    def wait(self, uri: str, want: Collection[str], deadline: Optional[float] = None,
-             *, what: str = "settle") -> PrearchiveSession:
+    def wait(
+        self,
+        uri: str,
+        want: Collection[str],
+        deadline: Optional[float] = None,
+        *,
+        what: str = "settle",
+    ) -> PrearchiveSession:
         """Poll ``uri`` until its status is in ``want``; ENOENT when it is gone, EBUSY naming
         the last status when ``deadline`` passes first."""
         end = self._deadline(deadline)
@@ -85,17 +92,21 @@ class PrearcActions:
                 self.sleep(min(delay, left))
                 delay = min(delay * 2, POLL_MAX_S)
             if end - self.clock() <= 0:
-                raise OSError(errno.EBUSY, f"prearchive session {uri} did not {what} in time: "
-                                           f"status still {s.status}")
+                raise OSError(
+                    errno.EBUSY,
+                    f"prearchive session {uri} did not {what} in time: status still {s.status}",
+                )
 
-    def settled(self, uri: str, deadline: Optional[float] = None,
-                extra: Collection[str] = ()) -> PrearchiveSession:
+    def settled(
+        self, uri: str, deadline: Optional[float] = None, extra: Collection[str] = ()
+    ) -> PrearchiveSession:
         """The session once XNAT would act on it (READY, CONFLICT, ERROR [+ ``extra``])."""
         return self.wait(uri, SETTLED | frozenset(extra), deadline)
 
     # ------------------------------------------------------------------ actions
-    def archive(self, uri: str, project: str, subject: str, label: str,
-                deadline: Optional[float] = None) -> str:
+    def archive(
+        self, uri: str, project: str, subject: str, label: str, deadline: Optional[float] = None
+    ) -> str:
         """Archive once settled (§7.3); returns the experiment URI."""
         with self._bounded():
             self.settled(uri, deadline)
@@ -127,15 +138,19 @@ class PrearcActions:
                 if old is not None:
                     last = old.status
                     if old.status in SETTLED:
-                        raise OSError(errno.EIO, f"XNAT did not move {uri} to {project}: "
-                                                 f"status {old.status}")
+                        raise OSError(
+                            errno.EIO, f"XNAT did not move {uri} to {project}: status {old.status}"
+                        )
             left = end - self.clock()
             if left > 0:
                 self.sleep(min(delay, left))
                 delay = min(delay * 2, POLL_MAX_S)
             if end - self.clock() <= 0:
-                raise OSError(errno.ETIMEDOUT, f"move of {uri} to {project} not finished in "
-                                               f"time: status {last} (it may still finish)")
+                raise OSError(
+                    errno.ETIMEDOUT,
+                    f"move of {uri} to {project} not finished in "
+                    f"time: status {last} (it may still finish)",
+                )
 
     def rebuild(self, uri: str, deadline: Optional[float] = None) -> PrearchiveSession:
         """Rebuild (also a session stuck RECEIVING) and wait for READY; ERROR is EIO."""

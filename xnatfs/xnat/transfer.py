@@ -1,6 +1,7 @@
 """The client's file transfers: streamed downloads of files and of the archives XNAT makes
 (§3), and uploads of files into resources (§4.5).
 """
+
 from __future__ import annotations
 
 import json
@@ -65,11 +66,13 @@ class Transfer(Transport):
         # XNAT may compose a zip for longer than --timeout before its first byte (§3.3); the
         # stat waiting for it has its own deadline and the download goes on (README), so out of
         # a filesystem call its headers get the longest silence, read_timeout, if that is longer
-        return self._stream(uri, sink, params={"format": format},
-                            patience=self.options.read_timeout)
+        return self._stream(
+            uri, sink, params={"format": format}, patience=self.options.read_timeout
+        )
 
-    def _stream(self, uri: str, sink: Sink, params: Optional[Params],
-                patience: float = 0.0) -> RemoteStat:
+    def _stream(
+        self, uri: str, sink: Sink, params: Optional[Params], patience: float = 0.0
+    ) -> RemoteStat:
         """``download``/``download_archive``: stream ``uri`` into ``sink``, retried only
         while no byte reached the sink, the socket registered so ``close()`` can end it.
 
@@ -85,8 +88,9 @@ class Transfer(Transport):
             attempt += 1
             _, generation = self._current_session(deadline)
             # identity: Content-Length must be the file's size, and the bytes the file's bytes
-            resp = self._call("GET", uri, params=params, stream=True, headers=_IDENTITY,
-                              deadline=deadline)
+            resp = self._call(
+                "GET", uri, params=params, stream=True, headers=_IDENTITY, deadline=deadline
+            )
             url = resp.url
             encoding = resp.headers.get("Content-Encoding", "").strip().lower()
             if encoding not in ("", "identity"):
@@ -94,10 +98,14 @@ class Transfer(Transport):
                 # read, never inflated by urllib3 (unbounded before urllib3 2.6) nor passed off
                 # as the file; not retried, the server would answer the same
                 resp.close()
-                err = NotXnatResponse("GET", url, resp.status_code,
-                                      f"refused: the file came with Content-Encoding "
-                                      f"{encoding[:40]!r}, not as stored (Accept-Encoding: "
-                                      f"identity)")
+                err = NotXnatResponse(
+                    "GET",
+                    url,
+                    resp.status_code,
+                    f"refused: the file came with Content-Encoding "
+                    f"{encoding[:40]!r}, not as stored (Accept-Encoding: "
+                    f"identity)",
+                )
                 self._stats.error(type(err).__name__)
                 self._log_failure(err)
                 raise err
@@ -129,8 +137,9 @@ class Transfer(Transport):
                         first = False
                         if self._is_login_body(resp, chunk):
                             login_page = True
-                            failure = NotXnatResponse("GET", url, 200,
-                                                      "login page instead of the file")
+                            failure = NotXnatResponse(
+                                "GET", url, 200, "login page instead of the file"
+                            )
                             break
                     if chunk:
                         received += len(chunk)
@@ -142,8 +151,9 @@ class Transfer(Transport):
                 resp.close()
             if failure is None and stat.size is not None and received != stat.size:
                 # never a short body passed off as the file (urllib3 usually notices first)
-                failure = Unreachable("GET", url, 200,
-                                      f"body ended after {received} of {stat.size} bytes")
+                failure = Unreachable(
+                    "GET", url, 200, f"body ended after {received} of {stat.size} bytes"
+                )
             if failure is None:
                 return RemoteStat(received, stat.mtime, stat.content_type)
             self._stats.error(type(failure).__name__)
@@ -151,8 +161,12 @@ class Transfer(Transport):
                 relogged = True
                 self._relogin(generation, deadline)
                 continue
-            if received == 0 and isinstance(failure, Unreachable) and failure.retryable \
-                    and self._backoff(failure, attempt, deadline):
+            if (
+                received == 0
+                and isinstance(failure, Unreachable)
+                and failure.retryable
+                and self._backoff(failure, attempt, deadline)
+            ):
                 continue
             self._log_failure(failure)
             raise failure
@@ -182,14 +196,14 @@ class Transfer(Transport):
                 return b""  # an empty iterable body would make requests send chunked
             if used[0]:
                 if start is None:
-                    raise Unauthorized("PUT", self.base_url, 401,
-                                       "session expired during an unrepeatable upload")
+                    raise Unauthorized(
+                        "PUT", self.base_url, 401, "session expired during an unrepeatable upload"
+                    )
                 fileobj.seek(start)
             used[0] = True
             return _CountingBody(fileobj, size, self.options.chunk_size, self._stats.bytes_out)
 
         return factory
-
 
     def upload_file(
         self,
@@ -219,9 +233,13 @@ class Transfer(Transport):
             params["format"] = format
         if tags:
             params["tags"] = tags
-        resp = self._write("PUT", uri, params, body_factory=self._rewindable(fileobj, size),
-                           headers={"Content-Type": "application/octet-stream",
-                                    "Content-Length": str(size)})
+        resp = self._write(
+            "PUT",
+            uri,
+            params,
+            body_factory=self._rewindable(fileobj, size),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        )
         text = resp.content.strip()
         if text.startswith(b"{"):
             try:
@@ -229,6 +247,10 @@ class Transfer(Transport):
             except (ValueError, UnicodeDecodeError, AttributeError):
                 dups = None
             if dups:
-                raise Conflict("PUT", resp.url, resp.status_code,
-                               f"file exists (duplicates: {', '.join(map(str, dups))})")
+                raise Conflict(
+                    "PUT",
+                    resp.url,
+                    resp.status_code,
+                    f"file exists (duplicates: {', '.join(map(str, dups))})",
+                )
         return uri

@@ -4,8 +4,9 @@
 transfers and object calls build on ``_call``/``_rows``/``_write``); what follows is the policy
 of every call the client makes.
 
-It knows nothing of files or paths; it speaks ``/data/...`` (``xnat-rest-api.md``) and returns
-``models`` records.  It is the only module of xnatfs that imports requests (STYLE §9), and
+It knows nothing of files or paths; it speaks ``/data/...`` (``docs/XNAT-API.md``) and returns
+``models`` records.  It is the only module of xnatfs that imports requests
+(docs/ARCHITECTURE.md §8), and
 ``Transport._send`` is the one place where requests/urllib3/socket exceptions become :mod:`errors`.
 
 Policy in one place:
@@ -36,11 +37,13 @@ Policy in one place:
 Thread-safety: one client is shared by all FUSE worker threads.  ``_login_lock`` serialises
 logins and guards ``_jsession``/``_generation``; the stats have their own lock.  Nothing else is
 mutable after ``start()``.  No background thread exists before ``start()`` (the process may
-daemonize after construction, STYLE §6): the heartbeat starts there, the header watchdog
+daemonize after construction, docs/ARCHITECTURE.md §9): the heartbeat starts there, the header
+watchdog
 (``watchdog.py``, its own lock) with the first request; ``close()`` ends both.
 
 Never logged: passwords, the login form, ``Authorization``/``Cookie`` headers, session ids.
 """
+
 from __future__ import annotations
 
 import collections
@@ -287,8 +290,10 @@ def _is_read_timeout(exc: BaseException) -> bool:
     """requests wraps a body read timeout as ConnectionError(ReadTimeoutError(...))."""
     seen = 0
     while exc is not None and seen < 6:
-        if isinstance(exc, (urllib3.exceptions.ReadTimeoutError, socket.timeout,
-                            requests.exceptions.ReadTimeout)):
+        if isinstance(
+            exc,
+            (urllib3.exceptions.ReadTimeoutError, socket.timeout, requests.exceptions.ReadTimeout),
+        ):
             return True
         inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
         exc = inner or exc.__cause__ or exc.__context__  # type: ignore[assignment]
@@ -296,8 +301,13 @@ def _is_read_timeout(exc: BaseException) -> bool:
     return False
 
 
-def _translate(exc: BaseException, method: str, url: str, timeout: Tuple[float, float],
-               deadline: Optional[float] = None) -> XnatError:
+def _translate(
+    exc: BaseException,
+    method: str,
+    url: str,
+    timeout: Tuple[float, float],
+    deadline: Optional[float] = None,
+) -> XnatError:
     """THE boundary: a requests/urllib3/socket exception → an :mod:`errors` instance."""
     R = requests.exceptions
     if isinstance(exc, XnatError):
@@ -308,9 +318,14 @@ def _translate(exc: BaseException, method: str, url: str, timeout: Tuple[float, 
         return NotXnatResponse(method, url, None, f"refused: {exc}")
     if isinstance(exc, _body.BadEncoding):
         return NotXnatResponse(method, url, None, str(exc))
-    if deadline is not None and time.monotonic() >= deadline and (
-            _is_read_timeout(exc) or isinstance(exc, (R.ConnectionError,
-                                                      urllib3.exceptions.HTTPError))):
+    if (
+        deadline is not None
+        and time.monotonic() >= deadline
+        and (
+            _is_read_timeout(exc)
+            or isinstance(exc, (R.ConnectionError, urllib3.exceptions.HTTPError))
+        )
+    ):
         # a read timeout cut to the deadline, or the watchdog shut a socket whose status
         # line and headers were still trickling in
         return XnatTimeout(method, url, None, "no complete answer within the deadline")
@@ -319,16 +334,23 @@ def _translate(exc: BaseException, method: str, url: str, timeout: Tuple[float, 
     if isinstance(exc, R.SSLError):
         # a certificate problem does not fix itself by retrying
         return Unreachable(method, url, None, f"TLS error: {_short(exc)}", retryable=False)
-    if isinstance(exc, (R.InvalidURL, R.MissingSchema, R.InvalidSchema, R.URLRequired,
-                        R.InvalidHeader)) or (isinstance(exc, ValueError)
-                                              and not isinstance(exc, R.RequestException)):
+    if isinstance(
+        exc, (R.InvalidURL, R.MissingSchema, R.InvalidSchema, R.URLRequired, R.InvalidHeader)
+    ) or (isinstance(exc, ValueError) and not isinstance(exc, R.RequestException)):
         return XnatError(method, url, None, f"invalid request: {_short(exc)}")
     if _is_read_timeout(exc):
         return XnatTimeout(method, url, None, f"no data for {timeout[1]:g}s")
     if isinstance(exc, R.TooManyRedirects):
         return NotXnatResponse(method, url, None, "too many redirects")
-    if isinstance(exc, (R.ChunkedEncodingError, R.ContentDecodingError,
-                        urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError)):
+    if isinstance(
+        exc,
+        (
+            R.ChunkedEncodingError,
+            R.ContentDecodingError,
+            urllib3.exceptions.ProtocolError,
+            urllib3.exceptions.DecodeError,
+        ),
+    ):
         return Unreachable(method, url, None, f"connection broken: {_short(exc)}")
     if isinstance(exc, (R.ConnectionError, urllib3.exceptions.HTTPError, OSError)):
         return Unreachable(method, url, None, _short(exc))
@@ -344,22 +366,31 @@ def check_contained(method: str, uri: str, base: str) -> None:
     the raw or the percent-decoded path, so a ``..`` in a name would move the request to another
     object (issue 17 §3).  Raises :class:`BadRequest` (EINVAL, never retried) naming the URL.
     """
+
     def segments(path: str) -> List[str]:
         return path.partition("?")[0].split("/")
 
     decoded_uri, decoded_base = unquote(uri), unquote(base.rstrip("/"))
-    bad = any(seg in (".", "..") for form in (uri, decoded_uri, base, decoded_base)
-              for seg in segments(form))
+    bad = any(
+        seg in (".", "..")
+        for form in (uri, decoded_uri, base, decoded_base)
+        for seg in segments(form)
+    )
     bad = bad or "\\" in decoded_uri or "\0" in decoded_uri
     if uri.startswith(("http://", "https://")):  # _url() keeps it under the base URL
         inside = True
     else:
-        inside = ((decoded_base + "/").startswith("/data/")
-                  and decoded_uri.startswith(decoded_base + "/"))
+        inside = (decoded_base + "/").startswith("/data/") and decoded_uri.startswith(
+            decoded_base + "/"
+        )
     if bad or not inside:
-        raise BadRequest(method, uri, None,
-                         f"refused before sending: the path leaves {base} (a '..', '\\' or "
-                         f"NUL in a name, or a URI outside /data/)")
+        raise BadRequest(
+            method,
+            uri,
+            None,
+            f"refused before sending: the path leaves {base} (a '..', '\\' or "
+            f"NUL in a name, or a URI outside /data/)",
+        )
 
 
 def _safe_path(path: str) -> bool:
@@ -377,9 +408,13 @@ def _safe_path(path: str) -> bool:
 def _short(exc: BaseException) -> str:
     """The useful part of a wrapped urllib3 message ("[Errno 111] Connection refused")."""
     text = str(exc)
-    for pattern in (r"\[Errno -?\d+\] [^'\")]*", r"IncompleteRead\([^)]*\)",
-                    r"RemoteDisconnected\([^)]*\)", r"Connection (?:broken|aborted|reset)[^'\"(]*",
-                    r"(?:Read )?timed out"):
+    for pattern in (
+        r"\[Errno -?\d+\] [^'\")]*",
+        r"IncompleteRead\([^)]*\)",
+        r"RemoteDisconnected\([^)]*\)",
+        r"Connection (?:broken|aborted|reset)[^'\"(]*",
+        r"(?:Read )?timed out",
+    ):
         m = re.search(pattern, text)
         if m:
             return m.group(0).strip(" :.")
@@ -391,8 +426,9 @@ class Transport:
     module docstring); the calls of :class:`~xnatfs.xnat.client.XnatClient` build on it.
     The constructor does no I/O and starts no thread."""
 
-    def __init__(self, url: str, credentials: Credentials,
-                 options: Optional[ClientOptions] = None) -> None:
+    def __init__(
+        self, url: str, credentials: Credentials, options: Optional[ClientOptions] = None
+    ) -> None:
         self.options = options or ClientOptions()
         #: scheme://host[:port][/context] with no trailing slash; uris are appended to it
         self.base_url = url.rstrip("/")
@@ -422,9 +458,9 @@ class Transport:
         #: ends a response whose status line and headers outlast the request's deadline
         self._watchdog = _watchdog.Watchdog()
         #: the one cap on requests in flight (issue 13 §2): a slot per HTTP exchange
-        self._limiter = _limiter.RequestLimiter(opts.max_requests,
-                                                backoff_base=opts.backoff_base,
-                                                backoff_max=opts.pause_max)
+        self._limiter = _limiter.RequestLimiter(
+            opts.max_requests, backoff_base=opts.backoff_base, backoff_max=opts.pause_max
+        )
 
         self._stats = ClientStats(opts.latency_samples)
         #: guards _jsession, _generation, _heartbeat_interval; held during a login
@@ -456,8 +492,7 @@ class Transport:
             if self._jsession is None:
                 self._locked_login()
         if self.options.heartbeat and self._heartbeat_thread is None:
-            t = threading.Thread(target=self._heartbeat_loop, name="xnatfs-heartbeat",
-                                 daemon=True)
+            t = threading.Thread(target=self._heartbeat_loop, name="xnatfs-heartbeat", daemon=True)
             self._heartbeat_thread = t
             t.start()
 
@@ -483,10 +518,13 @@ class Transport:
             jsession, self._jsession = self._jsession, None
         if jsession:
             try:
-                resp = self._send("DELETE", self._url("/data/JSESSION"), jsession=jsession,
-                                  timeout=(self.options.connect_timeout,
-                                           min(self.options.read_timeout, 10.0)),
-                                  deadline=time.monotonic() + min(self.options.deadline, 10.0))
+                resp = self._send(
+                    "DELETE",
+                    self._url("/data/JSESSION"),
+                    jsession=jsession,
+                    timeout=(self.options.connect_timeout, min(self.options.read_timeout, 10.0)),
+                    deadline=time.monotonic() + min(self.options.deadline, 10.0),
+                )
                 resp.close()
                 log.debug("logged out of %s (%s)", self.base_url, resp.status_code)
             except XnatError as err:
@@ -530,25 +568,34 @@ class Transport:
         method, url = "PUT", self._url("/data/services/auth")
         creds = self._credentials
         form = {"username": creds.username, "password": creds.password}
-        resp = self._send(method, url, data=form, timeout=self._timeout, jsession=None,
-                          deadline=deadline)
+        resp = self._send(
+            method, url, data=form, timeout=self._timeout, jsession=None, deadline=deadline
+        )
         body = resp.content  # already read: _send does not stream
         resp.close()
         if resp.status_code in (404, 405, 501):
             # very old servers: basic auth against /data/JSESSION gives the same cookie
             method, url = "POST", self._url("/data/JSESSION")
-            resp = self._send(method, url, timeout=self._timeout, jsession=None,
-                              auth=(creds.username, creds.password), deadline=deadline)
+            resp = self._send(
+                method,
+                url,
+                timeout=self._timeout,
+                jsession=None,
+                auth=(creds.username, creds.password),
+                deadline=deadline,
+            )
             body = resp.content
             resp.close()
         if resp.status_code != 200:
-            err = error_for_status(method, url, resp.status_code,
-                                   parse.error_text(body) or "login failed")
+            err = error_for_status(
+                method, url, resp.status_code, parse.error_text(body) or "login failed"
+            )
             log.info("login as %s: %s", creds.username, err)
             raise err
         if parse.looks_like_html(body):
-            raise NotXnatResponse(method, url, 200,
-                                  "login answered with an HTML page; is this the XNAT base URL?")
+            raise NotXnatResponse(
+                method, url, 200, "login answered with an HTML page; is this the XNAT base URL?"
+            )
         jsession = resp.cookies.get("JSESSIONID")
         if not jsession:
             text = body.decode("utf-8", "replace").strip()
@@ -573,8 +620,12 @@ class Transport:
         must not hold every other caller past its ``--timeout`` (issue 17 §1)."""
         left = (deadline - time.monotonic()) if deadline is not None else self.options.deadline
         if left <= 0 or not self._login_lock.acquire(timeout=left):
-            raise XnatTimeout("PUT", self._url("/data/services/auth"), None,
-                              "waited for a login by another thread until the deadline")
+            raise XnatTimeout(
+                "PUT",
+                self._url("/data/services/auth"),
+                None,
+                "waited for a login by another thread until the deadline",
+            )
 
     def _relogin(self, seen_generation: int, deadline: Optional[float] = None) -> None:
         """Log in again unless another thread already did since ``seen_generation``."""
@@ -633,13 +684,17 @@ class Transport:
         if uri.startswith(("http://", "https://")):
             if not uri.startswith(self.base_url + "/"):
                 raise XnatError("", uri, None, f"refused: URL is not under {self.base_url}")
-            uri = uri[len(self.base_url):]
+            uri = uri[len(self.base_url) :]
         if not uri.startswith("/"):
             uri = "/" + uri
         path, sep, query = uri.partition("?")
         if not _safe_path(path):
-            raise XnatError("", self.base_url + uri, None,
-                            "refused: the path is not plainly below /data/ ('.', '..', '//')")
+            raise XnatError(
+                "",
+                self.base_url + uri,
+                None,
+                "refused: the path is not plainly below /data/ ('.', '..', '//')",
+            )
         path = quote(path, safe="/%:@!$&'()*+,;=-._~")
         return self.base_url + path + (sep + query if sep else "")
 
@@ -688,8 +743,11 @@ class Transport:
         try:
             slot = self._limiter.acquire(holder.at)
         except _limiter.SlotUnavailable as exc:
-            err = (Unreachable(method, url, None, str(exc), retryable=False) if exc.paused
-                   else XnatTimeout(method, url, None, str(exc)))
+            err = (
+                Unreachable(method, url, None, str(exc), retryable=False)
+                if exc.paused
+                else XnatTimeout(method, url, None, str(exc))
+            )
             self._stats.error(type(err).__name__)
             raise err from None
         started = time.monotonic()  # latency samples: the server's time, not the queue's
@@ -702,8 +760,14 @@ class Transport:
         try:
             # always streamed: a non-streamed body is read below, by us, within the deadline
             resp = self._http.request(
-                method, url, data=data, headers=hdrs, stream=True,
-                timeout=timeout, allow_redirects=False, auth=auth,
+                method,
+                url,
+                data=data,
+                headers=hdrs,
+                stream=True,
+                timeout=timeout,
+                allow_redirects=False,
+                auth=auth,
             )
             if stream:
                 # the deadline bounded the wait for the headers; a download's body is bounded
@@ -716,8 +780,11 @@ class Transport:
                     # holder.at: for an upload, its last body byte + the deadline (the
                     # journal decides about a lost answer)
                     content = _body.read_body(
-                        resp.raw, resp.headers.get("Content-Encoding", ""), holder.at,
-                        read_timeout=full_read_timeout)
+                        resp.raw,
+                        resp.headers.get("Content-Encoding", ""),
+                        holder.at,
+                        read_timeout=full_read_timeout,
+                    )
                 except BaseException:
                     resp.close()
                     raise
@@ -742,8 +809,13 @@ class Transport:
         self._stats.request(method, resp.status_code, time.monotonic() - started)
         return resp
 
-    def _hand_slot_to(self, resp: requests.Response, slot: "_limiter.Slot",
-                      outcome: "_limiter.Outcome", retry_after: Optional[float]) -> None:
+    def _hand_slot_to(
+        self,
+        resp: requests.Response,
+        slot: "_limiter.Slot",
+        outcome: "_limiter.Outcome",
+        retry_after: Optional[float],
+    ) -> None:
         """A streamed response keeps its slot until it is closed (every caller closes it in a
         ``finally``); should one be dropped unclosed, the slot returns when it is collected."""
         limiter = self._limiter
@@ -807,13 +879,25 @@ class Transport:
             body = body_factory() if body_factory is not None else data
             sent = _watchdog.RequestDeadline(deadline, opts.deadline)
             try:
-                resp = self._send(method, url, data=body, headers=headers, stream=stream,
-                                  timeout=self._timeout, jsession=jsession, deadline=sent)
+                resp = self._send(
+                    method,
+                    url,
+                    data=body,
+                    headers=headers,
+                    stream=stream,
+                    timeout=self._timeout,
+                    jsession=jsession,
+                    deadline=sent,
+                )
             except XnatError as failed:
                 # connection errors only: a read timeout is not retried here, so a stalled
                 # server costs one read_timeout, not retries x read_timeout
-                if idempotent and isinstance(failed, Unreachable) and failed.retryable \
-                        and self._backoff(failed, attempt, deadline):
+                if (
+                    idempotent
+                    and isinstance(failed, Unreachable)
+                    and failed.retryable
+                    and self._backoff(failed, attempt, deadline)
+                ):
                     continue
                 self._log_failure(failed)
                 raise
@@ -846,8 +930,7 @@ class Transport:
                     relogged = True
                     self._relogin(generation, deadline)
                     continue
-                err = NotXnatResponse(method, url, status,
-                                      "HTML page where XNAT data was expected")
+                err = NotXnatResponse(method, url, status, "HTML page where XNAT data was expected")
                 self._log_failure(err)
                 raise err
             return resp
@@ -867,9 +950,12 @@ class Transport:
         try:
             if resp.raw is not None and not resp._content_consumed:  # type: ignore[attr-defined]
                 # bounded in bytes and time like any document (an error page is no exception)
-                body = _body.read_body(resp.raw, resp.headers.get("Content-Encoding", ""),
-                                       time.monotonic() + min(self.options.read_timeout, 5.0),
-                                       limit=_ERROR_BODY_LIMIT)
+                body = _body.read_body(
+                    resp.raw,
+                    resp.headers.get("Content-Encoding", ""),
+                    time.monotonic() + min(self.options.read_timeout, 5.0),
+                    limit=_ERROR_BODY_LIMIT,
+                )
                 self._stats.bytes_in(len(body))
             else:
                 body = resp.content or b""
@@ -880,10 +966,16 @@ class Transport:
         status = resp.status_code
         if 300 <= status < 400:
             where = resp.headers.get("Location", "?")
-            return NotXnatResponse(method, url, status,
-                                   f"redirected to {where}; use that as the server URL?")
-        return error_for_status(method, url, status, parse.error_text(body),
-                                retry_after=_parse_retry_after(resp.headers.get("Retry-After")))
+            return NotXnatResponse(
+                method, url, status, f"redirected to {where}; use that as the server URL?"
+            )
+        return error_for_status(
+            method,
+            url,
+            status,
+            parse.error_text(body),
+            retry_after=_parse_retry_after(resp.headers.get("Retry-After")),
+        )
 
     def _backoff(self, err: XnatError, attempt: int, deadline: float) -> bool:
         """Sleep before retry number ``attempt`` if allowed; False when out of tries/time."""
@@ -919,15 +1011,18 @@ class Transport:
         resp = self._call("GET", uri, params=q)
         if resp.content.count(b"{") > _body.MAX_DOCUMENT_OBJECTS:
             # 64 MiB of tiny rows would parse into ~2 GB of Python objects (issue 17 §4)
-            err = NotXnatResponse("GET", resp.url, resp.status_code,
-                                  f"refused: more than {_body.MAX_DOCUMENT_OBJECTS} JSON objects")
+            err = NotXnatResponse(
+                "GET",
+                resp.url,
+                resp.status_code,
+                f"refused: more than {_body.MAX_DOCUMENT_OBJECTS} JSON objects",
+            )
             self._log_failure(err)
             raise err
         try:
             return json.loads(resp.content.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
-            raise NotXnatResponse("GET", resp.url, resp.status_code,
-                                  "answer is not JSON") from None
+            raise NotXnatResponse("GET", resp.url, resp.status_code, "answer is not JSON") from None
 
     def _rows(self, uri: str, params: Optional[Params] = None) -> Tuple[List[Dict[str, str]], Any]:
         doc = self._get_json(uri, params)
@@ -947,8 +1042,13 @@ class Transport:
             log.debug("%s: columns refused, using the default columns", uri)
             return self._rows(uri)[0]
 
-    def _write(self, method: str, uri: str, params: Optional[Params] = None,
-               ok: Tuple[int, ...] = (200, 201, 202, 204),
-               **kw: Any) -> requests.Response:
+    def _write(
+        self,
+        method: str,
+        uri: str,
+        params: Optional[Params] = None,
+        ok: Tuple[int, ...] = (200, 201, 202, 204),
+        **kw: Any,
+    ) -> requests.Response:
         """A write: sent once (never retried here: the upload journal decides)."""
         return self._call(method, uri, params=params, idempotent=False, ok=ok, **kw)

@@ -18,6 +18,7 @@ and ``getresponse`` first waits while the kernel's send queue still drains towar
 Each client owns one watchdog; its thread starts on first use (never before the client is used,
 so never before a daemon forks), sleeps while nothing is armed and ends with ``close()``.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -95,7 +96,8 @@ def unsent_bytes(sock: socket.socket) -> Optional[int]:
 #: the deadline of the request this thread is sending, and the watchdog of the client sending
 #: it; None outside a request
 REQUEST_DEADLINE: "ContextVar[Optional[Tuple[RequestDeadline, Watchdog]]]" = ContextVar(
-    "xnatfs_request_deadline", default=None)
+    "xnatfs_request_deadline", default=None
+)
 
 
 class Watchdog:
@@ -122,8 +124,9 @@ class Watchdog:
             self._armed[token] = sock
             heapq.heappush(self._heap, (deadline, token))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="xnatfs-watchdog",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="xnatfs-watchdog", daemon=True
+                )
                 self._thread.start()
             self._cond.notify()
             return token

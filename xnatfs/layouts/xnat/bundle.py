@@ -5,7 +5,7 @@ per scan resource (its files): a cold ``find`` of a project was one request per 
 XNAT answers the same rows for a whole experiment at once:
 
 * ``<experiment>/resources?all=true``: the resources of the experiment and of all its scans,
-  each row with ``category`` and ``cat_id`` (the scan ID) — xnat-rest-api.md §1.7
+  each row with ``category`` and ``cat_id`` (the scan ID) — docs/XNAT-API.md §1.7
   (``XNATTemplate.loadCatalogs`` ``allowAll``);
 * ``<experiment>/scans/ALL/files``: the files of every scan resource in one table whose
   ``URI`` names the scan and the resource id — §1.8 (``XNATTemplate``: a ``SCAN_ID`` of
@@ -33,6 +33,7 @@ Invalidation: the engine calls ``invalidated(parts)`` on every local change; the
 every experiment at, above or below ``parts`` are dropped (and a load running for one is not
 stored), so a listing loaded after a write is never served from rows older than the write.
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,13 +76,15 @@ class ExperimentBundles:
         return self._cache.ttl
 
     # ------------------------------------------------------------------ resources
-    def scan_resources(self, exp: PathParts, exp_uri: str, scan_id: str,
-                       fallback: Callable[[], Any]) -> Any:
+    def scan_resources(
+        self, exp: PathParts, exp_uri: str, scan_id: str, fallback: Callable[[], Any]
+    ) -> Any:
         """The resources of scan ``scan_id`` (``Resource`` list), from the experiment's
         ``resources?all=true``; ``fallback()`` (the scan's own listing) if that fails."""
         try:
-            table = self._cache.get_or_load(exp + ("resources",),
-                                            lambda: self.client.list_scan_resources(exp_uri))
+            table = self._cache.get_or_load(
+                exp + ("resources",), lambda: self.client.list_scan_resources(exp_uri)
+            )
         except Exception as exc:  # noqa: BLE001 - the directory's own request decides
             log.debug("resources of %s in one request failed (%s): per scan", exp_uri, exc)
             return self._fallback(fallback)
@@ -89,8 +92,14 @@ class ExperimentBundles:
         return list(table.get(scan_id, ()))
 
     # ------------------------------------------------------------------ files
-    def scan_files(self, exp: PathParts, exp_uri: str, scan_id: str, resource_uri: str,
-                   fallback: Callable[[], Any]) -> Any:
+    def scan_files(
+        self,
+        exp: PathParts,
+        exp_uri: str,
+        scan_id: str,
+        resource_uri: str,
+        fallback: Callable[[], Any],
+    ) -> Any:
         """The files (``FileEntry`` list) of one scan resource, from the experiment's
         ``scans/ALL/files`` when that table is worth asking for (module docstring);
         ``fallback()`` (the resource's own listing) otherwise."""
@@ -101,8 +110,9 @@ class ExperimentBundles:
             if not self._worth_listing_all(resources, scan_id, rid):
                 return self._fallback(fallback)
             try:
-                table = self._cache.get_or_load(exp + ("files",),
-                                                lambda: self._files_table(exp_uri))
+                table = self._cache.get_or_load(
+                    exp + ("files",), lambda: self._files_table(exp_uri)
+                )
             except Exception as exc:  # noqa: BLE001 - the directory's own request decides
                 log.debug("files of %s in one request failed (%s): per resource", exp_uri, exc)
                 return self._fallback(fallback)
@@ -114,15 +124,16 @@ class ExperimentBundles:
         self._count("files_from_bundle")
         return list(entries)
 
-    def _worth_listing_all(self, resources: Optional[Dict[str, List[Any]]], scan_id: str,
-                           rid: str) -> bool:
+    def _worth_listing_all(
+        self, resources: Optional[Dict[str, List[Any]]], scan_id: str, rid: str
+    ) -> bool:
         if resources is None:
-            return False   # no walk seen: a single resource is listed alone
+            return False  # no walk seen: a single resource is listed alone
         counts: List[int] = []
         for rs in resources.values():
             for r in rs:
                 if getattr(r, "file_count", None) is None:
-                    return False   # stats not computed: the size of the table is unknown
+                    return False  # stats not computed: the size of the table is unknown
                 counts.append(r.file_count)
         mine = next((r.file_count for r in resources.get(scan_id, ()) if r.id == rid), None)
         if mine is None:

@@ -1,4 +1,5 @@
 """The kinds of node in XNAT's layout and what the shape of the hierarchy says about them."""
+
 from __future__ import annotations
 
 import enum
@@ -24,11 +25,11 @@ class Kind(enum.Enum):
     #: ``.../resources/R/files`` and every sub-folder below it
     FILES = "files"
     FILE = "file"
-    PREARCHIVE = "prearchive"          # MNT/.prearchive
+    PREARCHIVE = "prearchive"  # MNT/.prearchive
     PRE_PROJECT = "prearchive-project"  # MNT/.prearchive/P
     PRE_TIMESTAMP = "prearchive-timestamp"
     PRE_SESSION = "prearchive-session"
-    CONTROL = "control"                # MNT/.xnatfs
+    CONTROL = "control"  # MNT/.xnatfs
     #: generated files: ``.xnat.json``, ``.zip`` (made at lookup, true size), ``.xnatfs/stats``
     VIRTUAL = "virtual"
 
@@ -36,9 +37,9 @@ class Kind(enum.Enum):
 class Gen(enum.Enum):
     """Recipes of generated files (``view.node.Generated.what``)."""
 
-    JSON = "json"        # .xnat.json: the object's fields
-    ZIP = "zip"          # .zip: XNAT's own zip download (§3.3)
-    STATS = "stats"      # .xnatfs/stats
+    JSON = "json"  # .xnat.json: the object's fields
+    ZIP = "zip"  # .zip: XNAT's own zip download (§3.3)
+    STATS = "stats"  # .xnatfs/stats
     METRICS = "metrics"  # .xnatfs/metrics
 
 
@@ -53,8 +54,11 @@ class Timestamp(Ref):
 FIXED_CHILDREN: Mapping[Kind, Tuple[Tuple[str, Kind], ...]] = {
     Kind.PROJECT: (("resources", Kind.RESOURCES), ("subjects", Kind.SUBJECTS)),
     Kind.SUBJECT: (("experiments", Kind.EXPERIMENTS), ("resources", Kind.RESOURCES)),
-    Kind.EXPERIMENT: (("assessors", Kind.ASSESSORS), ("resources", Kind.RESOURCES),
-                      ("scans", Kind.SCANS)),
+    Kind.EXPERIMENT: (
+        ("assessors", Kind.ASSESSORS),
+        ("resources", Kind.RESOURCES),
+        ("scans", Kind.SCANS),
+    ),
     Kind.SCAN: (("resources", Kind.RESOURCES),),
     Kind.ASSESSOR: (("resources", Kind.RESOURCES),),
     Kind.RESOURCE: (("files", Kind.FILES),),
@@ -62,14 +66,24 @@ FIXED_CHILDREN: Mapping[Kind, Tuple[Tuple[str, Kind], ...]] = {
 }
 
 #: object directories that carry an unlisted ``.xnat.json``
-JSON_KINDS = frozenset({Kind.PROJECT, Kind.SUBJECT, Kind.EXPERIMENT, Kind.SCAN, Kind.ASSESSOR,
-                        Kind.RESOURCE, Kind.PRE_SESSION})
+JSON_KINDS = frozenset(
+    {
+        Kind.PROJECT,
+        Kind.SUBJECT,
+        Kind.EXPERIMENT,
+        Kind.SCAN,
+        Kind.ASSESSOR,
+        Kind.RESOURCE,
+        Kind.PRE_SESSION,
+    }
+)
 #: directories that carry an unlisted ``.zip`` bundle (XNAT's own zip download, §3.3)
 ZIP_KINDS = frozenset({Kind.EXPERIMENT, Kind.SCAN, Kind.RESOURCE})
 
 #: directories where files or objects can be made (``writes.Writer``)
-WRITABLE_DIRS = frozenset({Kind.FILES, Kind.RESOURCES, Kind.SUBJECTS, Kind.EXPERIMENTS,
-                           Kind.SCANS, Kind.PRE_PROJECT})
+WRITABLE_DIRS = frozenset(
+    {Kind.FILES, Kind.RESOURCES, Kind.SUBJECTS, Kind.EXPERIMENTS, Kind.SCANS, Kind.PRE_PROJECT}
+)
 
 JSON_NAME = ".xnat.json"
 ZIP_NAME = ".zip"

@@ -1,4 +1,4 @@
-"""``XnatLayout``: XNAT's hierarchy as directories and files (DESIGN.md §1.1, §1.2).
+"""``XnatLayout``: XNAT's hierarchy as directories and files (docs/LAYOUT.md §1.1, §1.2).
 
 Object directories (a project, a scan) have fixed children and cost nothing; every other
 directory is one listing request (``loaders``); a resource's whole ``files/`` tree is ONE request
@@ -6,6 +6,7 @@ directory is one listing request (``loaders``); a resource's whole ``files/`` tr
 and ``.zip`` are unlisted names answered by ``lookup``; ``.xnatfs`` answers without the root
 listing, so stats answer while XNAT does not.
 """
+
 from __future__ import annotations
 
 import errno
@@ -18,11 +19,27 @@ from urllib.parse import unquote
 
 from xnatfs import metrics
 from xnatfs.cache.content import ContentKey
-from xnatfs.layouts.xnat.kinds import (CONTROL_NAME, FIXED_CHILDREN, JSON_KINDS, JSON_NAME,
-                                       WRITABLE_DIRS, ZIP_KINDS, ZIP_NAME, Gen, Kind)
 from xnatfs.layouts.xnat.bundle import ExperimentBundles
-from xnatfs.layouts.xnat.loaders import (FileTree, Source, control_listing, control_node,
-                                         load_files, load_listing, load_resources)
+from xnatfs.layouts.xnat.kinds import (
+    CONTROL_NAME,
+    FIXED_CHILDREN,
+    JSON_KINDS,
+    JSON_NAME,
+    WRITABLE_DIRS,
+    ZIP_KINDS,
+    ZIP_NAME,
+    Gen,
+    Kind,
+)
+from xnatfs.layouts.xnat.loaders import (
+    FileTree,
+    Source,
+    control_listing,
+    control_node,
+    load_files,
+    load_listing,
+    load_resources,
+)
 from xnatfs.view.layout import BaseLayout, Children, Fixed, Listing, Loaded, Opened
 from xnatfs.view.node import Generated, NodeInfo
 from xnatfs.view.paths import PathParts
@@ -36,8 +53,14 @@ class XnatLayout(BaseLayout):
     (or anything with the same listing methods); ``content`` the content cache (for
     ``cache_state``); ``stats_fn`` returns the dict served as ``.xnatfs/stats``."""
 
-    def __init__(self, client: Any, content: Any, *, epoch: float,
-                 stats_fn: Optional[Callable[[], Mapping[str, Any]]] = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        content: Any,
+        *,
+        epoch: float,
+        stats_fn: Optional[Callable[[], Mapping[str, Any]]] = None,
+    ) -> None:
         self.client = client
         self.content = content
         self.source = getattr(client, "base_url", "XNAT")
@@ -76,12 +99,14 @@ class XnatLayout(BaseLayout):
             return Fixed(control_listing(self.epoch))  # no request, nothing to wait for
         if node.kind is Kind.FILES:
             # the whole resource is one listing; sub-folders are views of it
-            root = parts[:len(parts) - len(node.subpath)]
+            root = parts[: len(parts) - len(node.subpath)]
             # a sub-folder's node carries the resource's uri, mtime and prearchive flag: all
             # the one files listing of the resource needs (§1.8)
-            return Loaded(root, functools.partial(load_files, self._src, node,
-                                                  self._bundled_files(root, node)),
-                          functools.partial(_folder, node.subpath, parts))
+            return Loaded(
+                root,
+                functools.partial(load_files, self._src, node, self._bundled_files(root, node)),
+                functools.partial(_folder, node.subpath, parts),
+            )
         rows = self._bundled_resources(parts, node)
         if rows is not None:
             return Loaded(parts, functools.partial(load_resources, self._src, node, rows))
@@ -90,32 +115,48 @@ class XnatLayout(BaseLayout):
     # an archive experiment's scans: P/subjects/S/experiments/E/scans/N/resources[/R/files]
     @staticmethod
     def _scan_path(parts: PathParts, depth: int) -> bool:
-        return (len(parts) == depth and parts[1] == "subjects" and parts[3] == "experiments"
-                and parts[5] == "scans" and parts[7] == "resources")
+        return (
+            len(parts) == depth
+            and parts[1] == "subjects"
+            and parts[3] == "experiments"
+            and parts[5] == "scans"
+            and parts[7] == "resources"
+        )
 
-    def _bundled_resources(self, parts: PathParts,
-                           node: NodeInfo) -> Optional[Callable[[], Any]]:
+    def _bundled_resources(self, parts: PathParts, node: NodeInfo) -> Optional[Callable[[], Any]]:
         """A scan's resources from its experiment's one ``resources?all=true`` (B4)."""
-        if (self.bundles is None or node.prearchive or node.kind is not Kind.RESOURCES
-                or not self._scan_path(parts, 8) or "/scans/" not in node.uri):
+        if (
+            self.bundles is None
+            or node.prearchive
+            or node.kind is not Kind.RESOURCES
+            or not self._scan_path(parts, 8)
+            or "/scans/" not in node.uri
+        ):
             return None
         exp_uri, scan = node.uri.rsplit("/scans/", 1)
         fallback = functools.partial(self.client.list_resources, node.uri)
-        return functools.partial(self.bundles.scan_resources, parts[:5], exp_uri,
-                                 unquote(scan), fallback)
+        return functools.partial(
+            self.bundles.scan_resources, parts[:5], exp_uri, unquote(scan), fallback
+        )
 
     def _bundled_files(self, root: PathParts, node: NodeInfo) -> Optional[Callable[[], Any]]:
         """A scan resource's files from its experiment's one ``scans/ALL/files`` (B4); not
         with ``--catalog-times`` (a request per resource anyway)."""
-        if (self.bundles is None or node.prearchive or self.catalog_times
-                or not self._scan_path(root, 10) or root[9] != "files"
-                or "/scans/" not in node.uri):
+        if (
+            self.bundles is None
+            or node.prearchive
+            or self.catalog_times
+            or not self._scan_path(root, 10)
+            or root[9] != "files"
+            or "/scans/" not in node.uri
+        ):
             return None
         scan_uri = node.uri.rsplit("/resources/", 1)[0]
         exp_uri, scan = scan_uri.rsplit("/scans/", 1)
         fallback = functools.partial(self.client.list_files, node.uri)
-        return functools.partial(self.bundles.scan_files, root[:5], exp_uri, unquote(scan),
-                                 node.uri, fallback)
+        return functools.partial(
+            self.bundles.scan_files, root[:5], exp_uri, unquote(scan), node.uri, fallback
+        )
 
     def invalidated(self, parts: PathParts) -> None:
         """A local change at ``parts`` (the engine calls it): bundles at or below forgotten."""
@@ -134,9 +175,16 @@ class XnatLayout(BaseLayout):
 
     @staticmethod
     def _generated(name: str, parent: NodeInfo, what: Gen) -> NodeInfo:
-        return NodeInfo(name=name, kind=Kind.VIRTUAL, is_dir=False, mtime=parent.mtime,
-                        uri=parent.uri, project=parent.project, prearchive=parent.prearchive,
-                        ref=Generated(what, parent))
+        return NodeInfo(
+            name=name,
+            kind=Kind.VIRTUAL,
+            is_dir=False,
+            mtime=parent.mtime,
+            uri=parent.uri,
+            project=parent.project,
+            prearchive=parent.prearchive,
+            ref=Generated(what, parent),
+        )
 
     # ------------------------------------------------------------------ bytes
     def open(self, node: NodeInfo, path: str) -> Opened:
@@ -158,8 +206,7 @@ class XnatLayout(BaseLayout):
                 doc: Any = dict(getattr(parent.record, "fields", {}) or {})
             else:
                 doc = self.client.get_object(parent.uri)
-            return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False)
-                    + "\n").encode()
+            return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
         raise OSError(errno.EIO, f"unknown generated file {what}")
 
     def content_key(self, node: NodeInfo) -> Optional[ContentKey]:
@@ -173,8 +220,7 @@ class XnatLayout(BaseLayout):
         # the parent object's, which changes whenever anything in it changes, so it would only
         # cause needless downloads.  Without a digest (checksums off, §1.8) the mtime is all
         # we have to notice a change.
-        return _content_key(node.uri, node.size, node.digest,
-                            None if node.digest else node.mtime)
+        return _content_key(node.uri, node.size, node.digest, None if node.digest else node.mtime)
 
     def refusal(self, node: NodeInfo) -> str:
         """A listing row refused by the client (a size outside 0..2^63-1, a URI leaving
@@ -188,17 +234,20 @@ class XnatLayout(BaseLayout):
         """For a file on XNAT the mtime set on this mount for these bytes (``cache.times``),
         else XNAT's."""
         if node.kind is Kind.FILE and self.times is not None and node.uri:
-            kept = self.times.get(node.uri, node.size, node.digest,
-                                  getattr(node.record, "mtime", None) or 0.0)
+            kept = self.times.get(
+                node.uri, node.size, node.digest, getattr(node.record, "mtime", None) or 0.0
+            )
             if kept is not None:
                 return kept
         return int(node.mtime * 1e9)
 
     def writable(self, node: NodeInfo) -> bool:
-        """Can something be made in this directory, or this file be written (modes, §1.2)?"""
+        """Can something be made in this directory, or this file be written (modes,
+        docs/LAYOUT.md §1.2)?"""
         if node.is_dir:
-            return node.kind in WRITABLE_DIRS and (not node.prearchive
-                                                   or node.kind is Kind.PRE_PROJECT)
+            return node.kind in WRITABLE_DIRS and (
+                not node.prearchive or node.kind is Kind.PRE_PROJECT
+            )
         return node.kind is Kind.FILE and not node.prearchive
 
     def cacheable(self, node: NodeInfo) -> bool:
@@ -226,8 +275,15 @@ def fixed_listing(node: NodeInfo, fixed: Any) -> Listing:
     listing = Listing()
     for name, kind in fixed:
         listing.children[name] = NodeInfo(
-            name=name, kind=kind, is_dir=True, mtime=node.mtime, uri=node.uri,
-            project=node.project, subject=node.subject, prearchive=node.prearchive)
+            name=name,
+            kind=kind,
+            is_dir=True,
+            mtime=node.mtime,
+            uri=node.uri,
+            project=node.project,
+            subject=node.subject,
+            prearchive=node.prearchive,
+        )
     return listing
 
 
@@ -250,7 +306,7 @@ def _content_key(uri: str, size: int, digest: str, mtime: Optional[float]) -> Co
     and not on every open, prefetch check and xattr read.
 
     The listed MD5 rides on the download URL as ``xnatfs_md5=``, a parameter XNAT does not read
-    (xnat-rest-api.md §1.2, §3.1), so that a shared cache proxy (``xnatfs cache-proxy``,
+    (docs/XNAT-API.md §1.2, §3.1), so that a shared cache proxy (``xnatfs cache-proxy``,
     docs/SCALING.md) keys on it: a file changed on XNAT has a new URL and never an old entry."""
     if digest and _HEX.fullmatch(digest):
         uri += ("&" if "?" in uri else "?") + DIGEST_PARAM + "=" + digest.lower()

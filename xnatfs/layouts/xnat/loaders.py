@@ -1,10 +1,12 @@
-"""One loader per listed kind: each makes the one request that lists a directory (DESIGN.md §1.1).
+"""One loader per listed kind: each makes the one request that lists a directory
+(docs/LAYOUT.md §1.1).
 
 ``LOADERS`` maps a ``Kind`` to its loader; a loader takes the layout's ``Source`` (the client,
 the mount's epoch) and the directory node, and returns a ``Listing``.  The prearchive has its own
-listing endpoints for scans, resources and files (xnat-rest-api.md §7.2): ``ENDPOINTS`` picks
+listing endpoints for scans, resources and files (docs/XNAT-API.md §7.2): ``ENDPOINTS`` picks
 them by ``node.prearchive``, so no loader branches on it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -35,8 +37,12 @@ class Endpoints:
 #: prearchive? -> the endpoints (the twins of ``xnat/client.py``)
 ENDPOINTS: Mapping[bool, Endpoints] = {
     False: Endpoints("list_scans", "list_resources", "list_files", catalog_times=True),
-    True: Endpoints("list_prearchive_scans", "list_prearchive_resources",
-                    "list_prearchive_files", catalog_times=False),
+    True: Endpoints(
+        "list_prearchive_scans",
+        "list_prearchive_resources",
+        "list_prearchive_files",
+        catalog_times=False,
+    ),
 }
 
 
@@ -74,13 +80,31 @@ def _add(listing: Listing, child: NodeInfo, *aliases: str) -> None:
 def load_root(src: Source, node: NodeInfo) -> Listing:
     listing = Listing()
     for p in src.client.list_projects():
-        _add(listing, NodeInfo(name=escape_name(p.id), kind=Kind.PROJECT, is_dir=True,
-                               mtime=p.mtime or src.epoch, uri=p.uri, project=p.id,
-                               ref=Record(p),
-                               attrs=_attrs(id=p.id, label=p.id, uri=p.uri,
-                                            xsi_type="xnat:projectData", name=p.name)))
-    _add(listing, NodeInfo(name=PREARCHIVE_NAME, kind=Kind.PREARCHIVE, is_dir=True,
-                           mtime=src.epoch, prearchive=True))
+        _add(
+            listing,
+            NodeInfo(
+                name=escape_name(p.id),
+                kind=Kind.PROJECT,
+                is_dir=True,
+                mtime=p.mtime or src.epoch,
+                uri=p.uri,
+                project=p.id,
+                ref=Record(p),
+                attrs=_attrs(
+                    id=p.id, label=p.id, uri=p.uri, xsi_type="xnat:projectData", name=p.name
+                ),
+            ),
+        )
+    _add(
+        listing,
+        NodeInfo(
+            name=PREARCHIVE_NAME,
+            kind=Kind.PREARCHIVE,
+            is_dir=True,
+            mtime=src.epoch,
+            prearchive=True,
+        ),
+    )
     _add(listing, control_node(src.epoch))
     return listing
 
@@ -95,68 +119,154 @@ def control_listing(epoch: float) -> Listing:
     """``stats`` and ``metrics``, made at each open (size 0, direct I/O)."""
     listing = Listing()
     for what in (Gen.STATS, Gen.METRICS):
-        listing.add(NodeInfo(name=what.value, kind=Kind.VIRTUAL, is_dir=False, mtime=epoch,
-                             ref=Generated(what, None, sized=False)))
+        listing.add(
+            NodeInfo(
+                name=what.value,
+                kind=Kind.VIRTUAL,
+                is_dir=False,
+                mtime=epoch,
+                ref=Generated(what, None, sized=False),
+            )
+        )
     return listing
 
 
 def load_subjects(src: Source, node: NodeInfo) -> Listing:
     listing = Listing()
     for s in src.client.list_subjects(node.project):
-        _add(listing, NodeInfo(name=escape_name(s.label or s.id), kind=Kind.SUBJECT, is_dir=True,
-                               mtime=s.mtime or node.mtime, uri=s.uri, project=node.project,
-                               subject=s.id, ref=Record(s),
-                               attrs=_attrs(id=s.id, label=s.label, uri=s.uri, project=s.project,
-                                            xsi_type="xnat:subjectData")), s.id)
+        _add(
+            listing,
+            NodeInfo(
+                name=escape_name(s.label or s.id),
+                kind=Kind.SUBJECT,
+                is_dir=True,
+                mtime=s.mtime or node.mtime,
+                uri=s.uri,
+                project=node.project,
+                subject=s.id,
+                ref=Record(s),
+                attrs=_attrs(
+                    id=s.id,
+                    label=s.label,
+                    uri=s.uri,
+                    project=s.project,
+                    xsi_type="xnat:subjectData",
+                ),
+            ),
+            s.id,
+        )
     return listing
 
 
 def load_experiments(src: Source, node: NodeInfo) -> Listing:
     listing = Listing()
     for e in src.client.list_experiments(node.project, node.subject):
-        _add(listing, NodeInfo(name=escape_name(e.label or e.id), kind=Kind.EXPERIMENT,
-                               is_dir=True, mtime=e.mtime or node.mtime, uri=e.uri,
-                               project=node.project, subject=node.subject, ref=Record(e),
-                               attrs=_attrs(id=e.id, label=e.label, uri=e.uri, project=e.project,
-                                            xsi_type=e.xsi_type, date=e.date)), e.id)
+        _add(
+            listing,
+            NodeInfo(
+                name=escape_name(e.label or e.id),
+                kind=Kind.EXPERIMENT,
+                is_dir=True,
+                mtime=e.mtime or node.mtime,
+                uri=e.uri,
+                project=node.project,
+                subject=node.subject,
+                ref=Record(e),
+                attrs=_attrs(
+                    id=e.id,
+                    label=e.label,
+                    uri=e.uri,
+                    project=e.project,
+                    xsi_type=e.xsi_type,
+                    date=e.date,
+                ),
+            ),
+            e.id,
+        )
     return listing
 
 
 def load_scans(src: Source, node: NodeInfo) -> Listing:
     listing = Listing()
     for s in src.endpoint(node, "scans")(node.uri):
-        _add(listing, NodeInfo(name=escape_name(s.id), kind=Kind.SCAN, is_dir=True,
-                               mtime=s.mtime or node.mtime, uri=s.uri, project=node.project,
-                               subject=node.subject, prearchive=node.prearchive, ref=Record(s),
-                               attrs=_attrs(id=s.id, label=s.id, uri=s.uri, xsi_type=s.xsi_type,
-                                            scan_type=s.type, quality=s.quality,
-                                            series_description=s.series_description)))
+        _add(
+            listing,
+            NodeInfo(
+                name=escape_name(s.id),
+                kind=Kind.SCAN,
+                is_dir=True,
+                mtime=s.mtime or node.mtime,
+                uri=s.uri,
+                project=node.project,
+                subject=node.subject,
+                prearchive=node.prearchive,
+                ref=Record(s),
+                attrs=_attrs(
+                    id=s.id,
+                    label=s.id,
+                    uri=s.uri,
+                    xsi_type=s.xsi_type,
+                    scan_type=s.type,
+                    quality=s.quality,
+                    series_description=s.series_description,
+                ),
+            ),
+        )
     return listing
 
 
 def load_assessors(src: Source, node: NodeInfo) -> Listing:
     listing = Listing()
     for a in src.client.list_assessors(node.uri):
-        _add(listing, NodeInfo(name=escape_name(a.label or a.id), kind=Kind.ASSESSOR,
-                               is_dir=True, mtime=a.mtime or node.mtime, uri=a.uri,
-                               project=node.project, subject=node.subject, ref=Record(a),
-                               attrs=_attrs(id=a.id, label=a.label, uri=a.uri,
-                                            xsi_type=a.xsi_type)), a.id)
+        _add(
+            listing,
+            NodeInfo(
+                name=escape_name(a.label or a.id),
+                kind=Kind.ASSESSOR,
+                is_dir=True,
+                mtime=a.mtime or node.mtime,
+                uri=a.uri,
+                project=node.project,
+                subject=node.subject,
+                ref=Record(a),
+                attrs=_attrs(id=a.id, label=a.label, uri=a.uri, xsi_type=a.xsi_type),
+            ),
+            a.id,
+        )
     return listing
 
 
-def load_resources(src: Source, node: NodeInfo,
-                   rows: Optional[Callable[[], Any]] = None) -> Listing:
+def load_resources(
+    src: Source, node: NodeInfo, rows: Optional[Callable[[], Any]] = None
+) -> Listing:
     """``rows``: where the resources come from instead of the node's own listing (an
     experiment's ``resources?all=true``, ``bundle.ExperimentBundles``)."""
     listing = Listing()
     for r in (rows or functools.partial(src.endpoint(node, "resources"), node.uri))():
-        _add(listing, NodeInfo(name=escape_name(r.label or r.id), kind=Kind.RESOURCE,
-                               is_dir=True, mtime=node.mtime, uri=r.uri, project=node.project,
-                               subject=node.subject, prearchive=node.prearchive, ref=Record(r),
-                               attrs=_attrs(id=r.id, label=r.label, uri=r.uri,
-                                            xsi_type="xnat:resourceCatalog", format=r.format,
-                                            content=r.content, tags=r.tags)), r.id)
+        _add(
+            listing,
+            NodeInfo(
+                name=escape_name(r.label or r.id),
+                kind=Kind.RESOURCE,
+                is_dir=True,
+                mtime=node.mtime,
+                uri=r.uri,
+                project=node.project,
+                subject=node.subject,
+                prearchive=node.prearchive,
+                ref=Record(r),
+                attrs=_attrs(
+                    id=r.id,
+                    label=r.label,
+                    uri=r.uri,
+                    xsi_type="xnat:resourceCatalog",
+                    format=r.format,
+                    content=r.content,
+                    tags=r.tags,
+                ),
+            ),
+            r.id,
+        )
     return listing
 
 
@@ -167,8 +277,17 @@ def load_prearchive(src: Source, node: NodeInfo) -> Listing:
     projects = [p.id for p in src.client.list_projects()]
     projects += [s.project for s in src.client.list_prearchive()]
     for project in dict.fromkeys(projects):
-        _add(listing, NodeInfo(name=escape_name(project), kind=Kind.PRE_PROJECT, is_dir=True,
-                               mtime=src.epoch, project=project, prearchive=True))
+        _add(
+            listing,
+            NodeInfo(
+                name=escape_name(project),
+                kind=Kind.PRE_PROJECT,
+                is_dir=True,
+                mtime=src.epoch,
+                project=project,
+                prearchive=True,
+            ),
+        )
     return listing
 
 
@@ -177,9 +296,18 @@ def load_pre_project(src: Source, node: NodeInfo) -> Listing:
     for s in src.client.list_prearchive(node.project):
         name = escape_name(s.timestamp)
         if name not in listing.children:
-            _add(listing, NodeInfo(name=name, kind=Kind.PRE_TIMESTAMP, is_dir=True,
-                                   mtime=s.mtime or src.epoch, project=node.project,
-                                   prearchive=True, ref=Timestamp(s.timestamp)))
+            _add(
+                listing,
+                NodeInfo(
+                    name=name,
+                    kind=Kind.PRE_TIMESTAMP,
+                    is_dir=True,
+                    mtime=s.mtime or src.epoch,
+                    project=node.project,
+                    prearchive=True,
+                    ref=Timestamp(s.timestamp),
+                ),
+            )
     return listing
 
 
@@ -188,12 +316,26 @@ def load_pre_timestamp(src: Source, node: NodeInfo) -> Listing:
     stamp = node.ref.value if isinstance(node.ref, Timestamp) else None
     for s in src.client.list_prearchive(node.project):
         if s.timestamp == stamp:
-            _add(listing, NodeInfo(name=escape_name(s.folder_name or s.name),
-                                   kind=Kind.PRE_SESSION, is_dir=True,
-                                   mtime=s.mtime or src.epoch, uri=s.uri, project=node.project,
-                                   prearchive=True, ref=Record(s),
-                                   attrs=_attrs(label=s.name, uri=s.uri, status=s.status,
-                                                subject=s.subject, timestamp=s.timestamp)))
+            _add(
+                listing,
+                NodeInfo(
+                    name=escape_name(s.folder_name or s.name),
+                    kind=Kind.PRE_SESSION,
+                    is_dir=True,
+                    mtime=s.mtime or src.epoch,
+                    uri=s.uri,
+                    project=node.project,
+                    prearchive=True,
+                    ref=Record(s),
+                    attrs=_attrs(
+                        label=s.name,
+                        uri=s.uri,
+                        status=s.status,
+                        subject=s.subject,
+                        timestamp=s.timestamp,
+                    ),
+                ),
+            )
     return listing
 
 
@@ -218,8 +360,7 @@ def load_listing(src: Source, node: NodeInfo) -> Listing:
     return loader(src, node)
 
 
-def load_files(src: Source, node: NodeInfo,
-               rows: Optional[Callable[[], Any]] = None) -> FileTree:
+def load_files(src: Source, node: NodeInfo, rows: Optional[Callable[[], Any]] = None) -> FileTree:
     """All files of one resource in one request, folded into sub-folders (§1.8).  ``rows``:
     where the entries come from instead of the resource's own listing (an experiment's
     ``scans/ALL/files``, ``bundle.ExperimentBundles``)."""
@@ -233,22 +374,44 @@ def load_files(src: Source, node: NodeInfo,
         if not parts:
             continue
         for depth in range(1, len(parts)):
-            folder, name = parts[:depth - 1], parts[depth - 1]
+            folder, name = parts[: depth - 1], parts[depth - 1]
             sub = parts[:depth]
             if sub not in tree.folders:
                 tree.folders[sub] = Listing()
                 tree.folders.setdefault(folder, Listing()).children[name] = NodeInfo(
-                    name=name, kind=Kind.FILES, is_dir=True, mtime=node.mtime, uri=node.uri,
-                    project=node.project, subject=node.subject, subpath=sub,
-                    prearchive=node.prearchive)
+                    name=name,
+                    kind=Kind.FILES,
+                    is_dir=True,
+                    mtime=node.mtime,
+                    uri=node.uri,
+                    project=node.project,
+                    subject=node.subject,
+                    subpath=sub,
+                    prearchive=node.prearchive,
+                )
         folder = parts[:-1]
         tree.folders.setdefault(folder, Listing()).children[parts[-1]] = NodeInfo(
-            name=parts[-1], kind=Kind.FILE, is_dir=False, size=entry.size,
-            mtime=entry.mtime or times.get(entry.path) or node.mtime, uri=entry.uri,
-            project=node.project, subject=node.subject, subpath=parts, digest=entry.digest,
-            prearchive=node.prearchive, ref=Record(entry),
-            attrs=_attrs(uri=entry.uri, digest=entry.digest, format=entry.format,
-                         content=entry.content, tags=entry.tags, resource=entry.collection))
+            name=parts[-1],
+            kind=Kind.FILE,
+            is_dir=False,
+            size=entry.size,
+            mtime=entry.mtime or times.get(entry.path) or node.mtime,
+            uri=entry.uri,
+            project=node.project,
+            subject=node.subject,
+            subpath=parts,
+            digest=entry.digest,
+            prearchive=node.prearchive,
+            ref=Record(entry),
+            attrs=_attrs(
+                uri=entry.uri,
+                digest=entry.digest,
+                format=entry.format,
+                content=entry.content,
+                tags=entry.tags,
+                resource=entry.collection,
+            ),
+        )
     return tree
 
 
@@ -259,6 +422,7 @@ def catalog_times(src: Source, node: NodeInfo) -> Dict[str, float]:
     try:
         return src.client.catalog_times(node.uri)
     except Exception as exc:  # noqa: BLE001 - times are a nicety; the listing stands
-        log.info("catalog times of %s unavailable (%s): files show the object's time",
-                 node.uri, exc)
+        log.info(
+            "catalog times of %s unavailable (%s): files show the object's time", node.uri, exc
+        )
         return {}
