@@ -140,7 +140,7 @@ def dumps(doc: Mapping[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _multivalue() -> type:
+def _multivalue() -> Any:
     """pydicom's list type for multi-valued elements (imported on first use, see above)."""
     from pydicom.multival import MultiValue
 
