@@ -112,6 +112,9 @@ def _add_cache_parser(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``xnatfs`` command line: one sub-parser per command.
+
+    Long because: one block per sub-command, read top to bottom like ``xnatfs -h``."""
     parser = argparse.ArgumentParser(
         prog="xnatfs", description="Mount an XNAT archive as a filesystem."
     )

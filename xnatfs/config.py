@@ -188,6 +188,27 @@ def _show(key: str, value: Any) -> str:
     return MASK if key in SECRET_KEYS else repr(value)
 
 
+def _read_toml(file: Path, explicit: bool) -> Optional[Tuple[os.stat_result, str, Dict[str, Any]]]:
+    """The config file's (stat, text, parsed TOML), or None for an absent default file."""
+    try:
+        with open(file, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            raw = fh.read()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {file} does not exist") from None
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+        return st, text, tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text; save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: {_toml_message(exc)}") from None
+
+
 def load_config(
     path: Optional[os.PathLike] = None, env: Mapping[str, str] = os.environ
 ) -> ConfigFile:
@@ -204,24 +225,10 @@ def load_config(
             str(path if path is not None else env.get(ENV_CONFIG) or default_config_path(env))
         )
     )
-    try:
-        with open(file, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            raw = fh.read()
-    except FileNotFoundError:
-        if explicit:
-            raise ConfigError(f"config file {file} does not exist") from None
+    read = _read_toml(file, explicit)
+    if read is None:
         return ConfigFile()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-        data = tomllib.loads(text)
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file}: not UTF-8 text; save it as UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{file}: {_toml_message(exc)}") from None
-
+    st, text, data = read
     defaults: Dict[str, Any] = {}
     servers: Dict[str, Dict[str, Any]] = {}
     for name, value in data.items():

@@ -33,6 +33,35 @@ class _Writer:
 
 def prometheus(stats: Mapping[str, Any]) -> str:
     w = _Writer()
+    _client_metrics(w, stats)
+    _cache_metrics(w, stats)
+    uploads = stats.get("uploads") or []
+    states: Dict[str, int] = {}
+    for item in uploads:
+        states[item.get("state", "?")] = states.get(item.get("state", "?"), 0) + 1
+    w.metric(
+        "uploads",
+        "gauge",
+        "uploads not yet confirmed by XNAT, by state",
+        [
+            ((("state", st),), states.get(st, 0))
+            for st in sorted(set(states) | {"pending", "failed"})
+        ],
+    )
+    w.metric(
+        "errors_total",
+        "counter",
+        "failed filesystem calls by errno",
+        [((("errno", k),), n) for k, n in sorted((stats.get("errors") or {}).items())],
+    )
+    w.metric(
+        "uptime_seconds", "gauge", "seconds since the mount started", [((), stats.get("uptime_s"))]
+    )
+    return "\n".join(w.lines) + "\n"
+
+
+def _client_metrics(w: _Writer, stats: Mapping[str, Any]) -> None:
+    """The HTTP client's counters and its request limiter's state."""
     requests: Mapping[str, Any] = stats.get("requests") or {}
     by_status: Dict[str, int] = requests.get("requests") or {}
     w.metric(
@@ -90,6 +119,10 @@ def prometheus(stats: Mapping[str, Any]) -> str:
             for q, p in (("0.5", "50"), ("0.9", "90"), ("0.99", "99"))
         ],
     )
+
+
+def _cache_metrics(w: _Writer, stats: Mapping[str, Any]) -> None:
+    """The listing cache's and the content cache's counters."""
     listing: Mapping[str, Any] = stats.get("listing_cache") or {}
     w.metric(
         "listing_cache_hits_total",
@@ -137,26 +170,3 @@ def prometheus(stats: Mapping[str, Any]) -> str:
         "bytes downloaded into the cache",
         [((), content.get("bytes_downloaded"))],
     )
-    uploads = stats.get("uploads") or []
-    states: Dict[str, int] = {}
-    for item in uploads:
-        states[item.get("state", "?")] = states.get(item.get("state", "?"), 0) + 1
-    w.metric(
-        "uploads",
-        "gauge",
-        "uploads not yet confirmed by XNAT, by state",
-        [
-            ((("state", st),), states.get(st, 0))
-            for st in sorted(set(states) | {"pending", "failed"})
-        ],
-    )
-    w.metric(
-        "errors_total",
-        "counter",
-        "failed filesystem calls by errno",
-        [((("errno", k),), n) for k, n in sorted((stats.get("errors") or {}).items())],
-    )
-    w.metric(
-        "uptime_seconds", "gauge", "seconds since the mount started", [((), stats.get("uptime_s"))]
-    )
-    return "\n".join(w.lines) + "\n"

@@ -35,6 +35,7 @@ error and access logs, temp files); no system nginx file is read or written (``-
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -393,12 +394,8 @@ def make_config(
     return cfg
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``xnatfs cache-proxy --upstream URL --port P --cache-dir D [--cache-size SIZE]``."""
-    import argparse
-
-    from xnatfs.options import parse_size
-
+def _parser() -> argparse.ArgumentParser:
+    """The ``xnatfs cache-proxy`` command line."""
     p = argparse.ArgumentParser(
         prog="xnatfs cache-proxy",
         description="Run nginx in the foreground as a shared cache of XNAT file bytes for many "
@@ -445,7 +442,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         action="store_true",
         help="print the nginx configuration (for a site's own nginx) and exit",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``xnatfs cache-proxy --upstream URL --port P --cache-dir D [--cache-size SIZE]``."""
+    from xnatfs.options import parse_size
+
+    args = _parser().parse_args(argv)
     try:
         cfg = make_config(
             args.upstream,

@@ -60,6 +60,8 @@ class Runtime:
         self.errors: Dict[str, int] = {}
 
     def start(self) -> None:
+        """Start the parts in dependency order: cache lock, client, caches, tree, layouts,
+        then (unless read-only) the writer."""
         o = self.options
         self.started_at = time.time()
         private_dir(o.cache_dir)
@@ -114,20 +116,26 @@ class Runtime:
         self.tree.mount(MOUNT_NAME, self.bids)
         self.tree.catalog_times = o.catalog_times
         if not o.read_only:
-            self.writer = Writer(
-                self.tree,
-                self.client,
-                private_dir(os.path.join(o.cache_dir, "uploads")),
-                allow_delete=o.allow_delete,
-                experiment_type=o.experiment_type,
-                scan_type=o.scan_type,
-                fs_timeout=o.fs_timeout,
-                upload_workers=o.upload_workers,
-                upload_backoff=o.upload_backoff,
-                upload_backoff_max=o.upload_backoff_max,
-            )
-            self.writer.start()
-            self.tree.attach_overlay(self.writer)
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        """The write side (journal, upload workers) over the started tree and client."""
+        o = self.options
+        assert self.tree is not None and self.client is not None
+        self.writer = Writer(
+            self.tree,
+            self.client,
+            private_dir(os.path.join(o.cache_dir, "uploads")),
+            allow_delete=o.allow_delete,
+            experiment_type=o.experiment_type,
+            scan_type=o.scan_type,
+            fs_timeout=o.fs_timeout,
+            upload_workers=o.upload_workers,
+            upload_backoff=o.upload_backoff,
+            upload_backoff_max=o.upload_backoff_max,
+        )
+        self.writer.start()
+        self.tree.attach_overlay(self.writer)
 
     def _fetch(self, uri: str, sink: Any) -> None:
         """The content cache's way to the network for files (it never sees the client)."""

@@ -322,7 +322,9 @@ def heuristic(facts: ScanFacts) -> Match:
     description: ``task-<x>``, ``rest``, else what is left once the words bold/fMRI/EPI… are
     removed; none left: out, BIDS needs a task); dwi/DTI; field maps (spin-echo ``epi`` with
     ``dir-``, ``phasediff``, ``magnitude1``); SWI (``acq-SWI_T2starw``); FLAIR; T2*; T2w; PDw;
-    T1w/MPRAGE/SPGR."""
+    T1w/MPRAGE/SPGR.
+
+    Long because: the rules are one table of cases read top to bottom, first hit wins."""
     d = facts.description
     low = d.lower()
     src = "heuristic"

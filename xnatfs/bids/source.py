@@ -181,18 +181,7 @@ class Source:
         subjects = sorted(self.client.list_subjects(project.id), key=lambda s: s.label or s.id)
         sub_map = N.LabelMap([s.label or s.id for s in subjects])
         found = self._scans(project, subjects, mapper)
-        # the session rule needs every subject's count of sessions with a mapped scan
-        per_subject: Dict[str, set] = {}
-        for subj, _, exp, _, match in found:
-            if match.name is not None:
-                per_subject.setdefault(subj.id, set()).add(exp.id)
-        plan.sessions_shown = N.sessions_shown({k: len(v) for k, v in per_subject.items()})
-        ses_maps = {
-            sid: N.LabelMap(
-                [ses for subj, ses, exp, _, m in found if subj.id == sid and m.name is not None]
-            )
-            for sid in per_subject
-        }
+        plan.sessions_shown, ses_maps = _session_labels(found)
         runs = _run_numbers(found, plan.sessions_shown)
         shown_subjects = set()
         for i, (subj, ses, exp, scan, match) in enumerate(found):
@@ -422,6 +411,23 @@ def _strip_ext(path: str) -> str:
 
 #: one scan of a plan: (subject, raw session label, experiment, scan, match)
 Found = Tuple[Any, str, Any, Any, Match]
+
+
+def _session_labels(found: List[Found]) -> Tuple[bool, Dict[str, N.LabelMap]]:
+    """Whether ``ses-`` folders are shown (the session rule needs every subject's count of
+    sessions with a mapped scan) and each subject's map of session labels."""
+    per_subject: Dict[str, set] = {}
+    for subj, _, exp, _, match in found:
+        if match.name is not None:
+            per_subject.setdefault(subj.id, set()).add(exp.id)
+    shown = N.sessions_shown({k: len(v) for k, v in per_subject.items()})
+    ses_maps = {
+        sid: N.LabelMap(
+            [ses for subj, ses, exp, _, m in found if subj.id == sid and m.name is not None]
+        )
+        for sid in per_subject
+    }
+    return shown, ses_maps
 
 
 def _run_numbers(found: List[Found], sessions_shown: bool) -> Dict[int, Optional[int]]:

@@ -65,6 +65,18 @@ class _Index(diskcache.Cache):
             pass
         self._folders.add(folder)
 
+    def _move_in(self, name: str, path: str, full: str) -> None:
+        """Rename ``path`` to ``full`` (the stored ``name``), making its folder first."""
+        self._make_parents(name)
+        try:
+            os.rename(path, full)
+        except FileNotFoundError:
+            # diskcache's removal of an evicted (or dropped) file also removes
+            # its folder once empty (``Disk.remove``: ``os.removedirs``)
+            self._folders.discard(os.path.dirname(name))  # type: ignore[union-attr]
+            self._make_parents(name)
+            os.rename(path, full)
+
     def adopt_many(
         self, items: Sequence[Tuple[str, str, int, str]]
     ) -> List[Optional[BaseException]]:
@@ -97,15 +109,7 @@ class _Index(diskcache.Cache):
                             continue
                         sql("DELETE FROM Cache WHERE rowid = ?", row)  # its file was lost
                     try:
-                        self._make_parents(name)
-                        try:
-                            os.rename(path, full)
-                        except FileNotFoundError:
-                            # diskcache's removal of an evicted (or dropped) file also removes
-                            # its folder once empty (``Disk.remove``: ``os.removedirs``)
-                            self._folders.discard(os.path.dirname(name))  # type: ignore[union-attr]
-                            self._make_parents(name)
-                            os.rename(path, full)
+                        self._move_in(name, path, full)
                     except OSError as exc:
                         results[i] = exc
                         continue

@@ -360,14 +360,7 @@ class ContentStore:
                 for (hexname, _, size, _), error in zip(items, results)
                 if error is None
             ]
-            stamps = {}
-            for hexname, _ in sizes:
-                try:  # checked by this process as it arrived: no hashing on its first open
-                    st = os.stat(self._stored_path(hexname))
-                except OSError:
-                    continue
-                if st.st_ino == inodes.get(hexname):  # ours, not a copy another mount kept
-                    stamps[hexname] = (st.st_ino, st.st_mtime_ns)
+            stamps = self._own_stamps(inodes, [hexname for hexname, _ in sizes])
             with self._lock:  # pins taken while we stored count too
                 pinned |= set(self._pins)
                 for hexname, size in sizes:
@@ -397,6 +390,21 @@ class ContentStore:
             with self._lock:
                 self._stats["evictions"] += len(evicted)
         return results
+
+    def _own_stamps(
+        self, inodes: Dict[str, int], hexnames: List[str]
+    ) -> Dict[str, Tuple[int, int]]:
+        """(inode, mtime) of each adopted file that is still the one we renamed in: checked by
+        this process as it arrived, so no hashing on its first open."""
+        stamps = {}
+        for hexname in hexnames:
+            try:
+                st = os.stat(self._stored_path(hexname))
+            except OSError:
+                continue
+            if st.st_ino == inodes.get(hexname):  # ours, not a copy another mount kept
+                stamps[hexname] = (st.st_ino, st.st_mtime_ns)
+        return stamps
 
     def _too_big(self, key: ContentKey) -> bool:
         """Is ``key`` larger than the cache could ever hold (its limit, or the free disk plus

@@ -862,41 +862,49 @@ def write_session(
         except Conflict as exc:
             raise ArchiveConflict(str(exc)) from exc
         for scan in content.scans:
-            n_files = sum(len(v) for v in scan.resources.values())
-            scan_fields = {
-                "type": scan.type,
-                "series_description": scan.series_description,
-                "quality": "usable",
-            }
-            if scan.uid:
-                scan_fields["UID"] = scan.uid
-            if n_files:
-                scan_fields["frames"] = str(n_files)
-            store.create_scan(
-                eid,
-                scan.scan_id,
-                xsi_types_for(scan.modality or content.modality)[1],
-                fields=scan_fields,
-            )
-            for res_label, files in scan.resources.items():
-                fmt = "DICOM" if res_label.upper() == "DICOM" else ""
-                rid, _ = store.create_resource(
-                    Parent(project=project, experiment=eid, scan=scan.scan_id),
-                    res_label,
-                    format=fmt,
-                    content="RAW" if fmt else "",
-                )
-                for relpath, path in files:
-                    store.put_file_from_path(
-                        rid,
-                        relpath,
-                        path,
-                        overwrite=True,
-                        move=move_files,
-                        format=fmt,
-                        content="RAW" if fmt else "",
-                    )
+            _write_scan(store, project, eid, scan, content.modality, move_files)
         return eid
+
+
+def _write_scan(
+    store: Store, project: str, eid: str, scan: ScanContent, modality: str, move_files: bool
+) -> None:
+    """One scan of :func:`write_session` with its resources and files (inside its
+    transaction); ``modality`` is the session's, for a scan that has none."""
+    n_files = sum(len(v) for v in scan.resources.values())
+    scan_fields = {
+        "type": scan.type,
+        "series_description": scan.series_description,
+        "quality": "usable",
+    }
+    if scan.uid:
+        scan_fields["UID"] = scan.uid
+    if n_files:
+        scan_fields["frames"] = str(n_files)
+    store.create_scan(
+        eid,
+        scan.scan_id,
+        xsi_types_for(scan.modality or modality)[1],
+        fields=scan_fields,
+    )
+    for res_label, files in scan.resources.items():
+        fmt = "DICOM" if res_label.upper() == "DICOM" else ""
+        rid, _ = store.create_resource(
+            Parent(project=project, experiment=eid, scan=scan.scan_id),
+            res_label,
+            format=fmt,
+            content="RAW" if fmt else "",
+        )
+        for relpath, path in files:
+            store.put_file_from_path(
+                rid,
+                relpath,
+                path,
+                overwrite=True,
+                move=move_files,
+                format=fmt,
+                content="RAW" if fmt else "",
+            )
 
 
 def session_content_from_prearchive(pa: Prearchive, s: PrearcSession) -> SessionContent:

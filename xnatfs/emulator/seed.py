@@ -154,6 +154,17 @@ def seed_demo(store: Any, *, with_prearchive: bool = True) -> None:
     for demo in DEMO_SESSIONS:
         n_files += _seed_session(store, demo)
 
+    _seed_attached(store)
+
+    if with_prearchive:
+        seed_prearchive(store)
+    log.info("demo seed: %d DICOM files in %.2f s", n_files, time.monotonic() - t0)
+
+
+def _seed_attached(store: Any) -> None:
+    """The resources of DEMO1 that hang on a subject, a session and an assessor."""
+    from .store import Parent
+
     subj = store.find_subject("DEMO1", "SUBJ01")
     rid, _ = store.create_resource(
         Parent(project="DEMO1", subject=subj.id), "consent", format="TXT", content="CONSENT"
@@ -186,10 +197,6 @@ def seed_demo(store: Any, *, with_prearchive: bool = True) -> None:
         content="RESULTS",
     )
     _put_all(store, rid, _freesurfer_files())
-
-    if with_prearchive:
-        seed_prearchive(store)
-    log.info("demo seed: %d DICOM files in %.2f s", n_files, time.monotonic() - t0)
 
 
 def _put_all(
@@ -260,7 +267,14 @@ def _seed_session(store: Any, demo: DemoSession, *, nifti: bool = True) -> int:
         n += len(files)
     if demo.series is BIDS_SERIES or not nifti:
         return n
-    # a NIFTI resource on scan 1 (image + BIDS sidecar)
+    _seed_nifti(store, demo, eid, study)
+    return n
+
+
+def _seed_nifti(store: Any, demo: DemoSession, eid: str, study: StudySpec) -> None:
+    """A NIFTI resource on scan 1 of experiment ``eid`` (image + BIDS sidecar)."""
+    from .store import Parent
+
     t1 = demo.series[0]
     rid, _ = store.create_resource(
         Parent(project=demo.project, experiment=eid, scan="1"),
@@ -292,7 +306,6 @@ def _seed_session(store: Any, demo: DemoSession, *, nifti: bool = True) -> int:
         ],
         format="NIFTI",
     )
-    return n
 
 
 def seed_prearchive(store: Any) -> None:
@@ -339,7 +352,10 @@ def _series_uid(study: StudySpec, number: int) -> str:
 
 def nifti1_bytes(seed: str, series: SeriesSpec) -> bytes:
     """A valid single-file NIfTI-1 (``.nii``) image of ``series``: uint16, 1 mm voxels
-    (3 mm slices), the same phantom as the DICOM, written with :mod:`struct`."""
+    (3 mm slices), the same phantom as the DICOM, written with :mod:`struct`.
+
+    Long because: the 348-byte header is one ``struct.pack`` listing every field in the
+    standard's order (the formatter puts one value a line)."""
     rows, cols, n = series.rows, series.columns, series.n_images
     data = b"".join(pixel_data(seed, series, i) for i in range(n))  # little-endian uint16
     header = struct.pack(

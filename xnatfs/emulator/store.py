@@ -343,8 +343,9 @@ def validate_relpath(relpath: str) -> str:
     return "/".join(parts)
 
 
-class _Catalog:
-    """The metadata half of :class:`Store`: connections, users, objects and resources."""
+class _Database:
+    """The first layer of :class:`Store`: the SQLite connections, the schema, accession
+    numbers, users and tokens (what every object table below relies on)."""
 
     def __init__(self, data_dir: str | os.PathLike[str], site_id: str = "XNAT") -> None:
         self.data_dir = Path(data_dir)
@@ -465,9 +466,6 @@ class _Catalog:
             return False
         return user.admin or project_id in user.projects
 
-    def accessible_projects(self, user: Optional[UserRow]) -> list[str]:
-        return [p.id for p in self.list_projects() if self.can_read(user, p.id)]
-
     # ----------------------------------------------------------------------------- tokens
     def issue_token(self, user: str, lifetime_s: float = 2 * 86400) -> TokenRow:
         now = time.time()
@@ -503,6 +501,11 @@ class _Catalog:
     def invalidate_token(self, alias: str) -> None:
         with self.transaction() as c:
             c.execute("UPDATE tokens SET valid=0 WHERE alias=?", (alias,))
+
+
+class _Catalog(_Database):
+    """The metadata half of :class:`Store`: projects, subjects, experiments, assessors, scans
+    and resources, on top of :class:`_Database`."""
 
     # ----------------------------------------------------------------------------- projects
     @staticmethod
@@ -596,6 +599,9 @@ class _Catalog:
 
     def list_projects(self) -> list[ProjectRow]:
         return [self._project(r) for r in self._q("SELECT * FROM projects ORDER BY id")]
+
+    def accessible_projects(self, user: Optional[UserRow]) -> list[str]:
+        return [p.id for p in self.list_projects() if self.can_read(user, p.id)]
 
     # ----------------------------------------------------------------------------- subjects
     @staticmethod
@@ -1355,7 +1361,7 @@ class Store(_Catalog):
 class Transaction:
     """Write transaction under the store lock (re-entrant: nested uses join the outer one)."""
 
-    def __init__(self, store: _Catalog) -> None:
+    def __init__(self, store: _Database) -> None:
         self.store = store
         self.outer = False
 

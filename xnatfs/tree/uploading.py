@@ -45,6 +45,9 @@ class UploadPath(LocalOverlay):
 
         Returns once XNAT confirmed them; on failure raises the error (the caller answers its
         errno) with the bytes safe in the journal and a retry scheduled.
+
+        Long because: the checks before the journal (earlier error, emptied, same bytes,
+        --allow-delete, empty) and the journal step must stay in this order, in one place.
         """
         path = join_path(lf.parts)
         if lf.write_error:

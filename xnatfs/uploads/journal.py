@@ -463,7 +463,11 @@ class Journal:
         return found
 
     def _reload_sidecar(self, entry_id: str, names: Set[str], orphans: List[str]) -> None:
-        """Caller holds self._write_lock."""
+        """Rebuild one entry from its sidecar after a restart.  Caller holds self._write_lock.
+
+        Long because: each crash point of add/remove/upload (unreadable sidecar, add cut
+        before its data moved in, remove cut after its data went, done, uploading, not yet
+        hashed) is one case here, read top to bottom."""
         sidecar = self._sidecar_path(entry_id)
         data_path = self._data_path(entry_id)
         try:

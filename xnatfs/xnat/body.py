@@ -77,6 +77,27 @@ def _decoder(encoding: str) -> Any:
     raise BadEncoding(f"Content-Encoding {encoding!r} was not asked for")
 
 
+def _inflate(
+    dec: Any, data: bytes, encoding: str, limit: int, total: int, parts: List[bytes]
+) -> int:
+    """Decode ``data`` into ``parts`` in small steps, never past what the cap still allows
+    (+1 to see the overflow); returns the new decoded total."""
+    pending = data
+    while pending:
+        try:
+            out = dec.decompress(pending, min(limit - total + 1, _INFLATE_STEP))
+        except zlib.error as exc:
+            raise BadEncoding(f"corrupt {encoding} body: {exc}") from None
+        total += len(out)
+        if total > limit:
+            raise BodyTooLarge(f"decoded body larger than {limit} bytes")
+        parts.append(out)
+        pending = dec.unconsumed_tail
+        if dec.eof:
+            break
+    return total
+
+
 def read_body(
     raw: Any,
     encoding: str,
@@ -118,20 +139,7 @@ def read_body(
                 raise BodyTooLarge(f"body larger than {limit} bytes")
             parts.append(data)
             continue
-        # inflate in small steps, never past what the cap still allows (+1 to see the overflow)
-        pending = data
-        while pending:
-            try:
-                out = dec.decompress(pending, min(limit - total + 1, _INFLATE_STEP))
-            except zlib.error as exc:
-                raise BadEncoding(f"corrupt {encoding} body: {exc}") from None
-            total += len(out)
-            if total > limit:
-                raise BodyTooLarge(f"decoded body larger than {limit} bytes")
-            parts.append(out)
-            pending = dec.unconsumed_tail
-            if dec.eof:
-                break
+        total = _inflate(dec, data, encoding, limit, total, parts)
     if dec is not None:
         try:
             out = dec.flush()  # input is all consumed here: only a small remainder

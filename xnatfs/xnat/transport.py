@@ -421,7 +421,142 @@ def _short(exc: BaseException) -> str:
     return text[:160]
 
 
-class Transport:
+class _LoginSession:
+    """The session half of :class:`Transport`: log in (§5.1, §8.1), log in again once after
+    a 401 (one thread for all), read the session's lifetime and keep it alive.  It uses the
+    state that ``Transport.__init__`` sets and the request methods Transport defines."""
+
+    options: ClientOptions
+    base_url: str
+    _credentials: Credentials
+    _timeout: Tuple[float, float]
+    _stats: ClientStats
+    _login_lock: threading.Lock
+    _jsession: Optional[str]
+    _generation: int
+    _heartbeat_interval: float
+    _closing: threading.Event
+    _closed: bool
+    _url: Callable[[str], str]
+    _send: Callable[..., requests.Response]
+    _call: Callable[..., requests.Response]
+
+    # ---------------------------------------------------------------- session
+
+    def _locked_login(self, deadline: Optional[float] = None) -> None:
+        """``PUT /data/services/auth`` with the form (§5.1, §8.1) → JSESSIONID.
+        Caller holds self._login_lock."""
+        if deadline is None:
+            deadline = time.monotonic() + self.options.deadline
+        method, url = "PUT", self._url("/data/services/auth")
+        creds = self._credentials
+        form = {"username": creds.username, "password": creds.password}
+        resp = self._send(
+            method, url, data=form, timeout=self._timeout, jsession=None, deadline=deadline
+        )
+        body = resp.content  # already read: _send does not stream
+        resp.close()
+        if resp.status_code in (404, 405, 501):
+            # very old servers: basic auth against /data/JSESSION gives the same cookie
+            method, url = "POST", self._url("/data/JSESSION")
+            resp = self._send(
+                method,
+                url,
+                timeout=self._timeout,
+                jsession=None,
+                auth=(creds.username, creds.password),
+                deadline=deadline,
+            )
+            body = resp.content
+            resp.close()
+        if resp.status_code != 200:
+            err = error_for_status(
+                method, url, resp.status_code, parse.error_text(body) or "login failed"
+            )
+            log.info("login as %s: %s", creds.username, err)
+            raise err
+        if parse.looks_like_html(body):
+            raise NotXnatResponse(
+                method, url, 200, "login answered with an HTML page; is this the XNAT base URL?"
+            )
+        jsession = resp.cookies.get("JSESSIONID")
+        if not jsession:
+            text = body.decode("utf-8", "replace").strip()
+            if text and len(text) < 200 and not any(c.isspace() for c in text):
+                jsession = text  # xnatpy does the same when no cookie was set (§8.1)
+        if not jsession:
+            raise NotXnatResponse(method, url, 200, "login gave no session id")
+        self._jsession = jsession
+        self._generation += 1
+        self._note_expiry(resp)
+        self._stats.login()
+        log.debug("logged in to %s as %s", self.base_url, creds.username)
+
+    def _deadline(self) -> float:
+        """Now + ``deadline``, or the end of the filesystem call being served if sooner."""
+        mine = time.monotonic() + self.options.deadline
+        outer = _call_deadline.current()
+        return mine if outer is None else min(mine, outer)
+
+    def _acquire_login_lock(self, deadline: Optional[float]) -> None:
+        """Queue on the login lock no longer than the caller's deadline: a login that hangs
+        must not hold every other caller past its ``--timeout`` (issue 17 §1)."""
+        left = (deadline - time.monotonic()) if deadline is not None else self.options.deadline
+        if left <= 0 or not self._login_lock.acquire(timeout=left):
+            raise XnatTimeout(
+                "PUT",
+                self._url("/data/services/auth"),
+                None,
+                "waited for a login by another thread until the deadline",
+            )
+
+    def _relogin(self, seen_generation: int, deadline: Optional[float] = None) -> None:
+        """Log in again unless another thread already did since ``seen_generation``."""
+        self._acquire_login_lock(deadline)
+        try:
+            if self._closed:
+                raise XnatError("", self.base_url, None, "client is closed")
+            if self._generation != seen_generation and self._jsession is not None:
+                return
+            log.info("session on %s expired; logging in again", self.base_url)
+            self._locked_login(deadline)
+        finally:
+            self._login_lock.release()
+
+    def _current_session(self, deadline: Optional[float] = None) -> Tuple[Optional[str], int]:
+        """(jsession, generation), logging in first if nobody has (lazy start)."""
+        self._acquire_login_lock(deadline)
+        try:
+            if self._jsession is None and not self._closed:
+                self._locked_login(deadline)
+            return self._jsession, self._generation
+        finally:
+            self._login_lock.release()
+
+    def _note_expiry(self, resp: requests.Response) -> None:
+        """Read ``SESSION_EXPIRATION_TIME="<lastAccessMillis>,<timeoutMillis>"`` (§5.1)."""
+        raw = resp.cookies.get("SESSION_EXPIRATION_TIME")
+        m = _EXPIRY_RE.match(raw.strip()) if raw else None
+        if m:
+            timeout = int(m.group(2)) / 1000.0
+            self._heartbeat_interval = max(timeout / 2.0 - 20.0, 10.0)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._closing.wait(self._heartbeat_interval):
+            try:
+                resp = self._call("GET", "/data/JSESSION")
+                self._note_expiry(resp)
+            except XnatError as err:
+                log.warning("heartbeat: %s", err)
+
+    def heartbeat(self) -> None:
+        """One ``GET /data/JSESSION`` now (what the heartbeat thread does); renews the
+        session, logging in again if it had expired."""
+        resp = self._call("GET", "/data/JSESSION")
+        self._note_expiry(resp)
+
+
+class Transport(_LoginSession):
     """A session with one XNAT server and the policy of every request sent in it (see the
     module docstring); the calls of :class:`~xnatfs.xnat.client.XnatClient` build on it.
     The constructor does no I/O and starts no thread."""
@@ -557,120 +692,6 @@ class Transport:
         """Seconds between heartbeats: max(timeout/2 - 20 s, 10 s) from the server's
         ``SESSION_EXPIRATION_TIME`` cookie, or 420 s when it sent none (§5.1)."""
         return self._heartbeat_interval
-
-    # ---------------------------------------------------------------- session
-
-    def _locked_login(self, deadline: Optional[float] = None) -> None:
-        """``PUT /data/services/auth`` with the form (§5.1, §8.1) → JSESSIONID.
-        Caller holds self._login_lock."""
-        if deadline is None:
-            deadline = time.monotonic() + self.options.deadline
-        method, url = "PUT", self._url("/data/services/auth")
-        creds = self._credentials
-        form = {"username": creds.username, "password": creds.password}
-        resp = self._send(
-            method, url, data=form, timeout=self._timeout, jsession=None, deadline=deadline
-        )
-        body = resp.content  # already read: _send does not stream
-        resp.close()
-        if resp.status_code in (404, 405, 501):
-            # very old servers: basic auth against /data/JSESSION gives the same cookie
-            method, url = "POST", self._url("/data/JSESSION")
-            resp = self._send(
-                method,
-                url,
-                timeout=self._timeout,
-                jsession=None,
-                auth=(creds.username, creds.password),
-                deadline=deadline,
-            )
-            body = resp.content
-            resp.close()
-        if resp.status_code != 200:
-            err = error_for_status(
-                method, url, resp.status_code, parse.error_text(body) or "login failed"
-            )
-            log.info("login as %s: %s", creds.username, err)
-            raise err
-        if parse.looks_like_html(body):
-            raise NotXnatResponse(
-                method, url, 200, "login answered with an HTML page; is this the XNAT base URL?"
-            )
-        jsession = resp.cookies.get("JSESSIONID")
-        if not jsession:
-            text = body.decode("utf-8", "replace").strip()
-            if text and len(text) < 200 and not any(c.isspace() for c in text):
-                jsession = text  # xnatpy does the same when no cookie was set (§8.1)
-        if not jsession:
-            raise NotXnatResponse(method, url, 200, "login gave no session id")
-        self._jsession = jsession
-        self._generation += 1
-        self._note_expiry(resp)
-        self._stats.login()
-        log.debug("logged in to %s as %s", self.base_url, creds.username)
-
-    def _deadline(self) -> float:
-        """Now + ``deadline``, or the end of the filesystem call being served if sooner."""
-        mine = time.monotonic() + self.options.deadline
-        outer = _call_deadline.current()
-        return mine if outer is None else min(mine, outer)
-
-    def _acquire_login_lock(self, deadline: Optional[float]) -> None:
-        """Queue on the login lock no longer than the caller's deadline: a login that hangs
-        must not hold every other caller past its ``--timeout`` (issue 17 §1)."""
-        left = (deadline - time.monotonic()) if deadline is not None else self.options.deadline
-        if left <= 0 or not self._login_lock.acquire(timeout=left):
-            raise XnatTimeout(
-                "PUT",
-                self._url("/data/services/auth"),
-                None,
-                "waited for a login by another thread until the deadline",
-            )
-
-    def _relogin(self, seen_generation: int, deadline: Optional[float] = None) -> None:
-        """Log in again unless another thread already did since ``seen_generation``."""
-        self._acquire_login_lock(deadline)
-        try:
-            if self._closed:
-                raise XnatError("", self.base_url, None, "client is closed")
-            if self._generation != seen_generation and self._jsession is not None:
-                return
-            log.info("session on %s expired; logging in again", self.base_url)
-            self._locked_login(deadline)
-        finally:
-            self._login_lock.release()
-
-    def _current_session(self, deadline: Optional[float] = None) -> Tuple[Optional[str], int]:
-        """(jsession, generation), logging in first if nobody has (lazy start)."""
-        self._acquire_login_lock(deadline)
-        try:
-            if self._jsession is None and not self._closed:
-                self._locked_login(deadline)
-            return self._jsession, self._generation
-        finally:
-            self._login_lock.release()
-
-    def _note_expiry(self, resp: requests.Response) -> None:
-        """Read ``SESSION_EXPIRATION_TIME="<lastAccessMillis>,<timeoutMillis>"`` (§5.1)."""
-        raw = resp.cookies.get("SESSION_EXPIRATION_TIME")
-        m = _EXPIRY_RE.match(raw.strip()) if raw else None
-        if m:
-            timeout = int(m.group(2)) / 1000.0
-            self._heartbeat_interval = max(timeout / 2.0 - 20.0, 10.0)
-
-    def _heartbeat_loop(self) -> None:
-        while not self._closing.wait(self._heartbeat_interval):
-            try:
-                resp = self._call("GET", "/data/JSESSION")
-                self._note_expiry(resp)
-            except XnatError as err:
-                log.warning("heartbeat: %s", err)
-
-    def heartbeat(self) -> None:
-        """One ``GET /data/JSESSION`` now (what the heartbeat thread does); renews the
-        session, logging in again if it had expired."""
-        resp = self._call("GET", "/data/JSESSION")
-        self._note_expiry(resp)
 
     # ---------------------------------------------------------------- transport
 
