@@ -92,7 +92,11 @@ case "$action" in
   test|proxy) APT_PACKAGES+=(nginx);;
 esac
 # the BIDS validator the tests run on MNT/.bids (npm package, scripts/install-bids-validator.sh)
-if [ "$action" = test ]; then APT_PACKAGES+=(nodejs npm); fi
+# (only when node or npm is missing: a NodeSource nodejs ships its own npm, and Debian's npm
+# package cannot be installed beside it)
+if [ "$action" = test ] && ! { command -v node && command -v npm; } >/dev/null 2>&1; then
+  APT_PACKAGES+=(nodejs npm)
+fi
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
