@@ -64,6 +64,9 @@ class Options:
     #: per-file times from each resource's catalog XML (one more request per resource listing;
     #: issue 15 §1); off: files show their object's time
     catalog_times: bool = _d("catalog_times")
+    #: one listing request per directory instead of an experiment's tables (B4,
+    #: ``layouts/xnat/bundle.py``)
+    per_directory_listings: bool = _d("per_directory_listings")
     #: with ``-o allow_other``: may users other than the owner write (as the owner, on XNAT)?
     #: Off: the kernel refuses them (``default_permissions`` + owner-only write bits) and the
     #: daemon refuses any write whose caller is not the owner (issue 17 §2)

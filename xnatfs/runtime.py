@@ -102,6 +102,7 @@ class Runtime:
             prefetch=o.prefetch,
             walk_ahead=o.walk_ahead,
             bulk_min=o.bulk_zip,
+            experiment_listings=not o.per_directory_listings,
         )
         self.times = TimesIndex(os.path.join(o.cache_dir, "times.db"))
         self.times.start()

@@ -344,6 +344,13 @@ SETTINGS: Tuple[Setting, ...] = (
         "show files' times from XNAT's resource catalogs (one more request per resource listing)",
     ),
     _s(
+        "per_directory_listings",
+        BOOL,
+        False,
+        "list every directory with its own request (off: an experiment's scan resources and "
+        "files come from one or two requests)",
+    ),
+    _s(
         "allow_other_write",
         BOOL,
         False,

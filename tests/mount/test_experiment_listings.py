@@ -26,18 +26,18 @@ def _tree(root: Path) -> list:
     return rows
 
 
-def _cold_find(emu, make_mount, monkeypatch, bundles: bool, project: str):
-    monkeypatch.setenv("XNATFS_EXPERIMENT_LISTINGS", "1" if bundles else "0")
-    m = make_mount(emu.url, "--walk-ahead", "0")
+def _cold_find(emu, make_mount, bundles: bool, project: str):
+    switch = [] if bundles else ["--per-directory-listings"]
+    m = make_mount(emu.url, "--walk-ahead", "0", *switch)
     mark = emu.mark()
     tree = _tree(m.path / project)
     return m, tree, api(emu.since(mark))
 
 
-def test_same_tree_fewer_requests(shared_emulator, make_mount, monkeypatch):
+def test_same_tree_fewer_requests(shared_emulator, make_mount):
     emu = shared_emulator
-    _, before, per_dir = _cold_find(emu, make_mount, monkeypatch, False, "DEMO1")
-    _, after, bundled = _cold_find(emu, make_mount, monkeypatch, True, "DEMO1")
+    _, before, per_dir = _cold_find(emu, make_mount, False, "DEMO1")
+    _, after, bundled = _cold_find(emu, make_mount, True, "DEMO1")
     assert after == before
     assert any("/scans/" in rel and rel.endswith(".dcm") for rel, *_ in after)
     # no scan's own resources listing, no scan resource's own files listing
@@ -50,9 +50,8 @@ def test_same_tree_fewer_requests(shared_emulator, make_mount, monkeypatch):
     assert len(bundled) < len(per_dir), (len(bundled), len(per_dir))
 
 
-def test_changes_show_as_before(make_emulator, make_mount, monkeypatch, tmp_path):
+def test_changes_show_as_before(make_emulator, make_mount, tmp_path):
     emu = make_emulator()
-    monkeypatch.setenv("XNATFS_EXPERIMENT_LISTINGS", "1")
     m = make_mount(emu.url, "--walk-ahead", "0", "--listing-ttl", "1")
     exp = m.path / "DEMO1" / "subjects" / "SUBJ01" / "experiments" / "SUBJ01_MR1"
     files = exp / "scans" / "1" / "resources" / "DICOM" / "files"

@@ -8,7 +8,6 @@ from the mount's settings and keeps the names callers used before the split (``t
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable, List, Mapping, Optional
 
@@ -41,13 +40,10 @@ class Tree(Engine):
         prefetch: int = 0,
         walk_ahead: int = 0,
         bulk_min: int = 0,
-        experiment_listings: Optional[bool] = None,
+        experiment_listings: bool = True,
     ) -> None:
         epoch = clock()
         self.xnat = XnatLayout(client, content, epoch=epoch, stats_fn=stats_fn)
-        if experiment_listings is None:
-            # the switch until the settings table has it (benchmarks/RESULTS.md, B4)
-            experiment_listings = os.environ.get("XNATFS_EXPERIMENT_LISTINGS", "1") != "0"
         if experiment_listings:
             self.xnat.bundles = ExperimentBundles(client, ttl=meta.ttl or 60.0)
         policies: List[Policy] = []
