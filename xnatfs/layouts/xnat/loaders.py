@@ -323,22 +323,20 @@ def load_pre_timestamp(src: Source, node: NodeInfo) -> Listing:
         if s.timestamp == stamp:
             _add(
                 listing,
-                NodeInfo(
-                    name=escape_name(s.folder_name or s.name),
-                    kind=Kind.PRE_SESSION,
-                    is_dir=True,
-                    mtime=s.mtime or src.epoch,
-                    uri=s.uri,
-                    project=node.project,
-                    prearchive=True,
-                    ref=Record(s),
-                    attrs=_attrs(
+                _record_node(
+                    node,  # a PRE_TIMESTAMP: prearchive, no subject
+                    s,
+                    Kind.PRE_SESSION,
+                    s.folder_name or s.name,
+                    _attrs(
                         label=s.name,
                         uri=s.uri,
                         status=s.status,
                         subject=s.subject,
                         timestamp=s.timestamp,
                     ),
+                    mtime=s.mtime or src.epoch,
+                    subject="",
                 ),
             )
     return listing
