@@ -222,10 +222,11 @@ def _staging(store: Any) -> str:
     return tempfile.mkdtemp(prefix="import-", dir=base)
 
 
-def _to_prearchive(
+def _new_session(
     pa: Prearchive, study: ParsedStudy, project: str, subject: str, label: str, source: str
 ) -> Any:
-    s = pa.create_session(
+    """A prearchive session tagged with the study's UID, date, time and modality."""
+    return pa.create_session(
         project,
         label,
         subject=subject,
@@ -235,6 +236,12 @@ def _to_prearchive(
         modality=study.modality or "MR",
         source=source,
     )
+
+
+def _to_prearchive(
+    pa: Prearchive, study: ParsedStudy, project: str, subject: str, label: str, source: str
+) -> Any:
+    s = _new_session(pa, study, project, subject, label, source)
     pa.add_study(s, study)
     return pa.build(s)
 
@@ -381,16 +388,7 @@ def _gradual(
                 s = pa.find_receiving(project, study.study_instance_uid)
                 if s is None:
                     subject, label = _labels(study, dest)
-                    s = pa.create_session(
-                        project,
-                        label,
-                        subject=subject,
-                        tag=study.study_instance_uid,
-                        scan_date=study.study_date,
-                        scan_time=study.study_time,
-                        modality=study.modality or "MR",
-                        source="gradual-DICOM",
-                    )
+                    s = _new_session(pa, study, project, subject, label, "gradual-DICOM")
                 pa.add_study(s, study)
                 url = f"/data{s.url}"
             return url

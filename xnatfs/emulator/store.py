@@ -968,12 +968,7 @@ class _Catalog(_Database):
         )
         return ResourceRow(
             r["id"],
-            r["kind"],
-            r["project"],
-            r["subject_id"],
-            r["experiment_id"],
-            r["scan_id"],
-            r["assessor_id"],
+            *self._owner_key(r),
             r["label"],
             r["format"] or "",
             r["content"] or "",
@@ -1039,6 +1034,18 @@ class _Catalog(_Database):
             )
             self._touch_owner(c, key)
             return int(cur.lastrowid or 0), True
+
+    @staticmethod
+    def _owner_key(r: sqlite3.Row) -> tuple[str, str, str, str, str, str]:
+        """A resource row's owner columns, in ``_parent_key``'s order."""
+        return (
+            r["kind"],
+            r["project"],
+            r["subject_id"],
+            r["experiment_id"],
+            r["scan_id"],
+            r["assessor_id"],
+        )
 
     def _touch_owner(self, c: sqlite3.Connection, key: tuple[str, ...]) -> None:
         now = time.time()
@@ -1266,17 +1273,7 @@ class Store(_Catalog):
                 (int(resource_id), relpath, size, md5, st_mtime, format, content, tags),
             )
             r = c.execute("SELECT * FROM resources WHERE id=?", (int(resource_id),)).fetchone()
-            self._touch_owner(
-                c,
-                (
-                    r["kind"],
-                    r["project"],
-                    r["subject_id"],
-                    r["experiment_id"],
-                    r["scan_id"],
-                    r["assessor_id"],
-                ),
-            )
+            self._touch_owner(c, self._owner_key(r))
             return True
 
     def delete_file(self, resource_id: int, relpath: str) -> bool:

@@ -15,6 +15,7 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -31,6 +32,18 @@ def _no_data(ctx: Ctx) -> HttpError:
     return HttpError(400, f"You tried to {req.method} to {req.path} but didn't provide any data.")
 
 
+@dataclass
+class _Put:
+    """One upload request's settings, shared by each file it stores; ``duplicates`` collects
+    the names that already existed (``overwrite`` off)."""
+
+    res: ResourceRow
+    overwrite: bool
+    extract: bool
+    meta: dict[str, str]
+    duplicates: list[str]
+
+
 def upload(ctx: Ctx, res: ResourceRow, relpath: str) -> Response:
     args = ctx.request.args
     overwrite = truthy(args.get("overwrite"))
@@ -42,10 +55,11 @@ def upload(ctx: Ctx, res: ResourceRow, relpath: str) -> Response:
     }
     ctype = (ctx.request.mimetype or "").lower()
     duplicates: list[str] = []
+    put = _Put(res, overwrite, extract, meta, duplicates)
     if ctype == "multipart/form-data":
-        _multipart(ctx, res, relpath, overwrite, extract, meta, duplicates)
+        _multipart(ctx, put, relpath)
     else:
-        _raw(ctx, res, relpath, overwrite, extract, meta, duplicates)
+        _raw(ctx, put, relpath)
     if duplicates:
         # Not 409: 200 + a JSON-ish body with text/html content type (§4.5, §10.5).
         return Response(
@@ -56,12 +70,8 @@ def upload(ctx: Ctx, res: ResourceRow, relpath: str) -> Response:
 
 def _multipart(
     ctx: Ctx,
-    res: ResourceRow,
+    put: _Put,
     relpath: str,
-    overwrite: bool,
-    extract: bool,
-    meta: dict[str, str],
-    duplicates: list[str],
 ) -> None:
     request = ctx.request
     if truthy(request.args.get("inbody")):
@@ -85,7 +95,7 @@ def _multipart(
             shutil.copyfileobj(fs.stream, out, CHUNK)
         fs.close()
         try:
-            _store_upload(ctx, res, name, Path(tmp), overwrite, extract, meta, duplicates)
+            _store_upload(ctx, put, name, Path(tmp))
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -93,12 +103,8 @@ def _multipart(
 
 def _raw(
     ctx: Ctx,
-    res: ResourceRow,
+    put: _Put,
     relpath: str,
-    overwrite: bool,
-    extract: bool,
-    meta: dict[str, str],
-    duplicates: list[str],
 ) -> None:
     request = ctx.request
     if (request.mimetype or "").lower() == "application/x-www-form-urlencoded" and not truthy(
@@ -110,12 +116,12 @@ def _raw(
         raise HttpError(400, "A raw upload needs a file name in the URL.")
     if request.content_length == 0:
         raise _no_data(ctx)
-    if extract and _is_archive_name(relpath):
+    if put.extract and _is_archive_name(relpath):
         tmp = ctx.spool_body()
         try:
             if tmp.stat().st_size == 0:
                 raise _no_data(ctx)
-            _store_upload(ctx, res, relpath, tmp, overwrite, True, meta, duplicates)
+            _store_upload(ctx, put, relpath, tmp)
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -124,10 +130,10 @@ def _raw(
         rel = validate_relpath(relpath)
     except InvalidInput as e:
         raise HttpError(400, str(e)) from None
-    if not overwrite and ctx.store.get_file(res.id, rel) is not None:
+    if not put.overwrite and ctx.store.get_file(put.res.id, rel) is not None:
         for _ in ctx.body_chunks():  # drain so the connection stays usable
             pass
-        duplicates.append(rel)
+        put.duplicates.append(rel)
         return
     chunks = ctx.body_chunks()
     first = next(chunks, b"")
@@ -136,50 +142,46 @@ def _raw(
     stream = _IterReader(itertools.chain([first], chunks))
     try:
         stored = ctx.store.put_file(
-            res.id,
+            put.res.id,
             rel,
             stream,
-            overwrite,
+            put.overwrite,
             expected_size=request.content_length,
-            format=meta["format"],
-            content=meta["content"],
-            tags=meta["tags"],
+            format=put.meta["format"],
+            content=put.meta["content"],
+            tags=put.meta["tags"],
         )
     except TruncatedUpload as e:
         raise HttpError(400, str(e)) from None
     if not stored:
-        duplicates.append(rel)
+        put.duplicates.append(rel)
 
 
 def _store_upload(
     ctx: Ctx,
-    res: ResourceRow,
+    put: _Put,
     relpath: str,
     tmp: Path,
-    overwrite: bool,
-    extract: bool,
-    meta: dict[str, str],
-    duplicates: list[str],
 ) -> None:
     st = ctx.store
-    if extract and _is_archive_name(relpath):
+    if put.extract and _is_archive_name(relpath):
         # extract=true ignores the URL sub-path: content lands in the resource root (§10.6)
         stage = Path(tempfile.mkdtemp(dir=st.tmp_dir))
         try:
             names = _extract_archive(tmp, relpath, stage)
             for name in names:
-                if not overwrite and st.get_file(res.id, name) is not None:
-                    duplicates.append(name)
+                if not put.overwrite and st.get_file(put.res.id, name) is not None:
+                    put.duplicates.append(name)
                     continue
                 st.put_file_from_path(
-                    res.id,
+                    put.res.id,
                     name,
                     stage / name,
-                    overwrite,
+                    put.overwrite,
                     move=True,
-                    format=meta["format"],
-                    content=meta["content"],
-                    tags=meta["tags"],
+                    format=put.meta["format"],
+                    content=put.meta["content"],
+                    tags=put.meta["tags"],
                 )
         finally:
             shutil.rmtree(stage, ignore_errors=True)
@@ -191,16 +193,16 @@ def _store_upload(
     if tmp.stat().st_size == 0:
         raise HttpError(400, "You tried to upload an empty file.")
     if not st.put_file_from_path(
-        res.id,
+        put.res.id,
         rel,
         tmp,
-        overwrite,
+        put.overwrite,
         move=True,
-        format=meta["format"],
-        content=meta["content"],
-        tags=meta["tags"],
+        format=put.meta["format"],
+        content=put.meta["content"],
+        tags=put.meta["tags"],
     ):
-        duplicates.append(rel)
+        put.duplicates.append(rel)
 
 
 class _IterReader:

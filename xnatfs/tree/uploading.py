@@ -13,7 +13,7 @@ import errno
 import hashlib
 import logging
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from xnatfs.tree.local import AlreadyReported, LocalFile, is_temporary
 from xnatfs.tree.nodes import Kind, NodeInfo
@@ -168,26 +168,17 @@ class UploadPath(LocalOverlay):
             lf = self._files.get(split_path(entry.path))
             mine = lf is not None and lf.entry is not None and lf.entry.id == entry.id
             mtime_ns = lf.mtime_ns if mine and lf is not None else int(entry.created * 1e9)
-        times = getattr(self.tree, "times", None)
-        if times is not None:
-            times.set(
-                listed.uri,
-                listed.size,
-                listed.digest,
-                mtime_ns,
-                listed=getattr(listed, "mtime", None) or 0.0,
-            )
+        self._keep_time(listed, mtime_ns, getattr(listed, "mtime", None))
 
     def _remember_time(self, node: NodeInfo, mtime_ns: int) -> None:
+        self._keep_time(node, mtime_ns, getattr(node.record, "mtime", None))
+
+    def _keep_time(self, obj: Any, mtime_ns: int, listed: Optional[float]) -> None:
+        """``obj`` (a listing row or a node: uri, size, digest) shows ``mtime_ns`` in the
+        cache's times index, next to the time XNAT lists for it (``listed``, 0 if none)."""
         times = getattr(self.tree, "times", None)
         if times is not None:
-            times.set(
-                node.uri,
-                node.size,
-                node.digest,
-                mtime_ns,
-                listed=getattr(node.record, "mtime", None) or 0.0,
-            )
+            times.set(obj.uri, obj.size, obj.digest, mtime_ns, listed=listed or 0.0)
 
     def set_mtime(self, path: str, mtime_ns: int) -> None:
         """``utimens``: a local file takes the time now (and keeps it when it lands); a file

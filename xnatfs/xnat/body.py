@@ -77,6 +77,16 @@ def _decoder(encoding: str) -> Any:
     raise BadEncoding(f"Content-Encoding {encoding!r} was not asked for")
 
 
+def _keep(out: bytes, total: int, limit: int, parts: List[bytes]) -> int:
+    """Append decoded ``out`` to ``parts`` unless it takes the total past the cap;
+    returns the new decoded total."""
+    total += len(out)
+    if total > limit:
+        raise BodyTooLarge(f"decoded body larger than {limit} bytes")
+    parts.append(out)
+    return total
+
+
 def _inflate(
     dec: Any, data: bytes, encoding: str, limit: int, total: int, parts: List[bytes]
 ) -> int:
@@ -88,10 +98,7 @@ def _inflate(
             out = dec.decompress(pending, min(limit - total + 1, _INFLATE_STEP))
         except zlib.error as exc:
             raise BadEncoding(f"corrupt {encoding} body: {exc}") from None
-        total += len(out)
-        if total > limit:
-            raise BodyTooLarge(f"decoded body larger than {limit} bytes")
-        parts.append(out)
+        total = _keep(out, total, limit, parts)
         pending = dec.unconsumed_tail
         if dec.eof:
             break
@@ -145,8 +152,5 @@ def read_body(
             out = dec.flush()  # input is all consumed here: only a small remainder
         except zlib.error as exc:
             raise BadEncoding(f"corrupt {encoding} body: {exc}") from None
-        total += len(out)
-        if total > limit:
-            raise BodyTooLarge(f"decoded body larger than {limit} bytes")
-        parts.append(out)
+        total = _keep(out, total, limit, parts)
     return b"".join(parts)

@@ -157,12 +157,8 @@ class Listings(Transport):
         return [parse.scan_from_row(r, session_uri) for r in rows if r.get("ID")]
 
     def list_prearchive_resources(self, scan_uri: str) -> List[Resource]:
-        rows, _ = self._rows(f"{scan_uri.rstrip('/')}/resources")
-        return [
-            parse.resource_from_row(r, scan_uri)
-            for r in rows
-            if r.get("label") or r.get("xnat_abstractresource_id")
-        ]
+        """A prearchive scan's resources: the same listing as an archived object's."""
+        return self.list_resources(scan_uri)
 
     def list_prearchive_files(self, resource_uri: str) -> List[FileEntry]:
         rows, _ = self._rows(f"{resource_uri.rstrip('/')}/files")

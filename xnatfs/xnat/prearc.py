@@ -87,15 +87,21 @@ class PrearcActions:
                 raise OSError(errno.ENOENT, f"prearchive session {uri} is gone")
             if s.status in want:
                 return s
-            left = end - self.clock()
-            if left > 0:
-                self.sleep(min(delay, left))
-                delay = min(delay * 2, POLL_MAX_S)
-            if end - self.clock() <= 0:
+            delay, late = self._pause(end, delay)
+            if late:
                 raise OSError(
                     errno.EBUSY,
                     f"prearchive session {uri} did not {what} in time: status still {s.status}",
                 )
+
+    def _pause(self, end: float, delay: float) -> tuple[float, bool]:
+        """Sleep until the next poll (never past ``end``, the delay doubling up to
+        POLL_MAX_S); returns the next delay and whether ``end`` has passed."""
+        left = end - self.clock()
+        if left > 0:
+            self.sleep(min(delay, left))
+            delay = min(delay * 2, POLL_MAX_S)
+        return delay, end - self.clock() <= 0
 
     def settled(
         self, uri: str, deadline: Optional[float] = None, extra: Collection[str] = ()
@@ -141,11 +147,8 @@ class PrearcActions:
                         raise OSError(
                             errno.EIO, f"XNAT did not move {uri} to {project}: status {old.status}"
                         )
-            left = end - self.clock()
-            if left > 0:
-                self.sleep(min(delay, left))
-                delay = min(delay * 2, POLL_MAX_S)
-            if end - self.clock() <= 0:
+            delay, late = self._pause(end, delay)
+            if late:
                 raise OSError(
                     errno.ETIMEDOUT,
                     f"move of {uri} to {project} not finished in "

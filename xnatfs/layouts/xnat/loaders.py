@@ -77,6 +77,31 @@ def _add(listing: Listing, child: NodeInfo, *aliases: str) -> None:
     listing.add(child, *(escape_name(a) for a in aliases if a))
 
 
+def _record_node(
+    node: NodeInfo,
+    rec: Any,
+    kind: Kind,
+    name: str,
+    attrs: Dict[str, str],
+    mtime: Optional[float] = None,
+    subject: Optional[str] = None,
+) -> NodeInfo:
+    """The directory of one XNAT record ``rec`` listed under ``node``: it keeps the node's
+    project, subject and prearchive flag, and shows the record's time (else the node's)."""
+    return NodeInfo(
+        name=escape_name(name),
+        kind=kind,
+        is_dir=True,
+        mtime=(rec.mtime or node.mtime) if mtime is None else mtime,
+        uri=rec.uri,
+        project=node.project,
+        subject=node.subject if subject is None else subject,
+        prearchive=node.prearchive,
+        ref=Record(rec),
+        attrs=attrs,
+    )
+
+
 def load_root(src: Source, node: NodeInfo) -> Listing:
     listing = Listing()
     for p in src.client.list_projects():
@@ -136,22 +161,19 @@ def load_subjects(src: Source, node: NodeInfo) -> Listing:
     for s in src.client.list_subjects(node.project):
         _add(
             listing,
-            NodeInfo(
-                name=escape_name(s.label or s.id),
-                kind=Kind.SUBJECT,
-                is_dir=True,
-                mtime=s.mtime or node.mtime,
-                uri=s.uri,
-                project=node.project,
-                subject=s.id,
-                ref=Record(s),
-                attrs=_attrs(
+            _record_node(
+                node,
+                s,
+                Kind.SUBJECT,
+                s.label or s.id,
+                _attrs(
                     id=s.id,
                     label=s.label,
                     uri=s.uri,
                     project=s.project,
                     xsi_type="xnat:subjectData",
                 ),
+                subject=s.id,
             ),
             s.id,
         )
@@ -163,16 +185,12 @@ def load_experiments(src: Source, node: NodeInfo) -> Listing:
     for e in src.client.list_experiments(node.project, node.subject):
         _add(
             listing,
-            NodeInfo(
-                name=escape_name(e.label or e.id),
-                kind=Kind.EXPERIMENT,
-                is_dir=True,
-                mtime=e.mtime or node.mtime,
-                uri=e.uri,
-                project=node.project,
-                subject=node.subject,
-                ref=Record(e),
-                attrs=_attrs(
+            _record_node(
+                node,
+                e,
+                Kind.EXPERIMENT,
+                e.label or e.id,
+                _attrs(
                     id=e.id,
                     label=e.label,
                     uri=e.uri,
@@ -191,17 +209,12 @@ def load_scans(src: Source, node: NodeInfo) -> Listing:
     for s in src.endpoint(node, "scans")(node.uri):
         _add(
             listing,
-            NodeInfo(
-                name=escape_name(s.id),
-                kind=Kind.SCAN,
-                is_dir=True,
-                mtime=s.mtime or node.mtime,
-                uri=s.uri,
-                project=node.project,
-                subject=node.subject,
-                prearchive=node.prearchive,
-                ref=Record(s),
-                attrs=_attrs(
+            _record_node(
+                node,
+                s,
+                Kind.SCAN,
+                s.id,
+                _attrs(
                     id=s.id,
                     label=s.id,
                     uri=s.uri,
@@ -220,16 +233,12 @@ def load_assessors(src: Source, node: NodeInfo) -> Listing:
     for a in src.client.list_assessors(node.uri):
         _add(
             listing,
-            NodeInfo(
-                name=escape_name(a.label or a.id),
-                kind=Kind.ASSESSOR,
-                is_dir=True,
-                mtime=a.mtime or node.mtime,
-                uri=a.uri,
-                project=node.project,
-                subject=node.subject,
-                ref=Record(a),
-                attrs=_attrs(id=a.id, label=a.label, uri=a.uri, xsi_type=a.xsi_type),
+            _record_node(
+                node,
+                a,
+                Kind.ASSESSOR,
+                a.label or a.id,
+                _attrs(id=a.id, label=a.label, uri=a.uri, xsi_type=a.xsi_type),
             ),
             a.id,
         )
@@ -245,17 +254,12 @@ def load_resources(
     for r in (rows or functools.partial(src.endpoint(node, "resources"), node.uri))():
         _add(
             listing,
-            NodeInfo(
-                name=escape_name(r.label or r.id),
-                kind=Kind.RESOURCE,
-                is_dir=True,
-                mtime=node.mtime,
-                uri=r.uri,
-                project=node.project,
-                subject=node.subject,
-                prearchive=node.prearchive,
-                ref=Record(r),
-                attrs=_attrs(
+            _record_node(
+                node,
+                r,
+                Kind.RESOURCE,
+                r.label or r.id,
+                _attrs(
                     id=r.id,
                     label=r.label,
                     uri=r.uri,
@@ -264,6 +268,7 @@ def load_resources(
                     content=r.content,
                     tags=r.tags,
                 ),
+                mtime=node.mtime,  # a resource row has no time of its own
             ),
             r.id,
         )
@@ -318,22 +323,20 @@ def load_pre_timestamp(src: Source, node: NodeInfo) -> Listing:
         if s.timestamp == stamp:
             _add(
                 listing,
-                NodeInfo(
-                    name=escape_name(s.folder_name or s.name),
-                    kind=Kind.PRE_SESSION,
-                    is_dir=True,
-                    mtime=s.mtime or src.epoch,
-                    uri=s.uri,
-                    project=node.project,
-                    prearchive=True,
-                    ref=Record(s),
-                    attrs=_attrs(
+                _record_node(
+                    node,  # a PRE_TIMESTAMP: prearchive, no subject
+                    s,
+                    Kind.PRE_SESSION,
+                    s.folder_name or s.name,
+                    _attrs(
                         label=s.name,
                         uri=s.uri,
                         status=s.status,
                         subject=s.subject,
                         timestamp=s.timestamp,
                     ),
+                    mtime=s.mtime or src.epoch,
+                    subject="",
                 ),
             )
     return listing
