@@ -108,16 +108,6 @@ class StudySpec:
         return uid_for(self.seed, "study")
 
 
-def default_mr_series(scale: int = 1) -> tuple[SeriesSpec, ...]:
-    """The demo protocol: scans ``1`` T1w, ``2`` T2w, ``3`` fMRI (docs/ARCHITECTURE.md §11.2, demo
-    seed)."""
-    return (
-        SeriesSpec(1, "T1w", 12 * scale),
-        SeriesSpec(2, "T2w", 10 * scale),
-        SeriesSpec(3, "fMRI", 16 * scale, rows=32, columns=32),
-    )
-
-
 def uid_for(seed: str, *parts: object) -> str:
     """A deterministic, valid ``2.25.<decimal>`` UID derived from ``seed`` and ``parts``.
     (pydicom's ``generate_uid(prefix=None)`` ignores its entropy sources and uses uuid4.)"""
