@@ -98,3 +98,6 @@ class Options:
     #: a dcm2bids configuration file naming the scans of the BIDS view (``MNT/.bids``);
     #: "" uses XNAT's BIDS map, else the built-in heuristic (docs/BIDS.md)
     bids_config: Optional[str] = _d("bids_config")
+    #: dcm2niix conversions at once, and the longest one may run (seconds)
+    bids_conversions: int = _d("bids_conversions")
+    bids_conversion_timeout: float = _d("bids_conversion_timeout")

@@ -113,6 +113,8 @@ class Runtime:
             private_dir(os.path.join(o.cache_dir, "bids")),
             cache_size=o.cache_size,
             config_path=o.bids_config or "",
+            max_conversions=o.bids_conversions,
+            conversion_timeout=o.bids_conversion_timeout,
         )
         self.tree.mount(MOUNT_NAME, self.bids)
         self.tree.catalog_times = o.catalog_times

@@ -415,6 +415,18 @@ SETTINGS: Tuple[Setting, ...] = (
         None,
         "dcm2bids configuration file for the BIDS view MNT/.bids (docs/BIDS.md)",
     ),
+    _s(
+        "bids_conversions",
+        count(1),
+        2,
+        "dcm2niix conversions of the BIDS view running at once (default {default})",
+    ),
+    _s(
+        "bids_conversion_timeout",
+        seconds(),
+        600.0,
+        "longest one dcm2niix conversion may run, in seconds (default {default})",
+    ),
     _s("user", STRING, None, "XNAT user", attr="", cli=False),
     _s("password", STRING, None, "XNAT password", attr="", cli=False),
     # command line (and mount.xnatfs -o) only: where the other settings come from / go to
