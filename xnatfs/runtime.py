@@ -107,6 +107,15 @@ class Runtime:
         self.times = TimesIndex(os.path.join(o.cache_dir, "times.db"))
         self.times.start()
         self.tree.times = self.times
+        self.tree.catalog_times = o.catalog_times
+        self._mount_bids()
+        if not o.read_only:
+            self._start_writer()
+
+    def _mount_bids(self) -> None:
+        """The BIDS view (``MNT/.bids``, docs/BIDS.md) over the started client and cache."""
+        o = self.options
+        assert self.tree is not None
         self.bids = BidsLayout(
             self.client,
             self.content,
@@ -117,9 +126,6 @@ class Runtime:
             conversion_timeout=o.bids_conversion_timeout,
         )
         self.tree.mount(MOUNT_NAME, self.bids)
-        self.tree.catalog_times = o.catalog_times
-        if not o.read_only:
-            self._start_writer()
 
     def _start_writer(self) -> None:
         """The write side (journal, upload workers) over the started tree and client."""
