@@ -52,6 +52,23 @@ def test_slot_released_on_every_download_path(client2: XnatClient) -> None:
     assert client2.limiter["in_flight"] == 0
 
 
+def test_a_streamed_response_dropped_unclosed_gives_its_slot_back_at_once(
+    client2: XnatClient,
+) -> None:
+    """No reference cycle keeps it for the cyclic collector (whose finalizer once deadlocked
+    the limiter, tests/unit/test_limiter.py): the last reference going frees the slot."""
+    import gc
+
+    gc.disable()
+    try:
+        resp = client2._call("GET", README, stream=True)
+        assert client2.limiter["in_flight"] == 1
+        del resp
+        assert client2.limiter["in_flight"] == 0
+    finally:
+        gc.enable()
+
+
 def test_many_threads_share_the_cap(emu: Emulator, client2: XnatClient) -> None:
     emu.faults.latency_ms = 30
     emu.reset_peak()

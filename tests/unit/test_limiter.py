@@ -209,3 +209,63 @@ def test_many_threads_never_exceed_cap():
 def test_rejects_zero():
     with pytest.raises(ValueError):
         RequestLimiter(0)
+
+
+class _Dropped:
+    """A streamed response stand-in: in a reference cycle, so only the cyclic collector frees
+    it, at whatever allocation it happens to run (as requests' responses were)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def _drop_with_slot(lim: RequestLimiter) -> Slot:
+    import weakref
+
+    slot = lim.acquire(deadline=1e18)
+    weakref.finalize(_Dropped(), lim.release_orphan, slot, Outcome.OK, None)
+    return slot
+
+
+def test_slot_of_a_dropped_response_comes_back_without_a_lock():
+    import gc
+
+    lim = RequestLimiter(1)
+    _drop_with_slot(lim)
+    assert lim.in_flight == 1
+    gc.collect()
+    assert lim.in_flight == 0
+    assert isinstance(lim.try_acquire(), Slot)
+
+
+def test_collector_inside_the_limiters_lock_does_not_deadlock():
+    """The CI hang: the collector ran a response finalizer in a thread that held the
+    limiter's lock (inside ``acquire``); a blocking release there waited for itself, and every
+    request of the mount waited behind it (the old code fails this test)."""
+    import gc
+    import time
+
+    state = {"collect": False}
+
+    def clock() -> float:  # called with the lock held (``_try_locked``)
+        if state["collect"]:
+            state["collect"] = False
+            gc.collect()
+        return time.monotonic()
+
+    lim = RequestLimiter(2, clock=clock)
+    _drop_with_slot(lim)
+    gc.disable()  # the collection happens where the clock says, not before
+    try:
+        state["collect"] = True
+        got: list = []
+        t = threading.Thread(target=lambda: got.append(lim.acquire(time.monotonic() + 5)))
+        t.daemon = True
+        t.start()
+        t.join(10)
+        assert not t.is_alive(), "acquire deadlocked on a finalizer's release"
+    finally:
+        gc.enable()
+    assert isinstance(got[0], Slot)
+    lim.release(got[0], Outcome.OK)  # the next holder also counts the orphan
+    assert lim.in_flight == 0

@@ -26,19 +26,29 @@ fails the call at once (``SlotUnavailable``) rather than holding it pointlessly.
 
 Locking: ``_cond`` guards every field; nothing is called with it held except the clock.
 Deadlock freedom: a slot is never held while waiting for another slot or for the login lock
-(``client.py``: a login needs a slot, and no slot holder waits for the login lock).
+(``client.py``: a login needs a slot, and no slot holder waits for the login lock).  A slot
+given back by a garbage-collection finalizer (``release_orphan``: a streamed response dropped
+unclosed) never waits for ``_cond``: the collector runs at any allocation, also in a thread
+that holds ``_cond`` itself, and a blocking ``release`` there deadlocked the whole mount (every
+request waited for a lock its holder could never give back; seen under load in CI).  It is
+queued and taken in by whoever holds ``_cond`` next.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Deque, Optional, Tuple
 
 __all__ = ["Outcome", "RequestLimiter", "Slot", "SlotUnavailable"]
+
+
+#: longest a waiter sleeps before it looks again (for slots finalizers gave back)
+_ORPHAN_RECHECK_S = 1.0
 
 
 class Outcome(enum.Enum):
@@ -90,6 +100,9 @@ class RequestLimiter:
         self._clock = clock
         self._rand = rand
         self._cond = threading.Condition(threading.Lock())
+        #: slots given back by finalizers, not yet counted (``release_orphan``); a deque's
+        #: append and popleft are atomic, so this one field is touched without ``_cond``
+        self._orphans: Deque[Tuple[Slot, Outcome, Optional[float]]] = collections.deque()
         #: current window (float; int(limit) requests may be in flight); under _cond
         self._limit = float(max_requests)
         self._in_flight = 0
@@ -135,6 +148,7 @@ class RequestLimiter:
             return self._try_locked()
 
     def _try_locked(self) -> "Slot | float":
+        self._drain_locked()
         now = self._clock()
         if now < self._paused_until:
             return self._paused_until - now
@@ -164,33 +178,63 @@ class RequestLimiter:
                         f"all {int(self._limit)} request slots busy until the deadline",
                         paused=False,
                     )
-                self._cond.wait(min(left, got))
+                # re-checked at least every _ORPHAN_RECHECK_S: a slot a finalizer gave back
+                # while this thread held _cond is counted by the next holder, with no notify
+                self._cond.wait(min(left, got, _ORPHAN_RECHECK_S))
 
     def release(self, slot: Slot, outcome: Outcome, retry_after: Optional[float] = None) -> None:
         """Give the slot back and learn from the exchange's ``outcome``."""
         with self._cond:
-            if slot.released:
-                return
-            slot.released = True
-            self._in_flight = max(0, self._in_flight - 1)
-            now = self._clock()
-            if outcome is Outcome.OK:
-                self._streak = 0
-                self._limit = min(float(self.max_requests), self._limit + 1.0 / self._limit)
-            elif outcome is Outcome.OVERLOAD:
-                if slot.started >= self._last_decrease:
-                    # a new round of trouble (not one more failure of the same burst)
-                    self._last_decrease = now
-                    self._limit = max(1.0, self._limit / 2.0)
-                    self.decreases += 1
-                    self._streak += 1
-                    if self._streak >= 2:
-                        step = min(self._max_pause, self._base * (2 ** (self._streak - 2)))
-                        # "equal jitter": between half and all of the step
-                        self._pause_locked(now, step * (0.5 + 0.5 * self._rand()))
-                if retry_after is not None and retry_after > 0:
-                    self._pause_locked(now, min(retry_after, self._max_pause))
+            self._drain_locked()
+            self._release_locked(slot, outcome, retry_after)
             self._cond.notify_all()
+
+    def release_orphan(
+        self, slot: Slot, outcome: Outcome, retry_after: Optional[float] = None
+    ) -> None:
+        """``release`` for a finalizer: never blocks.  Queued, then counted now if ``_cond`` is
+        free, else by its holder (who may be this very thread, interrupted by the collector
+        inside a critical section: a blocking acquire here would never return)."""
+        if slot.released:  # closed normally: the usual case, and no lock needed to see it
+            return
+        self._orphans.append((slot, outcome, retry_after))
+        if self._cond.acquire(blocking=False):
+            try:
+                self._drain_locked()
+                self._cond.notify_all()
+            finally:
+                self._cond.release()
+
+    def _drain_locked(self) -> None:
+        while self._orphans:
+            try:
+                slot, outcome, retry_after = self._orphans.popleft()
+            except IndexError:  # emptied by a collector run inside this loop
+                return
+            self._release_locked(slot, outcome, retry_after)
+
+    def _release_locked(self, slot: Slot, outcome: Outcome, retry_after: Optional[float]) -> None:
+        if slot.released:
+            return
+        slot.released = True
+        self._in_flight = max(0, self._in_flight - 1)
+        now = self._clock()
+        if outcome is Outcome.OK:
+            self._streak = 0
+            self._limit = min(float(self.max_requests), self._limit + 1.0 / self._limit)
+        elif outcome is Outcome.OVERLOAD:
+            if slot.started >= self._last_decrease:
+                # a new round of trouble (not one more failure of the same burst)
+                self._last_decrease = now
+                self._limit = max(1.0, self._limit / 2.0)
+                self.decreases += 1
+                self._streak += 1
+                if self._streak >= 2:
+                    step = min(self._max_pause, self._base * (2 ** (self._streak - 2)))
+                    # "equal jitter": between half and all of the step
+                    self._pause_locked(now, step * (0.5 + 0.5 * self._rand()))
+            if retry_after is not None and retry_after > 0:
+                self._pause_locked(now, min(retry_after, self._max_pause))
 
     def _pause_locked(self, now: float, seconds: float) -> None:
         if now + seconds > self._paused_until:

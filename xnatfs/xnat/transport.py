@@ -840,16 +840,21 @@ class Transport(_LoginSession):
         """A streamed response keeps its slot until it is closed (every caller closes it in a
         ``finally``); should one be dropped unclosed, the slot returns when it is collected."""
         limiter = self._limiter
-        close = resp.close
+        # a weak reference: the closure is stored on the response, and holding the response
+        # (through its bound ``close``) made a cycle that only the cyclic collector could free,
+        # at any allocation of any thread (see ``RequestLimiter.release_orphan``)
+        ref = weakref.ref(resp)
 
         def close_and_release() -> None:
             try:
-                close()
+                live = ref()
+                if live is not None:
+                    requests.Response.close(live)
             finally:
                 limiter.release(slot, outcome, retry_after)
 
         resp.close = close_and_release  # type: ignore[method-assign]
-        weakref.finalize(resp, limiter.release, slot, outcome, retry_after)
+        weakref.finalize(resp, limiter.release_orphan, slot, outcome, retry_after)
 
     def _call(
         self,
