@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -201,6 +203,22 @@ class Mount:
         assert res.returncode == 0, res.stderr
         assert self.proc.wait(timeout=20) == 0, self.log_tail()
 
+    def dump_threads(self, timeout: float = 5.0) -> None:
+        """Ask a live daemon for its threads' stacks (SIGUSR1, ``xnatfs/commands/daemon.py``)
+        and wait until they are in its log, so that a failed test shows what the mount was
+        waiting for."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        before = self.logfile.stat().st_size if self.logfile.exists() else 0
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.logfile, "rb") as fh:
+                fh.seek(before)
+                if b"most recent call first" in fh.read():
+                    return
+            time.sleep(0.05)
+
     def cleanup(self) -> None:
         """After a failure: force the mount away and end the daemon (bounded)."""
         if self.daemon is not None:
@@ -239,9 +257,11 @@ def make_mount(tmp_path, request):
         if m.proc is not None and m.proc.poll() is None and _mounted(m.path) and not failed:
             m.umount()
         else:
+            if failed:
+                m.dump_threads()
             m.cleanup()
         if failed:
-            print(f"--- xnatfs log ({m.logfile}) ---\n{m.log_tail(200)}")
+            print(f"--- xnatfs log ({m.logfile}) ---\n{m.log_tail(400)}")
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -159,6 +159,23 @@ def test_sigterm_unmounts_and_exits_0(shared_emulator, tmp_path):
         m.cleanup()
 
 
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_mount_goes_on(
+    shared_emulator, tmp_path
+):
+    m = Mount(shared_emulator.url, tmp_path / "m", tmp_path / "c", tmp_path / "log", []).start()
+    try:
+        assert "DEMO1" in os.listdir(m.path)
+        m.dump_threads(timeout=20)
+        text = m.log_text()
+        assert "most recent call first" in text, m.log_tail()
+        assert "run_foreground" in text  # the main thread, inside the FUSE loop
+        assert "DEMO1" in os.listdir(m.path)  # still serving
+        assert m.proc.poll() is None
+        m.umount()
+    finally:
+        m.cleanup()
+
+
 def test_demo_command_mounts_and_stops_on_ctrl_c(tmp_path):
     """The README's first command ends in ``xnatfs demo``."""
     mnt = tmp_path / "demo"

@@ -8,9 +8,11 @@ means every thread starts after "daemonizing" (docs/FUSE.md §3.1).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
@@ -157,6 +159,16 @@ def _raise_open_files_limit(want: int = 65536) -> None:
             log.info("open-files limit stays at %d: %s", soft, exc)
 
 
+def dump_threads_on_sigusr1() -> None:
+    """``kill -USR1 <daemon>`` writes every thread's Python stack to stderr (the daemon's log
+    file, or the journal under systemd) and the mount goes on: what a hung mount is waiting
+    for, without a debugger (py-spy showed the request-limiter deadlock of a CI run; this
+    gives the same picture with nothing installed, and in CI the test fixture asks for it
+    when a mount test fails).  faulthandler's handler runs in C, so it answers even when every
+    Python thread is stuck on a lock.  libfuse handles only HUP, INT, TERM and PIPE."""
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+
+
 def run_foreground(
     options: Options,
     creds: Any,
@@ -170,6 +182,7 @@ def run_foreground(
     from xnatfs.runtime import Runtime
 
     _raise_open_files_limit()
+    dump_threads_on_sigusr1()
     # everything the daemon creates (cache index, lock, journal, spool) is private whatever
     # the caller's umask; the folders are 0700 as well (docs/SECURITY.md)
     os.umask(0o077)
