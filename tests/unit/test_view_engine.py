@@ -11,12 +11,13 @@ from typing import List, Tuple
 import pytest
 
 from tests.mount.toy_layout import MIRROR, TREE, ToyLayout
-from xnatfs.cache.content import ContentCache
+from xnatfs import deadline
+from xnatfs.cache.content import ContentCache, ContentKey
 from xnatfs.cache.meta import MetaCache
 from xnatfs.tree.writes import Writer
 from xnatfs.view.engine import Engine
-from xnatfs.view.layout import Layout, Overlay
-from xnatfs.view.node import Local
+from xnatfs.view.layout import Layout, Opened, Overlay
+from xnatfs.view.node import Generated, Local, NodeInfo
 
 
 @pytest.fixture
@@ -151,3 +152,58 @@ def test_the_overlay_is_registered_not_assigned(engine):
     assert "local" in {n.name for n in eng.listdir("/docs")}
     assert eng.listdir("/docs/local") == []  # a local folder: no request, only local children
     assert "local" not in {n.name for n in eng.listdir("/.mirror")}  # main layout only
+
+
+class _ServerMade(ToyLayout):
+    """Every folder answers an unlisted ``bundle.zip`` the server makes (sized: its bytes are
+    brought into the content cache at lookup, as XNAT's zip of a folder is)."""
+
+    def lookup(self, parts, parent, name):
+        if name != "bundle.zip":
+            return super().lookup(parts, parent, name)
+        return NodeInfo(
+            name=name,
+            kind="zip",
+            is_dir=False,
+            mtime=0.0,
+            uri=parent.uri,
+            ref=Generated("zip", parent, sized=True),
+        )
+
+    def open(self, node, path):
+        if node.kind == "zip":
+            return Opened(key=ContentKey(uri=f"zip:{node.uri}", size=None, digest=""))
+        return super().open(node, path)
+
+
+class _NeverDownloaded:
+    """A content cache whose downloads never end: ``wait`` records its deadline, answers
+    False (not there in time)."""
+
+    def __init__(self) -> None:
+        self.untils: List[float] = []
+
+    def open(self, key):
+        untils = self.untils
+
+        class Handle:
+            def wait(self, until: float) -> bool:
+                untils.append(until)
+                return False
+
+            def close(self) -> None:
+                pass
+
+        return Handle()
+
+
+def test_a_server_made_file_is_sized_within_the_calls_deadline():
+    """The wait for its download took a fresh ``fs_timeout`` however much of the call was
+    spent already (the old code): a stat could take up to twice --timeout."""
+    content = _NeverDownloaded()
+    eng = Engine(_ServerMade(TREE), MetaCache(ttl=60.0), content, fs_timeout=30.0)
+    with deadline.scope(1.0) as end:  # what is left of the call when the walk gets there
+        with pytest.raises(OSError) as info:
+            eng.lookup("/docs/bundle.zip")
+    assert info.value.errno == errno.ETIMEDOUT
+    assert content.untils and content.untils[0] <= end

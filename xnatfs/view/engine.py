@@ -380,7 +380,8 @@ class Engine:
         into the content cache (once; later stats cost one ``open``) within the call's
         deadline.  One too big for that answers ETIMEDOUT (one log line, by the ``_op``
         wrapper) while its download goes on, so a later ``stat`` finds it."""
-        until = time.monotonic() + self.fs_timeout
+        # what is left of the call (a lookup may have walked slow listings to get here)
+        until = time.monotonic() + deadline.left(self.fs_timeout)
         handle = self.content.open(key)
         try:
             if not handle.wait(until):
