@@ -5,6 +5,7 @@ tests/mount/test_toy_layout.py."""
 from __future__ import annotations
 
 import errno
+import time
 from types import SimpleNamespace
 from typing import List, Tuple
 
@@ -207,3 +208,44 @@ def test_a_server_made_file_is_sized_within_the_calls_deadline():
             eng.lookup("/docs/bundle.zip")
     assert info.value.errno == errno.ETIMEDOUT
     assert content.untils and content.untils[0] <= end
+
+
+class _DeadlineSeen:
+    """A read-ahead policy that notes the call deadline its open hook runs under (a real
+    one may load the folder's listing there: expired since the lookup)."""
+
+    def __init__(self) -> None:
+        self.seen: List[object] = []
+
+    def on_readdir(self, view, parts, children) -> None:
+        return None
+
+    def on_open(self, view, parts, node) -> bool:
+        self.seen.append(deadline.current())
+        return False
+
+    def close(self) -> None:
+        return None
+
+
+def test_an_opens_read_ahead_runs_within_the_opens_deadline(engine):
+    """FUSE ``open`` = lookup, then the layout's open and the policies: the policies ran
+    outside any call deadline (the old code), so each listing one loaded had a fresh
+    --timeout and an open could last several."""
+    import os
+
+    from xnatfs.fs import ops
+    from xnatfs.options import Options
+
+    eng, _main, _mirror = engine
+    policy = _DeadlineSeen()
+    eng.add_policy(policy)
+    adapter = ops.XnatOperations(
+        SimpleNamespace(options=Options(url="toy://"), writer=None, tree=eng)
+    )
+    fi = SimpleNamespace(flags=os.O_RDONLY, fh=0, direct_io=0, keep_cache=0, noflush=0)
+    began = time.monotonic()
+    adapter.open("/docs/readme.txt", fi)
+    adapter.release("/docs/readme.txt", fi)
+    assert policy.seen and policy.seen[0] is not None
+    assert policy.seen[0] <= began + eng.fs_timeout + 1.0  # the open's own, not a later one
