@@ -14,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
+from tests.helpers.waiting import wait_for
 from xnatfs.bids import convert, sidecar
 from xnatfs.cache.content import ContentCache, ContentKey
 from xnatfs.emulator.dicom import SeriesSpec, StudySpec, iter_study_files
@@ -172,3 +173,43 @@ def test_main_outputs_names_the_first_image() -> None:
         "extra/4_ph.nii.gz": b"p",
         "extra/4_ph.json": b"q",
     }
+
+
+def test_closing_the_view_ends_running_and_queued_conversions(tmp_path: Path, monkeypatch) -> None:
+    """The old ``close`` left dcm2niix running on the conversion pool, whose threads the
+    interpreter joins at exit without a bound: after an unmount the daemon lived on for as
+    long as dcm2niix ran (up to --bids-conversion-timeout).  Here a dcm2niix that would run a
+    minute, and a conversion queued behind it for the one slot."""
+    from types import SimpleNamespace
+
+    from xnatfs.bids.layout import BidsLayout
+
+    mark = tmp_path / "dcm2niix-started"
+    slow = tmp_path / "dcm2niix"
+    slow.write_text(f'#!/bin/sh\ntouch "{mark}"\nexec sleep 60\n')
+    slow.chmod(0o755)
+    monkeypatch.setattr(convert, "dcm2niix_binary", lambda: str(slow))
+    layout = BidsLayout(
+        SimpleNamespace(), None, str(tmp_path / "bids"), cache_size=1 << 30, max_conversions=1
+    )
+    handles = []
+    try:
+        for n in (4, 5):  # 4 runs, 5 waits for the slot
+            uri = f"xnatfs-bids:/s#{n}"
+            layout.converter.register(uri, convert.Job(f"P/S/E/scans/{n}", lambda dest: None))
+            handles.append(layout.bundles.open(ContentKey(uri, None)))
+        wait_for(mark.exists, 30, "the slow dcm2niix to start")
+        wait_for(lambda: layout.converter.snapshot()["queued"] == 1, 30, "the second to queue")
+        started = time.monotonic()
+        layout.close()
+        assert all(h.wait(time.monotonic() + 5) for h in handles), "conversions still running"
+        assert time.monotonic() - started < 9  # close() did not wait out its own bound
+        with pytest.raises(OSError) as info:
+            handles[0].read(0, 1, time.monotonic() + 5)
+        assert "closing" in str(info.value) or info.value.errno == errno.ECANCELED
+        snap = layout.converter.snapshot()
+        assert snap["running"] == 0 and snap["queued"] == 0
+    finally:
+        for h in handles:
+            h.close()
+        layout.close()

@@ -3,12 +3,17 @@ same lookup against the emulator's config service: test_bids_xnatmap_mount.py)."
 
 from __future__ import annotations
 
+import errno
+import time
 from typing import Any, Dict, List
 
+import pytest
+
+from xnatfs import deadline
 from xnatfs.bids.mapping import Mapper
 from xnatfs.bids.names import label_hash
 from xnatfs.bids.source import Source
-from xnatfs.xnat.models import Experiment, Project, Scan, Subject
+from xnatfs.xnat.models import Experiment, FileEntry, Project, Resource, Scan, Subject
 
 
 class StubClient:
@@ -85,3 +90,49 @@ def test_plan_runs_sessions_labels_and_the_xnat_map() -> None:
     assert len(subs) == 2 and all(x.startswith("A1") and len(x) == 8 for x in subs)
     assert [r[2:] for r in plan.unmatched] == [("1", "localizer", "localizer/scout/report series")]
     assert [p for p, _ in plan.participants] == sorted(subs)
+
+
+class _HeldContent:
+    """A content cache whose download never arrives: each read records its deadline and
+    answers what a read answers at that deadline (ETIMEDOUT)."""
+
+    def __init__(self) -> None:
+        self.deadlines: List[float] = []
+
+    def open(self, key: Any) -> Any:
+        outer = self
+
+        class Handle:
+            def read(self, offset: int, size: int, deadline: float) -> bytes:
+                outer.deadlines.append(deadline)
+                raise TimeoutError(errno.ETIMEDOUT, "not there in time")
+
+            def close(self) -> None:
+                pass
+
+        return Handle()
+
+
+class _DicomClient(StubClient):
+    def list_resources(self, uri: str) -> List[Resource]:
+        return [Resource("1", "DICOM", format="DICOM", uri=f"{uri}/resources/1")]
+
+    def list_files(self, uri: str) -> List[FileEntry]:
+        return [FileEntry("a.dcm", 100, f"{uri}/files/a.dcm", digest="0" * 32)]
+
+
+def test_a_header_a_mapping_criterion_reads_ends_with_the_listings_call() -> None:
+    """A dcm2bids criterion on a DICOM field reads one header per scan while the project
+    folder is listed: each read waited a fresh 60 s (the old code), so a listing of many
+    scans went on long past its call's --timeout."""
+    content = _HeldContent()
+    src = Source(_DicomClient({}, {}), content, Mapper(config=None))
+    with deadline.scope(2.0) as end:
+        with pytest.raises(TimeoutError):
+            src._header_fn("/data/experiments/E1/scans/1")()
+    assert content.deadlines and content.deadlines[0] <= end
+    content.deadlines.clear()
+    outside = time.monotonic()
+    with pytest.raises(TimeoutError):  # outside a filesystem call: its own bound
+        src._header_fn("/data/experiments/E1/scans/1")()
+    assert content.deadlines[0] >= outside + 30

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Dict, List
 
+from xnatfs import deadline
 from xnatfs.layouts.xnat.bundle import ExperimentBundles
 from xnatfs.xnat.models import FileEntry, Resource
 
@@ -132,3 +134,82 @@ def test_a_failed_table_falls_back_to_the_directory_request() -> None:
     c = Failing()
     b = ExperimentBundles(c)
     assert b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1")) == ["r1"]
+
+
+class _HeldClient(FakeClient):
+    """The first table request blocks until ``release`` is set (a slow XNAT, or another
+    thread's request that began with a whole deadline of its own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def list_scan_resources(self, uri: str) -> Dict[str, List[Resource]]:
+        self.started.set()
+        self.release.wait(30)
+        return super().list_scan_resources(uri)
+
+    def list_files(self, uri: str) -> List[FileEntry]:
+        self.started.set()
+        self.release.wait(30)
+        return super().list_files(uri)
+
+
+def _joiner_within_its_deadline(c: _HeldClient, call) -> list:
+    """``call()`` in a thread inside a filesystem call's deadline (50 ms), while another
+    thread's load of the same table is held; returns what it got (empty: still waiting)."""
+    got: list = []
+
+    def joiner() -> None:
+        with deadline.scope(0.05):
+            got.append(call())
+
+    t = threading.Thread(target=joiner, daemon=True)
+    t.start()
+    t.join(10)
+    return got
+
+
+def test_a_call_waits_for_another_threads_resources_table_only_until_its_deadline() -> None:
+    """The old code joined the load with no bound: a ``stat`` whose call had little time left
+    waited for a request that began with a whole deadline of its own (held here)."""
+    c = _HeldClient()
+    b = ExperimentBundles(c)
+    leader = threading.Thread(
+        target=lambda: b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1")), daemon=True
+    )
+    leader.start()
+    assert c.started.wait(10)
+    try:
+        got = _joiner_within_its_deadline(
+            c, lambda: b.scan_resources(EXP, EXP_URI, "2", _own(c, "r2"))
+        )
+        assert got == [["r2"]], "the joiner waited past its call's deadline"
+    finally:
+        c.release.set()
+        leader.join(10)
+
+
+def test_a_call_waits_for_another_threads_files_table_only_until_its_deadline() -> None:
+    c = _HeldClient()
+    b = ExperimentBundles(c)
+    c.release.set()
+    b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1"))  # the walk: resources table known
+    c.release.clear()
+    c.started.clear()
+    r1 = f"{EXP_URI}/scans/1/resources/101"
+    leader = threading.Thread(
+        target=lambda: b.scan_files(EXP, EXP_URI, "1", r1, _own(c, "f1")), daemon=True
+    )
+    leader.start()
+    assert c.started.wait(10)
+    try:
+        r2 = f"{EXP_URI}/scans/2/resources/102"
+        got = _joiner_within_its_deadline(
+            c, lambda: b.scan_files(EXP, EXP_URI, "2", r2, _own(c, "f2"))
+        )
+        assert got == [["f2"]], "the joiner waited past its call's deadline"
+    finally:
+        c.release.set()
+        leader.join(10)

@@ -25,13 +25,14 @@ import json
 import logging
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -138,17 +139,36 @@ def read_index(read: Callable[[int, int], bytes]) -> Dict[str, Tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------ running dcm2niix
-def run_dcm2niix(dicom_dir: str, out_dir: str, timeout: float) -> Dict[str, bytes]:
+def run_dcm2niix(
+    dicom_dir: str,
+    out_dir: str,
+    timeout: float,
+    started: Callable[["subprocess.Popen[bytes]"], None] = lambda proc: None,
+) -> Dict[str, bytes]:
     """Convert one series folder; every output file by name.  Raises :class:`ConversionError`
-    with dcm2niix's last message on a non-zero exit, a timeout, or no NIfTI written."""
+    with dcm2niix's last message on a non-zero exit, a timeout, or no NIfTI written.
+
+    dcm2niix runs in a process group of its own (it may start ``pigz``), killed whole at the
+    timeout or when ``started(proc)`` raises, so nothing it started keeps the output pipes
+    open; ``started`` lets the owner kill it from another thread (``Converter.close``)."""
     cmd = [dcm2niix_binary(), *OPTIONS, "-o", out_dir, dicom_dir]
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
-        )
+        started(proc)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise ConversionError(f"dcm2niix ran longer than {timeout:g} s") from exc
-    text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+    finally:
+        if proc.returncode is None:
+            kill_group(proc)
+            proc.communicate()
+    text = (stdout + stderr).decode("utf-8", "replace")
     outputs = {name: _read(os.path.join(out_dir, name)) for name in sorted(os.listdir(out_dir))}
     images = [n for n in outputs if n.endswith((".nii.gz", ".nii"))]
     if proc.returncode != 0 or not images:
@@ -164,6 +184,14 @@ def run_dcm2niix(dicom_dir: str, out_dir: str, timeout: float) -> Dict[str, byte
 def _read(path: str) -> bytes:
     with open(path, "rb") as fh:
         return fh.read()
+
+
+def kill_group(proc: "subprocess.Popen[bytes]") -> None:
+    """SIGKILL dcm2niix and whatever it started (its own process group); gone already: fine."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @dataclass
@@ -209,6 +237,35 @@ class Converter:
     def __post_init__(self) -> None:
         self._slots = threading.BoundedSemaphore(max(1, self.max_running))
         self._lock = threading.Lock()
+        # _lock guards the two fields below (and ``jobs``, ``stats``)
+        self._closed = False
+        #: dcm2niix processes running now (``close`` kills them)
+        self._procs: Set["subprocess.Popen[bytes]"] = set()
+
+    def close(self) -> None:
+        """Kill the running dcm2niix processes; conversions waiting for a slot or not started
+        fail at once.  Why: the conversions run on the BIDS cache's download pool, whose
+        threads the interpreter joins at exit without a bound, so a conversion left running
+        held the daemon's exit after unmount for as long as dcm2niix ran (up to ``timeout``);
+        its result would be thrown away anyway (the cache is closing)."""
+        with self._lock:
+            self._closed = True
+            procs = [p for p in self._procs if p.returncode is None]  # not reaped yet
+        for proc in procs:
+            kill_group(proc)
+
+    def _started(self, proc: "subprocess.Popen[bytes]") -> None:
+        """``run_dcm2niix``'s hook: register the process, or refuse it (killed) once closed."""
+        with self._lock:
+            if not self._closed:
+                self._procs.add(proc)
+                return
+        raise ConversionError("the BIDS view is closing")
+
+    def _check_open(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise ConversionError("the BIDS view is closing")
 
     def register(self, uri: str, job: Job) -> None:
         """Say how to convert ``uri`` (the view does it when it shows the file; bounded)."""
@@ -236,6 +293,7 @@ class Converter:
                 self.stats.running += 1
             t0 = time.monotonic()
             try:
+                self._check_open()  # waited for a slot while the view closed
                 data = self._convert(job)
             except Exception as exc:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -262,7 +320,14 @@ class Converter:
             os.mkdir(dicom_dir)
             os.mkdir(out_dir)
             job.fetch_dicom(dicom_dir)
-            outputs = run_dcm2niix(dicom_dir, out_dir, self.timeout)
+            try:
+                outputs = run_dcm2niix(dicom_dir, out_dir, self.timeout, started=self._started)
+            except ConversionError:
+                self._check_open()  # killed by close(): say that, not its exit status
+                raise
+            finally:
+                with self._lock:
+                    self._procs = {p for p in self._procs if p.returncode is None}
         if job.post is not None:
             outputs = job.post(outputs)
         log.info("BIDS: converted %s (%s)", job.scan, ", ".join(sorted(outputs)))

@@ -213,6 +213,7 @@ class BidsLayout(BaseLayout):
         return self.content_key(node) is not None
 
     def close(self) -> None:
+        self.converter.close()  # first: running conversions end now, not after dcm2niix's
         self.bundles.close()
 
     def stats(self) -> Dict[str, Any]:

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from xnatfs import deadline as call_deadline
 from xnatfs.bids import names as N
 from xnatfs.bids.mapping import Mapper, Match, ScanFacts, XnatBidsMap
 from xnatfs.cache.content import ContentKey
@@ -349,7 +350,12 @@ class Source:
 
     def _header_fn(self, scan_uri: str) -> Callable[[], Mapping[str, Any]]:
         def get() -> Mapping[str, Any]:
-            return self.header(scan_uri, None, time.monotonic() + 60.0)
+            # within the listing's filesystem call when there is one (a config criterion on a
+            # DICOM field reads a header per scan while the project folder is listed): a fresh
+            # 60 s per header held that call far past --timeout (issue 17 §1)
+            end = time.monotonic() + _HEADER_WAIT
+            outer = call_deadline.current()
+            return self.header(scan_uri, None, end if outer is None else min(end, outer))
 
         return get
 
@@ -379,6 +385,8 @@ class Source:
 
 #: listings a plan loads at once
 _PLAN_THREADS = 8
+#: longest wait for one DICOM header a mapping criterion needs (outside a filesystem call)
+_HEADER_WAIT = 60.0
 
 
 def parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Any]:

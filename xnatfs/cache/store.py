@@ -171,7 +171,15 @@ class ContentStore:
 
     def _submit_locked(self, download: Download, hexname: str) -> None:
         """Queue a registered download on the pool. Caller holds self._lock; raises
-        RuntimeError when the pool is shut down."""
+        RuntimeError when the pool is shut down.
+
+        The done-callback is added with ``_lock`` held, and a callback added to a finished
+        future runs at once, in this thread; ``_on_cancelled`` takes ``_lock`` when the future
+        was cancelled, which would deadlock here.  It cannot be: only ``close`` cancels
+        (``shutdown(cancel_futures=True)``, whose callbacks run in close's thread), and it
+        takes the pool out of ``_pool`` under ``_lock`` before that, so a pool seen here under
+        ``_lock`` has cancelled nothing yet.  Keep it so (the request limiter's finalizer once
+        deadlocked the same way)."""
         if self._pool is None:
             raise RuntimeError("content cache is closing")
         try:

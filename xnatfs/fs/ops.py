@@ -21,6 +21,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional
 
+from xnatfs import deadline
 from xnatfs.fs import errmap
 from xnatfs.fs.fuselib import load
 from xnatfs.fs.keepcache import PageCacheTrust
@@ -207,11 +208,15 @@ class XnatOperations(mfusepy.Operations):
     @_op
     def open(self, path: str, fi: Any) -> int:
         tree = self.runtime.tree
-        node = tree.lookup(path)
         if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            node = tree.lookup(path)
             handle = self._writer(path).open_write(node, path, truncate=bool(fi.flags & os.O_TRUNC))
             return self._add_handle(handle, fi)
-        handle = tree.open(node, path)
+        # one deadline for the whole open: the read-ahead policies asked at open may load the
+        # folder's listing (expired since the lookup) and each load took a fresh --timeout
+        with deadline.scope(tree.fs_timeout):
+            node = tree.lookup(path)
+            handle = tree.open(node, path)
         self._add_handle(handle, fi)
         if hasattr(fi, "noflush"):
             # nothing to flush on a read-only file: close(2) then costs no FLUSH round trip

@@ -380,7 +380,8 @@ class Engine:
         into the content cache (once; later stats cost one ``open``) within the call's
         deadline.  One too big for that answers ETIMEDOUT (one log line, by the ``_op``
         wrapper) while its download goes on, so a later ``stat`` finds it."""
-        until = time.monotonic() + self.fs_timeout
+        # what is left of the call (a lookup may have walked slow listings to get here)
+        until = time.monotonic() + deadline.left(self.fs_timeout)
         handle = self.content.open(key)
         try:
             if not handle.wait(until):
@@ -430,8 +431,14 @@ class Engine:
         if not generated and path and self.policies:
             parts = split_path(path)
             for policy in self.policies:
-                if policy.on_open(self, parts, node):
-                    break
+                try:
+                    if policy.on_open(self, parts, node):
+                        break
+                except Exception as exc:  # noqa: BLE001 - read-ahead is a guess: the open stands
+                    # a policy may load the folder's listing within what is left of the open's
+                    # deadline; when it cannot, the file is still open (its handle, pinned in
+                    # the cache, was lost with the exception before)
+                    log.debug("read-ahead at the open of %s: %s", path, exc)
         return handle
 
     # ------------------------------------------------------------------ attributes

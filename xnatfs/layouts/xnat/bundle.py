@@ -39,9 +39,11 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
+from xnatfs import deadline
 from xnatfs.cache.meta import MetaCache
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,9 @@ class ExperimentBundles:
         ``resources?all=true``; ``fallback()`` (the scan's own listing) if that fails."""
         try:
             table = self._cache.get_or_load(
-                exp + ("resources",), lambda: self.client.list_scan_resources(exp_uri)
+                exp + ("resources",),
+                lambda: self.client.list_scan_resources(exp_uri),
+                timeout=_join_timeout(),
             )
         except Exception as exc:  # noqa: BLE001 - the directory's own request decides
             log.debug("resources of %s in one request failed (%s): per scan", exp_uri, exc)
@@ -111,7 +115,7 @@ class ExperimentBundles:
                 return self._fallback(fallback)
             try:
                 table = self._cache.get_or_load(
-                    exp + ("files",), lambda: self._files_table(exp_uri)
+                    exp + ("files",), lambda: self._files_table(exp_uri), timeout=_join_timeout()
                 )
             except Exception as exc:  # noqa: BLE001 - the directory's own request decides
                 log.debug("files of %s in one request failed (%s): per resource", exp_uri, exc)
@@ -169,3 +173,15 @@ class ExperimentBundles:
     def _count(self, what: str) -> None:
         with self._lock:
             self._stats[what] += 1
+
+
+def _join_timeout() -> Optional[float]:
+    """How long a call may wait for a table another thread is loading: what is left of its
+    filesystem call's deadline (``xnatfs.deadline``).  The thread loading it may have started
+    its request later in its own call, or outside any call (walk-ahead, a background refresh)
+    with a whole client deadline of its own; waiting for it without a bound held a ``stat``
+    past ``--timeout`` (issue 17 §1).  At the deadline the caller gets ``TimeoutError`` and
+    takes the directory's own request (whose client deadline is then spent: ETIMEDOUT).
+    Outside a call (None) the wait is bounded by the loader's own request."""
+    end = deadline.current()
+    return None if end is None else max(0.0, end - time.monotonic())
