@@ -48,15 +48,17 @@ class DownloadCancelled(OSError):
 INLINE_HASH_MAX = 4 << 20
 _HASH_READ = 1 << 20
 
-#: Run the ``_FileMD5`` thread at idle priority while the fetch runs (True, the default) or
-#: at normal priority (False).  Every byte must be hashed before the last read of the file is
-#: answered (issue 17 §5), so whatever the idle thread has not hashed when the fetch ends is
-#: hashed then, in series, on the last reader's critical path (B1 profile in
-#: benchmarks/RESULTS.md: half the file at load 5).  At normal priority the hashing thread
-#: competes for the GIL with the download thread during the transfer; A/B runs on the shared
-#: machine (issue 12) did not show either setting ahead beyond noise, so the setting measured
-#: better on a quiet machine in the previous round stays.
-MD5_IDLE_PRIORITY = True
+#: Run the ``_FileMD5`` thread at idle priority while the fetch runs (True) or at normal
+#: priority (False, the default).  Every byte must be hashed before the last read of the file
+#: is answered (issue 17 §5), so whatever the hashing thread has not hashed when the fetch ends
+#: is hashed then, in series, on the last reader's critical path.  At idle priority on a busy
+#: machine it falls far behind: a cold 200 MiB read through a mount beside two nice-0 CPU
+#: hogs (benchmarks/RESULTS.md, "MD5 thread priority") left it 60–174 MiB behind at the end,
+#: and the last read waited 102 ms (median of 8; worst 452) against 16 ms (worst 179) at
+#: normal priority, for a wall time of 1.18 s against 1.01 s.  The gaps between reads in mid
+#: file were a little larger at normal priority (75 vs 43 ms), since the hashing thread then
+#: takes its share of the GIL during the transfer.
+MD5_IDLE_PRIORITY = False
 
 
 class _Reader:
@@ -89,10 +91,10 @@ class _FileMD5:
     Why not hash the chunks on the way in: MD5 runs at ~600 MiB/s here, slower than the local
     link, and a bounded hand-off queue throttled the download itself to MD5 speed (B1 profile:
     the download thread waited on the full queue). Following the file never holds the
-    download back.  While the fetch runs the thread has idle priority (``MD5_IDLE_PRIORITY``),
-    so on a busy machine the readers (who never wait for the digest until their last read)
-    get the CPU first; when the fetch is over, :meth:`hexdigest` hashes the rest at the
-    caller's normal priority, so on a loaded node adoption is not starved.
+    download back.  The thread runs at normal priority (idle priority is a switch,
+    ``MD5_IDLE_PRIORITY``, measured worse under load: the hashing then lags and the last
+    read waits for it); when the fetch is over, :meth:`hexdigest` hashes what is left in the
+    calling thread.
     """
 
     def __init__(self, download: "Download", fd: int, generation: int) -> None:
