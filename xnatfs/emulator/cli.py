@@ -34,6 +34,12 @@ def build_parser(prog: str = "python -m xnatfs.emulator") -> argparse.ArgumentPa
         default=900.0,
         help="idle JSESSION expiry in seconds (default 900)",
     )
+    p.add_argument(
+        "--buffering-proxy",
+        action="store_true",
+        help="store chunked uploads, as an XNAT behind nginx's request buffering does "
+        "(without it they are refused with 500, as XNAT itself does)",
+    )
     p.add_argument("--context-path", default="", help="serve under a context path, e.g. /xnat")
     p.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
     return p
@@ -59,6 +65,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m xnatfs.emu
         host=args.host,
         port=args.port,
         context_path=args.context_path,
+        buffering_proxy=args.buffering_proxy,
     )
     try:
         emu.start()

@@ -87,6 +87,7 @@ class Emulator:
         threads: int = 32,
         site_id: str = "XNAT",
         session_lifetime: float = 0.0,
+        buffering_proxy: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.user = user
@@ -103,6 +104,8 @@ class Emulator:
         self.faults = Faults(latency_ms=float(latency_ms))
         #: session_lifetime > 0: every session ends that many seconds after login (faults)
         self.sessions = SessionTable(session_timeout, lifetime=session_lifetime)
+        #: answer as an XNAT behind nginx's request buffering (chunked uploads stored)
+        self.buffering_proxy = buffering_proxy
         self.store: Optional[Store] = None
         self._server: Optional[wsgi.Server] = None
         self._thread: Optional[threading.Thread] = None
@@ -145,7 +148,7 @@ class Emulator:
         app = XnatApp(
             store,
             self.sessions,
-            AppConfig(self.context_path, self.site_id, self.data_dir),
+            AppConfig(self.context_path, self.site_id, self.data_dir, self.buffering_proxy),
             control=self._control,
             body_filter=self._body_filter,
         )

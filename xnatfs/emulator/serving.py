@@ -103,6 +103,10 @@ class AppConfig:
     context_path: str = ""
     site_id: str = "XNAT"
     data_dir: Path = Path(".")
+    #: as behind nginx with its default request buffering: a chunked upload reaches "XNAT"
+    #: with a Content-Length, so it is stored; off, it is refused with 500 as XNAT's Restlet
+    #: 1.1 does (docs/XNAT-API.md §4.5)
+    buffering_proxy: bool = False
 
 
 @dataclass

@@ -130,6 +130,8 @@ def _raw(
         rel = validate_relpath(relpath)
     except InvalidInput as e:
         raise HttpError(400, str(e)) from None
+    if request.content_length is None and not ctx.config.buffering_proxy:
+        _refuse_unknown_size(ctx, put)
     if not put.overwrite and ctx.store.get_file(put.res.id, rel) is not None:
         for _ in ctx.body_chunks():  # drain so the connection stays usable
             pass
@@ -203,6 +205,23 @@ def _store_upload(
         tags=put.meta["tags"],
     ):
         put.duplicates.append(rel)
+
+
+def _refuse_unknown_size(ctx: Ctx, put: _Put) -> None:
+    """A body without Content-Length (chunked): XNAT's Restlet 1.1 gives it the size -1 and
+    ``SecureResource.getFileWritersAndLoadParams`` refuses any in-body file whose size is
+    below 1 unless it is sent as application/zip; the answer is a 500, after the servlet
+    container has read the body, and nothing is stored (docs/XNAT-API.md §4.5)."""
+    if (ctx.request.mimetype or "").lower() == "application/zip":
+        return
+    for _ in ctx.body_chunks():  # Tomcat reads (and drops) the body before the answer
+        pass
+    raise HttpError(
+        500,
+        "In-body File posts must include the file directly as the body of the message "
+        "(not as part of multi-part form data). The request entity size is -1 but the "
+        "media type is not application/zip (i.e. streaming compressed upload).",
+    )
 
 
 class _IterReader:
