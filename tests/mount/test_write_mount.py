@@ -338,3 +338,38 @@ def test_echo_redirect_and_append_semantics(emu, make_mount):
     # appending to a file already on XNAT is an overwrite: refused without --allow-delete
     res = sh(["sh", "-c", f"echo more >> '{target}'"], check=False)
     assert res.returncode != 0 and "Permission denied" in res.stderr
+
+
+_FSYNC_THEN_WRITE = r"""
+import os, sys
+dst, src, cut = sys.argv[1], sys.argv[2], int(sys.argv[3])
+data = open(src, "rb").read()
+a, b = data[:cut], data[cut:]
+fd = os.open(dst, os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(fd, a)
+os.fsync(fd)  # uploads the first part; XNAT confirms it
+os.write(fd, b)
+os.close(fd)
+"""
+
+
+def test_writes_after_an_fsync_continue_from_the_uploaded_bytes(emu, make_mount, tmp_path):
+    """write, fsync (XNAT confirms the first part), write more, close: XNAT gets the whole
+    file.  The old code continued in an empty spool after the confirmed upload and sent zeros
+    in place of the first part, with the right size (found by the B5 work)."""
+    import sys
+
+    m = make_mount(emu.url)
+    rnd = random.Random(7)
+    a, b = rnd.randbytes(300_000), rnd.randbytes(200_000)
+    dst = m.path / PROTOCOLS / "fsync-then-write.bin"
+    src = tmp_path / "src.bin"
+    src.write_bytes(a + b)
+    res = subprocess.run(
+        [sys.executable, "-c", _FSYNC_THEN_WRITE, str(dst), str(src), str(len(a))],
+        capture_output=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert server_files(emu)["fsync-then-write.bin"] == (len(a) + len(b), md5(a + b))
+    assert hash_files([str(dst)])[str(dst)] == [md5(a + b), len(a) + len(b)]

@@ -133,7 +133,38 @@ class HandleOps(UploadPath):
             node = self.tree.lookup(join_path(lf.parts))
             if not isinstance(node.local_file, LocalFile):
                 self._fill_from_server(node, lf.spool, join_path(lf.parts))
+            elif lf.uploaded_size and lf.target.is_file:
+                # committed by fsync() and confirmed by XNAT since: the journal's copy is
+                # gone and the bytes are XNAT's; more writes continue from them, not from a
+                # spool of zeros (which uploaded zeros in place of the first part)
+                self._fill_from_upload(lf)
         lf.target = replace(lf.target, overwrite=True)
+
+    def _fill_from_upload(self, lf: LocalFile) -> None:
+        """The spool of ``lf`` gets the bytes XNAT holds at its upload target (straight from
+        the client: the overlay still shows the local file).  A failed download drops the
+        spool and raises: the write answers the errno, nothing is half-filled."""
+        spool = lf.spool
+        assert spool is not None
+        offset = [0]
+
+        def sink(chunk: bytes) -> None:
+            spool.write(offset[0], chunk)
+            offset[0] += len(chunk)
+
+        try:
+            self.client.download(lf.target.file_uri, sink)
+            if offset[0] != lf.uploaded_size:
+                raise OSError(
+                    errno.EIO,
+                    f"XNAT sent {offset[0]} bytes of the {lf.uploaded_size} it confirmed; "
+                    "the file is not changed",
+                    join_path(lf.parts),
+                )
+        except BaseException:
+            spool.discard()
+            lf.spool = None
+            raise
 
     def _fill_from_server(self, node: NodeInfo, spool: SpoolFile, path: str) -> None:
         """Read-modify-write of a file on XNAT: its bytes first go into the spool."""
