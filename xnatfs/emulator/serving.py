@@ -125,7 +125,12 @@ class Ctx:
 
     def body_chunks(self) -> Iterator[bytes]:
         """Stream the raw request body; faults may cut it (DropConnection), a short body is a
-        400."""
+        400.
+
+        A chunked body (``Transfer-Encoding: chunked``, no Content-Length: cheroot decodes
+        it) ends only at its terminating zero-size chunk; a connection that drops before it
+        makes cheroot's reader fail, and that is a truncated body too (nothing is stored),
+        never the end of the file."""
         request = self.request
         stream = request.environ["wsgi.input"]
         length = request.content_length
@@ -137,7 +142,11 @@ class Ctx:
                 want = CHUNK if length is None else min(CHUNK, length - got)
                 try:
                     buf = stream.read(want)
-                except (OSError, ValueError):
+                except (OSError, ValueError) as exc:
+                    if length is None:
+                        raise HttpError(
+                            400, f"The chunked request body was truncated after {got} bytes."
+                        ) from exc
                     buf = b""
                 if not buf:
                     break
