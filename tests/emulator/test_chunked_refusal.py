@@ -4,10 +4,9 @@ stored whole."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Iterator
-
-import socket
 from urllib.parse import urlparse
 
 import requests
