@@ -58,6 +58,8 @@ class Runtime:
         self._lock_file: Any = None
         #: errno name -> count of failed filesystem calls (for ``.xnatfs/stats``)
         self.errors: Dict[str, int] = {}
+        #: FUSE writes served (requests, bytes); under _errors_lock
+        self.writes: Dict[str, int] = {"requests": 0, "bytes": 0}
 
     def start(self) -> None:
         """Start the parts in dependency order: cache lock, client, caches, tree, layouts,
@@ -161,10 +163,17 @@ class Runtime:
         with self._errors_lock:
             self.errors[name] = self.errors.get(name, 0) + 1
 
+    def note_write(self, nbytes: int) -> None:
+        """One FUSE write of ``nbytes`` (for ``stats``: how many requests a copy cost)."""
+        with self._errors_lock:
+            self.writes["requests"] += 1
+            self.writes["bytes"] += nbytes
+
     def stats(self) -> Dict[str, Any]:
         """What ``MNT/.xnatfs/stats`` shows."""
         with self._errors_lock:
             errors = dict(self.errors)
+            writes = dict(self.writes)
         return {
             "version": __version__,
             "url": self.options.url,
@@ -175,6 +184,7 @@ class Runtime:
             "listing_cache": _plain(self.meta.stats) if self.meta else {},
             "content_cache": _plain(self.content.stats) if self.content else {},
             "errors": errors,
+            "fuse_writes": writes,
             "uploads": self.writer.status() if self.writer else [],
             "bids": self.bids.stats()["conversions"] if self.bids else {},
         }

@@ -373,3 +373,27 @@ def test_writes_after_an_fsync_continue_from_the_uploaded_bytes(emu, make_mount,
     assert res.returncode == 0, res.stderr
     assert server_files(emu)["fsync-then-write.bin"] == (len(a) + len(b), md5(a + b))
     assert hash_files([str(dst)])[str(dst)] == [md5(a + b), len(a) + len(b)]
+
+
+def test_cp_writes_in_1_mib_requests(emu, make_mount, tmp_path):
+    """``st_blksize`` is 1 MiB (``fs/ops.py`` IO_BLOCK), so ``cp`` writes 1 MiB at a time and the
+    kernel sends 1 MiB FUSE writes: 8 requests for 8 MiB, not 64 (with the 4 KiB default cp
+    wrote 128 KiB at a time); the bytes arrive whole."""
+    import json
+
+    m = make_mount(emu.url)
+    data = random.Random(3).randbytes(8 << 20)
+    src = tmp_path / "eight.bin"
+    src.write_bytes(data)
+    dst = m.path / PROTOCOLS / "eight.bin"
+    sh(["cp", str(src), str(dst)])
+    writes = json.loads(sh(["cat", str(m.path / ".xnatfs" / "stats")]).stdout)["fuse_writes"]
+    assert writes["bytes"] == len(data)
+    assert writes["requests"] <= 9, writes
+    assert os.stat(dst).st_blksize == 1 << 20
+    assert server_files(emu)["eight.bin"] == (len(data), md5(data))
+    metrics = sh(["cat", str(m.path / ".xnatfs" / "metrics")]).stdout
+    line = next(
+        ln for ln in metrics.splitlines() if ln.startswith("xnatfs_fuse_write_bytes_total ")
+    )
+    assert float(line.split()[1]) == len(data)

@@ -64,6 +64,16 @@ def shown_modes(options: Any) -> Dict[bool, int]:
     }
 
 
+#: ``st_blksize`` of every node: the I/O size tools pick from ``stat`` (coreutils ``cp``, ``cat``
+#: and Python's ``open`` use it for their buffers; the default 4 KiB makes ``cp`` write 128 KiB
+#: at a time).  Each write(2) is one FUSE WRITE through Python, and the kernel sends one
+#: GETXATTR ``security.capability`` before each (FUSE clears ``SB_NOSEC``), so ``cp`` of
+#: 256 MiB into the mount cost 2,048 + 2,048 round trips; with 1 MiB it is 256 + 256 (the
+#: kernel takes 1 MiB writes: libfuse 3 negotiates ``max_pages`` 256).  Measured in
+#: benchmarks/RESULTS.md ("B5: 1 MiB writes").
+IO_BLOCK = 1 << 20
+
+
 def _op(func: Callable[..., Any]) -> Callable[..., Any]:
     """Run one op: any exception becomes ``FuseOSError(errno)`` plus at most one log line."""
     name = func.__name__
@@ -152,6 +162,7 @@ class XnatOperations(mfusepy.Operations):
             "st_uid": self._uid,
             "st_gid": self._gid,
             "st_blocks": (node.size + 511) // 512,
+            "st_blksize": IO_BLOCK,
             "st_mtime": mtime,
             "st_ctime": mtime,
             "st_atime": mtime,
@@ -311,7 +322,9 @@ class XnatOperations(mfusepy.Operations):
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
-        return self._handle(fi, path).write(offset, data)
+        n = self._handle(fi, path).write(offset, data)
+        self.runtime.note_write(n)
+        return n
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op
