@@ -123,6 +123,11 @@ def test_background_mount_netrc_and_umount(shared_emulator, tmp_path):
         )
     assert res.returncode == 0, res.stderr
     assert not is_mounted(str(mnt))
+    # umount returns when the daemon has finished (caches and journal closed), so a mount
+    # or `xnatfs cache` right after finds the cache directory free
+    from xnatfs.fs.mounting import daemon_pids
+
+    assert daemon_pids(str(mnt)) == []
 
 
 def test_kill_9_then_mount_again(shared_emulator, tmp_path):

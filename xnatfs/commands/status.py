@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from xnatfs.commands.common import UsageError
+
+
+#: longest ``xnatfs umount`` waits for the daemon to finish after the unmount
+UMOUNT_WAIT_S = 20.0
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -15,11 +20,22 @@ def cmd_umount(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.mountpoint)
     if not mounting.is_mounted(path):
         raise UsageError(f"{path} is not mounted")
+    daemons = mounting.daemon_pids(path)
     result = mounting.unmount(path, lazy=args.lazy)
     if result.returncode != 0:
         raise UsageError(
             f"unmount of {path} failed: {result.stderr.strip()} "
             f"(busy? try: xnatfs umount --lazy {path})"
+        )
+    # the daemon still closes its caches and the upload journal after the kernel let go of
+    # the mount: return when it is done, so that a mount or `xnatfs cache` right after finds
+    # the cache directory free (bounded: a daemon stuck past this is only reported)
+    left = mounting.wait_gone(daemons, UMOUNT_WAIT_S)
+    if left:
+        print(
+            f"xnatfs: {path} is unmounted; its daemon (pid {', '.join(map(str, left))}) is "
+            f"still finishing after {UMOUNT_WAIT_S:g} s",
+            file=sys.stderr,
         )
     return 0
 

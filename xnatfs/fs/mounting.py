@@ -108,6 +108,47 @@ def unmount(path: str, *, lazy: bool = False, timeout: float = 20.0) -> subproce
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def daemon_pids(path: str) -> List[int]:
+    """PIDs of xnatfs daemons serving ``path`` (``xnatfs ... mount URL PATH --foreground``)."""
+    target = os.fsencode(os.path.abspath(path))
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if target in argv and b"--foreground" in argv and b"xnatfs" in argv:
+            pids.append(int(entry))
+    return pids
+
+
+def wait_gone(pids: List[int], timeout: float) -> List[int]:
+    """Wait (up to ``timeout``) until the processes ``pids`` have exited; those still running."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive:
+        alive = [pid for pid in alive if _running(pid)]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return alive
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited daemon whose parent has not reaped it yet, e.g. the
+    process that spawned a foreground mount, is done)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    # the state follows the command name, which is in parentheses and may hold spaces
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
+
+
 def _unmount_helpers(path: str) -> List[int]:
     """PIDs of fusermount processes whose command line names ``path``: with ``auto_unmount`` a
     helper stays behind each daemon and unmounts the path *by name* when the daemon dies."""
