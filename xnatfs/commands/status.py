@@ -9,7 +9,6 @@ import sys
 
 from xnatfs.commands.common import UsageError
 
-
 #: longest ``xnatfs umount`` waits for the daemon to finish after the unmount
 UMOUNT_WAIT_S = 20.0
 
