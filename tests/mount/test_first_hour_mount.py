@@ -182,6 +182,22 @@ def test_mv_with_allow_delete_moves(emu, make_mount):
     assert (files / "README2.txt").read_bytes() == data
 
 
+def test_mv_of_a_file_still_open_removes_it(emu, make_mount):
+    """A file another process holds open is removed for real by ``mv`` (copy, then unlink):
+    libfuse once hid it as ``.fuse_hidden*`` (a rename XNAT cannot do: EXDEV), so ``mv`` failed
+    whenever its own read's RELEASE had not arrived yet; here the open is held on purpose."""
+    m = make_mount(emu.url, "--allow-delete")
+    files = m.path / PROTOCOLS
+    data = (files / "README.txt").read_bytes()
+    with open(files / "README.txt", "rb") as held:
+        sh(["mv", str(files / "README.txt"), str(files / "MOVED.txt")])
+        assert held.read() == data  # the open handle still reads its bytes
+    names = server_files(emu)
+    assert "MOVED.txt" in names and "README.txt" not in names
+    assert not [n for n in os.listdir(files) if n.startswith(".fuse_hidden")]
+    assert (files / "MOVED.txt").read_bytes() == data
+
+
 # ------------------------------------------------------------------ §3 modes
 def test_modes_0755_0644_and_the_options(emu, make_mount):
     m = make_mount(emu.url)

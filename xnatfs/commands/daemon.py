@@ -122,6 +122,12 @@ def fuse_kwargs(options: Options, mfusepy: Any) -> Dict[str, object]:
         "entry_timeout": ttl,
         "negative_timeout": min(ttl, 10.0),
         "auto_unmount": True,
+        # unlink is unlink: without it libfuse turns the removal of a file some process still
+        # has open into a rename to .fuse_hidden*, and XNAT has no rename (EXDEV), so `mv`
+        # inside the mount failed at random ("cannot remove ... Invalid cross-device link")
+        # whenever the kernel had not yet sent the RELEASE of its own copy's read.  Open
+        # handles go on reading by their handle (docs/FUSE.md §2.4)
+        "hard_remove": True,
     }
     if getattr(mfusepy, "fuse_version_major", 3) >= 3:
         kwargs["max_threads"] = options.max_threads
