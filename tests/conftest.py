@@ -215,7 +215,8 @@ class Mount:
         while time.monotonic() < deadline:
             with open(self.logfile, "rb") as fh:
                 fh.seek(before)
-                if b"most recent call first" in fh.read():
+                # the main thread comes last (``python -m xnatfs``: its bottom frame is runpy's)
+                if b"in _run_module_as_main" in fh.read():
                     return
             time.sleep(0.05)
 
