@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 
 def _unescape_mountinfo(field: str) -> str:
@@ -108,21 +108,26 @@ def unmount(path: str, *, lazy: bool = False, timeout: float = 20.0) -> subproce
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def daemon_pids(path: str) -> List[int]:
-    """PIDs of xnatfs daemons serving ``path`` (``xnatfs ... mount URL PATH --foreground``)."""
-    target = os.fsencode(os.path.abspath(path))
-    pids = []
+def _command_lines() -> Iterator[Tuple[int, List[bytes]]]:
+    """(pid, argv) of every process this user can see."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
+                yield int(entry), fh.read().split(b"\0")
         except OSError:
             continue
-        if target in argv and b"--foreground" in argv and b"xnatfs" in argv:
-            pids.append(int(entry))
-    return pids
+
+
+def daemon_pids(path: str) -> List[int]:
+    """PIDs of xnatfs daemons serving ``path`` (``xnatfs ... mount URL PATH --foreground``)."""
+    target = os.fsencode(os.path.abspath(path))
+    return [
+        pid
+        for pid, argv in _command_lines()
+        if target in argv and b"--foreground" in argv and b"xnatfs" in argv
+    ]
 
 
 def wait_gone(pids: List[int], timeout: float) -> List[int]:
@@ -153,18 +158,11 @@ def _unmount_helpers(path: str) -> List[int]:
     """PIDs of fusermount processes whose command line names ``path``: with ``auto_unmount`` a
     helper stays behind each daemon and unmounts the path *by name* when the daemon dies."""
     target = os.fsencode(os.path.abspath(path))
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]).startswith(b"fusermount") and target in argv:
-            pids.append(int(entry))
-    return pids
+    return [
+        pid
+        for pid, argv in _command_lines()
+        if argv and os.path.basename(argv[0]).startswith(b"fusermount") and target in argv
+    ]
 
 
 def clear_stale(path: str, timeout: float = 10.0) -> bool:
