@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import time
 
@@ -71,3 +72,18 @@ def test_wait_returns_once_the_path_is_mounted_and_answers(tmp_path):
 
 def test_mountinfo_decoder_reads_escaped_mount_points():
     assert mounting._unescape_mountinfo(r"/mnt/a\040b\134c\011d") == "/mnt/a b\\c\td"
+
+
+def test_wait_gone_returns_when_the_process_ends_and_names_those_still_running():
+    from xnatfs.fs.mounting import wait_gone
+
+    ended = subprocess.Popen(["sleep", "60"])
+    lasting = subprocess.Popen(["sleep", "60"])
+    try:
+        ended.terminate()  # left unreaped: a zombie counts as gone
+        assert wait_gone([ended.pid], 10) == []
+        assert wait_gone([lasting.pid], 0.2) == [lasting.pid]
+    finally:
+        lasting.kill()
+        lasting.wait()
+        ended.wait()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -131,14 +132,27 @@ def daemon_pids(path: str) -> List[int]:
 
 
 def wait_gone(pids: List[int], timeout: float) -> List[int]:
-    """Wait (up to ``timeout``) until the processes ``pids`` have exited; those still running."""
+    """Wait (up to ``timeout``) until the processes ``pids`` have exited; those still running.
+
+    Each is waited for on its pidfd (readable once the process has ended, zombie or reaped:
+    Linux >= 5.3), so the wait ends when the last one does, not at the next poll."""
     deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive:
-        alive = [pid for pid in alive if _running(pid)]
-        if not alive or time.monotonic() >= deadline:
-            break
-        time.sleep(0.05)
+    alive = []
+    for pid in pids:
+        if not _running(pid):
+            continue
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # gone between the check and the open
+        try:
+            ready = select.poll()
+            ready.register(fd, select.POLLIN)
+            ready.poll(max(0.0, deadline - time.monotonic()) * 1000)
+        finally:
+            os.close(fd)
+        if _running(pid):
+            alive.append(pid)
     return alive
 
 
