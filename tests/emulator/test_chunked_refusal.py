@@ -4,13 +4,12 @@ stored whole."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlparse
 
 import requests
 
+from tests.emulator.rawhttp import send_cut
 from xnatfs.emulator import Emulator
 
 FILE = "/data/projects/DEMO1/resources/protocols/files/"
@@ -67,25 +66,16 @@ def test_behind_a_buffering_proxy_a_chunked_upload_cut_before_its_end_stores_not
     """nginx never forwards a body that did not end; the emulator's reader must not take the
     cut for the end of the file either (it did, after at least one whole read)."""
     with Emulator(tmp_path / "d", seed="demo", buffering_proxy=True) as emu:
-        u = urlparse(emu.url)
         path = FILE + "cut.bin"
         chunk = b"x" * (1 << 20)  # whole MiB chunks: each read of the emulator gets one
-        with socket.create_connection((u.hostname, u.port), timeout=10) as s:
-            s.settimeout(30)
-            s.sendall(
-                (
-                    f"PUT {path}?inbody=true HTTP/1.1\r\nHost: x\r\n"
-                    "Authorization: Basic YWRtaW46YWRtaW4=\r\nTransfer-Encoding: chunked\r\n"
-                    "Content-Type: application/octet-stream\r\n\r\n"
-                ).encode()
-                + b"%x\r\n%s\r\n" % (len(chunk), chunk) * 3  # no terminating chunk
-            )
-            s.shutdown(socket.SHUT_WR)
-            reply = b""
-            while True:
-                got = s.recv(65536)
-                if not got:
-                    break
-                reply += got
+        reply = send_cut(
+            emu.url,
+            (
+                f"PUT {path}?inbody=true HTTP/1.1\r\nHost: x\r\n"
+                "Authorization: Basic YWRtaW46YWRtaW4=\r\nTransfer-Encoding: chunked\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + b"%x\r\n%s\r\n" % (len(chunk), chunk) * 3,  # no terminating chunk
+        )
         assert reply == b"" or reply.startswith(b"HTTP/1.1 400")
         assert _get(emu, "cut.bin").status_code == 404

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import socket
 import tarfile
 import zipfile
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
+
+from tests.emulator.rawhttp import send_cut
 
 Archive = Client = Any
 
@@ -143,22 +143,14 @@ def test_truncated_upload_stores_no_partial_file(
 ) -> None:
     path = f"/data/experiments/{populated.experiment_id}/resources/TRUNC/files/t.bin"
     admin.put(f"/data/experiments/{populated.experiment_id}/resources/TRUNC").raise_for_status()
-    u = urlparse(emu.url)
-    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
-        s.sendall(
-            (
-                f"PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\n"
-                "Content-Length: 100000\r\nContent-Type: application/octet-stream\r\n\r\n"
-            ).encode()
-            + b"x" * 1000
-        )
-        s.shutdown(socket.SHUT_WR)
-        reply = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
+    reply = send_cut(
+        emu.url,
+        (
+            f"PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\n"
+            "Content-Length: 100000\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + b"x" * 1000,
+    )
     assert reply == b"" or reply.startswith(b"HTTP/1.1 400")
     rows = admin.get(path.rsplit("/", 1)[0] + "?format=json").json()["ResultSet"]["Result"]
     assert rows == []
