@@ -599,6 +599,14 @@ class Ctx:
     counter: int = 0
     log: Callable[[str], None] = print
 
+    def discard(self, path: Path) -> None:
+        """Delete a B2 rep's copy or cache now, or (``--b2-keep-outputs``) with the temp dir
+        at the end: on an ext4 without a journal (this VM's) the creations that follow a
+        deletion of 2,000 files each search past the freed inodes (RESULTS.md, "B2: the bulk
+        zip path's CPU")."""
+        if not self.args.b2_keep_outputs:
+            shutil.rmtree(path, ignore_errors=True)
+
     def fresh(self, name: str) -> Path:
         self.counter += 1
         return self.base / f"{name}-{self.counter}"
@@ -754,7 +762,12 @@ def build_series(ctx: Ctx, scan: str, files: int, kib: int) -> None:
     srv = ctx.server
     p, s, e = B2_PATH[:3]
     srv.scan(p, s, e, scan, "DICOM-like")
-    uri = scan_resource_uri(p, s, e, scan, B2_PATH[4])
+    fill_resource(srv, scan_resource_uri(p, s, e, scan, B2_PATH[4]), files, kib)
+
+
+def fill_resource(srv: "Server", uri: str, files: int, kib: int) -> None:
+    """Resource ``uri`` (created, format DICOM) with ``files`` random files of ``kib`` KiB
+    named ``IM00000.dcm``..., uploaded 8 at a time (also ``benchmarks.zipcpu``)."""
     size = kib * 1024
     http = requests.Session()
     http.auth = ADMIN
@@ -1048,7 +1061,7 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
             check_bytes("xnatpy download_dir", r["bytes"], nbytes)
             res["xnatpy_s"].append(r["seconds"])
             res["xnatpy_connect_s"].append(r["seconds_connect"])
-            shutil.rmtree(dest, ignore_errors=True)
+            ctx.discard(dest)
             if not main or not want(ctx, "B2"):
                 return
             dest = ctx.fresh("loop-out")
@@ -1056,7 +1069,7 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
             r = child(GET_LOOP, [srv.url, scan_resource_uri(*path) + "/files", *ADMIN, dest], tmo)
             check_bytes("GET loop", r["bytes"], nbytes)
             res["loop_s"].append(r["seconds"])
-            shutil.rmtree(dest, ignore_errors=True)
+            ctx.discard(dest)
             dest = ctx.fresh("par-out")
             ctx.drop()
             r = child(
@@ -1064,7 +1077,7 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
             )
             check_bytes("parallel GET", r["bytes"], nbytes)
             res["parallel8_s"].append(r["seconds"])
-            shutil.rmtree(dest, ignore_errors=True)
+            ctx.discard(dest)
 
         if rep % 2 == 1:
             baselines()
@@ -1080,13 +1093,13 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
             res["cold_requests_count"].append(srv.api_count(mark))
             got = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
             check_bytes("cp -r through the mount", got, nbytes)
-            shutil.rmtree(dest, ignore_errors=True)
+            ctx.discard(dest)
             if main and want(ctx, "B3"):
                 warm_pass(ctx, res, m.path / rel, m.cache, nbytes, tmo, m)
         finally:
             ctx.unmount(m)
-            shutil.rmtree(m.cache, ignore_errors=True)
-            shutil.rmtree(dest, ignore_errors=True)
+            ctx.discard(m.cache)
+            ctx.discard(dest)
         if rep % 2 == 0:
             baselines()
         extra = ""
@@ -1513,6 +1526,13 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         default=None,
         help="B4's project size in subjects, 2 experiments each (default 200; "
         "issue 12's B6 figure is for 800: 1,600 experiments)",
+    )
+    ap.add_argument(
+        "--b2-keep-outputs",
+        action="store_true",
+        help="B2: keep each rep's copies and caches until the run ends instead of deleting "
+        "them between reps (on an ext4 without a journal a deletion of 2,000 files slows the "
+        "creations after it: RESULTS.md)",
     )
     ap.add_argument(
         "--b2-latencies",

@@ -1135,3 +1135,105 @@ def test_the_kind_leaves_the_cache_name_of_a_key_unchanged():
             json.dumps(["/data/x/files?format=zip", None, "", 5.0]).encode()
         ).hexdigest()
     )
+
+
+# -- bulk zips: partial files created ahead of the zip (issue 12, B2) -----------------------------
+
+
+def _partials(cc: ContentCache) -> List[str]:
+    return os.listdir(cc._partial_dir)  # the test looks at the cache's own folder
+
+
+def test_bulk_creates_the_partial_files_ahead_of_the_zip(make_cache):
+    """While the zip has sent nothing yet, every wanted member already has its partial file
+    (created by a helper thread, not by the feeder as its member begins); then all arrive
+    whole, nothing is left in ``partial/``."""
+    files = {f"/f{i:02d}": payload(3000, seed=i) for i in range(12)}
+    fetch, keys, key_of = _bulk_setup(files, hold_at=0)
+    cc = make_cache(fetch)
+    assert cc.bulk("/zip", keys.values(), key_of) == 12
+    assert fetch.held.wait(WAIT)
+    wait_for(lambda: len(_partials(cc)) == 12, "12 partial files before the first byte")
+    fetch.gate.set()
+    for uri, key in keys.items():
+        assert read_all(cc, key) == files[uri]
+    wait_for(lambda: all(cc.state(k) == "cached" for k in keys.values()), "the members")
+    assert _partials(cc) == [] and fetch.calls == Counter({"/zip": 1})
+
+
+def test_bulk_without_create_ahead_creates_each_partial_as_its_member_begins(
+    make_cache, monkeypatch
+):
+    """The switch: ``CREATE_AHEAD = False`` is the old way (no file before its member)."""
+    from xnatfs.cache import bulk
+
+    monkeypatch.setattr(bulk, "CREATE_AHEAD", False)
+    files = {f"/f{i:02d}": payload(3000, seed=i) for i in range(6)}
+    fetch, keys, key_of = _bulk_setup(files, hold_at=0)
+    cc = make_cache(fetch)
+    cc.bulk("/zip", keys.values(), key_of)
+    assert fetch.held.wait(WAIT)
+    assert _partials(cc) == []
+    fetch.gate.set()
+    for uri, key in keys.items():
+        assert read_all(cc, key) == files[uri]
+
+
+def test_bulk_failing_at_once_leaves_no_partial_created_ahead(make_cache):
+    """The zip fails before its first byte: every member is fetched alone into the file made
+    for it ahead (or a fresh one), and once all are cached no partial file is left over."""
+    files = {f"/f{i:02d}": payload(4000, seed=i) for i in range(10)}
+    fetch, keys, key_of = _bulk_setup(files)
+    fetch.answers["/zip"] = Failure(b"", ServerDown("connection reset"))
+    cc = make_cache(fetch)
+    cc.bulk("/zip", keys.values(), key_of)
+    for uri, key in keys.items():
+        assert read_all(cc, key) == files[uri]
+    wait_for(lambda: all(cc.state(k) == "cached" for k in keys.values()), "the members")
+    assert _partials(cc) == []
+    assert all(fetch.calls[uri] == 1 for uri in files)
+
+
+def test_close_during_a_bulk_fetch_leaves_no_partial_created_ahead(tmp_path):
+    files = {f"/f{i:02d}": payload(5000, seed=i) for i in range(10)}
+    fetch, keys, key_of = _bulk_setup(files, hold_at=0)
+    cc = ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch)
+    cc.start()
+    cc.bulk("/zip", keys.values(), key_of)
+    assert fetch.held.wait(WAIT)
+    wait_for(lambda: len(_partials(cc)) == 10, "the partial files created ahead")
+    closer = threading.Thread(target=cc.close, args=(later(),))
+    closer.start()
+    wait_for(lambda: cc._closing, "close to begin")
+    fetch.gate.set()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert _partials(cc) == []
+
+
+def test_bulk_makes_all_its_members_durable_with_one_syncfs_before_indexing(
+    make_cache, monkeypatch
+):
+    """150 members are adopted in three index transactions, after one ``syncfs`` for all of
+    them (it was one per batch of 64); none is indexed before it."""
+    from xnatfs.cache import bulk
+
+    real = bulk._syncfs
+    assert real is not None, "glibc on Linux (the only platform xnatfs mounts on) has syncfs"
+    synced_at: List[int] = []  # entries in the index at each syncfs
+    cc_box: List[ContentCache] = []
+
+    def counting(fd: int) -> int:
+        synced_at.append(cc_box[0].stats["entries"])
+        return real(fd)
+
+    monkeypatch.setattr(bulk, "_syncfs", counting)
+    files = {f"/f{i:03d}": payload(700, seed=i) for i in range(150)}
+    fetch, keys, key_of = _bulk_setup(files)
+    cc = make_cache(fetch)
+    cc_box.append(cc)
+    cc.bulk("/zip", keys.values(), key_of)
+    wait_for(lambda: all(cc.state(k) == "cached" for k in keys.values()), "the members")
+    assert synced_at == [0]
+    for uri, key in keys.items():
+        assert read_all(cc, key) == files[uri]

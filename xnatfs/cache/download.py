@@ -241,8 +241,9 @@ class Download:
         self._make_room = make_room
         #: called when an attempt is thrown away for another (its bytes may have been read)
         self._restarted = restarted
-        #: the partial file, created when the first byte is due or the first reader joins (a
-        #: bulk fetch registers hundreds of downloads at once: their files come one by one)
+        #: the partial file, created when the first byte is due, the first reader joins or a
+        #: bulk fetch's helper thread gets to it (``prepare``: it registers hundreds of
+        #: downloads at once and creates their files ahead of the zip, one by one)
         self._fd: Optional[int] = None
         self._cond = threading.Condition(threading.Lock())
         # _cond protects the fields below.
@@ -477,6 +478,16 @@ class Download:
             if self._fd is not None:
                 os.lseek(self._fd, 0, os.SEEK_SET)
             self._cond.notify_all()
+
+    def prepare(self) -> bool:
+        """Create the partial file now, ahead of its bytes (a bulk fetch's helper thread, so
+        that the zip's feeder does not wait for the file system); False once the download has
+        ended.  Raises what ``open`` raises."""
+        with self._cond:
+            if self._done:
+                return False
+            self._partial_fd_locked()
+            return True
 
     def _partial_fd_locked(self) -> int:
         """The partial file's fd, created on first use.  Caller holds ``_cond``."""

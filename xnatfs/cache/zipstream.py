@@ -30,6 +30,8 @@ _END = b"PK\x05\x06"
 _END64 = b"PK\x06\x06"
 _DESCRIPTOR = 0x08074B50
 _HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes
+_NAME_EXTRA = struct.Struct("<HH")  # the header's name and extra lengths, at offset 26
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 _STORED, _DEFLATED = 0, 8
 #: most bytes one ``decompress`` call may produce: a member that inflates a thousandfold
 #: (a zip bomb) then costs this much memory at a time, not its whole size (issue 17 §4)
@@ -88,18 +90,36 @@ class ZipSplitter:
 
     # ------------------------------------------------------------------ input
     def feed(self, chunk: bytes) -> None:
+        """Take the next bytes of the archive (any chunking; bytes-like, not kept)."""
         view = memoryview(chunk)
         while view:
-            if self._state == "done":
-                return
-            if self._state == "data":
+            state = self._state
+            if state == "data":
                 view = self._data(view)
-            else:
-                self._buf += view
-                view = memoryview(b"")
-                rest = self._parse_buffered()
-                if rest is not None:
-                    view = memoryview(rest)
+                continue
+            if state == "done":
+                return
+            if self._buf:
+                # a header or descriptor begun in an earlier chunk: copy only its own bytes
+                while True:
+                    more = self._wanted(self._buf) - len(self._buf)
+                    if more <= 0:
+                        break
+                    if not view:
+                        return
+                    self._buf += view[:more]
+                    view = view[more:]
+                self._structure(self._buf)
+                self._buf.clear()
+                continue
+            need = self._wanted(view)
+            if len(view) < need:
+                self._buf += view  # shorter than one header: the rest comes with the next chunk
+                return
+            # parsed in place: a member's header, data and descriptor are never copied whole
+            # (the old way copied the rest of the chunk twice per header and descriptor)
+            self._structure(view[:need])
+            view = view[need:]
 
     def close(self) -> None:
         """The stream ended: fine only after the last member (or the central directory)."""
@@ -108,35 +128,38 @@ class ZipSplitter:
         raise ZipStreamError(f"archive ended inside {self._name or 'a header'!r}")
 
     # ------------------------------------------------------------------ headers
-    def _parse_buffered(self) -> Optional[bytes]:
-        """Parse what is buffered; returns bytes to go on with once a member's data begins."""
+    def _wanted(self, data: "bytes | bytearray | memoryview") -> int:
+        """How many bytes the header or descriptor at the start of ``data`` takes, as far as
+        ``data`` tells (more than ``len(data)``: wait for more; then ask again)."""
+        have = len(data)
+        if have < 4:
+            return 4
         if self._state == "header":
-            if len(self._buf) < 4:
-                return None
-            sig = bytes(self._buf[:4])
-            if sig in (_CENTRAL, _END, _END64):
-                self._state = "done"
-                self._buf.clear()
-                return None
-            if sig != _LOCAL:
-                raise ZipStreamError(f"no local file header where one was expected ({sig!r})")
-            if len(self._buf) < _HEADER.size:
-                return None
-            (_, _, flags, method, _, _, crc, csize, usize, nlen, xlen) = _HEADER.unpack_from(
-                self._buf
-            )
-            total = _HEADER.size + nlen + xlen
-            if len(self._buf) < total:
-                return None
-            raw_name = bytes(self._buf[_HEADER.size : _HEADER.size + nlen])
-            extra = bytes(self._buf[_HEADER.size + nlen : total])
-            rest = bytes(self._buf[total:])
-            self._buf.clear()
-            self._begin(raw_name, flags, method, crc, csize, usize, extra)
-            return rest
+            if data[:4] != _LOCAL:
+                return 4  # the end of the members, or garbage: ``_structure`` says which
+            if have < _HEADER.size:
+                return _HEADER.size
+            nlen, xlen = _NAME_EXTRA.unpack_from(data, 26)
+            return _HEADER.size + nlen + xlen
+        size_len = 8 if self._zip64 else 4
+        signed = _U32.unpack_from(data)[0] == _DESCRIPTOR
+        return 4 * signed + 4 + 2 * size_len
+
+    def _structure(self, data: "bytes | bytearray | memoryview") -> None:
+        """Act on one whole header or descriptor (``_wanted(data)`` bytes)."""
         if self._state == "descriptor":
-            return self._descriptor()
-        raise AssertionError(self._state)  # pragma: no cover
+            self._descriptor(data)
+            return
+        sig = bytes(data[:4])
+        if sig in (_CENTRAL, _END, _END64):
+            self._state = "done"
+            return
+        if sig != _LOCAL:
+            raise ZipStreamError(f"no local file header where one was expected ({sig!r})")
+        (_, _, flags, method, _, _, crc, csize, usize, nlen, xlen) = _HEADER.unpack_from(data)
+        raw_name = bytes(data[_HEADER.size : _HEADER.size + nlen])
+        extra = bytes(data[_HEADER.size + nlen : _HEADER.size + nlen + xlen])
+        self._begin(raw_name, flags, method, crc, csize, usize, extra)
 
     def _begin(
         self,
@@ -208,9 +231,10 @@ class ZipSplitter:
             if out:
                 self._emit(out)
             if self._inflate.eof:
-                rest = self._inflate.unused_data
+                # what follows the member is the end of ``view`` (no copy of it)
+                left = len(self._inflate.unused_data)
                 self._data_done()
-                return memoryview(rest)
+                return view[len(view) - left :]
             data = self._inflate.unconsumed_tail
             if not data:
                 return memoryview(b"")
@@ -236,23 +260,14 @@ class ZipSplitter:
             return
         self._finish(self._crc_expected, self._size_expected)
 
-    def _descriptor(self) -> Optional[bytes]:
-        size_len = 8 if self._zip64 else 4
-        need = 4 + 2 * size_len
-        if len(self._buf) < 4:
-            return None
-        signed = struct.unpack_from("<I", self._buf)[0] == _DESCRIPTOR
-        if signed:
-            need += 4
-        if len(self._buf) < need:
-            return None
-        at = 4 if signed else 0
-        crc = struct.unpack_from("<I", self._buf, at)[0]
-        usize = struct.unpack_from("<Q" if self._zip64 else "<I", self._buf, at + 4 + size_len)[0]
-        rest = bytes(self._buf[need:])
-        self._buf.clear()
+    def _descriptor(self, data: "bytes | bytearray | memoryview") -> None:
+        at = 4 if _U32.unpack_from(data)[0] == _DESCRIPTOR else 0
+        crc = _U32.unpack_from(data, at)[0]
+        if self._zip64:
+            usize = _U64.unpack_from(data, at + 12)[0]
+        else:
+            usize = _U32.unpack_from(data, at + 8)[0]
         self._finish(crc, usize)
-        return rest
 
     def _finish(self, crc: int, usize: int) -> None:
         ok = self._produced == usize and (not self._check_crc or self._crc == crc)
