@@ -77,6 +77,13 @@ def prometheus(stats: Mapping[str, Any]) -> str:
         [((), writes.get("bytes"))],
     )
     w.metric(
+        "fuse_requests_total",
+        "counter",
+        "FUSE requests served by kind (getattr: the kernel's LOOKUP or GETATTR; readdir: one "
+        "chunk of a listing)",
+        [((("op", k),), n) for k, n in sorted((stats.get("fuse_calls") or {}).items())],
+    )
+    w.metric(
         "uptime_seconds", "gauge", "seconds since the mount started", [((), stats.get("uptime_s"))]
     )
     return "\n".join(w.lines) + "\n"

@@ -67,6 +67,7 @@ class Options:
     #: one listing request per directory instead of an experiment's tables (B4,
     #: ``layouts/xnat/bundle.py``)
     per_directory_listings: bool = _d("per_directory_listings")
+    names_only_listings: bool = _d("names_only_listings")
     #: with ``-o allow_other``: may users other than the owner write (as the owner, on XNAT)?
     #: Off: the kernel refuses them (``default_permissions`` + owner-only write bits) and the
     #: daemon refuses any write whose caller is not the owner (issue 17 §2)

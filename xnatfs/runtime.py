@@ -60,6 +60,8 @@ class Runtime:
         self.errors: Dict[str, int] = {}
         #: FUSE writes served (requests, bytes); under _errors_lock
         self.writes: Dict[str, int] = {"requests": 0, "bytes": 0}
+        #: FUSE requests by kind, for ``stats`` (what a walk cost in round trips)
+        self.fuse_calls: Dict[str, int] = {"getattr": 0, "readdir": 0}
 
     def start(self) -> None:
         """Start the parts in dependency order: cache lock, client, caches, tree, layouts,
@@ -169,11 +171,18 @@ class Runtime:
             self.writes["requests"] += 1
             self.writes["bytes"] += nbytes
 
+    def note_fuse(self, op: str) -> None:
+        """One FUSE request of kind ``op`` (``getattr``: the kernel's LOOKUP or GETATTR;
+        ``readdir``: one chunk of a listing)."""
+        with self._errors_lock:
+            self.fuse_calls[op] = self.fuse_calls.get(op, 0) + 1
+
     def stats(self) -> Dict[str, Any]:
         """What ``MNT/.xnatfs/stats`` shows."""
         with self._errors_lock:
             errors = dict(self.errors)
             writes = dict(self.writes)
+            calls = dict(self.fuse_calls)
         return {
             "version": __version__,
             "url": self.options.url,
@@ -185,6 +194,7 @@ class Runtime:
             "content_cache": _plain(self.content.stats) if self.content else {},
             "errors": errors,
             "fuse_writes": writes,
+            "fuse_calls": calls,
             "uploads": self.writer.status() if self.writer else [],
             "bids": self.bids.stats()["conversions"] if self.bids else {},
         }

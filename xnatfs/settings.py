@@ -351,6 +351,13 @@ SETTINGS: Tuple[Setting, ...] = (
         "files come from one or two requests)",
     ),
     _s(
+        "names_only_listings",
+        BOOL,
+        False,
+        "answer directory listings with names only (off: each entry's size, type and times come "
+        "with the listing and the kernel needs no lookup per name)",
+    ),
+    _s(
         "allow_other_write",
         BOOL,
         False,

@@ -126,7 +126,8 @@ class ToyLayout(BaseLayout):
 
 
 class ToyRuntime:
-    """What ``fs.ops.XnatOperations`` needs of a runtime: options, tree, writer, note_error."""
+    """What ``fs.ops.XnatOperations`` needs of a runtime: options, tree, writer, note_error,
+    note_fuse."""
 
     def __init__(self, cache_dir: Path) -> None:
         from xnatfs.cache.content import ContentCache
@@ -152,9 +153,13 @@ class ToyRuntime:
         )
         self.writer = None
         self.errors: Dict[str, int] = {}
+        self.calls: Dict[str, int] = {}
 
     def note_error(self, name: str) -> None:
         self.errors[name] = self.errors.get(name, 0) + 1
+
+    def note_fuse(self, op: str) -> None:
+        self.calls[op] = self.calls.get(op, 0) + 1
 
     def close(self) -> None:
         self.tree.close()

@@ -4,6 +4,7 @@ tests/mount/test_toy_layout.py."""
 
 from __future__ import annotations
 
+import copy
 import errno
 import time
 from types import SimpleNamespace
@@ -274,3 +275,108 @@ def test_a_read_ahead_that_runs_out_of_time_does_not_fail_the_open(engine):
     finally:
         handle.close()
     assert eng.content.stats["pinned"] == 0
+
+
+# ---------------------------------------------------------------------- readdirplus
+def _all_dirs(eng: Engine, path: str = "/") -> List[str]:
+    found = [path]
+    for child in eng.listdir(path):
+        if child.is_dir:
+            found += _all_dirs(eng, path.rstrip("/") + "/" + child.name)
+    return found
+
+
+def test_a_listed_node_handed_to_the_kernel_is_the_one_lookup_returns(engine):
+    eng, _main, _mirror = engine
+    handed = 0
+    for path in _all_dirs(eng):
+        children = eng.readdir(path)
+        for child, node in zip(children, eng.as_looked_up(path, children)):
+            if node is not None:
+                handed += 1
+                assert node == eng.lookup(path.rstrip("/") + "/" + child.name)
+    assert handed >= 6  # files and folders of both layouts
+    mirror = eng.readdir("/.mirror")
+    (node,) = eng.as_looked_up("/.mirror", mirror)
+    assert node is not None and node.mount == ".mirror"  # as lookup marks it
+
+
+def test_what_lookup_must_answer_itself_is_not_handed_over(engine):
+    eng, main, _mirror = engine
+    root = eng.readdir("/")
+    by_name = dict(zip([c.name for c in root], eng.as_looked_up("/", root)))
+    assert by_name[".mirror"] is None  # a mounted view's root
+    assert by_name["docs"] is not None and by_name["top.txt"] is not None
+
+    class Writing:
+        """An overlay that owns docs/readme.txt (a file being written: its size moves)."""
+
+        def node(self, parts):
+            return None
+
+        def dir_node(self, parts):
+            return None
+
+        def children(self, parts):
+            return []
+
+        def owns(self, node):
+            return node.name == "readme.txt"
+
+        def local_read_handle(self, node):  # pragma: no cover
+            raise AssertionError
+
+        def mtime_ns(self, node):  # pragma: no cover
+            raise AssertionError
+
+    eng.attach_overlay(Writing())
+    docs = eng.readdir("/docs")
+    answers = {c.name: n for c, n in zip(docs, eng.as_looked_up("/docs", docs))}
+    assert answers["readme.txt"] is None and answers["empty.txt"] is not None
+    # a name the layout resolves itself (the generated .about.json) is never handed over
+    listing = eng.readdir("/docs") + [eng.lookup("/docs/.about.json")]
+    assert eng.as_looked_up("/docs", listing)[-1] is None
+
+
+def test_a_directory_pass_resumes_from_its_own_snapshot(engine, tmp_path):
+    """The kernel reads a directory in chunks and resumes at an offset: a listing that
+    changes between chunks must not shift names into or out of the pass."""
+    from xnatfs.fs import ops
+    from xnatfs.options import Options
+
+    eng, main, _mirror = engine
+    calls: dict = {}
+    runtime = SimpleNamespace(
+        options=Options(url="toy://", cache_dir=tmp_path),
+        writer=None,
+        tree=eng,
+        note_fuse=lambda op: calls.__setitem__(op, calls.get(op, 0) + 1),
+        note_error=lambda name: None,
+    )
+    adapter = ops.XnatOperations(runtime)
+    fh = adapter.opendir("/docs")
+    first = adapter.dir_entries("/docs", fh, 0)
+    names = [e.name for e in first]
+    assert names[:2] == [".", ".."] and set(names[2:]) == {"readme.txt", "empty.txt"}
+    assert all(e.node is not None for e in first[2:])
+    attrs = adapter.entry_attrs(first[2])
+    assert attrs == adapter.getattr("/docs/" + first[2].name)
+    main.tree = copy.deepcopy(main.tree)  # TREE itself is shared with other tests
+    main.tree["docs"]["new.txt"] = b"arrived between two chunks"
+    eng.invalidate("/docs/new.txt")
+    assert [e.name for e in adapter.dir_entries("/docs", fh, 2)] == names[2:]
+    # a new pass (offset 0, as after rewinddir or a new opendir) sees the change
+    assert "new.txt" in {e.name for e in adapter.dir_entries("/docs", fh, 0)}
+    adapter.releasedir("/docs", fh)
+    assert adapter._dirs == {} and calls["readdir"] == 3
+    # names only: no node handed over
+    names_only = ops.XnatOperations(
+        SimpleNamespace(
+            **{
+                **vars(runtime),
+                "options": Options(url="t://", cache_dir=tmp_path, names_only_listings=True),
+            }
+        )
+    )
+    fh = names_only.opendir("/docs")
+    assert all(e.node is None for e in names_only.dir_entries("/docs", fh, 0))

@@ -19,7 +19,8 @@ import os
 import stat
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional
 
 from xnatfs import deadline
 from xnatfs.fs import errmap
@@ -73,6 +74,21 @@ def shown_modes(options: Any) -> Dict[bool, int]:
 #: benchmarks/RESULTS.md ("B5: 1 MiB writes").
 IO_BLOCK = 1 << 20
 
+#: libfuse 3's ``FUSE_READDIR_PLUS`` (readdir flags) and ``FUSE_FILL_DIR_PLUS`` (filler flags)
+_READDIR_PLUS, _FILL_DIR_PLUS = 1 << 0, 1 << 1
+#: libfuse 3's ``FUSE_CAP_READDIRPLUS`` and ``FUSE_CAP_READDIRPLUS_AUTO`` (include/fuse_common.h)
+_CAP_READDIRPLUS, _CAP_READDIRPLUS_AUTO = 1 << 13, 1 << 14
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """One entry of a directory pass: its name, its file type, and the node ``lookup`` of its
+    path would return when the listing alone tells (``Engine.as_looked_up``), else None."""
+
+    name: str
+    mode: int
+    node: Any
+
 
 def _op(func: Callable[..., Any]) -> Callable[..., Any]:
     """Run one op: any exception becomes ``FuseOSError(errno)`` plus at most one log line."""
@@ -123,6 +139,10 @@ class XnatOperations(mfusepy.Operations):
         self._handles_lock = threading.Lock()
         self._next_fh = itertools.count(1)
         self._page_trust = PageCacheTrust()
+        #: directory handle -> the entries of its current pass (``dir_entries``)
+        self._dirs: Dict[int, List[DirEntry]] = {}
+        #: hand each entry's attributes to the kernel with the listing (docs/FUSE.md §2.5)
+        self._readdirplus = not getattr(options, "names_only_listings", False)
 
     # ------------------------------------------------------------------ life cycle
     @mfusepy.overrides(mfusepy.Operations)
@@ -130,6 +150,23 @@ class XnatOperations(mfusepy.Operations):
         log.info("mounted %s", self.runtime.options.url)
         if self._on_ready is not None:
             self._on_ready()
+
+    @mfusepy.overrides(mfusepy.Operations)
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """``init`` with libfuse 3's connection: READDIRPLUS for every chunk of a listing.
+
+        libfuse asks the kernel for ``READDIRPLUS_AUTO`` by default: then only a directory's
+        first chunk comes with attributes, and later ones only after a lookup in it, so every
+        name past the first chunk of a large folder (``find`` and ``cp -r`` read them all
+        before they stat any) cost a LOOKUP again.  The attributes cost xnatfs nothing extra
+        (they are in the listing); ``--names-only-listings`` asks for no READDIRPLUS at all
+        (docs/FUSE.md §2.5)."""
+        if conn is not None and hasattr(conn, "want"):
+            if self._readdirplus:
+                conn.want &= ~_CAP_READDIRPLUS_AUTO
+            else:
+                conn.want &= ~(_CAP_READDIRPLUS | _CAP_READDIRPLUS_AUTO)
+        self.init("/")
 
     def _first_request(self) -> None:
         with self._first_lock:
@@ -144,6 +181,7 @@ class XnatOperations(mfusepy.Operations):
     def destroy(self, path: str) -> None:
         with self._handles_lock:
             handles, self._handles = list(self._handles.values()), {}
+            self._dirs.clear()
         for handle in handles:
             handle.close()
 
@@ -171,12 +209,65 @@ class XnatOperations(mfusepy.Operations):
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def getattr(self, path: str, fh: Optional[int] = None) -> Dict[str, int]:
+        # the kernel's LOOKUP and GETATTR both land here (libfuse's high-level API)
+        self.runtime.note_fuse("getattr")
         return self._stat(self.runtime.tree.lookup(path))
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def readdir(self, path: str, fh: int) -> Iterable[str]:
+        """Names only: libfuse 2 (``XnatFUSE.readdir_fuse_3`` serves libfuse 3)."""
         return [".", ".."] + [node.name for node in self.runtime.tree.readdir(path)]
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def opendir(self, path: str) -> int:
+        with self._handles_lock:
+            return next(self._next_fh)
+
+    @mfusepy.overrides(mfusepy.Operations)
+    @_op
+    def releasedir(self, path: str, fh: int) -> int:
+        with self._handles_lock:
+            self._dirs.pop(fh, None)
+        return 0
+
+    @_op
+    def dir_entries(self, path: str, fh: int, offset: int) -> List[DirEntry]:
+        """The entries of directory handle ``fh`` from ``offset`` on (``XnatFUSE.readdir_fuse_3``).
+
+        One snapshot per pass, made at offset 0 (that is also when the read-ahead policies are
+        asked) and kept with the handle until ``releasedir``: the kernel reads a directory in
+        chunks of a few KiB and resumes at the offset it was given, so every chunk must come
+        from the same listing, or a name would be skipped or shown twice."""
+        self.runtime.note_fuse("readdir")
+        with self._handles_lock:
+            entries = None if offset == 0 else self._dirs.get(fh)
+        if entries is None:
+            tree = self.runtime.tree
+            children = tree.readdir(path)
+            nodes: List[Any] = (
+                tree.as_looked_up(path, children) if self._readdirplus else [None] * len(children)
+            )
+            entries = [DirEntry(".", stat.S_IFDIR, None), DirEntry("..", stat.S_IFDIR, None)]
+            entries.extend(
+                DirEntry(child.name, stat.S_IFDIR if child.is_dir else stat.S_IFREG, node)
+                for child, node in zip(children, nodes)
+            )
+            with self._handles_lock:
+                self._dirs[fh] = entries
+        return entries[offset:]
+
+    def entry_attrs(self, entry: DirEntry) -> Optional[Dict[str, int]]:
+        """The attributes readdirplus hands the kernel for ``entry``, or None (the kernel then
+        looks the name up when a program asks)."""
+        if entry.node is None:
+            return None
+        try:
+            return self._stat(entry.node)
+        except Exception as exc:  # noqa: BLE001 - the LOOKUP then reports it, once
+            log.debug("no attributes in the listing for %s: %s", entry.name, exc)
+            return None
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op
@@ -450,6 +541,35 @@ class XnatFUSE(mfusepy.FUSE):
             _keep_thread_state()
             self._kept.done = True
         return super()._wrapper(func, *args, **kwargs)
+
+    def readdir_fuse_3(
+        self, path: Optional[bytes], buf: Any, filler: Any, offset: int, fip: Any, flags: int
+    ) -> int:
+        """Directory entries with offsets, and for READDIRPLUS each entry's attributes.
+
+        mfusepy gives names only, and libfuse 3.14's high-level API drops the attributes of
+        entries it was given with offset 0 (it sends them with node id 0, which tells the
+        kernel to ignore them; ``fill_dir_plus``/``readdir_fill_from_list`` in lib/fuse.c).
+        With offsets and ``FUSE_FILL_DIR_PLUS`` libfuse registers each node and the kernel
+        keeps its entry and attributes for the listing TTL: ``ls -l``, ``find`` and ``cp -r``
+        then send no LOOKUP per name.  Measured in benchmarks/RESULTS.md ("readdirplus")."""
+        entries_of = getattr(self.operations, "dir_entries", None)
+        if entries_of is None:
+            return int(super().readdir_fuse_3(path, buf, filler, offset, fip, flags))
+        decoded = "" if path is None else path.decode(self.encoding, self.errors)
+        plus = bool(flags & _READDIR_PLUS)
+        use_ns = bool(getattr(self.operations, "use_ns", False))
+        for index, entry in enumerate(entries_of(decoded, fip.contents.fh, offset), offset + 1):
+            st = mfusepy.c_stat()
+            attrs = self.operations.entry_attrs(entry) if plus else None
+            if attrs:
+                mfusepy.set_st_attrs(st, attrs, use_ns)
+            else:
+                st.st_mode = entry.mode
+            name = entry.name.encode(self.encoding, self.errors)
+            if filler(buf, name, st, index, _FILL_DIR_PLUS if attrs else 0) != 0:
+                break  # the kernel's buffer is full: it asks again from the next offset
+        return 0
 
     def read(self, path: Optional[bytes], buf: Any, size: int, offset: int, fip: Any) -> int:
         read_into = getattr(self.operations, "read_into", None)

@@ -175,6 +175,36 @@ class Engine:
                 policy.on_readdir(self, parts, children)
         return children
 
+    def as_looked_up(self, path: str, children: Sequence[NodeInfo]) -> List[Optional[NodeInfo]]:
+        """For each of ``children`` (what ``readdir(path)`` gave) the node ``lookup`` of its
+        path returns, attributes and all, when that is certain without a lookup; else None.
+        Readdirplus hands the kernel the attributes of the first kind, and the kernel then
+        sends no LOOKUP for them (``fs.ops``, docs/FUSE.md §2.5).
+
+        None for: a name the layout resolves on its own (the control folder, ``.zip``,
+        ``.xnat.json``), a generated file (sized at lookup), a file being written (the
+        overlay's: its size moves with every write), a mounted view's root, and a refused
+        listing row (EIO at lookup, with its one log line).  No request is made here."""
+        parts = split_path(path)
+        layout, prefix = self.layout_of(parts)
+        parent = self.node(parts)
+        rel = parts[len(prefix) :]
+        nodes: List[Optional[NodeInfo]] = []
+        for child in children:
+            if (
+                child.is_local
+                or (not parts and child.name in self._mounts)
+                or isinstance(child.ref, (Generated, Local))
+                or (self.overlay is not None and self.overlay.owns(child))
+                or layout.lookup(rel, parent, child.name) is not None
+                or (not child.is_dir and layout.refusal(child))
+            ):
+                nodes.append(None)
+            else:
+                # as ``_resolve`` marks a node below a mounted view
+                nodes.append(replace(child, mount=prefix[0]) if prefix else child)
+        return nodes
+
     def node(self, parts: PathParts) -> NodeInfo:
         """The node at ``parts`` (no deadline scope of its own: the caller's applies)."""
         if not parts:
