@@ -1237,3 +1237,34 @@ def test_bulk_makes_all_its_members_durable_with_one_syncfs_before_indexing(
     assert synced_at == [0]
     for uri, key in keys.items():
         assert read_all(cc, key) == files[uri]
+
+
+# -- what fs.noopen asks of the cache: taint listeners, trusted keys (issue 12, B3) -------------
+
+
+def test_taint_listeners_hear_the_key_of_a_failed_download(make_cache):
+    good = payload(50_000, seed=3)
+    fetch = FakeFetch({"/f": Failure(good[:1000], ServerDown("cut")), "/ok": good})
+    cc = make_cache(fetch)
+    heard: List[str] = []
+    cc.on_taint(heard.append)
+    ok, bad = key_for("/ok", good), key_for("/f", good)
+    assert read_all(cc, ok) == good
+    assert heard == [] and cc.trusted(ok)
+    with pytest.raises(ServerDown):
+        read_all(cc, bad)
+    assert heard == [bad.hexname()]
+    assert not cc.trusted(bad)
+
+
+def test_a_key_is_trusted_only_once_its_download_has_ended(make_cache):
+    data = payload(20_000, seed=4)
+    fetch = FakeFetch({"/d": data}, hold_at=0)
+    cc = make_cache(fetch)
+    key = key_for("/d", data)
+    with cc.open(key) as h:
+        assert fetch.held.wait(WAIT)
+        assert not cc.trusted(key) and cc.state(key) == "downloading"
+        fetch.gate.set()
+        assert h.wait(later())
+    wait_for(lambda: cc.trusted(key), "trusted after the download")

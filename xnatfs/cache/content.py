@@ -311,7 +311,7 @@ class ContentCache(BulkFetches):
             def done(problem: Optional[str]) -> None:
                 # drop first, then let new opens past the check: they fetch it again
                 if problem is not None:
-                    self._taint()
+                    self._taint(hexname)
                     self._drop(hexname, key, problem)
                 with self._lock:
                     self._behind.pop(hexname, None)

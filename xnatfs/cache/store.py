@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import threading
-from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from xnatfs.cache.download import Download, DownloadCancelled, Ended, Fetch
 from xnatfs.cache.handle import _Verification
@@ -99,6 +99,8 @@ class ContentStore:
         self._adopted_since_sync = 0
         #: bumps whenever readers may have been served bytes that failed a check (``taints``)
         self._taints = 0
+        #: called (no lock held) after each taint (``on_taint``); set up before ``start``
+        self._taint_listeners: List[Callable[[str], None]] = []
         self._stats = {
             "hits": 0,  # opens served by a complete cached copy
             "misses": 0,  # opens that started or joined a download
@@ -163,7 +165,7 @@ class ContentStore:
             cancelled=lambda: self._closing,
             max_bytes=self.size_limit,
             make_room=self._make_room,
-            restarted=self._taint,
+            restarted=lambda: self._taint(hexname),
         )
         self._downloads[hexname] = download
         self._stats["downloads"] += 1
@@ -310,9 +312,32 @@ class ContentStore:
         page read since is of verified bytes."""
         return self._taints
 
-    def _taint(self) -> None:
+    def on_taint(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(hexname)`` after every taint of the key of that ``hexname()``, from
+        the thread that saw it, with no lock held
+        (``fs.noopen``: the kernel keeps pages there without asking, so they are dropped when
+        it happens, not at the next open).  It must be quick and must not call back in."""
+        self._taint_listeners.append(listener)
+
+    def trusted(self, key: ContentKey) -> bool:
+        """Is ``key`` a complete cached entry with its checks done (no download of it running,
+        no background MD5 check of it pending)?"""
+        hexname = key.hexname()
+        with self._lock:
+            return (
+                hexname in self._present
+                and hexname not in self._downloads
+                and hexname not in self._behind
+            )
+
+    def _taint(self, hexname: str) -> None:
         with self._lock:
             self._taints += 1
+        self._tell_taint(hexname)
+
+    def _tell_taint(self, hexname: str) -> None:
+        for listener in self._taint_listeners:
+            listener(hexname)
 
     def _ender(self, download: Download, hexname: str) -> Ended:
         """The ``ended`` callback of ``download``: unregister it (bound now, not in a loop)."""
@@ -327,6 +352,8 @@ class ContentStore:
             if error is not None:
                 self._stats["download_errors"] += 1
                 self._taints += 1
+        if error is not None:
+            self._tell_taint(hexname)
 
     def _flush_touches(self, index: "_Index") -> None:
         """Write the remembered access times (before a cull reads them, and at close)."""
