@@ -76,6 +76,10 @@ class Engine:
         #: what the user wrote that the source does not show yet (``attach_overlay``), or None
         self.overlay: Optional[Overlay] = None
         self.policies: List[Policy] = list(policies)
+        #: size every generated file at lookup, not only ``Generated(sized=True)`` ones: set
+        #: on a mount whose opens the kernel answers alone (``fs/noopen.py``), where no open can
+        #: ask for direct I/O and the kernel reads no further than the size it was told
+        self.size_all_generated = False
         #: generated documents made at lookup (path -> bytes), so that the size stat shows is
         #: the size read gives, for as long as the kernel trusts that stat; bounded
         self._generated: cachetools.TTLCache = cachetools.TTLCache(
@@ -249,7 +253,7 @@ class Engine:
                 raise OSError(errno.ENOENT, "no such object", join_path(parts))
         if prefix:
             child = replace(child, mount=prefix[0])
-        if isinstance(child.ref, Generated) and child.ref.sized:
+        if self._is_sized(child):
             child = self._sized(parts, child, layout)
         return child
 
@@ -384,6 +388,11 @@ class Engine:
             forget(parts[len(prefix) :])
 
     # ------------------------------------------------------------------ generated files
+    def _is_sized(self, node: NodeInfo) -> bool:
+        """Is ``node`` a generated file whose true size ``stat`` shows (``_sized``)?"""
+        ref = node.ref
+        return isinstance(ref, Generated) and (ref.sized or self.size_all_generated)
+
     def _sized(self, parts: PathParts, node: NodeInfo, layout: Layout) -> NodeInfo:
         """A generated file with its true size, never 0 until read (issue 16 §1): ``shutil``,
         ``rsync``, ``zipfile`` and ``unzip`` trust the size ``stat`` gives.  A document is
@@ -404,6 +413,19 @@ class Engine:
             with self._generated_lock:
                 self._generated[path] = data
         return replace(node, size=len(data))
+
+    def forget_generated(self, path: str) -> None:
+        """Make the document at ``path`` anew at its next lookup (``fs/noopen.py`` refreshes
+        ``.xnatfs/stats`` so)."""
+        with self._generated_lock:
+            self._generated.pop(path, None)
+
+    def kept_generated(self, path: str) -> Optional[bytes]:
+        """The document at ``path`` as its last lookup made and sized it, or None (not a
+        generated document, or no longer kept): ``fs/noopen.py`` reads exactly those bytes."""
+        with self._generated_lock:
+            data = self._generated.get(path)
+        return data if isinstance(data, bytes) else None
 
     def _download_size(self, key: ContentKey, path: str) -> int:
         """The size of a file that exists only once the server has made it: it is downloaded
@@ -435,14 +457,14 @@ class Engine:
         if self.overlay is not None and self.overlay.owns(node):
             return self.overlay.local_read_handle(node)
         generated = isinstance(node.ref, Generated)
-        if generated and node.ref.sized:  # type: ignore[union-attr]
+        if self._is_sized(node):
             with self._generated_lock:
                 data = self._generated.get(path) if path else None
             if data is not None:  # the bytes whose size lookup gave
                 return ReadHandle(node, None, data, self.fs_timeout, path, direct_io=True)
         opened = self._layout_for(node).open(node, path)
         if opened.data is not None:
-            if generated and node.ref.sized and path:  # type: ignore[union-attr]
+            if path and self._is_sized(node):
                 with self._generated_lock:
                     self._generated[path] = opened.data
             cached = None
