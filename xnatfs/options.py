@@ -59,6 +59,8 @@ class Options:
     verify: Union[bool, str] = True  # no --ca-bundle (the table's None): the system's CAs
     #: writes: everything answers EROFS when True
     read_only: bool = _d("read_only")
+    #: with ``read_only``: opens cost no round trip to the daemon (``fs/noopen.py``)
+    zero_message_opens: bool = _d("zero_message_opens")
     #: overwrite, rm, rmdir and prearchive delete need this
     allow_delete: bool = _d("allow_delete")
     #: per-file times from each resource's catalog XML (one more request per resource listing;

@@ -62,6 +62,9 @@ class Runtime:
         self.writes: Dict[str, int] = {"requests": 0, "bytes": 0}
         #: FUSE requests by kind, for ``stats`` (what a walk cost in round trips)
         self.fuse_calls: Dict[str, int] = {"getattr": 0, "readdir": 0}
+        #: ``fs.noopen.ImplicitHandles`` once the kernel answers opens alone (set by the FUSE
+        #: adapter at init), for the stats
+        self.zero_message_opens: Optional[Any] = None
 
     def start(self) -> None:
         """Start the parts in dependency order: cache lock, client, caches, tree, layouts,
@@ -197,6 +200,9 @@ class Runtime:
             "fuse_calls": calls,
             "uploads": self.writer.status() if self.writer else [],
             "bids": self.bids.stats()["conversions"] if self.bids else {},
+            "zero_message_opens": (
+                self.zero_message_opens.snapshot() if self.zero_message_opens else None
+            ),
         }
 
     def close(self) -> None:

@@ -366,6 +366,14 @@ SETTINGS: Tuple[Setting, ...] = (
     ),
     _s("read_only", BOOL, False, "refuse every write (EROFS)"),
     _s(
+        "zero_message_opens",
+        BOOL,
+        False,
+        "with --read-only: the kernel opens files without asking the daemon and keeps their "
+        "pages across opens (fastest warm reads of many small files; generated files are sized "
+        "at lookup)",
+    ),
+    _s(
         "dir_mode",
         MODE,
         None,

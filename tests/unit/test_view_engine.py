@@ -245,7 +245,9 @@ def test_an_opens_read_ahead_runs_within_the_opens_deadline(engine):
     policy = _DeadlineSeen()
     eng.add_policy(policy)
     adapter = ops.XnatOperations(
-        SimpleNamespace(options=Options(url="toy://"), writer=None, tree=eng)
+        SimpleNamespace(
+            options=Options(url="toy://"), writer=None, tree=eng, note_fuse=lambda op: None
+        )
     )
     fi = SimpleNamespace(flags=os.O_RDONLY, fh=0, direct_io=0, keep_cache=0, noflush=0)
     began = time.monotonic()

@@ -140,6 +140,10 @@ def fuse_kwargs(options: Options, mfusepy: Any) -> Dict[str, object]:
             log.warning("ignoring -o %s: libfuse3 refuses it (docs/FUSE.md §1.3)", key)
             continue
         kwargs[key] = value
+    if options.read_only and options.zero_message_opens:
+        # the kernel opens files alone (fs/noopen.py): it must refuse a write open itself
+        # (EROFS), since no OPEN reaches the daemon to refuse it
+        kwargs["ro"] = True
     if kwargs.get("allow_other") or kwargs.get("allow_root"):
         # other users reach the mount: the kernel must check the modes shown (owner-only
         # write bits unless --allow-other-write), else anyone could write to XNAT as the

@@ -10,6 +10,8 @@ appears.  ``init()`` only reports readiness (systemd ``READY=1``, the CLI's wait
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import ctypes
 import errno
 import functools
@@ -20,12 +22,24 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Set,
+    Tuple,
+)
 
 from xnatfs import deadline
 from xnatfs.fs import errmap
 from xnatfs.fs.fuselib import load
 from xnatfs.fs.keepcache import PageCacheTrust
+from xnatfs.fs.noopen import ImplicitHandles, Invalidator
 
 if TYPE_CHECKING:  # the type checker reads the module; at run time it is loaded on libfuse3
     import mfusepy
@@ -78,6 +92,13 @@ IO_BLOCK = 1 << 20
 _READDIR_PLUS, _FILL_DIR_PLUS = 1 << 0, 1 << 1
 #: libfuse 3's ``FUSE_CAP_READDIRPLUS`` and ``FUSE_CAP_READDIRPLUS_AUTO`` (include/fuse_common.h)
 _CAP_READDIRPLUS, _CAP_READDIRPLUS_AUTO = 1 << 13, 1 << 14
+#: libfuse 3's ``FUSE_CAP_NO_OPEN_SUPPORT``: ENOSYS from open means success, for every open
+_CAP_NO_OPEN_SUPPORT = 1 << 17
+#: no-open: seconds between refreshes of ``.xnatfs/stats`` (and sweeps of idle handles)
+REFRESH_EVERY = 1.0
+#: no-open: generated documents whose told bytes are kept (one forgotten is read as its next
+#: lookup makes it; a size or mtime that changed drops the kernel's pages)
+TOLD_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -88,6 +109,26 @@ class DirEntry:
     name: str
     mode: int
     node: Any
+
+
+@dataclass(frozen=True)
+class _Told:
+    """A generated document's bytes as a read handle (``XnatOperations._told``)."""
+
+    data: bytes
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.data[offset : offset + size]
+
+    span = read
+
+
+@dataclass
+class _Reader:
+    """One read: the handle it uses and how many bytes it gave (``XnatOperations._reading``)."""
+
+    handle: Any
+    got: int = 0
 
 
 def _op(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -143,6 +184,19 @@ class XnatOperations(mfusepy.Operations):
         self._dirs: Dict[int, List[DirEntry]] = {}
         #: hand each entry's attributes to the kernel with the listing (docs/FUSE.md §2.5)
         self._readdirplus = not getattr(options, "names_only_listings", False)
+        #: the kernel answers opens alone (``fs/noopen.py``): set in ``init_with_config`` when
+        #: asked for, the mount is read-only and the kernel can
+        self._implicit: Optional[ImplicitHandles] = None
+        self._invalidator: Optional[Invalidator] = None
+        #: no-open: path -> (the bytes of the generated document whose size the kernel's last
+        #: LOOKUP or GETATTR of it was told, the mtime shown with them, made anew at each open
+        #: otherwise); its reads serve exactly those bytes (``_reading``)
+        self._told: "collections.OrderedDict[str, Tuple[bytes, int, bool]]" = (
+            collections.OrderedDict()
+        )
+        #: no-open: documents made anew at each open otherwise (``.xnatfs/stats``) read since
+        #: the last ``_refresh``: made anew within about a second (``_refresh``)
+        self._read_since: Set[str] = set()
 
     # ------------------------------------------------------------------ life cycle
     @mfusepy.overrides(mfusepy.Operations)
@@ -166,7 +220,51 @@ class XnatOperations(mfusepy.Operations):
                 conn.want &= ~_CAP_READDIRPLUS_AUTO
             else:
                 conn.want &= ~(_CAP_READDIRPLUS | _CAP_READDIRPLUS_AUTO)
+        options = self.runtime.options
+        if getattr(options, "zero_message_opens", False):
+            if not options.read_only:
+                log.warning("--zero-message-opens needs --read-only: every open is answered")
+            elif conn is None or not getattr(conn, "capable", 0) & _CAP_NO_OPEN_SUPPORT:
+                log.warning("--zero-message-opens: this kernel cannot; every open is answered")
+            else:
+                self._start_no_open()
         self.init("/")
+
+    def _start_no_open(self) -> None:
+        """From now on the kernel opens files alone (``fs/noopen.py``): reads find their
+        handles by path, and one thread drops the kernel's pages that may not stay."""
+        fuse = ctypes.c_void_p(mfusepy._libfuse.fuse_get_context().contents.fuse)
+        invalidate_path = mfusepy._libfuse.fuse_invalidate_path
+        invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        invalidate_path.restype = ctypes.c_int
+        tree = self.runtime.tree
+        tree.size_all_generated = True
+        implicit = ImplicitHandles(self._open_implicit, tree.content, self._drop_pages)
+        self._invalidator = Invalidator(
+            lambda path: int(invalidate_path(fuse, path.encode("utf-8", "surrogateescape"))),
+            implicit.dropped,
+            self._sweep,
+            every=REFRESH_EVERY,
+        )
+        tree.content.on_taint(implicit.tainted)
+        self._invalidator.start()
+        self._implicit = implicit
+        if hasattr(self.runtime, "zero_message_opens"):
+            self.runtime.zero_message_opens = implicit
+        log.info("zero-message opens: the kernel opens files without asking the daemon")
+
+    def _open_implicit(self, path: str) -> Any:
+        """``ImplicitHandles``' opener: what an OPEN did (lookup, ``Tree.open``)."""
+        tree = self.runtime.tree
+        with deadline.scope(tree.fs_timeout):
+            node = tree.lookup(path)
+            handle = tree.open(node, path)
+        return handle, tree.cacheable(node)
+
+    def _drop_pages(self, path: str) -> None:
+        invalidator = self._invalidator
+        if invalidator is not None:
+            invalidator.request(path)
 
     def _first_request(self) -> None:
         with self._first_lock:
@@ -179,6 +277,10 @@ class XnatOperations(mfusepy.Operations):
 
     @mfusepy.overrides(mfusepy.Operations)
     def destroy(self, path: str) -> None:
+        if self._invalidator is not None:
+            self._invalidator.close()
+        if self._implicit is not None:
+            self._implicit.close()
         with self._handles_lock:
             handles, self._handles = list(self._handles.values()), {}
             self._dirs.clear()
@@ -211,7 +313,51 @@ class XnatOperations(mfusepy.Operations):
     def getattr(self, path: str, fh: Optional[int] = None) -> Dict[str, int]:
         # the kernel's LOOKUP and GETATTR both land here (libfuse's high-level API)
         self.runtime.note_fuse("getattr")
-        return self._stat(self.runtime.tree.lookup(path))
+        tree = self.runtime.tree
+        node = tree.lookup(path)
+        implicit = self._implicit
+        if implicit is not None and not node.is_dir:
+            if implicit.knows(path):
+                implicit.changed(path, tree.content_key(node))  # the server's file changed?
+            told = tree.kept_generated(path)
+            if told is not None:
+                made = self._tell(path, told, fresh=not getattr(node.ref, "sized", True))
+                return {**self._stat(node), "st_mtime": made, "st_ctime": made}
+        return self._stat(node)
+
+    def _tell(self, path: str, data: bytes, fresh: bool = False) -> int:
+        """No-open: the kernel is now told ``len(data)`` as the size of generated ``path``;
+        returns the mtime to show: when these bytes were first told.  A document made anew
+        gets a new mtime even at the same size, and the kernel drops its pages of the old
+        bytes when it sees the mtime change (``auto_inval_data``, on by default in libfuse 3).
+        ``fresh``: a document made anew at each open otherwise (``_refresh``)."""
+        with self._handles_lock:
+            told = self._told.get(path)
+            if told is None or told[0] is not data:
+                told = (data, time.time_ns(), fresh)
+            self._told[path] = told
+            self._told.move_to_end(path)
+            if len(self._told) > TOLD_MAX:
+                self._told.popitem(last=False)
+        return told[1]
+
+    def _sweep(self) -> None:
+        """The invalidation thread's turn, about every second."""
+        if self._implicit is not None:
+            self._implicit.sweep()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """No-open, about every second (the invalidation thread): a document that is made anew
+        at each open otherwise and was read since (``.xnatfs/stats``) is forgotten and its
+        pages and attributes dropped, so the kernel's next GETATTR makes it anew.  Safe at any
+        moment: a READ serves the told bytes, and those change only with a GETATTR's answer,
+        which tells the kernel their size."""
+        with self._handles_lock:
+            stale, self._read_since = self._read_since, set()
+        for path in stale:
+            self.runtime.tree.forget_generated(path)
+            self._drop_pages(path)
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op
@@ -309,11 +455,15 @@ class XnatOperations(mfusepy.Operations):
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def open(self, path: str, fi: Any) -> int:
+        self.runtime.note_fuse("open")
         tree = self.runtime.tree
         if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             node = tree.lookup(path)
             handle = self._writer(path).open_write(node, path, truncate=bool(fi.flags & os.O_TRUNC))
             return self._add_handle(handle, fi)
+        if self._implicit is not None:
+            # "success, and do not ask again": the kernel opens every file alone from now on
+            raise mfusepy.FuseOSError(errno.ENOSYS)
         # one deadline for the whole open: the read-ahead policies asked at open may load the
         # folder's listing (expired since the lookup) and each load took a fresh --timeout
         with deadline.scope(tree.fs_timeout):
@@ -339,13 +489,47 @@ class XnatOperations(mfusepy.Operations):
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        return self._handle(fi, path).read(offset, size)
+        with self._reading(fi, path) as reader:
+            data: bytes = reader.handle.read(offset, size)
+        return data
 
     @_op
     def read_into(self, path: str, address: int, size: int, offset: int, fi: Any) -> int:
         """``read`` for ``XnatFUSE``: the bytes go straight from the cache file into libfuse's
         buffer at ``address``; returns how many."""
-        got = self._handle(fi, path).span(offset, size)
+        self.runtime.note_fuse("read")
+        with self._reading(fi, path) as reader:
+            reader.got = self._copy_into(reader.handle, address, size, offset)
+        return reader.got
+
+    @contextlib.contextmanager
+    def _reading(self, fi: Any, path: str) -> Iterator[_Reader]:
+        """The handle a read uses: its open's, or (no open: ``fs/noopen.py``) the path's; a
+        read without an open that fails is told to ``ImplicitHandles``."""
+        implicit = self._implicit
+        if implicit is None or (fi is not None and fi.fh):
+            yield _Reader(self._handle(fi, path))
+            return
+        with self._handles_lock:
+            told = self._told.get(path)
+        if told is not None:
+            # a generated document: exactly the bytes whose size the kernel was last told (one
+            # made anew since may be of another size: the kernel would read it cut or padded)
+            if told[2]:
+                with self._handles_lock:
+                    self._read_since.add(path)
+            yield _Reader(_Told(told[0]))
+            return
+        reader = _Reader(implicit.handle(path))
+        try:
+            yield reader
+        except BaseException:
+            implicit.read_failed(path)
+            raise
+
+    @staticmethod
+    def _copy_into(handle: Any, address: int, size: int, offset: int) -> int:
+        got = handle.span(offset, size)
         if not isinstance(got, tuple):
             ctypes.memmove(address, got, len(got))
             return len(got)
@@ -429,6 +613,9 @@ class XnatOperations(mfusepy.Operations):
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def flush(self, path: str, fi: Any) -> int:
+        if self._implicit is not None and not fi.fh:
+            # nothing to flush on a read-only mount: ENOSYS stops FLUSHes (the kernel's no_flush)
+            raise mfusepy.FuseOSError(errno.ENOSYS)
         handle = self._handle(fi, path)
         if hasattr(handle, "flush"):
             handle.flush()  # uploads now: close() returns only after XNAT accepted the bytes

@@ -1,0 +1,206 @@
+"""``fs.noopen`` without a mount: the handles reads use when the kernel opens files alone, and
+when the kernel's pages of a path must go (never a wrong byte, issue 17 §5)."""
+
+from __future__ import annotations
+
+import errno
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import pytest
+
+from xnatfs.fs import noopen
+from xnatfs.fs.noopen import ImplicitHandles, Invalidator
+
+WAIT = 10.0
+
+
+@dataclass(frozen=True)
+class Key:
+    """Stands in for ``ContentKey``: what ``on_taint`` names is ``hexname()``."""
+
+    name: str
+
+    def hexname(self) -> str:
+        return "hex-" + self.name
+
+
+@dataclass
+class Handle:
+    key: Key
+    verified: bool
+    closed: int = 0
+
+    @property
+    def content_version(self) -> Tuple[Key, bool]:
+        return self.key, self.verified
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@dataclass
+class Cache:
+    """``trusted``/``state`` of the content cache, per key name."""
+
+    states: Dict[str, str] = field(default_factory=dict)
+    trust: Dict[str, bool] = field(default_factory=dict)
+
+    def trusted(self, key: Key) -> bool:
+        return self.trust.get(key.name, False)
+
+    def state(self, key: Key) -> str:
+        return self.states.get(key.name, "absent")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class World:
+    """An ``ImplicitHandles`` whose opener makes ``Handle``s: verified ones unless the path
+    is in ``unverified``; drops are recorded (and confirmed only when the test says)."""
+
+    def __init__(self, limit: int = 4, idle: float = 30.0) -> None:
+        self.cache = Cache()
+        self.clock = Clock()
+        self.unverified: set = set()
+        self.opened: List[Handle] = []
+        self.drops: List[str] = []
+        self.handles = ImplicitHandles(
+            self._open, self.cache, self.drops.append, limit=limit, idle=idle, clock=self.clock
+        )
+
+    def _open(self, path: str) -> Tuple[Handle, bool]:
+        handle = Handle(Key(path), path not in self.unverified)
+        self.opened.append(handle)
+        return handle, not path.endswith(".json")
+
+
+def test_one_handle_per_path_and_the_oldest_retired_past_the_limit():
+    w = World(limit=2)
+    a = w.handles.handle("/a")
+    assert w.handles.handle("/a") is a
+    w.handles.handle("/b")
+    w.handles.handle("/a")  # /a is now the most recent
+    w.handles.handle("/c")
+    assert [h.key.name for h in w.opened if h.closed] == ["/b"]
+    assert w.drops == []  # verified pages stay
+    assert w.handles.snapshot()["kept"] == 2
+
+
+def test_an_unverified_handle_keeps_its_path_on_probation_until_its_key_is_trusted():
+    w = World(limit=1)
+    w.unverified.add("/f")
+    w.cache.states["/f"] = "downloading"
+    w.handles.handle("/f")
+    w.handles.handle("/g")  # retires /f while its download runs: the pages may stay for now
+    assert w.drops == [] and w.handles.snapshot()["probation"] == 1
+    w.cache.states["/f"], w.cache.trust["/f"] = "cached", True
+    w.handles.sweep()
+    assert w.drops == [] and w.handles.snapshot()["probation"] == 0
+
+
+def test_pages_of_a_key_that_never_verifies_are_dropped():
+    w = World(limit=1)
+    w.unverified.add("/s")  # streamed (never in the cache) or a download that failed
+    w.handles.handle("/s")
+    w.handles.handle("/t")
+    assert w.drops == ["/s"]
+    assert w.handles.snapshot()["probation"] == 0
+
+
+def test_a_taint_poisons_the_path_until_its_pages_are_dropped_and_a_while_after():
+    w = World()
+    w.unverified.add("/x")
+    w.cache.states["/x"] = "downloading"
+    first = w.handles.handle("/x")
+    w.handles.tainted(Key("/x").hexname())
+    assert first.closed == 1 and w.drops == ["/x"]
+    for _ in range(2):  # not dropped yet; then dropped, but POISON_MIN has not passed
+        with pytest.raises(OSError) as err:
+            w.handles.handle("/x")
+        assert err.value.errno == errno.EIO
+        w.handles.dropped("/x")
+    assert w.handles.snapshot()["poisoned_now"] == 1
+    w.clock.now += noopen.POISON_MIN
+    assert w.handles.snapshot()["poisoned_now"] == 0
+    again = w.handles.handle("/x")
+    assert again is not first and not again.closed
+
+
+def test_a_taint_of_another_key_changes_nothing():
+    w = World()
+    w.unverified.add("/x")
+    w.cache.states["/x"] = "downloading"
+    w.handles.handle("/x")
+    w.handles.tainted(Key("/y").hexname())
+    assert w.drops == [] and w.handles.snapshot()["poisoned_now"] == 0
+
+
+def test_a_failed_read_poisons_its_path():
+    w = World()
+    w.handles.handle("/r")
+    w.handles.read_failed("/r")
+    assert w.drops == ["/r"]
+    with pytest.raises(OSError):
+        w.handles.handle("/r")
+
+
+def test_a_changed_key_drops_the_pages_and_retires_the_handle():
+    w = World()
+    old = w.handles.handle("/c")
+    assert w.handles.knows("/c") and not w.handles.knows("/elsewhere")
+    w.handles.changed("/c", Key("/c"))  # the same key: nothing to do
+    assert w.drops == [] and not old.closed
+    w.handles.changed("/c", Key("/c-v2"))
+    assert w.drops == ["/c"] and old.closed == 1
+    assert w.handles.handle("/c") is not old
+
+
+def test_idle_handles_are_closed_and_generated_ones_dropped():
+    w = World(idle=30.0)
+    kept = w.handles.handle("/k")
+    doc = w.handles.handle("/d.json")  # not cacheable
+    w.clock.now += 10
+    w.handles.handle("/k")
+    w.clock.now += 25  # /d.json idle for 35 s, /k for 25 s
+    w.handles.sweep()
+    assert doc.closed == 1 and not kept.closed
+    assert w.drops == ["/d.json"]
+
+
+def test_the_invalidator_drops_retries_a_failure_and_sweeps():
+    calls: List[str] = []
+    dropped: List[str] = []
+    sweeps = threading.Semaphore(0)
+    fail_once = {"/bad"}
+    done = threading.Event()
+
+    def notify(path: str) -> int:
+        calls.append(path)
+        if path in fail_once:
+            fail_once.discard(path)
+            return -errno.EIO
+        return 0 if path != "/gone" else -errno.ENOENT
+
+    def on_dropped(path: str) -> None:
+        dropped.append(path)
+        if {"/a", "/gone", "/bad"} <= set(dropped):
+            done.set()
+
+    inv = Invalidator(notify, on_dropped, sweeps.release, every=0.05)
+    inv.start()
+    try:
+        for path in ("/a", "/gone", "/bad"):
+            inv.request(path)
+        assert done.wait(WAIT), (calls, dropped)
+        assert calls.count("/bad") == 2  # failed, then asked again at a sweep
+        assert sweeps.acquire(timeout=WAIT)
+    finally:
+        inv.close()
