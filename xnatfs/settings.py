@@ -318,7 +318,8 @@ SETTINGS: Tuple[Setting, ...] = (
         "read_timeout",
         seconds(),
         30.0,
-        "longest silence of an HTTP answer in seconds (default {default})",
+        "longest silence of an HTTP answer in seconds, and how long the download of a file "
+        "larger than the cache waits for a reader that stopped (default {default})",
     ),
     _s(
         "retries",
