@@ -611,9 +611,9 @@ class Ctx:
         self.counter += 1
         return self.base / f"{name}-{self.counter}"
 
-    def mount(self, cache: Optional[Path] = None) -> MountProc:
+    def mount(self, cache: Optional[Path] = None, args: Sequence[str] = ()) -> MountProc:
         n = self.fresh("mnt")
-        extra, bench_ra = list(self.args.mount_arg), None
+        extra, bench_ra = list(self.args.mount_arg) + list(args), None
         if self.args.read_ahead_by == "bench" or not self.args.xnatfs_has_read_ahead:
             bench_ra = self.args.read_ahead_kb
             if self.args.xnatfs_has_read_ahead:
@@ -973,6 +973,24 @@ def warm_pass(
     res["warm_page_mount"].append(mibs(r["bytes"], r["seconds"]))
 
 
+def no_open_pass(ctx: Ctx, res: Dict[str, List[float]], rel: Path, nbytes: int, tmo: float) -> None:
+    """B3 on a ``--read-only --zero-message-opens`` mount (``xnatfs/fs/noopen.py``): the
+    kernel opens files without asking the daemon.  A fresh mount and cache, filled by an
+    untimed ``cp -r`` (so the daemon verified every file as it downloaded it, as on the
+    default mount), then the same warm passes."""
+    m = ctx.mount(args=["--read-only", "--zero-message-opens"])
+    dest = ctx.fresh("cp-no-open")
+    try:
+        timed(["cp", "-r", m.path / rel, dest], tmo)
+        got = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+        check_bytes("cp -r through the zero-message-opens mount", got, nbytes)
+        warm_pass(ctx, res, m.path / rel, m.cache, nbytes, tmo, m)
+    finally:
+        ctx.unmount(m)
+        ctx.discard(m.cache)
+        ctx.discard(dest)
+
+
 def check_bytes(what: str, got: int, expected: int) -> None:
     if got != expected:
         raise BenchError(f"{what}: {got} bytes, expected {expected}")
@@ -1050,6 +1068,11 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
             "cold_requests_count",
         )
     }
+    #: B3 again on a --read-only --zero-message-opens mount (``no_open_pass``)
+    res_no_open: Dict[str, List[float]] = {
+        k: []
+        for k in ("warm_disk_mount", "warm_disk_direct", "warm_page_mount", "warm_page_direct")
+    }
     ctx.log(f"B2{'/B3' if main else ''}: {label} at {latency:g} ms, {z.reps} reps")
     p, s, e, n, r_ = path
     for rep in range(z.reps):
@@ -1098,6 +1121,8 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
                 warm_pass(ctx, res, m.path / rel, m.cache, nbytes, tmo, m)
         finally:
             ctx.unmount(m)
+        if main and want(ctx, "B3") and not ctx.args.no_b3_zero_message_opens:
+            no_open_pass(ctx, res_no_open, rel, nbytes, tmo)
             ctx.discard(m.cache)
             ctx.discard(dest)
         if rep % 2 == 0:
@@ -1168,6 +1193,8 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
             )
     if main and want(ctx, "B3"):
         add_warm_rows(ctx, res, label)
+        if res_no_open["warm_page_mount"]:
+            add_warm_rows(ctx, res_no_open, f"{label}, --read-only --zero-message-opens")
 
 
 # -- B4 (+ B6 during B4)
@@ -1526,6 +1553,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         default=None,
         help="B4's project size in subjects, 2 experiments each (default 200; "
         "issue 12's B6 figure is for 800: 1,600 experiments)",
+    )
+    ap.add_argument(
+        "--no-b3-zero-message-opens",
+        action="store_true",
+        help="B3: skip the second warm pass of the scan on a --read-only --zero-message-opens "
+        "mount (a fresh mount filled by an untimed cp -r each rep)",
     )
     ap.add_argument(
         "--b2-keep-outputs",
