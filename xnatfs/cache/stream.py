@@ -325,7 +325,10 @@ class StreamHandle:
             if error is None:
                 self._verdict = True
             elif p.paused and getattr(error, "retryable", False):
-                # the server dropped a GET we kept waiting: resume it as an idle-dropped one
+                # the server dropped a GET we kept waiting: resume it as an idle-dropped one.
+                # No loop: a GET pauses only past its checkpoint, so each such resume starts
+                # from a later one; a server that always cuts at one byte fails the next GET
+                # before it can pause there, and that failure is the reader's
                 log.info("stream %s: %s after a pause; resumed at the next read", self._uri, error)
                 self._stop_locked(p)
                 return
