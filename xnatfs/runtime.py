@@ -98,6 +98,8 @@ class Runtime:
             fetch=self._fetch,
             fetch_archive=self._fetch_archive,
             max_downloads=o.max_downloads,
+            # a paused stream is dropped after the longest silence we allow the server
+            stream_idle=o.read_timeout,
         )
         self.content.start()
         self.tree = Tree(

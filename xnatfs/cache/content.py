@@ -221,7 +221,12 @@ class ContentCache(BulkFetches):
                         if self._too_big(key):
                             self._stats["streamed"] += 1
                             self._stats["misses"] += 1
-                            return StreamHandle(key, self._fetcher(key), verify=self.verify)
+                            return StreamHandle(
+                                key,
+                                self._fetcher(key),
+                                verify=self.verify,
+                                idle_limit=self.stream_idle,
+                            )
                         download = self._start_locked(key, hexname)
                 if download is not None:
                     self._stats["misses"] += 1

@@ -21,6 +21,7 @@ from xnatfs.cache.download import Download, DownloadCancelled, Ended, Fetch
 from xnatfs.cache.handle import _Verification
 from xnatfs.cache.index import _Index, stored_name
 from xnatfs.cache.key import ARCHIVE, ContentKey
+from xnatfs.cache.stream import IDLE_LIMIT
 
 #: one logger for the whole content cache, whichever part of it logs (what log filters name)
 log = logging.getLogger("xnatfs.cache.content")
@@ -42,6 +43,7 @@ class ContentStore:
         max_downloads: int = 8,
         verify: bool = True,
         fetch_archive: Optional[Fetch] = None,
+        stream_idle: float = IDLE_LIMIT,
     ) -> None:
         """Every field of the cache, each with what it holds and which lock guards it.
 
@@ -52,6 +54,9 @@ class ContentStore:
         self.max_downloads = max(1, int(max_downloads))
         #: Check MD5 digests from the listing (the size is always checked).
         self.verify = verify
+        #: seconds a streamed file's GET waits for an idle reader before it is dropped
+        #: (``StreamHandle``; the mount passes ``--read-timeout``)
+        self.stream_idle = stream_idle
         self._fetch = fetch
         #: fetches keys of kind ARCHIVE and the zips of ``bulk`` (tests give one fetch for all)
         self._fetch_archive = fetch_archive or fetch
