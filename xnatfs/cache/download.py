@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional, Set
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +253,10 @@ class Download:
         #: readahead with a second read: it must not wait another --timeout for the same stall)
         self._stalled_at: Optional[int] = None
         self._generation = 0  # attempt number; bumps when a refetch starts
+        #: attempts thrown away after bytes of theirs arrived (``thrown_since``)
+        self._thrown: List[int] = []
+        #: attempts some reader was served bytes of (``note_read``; a set add, no lock)
+        self._read: Set[int] = set()
         self._fetching = False  # the current attempt's fetch is still running
         self._done = False
         #: the attempt (generation) whose size and MD5 checked out; readers of the last bytes
@@ -472,12 +476,32 @@ class Download:
         """Start another attempt over the last one's bytes (see the class docstring)."""
         self._restarted()  # first: nobody may trust pages of this file from here on
         with self._cond:
+            if self._arrived > 0:
+                self._thrown.append(self._generation)
             self._generation += 1
             self._arrived = 0
             self._stalled_at = None
             if self._fd is not None:
                 os.lseek(self._fd, 0, os.SEEK_SET)
             self._cond.notify_all()
+
+    @property
+    def generation(self) -> int:
+        """The attempt running now (0 first; a refetch bumps it)."""
+        with self._cond:
+            return self._generation
+
+    def note_read(self, generation: int) -> None:
+        """A reader was served bytes of attempt ``generation``: through FUSE they are now in
+        the kernel's page cache too, where every open of the file may read them."""
+        self._read.add(generation)
+
+    def thrown_since(self, generation: int) -> Optional[int]:
+        """The first attempt at or after ``generation`` that was thrown away after a reader
+        was served bytes of it, or None: an open since then may hold such bytes without
+        having read them itself (the kernel's pages are shared by every open)."""
+        with self._cond:
+            return next((g for g in self._thrown if g >= generation and g in self._read), None)
 
     def prepare(self) -> bool:
         """Create the partial file now, ahead of its bytes (a bulk fetch's helper thread, so

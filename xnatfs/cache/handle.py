@@ -103,6 +103,8 @@ class ContentHandle:
         #: rewrites the file, so a reader may hold bytes of a failed attempt (``_served``)
         self._served: Set[int] = set()
         self._served_lock = threading.Lock()
+        #: the attempt running when this handle opened (``_served_span``)
+        self._opened_at = download.generation if download is not None else 0
 
     @property
     def verified(self) -> bool:
@@ -118,12 +120,24 @@ class ContentHandle:
         with self._served_lock:
             if span.n > 0:
                 self._served.add(span.generation)
+                if self._download is not None:
+                    self._download.note_read(span.generation)
             other = sorted(self._served - {span.generation})
             if span.final and other:
                 raise IntegrityError(
                     f"{self.key.uri}: this open read bytes of download attempt "
                     f"{other[0] + 1}, which failed its size or MD5 check; only attempt "
                     f"{span.generation + 1} was verified (open the file again)"
+                )
+        if span.final and self._download is not None:
+            # the kernel's page cache is shared by every open of the file: bytes of an attempt
+            # thrown away may have reached this open from pages another open's reads filled,
+            # without passing through this handle (``_served`` cannot see them)
+            thrown = self._download.thrown_since(self._opened_at)
+            if thrown is not None:
+                raise IntegrityError(
+                    f"{self.key.uri}: this file was open while download attempt {thrown + 1} "
+                    "failed its check; pages of it may have been read (open the file again)"
                 )
         return span.n
 
