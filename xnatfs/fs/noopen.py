@@ -34,9 +34,10 @@ Two things an OPEN did move here:
     passed.  The reader that met the failure gets it however the kernel retries (it reads a
     page whose read-ahead failed once more, at once), and a reader of the whole file needs
     its last page, which is never in the kernel before the verdict (the read of a file's last
-    bytes waits for it).  Left open, as with opens: a program that took pages of the failed
-    attempt from the kernel's cache while it was being read, and asks for the last page only
-    after the poisoning ended, is not told (docs/FUSE.md §2.6);
+    bytes waits for it).  Left open (with opens the handle knows; here no reader has its own):
+    a program that took pages of the failed attempt from the kernel's cache while it was
+    being read, and asks for the last page only after the poisoning ended, is not told
+    (docs/FUSE.md §2.6);
   - a file whose content key changed (seen by ``getattr``, which the kernel sends when its
     attribute timeout has passed) has its pages dropped and its handle retired;
   - a generated file (a document: ``.xnat.json``, ``.xnatfs/stats``, BIDS sidecars) is read
