@@ -505,7 +505,8 @@ class XnatOperations(mfusepy.Operations):
     @contextlib.contextmanager
     def _reading(self, fi: Any, path: str) -> Iterator[_Reader]:
         """The handle a read uses: its open's, or (no open: ``fs/noopen.py``) the path's; a
-        read without an open that fails is told to ``ImplicitHandles``."""
+        read without an open that fails (other than by its deadline) is told to
+        ``ImplicitHandles``."""
         implicit = self._implicit
         if implicit is None or (fi is not None and fi.fh):
             yield _Reader(self._handle(fi, path))
@@ -523,6 +524,8 @@ class XnatOperations(mfusepy.Operations):
         reader = _Reader(implicit.handle(path))
         try:
             yield reader
+        except TimeoutError:
+            raise  # bytes not there in time: nothing failed a check (a later taint says so)
         except BaseException:
             implicit.read_failed(path)
             raise
