@@ -170,3 +170,26 @@ def test_pages_of_a_damaged_cached_file_never_serve_a_later_read(
         again = subprocess.run(["cat", str(path)], capture_output=True, timeout=120)
         assert again.returncode == 0, again.stderr
         assert again.stdout == data, "0 wrong bytes"
+
+
+def test_the_bids_view_reads_the_same(shared_emulator, make_mount):
+    """Generated sidecars and converted images of ``.bids`` through a mount that answers
+    opens and one that does not: the same files, the same bytes, twice."""
+
+    def files(root: Path) -> dict:
+        return {
+            os.path.relpath(os.path.join(d, f), root): os.path.join(d, f)
+            for d, _, names in os.walk(root)
+            for f in names
+        }
+
+    plain = make_mount(shared_emulator.url, "--read-only")
+    m = make_mount(shared_emulator.url, *NO_OPEN)
+    want_paths, got_paths = files(plain.path / ".bids/DEMO1"), files(m.path / ".bids/DEMO1")
+    assert sorted(want_paths) == sorted(got_paths) and len(want_paths) > 5
+    want = hash_files(sorted(want_paths.values()), timeout=600)
+    for _ in range(2):
+        got = hash_files(sorted(got_paths.values()), timeout=600)
+        assert {k: got[p] for k, p in got_paths.items()} == {
+            k: want[p] for k, p in want_paths.items()
+        }
