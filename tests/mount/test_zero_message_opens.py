@@ -193,3 +193,21 @@ def test_the_bids_view_reads_the_same(shared_emulator, make_mount):
         assert {k: got[p] for k, p in got_paths.items()} == {
             k: want[p] for k, p in want_paths.items()
         }
+
+
+def test_a_folders_zip_is_sized_at_lookup_and_whole(shared_emulator, make_mount):
+    """XNAT's zip of a scan (unlisted ``.zip``): with no open to ask for direct I/O it is
+    downloaded at its lookup, so ``stat`` shows its true size and ``zipfile`` (which seeks
+    from the end) opens it straight from the mount."""
+    import zipfile
+
+    m = make_mount(shared_emulator.url, *NO_OPEN)
+    zipped = (m.path / RESOURCE).parents[2] / ".zip"  # scans/1/.zip
+    size = zipped.stat().st_size
+    assert size > 0
+    with zipfile.ZipFile(zipped) as archive:
+        names = archive.namelist()
+        assert archive.testzip() is None
+    files = {p.name for p in (m.path / RESOURCE).iterdir()}
+    assert files and all(any(n.endswith("/" + f) for n in names) for f in files)
+    assert len(zipped.read_bytes()) == size
