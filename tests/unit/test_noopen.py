@@ -204,3 +204,26 @@ def test_the_invalidator_drops_retries_a_failure_and_sweeps():
         assert sweeps.acquire(timeout=WAIT)
     finally:
         inv.close()
+
+
+def test_told_documents_serve_what_the_kernel_was_told_and_refresh_what_was_read():
+    forgotten: List[str] = []
+    drops: List[str] = []
+    stamps = iter(range(1, 100))
+    docs = noopen.ToldDocuments(
+        forgotten.append, drops.append, limit=2, clock_ns=lambda: next(stamps)
+    )
+    first = b'{"n": 1}'
+    assert docs.reader("/stats") is None
+    assert docs.tell("/stats", first, fresh=True) == 1
+    assert docs.tell("/stats", first, fresh=True) == 1  # the same bytes: the same mtime
+    assert docs.tell("/doc.json", b"{}", fresh=False) == 2
+    assert docs.reader("/stats").read(0, 100) == first  # type: ignore[union-attr]
+    assert docs.reader("/doc.json").span(1, 5) == b"}"  # type: ignore[union-attr]
+    docs.refresh()  # only the read document made anew at each open is refreshed
+    assert forgotten == drops == ["/stats"]
+    docs.refresh()  # not read since
+    assert forgotten == ["/stats"]
+    assert docs.tell("/stats", b'{"n": 22}', fresh=True) == 3  # new bytes: a new mtime
+    docs.tell("/third", b"x", fresh=False)  # over the limit: the oldest told is forgotten
+    assert docs.reader("/doc.json") is None and docs.reader("/third") is not None

@@ -42,7 +42,7 @@ Two things an OPEN did move here:
     attribute timeout has passed) has its pages dropped and its handle retired;
   - a generated file (a document: ``.xnat.json``, ``.xnatfs/stats``, BIDS sidecars) is read
     from the very bytes the kernel's last LOOKUP or GETATTR sized (``Engine.kept_generated``;
-    the FUSE adapter keeps them per path, ``XnatOperations._told``): without an open there is
+    ``ToldDocuments``): without an open there is
     no direct I/O, and the kernel reads no further than the size it was told.  Generated files
     are sized at lookup in this mode (``Engine.size_all_generated``) and made anew when the
     kernel asks for their attributes after the listing TTL, with a new mtime, so the kernel
@@ -66,12 +66,15 @@ log = logging.getLogger(__name__)
 LIMIT = 256
 #: seconds a kept handle may go unread before it is closed (its pages stay if trusted)
 IDLE = 30.0
-#: seconds between the invalidation thread's sweeps of idle handles and probations
-SWEEP_EVERY = 5.0
 #: seconds a poisoned path answers EIO at least, even once its pages are dropped: the kernel
 #: reads a page whose read-ahead failed once more, at once, for the same reader, which must get
 #: the EIO too (a new read of the file after that finds no page of the failed bytes)
 POISON_MIN = 1.0
+#: seconds between the refreshes of ``.xnatfs/stats`` (``ToldDocuments.refresh``) and the
+#: sweeps of idle handles
+REFRESH_EVERY = 1.0
+#: generated documents whose told bytes are kept (``ToldDocuments``)
+TOLD_MAX = 4096
 #: paths whose last content key is remembered (a change seen by ``getattr`` drops the pages);
 #: one forgotten falls back to the kernel's own check of size and mtime
 KEYS_MAX = 65536
@@ -324,6 +327,86 @@ class ImplicitHandles:
             self._keys.popitem(last=False)
 
 
+@dataclass(frozen=True)
+class Told:
+    """A generated document's bytes as a read handle (``ToldDocuments.reader``)."""
+
+    data: bytes
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.data[offset : offset + size]
+
+    span = read
+
+
+class ToldDocuments:
+    """path -> the bytes of the generated document whose size the kernel's last LOOKUP or
+    GETATTR of it was told, the mtime shown with them, and whether it is made anew at each
+    open otherwise (``.xnatfs/stats``).  Its READs serve exactly those bytes: a document made
+    anew since may be of another size, and the kernel would read it cut or padded.
+
+    ``forget(path)`` makes the document anew at its next lookup (``Engine.forget_generated``);
+    ``drop(path)`` asks for the kernel's pages and attributes of it to be dropped.  Bounded
+    (``limit``; one forgotten is read as its next lookup makes it).  Thread-safe."""
+
+    def __init__(
+        self,
+        forget: Callable[[str], None],
+        drop: Callable[[str], None],
+        *,
+        limit: int = TOLD_MAX,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._forget = forget
+        self._drop = drop
+        self._limit = limit
+        self._clock_ns = clock_ns
+        self._lock = threading.Lock()
+        # _lock protects the fields below
+        self._told: "collections.OrderedDict[str, Tuple[bytes, int, bool]]" = (
+            collections.OrderedDict()
+        )
+        #: documents made anew at each open otherwise, read since the last ``refresh``
+        self._read_since: Set[str] = set()
+
+    def tell(self, path: str, data: bytes, fresh: bool) -> int:
+        """The kernel is now told ``len(data)`` as the size of ``path``; returns the mtime to
+        show: when these bytes were first told.  A document made anew gets a new mtime even at
+        the same size, and the kernel drops its pages of the old bytes when it sees the mtime
+        change (``auto_inval_data``, on by default in libfuse 3)."""
+        with self._lock:
+            told = self._told.get(path)
+            if told is None or told[0] is not data:
+                told = (data, self._clock_ns(), fresh)
+            self._told[path] = told
+            self._told.move_to_end(path)
+            if len(self._told) > self._limit:
+                self._told.popitem(last=False)
+        return told[1]
+
+    def reader(self, path: str) -> Optional[Told]:
+        """The read handle of ``path`` if it is a told document, else None."""
+        with self._lock:
+            told = self._told.get(path)
+            if told is None:
+                return None
+            if told[2]:
+                self._read_since.add(path)
+        return Told(told[0])
+
+    def refresh(self) -> None:
+        """A document that is made anew at each open otherwise and was read since the last
+        call is forgotten and its pages and attributes dropped, so the kernel's next GETATTR
+        makes it anew (the invalidation thread calls this about every second).  Safe at any
+        moment: a READ serves the told bytes, and those change only with a GETATTR's answer,
+        which tells the kernel their size."""
+        with self._lock:
+            stale, self._read_since = self._read_since, set()
+        for path in stale:
+            self._forget(path)
+            self._drop(path)
+
+
 class Invalidator:
     """Drops the kernel's pages and attributes of paths, from one thread of its own.
 
@@ -336,7 +419,7 @@ class Invalidator:
         notify: Callable[[str], int],
         dropped: Callable[[str], None],
         sweep: Callable[[], None],
-        every: float = SWEEP_EVERY,
+        every: float = REFRESH_EVERY,
     ) -> None:
         self._notify = notify
         self._dropped = dropped

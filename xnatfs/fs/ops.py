@@ -10,7 +10,6 @@ appears.  ``init()`` only reports readiness (systemd ``READY=1``, the CLI's wait
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ctypes
 import errno
@@ -31,15 +30,13 @@ from typing import (
     Iterator,
     List,
     Optional,
-    Set,
-    Tuple,
 )
 
 from xnatfs import deadline
 from xnatfs.fs import errmap
 from xnatfs.fs.fuselib import load
 from xnatfs.fs.keepcache import PageCacheTrust
-from xnatfs.fs.noopen import ImplicitHandles, Invalidator
+from xnatfs.fs.noopen import ImplicitHandles, Invalidator, ToldDocuments
 
 if TYPE_CHECKING:  # the type checker reads the module; at run time it is loaded on libfuse3
     import mfusepy
@@ -94,11 +91,6 @@ _READDIR_PLUS, _FILL_DIR_PLUS = 1 << 0, 1 << 1
 _CAP_READDIRPLUS, _CAP_READDIRPLUS_AUTO = 1 << 13, 1 << 14
 #: libfuse 3's ``FUSE_CAP_NO_OPEN_SUPPORT``: ENOSYS from open means success, for every open
 _CAP_NO_OPEN_SUPPORT = 1 << 17
-#: no-open: seconds between refreshes of ``.xnatfs/stats`` (and sweeps of idle handles)
-REFRESH_EVERY = 1.0
-#: no-open: generated documents whose told bytes are kept (one forgotten is read as its next
-#: lookup makes it; a size or mtime that changed drops the kernel's pages)
-TOLD_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -109,18 +101,6 @@ class DirEntry:
     name: str
     mode: int
     node: Any
-
-
-@dataclass(frozen=True)
-class _Told:
-    """A generated document's bytes as a read handle (``XnatOperations._told``)."""
-
-    data: bytes
-
-    def read(self, offset: int, size: int) -> bytes:
-        return self.data[offset : offset + size]
-
-    span = read
 
 
 @dataclass
@@ -188,15 +168,8 @@ class XnatOperations(mfusepy.Operations):
         #: asked for, the mount is read-only and the kernel can
         self._implicit: Optional[ImplicitHandles] = None
         self._invalidator: Optional[Invalidator] = None
-        #: no-open: path -> (the bytes of the generated document whose size the kernel's last
-        #: LOOKUP or GETATTR of it was told, the mtime shown with them, made anew at each open
-        #: otherwise); its reads serve exactly those bytes (``_reading``)
-        self._told: "collections.OrderedDict[str, Tuple[bytes, int, bool]]" = (
-            collections.OrderedDict()
-        )
-        #: no-open: documents made anew at each open otherwise (``.xnatfs/stats``) read since
-        #: the last ``_refresh``: made anew within about a second (``_refresh``)
-        self._read_since: Set[str] = set()
+        #: no-open: generated documents read from the bytes the kernel was told the size of
+        self._docs: Optional[ToldDocuments] = None
 
     # ------------------------------------------------------------------ life cycle
     @mfusepy.overrides(mfusepy.Operations)
@@ -240,11 +213,11 @@ class XnatOperations(mfusepy.Operations):
         tree = self.runtime.tree
         tree.size_all_generated = True
         implicit = ImplicitHandles(self._open_implicit, tree.content, self._drop_pages)
+        self._docs = ToldDocuments(tree.forget_generated, self._drop_pages)
         self._invalidator = Invalidator(
             lambda path: int(invalidate_path(fuse, path.encode("utf-8", "surrogateescape"))),
             implicit.dropped,
             self._sweep,
-            every=REFRESH_EVERY,
         )
         tree.content.on_taint(implicit.tainted)
         self._invalidator.start()
@@ -315,49 +288,22 @@ class XnatOperations(mfusepy.Operations):
         self.runtime.note_fuse("getattr")
         tree = self.runtime.tree
         node = tree.lookup(path)
-        implicit = self._implicit
-        if implicit is not None and not node.is_dir:
+        implicit, docs = self._implicit, self._docs
+        if implicit is not None and docs is not None and not node.is_dir:
             if implicit.knows(path):
                 implicit.changed(path, tree.content_key(node))  # the server's file changed?
             told = tree.kept_generated(path)
             if told is not None:
-                made = self._tell(path, told, fresh=not getattr(node.ref, "sized", True))
+                made = docs.tell(path, told, fresh=not getattr(node.ref, "sized", True))
                 return {**self._stat(node), "st_mtime": made, "st_ctime": made}
         return self._stat(node)
-
-    def _tell(self, path: str, data: bytes, fresh: bool = False) -> int:
-        """No-open: the kernel is now told ``len(data)`` as the size of generated ``path``;
-        returns the mtime to show: when these bytes were first told.  A document made anew
-        gets a new mtime even at the same size, and the kernel drops its pages of the old
-        bytes when it sees the mtime change (``auto_inval_data``, on by default in libfuse 3).
-        ``fresh``: a document made anew at each open otherwise (``_refresh``)."""
-        with self._handles_lock:
-            told = self._told.get(path)
-            if told is None or told[0] is not data:
-                told = (data, time.time_ns(), fresh)
-            self._told[path] = told
-            self._told.move_to_end(path)
-            if len(self._told) > TOLD_MAX:
-                self._told.popitem(last=False)
-        return told[1]
 
     def _sweep(self) -> None:
         """The invalidation thread's turn, about every second."""
         if self._implicit is not None:
             self._implicit.sweep()
-        self._refresh()
-
-    def _refresh(self) -> None:
-        """No-open, about every second (the invalidation thread): a document that is made anew
-        at each open otherwise and was read since (``.xnatfs/stats``) is forgotten and its
-        pages and attributes dropped, so the kernel's next GETATTR makes it anew.  Safe at any
-        moment: a READ serves the told bytes, and those change only with a GETATTR's answer,
-        which tells the kernel their size."""
-        with self._handles_lock:
-            stale, self._read_since = self._read_since, set()
-        for path in stale:
-            self.runtime.tree.forget_generated(path)
-            self._drop_pages(path)
+        if self._docs is not None:
+            self._docs.refresh()
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op
@@ -511,15 +457,9 @@ class XnatOperations(mfusepy.Operations):
         if implicit is None or (fi is not None and fi.fh):
             yield _Reader(self._handle(fi, path))
             return
-        with self._handles_lock:
-            told = self._told.get(path)
-        if told is not None:
-            # a generated document: exactly the bytes whose size the kernel was last told (one
-            # made anew since may be of another size: the kernel would read it cut or padded)
-            if told[2]:
-                with self._handles_lock:
-                    self._read_since.add(path)
-            yield _Reader(_Told(told[0]))
+        told = self._docs.reader(path) if self._docs is not None else None
+        if told is not None:  # a generated document: the bytes the kernel was told the size of
+            yield _Reader(told)
             return
         reader = _Reader(implicit.handle(path))
         try:
