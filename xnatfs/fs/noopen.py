@@ -41,13 +41,13 @@ Two things an OPEN did move here:
   - a file whose content key changed (seen by ``getattr``, which the kernel sends when its
     attribute timeout has passed) has its pages dropped and its handle retired;
   - a generated file (a document: ``.xnat.json``, ``.xnatfs/stats``, BIDS sidecars) is read
-    from the very bytes the kernel's last LOOKUP or GETATTR sized (``Engine.kept_generated``;
-    ``ToldDocuments``): without an open there is
-    no direct I/O, and the kernel reads no further than the size it was told.  Generated files
-    are sized at lookup in this mode (``Engine.size_all_generated``) and made anew when the
-    kernel asks for their attributes after the listing TTL, with a new mtime, so the kernel
-    drops the pages of the old bytes even at the same size (``auto_inval_data``):
-    ``.xnatfs/stats`` is up to about two listing TTLs old.
+    from the very bytes the kernel's last LOOKUP or GETATTR sized (``ToldDocuments``): without
+    an open there is no direct I/O, and the kernel reads no further than the size it was
+    told.  Generated files are sized at lookup in this mode (``Engine.size_all_generated``)
+    and made anew when the kernel asks for their attributes after the listing TTL, with a new
+    mtime, so the kernel drops the pages of the old bytes even at the same size
+    (``auto_inval_data``); ``.xnatfs/stats`` and ``metrics``, made anew at each open
+    otherwise, are refreshed about every second while they are read.
 """
 
 from __future__ import annotations
