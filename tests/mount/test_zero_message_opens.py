@@ -211,3 +211,23 @@ def test_a_folders_zip_is_sized_at_lookup_and_whole(shared_emulator, make_mount)
     files = {p.name for p in (m.path / RESOURCE).iterdir()}
     assert files and all(any(n.endswith("/" + f) for n in names) for f in files)
     assert len(zipped.read_bytes()) == size
+
+
+def test_without_read_only_the_mount_is_refused(shared_emulator, tmp_path):
+    """A write needs its open: ``--zero-message-opens`` alone is a usage error, one line."""
+    import sys
+
+    from xnatfs.fs.mounting import is_mounted
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "mount", shared_emulator.url, str(mnt)]
+        + ["--zero-message-opens", "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert res.returncode == 1 and "needs --read-only" in res.stderr, res.stderr
+    assert not is_mounted(str(mnt))

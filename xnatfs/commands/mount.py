@@ -165,6 +165,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     setup_logging(settings["log_level"][0])
     options = options_from_settings(args.url, settings, args.fuse_options)
+    if options.zero_message_opens and not options.read_only:
+        # a write needs its open (the upload at close, the journal): fs/noopen.py
+        raise UsageError("--zero-message-opens needs --read-only (config key read_only)")
     mountpoint = _prepare_mountpoint(args.mountpoint, options.nonempty)
     load_fuse()
     creds = _credentials(args, options.url, settings)
