@@ -105,7 +105,7 @@ class DirEntry:
 
 @dataclass
 class _Reader:
-    """One read: the handle it uses and how many bytes it gave (``XnatOperations._reading``)."""
+    """One read: the handle it uses and how many bytes it gave (``XnatOperations._reading_without_open``)."""
 
     handle: Any
     got: int = 0
@@ -435,7 +435,9 @@ class XnatOperations(mfusepy.Operations):
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        with self._reading(fi, path) as reader:
+        if self._implicit is None or (fi is not None and fi.fh):
+            return self._handle(fi, path).read(offset, size)
+        with self._reading_without_open(path) as reader:
             data: bytes = reader.handle.read(offset, size)
         return data
 
@@ -444,19 +446,19 @@ class XnatOperations(mfusepy.Operations):
         """``read`` for ``XnatFUSE``: the bytes go straight from the cache file into libfuse's
         buffer at ``address``; returns how many."""
         self.runtime.note_fuse("read")
-        with self._reading(fi, path) as reader:
+        if self._implicit is None or (fi is not None and fi.fh):
+            return self._copy_into(self._handle(fi, path), address, size, offset)
+        with self._reading_without_open(path) as reader:
             reader.got = self._copy_into(reader.handle, address, size, offset)
         return reader.got
 
     @contextlib.contextmanager
-    def _reading(self, fi: Any, path: str) -> Iterator[_Reader]:
-        """The handle a read uses: its open's, or (no open: ``fs/noopen.py``) the path's; a
-        read without an open that fails (other than by its deadline) is told to
-        ``ImplicitHandles``."""
+    def _reading_without_open(self, path: str) -> Iterator[_Reader]:
+        """The handle a read that came without an open uses (``fs/noopen.py``): a told
+        document's bytes, or the path's implicit handle; a read that fails (other than by its
+        deadline) is told to ``ImplicitHandles``."""
         implicit = self._implicit
-        if implicit is None or (fi is not None and fi.fh):
-            yield _Reader(self._handle(fi, path))
-            return
+        assert implicit is not None
         told = self._docs.reader(path) if self._docs is not None else None
         if told is not None:  # a generated document: the bytes the kernel was told the size of
             yield _Reader(told)
