@@ -105,7 +105,8 @@ class DirEntry:
 
 @dataclass
 class _Reader:
-    """One read: the handle it uses and how many bytes it gave (``XnatOperations._reading_without_open``)."""
+    """One read without an open: the handle it uses and how many bytes it gave
+    (``XnatOperations._reading_without_open``)."""
 
     handle: Any
     got: int = 0
