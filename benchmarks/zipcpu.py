@@ -56,7 +56,7 @@ def serve(base: Path, files: int, kib: int, latency: float) -> None:
     srv.stop()
 
 
-def measure(url: str, uri: str, reps: int, profile_wait: float = 0.0) -> List[Dict[str, float]]:
+def measure(url: str, uri: str, reps: int) -> List[Dict[str, float]]:
     """Child (one tree): ``reps`` bulk fills of a fresh cache; wall and CPU of each."""
     from xnatfs.cache.content import ContentCache, ContentKey
     from xnatfs.cache.key import archive_uri
@@ -88,8 +88,6 @@ def measure(url: str, uri: str, reps: int, profile_wait: float = 0.0) -> List[Di
             raise SystemExit(f"xnatfs.cache.bulk has no {name} in this tree")
         setattr(bulk, name, type(getattr(bulk, name))(int(value)))
     out = []
-    if profile_wait:
-        time.sleep(profile_wait)
     for _ in range(reps):
         tmp = tempfile.mkdtemp(prefix="zipcpu-", dir=os.environ.get("ZIPCPU_TMP"))
         cache = ContentCache(
@@ -169,7 +167,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.measure:
         url, uri, reps = args.measure
-        print(json.dumps(measure(url, uri, int(reps), float(os.environ.get("ZIPCPU_WAIT", 0)))))
+        print(json.dumps(measure(url, uri, int(reps))))
         return 0
 
     here = str(Path(__file__).resolve().parent.parent)
