@@ -195,10 +195,9 @@ class XnatOperations(mfusepy.Operations):
             else:
                 conn.want &= ~(_CAP_READDIRPLUS | _CAP_READDIRPLUS_AUTO)
         options = self.runtime.options
-        if getattr(options, "zero_message_opens", False):
-            if not options.read_only:
-                log.warning("--zero-message-opens needs --read-only: every open is answered")
-            elif conn is None or not getattr(conn, "capable", 0) & _CAP_NO_OPEN_SUPPORT:
+        # (``xnatfs mount`` refuses --zero-message-opens without --read-only)
+        if getattr(options, "zero_message_opens", False) and options.read_only:
+            if conn is None or not getattr(conn, "capable", 0) & _CAP_NO_OPEN_SUPPORT:
                 log.warning("--zero-message-opens: this kernel cannot; every open is answered")
             else:
                 self._start_no_open()
