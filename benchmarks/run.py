@@ -142,12 +142,13 @@ GET_STREAM = r"""
 import json, sys, time, requests
 url, user, pw = sys.argv[1:4]
 s = requests.Session(); s.auth = (user, pw)
-t0 = time.perf_counter(); n = 0
+t0 = time.perf_counter(); c0 = time.process_time(); n = 0
 with s.get(url, stream=True, timeout=(5, 300)) as r:
     r.raise_for_status()
     for chunk in r.iter_content(1 << 20):
         n += len(chunk)
-print(json.dumps({"seconds": time.perf_counter() - t0, "bytes": n}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "bytes": n,
+                  "cpu": time.process_time() - c0}))
 """
 
 GET_LOOP = r"""
@@ -192,20 +193,20 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "bytes": sum(sizes), "fil
 XNATPY = r"""
 import json, os, sys, time, xnat
 url, user, pw, project, subject, experiment, scan, resource, dest = sys.argv[1:10]
-t_connect = time.perf_counter()
+t_connect = time.perf_counter(); c_connect = time.process_time()
 with xnat.connect(url, user=user, password=pw, loglevel="ERROR") as session:
     # timed from finding the resource on: cp -r through the mount finds it by its path too
     t0 = time.perf_counter()
     res = session.projects[project].subjects[subject].experiments[experiment].scans[scan] \
         .resources[resource]
     res.download_dir(dest, verbose=False)
-    t1 = time.perf_counter()
+    t1 = time.perf_counter(); c1 = time.process_time()
 files = n = 0
 for d, _, names in os.walk(dest):
     for name in names:
         files += 1; n += os.path.getsize(os.path.join(d, name))
 print(json.dumps({"seconds": t1 - t0, "seconds_connect": t1 - t_connect, "bytes": n,
-                  "files": files}))
+                  "files": files, "cpu_connect": c1 - c_connect}))
 """
 
 XNATPY_FILE = r"""
@@ -213,12 +214,12 @@ import json, os, sys, time, xnat
 url, user, pw, project, subject, experiment, scan, resource, name, dest = sys.argv[1:11]
 with xnat.connect(url, user=user, password=pw, loglevel="ERROR") as session:
     # timed from finding the file on, as for download_dir (B2)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter(); c0 = time.process_time()
     res = session.projects[project].subjects[subject].experiments[experiment].scans[scan] \
         .resources[resource]
     res.files[name].download(dest, verbose=False)
-    dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "bytes": os.path.getsize(dest)}))
+    dt = time.perf_counter() - t0; cpu = time.process_time() - c0
+print(json.dumps({"seconds": dt, "bytes": os.path.getsize(dest), "cpu": cpu}))
 os.unlink(dest)
 """
 
@@ -226,12 +227,13 @@ PUT = r"""
 import json, sys, time, requests
 url, src, user, pw = sys.argv[1:5]
 s = requests.Session(); s.auth = (user, pw)
-t0 = time.perf_counter()
+t0 = time.perf_counter(); c0 = time.process_time()
 with open(src, "rb") as f:
     r = s.put(url, data=f, params={"overwrite": "true"}, timeout=(5, 600),
               headers={"Content-Type": "application/octet-stream"})
 r.raise_for_status()
-print(json.dumps({"seconds": time.perf_counter() - t0, "status": r.status_code}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "status": r.status_code,
+                  "cpu": time.process_time() - c0}))
 """
 
 STAT_LOOP = r"""
@@ -371,6 +373,61 @@ def get_read_ahead(path: Path) -> Optional[int]:
         return int(Path(f"/sys/class/bdi/{entry[2]}/read_ahead_kb").read_text()) if entry else None
     except (OSError, ValueError):
         return None
+
+
+@dataclass
+class Cpu:
+    """CPU-seconds (user + system) one side spent while it was timed, by process."""
+
+    #: the emulator: the threads of this process (the harness itself waits meanwhile)
+    server: float
+    #: the client: the timed command (``dd``, ``cp``; its rusage as a waited child) or the
+    #: baseline program's own count over its timed window (not its start-up and imports)
+    client: float
+    #: the xnatfs daemon (``/proc/PID/stat``); 0 for a baseline
+    daemon: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.server + self.client + self.daemon
+
+
+def _proc_cpu(pid: Optional[int]) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime, stime: fields 14 and 15 of proc(5), counted from the state (field 3) here
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Where the CPU of one timed operation went: the machine has few cores, shared by the
+    emulator, the client and the daemon, so a side that spends more CPU per byte cannot be
+    faster than ``CPU / cores`` however it overlaps its work (RESULTS.md, "CPU bound")."""
+
+    def __init__(self, daemon_pid: Optional[int] = None) -> None:
+        import resource
+
+        self._resource = resource
+        self._pid = daemon_pid
+        self._self = time.process_time()
+        self._children = self._children_cpu()
+        self._daemon = _proc_cpu(daemon_pid)
+
+    def _children_cpu(self) -> float:
+        ru = self._resource.getrusage(self._resource.RUSAGE_CHILDREN)
+        return float(ru.ru_utime + ru.ru_stime)
+
+    def read(self, client: Optional[float] = None) -> Cpu:
+        """``client``: the baseline program's own count; else the children waited since."""
+        return Cpu(
+            server=time.process_time() - self._self,
+            client=self._children_cpu() - self._children if client is None else client,
+            daemon=_proc_cpu(self._pid) - self._daemon if self._pid is not None else 0.0,
+        )
 
 
 class MountProc:
@@ -717,6 +774,66 @@ def spread(mount: Sequence[float], base: Sequence[float], invert: bool = False) 
     return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
+def fmt_cpu(c: Cpu) -> str:
+    parts = [f"emulator {c.server:.2f}", f"client {c.client:.2f}"]
+    if c.daemon:
+        parts.insert(0, f"daemon {c.daemon:.2f}")
+    return f"{c.total:.2f} s ({' + '.join(parts)})"
+
+
+def median_cpu(cs: Sequence[Cpu]) -> Cpu:
+    """The run whose total is the median (its parts stay one run's)."""
+    ordered = sorted(cs, key=lambda c: c.total)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def add_cpu_rows(
+    ctx: Ctx,
+    bench: str,
+    what: str,
+    mount: Sequence[Cpu],
+    mount_wall: Sequence[float],
+    baseline_name: str,
+    baseline: Sequence[Cpu],
+    baseline_wall: Sequence[float],
+    lower_is_better: bool,
+) -> None:
+    """Two report rows after a bench's ratio: the CPU-seconds each side spent (emulator,
+    client, daemon; medians), and the best ratio this machine's cores allow the mount at the
+    CPU it spends: its wall time cannot be below CPU / cores however well it overlaps, so a
+    target above that bound needs less CPU per byte, not more overlap."""
+    if not mount or not baseline:
+        return
+    cores = os.cpu_count() or 1
+    cm, cb = median_cpu(mount), median_cpu(baseline)
+    ctx.row(
+        bench,
+        f"(CPU) {what}: CPU-seconds per run, mount vs {baseline_name}",
+        fmt_cpu(cm),
+        fmt_cpu(cb),
+        cm.total / cb.total if cb.total > 0 else None,
+        "CPU mount/baseline",
+        "(report)",
+        None,
+        spread([c.total for c in mount], [c.total for c in baseline]),
+    )
+    floor = [c.total / cores for c in mount]
+    fm, bw = median(floor), median(baseline_wall)
+    bound = fm / bw if lower_is_better else bw / fm
+    ctx.row(
+        bench,
+        f"(bound) same: best ratio {cores} cores allow at the mount's CPU (wall >= CPU/{cores}), "
+        f"measured wall {median(mount_wall):.2f} s",
+        f">= {fm:.2f} s",
+        f"{bw:.2f} s",
+        bound,
+        "time mount/baseline" if lower_is_better else "baseline time/mount",
+        "(report)",
+        None,
+        spread(floor, baseline_wall, invert=not lower_is_better),
+    )
+
+
 def timeout_for(nbytes: int) -> float:
     """Generous: 2 MiB/s worst case, at least a minute."""
     return max(60.0, nbytes / (2 * MIB))
@@ -835,6 +952,7 @@ def flow_single(ctx: Ctx) -> None:
     rel = scan_resource_rel(*B1_PATH[:5]) + "/" + B1_PATH[5]
     url = srv.url + scan_resource_uri(*B1_PATH[:5]) + "/files/" + B1_PATH[5]
     tmo = timeout_for(size)
+    cpu: Dict[str, List[Cpu]] = {"mount": [], "requests": [], "xnatpy": []}
     res: Dict[str, List[float]] = {
         k: []
         for k in (
@@ -854,13 +972,17 @@ def flow_single(ctx: Ctx) -> None:
 
         def baseline() -> None:
             ctx.drop()
+            meter = CpuMeter()
             r = child(GET_STREAM, [url, *ADMIN], tmo)
+            cpu["requests"].append(meter.read(client=r["cpu"]))
             if r["bytes"] != size:
                 raise BenchError(f"requests got {r['bytes']} bytes, expected {size}")
             res["cold_requests"].append(mibs(size, r["seconds"]))
             if want(ctx, "B1"):
                 ctx.drop()
+                meter = CpuMeter()
                 r = child(XNATPY_FILE, [srv.url, *ADMIN, *B1_PATH, ctx.fresh("xnatpy-file")], tmo)
+                cpu["xnatpy"].append(meter.read(client=r["cpu"]))
                 check_bytes("xnatpy download()", r["bytes"], size)
                 res["cold_xnatpy"].append(mibs(size, r["seconds"]))
 
@@ -871,7 +993,9 @@ def flow_single(ctx: Ctx) -> None:
             ctx.drop()
             mark = srv.mark()
             with ctx.profile(m, f"B1-cold-rep{rep + 1}"):
+                meter = CpuMeter(m.proc.pid if m.proc else None)
                 dt, out = timed(["dd", f"if={m.path / rel}", "of=/dev/null", "bs=1M"], tmo)
+                cpu["mount"].append(meter.read())
             ctx.patterns(f"B1 cold rep{rep + 1}", mark)
             copied = int(out.stderr.decode().strip().splitlines()[-1].split()[0])
             if copied != size:
@@ -894,6 +1018,7 @@ def flow_single(ctx: Ctx) -> None:
             f"{res['warm_disk_direct'][-1]:.0f} MiB/s"
         )
     ctx.raw["single"] = res
+    ctx.raw["single_cpu"] = {k: [asdict(c) for c in v] for k, v in cpu.items()}
     cm, cr = median(res["cold_mount"]), median(res["cold_requests"])
     if want(ctx, "B1"):
         ctx.row(
@@ -919,6 +1044,19 @@ def flow_single(ctx: Ctx) -> None:
             cm / cx >= 1.5,
             spread(res["cold_mount"], res["cold_xnatpy"]),
         )
+        walls = {k: [size / MIB / tp for tp in res[f"cold_{k}"]] for k in cpu}
+        for name in ("requests", "xnatpy"):
+            add_cpu_rows(
+                ctx,
+                "B1",
+                "cold read",
+                cpu["mount"],
+                walls["mount"],
+                name,
+                cpu[name],
+                walls[name],
+                lower_is_better=False,
+            )
     if want(ctx, "B3"):
         add_warm_rows(ctx, res, f"1 x {z.b1_mib} MiB")
     ctx.raw.setdefault("hwm_mb", {})["B1"] = res["hwm_mb"]
@@ -1086,6 +1224,7 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
             "floor_local_s",
         )
     }
+    cpu: Dict[str, List[Cpu]] = {"mount": [], "xnatpy": []}
     #: B3 again on a --read-only --zero-message-opens mount (``no_open_pass``)
     res_no_open: Dict[str, List[float]] = {
         k: []
@@ -1098,7 +1237,9 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
         def baselines() -> None:
             dest = ctx.fresh("xnatpy-out")
             ctx.drop()
+            meter = CpuMeter()
             r = child(XNATPY, [srv.url, *ADMIN, p, s, e, n, r_, dest], tmo)
+            cpu["xnatpy"].append(meter.read(client=r["cpu_connect"]))
             check_bytes("xnatpy download_dir", r["bytes"], nbytes)
             res["xnatpy_s"].append(r["seconds"])
             res["xnatpy_connect_s"].append(r["seconds_connect"])
@@ -1128,7 +1269,9 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
             ctx.drop()
             mark = srv.mark()
             with ctx.profile(m, f"B2-cold-{scan}-{latency:g}ms-rep{rep + 1}"):
+                meter = CpuMeter(m.proc.pid if m.proc else None)
                 dt, _ = timed(["cp", "-r", m.path / rel, dest], tmo)
+                cpu["mount"].append(meter.read())
             ctx.patterns(f"B2 cold {label} {latency:g} ms rep{rep + 1}", mark)
             res["cold_mount_s"].append(dt)
             res["cold_requests_count"].append(srv.api_count(mark))
@@ -1162,6 +1305,9 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
             f"{extra}"
         )
     ctx.raw.setdefault("multi", {})[f"{label} @ {latency:g} ms"] = res
+    ctx.raw.setdefault("multi_cpu", {})[f"{label} @ {latency:g} ms"] = {
+        k: [asdict(c) for c in v] for k, v in cpu.items()
+    }
     cm = median(res["cold_mount_s"])
     xp, xc = median(res["xnatpy_s"]), median(res["xnatpy_connect_s"])
     if want(ctx, "B2"):
@@ -1175,6 +1321,17 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
             "<= 0.8",
             cm / xc <= 0.8,
             spread(res["cold_mount_s"], res["xnatpy_connect_s"]),
+        )
+        add_cpu_rows(
+            ctx,
+            "B2",
+            f"cold cp -r {label}, {latency:g} ms",
+            cpu["mount"],
+            res["cold_mount_s"],
+            "xnatpy from connect",
+            cpu["xnatpy"],
+            res["xnatpy_connect_s"],
+            lower_is_better=True,
         )
         ctx.row(
             "B2",
@@ -1348,6 +1505,7 @@ def flow_upload(ctx: Ctx) -> None:
     write_random(src, size)
     tmo = timeout_for(size)
     res: Dict[str, List[float]] = {"mount": [], "requests": [], "mount_put_paths": []}
+    cpu: Dict[str, List[Cpu]] = {"mount": [], "requests": []}
     ctx.log(f"B5: upload {z.b5_mib} MiB, {z.reps} reps")
     m = ctx.mount()
     try:
@@ -1356,7 +1514,9 @@ def flow_upload(ctx: Ctx) -> None:
             def baseline(rep: int = rep) -> None:
                 uri = f"/data/projects/BENCH/resources/UP/files/req-{rep}.bin"
                 ctx.drop()
+                meter = CpuMeter()
                 r = child(PUT, [srv.url + uri, src, *ADMIN], tmo)
+                cpu["requests"].append(meter.read(client=r["cpu"]))
                 check_bytes("requests PUT (HEAD size)", srv.head_size(uri), size)
                 res["requests"].append(mibs(size, r["seconds"]))
 
@@ -1364,7 +1524,9 @@ def flow_upload(ctx: Ctx) -> None:
                 baseline()
             ctx.drop()
             mark = srv.mark()
+            meter = CpuMeter(m.proc.pid if m.proc else None)
             dt, _ = timed(["cp", src, m.path / "BENCH/resources/UP/files" / f"mnt-{rep}.bin"], tmo)
+            cpu["mount"].append(meter.read())
             res["mount"].append(mibs(size, dt))
             puts = [r.path_qs for r in srv.since(mark) if r.method in ("PUT", "POST")]
             res["mount_put_paths"].append(puts)
@@ -1384,6 +1546,7 @@ def flow_upload(ctx: Ctx) -> None:
         shutil.rmtree(m.cache, ignore_errors=True)
         src.unlink(missing_ok=True)
     ctx.raw["upload"] = res
+    ctx.raw["upload_cpu"] = {k: [asdict(c) for c in v] for k, v in cpu.items()}
     cm, cr = median(res["mount"]), median(res["requests"])
     ctx.row(
         "B5",
@@ -1395,6 +1558,17 @@ def flow_upload(ctx: Ctx) -> None:
         ">= 0.8",
         cm / cr >= 0.8,
         spread(res["mount"], res["requests"]),
+    )
+    add_cpu_rows(
+        ctx,
+        "B5",
+        f"cp {z.b5_mib} MiB into the mount",
+        cpu["mount"],
+        [size / MIB / tp for tp in res["mount"]],
+        "requests PUT",
+        cpu["requests"],
+        [size / MIB / tp for tp in res["requests"]],
+        lower_is_better=False,
     )
 
 
