@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN, Mount, needs_fuse
-from tests.mount.helpers import api, md5, sh
+from tests.mount.helpers import api, md5, put_file, sh
 from xnatfs.fs.mounting import is_mounted
 
 pytestmark = [needs_fuse]
@@ -232,6 +232,7 @@ def test_dotdot_names_are_refused_before_any_request(emu, make_mount):
     [
         "a#b.txt",
         "what?.txt",
+        "50% done.txt",
         "50%25 done.txt",
         "two  spaces.txt",
         "Ünïcødé ✓.txt",
@@ -240,8 +241,10 @@ def test_dotdot_names_are_refused_before_any_request(emu, make_mount):
     ],
 )
 def test_odd_names_land_where_written(emu, make_mount, tmp_path, name):
-    """The name XNAT stores is the one written (``%25`` is how a ``%`` is written, README
-    "The path rule"), in the resource written into, and reads back."""
+    """The name XNAT stores is the one written, in the resource written into, and reads back
+    under it.  A ``%`` is itself unless it reads as an escape (README "The path rule"):
+    ``50% done.txt`` is stored and listed as written; ``50%25 done.txt`` is stored as
+    ``50% done.txt`` (listed so) and still opens under the name written."""
     m = make_mount(emu.url)
     data = name.encode() * 3
     src = tmp_path / "src"
@@ -249,8 +252,31 @@ def test_odd_names_land_where_written(emu, make_mount, tmp_path, name):
     sh(["cp", str(src), str(m.path / PROTOCOLS / name)])
     xnat_name = name.replace("%25", "%")
     assert xnat_name in server_files(emu)
-    assert name in os.listdir(m.path / PROTOCOLS)
+    listed = "50% done.txt" if name == "50%25 done.txt" else name
+    shown = os.listdir(m.path / PROTOCOLS)
+    assert listed in shown
+    assert shown.count(listed) == 1 and (listed == name or name not in shown), shown
     assert md5((m.path / PROTOCOLS / name).read_bytes()) == md5(data)
+    assert md5((m.path / PROTOCOLS / listed).read_bytes()) == md5(data)
+
+
+def test_a_percent_in_an_xnat_name_is_shown_as_xnat_has_it(emu, make_mount):
+    """``50%_mask.nii.gz`` on XNAT is ``50%_mask.nii.gz`` in the mount (it was listed as
+    ``50%25_mask.nii.gz`` before: a file copied in under its own name was listed under
+    another, and `rsync` copied it again every time); the old spelling still opens it, and a
+    name that reads as an escape keeps its ``%25`` (``%2F`` on XNAT, ``%252F`` here)."""
+    from urllib.parse import quote
+
+    names = {"50%_mask.nii.gz": "50%_mask.nii.gz", "100%": "100%", "%2F": "%252F"}
+    for xnat_name in names:
+        put_file(emu.url, f"{PROTOCOLS_URI}/{quote(xnat_name)}", xnat_name.encode() * 5)
+    m = make_mount(emu.url)
+    shown = set(os.listdir(m.path / PROTOCOLS))
+    for xnat_name, name in names.items():
+        assert name in shown, (name, sorted(shown))
+        assert (m.path / PROTOCOLS / name).read_bytes() == xnat_name.encode() * 5
+    assert (m.path / PROTOCOLS / "50%25_mask.nii.gz").read_bytes() == b"50%_mask.nii.gz" * 5
+    assert "50%25_mask.nii.gz" not in shown
 
 
 # ------------------------------------------------------------------ credentials (§7)

@@ -69,7 +69,9 @@ def test_every_mount_option_is_in_the_command_summary() -> None:
 
 def test_escaping_example_is_true() -> None:
     text = _section("The path rule")
-    shown = re.search(r"file XNAT lists as `([^`]+)` shows as `([^`]+)`", text)
-    assert shown, "the escaping example is gone"
-    assert escape_name(shown.group(1)) == shown.group(2) != shown.group(1)
+    shown = re.findall(r"file XNAT\s+lists as `([^`]+)` shows as `([^`]+)`", text)
+    assert len(shown) >= 2, "the escaping examples are gone"
+    assert [escape_name(xnat) for xnat, _ in shown] == [name for _, name in shown]
+    assert any(xnat != name for xnat, name in shown), "no example of an escaped name"
+    assert any(xnat == name and "%" in xnat for xnat, name in shown), "a bare % stays bare"
     assert "T1w%2FMPRAGE" not in README  # scan folders are named by ID, not type

@@ -11,6 +11,7 @@ import pytest
 from xnatfs.cli import setup_logging
 from xnatfs.logfmt import escape_controls
 from xnatfs.tree.paths import escape_name, unescape_name
+from xnatfs.view.paths import canonical_name
 
 
 @pytest.mark.parametrize(
@@ -37,6 +38,51 @@ def test_escaping_is_a_bijection_on_tricky_names():
     shown = [escape_name(n) for n in names]
     assert len(set(shown)) == len(names)
     assert [unescape_name(s) for s in shown] == names
+
+
+@pytest.mark.parametrize(
+    "name, shown",
+    [
+        ("50%_mask.nii.gz", "50%_mask.nii.gz"),
+        ("100%", "100%"),
+        ("%", "%"),
+        ("%2", "%2"),
+        ("%2F", "%252F"),
+        ("%2f", "%252f"),
+        ("a%25b", "a%2525b"),
+        ("%00", "%2500"),
+        ("%2e", "%252e"),
+        ("%/", "%%2F"),
+        ("%%2E", "%%252E"),
+    ],
+)
+def test_a_percent_is_escaped_only_where_it_would_read_as_an_escape(name, shown):
+    assert escape_name(name) == shown
+    assert unescape_name(shown) == name
+
+
+def test_escaping_round_trips_every_short_name_of_the_tricky_characters():
+    """Every name of up to 5 characters over the characters the rule turns on (itertools, no
+    sampling): escape then unescape is the identity, so the mapping is a bijection, and no
+    shown name holds ``/`` or NUL or is ``.``/``..``."""
+    import itertools
+
+    alphabet = ["%", "2", "5", "F", "f", "0", "E", "/", "\0", "."]
+    for n in range(6):
+        for chars in itertools.product(alphabet, repeat=n):
+            name = "".join(chars)
+            shown = escape_name(name)
+            assert "/" not in shown and "\0" not in shown and shown not in (".", ".."), name
+            assert unescape_name(shown) == name, (name, shown)
+
+
+@pytest.mark.parametrize(
+    "written, canonical",
+    [("50%25.txt", "50%.txt"), ("a%2fb", "a%2Fb"), ("%252F", "%252F"), ("plain", "plain")],
+)
+def test_other_spellings_have_one_canonical_name(written, canonical):
+    assert canonical_name(written) == canonical
+    assert canonical_name(canonical) == canonical
 
 
 def test_every_log_record_is_one_line_whatever_the_name():

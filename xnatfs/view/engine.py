@@ -36,7 +36,7 @@ from xnatfs.cache.content import ContentKey
 from xnatfs.cache.meta import MetaCache
 from xnatfs.view.layout import Children, Fixed, Layout, Listing, Loaded, Overlay, Policy
 from xnatfs.view.node import Generated, Local, NodeInfo
-from xnatfs.view.paths import PathParts, join_path, split_path
+from xnatfs.view.paths import PathParts, canonical_name, join_path, split_path
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +247,13 @@ class Engine:
             child = listing.children.get(name)
             if child is None and name in listing.aliases:
                 child = listing.children.get(listing.aliases[name])
+            if child is None and "%" in name:
+                # another spelling of a listed name: ``50%25.txt`` (how versions before the
+                # minimal escape listed XNAT's ``50%.txt``; paths in scripts keep working) or a
+                # lower-case ``%2f`` (view/paths.py)
+                canonical = canonical_name(name)
+                if canonical != name:
+                    child = listing.children.get(canonical)
             if child is None and self.overlay is not None and not prefix:
                 child = self.overlay.dir_node(parts)
             if child is None:

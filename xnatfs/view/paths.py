@@ -1,10 +1,12 @@
 """The path rule's text layer: splitting mount paths and escaping source names into file names.
 
 XNAT names may hold characters that a path cannot (``/``, NUL).  They are escaped reversibly with
-``%XX``; ``%`` itself is escaped too so that the mapping stays a bijection.  The names ``.`` and
-``..`` (a hostile or odd server can list them) become ``%2E`` and ``%2E%2E``, so a directory never
-shows a second ``.``/``..`` entry (issue 17 §8).  Everything else, Unicode and control characters
-included, is shown exactly as XNAT has it (docs/LAYOUT.md §1.1); logs escape the latter.
+``%2F`` and ``%00``.  The names ``.`` and ``..`` (a hostile or odd server can list them) become
+``%2E`` and ``%2E%2E``, so a directory never shows a second ``.``/``..`` entry (issue 17 §8).  A
+``%`` is written ``%25`` only where it would otherwise read as one of these escapes (followed by
+``25``, ``2F``, ``00`` or ``2E``, either case): ``50%_mask.nii.gz`` stays ``50%_mask.nii.gz``,
+and the mapping stays a bijection.  Everything else, Unicode and control characters included, is
+shown exactly as XNAT has it (DESIGN §1.1, docs/LAYOUT.md); logs escape the latter.
 """
 
 from __future__ import annotations
@@ -15,20 +17,38 @@ from typing import Tuple
 
 PathParts = Tuple[str, ...]
 
-_ESCAPES = {"%": "%25", "/": "%2F", "\0": "%00"}
-_UNESCAPE_RE = re.compile(r"%(25|2F|2f|00|2E|2e)")
+_CODES = "25|2F|2f|00|2E|2e"
+_UNESCAPE_RE = re.compile(f"%({_CODES})")
 _UNESCAPES = {"25": "%", "2F": "/", "2f": "/", "00": "\0", "2E": ".", "2e": "."}
+#: a ``%`` that :func:`unescape_name` would read as the start of an escape
+_AMBIGUOUS_PERCENT_RE = re.compile(f"%(?={_CODES})")
 _DOTS = {".": "%2E", "..": "%2E%2E"}
 
 
 def escape_name(name: str) -> str:
-    """XNAT name -> file name.  ``"a/b"`` -> ``"a%2Fb"``, ``".."`` -> ``"%2E%2E"``; names
-    without ``% / NUL`` that are not ``.``/``..`` are unchanged."""
+    """XNAT name -> file name.  ``"a/b"`` -> ``"a%2Fb"``, ``".."`` -> ``"%2E%2E"``,
+    ``"%2F"`` -> ``"%252F"``; ``"50%.txt"`` and every name without ``/``, NUL or such a ``%``
+    that is not ``.``/``..`` are unchanged.
+
+    Why only such a ``%``: the path rule shows a name as XNAT has it wherever it can (DESIGN
+    §1.1), and escaping every ``%`` listed ``50%_mask.nii.gz`` as ``50%25_mask.nii.gz``, so a
+    file copied in under its own name was listed under another.  A ``%`` is escaped first,
+    judged by the two characters after it in the XNAT name: those stay plain characters unless
+    they are ``/``, NUL or ``%``, whose escapes start with ``%`` and so never read as a code.
+    """
     if name in _DOTS:
         return _DOTS[name]
-    if not any(c in name for c in _ESCAPES):
-        return name
-    return "".join(_ESCAPES.get(c, c) for c in name)
+    if "%" in name:
+        name = _AMBIGUOUS_PERCENT_RE.sub("%25", name)
+    if "/" in name or "\0" in name:
+        name = name.replace("/", "%2F").replace("\0", "%00")
+    return name
+
+
+def canonical_name(name: str) -> str:
+    """The file name :func:`escape_name` gives the XNAT name ``name`` stands for: ``"50%25.txt"``
+    (how earlier versions listed ``50%.txt``) -> ``"50%.txt"``, ``"a%2fb"`` -> ``"a%2Fb"``."""
+    return escape_name(unescape_name(name))
 
 
 def unescape_name(name: str) -> str:
