@@ -125,8 +125,14 @@ def test_upload_extract(admin: Client, populated: Archive) -> None:
 
 def test_bad_uploads_leave_nothing(admin: Client, populated: Archive) -> None:
     base = f"/data/experiments/{populated.experiment_id}/resources/BAD/files"
-    r = admin.put(f"{base}/empty.bin", data=b"")
+    r = admin.put(f"{base}/empty.bin", data=b"")  # no media type, no inbody: names no file
     assert r.status_code == 400 and r.text.startswith("<html>")
+    # the body said to be the file, and empty: XNAT throws, FileList answers 500 (§4.5)
+    r = admin.put(f"{base}/empty.bin", params={"inbody": "true"}, data=b"")
+    assert r.status_code == 500, r.status_code
+    octet = {"Content-Type": "application/octet-stream"}
+    r = admin.post(f"{base}/empty.bin", params={"overwrite": "true"}, data=b"", headers=octet)
+    assert r.status_code == 500, r.status_code
     r = admin.put(f"{base}/c.zip?extract=true", data=b"PK\x03\x04 this is not a zip")
     assert r.status_code == 400 and "<h3>" in r.text
     r = admin.put(f"{base}/form.txt", data={"not": "a file"})  # form-encoded: no content

@@ -25,10 +25,53 @@ from werkzeug.wrappers import Response
 from .serving import CHUNK, Ctx, HttpError, text_response, truthy
 from .store import InvalidInput, ResourceRow, TruncatedUpload, validate_relpath
 
+#: the media types XNAT reads as "a file in the body" (``RequestUtil.supported_upload_types``:
+#: Restlet's names of its ``MediaType`` constants)
+_FILE_IN_BODY_TYPES = frozenset(
+    {
+        "text/*",
+        "text/plain",
+        "text/xml",
+        "text/csv",
+        "application/*",
+        "application/octet-stream",
+        "application/dicom",
+        "application/zip",
+        "application/x-gtar",
+        "application/x-gzip",
+        "application/x-tar",
+        "application/pdf",
+        "application/vnd.ms-excel",
+        "application/vnd.ms-powerpoint",
+        "application/msword",
+        "image/*",
+        "image/bmp",
+        "image/gif",
+        "image/x-icon",
+        "image/jpeg",
+        "image/png",
+        "image/svg+xml",
+        "image/tiff",
+        "video/*",
+        "video/x-msvideo",
+        "video/mp4",
+        "video/mpeg",
+        "video/quicktime",
+        "video/x-ms-wmv",
+    }
+)
+
 
 def _no_data(ctx: Ctx) -> HttpError:
-    """XNAT's answer to an upload without content."""
+    """XNAT's answer to an upload without content (docs/XNAT-API.md §4.5): when the request
+    says its body is the file (``inbody=true``, or a file media type, as xnatpy and pyxnat
+    send) ``SecureResource.getFileWritersAndLoadParams`` throws on an entity of size 0 and
+    ``FileList`` turns that into a 500; only a request that names no file at all gets 400."""
     req = ctx.request
+    if truthy(req.args.get("inbody")) or (req.mimetype or "").lower() in _FILE_IN_BODY_TYPES:
+        return HttpError(
+            500, "In-body File posts must include the file directly as the body of the message."
+        )
     return HttpError(400, f"You tried to {req.method} to {req.path} but didn't provide any data.")
 
 
