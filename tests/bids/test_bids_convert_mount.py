@@ -130,6 +130,12 @@ def test_first_read_converts_once_and_matches_dcm2niix(
     assert file_gets(records) == [] and zip_gets(records) == []
     assert conversions(m2.path)["done"] == 0
     m2.umount()
+    # `xnatfs cache` sees the conversions too (their own store, docs/BIDS.md)
+    usage = _cache_cmd("usage", cache)
+    bids_line = next(ln for ln in usage.stdout.splitlines() if "BIDS-converted files" in ln)
+    assert int(bids_line.split(": ", 1)[1].split()[0]) > 0, usage.stdout
+    verify = _cache_cmd("verify", cache)
+    assert "BIDS-converted files checked" in verify.stdout and ", 0 bad" in verify.stdout
 
     # a re-upload of one file of the bold scan: a fresh conversion of that scan only
     m3 = make_mount(emu.url, cache=cache, name="third")
@@ -154,3 +160,18 @@ def test_first_read_converts_once_and_matches_dcm2niix(
     t1 = next((m4.path / ".bids/DEMO1/sub-SUBJ02/ses-MR2/anat").glob("*run-1_T1w.nii.gz"))
     assert t1.read_bytes() == (copy / "ses-MR2/anat" / t1.name).read_bytes()
     assert conversions(m4.path)["done"] == 1
+    m4.umount()
+    cleared = _cache_cmd("clear", cache)
+    assert "BIDS-converted files from" in cleared.stdout, cleared.stdout
+    assert ": 0 BIDS-converted files" in cleared.stdout and ": 0 files" in cleared.stdout
+
+
+def _cache_cmd(command: str, cache: Path) -> subprocess.CompletedProcess:
+    res = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "cache", command, "--cache-dir", str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res

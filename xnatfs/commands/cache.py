@@ -32,8 +32,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
                 cmd_cache(argparse.Namespace(**dict(vars(args), cache_dir=str(one))))
             return 0
     cache_dir = Path(args.cache_dir or default_cache_dir()).expanduser()
-    content = cache_dir / "content"
-    if not content.is_dir():
+    if not (cache_dir / "content").is_dir():
         raise UsageError(f"no xnatfs cache at {cache_dir}")
     lock = open(cache_dir / "lock", "a+")  # noqa: SIM115 - held for the whole command
     try:
@@ -42,33 +41,52 @@ def cmd_cache(args: argparse.Namespace) -> int:
             fcntl.flock(lock, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except OSError:
             raise UsageError(f"{cache_dir} is in use by a mount: unmount it first") from None
+        # each store has --cache-size of its own (docs/BIDS.md), so prune SIZE applies to each
         size_limit = parse_size(args.size) if args.cache_command == "prune" else 2**62
-        cc = ContentCache(str(content), size_limit=size_limit, fetch=_no_fetch)
-        cc.start()  # start() evicts down to size_limit (prune)
-        try:
-            if args.cache_command == "clear":
-                removed = cc.clear()
-                print(f"removed {removed} cached files from {cache_dir}")
-            stats = cc.stats
-            print(
-                f"{cache_dir}: {stats.get('entries', 0)} files, {cc.size() / 2**20:.1f} MiB on disk"
-            )
-        finally:
-            cc.close()
+        for what, store in _stores(cache_dir):
+            cc = ContentCache(str(store), size_limit=size_limit, fetch=_no_fetch)
+            cc.start()  # start() evicts down to size_limit (prune)
+            try:
+                if args.cache_command == "clear":
+                    removed = cc.clear()
+                    print(f"removed {removed} {what} from {cache_dir}")
+                print(
+                    f"{cache_dir}: {cc.stats.get('entries', 0)} {what}, "
+                    f"{cc.size() / 2**20:.1f} MiB on disk"
+                )
+            finally:
+                cc.close()
     finally:
         lock.close()
     return 0
 
 
+def _stores(cache_dir: Path) -> List[Tuple[str, Path]]:
+    """The content stores under a cache directory, by what they hold: XNAT's files
+    (``content``) and, once the BIDS view has converted anything, its converted files
+    (``bids/content``, ``bids.layout.BidsLayout``; a budget of its own)."""
+    stores = [("files", cache_dir / "content")]
+    bids = cache_dir / "bids" / "content"
+    if (bids / "index").is_dir():
+        stores.append(("BIDS-converted files", bids))
+    return stores
+
+
 def _verify(cache_dir: Path, repair: bool) -> int:
     """``xnatfs cache verify``: size and MD5 of every entry, with a progress bar; exit 1 if
-    bad entries remain (0 after ``--repair`` dropped them all)."""
+    bad entries remain (0 after ``--repair`` dropped them all), in every store."""
+    if not (cache_dir / "content" / "index").is_dir():
+        raise UsageError(f"no xnatfs cache at {cache_dir}")
+    results = [_verify_store(cache_dir, what, store, repair) for what, store in _stores(cache_dir)]
+    return 0 if all(results) else 1
+
+
+def _verify_store(cache_dir: Path, what: str, store: Path, repair: bool) -> bool:
+    """One store of ``xnatfs cache verify``; False if bad entries remain."""
     from tqdm import tqdm
 
     from xnatfs.cache.content import verify_entries
 
-    if not (cache_dir / "content" / "index").is_dir():
-        raise UsageError(f"no xnatfs cache at {cache_dir}")
     bar: Any = None
 
     def on_total(entries: int, total: int) -> None:
@@ -77,17 +95,14 @@ def _verify(cache_dir: Path, repair: bool) -> int:
             total=total,
             unit="B",
             unit_scale=True,
-            desc=f"verify {entries} files",
+            desc=f"verify {entries} {what}",
             disable=None,
             file=sys.stderr,
         )
 
     try:
         report = verify_entries(
-            cache_dir / "content",
-            repair=repair,
-            progress=lambda n: bar.update(n),
-            on_total=on_total,
+            store, repair=repair, progress=lambda n: bar.update(n), on_total=on_total
         )
     finally:
         if bar is not None:
@@ -95,11 +110,11 @@ def _verify(cache_dir: Path, repair: bool) -> int:
     for line in report.problems:
         print(f"xnatfs: cache verify: bad entry {line}", file=sys.stderr)
     print(
-        f"{cache_dir}: {report.checked} files checked ({report.hashed} by MD5, the others "
-        f"by size: no MD5 listed), {report.bad} bad"
+        f"{cache_dir}: {report.checked} {what} checked ({report.hashed} by MD5, the others "
+        f"by size: no MD5 recorded), {report.bad} bad"
         + (f", {report.dropped} dropped" if repair else "")
     )
-    return 0 if report.bad == report.dropped else 1
+    return report.bad == report.dropped
 
 
 def _no_fetch(uri: str, sink: Any) -> None:
