@@ -124,6 +124,38 @@ def test_policies_plug_in_and_the_first_to_take_an_open_stops_the_rest(engine):
     assert first.closed and second.closed
 
 
+def test_an_open_of_a_cached_file_asks_only_the_policies_that_want_it(engine):
+    """A hit says nothing about what else to download (the next uncached open of the folder
+    decides), and asking such policies cost ~12 % of the daemon's time per warm open
+    (benchmarks/RESULTS.md "Warm opens"); a policy with ``on_cached_opens`` (prefetch pages
+    the next cached files in) is still asked, and the open of an uncached file asks both."""
+    from tests.helpers.waiting import wait_for
+
+    eng, _main, _mirror = engine
+    recorder, at_hits = Recorder(take=False), Recorder(take=False)
+    recorder.on_cached_opens = False
+    at_hits.on_cached_opens = True
+    eng.add_policy(recorder)
+    eng.add_policy(at_hits)
+    node = eng.lookup("/docs/readme.txt")
+    handle = eng.open(node, "/docs/readme.txt")
+    try:
+        assert handle.read(0, 1000) == TREE["docs"]["readme.txt"]
+    finally:
+        handle.close()
+    assert recorder.seen == [("open", ("docs", "readme.txt"))]
+    key = eng.content_key(node)
+    wait_for(lambda: eng.content.state(key) == "cached", timeout=30, what="readme.txt cached")
+    for _ in range(2):
+        handle = eng.open(eng.lookup("/docs/readme.txt"), "/docs/readme.txt")
+        try:
+            assert handle.read(0, 1000) == TREE["docs"]["readme.txt"]
+        finally:
+            handle.close()
+    assert recorder.seen == [("open", ("docs", "readme.txt"))]
+    assert at_hits.seen == [("open", ("docs", "readme.txt"))] * 3
+
+
 def test_overlay_nodes_are_typed_not_string_sentinels():
     folder = Writer._dir(("P", "resources", "R", "files", "new"))
     assert isinstance(folder.ref, Local) and folder.is_local and folder.local_file is None

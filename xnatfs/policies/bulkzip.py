@@ -36,6 +36,9 @@ class BulkZip:
     on its way (per-file prefetching would fetch the same bytes twice).  Archive resources
     only: the prearchive has no zip download."""
 
+    #: a hit says nothing about a zip: the first open of an uncached file decides
+    on_cached_opens = False
+
     def __init__(self, min_files: int, *, ttl: float = 60.0) -> None:
         #: a resource with at least this many uncached files is fetched as one zip
         self.min_files = min_files

@@ -18,6 +18,10 @@ class Prefetch:
     A sliding window: each open moves it, and the queue stays short enough that a file
     somebody actually opens is never stuck behind a long list of guesses."""
 
+    #: the next files of a folder read from the cache are paged in from disk ahead of the
+    #: reader (``ContentCache.prefetch``: WILLNEED): worth asking at a hit too
+    on_cached_opens = True
+
     def __init__(self, window: int) -> None:
         self.window = window
         #: guards _queued (never held while calling the engine or the cache)

@@ -29,6 +29,9 @@ class WalkAhead:
     still one request per directory.  Folders with ``Fixed`` children are looked through: their
     children's listings are the requests."""
 
+    #: opens are not this policy's signal (``on_open`` does nothing)
+    on_cached_opens = False
+
     def __init__(
         self, threads: int, *, window: float = WALK_WINDOW, queue: int = WALK_QUEUE
     ) -> None:

@@ -488,8 +488,11 @@ class Engine:
             direct_io=generated or opened.direct_io,
         )
         if not generated and path and self.policies:
+            hit = bool(getattr(cached, "verified", False))
             parts = split_path(path)
             for policy in self.policies:
+                if hit and not getattr(policy, "on_cached_opens", True):
+                    continue  # Policy.on_cached_opens
                 try:
                     if policy.on_open(self, parts, node):
                         break

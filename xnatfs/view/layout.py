@@ -310,6 +310,13 @@ class Policy(Protocol):
     while it calls the engine.  Hooks run on FUSE threads after the call's answer is known and
     must return quickly (queue work on a pool of their own or on the content cache)."""
 
+    #: asked at the open of a file already verified in the cache too: True for a policy with
+    #: work left then (prefetch pages the next cached files in from disk), False for one that
+    #: only starts downloads (a hit says nothing about those; the next uncached open of the
+    #: folder decides).  Skipping the others was ~12 % of the daemon's time per warm open
+    #: (benchmarks/RESULTS.md "Warm opens")
+    on_cached_opens: bool
+
     def on_readdir(self, view: View, parts: PathParts, children: List[NodeInfo]) -> None:
         """Directory ``parts`` was read (FUSE readdir) and had ``children``."""
 
