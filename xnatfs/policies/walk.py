@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import cachetools
 
@@ -20,30 +21,61 @@ log = logging.getLogger(__name__)
 WALK_WINDOW = 10.0
 #: most listings queued ahead of a walker at once
 WALK_QUEUE = 512
+#: levels below a walked folder whose listings are loaded ahead: each listing loaded ahead
+#: queues its own sub-folders' until this many levels (a depth-first walker otherwise waits
+#: for every level of each experiment in turn: benchmarks/RESULTS.md "Walk-ahead depth")
+WALK_DEPTH = 3
 
 
 class WalkAhead:
     """When the two folders above were read just before, somebody is walking the tree (find,
-    cp -r, du, rsync): the listings one level down are then loaded in the background,
-    ``threads`` at a time, instead of one after another as the walker reaches them.  Each is
-    still one request per directory.  Folders with ``Fixed`` children are looked through: their
-    children's listings are the requests."""
+    cp -r, du, rsync): the listings below are then loaded in the background, ``threads`` at a
+    time, instead of one after another as the walker reaches them.  Each is still one request
+    per directory.  Folders with ``Fixed`` children are looked through: their children's
+    listings are the requests.
+
+    How far and in what order: each listing loaded ahead queues its own sub-folders' until
+    ``depth`` levels below the walked folder, and the queue is served in path order, not in
+    the order things were queued.  Walkers go depth first in name order, so the folder the
+    walker reaches next is the smallest path queued; first-in-first-out had the workers
+    loading the last subjects' experiment lists while the walker waited, level by level, for
+    the first subject's scans (benchmarks/RESULTS.md "Walk-ahead").  Bounded: at most
+    ``queue`` listings wait; the rest are left to the walker."""
 
     #: opens are not this policy's signal (``on_open`` does nothing)
     on_cached_opens = False
 
     def __init__(
-        self, threads: int, *, window: float = WALK_WINDOW, queue: int = WALK_QUEUE
+        self,
+        threads: int,
+        *,
+        window: float = WALK_WINDOW,
+        queue: int = WALK_QUEUE,
+        depth: Optional[int] = None,
     ) -> None:
         self.threads = threads
         self.window = window
         self.queue = queue
+        self.depth = WALK_DEPTH if depth is None else depth
         #: guards everything below (short critical sections; never held calling the engine)
         self._lock = threading.Lock()
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._wake = threading.Condition(self._lock)
+        #: (path, tie-breaker, view, node, depth left): the smallest path is loaded first
+        self._heap: List[Tuple[PathParts, int, Any, NodeInfo, int]] = []
+        self._seq = itertools.count()
+        self._workers: List[threading.Thread] = []
+        #: queued or loading
         self._pending = 0
+        self._closed = False
         #: folder -> when it was last read (to recognise a walk); bounded
         self._recent: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
+        #: folder -> levels below it wanted when it was queued ahead (or found loaded) within
+        #: the walk window: a folder reached from its parent and again by the walker is looked
+        #: at once unless more levels are wanted now (building a folder's listing descriptor
+        #: is most of what a warm walk costs here); bounded
+        self._queued: cachetools.TTLCache = cachetools.TTLCache(maxsize=32768, ttl=window)
+        #: folder -> when its children were queued as a walked folder's siblings; bounded
+        self._expanded: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
 
     def on_readdir(self, view: View, parts: PathParts, children: List[NodeInfo]) -> None:
         now = time.monotonic()
@@ -53,16 +85,41 @@ class WalkAhead:
                 now - recent.get(parts[:-i], -1e9) < self.window for i in (1, 2)
             )
             recent[parts] = now
-        if walking:
-            self._walk_ahead(view, parts, children)
+        if not walking:
+            return
+        self._walk_ahead(view, parts, children, self.depth)
+        # and the folders the walker goes to next: this one's siblings (the walk began at
+        # least two levels up, so they are inside it), each to the same depth below it; once
+        # per parent and walk (each sibling's own read would repeat it: quadratic)
+        now = time.monotonic()
+        with self._lock:
+            if now - self._expanded.get(parts[:-1], -1e9) < self.window:
+                return
+            self._expanded[parts[:-1]] = now
+        try:
+            parent = view.node(parts[:-1])
+            siblings = list(view.listing(parts[:-1], parent).children.values())
+        except Exception as exc:  # noqa: BLE001 - a guess; the walker reads it anyway
+            log.debug("walk-ahead /%s: %s", "/".join(parts[:-1]), exc)
+            return
+        self._walk_ahead(view, parts[:-1], siblings, self.depth + 1)
 
     def on_open(self, view: View, parts: PathParts, node: NodeInfo) -> bool:
         return False
 
-    def _walk_ahead(self, view: View, parts: PathParts, children: List[NodeInfo]) -> None:
+    def _walk_ahead(
+        self, view: View, parts: PathParts, children: List[NodeInfo], depth: int
+    ) -> None:
+        """Queue the listings of ``children`` (folders below ``parts``), each to queue its own
+        children's while ``depth`` levels are left."""
+        if depth < 1 or self.threads < 1:
+            return
         jobs: List[Tuple[PathParts, NodeInfo, Loaded]] = []
 
         def add(job_parts: PathParts, node: NodeInfo) -> None:
+            with self._lock:
+                if self._queued.get(job_parts, -1) >= depth - 1:
+                    return  # seen in this walk, as deep: no descriptor to build
             how = view.descriptor(job_parts, node)
             if isinstance(how, Loaded):
                 jobs.append((job_parts, node, how))
@@ -76,26 +133,55 @@ class WalkAhead:
             if child.is_dir and not child.is_local:
                 add(parts + (child.name,), child)
         with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="xnatfs-walk")
+            if self._closed:
+                return
             for job_parts, node, how in jobs:
-                if self._pending >= self.queue or view.meta.peek(how.key) is not None:
-                    continue
+                if self._pending >= self.queue:
+                    break
+                if self._queued.get(job_parts, -1) >= depth - 1:
+                    continue  # queued in this walk, as deep or deeper
+                self._queued[job_parts] = depth - 1
+                if depth == 1 and view.meta.peek(how.key) is not None:
+                    continue  # loaded, and nothing below it wanted (noted: skipped sooner)
+                # (a loaded one with levels wanted below costs its worker a cache hit)
                 self._pending += 1
-                self._pool.submit(self._load, view, job_parts, node)
+                heapq.heappush(self._heap, (job_parts, next(self._seq), view, node, depth - 1))
+            # one worker per queued listing, up to ``threads`` (started here, named; they end
+            # at close)
+            while len(self._workers) < min(self.threads, self._pending):
+                worker = threading.Thread(
+                    target=self._work, name=f"xnatfs-walk-{len(self._workers)}", daemon=True
+                )
+                self._workers.append(worker)
+                worker.start()
+            self._wake.notify(len(jobs))
 
-    def _load(self, view: View, parts: PathParts, node: NodeInfo) -> None:
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._heap and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                parts, _seq, view, node, depth = heapq.heappop(self._heap)
+            self._load(view, parts, node, depth)
+
+    def _load(self, view: View, parts: PathParts, node: NodeInfo, depth: int) -> None:
         try:
-            view.listing(parts, node)
+            listing = view.listing(parts, node)
         except Exception as exc:  # noqa: BLE001 - a guess that failed; the walker will ask
             log.debug("walk-ahead /%s: %s", "/".join(parts), exc)
+            listing = None
         finally:
             with self._lock:
                 self._pending -= 1
+        if listing is not None and depth > 0:
+            self._walk_ahead(view, parts, list(listing.children.values()), depth)
 
     def close(self) -> None:
-        """Drop queued loads (running ones finish on their own)."""
+        """Drop queued loads (running ones finish on their own; the workers then end)."""
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            self._closed = True
+            self._pending -= len(self._heap)
+            self._heap.clear()
+            self._wake.notify_all()

@@ -1,0 +1,157 @@
+"""Walk-ahead (``policies.walk``) over the view engine and a toy layout whose listing loads are
+recorded: what a depth-first walker gets loaded ahead of it, in which order, how many at
+once, and that it stops at close."""
+
+from __future__ import annotations
+
+import threading
+from typing import List
+
+import pytest
+
+from tests.helpers.waiting import wait_for
+from tests.mount.toy_layout import ToyLayout
+from xnatfs.cache.content import ContentCache
+from xnatfs.cache.meta import MetaCache
+from xnatfs.policies.walk import WalkAhead
+from xnatfs.view.engine import Engine
+from xnatfs.view.layout import Listing
+from xnatfs.view.paths import PathParts
+
+#: proj/subjects/S0..S5/exp/E0..E1/scans/1..2/f.dcm: a project as ``find`` walks it
+TREE = {
+    "proj": {
+        "subjects": {
+            f"S{s}": {
+                "exp": {
+                    f"E{e}": {"scans": {str(n): {"f.dcm": b"x"} for n in (1, 2)}} for e in (0, 1)
+                }
+            }
+            for s in range(6)
+        }
+    }
+}
+FOLDERS = 1 + 1 + 1 + 6 * (1 + 1 + 2 * (1 + 1 + 2))  # root, proj, subjects, each subject's
+
+
+class RecordingLayout(ToyLayout):
+    """Records each listing load (its path) in order, and those the walk-ahead's threads made;
+    ``gate`` holds the walk-ahead's loads (not the walker's) until set."""
+
+    def __init__(self) -> None:
+        super().__init__(TREE)
+        self.order: List[PathParts] = []
+        self.ahead: List[PathParts] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self._order_lock = threading.Lock()
+
+    def _load(self, parts: PathParts) -> Listing:
+        by_walk_ahead = threading.current_thread().name.startswith("xnatfs-walk")
+        if by_walk_ahead:
+            assert self.gate.wait(30)
+        with self._order_lock:
+            self.order.append(parts)
+            if by_walk_ahead:
+                self.ahead.append(parts)
+        return super()._load(parts)
+
+
+@pytest.fixture
+def walked(tmp_path):
+    layout = RecordingLayout()
+    content = ContentCache(str(tmp_path / "c"), size_limit=1 << 20, fetch=layout.fetch)
+    content.start()
+    eng = Engine(layout, MetaCache(ttl=60.0), content, fs_timeout=10.0)
+    yield eng, layout
+    eng.close()
+    content.close()
+
+
+def _idle(policy: WalkAhead) -> bool:
+    with policy._lock:
+        return policy._pending == 0
+
+
+def _walk_to_first_subject(eng: Engine) -> None:
+    """What ``find /proj`` does first: each folder read before the one below it."""
+    for path in ("/", "/proj", "/proj/subjects", "/proj/subjects/S0"):
+        eng.readdir(path)
+
+
+def test_a_walk_loads_the_siblings_and_their_folders_ahead_each_once(walked):
+    """A walker at the first subject gets the other subjects' folders loaded ahead, to
+    ``depth`` levels, each once; then the walk itself loads nothing more."""
+    eng, layout = walked
+    policy = WalkAhead(2, depth=5)
+    eng.add_policy(policy)
+    _walk_to_first_subject(eng)
+    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
+    ahead = set(layout.order)
+    assert ("proj", "subjects", "S5", "exp", "E1", "scans") in ahead
+    assert ("proj", "subjects", "S3", "exp") in ahead
+    before = len(layout.order)
+    for folder in [p for p in ahead if len(p) <= 6]:  # the walker reaches the scans folders
+        eng.listdir("/" + "/".join(folder))
+    assert len(layout.order) == before, "the walker found every folder loaded"
+    assert len(layout.order) == len(set(layout.order)), "no folder loaded twice"
+    assert len(layout.order) <= FOLDERS
+
+
+def test_depth_bounds_how_far_below_the_walk_it_loads(walked):
+    eng, layout = walked
+    policy = WalkAhead(2, depth=1)
+    eng.add_policy(policy)
+    _walk_to_first_subject(eng)
+    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
+    ahead = set(layout.order)
+    assert ("proj", "subjects", "S4", "exp") in ahead  # a sibling, one level below it
+    assert ("proj", "subjects", "S4", "exp", "E0") not in ahead
+
+
+def test_the_folder_the_walker_reaches_next_is_loaded_first(walked):
+    """Served in path order (depth first, by name, as walkers go), not in the order queued:
+    with one thread and the loads held, the queue's order shows once released."""
+    eng, layout = walked
+    policy = WalkAhead(1, depth=1)
+    eng.add_policy(policy)
+    layout.gate.clear()
+    for path in ("/", "/proj", "/proj/subjects"):
+        eng.readdir(path)  # the walk is seen here: S0..S5 queued
+    wait_for(lambda: policy._pending >= 6, timeout=30, what="loads queued")
+    layout.gate.set()
+    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
+    # the one worker took the first queued before the rest arrived; after it, path order
+    assert layout.ahead[1:] == sorted(layout.ahead[1:]), layout.ahead
+    assert len(layout.ahead) >= 6
+
+
+def test_at_most_queue_listings_wait(walked):
+    eng, layout = walked
+    policy = WalkAhead(1, depth=5, queue=3)
+    eng.add_policy(policy)
+    layout.gate.clear()
+    for path in ("/", "/proj", "/proj/subjects"):
+        eng.readdir(path)  # six subjects to queue, three places
+    with policy._lock:
+        assert policy._pending == 3
+    layout.gate.set()
+    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
+
+
+def test_close_drops_what_is_queued_and_ends_the_workers(walked):
+    eng, layout = walked
+    policy = WalkAhead(2, depth=5)
+    eng.add_policy(policy)
+    layout.gate.clear()
+    for path in ("/", "/proj", "/proj/subjects"):
+        eng.readdir(path)
+    assert policy._pending >= 6
+    policy.close()
+    layout.gate.set()  # the two held loads finish; the four queued never start
+    for worker in policy._workers:
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+    assert len(layout.ahead) <= 2
+    eng.readdir("/proj/subjects/S5")  # a walk after close queues nothing
+    assert len(layout.ahead) <= 2 and all(not w.is_alive() for w in policy._workers)
