@@ -73,66 +73,97 @@ def _idle(policy: WalkAhead) -> bool:
         return policy._pending == 0
 
 
-def _walk_to_first_subject(eng: Engine) -> None:
-    """What ``find /proj`` does first: each folder read before the one below it."""
-    for path in ("/", "/proj", "/proj/subjects", "/proj/subjects/S0"):
+FIRST_SUBJECT = (
+    "/",
+    "/proj",
+    "/proj/subjects",
+    "/proj/subjects/S0",
+    "/proj/subjects/S0/exp",
+    "/proj/subjects/S0/exp/E0",
+    "/proj/subjects/S0/exp/E0/scans",
+)
+
+
+def _walk(eng: Engine, paths) -> None:
+    """What ``find /proj`` does: each folder read before the ones below it."""
+    for path in paths:
         eng.readdir(path)
 
 
-def test_a_walk_loads_the_siblings_and_their_folders_ahead_each_once(walked):
-    """A walker at the first subject gets the other subjects' folders loaded ahead, to
-    ``depth`` levels, each once; then the walk itself loads nothing more."""
+def test_a_walk_that_moves_on_gets_the_next_subjects_loaded_as_deep_each_once(walked):
+    """The walker went four levels below ``subjects`` in the first subject, then reads the
+    second: the other subjects are loaded ahead as deep, each folder once, and the walk
+    itself then loads nothing more."""
     eng, layout = walked
-    policy = WalkAhead(2, depth=5)
+    policy = WalkAhead(2)
     eng.add_policy(policy)
-    _walk_to_first_subject(eng)
+    _walk(eng, FIRST_SUBJECT + ("/proj/subjects/S1",))
     wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
-    ahead = set(layout.order)
+    ahead = set(layout.ahead)
     assert ("proj", "subjects", "S5", "exp", "E1", "scans") in ahead
     assert ("proj", "subjects", "S3", "exp") in ahead
+    others = [p for p in ahead if p[2:3] != ("S0",)]
+    assert not any(len(p) > 6 for p in others), "no deeper than the walker went"
     before = len(layout.order)
-    for folder in [p for p in ahead if len(p) <= 6]:  # the walker reaches the scans folders
+    for folder in sorted(ahead):  # the walker reaches them
         eng.listdir("/" + "/".join(folder))
     assert len(layout.order) == before, "the walker found every folder loaded"
     assert len(layout.order) == len(set(layout.order)), "no folder loaded twice"
     assert len(layout.order) <= FOLDERS
 
 
+def test_browsing_into_one_child_crawls_no_sibling(walked):
+    """``ls`` one level after another into the first subject (a walk, by the rule of the
+    two folders above): one level below each folder read (the subjects' own listings), not
+    a folder inside another subject."""
+    eng, layout = walked
+    policy = WalkAhead(2)
+    eng.add_policy(policy)
+    _walk(eng, FIRST_SUBJECT)
+    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
+    assert ("proj", "subjects", "S3") in layout.ahead
+    assert not [p for p in layout.ahead if len(p) > 3 and p[2] != "S0"], layout.ahead
+
+
 def test_depth_bounds_how_far_below_the_walk_it_loads(walked):
     eng, layout = walked
     policy = WalkAhead(2, depth=1)
     eng.add_policy(policy)
-    _walk_to_first_subject(eng)
+    _walk(eng, FIRST_SUBJECT + ("/proj/subjects/S1",))
     wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
-    ahead = set(layout.order)
-    assert ("proj", "subjects", "S4", "exp") in ahead  # a sibling, one level below it
-    assert ("proj", "subjects", "S4", "exp", "E0") not in ahead
+    ahead = set(layout.ahead)
+    assert ("proj", "subjects", "S4") in ahead  # the next subjects, one level
+    assert ("proj", "subjects", "S4", "exp") not in ahead
 
 
 def test_the_folder_the_walker_reaches_next_is_loaded_first(walked):
     """Served in path order (depth first, by name, as walkers go), not in the order queued:
     with one thread and the loads held, the queue's order shows once released."""
     eng, layout = walked
-    policy = WalkAhead(1, depth=1)
+    policy = WalkAhead(1)
     eng.add_policy(policy)
+    _walk(eng, FIRST_SUBJECT)
+    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
     layout.gate.clear()
-    for path in ("/", "/proj", "/proj/subjects"):
-        eng.readdir(path)  # the walk is seen here: S0..S5 queued
-    wait_for(lambda: policy._pending >= 6, timeout=30, what="loads queued")
+    start = len(layout.ahead)
+    threading.Thread(target=eng.readdir, args=("/proj/subjects/S1",), daemon=True).start()
+    wait_for(lambda: policy._pending >= 5, timeout=30, what="loads queued")
     layout.gate.set()
     wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
+    ahead = layout.ahead[start:]
     # the one worker took the first queued before the rest arrived; after it, path order
-    assert layout.ahead[1:] == sorted(layout.ahead[1:]), layout.ahead
-    assert len(layout.ahead) >= 6
+    assert ahead[1:] == sorted(ahead[1:]), ahead
+    assert len(ahead) >= 10
 
 
 def test_at_most_queue_listings_wait(walked):
     eng, layout = walked
-    policy = WalkAhead(1, depth=5, queue=3)
+    policy = WalkAhead(1, queue=3)
     eng.add_policy(policy)
+    _walk(eng, FIRST_SUBJECT)
+    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
     layout.gate.clear()
-    for path in ("/", "/proj", "/proj/subjects"):
-        eng.readdir(path)  # six subjects to queue, three places
+    eng.readdir("/proj/subjects/S1")  # four more subjects to queue, three places
     with policy._lock:
         assert policy._pending == 3
     layout.gate.set()
@@ -141,17 +172,19 @@ def test_at_most_queue_listings_wait(walked):
 
 def test_close_drops_what_is_queued_and_ends_the_workers(walked):
     eng, layout = walked
-    policy = WalkAhead(2, depth=5)
+    policy = WalkAhead(2)
     eng.add_policy(policy)
+    _walk(eng, FIRST_SUBJECT)
+    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
     layout.gate.clear()
-    for path in ("/", "/proj", "/proj/subjects"):
-        eng.readdir(path)
-    assert policy._pending >= 6
+    start = len(layout.ahead)
+    eng.readdir("/proj/subjects/S1")
+    assert policy._pending >= 4
     policy.close()
-    layout.gate.set()  # the two held loads finish; the four queued never start
+    layout.gate.set()  # the two held loads finish; those queued never start
     for worker in policy._workers:
         worker.join(timeout=30)
         assert not worker.is_alive()
-    assert len(layout.ahead) <= 2
-    eng.readdir("/proj/subjects/S5")  # a walk after close queues nothing
-    assert len(layout.ahead) <= 2 and all(not w.is_alive() for w in policy._workers)
+    assert len(layout.ahead) - start <= 2
+    _walk(eng, ("/proj/subjects/S2", "/proj/subjects/S3"))  # a walk after close queues nothing
+    assert len(layout.ahead) - start <= 2

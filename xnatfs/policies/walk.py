@@ -21,10 +21,15 @@ log = logging.getLogger(__name__)
 WALK_WINDOW = 10.0
 #: most listings queued ahead of a walker at once
 WALK_QUEUE = 512
-#: levels below a walked folder whose listings are loaded ahead: each listing loaded ahead
-#: queues its own sub-folders' until this many levels (a depth-first walker otherwise waits
-#: for every level of each experiment in turn: benchmarks/RESULTS.md "Walk-ahead depth")
-WALK_DEPTH = 3
+#: most levels below a folder that its other children are loaded to (the walker's own depth
+#: into the first one decides, up to this)
+WALK_DEPTH = 8
+#: ancestors of a folder read whose "deepest level reached below" is kept up to date
+_ANCESTORS = 8
+#: seconds a folder queued ahead (or found loaded) and a folder whose children were queued
+#: are not looked at again: the default listing TTL (a warm walk then builds no descriptors:
+#: they were most of its cost, benchmarks/RESULTS.md "Walk-ahead")
+SEEN_TTL = 60.0
 
 
 class WalkAhead:
@@ -34,13 +39,15 @@ class WalkAhead:
     per directory.  Folders with ``Fixed`` children are looked through: their children's
     listings are the requests.
 
-    How far and in what order: each listing loaded ahead queues its own sub-folders' until
-    ``depth`` levels below the walked folder, and the queue is served in path order, not in
-    the order things were queued.  Walkers go depth first in name order, so the folder the
-    walker reaches next is the smallest path queued; first-in-first-out had the workers
-    loading the last subjects' experiment lists while the walker waited, level by level, for
-    the first subject's scans (benchmarks/RESULTS.md "Walk-ahead").  Bounded: at most
-    ``queue`` listings wait; the rest are left to the walker."""
+    How far and in what order.  Below the folder just read, one level (a walker here may go
+    down next).  And when the walker moves on to a second child of a folder, that folder's
+    other children are loaded as deep as the walker went into the first one (``find``: the
+    whole subtree of every next subject; a loop of ``ls S*/experiments``: one level; browsing
+    into one child crawls nothing); FIFO had the workers busy with the last subjects while the
+    walker waited, one level after another, on the first.  The queue is served in path
+    order, not in the order queued: walkers go depth first in name order, so the folder the
+    walker reaches next is the smallest path queued (benchmarks/RESULTS.md "Walk-ahead").
+    Bounded: at most ``queue`` listings wait; the rest are left to the walker."""
 
     #: opens are not this policy's signal (``on_open`` does nothing)
     on_cached_opens = False
@@ -70,12 +77,15 @@ class WalkAhead:
         #: folder -> when it was last read (to recognise a walk); bounded
         self._recent: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
         #: folder -> levels below it wanted when it was queued ahead (or found loaded) within
-        #: the walk window: a folder reached from its parent and again by the walker is looked
+        #: ``SEEN_TTL``: a folder reached from its parent and again by the walker is looked
         #: at once unless more levels are wanted now (building a folder's listing descriptor
         #: is most of what a warm walk costs here); bounded
-        self._queued: cachetools.TTLCache = cachetools.TTLCache(maxsize=32768, ttl=window)
-        #: folder -> when its children were queued as a walked folder's siblings; bounded
+        self._queued: cachetools.TTLCache = cachetools.TTLCache(maxsize=32768, ttl=SEEN_TTL)
+        #: folder -> when its other children were queued (once per ``SEEN_TTL``); bounded
         self._expanded: cachetools.LRUCache = cachetools.LRUCache(maxsize=4096)
+        #: folder -> (first child read below it, deepest level the walker reached below it,
+        #: when that first child was read); older than ``SEEN_TTL``: a new walk; bounded
+        self._below: cachetools.LRUCache = cachetools.LRUCache(maxsize=16384)
 
     def on_readdir(self, view: View, parts: PathParts, children: List[NodeInfo]) -> None:
         now = time.monotonic()
@@ -85,24 +95,38 @@ class WalkAhead:
                 now - recent.get(parts[:-i], -1e9) < self.window for i in (1, 2)
             )
             recent[parts] = now
-        if not walking:
-            return
-        self._walk_ahead(view, parts, children, self.depth)
-        # and the folders the walker goes to next: this one's siblings (the walk began at
-        # least two levels up, so they are inside it), each to the same depth below it; once
-        # per parent and walk (each sibling's own read would repeat it: quadratic)
-        now = time.monotonic()
-        with self._lock:
-            if now - self._expanded.get(parts[:-1], -1e9) < self.window:
+            expand = self._moved_on(parts, now)
+        if walking:
+            self._walk_ahead(view, parts, children, 1)
+        if expand is not None:
+            top, depth = expand
+            try:
+                folders = list(view.listing(top, view.node(top)).children.values())
+            except Exception as exc:  # noqa: BLE001 - a guess; the walker reads it anyway
+                log.debug("walk-ahead /%s: %s", "/".join(top), exc)
                 return
-            self._expanded[parts[:-1]] = now
-        try:
-            parent = view.node(parts[:-1])
-            siblings = list(view.listing(parts[:-1], parent).children.values())
-        except Exception as exc:  # noqa: BLE001 - a guess; the walker reads it anyway
-            log.debug("walk-ahead /%s: %s", "/".join(parts[:-1]), exc)
-            return
-        self._walk_ahead(view, parts[:-1], siblings, self.depth + 1)
+            self._walk_ahead(view, top, folders, depth)
+
+    def _moved_on(self, parts: PathParts, now: float) -> Optional[Tuple[PathParts, int]]:
+        """Note the read of ``parts`` below each of its ancestors; the parent and how deep to
+        load its children when this is the second child of it the walker reads (once per
+        ``SEEN_TTL``).  Caller holds ``_lock``."""
+        below = self._below
+        for up in range(1, min(_ANCESTORS, len(parts)) + 1):
+            ancestor = parts[:-up]
+            got = below.get(ancestor)
+            if got is None or now - got[2] > SEEN_TTL:
+                below[ancestor] = (parts[len(ancestor)], up, now)
+            elif got[1] < up:  # (mostly a read: a warm walk pays little here)
+                below[ancestor] = (got[0], up, got[2])
+        if not parts:
+            return None
+        top = parts[:-1]
+        first, deepest, _since = below[top]
+        if first == parts[-1] or now - self._expanded.get(top, -1e9) < SEEN_TTL:
+            return None
+        self._expanded[top] = now
+        return top, min(deepest, self.depth)
 
     def on_open(self, view: View, parts: PathParts, node: NodeInfo) -> bool:
         return False
