@@ -169,3 +169,20 @@ def test_dcm2niix_makes_three_images_of_the_synthetic_gre_fieldmap(tmp_path: Pat
         "5_e1->magnitude1",
         "5_e2->magnitude2",
     ]
+
+
+def test_dcm2niix_multi_echo_series_is_named_by_echo(tmp_path: Path) -> None:
+    """A three-echo series (synthetic, like conftest's field map) makes ``_e1``..``_e3``."""
+    dicom, out = tmp_path / "dicom", tmp_path / "out"
+    dicom.mkdir()
+    out.mkdir()
+    series = SeriesSpec(7, "T2star_ME", 4, rows=32, columns=32)
+    parts = (("M", 1, "5"), ("M", 2, "15"), ("M", 3, "25"))
+    for name, data in series_files("t/me", series, parts, slices=4):
+        (dicom / name).write_bytes(data)
+    outputs = convert.run_dcm2niix(str(dicom), str(out), 60)
+    assert stems(BidsName("anat", "T2starw", (("acq", "ME"),)), outputs) == [
+        "7_e1->acq-ME_echo-1_T2starw",
+        "7_e2->acq-ME_echo-2_T2starw",
+        "7_e3->acq-ME_echo-3_T2starw",
+    ]
