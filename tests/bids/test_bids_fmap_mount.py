@@ -50,6 +50,7 @@ def test_gre_fieldmap_every_image_echo_times_and_intended_for(
     # its sidecar: one DICOM header, no conversion, and IntendedFor from the plan
     early = json.loads((fmap / "sub-SUBJ02_ses-MR2_phasediff.json").read_bytes())
     assert early["IntendedFor"] == [BOLD_URI]
+    assert "EchoTime" not in early and "ImageType" not in early  # not known per image yet
     assert conversions(m.path)["done"] == 0
 
     # the first read of the image converts the scan: the main image is the phase difference

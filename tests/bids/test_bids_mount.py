@@ -121,11 +121,14 @@ def test_pybids_indexes_the_view_with_one_header_per_scan(bids_mount) -> None:
     for f in bold:
         meta = f.get_metadata()
         assert meta["RepetitionTime"] == 2.0 and meta["TaskName"] == "rest", meta
-    for f in layout.get(extension=".nii.gz"):
+    for f in layout.get(extension=".nii.gz", datatype=["anat", "func"]):
         assert "EchoTime" in f.get_metadata(), f.path
-    # the field map, before its conversion: named as its scan, IntendedFor the session's bold
+    # the field map, before its conversion: named as its scan, IntendedFor the session's bold;
+    # no EchoTime/ImageType yet (the one header read is of one of its images, any of them)
     (fmap,) = layout.get(datatype="fmap", extension=".nii.gz")
     assert fmap.entities["suffix"] == "phasediff"
+    assert "EchoTime" not in fmap.get_metadata() and "ImageType" not in fmap.get_metadata()
+    assert fmap.get_metadata()["RepetitionTime"] > 0
     assert fmap.get_metadata()["IntendedFor"] == [
         "bids::sub-SUBJ02/ses-MR2/func/sub-SUBJ02_ses-MR2_task-rest_bold.nii.gz"
     ]

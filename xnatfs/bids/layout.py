@@ -505,6 +505,14 @@ class BidsLayout(BaseLayout):
         )
 
 
+#: sidecar keys one DICOM header gives that differ between the images of one series
+_PER_IMAGE_KEYS = ("EchoTime", "ImageType")
+
+
+def _gre_fieldmap(scan: PlannedScan) -> bool:
+    return scan.name.datatype == "fmap" and scan.name.suffix in images.GRE_FMAP_SUFFIXES
+
+
 def _scan_label(scan: PlannedScan) -> str:
     return f"{scan.project}/{scan.xnat_subject}/{scan.xnat_session}/scans/{scan.scan_id}"
 
@@ -603,6 +611,12 @@ class _SidecarHandle:
             ours.update(src.header(ref.scan.scan_uri, ref.files, deadline))
         if ref.scan.task:
             ours["TaskName"] = ref.scan.task
+        if ref.converted and not ref.image and _gre_fieldmap(ref.scan):
+            # a GRE field map series holds several images (magnitudes, phase) and the one
+            # header read is of any of them: its echo time and image type are not this
+            # image's, so they wait for dcm2niix's sidecar of the image (docs/BIDS.md)
+            for key in _PER_IMAGE_KEYS:
+                ours.pop(key, None)
         theirs: Optional[Dict[str, Any]] = None
         if not ref.converted:
             entry = ref.files.companions.get(".json")
