@@ -18,6 +18,13 @@ cache like any XNAT file.  Otherwise the image is a member of the scan's convers
 (``convert``) in the BIDS content cache, converted on first read; the sidecar is made from one
 DICOM header (merged with dcm2niix's own once the scan is converted).
 
+Multi-image series (docs/BIDS.md): a scan not converted yet shows one image, under the scan's
+name; once its bundle is in the cache, every image dcm2niix made shows under the name
+``images.bids_images`` gives it (``magnitude1``, ``phasediff``, ``echo-2``…).  A file's
+``BidsFile.image`` names its dcm2niix image; "" (the scan's own name, listed before the
+conversion) reads the scan's main image, found once converted.  A field map's sidecar gets
+``IntendedFor`` (:meth:`BidsLayout.intended_for`), made on read: it lists other scans.
+
 Sizes before conversion (docs/BIDS.md): a converted image whose bundle is not in the cache yet
 shows the series' DICOM size (an upper bound: the gzipped image is smaller) and a sidecar not
 yet made shows 4096; both are served with direct I/O, so every reader gets the whole file up
