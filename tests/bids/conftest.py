@@ -71,18 +71,30 @@ FMAP_AFTER = sorted(
 
 
 def series_files(
-    seed: str, series: SeriesSpec, parts: Sequence[Tuple[str, int, str]], slices: int
+    seed: str,
+    series: SeriesSpec,
+    parts: Sequence[Tuple[str, int, str]],
+    slices: int,
+    volumes: int = 1,
 ) -> List[Tuple[str, bytes]]:
     """Synthetic DICOM of one series holding several images: for each (ImageType part "M"/"P",
-    EchoNumbers, EchoTime ms) of ``parts``, ``slices`` slices — what a GRE field map (or a
-    multi-echo series) is on the scanner.  (file name, bytes), XNAT's naming."""
+    EchoNumbers, EchoTime ms) of ``parts``, ``slices`` slices (times ``volumes``, 4-D) — what
+    a GRE field map (or a multi-echo series) is on the scanner.  (file name, bytes), XNAT's
+    naming."""
     study = StudySpec(seed=seed, patient_name="S", patient_id="S_MR")
-    one = SeriesSpec(series.number, series.description, slices, series.rows, series.columns)
+    one = SeriesSpec(
+        series.number,
+        series.description,
+        slices * volumes,
+        series.rows,
+        series.columns,
+        volumes=volumes,
+    )
     out = []
     for k, (part, echo, te) in enumerate(parts):
-        for sl in range(slices):
+        for sl in range(slices * volumes):
             ds = make_dataset(study, one, sl)
-            idx = k * slices + sl
+            idx = k * slices * volumes + sl
             ds.SOPInstanceUID = uid_for(seed, "sop", series.number, idx)
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.InstanceNumber = idx + 1

@@ -1,7 +1,8 @@
-"""Field maps through FUSE: a GRE field map series (magnitude e1, e2 and phase in one scan)
-shows every image dcm2niix made under its BIDS name once converted, each sidecar carries
+"""Multi-image series through FUSE: a GRE field map series (magnitude e1, e2 and phase in one
+scan) shows every image dcm2niix made under its BIDS name once converted, each sidecar carries
 ``IntendedFor`` (and the phase difference ``EchoTime1``/``EchoTime2``), and pybids pairs the
-field map with the bold run (docs/BIDS.md "Multi-image series", "Field maps")."""
+field map with the bold run; a multi-echo bold shows its echoes (docs/BIDS.md "Multi-image
+series", "Field maps")."""
 
 from __future__ import annotations
 
@@ -17,17 +18,23 @@ import pytest
 from tests.bids.conftest import (
     FMAP_AFTER,
     FMAP_BEFORE,
+    GRE_FMAP_PARTS,
     add_gre_fieldmap,
+    add_series,
     conversions,
     file_gets,
+    series_files,
     tree,
     zip_gets,
 )
 from tests.helpers.waiting import wait_for
 from xnatfs.bids import convert
+from xnatfs.emulator.dicom import SeriesSpec
+from xnatfs.emulator.seed import DemoSession, seed_session
 
 pytestmark = pytest.mark.mount
 
+T1 = SeriesSpec(1, "T1w", 3)
 BOLD_URI = "bids::sub-SUBJ02/ses-MR2/func/sub-SUBJ02_ses-MR2_task-rest_bold.nii.gz"
 
 
@@ -155,3 +162,53 @@ def test_dcm2bids_config_intended_for_names_its_ids(
         "bids::sub-SUBJ02/anat/sub-SUBJ02_run-2_T1w.nii.gz",
     ]
     assert conversions(m.path)["done"] == 0
+
+
+def test_multi_echo_bold_shows_each_echo_once_converted(
+    make_emulator, make_mount, tmp_path: Path
+) -> None:
+    """A two-echo bold: before its conversion one ``…_bold`` (the first echo when read), then
+    ``…_echo-1_bold`` and ``…_echo-2_bold``; the field map's IntendedFor follows the names."""
+    emu = make_emulator()
+    store = emu.emu.store
+    store.create_project("MECHO", name="Multi-echo")
+    seed_session(store, DemoSession("MECHO", "S1", "S1_MR1", "20240301", (T1,)))
+    bold = SeriesSpec(2, "rest_ME_fMRI", 12, rows=32, columns=32, volumes=3)
+    echoes = (("M", 1, "15"), ("M", 2, "35"))
+    add_series(
+        store, "MECHO", "S1_MR1", bold, series_files("t/me", bold, echoes, slices=4, volumes=3)
+    )
+    gre = SeriesSpec(3, "gre_field_mapping_phase", 4, rows=32, columns=32)
+    add_series(store, "MECHO", "S1_MR1", gre, series_files("t/me", gre, GRE_FMAP_PARTS, 4))
+    m = make_mount(emu.url, "--listing-ttl", "1")
+    root = m.path / ".bids" / "MECHO"
+    func = root / "sub-S1/func"
+    fmap_json = root / "sub-S1/fmap/sub-S1_phasediff.json"
+    assert sorted(os.listdir(func)) == [
+        "sub-S1_task-rest_bold.json",
+        "sub-S1_task-rest_bold.nii.gz",
+    ]
+    assert json.loads(fmap_json.read_bytes())["IntendedFor"] == [
+        "bids::sub-S1/func/sub-S1_task-rest_bold.nii.gz"
+    ]
+    first = (func / "sub-S1_task-rest_bold.nii.gz").read_bytes()  # converts the scan
+    after = [f"sub-S1_task-rest_echo-{e}_bold.{x}" for e in (1, 2) for x in ("json", "nii.gz")]
+    wait_for(lambda: sorted(os.listdir(func)) == after, 30, "the echoes listed")
+    assert first == (func / "sub-S1_task-rest_echo-1_bold.nii.gz").read_bytes()
+
+    xnat = m.path / "MECHO/subjects/S1/experiments/S1_MR1/scans/2/resources/DICOM/files"
+    shutil.copytree(xnat, tmp_path / "dicom")
+    (tmp_path / "out").mkdir()
+    convert.run_dcm2niix(str(tmp_path / "dicom"), str(tmp_path / "out"), 120)
+    for echo, te in ((1, 0.015), (2, 0.035)):
+        got = nib.load(str(func / f"sub-S1_task-rest_echo-{echo}_bold.nii.gz"))
+        want = nib.load(str(tmp_path / "out" / f"2_e{echo}.nii.gz"))
+        assert got.shape == want.shape == (32, 32, 4, 3)
+        assert np.array_equal(np.asanyarray(got.dataobj), np.asanyarray(want.dataobj))
+        meta = json.loads((func / f"sub-S1_task-rest_echo-{echo}_bold.json").read_bytes())
+        assert meta["EchoTime"] == te and meta["TaskName"] == "rest"
+    assert json.loads(fmap_json.read_bytes())["IntendedFor"] == [
+        f"bids::sub-S1/func/sub-S1_task-rest_echo-{e}_bold.nii.gz" for e in (1, 2)
+    ]
+    bids = pytest.importorskip("bids")
+    assert bids.BIDSLayout(str(root)).get_echoes() == ["1", "2"]
