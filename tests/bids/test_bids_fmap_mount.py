@@ -212,3 +212,68 @@ def test_multi_echo_bold_shows_each_echo_once_converted(
     ]
     bids = pytest.importorskip("bids")
     assert bids.BIDSLayout(str(root)).get_echoes() == ["1", "2"]
+
+
+SIEMENS_CONFIG = {
+    "descriptions": [
+        {
+            "datatype": "fmap",
+            "suffix": "magnitude1",
+            "criteria": {
+                "SeriesDescription": "gre_field_mapping",
+                "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"],
+            },
+        },
+        {
+            "datatype": "fmap",
+            "suffix": "phasediff",
+            "criteria": {
+                "SeriesDescription": "gre_field_mapping",
+                "ImageType": ["ORIGINAL", "PRIMARY", "P", "ND"],
+            },
+        },
+        {
+            "datatype": "func",
+            "suffix": "bold",
+            "custom_entities": "task-rest",
+            "criteria": {"SeriesDescription": "rest_fMRI"},
+        },
+    ]
+}
+
+
+def test_siemens_two_series_fieldmap_with_an_image_type_config(
+    make_emulator, make_mount, tmp_path: Path
+) -> None:
+    """Siemens writes the magnitudes and the phase difference as two series of one description:
+    a config tells them apart by ImageType (docs/BIDS.md "Known limits"); once converted the
+    magnitude series shows magnitude1 and magnitude2, and the phase difference takes its
+    EchoTime1/EchoTime2 from them."""
+    emu = make_emulator()
+    store = emu.emu.store
+    mags = SeriesSpec(5, "gre_field_mapping", 8, rows=32, columns=32)
+    add_series(store, "DEMO1", "SUBJ02_MR2", mags, series_files("t/s", mags, GRE_FMAP_PARTS[:2], 4))
+    phase = SeriesSpec(6, "gre_field_mapping", 4, rows=32, columns=32)
+    add_series(
+        store, "DEMO1", "SUBJ02_MR2", phase, series_files("t/s", phase, GRE_FMAP_PARTS[2:], 4)
+    )
+    config = tmp_path / "dcm2bids.json"
+    config.write_text(json.dumps(SIEMENS_CONFIG))
+    m = make_mount(emu.url, "--bids-config", str(config), "--listing-ttl", "1")
+    fmap = m.path / ".bids/DEMO1/sub-SUBJ02/fmap"
+    names = ["sub-SUBJ02_magnitude1", "sub-SUBJ02_phasediff"]
+    assert sorted(os.listdir(fmap)) == [f"{n}.{e}" for n in names for e in ("json", "nii.gz")]
+    for name in names:
+        (fmap / f"{name}.nii.gz").read_bytes()
+    names.insert(1, "sub-SUBJ02_magnitude2")
+    after = [f"{n}.{e}" for n in names for e in ("json", "nii.gz")]
+    wait_for(lambda: sorted(os.listdir(fmap)) == after, 30, "magnitude2 listed")
+    for name in names:
+        doc = json.loads((fmap / f"{name}.json").read_bytes())
+        assert doc["IntendedFor"] == ["bids::sub-SUBJ02/func/sub-SUBJ02_task-rest_bold.nii.gz"]
+    # dcm2niix wrote no EchoTime1/EchoTime2 for the phase-only series (no vendor header
+    # here): they come from the magnitudes' series, converted
+    diff = json.loads((fmap / "sub-SUBJ02_phasediff.json").read_bytes())
+    assert diff["EchoTime1"] == 0.00492 and diff["EchoTime2"] == 0.00738
+    assert "P" in diff["ImageType"] and diff["EchoTime"] == 0.00738
+    assert conversions(m.path)["done"] == 2

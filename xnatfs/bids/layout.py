@@ -485,6 +485,36 @@ class BidsLayout(BaseLayout):
                 out.append(f"bids::{folder}/{node}")
         return sorted(set(out))
 
+    def paired_echo_times(self, phase: PlannedScan) -> Tuple[Tuple[str, Any], ...]:
+        """``EchoTime1``/``EchoTime2`` of a phase difference whose series holds no magnitudes
+        (Siemens writes them as a series of their own) when dcm2niix wrote none: the echo
+        times of the two magnitudes of the session's GRE field-map scan with the same
+        entities and run, once that scan is converted (a sidecar read converts nothing)."""
+        plan = self._plan_of(phase.project)
+        for other in (
+            s
+            for scans in plan.folders.values()
+            for s in scans
+            if s.experiment_uri == phase.experiment_uri
+            and s.scan_uri != phase.scan_uri
+            and _gre_fieldmap(s)
+            and s.name.entities == phase.name.entities
+            and s.run == phase.run
+        ):
+            files = self.src.scan_files(other.scan_uri)
+            if files.nifti is not None or not files.dicom:
+                continue
+            cached = self._bundle_images(self._bundle_uri(other, files), other)
+            mags = sorted(
+                (n.name.suffix, n.image.echo_time)
+                for n in (cached[0] if cached is not None else ())
+                if n.name.suffix in ("magnitude1", "magnitude2")
+            )
+            times = [t for _, t in mags if t is not None]
+            if len(times) == 2:
+                return (("EchoTime1", times[0]), ("EchoTime2", times[1]))
+        return ()
+
     def _target_images(self, scan: PlannedScan, files: ScanFiles) -> List[str]:
         """The image file names a scan shows now (no conversion, no download)."""
         if files.nifti is not None:
@@ -642,6 +672,9 @@ class _SidecarHandle:
         doc = sidecar.merge(ours, theirs) if theirs is not None else ours
         for key, value in ref.extra:
             doc.setdefault(key, value)  # dcm2niix's own value, when it wrote one, stays
+        if ref.image and ref.scan.name.suffix == "phasediff" and "EchoTime2" not in doc:
+            for key, value in self._layout.paired_echo_times(ref.scan):
+                doc.setdefault(key, value)
         if ref.scan.name.datatype == "fmap":
             targets = self._layout.intended_for(ref.scan)
             if targets:
