@@ -389,7 +389,12 @@ def heuristic(facts: ScanFacts) -> Match:
             return Match(BidsName("fmap", "magnitude1"), src)
         direction = _direction(d)
         if not direction:
-            return Match(None, src, "field map of unknown kind (no AP/PA, phase or magnitude)")
+            return Match(
+                None,
+                src,
+                "field map of unknown kind (no AP/PA, phase or magnitude in its description; "
+                "a GRE field map in two series: a config with an ImageType criterion)",
+            )
         return Match(BidsName("fmap", "epi", tuple(direction.items())), src)
     if re.search(r"\bswi\b|swi_|susceptib", low):
         return Match(BidsName("anat", "T2starw", (("acq", "SWI"),)), src)
