@@ -1,14 +1,38 @@
-"""Shared pieces of the BIDS view tests: the expected demo dataset and access-log helpers."""
+"""Shared pieces of the BIDS view tests: the expected demo dataset, a GRE field map added to it
+(synthetic DICOM: two magnitude echoes and a phase image in one series) and access-log
+helpers."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 from urllib.parse import unquote
 
 import pytest
+
+from xnatfs.emulator.dicom import (
+    SeriesSpec,
+    StudySpec,
+    dataset_bytes,
+    dicom_file_name,
+    make_dataset,
+    uid_for,
+)
+from xnatfs.emulator.seed import SEED_MTIME
+
+#: the field map scan added to SUBJ02_MR2 by :func:`add_series` (``bids_mount``): the
+#: heuristic names it ``phasediff`` ("phase" in the description)
+FMAP_SCAN = "5"
+FMAP_DESCRIPTION = "gre_field_mapping_phase"
+#: (ImageType part, echo number, echo time in ms) of each image of a GRE field map series
+GRE_FMAP_PARTS: Tuple[Tuple[str, int, str], ...] = (
+    ("M", 1, "4.92"),
+    ("M", 2, "7.38"),
+    ("P", 2, "7.38"),
+)
 
 #: every file of MNT/.bids/DEMO1 with the demo seed and the heuristic (xnatfs/emulator/seed.py)
 DEMO1_FILES = sorted(
@@ -32,6 +56,103 @@ DEMO1_FILES = sorted(
         )
     ]
 )
+
+
+#: the files of the field map before its scan is converted (its main image, named as the scan)
+FMAP_BEFORE = sorted(
+    f"sub-SUBJ02/ses-MR2/fmap/sub-SUBJ02_ses-MR2_phasediff.{e}" for e in ("nii.gz", "json")
+)
+#: and once converted: every image dcm2niix made, under its BIDS name
+FMAP_AFTER = sorted(
+    f"sub-SUBJ02/ses-MR2/fmap/sub-SUBJ02_ses-MR2_{k}.{e}"
+    for k in ("magnitude1", "magnitude2", "phasediff")
+    for e in ("nii.gz", "json")
+)
+
+
+def series_files(
+    seed: str,
+    series: SeriesSpec,
+    parts: Sequence[Tuple[str, int, str]],
+    slices: int,
+    volumes: int = 1,
+) -> List[Tuple[str, bytes]]:
+    """Synthetic DICOM of one series holding several images: for each (ImageType part "M"/"P",
+    EchoNumbers, EchoTime ms) of ``parts``, ``slices`` slices (times ``volumes``, 4-D) — what
+    a GRE field map (or a multi-echo series) is on the scanner.  (file name, bytes), XNAT's
+    naming."""
+    study = StudySpec(seed=seed, patient_name="S", patient_id="S_MR")
+    one = SeriesSpec(
+        series.number,
+        series.description,
+        slices * volumes,
+        series.rows,
+        series.columns,
+        volumes=volumes,
+    )
+    out = []
+    for k, (part, echo, te) in enumerate(parts):
+        for sl in range(slices * volumes):
+            ds = make_dataset(study, one, sl)
+            idx = k * slices * volumes + sl
+            ds.SOPInstanceUID = uid_for(seed, "sop", series.number, idx)
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.InstanceNumber = idx + 1
+            ds.ImageType = ["ORIGINAL", "PRIMARY", part, "ND"]
+            ds.EchoNumbers = echo
+            ds.EchoTime = te
+            name = dicom_file_name(
+                study.study_instance_uid, series.number, idx + 1, ds.SOPInstanceUID
+            )
+            out.append((name, dataset_bytes(ds)))
+    return out
+
+
+def add_series(
+    store: Any,
+    project: str,
+    experiment: str,
+    series: SeriesSpec,
+    files: Sequence[Tuple[str, bytes]],
+) -> None:
+    """A scan of ``files`` (its DICOM resource) on an experiment of the emulator's store."""
+    from xnatfs.emulator.store import Parent
+
+    eid = store.find_experiment(project, experiment).id
+    store.create_scan(
+        eid,
+        str(series.number),
+        "xnat:mrScanData",
+        fields={
+            "type": series.description,
+            "series_description": series.description,
+            "quality": "usable",
+            "frames": str(len(files)),
+        },
+    )
+    rid, _ = store.create_resource(
+        Parent(project=project, experiment=eid, scan=str(series.number)),
+        "DICOM",
+        format="DICOM",
+        content="RAW",
+    )
+    for name, data in files:
+        store.put_file(
+            rid,
+            name,
+            io.BytesIO(data),
+            overwrite=True,
+            format="DICOM",
+            content="RAW",
+            mtime=SEED_MTIME,
+        )
+
+
+def add_gre_fieldmap(store: Any) -> None:
+    """DEMO1's SUBJ02_MR2 gets scan 5, a GRE field map (magnitude e1, e2 and phase)."""
+    series = SeriesSpec(int(FMAP_SCAN), FMAP_DESCRIPTION, 4, rows=32, columns=32)
+    files = series_files("xnatfs-test/fmap", series, GRE_FMAP_PARTS, slices=4)
+    add_series(store, "DEMO1", "SUBJ02_MR2", series, files)
 
 
 def tree(root: Path) -> List[str]:
@@ -70,7 +191,9 @@ def conversions(mnt: Path) -> Dict[str, int]:
 
 @pytest.fixture
 def bids_mount(make_emulator, make_mount):
-    """A demo emulator and a mount of it (fresh cache)."""
+    """A demo emulator with a GRE field map in SUBJ02_MR2 (:func:`add_gre_fieldmap`) and a
+    mount of it (fresh cache)."""
     emu = make_emulator()
+    add_gre_fieldmap(emu.emu.store)
     m = make_mount(emu.url)
     return emu, m

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.bids.conftest import DEMO1_FILES, conversions, file_gets, per_scan, tree, zip_gets
+from tests.bids.conftest import (
+    DEMO1_FILES,
+    FMAP_BEFORE,
+    conversions,
+    file_gets,
+    per_scan,
+    tree,
+    zip_gets,
+)
 
 pytestmark = pytest.mark.mount
 
@@ -19,15 +27,17 @@ def test_listing_the_view_downloads_nothing_and_converts_nothing(bids_mount) -> 
     emu, m = bids_mount
     mark = emu.mark()
     root = m.path / ".bids" / "DEMO1"
-    assert tree(root) == DEMO1_FILES
-    sizes = {p: (root / p).stat().st_size for p in DEMO1_FILES}
+    # the field map is not converted yet: its main image only (docs/BIDS.md)
+    files = sorted(DEMO1_FILES + FMAP_BEFORE)
+    assert tree(root) == files
+    sizes = {p: (root / p).stat().st_size for p in files}
     assert all(s > 0 for s in sizes.values()), sizes
     du = subprocess.run(["du", "-s", str(root)], capture_output=True, text=True, timeout=60)
     assert du.returncode == 0, du.stderr
     found = subprocess.run(
         ["find", str(root), "-type", "f"], capture_output=True, text=True, timeout=60
     )
-    assert sorted(str(Path(p).relative_to(root)) for p in found.stdout.split()) == DEMO1_FILES
+    assert sorted(str(Path(p).relative_to(root)) for p in found.stdout.split()) == files
     records = emu.since(mark)
     assert file_gets(records) == [] and zip_gets(records) == []
     assert conversions(m.path)["done"] == 0 and conversions(m.path)["running"] == 0
@@ -102,7 +112,7 @@ def test_pybids_indexes_the_view_with_one_header_per_scan(bids_mount) -> None:
     layout = bids.BIDSLayout(str(root))
     assert sorted(layout.get_subjects()) == ["SUBJ01", "SUBJ02", "SUBJ03"]
     assert sorted(layout.get_sessions()) == ["MR1", "MR2"]
-    assert sorted(layout.get_datatypes()) == ["anat", "func"]
+    assert sorted(layout.get_datatypes()) == ["anat", "fmap", "func"]
     assert sorted(layout.get_suffixes(datatype=["anat", "func"])) == ["T1w", "T2w", "bold"]
     assert sorted(layout.get_runs()) == [1, 2]
     assert layout.get_tasks() == ["rest"]
@@ -111,11 +121,22 @@ def test_pybids_indexes_the_view_with_one_header_per_scan(bids_mount) -> None:
     for f in bold:
         meta = f.get_metadata()
         assert meta["RepetitionTime"] == 2.0 and meta["TaskName"] == "rest", meta
-    for f in layout.get(extension=".nii.gz"):
+    for f in layout.get(extension=".nii.gz", datatype=["anat", "func"]):
         assert "EchoTime" in f.get_metadata(), f.path
+    # the field map, before its conversion: named as its scan, IntendedFor the session's bold;
+    # no EchoTime/ImageType yet (the one header read is of one of its images, any of them)
+    (fmap,) = layout.get(datatype="fmap", extension=".nii.gz")
+    assert fmap.entities["suffix"] == "phasediff"
+    assert "EchoTime" not in fmap.get_metadata() and "ImageType" not in fmap.get_metadata()
+    assert fmap.get_metadata()["RepetitionTime"] > 0
+    assert fmap.get_metadata()["IntendedFor"] == [
+        "bids::sub-SUBJ02/ses-MR2/func/sub-SUBJ02_ses-MR2_task-rest_bold.nii.gz"
+    ]
+    informed = layout.get_file(bold[0].path if "SUBJ02" in bold[0].path else bold[1].path)
+    assert [f.path for f in informed.get_associations(kind="InformedBy")] == [fmap.path]
     records = emu.since(mark)
     assert zip_gets(records) == []
     # one DICOM file per scan (its header); a NIfTI resource's own JSON is read too
     counts = per_scan(p for p in file_gets(records) if p.endswith(".dcm"))
-    assert len(counts) == 12 and max(counts.values()) <= 1, counts  # 12 scans shown
+    assert len(counts) == 13 and max(counts.values()) <= 1, counts  # 13 scans shown
     assert conversions(m.path)["done"] == 0

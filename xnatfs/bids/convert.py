@@ -9,8 +9,9 @@ the converter's version and its options: a scan re-uploaded, a new dcm2niix or o
 make another key, hence a fresh conversion; the old entry ages out.
 
 One cache entry per scan (a *bundle*, :func:`pack`): every output of the conversion
-(``.nii.gz``, dcm2niix's ``.json``, ``.bval``/``.bvec``) behind a small index, so that the view
-serves each file as a slice of one entry and they can never come from two different runs.
+(``.nii.gz``, dcm2niix's ``.json``, ``.bval``/``.bvec``) under dcm2niix's own name behind a
+small index, so that the view serves each file as a slice of one entry and they can never come
+from two different runs; ``xnatfs.bids.images`` names the images of a multi-image series.
 
 Bounded: at most ``max_running`` dcm2niix processes at once (a semaphore; the others queue), each
 with a ``timeout``; each runs in a private temp dir that is removed afterwards.  A failure raises
@@ -59,6 +60,9 @@ _MAGIC = b"XNATFSB1"
 _HEAD = struct.Struct("<8sQ")
 #: URI scheme of bundle keys in the BIDS content cache (never sent to XNAT)
 SCHEME = "xnatfs-bids:"
+#: what a bundle holds, part of every key: 2 = every output under dcm2niix's own name (1
+#: renamed the first image to ``image.*``); a bundle of another layout is never read as this one
+BUNDLE_FORMAT = "2"
 
 
 class ConversionError(OSError):
@@ -101,7 +105,7 @@ def bundle_key_uri(scan_uri: str, files: Sequence[Tuple[str, int, str]], extra: 
     h = hashlib.sha256()
     for name, size, digest in sorted(files):
         h.update(f"{name}\0{size}\0{digest}\n".encode("utf-8", "surrogatepass"))
-    h.update(f"{converter_version()}\0{' '.join(OPTIONS)}\0{extra}".encode())
+    h.update(f"{converter_version()}\0{' '.join(OPTIONS)}\0{BUNDLE_FORMAT}\0{extra}".encode())
     return f"{SCHEME}{scan_uri}#{h.hexdigest()}"
 
 
@@ -332,21 +336,3 @@ class Converter:
             outputs = job.post(outputs)
         log.info("BIDS: converted %s (%s)", job.scan, ", ".join(sorted(outputs)))
         return pack(outputs)
-
-
-def main_outputs(outputs: Dict[str, bytes]) -> Dict[str, bytes]:
-    """dcm2niix's outputs renamed to what the view serves: ``image.nii.gz``, ``image.json``,
-    ``image.bval``, ``image.bvec`` from the first image (by name) and its companions; any
-    further images (echoes, phase) are kept under their own names for the record."""
-    images = sorted(n for n in outputs if n.endswith(".nii.gz"))
-    if not images:
-        return outputs
-    stem = images[0][: -len(".nii.gz")]
-    out: Dict[str, bytes] = {}
-    for ext in (".nii.gz", ".json", ".bval", ".bvec"):
-        if stem + ext in outputs:
-            out["image" + ext] = outputs[stem + ext]
-    for name, data in outputs.items():
-        if not name.startswith(stem + "."):
-            out["extra/" + name] = data
-    return out

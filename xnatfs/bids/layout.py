@@ -18,6 +18,13 @@ cache like any XNAT file.  Otherwise the image is a member of the scan's convers
 (``convert``) in the BIDS content cache, converted on first read; the sidecar is made from one
 DICOM header (merged with dcm2niix's own once the scan is converted).
 
+Multi-image series (docs/BIDS.md): a scan not converted yet shows one image, under the scan's
+name; once its bundle is in the cache, every image dcm2niix made shows under the name
+``images.bids_images`` gives it (``magnitude1``, ``phasediff``, ``echo-2``…).  A file's
+``BidsFile.image`` names its dcm2niix image; "" (the scan's own name, listed before the
+conversion) reads the scan's main image, found once converted.  A field map's sidecar gets
+``IntendedFor`` (:meth:`BidsLayout.intended_for`), made on read: it lists other scans.
+
 Sizes before conversion (docs/BIDS.md): a converted image whose bundle is not in the cache yet
 shows the series' DICOM size (an upper bound: the gzipped image is smaller) and a sidecar not
 yet made shows 4096; both are served with direct I/O, so every reader gets the whole file up
@@ -27,6 +34,7 @@ after it is known.  ``cp``, ``cat``, Python's ``read()``, nibabel and pybids rea
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import errno
 import json
@@ -37,7 +45,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from xnatfs.bids import convert, dataset, sidecar
+from xnatfs.bids import convert, dataset, images, sidecar
 from xnatfs.bids.mapping import Dcm2BidsConfig, Mapper, unmatched_tsv
 from xnatfs.bids.source import Plan, PlannedScan, ScanFiles, Source, file_key, parallel
 from xnatfs.cache.content import ContentCache, ContentKey
@@ -71,6 +79,11 @@ class BidsFile(Ref):
     role: str
     #: the conversion bundle's cache URI ("" when a NIfTI resource is served as is)
     bundle: str = ""
+    #: dcm2niix's stem of the image this file is of (``5_e2_ph``); "" before the scan is
+    #: converted: the scan's main image, found on read (``images.bids_images``)
+    image: str = ""
+    #: sidecar keys of this image dcm2niix does not write (``EchoTime1``/``EchoTime2``)
+    extra: Tuple[Tuple[str, Any], ...] = ()
 
     @property
     def converted(self) -> bool:
@@ -125,6 +138,10 @@ class BidsLayout(BaseLayout):
         self._plans_lock = threading.Lock()
         #: project -> its last plan (for the unlisted report; the engine caches the listings)
         self._plans: Dict[str, Plan] = {}
+        #: (bundle, scan name) -> its named images and index, once converted (bounded)
+        self._named: Dict[
+            Tuple[str, Any], Tuple[List[images.Named], Dict[str, Tuple[int, int]]]
+        ] = {}
 
     # ------------------------------------------------------------------ Layout
     def root(self) -> NodeInfo:
@@ -185,8 +202,9 @@ class BidsLayout(BaseLayout):
             handle=_BundleMember(
                 self.bundles,
                 _bundle_key(ref.bundle),
-                "image." + ("nii.gz" if ref.role == "image" else ref.role),
-                ref.scan.scan_uri,
+                ".nii.gz" if ref.role == "image" else "." + ref.role,
+                ref.scan,
+                ref.image,
             ),
             direct_io=True,
         )
@@ -323,26 +341,49 @@ class BidsLayout(BaseLayout):
         return listing
 
     def _file_nodes(self, scan: PlannedScan, files: ScanFiles) -> List[NodeInfo]:
-        stem = scan.stem
+        """The files of one scan: a NIfTI resource's image as it is; a DICOM scan's image
+        under the scan's name until it is converted, then every image dcm2niix made under
+        its own name (``images.bids_images``; docs/BIDS.md "Multi-image series")."""
         attrs = scan.attrs()
-        bundle = ""
         if files.nifti is not None:
             ext = ".nii" if files.nifti.path.lower().endswith(".nii") else ".nii.gz"
-            image_size = files.nifti.size
             attrs["bids_source"] = "nifti-resource"
             attrs["source_uri"] = files.nifti.uri
-        else:
-            ext = ".nii.gz"
-            bundle = convert.bundle_key_uri(scan.scan_uri, files.digests)
-            attrs["bids_source"] = "dicom"
-            sizes = self._bundle_sizes(bundle)
-            image_size = sizes.get("image.nii.gz", files.dicom_bytes)
-        out = []
+            sizes = {"image": files.nifti.size}
+            sizes.update({e[1:]: c.size for e, c in files.companions.items() if e != ".json"})
+            return self._image_nodes(BidsFile(scan, files, "image"), ext, attrs, sizes)
+        bundle = self._bundle_uri(scan, files)
+        attrs["bids_source"] = "dicom"
+        cached = self._bundle_images(bundle, scan)
+        if cached is None:  # not converted yet: one image, the DICOM size as its bound
+            sizes = {"image": files.dicom_bytes, "bval": 4096, "bvec": 4096}
+            return self._image_nodes(
+                BidsFile(scan, files, "image", bundle), ".nii.gz", attrs, sizes
+            )
+        named, index = cached
+        out: List[NodeInfo] = []
+        for n in named:
+            stem = n.image.stem
+            sizes = {
+                role: index[stem + ext][1]
+                for role, ext in (("image", ".nii.gz"), ("bval", ".bval"), ("bvec", ".bvec"))
+                if stem + ext in index
+            }
+            ref = BidsFile(scan.named(n.name), files, "image", bundle, stem, n.extra)
+            out += self._image_nodes(ref, ".nii.gz", attrs, sizes)
+        return out
+
+    def _image_nodes(
+        self, ref: BidsFile, ext: str, attrs: Dict[str, str], sizes: Mapping[str, int]
+    ) -> List[NodeInfo]:
+        """An image, its sidecar and (dwi) its bval/bvec; ``sizes`` by role (a role with no
+        size is not there)."""
+        scan, stem = ref.scan, ref.scan.stem
 
         def node(name: str, role: str, size: int) -> NodeInfo:
-            ref = BidsFile(scan, files, role, bundle)
-            if bundle:
-                self._register(ref)
+            one = dataclasses.replace(ref, role=role)
+            if one.converted:
+                self._register(one)
             return NodeInfo(
                 name=name,
                 kind=Kind.FILE,
@@ -352,31 +393,26 @@ class BidsLayout(BaseLayout):
                 uri=scan.scan_uri,
                 project=scan.project,
                 subject=scan.xnat_subject,
-                ref=ref,
+                ref=one,
                 attrs=attrs,
             )
 
-        out.append(node(stem + ext, "image", image_size))
-        local = self._sidecar_if_local(BidsFile(scan, files, "json", bundle))
+        out = [node(stem + ext, "image", sizes["image"])]
+        local = self._sidecar_if_local(dataclasses.replace(ref, role="json"))
         out.append(
             node(stem + ".json", "json", SIDECAR_SIZE_GUESS if local is None else len(local))
         )
         if scan.name.datatype == "dwi":
-            for role in ("bval", "bvec"):
-                if bundle:
-                    size = self._bundle_sizes(bundle).get("image." + role, 4096)
-                else:
-                    entry = files.companions.get("." + role)
-                    if entry is None:
-                        continue
-                    size = entry.size
-                out.append(node(f"{stem}.{role}", role, size))
+            out += [node(f"{stem}.{r}", r, sizes[r]) for r in ("bval", "bvec") if r in sizes]
         return out
 
     def _sidecar_if_local(self, ref: BidsFile) -> Optional[bytes]:
         """The sidecar when everything it is made of is already on this machine (its DICOM
         header in the content cache or in memory, the bundle or the resource's JSON cached):
-        then ``ls -l`` shows its true size at no cost.  None otherwise."""
+        then ``ls -l`` shows its true size at no cost.  None otherwise (and for field maps,
+        whose ``IntendedFor`` needs other scans' listings: made on read)."""
+        if ref.scan.name.datatype == "fmap":
+            return None
         content = self.src.content
         needed = []
         if ref.files.dicom and not self.src.has_header(ref.scan.scan_uri):
@@ -391,21 +427,105 @@ class BidsLayout(BaseLayout):
             log.debug("sidecar of %s not made from the cache: %s", ref.scan.scan_uri, exc)
             return None
 
-    def _bundle_sizes(self, bundle: str) -> Dict[str, int]:
-        """Member sizes of a bundle already in the cache (a local read), else {}."""
+    @staticmethod
+    def _bundle_uri(scan: PlannedScan, files: ScanFiles) -> str:
+        return convert.bundle_key_uri(scan.scan_uri, files.digests)
+
+    def _bundle_images(
+        self, bundle: str, scan: PlannedScan
+    ) -> Optional[Tuple[List[images.Named], Dict[str, Tuple[int, int]]]]:
+        """The named images and the index of a bundle already in the cache (a local read of
+        its index and dcm2niix's sidecars, kept in memory), else None."""
         key = _bundle_key(bundle)
+        with self._plans_lock:
+            known = self._named.get((bundle, scan.name))
+        if known is not None:
+            return known
         if self.bundles.state(key) != "cached":
-            return {}
+            return None
         try:
-            member = _BundleMember(self.bundles, key, "", bundle)
+            member = _BundleMember(self.bundles, key, "", scan, "")
             try:
-                index = member.index(time.monotonic() + 5.0)
+                found = member.named(time.monotonic() + 5.0)
             finally:
                 member.close()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             log.debug("bundle %s: %s", bundle, exc)
-            return {}
-        return {name: size for name, (_, size) in index.items()}
+            return None
+        with self._plans_lock:
+            if len(self._named) > 20_000:
+                self._named.clear()
+            self._named[(bundle, scan.name)] = found
+        return found
+
+    def intended_for(self, fmap: PlannedScan) -> List[str]:
+        """``IntendedFor`` of a field map (docs/BIDS.md): BIDS URIs (``bids::sub-X/ses-Y/
+        func/…``, the form of the BIDS version the view declares) of the images of its session
+        that it corrects — those of the dcm2bids descriptions its ``IntendedFor`` names when the
+        config names some, else every func and dwi image of the session — under the names the
+        view shows now (one listing of each target scan's resources)."""
+        plan = self._plan_of(fmap.project)
+        wanted = fmap.intended_for
+        targets = [
+            s
+            for scans in plan.folders.values()
+            for s in scans
+            if s.experiment_uri == fmap.experiment_uri
+            and s.scan_uri != fmap.scan_uri
+            and (
+                s.config_id in wanted if wanted is not None else s.name.datatype in ("func", "dwi")
+            )
+        ]
+        out: List[str] = []
+        for target, files in zip(
+            targets, parallel(lambda s: self.src.scan_files(s.scan_uri), targets)
+        ):
+            folder = "/".join(target.folder())
+            for node in self._target_images(target, files):
+                out.append(f"bids::{folder}/{node}")
+        return sorted(set(out))
+
+    def paired_echo_times(self, phase: PlannedScan) -> Tuple[Tuple[str, Any], ...]:
+        """``EchoTime1``/``EchoTime2`` of a phase difference whose series holds no magnitudes
+        (Siemens writes them as a series of their own) when dcm2niix wrote none: the echo
+        times of the two magnitudes of the session's GRE field-map scan with the same
+        entities and run, once that scan is converted (a sidecar read converts nothing)."""
+        plan = self._plan_of(phase.project)
+        for other in (
+            s
+            for scans in plan.folders.values()
+            for s in scans
+            if s.experiment_uri == phase.experiment_uri
+            and s.scan_uri != phase.scan_uri
+            and _gre_fieldmap(s)
+            and s.name.entities == phase.name.entities
+            and s.run == phase.run
+        ):
+            files = self.src.scan_files(other.scan_uri)
+            if files.nifti is not None or not files.dicom:
+                continue
+            cached = self._bundle_images(self._bundle_uri(other, files), other)
+            mags = sorted(
+                (n.name.suffix, n.image.echo_time)
+                for n in (cached[0] if cached is not None else ())
+                if n.name.suffix in ("magnitude1", "magnitude2")
+            )
+            times = [t for _, t in mags if t is not None]
+            if len(times) == 2:
+                return (("EchoTime1", times[0]), ("EchoTime2", times[1]))
+        return ()
+
+    def _target_images(self, scan: PlannedScan, files: ScanFiles) -> List[str]:
+        """The image file names a scan shows now (no conversion, no download)."""
+        if files.nifti is not None:
+            ext = ".nii" if files.nifti.path.lower().endswith(".nii") else ".nii.gz"
+            return [scan.stem + ext]
+        if not files.dicom:
+            return []
+        cached = self._bundle_images(self._bundle_uri(scan, files), scan)
+        if cached is None:
+            return [scan.stem + ".nii.gz"]
+        return [scan.named(n.name).stem + ".nii.gz" for n in cached[0]]
 
     def _register(self, ref: BidsFile) -> None:
         files, label = ref.files, _scan_label(ref.scan)
@@ -418,9 +538,16 @@ class BidsLayout(BaseLayout):
                 fetch_dicom=lambda dest: src.fetch_series(
                     files, dest, time.monotonic() + deadline_s
                 ),
-                post=convert.main_outputs,
             ),
         )
+
+
+#: sidecar keys one DICOM header gives that differ between the images of one series
+_PER_IMAGE_KEYS = ("EchoTime", "ImageType")
+
+
+def _gre_fieldmap(scan: PlannedScan) -> bool:
+    return scan.name.datatype == "fmap" and scan.name.suffix in images.GRE_FMAP_SUFFIXES
 
 
 def _scan_label(scan: PlannedScan) -> str:
@@ -432,13 +559,18 @@ def _bundle_key(uri: str) -> ContentKey:
 
 
 class _BundleMember:
-    """A read handle on one member of a conversion bundle; the conversion starts with the
-    first open of the bundle's key (never in ``open``'s thread: the cache's worker runs it)."""
+    """A read handle on one file of a conversion bundle: image ``image`` (dcm2niix's stem; ""
+    for the scan's main image, found once converted) with extension ``ext`` (".nii.gz",
+    ".json", ".bval", ".bvec").  The conversion starts with the first open of the bundle's
+    key (never in ``open``'s thread: the cache's worker runs it)."""
 
-    def __init__(self, cache: ContentCache, key: ContentKey, member: str, scan: str) -> None:
+    def __init__(
+        self, cache: ContentCache, key: ContentKey, ext: str, scan: PlannedScan, image: str
+    ) -> None:
         self._handle: Any = cache.open(key)
-        self._member = member
+        self._ext = ext
         self._scan = scan
+        self._image = image
         self._span: Optional[Tuple[int, int]] = None
         self._index: Optional[Dict[str, Tuple[int, int]]] = None
 
@@ -456,13 +588,32 @@ class _BundleMember:
             self._index = convert.read_index(lambda o, n: self._exact(o, n, deadline))
         return self._index
 
+    def whole(self, name: str, deadline: float) -> bytes:
+        start, length = self.index(deadline)[name]
+        return self._exact(start, length, deadline)
+
+    def named(self, deadline: float) -> Tuple[List[images.Named], Dict[str, Tuple[int, int]]]:
+        """The bundle's images with their BIDS names (dcm2niix's sidecars are read: small)."""
+        index = self.index(deadline)
+        outputs = {n: self.whole(n, deadline) if n.endswith(".json") else b"" for n in index}
+        return images.bids_images(self._scan.name, images.from_outputs(outputs)), index
+
+    def member(self, deadline: float) -> str:
+        """The bundle member this handle reads (the main image's, for a scan's own name)."""
+        stem = self._image
+        if not stem:
+            main = images.primary(self.named(deadline)[0])
+            stem = main.image.stem if main is not None else ""
+        return stem + self._ext
+
     def read(self, offset: int, size: int, deadline: float) -> bytes:
         if self._span is None:
-            span = self.index(deadline).get(self._member)
+            span = self.index(deadline).get(self.member(deadline))
             if span is None:
                 raise OSError(
                     errno.EIO,
-                    f"the conversion of {self._scan} wrote no {self._member.split('.', 1)[-1]}",
+                    f"the conversion of {self._scan.scan_uri} wrote no {self._ext[1:]}"
+                    + (f" for image {self._image}" if self._image else ""),
                 )
             self._span = span
         start, length = self._span
@@ -481,7 +632,9 @@ class _BundleMember:
 
 class _SidecarHandle:
     """The sidecar, made on first read: one DICOM header (pydicom), laid under dcm2niix's own
-    sidecar once the scan is converted, or under the NIfTI resource's JSON."""
+    sidecar of this image once the scan is converted, or under the NIfTI resource's JSON;
+    then the keys only the view knows (``EchoTime1``/``EchoTime2`` of a phase difference,
+    ``IntendedFor`` of a field map)."""
 
     def __init__(self, layout: BidsLayout, ref: BidsFile) -> None:
         self._layout = layout
@@ -495,6 +648,12 @@ class _SidecarHandle:
             ours.update(src.header(ref.scan.scan_uri, ref.files, deadline))
         if ref.scan.task:
             ours["TaskName"] = ref.scan.task
+        if ref.converted and not ref.image and _gre_fieldmap(ref.scan):
+            # a GRE field map series holds several images (magnitudes, phase) and the one
+            # header read is of any of them: its echo time and image type are not this
+            # image's, so they wait for dcm2niix's sidecar of the image (docs/BIDS.md)
+            for key in _PER_IMAGE_KEYS:
+                ours.pop(key, None)
         theirs: Optional[Dict[str, Any]] = None
         if not ref.converted:
             entry = ref.files.companions.get(".json")
@@ -502,14 +661,24 @@ class _SidecarHandle:
                 theirs = json.loads(src.read_whole(entry, deadline).decode("utf-8"))
         elif self._layout.bundles.state(_bundle_key(ref.bundle)) == "cached":
             member = _BundleMember(
-                self._layout.bundles, _bundle_key(ref.bundle), "image.json", ref.scan.scan_uri
+                self._layout.bundles, _bundle_key(ref.bundle), ".json", ref.scan, ref.image
             )
             try:
-                if "image.json" in member.index(deadline):
-                    theirs = json.loads(member.read(0, 1 << 24, deadline).decode("utf-8"))
+                name = member.member(deadline)
+                if name in member.index(deadline):
+                    theirs = json.loads(member.whole(name, deadline).decode("utf-8"))
             finally:
                 member.close()
         doc = sidecar.merge(ours, theirs) if theirs is not None else ours
+        for key, value in ref.extra:
+            doc.setdefault(key, value)  # dcm2niix's own value, when it wrote one, stays
+        if ref.image and ref.scan.name.suffix == "phasediff" and "EchoTime2" not in doc:
+            for key, value in self._layout.paired_echo_times(ref.scan):
+                doc.setdefault(key, value)
+        if ref.scan.name.datatype == "fmap":
+            targets = self._layout.intended_for(ref.scan)
+            if targets:
+                doc["IntendedFor"] = targets
         return sidecar.dumps(doc)
 
     def read(self, offset: int, size: int, deadline: float) -> bytes:

@@ -105,6 +105,10 @@ class Match:
     name: Optional[BidsName]
     source: str
     reason: str = ""
+    #: the dcm2bids description's ``id`` (``#<index>`` when it has none)
+    config_id: str = ""
+    #: the ids its ``IntendedFor`` names (None: the config says nothing, the default rule)
+    intended_for: Optional[Tuple[str, ...]] = None
 
 
 # ------------------------------------------------------------------------ dcm2bids configs
@@ -114,6 +118,8 @@ class Description:
     suffix: str
     criteria: Mapping[str, Any]
     entities: Tuple[Tuple[str, str], ...] = ()
+    id: str = ""
+    intended_for: Optional[Tuple[str, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,8 @@ class Dcm2BidsConfig:
                     str(suffix),
                     dict(criteria),
                     tuple(parse_entities(str(custom or "")).items()),
+                    str(d.get("id") or f"#{i}"),
+                    _intended_ids(d),
                 )
             )
         method = str(doc.get("search_method", "fnmatch"))
@@ -214,7 +222,24 @@ class Dcm2BidsConfig:
                 "match (dcm2bids leaves such scans out)",
             )
         d = found[0]
-        return Match(BidsName(d.datatype, d.suffix, d.entities), "config")
+        return Match(BidsName(d.datatype, d.suffix, d.entities), "config", "", d.id, d.intended_for)
+
+
+def _intended_ids(d: Mapping[str, Any]) -> Optional[Tuple[str, ...]]:
+    """The description ids a field map's ``IntendedFor`` names: dcm2bids 3's
+    ``"sidecar_changes": {"IntendedFor": "<id>" | ["<id>", ...]}``, or dcm2bids 2's
+    ``"intendedFor": <index> | [<index>, ...]`` (indexes into ``descriptions``, as ``#<i>``).
+    None when the description names none."""
+    changes = d.get("sidecar_changes", d.get("sidecarChanges")) or {}
+    value: Any = None
+    if isinstance(changes, dict):
+        value = changes.get("IntendedFor", changes.get("intendedFor"))
+    if value is None:
+        value = d.get("intendedFor", d.get("IntendedFor"))
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    return tuple(f"#{v}" if isinstance(v, int) else str(v) for v in items)
 
 
 def _compare_number(op: str, value: Any, arg: Any) -> bool:
@@ -364,7 +389,12 @@ def heuristic(facts: ScanFacts) -> Match:
             return Match(BidsName("fmap", "magnitude1"), src)
         direction = _direction(d)
         if not direction:
-            return Match(None, src, "field map of unknown kind (no AP/PA, phase or magnitude)")
+            return Match(
+                None,
+                src,
+                "field map of unknown kind (no AP/PA, phase or magnitude in its description; "
+                "a GRE field map in two series: a config with an ImageType criterion)",
+            )
         return Match(BidsName("fmap", "epi", tuple(direction.items())), src)
     if re.search(r"\bswi\b|swi_|susceptib", low):
         return Match(BidsName("anat", "T2starw", (("acq", "SWI"),)), src)

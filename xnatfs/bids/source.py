@@ -13,6 +13,7 @@ through the content cache's bulk path) for a conversion.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import os
 import re
@@ -54,6 +55,9 @@ class PlannedScan:
     run: Optional[int]
     source: str  # config / xnat-bidsmap / heuristic
     mtime: float = 0.0
+    #: from a dcm2bids config: its description's id, and the ids its IntendedFor names
+    config_id: str = ""
+    intended_for: Optional[Tuple[str, ...]] = None
 
     @property
     def stem(self) -> str:
@@ -64,6 +68,10 @@ class PlannedScan:
         if self.run is not None:
             ents["run"] = str(self.run)
         return N.file_stem(ents, self.name.suffix)
+
+    def named(self, name: N.BidsName) -> "PlannedScan":
+        """The same scan under another name (one image of a multi-image conversion)."""
+        return dataclasses.replace(self, name=name)
 
     @property
     def task(self) -> str:
@@ -213,6 +221,8 @@ class Source:
                 run=runs.get(i),
                 source=match.source,
                 mtime=scan.mtime or exp.mtime or subj.mtime or 0.0,
+                config_id=match.config_id,
+                intended_for=match.intended_for,
             )
             plan.folders.setdefault(planned.folder(), []).append(planned)
             shown_subjects.add(subj.id)
