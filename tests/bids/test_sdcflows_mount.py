@@ -3,18 +3,17 @@
 
 SDCFlows is not a dependency of xnatfs (it pulls in nipype and niworkflows): the test runs
 when it imports in the test interpreter, or with ``XNATFS_SDCFLOWS_PYTHON`` naming an
-interpreter that has it (``python -m venv V && V/bin/pip install sdcflows``); else it skips."""
+interpreter that has it (``python -m venv V && V/bin/pip install sdcflows``); else it is
+deselected, with a line saying so (tests/bids/conftest.py), never skipped."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.bids.conftest import FMAP_AFTER, add_gre_fieldmap, tree
+from tests.bids.conftest import FMAP_AFTER, add_gre_fieldmap, sdcflows_python, tree
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.mount
@@ -40,19 +39,9 @@ print(json.dumps({
 """
 
 
-def sdcflows_python() -> str:
-    candidate = os.environ.get("XNATFS_SDCFLOWS_PYTHON", "")
-    if candidate and os.access(candidate, os.X_OK):
-        return candidate
-    try:
-        import sdcflows  # noqa: F401
-    except ImportError:
-        pytest.skip("SDCFlows is not installed (set XNATFS_SDCFLOWS_PYTHON)")
-    return sys.executable
-
-
 def test_sdcflows_finds_the_phasediff_estimator(make_emulator, make_mount) -> None:
     python = sdcflows_python()
+    assert python, "selected without SDCFlows (tests/bids/conftest.py deselects it then)"
     emu = make_emulator()
     add_gre_fieldmap(emu.emu.store)
     m = make_mount(emu.url, "--listing-ttl", "1")
