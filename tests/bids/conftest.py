@@ -4,7 +4,6 @@ helpers."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ from xnatfs.emulator.dicom import (
     make_dataset,
     uid_for,
 )
-from xnatfs.emulator.seed import SEED_MTIME
+from xnatfs.emulator.seed import add_dicom_series
 
 
 def sdcflows_python() -> str:
@@ -148,36 +147,8 @@ def add_series(
     files: Sequence[Tuple[str, bytes]],
 ) -> None:
     """A scan of ``files`` (its DICOM resource) on an experiment of the emulator's store."""
-    from xnatfs.emulator.store import Parent
-
     eid = store.find_experiment(project, experiment).id
-    store.create_scan(
-        eid,
-        str(series.number),
-        "xnat:mrScanData",
-        fields={
-            "type": series.description,
-            "series_description": series.description,
-            "quality": "usable",
-            "frames": str(len(files)),
-        },
-    )
-    rid, _ = store.create_resource(
-        Parent(project=project, experiment=eid, scan=str(series.number)),
-        "DICOM",
-        format="DICOM",
-        content="RAW",
-    )
-    for name, data in files:
-        store.put_file(
-            rid,
-            name,
-            io.BytesIO(data),
-            overwrite=True,
-            format="DICOM",
-            content="RAW",
-            mtime=SEED_MTIME,
-        )
+    add_dicom_series(store, project, eid, series, files)
 
 
 def add_gre_fieldmap(store: Any) -> None:

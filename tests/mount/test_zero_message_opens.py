@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import needs_fuse
+from tests.helpers.damage import damaged_page_then_eio, flip_a_bit
 from tests.mount.helpers import hash_files, put_file, wait_for
 
 pytestmark = [needs_fuse]
@@ -155,25 +156,10 @@ def test_pages_of_a_damaged_cached_file_never_serve_a_later_read(
     assert path.read_bytes() == data
     m.umount()
     (stored,) = sorted((cache / "content" / "index").glob("??/*.bin"))
-    with open(stored, "r+b") as f:  # one bit flipped in the middle
-        f.seek(len(data) // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x10]))
+    flip_a_bit(stored, len(data) // 2)
     m = make_mount(emu.url, *NO_OPEN, "--prefetch", "0", "--listing-ttl", "1", cache=cache)
     path = m.path / "DEMO2/resources/BIG/files/big.bin"
-    start = len(data) // 2 - 8192
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        # served at once, while the MD5 check that starts with this first read runs: the
-        # damaged byte is now in the kernel's page cache
-        middle = os.pread(fd, 1 << 20, start)
-        assert middle != data[start : start + len(middle)], "the damaged byte was served"
-        with pytest.raises(OSError) as err:  # the verdict: EIO (at once, or at the end)
-            b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
-        assert err.value.errno == errno.EIO
-    finally:
-        os.close(fd)
+    damaged_page_then_eio(path, data, len(data) // 2 - 8192)
     _wait_dropped(m.path)
     for _ in range(3):
         again = subprocess.run(["cat", str(path)], capture_output=True, timeout=120)

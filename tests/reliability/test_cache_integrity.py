@@ -12,7 +12,6 @@ skipped, with the reason.  Sizes are the issue's; ``XNATFS_RELIABILITY_STREAM_MI
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
@@ -26,6 +25,7 @@ from typing import Dict, List
 import pytest
 
 from tests.conftest import needs_fuse
+from tests.helpers.damage import damaged_page_then_eio, flip_a_bit
 from tests.mount.helpers import api, downloads, hash_files, md5, put_file, sh
 
 pytestmark = [needs_fuse]
@@ -333,26 +333,12 @@ def test_pages_of_a_failed_open_never_serve_the_next_one(make_emulator, make_mou
     assert _resident_after_open(path) > 0.9, "keep_cache after a clean download"
     m.umount()
     (stored,) = _cache_files(cache)
-    with open(stored, "r+b") as f:  # one bit flipped in the middle
-        f.seek(len(data) // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x10]))
+    flip_a_bit(stored, len(data) // 2)
     m = make_mount(emu.url, "--prefetch", "0", cache=cache)
     path = m.path / "DEMO2/resources/BIG/files/big.bin"
-    start = len(data) // 2 - 8192
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        # the damaged page is read first, at once, while the MD5 check this open starts runs
-        # (a `cat` from the start reached the middle only after the verdict when the machine
-        # was loaded): it is now in the kernel's page cache
-        middle = os.pread(fd, 1 << 20, start)
-        assert middle != data[start : start + len(middle)], "the damaged byte was served"
-        with pytest.raises(OSError) as err:  # the verdict: EIO (at once, or at the end)
-            b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
-        assert err.value.errno == errno.EIO
-    finally:
-        os.close(fd)
+    # the damaged page first (a `cat` from the start reached the middle only after the
+    # verdict when the machine was loaded)
+    damaged_page_then_eio(path, data, len(data) // 2 - 8192)
     for _ in range(3):
         again = subprocess.run(["cat", str(path)], capture_output=True, timeout=120)
         assert again.returncode == 0, again.stderr

@@ -35,7 +35,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .dicom import SeriesSpec, StudySpec, iter_study_files, pixel_data
 from .prearchive import Prearchive
@@ -229,8 +229,6 @@ def seed_session(store: Any, demo: DemoSession, *, nifti: bool = False) -> int:
 
 
 def _seed_session(store: Any, demo: DemoSession, *, nifti: bool = True) -> int:
-    from .store import Parent
-
     study = demo.study()
     iso = f"{demo.date[:4]}-{demo.date[4:6]}-{demo.date[6:]}"
     eid, _ = store.create_experiment(
@@ -246,29 +244,40 @@ def _seed_session(store: Any, demo: DemoSession, *, nifti: bool = True) -> int:
         by_series.setdefault(gen.series.number, []).append(gen)
     for series in demo.series:
         files = by_series.get(series.number, [])
-        store.create_scan(
-            eid,
-            str(series.number),
-            "xnat:mrScanData",
-            fields={
-                "type": series.description,
-                "series_description": series.description,
-                "quality": "usable",
-                "frames": str(len(files)),
-            },
-        )
-        rid, _ = store.create_resource(
-            Parent(project=demo.project, experiment=eid, scan=str(series.number)),
-            "DICOM",
-            format="DICOM",
-            content="RAW",
-        )
-        _put_all(store, rid, [(g.name, g.data) for g in files], format="DICOM", content="RAW")
+        add_dicom_series(store, demo.project, eid, series, [(g.name, g.data) for g in files])
         n += len(files)
     if demo.series is BIDS_SERIES or not nifti:
         return n
     _seed_nifti(store, demo, eid, study)
     return n
+
+
+def add_dicom_series(
+    store: Any, project: str, eid: str, series: Any, files: Sequence[tuple[str, bytes]]
+) -> None:
+    """Scan ``series.number`` of experiment ``eid``, typed by ``series.description``, with a
+    DICOM resource holding ``files`` (name, bytes): the demo's sessions, and tests that add
+    a series of their own (tests/bids)."""
+    from .store import Parent
+
+    store.create_scan(
+        eid,
+        str(series.number),
+        "xnat:mrScanData",
+        fields={
+            "type": series.description,
+            "series_description": series.description,
+            "quality": "usable",
+            "frames": str(len(files)),
+        },
+    )
+    rid, _ = store.create_resource(
+        Parent(project=project, experiment=eid, scan=str(series.number)),
+        "DICOM",
+        format="DICOM",
+        content="RAW",
+    )
+    _put_all(store, rid, files, format="DICOM", content="RAW")
 
 
 def _seed_nifti(store: Any, demo: DemoSession, eid: str, study: StudySpec) -> None:
