@@ -84,6 +84,20 @@ FIRST_SUBJECT = (
 )
 
 
+def _wait_idle(policy: WalkAhead) -> None:
+    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
+
+
+def _past_first_subject_loads_held(eng: Engine, layout: RecordingLayout, policy: WalkAhead) -> int:
+    """``policy`` added, the first subject walked and its loads ahead done, then the
+    walk-ahead's loads held: how many it had made."""
+    eng.add_policy(policy)
+    _walk(eng, FIRST_SUBJECT)
+    _wait_idle(policy)
+    layout.gate.clear()
+    return len(layout.ahead)
+
+
 def _walk(eng: Engine, paths) -> None:
     """What ``find /proj`` does: each folder read before the ones below it."""
     for path in paths:
@@ -98,7 +112,7 @@ def test_a_walk_that_moves_on_gets_the_next_subjects_loaded_as_deep_each_once(wa
     policy = WalkAhead(2)
     eng.add_policy(policy)
     _walk(eng, FIRST_SUBJECT + ("/proj/subjects/S1",))
-    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
+    _wait_idle(policy)
     ahead = set(layout.ahead)
     assert ("proj", "subjects", "S5", "exp", "E1", "scans") in ahead
     assert ("proj", "subjects", "S3", "exp") in ahead
@@ -120,7 +134,7 @@ def test_browsing_into_one_child_crawls_no_sibling(walked):
     policy = WalkAhead(2)
     eng.add_policy(policy)
     _walk(eng, FIRST_SUBJECT)
-    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
+    _wait_idle(policy)
     assert ("proj", "subjects", "S3") in layout.ahead
     assert not [p for p in layout.ahead if len(p) > 3 and p[2] != "S0"], layout.ahead
 
@@ -130,7 +144,7 @@ def test_depth_bounds_how_far_below_the_walk_it_loads(walked):
     policy = WalkAhead(2, depth=1)
     eng.add_policy(policy)
     _walk(eng, FIRST_SUBJECT + ("/proj/subjects/S1",))
-    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
+    _wait_idle(policy)
     ahead = set(layout.ahead)
     assert ("proj", "subjects", "S4") in ahead  # the next subjects, one level
     assert ("proj", "subjects", "S4", "exp") not in ahead
@@ -141,15 +155,11 @@ def test_the_folder_the_walker_reaches_next_is_loaded_first(walked):
     with one thread and the loads held, the queue's order shows once released."""
     eng, layout = walked
     policy = WalkAhead(1)
-    eng.add_policy(policy)
-    _walk(eng, FIRST_SUBJECT)
-    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
-    layout.gate.clear()
-    start = len(layout.ahead)
-    threading.Thread(target=eng.readdir, args=("/proj/subjects/S1",), daemon=True).start()
-    wait_for(lambda: policy._pending >= 5, timeout=30, what="loads queued")
+    start = _past_first_subject_loads_held(eng, layout, policy)
+    eng.readdir("/proj/subjects/S1")  # the walker's own load is not held
+    assert policy._pending >= 5
     layout.gate.set()
-    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
+    _wait_idle(policy)
     ahead = layout.ahead[start:]
     # the one worker took the first queued before the rest arrived; after it, path order
     assert ahead[1:] == sorted(ahead[1:]), ahead
@@ -159,25 +169,18 @@ def test_the_folder_the_walker_reaches_next_is_loaded_first(walked):
 def test_at_most_queue_listings_wait(walked):
     eng, layout = walked
     policy = WalkAhead(1, queue=3)
-    eng.add_policy(policy)
-    _walk(eng, FIRST_SUBJECT)
-    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
-    layout.gate.clear()
+    _past_first_subject_loads_held(eng, layout, policy)
     eng.readdir("/proj/subjects/S1")  # four more subjects to queue, three places
     with policy._lock:
         assert policy._pending == 3
     layout.gate.set()
-    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
+    _wait_idle(policy)
 
 
 def test_close_drops_what_is_queued_and_ends_the_workers(walked):
     eng, layout = walked
     policy = WalkAhead(2)
-    eng.add_policy(policy)
-    _walk(eng, FIRST_SUBJECT)
-    wait_for(lambda: _idle(policy), timeout=30, what="walk-ahead idle")
-    layout.gate.clear()
-    start = len(layout.ahead)
+    start = _past_first_subject_loads_held(eng, layout, policy)
     eng.readdir("/proj/subjects/S1")
     assert policy._pending >= 4
     policy.close()

@@ -67,10 +67,7 @@ def classify(stem: str, doc: Mapping[str, Any]) -> Image:
             part = "imag"
         else:
             part = "mag"
-    try:
-        echo = echo or int(doc.get("EchoNumber") or 0)
-    except (TypeError, ValueError):
-        pass
+    echo = echo or _as_int(doc.get("EchoNumber"))
     te = doc.get("EchoTime")
     return Image(
         stem=stem,
@@ -79,6 +76,14 @@ def classify(stem: str, doc: Mapping[str, Any]) -> Image:
         echo_time=float(te) if isinstance(te, (int, float)) else None,
         unknown="_" in rest,
     )
+
+
+def _as_int(value: Any) -> int:
+    """A sidecar's integer field, 0 when it is missing or not a number."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def from_outputs(outputs: Mapping[str, bytes]) -> List[Image]:
