@@ -213,6 +213,46 @@ def test_prefetch_downloads_without_handles(make_cache):
     assert fetch.calls == Counter({"/a": 1, "/b": 1})
 
 
+def test_cached_files_are_read_ahead_only_once_the_opened_file_is_read(make_cache, monkeypatch):
+    """``prefetch(keys, after=opened)``: the cached ones are paged in (WILLNEED) when the
+    kernel asks that open for bytes, never for an open whose pages the kernel already has
+    (it sends no read); without ``after`` at once."""
+    from xnatfs.cache import bulk
+
+    paged: List[str] = []
+    monkeypatch.setattr(bulk, "_read_ahead", paged.append)
+    data = {f"/f{i}": payload(3000, seed=i) for i in range(4)}
+    cc = make_cache(FakeFetch(data))
+    keys = [key_for(uri, body) for uri, body in data.items()]
+    for k in keys:
+        assert read_all(cc, k) == data[k.uri]
+    opened, rest = keys[0], keys[1:]
+    path = {k.hexname(): cc._stored_path(k.hexname()) for k in keys}
+    want = sorted(path[k.hexname()] for k in rest)
+
+    def paged_behind(k: ContentKey) -> List[str]:
+        """What was paged in up to ``k``, queued now without ``after`` (the thread takes
+        the queue in order: whatever was queued before is paged in before it)."""
+        n = len(paged)
+        assert cc.prefetch([k]) == 0
+        wait_for(lambda: path[k.hexname()] in paged[n:], "the read-ahead")
+        return paged[n:]
+
+    assert cc.prefetch(rest, after=opened) == 0
+    warm = cc.open(opened)  # an open the kernel serves from its pages: no read
+    warm.close()
+    assert paged_behind(keys[3]) == [path[keys[3].hexname()]]
+
+    with cc.open(opened) as h:
+        assert h.read(0, 10, time.monotonic() + WAIT) == data[opened.uri][:10]
+        h.read(10, 10, time.monotonic() + WAIT)  # only the first read hands the folder over
+    n = len(paged)
+    wait_for(lambda: len(paged) >= n + len(want), "the read-ahead after the read")
+    assert sorted(paged[n:]) == want
+    cc.read_ahead_due(opened.hexname())  # handed over once
+    assert paged_behind(keys[2]) == [path[keys[2].hexname()]]
+
+
 # -- verification and errors ----------------------------------------------------------------------
 
 

@@ -105,6 +105,9 @@ class ContentHandle:
         self._served_lock = threading.Lock()
         #: the attempt running when this handle opened (``_served_span``)
         self._opened_at = download.generation if download is not None else 0
+        #: a cached file: its first read tells the cache the kernel wants pages of this folder
+        #: (``BulkFetches.read_ahead_due``); a page-cache-warm open sends no read
+        self._read_ahead_due = download is None
 
     @property
     def verified(self) -> bool:
@@ -157,8 +160,14 @@ class ContentHandle:
             return data
         if size <= 0 or offset < 0:
             return b""
+        if self._read_ahead_due:
+            self._first_read()
         self._hold_back(offset, size, deadline)
         return os.pread(self._fd, size, offset)
+
+    def _first_read(self) -> None:
+        self._read_ahead_due = False
+        self._cache.read_ahead_due(self.key.hexname())
 
     def _hold_back(self, offset: int, size: int, deadline: float) -> None:
         """A read reaching the end of a cached file still being hashed waits for the verdict;
@@ -182,6 +191,8 @@ class ContentHandle:
             return self._fd, self._served_span(self._download.span_of(offset, size, deadline))
         if size <= 0 or offset < 0:
             return self._fd, 0
+        if self._read_ahead_due:
+            self._first_read()
         self._hold_back(offset, size, deadline)
         if self.key.size is not None and self.key.size >= 0:
             size = max(0, min(size, self.key.size - offset))

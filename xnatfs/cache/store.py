@@ -98,6 +98,11 @@ class ContentStore:
         self._read_ahead_cond = threading.Condition()
         self._read_ahead_stop = False
         self._read_ahead_thread: Optional[threading.Thread] = None
+        #: opened file's hex -> cached files to page in once the kernel asks that open for
+        #: bytes (``prefetch(..., after=)``); the oldest dropped past 64 folders' worth
+        self._read_ahead_after: "collections.OrderedDict[str, List[str]]" = (
+            collections.OrderedDict()
+        )
         #: bytes the index holds (``volume()``), kept up to date here and re-read from SQLite
         #: whenever it nears the limit, so an insertion costs no volume query
         self._volume = 0

@@ -42,15 +42,21 @@ class Prefetch:
         end = min(len(names), start + self.window)
         with self._lock:
             # the window already queued for this folder listing: only extend it, unless the
-            # reader went back (a second pass) or jumped past it
+            # reader went back (a second pass) or jumped past it; and only once less than half
+            # of it is left ahead of the reader, so a reader going through a folder asks the
+            # cache (and its read-ahead thread) once per half window, not at every open
+            # (benchmarks/RESULTS.md, "Prefetch in half windows")
             done = self._queued.get(id(listing), (None, 0))
             if done[0] is listing and done[1] - self.window <= start <= done[1]:
+                if done[1] - start > self.window // 2:
+                    return True
                 start = done[1]
             if start >= end:
                 return True
             self._queued[id(listing)] = (listing, end)
         keys = (view.content_key(listing.children[name]) for name in names[start:end])
-        view.content.prefetch(key for key in keys if key is not None)
+        # the cached ones are paged in only once the kernel asks this open for bytes
+        view.content.prefetch((key for key in keys if key is not None), view.content_key(node))
         return True
 
     def close(self) -> None:
