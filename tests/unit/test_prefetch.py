@@ -76,3 +76,18 @@ def test_a_jump_or_going_back_queues_a_new_window() -> None:
         (names(31, 39), "/f030"),  # jumped past the window
         (names(1, 9), "/f000"),  # went back before it (a second pass): asked again
     ]
+
+
+def test_a_listing_loaded_anew_is_taken_up_at_the_next_refill() -> None:
+    view, policy = View(10), Prefetch(8)
+    for i in range(3):
+        view.open(policy, i)
+    assert view.content.calls == [(names(1, 9), "/f000")]
+    view.listing_ = View(30).listing_  # the folder's listing expired and came back longer
+    for i in range(3, 30):
+        view.open(policy, i)
+    asked = [uri for uris, _ in view.content.calls for uri in uris]
+    assert asked[: len(names(1, 9))] == names(1, 9)
+    # the new listing's window starts again after the reader (the cache skips what it has)
+    assert view.content.calls[1] == (names(5, 13), "/f004")
+    assert set(asked) == set(names(1, 30))

@@ -26,15 +26,18 @@ class Prefetch:
         self.window = window
         #: guards _queued (never held while calling the engine or the cache)
         self._lock = threading.Lock()
-        #: id(listing) -> (listing, end of the window queued for it); bounded
+        #: folder -> (the listing its window was queued from, end of that window); bounded
         self._queued: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)
 
     def on_readdir(self, view: View, parts: PathParts, children: List[NodeInfo]) -> None:
         return None
 
     def on_open(self, view: View, parts: PathParts, node: NodeInfo) -> bool:
-        folder = view.node(parts[:-1])
-        listing = view.listing(parts[:-1], folder)
+        where = parts[:-1]
+        if self._still_ahead(where, node.name):
+            return True
+        folder = view.node(where)
+        listing = view.listing(where, folder)
         names = listing.sorted_files()
         start = listing.position(node.name) + 1
         if start == 0:
@@ -46,18 +49,32 @@ class Prefetch:
             # of it is left ahead of the reader, so a reader going through a folder asks the
             # cache (and its read-ahead thread) once per half window, not at every open
             # (benchmarks/RESULTS.md, "Prefetch in half windows")
-            done = self._queued.get(id(listing), (None, 0))
+            done = self._queued.get(where, (None, 0))
             if done[0] is listing and done[1] - self.window <= start <= done[1]:
                 if done[1] - start > self.window // 2:
                     return True
                 start = done[1]
             if start >= end:
                 return True
-            self._queued[id(listing)] = (listing, end)
+            self._queued[where] = (listing, end)
         keys = (view.content_key(listing.children[name]) for name in names[start:end])
         # the cached ones are paged in only once the kernel asks this open for bytes
         view.content.prefetch((key for key in keys if key is not None), view.content_key(node))
         return True
+
+    def _still_ahead(self, where: PathParts, name: str) -> bool:
+        """More than half of the window last queued for the folder ``where`` is still ahead
+        of ``name``: nothing to ask.  Read from the listing that window was queued from,
+        without asking the engine for the folder's node and current listing (what the opens
+        between two refills save); a listing loaded anew since is taken up at the next refill.
+        """
+        with self._lock:
+            done = self._queued.get(where)
+        if done is None:
+            return False
+        listing, end = done
+        start = listing.position(name) + 1
+        return 0 < start and end - self.window <= start and end - start > self.window // 2
 
     def close(self) -> None:
         return None
