@@ -222,10 +222,12 @@ def test_cached_files_are_read_ahead_only_once_the_opened_file_is_read(make_cach
     paged: List[str] = []
     monkeypatch.setattr(bulk, "_read_ahead", paged.append)
     data = {f"/f{i}": payload(3000, seed=i) for i in range(4)}
-    cc = make_cache(FakeFetch(data))
+    fresh = payload(2000, seed=9)  # not cached: opened while it downloads
+    cc = make_cache(FakeFetch({**data, "/fresh": fresh}))
     keys = [key_for(uri, body) for uri, body in data.items()]
     for k in keys:
         assert read_all(cc, k) == data[k.uri]
+    wait_for(lambda: all(cc.state(k) == "cached" for k in keys), "the downloads' adoption")
     opened, rest = keys[0], keys[1:]
     path = {k.hexname(): cc._stored_path(k.hexname()) for k in keys}
     want = sorted(path[k.hexname()] for k in rest)
@@ -243,14 +245,23 @@ def test_cached_files_are_read_ahead_only_once_the_opened_file_is_read(make_cach
     warm.close()
     assert paged_behind(keys[3]) == [path[keys[3].hexname()]]
 
+    n = len(paged)
     with cc.open(opened) as h:
         assert h.read(0, 10, time.monotonic() + WAIT) == data[opened.uri][:10]
         h.read(10, 10, time.monotonic() + WAIT)  # only the first read hands the folder over
-    n = len(paged)
     wait_for(lambda: len(paged) >= n + len(want), "the read-ahead after the read")
     assert sorted(paged[n:]) == want
     cc.read_ahead_due(opened.hexname())  # handed over once
     assert paged_behind(keys[2]) == [path[keys[2].hexname()]]
+
+    # an opened file that is being downloaded hands its folder over at its first read too
+    kf = key_for("/fresh", fresh)
+    assert cc.prefetch(rest, after=kf) == 0
+    n = len(paged)
+    with cc.open(kf) as h:
+        assert h.read(0, 10, time.monotonic() + WAIT) == fresh[:10]
+    wait_for(lambda: len(paged) >= n + len(want), "the read-ahead after a downloading read")
+    assert sorted(paged[n:]) == want
 
 
 # -- verification and errors ----------------------------------------------------------------------

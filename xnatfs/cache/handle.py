@@ -105,9 +105,9 @@ class ContentHandle:
         self._served_lock = threading.Lock()
         #: the attempt running when this handle opened (``_served_span``)
         self._opened_at = download.generation if download is not None else 0
-        #: a cached file: its first read tells the cache the kernel wants pages of this folder
+        #: the first read tells the cache the kernel wants pages of this folder
         #: (``BulkFetches.read_ahead_due``); a page-cache-warm open sends no read
-        self._read_ahead_due = download is None
+        self._read_ahead_due = True
 
     @property
     def verified(self) -> bool:
@@ -154,14 +154,14 @@ class ContentHandle:
         """
         if self._closed:
             raise OSError(errno.EBADF, f"content handle for {self.key.uri} is closed")
+        if self._read_ahead_due:
+            self._first_read()
         if self._download is not None:
             data, span = self._download.read_of(self._fd, offset, size, deadline)
             self._served_span(span)
             return data
         if size <= 0 or offset < 0:
             return b""
-        if self._read_ahead_due:
-            self._first_read()
         self._hold_back(offset, size, deadline)
         return os.pread(self._fd, size, offset)
 
@@ -187,12 +187,12 @@ class ContentHandle:
         raises like :meth:`read`; the fd stays valid until :meth:`close`."""
         if self._closed:
             raise OSError(errno.EBADF, f"content handle for {self.key.uri} is closed")
+        if self._read_ahead_due:
+            self._first_read()
         if self._download is not None:
             return self._fd, self._served_span(self._download.span_of(offset, size, deadline))
         if size <= 0 or offset < 0:
             return self._fd, 0
-        if self._read_ahead_due:
-            self._first_read()
         self._hold_back(offset, size, deadline)
         if self.key.size is not None and self.key.size >= 0:
             size = max(0, min(size, self.key.size - offset))
