@@ -541,7 +541,9 @@ class XnatOperations(mfusepy.Operations):
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op
-    def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
+    def write(self, path: str, data: "bytes | memoryview", offset: int, fi: Any) -> int:
+        """``data``: under ``XnatFUSE`` a view of libfuse's buffer, valid during this call only
+        (written out before it returns, never kept)."""
         n = self._handle(fi, path).write(offset, data)
         self.runtime.note_write(n)
         return n
@@ -650,8 +652,9 @@ def _keep_thread_state() -> None:
 
 
 class XnatFUSE(mfusepy.FUSE):
-    """mfusepy's ``FUSE`` with two changes: ``read`` fills libfuse's buffer in place, and each
-    worker thread keeps its Python thread state (``_keep_thread_state``).
+    """mfusepy's ``FUSE`` with three changes: ``read`` fills libfuse's buffer in place, ``write``
+    writes from it without a copy, and each worker thread keeps its Python thread state
+    (``_keep_thread_state``).
 
     mfusepy's own ``read`` takes the ``bytes`` that ``Operations.read`` returns and copies them
     into libfuse's buffer, so every byte read is copied twice in Python's care and every
@@ -702,6 +705,28 @@ class XnatFUSE(mfusepy.FUSE):
             if filler(buf, name, st, index, _FILL_DIR_PLUS if attrs else 0) != 0:
                 break  # the kernel's buffer is full: it asks again from the next offset
         return 0
+
+    def write(self, path: Optional[bytes], buf: Any, size: int, offset: int, fip: Any) -> int:
+        """``Operations.write`` given a view of libfuse's buffer instead of a copy of it
+        (mfusepy's ``ctypes.string_at``: a fresh 1 MiB ``bytes`` per request, an mmap and 256
+        page faults each).  The view is released when the call returns: the buffer is
+        libfuse's again then, so nothing may keep it (the spool writes it out in the call)."""
+        fh = fip.contents if self.raw_fi else fip.contents.fh
+        address = ctypes.cast(buf, ctypes.c_void_p).value
+        if not size or address is None:
+            return super().write(path, buf, size, offset, fip)
+        view = memoryview((ctypes.c_char * size).from_address(address)).cast("B")
+        try:
+            return int(
+                self.operations.write(
+                    None if path is None else path.decode(self.encoding, self.errors),
+                    view,
+                    offset,
+                    fh,
+                )
+            )
+        finally:
+            view.release()
 
     def read(self, path: Optional[bytes], buf: Any, size: int, offset: int, fip: Any) -> int:
         read_into = getattr(self.operations, "read_into", None)
