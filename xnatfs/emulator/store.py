@@ -128,17 +128,18 @@ def _db_evidence(path: Path) -> str:
             head = fh.read(100)
     except OSError as exc:
         head = f"unreadable: {exc}".encode()
-    fds = []
     try:
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                target = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith(str(path)):
-                fds.append(f"{fd}->{target}")
+        open_fds = os.listdir("/proc/self/fd")
     except OSError:
-        pass
+        open_fds = []  # no /proc: the first bytes are all the evidence there is
+    fds = []
+    for fd in open_fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith(str(path)):
+            fds.append(f"{fd}->{target}")
     return f"first bytes {head!r}; fds on it: {', '.join(fds) or 'none'}"
 
 
