@@ -392,7 +392,8 @@ class Cpu:
         return self.server + self.client + self.daemon
 
 
-def _proc_cpu(pid: Optional[int]) -> float:
+def proc_cpu(pid: Optional[int]) -> float:
+    """User + system CPU-seconds of process ``pid`` so far (0 when it is gone)."""
     if pid is None:
         return 0.0
     try:
@@ -415,7 +416,7 @@ class CpuMeter:
         self._pid = daemon_pid
         self._self = time.process_time()
         self._children = self._children_cpu()
-        self._daemon = _proc_cpu(daemon_pid)
+        self._daemon = proc_cpu(daemon_pid)
 
     def _children_cpu(self) -> float:
         ru = self._resource.getrusage(self._resource.RUSAGE_CHILDREN)
@@ -426,7 +427,7 @@ class CpuMeter:
         return Cpu(
             server=time.process_time() - self._self,
             client=self._children_cpu() - self._children if client is None else client,
-            daemon=_proc_cpu(self._pid) - self._daemon if self._pid is not None else 0.0,
+            daemon=proc_cpu(self._pid) - self._daemon if self._pid is not None else 0.0,
         )
 
 

@@ -16,7 +16,6 @@ it on two trees (or with a switch in ``--mount-arg``) one after the other.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -30,17 +29,11 @@ from benchmarks.run import (
     MountProc,
     Server,
     fill_resource,
+    proc_cpu,
     scan_resource_rel,
     scan_resource_uri,
     timed,
 )
-
-
-def daemon_cpu(pid: int) -> float:
-    """User + system CPU-seconds of process ``pid`` so far."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -70,12 +63,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         subprocess.run(["cp", "-r", str(src), str(base / "copy")], check=True, timeout=600)
         files = sorted(str(f) for f in src.iterdir())
         walls = []
-        cpu0 = daemon_cpu(m.proc.pid)
+        cpu0 = proc_cpu(m.proc.pid)
         for _ in range(args.passes):
             # timed(): a waited child with a pipe, so the wall is not rounded up to the 50 ms
             # steps of subprocess.run(timeout=)'s polling wait (stdout to /dev/null alone is)
             walls.append(timed(["cat", *files], 600)[0])
-        per_file = (daemon_cpu(m.proc.pid) - cpu0) / (len(files) * args.passes)
+        per_file = (proc_cpu(m.proc.pid) - cpu0) / (len(files) * args.passes)
         print(
             f"cat of {len(files)} cached files x {args.passes} (mount args: "
             f"{' '.join(args.mount_arg) or '-'}): wall per pass median "

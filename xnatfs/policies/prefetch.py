@@ -45,14 +45,12 @@ class Prefetch:
         end = min(len(names), start + self.window)
         with self._lock:
             # the window already queued for this folder listing: only extend it, unless the
-            # reader went back (a second pass) or jumped past it; and only once less than half
-            # of it is left ahead of the reader, so a reader going through a folder asks the
-            # cache (and its read-ahead thread) once per half window, not at every open
-            # (benchmarks/RESULTS.md, "Prefetch in half windows")
+            # reader went back (a second pass) or jumped past it (``_still_ahead`` answered
+            # the opens while more than half of it was left: a reader going through a folder
+            # asks the cache once per half window; benchmarks/RESULTS.md, "Prefetch in half
+            # windows")
             done = self._queued.get(where, (None, 0))
             if done[0] is listing and done[1] - self.window <= start <= done[1]:
-                if done[1] - start > self.window // 2:
-                    return True
                 start = done[1]
             if start >= end:
                 return True
