@@ -82,13 +82,19 @@ class World:
         return handle, not path.endswith(".json")
 
 
+def use(w: World, path: str) -> Handle:
+    """One read of ``path`` without an open: the handle it used (released after it)."""
+    with w.handles.reading(path) as handle:
+        return handle
+
+
 def test_one_handle_per_path_and_the_oldest_retired_past_the_limit():
     w = World(limit=2)
-    a = w.handles.handle("/a")
-    assert w.handles.handle("/a") is a
-    w.handles.handle("/b")
-    w.handles.handle("/a")  # /a is now the most recent
-    w.handles.handle("/c")
+    a = use(w, "/a")
+    assert use(w, "/a") is a
+    use(w, "/b")
+    use(w, "/a")  # /a is now the most recent
+    use(w, "/c")
     assert [h.key.name for h in w.opened if h.closed] == ["/b"]
     assert w.drops == []  # verified pages stay
     assert w.handles.snapshot()["kept"] == 2
@@ -98,8 +104,8 @@ def test_an_unverified_handle_keeps_its_path_on_probation_until_its_key_is_trust
     w = World(limit=1)
     w.unverified.add("/f")
     w.cache.states["/f"] = "downloading"
-    w.handles.handle("/f")
-    w.handles.handle("/g")  # retires /f while its download runs: the pages may stay for now
+    use(w, "/f")
+    use(w, "/g")  # retires /f while its download runs: the pages may stay for now
     assert w.drops == [] and w.handles.snapshot()["probation"] == 1
     w.cache.states["/f"], w.cache.trust["/f"] = "cached", True
     w.handles.sweep()
@@ -109,8 +115,8 @@ def test_an_unverified_handle_keeps_its_path_on_probation_until_its_key_is_trust
 def test_pages_of_a_key_that_never_verifies_are_dropped():
     w = World(limit=1)
     w.unverified.add("/s")  # streamed (never in the cache) or a download that failed
-    w.handles.handle("/s")
-    w.handles.handle("/t")
+    use(w, "/s")
+    use(w, "/t")
     assert w.drops == ["/s"]
     assert w.handles.snapshot()["probation"] == 0
 
@@ -119,18 +125,18 @@ def test_a_taint_poisons_the_path_until_its_pages_are_dropped_and_a_while_after(
     w = World()
     w.unverified.add("/x")
     w.cache.states["/x"] = "downloading"
-    first = w.handles.handle("/x")
+    first = use(w, "/x")
     w.handles.tainted(Key("/x").hexname())
     assert first.closed == 1 and w.drops == ["/x"]
     for _ in range(2):  # not dropped yet; then dropped, but POISON_MIN has not passed
         with pytest.raises(OSError) as err:
-            w.handles.handle("/x")
+            use(w, "/x")
         assert err.value.errno == errno.EIO
         w.handles.dropped("/x")
     assert w.handles.snapshot()["poisoned_now"] == 1
     w.clock.now += noopen.POISON_MIN
     assert w.handles.snapshot()["poisoned_now"] == 0
-    again = w.handles.handle("/x")
+    again = use(w, "/x")
     assert again is not first and not again.closed
 
 
@@ -138,41 +144,67 @@ def test_a_taint_of_another_key_changes_nothing():
     w = World()
     w.unverified.add("/x")
     w.cache.states["/x"] = "downloading"
-    w.handles.handle("/x")
+    use(w, "/x")
     w.handles.tainted(Key("/y").hexname())
     assert w.drops == [] and w.handles.snapshot()["poisoned_now"] == 0
 
 
 def test_a_failed_read_poisons_its_path():
     w = World()
-    w.handles.handle("/r")
+    use(w, "/r")
     w.handles.read_failed("/r")
     assert w.drops == ["/r"]
     with pytest.raises(OSError):
-        w.handles.handle("/r")
+        use(w, "/r")
 
 
 def test_a_changed_key_drops_the_pages_and_retires_the_handle():
     w = World()
-    old = w.handles.handle("/c")
+    old = use(w, "/c")
     assert w.handles.knows("/c") and not w.handles.knows("/elsewhere")
     w.handles.changed("/c", Key("/c"))  # the same key: nothing to do
     assert w.drops == [] and not old.closed
     w.handles.changed("/c", Key("/c-v2"))
     assert w.drops == ["/c"] and old.closed == 1
-    assert w.handles.handle("/c") is not old
+    assert use(w, "/c") is not old
 
 
 def test_idle_handles_are_closed_and_generated_ones_dropped():
     w = World(idle=30.0)
-    kept = w.handles.handle("/k")
-    doc = w.handles.handle("/d.json")  # not cacheable
+    kept = use(w, "/k")
+    doc = use(w, "/d.json")  # not cacheable
     w.clock.now += 10
-    w.handles.handle("/k")
+    use(w, "/k")
     w.clock.now += 25  # /d.json idle for 35 s, /k for 25 s
     w.handles.sweep()
     assert doc.closed == 1 and not kept.closed
     assert w.drops == ["/d.json"]
+
+
+@pytest.mark.parametrize("retire", ["limit", "changed", "taint", "failed read", "idle", "unmount"])
+def test_a_handle_retired_under_a_read_is_closed_when_that_read_is_done(retire):
+    """Closed under a read, the handle's fd number could go to a file opened meanwhile and
+    the read would serve that file's bytes: whatever retires it, the close waits."""
+    w = World(limit=1, idle=30.0)
+    with w.handles.reading("/r") as handle:
+        with w.handles.reading("/r") as again:  # a second read of the same path at once
+            assert again is handle
+        if retire == "limit":
+            use(w, "/other")
+        elif retire == "changed":
+            w.handles.changed("/r", Key("/r-v2"))
+        elif retire == "taint":
+            w.handles.tainted(Key("/r").hexname())
+        elif retire == "failed read":
+            w.handles.read_failed("/r")
+        elif retire == "idle":
+            w.clock.now += 31
+            w.handles.sweep()
+        else:
+            w.handles.close()
+        assert w.handles.snapshot()["kept"] == (1 if retire == "limit" else 0)
+        assert handle.closed == 0
+    assert handle.closed == 1
 
 
 def test_the_invalidator_drops_retries_a_failure_and_sweeps():

@@ -17,7 +17,9 @@ Two things an OPEN did move here:
 
 - **The handle.**  A READ with handle 0 finds its file's handle by path: ``ImplicitHandles``
   opens one at the path's first read (the same ``Tree.open`` an OPEN made) and keeps it,
-  bounded (LRU, ``LIMIT``) and closed when idle (``IDLE``).
+  bounded (LRU, ``LIMIT``) and closed when idle (``IDLE``).  Whatever retires a handle, it is
+  closed only once no read is using it (``ImplicitHandles.reading``): with an OPEN, the kernel
+  sends RELEASE only after the file's last READ, and nothing else closed a handle.
 - **Which pages may stay** (what ``fs.keepcache`` decides at each OPEN otherwise; never a wrong
   byte).  The kernel keeps every page it read, so xnatfs drops them (``fuse_invalidate_path``,
   from one thread of its own, ``Invalidator``: libfuse must not be asked from inside a request
@@ -53,12 +55,13 @@ Two things an OPEN did move here:
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Hashable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterator, List, Optional, Set, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,11 @@ class _Kept:
     tag: Optional[str]  # that key's ``hexname()`` (what ``ContentCache.on_taint`` names)
     cacheable: bool  # may its pages serve later opens (``Tree.cacheable``)
     used: float  # clock of its last read
+    #: reads using the handle now (``ImplicitHandles.reading``); the fields below are guarded
+    #: by ``ImplicitHandles._lock``
+    readers: int = 0
+    #: taken out of ``_live``: closed by its last reader, or at once when it has none
+    retired: bool = False
 
 
 class ImplicitHandles:
@@ -130,34 +138,53 @@ class ImplicitHandles:
 
     # -- reads -----------------------------------------------------------------------------------
 
-    def handle(self, path: str) -> Any:
-        """The handle for a READ of ``path`` without an open (opened now if none is kept)."""
+    @contextlib.contextmanager
+    def reading(self, path: str) -> Iterator[Any]:
+        """The handle for a READ of ``path`` without an open (opened now if none is kept),
+        held for the ``with`` block: a handle retired meanwhile (by another path's open past
+        ``limit``, a taint, a changed key, idleness, unmount) is closed only when its last
+        read is done.  Closed under a read, its fd number could be given to a file opened
+        meanwhile, and the read's ``preadv`` would serve that file's bytes."""
+        kept = self._acquire(path)
+        try:
+            yield kept.handle
+        finally:
+            with self._lock:
+                kept.readers -= 1
+                close = kept.retired and kept.readers == 0
+            if close:
+                kept.handle.close()
+
+    def _acquire(self, path: str) -> _Kept:
+        """``reading``: the kept handle of ``path`` with one more reader."""
         with self._lock:
             self._refuse_poisoned(path)
             kept = self._live.get(path)
             if kept is not None:
                 kept.used = self._clock()
                 self._live.move_to_end(path)
-                return kept.handle
+                kept.readers += 1
+                return kept
         handle, cacheable = self._opener(path)
         key, verified = getattr(handle, "content_version", (None, False))
         hexname = getattr(key, "hexname", None)
         tag = hexname() if callable(hexname) else None
         retired: List[Tuple[str, _Kept]] = []
         with self._lock:
-            other = self._live.get(path)
-            if other is None and not self._still_poisoned(path) and not self._closed:
-                self._live[path] = _Kept(handle, key, tag, cacheable, self._clock())
+            result = self._live.get(path)
+            if result is None and not self._still_poisoned(path) and not self._closed:
+                result = _Kept(handle, key, tag, cacheable, self._clock())
+                self._live[path] = result
                 self.stats["opens"] += 1
                 if cacheable and key is not None:
                     self._remember_key(path, key)
                     if not verified:
                         self._probation[path] = (key, tag)
-                while len(self._live) > self._limit:
+                while len(self._live) > self._limit:  # never the newest: limit >= 1
                     retired.append(self._live.popitem(last=False))
-                handle, result = None, handle
-            else:
-                result = None if other is None else other.handle
+                handle = None
+            if result is not None:
+                result.readers += 1
         if handle is not None:  # another read opened it first, or it was poisoned meanwhile
             handle.close()
         for old_path, old in retired:
@@ -212,7 +239,7 @@ class ImplicitHandles:
             else:
                 kept = None
         if kept is not None:
-            kept.handle.close()
+            self._close(kept)
         log.debug("no-open: %s changed on the server; its pages are dropped", path)
         self._request_drop(path)
 
@@ -244,7 +271,7 @@ class ImplicitHandles:
             self._closed = True
             kept, self._live = list(self._live.values()), collections.OrderedDict()
         for one in kept:
-            one.handle.close()
+            self._close(one)
 
     def snapshot(self) -> Dict[str, int]:
         """For ``.xnatfs/stats``: handles opened for reads without an open, page drops asked
@@ -261,7 +288,7 @@ class ImplicitHandles:
 
     def _retire(self, path: str, kept: _Kept) -> None:
         """Close a handle taken out of ``_live``; drop its pages unless they may stay."""
-        kept.handle.close()
+        self._close(kept)
         if not kept.cacheable:
             self._request_drop(path)
             return
@@ -298,10 +325,18 @@ class ImplicitHandles:
                     closing.append(kept)
             self.stats["poisoned"] += len(paths)
         for kept in closing:
-            kept.handle.close()
+            self._close(kept)
         for path in paths:
             log.info("no-open: dropping the kernel's pages of %s (a check failed)", path)
             self._request_drop(path)
+
+    def _close(self, kept: _Kept) -> None:
+        """Close a handle taken out of ``_live`` now, or when its last read is done."""
+        with self._lock:
+            kept.retired = True
+            close = kept.readers == 0
+        if close:
+            kept.handle.close()
 
     def _request_drop(self, path: str) -> None:
         with self._lock:

@@ -463,14 +463,15 @@ class XnatOperations(mfusepy.Operations):
         if told is not None:  # a generated document: the bytes the kernel was told the size of
             yield _Reader(told)
             return
-        reader = _Reader(implicit.handle(path))
-        try:
-            yield reader
-        except TimeoutError:
-            raise  # bytes not there in time: nothing failed a check (a later taint says so)
-        except BaseException:
-            implicit.read_failed(path)
-            raise
+        with implicit.reading(path) as handle:  # not closed under this read
+            reader = _Reader(handle)
+            try:
+                yield reader
+            except TimeoutError:
+                raise  # bytes not there in time: nothing failed a check (a later taint says so)
+            except BaseException:
+                implicit.read_failed(path)
+                raise
 
     @staticmethod
     def _copy_into(handle: Any, address: int, size: int, offset: int) -> int:
