@@ -73,3 +73,21 @@ def test_changes_show_as_before(make_emulator, make_mount, tmp_path):
     listed = set(os.listdir(files))
     assert {"mine.dcm", "added_on_xnat.dcm"} <= listed and names <= listed
     assert (files / "mine.dcm").read_bytes() == b"written through the mount"
+
+
+def test_the_experiment_tables_load_beside_its_scans_listing(make_emulator, make_mount):
+    """A walk into a scan asks for the experiment's ``resources?all=true`` while its scans
+    listing is still on its way (``ExperimentBundles.warm``): two requests in flight at once,
+    where one directory after another makes them one at a time.  Nothing else is asked twice."""
+    emu = make_emulator(latency_ms=200)  # every request long enough to be seen overlapping
+    m = make_mount(emu.url, "--walk-ahead", "0")
+    exp = m.path / "DEMO1" / "subjects" / "SUBJ01" / "experiments" / "SUBJ01_MR1"
+    os.listdir(exp)  # the walk down to the experiment, one request at a time
+    mark = emu.mark()
+    emu.emu.reset_peak()
+    names = os.listdir(exp / "scans" / "1" / "resources" / "DICOM" / "files")
+    assert names and all(n.endswith(".dcm") for n in names)
+    assert emu.emu.reset_peak() >= 2
+    asked = sorted(q.split("?")[0] for _, q in api(emu.since(mark)))
+    exp_uri = asked[0].rsplit("/resources", 1)[0]
+    assert asked == [exp_uri + "/resources", exp_uri + "/scans", exp_uri + "/scans/ALL/files"]

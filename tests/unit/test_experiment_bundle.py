@@ -213,3 +213,71 @@ def test_a_call_waits_for_another_threads_files_table_only_until_its_deadline() 
     finally:
         c.release.set()
         leader.join(10)
+
+
+class Jobs:
+    """An executor's ``submit`` that keeps the jobs for the test to run."""
+
+    def __init__(self) -> None:
+        self.jobs: list = []
+
+    def __call__(self, job) -> None:
+        self.jobs.append(job)
+
+    def run(self) -> None:
+        jobs, self.jobs = self.jobs, []
+        for job in jobs:
+            job()
+
+
+def test_warming_loads_both_tables_once_ahead_of_the_walker() -> None:
+    c = FakeClient()
+    b = ExperimentBundles(c)
+    b.submit = jobs = Jobs()
+    b.warm(EXP, EXP_URI)
+    b.warm(EXP, EXP_URI)  # the same experiment again: nothing more
+    assert len(jobs.jobs) == 1 and c.calls == []
+    jobs.run()
+    assert c.calls == [f"all-resources {EXP_URI}", f"files {EXP_URI}/scans/ALL"]
+    # the walker's listings now come from the tables, without a request
+    assert b.scan_resources(EXP, EXP_URI, "2", _own(c, "r2")) == c.resources["2"]
+    got = b.scan_files(EXP, EXP_URI, "1", f"{EXP_URI}/scans/1/resources/101", _own(c, "f1"))
+    assert [e.path for e in got] == ["a.dcm", "sub/b.dcm"]
+    assert len(c.calls) == 2
+    assert b.stats()["warmed"] == 1
+
+
+def test_warming_a_big_session_leaves_its_files_to_each_resource() -> None:
+    c = FakeClient()
+    b = ExperimentBundles(c, files_max=2)  # three files in the session
+    b.submit = jobs = Jobs()
+    b.warm(EXP, EXP_URI)
+    jobs.run()
+    assert c.calls == [f"all-resources {EXP_URI}"]
+
+
+def test_a_failed_warming_leaves_the_tables_to_the_walker() -> None:
+    c = FakeClient()
+    b = ExperimentBundles(c)
+    b.submit = jobs = Jobs()
+    failing = [True]
+    real = c.list_scan_resources
+
+    def flaky(uri: str):
+        if failing.pop(0) if failing else False:
+            c.calls.append("all-resources failed")
+            raise OSError(5, "server error")
+        return real(uri)
+
+    c.list_scan_resources = flaky  # type: ignore[method-assign]
+    b.warm(EXP, EXP_URI)
+    jobs.run()  # logged, not raised; nothing kept
+    assert b.scan_resources(EXP, EXP_URI, "1", _own(c, "r1")) == c.resources["1"]
+    assert c.calls == ["all-resources failed", f"all-resources {EXP_URI}"]
+
+
+def test_no_pool_no_warming() -> None:
+    c = FakeClient()
+    b = ExperimentBundles(c)
+    b.warm(EXP, EXP_URI)
+    assert c.calls == [] and b.stats()["warmed"] == 0

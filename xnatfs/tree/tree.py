@@ -56,6 +56,9 @@ class Tree(Engine):
         super().__init__(
             self.xnat, meta, content, fs_timeout=fs_timeout, clock=lambda: epoch, policies=policies
         )
+        if self.xnat.bundles is not None:
+            # the experiment tables load ahead of a walker on the engine's background pool
+            self.xnat.bundles.submit = self._refresh_submit
         self.client = client
 
     @property

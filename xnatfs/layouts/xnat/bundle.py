@@ -29,6 +29,17 @@ moment it is made, so the tables themselves live only half a TTL (``ExperimentBu
 is given the listing TTL): what a listing shows is at most 1.5 TTL old (one request per
 directory: 1 TTL).  A walk of one experiment takes far less than half a TTL.
 
+Warming: a walker who lists an experiment's scans goes into one of them next, and its
+resources and files listings come from the two tables — so far three round trips one after
+another (the scans listing, then at the scan's ``resources`` the first table, then at its
+``files`` the second).  ``warm`` (called as the scans listing is requested) loads the first
+table in the background beside the scans listing and the second right after it when the
+session is small enough to be listed whole: the walker then waits one round trip less
+(benchmarks/RESULTS.md, "Experiment tables beside the scans listing").  An experiment is
+warmed once per table lifetime; a table a walker asks for while it is loading is joined, not
+asked for again (``MetaCache`` single flight).  A failure there is the walker's own request's
+to report: it is only logged (debug).
+
 Invalidation: the engine calls ``invalidated(parts)`` on every local change; the bundles of
 every experiment at, above or below ``parts`` are dropped (and a load running for one is not
 stored), so a listing loaded after a write is never served from rows older than the write.
@@ -42,6 +53,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote
+
+import cachetools
 
 from xnatfs import deadline
 from xnatfs.cache.meta import MetaCache
@@ -69,9 +82,19 @@ class ExperimentBundles:
         self.files_max = files_max
         #: ``ttl``: the listing TTL; the tables live half of it (module docstring, "Age")
         self._cache = MetaCache(ttl=ttl / 2, maxsize=4096)
+        #: where ``warm`` runs its loads (an executor's ``submit``; None: no warming).  Set by
+        #: the tree: the engine's background pool
+        self.submit: Optional[Callable[[Callable[[], None]], Any]] = None
         self._lock = threading.Lock()
-        # _lock protects _stats
-        self._stats = {"resources_from_bundle": 0, "files_from_bundle": 0, "fallbacks": 0}
+        # _lock protects _stats and _warmed
+        self._stats = {
+            "resources_from_bundle": 0,
+            "files_from_bundle": 0,
+            "fallbacks": 0,
+            "warmed": 0,
+        }
+        #: experiments warmed within a table lifetime (``warm``); bounded
+        self._warmed: cachetools.TTLCache = cachetools.TTLCache(maxsize=4096, ttl=ttl / 2)
 
     @property
     def ttl(self) -> float:
@@ -94,6 +117,45 @@ class ExperimentBundles:
             return self._fallback(fallback)
         self._count("resources_from_bundle")
         return list(table.get(scan_id, ()))
+
+    # ------------------------------------------------------------------ warming
+    def warm(self, exp: PathParts, exp_uri: str) -> None:
+        """Load the experiment's resources table in the background, then its files table when
+        the whole session may be listed at once (module docstring, "Warming").  Never waits."""
+        submit = self.submit
+        if submit is None:
+            return
+        with self._lock:
+            if exp in self._warmed:
+                return
+            self._warmed[exp] = True
+            self._stats["warmed"] += 1
+
+        def job() -> None:
+            try:
+                table = self._cache.get_or_load(
+                    exp + ("resources",), lambda: self.client.list_scan_resources(exp_uri)
+                )
+                if self._cache.peek(exp + ("files",)) is None and self._small(table):
+                    self._cache.get_or_load(exp + ("files",), lambda: self._files_table(exp_uri))
+            except Exception as exc:  # noqa: BLE001 - the walker's own request reports it
+                log.debug("tables of %s ahead of the walker: %s", exp_uri, exc)
+
+        try:
+            submit(job)
+        except RuntimeError:  # the pool is shut down: the mount is closing
+            pass
+
+    def _small(self, resources: Dict[str, List[Any]]) -> bool:
+        """May the files table of a session with these resources be asked for whatever scan
+        is walked into (``_worth_listing_all`` for any of them)?"""
+        total = 0
+        for rs in resources.values():
+            for r in rs:
+                if getattr(r, "file_count", None) is None:
+                    return False
+                total += r.file_count
+        return total <= self.files_max
 
     # ------------------------------------------------------------------ files
     def scan_files(

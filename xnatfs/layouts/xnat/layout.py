@@ -110,6 +110,8 @@ class XnatLayout(BaseLayout):
         rows = self._bundled_resources(parts, node)
         if rows is not None:
             return Loaded(parts, functools.partial(load_resources, self._src, node, rows))
+        if self._warms_tables(parts, node):
+            return Loaded(parts, functools.partial(self._load_scans_warming, parts, node))
         return Loaded(parts, functools.partial(load_listing, self._src, node))
 
     # an archive experiment's scans: P/subjects/S/experiments/E/scans/N/resources[/R/files]
@@ -122,6 +124,25 @@ class XnatLayout(BaseLayout):
             and parts[5] == "scans"
             and parts[7] == "resources"
         )
+
+    def _warms_tables(self, parts: PathParts, node: NodeInfo) -> bool:
+        """An archive experiment's ``scans``: its listing warms the experiment's tables."""
+        return (
+            self.bundles is not None
+            and self.bundles.submit is not None
+            and node.kind is Kind.SCANS
+            and not node.prearchive
+            and len(parts) == 6
+            and parts[1] == "subjects"
+            and parts[3] == "experiments"
+        )
+
+    def _load_scans_warming(self, parts: PathParts, node: NodeInfo) -> Listing:
+        """The scans listing, with the experiment's resources and files tables loading beside
+        it (``ExperimentBundles.warm``): the walker's next two listings come from them."""
+        assert self.bundles is not None
+        self.bundles.warm(parts[:5], node.uri)
+        return load_listing(self._src, node)
 
     def _bundled_resources(self, parts: PathParts, node: NodeInfo) -> Optional[Callable[[], Any]]:
         """A scan's resources from its experiment's one ``resources?all=true`` (B4)."""
