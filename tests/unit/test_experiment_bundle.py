@@ -281,3 +281,19 @@ def test_no_pool_no_warming() -> None:
     b = ExperimentBundles(c)
     b.warm(EXP, EXP_URI)
     assert c.calls == [] and b.stats()["warmed"] == 0
+
+
+def test_warming_is_bounded_by_the_jobs_pending() -> None:
+    """The pool is shared with listing refreshes: past ``WARM_PENDING_MAX`` experiments waiting,
+    the next is not warmed (its walker asks for its tables itself)."""
+    from xnatfs.layouts.xnat import bundle
+
+    c = FakeClient()
+    b = ExperimentBundles(c)
+    b.submit = jobs = Jobs()
+    for i in range(bundle.WARM_PENDING_MAX + 3):
+        b.warm(EXP[:-1] + (f"E{i}",), f"/data/experiments/E{i}")
+    assert len(jobs.jobs) == bundle.WARM_PENDING_MAX
+    jobs.run()
+    b.warm(EXP[:-1] + ("Elater",), "/data/experiments/Elater")
+    assert len(jobs.jobs) == 1

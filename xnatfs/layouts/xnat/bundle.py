@@ -66,6 +66,12 @@ PathParts = Tuple[str, ...]
 #: a session with at most this many files is listed whole at the first files listing
 FILES_MAX = 2000
 
+#: experiments whose tables may be loading ahead of walkers at once (``warm``): the pool is
+#: the engine's, shared with the refreshes of expired listings, so a ``find`` of a big project
+#: must not queue one job per experiment in front of them; past it an experiment is not warmed
+#: (its walker asks for the tables itself, as before)
+WARM_PENDING_MAX = 4
+
 #: ``.../scans/<scan>/resources/<resource id>/files/...`` in a files row's URI
 _SCAN_FILE = re.compile(r"/scans/([^/]+)/resources/([^/]+)/files/")
 
@@ -86,7 +92,8 @@ class ExperimentBundles:
         #: the tree: the engine's background pool
         self.submit: Optional[Callable[[Callable[[], None]], Any]] = None
         self._lock = threading.Lock()
-        # _lock protects _stats and _warmed
+        # _lock protects _stats, _warmed and _warming
+        self._warming = 0
         self._stats = {
             "resources_from_bundle": 0,
             "files_from_bundle": 0,
@@ -126,9 +133,10 @@ class ExperimentBundles:
         if submit is None:
             return
         with self._lock:
-            if exp in self._warmed:
+            if exp in self._warmed or self._warming >= WARM_PENDING_MAX:
                 return
             self._warmed[exp] = True
+            self._warming += 1
             self._stats["warmed"] += 1
 
         def job() -> None:
@@ -140,11 +148,15 @@ class ExperimentBundles:
                     self._cache.get_or_load(exp + ("files",), lambda: self._files_table(exp_uri))
             except Exception as exc:  # noqa: BLE001 - the walker's own request reports it
                 log.debug("tables of %s ahead of the walker: %s", exp_uri, exc)
+            finally:
+                with self._lock:
+                    self._warming -= 1
 
         try:
             submit(job)
         except RuntimeError:  # the pool is shut down: the mount is closing
-            pass
+            with self._lock:
+                self._warming -= 1
 
     def _small(self, resources: Dict[str, List[Any]]) -> bool:
         """May the files table of a session with these resources be asked for whatever scan
