@@ -259,3 +259,36 @@ def test_told_documents_serve_what_the_kernel_was_told_and_refresh_what_was_read
     assert docs.tell("/stats", b'{"n": 22}', fresh=True) == 3  # new bytes: a new mtime
     docs.tell("/third", b"x", fresh=False)  # over the limit: the oldest told is forgotten
     assert docs.reader("/doc.json") is None and docs.reader("/third") is not None
+
+
+def test_a_read_that_failed_while_retiring_another_handle_holds_nothing_open():
+    """(From the review helper.)  Closing the handle retired past the limit raised in the
+    middle of a read's opening: that read fails and must not keep its own handle held, or the
+    handle would never be closed once retired in turn."""
+    w = World(limit=1)
+    a = use(w, "/a")
+
+    def fails() -> None:
+        raise OSError(errno.EIO, "close failed")
+
+    a.close = fails  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        use(w, "/b")  # /b is kept; retiring /a raised
+    b = w.opened[-1]
+    use(w, "/c")  # /b, held by no read, is retired and closed
+    assert b.key.name == "/b" and b.closed == 1
+
+
+def test_a_retired_handle_outlives_a_failed_read_of_its_successor():
+    """(From the review helper.)  Two reads hold /a when it is retired; a read of the new /a
+    handle fails meanwhile: the old one closes with its last read, not before."""
+    w = World(limit=1)
+    with w.handles.reading("/a") as a, w.handles.reading("/a") as again:
+        assert again is a
+        use(w, "/b")  # /a retired past the limit while two reads use it
+        assert not a.closed
+        with pytest.raises(OSError):
+            with w.handles.reading("/a") as b:
+                raise OSError(errno.EIO, "a read of the new /a handle failed")
+        assert not a.closed
+    assert a.closed == 1 and b is not a

@@ -149,11 +149,15 @@ class ImplicitHandles:
         try:
             yield kept.handle
         finally:
-            with self._lock:
-                kept.readers -= 1
-                close = kept.retired and kept.readers == 0
-            if close:
-                kept.handle.close()
+            self._give_back(kept)
+
+    def _give_back(self, kept: _Kept) -> None:
+        """A read of ``kept`` is done: close it if it was retired and this was its last."""
+        with self._lock:
+            kept.readers -= 1
+            close = kept.retired and kept.readers == 0
+        if close:
+            kept.handle.close()
 
     def _acquire(self, path: str) -> _Kept:
         """``reading``: the kept handle of ``path`` with one more reader."""
@@ -185,10 +189,15 @@ class ImplicitHandles:
                 handle = None
             if result is not None:
                 result.readers += 1
-        if handle is not None:  # another read opened it first, or it was poisoned meanwhile
-            handle.close()
-        for old_path, old in retired:
-            self._retire(old_path, old)
+        try:
+            if handle is not None:  # another read opened it first, or it was poisoned meanwhile
+                handle.close()
+            for old_path, old in retired:
+                self._retire(old_path, old)
+        except BaseException:
+            if result is not None:
+                self._give_back(result)  # this read fails: it holds nothing open
+            raise
         if result is None:
             with self._lock:
                 self._refuse_poisoned(path)
