@@ -340,6 +340,27 @@ def test_echo_redirect_and_append_semantics(emu, make_mount):
     assert res.returncode != 0 and "Permission denied" in res.stderr
 
 
+def test_a_file_opened_while_local_reads_xnats_copy_once_uploaded(emu, make_mount):
+    """A handle opened while the file was being written outlives its local copy: the writer's
+    close() uploads it and the journal drops its copy once XNAT confirmed it.  Its reads then
+    come from XNAT's copy.  They failed with EIO before ("the local copy is gone"), and so could
+    a program that wrote a file, closed it and read it back at once, when its READ came before
+    the writer's RELEASE (the kernel sends it after close() returns; seen once in CI)."""
+    m = make_mount(emu.url)
+    target = m.path / PROTOCOLS / "read-while-uploaded.bin"
+    data = random.Random(3).randbytes(300_000)
+    with open(target, "wb") as out:
+        out.write(data)
+        out.flush()
+        reader = open(target, "rb")  # noqa: SIM115 - closed below, after the writer
+    try:
+        assert server_files(emu)["read-while-uploaded.bin"] == (len(data), md5(data))
+        assert reader.read() == data
+    finally:
+        reader.close()
+    assert target.read_bytes() == data
+
+
 _FSYNC_THEN_WRITE = r"""
 import os, sys
 dst, src, cut = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -7,8 +7,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import time
 from dataclasses import replace
+from typing import Any, Optional
 
 from xnatfs.tree.local import WRITING, LocalFile
 from xnatfs.tree.nodes import NodeInfo
@@ -20,22 +22,46 @@ log = logging.getLogger(__name__)
 
 
 class WriteHandle:
-    """An open file being written; all state lives in its ``LocalFile``."""
+    """An open file being written; all state lives in its ``LocalFile``.
+
+    A handle opened while the file was local may outlive its local copy: another handle's
+    close() uploads it, XNAT confirms it and the journal drops its copy, while this handle is
+    still open (the overlay keeps the file until its last handle closes).  Its reads then go to
+    XNAT's copy, through the content cache (``HandleOps._open_uploaded``): before, they failed
+    with EIO, and so did a program that wrote a file, closed it and read it back at once when
+    its read came before the writer's RELEASE (the kernel sends RELEASE after close() returns)."""
 
     def __init__(self, writer: "HandleOps", lf: LocalFile) -> None:
         self.writer = writer
         self.lf = lf
         self.direct_io = False
+        self._lock = threading.Lock()
+        #: XNAT's copy once the local one is gone (a ``ReadHandle``); guarded by _lock
+        self._uploaded: Any = None
 
     def write(self, offset: int, data: bytes) -> int:
         return self.writer._write(self.lf, offset, data)
 
     def read(self, offset: int, size: int) -> bytes:
-        return self.writer._read(self.lf, offset, size)
+        local = self._local(offset, size)
+        return local if local is not None else self._uploaded.read(offset, size)
 
-    def span(self, offset: int, size: int) -> bytes:
-        """The bytes (the spool changes under writes, so no fd is handed out)."""
-        return self.writer._read(self.lf, offset, size)
+    def span(self, offset: int, size: int) -> "bytes | tuple[int, int]":
+        """The bytes (the spool changes under writes, so no fd is handed out), or where
+        XNAT's copy holds them once the local one is gone."""
+        local = self._local(offset, size)
+        return local if local is not None else self._uploaded.span(offset, size)
+
+    def _local(self, offset: int, size: int) -> Optional[bytes]:
+        """The local copy's bytes, or None once reads go to XNAT's copy (then open)."""
+        if self._uploaded is None:
+            data = self.writer._read(self.lf, offset, size)
+            if data is not None:
+                return data
+            with self._lock:
+                if self._uploaded is None:
+                    self._uploaded = self.writer._open_uploaded(self.lf)
+        return None
 
     def truncate(self, length: int) -> None:
         self.writer._truncate(self.lf, length)
@@ -44,7 +70,13 @@ class WriteHandle:
         self.writer._commit(self.lf)
 
     def close(self) -> None:
-        self.writer._release(self.lf)
+        with self._lock:
+            uploaded, self._uploaded = self._uploaded, None
+        try:
+            if uploaded is not None:
+                uploaded.close()
+        finally:
+            self.writer._release(self.lf)
 
 
 class HandleOps(UploadPath):
@@ -91,7 +123,9 @@ class HandleOps(UploadPath):
         lf.mtime_ns = time.time_ns()
         return n
 
-    def _read(self, lf: LocalFile, offset: int, size: int) -> bytes:
+    def _read(self, lf: LocalFile, offset: int, size: int) -> Optional[bytes]:
+        """The bytes of the local copy (the spool, else the journal's entry); None when
+        neither holds them any more: uploaded since (``WriteHandle``)."""
         spool = lf.spool
         if spool is not None:
             try:
@@ -110,11 +144,30 @@ class HandleOps(UploadPath):
                     return fh.read(size)
             except FileNotFoundError:
                 pass
-        raise OSError(
-            errno.EIO,
-            "the local copy is gone (uploaded meanwhile): open again",
-            join_path(lf.parts),
+        return None
+
+    def _open_uploaded(self, lf: LocalFile) -> Any:
+        """A read handle on XNAT's copy of ``lf``, whose local copy is gone: the journal drops
+        it only once XNAT confirmed the upload (``lf.uploaded_size``).  The file as XNAT lists
+        it now, through the content cache (one download, checked against the listed size and
+        MD5).  EIO when that cannot be: an archive import (no file to read back), or a listing
+        that does not show the uploaded size (changed on XNAT since: open again)."""
+        path = join_path(lf.parts)
+        if not lf.uploaded_size or not lf.target.is_file:
+            raise OSError(
+                errno.EIO, "the local copy is gone (uploaded meanwhile): open again", path
+            )
+        node = self.tree.listing(lf.parts[:-1], self.tree.node(lf.parts[:-1])).children.get(
+            lf.parts[-1]
         )
+        if node is None or node.is_dir or node.size != lf.uploaded_size:
+            raise OSError(
+                errno.EIO,
+                "uploaded meanwhile, and XNAT does not list it as uploaded: open again",
+                path,
+            )
+        log.debug("read %s: the local copy is gone (uploaded): reading XNAT's", path)
+        return self.tree.open(node, path)
 
     def _truncate(self, lf: LocalFile, length: int) -> None:
         if lf.spool is None or lf.spool.closed:
