@@ -418,3 +418,31 @@ def test_cp_writes_in_1_mib_requests(emu, make_mount, tmp_path):
         ln for ln in metrics.splitlines() if ln.startswith("xnatfs_fuse_write_bytes_total ")
     )
     assert float(line.split()[1]) == len(data)
+
+
+_READ_AFTER_FSYNC = r"""
+import os, sys
+dst = sys.argv[1]
+fd = os.open(dst, os.O_RDWR | os.O_CREAT, 0o644)
+os.write(fd, b"first part, ")
+os.fsync(fd)  # uploaded and confirmed: the local copy is gone
+assert os.pread(fd, 100, 0) == b"first part, ", "XNAT's copy after the upload"
+os.write(fd, b"second part")  # a local copy again, from XNAT's bytes
+assert os.pread(fd, 100, 0) == b"first part, second part", "the local copy again"
+os.close(fd)
+"""
+
+
+def test_reads_follow_the_file_through_an_upload_and_more_writes(emu, make_mount):
+    """One O_RDWR handle: write, fsync (uploaded, local copy gone), read (XNAT's copy), write
+    more (a local copy again), read (the local copy, not XNAT's older one), close."""
+    import sys
+
+    m = make_mount(emu.url)
+    dst = m.path / PROTOCOLS / "read-after-fsync.txt"
+    res = subprocess.run(
+        [sys.executable, "-c", _READ_AFTER_FSYNC, str(dst)], capture_output=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    want = b"first part, second part"
+    assert server_files(emu)["read-after-fsync.txt"] == (len(want), md5(want))

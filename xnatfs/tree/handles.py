@@ -53,14 +53,15 @@ class WriteHandle:
         return local if local is not None else self._uploaded.span(offset, size)
 
     def _local(self, offset: int, size: int) -> Optional[bytes]:
-        """The local copy's bytes, or None once reads go to XNAT's copy (then open)."""
-        if self._uploaded is None:
-            data = self.writer._read(self.lf, offset, size)
-            if data is not None:
-                return data
-            with self._lock:
-                if self._uploaded is None:
-                    self._uploaded = self.writer._open_uploaded(self.lf)
+        """The local copy's bytes, or None when there is none (XNAT's copy is then open).
+        The local copy is asked first every time: a write after the upload makes one again,
+        and its bytes are the file's from then on."""
+        data = self.writer._read(self.lf, offset, size)
+        if data is not None:
+            return data
+        with self._lock:
+            if self._uploaded is None:
+                self._uploaded = self.writer._open_uploaded(self.lf)
         return None
 
     def truncate(self, length: int) -> None:
