@@ -158,6 +158,9 @@ class HandleOps(UploadPath):
             raise OSError(
                 errno.EIO, "the local copy is gone (uploaded meanwhile): open again", path
             )
+        # the listing as XNAT answers it now, not one cached before the upload (the uploader
+        # invalidates it too, but just after the journal let go of its copy)
+        self.tree.invalidate(path)
         node = self.tree.listing(lf.parts[:-1], self.tree.node(lf.parts[:-1])).children.get(
             lf.parts[-1]
         )
