@@ -161,13 +161,8 @@ class ExperimentBundles:
     def _small(self, resources: Dict[str, List[Any]]) -> bool:
         """May the files table of a session with these resources be asked for whatever scan
         is walked into (``_worth_listing_all`` for any of them)?"""
-        total = 0
-        for rs in resources.values():
-            for r in rs:
-                if getattr(r, "file_count", None) is None:
-                    return False
-                total += r.file_count
-        return total <= self.files_max
+        total = _total_files(resources)
+        return total is not None and total <= self.files_max
 
     # ------------------------------------------------------------------ files
     def scan_files(
@@ -207,16 +202,10 @@ class ExperimentBundles:
     ) -> bool:
         if resources is None:
             return False  # no walk seen: a single resource is listed alone
-        counts: List[int] = []
-        for rs in resources.values():
-            for r in rs:
-                if getattr(r, "file_count", None) is None:
-                    return False  # stats not computed: the size of the table is unknown
-                counts.append(r.file_count)
+        total = _total_files(resources)
         mine = next((r.file_count for r in resources.get(scan_id, ()) if r.id == rid), None)
-        if mine is None:
+        if total is None or mine is None:
             return False
-        total = sum(counts)
         return total <= max(self.files_max, 2 * mine)
 
     def _files_table(self, exp_uri: str) -> Dict[Tuple[str, str], List[Any]]:
@@ -247,6 +236,18 @@ class ExperimentBundles:
     def _count(self, what: str) -> None:
         with self._lock:
             self._stats[what] += 1
+
+
+def _total_files(resources: Dict[str, List[Any]]) -> Optional[int]:
+    """Files in all of a session's scan resources; None when a count is missing (stats not
+    computed: the size of the files table is unknown)."""
+    total = 0
+    for rs in resources.values():
+        for r in rs:
+            if getattr(r, "file_count", None) is None:
+                return None
+            total += r.file_count
+    return total
 
 
 def _join_timeout() -> Optional[float]:

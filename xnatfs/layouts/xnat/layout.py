@@ -114,7 +114,7 @@ class XnatLayout(BaseLayout):
             return Loaded(parts, functools.partial(self._load_scans_warming, parts, node))
         return Loaded(parts, functools.partial(load_listing, self._src, node))
 
-    # an archive experiment's scans: P/subjects/S/experiments/E/scans/N/resources[/R/files]
+    # an archive experiment's scans: P/subjects/S/experiments/E/scans[/N/resources[/R/files]]
     @staticmethod
     def _scan_path(parts: PathParts, depth: int) -> bool:
         return (
@@ -122,7 +122,7 @@ class XnatLayout(BaseLayout):
             and parts[1] == "subjects"
             and parts[3] == "experiments"
             and parts[5] == "scans"
-            and parts[7] == "resources"
+            and (depth < 8 or parts[7] == "resources")
         )
 
     def _warms_tables(self, parts: PathParts, node: NodeInfo) -> bool:
@@ -132,9 +132,7 @@ class XnatLayout(BaseLayout):
             and self.bundles.submit is not None
             and node.kind is Kind.SCANS
             and not node.prearchive
-            and len(parts) == 6
-            and parts[1] == "subjects"
-            and parts[3] == "experiments"
+            and self._scan_path(parts, 6)
         )
 
     def _load_scans_warming(self, parts: PathParts, node: NodeInfo) -> Listing:
