@@ -761,7 +761,11 @@ class Ctx:
             run_quiet(["sync"], timeout=120)
 
     def row(self, *a: Any) -> None:
+        """One table row.  Its text names it: runs are compared row by row by that text, so two
+        rows of one run may not share it (they once did, and a join matched the wrong ones)."""
         r = Row(*a)
+        if any(o.bench == r.bench and o.what == r.what for o in self.rows):
+            raise ValueError(f"two rows named {r.bench} {r.what!r}")
         self.rows.append(r)
         self.log(
             f"  -> {r.bench} {r.what}: mount {r.mount} | baseline {r.baseline} | "
@@ -832,7 +836,8 @@ def add_cpu_rows(
     bound = fm / bw if lower_is_better else bw / fm
     ctx.row(
         bench,
-        f"(bound) same: best ratio {cores} cores allow at the mount's CPU (wall >= CPU/{cores}), "
+        f"(bound) {what} vs {baseline_name}: best ratio {cores} cores allow at the mount's CPU "
+        f"(wall >= CPU/{cores}), "
         f"measured wall {median(mount_wall):.2f} s",
         f">= {fm:.2f} s",
         f"{bw:.2f} s",
@@ -1345,7 +1350,8 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
         )
         ctx.row(
             "B2",
-            "(stricter) same, xnatpy timed from finding the resource",
+            f"(stricter) cold cp -r {label}, {latency:g} ms, "
+            "xnatpy timed from finding the resource",
             f"{cm:.2f} s",
             f"{xp:.2f} s",
             cm / xp,
@@ -1358,7 +1364,7 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
             lp, pp = median(res["loop_s"]), median(res["parallel8_s"])
             ctx.row(
                 "B2",
-                f"(reference) cold cp -r {label} vs sequential GET loop",
+                f"(reference) cold cp -r {label}, {latency:g} ms, vs sequential GET loop",
                 f"{cm:.2f} s",
                 f"{lp:.2f} s",
                 lp / cm,
@@ -1369,7 +1375,7 @@ def flow_multi_one(ctx: Ctx, one: Tuple[str, str, int, int], latency: float, mai
             )
             ctx.row(
                 "B2",
-                "(reference) same files, 8 parallel GETs with requests",
+                f"(reference) cold cp -r {label}, {latency:g} ms, vs 8 parallel GETs with requests",
                 f"{cm:.2f} s",
                 f"{pp:.2f} s",
                 pp / cm,
