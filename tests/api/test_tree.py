@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import threading
 
 import pytest
+import requests
 
 from tests.conftest import ADMIN
 from tests.mount.helpers import api
@@ -147,3 +149,90 @@ def test_pending_upload_survives_a_restart(make_emulator, tmp_path):
         assert rt2.tree.lookup(path).size == 1000
     finally:
         rt2.close()
+
+
+PROTOCOLS = "/DEMO1/resources/protocols/files"
+PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
+
+
+def on_server(runtime, name):
+    r = requests.get(f"{runtime.emu.url}{PROTOCOLS_URI}/{name}", auth=ADMIN, timeout=30)
+    assert r.status_code == 200, (name, r.status_code)
+    return r.content
+
+
+def test_a_write_while_another_handle_commits_is_uploaded(runtime):
+    """Two handles on one file (two processes appending to one log): the first's close()
+    commits while the second writes.  The write used to land in a spool the commit then
+    dropped: acknowledged and lost; now it waits for the commit and continues from its
+    bytes, and the second close() uploads both."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/shared.log"
+    first = writer.create(path)
+    second = writer.open_write(runtime.tree.lookup(path), path, truncate=False)
+    first.write(0, b"first line\n")
+    add, late = writer.journal.add, {}
+
+    def add_with_a_write_beside(spool, *a, **k):
+        # the second handle writes (and reads) while the commit is in the journal step, its
+        # spool closed (as Journal.add closes it first) and not yet swapped for the entry
+        spool.fsync()
+        spool.close()
+
+        def other():
+            late["wrote"] = second.write(11, b"second line\n")
+            late["read"] = second.read(0, 100)
+
+        t = threading.Thread(target=other)
+        t.start()
+        # fixed: the other handle waits for this commit, so this wait runs out; before the
+        # fix its write finished here, into the spool this commit dropped afterwards
+        t.join(0.3)
+        late["thread"] = t
+        return add(spool, *a, **k)
+
+    writer.journal.add = add_with_a_write_beside
+    try:
+        first.flush()
+    finally:
+        writer.journal.add = add
+    late["thread"].join(30)
+    first.close()
+    assert late["wrote"] == 12
+    assert late["read"] == b"first line\nsecond line\n"
+    second.flush()
+    second.close()
+    assert on_server(runtime, "shared.log") == b"first line\nsecond line\n"
+
+
+def test_a_write_just_after_the_upload_continues_from_xnats_bytes(runtime):
+    """The uploader drops the journal's copy once XNAT confirmed it, and only then tells the
+    overlay.  A write in between (an append through a handle still open) used to find
+    neither copy and start from a spool of zeros: XNAT then got zeros in place of the
+    first upload's bytes."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/appended.log"
+    first = writer.create(path)
+    second = writer.open_write(runtime.tree.lookup(path), path, truncate=False)
+    first.write(0, b"A" * 1000)
+    remove, seen = writer.journal.remove, {}
+
+    def remove_then_write(entry):
+        remove(entry)
+        if "wrote" not in seen:
+            try:
+                seen["read"] = second.read(0, 10)
+            except OSError as exc:  # before: EIO, neither copy found
+                seen["read"] = exc
+            seen["wrote"] = second.write(1000, b"B" * 10)
+
+    writer.journal.remove = remove_then_write
+    try:
+        first.flush()
+        first.close()
+        second.flush()
+    finally:
+        writer.journal.remove = remove
+    second.close()
+    assert seen == {"read": b"A" * 10, "wrote": 10}
+    assert on_server(runtime, "appended.log") == b"A" * 1000 + b"B" * 10

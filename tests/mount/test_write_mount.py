@@ -340,6 +340,29 @@ def test_echo_redirect_and_append_semantics(emu, make_mount):
     assert res.returncode != 0 and "Permission denied" in res.stderr
 
 
+def test_a_log_held_open_while_other_processes_append_and_close(emu, make_mount):
+    """A long-running program keeps its log open (O_APPEND) while short ones append to it and
+    close (`echo ... >> log`): every close uploads what the file holds, and the open log's
+    next write continues from those bytes (the journal's copy, or XNAT's once confirmed), so
+    XNAT ends with every line in order, none lost and no zeros in place of any."""
+    m = make_mount(emu.url)
+    log = m.path / PROTOCOLS / "run.log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    expected = b"start\n"
+    try:
+        os.write(fd, b"start\n")
+        for i in range(8):
+            sh(["sh", "-c", f"echo step{i} >> '{log}'"])
+            expected += f"step{i}\n".encode()
+            assert server_files(emu)["run.log"] == (len(expected), md5(expected))
+            os.write(fd, f"main{i}\n".encode())
+            expected += f"main{i}\n".encode()
+    finally:
+        os.close(fd)
+    assert server_files(emu)["run.log"] == (len(expected), md5(expected))
+    assert log.read_bytes() == expected
+
+
 def test_a_file_opened_while_local_reads_xnats_copy_once_uploaded(emu, make_mount):
     """A handle opened while the file was being written outlives its local copy: the writer's
     close() uploads it and the journal drops its copy once XNAT confirmed it.  Its reads then

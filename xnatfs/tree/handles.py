@@ -92,6 +92,10 @@ class HandleOps(UploadPath):
 
     # ------------------------------------------------------------------ handle operations
     def _write(self, lf: LocalFile, offset: int, data: bytes) -> int:
+        with lf.io:  # not while another handle's close() commits the file (LocalFile.io)
+            return self._locked_write(lf, offset, data)
+
+    def _locked_write(self, lf: LocalFile, offset: int, data: bytes) -> int:
         if lf.spool is None or lf.spool.closed:
             self._reopen_spool(lf)
         assert lf.spool is not None
@@ -126,26 +130,28 @@ class HandleOps(UploadPath):
 
     def _read(self, lf: LocalFile, offset: int, size: int) -> Optional[bytes]:
         """The bytes of the local copy (the spool, else the journal's entry); None when
-        neither holds them any more: uploaded since (``WriteHandle``)."""
-        spool = lf.spool
-        if spool is not None:
-            try:
-                return spool.read(offset, size)
-            except OSError as exc:
-                # another handle's close() committed it between our look and the read: the
-                # spool is closed (EBADF from SpoolFile, never a reused descriptor) and its
-                # bytes are now the journal entry's; read them there
-                if exc.errno != errno.EBADF:
-                    raise
-        entry = lf.entry
-        if entry is not None:
-            try:
-                with open(entry.data_path, "rb") as fh:
-                    fh.seek(offset)
-                    return fh.read(size)
-            except FileNotFoundError:
-                pass
-        return None
+        neither holds them any more: uploaded since (``WriteHandle``).  Under ``lf.io``: a
+        commit by another handle moves the bytes from the spool to the journal, and a read
+        in between found neither."""
+        with lf.io:
+            spool = lf.spool
+            if spool is not None and not spool.closed:
+                try:
+                    return spool.read(offset, size)
+                except OSError as exc:
+                    # closed after the look all the same (EBADF from SpoolFile, never a
+                    # reused descriptor): its bytes are the journal entry's, if any
+                    if exc.errno != errno.EBADF:
+                        raise
+            entry = lf.entry
+            if entry is not None:
+                try:
+                    with open(entry.data_path, "rb") as fh:
+                        fh.seek(offset)
+                        return fh.read(size)
+                except FileNotFoundError:
+                    pass
+            return None
 
     def _open_uploaded(self, lf: LocalFile) -> Any:
         """A read handle on XNAT's copy of ``lf``, whose local copy is gone: the journal drops
@@ -154,7 +160,8 @@ class HandleOps(UploadPath):
         MD5).  EIO when that cannot be: an archive import (no file to read back), or a listing
         that does not show the uploaded size (changed on XNAT since: open again)."""
         path = join_path(lf.parts)
-        if not lf.uploaded_size or not lf.target.is_file:
+        size = self._confirmed_size(lf)
+        if not size or not lf.target.is_file:
             raise OSError(
                 errno.EIO, "the local copy is gone (uploaded meanwhile): open again", path
             )
@@ -164,7 +171,7 @@ class HandleOps(UploadPath):
         node = self.tree.listing(lf.parts[:-1], self.tree.node(lf.parts[:-1])).children.get(
             lf.parts[-1]
         )
-        if node is None or node.is_dir or node.size != lf.uploaded_size:
+        if node is None or node.is_dir or node.size != size:
             raise OSError(
                 errno.EIO,
                 "uploaded meanwhile, and XNAT does not list it as uploaded: open again",
@@ -173,27 +180,49 @@ class HandleOps(UploadPath):
         log.debug("read %s: the local copy is gone (uploaded): reading XNAT's", path)
         return self.tree.open(node, path)
 
+    @staticmethod
+    def _confirmed_size(lf: LocalFile) -> int:
+        """The size XNAT confirmed for ``lf``'s last upload, 0 when none is known.  The
+        uploader removes the journal's copy once XNAT confirmed it and only then tells the
+        overlay (``Uploader._succeeded``, ``UploadPath._on_change``): in between, ``lf.entry``
+        still names a copy that is gone, and its size is the confirmed one."""
+        if lf.uploaded_size:
+            return lf.uploaded_size
+        entry = lf.entry
+        if entry is not None and not os.path.exists(entry.data_path):
+            return entry.size
+        return 0
+
     def _truncate(self, lf: LocalFile, length: int) -> None:
-        if lf.spool is None or lf.spool.closed:
-            self._reopen_spool(lf)
-        assert lf.spool is not None
-        lf.spool.truncate(length)
-        lf.dirty = True
-        lf.mtime_ns = time.time_ns()
+        with lf.io:
+            if lf.spool is None or lf.spool.closed:
+                self._reopen_spool(lf)
+            assert lf.spool is not None
+            lf.spool.truncate(length)
+            lf.dirty = True
+            lf.mtime_ns = time.time_ns()
 
     def _reopen_spool(self, lf: LocalFile) -> None:
-        """More writes after a commit: continue from the committed bytes."""
-        if lf.entry is not None and os.path.exists(lf.entry.data_path):
-            lf.spool = self.spool.create(copy_from=lf.entry.data_path)
-        else:
+        """More writes after a commit: continue from the committed bytes, the journal's copy
+        while it has one, else XNAT's.  Caller holds ``lf.io``."""
+        entry = lf.entry
+        copied = False
+        if entry is not None:
+            try:
+                lf.spool = self.spool.create(copy_from=entry.data_path)
+                copied = True
+            except FileNotFoundError:
+                pass  # confirmed by XNAT and dropped from the journal just now
+        if not copied:
             lf.spool = self.spool.create()
             node = self.tree.lookup(join_path(lf.parts))
             if not isinstance(node.local_file, LocalFile):
                 self._fill_from_server(node, lf.spool, join_path(lf.parts))
-            elif lf.uploaded_size and lf.target.is_file:
-                # committed by fsync() and confirmed by XNAT since: the journal's copy is
-                # gone and the bytes are XNAT's; more writes continue from them, not from a
-                # spool of zeros (which uploaded zeros in place of the first part)
+            elif self._confirmed_size(lf) and lf.target.is_file:
+                # committed (fsync(), or another handle's close) and confirmed by XNAT since:
+                # the journal's copy is gone and the bytes are XNAT's; more writes continue
+                # from them, not from a spool of zeros (which uploaded zeros in place of the
+                # first part)
                 self._fill_from_upload(lf)
         lf.target = replace(lf.target, overwrite=True)
 
@@ -203,6 +232,7 @@ class HandleOps(UploadPath):
         spool and raises: the write answers the errno, nothing is half-filled."""
         spool = lf.spool
         assert spool is not None
+        size = self._confirmed_size(lf)
         offset = [0]
 
         def sink(chunk: bytes) -> None:
@@ -211,10 +241,10 @@ class HandleOps(UploadPath):
 
         try:
             self.client.download(lf.target.file_uri, sink)
-            if offset[0] != lf.uploaded_size:
+            if offset[0] != size:
                 raise OSError(
                     errno.EIO,
-                    f"XNAT sent {offset[0]} bytes of the {lf.uploaded_size} it confirmed; "
+                    f"XNAT sent {offset[0]} bytes of the {size} it confirmed; "
                     "the file is not changed",
                     join_path(lf.parts),
                 )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -62,6 +63,12 @@ class LocalFile:
     #: size of the last upload XNAT confirmed: a ``stat`` between that confirmation (at
     #: close) and the release that drops this overlay entry must not see 0
     uploaded_size: int = 0
+    #: held while the local copy is read, written, truncated or committed: handles of one file
+    #: may do these on several threads at once (two processes appending to one log), and a
+    #: commit swaps the spool for a journal entry; a write between the two landed in a spool
+    #: the commit then dropped (acknowledged, lost), a read found neither copy.  Never held
+    #: while uploading.  Taken before the overlay's lock, never while holding it.
+    io: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def mtime(self) -> float:

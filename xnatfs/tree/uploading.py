@@ -44,7 +44,23 @@ class UploadPath(LocalOverlay):
         """close()/fsync(): put the bytes in the journal, then upload them now.
 
         Returns once XNAT confirmed them; on failure raises the error (the caller answers its
-        errno) with the bytes safe in the journal and a retry scheduled.
+        errno) with the bytes safe in the journal and a retry scheduled.  The journal step
+        holds ``lf.io`` (a write or read by another handle waits for it); the upload does not.
+        """
+        with lf.io:
+            entry = self._to_journal(lf)
+        if entry is None or not upload:
+            return
+        if is_temporary(lf.parts[-1]):
+            # rsync and editors rename their temporary file right after closing it: upload
+            # under the final name then, not twice
+            self.uploader.submit(entry, delay=self.temp_delay)
+            return
+        self._upload_now(lf, entry)
+
+    def _to_journal(self, lf: LocalFile) -> Optional[Entry]:
+        """The journal entry now holding ``lf``'s bytes, or None when there is nothing to
+        upload.  Caller holds ``lf.io``.
 
         Long because: the checks before the journal (earlier error, emptied, same bytes,
         --allow-delete, empty) and the journal step must stay in this order, in one place.
@@ -53,7 +69,7 @@ class UploadPath(LocalOverlay):
         if lf.write_error:
             raise AlreadyReported(lf.write_error, "an earlier write failed: not uploaded", path)
         if not lf.dirty or lf.spool is None:
-            return
+            return None
         if lf.spool.size == 0 and lf.target.overwrite:
             # opened with O_TRUNC (or truncated) and closed empty: XNAT cannot store an empty
             # file and still holds the old bytes; say so, never succeed silently (issue 17 §8).
@@ -77,7 +93,7 @@ class UploadPath(LocalOverlay):
                 lf.dirty = False
                 self._remember_time(lf.replaces, lf.mtime_ns)
                 log.info("write %s: the same bytes as on XNAT: nothing uploaded", path)
-                return
+                return None
             if not self.allow_delete:
                 lf.write_error = errno.EACCES
                 raise OSError(
@@ -90,21 +106,14 @@ class UploadPath(LocalOverlay):
             # XNAT refuses empty uploads (§4.5): nothing to store, nothing to lose
             log.info("write %s: empty file not uploaded (XNAT cannot store empty files)", path)
             lf.dirty = False
-            return
+            return None
         entry = self.journal.add(lf.spool, lf.target, path, digest=False)
         with self._lock:
             lf.spool = None
             lf.entry = entry
             lf.dirty = False
             lf.state = PENDING
-        if not upload:
-            return
-        if is_temporary(lf.parts[-1]):
-            # rsync and editors rename their temporary file right after closing it: upload
-            # under the final name then, not twice
-            self.uploader.submit(entry, delay=self.temp_delay)
-            return
-        self._upload_now(lf, entry)
+        return entry
 
     def _upload_now(self, lf: LocalFile, entry: Entry) -> None:
         path = join_path(lf.parts)
