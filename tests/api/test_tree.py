@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN
-from tests.mount.helpers import api
+from tests.mount.helpers import api, wait_for
 from xnatfs.options import Options
 from xnatfs.runtime import Runtime
 from xnatfs.tree.nodes import Kind
@@ -142,8 +142,6 @@ def test_pending_upload_survives_a_restart(make_emulator, tmp_path):
     rt2 = Runtime(options, Credentials(*ADMIN))
     rt2.start()
     try:
-        from tests.mount.helpers import wait_for
-
         wait_for(lambda: not rt2.writer.status(), 30, what="the resumed upload")
         rt2.tree.invalidate("/DEMO1/resources/protocols/files")
         assert rt2.tree.lookup(path).size == 1000
@@ -236,3 +234,53 @@ def test_a_write_just_after_the_upload_continues_from_xnats_bytes(runtime):
     second.close()
     assert seen == {"read": b"A" * 10, "wrote": 10}
     assert on_server(runtime, "appended.log") == b"A" * 1000 + b"B" * 10
+
+
+def test_a_rename_while_another_handle_commits_ends_under_one_name(runtime):
+    """logrotate renames a log its program still holds open; a close() of another handle
+    commits at that moment.  The rename used to slip between the commit's look at the name
+    and its journal entry, or change the entry while its upload ran: XNAT got the file under
+    the old name, and the new name stayed pending for ever.  Now one of the two goes first:
+    the rename (the upload then sends the new name), or the upload (the rename then answers
+    EACCES: the file is XNAT's, and XNAT has no move).  Either way XNAT holds the bytes under
+    the one name the mount shows, and nothing stays pending."""
+    writer, tree = runtime.writer, runtime.tree
+    old, new = f"{PROTOCOLS}/app.log", f"{PROTOCOLS}/app.log.1"
+    keeper = writer.create(old)
+    closer = writer.open_write(tree.lookup(old), old, truncate=False)
+    keeper.write(0, b"line\n")
+    add, moved = writer.journal.add, {}
+
+    def add_with_a_rename_beside(spool, *a, **k):
+        def other():
+            try:
+                writer.rename(old, new)
+                moved["result"] = "renamed"
+            except OSError as exc:
+                moved["result"] = exc.errno
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(0.3)  # fixed: the rename waits for this commit, so this wait runs out
+        moved["thread"] = t
+        return add(spool, *a, **k)
+
+    writer.journal.add = add_with_a_rename_beside
+    try:
+        closer.flush()
+    finally:
+        writer.journal.add = add
+    moved["thread"].join(30)
+    closer.close()
+    keeper.close()
+    assert moved["result"] in ("renamed", errno.EACCES)
+    kept, gone = (
+        ("app.log.1", "app.log") if moved["result"] == "renamed" else ("app.log", "app.log.1")
+    )
+    wait_for(lambda: not writer.status(), 30, what="the upload")
+    assert on_server(runtime, kept) == b"line\n"
+    r = requests.get(f"{runtime.emu.url}{PROTOCOLS_URI}/{gone}", auth=ADMIN, timeout=30)
+    assert r.status_code == 404
+    tree.invalidate(PROTOCOLS)
+    names = {n.name for n in tree.listdir(PROTOCOLS)}
+    assert kept in names and gone not in names

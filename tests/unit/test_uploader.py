@@ -472,6 +472,49 @@ def test_upload_now_waits_for_a_running_attempt_until_its_deadline(rig):
     assert len(rig.server.puts) == 1
 
 
+def test_held_waits_for_a_running_attempt_and_says_when_it_confirmed(rig):
+    """A rename holds its entry (Uploader.held): a running attempt is waited for (until the
+    deadline), and None says it confirmed the entry under the name it had."""
+    rig.server.gate = threading.Event()
+    up = rig.uploader(workers=1)
+    up.start()
+    entry = rig.add(b"busy")
+    up.submit(entry)
+    rig.signal.wait_for(lambda: rig.server.active == 1)
+    with pytest.raises(TimeoutError) as info:
+        with up.held(entry, deadline=rig.clock()):
+            pass
+    assert info.value.errno == errno.ETIMEDOUT
+    rig.server.gate.set()
+    with up.held(entry, deadline=rig.clock() + WAIT) as current:
+        assert current is None
+    assert rig.server.files == {entry.path: b"busy"}
+
+
+def test_held_entry_changed_in_the_block_is_what_its_queued_retry_sends(rig):
+    """A retry queued before the block was a copy of the entry as it was: the block's change
+    (a rename's new path) would have been sent under the old one, and written back over the
+    journal's record by the attempt."""
+    rig.server.failures = [Transient()]
+    up = rig.uploader(workers=1)
+    up.start()
+    entry = rig.add(b"log", path="/P/resources/R/files/app.log")
+    up.submit(entry)
+    rig.signal.wait_for(lambda: rig.states(entry.path) == [PENDING])  # failed once, queued
+    with up.held(entry, deadline=rig.clock() + WAIT) as current:
+        assert current is not None
+        renamed = "/P/resources/R/files/app.log.1"
+        rig.journal.update(
+            dataclasses.replace(current, path=renamed, target={"kind": "file", "relpath": renamed})
+        )
+        rig.clock.advance(10.0)
+        up.wake()  # the retry is due, but no attempt starts inside the block
+        assert rig.server.active == 0 and len(rig.server.puts) == 1
+    rig.signal.wait_for(lambda: rig.states(renamed) == [DONE])
+    assert rig.server.files == {renamed: b"log"}
+    assert rig.journal.entries() == []
+
+
 def test_not_verified_error_is_retryable():
     from xnatfs.uploads.journal import Entry
 

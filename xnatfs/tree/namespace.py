@@ -6,14 +6,17 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import time
+from contextlib import nullcontext
 from dataclasses import replace
-from typing import Any
+from typing import Any, ContextManager, Optional
 
 from xnatfs.tree import prearchive_moves
 from xnatfs.tree.local import LocalFile, is_temporary
 from xnatfs.tree.nodes import Kind, NodeInfo
 from xnatfs.tree.opening import Opening
 from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path, unescape_name
+from xnatfs.uploads.journal import Entry
 
 log = logging.getLogger(__name__)
 
@@ -205,24 +208,46 @@ class Namespace(Opening):
             if not self.allow_delete:
                 raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
             target = replace(target, overwrite=True)
-        with self._lock:
-            if self._files.get(old_parts) is not lf:
-                raise OSError(errno.ENOENT, "vanished", old)
-            self._locked_drop(old_parts)
-            replaced = self._locked_drop(new_parts)
-            lf.parts = new_parts
-            lf.target = target
-            self._locked_put(lf)
-        if replaced is not None and replaced.entry is not None:
-            try:
-                self.journal.remove(replaced.entry)
-            except KeyError:
-                pass
-        if lf.entry is not None:
-            entry = self.journal.update(replace(lf.entry, target=target, path=new))
-            lf.entry = entry
-            if not is_temporary(new_parts[-1]) and lf.handles == 0:
-                self._upload_now(lf, entry)
+        # under lf.io: a close() of a handle still open (a log renamed by logrotate while
+        # its program writes) commits either before, and its entry is renamed here, or after,
+        # with the new name; and no upload of the entry runs meanwhile (Uploader.held), so
+        # none sends it under the old name after this
+        with lf.io:
+            held = lf.entry
+            with self._held(held) as current:
+                if held is not None and current is None:
+                    # its upload under the old name was confirmed while this waited: the
+                    # file is XNAT's now, and XNAT has no move
+                    raise OSError(
+                        errno.EXDEV if self.allow_delete else errno.EACCES,
+                        "uploaded under its old name meanwhile; moving a file on XNAT "
+                        "is a copy plus a delete",
+                        old,
+                    )
+                with self._lock:
+                    if self._files.get(old_parts) is not lf:
+                        raise OSError(errno.ENOENT, "vanished", old)
+                    self._locked_drop(old_parts)
+                    replaced = self._locked_drop(new_parts)
+                    lf.parts = new_parts
+                    lf.target = target
+                    self._locked_put(lf)
+                if replaced is not None and replaced.entry is not None:
+                    try:
+                        self.journal.remove(replaced.entry)
+                    except KeyError:
+                        pass
+                entry = None
+                if current is not None:
+                    entry = self.journal.update(replace(current, target=target, path=new))
+                    lf.entry = entry
+        if entry is not None and not is_temporary(new_parts[-1]) and lf.handles == 0:
+            self._upload_now(lf, entry)
+
+    def _held(self, entry: Optional[Entry]) -> ContextManager[Optional[Entry]]:
+        if entry is None:
+            return nullcontext(None)
+        return self.uploader.held(entry, time.monotonic() + self.fs_timeout)
 
     def _drop_same_bytes(self, lf: LocalFile, old_parts: PathParts, existing: NodeInfo) -> None:
         """rsync's temporary file renamed over a file XNAT has with the same bytes: nothing to

@@ -52,7 +52,8 @@ import os
 import random
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from xnatfs.uploads.journal import DONE, FAILED, PENDING, UPLOADING, Entry, Journal
 from xnatfs.uploads.retry import Verdict, classify, classify_text
@@ -391,6 +392,39 @@ class Uploader:
             self._queued.pop(entry.id, None)
             self._running[entry.id] = current
         self._attempt(current, reraise=True)
+
+    @contextmanager
+    def held(self, entry: Entry, deadline: float) -> Iterator[Optional[Entry]]:
+        """No attempt of ``entry`` runs while the block runs, so the block may change it in
+        the journal (a rename: target and path).  Waits for a running attempt first, until
+        ``deadline`` (on ``clock``; then ``TimeoutError(ETIMEDOUT)``), and yields the journal's
+        record, or None when that attempt confirmed it (the bytes are on XNAT as it was).  A
+        retry that was queued is queued again afterwards with the journal's record then, so
+        no attempt sends an older version of the entry."""
+        with self._cv:
+            while entry.id in self._running:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        errno.ETIMEDOUT, f"upload {entry.path}: its upload is still running"
+                    )
+                self._cv.wait(remaining)
+            current = self._journal.get(entry.id)
+            if current is not None:
+                self._running[entry.id] = current
+            queued = self._queued.pop(entry.id, None)
+        try:
+            yield current
+        finally:
+            if current is not None:
+                now = self._journal.get(entry.id)
+                with self._cv:
+                    self._running.pop(entry.id, None)
+                    if queued is not None and now is not None:
+                        self._queued[entry.id] = dataclasses.replace(
+                            now, state=PENDING, next_attempt=queued.next_attempt
+                        )
+                    self._cv.notify_all()
 
     # ------------------------------------------------------------------------ status
     def status(self) -> List[Dict[str, Any]]:
