@@ -264,6 +264,30 @@ def test_cached_files_are_read_ahead_only_once_the_opened_file_is_read(make_cach
     assert sorted(paged[n:]) == want
 
 
+def test_a_reopened_files_read_ahead_is_the_last_one_the_bound_drops(make_cache, monkeypatch):
+    """The read-ahead put off until an open's first read (``prefetch(after=)``) is bounded,
+    oldest dropped first; an open asking again (the same file opened anew) made its entry
+    the newest in content but left it where it was, so the bound dropped it first."""
+    from xnatfs.cache import bulk
+
+    paged: List[str] = []
+    monkeypatch.setattr(bulk, "_read_ahead", paged.append)
+    monkeypatch.setattr(bulk, "READ_AHEAD_PENDING_MAX", 2)
+    data = {f"/g{i}": payload(3000, seed=20 + i) for i in range(5)}
+    cc = make_cache(FakeFetch(data))
+    keys = [key_for(uri, body) for uri, body in data.items()]
+    for k in keys:
+        assert read_all(cc, k) == data[k.uri]
+    wait_for(lambda: all(cc.state(k) == "cached" for k in keys), "the downloads' adoption")
+    a, b, c, ahead = keys[0], keys[1], keys[2], keys[3:]
+    for opened in (a, b, a, c):  # a asks again after b: b is now the oldest
+        assert cc.prefetch(ahead, after=opened) == 0
+    cc.read_ahead_due(a.hexname())
+    want = sorted(cc._stored_path(k.hexname()) for k in ahead)
+    wait_for(lambda: len(paged) >= len(want), "a's read-ahead")
+    assert sorted(paged) == want
+
+
 # -- verification and errors ----------------------------------------------------------------------
 
 

@@ -139,6 +139,8 @@ class BulkFetches(ContentStore):
         if cached and after is not None:
             with self._read_ahead_cond:
                 pending = self._read_ahead_after
+                # newest last: the bound below drops the oldest, never the entry just made
+                pending.pop(after.hexname(), None)
                 pending[after.hexname()] = cached
                 while len(pending) > READ_AHEAD_PENDING_MAX:
                     pending.popitem(last=False)
