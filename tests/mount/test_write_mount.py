@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -72,6 +73,52 @@ def test_cp_256_mib(emu, make_mount, tmp_path):
             fh.write(chunk)
     sh(["cp", str(src), str(m.path / PROTOCOLS / "big.nii")], timeout=300)
     assert server_files(emu)["big.nii"] == (256 << 20, h.hexdigest())
+
+
+_ATOMIC_WRITE = r"""
+import json, os, sys, tempfile
+folder, name = sys.argv[1], sys.argv[2]
+with tempfile.NamedTemporaryFile("w", dir=folder, delete=False) as f:
+    json.dump({"subject": "01"}, f)
+os.replace(f.name, os.path.join(folder, name))
+"""
+
+
+def test_sed_in_place_and_pythons_write_then_replace(emu, make_mount):
+    """Two idioms that write a temporary file beside the target and rename it over: `sed -i`
+    (`sedXXXXXX`) and Python's `tempfile` + `os.replace` (`tmpXXXXXXXX`).  Their temporary
+    names are held back like rsync's, so the rename uploads the file under its final name
+    only.  Before, the temporary file was uploaded at close, the rename answered EXDEV (XNAT
+    has no move): sed failed, Python raised, and the temporary file stayed on XNAT."""
+    m = make_mount(emu.url, "--allow-delete")
+    files = m.path / PROTOCOLS
+    params = files / "params.txt"
+    sh(["sh", "-c", f"printf 'a=1\\nb=2\\n' > '{params}'"])
+    sh(["sed", "-i", "s/a=1/a=3/", str(params)])
+    assert params.read_bytes() == b"a=3\nb=2\n"
+    sh([sys.executable, "-c", _ATOMIC_WRITE, str(files), "sidecar.json"])
+    assert (files / "sidecar.json").read_bytes() == b'{"subject": "01"}'
+    on_server = server_files(emu)
+    assert on_server["params.txt"] == (8, md5(b"a=3\nb=2\n"))
+    assert on_server["sidecar.json"] == (17, md5(b'{"subject": "01"}'))
+    strays = [n for n in on_server if n.startswith(("sed", "tmp"))]
+    assert strays == []
+    assert set(os.listdir(files)) == {n for n in on_server if "/" not in n} | {"mri"}
+
+
+def test_sed_in_place_without_allow_delete_is_refused_and_leaves_nothing(emu, make_mount):
+    """Without --allow-delete, `sed -i` of a file on XNAT is a replace with other bytes:
+    refused (EACCES at the rename), and sed's removal of its temporary file (never on XNAT,
+    so no delete is needed) leaves nothing behind; a new file by `os.replace` is fine."""
+    m = make_mount(emu.url)
+    files = m.path / PROTOCOLS
+    before = server_files(emu)
+    res = sh(["sed", "-i", "s/a/b/", str(files / "README.txt")], check=False)
+    assert res.returncode != 0 and "Permission denied" in res.stderr
+    sh([sys.executable, "-c", _ATOMIC_WRITE, str(files), "new.json"])
+    after = server_files(emu)
+    assert after == {**before, "new.json": (17, md5(b'{"subject": "01"}'))}
+    assert set(os.listdir(files)) == {n for n in after if "/" not in n} | {"mri"}
 
 
 def test_rsync_tree_uploads_each_file_once(emu, make_mount, tmp_path):

@@ -20,8 +20,18 @@ WRITING = "writing"
 
 #: archives that become imports when written into experiments/ or .prearchive/P/ (§6)
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
-#: names that editors and rsync write before renaming: uploaded after a delay, not at close
-_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9]{6}$|~$|^\.#|\.sw[a-p]$|\.tmp$|\.part$")
+#: names that editors, rsync and the write-a-copy-then-rename idiom write before renaming:
+#: uploaded after a delay, not at close (a rename in time uploads them under the new name
+#: only; else the delay ends and they go up under their own).  rsync ``.name.XXXXXX``; vim
+#: ``name~``, ``.name.swp``; emacs ``.#name``; ``*.tmp``, ``*.part``; GNU ``sed -i``
+#: ``sedXXXXXX``; Python's ``tempfile`` (``tmp`` + 8 of ``[a-z0-9_]``, and a suffix), which
+#: ``os.replace`` then moves (json/yaml writers, pipeline tools); ``mktemp``'s
+#: ``tmp.XXXXXXXXXX``.  Without the last three, ``sed -i`` and ``os.replace`` failed with
+#: EXDEV once the temporary file was on XNAT (which has no move), and left it there.
+_TEMP_RE = re.compile(
+    r"^\..+\.[A-Za-z0-9]{6}$|~$|^\.#|\.sw[a-p]$|\.tmp$|\.part$"
+    r"|^sed[A-Za-z0-9]{6}$|^tmp[a-z0-9_]{8}(\.[A-Za-z0-9]+)*$|^tmp\.[A-Za-z0-9]{10}$"
+)
 #: seconds a temporary file waits for its rename before it is uploaded under its own name
 TEMP_UPLOAD_DELAY = 10.0
 
