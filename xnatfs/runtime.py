@@ -148,6 +148,9 @@ class Runtime:
             experiment_type=o.experiment_type,
             scan_type=o.scan_type,
             fs_timeout=o.fs_timeout,
+            # a new file closed empty stays shown as long as the kernel trusts its name
+            # (fuse_kwargs: entry_timeout = listing_ttl)
+            empty_ttl=o.listing_ttl,
             upload_workers=o.upload_workers,
             upload_backoff=o.upload_backoff,
             upload_backoff_max=o.upload_backoff_max,

@@ -15,6 +15,7 @@ from tests.mount.helpers import api, wait_for
 from xnatfs.options import Options
 from xnatfs.runtime import Runtime
 from xnatfs.tree.nodes import Kind
+from xnatfs.tree.paths import split_path
 from xnatfs.xnat.auth import Credentials
 
 SCAN = "/DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1/scans/1"
@@ -284,3 +285,56 @@ def test_a_rename_while_another_handle_commits_ends_under_one_name(runtime):
     tree.invalidate(PROTOCOLS)
     names = {n.name for n in tree.listdir(PROTOCOLS)}
     assert kept in names and gone not in names
+
+
+def test_a_new_file_closed_empty_is_shown_while_the_kernel_holds_its_name(make_emulator, tmp_path):
+    """XNAT cannot store an empty file.  One made here and closed empty (`touch f`) used to
+    vanish at its close while the kernel still held its name, so `echo x >> f` (an OPEN of that
+    name, no LOOKUP, no create) failed with ENOENT.  It is now shown, empty, for the kernel's
+    entry timeout (the listing TTL) from the last time the kernel was told of it, then dropped;
+    writes to it meanwhile upload as for any new file."""
+    emu = make_emulator()
+    rt = Runtime(
+        Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0, listing_ttl=0.5),
+        Credentials(*ADMIN),
+    )
+    rt.start()
+    try:
+        tree, writer = rt.tree, rt.writer
+        stamp, log = f"{PROTOCOLS}/stamp", f"{PROTOCOLS}/touched.log"
+        for path in (stamp, log):
+            writer.create(path).close()  # touch
+            node = tree.lookup(path)
+            assert node.size == 0 and tree.xattrs(node)["cache_state"] == "empty"
+        reader = tree.open(tree.lookup(stamp), stamp)
+        assert reader.read(0, 100) == b""
+        reader.close()
+        handle = writer.open_write(tree.lookup(log), log, truncate=False)  # echo x >> f
+        handle.write(0, b"appended\n")
+        handle.flush()
+        handle.close()
+        r = requests.get(f"{emu.url}{PROTOCOLS_URI}/touched.log", auth=ADMIN, timeout=30)
+        assert r.content == b"appended\n"
+        # nothing asks about the stamp (each lookup of it would tell the kernel of it again):
+        # it goes once the kernel would have forgotten it too; a lookup of another name sweeps
+        gone = split_path(stamp)
+        wait_for(
+            lambda: _exists(tree, log) and gone not in writer._files,
+            10,
+            what="the empty file's time to end",
+        )
+        assert not _exists(tree, stamp)
+        r = requests.get(f"{emu.url}{PROTOCOLS_URI}/stamp", auth=ADMIN, timeout=30)
+        assert r.status_code == 404
+        tree.invalidate(PROTOCOLS)
+        assert tree.lookup(log).size == 9
+    finally:
+        rt.close()
+
+
+def _exists(tree, path):
+    try:
+        tree.lookup(path)
+    except FileNotFoundError:
+        return False
+    return True

@@ -387,6 +387,22 @@ def test_echo_redirect_and_append_semantics(emu, make_mount):
     assert res.returncode != 0 and "Permission denied" in res.stderr
 
 
+def test_touch_then_append(emu, make_mount):
+    """`touch f` makes a file XNAT cannot store (empty); the kernel keeps its name, so a later
+    `>> f` opens it without asking.  That open used to fail ("Directory nonexistent": ENOENT,
+    the file was dropped at its close); the empty file is now shown for as long as the kernel
+    holds its name, and the append uploads as any new file."""
+    m = make_mount(emu.url)
+    log = m.path / PROTOCOLS / "touched.log"
+    sh(["sh", "-c", f"touch '{log}' && test -e '{log}' && echo first >> '{log}'"])
+    assert server_files(emu)["touched.log"] == (6, md5(b"first\n"))
+    stamp = m.path / PROTOCOLS / "stamp"
+    sh(["touch", str(stamp)])
+    assert stamp.stat().st_size == 0 and stamp.read_bytes() == b""
+    assert os.getxattr(stamp, "user.xnat.cache_state") == b"empty"
+    assert "stamp" not in server_files(emu)
+
+
 def test_a_log_held_open_while_other_processes_append_and_close(emu, make_mount):
     """A long-running program keeps its log open (O_APPEND) while short ones append to it and
     close (`echo ... >> log`): every close uploads what the file holds, and the open log's

@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from typing import Any, Optional
 
-from xnatfs.tree.local import WRITING, LocalFile
+from xnatfs.tree.local import EMPTY, WRITING, LocalFile
 from xnatfs.tree.nodes import NodeInfo
 from xnatfs.tree.paths import join_path
 from xnatfs.tree.uploading import UploadPath
@@ -134,6 +134,8 @@ class HandleOps(UploadPath):
         commit by another handle moves the bytes from the spool to the journal, and a read
         in between found neither."""
         with lf.io:
+            if lf.state == EMPTY:
+                return b""  # a new file closed empty (never on XNAT)
             spool = lf.spool
             if spool is not None and not spool.closed:
                 try:
@@ -205,6 +207,8 @@ class HandleOps(UploadPath):
     def _reopen_spool(self, lf: LocalFile) -> None:
         """More writes after a commit: continue from the committed bytes, the journal's copy
         while it has one, else XNAT's.  Caller holds ``lf.io``."""
+        if lf.state == EMPTY:
+            lf.state = WRITING  # written or truncated now; the overlay forgets it as EMPTY
         entry = lf.entry
         copied = False
         if entry is not None:
@@ -253,6 +257,21 @@ class HandleOps(UploadPath):
             lf.spool = None
             raise
 
+    @staticmethod
+    def _new_and_empty(lf: LocalFile) -> bool:
+        """A file made here and closed without bytes (``touch``, ``mktemp``): never on XNAT,
+        replacing nothing there, a plain file (not an archive to import)."""
+        assert lf.spool is not None
+        return (
+            lf.spool.size == 0
+            and lf.replaces is None
+            and lf.entry is None
+            and not lf.uploaded_size
+            and not lf.write_error
+            and lf.target.is_file
+            and not lf.target.overwrite
+        )
+
     def _fill_from_server(self, node: NodeInfo, spool: SpoolFile, path: str) -> None:
         """Read-modify-write of a file on XNAT: its bytes first go into the spool."""
         handle = self.tree.open(node, path)
@@ -298,9 +317,19 @@ class HandleOps(UploadPath):
                 ):
                     lf.dirty = False  # emptied and refused at close: XNAT keeps its bytes
                 if lf.handles == 0:
+                    empty = lf.state == EMPTY
                     if lf.spool is not None and not lf.spool.closed and not lf.dirty:
+                        empty = self._new_and_empty(lf)
                         lf.spool.discard()
                         lf.spool = None
-                    if lf.entry is None and lf.spool is None and self._files.get(lf.parts) is lf:
+                    if empty:
+                        # XNAT cannot store it; shown while the kernel may hold its name
+                        empty = self._locked_keep_empty(lf)
+                    if (
+                        lf.entry is None
+                        and lf.spool is None
+                        and not empty
+                        and self._files.get(lf.parts) is lf
+                    ):
                         # uploaded (or empty): the listing shows it from now on
                         self._locked_drop(lf.parts)

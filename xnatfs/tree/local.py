@@ -17,6 +17,9 @@ from xnatfs.uploads.journal import Entry
 #: a LocalFile's state while the user writes it (before the journal has it); after that it
 #: takes the journal's states (``uploads/journal.py``: PENDING, UPLOADING, FAILED, DONE)
 WRITING = "writing"
+#: a new file closed empty: XNAT cannot store it (§4.5), so it is shown here only, for as long
+#: as the kernel may hold its name (``LocalOverlay.keep_empty``), then dropped
+EMPTY = "empty"
 
 #: archives that become imports when written into experiments/ or .prearchive/P/ (§6)
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
@@ -79,6 +82,8 @@ class LocalFile:
     #: the commit then dropped (acknowledged, lost), a read found neither copy.  Never held
     #: while uploading.  Taken before the overlay's lock, never while holding it.
     io: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    #: EMPTY files: when (time.monotonic) the overlay drops it once no handle has it open
+    empty_until: float = 0.0
 
     @property
     def mtime(self) -> float:

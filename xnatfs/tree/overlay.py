@@ -1,19 +1,23 @@
 """The overlay the write side shows to the view engine (``view.layout.Overlay``): local files
 and local folders, listed and stat'ed at once, over what XNAT lists.
 
-Lock: ``_lock`` protects ``_files``, ``_dirs`` and ``_ancestors``; it is never held across a
-request.  The ``_locked_*`` helpers expect the caller to hold it.
+Lock: ``_lock`` protects ``_files``, ``_dirs``, ``_ancestors`` and ``_empties``; it is never
+held across a request.  The ``_locked_*`` helpers expect the caller to hold it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from typing import Dict, List, Optional, Set
 
-from xnatfs.tree.local import LocalFile
+from xnatfs.tree.local import EMPTY, LocalFile
 from xnatfs.tree.nodes import Kind, Local, NodeInfo
 from xnatfs.tree.paths import PathParts
+
+#: EMPTY files shown at once (``LocalOverlay._locked_keep_empty``)
+EMPTY_MAX = 1000
 
 
 class LocalOverlay:
@@ -25,11 +29,21 @@ class LocalOverlay:
         self._dirs: Set[PathParts] = set()
         #: folder -> number of local files below it (such folders show while files are local)
         self._ancestors: Dict[PathParts, int] = {}
+        #: seconds an EMPTY file stays shown: the kernel's entry timeout (the listing TTL), so
+        #: a name the kernel still holds (``touch f`` then ``echo x >> f``, which opens it
+        #: without a LOOKUP) is still there; 0 drops it at its last close
+        self.empty_ttl = 0.0
+        #: id -> EMPTY file, oldest first (they all wait ``empty_ttl``): swept from the front
+        self._empties: "OrderedDict[int, LocalFile]" = OrderedDict()
 
     def node(self, parts: PathParts) -> Optional[NodeInfo]:
         """The local file at ``parts`` (it wins over what XNAT lists), or None."""
         with self._lock:
+            if self._empties:
+                self._locked_sweep_empties()
             lf = self._files.get(parts)
+            if lf is not None and lf.state == EMPTY:
+                self._locked_rearm(lf)
             return self._file_node(lf) if lf is not None else None
 
     def dir_node(self, parts: PathParts) -> Optional[NodeInfo]:
@@ -44,11 +58,13 @@ class LocalOverlay:
         """Local files and folders directly in ``parts`` (folders only add missing names)."""
         n = len(parts) + 1
         with self._lock:
-            files = [
-                self._file_node(lf)
-                for p, lf in self._files.items()
-                if len(p) == n and p[:-1] == parts
-            ]
+            if self._empties:
+                self._locked_sweep_empties()
+            local = [lf for p, lf in self._files.items() if len(p) == n and p[:-1] == parts]
+            for lf in local:
+                if lf.state == EMPTY:
+                    self._locked_rearm(lf)
+            files = [self._file_node(lf) for lf in local]
             dirs = [
                 self._dir(p)
                 for p in set(self._dirs) | set(self._ancestors)
@@ -104,6 +120,45 @@ class LocalOverlay:
                 else:
                     self._ancestors.pop(parts[:i], None)
         return lf
+
+    def _locked_keep_empty(self, lf: LocalFile) -> bool:
+        """Show the new file ``lf``, closed empty, for ``empty_ttl`` more seconds (False: not
+        kept, drop it).  At most ``EMPTY_MAX`` at once, the oldest dropped first: every listing
+        looks through the local files."""
+        if self.empty_ttl <= 0:
+            return False
+        self._locked_sweep_empties()
+        self._empties.pop(id(lf), None)
+        while len(self._empties) >= EMPTY_MAX:
+            _, oldest = self._empties.popitem(last=False)
+            self._locked_drop_empty(oldest)
+        lf.state = EMPTY
+        lf.empty_until = time.monotonic() + self.empty_ttl
+        self._empties[id(lf)] = lf
+        return True
+
+    def _locked_rearm(self, lf: LocalFile) -> None:
+        """The kernel is told of the EMPTY file ``lf`` again (a lookup, a listing with its
+        attributes) and trusts its name ``empty_ttl`` from now: so does the overlay."""
+        if id(lf) in self._empties:
+            lf.empty_until = time.monotonic() + self.empty_ttl
+            self._empties.move_to_end(id(lf))
+
+    def _locked_sweep_empties(self) -> None:
+        """Drop the EMPTY files whose time is up (oldest first: stops at the first that is
+        not); forget those that were written or removed since."""
+        now = time.monotonic()
+        while self._empties:
+            key, lf = next(iter(self._empties.items()))
+            if lf.state == EMPTY and lf.empty_until > now:
+                return
+            del self._empties[key]
+            if lf.state == EMPTY:
+                self._locked_drop_empty(lf)
+
+    def _locked_drop_empty(self, lf: LocalFile) -> None:
+        if lf.state == EMPTY and lf.handles == 0 and self._files.get(lf.parts) is lf:
+            self._locked_drop(lf.parts)
 
     def _locked_forget_dirs(self, parts: PathParts) -> None:
         """A file landed on XNAT: its folders now come from the listing.  Caller holds _lock."""

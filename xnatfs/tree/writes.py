@@ -75,6 +75,7 @@ class Writer(Namespace):
         scan_type: str = "xnat:mrScanData",
         fs_timeout: float = 60.0,
         temp_delay: float = TEMP_UPLOAD_DELAY,
+        empty_ttl: float = 0.0,
         upload_workers: int = settings.default("upload_workers"),
         upload_backoff: float = settings.default("upload_backoff"),
         upload_backoff_max: float = settings.default("upload_backoff_max"),
@@ -87,6 +88,7 @@ class Writer(Namespace):
         self.scan_type = scan_type
         self.fs_timeout = fs_timeout
         self.temp_delay = temp_delay
+        self.empty_ttl = empty_ttl
         self.spool = Spool(os.path.join(directory, "spool"))
         self.journal = Journal(os.path.join(directory, "journal"))
         # workers and backoff: the --upload-* settings (xnatfs/settings.py)
