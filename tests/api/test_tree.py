@@ -332,6 +332,40 @@ def test_a_new_file_closed_empty_is_shown_while_the_kernel_holds_its_name(make_e
         rt.close()
 
 
+def test_an_empty_new_file_truncated_or_moved_stays_a_new_file(make_emulator, tmp_path):
+    """An EMPTY file (made here, closed empty) is still a new file: emptied again (`: > f`)
+    it stays empty without an error about XNAT's old bytes (it has none there); given bytes
+    by truncate it uploads them as a new file; moved over a file on XNAT it is refused like
+    emptying that file would be (XNAT cannot store it, and keeps its own)."""
+    emu = make_emulator()
+    rt = Runtime(
+        Options(
+            url=emu.url, cache_dir=tmp_path / "cache", prefetch=0, listing_ttl=60, allow_delete=True
+        ),
+        Credentials(*ADMIN),
+    )
+    rt.start()
+    rt.emu = emu  # type: ignore[attr-defined]
+    try:
+        tree, writer = rt.tree, rt.writer
+        log, grown, over = (f"{PROTOCOLS}/{n}" for n in ("reset.log", "grown.bin", "over"))
+        for path in (log, grown, over):
+            writer.create(path).close()
+        handle = writer.open_write(tree.lookup(log), log, truncate=True)  # : > reset.log
+        handle.flush()
+        handle.close()
+        assert tree.xattrs(tree.lookup(log))["cache_state"] == "empty"
+        writer.truncate(grown, 10)  # truncate -s 10
+        r = requests.get(f"{emu.url}{PROTOCOLS_URI}/grown.bin", auth=ADMIN, timeout=30)
+        assert r.content == b"\0" * 10
+        with pytest.raises(OSError) as err:
+            writer.rename(over, f"{PROTOCOLS}/README.txt")
+        assert err.value.errno == errno.ENOTSUP
+        assert on_server(rt, "README.txt") == read_all(rt, f"{PROTOCOLS}/README.txt") != b""
+    finally:
+        rt.close()
+
+
 def _exists(tree, path):
     try:
         tree.lookup(path)

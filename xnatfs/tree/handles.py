@@ -208,7 +208,11 @@ class HandleOps(UploadPath):
         """More writes after a commit: continue from the committed bytes, the journal's copy
         while it has one, else XNAT's.  Caller holds ``lf.io``."""
         if lf.state == EMPTY:
-            lf.state = WRITING  # written or truncated now; the overlay forgets it as EMPTY
+            # a new file closed empty, written or truncated now: still new (never on XNAT,
+            # nothing to continue from, nothing it replaces); the overlay forgets it as EMPTY
+            lf.state = WRITING
+            lf.spool = self.spool.create()
+            return
         entry = lf.entry
         copied = False
         if entry is not None:

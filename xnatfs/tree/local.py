@@ -18,7 +18,7 @@ from xnatfs.uploads.journal import Entry
 #: takes the journal's states (``uploads/journal.py``: PENDING, UPLOADING, FAILED, DONE)
 WRITING = "writing"
 #: a new file closed empty: XNAT cannot store it (§4.5), so it is shown here only, for as long
-#: as the kernel may hold its name (``LocalOverlay.keep_empty``), then dropped
+#: as the kernel may hold its name (``LocalOverlay._locked_keep_empty``), then dropped
 EMPTY = "empty"
 
 #: archives that become imports when written into experiments/ or .prearchive/P/ (§6)

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any, ContextManager, Optional
 
 from xnatfs.tree import prearchive_moves
-from xnatfs.tree.local import LocalFile, is_temporary
+from xnatfs.tree.local import EMPTY, LocalFile, is_temporary
 from xnatfs.tree.nodes import Kind, NodeInfo
 from xnatfs.tree.opening import Opening
 from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path, unescape_name
@@ -207,6 +207,12 @@ class Namespace(Opening):
                 return
             if not self.allow_delete:
                 raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
+            if lf.state == EMPTY:
+                # as emptying it would be (issue 17 §8): never a success that leaves the old
+                # bytes on XNAT behind an empty local file
+                raise OSError(
+                    errno.ENOTSUP, "XNAT cannot store an empty file: the file on XNAT is kept", new
+                )
             target = replace(target, overwrite=True)
         # under lf.io: a close() of a handle still open (a log renamed by logrotate while
         # its program writes) commits either before, and its entry is renamed here, or after,
