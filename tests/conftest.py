@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import pytest
 
@@ -52,12 +52,13 @@ class EmulatorRun:
     def stop(self) -> None:
         self.emu.stop()
 
-    def restart(self) -> None:
-        """Start again on the same port and the same data (after ``stop``)."""
+    def restart(self, **faults: Any) -> None:
+        """Start again on the same port and the same data (after ``stop``), with the faults
+        it was made with, or ``faults`` from its first request on."""
         from xnatfs.emulator import Emulator
 
         port = int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
-        kwargs = dict(self.kwargs, port=port, seed="empty")
+        kwargs = dict(self.kwargs, port=port, seed="empty", **faults)
         self.emu = Emulator(
             self.data, user=ADMIN[0], password=ADMIN[1], access_log=self.log, **kwargs
         )
