@@ -381,6 +381,14 @@ class Uploader:
             while self._locked_blocked(entry):
                 remaining = deadline - self._clock()
                 if remaining <= 0:
+                    # queued for a worker, due as soon as the running attempt ends: nothing
+                    # else starts it before a restart (close() answered ETIMEDOUT and said
+                    # "retried in the background"), and the older version then stayed on XNAT
+                    current = self._journal.get(entry.id)
+                    if current is not None and entry.id not in self._running:
+                        self._queued[entry.id] = dataclasses.replace(
+                            current, state=PENDING, next_attempt=self._clock()
+                        )
                     raise TimeoutError(
                         errno.ETIMEDOUT,
                         f"upload {entry.path}: an earlier upload of this file is still running",
