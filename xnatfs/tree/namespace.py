@@ -213,6 +213,16 @@ class Namespace(Opening):
         # with the new name; and no upload of the entry runs meanwhile (Uploader.held), so
         # none sends it under the old name after this
         with lf.io:
+            if lf.uploaded_size:
+                # XNAT confirmed it under the old name (an fsync, or another handle's close,
+                # with this one still open): renaming the local record only would answer 0,
+                # show the new name until the last close and then the old one again
+                raise OSError(
+                    errno.EXDEV if self.allow_delete else errno.EACCES,
+                    "already uploaded under its old name; moving a file on XNAT is a copy "
+                    "plus a delete",
+                    old,
+                )
             held = lf.entry
             with self._held(held) as current:
                 if held is not None and current is None:
