@@ -4,11 +4,13 @@ emulator, like ``test_tree.py``: each test says what it showed failing before it
 from __future__ import annotations
 
 import errno
+import threading
 
 import pytest
 import requests
 
 from tests.conftest import ADMIN
+from tests.mount.helpers import wait_for
 from xnatfs.options import Options
 from xnatfs.runtime import Runtime
 from xnatfs.xnat.auth import Credentials
@@ -63,3 +65,69 @@ def test_rename_of_an_open_file_already_uploaded_by_fsync_does_not_lie(runtime):
         assert server_status(runtime, "final.txt") == (200, b"saved\n")
     else:  # the old name is still the file's, as XNAT has it
         assert "draft.txt" in names and "final.txt" not in names
+
+
+class Gate:
+    """Holds the client's upload PUTs of one name (``upload_file``) until ``open``; says when
+    one is held."""
+
+    def __init__(self, client, name):
+        self.client, self.name = client, name
+        self.real = client.upload_file
+        self.arrived, self.opened = threading.Event(), threading.Event()
+        self.passed = threading.Event()  # a held PUT went through (or failed)
+        client.upload_file = self.upload_file
+
+    def upload_file(self, resource_uri, relpath, *a, **k):
+        if relpath == self.name:
+            self.arrived.set()
+            assert self.opened.wait(30), "the test forgot to open the gate"
+            try:
+                return self.real(resource_uri, relpath, *a, **k)
+            finally:
+                self.passed.set()
+        return self.real(resource_uri, relpath, *a, **k)
+
+    def open(self):
+        self.opened.set()
+        self.client.upload_file = self.real
+
+
+def test_unlink_while_the_upload_runs_does_not_leave_the_file_on_xnat(runtime):
+    """rsync's temporary file, closed, its delayed upload started; then removed (rsync
+    --inplace aborted, a cleanup).  unlink answered 0 and dropped the journal entry under
+    the running attempt, whose PUT still landed: the file came back on XNAT and in the
+    listing after a successful rm.  Either rm waits and removes it, or it says why not."""
+    writer = runtime.writer
+    writer.temp_delay = 0.0  # the delayed upload starts at once
+    name = ".scan.nii.AbC123"
+    path = f"{PROTOCOLS}/{name}"
+    gate = Gate(writer.client, name)
+    handle = writer.create(path)
+    handle.write(0, b"temporary bytes")
+    handle.close()  # a temporary name: queued for the background, not uploaded here
+    assert gate.arrived.wait(30), "the background upload did not start"
+    result = {}
+
+    def rm():
+        try:
+            writer.unlink(path)
+            result["removed"] = True
+        except OSError as exc:
+            result["removed"] = exc.errno
+
+    t = threading.Thread(target=rm)
+    t.start()
+    t.join(0.3)  # fixed: rm waits for the running upload, so this wait runs out
+    gate.open()
+    t.join(30)
+    removed = result["removed"] is True
+    if not removed:  # the upload won: XNAT's file, whose rm needs --allow-delete
+        assert result["removed"] == errno.EACCES, result
+    assert gate.passed.wait(30), "the held upload did not end"
+    wait_for(lambda: not writer.status(), 30, what="the upload to end")
+    if removed:  # rm said yes: XNAT must not have it, nor the listing
+        assert server_status(runtime, name)[0] == 404
+        assert name not in listed(runtime)
+    else:
+        assert server_status(runtime, name) == (200, b"temporary bytes")
