@@ -73,16 +73,7 @@ class Namespace(Opening):
         parts = split_path(path)
         with self._lock:
             lf = self._files.get(parts)
-        if lf is not None:
-            if lf.handles:
-                raise OSError(errno.EBUSY, "still open", path)
-            with self._lock:
-                self._locked_drop(parts)
-            if lf.entry is not None:
-                try:
-                    self.journal.remove(lf.entry)
-                except KeyError:
-                    pass
+        if lf is not None and self._unlink_local(lf, parts, path):
             return
         node = self.tree.lookup(path)
         if node.is_dir:
@@ -98,6 +89,30 @@ class Namespace(Opening):
         parent = self.tree.lookup(join_path(parts[:-1]))
         root = self._files_root(parent, parts[:-1]) if parent.kind is Kind.FILES else parts[:-1]
         self.tree.invalidate(join_path(root))
+
+    def _unlink_local(self, lf: LocalFile, parts: PathParts, path: str) -> bool:
+        """Remove a local file; False when its upload confirmed it while this waited (it is
+        XNAT's now: the caller removes it as such).  Held against its upload like a rename
+        (``Uploader.held``): dropping the journal entry under a running attempt let its PUT
+        land after rm answered 0, and the file came back on XNAT and in the listing."""
+        with lf.io:
+            if lf.handles:
+                raise OSError(errno.EBUSY, "still open", path)
+            held = lf.entry
+            with self._held(held) as current:
+                if held is not None and current is None:
+                    if lf.target.listing:  # the overlay may still show it, not XNAT's row
+                        self.tree.invalidate(join_path(lf.target.listing))
+                    return False
+                with self._lock:
+                    if self._files.get(parts) is lf:
+                        self._locked_drop(parts)
+                if current is not None:
+                    try:
+                        self.journal.remove(current)
+                    except KeyError:
+                        pass
+        return True
 
     def rmdir(self, path: str) -> None:
         parts = split_path(path)
