@@ -131,3 +131,41 @@ def test_unlink_while_the_upload_runs_does_not_leave_the_file_on_xnat(runtime):
         assert name not in listed(runtime)
     else:
         assert server_status(runtime, name) == (200, b"temporary bytes")
+
+
+def test_rsync_renaming_over_a_file_whose_upload_runs_ends_with_the_newest_bytes(runtime):
+    """rsync writes run.log while the close() of its earlier copy still uploads it (a slow
+    XNAT), renames its temporary file over it: the renamed entry kept overwrite=false, as
+    for a name XNAT does not have, but the earlier upload put that name there first.  XNAT
+    answered "duplicates": the newest bytes were kept as failed, the rename answered EEXIST,
+    and XNAT kept the older bytes."""
+    writer = runtime.writer
+    final, temp = f"{PROTOCOLS}/run.log", f"{PROTOCOLS}/.run.log.AbC123"
+    gate = Gate(writer.client, "run.log")
+    first = writer.create(final)
+    first.write(0, b"older bytes\n")
+    closing = threading.Thread(target=first.close)  # the earlier close() uploads it
+    closing.start()
+    assert gate.arrived.wait(30), "the first upload did not start"
+    second = writer.create(temp)
+    second.write(0, b"newer bytes, longer\n")
+    second.close()  # a temporary name: its upload waits for the rename
+    result = {}
+
+    def mv():
+        try:
+            writer.rename(temp, final)
+            result["renamed"] = True
+        except Exception as exc:  # noqa: BLE001 - before the fix: Conflict (EEXIST)
+            result["renamed"] = exc
+
+    t = threading.Thread(target=mv)
+    t.start()
+    t.join(0.3)  # its upload waits for the running one of the same name
+    gate.open()
+    t.join(30)
+    closing.join(30)
+    assert result["renamed"] is True, result
+    wait_for(lambda: not writer.status(), 30, what="the uploads")
+    assert server_status(runtime, "run.log") == (200, b"newer bytes, longer\n")
+    assert {"run.log", ".run.log.AbC123"} & listed(runtime) == {"run.log"}
