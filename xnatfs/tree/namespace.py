@@ -223,6 +223,17 @@ class Namespace(Opening):
             if not self.allow_delete:
                 raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
             target = replace(target, overwrite=True)
+        elif existing is not None:
+            local = existing.local_file
+            if (
+                local.entry is not None
+                or local.uploaded_size
+                or (local.target.overwrite and self.allow_delete)
+            ):
+                # over a local file that is (or may be: a running or timed-out attempt) on
+                # XNAT by the time this one uploads: without overwrite XNAT answers
+                # "duplicates", the newest bytes were kept as failed and the older stayed
+                target = replace(target, overwrite=True)
         # under lf.io: a close() of a handle still open (a log renamed by logrotate while
         # its program writes) commits either before, and its entry is renamed here, or after,
         # with the new name; and no upload of the entry runs meanwhile (Uploader.held), so
