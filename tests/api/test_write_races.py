@@ -169,3 +169,41 @@ def test_rsync_renaming_over_a_file_whose_upload_runs_ends_with_the_newest_bytes
     wait_for(lambda: not writer.status(), 30, what="the uploads")
     assert server_status(runtime, "run.log") == (200, b"newer bytes, longer\n")
     assert {"run.log", ".run.log.AbC123"} & listed(runtime) == {"run.log"}
+
+
+def test_a_read_just_after_a_second_upload_sees_xnats_bytes_not_eio(runtime):
+    """A log held open: written, fsync'ed (uploaded), appended, fsync'ed again.  The
+    uploader drops the journal's copy of the second upload before it tells the overlay; a
+    read by another handle in between goes to XNAT's copy, checked against the size XNAT
+    confirmed -- but that was still the first upload's (``LocalFile.uploaded_size``), and
+    the read failed with EIO ("XNAT does not list it as uploaded"), as did a write there."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/twice.log"
+    handle = writer.create(path)
+    handle.write(0, b"A" * 1000)
+    handle.flush()  # uploaded and confirmed: 1000 bytes
+    handle.write(1000, b"B" * 10)
+    other = writer.open_write(runtime.tree.lookup(path), path, truncate=False)
+    remove, seen = writer.journal.remove, {}
+
+    def remove_then_read(entry):
+        remove(entry)
+        if "read" not in seen:
+            for key, call in (
+                ("read", lambda: other.read(1000, 10)),
+                ("wrote", lambda: other.write(1010, b"C" * 5)),
+            ):
+                try:
+                    seen[key] = call()
+                except OSError as exc:  # before: EIO
+                    seen[key] = exc
+
+    writer.journal.remove = remove_then_read
+    try:
+        handle.flush()  # the second upload: 1010 bytes
+    finally:
+        writer.journal.remove = remove
+    assert seen == {"read": b"B" * 10, "wrote": 5}
+    handle.close()
+    other.close()
+    assert server_status(runtime, "twice.log") == (200, b"A" * 1000 + b"B" * 10 + b"C" * 5)
