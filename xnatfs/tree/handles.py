@@ -185,13 +185,12 @@ class HandleOps(UploadPath):
         """The size XNAT confirmed for ``lf``'s last upload, 0 when none is known.  The
         uploader removes the journal's copy once XNAT confirmed it and only then tells the
         overlay (``Uploader._succeeded``, ``UploadPath._on_change``): in between, ``lf.entry``
-        still names a copy that is gone, and its size is the confirmed one."""
-        if lf.uploaded_size:
-            return lf.uploaded_size
+        still names a copy that is gone, and its size is the confirmed one -- asked first:
+        ``lf.uploaded_size`` is then an earlier upload's (a file fsync'ed twice)."""
         entry = lf.entry
         if entry is not None and not os.path.exists(entry.data_path):
             return entry.size
-        return 0
+        return lf.uploaded_size
 
     def _truncate(self, lf: LocalFile, length: int) -> None:
         with lf.io:
