@@ -71,14 +71,19 @@ class Gate:
     """Holds the client's upload PUTs of one name (``upload_file``) until ``open``; says when
     one is held."""
 
-    def __init__(self, client, name):
+    def __init__(self, client, name, fail_first=False):
         self.client, self.name = client, name
         self.real = client.upload_file
+        #: the first PUT of the name times out before it reaches XNAT (not held)
+        self.fail_first = fail_first
         self.arrived, self.opened = threading.Event(), threading.Event()
         self.passed = threading.Event()  # a held PUT went through (or failed)
         client.upload_file = self.upload_file
 
     def upload_file(self, resource_uri, relpath, *a, **k):
+        if relpath == self.name and self.fail_first:
+            self.fail_first = False
+            raise TimeoutError(errno.ETIMEDOUT, "read timed out")
         if relpath == self.name:
             self.arrived.set()
             assert self.opened.wait(30), "the test forgot to open the gate"
@@ -207,3 +212,35 @@ def test_a_read_just_after_a_second_upload_sees_xnats_bytes_not_eio(runtime):
     handle.close()
     other.close()
     assert server_status(runtime, "twice.log") == (200, b"A" * 1000 + b"B" * 10 + b"C" * 5)
+
+
+def test_a_second_version_written_while_the_first_is_retried_wins(runtime):
+    """close() of a file whose upload timed out (kept, retried in the background), then the
+    file written again (open, write, close) while that retry runs on a slow XNAT: the second
+    close waits for the retry until the fs deadline and answers ETIMEDOUT.  Its version was
+    then queued nowhere: the retry put the first version on XNAT, the second stayed pending
+    (and shown) until the next mount.  The newest must end on XNAT, nothing pending, the
+    listing showing XNAT's file."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/versions.log"
+    gate = Gate(writer.client, "versions.log", fail_first=True)
+    first = writer.create(path)
+    first.write(0, b"first version\n")
+    with pytest.raises(OSError) as err:
+        first.flush()  # the PUT timed out: kept, retried after a backoff
+    assert err.value.errno == errno.ETIMEDOUT
+    first.close()
+    assert gate.arrived.wait(30), "the retry did not start"  # and is held at the PUT
+    writer.fs_timeout = 0.5
+    second = writer.create(path)
+    second.write(0, b"second version, longer\n")
+    with pytest.raises(OSError) as err:
+        second.flush()  # waits for the running retry until the deadline
+    assert err.value.errno == errno.ETIMEDOUT
+    second.close()
+    gate.open()
+    wait_for(lambda: not writer.status(), 30, what="both versions to settle")
+    assert server_status(runtime, "versions.log") == (200, b"second version, longer\n")
+    assert writer.node(("DEMO1", "resources", "protocols", "files", "versions.log")) is None
+    runtime.tree.invalidate(PROTOCOLS)
+    assert runtime.tree.lookup(path).size == len(b"second version, longer\n")
