@@ -244,3 +244,41 @@ def test_a_second_version_written_while_the_first_is_retried_wins(runtime):
     assert writer.node(("DEMO1", "resources", "protocols", "files", "versions.log")) is None
     runtime.tree.invalidate(PROTOCOLS)
     assert runtime.tree.lookup(path).size == len(b"second version, longer\n")
+
+
+def test_rename_over_a_file_still_open_leaves_nothing_failed_behind(runtime):
+    """A program holds held.log open and writes it; rsync renames its copy over the name.
+    The rename took the name from under the open file, whose close() then uploaded it to
+    the same name without overwrite: EEXIST at close and a failed entry kept for held.log,
+    which the next mount shows in place of XNAT's file.  Whichever copy ends under the name
+    (POSIX: rsync's; the open file's writes go to an unlinked file), nothing may stay failed
+    or pending, and the mount must show what XNAT has."""
+    writer = runtime.writer
+    final, temp = f"{PROTOCOLS}/held.log", f"{PROTOCOLS}/.held.log.AbC123"
+    holder = writer.create(final)
+    holder.write(0, b"the program's line\n")
+    copy = writer.create(temp)
+    copy.write(0, b"rsync's copy\n")
+    copy.close()
+    writer.rename(temp, final)
+    holder.write(19, b"one more line\n")
+    try:
+        holder.close()
+    except OSError:
+        pass  # before: EEXIST ("duplicates"); the test is about what stays behind
+    wait_for(lambda: all(s["state"] != "pending" for s in writer.status()), 30, what="the uploads")
+    assert writer.status() == []  # nothing failed or pending for the next mount to show
+    status, on_xnat = server_status(runtime, "held.log")
+    assert status == 200 and on_xnat in (
+        b"rsync's copy\n",
+        b"the program's line\none more line\n",
+    )
+    runtime.tree.invalidate(PROTOCOLS)
+    assert runtime.tree.lookup(final).size == len(on_xnat)
+    runtime.close()  # and the next mount shows XNAT's file too
+    later = Runtime(runtime.options, Credentials(*ADMIN))
+    later.start()
+    try:
+        assert later.tree.lookup(final).size == len(on_xnat)
+    finally:
+        later.close()
