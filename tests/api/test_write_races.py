@@ -286,3 +286,56 @@ def test_rename_over_a_file_still_open_leaves_nothing_failed_behind(runtime):
         assert later.tree.lookup(final).size == len(on_xnat)
     finally:
         later.close()
+
+
+def test_unlink_of_a_file_open_elsewhere_removes_it_as_posix_does(runtime):
+    """unlink of a local file another process holds open answered EBUSY (rm failed at
+    random just after a close(), whose RELEASE the kernel sends later).  Now it goes: the
+    name at once, and the open handle keeps its bytes until it closes, uploading nothing
+    (POSIX's unlinked file); nothing stays pending."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/scratch.tmp"
+    handle = writer.create(path)
+    handle.write(0, b"scratch\n")
+    writer.unlink(path)  # before: EBUSY
+    assert "scratch.tmp" not in listed(runtime)
+    handle.write(8, b"more\n")  # the open handle still works, on its own bytes
+    assert handle.read(0, 100) == b"scratch\nmore\n"
+    handle.close()
+    assert writer.status() == []
+    assert server_status(runtime, "scratch.tmp")[0] == 404
+    assert "scratch.tmp" not in listed(runtime)
+
+
+def test_unlink_of_a_file_xnat_has_under_that_name_says_so(runtime):
+    """A file uploaded (fsync), then changed and closed with its second upload failing
+    (kept pending): rm answered 0 after dropping only the local version, and the name came
+    back from XNAT's listing with the first version's bytes.  XNAT has the name: without
+    --allow-delete the rm is refused (EACCES) and the newest version stays to upload."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/twice.txt"
+    handle = writer.create(path)
+    handle.write(0, b"first\n")
+    handle.flush()  # on XNAT
+    handle.write(6, b"second\n")
+    runtime.emu.faults.error_rate = 1.0
+    runtime.emu.faults.error_status = 503
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - the 503's error, kept pending
+            handle.flush()
+        handle.close()
+        try:
+            writer.unlink(path)
+            removed = True
+        except OSError as exc:
+            assert exc.errno == errno.EACCES, exc
+            removed = False
+    finally:
+        runtime.emu.faults.error_rate = 0.0
+    runtime.writer.uploader.wake()
+    wait_for(lambda: not writer.status(), 30, what="the upload")
+    if removed:  # rm said yes: the name must be gone, from XNAT too
+        assert "twice.txt" not in listed(runtime)
+        assert server_status(runtime, "twice.txt")[0] == 404
+    else:  # refused: the newest version reaches XNAT
+        assert server_status(runtime, "twice.txt") == (200, b"first\nsecond\n")
