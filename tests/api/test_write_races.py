@@ -246,10 +246,6 @@ def test_a_second_version_written_while_the_first_is_retried_wins(runtime):
     assert runtime.tree.lookup(path).size == len(b"second version, longer\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review6 finding, not fixed: the open file's close() uploads without overwrite",
-)
 def test_rename_over_a_file_still_open_leaves_nothing_failed_behind(runtime):
     """A program holds held.log open and writes it; rsync renames its copy over the name.
     The rename took the name from under the open file, whose close() then uploaded it to

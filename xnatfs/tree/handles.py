@@ -214,6 +214,8 @@ class HandleOps(UploadPath):
                 pass  # confirmed by XNAT and dropped from the journal just now
         if not copied:
             lf.spool = self.spool.create()
+            if lf.removed:
+                return  # removed while open: its name may be another file's by now
             node = self.tree.lookup(join_path(lf.parts))
             if not isinstance(node.local_file, LocalFile):
                 self._fill_from_server(node, lf.spool, join_path(lf.parts))
@@ -297,7 +299,9 @@ class HandleOps(UploadPath):
                 ):
                     lf.dirty = False  # emptied and refused at close: XNAT keeps its bytes
                 if lf.handles == 0:
-                    if lf.spool is not None and not lf.spool.closed and not lf.dirty:
+                    if lf.spool is not None and (
+                        lf.removed or (not lf.spool.closed and not lf.dirty)
+                    ):
                         lf.spool.discard()
                         lf.spool = None
                     if lf.entry is None and lf.spool is None and self._files.get(lf.parts) is lf:

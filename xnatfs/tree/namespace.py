@@ -73,8 +73,12 @@ class Namespace(Opening):
         parts = split_path(path)
         with self._lock:
             lf = self._files.get(parts)
-        if lf is not None and self._unlink_local(lf, parts, path):
-            return
+        if lf is None:
+            self._unlink_remote(path, parts)
+        else:
+            self._unlink_local(lf, parts, path)
+
+    def _unlink_remote(self, path: str, parts: PathParts) -> None:
         node = self.tree.lookup(path)
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory", path)
@@ -90,29 +94,45 @@ class Namespace(Opening):
         root = self._files_root(parent, parts[:-1]) if parent.kind is Kind.FILES else parts[:-1]
         self.tree.invalidate(join_path(root))
 
-    def _unlink_local(self, lf: LocalFile, parts: PathParts, path: str) -> bool:
-        """Remove a local file; False when its upload confirmed it while this waited (it is
-        XNAT's now: the caller removes it as such).  Held against its upload like a rename
-        (``Uploader.held``): dropping the journal entry under a running attempt let its PUT
-        land after rm answered 0, and the file came back on XNAT and in the listing."""
+    def _unlink_local(self, lf: LocalFile, parts: PathParts, path: str) -> None:
+        """Remove a local file, open or not (as POSIX does: a handle still open keeps its
+        bytes until it closes, and they are not uploaded, ``LocalFile.removed``).  A refusal
+        as "still open" (EBUSY) failed rm at random just after a close(): the kernel sends
+        RELEASE after close() returns, and another thread may serve it after the UNLINK.
+
+        Held against its upload like a rename (``Uploader.held``): dropping the journal entry
+        under a running attempt let its PUT land after rm answered 0.  When XNAT has the name
+        too (an upload confirmed it, or this file replaces XNAT's) it is removed there first,
+        as a file on XNAT (``--allow-delete``), else the rm would answer 0 and the name come
+        back from XNAT's listing."""
         with lf.io:
-            if lf.handles:
-                raise OSError(errno.EBUSY, "still open", path)
             held = lf.entry
             with self._held(held) as current:
-                if held is not None and current is None:
-                    if lf.target.listing:  # the overlay may still show it, not XNAT's row
+                confirmed = held is not None and current is None
+                if lf.target.is_file and (confirmed or lf.uploaded_size or lf.replaces is not None):
+                    if confirmed and lf.target.listing:  # XNAT's row, not a cached one
                         self.tree.invalidate(join_path(lf.target.listing))
-                    return False
-                with self._lock:
-                    if self._files.get(parts) is lf:
-                        self._locked_drop(parts)
-                if current is not None:
-                    try:
-                        self.journal.remove(current)
-                    except KeyError:
-                        pass
-        return True
+                    # one DELETE under lf.io and the held entry: no upload of this file lands
+                    # after it
+                    self._unlink_remote(path, parts)
+                self._forget_local(lf, parts, current)
+
+    def _forget_local(self, lf: LocalFile, parts: PathParts, current: Optional[Entry]) -> None:
+        """``lf`` was removed (unlink, or a rename over it): it leaves the overlay and the
+        journal, and a handle still open neither shows nor uploads its bytes.  Caller holds
+        ``lf.io`` and ``current`` (``Uploader.held``)."""
+        with self._lock:
+            lf.removed = True
+            if self._files.get(parts) is lf:
+                self._locked_drop(parts)
+            if lf.handles == 0 and lf.spool is not None:
+                lf.spool.discard()
+                lf.spool = None
+        if current is not None:
+            try:
+                self.journal.remove(current)
+            except KeyError:
+                pass
 
     def rmdir(self, path: str) -> None:
         parts = split_path(path)
@@ -265,6 +285,13 @@ class Namespace(Opening):
                         raise OSError(errno.ENOENT, "vanished", old)
                     self._locked_drop(old_parts)
                     replaced = self._locked_drop(new_parts)
+                    if replaced is not None:
+                        # a handle still open on it neither shows nor uploads it any more
+                        # (its close() put it back under this name, over the renamed file)
+                        replaced.removed = True
+                        if replaced.handles == 0 and replaced.spool is not None:
+                            replaced.spool.discard()
+                            replaced.spool = None
                     lf.parts = new_parts
                     lf.target = target
                     self._locked_put(lf)
