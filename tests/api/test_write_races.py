@@ -303,35 +303,18 @@ def test_unlink_of_a_file_open_elsewhere_removes_it_as_posix_does(runtime):
     assert "scratch.tmp" not in listed(runtime)
 
 
-def test_unlink_of_a_file_xnat_has_under_that_name_says_so(runtime):
-    """A file uploaded (fsync), then changed and closed with its second upload failing
-    (kept pending): rm answered 0 after dropping only the local version, and the name came
-    back from XNAT's listing with the first version's bytes.  XNAT has the name: without
-    --allow-delete the rm is refused (EACCES) and the newest version stays to upload."""
+def test_unlink_of_an_uploaded_file_still_open_answers_as_for_xnats_file(runtime):
+    """write, fsync (on XNAT, nothing local left), rm before the handle's RELEASE (the
+    kernel sends it after close() returns): EBUSY before.  The file is XNAT's: without
+    --allow-delete the rm is refused with EACCES, and XNAT and the listing keep it."""
     writer = runtime.writer
-    path = f"{PROTOCOLS}/twice.txt"
+    path = f"{PROTOCOLS}/kept.txt"
     handle = writer.create(path)
-    handle.write(0, b"first\n")
+    handle.write(0, b"kept\n")
     handle.flush()  # on XNAT
-    handle.write(6, b"second\n")
-    runtime.emu.faults.error_rate = 1.0
-    runtime.emu.faults.error_status = 503
-    try:
-        with pytest.raises(Exception):  # noqa: B017 - the 503's error, kept pending
-            handle.flush()
-        handle.close()
-        try:
-            writer.unlink(path)
-            removed = True
-        except OSError as exc:
-            assert exc.errno == errno.EACCES, exc
-            removed = False
-    finally:
-        runtime.emu.faults.error_rate = 0.0
-    runtime.writer.uploader.wake()
-    wait_for(lambda: not writer.status(), 30, what="the upload")
-    if removed:  # rm said yes: the name must be gone, from XNAT too
-        assert "twice.txt" not in listed(runtime)
-        assert server_status(runtime, "twice.txt")[0] == 404
-    else:  # refused: the newest version reaches XNAT
-        assert server_status(runtime, "twice.txt") == (200, b"first\nsecond\n")
+    with pytest.raises(OSError) as err:
+        writer.unlink(path)
+    assert err.value.errno == errno.EACCES  # before: EBUSY
+    handle.close()
+    assert server_status(runtime, "kept.txt") == (200, b"kept\n")
+    assert "kept.txt" in listed(runtime)

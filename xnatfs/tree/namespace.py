@@ -101,15 +101,20 @@ class Namespace(Opening):
         RELEASE after close() returns, and another thread may serve it after the UNLINK.
 
         Held against its upload like a rename (``Uploader.held``): dropping the journal entry
-        under a running attempt let its PUT land after rm answered 0.  When XNAT has the name
-        too (an upload confirmed it, or this file replaces XNAT's) it is removed there first,
-        as a file on XNAT (``--allow-delete``), else the rm would answer 0 and the name come
-        back from XNAT's listing."""
+        under a running attempt let its PUT land after rm answered 0.  A local version (a
+        pending entry, unsaved writes) is what rm drops, and XNAT's copy, if any, shows again
+        (README: how to retry a failed file); with none left (all confirmed by XNAT, the
+        handle still open) the file is XNAT's and is removed as such (``--allow-delete``)."""
         with lf.io:
             held = lf.entry
             with self._held(held) as current:
                 confirmed = held is not None and current is None
-                if lf.target.is_file and (confirmed or lf.uploaded_size or lf.replaces is not None):
+                local_version = current is not None or lf.dirty
+                if (
+                    lf.target.is_file
+                    and not local_version
+                    and (confirmed or lf.uploaded_size or lf.replaces is not None)
+                ):
                     if confirmed and lf.target.listing:  # XNAT's row, not a cached one
                         self.tree.invalidate(join_path(lf.target.listing))
                     # one DELETE under lf.io and the held entry: no upload of this file lands
