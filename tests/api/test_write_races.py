@@ -318,3 +318,45 @@ def test_unlink_of_an_uploaded_file_still_open_answers_as_for_xnats_file(runtime
     handle.close()
     assert server_status(runtime, "kept.txt") == (200, b"kept\n")
     assert "kept.txt" in listed(runtime)
+
+
+def test_a_readers_close_does_not_upload_a_file_still_being_written(runtime):
+    """A program writes a file; another opens it read-only (a viewer, an indexer) and closes
+    it.  The reader's RELEASE committed and uploaded the file as it stood, half written:
+    when the writer's next write then failed (ENOSPC: "the file is incomplete and will not
+    be uploaded"), XNAT already held the incomplete first part as the file."""
+    writer, tree = runtime.writer, runtime.tree
+    path = f"{PROTOCOLS}/growing.nii"
+    out = writer.create(path)
+    out.write(0, b"A" * 1000)
+    reader = tree.open(tree.lookup(path), path)
+    assert reader.read(0, 10) == b"A" * 10
+    reader.close()
+
+    def disk_full(offset, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # the local disk fills up (the spool's, not the network): the spool the next write uses
+    # (before the fix a new one: the reader's close had moved the bytes to the journal)
+    create = writer.spool.create
+
+    def full_spool(*a, **k):
+        spool = create(*a, **k)
+        spool.write = disk_full
+        return spool
+
+    writer.spool.create = full_spool
+    if out.lf.spool is not None:
+        out.lf.spool.write = disk_full
+    with pytest.raises(OSError) as err:
+        out.write(1000, b"B" * 1000)
+    assert err.value.errno == errno.ENOSPC
+    try:
+        out.flush()  # close(): the write's error again
+        closed = 0
+    except OSError as exc:
+        closed = exc.errno
+    out.close()
+    wait_for(lambda: not writer.status(), 30, what="the journal to settle")
+    assert server_status(runtime, "growing.nii")[0] == 404  # before: 200, b"A" * 1000
+    assert closed == errno.ENOSPC  # before: 0
