@@ -31,15 +31,21 @@ class WriteHandle:
     with EIO, and so did a program that wrote a file, closed it and read it back at once when
     its read came before the writer's RELEASE (the kernel sends RELEASE after close() returns)."""
 
-    def __init__(self, writer: "HandleOps", lf: LocalFile) -> None:
+    def __init__(self, writer: "HandleOps", lf: LocalFile, changed: bool = False) -> None:
         self.writer = writer
         self.lf = lf
+        #: this handle wrote, truncated or created the file: only then do its flush and
+        #: release commit (and upload) it.  A reader's close (a viewer, an indexer) committed
+        #: a file still being written: XNAT got its first part, even when a later write failed
+        #: and the file was to be "never uploaded"
+        self.changed = changed
         self.direct_io = False
         self._lock = threading.Lock()
         #: XNAT's copy once the local one is gone (a ``ReadHandle``); guarded by _lock
         self._uploaded: Any = None
 
     def write(self, offset: int, data: bytes) -> int:
+        self.changed = True  # a failed write too: close() answers its errno
         return self.writer._write(self.lf, offset, data)
 
     def read(self, offset: int, size: int) -> bytes:
@@ -65,10 +71,12 @@ class WriteHandle:
         return None
 
     def truncate(self, length: int) -> None:
+        self.changed = True
         self.writer._truncate(self.lf, length)
 
     def flush(self) -> None:
-        self.writer._commit(self.lf)
+        if self.changed:
+            self.writer._commit(self.lf)
 
     def close(self) -> None:
         with self._lock:
@@ -77,7 +85,7 @@ class WriteHandle:
             if uploaded is not None:
                 uploaded.close()
         finally:
-            self.writer._release(self.lf)
+            self.writer._release(self.lf, commit=self.changed)
 
 
 class HandleOps(UploadPath):
@@ -268,9 +276,11 @@ class HandleOps(UploadPath):
         finally:
             handle.close()
 
-    def _release(self, lf: LocalFile) -> None:
+    def _release(self, lf: LocalFile, commit: bool = True) -> None:
         path = join_path(lf.parts)
         try:
+            if not commit:
+                return  # a handle that changed nothing (WriteHandle.changed)
             emptied = (
                 lf.spool is not None
                 and not lf.spool.closed
