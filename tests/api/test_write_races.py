@@ -360,3 +360,45 @@ def test_a_readers_close_does_not_upload_a_file_still_being_written(runtime):
     wait_for(lambda: not writer.status(), 30, what="the journal to settle")
     assert server_status(runtime, "growing.nii")[0] == 404  # before: 200, b"A" * 1000
     assert closed == errno.ENOSPC  # before: 0
+
+
+def test_a_write_failing_while_it_reopens_the_file_marks_it_incomplete(runtime):
+    """After an fsync the next write reopens the file (a spool filled from XNAT's copy); a
+    full disk failed that write with ENOSPC but did not mark the file incomplete, so the
+    program's next write (space freed) succeeded past a hole and close() uploaded zeros in
+    place of the bytes whose write had failed.  README: a failed write marks the file
+    incomplete, never uploaded; XNAT keeps what it had."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/holes.bin"
+    out = writer.create(path)
+    out.write(0, b"A" * 1000)
+    out.flush()  # on XNAT; the next write reopens
+    create = writer.spool.create
+
+    def full_spool(*a, **k):
+        spool = create(*a, **k)
+
+        def disk_full(offset, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        spool.write = disk_full
+        return spool
+
+    writer.spool.create = full_spool  # the local disk is full (not the network)
+    with pytest.raises(OSError) as err:
+        out.write(1000, b"B" * 1000)
+    assert err.value.errno == errno.ENOSPC
+    writer.spool.create = create  # space freed
+    try:
+        out.write(2000, b"C" * 10)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC  # incomplete: refused, as at close
+    try:
+        out.flush()
+        closed = 0
+    except OSError as exc:
+        closed = exc.errno
+    out.close()
+    wait_for(lambda: not writer.status(), 30, what="the journal to settle")
+    assert server_status(runtime, "holes.bin") == (200, b"A" * 1000)  # before: zeros and C's
+    assert closed == errno.ENOSPC  # before: 0
