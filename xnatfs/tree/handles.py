@@ -105,7 +105,14 @@ class HandleOps(UploadPath):
 
     def _locked_write(self, lf: LocalFile, offset: int, data: bytes) -> int:
         if lf.spool is None or lf.spool.closed:
-            self._reopen_spool(lf)
+            try:
+                self._reopen_spool(lf)
+            except Exception as exc:
+                # this write's bytes are lost as surely as in a failed spool write (a full
+                # disk, XNAT gone while the spool is filled from its copy): the file is
+                # incomplete, else a later write past them uploaded zeros in their place
+                lf.write_error = getattr(exc, "errno", None) or errno.EIO
+                raise
         assert lf.spool is not None
         if (
             lf.replaces is not None
