@@ -402,3 +402,48 @@ def test_a_write_failing_while_it_reopens_the_file_marks_it_incomplete(runtime):
     wait_for(lambda: not writer.status(), 30, what="the journal to settle")
     assert server_status(runtime, "holes.bin") == (200, b"A" * 1000)  # before: zeros and C's
     assert closed == errno.ENOSPC  # before: 0
+
+
+def test_a_failed_write_does_not_refuse_the_files_next_version(runtime):
+    """A file whose upload is pending (XNAT answering 503) is written again and that write
+    fails (full disk): that version is incomplete and dropped at its close, as the README
+    says.  But the error stuck to the file: once space was freed, every later version
+    (cp again) was refused at close with the old ENOSPC, until the pending one landed."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/again.bin"
+    runtime.tree.listdir(PROTOCOLS)
+    runtime.emu.faults.error_rate = 1.0
+    runtime.emu.faults.error_status = 503
+    try:
+        first = writer.create(path)
+        first.write(0, b"first")
+        with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
+            first.flush()
+        first.close()
+        create = writer.spool.create
+
+        def full_spool(*a, **k):
+            spool = create(*a, **k)
+
+            def disk_full(offset, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            spool.write = disk_full
+            return spool
+
+        writer.spool.create = full_spool  # the local disk is full
+        second = writer.create(path)
+        with pytest.raises(OSError):
+            second.write(0, b"second")
+        with pytest.raises(OSError):
+            second.flush()
+        second.close()
+        writer.spool.create = create  # space freed
+    finally:
+        runtime.emu.faults.error_rate = 0.0
+    third = writer.create(path)
+    third.write(0, b"third version")
+    third.flush()  # before: ENOSPC, the second version's error
+    third.close()
+    wait_for(lambda: not writer.status(), 30, what="the uploads")
+    assert server_status(runtime, "again.bin") == (200, b"third version")
