@@ -301,11 +301,15 @@ class HandleOps(UploadPath):
         finally:
             with self._lock:
                 lf.handles = max(0, lf.handles - 1)
-                if lf.handles == 0 and lf.write_error and lf.spool is not None:
-                    # the user was told at write() and close(); an incomplete file is dropped
-                    lf.spool.discard()
-                    lf.spool = None
+                if lf.handles == 0 and lf.write_error:
+                    # the user was told at write() and close(); an incomplete file is dropped,
+                    # and its error with it: a file still shown (an older version pending)
+                    # refused every later version at close with this error
+                    if lf.spool is not None:
+                        lf.spool.discard()
+                        lf.spool = None
                     lf.dirty = False
+                    lf.write_error = 0
                 if (
                     lf.handles == 0
                     and lf.spool is not None
