@@ -78,6 +78,11 @@ class WriteHandle:
         if self.changed:
             self.writer._commit(self.lf)
 
+    def fsync(self) -> None:
+        """fsync(2) is about the file, whichever descriptor asks (``sync FILE`` opens it
+        read-only): what any handle wrote is committed and uploaded."""
+        self.writer._commit(self.lf)
+
     def close(self) -> None:
         with self._lock:
             uploaded, self._uploaded = self._uploaded, None
