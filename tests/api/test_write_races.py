@@ -447,3 +447,39 @@ def test_a_failed_write_does_not_refuse_the_files_next_version(runtime):
     third.close()
     wait_for(lambda: not writer.status(), 30, what="the uploads")
     assert server_status(runtime, "again.bin") == (200, b"third version")
+
+
+def test_rename_of_a_temporary_file_whose_delayed_upload_starts_ends_under_one_name(runtime):
+    """rsync's temporary file: its delayed upload starts just as rsync renames it.  The
+    rename waits for that upload (Uploader.held); XNAT confirmed it under the temporary name,
+    so the rename answers as for a file on XNAT (EACCES without --allow-delete) and the
+    file is XNAT's under that one name, shown once, nothing pending.  (Checked sound.)"""
+    writer = runtime.writer
+    writer.temp_delay = 0.0
+    temp, final = f"{PROTOCOLS}/.atlas.nii.AbC123", f"{PROTOCOLS}/atlas.nii"
+    gate = Gate(writer.client, ".atlas.nii.AbC123")
+    handle = writer.create(temp)
+    handle.write(0, b"atlas")
+    handle.close()
+    assert gate.arrived.wait(30), "the delayed upload did not start"
+    result = {}
+
+    def mv():
+        try:
+            writer.rename(temp, final)
+            result["renamed"] = True
+        except OSError as exc:
+            result["renamed"] = exc.errno
+
+    t = threading.Thread(target=mv)
+    t.start()
+    t.join(0.3)  # the rename waits for the running upload
+    assert t.is_alive()
+    gate.open()
+    t.join(30)
+    assert result["renamed"] == errno.EACCES
+    wait_for(lambda: not writer.status(), 30, what="the upload")
+    assert server_status(runtime, ".atlas.nii.AbC123") == (200, b"atlas")
+    assert server_status(runtime, "atlas.nii")[0] == 404
+    names = listed(runtime)
+    assert ".atlas.nii.AbC123" in names and "atlas.nii" not in names
