@@ -483,3 +483,36 @@ def test_rename_of_a_temporary_file_whose_delayed_upload_starts_ends_under_one_n
     assert server_status(runtime, "atlas.nii")[0] == 404
     names = listed(runtime)
     assert ".atlas.nii.AbC123" in names and "atlas.nii" not in names
+
+
+def test_logrotate_while_xnat_is_down_keeps_the_rotated_log(runtime):
+    """app.log is pending (XNAT answering 503), logrotate renames it app.log.1, the program
+    writes a new app.log, XNAT comes back.  The journal kept the renamed entry listed under
+    its old path too (Journal.update moved it to the new path only), so when the new app.log
+    was confirmed, the uploader dropped app.log.1's bytes as an older, "superseded" version
+    of app.log: acknowledged and lost, the mount showing it pending for ever."""
+    writer = runtime.writer
+    log_, rotated = f"{PROTOCOLS}/app.log", f"{PROTOCOLS}/app.log.1"
+    runtime.tree.listdir(PROTOCOLS)
+    runtime.emu.faults.error_rate = 1.0
+    runtime.emu.faults.error_status = 503
+    try:
+        old = writer.create(log_)
+        old.write(0, b"yesterday's log\n")
+        with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
+            old.flush()
+        old.close()
+        try:
+            writer.rename(log_, rotated)
+        except Exception:  # noqa: BLE001 - its upload's 503 (a finding of its own)
+            pass
+    finally:
+        runtime.emu.faults.error_rate = 0.0
+    new = writer.create(log_)
+    new.write(0, b"today's log\n")
+    new.flush()
+    new.close()
+    writer.uploader.wake()
+    wait_for(lambda: not writer.status(), 60, what="the uploads")
+    assert server_status(runtime, "app.log") == (200, b"today's log\n")
+    assert server_status(runtime, "app.log.1") == (200, b"yesterday's log\n")

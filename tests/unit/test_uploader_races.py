@@ -4,6 +4,7 @@ no sleeps."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -37,3 +38,24 @@ def test_a_version_whose_close_timed_out_behind_an_older_one_is_still_uploaded(r
     rig.server.gate.set()
     rig.signal.wait_for(lambda: rig.server.files.get(path) == b"v2", WAIT)
     rig.signal.wait_for(lambda: rig.journal.entries() == [], WAIT)
+
+
+def test_a_renamed_entry_is_no_version_of_its_old_path(rig):
+    """A rename moves an entry to a new path (Journal.update).  It stayed listed under the
+    old path too: a new file confirmed under the old name dropped it as "superseded" (the
+    renamed file's bytes deleted, never uploaded), and once it was removed, versions_for of
+    the old path raised KeyError (inside Uploader._succeeded: the path blocked for good)."""
+    old_path, new_path = "/P/resources/R/files/app.log", "/P/resources/R/files/app.log.1"
+    rotated = rig.add(b"yesterday", path=old_path)
+    rotated = rig.journal.update(
+        dataclasses.replace(rotated, path=new_path, target={"kind": "file", "relpath": new_path})
+    )
+    assert rig.journal.versions_for(old_path) == []
+    assert [e.id for e in rig.journal.versions_for(new_path)] == [rotated.id]
+    fresh = rig.add(b"today", path=old_path)
+    up = rig.uploader(workers=1)
+    up.upload_now(fresh, deadline=rig.clock() + WAIT)  # confirmed: drops older app.log only
+    assert rig.journal.get(rotated.id) is not None  # before: dropped as superseded
+    up.upload_now(rotated, deadline=rig.clock() + WAIT)
+    assert rig.server.files == {old_path: b"today", new_path: b"yesterday"}
+    assert rig.journal.versions_for(old_path) == []  # before: KeyError once removed
