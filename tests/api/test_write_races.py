@@ -516,3 +516,28 @@ def test_logrotate_while_xnat_is_down_keeps_the_rotated_log(runtime):
     wait_for(lambda: not writer.status(), 60, what="the uploads")
     assert server_status(runtime, "app.log") == (200, b"today's log\n")
     assert server_status(runtime, "app.log.1") == (200, b"yesterday's log\n")
+
+
+def test_rename_whose_upload_fails_still_answers_the_rename_it_did(runtime):
+    """rsync renames its temporary file to the final name while XNAT answers 503: the rename
+    was done (the final name shows, pending; the temporary one is gone) but answered the
+    upload's error, so rsync reported a failed rename of a file that no longer existed under
+    the old name.  A rename is answered for the rename; the upload is retried as any pending
+    one (README: shown pending, retried with backoff)."""
+    writer = runtime.writer
+    temp, final = f"{PROTOCOLS}/.result.nii.AbC123", f"{PROTOCOLS}/result.nii"
+    runtime.tree.listdir(PROTOCOLS)
+    handle = writer.create(temp)
+    handle.write(0, b"result")
+    handle.close()  # a temporary name: not uploaded yet
+    runtime.emu.faults.error_rate = 1.0
+    runtime.emu.faults.error_status = 503
+    try:
+        writer.rename(temp, final)  # before: raised the 503's error
+        names = {n.name for n in runtime.tree.listdir(PROTOCOLS)}
+        assert "result.nii" in names and ".result.nii.AbC123" not in names
+    finally:
+        runtime.emu.faults.error_rate = 0.0
+    writer.uploader.wake()
+    wait_for(lambda: not writer.status(), 60, what="the retried upload")
+    assert server_status(runtime, "result.nii") == (200, b"result")
