@@ -310,7 +310,13 @@ class Namespace(Opening):
                     entry = self.journal.update(replace(current, target=target, path=new))
                     lf.entry = entry
         if entry is not None and not is_temporary(new_parts[-1]) and lf.handles == 0:
-            self._upload_now(lf, entry)
+            try:
+                self._upload_now(lf, entry)
+            except Exception as exc:  # noqa: BLE001 - the rename is done: answered as such
+                # its error answered a rename that happened (rsync then reported a failed
+                # rename of a name that was gone); the bytes wait in the journal, shown
+                # pending (or failed), as after a close() whose upload failed
+                log.warning("mv %s %s: renamed; its upload failed, kept: %s", old, new, exc)
 
     def _held(self, entry: Optional[Entry]) -> ContextManager[Optional[Entry]]:
         if entry is None:
