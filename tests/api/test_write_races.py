@@ -541,3 +541,33 @@ def test_rename_whose_upload_fails_still_answers_the_rename_it_did(runtime):
     writer.uploader.wake()
     wait_for(lambda: not writer.status(), 60, what="the retried upload")
     assert server_status(runtime, "result.nii") == (200, b"result")
+
+
+def test_a_rename_that_fails_on_a_full_disk_changes_nothing(runtime):
+    """rsync renames its temporary file while the disk is full: the journal cannot write
+    the renamed record (ENOSPC) and the rename answers it, but the mount had already moved
+    the file to the new name: shown there pending for ever, while the journal's record
+    still uploaded it under the temporary name.  A rename that fails changes nothing."""
+    writer = runtime.writer
+    temp, final = f"{PROTOCOLS}/.model.nii.AbC123", f"{PROTOCOLS}/model.nii"
+    handle = writer.create(temp)
+    handle.write(0, b"model")
+    handle.close()
+    update = writer.journal.update
+
+    def disk_full(entry):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer.journal.update = disk_full  # the sidecar cannot be written (local disk)
+    try:
+        with pytest.raises(OSError) as err:
+            writer.rename(temp, final)
+        assert err.value.errno == errno.ENOSPC
+    finally:
+        writer.journal.update = update
+    names = {n.name for n in runtime.tree.listdir(PROTOCOLS)}
+    assert ".model.nii.AbC123" in names and "model.nii" not in names  # before: the other way
+    writer.rename(temp, final)  # space freed: now it goes
+    wait_for(lambda: not writer.status(), 30, what="the upload")
+    assert server_status(runtime, "model.nii") == (200, b"model")
+    assert server_status(runtime, ".model.nii.AbC123")[0] == 404
