@@ -16,6 +16,7 @@ from xnatfs.tree.local import LocalFile, is_temporary
 from xnatfs.tree.nodes import Kind, NodeInfo
 from xnatfs.tree.opening import Opening
 from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path, unescape_name
+from xnatfs.uploads import UploadTarget
 from xnatfs.uploads.journal import Entry
 
 log = logging.getLogger(__name__)
@@ -233,32 +234,19 @@ class Namespace(Opening):
             existing = self.tree.lookup(new)
         except FileNotFoundError:
             existing = None
-        target = self._target_for(new_parent, new_parts, new)
-        if existing is not None and not isinstance(existing.local_file, LocalFile):
-            if (
-                existing.kind is Kind.FILE
-                and lf.entry is not None
-                and lf.spool is None
-                and lf.handles == 0
-                and self._entry_same(lf.entry, existing)
-            ):
-                self._drop_same_bytes(lf, old_parts, existing)
-                log.info("mv %s %s: the same bytes as on XNAT: nothing uploaded", old, new)
-                return
-            if not self.allow_delete:
-                raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
-            target = replace(target, overwrite=True)
-        elif existing is not None:
-            local = existing.local_file
-            if (
-                local.entry is not None
-                or local.uploaded_size
-                or (local.target.overwrite and self.allow_delete)
-            ):
-                # over a local file that is (or may be: a running or timed-out attempt) on
-                # XNAT by the time this one uploads: without overwrite XNAT answers
-                # "duplicates", the newest bytes were kept as failed and the older stayed
-                target = replace(target, overwrite=True)
+        if (
+            existing is not None
+            and not isinstance(existing.local_file, LocalFile)
+            and existing.kind is Kind.FILE
+            and lf.entry is not None
+            and lf.spool is None
+            and lf.handles == 0
+            and self._entry_same(lf.entry, existing)
+        ):
+            self._drop_same_bytes(lf, old_parts, existing)
+            log.info("mv %s %s: the same bytes as on XNAT: nothing uploaded", old, new)
+            return
+        target = self._rename_target(existing, self._target_for(new_parent, new_parts, new), new)
         # under lf.io: a close() of a handle still open (a log renamed by logrotate while
         # its program writes) commits either before, and its entry is renamed here, or after,
         # with the new name; and no upload of the entry runs meanwhile (Uploader.held), so
@@ -268,55 +256,93 @@ class Namespace(Opening):
                 # XNAT confirmed it under the old name (an fsync, or another handle's close,
                 # with this one still open): renaming the local record only would answer 0,
                 # show the new name until the last close and then the old one again
-                raise OSError(
-                    errno.EXDEV if self.allow_delete else errno.EACCES,
-                    "already uploaded under its old name; moving a file on XNAT is a copy "
-                    "plus a delete",
-                    old,
-                )
+                raise self._on_xnat(old, "already uploaded under its old name")
             held = lf.entry
             with self._held(held) as current:
                 if held is not None and current is None:
                     # its upload under the old name was confirmed while this waited: the
                     # file is XNAT's now, and XNAT has no move
-                    raise OSError(
-                        errno.EXDEV if self.allow_delete else errno.EACCES,
-                        "uploaded under its old name meanwhile; moving a file on XNAT "
-                        "is a copy plus a delete",
-                        old,
-                    )
+                    raise self._on_xnat(old, "uploaded under its old name meanwhile")
                 with self._lock:
                     if self._files.get(old_parts) is not lf:
                         raise OSError(errno.ENOENT, "vanished", old)
-                    self._locked_drop(old_parts)
-                    replaced = self._locked_drop(new_parts)
-                    if replaced is not None:
-                        # a handle still open on it neither shows nor uploads it any more
-                        # (its close() put it back under this name, over the renamed file)
-                        replaced.removed = True
-                        if replaced.handles == 0 and replaced.spool is not None:
-                            replaced.spool.discard()
-                            replaced.spool = None
-                    lf.parts = new_parts
-                    lf.target = target
-                    self._locked_put(lf)
+                # the journal's record first: when it cannot be written (a full disk) the
+                # rename fails having changed nothing; before, the mount showed the new name
+                # while the record still uploaded the old one, pending for ever
+                entry = None
+                if current is not None:
+                    entry = self.journal.update(replace(current, target=target, path=new))
+                with self._lock:
+                    if self._files.get(old_parts) is not lf:
+                        raise OSError(errno.ENOENT, "vanished", old)
+                    replaced = self._locked_move(lf, new_parts, target, entry)
                 if replaced is not None and replaced.entry is not None:
                     try:
                         self.journal.remove(replaced.entry)
                     except KeyError:
                         pass
-                entry = None
-                if current is not None:
-                    entry = self.journal.update(replace(current, target=target, path=new))
-                    lf.entry = entry
         if entry is not None and not is_temporary(new_parts[-1]) and lf.handles == 0:
-            try:
-                self._upload_now(lf, entry)
-            except Exception as exc:  # noqa: BLE001 - the rename is done: answered as such
-                # its error answered a rename that happened (rsync then reported a failed
-                # rename of a name that was gone); the bytes wait in the journal, shown
-                # pending (or failed), as after a close() whose upload failed
-                log.warning("mv %s %s: renamed; its upload failed, kept: %s", old, new, exc)
+            self._upload_renamed(lf, entry, old, new)
+
+    def _upload_renamed(self, lf: LocalFile, entry: Entry, old: str, new: str) -> None:
+        """Upload a renamed file under its new name now.  A failure is logged, not raised:
+        its errno answered a rename that was done (rsync then reported a failed rename of a
+        name that was gone); the bytes wait in the journal, shown pending (or failed), as
+        after a close() whose upload failed."""
+        try:
+            self._upload_now(lf, entry)
+        except Exception as exc:  # noqa: BLE001 - the rename is done: answered as such
+            log.warning("mv %s %s: renamed; its upload failed, kept: %s", old, new, exc)
+
+    def _rename_target(
+        self, existing: Optional[NodeInfo], target: UploadTarget, new: str
+    ) -> UploadTarget:
+        """Where a renamed local file uploads: with overwrite over a file XNAT has (with
+        --allow-delete), and over a local file that is, or may be by then, on XNAT."""
+        if existing is None:
+            return target
+        local = existing.local_file
+        if not isinstance(local, LocalFile):
+            if not self.allow_delete:
+                raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
+            return replace(target, overwrite=True)
+        if (
+            local.entry is not None
+            or local.uploaded_size
+            or (local.target.overwrite and self.allow_delete)
+        ):
+            # a running or timed-out attempt may put it on XNAT first: without overwrite
+            # XNAT answered "duplicates", the newest bytes were kept as failed, the older won
+            return replace(target, overwrite=True)
+        return target
+
+    def _locked_move(
+        self, lf: LocalFile, new_parts: PathParts, target: UploadTarget, entry: Optional[Entry]
+    ) -> Optional[LocalFile]:
+        """Show ``lf`` under ``new_parts``; the local file it replaces there (returned) is
+        removed: a handle still open on it neither shows nor uploads it any more (its close()
+        put it back under this name, over the renamed file).  Caller holds _lock."""
+        self._locked_drop(lf.parts)
+        replaced = self._locked_drop(new_parts)
+        if replaced is not None:
+            replaced.removed = True
+            if replaced.handles == 0 and replaced.spool is not None:
+                replaced.spool.discard()
+                replaced.spool = None
+        lf.parts = new_parts
+        lf.target = target
+        if entry is not None:
+            lf.entry = entry
+        self._locked_put(lf)
+        return replaced
+
+    def _on_xnat(self, old: str, why: str) -> OSError:
+        """The error of a rename of a file XNAT has under its old name: XNAT has no move."""
+        return OSError(
+            errno.EXDEV if self.allow_delete else errno.EACCES,
+            f"{why}; moving a file on XNAT is a copy plus a delete",
+            old,
+        )
 
     def _held(self, entry: Optional[Entry]) -> ContextManager[Optional[Entry]]:
         if entry is None:
