@@ -571,3 +571,32 @@ def test_a_rename_that_fails_on_a_full_disk_changes_nothing(runtime):
     wait_for(lambda: not writer.status(), 30, what="the upload")
     assert server_status(runtime, "model.nii") == (200, b"model")
     assert server_status(runtime, ".model.nii.AbC123")[0] == 404
+
+
+def test_rename_takes_the_older_pending_versions_of_its_name_along(runtime):
+    """A log written twice while XNAT answers 503 (two versions pending), then renamed.
+    The rename moved the newest version; the older one stayed queued under the old name and
+    uploaded there once XNAT came back: the old name reappeared on XNAT (and in the mount)
+    with the first version's bytes after a rename that answered 0."""
+    writer = runtime.writer
+    old, new = f"{PROTOCOLS}/twice.log", f"{PROTOCOLS}/twice.log.1"
+    writer.uploader.base_delay = writer.uploader.max_delay = 0.2  # quick retries
+    runtime.tree.listdir(PROTOCOLS)
+    runtime.emu.faults.error_rate = 1.0
+    runtime.emu.faults.error_status = 503
+    try:
+        for text in (b"first version\n", b"second version\n"):
+            handle = writer.create(old)
+            handle.write(0, text)
+            with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
+                handle.flush()
+            handle.close()
+        writer.rename(old, new)
+    finally:
+        runtime.emu.faults.error_rate = 0.0
+    writer.uploader.wake()
+    wait_for(lambda: not writer.status(), 60, what="the uploads")
+    assert server_status(runtime, "twice.log.1") == (200, b"second version\n")
+    assert server_status(runtime, "twice.log")[0] == 404  # before: 200, the first version
+    names = listed(runtime)
+    assert "twice.log.1" in names and "twice.log" not in names
