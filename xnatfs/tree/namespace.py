@@ -9,7 +9,7 @@ import re
 import time
 from contextlib import nullcontext
 from dataclasses import replace
-from typing import Any, ContextManager, Optional
+from typing import Any, ContextManager, List, Optional
 
 from xnatfs.tree import prearchive_moves
 from xnatfs.tree.local import LocalFile, is_temporary
@@ -258,31 +258,51 @@ class Namespace(Opening):
                 # show the new name until the last close and then the old one again
                 raise self._on_xnat(old, "already uploaded under its old name")
             held = lf.entry
+            older = self._older_versions(held, old)
             with self._held(held) as current:
                 if held is not None and current is None:
                     # its upload under the old name was confirmed while this waited: the
                     # file is XNAT's now, and XNAT has no move
                     raise self._on_xnat(old, "uploaded under its old name meanwhile")
-                with self._lock:
-                    if self._files.get(old_parts) is not lf:
-                        raise OSError(errno.ENOENT, "vanished", old)
-                # the journal's record first: when it cannot be written (a full disk) the
-                # rename fails having changed nothing; before, the mount showed the new name
-                # while the record still uploaded the old one, pending for ever
-                entry = None
-                if current is not None:
-                    entry = self.journal.update(replace(current, target=target, path=new))
-                with self._lock:
-                    if self._files.get(old_parts) is not lf:
-                        raise OSError(errno.ENOENT, "vanished", old)
-                    replaced = self._locked_move(lf, new_parts, target, entry)
-                if replaced is not None and replaced.entry is not None:
+                if len(self._older_versions(held, old)) < len(older):
+                    # an older version of it was confirmed while this waited: XNAT has the
+                    # old name (with those bytes); renaming the newest would leave it there
+                    raise self._on_xnat(old, "an older version was uploaded meanwhile")
+                entry, replaced = self._move_held(lf, current, target, old, new)
+                for gone in older + ([replaced.entry] if replaced and replaced.entry else []):
+                    # older versions of the old name (superseded by the one renamed; left
+                    # queued they uploaded under the old name), and what was renamed over
                     try:
-                        self.journal.remove(replaced.entry)
+                        self.journal.remove(gone)
                     except KeyError:
                         pass
         if entry is not None and not is_temporary(new_parts[-1]) and lf.handles == 0:
             self._upload_renamed(lf, entry, old, new)
+
+    def _move_held(
+        self,
+        lf: LocalFile,
+        current: Optional[Entry],
+        target: UploadTarget,
+        old: str,
+        new: str,
+    ) -> "tuple[Optional[Entry], Optional[LocalFile]]":
+        """The journal's record of ``lf`` (``current``, held) and then the overlay take the
+        new name; returns the renamed record and the local file renamed over.  The record
+        first: when it cannot be written (a full disk) the rename fails having changed
+        nothing; before, the mount showed the new name while the record still uploaded the
+        old one, pending for ever.  Caller holds ``lf.io`` and ``current``."""
+        old_parts = split_path(old)
+        with self._lock:
+            if self._files.get(old_parts) is not lf:
+                raise OSError(errno.ENOENT, "vanished", old)
+        entry = None
+        if current is not None:
+            entry = self.journal.update(replace(current, target=target, path=new))
+        with self._lock:
+            if self._files.get(old_parts) is not lf:
+                raise OSError(errno.ENOENT, "vanished", old)
+            return entry, self._locked_move(lf, split_path(new), target, entry)
 
     def _upload_renamed(self, lf: LocalFile, entry: Entry, old: str, new: str) -> None:
         """Upload a renamed file under its new name now.  A failure is logged, not raised:
@@ -293,6 +313,12 @@ class Namespace(Opening):
             self._upload_now(lf, entry)
         except Exception as exc:  # noqa: BLE001 - the rename is done: answered as such
             log.warning("mv %s %s: renamed; its upload failed, kept: %s", old, new, exc)
+
+    def _older_versions(self, entry: Optional[Entry], path: str) -> List[Entry]:
+        """The journal's versions of ``path`` older than ``entry`` (none without one)."""
+        if entry is None:
+            return []
+        return [e for e in self.journal.versions_for(path) if e.seq < entry.seq]
 
     def _rename_target(
         self, existing: Optional[NodeInfo], target: UploadTarget, new: str
