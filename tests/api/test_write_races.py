@@ -600,3 +600,30 @@ def test_rename_takes_the_older_pending_versions_of_its_name_along(runtime):
     assert server_status(runtime, "twice.log")[0] == 404  # before: 200, the first version
     names = listed(runtime)
     assert "twice.log.1" in names and "twice.log" not in names
+
+
+def test_rm_drops_the_older_pending_versions_too(runtime):
+    """A file written twice while XNAT answers 503 (two versions pending), then removed: rm
+    dropped the newest version only; the older stayed queued and uploaded once XNAT came
+    back, the file back on XNAT and in the mount after an rm that answered 0."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/draft.log"
+    writer.uploader.base_delay = writer.uploader.max_delay = 0.2  # quick retries
+    runtime.tree.listdir(PROTOCOLS)
+    runtime.emu.faults.error_rate = 1.0
+    runtime.emu.faults.error_status = 503
+    try:
+        for text in (b"first version\n", b"second version\n"):
+            handle = writer.create(path)
+            handle.write(0, text)
+            with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
+                handle.flush()
+            handle.close()
+        writer.unlink(path)
+        assert writer.status() == []  # before: the first version still pending
+    finally:
+        runtime.emu.faults.error_rate = 0.0
+    writer.uploader.wake()
+    wait_for(lambda: not writer.status(), 60, what="the uploads")
+    assert server_status(runtime, "draft.log")[0] == 404  # before: 200, the first version
+    assert "draft.log" not in listed(runtime)
