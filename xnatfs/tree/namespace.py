@@ -109,6 +109,8 @@ class Namespace(Opening):
         with lf.io:
             held = lf.entry
             with self._held(held) as current:
+                # older versions of the name go too: left queued, they uploaded after the rm
+                older = self._older_versions(current, path)
                 confirmed = held is not None and current is None
                 local_version = current is not None or lf.dirty
                 if (
@@ -122,6 +124,11 @@ class Namespace(Opening):
                     # after it
                     self._unlink_remote(path, parts)
                 self._forget_local(lf, parts, current)
+                for gone in older:
+                    try:
+                        self.journal.remove(gone)
+                    except KeyError:
+                        pass
 
     def _forget_local(self, lf: LocalFile, parts: PathParts, current: Optional[Entry]) -> None:
         """``lf`` was removed (unlink, or a rename over it): it leaves the overlay and the
