@@ -249,7 +249,7 @@ def test_a_rename_while_another_handle_commits_ends_under_one_name(runtime):
     old, new = f"{PROTOCOLS}/app.log", f"{PROTOCOLS}/app.log.1"
     keeper = writer.create(old)
     closer = writer.open_write(tree.lookup(old), old, truncate=False)
-    keeper.write(0, b"line\n")
+    closer.write(0, b"line\n")  # the closing handle wrote: its close() commits
     add, moved = writer.journal.add, {}
 
     def add_with_a_rename_beside(spool, *a, **k):

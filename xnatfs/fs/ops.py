@@ -572,7 +572,15 @@ class XnatOperations(mfusepy.Operations):
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def fsync(self, path: str, datasync: int, fi: Any) -> int:
-        return self.flush(path, fi)
+        if self._implicit is not None and not fi.fh:
+            raise mfusepy.FuseOSError(errno.ENOSYS)  # as flush: nothing on a read-only mount
+        handle = self._handle(fi, path)
+        # a write handle commits at fsync whichever descriptor asks, at flush only if it
+        # wrote (WriteHandle.changed)
+        sync = getattr(handle, "fsync", None) or getattr(handle, "flush", None)
+        if sync is not None:
+            sync()
+        return 0
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op

@@ -31,15 +31,21 @@ class WriteHandle:
     with EIO, and so did a program that wrote a file, closed it and read it back at once when
     its read came before the writer's RELEASE (the kernel sends RELEASE after close() returns)."""
 
-    def __init__(self, writer: "HandleOps", lf: LocalFile) -> None:
+    def __init__(self, writer: "HandleOps", lf: LocalFile, changed: bool = False) -> None:
         self.writer = writer
         self.lf = lf
+        #: this handle wrote, truncated or created the file: only then do its flush and
+        #: release commit (and upload) it.  A reader's close (a viewer, an indexer) committed
+        #: a file still being written: XNAT got its first part, even when a later write failed
+        #: and the file was to be "never uploaded"
+        self.changed = changed
         self.direct_io = False
         self._lock = threading.Lock()
         #: XNAT's copy once the local one is gone (a ``ReadHandle``); guarded by _lock
         self._uploaded: Any = None
 
     def write(self, offset: int, data: bytes) -> int:
+        self.changed = True  # a failed write too: close() answers its errno
         return self.writer._write(self.lf, offset, data)
 
     def read(self, offset: int, size: int) -> bytes:
@@ -65,9 +71,16 @@ class WriteHandle:
         return None
 
     def truncate(self, length: int) -> None:
+        self.changed = True
         self.writer._truncate(self.lf, length)
 
     def flush(self) -> None:
+        if self.changed:
+            self.writer._commit(self.lf)
+
+    def fsync(self) -> None:
+        """fsync(2) is about the file, whichever descriptor asks (``sync FILE`` opens it
+        read-only): what any handle wrote is committed and uploaded."""
         self.writer._commit(self.lf)
 
     def close(self) -> None:
@@ -77,7 +90,7 @@ class WriteHandle:
             if uploaded is not None:
                 uploaded.close()
         finally:
-            self.writer._release(self.lf)
+            self.writer._release(self.lf, commit=self.changed)
 
 
 class HandleOps(UploadPath):
@@ -97,7 +110,14 @@ class HandleOps(UploadPath):
 
     def _locked_write(self, lf: LocalFile, offset: int, data: bytes) -> int:
         if lf.spool is None or lf.spool.closed:
-            self._reopen_spool(lf)
+            try:
+                self._reopen_spool(lf)
+            except Exception as exc:
+                # this write's bytes are lost as surely as in a failed spool write (a full
+                # disk, XNAT gone while the spool is filled from its copy): the file is
+                # incomplete, else a later write past them uploaded zeros in their place
+                lf.write_error = getattr(exc, "errno", None) or errno.EIO
+                raise
         assert lf.spool is not None
         if (
             lf.replaces is not None
@@ -187,13 +207,12 @@ class HandleOps(UploadPath):
         """The size XNAT confirmed for ``lf``'s last upload, 0 when none is known.  The
         uploader removes the journal's copy once XNAT confirmed it and only then tells the
         overlay (``Uploader._succeeded``, ``UploadPath._on_change``): in between, ``lf.entry``
-        still names a copy that is gone, and its size is the confirmed one."""
-        if lf.uploaded_size:
-            return lf.uploaded_size
+        still names a copy that is gone, and its size is the confirmed one -- asked first:
+        ``lf.uploaded_size`` is then an earlier upload's (a file fsync'ed twice)."""
         entry = lf.entry
         if entry is not None and not os.path.exists(entry.data_path):
             return entry.size
-        return 0
+        return lf.uploaded_size
 
     def _truncate(self, lf: LocalFile, length: int) -> None:
         with lf.io:
@@ -223,6 +242,8 @@ class HandleOps(UploadPath):
                 pass  # confirmed by XNAT and dropped from the journal just now
         if not copied:
             lf.spool = self.spool.create()
+            if lf.removed:
+                return  # removed while open: its name may be another file's by now
             node = self.tree.lookup(join_path(lf.parts))
             if not isinstance(node.local_file, LocalFile):
                 self._fill_from_server(node, lf.spool, join_path(lf.parts))
@@ -290,9 +311,11 @@ class HandleOps(UploadPath):
         finally:
             handle.close()
 
-    def _release(self, lf: LocalFile) -> None:
+    def _release(self, lf: LocalFile, commit: bool = True) -> None:
         path = join_path(lf.parts)
         try:
+            if not commit:
+                return  # a handle that changed nothing (WriteHandle.changed)
             emptied = (
                 lf.spool is not None
                 and not lf.spool.closed
@@ -306,11 +329,15 @@ class HandleOps(UploadPath):
         finally:
             with self._lock:
                 lf.handles = max(0, lf.handles - 1)
-                if lf.handles == 0 and lf.write_error and lf.spool is not None:
-                    # the user was told at write() and close(); an incomplete file is dropped
-                    lf.spool.discard()
-                    lf.spool = None
+                if lf.handles == 0 and lf.write_error:
+                    # the user was told at write() and close(); an incomplete file is dropped,
+                    # and its error with it: a file still shown (an older version pending)
+                    # refused every later version at close with this error
+                    if lf.spool is not None:
+                        lf.spool.discard()
+                        lf.spool = None
                     lf.dirty = False
+                    lf.write_error = 0
                 if (
                     lf.handles == 0
                     and lf.spool is not None
@@ -321,9 +348,11 @@ class HandleOps(UploadPath):
                 ):
                     lf.dirty = False  # emptied and refused at close: XNAT keeps its bytes
                 if lf.handles == 0:
-                    empty = lf.state == EMPTY
-                    if lf.spool is not None and not lf.spool.closed and not lf.dirty:
-                        empty = self._new_and_empty(lf)
+                    empty = lf.state == EMPTY and not lf.removed
+                    if lf.spool is not None and (
+                        lf.removed or (not lf.spool.closed and not lf.dirty)
+                    ):
+                        empty = not lf.removed and self._new_and_empty(lf)
                         lf.spool.discard()
                         lf.spool = None
                     if empty:

@@ -76,6 +76,9 @@ class LocalFile:
     #: size of the last upload XNAT confirmed: a ``stat`` between that confirmation (at
     #: close) and the release that drops this overlay entry must not see 0
     uploaded_size: int = 0
+    #: removed (unlink, or a rename over it) while a handle was open: that handle still
+    #: reads and writes its bytes (as POSIX's unlinked file), but nothing is uploaded or shown
+    removed: bool = False
     #: held while the local copy is read, written, truncated or committed: handles of one file
     #: may do these on several threads at once (two processes appending to one log), and a
     #: commit swaps the spool for a journal entry; a write between the two landed in a spool

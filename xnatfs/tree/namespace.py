@@ -9,13 +9,14 @@ import re
 import time
 from contextlib import nullcontext
 from dataclasses import replace
-from typing import Any, ContextManager, Optional
+from typing import Any, ContextManager, List, Optional
 
 from xnatfs.tree import prearchive_moves
 from xnatfs.tree.local import EMPTY, LocalFile, is_temporary
 from xnatfs.tree.nodes import Kind, NodeInfo
 from xnatfs.tree.opening import Opening
 from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path, unescape_name
+from xnatfs.uploads import UploadTarget
 from xnatfs.uploads.journal import Entry
 
 log = logging.getLogger(__name__)
@@ -73,17 +74,12 @@ class Namespace(Opening):
         parts = split_path(path)
         with self._lock:
             lf = self._files.get(parts)
-        if lf is not None:
-            if lf.handles:
-                raise OSError(errno.EBUSY, "still open", path)
-            with self._lock:
-                self._locked_drop(parts)
-            if lf.entry is not None:
-                try:
-                    self.journal.remove(lf.entry)
-                except KeyError:
-                    pass
-            return
+        if lf is None:
+            self._unlink_remote(path, parts)
+        else:
+            self._unlink_local(lf, parts, path)
+
+    def _unlink_remote(self, path: str, parts: PathParts) -> None:
         node = self.tree.lookup(path)
         if node.is_dir:
             raise OSError(errno.EISDIR, "is a directory", path)
@@ -98,6 +94,58 @@ class Namespace(Opening):
         parent = self.tree.lookup(join_path(parts[:-1]))
         root = self._files_root(parent, parts[:-1]) if parent.kind is Kind.FILES else parts[:-1]
         self.tree.invalidate(join_path(root))
+
+    def _unlink_local(self, lf: LocalFile, parts: PathParts, path: str) -> None:
+        """Remove a local file, open or not (as POSIX does: a handle still open keeps its
+        bytes until it closes, and they are not uploaded, ``LocalFile.removed``).  A refusal
+        as "still open" (EBUSY) failed rm at random just after a close(): the kernel sends
+        RELEASE after close() returns, and another thread may serve it after the UNLINK.
+
+        Held against its upload like a rename (``Uploader.held``): dropping the journal entry
+        under a running attempt let its PUT land after rm answered 0.  A local version (a
+        pending entry, unsaved writes) is what rm drops, and XNAT's copy, if any, shows again
+        (README: how to retry a failed file); with none left (all confirmed by XNAT, the
+        handle still open) the file is XNAT's and is removed as such (``--allow-delete``)."""
+        with lf.io:
+            held = lf.entry
+            with self._held(held) as current:
+                # older versions of the name go too: left queued, they uploaded after the rm
+                older = self._older_versions(current, path)
+                confirmed = held is not None and current is None
+                local_version = current is not None or lf.dirty
+                if (
+                    lf.target.is_file
+                    and not local_version
+                    and (confirmed or lf.uploaded_size or lf.replaces is not None)
+                ):
+                    if confirmed and lf.target.listing:  # XNAT's row, not a cached one
+                        self.tree.invalidate(join_path(lf.target.listing))
+                    # one DELETE under lf.io and the held entry: no upload of this file lands
+                    # after it
+                    self._unlink_remote(path, parts)
+                self._forget_local(lf, parts, current)
+                for gone in older:
+                    try:
+                        self.journal.remove(gone)
+                    except KeyError:
+                        pass
+
+    def _forget_local(self, lf: LocalFile, parts: PathParts, current: Optional[Entry]) -> None:
+        """``lf`` was removed (unlink, or a rename over it): it leaves the overlay and the
+        journal, and a handle still open neither shows nor uploads its bytes.  Caller holds
+        ``lf.io`` and ``current`` (``Uploader.held``)."""
+        with self._lock:
+            lf.removed = True
+            if self._files.get(parts) is lf:
+                self._locked_drop(parts)
+            if lf.handles == 0 and lf.spool is not None:
+                lf.spool.discard()
+                lf.spool = None
+        if current is not None:
+            try:
+                self.journal.remove(current)
+            except KeyError:
+                pass
 
     def rmdir(self, path: str) -> None:
         parts = split_path(path)
@@ -193,62 +241,149 @@ class Namespace(Opening):
             existing = self.tree.lookup(new)
         except FileNotFoundError:
             existing = None
-        target = self._target_for(new_parent, new_parts, new)
-        if existing is not None and not isinstance(existing.local_file, LocalFile):
-            if (
-                existing.kind is Kind.FILE
-                and lf.entry is not None
-                and lf.spool is None
-                and lf.handles == 0
-                and self._entry_same(lf.entry, existing)
-            ):
-                self._drop_same_bytes(lf, old_parts, existing)
-                log.info("mv %s %s: the same bytes as on XNAT: nothing uploaded", old, new)
-                return
-            if not self.allow_delete:
-                raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
-            if lf.state == EMPTY:
-                # as emptying it would be (issue 17 §8): never a success that leaves the old
-                # bytes on XNAT behind an empty local file
-                raise OSError(
-                    errno.ENOTSUP, "XNAT cannot store an empty file: the file on XNAT is kept", new
-                )
-            target = replace(target, overwrite=True)
+        if (
+            existing is not None
+            and not isinstance(existing.local_file, LocalFile)
+            and existing.kind is Kind.FILE
+            and lf.entry is not None
+            and lf.spool is None
+            and lf.handles == 0
+            and self._entry_same(lf.entry, existing)
+        ):
+            self._drop_same_bytes(lf, old_parts, existing)
+            log.info("mv %s %s: the same bytes as on XNAT: nothing uploaded", old, new)
+            return
+        target = self._rename_target(existing, self._target_for(new_parent, new_parts, new), new)
+        if (
+            lf.state == EMPTY
+            and existing is not None
+            and not isinstance(existing.local_file, LocalFile)
+        ):
+            # as emptying it would be (issue 17 §8): never a success that leaves the old bytes
+            # on XNAT behind an empty local file
+            raise OSError(errno.ENOTSUP, "XNAT cannot store an empty file: XNAT's is kept", new)
         # under lf.io: a close() of a handle still open (a log renamed by logrotate while
         # its program writes) commits either before, and its entry is renamed here, or after,
         # with the new name; and no upload of the entry runs meanwhile (Uploader.held), so
         # none sends it under the old name after this
         with lf.io:
+            if lf.uploaded_size:
+                # XNAT confirmed it under the old name (an fsync, or another handle's close,
+                # with this one still open): renaming the local record only would answer 0,
+                # show the new name until the last close and then the old one again
+                raise self._on_xnat(old, "already uploaded under its old name")
             held = lf.entry
+            older = self._older_versions(held, old)
             with self._held(held) as current:
                 if held is not None and current is None:
                     # its upload under the old name was confirmed while this waited: the
                     # file is XNAT's now, and XNAT has no move
-                    raise OSError(
-                        errno.EXDEV if self.allow_delete else errno.EACCES,
-                        "uploaded under its old name meanwhile; moving a file on XNAT "
-                        "is a copy plus a delete",
-                        old,
-                    )
-                with self._lock:
-                    if self._files.get(old_parts) is not lf:
-                        raise OSError(errno.ENOENT, "vanished", old)
-                    self._locked_drop(old_parts)
-                    replaced = self._locked_drop(new_parts)
-                    lf.parts = new_parts
-                    lf.target = target
-                    self._locked_put(lf)
-                if replaced is not None and replaced.entry is not None:
+                    raise self._on_xnat(old, "uploaded under its old name meanwhile")
+                if len(self._older_versions(held, old)) < len(older):
+                    # an older version of it was confirmed while this waited: XNAT has the
+                    # old name (with those bytes); renaming the newest would leave it there
+                    raise self._on_xnat(old, "an older version was uploaded meanwhile")
+                entry, replaced = self._move_held(lf, current, target, old, new)
+                for gone in older + ([replaced.entry] if replaced and replaced.entry else []):
+                    # older versions of the old name (superseded by the one renamed; left
+                    # queued they uploaded under the old name), and what was renamed over
                     try:
-                        self.journal.remove(replaced.entry)
+                        self.journal.remove(gone)
                     except KeyError:
                         pass
-                entry = None
-                if current is not None:
-                    entry = self.journal.update(replace(current, target=target, path=new))
-                    lf.entry = entry
         if entry is not None and not is_temporary(new_parts[-1]) and lf.handles == 0:
+            self._upload_renamed(lf, entry, old, new)
+
+    def _move_held(
+        self,
+        lf: LocalFile,
+        current: Optional[Entry],
+        target: UploadTarget,
+        old: str,
+        new: str,
+    ) -> "tuple[Optional[Entry], Optional[LocalFile]]":
+        """The journal's record of ``lf`` (``current``, held) and then the overlay take the
+        new name; returns the renamed record and the local file renamed over.  The record
+        first: when it cannot be written (a full disk) the rename fails having changed
+        nothing; before, the mount showed the new name while the record still uploaded the
+        old one, pending for ever.  Caller holds ``lf.io`` and ``current``."""
+        old_parts = split_path(old)
+        with self._lock:
+            if self._files.get(old_parts) is not lf:
+                raise OSError(errno.ENOENT, "vanished", old)
+        entry = None
+        if current is not None:
+            entry = self.journal.update(replace(current, target=target, path=new))
+        with self._lock:
+            if self._files.get(old_parts) is not lf:
+                raise OSError(errno.ENOENT, "vanished", old)
+            return entry, self._locked_move(lf, split_path(new), target, entry)
+
+    def _upload_renamed(self, lf: LocalFile, entry: Entry, old: str, new: str) -> None:
+        """Upload a renamed file under its new name now.  A failure is logged, not raised:
+        its errno answered a rename that was done (rsync then reported a failed rename of a
+        name that was gone); the bytes wait in the journal, shown pending (or failed), as
+        after a close() whose upload failed."""
+        try:
             self._upload_now(lf, entry)
+        except Exception as exc:  # noqa: BLE001 - the rename is done: answered as such
+            log.warning("mv %s %s: renamed; its upload failed, kept: %s", old, new, exc)
+
+    def _older_versions(self, entry: Optional[Entry], path: str) -> List[Entry]:
+        """The journal's versions of ``path`` older than ``entry`` (none without one)."""
+        if entry is None:
+            return []
+        return [e for e in self.journal.versions_for(path) if e.seq < entry.seq]
+
+    def _rename_target(
+        self, existing: Optional[NodeInfo], target: UploadTarget, new: str
+    ) -> UploadTarget:
+        """Where a renamed local file uploads: with overwrite over a file XNAT has (with
+        --allow-delete), and over a local file that is, or may be by then, on XNAT."""
+        if existing is None:
+            return target
+        local = existing.local_file
+        if not isinstance(local, LocalFile):
+            if not self.allow_delete:
+                raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
+            return replace(target, overwrite=True)
+        if (
+            local.entry is not None
+            or local.uploaded_size
+            or (local.target.overwrite and self.allow_delete)
+        ):
+            # a running or timed-out attempt may put it on XNAT first: without overwrite
+            # XNAT answered "duplicates", the newest bytes were kept as failed, the older won
+            return replace(target, overwrite=True)
+        return target
+
+    def _locked_move(
+        self, lf: LocalFile, new_parts: PathParts, target: UploadTarget, entry: Optional[Entry]
+    ) -> Optional[LocalFile]:
+        """Show ``lf`` under ``new_parts``; the local file it replaces there (returned) is
+        removed: a handle still open on it neither shows nor uploads it any more (its close()
+        put it back under this name, over the renamed file).  Caller holds _lock."""
+        self._locked_drop(lf.parts)
+        replaced = self._locked_drop(new_parts)
+        if replaced is not None:
+            replaced.removed = True
+            if replaced.handles == 0 and replaced.spool is not None:
+                replaced.spool.discard()
+                replaced.spool = None
+        lf.parts = new_parts
+        lf.target = target
+        if entry is not None:
+            lf.entry = entry
+        self._locked_put(lf)
+        return replaced
+
+    def _on_xnat(self, old: str, why: str) -> OSError:
+        """The error of a rename of a file XNAT has under its old name: XNAT has no move."""
+        return OSError(
+            errno.EXDEV if self.allow_delete else errno.EACCES,
+            f"{why}; moving a file on XNAT is a copy plus a delete",
+            old,
+        )
 
     def _held(self, entry: Optional[Entry]) -> ContextManager[Optional[Entry]]:
         if entry is None:

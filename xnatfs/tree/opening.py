@@ -40,7 +40,7 @@ class Opening(HandleOps):
                 spool.discard()
                 raise OSError(errno.EBUSY, "being written by another handle", path)
             self._locked_put(lf)
-        return WriteHandle(self, lf)
+        return WriteHandle(self, lf, changed=True)
 
     def open_write(self, node: NodeInfo, path: str, truncate: bool) -> WriteHandle:
         parts = split_path(path)
@@ -50,7 +50,7 @@ class Opening(HandleOps):
                 lf.handles += 1
             if truncate:
                 self._truncate(lf, 0)
-            return WriteHandle(self, lf)
+            return WriteHandle(self, lf, changed=truncate)
         if node.kind is not Kind.FILE:
             raise OSError(errno.EACCES, "not a writable file", path)
         if not self.allow_delete and not truncate:
@@ -68,7 +68,7 @@ class Opening(HandleOps):
         lf = LocalFile(parts, target, spool=spool, handles=1, dirty=truncate, replaces=node)
         with self._lock:
             self._locked_put(lf)
-        return WriteHandle(self, lf)
+        return WriteHandle(self, lf, changed=truncate)
 
     def truncate(self, path: str, length: int) -> None:
         """``truncate`` without a handle (libfuse2's O_TRUNC, ``truncate -s``).

@@ -66,6 +66,10 @@ class UploadPath(LocalOverlay):
         --allow-delete, empty) and the journal step must stay in this order, in one place.
         """
         path = join_path(lf.parts)
+        if lf.removed:  # unlinked or renamed over while open: its bytes go nowhere
+            lf.dirty = False
+            log.info("write %s: removed while open: not uploaded", path)
+            return None
         if lf.write_error:
             raise AlreadyReported(lf.write_error, "an earlier write failed: not uploaded", path)
         if not lf.dirty or lf.spool is None:

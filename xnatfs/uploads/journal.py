@@ -238,6 +238,16 @@ class Journal:
     # ----------------------------------------------------------------------- index
     def _locked_insert(self, entry: Entry) -> None:
         """Caller holds self._lock."""
+        before = self._entries.get(entry.id)
+        if before is not None and before.path and before.path != entry.path:
+            # a renamed entry is no version of its old path any more: left listed there, it
+            # was "superseded" (dropped, bytes and all) when a new file of the old name was
+            # confirmed, and once removed it left an id that versions_for raised KeyError on
+            ids = self._by_path.get(before.path, [])
+            if entry.id in ids:
+                ids.remove(entry.id)
+            if not ids:
+                self._by_path.pop(before.path, None)
         self._entries[entry.id] = entry
         self._seq = max(self._seq, entry.seq)
         if entry.path:

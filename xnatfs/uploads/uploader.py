@@ -381,6 +381,14 @@ class Uploader:
             while self._locked_blocked(entry):
                 remaining = deadline - self._clock()
                 if remaining <= 0:
+                    # queued for a worker, due as soon as the running attempt ends: nothing
+                    # else starts it before a restart (close() answered ETIMEDOUT and said
+                    # "retried in the background"), and the older version then stayed on XNAT
+                    current = self._journal.get(entry.id)
+                    if current is not None and entry.id not in self._running:
+                        self._queued[entry.id] = dataclasses.replace(
+                            current, state=PENDING, next_attempt=self._clock()
+                        )
                     raise TimeoutError(
                         errno.ETIMEDOUT,
                         f"upload {entry.path}: an earlier upload of this file is still running",
@@ -396,13 +404,15 @@ class Uploader:
     @contextmanager
     def held(self, entry: Entry, deadline: float) -> Iterator[Optional[Entry]]:
         """No attempt of ``entry`` runs while the block runs, so the block may change it in
-        the journal (a rename: target and path).  Waits for a running attempt first, until
+        the journal (a rename: target and path), nor one of another version of its path (a
+        rename drops those: left behind, they uploaded under the old name).  Waits for a
+        running attempt of either first, until
         ``deadline`` (on ``clock``; then ``TimeoutError(ETIMEDOUT)``), and yields the journal's
         record, or None when that attempt confirmed it (the bytes are on XNAT as it was).  A
         retry that was queued is queued again afterwards with the journal's record then, so
         no attempt sends an older version of the entry."""
         with self._cv:
-            while entry.id in self._running:
+            while self._locked_blocked(entry):
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise TimeoutError(

@@ -1,0 +1,629 @@
+"""Races of the write path found by review6, through the runtime API (no mount) against the
+emulator, like ``test_tree.py``: each test says what it showed failing before its fix."""
+
+from __future__ import annotations
+
+import errno
+import threading
+
+import pytest
+import requests
+
+from tests.conftest import ADMIN
+from tests.mount.helpers import wait_for
+from xnatfs.options import Options
+from xnatfs.runtime import Runtime
+from xnatfs.xnat.auth import Credentials
+
+PROTOCOLS = "/DEMO1/resources/protocols/files"
+PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
+
+
+@pytest.fixture
+def runtime(make_emulator, tmp_path):
+    emu = make_emulator()
+    rt = Runtime(
+        Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0), Credentials(*ADMIN)
+    )
+    rt.start()
+    rt.emu = emu  # type: ignore[attr-defined]
+    yield rt
+    rt.close()
+
+
+def server_status(runtime, name):
+    r = requests.get(f"{runtime.emu.url}{PROTOCOLS_URI}/{name}", auth=ADMIN, timeout=30)
+    return r.status_code, r.content
+
+
+def listed(runtime):
+    runtime.tree.invalidate(PROTOCOLS)
+    return {n.name for n in runtime.tree.listdir(PROTOCOLS)}
+
+
+def test_rename_of_an_open_file_already_uploaded_by_fsync_does_not_lie(runtime):
+    """write, fsync (the bytes go to XNAT at once), rename while still open, close: the
+    save pattern of many programs.  The rename answered 0 and the file showed under the new
+    name until the close, then vanished from it: XNAT had it under the old name only.  A
+    rename must say what happened: it is XNAT's file now, and XNAT has no move."""
+    writer = runtime.writer
+    old, new = f"{PROTOCOLS}/draft.txt", f"{PROTOCOLS}/final.txt"
+    handle = writer.create(old)
+    handle.write(0, b"saved\n")
+    handle.flush()  # fsync: uploaded and confirmed, the handle still open
+    assert server_status(runtime, "draft.txt") == (200, b"saved\n")
+    try:
+        writer.rename(old, new)
+        renamed = True
+    except OSError as exc:
+        assert exc.errno in (errno.EACCES, errno.EXDEV)
+        renamed = False
+    handle.close()
+    names = listed(runtime)
+    if renamed:  # then the new name must hold the bytes, on XNAT and in the listing
+        assert "final.txt" in names, names
+        assert server_status(runtime, "final.txt") == (200, b"saved\n")
+    else:  # the old name is still the file's, as XNAT has it
+        assert "draft.txt" in names and "final.txt" not in names
+
+
+class Gate:
+    """Holds the client's upload PUTs of one name (``upload_file``) until ``open``; says when
+    one is held."""
+
+    def __init__(self, client, name, fail_first=False):
+        self.client, self.name = client, name
+        self.real = client.upload_file
+        #: the first PUT of the name times out before it reaches XNAT (not held)
+        self.fail_first = fail_first
+        self.arrived, self.opened = threading.Event(), threading.Event()
+        self.passed = threading.Event()  # a held PUT went through (or failed)
+        client.upload_file = self.upload_file
+
+    def upload_file(self, resource_uri, relpath, *a, **k):
+        if relpath == self.name and self.fail_first:
+            self.fail_first = False
+            raise TimeoutError(errno.ETIMEDOUT, "read timed out")
+        if relpath == self.name:
+            self.arrived.set()
+            assert self.opened.wait(30), "the test forgot to open the gate"
+            try:
+                return self.real(resource_uri, relpath, *a, **k)
+            finally:
+                self.passed.set()
+        return self.real(resource_uri, relpath, *a, **k)
+
+    def open(self):
+        self.opened.set()
+        self.client.upload_file = self.real
+
+
+def test_unlink_while_the_upload_runs_does_not_leave_the_file_on_xnat(runtime):
+    """rsync's temporary file, closed, its delayed upload started; then removed (rsync
+    --inplace aborted, a cleanup).  unlink answered 0 and dropped the journal entry under
+    the running attempt, whose PUT still landed: the file came back on XNAT and in the
+    listing after a successful rm.  Either rm waits and removes it, or it says why not."""
+    writer = runtime.writer
+    writer.temp_delay = 0.0  # the delayed upload starts at once
+    name = ".scan.nii.AbC123"
+    path = f"{PROTOCOLS}/{name}"
+    gate = Gate(writer.client, name)
+    handle = writer.create(path)
+    handle.write(0, b"temporary bytes")
+    handle.close()  # a temporary name: queued for the background, not uploaded here
+    assert gate.arrived.wait(30), "the background upload did not start"
+    result = {}
+
+    def rm():
+        try:
+            writer.unlink(path)
+            result["removed"] = True
+        except OSError as exc:
+            result["removed"] = exc.errno
+
+    t = threading.Thread(target=rm)
+    t.start()
+    t.join(0.3)  # fixed: rm waits for the running upload, so this wait runs out
+    gate.open()
+    t.join(30)
+    removed = result["removed"] is True
+    if not removed:  # the upload won: XNAT's file, whose rm needs --allow-delete
+        assert result["removed"] == errno.EACCES, result
+    assert gate.passed.wait(30), "the held upload did not end"
+    wait_for(lambda: not writer.status(), 30, what="the upload to end")
+    if removed:  # rm said yes: XNAT must not have it, nor the listing
+        assert server_status(runtime, name)[0] == 404
+        assert name not in listed(runtime)
+    else:
+        assert server_status(runtime, name) == (200, b"temporary bytes")
+
+
+def test_rsync_renaming_over_a_file_whose_upload_runs_ends_with_the_newest_bytes(runtime):
+    """rsync writes run.log while the close() of its earlier copy still uploads it (a slow
+    XNAT), renames its temporary file over it: the renamed entry kept overwrite=false, as
+    for a name XNAT does not have, but the earlier upload put that name there first.  XNAT
+    answered "duplicates": the newest bytes were kept as failed, the rename answered EEXIST,
+    and XNAT kept the older bytes."""
+    writer = runtime.writer
+    final, temp = f"{PROTOCOLS}/run.log", f"{PROTOCOLS}/.run.log.AbC123"
+    gate = Gate(writer.client, "run.log")
+    first = writer.create(final)
+    first.write(0, b"older bytes\n")
+    closing = threading.Thread(target=first.close)  # the earlier close() uploads it
+    closing.start()
+    assert gate.arrived.wait(30), "the first upload did not start"
+    second = writer.create(temp)
+    second.write(0, b"newer bytes, longer\n")
+    second.close()  # a temporary name: its upload waits for the rename
+    result = {}
+
+    def mv():
+        try:
+            writer.rename(temp, final)
+            result["renamed"] = True
+        except Exception as exc:  # noqa: BLE001 - before the fix: Conflict (EEXIST)
+            result["renamed"] = exc
+
+    t = threading.Thread(target=mv)
+    t.start()
+    t.join(0.3)  # its upload waits for the running one of the same name
+    gate.open()
+    t.join(30)
+    closing.join(30)
+    assert result["renamed"] is True, result
+    wait_for(lambda: not writer.status(), 30, what="the uploads")
+    assert server_status(runtime, "run.log") == (200, b"newer bytes, longer\n")
+    assert {"run.log", ".run.log.AbC123"} & listed(runtime) == {"run.log"}
+
+
+def test_a_read_just_after_a_second_upload_sees_xnats_bytes_not_eio(runtime):
+    """A log held open: written, fsync'ed (uploaded), appended, fsync'ed again.  The
+    uploader drops the journal's copy of the second upload before it tells the overlay; a
+    read by another handle in between goes to XNAT's copy, checked against the size XNAT
+    confirmed -- but that was still the first upload's (``LocalFile.uploaded_size``), and
+    the read failed with EIO ("XNAT does not list it as uploaded"), as did a write there."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/twice.log"
+    handle = writer.create(path)
+    handle.write(0, b"A" * 1000)
+    handle.flush()  # uploaded and confirmed: 1000 bytes
+    handle.write(1000, b"B" * 10)
+    other = writer.open_write(runtime.tree.lookup(path), path, truncate=False)
+    remove, seen = writer.journal.remove, {}
+
+    def remove_then_read(entry):
+        remove(entry)
+        if "read" not in seen:
+            for key, call in (
+                ("read", lambda: other.read(1000, 10)),
+                ("wrote", lambda: other.write(1010, b"C" * 5)),
+            ):
+                try:
+                    seen[key] = call()
+                except OSError as exc:  # before: EIO
+                    seen[key] = exc
+
+    writer.journal.remove = remove_then_read
+    try:
+        handle.flush()  # the second upload: 1010 bytes
+    finally:
+        writer.journal.remove = remove
+    assert seen == {"read": b"B" * 10, "wrote": 5}
+    handle.close()
+    other.close()
+    assert server_status(runtime, "twice.log") == (200, b"A" * 1000 + b"B" * 10 + b"C" * 5)
+
+
+def test_a_second_version_written_while_the_first_is_retried_wins(runtime):
+    """close() of a file whose upload timed out (kept, retried in the background), then the
+    file written again (open, write, close) while that retry runs on a slow XNAT: the second
+    close waits for the retry until the fs deadline and answers ETIMEDOUT.  Its version was
+    then queued nowhere: the retry put the first version on XNAT, the second stayed pending
+    (and shown) until the next mount.  The newest must end on XNAT, nothing pending, the
+    listing showing XNAT's file."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/versions.log"
+    gate = Gate(writer.client, "versions.log", fail_first=True)
+    first = writer.create(path)
+    first.write(0, b"first version\n")
+    with pytest.raises(OSError) as err:
+        first.flush()  # the PUT timed out: kept, retried after a backoff
+    assert err.value.errno == errno.ETIMEDOUT
+    first.close()
+    assert gate.arrived.wait(30), "the retry did not start"  # and is held at the PUT
+    writer.fs_timeout = 0.5
+    second = writer.create(path)
+    second.write(0, b"second version, longer\n")
+    with pytest.raises(OSError) as err:
+        second.flush()  # waits for the running retry until the deadline
+    assert err.value.errno == errno.ETIMEDOUT
+    second.close()
+    gate.open()
+    wait_for(lambda: not writer.status(), 30, what="both versions to settle")
+    assert server_status(runtime, "versions.log") == (200, b"second version, longer\n")
+    assert writer.node(("DEMO1", "resources", "protocols", "files", "versions.log")) is None
+    runtime.tree.invalidate(PROTOCOLS)
+    assert runtime.tree.lookup(path).size == len(b"second version, longer\n")
+
+
+def test_rename_over_a_file_still_open_leaves_nothing_failed_behind(runtime):
+    """A program holds held.log open and writes it; rsync renames its copy over the name.
+    The rename took the name from under the open file, whose close() then uploaded it to
+    the same name without overwrite: EEXIST at close and a failed entry kept for held.log,
+    which the next mount shows in place of XNAT's file.  Whichever copy ends under the name
+    (POSIX: rsync's; the open file's writes go to an unlinked file), nothing may stay failed
+    or pending, and the mount must show what XNAT has."""
+    writer = runtime.writer
+    final, temp = f"{PROTOCOLS}/held.log", f"{PROTOCOLS}/.held.log.AbC123"
+    holder = writer.create(final)
+    holder.write(0, b"the program's line\n")
+    copy = writer.create(temp)
+    copy.write(0, b"rsync's copy\n")
+    copy.close()
+    writer.rename(temp, final)
+    holder.write(19, b"one more line\n")
+    try:
+        holder.close()
+    except OSError:
+        pass  # before: EEXIST ("duplicates"); the test is about what stays behind
+    wait_for(lambda: all(s["state"] != "pending" for s in writer.status()), 30, what="the uploads")
+    assert writer.status() == []  # nothing failed or pending for the next mount to show
+    status, on_xnat = server_status(runtime, "held.log")
+    assert status == 200 and on_xnat in (
+        b"rsync's copy\n",
+        b"the program's line\none more line\n",
+    )
+    runtime.tree.invalidate(PROTOCOLS)
+    assert runtime.tree.lookup(final).size == len(on_xnat)
+    runtime.close()  # and the next mount shows XNAT's file too
+    later = Runtime(runtime.options, Credentials(*ADMIN))
+    later.start()
+    try:
+        assert later.tree.lookup(final).size == len(on_xnat)
+    finally:
+        later.close()
+
+
+def test_unlink_of_a_file_open_elsewhere_removes_it_as_posix_does(runtime):
+    """unlink of a local file another process holds open answered EBUSY (rm failed at
+    random just after a close(), whose RELEASE the kernel sends later).  Now it goes: the
+    name at once, and the open handle keeps its bytes until it closes, uploading nothing
+    (POSIX's unlinked file); nothing stays pending."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/scratch.tmp"
+    handle = writer.create(path)
+    handle.write(0, b"scratch\n")
+    writer.unlink(path)  # before: EBUSY
+    assert "scratch.tmp" not in listed(runtime)
+    handle.write(8, b"more\n")  # the open handle still works, on its own bytes
+    assert handle.read(0, 100) == b"scratch\nmore\n"
+    handle.close()
+    assert writer.status() == []
+    assert server_status(runtime, "scratch.tmp")[0] == 404
+    assert "scratch.tmp" not in listed(runtime)
+
+
+def test_unlink_of_an_uploaded_file_still_open_answers_as_for_xnats_file(runtime):
+    """write, fsync (on XNAT, nothing local left), rm before the handle's RELEASE (the
+    kernel sends it after close() returns): EBUSY before.  The file is XNAT's: without
+    --allow-delete the rm is refused with EACCES, and XNAT and the listing keep it."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/kept.txt"
+    handle = writer.create(path)
+    handle.write(0, b"kept\n")
+    handle.flush()  # on XNAT
+    with pytest.raises(OSError) as err:
+        writer.unlink(path)
+    assert err.value.errno == errno.EACCES  # before: EBUSY
+    handle.close()
+    assert server_status(runtime, "kept.txt") == (200, b"kept\n")
+    assert "kept.txt" in listed(runtime)
+
+
+def test_a_readers_close_does_not_upload_a_file_still_being_written(runtime):
+    """A program writes a file; another opens it read-only (a viewer, an indexer) and closes
+    it.  The reader's RELEASE committed and uploaded the file as it stood, half written:
+    when the writer's next write then failed (ENOSPC: "the file is incomplete and will not
+    be uploaded"), XNAT already held the incomplete first part as the file."""
+    writer, tree = runtime.writer, runtime.tree
+    path = f"{PROTOCOLS}/growing.nii"
+    out = writer.create(path)
+    out.write(0, b"A" * 1000)
+    reader = tree.open(tree.lookup(path), path)
+    assert reader.read(0, 10) == b"A" * 10
+    reader.close()
+
+    def disk_full(offset, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # the local disk fills up (the spool's, not the network): the spool the next write uses
+    # (before the fix a new one: the reader's close had moved the bytes to the journal)
+    create = writer.spool.create
+
+    def full_spool(*a, **k):
+        spool = create(*a, **k)
+        spool.write = disk_full
+        return spool
+
+    writer.spool.create = full_spool
+    if out.lf.spool is not None:
+        out.lf.spool.write = disk_full
+    with pytest.raises(OSError) as err:
+        out.write(1000, b"B" * 1000)
+    assert err.value.errno == errno.ENOSPC
+    try:
+        out.flush()  # close(): the write's error again
+        closed = 0
+    except OSError as exc:
+        closed = exc.errno
+    out.close()
+    wait_for(lambda: not writer.status(), 30, what="the journal to settle")
+    assert server_status(runtime, "growing.nii")[0] == 404  # before: 200, b"A" * 1000
+    assert closed == errno.ENOSPC  # before: 0
+
+
+def test_a_write_failing_while_it_reopens_the_file_marks_it_incomplete(runtime):
+    """After an fsync the next write reopens the file (a spool filled from XNAT's copy); a
+    full disk failed that write with ENOSPC but did not mark the file incomplete, so the
+    program's next write (space freed) succeeded past a hole and close() uploaded zeros in
+    place of the bytes whose write had failed.  README: a failed write marks the file
+    incomplete, never uploaded; XNAT keeps what it had."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/holes.bin"
+    out = writer.create(path)
+    out.write(0, b"A" * 1000)
+    out.flush()  # on XNAT; the next write reopens
+    create = writer.spool.create
+
+    def full_spool(*a, **k):
+        spool = create(*a, **k)
+
+        def disk_full(offset, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        spool.write = disk_full
+        return spool
+
+    writer.spool.create = full_spool  # the local disk is full (not the network)
+    with pytest.raises(OSError) as err:
+        out.write(1000, b"B" * 1000)
+    assert err.value.errno == errno.ENOSPC
+    writer.spool.create = create  # space freed
+    try:
+        out.write(2000, b"C" * 10)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC  # incomplete: refused, as at close
+    try:
+        out.flush()
+        closed = 0
+    except OSError as exc:
+        closed = exc.errno
+    out.close()
+    wait_for(lambda: not writer.status(), 30, what="the journal to settle")
+    assert server_status(runtime, "holes.bin") == (200, b"A" * 1000)  # before: zeros and C's
+    assert closed == errno.ENOSPC  # before: 0
+
+
+def test_a_failed_write_does_not_refuse_the_files_next_version(runtime):
+    """A file whose upload is pending (XNAT answering 503) is written again and that write
+    fails (full disk): that version is incomplete and dropped at its close, as the README
+    says.  But the error stuck to the file: once space was freed, every later version
+    (cp again) was refused at close with the old ENOSPC, until the pending one landed."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/again.bin"
+    runtime.tree.listdir(PROTOCOLS)
+    runtime.emu.faults.error_rate = 1.0
+    runtime.emu.faults.error_status = 503
+    try:
+        first = writer.create(path)
+        first.write(0, b"first")
+        with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
+            first.flush()
+        first.close()
+        create = writer.spool.create
+
+        def full_spool(*a, **k):
+            spool = create(*a, **k)
+
+            def disk_full(offset, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            spool.write = disk_full
+            return spool
+
+        writer.spool.create = full_spool  # the local disk is full
+        second = writer.create(path)
+        with pytest.raises(OSError):
+            second.write(0, b"second")
+        with pytest.raises(OSError):
+            second.flush()
+        second.close()
+        writer.spool.create = create  # space freed
+    finally:
+        runtime.emu.faults.error_rate = 0.0
+    third = writer.create(path)
+    third.write(0, b"third version")
+    third.flush()  # before: ENOSPC, the second version's error
+    third.close()
+    wait_for(lambda: not writer.status(), 30, what="the uploads")
+    assert server_status(runtime, "again.bin") == (200, b"third version")
+
+
+def test_rename_of_a_temporary_file_whose_delayed_upload_starts_ends_under_one_name(runtime):
+    """rsync's temporary file: its delayed upload starts just as rsync renames it.  The
+    rename waits for that upload (Uploader.held); XNAT confirmed it under the temporary name,
+    so the rename answers as for a file on XNAT (EACCES without --allow-delete) and the
+    file is XNAT's under that one name, shown once, nothing pending.  (Checked sound.)"""
+    writer = runtime.writer
+    writer.temp_delay = 0.0
+    temp, final = f"{PROTOCOLS}/.atlas.nii.AbC123", f"{PROTOCOLS}/atlas.nii"
+    gate = Gate(writer.client, ".atlas.nii.AbC123")
+    handle = writer.create(temp)
+    handle.write(0, b"atlas")
+    handle.close()
+    assert gate.arrived.wait(30), "the delayed upload did not start"
+    result = {}
+
+    def mv():
+        try:
+            writer.rename(temp, final)
+            result["renamed"] = True
+        except OSError as exc:
+            result["renamed"] = exc.errno
+
+    t = threading.Thread(target=mv)
+    t.start()
+    t.join(0.3)  # the rename waits for the running upload
+    assert t.is_alive()
+    gate.open()
+    t.join(30)
+    assert result["renamed"] == errno.EACCES
+    wait_for(lambda: not writer.status(), 30, what="the upload")
+    assert server_status(runtime, ".atlas.nii.AbC123") == (200, b"atlas")
+    assert server_status(runtime, "atlas.nii")[0] == 404
+    names = listed(runtime)
+    assert ".atlas.nii.AbC123" in names and "atlas.nii" not in names
+
+
+def test_logrotate_while_xnat_is_down_keeps_the_rotated_log(runtime):
+    """app.log is pending (XNAT answering 503), logrotate renames it app.log.1, the program
+    writes a new app.log, XNAT comes back.  The journal kept the renamed entry listed under
+    its old path too (Journal.update moved it to the new path only), so when the new app.log
+    was confirmed, the uploader dropped app.log.1's bytes as an older, "superseded" version
+    of app.log: acknowledged and lost, the mount showing it pending for ever."""
+    writer = runtime.writer
+    log_, rotated = f"{PROTOCOLS}/app.log", f"{PROTOCOLS}/app.log.1"
+    runtime.tree.listdir(PROTOCOLS)
+    runtime.emu.faults.error_rate = 1.0
+    runtime.emu.faults.error_status = 503
+    try:
+        old = writer.create(log_)
+        old.write(0, b"yesterday's log\n")
+        with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
+            old.flush()
+        old.close()
+        try:
+            writer.rename(log_, rotated)
+        except Exception:  # noqa: BLE001 - its upload's 503 (a finding of its own)
+            pass
+    finally:
+        runtime.emu.faults.error_rate = 0.0
+    new = writer.create(log_)
+    new.write(0, b"today's log\n")
+    new.flush()
+    new.close()
+    writer.uploader.wake()
+    wait_for(lambda: not writer.status(), 60, what="the uploads")
+    assert server_status(runtime, "app.log") == (200, b"today's log\n")
+    assert server_status(runtime, "app.log.1") == (200, b"yesterday's log\n")
+
+
+def test_rename_whose_upload_fails_still_answers_the_rename_it_did(runtime):
+    """rsync renames its temporary file to the final name while XNAT answers 503: the rename
+    was done (the final name shows, pending; the temporary one is gone) but answered the
+    upload's error, so rsync reported a failed rename of a file that no longer existed under
+    the old name.  A rename is answered for the rename; the upload is retried as any pending
+    one (README: shown pending, retried with backoff)."""
+    writer = runtime.writer
+    temp, final = f"{PROTOCOLS}/.result.nii.AbC123", f"{PROTOCOLS}/result.nii"
+    runtime.tree.listdir(PROTOCOLS)
+    handle = writer.create(temp)
+    handle.write(0, b"result")
+    handle.close()  # a temporary name: not uploaded yet
+    runtime.emu.faults.error_rate = 1.0
+    runtime.emu.faults.error_status = 503
+    try:
+        writer.rename(temp, final)  # before: raised the 503's error
+        names = {n.name for n in runtime.tree.listdir(PROTOCOLS)}
+        assert "result.nii" in names and ".result.nii.AbC123" not in names
+    finally:
+        runtime.emu.faults.error_rate = 0.0
+    writer.uploader.wake()
+    wait_for(lambda: not writer.status(), 60, what="the retried upload")
+    assert server_status(runtime, "result.nii") == (200, b"result")
+
+
+def test_a_rename_that_fails_on_a_full_disk_changes_nothing(runtime):
+    """rsync renames its temporary file while the disk is full: the journal cannot write
+    the renamed record (ENOSPC) and the rename answers it, but the mount had already moved
+    the file to the new name: shown there pending for ever, while the journal's record
+    still uploaded it under the temporary name.  A rename that fails changes nothing."""
+    writer = runtime.writer
+    temp, final = f"{PROTOCOLS}/.model.nii.AbC123", f"{PROTOCOLS}/model.nii"
+    handle = writer.create(temp)
+    handle.write(0, b"model")
+    handle.close()
+    update = writer.journal.update
+
+    def disk_full(entry):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer.journal.update = disk_full  # the sidecar cannot be written (local disk)
+    try:
+        with pytest.raises(OSError) as err:
+            writer.rename(temp, final)
+        assert err.value.errno == errno.ENOSPC
+    finally:
+        writer.journal.update = update
+    names = {n.name for n in runtime.tree.listdir(PROTOCOLS)}
+    assert ".model.nii.AbC123" in names and "model.nii" not in names  # before: the other way
+    writer.rename(temp, final)  # space freed: now it goes
+    wait_for(lambda: not writer.status(), 30, what="the upload")
+    assert server_status(runtime, "model.nii") == (200, b"model")
+    assert server_status(runtime, ".model.nii.AbC123")[0] == 404
+
+
+def test_rename_takes_the_older_pending_versions_of_its_name_along(runtime):
+    """A log written twice while XNAT answers 503 (two versions pending), then renamed.
+    The rename moved the newest version; the older one stayed queued under the old name and
+    uploaded there once XNAT came back: the old name reappeared on XNAT (and in the mount)
+    with the first version's bytes after a rename that answered 0."""
+    writer = runtime.writer
+    old, new = f"{PROTOCOLS}/twice.log", f"{PROTOCOLS}/twice.log.1"
+    writer.uploader.base_delay = writer.uploader.max_delay = 0.2  # quick retries
+    runtime.tree.listdir(PROTOCOLS)
+    runtime.emu.faults.error_rate = 1.0
+    runtime.emu.faults.error_status = 503
+    try:
+        for text in (b"first version\n", b"second version\n"):
+            handle = writer.create(old)
+            handle.write(0, text)
+            with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
+                handle.flush()
+            handle.close()
+        writer.rename(old, new)
+    finally:
+        runtime.emu.faults.error_rate = 0.0
+    writer.uploader.wake()
+    wait_for(lambda: not writer.status(), 60, what="the uploads")
+    assert server_status(runtime, "twice.log.1") == (200, b"second version\n")
+    assert server_status(runtime, "twice.log")[0] == 404  # before: 200, the first version
+    names = listed(runtime)
+    assert "twice.log.1" in names and "twice.log" not in names
+
+
+def test_rm_drops_the_older_pending_versions_too(runtime):
+    """A file written twice while XNAT answers 503 (two versions pending), then removed: rm
+    dropped the newest version only; the older stayed queued and uploaded once XNAT came
+    back, the file back on XNAT and in the mount after an rm that answered 0."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/draft.log"
+    writer.uploader.base_delay = writer.uploader.max_delay = 0.2  # quick retries
+    runtime.tree.listdir(PROTOCOLS)
+    runtime.emu.faults.error_rate = 1.0
+    runtime.emu.faults.error_status = 503
+    try:
+        for text in (b"first version\n", b"second version\n"):
+            handle = writer.create(path)
+            handle.write(0, text)
+            with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
+                handle.flush()
+            handle.close()
+        writer.unlink(path)
+        assert writer.status() == []  # before: the first version still pending
+    finally:
+        runtime.emu.faults.error_rate = 0.0
+    writer.uploader.wake()
+    wait_for(lambda: not writer.status(), 60, what="the uploads")
+    assert server_status(runtime, "draft.log")[0] == 404  # before: 200, the first version
+    assert "draft.log" not in listed(runtime)
