@@ -372,3 +372,31 @@ def _exists(tree, path):
     except FileNotFoundError:
         return False
     return True
+
+
+def test_truncate_by_path_to_zero_of_a_file_on_xnat_held_open_is_refused(make_emulator, tmp_path):
+    """truncate(2) by path (no descriptor) to 0 bytes of a file on XNAT that another handle
+    holds open: refused at once (ENOTSUP), as when nobody holds it.  Before, the truncating
+    handle's close left the refusal to a later close, which a handle that changed nothing
+    itself never made: the call answered 0 and XNAT kept its bytes."""
+    emu = make_emulator()
+    rt = Runtime(
+        Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0, allow_delete=True),
+        Credentials(*ADMIN),
+    )
+    rt.start()
+    rt.emu = emu  # type: ignore[attr-defined]
+    try:
+        readme = f"{PROTOCOLS}/README.txt"
+        before = on_server(rt, "README.txt")
+        held = rt.writer.open_write(rt.tree.lookup(readme), readme, truncate=False)
+        with pytest.raises(OSError) as err:
+            rt.writer.truncate(readme, 0)
+        assert err.value.errno == errno.ENOTSUP
+        held.flush()
+        held.close()
+        assert on_server(rt, "README.txt") == before
+        rt.tree.invalidate(PROTOCOLS)
+        assert read_all(rt, readme) == before
+    finally:
+        rt.close()

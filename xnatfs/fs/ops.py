@@ -661,9 +661,10 @@ def _keep_thread_state() -> None:
 
 
 class XnatFUSE(mfusepy.FUSE):
-    """mfusepy's ``FUSE`` with three changes: ``read`` fills libfuse's buffer in place, ``write``
-    writes from it without a copy, and each worker thread keeps its Python thread state
-    (``_keep_thread_state``).
+    """mfusepy's ``FUSE`` with these changes: ``read`` fills libfuse's buffer in place, ``write``
+    writes from it without a copy, ``truncate`` keeps the handle of an ``ftruncate``,
+    ``readdir`` gives offsets and attributes, and each worker thread keeps its Python thread
+    state (``_keep_thread_state``).
 
     mfusepy's own ``read`` takes the ``bytes`` that ``Operations.read`` returns and copies them
     into libfuse's buffer, so every byte read is copied twice in Python's care and every
@@ -714,6 +715,17 @@ class XnatFUSE(mfusepy.FUSE):
             if filler(buf, name, st, index, _FILL_DIR_PLUS if attrs else 0) != 0:
                 break  # the kernel's buffer is full: it asks again from the next offset
         return 0
+
+    def truncate_fuse_3(self, path: Optional[bytes], length: int, fip: Any) -> int:
+        """``Operations.truncate`` with the handle of an ``ftruncate`` (mfusepy drops it).
+        Without it every ``ftruncate`` went by path, through a handle of its own, and the
+        descriptor that truncated had changed nothing of its own (``WriteHandle.changed``):
+        ``truncate -s 0`` of a file on XNAT then answered 0 while XNAT kept the old bytes."""
+        fh = None
+        if fip:
+            fh = fip.contents if self.raw_fi else fip.contents.fh
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        return int(self.operations.truncate(decoded, length, fh))
 
     def write(self, path: Optional[bytes], buf: Any, size: int, offset: int, fip: Any) -> int:
         """``Operations.write`` given a view of libfuse's buffer instead of a copy of it

@@ -89,7 +89,12 @@ class Opening(HandleOps):
             return  # the same bytes: nothing changes (issue 15 §3)
         if not self.allow_delete and not isinstance(node.local_file, LocalFile):
             raise OSError(errno.EACCES, "truncating a file on XNAT needs --allow-delete", path)
-        if length == 0 and self.allow_delete and not isinstance(node.local_file, LocalFile):
+        local = node.local_file if isinstance(node.local_file, LocalFile) else None
+        if length == 0 and (
+            (self.allow_delete and local is None) or (local is not None and local.target.overwrite)
+        ):
+            # also a local copy of a file on XNAT (open elsewhere, or uploaded before): this
+            # handle's close would not say it while another is open, and that one may never
             log.warning("truncate %s: refused (ENOTSUP): XNAT cannot store an empty file", path)
             raise OSError(
                 errno.ENOTSUP,
