@@ -400,3 +400,33 @@ def test_truncate_by_path_to_zero_of_a_file_on_xnat_held_open_is_refused(make_em
         assert read_all(rt, readme) == before
     finally:
         rt.close()
+
+
+def test_a_call_waiting_for_another_on_the_same_file_ends_by_its_deadline(make_emulator, tmp_path):
+    """A call on a file waits while another holds it (``LocalFile.io``), and that one may be
+    inside a request (the download a write continues from, an rm's DELETE, a rename waiting
+    for a running upload): the waiting call still ends by its own deadline, ETIMEDOUT."""
+    emu = make_emulator()
+    rt = Runtime(
+        Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0, fs_timeout=0.3),
+        Credentials(*ADMIN),
+    )
+    rt.start()
+    try:
+        path = f"{PROTOCOLS}/busy.bin"
+        handle = rt.writer.create(path)
+        handle.write(0, b"x" * 100)
+        lf = handle.lf
+        assert lf.io.acquire(timeout=5)  # a call inside a long request
+        try:
+            for call in (lambda: handle.write(100, b"y"), lambda: handle.read(0, 10)):
+                with pytest.raises(TimeoutError) as err:
+                    call()
+                assert err.value.errno == errno.ETIMEDOUT
+        finally:
+            lf.io.release()
+        assert handle.write(100, b"y") == 1
+        handle.flush()
+        handle.close()
+    finally:
+        rt.close()

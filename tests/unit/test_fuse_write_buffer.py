@@ -20,6 +20,7 @@ SIZE = 1 << 20
 def test_a_write_keeps_nothing_of_libfuses_buffer(tmp_path):
     writer = HandleOps.__new__(HandleOps)  # what ``_write`` reads of the writer
     writer.allow_delete = False
+    writer.fs_timeout = 60.0
     target = UploadTarget.file("/data/projects/P/resources/R", "f.bin")
     lf = LocalFile(("P", "f.bin"), target, spool=Spool(tmp_path / "spool").create(), handles=1)
     options = SimpleNamespace(uid=None, gid=None, allow_other_write=False)

@@ -105,7 +105,8 @@ class HandleOps(UploadPath):
 
     # ------------------------------------------------------------------ handle operations
     def _write(self, lf: LocalFile, offset: int, data: bytes) -> int:
-        with lf.io:  # not while another handle's close() commits the file (LocalFile.io)
+        # not while another handle's close() commits the file (LocalFile.io)
+        with lf.holding(self.fs_timeout):
             return self._locked_write(lf, offset, data)
 
     def _locked_write(self, lf: LocalFile, offset: int, data: bytes) -> int:
@@ -153,7 +154,7 @@ class HandleOps(UploadPath):
         neither holds them any more: uploaded since (``WriteHandle``).  Under ``lf.io``: a
         commit by another handle moves the bytes from the spool to the journal, and a read
         in between found neither."""
-        with lf.io:
+        with lf.holding(self.fs_timeout):
             if lf.state == EMPTY:
                 return b""  # a new file closed empty (never on XNAT)
             spool = lf.spool
@@ -215,7 +216,7 @@ class HandleOps(UploadPath):
         return lf.uploaded_size
 
     def _truncate(self, lf: LocalFile, length: int) -> None:
-        with lf.io:
+        with lf.holding(self.fs_timeout):
             if lf.spool is None or lf.spool.closed:
                 self._reopen_spool(lf)
             assert lf.spool is not None

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
+from xnatfs import deadline
 from xnatfs.tree.nodes import NodeInfo
-from xnatfs.tree.paths import PathParts
+from xnatfs.tree.paths import PathParts, join_path
 from xnatfs.uploads import SpoolFile, UploadTarget
 from xnatfs.uploads.journal import Entry
 
@@ -87,6 +90,23 @@ class LocalFile:
     io: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     #: EMPTY files: when (time.monotonic) the overlay drops it once no handle has it open
     empty_until: float = 0.0
+
+    @contextmanager
+    def holding(self, timeout: float) -> Iterator[None]:
+        """``io`` for one filesystem call, waited for at most what is left of the call's
+        deadline (``timeout`` outside one): the holder may be inside a request (a download
+        to continue from, an rm's DELETE, a rename waiting for a running upload), and a call
+        waiting behind it must still end in time (ETIMEDOUT)."""
+        if not self.io.acquire(timeout=deadline.left(timeout)):
+            raise TimeoutError(
+                errno.ETIMEDOUT,
+                "another call on this file (an upload step or a download) has not ended in time",
+                join_path(self.parts),
+            )
+        try:
+            yield
+        finally:
+            self.io.release()
 
     @property
     def mtime(self) -> float:

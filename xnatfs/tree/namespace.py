@@ -106,7 +106,7 @@ class Namespace(Opening):
         pending entry, unsaved writes) is what rm drops, and XNAT's copy, if any, shows again
         (README: how to retry a failed file); with none left (all confirmed by XNAT, the
         handle still open) the file is XNAT's and is removed as such (``--allow-delete``)."""
-        with lf.io:
+        with lf.holding(self.fs_timeout):
             held = lf.entry
             with self._held(held) as current:
                 # older versions of the name go too: left queued, they uploaded after the rm
@@ -266,7 +266,7 @@ class Namespace(Opening):
         # its program writes) commits either before, and its entry is renamed here, or after,
         # with the new name; and no upload of the entry runs meanwhile (Uploader.held), so
         # none sends it under the old name after this
-        with lf.io:
+        with lf.holding(self.fs_timeout):
             if lf.uploaded_size:
                 # XNAT confirmed it under the old name (an fsync, or another handle's close,
                 # with this one still open): renaming the local record only would answer 0,

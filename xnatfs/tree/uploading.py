@@ -47,7 +47,7 @@ class UploadPath(LocalOverlay):
         errno) with the bytes safe in the journal and a retry scheduled.  The journal step
         holds ``lf.io`` (a write or read by another handle waits for it); the upload does not.
         """
-        with lf.io:
+        with lf.holding(self.fs_timeout):
             entry = self._to_journal(lf)
         if entry is None or not upload:
             return
