@@ -806,3 +806,25 @@ def test_local_read_racing_a_commit_reads_the_journal_copy_not_ebadf(tmp_path):
     lf.entry = entry
     assert writer._read(lf, 0, 100) == b"committed bytes"
     assert writer._read(lf, 10, 100) == b"bytes"
+
+
+def test_an_error_while_dropping_a_confirmed_entry_leaves_its_path_unblocked(rig, monkeypatch):
+    """``_succeeded`` keeps the confirmed entry's path blocked while it drops it and its older
+    versions from the journal; an unexpected error there left it blocked for the mount's
+    life: every later version of that name waited for an attempt that had ended."""
+    up = rig.uploader()
+    first = rig.add(b"one")
+    remove = rig.journal.remove
+    failures = [RuntimeError("index broken")]
+
+    def remove_once_broken(entry):
+        if failures:
+            raise failures.pop()
+        remove(entry)
+
+    monkeypatch.setattr(rig.journal, "remove", remove_once_broken)
+    with pytest.raises(RuntimeError):
+        up.upload_now(first, rig.clock() + WAIT)
+    second = rig.add(b"two")
+    up.upload_now(second, deadline=rig.clock())  # no wait: nothing runs for the path
+    assert rig.server.files[second.path] == b"two"

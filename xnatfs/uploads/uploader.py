@@ -619,6 +619,25 @@ class Uploader:
         """
         done = dataclasses.replace(entry, state=DONE, last_error="", next_attempt=0.0)
         try:
+            self._drop_confirmed(entry)
+        finally:
+            # whatever went wrong above, the path is not left blocked for the mount's life
+            with self._cv:
+                self._running.pop(entry.id, None)
+                self._cv.notify_all()
+        log.log(
+            logging.DEBUG if entry.tries <= 1 else logging.INFO,
+            "upload %s: done (%d bytes, try %d)",
+            entry.path,
+            entry.size,
+            entry.tries,
+        )
+        self._notify(done)
+
+    def _drop_confirmed(self, entry: Entry) -> None:
+        """The confirmed entry and the older versions of its path that still wait leave the
+        journal (``_succeeded``; the caller keeps the path blocked meanwhile)."""
+        try:
             self._journal.remove(entry)
         except OSError as exc:
             # the bytes are on the server; tries > 0, so the next start verifies first
@@ -643,17 +662,6 @@ class Uploader:
                 log.warning(
                     "upload %s: could not drop superseded version %s: %s", old.path, old.id, exc
                 )
-        with self._cv:
-            self._running.pop(entry.id, None)
-            self._cv.notify_all()
-        log.log(
-            logging.DEBUG if entry.tries <= 1 else logging.INFO,
-            "upload %s: done (%d bytes, try %d)",
-            entry.path,
-            entry.size,
-            entry.tries,
-        )
-        self._notify(done)
 
     def _save(self, entry: Entry) -> Optional[Entry]:
         """Persist a new version; None if the entry left the journal. A failed write (ENOSPC
