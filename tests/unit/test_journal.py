@@ -152,6 +152,26 @@ def test_lookups_by_path(dirs):
     assert [e.id for e in Journal(jdir).reload()] == [b.id]
 
 
+def test_a_renamed_entry_is_the_newest_version_of_its_new_name(dirs):
+    """rsync's temporary file (written first) renamed over a name whose later version is
+    still pending: the renamed one is the newest change of that name, also after a restart.
+    With its old number the pending version counted as newer and its bytes won."""
+    spool, jdir = dirs
+    j = Journal(jdir)
+    temp = j.add(spooled(spool, b"new"), TARGET, "/P/resources/R/files/.a.txt.Xy12Ab")
+    pending = j.add(spooled(spool, b"old"), TARGET, "/P/resources/R/files/a.txt")
+    renamed = j.renamed(temp, TARGET, "/P/resources/R/files/a.txt")
+    assert renamed.seq > pending.seq
+    assert j.versions_for("/P/resources/R/files/a.txt") == [pending, renamed]
+    assert j.pending_for("/P/resources/R/files/a.txt") == renamed
+    again = Journal(jdir)
+    again.reload()
+    assert [e.id for e in again.versions_for("/P/resources/R/files/a.txt")] == [
+        pending.id,
+        renamed.id,
+    ]
+
+
 def test_add_across_filesystems_copies(dirs, monkeypatch):
     spool, jdir = dirs
     j = Journal(jdir)

@@ -313,7 +313,7 @@ class Namespace(Opening):
                 raise OSError(errno.ENOENT, "vanished", old)
         entry = None
         if current is not None:
-            entry = self.journal.update(replace(current, target=target, path=new))
+            entry = self.journal.renamed(current, target, new)
         with self._lock:
             if self._files.get(old_parts) is not lf:
                 raise OSError(errno.ENOENT, "vanished", old)

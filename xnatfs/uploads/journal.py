@@ -385,6 +385,20 @@ class Journal:
                 self._locked_insert(entry)
         return entry
 
+    def renamed(
+        self, entry: Entry, target: Union[UploadTarget, Mapping[str, Any]], path: str
+    ) -> Entry:
+        """Store ``entry`` under a new name: its ``target`` and mount ``path``, and a fresh
+        ``seq``, so it is the newest version of that name, as the rename that made it is the
+        newest change to it.  With its old number a version of the name written before the
+        rename (pending, or left by a crash between the rename and that version's removal)
+        counted as newer, and its bytes won over the renamed file's.  Raises as ``update``."""
+        return self.update(
+            dataclasses.replace(
+                entry, target=UploadTarget.coerce(target), path=path, seq=self._next_seq()
+            )
+        )
+
     def remove(self, entry: Entry) -> None:
         """Delete an entry's data file, then its sidecar (the order ``reload`` relies on).
         Idempotent. Only the uploader (after the server confirmed the bytes) and explicit user
