@@ -627,3 +627,43 @@ def test_rm_drops_the_older_pending_versions_too(runtime):
     wait_for(lambda: not writer.status(), 60, what="the uploads")
     assert server_status(runtime, "draft.log")[0] == 404  # before: 200, the first version
     assert "draft.log" not in listed(runtime)
+
+
+def test_a_truncate_failing_while_it_reopens_the_file_marks_it_incomplete(runtime):
+    """As a write (above): after an fsync a truncate reopens the file; when that fails (a full
+    disk while XNAT's copy is copied in) the file is incomplete, so a later write past it
+    cannot upload a spool that lost the truncate's change."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/cut.bin"
+    out = writer.create(path)
+    out.write(0, b"A" * 1000)
+    out.flush()  # on XNAT; the next change reopens
+    create = writer.spool.create
+
+    def full_spool(*a, **k):
+        spool = create(*a, **k)
+
+        def disk_full(offset, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        spool.write = disk_full
+        return spool
+
+    writer.spool.create = full_spool
+    with pytest.raises(OSError) as err:
+        out.truncate(500)
+    assert err.value.errno == errno.ENOSPC
+    writer.spool.create = create
+    try:
+        out.write(500, b"C" * 10)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    try:
+        out.flush()
+        closed = 0
+    except OSError as exc:
+        closed = exc.errno
+    out.close()
+    wait_for(lambda: not writer.status(), 30, what="the journal to settle")
+    assert server_status(runtime, "cut.bin") == (200, b"A" * 1000)
+    assert closed == errno.ENOSPC

@@ -111,14 +111,7 @@ class HandleOps(UploadPath):
 
     def _locked_write(self, lf: LocalFile, offset: int, data: bytes) -> int:
         if lf.spool is None or lf.spool.closed:
-            try:
-                self._reopen_spool(lf)
-            except Exception as exc:
-                # this write's bytes are lost as surely as in a failed spool write (a full
-                # disk, XNAT gone while the spool is filled from its copy): the file is
-                # incomplete, else a later write past them uploaded zeros in their place
-                lf.write_error = getattr(exc, "errno", None) or errno.EIO
-                raise
+            self._reopen_or_fail(lf)
         assert lf.spool is not None
         if (
             lf.replaces is not None
@@ -218,11 +211,22 @@ class HandleOps(UploadPath):
     def _truncate(self, lf: LocalFile, length: int) -> None:
         with lf.holding(self.fs_timeout):
             if lf.spool is None or lf.spool.closed:
-                self._reopen_spool(lf)
+                self._reopen_or_fail(lf)
             assert lf.spool is not None
             lf.spool.truncate(length)
             lf.dirty = True
             lf.mtime_ns = time.time_ns()
+
+    def _reopen_or_fail(self, lf: LocalFile) -> None:
+        """``_reopen_spool``; when it fails, the file is incomplete, as after a failed spool
+        write (README): this write's or truncate's change is lost (a full disk, XNAT gone
+        while the spool is filled from its copy, which may be left half-filled), and a later
+        write past it uploaded zeros, or the half copy, in its place."""
+        try:
+            self._reopen_spool(lf)
+        except Exception as exc:
+            lf.write_error = getattr(exc, "errno", None) or errno.EIO
+            raise
 
     def _reopen_spool(self, lf: LocalFile) -> None:
         """More writes after a commit: continue from the committed bytes, the journal's copy
