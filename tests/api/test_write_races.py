@@ -14,6 +14,7 @@ from tests.mount.helpers import wait_for
 from xnatfs.options import Options
 from xnatfs.runtime import Runtime
 from xnatfs.xnat.auth import Credentials
+from xnatfs.xnat.errors import XnatError
 
 PROTOCOLS = "/DEMO1/resources/protocols/files"
 PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
@@ -301,6 +302,28 @@ def test_unlink_of_a_file_open_elsewhere_removes_it_as_posix_does(runtime):
     assert writer.status() == []
     assert server_status(runtime, "scratch.tmp")[0] == 404
     assert "scratch.tmp" not in listed(runtime)
+
+
+def test_unlink_of_a_committed_file_still_open_keeps_its_bytes_for_the_descriptor(runtime):
+    """As above, but the handle's fsync committed the file and XNAT refused the upload (503):
+    its bytes were in the journal only, and rm dropped them there.  The open descriptor then
+    read nothing, and after a write a spool of zeros up to it; now it keeps a copy, as a
+    descriptor of an unlinked file on a local disk does, and nothing is uploaded."""
+    writer, emu = runtime.writer, runtime.emu
+    path = f"{PROTOCOLS}/committed.txt"
+    handle = writer.create(path)
+    handle.write(0, b"committed\n")
+    emu.faults.update({"error_rate": 1.0, "error_status": 503})
+    with pytest.raises(XnatError):
+        handle.fsync()  # in the journal, pending
+    writer.unlink(path)
+    emu.faults.update({"error_rate": 0.0})
+    assert handle.read(0, 100) == b"committed\n"
+    handle.write(10, b"more\n")
+    assert handle.read(0, 100) == b"committed\nmore\n"
+    handle.close()
+    wait_for(lambda: writer.status() == [], 30, what="nothing pending")
+    assert server_status(runtime, "committed.txt")[0] == 404
 
 
 def test_unlink_of_an_uploaded_file_still_open_answers_as_for_xnats_file(runtime):

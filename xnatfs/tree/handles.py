@@ -177,7 +177,7 @@ class HandleOps(UploadPath):
         that does not show the uploaded size (changed on XNAT since: open again)."""
         path = join_path(lf.parts)
         size = self._confirmed_size(lf)
-        if not size or not lf.target.is_file:
+        if not size or not lf.target.is_file or lf.removed:
             raise OSError(
                 errno.EIO, "the local copy is gone (uploaded meanwhile): open again", path
             )
@@ -246,9 +246,13 @@ class HandleOps(UploadPath):
             except FileNotFoundError:
                 pass  # confirmed by XNAT and dropped from the journal just now
         if not copied:
-            lf.spool = self.spool.create()
             if lf.removed:
-                return  # removed while open: its name may be another file's by now
+                # removed while open and its bytes not kept (Namespace._forget_local): its
+                # name may be another file's by now, and a spool of zeros is not its bytes
+                raise OSError(
+                    errno.EIO, "removed while open; its bytes are gone", join_path(lf.parts)
+                )
+            lf.spool = self.spool.create()
             node = self.tree.lookup(join_path(lf.parts))
             if not isinstance(node.local_file, LocalFile):
                 self._fill_from_server(node, lf.spool, join_path(lf.parts))

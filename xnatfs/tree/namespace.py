@@ -134,6 +134,15 @@ class Namespace(Opening):
         """``lf`` was removed (unlink, or a rename over it): it leaves the overlay and the
         journal, and a handle still open neither shows nor uploads its bytes.  Caller holds
         ``lf.io`` and ``current`` (``Uploader.held``)."""
+        if lf.handles and lf.spool is None and current is not None:
+            # a descriptor still open keeps the bytes, as on a local disk: the journal's copy
+            # goes below, and its reads found nothing (or, after a write, a spool of zeros)
+            try:
+                lf.spool = self.spool.create(copy_from=current.data_path)
+            except OSError as exc:  # its reads and writes then answer EIO (_reopen_spool)
+                log.warning(
+                    "rm %s: the open descriptor's copy could not be kept: %s", join_path(parts), exc
+                )
         with self._lock:
             lf.removed = True
             if self._files.get(parts) is lf:
