@@ -11,3 +11,38 @@ from xnatfs.emulator import Emulator
 def emu(shared_emulator) -> Emulator:
     """The module's read-only demo emulator (conftest ``shared_emulator``)."""
     return shared_emulator.emu
+
+
+@pytest.fixture
+def make_runtime(make_emulator, tmp_path):
+    """Factory: ``make_runtime(**options)`` -> a started ``Runtime`` (client, caches, tree,
+    writer) against a fresh demo emulator (``rt.emu``), driven through the calls the FUSE
+    adapter makes; closed after the test."""
+    from tests.conftest import ADMIN
+    from xnatfs.options import Options
+    from xnatfs.runtime import Runtime
+    from xnatfs.xnat.auth import Credentials
+
+    made = []
+
+    def make(**options):
+        emu = make_emulator()
+        options.setdefault("prefetch", 0)
+        rt = Runtime(
+            Options(url=emu.url, cache_dir=tmp_path / f"cache{len(made)}", **options),
+            Credentials(*ADMIN),
+        )
+        rt.start()
+        rt.emu = emu
+        made.append(rt)
+        return rt
+
+    yield make
+    for rt in made:
+        rt.close()
+
+
+@pytest.fixture
+def runtime(make_runtime):
+    """A started ``Runtime`` with default options (``make_runtime``)."""
+    return make_runtime()

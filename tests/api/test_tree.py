@@ -21,18 +21,6 @@ from xnatfs.xnat.auth import Credentials
 SCAN = "/DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1/scans/1"
 
 
-@pytest.fixture
-def runtime(make_emulator, tmp_path):
-    emu = make_emulator()
-    rt = Runtime(
-        Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0), Credentials(*ADMIN)
-    )
-    rt.start()
-    rt.emu = emu  # type: ignore[attr-defined]
-    yield rt
-    rt.close()
-
-
 def read_all(rt, path):
     tree = rt.tree
     handle = tree.open(tree.lookup(path), path)
@@ -160,6 +148,31 @@ def on_server(runtime, name):
     return r.content
 
 
+def flush_with_a_call_beside(writer, handle, call):
+    """``handle.flush()``, with ``call`` run on another thread while the commit is in its
+    journal step: the spool closed (as ``Journal.add`` closes it first) and not yet swapped
+    for the entry.  Fixed, the call waits for the commit (``LocalFile.io``), so the 0.3 s
+    given to it here run out; before, it ran in that window."""
+    add = writer.journal.add
+    threads = []
+
+    def add_with_a_call_beside(spool, *a, **k):
+        spool.fsync()
+        spool.close()
+        t = threading.Thread(target=call)
+        t.start()
+        t.join(0.3)
+        threads.append(t)
+        return add(spool, *a, **k)
+
+    writer.journal.add = add_with_a_call_beside
+    try:
+        handle.flush()
+    finally:
+        writer.journal.add = add
+    threads[0].join(30)
+
+
 def test_a_write_while_another_handle_commits_is_uploaded(runtime):
     """Two handles on one file (two processes appending to one log): the first's close()
     commits while the second writes.  The write used to land in a spool the commit then
@@ -170,32 +183,13 @@ def test_a_write_while_another_handle_commits_is_uploaded(runtime):
     first = writer.create(path)
     second = writer.open_write(runtime.tree.lookup(path), path, truncate=False)
     first.write(0, b"first line\n")
-    add, late = writer.journal.add, {}
+    late = {}
 
-    def add_with_a_write_beside(spool, *a, **k):
-        # the second handle writes (and reads) while the commit is in the journal step, its
-        # spool closed (as Journal.add closes it first) and not yet swapped for the entry
-        spool.fsync()
-        spool.close()
+    def other():
+        late["wrote"] = second.write(11, b"second line\n")
+        late["read"] = second.read(0, 100)
 
-        def other():
-            late["wrote"] = second.write(11, b"second line\n")
-            late["read"] = second.read(0, 100)
-
-        t = threading.Thread(target=other)
-        t.start()
-        # fixed: the other handle waits for this commit, so this wait runs out; before the
-        # fix its write finished here, into the spool this commit dropped afterwards
-        t.join(0.3)
-        late["thread"] = t
-        return add(spool, *a, **k)
-
-    writer.journal.add = add_with_a_write_beside
-    try:
-        first.flush()
-    finally:
-        writer.journal.add = add
-    late["thread"].join(30)
+    flush_with_a_call_beside(writer, first, other)
     first.close()
     assert late["wrote"] == 12
     assert late["read"] == b"first line\nsecond line\n"
@@ -250,28 +244,16 @@ def test_a_rename_while_another_handle_commits_ends_under_one_name(runtime):
     keeper = writer.create(old)
     closer = writer.open_write(tree.lookup(old), old, truncate=False)
     closer.write(0, b"line\n")  # the closing handle wrote: its close() commits
-    add, moved = writer.journal.add, {}
+    moved = {}
 
-    def add_with_a_rename_beside(spool, *a, **k):
-        def other():
-            try:
-                writer.rename(old, new)
-                moved["result"] = "renamed"
-            except OSError as exc:
-                moved["result"] = exc.errno
+    def other():
+        try:
+            writer.rename(old, new)
+            moved["result"] = "renamed"
+        except OSError as exc:
+            moved["result"] = exc.errno
 
-        t = threading.Thread(target=other)
-        t.start()
-        t.join(0.3)  # fixed: the rename waits for this commit, so this wait runs out
-        moved["thread"] = t
-        return add(spool, *a, **k)
-
-    writer.journal.add = add_with_a_rename_beside
-    try:
-        closer.flush()
-    finally:
-        writer.journal.add = add
-    moved["thread"].join(30)
+    flush_with_a_call_beside(writer, closer, other)
     closer.close()
     keeper.close()
     assert moved["result"] in ("renamed", errno.EACCES)
@@ -287,83 +269,66 @@ def test_a_rename_while_another_handle_commits_ends_under_one_name(runtime):
     assert kept in names and gone not in names
 
 
-def test_a_new_file_closed_empty_is_shown_while_the_kernel_holds_its_name(make_emulator, tmp_path):
+def test_a_new_file_closed_empty_is_shown_while_the_kernel_holds_its_name(make_runtime):
     """XNAT cannot store an empty file.  One made here and closed empty (`touch f`) used to
     vanish at its close while the kernel still held its name, so `echo x >> f` (an OPEN of that
     name, no LOOKUP, no create) failed with ENOENT.  It is now shown, empty, for the kernel's
     entry timeout (the listing TTL) from the last time the kernel was told of it, then dropped;
     writes to it meanwhile upload as for any new file."""
-    emu = make_emulator()
-    rt = Runtime(
-        Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0, listing_ttl=0.5),
-        Credentials(*ADMIN),
+    rt = make_runtime(listing_ttl=0.5)
+    emu = rt.emu
+    tree, writer = rt.tree, rt.writer
+    stamp, log = f"{PROTOCOLS}/stamp", f"{PROTOCOLS}/touched.log"
+    for path in (stamp, log):
+        writer.create(path).close()  # touch
+        node = tree.lookup(path)
+        assert node.size == 0 and tree.xattrs(node)["cache_state"] == "empty"
+    reader = tree.open(tree.lookup(stamp), stamp)
+    assert reader.read(0, 100) == b""
+    reader.close()
+    handle = writer.open_write(tree.lookup(log), log, truncate=False)  # echo x >> f
+    handle.write(0, b"appended\n")
+    handle.flush()
+    handle.close()
+    r = requests.get(f"{emu.url}{PROTOCOLS_URI}/touched.log", auth=ADMIN, timeout=30)
+    assert r.content == b"appended\n"
+    # nothing asks about the stamp (each lookup of it would tell the kernel of it again):
+    # it goes once the kernel would have forgotten it too; a lookup of another name sweeps
+    gone = split_path(stamp)
+    wait_for(
+        lambda: _exists(tree, log) and gone not in writer._files,
+        10,
+        what="the empty file's time to end",
     )
-    rt.start()
-    try:
-        tree, writer = rt.tree, rt.writer
-        stamp, log = f"{PROTOCOLS}/stamp", f"{PROTOCOLS}/touched.log"
-        for path in (stamp, log):
-            writer.create(path).close()  # touch
-            node = tree.lookup(path)
-            assert node.size == 0 and tree.xattrs(node)["cache_state"] == "empty"
-        reader = tree.open(tree.lookup(stamp), stamp)
-        assert reader.read(0, 100) == b""
-        reader.close()
-        handle = writer.open_write(tree.lookup(log), log, truncate=False)  # echo x >> f
-        handle.write(0, b"appended\n")
-        handle.flush()
-        handle.close()
-        r = requests.get(f"{emu.url}{PROTOCOLS_URI}/touched.log", auth=ADMIN, timeout=30)
-        assert r.content == b"appended\n"
-        # nothing asks about the stamp (each lookup of it would tell the kernel of it again):
-        # it goes once the kernel would have forgotten it too; a lookup of another name sweeps
-        gone = split_path(stamp)
-        wait_for(
-            lambda: _exists(tree, log) and gone not in writer._files,
-            10,
-            what="the empty file's time to end",
-        )
-        assert not _exists(tree, stamp)
-        r = requests.get(f"{emu.url}{PROTOCOLS_URI}/stamp", auth=ADMIN, timeout=30)
-        assert r.status_code == 404
-        tree.invalidate(PROTOCOLS)
-        assert tree.lookup(log).size == 9
-    finally:
-        rt.close()
+    assert not _exists(tree, stamp)
+    r = requests.get(f"{emu.url}{PROTOCOLS_URI}/stamp", auth=ADMIN, timeout=30)
+    assert r.status_code == 404
+    tree.invalidate(PROTOCOLS)
+    assert tree.lookup(log).size == 9
 
 
-def test_an_empty_new_file_truncated_or_moved_stays_a_new_file(make_emulator, tmp_path):
+def test_an_empty_new_file_truncated_or_moved_stays_a_new_file(make_runtime):
     """An EMPTY file (made here, closed empty) is still a new file: emptied again (`: > f`)
     it stays empty without an error about XNAT's old bytes (it has none there); given bytes
     by truncate it uploads them as a new file; moved over a file on XNAT it is refused like
     emptying that file would be (XNAT cannot store it, and keeps its own)."""
-    emu = make_emulator()
-    rt = Runtime(
-        Options(
-            url=emu.url, cache_dir=tmp_path / "cache", prefetch=0, listing_ttl=60, allow_delete=True
-        ),
-        Credentials(*ADMIN),
-    )
-    rt.start()
-    rt.emu = emu  # type: ignore[attr-defined]
-    try:
-        tree, writer = rt.tree, rt.writer
-        log, grown, over = (f"{PROTOCOLS}/{n}" for n in ("reset.log", "grown.bin", "over"))
-        for path in (log, grown, over):
-            writer.create(path).close()
-        handle = writer.open_write(tree.lookup(log), log, truncate=True)  # : > reset.log
-        handle.flush()
-        handle.close()
-        assert tree.xattrs(tree.lookup(log))["cache_state"] == "empty"
-        writer.truncate(grown, 10)  # truncate -s 10
-        r = requests.get(f"{emu.url}{PROTOCOLS_URI}/grown.bin", auth=ADMIN, timeout=30)
-        assert r.content == b"\0" * 10
-        with pytest.raises(OSError) as err:
-            writer.rename(over, f"{PROTOCOLS}/README.txt")
-        assert err.value.errno == errno.ENOTSUP
-        assert on_server(rt, "README.txt") == read_all(rt, f"{PROTOCOLS}/README.txt") != b""
-    finally:
-        rt.close()
+    rt = make_runtime(listing_ttl=60, allow_delete=True)
+    emu = rt.emu
+    tree, writer = rt.tree, rt.writer
+    log, grown, over = (f"{PROTOCOLS}/{n}" for n in ("reset.log", "grown.bin", "over"))
+    for path in (log, grown, over):
+        writer.create(path).close()
+    handle = writer.open_write(tree.lookup(log), log, truncate=True)  # : > reset.log
+    handle.flush()
+    handle.close()
+    assert tree.xattrs(tree.lookup(log))["cache_state"] == "empty"
+    writer.truncate(grown, 10)  # truncate -s 10
+    r = requests.get(f"{emu.url}{PROTOCOLS_URI}/grown.bin", auth=ADMIN, timeout=30)
+    assert r.content == b"\0" * 10
+    with pytest.raises(OSError) as err:
+        writer.rename(over, f"{PROTOCOLS}/README.txt")
+    assert err.value.errno == errno.ENOTSUP
+    assert on_server(rt, "README.txt") == read_all(rt, f"{PROTOCOLS}/README.txt") != b""
 
 
 def _exists(tree, path):
@@ -374,59 +339,42 @@ def _exists(tree, path):
     return True
 
 
-def test_truncate_by_path_to_zero_of_a_file_on_xnat_held_open_is_refused(make_emulator, tmp_path):
+def test_truncate_by_path_to_zero_of_a_file_on_xnat_held_open_is_refused(make_runtime):
     """truncate(2) by path (no descriptor) to 0 bytes of a file on XNAT that another handle
     holds open: refused at once (ENOTSUP), as when nobody holds it.  Before, the truncating
     handle's close left the refusal to a later close, which a handle that changed nothing
     itself never made: the call answered 0 and XNAT kept its bytes."""
-    emu = make_emulator()
-    rt = Runtime(
-        Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0, allow_delete=True),
-        Credentials(*ADMIN),
-    )
-    rt.start()
-    rt.emu = emu  # type: ignore[attr-defined]
-    try:
-        readme = f"{PROTOCOLS}/README.txt"
-        before = on_server(rt, "README.txt")
-        held = rt.writer.open_write(rt.tree.lookup(readme), readme, truncate=False)
-        with pytest.raises(OSError) as err:
-            rt.writer.truncate(readme, 0)
-        assert err.value.errno == errno.ENOTSUP
-        held.flush()
-        held.close()
-        assert on_server(rt, "README.txt") == before
-        rt.tree.invalidate(PROTOCOLS)
-        assert read_all(rt, readme) == before
-    finally:
-        rt.close()
+    rt = make_runtime(allow_delete=True)
+    readme = f"{PROTOCOLS}/README.txt"
+    before = on_server(rt, "README.txt")
+    held = rt.writer.open_write(rt.tree.lookup(readme), readme, truncate=False)
+    with pytest.raises(OSError) as err:
+        rt.writer.truncate(readme, 0)
+    assert err.value.errno == errno.ENOTSUP
+    held.flush()
+    held.close()
+    assert on_server(rt, "README.txt") == before
+    rt.tree.invalidate(PROTOCOLS)
+    assert read_all(rt, readme) == before
 
 
-def test_a_call_waiting_for_another_on_the_same_file_ends_by_its_deadline(make_emulator, tmp_path):
+def test_a_call_waiting_for_another_on_the_same_file_ends_by_its_deadline(make_runtime):
     """A call on a file waits while another holds it (``LocalFile.io``), and that one may be
     inside a request (the download a write continues from, an rm's DELETE, a rename waiting
     for a running upload): the waiting call still ends by its own deadline, ETIMEDOUT."""
-    emu = make_emulator()
-    rt = Runtime(
-        Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0, fs_timeout=0.3),
-        Credentials(*ADMIN),
-    )
-    rt.start()
+    rt = make_runtime(fs_timeout=0.3)
+    path = f"{PROTOCOLS}/busy.bin"
+    handle = rt.writer.create(path)
+    handle.write(0, b"x" * 100)
+    lf = handle.lf
+    assert lf.io.acquire(timeout=5)  # a call inside a long request
     try:
-        path = f"{PROTOCOLS}/busy.bin"
-        handle = rt.writer.create(path)
-        handle.write(0, b"x" * 100)
-        lf = handle.lf
-        assert lf.io.acquire(timeout=5)  # a call inside a long request
-        try:
-            for call in (lambda: handle.write(100, b"y"), lambda: handle.read(0, 10)):
-                with pytest.raises(TimeoutError) as err:
-                    call()
-                assert err.value.errno == errno.ETIMEDOUT
-        finally:
-            lf.io.release()
-        assert handle.write(100, b"y") == 1
-        handle.flush()
-        handle.close()
+        for call in (lambda: handle.write(100, b"y"), lambda: handle.read(0, 10)):
+            with pytest.raises(TimeoutError) as err:
+                call()
+            assert err.value.errno == errno.ETIMEDOUT
     finally:
-        rt.close()
+        lf.io.release()
+    assert handle.write(100, b"y") == 1
+    handle.flush()
+    handle.close()

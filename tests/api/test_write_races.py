@@ -3,6 +3,7 @@ emulator, like ``test_tree.py``: each test says what it showed failing before it
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
 
@@ -11,25 +12,12 @@ import requests
 
 from tests.conftest import ADMIN
 from tests.mount.helpers import wait_for
-from xnatfs.options import Options
 from xnatfs.runtime import Runtime
 from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.errors import XnatError
 
 PROTOCOLS = "/DEMO1/resources/protocols/files"
 PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
-
-
-@pytest.fixture
-def runtime(make_emulator, tmp_path):
-    emu = make_emulator()
-    rt = Runtime(
-        Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0), Credentials(*ADMIN)
-    )
-    rt.start()
-    rt.emu = emu  # type: ignore[attr-defined]
-    yield rt
-    rt.close()
 
 
 def server_status(runtime, name):
@@ -385,35 +373,28 @@ def test_a_readers_close_does_not_upload_a_file_still_being_written(runtime):
     assert closed == errno.ENOSPC  # before: 0
 
 
-def test_a_write_failing_while_it_reopens_the_file_marks_it_incomplete(runtime):
+@pytest.mark.parametrize("change", ["write", "truncate"])
+def test_a_change_failing_while_it_reopens_the_file_marks_it_incomplete(runtime, change):
     """After an fsync the next write reopens the file (a spool filled from XNAT's copy); a
     full disk failed that write with ENOSPC but did not mark the file incomplete, so the
     program's next write (space freed) succeeded past a hole and close() uploaded zeros in
-    place of the bytes whose write had failed.  README: a failed write marks the file
-    incomplete, never uploaded; XNAT keeps what it had."""
+    place of the bytes whose write had failed.  A truncate the same: a later write uploaded
+    the file without the truncate's change (XNAT got the old length with the new bytes
+    inside).  README: a failed write marks the file incomplete, never uploaded; XNAT keeps
+    what it had."""
     writer = runtime.writer
-    path = f"{PROTOCOLS}/holes.bin"
+    path = f"{PROTOCOLS}/holes-{change}.bin"
     out = writer.create(path)
     out.write(0, b"A" * 1000)
-    out.flush()  # on XNAT; the next write reopens
-    create = writer.spool.create
-
-    def full_spool(*a, **k):
-        spool = create(*a, **k)
-
-        def disk_full(offset, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        spool.write = disk_full
-        return spool
-
-    writer.spool.create = full_spool  # the local disk is full (not the network)
-    with pytest.raises(OSError) as err:
-        out.write(1000, b"B" * 1000)
+    out.flush()  # on XNAT; the next change reopens
+    with pytest.raises(OSError) as err, disk_full(writer):  # the local disk, not the network
+        if change == "write":
+            out.write(1000, b"B" * 1000)
+        else:
+            out.truncate(500)
     assert err.value.errno == errno.ENOSPC
-    writer.spool.create = create  # space freed
     try:
-        out.write(2000, b"C" * 10)
+        out.write(2000 if change == "write" else 500, b"C" * 10)
     except OSError as exc:
         assert exc.errno == errno.ENOSPC  # incomplete: refused, as at close
     try:
@@ -423,7 +404,7 @@ def test_a_write_failing_while_it_reopens_the_file_marks_it_incomplete(runtime):
         closed = exc.errno
     out.close()
     wait_for(lambda: not writer.status(), 30, what="the journal to settle")
-    assert server_status(runtime, "holes.bin") == (200, b"A" * 1000)  # before: zeros and C's
+    assert server_status(runtime, f"holes-{change}.bin") == (200, b"A" * 1000)
     assert closed == errno.ENOSPC  # before: 0
 
 
@@ -443,25 +424,13 @@ def test_a_failed_write_does_not_refuse_the_files_next_version(runtime):
         with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
             first.flush()
         first.close()
-        create = writer.spool.create
-
-        def full_spool(*a, **k):
-            spool = create(*a, **k)
-
-            def disk_full(offset, data):
-                raise OSError(errno.ENOSPC, "No space left on device")
-
-            spool.write = disk_full
-            return spool
-
-        writer.spool.create = full_spool  # the local disk is full
-        second = writer.create(path)
-        with pytest.raises(OSError):
-            second.write(0, b"second")
-        with pytest.raises(OSError):
-            second.flush()
-        second.close()
-        writer.spool.create = create  # space freed
+        with disk_full(writer):
+            second = writer.create(path)
+            with pytest.raises(OSError):
+                second.write(0, b"second")
+            with pytest.raises(OSError):
+                second.flush()
+            second.close()
     finally:
         runtime.emu.faults.error_rate = 0.0
     third = writer.create(path)
@@ -596,6 +565,49 @@ def test_a_rename_that_fails_on_a_full_disk_changes_nothing(runtime):
     assert server_status(runtime, ".model.nii.AbC123")[0] == 404
 
 
+@contextlib.contextmanager
+def disk_full(writer):
+    """The local disk is full while the block runs: writes to new spool files fail with
+    ENOSPC (a spool filled from XNAT's copy included)."""
+    create = writer.spool.create
+
+    def full_spool(*a, **k):
+        spool = create(*a, **k)
+
+        def no_space(offset, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        spool.write = no_space
+        return spool
+
+    writer.spool.create = full_spool
+    try:
+        yield
+    finally:
+        writer.spool.create = create
+
+
+@contextlib.contextmanager
+def two_versions_pending(runtime, path):
+    """``path`` written and closed twice while XNAT answers 503 (two versions pending, quick
+    retries); XNAT answers again when the block ends."""
+    writer = runtime.writer
+    writer.uploader.base_delay = writer.uploader.max_delay = 0.2
+    runtime.tree.listdir(PROTOCOLS)
+    runtime.emu.faults.error_rate = 1.0
+    runtime.emu.faults.error_status = 503
+    try:
+        for text in (b"first version\n", b"second version\n"):
+            handle = writer.create(path)
+            handle.write(0, text)
+            with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
+                handle.flush()
+            handle.close()
+        yield
+    finally:
+        runtime.emu.faults.error_rate = 0.0
+
+
 def test_rename_takes_the_older_pending_versions_of_its_name_along(runtime):
     """A log written twice while XNAT answers 503 (two versions pending), then renamed.
     The rename moved the newest version; the older one stayed queued under the old name and
@@ -603,20 +615,8 @@ def test_rename_takes_the_older_pending_versions_of_its_name_along(runtime):
     with the first version's bytes after a rename that answered 0."""
     writer = runtime.writer
     old, new = f"{PROTOCOLS}/twice.log", f"{PROTOCOLS}/twice.log.1"
-    writer.uploader.base_delay = writer.uploader.max_delay = 0.2  # quick retries
-    runtime.tree.listdir(PROTOCOLS)
-    runtime.emu.faults.error_rate = 1.0
-    runtime.emu.faults.error_status = 503
-    try:
-        for text in (b"first version\n", b"second version\n"):
-            handle = writer.create(old)
-            handle.write(0, text)
-            with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
-                handle.flush()
-            handle.close()
+    with two_versions_pending(runtime, old):
         writer.rename(old, new)
-    finally:
-        runtime.emu.faults.error_rate = 0.0
     writer.uploader.wake()
     wait_for(lambda: not writer.status(), 60, what="the uploads")
     assert server_status(runtime, "twice.log.1") == (200, b"second version\n")
@@ -631,62 +631,10 @@ def test_rm_drops_the_older_pending_versions_too(runtime):
     back, the file back on XNAT and in the mount after an rm that answered 0."""
     writer = runtime.writer
     path = f"{PROTOCOLS}/draft.log"
-    writer.uploader.base_delay = writer.uploader.max_delay = 0.2  # quick retries
-    runtime.tree.listdir(PROTOCOLS)
-    runtime.emu.faults.error_rate = 1.0
-    runtime.emu.faults.error_status = 503
-    try:
-        for text in (b"first version\n", b"second version\n"):
-            handle = writer.create(path)
-            handle.write(0, text)
-            with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
-                handle.flush()
-            handle.close()
+    with two_versions_pending(runtime, path):
         writer.unlink(path)
         assert writer.status() == []  # before: the first version still pending
-    finally:
-        runtime.emu.faults.error_rate = 0.0
     writer.uploader.wake()
     wait_for(lambda: not writer.status(), 60, what="the uploads")
     assert server_status(runtime, "draft.log")[0] == 404  # before: 200, the first version
     assert "draft.log" not in listed(runtime)
-
-
-def test_a_truncate_failing_while_it_reopens_the_file_marks_it_incomplete(runtime):
-    """As a write (above): after an fsync a truncate reopens the file; when that fails (a full
-    disk while XNAT's copy is copied in) the file is incomplete, so a later write past it
-    cannot upload a spool that lost the truncate's change."""
-    writer = runtime.writer
-    path = f"{PROTOCOLS}/cut.bin"
-    out = writer.create(path)
-    out.write(0, b"A" * 1000)
-    out.flush()  # on XNAT; the next change reopens
-    create = writer.spool.create
-
-    def full_spool(*a, **k):
-        spool = create(*a, **k)
-
-        def disk_full(offset, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        spool.write = disk_full
-        return spool
-
-    writer.spool.create = full_spool
-    with pytest.raises(OSError) as err:
-        out.truncate(500)
-    assert err.value.errno == errno.ENOSPC
-    writer.spool.create = create
-    try:
-        out.write(500, b"C" * 10)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    try:
-        out.flush()
-        closed = 0
-    except OSError as exc:
-        closed = exc.errno
-    out.close()
-    wait_for(lambda: not writer.status(), 30, what="the journal to settle")
-    assert server_status(runtime, "cut.bin") == (200, b"A" * 1000)
-    assert closed == errno.ENOSPC

@@ -456,13 +456,20 @@ def test_close_with_deadline_abandons_a_stuck_upload_and_logs_pending(rig, caplo
     rig.signal.wait_for(lambda: waiting.path in rig.server.files)
 
 
-def test_upload_now_waits_for_a_running_attempt_until_its_deadline(rig):
+def running_attempt(rig):
+    """(uploader, entry) with the entry's attempt running in a worker, held at the server's
+    gate until the test opens it."""
     rig.server.gate = threading.Event()
     up = rig.uploader(workers=1)
     up.start()
     entry = rig.add(b"busy")
     up.submit(entry)
     rig.signal.wait_for(lambda: rig.server.active == 1)
+    return up, entry
+
+
+def test_upload_now_waits_for_a_running_attempt_until_its_deadline(rig):
+    up, entry = running_attempt(rig)
     with pytest.raises(TimeoutError) as info:
         up.upload_now(entry, deadline=rig.clock())
     assert info.value.errno == errno.ETIMEDOUT
@@ -475,12 +482,7 @@ def test_upload_now_waits_for_a_running_attempt_until_its_deadline(rig):
 def test_held_waits_for_a_running_attempt_and_says_when_it_confirmed(rig):
     """A rename holds its entry (Uploader.held): a running attempt is waited for (until the
     deadline), and None says it confirmed the entry under the name it had."""
-    rig.server.gate = threading.Event()
-    up = rig.uploader(workers=1)
-    up.start()
-    entry = rig.add(b"busy")
-    up.submit(entry)
-    rig.signal.wait_for(lambda: rig.server.active == 1)
+    up, entry = running_attempt(rig)
     with pytest.raises(TimeoutError) as info:
         with up.held(entry, deadline=rig.clock()):
             pass
