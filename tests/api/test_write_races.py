@@ -273,6 +273,29 @@ def test_rename_over_a_file_still_open_leaves_nothing_failed_behind(runtime):
         later.close()
 
 
+def test_a_committed_file_renamed_over_while_open_keeps_its_bytes_for_the_descriptor(runtime):
+    """As rm's case below: the holder's fsync committed its file and XNAT refused the upload
+    (503), so its bytes were the journal's only; rsync's rename over the name dropped that
+    record, and the open descriptor read nothing (or zeros up to its next write).  Now it
+    keeps a copy until it closes; rsync's file is what XNAT ends with."""
+    writer, emu = runtime.writer, runtime.emu
+    final, temp = f"{PROTOCOLS}/held2.log", f"{PROTOCOLS}/.held2.log.AbC123"
+    holder = writer.create(final)
+    holder.write(0, b"the program's line\n")
+    emu.faults.update({"error_rate": 1.0, "error_status": 503})
+    with pytest.raises(XnatError):
+        holder.fsync()  # in the journal, pending
+    emu.faults.update({"error_rate": 0.0})
+    copy = writer.create(temp)
+    copy.write(0, b"rsync's copy\n")
+    copy.close()
+    writer.rename(temp, final)
+    assert holder.read(0, 100) == b"the program's line\n"
+    holder.close()
+    wait_for(lambda: writer.status() == [], 30, what="the uploads")
+    assert server_status(runtime, "held2.log") == (200, b"rsync's copy\n")
+
+
 def test_unlink_of_a_file_open_elsewhere_removes_it_as_posix_does(runtime):
     """unlink of a local file another process holds open answered EBUSY (rm failed at
     random just after a close(), whose RELEASE the kernel sends later).  Now it goes: the

@@ -130,19 +130,24 @@ class Namespace(Opening):
                     except KeyError:
                         pass
 
+    def _keep_for_open_handles(self, lf: LocalFile, entry: Optional[Entry]) -> None:
+        """A file removed (rm, or renamed over) while a descriptor holds it open: that one
+        keeps its bytes, as on a local disk, when they are the journal's ``entry`` only (it is
+        about to go).  Before, its reads found nothing, or after a write a spool of zeros."""
+        if not lf.handles or lf.spool is not None or entry is None:
+            return
+        try:
+            lf.spool = self.spool.create(copy_from=entry.data_path)
+        except OSError as exc:  # its reads and writes then answer EIO (_reopen_spool)
+            log.warning(
+                "rm %s: the open descriptor's copy could not be kept: %s", join_path(lf.parts), exc
+            )
+
     def _forget_local(self, lf: LocalFile, parts: PathParts, current: Optional[Entry]) -> None:
         """``lf`` was removed (unlink, or a rename over it): it leaves the overlay and the
         journal, and a handle still open neither shows nor uploads its bytes.  Caller holds
         ``lf.io`` and ``current`` (``Uploader.held``)."""
-        if lf.handles and lf.spool is None and current is not None:
-            # a descriptor still open keeps the bytes, as on a local disk: the journal's copy
-            # goes below, and its reads found nothing (or, after a write, a spool of zeros)
-            try:
-                lf.spool = self.spool.create(copy_from=current.data_path)
-            except OSError as exc:  # its reads and writes then answer EIO (_reopen_spool)
-                log.warning(
-                    "rm %s: the open descriptor's copy could not be kept: %s", join_path(parts), exc
-                )
+        self._keep_for_open_handles(lf, current)
         with self._lock:
             lf.removed = True
             if self._files.get(parts) is lf:
@@ -326,7 +331,10 @@ class Namespace(Opening):
         with self._lock:
             if self._files.get(old_parts) is not lf:
                 raise OSError(errno.ENOENT, "vanished", old)
-            return entry, self._locked_move(lf, split_path(new), target, entry)
+            replaced = self._locked_move(lf, split_path(new), target, entry)
+        if replaced is not None:  # its record goes next (the caller): an open handle keeps it
+            self._keep_for_open_handles(replaced, replaced.entry)
+        return entry, replaced
 
     def _upload_renamed(self, lf: LocalFile, entry: Entry, old: str, new: str) -> None:
         """Upload a renamed file under its new name now.  A failure is logged, not raised:

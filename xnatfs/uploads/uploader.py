@@ -406,11 +406,11 @@ class Uploader:
         """No attempt of ``entry`` runs while the block runs, so the block may change it in
         the journal (a rename: target and path), nor one of another version of its path (a
         rename drops those: left behind, they uploaded under the old name).  Waits for a
-        running attempt of either first, until
-        ``deadline`` (on ``clock``; then ``TimeoutError(ETIMEDOUT)``), and yields the journal's
-        record, or None when that attempt confirmed it (the bytes are on XNAT as it was).  A
-        retry that was queued is queued again afterwards with the journal's record then, so
-        no attempt sends an older version of the entry."""
+        running attempt of either first, until ``deadline`` (on ``clock``; then
+        ``TimeoutError(ETIMEDOUT)``), and yields the journal's record, or None when that
+        attempt confirmed it (the bytes are on XNAT as it was).  A retry that was queued is
+        queued again afterwards with the journal's record then, so no attempt sends an older
+        version of the entry."""
         with self._cv:
             while self._locked_blocked(entry):
                 remaining = deadline - self._clock()
