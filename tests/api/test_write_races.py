@@ -438,15 +438,8 @@ def test_a_failed_write_does_not_refuse_the_files_next_version(runtime):
     (cp again) was refused at close with the old ENOSPC, until the pending one landed."""
     writer = runtime.writer
     path = f"{PROTOCOLS}/again.bin"
-    runtime.tree.listdir(PROTOCOLS)
-    runtime.emu.faults.error_rate = 1.0
-    runtime.emu.faults.error_status = 503
-    try:
-        first = writer.create(path)
-        first.write(0, b"first")
-        with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
-            first.flush()
-        first.close()
+    with xnat_refusing(runtime):
+        write_pending(writer, path, b"first")
         with disk_full(writer):
             second = writer.create(path)
             with pytest.raises(OSError):
@@ -454,8 +447,6 @@ def test_a_failed_write_does_not_refuse_the_files_next_version(runtime):
             with pytest.raises(OSError):
                 second.flush()
             second.close()
-    finally:
-        runtime.emu.faults.error_rate = 0.0
     third = writer.create(path)
     third.write(0, b"third version")
     third.flush()  # before: ENOSPC, the second version's error
@@ -508,21 +499,9 @@ def test_logrotate_while_xnat_is_down_keeps_the_rotated_log(runtime):
     of app.log: acknowledged and lost, the mount showing it pending for ever."""
     writer = runtime.writer
     log_, rotated = f"{PROTOCOLS}/app.log", f"{PROTOCOLS}/app.log.1"
-    runtime.tree.listdir(PROTOCOLS)
-    runtime.emu.faults.error_rate = 1.0
-    runtime.emu.faults.error_status = 503
-    try:
-        old = writer.create(log_)
-        old.write(0, b"yesterday's log\n")
-        with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
-            old.flush()
-        old.close()
-        try:
-            writer.rename(log_, rotated)
-        except Exception:  # noqa: BLE001 - its upload's 503 (a finding of its own)
-            pass
-    finally:
-        runtime.emu.faults.error_rate = 0.0
+    with xnat_refusing(runtime), contextlib.suppress(Exception):
+        write_pending(writer, log_, b"yesterday's log\n")
+        writer.rename(log_, rotated)  # its upload's 503 once raised here: a finding of its own
     new = writer.create(log_)
     new.write(0, b"today's log\n")
     new.flush()
@@ -611,24 +590,37 @@ def disk_full(writer):
 
 
 @contextlib.contextmanager
+def xnat_refusing(runtime):
+    """XNAT answers 503 to everything while the block runs (the folder's listing is loaded
+    first); it answers again when the block ends."""
+    runtime.tree.listdir(PROTOCOLS)
+    runtime.emu.faults.error_rate = 1.0
+    runtime.emu.faults.error_status = 503
+    try:
+        yield
+    finally:
+        runtime.emu.faults.error_rate = 0.0
+
+
+def write_pending(writer, path, text):
+    """``path`` written and closed while XNAT refuses it: a version pending in the journal."""
+    handle = writer.create(path)
+    handle.write(0, text)
+    with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
+        handle.flush()
+    handle.close()
+
+
+@contextlib.contextmanager
 def two_versions_pending(runtime, path):
     """``path`` written and closed twice while XNAT answers 503 (two versions pending, quick
     retries); XNAT answers again when the block ends."""
     writer = runtime.writer
     writer.uploader.base_delay = writer.uploader.max_delay = 0.2
-    runtime.tree.listdir(PROTOCOLS)
-    runtime.emu.faults.error_rate = 1.0
-    runtime.emu.faults.error_status = 503
-    try:
+    with xnat_refusing(runtime):
         for text in (b"first version\n", b"second version\n"):
-            handle = writer.create(path)
-            handle.write(0, text)
-            with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
-                handle.flush()
-            handle.close()
+            write_pending(writer, path, text)
         yield
-    finally:
-        runtime.emu.faults.error_rate = 0.0
 
 
 def test_rename_takes_the_older_pending_versions_of_its_name_along(runtime):

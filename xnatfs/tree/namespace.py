@@ -125,10 +125,7 @@ class Namespace(Opening):
                     self._unlink_remote(path, parts)
                 self._forget_local(lf, parts, current)
                 for gone in older:
-                    try:
-                        self.journal.remove(gone)
-                    except KeyError:
-                        pass
+                    self.journal.remove(gone)
 
     def _keep_for_open_handles(self, lf: LocalFile, entry: Optional[Entry]) -> None:
         """A file removed (rm, or renamed over) while a descriptor holds it open: that one
@@ -156,10 +153,7 @@ class Namespace(Opening):
                 lf.spool.discard()
                 lf.spool = None
         if current is not None:
-            try:
-                self.journal.remove(current)
-            except KeyError:
-                pass
+            self.journal.remove(current)
 
     def rmdir(self, path: str) -> None:
         parts = split_path(path)
@@ -301,10 +295,7 @@ class Namespace(Opening):
                 for gone in older + ([replaced.entry] if replaced and replaced.entry else []):
                     # older versions of the old name (superseded by the one renamed; left
                     # queued they uploaded under the old name), and what was renamed over
-                    try:
-                        self.journal.remove(gone)
-                    except KeyError:
-                        pass
+                    self.journal.remove(gone)
         if entry is not None and not is_temporary(new_parts[-1]) and lf.handles == 0:
             self._upload_renamed(lf, entry, old, new)
 
@@ -414,10 +405,7 @@ class Namespace(Opening):
             if self._files.get(old_parts) is lf:
                 self._locked_drop(old_parts)
         if lf.entry is not None:
-            try:
-                self.journal.remove(lf.entry)
-            except KeyError:
-                pass
+            self.journal.remove(lf.entry)
         self._remember_time(existing, lf.mtime_ns)
 
     def _prearc(self) -> Any:
