@@ -173,18 +173,15 @@ def test_no_retry_storm_when_xnat_restarts(make_emulator, make_mount, tmp_path, 
             during = _attempts(mounts) - start_down
             emu.restart(latency_ms=250)
         emu.emu.reset_peak()
-        at_restart = _count(emu)
         time.sleep(0.2)  # a measured window, shorter than one answer
         first_peak = emu.emu.reset_peak()
         emu.faults.update({"latency_ms": 20})
-        time.sleep(0.8)
-        first_second = _count(emu) - at_restart
 
         per_mount_bound = 2 * 8 + 2 * math.log2(down / 0.25) + 6
         print(
             f"storm: {n} mounts, steady {steady_rate:.0f} req/s; {down:g}s {outage}: "
             f"{during} requests ({during / n:.1f}/mount, bound {per_mount_bound:.1f}); "
-            f"restart: peak {first_peak} in flight in 0.2 s, {first_second} requests in 1 s"
+            f"restart: peak {first_peak} in flight in 0.2 s"
         )
         assert during <= n * per_mount_bound, (during, n * per_mount_bound)
         # a restarted XNAT forgot every session: a mount's first probe may be joined by its
