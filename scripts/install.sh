@@ -91,6 +91,8 @@ APT_PACKAGES=(fuse3 python3 python3-venv python3-pip attr rsync systemd)
 case "$action" in
   test|proxy) APT_PACKAGES+=(nginx);;
 esac
+# git: a mount test runs a repository in a resource (lock files renamed over their targets)
+if [ "$action" = test ]; then APT_PACKAGES+=(git); fi
 # the BIDS validator the tests run on MNT/.bids (npm package, scripts/install-bids-validator.sh)
 # (only when node or npm is missing: a NodeSource nodejs ships its own npm, and Debian's npm
 # package cannot be installed beside it)

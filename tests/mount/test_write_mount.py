@@ -121,6 +121,31 @@ def test_sed_in_place_without_allow_delete_is_refused_and_leaves_nothing(emu, ma
     assert set(os.listdir(files)) == {n for n in after if "/" not in n} | {"mri"}
 
 
+def test_git_repository_in_a_resource(emu, make_mount, tmp_path):
+    """git writes every ref, its index and its config as `NAME.lock` renamed over `NAME`, and
+    every object as `tmp_obj_XXXXXX` renamed to its hash.  Those names are held back like
+    sed's, so `git init`, `add`, `commit` work in a resource (analysis code kept beside its
+    results).  Before, the first lock file was uploaded at close and its rename answered EXDEV:
+    `git init` failed with "unable to write symref for HEAD: Invalid cross-device link"."""
+    m = make_mount(emu.url, "--allow-delete")
+    repo = m.path / PROTOCOLS / "code"
+    git = ["git", "-c", "user.email=a@example.org", "-c", "user.name=a", "-C", str(repo)]
+    sh(["git", "init", "-q", str(repo)])
+    (repo / "analysis.py").write_text("print('hello')\n")
+    sh([*git, "add", "analysis.py"])
+    sh([*git, "commit", "-q", "-m", "first"])
+    assert sh([*git, "status", "--porcelain"]).stdout == ""
+    assert sh([*git, "log", "--format=%s"]).stdout == "first\n"
+    # what git left is what XNAT has: a clone of the repository from XNAT's copy (read back
+    # through a second, fresh mount) checks out the same file
+    on_server = server_files(emu)
+    assert not [n for n in on_server if n.endswith(".lock") or "/tmp_obj_" in n]
+    assert "code/.git/HEAD" in on_server and "code/analysis.py" in on_server
+    fresh = make_mount(emu.url)
+    sh(["git", "clone", "-q", str(fresh.path / PROTOCOLS / "code"), str(tmp_path / "clone")])
+    assert (tmp_path / "clone" / "analysis.py").read_text() == "print('hello')\n"
+
+
 def test_rsync_tree_uploads_each_file_once(emu, make_mount, tmp_path):
     m = make_mount(emu.url)
     src = tmp_path / "tree"

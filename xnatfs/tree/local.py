@@ -32,11 +32,15 @@ ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
 #: ``name~``, ``.name.swp``; emacs ``.#name``; ``*.tmp``, ``*.part``; GNU ``sed -i``
 #: ``sedXXXXXX``; Python's ``tempfile`` (``tmp`` + 8 of ``[a-z0-9_]``, and a suffix), which
 #: ``os.replace`` then moves (json/yaml writers, pipeline tools); ``mktemp``'s
-#: ``tmp.XXXXXXXXXX``.  Without the last three, ``sed -i`` and ``os.replace`` failed with
-#: EXDEV once the temporary file was on XNAT (which has no move), and left it there.
+#: ``tmp.XXXXXXXXXX``; lock files ``NAME.lock`` renamed over ``NAME`` (git's refs, index and
+#: config, and many other tools); rclone's ``*.partial``; git's objects ``tmp_obj_XXXXXX``
+#: (also ``tmp_pack_``, ``tmp_idx_``).  Without them, ``sed -i``, ``os.replace`` and
+#: ``git init`` failed with EXDEV once the temporary file was on XNAT (which has no move), and
+#: left it there.
 _TEMP_RE = re.compile(
     r"^\..+\.[A-Za-z0-9]{6}$|~$|^\.#|\.sw[a-p]$|\.tmp$|\.part$"
     r"|^sed[A-Za-z0-9]{6}$|^tmp[a-z0-9_]{8}(\.[A-Za-z0-9]+)*$|^tmp\.[A-Za-z0-9]{10}$"
+    r"|\.lock$|\.partial$|^tmp_[a-z]+_[A-Za-z0-9]{6}$"
 )
 #: seconds a temporary file waits for its rename before it is uploaded under its own name
 TEMP_UPLOAD_DELAY = 10.0
