@@ -231,6 +231,27 @@ def test_a_write_just_after_the_upload_continues_from_xnats_bytes(runtime):
     assert on_server(runtime, "appended.log") == b"A" * 1000 + b"B" * 10
 
 
+def test_a_descriptor_reads_its_last_upload_not_an_earlier_one(runtime):
+    """Write, fsync, read back, write again, fsync, read back, through one descriptor (what
+    SQLite does at every transaction).  After the first fsync the local copy is gone and the
+    read opens XNAT's copy; before, that copy stayed the handle's after the second upload, and
+    the second read returned the first version's bytes (same size, other content)."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/versions.db"
+    handle = writer.create(path)
+    try:
+        for version in (b"A", b"B", b"C"):
+            handle.write(0, version * 8192)
+            handle.fsync()
+            assert handle.read(0, 8192) == version * 8192
+            assert on_server(runtime, "versions.db") == version * 8192
+        handle.truncate(4096)  # a truncate starts a local copy again too
+        handle.fsync()
+        assert handle.read(0, 8192) == b"C" * 4096
+    finally:
+        handle.close()
+
+
 def test_a_rename_while_another_handle_commits_ends_under_one_name(runtime):
     """logrotate renames a log its program still holds open; a close() of another handle
     commits at that moment.  The rename used to slip between the commit's look at the name

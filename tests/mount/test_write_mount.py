@@ -146,6 +146,35 @@ def test_git_repository_in_a_resource(emu, make_mount, tmp_path):
     assert (tmp_path / "clone" / "analysis.py").read_text() == "print('hello')\n"
 
 
+_SQLITE = r"""
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("create table t (x)")
+seen = []
+for x in range(1, 4):
+    db.execute("insert into t values (?)", (x,))
+    db.commit()
+    seen.append([r[0] for r in db.execute("select x from t")])
+print(seen)
+"""
+
+
+def test_sqlite_transactions_read_back_through_one_connection(emu, make_mount):
+    """SQLite writes its pages, fsyncs and reads them back through one descriptor at every
+    transaction; the file is uploaded at each fsync.  Before, after the second upload the
+    descriptor read the first upload's bytes (same size): every select after the first commit
+    showed the first transaction's rows, and the rows were lost for that connection.  Its
+    rollback journal (`NAME.db-journal`, removed at every commit) is held back and never
+    reaches XNAT."""
+    m = make_mount(emu.url, "--allow-delete")
+    db = m.path / PROTOCOLS / "results.db"
+    out = sh([sys.executable, "-c", _SQLITE, str(db)]).stdout
+    assert out == "[[1], [1, 2], [1, 2, 3]]\n"
+    on_server = server_files(emu)
+    assert "results.db" in on_server and "results.db-journal" not in on_server
+    assert on_server["results.db"] == (db.stat().st_size, md5(db.read_bytes()))
+
+
 def test_rsync_tree_uploads_each_file_once(emu, make_mount, tmp_path):
     m = make_mount(emu.url)
     src = tmp_path / "tree"

@@ -41,8 +41,10 @@ class WriteHandle:
         self.changed = changed
         self.direct_io = False
         self._lock = threading.Lock()
-        #: XNAT's copy once the local one is gone (a ``ReadHandle``); guarded by _lock
+        #: XNAT's copy once the local one is gone (a ``ReadHandle``), and the file's
+        #: ``generation`` it was opened for; guarded by _lock
         self._uploaded: Any = None
+        self._uploaded_generation = -1
 
     def write(self, offset: int, data: bytes) -> int:
         self.changed = True  # a failed write too: close() answers its errno
@@ -61,13 +63,25 @@ class WriteHandle:
     def _local(self, offset: int, size: int) -> Optional[bytes]:
         """The local copy's bytes, or None when there is none (XNAT's copy is then open).
         The local copy is asked first every time: a write after the upload makes one again,
-        and its bytes are the file's from then on."""
+        and its bytes are the file's from then on.
+
+        XNAT's copy is the one of the file's last upload: once a write after an upload was
+        uploaded in turn (``generation`` moved), the copy opened before is another file's
+        bytes.  Kept, it served them: SQLite (write, fsync, read back through one
+        descriptor) read its previous transaction's pages and lost every later row."""
+        generation = self.lf.generation  # before the look: a write after it moves it on
         data = self.writer._read(self.lf, offset, size)
         if data is not None:
             return data
+        stale = None
         with self._lock:
+            if self._uploaded is not None and self._uploaded_generation != generation:
+                stale, self._uploaded = self._uploaded, None
             if self._uploaded is None:
                 self._uploaded = self.writer._open_uploaded(self.lf)
+                self._uploaded_generation = generation
+        if stale is not None:
+            stale.close()
         return None
 
     def truncate(self, length: int) -> None:
@@ -231,6 +245,7 @@ class HandleOps(UploadPath):
     def _reopen_spool(self, lf: LocalFile) -> None:
         """More writes after a commit: continue from the committed bytes, the journal's copy
         while it has one, else XNAT's.  Caller holds ``lf.io``."""
+        lf.generation += 1  # XNAT's copy of the last upload is not the file's any more
         if lf.state == EMPTY:
             # a new file closed empty, written or truncated now: still new (never on XNAT,
             # nothing to continue from, nothing it replaces); the overlay forgets it as EMPTY

@@ -34,13 +34,15 @@ ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
 #: ``os.replace`` then moves (json/yaml writers, pipeline tools); ``mktemp``'s
 #: ``tmp.XXXXXXXXXX``; lock files ``NAME.lock`` renamed over ``NAME`` (git's refs, index and
 #: config, and many other tools); rclone's ``*.partial``; git's objects ``tmp_obj_XXXXXX``
-#: (also ``tmp_pack_``, ``tmp_idx_``).  Without them, ``sed -i``, ``os.replace`` and
-#: ``git init`` failed with EXDEV once the temporary file was on XNAT (which has no move), and
-#: left it there.
+#: (also ``tmp_pack_``, ``tmp_idx_``); SQLite's rollback journal ``NAME.db-journal``
+#: (written, fsync'ed and removed at every transaction).  Without them, ``sed -i``,
+#: ``os.replace`` and ``git init`` failed with EXDEV once the temporary file was on XNAT (which
+#: has no move), and left it there; SQLite uploaded its journal and removed it again at every
+#: commit (refused without ``--allow-delete``).
 _TEMP_RE = re.compile(
     r"^\..+\.[A-Za-z0-9]{6}$|~$|^\.#|\.sw[a-p]$|\.tmp$|\.part$"
     r"|^sed[A-Za-z0-9]{6}$|^tmp[a-z0-9_]{8}(\.[A-Za-z0-9]+)*$|^tmp\.[A-Za-z0-9]{10}$"
-    r"|\.lock$|\.partial$|^tmp_[a-z]+_[A-Za-z0-9]{6}$"
+    r"|\.lock$|\.partial$|^tmp_[a-z]+_[A-Za-z0-9]{6}$|\.[A-Za-z0-9]+-journal$"
 )
 #: seconds a temporary file waits for its rename before it is uploaded under its own name
 TEMP_UPLOAD_DELAY = 10.0
@@ -94,6 +96,10 @@ class LocalFile:
     io: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     #: EMPTY files: when (time.monotonic) the overlay drops it once no handle has it open
     empty_until: float = 0.0
+    #: bumped each time a local copy starts again after a commit (a write or truncate after
+    #: the upload): a handle reading XNAT's copy of an earlier upload (``WriteHandle``) must
+    #: not serve it once a later one replaced it.  Changed under ``io``.
+    generation: int = 0
 
     @contextmanager
     def holding(self, timeout: float) -> Iterator[None]:
