@@ -193,7 +193,7 @@ class Mount:
     def log_text(self) -> str:
         return self.logfile.read_text(errors="replace")
 
-    def umount(self) -> None:
+    def umount(self) -> subprocess.CompletedProcess:
         """The product's own umount; asserts it and the daemon exit 0 (S3QL t4_fuse)."""
         res = subprocess.run(
             [sys.executable, "-m", "xnatfs", "umount", str(self.path)],
@@ -203,6 +203,7 @@ class Mount:
         )
         assert res.returncode == 0, res.stderr
         assert self.proc.wait(timeout=20) == 0, self.log_tail()
+        return res
 
     def dump_threads(self, timeout: float = 5.0) -> None:
         """Ask a live daemon for its threads' stacks (SIGUSR1, ``xnatfs/commands/daemon.py``)

@@ -143,7 +143,7 @@ class Runtime:
         self.writer = Writer(
             self.tree,
             self.client,
-            private_dir(os.path.join(o.cache_dir, "uploads")),
+            private_dir(uploads_dir(o.cache_dir)),
             allow_delete=o.allow_delete,
             experiment_type=o.experiment_type,
             scan_type=o.scan_type,
@@ -228,6 +228,11 @@ class Runtime:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+
+def uploads_dir(cache_dir: "str | os.PathLike[str]") -> str:
+    """``<cache-dir>/uploads``: the spool and the upload journal (``tree/writes.py``)."""
+    return os.path.join(cache_dir, "uploads")
 
 
 def _plain(value: Any) -> Any:

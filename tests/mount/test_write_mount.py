@@ -346,6 +346,38 @@ def test_kill_9_mid_upload_then_remount_completes(emu, tmp_path):
         m.cleanup()
 
 
+def test_umount_says_what_is_not_on_xnat(emu, tmp_path):
+    """A write whose upload fails stays in the journal; `xnatfs umount` says so (the daemon's
+    own warning goes to its log), and the next mount of the cache uploads it.  Before, umount
+    printed nothing, and took ~8 s more while the logout waited for the down server."""
+    cache = tmp_path / "cache"
+    m = Mount(emu.url, tmp_path / "m", cache, tmp_path / "m.log", []).start()
+    try:
+        os.listdir(m.path / PROTOCOLS)
+        emu.faults.drop_rate = 1.0
+        src = tmp_path / "kept.txt"
+        src.write_bytes(b"written while XNAT was unreachable\n")
+        res = sh(["cp", str(src), str(m.path / PROTOCOLS / "kept.txt")], check=False)
+        assert res.returncode != 0
+        said = m.umount().stderr
+    finally:
+        emu.faults.drop_rate = 0.0
+        m.cleanup()
+    assert "xnatfs: 1 file written in" in said and "is not on XNAT" in said, said
+    assert f"/{PROTOCOLS}/kept.txt" in said and str(cache / "uploads" / "journal") in said
+    data = (tmp_path / "kept.txt").read_bytes()
+    m2 = Mount(emu.url, tmp_path / "m", cache, tmp_path / "m2.log", []).start()
+    try:
+        wait_for(
+            lambda: server_files(emu).get("kept.txt") == (len(data), md5(data)),
+            60,
+            what="the upload resumed by the next mount",
+        )
+        assert m2.umount().stderr == ""  # nothing left to report
+    finally:
+        m2.cleanup()
+
+
 def test_bad_input_changes_nothing_on_the_server(emu, make_mount, tmp_path):
     m = make_mount(emu.url)
     mark = emu.mark()

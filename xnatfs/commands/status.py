@@ -20,6 +20,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
     if not mounting.is_mounted(path):
         raise UsageError(f"{path} is not mounted")
     daemons = mounting.daemon_pids(path)
+    cache_dir = _cache_dir_of(path)
     result = mounting.unmount(path, lazy=args.lazy)
     if result.returncode != 0:
         raise UsageError(
@@ -36,7 +37,51 @@ def cmd_umount(args: argparse.Namespace) -> int:
             f"still finishing after {UMOUNT_WAIT_S:g} s",
             file=sys.stderr,
         )
+    elif cache_dir:
+        _report_not_uploaded(path, cache_dir)
     return 0
+
+
+def _cache_dir_of(mountpoint: str) -> "str | None":
+    """The cache directory of a running mount (its ``.xnatfs/stats``), None when unreadable."""
+    try:
+        with open(os.path.join(mountpoint, ".xnatfs", "stats"), encoding="utf-8") as fh:
+            value = json.load(fh).get("cache_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _report_not_uploaded(mountpoint: str, cache_dir: str) -> None:
+    """What was written in the mount and is not on XNAT (the daemon's journal after it exited):
+    the rule is that the user is told which of the two holds each write, and the daemon's own
+    warning at shutdown goes to a log file nobody reads at ``umount``."""
+    from xnatfs.runtime import uploads_dir
+    from xnatfs.tree.writes import journal_dir
+    from xnatfs.uploads.journal import FAILED, read_entries
+
+    directory = journal_dir(uploads_dir(cache_dir))
+    entries = read_entries(directory)
+    if not entries:
+        return
+    failed = sum(1 for e in entries if e.state == FAILED)
+    files = "1 file written" if len(entries) == 1 else f"{len(entries)} files written"
+    print(
+        f"xnatfs: {files} in {mountpoint} {'is' if len(entries) == 1 else 'are'} not on XNAT: "
+        f"kept in {directory}; pending uploads resume at the next mount with --cache-dir "
+        f"{cache_dir}"
+        + (f"; {failed} failed (not retried: mount again and see xnatfs status)" if failed else ""),
+        file=sys.stderr,
+    )
+    for e in entries[:_REPORT_MAX]:
+        why = f": {e.last_error}" if e.last_error else ""
+        print(f"  {e.state:9} {e.path or e.id} ({e.size} bytes){why}", file=sys.stderr)
+    if len(entries) > _REPORT_MAX:
+        print(f"  ... and {len(entries) - _REPORT_MAX} more", file=sys.stderr)
+
+
+#: most entries ``umount`` lists one by one
+_REPORT_MAX = 20
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -56,9 +56,16 @@ __all__ = [
     "WriteHandle",
     "Writer",
     "is_temporary",
+    "journal_dir",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def journal_dir(uploads_dir: str) -> str:
+    """Where the upload journal of ``uploads_dir`` (``<cache-dir>/uploads``) lives: also read
+    by ``xnatfs umount`` after the daemon exited, to say what is not on XNAT yet."""
+    return os.path.join(uploads_dir, "journal")
 
 
 class Writer(Namespace):
@@ -90,7 +97,7 @@ class Writer(Namespace):
         self.temp_delay = temp_delay
         self.empty_ttl = empty_ttl
         self.spool = Spool(os.path.join(directory, "spool"))
-        self.journal = Journal(os.path.join(directory, "journal"))
+        self.journal = Journal(journal_dir(directory))
         # workers and backoff: the --upload-* settings (xnatfs/settings.py)
         self.uploader = Uploader(
             self.journal,

@@ -63,7 +63,17 @@ from xnatfs.uploads.target import UploadTarget
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Entry", "Journal", "UploadTarget", "STATES", "PENDING", "UPLOADING", "FAILED", "DONE"]
+__all__ = [
+    "Entry",
+    "Journal",
+    "UploadTarget",
+    "STATES",
+    "PENDING",
+    "UPLOADING",
+    "FAILED",
+    "DONE",
+    "read_entries",
+]
 
 # Plain strings, not an Enum: they are the sidecar's JSON values and the ``cache_state``
 # attribute users read, and a str-mixin Enum neither hashes like its value (sets mixing both)
@@ -606,3 +616,27 @@ def _unlink_missing_ok(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def read_entries(directory: PathLike) -> List[Entry]:
+    """The entries of a journal no process has open, read without changing anything (what
+    ``xnatfs umount`` reports as not on XNAT yet, after the daemon exited): no crash repair,
+    no temp files removed; a sidecar that cannot be read is skipped (the next mount's
+    ``Journal.reload`` keeps its bytes).  Oldest first; [] when there is no journal."""
+    directory = os.fspath(directory)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        if not name.endswith(_SIDECAR) or name.startswith("."):
+            continue
+        entry_id = name[: -len(_SIDECAR)]
+        try:
+            with open(os.path.join(directory, name), "rb") as fh:
+                doc = json.load(fh)
+            found.append(Entry.from_json(doc, os.path.join(directory, entry_id + _DATA)))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(found, key=lambda e: (e.seq, e.id))

@@ -232,6 +232,11 @@ def _no_auth(r: requests.PreparedRequest) -> requests.PreparedRequest:
     return r
 
 
+#: longest a logout at close may take: a courtesy (XNAT ends an idle session itself), and a
+#: server that is down held every unmount ~8 s while the limiter's pause ran out first
+_LOGOUT_S = 3.0
+
+
 class _CountingBody:
     """An upload body read from a file object in chunks, exactly ``size`` bytes.
 
@@ -657,8 +662,8 @@ class Transport(_LoginSession):
                     "DELETE",
                     self._url("/data/JSESSION"),
                     jsession=jsession,
-                    timeout=(self.options.connect_timeout, min(self.options.read_timeout, 10.0)),
-                    deadline=time.monotonic() + min(self.options.deadline, 10.0),
+                    timeout=(min(self.options.connect_timeout, _LOGOUT_S), _LOGOUT_S),
+                    deadline=time.monotonic() + min(self.options.deadline, _LOGOUT_S),
                 )
                 resp.close()
                 log.debug("logged out of %s (%s)", self.base_url, resp.status_code)
