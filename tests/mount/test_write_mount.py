@@ -175,6 +175,38 @@ def test_sqlite_transactions_read_back_through_one_connection(emu, make_mount):
     assert on_server["results.db"] == (db.stat().st_size, md5(db.read_bytes()))
 
 
+_ROTATING_LOG = r"""
+import logging, logging.handlers, sys
+handler = logging.handlers.RotatingFileHandler(sys.argv[1], maxBytes=100, backupCount=2)
+log = logging.getLogger("pipeline")
+log.addHandler(handler)
+for i in range(12):
+    log.warning("record %02d of the pipeline", i)
+handler.close()
+"""
+
+
+def test_a_rotating_log_keeps_its_records(emu, make_mount):
+    """Python's RotatingFileHandler closes its log and renames it (log -> log.1 -> log.2)
+    itself, with no fallback.  XNAT has no move: each rename answered EXDEV, logging printed a
+    traceback per record and dropped every record after the first rotation.  With
+    --allow-delete the rename now moves the file on XNAT (uploaded under the new name, the old
+    one deleted), so the last records are all there, in order."""
+    m = make_mount(emu.url, "--allow-delete")
+    files = m.path / PROTOCOLS
+    res = sh([sys.executable, "-c", _ROTATING_LOG, str(files / "run.log")])
+    assert "Logging error" not in res.stderr, res.stderr
+    kept = []
+    for name in ("run.log.2", "run.log.1", "run.log"):
+        kept += (files / name).read_text().splitlines()
+    assert kept == [f"record {i:02d} of the pipeline" for i in range(12 - len(kept), 12)]
+    assert len(kept) >= 6  # three files of at least two records each
+    on_server = server_files(emu)
+    for name in ("run.log", "run.log.1", "run.log.2"):
+        data = (files / name).read_bytes()
+        assert on_server[name] == (len(data), md5(data))
+
+
 def test_rsync_tree_uploads_each_file_once(emu, make_mount, tmp_path):
     m = make_mount(emu.url)
     src = tmp_path / "tree"

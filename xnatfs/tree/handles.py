@@ -352,6 +352,7 @@ class HandleOps(UploadPath):
             log.debug("release %s: %s", path, exc)
         finally:
             with self._lock:
+                self._released.notify_all()  # a rename may wait for this (namespace.py)
                 lf.handles = max(0, lf.handles - 1)
                 if lf.handles == 0 and lf.write_error:
                     # the user was told at write() and close(); an incomplete file is dropped,

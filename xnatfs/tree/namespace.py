@@ -11,7 +11,9 @@ from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any, ContextManager, List, Optional
 
+from xnatfs import deadline
 from xnatfs.tree import prearchive_moves
+from xnatfs.tree.handles import WriteHandle
 from xnatfs.tree.local import EMPTY, LocalFile, is_temporary
 from xnatfs.tree.nodes import Kind, NodeInfo
 from xnatfs.tree.opening import Opening
@@ -23,6 +25,14 @@ log = logging.getLogger(__name__)
 
 #: labels XNAT accepts for subjects, experiments, resources and scans (§10.17)
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: largest file on XNAT a rename moves itself (a download, an upload under the new name and
+#: a DELETE, all inside the one rename call and its --timeout); a larger one answers EXDEV,
+#: and mv copies it with its own progress instead
+MOVE_ON_XNAT_MAX = 64 << 20
+#: how long a rename waits for the RELEASE of a file just closed and uploaded (the kernel
+#: sends it after close() returns): a program that closes then renames (Python's
+#: RotatingFileHandler) must not meet its own file still "open"
+RELEASE_WAIT_S = 0.5
 
 
 def _check_label(label: str, path: str) -> None:
@@ -236,10 +246,113 @@ class Namespace(Opening):
                 "moving what is on XNAT is a copy plus a delete: it needs --allow-delete",
                 old,
             )
+        if lf is not None and self._uploaded_and_closing(lf):
+            node = self.tree.lookup(old)  # XNAT's file now, shown from its listing
+            lf = node.local_file if isinstance(node.local_file, LocalFile) else None
+        if lf is None and new_parent.kind is Kind.FILES and self._in_a_resource(node, old_parts):
+            self._move_on_xnat(node, new_parent, old, new)
+            return
         if lf is None or new_parent.kind is not Kind.FILES:
-            # XNAT cannot move a stored file: mv falls back to copy + unlink on EXDEV
+            # XNAT cannot move a stored folder or object: mv falls back to copy + unlink
             raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)
         self._rename_local(lf, new_parent, old, new)
+
+    def _uploaded_and_closing(self, lf: LocalFile) -> bool:
+        """``lf`` is on XNAT with no local version, and its last handle went within
+        ``RELEASE_WAIT_S`` (the overlay then lets go of it): a close() then rename() met the
+        file still open, since the kernel's RELEASE comes after close() returns.  A handle
+        still open after that (a program writing its log) keeps it local: EXDEV as before."""
+        if not (self.allow_delete and lf.uploaded_size and lf.entry is None and not lf.dirty):
+            return False
+        until = time.monotonic() + min(RELEASE_WAIT_S, deadline.left(RELEASE_WAIT_S))
+        with self._released:
+            while self._files.get(lf.parts) is lf:
+                left = until - time.monotonic()
+                if left <= 0:
+                    return False
+                self._released.wait(left)
+        return True
+
+    def _in_a_resource(self, node: NodeInfo, parts: PathParts) -> bool:
+        """A file of a resource (not of the prearchive, not a view's own file)."""
+        if node.kind is not Kind.FILE or node.prearchive or not node.uri:
+            return False
+        return self.tree.lookup(join_path(parts[:-1])).kind is Kind.FILES
+
+    def _move_on_xnat(self, node: NodeInfo, new_parent: NodeInfo, old: str, new: str) -> None:
+        """rename() of a file XNAT has (``--allow-delete``): XNAT has no move, so this is its
+        bytes (through the cache, checked against the listed MD5) uploaded under the new name,
+        then the old name deleted: what mv's EXDEV fallback does, inside the one call, so that
+        programs that rename() without a fallback (Python's ``os.rename``, a rotating log)
+        work.  Not atomic: a failed upload changes nothing (the new name's local version is
+        dropped again); a failed DELETE leaves both names on XNAT, and is the answer.  Up to
+        ``MOVE_ON_XNAT_MAX``; a rename over a local file, or of a larger file, is EXDEV."""
+        if split_path(old) == split_path(new):
+            return
+        if not 0 < node.size <= MOVE_ON_XNAT_MAX:
+            # an empty one cannot be uploaded (§4.5): deleting it would lose the name
+            raise OSError(errno.EXDEV, "XNAT has no rename: mv copies this one instead", old)
+        try:
+            existing: Optional[NodeInfo] = self.tree.lookup(new)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and (existing.is_dir or self.owns(existing)):
+            raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)
+        if existing is None or not self._same_bytes(node, existing):
+            self._upload_copy(node, existing, new_parent, old, new)
+        self._unlink_remote(old, split_path(old))
+        log.info("mv %s %s: moved on XNAT (uploaded under the new name, then deleted)", old, new)
+
+    @staticmethod
+    def _same_bytes(a: NodeInfo, b: NodeInfo) -> bool:
+        return bool(a.digest) and a.digest == b.digest and a.size == b.size
+
+    def _upload_copy(
+        self,
+        node: NodeInfo,
+        existing: Optional[NodeInfo],
+        new_parent: NodeInfo,
+        old: str,
+        new: str,
+    ) -> None:
+        """``node``'s bytes become the file ``new`` (over ``existing``), uploaded now; the
+        file keeps the time ``node`` showed.  On failure nothing is left at ``new``."""
+        new_parts = split_path(new)
+        target = self._target_for(new_parent, new_parts, new)
+        if existing is not None:
+            target = replace(target, overwrite=True)
+        spool = self.spool.create()
+        try:
+            self._fill_from_server(node, spool, old)
+        except BaseException:
+            spool.discard()
+            raise
+        lf = LocalFile(
+            new_parts,
+            target,
+            spool=spool,
+            handles=1,
+            dirty=True,
+            mtime_ns=self.tree.mtime_ns(node),
+        )
+        with self._lock:
+            if new_parts in self._files:  # written meanwhile: not ours to replace
+                spool.discard()
+                raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)
+            self._locked_put(lf)
+        handle = WriteHandle(self, lf, changed=True)
+        try:
+            handle.flush()  # the journal, then the upload, as a close() does
+        except BaseException:
+            handle.changed = False  # its release must not commit (and upload) it after all
+            handle.close()
+            try:
+                # its local version only (a pending record): XNAT's file there, if any, stays
+                self.unlink(new)
+            except Exception as exc:  # noqa: BLE001 - the upload's error is the answer
+                log.warning("mv %s %s: the copy under the new name stays: %s", old, new, exc)
+            raise
+        handle.close()
 
     def _rename_local(self, lf: LocalFile, new_parent: NodeInfo, old: str, new: str) -> None:
         """A local file (being written, or pending upload) takes its new name; over a file on

@@ -25,6 +25,8 @@ class LocalOverlay:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        #: notified (under _lock) when a handle of a local file is released
+        self._released = threading.Condition(self._lock)
         self._files: Dict[PathParts, LocalFile] = {}
         self._dirs: Set[PathParts] = set()
         #: folder -> number of local files below it (such folders show while files are local)

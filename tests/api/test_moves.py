@@ -1,0 +1,137 @@
+"""rename() of a file XNAT has, with --allow-delete: XNAT has no move, so the daemon uploads
+its bytes under the new name and deletes the old one (``Namespace._move_on_xnat``).  Before,
+every such rename answered EXDEV: mv copied instead, but a program that renames by itself
+(Python's ``os.rename``, ``RotatingFileHandler``) failed, and the rotating log lost its
+records.  Through the runtime API against the emulator, like ``test_tree.py``."""
+
+from __future__ import annotations
+
+import errno
+import threading
+
+import pytest
+import requests
+
+from tests.api.test_write_races import xnat_refusing
+from tests.conftest import ADMIN
+from tests.mount.helpers import api
+from xnatfs.tree import namespace
+from xnatfs.xnat.errors import XnatError
+
+PROTOCOLS = "/DEMO1/resources/protocols/files"
+PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
+FIGURES = "/DEMO1/resources/figures/files"
+FIGURES_URI = "/data/projects/DEMO1/resources/figures/files"
+
+
+def on_server(runtime, uri, name):
+    r = requests.get(f"{runtime.emu.url}{uri}/{name}", auth=ADMIN, timeout=30)
+    return r.content if r.status_code == 200 else r.status_code
+
+
+def read_all(runtime, path):
+    tree = runtime.tree
+    handle = tree.open(tree.lookup(path), path)
+    try:
+        return handle.read(0, 1 << 20)
+    finally:
+        handle.close()
+
+
+def listed(runtime, folder):
+    runtime.tree.invalidate(folder)
+    return {n.name for n in runtime.tree.listdir(folder)}
+
+
+def test_rename_moves_a_file_on_xnat_and_keeps_its_time(make_runtime):
+    rt = make_runtime(allow_delete=True)
+    old, new = f"{PROTOCOLS}/README.txt", f"{FIGURES}/README-moved.txt"
+    data = read_all(rt, old)
+    shown = rt.tree.mtime_ns(rt.tree.lookup(old))
+    rt.writer.rename(old, new)
+    assert on_server(rt, FIGURES_URI, "README-moved.txt") == data
+    assert on_server(rt, PROTOCOLS_URI, "README.txt") == 404
+    assert "README.txt" not in listed(rt, PROTOCOLS)
+    assert "README-moved.txt" in listed(rt, FIGURES)
+    assert read_all(rt, new) == data
+    assert rt.tree.mtime_ns(rt.tree.lookup(new)) == shown  # mv keeps the time
+    assert rt.writer.journal.entries() == []
+
+
+def test_rename_over_a_file_on_xnat_replaces_it(make_runtime):
+    rt = make_runtime(allow_delete=True)
+    src, dst = f"{PROTOCOLS}/README.txt", f"{FIGURES}/phantom.png"
+    data = read_all(rt, src)
+    rt.writer.rename(src, dst)
+    assert on_server(rt, FIGURES_URI, "phantom.png") == data
+    assert on_server(rt, PROTOCOLS_URI, "README.txt") == 404
+
+
+def test_a_failed_upload_changes_nothing(make_runtime):
+    """The upload under the new name fails (503): the rename answers its error, the old name
+    is still the file's, and nothing is left at the new name (no pending record that would
+    upload it later while the old name stays)."""
+    rt = make_runtime(allow_delete=True)
+    old, new = f"{PROTOCOLS}/README.txt", f"{PROTOCOLS}/README2.txt"
+    data = read_all(rt, old)  # in the cache: the copy needs no request
+    with xnat_refusing(rt), pytest.raises(XnatError):  # the _op wrapper's EIO, at FUSE
+        rt.writer.rename(old, new)
+    assert rt.writer.journal.entries() == []
+    assert on_server(rt, PROTOCOLS_URI, "README.txt") == data
+    assert on_server(rt, PROTOCOLS_URI, "README2.txt") == 404
+    names = listed(rt, PROTOCOLS)
+    assert "README.txt" in names and "README2.txt" not in names
+
+
+def test_a_large_file_or_no_allow_delete_is_refused_before_any_request(make_runtime, monkeypatch):
+    rt = make_runtime()
+    old, new = f"{PROTOCOLS}/README.txt", f"{PROTOCOLS}/README2.txt"
+    with pytest.raises(OSError) as got:
+        rt.writer.rename(old, new)
+    assert got.value.errno == errno.EACCES
+    rt = make_runtime(allow_delete=True)
+    monkeypatch.setattr(namespace, "MOVE_ON_XNAT_MAX", 10)
+    mark = rt.emu.mark()
+    with pytest.raises(OSError) as got:
+        rt.writer.rename(old, new)
+    assert got.value.errno == errno.EXDEV  # mv copies it with its own progress
+    assert [m for m, _ in api(rt.emu.since(mark)) if m in ("PUT", "DELETE")] == []
+
+
+def test_close_then_rename_waits_for_the_release(make_runtime):
+    """A program closes its file and renames it at once (a rotating log): the kernel's
+    RELEASE comes after close() returns, so the rename met the file still open and answered
+    EXDEV.  It now waits (at most ``RELEASE_WAIT_S``) for that release; a handle still open
+    after that keeps the answer it had (the file is being written)."""
+    rt = make_runtime(allow_delete=True)
+    writer = rt.writer
+    old, new = f"{PROTOCOLS}/app.log", f"{PROTOCOLS}/app.log.1"
+    handle = writer.create(old)
+    handle.write(0, b"records\n")
+    handle.flush()  # close(): uploaded; the release is still to come
+    waiting = threading.Event()
+    wait = writer._released.wait
+
+    def wait_then_say(timeout=None):
+        waiting.set()
+        return wait(timeout)
+
+    writer._released.wait = wait_then_say
+    releaser = threading.Thread(target=lambda: waiting.wait(10) and handle.close())
+    releaser.start()
+    try:
+        writer.rename(old, new)
+    finally:
+        releaser.join(10)
+    assert on_server(rt, PROTOCOLS_URI, "app.log.1") == b"records\n"
+    assert on_server(rt, PROTOCOLS_URI, "app.log") == 404
+
+    held = writer.create(old)  # a handle that stays open: the file is still being written
+    held.write(0, b"more\n")
+    held.flush()
+    try:
+        with pytest.raises(OSError) as got:
+            writer.rename(old, f"{PROTOCOLS}/app.log.2")
+        assert got.value.errno == errno.EXDEV
+    finally:
+        held.close()
