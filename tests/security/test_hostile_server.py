@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers.fsop import fs_op
 from tests.security.conftest import daemon_pid, peak_rss_mb
-from tests.security.hostile import GOOD_BYTES, gzip_bomb
+from tests.security.hostile import GOOD_BYTES, file_row, gzip_bomb
 
 T = 3.0
 SLACK = 2.0
@@ -157,6 +157,26 @@ def test_dot_names_are_escaped_and_control_characters_do_not_split_log_lines(hos
     assert not any(ln.startswith("name.txt") for ln in text.splitlines()), (
         "a name's newline split a log line"
     )
+
+
+def test_a_name_that_is_not_unicode_leaves_its_siblings_listed(hostile, make_mount):
+    """A lone surrogate in a listed name (valid JSON: ``"\\ud800"``) made the whole files
+    listing fail (an unexpected UnicodeEncodeError: EIO for every file of the resource, and a
+    traceback in the log).  Now such a row is left out, with one warning line."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "custom"
+    hostile.rows = [
+        file_row("lone\ud800.txt", 10),
+        file_row("escaped\udcff.txt", 10),
+        file_row("good.txt", len(GOOD_BYTES)),
+    ]
+    files = fs_op("listdir", m.path / FILES)
+    assert files["errno"] == 0 and files["names"] == ["good.txt"], files
+    good = fs_op("read", m.path / FILES / "good.txt")
+    assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode(), good
+    text = m.log_text()
+    assert "Traceback" not in text
+    assert [ln for ln in text.splitlines() if "left out of the listing" in ln], text[-2000:]
 
 
 def test_file_uris_leaving_data_are_never_requested(hostile, evil, make_mount):

@@ -377,3 +377,17 @@ def test_sizes_that_are_byte_counts_pass() -> None:
 def test_a_file_uri_leaving_data_is_marked_never_fetched(uri) -> None:
     f = parse.file_from_row({"Name": "a", "Size": "1", "URI": uri})
     assert f.problem, uri
+
+
+def test_rows_with_a_lone_surrogate_are_left_out_not_fatal() -> None:
+    """A lone surrogate is valid JSON (``"\\ud800"``) but no file name or URL can hold it: one
+    such row made the whole listing fail with a UnicodeEncodeError (every sibling EIO)."""
+    body = (
+        '{"ResultSet":{"Result":[{"Name":"a\\ud800.txt","URI":"/data/projects/P/resources/7/'
+        'files/a\\ud800.txt"},{"Name":"b\\udcff","URI":"x"},{"Name":"ok.txt","URI":"/data/'
+        'projects/P/resources/7/files/ok.txt"}]}}'
+    )
+    rows, left_out = parse.without_unencodable(parse.rows_from_json(body))
+    assert left_out == 2
+    assert [r["Name"] for r in rows] == ["ok.txt"]
+    assert parse.file_from_row(rows[0]).uri.endswith("/files/ok.txt")

@@ -39,6 +39,7 @@ __all__ = [
     "parse_http_date",
     "parse_int",
     "rows_from_json",
+    "without_unencodable",
     "rows_from_csv",
     "server_root",
     "BadDocument",
@@ -286,6 +287,21 @@ def rows_from_json(doc: Any) -> List[Dict[str, str]]:
             raise BadDocument("ResultSet.Result holds a non-object row")
         rows.append({str(k): _cell(v) for k, v in item.items()})
     return rows
+
+
+#: a UTF-16 surrogate: JSON can carry a lone one (``"\\ud800"``), UTF-8 cannot encode it
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def without_unencodable(rows: List[Dict[str, str]]) -> "tuple[List[Dict[str, str]], int]":
+    """(the rows, how many were left out): a row with a lone surrogate in any cell is left out.
+
+    Such a name can be neither a file name (the kernel takes bytes: readdir could not encode
+    it) nor a URL (``quote`` encodes UTF-8): one row like it made the whole listing fail with
+    an unexpected ``UnicodeEncodeError``, every sibling unreachable (a hostile server's
+    ``"\\ud800"`` is valid JSON)."""
+    kept = [r for r in rows if not any(_SURROGATE_RE.search(v) for v in r.values())]
+    return kept, len(rows) - len(kept)
 
 
 def server_root(doc: Any) -> str:

@@ -1053,9 +1053,17 @@ class Transport(_LoginSession):
     def _rows(self, uri: str, params: Optional[Params] = None) -> Tuple[List[Dict[str, str]], Any]:
         doc = self._get_json(uri, params)
         try:
-            return parse.rows_from_json(doc), doc
+            rows, left_out = parse.without_unencodable(parse.rows_from_json(doc))
         except parse.BadDocument as exc:
             raise NotXnatResponse("GET", self._url(uri), 200, str(exc)) from None
+        if left_out:
+            log.warning(
+                "%s: %d row(s) left out of the listing: a name that is not valid Unicode "
+                "(a lone surrogate)",
+                self._url(uri),
+                left_out,
+            )
+        return rows, doc
 
     def _rows_with_columns(self, uri: str, columns: str) -> List[Dict[str, str]]:
         """A listing with ``columns=``; if a server rejects the column list (400), ask again
