@@ -279,6 +279,19 @@ def test_a_percent_in_an_xnat_name_is_shown_as_xnat_has_it(emu, make_mount):
     assert "50%25_mask.nii.gz" not in shown
 
 
+def test_a_project_called_files_shows_its_files_where_they_are(emu, make_mount):
+    """XNAT's file URIs hold the IDs of the objects above the resource; a project whose ID is
+    ``files`` (a valid ID) showed ``x.txt`` of its resource ``R`` as
+    ``files/resources/R/files/resources/<id>/files/x.txt``: the path below the resource was
+    taken after the URI's first ``/files/``."""
+    r = requests.put(emu.url + "/data/projects/files", auth=ADMIN, timeout=30)
+    assert r.status_code in (200, 201), r.text
+    put_file(emu.url, "/data/projects/files/resources/R/files/x.txt", b"in project files\n")
+    m = make_mount(emu.url)
+    assert os.listdir(m.path / "files/resources/R/files") == ["x.txt"]
+    assert (m.path / "files/resources/R/files/x.txt").read_bytes() == b"in project files\n"
+
+
 # ------------------------------------------------------------------ credentials (§7)
 def _mount_env(tmp_path, extra):
     env = {

@@ -391,3 +391,21 @@ def test_rows_with_a_lone_surrogate_are_left_out_not_fatal() -> None:
     assert left_out == 2
     assert [r["Name"] for r in rows] == ["ok.txt"]
     assert parse.file_from_row(rows[0]).uri.endswith("/files/ok.txt")
+
+
+@pytest.mark.parametrize(
+    "uri, path",
+    [
+        ("/data/projects/files/resources/129/files/x.txt", "x.txt"),
+        ("/data/projects/resources/resources/7/files/a/b", "a/b"),
+        ("/data/experiments/E1/scans/files/resources/7/files/d/files/y", "d/files/y"),
+        ("/data/projects/P/resources/7/files/resources/8/files/z", "resources/8/files/z"),
+        ("/data/prearchive/projects/P/20240101_1/S/scans/1/resources/files/files/1.dcm", "1.dcm"),
+    ],
+)
+def test_the_path_below_the_resource_whatever_the_objects_above_are_called(uri, path) -> None:
+    """A project (or scan) called ``files``: its files were shown below a second
+    ``resources/<id>/files`` folder (the path was taken after the first ``/files/``)."""
+    assert (
+        parse.file_from_row({"Name": path.rsplit("/", 1)[-1], "Size": "1", "URI": uri}).path == path
+    )

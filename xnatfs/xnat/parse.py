@@ -376,11 +376,23 @@ def quote_segment(value: str) -> str:
     return quote(str(value), safe="")
 
 
+#: where a file URI's path below its resource starts: ``.../resources/<id or label>/files/``
+_RESOURCE_FILES_RE = re.compile(r"/resources/[^/]+/files/")
+
+
 def file_relpath(uri: str) -> str:
-    """The path relative to the resource root: the part of ``URI`` after the first ``/files/``
-    (§1.8), sub-folders kept.  XNAT builds ``URI`` by plain concatenation, so it is raw (not
-    percent-encoded: a name with a space comes back with the space; pyxnat had to learn to
-    encode these URIs itself, pyxnat PR #29); the relative path is taken as it is."""
+    """The path relative to the resource root: the part of ``URI`` after the first
+    ``/resources/<id>/files/`` (§1.8), sub-folders kept.  XNAT builds ``URI`` by plain
+    concatenation, so it is raw (not percent-encoded: a name with a space comes back with the
+    space; pyxnat had to learn to encode these URIs itself, pyxnat PR #29); the relative path
+    is taken as it is.
+
+    Why not the first ``/files/``: an object above the resource may be called ``files`` (a
+    project ID, a scan ID): project ``files`` showed ``x.txt`` of its resource ``R`` as
+    ``files/resources/R/files/resources/129/files/x.txt``."""
+    m = _RESOURCE_FILES_RE.search(uri)
+    if m is not None:
+        return uri[m.end() :]
     i = uri.find("/files/")
     return uri[i + 7 :] if i >= 0 else uri.rsplit("/", 1)[-1]
 
