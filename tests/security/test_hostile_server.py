@@ -202,6 +202,31 @@ def test_file_uris_leaving_data_are_never_requested(hostile, evil, make_mount):
     assert evil.requests == []
 
 
+def test_rm_of_a_row_whose_uri_names_an_object_deletes_nothing(hostile, make_mount):
+    """A files row whose ``URI`` names an object, not a file (``/data/projects/H/subjects/S1``):
+    it was shown as ``S1``, read with a GET of the subject, and ``rm`` of it (with
+    ``--allow-delete``) sent ``DELETE /data/projects/H/subjects/S1?removeFiles=true``: a
+    subject removed, files and all, by removing one file.  Now the row is refused like a URI
+    leaving ``/data/``: EIO, nothing sent."""
+    m = make_mount(hostile.url, "--timeout", str(T), "--allow-delete")
+    hostile.mode = "custom"
+    hostile.rows = [
+        file_row("S1", 10, uri="/data/projects/H/subjects/S1"),
+        file_row("1", 10, uri="/data/projects/H/resources/1"),  # shown by its last segment
+        file_row("good.txt", len(GOOD_BYTES)),
+    ]
+    assert fs_op("listdir", m.path / FILES)["errno"] == 0
+    for name in ("S1", "1"):
+        assert fs_op("read", m.path / FILES / name)["errno"] == errno.EIO, name
+        res = fs_op("unlink", m.path / FILES / name)
+        assert res["errno"] == errno.EIO, (name, res)
+    sent = [(r.method, r.path) for r in hostile.requests]
+    assert not [s for s in sent if s[0] == "DELETE"], sent
+    assert ("GET", "/data/projects/H/subjects/S1") not in sent, sent
+    good = fs_op("read", m.path / FILES / "good.txt")
+    assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode(), good
+
+
 def test_a_redirect_to_another_host_is_not_followed(hostile, evil, make_mount):
     m = make_mount(hostile.url, *ARGS)
     hostile.mode = "redirect"

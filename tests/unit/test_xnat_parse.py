@@ -372,6 +372,12 @@ def test_sizes_that_are_byte_counts_pass() -> None:
         "http://evil.example/data/projects/P/resources/7/files/a",
         "/etc/passwd",
         "/data/projects/P/resources/7/files/./a",
+        # not a file of a resource: an object (rm would DELETE it), a resource, its files/
+        "/data/projects/P/subjects/S1",
+        "/data/projects/P",
+        "/data/experiments/E1/resources/7",
+        "/data/experiments/E1/resources/7/files/",
+        "/data/experiments/E1/files/a",
     ],
 )
 def test_a_file_uri_leaving_data_is_marked_never_fetched(uri) -> None:

@@ -535,7 +535,8 @@ def listed_size(value: Any) -> "tuple[int, str]":
 def uri_problem(raw: str) -> str:
     """Why a server-given file URI must not be requested, or "" (issue 17 §8): it must be a
     plain path below ``/data/`` on the same server — no scheme or ``//host``, no ``.``/``..``
-    segment in any spelling — or the session cookie would go with it somewhere else."""
+    segment in any spelling — or the session cookie would go with it somewhere else; and it
+    must name a file of a resource, since ``rm`` sends a DELETE to it."""
     if "://" in raw or raw.startswith("//"):
         return "file URI names another server"
     path = _strip_context(raw.split("?", 1)[0])
@@ -543,6 +544,11 @@ def uri_problem(raw: str) -> str:
         return "file URI is not below /data/"
     if any(seg in (".", "..") for seg in unquote(path).split("/")):
         return "file URI has a '.' or '..' segment"
+    m = _RESOURCE_FILES_RE.search(path)
+    if m is None or not path[m.end() :].strip("/"):
+        # every file URI XNAT lists has this shape (§1.8); rm of a row whose URI named an
+        # object (``/data/projects/P/subjects/S``) sent DELETE of that object, removeFiles=true
+        return "file URI does not name a file of a resource (.../resources/<id>/files/<name>)"
     return ""
 
 
