@@ -204,6 +204,11 @@ def test_dotdot_names_are_refused_before_any_request(emu, make_mount):
     assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / "a\\b.txt")) == "EINVAL"
     assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / "a%2Fb.txt")) == "EINVAL"
     assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / "bell\x07.txt")) == "EINVAL"
+    # a name whose bytes are not UTF-8: before, the create passed and close() failed with EIO
+    # (an unexpected UnicodeEncodeError while the journal recorded it)
+    not_utf8 = os.fsdecode(b"bad\xff.txt")
+    assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / not_utf8)) == "EINVAL"
+    assert _py("os.mkdir(sys.argv[1])", str(dicom / not_utf8)) == "EINVAL"
     # rename: a local file (a temporary name: not uploaded at close) moved to a hostile name
     tmp = dicom / "draft.tmp"
     assert (

@@ -24,7 +24,20 @@ URL = "https://xnat.example.org"
 # ------------------------------------------------------------------ written names
 @pytest.mark.parametrize(
     "name",
-    ["..", ".", "..%2F..%2Fx", "a%2Fb", "a%00b", "a\\b", "line\nbreak", "tab\there", "del\x7f"],
+    [
+        "..",
+        ".",
+        "..%2F..%2Fx",
+        "a%2Fb",
+        "a%00b",
+        "a\\b",
+        "line\nbreak",
+        "tab\there",
+        "del\x7f",
+        # bytes that are not UTF-8 (b"bad\xff.txt" reaches us as "bad\udcff.txt"): no URL
+        # names them; before, close() failed with an unexpected UnicodeEncodeError
+        os.fsdecode(b"bad\xff.txt"),
+    ],
 )
 def test_hostile_written_names_are_einval(name):
     with pytest.raises(OSError) as info:

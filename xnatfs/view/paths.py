@@ -80,7 +80,8 @@ def check_write_name(name: str, path: str = "") -> str:
     and HTTP libraries collapse ``..`` before sending (issue 17 §3): the bytes would land on
     another object.  So a name is refused when its XNAT form is ``.`` or ``..``, or holds a
     ``/`` (decoded ``%2F``), a NUL, a backslash (some servlet containers treat ``\\`` as ``/``)
-    or another control character.  Checked before any request is made.
+    or another control character, or bytes that are not UTF-8.  Checked before any request is
+    made.
     """
     xnat = unescape_name(name)
     bad = ""
@@ -92,6 +93,11 @@ def check_write_name(name: str, path: str = "") -> str:
         bad = "holds a backslash"
     elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in xnat):
         bad = "holds a control character"
+    elif any("\ud800" <= c <= "\udfff" for c in xnat):
+        # bytes that are not UTF-8 (the kernel's name decoded with surrogateescape): XNAT
+        # names files in UTF-8, and no URL names these; before, close() failed with an
+        # unexpected UnicodeEncodeError (and the journal could not record the file)
+        bad = "is not valid UTF-8"
     if bad:
         raise OSError(
             errno.EINVAL, f"name {name!r} {bad}: refused for writing to XNAT", path or name
