@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["SafeFormatter", "escape_controls"]
+__all__ = ["SafeFormatter", "escape_controls", "for_terminal"]
 
 #: C0 controls, DEL, C1 controls and the Unicode line/paragraph separators
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -28,6 +28,13 @@ def _escape_one(m: "re.Match[str]") -> str:
 def escape_controls(text: str) -> str:
     """``text`` with every control character written as an escape (a no-op for most text)."""
     return _CONTROL_RE.sub(_escape_one, text)
+
+
+def for_terminal(text: str) -> str:
+    """``text`` to print on a terminal: every control character escaped but the newline.  An
+    error line or ``xnatfs status`` shows text a server chose (its error message, a name); an
+    ANSI/OSC escape printed raw is run by the terminal (retitle it, rewrite earlier lines)."""
+    return "\n".join(escape_controls(line) for line in text.split("\n"))
 
 
 class SafeFormatter(logging.Formatter):

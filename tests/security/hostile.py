@@ -171,6 +171,8 @@ class HostileServer:
     #: mode ``custom``: the files listing of resource R, and bodies by path below ``files/``
     rows: List[Dict[str, Any]] = field(default_factory=list)
     bodies: Dict[str, bytes] = field(default_factory=dict)
+    #: any mode: the login's answer instead of a session, as (status line, text/plain body)
+    login_answer: Optional[Tuple[str, bytes]] = None
     requests: List[Request] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _count: Dict[str, int] = field(default_factory=dict)
@@ -283,6 +285,8 @@ class HostileServer:
             start_response(status, hdrs)
             return body
 
+        if path == "/data/services/auth" and method == "PUT" and self.login_answer:
+            return send(self.login_answer[0], self.login_answer[1], "text/plain")
         if path == "/data/services/auth" and method == "PUT":
             if mode == "slow_login":
                 return send(

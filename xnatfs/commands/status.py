@@ -8,6 +8,7 @@ import os
 import sys
 
 from xnatfs.commands.common import UsageError
+from xnatfs.logfmt import escape_controls
 
 #: longest ``xnatfs umount`` waits for the daemon to finish after the unmount
 UMOUNT_WAIT_S = 20.0
@@ -39,6 +40,13 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(text: str) -> None:
+    """One line of the report, every control character escaped (a newline too: one item, one
+    line): paths and XNAT's error texts are in it, and an escape printed raw is run by the
+    terminal (``logfmt.for_terminal``)."""
+    print(escape_controls(text))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     stats_path = os.path.join(args.mountpoint, ".xnatfs", "stats")
     try:
@@ -47,14 +55,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"{args.mountpoint} is not an xnatfs mount ({exc.strerror})") from None
     if args.json:
-        print(json.dumps(stats, indent=2, sort_keys=True))
+        print(json.dumps(stats, indent=2, sort_keys=True))  # ASCII: controls are \u escapes
         return 0
-    print(f"xnatfs {stats.get('version')} — {stats.get('url')} (up {stats.get('uptime_s')} s)")
+    _say(f"xnatfs {stats.get('version')} — {stats.get('url')} (up {stats.get('uptime_s')} s)")
     for section in ("requests", "listing_cache", "content_cache", "bids", "errors"):
         value = stats.get(section)
-        print(f"{section}: {json.dumps(value, sort_keys=True) if value else '-'}")
+        _say(f"{section}: {json.dumps(value, sort_keys=True) if value else '-'}")
     uploads = stats.get("uploads") or []
-    print(f"uploads not yet on XNAT: {len(uploads) or 'none'}")
+    _say(f"uploads not yet on XNAT: {len(uploads) or 'none'}")
     for item in uploads:
         line = (
             f"  {item.get('state', '?'):9} {item.get('path') or item.get('id')} "
@@ -62,12 +70,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         if item.get("last_error"):
             line += f": {item['last_error']}"
-        print(line)
+        _say(line)
     failed = [item for item in uploads if item.get("state") == "failed" and item.get("path")]
     if failed:
         # a failed file stays listed (README "Writes become uploads"); rm is how it goes
         example = os.path.join(os.path.abspath(args.mountpoint), failed[0]["path"].lstrip("/"))
-        print(
+        _say(
             f"failed files are not retried: to discard one, rm it in the mount "
             f"(rm '{example}'); to retry, fix the cause, copy it out, rm it and copy it in "
             f"again"
