@@ -173,6 +173,8 @@ class HostileServer:
     bodies: Dict[str, bytes] = field(default_factory=dict)
     #: any mode: the login's answer instead of a session, as (status line, text/plain body)
     login_answer: Optional[Tuple[str, bytes]] = None
+    #: any mode: the login's Set-Cookie headers instead of ``JSESSIONID=SESSION; Path=/``
+    login_cookies: Optional[List[str]] = None
     requests: List[Request] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _count: Dict[str, int] = field(default_factory=dict)
@@ -295,11 +297,12 @@ class HostileServer:
                     "text/plain",
                     (("Set-Cookie", f"JSESSIONID={SESSION}; Path=/; HttpOnly"),),
                 )
+            cookies = self.login_cookies or [f"JSESSIONID={SESSION}; Path=/; HttpOnly"]
             return send(
                 "200 OK",
                 SESSION.encode(),
                 "text/plain",
-                (("Set-Cookie", f"JSESSIONID={SESSION}; Path=/; HttpOnly"),),
+                tuple(("Set-Cookie", c) for c in cookies),
             )
         if path == "/data/JSESSION":
             return send("200 OK", SESSION.encode(), "text/plain")

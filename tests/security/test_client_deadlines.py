@@ -222,3 +222,25 @@ def test_close_ends_a_download_whose_body_trickles(hostile):
     t.join(DEADLINE + SLACK)
     assert not t.is_alive(), "close() left the download reading"
     assert isinstance(outcome["result"], errors.XnatError), outcome
+
+
+def test_a_login_setting_two_session_cookies_logs_in_with_the_one_for_data(hostile):
+    """A login answer with two ``JSESSIONID`` cookies for different paths (a proxy in front of
+    XNAT): requests' ``cookies.get`` raised ``CookieConflictError``, not an XnatError, so the
+    mount's server check ended in a traceback and every call of a running mount in EIO."""
+    from tests.security.hostile import SESSION
+
+    hostile.login_cookies = ["JSESSIONID=NOT-THIS-ONE; Path=/", f"JSESSIONID={SESSION}; Path=/data"]
+    c = XnatClient(hostile.url, Credentials("u", "p"), ClientOptions(heartbeat=False, deadline=5))
+    try:
+        c.start()
+        assert [p.id for p in c.list_projects()] == ["H"]
+    finally:
+        c.close()
+    hostile.login_cookies = ["JSESSIONID=; Path=/"]  # an empty one is no session
+    c = XnatClient(hostile.url, Credentials("u", "p"), ClientOptions(heartbeat=False, deadline=5))
+    try:
+        c.start()  # the body is the session id (xnatpy's fallback, §8.1)
+        assert [p.id for p in c.list_projects()] == ["H"]
+    finally:
+        c.close()

@@ -479,7 +479,7 @@ class _LoginSession:
             raise NotXnatResponse(
                 method, url, 200, "login answered with an HTML page; is this the XNAT base URL?"
             )
-        jsession = resp.cookies.get("JSESSIONID")
+        jsession = self._session_cookie(resp)
         if not jsession:
             text = body.decode("utf-8", "replace").strip()
             if text and len(text) < 200 and not any(c.isspace() for c in text):
@@ -491,6 +491,20 @@ class _LoginSession:
         self._note_expiry(resp)
         self._stats.login()
         log.debug("logged in to %s as %s", self.base_url, creds.username)
+
+    def _session_cookie(self, resp: requests.Response) -> Optional[str]:
+        """The ``JSESSIONID`` the login set.  ``resp.cookies.get`` raised requests'
+        ``CookieConflictError`` (not an XnatError: a traceback at mount, EIO on every call)
+        when a server (or a proxy in front of it) set two, for different paths; the one whose
+        path is the longest prefix of the base URL's ``/data/`` is the one that server would
+        read, else the last one set."""
+        base = (urlsplit(self.base_url).path.rstrip("/") or "") + "/data/"
+        found = [c for c in resp.cookies if c.name == "JSESSIONID" and c.value]
+        if not found:
+            return None
+        fitting = [c for c in found if base.startswith((c.path or "/").rstrip("/") + "/")]
+        best = max(fitting, key=lambda c: len(c.path or "")) if fitting else found[-1]
+        return best.value
 
     def _deadline(self) -> float:
         """Now + ``deadline``, or the end of the filesystem call being served if sooner."""
