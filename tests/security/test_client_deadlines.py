@@ -230,11 +230,17 @@ def test_a_login_setting_two_session_cookies_logs_in_with_the_one_for_data(hosti
     mount's server check ended in a traceback and every call of a running mount in EIO."""
     from tests.security.hostile import SESSION
 
-    hostile.login_cookies = ["JSESSIONID=NOT-THIS-ONE; Path=/", f"JSESSIONID={SESSION}; Path=/data"]
+    hostile.login_cookies = [
+        "JSESSIONID=NOT-THIS-ONE; Path=/",
+        f"JSESSIONID={SESSION}; Path=/data",
+        'SESSION_EXPIRATION_TIME="1,900000"; Path=/',
+        'SESSION_EXPIRATION_TIME="1,200000"; Path=/data',
+    ]
     c = XnatClient(hostile.url, Credentials("u", "p"), ClientOptions(heartbeat=False, deadline=5))
     try:
         c.start()
         assert [p.id for p in c.list_projects()] == ["H"]
+        assert c.heartbeat_interval == 80.0  # 200 s / 2 - 20 s: the /data one
     finally:
         c.close()
     hostile.login_cookies = ["JSESSIONID=; Path=/"]  # an empty one is no session

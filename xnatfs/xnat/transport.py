@@ -479,7 +479,7 @@ class _LoginSession:
             raise NotXnatResponse(
                 method, url, 200, "login answered with an HTML page; is this the XNAT base URL?"
             )
-        jsession = self._session_cookie(resp)
+        jsession = self._cookie(resp, "JSESSIONID")
         if not jsession:
             text = body.decode("utf-8", "replace").strip()
             if text and len(text) < 200 and not any(c.isspace() for c in text):
@@ -492,14 +492,15 @@ class _LoginSession:
         self._stats.login()
         log.debug("logged in to %s as %s", self.base_url, creds.username)
 
-    def _session_cookie(self, resp: requests.Response) -> Optional[str]:
-        """The ``JSESSIONID`` the login set.  ``resp.cookies.get`` raised requests'
-        ``CookieConflictError`` (not an XnatError: a traceback at mount, EIO on every call)
-        when a server (or a proxy in front of it) set two, for different paths; the one whose
-        path is the longest prefix of the base URL's ``/data/`` is the one that server would
-        read, else the last one set."""
+    def _cookie(self, resp: requests.Response, name: str) -> Optional[str]:
+        """The cookie ``name`` (``JSESSIONID``, ``SESSION_EXPIRATION_TIME``) an answer set.
+        ``resp.cookies.get`` raised requests' ``CookieConflictError`` (not an XnatError: a
+        traceback at mount, EIO on every call, a dead heartbeat thread) when a server (or a
+        proxy in front of it) set two, for different paths; the one whose path is the longest
+        prefix of the base URL's ``/data/`` is the one that server would read, else the last
+        one set."""
         base = (urlsplit(self.base_url).path.rstrip("/") or "") + "/data/"
-        found = [c for c in resp.cookies if c.name == "JSESSIONID" and c.value]
+        found = [c for c in resp.cookies if c.name == name and c.value]
         if not found:
             return None
         fitting = [c for c in found if base.startswith((c.path or "/").rstrip("/") + "/")]
@@ -549,7 +550,7 @@ class _LoginSession:
 
     def _note_expiry(self, resp: requests.Response) -> None:
         """Read ``SESSION_EXPIRATION_TIME="<lastAccessMillis>,<timeoutMillis>"`` (§5.1)."""
-        raw = resp.cookies.get("SESSION_EXPIRATION_TIME")
+        raw = self._cookie(resp, "SESSION_EXPIRATION_TIME")
         m = _EXPIRY_RE.match(raw.strip()) if raw else None
         if m:
             timeout = int(m.group(2)) / 1000.0
