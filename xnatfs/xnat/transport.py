@@ -95,6 +95,7 @@ Params = Dict[str, str]
 
 _EXPIRY_RE = re.compile(r'^"?(\d+),(\d+)"?$')
 _DEFAULT_HEARTBEAT = 420.0  # xnatpy's default when the server sends no expiry cookie (§5.1)
+_MAX_HEARTBEAT = 86400.0  # whatever the server's cookie says
 _ERROR_BODY_LIMIT = 65536
 #: downloads ask for the bytes as stored, so Content-Length is the file size (§3.1)
 _IDENTITY = {"Accept-Encoding": "identity"}
@@ -554,7 +555,9 @@ class _LoginSession:
         m = _EXPIRY_RE.match(raw.strip()) if raw else None
         if m:
             timeout = int(m.group(2)) / 1000.0
-            self._heartbeat_interval = max(timeout / 2.0 - 20.0, 10.0)
+            # at most a day: a server's "1,10^22" made the heartbeat thread's wait overflow
+            # (OverflowError: the thread died, the session then lapsed unrenewed)
+            self._heartbeat_interval = min(max(timeout / 2.0 - 20.0, 10.0), _MAX_HEARTBEAT)
 
     def _heartbeat_loop(self) -> None:
         while not self._closing.wait(self._heartbeat_interval):
