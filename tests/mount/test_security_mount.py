@@ -243,6 +243,10 @@ def test_dotdot_names_are_refused_before_any_request(emu, make_mount):
         "Ünïcødé ✓.txt",
         "%252E%252E.txt",
         "..dots..txt",
+        # query and path-parameter syntax stays in the name (never a parameter of the PUT)
+        "x?overwrite=true&extract=true",
+        "a;b+c=d&e,f'(g)$!@~.txt",
+        "%2B%20%3F.txt",
     ],
 )
 def test_odd_names_land_where_written(emu, make_mount, tmp_path, name):
