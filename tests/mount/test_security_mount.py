@@ -209,6 +209,10 @@ def test_dotdot_names_are_refused_before_any_request(emu, make_mount):
     not_utf8 = os.fsdecode(b"bad\xff.txt")
     assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / not_utf8)) == "EINVAL"
     assert _py("os.mkdir(sys.argv[1])", str(dicom / not_utf8)) == "EINVAL"
+    # longer than XNAT's disk can name: before, create passed and close() failed with EIO
+    # after four PUTs answered 500 (the emulator's disk refused the name)
+    too_long = "L" * 300 + ".txt"
+    assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / too_long)) == "ENAMETOOLONG"
     # rename: a local file (a temporary name: not uploaded at close) moved to a hostile name
     tmp = dicom / "draft.tmp"
     assert (

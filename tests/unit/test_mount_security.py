@@ -22,6 +22,19 @@ URL = "https://xnat.example.org"
 
 
 # ------------------------------------------------------------------ written names
+def test_names_xnat_cannot_store_are_too_long_before_any_request():
+    """A 300-byte name was accepted at create; XNAT answered its upload 500 (its archive is on
+    a disk whose names are at most 255 bytes): close() failed with EIO and the file was left
+    to the upload journal's retries."""
+    for name in ("L" * 256, "é" * 128, "x" * 250 + "%2Fabc"):
+        with pytest.raises(OSError) as info:
+            check_write_name(name, "/P/resources/R/files/" + name)
+        assert info.value.errno in (errno.ENAMETOOLONG, errno.EINVAL), name
+    assert check_write_name("L" * 255) == "L" * 255
+    assert check_write_name("é" * 127) == "é" * 127
+    assert check_write_name("%25" * 255) == "%" * 255  # the XNAT name is what counts
+
+
 @pytest.mark.parametrize(
     "name",
     [
