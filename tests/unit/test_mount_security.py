@@ -247,3 +247,44 @@ def test_deletes_of_listed_uris_stay_under_data():
     finally:
         client.close()
     assert sent == []
+
+
+def test_plain_http_to_another_machine_is_warned_about():
+    """The login form (the password) goes to the server URL: over plain http to another
+    machine anyone on the path reads it.  ``xnatfs mount`` said nothing."""
+    from xnatfs.commands.common import plaintext_warning
+
+    for url in ("http://xnat.example.org", "http://10.0.0.5:8080/xnat", "http://[2001:db8::1]"):
+        assert "unencrypted" in plaintext_warning(url), url
+    for url in (
+        "https://xnat.example.org",
+        "http://localhost:8080",
+        "http://127.0.0.1:8080",
+        "http://127.0.0.2",
+        "http://[::1]:8080",
+    ):
+        assert plaintext_warning(url) == "", url
+
+
+def test_mount_prints_the_plain_http_warning(tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XNATFS_")}
+    env.update(
+        HOME=str(tmp_path),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        XNATFS_USER="u",
+        XNATFS_PASSWORD="p",
+    )
+    (tmp_path / "mnt").mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "mount", "http://192.0.2.1:9", str(tmp_path / "mnt")]
+        + ["--connect-timeout", "1", "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert res.returncode == 1, res
+    assert "plain http" in res.stderr and "unencrypted" in res.stderr, res.stderr

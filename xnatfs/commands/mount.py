@@ -11,7 +11,13 @@ import sys
 from typing import Any, Dict, Sequence
 
 from xnatfs import settings as table
-from xnatfs.commands.common import UsageError, check_url, load_fuse, setup_logging
+from xnatfs.commands.common import (
+    UsageError,
+    check_url,
+    load_fuse,
+    plaintext_warning,
+    setup_logging,
+)
 from xnatfs.commands.daemon import drop_credentials_from_environment, run_foreground, spawn_daemon
 from xnatfs.options import Options
 
@@ -165,6 +171,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     setup_logging(settings["log_level"][0])
     options = options_from_settings(args.url, settings, args.fuse_options)
+    insecure = plaintext_warning(options.url)
+    if insecure and not args.credentials_stdin:  # once, by the command the user ran
+        log.warning("%s", insecure)
     if options.zero_message_opens and not options.read_only:
         # a write needs its open (the upload at close, the journal): fs/noopen.py
         raise UsageError("--zero-message-opens needs --read-only (config key read_only)")
