@@ -21,7 +21,10 @@ PARTICIPANT_COLUMNS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
 
 
 def _dump(doc: Any) -> bytes:
-    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    # a lone surrogate from XNAT's JSON stays a JSON escape (else UnicodeEncodeError: EIO)
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode(
+        "utf-8", "backslashreplace"
+    )
 
 
 def authors(project_fields: Mapping[str, str]) -> List[str]:
