@@ -76,3 +76,26 @@ def test_status_prints_upload_errors_and_paths_escaped(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "broken" in out and "a\\x1b]0;owned" in out, out
     assert "\x1b" not in out and "\x07" not in out, repr(out)
+
+
+def test_cache_prefetch_reports_a_refused_file_escaped_and_goes_on(hostile, make_mount, tmp_path):
+    """``xnatfs cache prefetch`` over a folder holding a refused row (a bad listed size: its
+    stat is EIO) whose name carries an escape: the walk's ``getsize`` raised and the command
+    ended in a traceback, reading nothing; the names it reports were printed raw."""
+    from tests.security.hostile import GOOD_BYTES, file_row
+
+    m = make_mount(hostile.url, "--timeout", "3", "--read-only")
+    hostile.mode = "custom"
+    hostile.rows = [file_row(f"bad{HOSTILE}.bin", -5), file_row("good.txt", len(GOOD_BYTES))]
+    res = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "cache", "prefetch", str(m.path / "H/resources/R/files")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(tmp_path),
+    )
+    assert res.returncode == 1, res
+    assert "Traceback" not in res.stderr, res.stderr
+    assert "prefetched 1 of 2 files" in res.stdout, res.stdout
+    assert "bad\\x1b]0;owned\\x07" in res.stderr, res.stderr
+    assert "\x1b" not in res.stderr + res.stdout

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from xnatfs.commands.common import UsageError
+from xnatfs.logfmt import for_terminal
 from xnatfs.options import default_cache_dir, parse_size
 
 
@@ -149,7 +150,13 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
         for dirpath, _dirs, names in os.walk(top):
             for name in names:
                 path = os.path.join(dirpath, name)
-                files.append((path, os.path.getsize(path)))
+                try:
+                    size = os.path.getsize(path)
+                except OSError:
+                    # a row XNAT listed but xnatfs refuses (a bad size or URI: EIO): the
+                    # read below reports it; one such file ended the command in a traceback
+                    size = 0
+                files.append((path, size))
     failed: List[str] = []
     with tqdm(
         total=sum(size for _, size in files),
@@ -174,7 +181,8 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="prefetch") as pool:
             list(pool.map(read, files))
     for line in failed:
-        print(f"xnatfs: prefetch {line}", file=sys.stderr)
+        # escaped: a name XNAT gave may hold a terminal escape
+        print(f"xnatfs: prefetch {for_terminal(line)}", file=sys.stderr)
     print(f"prefetched {len(files) - len(failed)} of {len(files)} files")
     return 1 if failed else 0
 
