@@ -658,7 +658,7 @@ class _SidecarHandle:
         if not ref.converted:
             entry = ref.files.companions.get(".json")
             if entry is not None:
-                theirs = json.loads(src.read_whole(entry, deadline).decode("utf-8"))
+                theirs = _sidecar_object(src.read_whole(entry, deadline), entry.uri)
         elif self._layout.bundles.state(_bundle_key(ref.bundle)) == "cached":
             member = _BundleMember(
                 self._layout.bundles, _bundle_key(ref.bundle), ".json", ref.scan, ref.image
@@ -666,7 +666,7 @@ class _SidecarHandle:
             try:
                 name = member.member(deadline)
                 if name in member.index(deadline):
-                    theirs = json.loads(member.whole(name, deadline).decode("utf-8"))
+                    theirs = _sidecar_object(member.whole(name, deadline), name)
             finally:
                 member.close()
         doc = sidecar.merge(ours, theirs) if theirs is not None else ours
@@ -691,3 +691,18 @@ class _SidecarHandle:
 
     def close(self) -> None:
         self._data = None
+
+
+def _sidecar_object(raw: bytes, what: str) -> Optional[Dict[str, Any]]:
+    """A JSON sidecar from XNAT (or a conversion) as a dict to merge into ours; None (left
+    out, one line) when it is not a JSON object: a list, broken JSON or bytes that are not
+    UTF-8 made the sidecar's read fail with an unexpected error (EIO and a traceback)."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("BIDS: %s is not JSON (%s): left out of the sidecar", what, exc)
+        return None
+    if not isinstance(doc, dict):
+        log.warning("BIDS: %s is not a JSON object: left out of the sidecar", what)
+        return None
+    return doc
