@@ -288,3 +288,15 @@ def test_mount_prints_the_plain_http_warning(tmp_path):
     )
     assert res.returncode == 1, res
     assert "plain http" in res.stderr and "unencrypted" in res.stderr, res.stderr
+
+
+def test_a_password_in_mount_options_is_refused_never_passed_on(tmp_path, capsys):
+    """``-o password=...`` (an fstab line): it went on to the daemon's argv (``ps``,
+    ``/proc/PID/cmdline``) and libfuse; now refused before anything runs, without echoing it."""
+    (tmp_path / "mnt").mkdir()
+    rc = cli.main(
+        ["mount", "https://xnat.example.org", str(tmp_path / "mnt"), "-o", "ro,password=s3cret"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1 and "credentials do not belong in mount options" in err, err
+    assert "s3cret" not in err, err

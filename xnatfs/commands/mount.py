@@ -61,6 +61,14 @@ def options_from_settings(
     of what goes to libfuse."""
     values = {key: value for key, (value, _source) in settings.items()}
     fuse = table.parse_fuse_opts(fuse_options)
+    if "password" in fuse:
+        # it would go on to the daemon's command line (readable by every local user in ps and
+        # /proc/PID/cmdline for the mount's life) and then to libfuse, which refuses it
+        raise UsageError(
+            "-o password=... refused: credentials do not belong in mount options (they would "
+            "be visible in the process list); use a netrc (-o netrc=FILE) or "
+            "XNATFS_USER/XNATFS_PASSWORD"
+        )
     owner = _take_owner_options(fuse)
     fields = table.option_values(values)
     # libfuse3 has no "nonempty" (it always allows it): xnatfs checks the mount point itself
