@@ -122,13 +122,8 @@ def _no_fetch(uri: str, sink: Any) -> None:
     raise OSError(f"the cache command does not download ({uri})")
 
 
-def _prefetch(paths: Sequence[str], threads: int) -> int:
-    """Read every file below ``paths`` through the mount (filling its cache), with a progress
-    bar; the daemon does the downloading, in parallel."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
+def _files_to_prefetch(paths: Sequence[str]) -> List[Tuple[str, int]]:
+    """(path, size) of every file below ``paths``, each of which must be inside a mount."""
     from xnatfs.fs.mounting import xnatfs_mounts
 
     mounts = xnatfs_mounts()
@@ -154,9 +149,20 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
                     size = os.path.getsize(path)
                 except OSError:
                     # a row XNAT listed but xnatfs refuses (a bad size or URI: EIO): the
-                    # read below reports it; one such file ended the command in a traceback
+                    # read reports it; one such file ended the command in a traceback
                     size = 0
                 files.append((path, size))
+    return files
+
+
+def _prefetch(paths: Sequence[str], threads: int) -> int:
+    """Read every file below ``paths`` through the mount (filling its cache), with a progress
+    bar; the daemon does the downloading, in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    files = _files_to_prefetch(paths)
     failed: List[str] = []
     with tqdm(
         total=sum(size for _, size in files),
