@@ -175,6 +175,8 @@ class HostileServer:
     login_answer: Optional[Tuple[str, bytes]] = None
     #: any mode: the login's Set-Cookie headers instead of ``JSESSIONID=SESSION; Path=/``
     login_cookies: Optional[List[str]] = None
+    #: mode ``custom``: more project IDs listed beside ``H`` (each empty)
+    projects: List[str] = field(default_factory=list)
     requests: List[Request] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _count: Dict[str, int] = field(default_factory=dict)
@@ -313,12 +315,13 @@ class HostileServer:
             rows = _rows(
                 [
                     {
-                        "ID": PROJECT,
+                        "ID": pid,
                         "name": "hostile",
-                        "secondary_ID": PROJECT,
+                        "secondary_ID": pid,
                         "description": "",
-                        "URI": f"/data/projects/{PROJECT}",
+                        "URI": f"/data/projects/{pid}",
                     }
+                    for pid in [PROJECT] + (self.projects if mode == "custom" else [])
                 ]
             )
             if mode == "slow_listing":

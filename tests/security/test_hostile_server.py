@@ -179,6 +179,30 @@ def test_a_name_that_is_not_unicode_leaves_its_siblings_listed(hostile, make_mou
     assert [ln for ln in text.splitlines() if "left out of the listing" in ln], text[-2000:]
 
 
+def test_project_folders_of_the_bids_view_follow_the_path_rule(hostile, make_mount):
+    """Project IDs ``..``, ``a/b`` and one with a NUL: the BIDS view (``MNT/.bids``) escaped
+    only ``/``, so ``..`` was a second ``..`` entry (the project unreachable) and the NUL cut
+    its name short (``n``, a folder of no project); ``a/b`` and a project ``a%2Fb`` would have
+    shared one folder.  Now its project folders are named as in the XNAT view."""
+    import subprocess
+
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "custom"
+    hostile.projects = ["..", "a/b", "a%2Fb", "n\0ul"]
+    main = fs_op("listdir", m.path)["names"]
+    want = ["%2E%2E", "H", "a%252Fb", "a%2Fb", "n%00ul"]
+    assert [n for n in main if not n.startswith(".")] == want, main
+    bids = fs_op("listdir", m.path / ".bids")
+    assert bids["errno"] == 0 and bids["names"] == want, bids
+    out = subprocess.run(
+        ["ls", "-a1", "--quoting-style=literal", str(m.path / ".bids")],
+        capture_output=True,
+        timeout=30,
+    )
+    entries = out.stdout.split(b"\n")
+    assert entries.count(b"..") == 1 and b"n" not in entries, out.stdout
+
+
 def test_file_uris_leaving_data_are_never_requested(hostile, evil, make_mount):
     """Issue 17 §8: ``/data/../../../etc/passwd`` was requested on the same host with the
     session cookie; ``//host`` and absolute URLs must not reach any server either."""

@@ -51,6 +51,7 @@ from xnatfs.bids.source import Plan, PlannedScan, ScanFiles, Source, file_key, p
 from xnatfs.cache.content import ContentCache, ContentKey
 from xnatfs.view.layout import BaseLayout, Children, Listing, Loaded, Opened, PathParts
 from xnatfs.view.node import Generated, NodeInfo, Record, Ref
+from xnatfs.view.paths import escape_name, unescape_name
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class BidsLayout(BaseLayout):
     def children(self, parts: PathParts, node: NodeInfo) -> Children:
         if node.kind is Kind.ROOT:
             return Loaded(key=(), load=self._load_projects)
-        project = parts[0]
+        project = unescape_name(parts[0])
         if node.kind is Kind.DATATYPE:
             return Loaded(key=parts, load=lambda: self._load_datatype(parts, node))
         record = node.record if node.kind is Kind.PROJECT else None
@@ -242,7 +243,11 @@ class BidsLayout(BaseLayout):
     def _load_projects(self) -> Listing:
         listing = Listing()
         for p in self.src.client.list_projects():
-            name = p.id.replace("/", "%2F")
+            # the path rule's escape, as in the XNAT view: a project listed as "..", "a/b" or
+            # with a NUL was shown raw ("..", a name cut at the NUL) or half escaped (only "/":
+            # "a/b" and "a%2Fb" shared a folder), and deeper folders looked the project up by
+            # that name
+            name = escape_name(p.id)
             listing.add(
                 NodeInfo(
                     name=name,
@@ -324,7 +329,7 @@ class BidsLayout(BaseLayout):
         return _PlanView(plan, listings)
 
     def _load_datatype(self, parts: PathParts, node: NodeInfo) -> Listing:
-        plan = self._plan_of(parts[0])
+        plan = self._plan_of(unescape_name(parts[0]))
         listing = Listing()
         scans = plan.folders.get(tuple(parts[1:]), [])
         for scan, files in zip(scans, parallel(lambda s: self.src.scan_files(s.scan_uri), scans)):
