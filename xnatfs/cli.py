@@ -41,6 +41,7 @@ from xnatfs.commands.mount import (
     settings_from_args,
 )
 from xnatfs.commands.status import cmd_status, cmd_umount
+from xnatfs.logfmt import for_terminal
 from xnatfs.options import Options
 
 # the names other modules and the tests use as ``cli.X`` (prearchive_cli, tests/unit)
@@ -312,13 +313,14 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return handlers[args.command](args)
     except (UsageError, ConfigError) as exc:
-        print(f"xnatfs: {exc}", file=sys.stderr)
+        # escaped: the message may quote a server's error text (logfmt.for_terminal)
+        print(f"xnatfs: {for_terminal(str(exc))}", file=sys.stderr)
         return 1
     except Exception as exc:  # credentials errors and friends: one line
         from xnatfs.xnat.errors import XnatError
 
         if isinstance(exc, XnatError):
-            print(f"xnatfs: {exc}", file=sys.stderr)
+            print(f"xnatfs: {for_terminal(str(exc))}", file=sys.stderr)
             return 1
         raise
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional, Tuple
 
 from xnatfs.cli import UsageError
+from xnatfs.logfmt import for_terminal
 
 ACTIONS = ("rebuild", "archive", "move", "delete")
 PREARC_PREFIX = "/data/prearchive/projects/"
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.action} {uri}: {exc.strerror or exc} "
                 f"[{errno.errorcode.get(exc.errno or 0, exc.errno)}]"
             ) from None
-        print(result)
+        print(for_terminal(result))  # XNAT's status text: no raw terminal escape
         return 0
     finally:
         try:

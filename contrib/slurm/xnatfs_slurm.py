@@ -222,8 +222,27 @@ def _check_name(name: str) -> None:
 
 
 def _chown_to(path: Path, user: str) -> None:
+    """Give the folder ``path`` to ``user`` (mode 0700), never what a symlink there points to,
+    nor a folder another user made: this runs as root, and with the cache or mount root on a
+    world-writable scratch a user could have made ``<root>/<user>`` a symlink to ``/etc``
+    (``os.chown`` follows it), or made another user's folder before that user's first job."""
     pw = pwd.getpwnam(user)
-    os.chown(path, pw.pw_uid, pw.pw_gid)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SystemExit(
+            f"xnatfs_slurm: refusing {path}: not a plain folder ({exc.strerror})"
+        ) from None
+    try:
+        owner = os.fstat(fd).st_uid
+        if owner not in (0, pw.pw_uid):
+            # made by someone else before the user's first job: they chose its mode and may
+            # hold it open; the user's cache (XNAT's bytes, the upload journal) must not be there
+            raise SystemExit(f"xnatfs_slurm: refusing {path}: owned by uid {owner}, not {user}")
+        os.fchown(fd, pw.pw_uid, pw.pw_gid)
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
 
 
 def _env() -> Dict[str, str]:

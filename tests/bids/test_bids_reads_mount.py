@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -109,3 +110,28 @@ def test_failed_conversion_is_eio_with_one_log_line(make_emulator, make_mount) -
         m.path / ".bids/DEMO1/sub-SUBJ01/ses-MR1/anat/sub-SUBJ01_ses-MR1_T2w.nii.gz"
     ).read_bytes()[:2] == b"\x1f\x8b"
     assert os.path.exists(m.path / ".bids/DEMO1/participants.tsv")
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]\n", b"{not json\n", b'"\xff"\n'])
+def test_a_sidecar_on_xnat_that_is_not_a_json_object_is_left_out(
+    make_emulator, make_mount, body: bytes
+) -> None:
+    """The JSON beside a NIfTI resource's image is merged into the BIDS sidecar; when it was
+    not a JSON object (a list, broken JSON, bytes that are not UTF-8) the sidecar's read failed
+    with an unexpected error (EIO, a traceback).  Now that file is left out, with one line."""
+    from tests.mount.helpers import put_file
+
+    emu = make_emulator()
+    put_file(
+        emu.url,
+        "/data/projects/DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1/scans/1/resources/NIFTI"
+        "/files/SUBJ01_MR1_T1w.json",
+        body,
+    )
+    m = make_mount(emu.url)
+    sidecar = m.path / ".bids/DEMO1/sub-SUBJ01/ses-MR1/anat/sub-SUBJ01_ses-MR1_T1w.json"
+    doc = json.loads(sidecar.read_bytes())
+    assert isinstance(doc, dict) and doc, doc
+    text = m.log_text()
+    assert "Traceback" not in text
+    assert [ln for ln in text.splitlines() if "SUBJ01_MR1_T1w.json" in ln and "left out" in ln]

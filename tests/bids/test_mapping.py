@@ -133,3 +133,25 @@ def test_unmatched_report_is_a_tsv() -> None:
         "subject\tsession\tscan\tdescription\treason",
         "S1\tS1_MR1\t3\tfMRI x\tno task",
     ]
+
+
+def test_xnat_text_cannot_add_a_row_or_a_column_to_the_tsv_files() -> None:
+    """A CR (or another line or cell break) in an XNAT value: only tab and LF were replaced,
+    and Python's csv, pandas and the BIDS validator end a line at a lone CR too, so
+    ``M\\rsub-ghost`` in a subject's field listed a participant that does not exist."""
+    import csv
+    import io
+
+    from xnatfs.bids.dataset import participants_tsv
+
+    hostile = "M\rsub-ghost\x0bx\x0cy\x1cz\x85w\u2028v\tu"
+    for data in (
+        participants_tsv([("01", {"gender": hostile}), ("02", {"gender": "F"})]),
+        unmatched_tsv([("S1", "S1_MR1", "3", hostile, "no task")]),
+    ):
+        text = data.decode()
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t"))
+        assert len(rows) == text.count("\n"), rows
+        assert len({len(r) for r in rows}) == 1, rows
+        assert len(text.splitlines()) == len(rows), text
+        assert not any(r[0] == "sub-ghost" for r in rows), rows

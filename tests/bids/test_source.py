@@ -136,3 +136,69 @@ def test_a_header_a_mapping_criterion_reads_ends_with_the_listings_call() -> Non
     with pytest.raises(TimeoutError):  # outside a filesystem call: its own bound
         src._header_fn("/data/experiments/E1/scans/1")()
     assert content.deadlines[0] >= outside + 30
+
+
+class _SameLabels(StubClient):
+    """Subject S01 has experiments ``S01_MR1`` and ``MR1`` (distinct XNAT labels, one session
+    label after the subject's prefix is dropped); two subjects share the label ``DUP`` (XNAT
+    forbids it, a hostile or broken server may list it)."""
+
+    def list_subjects(self, project: str) -> List[Subject]:
+        return [
+            Subject("S1", "S01", project),
+            Subject("X1", "DUP", project),
+            Subject("X2", "DUP", project),
+        ]
+
+    def list_experiments(self, project: str, subject: str) -> List[Experiment]:
+        if subject == "S1":
+            labels = [("E1", "S01_MR1"), ("E2", "MR1")]
+        else:
+            labels = [(f"{subject}E", "DUP_MR1")]
+        return [
+            Experiment(
+                eid,
+                label,
+                project,
+                subject,
+                "xnat:mrSessionData",
+                "2024-01-01",
+                f"/data/experiments/{eid}",
+            )
+            for eid, label in labels
+        ]
+
+    def list_scans(self, uri: str) -> List[Scan]:
+        return [Scan("1", "MPRAGE", "MPRAGE", "xnat:mrScanData", "usable", f"{uri}/scans/1")]
+
+
+def test_two_objects_with_one_label_never_share_a_folder() -> None:
+    """Experiments ``S01_MR1`` and ``MR1`` of one subject both showed as ``ses-MR1``: both T1w
+    were planned as ``sub-S01_ses-MR1_T1w``, one hiding the other; two subjects listed with one
+    label shared ``sub-DUP``."""
+    plan = Source(_SameLabels({}, {}), None, Mapper()).plan(
+        Project("P", "P", uri="/data/projects/P")
+    )
+    stems = [s.stem for f in plan.folders.values() for s in f]
+    assert len(stems) == 4 and len(set(stems)) == 4, stems
+    by_exp = {
+        s.experiment_uri.rsplit("/", 1)[1]: (s.subject, s.session)
+        for f in plan.folders.values()
+        for s in f
+    }
+    assert by_exp["E1"] == ("S01", "S01MR1") and by_exp["E2"] == ("S01", "MR1"), by_exp
+    assert by_exp["X1E"][0] != by_exp["X2E"][0], by_exp
+    assert len({p for p, _ in plan.participants}) == 3
+    # listing order changes nothing
+    again = Source(_Reversed({}, {}), None, Mapper()).plan(
+        Project("P", "P", uri="/data/projects/P")
+    )
+    assert sorted(s.stem for f in again.folders.values() for s in f) == sorted(stems)
+
+
+class _Reversed(_SameLabels):
+    def list_subjects(self, project: str) -> List[Subject]:
+        return list(reversed(super().list_subjects(project)))
+
+    def list_experiments(self, project: str, subject: str) -> List[Experiment]:
+        return list(reversed(super().list_experiments(project, subject)))

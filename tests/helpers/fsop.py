@@ -24,6 +24,8 @@ try:
             data = f.read()
         out["size"] = len(data)
         out["head"] = data[:64].decode("latin-1")
+    elif kind == "unlink":
+        os.unlink(path)
     out["errno"] = 0
 except OSError as e:
     out["errno"] = e.errno
@@ -33,10 +35,10 @@ print(json.dumps(out))
 
 
 def fs_op(kind: str, path: "os.PathLike[str] | str", timeout: float = 120) -> dict:
-    """One file operation (``stat``, ``listdir``, ``read``) in a child process (a hung FUSE call
-    cannot hang the test run): ``{"errno", "seconds", ...}``, the time measured around the
-    call itself.  A child still blocked at ``timeout`` is sent SIGKILL and reported as errno
-    None, ``hung``."""
+    """One file operation (``stat``, ``listdir``, ``read``, ``unlink``) in a child process (a
+    hung FUSE call cannot hang the test run): ``{"errno", "seconds", ...}``, the time measured
+    around the call itself.  A child still blocked at ``timeout`` is sent SIGKILL and reported
+    as errno None, ``hung``."""
     t = time.monotonic()
     child = subprocess.Popen(
         [sys.executable, "-c", _OP, kind, str(path)],

@@ -204,6 +204,15 @@ def test_dotdot_names_are_refused_before_any_request(emu, make_mount):
     assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / "a\\b.txt")) == "EINVAL"
     assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / "a%2Fb.txt")) == "EINVAL"
     assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / "bell\x07.txt")) == "EINVAL"
+    # a name whose bytes are not UTF-8: before, the create passed and close() failed with EIO
+    # (an unexpected UnicodeEncodeError while the journal recorded it)
+    not_utf8 = os.fsdecode(b"bad\xff.txt")
+    assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / not_utf8)) == "EINVAL"
+    assert _py("os.mkdir(sys.argv[1])", str(dicom / not_utf8)) == "EINVAL"
+    # longer than XNAT's disk can name: before, create passed and close() failed with EIO
+    # after four PUTs answered 500 (the emulator's disk refused the name)
+    too_long = "L" * 300 + ".txt"
+    assert _py("open(sys.argv[1], 'wb').write(b'x')", str(dicom / too_long)) == "ENAMETOOLONG"
     # rename: a local file (a temporary name: not uploaded at close) moved to a hostile name
     tmp = dicom / "draft.tmp"
     assert (
@@ -238,6 +247,10 @@ def test_dotdot_names_are_refused_before_any_request(emu, make_mount):
         "Ünïcødé ✓.txt",
         "%252E%252E.txt",
         "..dots..txt",
+        # query and path-parameter syntax stays in the name (never a parameter of the PUT)
+        "x?overwrite=true&extract=true",
+        "a;b+c=d&e,f'(g)$!@~.txt",
+        "%2B%20%3F.txt",
     ],
 )
 def test_odd_names_land_where_written(emu, make_mount, tmp_path, name):
@@ -277,6 +290,19 @@ def test_a_percent_in_an_xnat_name_is_shown_as_xnat_has_it(emu, make_mount):
         assert (m.path / PROTOCOLS / name).read_bytes() == xnat_name.encode() * 5
     assert (m.path / PROTOCOLS / "50%25_mask.nii.gz").read_bytes() == b"50%_mask.nii.gz" * 5
     assert "50%25_mask.nii.gz" not in shown
+
+
+def test_a_project_called_files_shows_its_files_where_they_are(emu, make_mount):
+    """XNAT's file URIs hold the IDs of the objects above the resource; a project whose ID is
+    ``files`` (a valid ID) showed ``x.txt`` of its resource ``R`` as
+    ``files/resources/R/files/resources/<id>/files/x.txt``: the path below the resource was
+    taken after the URI's first ``/files/``."""
+    r = requests.put(emu.url + "/data/projects/files", auth=ADMIN, timeout=30)
+    assert r.status_code in (200, 201), r.text
+    put_file(emu.url, "/data/projects/files/resources/R/files/x.txt", b"in project files\n")
+    m = make_mount(emu.url)
+    assert os.listdir(m.path / "files/resources/R/files") == ["x.txt"]
+    assert (m.path / "files/resources/R/files/x.txt").read_bytes() == b"in project files\n"
 
 
 # ------------------------------------------------------------------ credentials (§7)

@@ -36,6 +36,9 @@ Modes (``MODES``):
 ``slow_upload``        a file PUT's body is read at ~``upload_rate`` B/s, then answered at once
 ``slow_upload_answer`` the same, then the answer trickles for ever (``body_done`` is when the
                        body had all been read)
+``custom``             the files listing is ``rows`` (``file_row`` dicts), a file's body is
+                       ``bodies[<path below files/>]`` (else the good bytes); writes are recorded
+                       and answered 200
 =====================  ==========================================================================
 """
 
@@ -78,6 +81,7 @@ MODES = (
     "file_bad_digest",
     "slow_upload",
     "slow_upload_answer",
+    "custom",
 )
 
 _BOMB: Dict[str, bytes] = {}
@@ -103,6 +107,8 @@ class Request:
     path: str
     query: str
     cookie: bool
+    #: the request target as sent (still percent-encoded)
+    raw: str = ""
 
 
 def _many_rows(n: int = 3_000_000) -> bytes:
@@ -122,7 +128,7 @@ def _rows(rows: List[Dict[str, Any]]) -> bytes:
     return json.dumps({"ResultSet": {"Result": rows, "totalRecords": str(len(rows))}}).encode()
 
 
-def _file_row(name: str, size: Any, uri: Optional[str] = None, digest: str = "") -> Dict[str, Any]:
+def file_row(name: str, size: Any, uri: Optional[str] = None, digest: str = "") -> Dict[str, Any]:
     base = f"/data/projects/{PROJECT}/resources/1/files/"
     return {
         "Name": name,
@@ -162,6 +168,15 @@ class HostileServer:
     rcvbuf: int = 64 << 10
     #: where redirects and absolute URIs point (another server; see ``evil`` in conftest)
     evil_url: str = "http://127.0.0.2:9/"
+    #: mode ``custom``: the files listing of resource R, and bodies by path below ``files/``
+    rows: List[Dict[str, Any]] = field(default_factory=list)
+    bodies: Dict[str, bytes] = field(default_factory=dict)
+    #: any mode: the login's answer instead of a session, as (status line, text/plain body)
+    login_answer: Optional[Tuple[str, bytes]] = None
+    #: any mode: the login's Set-Cookie headers instead of ``JSESSIONID=SESSION; Path=/``
+    login_cookies: Optional[List[str]] = None
+    #: mode ``custom``: more project IDs listed beside ``H`` (each empty)
+    projects: List[str] = field(default_factory=list)
     requests: List[Request] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _count: Dict[str, int] = field(default_factory=dict)
@@ -250,7 +265,9 @@ class HostileServer:
         query = environ.get("QUERY_STRING", "")
         cookie = SESSION in environ.get("HTTP_COOKIE", "")
         with self._lock:
-            self.requests.append(Request(method, path, query, cookie))
+            self.requests.append(
+                Request(method, path, query, cookie, environ.get("REQUEST_URI", ""))
+            )
             self._count[f"{method} {path}"] = self._count.get(f"{method} {path}", 0) + 1
             n = self._count[f"{method} {path}"]
         mode = self.mode
@@ -272,6 +289,8 @@ class HostileServer:
             start_response(status, hdrs)
             return body
 
+        if path == "/data/services/auth" and method == "PUT" and self.login_answer:
+            return send(self.login_answer[0], self.login_answer[1], "text/plain")
         if path == "/data/services/auth" and method == "PUT":
             if mode == "slow_login":
                 return send(
@@ -280,11 +299,12 @@ class HostileServer:
                     "text/plain",
                     (("Set-Cookie", f"JSESSIONID={SESSION}; Path=/; HttpOnly"),),
                 )
+            cookies = self.login_cookies or [f"JSESSIONID={SESSION}; Path=/; HttpOnly"]
             return send(
                 "200 OK",
                 SESSION.encode(),
                 "text/plain",
-                (("Set-Cookie", f"JSESSIONID={SESSION}; Path=/; HttpOnly"),),
+                tuple(("Set-Cookie", c) for c in cookies),
             )
         if path == "/data/JSESSION":
             return send("200 OK", SESSION.encode(), "text/plain")
@@ -295,12 +315,13 @@ class HostileServer:
             rows = _rows(
                 [
                     {
-                        "ID": PROJECT,
+                        "ID": pid,
                         "name": "hostile",
-                        "secondary_ID": PROJECT,
+                        "secondary_ID": pid,
                         "description": "",
-                        "URI": f"/data/projects/{PROJECT}",
+                        "URI": f"/data/projects/{pid}",
                     }
+                    for pid in [PROJECT] + (self.projects if mode == "custom" else [])
                 ]
             )
             if mode == "slow_listing":
@@ -374,6 +395,13 @@ class HostileServer:
             return send("200 OK", body)
         if path.startswith(files_base + "/"):
             name = path[len(files_base) + 1 :]
+            if mode == "custom":
+                # PATH_INFO is the decoded path's bytes as latin-1 (PEP 3333)
+                name = name.encode("latin-1").decode("utf-8", "surrogateescape")
+                if method in ("PUT", "DELETE", "POST"):
+                    environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+                    return send("200 OK", b"", "text/plain")
+                return send("200 OK", self.bodies.get(name, GOOD_BYTES), "application/octet-stream")
             if name == "big.bin":
                 if mode == "file_endless":
                     return send("200 OK", self._endless(), "application/octet-stream")
@@ -406,38 +434,40 @@ class HostileServer:
         return send("404 Not Found", b"<html><body><h3>Not Found</h3></body></html>", "text/html")
 
     def _file_rows(self, mode: str) -> List[Dict[str, Any]]:
+        if mode == "custom":
+            return list(self.rows)
         if mode == "sizes":
             return [
-                _file_row("neg.bin", -5),
-                _file_row("huge.bin", 10**23),
-                _file_row("nan.bin", "abc"),
-                _file_row("over.bin", 2**63),
-                _file_row("good.txt", len(GOOD_BYTES)),
+                file_row("neg.bin", -5),
+                file_row("huge.bin", 10**23),
+                file_row("nan.bin", "abc"),
+                file_row("over.bin", 2**63),
+                file_row("good.txt", len(GOOD_BYTES)),
             ]
         if mode == "names":
             return [
-                _file_row("..", len(GOOD_BYTES)),
-                _file_row("evil\nname.txt", -5),
-                _file_row("good.txt", len(GOOD_BYTES)),
+                file_row("..", len(GOOD_BYTES)),
+                file_row("evil\nname.txt", -5),
+                file_row("good.txt", len(GOOD_BYTES)),
             ]
         if mode == "uris":
             return [
-                _file_row("passwd", 10, "/data/../../../etc/passwd"),
-                _file_row("net.bin", 10, "//evil/data/projects/H/resources/1/files/net.bin"),
-                _file_row(
+                file_row("passwd", 10, "/data/../../../etc/passwd"),
+                file_row("net.bin", 10, "//evil/data/projects/H/resources/1/files/net.bin"),
+                file_row(
                     "abs.bin", 10, self.evil_url + "data/projects/H/resources/1/files/abs.bin"
                 ),
-                _file_row("root.bin", 10, "/etc/xnat/files/root.bin"),
-                _file_row("good.txt", len(GOOD_BYTES)),
+                file_row("root.bin", 10, "/etc/xnat/files/root.bin"),
+                file_row("good.txt", len(GOOD_BYTES)),
             ]
         if mode == "file_bad_digest":
             return [
-                _file_row("big.bin", len(BIG_BYTES), digest=hashlib.md5(BIG_BYTES).hexdigest()),
-                _file_row("good.txt", len(GOOD_BYTES)),
+                file_row("big.bin", len(BIG_BYTES), digest=hashlib.md5(BIG_BYTES).hexdigest()),
+                file_row("good.txt", len(GOOD_BYTES)),
             ]
         if mode.startswith("file_"):
-            return [_file_row("big.bin", 1000), _file_row("good.txt", len(GOOD_BYTES))]
-        return [_file_row(f"f{i}.txt", len(GOOD_BYTES)) for i in range(3)]
+            return [file_row("big.bin", 1000), file_row("good.txt", len(GOOD_BYTES))]
+        return [file_row(f"f{i}.txt", len(GOOD_BYTES)) for i in range(3)]
 
 
 def gunzip_size(blob: bytes) -> int:
@@ -454,6 +484,7 @@ def gunzip_size(blob: bytes) -> int:
 __all__ = [
     "HostileServer",
     "MODES",
+    "file_row",
     "SESSION",
     "PROJECT",
     "GOOD_BYTES",

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.security.hostile import gzip_bomb
+from tests.security.hostile import SESSION, gzip_bomb
 from xnatfs import deadline
 from xnatfs.xnat import errors
 from xnatfs.xnat.auth import Credentials
@@ -222,3 +222,45 @@ def test_close_ends_a_download_whose_body_trickles(hostile):
     t.join(DEADLINE + SLACK)
     assert not t.is_alive(), "close() left the download reading"
     assert isinstance(outcome["result"], errors.XnatError), outcome
+
+
+def test_a_login_setting_two_session_cookies_logs_in_with_the_one_for_data(hostile):
+    """A login answer with two ``JSESSIONID`` cookies for different paths (a proxy in front of
+    XNAT): requests' ``cookies.get`` raised ``CookieConflictError``, not an XnatError, so the
+    mount's server check ended in a traceback and every call of a running mount in EIO."""
+    hostile.login_cookies = [
+        "JSESSIONID=NOT-THIS-ONE; Path=/",
+        f"JSESSIONID={SESSION}; Path=/data",
+        'SESSION_EXPIRATION_TIME="1,900000"; Path=/',
+        'SESSION_EXPIRATION_TIME="1,200000"; Path=/data',
+    ]
+    c = XnatClient(hostile.url, Credentials("u", "p"), ClientOptions(heartbeat=False, deadline=5))
+    try:
+        c.start()
+        assert [p.id for p in c.list_projects()] == ["H"]
+        assert c.heartbeat_interval == 80.0  # 200 s / 2 - 20 s: the /data one
+    finally:
+        c.close()
+    hostile.login_cookies = ["JSESSIONID=; Path=/"]  # an empty one is no session
+    c = XnatClient(hostile.url, Credentials("u", "p"), ClientOptions(heartbeat=False, deadline=5))
+    try:
+        c.start()  # the body is the session id (xnatpy's fallback, §8.1)
+        assert [p.id for p in c.list_projects()] == ["H"]
+    finally:
+        c.close()
+
+
+def test_a_huge_session_lifetime_keeps_the_heartbeat_alive(hostile):
+    """``SESSION_EXPIRATION_TIME="1,10^22"``: the heartbeat interval became 5*10^18 s and the
+    heartbeat thread's first wait raised OverflowError (the thread died)."""
+    hostile.login_cookies = [
+        f"JSESSIONID={SESSION}; Path=/",
+        'SESSION_EXPIRATION_TIME="1,10000000000000000000000"; Path=/',
+    ]
+    c = XnatClient(hostile.url, Credentials("u", "p"), ClientOptions(deadline=5))
+    try:
+        c.start()
+        assert c.heartbeat_interval <= 86400.0
+        assert c._heartbeat_thread is not None and c._heartbeat_thread.is_alive()
+    finally:
+        c.close()

@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers.fsop import fs_op
 from tests.security.conftest import daemon_pid, peak_rss_mb
-from tests.security.hostile import GOOD_BYTES, gzip_bomb
+from tests.security.hostile import GOOD_BYTES, file_row, gzip_bomb
 
 T = 3.0
 SLACK = 2.0
@@ -159,6 +159,50 @@ def test_dot_names_are_escaped_and_control_characters_do_not_split_log_lines(hos
     )
 
 
+def test_a_name_that_is_not_unicode_leaves_its_siblings_listed(hostile, make_mount):
+    """A lone surrogate in a listed name (valid JSON: ``"\\ud800"``) made the whole files
+    listing fail (an unexpected UnicodeEncodeError: EIO for every file of the resource, and a
+    traceback in the log).  Now such a row is left out, with one warning line."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "custom"
+    hostile.rows = [
+        file_row("lone\ud800.txt", 10),
+        file_row("escaped\udcff.txt", 10),
+        file_row("good.txt", len(GOOD_BYTES)),
+    ]
+    files = fs_op("listdir", m.path / FILES)
+    assert files["errno"] == 0 and files["names"] == ["good.txt"], files
+    good = fs_op("read", m.path / FILES / "good.txt")
+    assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode(), good
+    text = m.log_text()
+    assert "Traceback" not in text
+    assert [ln for ln in text.splitlines() if "left out of the listing" in ln], text[-2000:]
+
+
+def test_project_folders_of_the_bids_view_follow_the_path_rule(hostile, make_mount):
+    """Project IDs ``..``, ``a/b`` and one with a NUL: the BIDS view (``MNT/.bids``) escaped
+    only ``/``, so ``..`` was a second ``..`` entry (the project unreachable) and the NUL cut
+    its name short (``n``, a folder of no project); ``a/b`` and a project ``a%2Fb`` would have
+    shared one folder.  Now its project folders are named as in the XNAT view."""
+    import subprocess
+
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "custom"
+    hostile.projects = ["..", "a/b", "a%2Fb", "n\0ul"]
+    main = fs_op("listdir", m.path)["names"]
+    want = ["%2E%2E", "H", "a%252Fb", "a%2Fb", "n%00ul"]
+    assert [n for n in main if not n.startswith(".")] == want, main
+    bids = fs_op("listdir", m.path / ".bids")
+    assert bids["errno"] == 0 and bids["names"] == want, bids
+    out = subprocess.run(
+        ["ls", "-a1", "--quoting-style=literal", str(m.path / ".bids")],
+        capture_output=True,
+        timeout=30,
+    )
+    entries = out.stdout.split(b"\n")
+    assert entries.count(b"..") == 1 and b"n" not in entries, out.stdout
+
+
 def test_file_uris_leaving_data_are_never_requested(hostile, evil, make_mount):
     """Issue 17 §8: ``/data/../../../etc/passwd`` was requested on the same host with the
     session cookie; ``//host`` and absolute URLs must not reach any server either."""
@@ -180,6 +224,31 @@ def test_file_uris_leaving_data_are_never_requested(hostile, evil, make_mount):
         p.endswith(("/passwd", "/net.bin", "/abs.bin", "/root.bin")) for p in hostile.paths()
     )
     assert evil.requests == []
+
+
+def test_rm_of_a_row_whose_uri_names_an_object_deletes_nothing(hostile, make_mount):
+    """A files row whose ``URI`` names an object, not a file (``/data/projects/H/subjects/S1``):
+    it was shown as ``S1``, read with a GET of the subject, and ``rm`` of it (with
+    ``--allow-delete``) sent ``DELETE /data/projects/H/subjects/S1?removeFiles=true``: a
+    subject removed, files and all, by removing one file.  Now the row is refused like a URI
+    leaving ``/data/``: EIO, nothing sent."""
+    m = make_mount(hostile.url, "--timeout", str(T), "--allow-delete")
+    hostile.mode = "custom"
+    hostile.rows = [
+        file_row("S1", 10, uri="/data/projects/H/subjects/S1"),
+        file_row("1", 10, uri="/data/projects/H/resources/1"),  # shown by its last segment
+        file_row("good.txt", len(GOOD_BYTES)),
+    ]
+    assert fs_op("listdir", m.path / FILES)["errno"] == 0
+    for name in ("S1", "1"):
+        assert fs_op("read", m.path / FILES / name)["errno"] == errno.EIO, name
+        res = fs_op("unlink", m.path / FILES / name)
+        assert res["errno"] == errno.EIO, (name, res)
+    sent = [(r.method, r.path) for r in hostile.requests]
+    assert not [s for s in sent if s[0] == "DELETE"], sent
+    assert ("GET", "/data/projects/H/subjects/S1") not in sent, sent
+    good = fs_op("read", m.path / FILES / "good.txt")
+    assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode(), good
 
 
 def test_a_redirect_to_another_host_is_not_followed(hostile, evil, make_mount):

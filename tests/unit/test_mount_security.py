@@ -22,9 +22,35 @@ URL = "https://xnat.example.org"
 
 
 # ------------------------------------------------------------------ written names
+def test_names_xnat_cannot_store_are_too_long_before_any_request():
+    """A 300-byte name was accepted at create; XNAT answered its upload 500 (its archive is on
+    a disk whose names are at most 255 bytes): close() failed with EIO and the file was left
+    to the upload journal's retries."""
+    for name in ("L" * 256, "é" * 128, "x" * 250 + "%2Fabc"):
+        with pytest.raises(OSError) as info:
+            check_write_name(name, "/P/resources/R/files/" + name)
+        assert info.value.errno in (errno.ENAMETOOLONG, errno.EINVAL), name
+    assert check_write_name("L" * 255) == "L" * 255
+    assert check_write_name("é" * 127) == "é" * 127
+    assert check_write_name("%25" * 255) == "%" * 255  # the XNAT name is what counts
+
+
 @pytest.mark.parametrize(
     "name",
-    ["..", ".", "..%2F..%2Fx", "a%2Fb", "a%00b", "a\\b", "line\nbreak", "tab\there", "del\x7f"],
+    [
+        "..",
+        ".",
+        "..%2F..%2Fx",
+        "a%2Fb",
+        "a%00b",
+        "a\\b",
+        "line\nbreak",
+        "tab\there",
+        "del\x7f",
+        # bytes that are not UTF-8 (b"bad\xff.txt" reaches us as "bad\udcff.txt"): no URL
+        # names them; before, close() failed with an unexpected UnicodeEncodeError
+        os.fsdecode(b"bad\xff.txt"),
+    ],
 )
 def test_hostile_written_names_are_einval(name):
     with pytest.raises(OSError) as info:
@@ -221,3 +247,56 @@ def test_deletes_of_listed_uris_stay_under_data():
     finally:
         client.close()
     assert sent == []
+
+
+def test_plain_http_to_another_machine_is_warned_about():
+    """The login form (the password) goes to the server URL: over plain http to another
+    machine anyone on the path reads it.  ``xnatfs mount`` said nothing."""
+    from xnatfs.commands.common import plaintext_warning
+
+    for url in ("http://xnat.example.org", "http://10.0.0.5:8080/xnat", "http://[2001:db8::1]"):
+        assert "unencrypted" in plaintext_warning(url), url
+    for url in (
+        "https://xnat.example.org",
+        "http://localhost:8080",
+        "http://127.0.0.1:8080",
+        "http://127.0.0.2",
+        "http://[::1]:8080",
+    ):
+        assert plaintext_warning(url) == "", url
+
+
+def test_mount_prints_the_plain_http_warning(tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XNATFS_")}
+    env.update(
+        HOME=str(tmp_path),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        XNATFS_USER="u",
+        XNATFS_PASSWORD="p",
+    )
+    (tmp_path / "mnt").mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "mount", "http://192.0.2.1:9", str(tmp_path / "mnt")]
+        + ["--connect-timeout", "1", "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert res.returncode == 1, res
+    assert "plain http" in res.stderr and "unencrypted" in res.stderr, res.stderr
+
+
+def test_a_password_in_mount_options_is_refused_never_passed_on(tmp_path, capsys):
+    """``-o password=...`` (an fstab line): it went on to the daemon's argv (``ps``,
+    ``/proc/PID/cmdline``) and libfuse; now refused before anything runs, without echoing it."""
+    (tmp_path / "mnt").mkdir()
+    rc = cli.main(
+        ["mount", "https://xnat.example.org", str(tmp_path / "mnt"), "-o", "ro,password=s3cret"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1 and "credentials do not belong in mount options" in err, err
+    assert "s3cret" not in err, err

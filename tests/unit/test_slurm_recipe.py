@@ -6,6 +6,8 @@ Side effects are fakes: a mount table, the commands run, and which jobs Slurm st
 from __future__ import annotations
 
 import importlib.util
+import os
+import pwd
 import sys
 import threading
 from pathlib import Path
@@ -205,3 +207,43 @@ def test_settings_from_env_need_the_url():
     )
     assert s.mount_args == ["--read-only", "--max-requests", "4"]
     assert s.state_dir == Path("/run/xnatfs-slurm")
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown to another user needs root"
+)
+def test_a_users_symlink_in_a_shared_cache_root_is_not_followed_by_roots_chown(tmp_path, node):
+    """The prolog runs as root and chowns ``<cache root>/<user>`` to the user.  With the cache
+    root on a world-writable scratch (``XNATFS_CACHE_ROOT=/scratch``, sticky like /tmp), a user
+    could make ``/scratch/<user>`` a symlink to a root-owned folder (``/etc``) before a job:
+    ``os.chown`` followed it and gave the user that folder."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    scratch.chmod(0o1777)
+    victim = tmp_path / "etc"
+    victim.mkdir()
+    (scratch / "nobody").symlink_to(victim)
+    s = slurm.Settings(
+        url="https://xnat.example.org",
+        mount_root=tmp_path / "xnat",
+        cache_root=scratch,
+        state_dir=tmp_path / "run",
+    )
+    nm = slurm.NodeMounts(s, run=node.run, state=node.state, running=node.running)
+    node.slurm_jobs.add("7")
+    with pytest.raises(SystemExit):
+        nm.start("7", "nobody")
+    assert victim.stat().st_uid == 0
+    assert node.mounts_run() == 0
+    # a folder someone else made there before the user's first job: refused too
+    (scratch / "nobody").unlink()
+    (scratch / "nobody").mkdir(mode=0o777)
+    os.chown(scratch / "nobody", 12345, 12345)
+    with pytest.raises(SystemExit):
+        nm.start("7", "nobody")
+    assert (scratch / "nobody").stat().st_uid == 12345
+    # a plain folder the user made (or none yet) is theirs to use, private
+    (scratch / "nobody").rmdir()
+    assert nm.start("7", "nobody") == tmp_path / "xnat" / "nobody"
+    st = (scratch / "nobody").stat()
+    assert st.st_uid == pwd.getpwnam("nobody").pw_uid and st.st_mode & 0o777 == 0o700

@@ -107,3 +107,29 @@ def test_every_log_record_is_one_line_whatever_the_name():
 
 def test_escape_controls_leaves_plain_text_alone():
     assert escape_controls("résumé – notes.txt (T1w)") == "résumé – notes.txt (T1w)"
+
+
+def test_a_traceback_cannot_forge_a_log_line_either():
+    """An unexpected error is logged with its traceback (``fs/errmap``), whose last line is the
+    exception's message: a name in it (``KeyError(name)``) could still split the record and
+    forge a line, or carry a terminal escape, after the message itself was escaped."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("info", stream)
+        try:
+            try:
+                raise KeyError("evil\n2026-01-01 00:00:00,000 ERROR [x] forged\x1b[2J")
+            except KeyError as inner:
+                raise ValueError("outer\nforged too") from inner
+        except ValueError:
+            logging.getLogger("xnatfs.test").exception("getattr /P/x: unexpected")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    text = stream.getvalue()
+    assert "Traceback" in text and "KeyError" in text and "ValueError" in text, text
+    assert not any(ln.startswith(("2026-01-01", "forged")) for ln in text.splitlines()[1:]), text
+    assert "\x1b" not in text, text
+    assert "evil\\n2026-01-01" in text and "outer\\nforged too" in text, text

@@ -372,8 +372,46 @@ def test_sizes_that_are_byte_counts_pass() -> None:
         "http://evil.example/data/projects/P/resources/7/files/a",
         "/etc/passwd",
         "/data/projects/P/resources/7/files/./a",
+        # not a file of a resource: an object (rm would DELETE it), a resource, its files/
+        "/data/projects/P/subjects/S1",
+        "/data/projects/P",
+        "/data/experiments/E1/resources/7",
+        "/data/experiments/E1/resources/7/files/",
+        "/data/experiments/E1/files/a",
     ],
 )
 def test_a_file_uri_leaving_data_is_marked_never_fetched(uri) -> None:
     f = parse.file_from_row({"Name": "a", "Size": "1", "URI": uri})
     assert f.problem, uri
+
+
+def test_rows_with_a_lone_surrogate_are_left_out_not_fatal() -> None:
+    """A lone surrogate is valid JSON (``"\\ud800"``) but no file name or URL can hold it: one
+    such row made the whole listing fail with a UnicodeEncodeError (every sibling EIO)."""
+    body = (
+        '{"ResultSet":{"Result":[{"Name":"a\\ud800.txt","URI":"/data/projects/P/resources/7/'
+        'files/a\\ud800.txt"},{"Name":"b\\udcff","URI":"x"},{"Name":"ok.txt","URI":"/data/'
+        'projects/P/resources/7/files/ok.txt"}]}}'
+    )
+    rows, left_out = parse.without_unencodable(parse.rows_from_json(body))
+    assert left_out == 2
+    assert [r["Name"] for r in rows] == ["ok.txt"]
+    assert parse.file_from_row(rows[0]).uri.endswith("/files/ok.txt")
+
+
+@pytest.mark.parametrize(
+    "uri, path",
+    [
+        ("/data/projects/files/resources/129/files/x.txt", "x.txt"),
+        ("/data/projects/resources/resources/7/files/a/b", "a/b"),
+        ("/data/experiments/E1/scans/files/resources/7/files/d/files/y", "d/files/y"),
+        ("/data/projects/P/resources/7/files/resources/8/files/z", "resources/8/files/z"),
+        ("/data/prearchive/projects/P/20240101_1/S/scans/1/resources/files/files/1.dcm", "1.dcm"),
+    ],
+)
+def test_the_path_below_the_resource_whatever_the_objects_above_are_called(uri, path) -> None:
+    """A project (or scan) called ``files``: its files were shown below a second
+    ``resources/<id>/files`` folder (the path was taken after the first ``/files/``)."""
+    assert (
+        parse.file_from_row({"Name": path.rsplit("/", 1)[-1], "Size": "1", "URI": uri}).path == path
+    )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from xnatfs import __version__
@@ -20,7 +21,10 @@ PARTICIPANT_COLUMNS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
 
 
 def _dump(doc: Any) -> bytes:
-    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    # a lone surrogate from XNAT's JSON stays a JSON escape (else UnicodeEncodeError: EIO)
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode(
+        "utf-8", "backslashreplace"
+    )
 
 
 def authors(project_fields: Mapping[str, str]) -> List[str]:
@@ -64,11 +68,24 @@ def readme(project_id: str, project_name: str, description: str) -> bytes:
     return text.encode("utf-8")
 
 
+#: what may split a TSV cell or line for some reader: tab, CR (pandas and Python's csv end a
+#: line at a lone CR), every other C0/C1 control, DEL, the Unicode line/paragraph separators
+_TSV_BREAKS_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def tsv_cell(value: str) -> str:
+    """``value`` as one TSV cell: every character that could end the cell or the line is a
+    space.  Values come from XNAT (subject fields, series descriptions, labels): with only tab
+    and LF replaced, ``M\rsub-ghost`` in a subject's field gave participants.tsv a row of a
+    participant that does not exist."""
+    return _TSV_BREAKS_RE.sub(" ", value)
+
+
 def _field(fields: Mapping[str, str], names: Sequence[str]) -> str:
     for name in names:
-        value = str(fields.get(name, "") or "").strip()
+        value = tsv_cell(str(fields.get(name, "") or "")).strip()
         if value:
-            return value.replace("\t", " ").replace("\n", " ")
+            return value
     return ""
 
 

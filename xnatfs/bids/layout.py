@@ -51,6 +51,7 @@ from xnatfs.bids.source import Plan, PlannedScan, ScanFiles, Source, file_key, p
 from xnatfs.cache.content import ContentCache, ContentKey
 from xnatfs.view.layout import BaseLayout, Children, Listing, Loaded, Opened, PathParts
 from xnatfs.view.node import Generated, NodeInfo, Record, Ref
+from xnatfs.view.paths import escape_name, unescape_name
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class BidsLayout(BaseLayout):
     def children(self, parts: PathParts, node: NodeInfo) -> Children:
         if node.kind is Kind.ROOT:
             return Loaded(key=(), load=self._load_projects)
-        project = parts[0]
+        project = unescape_name(parts[0])
         if node.kind is Kind.DATATYPE:
             return Loaded(key=parts, load=lambda: self._load_datatype(parts, node))
         record = node.record if node.kind is Kind.PROJECT else None
@@ -242,7 +243,11 @@ class BidsLayout(BaseLayout):
     def _load_projects(self) -> Listing:
         listing = Listing()
         for p in self.src.client.list_projects():
-            name = p.id.replace("/", "%2F")
+            # the path rule's escape, as in the XNAT view: a project listed as "..", "a/b" or
+            # with a NUL was shown raw ("..", a name cut at the NUL) or half escaped (only "/":
+            # "a/b" and "a%2Fb" shared a folder), and deeper folders looked the project up by
+            # that name
+            name = escape_name(p.id)
             listing.add(
                 NodeInfo(
                     name=name,
@@ -324,7 +329,7 @@ class BidsLayout(BaseLayout):
         return _PlanView(plan, listings)
 
     def _load_datatype(self, parts: PathParts, node: NodeInfo) -> Listing:
-        plan = self._plan_of(parts[0])
+        plan = self._plan_of(unescape_name(parts[0]))
         listing = Listing()
         scans = plan.folders.get(tuple(parts[1:]), [])
         for scan, files in zip(scans, parallel(lambda s: self.src.scan_files(s.scan_uri), scans)):
@@ -658,7 +663,7 @@ class _SidecarHandle:
         if not ref.converted:
             entry = ref.files.companions.get(".json")
             if entry is not None:
-                theirs = json.loads(src.read_whole(entry, deadline).decode("utf-8"))
+                theirs = _sidecar_object(src.read_whole(entry, deadline), entry.uri)
         elif self._layout.bundles.state(_bundle_key(ref.bundle)) == "cached":
             member = _BundleMember(
                 self._layout.bundles, _bundle_key(ref.bundle), ".json", ref.scan, ref.image
@@ -666,7 +671,7 @@ class _SidecarHandle:
             try:
                 name = member.member(deadline)
                 if name in member.index(deadline):
-                    theirs = json.loads(member.whole(name, deadline).decode("utf-8"))
+                    theirs = _sidecar_object(member.whole(name, deadline), name)
             finally:
                 member.close()
         doc = sidecar.merge(ours, theirs) if theirs is not None else ours
@@ -691,3 +696,18 @@ class _SidecarHandle:
 
     def close(self) -> None:
         self._data = None
+
+
+def _sidecar_object(raw: bytes, what: str) -> Optional[Dict[str, Any]]:
+    """A JSON sidecar from XNAT (or a conversion) as a dict to merge into ours; None (left
+    out, one line) when it is not a JSON object: a list, broken JSON or bytes that are not
+    UTF-8 made the sidecar's read fail with an unexpected error (EIO and a traceback)."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("BIDS: %s is not JSON (%s): left out of the sidecar", what, exc)
+        return None
+    if not isinstance(doc, dict):
+        log.warning("BIDS: %s is not a JSON object: left out of the sidecar", what)
+        return None
+    return doc

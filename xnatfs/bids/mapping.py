@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from xnatfs.bids.dataset import tsv_cell
 from xnatfs.bids.names import BidsName, alnum, parse_entities
 
 #: BIDS suffixes by datatype, used to place an XNAT ``bidsname`` (the same families as XNAT's
@@ -438,9 +439,6 @@ def load_config(path: Union[str, None]) -> Optional[Dcm2BidsConfig]:
 def unmatched_tsv(rows: Sequence[Tuple[str, str, str, str, str]]) -> bytes:
     """``.xnatfs-unmatched.tsv``: subject, session, scan, description, reason."""
 
-    def clean(v: str) -> str:
-        return v.replace("\t", " ").replace("\n", " ")
-
     lines = ["subject\tsession\tscan\tdescription\treason"]
-    lines += ["\t".join(clean(v) for v in row) for row in rows]
+    lines += ["\t".join(tsv_cell(v) for v in row) for row in rows]
     return ("\n".join(lines) + "\n").encode("utf-8")

@@ -107,6 +107,37 @@ class LabelMap:
         return self._map.items()
 
 
+def distinct_originals(candidates: Mapping[str, Sequence[str]]) -> Dict[str, str]:
+    """object key -> the label to give :class:`LabelMap` for it, distinct for every key.
+
+    ``candidates[key]``: the labels to try, in order (a session: the part of the experiment
+    label after the subject's, then the whole label, then the ID).  A key keeps its first
+    candidate unless another key has the same one; then every key sharing it moves on to its
+    next.  Why: :class:`LabelMap` maps distinct labels to distinct names, but two objects with
+    one label shared a folder: experiments ``S01_MR1`` and ``MR1`` of subject ``S01`` both
+    showed as ``ses-MR1``, one T1w hiding the other under one name (and their bval/bvec could
+    mix).  The result depends only on the candidates, never on the listing order."""
+    chosen = {key: (list(c) or [key])[0] for key, c in candidates.items()}
+    level = {key: 0 for key in candidates}
+    for _ in range(1 + max((len(c) for c in candidates.values()), default=0)):
+        counts: Dict[str, int] = {}
+        for label in chosen.values():
+            counts[label] = counts.get(label, 0) + 1
+        shared = [k for k, label in chosen.items() if counts[label] > 1]
+        if not shared:
+            break
+        for key in shared:
+            level[key] += 1
+            options = list(candidates[key])
+            # past the last candidate: the last one with the key itself, unique among keys
+            chosen[key] = (
+                options[level[key]]
+                if level[key] < len(options)
+                else f"{options[-1] if options else ''}\0{key}"
+            )
+    return chosen
+
+
 def session_label(subject_label: str, experiment_label: str) -> str:
     """The part of an experiment label that names the session: XNAT's habit is
     ``<subject>_<visit>`` (``SUBJ01_MR1``), so a leading subject label and separator are

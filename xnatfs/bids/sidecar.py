@@ -137,7 +137,10 @@ def merge(ours: Mapping[str, Any], dcm2niix: Mapping[str, Any]) -> Dict[str, Any
 
 
 def dumps(doc: Mapping[str, Any]) -> bytes:
-    return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    # a lone surrogate from a JSON sidecar on XNAT stays a JSON escape (else the sidecar's read
+    # failed with an unexpected UnicodeEncodeError)
+    text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _multivalue() -> Any:

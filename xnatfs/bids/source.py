@@ -188,12 +188,14 @@ class Source:
             getattr(project, "description", "") or "",
         )
         subjects = sorted(self.client.list_subjects(project.id), key=lambda s: s.label or s.id)
-        sub_map = N.LabelMap([s.label or s.id for s in subjects])
+        # by subject: XNAT keeps labels unique in a project, a hostile listing need not
+        sub_labels = N.distinct_originals({s.id: [s.label or s.id, s.id] for s in subjects})
+        sub_map = N.LabelMap(sub_labels[s.id] for s in subjects)
         found = self._scans(project, subjects, mapper)
         plan.sessions_shown, ses_maps = _session_labels(found)
         runs = _run_numbers(found, plan.sessions_shown)
         shown_subjects = set()
-        for i, (subj, ses, exp, scan, match) in enumerate(found):
+        for i, (subj, _ses, exp, scan, match) in enumerate(found):
             s_label = subj.label or subj.id
             if match.name is None:
                 plan.unmatched.append(
@@ -208,8 +210,8 @@ class Source:
                 continue
             planned = PlannedScan(
                 project=project.id,
-                subject=sub_map[s_label],
-                session=ses_maps[subj.id][ses] if plan.sessions_shown else "",
+                subject=sub_map[sub_labels[subj.id]],
+                session=ses_maps[subj.id][exp.id] if plan.sessions_shown else "",
                 xnat_subject=s_label,
                 xnat_session=exp.label or exp.id,
                 experiment_uri=exp.uri,
@@ -227,7 +229,7 @@ class Source:
             plan.folders.setdefault(planned.folder(), []).append(planned)
             shown_subjects.add(subj.id)
         plan.participants = sorted(
-            (sub_map[s.label or s.id], dict(s.fields)) for s in subjects if s.id in shown_subjects
+            (sub_map[sub_labels[s.id]], dict(s.fields)) for s in subjects if s.id in shown_subjects
         )
         return plan
 
@@ -431,20 +433,27 @@ def _strip_ext(path: str) -> str:
 Found = Tuple[Any, str, Any, Any, Match]
 
 
-def _session_labels(found: List[Found]) -> Tuple[bool, Dict[str, N.LabelMap]]:
+def _session_labels(found: List[Found]) -> Tuple[bool, Dict[str, Dict[str, str]]]:
     """Whether ``ses-`` folders are shown (the session rule needs every subject's count of
-    sessions with a mapped scan) and each subject's map of session labels."""
+    sessions with a mapped scan) and, per subject, experiment ID -> BIDS session label."""
     per_subject: Dict[str, set] = {}
     for subj, _, exp, _, match in found:
         if match.name is not None:
             per_subject.setdefault(subj.id, set()).add(exp.id)
     shown = N.sessions_shown({k: len(v) for k, v in per_subject.items()})
-    ses_maps = {
-        sid: N.LabelMap(
-            [ses for subj, ses, exp, _, m in found if subj.id == sid and m.name is not None]
+    ses_maps: Dict[str, Dict[str, str]] = {}
+    for sid in per_subject:
+        # experiment -> its session label, distinct per experiment (``distinct_originals``):
+        # the part after the subject's label, else the whole experiment label, else its ID
+        labels = N.distinct_originals(
+            {
+                exp.id: [ses, exp.label or exp.id, exp.id]
+                for subj, ses, exp, _, m in found
+                if subj.id == sid and m.name is not None
+            }
         )
-        for sid in per_subject
-    }
+        names = N.LabelMap(labels.values())
+        ses_maps[sid] = {eid: names[label] for eid, label in labels.items()}
     return shown, ses_maps
 
 

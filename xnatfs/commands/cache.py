@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from xnatfs.commands.common import UsageError
+from xnatfs.logfmt import for_terminal
 from xnatfs.options import default_cache_dir, parse_size
 
 
@@ -121,13 +122,8 @@ def _no_fetch(uri: str, sink: Any) -> None:
     raise OSError(f"the cache command does not download ({uri})")
 
 
-def _prefetch(paths: Sequence[str], threads: int) -> int:
-    """Read every file below ``paths`` through the mount (filling its cache), with a progress
-    bar; the daemon does the downloading, in parallel."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
+def _files_to_prefetch(paths: Sequence[str]) -> List[Tuple[str, int]]:
+    """(path, size) of every file below ``paths``, each of which must be inside a mount."""
     from xnatfs.fs.mounting import xnatfs_mounts
 
     mounts = xnatfs_mounts()
@@ -149,7 +145,24 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
         for dirpath, _dirs, names in os.walk(top):
             for name in names:
                 path = os.path.join(dirpath, name)
-                files.append((path, os.path.getsize(path)))
+                try:
+                    size = os.path.getsize(path)
+                except OSError:
+                    # a row XNAT listed but xnatfs refuses (a bad size or URI: EIO): the
+                    # read reports it; one such file ended the command in a traceback
+                    size = 0
+                files.append((path, size))
+    return files
+
+
+def _prefetch(paths: Sequence[str], threads: int) -> int:
+    """Read every file below ``paths`` through the mount (filling its cache), with a progress
+    bar; the daemon does the downloading, in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    files = _files_to_prefetch(paths)
     failed: List[str] = []
     with tqdm(
         total=sum(size for _, size in files),
@@ -174,7 +187,8 @@ def _prefetch(paths: Sequence[str], threads: int) -> int:
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix="prefetch") as pool:
             list(pool.map(read, files))
     for line in failed:
-        print(f"xnatfs: prefetch {line}", file=sys.stderr)
+        # escaped: a name XNAT gave may hold a terminal escape
+        print(f"xnatfs: prefetch {for_terminal(line)}", file=sys.stderr)
     print(f"prefetched {len(files) - len(failed)} of {len(files)} files")
     return 1 if failed else 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sys
 from typing import Any
@@ -24,6 +25,24 @@ def check_url(url: str) -> str:
             "process list): use ~/.netrc, the prompt, or XNATFS_USER/XNATFS_PASSWORD"
         )
     return url
+
+
+def plaintext_warning(url: str) -> str:
+    """The warning for an ``http://`` server that is not this machine, else "": the login
+    form (the password) and every session cookie and byte would cross the network readable
+    by anyone on the path (docs/SECURITY.md: plain http is out of scope; https is verified)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "http" or host == "localhost" or host.endswith(".localhost"):
+        return ""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return ""
+    except ValueError:
+        pass
+    return (
+        f"{url} is plain http: the password and every file cross the network unencrypted; use https"
+    )
 
 
 def setup_logging(level: str, stream: Any = None) -> None:

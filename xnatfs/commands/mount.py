@@ -11,7 +11,13 @@ import sys
 from typing import Any, Dict, Sequence
 
 from xnatfs import settings as table
-from xnatfs.commands.common import UsageError, check_url, load_fuse, setup_logging
+from xnatfs.commands.common import (
+    UsageError,
+    check_url,
+    load_fuse,
+    plaintext_warning,
+    setup_logging,
+)
 from xnatfs.commands.daemon import drop_credentials_from_environment, run_foreground, spawn_daemon
 from xnatfs.options import Options
 
@@ -55,6 +61,14 @@ def options_from_settings(
     of what goes to libfuse."""
     values = {key: value for key, (value, _source) in settings.items()}
     fuse = table.parse_fuse_opts(fuse_options)
+    if "password" in fuse:
+        # it would go on to the daemon's command line (readable by every local user in ps and
+        # /proc/PID/cmdline for the mount's life) and then to libfuse, which refuses it
+        raise UsageError(
+            "-o password=... refused: credentials do not belong in mount options (they would "
+            "be visible in the process list); use a netrc (-o netrc=FILE) or "
+            "XNATFS_USER/XNATFS_PASSWORD"
+        )
     owner = _take_owner_options(fuse)
     fields = table.option_values(values)
     # libfuse3 has no "nonempty" (it always allows it): xnatfs checks the mount point itself
@@ -165,6 +179,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     setup_logging(settings["log_level"][0])
     options = options_from_settings(args.url, settings, args.fuse_options)
+    insecure = plaintext_warning(options.url)
+    if insecure and not args.credentials_stdin:  # once, by the command the user ran
+        log.warning("%s", insecure)
     if options.zero_message_opens and not options.read_only:
         # a write needs its open (the upload at close, the journal): fs/noopen.py
         raise UsageError("--zero-message-opens needs --read-only (config key read_only)")

@@ -6,8 +6,10 @@ import argparse
 import json
 import os
 import sys
+from typing import TextIO
 
 from xnatfs.commands.common import UsageError
+from xnatfs.logfmt import escape_controls
 
 #: longest ``xnatfs umount`` waits for the daemon to finish after the unmount
 UMOUNT_WAIT_S = 20.0
@@ -66,7 +68,7 @@ def _report_not_uploaded(mountpoint: str, cache_dir: str) -> None:
         return
     failed = sum(1 for e in entries if e.state == FAILED)
     files = "1 file written" if len(entries) == 1 else f"{len(entries)} files written"
-    print(
+    _say(
         f"xnatfs: {files} in {mountpoint} {'is' if len(entries) == 1 else 'are'} not on XNAT: "
         f"kept in {directory}; pending uploads resume at the next mount with --cache-dir "
         f"{cache_dir}"
@@ -75,13 +77,20 @@ def _report_not_uploaded(mountpoint: str, cache_dir: str) -> None:
     )
     for e in entries[:_REPORT_MAX]:
         why = f": {e.last_error}" if e.last_error else ""
-        print(f"  {e.state:9} {e.path or e.id} ({e.size} bytes){why}", file=sys.stderr)
+        _say(f"  {e.state:9} {e.path or e.id} ({e.size} bytes){why}", file=sys.stderr)
     if len(entries) > _REPORT_MAX:
         print(f"  ... and {len(entries) - _REPORT_MAX} more", file=sys.stderr)
 
 
 #: most entries ``umount`` lists one by one
 _REPORT_MAX = 20
+
+
+def _say(text: str, file: "TextIO | None" = None) -> None:
+    """One line of the report, every control character escaped (a newline too: one item, one
+    line): paths and XNAT's error texts are in it, and an escape printed raw is run by the
+    terminal (``logfmt.for_terminal``)."""
+    print(escape_controls(text), file=file)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -92,14 +101,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"{args.mountpoint} is not an xnatfs mount ({exc.strerror})") from None
     if args.json:
-        print(json.dumps(stats, indent=2, sort_keys=True))
+        print(json.dumps(stats, indent=2, sort_keys=True))  # ASCII: controls are \u escapes
         return 0
-    print(f"xnatfs {stats.get('version')} — {stats.get('url')} (up {stats.get('uptime_s')} s)")
+    _say(f"xnatfs {stats.get('version')} — {stats.get('url')} (up {stats.get('uptime_s')} s)")
     for section in ("requests", "listing_cache", "content_cache", "bids", "errors"):
         value = stats.get(section)
-        print(f"{section}: {json.dumps(value, sort_keys=True) if value else '-'}")
+        _say(f"{section}: {json.dumps(value, sort_keys=True) if value else '-'}")
     uploads = stats.get("uploads") or []
-    print(f"uploads not yet on XNAT: {len(uploads) or 'none'}")
+    _say(f"uploads not yet on XNAT: {len(uploads) or 'none'}")
     for item in uploads:
         line = (
             f"  {item.get('state', '?'):9} {item.get('path') or item.get('id')} "
@@ -107,12 +116,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         if item.get("last_error"):
             line += f": {item['last_error']}"
-        print(line)
+        _say(line)
     failed = [item for item in uploads if item.get("state") == "failed" and item.get("path")]
     if failed:
         # a failed file stays listed (README "Writes become uploads"); rm is how it goes
         example = os.path.join(os.path.abspath(args.mountpoint), failed[0]["path"].lstrip("/"))
-        print(
+        _say(
             f"failed files are not retried: to discard one, rm it in the mount "
             f"(rm '{example}'); to retry, fix the cause, copy it out, rm it and copy it in "
             f"again"

@@ -17,6 +17,9 @@ from typing import Tuple
 
 PathParts = Tuple[str, ...]
 
+#: the longest file name (bytes, UTF-8) XNAT can store: its archive is on a POSIX disk
+NAME_MAX = 255
+
 _CODES = "25|2F|2f|00|2E|2e"
 _UNESCAPE_RE = re.compile(f"%({_CODES})")
 _UNESCAPES = {"25": "%", "2F": "/", "2f": "/", "00": "\0", "2E": ".", "2e": "."}
@@ -80,7 +83,8 @@ def check_write_name(name: str, path: str = "") -> str:
     and HTTP libraries collapse ``..`` before sending (issue 17 §3): the bytes would land on
     another object.  So a name is refused when its XNAT form is ``.`` or ``..``, or holds a
     ``/`` (decoded ``%2F``), a NUL, a backslash (some servlet containers treat ``\\`` as ``/``)
-    or another control character.  Checked before any request is made.
+    or another control character, or bytes that are not UTF-8 (EINVAL); or longer than
+    ``NAME_MAX`` bytes (ENAMETOOLONG).  Checked before any request is made.
     """
     xnat = unescape_name(name)
     bad = ""
@@ -92,8 +96,23 @@ def check_write_name(name: str, path: str = "") -> str:
         bad = "holds a backslash"
     elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in xnat):
         bad = "holds a control character"
+    elif any("\ud800" <= c <= "\udfff" for c in xnat):
+        # bytes that are not UTF-8 (the kernel's name decoded with surrogateescape): XNAT
+        # names files in UTF-8, and no URL names these; before, close() failed with an
+        # unexpected UnicodeEncodeError (and the journal could not record the file)
+        bad = "is not valid UTF-8"
     if bad:
         raise OSError(
             errno.EINVAL, f"name {name!r} {bad}: refused for writing to XNAT", path or name
+        )
+    if len(xnat.encode("utf-8")) > NAME_MAX:
+        # XNAT keeps a file under its name on its own disk, whose names are at most 255
+        # bytes: the upload failed with 500s at close() (EIO), then was left to the upload
+        # journal's retries (a 5xx is transient); a local disk answers this at create, and
+        # cp/tar report it and go on
+        raise OSError(
+            errno.ENAMETOOLONG,
+            f"name longer than {NAME_MAX} bytes: refused for writing to XNAT",
+            path or name,
         )
     return xnat

@@ -39,6 +39,7 @@ __all__ = [
     "parse_http_date",
     "parse_int",
     "rows_from_json",
+    "without_unencodable",
     "rows_from_csv",
     "server_root",
     "BadDocument",
@@ -288,6 +289,21 @@ def rows_from_json(doc: Any) -> List[Dict[str, str]]:
     return rows
 
 
+#: a UTF-16 surrogate: JSON can carry a lone one (``"\\ud800"``), UTF-8 cannot encode it
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def without_unencodable(rows: List[Dict[str, str]]) -> "tuple[List[Dict[str, str]], int]":
+    """(the rows, how many were left out): a row with a lone surrogate in any cell is left out.
+
+    Such a name can be neither a file name (the kernel takes bytes: readdir could not encode
+    it) nor a URL (``quote`` encodes UTF-8): one row like it made the whole listing fail with
+    an unexpected ``UnicodeEncodeError``, every sibling unreachable (a hostile server's
+    ``"\\ud800"`` is valid JSON)."""
+    kept = [r for r in rows if not any(_SURROGATE_RE.search(v) for v in r.values())]
+    return kept, len(rows) - len(kept)
+
+
 def server_root(doc: Any) -> str:
     """The ``serverRoot`` of a files listing's ``Columns`` (the context path, §1.8), or ""."""
     try:
@@ -360,11 +376,23 @@ def quote_segment(value: str) -> str:
     return quote(str(value), safe="")
 
 
+#: where a file URI's path below its resource starts: ``.../resources/<id or label>/files/``
+_RESOURCE_FILES_RE = re.compile(r"/resources/[^/]+/files/")
+
+
 def file_relpath(uri: str) -> str:
-    """The path relative to the resource root: the part of ``URI`` after the first ``/files/``
-    (§1.8), sub-folders kept.  XNAT builds ``URI`` by plain concatenation, so it is raw (not
-    percent-encoded: a name with a space comes back with the space; pyxnat had to learn to
-    encode these URIs itself, pyxnat PR #29); the relative path is taken as it is."""
+    """The path relative to the resource root: the part of ``URI`` after the first
+    ``/resources/<id>/files/`` (§1.8), sub-folders kept.  XNAT builds ``URI`` by plain
+    concatenation, so it is raw (not percent-encoded: a name with a space comes back with the
+    space; pyxnat had to learn to encode these URIs itself, pyxnat PR #29); the relative path
+    is taken as it is.
+
+    Why not the first ``/files/``: an object above the resource may be called ``files`` (a
+    project ID, a scan ID): project ``files`` showed ``x.txt`` of its resource ``R`` as
+    ``files/resources/R/files/resources/129/files/x.txt``."""
+    m = _RESOURCE_FILES_RE.search(uri)
+    if m is not None:
+        return uri[m.end() :]
     i = uri.find("/files/")
     return uri[i + 7 :] if i >= 0 else uri.rsplit("/", 1)[-1]
 
@@ -507,7 +535,8 @@ def listed_size(value: Any) -> "tuple[int, str]":
 def uri_problem(raw: str) -> str:
     """Why a server-given file URI must not be requested, or "" (issue 17 §8): it must be a
     plain path below ``/data/`` on the same server — no scheme or ``//host``, no ``.``/``..``
-    segment in any spelling — or the session cookie would go with it somewhere else."""
+    segment in any spelling — or the session cookie would go with it somewhere else; and it
+    must name a file of a resource, since ``rm`` sends a DELETE to it."""
     if "://" in raw or raw.startswith("//"):
         return "file URI names another server"
     path = _strip_context(raw.split("?", 1)[0])
@@ -515,6 +544,11 @@ def uri_problem(raw: str) -> str:
         return "file URI is not below /data/"
     if any(seg in (".", "..") for seg in unquote(path).split("/")):
         return "file URI has a '.' or '..' segment"
+    m = _RESOURCE_FILES_RE.search(path)
+    if m is None or not path[m.end() :].strip("/"):
+        # every file URI XNAT lists has this shape (§1.8); rm of a row whose URI named an
+        # object (``/data/projects/P/subjects/S``) sent DELETE of that object, removeFiles=true
+        return "file URI does not name a file of a resource (.../resources/<id>/files/<name>)"
     return ""
 
 

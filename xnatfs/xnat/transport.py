@@ -95,6 +95,7 @@ Params = Dict[str, str]
 
 _EXPIRY_RE = re.compile(r'^"?(\d+),(\d+)"?$')
 _DEFAULT_HEARTBEAT = 420.0  # xnatpy's default when the server sends no expiry cookie (§5.1)
+_MAX_HEARTBEAT = 86400.0  # whatever the server's cookie says
 _ERROR_BODY_LIMIT = 65536
 #: downloads ask for the bytes as stored, so Content-Length is the file size (§3.1)
 _IDENTITY = {"Accept-Encoding": "identity"}
@@ -484,7 +485,7 @@ class _LoginSession:
             raise NotXnatResponse(
                 method, url, 200, "login answered with an HTML page; is this the XNAT base URL?"
             )
-        jsession = resp.cookies.get("JSESSIONID")
+        jsession = self._cookie(resp, "JSESSIONID")
         if not jsession:
             text = body.decode("utf-8", "replace").strip()
             if text and len(text) < 200 and not any(c.isspace() for c in text):
@@ -496,6 +497,21 @@ class _LoginSession:
         self._note_expiry(resp)
         self._stats.login()
         log.debug("logged in to %s as %s", self.base_url, creds.username)
+
+    def _cookie(self, resp: requests.Response, name: str) -> Optional[str]:
+        """The cookie ``name`` (``JSESSIONID``, ``SESSION_EXPIRATION_TIME``) an answer set.
+        ``resp.cookies.get`` raised requests' ``CookieConflictError`` (not an XnatError: a
+        traceback at mount, EIO on every call, a dead heartbeat thread) when a server (or a
+        proxy in front of it) set two, for different paths; the one whose path is the longest
+        prefix of the base URL's ``/data/`` is the one that server would read, else the last
+        one set."""
+        base = (urlsplit(self.base_url).path.rstrip("/") or "") + "/data/"
+        found = [c for c in resp.cookies if c.name == name and c.value]
+        if not found:
+            return None
+        fitting = [c for c in found if base.startswith((c.path or "/").rstrip("/") + "/")]
+        best = max(fitting, key=lambda c: len(c.path or "")) if fitting else found[-1]
+        return best.value
 
     def _deadline(self) -> float:
         """Now + ``deadline``, or the end of the filesystem call being served if sooner."""
@@ -540,11 +556,13 @@ class _LoginSession:
 
     def _note_expiry(self, resp: requests.Response) -> None:
         """Read ``SESSION_EXPIRATION_TIME="<lastAccessMillis>,<timeoutMillis>"`` (§5.1)."""
-        raw = resp.cookies.get("SESSION_EXPIRATION_TIME")
+        raw = self._cookie(resp, "SESSION_EXPIRATION_TIME")
         m = _EXPIRY_RE.match(raw.strip()) if raw else None
         if m:
             timeout = int(m.group(2)) / 1000.0
-            self._heartbeat_interval = max(timeout / 2.0 - 20.0, 10.0)
+            # at most a day: a server's "1,10^22" made the heartbeat thread's wait overflow
+            # (OverflowError: the thread died, the session then lapsed unrenewed)
+            self._heartbeat_interval = min(max(timeout / 2.0 - 20.0, 10.0), _MAX_HEARTBEAT)
 
     def _heartbeat_loop(self) -> None:
         while not self._closing.wait(self._heartbeat_interval):
@@ -1058,9 +1076,17 @@ class Transport(_LoginSession):
     def _rows(self, uri: str, params: Optional[Params] = None) -> Tuple[List[Dict[str, str]], Any]:
         doc = self._get_json(uri, params)
         try:
-            return parse.rows_from_json(doc), doc
+            rows, left_out = parse.without_unencodable(parse.rows_from_json(doc))
         except parse.BadDocument as exc:
             raise NotXnatResponse("GET", self._url(uri), 200, str(exc)) from None
+        if left_out:
+            log.warning(
+                "%s: %d row(s) left out of the listing: a name that is not valid Unicode "
+                "(a lone surrogate)",
+                self._url(uri),
+                left_out,
+            )
+        return rows, doc
 
     def _rows_with_columns(self, uri: str, columns: str) -> List[Dict[str, str]]:
         """A listing with ``columns=``; if a server rejects the column list (400), ask again

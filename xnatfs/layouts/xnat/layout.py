@@ -225,7 +225,9 @@ class XnatLayout(BaseLayout):
                 doc: Any = dict(getattr(parent.record, "fields", {}) or {})
             else:
                 doc = self.client.get_object(parent.uri)
-            return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+            text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+            # a lone surrogate (valid in XNAT's JSON) stays the JSON escape it was
+            return text.encode("utf-8", "backslashreplace")
         raise OSError(errno.EIO, f"unknown generated file {what}")
 
     def content_key(self, node: NodeInfo) -> Optional[ContentKey]:
