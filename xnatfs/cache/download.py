@@ -648,6 +648,13 @@ class Download:
         while True:
             span = self._span(offset, size, deadline)
             data = os.pread(fd, span.n, offset) if span.n > 0 else b""
+            if len(data) < span.n:
+                # the file shrank behind us (after its adoption: a disk fault, a hand in the
+                # cache directory); a short read would reach the reader as the end of the file
+                raise IntegrityError(
+                    f"download {self.uri}: {len(data)} of {span.n} bytes at offset {offset} "
+                    "in the cache file (it shrank)"
+                )
             with self._cond:
                 # a refetch rewrote the file while we read: those bytes may be from either try
                 if span.n <= 0 or self._generation == span.generation:

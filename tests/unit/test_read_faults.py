@@ -1,0 +1,108 @@
+"""The read path under faults of the cache disk and of a cache directory shared by processes.
+
+Each test drives the real ``ContentCache`` with an injected fetch (``FakeFetch``), damages what
+the fault damages, and checks the rule: a read returns XNAT's bytes or an error, never other
+bytes — a short read is other bytes (the kernel takes it for the end of the file, and ``cp``
+exits 0 with a truncated copy).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+import pytest
+
+from tests.unit.test_content_cache import FakeFetch, key_for, later, payload, read_all
+from xnatfs.cache.content import ContentCache
+from xnatfs.fs.ops import XnatOperations
+
+
+@pytest.fixture
+def make_cache(tmp_path):
+    caches = []
+
+    def make(fetch, directory=None) -> ContentCache:
+        cc = ContentCache(directory or tmp_path / "cc", size_limit=1 << 30, fetch=fetch)
+        cc.start()
+        caches.append(cc)
+        return cc
+
+    yield make
+    for cc in caches:
+        cc.close(later(5))
+
+
+class _TreeSpan:
+    """What ``XnatOperations._copy_into`` is given: a tree handle's ``span(offset, size)``,
+    here a content handle's with a generous deadline."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+
+    def span(self, offset: int, size: int):
+        return self._handle.span(offset, size, later())
+
+
+def _copy(handle, offset: int, size: int) -> bytes:
+    """The mount's read (``read_into``): span, then ``preadv`` into libfuse's buffer."""
+    buf = ctypes.create_string_buffer(size)
+    n = XnatOperations._copy_into(_TreeSpan(handle), ctypes.addressof(buf), size, offset)
+    return buf.raw[:n]
+
+
+@pytest.mark.parametrize("how", ["read", "span"])
+def test_a_cached_file_truncated_while_open_is_eio_not_a_short_read(make_cache, how):
+    """A viewer holds a cached file open; the cache file shrinks behind the daemon (a disk
+    fault, a hand in the cache directory).  The open passed its size check before; the read
+    must not come back short as if the file ended there."""
+    data = payload(50_000)
+    fetch = FakeFetch({"/f": data})
+    cc = make_cache(fetch)
+    key = key_for("/f", data)
+    assert read_all(cc, key) == data
+    with cc.open(key) as h:
+        assert h.verified  # served from the cached copy
+        os.truncate(cc._stored_path(key.hexname()), 1000)
+        with pytest.raises(OSError) as err:
+            got = h.read(0, 60_000, later()) if how == "read" else _copy(h, 0, 60_000)
+            pytest.fail(f"a short read of {len(got)} bytes, not EIO")  # pragma: no cover
+        assert err.value.errno == errno.EIO
+        # bytes before the cut are still XNAT's; only a read past it fails
+        assert (h.read(0, 1000, later()) if how == "read" else _copy(h, 0, 1000)) == data[:1000]
+    # the next open sees the wrong size and fetches the file again
+    assert read_all(cc, key) == data and fetch.calls["/f"] == 2
+
+
+@pytest.mark.parametrize("how", ["read", "span"])
+def test_a_downloaded_file_truncated_while_open_is_eio_not_a_short_read(make_cache, how):
+    """The same for an open that followed the download: its fd is the partial file's, which
+    is the cached file once adopted."""
+    data = payload(50_000)
+    fetch = FakeFetch({"/f": data})
+    cc = make_cache(fetch)
+    key = key_for("/f", data)
+    with cc.open(key) as h:
+        assert h.read(0, 10, later()) == data[:10]
+        assert h.wait(later())
+        os.truncate(cc._stored_path(key.hexname()), 1000)
+        with pytest.raises(OSError) as err:
+            got = h.read(0, 60_000, later()) if how == "read" else _copy(h, 0, 60_000)
+            pytest.fail(f"a short read of {len(got)} bytes, not EIO")  # pragma: no cover
+        assert err.value.errno == errno.EIO
+
+
+def test_reads_at_and_past_the_end_are_still_empty(make_cache):
+    """What the short-read check must not break: EOF is b"" and a read across the end is
+    short by exactly what the file lacks."""
+    data = payload(5_000)
+    cc = make_cache(FakeFetch({"/f": data}))
+    key = key_for("/f", data)
+    assert read_all(cc, key) == data
+    with cc.open(key) as h:
+        assert h.read(4_000, 4_096, later()) == data[4_000:]
+        assert h.read(5_000, 4_096, later()) == b""
+        assert h.read(9_000, 4_096, later()) == b""
+        assert _copy(h, 4_000, 4_096) == data[4_000:]
+        assert _copy(h, 5_000, 4_096) == b""
