@@ -14,7 +14,14 @@ import os
 
 import pytest
 
-from tests.unit.test_content_cache import FakeFetch, key_for, later, payload, read_all
+from tests.unit.test_content_cache import (
+    FakeFetch,
+    _bulk_setup,
+    key_for,
+    later,
+    payload,
+    read_all,
+)
 from xnatfs.cache.content import ContentCache
 from xnatfs.fs.ops import XnatOperations
 
@@ -106,3 +113,58 @@ def test_reads_at_and_past_the_end_are_still_empty(make_cache):
         assert h.read(9_000, 4_096, later()) == b""
         assert _copy(h, 4_000, 4_096) == data[4_000:]
         assert _copy(h, 5_000, 4_096) == b""
+
+
+# -- a cache directory shared by processes; an index that refuses a verified file -----------------
+
+
+def _refusing_index(cc: ContentCache, monkeypatch) -> None:
+    """The index refuses every adoption, as SQLite does when its file is damaged or the disk
+    under it fails (the fault is injected into the index; the bytes are real)."""
+
+    def refuse(items):
+        return [OSError(errno.EIO, "disk I/O error (injected)") for _ in items]
+
+    monkeypatch.setattr(cc._index, "adopt_many", refuse)
+
+
+def test_a_verified_download_the_index_refuses_is_served_not_kept(make_cache, monkeypatch, caplog):
+    data = payload(50_000)
+    fetch = FakeFetch({"/f": data}, hold_at=20_000)
+    cc = make_cache(fetch)
+    key = key_for("/f", data)
+    _refusing_index(cc, monkeypatch)
+    with cc.open(key) as h:
+        assert fetch.held.wait(10)
+        assert h.read(0, 1000, later()) == data[:1000]
+        fetch.gate.set()
+        assert h.wait(later())
+        # the bytes were right: this open reads them to the end (before: the adoption's
+        # error, EIO, in the middle of the file)
+        assert h.read(1000, 60_000, later()) == data[1000:]
+    assert cc.state(key) == "absent"
+    assert [r for r in caplog.records if "/f" in r.getMessage() and "not kept" in r.getMessage()]
+    monkeypatch.undo()
+    assert read_all(cc, key) == data and fetch.calls["/f"] == 2  # fetched again, then kept
+    assert cc.state(key) == "cached"
+
+
+def test_bulk_member_readers_get_their_bytes_when_the_index_refuses_them(make_cache, monkeypatch):
+    """The same for the members of a bulk zip (``BulkFetches._settle``)."""
+    files = {f"/f{i:02d}": payload(5000, seed=i) for i in range(4)}
+    fetch, keys, key_of = _bulk_setup(files, hold_at=4096)
+    cc = make_cache(fetch)
+    _refusing_index(cc, monkeypatch)
+    assert cc.bulk("/zip", keys.values(), key_of) == 4
+    assert fetch.held.wait(10)  # the zip is on its way: the opens join its members
+    handles = {uri: cc.open(key) for uri, key in keys.items()}
+    fetch.gate.set()
+    try:
+        for uri, h in handles.items():
+            assert h.wait(later())
+            assert h.read(0, 6000, later()) == files[uri]
+    finally:
+        for h in handles.values():
+            h.close()
+    assert all(cc.state(k) == "absent" for k in keys.values())
+    assert fetch.calls["/zip"] == 1 and sum(fetch.calls.values()) == 1

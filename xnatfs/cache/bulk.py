@@ -317,8 +317,8 @@ class BulkFetches(ContentStore):
 
     def _settle(self, batch: List[Tuple[Download, str]]) -> None:
         """Adopt fed downloads (checked as they ended: size and MD5; made durable by the
-        caller) in one transaction; one that cannot be adopted fails (its readers had their
-        verdict).
+        caller) in one transaction; one that cannot be adopted is served but not kept
+        (``Download.not_kept``: its readers had their verdict, and keep reading its bytes).
 
         Done after the zip has arrived, not beside it: the fsyncs and the index rows cost
         time, and the readers of the members (who wait only for each member's own verdict)
@@ -336,7 +336,9 @@ class BulkFetches(ContentStore):
         errors = self._adopt_many([(h, d.partial_path, d.arrived, d.digest) for d, h in good])
         for (download, hexname), error in zip(good, errors):
             ended = self._ender(download, hexname)
-            if error is None:
-                download.adopted(ended)
-            else:
+            if isinstance(error, DownloadCancelled):
                 download.fail(error, ended)
+                continue
+            if error is not None:
+                download.not_kept(error)  # checked bytes: its readers still get them
+            download.adopted(ended)

@@ -284,7 +284,12 @@ class Download:
                 problem = self._attempt(self._fetch)
                 if problem is None:
                     self.sync()  # durable before the index row names it (issue 18 §0)
-                    adopt(self.partial_path)
+                    try:
+                        adopt(self.partial_path)
+                    except DownloadCancelled:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - the bytes are good: see not_kept
+                        self.not_kept(exc)
                     break
                 if attempt == 1:
                     log.info("download %s: %s; fetching again", self.uri, problem)
@@ -523,6 +528,14 @@ class Download:
                 self.partial_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
             )
         return self._fd
+
+    def not_kept(self, error: BaseException) -> None:
+        """The verified bytes could not be adopted into the store (its index refused them, or
+        another process removed the partial file): its readers still read them through their
+        own fds, so the download ends well, served but not kept (the next open fetches the
+        file again).  Failing it made a reader of a right file get ENOENT or EIO mid-file."""
+        log.warning("download %s: verified but not kept in the cache: %s", self.uri, error)
+        self._discard()
 
     def _discard(self) -> None:
         try:
