@@ -118,6 +118,50 @@ def test_reads_at_and_past_the_end_are_still_empty(make_cache):
 # -- a cache directory shared by processes; an index that refuses a verified file -----------------
 
 
+def test_a_second_process_starting_on_the_cache_leaves_running_downloads_alone(make_cache):
+    """A second mount of the same cache directory, or ``xnatfs cache usage`` beside a mount,
+    removed every partial file at its start: the running mount's download then failed at its
+    adoption (ENOENT) and a reader got "No such file or directory" in the middle of a file
+    whose bytes were right."""
+    data = payload(50_000)
+    fetch = FakeFetch({"/f": data}, hold_at=20_000)
+    cc = make_cache(fetch)
+    key = key_for("/f", data)
+    with cc.open(key) as h:
+        assert fetch.held.wait(10)
+        assert h.read(0, 1000, later()) == data[:1000]
+        other = make_cache(FakeFetch({}))  # starts on the same directory, then ends
+        other.close(later(5))
+        fetch.gate.set()
+        assert h.wait(later())
+        assert h.read(1000, 60_000, later()) == data[1000:]  # after the download ended
+    assert cc.state(key) == "cached" and fetch.calls["/f"] == 1
+    assert read_all(cc, key) == data and fetch.calls["/f"] == 1
+
+
+def test_partials_of_a_process_that_is_gone_are_still_removed(make_cache, tmp_path):
+    """What the start's sweep is for: a crashed daemon's partial files (its lock file left,
+    unlocked), and those of an older version (no lock file at all)."""
+    cc = make_cache(FakeFetch({}))
+    cc.close(later(5))
+    partial, owners = tmp_path / "cc" / "partial", tmp_path / "cc" / "owners"
+    dead = partial / ("ab" * 32 + ".deadbeef0.part")
+    old = partial / ("cd" * 32 + ".0badf00d7.part")
+    dead.write_bytes(b"x" * 100)
+    old.write_bytes(b"y" * 100)
+    (owners / "deadbeef.lock").write_bytes(b"")
+    make_cache(FakeFetch({}))
+    assert not dead.exists() and not old.exists()
+    assert [p.name for p in owners.iterdir()] == [f"{make_cache_tag(tmp_path)}.lock"]
+
+
+def make_cache_tag(tmp_path) -> str:
+    """The tag of the one live owner (the test's last cache)."""
+    names = [p.name for p in (tmp_path / "cc" / "owners").iterdir()]
+    assert len(names) == 1, names
+    return names[0][: -len(".lock")]
+
+
 def _refusing_index(cc: ContentCache, monkeypatch) -> None:
     """The index refuses every adoption, as SQLite does when its file is damaged or the disk
     under it fails (the fault is injected into the index; the bytes are real)."""

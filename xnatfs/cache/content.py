@@ -6,6 +6,7 @@ Layout under ``directory`` (all directories mode 0700, files 0600)::
         cache.db
         ab/abcd....bin      one cached file, named by the sha256 of its ContentKey
     partial/          downloads in progress (same filesystem, so adoption is a rename)
+    owners/           one locked file per process using the cache (``partials.py``)
 
 A ``ContentKey`` is (uri, size, digest, mtime): a file changed on the server has another key, so
 a stale copy is never served (rclone ``_checkObject``); old copies age out by LRU. The on-disk name
@@ -111,13 +112,10 @@ class ContentCache(BulkFetches):
         with self._lock:
             if self._pool is not None:
                 return
-            for name in os.listdir(self._partial_dir):
-                path = os.path.join(self._partial_dir, name)
-                try:
-                    os.unlink(path)
-                    log.debug("content cache: removed leftover partial %s", name)
-                except OSError as exc:
-                    log.warning("content cache: cannot remove leftover partial %s: %s", path, exc)
+            # only those of processes that are gone: another mount (or ``xnatfs cache
+            # usage``) may share the directory, its downloads still running
+            self._owners.claim()
+            self._owners.sweep()
             self._index = _Index(
                 self._index_dir,
                 size_limit=self.size_limit,
@@ -175,6 +173,7 @@ class ContentCache(BulkFetches):
                     self._flush_touches(index)
                 finally:
                     index.close()
+                    self._owners.release()
 
     def __enter__(self) -> "ContentCache":
         self.start()

@@ -21,6 +21,7 @@ from xnatfs.cache.download import Download, DownloadCancelled, Ended, Fetch
 from xnatfs.cache.handle import _Verification
 from xnatfs.cache.index import _Index, stored_name
 from xnatfs.cache.key import ARCHIVE, ContentKey
+from xnatfs.cache.partials import PartialOwners
 from xnatfs.cache.stream import IDLE_LIMIT
 
 #: one logger for the whole content cache, whichever part of it logs (what log filters name)
@@ -75,6 +76,10 @@ class ContentStore:
         self._downloads: Dict[str, Download] = {}
         self._pins: Dict[str, int] = {}
         self._partial_tag = secrets.token_hex(4)
+        #: the lock that keeps other processes sharing the directory off our partial files
+        self._owners = PartialOwners(
+            os.path.join(self.directory, "owners"), self._partial_dir, self._partial_tag
+        )
         self._partial_seq = itertools.count()
         #: hex -> size of every file in the index, as far as this process knows: an open of a
         #: cached file is then one os.open, no SQLite (diskcache's LRU-updating get is a write
