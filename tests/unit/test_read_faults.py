@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
+import sqlite3
 
 import pytest
 
@@ -212,3 +214,65 @@ def test_bulk_member_readers_get_their_bytes_when_the_index_refuses_them(make_ca
             h.close()
     assert all(cc.state(k) == "absent" for k in keys.values())
     assert fetch.calls["/zip"] == 1 and sum(fetch.calls.values()) == 1
+
+
+# -- a damaged index -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["garbage", "malformed"])
+def test_a_damaged_index_starts_an_empty_cache_instead_of_failing(
+    make_cache, tmp_path, damage, caplog
+):
+    """The index's SQLite file overwritten (a disk fault): every start raised "file is not a
+    database" — the mount's, and ``xnatfs cache clear``'s too, so only deleting the cache
+    directory by hand got the user going again."""
+    data = payload(50_000)
+    fetch = FakeFetch({"/f": data})
+    cc = make_cache(fetch)
+    key = key_for("/f", data)
+    assert read_all(cc, key) == data
+    cc.close(later(5))
+    db = tmp_path / "cc" / "index" / "cache.db"
+    with open(db, "r+b") as f:
+        if damage == "garbage":
+            f.write(os.urandom(4096))  # the header too: "file is not a database"
+        else:
+            f.seek(4096)  # the header kept, the pages after it wrong: "malformed"
+            f.write(b"\xff" * (os.path.getsize(db) - 4096))
+    with caplog.at_level(logging.WARNING, logger="xnatfs.cache.content"):
+        again = make_cache(fetch)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if "cache.db" in line and "damaged" in line], lines
+    assert again.state(key) == "absent"
+    assert read_all(again, key) == data and fetch.calls["/f"] == 2
+    assert again.state(key) == "cached"
+    assert not list((tmp_path / "cc").glob("index.damaged*"))
+
+
+def test_a_locked_index_is_not_taken_for_a_damaged_one():
+    """Only a damaged file sets the index aside: "database is locked" (another process
+    writing) or a full disk must not empty the cache."""
+    from xnatfs.cache.index import damaged
+
+    assert not damaged(sqlite3.OperationalError("database is locked"))
+    assert damaged(sqlite3.DatabaseError("file is not a database"))
+    assert damaged(sqlite3.DatabaseError("database disk image is malformed"))
+
+
+def test_cache_verify_reports_a_damaged_index_and_repair_empties_it(make_cache, tmp_path):
+    """``xnatfs cache verify`` ended in a traceback on a damaged index; now it is one bad
+    entry, and ``--repair`` does what the next start would do."""
+    from xnatfs.cache.index import verify_entries
+
+    data = payload(5_000)
+    cc = make_cache(FakeFetch({"/f": data}))
+    assert read_all(cc, key_for("/f", data)) == data
+    cc.close(later(5))
+    with open(tmp_path / "cc" / "index" / "cache.db", "r+b") as f:
+        f.write(os.urandom(4096))
+    report = verify_entries(tmp_path / "cc")
+    assert report.bad == 1 and "damaged" in report.problems[0], report
+    report = verify_entries(tmp_path / "cc", repair=True)
+    assert report.bad == 1 and report.dropped == 1
+    report = verify_entries(tmp_path / "cc")
+    assert report.bad == 0 and report.checked == 0

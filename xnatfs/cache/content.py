@@ -53,6 +53,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import sqlite3
 import threading
 import time
 from typing import Dict, Optional, Tuple
@@ -62,7 +63,14 @@ from xnatfs.cache.download import DownloadCancelled, IntegrityError, digest_file
 from xnatfs.cache.handle import ContentHandle, _Verification
 
 # names this module has always exported (callers and tests import them from here)
-from xnatfs.cache.index import VerifyReport, _Index, stored_name, verify_entries  # noqa: F401
+from xnatfs.cache.index import (  # noqa: F401
+    VerifyReport,
+    _Index,
+    damaged,
+    set_index_aside,
+    stored_name,
+    verify_entries,
+)
 from xnatfs.cache.key import ARCHIVE, FILE, ContentKey, archive_object_uri, archive_uri
 from xnatfs.cache.stream import StreamHandle
 
@@ -116,17 +124,14 @@ class ContentCache(BulkFetches):
             # usage``) may share the directory, its downloads still running
             self._owners.claim()
             self._owners.sweep()
-            self._index = _Index(
-                self._index_dir,
-                size_limit=self.size_limit,
-                eviction_policy="least-recently-used",
-                cull_limit=0,  # nothing here calls set(); _adopt_many culls (see _Index)
-            )
-            evicted = self._index.cull_unpinned(set())  # the limit may have shrunk since last run
-            self._stats["evictions"] += len(evicted)
-            self._present = self._index.entries()
+            try:
+                self._open_index()
+            except sqlite3.DatabaseError as exc:
+                if not damaged(exc):
+                    raise
+                self._set_index_aside(exc)
+                self._open_index()
             self._touched = {}
-            self._volume = self._index.volume()
             self._closing = False
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.max_downloads, thread_name_prefix="xnatfs-download"
@@ -136,6 +141,36 @@ class ContentCache(BulkFetches):
                 target=self._read_ahead_worker, name="xnatfs-readahead", daemon=True
             )
             self._read_ahead_thread.start()
+
+    def _open_index(self) -> None:
+        """Open the index, cull it to ``size_limit`` (the limit may have shrunk since the last
+        run) and read what it holds.  Caller holds ``_lock``."""
+        index = _Index(
+            self._index_dir,
+            size_limit=self.size_limit,
+            eviction_policy="least-recently-used",
+            cull_limit=0,  # nothing here calls set(); _adopt_many culls (see _Index)
+        )
+        try:
+            evicted = index.cull_unpinned(set())
+            self._present = index.entries()
+            self._volume = index.volume()
+        except BaseException:
+            index.close()
+            raise
+        self._stats["evictions"] += len(evicted)
+        self._index = index
+
+    def _set_index_aside(self, error: BaseException) -> None:
+        """The index's SQLite file is damaged (a fault of the disk, a hand in the directory):
+        the cache is only a copy of XNAT, so it starts empty instead of failing every start —
+        the mount's, and ``xnatfs cache clear``'s, which was the way out."""
+        log.warning(
+            "content cache: the index %s is damaged (%s); starting with an empty cache",
+            os.path.join(self._index_dir, "cache.db"),
+            error,
+        )
+        set_index_aside(self._index_dir, self._partial_tag)
 
     def close(self, deadline: Optional[float] = None) -> None:
         """Cancel queued downloads, wait for running ones until ``deadline`` (time.monotonic();
