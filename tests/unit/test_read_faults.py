@@ -117,6 +117,25 @@ def test_reads_at_and_past_the_end_are_still_empty(make_cache):
         assert _copy(h, 5_000, 4_096) == b""
 
 
+def test_a_cached_archive_of_unknown_size_still_reads_to_its_end(tmp_path):
+    """A virtual ``.zip`` (size unknown until made) cached: a read across its end is short by
+    what it lacks, through ``read`` and through the mount's span + preadv, not EIO."""
+    from xnatfs.cache.content import ContentKey
+
+    blob = payload(30_000, seed=3)
+    archive = ContentKey.archive("/data/experiments/E1", mtime="2024-01-01")
+    fetch = FakeFetch({archive.uri: blob})
+    with ContentCache(tmp_path / "cc", size_limit=1 << 30, fetch=fetch) as cc:
+        with cc.open(archive) as h:
+            assert h.read(0, 40_000, later()) == blob
+            assert h.wait(later())
+        with cc.open(archive) as h:
+            assert h.verified  # the cached copy
+            assert h.read(20_000, 40_000, later()) == blob[20_000:]
+            assert _copy(h, 20_000, 40_000) == blob[20_000:]
+            assert _copy(h, 30_000, 4096) == b""
+
+
 # -- a cache directory shared by processes; an index that refuses a verified file -----------------
 
 

@@ -204,6 +204,8 @@ class ContentHandle:
         self._hold_back(offset, size, deadline)
         if self.key.size is not None and self.key.size >= 0:
             size = max(0, min(size, self.key.size - offset))
+        else:  # an archive, sized when made: the cached file's size (a short preadv is EIO)
+            size = max(0, min(size, os.fstat(self._fd).st_size - offset))
         return self._fd, size
 
     def wait(self, deadline: float) -> bool:
