@@ -76,3 +76,25 @@ def test_a_cache_file_truncated_under_an_open_file_is_eio_not_a_short_copy(
     # the next open sees the wrong size, fetches the file again and reads it whole
     with open(path, "rb") as fh:
         assert md5(fh.read()) == md5(data)
+
+
+def test_a_download_cut_mid_body_goes_on_and_cat_gets_the_file(make_emulator, make_mount):
+    """XNAT (or a proxy before it) closes the connection after 2.5 MB of a 4 MiB file, once
+    (``Faults.cut_next``).  Before, the download failed: ``cat`` got EIO for a right file (the
+    client retries only before the first byte).  Now a second GET goes on from where the
+    first stopped."""
+    emu = make_emulator()
+    data = os.urandom(SIZE)
+    put_file(emu.url, URI, data)
+    m = make_mount(emu.url, "--bulk-zip", "0")
+    path = m.path / "DEMO2" / "resources" / "KC" / "files" / "viewer.bin"
+    assert path.stat().st_size == SIZE
+    mark = emu.mark()
+    emu.faults.cut_after = 2_500_000
+    emu.faults.cut_next = 1
+    res = subprocess.run(["cat", str(path)], capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert md5(res.stdout) == md5(data)
+    gets = [r for r in emu.since(mark) if r[0] == "GET" and "/viewer.bin" in r[1]]
+    assert [int(r[3]) for r in gets] == [2_500_000, SIZE]  # cut, then the whole body again
+    assert emu.faults.cut_next == 0

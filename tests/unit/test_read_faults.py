@@ -17,6 +17,7 @@ import sqlite3
 import pytest
 
 from tests.unit.test_content_cache import (
+    Failure,
     FakeFetch,
     _bulk_setup,
     key_for,
@@ -25,6 +26,7 @@ from tests.unit.test_content_cache import (
     read_all,
 )
 from xnatfs.cache.content import ContentCache
+from xnatfs.cache.download import INLINE_HASH_MAX
 from xnatfs.fs.ops import XnatOperations
 
 
@@ -295,3 +297,61 @@ def test_cache_verify_reports_a_damaged_index_and_repair_empties_it(make_cache, 
     assert report.bad == 1 and report.dropped == 1
     report = verify_entries(tmp_path / "cc")
     assert report.bad == 0 and report.checked == 0
+
+
+# -- a connection dropped in the middle of a body --------------------------------------------------
+
+
+class Dropped(ConnectionError):
+    """What the client raises for a connection reset mid-body (``Unreachable``): retryable."""
+
+    retryable = True
+
+
+@pytest.mark.parametrize("size", [50_000, INLINE_HASH_MAX + 300_000])  # inline / thread MD5
+def test_a_body_cut_mid_way_goes_on_from_a_new_get_without_failing_its_readers(make_cache, size):
+    """XNAT has no Range, so a GET cut after N bytes is answered again from byte 0: the first
+    N bytes are compared with those already served, and the rest appended.  Before, the
+    download failed: every reader of a right file got EIO (the client retries only before
+    the first byte)."""
+    data = payload(size)
+    cut = size // 3
+    fetch = FakeFetch({"/f": [Failure(data[:cut], Dropped("reset")), data]}, hold_at=cut)
+    cc = make_cache(fetch)
+    key = key_for("/f", data)
+    with cc.open(key) as h:
+        assert fetch.held.wait(10)
+        assert h.read(0, 1000, later()) == data[:1000]  # bytes of the first GET, served
+        fetch.gate.set()
+        assert h.read(1000, size + 1, later()) == data[1000:]  # to the end, with success
+        assert h.wait(later())
+    assert fetch.calls["/f"] == 2 and cc.state(key) == "cached"
+    assert read_all(cc, key) == data and fetch.calls["/f"] == 2
+
+
+def test_a_body_cut_mid_way_whose_next_get_differs_before_the_cut_is_never_mixed(make_cache):
+    """The file changed on XNAT between the two GETs, inside the bytes already served: the
+    open that read them ends in EIO (never a mix); the next open reads the new file whole."""
+    old, new = payload(50_000), payload(50_000, seed=9)
+    fetch = FakeFetch({"/f": [Failure(old[:20_000], Dropped("reset")), new]}, hold_at=20_000)
+    cc = make_cache(fetch)
+    key = key_for("/f", new)  # the listing already shows the new version
+    with cc.open(key) as h:
+        assert fetch.held.wait(10)
+        assert h.read(0, 1000, later()) == old[:1000]  # the old bytes: before the check
+        fetch.gate.set()
+        with pytest.raises(OSError) as err:
+            h.read(1000, 60_000, later())
+        assert err.value.errno == errno.EIO
+    assert read_all(cc, key) == new
+
+
+def test_a_body_cut_mid_way_again_and_again_ends_in_the_error(make_cache):
+    """Bounded: a server that cuts every GET gives the reader the error, not a loop."""
+    data = payload(50_000)
+    fetch = FakeFetch({"/f": Failure(data[:20_000], Dropped("reset"))})
+    cc = make_cache(fetch)
+    with cc.open(key_for("/f", data)) as h:
+        with pytest.raises(Dropped):
+            h.read(0, 60_000, later())
+    assert 2 <= fetch.calls["/f"] <= 4

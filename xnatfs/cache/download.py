@@ -31,6 +31,9 @@ Fetch = Callable[[str, Callable[[bytes], None]], None]
 Ended = Callable[[Optional[BaseException]], None]
 
 
+#: GETs a download may add to go on with a body cut mid-way (``Download._resume``)
+RESUMES = 2
+
 #: seconds a read waits for a download that made no progress since another read waited its
 #: whole deadline for it (see ``Download._stalled_at``)
 STALL_GRACE = 1.0
@@ -182,6 +185,11 @@ class IntegrityError(OSError):
         super().__init__(errno.EIO, message)
 
 
+class Changed(IntegrityError):
+    """A GET that goes on with a cut one (``Download._resume``) differs in the bytes the cut
+    one had sent: the attempt is thrown away and the file fetched again."""
+
+
 class TooLong(IntegrityError):
     """The body goes on past the listed size (or, size unknown, past the cache limit): the
     attempt stops there, nothing more is written (issue 17 §4)."""
@@ -309,11 +317,26 @@ class Download:
         self._end(error, ended)
 
     def _attempt(self, fetch: Fetch) -> Optional[str]:
-        """One fetch into the partial file; returns None if size and MD5 check out, else why not."""
+        """One fetch into the partial file; returns None if size and MD5 check out, else why not.
+
+        A body cut mid-way (a retryable error after bytes arrived) goes on from another GET
+        (``_resume``), at most ``RESUMES`` times: XNAT ignores Range, so the new GET starts at
+        byte 0 and its first bytes are compared with those already written."""
         sink, hasher = self._begin()
         try:
-            fetch(self.uri, sink)  # once all here, it is kept even if the cache is closing
-        except TooLong as exc:
+            resumes = 0
+            while True:
+                try:
+                    # once all here, it is kept even if the cache is closing
+                    fetch(self.uri, sink if resumes == 0 else self._resume(sink))
+                    break
+                except IntegrityError:
+                    raise
+                except Exception as exc:  # re-raised unless it may go on
+                    if not self._may_resume(exc, resumes):
+                        raise
+                    resumes += 1
+        except (TooLong, Changed) as exc:
             self._fetch_over()
             if isinstance(hasher, _FileMD5):
                 hasher.abandon()
@@ -325,6 +348,56 @@ class Download:
             raise
         self._fetch_over()
         return self._check(hasher)
+
+    def _may_resume(self, error: BaseException, resumes: int) -> bool:
+        """Go on from another GET after ``error``?  Only for a retryable failure (a reset, a
+        timeout: ``retryable`` on the client's errors) after bytes arrived (before that the
+        client has retried already), a bounded number of times."""
+        with self._cond:
+            arrived = self._arrived
+        if resumes >= RESUMES or arrived == 0 or not getattr(error, "retryable", False):
+            return False
+        if self._cancelled():
+            return False
+        log.info(
+            "download %s: %s after %d bytes; fetching again to go on from there",
+            self.uri,
+            error,
+            arrived,
+        )
+        return True
+
+    def _resume(self, sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        """The sink of a GET that goes on with a cut attempt: its first bytes (those the cut
+        GET wrote) must be the same as on disk, then the rest goes to ``sink`` (same attempt,
+        same hasher: readers of the bytes already served are not disturbed).  A difference
+        is ``Changed``: the file changed on XNAT, and the attempt is thrown away."""
+        fd = self._fd
+        assert fd is not None
+        with self._cond:
+            have = self._arrived
+        os.lseek(fd, have, os.SEEK_SET)  # the sink appends where the cut GET stopped
+        pos = 0
+
+        def resumed(chunk: bytes) -> None:
+            nonlocal pos
+            if self._cancelled():
+                raise DownloadCancelled(self.uri)
+            if pos >= have:
+                sink(chunk)
+                return
+            view = memoryview(chunk)
+            n = min(len(view), have - pos)
+            if os.pread(fd, n, pos) != view[:n]:
+                raise Changed(
+                    f"changed on the server: a new GET differs within the first {have} "
+                    "bytes, which the cut one had sent"
+                )
+            pos += n
+            if len(view) > n:
+                sink(view[n:])  # type: ignore[arg-type]  # the sinks take any buffer
+
+        return resumed
 
     def _begin(self, inline_only: bool = False) -> "tuple[Callable[[bytes], None], Any]":
         """Start an attempt: (sink for its bytes, hasher or None).  The MD5 is computed as the
