@@ -355,3 +355,26 @@ def test_a_body_cut_mid_way_again_and_again_ends_in_the_error(make_cache):
         with pytest.raises(Dropped):
             h.read(0, 60_000, later())
     assert 2 <= fetch.calls["/f"] <= 4
+
+
+def test_a_bulk_zip_cut_inside_a_member_goes_on_with_that_member_for_its_reader(make_cache):
+    """A zip cut in the middle of a member that a reader is reading (``cp -r`` waits on the
+    member being fed): that member's own GET goes on from where the zip stopped.  Before, the
+    member was fetched again as a new attempt and its reader, who had read bytes of the zip's,
+    got EIO at the end of a right file."""
+    files = {f"/f{i:02d}": os.urandom(40_000) for i in range(4)}
+    fetch, keys, key_of = _bulk_setup(files, chunk=4096)
+    blob = fetch.answers["/zip"]
+    at = blob.index(files["/f01"][:64]) + 20_000  # inside the second member
+    fetch.answers["/zip"] = Failure(blob[:at], Dropped("reset"))
+    fetch.hold_at = at  # held there until the reader has read from the member
+    cc = make_cache(fetch)
+    assert cc.bulk("/zip", keys.values(), key_of) == 4
+    assert fetch.held.wait(10)
+    with cc.open(keys["/f01"]) as h:
+        assert h.read(0, 1000, later()) == files["/f01"][:1000]  # bytes fed from the zip
+        fetch.gate.set()
+        assert h.read(1000, 50_000, later()) == files["/f01"][1000:]  # to the end: success
+    for uri, key in keys.items():
+        assert read_all(cc, key) == files[uri]
+    assert fetch.calls["/zip"] == 1 and fetch.calls["/f00"] == 0

@@ -291,12 +291,16 @@ class BulkFetches(ContentStore):
         finally:
             if ahead is not None:
                 ahead.stop()  # before any download is failed or refetched below
+            broke_off = None
             if current:
                 hexname, download = current
                 download.feed_done()
+                broke_off = hexname
                 wanted[hexname] = download
             for hexname, download in wanted.items():
-                self._fetch_alone(download, hexname)
+                # the member cut off goes on from its own GET: its reader has read the
+                # zip's bytes of it (compared with the GET's before it goes on)
+                self._fetch_alone(download, hexname, go_on=hexname == broke_off)
             with self._lock:
                 self._reserved -= need
             if fed and not self._closing:

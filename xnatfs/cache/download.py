@@ -271,6 +271,8 @@ class Download:
         #: wait for it (issue 17 §5: nothing is read to EOF before the verdict)
         self._verified = -1
         self._fed_hasher: Any = None  # the MD5 of the current fed attempt (``feed``)
+        #: (sink, hasher) of the current fed attempt, for a fetch that goes on with it
+        self._fed: "Optional[tuple[Any, Any]]" = None
         #: None until done; then None (success) or the exception readers get.
         self.error: Optional[BaseException] = None
         #: Bytes received over all attempts (for the cache's bytes_downloaded counter).
@@ -278,8 +280,12 @@ class Download:
 
     # -- worker side -----------------------------------------------------------------------------
 
-    def run(self, adopt: Callable[[str], None], ended: Ended) -> None:
+    def run(self, adopt: Callable[[str], None], ended: Ended, go_on: bool = False) -> None:
         """Fetch, verify (refetching once on a mismatch) and ``adopt`` the partial; never raises.
+
+        ``go_on``: the first attempt goes on with the fed one that broke off (a bulk zip cut
+        inside this member, ``fed_broke_off``) instead of starting over: its reader has been
+        served the fed bytes, and a new attempt would end that reader in EIO.
 
         Runs in a download pool thread. Then calls ``ended(error)`` (the owner unregisters the
         download, so that nobody can join it any more) *before* waking the readers with the result:
@@ -289,7 +295,8 @@ class Download:
         error: Optional[BaseException] = None
         try:
             for attempt in (1, 2):
-                problem = self._attempt(self._fetch)
+                fed = self._fed if go_on and attempt == 1 else None
+                problem = self._attempt(self._fetch, fed)
                 if problem is None:
                     self.sync()  # durable before the index row names it (issue 18 §0)
                     try:
@@ -316,19 +323,26 @@ class Download:
             self._discard()
         self._end(error, ended)
 
-    def _attempt(self, fetch: Fetch) -> Optional[str]:
+    def _attempt(self, fetch: Fetch, fed: "Optional[tuple[Any, Any]]" = None) -> Optional[str]:
         """One fetch into the partial file; returns None if size and MD5 check out, else why not.
 
         A body cut mid-way (a retryable error after bytes arrived) goes on from another GET
         (``_resume``), at most ``RESUMES`` times: XNAT ignores Range, so the new GET starts at
-        byte 0 and its first bytes are compared with those already written."""
-        sink, hasher = self._begin()
+        byte 0 and its first bytes are compared with those already written.  ``fed``: the
+        (sink, hasher) of a fed attempt that broke off, which this fetch goes on with."""
+        if fed is None:
+            sink, hasher = self._begin()
+        else:
+            sink, hasher = fed
+            with self._cond:
+                self._fetching = True
         try:
             resumes = 0
             while True:
                 try:
                     # once all here, it is kept even if the cache is closing
-                    fetch(self.uri, sink if resumes == 0 else self._resume(sink))
+                    cut = resumes > 0 or fed is not None
+                    fetch(self.uri, self._resume(sink) if cut else sink)
                     break
                 except IntegrityError:
                     raise
@@ -512,6 +526,7 @@ class Download:
         :meth:`feed_done`.  Readers are served as the bytes arrive, as with ``fetch``."""
         sink, hasher = self._begin(inline_only=True)
         self._fed_hasher = hasher
+        self._fed = (sink, hasher)
         return sink
 
     def feed_done(self) -> None:

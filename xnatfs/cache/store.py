@@ -186,7 +186,7 @@ class ContentStore:
         self._stats["downloads"] += 1
         return download
 
-    def _submit_locked(self, download: Download, hexname: str) -> None:
+    def _submit_locked(self, download: Download, hexname: str, go_on: bool = False) -> None:
         """Queue a registered download on the pool. Caller holds self._lock; raises
         RuntimeError when the pool is shut down.
 
@@ -200,18 +200,20 @@ class ContentStore:
         if self._pool is None:
             raise RuntimeError("content cache is closing")
         try:
-            future = self._pool.submit(self._run, download, hexname)
+            future = self._pool.submit(self._run, download, hexname, go_on)
         except RuntimeError as exc:  # pool shut down under us
             raise RuntimeError("content cache is closing") from exc
         future.add_done_callback(lambda f: self._on_cancelled(f, download, hexname))
 
-    def _fetch_alone(self, download: Download, hexname: str) -> None:
+    def _fetch_alone(self, download: Download, hexname: str, go_on: bool = False) -> None:
         """A registered download whose bytes a bulk fetch did not deliver: one GET of its own
-        (or, when the cache is closing, the readers learn that)."""
-        download.restart()
+        (or, when the cache is closing, the readers learn that).  ``go_on``: the zip broke off
+        inside this member; its GET goes on with the bytes fed so far (``Download.run``)."""
+        if not go_on:
+            download.restart()
         with self._lock:
             try:
-                self._submit_locked(download, hexname)
+                self._submit_locked(download, hexname, go_on)
                 return
             except RuntimeError:
                 pass
@@ -230,7 +232,7 @@ class ContentStore:
                 lambda error: self._unregister(download, hexname, error),
             )
 
-    def _run(self, download: Download, hexname: str) -> None:
+    def _run(self, download: Download, hexname: str, go_on: bool = False) -> None:
         """Pool task. The download adopts its file, then unregisters, then wakes its readers, so
         ``open``/``state`` see the key downloading or cached, never absent in between."""
         need = download.size or 0
@@ -249,7 +251,9 @@ class ContentStore:
 
         try:
             download.run(
-                adopt=lambda path: self._adopt(hexname, path, download.digest), ended=ended
+                adopt=lambda path: self._adopt(hexname, path, download.digest),
+                ended=ended,
+                go_on=go_on,
             )
         finally:
             if need and not released:
