@@ -749,6 +749,11 @@ class Download:
         while True:
             span = self._span(offset, size, deadline)
             data = os.pread(fd, span.n, offset) if span.n > 0 else b""
+            with self._cond:
+                # a refetch rewrote the file while we read: those bytes may be from either try
+                # (and a shorter try may have cut the file: read again, then it is no fault)
+                if span.n > 0 and self._generation != span.generation:
+                    continue
             if len(data) < span.n:
                 # the file shrank behind us (after its adoption: a disk fault, a hand in the
                 # cache directory); a short read would reach the reader as the end of the file
@@ -756,7 +761,4 @@ class Download:
                     f"download {self.uri}: {len(data)} of {span.n} bytes at offset {offset} "
                     "in the cache file (it shrank)"
                 )
-            with self._cond:
-                # a refetch rewrote the file while we read: those bytes may be from either try
-                if span.n <= 0 or self._generation == span.generation:
-                    return data, span
+            return data, span
