@@ -98,3 +98,27 @@ def test_a_download_cut_mid_body_goes_on_and_cat_gets_the_file(make_emulator, ma
     gets = [r for r in emu.since(mark) if r[0] == "GET" and "/viewer.bin" in r[1]]
     assert [int(r[3]) for r in gets] == [2_500_000, SIZE]  # cut, then the whole body again
     assert emu.faults.cut_next == 0
+
+
+def test_a_mount_on_a_cache_whose_index_is_damaged_starts_and_reads(
+    make_emulator, make_mount, tmp_path
+):
+    """``cache.db`` overwritten while nothing ran (a disk fault): the next mount failed to
+    start ("file is not a database"), and so did ``xnatfs cache clear``.  Now it starts with
+    an empty cache and one WARNING line, and reads the file again from XNAT."""
+    emu = make_emulator()
+    data = os.urandom(100_000)
+    put_file(emu.url, URI, data)
+    cache = tmp_path / "shared-cache"
+    first = make_mount(emu.url, "--bulk-zip", "0", cache=cache)
+    path = first.path / "DEMO2" / "resources" / "KC" / "files" / "viewer.bin"
+    with open(path, "rb") as fh:
+        assert md5(fh.read()) == md5(data)
+    first.umount()
+    with open(cache / "content" / "index" / "cache.db", "r+b") as fh:
+        fh.write(os.urandom(4096))
+    again = make_mount(emu.url, "--bulk-zip", "0", cache=cache)
+    path = again.path / "DEMO2" / "resources" / "KC" / "files" / "viewer.bin"
+    with open(path, "rb") as fh:
+        assert md5(fh.read()) == md5(data)
+    assert "is damaged" in again.log_text()
