@@ -291,12 +291,16 @@ class BulkFetches(ContentStore):
         finally:
             if ahead is not None:
                 ahead.stop()  # before any download is failed or refetched below
+            broke_off = None
             if current:
                 hexname, download = current
                 download.feed_done()
+                broke_off = hexname
                 wanted[hexname] = download
             for hexname, download in wanted.items():
-                self._fetch_alone(download, hexname)
+                # the member cut off goes on from its own GET: its reader has read the
+                # zip's bytes of it (compared with the GET's before it goes on)
+                self._fetch_alone(download, hexname, go_on=hexname == broke_off)
             with self._lock:
                 self._reserved -= need
             if fed and not self._closing:
@@ -317,8 +321,8 @@ class BulkFetches(ContentStore):
 
     def _settle(self, batch: List[Tuple[Download, str]]) -> None:
         """Adopt fed downloads (checked as they ended: size and MD5; made durable by the
-        caller) in one transaction; one that cannot be adopted fails (its readers had their
-        verdict).
+        caller) in one transaction; one that cannot be adopted is served but not kept
+        (``Download.not_kept``: its readers had their verdict, and keep reading its bytes).
 
         Done after the zip has arrived, not beside it: the fsyncs and the index rows cost
         time, and the readers of the members (who wait only for each member's own verdict)
@@ -336,7 +340,9 @@ class BulkFetches(ContentStore):
         errors = self._adopt_many([(h, d.partial_path, d.arrived, d.digest) for d, h in good])
         for (download, hexname), error in zip(good, errors):
             ended = self._ender(download, hexname)
-            if error is None:
-                download.adopted(ended)
-            else:
+            if isinstance(error, DownloadCancelled):
                 download.fail(error, ended)
+                continue
+            if error is not None:
+                download.not_kept(error)  # checked bytes: its readers still get them
+            download.adopted(ended)

@@ -6,6 +6,7 @@ Layout under ``directory`` (all directories mode 0700, files 0600)::
         cache.db
         ab/abcd....bin      one cached file, named by the sha256 of its ContentKey
     partial/          downloads in progress (same filesystem, so adoption is a rename)
+    owners/           one locked file per process using the cache (``partials.py``)
 
 A ``ContentKey`` is (uri, size, digest, mtime): a file changed on the server has another key, so
 a stale copy is never served (rclone ``_checkObject``); old copies age out by LRU. The on-disk name
@@ -52,6 +53,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import sqlite3
 import threading
 import time
 from typing import Dict, Optional, Tuple
@@ -61,7 +63,14 @@ from xnatfs.cache.download import DownloadCancelled, IntegrityError, digest_file
 from xnatfs.cache.handle import ContentHandle, _Verification
 
 # names this module has always exported (callers and tests import them from here)
-from xnatfs.cache.index import VerifyReport, _Index, stored_name, verify_entries  # noqa: F401
+from xnatfs.cache.index import (  # noqa: F401
+    VerifyReport,
+    _Index,
+    damaged,
+    set_index_aside,
+    stored_name,
+    verify_entries,
+)
 from xnatfs.cache.key import ARCHIVE, FILE, ContentKey, archive_object_uri, archive_uri
 from xnatfs.cache.stream import StreamHandle
 
@@ -111,24 +120,18 @@ class ContentCache(BulkFetches):
         with self._lock:
             if self._pool is not None:
                 return
-            for name in os.listdir(self._partial_dir):
-                path = os.path.join(self._partial_dir, name)
-                try:
-                    os.unlink(path)
-                    log.debug("content cache: removed leftover partial %s", name)
-                except OSError as exc:
-                    log.warning("content cache: cannot remove leftover partial %s: %s", path, exc)
-            self._index = _Index(
-                self._index_dir,
-                size_limit=self.size_limit,
-                eviction_policy="least-recently-used",
-                cull_limit=0,  # nothing here calls set(); _adopt_many culls (see _Index)
-            )
-            evicted = self._index.cull_unpinned(set())  # the limit may have shrunk since last run
-            self._stats["evictions"] += len(evicted)
-            self._present = self._index.entries()
+            # only those of processes that are gone: another mount (or ``xnatfs cache
+            # usage``) may share the directory, its downloads still running
+            self._owners.claim()
+            self._owners.sweep()
+            try:
+                self._open_index()
+            except sqlite3.DatabaseError as exc:
+                if not damaged(exc):
+                    raise
+                self._set_index_aside(exc)
+                self._open_index()
             self._touched = {}
-            self._volume = self._index.volume()
             self._closing = False
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.max_downloads, thread_name_prefix="xnatfs-download"
@@ -138,6 +141,36 @@ class ContentCache(BulkFetches):
                 target=self._read_ahead_worker, name="xnatfs-readahead", daemon=True
             )
             self._read_ahead_thread.start()
+
+    def _open_index(self) -> None:
+        """Open the index, cull it to ``size_limit`` (the limit may have shrunk since the last
+        run) and read what it holds.  Caller holds ``_lock``."""
+        index = _Index(
+            self._index_dir,
+            size_limit=self.size_limit,
+            eviction_policy="least-recently-used",
+            cull_limit=0,  # nothing here calls set(); _adopt_many culls (see _Index)
+        )
+        try:
+            evicted = index.cull_unpinned(set())
+            self._present = index.entries()
+            self._volume = index.volume()
+        except BaseException:
+            index.close()
+            raise
+        self._stats["evictions"] += len(evicted)
+        self._index = index
+
+    def _set_index_aside(self, error: BaseException) -> None:
+        """The index's SQLite file is damaged (a fault of the disk, a hand in the directory):
+        the cache is only a copy of XNAT, so it starts empty instead of failing every start —
+        the mount's, and ``xnatfs cache clear``'s, which was the way out."""
+        log.warning(
+            "content cache: the index %s is damaged (%s); starting with an empty cache",
+            os.path.join(self._index_dir, "cache.db"),
+            error,
+        )
+        set_index_aside(self._index_dir, self._partial_tag)
 
     def close(self, deadline: Optional[float] = None) -> None:
         """Cancel queued downloads, wait for running ones until ``deadline`` (time.monotonic();
@@ -175,6 +208,7 @@ class ContentCache(BulkFetches):
                     self._flush_touches(index)
                 finally:
                     index.close()
+                    self._owners.release()
 
     def __enter__(self) -> "ContentCache":
         self.start()

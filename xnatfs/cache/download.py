@@ -31,6 +31,9 @@ Fetch = Callable[[str, Callable[[bytes], None]], None]
 Ended = Callable[[Optional[BaseException]], None]
 
 
+#: GETs a download may add to go on with a body cut mid-way (``Download._resume``)
+RESUMES = 2
+
 #: seconds a read waits for a download that made no progress since another read waited its
 #: whole deadline for it (see ``Download._stalled_at``)
 STALL_GRACE = 1.0
@@ -182,6 +185,11 @@ class IntegrityError(OSError):
         super().__init__(errno.EIO, message)
 
 
+class Changed(IntegrityError):
+    """A GET that goes on with a cut one (``Download._resume``) differs in the bytes the cut
+    one had sent: the attempt is thrown away and the file fetched again."""
+
+
 class TooLong(IntegrityError):
     """The body goes on past the listed size (or, size unknown, past the cache limit): the
     attempt stops there, nothing more is written (issue 17 §4)."""
@@ -263,6 +271,8 @@ class Download:
         #: wait for it (issue 17 §5: nothing is read to EOF before the verdict)
         self._verified = -1
         self._fed_hasher: Any = None  # the MD5 of the current fed attempt (``feed``)
+        #: (sink, hasher) of the current fed attempt, for a fetch that goes on with it
+        self._fed: "Optional[tuple[Any, Any]]" = None
         #: None until done; then None (success) or the exception readers get.
         self.error: Optional[BaseException] = None
         #: Bytes received over all attempts (for the cache's bytes_downloaded counter).
@@ -270,8 +280,12 @@ class Download:
 
     # -- worker side -----------------------------------------------------------------------------
 
-    def run(self, adopt: Callable[[str], None], ended: Ended) -> None:
+    def run(self, adopt: Callable[[str], None], ended: Ended, go_on: bool = False) -> None:
         """Fetch, verify (refetching once on a mismatch) and ``adopt`` the partial; never raises.
+
+        ``go_on``: the first attempt goes on with the fed one that broke off (a bulk zip cut
+        inside this member, ``fed_broke_off``) instead of starting over: its reader has been
+        served the fed bytes, and a new attempt would end that reader in EIO.
 
         Runs in a download pool thread. Then calls ``ended(error)`` (the owner unregisters the
         download, so that nobody can join it any more) *before* waking the readers with the result:
@@ -281,10 +295,16 @@ class Download:
         error: Optional[BaseException] = None
         try:
             for attempt in (1, 2):
-                problem = self._attempt(self._fetch)
+                fed = self._fed if go_on and attempt == 1 else None
+                problem = self._attempt(self._fetch, fed)
                 if problem is None:
                     self.sync()  # durable before the index row names it (issue 18 §0)
-                    adopt(self.partial_path)
+                    try:
+                        adopt(self.partial_path)
+                    except DownloadCancelled:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - the bytes are good: see not_kept
+                        self.not_kept(exc)
                     break
                 if attempt == 1:
                     log.info("download %s: %s; fetching again", self.uri, problem)
@@ -303,12 +323,34 @@ class Download:
             self._discard()
         self._end(error, ended)
 
-    def _attempt(self, fetch: Fetch) -> Optional[str]:
-        """One fetch into the partial file; returns None if size and MD5 check out, else why not."""
-        sink, hasher = self._begin()
+    def _attempt(self, fetch: Fetch, fed: "Optional[tuple[Any, Any]]" = None) -> Optional[str]:
+        """One fetch into the partial file; returns None if size and MD5 check out, else why not.
+
+        A body cut mid-way (a retryable error after bytes arrived) goes on from another GET
+        (``_resume``), at most ``RESUMES`` times: XNAT ignores Range, so the new GET starts at
+        byte 0 and its first bytes are compared with those already written.  ``fed``: the
+        (sink, hasher) of a fed attempt that broke off, which this fetch goes on with."""
+        if fed is None:
+            sink, hasher = self._begin()
+        else:
+            sink, hasher = fed
+            with self._cond:
+                self._fetching = True
         try:
-            fetch(self.uri, sink)  # once all here, it is kept even if the cache is closing
-        except TooLong as exc:
+            resumes = 0
+            while True:
+                try:
+                    # once all here, it is kept even if the cache is closing
+                    cut = resumes > 0 or fed is not None
+                    fetch(self.uri, self._resume(sink) if cut else sink)
+                    break
+                except IntegrityError:
+                    raise
+                except Exception as exc:  # re-raised unless it may go on
+                    if not self._may_resume(exc, resumes):
+                        raise
+                    resumes += 1
+        except (TooLong, Changed) as exc:
             self._fetch_over()
             if isinstance(hasher, _FileMD5):
                 hasher.abandon()
@@ -320,6 +362,56 @@ class Download:
             raise
         self._fetch_over()
         return self._check(hasher)
+
+    def _may_resume(self, error: BaseException, resumes: int) -> bool:
+        """Go on from another GET after ``error``?  Only for a retryable failure (a reset, a
+        timeout: ``retryable`` on the client's errors) after bytes arrived (before that the
+        client has retried already), a bounded number of times."""
+        with self._cond:
+            arrived = self._arrived
+        if resumes >= RESUMES or arrived == 0 or not getattr(error, "retryable", False):
+            return False
+        if self._cancelled():
+            return False
+        log.info(
+            "download %s: %s after %d bytes; fetching again to go on from there",
+            self.uri,
+            error,
+            arrived,
+        )
+        return True
+
+    def _resume(self, sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        """The sink of a GET that goes on with a cut attempt: its first bytes (those the cut
+        GET wrote) must be the same as on disk, then the rest goes to ``sink`` (same attempt,
+        same hasher: readers of the bytes already served are not disturbed).  A difference
+        is ``Changed``: the file changed on XNAT, and the attempt is thrown away."""
+        fd = self._fd
+        assert fd is not None
+        with self._cond:
+            have = self._arrived
+        os.lseek(fd, have, os.SEEK_SET)  # the sink appends where the cut GET stopped
+        pos = 0
+
+        def resumed(chunk: bytes) -> None:
+            nonlocal pos
+            if self._cancelled():
+                raise DownloadCancelled(self.uri)
+            if pos >= have:
+                sink(chunk)
+                return
+            view = memoryview(chunk)
+            n = min(len(view), have - pos)
+            if os.pread(fd, n, pos) != view[:n]:
+                raise Changed(
+                    f"changed on the server: a new GET differs within the first {have} "
+                    "bytes, which the cut one had sent"
+                )
+            pos += n
+            if len(view) > n:
+                sink(view[n:])  # type: ignore[arg-type]  # the sinks take any buffer
+
+        return resumed
 
     def _begin(self, inline_only: bool = False) -> "tuple[Callable[[bytes], None], Any]":
         """Start an attempt: (sink for its bytes, hasher or None).  The MD5 is computed as the
@@ -434,6 +526,7 @@ class Download:
         :meth:`feed_done`.  Readers are served as the bytes arrive, as with ``fetch``."""
         sink, hasher = self._begin(inline_only=True)
         self._fed_hasher = hasher
+        self._fed = (sink, hasher)
         return sink
 
     def feed_done(self) -> None:
@@ -523,6 +616,14 @@ class Download:
                 self.partial_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
             )
         return self._fd
+
+    def not_kept(self, error: BaseException) -> None:
+        """The verified bytes could not be adopted into the store (its index refused them, or
+        another process removed the partial file): its readers still read them through their
+        own fds, so the download ends well, served but not kept (the next open fetches the
+        file again).  Failing it made a reader of a right file get ENOENT or EIO mid-file."""
+        log.warning("download %s: verified but not kept in the cache: %s", self.uri, error)
+        self._discard()
 
     def _discard(self) -> None:
         try:
@@ -650,5 +751,14 @@ class Download:
             data = os.pread(fd, span.n, offset) if span.n > 0 else b""
             with self._cond:
                 # a refetch rewrote the file while we read: those bytes may be from either try
-                if span.n <= 0 or self._generation == span.generation:
-                    return data, span
+                # (and a shorter try may have cut the file: read again, then it is no fault)
+                if span.n > 0 and self._generation != span.generation:
+                    continue
+            if len(data) < span.n:
+                # the file shrank behind us (after its adoption: a disk fault, a hand in the
+                # cache directory); a short read would reach the reader as the end of the file
+                raise IntegrityError(
+                    f"download {self.uri}: {len(data)} of {span.n} bytes at offset {offset} "
+                    "in the cache file (it shrank)"
+                )
+            return data, span

@@ -163,7 +163,15 @@ class ContentHandle:
         if size <= 0 or offset < 0:
             return b""
         self._hold_back(offset, size, deadline)
-        return os.pread(self._fd, size, offset)
+        data = os.pread(self._fd, size, offset)
+        if self.key.size is not None and len(data) < min(size, self.key.size - offset):
+            # the cache file shrank after its size check at open (a disk fault, a hand in the
+            # cache directory): a short read would reach the reader as the end of the file
+            raise IntegrityError(
+                f"cached copy of {self.key.uri}: {len(data)} bytes at offset {offset} where "
+                f"the listed size {self.key.size} promises more (the cache file shrank)"
+            )
+        return data
 
     def _first_read(self) -> None:
         self._read_ahead_due = False
@@ -196,6 +204,8 @@ class ContentHandle:
         self._hold_back(offset, size, deadline)
         if self.key.size is not None and self.key.size >= 0:
             size = max(0, min(size, self.key.size - offset))
+        else:  # an archive, sized when made: the cached file's size (a short preadv is EIO)
+            size = max(0, min(size, os.fstat(self._fd).st_size - offset))
         return self._fd, size
 
     def wait(self, deadline: float) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -257,6 +258,28 @@ class VerifyReport:
     problems: List[str] = dataclasses.field(default_factory=list)
 
 
+#: SQLITE_CORRUPT, SQLITE_NOTADB (sqlite3 has the names from Python 3.11; typeshed lacks them)
+_DAMAGED = (11, 26)
+
+
+def damaged(error: sqlite3.DatabaseError) -> bool:
+    """SQLite says its file is not a database or is malformed (not: locked, busy, full)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in _DAMAGED  # the primary code of an extended one
+    text = str(error).lower()
+    return "not a database" in text or "malformed" in text
+
+
+def set_index_aside(index_dir: str, tag: str) -> None:
+    """Replace a damaged index by an empty one.  Its files go too: without the rows nothing
+    says which file is which (the cache is a copy of XNAT; they are fetched again)."""
+    aside = f"{index_dir}.damaged-{tag}"
+    os.rename(index_dir, aside)
+    os.makedirs(index_dir, mode=_DIR_MODE, exist_ok=True)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def verify_entries(
     directory: Union[str, os.PathLike],
     repair: bool = False,
@@ -275,6 +298,27 @@ def verify_entries(
     """
     index_dir = os.path.join(os.fspath(directory), "index")
     report = VerifyReport()
+    try:
+        return _verify_index(index_dir, report, repair, progress, on_total)
+    except sqlite3.DatabaseError as exc:
+        if not damaged(exc):
+            raise
+        report.bad += 1
+        report.problems.append(f"cache.db: the index is damaged ({exc})")
+        if repair:  # what the next start would do (``ContentCache.start``)
+            set_index_aside(index_dir, f"verify{os.getpid()}")
+            report.dropped += 1
+        return report
+
+
+def _verify_index(
+    index_dir: str,
+    report: VerifyReport,
+    repair: bool,
+    progress: Optional[Callable[[int], None]],
+    on_total: Optional[Callable[[int, int], None]],
+) -> VerifyReport:
+    """``verify_entries`` once the index is known to open."""
     index = _Index(index_dir, eviction_policy="least-recently-used", cull_limit=0)
     try:
         rows = index._sql(

@@ -21,6 +21,7 @@ from xnatfs.cache.download import Download, DownloadCancelled, Ended, Fetch
 from xnatfs.cache.handle import _Verification
 from xnatfs.cache.index import _Index, stored_name
 from xnatfs.cache.key import ARCHIVE, ContentKey
+from xnatfs.cache.partials import PartialOwners
 from xnatfs.cache.stream import IDLE_LIMIT
 
 #: one logger for the whole content cache, whichever part of it logs (what log filters name)
@@ -75,6 +76,10 @@ class ContentStore:
         self._downloads: Dict[str, Download] = {}
         self._pins: Dict[str, int] = {}
         self._partial_tag = secrets.token_hex(4)
+        #: the lock that keeps other processes sharing the directory off our partial files
+        self._owners = PartialOwners(
+            os.path.join(self.directory, "owners"), self._partial_dir, self._partial_tag
+        )
         self._partial_seq = itertools.count()
         #: hex -> size of every file in the index, as far as this process knows: an open of a
         #: cached file is then one os.open, no SQLite (diskcache's LRU-updating get is a write
@@ -181,7 +186,7 @@ class ContentStore:
         self._stats["downloads"] += 1
         return download
 
-    def _submit_locked(self, download: Download, hexname: str) -> None:
+    def _submit_locked(self, download: Download, hexname: str, go_on: bool = False) -> None:
         """Queue a registered download on the pool. Caller holds self._lock; raises
         RuntimeError when the pool is shut down.
 
@@ -195,18 +200,20 @@ class ContentStore:
         if self._pool is None:
             raise RuntimeError("content cache is closing")
         try:
-            future = self._pool.submit(self._run, download, hexname)
+            future = self._pool.submit(self._run, download, hexname, go_on)
         except RuntimeError as exc:  # pool shut down under us
             raise RuntimeError("content cache is closing") from exc
         future.add_done_callback(lambda f: self._on_cancelled(f, download, hexname))
 
-    def _fetch_alone(self, download: Download, hexname: str) -> None:
+    def _fetch_alone(self, download: Download, hexname: str, go_on: bool = False) -> None:
         """A registered download whose bytes a bulk fetch did not deliver: one GET of its own
-        (or, when the cache is closing, the readers learn that)."""
-        download.restart()
+        (or, when the cache is closing, the readers learn that).  ``go_on``: the zip broke off
+        inside this member; its GET goes on with the bytes fed so far (``Download.run``)."""
+        if not go_on:
+            download.restart()
         with self._lock:
             try:
-                self._submit_locked(download, hexname)
+                self._submit_locked(download, hexname, go_on)
                 return
             except RuntimeError:
                 pass
@@ -225,7 +232,7 @@ class ContentStore:
                 lambda error: self._unregister(download, hexname, error),
             )
 
-    def _run(self, download: Download, hexname: str) -> None:
+    def _run(self, download: Download, hexname: str, go_on: bool = False) -> None:
         """Pool task. The download adopts its file, then unregisters, then wakes its readers, so
         ``open``/``state`` see the key downloading or cached, never absent in between."""
         need = download.size or 0
@@ -244,7 +251,9 @@ class ContentStore:
 
         try:
             download.run(
-                adopt=lambda path: self._adopt(hexname, path, download.digest), ended=ended
+                adopt=lambda path: self._adopt(hexname, path, download.digest),
+                ended=ended,
+                go_on=go_on,
             )
         finally:
             if need and not released:

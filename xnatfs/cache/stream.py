@@ -29,7 +29,8 @@ mount (16 idle opens of large files did: every other request waited for a slot):
   limit would make slow but steady readers pay it again and again;
 - the next read *resumes*: the GET starts again from the first byte and skips to the reader,
   as after a seek back.  A GET the server dropped while it was paused (a retryable
-  error after a pause) resumes in the same way instead of ending in EIO.
+  error after a pause), or cut mid-body further than any cut before, resumes in the same
+  way instead of ending in EIO.
 
 Integrity across a resume (``_Checkpoint``): the dropped GET's running MD5 covered every byte
 it received, the served ones included; a copy of that state is kept with its byte count.
@@ -160,6 +161,8 @@ class StreamHandle:
         #: readers got bytes of a GET that ended without a good verdict (superseded by a seek
         #: back, or failed): the read of the last bytes is then EIO (``_final_check_locked``)
         self._tainted = False
+        #: the furthest byte a GET cut mid-body reached: a cut GET resumes only past it
+        self._cut_at = 0
         self.fetches = 0  # GETs started (tests, stats)
         self.idle_stops = 0  # GETs dropped for an idle reader (tests, stats)
 
@@ -324,12 +327,14 @@ class StreamHandle:
                 return
             if error is None:
                 self._verdict = True
-            elif p.paused and getattr(error, "retryable", False):
-                # the server dropped a GET we kept waiting: resume it as an idle-dropped one.
-                # No loop: a GET pauses only past its checkpoint, so each such resume starts
-                # from a later one; a server that always cuts at one byte fails the next GET
-                # before it can pause there, and that failure is the reader's
-                log.info("stream %s: %s after a pause; resumed at the next read", self._uri, error)
+            elif getattr(error, "retryable", False) and (p.paused or p.received > self._cut_at):
+                # the server dropped a GET we kept waiting, or cut one mid-body (a reset, a
+                # proxy's timeout): resume it as an idle-dropped one.  No loop: a GET pauses
+                # only past its checkpoint, and a cut one resumes only when it got further
+                # than any cut before (a server that always cuts at one byte fails the next
+                # GET there, and that failure is the reader's)
+                self._cut_at = max(self._cut_at, p.received)
+                log.info("stream %s: %s; resumed from a new GET", self._uri, error)
                 self._stop_locked(p)
                 return
             else:

@@ -39,6 +39,10 @@ class Faults:
     error_status: int = 500
     drop_rate: float = 0.0
     html_login_rate: float = 0.0
+    #: the next ``cut_next`` GET answers with more than ``cut_after`` body bytes send that many,
+    #: then the connection closes (a reset mid-body: a proxy's timeout, a restart), one each
+    cut_next: int = 0
+    cut_after: int = 65536
 
     def update(self, values: dict[str, Any]) -> None:
         for k, v in values.items():
@@ -337,16 +341,31 @@ class Emulator:
             except BaseException:
                 self._activity(-1)
                 raise
-            return self._count(result, state, method, raw_path, drop)
+            cut = None if is_control or method != "GET" or f.cut_next <= 0 else f.cut_after
+            return self._count(result, state, method, raw_path, drop, cut)
 
         return wsgi_app
 
+    def _take_cut(self) -> bool:
+        """One of the ``cut_next`` cuts, if any is left."""
+        with self._records_lock:
+            if self.faults.cut_next <= 0:
+                return False
+            self.faults.cut_next -= 1
+            return True
+
     def _count(
-        self, result: Iterable[bytes], state: dict[str, Any], method: str, raw_path: str, drop: bool
+        self,
+        result: Iterable[bytes],
+        state: dict[str, Any],
+        method: str,
+        raw_path: str,
+        drop: bool,
+        cut: Optional[int] = None,
     ) -> Iterator[bytes]:
-        """Pass the body through, counting bytes; record on close; cut it for a drop fault.
-        The last chunk is held back until the request stops counting as active (see
-        ``_active``)."""
+        """Pass the body through, counting bytes; record on close; cut it for a drop fault, or
+        after ``cut`` bytes (``Faults.cut_next``).  The last chunk is held back until the
+        request stops counting as active (see ``_active``)."""
         active = [True]
 
         def inactive() -> None:
@@ -370,6 +389,12 @@ class Emulator:
                     state["sent"] += len(pending)
                     yield pending
                 pending = chunk
+                if cut is not None and state["sent"] + len(pending) > cut and self._take_cut():
+                    head = pending[: max(0, cut - state["sent"])]
+                    if head:
+                        state["sent"] += len(head)
+                        yield head
+                    raise DropConnection()
             inactive()
             if pending is not None:
                 state["sent"] += len(pending)

@@ -487,7 +487,12 @@ class XnatOperations(mfusepy.Operations):
         while done < n:
             got_n = os.preadv(fd, [view[done:]], offset + done)
             if got_n <= 0:
-                break
+                # ``span`` saw these bytes there (listed size, arrived bytes): the cache file
+                # shrank since (a disk fault, a hand in the cache directory).  A short answer
+                # would be the end of the file to the kernel, and ``cp`` a truncated copy
+                raise OSError(
+                    errno.EIO, f"cache file ended at byte {offset + done}, {n - done} short"
+                )
             done += got_n
         return done
 
