@@ -653,3 +653,41 @@ def test_rm_drops_the_older_pending_versions_too(runtime):
     wait_for(lambda: not writer.status(), 60, what="the uploads")
     assert server_status(runtime, "draft.log")[0] == 404  # before: 200, the first version
     assert "draft.log" not in listed(runtime)
+
+
+# ---------------------------------------------------------------------- found by review7w
+def test_a_close_committing_while_a_rename_replaces_its_file_uploads_nothing(runtime):
+    """rsync renames its copy over held.log at the instant the program holding held.log
+    closes it (its commit in the journal step).  The rename set ``removed`` on the open file
+    without that file's own lock: the commit had looked before and went on, its journal
+    record newer than the renamed one.  Its PUT (no overwrite) then met rsync's file:
+    EEXIST at close and a failed record kept for the name, or it landed first and dropped
+    rsync's record as "superseded".  Now the rename waits for the commit (``LocalFile.io``
+    of the file it replaces), so the commit's 0.3 s beside it run out; rsync's copy is what
+    XNAT ends with and nothing stays behind."""
+    from tests.api.test_tree import flush_with_a_call_beside
+
+    writer = runtime.writer
+    final, temp = f"{PROTOCOLS}/held3.log", f"{PROTOCOLS}/.held3.log.AbC123"
+    holder = writer.create(final)
+    holder.write(0, b"the program's line\n")
+    copy = writer.create(temp)
+    copy.write(0, b"rsync's copy\n")
+    copy.close()
+    renamed = {}
+
+    def rsync_renames():
+        try:
+            writer.rename(temp, final)
+            renamed["result"] = 0
+        except OSError as exc:
+            renamed["result"] = exc.errno
+
+    flush_with_a_call_beside(writer, holder, rsync_renames)  # before: EEXIST (duplicates)
+    holder.close()
+    wait_for(lambda: all(s["state"] != "pending" for s in writer.status()), 30, what="uploads")
+    assert renamed == {"result": 0}
+    assert writer.status() == []  # before: a failed record of held3.log
+    assert server_status(runtime, "held3.log") == (200, b"rsync's copy\n")
+    runtime.tree.invalidate(PROTOCOLS)
+    assert runtime.tree.lookup(final).size == len(b"rsync's copy\n")
