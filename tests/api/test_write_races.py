@@ -12,6 +12,7 @@ import requests
 
 from tests.conftest import ADMIN
 from tests.mount.helpers import wait_for
+from xnatfs.fs.errmap import errno_for
 from xnatfs.runtime import Runtime
 from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.errors import XnatError
@@ -691,3 +692,61 @@ def test_a_close_committing_while_a_rename_replaces_its_file_uploads_nothing(run
     assert server_status(runtime, "held3.log") == (200, b"rsync's copy\n")
     runtime.tree.invalidate(PROTOCOLS)
     assert runtime.tree.lookup(final).size == len(b"rsync's copy\n")
+
+
+def test_a_version_after_one_xnat_refused_as_another_files_does_not_overwrite_it(runtime):
+    """A program writes results.csv and fsyncs (or a child that inherited its descriptor
+    exits: its close uploads the file as it stands); another XNAT client stored a
+    results.csv meanwhile, so XNAT answers "duplicates" (EEXIST, kept as failed).  The
+    program writes on and closes: that version went up with overwrite, and the other
+    client's file was replaced without --allow-delete.  Now it is refused as the first
+    was, and both versions stay in the journal."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/results.csv"
+    handle = writer.create(path)
+    handle.write(0, b"mine, part 1\n")
+    r = requests.put(
+        f"{runtime.emu.url}{PROTOCOLS_URI}/results.csv?inbody=true",
+        data=b"the other client's\n",
+        auth=ADMIN,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    with pytest.raises(XnatError) as err:
+        handle.fsync()
+    assert errno_for(err.value) == errno.EEXIST
+    handle.write(13, b"mine, part 2\n")
+    with pytest.raises(XnatError) as err:
+        handle.flush()  # before: 0, the other client's file replaced
+    assert errno_for(err.value) == errno.EEXIST
+    handle.close()
+    assert server_status(runtime, "results.csv") == (200, b"the other client's\n")
+    assert [s["state"] for s in writer.status()] == ["failed", "failed"]
+
+
+def test_a_rename_over_a_file_xnat_refused_as_another_files_does_not_overwrite_it(runtime):
+    """As above, with rsync: its first copy of out.csv was refused because another client
+    had stored out.csv ("duplicates", kept as failed); its next copy, renamed over that
+    failed file, went up with overwrite and replaced the other client's file without
+    --allow-delete.  Now it is refused as the first (kept, failed)."""
+    writer = runtime.writer
+    final, temp = f"{PROTOCOLS}/out.csv", f"{PROTOCOLS}/.out.csv.AbC123"
+    runtime.tree.listdir(PROTOCOLS)  # loaded before the other client's PUT
+    r = requests.put(
+        f"{runtime.emu.url}{PROTOCOLS_URI}/out.csv?inbody=true",
+        data=b"the other client's\n",
+        auth=ADMIN,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    handle = writer.create(final)  # the mount's listing is older than the other's PUT
+    handle.write(0, b"first copy\n")
+    with pytest.raises(XnatError):
+        handle.flush()
+    handle.close()
+    copy = writer.create(temp)
+    copy.write(0, b"second copy\n")
+    copy.close()
+    writer.rename(temp, final)  # its upload's failure is logged, kept: the rename is done
+    assert server_status(runtime, "out.csv") == (200, b"the other client's\n")
+    assert [s["state"] for s in writer.status()] == ["failed"]

@@ -401,12 +401,14 @@ class Namespace(Opening):
                 raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
             return replace(target, overwrite=True)
         if (
-            local.entry is not None
+            (local.entry is not None and not self._refused_by_xnat(local.entry))
             or local.uploaded_size
             or (local.target.overwrite and self.allow_delete)
         ):
             # a running or timed-out attempt may put it on XNAT first: without overwrite
-            # XNAT answered "duplicates", the newest bytes were kept as failed, the older won
+            # XNAT answered "duplicates", the newest bytes were kept as failed, the older
+            # won.  Not over a record XNAT refused: it never landed, and when the refusal was
+            # another client's file there, overwrite replaced that without --allow-delete
             return replace(target, overwrite=True)
         return target
 
