@@ -750,3 +750,49 @@ def test_a_rename_over_a_file_xnat_refused_as_another_files_does_not_overwrite_i
     writer.rename(temp, final)  # its upload's failure is logged, kept: the rename is done
     assert server_status(runtime, "out.csv") == (200, b"the other client's\n")
     assert [s["state"] for s in writer.status()] == ["failed"]
+
+
+def test_rsync_renaming_same_bytes_while_the_temporary_upload_runs_leaves_no_temporary(runtime):
+    """rsync's temporary copy holds the same bytes as the file on XNAT; its delayed upload
+    has started when rsync renames it over the file.  The rename dropped the journal record
+    under the running attempt and answered "nothing uploaded"; the PUT still landed, and
+    the temporary name stayed on XNAT (and in the listing) after a rename that answered 0.
+    Now the rename waits for that attempt: it ends with no temporary file on XNAT, or says
+    why not (the file is XNAT's under the temporary name, and XNAT has no move)."""
+    writer = runtime.writer
+    writer.temp_delay = 0.0  # the delayed upload starts at once
+    same = b"the same bytes\n"
+    r = requests.put(
+        f"{runtime.emu.url}{PROTOCOLS_URI}/same.txt?inbody=true", data=same, auth=ADMIN, timeout=30
+    )
+    assert r.status_code in (200, 201), r.text
+    runtime.tree.invalidate(PROTOCOLS)
+    final, name = f"{PROTOCOLS}/same.txt", ".same.txt.AbC123"
+    gate = Gate(writer.client, name)
+    copy = writer.create(f"{PROTOCOLS}/{name}")
+    copy.write(0, same)
+    copy.close()
+    assert gate.arrived.wait(30), "the background upload did not start"
+    result = {}
+
+    def rename():
+        try:
+            writer.rename(f"{PROTOCOLS}/{name}", final)
+            result["renamed"] = 0
+        except OSError as exc:
+            result["renamed"] = exc.errno
+
+    t = threading.Thread(target=rename)
+    t.start()
+    t.join(0.3)  # fixed: the rename waits for the running upload, so this wait runs out
+    gate.open()
+    t.join(30)
+    assert gate.passed.wait(30), "the held upload did not end"
+    wait_for(lambda: not writer.status(), 30, what="the upload to end")
+    if result["renamed"] == 0:  # before: and the temporary file on XNAT all the same
+        assert server_status(runtime, name)[0] == 404
+        assert name not in listed(runtime)
+    else:
+        assert result["renamed"] == errno.EACCES, result
+        assert server_status(runtime, name) == (200, same)
+    assert server_status(runtime, "same.txt") == (200, same)

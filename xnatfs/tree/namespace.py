@@ -247,25 +247,13 @@ class Namespace(Opening):
     def _rename_local(self, lf: LocalFile, new_parent: NodeInfo, old: str, new: str) -> None:
         """A local file (being written, or pending upload) takes its new name; over a file on
         XNAT it replaces it (with --allow-delete) or, holding the same bytes, just goes."""
-        old_parts, new_parts = split_path(old), split_path(new)
+        new_parts = split_path(new)
         target = self._target_for(new_parent, new_parts, new)
         for _ in range(_RENAME_TRIES):
             try:
                 existing: Optional[NodeInfo] = self.tree.lookup(new)
             except FileNotFoundError:
                 existing = None
-            if (
-                existing is not None
-                and not isinstance(existing.local_file, LocalFile)
-                and existing.kind is Kind.FILE
-                and lf.entry is not None
-                and lf.spool is None
-                and lf.handles == 0
-                and self._entry_same(lf.entry, existing)
-            ):
-                self._drop_same_bytes(lf, old_parts, existing)
-                log.info("mv %s %s: the same bytes as on XNAT: nothing uploaded", old, new)
-                return
             other = existing.local_file if existing is not None else None
             replaced = other if isinstance(other, LocalFile) and other is not lf else None
             # under lf.io: a close() of a handle still open (a log renamed by logrotate while
@@ -281,6 +269,11 @@ class Namespace(Opening):
                     there = self._files.get(new_parts)
                 if there is not replaced and there is not lf:
                     continue  # a local file came or went at the new name meanwhile: again
+                if self._same_as_xnat(lf, existing):
+                    assert existing is not None
+                    self._drop_same_bytes(lf, old, existing)
+                    log.info("mv %s %s: the same bytes as on XNAT: nothing uploaded", old, new)
+                    return
                 entry = self._rename_held(lf, existing, replaced, target, old, new)
             if entry is not None and not is_temporary(new_parts[-1]) and lf.handles == 0:
                 self._upload_renamed(lf, entry, old, new)
@@ -445,14 +438,36 @@ class Namespace(Opening):
             return nullcontext(None)
         return self.uploader.held(entry, time.monotonic() + self.fs_timeout)
 
-    def _drop_same_bytes(self, lf: LocalFile, old_parts: PathParts, existing: NodeInfo) -> None:
+    def _same_as_xnat(self, lf: LocalFile, existing: Optional[NodeInfo]) -> bool:
+        """Is ``lf`` a closed, committed file with the bytes of the file XNAT has at
+        ``existing`` (rsync's temporary file when nothing changed)?  Caller holds ``lf.io``."""
+        return (
+            existing is not None
+            and not isinstance(existing.local_file, LocalFile)
+            and existing.kind is Kind.FILE
+            and lf.entry is not None
+            and lf.spool is None
+            and lf.handles == 0
+            and self._entry_same(lf.entry, existing)
+        )
+
+    def _drop_same_bytes(self, lf: LocalFile, old: str, existing: NodeInfo) -> None:
         """rsync's temporary file renamed over a file XNAT has with the same bytes: nothing to
-        upload or destroy; the temp's time (rsync -t) sticks."""
-        with self._lock:
-            if self._files.get(old_parts) is lf:
-                self._locked_drop(old_parts)
-        if lf.entry is not None:
-            self.journal.remove(lf.entry)
+        upload or destroy; the temp's time (rsync -t) sticks.  Held against its delayed
+        upload (``Uploader.held``), with the older versions of its name: dropped under a
+        running attempt, the PUT landed after the rename answered 0, and the temporary name
+        stayed on XNAT.  Caller holds ``lf.io``."""
+        held = lf.entry
+        assert held is not None
+        with self._held(held) as current:
+            if current is None:
+                raise self._on_xnat(old, "uploaded under its old name meanwhile")
+            with self._lock:
+                if self._files.get(split_path(old)) is lf:
+                    self._locked_drop(split_path(old))
+                lf.removed = True  # nothing of it is shown or uploaded any more
+            for gone in self._older_versions(current, old) + [current]:
+                self.journal.remove(gone)
         self._remember_time(existing, lf.mtime_ns)
 
     def _prearc(self) -> Any:
