@@ -60,6 +60,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: at most this many empty files are named in the unmount's log line
+_EMPTY_LOG_LIMIT = 20
+
 
 class Writer(Namespace):
     """The write side of the tree.  ``start()`` after the client is up; ``close()`` last."""
@@ -140,6 +143,16 @@ class Writer(Namespace):
                     exc,
                 )
         self.uploader.close(time.monotonic() + 10)
+        empties = self.empty_files()
+        if empties:
+            # they were never anywhere but here (XNAT cannot store empty files): say so once
+            log.info(
+                "unmount: %d empty file(s) made in this mount go with it (XNAT cannot store "
+                "empty files): %s%s",
+                len(empties),
+                ", ".join(empties[:_EMPTY_LOG_LIMIT]),
+                " ..." if len(empties) > _EMPTY_LOG_LIMIT else "",
+            )
 
     def status(self) -> List[Dict[str, Any]]:
         return self.uploader.status()
