@@ -635,15 +635,12 @@ class Uploader:
         self._notify(done)
 
     def _drop_confirmed(self, entry: Entry) -> None:
-        """The confirmed entry and the older versions of its path that still wait leave the
-        journal (``_succeeded``; the caller keeps the path blocked meanwhile)."""
-        try:
-            self._journal.remove(entry)
-        except OSError as exc:
-            # the bytes are on the server; tries > 0, so the next start verifies first
-            log.warning(
-                "upload %s: uploaded, but removing its journal entry failed: %s", entry.path, exc
-            )
+        """The older versions of the confirmed entry's path that still wait, then the entry
+        itself, leave the journal (``_succeeded``; the caller keeps the path blocked
+        meanwhile).  In that order: a crash between the two left an older version alone in
+        the journal, and the next mount uploaded it over the confirmed one (a half-written
+        log over the whole one); left the other way, the confirmed entry is checked on XNAT
+        at the next start (``tries`` > 0) and dropped without a byte sent."""
         superseded: List[Entry] = []
         if entry.path:
             with self._cv:
@@ -662,6 +659,13 @@ class Uploader:
                 log.warning(
                     "upload %s: could not drop superseded version %s: %s", old.path, old.id, exc
                 )
+        try:
+            self._journal.remove(entry)
+        except OSError as exc:
+            # the bytes are on the server; tries > 0, so the next start verifies first
+            log.warning(
+                "upload %s: uploaded, but removing its journal entry failed: %s", entry.path, exc
+            )
 
     def _save(self, entry: Entry) -> Optional[Entry]:
         """Persist a new version; None if the entry left the journal. A failed write (ENOSPC
