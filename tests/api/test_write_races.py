@@ -4,6 +4,7 @@ emulator, like ``test_tree.py``: each test says what it showed failing before it
 from __future__ import annotations
 
 import contextlib
+import io
 import errno
 import threading
 
@@ -796,3 +797,41 @@ def test_rsync_renaming_same_bytes_while_the_temporary_upload_runs_leaves_no_tem
         assert result["renamed"] == errno.EACCES, result
         assert server_status(runtime, name) == (200, same)
     assert server_status(runtime, "same.txt") == (200, same)
+
+
+def test_a_put_that_lands_late_after_a_timeout_is_not_kept_as_failed(runtime):
+    """XNAT stores a file slowly: the PUT times out, the retry finds the file not yet listed
+    and sends it again, and by then the first PUT has landed, so XNAT answers "duplicates".
+    The file was kept as failed (EEXIST, shown in place of XNAT's file at the next mount,
+    "fix the cause, rm it, copy it in again") although XNAT had exactly its bytes.  A refusal
+    of an attempt after one that may have landed is now checked against XNAT's listing."""
+    from xnatfs.xnat.errors import XnatTimeout
+
+    writer = runtime.writer
+    writer.uploader.base_delay = writer.uploader.max_delay = 0.2
+    client, real = writer.client, writer.client.upload_file
+    late = []
+
+    def slow_xnat(resource_uri, relpath, fh, size, **k):
+        if relpath != "slow.dat":
+            return real(resource_uri, relpath, fh, size, **k)
+        if not late:  # the first PUT: XNAT is still storing it when the client gives up
+            late.append((resource_uri, relpath, fh.read(), size, k))
+            raise XnatTimeout("PUT", f"{resource_uri}/files/{relpath}", None, "timed out")
+        uri, rel, data, n, kw = late[0]  # ...and it lands just before the second one
+        real(uri, rel, io.BytesIO(data), n, **kw)
+        return real(resource_uri, relpath, fh, size, **k)
+
+    client.upload_file = slow_xnat
+    try:
+        handle = writer.create(f"{PROTOCOLS}/slow.dat")
+        handle.write(0, b"slowly stored\n")
+        with pytest.raises(XnatTimeout):
+            handle.flush()
+        handle.close()
+        writer.uploader.wake()
+        wait_for(lambda: all(s["state"] == "failed" for s in writer.status()), 30, what="the retry")
+    finally:
+        client.upload_file = real
+    assert writer.status() == []  # before: failed, "file exists (duplicates: slow.dat)"
+    assert server_status(runtime, "slow.dat") == (200, b"slowly stored\n")
