@@ -4,8 +4,8 @@ emulator, like ``test_tree.py``: each test says what it showed failing before it
 from __future__ import annotations
 
 import contextlib
-import io
 import errno
+import io
 import threading
 
 import pytest
