@@ -835,3 +835,37 @@ def test_a_put_that_lands_late_after_a_timeout_is_not_kept_as_failed(runtime):
         client.upload_file = real
     assert writer.status() == []  # before: failed, "file exists (duplicates: slow.dat)"
     assert server_status(runtime, "slow.dat") == (200, b"slowly stored\n")
+
+
+def test_a_close_whose_journal_step_fails_on_a_full_disk_keeps_the_file_whole(runtime):
+    """close() moves the bytes into the journal; on a full disk its record cannot be
+    written (ENOSPC, told at close) and the bytes stay where they were.  But the file's
+    spool had been closed on the way: the mount showed the file with 0 bytes, a read of it
+    answered EIO, and an append (`echo more >> f` once space was freed) started a fresh
+    spool: XNAT got zeros where the first lines were (their bytes left behind as a
+    nameless spool file).  Now the file keeps its bytes, and a later close uploads all."""
+    writer, tree = runtime.writer, runtime.tree
+    path = f"{PROTOCOLS}/full.log"
+    handle = writer.create(path)
+    handle.write(0, b"first line\n")
+    write_sidecar = writer.journal._write_sidecar
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer.journal._write_sidecar = no_space
+    try:
+        with pytest.raises(OSError) as err:
+            handle.flush()
+        assert err.value.errno == errno.ENOSPC
+        handle.close()
+    finally:
+        writer.journal._write_sidecar = write_sidecar  # space freed
+    assert tree.lookup(path).size == 11  # before: 0
+    appender = writer.open_write(tree.lookup(path), path, truncate=False)  # >> f
+    assert appender.read(0, 100) == b"first line\n"  # before: EIO
+    appender.write(11, b"second line\n")
+    appender.flush()
+    appender.close()
+    assert server_status(runtime, "full.log") == (200, b"first line\nsecond line\n")
+    assert writer.status() == []
