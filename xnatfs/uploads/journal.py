@@ -300,11 +300,12 @@ class Journal:
         beside the upload and stores it with :meth:`update`.  The bytes are fsynced before the
         sidecar exists either way, so ``reload`` can always compute it from them.
         """
-        spool_file = spool if isinstance(spool, SpoolFile) else None
-        if spool_file is not None:
-            if not spool_file.closed:
-                spool_file.fsync()
-            source = spool_file.path
+        spool_file: Optional[SpoolFile] = None
+        if isinstance(spool, SpoolFile):
+            spool_file = spool
+            if not spool.closed:
+                spool.fsync()
+            source = spool.path
         else:
             source = os.path.abspath(os.fspath(spool))
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
