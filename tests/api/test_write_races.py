@@ -15,6 +15,7 @@ from tests.conftest import ADMIN
 from tests.mount.helpers import wait_for
 from xnatfs.fs.errmap import errno_for
 from xnatfs.runtime import Runtime
+from xnatfs.uploads import Spool
 from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.errors import XnatError
 
@@ -869,3 +870,50 @@ def test_a_close_whose_journal_step_fails_on_a_full_disk_keeps_the_file_whole(ru
     appender.close()
     assert server_status(runtime, "full.log") == (200, b"first line\nsecond line\n")
     assert writer.status() == []
+
+
+def test_an_open_with_o_trunc_that_fails_does_not_leave_the_file_held(runtime):
+    """`cp new.csv f` over a local file (pending: XNAT answered 503) on a full disk: the
+    O_TRUNC open fails (ENOSPC, told).  The failed open had counted itself as a handle of
+    the file and never let go: the file's write error stuck for the mount's life, and every
+    later version was refused at close ("an earlier write failed: not uploaded") once space
+    was freed.  Now the next copy uploads."""
+    writer, tree = runtime.writer, runtime.tree
+    path = f"{PROTOCOLS}/table.csv"
+    writer.uploader.base_delay = writer.uploader.max_delay = 0.2
+    with xnat_refusing(runtime):
+        write_pending(writer, path, b"old table\n")
+        create = writer.spool.create
+
+        def no_space(*a, **k):  # the copy of the pending version it starts from
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        writer.spool.create = no_space
+        try:
+            with pytest.raises(OSError) as err:
+                writer.open_write(tree.lookup(path), path, truncate=True)
+            assert err.value.errno == errno.ENOSPC
+        finally:
+            writer.spool.create = create
+    handle = writer.open_write(tree.lookup(path), path, truncate=True)  # space freed
+    handle.write(0, b"new table\n")
+    handle.flush()  # before: ENOSPC again, "an earlier write failed: not uploaded"
+    handle.close()
+    wait_for(lambda: not writer.status(), 30, what="the uploads")
+    assert server_status(runtime, "table.csv") == (200, b"new table\n")
+
+
+def test_an_append_open_whose_download_fails_leaves_no_spool_behind(make_runtime):
+    """`echo x >> f` of a file on XNAT (--allow-delete) first copies XNAT's bytes into a
+    spool; when that download failed (XNAT down: EIO at open, told), the spool file stayed
+    on disk, and the next mount kept it as a failed upload with no name ("spool file left by
+    a crash"), listed by `xnatfs status` for something never written."""
+    rt = make_runtime(allow_delete=True)
+    writer, tree = rt.writer, rt.tree
+    path = f"{PROTOCOLS}/README.txt"
+    node = tree.lookup(path)
+    with xnat_refusing(rt):
+        with pytest.raises(Exception):  # noqa: B017 - the 503's error
+            writer.open_write(node, path, truncate=False)
+    next_mount = Spool(writer.spool.directory)  # what the next mount finds
+    assert next_mount.leftovers() == []  # before: one

@@ -49,7 +49,13 @@ class Opening(HandleOps):
             with self._lock:
                 lf.handles += 1
             if truncate:
-                self._truncate(lf, 0)
+                try:
+                    self._truncate(lf, 0)
+                except BaseException:
+                    # no handle is made: let go of the count, else the file stayed held for
+                    # the mount's life, its error (ENOSPC) refusing every later version
+                    self._release(lf, commit=False)
+                    raise
             return WriteHandle(self, lf, changed=truncate)
         if node.kind is not Kind.FILE:
             raise OSError(errno.EACCES, "not a writable file", path)
@@ -60,7 +66,13 @@ class Opening(HandleOps):
         target = replace(self._target_for(parent, parts, path), overwrite=True)
         spool = self.spool.create()
         if not truncate:
-            self._fill_from_server(node, spool, path)
+            try:
+                self._fill_from_server(node, spool, path)
+            except BaseException:
+                # nothing was written: left on disk, the next mount kept it as a "failed"
+                # upload with no name (a spool file left by a crash)
+                spool.discard()
+                raise
         # without --allow-delete an O_TRUNC open is let through: rewriting the same bytes
         # (cp, make, editors when nothing changed) destroys nothing and uploads nothing;
         # other bytes are refused with EACCES at the first write past the old size, else at
