@@ -917,3 +917,42 @@ def test_an_append_open_whose_download_fails_leaves_no_spool_behind(make_runtime
             writer.open_write(node, path, truncate=False)
     next_mount = Spool(writer.spool.directory)  # what the next mount finds
     assert next_mount.leftovers() == []  # before: one
+
+
+def test_two_appenders_opening_a_file_on_xnat_at_once_share_one_copy(make_runtime):
+    """Two programs open a log that is on XNAT for appending at once (--allow-delete); each
+    open copies XNAT's bytes first.  The second open, made while the first was copying, saw
+    no local file yet and made its own: two copies, each uploaded at its close, the last
+    over the first.  One line was lost, and zeros stood in its place (the second's append
+    went past the end of its own copy).  Now the second open joins the first's copy."""
+    rt = make_runtime(allow_delete=True)
+    writer, tree = rt.writer, rt.tree
+    path = f"{PROTOCOLS}/README.txt"
+    original = on_server_bytes(rt, "README.txt")
+    fill, opened = writer._fill_from_server, {}
+
+    def fill_with_an_open_beside(node, spool, p):
+        fill(node, spool, p)
+        if "second" not in opened:
+            opened["second"] = None
+            opened["second"] = writer.open_write(tree.lookup(path), path, truncate=False)
+
+    writer._fill_from_server = fill_with_an_open_beside
+    try:
+        first = writer.open_write(tree.lookup(path), path, truncate=False)
+    finally:
+        writer._fill_from_server = fill
+    second = opened["second"]
+    end = len(original)
+    first.write(end, b"first\n")  # O_APPEND: at the end the kernel knows
+    second.write(end + 6, b"second\n")
+    first.close()
+    second.close()
+    wait_for(lambda: not writer.status(), 30, what="the uploads")
+    assert on_server_bytes(rt, "README.txt") == original + b"first\nsecond\n"
+
+
+def on_server_bytes(runtime, name):
+    status, data = server_status(runtime, name)
+    assert status == 200, (name, status)
+    return data

@@ -48,15 +48,7 @@ class Opening(HandleOps):
             lf = node.local_file
             with self._lock:
                 lf.handles += 1
-            if truncate:
-                try:
-                    self._truncate(lf, 0)
-                except BaseException:
-                    # no handle is made: let go of the count, else the file stayed held for
-                    # the mount's life, its error (ENOSPC) refusing every later version
-                    self._release(lf, commit=False)
-                    raise
-            return WriteHandle(self, lf, changed=truncate)
+            return self._joined(lf, truncate)
         if node.kind is not Kind.FILE:
             raise OSError(errno.EACCES, "not a writable file", path)
         if not self.allow_delete and not truncate:
@@ -79,7 +71,30 @@ class Opening(HandleOps):
         # close (issue 15 §3)
         lf = LocalFile(parts, target, spool=spool, handles=1, dirty=truncate, replaces=node)
         with self._lock:
-            self._locked_put(lf)
+            other = self._files.get(parts)
+            if other is None:
+                self._locked_put(lf)
+            else:
+                other.handles += 1
+        if other is not None:
+            # another open made the file local while this one copied XNAT's bytes (two
+            # programs opening a log on XNAT to append): one file has one copy.  With two,
+            # each uploaded at its close, the last over the first: a line lost, and zeros
+            # in its place where the other's append went past the end of its own copy
+            spool.discard()
+            return self._joined(other, truncate)
+        return WriteHandle(self, lf, changed=truncate)
+
+    def _joined(self, lf: LocalFile, truncate: bool) -> WriteHandle:
+        """A handle on the local file ``lf``, already counted in ``lf.handles``."""
+        if truncate:
+            try:
+                self._truncate(lf, 0)
+            except BaseException:
+                # no handle is made: let go of the count, else the file stayed held for
+                # the mount's life, its error (ENOSPC) refusing every later version
+                self._release(lf, commit=False)
+                raise
         return WriteHandle(self, lf, changed=truncate)
 
     def truncate(self, path: str, length: int) -> None:
