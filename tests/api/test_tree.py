@@ -199,6 +199,20 @@ def test_a_write_while_another_handle_commits_is_uploaded(runtime):
     assert on_server(runtime, "shared.log") == b"first line\nsecond line\n"
 
 
+def test_a_stat_while_the_file_is_committed_sees_its_size(runtime):
+    """A `stat` (or `tail -f`'s) while close() moves the file into the journal: the spool was
+    closed and not yet swapped for the entry, and the file showed 0 bytes; the kernel kept
+    that size for the attribute timeout, so a reader saw an empty file."""
+    writer, tree = runtime.writer, runtime.tree
+    path = f"{PROTOCOLS}/sized.log"
+    handle = writer.create(path)
+    handle.write(0, b"twelve bytes")
+    sizes = []
+    flush_with_a_call_beside(writer, handle, lambda: sizes.append(tree.lookup(path).size))
+    handle.close()
+    assert sizes == [12]  # before: [0]
+
+
 def test_a_write_just_after_the_upload_continues_from_xnats_bytes(runtime):
     """The uploader drops the journal's copy once XNAT confirmed it, and only then tells the
     overlay.  A write in between (an append through a handle still open) used to find
