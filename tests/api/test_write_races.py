@@ -956,3 +956,23 @@ def on_server_bytes(runtime, name):
     status, data = server_status(runtime, name)
     assert status == 200, (name, status)
     return data
+
+
+def test_an_empty_file_moved_over_a_file_uploaded_while_open_is_refused(make_runtime):
+    """A program writes and fsyncs its output (on XNAT now, the descriptor still open);
+    `touch e; mv e output` then answered 0 and showed the output empty, while XNAT kept its
+    bytes (they showed again at the next mount).  XNAT cannot store an empty file: refused
+    (ENOTSUP) as over a file only XNAT has."""
+    rt = make_runtime(listing_ttl=60, allow_delete=True)
+    writer, tree = rt.writer, rt.tree
+    output, empty = f"{PROTOCOLS}/output.txt", f"{PROTOCOLS}/e"
+    handle = writer.create(output)
+    handle.write(0, b"results\n")
+    handle.fsync()  # on XNAT
+    writer.create(empty).close()  # touch e
+    with pytest.raises(OSError) as err:
+        writer.rename(empty, output)  # before: 0
+    assert err.value.errno == errno.ENOTSUP
+    handle.close()
+    assert tree.lookup(output).size == 8
+    assert server_status(rt, "output.txt") == (200, b"results\n")

@@ -302,13 +302,10 @@ class Namespace(Opening):
         if it is one), returning its renamed journal record.  Caller holds ``lf.io``, and
         ``replaced.io``."""
         target = self._rename_target(existing, target, new)
-        if (
-            lf.state == EMPTY
-            and existing is not None
-            and not isinstance(existing.local_file, LocalFile)
-        ):
-            # as emptying it would be (issue 17 §8): never a success that leaves the old bytes
-            # on XNAT behind an empty local file
+        if lf.state == EMPTY and target.overwrite:
+            # over a file that is, or may be by then, on XNAT (XNAT's, or a local one with a
+            # version uploaded or on its way): as emptying it would be (issue 17 §8), never a
+            # success that leaves the old bytes on XNAT behind an empty local file
             raise OSError(errno.ENOTSUP, "XNAT cannot store an empty file: XNAT's is kept", new)
         if lf.uploaded_size:
             # XNAT confirmed it under the old name (an fsync, or another handle's close,
