@@ -976,3 +976,21 @@ def test_an_empty_file_moved_over_a_file_uploaded_while_open_is_refused(make_run
     handle.close()
     assert tree.lookup(output).size == 8
     assert server_status(rt, "output.txt") == (200, b"results\n")
+
+
+def test_rename_of_a_file_on_xnat_open_for_writing_is_refused_as_xnats(make_runtime):
+    """A file on XNAT open for writing (a read-modify-write copy, --allow-delete) is local
+    while open, and rename moved that copy: it answered 0, the new name was uploaded at
+    close, and the old name was still on XNAT (and back in the listing at once): a file
+    twice after a `mv`.  XNAT has no move: EXDEV, as for the file when nobody holds it."""
+    rt = make_runtime(allow_delete=True)
+    writer, tree = rt.writer, rt.tree
+    old, new = f"{PROTOCOLS}/README.txt", f"{PROTOCOLS}/README2.txt"
+    handle = writer.open_write(tree.lookup(old), old, truncate=False)
+    handle.write(0, b"E")
+    with pytest.raises(OSError) as err:
+        writer.rename(old, new)  # before: 0
+    assert err.value.errno == errno.EXDEV
+    handle.close()
+    assert server_status(rt, "README2.txt")[0] == 404
+    assert server_status(rt, "README.txt")[1][:1] == b"E"

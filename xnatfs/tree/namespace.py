@@ -312,6 +312,10 @@ class Namespace(Opening):
             # with this one still open): renaming the local record only would answer 0,
             # show the new name until the last close and then the old one again
             raise self._on_xnat(old, "already uploaded under its old name")
+        if lf.replaces is not None:
+            # a file on XNAT open for writing (its local copy): moving the copy answered 0,
+            # uploaded the new name at close and left the old one on XNAT, a file twice
+            raise self._on_xnat(old, "it is on XNAT under its old name")
         held = lf.entry
         older = self._older_versions(held, old)
         # the record of the file renamed over is held too: its close() may upload it right
