@@ -291,9 +291,8 @@ class Journal:
         EXDEV fallback). The entry is durable before this returns. On ``OSError`` (ENOSPC
         writing the sidecar, ...) no entry exists and the bytes are still at the spool path.
         A ``SpoolFile`` is fsynced first and closed once the entry holds its bytes; when this
-        raises, an open one stays open (closed before, it left the file it belonged to with
-        no bytes to show, and a later write began a fresh spool: zeros uploaded in place of
-        what was written before).
+        raises, an open one stays open (closed, its file showed no bytes, and a later write
+        began a fresh spool: zeros uploaded in place of what was written before).
 
         With ``digest`` False the entry's ``md5`` is left empty (reading a large file once
         more just to hash it is as slow as uploading it): whoever uploads it computes the MD5
