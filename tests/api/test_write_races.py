@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import os
 import threading
 
 import pytest
@@ -994,3 +995,42 @@ def test_rename_of_a_file_on_xnat_open_for_writing_is_refused_as_xnats(make_runt
     handle.close()
     assert server_status(rt, "README2.txt")[0] == 404
     assert server_status(rt, "README.txt")[1][:1] == b"E"
+
+
+def _create_through_the_adapter(rt, path, flags):
+    """FUSE's CREATE of ``path`` with open ``flags``, through the adapter (``fs/ops.py``), as
+    the kernel sends it for a name it believes missing (a negative entry, kept up to 10 s)."""
+    from types import SimpleNamespace
+
+    from xnatfs.fs.ops import XnatOperations
+
+    ops = XnatOperations(rt)
+    ops._writers = None  # the caller's uid needs a FUSE request: the owner's anyway
+    fi = SimpleNamespace(flags=flags, fh=0, direct_io=0, keep_cache=0, noflush=0)
+    ops.create(path, 0o644, fi)
+    return ops, fi
+
+
+def test_a_create_of_a_name_stored_meanwhile_honours_o_trunc_and_o_excl(make_runtime):
+    """The kernel remembers a missing name (negative entry) and sends CREATE for it, while
+    another XNAT client has stored a file of that name since.  CREATE always truncated it:
+    `echo line >> log` (O_APPEND, no O_TRUNC) replaced the other client's log with one line
+    (--allow-delete), and O_EXCL (`mktemp`, noclobber, lock files) did not answer EEXIST."""
+    rt = make_runtime(allow_delete=True)
+    path = f"{PROTOCOLS}/shared.log"
+    r = requests.put(
+        f"{rt.emu.url}{PROTOCOLS_URI}/shared.log?inbody=true",
+        data=b"the other client's lines\n",
+        auth=ADMIN,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    rt.tree.invalidate(PROTOCOLS)
+    with pytest.raises(OSError) as err:
+        _create_through_the_adapter(rt, path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    assert err.value.errno == errno.EEXIST  # before: opened, truncated
+    ops, fi = _create_through_the_adapter(rt, path, os.O_CREAT | os.O_WRONLY | os.O_APPEND)
+    ops.write(path, b"line\n", 25, fi)
+    ops.flush(path, fi)
+    ops.release(path, fi)
+    assert server_status(rt, "shared.log") == (200, b"the other client's lines\nline\n")

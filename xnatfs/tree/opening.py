@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 class Opening(HandleOps):
     """Files opened for writing, and the upload target of each."""
 
-    def create(self, path: str) -> WriteHandle:
+    def create(self, path: str, truncate: bool = True, exclusive: bool = False) -> WriteHandle:
+        """A new file at ``path``.  The kernel asks for a name it believes missing, which may
+        exist by now (its negative entry lasts up to 10 s, and another XNAT client may have
+        stored the name): then it is opened as the open's flags say (``truncate``: O_TRUNC;
+        ``exclusive``: O_EXCL, EEXIST).  Truncated always, `echo x >> log` replaced the
+        other client's log with one line, and O_EXCL (lock files, mktemp) did not hold."""
         parts = split_path(path)
         check_write_name(parts[-1], path)  # before any request (issue 17 §3)
         parent = self.tree.lookup(join_path(parts[:-1]))
@@ -30,7 +35,9 @@ class Opening(HandleOps):
         if existing is not None:
             if existing.is_dir:
                 raise OSError(errno.EISDIR, "is a directory", path)
-            return self.open_write(existing, path, truncate=True)
+            if exclusive:
+                raise OSError(errno.EEXIST, "exists", path)
+            return self.open_write(existing, path, truncate=truncate)
         target = self._target_for(parent, parts, path)
         spool = self.spool.create()
         lf = LocalFile(parts, target, spool=spool, handles=1, dirty=False)
