@@ -1034,3 +1034,32 @@ def test_a_create_of_a_name_stored_meanwhile_honours_o_trunc_and_o_excl(make_run
     ops.flush(path, fi)
     ops.release(path, fi)
     assert server_status(rt, "shared.log") == (200, b"the other client's lines\nline\n")
+
+
+def test_two_programs_creating_one_new_file_at_once_share_it(runtime):
+    """Two programs create the same new file at once (two jobs writing one log, `>>`): the
+    second's CREATE found the first's file made between its look and its own: EBUSY
+    ("Device or resource busy") while the first held it; once the first had closed, the
+    second replaced it, and its upload then met the first's on XNAT ("duplicates": EEXIST
+    at close, kept as failed).  Now the second opens the file the first made."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/jobs.log"
+    create, made = writer.spool.create, {}
+
+    def create_with_another_beside(*a, **k):
+        if "first" not in made:
+            made["first"] = None
+            made["first"] = writer.create(path, truncate=False)
+            made["first"].write(0, b"job 1\n")
+        return create(*a, **k)
+
+    writer.spool.create = create_with_another_beside
+    try:
+        second = writer.create(path, truncate=False)  # before: EBUSY
+    finally:
+        writer.spool.create = create
+    second.write(6, b"job 2\n")
+    made["first"].close()
+    second.close()
+    assert server_status(runtime, "jobs.log") == (200, b"job 1\njob 2\n")
+    assert writer.status() == []

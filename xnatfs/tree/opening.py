@@ -43,10 +43,18 @@ class Opening(HandleOps):
         lf = LocalFile(parts, target, spool=spool, handles=1, dirty=False)
         with self._lock:
             old = self._files.get(parts)
-            if old is not None and old.handles:
-                spool.discard()
-                raise OSError(errno.EBUSY, "being written by another handle", path)
-            self._locked_put(lf)
+            if old is None:
+                self._locked_put(lf)
+            elif not exclusive:
+                old.handles += 1
+        if old is not None:
+            # made by another open since the look above (two jobs creating one log): that
+            # file is opened.  Refused (EBUSY) while the other held it, and replaced once it
+            # had closed: the two uploads then met on XNAT (EEXIST, kept as failed)
+            spool.discard()
+            if exclusive:
+                raise OSError(errno.EEXIST, "exists", path)
+            return self._joined(old, truncate)
         return WriteHandle(self, lf, changed=True)
 
     def open_write(self, node: NodeInfo, path: str, truncate: bool) -> WriteHandle:
