@@ -1063,3 +1063,25 @@ def test_two_programs_creating_one_new_file_at_once_share_it(runtime):
     second.close()
     assert server_status(runtime, "jobs.log") == (200, b"job 1\njob 2\n")
     assert writer.status() == []
+
+
+def test_rename_over_a_file_on_xnat_open_for_writing_needs_allow_delete(runtime):
+    """A file on XNAT that a program holds open with O_TRUNC (allowed without --allow-delete:
+    rewriting the same bytes destroys nothing) is local while open; rsync's rename over it
+    answered 0, as over a local file, and its upload then met XNAT's file ("duplicates":
+    kept as failed).  Replacing XNAT's file needs --allow-delete: EACCES, as when nobody
+    holds it open."""
+    writer, tree = runtime.writer, runtime.tree
+    final, temp = f"{PROTOCOLS}/README.txt", f"{PROTOCOLS}/.README.txt.AbC123"
+    original = server_status(runtime, "README.txt")
+    holder = writer.open_write(tree.lookup(final), final, truncate=True)
+    copy = writer.create(temp)
+    copy.write(0, b"rsync's copy\n")
+    copy.close()
+    with pytest.raises(OSError) as err:
+        writer.rename(temp, final)  # before: 0
+    assert err.value.errno == errno.EACCES
+    holder.close()
+    writer.unlink(temp)
+    assert writer.status() == []  # before: rsync's copy failed ("duplicates")
+    assert server_status(runtime, "README.txt") == original

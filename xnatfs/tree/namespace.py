@@ -390,7 +390,9 @@ class Namespace(Opening):
         if existing is None:
             return target
         local = existing.local_file
-        if not isinstance(local, LocalFile):
+        if not isinstance(local, LocalFile) or local.replaces is not None:
+            # XNAT's file, or XNAT's file open for writing (its local copy, held open: it
+            # answered 0 and the upload then met XNAT's file, "duplicates", kept as failed)
             if not self.allow_delete:
                 raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
             return replace(target, overwrite=True)
