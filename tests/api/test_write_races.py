@@ -17,6 +17,7 @@ from tests.mount.helpers import wait_for
 from xnatfs.fs.errmap import errno_for
 from xnatfs.runtime import Runtime
 from xnatfs.uploads import Spool
+from xnatfs.uploads.journal import Journal
 from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.errors import XnatError
 
@@ -1085,3 +1086,22 @@ def test_rename_over_a_file_on_xnat_open_for_writing_needs_allow_delete(runtime)
     writer.unlink(temp)
     assert writer.status() == []  # before: rsync's copy failed ("duplicates")
     assert server_status(runtime, "README.txt") == original
+
+
+def test_unmount_with_files_open_leaves_no_nameless_upload_for_what_needs_none(make_runtime):
+    """The daemon stops (systemctl stop, SIGTERM) while a program holds a file on XNAT open
+    read-write and has not changed it (sqlite, HDF5 open "r+").  Its copy stayed on disk, and
+    the next mount kept it as a failed upload with no name ("spool file left by a crash"),
+    for bytes that needed no upload.  A changed file open then is saved to the journal."""
+    rt = make_runtime(allow_delete=True)
+    writer, tree = rt.writer, rt.tree
+    readme = f"{PROTOCOLS}/README.txt"
+    writer.open_write(tree.lookup(readme), readme, truncate=False)  # held, unchanged
+    changed = writer.create(f"{PROTOCOLS}/changed.bin")
+    changed.write(0, b"changed")  # held, changed
+    directory = writer.spool.directory
+    rt.close()
+    assert Spool(directory).leftovers() == []  # before: one, the unchanged copy
+    assert [e.path for e in Journal(writer.journal.directory).reload()] == [
+        f"{PROTOCOLS}/changed.bin"
+    ]

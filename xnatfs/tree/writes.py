@@ -142,6 +142,13 @@ class Writer(Namespace):
                     join_path(lf.parts),
                     exc,
                 )
+            with self._lock:
+                if lf.spool is not None and not lf.dirty:
+                    # nothing unsaved (a copy of XNAT's file not changed since), as at its
+                    # last close.  Left on disk, the next mount kept it as a failed upload
+                    # with no name ("spool file left by a crash")
+                    lf.spool.discard()
+                    lf.spool = None
         self.uploader.close(time.monotonic() + 10)
         empties = self.empty_files()
         if empties:
