@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import threading
 import time
@@ -148,9 +149,10 @@ class Runtime:
             experiment_type=o.experiment_type,
             scan_type=o.scan_type,
             fs_timeout=o.fs_timeout,
-            # a new file closed empty stays shown as long as the kernel trusts its name
-            # (fuse_kwargs: entry_timeout = listing_ttl)
-            empty_ttl=o.listing_ttl,
+            # a new file closed empty (XNAT cannot store it) stays shown for the mount's life,
+            # not only while the kernel trusts its name (entry_timeout = listing_ttl): a
+            # `touch stamp` that make checks minutes later was gone (README)
+            empty_ttl=math.inf,
             upload_workers=o.upload_workers,
             upload_backoff=o.upload_backoff,
             upload_backoff_max=o.upload_backoff_max,

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import threading
+import time
 
 import pytest
 import requests
@@ -15,7 +17,6 @@ from tests.mount.helpers import api, wait_for
 from xnatfs.options import Options
 from xnatfs.runtime import Runtime
 from xnatfs.tree.nodes import Kind
-from xnatfs.tree.paths import split_path
 from xnatfs.xnat.auth import Credentials
 
 SCAN = "/DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1/scans/1"
@@ -198,6 +199,20 @@ def test_a_write_while_another_handle_commits_is_uploaded(runtime):
     assert on_server(runtime, "shared.log") == b"first line\nsecond line\n"
 
 
+def test_a_stat_while_the_file_is_committed_sees_its_size(runtime):
+    """A `stat` (or `tail -f`'s) while close() moves the file into the journal: the spool was
+    closed and not yet swapped for the entry, and the file showed 0 bytes; the kernel kept
+    that size for the attribute timeout, so a reader saw an empty file."""
+    writer, tree = runtime.writer, runtime.tree
+    path = f"{PROTOCOLS}/sized.log"
+    handle = writer.create(path)
+    handle.write(0, b"twelve bytes")
+    sizes = []
+    flush_with_a_call_beside(writer, handle, lambda: sizes.append(tree.lookup(path).size))
+    handle.close()
+    assert sizes == [12]  # before: [0]
+
+
 def test_a_write_just_after_the_upload_continues_from_xnats_bytes(runtime):
     """The uploader drops the journal's copy once XNAT confirmed it, and only then tells the
     overlay.  A write in between (an append through a handle still open) used to find
@@ -290,20 +305,35 @@ def test_a_rename_while_another_handle_commits_ends_under_one_name(runtime):
     assert kept in names and gone not in names
 
 
-def test_a_new_file_closed_empty_is_shown_while_the_kernel_holds_its_name(make_runtime):
+class _HourLater:
+    """The overlay's clock an hour on (``time`` of ``xnatfs.tree.overlay``)."""
+
+    @staticmethod
+    def monotonic():
+        return time.monotonic() + 3600
+
+    @staticmethod
+    def time():
+        return time.time()
+
+
+def test_a_new_file_closed_empty_is_shown_for_the_mounts_life(make_runtime, monkeypatch, caplog):
     """XNAT cannot store an empty file.  One made here and closed empty (`touch f`) used to
     vanish at its close while the kernel still held its name, so `echo x >> f` (an OPEN of that
-    name, no LOOKUP, no create) failed with ENOENT.  It is now shown, empty, for the kernel's
-    entry timeout (the listing TTL) from the last time the kernel was told of it, then dropped;
-    writes to it meanwhile upload as for any new file."""
+    name, no LOOKUP, no create) failed with ENOENT; then it was shown for the listing TTL, and
+    a `touch stamp` that make checked minutes later was gone.  It is now shown, empty, for the
+    mount's life (one log line when made, one at unmount); writes to it upload as for any new
+    file."""
     rt = make_runtime(listing_ttl=0.5)
     emu = rt.emu
     tree, writer = rt.tree, rt.writer
     stamp, log = f"{PROTOCOLS}/stamp", f"{PROTOCOLS}/touched.log"
-    for path in (stamp, log):
-        writer.create(path).close()  # touch
-        node = tree.lookup(path)
-        assert node.size == 0 and tree.xattrs(node)["cache_state"] == "empty"
+    with caplog.at_level(logging.INFO, logger="xnatfs.tree"):
+        for path in (stamp, log):
+            writer.create(path).close()  # touch
+            node = tree.lookup(path)
+            assert node.size == 0 and tree.xattrs(node)["cache_state"] == "empty"
+    assert "stamp: empty; XNAT cannot store empty files" in caplog.text
     reader = tree.open(tree.lookup(stamp), stamp)
     assert reader.read(0, 100) == b""
     reader.close()
@@ -313,19 +343,46 @@ def test_a_new_file_closed_empty_is_shown_while_the_kernel_holds_its_name(make_r
     handle.close()
     r = requests.get(f"{emu.url}{PROTOCOLS_URI}/touched.log", auth=ADMIN, timeout=30)
     assert r.content == b"appended\n"
-    # nothing asks about the stamp (each lookup of it would tell the kernel of it again):
-    # it goes once the kernel would have forgotten it too; a lookup of another name sweeps
-    gone = split_path(stamp)
-    wait_for(
-        lambda: _exists(tree, log) and gone not in writer._files,
-        10,
-        what="the empty file's time to end",
-    )
-    assert not _exists(tree, stamp)
-    r = requests.get(f"{emu.url}{PROTOCOLS_URI}/stamp", auth=ADMIN, timeout=30)
-    assert r.status_code == 404
+    # an hour on, long past the kernel's entry timeout, nothing having asked about it: still
+    # there (before: gone once the listing TTL ran out)
+    monkeypatch.setattr("xnatfs.tree.overlay.time", _HourLater)
     tree.invalidate(PROTOCOLS)
     assert tree.lookup(log).size == 9
+    assert "stamp" in {n.name for n in tree.listdir(PROTOCOLS)}
+    assert tree.lookup(stamp).size == 0
+    r = requests.get(f"{emu.url}{PROTOCOLS_URI}/stamp", auth=ADMIN, timeout=30)
+    assert r.status_code == 404  # never on XNAT
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="xnatfs.tree"):
+        rt.close()
+    assert "1 empty file(s) made in this mount go with it" in caplog.text
+    assert stamp in caplog.text
+
+
+def test_empty_files_kept_are_bounded_and_written_ones_do_not_count(make_runtime, monkeypatch):
+    """At most ``EMPTY_MAX`` EMPTY files are kept (every listing looks through the local
+    files), the oldest dropped first; a file made empty and written since is no EMPTY file
+    and does not count (kept for the mount's life, such files piled up and pushed the real
+    EMPTY ones out)."""
+    from xnatfs.tree import overlay
+
+    monkeypatch.setattr(overlay, "EMPTY_MAX", 3)
+    rt = make_runtime()
+    tree, writer = rt.tree, rt.writer
+    writer.create(f"{PROTOCOLS}/first").close()
+    for i in range(5):  # touch log_i; echo x >> log_i
+        path = f"{PROTOCOLS}/log{i}"
+        writer.create(path).close()
+        handle = writer.open_write(tree.lookup(path), path, truncate=False)
+        handle.write(0, b"x\n")
+        handle.close()
+    assert tree.xattrs(tree.lookup(f"{PROTOCOLS}/first"))["cache_state"] == "empty"
+    for name in ("a", "b"):
+        writer.create(f"{PROTOCOLS}/{name}").close()
+    assert writer.empty_files() == [f"{PROTOCOLS}/{n}" for n in ("a", "b", "first")]
+    writer.create(f"{PROTOCOLS}/c").close()  # the fourth: the oldest goes
+    assert writer.empty_files() == [f"{PROTOCOLS}/{n}" for n in ("a", "b", "c")]
+    assert not _exists(tree, f"{PROTOCOLS}/first")
 
 
 def test_an_empty_new_file_truncated_or_moved_stays_a_new_file(make_runtime):

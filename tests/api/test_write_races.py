@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
+import os
 import threading
 
 import pytest
@@ -12,7 +14,10 @@ import requests
 
 from tests.conftest import ADMIN
 from tests.mount.helpers import wait_for
+from xnatfs.fs.errmap import errno_for
 from xnatfs.runtime import Runtime
+from xnatfs.uploads import Spool
+from xnatfs.uploads.journal import Journal
 from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.errors import XnatError
 
@@ -653,3 +658,450 @@ def test_rm_drops_the_older_pending_versions_too(runtime):
     wait_for(lambda: not writer.status(), 60, what="the uploads")
     assert server_status(runtime, "draft.log")[0] == 404  # before: 200, the first version
     assert "draft.log" not in listed(runtime)
+
+
+# ---------------------------------------------------------------------- found by review7w
+def test_a_close_committing_while_a_rename_replaces_its_file_uploads_nothing(runtime):
+    """rsync renames its copy over held.log at the instant the program holding held.log
+    closes it (its commit in the journal step).  The rename set ``removed`` on the open file
+    without that file's own lock: the commit had looked before and went on, its journal
+    record newer than the renamed one.  Its PUT (no overwrite) then met rsync's file:
+    EEXIST at close and a failed record kept for the name, or it landed first and dropped
+    rsync's record as "superseded".  Now the rename waits for the commit (``LocalFile.io``
+    of the file it replaces), so the commit's 0.3 s beside it run out; rsync's copy is what
+    XNAT ends with and nothing stays behind."""
+    from tests.api.test_tree import flush_with_a_call_beside
+
+    writer = runtime.writer
+    final, temp = f"{PROTOCOLS}/held3.log", f"{PROTOCOLS}/.held3.log.AbC123"
+    holder = writer.create(final)
+    holder.write(0, b"the program's line\n")
+    copy = writer.create(temp)
+    copy.write(0, b"rsync's copy\n")
+    copy.close()
+    renamed = {}
+
+    def rsync_renames():
+        try:
+            writer.rename(temp, final)
+            renamed["result"] = 0
+        except OSError as exc:
+            renamed["result"] = exc.errno
+
+    flush_with_a_call_beside(writer, holder, rsync_renames)  # before: EEXIST (duplicates)
+    holder.close()
+    wait_for(lambda: all(s["state"] != "pending" for s in writer.status()), 30, what="uploads")
+    assert renamed == {"result": 0}
+    assert writer.status() == []  # before: a failed record of held3.log
+    assert server_status(runtime, "held3.log") == (200, b"rsync's copy\n")
+    runtime.tree.invalidate(PROTOCOLS)
+    assert runtime.tree.lookup(final).size == len(b"rsync's copy\n")
+
+
+def test_a_version_after_one_xnat_refused_as_another_files_does_not_overwrite_it(runtime):
+    """A program writes results.csv and fsyncs (or a child that inherited its descriptor
+    exits: its close uploads the file as it stands); another XNAT client stored a
+    results.csv meanwhile, so XNAT answers "duplicates" (EEXIST, kept as failed).  The
+    program writes on and closes: that version went up with overwrite, and the other
+    client's file was replaced without --allow-delete.  Now it is refused as the first
+    was, and both versions stay in the journal."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/results.csv"
+    handle = writer.create(path)
+    handle.write(0, b"mine, part 1\n")
+    r = requests.put(
+        f"{runtime.emu.url}{PROTOCOLS_URI}/results.csv?inbody=true",
+        data=b"the other client's\n",
+        auth=ADMIN,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    with pytest.raises(XnatError) as err:
+        handle.fsync()
+    assert errno_for(err.value) == errno.EEXIST
+    handle.write(13, b"mine, part 2\n")
+    with pytest.raises(XnatError) as err:
+        handle.flush()  # before: 0, the other client's file replaced
+    assert errno_for(err.value) == errno.EEXIST
+    handle.close()
+    assert server_status(runtime, "results.csv") == (200, b"the other client's\n")
+    assert [s["state"] for s in writer.status()] == ["failed", "failed"]
+
+
+def test_a_rename_over_a_file_xnat_refused_as_another_files_does_not_overwrite_it(runtime):
+    """As above, with rsync: its first copy of out.csv was refused because another client
+    had stored out.csv ("duplicates", kept as failed); its next copy, renamed over that
+    failed file, went up with overwrite and replaced the other client's file without
+    --allow-delete.  Now it is refused as the first (kept, failed)."""
+    writer = runtime.writer
+    final, temp = f"{PROTOCOLS}/out.csv", f"{PROTOCOLS}/.out.csv.AbC123"
+    runtime.tree.listdir(PROTOCOLS)  # loaded before the other client's PUT
+    r = requests.put(
+        f"{runtime.emu.url}{PROTOCOLS_URI}/out.csv?inbody=true",
+        data=b"the other client's\n",
+        auth=ADMIN,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    handle = writer.create(final)  # the mount's listing is older than the other's PUT
+    handle.write(0, b"first copy\n")
+    with pytest.raises(XnatError):
+        handle.flush()
+    handle.close()
+    copy = writer.create(temp)
+    copy.write(0, b"second copy\n")
+    copy.close()
+    writer.rename(temp, final)  # its upload's failure is logged, kept: the rename is done
+    assert server_status(runtime, "out.csv") == (200, b"the other client's\n")
+    assert [s["state"] for s in writer.status()] == ["failed"]
+
+
+def test_rsync_renaming_same_bytes_while_the_temporary_upload_runs_leaves_no_temporary(runtime):
+    """rsync's temporary copy holds the same bytes as the file on XNAT; its delayed upload
+    has started when rsync renames it over the file.  The rename dropped the journal record
+    under the running attempt and answered "nothing uploaded"; the PUT still landed, and
+    the temporary name stayed on XNAT (and in the listing) after a rename that answered 0.
+    Now the rename waits for that attempt: it ends with no temporary file on XNAT, or says
+    why not (the file is XNAT's under the temporary name, and XNAT has no move)."""
+    writer = runtime.writer
+    writer.temp_delay = 0.0  # the delayed upload starts at once
+    same = b"the same bytes\n"
+    r = requests.put(
+        f"{runtime.emu.url}{PROTOCOLS_URI}/same.txt?inbody=true", data=same, auth=ADMIN, timeout=30
+    )
+    assert r.status_code in (200, 201), r.text
+    runtime.tree.invalidate(PROTOCOLS)
+    final, name = f"{PROTOCOLS}/same.txt", ".same.txt.AbC123"
+    gate = Gate(writer.client, name)
+    copy = writer.create(f"{PROTOCOLS}/{name}")
+    copy.write(0, same)
+    copy.close()
+    assert gate.arrived.wait(30), "the background upload did not start"
+    result = {}
+
+    def rename():
+        try:
+            writer.rename(f"{PROTOCOLS}/{name}", final)
+            result["renamed"] = 0
+        except OSError as exc:
+            result["renamed"] = exc.errno
+
+    t = threading.Thread(target=rename)
+    t.start()
+    t.join(0.3)  # fixed: the rename waits for the running upload, so this wait runs out
+    gate.open()
+    t.join(30)
+    assert gate.passed.wait(30), "the held upload did not end"
+    wait_for(lambda: not writer.status(), 30, what="the upload to end")
+    if result["renamed"] == 0:  # before: and the temporary file on XNAT all the same
+        assert server_status(runtime, name)[0] == 404
+        assert name not in listed(runtime)
+    else:
+        assert result["renamed"] == errno.EACCES, result
+        assert server_status(runtime, name) == (200, same)
+    assert server_status(runtime, "same.txt") == (200, same)
+
+
+def test_a_put_that_lands_late_after_a_timeout_is_not_kept_as_failed(runtime):
+    """XNAT stores a file slowly: the PUT times out, the retry finds the file not yet listed
+    and sends it again, and by then the first PUT has landed, so XNAT answers "duplicates".
+    The file was kept as failed (EEXIST, shown in place of XNAT's file at the next mount,
+    "fix the cause, rm it, copy it in again") although XNAT had exactly its bytes.  A refusal
+    of an attempt after one that may have landed is now checked against XNAT's listing."""
+    from xnatfs.xnat.errors import XnatTimeout
+
+    writer = runtime.writer
+    writer.uploader.base_delay = writer.uploader.max_delay = 0.2
+    client, real = writer.client, writer.client.upload_file
+    late = []
+
+    def slow_xnat(resource_uri, relpath, fh, size, **k):
+        if relpath != "slow.dat":
+            return real(resource_uri, relpath, fh, size, **k)
+        if not late:  # the first PUT: XNAT is still storing it when the client gives up
+            late.append((resource_uri, relpath, fh.read(), size, k))
+            raise XnatTimeout("PUT", f"{resource_uri}/files/{relpath}", None, "timed out")
+        uri, rel, data, n, kw = late[0]  # ...and it lands just before the second one
+        real(uri, rel, io.BytesIO(data), n, **kw)
+        return real(resource_uri, relpath, fh, size, **k)
+
+    client.upload_file = slow_xnat
+    try:
+        handle = writer.create(f"{PROTOCOLS}/slow.dat")
+        handle.write(0, b"slowly stored\n")
+        with pytest.raises(XnatTimeout):
+            handle.flush()
+        handle.close()
+        writer.uploader.wake()
+        wait_for(lambda: all(s["state"] == "failed" for s in writer.status()), 30, what="the retry")
+    finally:
+        client.upload_file = real
+    assert writer.status() == []  # before: failed, "file exists (duplicates: slow.dat)"
+    assert server_status(runtime, "slow.dat") == (200, b"slowly stored\n")
+
+
+def test_a_close_whose_journal_step_fails_on_a_full_disk_keeps_the_file_whole(runtime):
+    """close() moves the bytes into the journal; on a full disk its record cannot be
+    written (ENOSPC, told at close) and the bytes stay where they were.  But the file's
+    spool had been closed on the way: the mount showed the file with 0 bytes, a read of it
+    answered EIO, and an append (`echo more >> f` once space was freed) started a fresh
+    spool: XNAT got zeros where the first lines were (their bytes left behind as a
+    nameless spool file).  Now the file keeps its bytes, and a later close uploads all."""
+    writer, tree = runtime.writer, runtime.tree
+    path = f"{PROTOCOLS}/full.log"
+    handle = writer.create(path)
+    handle.write(0, b"first line\n")
+    write_sidecar = writer.journal._write_sidecar
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer.journal._write_sidecar = no_space
+    try:
+        with pytest.raises(OSError) as err:
+            handle.flush()
+        assert err.value.errno == errno.ENOSPC
+        handle.close()
+    finally:
+        writer.journal._write_sidecar = write_sidecar  # space freed
+    assert tree.lookup(path).size == 11  # before: 0
+    appender = writer.open_write(tree.lookup(path), path, truncate=False)  # >> f
+    assert appender.read(0, 100) == b"first line\n"  # before: EIO
+    appender.write(11, b"second line\n")
+    appender.flush()
+    appender.close()
+    assert server_status(runtime, "full.log") == (200, b"first line\nsecond line\n")
+    assert writer.status() == []
+
+
+def test_an_open_with_o_trunc_that_fails_does_not_leave_the_file_held(runtime):
+    """`cp new.csv f` over a local file (pending: XNAT answered 503) on a full disk: the
+    O_TRUNC open fails (ENOSPC, told).  The failed open had counted itself as a handle of
+    the file and never let go: the file's write error stuck for the mount's life, and every
+    later version was refused at close ("an earlier write failed: not uploaded") once space
+    was freed.  Now the next copy uploads."""
+    writer, tree = runtime.writer, runtime.tree
+    path = f"{PROTOCOLS}/table.csv"
+    writer.uploader.base_delay = writer.uploader.max_delay = 0.2
+    with xnat_refusing(runtime):
+        write_pending(writer, path, b"old table\n")
+        create = writer.spool.create
+
+        def no_space(*a, **k):  # the copy of the pending version it starts from
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        writer.spool.create = no_space
+        try:
+            with pytest.raises(OSError) as err:
+                writer.open_write(tree.lookup(path), path, truncate=True)
+            assert err.value.errno == errno.ENOSPC
+        finally:
+            writer.spool.create = create
+    handle = writer.open_write(tree.lookup(path), path, truncate=True)  # space freed
+    handle.write(0, b"new table\n")
+    handle.flush()  # before: ENOSPC again, "an earlier write failed: not uploaded"
+    handle.close()
+    wait_for(lambda: not writer.status(), 30, what="the uploads")
+    assert server_status(runtime, "table.csv") == (200, b"new table\n")
+
+
+def test_an_append_open_whose_download_fails_leaves_no_spool_behind(make_runtime):
+    """`echo x >> f` of a file on XNAT (--allow-delete) first copies XNAT's bytes into a
+    spool; when that download failed (XNAT down: EIO at open, told), the spool file stayed
+    on disk, and the next mount kept it as a failed upload with no name ("spool file left by
+    a crash"), listed by `xnatfs status` for something never written."""
+    rt = make_runtime(allow_delete=True)
+    writer, tree = rt.writer, rt.tree
+    path = f"{PROTOCOLS}/README.txt"
+    node = tree.lookup(path)
+    with xnat_refusing(rt):
+        with pytest.raises(Exception):  # noqa: B017 - the 503's error
+            writer.open_write(node, path, truncate=False)
+    next_mount = Spool(writer.spool.directory)  # what the next mount finds
+    assert next_mount.leftovers() == []  # before: one
+
+
+def test_two_appenders_opening_a_file_on_xnat_at_once_share_one_copy(make_runtime):
+    """Two programs open a log that is on XNAT for appending at once (--allow-delete); each
+    open copies XNAT's bytes first.  The second open, made while the first was copying, saw
+    no local file yet and made its own: two copies, each uploaded at its close, the last
+    over the first.  One line was lost, and zeros stood in its place (the second's append
+    went past the end of its own copy).  Now the second open joins the first's copy."""
+    rt = make_runtime(allow_delete=True)
+    writer, tree = rt.writer, rt.tree
+    path = f"{PROTOCOLS}/README.txt"
+    original = on_server_bytes(rt, "README.txt")
+    fill, opened = writer._fill_from_server, {}
+
+    def fill_with_an_open_beside(node, spool, p):
+        fill(node, spool, p)
+        if "second" not in opened:
+            opened["second"] = None
+            opened["second"] = writer.open_write(tree.lookup(path), path, truncate=False)
+
+    writer._fill_from_server = fill_with_an_open_beside
+    try:
+        first = writer.open_write(tree.lookup(path), path, truncate=False)
+    finally:
+        writer._fill_from_server = fill
+    second = opened["second"]
+    end = len(original)
+    first.write(end, b"first\n")  # O_APPEND: at the end the kernel knows
+    second.write(end + 6, b"second\n")
+    first.close()
+    second.close()
+    wait_for(lambda: not writer.status(), 30, what="the uploads")
+    assert on_server_bytes(rt, "README.txt") == original + b"first\nsecond\n"
+
+
+def on_server_bytes(runtime, name):
+    status, data = server_status(runtime, name)
+    assert status == 200, (name, status)
+    return data
+
+
+def test_an_empty_file_moved_over_a_file_uploaded_while_open_is_refused(make_runtime):
+    """A program writes and fsyncs its output (on XNAT now, the descriptor still open);
+    `touch e; mv e output` then answered 0 and showed the output empty, while XNAT kept its
+    bytes (they showed again at the next mount).  XNAT cannot store an empty file: refused
+    (ENOTSUP) as over a file only XNAT has."""
+    rt = make_runtime(listing_ttl=60, allow_delete=True)
+    writer, tree = rt.writer, rt.tree
+    output, empty = f"{PROTOCOLS}/output.txt", f"{PROTOCOLS}/e"
+    handle = writer.create(output)
+    handle.write(0, b"results\n")
+    handle.fsync()  # on XNAT
+    writer.create(empty).close()  # touch e
+    with pytest.raises(OSError) as err:
+        writer.rename(empty, output)  # before: 0
+    assert err.value.errno == errno.ENOTSUP
+    handle.close()
+    assert tree.lookup(output).size == 8
+    assert server_status(rt, "output.txt") == (200, b"results\n")
+
+
+def test_rename_of_a_file_on_xnat_open_for_writing_is_refused_as_xnats(make_runtime):
+    """A file on XNAT open for writing (a read-modify-write copy, --allow-delete) is local
+    while open, and rename moved that copy: it answered 0, the new name was uploaded at
+    close, and the old name was still on XNAT (and back in the listing at once): a file
+    twice after a `mv`.  XNAT has no move: EXDEV, as for the file when nobody holds it."""
+    rt = make_runtime(allow_delete=True)
+    writer, tree = rt.writer, rt.tree
+    old, new = f"{PROTOCOLS}/README.txt", f"{PROTOCOLS}/README2.txt"
+    handle = writer.open_write(tree.lookup(old), old, truncate=False)
+    handle.write(0, b"E")
+    with pytest.raises(OSError) as err:
+        writer.rename(old, new)  # before: 0
+    assert err.value.errno == errno.EXDEV
+    handle.close()
+    assert server_status(rt, "README2.txt")[0] == 404
+    assert server_status(rt, "README.txt")[1][:1] == b"E"
+
+
+def _create_through_the_adapter(rt, path, flags):
+    """FUSE's CREATE of ``path`` with open ``flags``, through the adapter (``fs/ops.py``), as
+    the kernel sends it for a name it believes missing (a negative entry, kept up to 10 s)."""
+    from types import SimpleNamespace
+
+    from xnatfs.fs.ops import XnatOperations
+
+    ops = XnatOperations(rt)
+    ops._writers = None  # the caller's uid needs a FUSE request: the owner's anyway
+    fi = SimpleNamespace(flags=flags, fh=0, direct_io=0, keep_cache=0, noflush=0)
+    ops.create(path, 0o644, fi)
+    return ops, fi
+
+
+def test_a_create_of_a_name_stored_meanwhile_honours_o_trunc_and_o_excl(make_runtime):
+    """The kernel remembers a missing name (negative entry) and sends CREATE for it, while
+    another XNAT client has stored a file of that name since.  CREATE always truncated it:
+    `echo line >> log` (O_APPEND, no O_TRUNC) replaced the other client's log with one line
+    (--allow-delete), and O_EXCL (`mktemp`, noclobber, lock files) did not answer EEXIST."""
+    rt = make_runtime(allow_delete=True)
+    path = f"{PROTOCOLS}/shared.log"
+    r = requests.put(
+        f"{rt.emu.url}{PROTOCOLS_URI}/shared.log?inbody=true",
+        data=b"the other client's lines\n",
+        auth=ADMIN,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    rt.tree.invalidate(PROTOCOLS)
+    with pytest.raises(OSError) as err:
+        _create_through_the_adapter(rt, path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    assert err.value.errno == errno.EEXIST  # before: opened, truncated
+    ops, fi = _create_through_the_adapter(rt, path, os.O_CREAT | os.O_WRONLY | os.O_APPEND)
+    ops.write(path, b"line\n", 25, fi)
+    ops.flush(path, fi)
+    ops.release(path, fi)
+    assert server_status(rt, "shared.log") == (200, b"the other client's lines\nline\n")
+
+
+def test_two_programs_creating_one_new_file_at_once_share_it(runtime):
+    """Two programs create the same new file at once (two jobs writing one log, `>>`): the
+    second's CREATE found the first's file made between its look and its own: EBUSY
+    ("Device or resource busy") while the first held it; once the first had closed, the
+    second replaced it, and its upload then met the first's on XNAT ("duplicates": EEXIST
+    at close, kept as failed).  Now the second opens the file the first made."""
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/jobs.log"
+    create, made = writer.spool.create, {}
+
+    def create_with_another_beside(*a, **k):
+        if "first" not in made:
+            made["first"] = None
+            made["first"] = writer.create(path, truncate=False)
+            made["first"].write(0, b"job 1\n")
+        return create(*a, **k)
+
+    writer.spool.create = create_with_another_beside
+    try:
+        second = writer.create(path, truncate=False)  # before: EBUSY
+    finally:
+        writer.spool.create = create
+    second.write(6, b"job 2\n")
+    made["first"].close()
+    second.close()
+    assert server_status(runtime, "jobs.log") == (200, b"job 1\njob 2\n")
+    assert writer.status() == []
+
+
+def test_rename_over_a_file_on_xnat_open_for_writing_needs_allow_delete(runtime):
+    """A file on XNAT that a program holds open with O_TRUNC (allowed without --allow-delete:
+    rewriting the same bytes destroys nothing) is local while open; rsync's rename over it
+    answered 0, as over a local file, and its upload then met XNAT's file ("duplicates":
+    kept as failed).  Replacing XNAT's file needs --allow-delete: EACCES, as when nobody
+    holds it open."""
+    writer, tree = runtime.writer, runtime.tree
+    final, temp = f"{PROTOCOLS}/README.txt", f"{PROTOCOLS}/.README.txt.AbC123"
+    original = server_status(runtime, "README.txt")
+    holder = writer.open_write(tree.lookup(final), final, truncate=True)
+    copy = writer.create(temp)
+    copy.write(0, b"rsync's copy\n")
+    copy.close()
+    with pytest.raises(OSError) as err:
+        writer.rename(temp, final)  # before: 0
+    assert err.value.errno == errno.EACCES
+    holder.close()
+    writer.unlink(temp)
+    assert writer.status() == []  # before: rsync's copy failed ("duplicates")
+    assert server_status(runtime, "README.txt") == original
+
+
+def test_unmount_with_files_open_leaves_no_nameless_upload_for_what_needs_none(make_runtime):
+    """The daemon stops (systemctl stop, SIGTERM) while a program holds a file on XNAT open
+    read-write and has not changed it (sqlite, HDF5 open "r+").  Its copy stayed on disk, and
+    the next mount kept it as a failed upload with no name ("spool file left by a crash"),
+    for bytes that needed no upload.  A changed file open then is saved to the journal."""
+    rt = make_runtime(allow_delete=True)
+    writer, tree = rt.writer, rt.tree
+    readme = f"{PROTOCOLS}/README.txt"
+    writer.open_write(tree.lookup(readme), readme, truncate=False)  # held, unchanged
+    changed = writer.create(f"{PROTOCOLS}/changed.bin")
+    changed.write(0, b"changed")  # held, changed
+    directory = writer.spool.directory
+    rt.close()
+    assert Spool(directory).leftovers() == []  # before: one, the unchanged copy
+    assert [e.path for e in Journal(writer.journal.directory).reload()] == [
+        f"{PROTOCOLS}/changed.bin"
+    ]

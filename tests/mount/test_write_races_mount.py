@@ -10,6 +10,8 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN, needs_fuse
+from tests.mount.helpers import api, md5, sh
+from tests.mount.test_write_mount import server_files
 
 pytestmark = [needs_fuse]
 
@@ -65,3 +67,27 @@ def test_sync_of_a_file_another_descriptor_writes_uploads_it(emu, make_mount):
         assert (r.status_code, r.content) == (200, b"before the sync\n")
     finally:
         os.close(fd)
+
+
+def test_children_that_inherit_the_log_descriptor_cost_uploads_never_lines(emu, make_mount):
+    """A script holds its log open on descriptor 3 and runs commands that inherit it; each
+    one's exit closes its copy, and so does the shell after each `>&3` (it dups 3 onto 1 and
+    closes that again): every such close is a FLUSH from a handle that wrote, which uploads
+    the log as it stands.  XNAT holds each intermediate version in turn, and the next write
+    continues from XNAT's copy: every line ends on XNAT, in order, and one PUT per close that
+    followed a change is all it costs."""
+    m = make_mount(emu.url)
+    log = m.path / PROTOCOLS / "script.log"
+    mark = emu.mark()
+    script = (
+        f"exec 3>>'{log}'; echo start >&3; "
+        'for i in 1 2 3; do sh -c "echo child $i >&3"; echo parent $i >&3; done; '
+        "echo end >&3; exec 3>&-"
+    )
+    sh(["sh", "-c", script])
+    expected = b"start\n" + b"".join(b"child %d\nparent %d\n" % (i, i) for i in (1, 2, 3))
+    expected += b"end\n"
+    assert (m.path / PROTOCOLS / "script.log").read_bytes() == expected
+    uploads = [p for meth, p in api(emu.since(mark)) if meth == "PUT" and "script.log" in p]
+    assert 1 < len(uploads) <= 8, uploads  # a close after each of the 8 lines at most
+    assert server_files(emu)["script.log"] == (len(expected), md5(expected))

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from tests.unit.test_uploader import WAIT, Rig
+from xnatfs.uploads.journal import Journal
 
 
 @pytest.fixture
@@ -59,3 +60,38 @@ def test_a_renamed_entry_is_no_version_of_its_old_path(rig):
     up.upload_now(rotated, deadline=rig.clock() + WAIT)
     assert rig.server.files == {old_path: b"today", new_path: b"yesterday"}
     assert rig.journal.versions_for(old_path) == []  # before: KeyError once removed
+
+
+class Crash(BaseException):
+    """The process dies here (kill -9, power): nothing after this point runs."""
+
+
+def test_a_crash_while_a_confirmed_version_leaves_the_journal_never_lets_an_older_one_win(
+    rig, monkeypatch
+):
+    """Two versions of a log pending (XNAT was down when a child process's close uploaded
+    it half-written, then at the last close); the newest is confirmed, and the uploader
+    drops it from the journal, then the older one (superseded).  A crash between the two
+    left the older version alone in the journal: the next mount uploaded it over the newest
+    (with overwrite, as a later version), and XNAT ended with the half-written log, the
+    rest gone.  Now the older versions go first: a crash between leaves the confirmed one,
+    which the next mount checks on XNAT and drops without sending anything."""
+    path = "/P/resources/R/files/run.log"
+    rig.add(b"half of the log", path=path)
+    newest = rig.add(b"half of the log, and the rest", path=path)
+    remove, removed = rig.journal.remove, []
+
+    def remove_then_crash(entry):
+        if removed:
+            raise Crash()
+        remove(entry)
+        removed.append(entry)
+
+    monkeypatch.setattr(rig.journal, "remove", remove_then_crash)
+    with pytest.raises(Crash):
+        rig.uploader(workers=1).upload_now(newest, deadline=rig.clock() + WAIT)
+    journal = Journal(rig.journal.directory)  # the next mount
+    up = rig.uploader(journal=journal, workers=1)
+    up.start()
+    rig.signal.wait_for(lambda: journal.entries() == [] and rig.server.active == 0)
+    assert rig.server.files[path] == b"half of the log, and the rest"  # before: the half

@@ -543,7 +543,11 @@ class XnatOperations(mfusepy.Operations):
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def create(self, path: str, mode: int, fi: Any = None) -> int:
-        return self._add_handle(self._writer(path).create(path), fi)
+        flags = getattr(fi, "flags", os.O_TRUNC)
+        handle = self._writer(path).create(
+            path, truncate=bool(flags & os.O_TRUNC), exclusive=bool(flags & os.O_EXCL)
+        )
+        return self._add_handle(handle, fi)
 
     @mfusepy.overrides(mfusepy.Operations)
     @_op

@@ -17,6 +17,7 @@ from xnatfs.tree.nodes import NodeInfo
 from xnatfs.tree.paths import join_path
 from xnatfs.tree.uploading import UploadPath
 from xnatfs.uploads import SpoolFile
+from xnatfs.uploads.journal import FAILED, Entry
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,18 @@ class HandleOps(UploadPath):
                 # from them, not from a spool of zeros (which uploaded zeros in place of the
                 # first part)
                 self._fill_from_upload(lf)
-        lf.target = replace(lf.target, overwrite=True)
+        if not self._refused_by_xnat(entry):
+            # the committed version is, or may soon be, on XNAT as this file: the next
+            # replaces it.  Not after a refusal: one as another client's file there
+            # ("duplicates") let the next version overwrite that file without --allow-delete
+            lf.target = replace(lf.target, overwrite=True)
+
+    def _refused_by_xnat(self, entry: Optional[Entry]) -> bool:
+        """Was ``entry`` refused for good (``failed``: never on XNAT; 409 a file of another
+        client there, 403, 413...)?  A failed attempt after its PUT returned is always
+        retried, never failed, so a failed record never landed."""
+        current = self.journal.get(entry.id) if entry is not None else None
+        return current is not None and current.state == FAILED
 
     def _fill_from_upload(self, lf: LocalFile) -> None:
         """The spool of ``lf`` gets the bytes XNAT holds at its upload target (straight from

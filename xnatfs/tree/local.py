@@ -124,6 +124,9 @@ class LocalFile:
 
     @property
     def size(self) -> int:
-        if self.spool is not None and not self.spool.closed:
+        # a closed spool still attached is being moved into the journal (its bytes are the
+        # entry's a moment later): its size is the file's.  Asked for an open one only, the
+        # file showed 0 bytes in that window, and the kernel kept that for its attr timeout
+        if self.spool is not None:
             return self.spool.size
         return self.entry.size if self.entry is not None else self.uploaded_size

@@ -7,9 +7,9 @@ import errno
 import logging
 import re
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import replace
-from typing import Any, ContextManager, List, Optional
+from typing import Any, ContextManager, Iterator, List, Optional
 
 from xnatfs import deadline
 from xnatfs.tree import prearchive_moves
@@ -33,6 +33,9 @@ MOVE_ON_XNAT_MAX = 64 << 20
 #: sends it after close() returns): a program that closes then renames (Python's
 #: RotatingFileHandler) must not meet its own file still "open"
 RELEASE_WAIT_S = 0.5
+#: looks at the new name a rename makes before it gives up (EBUSY): it looks again when a
+#: local file is made or dropped there between its look and its lock
+_RENAME_TRIES = 5
 
 
 def _check_label(label: str, path: str) -> None:
@@ -357,60 +360,96 @@ class Namespace(Opening):
     def _rename_local(self, lf: LocalFile, new_parent: NodeInfo, old: str, new: str) -> None:
         """A local file (being written, or pending upload) takes its new name; over a file on
         XNAT it replaces it (with --allow-delete) or, holding the same bytes, just goes."""
-        old_parts, new_parts = split_path(old), split_path(new)
-        try:
-            existing = self.tree.lookup(new)
-        except FileNotFoundError:
-            existing = None
-        if (
-            existing is not None
-            and not isinstance(existing.local_file, LocalFile)
-            and existing.kind is Kind.FILE
-            and lf.entry is not None
-            and lf.spool is None
-            and lf.handles == 0
-            and self._entry_same(lf.entry, existing)
-        ):
-            self._drop_same_bytes(lf, old_parts, existing)
-            log.info("mv %s %s: the same bytes as on XNAT: nothing uploaded", old, new)
+        new_parts = split_path(new)
+        target = self._target_for(new_parent, new_parts, new)
+        for _ in range(_RENAME_TRIES):
+            try:
+                existing: Optional[NodeInfo] = self.tree.lookup(new)
+            except FileNotFoundError:
+                existing = None
+            other = existing.local_file if existing is not None else None
+            replaced = other if isinstance(other, LocalFile) and other is not lf else None
+            # under lf.io: a close() of a handle still open (a log renamed by logrotate while
+            # its program writes) commits either before, and its entry is renamed here, or
+            # after, with the new name; and no upload of the entry runs meanwhile
+            # (Uploader.held), so none sends it under the old name after this.  And under the
+            # io of the local file renamed over: a close() of it committing in the same
+            # instant had looked at its ``removed`` before the move set it, and went on to
+            # upload it under the name, newer than the renamed file (EEXIST at its close and
+            # a failed record kept, or rsync's record dropped as "superseded")
+            with self._holding_both(lf, replaced):
+                with self._lock:
+                    there = self._files.get(new_parts)
+                if there is not replaced and there is not lf:
+                    continue  # a local file came or went at the new name meanwhile: again
+                if self._same_as_xnat(lf, existing):
+                    assert existing is not None
+                    self._drop_same_bytes(lf, old, existing)
+                    log.info("mv %s %s: the same bytes as on XNAT: nothing uploaded", old, new)
+                    return
+                entry = self._rename_held(lf, existing, replaced, target, old, new)
+            if entry is not None and not is_temporary(new_parts[-1]) and lf.handles == 0:
+                self._upload_renamed(lf, entry, old, new)
             return
-        target = self._rename_target(existing, self._target_for(new_parent, new_parts, new), new)
-        if (
-            lf.state == EMPTY
-            and existing is not None
-            and not isinstance(existing.local_file, LocalFile)
-        ):
-            # as emptying it would be (issue 17 §8): never a success that leaves the old bytes
-            # on XNAT behind an empty local file
+        raise OSError(errno.EBUSY, "the new name keeps changing under the rename", new)
+
+    @contextmanager
+    def _holding_both(self, lf: LocalFile, other: Optional[LocalFile]) -> Iterator[None]:
+        """``io`` of ``lf`` and of ``other`` (if any), taken in one order (by id) whoever
+        asks, so two renames in opposite directions wait for each other, never deadlock."""
+        with ExitStack() as stack:
+            for f in sorted([f for f in (lf, other) if f is not None], key=id):
+                stack.enter_context(f.holding(self.fs_timeout))
+            yield
+
+    def _rename_held(
+        self,
+        lf: LocalFile,
+        existing: Optional[NodeInfo],
+        replaced: Optional[LocalFile],
+        target: UploadTarget,
+        old: str,
+        new: str,
+    ) -> Optional[Entry]:
+        """The rename of ``lf`` to ``new`` (``existing`` there, the local file ``replaced``
+        if it is one), returning its renamed journal record.  Caller holds ``lf.io``, and
+        ``replaced.io``."""
+        target = self._rename_target(existing, target, new)
+        if lf.state == EMPTY and target.overwrite:
+            # over a file that is, or may be by then, on XNAT (XNAT's, or a local one with a
+            # version uploaded or on its way): as emptying it would be (issue 17 §8), never a
+            # success that leaves the old bytes on XNAT behind an empty local file
             raise OSError(errno.ENOTSUP, "XNAT cannot store an empty file: XNAT's is kept", new)
-        # under lf.io: a close() of a handle still open (a log renamed by logrotate while
-        # its program writes) commits either before, and its entry is renamed here, or after,
-        # with the new name; and no upload of the entry runs meanwhile (Uploader.held), so
-        # none sends it under the old name after this
-        with lf.holding(self.fs_timeout):
-            if lf.uploaded_size:
-                # XNAT confirmed it under the old name (an fsync, or another handle's close,
-                # with this one still open): renaming the local record only would answer 0,
-                # show the new name until the last close and then the old one again
-                raise self._on_xnat(old, "already uploaded under its old name")
-            held = lf.entry
-            older = self._older_versions(held, old)
-            with self._held(held) as current:
-                if held is not None and current is None:
-                    # its upload under the old name was confirmed while this waited: the
-                    # file is XNAT's now, and XNAT has no move
-                    raise self._on_xnat(old, "uploaded under its old name meanwhile")
-                if len(self._older_versions(held, old)) < len(older):
-                    # an older version of it was confirmed while this waited: XNAT has the
-                    # old name (with those bytes); renaming the newest would leave it there
-                    raise self._on_xnat(old, "an older version was uploaded meanwhile")
-                entry, replaced = self._move_held(lf, current, target, old, new)
-                for gone in older + ([replaced.entry] if replaced and replaced.entry else []):
-                    # older versions of the old name (superseded by the one renamed; left
-                    # queued they uploaded under the old name), and what was renamed over
-                    self.journal.remove(gone)
-        if entry is not None and not is_temporary(new_parts[-1]) and lf.handles == 0:
-            self._upload_renamed(lf, entry, old, new)
+        if lf.uploaded_size:
+            # XNAT confirmed it under the old name (an fsync, or another handle's close,
+            # with this one still open): renaming the local record only would answer 0,
+            # show the new name until the last close and then the old one again
+            raise self._on_xnat(old, "already uploaded under its old name")
+        if lf.replaces is not None:
+            # a file on XNAT open for writing (its local copy): moving the copy answered 0,
+            # uploaded the new name at close and left the old one on XNAT, a file twice
+            raise self._on_xnat(old, "it is on XNAT under its old name")
+        held = lf.entry
+        older = self._older_versions(held, old)
+        # the record of the file renamed over is held too: its close() may upload it right
+        # now (committed just before the rename took its io); dropped under that attempt,
+        # the attempt failed on a record gone (close() answered EIO) after its PUT landed
+        over = replaced.entry if replaced is not None else None
+        with self._held(held) as current, self._held(over):
+            if held is not None and current is None:
+                # its upload under the old name was confirmed while this waited: the
+                # file is XNAT's now, and XNAT has no move
+                raise self._on_xnat(old, "uploaded under its old name meanwhile")
+            if len(self._older_versions(held, old)) < len(older):
+                # an older version of it was confirmed while this waited: XNAT has the
+                # old name (with those bytes); renaming the newest would leave it there
+                raise self._on_xnat(old, "an older version was uploaded meanwhile")
+            entry, dropped = self._move_held(lf, current, target, old, new)
+            for gone in older + ([dropped.entry] if dropped and dropped.entry else []):
+                # older versions of the old name (superseded by the one renamed; left
+                # queued they uploaded under the old name), and what was renamed over
+                self.journal.remove(gone)
+        return entry
 
     def _move_held(
         self,
@@ -464,17 +503,21 @@ class Namespace(Opening):
         if existing is None:
             return target
         local = existing.local_file
-        if not isinstance(local, LocalFile):
+        if not isinstance(local, LocalFile) or local.replaces is not None:
+            # XNAT's file, or XNAT's file open for writing (its local copy, held open: it
+            # answered 0 and the upload then met XNAT's file, "duplicates", kept as failed)
             if not self.allow_delete:
                 raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
             return replace(target, overwrite=True)
         if (
-            local.entry is not None
+            (local.entry is not None and not self._refused_by_xnat(local.entry))
             or local.uploaded_size
             or (local.target.overwrite and self.allow_delete)
         ):
             # a running or timed-out attempt may put it on XNAT first: without overwrite
-            # XNAT answered "duplicates", the newest bytes were kept as failed, the older won
+            # XNAT answered "duplicates", the newest bytes were kept as failed, the older
+            # won.  Not over a record XNAT refused: it never landed, and when the refusal was
+            # another client's file there, overwrite replaced that without --allow-delete
             return replace(target, overwrite=True)
         return target
 
@@ -511,14 +554,36 @@ class Namespace(Opening):
             return nullcontext(None)
         return self.uploader.held(entry, time.monotonic() + self.fs_timeout)
 
-    def _drop_same_bytes(self, lf: LocalFile, old_parts: PathParts, existing: NodeInfo) -> None:
+    def _same_as_xnat(self, lf: LocalFile, existing: Optional[NodeInfo]) -> bool:
+        """Is ``lf`` a closed, committed file with the bytes of the file XNAT has at
+        ``existing`` (rsync's temporary file when nothing changed)?  Caller holds ``lf.io``."""
+        return (
+            existing is not None
+            and not isinstance(existing.local_file, LocalFile)
+            and existing.kind is Kind.FILE
+            and lf.entry is not None
+            and lf.spool is None
+            and lf.handles == 0
+            and self._entry_same(lf.entry, existing)
+        )
+
+    def _drop_same_bytes(self, lf: LocalFile, old: str, existing: NodeInfo) -> None:
         """rsync's temporary file renamed over a file XNAT has with the same bytes: nothing to
-        upload or destroy; the temp's time (rsync -t) sticks."""
-        with self._lock:
-            if self._files.get(old_parts) is lf:
-                self._locked_drop(old_parts)
-        if lf.entry is not None:
-            self.journal.remove(lf.entry)
+        upload or destroy; the temp's time (rsync -t) sticks.  Held against its delayed
+        upload (``Uploader.held``), with the older versions of its name: dropped under a
+        running attempt, the PUT landed after the rename answered 0, and the temporary name
+        stayed on XNAT.  Caller holds ``lf.io``."""
+        held = lf.entry
+        assert held is not None
+        with self._held(held) as current:
+            if current is None:
+                raise self._on_xnat(old, "uploaded under its old name meanwhile")
+            with self._lock:
+                if self._files.get(split_path(old)) is lf:
+                    self._locked_drop(split_path(old))
+                lf.removed = True  # nothing of it is shown or uploaded any more
+            for gone in self._older_versions(current, old) + [current]:
+                self.journal.remove(gone)
         self._remember_time(existing, lf.mtime_ns)
 
     def _prearc(self) -> Any:

@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 class Opening(HandleOps):
     """Files opened for writing, and the upload target of each."""
 
-    def create(self, path: str) -> WriteHandle:
+    def create(self, path: str, truncate: bool = True, exclusive: bool = False) -> WriteHandle:
+        """A new file at ``path``.  The kernel asks for a name it believes missing, which may
+        exist by now (its negative entry lasts up to 10 s, and another XNAT client may have
+        stored the name): then it is opened as the open's flags say (``truncate``: O_TRUNC;
+        ``exclusive``: O_EXCL, EEXIST).  Truncated always, `echo x >> log` replaced the
+        other client's log with one line, and O_EXCL (lock files, mktemp) did not hold."""
         parts = split_path(path)
         check_write_name(parts[-1], path)  # before any request (issue 17 §3)
         parent = self.tree.lookup(join_path(parts[:-1]))
@@ -30,16 +35,26 @@ class Opening(HandleOps):
         if existing is not None:
             if existing.is_dir:
                 raise OSError(errno.EISDIR, "is a directory", path)
-            return self.open_write(existing, path, truncate=True)
+            if exclusive:
+                raise OSError(errno.EEXIST, "exists", path)
+            return self.open_write(existing, path, truncate=truncate)
         target = self._target_for(parent, parts, path)
         spool = self.spool.create()
         lf = LocalFile(parts, target, spool=spool, handles=1, dirty=False)
         with self._lock:
             old = self._files.get(parts)
-            if old is not None and old.handles:
-                spool.discard()
-                raise OSError(errno.EBUSY, "being written by another handle", path)
-            self._locked_put(lf)
+            if old is None:
+                self._locked_put(lf)
+            elif not exclusive:
+                old.handles += 1
+        if old is not None:
+            # made by another open since the look above (two jobs creating one log): that
+            # file is opened.  Refused (EBUSY) while the other held it, and replaced once it
+            # had closed: the two uploads then met on XNAT (EEXIST, kept as failed)
+            spool.discard()
+            if exclusive:
+                raise OSError(errno.EEXIST, "exists", path)
+            return self._joined(old, truncate)
         return WriteHandle(self, lf, changed=True)
 
     def open_write(self, node: NodeInfo, path: str, truncate: bool) -> WriteHandle:
@@ -48,9 +63,7 @@ class Opening(HandleOps):
             lf = node.local_file
             with self._lock:
                 lf.handles += 1
-            if truncate:
-                self._truncate(lf, 0)
-            return WriteHandle(self, lf, changed=truncate)
+            return self._joined(lf, truncate)
         if node.kind is not Kind.FILE:
             raise OSError(errno.EACCES, "not a writable file", path)
         if not self.allow_delete and not truncate:
@@ -60,14 +73,43 @@ class Opening(HandleOps):
         target = replace(self._target_for(parent, parts, path), overwrite=True)
         spool = self.spool.create()
         if not truncate:
-            self._fill_from_server(node, spool, path)
+            try:
+                self._fill_from_server(node, spool, path)
+            except BaseException:
+                # nothing was written: left on disk, the next mount kept it as a "failed"
+                # upload with no name (a spool file left by a crash)
+                spool.discard()
+                raise
         # without --allow-delete an O_TRUNC open is let through: rewriting the same bytes
         # (cp, make, editors when nothing changed) destroys nothing and uploads nothing;
         # other bytes are refused with EACCES at the first write past the old size, else at
         # close (issue 15 §3)
         lf = LocalFile(parts, target, spool=spool, handles=1, dirty=truncate, replaces=node)
         with self._lock:
-            self._locked_put(lf)
+            other = self._files.get(parts)
+            if other is None:
+                self._locked_put(lf)
+            else:
+                other.handles += 1
+        if other is not None:
+            # another open made the file local while this one copied XNAT's bytes (two
+            # programs opening a log on XNAT to append): one file has one copy.  With two,
+            # each uploaded at its close, the last over the first: a line lost, and zeros
+            # in its place where the other's append went past the end of its own copy
+            spool.discard()
+            return self._joined(other, truncate)
+        return WriteHandle(self, lf, changed=truncate)
+
+    def _joined(self, lf: LocalFile, truncate: bool) -> WriteHandle:
+        """A handle on the local file ``lf``, already counted in ``lf.handles``."""
+        if truncate:
+            try:
+                self._truncate(lf, 0)
+            except BaseException:
+                # no handle is made: let go of the count, else the file stayed held for
+                # the mount's life, its error (ENOSPC) refusing every later version
+                self._release(lf, commit=False)
+                raise
         return WriteHandle(self, lf, changed=truncate)
 
     def truncate(self, path: str, length: int) -> None:

@@ -7,6 +7,7 @@ held across a request.  The ``_locked_*`` helpers expect the caller to hold it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -14,7 +15,9 @@ from typing import Dict, List, Optional, Set
 
 from xnatfs.tree.local import EMPTY, LocalFile
 from xnatfs.tree.nodes import Kind, Local, NodeInfo
-from xnatfs.tree.paths import PathParts
+from xnatfs.tree.paths import PathParts, join_path
+
+log = logging.getLogger(__name__)
 
 #: EMPTY files shown at once (``LocalOverlay._locked_keep_empty``)
 EMPTY_MAX = 1000
@@ -31,9 +34,10 @@ class LocalOverlay:
         self._dirs: Set[PathParts] = set()
         #: folder -> number of local files below it (such folders show while files are local)
         self._ancestors: Dict[PathParts, int] = {}
-        #: seconds an EMPTY file stays shown: the kernel's entry timeout (the listing TTL), so
-        #: a name the kernel still holds (``touch f`` then ``echo x >> f``, which opens it
-        #: without a LOOKUP) is still there; 0 drops it at its last close
+        #: seconds an EMPTY file stays shown after the kernel was last told of it; 0 drops it
+        #: at its last close.  The runtime keeps them for the mount's life (``math.inf``):
+        #: ``touch stamp`` that make checks minutes later, or ``touch f`` then ``echo x >> f``
+        #: (an OPEN of the name the kernel holds, no LOOKUP); at most ``EMPTY_MAX`` at once
         self.empty_ttl = 0.0
         #: id -> EMPTY file, oldest first (they all wait ``empty_ttl``): swept from the front
         self._empties: "OrderedDict[int, LocalFile]" = OrderedDict()
@@ -125,19 +129,48 @@ class LocalOverlay:
 
     def _locked_keep_empty(self, lf: LocalFile) -> bool:
         """Show the new file ``lf``, closed empty, for ``empty_ttl`` more seconds (False: not
-        kept, drop it).  At most ``EMPTY_MAX`` at once, the oldest dropped first: every listing
-        looks through the local files."""
+        kept, drop it).  At most ``EMPTY_MAX`` at once, the oldest dropped first (with a log
+        line): every listing looks through the local files.  Caller holds _lock."""
         if self.empty_ttl <= 0:
             return False
         self._locked_sweep_empties()
-        self._empties.pop(id(lf), None)
+        new = self._empties.pop(id(lf), None) is None and lf.state != EMPTY
+        if len(self._empties) >= EMPTY_MAX:
+            # those written, removed or renamed over since are no EMPTY files any more; with
+            # a long ``empty_ttl`` they wait behind an older EMPTY one, and must not count
+            for key, other in list(self._empties.items()):
+                if not self._locked_shown_empty(other):
+                    del self._empties[key]
         while len(self._empties) >= EMPTY_MAX:
             _, oldest = self._empties.popitem(last=False)
+            if self._locked_shown_empty(oldest) and oldest.handles == 0:
+                log.info(
+                    "write %s: empty file no longer shown: more than %d kept at once",
+                    join_path(oldest.parts),
+                    EMPTY_MAX,
+                )
             self._locked_drop_empty(oldest)
         lf.state = EMPTY
         lf.empty_until = time.monotonic() + self.empty_ttl
         self._empties[id(lf)] = lf
+        if new:
+            log.info(
+                "write %s: empty; XNAT cannot store empty files: shown in this mount only, "
+                "until it is unmounted",
+                join_path(lf.parts),
+            )
         return True
+
+    def _locked_shown_empty(self, lf: LocalFile) -> bool:
+        """Is ``lf`` shown as an EMPTY file now?  Caller holds _lock."""
+        return lf.state == EMPTY and not lf.removed and self._files.get(lf.parts) is lf
+
+    def empty_files(self) -> List[str]:
+        """Paths of the EMPTY files shown now (they go with the mount: ``Writer.close``)."""
+        with self._lock:
+            return sorted(
+                join_path(lf.parts) for lf in self._empties.values() if self._locked_shown_empty(lf)
+            )
 
     def _locked_rearm(self, lf: LocalFile) -> None:
         """The kernel is told of the EMPTY file ``lf`` again (a lookup, a listing with its

@@ -61,6 +61,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: at most this many empty files are named in the unmount's log line
+_EMPTY_LOG_LIMIT = 20
+
 
 def journal_dir(uploads_dir: str) -> str:
     """Where the upload journal of ``uploads_dir`` (``<cache-dir>/uploads``) lives: also read
@@ -146,7 +149,24 @@ class Writer(Namespace):
                     join_path(lf.parts),
                     exc,
                 )
+            with self._lock:
+                if lf.spool is not None and not lf.dirty:
+                    # nothing unsaved (a copy of XNAT's file not changed since), as at its
+                    # last close.  Left on disk, the next mount kept it as a failed upload
+                    # with no name ("spool file left by a crash")
+                    lf.spool.discard()
+                    lf.spool = None
         self.uploader.close(time.monotonic() + 10)
+        empties = self.empty_files()
+        if empties:
+            # they were never anywhere but here (XNAT cannot store empty files): say so once
+            log.info(
+                "unmount: %d empty file(s) made in this mount go with it (XNAT cannot store "
+                "empty files): %s%s",
+                len(empties),
+                ", ".join(empties[:_EMPTY_LOG_LIMIT]),
+                " ..." if len(empties) > _EMPTY_LOG_LIMIT else "",
+            )
 
     def status(self) -> List[Dict[str, Any]]:
         return self.uploader.status()

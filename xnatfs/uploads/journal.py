@@ -300,17 +300,20 @@ class Journal:
         The file is moved, not copied (os.rename; same filesystem expected, a copy is the
         EXDEV fallback). The entry is durable before this returns. On ``OSError`` (ENOSPC
         writing the sidecar, ...) no entry exists and the bytes are still at the spool path.
-        A ``SpoolFile`` is fsynced and closed first.
+        A ``SpoolFile`` is fsynced first and closed once the entry holds its bytes; when this
+        raises, an open one stays open (closed, its file showed no bytes, and a later write
+        began a fresh spool: zeros uploaded in place of what was written before).
 
         With ``digest`` False the entry's ``md5`` is left empty (reading a large file once
         more just to hash it is as slow as uploading it): whoever uploads it computes the MD5
         beside the upload and stores it with :meth:`update`.  The bytes are fsynced before the
         sidecar exists either way, so ``reload`` can always compute it from them.
         """
+        spool_file: Optional[SpoolFile] = None
         if isinstance(spool, SpoolFile):
+            spool_file = spool
             if not spool.closed:
                 spool.fsync()
-                spool.close()
             source = spool.path
         else:
             source = os.path.abspath(os.fspath(spool))
@@ -340,6 +343,8 @@ class Journal:
                 raise
             with self._lock:
                 self._locked_insert(entry)
+        if spool_file is not None:
+            spool_file.close()  # its bytes are the entry's now (renamed, not copied)
         log.debug("journal: added %s for %s (%d bytes, md5 %s)", entry.id, path, size, md5)
         return entry
 

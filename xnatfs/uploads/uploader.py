@@ -544,14 +544,37 @@ class Uploader:
         except Exception as exc:  # put/verify raise whatever the client raises
             if digest is not None:
                 entry = digest.result_or(entry)
-            self._failed(entry, exc, after_put=sent, caller_logs=reraise)
-            if reraise:
-                raise
+            if not (check_first and self._landed_before(entry, exc)):
+                self._failed(entry, exc, after_put=sent, caller_logs=reraise)
+                if reraise:
+                    raise
+                return
+            self._succeeded(entry)
         else:
             self._succeeded(entry)
         finally:
             if digest is not None:
                 digest.close()
+
+    def _landed_before(self, entry: Entry, exc: Exception) -> bool:
+        """Did an earlier attempt of ``entry`` land after all, though this one was refused
+        for good?  XNAT storing a file slowly: the PUT timed out, the check before sending
+        again did not find it yet, and by the second PUT it was there ("duplicates", 409).
+        Kept as failed, the file was shown in place of XNAT's at the next mount and close()
+        answered EEXIST, although XNAT had exactly its bytes."""
+        if classify(exc).retry:
+            return False
+        try:
+            landed = self._verify(entry)
+        except Exception:  # noqa: BLE001 - the refusal is the error to report
+            return False
+        if landed:
+            log.info(
+                "upload %s: %s; an earlier attempt landed: XNAT has its bytes",
+                entry.path or entry.id,
+                exc,
+            )
+        return landed
 
     def _backoff(self, tries: int, retry_after: Optional[float]) -> float:
         delay = min(self.max_delay, self.base_delay * (2.0 ** max(0, tries - 1)))
@@ -635,15 +658,12 @@ class Uploader:
         self._notify(done)
 
     def _drop_confirmed(self, entry: Entry) -> None:
-        """The confirmed entry and the older versions of its path that still wait leave the
-        journal (``_succeeded``; the caller keeps the path blocked meanwhile)."""
-        try:
-            self._journal.remove(entry)
-        except OSError as exc:
-            # the bytes are on the server; tries > 0, so the next start verifies first
-            log.warning(
-                "upload %s: uploaded, but removing its journal entry failed: %s", entry.path, exc
-            )
+        """The older versions of the confirmed entry's path that still wait, then the entry
+        itself, leave the journal (``_succeeded``; the caller keeps the path blocked
+        meanwhile).  In that order: a crash between the two left an older version alone in
+        the journal, and the next mount uploaded it over the confirmed one (a half-written
+        log over the whole one); left the other way, the confirmed entry is checked on XNAT
+        at the next start (``tries`` > 0) and dropped without a byte sent."""
         superseded: List[Entry] = []
         if entry.path:
             with self._cv:
@@ -662,6 +682,13 @@ class Uploader:
                 log.warning(
                     "upload %s: could not drop superseded version %s: %s", old.path, old.id, exc
                 )
+        try:
+            self._journal.remove(entry)
+        except OSError as exc:
+            # the bytes are on the server; tries > 0, so the next start verifies first
+            log.warning(
+                "upload %s: uploaded, but removing its journal entry failed: %s", entry.path, exc
+            )
 
     def _save(self, entry: Entry) -> Optional[Entry]:
         """Persist a new version; None if the entry left the journal. A failed write (ENOSPC
