@@ -240,6 +240,23 @@ def test_a_second_version_written_while_the_first_is_retried_wins(runtime):
     assert runtime.tree.lookup(path).size == len(b"second version, longer\n")
 
 
+def rsync_copy(writer, temp, data=b"rsync's copy\n"):
+    """rsync's temporary file ``temp``, written and closed (held back: not uploaded yet)."""
+    copy = writer.create(temp)
+    copy.write(0, data)
+    copy.close()
+
+
+def held_open(writer, name):
+    """``name`` created and written by a program that keeps it open; returns the handle, the
+    final path and rsync's temporary name beside it (``rsync_copy`` written there)."""
+    final, temp = f"{PROTOCOLS}/{name}", f"{PROTOCOLS}/.{name}.AbC123"
+    holder = writer.create(final)
+    holder.write(0, b"the program's line\n")
+    rsync_copy(writer, temp)
+    return holder, final, temp
+
+
 def test_rename_over_a_file_still_open_leaves_nothing_failed_behind(runtime):
     """A program holds held.log open and writes it; rsync renames its copy over the name.
     The rename took the name from under the open file, whose close() then uploaded it to
@@ -248,12 +265,7 @@ def test_rename_over_a_file_still_open_leaves_nothing_failed_behind(runtime):
     (POSIX: rsync's; the open file's writes go to an unlinked file), nothing may stay failed
     or pending, and the mount must show what XNAT has."""
     writer = runtime.writer
-    final, temp = f"{PROTOCOLS}/held.log", f"{PROTOCOLS}/.held.log.AbC123"
-    holder = writer.create(final)
-    holder.write(0, b"the program's line\n")
-    copy = writer.create(temp)
-    copy.write(0, b"rsync's copy\n")
-    copy.close()
+    holder, final, temp = held_open(writer, "held.log")
     writer.rename(temp, final)
     holder.write(19, b"one more line\n")
     try:
@@ -291,9 +303,7 @@ def test_a_committed_file_renamed_over_while_open_keeps_its_bytes_for_the_descri
     with pytest.raises(XnatError):
         holder.fsync()  # in the journal, pending
     emu.faults.update({"error_rate": 0.0})
-    copy = writer.create(temp)
-    copy.write(0, b"rsync's copy\n")
-    copy.close()
+    rsync_copy(writer, temp)
     writer.rename(temp, final)
     assert holder.read(0, 100) == b"the program's line\n"
     holder.close()
@@ -673,12 +683,7 @@ def test_a_close_committing_while_a_rename_replaces_its_file_uploads_nothing(run
     from tests.api.test_tree import flush_with_a_call_beside
 
     writer = runtime.writer
-    final, temp = f"{PROTOCOLS}/held3.log", f"{PROTOCOLS}/.held3.log.AbC123"
-    holder = writer.create(final)
-    holder.write(0, b"the program's line\n")
-    copy = writer.create(temp)
-    copy.write(0, b"rsync's copy\n")
-    copy.close()
+    holder, final, temp = held_open(writer, "held3.log")
     renamed = {}
 
     def rsync_renames():
@@ -698,6 +703,17 @@ def test_a_close_committing_while_a_rename_replaces_its_file_uploads_nothing(run
     assert runtime.tree.lookup(final).size == len(b"rsync's copy\n")
 
 
+def another_client_stores(runtime, name, data=b"the other client's\n"):
+    """Another XNAT client uploads ``name`` behind the mount's back."""
+    r = requests.put(
+        f"{runtime.emu.url}{PROTOCOLS_URI}/{name}?inbody=true",
+        data=data,
+        auth=ADMIN,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+
+
 def test_a_version_after_one_xnat_refused_as_another_files_does_not_overwrite_it(runtime):
     """A program writes results.csv and fsyncs (or a child that inherited its descriptor
     exits: its close uploads the file as it stands); another XNAT client stored a
@@ -709,13 +725,7 @@ def test_a_version_after_one_xnat_refused_as_another_files_does_not_overwrite_it
     path = f"{PROTOCOLS}/results.csv"
     handle = writer.create(path)
     handle.write(0, b"mine, part 1\n")
-    r = requests.put(
-        f"{runtime.emu.url}{PROTOCOLS_URI}/results.csv?inbody=true",
-        data=b"the other client's\n",
-        auth=ADMIN,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    another_client_stores(runtime, "results.csv")
     with pytest.raises(XnatError) as err:
         handle.fsync()
     assert errno_for(err.value) == errno.EEXIST
@@ -736,21 +746,13 @@ def test_a_rename_over_a_file_xnat_refused_as_another_files_does_not_overwrite_i
     writer = runtime.writer
     final, temp = f"{PROTOCOLS}/out.csv", f"{PROTOCOLS}/.out.csv.AbC123"
     runtime.tree.listdir(PROTOCOLS)  # loaded before the other client's PUT
-    r = requests.put(
-        f"{runtime.emu.url}{PROTOCOLS_URI}/out.csv?inbody=true",
-        data=b"the other client's\n",
-        auth=ADMIN,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    another_client_stores(runtime, "out.csv")
     handle = writer.create(final)  # the mount's listing is older than the other's PUT
     handle.write(0, b"first copy\n")
     with pytest.raises(XnatError):
         handle.flush()
     handle.close()
-    copy = writer.create(temp)
-    copy.write(0, b"second copy\n")
-    copy.close()
+    rsync_copy(writer, temp, b"second copy\n")
     writer.rename(temp, final)  # its upload's failure is logged, kept: the rename is done
     assert server_status(runtime, "out.csv") == (200, b"the other client's\n")
     assert [s["state"] for s in writer.status()] == ["failed"]
@@ -1019,13 +1021,7 @@ def test_a_create_of_a_name_stored_meanwhile_honours_o_trunc_and_o_excl(make_run
     (--allow-delete), and O_EXCL (`mktemp`, noclobber, lock files) did not answer EEXIST."""
     rt = make_runtime(allow_delete=True)
     path = f"{PROTOCOLS}/shared.log"
-    r = requests.put(
-        f"{rt.emu.url}{PROTOCOLS_URI}/shared.log?inbody=true",
-        data=b"the other client's lines\n",
-        auth=ADMIN,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    another_client_stores(rt, "shared.log", b"the other client's lines\n")
     rt.tree.invalidate(PROTOCOLS)
     with pytest.raises(OSError) as err:
         _create_through_the_adapter(rt, path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -1076,9 +1072,7 @@ def test_rename_over_a_file_on_xnat_open_for_writing_needs_allow_delete(runtime)
     final, temp = f"{PROTOCOLS}/README.txt", f"{PROTOCOLS}/.README.txt.AbC123"
     original = server_status(runtime, "README.txt")
     holder = writer.open_write(tree.lookup(final), final, truncate=True)
-    copy = writer.create(temp)
-    copy.write(0, b"rsync's copy\n")
-    copy.close()
+    rsync_copy(writer, temp)
     with pytest.raises(OSError) as err:
         writer.rename(temp, final)  # before: 0
     assert err.value.errno == errno.EACCES

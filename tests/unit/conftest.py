@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from typing import List
+
 import pytest
 
 from tests.helpers.tmpfs import small_tmpfs
+from xnatfs.cache.content import ContentCache
 
 
 @pytest.fixture
@@ -24,3 +28,20 @@ def env(tmp_path):
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
     }
+
+
+@pytest.fixture
+def make_cache(tmp_path):
+    """Factory: ``make_cache(fetch, size_limit=, directory=, **options)`` -> a started
+    ``ContentCache`` fed by ``fetch`` (a fake server), closed after the test."""
+    caches: List[ContentCache] = []
+
+    def make(fetch, size_limit: int = 1 << 30, directory=None, **kw) -> ContentCache:
+        cc = ContentCache(directory or tmp_path / "cc", size_limit=size_limit, fetch=fetch, **kw)
+        cc.start()
+        caches.append(cc)
+        return cc
+
+    yield make
+    for cc in caches:
+        cc.close(time.monotonic() + 5)

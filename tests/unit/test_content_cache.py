@@ -99,21 +99,6 @@ class FakeFetch:
             assert self.gate.wait(WAIT), "test never opened the gate"
 
 
-@pytest.fixture
-def make_cache(tmp_path):
-    caches: List[ContentCache] = []
-
-    def make(fetch, size_limit: int = 1 << 30, directory=None, **kw) -> ContentCache:
-        cc = ContentCache(directory or tmp_path / "cc", size_limit=size_limit, fetch=fetch, **kw)
-        cc.start()
-        caches.append(cc)
-        return cc
-
-    yield make
-    for cc in caches:
-        cc.close(later(5))
-
-
 def key_for(uri: str, data: bytes, digest: Optional[str] = None) -> ContentKey:
     return ContentKey(uri, len(data), md5(data) if digest is None else digest, "2024-01-01")
 

@@ -30,21 +30,6 @@ from xnatfs.cache.download import INLINE_HASH_MAX
 from xnatfs.fs.ops import XnatOperations
 
 
-@pytest.fixture
-def make_cache(tmp_path):
-    caches = []
-
-    def make(fetch, directory=None) -> ContentCache:
-        cc = ContentCache(directory or tmp_path / "cc", size_limit=1 << 30, fetch=fetch)
-        cc.start()
-        caches.append(cc)
-        return cc
-
-    yield make
-    for cc in caches:
-        cc.close(later(5))
-
-
 class _TreeSpan:
     """What ``XnatOperations._copy_into`` is given: a tree handle's ``span(offset, size)``,
     here a content handle's with a generous deadline."""
