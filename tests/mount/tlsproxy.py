@@ -118,24 +118,37 @@ class TLSProxy:
             raw.close()
             return
         backend = socket.create_connection(("127.0.0.1", self.backend_port), timeout=30)
-        self._spawn(self._pipe, backend, client)
+        other = threading.Thread(target=self._pipe, args=(backend, client), daemon=True)
+        other.start()
+        self._threads.append(other)
         self._pipe(client, backend)
+        # both directions are done (or stuck): only now are the descriptors closed.  Closed
+        # by whichever direction ended first, the other one's next ``sendall`` wrote TLS
+        # records into whatever file reused the number: a later test's emulator database
+        # began with b"SQLit\x17\x03\x03..." and every request to it failed with 500
+        other.join(35)
+        if other.is_alive():
+            return  # leak them rather than free a number a live thread still writes to
+        for s in (client, backend):
+            s.close()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        """Copy ``src`` to ``dst`` until either ends; then wake the other direction with a
+        shutdown of both (which, unlike a close, keeps the descriptors)."""
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
                 dst.sendall(data)
-        except OSError:
+        except Exception:  # noqa: BLE001 - the peer went, or the other direction shut it down
             pass
         finally:
             for s in (src, dst):
                 try:
-                    s.close()
-                except OSError:
+                    s.shutdown(socket.SHUT_RDWR)
+                except (OSError, ValueError):
                     pass
 
     def stop(self) -> None:
