@@ -484,6 +484,9 @@ def test_ca_bundle_option_wins_over_environment(tls_front, tmp_path, variable):
     # the environment's bundle is used when no option is given: it is wrong, so refused
     refused = _bg_mount(proxy.url, mnt, tmp_path, creds, "--connect-timeout", "5", "--retries", "0")
     assert refused.returncode == 1 and not is_mounted(str(mnt)), refused.stderr
+    # OpenSSL's reason and what to do, not urllib3's pool repr cut before the reason
+    assert "certificate verify failed" in refused.stderr, refused.stderr
+    assert "--ca-bundle" in refused.stderr and "Max retries" not in refused.stderr
     # --ca-bundle wins for the check before mounting and for the daemon
     res = _bg_mount(proxy.url, mnt, tmp_path, creds, "--ca-bundle", str(right))
     try:
@@ -492,6 +495,16 @@ def test_ca_bundle_option_wins_over_environment(tls_front, tmp_path, variable):
         assert (mnt / PROTOCOLS / "README.txt").read_bytes()
     finally:
         _umount(mnt)
+
+
+def test_https_to_a_plain_http_server_says_so(shared_emulator, tmp_path):
+    creds = {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1]}
+    url = shared_emulator.url.replace("http://", "https://", 1)
+    mnt = tmp_path / "m"
+    refused = _bg_mount(url, mnt, tmp_path, creds, "--retries", "0")
+    assert refused.returncode == 1 and not is_mounted(str(mnt)), refused.stderr
+    assert "WRONG_VERSION_NUMBER" in refused.stderr and "http://" in refused.stderr
+    assert "Max retries" not in refused.stderr, refused.stderr
 
 
 # ------------------------------------------------------------------ truncate (§8)

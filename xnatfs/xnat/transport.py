@@ -339,7 +339,7 @@ def _translate(
         return Unreachable(method, url, None, f"no connection within {timeout[0]:g}s")
     if isinstance(exc, R.SSLError):
         # a certificate problem does not fix itself by retrying
-        return Unreachable(method, url, None, f"TLS error: {_short(exc)}", retryable=False)
+        return Unreachable(method, url, None, f"TLS error: {_tls_reason(exc)}", retryable=False)
     if isinstance(
         exc, (R.InvalidURL, R.MissingSchema, R.InvalidSchema, R.URLRequired, R.InvalidHeader)
     ) or (isinstance(exc, ValueError) and not isinstance(exc, R.RequestException)):
@@ -409,6 +409,31 @@ def _safe_path(path: str) -> bool:
         if seg in (".", ".."):
             return False
     return True
+
+
+# What a newcomer can do about the two TLS failures met first: an https:// URL for a server
+# that speaks plain HTTP, and a certificate signed by a site CA the system does not know.
+_TLS_HINTS = {
+    "WRONG_VERSION_NUMBER": "the server did not answer in TLS: does it speak plain http://?",
+    "CERTIFICATE_VERIFY_FAILED": (
+        "the certificate is not trusted here: give the site's CA with --ca-bundle FILE"
+    ),
+}
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """OpenSSL's reason ("[SSL: X] what") and, for the usual ones, what to do about it.
+
+    urllib3 wraps it in a pool repr ("HTTPSConnectionPool(host=...): Max retries exceeded
+    ... (Caused by SSLError(SSLError(1, '[SSL: ...")), cut at 160 characters before the
+    reason; the reason alone is what the user can act on."""
+    text = str(exc)
+    m = re.search(r"\[SSL: ([A-Z_]+)\] ([^'\"(]*)", text)
+    if not m:
+        return _short(exc)
+    reason = f"{m.group(2).strip(' :.')} ({m.group(1)})"
+    hint = _TLS_HINTS.get(m.group(1))
+    return f"{reason}; {hint}" if hint else reason
 
 
 def _short(exc: BaseException) -> str:
