@@ -298,7 +298,13 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         # mount.fuse3 runs "xnatfs SOURCE MOUNTPOINT -o OPTIONS" for fstab type fuse.xnatfs
         # and for "xnatfs#URL" sources (docs/FUSE.md §3.1)
         return mount_helper_main(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not argv:
+        # the commands and what each does, as git prints them, not argparse's one-line
+        # "the following arguments are required: command"
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     handlers = {
         "mount": cmd_mount,
         "umount": cmd_umount,
