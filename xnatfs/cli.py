@@ -40,7 +40,7 @@ from xnatfs.commands.mount import (
     options_from_settings,
     settings_from_args,
 )
-from xnatfs.commands.status import cmd_status, cmd_umount
+from xnatfs.commands.status import cmd_refresh, cmd_status, cmd_umount
 from xnatfs.logfmt import for_terminal
 from xnatfs.options import Options
 
@@ -151,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show a mount's statistics")
     p.add_argument("mountpoint")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        "refresh",
+        help="show another client's changes now: forget a mount's listings at and below PATH",
+        description="Forget the mount's cached listings at and below each PATH (a file: its "
+        "folder), so changes made on XNAT by others show now rather than after --listing-ttl.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
 
     p = sub.add_parser("demo", help="run the bundled XNAT emulator with demo data and mount it")
     p.add_argument("mountpoint", nargs="?", default="xnat-demo")
@@ -309,6 +317,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         "mount": cmd_mount,
         "umount": cmd_umount,
         "status": cmd_status,
+        "refresh": cmd_refresh,
         "demo": cmd_demo,
         "config": cmd_config,
         "cache": cmd_cache,

@@ -6,8 +6,9 @@ attribute names the session and the mount's ``.xnatfs/stats`` the server, so the
 types a URI.  A bare ``/data/prearchive/projects/P/TS/SESSION`` works too with ``--url``.  The
 credentials follow the rules of ``xnatfs mount`` (config file, ``XNATFS_USER``/``_PASSWORD``,
 netrc, prompt; never argv), and each action waits, within ``--timeout``, for the state XNAT
-requires (``xnat/prearc.py``).  The mount shows the result after its listing TTL (at once for
-``user.xnat.status``, which a session folder reads fresh).
+requires (``xnat/prearc.py``).  Given a mount folder, it then asks that mount to refresh its
+prearchive (and, for an archive, the project's subjects), so the result shows at once there;
+other mounts show it after their listing TTL.
 """
 
 from __future__ import annotations
@@ -90,6 +91,14 @@ def resolve(path: str, url: Optional[str]) -> Tuple[str, str]:
 
 def _mount_url(path: Path) -> str:
     """The server of the mount holding ``path`` (its ``.xnatfs/stats``)."""
+    found = _mount_of(path)
+    if found is None:
+        raise PrearchiveUsage(f"{path}: cannot find the mount's server; give it with --url")
+    return found[1]
+
+
+def _mount_of(path: Path) -> Optional[Tuple[Path, str]]:
+    """(mount root, server URL) of the mount holding ``path``, or None."""
     for folder in [path.absolute(), *path.absolute().parents]:
         stats = folder / ".xnatfs" / "stats"
         try:
@@ -98,8 +107,28 @@ def _mount_url(path: Path) -> str:
         except (OSError, ValueError):
             continue
         if url:
-            return str(url)
-    raise PrearchiveUsage(f"{path}: cannot find the mount's server; give it with --url")
+            return folder, str(url)
+    return None
+
+
+def _refresh_mount(path: str, project: Optional[str]) -> None:
+    """After an action on a session given as a mount folder, that mount shows the result now
+    (``fs/control.py``), not after its listing TTL: its prearchive, and for an archive the
+    project's subjects.  Best effort: the action is done whatever this answers."""
+    from xnatfs.fs import control
+
+    found = _mount_of(Path(path))
+    if found is None:
+        return
+    root = found[0]
+    folders = [root / ".prearchive"]
+    if project:
+        folders.append(root / project / "subjects")
+    for folder in folders:
+        try:
+            control.refresh(str(folder))
+        except OSError:
+            pass  # an older daemon, or a project this user cannot list
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,12 +160,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         actions = PrearcActions(client, timeout=timeout)
         try:
-            result = _act(actions, client, args, uri)
+            result, project = _act(actions, client, args, uri)
         except OSError as exc:
             raise PrearchiveUsage(
                 f"{args.action} {uri}: {exc.strerror or exc} "
                 f"[{errno.errorcode.get(exc.errno or 0, exc.errno)}]"
             ) from None
+        if not args.path.startswith(PREARC_PREFIX):
+            _refresh_mount(args.path, project)
         print(for_terminal(result))  # XNAT's status text: no raw terminal escape
         return 0
     finally:
@@ -146,22 +177,25 @@ def run(args: argparse.Namespace) -> int:
             pass
 
 
-def _act(actions: Any, client: Any, args: argparse.Namespace, uri: str) -> str:
+def _act(
+    actions: Any, client: Any, args: argparse.Namespace, uri: str
+) -> Tuple[str, Optional[str]]:
+    """(what to print, the project an archive went to)."""
     if args.action == "rebuild":
         s = actions.rebuild(uri)
-        return f"{uri}: {s.status}"
+        return f"{uri}: {s.status}", None
     if args.action == "delete":
         actions.delete(uri)
-        return f"{uri}: deleted"
+        return f"{uri}: deleted", None
     if args.action == "move":
         if not args.project:
             raise PrearchiveUsage(
                 "move needs the destination project: xnatfs prearchive move PATH PROJECT"
             )
-        return actions.move(uri, args.project)
+        return actions.move(uri, args.project), None
     s = client.get_prearchive(uri)
     if s is None:
         raise PrearchiveUsage(f"{uri}: no such prearchive session")
-    return actions.archive(
-        uri, args.project or s.project, args.subject or s.subject or s.name, args.label or s.name
-    )
+    project = args.project or s.project
+    done = actions.archive(uri, project, args.subject or s.subject or s.name, args.label or s.name)
+    return done, project

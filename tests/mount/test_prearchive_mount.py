@@ -120,6 +120,13 @@ def test_mv_between_projects_waits_and_cli_rebuild(emu, make_mount, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert _sessions(emu.url, "DEMO1", "PREMV") == [("DEMO1", ts, "READY")]
+    # the command refreshed the mount its path is in: the move shows there at once, not after
+    # the listing TTL (ls first: the kernel may hold DEMO1/ts as missing, checked above,
+    # for negative_timeout; a listing replaces that)
+    assert ts in os.listdir(m.path / ".prearchive" / "DEMO1")
+    assert folder in os.listdir(m.path / ".prearchive" / "DEMO1" / ts)
+    assert ts not in os.listdir(m.path / ".prearchive" / "DEMO2")
+    assert not moved.exists()
 
 
 def test_action_on_a_busy_session_gives_ebusy_within_the_timeout(emu, make_mount, tmp_path):

@@ -414,3 +414,18 @@ def test_a_directory_pass_resumes_from_its_own_snapshot(engine, tmp_path):
     )
     fh = names_only.opendir("/docs")
     assert all(e.node is None for e in names_only.dir_entries("/docs", fh, 0))
+
+
+def test_known_below_names_what_held_listings_gave_and_loads_nothing(engine):
+    """What a refresh makes the kernel forget (fs/control.py): every name a listing still
+    held gave out below the folder, fresh or last seen; a folder never listed is not read."""
+    eng, main, _mirror = engine
+    eng.listdir("/")
+    eng.listdir("/data")
+    loads = main.loads
+    assert sorted(eng.known_below("/data")) == ["/data/deep"]  # /data/deep was never listed
+    eng.listdir("/data/deep")
+    assert sorted(eng.known_below("/data")) == ["/data/deep", "/data/deep/numbers.bin"]
+    assert "/docs" in eng.known_below("/") and "/docs/readme.txt" not in eng.known_below("/")
+    assert main.loads == loads + 1  # only the listdir above
+    assert len(eng.known_below("/", limit=2)) == 2

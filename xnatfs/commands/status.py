@@ -1,4 +1,4 @@
-"""``xnatfs umount`` and ``xnatfs status``."""
+"""``xnatfs umount``, ``xnatfs status`` and ``xnatfs refresh``."""
 
 from __future__ import annotations
 
@@ -127,3 +127,18 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"again"
         )
     return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    """Each path's listings loaded anew (``fs/control.py``); one line per path that failed."""
+    from xnatfs.fs import control
+
+    failed = 0
+    for path in args.paths:
+        try:
+            control.refresh(path)
+        except OSError as exc:
+            failed += 1
+            reason = exc.strerror or str(exc)
+            print(f"xnatfs: {escape_controls(path)}: {reason}", file=sys.stderr)
+    return 1 if failed else 0

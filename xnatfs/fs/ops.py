@@ -33,7 +33,7 @@ from typing import (
 )
 
 from xnatfs import deadline
-from xnatfs.fs import errmap
+from xnatfs.fs import control, errmap
 from xnatfs.fs.fuselib import load
 from xnatfs.fs.keepcache import PageCacheTrust
 from xnatfs.fs.noopen import ImplicitHandles, Invalidator, ToldDocuments
@@ -206,16 +206,13 @@ class XnatOperations(mfusepy.Operations):
     def _start_no_open(self) -> None:
         """From now on the kernel opens files alone (``fs/noopen.py``): reads find their
         handles by path, and one thread drops the kernel's pages that may not stay."""
-        fuse = ctypes.c_void_p(mfusepy._libfuse.fuse_get_context().contents.fuse)
-        invalidate_path = mfusepy._libfuse.fuse_invalidate_path
-        invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        invalidate_path.restype = ctypes.c_int
+        forget = _kernel_forgets()
         tree = self.runtime.tree
         tree.size_all_generated = True
         implicit = ImplicitHandles(self._open_implicit, tree.content, self._drop_pages)
         self._docs = ToldDocuments(tree.forget_generated, self._drop_pages)
         self._invalidator = Invalidator(
-            lambda path: int(invalidate_path(fuse, path.encode("utf-8", "surrogateescape"))),
+            forget,
             implicit.dropped,
             self._sweep,
         )
@@ -364,6 +361,8 @@ class XnatOperations(mfusepy.Operations):
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if name == control.REFRESH_XATTR:
+            return self._refresh(path)
         if not name.startswith(XATTR_PREFIX):
             # ENOTSUP, not ENODATA: coreutils then stops asking for ACLs/capabilities on every
             # file (docs/FUSE.md §2.3)
@@ -647,12 +646,49 @@ class XnatOperations(mfusepy.Operations):
     @mfusepy.overrides(mfusepy.Operations)
     @_op
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        if name == control.REFRESH_XATTR:
+            self._refresh(path)
+            return 0
         raise OSError(errno.ENOTSUP, "user.xnat.* attributes are read-only", path)
+
+    def _refresh(self, path: str) -> bytes:
+        """``fs/control.py``: forget the listings at and below ``path`` (and of its folder),
+        then look it up again, so a folder gone from XNAT answers ENOENT now.
+
+        The kernel keeps each name it looked up, with its attributes, for the listing TTL
+        (``entry_timeout``/``attr_timeout``): a file removed or changed on XNAT would still
+        ``stat`` as before.  So the kernel also forgets the attributes and pages of every
+        name the daemon's listings at and below the folder gave it (libfuse's
+        ``fuse_invalidate_path``, -ENOENT for a name it does not hold); its next ``stat``
+        asks the daemon.  A name it holds as missing stays so for ``negative_timeout``
+        (10 s at most) unless its folder is listed: libfuse's high-level API cannot reach
+        those."""
+        tree = self.runtime.tree
+        folder = path if tree.lookup(path).is_dir else os.path.dirname(path)
+        known = [folder, *tree.known_below(folder)]
+        tree.invalidate(path)
+        log.info("refresh of %s: its listings are loaded anew", path)
+        tree.lookup(path)
+        forget = _kernel_forgets()
+        for name in known:
+            forget(name)
+        return control.REFRESHED
 
     def _refused(self, *args: Any) -> int:
         raise mfusepy.FuseOSError(errno.EPERM)
 
     symlink = link = mknod = removexattr = _refused
+
+
+def _kernel_forgets() -> Callable[[str], int]:
+    """libfuse's ``fuse_invalidate_path`` for this mount, called from inside a request: the
+    kernel drops a path's attributes and pages (-ENOENT when it holds no node for it, which
+    is fine).  Never for the path the current request holds pages of (docs/FUSE.md §2.6)."""
+    fuse = ctypes.c_void_p(mfusepy._libfuse.fuse_get_context().contents.fuse)
+    invalidate_path = mfusepy._libfuse.fuse_invalidate_path
+    invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    invalidate_path.restype = ctypes.c_int
+    return lambda path: int(invalidate_path(fuse, path.encode("utf-8", "surrogateescape")))
 
 
 def _keep_thread_state() -> None:

@@ -394,6 +394,36 @@ class Engine:
         if forget is not None:
             forget(parts[len(prefix) :])
 
+    def known_below(self, path: str, limit: int = 50_000) -> List[str]:
+        """Paths below ``path`` that a listing the engine still holds names (fresh, or the last
+        one seen), at most ``limit``: every name the kernel can hold for that folder came from
+        one of them (``fs/ops.py`` makes the kernel forget them at a refresh).  No request:
+        a folder whose listing is not held is not looked into."""
+        found: List[str] = []
+        start = split_path(path)
+        stack: List[Tuple[PathParts, NodeInfo]] = [(start, self.node(start))]
+        while stack and len(found) < limit:
+            parts, node = stack.pop()
+            if not node.is_dir:
+                continue
+            children = self.descriptor(parts, node)
+            if children is None:
+                continue
+            if isinstance(children, Fixed):
+                listing = children.listing
+            else:
+                value = self.meta.peek(children.key)
+                if value is None:
+                    with self._last_good_lock:
+                        value = self._last_good.get(children.key)
+                if value is None:
+                    continue
+                listing = children.select(value)
+            for name, child in listing.children.items():
+                found.append(join_path(parts + (name,)))
+                stack.append((parts + (name,), child))
+        return found[:limit]
+
     # ------------------------------------------------------------------ generated files
     def _is_sized(self, node: NodeInfo) -> bool:
         """Is ``node`` a generated file whose true size ``stat`` shows (``_sized``)?"""

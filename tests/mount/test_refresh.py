@@ -1,0 +1,88 @@
+"""``xnatfs refresh PATH`` (``fs/control.py``): what another client changed on XNAT shows at
+once instead of after the listing TTL, on a writable and on a read-only mount, with XNAT's
+bytes and size, never the old size over the new bytes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.conftest import ADMIN, needs_fuse
+from tests.mount.helpers import put_file
+
+pytestmark = [needs_fuse]
+
+FOLDER = "/data/projects/DEMO2/resources/RF/files"
+
+
+def _read(path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _refresh(*paths) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "xnatfs", "refresh", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("mode", [[], ["--read-only"]], ids=["read-write", "read-only"])
+def test_refresh_shows_another_clients_changes_now(make_emulator, make_mount, mode):
+    emu = make_emulator()
+    first = b"first version\n" * 100
+    put_file(emu.url, f"{FOLDER}/changing.bin", first)
+    put_file(emu.url, f"{FOLDER}/gone.txt", b"removed soon\n")
+    m = make_mount(emu.url, *mode)  # the default listing TTL, 60 s: longer than this test
+    folder = m.path / "DEMO2" / "resources" / "RF" / "files"
+    path = folder / "changing.bin"
+    assert _read(path) == first and sorted(os.listdir(folder)) == ["changing.bin", "gone.txt"]
+    size_before = os.stat(path).st_size
+
+    longer = bytes(range(256)) * 64
+    put_file(emu.url, f"{FOLDER}/added.txt", b"added\n")
+    put_file(emu.url, f"{FOLDER}/changing.bin", longer)
+    r = requests.delete(f"{emu.url}{FOLDER}/gone.txt", auth=ADMIN, timeout=30)
+    assert r.status_code == 200, r.text
+    # what the mount and the kernel trust for 60 s
+    assert sorted(os.listdir(folder)) == ["changing.bin", "gone.txt"]
+    assert os.stat(path).st_size == size_before and (folder / "gone.txt").exists()
+    res = _refresh(folder)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert sorted(os.listdir(folder)) == ["added.txt", "changing.bin"]
+    # the kernel forgot what it knew of the folder's names: stat asks again
+    assert not (folder / "gone.txt").exists()
+    assert os.stat(path).st_size == len(longer) and _read(path) == longer
+
+    # a file's own path refreshes its folder; a shorter version reads whole and only it
+    shorter = b"short\n"
+    put_file(emu.url, f"{FOLDER}/changing.bin", shorter)
+    assert _refresh(path).returncode == 0
+    assert _read(path) == shorter and os.stat(path).st_size == len(shorter)
+
+
+def test_refresh_by_setxattr_and_outside_a_mount(make_emulator, make_mount, tmp_path):
+    emu = make_emulator()
+    put_file(emu.url, f"{FOLDER}/a.txt", b"a\n")
+    m = make_mount(emu.url)
+    folder = m.path / "DEMO2" / "resources" / "RF" / "files"
+    assert os.listdir(folder) == ["a.txt"]
+    put_file(emu.url, f"{FOLDER}/b.txt", b"b\n")
+    os.setxattr(folder, "user.xnatfs.refresh", b"1")
+    assert sorted(os.listdir(folder)) == ["a.txt", "b.txt"]
+    # not listed, so getfattr -d, cp -a and rsync -X never read it by accident
+    assert "user.xnatfs.refresh" not in os.listxattr(folder / "a.txt")
+    res = _refresh(tmp_path, folder)
+    assert res.returncode == 1 and "not in an xnatfs mount" in res.stderr, res.stderr
+    assert str(folder) not in res.stderr  # the mount's path was refreshed
+    with pytest.raises(OSError) as err:
+        os.getxattr(tmp_path, "user.xnatfs.refresh")
+    assert err.value.errno in (errno.ENOTSUP, errno.ENODATA)
