@@ -86,3 +86,18 @@ def test_refresh_by_setxattr_and_outside_a_mount(make_emulator, make_mount, tmp_
     with pytest.raises(OSError) as err:
         os.getxattr(tmp_path, "user.xnatfs.refresh")
     assert err.value.errno in (errno.ENOTSUP, errno.ENODATA)
+
+
+def test_refresh_of_a_folder_removed_on_xnat_says_so(make_emulator, make_mount):
+    emu = make_emulator()
+    put_file(emu.url, "/data/projects/DEMO2/resources/GONE/files/x.txt", b"x\n")
+    m = make_mount(emu.url)
+    folder = m.path / "DEMO2" / "resources" / "GONE"
+    assert os.listdir(folder / "files") == ["x.txt"]
+    r = requests.delete(f"{emu.url}/data/projects/DEMO2/resources/GONE", auth=ADMIN, timeout=30)
+    assert r.status_code == 200, r.text
+    res = _refresh(folder)  # its own listing and its folder's are loaded anew
+    assert res.returncode == 1 and "No such file or directory" in res.stderr, res.stderr
+    # and the kernel forgot the names below it: no stale stat of the file
+    assert not (folder / "files" / "x.txt").exists()
+    assert "GONE" not in os.listdir(m.path / "DEMO2" / "resources")

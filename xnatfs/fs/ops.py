@@ -668,10 +668,12 @@ class XnatOperations(mfusepy.Operations):
         known = [folder, *tree.known_below(folder)]
         tree.invalidate(path)
         log.info("refresh of %s: its listings are loaded anew", path)
-        tree.lookup(path)
         forget = _kernel_forgets()
-        for name in known:
-            forget(name)
+        try:
+            tree.lookup(path)  # ENOENT for a folder gone from XNAT meanwhile
+        finally:
+            for name in known:
+                forget(name)
         return control.REFRESHED
 
     def _refused(self, *args: Any) -> int:
