@@ -360,3 +360,47 @@ def test_import_follows_prearchive_code(
     assert s.get(f"{target.url}/data/projects/{P}/prearchive_code", timeout=60).text.strip() == str(
         code
     )
+
+
+def test_refresh_shows_another_clients_changes(
+    target: Target, scratch: Scratch, rw_mount: Any, name: str, cleanup: List[str]
+) -> None:
+    """Files another client adds, replaces and removes show after ``xnatfs refresh`` of their
+    folder, well within the listing TTL (60 s), with the server's bytes and sizes."""
+    P, mnt = scratch.project, rw_mount.path
+    s = target.http()
+    base = f"/data/projects/{P}/resources/{name}"
+    cleanup.append(base)
+    assert s.put(f"{target.url}{base}", timeout=60).status_code in (200, 201)
+
+    def put(file: str, data: bytes) -> None:
+        r = s.put(
+            f"{target.url}{base}/files/{file}",
+            params={"inbody": "true", "overwrite": "true"},
+            data=data,
+            timeout=60,
+        )
+        assert r.status_code in (200, 201), r.text
+
+    put("kept.txt", b"first\n")
+    put("gone.txt", b"removed soon\n")
+    files = f"{mnt}/{P}/resources/{name}/files"
+    assert fs_batch([("ls", files), ("read", f"{files}/kept.txt")]) == [
+        ["gone.txt", "kept.txt"],
+        "first\n",
+    ]
+    put("kept.txt", b"second, longer version\n")
+    put("added.txt", b"added\n")
+    r = s.delete(f"{target.url}{base}/files/gone.txt", timeout=60)
+    assert r.status_code == 200, r.text
+    ok(sys.executable, "-m", "xnatfs", "refresh", files)
+    got = fs_batch(
+        [("ls", files), ("stat", f"{files}/kept.txt"), ("read", f"{files}/kept.txt")]
+        + [("stat", f"{files}/gone.txt")]
+    )
+    assert got == [
+        ["added.txt", "kept.txt"],
+        {"size": 23, "dir": False},
+        "second, longer version\n",
+        ["error", 2],
+    ]
