@@ -264,6 +264,10 @@ class XnatOperations(mfusepy.Operations):
     def _stat(self, node: Any) -> Dict[str, int]:
         mtime = self.runtime.tree.mtime_ns(node)
         perm = self._modes[node.is_dir]
+        if getattr(node, "private", False):
+            # .xnatfs/ is the owner's (docs/SECURITY.md): with allow_other the kernel then
+            # refuses it to everyone else, whatever the archive's modes
+            perm &= 0o700
         if node.is_dir:
             mode, nlink = stat.S_IFDIR | perm, 2
         else:
