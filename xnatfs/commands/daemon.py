@@ -31,7 +31,10 @@ def _log_file(args: argparse.Namespace, options: Options, mountpoint: str) -> Pa
 
     if args.log_file:
         return Path(args.log_file)
-    logs = Path(private_dir(options.cache_dir / "logs"))
+    try:
+        logs = Path(private_dir(options.cache_dir / "logs"))
+    except OSError as exc:
+        raise UsageError(f"log folder: {exc.strerror}") from None
     return logs / (mountpoint.strip("/").replace("/", "_") + ".log")
 
 
@@ -98,7 +101,12 @@ def spawn_daemon(
         {"username": creds.username, "password": creds.password, "source": creds.source},
         env=daemon_env(os.environ),
         log_mode=0o600,
-    ).start()
+    )
+    try:
+        daemon.start()
+    except OSError as exc:  # the log file refused (mounting.open_log), or not creatable
+        why = exc.strerror or str(exc)
+        raise UsageError(why if str(log_path) in why else f"{log_path}: {why}") from None
     try:
         daemon.wait(mounting.MOUNT_WAIT_S)
     except mounting.MountFailed:
