@@ -251,6 +251,30 @@ def test_rm_of_a_row_whose_uri_names_an_object_deletes_nothing(hostile, make_mou
     assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode(), good
 
 
+def test_a_file_uri_of_another_project_is_neither_read_nor_removed(hostile, make_mount):
+    """Project H's files listing names a file of project B (same server, same session):
+    ``cat`` of it sent ``GET /data/projects/B/resources/1/files/secret.txt`` and showed B's
+    bytes as H's file, and ``rm`` (``--allow-delete``) would delete B's file.  Files are
+    fetched only under the resource they were listed in; the row is EIO + one log line."""
+    m = make_mount(hostile.url, "--timeout", str(T), "--allow-delete")
+    hostile.mode = "custom"
+    hostile.projects = ["B"]
+    foreign = "/data/projects/B/resources/1/files/secret.txt"
+    hostile.rows = [
+        file_row("secret.txt", len(GOOD_BYTES), uri=foreign),
+        file_row("good.txt", len(GOOD_BYTES)),
+    ]
+    assert fs_op("listdir", m.path / FILES)["errno"] == 0
+    res = fs_op("read", m.path / FILES / "secret.txt")
+    assert res["errno"] == errno.EIO, res
+    assert fs_op("unlink", m.path / FILES / "secret.txt")["errno"] == errno.EIO
+    sent = [(r.method, r.path) for r in hostile.requests]
+    assert not [s for s in sent if s[1].startswith("/data/projects/B/")], sent
+    assert len(error_lines(m, "secret.txt")) >= 1
+    good = fs_op("read", m.path / FILES / "good.txt")
+    assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode(), good
+
+
 def test_a_redirect_to_another_host_is_not_followed(hostile, evil, make_mount):
     m = make_mount(hostile.url, *ARGS)
     hostile.mode = "redirect"
