@@ -275,6 +275,22 @@ def test_a_file_uri_of_another_project_is_neither_read_nor_removed(hostile, make
     assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode(), good
 
 
+def test_a_login_page_whose_markers_come_late_makes_the_mount_log_in_again(hostile, make_mount):
+    """An expired session answers a file's GET with XNAT's login page (200, HTML).  Only the
+    first chunk of a download was checked for it; a real login page starts with a long head
+    (scripts, styles) and is sent chunked, so the form came later: the page was taken for
+    the file's bytes and the read failed with EIO (wrong size) instead of a login and the
+    file.  Now an HTML answer is looked at up to its first 64 KiB before a byte is passed on."""
+    m = make_mount(hostile.url, *ARGS)
+    assert fs_op("listdir", m.path / FILES)["errno"] == 0
+    logins = hostile.count("PUT /data/services/auth")
+    hostile.expired = True
+    res = fs_op("read", m.path / FILES / "f0.txt")
+    assert res["errno"] == 0 and res["head"] == GOOD_BYTES.decode(), res
+    assert hostile.login_pages == 1  # the page was served once, and read as one
+    assert hostile.count("PUT /data/services/auth") == logins + 1
+
+
 def test_a_redirect_to_another_host_is_not_followed(hostile, evil, make_mount):
     m = make_mount(hostile.url, *ARGS)
     hostile.mode = "redirect"

@@ -331,11 +331,17 @@ def looks_like_html(body: bytes) -> bool:
     return head.startswith(_HTML_START)
 
 
+#: how much of an HTML answer is looked at for the login form: a real login page has a long
+#: head (scripts, styles) before it; a streamed download holds this much back to decide
+LOGIN_PAGE_WINDOW = 65536
+
+
 def looks_like_login_page(body: bytes) -> bool:
-    """An HTML body that is XNAT's login form (the 200-with-a-login-page trap, §5.1)."""
+    """An HTML body that is XNAT's login form (the 200-with-a-login-page trap, §5.1); looks at
+    the first ``LOGIN_PAGE_WINDOW`` bytes."""
     if not looks_like_html(body):
         return False
-    low = body[:65536].lower()
+    low = body[:LOGIN_PAGE_WINDOW].lower()
     # a Restlet error status page carries <h3>; a login page has a form and the word login
     if b"status page" in low and b"<h3>" in low:
         return False
