@@ -144,6 +144,34 @@ def test_allow_other_others_read_but_cannot_write(emu, public_mount, tmp_path):
 
 
 @as_other_user
+def test_allow_other_others_change_nothing_by_any_other_call(emu, public_mount):
+    """Beyond write/mkdir/truncate/rm: every other call that changes something (an append or
+    truncating open without write access, times, modes, owners, attributes, rename, links)
+    is refused to another user, and no write request reaches XNAT."""
+    m = public_mount(emu.url, "-o", "allow_other", "--allow-delete")
+    readme = str(m.path / PROTOCOLS / "README.txt")
+    mark = emu.mark()
+    refused = {
+        "os.close(os.open(sys.argv[1], os.O_RDONLY | os.O_APPEND))": "EACCES",
+        "os.close(os.open(sys.argv[1], os.O_RDONLY | os.O_TRUNC))": "EACCES",
+        "os.utime(sys.argv[1])": "EACCES",
+        "os.utime(sys.argv[1], (0, 0))": "EPERM",
+        "os.chmod(sys.argv[1], 0o666)": "EPERM",
+        "os.chown(sys.argv[1], 65534, 65534)": "EPERM",
+        "os.setxattr(sys.argv[1], 'user.xnat.label', b'x')": "EACCES",
+        "os.rename(sys.argv[1], sys.argv[1] + '.moved')": "EACCES",
+        # fs.protected_hardlinks refuses first (EPERM: nobody does not own it), else the
+        # folder's mode (EACCES)
+        "os.link(sys.argv[1], sys.argv[1] + '.link')": "EPERM|EACCES",
+        "os.symlink(sys.argv[1], sys.argv[1] + '.sym')": "EACCES",
+    }
+    got = {code: py_as_nobody(code, readme) for code in refused}
+    assert all(got[code] in want.split("|") for code, want in refused.items()), got
+    assert writes(emu.since(mark)) == []
+    assert "README.txt" in server_files(emu)
+
+
+@as_other_user
 def test_allow_other_control_files_are_the_owners_alone(emu, public_mount):
     """``.xnatfs/stats`` names the cache directory, every upload's path and its last error
     (URLs, server messages) and what the owner's programs do (requests, errors): it was
