@@ -612,7 +612,7 @@ def outside_listing(raw: str, listed_in: str) -> str:
     same = len(got) == len(want) and all(w in (g, "ALL") for g, w in zip(got, want))
     if not same:
         return "file URI is not under the object it was listed in"
-    if resource and not (resource == got_resource or not resource.isdigit()):
+    if resource.isdigit() and resource != got_resource:
         return "file URI is not in the resource it was listed in"
     return ""
 
