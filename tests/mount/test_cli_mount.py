@@ -275,3 +275,19 @@ def test_a_log_file_of_another_user_is_refused(shared_emulator, tmp_path):
     assert "owned by uid 65534" in line, line
     assert log.read_bytes() == b"theirs\n"
     assert not is_mounted(str(tmp_path / "m"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a folder of another user needs root to make")
+def test_a_cache_folder_of_another_user_is_refused(shared_emulator, tmp_path):
+    """The cache folder holds the journal (what to upload, from which spool file), the index
+    and the log: one another user owns is theirs to fill with links and entries, so the mount
+    (here root) refuses it in one line before it writes anything there; before, it chmod'ed
+    the folder 0700 (the other user, still its owner, could change it back) and used it."""
+    cache = tmp_path / "cache" / "xnatfs"
+    cache.mkdir(parents=True)
+    os.chown(cache, 65534, 65534)
+    env = {"XNATFS_USER": "admin", "XNATFS_PASSWORD": ADMIN[1]}
+    for args in ((), ("--foreground",)):  # the command's check; the daemon's own
+        line = _refused(shared_emulator.url, tmp_path, env, args)
+        assert "owned by uid 65534" in line and str(cache) in line, (args, line)
+        assert list(cache.iterdir()) == []

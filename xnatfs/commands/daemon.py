@@ -32,9 +32,12 @@ def _log_file(args: argparse.Namespace, options: Options, mountpoint: str) -> Pa
     if args.log_file:
         return Path(args.log_file)
     try:
+        # the cache folder first: one of another user's is refused before anything is made
+        # in it (runtime.private_dir)
+        private_dir(options.cache_dir)
         logs = Path(private_dir(options.cache_dir / "logs"))
     except OSError as exc:
-        raise UsageError(f"log folder: {exc.strerror}") from None
+        raise UsageError(f"cache folder: {exc.strerror}") from None
     return logs / (mountpoint.strip("/").replace("/", "_") + ".log")
 
 
@@ -207,6 +210,10 @@ def run_foreground(
     runtime = Runtime(options, creds)
     try:
         runtime.start()
+    except PermissionError as exc:
+        # a cache folder that is a link or another user's (runtime.private_dir): one line
+        runtime.close()
+        raise UsageError(f"cache folder: {exc.strerror or exc}") from None
     except Exception:
         runtime.close()
         raise
