@@ -10,6 +10,7 @@ daemon is a new process, never a fork of this one, so nothing started here is lo
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import math
@@ -33,9 +34,31 @@ log = logging.getLogger(__name__)
 
 
 def private_dir(path: "os.PathLike[str] | str") -> str:
-    """Create ``path`` (and parents) and make it 0700: caches and journals are private."""
+    """Create ``path`` (and parents) and make it 0700: caches and journals are private.
+
+    A symbolic link at ``path`` or a folder another user owns is refused (``PermissionError``
+    naming it): ``makedirs(exist_ok=True)`` and ``chmod`` follow a link, so one planted at
+    ``<cache-dir>/logs`` had the mount (often root) change the mode of the link's target and
+    write its log there; and a folder someone else owns is theirs to change under us.  The mode
+    is set on the folder opened, not by path again."""
     os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
+            raise PermissionError(
+                errno.ELOOP, f"{path} is a symbolic link: refused (make it a folder of yours)"
+            ) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise PermissionError(
+                errno.EPERM, f"{path} is owned by uid {st.st_uid}, not by you: refused"
+            )
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return str(path)
 
 

@@ -202,3 +202,30 @@ class _Reversed(_SameLabels):
 
     def list_experiments(self, project: str, subject: str) -> List[Experiment]:
         return list(reversed(super().list_experiments(project, subject)))
+
+
+def test_a_marked_file_row_is_never_the_image_nor_a_companion() -> None:
+    """A files row the client marked (``problem``: a URI of another project, a size outside
+    0..2^63) was taken as the scan's NIfTI image or its JSON by the BIDS view, which then read
+    it through the content cache: the cross-project file the main view refuses was fetched
+    here.  Marked rows are left out as they are for the DICOM series."""
+    from xnatfs.xnat import parse
+
+    res_uri = "/data/experiments/E1/scans/1/resources/7"
+    rows = [
+        {"Name": "a.nii.gz", "Size": "10", "URI": "/data/projects/B/resources/9/files/a.nii.gz"},
+        {"Name": "a.json", "Size": "10", "URI": "/data/projects/B/resources/9/files/a.json"},
+        {"Name": "b.nii.gz", "Size": "10", "URI": f"{res_uri}/files/b.nii.gz"},
+        {"Name": "b.json", "Size": "-5", "URI": f"{res_uri}/files/b.json"},
+    ]
+
+    class Client:
+        def list_resources(self, uri: str) -> List[Resource]:
+            return [Resource("7", "NIFTI", "NIFTI", "", "", 4, 40, res_uri)]
+
+        def list_files(self, uri: str) -> List[FileEntry]:
+            return [parse.file_from_row(r, uri) for r in rows]
+
+    files = Source(Client(), None, Mapper()).scan_files("/data/experiments/E1/scans/1")
+    assert files.nifti is not None and files.nifti.path == "b.nii.gz"
+    assert dict(files.companions) == {}

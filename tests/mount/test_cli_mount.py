@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import ADMIN, Mount, needs_fuse
 from tests.mount.helpers import end_demo
 from xnatfs.fs.mounting import is_mounted
@@ -204,3 +206,88 @@ def test_demo_command_mounts_and_stops_on_ctrl_c(tmp_path):
         assert not is_mounted(str(mnt))
     finally:
         end_demo(proc, mnt)
+
+
+def _refused(url, tmp_path, env, args=()):
+    """The mount command's one line; a mount it made anyway (the bug) is undone first."""
+    mnt = tmp_path / "m"
+    res = _mount_cmd(url, mnt, tmp_path, env, args=args)
+    if is_mounted(str(mnt)):
+        subprocess.run(["fusermount3", "-u", str(mnt)], timeout=30, check=False)
+    return _one_line(res)
+
+
+def _planted(tmp_path):
+    """A log folder another user may write in (a group's shared folder: no sticky bit, so the
+    kernel's protected_symlinks does not apply) and a file of someone else's it should not
+    touch."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not a log\n")
+    victim.chmod(0o644)
+    return shared, victim
+
+
+def test_a_log_file_that_is_a_symlink_is_refused(shared_emulator, tmp_path):
+    """``--log-file`` was opened with ``open(path, "ab")`` and chmod'ed 0600 by path: a symlink
+    planted at that path made the mount append its log to the link's target (any file the
+    mounting user, often root, may write) and change that file's mode to 0600."""
+    shared, victim = _planted(tmp_path)
+    log = shared / "xnatfs.log"
+    log.symlink_to(victim)
+    env = {"XNATFS_USER": "admin", "XNATFS_PASSWORD": ADMIN[1]}
+    line = _refused(shared_emulator.url, tmp_path, env, ("--log-file", log))
+    assert "symbolic link" in line and str(log) in line, line
+    assert victim.read_bytes() == b"not a log\n"
+    assert victim.stat().st_mode & 0o777 == 0o644
+    assert not is_mounted(str(tmp_path / "m"))
+
+
+def test_the_default_log_folder_may_not_be_a_symlink(shared_emulator, tmp_path):
+    """``<cache-dir>/logs`` was made with ``makedirs(exist_ok=True)`` and chmod'ed 0700 by
+    path: a symlink there (to a folder of someone else's) was followed, the folder's mode
+    changed and the log written into it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o755)
+    cache = tmp_path / "cache" / "xnatfs"
+    cache.mkdir(parents=True)
+    (cache / "logs").symlink_to(elsewhere)
+    env = {"XNATFS_USER": "admin", "XNATFS_PASSWORD": ADMIN[1]}
+    line = _refused(shared_emulator.url, tmp_path, env)
+    assert "logs" in line and "symbolic link" in line, line
+    assert elsewhere.stat().st_mode & 0o777 == 0o755 and list(elsewhere.iterdir()) == []
+    assert not is_mounted(str(tmp_path / "m"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a file of another user needs root to make")
+def test_a_log_file_of_another_user_is_refused(shared_emulator, tmp_path):
+    """A log file that exists and belongs to another user (made there beforehand, or a hard
+    link to one) is not appended to: that user could read or change what the mount logs."""
+    shared, _ = _planted(tmp_path)
+    log = shared / "xnatfs.log"
+    log.write_bytes(b"theirs\n")
+    os.chown(log, 65534, 65534)
+    env = {"XNATFS_USER": "admin", "XNATFS_PASSWORD": ADMIN[1]}
+    line = _refused(shared_emulator.url, tmp_path, env, ("--log-file", log))
+    assert "owned by uid 65534" in line, line
+    assert log.read_bytes() == b"theirs\n"
+    assert not is_mounted(str(tmp_path / "m"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a folder of another user needs root to make")
+def test_a_cache_folder_of_another_user_is_refused(shared_emulator, tmp_path):
+    """The cache folder holds the journal (what to upload, from which spool file), the index
+    and the log: one another user owns is theirs to fill with links and entries, so the mount
+    (here root) refuses it in one line before it writes anything there; before, it chmod'ed
+    the folder 0700 (the other user, still its owner, could change it back) and used it."""
+    cache = tmp_path / "cache" / "xnatfs"
+    cache.mkdir(parents=True)
+    os.chown(cache, 65534, 65534)
+    env = {"XNATFS_USER": "admin", "XNATFS_PASSWORD": ADMIN[1]}
+    for args in ((), ("--foreground",)):  # the command's check; the daemon's own
+        line = _refused(shared_emulator.url, tmp_path, env, args)
+        assert "owned by uid 65534" in line and str(cache) in line, (args, line)
+        assert list(cache.iterdir()) == []

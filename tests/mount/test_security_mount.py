@@ -79,7 +79,7 @@ def public_mount(public_dir, tmp_path):
             m.cleanup()
 
 
-def as_nobody(cmd, timeout=60):
+def as_nobody(cmd, timeout=60, env=None):
     """Run ``cmd`` as uid/gid 65534 with no supplementary groups."""
     return subprocess.run(
         ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd],
@@ -87,7 +87,7 @@ def as_nobody(cmd, timeout=60):
         text=True,
         timeout=timeout,
         cwd="/",
-        env={"PATH": os.environ["PATH"]},
+        env={"PATH": os.environ["PATH"], **(env or {})},
     )
 
 
@@ -141,6 +141,59 @@ def test_allow_other_others_read_but_cannot_write(emu, public_mount, tmp_path):
     src.write_bytes(b"mine")
     sh(["cp", str(src), str(files / "mine.txt")])
     assert "mine.txt" in server_files(emu)
+
+
+@as_other_user
+def test_allow_other_others_change_nothing_by_any_other_call(emu, public_mount):
+    """Beyond write/mkdir/truncate/rm: every other call that changes something (an append or
+    truncating open without write access, times, modes, owners, attributes, rename, links)
+    is refused to another user, and no write request reaches XNAT."""
+    m = public_mount(emu.url, "-o", "allow_other", "--allow-delete")
+    readme = str(m.path / PROTOCOLS / "README.txt")
+    mark = emu.mark()
+    refused = {
+        "os.close(os.open(sys.argv[1], os.O_RDONLY | os.O_APPEND))": "EACCES",
+        "os.close(os.open(sys.argv[1], os.O_RDONLY | os.O_TRUNC))": "EACCES",
+        "os.utime(sys.argv[1])": "EACCES",
+        "os.utime(sys.argv[1], (0, 0))": "EPERM",
+        "os.chmod(sys.argv[1], 0o666)": "EPERM",
+        "os.chown(sys.argv[1], 65534, 65534)": "EPERM",
+        "os.setxattr(sys.argv[1], 'user.xnat.label', b'x')": "EACCES",
+        "os.rename(sys.argv[1], sys.argv[1] + '.moved')": "EACCES",
+        # fs.protected_hardlinks refuses first (EPERM: nobody does not own it), else the
+        # folder's mode (EACCES)
+        "os.link(sys.argv[1], sys.argv[1] + '.link')": "EPERM|EACCES",
+        "os.symlink(sys.argv[1], sys.argv[1] + '.sym')": "EACCES",
+    }
+    got = {code: py_as_nobody(code, readme) for code in refused}
+    assert all(got[code] in want.split("|") for code, want in refused.items()), got
+    assert writes(emu.since(mark)) == []
+    assert "README.txt" in server_files(emu)
+
+
+@as_other_user
+def test_allow_other_control_files_are_the_owners_alone(emu, public_mount):
+    """``.xnatfs/stats`` names the cache directory, every upload's path and its last error
+    (URLs, server messages) and what the owner's programs do (requests, errors): it was
+    shown ``0644`` like the archive, so every local user read it on an ``allow_other`` mount.
+    Now ``.xnatfs/`` and its files are the owner's alone (``0700``/``0600``), whatever the
+    modes of the archive; the kernel refuses the others (``default_permissions``)."""
+    m = public_mount(emu.url, "-o", "allow_other")
+    control = m.path / ".xnatfs"
+    for name in ("stats", "metrics"):
+        assert py_as_nobody("open(sys.argv[1], 'rb').read()", str(control / name)) == "EACCES", name
+        st = os.stat(control / name)
+        assert st.st_uid == os.getuid() and st.st_mode & 0o077 == 0, oct(st.st_mode)
+        assert (control / name).read_bytes()  # the owner reads them
+    assert py_as_nobody("os.listdir(sys.argv[1])", str(control)) == "EACCES"
+    assert os.stat(control).st_mode & 0o077 == 0
+    status = as_nobody(
+        [sys.executable, "-m", "xnatfs", "status", str(m.path)],
+        env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+    )
+    assert status.returncode == 1 and "only the user who mounted it" in status.stderr, status
+    # the archive keeps its modes: others still read it
+    assert as_nobody(["cat", str(m.path / PROTOCOLS / "README.txt")]).returncode == 0
 
 
 @as_other_user

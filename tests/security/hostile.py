@@ -60,6 +60,19 @@ GOOD_BYTES = b"good file\n"  # 10 bytes
 #: what ``big.bin`` should hold in the ``file_*`` modes that list its MD5 (1,000 bytes)
 BIG_BYTES = b"b" * 1000
 
+#: the start of a login page as a real XNAT sends it: a long head (scripts, styles) in which
+#: no login marker appears, in a chunk of its own
+LOGIN_HEAD = (
+    b"<!DOCTYPE html>\n<html>\n<head>\n<title>XNAT</title>\n"
+    + b'<script type="text/javascript" src="/scripts/lib/jquery.js"></script>\n' * 200
+    + b"</head>\n"
+)
+LOGIN_FORM = (
+    b'<body id="page_body"><form name="form1" method="post" action="/j_spring_security_check">'
+    b'<input type="text" name="j_username"><input type="password" name="j_password">'
+    b'<button type="submit">Login</button></form></body>\n</html>\n'
+)
+
 MODES = (
     "ok",
     "slow_login",
@@ -177,6 +190,11 @@ class HostileServer:
     login_cookies: Optional[List[str]] = None
     #: mode ``custom``: more project IDs listed beside ``H`` (each empty)
     projects: List[str] = field(default_factory=list)
+    #: any mode: the session has expired as a browser-facing XNAT shows it: every GET of a
+    #: file answers 200 with the login page (§5.1), sent chunked (``LOGIN_HEAD``, in which no
+    #: login marker appears, then the form), until the next login; ``login_pages`` counts them
+    expired: bool = False
+    login_pages: int = 0
     requests: List[Request] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _count: Dict[str, int] = field(default_factory=dict)
@@ -299,6 +317,7 @@ class HostileServer:
                     "text/plain",
                     (("Set-Cookie", f"JSESSIONID={SESSION}; Path=/; HttpOnly"),),
                 )
+            self.expired = False  # a new session
             cookies = self.login_cookies or [f"JSESSIONID={SESSION}; Path=/; HttpOnly"]
             return send(
                 "200 OK",
@@ -393,6 +412,10 @@ class HostileServer:
             if mode == "slow_files":
                 return send("200 OK", self._trickle(body))
             return send("200 OK", body)
+        if path.startswith(files_base + "/") and method == "GET" and self.expired:
+            with self._lock:
+                self.login_pages += 1
+            return send("200 OK", iter([LOGIN_HEAD, LOGIN_FORM]), "text/html;charset=UTF-8")
         if path.startswith(files_base + "/"):
             name = path[len(files_base) + 1 :]
             if mode == "custom":

@@ -251,6 +251,46 @@ def test_rm_of_a_row_whose_uri_names_an_object_deletes_nothing(hostile, make_mou
     assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode(), good
 
 
+def test_a_file_uri_of_another_project_is_neither_read_nor_removed(hostile, make_mount):
+    """Project H's files listing names a file of project B (same server, same session):
+    ``cat`` of it sent ``GET /data/projects/B/resources/1/files/secret.txt`` and showed B's
+    bytes as H's file, and ``rm`` (``--allow-delete``) would delete B's file.  Files are
+    fetched only under the resource they were listed in; the row is EIO + one log line."""
+    m = make_mount(hostile.url, "--timeout", str(T), "--allow-delete")
+    hostile.mode = "custom"
+    hostile.projects = ["B"]
+    foreign = "/data/projects/B/resources/1/files/secret.txt"
+    hostile.rows = [
+        file_row("secret.txt", len(GOOD_BYTES), uri=foreign),
+        file_row("good.txt", len(GOOD_BYTES)),
+    ]
+    assert fs_op("listdir", m.path / FILES)["errno"] == 0
+    res = fs_op("read", m.path / FILES / "secret.txt")
+    assert res["errno"] == errno.EIO, res
+    assert fs_op("unlink", m.path / FILES / "secret.txt")["errno"] == errno.EIO
+    sent = [(r.method, r.path) for r in hostile.requests]
+    assert not [s for s in sent if s[1].startswith("/data/projects/B/")], sent
+    assert len(error_lines(m, "secret.txt")) >= 1
+    good = fs_op("read", m.path / FILES / "good.txt")
+    assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode(), good
+
+
+def test_a_login_page_whose_markers_come_late_makes_the_mount_log_in_again(hostile, make_mount):
+    """An expired session answers a file's GET with XNAT's login page (200, HTML).  Only the
+    first chunk of a download was checked for it; a real login page starts with a long head
+    (scripts, styles) and is sent chunked, so the form came later: the page was taken for
+    the file's bytes and the read failed with EIO (wrong size) instead of a login and the
+    file.  Now an HTML answer is looked at up to its first 64 KiB before a byte is passed on."""
+    m = make_mount(hostile.url, *ARGS)
+    assert fs_op("listdir", m.path / FILES)["errno"] == 0
+    logins = hostile.count("PUT /data/services/auth")
+    hostile.expired = True
+    res = fs_op("read", m.path / FILES / "f0.txt")
+    assert res["errno"] == 0 and res["head"] == GOOD_BYTES.decode(), res
+    assert hostile.login_pages == 1  # the page was served once, and read as one
+    assert hostile.count("PUT /data/services/auth") == logins + 1
+
+
 def test_a_redirect_to_another_host_is_not_followed(hostile, evil, make_mount):
     m = make_mount(hostile.url, *ARGS)
     hostile.mode = "redirect"

@@ -216,6 +216,35 @@ def test_daemon_refuses_writes_of_other_users(monkeypatch):
     assert _ops(monkeypatch, other, allow_other_write=True)._writer("/P/x") is not None
 
 
+def test_daemon_refuses_control_files_to_other_users(monkeypatch):
+    """Behind the kernel's check: an open of ``.xnatfs/stats`` (a private node) by another uid
+    is refused before anything is made; the owner, root and ``-o uid=``'s owner may."""
+    from xnatfs.view.node import NodeInfo
+
+    made = []
+    node = NodeInfo(name="stats", kind="virtual", is_dir=False, private=True)
+    tree = SimpleNamespace(
+        fs_timeout=5.0,
+        lookup=lambda path: node,
+        open=lambda n, path: made.append(path) or SimpleNamespace(direct_io=True),
+        cacheable=lambda n: False,
+    )
+    fi = SimpleNamespace(flags=os.O_RDONLY, fh=0, direct_io=0)
+    other = os.getuid() + 1000
+    ops_other = _ops(monkeypatch, other)
+    ops_other.runtime.tree = tree
+    ops_other.runtime.note_fuse = ops_other.runtime.note_error = lambda what: None
+    with pytest.raises(OSError) as info:
+        ops_other.open("/.xnatfs/stats", fi)
+    assert info.value.errno == errno.EACCES and made == []
+    for caller, extra in ((os.getuid(), {}), (0, {}), (other, {"uid": other})):
+        ops_ok = _ops(monkeypatch, caller, **extra)
+        ops_ok.runtime.tree = tree
+        ops_ok.runtime.note_fuse = lambda what: None
+        assert ops_ok.open("/.xnatfs/stats", fi) == 0
+    assert len(made) == 3
+
+
 def test_modes_shown_never_give_others_write_unless_asked(monkeypatch):
     ops = _ops(monkeypatch, 0)
     assert all(mode & 0o022 == 0 for mode in ops._modes.values())

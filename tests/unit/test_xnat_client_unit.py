@@ -92,3 +92,22 @@ def test_retry_after_parsing() -> None:
     assert _parse_retry_after(None) is None
     assert _parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT") == 0.0
     assert _parse_retry_after("soon") is None
+
+
+@pytest.mark.parametrize("size", [100, 65536, 200_000])
+def test_an_html_file_held_back_for_the_login_check_comes_out_whole(size) -> None:
+    """A download that may be the login page is held back up to 64 KiB (``_HtmlHead``): an
+    HTML file that is not the login page comes out byte for byte, in order, whether it ends
+    inside the window or goes past it; the login page comes out as nothing."""
+    from xnatfs.xnat.transfer import _HtmlHead
+
+    page = (b"<!DOCTYPE html><html><body>" + b"x" * size)[:size]
+    chunks = [page[i : i + 7000] for i in range(0, len(page), 7000)]
+    head = _HtmlHead(True)
+    out = b"".join(head.feed(c) for c in chunks) + head.end()
+    assert out == page and not head.login_page
+    login = b"<!DOCTYPE html><html><head>" + b" " * 30000 + b"<form><input name=j_username>"
+    head = _HtmlHead(True)
+    out = b"".join(head.feed(login[i : i + 7000]) for i in range(0, len(login), 7000))
+    out += head.end()
+    assert out == b"" and head.login_page

@@ -415,3 +415,94 @@ def test_the_path_below_the_resource_whatever_the_objects_above_are_called(uri, 
     assert (
         parse.file_from_row({"Name": path.rsplit("/", 1)[-1], "Size": "1", "URI": uri}).path == path
     )
+
+
+#: (the resource a listing was asked for, as xnatfs builds it; a URI XNAT lists in it)
+_LISTED_IN_THEIR_RESOURCE = [
+    ("/data/projects/P/resources/7", "/data/projects/P/resources/7/files/a/b.txt"),
+    (
+        "/data/projects/P/subjects/XS1/resources/8",
+        "/data/projects/P/subjects/XS1/resources/8/files/x",
+    ),
+    ("/data/experiments/XE1/resources/9", "/data/experiments/XE1/resources/9/files/x"),
+    # XNAT's getBaseURI when the request named project and subject (the emulator does too)
+    (
+        "/data/experiments/XE1/resources/9",
+        "/data/projects/P/subjects/XS1/experiments/XE1/resources/9/files/x",
+    ),
+    (
+        "/data/experiments/XE1/scans/1/resources/10",
+        "/data/experiments/XE1/scans/1/resources/10/files/1.dcm",
+    ),
+    # scan IDs are strings: quoted in xnatfs's URI, raw in XNAT's (plain concatenation)
+    (
+        "/data/experiments/XE1/scans/3%20a/resources/10",
+        "/data/experiments/XE1/scans/3 a/resources/10/files/y",
+    ),
+    # an assessor's resources: XNAT adds its type folder (XNATTemplate: "out")
+    (
+        "/data/experiments/XE1/assessors/XA1/resources/11",
+        "/data/experiments/XE1/assessors/XA1/out/resources/11/files/stats.txt",
+    ),
+    (
+        "/data/prearchive/projects/P/20240101_1/S/scans/1/resources/DICOM",
+        "/data/prearchive/projects/P/20240101_1/S/scans/1/resources/DICOM/files/1.dcm",
+    ),
+    # a context path, or XNAT 1.4's /REST, before the same path
+    ("/data/projects/P/resources/7", "/xnat/data/projects/P/resources/7/files/c.txt"),
+    ("/data/projects/P/resources/7", "/REST/projects/P/resources/7/files/c.txt"),
+    # project "files" and a resource labelled "files" (file_relpath's cases)
+    ("/data/projects/files/resources/129", "/data/projects/files/resources/129/files/x.txt"),
+    # a resource known by its label only (a row without xnat_abstractresource_id, one made on
+    # this mount): XNAT's URI has the number
+    ("/data/projects/P/resources/NEW", "/data/projects/P/resources/77/files/n.txt"),
+    # one listing for every scan of a session (layouts/xnat/bundle.py)
+    ("/data/experiments/XE1/scans/ALL", "/data/experiments/XE1/scans/4/resources/12/files/z"),
+]
+
+
+@pytest.mark.parametrize("resource_uri, uri", _LISTED_IN_THEIR_RESOURCE)
+def test_a_file_uri_under_the_resource_it_was_listed_in_is_kept(resource_uri, uri) -> None:
+    f = parse.file_from_row({"Name": "n", "Size": "1", "URI": uri}, resource_uri)
+    assert f.problem == "", (resource_uri, uri, f.problem)
+
+
+@pytest.mark.parametrize(
+    "resource_uri, uri",
+    [
+        # the issue: project A's listing names a file of project B
+        ("/data/projects/A/resources/7", "/data/projects/B/resources/7/files/secret.txt"),
+        ("/data/projects/A/resources/7", "/data/projects/A/resources/8/files/other.txt"),
+        (
+            "/data/projects/A/subjects/XS1/resources/8",
+            "/data/projects/B/subjects/XS1/resources/8/files/x",
+        ),
+        ("/data/experiments/XE1/resources/9", "/data/experiments/XE2/resources/9/files/x"),
+        (
+            "/data/experiments/XE1/scans/1/resources/10",
+            "/data/experiments/XE1/scans/2/resources/10/files/x",
+        ),
+        (
+            "/data/experiments/XE1/scans/1/resources/10",
+            "/data/experiments/XE1/resources/10/files/x",
+        ),
+        (
+            "/data/experiments/XE1/assessors/XA1/resources/11",
+            "/data/experiments/XE1/assessors/XA2/out/resources/11/files/x",
+        ),
+        ("/data/projects/A/resources/NEW", "/data/projects/B/resources/77/files/n.txt"),
+        ("/data/experiments/XE1/scans/ALL", "/data/experiments/XE2/scans/4/resources/12/files/z"),
+        (
+            "/data/prearchive/projects/A/20240101_1/S/scans/1/resources/DICOM",
+            "/data/prearchive/projects/B/20240101_1/S/scans/1/resources/DICOM/files/1.dcm",
+        ),
+        # an escape spelled so that only a decoding server sees it
+        ("/data/projects/A/resources/7", "/data/projects/A%2F..%2FB/resources/7/files/x"),
+    ],
+)
+def test_a_file_uri_outside_the_resource_it_was_listed_in_is_marked(resource_uri, uri) -> None:
+    """A listing of project A's resource naming a file of project B (or of another object of
+    A) was read, and removed with --allow-delete, as if it were A's: files are fetched only
+    under the resource (or session, for the one-request scan listing) they were listed in."""
+    f = parse.file_from_row({"Name": "n", "Size": "1", "URI": uri}, resource_uri)
+    assert f.problem, (resource_uri, uri)

@@ -293,7 +293,11 @@ class Source:
                 or (res.format or "").upper() == "NIFTI"
             ):
                 continue
-            entries = sorted(self.client.list_files(res.uri), key=lambda e: e.path)
+            # a row the client marked (a URI outside its resource, a bad size) is never read
+            entries = sorted(
+                (e for e in self.client.list_files(res.uri) if not getattr(e, "problem", "")),
+                key=lambda e: e.path,
+            )
             images = [e for e in entries if e.path.lower().endswith(_NIFTI_EXT)]
             if images:
                 stem = _strip_ext(images[0].path)

@@ -31,7 +31,13 @@ def _log_file(args: argparse.Namespace, options: Options, mountpoint: str) -> Pa
 
     if args.log_file:
         return Path(args.log_file)
-    logs = Path(private_dir(options.cache_dir / "logs"))
+    try:
+        # the cache folder first: one of another user's is refused before anything is made
+        # in it (runtime.private_dir)
+        private_dir(options.cache_dir)
+        logs = Path(private_dir(options.cache_dir / "logs"))
+    except OSError as exc:
+        raise UsageError(f"cache folder: {exc.strerror}") from None
     return logs / (mountpoint.strip("/").replace("/", "_") + ".log")
 
 
@@ -98,7 +104,12 @@ def spawn_daemon(
         {"username": creds.username, "password": creds.password, "source": creds.source},
         env=daemon_env(os.environ),
         log_mode=0o600,
-    ).start()
+    )
+    try:
+        daemon.start()
+    except OSError as exc:  # the log file refused (mounting.open_log), or not creatable
+        why = exc.strerror or str(exc)
+        raise UsageError(why if str(log_path) in why else f"{log_path}: {why}") from None
     try:
         daemon.wait(mounting.MOUNT_WAIT_S)
     except mounting.MountFailed:
@@ -199,6 +210,10 @@ def run_foreground(
     runtime = Runtime(options, creds)
     try:
         runtime.start()
+    except PermissionError as exc:
+        # a cache folder that is a link or another user's (runtime.private_dir): one line
+        runtime.close()
+        raise UsageError(f"cache folder: {exc.strerror or exc}") from None
     except Exception:
         runtime.close()
         raise

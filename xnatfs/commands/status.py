@@ -98,6 +98,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         with open(stats_path, encoding="utf-8") as fh:
             stats = json.load(fh)
+    except PermissionError:
+        # .xnatfs/ is the mount owner's alone (docs/SECURITY.md), also on an allow_other mount
+        raise UsageError(
+            f"{args.mountpoint}: only the user who mounted it may read its status"
+        ) from None
     except OSError as exc:
         raise UsageError(f"{args.mountpoint} is not an xnatfs mount ({exc.strerror})") from None
     if args.json:

@@ -16,6 +16,7 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -271,6 +272,44 @@ def log_tail(path: Union[str, Path], lines: int = 15, missing: str = "(no log)")
         return missing
 
 
+def open_log(path: "str | Path", mode: int = 0o600) -> int:
+    """A descriptor appending to the daemon's log ``path``, created ``mode``; refused (an
+    ``OSError`` naming the path and why) when ``path`` is a symbolic link, not a regular file,
+    owned by another user or hard-linked elsewhere.
+
+    ``open(path, "ab")`` followed a link planted at the path (in a shared log folder, or
+    ``<cache-dir>/logs``) and ``chmod`` by path changed the target's mode: the mount, often
+    run by root, appended its log to any file the link named and made it 0600.  ``O_NOFOLLOW``
+    refuses the link; the checks on the opened file (``fstat``) refuse a file someone else
+    made there beforehand, who could read or change what the mount logs, or a hard link to
+    another file; the mode is set on the descriptor, never by path."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        # O_NONBLOCK: a FIFO planted there must not hang the open (refused below)
+        fd = os.open(path, flags | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, f"log file {path} is a symbolic link: refused") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        why = ""
+        if not stat.S_ISREG(st.st_mode):
+            why = "is not a regular file"
+        elif st.st_uid != os.geteuid():
+            why = f"is owned by uid {st.st_uid}, not by you"
+        elif st.st_nlink != 1:
+            why = f"has {st.st_nlink} hard links"
+        if why:
+            raise OSError(errno.EPERM, f"log file {path} {why}: refused")
+        os.set_blocking(fd, True)
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class MountFailed(Exception):
     """The daemon exited, or its mount did not answer by the deadline; ``str()`` says which,
     with the tail of its log."""
@@ -304,9 +343,9 @@ class MountDaemon:
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self) -> "MountDaemon":
-        with open(self.log_path, "ab") as log_fh:
-            if self.log_mode is not None:
-                os.chmod(self.log_path, self.log_mode)
+        """Spawn the daemon; ``OSError`` when the log file is refused (``open_log``)."""
+        log_fd = open_log(self.log_path, self.log_mode if self.log_mode is not None else 0o600)
+        with os.fdopen(log_fd, "ab") as log_fh:
             self.proc = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.PIPE,

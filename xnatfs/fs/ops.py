@@ -261,6 +261,10 @@ class XnatOperations(mfusepy.Operations):
     def _stat(self, node: Any) -> Dict[str, int]:
         mtime = self.runtime.tree.mtime_ns(node)
         perm = self._modes[node.is_dir]
+        if getattr(node, "private", False):
+            # .xnatfs/ is the owner's (docs/SECURITY.md): with allow_other the kernel then
+            # refuses it to everyone else, whatever the archive's modes
+            perm &= 0o700
         if node.is_dir:
             mode, nlink = stat.S_IFDIR | perm, 2
         else:
@@ -413,6 +417,8 @@ class XnatOperations(mfusepy.Operations):
         # folder's listing (expired since the lookup) and each load took a fresh --timeout
         with deadline.scope(tree.fs_timeout):
             node = tree.lookup(path)
+            if getattr(node, "private", False):
+                self._owner_only(path)
             handle = tree.open(node, path)
         self._add_handle(handle, fi)
         if hasattr(fi, "noflush"):
@@ -524,6 +530,14 @@ class XnatOperations(mfusepy.Operations):
         if tree is not None and tree.read_only(path):  # a view mounted under a name (.bids)
             raise OSError(errno.EROFS, "a read-only view", path)
         return writer
+
+    def _owner_only(self, path: str) -> None:
+        """A file shown to the owner only (``.xnatfs/``): the kernel refuses the others
+        (default_permissions, mode 0600); this holds even if a mount lets others in without
+        it.  Root may (it reads the cache directory anyway)."""
+        caller = mfusepy.fuse_get_context()[0]
+        if caller not in (os.getuid(), self._uid, 0):
+            raise OSError(errno.EACCES, f"uid {caller}: the mount owner's file", path)
 
     def _add_handle(self, handle: Any, fi: Any) -> int:
         with self._handles_lock:

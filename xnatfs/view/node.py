@@ -89,6 +89,9 @@ class NodeInfo:
     #: the top-level mount name of the layout the node belongs to ("" for the main layout);
     #: set by the engine on every node ``Engine.lookup`` returns
     mount: str = field(default="", compare=False)
+    #: shown to the mount's owner only (permission bits ``& 0o700``, ``fs/ops``): the mount's
+    #: own control files (``.xnatfs/``), which tell what the owner does, not the archive
+    private: bool = False
 
     @property
     def record(self) -> Any:

@@ -331,11 +331,17 @@ def looks_like_html(body: bytes) -> bool:
     return head.startswith(_HTML_START)
 
 
+#: how much of an HTML answer is looked at for the login form: a real login page has a long
+#: head (scripts, styles) before it; a streamed download holds this much back to decide
+LOGIN_PAGE_WINDOW = 65536
+
+
 def looks_like_login_page(body: bytes) -> bool:
-    """An HTML body that is XNAT's login form (the 200-with-a-login-page trap, §5.1)."""
+    """An HTML body that is XNAT's login form (the 200-with-a-login-page trap, §5.1); looks at
+    the first ``LOGIN_PAGE_WINDOW`` bytes."""
     if not looks_like_html(body):
         return False
-    low = body[:65536].lower()
+    low = body[:LOGIN_PAGE_WINDOW].lower()
     # a Restlet error status page carries <h3>; a login page has a form and the word login
     if b"status page" in low and b"<h3>" in low:
         return False
@@ -552,12 +558,74 @@ def uri_problem(raw: str) -> str:
     return ""
 
 
+def _canonical_object(path: str) -> List[str]:
+    """The segments of an object path (raw, as XNAT writes it) in one spelling, so that the
+    forms XNAT answers for one object compare equal (docs/XNAT-API.md §1.8, ``FileList`` and
+    ``XNATCatalogTemplate.getBaseURI``): a context path or ``/REST`` before ``/data``, an
+    ``/archive`` after it, an experiment below ``/projects/P[/subjects/S]`` (XNAT finds it by
+    its ID, the project names none of it) as ``/data/experiments/E``, and an assessor's type
+    folder (``.../assessors/A/out``, which XNAT adds) left out."""
+    path = _strip_context(path)
+    if path.startswith("/REST/"):
+        path = "/data/" + path[len("/REST/") :]
+    segs = path.strip("/").split("/")
+    if segs[1:2] == ["archive"]:
+        del segs[1]
+    if (
+        len(segs) >= 7
+        and segs[1] == "projects"
+        and segs[3] == "subjects"
+        and segs[5] == "experiments"
+    ):
+        segs = ["data", "experiments"] + segs[6:]
+    elif len(segs) >= 5 and segs[1] == "projects" and segs[3] == "experiments":
+        segs = ["data", "experiments"] + segs[4:]
+    if len(segs) == 6 and segs[1] == "experiments" and segs[3] == "assessors":
+        if segs[5] in ("out", "in"):
+            segs = segs[:5]
+    return segs
+
+
+def outside_listing(raw: str, listed_in: str) -> str:
+    """Why a listed file URI (``raw``, as the server wrote it) is not a file of the resource
+    it was listed in (``listed_in``, the URI xnatfs asked for ``/files`` of), or "".
+
+    The server could name any file it serves under the same session: project A's listing
+    naming ``/data/projects/B/.../files/secret`` showed B's bytes as A's file, and ``rm`` of it
+    (``--allow-delete``) would delete B's.  The object above ``/resources/`` must be the
+    listed one (in any of its spellings, ``_canonical_object``) and the resource the listed
+    one, except when xnatfs knows it by its label only (XNAT's URIs carry the number:
+    prearchive rows, one made on this mount), where any resource of that object will do.  A
+    segment ``ALL`` in ``listed_in`` (``.../scans/ALL``: every scan's files in one request)
+    stands for any one segment, the resource then any."""
+    m = _RESOURCE_FILES_RE.search(_strip_context(raw.split("?", 1)[0]))
+    if m is None:
+        return ""  # uri_problem's case
+    path = _strip_context(raw.split("?", 1)[0])
+    got = _canonical_object(path[: m.start()])
+    got_resource = path[m.start() :].split("/")[2]
+    listed = "/".join(unquote(seg) for seg in listed_in.rstrip("/").split("/"))
+    head, sep, resource = listed.rpartition("/resources/")
+    if not sep or "/" in resource:
+        head, resource = listed, ""
+    want = _canonical_object(head)
+    same = len(got) == len(want) and all(w in (g, "ALL") for g, w in zip(got, want))
+    if not same:
+        return "file URI is not under the object it was listed in"
+    if resource.isdigit() and resource != got_resource:
+        return "file URI is not in the resource it was listed in"
+    return ""
+
+
 def file_from_row(row: Row, resource_uri: str = "") -> FileEntry:
     """A files-listing row (§1.8).  ``URI`` is taken verbatim; only when a server sends none
-    (never seen) is it built from ``resource_uri`` and ``Name``.  A row with a bad size or a
-    URI that leaves ``/data/`` comes back with ``problem`` set: it is listed, never fetched."""
+    (never seen) is it built from ``resource_uri`` and ``Name``.  A row with a bad size, a URI
+    that leaves ``/data/`` or one outside ``resource_uri`` (the resource it was listed in)
+    comes back with ``problem`` set: it is listed, never fetched."""
     raw = row.get("URI", "")
     problem = uri_problem(raw) if raw else ""
+    if raw and resource_uri and not problem:
+        problem = outside_listing(raw, resource_uri)
     uri = raw if problem else _strip_context(raw)  # refused ones shown as sent
     if not uri:
         name = row.get("Name", "")

@@ -42,6 +42,36 @@ __all__ = ["Transfer"]
 log = logging.getLogger("xnatfs.xnat.client")
 
 
+class _HtmlHead:
+    """The first bytes of an answer that may be the login page, held back until it is known:
+    ``feed`` returns what may go to the sink now, ``end`` what is left when the body ends;
+    ``login_page`` is set when it was the page (nothing of it is passed on).
+
+    Only the first chunk was looked at before: a real login page starts with a long head
+    (scripts, styles) and is sent chunked, so its form came in a later chunk and the page was
+    taken for the file's bytes (EIO at the size check, never a re-login).  Now up to
+    ``parse.LOGIN_PAGE_WINDOW`` bytes are held (bounded: one window plus one chunk), only for
+    an HTML answer without ``Content-Disposition``."""
+
+    def __init__(self, active: bool) -> None:
+        self.active, self.held, self.login_page = active, b"", False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self.active:
+            return chunk
+        self.held += chunk
+        return b"" if len(self.held) < parse.LOGIN_PAGE_WINDOW else self._decide()
+
+    def end(self) -> bytes:
+        return self._decide() if self.active else b""
+
+    def _decide(self) -> bytes:
+        self.active = False
+        held, self.held = self.held, b""
+        self.login_page = parse.looks_like_login_page(held)
+        return b"" if self.login_page else held
+
+
 class Transfer(Transport):
     """Download and upload calls of :class:`~xnatfs.xnat.client.XnatClient`."""
 
@@ -122,25 +152,22 @@ class Transfer(Transport):
                         sock.shutdown(socket.SHUT_RDWR)  # close() has run: read nothing more
                     except OSError:
                         pass
+            head = _HtmlHead(self._may_be_login_page(resp))
             try:
                 chunks = resp.iter_content(opts.chunk_size)
-                first = True
-                while True:
+                ended = False
+                while not ended:
                     try:
-                        chunk = next(chunks)
+                        chunk = head.feed(next(chunks))
                     except StopIteration:
-                        break
+                        chunk, ended = head.end(), True
                     except Exception as exc:  # noqa: BLE001 - translation boundary for the body
                         failure = _translate(exc, "GET", url, self._timeout)
                         break
-                    if first:
-                        first = False
-                        if self._is_login_body(resp, chunk):
-                            login_page = True
-                            failure = NotXnatResponse(
-                                "GET", url, 200, "login page instead of the file"
-                            )
-                            break
+                    if head.login_page:
+                        login_page = True
+                        failure = NotXnatResponse("GET", url, 200, "login page instead of the file")
+                        break
                     if chunk:
                         received += len(chunk)
                         self._stats.bytes_in(len(chunk))
@@ -172,13 +199,11 @@ class Transfer(Transport):
             raise failure
 
     @staticmethod
-    def _is_login_body(resp: requests.Response, first_chunk: bytes) -> bool:
-        """A 200 HTML login page where a file was expected.  A real ``.html`` file comes with
-        ``Content-Disposition`` (§3.1); the login page does not."""
+    def _may_be_login_page(resp: requests.Response) -> bool:
+        """Could this 200 answer be the HTML login page where a file was expected?  A real
+        ``.html`` file comes with ``Content-Disposition`` (§3.1); the login page does not."""
         ctype = resp.headers.get("Content-Type", "").lower()
-        if "html" not in ctype or resp.headers.get("Content-Disposition"):
-            return False
-        return parse.looks_like_login_page(first_chunk)
+        return "html" in ctype and not resp.headers.get("Content-Disposition")
 
     # ---------------------------------------------------------------- writes (never retried)
 

@@ -137,7 +137,7 @@ def load_root(src: Source, node: NodeInfo) -> Listing:
 def control_node(epoch: float) -> NodeInfo:
     """``MNT/.xnatfs``: answers without the root listing (stats must answer while XNAT does
     not)."""
-    return NodeInfo(name=CONTROL_NAME, kind=Kind.CONTROL, is_dir=True, mtime=epoch)
+    return NodeInfo(name=CONTROL_NAME, kind=Kind.CONTROL, is_dir=True, mtime=epoch, private=True)
 
 
 def control_listing(epoch: float) -> Listing:
@@ -151,6 +151,9 @@ def control_listing(epoch: float) -> Listing:
                 is_dir=False,
                 mtime=epoch,
                 ref=Generated(what, None, sized=False),
+                # the cache directory, upload paths and their last errors, what the owner's
+                # programs do: not for the other users an allow_other mount lets in
+                private=True,
             )
         )
     return listing
