@@ -111,7 +111,7 @@ class UploadPath(LocalOverlay):
             log.info("write %s: empty file not uploaded (XNAT cannot store empty files)", path)
             lf.dirty = False
             return None
-        entry = self.journal.add(lf.spool, lf.target, path, digest=False)
+        entry = self.journal.add(lf.spool, lf.target, path, digest=False, mtime_ns=lf.mtime_ns)
         with self._lock:
             lf.spool = None
             lf.entry = entry
@@ -177,10 +177,12 @@ class UploadPath(LocalOverlay):
         """XNAT has the bytes of ``entry`` as the listing row ``listed``: the time the file
         showed while local (its last write, or what ``utimens`` set) sticks to it, so that
         ``make`` and ``rsync -t`` see the time they expect, not the object's."""
+        # the journal's record, not the uploader's copy: a utimens may have come since
+        recorded = self.journal.get(entry.id) or entry
         with self._lock:
             lf = self._files.get(split_path(entry.path))
             mine = lf is not None and lf.entry is not None and lf.entry.id == entry.id
-            mtime_ns = lf.mtime_ns if mine and lf is not None else int(entry.created * 1e9)
+            mtime_ns = lf.mtime_ns if mine and lf is not None else recorded.shown_mtime_ns
         self._keep_time(listed, mtime_ns, getattr(listed, "mtime", None))
 
     def _remember_time(self, node: NodeInfo, mtime_ns: int) -> None:
@@ -196,16 +198,41 @@ class UploadPath(LocalOverlay):
     def set_mtime(self, path: str, mtime_ns: int) -> None:
         """``utimens``: a local file takes the time now (and keeps it when it lands); a file
         on XNAT keeps it in the cache's times index; directories accept it and keep nothing
-        (their times are XNAT's objects')."""
+        (their times are XNAT's objects').  A pending file's time goes into its journal
+        record too (``Journal.set_mtime``): kept in memory only, a restart before the upload
+        lost it (``cp -p`` or ``rsync -a`` while XNAT was down)."""
         parts = split_path(path)
         with self._lock:
             lf = self._files.get(parts)
             if lf is not None:
                 lf.mtime_ns = mtime_ns
-                return
+                entry = lf.entry
+        if lf is not None:
+            if entry is not None:
+                self._record_mtime(lf, entry, mtime_ns)
+            return
         node = self.tree.lookup(path)
         if node.kind is Kind.FILE and not node.prearchive and not node.is_dir:
             self._remember_time(node, mtime_ns)
+
+    def _record_mtime(self, lf: LocalFile, entry: Entry, mtime_ns: int) -> None:
+        """The time of ``lf`` into its journal record ``entry``; when XNAT confirmed that one
+        just now (gone from the journal), into the times index with its bytes' identity, as
+        ``_landed`` would have had it a moment later.  A failed write (a full disk) keeps the
+        time in memory, for this mount, with one line."""
+        try:
+            self.journal.set_mtime(entry.id, mtime_ns)
+        except KeyError:
+            if entry.md5 and lf.target.is_file:
+                times = getattr(self.tree, "times", None)
+                if times is not None:
+                    times.set(lf.target.file_uri, entry.size, entry.md5, mtime_ns)
+        except OSError as exc:
+            log.warning(
+                "utimens %s: the time holds until unmount, not kept in the journal: %s",
+                join_path(lf.parts),
+                exc,
+            )
 
     def _spool_same(self, spool: SpoolFile, node: NodeInfo) -> bool:
         """Do the spool's bytes have the size and MD5 the listing gives for ``node``?  With

@@ -132,7 +132,7 @@ class Writer(Namespace):
                         entry.target,
                         entry=entry,
                         state=entry.state,
-                        mtime_ns=int(entry.created * 1e9),
+                        mtime_ns=entry.shown_mtime_ns,
                     )
                 )
         self.uploader.start()

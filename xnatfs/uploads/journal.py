@@ -5,7 +5,8 @@ One entry = a data file plus a JSON sidecar (rclone ``vfscache`` item ``Info``):
     directory/                 0700
         <id>.data              0600  the bytes to upload (renamed in from the spool)
         <id>.json              0600  the sidecar: id, seq, target, path, size, md5, created,
-                                     tries, next_attempt, last_error, state (+ source, see below)
+                                     tries, next_attempt, last_error, state, mtime_ns
+                                     (+ source, see below)
         .<id>.json.<rnd>.tmp         a sidecar being written (fsspec ``atomic_write``)
 
 Every sidecar write goes to a temp file in the same directory, is fsynced, moved into place with
@@ -125,6 +126,10 @@ class Entry:
     last_error: str = ""
     #: pending | uploading | failed | done
     state: str = PENDING
+    #: the file's mtime in nanoseconds (its last write, or what ``utimens`` set: ``cp -p``,
+    #: ``rsync -a``), shown while it is pending and kept once it lands; 0 in sidecars of
+    #: earlier versions (``created`` stands in).  Changed only by :meth:`Journal.set_mtime`
+    mtime_ns: int = 0
     #: where the bytes are now (not stored in the sidecar; the journal sets it)
     data_path: str = field(default="", compare=False)
 
@@ -158,8 +163,14 @@ class Entry:
             next_attempt=float(doc.get("next_attempt", 0.0)),
             last_error=str(doc.get("last_error", "")),
             state=state,
+            mtime_ns=int(doc.get("mtime_ns", 0) or 0),
             data_path=data_path,
         )
+
+    @property
+    def shown_mtime_ns(self) -> int:
+        """The time the file shows: ``mtime_ns``, or ``created`` for an older sidecar."""
+        return self.mtime_ns or int(self.created * 1e9)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -293,22 +304,21 @@ class Journal:
         target: Union[UploadTarget, Mapping[str, Any]],
         path: str,
         digest: bool = True,
+        mtime_ns: int = 0,
     ) -> Entry:
         """Take ownership of the bytes in ``spool`` (a closed-or-open ``SpoolFile`` or a path)
-        as a new pending entry uploading to ``target`` for mount path ``path``.
-
-        The file is moved, not copied (os.rename; same filesystem expected, a copy is the
-        EXDEV fallback). The entry is durable before this returns. On ``OSError`` (ENOSPC
-        writing the sidecar, ...) no entry exists and the bytes are still at the spool path.
+        as a new pending entry uploading to ``target`` for mount path ``path``, whose time is
+        ``mtime_ns`` (its last write or ``utimens``).  The file is moved, not copied
+        (os.rename; same filesystem expected, a copy is the EXDEV fallback). The entry is
+        durable before this returns. On ``OSError`` (ENOSPC writing the sidecar, ...) no
+        entry exists and the bytes are still at the spool path.
         A ``SpoolFile`` is fsynced first and closed once the entry holds its bytes; when this
         raises, an open one stays open (closed, its file showed no bytes, and a later write
-        began a fresh spool: zeros uploaded in place of what was written before).
-
-        With ``digest`` False the entry's ``md5`` is left empty (reading a large file once
+        began a fresh spool: zeros uploaded in place of what was written before).  With
+        ``digest`` False the entry's ``md5`` is left empty (reading a large file once
         more just to hash it is as slow as uploading it): whoever uploads it computes the MD5
         beside the upload and stores it with :meth:`update`.  The bytes are fsynced before the
-        sidecar exists either way, so ``reload`` can always compute it from them.
-        """
+        sidecar exists either way, so ``reload`` can always compute it from them."""
         spool_file: Optional[SpoolFile] = None
         if isinstance(spool, SpoolFile):
             spool_file = spool
@@ -332,6 +342,7 @@ class Journal:
             md5=md5,
             created=time.time(),
             seq=self._next_seq(),
+            mtime_ns=int(mtime_ns),
         )
         entry = dataclasses.replace(entry, data_path=self._data_path(entry.id))
         with self._write_lock:
@@ -389,12 +400,34 @@ class Journal:
 
     def update(self, entry: Entry) -> Entry:
         """Store a new version of an entry (durably). Raises KeyError if the entry is no longer
-        in the journal (removed meanwhile): a removed entry is never brought back."""
+        in the journal (removed meanwhile): a removed entry is never brought back.
+
+        The entry's ``mtime_ns`` stays the journal's (:meth:`set_mtime` changes it): callers
+        store copies taken earlier (the uploader's, made before its attempt), and such a copy
+        wrote back the time the file had before a ``utimens`` that came meanwhile."""
         with self._write_lock:
             with self._lock:
-                if entry.id not in self._entries:
+                current = self._entries.get(entry.id)
+                if current is None:
                     raise KeyError(entry.id)
-            entry = dataclasses.replace(entry, data_path=self._data_path(entry.id))
+            entry = dataclasses.replace(
+                entry, data_path=self._data_path(entry.id), mtime_ns=current.mtime_ns
+            )
+            self._write_sidecar(entry)
+            with self._lock:
+                self._locked_insert(entry)
+        return entry
+
+    def set_mtime(self, entry_id: str, mtime_ns: int) -> Entry:
+        """Store the file's time (``utimens`` of a pending file) durably, so that it shows
+        after a restart and sticks when the file lands; raises as ``update``.  Before, the
+        time lived in memory only, and a crash or remount before the upload lost it."""
+        with self._write_lock:
+            with self._lock:
+                current = self._entries.get(entry_id)
+                if current is None:
+                    raise KeyError(entry_id)
+            entry = dataclasses.replace(current, mtime_ns=int(mtime_ns))
             self._write_sidecar(entry)
             with self._lock:
                 self._locked_insert(entry)
