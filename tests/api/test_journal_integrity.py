@@ -6,6 +6,9 @@ disk as a kill -9 at a given step leaves it; the next ``Runtime`` on the same ca
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import requests
@@ -14,6 +17,8 @@ from tests.conftest import ADMIN
 from tests.mount.helpers import wait_for
 from xnatfs.options import Options
 from xnatfs.runtime import Runtime
+from xnatfs.uploads import journal as journal_mod
+from xnatfs.uploads.journal import Journal
 from xnatfs.xnat.auth import Credentials
 
 PROTOCOLS = "/DEMO1/resources/protocols/files"
@@ -111,3 +116,125 @@ def test_a_time_set_while_the_uploader_holds_the_entry_is_not_reverted(runtimes)
     wait_for(lambda: not rt.writer.status(), 30, what="the resumed upload")
     rt.tree.invalidate(PROTOCOLS)
     assert rt.tree.mtime_ns(rt.tree.lookup(path)) == SET_NS
+
+
+class Crash(BaseException):
+    """The process dies here (BaseException: ``except OSError`` cleanups do not run)."""
+
+
+class CrashingOs:
+    """Stands in for ``os`` in journal.py: the k-th mutating call dies instead of running
+    (as ``tests/unit/test_journal.py`` does for add, update and remove)."""
+
+    MUTATING = {"open", "write", "fsync", "replace", "rename", "unlink", "fchmod"}
+
+    def __init__(self, crash_at: int) -> None:
+        self.crash_at = crash_at
+        self.calls = 0
+
+    def __getattr__(self, name):
+        real = getattr(os, name)
+        if name not in self.MUTATING:
+            return real
+
+        def wrapper(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self.crash_at:
+                raise Crash(f"killed at {name}{args[:1]}")
+            return real(*args, **kwargs)
+
+        return wrapper
+
+
+def crashed_at(monkeypatch, k, action) -> bool:
+    """Run ``action`` with the journal's k-th mutating call killed; True if it was."""
+    monkeypatch.setattr(journal_mod, "os", CrashingOs(k))
+    try:
+        action()
+        return False
+    except Crash:
+        return True
+    finally:
+        monkeypatch.setattr(journal_mod, "os", os)
+
+
+def after_restart(writer, tmp_path, k):
+    """What the next mount finds: a copy of the journal as the crash left it, reloaded (the
+    live runtime goes on beside it, its retries far off)."""
+    copy = tmp_path / f"journal-after-crash-{k}"
+    shutil.copytree(writer.journal.directory, copy)
+    journal = Journal(copy)
+    journal.reload()
+    return {
+        path: [Path(e.data_path).read_bytes() for e in journal.versions_for(path)]
+        for path in journal.by_path()
+    }
+
+
+def held_back(writer):
+    """Closed files of temporary names wait for their rename, here for an hour: versions
+    pending in the journal while XNAT answers (its listings keep working)."""
+    writer.temp_delay = 3600.0
+
+
+def write_version(writer, path, data):
+    handle = writer.create(path)
+    handle.write(0, data)
+    handle.close()  # a temporary name: journalled, its upload held back
+
+
+def test_a_crash_at_any_step_of_rm_never_brings_an_older_version_back(
+    make_runtime, tmp_path, monkeypatch
+):
+    """rm of a file with two versions pending, killed at each step of the journal's work in
+    turn.  rm dropped the newest version first, then the older ones: killed in between, the
+    next mount showed the name again with the FIRST version's bytes, a version the user had
+    overwritten and then removed.  Now the older versions go first: a kill leaves the name
+    as it was (rm not done: its newest bytes) or gone, never older bytes."""
+    rt = make_runtime()
+    writer = rt.writer
+    held_back(writer)
+    bad, points = [], 0
+    for k in range(1, 40):
+        path = f"{PROTOCOLS}/rm{k}.tmp"
+        write_version(writer, path, b"first version\n")
+        write_version(writer, path, b"second version\n")
+        if not crashed_at(monkeypatch, k, lambda path=path: writer.unlink(path)):
+            break
+        points += 1
+        found = after_restart(writer, tmp_path, k).get(path, [])
+        if found and found[-1] != b"second version\n":  # the name shows its newest
+            bad.append((k, found))
+    assert points >= 4, "the crash should have stopped rm at several points"
+    assert bad == []  # before: the first version back after a kill at steps 3 to 5
+
+
+def test_a_crash_at_any_step_of_rename_leaves_one_name(make_runtime, tmp_path, monkeypatch):
+    """A file with two versions pending renamed over another pending file (a log rotated
+    over the previous rotation while XNAT was down), killed at each step of the journal's
+    work in turn.  The rename moved the newest version, then dropped the old name's older
+    version and the file renamed over: killed in between, the next mount showed both names
+    (the old one with the FIRST version's bytes), and kept the replaced file's bytes as a
+    version of the new name, uploaded before the renamed one.  Now the renamed record
+    names what it replaces (one write, ``Journal.renamed(supersedes=...)``): a kill leaves
+    the rename not done, or done, nothing in between."""
+    rt = make_runtime()
+    writer = rt.writer
+    held_back(writer)
+    first, second, other = b"first version\n", b"second version\n", b"renamed over\n"
+    bad, points = [], 0
+    for k in range(1, 60):
+        old, new = f"{PROTOCOLS}/log{k}.tmp", f"{PROTOCOLS}/log{k}.part"
+        write_version(writer, new, other)
+        write_version(writer, old, first)
+        write_version(writer, old, second)
+        if not crashed_at(monkeypatch, k, lambda old=old, new=new: writer.rename(old, new)):
+            break
+        points += 1
+        found = after_restart(writer, tmp_path, k)
+        not_done = found.get(old, [])[-1:] == [second] and found.get(new) == [other]
+        done = old not in found and found.get(new) == [second]
+        if not (not_done or done):
+            bad.append((k, found.get(old), found.get(new)))
+    assert points >= 4, "the crash should have stopped the rename at several points"
+    assert bad == []

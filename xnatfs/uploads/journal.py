@@ -22,6 +22,9 @@ the directory. A kill -9 at any point leaves one of:
   (roll forward), so the entry is complete;
 - a complete entry.
 
+``renamed`` writes the renamed sidecar with ``supersedes``, the ids of the entries its rename
+replaces, then removes those: ``reload`` drops any that a crash left, so the rename is one step.
+
 ``remove`` deletes the data file first, then the sidecar. So a sidecar without a data file whose
 ``source`` is gone is an interrupted remove (or an add whose source vanished) and ``reload``
 drops it: no bytes are lost that way. A data file without a sidecar cannot come from our own
@@ -57,7 +60,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Set, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Union
 
 from xnatfs.uploads.spool import SpoolFile
 from xnatfs.uploads.target import UploadTarget
@@ -92,6 +95,8 @@ _DATA = ".data"
 _SIDECAR = ".json"
 _TMP = ".tmp"
 _VERSION = 1
+#: sidecar key of a renamed entry: ids of the entries its rename replaced (``renamed``)
+_SUPERSEDES = "supersedes"
 _CHUNK = 1 << 20
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -434,18 +439,49 @@ class Journal:
         return entry
 
     def renamed(
-        self, entry: Entry, target: Union[UploadTarget, Mapping[str, Any]], path: str
+        self,
+        entry: Entry,
+        target: Union[UploadTarget, Mapping[str, Any]],
+        path: str,
+        supersedes: Sequence[Entry] = (),
     ) -> Entry:
         """Store ``entry`` under a new name: its ``target`` and mount ``path``, and a fresh
         ``seq``, so it is the newest version of that name, as the rename that made it is the
         newest change to it.  With its old number a version of the name written before the
         rename (pending, or left by a crash between the rename and that version's removal)
-        counted as newer, and its bytes won over the renamed file's.  Raises as ``update``."""
-        return self.update(
-            dataclasses.replace(
-                entry, target=UploadTarget.coerce(target), path=path, seq=self._next_seq()
+        counted as newer, and its bytes won over the renamed file's.  Raises as ``update``.
+
+        ``supersedes``: the records the rename replaces (older versions of the old name, the
+        versions of the file renamed over); they leave the journal with it.  Their ids go into
+        the renamed sidecar, whose one atomic write is the rename's commit point, and
+        ``reload`` drops any of them a crash left on disk.  Removed one by one after it, a
+        crash in between left both names (the old one with older bytes) at the next mount."""
+        with self._write_lock:
+            with self._lock:
+                current = self._entries.get(entry.id)
+                if current is None:
+                    raise KeyError(entry.id)
+            new = dataclasses.replace(
+                entry,
+                target=UploadTarget.coerce(target),
+                path=path,
+                seq=self._next_seq(),
+                data_path=self._data_path(entry.id),
+                mtime_ns=current.mtime_ns,
             )
-        )
+            gone = [e for e in supersedes if e.id != entry.id]
+            extra = {_SUPERSEDES: sorted(e.id for e in gone)} if gone else {}
+            self._write_sidecar(new, **extra)
+            with self._lock:
+                self._locked_insert(new)
+            for old in gone:
+                try:
+                    self.remove(old)
+                except OSError as exc:  # the sidecar written above drops it at the next reload
+                    log.warning("journal: superseded entry %s stays on disk: %s", old.id, exc)
+                    with self._lock:
+                        self._locked_drop(old.id)
+        return new
 
     def remove(self, entry: Entry) -> None:
         """Delete an entry's data file, then its sidecar (the order ``reload`` relies on).
@@ -518,6 +554,7 @@ class Journal:
                     log.info("journal: removing temp file %s left by a crash", name)
                     _unlink_quietly(os.path.join(self.directory, name))
             names = set(os.listdir(self.directory))
+            self._drop_superseded(names)
             orphans: List[str] = []
             for name in sorted(names):
                 if name.endswith(_SIDECAR):
@@ -533,6 +570,19 @@ class Journal:
         if found:
             log.info("journal %s: %d upload(s) to resume", self.directory, len(found))
         return found
+
+    def _drop_superseded(self, names: Set[str]) -> None:
+        """Remove the entries that a rename replaced (``renamed``) and a crash left on disk:
+        the renamed sidecar names them.  Caller holds self._write_lock."""
+        for entry_id in sorted(_superseded_ids(self.directory, names)):
+            if entry_id + _SIDECAR not in names and entry_id + _DATA not in names:
+                continue
+            log.info("journal: dropping %s, replaced by a rename a crash interrupted", entry_id)
+            _unlink_missing_ok(self._data_path(entry_id))
+            _unlink_missing_ok(self._sidecar_path(entry_id))
+            names.discard(entry_id + _DATA)
+            names.discard(entry_id + _SIDECAR)
+        _fsync_dir(self.directory)
 
     def _reload_sidecar(self, entry_id: str, names: Set[str], orphans: List[str]) -> None:
         """Rebuild one entry from its sidecar after a restart.  Caller holds self._write_lock.
@@ -656,6 +706,23 @@ def _unlink_missing_ok(path: str) -> None:
         pass
 
 
+def _superseded_ids(directory: str, names: Iterable[str]) -> Set[str]:
+    """Ids that the renamed sidecars among ``names`` say their renames replaced."""
+    found: Set[str] = set()
+    for name in names:
+        if not name.endswith(_SIDECAR) or name.startswith("."):
+            continue
+        try:
+            with open(os.path.join(directory, name), "rb") as fh:
+                doc = json.load(fh)
+        except (OSError, ValueError):
+            continue  # an unreadable sidecar is _reload_sidecar's to keep
+        ids = doc.get(_SUPERSEDES) if isinstance(doc, dict) else None
+        if isinstance(ids, list):
+            found.update(str(i) for i in ids)
+    return found
+
+
 def read_entries(directory: PathLike) -> List[Entry]:
     """The entries of a journal no process has open, read without changing anything (what
     ``xnatfs umount`` reports as not on XNAT yet, after the daemon exited): no crash repair,
@@ -667,10 +734,13 @@ def read_entries(directory: PathLike) -> List[Entry]:
     except FileNotFoundError:
         return []
     found = []
+    superseded = _superseded_ids(directory, names)
     for name in names:
         if not name.endswith(_SIDECAR) or name.startswith("."):
             continue
         entry_id = name[: -len(_SIDECAR)]
+        if entry_id in superseded:
+            continue  # replaced by a rename: the next mount drops it
         try:
             with open(os.path.join(directory, name), "rb") as fh:
                 doc = json.load(fh)
