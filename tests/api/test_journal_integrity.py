@@ -6,6 +6,7 @@ disk as a kill -9 at a given step leaves it; the next ``Runtime`` on the same ca
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -14,12 +15,16 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN
-from tests.mount.helpers import wait_for
+from tests.mount.helpers import dicom_zip, wait_for
+from xnatfs.fs.errmap import errno_for
 from xnatfs.options import Options
 from xnatfs.runtime import Runtime
+from xnatfs.tree.uploading import _import_not_taken
 from xnatfs.uploads import journal as journal_mod
 from xnatfs.uploads.journal import Journal
+from xnatfs.uploads.retry import classify_text
 from xnatfs.xnat.auth import Credentials
+from xnatfs.xnat.errors import BadRequest, ServerError, Unreachable, XnatTimeout
 
 PROTOCOLS = "/DEMO1/resources/protocols/files"
 PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
@@ -238,3 +243,79 @@ def test_a_crash_at_any_step_of_rename_leaves_one_name(make_runtime, tmp_path, m
             bad.append((k, found.get(old), found.get(new)))
     assert points >= 4, "the crash should have stopped the rename at several points"
     assert bad == []
+
+
+def prearchive_sessions(emu, project="DEMO1"):
+    r = requests.get(
+        f"{emu.url}/data/prearchive/projects/{project}",
+        params={"format": "json"},
+        auth=ADMIN,
+        timeout=30,
+    )
+    r.raise_for_status()
+    return sorted(row["url"] for row in r.json()["ResultSet"]["Result"])
+
+
+def import_posts(emu, mark):
+    return [p for m, p, *_ in emu.since(mark) if m == "POST" and "/services/import" in p]
+
+
+def test_an_import_whose_answer_was_lost_is_not_sent_again(make_runtime, tmp_path):
+    """A DICOM zip copied into the prearchive while XNAT answers slower than the read
+    timeout: XNAT imports it, the mount's POST times out.  The retries sent the archive
+    again (a timeout is transient), and each POST XNAT took made one more session: the
+    prearchive held it twice or more.  An import whose answer was lost is sent once; the
+    file is kept as failed, its error says what happened and that it was not sent again."""
+    rt = make_runtime(read_timeout=1.0)
+    writer, emu = rt.writer, rt.emu
+    writer.uploader.base_delay = writer.uploader.max_delay = 0.2  # quick retries
+    zpath = tmp_path / "study.zip"
+    dicom_zip(zpath, "LOSTANSWER")
+    before = prearchive_sessions(emu)
+    mark = emu.mark()
+    path = "/.prearchive/DEMO1/study.zip"
+    rt.tree.listdir("/.prearchive/DEMO1")
+    emu.faults.latency_ms = 2500  # XNAT takes it, after the mount stopped waiting
+    try:
+        handle = writer.create(path)
+        handle.write(0, zpath.read_bytes())
+        with pytest.raises(Exception) as err:
+            handle.flush()
+        handle.close()
+        assert errno_for(err.value) == errno.ETIMEDOUT  # what close() answers
+    finally:
+        emu.faults.latency_ms = 0
+    wait_for(lambda: len(prearchive_sessions(emu)) > len(before), 30, what="XNAT's import")
+    # what the retries would do, at once (0.2 s apart): before, a second POST, a second session
+    wait_for(lambda: [s["state"] for s in writer.status()] == ["failed"], 10, what="failed")
+    made = sorted(set(prearchive_sessions(emu)) - set(before))
+    assert len(made) == 1, made  # before: 2 or more
+    assert len(import_posts(emu, mark)) == 1
+    (status,) = writer.status()
+    # XNAT was still busy with it when the answer was lost: its listing could not say yet
+    assert "not sent again" in status["last_error"]
+    assert "sent at" in status["last_error"] and "timed out" in status["last_error"]
+    # kept across a restart: an older version's "failed" for a transient reason is queued
+    # again at start, this one is not
+    assert not classify_text(status["last_error"]).retry
+
+
+@pytest.mark.parametrize(
+    "error, not_taken",
+    [
+        (ServerError("POST", "u", 503), True),
+        (ServerError("POST", "u", 429), True),
+        (BadRequest("POST", "u", 400), True),
+        (Unreachable("POST", "u", None, "no connection within 5s"), True),
+        (Unreachable("POST", "u", None, "Failed to establish a new connection: refused"), True),
+        (ServerError("POST", "u", 500), False),
+        (ServerError("POST", "u", 502), False),
+        (ServerError("POST", "u", 504), False),
+        (XnatTimeout("POST", "u", None, "no data for 60s"), False),
+        (Unreachable("POST", "u", None, "connection broken: reset by peer"), False),
+        (OSError(errno.EPIPE, "Broken pipe"), False),
+    ],
+)
+def test_which_answers_of_an_import_say_xnat_did_not_take_it(error, not_taken):
+    """Only those are sent again; every other failure leaves the import unknown."""
+    assert _import_not_taken(error) is not_taken

@@ -26,6 +26,62 @@ from xnatfs.uploads.retry import classify
 log = logging.getLogger(__name__)
 
 
+#: words of a refused connection: nothing was sent (urllib3's and the client's texts)
+_NOT_CONNECTED = (
+    "no connection within",
+    "Failed to establish a new connection",
+    "Connection refused",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+)
+
+
+def _import_not_taken(exc: BaseException) -> bool:
+    """Does the failure of an import's POST say XNAT did not take the archive?  An answer
+    other than 500/502/504 (a 4xx refusal, a 503 or 429, a login page), no usable
+    credentials, or no connection at all.  Anything else (a timeout, a connection broken
+    after the body went, XNAT's 500, a proxy's 502/504) leaves it unknown."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "CredentialsError" in names:
+        return True
+    status = getattr(exc, "status", None)
+    if "XnatError" in names and isinstance(status, int):
+        return status not in (500, 502, 504)
+    return "Unreachable" in names and any(w in str(exc) for w in _NOT_CONNECTED)
+
+
+class ImportUnsure(OSError):
+    """An import's POST may have reached XNAT, and its answer was lost: not sent again (a
+    second POST makes a second session).  Kept as failed (``retryable`` False) with what is
+    known, for the user to check; ETIMEDOUT after a timeout, else EIO."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        entry: Entry,
+        why: str,
+        sent_at: float,
+        found: Optional[List[str]],
+        cause: Optional[BaseException] = None,
+    ) -> None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sent_at))
+        if found is None:
+            seen = "whether XNAT made a session could not be looked up"
+        elif found:
+            seen = f"XNAT lists there since then: {', '.join(found)}"
+        else:
+            seen = "XNAT lists no session there since then (yet)"
+        timed_out = cause is not None and "XnatTimeout" in {c.__name__ for c in type(cause).__mro__}
+        super().__init__(
+            errno.ETIMEDOUT if timed_out else errno.EIO,
+            f"import sent at {when}, its answer lost ({why}); XNAT may have imported it, so "
+            f"it is not sent again (a second import makes a second session); {seen}. "
+            "Check there; to import it again copy it out, rm it here and copy it in again",
+            entry.path,
+        )
+
+
 class UploadPath(LocalOverlay):
     """Commit to the journal, upload, and follow the uploader's changes of an entry."""
 
@@ -147,18 +203,68 @@ class UploadPath(LocalOverlay):
                     target.resource_uri, target.relpath, fh, entry.size, overwrite=target.overwrite
                 )
             elif target is not None and target.is_import:
-                uris = self.client.import_archive(
-                    fh,
-                    entry.size,
-                    project=target.project,
-                    subject=target.subject,
-                    dest=target.dest or None,
-                    content_type=target.content_type,
-                )
+                uris = self._import(entry, target, fh)
                 self._imported[entry.id] = uris
                 log.info("import %s: %s", entry.path, ", ".join(uris))
             else:
                 raise OSError(errno.EINVAL, f"unknown upload target {target!r}", entry.path)
+
+    def _import(self, entry: Entry, target: Any, fh: Any) -> List[str]:
+        """POST the archive to XNAT's import service, never twice while an answer is unknown.
+
+        XNAT's import has no idempotent form (``Importer.java``: no request key; docs/XNAT-
+        API.md §6): each POST it takes makes sessions, and a second one of the same archive
+        makes a second session (a second prearchive folder, or a CONFLICT entry beside the
+        archived one).  Before, a POST whose answer was lost (a timeout, a dropped
+        connection, a proxy's 502/504, or the mount killed meanwhile) was sent again by the
+        retries, and XNAT held the session twice.  Now the journal records each POST before
+        its first byte (``Journal.mark_sent``); one whose answer did not say "not taken" is
+        not sent again: the entry is kept as failed with a message saying what is known
+        (``ImportUnsure``: the sessions XNAT lists there since), for the user to check."""
+        recorded = self.journal.get(entry.id) or entry
+        if recorded.sent_at:
+            raise ImportUnsure(
+                entry,
+                "the mount stopped before XNAT's answer came (a crash or kill)",
+                recorded.sent_at,
+                self._sessions_since(target, recorded.sent_at),
+            )
+        sent_at = time.time()
+        self.journal.mark_sent(entry.id, sent_at)  # durable before the first byte goes
+        try:
+            return self.client.import_archive(
+                fh,
+                entry.size,
+                project=target.project,
+                subject=target.subject,
+                dest=target.dest or None,
+                content_type=target.content_type,
+            )
+        except Exception as exc:
+            if not _import_not_taken(exc):
+                raise ImportUnsure(
+                    entry, str(exc), sent_at, self._sessions_since(target, sent_at), exc
+                ) from exc
+            try:  # XNAT said it did not take it: a retry may send it again
+                self.journal.mark_sent(entry.id, 0.0)
+            except (KeyError, OSError):
+                pass  # the next attempt then reports it as unknown: never sent twice
+            raise
+
+    def _sessions_since(self, target: Any, since: float) -> Optional[List[str]]:
+        """URIs of the sessions XNAT lists at an import's destination as made or changed
+        since ``since`` (less a margin for the server's clock); None if it cannot say."""
+        try:
+            if target.dest.startswith("/prearchive"):
+                rows: List[Any] = list(self.client.list_prearchive(target.project))
+            elif target.subject:
+                rows = list(self.client.list_experiments(target.project, target.subject))
+            else:
+                return None
+        except Exception as exc:  # noqa: BLE001 - only the hint is lost
+            log.debug("import: the destination's listing failed: %s", exc)
+            return None
+        return sorted(r.uri for r in rows if r.mtime is not None and r.mtime >= since - 120)
 
     def _verify(self, entry: Entry) -> bool:
         target = entry.target

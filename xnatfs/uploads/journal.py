@@ -5,8 +5,8 @@ One entry = a data file plus a JSON sidecar (rclone ``vfscache`` item ``Info``):
     directory/                 0700
         <id>.data              0600  the bytes to upload (renamed in from the spool)
         <id>.json              0600  the sidecar: id, seq, target, path, size, md5, created,
-                                     tries, next_attempt, last_error, state, mtime_ns
-                                     (+ source, see below)
+                                     tries, next_attempt, last_error, state, mtime_ns,
+                                     sent_at (+ source, supersedes: see below)
         .<id>.json.<rnd>.tmp         a sidecar being written (fsspec ``atomic_write``)
 
 Every sidecar write goes to a temp file in the same directory, is fsynced, moved into place with
@@ -135,6 +135,10 @@ class Entry:
     #: ``rsync -a``), shown while it is pending and kept once it lands; 0 in sidecars of
     #: earlier versions (``created`` stands in).  Changed only by :meth:`Journal.set_mtime`
     mtime_ns: int = 0
+    #: wall-clock time an import's POST was sent whose answer is not known (0: none): a
+    #: POST that may have reached XNAT is not sent again blindly (a second import makes a
+    #: second session).  Changed only by :meth:`Journal.mark_sent`
+    sent_at: float = 0.0
     #: where the bytes are now (not stored in the sidecar; the journal sets it)
     data_path: str = field(default="", compare=False)
 
@@ -169,6 +173,7 @@ class Entry:
             last_error=str(doc.get("last_error", "")),
             state=state,
             mtime_ns=int(doc.get("mtime_ns", 0) or 0),
+            sent_at=float(doc.get("sent_at", 0.0) or 0.0),
             data_path=data_path,
         )
 
@@ -407,16 +412,20 @@ class Journal:
         """Store a new version of an entry (durably). Raises KeyError if the entry is no longer
         in the journal (removed meanwhile): a removed entry is never brought back.
 
-        The entry's ``mtime_ns`` stays the journal's (:meth:`set_mtime` changes it): callers
-        store copies taken earlier (the uploader's, made before its attempt), and such a copy
-        wrote back the time the file had before a ``utimens`` that came meanwhile."""
+        The entry's ``mtime_ns`` and ``sent_at`` stay the journal's (:meth:`set_mtime` and
+        :meth:`mark_sent` change them): callers store copies taken earlier (the uploader's,
+        made before its attempt), and such a copy wrote back the time the file had before a
+        ``utimens`` that came meanwhile."""
         with self._write_lock:
             with self._lock:
                 current = self._entries.get(entry.id)
                 if current is None:
                     raise KeyError(entry.id)
             entry = dataclasses.replace(
-                entry, data_path=self._data_path(entry.id), mtime_ns=current.mtime_ns
+                entry,
+                data_path=self._data_path(entry.id),
+                mtime_ns=current.mtime_ns,
+                sent_at=current.sent_at,
             )
             self._write_sidecar(entry)
             with self._lock:
@@ -427,12 +436,21 @@ class Journal:
         """Store the file's time (``utimens`` of a pending file) durably, so that it shows
         after a restart and sticks when the file lands; raises as ``update``.  Before, the
         time lived in memory only, and a crash or remount before the upload lost it."""
+        return self._set(entry_id, mtime_ns=int(mtime_ns))
+
+    def mark_sent(self, entry_id: str, when: float) -> Entry:
+        """Record durably that an import's POST goes out now (``when``), or (0) that its
+        answer came and says XNAT did not take it; raises as ``update``.  Written before the
+        first byte is sent: after a crash, or an answer lost, the entry says so."""
+        return self._set(entry_id, sent_at=float(when))
+
+    def _set(self, entry_id: str, **fields: Any) -> Entry:
         with self._write_lock:
             with self._lock:
                 current = self._entries.get(entry_id)
                 if current is None:
                     raise KeyError(entry_id)
-            entry = dataclasses.replace(current, mtime_ns=int(mtime_ns))
+            entry = dataclasses.replace(current, **fields)
             self._write_sidecar(entry)
             with self._lock:
                 self._locked_insert(entry)
@@ -468,6 +486,7 @@ class Journal:
                 seq=self._next_seq(),
                 data_path=self._data_path(entry.id),
                 mtime_ns=current.mtime_ns,
+                sent_at=current.sent_at,
             )
             gone = [e for e in supersedes if e.id != entry.id]
             extra = {_SUPERSEDES: sorted(e.id for e in gone)} if gone else {}
