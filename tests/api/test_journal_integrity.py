@@ -59,15 +59,6 @@ def write_pending(writer, path, data):
     handle.close()
 
 
-def restarted(rt, options):
-    """The runtime stopped (its uploads left pending) and a new one on the same cache."""
-    rt.close()
-    again = Runtime(options, Credentials(*ADMIN))
-    again.start()
-    again.emu = rt.emu
-    return again
-
-
 @pytest.fixture
 def runtimes(make_emulator, tmp_path):
     """Factory of runtimes on one emulator and one cache directory, closed after the test."""
@@ -82,7 +73,7 @@ def runtimes(make_emulator, tmp_path):
         made.append(rt)
         return rt
 
-    yield make, options
+    yield make
     for rt in made:
         with contextlib.suppress(Exception):
             rt.close()
@@ -92,14 +83,15 @@ def test_a_time_set_on_a_pending_file_survives_a_restart_and_its_upload(runtimes
     """``cp -p`` (or ``touch -d``, ``rsync -a``) of a file while XNAT is down: the time was
     kept in memory only (``LocalFile.mtime_ns``); after a restart the file showed the time it
     was journalled, and kept that one once uploaded (rsync and make saw it changed)."""
-    make, options = runtimes
+    make = runtimes
     rt = make()
     path = f"{PROTOCOLS}/dated.txt"
     with xnat_refusing(rt):
         write_pending(rt.writer, path, b"dated\n")
         rt.writer.set_mtime(path, SET_NS)  # utimens of the pending file
         assert rt.tree.mtime_ns(rt.tree.lookup(path)) == SET_NS
-    rt = restarted(rt, options)  # XNAT answers again: the upload resumes
+    rt.close()  # stopped with the upload pending; XNAT answers again
+    rt = make()  # the next mount on the same cache: the upload resumes
     wait_for(lambda: not rt.writer.status(), 30, what="the resumed upload")
     assert server_status(rt.emu, "dated.txt") == (200, b"dated\n")
     rt.tree.invalidate(PROTOCOLS)
@@ -109,7 +101,7 @@ def test_a_time_set_on_a_pending_file_survives_a_restart_and_its_upload(runtimes
 def test_a_time_set_while_the_uploader_holds_the_entry_is_not_reverted(runtimes):
     """The uploader writes its own copy of an entry (state, tries) after each attempt; a
     time set on the file meanwhile must not be overwritten on disk by that older copy."""
-    make, options = runtimes
+    make = runtimes
     rt = make()
     path = f"{PROTOCOLS}/dated2.txt"
     with xnat_refusing(rt):
@@ -117,7 +109,8 @@ def test_a_time_set_while_the_uploader_holds_the_entry_is_not_reverted(runtimes)
         entry = rt.writer.journal.pending_for(path)
         rt.writer.set_mtime(path, SET_NS)
         rt.writer.journal.update(entry)  # the uploader's copy, taken before the utimens
-    rt = restarted(rt, options)
+    rt.close()
+    rt = make()
     wait_for(lambda: not rt.writer.status(), 30, what="the resumed upload")
     rt.tree.invalidate(PROTOCOLS)
     assert rt.tree.mtime_ns(rt.tree.lookup(path)) == SET_NS
