@@ -312,3 +312,37 @@ def test_an_import_whose_answer_was_lost_is_not_sent_again(make_runtime, tmp_pat
 def test_which_answers_of_an_import_say_xnat_did_not_take_it(error, not_taken):
     """Only those are sent again; every other failure leaves the import unknown."""
     assert _import_not_taken(error) is not_taken
+
+
+def test_a_version_after_a_pending_one_does_not_replace_another_clients_file(make_runtime):
+    """A new file written while XNAT answers 503 (pending), then appended to (its next
+    version replaces the first, which may be on XNAT by then: overwrite); meanwhile another
+    XNAT client stores the same name.  When XNAT answered again the first version was
+    refused ("duplicates", kept as failed) and the second replaced the other client's file:
+    destroyed without --allow-delete, and nobody told.  Now a version that replaces the
+    mount's own earlier one checks first that XNAT holds that one (or nothing): another
+    file there is refused as the first was (EEXIST, kept as failed)."""
+    rt = make_runtime()
+    writer = rt.writer
+    writer.uploader.base_delay = writer.uploader.max_delay = 3600.0  # retries when asked
+    path = f"{PROTOCOLS}/results.log"
+    with xnat_refusing(rt):
+        write_pending(writer, path, b"mine, part 1\n")
+        handle = writer.open_write(rt.tree.lookup(path), path, truncate=False)
+        handle.write(13, b"mine, part 2\n")
+        with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
+            handle.flush()
+        handle.close()
+    r = requests.put(
+        f"{rt.emu.url}{PROTOCOLS_URI}/results.log?inbody=true",
+        data=b"the other client's\n",
+        auth=ADMIN,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    for entry in writer.journal.entries():
+        writer.uploader.submit(entry)  # the retries, due now
+    wait_for(lambda: all(s["state"] == "failed" for s in writer.status()), 30, what="the retries")
+    assert server_status(rt.emu, "results.log") == (200, b"the other client's\n")  # before: mine
+    states = [s["state"] for s in writer.status()]
+    assert states == ["failed", "failed"], states

@@ -82,6 +82,21 @@ class ImportUnsure(OSError):
         )
 
 
+class NotReplaced(OSError):
+    """Another XNAT client stored the file since this mount's earlier version of it:
+    replacing it needs --allow-delete.  Permanent (``retryable`` False): kept as failed."""
+
+    retryable = False
+
+    def __init__(self, entry: Entry) -> None:
+        super().__init__(
+            errno.EEXIST,
+            "another XNAT client stored this file since this mount wrote it: not replaced "
+            "(replacing another's file needs --allow-delete); kept as failed",
+            entry.path,
+        )
+
+
 class UploadPath(LocalOverlay):
     """Commit to the journal, upload, and follow the uploader's changes of an entry."""
 
@@ -199,6 +214,8 @@ class UploadPath(LocalOverlay):
         target = entry.target
         with open(entry.data_path, "rb") as fh:
             if target is not None and target.is_file:
+                if target.overwrite and target.replaces_md5 and not self.allow_delete:
+                    self._check_replaces_own(entry, target)
                 self.client.upload_file(
                     target.resource_uri, target.relpath, fh, entry.size, overwrite=target.overwrite
                 )
@@ -208,6 +225,17 @@ class UploadPath(LocalOverlay):
                 log.info("import %s: %s", entry.path, ", ".join(uris))
             else:
                 raise OSError(errno.EINVAL, f"unknown upload target {target!r}", entry.path)
+
+    def _check_replaces_own(self, entry: Entry, target: Any) -> None:
+        """Before a version replaces the mount's own earlier one (no --allow-delete): XNAT
+        must hold that one, these bytes, or nothing there.  Another client's file stored
+        meanwhile is not replaced: refused as XNAT refuses a new file over it (EEXIST, kept
+        as failed).  XNAT has no conditional PUT: this narrows the window to one request."""
+        for f in self.client.list_files(target.resource_uri):
+            if f.path == target.relpath:
+                if f.digest and f.digest not in (target.replaces_md5, entry.md5):
+                    raise NotReplaced(entry)
+                return
 
     def _import(self, entry: Entry, target: Any, fh: Any) -> List[str]:
         """POST the archive to XNAT's import service, never twice while an answer is unknown.
@@ -345,15 +373,20 @@ class UploadPath(LocalOverlay):
         no digest (checksums off, §1.8) they cannot be told equal without a download: no."""
         if not node.digest or spool.size != node.size:
             return False
+        return self._spool_md5(spool) == node.digest
+
+    @staticmethod
+    def _spool_md5(spool: SpoolFile) -> str:
+        """The MD5 of the spool's bytes as they are now (its size read at the start)."""
         md5 = hashlib.md5(usedforsecurity=False)
-        offset, chunk = 0, 1 << 20
-        while offset < spool.size:
+        offset, chunk, size = 0, 1 << 20, spool.size
+        while offset < size:
             data = spool.read(offset, chunk)
             if not data:
                 break
             md5.update(data)
             offset += len(data)
-        return offset == node.size and md5.hexdigest() == node.digest
+        return md5.hexdigest()
 
     def _entry_same(self, entry: Entry, node: NodeInfo) -> bool:
         """Does a journal entry hold the size and MD5 the listing gives for ``node``?"""
