@@ -26,7 +26,7 @@ from xnatfs.cache.meta import MetaCache
 from xnatfs.cache.times import TimesIndex
 from xnatfs.options import Options
 from xnatfs.tree.tree import Tree
-from xnatfs.tree.writes import Writer
+from xnatfs.tree.writes import UploadsInUse, Writer
 from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.client import ClientOptions, XnatClient
 
@@ -77,6 +77,8 @@ class Runtime:
         self.times: Optional[TimesIndex] = None
         #: the write side; None on a read-only mount
         self.writer: Optional[Writer] = None
+        #: why writes answer EROFS when there is no writer (``fs/ops.py``)
+        self.writes_off = "mounted read-only"
         self.started_at = 0.0
         self._errors_lock = threading.Lock()
         self._lock_file: Any = None
@@ -180,7 +182,14 @@ class Runtime:
             upload_backoff=o.upload_backoff,
             upload_backoff_max=o.upload_backoff_max,
         )
-        self.writer.start()
+        try:
+            self.writer.start()
+        except UploadsInUse as exc:
+            # reads share the cache; writes would share the journal with the other mount
+            self.writer = None
+            self.writes_off = f"writes are off in this mount: {exc.strerror}"
+            log.warning("%s (%s)", self.writes_off, exc.filename)
+            return
         self.tree.attach_overlay(self.writer)
 
     def _fetch(self, uri: str, sink: Any) -> None:

@@ -562,18 +562,18 @@ def test_a_rename_that_fails_on_a_full_disk_changes_nothing(runtime):
     handle = writer.create(temp)
     handle.write(0, b"model")
     handle.close()
-    update = writer.journal.update
+    write_sidecar = writer.journal._write_sidecar
 
-    def disk_full(entry):
+    def disk_full(entry, **extra):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    writer.journal.update = disk_full  # the sidecar cannot be written (local disk)
+    writer.journal._write_sidecar = disk_full  # the sidecar cannot be written (local disk)
     try:
         with pytest.raises(OSError) as err:
             writer.rename(temp, final)
         assert err.value.errno == errno.ENOSPC
     finally:
-        writer.journal.update = update
+        writer.journal._write_sidecar = write_sidecar
     names = {n.name for n in runtime.tree.listdir(PROTOCOLS)}
     assert ".model.nii.AbC123" in names and "model.nii" not in names  # before: the other way
     writer.rename(temp, final)  # space freed: now it goes

@@ -7,8 +7,10 @@ counted in the emulator's access log; what the server holds is read back with re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import tarfile
 import time
@@ -18,7 +20,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN, needs_fuse
-from tests.mount.helpers import api, md5, sh
+from tests.mount.helpers import api, md5, sh, wait_for
 
 pytestmark = [needs_fuse]
 
@@ -314,3 +316,44 @@ def test_a_kept_time_is_dropped_when_the_file_changes_on_xnat(emu, make_mount, t
     put_file(emu.url, uri, b"new bytes from another client\n")  # the server's copy changes
     wait_until(lambda: readme.stat().st_size == 30, what="the new listing")
     assert readme.stat().st_mtime_ns != set_to  # XNAT's time again, not the one kept
+
+
+def test_times_set_on_pending_files_survive_a_kill_and_the_upload(emu, make_mount, tmp_path):
+    """``cp -p`` and ``touch -d`` while XNAT refuses the uploads (503): the files stay
+    pending in the journal, and the times were kept in memory only.  After a kill -9 and a
+    remount on the same cache the files showed the time they were journalled, and kept that
+    one once uploaded: rsync -a and make saw them changed (review8i)."""
+    src = tmp_path / "src"
+    files = make_tree(src)
+    m = make_mount(emu.url)
+    dst = new_resource(m, "PENDING")
+    os.listdir(dst)  # the listing is loaded before XNAT refuses
+    emu.faults.error_status = 503
+    emu.faults.error_rate = 1.0
+    try:
+        # cp sets the time on its descriptor before close; the close answers the 503 (EIO)
+        sh(["cp", "-p", str(src / "a.txt"), str(dst)], check=False)
+        with contextlib.suppress(OSError):
+            with open(dst / "late.txt", "wb") as fh:
+                fh.write(b"written, then dated\n")
+        sh(["touch", "-m", "-d", "@1500000000.123456789", str(dst / "late.txt")])
+        want = {"a.txt": mtimes_ns(src)["a.txt"], "late.txt": 1_500_000_000_123_456_789}
+        assert mtimes_ns(dst) == want
+        os.kill(m.proc.pid, signal.SIGKILL)
+        m.proc.wait(timeout=10)
+        m.cleanup()
+    finally:
+        emu.faults.error_rate = 0.0
+    m2 = make_mount(emu.url, cache=m.cache)
+    dst2 = m2.path / SUBJ01 / "resources" / "PENDING" / "files"
+    assert mtimes_ns(dst2) == want  # pending still (or just uploaded): their times
+    wait_for(
+        lambda: (
+            sorted(server_files(emu, "/data/projects/DEMO1/subjects/SUBJ01/resources/PENDING"))
+            == ["a.txt", "late.txt"]
+        ),
+        60,
+        what="the resumed uploads",
+    )
+    wait_for(lambda: mtimes_ns(dst2) == want, 10, what="the times after the upload")
+    assert (dst2 / "a.txt").read_bytes() == files["a.txt"]

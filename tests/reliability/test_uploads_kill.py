@@ -14,7 +14,10 @@ import signal
 import subprocess
 import time
 
-from tests.conftest import Mount, needs_fuse
+import requests
+
+from tests.conftest import ADMIN, Mount, needs_fuse
+from tests.mount.helpers import dicom_zip
 from tests.reliability.conftest import (
     FILES,
     env_float,
@@ -98,6 +101,79 @@ def test_kill_9_during_a_big_upload_resumes_after_remount(make_emulator, tmp_pat
         assert accepted == 1  # sent whole once after the restart, never twice
         assert got.hexdigest() == want[1]
         assert left == []
+        m2.umount()
+        m2 = None
+    finally:
+        emu.faults.latency_ms = 0
+        if m2 is not None:
+            m2.cleanup()
+        m.cleanup()
+
+
+def _settled(mnt):
+    """(True, uploads) once every upload the mount lists is failed (none: all on XNAT)."""
+    uploads = (mount_stats(mnt) or {}).get("uploads")
+    if uploads is None or any(u["state"] != "failed" for u in uploads):
+        return None
+    return True, uploads
+
+
+def _prearchive(url: str) -> list:
+    r = requests.get(
+        f"{url}/data/prearchive/projects/DEMO1", params={"format": "json"}, auth=ADMIN, timeout=30
+    )
+    r.raise_for_status()
+    return sorted(row["url"] for row in r.json()["ResultSet"]["Result"])
+
+
+def test_kill_9_during_an_import_does_not_import_it_twice(make_emulator, tmp_path, record):
+    """``cp study.zip MNT/.prearchive/DEMO1/`` and the daemon killed while XNAT imports it
+    (review8i).  The next mount sent the archive again (the journal's entry was simply
+    pending), and XNAT made a second session of it.  Now the journal records the POST before
+    it goes; the next mount does not send it again: the file shows failed, and its error
+    names the session XNAT made meanwhile."""
+    emu = make_emulator()
+    zpath = tmp_path / "study.zip"
+    dicom_zip(zpath, "KILLEDIMPORT")
+    before = _prearchive(emu.url)
+    cache = tmp_path / "cache"
+    journal = cache / "uploads" / "journal"
+    m = Mount(emu.url, tmp_path / "mnt", cache, tmp_path / "m1.log", []).start()
+    m2 = None
+    try:
+        dest = m.path / ".prearchive" / "DEMO1"
+        os.listdir(dest)
+        mark = emu.mark()
+        emu.faults.latency_ms = 3000  # XNAT still busy with it at the kill
+        cp = subprocess.Popen(["cp", str(zpath), str(dest)], stderr=subprocess.DEVNULL)
+        # the POST on the wire: the journal's attempt started and XNAT holds a request
+        wait_for(
+            lambda: _uploading(journal) and not emu.emu.wait_idle(timeout=0.05),
+            60,
+            "the import to be sent",
+            interval=0.01,
+        )
+        os.kill(m.proc.pid, signal.SIGKILL)
+        m.proc.wait(timeout=10)
+        cp.wait(timeout=60)
+        m.cleanup()
+        wait_for(lambda: len(_prearchive(emu.url)) > len(before), 30, "XNAT's import")
+        emu.faults.latency_ms = 0
+
+        m2 = Mount(emu.url, tmp_path / "mnt", cache, tmp_path / "m2.log", []).start()
+        uploads = wait_for(lambda: _settled(m2.path), 60, "the import to settle")[1]
+        made = sorted(set(_prearchive(emu.url)) - set(before))
+        posts = [p for mm, p, *_ in emu.since(mark) if mm == "POST" and "/services/import" in p]
+        record(kills=1, import_posts=len(posts), sessions_made=len(made))
+        assert len(made) == 1, made  # before: 2, the second from the next mount
+        assert len(posts) == 1
+        (failed,) = uploads  # before: none, sent again and "done"
+        assert "not sent again" in failed["last_error"]
+        assert made[0].rsplit("/", 2)[-2] in failed["last_error"]  # the session it made
+        state = os.getxattr(
+            m2.path / ".prearchive" / "DEMO1" / "study.zip", "user.xnat.cache_state"
+        )
+        assert state == b"failed"
         m2.umount()
         m2 = None
     finally:

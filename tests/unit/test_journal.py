@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -388,6 +389,41 @@ def test_kill_at_any_point_of_update_and_remove(tmp_path, monkeypatch):
                 assert fh.read() == b"bytes"
         if not crashed_update and not crashed_remove:
             break
+
+
+def test_kill_at_any_point_of_a_rename_that_supersedes_entries(tmp_path, monkeypatch):
+    """``renamed(..., supersedes=...)``: the renamed record and the records its rename
+    replaces go in one step as far as a crash can tell (review8i): after a kill at any call,
+    either the old record under the old name beside the replaced ones, or the renamed one
+    alone; and ``read_entries`` (umount's report) agrees with ``reload``."""
+    other = "/P/resources/R/files/a/y.nii"
+    points = 0
+    for k in range(1, 100):
+        base = tmp_path / str(k)
+        spool, jdir = Spool(base / "spool"), base / "journal"
+        j = Journal(jdir)
+        older = j.add(spooled(spool, b"older"), TARGET, MNT_PATH)
+        newest = j.add(spooled(spool, b"newest"), TARGET, MNT_PATH)
+        over = j.add(spooled(spool, b"renamed over"), TARGET, other)
+        crashed = run_until_crash(
+            monkeypatch,
+            k,
+            lambda j=j, e=newest, gone=(older, over): j.renamed(e, TARGET, other, supersedes=gone),
+        )
+        reported = {e.id for e in journal_mod.read_entries(jdir)}
+        got = Journal(jdir).reload()
+        shown = {e.path: Path(e.data_path).read_bytes() for e in got}  # newest per path
+        assert shown in (
+            {MNT_PATH: b"newest", other: b"renamed over"},
+            {other: b"newest"},
+        ), (k, shown)
+        if shown == {other: b"newest"}:
+            assert [e.id for e in got] == [newest.id]
+        assert reported >= {e.id for e in got}
+        if not crashed:
+            break
+        points += 1
+    assert points >= 4
 
 
 def test_add_without_digest_leaves_it_to_the_uploader_or_to_reload(dirs):

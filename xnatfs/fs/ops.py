@@ -514,7 +514,9 @@ class XnatOperations(mfusepy.Operations):
     def _writer(self, path: str) -> Any:
         writer = self.runtime.writer
         if writer is None:
-            raise OSError(errno.EROFS, "mounted read-only", path)
+            raise OSError(
+                errno.EROFS, getattr(self.runtime, "writes_off", "mounted read-only"), path
+            )
         if self._writers is not None:
             # the kernel already refuses (default_permissions); this holds even if someone
             # mounts with allow_other some other way, or root writes on a user's mount

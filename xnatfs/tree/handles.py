@@ -281,8 +281,13 @@ class HandleOps(UploadPath):
         if not self._refused_by_xnat(entry):
             # the committed version is, or may soon be, on XNAT as this file: the next
             # replaces it.  Not after a refusal: one as another client's file there
-            # ("duplicates") let the next version overwrite that file without --allow-delete
-            lf.target = replace(lf.target, overwrite=True)
+            # ("duplicates") let the next version overwrite that file without --allow-delete.
+            # The bytes it replaces are named (their MD5): refused later (another client
+            # stored the name while it waited), the next version replaced that file all the
+            # same; the upload now checks first (UploadPath._put)
+            spool = lf.spool
+            replaces = self._spool_md5(spool) if spool is not None and spool.size else ""
+            lf.target = replace(lf.target, overwrite=True, replaces_md5=replaces)
 
     def _refused_by_xnat(self, entry: Optional[Entry]) -> bool:
         """Was ``entry`` refused for good (``failed``: never on XNAT; 409 a file of another

@@ -9,7 +9,7 @@ import re
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import replace
-from typing import Any, ContextManager, Iterator, List, Optional
+from typing import Any, ContextManager, Iterator, List, Optional, Sequence
 
 from xnatfs import deadline
 from xnatfs.tree import prearchive_moves
@@ -136,9 +136,13 @@ class Namespace(Opening):
                     # one DELETE under lf.io and the held entry: no upload of this file lands
                     # after it
                     self._unlink_remote(path, parts)
-                self._forget_local(lf, parts, current)
+                # the older versions before the newest: a crash in between left an older
+                # version alone in the journal, and the next mount showed the removed name
+                # again with bytes the user had overwritten; now it leaves the name as it
+                # was (its newest bytes: the rm not done) or gone
                 for gone in older:
                     self.journal.remove(gone)
+                self._forget_local(lf, parts, current)
 
     def _keep_for_open_handles(self, lf: LocalFile, entry: Optional[Entry]) -> None:
         """A file removed (rm, or renamed over) while a descriptor holds it open: that one
@@ -444,11 +448,17 @@ class Namespace(Opening):
                 # an older version of it was confirmed while this waited: XNAT has the
                 # old name (with those bytes); renaming the newest would leave it there
                 raise self._on_xnat(old, "an older version was uploaded meanwhile")
-            entry, dropped = self._move_held(lf, current, target, old, new)
-            for gone in older + ([dropped.entry] if dropped and dropped.entry else []):
-                # older versions of the old name (superseded by the one renamed; left
-                # queued they uploaded under the old name), and what was renamed over
-                self.journal.remove(gone)
+            # older versions of the old name (superseded by the one renamed; left queued
+            # they uploaded under the old name), and the versions of what is renamed over:
+            # they leave the journal with the renamed record's own write (Journal.renamed),
+            # so a crash leaves the rename done or not, never both names
+            replaces = older + (self.journal.versions_for(new) if over is not None else [])
+            if replaced is not None:  # before its record goes: a descriptor keeps the bytes
+                self._keep_for_open_handles(replaced, replaced.entry)
+            entry, dropped = self._move_held(lf, current, target, old, new, replaces)
+            for gone in replaces + ([dropped.entry] if dropped and dropped.entry else []):
+                if self.journal.get(gone.id) is not None:  # no renamed record took it along
+                    self.journal.remove(gone)
         return entry
 
     def _move_held(
@@ -458,6 +468,7 @@ class Namespace(Opening):
         target: UploadTarget,
         old: str,
         new: str,
+        replaces: Sequence[Entry] = (),
     ) -> "tuple[Optional[Entry], Optional[LocalFile]]":
         """The journal's record of ``lf`` (``current``, held) and then the overlay take the
         new name; returns the renamed record and the local file renamed over.  The record
@@ -470,7 +481,7 @@ class Namespace(Opening):
                 raise OSError(errno.ENOENT, "vanished", old)
         entry = None
         if current is not None:
-            entry = self.journal.renamed(current, target, new)
+            entry = self.journal.renamed(current, target, new, supersedes=replaces)
         with self._lock:
             if self._files.get(old_parts) is not lf:
                 raise OSError(errno.ENOENT, "vanished", old)

@@ -26,6 +26,77 @@ from xnatfs.uploads.retry import classify
 log = logging.getLogger(__name__)
 
 
+#: words of a refused connection: nothing was sent (urllib3's and the client's texts)
+_NOT_CONNECTED = (
+    "no connection within",
+    "Failed to establish a new connection",
+    "Connection refused",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+)
+
+
+def _import_not_taken(exc: BaseException) -> bool:
+    """Does the failure of an import's POST say XNAT did not take the archive?  An answer
+    other than 500/502/504 (a 4xx refusal, a 503 or 429, a login page), no usable
+    credentials, or no connection at all.  Anything else (a timeout, a connection broken
+    after the body went, XNAT's 500, a proxy's 502/504) leaves it unknown."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "CredentialsError" in names:
+        return True
+    status = getattr(exc, "status", None)
+    if "XnatError" in names and isinstance(status, int):
+        return status not in (500, 502, 504)
+    return "Unreachable" in names and any(w in str(exc) for w in _NOT_CONNECTED)
+
+
+class ImportUnsure(OSError):
+    """An import's POST may have reached XNAT, and its answer was lost: not sent again (a
+    second POST makes a second session).  Kept as failed (``retryable`` False) with what is
+    known, for the user to check; ETIMEDOUT after a timeout, else EIO."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        entry: Entry,
+        why: str,
+        sent_at: float,
+        found: Optional[List[str]],
+        cause: Optional[BaseException] = None,
+    ) -> None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sent_at))
+        if found is None:
+            seen = "whether XNAT made a session could not be looked up"
+        elif found:
+            seen = f"XNAT lists there since then: {', '.join(found)}"
+        else:
+            seen = "XNAT lists no session there since then (yet)"
+        timed_out = cause is not None and "XnatTimeout" in {c.__name__ for c in type(cause).__mro__}
+        super().__init__(
+            errno.ETIMEDOUT if timed_out else errno.EIO,
+            f"import sent at {when}, its answer lost ({why}); XNAT may have imported it, so "
+            f"it is not sent again (a second import makes a second session); {seen}. "
+            "Check there; to import it again copy it out, rm it here and copy it in again",
+            entry.path,
+        )
+
+
+class NotReplaced(OSError):
+    """Another XNAT client stored the file since this mount's earlier version of it:
+    replacing it needs --allow-delete.  Permanent (``retryable`` False): kept as failed."""
+
+    retryable = False
+
+    def __init__(self, entry: Entry) -> None:
+        super().__init__(
+            errno.EEXIST,
+            "another XNAT client stored this file since this mount wrote it: not replaced "
+            "(replacing another's file needs --allow-delete); kept as failed",
+            entry.path,
+        )
+
+
 class UploadPath(LocalOverlay):
     """Commit to the journal, upload, and follow the uploader's changes of an entry."""
 
@@ -111,7 +182,7 @@ class UploadPath(LocalOverlay):
             log.info("write %s: empty file not uploaded (XNAT cannot store empty files)", path)
             lf.dirty = False
             return None
-        entry = self.journal.add(lf.spool, lf.target, path, digest=False)
+        entry = self.journal.add(lf.spool, lf.target, path, digest=False, mtime_ns=lf.mtime_ns)
         with self._lock:
             lf.spool = None
             lf.entry = entry
@@ -143,22 +214,85 @@ class UploadPath(LocalOverlay):
         target = entry.target
         with open(entry.data_path, "rb") as fh:
             if target is not None and target.is_file:
+                if target.overwrite and target.replaces_md5 and not self.allow_delete:
+                    self._check_replaces_own(entry, target)
                 self.client.upload_file(
                     target.resource_uri, target.relpath, fh, entry.size, overwrite=target.overwrite
                 )
             elif target is not None and target.is_import:
-                uris = self.client.import_archive(
-                    fh,
-                    entry.size,
-                    project=target.project,
-                    subject=target.subject,
-                    dest=target.dest or None,
-                    content_type=target.content_type,
-                )
+                uris = self._import(entry, target, fh)
                 self._imported[entry.id] = uris
                 log.info("import %s: %s", entry.path, ", ".join(uris))
             else:
                 raise OSError(errno.EINVAL, f"unknown upload target {target!r}", entry.path)
+
+    def _check_replaces_own(self, entry: Entry, target: Any) -> None:
+        """Before a version replaces the mount's own earlier one (no --allow-delete): XNAT
+        must hold that one, these bytes, or nothing there.  Another client's file stored
+        meanwhile is not replaced: refused as XNAT refuses a new file over it (EEXIST, kept
+        as failed).  XNAT has no conditional PUT: this narrows the window to one request."""
+        for f in self.client.list_files(target.resource_uri):
+            if f.path == target.relpath:
+                if f.digest and f.digest not in (target.replaces_md5, entry.md5):
+                    raise NotReplaced(entry)
+                return
+
+    def _import(self, entry: Entry, target: Any, fh: Any) -> List[str]:
+        """POST the archive to XNAT's import service, never twice while an answer is unknown.
+
+        XNAT's import has no idempotent form (``Importer.java``: no request key; docs/XNAT-
+        API.md §6): each POST it takes makes sessions, and a second one of the same archive
+        makes a second session (a second prearchive folder, or a CONFLICT entry beside the
+        archived one).  Before, a POST whose answer was lost (a timeout, a dropped
+        connection, a proxy's 502/504, or the mount killed meanwhile) was sent again by the
+        retries, and XNAT held the session twice.  Now the journal records each POST before
+        its first byte (``Journal.mark_sent``); one whose answer did not say "not taken" is
+        not sent again: the entry is kept as failed with a message saying what is known
+        (``ImportUnsure``: the sessions XNAT lists there since), for the user to check."""
+        recorded = self.journal.get(entry.id) or entry
+        if recorded.sent_at:
+            raise ImportUnsure(
+                entry,
+                "the mount stopped before XNAT's answer came (a crash or kill)",
+                recorded.sent_at,
+                self._sessions_since(target, recorded.sent_at),
+            )
+        sent_at = time.time()
+        self.journal.mark_sent(entry.id, sent_at)  # durable before the first byte goes
+        try:
+            return self.client.import_archive(
+                fh,
+                entry.size,
+                project=target.project,
+                subject=target.subject,
+                dest=target.dest or None,
+                content_type=target.content_type,
+            )
+        except Exception as exc:
+            if not _import_not_taken(exc):
+                raise ImportUnsure(
+                    entry, str(exc), sent_at, self._sessions_since(target, sent_at), exc
+                ) from exc
+            try:  # XNAT said it did not take it: a retry may send it again
+                self.journal.mark_sent(entry.id, 0.0)
+            except (KeyError, OSError):
+                pass  # the next attempt then reports it as unknown: never sent twice
+            raise
+
+    def _sessions_since(self, target: Any, since: float) -> Optional[List[str]]:
+        """URIs of the sessions XNAT lists at an import's destination as made or changed
+        since ``since`` (less a margin for the server's clock); None if it cannot say."""
+        try:
+            if target.dest.startswith("/prearchive"):
+                rows: List[Any] = list(self.client.list_prearchive(target.project))
+            elif target.subject:
+                rows = list(self.client.list_experiments(target.project, target.subject))
+            else:
+                return None
+        except Exception as exc:  # noqa: BLE001 - only the hint is lost
+            log.debug("import: the destination's listing failed: %s", exc)
+            return None
+        return sorted(r.uri for r in rows if r.mtime is not None and r.mtime >= since - 120)
 
     def _verify(self, entry: Entry) -> bool:
         target = entry.target
@@ -177,10 +311,12 @@ class UploadPath(LocalOverlay):
         """XNAT has the bytes of ``entry`` as the listing row ``listed``: the time the file
         showed while local (its last write, or what ``utimens`` set) sticks to it, so that
         ``make`` and ``rsync -t`` see the time they expect, not the object's."""
+        # the journal's record, not the uploader's copy: a utimens may have come since
+        recorded = self.journal.get(entry.id) or entry
         with self._lock:
             lf = self._files.get(split_path(entry.path))
             mine = lf is not None and lf.entry is not None and lf.entry.id == entry.id
-            mtime_ns = lf.mtime_ns if mine and lf is not None else int(entry.created * 1e9)
+            mtime_ns = lf.mtime_ns if mine and lf is not None else recorded.shown_mtime_ns
         self._keep_time(listed, mtime_ns, getattr(listed, "mtime", None))
 
     def _remember_time(self, node: NodeInfo, mtime_ns: int) -> None:
@@ -196,31 +332,61 @@ class UploadPath(LocalOverlay):
     def set_mtime(self, path: str, mtime_ns: int) -> None:
         """``utimens``: a local file takes the time now (and keeps it when it lands); a file
         on XNAT keeps it in the cache's times index; directories accept it and keep nothing
-        (their times are XNAT's objects')."""
+        (their times are XNAT's objects').  A pending file's time goes into its journal
+        record too (``Journal.set_mtime``): kept in memory only, a restart before the upload
+        lost it (``cp -p`` or ``rsync -a`` while XNAT was down)."""
         parts = split_path(path)
         with self._lock:
             lf = self._files.get(parts)
             if lf is not None:
                 lf.mtime_ns = mtime_ns
-                return
+                entry = lf.entry
+        if lf is not None:
+            if entry is not None:
+                self._record_mtime(lf, entry, mtime_ns)
+            return
         node = self.tree.lookup(path)
         if node.kind is Kind.FILE and not node.prearchive and not node.is_dir:
             self._remember_time(node, mtime_ns)
+
+    def _record_mtime(self, lf: LocalFile, entry: Entry, mtime_ns: int) -> None:
+        """The time of ``lf`` into its journal record ``entry``; when XNAT confirmed that one
+        just now (gone from the journal), into the times index with its bytes' identity, as
+        ``_landed`` would have had it a moment later.  A failed write (a full disk) keeps the
+        time in memory, for this mount, with one line."""
+        try:
+            self.journal.set_mtime(entry.id, mtime_ns)
+        except KeyError:
+            if entry.md5 and lf.target.is_file:
+                times = getattr(self.tree, "times", None)
+                if times is not None:
+                    times.set(lf.target.file_uri, entry.size, entry.md5, mtime_ns)
+        except OSError as exc:
+            log.warning(
+                "utimens %s: the time holds until unmount, not kept in the journal: %s",
+                join_path(lf.parts),
+                exc,
+            )
 
     def _spool_same(self, spool: SpoolFile, node: NodeInfo) -> bool:
         """Do the spool's bytes have the size and MD5 the listing gives for ``node``?  With
         no digest (checksums off, §1.8) they cannot be told equal without a download: no."""
         if not node.digest or spool.size != node.size:
             return False
+        return self._spool_md5(spool) == node.digest
+
+    @staticmethod
+    def _spool_md5(spool: SpoolFile) -> str:
+        """The MD5 of the spool's bytes as they are now (its size read at the start)."""
         md5 = hashlib.md5(usedforsecurity=False)
-        offset, chunk = 0, 1 << 20
-        while offset < spool.size:
+        offset, chunk, size = 0, 1 << 20, spool.size
+        while offset < size:
             data = spool.read(offset, chunk)
             if not data:
                 break
             md5.update(data)
             offset += len(data)
-        return offset == node.size and md5.hexdigest() == node.digest
+        return md5.hexdigest()
 
     def _entry_same(self, entry: Entry, node: NodeInfo) -> bool:
         """Does a journal entry hold the size and MD5 the listing gives for ``node``?"""

@@ -28,10 +28,12 @@ Lock: ``_lock`` protects ``_files`` and ``_dirs``; it is never held across a req
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import time
-from typing import Any, Dict, List
+from typing import IO, Any, Dict, List, Optional
 
 from xnatfs import settings
 from xnatfs.tree.handles import WriteHandle
@@ -69,6 +71,11 @@ def journal_dir(uploads_dir: str) -> str:
     """Where the upload journal of ``uploads_dir`` (``<cache-dir>/uploads``) lives: also read
     by ``xnatfs umount`` after the daemon exited, to say what is not on XNAT yet."""
     return os.path.join(uploads_dir, "journal")
+
+
+class UploadsInUse(OSError):
+    """Another process writes through the same upload journal (a second mount of one
+    ``--cache-dir``): this one must not touch it (``Writer.start``)."""
 
 
 class Writer(Namespace):
@@ -113,11 +120,21 @@ class Writer(Namespace):
         )
         #: import entries the server accepted (import has nothing to list-verify against)
         self._imported: Dict[str, List[str]] = {}
+        self._uploads_lock_path = os.path.join(directory, "lock")
+        self._uploads_lock: Optional[IO[str]] = None
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
         """Reload the journal (files written before a crash show as pending again), keep stray
-        spool files as failed entries (never delete user bytes), start the uploader."""
+        spool files as failed entries (never delete user bytes), start the uploader.
+
+        First the uploads directory's lock (``flock``, exclusive, held until ``close``):
+        raises ``UploadsInUse`` when another mount of the same cache directory holds it.
+        Without it the second mount's start took the first one's open spool files for a
+        crash's leftovers and moved them into the journal (the first mount's close then
+        failed, its file neither on XNAT nor in the journal under its name), and both
+        mounts uploaded, and removed, the same journal entries."""
+        self._lock_uploads()
         self.journal.reload()
         for leftover in self.spool.leftovers():
             self.journal.keep_orphan(leftover, "spool file left by a crash; not uploaded")
@@ -132,12 +149,38 @@ class Writer(Namespace):
                         entry.target,
                         entry=entry,
                         state=entry.state,
-                        mtime_ns=int(entry.created * 1e9),
+                        mtime_ns=entry.shown_mtime_ns,
                     )
                 )
         self.uploader.start()
 
+    def _lock_uploads(self) -> None:
+        lock = open(self._uploads_lock_path, "a+")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            lock.close()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UploadsInUse(
+                    errno.EBUSY,
+                    "the upload journal is in use by another xnatfs mount of this cache "
+                    "directory; give this mount its own --cache-dir to write",
+                    os.path.dirname(self._uploads_lock_path),
+                ) from exc
+            # a filesystem without flock: go on as before, unguarded
+            log.warning("uploads: no lock on %s (%s)", self._uploads_lock_path, exc)
+            return
+        self._uploads_lock = lock
+
     def close(self) -> None:
+        try:
+            self._close()
+        finally:
+            if self._uploads_lock is not None:
+                self._uploads_lock.close()  # the journal is another mount's to take now
+                self._uploads_lock = None
+
+    def _close(self) -> None:
         with self._lock:
             open_files = [lf for lf in self._files.values() if lf.spool is not None]
         for lf in open_files:

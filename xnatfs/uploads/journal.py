@@ -5,7 +5,8 @@ One entry = a data file plus a JSON sidecar (rclone ``vfscache`` item ``Info``):
     directory/                 0700
         <id>.data              0600  the bytes to upload (renamed in from the spool)
         <id>.json              0600  the sidecar: id, seq, target, path, size, md5, created,
-                                     tries, next_attempt, last_error, state (+ source, see below)
+                                     tries, next_attempt, last_error, state, mtime_ns,
+                                     sent_at (+ source, supersedes: see below)
         .<id>.json.<rnd>.tmp         a sidecar being written (fsspec ``atomic_write``)
 
 Every sidecar write goes to a temp file in the same directory, is fsynced, moved into place with
@@ -20,6 +21,9 @@ the directory. A kill -9 at any point leaves one of:
 - a sidecar and no data file, the bytes still at ``source``: ``reload`` completes the rename
   (roll forward), so the entry is complete;
 - a complete entry.
+
+``renamed`` writes the renamed sidecar with ``supersedes``, the ids of the entries its rename
+replaces, then removes those: ``reload`` drops any that a crash left, so the rename is one step.
 
 ``remove`` deletes the data file first, then the sidecar. So a sidecar without a data file whose
 ``source`` is gone is an interrupted remove (or an add whose source vanished) and ``reload``
@@ -56,7 +60,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Set, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Union
 
 from xnatfs.uploads.spool import SpoolFile
 from xnatfs.uploads.target import UploadTarget
@@ -91,6 +95,8 @@ _DATA = ".data"
 _SIDECAR = ".json"
 _TMP = ".tmp"
 _VERSION = 1
+#: sidecar key of a renamed entry: ids of the entries its rename replaced (``renamed``)
+_SUPERSEDES = "supersedes"
 _CHUNK = 1 << 20
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -125,6 +131,14 @@ class Entry:
     last_error: str = ""
     #: pending | uploading | failed | done
     state: str = PENDING
+    #: the file's mtime in nanoseconds (its last write, or what ``utimens`` set: ``cp -p``,
+    #: ``rsync -a``), shown while it is pending and kept once it lands; 0 in sidecars of
+    #: earlier versions (``created`` stands in).  Changed only by :meth:`Journal.set_mtime`
+    mtime_ns: int = 0
+    #: wall-clock time an import's POST was sent whose answer is not known (0: none): a
+    #: POST that may have reached XNAT is not sent again blindly (a second import makes a
+    #: second session).  Changed only by :meth:`Journal.mark_sent`
+    sent_at: float = 0.0
     #: where the bytes are now (not stored in the sidecar; the journal sets it)
     data_path: str = field(default="", compare=False)
 
@@ -158,8 +172,15 @@ class Entry:
             next_attempt=float(doc.get("next_attempt", 0.0)),
             last_error=str(doc.get("last_error", "")),
             state=state,
+            mtime_ns=int(doc.get("mtime_ns", 0) or 0),
+            sent_at=float(doc.get("sent_at", 0.0) or 0.0),
             data_path=data_path,
         )
+
+    @property
+    def shown_mtime_ns(self) -> int:
+        """The time the file shows: ``mtime_ns``, or ``created`` for an older sidecar."""
+        return self.mtime_ns or int(self.created * 1e9)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -293,22 +314,21 @@ class Journal:
         target: Union[UploadTarget, Mapping[str, Any]],
         path: str,
         digest: bool = True,
+        mtime_ns: int = 0,
     ) -> Entry:
         """Take ownership of the bytes in ``spool`` (a closed-or-open ``SpoolFile`` or a path)
-        as a new pending entry uploading to ``target`` for mount path ``path``.
-
-        The file is moved, not copied (os.rename; same filesystem expected, a copy is the
-        EXDEV fallback). The entry is durable before this returns. On ``OSError`` (ENOSPC
-        writing the sidecar, ...) no entry exists and the bytes are still at the spool path.
+        as a new pending entry uploading to ``target`` for mount path ``path``, whose time is
+        ``mtime_ns`` (its last write or ``utimens``).  The file is moved, not copied
+        (os.rename; same filesystem expected, a copy is the EXDEV fallback). The entry is
+        durable before this returns. On ``OSError`` (ENOSPC writing the sidecar, ...) no
+        entry exists and the bytes are still at the spool path.
         A ``SpoolFile`` is fsynced first and closed once the entry holds its bytes; when this
         raises, an open one stays open (closed, its file showed no bytes, and a later write
-        began a fresh spool: zeros uploaded in place of what was written before).
-
-        With ``digest`` False the entry's ``md5`` is left empty (reading a large file once
+        began a fresh spool: zeros uploaded in place of what was written before).  With
+        ``digest`` False the entry's ``md5`` is left empty (reading a large file once
         more just to hash it is as slow as uploading it): whoever uploads it computes the MD5
         beside the upload and stores it with :meth:`update`.  The bytes are fsynced before the
-        sidecar exists either way, so ``reload`` can always compute it from them.
-        """
+        sidecar exists either way, so ``reload`` can always compute it from them."""
         spool_file: Optional[SpoolFile] = None
         if isinstance(spool, SpoolFile):
             spool_file = spool
@@ -332,6 +352,7 @@ class Journal:
             md5=md5,
             created=time.time(),
             seq=self._next_seq(),
+            mtime_ns=int(mtime_ns),
         )
         entry = dataclasses.replace(entry, data_path=self._data_path(entry.id))
         with self._write_lock:
@@ -389,30 +410,97 @@ class Journal:
 
     def update(self, entry: Entry) -> Entry:
         """Store a new version of an entry (durably). Raises KeyError if the entry is no longer
-        in the journal (removed meanwhile): a removed entry is never brought back."""
+        in the journal (removed meanwhile): a removed entry is never brought back.
+
+        The entry's ``mtime_ns`` and ``sent_at`` stay the journal's (:meth:`set_mtime` and
+        :meth:`mark_sent` change them): callers store copies taken earlier (the uploader's,
+        made before its attempt), and such a copy wrote back the time the file had before a
+        ``utimens`` that came meanwhile."""
         with self._write_lock:
             with self._lock:
-                if entry.id not in self._entries:
+                current = self._entries.get(entry.id)
+                if current is None:
                     raise KeyError(entry.id)
-            entry = dataclasses.replace(entry, data_path=self._data_path(entry.id))
+            entry = dataclasses.replace(
+                entry,
+                data_path=self._data_path(entry.id),
+                mtime_ns=current.mtime_ns,
+                sent_at=current.sent_at,
+            )
+            self._write_sidecar(entry)
+            with self._lock:
+                self._locked_insert(entry)
+        return entry
+
+    def set_mtime(self, entry_id: str, mtime_ns: int) -> Entry:
+        """Store the file's time (``utimens`` of a pending file) durably, so that it shows
+        after a restart and sticks when the file lands; raises as ``update``.  Before, the
+        time lived in memory only, and a crash or remount before the upload lost it."""
+        return self._set(entry_id, mtime_ns=int(mtime_ns))
+
+    def mark_sent(self, entry_id: str, when: float) -> Entry:
+        """Record durably that an import's POST goes out now (``when``), or (0) that its
+        answer came and says XNAT did not take it; raises as ``update``.  Written before the
+        first byte is sent: after a crash, or an answer lost, the entry says so."""
+        return self._set(entry_id, sent_at=float(when))
+
+    def _set(self, entry_id: str, **fields: Any) -> Entry:
+        with self._write_lock:
+            with self._lock:
+                current = self._entries.get(entry_id)
+                if current is None:
+                    raise KeyError(entry_id)
+            entry = dataclasses.replace(current, **fields)
             self._write_sidecar(entry)
             with self._lock:
                 self._locked_insert(entry)
         return entry
 
     def renamed(
-        self, entry: Entry, target: Union[UploadTarget, Mapping[str, Any]], path: str
+        self,
+        entry: Entry,
+        target: Union[UploadTarget, Mapping[str, Any]],
+        path: str,
+        supersedes: Sequence[Entry] = (),
     ) -> Entry:
         """Store ``entry`` under a new name: its ``target`` and mount ``path``, and a fresh
         ``seq``, so it is the newest version of that name, as the rename that made it is the
         newest change to it.  With its old number a version of the name written before the
         rename (pending, or left by a crash between the rename and that version's removal)
-        counted as newer, and its bytes won over the renamed file's.  Raises as ``update``."""
-        return self.update(
-            dataclasses.replace(
-                entry, target=UploadTarget.coerce(target), path=path, seq=self._next_seq()
+        counted as newer, and its bytes won over the renamed file's.  Raises as ``update``.
+
+        ``supersedes``: the records the rename replaces (older versions of the old name, the
+        versions of the file renamed over); they leave the journal with it.  Their ids go into
+        the renamed sidecar, whose one atomic write is the rename's commit point, and
+        ``reload`` drops any of them a crash left on disk.  Removed one by one after it, a
+        crash in between left both names (the old one with older bytes) at the next mount."""
+        with self._write_lock:
+            with self._lock:
+                current = self._entries.get(entry.id)
+                if current is None:
+                    raise KeyError(entry.id)
+            new = dataclasses.replace(
+                entry,
+                target=UploadTarget.coerce(target),
+                path=path,
+                seq=self._next_seq(),
+                data_path=self._data_path(entry.id),
+                mtime_ns=current.mtime_ns,
+                sent_at=current.sent_at,
             )
-        )
+            gone = [e for e in supersedes if e.id != entry.id]
+            extra = {_SUPERSEDES: sorted(e.id for e in gone)} if gone else {}
+            self._write_sidecar(new, **extra)
+            with self._lock:
+                self._locked_insert(new)
+            for old in gone:
+                try:
+                    self.remove(old)
+                except OSError as exc:  # the sidecar written above drops it at the next reload
+                    log.warning("journal: superseded entry %s stays on disk: %s", old.id, exc)
+                    with self._lock:
+                        self._locked_drop(old.id)
+        return new
 
     def remove(self, entry: Entry) -> None:
         """Delete an entry's data file, then its sidecar (the order ``reload`` relies on).
@@ -485,6 +573,7 @@ class Journal:
                     log.info("journal: removing temp file %s left by a crash", name)
                     _unlink_quietly(os.path.join(self.directory, name))
             names = set(os.listdir(self.directory))
+            self._drop_superseded(names)
             orphans: List[str] = []
             for name in sorted(names):
                 if name.endswith(_SIDECAR):
@@ -500,6 +589,19 @@ class Journal:
         if found:
             log.info("journal %s: %d upload(s) to resume", self.directory, len(found))
         return found
+
+    def _drop_superseded(self, names: Set[str]) -> None:
+        """Remove the entries that a rename replaced (``renamed``) and a crash left on disk:
+        the renamed sidecar names them.  Caller holds self._write_lock."""
+        for entry_id in sorted(_superseded_ids(self.directory, names)):
+            if entry_id + _SIDECAR not in names and entry_id + _DATA not in names:
+                continue
+            log.info("journal: dropping %s, replaced by a rename a crash interrupted", entry_id)
+            _unlink_missing_ok(self._data_path(entry_id))
+            _unlink_missing_ok(self._sidecar_path(entry_id))
+            names.discard(entry_id + _DATA)
+            names.discard(entry_id + _SIDECAR)
+        _fsync_dir(self.directory)
 
     def _reload_sidecar(self, entry_id: str, names: Set[str], orphans: List[str]) -> None:
         """Rebuild one entry from its sidecar after a restart.  Caller holds self._write_lock.
@@ -623,6 +725,23 @@ def _unlink_missing_ok(path: str) -> None:
         pass
 
 
+def _superseded_ids(directory: str, names: Iterable[str]) -> Set[str]:
+    """Ids that the renamed sidecars among ``names`` say their renames replaced."""
+    found: Set[str] = set()
+    for name in names:
+        if not name.endswith(_SIDECAR) or name.startswith("."):
+            continue
+        try:
+            with open(os.path.join(directory, name), "rb") as fh:
+                doc = json.load(fh)
+        except (OSError, ValueError):
+            continue  # an unreadable sidecar is _reload_sidecar's to keep
+        ids = doc.get(_SUPERSEDES) if isinstance(doc, dict) else None
+        if isinstance(ids, list):
+            found.update(str(i) for i in ids)
+    return found
+
+
 def read_entries(directory: PathLike) -> List[Entry]:
     """The entries of a journal no process has open, read without changing anything (what
     ``xnatfs umount`` reports as not on XNAT yet, after the daemon exited): no crash repair,
@@ -634,10 +753,13 @@ def read_entries(directory: PathLike) -> List[Entry]:
     except FileNotFoundError:
         return []
     found = []
+    superseded = _superseded_ids(directory, names)
     for name in names:
         if not name.endswith(_SIDECAR) or name.startswith("."):
             continue
         entry_id = name[: -len(_SIDECAR)]
+        if entry_id in superseded:
+            continue  # replaced by a rename: the next mount drops it
         try:
             with open(os.path.join(directory, name), "rb") as fh:
                 doc = json.load(fh)

@@ -25,6 +25,7 @@ timeouts (``XnatTimeout``)                             transient  a slow server
 connection refused/reset/dropped (``Unreachable``)     transient  the network comes back
 a login page after the re-login (``NotXnatResponse``)  transient  §5.1/§10.8 session races
 the server does not show the bytes yet                 transient  listings lag (§1.8)
+an import's POST whose answer was lost                 permanent  a second POST: a second session
 local ESPIPE/EIO/EPIPE/EAGAIN/... from a cut body      transient  the next attempt re-reads
 anything else                                          transient  bytes kept; retrying is cheap
 =====================================================  =========  ===============================
@@ -109,12 +110,14 @@ def classify(exc: BaseException) -> Verdict:
         if isinstance(status, int) and (status >= 500 or status == 429):
             return Verdict(True, f"HTTP {status}")
         return Verdict(True, "other XNAT error")
+    explicit = getattr(exc, "retryable", None)
+    if isinstance(explicit, bool):  # UploadNotVerified, and callers' own exception types
+        # before the errno: an import whose answer was lost is an OSError (ETIMEDOUT for
+        # close()) that must not be sent again (a second session)
+        return Verdict(explicit, "declared by the exception")
     if isinstance(exc, OSError) and exc.errno is not None:
         code = errno.errorcode.get(exc.errno, str(exc.errno))
         return Verdict(exc.errno not in PERMANENT_ERRNOS, f"local {code}")
-    explicit = getattr(exc, "retryable", None)
-    if isinstance(explicit, bool):  # UploadNotVerified, and callers' own exception types
-        return Verdict(explicit, "declared by the exception")
     return Verdict(True, "unknown")
 
 
@@ -127,6 +130,7 @@ _PERMANENT_WORDS = (
     "target unknown",
     "file exists (duplicates",
     "earlier write failed",
+    "not sent again",  # an import whose answer was lost (tree/uploading.py ImportUnsure)
 )
 
 

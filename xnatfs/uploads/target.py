@@ -43,6 +43,10 @@ class UploadTarget:
     relpath: str = ""
     #: file: replace what XNAT has at that path
     overwrite: bool = False
+    #: file: the MD5 of the bytes this version replaces (the mount's own earlier version of
+    #: the file); "" when not known.  Without --allow-delete another file found there is not
+    #: replaced (``UploadPath._put``)
+    replaces_md5: str = ""
     #: mount path parts of the folder to refresh once XNAT has the bytes
     listing: Tuple[str, ...] = ()
     #: import: project the sessions go to
@@ -104,6 +108,8 @@ class UploadTarget:
             doc.update(
                 resource_uri=self.resource_uri, relpath=self.relpath, overwrite=self.overwrite
             )
+            if self.replaces_md5:
+                doc["replaces_md5"] = self.replaces_md5
         elif self.is_import:
             doc.update(project=self.project, dest=self.dest, content_type=self.content_type)
             if self.subject is not None:
@@ -134,6 +140,7 @@ class UploadTarget:
             resource_uri=str(doc.get("resource_uri", "")),
             relpath=str(doc.get("relpath", "")),
             overwrite=bool(doc.get("overwrite", False)),
+            replaces_md5=str(doc.get("replaces_md5") or ""),
             listing=tuple(str(p) for p in (doc.get("listing") or ())),
             project=str(doc.get("project", "")),
             subject=None if subject is None else str(subject),
