@@ -135,7 +135,7 @@ class Conflict(XnatError):
 
 
 class ServerError(XnatError):
-    """5xx or 429.  502/503/504/429 are transient; the client retries GET/HEAD on those."""
+    """5xx or 429.  500/502/503/504/429 are retryable; the client retries GET/HEAD on those."""
 
     retryable = True
 
@@ -196,5 +196,9 @@ def error_for_status(
     cls = _BY_STATUS.get(status)
     if cls is None:
         cls = ServerError if status >= 500 else XnatError
-    retryable = status in TRANSIENT_STATUSES if cls is ServerError else None
+    # a 500 too: XNAT's passing trouble as often as not (the client retries a GET's 500, the
+    # upload table calls it transient); "not retryable" made a listing seen before be forgotten
+    # at the first 500 of its refresh, so a server answering 500 for a minute made cached
+    # folders fail as well (EIO) instead of showing what was seen
+    retryable = (status in TRANSIENT_STATUSES or status == 500) if cls is ServerError else None
     return cls(method, url, status, message, retryable=retryable, retry_after=retry_after)
