@@ -158,6 +158,8 @@ class Runtime:
             upload_backoff_max=o.upload_backoff_max,
         )
         self.writer.start()
+        # uploads that failed at once while XNAT was down go as soon as it answers again
+        self.client.on_server_back(self.writer.uploader.retry_soon)
         self.tree.attach_overlay(self.writer)
 
     def _fetch(self, uri: str, sink: Any) -> None:
@@ -200,6 +202,7 @@ class Runtime:
             "uptime_s": round(time.time() - self.started_at, 3),
             "requests": _plain(self.client.stats) if self.client else {},
             "limiter": _plain(self.client.limiter) if self.client else {},
+            "server": _plain(self.client.server) if self.client else {},
             "listing_cache": _plain(self.meta.stats) if self.meta else {},
             "content_cache": _plain(self.content.stats) if self.content else {},
             "errors": errors,

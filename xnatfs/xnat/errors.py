@@ -24,6 +24,8 @@ __all__ = [
     "ServerError",
     "XnatTimeout",
     "Unreachable",
+    "ServerDown",
+    "HostDown",
     "NotXnatResponse",
     "CredentialsError",
     "error_for_status",
@@ -154,6 +156,20 @@ class Unreachable(XnatError):
 
     retryable = True
     _no_status_text = "unreachable"
+
+
+class ServerDown(Unreachable):
+    """Not sent: the server is known to be down (``breaker.py``) or the mount holds requests
+    back (``limiter.py``).  Retryable (it may answer later: listings seen before are kept, an
+    upload stays pending), but never retried within the call: that would only wait.  Logged
+    once by the breaker when it opens, so ``reported``: not one line per failed call."""
+
+    reported = True
+
+
+class HostDown(ServerDown):
+    """``ServerDown`` while the server cannot even be connected to (refused, DNS, connect
+    timeout), not merely answering errors: the filesystem says "Host is down" (EHOSTDOWN)."""
 
 
 class NotXnatResponse(XnatError):
