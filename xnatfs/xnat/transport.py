@@ -726,7 +726,10 @@ class Transport(_LoginSession):
                     pass
         t = self._heartbeat_thread
         if t is not None and t is not threading.current_thread():
-            t.join(timeout=self.options.connect_timeout + self.options.read_timeout)
+            # not longer than the logout: while XNAT is down the heartbeat is the breaker's
+            # probe, and a probe a hung server never answers held every unmount for connect
+            # + read timeout (35 s); a daemon thread, it ends with the process
+            t.join(timeout=_LOGOUT_S)
         with self._login_lock:
             jsession, self._jsession = self._jsession, None
         if jsession:
