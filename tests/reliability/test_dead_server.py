@@ -117,6 +117,7 @@ def test_a_dead_server_fails_calls_at_once_and_the_mount_recovers(make_emulator,
     assert wrote["seconds"] < T, wrote
     status = _status(m)
     assert "server: DOWN" in status and "down.txt" in status, status
+    assert "xnatfs_server_up 0" in (m.path / ".xnatfs" / "metrics").read_text()
 
     emu.restart()
     back = time.monotonic()
@@ -140,6 +141,8 @@ def test_a_dead_server_fails_calls_at_once_and_the_mount_recovers(make_emulator,
     assert log.count(" is down (") == 1, log[-4000:]
     assert log.count(" answers again after ") == 1, log[-4000:]
     assert "server: up" in _status(m)
+    metrics = (m.path / ".xnatfs" / "metrics").read_text()
+    assert "xnatfs_server_up 1" in metrics and "xnatfs_server_down_total 1" in metrics
 
 
 @needs_fuse
