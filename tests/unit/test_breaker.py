@@ -107,8 +107,12 @@ def test_one_probe_at_a_time_with_a_doubling_wait_then_closed_by_an_answer(caplo
 def test_a_probe_refused_before_sending_lets_the_next_caller_probe():
     b, clock = make()
     fail(b, THRESHOLD)
+    assert b.next_check_in() == pytest.approx(1.0)
     clock.advance(5)
+    assert b.next_check_in() == 0.0
     assert b.admit("GET", URL) is True
+    # while it is out the heartbeat looks again a second later, it does not spin
+    assert b.next_check_in() == 1.0
     b.probe_done()
     assert b.admit("GET", URL) is True
 

@@ -102,10 +102,13 @@ class Breaker:
         self._failed_fast_before = 0
 
     def next_check_in(self) -> Optional[float]:
-        """Seconds until a probe is due (0: now), None while closed."""
+        """Seconds until a probe is due (0: now), None while closed; while a probe is out,
+        ``probe_base`` (look again then: its end decides)."""
         with self._lock:
             if self._down_since is None:
                 return None
+            if self._probing:
+                return self._base
             return max(0.0, self._next_probe - self._clock())
 
     @property

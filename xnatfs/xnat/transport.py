@@ -868,6 +868,8 @@ class Transport(_LoginSession):
                 if exc.paused
                 else XnatTimeout(method, url, None, str(exc))
             )
+            # no breaker line said why: each call failed by a pause has its own line
+            err.reported = False  # type: ignore[union-attr]
             self._stats.error(type(err).__name__)
             raise err from None
         started = time.monotonic()  # latency samples: the server's time, not the queue's
@@ -1156,7 +1158,7 @@ class Transport(_LoginSession):
     def _log_failure(err: XnatError) -> None:
         """One line per failed call; expected outcomes (404/409) stay at DEBUG, and so do
         calls failed at once while XNAT is down (the breaker logged that once)."""
-        if err.status in (404, 409) or isinstance(err, ServerDown):
+        if err.status in (404, 409) or getattr(err, "reported", False):
             log.debug("%s", err)
         else:
             log.info("%s", err)
