@@ -66,9 +66,9 @@ def test_close_does_not_wait_for_a_heartbeat_probe_that_hangs(hanging_server):
         with call_deadline.scope(0.5), pytest.raises(errors.XnatError):
             c._get_json(uri)
 
-    # eight timeouts from two paths open the breaker (each call bounded by its 0.5 s scope)
+    # eight timeouts from two folders open the breaker (each call bounded by its 0.5 s scope)
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(listing, ["/data/projects", "/data/experiments"] * 4))
+        list(pool.map(listing, ["/data/projects", "/data/projects/P/subjects"] * 4))
     assert c.server["state"] != "up", c.server
     # the heartbeat thread is woken by the opening and probes once the wait is over
     wait_for(

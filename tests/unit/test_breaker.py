@@ -57,10 +57,17 @@ def test_an_answer_between_failures_resets_the_count():
     assert b.admit("GET", URL) is False
 
 
-def test_server_errors_of_one_path_do_not_open_it_two_paths_do():
-    """A listing that always answers 500 is that object's trouble, not an outage."""
+def test_server_errors_of_one_folder_do_not_open_it_two_folders_do():
+    """A listing that always answers 500, or the files of one broken resource (a prefetch of
+    eight), are that object's trouble, not an outage."""
     b, _ = make()
-    fail(b, 2 * ANSWER_THRESHOLD, Failure.ANSWER, "/data/projects/P/subjects")
+    fail(b, ANSWER_THRESHOLD, Failure.ANSWER, "/data/projects/P/subjects")
+    files = "/data/experiments/E1/scans/1/resources/DICOM/files/"
+    for n in range(2 * ANSWER_THRESHOLD):
+        fail(b, 1, Failure.ANSWER, f"{files}{n}.dcm")
+    b.record(Failure.NONE, "/data/projects")
+    for n in range(2 * ANSWER_THRESHOLD):
+        fail(b, 1, Failure.ANSWER, f"{files}{n}.dcm")
     assert b.admit("GET", URL) is False
     fail(b, 1, Failure.ANSWER, "/data/projects/Q/subjects")
     with pytest.raises(ServerDown) as caught:

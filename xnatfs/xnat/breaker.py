@@ -13,8 +13,10 @@ States (one per client, every HTTP exchange passes ``admit`` and ``record``):
   500/502/504, a connection broken mid-answer or a timeout waiting for an answer can be one
   object's trouble (a listing that
   always fails, a huge one that is always slow), so ``ANSWER_THRESHOLD`` of those in a row
-  open the breaker, and only when they came from at least two different paths.  A 503 or 429
-  ("busy, come back later") is left to the request limiter (its pauses and ``Retry-After``).
+  open the breaker, and only when they came from at least two different folders (paths
+  without their last segment: the files of one broken resource are one object's trouble).
+  A 503 or 429 ("busy, come back later") is left to the request limiter (its pauses and
+  ``Retry-After``).
 * **open** (XNAT is down): ``admit`` raises :class:`~.errors.ServerDown` at once (no request;
   :class:`~.errors.HostDown`, EHOSTDOWN "Host is down", while connections fail, else EIO),
   until the next check is due.  Then one request (whichever caller comes first) goes as the
@@ -175,7 +177,9 @@ class Breaker:
                         self._reopen_locked(now)
                     return
                 self._fails += 1
-                self._paths.add(path)
+                # the folder, not the file: eight files of one broken resource (a prefetch,
+                # an XNAT share gone for that project) are one object's trouble, not an outage
+                self._paths.add(path.rsplit("/", 1)[0])
                 if failure is Failure.CONNECTION:
                     self._connection_fails += 1
                 if not self._open_locked(now):
