@@ -43,6 +43,7 @@ class _Writer:
 def prometheus(stats: Mapping[str, Any]) -> str:
     w = _Writer()
     _client_metrics(w, stats)
+    _server_metrics(w, stats)
     _cache_metrics(w, stats)
     uploads = stats.get("uploads") or []
     states: Dict[str, int] = {}
@@ -147,6 +148,30 @@ def _client_metrics(w: _Writer, stats: Mapping[str, Any]) -> None:
             ((("quantile", q),), requests.get(f"latency_p{p}"))
             for q, p in (("0.5", "50"), ("0.9", "90"), ("0.99", "99"))
         ],
+    )
+
+
+def _server_metrics(w: _Writer, stats: Mapping[str, Any]) -> None:
+    """The circuit breaker (``xnat/breaker.py``): is XNAT up, and what failed at once."""
+    server: Mapping[str, Any] = stats.get("server") or {}
+    state = server.get("state")
+    w.metric(
+        "server_up",
+        "gauge",
+        "1 while XNAT answers, 0 while it is known to be down (calls fail at once)",
+        [((), None if state is None else (1 if state == "up" else 0))],
+    )
+    w.metric(
+        "server_down_total",
+        "counter",
+        "times XNAT was found down",
+        [((), server.get("times_down"))],
+    )
+    w.metric(
+        "server_calls_failed_fast_total",
+        "counter",
+        "calls failed at once, without a request, while XNAT was down",
+        [((), server.get("calls_failed_fast"))],
     )
 
 

@@ -190,6 +190,8 @@ class Runtime:
             self.writes_off = f"writes are off in this mount: {exc.strerror}"
             log.warning("%s (%s)", self.writes_off, exc.filename)
             return
+        # uploads that failed at once while XNAT was down go as soon as it answers again
+        self.client.on_server_back(self.writer.uploader.retry_soon)
         self.tree.attach_overlay(self.writer)
 
     def _fetch(self, uri: str, sink: Any) -> None:
@@ -232,6 +234,7 @@ class Runtime:
             "uptime_s": round(time.time() - self.started_at, 3),
             "requests": _plain(self.client.stats) if self.client else {},
             "limiter": _plain(self.client.limiter) if self.client else {},
+            "server": _plain(self.client.server) if self.client else {},
             "listing_cache": _plain(self.meta.stats) if self.meta else {},
             "content_cache": _plain(self.content.stats) if self.content else {},
             "errors": errors,

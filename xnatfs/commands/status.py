@@ -109,6 +109,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2, sort_keys=True))  # ASCII: controls are \u escapes
         return 0
     _say(f"xnatfs {stats.get('version')} — {stats.get('url')} (up {stats.get('uptime_s')} s)")
+    server = stats.get("server") or {}
+    if server.get("state") in ("down", "probing"):
+        _say(
+            f"server: DOWN for {server.get('down_for_s')} s ({server.get('last_error')}); "
+            f"calls that need it fail at once (Host is down), next check in "
+            f"{server.get('next_check_in_s')} s; {server.get('calls_failed_fast')} failed so far"
+        )
+    elif server:
+        _say(f"server: up (down {server.get('times_down', 0)} times since the mount)")
     for section in ("requests", "listing_cache", "content_cache", "bids", "errors"):
         value = stats.get(section)
         _say(f"{section}: {json.dumps(value, sort_keys=True) if value else '-'}")

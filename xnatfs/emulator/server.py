@@ -43,6 +43,11 @@ class Faults:
     #: then the connection closes (a reset mid-body: a proxy's timeout, a restart), one each
     cut_next: int = 0
     cut_after: int = 65536
+    #: the next ``trickle_next`` GETs of a file (``.../files/NAME``) send their body at
+    #: ``trickle_bps`` bytes a second, a little every 0.1 s: always some progress, never done
+    #: in time (a crawling server or link), one each
+    trickle_next: int = 0
+    trickle_bps: int = 1000
 
     def update(self, values: dict[str, Any]) -> None:
         for k, v in values.items():
@@ -342,9 +347,34 @@ class Emulator:
                 self._activity(-1)
                 raise
             cut = None if is_control or method != "GET" or f.cut_next <= 0 else f.cut_after
+            if not is_control and method == "GET" and self._take_trickle(raw_path):
+                result = self._trickled(result, max(1, f.trickle_bps // 10))
             return self._count(result, state, method, raw_path, drop, cut)
 
         return wsgi_app
+
+    def _take_trickle(self, raw_path: str) -> bool:
+        """One of the ``trickle_next`` trickled bodies for a GET of a file, if any is left."""
+        if "/files/" not in raw_path.partition("?")[0]:
+            return False
+        with self._records_lock:
+            if self.faults.trickle_next <= 0:
+                return False
+            self.faults.trickle_next -= 1
+            return True
+
+    @staticmethod
+    def _trickled(result: Iterable[bytes], piece: int) -> Iterator[bytes]:
+        """``result``'s bytes, ``piece`` of them every 0.1 s."""
+        try:
+            for chunk in result:
+                for at in range(0, len(chunk), piece):
+                    time.sleep(0.1)
+                    yield chunk[at : at + piece]
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
 
     def _take_cut(self) -> bool:
         """One of the ``cut_next`` cuts, if any is left."""

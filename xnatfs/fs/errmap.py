@@ -23,6 +23,10 @@ _TABLE = (
     # FileList.handlePost; docs/FIDELITY.md): another client made the file first
     (xe.Conflict, errno.EEXIST),
     (xe.BadRequest, errno.EINVAL),
+    # not sent: XNAT cannot be connected to (xnat/breaker.py).  "Host is down", as a CIFS mount
+    # says of its dead server: EIO would read as a disk fault, ENETUNREACH blames the network.
+    # A server that answers errors (500/503 to everything) stays EIO, as each answer was.
+    (xe.HostDown, errno.EHOSTDOWN),
     (xe.XnatTimeout, errno.ETIMEDOUT),
 )
 

@@ -357,6 +357,17 @@ class Uploader:
             )
             self._cv.notify()
 
+    def retry_soon(self) -> None:
+        """XNAT answers again after an outage (``xnat/breaker.py``): every queued entry is
+        tried now, not at the end of the backoff its fast failures grew (up to
+        ``max_delay``, 300 s by default, after the server was back)."""
+        with self._cv:
+            now = self._clock()
+            for key, entry in list(self._queued.items()):
+                if entry.next_attempt > now:
+                    self._queued[key] = dataclasses.replace(entry, next_attempt=now)
+            self._cv.notify_all()
+
     def wake(self) -> None:
         """Re-read the schedule now (the clock moved, connectivity came back...)."""
         with self._cv:

@@ -359,7 +359,9 @@ class Engine:
             if self._slow_since is None:
                 self._slow_since = time.monotonic()
         if stale is not None:
-            log.warning("/%s: %s; showing the listing seen before", "/".join(key), exc)
+            # once per outage, not per listing: the breaker logged it (``reported``)
+            level = logging.DEBUG if getattr(exc, "reported", False) else logging.WARNING
+            log.log(level, "/%s: %s; showing the listing seen before", "/".join(key), exc)
             # trusted for another TTL, so a down source is not asked again on every stat
             self.meta.put(key, stale)
 

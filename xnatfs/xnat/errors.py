@@ -24,6 +24,8 @@ __all__ = [
     "ServerError",
     "XnatTimeout",
     "Unreachable",
+    "ServerDown",
+    "HostDown",
     "NotXnatResponse",
     "CredentialsError",
     "error_for_status",
@@ -135,7 +137,7 @@ class Conflict(XnatError):
 
 
 class ServerError(XnatError):
-    """5xx or 429.  502/503/504/429 are transient; the client retries GET/HEAD on those."""
+    """5xx or 429.  500/502/503/504/429 are retryable; the client retries GET/HEAD on those."""
 
     retryable = True
 
@@ -154,6 +156,20 @@ class Unreachable(XnatError):
 
     retryable = True
     _no_status_text = "unreachable"
+
+
+class ServerDown(Unreachable):
+    """Not sent: the server is known to be down (``breaker.py``) or the mount holds requests
+    back (``limiter.py``).  Retryable (it may answer later: listings seen before are kept, an
+    upload stays pending), but never retried within the call: that would only wait.  Logged
+    once by the breaker when it opens, so ``reported``: not one line per failed call."""
+
+    reported = True
+
+
+class HostDown(ServerDown):
+    """``ServerDown`` while the server cannot even be connected to (refused, DNS, connect
+    timeout), not merely answering errors: the filesystem says "Host is down" (EHOSTDOWN)."""
 
 
 class NotXnatResponse(XnatError):
@@ -196,5 +212,9 @@ def error_for_status(
     cls = _BY_STATUS.get(status)
     if cls is None:
         cls = ServerError if status >= 500 else XnatError
-    retryable = status in TRANSIENT_STATUSES if cls is ServerError else None
+    # a 500 too: XNAT's passing trouble as often as not (the client retries a GET's 500, the
+    # upload table calls it transient); "not retryable" made a listing seen before be forgotten
+    # at the first 500 of its refresh, so a server answering 500 for a minute made cached
+    # folders fail as well (EIO) instead of showing what was seen
+    retryable = (status in TRANSIENT_STATUSES or status == 500) if cls is ServerError else None
     return cls(method, url, status, message, retryable=retryable, retry_after=retry_after)

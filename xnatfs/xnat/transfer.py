@@ -4,11 +4,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 from urllib.parse import quote
 
 import requests
@@ -22,6 +23,7 @@ from .errors import (
     Unauthorized,
     Unreachable,
     XnatError,
+    XnatTimeout,
 )
 from .models import (
     RemoteStat,
@@ -36,10 +38,64 @@ from .transport import (
     check_contained,
 )
 
-__all__ = ["Transfer"]
+__all__ = ["Transfer", "MIN_BODY_RATE"]
 
 #: one logger for the whole client, whichever part of it logs (what log filters name)
 log = logging.getLogger("xnatfs.xnat.client")
+
+#: bytes a second a file's body must average, over ``read_timeout`` + size / this (time spent
+#: in the sink not counted): a body that trickles (some bytes inside every ``read_timeout``,
+#: so no read ever times out) held its download thread and request slot for as long as the
+#: server liked, and every other reader queued behind it timed out
+MIN_BODY_RATE = 16 * 1024
+
+
+class _BodyDeadline:
+    """The whole-body deadline of one file GET of known size, kept by the client's watchdog
+    (which shuts the socket down when it passes: the blocked read returns).  Time the sink
+    spends (a streamed file's flow control waiting for its reader) moves the deadline on: only
+    the server's time counts."""
+
+    def __init__(self, watchdog: Any, sock: Any, size: Optional[int], read_timeout: float):
+        self._watchdog = watchdog
+        self._sock = sock
+        self._size = size
+        self._started = time.monotonic()
+        self._at = self._started + read_timeout + size / MIN_BODY_RATE if size is not None else None
+        self._token = watchdog.arm(self._at, sock) if self._at is not None and sock else 0
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Around the sink: its time is not the server's."""
+        if not self._token or self._at is None:
+            yield
+            return
+        # disarmed while the sink runs: a watchdog firing meanwhile would cut a paused stream
+        self._watchdog.disarm(self._token)
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self._at += time.monotonic() - began
+            self._token = self._watchdog.arm(self._at, self._sock)
+
+    def timeout(self, url: str, received: int) -> Optional[XnatTimeout]:
+        """The error for a read that failed because the deadline passed, else None."""
+        if not self._token or self._at is None or time.monotonic() < self._at:
+            return None
+        took = time.monotonic() - self._started
+        return XnatTimeout(
+            "GET",
+            url,
+            None,
+            f"body slower than {MIN_BODY_RATE // 1024} KiB/s: {received} of {self._size} "
+            f"bytes in {took:.1f}s; cut",
+        )
+
+    def disarm(self) -> None:
+        if self._token:
+            self._watchdog.disarm(self._token)
+            self._token = 0
 
 
 class _HtmlHead:
@@ -153,6 +209,7 @@ class Transfer(Transport):
                     except OSError:
                         pass
             head = _HtmlHead(self._may_be_login_page(resp))
+            body = _BodyDeadline(self._watchdog, sock, stat.size, opts.read_timeout)
             try:
                 chunks = resp.iter_content(opts.chunk_size)
                 ended = False
@@ -162,7 +219,9 @@ class Transfer(Transport):
                     except StopIteration:
                         chunk, ended = head.end(), True
                     except Exception as exc:  # noqa: BLE001 - translation boundary for the body
-                        failure = _translate(exc, "GET", url, self._timeout)
+                        failure = body.timeout(url, received) or _translate(
+                            exc, "GET", url, self._timeout
+                        )
                         break
                     if head.login_page:
                         login_page = True
@@ -171,8 +230,10 @@ class Transfer(Transport):
                     if chunk:
                         received += len(chunk)
                         self._stats.bytes_in(len(chunk))
-                        sink(chunk)
+                        with body.paused():
+                            sink(chunk)
             finally:
+                body.disarm()
                 with self._streams_lock:
                     self._streams.pop(id(resp), None)
                 resp.close()

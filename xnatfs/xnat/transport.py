@@ -67,6 +67,7 @@ import urllib3.exceptions
 from .. import __version__
 from .. import deadline as _call_deadline
 from . import body as _body
+from . import breaker as _breaker
 from . import limiter as _limiter
 from . import parse
 from . import watchdog as _watchdog
@@ -74,7 +75,9 @@ from .auth import Credentials
 from .errors import (
     TRANSIENT_STATUSES,
     BadRequest,
+    HostDown,
     NotXnatResponse,
+    ServerDown,
     Unreachable,
     XnatError,
     XnatTimeout,
@@ -281,6 +284,11 @@ def _parse_retry_after(value: Optional[str]) -> Optional[float]:
     return max(0.0, when - time.time()) if when is not None else None
 
 
+#: answers that may mean "XNAT is down" (a proxy in front of a stopped XNAT, a Tomcat without
+#: its database): the breaker counts them when they come from different paths (``breaker.py``).
+#: Not 503 nor 429: "too busy, come back later" is the limiter's (its pauses, Retry-After)
+_DOWN_STATUSES = frozenset({500, 502, 504})
+
 #: answers that mean "too much": the adaptive limit backs off on them (issue 13 §2)
 _OVERLOAD_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -302,6 +310,31 @@ def _is_read_timeout(exc: BaseException) -> bool:
         ):
             return True
         inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
+        exc = inner or exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        seen += 1
+    return False
+
+
+def _no_connection(exc: BaseException) -> bool:
+    """No connection was made: refused, unreachable, DNS, connect timeout (urllib3's
+    ``NewConnectionError``/``ConnectTimeoutError`` somewhere in the chain).  A connection that
+    broke mid-answer (a reset, a body cut short) is not: the server was there."""
+    seen = 0
+    while exc is not None and seen < 6:
+        if isinstance(
+            exc,
+            (
+                urllib3.exceptions.NewConnectionError,
+                urllib3.exceptions.ConnectTimeoutError,
+                requests.exceptions.ConnectTimeout,
+                ConnectionRefusedError,
+                socket.gaierror,
+            ),
+        ):
+            return True
+        inner = getattr(exc, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
         exc = inner or exc.__cause__ or exc.__context__  # type: ignore[assignment]
         seen += 1
     return False
@@ -466,6 +499,8 @@ class _LoginSession:
     _jsession: Optional[str]
     _generation: int
     _heartbeat_interval: float
+    _heartbeat_wake: threading.Event
+    _breaker: "_breaker.Breaker"
     _closing: threading.Event
     _closed: bool
     _url: Callable[[str], str]
@@ -590,12 +625,26 @@ class _LoginSession:
             self._heartbeat_interval = min(max(timeout / 2.0 - 20.0, 10.0), _MAX_HEARTBEAT)
 
     def _heartbeat_loop(self) -> None:
-        while not self._closing.wait(self._heartbeat_interval):
+        """Renew the session every ``heartbeat_interval``; while the breaker is open, also be
+        its probe when one is due, so that a mount nobody uses notices XNAT is back (its
+        ``status`` said "down" until the next call otherwise, and uploads waited for one)."""
+        breaker = self._breaker
+        while not self._closing.is_set():
+            due = breaker.next_check_in()
+            self._heartbeat_wake.wait(self._heartbeat_interval if due is None else max(due, 0.05))
+            self._heartbeat_wake.clear()
+            if self._closing.is_set():
+                return
+            due = breaker.next_check_in()
+            if due is not None and due > 0:
+                continue  # woken by the opening: wait for the probe's turn
             try:
                 resp = self._call("GET", "/data/JSESSION")
                 self._note_expiry(resp)
             except XnatError as err:
-                log.warning("heartbeat: %s", err)
+                # while XNAT is down the breaker's two lines say it all
+                quiet = isinstance(err, ServerDown) or breaker.is_open
+                log.log(logging.DEBUG if quiet else logging.WARNING, "heartbeat: %s", err)
 
     def heartbeat(self) -> None:
         """One ``GET /data/JSESSION`` now (what the heartbeat thread does); renews the
@@ -645,6 +694,8 @@ class Transport(_LoginSession):
             opts.max_requests, backoff_base=opts.backoff_base, backoff_max=opts.pause_max
         )
 
+        #: fails calls at once while XNAT is known to be down (``breaker.py``)
+        self._breaker = _breaker.Breaker(self.base_url, probe_max=opts.pause_max)
         self._stats = ClientStats(opts.latency_samples)
         #: guards _jsession, _generation, _heartbeat_interval; held during a login
         self._login_lock = threading.Lock()
@@ -654,6 +705,9 @@ class Transport(_LoginSession):
         self._generation = 0
         self._heartbeat_interval = _DEFAULT_HEARTBEAT
         self._closing = threading.Event()
+        #: wakes the heartbeat thread: at close, and when the breaker opens (it probes)
+        self._heartbeat_wake = threading.Event()
+        self._breaker.on_down.append(self._heartbeat_wake.set)
         self._heartbeat_thread: Optional[threading.Thread] = None
         self._closed = False
         #: sockets of file downloads whose body is being read; ``close()`` shuts them down so
@@ -686,6 +740,7 @@ class Transport(_LoginSession):
             return
         self._closed = True
         self._closing.set()
+        self._heartbeat_wake.set()
         with self._streams_lock:
             # under the lock: a stream unregisters (under it) before its connection goes back
             # to the pool, so only sockets of downloads still reading are shut down
@@ -696,7 +751,10 @@ class Transport(_LoginSession):
                     pass
         t = self._heartbeat_thread
         if t is not None and t is not threading.current_thread():
-            t.join(timeout=self.options.connect_timeout + self.options.read_timeout)
+            # not longer than the logout: while XNAT is down the heartbeat is the breaker's
+            # probe, and a probe a hung server never answers held every unmount for connect
+            # + read timeout (35 s); a daemon thread, it ends with the process
+            t.join(timeout=_LOGOUT_S)
         with self._login_lock:
             jsession, self._jsession = self._jsession, None
         if jsession:
@@ -734,6 +792,16 @@ class Transport(_LoginSession):
     def limiter(self) -> Dict[str, Any]:
         """The request limiter's state (``limiter.RequestLimiter.snapshot``)."""
         return self._limiter.snapshot()
+
+    @property
+    def server(self) -> Dict[str, Any]:
+        """Is XNAT up, down (failing at once) or being checked (``breaker.Breaker.snapshot``)."""
+        return self._breaker.snapshot()
+
+    def on_server_back(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever XNAT answers again after the breaker opened (the
+        uploader then tries its queued entries at once)."""
+        self._breaker.on_up.append(callback)
 
     @property
     def heartbeat_interval(self) -> float:
@@ -810,13 +878,23 @@ class Transport(_LoginSession):
             raise err
         full_read_timeout = timeout[1]
         try:
+            probe = self._breaker.admit(method, url)
+        except ServerDown as down:
+            self._stats.error(type(down).__name__)
+            raise
+        try:
             slot = self._limiter.acquire(holder.at)
         except _limiter.SlotUnavailable as exc:
+            if probe:
+                self._breaker.probe_done()
+            # a pause: retryable (listings seen before stay shown), never retried in the call
             err = (
-                Unreachable(method, url, None, str(exc), retryable=False)
+                ServerDown(method, url, None, str(exc))
                 if exc.paused
                 else XnatTimeout(method, url, None, str(exc))
             )
+            # no breaker line said why: each call failed by a pause has its own line
+            err.reported = False  # type: ignore[union-attr]
             self._stats.error(type(err).__name__)
             raise err from None
         started = time.monotonic()  # latency samples: the server's time, not the queue's
@@ -864,10 +942,17 @@ class Transport(_LoginSession):
             if stream:
                 self._hand_slot_to(resp, slot, outcome, retry_after)
                 handed_over = True
+            failure = (
+                _breaker.Failure.ANSWER
+                if resp.status_code in _DOWN_STATUSES
+                else _breaker.Failure.NONE
+            )
+            self._breaker.record(failure, urlsplit(url).path, f"HTTP {resp.status_code}", probe)
         except Exception as exc:  # noqa: BLE001 - the one translation boundary
             err = _translate(exc, method, url, timeout, holder.at)
             if isinstance(err, XnatTimeout) or (isinstance(err, Unreachable) and err.retryable):
                 outcome = _limiter.Outcome.OVERLOAD  # a slow, refusing or restarting server
+            err = self._note_down(err, url, probe, exc)
             self._stats.request(method, type(err).__name__, time.monotonic() - started)
             self._stats.error(type(err).__name__)
             raise err from None
@@ -877,6 +962,29 @@ class Transport(_LoginSession):
                 self._limiter.release(slot, outcome, retry_after)
         self._stats.request(method, resp.status_code, time.monotonic() - started)
         return resp
+
+    def _note_down(self, err: XnatError, url: str, probe: bool, cause: BaseException) -> XnatError:
+        """Tell the breaker what a failed exchange says about the server: no connection,
+        no answer in time, or nothing (a TLS error or a refused body are no outage).  The
+        error to raise: ``HostDown`` for a connection failure once the breaker is open."""
+        if isinstance(err, Unreachable) and err.retryable and err.status is None:
+            failure = (
+                _breaker.Failure.CONNECTION if _no_connection(cause) else _breaker.Failure.ANSWER
+            )
+        elif isinstance(err, XnatTimeout):
+            failure = _breaker.Failure.ANSWER
+        elif isinstance(err, NotXnatResponse):
+            failure = _breaker.Failure.NONE  # the server answered, wrongly
+        else:
+            if probe:
+                self._breaker.probe_done()
+            return err
+        self._breaker.record(failure, urlsplit(url).path, err.message or str(err), probe)
+        if failure is _breaker.Failure.CONNECTION and self._breaker.is_open:
+            # the call that opened the breaker, or a failed probe, says what the calls
+            # failing at once say (EHOSTDOWN), not EIO
+            return HostDown(err.method, err.url, None, err.message)
+        return err
 
     def _hand_slot_to(
         self,
@@ -1056,6 +1164,8 @@ class Transport(_LoginSession):
         opts = self.options
         if attempt > opts.retries or self._closing.is_set():
             return False
+        if isinstance(err, ServerDown) or self._breaker.is_open:
+            return False  # the next try would fail at once, or wait for nothing
         delay = min(opts.backoff_max, opts.backoff_base * (2 ** (attempt - 1)))
         delay = random.uniform(delay / 2.0, delay)
         if err.retry_after is not None:
@@ -1071,8 +1181,9 @@ class Transport(_LoginSession):
 
     @staticmethod
     def _log_failure(err: XnatError) -> None:
-        """One line per failed call; expected outcomes (404/409) stay at DEBUG."""
-        if err.status in (404, 409):
+        """One line per failed call; expected outcomes (404/409) stay at DEBUG, and so do
+        calls failed at once while XNAT is down (the breaker logged that once)."""
+        if err.status in (404, 409) or getattr(err, "reported", False):
             log.debug("%s", err)
         else:
             log.info("%s", err)
