@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from xnatfs import settings
 from xnatfs.tree.handles import WriteHandle
@@ -113,6 +113,8 @@ class Writer(Namespace):
         )
         #: import entries the server accepted (import has nothing to list-verify against)
         self._imported: Dict[str, List[str]] = {}
+        #: the checks' listings, until the uploader says DONE (``UploadPath._verify``)
+        self._verified: Dict[str, Tuple[int, List[Any]]] = {}
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
