@@ -1630,6 +1630,30 @@ B7_SIDES = (
 )
 
 
+def b7_resource_paths(srv: "Server", labels: Iterable[str]) -> Dict[str, Tuple[str, str]]:
+    """label -> the two ways a request names project resource ``label`` (by label, and by
+    its ID as the mount and xnatpy do), each as ``/resources/<x>`` for matching paths."""
+    r = srv.http.get(
+        srv.url + "/data/projects/BENCH/resources", params={"format": "json"}, timeout=HTTP_TIMEOUT
+    )
+    r.raise_for_status()
+    ids = {
+        row["label"]: str(row["xnat_abstractresource_id"])
+        for row in r.json()["ResultSet"]["Result"]
+    }
+    return {label: (f"/resources/{label}", f"/resources/{ids[label]}") for label in labels}
+
+
+def b7_requests(srv: "Server", mark: int, names: Tuple[str, str]) -> int:
+    """Requests since ``mark`` on the resource (its files, its listing), by either name."""
+
+    def on(path_qs: str) -> bool:
+        path = path_qs.split("?", 1)[0]
+        return any(path == n or path.endswith(n) or n + "/" in path for n in names)
+
+    return sum(1 for r in srv.since(mark) if on(r.path_qs))
+
+
 def b7_listing(srv: "Server", uri: str) -> Dict[str, int]:
     """name -> size of the files XNAT lists in resource ``uri`` (the check after each side)."""
     r = srv.http.get(srv.url + uri + "/files", params={"format": "json"}, timeout=HTTP_TIMEOUT)
@@ -1662,6 +1686,7 @@ def flow_small_uploads(ctx: Ctx) -> None:
         for key, _ in B7_SIDES:
             labels[key, rep] = f"B7_{key.upper()}_{rep}"
             srv.put(f"/data/projects/BENCH/resources/{labels[key, rep]}", params={"format": "RAW"})
+    named = b7_resource_paths(srv, labels.values())
     srv.measuring()
     res: Dict[str, List[float]] = {f"{k}_s": [] for k, _ in B7_SIDES}
     res.update({f"{k}_requests": [] for k, _ in B7_SIDES})
@@ -1696,9 +1721,7 @@ def flow_small_uploads(ctx: Ctx) -> None:
                     cpu[key].append(meter.read(client=r["cpu"]))
                 ctx.patterns(f"B7 {key} rep{rep + 1}", mark)
                 # the requests on the resource (xnatpy's login and schema reads are not per file)
-                res[f"{key}_requests"].append(
-                    sum(1 for r in srv.since(mark) if f"/resources/{label}" in r.path_qs)
-                )
+                res[f"{key}_requests"].append(b7_requests(srv, mark, named[label]))
                 res.setdefault(f"{key}_all_requests", []).append(srv.api_count(mark))
                 res[f"{key}_s"].append(dt)
                 listed = b7_listing(srv, uri)
