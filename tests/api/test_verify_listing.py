@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 
 import pytest
 
@@ -72,6 +73,8 @@ def test_a_local_change_after_the_checks_request_wins_over_its_listing(runtime, 
     no longer shows B (XNAT has it) and the listing would not either (ENOENT for a file just
     written).  B's confirmation invalidated the folder after A's mark: A's listing is not
     stored, and both names resolve."""
+    # B's check runs inside A's listing call here: shared, it would wait for that call
+    monkeypatch.setattr(uploading, "SHARE_CHECKS", False)
     tree, writer = runtime.tree, runtime.writer
     tree.listdir(FOLDER)
     client = writer.client
@@ -96,3 +99,40 @@ def test_a_local_change_after_the_checks_request_wins_over_its_listing(runtime, 
     assert (a.size, b.size) == (20, 30)
     assert {n.name for n in tree.listdir(FOLDER)} >= {"a.dat", "b.dat"}
     assert tree.meta.stats["refreshes_refused"] == refused + 1
+
+
+def test_uploads_to_one_resource_ending_together_share_their_checks_listing(runtime):
+    """Six files closed at once (each close() PUTs, then checks): the checks that come while
+    one listing is under way share the next one (uploads/checks.py), never one begun before
+    their PUT returned; every file is on XNAT and looks up with its size."""
+    tree, writer, emu = runtime.tree, runtime.writer, runtime.emu.emu
+    tree.listdir(FOLDER)
+    handles = {}
+    for i in range(6):
+        handles[i] = writer.create(f"{FOLDER}/together{i}.dat")
+        handles[i].write(0, bytes([65 + i]) * (50 + i))
+    mark = len(emu.access_records())
+    emu.faults.latency_ms = 300  # the PUTs end together, each check comes during another's
+    start = threading.Barrier(6)
+    errors: list = []
+
+    def close(i: int) -> None:
+        try:
+            start.wait(10)
+            handles[i].flush()
+            handles[i].close()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=close, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    emu.faults.latency_ms = 0
+    assert errors == []
+    assert _listings(emu, mark) < 6
+    assert writer._checks.stats["shared"] >= 1
+    for i in range(6):
+        node = tree.lookup(f"{FOLDER}/together{i}.dat")
+        assert not writer.owns(node) and node.size == 50 + i

@@ -20,6 +20,7 @@ from xnatfs.tree.nodes import Kind, NodeInfo
 from xnatfs.tree.overlay import LocalOverlay
 from xnatfs.tree.paths import join_path, split_path
 from xnatfs.uploads import Journal, Spool, SpoolFile, Uploader
+from xnatfs.uploads.checks import SharedChecks
 from xnatfs.uploads.journal import DONE, FAILED, PENDING, Entry
 from xnatfs.uploads.retry import classify
 
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 #: as the folder's listing, in place of dropping it for the next lookup to fetch again:
 #: one request less per file written (RESULTS.md, "Small files").  False: the old way.
 KEEP_VERIFY_LISTING = True
+#: Uploads to one resource whose checks come while a check's listing is under way share the
+#: next listing (``uploads.checks.SharedChecks``): one request for all of them, never one that
+#: began before their PUTs returned.  False: a listing per check.
+SHARE_CHECKS = True
 
 
 class UploadPath(LocalOverlay):
@@ -47,6 +52,8 @@ class UploadPath(LocalOverlay):
     #: entry id -> (the listing cache's mark before the check's request, the files it
     #: listed), from a check that confirmed the entry until ``_on_change`` uses it
     _verified: Dict[str, Tuple[int, List[Any]]]
+    #: the checks' listings, shared by checks of one resource that come together
+    _checks: SharedChecks
 
     def _commit(self, lf: LocalFile, upload: bool = True) -> None:
         """close()/fsync(): put the bytes in the journal, then upload them now.
@@ -172,8 +179,16 @@ class UploadPath(LocalOverlay):
         target = entry.target
         if target is None or not target.is_file:  # an import has no listing to check
             return entry.id in self._imported
-        since = self.tree.meta.mark() if KEEP_VERIFY_LISTING else 0
-        files = self.client.list_files(target.resource_uri)
+        uri = target.resource_uri
+
+        def listing() -> Tuple[int, List[Any]]:
+            # the listing cache's mark right before the request: a change after it wins
+            return self.tree.meta.mark(), self.client.list_files(uri)
+
+        if SHARE_CHECKS:  # one listing for the uploads to this resource that end together
+            since, files = self._checks.fetch(uri, listing)
+        else:
+            since, files = listing()
         for f in files:
             if f.path == target.relpath:
                 ok = f.size == entry.size and (not f.digest or f.digest == entry.md5)

@@ -46,6 +46,7 @@ from xnatfs.tree.local import (
 from xnatfs.tree.namespace import Namespace
 from xnatfs.tree.paths import join_path, split_path
 from xnatfs.uploads import Journal, Spool, Uploader
+from xnatfs.uploads.checks import SharedChecks
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -115,6 +116,8 @@ class Writer(Namespace):
         self._imported: Dict[str, List[str]] = {}
         #: the checks' listings, until the uploader says DONE (``UploadPath._verify``)
         self._verified: Dict[str, Tuple[int, List[Any]]] = {}
+        #: the checks' listings, shared by checks of one resource that come together
+        self._checks = SharedChecks(timeout=fs_timeout)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
