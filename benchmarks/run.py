@@ -55,7 +55,7 @@ ADMIN = ("admin", "admin-pw")
 HTTP_TIMEOUT = (5.0, 300.0)  # (connect, read) for every request the driver makes
 MIB = 1 << 20
 BOOKKEEPING = ("/data/JSESSION", "/data/services/auth", "/data/auth")
-ALL = ("B1", "B2", "B3", "B4", "B5", "B6")
+ALL = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
 #: the programs the mount side is timed with (``Ctx.drop`` starts each after a drop)
 TIMED_PROGRAMS = ("cp", "dd", "find", "ls")
 
@@ -75,6 +75,9 @@ class Sizes:
     b4_experiments: int = 2
     b4_scans: int = 4
     b5_mib: int = 256
+    #: B7: small files written into a resource (``tar x``): how many, KiB each
+    b7_files: int = 200
+    b7_kib: int = 4
     #: single repetitions on a shared 2-core VM vary by +-30 %: five make the medians steadier
     reps: int = 5
     #: B2's realistic second series (issue 12): (label, scan number, files, KiB per file); the
@@ -93,6 +96,7 @@ QUICK = Sizes(
     b4_experiments=2,
     b4_scans=2,
     b5_mib=16,
+    b7_files=40,
     reps=3,
     b2_more=(("MR series 24 x 512 KiB", "3", 24, 512), ("fMRI run 200 x 16 KiB", "4", 200, 16)),
 )
@@ -241,6 +245,33 @@ with open(src, "rb") as f:
 r.raise_for_status()
 print(json.dumps({"seconds": time.perf_counter() - t0, "status": r.status_code,
                   "cpu": time.process_time() - c0}))
+"""
+
+PUT_LOOP = r"""
+import json, os, sys, time, requests
+res_url, src, user, pw = sys.argv[1:5]
+s = requests.Session(); s.auth = (user, pw)
+names = sorted(os.listdir(src))
+t0 = time.perf_counter(); c0 = time.process_time()
+for name in names:
+    with open(os.path.join(src, name), "rb") as f:
+        r = s.put(res_url + "/files/" + name, data=f, params={"inbody": "true"},
+                  timeout=(5, 300), headers={"Content-Type": "application/octet-stream"})
+    r.raise_for_status()
+print(json.dumps({"seconds": time.perf_counter() - t0, "files": len(names),
+                  "cpu": time.process_time() - c0}))
+"""
+
+XNATPY_UPLOAD = r"""
+import json, sys, time, xnat
+url, user, pw, project, resource, src, method = sys.argv[1:8]
+with xnat.connect(url, user=user, password=pw, loglevel="ERROR") as session:
+    # timed from finding the resource on: tar x through the mount finds it by its path too
+    t0 = time.perf_counter(); c0 = time.process_time()
+    res = session.projects[project].resources[resource]
+    res.upload_dir(src, method=method)
+    dt = time.perf_counter() - t0; cpu = time.process_time() - c0
+print(json.dumps({"seconds": dt, "cpu": cpu}))
 """
 
 STAT_LOOP = r"""
@@ -1588,6 +1619,160 @@ def flow_upload(ctx: Ctx) -> None:
     )
 
 
+# -- B7
+#: B7's sides: key, what the row says, how it runs (mount: ``tar x`` into the mount; the others
+#: are child programs given the resource's URL or its project and label)
+B7_SIDES = (
+    ("mount", "tar x into the mount"),
+    ("requests", "a requests PUT loop over one session"),
+    ("xnatpy", "xnatpy upload_dir(method='per_file') (one upload() per file)"),
+    ("xnatpy_tgz", "xnatpy upload_dir() (one tar.gz, extract=true)"),
+)
+
+
+def b7_resource_paths(srv: "Server", labels: Iterable[str]) -> Dict[str, Tuple[str, str]]:
+    """label -> the two ways a request names project resource ``label`` (by label, and by
+    its ID as the mount and xnatpy do), each as ``/resources/<x>`` for matching paths."""
+    r = srv.http.get(
+        srv.url + "/data/projects/BENCH/resources", params={"format": "json"}, timeout=HTTP_TIMEOUT
+    )
+    r.raise_for_status()
+    ids = {
+        row["label"]: str(row["xnat_abstractresource_id"])
+        for row in r.json()["ResultSet"]["Result"]
+    }
+    return {label: (f"/resources/{label}", f"/resources/{ids[label]}") for label in labels}
+
+
+def b7_requests(srv: "Server", mark: int, names: Tuple[str, str]) -> int:
+    """Requests since ``mark`` on the resource (its files, its listing), by either name."""
+
+    def on(path_qs: str) -> bool:
+        path = path_qs.split("?", 1)[0]
+        return any(path == n or path.endswith(n) or n + "/" in path for n in names)
+
+    return sum(1 for r in srv.since(mark) if on(r.path_qs))
+
+
+def b7_listing(srv: "Server", uri: str) -> Dict[str, int]:
+    """name -> size of the files XNAT lists in resource ``uri`` (the check after each side)."""
+    r = srv.http.get(srv.url + uri + "/files", params={"format": "json"}, timeout=HTTP_TIMEOUT)
+    r.raise_for_status()
+    return {row["Name"]: int(row["Size"]) for row in r.json()["ResultSet"]["Result"]}
+
+
+def flow_small_uploads(ctx: Ctx) -> None:
+    """B7: ``tar x`` of N small files into a resource on the mount against the ways a user
+    uploads them otherwise (a requests PUT loop, xnatpy per file, xnatpy's one archive with
+    extract=true), alternated per rep, each side into a resource of its own made beforehand
+    through the API (a fresh listing for the mount: the resource is new to it).  Reports time
+    per file and requests per file on that resource from the access log (xnatpy's login and
+    schema reads, and the mount's walk to the resource, are in ``raw`` as ``*_all_requests``).
+
+    Long because: four sides, each timed, counted and checked the same way, and the rows."""
+    z, srv = ctx.sizes, ctx.server
+    size = z.b7_kib * 1024
+    src = ctx.fresh("b7-src")
+    src.mkdir()
+    names = [f"f{i:05d}.dat" for i in range(z.b7_files)]
+    for name in names:
+        (src / name).write_bytes(os.urandom(size))
+    tarball = ctx.base / "b7.tar"
+    timed(["tar", "cf", tarball, "-C", src, *names], 120)
+    tmo = 60.0 + 2.0 * z.b7_files
+    srv.building()
+    labels: Dict[Tuple[str, int], str] = {}
+    for rep in range(z.reps):
+        for key, _ in B7_SIDES:
+            labels[key, rep] = f"B7_{key.upper()}_{rep}"
+            srv.put(f"/data/projects/BENCH/resources/{labels[key, rep]}", params={"format": "RAW"})
+    named = b7_resource_paths(srv, labels.values())
+    srv.measuring()
+    res: Dict[str, List[float]] = {f"{k}_s": [] for k, _ in B7_SIDES}
+    res.update({f"{k}_requests": [] for k, _ in B7_SIDES})
+    cpu: Dict[str, List[Cpu]] = {k: [] for k, _ in B7_SIDES}
+    ctx.log(f"B7: {z.b7_files} x {z.b7_kib} KiB into a resource, {z.reps} reps")
+    m = ctx.mount()
+    try:
+        for rep in range(z.reps):
+            order = [k for k, _ in B7_SIDES]
+            if rep % 2 == 1:
+                order.reverse()
+            for key in order:
+                label = labels[key, rep]
+                uri = f"/data/projects/BENCH/resources/{label}"
+                ctx.drop()
+                mark = srv.mark()
+                if key == "mount":
+                    meter = CpuMeter(m.proc.pid if m.proc else None)
+                    dest = m.path / "BENCH" / "resources" / label / "files"
+                    dt, _ = timed(["tar", "xf", tarball, "-C", dest], tmo)
+                    cpu[key].append(meter.read())
+                else:
+                    meter = CpuMeter()
+                    if key == "requests":
+                        r = child(PUT_LOOP, [srv.url + uri, src, *ADMIN], tmo)
+                    else:
+                        method = "per_file" if key == "xnatpy" else "tgz_file"
+                        r = child(
+                            XNATPY_UPLOAD, [srv.url, *ADMIN, "BENCH", label, src, method], tmo
+                        )
+                    dt = r["seconds"]
+                    cpu[key].append(meter.read(client=r["cpu"]))
+                ctx.patterns(f"B7 {key} rep{rep + 1}", mark)
+                # the requests on the resource (xnatpy's login and schema reads are not per file)
+                res[f"{key}_requests"].append(b7_requests(srv, mark, named[label]))
+                res.setdefault(f"{key}_all_requests", []).append(srv.api_count(mark))
+                res[f"{key}_s"].append(dt)
+                listed = b7_listing(srv, uri)
+                if listed != {n: size for n in names}:
+                    raise BenchError(
+                        f"B7 {key}: XNAT lists {len(listed)} files "
+                        f"({sum(listed.values())} bytes), expected {len(names)} x {size}"
+                    )
+            ctx.log(
+                f"  rep {rep + 1}: "
+                + ", ".join(
+                    f"{k} {res[f'{k}_s'][-1]:.2f} s ({res[f'{k}_requests'][-1]:.0f} req)"
+                    for k, _ in B7_SIDES
+                )
+            )
+    finally:
+        ctx.unmount(m)
+        shutil.rmtree(m.cache, ignore_errors=True)
+    ctx.raw["small_uploads"] = res
+    ctx.raw["small_uploads_cpu"] = {k: [asdict(c) for c in v] for k, v in cpu.items()}
+    n = z.b7_files
+
+    def per_file(key: str) -> str:
+        t, q = median(res[f"{key}_s"]), median(res[f"{key}_requests"])
+        return f"{t:.2f} s ({1000 * t / n:.1f} ms, {q / n:.2f} req per file)"
+
+    for key, what in B7_SIDES[1:]:
+        ctx.row(
+            "B7",
+            f"tar x {n} x {z.b7_kib} KiB into a resource on the mount vs {what}",
+            per_file("mount"),
+            per_file(key),
+            median(res["mount_s"]) / median(res[f"{key}_s"]),
+            f"time mount/{key}",
+            "(report)",
+            None,
+            spread(res["mount_s"], res[f"{key}_s"]),
+        )
+    add_cpu_rows(
+        ctx,
+        "B7",
+        f"tar x {n} x {z.b7_kib} KiB",
+        cpu["mount"],
+        res["mount_s"],
+        "requests PUT loop",
+        cpu["requests"],
+        res["requests_s"],
+        lower_is_better=True,
+    )
+
+
 def add_b6(ctx: Ctx) -> None:
     for b in ("B1", "B4"):
         vals = [v for v in ctx.raw.get("hwm_mb", {}).get(b, []) if v == v]
@@ -1729,7 +1914,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     )
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run (< 60 s)")
     ap.add_argument(
-        "--only", default=",".join(ALL), help="comma-separated subset of B1..B6 (default: all)"
+        "--only", default=",".join(ALL), help="comma-separated subset of B1..B7 (default: all)"
     )
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 5, minimum 3)")
     ap.add_argument("--json", default=None, help="also write every raw sample to this JSON file")
@@ -1853,9 +2038,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         multi = bool(args.only & {"B2", "B3"})
         meta = bool(args.only & {"B4", "B6"})
         upload = "B5" in args.only
+        small = "B7" in args.only
         t0 = time.monotonic()
         server.building()
-        if single or multi or upload:
+        if single or multi or upload or small:
             build_bench_project(ctx, single, multi, upload)
         if meta:
             build_meta_project(ctx)
@@ -1869,6 +2055,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             flow_meta(ctx)
         if upload:
             flow_upload(ctx)
+        if small:
+            flow_small_uploads(ctx)
         if "B6" in args.only:
             add_b6(ctx)
     except KeyboardInterrupt as exc:

@@ -52,6 +52,8 @@ def test_ttl_expiry_with_fake_clock(clock):
         "errors": 0,
         "joins": 0,
         "timeouts": 0,
+        "refreshes": 0,
+        "refreshes_refused": 0,
         "entries": 1,
         "in_flight": 0,
     }
@@ -262,3 +264,81 @@ def test_load_async_error_is_handed_over_not_cached():
     f = m.load_async(("K",), boom, lambda job: job())
     assert f.done.is_set() and isinstance(f.error, ValueError)
     assert m.peek(("K",)) is None and m.stats["in_flight"] == 0
+
+
+# ---------------------------------------------------------------------------- refresh
+def test_refresh_stores_a_listing_fetched_after_the_mark_and_drops_what_it_replaces(clock):
+    m = MetaCache(ttl=60.0, timer=clock)
+    key = ("P", "resources", "R", "files")
+    m.put(key, "listing before the upload")
+    m.put(key + ("a", "\0node"), "node of a")
+    m.put(("P", "resources", "R"), "parent")
+    since = m.mark()
+    assert m.refresh(key, "listing after the upload", since, prefixes=[key], keys=[key[:-1]])
+    assert m.peek(key) == "listing after the upload"
+    assert m.peek(key + ("a", "\0node")) is None and m.peek(("P", "resources", "R")) is None
+    assert m.get_or_load(key, lambda: pytest.fail("must not load")) == "listing after the upload"
+    assert m.stats["refreshes"] == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m, key: m.invalidate(key),
+        lambda m, key: m.invalidate_prefix(key[:2]),  # a folder above it
+        lambda m, key: m.invalidate_prefix(()),
+        lambda m, key: m.clear(),
+    ],
+)
+def test_an_invalidation_after_the_mark_wins_over_the_refresh(clock, change):
+    """A local change between the listing's request and its store (another upload confirmed,
+    an rm) may be missing from it: the listing is not stored, the next call loads."""
+    m = MetaCache(ttl=60.0, timer=clock)
+    key = ("P", "resources", "R", "files")
+    since = m.mark()
+    change(m, key)
+    assert not m.refresh(key, "maybe older than the change", since, prefixes=[key])
+    assert m.peek(key) is None
+    assert m.stats["refreshes_refused"] == 1
+
+
+def test_an_invalidation_of_another_key_does_not_refuse_the_refresh(clock):
+    m = MetaCache(ttl=60.0, timer=clock)
+    key = ("P", "resources", "R", "files")
+    since = m.mark()
+    m.invalidate(("P", "resources", "OTHER", "files"))
+    m.invalidate_prefix(("Q",))
+    assert m.refresh(key, "fresh", since, prefixes=[key])
+    assert m.peek(key) == "fresh"
+
+
+def test_refresh_refuses_when_the_invalidations_since_its_mark_are_forgotten(clock):
+    m = MetaCache(ttl=60.0, timer=clock)
+    key = ("P", "files")
+    since = m.mark()
+    for i in range(5000):  # more than are remembered: one of them may have touched the key
+        m.invalidate(("other", i))
+    assert not m.refresh(key, "fresh", since)
+
+
+def test_a_load_running_at_the_refresh_is_not_stored_over_it(clock):
+    """The load may have begun before the upload the refreshed listing shows: stored after
+    it, the listing without the new file would answer ENOENT for it."""
+    m = MetaCache(ttl=60.0, timer=clock)
+    key = ("P", "files")
+    started, release = threading.Event(), threading.Event()
+
+    def slow_loader():
+        started.set()
+        assert release.wait(WAIT)
+        return "older listing"
+
+    got: List[str] = []
+    t = threading.Thread(target=lambda: got.append(m.get_or_load(key, slow_loader)))
+    t.start()
+    assert started.wait(WAIT)
+    assert m.refresh(key, "newer listing", m.mark(), prefixes=[key])
+    release.set()
+    t.join(WAIT)
+    assert got == ["older listing"]  # its caller gets what it asked for
+    assert m.peek(key) == "newer listing"

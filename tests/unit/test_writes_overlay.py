@@ -19,6 +19,7 @@ def test_a_stat_between_the_confirmed_upload_and_the_release_keeps_the_size():
     writer._lock = threading.Lock()
     writer._files = {}
     writer._dirs = set()
+    writer._verified = {}  # the checks' listings (none here: the folder is invalidated)
     writer.tree = SimpleNamespace(invalidate=lambda path: None)
     target = UploadTarget.file("/data/projects/P/resources/R", "a.nii")
     entry = Entry(

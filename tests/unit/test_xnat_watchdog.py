@@ -109,3 +109,33 @@ def test_an_upload_answer_is_owed_from_when_the_send_queue_emptied():
     finally:
         a.close()
         b.close()
+
+
+def test_a_small_body_is_looked_at_again_after_a_millisecond_not_fifty():
+    """The first look after the last body byte usually finds it not yet acknowledged; the
+    next look came 50 ms later, on every upload: a `tar x` of 4 KiB files spent ~50 ms of
+    each close() here.  The looks now start at 1 ms and double up to ``POLL``."""
+    a, b = socket.socketpair()
+    try:
+        if unsent_bytes(a) is None:
+            pytest.skip("no SIOCOUTQ here")
+        pauses = []
+        b.settimeout(10)
+
+        def sleep(seconds):
+            pauses.append(seconds)
+            if len(pauses) == 8:  # the peer reads the body only now
+                assert b.recv(65536) == b"x" * 4096
+
+        holder = RequestDeadline(time.monotonic() + 0.1, answer=5.0, sleep=sleep)
+        holder.body_sent()
+        a.sendall(b"x" * 4096)
+        assert unsent_bytes(a) > 0
+        holder.wait_drained(a, stall=60.0)
+        assert unsent_bytes(a) == 0
+        assert pauses[0] == RequestDeadline.POLL_FIRST <= 0.001
+        assert pauses == sorted(pauses) and max(pauses) == RequestDeadline.POLL
+        assert len(pauses) == 8  # it looked again right after the peer read
+    finally:
+        a.close()
+        b.close()

@@ -14,6 +14,11 @@ No wait is unbounded (issue 17 §1): a caller that joins another caller's load w
 for the next caller.  ``load_async`` starts a load on another thread (the stale-while-slow refresh
 of ``tree.Tree``) and hands back the flight to wait on for as long as the caller chooses.
 
+A listing the caller fetched itself (the upload's check, ``tree/uploading.py``) is stored with
+``refresh``: taken ``mark()`` before its request, it is stored only if no invalidation touched
+its key since (a local change that happened meanwhile wins, as it does over a running load),
+and it cancels the loads of that key running then (they may predate it).
+
 This module must not import ``xnatfs.tree`` or ``xnatfs.xnat``.
 """
 
@@ -23,8 +28,9 @@ import errno
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Hashable, Optional
+from typing import Any, Callable, Deque, Dict, Hashable, Iterable, Optional, Tuple
 
 import cachetools
 
@@ -32,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Stored in place of nothing, so a loader may legitimately return None.
 _MISSING = object()
+#: Invalidations remembered for ``refresh`` (older ones: it refuses, as if they touched its key).
+_INVALIDATIONS_KEPT = 4096
 
 
 @dataclass
@@ -53,8 +61,9 @@ class MetaCache:
     """TTL cache with single-flight loading and prefix invalidation.
 
     Thread-safety: every method may be called from any thread. ``_lock`` protects ``_cache``,
-    ``_flights`` and ``_stats``; it is a leaf lock (nothing else is acquired while it is held) and
-    it is never held while a loader runs, so a loader may use this cache for *other* keys.
+    ``_flights``, ``_stats``, ``_generation`` and ``_invalidations``; it is a leaf lock
+    (nothing else is acquired while it is held) and it is never held while a loader runs, so a
+    loader may use this cache for *other* keys.
     """
 
     def __init__(
@@ -71,7 +80,19 @@ class MetaCache:
             maxsize=maxsize, ttl=ttl, timer=timer
         )
         self._flights: Dict[Hashable, _Flight] = {}
-        self._stats = {"hits": 0, "misses": 0, "loads": 0, "errors": 0, "joins": 0, "timeouts": 0}
+        self._stats = {
+            "hits": 0,
+            "misses": 0,
+            "loads": 0,
+            "errors": 0,
+            "joins": 0,
+            "timeouts": 0,
+            "refreshes": 0,
+            "refreshes_refused": 0,
+        }
+        #: invalidations so far, and the last ones: (number, "key" | "prefix", key or prefix)
+        self._generation = 0
+        self._invalidations: Deque[Tuple[int, str, Hashable]] = deque(maxlen=_INVALIDATIONS_KEPT)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -210,10 +231,72 @@ class MetaCache:
     def invalidate(self, key: Hashable) -> None:
         """Forget ``key`` after a local change; a load of it running now will not be stored."""
         with self._lock:
-            self._cache.pop(key, None)
+            self._locked_invalidate(key)
+
+    def _locked_invalidate(self, key: Hashable) -> None:
+        """Caller holds self._lock."""
+        self._locked_note("key", key)
+        self._cache.pop(key, None)
+        flight = self._flights.get(key)
+        if flight is not None:
+            flight.store = False
+
+    def _locked_note(self, kind: str, what: Hashable) -> None:
+        """Count an invalidation and remember it for ``refresh``.  Caller holds self._lock."""
+        self._generation += 1
+        self._invalidations.append((self._generation, kind, what))
+
+    def mark(self) -> int:
+        """The invalidations so far: take it before fetching a listing to ``refresh`` with."""
+        with self._lock:
+            return self._generation
+
+    def _locked_touched_since(self, key: Hashable, since: int) -> bool:
+        """Did an invalidation after mark ``since`` drop ``key``?  Also True when the ones
+        right after ``since`` are no longer remembered.  Caller holds self._lock."""
+        oldest = self._invalidations[0][0] if self._invalidations else self._generation + 1
+        if since < oldest - 1 or since > self._generation:
+            return True
+        for number, kind, what in reversed(self._invalidations):
+            if number <= since:
+                return False
+            if kind == "key" and what == key:
+                return True
+            if kind == "prefix" and isinstance(key, tuple):
+                prefix: Any = what
+                if key[: len(prefix)] == prefix:
+                    return True
+        return False
+
+    def refresh(
+        self,
+        key: Hashable,
+        value: Any,
+        since: int,
+        prefixes: Iterable[tuple] = (),
+        keys: Iterable[Hashable] = (),
+    ) -> bool:
+        """Invalidate ``prefixes`` and ``keys`` (as ``invalidate_prefix``/``invalidate``) and
+        store ``value``, which the caller fetched after mark ``since``, as the fresh value of
+        ``key``; in one step, so that no load or invalidation comes in between.  Not stored
+        (False; the invalidations still happen) when an invalidation after ``since`` touched
+        ``key``: a local change the value may predate.  A load of ``key`` running now is not
+        stored either: it may have begun before the change the value shows."""
+        with self._lock:
+            refused = self._locked_touched_since(key, since)
+            for prefix in prefixes:
+                self._locked_invalidate_prefix(prefix)
+            for k in keys:
+                self._locked_invalidate(k)
             flight = self._flights.get(key)
             if flight is not None:
                 flight.store = False
+            if refused:
+                self._stats["refreshes_refused"] += 1
+                return False
+            self._cache[key] = value
+            self._stats["refreshes"] += 1
+            return True
 
     def invalidate_prefix(self, prefix: tuple) -> int:
         """Forget every tuple key that starts with ``prefix`` (``()`` forgets all tuple keys).
@@ -221,23 +304,29 @@ class MetaCache:
         Returns how many cached entries were dropped. Loads running for such keys are not stored.
         Cost is one pass over the keys, which is fine for the once-per-local-change use.
         """
+        with self._lock:
+            return self._locked_invalidate_prefix(prefix)
+
+    def _locked_invalidate_prefix(self, prefix: tuple) -> int:
+        """Caller holds self._lock."""
         n = len(prefix)
 
         def matches(k: Hashable) -> bool:
             return isinstance(k, tuple) and k[:n] == prefix
 
-        with self._lock:
-            doomed = [k for k in self._cache.keys() if matches(k)]
-            for k in doomed:
-                self._cache.pop(k, None)
-            for k, flight in self._flights.items():
-                if matches(k):
-                    flight.store = False
+        self._locked_note("prefix", prefix)
+        doomed = [k for k in self._cache.keys() if matches(k)]
+        for k in doomed:
+            self._cache.pop(k, None)
+        for k, flight in self._flights.items():
+            if matches(k):
+                flight.store = False
         return len(doomed)
 
     def clear(self) -> None:
         """Forget everything (loads running now are not stored)."""
         with self._lock:
+            self._locked_note("prefix", ())
             self._cache.clear()
             for flight in self._flights.values():
                 flight.store = False
@@ -247,8 +336,8 @@ class MetaCache:
     @property
     def stats(self) -> Dict[str, int]:
         """Counters for ``.xnatfs/``: hits, misses, loads, errors, joins (misses that waited on
-        another caller's load), timeouts (joins that gave up at their deadline), entries and
-        in_flight."""
+        another caller's load), timeouts (joins that gave up at their deadline), refreshes
+        (values stored by ``refresh``) and refreshes_refused, entries and in_flight."""
         with self._lock:
             out = dict(self._stats)
             out["entries"] = len(self._cache)

@@ -13,17 +13,27 @@ import errno
 import hashlib
 import logging
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from xnatfs.tree.local import AlreadyReported, LocalFile, is_temporary
 from xnatfs.tree.nodes import Kind, NodeInfo
 from xnatfs.tree.overlay import LocalOverlay
 from xnatfs.tree.paths import join_path, split_path
 from xnatfs.uploads import Journal, Spool, SpoolFile, Uploader
+from xnatfs.uploads.checks import SharedChecks
 from xnatfs.uploads.journal import DONE, FAILED, PENDING, Entry
 from xnatfs.uploads.retry import classify
 
 log = logging.getLogger(__name__)
+
+#: Keep the listing the upload's check fetched (it shows the new file with its size and MD5)
+#: as the folder's listing, in place of dropping it for the next lookup to fetch again:
+#: one request less per file written (RESULTS.md, "Small files").  False: the old way.
+KEEP_VERIFY_LISTING = True
+#: Uploads to one resource whose checks come while a check's listing is under way share the
+#: next listing (``uploads.checks.SharedChecks``): one request for all of them, never one that
+#: began before their PUTs returned.  False: a listing per check.
+SHARE_CHECKS = True
 
 
 #: words of a refused connection: nothing was sent (urllib3's and the client's texts)
@@ -110,6 +120,11 @@ class UploadPath(LocalOverlay):
     uploader: Uploader
     #: import entries the server accepted (import has nothing to list-verify against)
     _imported: Dict[str, List[str]]
+    #: entry id -> (the listing cache's mark before the check's request, the files it
+    #: listed), from a check that confirmed the entry until ``_on_change`` uses it
+    _verified: Dict[str, Tuple[int, List[Any]]]
+    #: the checks' listings, shared by checks of one resource that come together
+    _checks: SharedChecks
 
     def _commit(self, lf: LocalFile, upload: bool = True) -> None:
         """close()/fsync(): put the bytes in the journal, then upload them now.
@@ -298,11 +313,25 @@ class UploadPath(LocalOverlay):
         target = entry.target
         if target is None or not target.is_file:  # an import has no listing to check
             return entry.id in self._imported
-        for f in self.client.list_files(target.resource_uri):
+        uri = target.resource_uri
+
+        def listing() -> Tuple[int, List[Any]]:
+            # the listing cache's mark right before the request: a change after it wins
+            return self.tree.meta.mark(), self.client.list_files(uri)
+
+        if SHARE_CHECKS:  # one listing for the uploads to this resource that end together
+            since, files = self._checks.fetch(uri, listing)
+        else:
+            since, files = listing()
+        for f in files:
             if f.path == target.relpath:
                 ok = f.size == entry.size and (not f.digest or f.digest == entry.md5)
                 if ok:
                     self._landed(entry, f)
+                    if KEEP_VERIFY_LISTING:
+                        # the folder's listing once the uploader says DONE (_on_change)
+                        with self._lock:
+                            self._verified[entry.id] = (since, files)
                 return ok
         return False
 
@@ -419,5 +448,17 @@ class UploadPath(LocalOverlay):
                 else:
                     lf.entry = entry
                     lf.state = entry.state
+        with self._lock:
+            verified = self._verified.pop(entry.id, None)
         if entry.state == DONE and listing:
-            self.tree.invalidate(join_path(listing))
+            if verified is None:
+                self.tree.invalidate(join_path(listing))
+            else:
+                # the check's listing shows the file: the next lookup in the folder (tar's
+                # next name, its utimens) is answered from it, not from one more request
+                since, files = verified
+                self.tree.refresh(
+                    join_path(listing),
+                    lambda node: self.tree.xnat.files_listing(node, files),
+                    since,
+                )

@@ -33,7 +33,7 @@ import fcntl
 import logging
 import os
 import time
-from typing import IO, Any, Dict, List, Optional
+from typing import IO, Any, Dict, List, Optional, Tuple
 
 from xnatfs import settings
 from xnatfs.tree.handles import WriteHandle
@@ -48,6 +48,7 @@ from xnatfs.tree.local import (
 from xnatfs.tree.namespace import Namespace
 from xnatfs.tree.paths import join_path, split_path
 from xnatfs.uploads import Journal, Spool, Uploader
+from xnatfs.uploads.checks import SharedChecks
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -122,6 +123,10 @@ class Writer(Namespace):
         self._imported: Dict[str, List[str]] = {}
         self._uploads_lock_path = os.path.join(directory, "lock")
         self._uploads_lock: Optional[IO[str]] = None
+        #: the checks' listings, until the uploader says DONE (``UploadPath._verify``)
+        self._verified: Dict[str, Tuple[int, List[Any]]] = {}
+        #: the checks' listings, shared by checks of one resource that come together
+        self._checks = SharedChecks(timeout=fs_timeout)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:

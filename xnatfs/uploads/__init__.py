@@ -14,6 +14,8 @@ Modules:
                 bytes, ``upload_now`` for close()/fsync(), ``status()`` for ``xnatfs status``.
 - ``target``    ``UploadTarget``: the frozen record of what an entry uploads to (a file in a
                 resource, or an archive import), persisted in the sidecar.
+- ``checks``    ``SharedChecks``: one listing request shared by the checks of uploads to one
+                resource that come while another is under way (never one begun before them).
 - ``retry``     the one table of which failures are permanent (``classify``), also applied to
                 error texts recorded by older versions (``classify_text``).
 

@@ -34,6 +34,29 @@ version, which gave up on 500s) is queued again. Each failure is one log
 line, subject first: ``upload <path>: <error>; try N, retry in Ds``, at DEBUG for tries 1-2, INFO
 for 3-5, WARNING after (S3QL ``retry``); a give-up is a WARNING.
 
+Durability (what a crash may find, and why fewer sidecar writes lose nothing): the journal
+makes an entry durable before the first attempt (``Journal.add``: data fsynced, sidecar
+written and fsynced, directory fsynced), and removes it only after ``verify`` said yes.
+Between those, an attempt writes the sidecar only when it fails (``_failed``: state,
+``tries``, ``last_error``, the MD5), before ``upload_now`` raises to close().  It used to
+write it twice more on every attempt -- ``uploading`` with ``tries + 1`` before the PUT, and
+the MD5 once hashed -- four fsyncs on the path of every close() (``PERSIST_ATTEMPT_START``,
+``PERSIST_DIGEST``).  What those writes recorded, and why nothing needs it on disk:
+
+- ``uploading``: ``reload`` turns it back into ``pending`` anyway; while this process runs,
+  ``_running`` says it (``status``).
+- ``tries + 1`` (so that an attempt after a crash asks XNAT first, and a PUT that had landed
+  is not sent again and refused as a duplicate): every entry ``start`` finds is checked first
+  (``_check_first``), whatever its ``tries``; a crash can only leave entries for a later
+  ``start``.  The cost is one listing per entry left by a crash, never a request more on
+  the normal path.
+- the MD5: an entry found without one is hashed by ``reload`` from its fsynced data; a
+  failed attempt's write stores it; a confirmed entry is removed.
+
+So a crash at any point of an attempt finds the entry as ``add`` (or the last failure) left
+it, which is one of the states ``reload`` and ``start`` handle; close() has returned 0 only
+after ``verify`` (and the entry's removal), so no acknowledged write depends on any of it.
+
 Clocks: ``clock`` (default ``time.monotonic``) gives ``next_attempt`` and the ``deadline``
 arguments; the waits themselves are real (``Condition.wait(deadline - clock())``), so tests use
 a fake clock plus ``wake()`` instead of sleeping.
@@ -53,7 +76,7 @@ import random
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from xnatfs.uploads.journal import DONE, FAILED, PENDING, UPLOADING, Entry, Journal
 from xnatfs.uploads.retry import Verdict, classify, classify_text
@@ -70,6 +93,17 @@ ChangeFn = Callable[[Entry], None]
 _DEFAULT_WAIT = 10.0
 #: At most this many pending entries are named one by one in the shutdown log.
 _SHUTDOWN_LOG_LIMIT = 20
+#: Entries up to this size are hashed by the attempt's own thread when their MD5 is needed
+#: (``_Digest``), not by a hashing thread beside the PUT: 1 MiB hashes in ~2 ms, little to
+#: overlap, and a thread per small file cost the daemon ~0.7 ms of CPU per file in B7
+#: (RESULTS.md, "Small files").  0: every entry gets the thread (the old way).
+INLINE_DIGEST_MAX = 1 << 20
+#: Write the entry's sidecar (two fsyncs) before each attempt, to record ``uploading`` and
+#: the attempt's number, and again once the MD5 is known.  Off: neither is needed for the
+#: crash ordering (module docstring, "Durability"); a failed attempt writes the entry, with
+#: its MD5 and tries, before the caller hears of the failure.  True: the old way.
+PERSIST_ATTEMPT_START = False
+PERSIST_DIGEST = False
 
 
 class UploadNotVerified(OSError):
@@ -93,7 +127,8 @@ class _Digest:
 
     The thread has idle priority while the upload runs, so on a small machine it takes no CPU
     from the transfer (or from an XNAT on the same host); :meth:`result` then takes over
-    whatever is left at the caller's priority, so a loaded node does not starve it.
+    whatever is left at the caller's priority, so a loaded node does not starve it.  A file
+    of at most ``INLINE_DIGEST_MAX`` bytes gets no thread: :meth:`result` hashes it all.
 
     Ownership of the descriptor (issue 18, the fd closed twice): this object is the only owner
     of ``_fd``. It is closed once, by :meth:`close` (idempotent, under ``_lock``), only after
@@ -118,8 +153,16 @@ class _Digest:
         self._done = False
         self._value: Optional[Entry] = None
         self._failure: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, name="xnatfs-digest", daemon=True)
-        self._thread.start()
+        self._thread: Optional[threading.Thread] = None
+        if entry.size > INLINE_DIGEST_MAX:
+            self._thread = threading.Thread(target=self._run, name="xnatfs-digest", daemon=True)
+            self._thread.start()
+
+    def _join(self) -> None:
+        """Stop the hashing thread (if one was started) and wait for it."""
+        self._stop = True
+        if self._thread is not None:
+            self._thread.join()
 
     def _hash(self, fd: int, in_thread: bool) -> None:
         while not (in_thread and self._stop):
@@ -143,16 +186,18 @@ class _Digest:
 
     def close(self) -> None:
         """Stop the thread and close the descriptor. Idempotent: the fd is closed once."""
-        self._stop = True
-        self._thread.join()
+        self._join()
         with self._lock:
             fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
 
     def result(self) -> Entry:
-        """The entry with its digest, stored (raises what hashing raised; KeyError: the entry
-        left the journal). Computed once: later calls return (or raise) the same."""
+        """The entry with its digest (raises what hashing raised; KeyError: the entry left the
+        journal). Computed once: later calls return (or raise) the same.  Stored in the
+        journal only with ``PERSIST_DIGEST``: else the entry carries it, and the journal gets
+        it with the entry's next version (a failed attempt's, ``Uploader._failed``) or never
+        (confirmed: removed; a crash: ``Journal.reload`` hashes the fsynced data again)."""
         with self._lock:
             if self._done:
                 if self._failure is not None:
@@ -160,17 +205,20 @@ class _Digest:
                 assert self._value is not None
                 return self._value
             self._done = True
-            self._stop = True
-            self._thread.join()
+            self._join()
             fd, self._fd = self._fd, None
             try:
                 if self._error is not None:
                     raise self._error
                 assert fd is not None
                 self._hash(fd, in_thread=False)
-                self._value = self._journal.update(
-                    dataclasses.replace(self._entry, md5=self._md5.hexdigest())
-                )
+                hashed = dataclasses.replace(self._entry, md5=self._md5.hexdigest())
+                if PERSIST_DIGEST:
+                    self._value = self._journal.update(hashed)
+                elif self._journal.get(hashed.id) is None:
+                    raise KeyError(hashed.id)
+                else:
+                    self._value = hashed
                 return self._value
             except BaseException as exc:
                 self._failure = exc
@@ -231,6 +279,10 @@ class Uploader:
         self._threads: List[threading.Thread] = []
         self._started = False
         self._stopping = False
+        #: ids whose next attempt asks the server first although their ``tries`` say none
+        #: ran: entries an earlier process left (its attempt's start was not written down,
+        #: ``PERSIST_ATTEMPT_START``), and an attempt that ended in an unexpected error
+        self._check_first: Set[str] = set()
 
     # ------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -264,6 +316,8 @@ class Uploader:
                     self._queued[entry.id] = dataclasses.replace(
                         entry, state=PENDING, next_attempt=now
                     )
+                    # an attempt of it may have reached XNAT before that run ended
+                    self._check_first.add(entry.id)
                     resumed += 1
             for i in range(self.workers):
                 thread = threading.Thread(
@@ -522,13 +576,19 @@ class Uploader:
                 log.exception("upload %s: unexpected error in the uploader", entry.path)
                 with self._cv:
                     self._running.pop(entry.id, None)
+                    self._check_first.add(entry.id)  # its PUT may have been sent
                     self._cv.notify_all()
 
     # ------------------------------------------------------------------------ one attempt
     def _attempt(self, entry: Entry, *, reraise: bool) -> None:
         """Run one attempt of an entry the caller has put in ``_running``."""
-        check_first = entry.tries > 0
-        saved = self._save(dataclasses.replace(entry, state=UPLOADING, tries=entry.tries + 1))
+        with self._cv:
+            check_first = entry.tries > 0 or entry.id in self._check_first
+        started = dataclasses.replace(entry, state=UPLOADING, tries=entry.tries + 1)
+        if PERSIST_ATTEMPT_START:
+            saved = self._save(started)
+        else:  # module docstring, "Durability": kept in memory (``_running``, ``status``)
+            saved = started if self._journal.get(entry.id) is not None else None
         if saved is None:  # removed from the journal meanwhile: nothing to upload
             with self._cv:
                 self._running.pop(entry.id, None)
@@ -658,6 +718,7 @@ class Uploader:
             # whatever went wrong above, the path is not left blocked for the mount's life
             with self._cv:
                 self._running.pop(entry.id, None)
+                self._check_first.discard(entry.id)
                 self._cv.notify_all()
         log.log(
             logging.DEBUG if entry.tries <= 1 else logging.INFO,

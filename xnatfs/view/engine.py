@@ -378,6 +378,14 @@ class Engine:
     def invalidate(self, path: str) -> None:
         """Forget cached listings at and below ``path`` and of its parent (after a change)."""
         parts = split_path(path)
+        self._forget_around(parts)
+        self.meta.invalidate_prefix(parts)
+        if parts:
+            self.meta.invalidate(parts[:-1])
+
+    def _forget_around(self, parts: PathParts) -> None:
+        """What ``invalidate`` forgets besides the listing cache: the last-good listings and
+        a layout's own loads at and below ``parts`` and of its parent."""
         n = len(parts)
         with self._last_good_lock:
             # a listing from before a local change is never shown in place of a fresh one
@@ -386,9 +394,6 @@ class Engine:
                 k for k in self._last_good.keys() if k[:n] == parts or (n and k == parts[:-1])
             ]:
                 self._last_good.pop(key, None)
-        self.meta.invalidate_prefix(parts)
-        if parts:
-            self.meta.invalidate(parts[:-1])
         # a layout that keeps loads of its own (one request for many directories) forgets
         # the ones the change touches
         layout, prefix = self.layout_of(parts)
@@ -425,6 +430,34 @@ class Engine:
                 found.append(join_path(parts + (name,)))
                 stack.append((parts + (name,), child))
         return found[:limit]
+
+    def refresh(self, path: str, make: Callable[[NodeInfo], Any], since: int) -> bool:
+        """``invalidate(path)`` after a change the caller has a listing of: ``make(node)``
+        builds, from the node of folder ``path`` (as cached: no request), the value of the
+        listing that folder is loaded from, and it is stored in the same step as the
+        invalidation (``MetaCache.refresh``), unless an invalidation after mark ``since``
+        (``meta.mark()``, taken before the caller's request) touched it: a local change the
+        listing may predate wins.  False when nothing was stored (then this was
+        ``invalidate``: no folder node cached, a folder of a mounted view or a local one,
+        ``make`` gave None, or a change won).  The upload's check fetches the resource's
+        listing to see the file; stored so, the next lookup in the folder needs no request."""
+        parts = split_path(path)
+        value, key = None, None
+        node = self.meta.peek(parts + (_NODE_KEY,)) if parts else None
+        if node is not None and node.is_dir and not self.layout_of(parts)[1]:
+            children = self.descriptor(parts, node)
+            if isinstance(children, Loaded):
+                key = children.key
+                try:
+                    value = make(node)
+                except Exception as exc:  # noqa: BLE001 - a missed shortcut: the next call loads
+                    log.debug("listing of %s not kept: %s", path, exc)
+        self._forget_around(parts)
+        if value is None or key is None:
+            self.meta.invalidate_prefix(parts)
+            self.meta.invalidate(parts[:-1])
+            return False
+        return self.meta.refresh(key, value, since, prefixes=[parts], keys=[parts[:-1]])
 
     # ------------------------------------------------------------------ generated files
     def _is_sized(self, node: NodeInfo) -> bool:

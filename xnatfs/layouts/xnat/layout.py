@@ -177,6 +177,15 @@ class XnatLayout(BaseLayout):
             self.bundles.scan_files, root[:5], exp_uri, unquote(scan), node.uri, fallback
         )
 
+    def files_listing(self, node: NodeInfo, rows: Any) -> Optional[FileTree]:
+        """The value a resource's ``files/`` folders are listed from (``load_files``), made of
+        ``rows`` (what ``client.list_files`` of its resource returned) instead of a request;
+        None where loading it costs more than that one request (``--catalog-times``: the
+        catalog's times) or ``node`` is no such folder."""
+        if node.kind is not Kind.FILES or node.prearchive or self.catalog_times:
+            return None
+        return load_files(self._src, node, lambda: rows)
+
     def invalidated(self, parts: PathParts) -> None:
         """A local change at ``parts`` (the engine calls it): bundles at or below forgotten."""
         if self.bundles is not None:
