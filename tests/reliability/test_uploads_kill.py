@@ -8,6 +8,7 @@ Size: ``XNATFS_RELIABILITY_BIG_MIB`` (default 64 for CI; the issue's figure is 2
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -34,6 +35,17 @@ def _uploading(journal, emu) -> bool:
     the folder's listing was read before).  The sidecar no longer says ``uploading`` on disk
     (uploader.py, "Durability"): the attempt's start is not written down."""
     return any(journal.glob("*.data")) and emu.emu.peak_active >= 1
+
+
+def _import_sent(journal) -> bool:
+    """An import's POST is recorded as going out (``sent_at``, written before its first byte)."""
+    for sidecar in journal.glob("*.json"):
+        try:
+            if json.loads(sidecar.read_text()).get("sent_at"):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def test_kill_9_during_a_big_upload_resumes_after_remount(make_emulator, tmp_path, record):
@@ -143,9 +155,9 @@ def test_kill_9_during_an_import_does_not_import_it_twice(make_emulator, tmp_pat
         mark = emu.mark()
         emu.faults.latency_ms = 3000  # XNAT still busy with it at the kill
         cp = subprocess.Popen(["cp", str(zpath), str(dest)], stderr=subprocess.DEVNULL)
-        # the POST on the wire: the journal's attempt started and XNAT holds a request
+        # the POST on the wire: the journal says it went and XNAT holds a request
         wait_for(
-            lambda: _uploading(journal) and not emu.emu.wait_idle(timeout=0.05),
+            lambda: _import_sent(journal) and not emu.emu.wait_idle(timeout=0.05),
             60,
             "the import to be sent",
             interval=0.01,
