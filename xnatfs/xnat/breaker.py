@@ -121,10 +121,11 @@ class Breaker:
     def snapshot(self) -> dict:
         with self._lock:
             now = self._clock()
-            down = self._down_since is not None
+            since = self._down_since
+            down = since is not None
             return {
                 "state": ("probing" if self._probing else "down") if down else "up",
-                "down_for_s": round(now - self._down_since, 3) if down else 0.0,  # type: ignore
+                "down_for_s": round(now - since, 3) if since is not None else 0.0,
                 "next_check_in_s": round(max(0.0, self._next_probe - now), 3) if down else 0.0,
                 "times_down": self.opened,
                 "calls_failed_fast": self.failed_fast,

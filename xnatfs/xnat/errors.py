@@ -52,6 +52,9 @@ class XnatError(Exception):
     #: may the same request succeed if sent again later?  Subclasses set the default; an
     #: instance may override it (e.g. a 500 is a ServerError but not worth retrying).
     retryable: ClassVar[bool] = False
+    #: already told in a log line of its own (the breaker's "is down"): the layers above do
+    #: not log it again; an instance may say otherwise
+    reported: bool = False
 
     def __init__(
         self,

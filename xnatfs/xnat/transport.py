@@ -302,42 +302,42 @@ def _limiter_outcome(resp: requests.Response) -> "Tuple[_limiter.Outcome, Option
 
 def _is_read_timeout(exc: BaseException) -> bool:
     """requests wraps a body read timeout as ConnectionError(ReadTimeoutError(...))."""
-    seen = 0
-    while exc is not None and seen < 6:
-        if isinstance(
-            exc,
-            (urllib3.exceptions.ReadTimeoutError, socket.timeout, requests.exceptions.ReadTimeout),
-        ):
-            return True
-        inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
-        exc = inner or exc.__cause__ or exc.__context__  # type: ignore[assignment]
-        seen += 1
-    return False
+    timeouts = (
+        urllib3.exceptions.ReadTimeoutError,
+        socket.timeout,
+        requests.exceptions.ReadTimeout,
+    )
+    return any(isinstance(e, timeouts) for e in _chain(exc))
+
+
+def _chain(exc: BaseException, reason: bool = False) -> List[BaseException]:
+    """``exc`` and what it wraps (its first argument when that is an exception, else
+    ``reason`` when asked for, else its cause or context), six deep at most: requests and
+    urllib3 wrap the error that says what happened two to four times."""
+    found: List[BaseException] = []
+    cur: Optional[BaseException] = exc
+    while cur is not None and len(found) < 6:
+        found.append(cur)
+        inner = getattr(cur, "reason", None) if reason else None
+        if not isinstance(inner, BaseException):
+            first = cur.args[0] if cur.args else None
+            inner = first if isinstance(first, BaseException) else None
+        cur = inner or cur.__cause__ or cur.__context__
+    return found
 
 
 def _no_connection(exc: BaseException) -> bool:
     """No connection was made: refused, unreachable, DNS, connect timeout (urllib3's
     ``NewConnectionError``/``ConnectTimeoutError`` somewhere in the chain).  A connection that
     broke mid-answer (a reset, a body cut short) is not: the server was there."""
-    seen = 0
-    while exc is not None and seen < 6:
-        if isinstance(
-            exc,
-            (
-                urllib3.exceptions.NewConnectionError,
-                urllib3.exceptions.ConnectTimeoutError,
-                requests.exceptions.ConnectTimeout,
-                ConnectionRefusedError,
-                socket.gaierror,
-            ),
-        ):
-            return True
-        inner = getattr(exc, "reason", None)
-        if not isinstance(inner, BaseException):
-            inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None
-        exc = inner or exc.__cause__ or exc.__context__  # type: ignore[assignment]
-        seen += 1
-    return False
+    refused = (
+        urllib3.exceptions.NewConnectionError,
+        urllib3.exceptions.ConnectTimeoutError,
+        requests.exceptions.ConnectTimeout,
+        ConnectionRefusedError,
+        socket.gaierror,
+    )
+    return any(isinstance(e, refused) for e in _chain(exc, reason=True))
 
 
 def _translate(
@@ -894,7 +894,7 @@ class Transport(_LoginSession):
                 else XnatTimeout(method, url, None, str(exc))
             )
             # no breaker line said why: each call failed by a pause has its own line
-            err.reported = False  # type: ignore[union-attr]
+            err.reported = False
             self._stats.error(type(err).__name__)
             raise err from None
         started = time.monotonic()  # latency samples: the server's time, not the queue's
