@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN
+from tests.helpers.crash import Crash, CrashingOs
 from tests.mount.helpers import dicom_zip, wait_for
 from xnatfs.fs.errmap import errno_for
 from xnatfs.options import Options
@@ -114,34 +115,6 @@ def test_a_time_set_while_the_uploader_holds_the_entry_is_not_reverted(runtimes)
     wait_for(lambda: not rt.writer.status(), 30, what="the resumed upload")
     rt.tree.invalidate(PROTOCOLS)
     assert rt.tree.mtime_ns(rt.tree.lookup(path)) == SET_NS
-
-
-class Crash(BaseException):
-    """The process dies here (BaseException: ``except OSError`` cleanups do not run)."""
-
-
-class CrashingOs:
-    """Stands in for ``os`` in journal.py: the k-th mutating call dies instead of running
-    (as ``tests/unit/test_journal.py`` does for add, update and remove)."""
-
-    MUTATING = {"open", "write", "fsync", "replace", "rename", "unlink", "fchmod"}
-
-    def __init__(self, crash_at: int) -> None:
-        self.crash_at = crash_at
-        self.calls = 0
-
-    def __getattr__(self, name):
-        real = getattr(os, name)
-        if name not in self.MUTATING:
-            return real
-
-        def wrapper(*args, **kwargs):
-            self.calls += 1
-            if self.calls == self.crash_at:
-                raise Crash(f"killed at {name}{args[:1]}")
-            return real(*args, **kwargs)
-
-        return wrapper
 
 
 def crashed_at(monkeypatch, k, action) -> bool:

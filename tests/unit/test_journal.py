@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.crash import Crash, CrashingOs
 from xnatfs.uploads import journal as journal_mod
 from xnatfs.uploads.journal import FAILED, PENDING, UPLOADING, Journal
 from xnatfs.uploads.spool import Spool
@@ -292,33 +293,6 @@ def test_keep_orphan_moves_a_leftover_in(dirs):
 
 
 # ---------------------------------------------------------------------------- kill -9 anywhere
-class Crash(BaseException):
-    """The process dies here (BaseException: ``except OSError`` cleanups do not run)."""
-
-
-class CrashingOs:
-    """Stands in for ``os`` in journal.py: the k-th mutating call dies instead of running."""
-
-    MUTATING = {"open", "write", "fsync", "replace", "rename", "unlink", "fchmod"}
-
-    def __init__(self, crash_at: int) -> None:
-        self.crash_at = crash_at
-        self.calls = 0
-
-    def __getattr__(self, name):
-        real = getattr(os, name)
-        if name not in self.MUTATING:
-            return real
-
-        def wrapper(*args, **kwargs):
-            self.calls += 1
-            if self.calls == self.crash_at:
-                raise Crash(f"killed at {name}{args[:1]}")
-            return real(*args, **kwargs)
-
-        return wrapper
-
-
 def run_until_crash(monkeypatch, crash_at: int, action) -> bool:
     """Run ``action`` with a crash at mutating call ``crash_at``; True if it crashed."""
     fake = CrashingOs(crash_at)
