@@ -171,8 +171,28 @@ def test_allow_other_others_change_nothing_by_any_other_call(emu, public_mount):
     assert "README.txt" in server_files(emu)
 
 
+def xnatfs_as_nobody(public_dir, *args):
+    """``xnatfs ARGS`` run by nobody.  The checkout (and its venv) may sit in a folder only
+    root can enter (a CI's private temporary clone), so the package is copied where nobody
+    reads it, and run by the first interpreter nobody can start; the commands run here need
+    the standard library only."""
+    import xnatfs
+
+    pkg = public_dir / "pkg"
+    if not pkg.exists():
+        shutil.copytree(Path(xnatfs.__file__).parent, pkg / "xnatfs")
+        for folder, dirs, files in os.walk(pkg):
+            for name in dirs + files:
+                os.chmod(os.path.join(folder, name), 0o755)
+        pkg.chmod(0o755)
+    for python in (sys.executable, "/usr/bin/python3", shutil.which("python3") or ""):
+        if python and as_nobody([python, "-c", "import json"]).returncode == 0:
+            return as_nobody([python, "-m", "xnatfs", *args], env={"PYTHONPATH": str(pkg)})
+    raise AssertionError("no Python interpreter that nobody may run")
+
+
 @as_other_user
-def test_allow_other_control_files_are_the_owners_alone(emu, public_mount):
+def test_allow_other_control_files_are_the_owners_alone(emu, public_mount, public_dir):
     """``.xnatfs/stats`` names the cache directory, every upload's path and its last error
     (URLs, server messages) and what the owner's programs do (requests, errors): it was
     shown ``0644`` like the archive, so every local user read it on an ``allow_other`` mount.
@@ -187,10 +207,7 @@ def test_allow_other_control_files_are_the_owners_alone(emu, public_mount):
         assert (control / name).read_bytes()  # the owner reads them
     assert py_as_nobody("os.listdir(sys.argv[1])", str(control)) == "EACCES"
     assert os.stat(control).st_mode & 0o077 == 0
-    status = as_nobody(
-        [sys.executable, "-m", "xnatfs", "status", str(m.path)],
-        env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")},
-    )
+    status = xnatfs_as_nobody(public_dir, "status", str(m.path))
     assert status.returncode == 1 and "only the user who mounted it" in status.stderr, status
     # the archive keeps its modes: others still read it
     assert as_nobody(["cat", str(m.path / PROTOCOLS / "README.txt")]).returncode == 0
