@@ -131,8 +131,11 @@ def test_a_sharer_waits_no_longer_than_the_timeout():
     assert listing.started[1].wait(WAIT)
     maker, _ = _in_thread(lambda: checks.fetch("R", listing))  # makes call 2 after 0.2 s
     _until(lambda: checks._keys["R"].waiting is not None)
-    with pytest.raises(TimeoutError):
-        checks.fetch("R", listing)  # shares call 2, which waits at its gate past 0.2 s
+    with pytest.raises(TimeoutError) as err:
+        # shares call 2, which waits at its gate past 0.2 s
+        checks.fetch("R", listing, "GET http://x/data/R/files")
+    # the failed close's one log line names the request and its URL
+    assert "GET http://x/data/R/files" in str(err.value)
     for gate in listing.gates:
         gate.set()
     stuck.join(WAIT)

@@ -320,7 +320,8 @@ class UploadPath(LocalOverlay):
             return self.tree.meta.mark(), self.client.list_files(uri)
 
         if SHARE_CHECKS:  # one listing for the uploads to this resource that end together
-            since, files = self._checks.fetch(uri, listing)
+            what = f"GET {self.client.base_url}{uri}/files?format=json"
+            since, files = self._checks.fetch(uri, listing, what)
         else:
             since, files = listing()
         for f in files:

@@ -59,9 +59,11 @@ class SharedChecks:
         #: calls made, and callers served by a call another caller made
         self.stats = {"calls": 0, "shared": 0}
 
-    def fetch(self, key: Hashable, fn: Callable[[], Any]) -> Any:
+    def fetch(self, key: Hashable, fn: Callable[[], Any], what: str = "") -> Any:
         """The result of a call of ``fn()`` that began after this call did (see the module
-        docstring); raises what that call raised."""
+        docstring); raises what that call raised.  ``what`` names the call in the error of a
+        wait that timed out (the request and its URL: the one log line of a failed close
+        names them)."""
         with self._lock:
             state = self._keys.setdefault(key, _Key())
             before: Optional[_Call] = None
@@ -76,7 +78,7 @@ class SharedChecks:
                 call.callers += 1
                 self.stats["shared"] += 1
         if not make:
-            return self._result(call)
+            return self._result(call, what or str(key))
         if before is not None:
             # a call that never ends (its request bounded by the client's own timeouts) must
             # not hold the callers of this one past theirs: this one is made anyway then
@@ -99,16 +101,17 @@ class SharedChecks:
                 if state.running is None and state.waiting is None:
                     self._keys.pop(key, None)
             call.done.set()
-        return self._result(call)
+        return self._result(call, what or str(key))
 
-    def _wait(self, call: _Call) -> None:
+    def _wait(self, call: _Call, what: str) -> None:
         if not call.done.wait(self.timeout):
             raise TimeoutError(
-                errno.ETIMEDOUT, f"waited {self.timeout:g}s for a listing another check makes"
+                errno.ETIMEDOUT,
+                f"waited {self.timeout:g}s for {what}, a listing another check makes",
             )
 
-    def _result(self, call: _Call) -> Any:
-        self._wait(call)
+    def _result(self, call: _Call, what: str) -> Any:
+        self._wait(call, what)
         if call.error is not None:
             raise call.error
         return call.value
