@@ -19,6 +19,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from typing import Dict, List, Optional, Tuple
 
 import pytest
@@ -107,6 +108,18 @@ def mount_stats(mnt) -> Optional[dict]:
             return json.load(fh)
     except (OSError, ValueError):
         return None
+
+
+def umount_timed(mnt) -> Tuple[subprocess.CompletedProcess, float]:
+    """``xnatfs umount MNT`` in a child process: its result and how long it took (s)."""
+    t = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-m", "xnatfs", "umount", str(mnt)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return res, time.monotonic() - t
 
 
 _COPIER = r"""

@@ -21,6 +21,7 @@ import time
 from tests.conftest import needs_fuse
 from tests.helpers.fsop import fs_op
 from tests.helpers.waiting import wait_for
+from tests.reliability.conftest import mount_stats, umount_timed
 
 T = 10.0  # the mount's --timeout
 AT_ONCE = 0.5  # "failed at once" (process start of the probe child is not in it)
@@ -29,10 +30,16 @@ FILES = SCAN + "/resources/DICOM/files"
 PROTOCOLS = "DEMO1/resources/protocols/files"
 
 
+def _stats(m) -> dict:
+    """The mount's ``.xnatfs/stats`` (never needs XNAT)."""
+    stats = mount_stats(m.path)
+    assert stats is not None
+    return stats
+
+
 def _server(m) -> dict:
-    """The mount's "server" stats (``.xnatfs/stats`` never needs XNAT)."""
-    with open(m.path / ".xnatfs" / "stats", encoding="utf-8") as fh:
-        return json.load(fh)["server"]
+    """The mount's "server" stats."""
+    return _stats(m)["server"]
 
 
 def _status(m) -> str:
@@ -153,14 +160,7 @@ def test_unmount_while_the_server_is_dead_is_quick_and_keeps_the_write(make_emul
     emu.stop()
     wrote = _write(m.path / PROTOCOLS / "kept.txt", b"kept in the journal\n")
     assert wrote["errno"] in (errno.EHOSTDOWN, errno.EIO), wrote
-    t = time.monotonic()
-    res = subprocess.run(
-        [sys.executable, "-m", "xnatfs", "umount", str(m.path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    took = time.monotonic() - t
+    res, took = umount_timed(m.path)
     print(f"write+close while down: {wrote['seconds']:.2f}s; umount while down: {took:.2f}s")
     assert res.returncode == 0, res.stderr
     assert m.proc.wait(timeout=30) == 0, m.log_tail()
@@ -179,10 +179,16 @@ def test_a_server_answering_500_to_everything_then_recovering(make_emulator, mak
         *("--timeout", str(T), "--listing-ttl", "1"),
         *("--walk-ahead", "0", "--prefetch", "0", "--bulk-zip", "0"),
     )
+    # what reading the stats itself keeps (the control folder's node)
+    floor = _stats(m)["listing_cache"]["entries"]
     names = fs_op("listdir", m.path / FILES)["names"]
     fs_op("listdir", m.path / "DEMO1" / "subjects")
-    # every listing on the way expires (the condition *is* elapsed time: the TTL)
-    time.sleep(1.5)
+    # every listing on the way expires (--listing-ttl 1): the mount then holds none fresh
+    wait_for(
+        lambda: _stats(m)["listing_cache"]["entries"] <= floor,
+        10,
+        what="the mount's listings to expire",
+    )
     emu.faults.error_status = 500
     emu.faults.error_rate = 1.0
     timed = []

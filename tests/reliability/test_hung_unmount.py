@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 from tests.conftest import needs_fuse
 from tests.helpers.fsop import fs_op
 from tests.helpers.waiting import wait_for
+from tests.reliability.conftest import umount_timed
 from tests.reliability.test_dead_server import PROTOCOLS, _server, _write
 from tests.reliability.test_stalled_server import emulator_process  # noqa: F401 - a fixture
 
@@ -35,14 +33,7 @@ def test_unmount_while_the_server_hangs_is_quick_and_keeps_the_write(
         for name in ("SUBJ01", "SUBJ02", "SUBJ03"):
             fs_op("listdir", m.path / "DEMO1" / "subjects" / name / "experiments")
         state = _server(m)["state"]
-        t = time.monotonic()
-        res = subprocess.run(
-            [sys.executable, "-m", "xnatfs", "umount", str(m.path)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        took = time.monotonic() - t
+        res, took = umount_timed(m.path)
         print(f"server {state}; umount while hung: {took:.2f}s: {res.stderr.strip()}")
         assert res.returncode == 0, res.stderr
         assert m.proc.wait(timeout=60) == 0, m.log_tail()
