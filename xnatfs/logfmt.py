@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import traceback
-from typing import Any, Set
+from typing import Any, Optional, Set
 
 __all__ = ["SafeFormatter", "escape_controls", "for_terminal"]
 
@@ -39,17 +39,18 @@ def for_terminal(text: str) -> str:
     return "\n".join(escape_controls(line) for line in text.split("\n"))
 
 
-def _escape_chain(te: traceback.TracebackException, seen: Set[int]) -> None:
+def _escape_chain(te: Optional[traceback.TracebackException], seen: Set[int]) -> None:
     """Escape the message of every exception of a traceback (its ``__cause__``/``__context__``
     chain included); the frames are our own source lines."""
     while te is not None and id(te) not in seen:
         seen.add(id(te))
+        # ``_str``: the message TracebackException formats (CPython 3.8-3.13; absent, no-op)
         text = getattr(te, "_str", None)
         if isinstance(text, str):
-            te._str = escape_controls(text)  # type: ignore[attr-defined]
+            vars(te)["_str"] = escape_controls(text)
         if te.__cause__ is not None:
             _escape_chain(te.__cause__, seen)
-        te = te.__context__  # type: ignore[assignment]
+        te = te.__context__
 
 
 class SafeFormatter(logging.Formatter):

@@ -74,7 +74,8 @@ class _Index(diskcache.Cache):
         except FileNotFoundError:
             # diskcache's removal of an evicted (or dropped) file also removes
             # its folder once empty (``Disk.remove``: ``os.removedirs``)
-            self._folders.discard(os.path.dirname(name))  # type: ignore[union-attr]
+            if self._folders is not None:
+                self._folders.discard(os.path.dirname(name))
             self._make_parents(name)
             os.rename(path, full)
 

@@ -220,11 +220,11 @@ def truthy(value: Optional[str]) -> bool:
 
 def form_params(request: Request) -> dict[str, str]:
     """Query parameters, then form fields of a form body (the query wins), as XNAT merges them."""
-    out = {k: request.args.get(k) for k in request.args}
+    out = {k: request.args[k] for k in request.args}
     if (request.mimetype or "") in ("application/x-www-form-urlencoded", "multipart/form-data"):
         for k in request.form:
             out.setdefault(k, request.form[k])
-    return out  # type: ignore[return-value]
+    return out
 
 
 def response_format(request: Request, default: str = "json") -> str:
@@ -462,6 +462,9 @@ class _Sink:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        """Nothing to release: ``take`` hands the bytes on (zipfile's writer protocol)."""
+
     def take(self) -> bytes:
         data = b"".join(self.parts)
         self.parts.clear()
@@ -470,7 +473,7 @@ class _Sink:
 
 def _zip_stream(entries: list[tuple[str, Path, FileRow]]) -> Iterator[bytes]:
     sink = _Sink()
-    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[call-overload]
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for arcname, path, f in entries:
             info = zipfile.ZipInfo(arcname, time.localtime(f.mtime)[:6])
             info.compress_type = zipfile.ZIP_STORED

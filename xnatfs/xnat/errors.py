@@ -51,7 +51,7 @@ class XnatError(Exception):
 
     #: may the same request succeed if sent again later?  Subclasses set the default; an
     #: instance may override it (e.g. a 500 is a ServerError but not worth retrying).
-    retryable: ClassVar[bool] = False
+    retryable: bool = False
     #: already told in a log line of its own (the breaker's "is down"): the layers above do
     #: not log it again; an instance may say otherwise
     reported: bool = False
@@ -74,7 +74,7 @@ class XnatError(Exception):
         self.retry_after = retry_after
         if retryable is not None:
             # instance attribute shadows the class default
-            self.retryable = retryable  # type: ignore[misc]
+            self.retryable = retryable
         super().__init__(method, url, status, message)
 
     @property

@@ -92,7 +92,7 @@ class XnatLayout(BaseLayout):
         return self._root
 
     def children(self, parts: PathParts, node: NodeInfo) -> Children:
-        fixed = FIXED_CHILDREN.get(node.kind)  # type: ignore[call-overload]
+        fixed = FIXED_CHILDREN.get(node.kind) if isinstance(node.kind, Kind) else None
         if fixed is not None:
             return Fixed(fixed_listing(node, fixed))
         if node.kind is Kind.CONTROL:
@@ -220,7 +220,8 @@ class XnatLayout(BaseLayout):
         if not isinstance(ref, Generated):
             return Opened(key=self._file_key(node))
         if ref.what is Gen.ZIP:
-            return Opened(key=zip_key(ref.parent), direct_io=True)  # type: ignore[arg-type]
+            assert ref.parent is not None, "a zip node is made with the folder it zips"
+            return Opened(key=zip_key(ref.parent), direct_io=True)
         return Opened(data=self._make(ref), direct_io=True)
 
     def _make(self, ref: Generated) -> bytes:

@@ -360,7 +360,8 @@ LOADERS: Mapping[Kind, Callable[[Source, NodeInfo], Listing]] = {
 
 
 def load_listing(src: Source, node: NodeInfo) -> Listing:
-    loader = LOADERS.get(node.kind)  # type: ignore[call-overload]
+    # ``kind`` is Hashable to the engine; this layout's nodes carry a Kind
+    loader = LOADERS.get(node.kind) if isinstance(node.kind, Kind) else None
     if loader is None:  # pragma: no cover - every listed kind has a loader
         raise OSError(errno.EIO, f"cannot list a {node.kind}", node.name)
     return loader(src, node)
