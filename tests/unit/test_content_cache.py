@@ -837,6 +837,60 @@ def test_a_full_cache_disk_is_evicted_before_a_download_fails(make_cache, small_
     assert cc.stats["evictions"] >= 1 and cc.state(key) == "cached"
 
 
+def _fill_to_the_last_block(path) -> None:
+    """What a spool file of the write side does to a shared cache disk: fill it up."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\1" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_a_cache_disk_full_to_its_last_block_is_evicted_not_hung(make_cache, small_fs):
+    """The cache disk filled by something else (the spool of a ``cp`` into the mount) while
+    the cache holds closed entries opened since their last flush.  Before, making room ran
+    SQLite writes (the access times, the DELETEs of the cull) on the full disk: ``database
+    or disk is full`` escaped the download's pool task, which never ran nor ended: the reader
+    got ETIMEDOUT, the key stayed "downloading" (every later open joined the dead download),
+    and the cache's close at unmount raised the same error."""
+    old = {f"/old{i}": payload(1 << 20, seed=i) for i in range(2)}
+    new = payload(1 << 20, seed=7)
+    fetch = FakeFetch({**old, "/new": new}, chunk=64 << 10)
+    cc = make_cache(fetch, directory=small_fs / "cc")
+    for _ in range(2):  # cached, then opened again: access times waiting in memory
+        for uri, data in old.items():
+            assert read_all(cc, key_for(uri, data)) == data
+    _fill_to_the_last_block(small_fs / "filler")
+    key = key_for("/new", new)
+    with cc.open(key) as h:
+        assert h.read(0, len(new) + 1, later()) == new  # before: ETIMEDOUT, 0 bytes arrived
+        assert h.wait(later())
+    assert cc.state(key) == "cached" and cc.stats["evictions"] >= 1
+    assert cc.stats["downloads_in_flight"] == 0
+    assert os.listdir(small_fs / "cc" / "partial") == []
+    for uri, data in old.items():  # what is left is served right; evicted ones come again
+        assert read_all(cc, key_for(uri, data)) == data
+
+
+def test_the_cache_closes_on_a_full_disk(make_cache, small_fs):
+    """Access times of hits wait in memory and are written at close; on a full cache disk
+    SQLite cannot write them and the close at unmount raised ``database or disk is full``.
+    They are not worth an error: the close goes on, the entries stay cached."""
+    old = {f"/old{i}": payload(1 << 20, seed=i) for i in range(2)}
+    cc = make_cache(FakeFetch(old, chunk=64 << 10), directory=small_fs / "cc")
+    for _ in range(2):  # cached, then hits: their access times wait in memory
+        for uri, data in old.items():
+            assert read_all(cc, key_for(uri, data)) == data
+    _fill_to_the_last_block(small_fs / "filler")
+    cc.close(later())  # before: sqlite3.OperationalError (database or disk is full)
+    os.unlink(small_fs / "filler")
+    again = make_cache(FakeFetch({}), directory=small_fs / "cc")
+    assert all(again.state(key_for(uri, data)) == "cached" for uri, data in old.items())
+
+
 def test_a_file_larger_than_the_cache_is_streamed_and_not_kept(make_cache, tmp_path, monkeypatch):
     from xnatfs.cache import stream
 
