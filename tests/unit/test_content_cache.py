@@ -891,6 +891,59 @@ def test_the_cache_closes_on_a_full_disk(make_cache, small_fs):
     assert all(again.state(key_for(uri, data)) == "cached" for uri, data in old.items())
 
 
+class QuotaOs:
+    """Stands in for ``os`` in cache/download.py: the cache disk's quota is used up (EDQUOT,
+    or ``code``) for the next ``refusals`` writes.  A quota is not in ``statvfs``, so the room
+    made before a download cannot see it; only the write does."""
+
+    def __init__(self, refusals: int, code: int = errno.EDQUOT) -> None:
+        self.refusals = refusals
+        self.code = code
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def write(self, fd, data):
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise OSError(self.code, os.strerror(self.code))
+        return os.write(fd, data)
+
+
+def test_a_quota_on_the_cache_disk_evicts_as_a_full_disk_does(make_cache, monkeypatch):
+    """EDQUOT is the disk full for this user: the cache evicts and writes again, as for
+    ENOSPC.  Before, only ENOSPC made room: the read failed with EDQUOT, nothing evicted."""
+    from xnatfs.cache import download as download_module
+
+    old, new = payload(100_000, seed=1), payload(200_000, seed=2)
+    cc = make_cache(FakeFetch({"/old": old, "/new": new}))
+    assert read_all(cc, key_for("/old", old)) == old
+    monkeypatch.setattr(download_module, "os", QuotaOs(refusals=1))
+    assert read_all(cc, key_for("/new", new)) == new  # before: OSError EDQUOT
+    assert cc.stats["evictions"] == 1 and cc.state(key_for("/old", old)) == "absent"
+    assert cc.state(key_for("/new", new)) == "cached"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_cache_disk_with_nothing_to_evict_is_that_errno(make_cache, monkeypatch, code):
+    """Nothing to evict: the reader gets the errno (never a short file), the message names
+    the download's URI, the partial file is gone, and the next open downloads again."""
+    from xnatfs.cache import download as download_module
+
+    data = payload(200_000, seed=3)
+    fetch = FakeFetch({"/f": data})
+    cc = make_cache(fetch)
+    # one refusal: the eviction finds nothing, so the write is not tried again
+    monkeypatch.setattr(download_module, "os", QuotaOs(refusals=1, code=code))
+    key = key_for("/f", data)
+    with cc.open(key) as h:
+        with pytest.raises(OSError) as info:
+            h.read(0, len(data), later())
+    assert info.value.errno == code and "/f" in str(info.value)
+    assert cc.state(key) == "absent" and os.listdir(cc.directory + "/partial") == []
+    assert read_all(cc, key) == data and fetch.calls["/f"] == 2
+
+
 def test_a_file_larger_than_the_cache_is_streamed_and_not_kept(make_cache, tmp_path, monkeypatch):
     from xnatfs.cache import stream
 
