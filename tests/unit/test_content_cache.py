@@ -944,6 +944,27 @@ def test_a_full_cache_disk_with_nothing_to_evict_is_that_errno(make_cache, monke
     assert read_all(cc, key) == data and fetch.calls["/f"] == 2
 
 
+def test_room_for_a_write_evicts_only_closed_cached_files_on_its_disk(
+    make_cache, tmp_path, small_fs
+):
+    """``make_room_for_write``: one pass over closed entries of the index (an open one is
+    pinned and stays; a running download is not in the index); nothing for a write on
+    another filesystem, where evicting would free nothing for it."""
+    a, b = payload(100_000, seed=1), payload(100_000, seed=2)
+    cc = make_cache(FakeFetch({"/a": a, "/b": b}))
+    ka, kb = key_for("/a", a), key_for("/b", b)
+    assert read_all(cc, ka) == a and read_all(cc, kb) == b
+    spool = tmp_path / "uploads" / "spool"
+    spool.mkdir(parents=True)
+    (spool / "x.spool").write_bytes(b"the user's bytes")
+    assert cc.make_room_for_write(str(small_fs), 1) == 0  # another filesystem
+    with cc.open(ka) as h:
+        assert cc.make_room_for_write(str(spool), 1) == 1
+        assert h.read(0, len(a), later()) == a
+    assert cc.state(ka) == "cached" and cc.state(kb) == "absent"
+    assert (spool / "x.spool").read_bytes() == b"the user's bytes"
+
+
 def test_a_file_larger_than_the_cache_is_streamed_and_not_kept(make_cache, tmp_path, monkeypatch):
     from xnatfs.cache import stream
 

@@ -31,6 +31,9 @@ log = logging.getLogger("xnatfs.cache.content")
 _DIR_MODE = 0o700
 #: insertions between two reads of the real index volume (another mount may share the index)
 _VOLUME_SYNC = 64
+#: bytes of cached files evicted at least when a user's write meets a full disk
+#: (``make_room_for_write``)
+WRITE_ROOM = 16 << 20
 
 
 class ContentStore:
@@ -320,6 +323,45 @@ class ContentStore:
             "y" if count == 1 else "ies",
         )
         return count > 0
+
+    def make_room_for_write(self, path: str, need: int) -> int:
+        """A user's write to ``path`` (the upload spool or journal) met a full disk (ENOSPC or
+        EDQUOT): evict cached files to make room for it, at least ``need`` bytes and
+        ``WRITE_ROOM`` (a ``cp`` of a large file then costs one eviction per ``WRITE_ROOM``,
+        not one per 128 KiB write); returns how many entries went.  The caller writes once
+        more, and answers the errno if it fails again (one pass, rclone's vfs cache does the
+        same for its writes).
+
+        Only what is safe to lose is evicted: entries of the index (whole downloads, checked
+        against their size and MD5 when adopted, copies of what XNAT holds), least recently
+        used first, never one open now (pinned), never a running download's partial file,
+        and never anything outside the cache directory (the spool and journal hold the only
+        copy of what users wrote).  Nothing when ``path`` is on another filesystem (no room
+        made there) or the cache is closed."""
+        try:
+            if os.stat(path).st_dev != os.stat(self.directory).st_dev:
+                return 0
+        except OSError:
+            return 0
+        with self._index_lock:
+            with self._lock:
+                index = self._index
+                pinned = set(self._pins)
+            if index is None:
+                return 0
+            try:
+                evicted = self._free_up(index, pinned, max(need, WRITE_ROOM))
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("content cache: could not make room for a write: %s", exc)
+                return 0
+        count = len(evicted)
+        log.info(
+            "content cache: disk full for a write to %s; evicted %d entr%s to make room",
+            path,
+            count,
+            "y" if count == 1 else "ies",
+        )
+        return count
 
     def _free_up(self, index: "_Index", pinned: Set[str], need: int) -> List[str]:
         """Evict files first (``_Index.free_up``) until ``need`` bytes are free; caller holds
