@@ -330,16 +330,26 @@ class Journal:
         beside the upload and stores it with :meth:`update`.  The bytes are fsynced before the
         sidecar exists either way, so ``reload`` can always compute it from them."""
         spool_file: Optional[SpoolFile] = None
+        synced = False
         if isinstance(spool, SpoolFile):
             spool_file = spool
             if not spool.closed:
                 spool.fsync()
+                synced = True
             source = spool.path
         else:
             source = os.path.abspath(os.fspath(spool))
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            os.fsync(fd)  # the bytes must be on disk before a sidecar points at them
+            if not synced:
+                # the bytes must be on disk before a sidecar points at them.  An open
+                # SpoolFile was just fsynced: fsync(2) makes the *file* durable, whichever of
+                # its descriptors asks, and nothing writes to it in between (only the
+                # SpoolFile writes it, and its caller holds the file against writes while it
+                # commits, ``tree.uploading``), so a second fsync here found nothing to
+                # write and only cost a journal commit and a device flush (one of the six
+                # fsyncs of every close; docs/RELIABILITY.md)
+                os.fsync(fd)
             os.fchmod(fd, _FILE_MODE)
             size, md5 = _digest_fd(fd) if digest else (os.fstat(fd).st_size, "")
         finally:
