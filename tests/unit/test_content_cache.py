@@ -965,6 +965,24 @@ def test_room_for_a_write_evicts_only_closed_cached_files_on_its_disk(
     assert (spool / "x.spool").read_bytes() == b"the user's bytes"
 
 
+def test_room_on_a_full_disk_goes_by_the_access_times_in_memory(make_cache, monkeypatch):
+    """Hits keep their access time in memory until the next cull or close (a full disk
+    cannot take them).  Eviction on a full disk ordered by the index's times alone, i.e. by
+    the last flush, so a file read over and over since went first."""
+    from xnatfs.cache import store
+
+    monkeypatch.setattr(store, "WRITE_ROOM", 1)  # exactly one entry
+    files = {f"/{n}": payload(50_000, seed=i) for i, n in enumerate("abc")}
+    cc = make_cache(FakeFetch(files))
+    keys = {uri: key_for(uri, data) for uri, data in files.items()}
+    for uri, data in files.items():
+        assert read_all(cc, keys[uri]) == data  # adopted a, b, c: the index's order
+    assert read_all(cc, keys["/a"]) == files["/a"]  # a hit: a is the most recent now
+    assert cc.make_room_for_write(cc.directory, 1) == 1
+    assert cc.state(keys["/a"]) == "cached"  # before: a was evicted
+    assert cc.state(keys["/b"]) == "absent" and cc.state(keys["/c"]) == "cached"
+
+
 def test_a_file_larger_than_the_cache_is_streamed_and_not_kept(make_cache, tmp_path, monkeypatch):
     from xnatfs.cache import stream
 

@@ -366,7 +366,9 @@ class ContentStore:
     def _free_up(self, index: "_Index", pinned: Set[str], need: int) -> List[str]:
         """Evict files first (``_Index.free_up``) until ``need`` bytes are free; caller holds
         ``_index_lock``.  For a disk with no room left, where SQLite cannot write."""
-        evicted = index.free_up(pinned, need)
+        with self._lock:
+            touched = dict(self._touched)
+        evicted = index.free_up(pinned, need, touched)
         self._volume = index.volume()
         self._forget_evicted(evicted)
         return evicted
