@@ -89,3 +89,38 @@ def test_a_close_on_a_disk_still_full_is_enospc_and_keeps_the_bytes(runtime, mon
     out.close()
     r = requests.get(f"{runtime.emu.url}{PROTOCOLS_URI}/still_full.txt", auth=ADMIN, timeout=30)
     assert r.status_code == 200 and r.content == b"kept\n"
+
+
+class FullSpoolOs(FullDiskOs):
+    """The same for uploads/spool.py, whose writes are ``pwrite``."""
+
+    def pwrite(self, fd, data, offset):
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise OSError(self.code, os.strerror(self.code))
+        return os.pwrite(fd, data, offset)
+
+
+def test_an_append_to_a_pending_file_on_a_full_disk_evicts_and_goes_on(runtime, monkeypatch):
+    """``>> f`` of a file still waiting in the journal copies its bytes into a new spool
+    file first; on a full disk that copy made room as a write does.  Before, the append
+    answered ENOSPC with the cache untouched."""
+    from xnatfs.uploads import spool as spool_mod
+
+    writer, tree = runtime.writer, runtime.tree
+    writer.temp_delay = 60.0  # a temporary name: its upload waits, the entry stays pending
+    path = f"{PROTOCOLS}/notes.tmp"
+    out = writer.create(path)
+    out.write(0, b"first\n")
+    out.flush()
+    out.close()
+    assert [e.path for e in writer.journal.entries()] == [path]
+    _cache_one_file(runtime)
+    evicted = runtime.content.stats["evictions"]
+    monkeypatch.setattr(spool_mod, "os", FullSpoolOs(refusals=1))
+    appender = writer.open_write(tree.lookup(path), path, truncate=False)
+    appender.write(6, b"second\n")  # before: OSError ENOSPC
+    monkeypatch.undo()
+    assert appender.read(0, 100) == b"first\nsecond\n"
+    appender.close()
+    assert runtime.content.stats["evictions"] > evicted

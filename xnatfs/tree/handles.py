@@ -258,7 +258,8 @@ class HandleOps(UploadPath):
         copied = False
         if entry is not None:
             try:
-                lf.spool = self.spool.create(copy_from=entry.data_path)
+                source = entry.data_path
+                lf.spool = self._with_room(lambda: self.spool.create(copy_from=source), entry.size)
                 copied = True
             except FileNotFoundError:
                 pass  # confirmed by XNAT and dropped from the journal just now
