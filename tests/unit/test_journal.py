@@ -286,6 +286,51 @@ def test_enospc_on_update_keeps_the_previous_sidecar_whole(tiny_fs):
     filler.discard()
 
 
+class DirFsyncFailsOs:
+    """Stands in for ``os`` in journal.py: the ``n``-th fsync of a directory fails (ENOSPC;
+    on NFS and some other filesystems an fsync can say so), every other call is real."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def fsync(self, fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            self.seen += 1
+            if self.seen == self.n:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.fsync(fd)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_add_whose_directory_fsync_fails_is_all_or_nothing(dirs, monkeypatch, n):
+    """``add`` either returns a durable entry or raises with no entry, the bytes still in
+    the open spool file (the caller tells the user, and a later close adds them).  A
+    failing directory fsync after the sidecar's or the data's rename raised from ``add``
+    but left that sidecar (a later mount rolled the "failed" add forward) or the data
+    renamed away from under the spool file (its next writes went into a nameless entry,
+    and the next close found no spool file: ENOENT)."""
+    spool, jdir = dirs
+    j = Journal(jdir)
+    f = spooled(spool, b"first ")
+    monkeypatch.setattr(journal_mod, "os", DirFsyncFailsOs(n))
+    try:
+        entry = j.add(f, TARGET, MNT_PATH)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+        monkeypatch.undo()
+        assert Journal(jdir).reload() == [] and files(jdir) == []
+        f.write(6, b"second")  # the file goes on in its spool ...
+        entry = j.add(f, TARGET, MNT_PATH)  # ... and a later close adds all of it
+        with open(entry.data_path, "rb") as fh:
+            assert fh.read() == b"first second"
+    monkeypatch.undo()
+    assert Journal(jdir).reload() == [entry]
+
+
 # ---------------------------------------------------------------------------- reload
 def test_reload_repairs_what_a_crash_left(dirs):
     spool, jdir = dirs
