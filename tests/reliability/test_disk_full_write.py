@@ -18,6 +18,7 @@ import random
 import subprocess
 import sys
 import time
+import zipfile
 
 from tests.conftest import needs_fuse
 from tests.mount.helpers import api, hash_files, md5, put_file
@@ -160,3 +161,35 @@ def test_a_write_evicts_cached_files_to_fit(
 
 def _stats(m) -> dict:
     return json.loads((m.path / ".xnatfs" / "stats").read_text())["content_cache"]
+
+
+def test_a_read_on_a_full_cache_disk_with_nothing_to_evict_is_enospc(
+    make_emulator, make_mount, cache_on_64m_tmpfs
+):
+    """The cache disk full of something else (here a filler file) and nothing cached to
+    evict: a read that must be cached (a resource's ``.zip``: its size is unknown, so it is
+    not streamed) answers ENOSPC, never a short file; one log line names the path and the
+    URL; nothing is left in ``partial/``; with room again the same read is right.  Before,
+    the line named no URL (the errno and the clean-up were already right)."""
+    emu = make_emulator()
+    rnd = random.Random(11)
+    blob = rnd.randbytes(4 << 20)
+    put_file(emu.url, "/data/projects/DEMO2/resources/FULLZ/files/blob.bin", blob)
+    m = make_mount(emu.url, "--prefetch", "0", cache=cache_on_64m_tmpfs)
+    zpath = m.path / "DEMO2/resources/FULLZ/.zip"
+    filler = cache_on_64m_tmpfs.parent / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:  # all but ~1 MiB of the disk
+        free = os.statvfs(filler.parent).f_bavail * os.statvfs(filler.parent).f_frsize
+        os.write(fd, b"\1" * max(0, free - (1 << 20)))
+    finally:
+        os.close(fd)
+    res = subprocess.run(["cat", str(zpath)], capture_output=True, timeout=120)
+    assert res.returncode != 0 and b"No space left on device" in res.stderr, res.stderr
+    lines = [ln for ln in m.log_tail(200).splitlines() if " ERROR " in ln and ".zip" in ln]
+    assert lines and all("FULLZ" in ln and "format=zip" in ln for ln in lines), lines
+    assert not list((cache_on_64m_tmpfs / "content" / "partial").iterdir())
+    os.unlink(filler)
+    with zipfile.ZipFile(zpath) as zf:
+        (name,) = [n for n in zf.namelist() if n.endswith("blob.bin")]
+        assert md5(zf.read(name)) == md5(blob)
