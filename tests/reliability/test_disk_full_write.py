@@ -170,7 +170,8 @@ def test_a_read_on_a_full_cache_disk_with_nothing_to_evict_is_enospc(
     evict: a read that must be cached (a resource's ``.zip``: its size is unknown, so it is
     not streamed) answers ENOSPC, never a short file; one log line names the path and the
     URL; nothing is left in ``partial/``; with room again the same read is right.  Before,
-    the line named no URL (the errno and the clean-up were already right)."""
+    the line named no URL (the errno and the clean-up were already right).  A file whose
+    size is listed is streamed instead (already right)."""
     emu = make_emulator()
     rnd = random.Random(11)
     blob = rnd.randbytes(4 << 20)
@@ -189,6 +190,8 @@ def test_a_read_on_a_full_cache_disk_with_nothing_to_evict_is_enospc(
     lines = [ln for ln in m.log_tail(200).splitlines() if " ERROR " in ln and ".zip" in ln]
     assert lines and all("FULLZ" in ln and "format=zip" in ln for ln in lines), lines
     assert not list((cache_on_64m_tmpfs / "content" / "partial").iterdir())
+    # a file whose size is listed does not fit either: streamed to the reader, not kept
+    assert md5((m.path / "DEMO2/resources/FULLZ/files/blob.bin").read_bytes()) == md5(blob)
     os.unlink(filler)
     with zipfile.ZipFile(zpath) as zf:
         (name,) = [n for n in zf.namelist() if n.endswith("blob.bin")]
