@@ -355,7 +355,10 @@ class ContentStore:
                 log.warning("content cache: could not make room for a write: %s", exc)
                 return 0
         count = len(evicted)
-        log.info(
+        # nothing evicted: the write's own error line says it (a writer that goes on after
+        # ENOSPC must not add a line per write)
+        log.log(
+            logging.INFO if count else logging.DEBUG,
             "content cache: disk full for a write to %s; evicted %d entr%s to make room",
             path,
             count,
