@@ -317,7 +317,8 @@ class ContentStore:
             if index is None:
                 return False
             count = len(self._free_up(index, pinned, need))
-        log.info(
+        log.log(  # nothing evicted: the read's error line says it, once
+            logging.INFO if count else logging.DEBUG,
             "content cache: cache disk full; evicted %d entr%s to make room",
             count,
             "y" if count == 1 else "ies",
