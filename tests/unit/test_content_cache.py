@@ -837,6 +837,152 @@ def test_a_full_cache_disk_is_evicted_before_a_download_fails(make_cache, small_
     assert cc.stats["evictions"] >= 1 and cc.state(key) == "cached"
 
 
+def _fill_to_the_last_block(path) -> None:
+    """What a spool file of the write side does to a shared cache disk: fill it up."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\1" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_a_cache_disk_full_to_its_last_block_is_evicted_not_hung(make_cache, small_fs):
+    """The cache disk filled by something else (the spool of a ``cp`` into the mount) while
+    the cache holds closed entries opened since their last flush.  Before, making room ran
+    SQLite writes (the access times, the DELETEs of the cull) on the full disk: ``database
+    or disk is full`` escaped the download's pool task, which never ran nor ended: the reader
+    got ETIMEDOUT, the key stayed "downloading" (every later open joined the dead download),
+    and the cache's close at unmount raised the same error."""
+    old = {f"/old{i}": payload(1 << 20, seed=i) for i in range(2)}
+    new = payload(1 << 20, seed=7)
+    fetch = FakeFetch({**old, "/new": new}, chunk=64 << 10)
+    cc = make_cache(fetch, directory=small_fs / "cc")
+    for _ in range(2):  # cached, then opened again: access times waiting in memory
+        for uri, data in old.items():
+            assert read_all(cc, key_for(uri, data)) == data
+    _fill_to_the_last_block(small_fs / "filler")
+    key = key_for("/new", new)
+    with cc.open(key) as h:
+        assert h.read(0, len(new) + 1, later()) == new  # before: ETIMEDOUT, 0 bytes arrived
+        assert h.wait(later())
+    assert cc.state(key) == "cached" and cc.stats["evictions"] >= 1
+    assert cc.stats["downloads_in_flight"] == 0
+    assert os.listdir(small_fs / "cc" / "partial") == []
+    for uri, data in old.items():  # what is left is served right; evicted ones come again
+        assert read_all(cc, key_for(uri, data)) == data
+
+
+def test_the_cache_closes_on_a_full_disk(make_cache, small_fs):
+    """Access times of hits wait in memory and are written at close; on a full cache disk
+    SQLite cannot write them and the close at unmount raised ``database or disk is full``.
+    They are not worth an error: the close goes on, the entries stay cached."""
+    old = {f"/old{i}": payload(1 << 20, seed=i) for i in range(2)}
+    cc = make_cache(FakeFetch(old, chunk=64 << 10), directory=small_fs / "cc")
+    for _ in range(2):  # cached, then hits: their access times wait in memory
+        for uri, data in old.items():
+            assert read_all(cc, key_for(uri, data)) == data
+    _fill_to_the_last_block(small_fs / "filler")
+    cc.close(later())  # before: sqlite3.OperationalError (database or disk is full)
+    os.unlink(small_fs / "filler")
+    again = make_cache(FakeFetch({}), directory=small_fs / "cc")
+    assert all(again.state(key_for(uri, data)) == "cached" for uri, data in old.items())
+
+
+class QuotaOs:
+    """Stands in for ``os`` in cache/download.py: the cache disk's quota is used up (EDQUOT,
+    or ``code``) for the next ``refusals`` writes.  A quota is not in ``statvfs``, so the room
+    made before a download cannot see it; only the write does."""
+
+    def __init__(self, refusals: int, code: int = errno.EDQUOT) -> None:
+        self.refusals = refusals
+        self.code = code
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def write(self, fd, data):
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise OSError(self.code, os.strerror(self.code))
+        return os.write(fd, data)
+
+
+def test_a_quota_on_the_cache_disk_evicts_as_a_full_disk_does(make_cache, monkeypatch):
+    """EDQUOT is the disk full for this user: the cache evicts and writes again, as for
+    ENOSPC.  Before, only ENOSPC made room: the read failed with EDQUOT, nothing evicted."""
+    from xnatfs.cache import download as download_module
+
+    old, new = payload(100_000, seed=1), payload(200_000, seed=2)
+    cc = make_cache(FakeFetch({"/old": old, "/new": new}))
+    assert read_all(cc, key_for("/old", old)) == old
+    monkeypatch.setattr(download_module, "os", QuotaOs(refusals=1))
+    assert read_all(cc, key_for("/new", new)) == new  # before: OSError EDQUOT
+    assert cc.stats["evictions"] == 1 and cc.state(key_for("/old", old)) == "absent"
+    assert cc.state(key_for("/new", new)) == "cached"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_cache_disk_with_nothing_to_evict_is_that_errno(make_cache, monkeypatch, code):
+    """Nothing to evict: the reader gets the errno (never a short file), the message names
+    the download's URI, the partial file is gone, and the next open downloads again."""
+    from xnatfs.cache import download as download_module
+
+    data = payload(200_000, seed=3)
+    fetch = FakeFetch({"/f": data})
+    cc = make_cache(fetch)
+    # one refusal: the eviction finds nothing, so the write is not tried again
+    monkeypatch.setattr(download_module, "os", QuotaOs(refusals=1, code=code))
+    key = key_for("/f", data)
+    with cc.open(key) as h:
+        with pytest.raises(OSError) as info:
+            h.read(0, len(data), later())
+    assert info.value.errno == code and "/f" in str(info.value)
+    assert cc.state(key) == "absent" and os.listdir(cc.directory + "/partial") == []
+    assert read_all(cc, key) == data and fetch.calls["/f"] == 2
+
+
+def test_room_for_a_write_evicts_only_closed_cached_files_on_its_disk(
+    make_cache, tmp_path, small_fs
+):
+    """``make_room_for_write``: one pass over closed entries of the index (an open one is
+    pinned and stays; a running download is not in the index); nothing for a write on
+    another filesystem, where evicting would free nothing for it."""
+    a, b = payload(100_000, seed=1), payload(100_000, seed=2)
+    cc = make_cache(FakeFetch({"/a": a, "/b": b}))
+    ka, kb = key_for("/a", a), key_for("/b", b)
+    assert read_all(cc, ka) == a and read_all(cc, kb) == b
+    spool = tmp_path / "uploads" / "spool"
+    spool.mkdir(parents=True)
+    (spool / "x.spool").write_bytes(b"the user's bytes")
+    assert cc.make_room_for_write(str(small_fs), 1) == 0  # another filesystem
+    with cc.open(ka) as h:
+        assert cc.make_room_for_write(str(spool), 1) == 1
+        assert h.read(0, len(a), later()) == a
+    assert cc.state(ka) == "cached" and cc.state(kb) == "absent"
+    assert (spool / "x.spool").read_bytes() == b"the user's bytes"
+
+
+def test_room_on_a_full_disk_goes_by_the_access_times_in_memory(make_cache, monkeypatch):
+    """Hits keep their access time in memory until the next cull or close (a full disk
+    cannot take them).  Eviction on a full disk ordered by the index's times alone, i.e. by
+    the last flush, so a file read over and over since went first."""
+    from xnatfs.cache import store
+
+    monkeypatch.setattr(store, "WRITE_ROOM", 1)  # exactly one entry
+    files = {f"/{n}": payload(50_000, seed=i) for i, n in enumerate("abc")}
+    cc = make_cache(FakeFetch(files))
+    keys = {uri: key_for(uri, data) for uri, data in files.items()}
+    for uri, data in files.items():
+        assert read_all(cc, keys[uri]) == data  # adopted a, b, c: the index's order
+    assert read_all(cc, keys["/a"]) == files["/a"]  # a hit: a is the most recent now
+    assert cc.make_room_for_write(cc.directory, 1) == 1
+    assert cc.state(keys["/a"]) == "cached"  # before: a was evicted
+    assert cc.state(keys["/b"]) == "absent" and cc.state(keys["/c"]) == "cached"
+
+
 def test_a_file_larger_than_the_cache_is_streamed_and_not_kept(make_cache, tmp_path, monkeypatch):
     from xnatfs.cache import stream
 

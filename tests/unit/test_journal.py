@@ -194,6 +194,46 @@ def test_add_across_filesystems_copies(dirs, monkeypatch):
     assert not [n for n in files(jdir) if n.endswith(".tmp")]
 
 
+class FsyncCountingOs:
+    """Stands in for ``os`` in journal.py and spool.py: counts fsyncs per inode."""
+
+    def __init__(self) -> None:
+        self.inodes: list = []
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def fsync(self, fd):
+        self.inodes.append(os.fstat(fd).st_ino)
+        return os.fsync(fd)
+
+
+def test_add_fsyncs_the_bytes_once(dirs, monkeypatch):
+    """An open ``SpoolFile`` is fsynced by ``add`` through its own descriptor; fsync(2) is of
+    the file, not the descriptor, and nothing writes in between, so the second fsync of the
+    same bytes through another descriptor (before: 2 of the 6 fsyncs of every add) went.
+    The crash ordering is checked by ``test_kill_at_any_point_of_add``; a path (no
+    ``SpoolFile``) is still fsynced by ``add`` itself."""
+    from xnatfs.uploads import spool as spool_mod
+
+    spool, jdir = dirs
+    counting = FsyncCountingOs()
+    monkeypatch.setattr(journal_mod, "os", counting)
+    monkeypatch.setattr(spool_mod, "os", counting)
+    j = Journal(jdir)
+    f = spooled(spool, b"bytes")
+    inode = os.stat(f.path).st_ino
+    entry = j.add(f, TARGET, MNT_PATH)
+    assert counting.inodes.count(inode) == 1  # before: 2
+    assert len(counting.inodes) == 5  # bytes, sidecar, journal dir twice, spool dir
+    g = spooled(spool, b"more")
+    g.close()  # closed: add must fsync it itself
+    inode = os.stat(g.path).st_ino
+    j.add(g.path, TARGET, MNT_PATH)
+    assert counting.inodes.count(inode) == 1
+    assert Journal(jdir).reload()[0] == entry
+
+
 def test_enospc_on_add_leaves_no_entry_and_keeps_the_bytes(tiny_fs):
     spool = Spool(tiny_fs / "spool")
     j = Journal(tiny_fs / "journal")
@@ -219,6 +259,76 @@ def test_enospc_on_add_leaves_no_entry_and_keeps_the_bytes(tiny_fs):
     filler.discard()
     entry = j.add(f.path, TARGET, MNT_PATH)
     assert Journal(j.directory).reload() == [entry]
+
+
+def test_enospc_on_update_keeps_the_previous_sidecar_whole(tiny_fs):
+    """A sidecar rewrite (a failed attempt's tries and error) on a full disk: ENOSPC, the
+    previous sidecar intact and no temp file left, so a later mount reads the entry as it
+    was, never a truncated sidecar."""
+    spool = Spool(tiny_fs / "spool")
+    j = Journal(tiny_fs / "journal")
+    entry = j.add(spooled(spool, b"precious"), TARGET, MNT_PATH)
+    before = (Path(j.directory) / f"{entry.id}.json").read_bytes()
+    filler = spool.create()
+    while True:  # fill the disk page by page (a failed write is undone)
+        try:
+            filler.write(filler.size, b"\1" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            break
+    newer = dataclasses.replace(entry, tries=3, last_error="503 " + "x" * 8000)
+    with pytest.raises(OSError) as info:
+        j.update(newer)
+    assert info.value.errno == errno.ENOSPC
+    assert (Path(j.directory) / f"{entry.id}.json").read_bytes() == before
+    assert files(j.directory) == sorted([entry.id + ".data", entry.id + ".json"])
+    assert Journal(j.directory).reload() == [entry]
+    filler.discard()
+
+
+class DirFsyncFailsOs:
+    """Stands in for ``os`` in journal.py: the ``n``-th fsync of a directory fails (ENOSPC;
+    on NFS and some other filesystems an fsync can say so), every other call is real."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def fsync(self, fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            self.seen += 1
+            if self.seen == self.n:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.fsync(fd)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_add_whose_directory_fsync_fails_is_all_or_nothing(dirs, monkeypatch, n):
+    """``add`` either returns a durable entry or raises with no entry, the bytes still in
+    the open spool file (the caller tells the user, and a later close adds them).  A
+    failing directory fsync after the sidecar's or the data's rename raised from ``add``
+    but left that sidecar (a later mount rolled the "failed" add forward) or the data
+    renamed away from under the spool file (its next writes went into a nameless entry,
+    and the next close found no spool file: ENOENT)."""
+    spool, jdir = dirs
+    j = Journal(jdir)
+    f = spooled(spool, b"first ")
+    monkeypatch.setattr(journal_mod, "os", DirFsyncFailsOs(n))
+    try:
+        entry = j.add(f, TARGET, MNT_PATH)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+        monkeypatch.undo()
+        assert Journal(jdir).reload() == [] and files(jdir) == []
+        f.write(6, b"second")  # the file goes on in its spool ...
+        entry = j.add(f, TARGET, MNT_PATH)  # ... and a later close adds all of it
+        with open(entry.data_path, "rb") as fh:
+            assert fh.read() == b"first second"
+    monkeypatch.undo()
+    assert Journal(jdir).reload() == [entry]
 
 
 # ---------------------------------------------------------------------------- reload

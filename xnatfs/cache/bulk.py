@@ -281,7 +281,9 @@ class BulkFetches(ContentStore):
 
         problem: Optional[BaseException] = None
         need = sum(d.size or 0 for d in wanted.values())
-        self._ensure_room(need)  # room first, as for a single download
+        with self._lock:
+            self._reserved += need
+        self._ensure_room(need)  # room first, as for a single download (never raises)
         ahead = _CreateAhead(list(wanted.values())) if CREATE_AHEAD else None
         try:
             self._fetch_archive(uri, sink)

@@ -27,8 +27,11 @@ the indexed one, and a file this process has not checked since it was last writt
 process's, an earlier mount's: told by inode and mtime, ``_verified``) is hashed against its MD5
 once before it is served.  The MD5 is kept in the row's ``tag`` for ``verify_entries`` (``xnatfs
 cache verify``).  Files are ``fdatasync``ed before their row is written; room is made before a
-download starts (``_ensure_room``) and when a write meets ENOSPC (``_make_room``); a file larger
-than the cache can hold is streamed, not kept (``stream.StreamHandle``).
+download starts (``_ensure_room``) and when a write meets ENOSPC or EDQUOT (``_make_room``); a
+file larger than the cache can hold is streamed, not kept (``stream.StreamHandle``).  A user's
+write that meets a full disk (the spool and journal share it) asks for room too
+(``make_room_for_write``).  On a disk full to its last block SQLite cannot write: eviction then
+deletes files before rows (``_Index.free_up``), and access times wait in memory.
 
 Eviction and open handles: a handle holds an fd, so an evicted (unlinked) file would stay readable
 through it anyway (POSIX). On top of that, open handles *pin* their key, and eviction skips pinned

@@ -49,6 +49,8 @@ class DownloadCancelled(OSError):
 #: A file up to this size is hashed inline, chunk by chunk, as it arrives (cheap); a larger one
 #: by a ``_FileMD5`` thread that follows the partial file.
 INLINE_HASH_MAX = 4 << 20
+#: the errno values of a full disk: no space, or the user's quota on it used up
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _HASH_READ = 1 << 20
 
 #: Run the ``_FileMD5`` thread at idle priority while the fetch runs (True) or at normal
@@ -455,14 +457,34 @@ class Download:
         return sink, hasher
 
     def _write(self, fd: int, view: memoryview) -> int:
-        """One ``write``; on ENOSPC the cache is asked to evict and the write tried once
-        more (a full cache disk with evictable entries is not an error, issue 18 §0)."""
+        """One ``write``; on ENOSPC or EDQUOT (a quota on the cache disk: ``statvfs`` does not
+        show it, so room made before the download cannot have seen it) the cache is asked to
+        evict and the write tried once more (a full cache disk with evictable entries is not
+        an error, issue 18 §0).  Still full: that errno, naming the download's URI (the op's
+        one log line names the path; this names the URL)."""
         try:
             return os.write(fd, view)
         except OSError as exc:
-            if exc.errno != errno.ENOSPC or not self._make_room(max(len(view), 1 << 20)):
+            if exc.errno not in DISK_FULL:
                 raise
-        return os.write(fd, view)
+            if not self._make_room(max(len(view), 1 << 20)):
+                raise self._disk_full(exc) from exc
+        try:
+            return os.write(fd, view)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            raise self._disk_full(exc) from exc
+
+    def _disk_full(self, exc: OSError) -> OSError:
+        with self._cond:
+            arrived = self._arrived
+        return OSError(
+            exc.errno,
+            f"{exc.strerror} on the cache disk, nothing more to evict: the download of "
+            f"{self.uri} stopped after {arrived} bytes",
+            self.partial_path,
+        )
 
     def dup_partial(self) -> Optional[int]:
         """A dup of the partial file's fd (caller closes it), None when there is none."""

@@ -157,16 +157,24 @@ class _Index(diskcache.Cache):
             if isinstance(key, str) and filename == stored_name(key)
         }
 
-    def free_up(self, pinned: Set[str], need: int) -> List[str]:
+    def free_up(
+        self, pinned: Set[str], need: int, touched: Optional[Dict[str, float]] = None
+    ) -> List[str]:
         """The cache disk is full: delete the files of least-recently-used unpinned entries
         until ``need`` bytes are freed, *then* their rows.  Files first because SQLite needs
         disk space to delete a row (its WAL grows); a row whose file is gone is harmless (an
-        open finds the file missing and fetches it again).  Returns the deleted keys."""
+        open finds the file missing and fetches it again).  Returns the deleted keys.
+
+        ``touched``: access times not written yet (they cannot be, on a full disk) that
+        count over the rows' own: without them the order was that of the last flush, and a
+        file read over and over since was evicted first."""
         rows = self._sql(
-            "SELECT key, size, filename FROM Cache WHERE raw = 1 ORDER BY access_time"
+            "SELECT key, size, filename, access_time FROM Cache WHERE raw = 1 ORDER BY access_time"
         ).fetchall()
+        if touched:
+            rows.sort(key=lambda row: max(row[3] or 0.0, touched.get(row[0], 0.0)))
         freed, victims = 0, []
-        for key, size, filename in rows:
+        for key, size, filename, _ in rows:
             if freed >= need:
                 break
             if key in pinned or not filename:

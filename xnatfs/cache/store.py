@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import secrets
+import sqlite3
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
@@ -30,6 +31,9 @@ log = logging.getLogger("xnatfs.cache.content")
 _DIR_MODE = 0o700
 #: insertions between two reads of the real index volume (another mount may share the index)
 _VOLUME_SYNC = 64
+#: bytes of cached files evicted at least when a user's write meets a full disk
+#: (``make_room_for_write``)
+WRITE_ROOM = 16 << 20
 
 
 class ContentStore:
@@ -237,7 +241,8 @@ class ContentStore:
         ``open``/``state`` see the key downloading or cached, never absent in between."""
         need = download.size or 0
         if need:
-            self._ensure_room(need)
+            with self._lock:
+                self._reserved += need
         released = False
 
         def ended(error: Optional[BaseException]) -> None:
@@ -250,6 +255,8 @@ class ContentStore:
             self._unregister(download, hexname, error)
 
         try:
+            if need:
+                self._ensure_room(need)
             download.run(
                 adopt=lambda path: self._adopt(hexname, path, download.digest),
                 ended=ended,
@@ -262,49 +269,113 @@ class ContentStore:
                     self._reserved -= need
 
     def _ensure_room(self, need: int) -> None:
-        """Before a download of ``need`` bytes starts: evict least-recently-used unpinned
-        entries so that the index plus running downloads stay under the limit and the cache
-        disk has room for it (issue 18 §0: eviction ran only after an insertion, so a full
-        cache disk gave ENOSPC with nothing evicted)."""
-        with self._index_lock:
-            with self._lock:
-                index = self._index
-                self._reserved += need
-                reserved = self._reserved
-                pinned = set(self._pins)
-            if index is None:
-                return
-            target = self.size_limit - reserved
-            try:
-                st = os.statvfs(self._partial_dir)
-                free = st.f_bavail * st.f_frsize
-                if free < need:
-                    target = min(target, self._volume - (need - free))
-            except OSError:
-                pass
-            if self._volume <= target:
-                return
-            self._cull(index, pinned, max(0, target))
+        """Before a download of ``need`` bytes starts (its bytes already counted in
+        ``_reserved``): evict least-recently-used unpinned entries so that the index plus
+        running downloads stay under the limit and the cache disk has room for it (issue 18
+        §0: eviction ran only after an insertion, so a full cache disk gave ENOSPC with
+        nothing evicted).
+
+        Never raises: room is made as well as it can be, and a download that still meets a
+        full disk makes room again at that write (``_make_room``).  On a disk that is full
+        to its last block SQLite cannot write (not even the DELETE of a row: its journal
+        needs room), so a disk short of ``need`` is first freed files first (``free_up``),
+        as at a failed write.  Before, the cull's ``database or disk is full`` escaped the
+        pool task: the download never ran nor ended, its readers got ETIMEDOUT, and every
+        later open of that file joined the dead download until the unmount."""
+        try:
+            with self._index_lock:
+                with self._lock:
+                    index = self._index
+                    reserved = self._reserved
+                    pinned = set(self._pins)
+                if index is None:
+                    return
+                target = self.size_limit - reserved
+                short = 0
+                try:
+                    st = os.statvfs(self._partial_dir)
+                    short = max(0, need - st.f_bavail * st.f_frsize)
+                except OSError:
+                    pass
+                if short:
+                    self._free_up(index, pinned, short)
+                if self._volume > target:
+                    self._cull(index, pinned, max(0, target))
+        except (OSError, sqlite3.Error) as exc:
+            log.warning(
+                "content cache: could not make room for a download of %d bytes: %s", need, exc
+            )
 
     def _make_room(self, need: int) -> bool:
-        """A write into ``partial/`` failed with ENOSPC: evict at least ``need`` bytes of
-        unpinned entries; True if anything was evicted (the write is then tried again)."""
+        """A write into ``partial/`` failed with ENOSPC or EDQUOT: evict at least ``need``
+        bytes of unpinned entries; True if anything was evicted (the write is then tried
+        again)."""
         with self._index_lock:
             with self._lock:
                 index = self._index
                 pinned = set(self._pins)
             if index is None:
                 return False
-            evicted = index.free_up(pinned, need)
-            self._volume = index.volume()
-            self._forget_evicted(evicted)
-        count = len(evicted)
-        log.info(
+            count = len(self._free_up(index, pinned, need))
+        log.log(  # nothing evicted: the read's error line says it, once
+            logging.INFO if count else logging.DEBUG,
             "content cache: cache disk full; evicted %d entr%s to make room",
             count,
             "y" if count == 1 else "ies",
         )
         return count > 0
+
+    def make_room_for_write(self, path: str, need: int) -> int:
+        """A user's write to ``path`` (the upload spool or journal) met a full disk (ENOSPC or
+        EDQUOT): evict cached files to make room for it, at least ``need`` bytes and
+        ``WRITE_ROOM`` (a ``cp`` of a large file then costs one eviction per ``WRITE_ROOM``,
+        not one per 128 KiB write); returns how many entries went.  The caller writes once
+        more, and answers the errno if it fails again (one pass, rclone's vfs cache does the
+        same for its writes).
+
+        Only what is safe to lose is evicted: entries of the index (whole downloads, checked
+        against their size and MD5 when adopted, copies of what XNAT holds), least recently
+        used first, never one open now (pinned), never a running download's partial file,
+        and never anything outside the cache directory (the spool and journal hold the only
+        copy of what users wrote).  Nothing when ``path`` is on another filesystem (no room
+        made there) or the cache is closed."""
+        try:
+            if os.stat(path).st_dev != os.stat(self.directory).st_dev:
+                return 0
+        except OSError:
+            return 0
+        with self._index_lock:
+            with self._lock:
+                index = self._index
+                pinned = set(self._pins)
+            if index is None:
+                return 0
+            try:
+                evicted = self._free_up(index, pinned, max(need, WRITE_ROOM))
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("content cache: could not make room for a write: %s", exc)
+                return 0
+        count = len(evicted)
+        # nothing evicted: the write's own error line says it (a writer that goes on after
+        # ENOSPC must not add a line per write)
+        log.log(
+            logging.INFO if count else logging.DEBUG,
+            "content cache: disk full for a write to %s; evicted %d entr%s to make room",
+            path,
+            count,
+            "y" if count == 1 else "ies",
+        )
+        return count
+
+    def _free_up(self, index: "_Index", pinned: Set[str], need: int) -> List[str]:
+        """Evict files first (``_Index.free_up``) until ``need`` bytes are free; caller holds
+        ``_index_lock``.  For a disk with no room left, where SQLite cannot write."""
+        with self._lock:
+            touched = dict(self._touched)
+        evicted = index.free_up(pinned, need, touched)
+        self._volume = index.volume()
+        self._forget_evicted(evicted)
+        return evicted
 
     def _cull(self, index: "_Index", pinned: Set[str], target: int) -> int:
         """Evict down to ``target`` bytes; caller holds ``_index_lock``.  Returns how many."""
@@ -375,10 +446,21 @@ class ContentStore:
             self._tell_taint(hexname)
 
     def _flush_touches(self, index: "_Index") -> None:
-        """Write the remembered access times (before a cull reads them, and at close)."""
+        """Write the remembered access times (before a cull reads them, and at close).
+
+        On a full cache disk SQLite cannot write them (``database or disk is full``): they
+        stay in memory for the next flush and the LRU order is the one on disk meanwhile.
+        Raised, that failed the cull before a download (the download hung) and the cache's
+        close at unmount."""
         with self._lock:
             touched, self._touched = self._touched, {}
-        index.touch_many(touched)
+        try:
+            index.touch_many(touched)
+        except sqlite3.OperationalError as exc:
+            log.debug("content cache: access times not written (%s); kept for later", exc)
+            with self._lock:
+                for hexname, when in touched.items():
+                    self._touched.setdefault(hexname, when)  # a newer touch wins
 
     def _adopt(self, hexname: str, partial_path: str, digest: str) -> None:
         """Move one verified partial file into the index (raises if the index refuses it)."""
@@ -426,7 +508,11 @@ class ContentStore:
             if self._volume > self.size_limit or self._adopted_since_sync >= _VOLUME_SYNC:
                 # near the limit (or another mount shares the index): the real numbers decide
                 self._flush_touches(index)
-                evicted = index.cull_unpinned(pinned)
+                try:
+                    evicted = index.cull_unpinned(pinned)
+                except sqlite3.OperationalError as exc:
+                    # a full disk: the entries are adopted; the next insertion culls
+                    log.debug("content cache: no cull after an insertion: %s", exc)
                 self._volume = index.volume()
                 self._adopted_since_sync = 0
                 if evicted:

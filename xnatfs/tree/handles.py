@@ -141,8 +141,9 @@ class HandleOps(UploadPath):
                 "replacing a file on XNAT with other bytes needs --allow-delete",
                 join_path(lf.parts),
             )
+        spool = lf.spool
         try:
-            n = lf.spool.write(offset, data)
+            n = self._with_room(lambda: spool.write(offset, data), len(data))
         except OSError as exc:
             # the op's error path logs this one line (path, errno, what it means); the
             # flush/release after it answer the errno again without a line of their own
@@ -257,7 +258,8 @@ class HandleOps(UploadPath):
         copied = False
         if entry is not None:
             try:
-                lf.spool = self.spool.create(copy_from=entry.data_path)
+                source = entry.data_path
+                lf.spool = self._with_room(lambda: self.spool.create(copy_from=source), entry.size)
                 copied = True
             except FileNotFoundError:
                 pass  # confirmed by XNAT and dropped from the journal just now

@@ -13,8 +13,9 @@ import errno
 import hashlib
 import logging
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
+from xnatfs.cache.download import DISK_FULL
 from xnatfs.tree.local import AlreadyReported, LocalFile, is_temporary
 from xnatfs.tree.nodes import Kind, NodeInfo
 from xnatfs.tree.overlay import LocalOverlay
@@ -35,6 +36,11 @@ KEEP_VERIFY_LISTING = True
 #: began before their PUTs returned.  False: a listing per check.
 SHARE_CHECKS = True
 
+
+#: room a close asks of the cache when the journal meets a full disk: its sidecar (a few KiB)
+_JOURNAL_ROOM = 1 << 20
+
+_T = TypeVar("_T")
 
 #: words of a refused connection: nothing was sent (urllib3's and the client's texts)
 _NOT_CONNECTED = (
@@ -126,6 +132,24 @@ class UploadPath(LocalOverlay):
     #: the checks' listings, shared by checks of one resource that come together
     _checks: SharedChecks
 
+    def _with_room(self, action: Callable[[], _T], need: int) -> _T:
+        """``action()`` (a write into the spool or the journal), once more after the content
+        cache evicted cached files when it met a full disk (ENOSPC, EDQUOT) and something
+        was evicted: one eviction pass, then the errno.  ``action`` must leave nothing
+        behind when it fails (``SpoolFile.write`` undoes itself, ``Journal.add`` makes no
+        entry and leaves the bytes in the spool), so trying it again is safe.  Cached
+        files are copies of XNAT's; the spool and journal hold the only copy of what users
+        wrote, and nothing in them is evicted (``ContentCache.make_room_for_write``)."""
+        try:
+            return action()
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            make_room = getattr(getattr(self.tree, "content", None), "make_room_for_write", None)
+            if make_room is None or not make_room(self.spool.directory, need):
+                raise
+        return action()
+
     def _commit(self, lf: LocalFile, upload: bool = True) -> None:
         """close()/fsync(): put the bytes in the journal, then upload them now.
 
@@ -197,7 +221,11 @@ class UploadPath(LocalOverlay):
             log.info("write %s: empty file not uploaded (XNAT cannot store empty files)", path)
             lf.dirty = False
             return None
-        entry = self.journal.add(lf.spool, lf.target, path, digest=False, mtime_ns=lf.mtime_ns)
+        spool = lf.spool
+        entry = self._with_room(
+            lambda: self.journal.add(spool, lf.target, path, digest=False, mtime_ns=lf.mtime_ns),
+            _JOURNAL_ROOM,
+        )
         with self._lock:
             lf.spool = None
             lf.entry = entry
