@@ -14,7 +14,7 @@ import os
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from xnatfs.cache.download import Download, DownloadCancelled
+from xnatfs.cache.download import Chunk, Download, DownloadCancelled, Sink
 from xnatfs.cache.key import ContentKey
 from xnatfs.cache.store import ContentStore
 from xnatfs.cache.zipstream import ZipSplitter
@@ -244,7 +244,7 @@ class BulkFetches(ContentStore):
             key = key_of(name)
             return key.size if key is not None else None
 
-        def on_start(name: str) -> Optional[Callable[[bytes], None]]:
+        def on_start(name: str) -> Optional[Sink]:
             key = key_of(name)
             if key is None:
                 return None
@@ -274,7 +274,7 @@ class BulkFetches(ContentStore):
         splitter = ZipSplitter(size_of, on_start, on_end, check_crc=not digests)
         members = len(wanted)
 
-        def sink(chunk: bytes) -> None:
+        def sink(chunk: Chunk) -> None:
             if self._closing:
                 raise DownloadCancelled(uri)
             splitter.feed(chunk)

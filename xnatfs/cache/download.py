@@ -21,12 +21,16 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Set
+from typing import Any, Callable, List, Optional, Set, Union
 
 log = logging.getLogger(__name__)
 
+#: what a sink takes: the client's bytes, or a memoryview of a zip member's (valid during the call)
+Chunk = Union[bytes, memoryview]
+#: where an attempt's bytes go: written to the partial file and hashed (any buffer will do)
+Sink = Callable[[Chunk], None]
 #: ``fetch(uri, sink)`` streams the file's bytes into ``sink``; raises whatever the client raises.
-Fetch = Callable[[str, Callable[[bytes], None]], None]
+Fetch = Callable[[str, Sink], None]
 #: ``ended(error)``: called once when a download ends (error None on success), before readers wake.
 Ended = Callable[[Optional[BaseException]], None]
 
@@ -383,7 +387,7 @@ class Download:
         )
         return True
 
-    def _resume(self, sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    def _resume(self, sink: Sink) -> Sink:
         """The sink of a GET that goes on with a cut attempt: its first bytes (those the cut
         GET wrote) must be the same as on disk, then the rest goes to ``sink`` (same attempt,
         same hasher: readers of the bytes already served are not disturbed).  A difference
@@ -395,7 +399,7 @@ class Download:
         os.lseek(fd, have, os.SEEK_SET)  # the sink appends where the cut GET stopped
         pos = 0
 
-        def resumed(chunk: bytes) -> None:
+        def resumed(chunk: Chunk) -> None:
             nonlocal pos
             if self._cancelled():
                 raise DownloadCancelled(self.uri)
@@ -411,11 +415,11 @@ class Download:
                 )
             pos += n
             if len(view) > n:
-                sink(view[n:])  # type: ignore[arg-type]  # the sinks take any buffer
+                sink(view[n:])
 
         return resumed
 
-    def _begin(self, inline_only: bool = False) -> "tuple[Callable[[bytes], None], Any]":
+    def _begin(self, inline_only: bool = False) -> "tuple[Sink, Any]":
         """Start an attempt: (sink for its bytes, hasher or None).  The MD5 is computed as the
         bytes come: inline for small files and for fed members (``inline_only``: a zip's
         feeder thread hashes each member as it passes, so its verdict is there when the
@@ -436,7 +440,7 @@ class Download:
         inline = hasher if not isinstance(hasher, _FileMD5) else None
         limit = self._max_bytes
 
-        def sink(chunk: bytes) -> None:
+        def sink(chunk: Chunk) -> None:
             if self._cancelled():
                 raise DownloadCancelled(self.uri)
             if not chunk:
@@ -543,7 +547,7 @@ class Download:
 
     # -- fed attempts: the bytes come from elsewhere (a member of a resource's zip) -------------
 
-    def feed(self) -> Callable[[bytes], None]:
+    def feed(self) -> Sink:
         """Begin an attempt whose bytes the caller pushes into the returned sink; end it with
         :meth:`feed_done`.  Readers are served as the bytes arrive, as with ``fetch``."""
         sink, hasher = self._begin(inline_only=True)

@@ -58,7 +58,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Deque, Optional, Tuple
 
-from xnatfs.cache.download import DownloadCancelled, Fetch, IntegrityError, TooLong
+from xnatfs.cache.download import Chunk, DownloadCancelled, Fetch, IntegrityError, TooLong
 
 if TYPE_CHECKING:  # content.py imports this module
     from xnatfs.cache.content import ContentKey
@@ -250,7 +250,7 @@ class StreamHandle:
         p.md5 = cp.md5.copy()  # equal states: the verdict then covers what was served
         p.md5.update(data[cut:])
 
-    def _sink(self, p: _Pass, chunk: bytes) -> None:
+    def _sink(self, p: _Pass, chunk: Chunk) -> None:
         if not chunk:
             return
         if p.received + len(chunk) > self._size:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 _LOCAL = b"PK\x03\x04"
 _CENTRAL = b"PK\x01\x02"
@@ -40,7 +40,7 @@ _FLAG_ENCRYPTED, _FLAG_DESCRIPTOR, _FLAG_UTF8 = 0x1, 0x8, 0x800
 
 #: ``on_start(name)`` -> a sink for the member's bytes (it may get a memoryview, valid only
 #: during the call), or None to skip the member
-OnStart = Callable[[str], Optional[Callable[[bytes], None]]]
+OnStart = Callable[[str], Optional[Callable[[Union[bytes, memoryview]], None]]]
 #: ``on_end(name, ok)``: the member ended; ok is False when its size or CRC did not match
 OnEnd = Callable[[str, bool], None]
 
@@ -74,7 +74,7 @@ class ZipSplitter:
         self._buf = bytearray()
         self._state = "header"
         self._name = ""
-        self._sink: Optional[Callable[[bytes], None]] = None
+        self._sink: Optional[Callable[[Union[bytes, memoryview]], None]] = None
         self._method = _STORED
         self._has_descriptor = False
         self._zip64 = False
@@ -89,7 +89,7 @@ class ZipSplitter:
         self.members = 0
 
     # ------------------------------------------------------------------ input
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: Union[bytes, memoryview]) -> None:
         """Take the next bytes of the archive (any chunking; bytes-like, not kept)."""
         view = memoryview(chunk)
         while view:
@@ -250,9 +250,7 @@ class ZipSplitter:
             self._crc = zlib.crc32(data, self._crc)
         self._produced += len(data)
         if self._sink is not None:
-            # a memoryview, as OnStart says: the sinks (``Download.feed``) write and hash any
-            # buffer although their annotations say bytes; mypy flags this line once they do not
-            self._sink(data)  # type: ignore[arg-type]
+            self._sink(data)  # a memoryview, as OnStart says
 
     def _data_done(self) -> None:
         if self._has_descriptor:
