@@ -704,7 +704,8 @@ def _sidecar_object(raw: bytes, what: str) -> Optional[Dict[str, Any]]:
     UTF-8 made the sidecar's read fail with an unexpected error (EIO and a traceback)."""
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: valid JSON nested past the recursion limit, no ValueError
         log.warning("BIDS: %s is not JSON (%s): left out of the sidecar", what, exc)
         return None
     if not isinstance(doc, dict):
