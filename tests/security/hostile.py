@@ -22,6 +22,8 @@ Modes (``MODES``):
 ``listing_500``        the first ``fail_first`` GETs of ``/data/projects`` answer 500
 ``many_arrays``        ``/data/projects`` lists 21,000,000 empty arrays (``[],``: 60 MiB, and no
                        ``{`` but the first two; ~1.5 GB as Python objects)
+``json_amplify``       project ``H``'s own document (its ``.xnat.json``) is 400 arrays deep around
+                       200,000 zeros: 0.8 MB that ``indent=2`` prints as 161 MB
 ``deep_json``          ``/data/projects`` is valid JSON nested 100,000 arrays deep (200 KB), and
                        so is a file PUT's answer (``{"duplicates": [[[...``)
 ``catalog_elements``   the resource's catalog (``files?format=xcat``) is ~61 MiB of 16,000,000
@@ -94,6 +96,7 @@ MODES = (
     "many_rows",
     "listing_500",
     "many_arrays",
+    "json_amplify",
     "deep_json",
     "catalog_elements",
     "uri_list_bomb",
@@ -424,6 +427,12 @@ class HostileServer:
                 )
             return send("200 OK", rows)
 
+        if path == f"/data/projects/{PROJECT}" and mode == "json_amplify":
+            depth, zeros = 400, 200_000
+            return send(
+                "200 OK",
+                b'{"items":[' + b"[" * depth + b",".join([b"0"] * zeros) + b"]" * depth + b"]}",
+            )
         if path == f"/data/projects/{PROJECT}/subjects":
             rows = []
             if mode == "names":

@@ -151,6 +151,22 @@ def test_a_catalog_of_millions_of_elements_costs_the_times_only_within_bounded_m
     assert "XML elements" in m.log_text(), m.log_text()[-2000:]
 
 
+def test_an_object_document_that_prints_huge_is_eio_within_bounded_memory(hostile, make_mount):
+    """``.xnat.json`` is XNAT's document printed with ``indent=2``: every value on a line
+    indented by its depth. 0.8 MB, 400 arrays deep around 200,000 zeros, printed as 161 MB in
+    the daemon (at the parse caps: gigabytes). Now the printed text is capped
+    (``jsondoc.MAX_SERVED_JSON``): EIO and one line naming the object."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "json_amplify"
+    res = fs_op("read", m.path / "H" / ".xnat.json", timeout=60)
+    note(".xnat.json printing 161 MB from 0.8 MB, cat", res, m)
+    peak = peak_rss_mb(daemon_pid(m))
+    assert res["errno"] == errno.EIO, res
+    assert peak < RSS_LIMIT_MB, f"daemon peak RSS {peak:.0f} MiB"
+    lines = error_lines(m, "/data/projects/H")
+    assert len(lines) == 1 and "as JSON" in lines[0], lines
+
+
 def test_a_500_on_a_listing_is_retried(hostile, make_mount):
     """Issue 18 §0.5: two 500s, then the listing: ``ls`` succeeds."""
     m = make_mount(hostile.url, *ARGS)
