@@ -191,8 +191,13 @@ def _show(key: str, value: Any) -> str:
 def _read_toml(file: Path, explicit: bool) -> Optional[Tuple[os.stat_result, str, Dict[str, Any]]]:
     """The config file's (stat, text, parsed TOML), or None for an absent default file."""
     try:
-        with open(file, "rb") as fh:
+        # O_NONBLOCK: a FIFO at the name must not hold the command for ever (refused below);
+        # the checks are of the file read (fstat of its descriptor), never of the name again
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"config file {file} is not a regular file")
             raw = fh.read()
     except FileNotFoundError:
         if explicit:
