@@ -359,3 +359,7 @@ def test_a_config_that_is_not_a_regular_file_is_refused_without_blocking(tmp_pat
         t.join(10)
         raise AssertionError("the config file's open waited for a FIFO's writer")
     assert "not a regular file" in outcome["error"]
+    # XNATFS_CONFIG=/dev/null (no config) is still fine; a device that never ends is cut
+    assert load_config("/dev/null", env=env).defaults == {}
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config("/dev/zero", env=env)
