@@ -188,12 +188,25 @@ def _show(key: str, value: Any) -> str:
     return MASK if key in SECRET_KEYS else repr(value)
 
 
+#: largest config file read (a few KiB in practice)
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def _read_toml(file: Path, explicit: bool) -> Optional[Tuple[os.stat_result, str, Dict[str, Any]]]:
     """The config file's (stat, text, parsed TOML), or None for an absent default file."""
     try:
-        with open(file, "rb") as fh:
+        # O_NONBLOCK: a FIFO at the name must not hold the command for ever (refused below);
+        # the checks are of the file read (fstat of its descriptor), never of the name again.
+        # /dev/null (XNATFS_CONFIG=/dev/null: no config) stays fine; a device that never ends
+        # is cut at the size cap
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
-            raw = fh.read()
+            if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+                raise ConfigError(f"config file {file} is not a regular file")
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {file} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"config file {file} does not exist") from None

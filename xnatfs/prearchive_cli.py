@@ -90,24 +90,46 @@ def resolve(path: str, url: Optional[str]) -> Tuple[str, str]:
 
 
 def _mount_url(path: Path) -> str:
-    """The server of the mount holding ``path`` (its ``.xnatfs/stats``)."""
+    """The server of the mount holding ``path`` (its ``.xnatfs/stats``), when it is a mount of
+    the caller's own."""
     found = _mount_of(path)
     if found is None:
         raise PrearchiveUsage(f"{path}: cannot find the mount's server; give it with --url")
-    return found[1]
+    root, url, owner = found
+    if url is None:
+        # the mount's server was chosen by its owner; the credentials used here are the
+        # caller's (a netrc default entry, XNATFS_USER/_PASSWORD are not bound to a host)
+        raise PrearchiveUsage(
+            f"{path} is in {root}, a mount of uid {owner}: the server is taken only from a "
+            f"mount of yours (your credentials would go to a server another user chose); "
+            f"give it with --url URL (findmnt -no SOURCE {root} shows what that mount reads)"
+        )
+    return url
 
 
-def _mount_of(path: Path) -> Optional[Tuple[Path, str]]:
-    """(mount root, server URL) of the mount holding ``path``, or None."""
+def _mount_of(path: Path) -> Optional[Tuple[Path, Optional[str], int]]:
+    """(mount root, server URL, owner uid) of the xnatfs mount holding ``path``, or None.
+
+    The URL is None for another user's mount: its ``.xnatfs/`` is its owner's alone
+    (``PermissionError``; docs/SECURITY.md), or readable (root on a user's mount) but shown
+    as another uid's.  The root is found either way, so that mount can still be refreshed."""
     for folder in [path.absolute(), *path.absolute().parents]:
         stats = folder / ".xnatfs" / "stats"
         try:
             with open(stats, encoding="utf-8") as fh:
+                owner = os.fstat(fh.fileno()).st_uid
                 url = json.load(fh).get("url")
-        except (OSError, ValueError):
+        except PermissionError:
+            if os.path.ismount(folder):
+                try:
+                    return folder, None, os.stat(folder / ".xnatfs").st_uid
+                except OSError:
+                    pass
+            continue
+        except (OSError, ValueError, AttributeError):
             continue
         if url:
-            return folder, str(url)
+            return folder, (str(url) if owner == os.getuid() else None), owner
     return None
 
 
@@ -120,7 +142,7 @@ def _refresh_mount(path: str, project: Optional[str]) -> None:
     found = _mount_of(Path(path))
     if found is None:
         return
-    root = found[0]
+    root = found[0]  # another user's mount too: a refresh is a read (fs/control.py)
     folders = [root / ".prearchive"]
     if project:
         folders.append(root / project / "subjects")
@@ -133,11 +155,12 @@ def _refresh_mount(path: str, project: Optional[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point from ``cli.main``."""
+    url, uri = resolve(args.path, args.url)  # before the client's imports: stdlib only
+
     from xnatfs import cli
     from xnatfs.xnat.client import ClientOptions, XnatClient
     from xnatfs.xnat.prearc import PrearcActions
 
-    url, uri = resolve(args.path, args.url)
     args.url = url
     args.credentials_stdin = False
     settings = cli.settings_from_args(args)

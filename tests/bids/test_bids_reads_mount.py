@@ -112,13 +112,26 @@ def test_failed_conversion_is_eio_with_one_log_line(make_emulator, make_mount) -
     assert os.path.exists(m.path / ".bids/DEMO1/participants.tsv")
 
 
-@pytest.mark.parametrize("body", [b"[1, 2]\n", b"{not json\n", b'"\xff"\n'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1, 2]\n",
+        b"{not json\n",
+        b'"\xff"\n',
+        # valid JSON nested past the recursion limit: RecursionError, no ValueError
+        b"[" * 100_000 + b"]" * 100_000,
+        # a valid object larger than any sidecar (read whole into memory to be merged)
+        b'{"ImageComments": "' + b"x" * (5 << 20) + b'"}',
+    ],
+    ids=["list", "broken", "not-utf8", "nested", "too-large"],
+)
 def test_a_sidecar_on_xnat_that_is_not_a_json_object_is_left_out(
     make_emulator, make_mount, body: bytes
 ) -> None:
     """The JSON beside a NIfTI resource's image is merged into the BIDS sidecar; when it was
     not a JSON object (a list, broken JSON, bytes that are not UTF-8) the sidecar's read failed
-    with an unexpected error (EIO, a traceback).  Now that file is left out, with one line."""
+    with an unexpected error (EIO, a traceback).  Now that file is left out, with one line; so
+    is one nested past the recursion limit, and one larger than ``MAX_SIDECAR_BYTES``."""
     from tests.mount.helpers import put_file
 
     emu = make_emulator()

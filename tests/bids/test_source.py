@@ -229,3 +229,50 @@ def test_a_marked_file_row_is_never_the_image_nor_a_companion() -> None:
     files = Source(Client(), None, Mapper()).scan_files("/data/experiments/E1/scans/1")
     assert files.nifti is not None and files.nifti.path == "b.nii.gz"
     assert dict(files.companions) == {}
+
+
+class _ServedContent:
+    """A content cache holding one file's bytes; counts the bytes its handles hand out."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.served = data, 0
+
+    def open(self, key: Any) -> Any:
+        outer = self
+
+        class Handle:
+            def read(self, offset: int, size: int, deadline: float) -> bytes:
+                chunk = outer.data[offset : offset + size]
+                outer.served += len(chunk)
+                return chunk
+
+            def close(self) -> None:
+                pass
+
+        return Handle()
+
+
+def test_a_dicom_header_is_read_up_to_the_pixel_data_not_whole() -> None:
+    """The header of a scan's first DICOM file (the BIDS sidecar's keys, mapping criteria) was
+    read by loading the whole file into memory: an enhanced (multi-frame) DICOM is hundreds of
+    MB, for a few KiB of header. Now pydicom reads through the cache's handle and stops at
+    the pixel data."""
+    from xnatfs.bids import sidecar
+    from xnatfs.emulator import dicom
+
+    study = dicom.StudySpec(
+        seed="HDR", patient_name="P", patient_id="P", series=(dicom.SeriesSpec(1, "T1w", 1),)
+    )
+    ds = dicom.make_dataset(study, study.series[0], 0)
+    ds.PixelData = bytes(32 << 20)  # 32 MiB of frames
+    data = dicom.dataset_bytes(ds)
+    content = _ServedContent(data)
+
+    class Client(_DicomClient):
+        def list_files(self, uri: str) -> List[FileEntry]:
+            return [FileEntry("a.dcm", len(data), f"{uri}/files/a.dcm", digest="0" * 32)]
+
+    src = Source(Client({}, {}), content, Mapper(config=None))
+    doc = src.header("/data/experiments/E1/scans/1", None, time.monotonic() + 30)
+    assert doc == sidecar.from_bytes(data) and doc["SeriesDescription"] == "T1w", doc
+    assert content.served < 2 << 20, content.served

@@ -171,11 +171,12 @@ def test_allow_other_others_change_nothing_by_any_other_call(emu, public_mount):
     assert "README.txt" in server_files(emu)
 
 
-def xnatfs_as_nobody(public_dir, *args):
+def xnatfs_as_nobody(public_dir, *args, env=None, needs="json"):
     """``xnatfs ARGS`` run by nobody.  The checkout (and its venv) may sit in a folder only
     root can enter (a CI's private temporary clone), so the package is copied where nobody
-    reads it, and run by the first interpreter nobody can start; the commands run here need
-    the standard library only."""
+    reads it, and run by the first interpreter nobody can start that imports ``needs`` (the
+    commands run here need the standard library only, unless they talk to XNAT); None when
+    there is none."""
     import xnatfs
 
     pkg = public_dir / "pkg"
@@ -186,8 +187,12 @@ def xnatfs_as_nobody(public_dir, *args):
                 os.chmod(os.path.join(folder, name), 0o755)
         pkg.chmod(0o755)
     for python in (sys.executable, "/usr/bin/python3", shutil.which("python3") or ""):
-        if python and as_nobody([python, "-c", "import json"]).returncode == 0:
-            return as_nobody([python, "-m", "xnatfs", *args], env={"PYTHONPATH": str(pkg)})
+        if python and as_nobody([python, "-c", f"import {needs}"]).returncode == 0:
+            return as_nobody(
+                [python, "-m", "xnatfs", *args], env={"PYTHONPATH": str(pkg), **(env or {})}
+            )
+    if needs != "json":
+        return None
     raise AssertionError("no Python interpreter that nobody may run")
 
 
@@ -209,8 +214,60 @@ def test_allow_other_control_files_are_the_owners_alone(emu, public_mount, publi
     assert os.stat(control).st_mode & 0o077 == 0
     status = xnatfs_as_nobody(public_dir, "status", str(m.path))
     assert status.returncode == 1 and "only the user who mounted it" in status.stderr, status
+    # who that is, and what this user may run instead
+    assert f"(uid {os.getuid()})" in status.stderr and "findmnt" in status.stderr, status
+    assert len(status.stderr.splitlines()) == 1, status.stderr
     # the archive keeps its modes: others still read it
     assert as_nobody(["cat", str(m.path / PROTOCOLS / "README.txt")]).returncode == 0
+
+
+@as_other_user
+def test_allow_other_commands_of_another_user(emu, public_mount, public_dir):
+    """``xnatfs prearchive``, ``refresh`` by another user on an ``allow_other`` mount, whose
+    ``.xnatfs/stats`` (the server's URL) is the owner's alone.  ``prearchive`` without
+    ``--url`` says in one line why and what to give, and sends nothing: it must not take the
+    server from another user's mount, since the credentials it sends are the caller's (before,
+    it walked past the unreadable stats and said it could not find the server, naming neither
+    why nor whose mount).  With ``--url`` it acts as that user and refreshes the mount;
+    ``refresh`` needs no URL and works for every user who can read the path."""
+    m = public_mount(emu.url, "-o", "allow_other")
+    pre = m.path / ".prearchive" / "DEMO1"
+    ts = sorted(os.listdir(pre))[0]
+    session = pre / ts / sorted(os.listdir(pre / ts))[0]
+    mark = emu.mark()
+    res = xnatfs_as_nobody(public_dir, "prearchive", "rebuild", str(session))
+    assert res.returncode == 1 and len(res.stderr.splitlines()) == 1, res
+    line = res.stderr
+    assert f"a mount of uid {os.getuid()}" in line and "--url" in line, line
+    assert f"findmnt -no SOURCE {m.path}" in line, line
+    # (the mount read the session's attributes: GETs; no login, no action was sent)
+    assert [r for r in emu.since(mark) if r[0] != "GET"] == []
+
+    # refresh: a file made on XNAT after the listing shows at once to nobody
+    folder = m.path / PROTOCOLS
+    assert "later.txt" not in os.listdir(folder)
+    put_file(emu.url, PROTOCOLS_URI + "/later.txt", b"later\n")
+    res = xnatfs_as_nobody(public_dir, "refresh", str(folder))
+    assert res.returncode == 0, res
+    listed = as_nobody(["ls", str(folder)])
+    assert "later.txt" in listed.stdout.split(), listed
+
+    # with --url, the action is nobody's own, with nobody's credentials (needs requests)
+    creds = {"XNATFS_USER": ADMIN[0], "XNATFS_PASSWORD": ADMIN[1]}
+    res = xnatfs_as_nobody(
+        public_dir,
+        "prearchive",
+        "rebuild",
+        str(session),
+        "--url",
+        emu.url,
+        env=creds,
+        needs="requests",
+    )
+    if res is None:
+        pytest.skip("no interpreter nobody may run has requests")
+    assert res.returncode == 0, res
+    assert "/data/prearchive/projects/DEMO1/" in res.stdout, res
 
 
 @as_other_user

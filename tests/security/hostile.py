@@ -20,6 +20,15 @@ Modes (``MODES``):
 ``huge_listing``       ``/data/projects`` is an identity body of ``huge_bytes`` (default 256 MiB)
 ``many_rows``          ``/data/projects`` lists 3,000,000 tiny valid rows (~33 MB of JSON)
 ``listing_500``        the first ``fail_first`` GETs of ``/data/projects`` answer 500
+``many_arrays``        ``/data/projects`` lists 21,000,000 empty arrays (``[],``: 60 MiB, and no
+                       ``{`` but the first two; ~1.5 GB as Python objects)
+``json_amplify``       project ``H``'s own document (its ``.xnat.json``) is 400 arrays deep around
+                       200,000 zeros: 0.8 MB that ``indent=2`` prints as 161 MB
+``deep_json``          ``/data/projects`` is valid JSON nested 100,000 arrays deep (200 KB), and
+                       so is a file PUT's answer (``{"duplicates": [[[...``)
+``catalog_elements``   the resource's catalog (``files?format=xcat``) is ~61 MiB of 16,000,000
+                       empty elements: under the byte cap, ~1.4 GB as a parsed tree
+``uri_list_bomb``      ``POST /data/services/import`` answers ~61 MiB of 3-byte lines
 ``names``              subjects labelled ``.``, ``..``, ``a/b``, ``new\\nline``; files ``..``,
                        ``evil\\nname.txt`` (size -5)
 ``sizes``              files with sizes -5, 10^23, ``abc``, 2^63 and one good file of 10 bytes
@@ -27,6 +36,10 @@ Modes (``MODES``):
                        to ``evil_url``, one outside ``/data/``, and one good file
 ``redirect``           ``/data/projects`` answers 302 to ``evil_url`` (another host; with
                        ``tls=`` set and an http ``evil_url``: https -> http)
+``redirect_login``     the login (``PUT /data/services/auth``, ``POST /data/JSESSION``) answers
+                       307 (method and body kept) to ``evil_url``
+``redirect_writes``    every other PUT/POST/DELETE (uploads, creates, imports) answers 307 to
+                       ``evil_url``
 ``file_endless``       file ``big.bin`` is listed as 1,000 bytes; its body never ends
 ``file_longer``        file ``big.bin`` is listed as 1,000 bytes; the body has 5,000
 ``file_gzip_bomb``     file ``big.bin`` (listed 1,000) comes gzip-encoded, inflating to 1 GiB
@@ -82,10 +95,17 @@ MODES = (
     "huge_listing",
     "many_rows",
     "listing_500",
+    "many_arrays",
+    "json_amplify",
+    "deep_json",
+    "catalog_elements",
+    "uri_list_bomb",
     "names",
     "sizes",
     "uris",
     "redirect",
+    "redirect_login",
+    "redirect_writes",
     "file_endless",
     "file_longer",
     "file_gzip_bomb",
@@ -135,6 +155,24 @@ def _many_rows(n: int = 3_000_000) -> bytes:
             + b'"}}'
         )
     return _BOMB["many"]
+
+
+def _many_arrays(n: int = 21_000_000) -> bytes:
+    """A listing whose rows are ``n`` empty arrays: 60 MiB, under every cap on objects."""
+    if "arrays" not in _BOMB:
+        _BOMB["arrays"] = b'{"ResultSet":{"Result":[' + b"[]," * n + b"[]]}}"
+    return _BOMB["arrays"]
+
+
+def _many_elements(n: int = 16_000_000) -> bytes:
+    """A catalog of ``n`` empty elements: 61 MiB, ~1.4 GB as an ElementTree."""
+    if "elements" not in _BOMB:
+        _BOMB["elements"] = (
+            b'<cat:Catalog xmlns:cat="http://nrg.wustl.edu/catalog"><cat:entries>'
+            + b"<a/>" * n
+            + b"</cat:entries></cat:Catalog>"
+        )
+    return _BOMB["elements"]
 
 
 def _rows(rows: List[Dict[str, Any]]) -> bytes:
@@ -307,6 +345,24 @@ class HostileServer:
             start_response(status, hdrs)
             return body
 
+        if mode == "redirect_login" and path in ("/data/services/auth", "/data/JSESSION"):
+            return send(
+                "307 Temporary Redirect",
+                b"",
+                "text/plain",
+                (("Location", self.evil_url + path.lstrip("/")),),
+            )
+        if (
+            mode == "redirect_writes"
+            and method in ("PUT", "POST", "DELETE")
+            and path != "/data/services/auth"
+        ):
+            return send(
+                "307 Temporary Redirect",
+                b"",
+                "text/plain",
+                (("Location", self.evil_url + path.lstrip("/")),),
+            )
         if path == "/data/services/auth" and method == "PUT" and self.login_answer:
             return send(self.login_answer[0], self.login_answer[1], "text/plain")
         if path == "/data/services/auth" and method == "PUT":
@@ -351,6 +407,14 @@ class HostileServer:
                 return send("200 OK", _many_rows())
             if mode == "huge_listing":
                 return send("200 OK", self._huge(self.huge_bytes), length=self.huge_bytes)
+            if mode == "many_arrays":
+                return send("200 OK", _many_arrays())
+            if mode == "deep_json":
+                depth = 100_000
+                return send(
+                    "200 OK",
+                    b'{"ResultSet":{"Result":[' + b"[" * depth + b"]" * depth + b"]}}",
+                )
             if mode == "listing_500" and n <= self.fail_first:
                 return send(
                     "500 Internal Server Error",
@@ -363,6 +427,12 @@ class HostileServer:
                 )
             return send("200 OK", rows)
 
+        if path == f"/data/projects/{PROJECT}" and mode == "json_amplify":
+            depth, zeros = 400, 200_000
+            return send(
+                "200 OK",
+                b'{"items":[' + b"[" * depth + b",".join([b"0"] * zeros) + b"]" * depth + b"]}",
+            )
         if path == f"/data/projects/{PROJECT}/subjects":
             rows = []
             if mode == "names":
@@ -407,6 +477,15 @@ class HostileServer:
             if mode == "slow_upload_answer":
                 return send("200 OK", self._trickle(b""), "text/plain")
             return send("200 OK", b"", "text/plain")
+        if method == "PUT" and path.startswith(files_base + "/") and mode == "deep_json":
+            environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            depth = 100_000
+            return send("200 OK", b'{"duplicates":' + b"[" * depth + b"]" * depth + b"}")
+        if path == files_base and mode == "catalog_elements" and "format=xcat" in query:
+            return send("200 OK", _many_elements(), "text/xml")
+        if path == "/data/services/import" and mode == "uri_list_bomb":
+            environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            return send("200 OK", b"ab\n" * (21 << 20), "text/uri-list")
         if path == files_base:
             body = _rows(self._file_rows(mode))
             if mode == "slow_files":

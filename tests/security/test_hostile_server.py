@@ -14,7 +14,13 @@ import pytest
 
 from tests.helpers.fsop import fs_op
 from tests.security.conftest import daemon_pid, peak_rss_mb
-from tests.security.hostile import GOOD_BYTES, file_row, gzip_bomb
+from tests.security.hostile import (
+    GOOD_BYTES,
+    _many_arrays,
+    _many_elements,
+    file_row,
+    gzip_bomb,
+)
 
 T = 3.0
 SLACK = 2.0
@@ -103,6 +109,62 @@ def test_a_listing_of_millions_of_tiny_rows_is_refused_within_bounded_memory(hos
         hostile, make_mount, "many_rows", "3,000,000 tiny rows (33 MB), ls"
     )
     assert len(lines) == 1 and "JSON objects" in lines[0], lines
+
+
+def test_a_listing_of_millions_of_empty_arrays_is_refused_within_bounded_memory(
+    hostile, make_mount
+):
+    """The cap on objects counted ``{`` only: 60 MiB of ``[],`` (21,000,000 lists, ~1.5 GB
+    once parsed) went past it. Now values are counted too (``body.MAX_DOCUMENT_VALUES``)."""
+    _many_arrays()  # made before the mount: it takes a moment
+    lines = refused_root_listing(
+        hostile, make_mount, "many_arrays", "21,000,000 empty arrays (60 MiB), ls"
+    )
+    assert len(lines) == 1 and "JSON values" in lines[0], lines
+
+
+def test_a_listing_nested_too_deeply_is_eio_with_one_log_line(hostile, make_mount):
+    """200 KB of valid JSON nested 100,000 arrays deep: ``json.loads`` raises RecursionError,
+    which is no ValueError; it escaped the client as an unexpected error (a line without the
+    URL). Now the answer is refused like broken JSON: EIO and one line naming the URL."""
+    lines = refused_root_listing(hostile, make_mount, "deep_json", "JSON nested 100,000 deep, ls")
+    assert len(lines) == 1 and "nested too deeply" in lines[0], lines
+    assert "unexpected" not in lines[0], lines
+
+
+def test_a_catalog_of_millions_of_elements_costs_the_times_only_within_bounded_memory(
+    hostile, make_mount
+):
+    """``--catalog-times``: a catalog of 16,000,000 empty elements (61 MiB, under the byte
+    cap) was parsed into a tree of ~1.4 GB (and 20 s). Now a document with more elements than
+    a listing may have rows is refused before parsing: the files are listed with the object's
+    time, as for any catalog that cannot be read."""
+    m = make_mount(hostile.url, *ARGS, "--catalog-times")
+    hostile.mode = "catalog_elements"
+    _many_elements()  # made before the listing: it takes a moment
+    res = fs_op("listdir", m.path / FILES, timeout=60)
+    note("catalog of 16,000,000 elements, ls", res, m)
+    peak = peak_rss_mb(daemon_pid(m))
+    assert res["errno"] == 0 and "f0.txt" in res["names"], res
+    assert hostile.count("GET /data/projects/H/resources/1/files") >= 2  # listing + catalog
+    assert peak < RSS_LIMIT_MB, f"daemon peak RSS {peak:.0f} MiB"
+    assert "XML elements" in m.log_text(), m.log_text()[-2000:]
+
+
+def test_an_object_document_that_prints_huge_is_eio_within_bounded_memory(hostile, make_mount):
+    """``.xnat.json`` is XNAT's document printed with ``indent=2``: every value on a line
+    indented by its depth. 0.8 MB, 400 arrays deep around 200,000 zeros, printed as 161 MB in
+    the daemon (at the parse caps: gigabytes). Now the printed text is capped
+    (``jsondoc.MAX_SERVED_JSON``): EIO and one line naming the object."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "json_amplify"
+    res = fs_op("read", m.path / "H" / ".xnat.json", timeout=60)
+    note(".xnat.json printing 161 MB from 0.8 MB, cat", res, m)
+    peak = peak_rss_mb(daemon_pid(m))
+    assert res["errno"] == errno.EIO, res
+    assert peak < RSS_LIMIT_MB, f"daemon peak RSS {peak:.0f} MiB"
+    lines = error_lines(m, "/data/projects/H")
+    assert len(lines) == 1 and "as JSON" in lines[0], lines
 
 
 def test_a_500_on_a_listing_is_retried(hostile, make_mount):

@@ -334,3 +334,32 @@ def test_sd_notify_bad_message_does_not_raise(tmp_path):
         assert notify.sd_notify("", env={"NOTIFY_SOCKET": path}) is False
         assert notify.sd_notify(None, env={"NOTIFY_SOCKET": path}) is False  # type: ignore
         assert notify.sd_notify("\udcff", env={"NOTIFY_SOCKET": path}) is False
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path, env):
+    """A FIFO at the config file's name: its open waited for a writer for ever (every xnatfs
+    command that reads the config hung); now one line at once."""
+    import threading
+
+    fifo = tmp_path / "c.toml"
+    os.mkfifo(fifo, 0o600)
+    outcome = {}
+
+    def load():
+        try:
+            load_config(fifo, env=env)
+        except ConfigError as exc:
+            outcome["error"] = str(exc)
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():  # let the blocked open go, so the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(10)
+        raise AssertionError("the config file's open waited for a FIFO's writer")
+    assert "not a regular file" in outcome["error"]
+    # XNATFS_CONFIG=/dev/null (no config) is still fine; a device that never ends is cut
+    assert load_config("/dev/null", env=env).defaults == {}
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config("/dev/zero", env=env)

@@ -165,3 +165,94 @@ def test_interrupted_prompt(tmp_path: Path) -> None:
             prompt_user=eof,
             prompt_password=eof,
         )
+
+
+def test_the_netrc_read_is_the_netrc_checked(tmp_path: Path, monkeypatch) -> None:
+    """The permission check and the read are of one open file.  Before, the file was checked
+    by name (``os.stat``) and then opened again by name (``netrc.netrc(path)``): whoever could
+    replace the name in between had a file read that was never checked.  Here the name is
+    replaced at the worst moment for each way of reading: right before the first open when the
+    name was checked before it, else right after the first open."""
+    import builtins
+
+    rc = write_netrc(tmp_path / "netrc", "machine h login mine password checked\n")
+    other = write_netrc(tmp_path / "other", "machine h login swapped password unchecked\n", 0o644)
+    state = {"checked_by_name": False, "swapped": False}
+
+    def swap() -> None:
+        if not state["swapped"]:
+            state["swapped"] = True
+            os.replace(other, rc)
+
+    def ours(name: object) -> bool:
+        return isinstance(name, (str, os.PathLike)) and os.fspath(name) == str(rc)
+
+    def watch_stat(real):
+        def stat(name, *args, **kwargs):
+            if ours(name):
+                state["checked_by_name"] = True
+            return real(name, *args, **kwargs)
+
+        return stat
+
+    def watch_open(real):
+        def opener(name, *args, **kwargs):
+            if ours(name) and state["checked_by_name"]:
+                swap()  # between a check by name and the open
+            result = real(name, *args, **kwargs)
+            if ours(name):
+                swap()  # after the open: the descriptor must keep the file checked
+            return result
+
+        return opener
+
+    monkeypatch.setattr(os, "stat", watch_stat(os.stat))
+    monkeypatch.setattr(os, "lstat", watch_stat(os.lstat))
+    monkeypatch.setattr(os, "open", watch_open(os.open))
+    monkeypatch.setattr(builtins, "open", watch_open(builtins.open))
+    c = resolve_credentials("http://h", netrc_path=str(rc), interactive=False, env={})
+    assert state["swapped"]
+    assert (c.username, c.password) == ("mine", "checked")
+
+
+def test_a_netrc_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO (mode 0600, ours) at the netrc's name: before, its open waited for a writer for
+    ever (the mount never started); now refused at once, with one line."""
+    import threading
+
+    fifo = tmp_path / "netrc"
+    os.mkfifo(fifo, 0o600)
+    outcome: dict = {}
+
+    def resolve() -> None:
+        try:
+            resolve_credentials("http://h", netrc_path=str(fifo), interactive=False, env={})
+        except CredentialsError as exc:
+            outcome["error"] = str(exc)
+
+    t = threading.Thread(target=resolve, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():  # let the blocked open go, so the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(10)
+        raise AssertionError("the netrc's open waited for a FIFO's writer")
+    assert "not a regular file" in outcome["error"] and "\n" not in outcome["error"]
+
+
+def test_a_netrc_symlink_to_a_private_file_of_ours_is_followed(tmp_path: Path) -> None:
+    """Dotfile managers link ``~/.netrc``: the file checked is the one the link reaches."""
+    target = write_netrc(tmp_path / "real", "machine h login linked password p\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".netrc").symlink_to(target)
+    c = resolve_credentials("http://h", interactive=False, env={"HOME": str(home)})
+    assert c.username == "linked"
+    target.chmod(0o644)
+    with pytest.raises(CredentialsError, match="chmod 600"):
+        resolve_credentials("http://h", interactive=False, env={"HOME": str(home)})
+
+
+def test_a_missing_default_netrc_falls_through(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "XNATFS_USER": "eu", "XNATFS_PASSWORD": "ep"}
+    assert resolve_credentials("http://h", interactive=False, env=env).source == "env"

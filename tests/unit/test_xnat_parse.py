@@ -506,3 +506,34 @@ def test_a_file_uri_outside_the_resource_it_was_listed_in_is_marked(resource_uri
     under the resource (or session, for the one-request scan listing) they were listed in."""
     f = parse.file_from_row({"Name": "n", "Size": "1", "URI": uri}, resource_uri)
     assert f.problem, (resource_uri, uri)
+
+
+def test_server_json_failures_are_bad_documents_whatever_their_kind() -> None:
+    """Broken, nested past the recursion limit (RecursionError, no ValueError), or more values
+    than the cap: all ``BadDocument``, the one error callers turn into NotXnatResponse."""
+    deep = "[" * 100_000 + "]" * 100_000
+    for text, why in (
+        ("{", "not JSON"),
+        (deep, "nested too deeply"),
+        (deep.encode(), "nested too deeply"),
+        ('{"ResultSet":{"Result":[' + "[]," * 4_000_000 + "[]]}}", "JSON values"),
+    ):
+        with pytest.raises(parse.BadDocument, match=why):
+            parse.loads_json(text)
+    with pytest.raises(parse.BadDocument, match="nested too deeply"):
+        parse.rows_from_json('{"ResultSet":{"Result":' + deep + "}}")
+    assert parse.loads_json(b'{"a": [1, 2]}') == {"a": [1, 2]}
+
+
+def test_catalogs_and_uri_lists_past_the_element_cap_are_refused_before_parsing() -> None:
+    cap = parse.MAX_DOCUMENT_ELEMENTS
+    catalog = b'<cat:Catalog xmlns:cat="http://nrg.wustl.edu/catalog">' + b"<a/>" * (cap + 1)
+    with pytest.raises(parse.BadDocument, match="XML elements"):
+        parse.catalog_times(catalog + b"</cat:Catalog>")
+    with pytest.raises(parse.BadDocument, match="lines"):
+        parse.parse_uri_list("ab\r\n" * (cap + 1))
+    # blank lines and comments cost nothing; CRLF, CR and LF all end a line
+    assert parse.parse_uri_list("\n" * (cap + 5) + "# c\r\n/data/a\r/data/b\n") == [
+        "/data/a",
+        "/data/b",
+    ]

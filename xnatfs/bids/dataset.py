@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from xnatfs import __version__
+from xnatfs.jsondoc import dumps_bounded
 
 BIDS_VERSION = "1.9.0"
 
@@ -21,10 +21,9 @@ PARTICIPANT_COLUMNS: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
 
 
 def _dump(doc: Any) -> bytes:
-    # a lone surrogate from XNAT's JSON stays a JSON escape (else UnicodeEncodeError: EIO)
-    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode(
-        "utf-8", "backslashreplace"
-    )
+    # a lone surrogate from XNAT's JSON stays a JSON escape (else UnicodeEncodeError: EIO);
+    # within a size cap (xnatfs/jsondoc.py)
+    return dumps_bounded(doc, "dataset_description.json", sort_keys=False)
 
 
 def authors(project_fields: Mapping[str, str]) -> List[str]:

@@ -102,7 +102,7 @@ def from_outputs(outputs: Mapping[str, bytes]) -> List[Image]:
             try:
                 loaded = json.loads(raw.decode("utf-8"))
                 doc = loaded if isinstance(loaded, dict) else {}
-            except ValueError:
+            except (ValueError, RecursionError):  # broken, or nested past the recursion limit
                 doc = {}
         image = classify(stem[len(base) :], doc)
         out.append(Image(stem, image.echo, image.part, image.echo_time, image.unknown))

@@ -662,7 +662,15 @@ class _SidecarHandle:
         theirs: Optional[Dict[str, Any]] = None
         if not ref.converted:
             entry = ref.files.companions.get(".json")
-            if entry is not None:
+            if entry is not None and (entry.size or 0) > MAX_SIDECAR_BYTES:
+                # read whole into memory to be merged: a listed 5 GB ".json" would be 5 GB
+                log.warning(
+                    "BIDS: %s is %s bytes, more than a sidecar (%d): left out of the sidecar",
+                    entry.uri,
+                    entry.size,
+                    MAX_SIDECAR_BYTES,
+                )
+            elif entry is not None:
                 theirs = _sidecar_object(src.read_whole(entry, deadline), entry.uri)
         elif self._layout.bundles.state(_bundle_key(ref.bundle)) == "cached":
             member = _BundleMember(
@@ -698,13 +706,19 @@ class _SidecarHandle:
         self._data = None
 
 
+#: largest JSON sidecar on XNAT merged into ours (read whole into memory); dcm2niix's are a
+#: few KiB, a slice-timing or a long ``ImageComments`` a few tens
+MAX_SIDECAR_BYTES = 4 << 20
+
+
 def _sidecar_object(raw: bytes, what: str) -> Optional[Dict[str, Any]]:
     """A JSON sidecar from XNAT (or a conversion) as a dict to merge into ours; None (left
     out, one line) when it is not a JSON object: a list, broken JSON or bytes that are not
     UTF-8 made the sidecar's read fail with an unexpected error (EIO and a traceback)."""
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: valid JSON nested past the recursion limit, no ValueError
         log.warning("BIDS: %s is not JSON (%s): left out of the sidecar", what, exc)
         return None
     if not isinstance(doc, dict):

@@ -14,8 +14,9 @@ after a conversion agree on every key both have (dcm2niix's values win, it saw e
 from __future__ import annotations
 
 import io
-import json
 from typing import Any, Dict, List, Mapping, Optional
+
+from xnatfs.jsondoc import dumps_bounded
 
 # pydicom is imported where a header is read, not here: it pulls in numpy (about 20 MB of
 # resident memory and 0.25 s at start) into every daemon, also those that never read a sidecar
@@ -97,9 +98,14 @@ def from_dataset(ds: Any, *, task: str = "") -> Dict[str, Any]:
 
 
 def from_bytes(data: bytes, *, task: str = "") -> Dict[str, Any]:
+    return from_file(io.BytesIO(data), task=task)
+
+
+def from_file(fp: Any, *, task: str = "") -> Dict[str, Any]:
+    """The sidecar keys of a DICOM file read from ``fp`` up to its pixel data."""
     import pydicom
 
-    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
     return from_dataset(ds, task=task)
 
 
@@ -138,9 +144,8 @@ def merge(ours: Mapping[str, Any], dcm2niix: Mapping[str, Any]) -> Dict[str, Any
 
 def dumps(doc: Mapping[str, Any]) -> bytes:
     # a lone surrogate from a JSON sidecar on XNAT stays a JSON escape (else the sidecar's read
-    # failed with an unexpected UnicodeEncodeError)
-    text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    return text.encode("utf-8", "backslashreplace")
+    # failed with an unexpected UnicodeEncodeError); within a size cap (xnatfs/jsondoc.py)
+    return dumps_bounded(doc, "BIDS sidecar")
 
 
 def _multivalue() -> Any:

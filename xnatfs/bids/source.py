@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import io
 import logging
 import os
 import re
@@ -326,15 +327,23 @@ class Source:
 
     # ------------------------------------------------------------------ bytes
     def read_whole(self, entry: Any, deadline: float) -> bytes:
-        """One XNAT file through the main content cache (downloaded once, kept)."""
+        """One XNAT file through the main content cache (downloaded once, kept), whole in
+        memory: for small files only (a JSON sidecar, capped by its caller)."""
+        out = bytearray()
+        self._copy(entry, out.extend, deadline)
+        return bytes(out)
+
+    def _copy(self, entry: Any, write: Callable[[bytes], Any], deadline: float) -> None:
+        """One XNAT file through the main content cache into ``write``, 1 MiB at a time."""
         handle = self.content.open(file_key(entry))
         try:
-            out = bytearray()
+            offset = 0
             while True:
-                chunk = handle.read(len(out), 1 << 20, deadline)
+                chunk = handle.read(offset, _CHUNK, deadline)
                 if not chunk:
-                    return bytes(out)
-                out += chunk
+                    return
+                write(chunk)
+                offset += len(chunk)
         finally:
             handle.close()
 
@@ -357,7 +366,16 @@ class Source:
             files = self.scan_files(scan_uri)
         if not files.dicom:
             return {}
-        doc = sidecar.from_bytes(self.read_whole(files.dicom[0], deadline))
+        entry = files.dicom[0]
+        handle = self.content.open(file_key(entry))
+        try:
+            # read as pydicom asks, up to the pixel data: the whole file in memory was the
+            # size of an enhanced (multi-frame) DICOM, hundreds of MB, for a few KiB of header
+            raw = _HandleReader(handle, entry.size, deadline, entry.uri)
+            reader = io.BufferedReader(raw, _CHUNK)
+            doc = sidecar.from_file(reader)
+        finally:
+            handle.close()
         with self._headers_lock:
             if len(self._headers) > 20_000:
                 self._headers.clear()
@@ -396,7 +414,43 @@ class Source:
                 raise OSError(5, "content cache closing") from None
         for i, f in enumerate(files.dicom):
             with open(os.path.join(dest, f"{i:06d}.dcm"), "wb") as fh:
-                fh.write(self.read_whole(f, deadline))
+                self._copy(f, fh.write, deadline)  # not whole in memory: a file may be GBs
+
+
+#: bytes read from the content cache at a time
+_CHUNK = 1 << 20
+
+
+class _HandleReader(io.RawIOBase):
+    """A content-cache handle as a read-only, seekable raw file of ``size`` bytes: reads only
+    what its reader asks for, each within ``deadline``."""
+
+    def __init__(self, handle: Any, size: int, deadline: float, name: str = "") -> None:
+        super().__init__()
+        self._handle, self._size, self._deadline = handle, size, deadline
+        self._pos = 0
+        #: what pydicom names the dataset's file (``io.BufferedReader.name`` asks the raw file)
+        self.name = name
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._handle.read(self._pos, len(buffer), self._deadline)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
 
 
 #: listings a plan loads at once

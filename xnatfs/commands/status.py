@@ -99,9 +99,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         with open(stats_path, encoding="utf-8") as fh:
             stats = json.load(fh)
     except PermissionError:
-        # .xnatfs/ is the mount owner's alone (docs/SECURITY.md), also on an allow_other mount
+        # .xnatfs/ is the mount owner's alone (docs/SECURITY.md), also on an allow_other mount;
+        # what any user may still do there: read, `xnatfs refresh`, `findmnt` for its server
+        try:
+            owner = f" (uid {os.stat(os.path.join(args.mountpoint, '.xnatfs')).st_uid})"
+        except OSError:
+            owner = ""
         raise UsageError(
-            f"{args.mountpoint}: only the user who mounted it may read its status"
+            f"{args.mountpoint}: only the user who mounted it{owner} may read its status; "
+            f"'findmnt {args.mountpoint}' shows its server, 'xnatfs refresh PATH' works for "
+            f"every user who can read PATH"
         ) from None
     except OSError as exc:
         raise UsageError(f"{args.mountpoint} is not an xnatfs mount ({exc.strerror})") from None

@@ -18,6 +18,8 @@ Nothing in this module logs a password, a netrc line or its contents.
 from __future__ import annotations
 
 import getpass
+import io
+import locale
 import logging
 import netrc
 import os
@@ -29,7 +31,12 @@ from urllib.parse import urlsplit
 
 from .errors import CredentialsError
 
-__all__ = ["Credentials", "resolve_credentials", "netrc_lookup", "check_netrc_permissions"]
+__all__ = [
+    "Credentials",
+    "resolve_credentials",
+    "netrc_lookup",
+    "read_netrc",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +73,16 @@ def _host_keys(url: str) -> Tuple[str, str]:
     return hostport, host
 
 
-def check_netrc_permissions(path: str) -> None:
-    """Refuse a netrc that others may read (or write), or that another user owns.
+#: largest netrc read: a few hundred entries are a few KiB; a bigger "netrc" is a mistake (a
+#: link to a log or an image), read only up to this
+MAX_NETRC_BYTES = 1 << 20
 
-    Raises :class:`CredentialsError` naming the file and the fix.
-    """
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise CredentialsError(message=f"cannot read {path}: {exc.strerror}") from None
+
+def _check_netrc_stat(path: str, st: os.stat_result) -> None:
+    """Refuse a netrc that is not a regular file, that others may read (or write), or that
+    another user owns.  Raises :class:`CredentialsError` naming the file and the fix."""
+    if not stat.S_ISREG(st.st_mode):
+        raise CredentialsError(message=f"refusing to use {path}: it is not a regular file")
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise CredentialsError(
             message=(
@@ -88,21 +96,82 @@ def check_netrc_permissions(path: str) -> None:
         )
 
 
+def read_netrc(path: str) -> str:
+    """The text of the netrc at ``path``, checked on the descriptor it is read from.
+
+    One ``open``, then ``fstat`` of that descriptor, then the read: a check of the name and a
+    second open (as ``netrc.netrc(path)`` does) let the file be swapped in between, so the
+    file read was not the file checked.  A symbolic link is followed (dotfile managers link
+    ``~/.netrc``): what is checked is the file it reaches, which must be ours and private.
+    ``O_NONBLOCK`` keeps a FIFO put there from holding the open; it is then refused as not a
+    regular file.  Raises :class:`FileNotFoundError` for a missing file (the caller decides),
+    :class:`CredentialsError` for anything else."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CredentialsError(message=f"cannot read {path}: {exc.strerror}") from None
+    try:
+        _check_netrc_stat(path, os.fstat(fd))
+        chunks = []
+        size = 0
+        while size <= MAX_NETRC_BYTES:
+            chunk = os.read(fd, 64 << 10)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise CredentialsError(message=f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_NETRC_BYTES:
+        raise CredentialsError(
+            message=f"refusing to use {path}: larger than {MAX_NETRC_BYTES >> 20} MiB"
+        )
+    raw = b"".join(chunks)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:  # what netrc.netrc does too: the locale's encoding next
+        return raw.decode(locale.getpreferredencoding(False), errors="replace")
+
+
+class _NetrcText(netrc.netrc):
+    """``netrc.netrc`` parsed from text already read (``netrc.netrc(path)`` opens the file
+    by name itself).  ``_parse(file, fp, default_netrc)`` has this signature in every Python
+    xnatfs supports (3.9-3.13); ``default_netrc=False``: the permission checks are ours."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.hosts: dict = {}
+        self.macros: dict = {}
+        # private, so typeshed does not declare it
+        self._parse(path, io.StringIO(text), False)  # type: ignore[attr-defined]
+
+
 def netrc_lookup(path: str, url: str) -> Optional[Tuple[str, str]]:
     """(login, password) for ``url`` from the netrc file at ``path``, or ``None``.
 
-    The file's permissions are checked first (see :func:`check_netrc_permissions`).  A syntax
-    error is reported with file and line but without the offending text.
+    The file is read once and checked on its descriptor (:func:`read_netrc`).  A syntax
+    error is reported with file and line but without the offending text.  A missing file is
+    :class:`CredentialsError`.
     """
-    check_netrc_permissions(path)
     try:
-        parsed = netrc.netrc(path)
+        return _lookup(path, url)
+    except FileNotFoundError:
+        raise CredentialsError(message=f"netrc file {path} does not exist") from None
+
+
+def _lookup(path: str, url: str) -> Optional[Tuple[str, str]]:
+    """:func:`netrc_lookup`, a missing file raised as :class:`FileNotFoundError`."""
+    text = read_netrc(path)
+    try:
+        parsed = _NetrcText(path, text)
     except netrc.NetrcParseError as exc:
         raise CredentialsError(
             message=f"cannot parse {path} (line {exc.lineno}); fix the file's syntax"
         ) from None
-    except OSError as exc:
-        raise CredentialsError(message=f"cannot read {path}: {exc.strerror}") from None
     hostport, host = _host_keys(url)
     # look at ``hosts`` directly: ``authenticators()`` would fall back to "default" before we
     # had a chance to try the bare host name
@@ -152,14 +221,18 @@ def resolve_credentials(
         path, explicit = os.path.expanduser(netrc_path), True
     else:
         path, explicit = _default_netrc(env)
-    if os.path.exists(path):
-        found = netrc_lookup(path, url)
+    try:
+        # no exists() first: the file is opened once (read_netrc), absent or not
+        found = _lookup(path, url)
+    except FileNotFoundError:
+        if explicit:
+            raise CredentialsError(message=f"netrc file {path} does not exist") from None
+        log.debug("no %s", path)
+    else:
         if found:
             log.debug("credentials for %s from %s", _host_keys(url)[0], path)
             return Credentials(found[0], found[1], source=f"netrc:{path}")
         log.debug("%s has no entry for %s", path, _host_keys(url)[0])
-    elif explicit:
-        raise CredentialsError(message=f"netrc file {path} does not exist")
 
     # 2. interactive prompt
     stream = stdin if stdin is not None else sys.stdin

@@ -27,6 +27,8 @@ __all__ = [
     "socket_of",
     "MAX_DOCUMENT_BYTES",
     "MAX_DOCUMENT_OBJECTS",
+    "MAX_DOCUMENT_VALUES",
+    "json_refusal",
 ]
 
 #: largest decoded listing/document (JSON, error page, login answer) the client will hold;
@@ -35,6 +37,12 @@ MAX_DOCUMENT_BYTES = 64 << 20
 #: most JSON objects (``{``) a document may hold before it is parsed: the byte cap alone would
 #: let 64 MiB of tiny rows become ~2 GB of Python objects; 500,000 minimal rows are ~150 MiB
 MAX_DOCUMENT_OBJECTS = 500_000
+#: most JSON values a document may hold before it is parsed, counted as its ``,``, ``[`` and
+#: ``{`` (every value but a container's first follows a comma): the cap on objects alone let
+#: 60 MiB of ``[],`` parse into 21,000,000 lists (1.5 GB), of ``"ab",`` into 1 GB of strings.
+#: A real listing at the byte cap (~200,000 rows of ~10 columns) holds ~2,000,000; at this cap
+#: the worst document parses into ~250 MB
+MAX_DOCUMENT_VALUES = 4_000_000
 #: bytes asked of the socket per read
 _READ = 64 << 10
 #: most bytes inflated in one step (zlib's output buffer grows to this, not to the cap)
@@ -51,6 +59,17 @@ class BodyDeadline(TimeoutError):
 
 class BadEncoding(ValueError):
     """A Content-Encoding we did not ask for, or a corrupt compressed stream."""
+
+
+def json_refusal(content: bytes) -> Optional[str]:
+    """Why a JSON document must not be parsed (more objects or values than the caps), or
+    None.  Counted in the bytes, before ``json.loads`` makes a Python object of each value; a
+    ``,`` or ``{`` inside a string counts too, which only errs on the safe side."""
+    if content.count(b"{") > MAX_DOCUMENT_OBJECTS:
+        return f"more than {MAX_DOCUMENT_OBJECTS} JSON objects"
+    if content.count(b",") + content.count(b"[") + content.count(b"{") > MAX_DOCUMENT_VALUES:
+        return f"more than {MAX_DOCUMENT_VALUES} JSON values"
+    return None
 
 
 def socket_of(raw: Any) -> Optional[socket.socket]:

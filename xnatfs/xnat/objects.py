@@ -116,7 +116,17 @@ class Objects(Transfer):
             body_factory=self._rewindable(fileobj, size),
             headers={"Content-Type": content_type, "Content-Length": str(size)},
         )
-        return parse.parse_uri_list(resp.content.decode("utf-8", "replace"))
+        return self._uri_list(resp)
+
+    @staticmethod
+    def _uri_list(resp: Any) -> List[str]:
+        """The URIs of a ``text/uri-list`` answer; one past the line cap is not XNAT's."""
+        try:
+            return parse.parse_uri_list(resp.content.decode("utf-8", "replace"))
+        except parse.BadDocument as exc:
+            raise NotXnatResponse(
+                resp.request.method, resp.url, resp.status_code, str(exc)
+            ) from None
 
     @staticmethod
     def _src(session_uri: str) -> str:
@@ -134,7 +144,7 @@ class Objects(Transfer):
             "auto-archive": "false",
         }
         resp = self._write("POST", "/data/services/archive", params)
-        uris = parse.parse_uri_list(resp.content.decode("utf-8", "replace"))
+        uris = self._uri_list(resp)
         if not uris:
             raise NotXnatResponse(
                 "POST", resp.url, resp.status_code, "archive answered with no URI"

@@ -22,6 +22,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional
 from urllib.parse import quote, unquote
 
+from .body import MAX_DOCUMENT_OBJECTS, json_refusal
 from .models import (
     Assessor,
     Experiment,
@@ -254,6 +255,29 @@ class BadDocument(ValueError):
     """The body is not the document shape we expected (caller turns it into NotXnatResponse)."""
 
 
+#: most elements (start tags) a catalog XML document may hold before it is parsed, and most
+#: lines of a ``text/uri-list`` answer: the 64 MiB byte cap (``body.MAX_DOCUMENT_BYTES``) alone
+#: let 16,000,000 empty elements become a 1.4 GB tree; one per file, as the cap of JSON rows
+MAX_DOCUMENT_ELEMENTS = MAX_DOCUMENT_OBJECTS
+
+
+def loads_json(text: "str | bytes") -> Any:
+    """``json.loads`` of a server's answer within the caps of ``body.json_refusal``, every
+    failure :class:`BadDocument`.  Besides ``ValueError``, a document nested deeper than the
+    interpreter's recursion limit raises ``RecursionError`` (``[`` x 100,000 is 200 KB of valid
+    JSON), which is no ``ValueError`` and escaped every caller as an unexpected error."""
+    raw = bytes(text) if isinstance(text, (bytes, bytearray)) else text.encode("utf-8", "replace")
+    refused = json_refusal(raw)
+    if refused:
+        raise BadDocument(f"refused: {refused}")
+    try:
+        return json.loads(text.decode("utf-8") if isinstance(text, (bytes, bytearray)) else text)
+    except RecursionError:
+        raise BadDocument("JSON nested too deeply") from None
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise BadDocument(f"not JSON: {exc}") from None
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return ""
@@ -271,10 +295,7 @@ def rows_from_json(doc: Any) -> List[Dict[str, str]]:
     if isinstance(doc, (bytes, bytearray)):
         doc = bytes(doc).decode("utf-8", errors="replace")
     if isinstance(doc, str):
-        try:
-            doc = json.loads(doc)
-        except ValueError as exc:
-            raise BadDocument(f"not JSON: {exc}") from None
+        doc = loads_json(doc)
     try:
         result = doc["ResultSet"]["Result"]
     except (TypeError, KeyError):
@@ -373,8 +394,24 @@ def error_text(body: bytes, limit: int = 200) -> str:
 
 
 def parse_uri_list(body: str) -> List[str]:
-    """A ``text/uri-list`` answer (§6, §7.3) → the URIs (CRLF lines, ``#`` comments skipped)."""
-    return [ln.strip() for ln in body.splitlines() if ln.strip() and not ln.startswith("#")]
+    """A ``text/uri-list`` answer (§6, §7.3) → the URIs (CRLF lines, ``#`` comments skipped).
+
+    Read line by line, at most :data:`MAX_DOCUMENT_ELEMENTS` lines that are not blank (an
+    import or archive answers a few): ``splitlines()`` of 61 MiB of 3-byte lines made a list of
+    21,000,000 strings (~1.5 GB) before a line was looked at (``io.StringIO`` would copy the
+    text at 4 bytes a character).  Raises :class:`BadDocument` beyond."""
+    out: List[str] = []
+    for count, match in enumerate(_LINE_RE.finditer(body), 1):
+        if count > MAX_DOCUMENT_ELEMENTS:
+            raise BadDocument(f"more than {MAX_DOCUMENT_ELEMENTS} lines in a uri-list")
+        line = match.group().strip()
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out
+
+
+#: a line of a uri-list (CRLF, or either alone), blank ones never matched
+_LINE_RE = re.compile(r"[^\r\n]+")
 
 
 def quote_segment(value: str) -> str:
@@ -697,6 +734,9 @@ def catalog_times(body: bytes) -> Dict[str, float]:
         raise BadDocument("catalog XML with a DOCTYPE/ENTITY refused")
     if not head.startswith(b"<"):
         raise BadDocument("answer is not a catalog XML document")
+    elements = body.count(b"<") - body.count(b"</")
+    if elements > MAX_DOCUMENT_ELEMENTS:
+        raise BadDocument(f"refused: more than {MAX_DOCUMENT_ELEMENTS} XML elements")
     out: Dict[str, float] = {}
     try:
         for _event, elem in ET.iterparse(io.BytesIO(body), events=("end",)):

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import socket
 import time
@@ -329,14 +328,15 @@ class Transfer(Transport):
         text = resp.content.strip()
         if text.startswith(b"{"):
             try:
-                dups = json.loads(text.decode("utf-8")).get("duplicates")
-            except (ValueError, UnicodeDecodeError, AttributeError):
-                dups = None
+                dups = parse.loads_json(text).get("duplicates")
+            except (parse.BadDocument, AttributeError):
+                dups = None  # not XNAT's answer: the upload's check decides (tree/uploading.py)
             if dups:
+                names = ", ".join(map(str, dups[:5] if isinstance(dups, list) else [dups]))
                 raise Conflict(
                     "PUT",
                     resp.url,
                     resp.status_code,
-                    f"file exists (duplicates: {', '.join(map(str, dups))})",
+                    f"file exists (duplicates: {names[:200]})",  # one bounded log line
                 )
         return uri

@@ -1194,20 +1194,20 @@ class Transport(_LoginSession):
         q = {"format": "json"}
         q.update(params or {})
         resp = self._call("GET", uri, params=q)
-        if resp.content.count(b"{") > _body.MAX_DOCUMENT_OBJECTS:
+        refused = _body.json_refusal(resp.content)
+        if refused:
             # 64 MiB of tiny rows would parse into ~2 GB of Python objects (issue 17 §4)
-            err = NotXnatResponse(
-                "GET",
-                resp.url,
-                resp.status_code,
-                f"refused: more than {_body.MAX_DOCUMENT_OBJECTS} JSON objects",
-            )
+            err = NotXnatResponse("GET", resp.url, resp.status_code, f"refused: {refused}")
             self._log_failure(err)
             raise err
         try:
             return json.loads(resp.content.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
             raise NotXnatResponse("GET", resp.url, resp.status_code, "answer is not JSON") from None
+        except RecursionError:  # valid JSON nested past the recursion limit: no ValueError
+            raise NotXnatResponse(
+                "GET", resp.url, resp.status_code, "JSON nested too deeply"
+            ) from None
 
     def _rows(self, uri: str, params: Optional[Params] = None) -> Tuple[List[Dict[str, str]], Any]:
         doc = self._get_json(uri, params)

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 
 from xnatfs import metrics
 from xnatfs.cache.content import ContentKey
+from xnatfs.jsondoc import dumps_bounded
 from xnatfs.layouts.xnat.bundle import ExperimentBundles
 from xnatfs.layouts.xnat.kinds import (
     CONTROL_NAME,
@@ -235,9 +236,8 @@ class XnatLayout(BaseLayout):
                 doc: Any = dict(getattr(parent.record, "fields", {}) or {})
             else:
                 doc = self.client.get_object(parent.uri)
-            text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-            # a lone surrogate (valid in XNAT's JSON) stays the JSON escape it was
-            return text.encode("utf-8", "backslashreplace")
+            # within a size cap: indenting makes a deep document's text huge (jsondoc.py)
+            return dumps_bounded(doc, f"{parent.uri}: {JSON_NAME}")
         raise OSError(errno.EIO, f"unknown generated file {what}")
 
     def content_key(self, node: NodeInfo) -> Optional[ContentKey]:
