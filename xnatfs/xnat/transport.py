@@ -713,7 +713,7 @@ class Transport(_LoginSession):
         #: sockets of file downloads whose body is being read; ``close()`` shuts them down so
         #: a body that trickles for ever (each byte inside read_timeout) cannot hold the exit
         self._streams_lock = threading.Lock()
-        self._streams: Dict[int, socket.socket] = {}
+        self._streams: Dict[int, _watchdog.Shuttable] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -742,8 +742,8 @@ class Transport(_LoginSession):
         self._closing.set()
         self._heartbeat_wake.set()
         with self._streams_lock:
-            # under the lock: a stream unregisters (under it) before its connection goes back
-            # to the pool, so only sockets of downloads still reading are shut down
+            # each is the lease of its connection (``watchdog.Lease``): a download whose last
+            # read gave its connection back to the pool, not yet unregistered, shuts nothing
             for sock in self._streams.values():
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
