@@ -242,8 +242,9 @@ def _no_auth(r: requests.PreparedRequest) -> requests.PreparedRequest:
     return r
 
 
-#: longest a logout at close may take: a courtesy (XNAT ends an idle session itself), and a
-#: server that is down held every unmount ~8 s while the limiter's pause ran out first
+#: longest close() waits for the heartbeat thread, a login under way and the logout, together:
+#: the logout is a courtesy (XNAT ends an idle session itself), and a server that is down held
+#: every unmount ~8 s while the limiter's pause ran out first
 _LOGOUT_S = 3.0
 
 
@@ -771,27 +772,37 @@ class Transport(_LoginSession):
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+        # one budget for the heartbeat's end, a login under way and the logout: on a server
+        # that hangs each of them took its own 3 s (or, for the login, its whole deadline)
+        until = time.monotonic() + _LOGOUT_S
         t = self._heartbeat_thread
         if t is not None and t is not threading.current_thread():
-            # not longer than the logout: while XNAT is down the heartbeat is the breaker's
-            # probe, and a probe a hung server never answers held every unmount for connect
-            # + read timeout (35 s); a daemon thread, it ends with the process
+            # while XNAT is down the heartbeat is the breaker's probe, and a probe a hung
+            # server never answers held every unmount for connect + read timeout (35 s); a
+            # daemon thread, it ends with the process
             t.join(timeout=_LOGOUT_S)
-        with self._login_lock:
-            jsession, self._jsession = self._jsession, None
-        if jsession:
+        jsession = None
+        if self._login_lock.acquire(timeout=max(0.0, until - time.monotonic())):
+            try:
+                jsession, self._jsession = self._jsession, None
+            finally:
+                self._login_lock.release()
+        left = until - time.monotonic()
+        if jsession and left > 0.05:
             try:
                 resp = self._send(
                     "DELETE",
                     self._url("/data/JSESSION"),
                     jsession=jsession,
-                    timeout=(min(self.options.connect_timeout, _LOGOUT_S), _LOGOUT_S),
-                    deadline=time.monotonic() + min(self.options.deadline, _LOGOUT_S),
+                    timeout=(min(self.options.connect_timeout, left), left),
+                    deadline=time.monotonic() + min(self.options.deadline, left),
                 )
                 resp.close()
                 log.debug("logged out of %s (%s)", self.base_url, resp.status_code)
             except XnatError as err:
                 log.info("logout: %s", err)
+        elif jsession:
+            log.info("logout of %s skipped: XNAT did not answer in time", self.base_url)
         self._http.close()
         self._watchdog.close()
         self._resolver.close()
