@@ -15,7 +15,6 @@ from urllib.parse import quote
 import requests
 
 from .. import deadline as _call_deadline
-from . import body as _body
 from . import parse
 from . import watchdog as _watchdog
 from .errors import (
@@ -202,7 +201,7 @@ class Transfer(Transport):
             failure: Optional[XnatError] = None
             # the connection's lease, not its socket: the last read gives the connection back
             # to the pool before this thread can disarm (``watchdog.Lease``)
-            sock = _watchdog.lease_of(resp.raw) or _body.socket_of(resp.raw)
+            sock = _watchdog.shuttable_of(resp.raw)
             with self._streams_lock:
                 if sock is not None:
                     self._streams[id(resp)] = sock

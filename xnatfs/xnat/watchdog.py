@@ -42,7 +42,14 @@ from typing import Any, Dict, List, Optional, Protocol, Tuple
 import urllib3.connection
 import urllib3.connectionpool
 
-__all__ = ["REQUEST_DEADLINE", "RequestDeadline", "Watchdog", "Lease", "lease_of", "POOL_CLASSES"]
+__all__ = [
+    "REQUEST_DEADLINE",
+    "RequestDeadline",
+    "Watchdog",
+    "Lease",
+    "shuttable_of",
+    "POOL_CLASSES",
+]
 
 
 class Shuttable(Protocol):
@@ -75,11 +82,18 @@ class Lease:
             self._ended = True
 
 
-def lease_of(raw: Any) -> Optional[Lease]:
-    """The lease of the connection under a urllib3 response (None: not one of our pools,
-    or already back in the pool)."""
-    lease = getattr(getattr(raw, "_connection", None), "xnatfs_lease", None)
-    return lease if isinstance(lease, Lease) else None
+def shuttable_of(raw: Any) -> Optional[Shuttable]:
+    """What a deadline on the body of a urllib3 response may shut down: its connection's
+    :class:`Lease`; the socket itself for a pool that is not ours (a proxy's, see
+    docs/SECURITY.md); None once the connection is back in the pool (the body was read)."""
+    conn = getattr(raw, "_connection", None)
+    if conn is None:
+        return None
+    lease = getattr(conn, "xnatfs_lease", None)
+    if isinstance(lease, Lease):
+        return lease
+    sock = getattr(conn, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 class RequestDeadline:
