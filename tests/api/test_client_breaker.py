@@ -22,12 +22,19 @@ class _HangingHandler(http.server.BaseHTTPRequestHandler):
 
     release = threading.Event()
     gets: "list[str]" = []
+    #: the second login (and every one after it) hangs too
+    hang_logins = False
+    logins = 0
 
     def log_message(self, *args) -> None:  # quiet
         pass
 
     def do_PUT(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).logins += 1
+        if self.hang_logins and self.logins > 1:
+            self.release.wait(60)
+            return
         body = b"SESSIONID"
         self.send_response(200)
         self.send_header("Set-Cookie", "JSESSIONID=SESSIONID; Path=/")
@@ -46,6 +53,8 @@ class _HangingHandler(http.server.BaseHTTPRequestHandler):
 def hanging_server():
     _HangingHandler.release = threading.Event()
     _HangingHandler.gets = []
+    _HangingHandler.hang_logins = False
+    _HangingHandler.logins = 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HangingHandler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -82,3 +91,37 @@ def test_close_does_not_wait_for_a_heartbeat_probe_that_hangs(hanging_server):
     c.close()
     took = time.monotonic() - t
     assert took < 4.0, took  # _LOGOUT_S (3 s) at most
+
+
+def test_close_waits_for_a_hung_heartbeat_and_a_hung_logout_three_seconds_in_all(hanging_server):
+    """The heartbeat's wait (3 s) and the logout's (3 s more) came one after the other: 6 s of
+    every unmount while XNAT hangs with its breaker still closed.  Now one budget of 3 s."""
+    c = XnatClient(hanging_server, ADMIN, options(heartbeat=True, deadline=30.0, retries=0))
+    c.start()
+    c._heartbeat_wake.set()  # a heartbeat now (its own wait is 420 s): the server holds it
+    wait_for(lambda: "/data/JSESSION" in _HangingHandler.gets, 10, what="the heartbeat's GET")
+    assert c.server["state"] == "up"
+    t = time.monotonic()
+    c.close()  # the heartbeat's GET and the logout's DELETE both hang
+    took = time.monotonic() - t
+    print(f"close: {took:.2f}s")
+    assert took < 4.0, took
+
+
+def test_close_does_not_wait_for_a_login_the_server_holds(hanging_server):
+    """A login under way holds the login lock until its deadline (30 s here): close() took
+    the lock to find the session to log out, and waited that long."""
+    _HangingHandler.hang_logins = True
+    c = XnatClient(hanging_server, ADMIN, options(deadline=30.0, retries=0))
+    c.start()
+    c._jsession = None  # the session is gone: the next call logs in again, and hangs
+    caller = threading.Thread(target=lambda: pytest.raises(errors.XnatError, c.list_projects))
+    caller.start()
+    wait_for(lambda: _HangingHandler.logins == 2, 10, what="the second login")
+    t = time.monotonic()
+    c.close()
+    took = time.monotonic() - t
+    print(f"close: {took:.2f}s")
+    assert took < 4.0, took
+    _HangingHandler.release.set()
+    caller.join(30)

@@ -41,12 +41,15 @@ def make_ca(directory: Path, name: str) -> Tuple[Path, Path]:
     return cert, key
 
 
-def make_server_cert(directory: Path, ca: Tuple[Path, Path]) -> Tuple[Path, Path]:
-    """A certificate for 127.0.0.1 signed by ``ca``: (certificate, key)."""
+def make_server_cert(
+    directory: Path, ca: Tuple[Path, Path], alt_names: str = "IP:127.0.0.1"
+) -> Tuple[Path, Path]:
+    """A certificate for ``alt_names`` (its subjectAltName: 127.0.0.1 unless told, e.g.
+    ``DNS:xnat.test``) signed by ``ca``: (certificate, key)."""
     cert, key, csr = directory / "server.pem", directory / "server.key", directory / "server.csr"
     ext = directory / "server.ext"
     ext.write_text(
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+        f"subjectAltName={alt_names}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
     )
     _openssl(
         "req",

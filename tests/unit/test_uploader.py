@@ -15,11 +15,13 @@ import logging
 import os
 import re
 import threading
+import time
 from typing import Dict, List, Optional
 
 import pytest
 
 from tests.helpers.clock import FakeClock
+from xnatfs.uploads import uploader as uploader_module
 from xnatfs.uploads.journal import DONE, FAILED, PENDING, UPLOADING, Journal
 from xnatfs.uploads.spool import Spool
 from xnatfs.uploads.uploader import Uploader, UploadNotVerified
@@ -449,11 +451,44 @@ def test_close_with_deadline_abandons_a_stuck_upload_and_logs_pending(rig, caplo
     for t in threads:
         t.join(WAIT)
     assert [p for p, _, _ in rig.server.puts] == [stuck.path]
-    assert [e.path for e in rig.journal.entries()] == [waiting.path]
-    # and the next mount resumes it
+    # its PUT landed, but an abandoned attempt writes nothing to the journal any more (the
+    # journal may be another mount's by then): its entry stays, as after a crash
+    assert sorted(e.path for e in rig.journal.entries()) == sorted([stuck.path, waiting.path])
+    # and the next mount resumes the queued one, and finds the other on XNAT without a PUT
     later = rig.uploader(journal=Journal(rig.journal.directory))
     later.start()
     rig.signal.wait_for(lambda: waiting.path in rig.server.files)
+    rig.signal.wait_for(lambda: later.status() == [])
+    assert [p for p, _, _ in rig.server.puts] == [stuck.path, waiting.path]
+
+
+def test_close_waits_for_a_hung_attempt_no_longer_than_the_shutdown_bound(rig, monkeypatch):
+    """Unmount gave a running attempt 10 s (the deadline tree/writes.py passes); one that a
+    hung server holds held the unmount that long.  Now ``SHUTDOWN_WAIT`` at most, and the
+    abandoned attempt, failing later, writes nothing: its entry stays as it was added."""
+    monkeypatch.setattr(uploader_module, "SHUTDOWN_WAIT", 0.3, raising=False)
+    rig.server.gate = threading.Event()
+    rig.server.failures = [Transient("PUT /data/x -> timed out")]
+    up = rig.uploader(workers=1)
+    up.start()
+    entry = rig.add(b"held by a hung server", path="/P/resources/R/files/hung")
+    up.submit(entry)
+    rig.signal.wait_for(lambda: rig.server.active == 1)
+    t = time.monotonic()
+    left = up.close(deadline=rig.clock() + 10)
+    took = time.monotonic() - t
+    assert 0.3 <= took < 3.0, took
+    assert [s["path"] for s in left] == [entry.path]
+    threads = upload_threads()
+    changes = len(rig.changes)
+    rig.server.gate.set()  # the attempt ends, failing
+    for thread in threads:
+        thread.join(WAIT)
+    kept = Journal(rig.journal.directory)
+    kept.reload()
+    [on_disk] = kept.entries()
+    assert (on_disk.id, on_disk.tries, on_disk.last_error) == (entry.id, 0, "")
+    assert len(rig.changes) == changes  # nor told the tree (being closed) anything
 
 
 def running_attempt(rig):

@@ -57,6 +57,14 @@ So a crash at any point of an attempt finds the entry as ``add`` (or the last fa
 it, which is one of the states ``reload`` and ``start`` handle; close() has returned 0 only
 after ``verify`` (and the entry's removal), so no acknowledged write depends on any of it.
 
+Shutdown (unmount) is such a crash for an attempt that outlasts it: ``close()`` waits for
+running attempts at most ``SHUTDOWN_WAIT`` seconds (they are background retries: every file's
+close() waited for its own upload), then abandons them (daemon threads, ended with the
+process).  An abandoned attempt writes nothing more to the journal (``_writes``: neither its
+failure nor its success, nor the removal of a confirmed entry), so the entry stays as ``add``
+or its last failure left it, the state a crash leaves, and the next start checks it on XNAT
+first (``_check_first``) and sends it again only if it is not there.
+
 Clocks: ``clock`` (default ``time.monotonic``) gives ``next_attempt`` and the ``deadline``
 arguments; the waits themselves are real (``Condition.wait(deadline - clock())``), so tests use
 a fake clock plus ``wake()`` instead of sleeping.
@@ -91,6 +99,11 @@ ChangeFn = Callable[[Entry], None]
 
 #: How long ``close()`` / ``upload_now()`` wait when no deadline is given (seconds).
 _DEFAULT_WAIT = 10.0
+#: Longest ``close()`` (unmount) waits for upload attempts still running, whatever deadline it
+#: is given (seconds).  One that a hung server holds held the unmount until close()'s 10 s;
+#: abandoned, it loses nothing (module docstring, "Durability": it is as if the process had
+#: crashed there) and the next mount checks the entry on XNAT first.
+SHUTDOWN_WAIT = 2.0
 #: At most this many pending entries are named one by one in the shutdown log.
 _SHUTDOWN_LOG_LIMIT = 20
 #: Entries up to this size are hashed by the attempt's own thread when their MD5 is needed
@@ -241,8 +254,10 @@ class Uploader:
     Thread-safety: all public methods may be called from any thread. ``_cv`` (a Condition on
     ``_lock``) protects ``_queued``, ``_running``, ``_threads``, ``_started`` and ``_stopping``;
     it is never held while calling ``put``, ``verify``, ``on_change`` or a journal method that
-    writes. Lock order: ``Uploader._lock`` before ``Journal._lock`` (brief index reads such as
-    ``get``/``versions_for`` under ``_cv``); the journal never calls the uploader.
+    writes. ``_writes`` is held around an attempt's journal writes (and by ``close()`` to stop
+    them). Lock order: ``_writes`` before ``Uploader._lock`` before ``Journal._lock`` (brief
+    index reads such as ``get``/``versions_for`` under ``_cv``); the journal never calls the
+    uploader.
     """
 
     def __init__(
@@ -279,6 +294,10 @@ class Uploader:
         self._threads: List[threading.Thread] = []
         self._started = False
         self._stopping = False
+        #: held around every journal write of an attempt; ``_abandoned`` (set under it by
+        #: ``close()`` when attempts outlast ``SHUTDOWN_WAIT``) stops those writes for good
+        self._writes = threading.Lock()
+        self._abandoned = False
         #: ids whose next attempt asks the server first although their ``tries`` say none
         #: ran: entries an earlier process left (its attempt's start was not written down,
         #: ``PERSIST_ATTEMPT_START``), and an attempt that ended in an unexpected error
@@ -340,11 +359,12 @@ class Uploader:
 
     def close(self, deadline: Optional[float] = None) -> List[Dict[str, Any]]:
         """Stop the workers: no new attempt starts; running ones may finish until ``deadline``
-        (on ``clock``; default now + 10 s), then are abandoned (daemon threads; their entries
-        stay in the journal and resume at the next start). Logs every upload still pending
-        (rclone ``WaitForWriters``) and returns ``status()`` of them."""
-        if deadline is None:
-            deadline = self._clock() + _DEFAULT_WAIT
+        (on ``clock``; default now + 10 s) but no longer than ``SHUTDOWN_WAIT``, then are
+        abandoned (daemon threads that write nothing more to the journal; their entries stay
+        in it and resume at the next start, module docstring "Durability"). Logs every upload
+        still pending (rclone ``WaitForWriters``) and returns ``status()`` of them."""
+        now = self._clock()
+        deadline = min(now + _DEFAULT_WAIT if deadline is None else deadline, now + SHUTDOWN_WAIT)
         with self._cv:
             self._stopping = True
             threads = list(self._threads)
@@ -352,6 +372,9 @@ class Uploader:
         for thread in threads:
             thread.join(max(0.0, deadline - self._clock()))
         stuck = [t.name for t in threads if t.is_alive()]
+        if stuck:
+            with self._writes:  # waits for a journal write under way, never for the server
+                self._abandoned = True
         left = [s for s in self.status() if s["state"] != DONE]
         if stuck:
             log.warning(
@@ -736,6 +759,12 @@ class Uploader:
         the journal, and the next mount uploaded it over the confirmed one (a half-written
         log over the whole one); left the other way, the confirmed entry is checked on XNAT
         at the next start (``tries`` > 0) and dropped without a byte sent."""
+        with self._writes:
+            if not self._abandoned:  # else as a crash here: the next start checks it first
+                self._locked_drop_confirmed(entry)
+
+    def _locked_drop_confirmed(self, entry: Entry) -> None:
+        """``_drop_confirmed``'s removals; caller holds self._writes."""
         superseded: List[Entry] = []
         if entry.path:
             with self._cv:
@@ -766,16 +795,19 @@ class Uploader:
         """Persist a new version; None if the entry left the journal. A failed write (ENOSPC
         ...) is logged and the in-memory version used: the bytes are safe, only the counters
         on disk are stale, and uploading is what frees the disk."""
-        try:
-            return self._journal.update(entry)
-        except KeyError:
-            return None
-        except OSError as exc:
-            log.warning("upload %s: could not update its journal entry: %s", entry.path, exc)
-            return entry
+        with self._writes:
+            if self._abandoned:
+                return entry  # abandoned at shutdown: nothing written, as after a crash
+            try:
+                return self._journal.update(entry)
+            except KeyError:
+                return None
+            except OSError as exc:
+                log.warning("upload %s: could not update its journal entry: %s", entry.path, exc)
+                return entry
 
     def _notify(self, entry: Entry) -> None:
-        if self._on_change is None:
+        if self._on_change is None or self._abandoned:
             return
         try:
             self._on_change(entry)

@@ -11,6 +11,9 @@ Modules (imports point down; only the client's modules import requests):
 - ``parse``   pure functions: ResultSet rows → models, XNAT date formats → POSIX seconds.
 - ``errors``  :class:`XnatError` and its subclasses; the only exceptions callers see.
 - ``models``  the frozen records the client returns.
+- ``resolver`` name lookups within the connect timeout (a small pool of daemon threads, answers
+              kept 30 s); ``watchdog``, ``body``, ``breaker``, ``limiter``: the client's other
+              bounds.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from urllib.parse import quote
 import requests
 
 from .. import deadline as _call_deadline
-from . import body as _body
 from . import parse
+from . import watchdog as _watchdog
 from .errors import (
     Conflict,
     NotXnatResponse,
@@ -198,7 +198,9 @@ class Transfer(Transport):
             received = 0
             login_page = False
             failure: Optional[XnatError] = None
-            sock = _body.socket_of(resp.raw)
+            # the connection's lease, not its socket: the last read gives the connection back
+            # to the pool before this thread can disarm (``watchdog.Lease``)
+            sock = _watchdog.shuttable_of(resp.raw)
             with self._streams_lock:
                 if sock is not None:
                     self._streams[id(resp)] = sock

@@ -11,6 +11,9 @@ It knows nothing of files or paths; it speaks ``/data/...`` (``docs/XNAT-API.md`
 
 Policy in one place:
 
+* a name lookup is bounded by the connect timeout (``resolver.py``: a resolver that hangs is
+  ``Unreachable`` after it, a connection failure to the breaker; an IP literal is never looked
+  up, an answer is kept 30 s);
 * every call has a whole-response deadline (``deadline``, the mount's ``--timeout``): each
   request's connect/read timeouts are cut to what is left of it, a document body is read by
   ``body.read_body`` against it (a server that trickles a listing cannot hold a caller, issue 17
@@ -39,7 +42,8 @@ logins and guards ``_jsession``/``_generation``; the stats have their own lock. 
 mutable after ``start()``.  No background thread exists before ``start()`` (the process may
 daemonize after construction, docs/ARCHITECTURE.md §9): the heartbeat starts there, the header
 watchdog
-(``watchdog.py``, its own lock) with the first request; ``close()`` ends both.
+(``watchdog.py``, its own lock) with the first request, the resolver's threads with the first
+lookup of a name; ``close()`` ends them (a lookup that hangs is not waited for).
 
 Never logged: passwords, the login form, ``Authorization``/``Cookie`` headers, session ids.
 """
@@ -70,6 +74,7 @@ from . import body as _body
 from . import breaker as _breaker
 from . import limiter as _limiter
 from . import parse
+from . import resolver as _resolver
 from . import watchdog as _watchdog
 from .auth import Credentials
 from .errors import (
@@ -110,7 +115,8 @@ class ClientOptions:
 
     #: HTTP connections kept per host; size it to the FUSE worker threads
     pool_size: int = 16
-    #: seconds to establish a TCP/TLS connection
+    #: seconds to establish a TCP/TLS connection, the lookup of the server's name included
+    #: (``resolver.py``: a DNS server that does not answer fails the request after it)
     connect_timeout: float = 5.0
     #: seconds without a byte from the server before a request (or a body) times out
     read_timeout: float = 30.0
@@ -236,8 +242,9 @@ def _no_auth(r: requests.PreparedRequest) -> requests.PreparedRequest:
     return r
 
 
-#: longest a logout at close may take: a courtesy (XNAT ends an idle session itself), and a
-#: server that is down held every unmount ~8 s while the limiter's pause ran out first
+#: longest close() waits for the heartbeat thread, a login under way and the logout, together:
+#: the logout is a courtesy (XNAT ends an idle session itself), and a server that is down held
+#: every unmount ~8 s while the limiter's pause ran out first
 _LOGOUT_S = 3.0
 
 
@@ -653,13 +660,41 @@ class _LoginSession:
         self._note_expiry(resp)
 
 
+def _http_session(opts: ClientOptions, resolver: "_resolver.Resolver") -> "_Session":
+    """The client's requests session: one pool of ``pool_size`` connections whose status
+    line and headers are bounded by the request's deadline (``watchdog.py``) and whose name
+    lookup by the connect timeout (``resolver.py``); no cookies kept, no retries."""
+    http = _Session()
+    adapter = requests.adapters.HTTPAdapter(
+        pool_connections=2, pool_maxsize=opts.pool_size, max_retries=0, pool_block=False
+    )
+    adapter.poolmanager.pool_classes_by_scheme = _resolver.pool_classes(
+        _watchdog.POOL_CLASSES, resolver, opts.connect_timeout
+    )
+    http.mount("http://", adapter)
+    http.mount("https://", adapter)
+    http.verify = opts.verify
+    http.auth = _no_auth
+    http.cookies.set_policy(_BlockAllCookies())
+    http.headers["User-Agent"] = opts.user_agent
+    http.headers["Accept"] = "*/*"
+    # only what body.read_body can inflate with a bound (never br/zstd)
+    http.headers["Accept-Encoding"] = "gzip, deflate"
+    return http
+
+
 class Transport(_LoginSession):
     """A session with one XNAT server and the policy of every request sent in it (see the
     module docstring); the calls of :class:`~xnatfs.xnat.client.XnatClient` build on it.
     The constructor does no I/O and starts no thread."""
 
     def __init__(
-        self, url: str, credentials: Credentials, options: Optional[ClientOptions] = None
+        self,
+        url: str,
+        credentials: Credentials,
+        options: Optional[ClientOptions] = None,
+        *,
+        resolver: Optional[_resolver.Resolver] = None,
     ) -> None:
         self.options = options or ClientOptions()
         #: scheme://host[:port][/context] with no trailing slash; uris are appended to it
@@ -671,22 +706,10 @@ class Transport(_LoginSession):
         opts = self.options
         self._timeout: Tuple[float, float] = (opts.connect_timeout, opts.read_timeout)
 
-        http = _Session()
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=2, pool_maxsize=opts.pool_size, max_retries=0, pool_block=False
-        )
-        # connections whose status line and headers are bounded by the request's deadline
-        adapter.poolmanager.pool_classes_by_scheme = dict(_watchdog.POOL_CLASSES)
-        http.mount("http://", adapter)
-        http.mount("https://", adapter)
-        http.verify = opts.verify
-        http.auth = _no_auth
-        http.cookies.set_policy(_BlockAllCookies())
-        http.headers["User-Agent"] = opts.user_agent
-        http.headers["Accept"] = "*/*"
-        # only what body.read_body can inflate with a bound (never br/zstd)
-        http.headers["Accept-Encoding"] = "gzip, deflate"
-        self._http = http
+        #: looks the server's name up within the connect timeout (``resolver.py``); tests
+        #: give one with a lookup of their own
+        self._resolver = resolver or _resolver.Resolver()
+        self._http = _http_session(opts, self._resolver)
         #: ends a response whose status line and headers outlast the request's deadline
         self._watchdog = _watchdog.Watchdog()
         #: the one cap on requests in flight (issue 13 §2): a slot per HTTP exchange
@@ -713,7 +736,7 @@ class Transport(_LoginSession):
         #: sockets of file downloads whose body is being read; ``close()`` shuts them down so
         #: a body that trickles for ever (each byte inside read_timeout) cannot hold the exit
         self._streams_lock = threading.Lock()
-        self._streams: Dict[int, socket.socket] = {}
+        self._streams: Dict[int, _watchdog.Shuttable] = {}
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -742,36 +765,47 @@ class Transport(_LoginSession):
         self._closing.set()
         self._heartbeat_wake.set()
         with self._streams_lock:
-            # under the lock: a stream unregisters (under it) before its connection goes back
-            # to the pool, so only sockets of downloads still reading are shut down
+            # each is the lease of its connection (``watchdog.Lease``): a download whose last
+            # read gave its connection back to the pool, not yet unregistered, shuts nothing
             for sock in self._streams.values():
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+        # one budget for the heartbeat's end, a login under way and the logout: on a server
+        # that hangs each of them took its own 3 s (or, for the login, its whole deadline)
+        until = time.monotonic() + _LOGOUT_S
         t = self._heartbeat_thread
         if t is not None and t is not threading.current_thread():
-            # not longer than the logout: while XNAT is down the heartbeat is the breaker's
-            # probe, and a probe a hung server never answers held every unmount for connect
-            # + read timeout (35 s); a daemon thread, it ends with the process
+            # while XNAT is down the heartbeat is the breaker's probe, and a probe a hung
+            # server never answers held every unmount for connect + read timeout (35 s); a
+            # daemon thread, it ends with the process
             t.join(timeout=_LOGOUT_S)
-        with self._login_lock:
-            jsession, self._jsession = self._jsession, None
-        if jsession:
+        jsession = None
+        if self._login_lock.acquire(timeout=max(0.0, until - time.monotonic())):
+            try:
+                jsession, self._jsession = self._jsession, None
+            finally:
+                self._login_lock.release()
+        left = until - time.monotonic()
+        if jsession and left > 0.05:
             try:
                 resp = self._send(
                     "DELETE",
                     self._url("/data/JSESSION"),
                     jsession=jsession,
-                    timeout=(min(self.options.connect_timeout, _LOGOUT_S), _LOGOUT_S),
-                    deadline=time.monotonic() + min(self.options.deadline, _LOGOUT_S),
+                    timeout=(min(self.options.connect_timeout, left), left),
+                    deadline=time.monotonic() + min(self.options.deadline, left),
                 )
                 resp.close()
                 log.debug("logged out of %s (%s)", self.base_url, resp.status_code)
             except XnatError as err:
                 log.info("logout: %s", err)
+        elif jsession:
+            log.info("logout of %s skipped: XNAT did not answer in time", self.base_url)
         self._http.close()
         self._watchdog.close()
+        self._resolver.close()
 
     def __enter__(self: _Self) -> _Self:
         self.start()

@@ -17,6 +17,13 @@ and ``getresponse`` first waits while the kernel's send queue still drains towar
 
 Each client owns one watchdog; its thread starts on first use (never before the client is used,
 so never before a daemon forks), sleeps while nothing is armed and ends with ``close()``.
+
+A deadline armed on a pooled connection is armed on its :class:`Lease`, not on its socket: the
+connection goes back to the pool inside the read that returns a body's last bytes (urllib3
+releases it there), before the reader can disarm, and another request may take it from the pool
+at once.  A watchdog firing in that window shut the other request's socket down (its GET failed
+and was retried).  The pool ends the lease before it takes the connection back, so a deadline
+that passes after that shuts nothing down.
 """
 
 from __future__ import annotations
@@ -30,12 +37,63 @@ import termios
 import threading
 import time
 from contextvars import ContextVar
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 import urllib3.connection
 import urllib3.connectionpool
 
-__all__ = ["REQUEST_DEADLINE", "RequestDeadline", "Watchdog", "POOL_CLASSES"]
+__all__ = [
+    "REQUEST_DEADLINE",
+    "RequestDeadline",
+    "Watchdog",
+    "Lease",
+    "shuttable_of",
+    "POOL_CLASSES",
+]
+
+
+class Shuttable(Protocol):
+    """What the watchdog shuts down: a socket, or the :class:`Lease` of a pooled one."""
+
+    def shutdown(self, how: int, /) -> None: ...
+
+
+class Lease:
+    """One request's hold on a pooled connection, from the pool's ``_get_conn`` to its
+    ``_put_conn``.  :meth:`shutdown` shuts the connection's socket down only while the hold
+    lasts; :meth:`end` (the pool taking the connection back) waits for a shutdown under way,
+    so none reaches a connection another request may be using."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()  # guards _ended; held across the shutdown
+        self._ended = False
+
+    def shutdown(self, how: int, /) -> None:
+        with self._lock:
+            if self._ended:
+                return  # back in the pool: perhaps another request's connection now
+            sock = getattr(self._conn, "sock", None)
+            if sock is not None:
+                sock.shutdown(how)
+
+    def end(self) -> None:
+        with self._lock:
+            self._ended = True
+
+
+def shuttable_of(raw: Any) -> Optional[Shuttable]:
+    """What a deadline on the body of a urllib3 response may shut down: its connection's
+    :class:`Lease`; the socket itself for a pool that is not ours (a proxy's, see
+    docs/SECURITY.md); None once the connection is back in the pool (the body was read)."""
+    conn = getattr(raw, "_connection", None)
+    if conn is None:
+        return None
+    lease = getattr(conn, "xnatfs_lease", None)
+    if isinstance(lease, Lease):
+        return lease
+    sock = getattr(conn, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 class RequestDeadline:
@@ -116,15 +174,17 @@ class Watchdog:
         self._cond = threading.Condition()
         # _cond guards the three fields below
         self._heap: List[Tuple[float, int]] = []
-        self._armed: Dict[int, socket.socket] = {}
+        self._armed: Dict[int, Shuttable] = {}
         self._thread: Optional[threading.Thread] = None
         self._closed = False
         self._ids = itertools.count(1)
-        #: sockets shut down so far (for tests and stats)
+        #: deadlines that passed so far (for tests and stats): their sockets were shut down,
+        #: unless a :class:`Lease` had ended
         self.fired = 0
 
-    def arm(self, deadline: float, sock: socket.socket) -> int:
-        """Shut ``sock`` down at ``deadline`` (a clock value) unless disarmed; 0 once closed."""
+    def arm(self, deadline: float, sock: Shuttable) -> int:
+        """Shut ``sock`` (a socket, or a :class:`Lease`) down at ``deadline`` (a clock value)
+        unless disarmed; 0 once closed."""
         with self._cond:
             if self._closed:
                 return 0
@@ -142,6 +202,11 @@ class Watchdog:
     def disarm(self, token: int) -> None:
         with self._cond:
             self._armed.pop(token, None)
+
+    def wake(self) -> None:
+        """Look at the deadlines again now (the clock moved: tests with a fake clock)."""
+        with self._cond:
+            self._cond.notify()
 
     def close(self) -> None:
         """End the thread (armed sockets are left alone: their requests end by themselves)."""
@@ -208,11 +273,27 @@ class DeadlineHTTPSConnection(_Armed, urllib3.connection.HTTPSConnection):
     pass
 
 
-class DeadlineHTTPConnectionPool(urllib3.connectionpool.HTTPConnectionPool):
+class _Leasing:
+    """Mixin of the pools: a new :class:`Lease` for each request that takes a connection, ended
+    before the connection is taken back (see the module docstring)."""
+
+    def _get_conn(self, timeout: Optional[float] = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        conn.xnatfs_lease = Lease(conn)
+        return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        lease = getattr(conn, "xnatfs_lease", None)
+        if lease is not None:
+            lease.end()
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class DeadlineHTTPConnectionPool(_Leasing, urllib3.connectionpool.HTTPConnectionPool):
     ConnectionCls = DeadlineHTTPConnection
 
 
-class DeadlineHTTPSConnectionPool(urllib3.connectionpool.HTTPSConnectionPool):
+class DeadlineHTTPSConnectionPool(_Leasing, urllib3.connectionpool.HTTPSConnectionPool):
     ConnectionCls = DeadlineHTTPSConnection
 
 
