@@ -8,6 +8,7 @@ Tiers (docs/ARCHITECTURE.md §12): ``tests/unit`` (no sockets, no FUSE), ``tests
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -27,6 +28,20 @@ FUSE_SKIP_REASON = (
 needs_fuse = pytest.mark.skipif(not HAVE_FUSE, reason=FUSE_SKIP_REASON)
 
 ADMIN = ("admin", "admin-pw")
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A test that runs ``cli.main`` in-process gets ``setup_logging``'s handler on the root
+    logger, writing to that test's captured stderr, which pytest closes after it.  Left there,
+    every later log line of the process (an upload worker's retry line) raised "I/O operation
+    on closed file" inside logging, and a race test in tests/api timed out after tests/unit
+    had run in the same process.  Each test ends with the root logger as it found it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
