@@ -146,8 +146,9 @@ class _NetrcText(netrc.netrc):
     def __init__(self, path: str, text: str) -> None:
         self.hosts: dict = {}
         self.macros: dict = {}
-        # private, so typeshed does not declare it
-        self._parse(path, io.StringIO(text), False)  # type: ignore[attr-defined]
+        # private, so typeshed does not declare it: taken from the class as what it is
+        parse = vars(netrc.netrc)["_parse"]
+        parse(self, path, io.StringIO(text), False)
 
 
 def netrc_lookup(path: str, url: str) -> Optional[Tuple[str, str]]:

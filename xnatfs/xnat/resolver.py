@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type
 
 import urllib3.connectionpool
 import urllib3.exceptions
@@ -175,7 +175,15 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
-class _Resolving:
+if TYPE_CHECKING:  # the mixin's super() is the urllib3 connection class it is mixed into
+    import urllib3.connection
+
+    _ConnectionBase = urllib3.connection.HTTPConnection
+else:
+    _ConnectionBase = object
+
+
+class _Resolving(_ConnectionBase):
     """Mixin of the client's urllib3 connections: ``_new_conn`` as urllib3 2.x writes it
     (``urllib3/connection.py``), with the name looked up by ``xnatfs_resolver`` within the
     connect timeout, which covers the lookup and the TCP connect together."""
@@ -188,7 +196,7 @@ class _Resolving:
         conn: Any = self
         resolver = self.xnatfs_resolver
         if resolver is None:
-            return super()._new_conn()  # type: ignore[misc]
+            return super()._new_conn()
         timeout = conn.timeout if isinstance(conn.timeout, (int, float)) else None
         wait = timeout if timeout is not None else self.xnatfs_default_timeout
         began = time.monotonic()

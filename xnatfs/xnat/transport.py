@@ -969,8 +969,9 @@ class Transport(_LoginSession):
                 except BaseException:
                     resp.close()
                     raise
-                resp._content = content
-                resp._content_consumed = True  # type: ignore[attr-defined]
+                # what Response.content sets once it has read the body (requests' own state,
+                # which typeshed does not declare): .content, .json() answer from these bytes
+                vars(resp).update(_content=content, _content_consumed=True)
                 self._stats.bytes_in(len(content))
             outcome, retry_after = _limiter_outcome(resp)
             if stream:
@@ -1043,7 +1044,7 @@ class Transport(_LoginSession):
             finally:
                 limiter.release(slot, outcome, retry_after)
 
-        resp.close = close_and_release  # type: ignore[method-assign]
+        vars(resp)["close"] = close_and_release  # this response's close releases its slot
         weakref.finalize(resp, limiter.release_orphan, slot, outcome, retry_after)
 
     def _call(
@@ -1164,7 +1165,7 @@ class Transport(_LoginSession):
         """The typed error for an error answer; reads (at most 64 KiB of) the body."""
         url = resp.url or ""
         try:
-            if resp.raw is not None and not resp._content_consumed:  # type: ignore[attr-defined]
+            if resp.raw is not None and not vars(resp).get("_content_consumed", False):
                 # bounded in bytes and time like any document (an error page is no exception)
                 body = _body.read_body(
                     resp.raw,

@@ -37,7 +37,7 @@ import termios
 import threading
 import time
 from contextvars import ContextVar
-from typing import Any, Dict, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Tuple
 
 import urllib3.connection
 import urllib3.connectionpool
@@ -247,7 +247,14 @@ class Watchdog:
                         pass  # already closed: nothing is waiting on it
 
 
-class _Armed:
+if TYPE_CHECKING:  # the mixins' super() is urllib3's class they are mixed into
+    _ConnectionBase = urllib3.connection.HTTPConnection
+    _PoolBase = urllib3.connectionpool.HTTPConnectionPool
+else:
+    _ConnectionBase = _PoolBase = object
+
+
+class _Armed(_ConnectionBase):
     """Mixin: arm the watchdog around reading the status line and headers."""
 
     def getresponse(self):
@@ -259,10 +266,10 @@ class _Armed:
             armed[0].wait_drained(sock, sock.gettimeout() or 30.0)
             token = armed[1].arm(armed[0].at, sock)
         try:
-            return super().getresponse()  # type: ignore[misc]
+            return super().getresponse()
         finally:
-            if token:
-                armed[1].disarm(token)  # type: ignore[index]
+            if token and armed is not None:
+                armed[1].disarm(token)
 
 
 class DeadlineHTTPConnection(_Armed, urllib3.connection.HTTPConnection):
@@ -273,12 +280,12 @@ class DeadlineHTTPSConnection(_Armed, urllib3.connection.HTTPSConnection):
     pass
 
 
-class _Leasing:
+class _Leasing(_PoolBase):
     """Mixin of the pools: a new :class:`Lease` for each request that takes a connection, ended
     before the connection is taken back (see the module docstring)."""
 
     def _get_conn(self, timeout: Optional[float] = None) -> Any:
-        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        conn: Any = super()._get_conn(timeout)
         conn.xnatfs_lease = Lease(conn)
         return conn
 
@@ -286,7 +293,7 @@ class _Leasing:
         lease = getattr(conn, "xnatfs_lease", None)
         if lease is not None:
             lease.end()
-        super()._put_conn(conn)  # type: ignore[misc]
+        super()._put_conn(conn)
 
 
 class DeadlineHTTPConnectionPool(_Leasing, urllib3.connectionpool.HTTPConnectionPool):
