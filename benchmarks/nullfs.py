@@ -33,7 +33,9 @@ from typing import Any, Dict, List, Optional
 from benchmarks.run import proc_cpu, timed
 
 
-def serve(mnt: str, files: int, kib: int, max_threads: int, open_us: float = 0.0) -> None:
+def serve(
+    mnt: str, files: int, kib: int, max_threads: int, open_us: float = 0.0, fds: bool = False
+) -> None:
     """Mount the null filesystem at ``mnt`` in the foreground (the child)."""
     from xnatfs.fs.fuselib import load
 
@@ -42,6 +44,9 @@ def serve(mnt: str, files: int, kib: int, max_threads: int, open_us: float = 0.0
     now = time.time_ns()
     names = [f"IM{i:05d}.dcm" for i in range(files)]
     known = set(names)
+    backing = os.path.join(os.path.dirname(mnt), "backing")
+    with open(backing, "wb") as f:
+        f.write(data)
     common = {"st_uid": os.getuid(), "st_gid": os.getgid(), "st_blksize": 1 << 20}
     times = {"st_mtime": now, "st_ctime": now, "st_atime": now}
     dir_attrs = {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2, "st_size": 0, **common, **times}
@@ -72,6 +77,9 @@ def serve(mnt: str, files: int, kib: int, max_threads: int, open_us: float = 0.0
                 until = time.perf_counter() + open_us / 1e6
                 while time.perf_counter() < until:
                     pass
+            if fds:  # a file opened and checked per OPEN, closed at RELEASE, as xnatfs's cache
+                fi.fh = os.open(backing, os.O_RDONLY | os.O_CLOEXEC)
+                os.fstat(fi.fh)
             fi.keep_cache = 1
             fi.noflush = 1
             return 0
@@ -80,6 +88,8 @@ def serve(mnt: str, files: int, kib: int, max_threads: int, open_us: float = 0.0
             return data[offset : offset + size]
 
         def release(self, path: str, fi: Any) -> int:
+            if fi.fh:
+                os.close(fi.fh)
             return 0
 
     ttl = 60.0
@@ -106,10 +116,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument(
         "--open-us", type=float, default=0.0, help="Python work (busy, GIL held) in each OPEN"
     )
+    ap.add_argument(
+        "--fds", action="store_true", help="each OPEN opens and fstats a file, RELEASE closes it"
+    )
     ap.add_argument("--serve", metavar="MNT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.files, args.kib, args.max_threads, args.open_us)
+        serve(args.serve, args.files, args.kib, args.max_threads, args.open_us, args.fds)
         return 0
 
     base = Path(tempfile.mkdtemp(prefix="xnatfs-nullfs-"))
@@ -119,7 +132,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.nullfs", "--serve", str(mnt)]
         + [f"--files={args.files}", f"--kib={args.kib}", f"--max-threads={args.max_threads}"]
-        + [f"--open-us={args.open_us}"],
+        + [f"--open-us={args.open_us}"]
+        + (["--fds"] if args.fds else []),
         stdout=subprocess.DEVNULL,
         stderr=log,
     )
