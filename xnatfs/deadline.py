@@ -10,29 +10,43 @@ work to) has its own.  Imports nothing from xnatfs: the client and the tree both
 
 from __future__ import annotations
 
-import contextlib
 import time
-from contextvars import ContextVar
-from typing import Iterator, Optional
+from contextvars import ContextVar, Token
+from typing import ContextManager, Optional
 
 __all__ = ["scope", "current", "left"]
 
 _DEADLINE: ContextVar[Optional[float]] = ContextVar("xnatfs_call_deadline", default=None)
 
 
-@contextlib.contextmanager
-def scope(seconds: float) -> Iterator[float]:
+class _Scope:
+    """``scope``'s context manager: a class, not ``contextlib.contextmanager``'s generator,
+    because every FUSE request opens one or two (a LOOKUP, an OPEN) and the generator's
+    set-up was ~1 µs of each (benchmarks/RESULTS.md, "Per-message cost")."""
+
+    __slots__ = ("_seconds", "_token")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._token: Optional[Token[Optional[float]]] = None
+
+    def __enter__(self) -> float:
+        outer = _DEADLINE.get()
+        mine = time.monotonic() + self._seconds
+        if outer is not None and outer <= mine:
+            return outer
+        self._token = _DEADLINE.set(mine)
+        return mine
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _DEADLINE.reset(self._token)
+            self._token = None
+
+
+def scope(seconds: float) -> ContextManager[float]:
     """Bound everything inside by ``seconds`` from now; an enclosing, earlier deadline stays."""
-    outer = _DEADLINE.get()
-    mine = time.monotonic() + seconds
-    if outer is not None and outer <= mine:
-        yield outer
-        return
-    token = _DEADLINE.set(mine)
-    try:
-        yield mine
-    finally:
-        _DEADLINE.reset(token)
+    return _Scope(seconds)
 
 
 def current() -> Optional[float]:

@@ -723,6 +723,30 @@ def _keep_thread_state() -> None:
     ensure()
 
 
+#: ``getattr``'s time keys -> the ``c_stat`` timespec they fill (``_fill_stat``)
+_STAT_TIMES = {"st_atime": "st_atimespec", "st_mtime": "st_mtimespec", "st_ctime": "st_ctimespec"}
+#: the other keys ``c_stat`` has on this platform (mfusepy's ``set_st_attrs`` skips the rest)
+_STAT_FIELDS = frozenset(field[0] for field in mfusepy.c_stat._fields_)
+_STAT_SIZE = ctypes.sizeof(mfusepy.c_stat)
+#: off: mfusepy's own ``fgetattr`` and ``set_st_attrs`` (the switch of ``_fill_stat``)
+FAST_STAT = True
+
+
+def _fill_stat(st: Any, attrs: Dict[str, int]) -> None:
+    """mfusepy's ``set_st_attrs(st, attrs, use_ns=True)`` for a zeroed ``c_stat``: the same
+    fields, without its per-key tuple test, string concatenation and double ``getattr``: it
+    runs for every LOOKUP, GETATTR and readdirplus entry (benchmarks/RESULTS.md, "Per-message
+    cost")."""
+    for key, val in attrs.items():
+        spec = _STAT_TIMES.get(key)
+        if spec is not None:
+            timespec = getattr(st, spec, None)
+            if timespec is not None:
+                timespec.tv_sec, timespec.tv_nsec = divmod(int(val), _NS)
+        elif key in _STAT_FIELDS:
+            setattr(st, key, val)
+
+
 class XnatFUSE(mfusepy.FUSE):
     """mfusepy's ``FUSE`` with these changes: ``read`` fills libfuse's buffer in place, ``write``
     writes from it without a copy, ``truncate`` keeps the handle of an ``ftruncate``,
@@ -750,6 +774,18 @@ class XnatFUSE(mfusepy.FUSE):
             self._kept.done = True
         return super()._wrapper(func, *args, **kwargs)
 
+    def fgetattr(self, path: Optional[bytes], buf: Any, fip: Any) -> int:
+        """mfusepy's ``fgetattr`` (the kernel's LOOKUP and GETATTR) with ``_fill_stat``."""
+        if not (FAST_STAT and self.use_ns):
+            return int(super().fgetattr(path, buf, fip))
+        ctypes.memset(buf, 0, _STAT_SIZE)
+        fh = (fip.contents if self.raw_fi else fip.contents.fh) if fip else None
+        attrs = self.operations.getattr(
+            None if path is None else path.decode(self.encoding, self.errors), fh
+        )
+        _fill_stat(buf.contents, attrs)
+        return 0
+
     def readdir_fuse_3(
         self, path: Optional[bytes], buf: Any, filler: Any, offset: int, fip: Any, flags: int
     ) -> int:
@@ -771,7 +807,10 @@ class XnatFUSE(mfusepy.FUSE):
             st = mfusepy.c_stat()
             attrs = self.operations.entry_attrs(entry) if plus else None
             if attrs:
-                mfusepy.set_st_attrs(st, attrs, use_ns)
+                if FAST_STAT and use_ns:
+                    _fill_stat(st, attrs)
+                else:
+                    mfusepy.set_st_attrs(st, attrs, use_ns)
             else:
                 st.st_mode = entry.mode
             name = entry.name.encode(self.encoding, self.errors)

@@ -12,10 +12,14 @@ shown exactly as XNAT has it (DESIGN §1.1, docs/LAYOUT.md); logs escape the lat
 from __future__ import annotations
 
 import errno
+import functools
 import re
 from typing import Tuple
 
 PathParts = Tuple[str, ...]
+
+#: paths whose ``split_path`` is kept (a few hundred bytes each)
+SPLIT_CACHE = 4096
 
 #: the longest file name (bytes, UTF-8) XNAT can store: its archive is on a POSIX disk
 NAME_MAX = 255
@@ -61,11 +65,13 @@ def unescape_name(name: str) -> str:
     return _UNESCAPE_RE.sub(lambda m: _UNESCAPES[m.group(1)], name)
 
 
+@functools.lru_cache(maxsize=SPLIT_CACHE)
 def split_path(path: str) -> PathParts:
     """``"/P/subjects/S"`` -> ``("P", "subjects", "S")``: file names, still escaped.
 
     Empty components (double slashes, a trailing slash) are dropped; FUSE never sends them but
-    tests and the CLI might.
+    tests and the CLI might.  Kept for the last ``SPLIT_CACHE`` paths (a tuple of str: nothing
+    a caller can change): one file's LOOKUP, OPEN and read-ahead split the same path.
     """
     return tuple(p for p in path.split("/") if p)
 
