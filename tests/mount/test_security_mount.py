@@ -171,23 +171,41 @@ def test_allow_other_others_change_nothing_by_any_other_call(emu, public_mount):
     assert "README.txt" in server_files(emu)
 
 
+#: what xnatfs's client imports beyond the standard library (requests and its own
+#: dependencies, all with pure-Python sources): copied beside the package for nobody
+CLIENT_PACKAGES = ("requests", "urllib3", "idna", "charset_normalizer", "certifi")
+
+
 def xnatfs_as_nobody(public_dir, *args, env=None, needs="json"):
     """``xnatfs ARGS`` run by nobody.  The checkout (and its venv) may sit in a folder only
-    root can enter (a CI's private temporary clone), so the package is copied where nobody
-    reads it, and run by the first interpreter nobody can start that imports ``needs`` (the
-    commands run here need the standard library only, unless they talk to XNAT); None when
-    there is none."""
+    root can enter (a CI's private temporary clone: an interpreter started from it as nobody
+    finds no venv, so no ``requests``), so the package and the client's dependencies
+    (``CLIENT_PACKAGES``) are copied where nobody reads them, and run by the first
+    interpreter nobody can start that imports ``needs`` with them; None when there is none."""
+    import importlib.util
+
     import xnatfs
 
     pkg = public_dir / "pkg"
     if not pkg.exists():
         shutil.copytree(Path(xnatfs.__file__).parent, pkg / "xnatfs")
+        for name in CLIENT_PACKAGES:
+            spec = importlib.util.find_spec(name)
+            assert spec is not None and spec.submodule_search_locations, name
+            shutil.copytree(
+                spec.submodule_search_locations[0],
+                pkg / name,
+                ignore=shutil.ignore_patterns("*.so", "__pycache__"),  # sources serve any 3.x
+            )
         for folder, dirs, files in os.walk(pkg):
             for name in dirs + files:
                 os.chmod(os.path.join(folder, name), 0o755)
         pkg.chmod(0o755)
     for python in (sys.executable, "/usr/bin/python3", shutil.which("python3") or ""):
-        if python and as_nobody([python, "-c", f"import {needs}"]).returncode == 0:
+        if not python:
+            continue
+        check = as_nobody([python, "-c", f"import {needs}"], env={"PYTHONPATH": str(pkg)})
+        if check.returncode == 0:
             return as_nobody(
                 [python, "-m", "xnatfs", *args], env={"PYTHONPATH": str(pkg), **(env or {})}
             )
