@@ -10,35 +10,17 @@ fills a real tmpfs through a mount.
 from __future__ import annotations
 
 import errno
-import os
 
 import pytest
 import requests
 
 from tests.conftest import ADMIN
+from tests.helpers.crash import FullDiskOs
 from tests.mount.helpers import wait_for
 from xnatfs.uploads import journal as journal_mod
 
 PROTOCOLS = "/DEMO1/resources/protocols/files"
 PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
-
-
-class FullDiskOs:
-    """Stands in for ``os`` in uploads/journal.py: the next ``refusals`` writes (the
-    sidecar's bytes) fail with ``code``, as on a full disk."""
-
-    def __init__(self, refusals: int, code: int = errno.ENOSPC) -> None:
-        self.refusals = refusals
-        self.code = code
-
-    def __getattr__(self, name):
-        return getattr(os, name)
-
-    def write(self, fd, data):
-        if self.refusals > 0:
-            self.refusals -= 1
-            raise OSError(self.code, os.strerror(self.code))
-        return os.write(fd, data)
 
 
 def _cache_one_file(runtime) -> str:
@@ -91,16 +73,6 @@ def test_a_close_on_a_disk_still_full_is_enospc_and_keeps_the_bytes(runtime, mon
     assert r.status_code == 200 and r.content == b"kept\n"
 
 
-class FullSpoolOs(FullDiskOs):
-    """The same for uploads/spool.py, whose writes are ``pwrite``."""
-
-    def pwrite(self, fd, data, offset):
-        if self.refusals > 0:
-            self.refusals -= 1
-            raise OSError(self.code, os.strerror(self.code))
-        return os.pwrite(fd, data, offset)
-
-
 def test_an_append_to_a_pending_file_on_a_full_disk_evicts_and_goes_on(runtime, monkeypatch):
     """``>> f`` of a file still waiting in the journal copies its bytes into a new spool
     file first; on a full disk that copy made room as a write does.  Before, the append
@@ -117,7 +89,7 @@ def test_an_append_to_a_pending_file_on_a_full_disk_evicts_and_goes_on(runtime, 
     assert [e.path for e in writer.journal.entries()] == [path]
     _cache_one_file(runtime)
     evicted = runtime.content.stats["evictions"]
-    monkeypatch.setattr(spool_mod, "os", FullSpoolOs(refusals=1))
+    monkeypatch.setattr(spool_mod, "os", FullDiskOs(refusals=1))
     appender = writer.open_write(tree.lookup(path), path, truncate=False)
     appender.write(6, b"second\n")  # before: OSError ENOSPC
     monkeypatch.undo()

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Union
 
 import pytest
 
+from tests.helpers.crash import FullDiskOs
 from tests.helpers.tmpfs import small_tmpfs
 from tests.unit.ziphelp import streamed_zip
 from xnatfs.cache.content import ARCHIVE, ContentCache, ContentKey, archive_object_uri, archive_uri
@@ -891,25 +892,6 @@ def test_the_cache_closes_on_a_full_disk(make_cache, small_fs):
     assert all(again.state(key_for(uri, data)) == "cached" for uri, data in old.items())
 
 
-class QuotaOs:
-    """Stands in for ``os`` in cache/download.py: the cache disk's quota is used up (EDQUOT,
-    or ``code``) for the next ``refusals`` writes.  A quota is not in ``statvfs``, so the room
-    made before a download cannot see it; only the write does."""
-
-    def __init__(self, refusals: int, code: int = errno.EDQUOT) -> None:
-        self.refusals = refusals
-        self.code = code
-
-    def __getattr__(self, name):
-        return getattr(os, name)
-
-    def write(self, fd, data):
-        if self.refusals > 0:
-            self.refusals -= 1
-            raise OSError(self.code, os.strerror(self.code))
-        return os.write(fd, data)
-
-
 def test_a_quota_on_the_cache_disk_evicts_as_a_full_disk_does(make_cache, monkeypatch):
     """EDQUOT is the disk full for this user: the cache evicts and writes again, as for
     ENOSPC.  Before, only ENOSPC made room: the read failed with EDQUOT, nothing evicted."""
@@ -918,7 +900,7 @@ def test_a_quota_on_the_cache_disk_evicts_as_a_full_disk_does(make_cache, monkey
     old, new = payload(100_000, seed=1), payload(200_000, seed=2)
     cc = make_cache(FakeFetch({"/old": old, "/new": new}))
     assert read_all(cc, key_for("/old", old)) == old
-    monkeypatch.setattr(download_module, "os", QuotaOs(refusals=1))
+    monkeypatch.setattr(download_module, "os", FullDiskOs(refusals=1, code=errno.EDQUOT))
     assert read_all(cc, key_for("/new", new)) == new  # before: OSError EDQUOT
     assert cc.stats["evictions"] == 1 and cc.state(key_for("/old", old)) == "absent"
     assert cc.state(key_for("/new", new)) == "cached"
@@ -934,7 +916,7 @@ def test_a_full_cache_disk_with_nothing_to_evict_is_that_errno(make_cache, monke
     fetch = FakeFetch({"/f": data})
     cc = make_cache(fetch)
     # one refusal: the eviction finds nothing, so the write is not tried again
-    monkeypatch.setattr(download_module, "os", QuotaOs(refusals=1, code=code))
+    monkeypatch.setattr(download_module, "os", FullDiskOs(refusals=1, code=code))
     key = key_for("/f", data)
     with cc.open(key) as h:
         with pytest.raises(OSError) as info:
