@@ -96,3 +96,36 @@ def test_an_append_to_a_pending_file_on_a_full_disk_evicts_and_goes_on(runtime, 
     assert appender.read(0, 100) == b"first\nsecond\n"
     appender.close()
     assert runtime.content.stats["evictions"] > evicted
+
+
+def test_a_change_in_place_on_a_full_disk_evicts_and_goes_on(make_runtime, monkeypatch):
+    """Opening a file on XNAT for a change in place (``O_RDWR`` without ``O_TRUNC``,
+    --allow-delete) copies its bytes into a spool first; on a full disk that copy now makes
+    room as a write does.  Before, the open answered ENOSPC with the cache untouched."""
+    from xnatfs.uploads import spool as spool_mod
+
+    runtime = make_runtime(allow_delete=True)
+    writer, tree = runtime.writer, runtime.tree
+    cached = _cache_one_file(runtime)
+    other = next(
+        f"{PROTOCOLS}/{n.name}"
+        for n in tree.listdir(PROTOCOLS)
+        if not n.is_dir and f"{PROTOCOLS}/{n.name}" != cached
+    )
+    original = requests.get(
+        f"{runtime.emu.url}{PROTOCOLS_URI}/{other.rsplit('/', 1)[1]}", auth=ADMIN, timeout=30
+    ).content
+    assert original
+    evicted = runtime.content.stats["evictions"]
+    monkeypatch.setattr(spool_mod, "os", FullDiskOs(refusals=1))
+    handle = writer.open_write(tree.lookup(other), other, truncate=False)  # before: ENOSPC
+    monkeypatch.undo()
+    assert runtime.content.stats["evictions"] > evicted
+    handle.write(0, b"X")
+    assert handle.read(0, len(original) + 10) == b"X" + original[1:]
+    handle.flush()
+    handle.close()
+    r = requests.get(
+        f"{runtime.emu.url}{PROTOCOLS_URI}/{other.rsplit('/', 1)[1]}", auth=ADMIN, timeout=30
+    )
+    assert r.status_code == 200 and r.content == b"X" + original[1:]

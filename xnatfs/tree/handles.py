@@ -5,6 +5,7 @@ whole in memory."""
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import threading
@@ -308,7 +309,7 @@ class HandleOps(UploadPath):
         offset = [0]
 
         def sink(chunk: bytes) -> None:
-            spool.write(offset[0], chunk)
+            self._with_room(functools.partial(spool.write, offset[0], chunk), len(chunk))
             offset[0] += len(chunk)
 
         try:
@@ -341,7 +342,9 @@ class HandleOps(UploadPath):
         )
 
     def _fill_from_server(self, node: NodeInfo, spool: SpoolFile, path: str) -> None:
-        """Read-modify-write of a file on XNAT: its bytes first go into the spool."""
+        """Read-modify-write of a file on XNAT: its bytes first go into the spool, making
+        room on a full disk as a write does (``_with_room``: the file read is open, so its
+        own cached copy is pinned and never the one evicted)."""
         handle = self.tree.open(node, path)
         try:
             offset, chunk = 0, 1 << 20
@@ -349,7 +352,7 @@ class HandleOps(UploadPath):
                 data = handle.read(offset, chunk)
                 if not data:
                     break
-                spool.write(offset, data)
+                self._with_room(functools.partial(spool.write, offset, data), len(data))
                 offset += len(data)
         finally:
             handle.close()
