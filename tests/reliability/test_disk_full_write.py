@@ -17,10 +17,10 @@ import os
 import random
 import subprocess
 import sys
-import time
 import zipfile
 
 from tests.conftest import needs_fuse
+from tests.helpers.waiting import wait_for
 from tests.mount.helpers import api, hash_files, md5, put_file
 from tests.reliability.conftest import FILES, RESOURCE_URI, server_bytes
 
@@ -127,10 +127,8 @@ def test_a_write_evicts_cached_files_to_fit(
     files = m.path / FILES
     got = hash_files([str(files / name) for name in blobs], timeout=300)
     assert got == {str(files / n): [md5(d), len(d)] for n, d in blobs.items()}
-    deadline = time.monotonic() + 60  # every download indexed (the disk is then full)
-    while _stats(m)["downloads_in_flight"]:
-        assert time.monotonic() < deadline, m.log_tail()
-        time.sleep(0.02)
+    # every download indexed (the disk is then full)
+    wait_for(lambda: not _stats(m)["downloads_in_flight"], 60, what="the downloads to end")
     evicted_before = _stats(m)["evictions"]
 
     source = tmp_path / "big30.bin"  # not on the tmpfs
