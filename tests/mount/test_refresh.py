@@ -101,3 +101,26 @@ def test_refresh_of_a_folder_removed_on_xnat_says_so(make_emulator, make_mount):
     # and the kernel forgot the names below it: no stale stat of the file
     assert not (folder / "files" / "x.txt").exists()
     assert "GONE" not in os.listdir(m.path / "DEMO2" / "resources")
+
+
+def test_refresh_shows_a_name_looked_up_as_missing(make_emulator, make_mount):
+    """A name `stat`ed as missing is held so by the kernel for ``negative_timeout`` (10 s),
+    which the daemon cannot reach through libfuse's high-level API; ``xnatfs refresh`` lists
+    the folder after the daemon forgot it, and the listing (READDIRPLUS) replaces the kernel's
+    missing-name entry with the new file."""
+    emu = make_emulator()
+    put_file(emu.url, f"{FOLDER}/a.txt", b"a\n")
+    m = make_mount(emu.url)
+    folder = m.path / "DEMO2" / "resources" / "RF" / "files"
+    late = folder / "late.txt"
+    assert not late.exists()  # the kernel now holds late.txt as missing
+    put_file(emu.url, f"{FOLDER}/late.txt", b"late\n")
+    assert not late.exists()  # still within the TTLs: nothing asked
+    res = _refresh(folder)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert os.stat(late).st_size == 5 and _read(late) == b"late\n"
+    # a file's path refreshes its folder, and the missing names beside it too
+    put_file(emu.url, f"{FOLDER}/later.txt", b"later\n")
+    assert not (folder / "later.txt").exists()
+    assert _refresh(folder / "a.txt").returncode == 0
+    assert _read(folder / "later.txt") == b"later\n"

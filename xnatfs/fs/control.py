@@ -38,3 +38,21 @@ def refresh(path: str) -> None:
         if exc.errno in (errno.ENOTSUP, errno.ENODATA):
             raise NotAMount(exc.errno, "not in an xnatfs mount", path) from None
         raise
+    _list_folder(path)
+
+
+def _list_folder(path: str) -> None:
+    """List the refreshed folder (a file's: its folder) once, to its end.
+
+    Why: a name looked up as missing is held so by the kernel for ``negative_timeout``, and
+    libfuse's high-level API has no call that reaches such an entry (``fuse_invalidate_path``
+    needs a node, and a missing name has none).  A listing does: each entry of a READDIRPLUS
+    answer replaces the kernel's entry of that name, a missing-name one included
+    (``fuse_direntplus_link``), so a file another client added shows to a direct ``stat`` at
+    once.  It costs the folder's own listing, the one request a refresh is documented to
+    cost (the next ``ls`` or lookup in the folder would load it anyway).  With
+    ``--names-only-listings`` (no READDIRPLUS) it does nothing more than an ``ls``."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    with os.scandir(folder) as entries:
+        for _ in entries:
+            pass

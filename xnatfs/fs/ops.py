@@ -678,7 +678,7 @@ class XnatOperations(mfusepy.Operations):
         ``fuse_invalidate_path``, -ENOENT for a name it does not hold); its next ``stat``
         asks the daemon.  A name it holds as missing stays so for ``negative_timeout``
         (10 s at most) unless its folder is listed: libfuse's high-level API cannot reach
-        those."""
+        those, so ``xnatfs refresh`` lists the folder after this (``control._list_folder``)."""
         tree = self.runtime.tree
         folder = path if tree.lookup(path).is_dir else os.path.dirname(path)
         known = [folder, *tree.known_below(folder)]
