@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import pytest
 
+from tests.api.helpers import ADMIN, options, reset_faults
 from xnatfs.emulator import Emulator
+from xnatfs.xnat.client import XnatClient
 
 
 @pytest.fixture(scope="module")
 def emu(shared_emulator) -> Emulator:
     """The module's read-only demo emulator (conftest ``shared_emulator``)."""
     return shared_emulator.emu
+
+
+@pytest.fixture
+def client(emu: Emulator) -> Iterator[XnatClient]:
+    """A started client of the module's emulator, with its faults cleared before and after."""
+    reset_faults(emu)
+    c = XnatClient(emu.url, ADMIN, options())
+    c.start()
+    yield c
+    reset_faults(emu)
+    c.close()
 
 
 @pytest.fixture

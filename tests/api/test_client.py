@@ -23,16 +23,6 @@ from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.client import XnatClient
 
 
-@pytest.fixture
-def client(emu: Emulator) -> Iterator[XnatClient]:
-    reset_faults(emu)
-    c = XnatClient(emu.url, ADMIN, options())
-    c.start()
-    yield c
-    reset_faults(emu)
-    c.close()
-
-
 def collect(c: XnatClient, uri: str) -> bytes:
     buf = bytearray()
     c.download(uri, buf.extend)

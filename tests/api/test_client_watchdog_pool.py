@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator
 
-import pytest
-
-from tests.api.helpers import ADMIN, options, reset_faults
 from tests.helpers.waiting import wait_for
 from xnatfs.emulator import Emulator
 from xnatfs.xnat.client import XnatClient
@@ -27,15 +23,6 @@ class _Clock:
 
     def __call__(self) -> float:
         return time.monotonic() + self.ahead
-
-
-@pytest.fixture
-def client(emu: Emulator) -> Iterator[XnatClient]:
-    reset_faults(emu)
-    c = XnatClient(emu.url, ADMIN, options())
-    c.start()
-    yield c
-    c.close()
 
 
 def test_a_body_deadline_passing_after_the_connection_went_back_to_the_pool_spares_its_next_user(
