@@ -151,6 +151,12 @@ class UploadPath(LocalOverlay):
                 raise
         return action()
 
+    def _room_for_journal(self, need: int) -> bool:
+        """The uploader's ``make_room``: a failed attempt's journal record met a full disk;
+        the content cache evicts cached files as for a user's write (``_with_room``)."""
+        make_room = getattr(getattr(self.tree, "content", None), "make_room_for_write", None)
+        return make_room is not None and bool(make_room(self.journal.directory, need))
+
     def _commit(self, lf: LocalFile, upload: bool = True) -> None:
         """close()/fsync(): put the bytes in the journal, then upload them now.
 

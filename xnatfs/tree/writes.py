@@ -118,6 +118,7 @@ class Writer(Namespace):
             max_delay=upload_backoff_max,
             base_delay=upload_backoff,
             on_change=self._on_change,
+            make_room=self._room_for_journal,
         )
         #: import entries the server accepted (import has nothing to list-verify against)
         self._imported: Dict[str, List[str]] = {}
