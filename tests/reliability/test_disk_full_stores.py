@@ -7,8 +7,13 @@ that file.  Each test says what it showed before its fix.
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
+import subprocess
+from pathlib import Path
 
+from tests.conftest import needs_fuse
 from tests.helpers.filling import fill_up
 from tests.helpers.tmpfs import small_tmpfs
 from xnatfs.cache.times import TimesIndex
@@ -72,3 +77,63 @@ def test_a_times_write_that_met_a_full_disk_is_written_with_the_next(tmp_path):
         ]
         other.close()
         times.close()
+
+
+def _cat(path: Path) -> "tuple[int, str, bytes]":
+    res = subprocess.run(["cat", str(path)], capture_output=True, timeout=120)
+    return res.returncode, res.stderr.decode(errors="replace"), res.stdout
+
+
+def _t2w(mnt: Path) -> list:
+    return sorted((mnt / ".bids" / "DEMO1").glob("sub-*/ses-MR1/anat/*_T2w.nii.gz"))
+
+
+@needs_fuse
+def test_a_bids_image_on_a_disk_full_of_cached_files_is_converted(
+    make_emulator, make_mount, tmp_path
+):
+    """The cache disk (64 MiB tmpfs) holds other scans' cached DICOM files and is then
+    filled to its last block: the first read of a T2w image converts it, the conversion's
+    copy of the series meets ENOSPC, cached files are evicted and it converts again; the
+    reader gets the bytes a mount on a roomy disk gives.  Before: ``cat`` failed with EIO
+    ("BIDS conversion ... failed: No space left on device"), nothing evicted."""
+    emu = make_emulator()
+    roomy = make_mount(emu.url, "--prefetch", "0")
+    want = _t2w(roomy.path)[0].read_bytes()
+    with small_tmpfs(tmp_path / "disk", "64m") as disk:
+        m = make_mount(emu.url, "--prefetch", "0", cache=disk / "cache")
+        for path in (m.path / "DEMO1").rglob("*.dcm"):
+            if "SUBJ01" not in str(path):
+                path.read_bytes()  # cached: copies of XNAT's files, free to evict
+        filler = fill_up(disk)
+        rc, err, got = _cat(_t2w(m.path)[0])
+        assert rc == 0, err
+        assert got == want
+        assert json.loads((m.path / ".xnatfs" / "stats").read_text())["bids"]["done"] == 1
+        filler.unlink()
+        m.umount()
+
+
+@needs_fuse
+def test_a_bids_image_on_a_disk_full_with_nothing_to_evict_is_enospc(
+    make_emulator, make_mount, tmp_path
+):
+    """Nothing cached to evict, the disk full: the read fails with ENOSPC (before: EIO),
+    one ERROR line naming the path, no temp files and no bundle left; once there is room
+    the same read gives the whole image."""
+    emu = make_emulator()
+    with small_tmpfs(tmp_path / "disk", "64m") as disk:
+        m = make_mount(emu.url, "--prefetch", "0", cache=disk / "cache")
+        image = _t2w(m.path)[0]
+        filler = fill_up(disk)
+        rc, err, got = _cat(image)
+        assert rc != 0 and got == b"" and "No space left on device" in err, err
+        lines = [ln for ln in m.log_tail(300).splitlines() if " ERROR " in ln]
+        assert len(lines) == 1 and image.name in lines[0], lines
+        assert list((disk / "cache" / "bids" / "tmp").iterdir()) == []
+        filler.unlink()
+        rc, err, got = _cat(image)
+        assert rc == 0, err
+        assert gzip.decompress(got)  # a whole gzip stream: the image, not a cut one
+        assert _cat(image)[2] == got  # from the cache now
+        m.umount()
