@@ -8,19 +8,26 @@ makes room first, as the other write paths do (the content cache evicts copies o
 files), and when the disk is still full the index holds the new version for this mount
 (unsaved, written again at unmount).  The full disk is injected in the journal's ``os``
 while XNAT answers the PUT.
+
+A mount that starts on a full disk (journal replay) starts, keeps every entry and uploads
+the pending ones (``test_a_mount_started_on_a_full_disk_keeps_and_resumes_its_uploads``).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 
 from tests.api.test_disk_full_writes import PROTOCOLS, _cache_one_file
+from tests.api.test_journal_integrity import server_status, write_pending, xnat_refusing
 from tests.helpers.crash import FullDiskOs
+from tests.helpers.waiting import wait_for
 from xnatfs.fs.errmap import errno_for
 from xnatfs.uploads import journal as journal_mod
 from xnatfs.uploads.journal import read_entries
+from xnatfs.uploads.spool import SPOOL_SUFFIX
 
 
 def _disk_full_during_put(monkeypatch, uploader, refusals, code=errno.ENOSPC):
@@ -90,3 +97,31 @@ def test_a_failed_attempt_on_a_disk_still_full_is_shown_failed(make_runtime, mon
     journal_dir = writer.journal.directory
     on_disk = read_entries(journal_dir)
     assert [(e.state, e.tries) for e in on_disk] == [("failed", 1)], cache_dir
+
+
+def test_a_mount_started_on_a_full_disk_keeps_and_resumes_its_uploads(runtimes, monkeypatch):
+    """A mount starts with an upload pending in the journal and a spool file a crash left,
+    the journal's disk full (every write refused): the mount starts, lists both (the
+    leftover as a failed entry), the pending upload lands, and the leftover's record is
+    written at unmount once there is room.  Before, the leftover's sidecar write raised
+    ENOSPC out of the start: the mount failed, and its pending upload with it."""
+    rt = runtimes()
+    with xnat_refusing(rt):
+        write_pending(rt.writer, f"{PROTOCOLS}/resumed.txt", b"resumed\n")
+    spool_dir, journal_dir = rt.writer.spool.directory, rt.writer.journal.directory
+    rt.close()
+    with open(os.path.join(spool_dir, "crashed" + SPOOL_SUFFIX), "wb") as fh:
+        fh.write(b"left by a crash\n")
+    monkeypatch.setattr(journal_mod, "os", FullDiskOs(refusals=10_000))
+    rt = runtimes()  # before: OSError ENOSPC
+    wait_for(
+        lambda: server_status(rt.emu, "resumed.txt") == (200, b"resumed\n"),
+        30,
+        what="the resumed upload",
+    )
+    (left,) = rt.writer.status()
+    assert left["state"] == "failed" and "left by a crash" in left["last_error"], left
+    monkeypatch.undo()  # room again before the unmount
+    rt.close()
+    (kept,) = read_entries(journal_dir)
+    assert kept.state == "failed" and kept.size == len(b"left by a crash\n")

@@ -783,7 +783,17 @@ class Journal:
             size,
             data_path,
         )
-        self._write_sidecar(entry)
+        try:
+            self._write_sidecar(entry)
+        except OSError as exc:
+            # a full disk at mount start: the bytes are in the journal directory, and a data
+            # file without a sidecar is kept again by the next reload; this mount lists it
+            # (unsaved, ``save_unsaved`` writes it).  Raised, it failed the whole mount
+            log.warning("journal: %s: its sidecar waits for room: %s", entry_id, exc)
+            with self._lock:
+                self._locked_insert(entry)
+                self._unsaved.add(entry_id)
+            return entry
         with self._lock:
             self._locked_insert(entry)
         return entry
