@@ -1,4 +1,5 @@
-"""The side stores on a really full cache disk (integ10): ``times.db`` and the BIDS view.
+"""The side stores on a really full cache disk (integ10): ``times.db``, the BIDS view, and a
+mount started on it.
 
 A small tmpfs holds the store; another file fills it to its last block (SQLite then answers
 "database or disk is full" or "disk I/O error"), and the test gives the room back by removing
@@ -13,11 +14,16 @@ import logging
 import subprocess
 from pathlib import Path
 
+import pytest
+import requests
+
 from tests.conftest import needs_fuse
 from tests.helpers.filling import fill_up
 from tests.helpers.tmpfs import small_tmpfs
+from tests.helpers.waiting import wait_for
 from xnatfs.cache.times import TimesIndex
 
+PROTOCOLS = "/DEMO1/resources/protocols/files"
 URI = "/data/experiments/E1/resources/101/files/a{}.nii"
 T0 = 1_600_000_000_123_456_789
 
@@ -137,3 +143,63 @@ def test_a_bids_image_on_a_disk_full_with_nothing_to_evict_is_enospc(
         assert gzip.decompress(got)  # a whole gzip stream: the image, not a cut one
         assert _cat(image)[2] == got  # from the cache now
         m.umount()
+
+
+@needs_fuse
+def test_a_mount_on_a_full_cache_disk_says_so_and_keeps_its_uploads(
+    make_emulator, make_mount, tmp_path
+):
+    """A file written while XNAT refused it waits in the journal; the cache disk (8 MiB
+    tmpfs) is then full to its last block and the mount started again: it cannot open the
+    content cache's index (SQLite: "disk I/O error") and fails with one line that says the
+    disk is full and that the upload is kept; once there is room the next mount sends it.
+    Before: a Python traceback ending in ``sqlite3.OperationalError: disk I/O error``."""
+    from tests.conftest import ADMIN
+    from xnatfs.fs import mounting
+    from xnatfs.options import Options
+    from xnatfs.runtime import Runtime
+    from xnatfs.xnat.auth import Credentials
+
+    emu = make_emulator()
+    with small_tmpfs(tmp_path / "disk", "8m") as disk:
+        cache = disk / "cache"
+        rt = Runtime(Options(url=emu.url, cache_dir=cache, prefetch=0), Credentials(*ADMIN))
+        rt.start()
+        try:
+            rt.tree.listdir(PROTOCOLS)
+            emu.faults.error_rate, emu.faults.error_status = 1.0, 503
+            out = rt.writer.create(f"{PROTOCOLS}/waiting.txt")
+            out.write(0, b"waiting\n")
+            with pytest.raises(Exception):  # noqa: B017 - XNAT's 503: kept in the journal
+                out.flush()
+            out.close()
+        finally:
+            emu.faults.error_rate = 0.0
+            rt.close()
+        filler = fill_up(disk)
+        mnt = tmp_path / "full-mnt"
+        mnt.mkdir()
+        argv = mounting.xnatfs_argv(emu.url, mnt, "--cache-dir", str(cache))
+        daemon = mounting.MountDaemon(
+            argv, mnt, tmp_path / "full.log", {"username": ADMIN[0], "password": ADMIN[1]}
+        ).start()
+        with pytest.raises(mounting.MountFailed) as info:
+            daemon.wait(30, tail_lines=20)
+        daemon.stop(grace=3)
+        said = str(info.value)
+        assert info.value.returncode == 1 and "Traceback" not in said, said
+        assert "its disk is full" in said and "1 upload(s) not on XNAT yet" in said, said
+        filler.unlink()
+        make_mount(emu.url, "--prefetch", "0", cache=cache)  # room again: the upload goes
+        wait_for(
+            lambda: (
+                requests.get(
+                    f"{emu.url}/data/projects/DEMO1/resources/protocols/files/waiting.txt",
+                    auth=ADMIN,
+                    timeout=30,
+                ).content
+                == b"waiting\n"
+            ),
+            30,
+            what="the upload kept in the journal",
+        )
