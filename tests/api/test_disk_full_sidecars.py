@@ -125,3 +125,46 @@ def test_a_mount_started_on_a_full_disk_keeps_and_resumes_its_uploads(runtimes, 
     rt.close()
     (kept,) = read_entries(journal_dir)
     assert kept.state == "failed" and kept.size == len(b"left by a crash\n")
+
+
+def test_a_time_set_on_a_pending_file_on_a_full_disk_makes_room(runtime, monkeypatch):
+    """``touch -d``/``cp -p`` of a file waiting in the journal, its record's write meeting a
+    full disk once: cached files are evicted and the time is in the record (it survives a
+    restart).  Before, the time was kept in memory only, with a WARNING, nothing evicted."""
+    _cache_one_file(runtime)
+    evicted = runtime.content.stats["evictions"]
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/dated_full.txt"
+    with xnat_refusing(runtime):
+        write_pending(writer, path, b"dated\n")
+    monkeypatch.setattr(journal_mod, "os", FullDiskOs(refusals=1))
+    writer.set_mtime(path, 1_500_000_000_123_456_789)
+    monkeypatch.undo()
+    assert runtime.content.stats["evictions"] > evicted
+    (entry,) = read_entries(writer.journal.directory)
+    assert entry.mtime_ns == 1_500_000_000_123_456_789
+
+
+def test_an_import_whose_record_meets_a_full_disk_makes_room(runtime, monkeypatch, tmp_path):
+    """An import records that its POST goes out before the first byte (``mark_sent``); that
+    write meeting a full disk once now evicts and the import goes on: close returns 0 and
+    XNAT has the session.  Before, the close failed with ENOSPC (retried later), nothing
+    evicted."""
+    from tests.api.test_journal_integrity import prearchive_sessions
+    from tests.mount.helpers import dicom_zip
+
+    _cache_one_file(runtime)
+    evicted = runtime.content.stats["evictions"]
+    writer = runtime.writer
+    zpath = tmp_path / "study.zip"
+    dicom_zip(zpath, "FULLDISK")
+    before = prearchive_sessions(runtime.emu)
+    runtime.tree.listdir("/.prearchive/DEMO1")
+    _disk_full_during_put(monkeypatch, writer.uploader, refusals=1)
+    handle = writer.create("/.prearchive/DEMO1/study.zip")
+    handle.write(0, zpath.read_bytes())
+    handle.flush()  # before: OSError ENOSPC
+    handle.close()
+    monkeypatch.undo()
+    assert runtime.content.stats["evictions"] > evicted
+    assert len(prearchive_sessions(runtime.emu)) == len(before) + 1
