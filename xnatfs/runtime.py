@@ -15,6 +15,7 @@ import fcntl
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 from typing import Any, Dict, Optional
@@ -280,6 +281,8 @@ def full_disk_at_start(cache_dir: "str | os.PathLike[str]", error: BaseException
     journal keeps for the next mount on this cache: they are not lost, and another
     ``--cache-dir`` would not send them.  Before, the mount failed with a traceback ending
     in "sqlite3.OperationalError: disk I/O error"."""
+    if not isinstance(error, (OSError, sqlite3.Error)):
+        return None  # a refused login, a bad option...: not the disk's doing
     code = getattr(error, "errno", None)
     try:
         st = os.statvfs(cache_dir)
