@@ -52,9 +52,14 @@ def test_times_db_on_a_full_disk_is_kept_and_catches_up(tmp_path, caplog):
         filler.unlink()  # room again
         full.close()  # the time set while full is written now
 
-        after = TimesIndex(path)
+        after = TimesIndex(path, max_rows=21)
         after.start()
         assert after.get(URI.format(3), 10, "d3") == T0 + 3  # before: None (file deleted)
+        assert after.get(URI.format("new"), 10, "dn") == T0 - 1
+        after.set(URI.format("next"), 10, "dx", T0 - 2)  # one too many: the oldest go
+        assert after.get(URI.format(0), 10, "d0") is None
+        # the time set while the disk was full is newer than the 20: kept (it was counted
+        # from 0 in that mount, came first and went first)
         assert after.get(URI.format("new"), 10, "dn") == T0 - 1
         after.close()
 

@@ -29,6 +29,7 @@ full is on disk once there is room (one line per failure, none per row).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -130,7 +131,8 @@ class TimesIndex:
             if self._unopened and self._unsaved:
                 self._unopened = False
                 try:
-                    self._db = self._open()[0]
+                    self._db, rows = self._open()
+                    self._locked_after(max((int(r[5]) for r in rows), default=0))
                 except (sqlite3.Error, OSError) as exc:
                     log.warning(
                         "times index %s: %d time(s) set in this mount are not kept: %s",
@@ -143,6 +145,15 @@ class TimesIndex:
             db, self._db = self._db, None
         if db is not None:
             db.close()
+
+    def _locked_after(self, base: int) -> None:
+        """Number this mount's unsaved rows after the file's ``base`` (the highest ``seq``
+        on disk): counted from 0 while the file could not be opened, they came first in its
+        order and the next trim dropped them, the newest times, first.  Caller holds _lock."""
+        for uri, row in list(self._unsaved.items()):
+            if self._rows.get(uri) is row:
+                row = dataclasses.replace(row, seq=base + row.seq)
+                self._rows[uri] = self._unsaved[uri] = row
 
     def get(self, uri: str, size: int, digest: str, listed: float = 0.0) -> Optional[int]:
         """The remembered mtime of these bytes at ``uri``, or None.  A row for other bytes
