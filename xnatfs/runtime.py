@@ -15,6 +15,7 @@ import fcntl
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 from typing import Any, Dict, Optional
@@ -26,7 +27,8 @@ from xnatfs.cache.meta import MetaCache
 from xnatfs.cache.times import TimesIndex
 from xnatfs.options import Options
 from xnatfs.tree.tree import Tree
-from xnatfs.tree.writes import UploadsInUse, Writer
+from xnatfs.tree.writes import UploadsInUse, Writer, journal_dir
+from xnatfs.uploads.journal import read_entries
 from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.client import ClientOptions, XnatClient
 
@@ -265,6 +267,44 @@ class Runtime:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+
+#: below this many free bytes a start that failed writing is put down to a full disk
+_FULL_BELOW = 1 << 20
+
+
+def full_disk_at_start(cache_dir: "str | os.PathLike[str]", error: BaseException) -> Optional[str]:
+    """The one line a mount that could not start on a full cache disk answers, or None when
+    ``error`` is something else.  SQLite says "disk I/O error" when it cannot make its
+    shared-memory file on a full disk, so the free space decides, with the errno
+    (ENOSPC, EDQUOT: a quota is not in ``statvfs``).  The line names the uploads the
+    journal keeps for the next mount on this cache: they are not lost, and another
+    ``--cache-dir`` would not send them.  Before, the mount failed with a traceback ending
+    in "sqlite3.OperationalError: disk I/O error"."""
+    if not isinstance(error, (OSError, sqlite3.Error)):
+        return None  # a refused login, a bad option...: not the disk's doing
+    code = getattr(error, "errno", None)
+    try:
+        st = os.statvfs(cache_dir)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        return None
+    if code not in (errno.ENOSPC, errno.EDQUOT) and free >= _FULL_BELOW:
+        return None
+    try:
+        waiting = len(read_entries(journal_dir(uploads_dir(cache_dir))))
+    except OSError:
+        waiting = 0
+    kept = (
+        f"; {waiting} upload(s) not on XNAT yet are kept in its journal and go at the next "
+        "mount of this --cache-dir"
+        if waiting
+        else ""
+    )
+    return (
+        f"cache folder {os.fspath(cache_dir)}: its disk is full ({free} bytes free: {error})"
+        f"{kept}. Free space on that disk and mount again"
+    )
 
 
 def uploads_dir(cache_dir: "str | os.PathLike[str]") -> str:

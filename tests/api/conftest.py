@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import pytest
@@ -61,3 +62,29 @@ def make_runtime(make_emulator, tmp_path):
 def runtime(make_runtime):
     """A started ``Runtime`` with default options (``make_runtime``)."""
     return make_runtime()
+
+
+@pytest.fixture
+def runtimes(make_emulator, tmp_path):
+    """Factory of runtimes on one emulator and one cache directory (a mount, then the next
+    mount of the same cache), closed after the test."""
+    from tests.conftest import ADMIN
+    from xnatfs.options import Options
+    from xnatfs.runtime import Runtime
+    from xnatfs.xnat.auth import Credentials
+
+    emu = make_emulator()
+    options = Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0)
+    made = []
+
+    def make():
+        rt = Runtime(options, Credentials(*ADMIN))
+        rt.start()
+        rt.emu = emu
+        made.append(rt)
+        return rt
+
+    yield make
+    for rt in made:
+        with contextlib.suppress(Exception):
+            rt.close()

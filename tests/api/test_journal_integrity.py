@@ -18,13 +18,10 @@ from tests.conftest import ADMIN
 from tests.helpers.crash import Crash, CrashingOs
 from tests.mount.helpers import dicom_zip, wait_for
 from xnatfs.fs.errmap import errno_for
-from xnatfs.options import Options
-from xnatfs.runtime import Runtime
 from xnatfs.tree.uploading import _import_not_taken
 from xnatfs.uploads import journal as journal_mod
 from xnatfs.uploads.journal import Journal
 from xnatfs.uploads.retry import classify_text
-from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.errors import BadRequest, ServerError, Unreachable, XnatTimeout
 
 PROTOCOLS = "/DEMO1/resources/protocols/files"
@@ -58,26 +55,6 @@ def write_pending(writer, path, data):
     with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
         handle.flush()
     handle.close()
-
-
-@pytest.fixture
-def runtimes(make_emulator, tmp_path):
-    """Factory of runtimes on one emulator and one cache directory, closed after the test."""
-    emu = make_emulator()
-    options = Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0)
-    made = []
-
-    def make():
-        rt = Runtime(options, Credentials(*ADMIN))
-        rt.start()
-        rt.emu = emu
-        made.append(rt)
-        return rt
-
-    yield make
-    for rt in made:
-        with contextlib.suppress(Exception):
-            rt.close()
 
 
 def test_a_time_set_on_a_pending_file_survives_a_restart_and_its_upload(runtimes):

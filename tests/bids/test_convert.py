@@ -14,6 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
+from tests.helpers.filling import fill_up
+from tests.helpers.tmpfs import small_tmpfs
 from tests.helpers.waiting import wait_for
 from xnatfs.bids import convert, sidecar
 from xnatfs.cache.content import ContentCache, ContentKey
@@ -199,3 +201,46 @@ def test_closing_the_view_ends_running_and_queued_conversions(tmp_path: Path, mo
         for h in handles:
             h.close()
         layout.close()
+
+
+@pytest.mark.parametrize("room", [True, False])
+def test_dcm2niix_on_a_full_disk_makes_room_or_says_enospc(tmp_path: Path, room: bool) -> None:
+    """The series fits in the temp dir, dcm2niix's output does not (the disk fills up
+    meanwhile): dcm2niix exits 1, often without saying why; the free space left says it.
+    The converter asks ``make_room`` and converts again (the image as on a roomy disk), or,
+    nothing freed, fails with ENOSPC.  Before: EIO, and ``make_room`` was never asked."""
+    write_series(tmp_path / "src")
+    (tmp_path / "ref").mkdir()
+    want = convert.run_dcm2niix(str(tmp_path / "src"), str(tmp_path / "ref"), 60)
+    asked = []
+    with small_tmpfs(tmp_path / "disk", "2m") as disk:
+
+        def fetch(dest: str) -> None:
+            for f in (tmp_path / "src").iterdir():
+                Path(dest, f.name).write_bytes(f.read_bytes())
+            if not asked:
+                fill_up(disk)  # another writer takes the rest of the disk
+
+        def make_room(path: str, need: int) -> int:
+            asked.append((path, need))
+            if not room:
+                return 0
+            (disk / "filler").unlink()
+            return 1
+
+        conv = convert.Converter(timeout=60, tmp_dir=str(disk), make_room=make_room)
+        conv.register("xnatfs-bids:/full#1", convert.Job("P/S/E/scans/4", fetch, size=1000))
+        cache = _cache(tmp_path, conv)
+        try:
+            if room:
+                data = _read_all(cache, "xnatfs-bids:/full#1")
+                got = convert.read_index(lambda o, n: data[o : o + n])
+                assert {k: data[o : o + n] for k, (o, n) in got.items()} == want
+            else:
+                with pytest.raises(OSError) as info:
+                    _read_all(cache, "xnatfs-bids:/full#1")
+                assert info.value.errno == errno.ENOSPC, info.value
+        finally:
+            cache.close()
+        assert [need for _, need in asked] == [2 * 1000 + (1 << 20)]
+        assert list(disk.iterdir()) in ([], [disk / "filler"])  # no temp dir left

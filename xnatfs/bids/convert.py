@@ -16,6 +16,14 @@ from two different runs; ``xnatfs.bids.images`` names the images of a multi-imag
 Bounded: at most ``max_running`` dcm2niix processes at once (a semaphore; the others queue), each
 with a ``timeout``; each runs in a private temp dir that is removed afterwards.  A failure raises
 :class:`ConversionError` with dcm2niix's message; the view turns it into EIO with one log line.
+
+A full cache disk (the temp dir is on it, beside the cached DICOM files): the series' copy
+or dcm2niix's output meets ENOSPC or EDQUOT (dcm2niix exits 1 with "disk full?" or with no
+reason at all; then the free space left says it).  The conversion asks ``make_room`` (the
+content caches evict copies of XNAT's files, as for a user's write) and runs once more;
+still full, the reader gets that errno.  Before, the read failed with EIO while the disk
+was full of cached files that could have gone.  dcm2niix never exits 0 with a cut output
+(checked on a full tmpfs), and a failed conversion leaves nothing in the cache.
 """
 
 from __future__ import annotations
@@ -65,11 +73,51 @@ SCHEME = "xnatfs-bids:"
 BUNDLE_FORMAT = "2"
 
 
-class ConversionError(OSError):
-    """dcm2niix failed, timed out, or wrote no image: EIO, with dcm2niix's message."""
+#: the errnos of a full disk: no space (ENOSPC), or the user's quota (EDQUOT)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+#: ``make_room(path, need)``: evict cached files on ``path``'s disk; how many went
+RoomFn = Callable[[str, int], int]
 
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.EIO, message)
+
+class ConversionError(OSError):
+    """dcm2niix failed, timed out, or wrote no image: EIO, with dcm2niix's message (or
+    ``code``: ENOSPC/EDQUOT when the cache disk was full)."""
+
+    def __init__(self, message: str, code: int = errno.EIO) -> None:
+        super().__init__(code, message)
+
+
+def disk_full_errno(exc: BaseException) -> Optional[int]:
+    """ENOSPC or EDQUOT when ``exc`` (or what caused it) says the disk is full, else None."""
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL:
+            return seen.errno
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _tree_bytes(directory: str) -> int:
+    """Bytes of the files under ``directory`` (0 if it cannot be read)."""
+    total = 0
+    for base, _, names in os.walk(directory):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(base, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _short_of_room(out_dir: str, dicom_dir: str) -> bool:
+    """After dcm2niix failed: is the disk too full for its output (less free than the
+    series' bytes, which its output needs about as much as)?  dcm2niix's message does not
+    always say so (exit 1, "Convert 32 DICOM as ..." on a full tmpfs)."""
+    try:
+        st = os.statvfs(out_dir)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < max(_tree_bytes(dicom_dir), 1 << 16)
 
 
 def dcm2niix_binary() -> str:
@@ -206,6 +254,8 @@ class Job:
     fetch_dicom: Callable[[str], None]
     #: called with the outputs before packing (e.g. to keep only the main image)
     post: Optional[Callable[[Dict[str, bytes]], Dict[str, bytes]]] = None
+    #: the series' bytes as XNAT lists them (0: unknown): the room a full disk asks for
+    size: int = 0
 
 
 @dataclass
@@ -237,6 +287,8 @@ class Converter:
     tmp_dir: Optional[str] = None
     jobs: Dict[str, Job] = field(default_factory=dict)
     stats: ConversionStats = field(default_factory=ConversionStats)
+    #: asked once when a conversion meets a full disk (module docstring); None: no room
+    make_room: Optional[RoomFn] = None
 
     def __post_init__(self) -> None:
         self._slots = threading.BoundedSemaphore(max(1, self.max_running))
@@ -298,7 +350,7 @@ class Converter:
             t0 = time.monotonic()
             try:
                 self._check_open()  # waited for a slot while the view closed
-                data = self._convert(job)
+                data = self._convert_with_room(job)
             except Exception as exc:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 with self._lock:
@@ -307,7 +359,10 @@ class Converter:
                 # INFO here: the reader's EIO is the one ERROR line (``fs.errmap``), and it
                 # carries this message; ``xnatfs status`` keeps the last one
                 log.info("BIDS conversion of %s failed: %s", job.scan, why)
-                raise ConversionError(f"BIDS conversion of {job.scan} failed: {why}") from exc
+                raise ConversionError(
+                    f"BIDS conversion of {job.scan} failed: {why}",
+                    disk_full_errno(exc) or errno.EIO,
+                ) from exc
             finally:
                 with self._lock:
                     self.stats.running -= 1
@@ -316,6 +371,33 @@ class Converter:
                 self.stats.done += 1
         for start in range(0, len(data), 1 << 20):
             sink(data[start : start + (1 << 20)])
+
+    def _convert_with_room(self, job: Job) -> bytes:
+        """``_convert``, once more after ``make_room`` evicted something when it met a full
+        disk (module docstring); the temp dir of the first run is gone by then."""
+        try:
+            return self._convert(job)
+        except OSError as exc:
+            if disk_full_errno(exc) is None or not self._room(job):
+                raise
+            log.info(
+                "BIDS conversion of %s: the cache disk was full (%s); room made, converting again",
+                job.scan,
+                exc.strerror or exc,
+            )
+        return self._convert(job)
+
+    def _room(self, job: Job) -> bool:
+        """``make_room`` for ``job``: its series copied and converted (about twice its
+        bytes, 1 MiB at least); False when nothing went."""
+        if self.make_room is None:
+            return False
+        where = self.tmp_dir or tempfile.gettempdir()
+        try:
+            return self.make_room(where, 2 * job.size + (1 << 20)) > 0
+        except Exception:  # the conversion's own error is the one to report
+            log.debug("BIDS: making room for a conversion failed", exc_info=True)
+            return False
 
     def _convert(self, job: Job) -> bytes:
         with tempfile.TemporaryDirectory(prefix="xnatfs-bids-", dir=self.tmp_dir) as tmp:
@@ -326,8 +408,12 @@ class Converter:
             job.fetch_dicom(dicom_dir)
             try:
                 outputs = run_dcm2niix(dicom_dir, out_dir, self.timeout, started=self._started)
-            except ConversionError:
+            except ConversionError as exc:
                 self._check_open()  # killed by close(): say that, not its exit status
+                if _short_of_room(out_dir, dicom_dir):
+                    raise ConversionError(
+                        f"{exc.strerror} (the cache disk is full)", errno.ENOSPC
+                    ) from exc
                 raise
             finally:
                 with self._lock:

@@ -124,6 +124,7 @@ class BidsLayout(BaseLayout):
             max_running=max_conversions,
             timeout=conversion_timeout,
             tmp_dir=os.path.join(cache_dir, "tmp"),
+            make_room=self._make_room,
         )
         os.makedirs(os.path.join(cache_dir, "tmp"), mode=0o700, exist_ok=True)
         #: conversion bundles, like downloads: single flight per key, LRU, kept across mounts
@@ -143,6 +144,18 @@ class BidsLayout(BaseLayout):
         self._named: Dict[
             Tuple[str, Any], Tuple[List[images.Named], Dict[str, Tuple[int, int]]]
         ] = {}
+
+    def _make_room(self, path: str, need: int) -> int:
+        """The converter's ``make_room``: a conversion met a full cache disk; the content
+        cache (copies of XNAT's files) evicts, as for a user's write, and only when it had
+        nothing to give the bundles (earlier conversions, dearer to make again) do
+        (``ContentCache.make_room_for_write``: never an open or running entry)."""
+        for cache in (self.src.content, getattr(self, "bundles", None)):
+            make = getattr(cache, "make_room_for_write", None)
+            evicted = int(make(path, need)) if make is not None else 0
+            if evicted:
+                return evicted
+        return 0
 
     # ------------------------------------------------------------------ Layout
     def root(self) -> NodeInfo:
@@ -543,6 +556,7 @@ class BidsLayout(BaseLayout):
                 fetch_dicom=lambda dest: src.fetch_series(
                     files, dest, time.monotonic() + deadline_s
                 ),
+                size=files.dicom_bytes,
             ),
         )
 

@@ -214,8 +214,13 @@ def run_foreground(
         # a cache folder that is a link or another user's (runtime.private_dir): one line
         runtime.close()
         raise UsageError(f"cache folder: {exc.strerror or exc}") from None
-    except Exception:
+    except Exception as exc:
         runtime.close()
+        from xnatfs.runtime import full_disk_at_start
+
+        full = full_disk_at_start(options.cache_dir, exc)
+        if full is not None:  # one line, not a traceback (docs/RELIABILITY.md)
+            raise UsageError(full) from None
         raise
     ops = XnatOperations(runtime, on_ready=on_ready, on_first_request=on_first_request)
     log.info(

@@ -151,6 +151,12 @@ class UploadPath(LocalOverlay):
                 raise
         return action()
 
+    def _room_for_journal(self, need: int) -> bool:
+        """The uploader's ``make_room``: a failed attempt's journal record met a full disk;
+        the content cache evicts cached files as for a user's write (``_with_room``)."""
+        make_room = getattr(getattr(self.tree, "content", None), "make_room_for_write", None)
+        return make_room is not None and bool(make_room(self.journal.directory, need))
+
     def _commit(self, lf: LocalFile, upload: bool = True) -> None:
         """close()/fsync(): put the bytes in the journal, then upload them now.
 
@@ -306,7 +312,8 @@ class UploadPath(LocalOverlay):
                 self._sessions_since(target, recorded.sent_at),
             )
         sent_at = time.time()
-        self.journal.mark_sent(entry.id, sent_at)  # durable before the first byte goes
+        # durable before the first byte goes; a full disk makes room as a write does
+        self._with_room(lambda: self.journal.mark_sent(entry.id, sent_at), _JOURNAL_ROOM)
         try:
             return self.client.import_archive(
                 fh,
@@ -416,9 +423,10 @@ class UploadPath(LocalOverlay):
         """The time of ``lf`` into its journal record ``entry``; when XNAT confirmed that one
         just now (gone from the journal), into the times index with its bytes' identity, as
         ``_landed`` would have had it a moment later.  A failed write (a full disk) keeps the
-        time in memory, for this mount, with one line."""
+        time in memory, for this mount, with one line, once a full disk had nothing more to
+        evict (``_with_room``; before, the first ENOSPC kept it in memory)."""
         try:
-            self.journal.set_mtime(entry.id, mtime_ns)
+            self._with_room(lambda: self.journal.set_mtime(entry.id, mtime_ns), _JOURNAL_ROOM)
         except KeyError:
             if entry.md5 and lf.target.is_file:
                 times = getattr(self.tree, "times", None)

@@ -118,6 +118,7 @@ class Writer(Namespace):
             max_delay=upload_backoff_max,
             base_delay=upload_backoff,
             on_change=self._on_change,
+            make_room=self._room_for_journal,
         )
         #: import entries the server accepted (import has nothing to list-verify against)
         self._imported: Dict[str, List[str]] = {}
@@ -142,7 +143,10 @@ class Writer(Namespace):
         self._lock_uploads()
         self.journal.reload()
         for leftover in self.spool.leftovers():
-            self.journal.keep_orphan(leftover, "spool file left by a crash; not uploaded")
+            try:
+                self.journal.keep_orphan(leftover, "spool file left by a crash; not uploaded")
+            except OSError as exc:  # its bytes stay in the spool: the next start tries again
+                log.warning("uploads: spool file %s left by a crash stays there: %s", leftover, exc)
         with self._lock:
             for entry in self.journal.entries():
                 if entry.target is None or not entry.path:

@@ -247,6 +247,9 @@ class Journal:
         self._by_path: Dict[str, List[str]] = {}  # mount path -> ids, oldest first
         self._seq = 0
         self._loaded = False
+        #: ids whose version in ``_entries`` is newer than their sidecar (``remember``: its
+        #: write met a full disk); guarded by ``_lock``, written again by ``save_unsaved``
+        self._unsaved: Set[str] = set()
 
     # ----------------------------------------------------------------------- file names
     def _data_path(self, entry_id: str) -> str:
@@ -455,7 +458,55 @@ class Journal:
             self._write_sidecar(entry)
             with self._lock:
                 self._locked_insert(entry)
+                self._unsaved.discard(entry.id)
         return entry
+
+    def remember(self, entry: Entry) -> Optional[Entry]:
+        """Hold a new version of an entry in memory only, after its ``update`` failed (a full
+        disk, ENOSPC or EDQUOT): the sidecar keeps the last version written, this process
+        goes on with this one; None if the entry left the journal.  Why: the index is what
+        ``status``, the uploader's next attempt and the write paths read, and left at the
+        older version it showed a refused upload as ``pending`` with 0 tries (and an attempt
+        that may have reached XNAT as never started).  ``save_unsaved`` (at unmount) writes
+        it; until then a restart finds the older sidecar, a state ``reload`` handles."""
+        with self._write_lock:
+            with self._lock:
+                current = self._entries.get(entry.id)
+                if current is None:
+                    return None
+                entry = dataclasses.replace(
+                    entry,
+                    data_path=self._data_path(entry.id),
+                    mtime_ns=current.mtime_ns,
+                    sent_at=current.sent_at,
+                )
+                self._locked_insert(entry)
+                self._unsaved.add(entry.id)
+        return entry
+
+    def save_unsaved(self) -> int:
+        """Write the sidecars ``remember`` left behind (the disk may have room again); how
+        many are still unsaved.  A failure is one line per entry."""
+        with self._lock:
+            pending = [self._entries[i] for i in sorted(self._unsaved) if i in self._entries]
+            self._unsaved.intersection_update(self._entries)
+        for entry in pending:
+            try:
+                self.update(entry)
+            except KeyError:
+                pass
+            except OSError as exc:
+                log.warning(
+                    "journal: %s (%s): its record on disk stays at an older version "
+                    "(%s, %d tries): %s",
+                    entry.id,
+                    entry.path,
+                    entry.state,
+                    entry.tries,
+                    exc,
+                )
+        with self._lock:
+            return len(self._unsaved)
 
     def set_mtime(self, entry_id: str, mtime_ns: int) -> Entry:
         """Store the file's time (``utimens`` of a pending file) durably, so that it shows
@@ -479,6 +530,7 @@ class Journal:
             self._write_sidecar(entry)
             with self._lock:
                 self._locked_insert(entry)
+                self._unsaved.discard(entry.id)
         return entry
 
     def renamed(
@@ -518,6 +570,7 @@ class Journal:
             self._write_sidecar(new, **extra)
             with self._lock:
                 self._locked_insert(new)
+                self._unsaved.discard(new.id)
             for old in gone:
                 try:
                     self.remove(old)
@@ -537,6 +590,7 @@ class Journal:
             _fsync_dir(self.directory)
             with self._lock:
                 self._locked_drop(entry.id)
+                self._unsaved.discard(entry.id)
         log.debug("journal: removed %s (%s)", entry.id, entry.path)
 
     def get(self, entry_id: str) -> Optional[Entry]:
@@ -592,6 +646,7 @@ class Journal:
             with self._lock:
                 self._entries.clear()
                 self._by_path.clear()
+                self._unsaved.clear()
                 self._seq = 0
             for name in sorted(os.listdir(self.directory)):
                 if name.endswith(_TMP):
@@ -728,7 +783,17 @@ class Journal:
             size,
             data_path,
         )
-        self._write_sidecar(entry)
+        try:
+            self._write_sidecar(entry)
+        except OSError as exc:
+            # a full disk at mount start: the bytes are in the journal directory, and a data
+            # file without a sidecar is kept again by the next reload; this mount lists it
+            # (unsaved, ``save_unsaved`` writes it).  Raised, it failed the whole mount
+            log.warning("journal: %s: its sidecar waits for room: %s", entry_id, exc)
+            with self._lock:
+                self._locked_insert(entry)
+                self._unsaved.add(entry_id)
+            return entry
         with self._lock:
             self._locked_insert(entry)
         return entry

@@ -96,6 +96,13 @@ __all__ = ["Uploader", "UploadNotVerified", "PutFn", "VerifyFn"]
 PutFn = Callable[[Entry], Any]
 VerifyFn = Callable[[Entry], bool]
 ChangeFn = Callable[[Entry], None]
+#: ``make_room(need)``: free ``need`` bytes on the journal's disk; True if anything was freed
+RoomFn = Callable[[int], bool]
+
+#: the errnos of a full disk: no space (ENOSPC), or the user's quota (EDQUOT)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+#: room a sidecar write asks for on a full disk (a sidecar is a few KiB)
+_SIDECAR_ROOM = 1 << 20
 
 #: How long ``close()`` / ``upload_now()`` wait when no deadline is given (seconds).
 _DEFAULT_WAIT = 10.0
@@ -272,6 +279,7 @@ class Uploader:
         clock: Callable[[], float] = time.monotonic,
         on_change: Optional[ChangeFn] = None,
         rng: Optional[random.Random] = None,
+        make_room: Optional[RoomFn] = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -286,6 +294,8 @@ class Uploader:
         self.base_delay = float(base_delay)
         self._clock = clock
         self._on_change = on_change
+        #: asked once when a sidecar write meets a full disk (``_save``), as a user's write is
+        self._make_room = make_room
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
@@ -375,6 +385,9 @@ class Uploader:
         if stuck:
             with self._writes:  # waits for a journal write under way, never for the server
                 self._abandoned = True
+        if not self._abandoned:
+            # records a full disk kept in memory (``_save``): written now if there is room
+            self._journal.save_unsaved()
         left = [s for s in self.status() if s["state"] != DONE]
         if stuck:
             log.warning(
@@ -792,19 +805,48 @@ class Uploader:
             )
 
     def _save(self, entry: Entry) -> Optional[Entry]:
-        """Persist a new version; None if the entry left the journal. A failed write (ENOSPC
-        ...) is logged and the in-memory version used: the bytes are safe, only the counters
-        on disk are stale, and uploading is what frees the disk."""
+        """Persist a new version; None if the entry left the journal.
+
+        A full disk (ENOSPC, EDQUOT) asks ``make_room`` once and writes again, as a user's
+        write does.  A write that still fails is one line, and the journal holds the version
+        in memory (``Journal.remember``; written at unmount if there is room then): the
+        bytes are safe, the sidecar lags behind, and uploading is what frees the disk.
+        Before, only the line: the journal's index kept the older version, so ``status``
+        showed a refused upload as ``pending``, 0 tries, no error, and the next mount sent
+        it to XNAT again."""
         with self._writes:
             if self._abandoned:
                 return entry  # abandoned at shutdown: nothing written, as after a crash
             try:
+                try:
+                    return self._journal.update(entry)
+                except OSError as exc:
+                    if exc.errno not in DISK_FULL or not self._room():
+                        raise
                 return self._journal.update(entry)
             except KeyError:
                 return None
             except OSError as exc:
-                log.warning("upload %s: could not update its journal entry: %s", entry.path, exc)
-                return entry
+                log.warning(
+                    "upload %s: its journal record %s stays at an older version on disk "
+                    "(this mount shows %s, %d tries): %s",
+                    entry.path or entry.id,
+                    self._journal.directory,
+                    entry.state,
+                    entry.tries,
+                    exc,
+                )
+                return self._journal.remember(entry)
+
+    def _room(self) -> bool:
+        """``make_room`` for a sidecar; False when there is none, or it failed."""
+        if self._make_room is None:
+            return False
+        try:
+            return bool(self._make_room(_SIDECAR_ROOM))
+        except Exception:  # the write's own error is the one to report
+            log.debug("upload: making room for a journal record failed", exc_info=True)
+            return False
 
     def _notify(self, entry: Entry) -> None:
         if self._on_change is None or self._abandoned:
