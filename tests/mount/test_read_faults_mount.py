@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from tests.conftest import needs_fuse
+from tests.helpers.waiting import wait_for
 from tests.mount.helpers import md5, put_file
 
 pytestmark = [needs_fuse]
@@ -52,9 +53,15 @@ def test_a_cache_file_truncated_under_an_open_file_is_eio_not_a_short_copy(
     path = m.path / "DEMO2" / "resources" / "KC" / "files" / "viewer.bin"
     with open(path, "rb") as fh:
         assert md5(fh.read()) == md5(data)  # cached now
-    (stored,) = [
-        p for p in (m.cache / "content" / "index").glob("??/*.bin") if p.stat().st_size == SIZE
-    ]
+    # the last read is answered once the bytes are verified; the file is adopted into the
+    # index just after that, by the download's own thread (seen missing here under load)
+    (stored,) = wait_for(
+        lambda: [
+            p for p in (m.cache / "content" / "index").glob("??/*.bin") if p.stat().st_size == SIZE
+        ],
+        timeout=30,
+        what="the verified copy in the cache's index",
+    )
     viewer = subprocess.Popen(
         [sys.executable, "-c", _VIEWER, str(path)],
         stdin=subprocess.PIPE,
