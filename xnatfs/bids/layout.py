@@ -420,7 +420,7 @@ class BidsLayout(BaseLayout):
             return None
         content = self.src.content
         needed = []
-        if ref.files.dicom and not self.src.has_header(ref.scan.scan_uri):
+        if ref.files.dicom and not self.src.has_header(ref.scan.scan_uri, ref.files):
             needed.append(file_key(ref.files.dicom[0]))
         if not ref.converted and ".json" in ref.files.companions:
             needed.append(file_key(ref.files.companions[".json"]))
