@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN
+from tests.helpers.waiting import wait_for
 from tests.mount.helpers import put_file
 
 pytestmark = pytest.mark.mount
@@ -72,3 +74,33 @@ def test_a_sidecar_follows_its_series_changed_on_xnat_after_a_refresh(
     # the listing's true size is of the new sidecar too
     refresh(sidecar.parent)
     assert sidecar.stat().st_size == len(sidecar.read_bytes())
+
+
+def test_a_conversion_cut_by_a_killed_daemon_leaves_no_folder_behind(
+    make_emulator, make_mount, tmp_path: Path
+) -> None:
+    """A conversion copies its whole series into CACHE/bids/tmp; a daemon killed meanwhile
+    left the copy there for good (outside every cache budget).  The next mount of the cache
+    removes it (one INFO line) and converts again."""
+    emu = make_emulator()
+    cache = tmp_path / "cache"
+    m = make_mount(emu.url, cache=cache)
+    nii = m.path / (T2W + ".nii.gz")
+    assert nii.stat().st_size > 0
+    emu.faults.latency_ms = 300  # the series arrives slowly: the kill finds it half copied
+    reader = subprocess.Popen(
+        ["cat", str(nii)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    tmp = cache / "bids" / "tmp"
+    wait_for(lambda: any(tmp.glob("xnatfs-bids-*/dicom/*.dcm")), 60, "a series being copied")
+    os.kill(m.proc.pid, signal.SIGKILL)
+    m.proc.wait(timeout=10)
+    reader.wait(timeout=60)
+    m.cleanup()
+    assert list(tmp.glob("xnatfs-bids-*")), "the conversion ended before the kill"
+    emu.faults.latency_ms = 0
+    m2 = make_mount(emu.url, cache=cache, name="again")
+    assert not list(tmp.glob("xnatfs-bids-*"))
+    assert (m2.path / (T2W + ".nii.gz")).read_bytes()[:2] == b"\x1f\x8b"
+    assert not list(tmp.glob("xnatfs-bids-*"))
+    assert "left in" in m2.log_text() and "ended mid-conversion" in m2.log_text()

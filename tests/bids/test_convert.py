@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -199,3 +200,27 @@ def test_closing_the_view_ends_running_and_queued_conversions(tmp_path: Path, mo
         for h in handles:
             h.close()
         layout.close()
+
+
+def test_conversion_folders_of_a_gone_process_are_swept_a_live_ones_kept(
+    tmp_path: Path,
+) -> None:
+    """A conversion's folder (its whole DICOM series) outlived a daemon killed mid-conversion;
+    the next start removes it, but never one of a process still running on the same cache."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    live = convert.Converter(tmp_dir=str(tmp))
+    held = Path(tempfile.mkdtemp(prefix=f"xnatfs-bids-{live._owners.tag}-", dir=tmp))
+    (held / "dicom").mkdir()
+    (held / "dicom" / "000000.dcm").write_bytes(b"x" * 1000)
+    # an older version's folder (no owner tag) and a dead owner's (tag not locked)
+    old = Path(tempfile.mkdtemp(prefix="xnatfs-bids-", dir=tmp))
+    dead = Path(tempfile.mkdtemp(prefix="xnatfs-bids-0badc0de-", dir=tmp))
+    other = convert.Converter(tmp_dir=str(tmp))  # a second mount of the cache starts
+    try:
+        assert held.exists() and not old.exists() and not dead.exists()
+        live.close()  # the first process ends: its folder is free to go
+        assert other.sweep() == 1 and not held.exists()
+    finally:
+        other.close()
+    assert sorted(os.listdir(tmp)) == ["owners"] and os.listdir(tmp / "owners") == []

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import struct
@@ -34,6 +35,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from xnatfs.cache.partials import PartialOwners
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ SCHEME = "xnatfs-bids:"
 #: what a bundle holds, part of every key: 2 = every output under dcm2niix's own name (1
 #: renamed the first image to ``image.*``); a bundle of another layout is never read as this one
 BUNDLE_FORMAT = "2"
+#: a conversion's private folder in ``Converter.tmp_dir``: ``xnatfs-bids-<owner tag>-<random>``
+_TMP_PREFIX = "xnatfs-bids-"
 
 
 class ConversionError(OSError):
@@ -185,6 +190,18 @@ def run_dcm2niix(
     return outputs
 
 
+def _tree_bytes(path: str) -> int:
+    """Bytes of the files below ``path`` (for the sweep's log line; unreadable: 0)."""
+    total = 0
+    for top, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(top, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as fh:
         return fh.read()
@@ -245,6 +262,48 @@ class Converter:
         self._closed = False
         #: dcm2niix processes running now (``close`` kills them)
         self._procs: Set["subprocess.Popen[bytes]"] = set()
+        #: this process's claim on its conversion folders in ``tmp_dir`` (None: no tmp_dir)
+        self._owners: Optional[PartialOwners] = None
+        if self.tmp_dir:
+            self._owners = PartialOwners(
+                os.path.join(self.tmp_dir, "owners"), self.tmp_dir, secrets.token_hex(4)
+            )
+            self._owners.claim()
+            self.sweep()
+
+    def sweep(self) -> int:
+        """Remove the conversion folders of processes that are gone; how many.
+
+        Why: each conversion copies its whole DICOM series into a folder of ``tmp_dir``,
+        removed when it ends; a daemon killed mid-conversion (SIGKILL, OOM, power loss) left
+        it there, outside every cache budget, and no later mount removed it.  Several mounts
+        may share a cache directory, so only folders whose owner's lock is free go
+        (``PartialOwners``, as the content cache's partial files); a folder without an
+        owner tag is an older version's and goes too."""
+        owners = self._owners
+        if owners is None or self.tmp_dir is None:
+            return 0
+        known: Dict[str, bool] = {}
+        removed, freed = 0, 0
+        for name in os.listdir(self.tmp_dir):
+            if not name.startswith(_TMP_PREFIX):
+                continue
+            tag, sep, _ = name[len(_TMP_PREFIX) :].partition("-")
+            if sep and owners.alive(tag, known):
+                continue
+            path = os.path.join(self.tmp_dir, name)
+            freed += _tree_bytes(path)
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        if removed:
+            log.info(
+                "BIDS: removed %d conversion folder(s) (%d bytes) left in %s by a daemon that "
+                "ended mid-conversion",
+                removed,
+                freed,
+                self.tmp_dir,
+            )
+        return removed
 
     def close(self) -> None:
         """Kill the running dcm2niix processes; conversions waiting for a slot or not started
@@ -257,6 +316,10 @@ class Converter:
             procs = [p for p in self._procs if p.returncode is None]  # not reaped yet
         for proc in procs:
             kill_group(proc)
+        if self._owners is not None:
+            # the folders of conversions still ending are free for a sweep from now on
+            # (each removes its own too, ignoring what a sweep removed first)
+            self._owners.release()
 
     def _started(self, proc: "subprocess.Popen[bytes]") -> None:
         """``run_dcm2niix``'s hook: register the process, or refuse it (killed) once closed."""
@@ -318,7 +381,10 @@ class Converter:
             sink(data[start : start + (1 << 20)])
 
     def _convert(self, job: Job) -> bytes:
-        with tempfile.TemporaryDirectory(prefix="xnatfs-bids-", dir=self.tmp_dir) as tmp:
+        prefix = _TMP_PREFIX + (f"{self._owners.tag}-" if self._owners is not None else "")
+        with tempfile.TemporaryDirectory(
+            prefix=prefix, dir=self.tmp_dir, ignore_cleanup_errors=True
+        ) as tmp:
             os.chmod(tmp, 0o700)
             dicom_dir, out_dir = os.path.join(tmp, "dicom"), os.path.join(tmp, "out")
             os.mkdir(dicom_dir)

@@ -120,12 +120,12 @@ class BidsLayout(BaseLayout):
         self.src = Source(client, content, Mapper(config=config))
         self.source = getattr(client, "base_url", "XNAT") + " (BIDS view)"
         os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.join(cache_dir, "tmp"), mode=0o700, exist_ok=True)
         self.converter = convert.Converter(
             max_running=max_conversions,
             timeout=conversion_timeout,
             tmp_dir=os.path.join(cache_dir, "tmp"),
         )
-        os.makedirs(os.path.join(cache_dir, "tmp"), mode=0o700, exist_ok=True)
         #: conversion bundles, like downloads: single flight per key, LRU, kept across mounts
         self.bundles = ContentCache(
             os.path.join(cache_dir, "content"),
