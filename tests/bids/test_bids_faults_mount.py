@@ -17,9 +17,11 @@ import pydicom
 import pytest
 import requests
 
+from tests.bids.conftest import FMAP_DESCRIPTION, GRE_FMAP_PARTS, add_series, series_files
 from tests.conftest import ADMIN
 from tests.helpers.waiting import wait_for
 from tests.mount.helpers import put_file
+from xnatfs.emulator.dicom import SeriesSpec
 
 pytestmark = pytest.mark.mount
 
@@ -104,3 +106,45 @@ def test_a_conversion_cut_by_a_killed_daemon_leaves_no_folder_behind(
     assert (m2.path / (T2W + ".nii.gz")).read_bytes()[:2] == b"\x1f\x8b"
     assert not list(tmp.glob("xnatfs-bids-*"))
     assert "left in" in m2.log_text() and "ended mid-conversion" in m2.log_text()
+
+
+def test_two_scans_never_share_a_name_once_one_is_converted(make_emulator, make_mount) -> None:
+    """A magnitude series of its own (scan 5, ``magnitude1`` by its description) beside a GRE
+    field map series holding both magnitudes and the phase (scan 7, ``phasediff``; shown as
+    ``magnitude1``, ``magnitude2`` and ``phasediff`` once converted): both scans named
+    ``…_magnitude1`` and ``…_magnitude2`` files, and the folder's listing silently kept scan
+    7's — scan 5 was gone from the dataset once both were read.  Now a converted scan whose
+    images would take another scan's name shows its one image under its own name."""
+    emu = make_emulator()
+    store = emu.emu.store
+    mag = SeriesSpec(5, "gre_field_mapping_magnitude", 4, rows=32, columns=32)
+    both = SeriesSpec(7, FMAP_DESCRIPTION, 4, rows=32, columns=32)
+    for series, parts in ((mag, GRE_FMAP_PARTS[:2]), (both, GRE_FMAP_PARTS)):
+        files = series_files(f"xnatfs-test/{series.number}", series, parts, slices=4)
+        add_series(store, "DEMO1", "SUBJ02_MR2", series, files)
+    m = make_mount(emu.url)
+    fmap = m.path / ".bids/DEMO1/sub-SUBJ02/ses-MR2/fmap"
+    stem = "sub-SUBJ02_ses-MR2_"
+
+    def sources() -> dict:
+        return {
+            p.name: os.getxattr(p, "user.xnat.scan").decode()
+            for p in fmap.iterdir()
+            if p.name.endswith(".nii.gz")
+        }
+
+    assert sources() == {stem + "magnitude1.nii.gz": "5", stem + "phasediff.nii.gz": "7"}
+    for name in list(sources()):
+        assert (fmap / name).read_bytes()[:2] == b"\x1f\x8b"  # both scans converted
+    refresh(fmap)
+    assert sources() == {
+        stem + "magnitude1.nii.gz": "5",
+        stem + "magnitude2.nii.gz": "5",
+        stem + "phasediff.nii.gz": "7",
+    }
+    for name in sources():  # (a field map's sidecar shows 4096 until read: docs/BIDS.md)
+        assert (fmap / name).stat().st_size == len((fmap / name).read_bytes()), name
+    phase = json.loads((fmap / (stem + "phasediff.json")).read_bytes())
+    assert phase["SeriesNumber"] == 7 and phase["ImageType"][2] == "P"
+    lines = [ln for ln in m.log_text().splitlines() if "would share names" in ln]
+    assert lines and "scans/7" in lines[0]
