@@ -4,6 +4,7 @@ conversion that failed or was cut short is kept or served (docs/BIDS.md "Faults"
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -148,3 +149,35 @@ def test_two_scans_never_share_a_name_once_one_is_converted(make_emulator, make_
     assert phase["SeriesNumber"] == 7 and phase["ImageType"][2] == "P"
     lines = [ln for ln in m.log_text().splitlines() if "would share names" in ln]
     assert lines and "scans/7" in lines[0]
+
+
+def test_a_conversion_while_xnat_is_down_answers_as_its_files_do(make_emulator, make_mount) -> None:
+    """XNAT going down while an image's series is fetched: the read is EHOSTDOWN, as a read of
+    one of the series' files is (it was EIO, read as a disk fault, with an ERROR line per read
+    besides the breaker's one line for the outage); nothing of it is kept, and the first read
+    once XNAT is back converts the whole series: the same bytes as a conversion that never
+    failed."""
+    emu = make_emulator()
+    clean = make_mount(emu.url, name="clean")
+    want = (clean.path / (T2W + ".nii.gz")).read_bytes()
+    clean.umount()
+    m = make_mount(emu.url, "--timeout", "20")
+    nii = m.path / (T2W + ".nii.gz")
+    assert nii.stat().st_size > 0
+    emu.stop()
+    with pytest.raises(OSError) as info:
+        nii.read_bytes()
+    assert info.value.errno == errno.EHOSTDOWN, info.value
+    assert not [ln for ln in m.log_text().splitlines() if " ERROR " in ln]
+    assert "is down" in m.log_text()
+    emu.restart()
+
+    def read() -> bytes:
+        try:
+            return nii.read_bytes()
+        except OSError:
+            return b""
+
+    wait_for(lambda: read() == want, 60, "the image converted once XNAT is back")
+    wait_for(lambda: os.getxattr(nii, "user.xnat.conversion") == b"cached", 30, "the bundle kept")
+    assert nii.read_bytes() == want

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from xnatfs.cache.partials import PartialOwners
+from xnatfs.fs import errmap
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,14 @@ _TMP_PREFIX = "xnatfs-bids-"
 
 
 class ConversionError(OSError):
-    """dcm2niix failed, timed out, or wrote no image: EIO, with dcm2niix's message."""
+    """dcm2niix failed, timed out, or wrote no image: EIO, with dcm2niix's message.  A
+    conversion that failed because its series could not be fetched answers what a read of
+    the series' files answers (``code``: EHOSTDOWN while XNAT is down, ETIMEDOUT, EACCES…),
+    and is ``reported`` when that cause was (the breaker's one line per outage)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.EIO, message)
+    def __init__(self, message: str, code: int = errno.EIO, reported: bool = False) -> None:
+        super().__init__(code, message)
+        self.reported = reported
 
 
 def dcm2niix_binary() -> str:
@@ -370,7 +375,11 @@ class Converter:
                 # INFO here: the reader's EIO is the one ERROR line (``fs.errmap``), and it
                 # carries this message; ``xnatfs status`` keeps the last one
                 log.info("BIDS conversion of %s failed: %s", job.scan, why)
-                raise ConversionError(f"BIDS conversion of {job.scan} failed: {why}") from exc
+                raise ConversionError(
+                    f"BIDS conversion of {job.scan} failed: {why}",
+                    errmap.errno_for(exc),
+                    bool(getattr(exc, "reported", False)),
+                ) from exc
             finally:
                 with self._lock:
                     self.stats.running -= 1
