@@ -10,6 +10,7 @@ import os
 import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import nibabel as nib
@@ -224,3 +225,32 @@ def test_conversion_folders_of_a_gone_process_are_swept_a_live_ones_kept(
     finally:
         other.close()
     assert sorted(os.listdir(tmp)) == ["owners"] and os.listdir(tmp / "owners") == []
+
+
+def test_a_bundle_is_streamed_not_held_whole_in_memory(tmp_path: Path) -> None:
+    """A conversion's peak memory was three times its bundle (every output read whole, then
+    joined): 150 MB of the daemon for a 50 MB bold, 6 GB for a 2 GB multiband one.  The
+    bundle is now streamed from dcm2niix's files, the same bytes as ``pack`` makes."""
+    write_series(tmp_path / "src", SeriesSpec(3, "T1w", 96, rows=256, columns=256))
+
+    def fetch_dicom(dest: str) -> None:
+        for name in os.listdir(tmp_path / "src"):
+            os.link(tmp_path / "src" / name, os.path.join(dest, name))
+
+    conv = convert.Converter(tmp_dir=str(tmp_path))
+    conv.register("u", convert.Job("P/S/E/scans/3", fetch_dicom))
+    got = bytearray()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        conv.fetch("u", lambda chunk: None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    conv.fetch("u", got.extend)
+    assert len(got) > 4 << 20  # a bundle of several MB (an 8 MB T1w)
+    assert peak < len(got) // 3, (peak, len(got))
+    (tmp_path / "out").mkdir()
+    outputs = convert.run_dcm2niix(str(tmp_path / "src"), str(tmp_path / "out"), 60)
+    assert bytes(got) == convert.pack(outputs)
+    conv.close()

@@ -61,6 +61,8 @@ OPTIONS: Tuple[str, ...] = (
     "0",
 )
 _MAGIC = b"XNATFSB1"
+#: bytes of a bundle streamed at a time
+_CHUNK = 1 << 20
 _HEAD = struct.Struct("<8sQ")
 #: URI scheme of bundle keys in the BIDS content cache (never sent to XNAT)
 SCHEME = "xnatfs-bids:"
@@ -122,12 +124,18 @@ def bundle_key_uri(scan_uri: str, files: Sequence[Tuple[str, int, str]], extra: 
 # ------------------------------------------------------------------------ bundles
 def pack(outputs: Dict[str, bytes]) -> bytes:
     """``magic, len(index)`` + JSON index ``{name: [offset, size]}`` + the files."""
-    names = sorted(outputs)
+    head = _pack_head({name: len(data) for name, data in outputs.items()})
+    return head + b"".join(outputs[n] for n in sorted(outputs))
+
+
+def _pack_head(sizes: Dict[str, int]) -> bytes:
+    """The bundle's bytes before its files (sorted by name), from their sizes alone."""
+    names = sorted(sizes)
     index: Dict[str, List[int]] = {}
     offset = 0
     for name in names:
-        index[name] = [offset, len(outputs[name])]
-        offset += len(outputs[name])
+        index[name] = [offset, sizes[name]]
+        offset += sizes[name]
     head = json.dumps(index, sort_keys=True).encode()
     base = _HEAD.size + len(head)
     for entry in index.values():
@@ -137,10 +145,28 @@ def pack(outputs: Dict[str, bytes]) -> bytes:
         base = _HEAD.size + len(head2)
         offset = 0
         for name in names:
-            index[name] = [base + offset, len(outputs[name])]
-            offset += len(outputs[name])
+            index[name] = [base + offset, sizes[name]]
+            offset += sizes[name]
         head2 = json.dumps(index, sort_keys=True).encode()
-    return _HEAD.pack(_MAGIC, len(head2)) + head2 + b"".join(outputs[n] for n in names)
+    return _HEAD.pack(_MAGIC, len(head2)) + head2
+
+
+def pack_files(out_dir: str, names: Sequence[str], sink: Callable[[bytes], None]) -> None:
+    """:func:`pack` of the files ``names`` of ``out_dir``, streamed into ``sink`` 1 MiB at a
+    time.  Why: the bundle whole in memory (every output read, then joined) held three times
+    the conversion's size at its peak — a 2 GB multiband bold was 6 GB of the daemon's
+    memory; streamed, a conversion holds one chunk."""
+    sizes = {name: os.stat(os.path.join(out_dir, name)).st_size for name in names}
+    sink(_pack_head(sizes))
+    for name in sorted(sizes):
+        left = sizes[name]
+        with open(os.path.join(out_dir, name), "rb") as fh:
+            while left > 0:
+                chunk = fh.read(min(_CHUNK, left))
+                if not chunk:  # nothing but dcm2niix writes there, and it has exited
+                    raise ConversionError(f"dcm2niix's {name} shrank while it was packed")
+                sink(chunk)
+                left -= len(chunk)
 
 
 def read_index(read: Callable[[int, int], bytes]) -> Dict[str, Tuple[int, int]]:
@@ -159,8 +185,21 @@ def run_dcm2niix(
     timeout: float,
     started: Callable[["subprocess.Popen[bytes]"], None] = lambda proc: None,
 ) -> Dict[str, bytes]:
-    """Convert one series folder; every output file by name.  Raises :class:`ConversionError`
-    with dcm2niix's last message on a non-zero exit, a timeout, or no NIfTI written.
+    """Convert one series folder; every output file by name, in memory (for small series and
+    tests: the view streams them, :func:`convert_files`)."""
+    names = convert_files(dicom_dir, out_dir, timeout, started)
+    return {name: _read(os.path.join(out_dir, name)) for name in names}
+
+
+def convert_files(
+    dicom_dir: str,
+    out_dir: str,
+    timeout: float,
+    started: Callable[["subprocess.Popen[bytes]"], None] = lambda proc: None,
+) -> List[str]:
+    """Convert one series folder; the names of the files written to ``out_dir``.  Raises
+    :class:`ConversionError` with dcm2niix's last message on a non-zero exit, a timeout, or no
+    NIfTI written.
 
     dcm2niix runs in a process group of its own (it may start ``pigz``), killed whole at the
     timeout or when ``started(proc)`` raises, so nothing it started keeps the output pipes
@@ -183,7 +222,7 @@ def run_dcm2niix(
             kill_group(proc)
             proc.communicate()
     text = (stdout + stderr).decode("utf-8", "replace")
-    outputs = {name: _read(os.path.join(out_dir, name)) for name in sorted(os.listdir(out_dir))}
+    outputs = sorted(os.listdir(out_dir))
     images = [n for n in outputs if n.endswith((".nii.gz", ".nii"))]
     if proc.returncode != 0 or not images:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -226,8 +265,6 @@ class Job:
 
     scan: str  # for log lines: project/subject/session/scan
     fetch_dicom: Callable[[str], None]
-    #: called with the outputs before packing (e.g. to keep only the main image)
-    post: Optional[Callable[[Dict[str, bytes]], Dict[str, bytes]]] = None
 
 
 @dataclass
@@ -366,7 +403,7 @@ class Converter:
             t0 = time.monotonic()
             try:
                 self._check_open()  # waited for a slot while the view closed
-                data = self._convert(job)
+                self._convert(job, sink)
             except Exception as exc:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 with self._lock:
@@ -386,10 +423,10 @@ class Converter:
                     self.stats.seconds += time.monotonic() - t0
             with self._lock:
                 self.stats.done += 1
-        for start in range(0, len(data), 1 << 20):
-            sink(data[start : start + (1 << 20)])
 
-    def _convert(self, job: Job) -> bytes:
+    def _convert(self, job: Job, sink: Callable[[bytes], None]) -> None:
+        """Fetch the series into a private folder, run dcm2niix on it and stream the bundle
+        of its outputs into ``sink`` (``pack_files``) before the folder goes."""
         prefix = _TMP_PREFIX + (f"{self._owners.tag}-" if self._owners is not None else "")
         with tempfile.TemporaryDirectory(
             prefix=prefix, dir=self.tmp_dir, ignore_cleanup_errors=True
@@ -400,14 +437,12 @@ class Converter:
             os.mkdir(out_dir)
             job.fetch_dicom(dicom_dir)
             try:
-                outputs = run_dcm2niix(dicom_dir, out_dir, self.timeout, started=self._started)
+                outputs = convert_files(dicom_dir, out_dir, self.timeout, started=self._started)
             except ConversionError:
                 self._check_open()  # killed by close(): say that, not its exit status
                 raise
             finally:
                 with self._lock:
                     self._procs = {p for p in self._procs if p.returncode is None}
-        if job.post is not None:
-            outputs = job.post(outputs)
-        log.info("BIDS: converted %s (%s)", job.scan, ", ".join(sorted(outputs)))
-        return pack(outputs)
+            pack_files(out_dir, outputs, sink)
+        log.info("BIDS: converted %s (%s)", job.scan, ", ".join(outputs))
