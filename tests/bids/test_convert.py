@@ -254,3 +254,53 @@ def test_a_bundle_is_streamed_not_held_whole_in_memory(tmp_path: Path) -> None:
     outputs = convert.run_dcm2niix(str(tmp_path / "src"), str(tmp_path / "out"), 60)
     assert bytes(got) == convert.pack(outputs)
     conv.close()
+
+
+def test_a_series_dcm2niix_hangs_on_holds_a_slot_once_not_at_every_read(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """dcm2niix hanging on a series (here: a dcm2niix that never ends) is killed at the
+    timeout, EIO; every read ran it again, holding one of the conversion slots for the whole
+    timeout each time.  The failure of these files is now answered at once for a while
+    (``FAILURE_MEMORY``); a failure to fetch the series is not remembered."""
+    runs = tmp_path / "runs"
+    fake = tmp_path / "dcm2niix"
+    fake.write_text(f"#!/bin/sh\necho run >> {runs}\nexec sleep 120\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(convert, "dcm2niix_binary", lambda: str(fake))
+    write_series(tmp_path / "src")
+
+    def fetch_dicom(dest: str) -> None:
+        for name in os.listdir(tmp_path / "src"):
+            os.link(tmp_path / "src" / name, os.path.join(dest, name))
+
+    conv = convert.Converter(timeout=1.0, tmp_dir=str(tmp_path))
+    conv.register("u", convert.Job("P/S/E/scans/4", fetch_dicom))
+    with pytest.raises(OSError, match="longer than") as first:
+        conv.fetch("u", lambda chunk: None)
+    assert first.value.errno == errno.EIO and runs.read_text().count("run") == 1
+    t0 = time.monotonic()
+    for _ in range(3):
+        with pytest.raises(OSError, match="longer than .*these same files") as again:
+            conv.fetch("u", lambda chunk: None)
+        assert again.value.errno == errno.EIO
+    assert time.monotonic() - t0 < 0.5 and runs.read_text().count("run") == 1
+    monkeypatch.setattr(convert, "FAILURE_MEMORY", 0.0)  # remembered for a while only
+    with pytest.raises(OSError, match="longer than"):
+        conv.fetch("u", lambda chunk: None)
+    assert runs.read_text().count("run") == 2
+
+    calls = []
+
+    def unreachable(dest: str) -> None:
+        calls.append(dest)
+        raise OSError(errno.EHOSTDOWN, "XNAT is down")
+
+    monkeypatch.setattr(convert, "FAILURE_MEMORY", 600.0)
+    conv.register("v", convert.Job("P/S/E/scans/5", unreachable))
+    for _ in range(2):
+        with pytest.raises(OSError) as down:
+            conv.fetch("v", lambda chunk: None)
+        assert down.value.errno == errno.EHOSTDOWN
+    assert len(calls) == 2  # tried again at each read: the server may be back
+    conv.close()

@@ -71,6 +71,8 @@ SCHEME = "xnatfs-bids:"
 BUNDLE_FORMAT = "2"
 #: a conversion's private folder in ``Converter.tmp_dir``: ``xnatfs-bids-<owner tag>-<random>``
 _TMP_PREFIX = "xnatfs-bids-"
+#: seconds a dcm2niix failure on a series is answered without running it again
+FAILURE_MEMORY = 600.0
 
 
 class ConversionError(OSError):
@@ -82,6 +84,8 @@ class ConversionError(OSError):
     def __init__(self, message: str, code: int = errno.EIO, reported: bool = False) -> None:
         super().__init__(code, message)
         self.reported = reported
+        #: dcm2niix itself failed on the series (not the fetch of it): ``Converter._remember``
+        self.by_dcm2niix = False
 
 
 def dcm2niix_binary() -> str:
@@ -304,6 +308,8 @@ class Converter:
         self._closed = False
         #: dcm2niix processes running now (``close`` kills them)
         self._procs: Set["subprocess.Popen[bytes]"] = set()
+        #: bundle uri -> (monotonic time, message) of dcm2niix failing on it (``_remembered``)
+        self._failures: Dict[str, Tuple[float, str]] = {}
         #: this process's claim on its conversion folders in ``tmp_dir`` (None: no tmp_dir)
         self._owners: Optional[PartialOwners] = None
         if self.tmp_dir:
@@ -363,6 +369,34 @@ class Converter:
             # (each removes its own too, ignoring what a sweep removed first)
             self._owners.release()
 
+    def _remember(self, uri: str, why: str) -> None:
+        """dcm2niix failed on the series of ``uri`` (exited non-zero, wrote no image, ran past
+        the timeout): the same files and dcm2niix (the key holds both) fail the same way, so
+        reads within ``FAILURE_MEMORY`` seconds get that failure at once instead of another
+        run.  Why: every read ran dcm2niix again, so a series it hangs on held one of the
+        ``max_running`` slots for the whole timeout at each read (a pipeline retrying kept
+        every conversion of the mount waiting).  Bounded; fetch failures are not kept."""
+        with self._lock:
+            if len(self._failures) >= 1024:
+                self._failures.pop(next(iter(self._failures)))
+            self._failures[uri] = (time.monotonic(), why)
+
+    def _remembered(self, uri: str) -> str:
+        """The remembered failure of ``uri`` (said so), or "" when there is none or it is
+        older than ``FAILURE_MEMORY`` (then it is tried again)."""
+        with self._lock:
+            known = self._failures.get(uri)
+            if known is None:
+                return ""
+            age = time.monotonic() - known[0]
+            if age >= FAILURE_MEMORY:
+                del self._failures[uri]
+                return ""
+        return (
+            f"{known[1]} ({age:.0f} s ago, on these same files; "
+            f"tried again {FAILURE_MEMORY:.0f} s after)"
+        )
+
     def _started(self, proc: "subprocess.Popen[bytes]") -> None:
         """``run_dcm2niix``'s hook: register the process, or refuse it (killed) once closed."""
         with self._lock:
@@ -392,10 +426,13 @@ class Converter:
         with self._lock:
             job = self.jobs.get(uri)
             self.stats.queued += 1
-        if job is None:
+        earlier = self._remembered(uri)
+        if job is None or earlier:
             with self._lock:
                 self.stats.queued -= 1
-            raise ConversionError(f"no conversion known for {uri}")
+            if job is None:
+                raise ConversionError(f"no conversion known for {uri}")
+            raise ConversionError(f"BIDS conversion of {job.scan} failed: {earlier}")
         with self._slots:
             with self._lock:
                 self.stats.queued -= 1
@@ -412,6 +449,8 @@ class Converter:
                 # INFO here: the reader's EIO is the one ERROR line (``fs.errmap``), and it
                 # carries this message; ``xnatfs status`` keeps the last one
                 log.info("BIDS conversion of %s failed: %s", job.scan, why)
+                if getattr(exc, "by_dcm2niix", False):
+                    self._remember(uri, why)
                 raise ConversionError(
                     f"BIDS conversion of {job.scan} failed: {why}",
                     errmap.errno_for(exc),
@@ -438,8 +477,9 @@ class Converter:
             job.fetch_dicom(dicom_dir)
             try:
                 outputs = convert_files(dicom_dir, out_dir, self.timeout, started=self._started)
-            except ConversionError:
+            except ConversionError as exc:
                 self._check_open()  # killed by close(): say that, not its exit status
+                exc.by_dcm2niix = True  # of these very files: ``_remember``
                 raise
             finally:
                 with self._lock:
