@@ -460,8 +460,6 @@ class Converter:
                 with self._lock:
                     self.stats.running -= 1
                     self.stats.seconds += time.monotonic() - t0
-            with self._lock:
-                self.stats.done += 1
 
     def _convert(self, job: Job, sink: Callable[[bytes], None]) -> None:
         """Fetch the series into a private folder, run dcm2niix on it and stream the bundle
@@ -484,5 +482,9 @@ class Converter:
             finally:
                 with self._lock:
                     self._procs = {p for p in self._procs if p.returncode is None}
+            with self._lock:
+                # done once dcm2niix has: a reader of one image has all of it as soon as
+                # that image is streamed, before the rest of the bundle
+                self.stats.done += 1
             pack_files(out_dir, outputs, sink)
         log.info("BIDS: converted %s (%s)", job.scan, ", ".join(outputs))
