@@ -23,6 +23,7 @@ from tests.conftest import ADMIN
 from tests.helpers.waiting import wait_for
 from tests.mount.helpers import put_file
 from xnatfs.emulator.dicom import SeriesSpec
+from xnatfs.emulator.seed import DemoSession, seed_session
 
 pytestmark = pytest.mark.mount
 
@@ -181,3 +182,23 @@ def test_a_conversion_while_xnat_is_down_answers_as_its_files_do(make_emulator, 
     wait_for(lambda: read() == want, 60, "the image converted once XNAT is back")
     wait_for(lambda: os.getxattr(nii, "user.xnat.conversion") == b"cached", 30, "the bundle kept")
     assert nii.read_bytes() == want
+
+
+def test_dataset_documents_follow_a_refresh(make_emulator, make_mount) -> None:
+    """A subject added on XNAT, then ``xnatfs refresh`` of the dataset: its ``sub-`` folder
+    was listed at once, but ``participants.tsv`` (a document the engine keeps by path for a
+    listing TTL so that stat and read agree) kept the subjects from before."""
+    emu = make_emulator()
+    m = make_mount(emu.url)
+    root = m.path / ".bids" / "DEMO1"
+    tsv = root / "participants.tsv"
+    assert "sub-NEW9" not in tsv.read_text().split()
+    seed_session(
+        emu.emu.store,
+        DemoSession("DEMO1", "NEW9", "NEW9_MR1", "20240301", (SeriesSpec(1, "T1w", 3),)),
+    )
+    refresh(root)
+    assert "sub-NEW9" in os.listdir(root)
+    rows = tsv.read_text().split()
+    assert "sub-NEW9" in rows
+    assert tsv.stat().st_size == len(tsv.read_bytes())
