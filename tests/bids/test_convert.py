@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
+from tests.helpers.tmpfs import small_tmpfs
 from tests.helpers.waiting import wait_for
 from xnatfs.bids import convert, sidecar
 from xnatfs.cache.content import ContentCache, ContentKey
@@ -303,4 +305,44 @@ def test_a_series_dcm2niix_hangs_on_holds_a_slot_once_not_at_every_read(
             conv.fetch("v", lambda chunk: None)
         assert down.value.errno == errno.EHOSTDOWN
     assert len(calls) == 2  # tried again at each read: the server may be back
+    conv.close()
+
+
+def test_a_series_larger_than_the_free_disk_is_refused_before_it_is_fetched(
+    tmp_path: Path,
+) -> None:
+    """A series the conversion folder's disk cannot hold twice (its copy, then dcm2niix's
+    outputs) is ENOSPC at once: it was fetched and copied until that disk was full (every
+    other writer there failing meanwhile), then failed anyway."""
+    write_series(tmp_path / "src", SeriesSpec(3, "T1w", 24, rows=256, columns=256))
+    size = sum(p.stat().st_size for p in (tmp_path / "src").iterdir())  # ~3 MB
+    fetched = []
+
+    def fetch_dicom(dest: str) -> None:
+        fetched.append(dest)
+        for name in os.listdir(tmp_path / "src"):
+            shutil.copyfile(tmp_path / "src" / name, os.path.join(dest, name))
+
+    with small_tmpfs(tmp_path / "disk", "4m") as disk:
+        conv = convert.Converter(tmp_dir=str(disk))
+        conv.register("u", convert.Job("P/S/E/scans/3", fetch_dicom, series_bytes=size))
+        with pytest.raises(OSError) as info:
+            conv.fetch("u", lambda chunk: None)
+        assert info.value.errno == errno.ENOSPC and "needs" in str(info.value)
+        assert fetched == [] and not list(disk.glob("xnatfs-bids-*"))
+        # size unknown: copied, then dcm2niix fails on the full disk — a failure of the disk,
+        # not of the series, so not remembered (``Converter._remember``): tried at each read
+        conv.register("w", convert.Job("P/S/E/scans/3", fetch_dicom))
+        for _ in range(2):
+            with pytest.raises(OSError):
+                conv.fetch("w", lambda chunk: None)
+        assert len(fetched) == 2 and not list(disk.glob("xnatfs-bids-*"))
+        fetched.clear()
+        conv.close()
+    # with room: converted
+    conv = convert.Converter(tmp_dir=str(tmp_path))
+    conv.register("u", convert.Job("P/S/E/scans/3", fetch_dicom, series_bytes=size))
+    got = bytearray()
+    conv.fetch("u", got.extend)
+    assert len(fetched) == 1 and got[:8] == b"XNATFSB1"
     conv.close()

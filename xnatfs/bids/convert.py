@@ -73,6 +73,9 @@ BUNDLE_FORMAT = "2"
 _TMP_PREFIX = "xnatfs-bids-"
 #: seconds a dcm2niix failure on a series is answered without running it again
 FAILURE_MEMORY = 600.0
+#: free bytes below which a dcm2niix failure may be the full disk's, not the series': such a
+#: failure is not remembered
+_ROOM_TO_BLAME = 16 << 20
 
 
 class ConversionError(OSError):
@@ -238,6 +241,28 @@ def convert_files(
     return outputs
 
 
+def _check_room(tmp: str, series_bytes: int) -> None:
+    """ENOSPC, before anything is fetched, when the disk of ``tmp`` has less free space than
+    the series takes twice: its copy, then dcm2niix's outputs (gzipped, they are smaller
+    than the uncompressed pixel data they hold).  Why: a series larger than the free space
+    was fetched and copied until the disk was full — every other writer on it (the cache,
+    the upload journal) failed meanwhile — and the conversion failed anyway."""
+    if series_bytes <= 0:
+        return
+    free = _free_bytes(tmp)
+    if free < 2 * series_bytes:
+        raise OSError(
+            errno.ENOSPC,
+            f"the series is {series_bytes} bytes: converting it needs {2 * series_bytes} "
+            f"free in {os.path.dirname(tmp)}, {free} are",
+        )
+
+
+def _free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 def _tree_bytes(path: str) -> int:
     """Bytes of the files below ``path`` (for the sweep's log line; unreadable: 0)."""
     total = 0
@@ -269,6 +294,8 @@ class Job:
 
     scan: str  # for log lines: project/subject/session/scan
     fetch_dicom: Callable[[str], None]
+    #: the series' bytes as XNAT lists them (0: unknown), for ``_check_room``
+    series_bytes: int = 0
 
 
 @dataclass
@@ -469,6 +496,7 @@ class Converter:
             prefix=prefix, dir=self.tmp_dir, ignore_cleanup_errors=True
         ) as tmp:
             os.chmod(tmp, 0o700)
+            _check_room(tmp, job.series_bytes)
             dicom_dir, out_dir = os.path.join(tmp, "dicom"), os.path.join(tmp, "out")
             os.mkdir(dicom_dir)
             os.mkdir(out_dir)
@@ -477,7 +505,8 @@ class Converter:
                 outputs = convert_files(dicom_dir, out_dir, self.timeout, started=self._started)
             except ConversionError as exc:
                 self._check_open()  # killed by close(): say that, not its exit status
-                exc.by_dcm2niix = True  # of these very files: ``_remember``
+                # of these very files (``_remember``), unless the disk may have been full
+                exc.by_dcm2niix = _free_bytes(tmp) >= _ROOM_TO_BLAME
                 raise
             finally:
                 with self._lock:

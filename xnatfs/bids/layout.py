@@ -586,6 +586,7 @@ class BidsLayout(BaseLayout):
                 fetch_dicom=lambda dest: src.fetch_series(
                     files, dest, time.monotonic() + deadline_s
                 ),
+                series_bytes=files.dicom_bytes,
             ),
         )
 
