@@ -203,3 +203,23 @@ def test_dataset_documents_follow_a_refresh(make_emulator, make_mount) -> None:
     rows = tsv.read_text().split()
     assert "sub-NEW9" in rows
     assert tsv.stat().st_size == len(tsv.read_bytes())
+
+
+def test_a_series_zip_cut_mid_stream_converts_the_whole_series(make_emulator, make_mount) -> None:
+    """The series' zip cut mid-stream (a proxy's reset): the members that did not arrive
+    whole are fetched one by one, each checked against its listed MD5, so the image is the
+    one a clean conversion makes — never one of a partial series."""
+    emu = make_emulator()
+    clean = make_mount(emu.url, name="clean")
+    want = (clean.path / (T2W + ".nii.gz")).read_bytes()
+    clean.umount()
+    m = make_mount(emu.url)
+    nii = m.path / (T2W + ".nii.gz")
+    assert nii.stat().st_size > 0
+    mark = emu.mark()
+    emu.faults.update({"cut_next": 1, "cut_after": 3000})
+    assert nii.read_bytes() == want
+    records = emu.since(mark)
+    zips = [r for r in records if "format=zip" in r[1]]
+    singles = [r for r in records if "/files/" in r[1] and r[2] == 200]
+    assert len(zips) == 1 and len(singles) >= 10, records  # most members came alone
