@@ -7,8 +7,11 @@ import errno
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import nibabel as nib
@@ -229,7 +232,7 @@ def test_dcm2niix_on_a_full_disk_makes_room_or_says_enospc(tmp_path: Path, room:
             return 1
 
         conv = convert.Converter(timeout=60, tmp_dir=str(disk), make_room=make_room)
-        conv.register("xnatfs-bids:/full#1", convert.Job("P/S/E/scans/4", fetch, size=1000))
+        conv.register("xnatfs-bids:/full#1", convert.Job("P/S/E/scans/4", fetch, series_bytes=1000))
         cache = _cache(tmp_path, conv)
         try:
             if room:
@@ -243,4 +246,148 @@ def test_dcm2niix_on_a_full_disk_makes_room_or_says_enospc(tmp_path: Path, room:
         finally:
             cache.close()
         assert [need for _, need in asked] == [2 * 1000 + (1 << 20)]
-        assert list(disk.iterdir()) in ([], [disk / "filler"])  # no temp dir left
+        left = sorted(p.name for p in disk.iterdir() if p.name != "owners")  # owners: locks
+        assert left in ([], ["filler"])  # no temp dir left
+
+
+def test_conversion_folders_of_a_gone_process_are_swept_a_live_ones_kept(
+    tmp_path: Path,
+) -> None:
+    """A conversion's folder (its whole DICOM series) outlived a daemon killed mid-conversion;
+    the next start removes it, but never one of a process still running on the same cache."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    live = convert.Converter(tmp_dir=str(tmp))
+    held = Path(tempfile.mkdtemp(prefix=f"xnatfs-bids-{live._owners.tag}-", dir=tmp))
+    (held / "dicom").mkdir()
+    (held / "dicom" / "000000.dcm").write_bytes(b"x" * 1000)
+    # an older version's folder (no owner tag) and a dead owner's (tag not locked)
+    old = Path(tempfile.mkdtemp(prefix="xnatfs-bids-", dir=tmp))
+    dead = Path(tempfile.mkdtemp(prefix="xnatfs-bids-0badc0de-", dir=tmp))
+    other = convert.Converter(tmp_dir=str(tmp))  # a second mount of the cache starts
+    try:
+        assert held.exists() and not old.exists() and not dead.exists()
+        live.close()  # the first process ends: its folder is free to go
+        assert other.sweep() == 1 and not held.exists()
+    finally:
+        other.close()
+    assert sorted(os.listdir(tmp)) == ["owners"] and os.listdir(tmp / "owners") == []
+
+
+def test_a_bundle_is_streamed_not_held_whole_in_memory(tmp_path: Path) -> None:
+    """A conversion's peak memory was three times its bundle (every output read whole, then
+    joined): 150 MB of the daemon for a 50 MB bold, 6 GB for a 2 GB multiband one.  The
+    bundle is now streamed from dcm2niix's files, the same bytes as ``pack`` makes."""
+    write_series(tmp_path / "src", SeriesSpec(3, "T1w", 96, rows=256, columns=256))
+
+    def fetch_dicom(dest: str) -> None:
+        for name in os.listdir(tmp_path / "src"):
+            os.link(tmp_path / "src" / name, os.path.join(dest, name))
+
+    conv = convert.Converter(tmp_dir=str(tmp_path))
+    conv.register("u", convert.Job("P/S/E/scans/3", fetch_dicom))
+    got = bytearray()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        conv.fetch("u", lambda chunk: None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    conv.fetch("u", got.extend)
+    assert len(got) > 4 << 20  # a bundle of several MB (an 8 MB T1w)
+    assert peak < len(got) // 3, (peak, len(got))
+    (tmp_path / "out").mkdir()
+    outputs = convert.run_dcm2niix(str(tmp_path / "src"), str(tmp_path / "out"), 60)
+    assert bytes(got) == convert.pack(outputs)
+    conv.close()
+
+
+def test_a_series_dcm2niix_hangs_on_holds_a_slot_once_not_at_every_read(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """dcm2niix hanging on a series (here: a dcm2niix that never ends) is killed at the
+    timeout, EIO; every read ran it again, holding one of the conversion slots for the whole
+    timeout each time.  The failure of these files is now answered at once for a while
+    (``FAILURE_MEMORY``); a failure to fetch the series is not remembered."""
+    runs = tmp_path / "runs"
+    fake = tmp_path / "dcm2niix"
+    fake.write_text(f"#!/bin/sh\necho run >> {runs}\nexec sleep 120\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(convert, "dcm2niix_binary", lambda: str(fake))
+    write_series(tmp_path / "src")
+
+    def fetch_dicom(dest: str) -> None:
+        for name in os.listdir(tmp_path / "src"):
+            os.link(tmp_path / "src" / name, os.path.join(dest, name))
+
+    conv = convert.Converter(timeout=1.0, tmp_dir=str(tmp_path))
+    conv.register("u", convert.Job("P/S/E/scans/4", fetch_dicom))
+    with pytest.raises(OSError, match="longer than") as first:
+        conv.fetch("u", lambda chunk: None)
+    assert first.value.errno == errno.EIO and runs.read_text().count("run") == 1
+    t0 = time.monotonic()
+    for _ in range(3):
+        with pytest.raises(OSError, match="longer than .*these same files") as again:
+            conv.fetch("u", lambda chunk: None)
+        assert again.value.errno == errno.EIO
+    assert time.monotonic() - t0 < 0.5 and runs.read_text().count("run") == 1
+    monkeypatch.setattr(convert, "FAILURE_MEMORY", 0.0)  # remembered for a while only
+    with pytest.raises(OSError, match="longer than"):
+        conv.fetch("u", lambda chunk: None)
+    assert runs.read_text().count("run") == 2
+
+    calls = []
+
+    def unreachable(dest: str) -> None:
+        calls.append(dest)
+        raise OSError(errno.EHOSTDOWN, "XNAT is down")
+
+    monkeypatch.setattr(convert, "FAILURE_MEMORY", 600.0)
+    conv.register("v", convert.Job("P/S/E/scans/5", unreachable))
+    for _ in range(2):
+        with pytest.raises(OSError) as down:
+            conv.fetch("v", lambda chunk: None)
+        assert down.value.errno == errno.EHOSTDOWN
+    assert len(calls) == 2  # tried again at each read: the server may be back
+    conv.close()
+
+
+def test_a_series_larger_than_the_free_disk_is_refused_before_it_is_fetched(
+    tmp_path: Path,
+) -> None:
+    """A series the conversion folder's disk cannot hold twice (its copy, then dcm2niix's
+    outputs) is ENOSPC at once: it was fetched and copied until that disk was full (every
+    other writer there failing meanwhile), then failed anyway."""
+    write_series(tmp_path / "src", SeriesSpec(3, "T1w", 24, rows=256, columns=256))
+    size = sum(p.stat().st_size for p in (tmp_path / "src").iterdir())  # ~3 MB
+    fetched = []
+
+    def fetch_dicom(dest: str) -> None:
+        fetched.append(dest)
+        for name in os.listdir(tmp_path / "src"):
+            shutil.copyfile(tmp_path / "src" / name, os.path.join(dest, name))
+
+    with small_tmpfs(tmp_path / "disk", "4m") as disk:
+        conv = convert.Converter(tmp_dir=str(disk))
+        conv.register("u", convert.Job("P/S/E/scans/3", fetch_dicom, series_bytes=size))
+        with pytest.raises(OSError) as info:
+            conv.fetch("u", lambda chunk: None)
+        assert info.value.errno == errno.ENOSPC and "needs" in str(info.value)
+        assert fetched == [] and not list(disk.glob("xnatfs-bids-*"))
+        # size unknown: copied, then dcm2niix fails on the full disk — a failure of the disk,
+        # not of the series, so not remembered (``Converter._remember``): tried at each read
+        conv.register("w", convert.Job("P/S/E/scans/3", fetch_dicom))
+        for _ in range(2):
+            with pytest.raises(OSError):
+                conv.fetch("w", lambda chunk: None)
+        assert len(fetched) == 2 and not list(disk.glob("xnatfs-bids-*"))
+        fetched.clear()
+        conv.close()
+    # with room: converted
+    conv = convert.Converter(tmp_dir=str(tmp_path))
+    conv.register("u", convert.Job("P/S/E/scans/3", fetch_dicom, series_bytes=size))
+    got = bytearray()
+    conv.fetch("u", got.extend)
+    assert len(fetched) == 1 and got[:8] == b"XNATFSB1"
+    conv.close()

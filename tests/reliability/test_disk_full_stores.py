@@ -141,7 +141,9 @@ def test_a_bids_image_on_a_disk_full_with_nothing_to_evict_is_enospc(
         assert rc != 0 and got == b"" and "No space left on device" in err, err
         lines = [ln for ln in m.log_tail(300).splitlines() if " ERROR " in ln]
         assert len(lines) == 1 and image.name in lines[0], lines
-        assert list((disk / "cache" / "bids" / "tmp").iterdir()) == []
+        # no conversion folder left ("owners" holds the mounts' locks on theirs)
+        tmp = disk / "cache" / "bids" / "tmp"
+        assert [p.name for p in tmp.iterdir() if p.name != "owners"] == []
         filler.unlink()
         rc, err, got = _cat(image)
         assert rc == 0, err

@@ -19,7 +19,8 @@ with a ``timeout``; each runs in a private temp dir that is removed afterwards. 
 
 A full cache disk (the temp dir is on it, beside the cached DICOM files): the series' copy
 or dcm2niix's output meets ENOSPC or EDQUOT (dcm2niix exits 1 with "disk full?" or with no
-reason at all; then the free space left says it).  The conversion asks ``make_room`` (the
+reason at all; then the free space left says it), or the free space cannot hold the series
+twice (``_check_room``, before anything is fetched).  The conversion asks ``make_room`` (the
 content caches evict copies of XNAT's files, as for a user's write) and runs once more;
 still full, the reader gets that errno.  Before, the read failed with EIO while the disk
 was full of cached files that could have gone.  dcm2niix never exits 0 with a cut output
@@ -33,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import struct
@@ -42,6 +44,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from xnatfs.cache.partials import PartialOwners
+from xnatfs.fs import errmap
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +70,21 @@ OPTIONS: Tuple[str, ...] = (
     "0",
 )
 _MAGIC = b"XNATFSB1"
+#: bytes of a bundle streamed at a time
+_CHUNK = 1 << 20
 _HEAD = struct.Struct("<8sQ")
 #: URI scheme of bundle keys in the BIDS content cache (never sent to XNAT)
 SCHEME = "xnatfs-bids:"
 #: what a bundle holds, part of every key: 2 = every output under dcm2niix's own name (1
 #: renamed the first image to ``image.*``); a bundle of another layout is never read as this one
 BUNDLE_FORMAT = "2"
-
-
+#: a conversion's private folder in ``Converter.tmp_dir``: ``xnatfs-bids-<owner tag>-<random>``
+_TMP_PREFIX = "xnatfs-bids-"
+#: seconds a dcm2niix failure on a series is answered without running it again
+FAILURE_MEMORY = 600.0
+#: free bytes below which a dcm2niix failure may be the full disk's, not the series': such a
+#: failure is not remembered
+_ROOM_TO_BLAME = 16 << 20
 #: the errnos of a full disk: no space (ENOSPC), or the user's quota (EDQUOT)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 #: ``make_room(path, need)``: evict cached files on ``path``'s disk; how many went
@@ -80,11 +92,16 @@ RoomFn = Callable[[str, int], int]
 
 
 class ConversionError(OSError):
-    """dcm2niix failed, timed out, or wrote no image: EIO, with dcm2niix's message (or
-    ``code``: ENOSPC/EDQUOT when the cache disk was full)."""
+    """dcm2niix failed, timed out, or wrote no image: EIO, with dcm2niix's message.  A
+    conversion that failed because its series could not be fetched answers what a read of
+    the series' files answers (``code``: EHOSTDOWN while XNAT is down, ETIMEDOUT, EACCES…),
+    and is ``reported`` when that cause was (the breaker's one line per outage)."""
 
-    def __init__(self, message: str, code: int = errno.EIO) -> None:
+    def __init__(self, message: str, code: int = errno.EIO, reported: bool = False) -> None:
         super().__init__(code, message)
+        self.reported = reported
+        #: dcm2niix itself failed on the series (not the fetch of it): ``Converter._remember``
+        self.by_dcm2niix = False
 
 
 def disk_full_errno(exc: BaseException) -> Optional[int]:
@@ -95,29 +112,6 @@ def disk_full_errno(exc: BaseException) -> Optional[int]:
             return seen.errno
         seen = seen.__cause__ or seen.__context__
     return None
-
-
-def _tree_bytes(directory: str) -> int:
-    """Bytes of the files under ``directory`` (0 if it cannot be read)."""
-    total = 0
-    for base, _, names in os.walk(directory):
-        for name in names:
-            try:
-                total += os.lstat(os.path.join(base, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
-def _short_of_room(out_dir: str, dicom_dir: str) -> bool:
-    """After dcm2niix failed: is the disk too full for its output (less free than the
-    series' bytes, which its output needs about as much as)?  dcm2niix's message does not
-    always say so (exit 1, "Convert 32 DICOM as ..." on a full tmpfs)."""
-    try:
-        st = os.statvfs(out_dir)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < max(_tree_bytes(dicom_dir), 1 << 16)
 
 
 def dcm2niix_binary() -> str:
@@ -160,12 +154,18 @@ def bundle_key_uri(scan_uri: str, files: Sequence[Tuple[str, int, str]], extra: 
 # ------------------------------------------------------------------------ bundles
 def pack(outputs: Dict[str, bytes]) -> bytes:
     """``magic, len(index)`` + JSON index ``{name: [offset, size]}`` + the files."""
-    names = sorted(outputs)
+    head = _pack_head({name: len(data) for name, data in outputs.items()})
+    return head + b"".join(outputs[n] for n in sorted(outputs))
+
+
+def _pack_head(sizes: Dict[str, int]) -> bytes:
+    """The bundle's bytes before its files (sorted by name), from their sizes alone."""
+    names = sorted(sizes)
     index: Dict[str, List[int]] = {}
     offset = 0
     for name in names:
-        index[name] = [offset, len(outputs[name])]
-        offset += len(outputs[name])
+        index[name] = [offset, sizes[name]]
+        offset += sizes[name]
     head = json.dumps(index, sort_keys=True).encode()
     base = _HEAD.size + len(head)
     for entry in index.values():
@@ -175,10 +175,28 @@ def pack(outputs: Dict[str, bytes]) -> bytes:
         base = _HEAD.size + len(head2)
         offset = 0
         for name in names:
-            index[name] = [base + offset, len(outputs[name])]
-            offset += len(outputs[name])
+            index[name] = [base + offset, sizes[name]]
+            offset += sizes[name]
         head2 = json.dumps(index, sort_keys=True).encode()
-    return _HEAD.pack(_MAGIC, len(head2)) + head2 + b"".join(outputs[n] for n in names)
+    return _HEAD.pack(_MAGIC, len(head2)) + head2
+
+
+def pack_files(out_dir: str, names: Sequence[str], sink: Callable[[bytes], None]) -> None:
+    """:func:`pack` of the files ``names`` of ``out_dir``, streamed into ``sink`` 1 MiB at a
+    time.  Why: the bundle whole in memory (every output read, then joined) held three times
+    the conversion's size at its peak — a 2 GB multiband bold was 6 GB of the daemon's
+    memory; streamed, a conversion holds one chunk."""
+    sizes = {name: os.stat(os.path.join(out_dir, name)).st_size for name in names}
+    sink(_pack_head(sizes))
+    for name in sorted(sizes):
+        left = sizes[name]
+        with open(os.path.join(out_dir, name), "rb") as fh:
+            while left > 0:
+                chunk = fh.read(min(_CHUNK, left))
+                if not chunk:  # nothing but dcm2niix writes there, and it has exited
+                    raise ConversionError(f"dcm2niix's {name} shrank while it was packed")
+                sink(chunk)
+                left -= len(chunk)
 
 
 def read_index(read: Callable[[int, int], bytes]) -> Dict[str, Tuple[int, int]]:
@@ -197,8 +215,21 @@ def run_dcm2niix(
     timeout: float,
     started: Callable[["subprocess.Popen[bytes]"], None] = lambda proc: None,
 ) -> Dict[str, bytes]:
-    """Convert one series folder; every output file by name.  Raises :class:`ConversionError`
-    with dcm2niix's last message on a non-zero exit, a timeout, or no NIfTI written.
+    """Convert one series folder; every output file by name, in memory (for small series and
+    tests: the view streams them, :func:`convert_files`)."""
+    names = convert_files(dicom_dir, out_dir, timeout, started)
+    return {name: _read(os.path.join(out_dir, name)) for name in names}
+
+
+def convert_files(
+    dicom_dir: str,
+    out_dir: str,
+    timeout: float,
+    started: Callable[["subprocess.Popen[bytes]"], None] = lambda proc: None,
+) -> List[str]:
+    """Convert one series folder; the names of the files written to ``out_dir``.  Raises
+    :class:`ConversionError` with dcm2niix's last message on a non-zero exit, a timeout, or no
+    NIfTI written.
 
     dcm2niix runs in a process group of its own (it may start ``pigz``), killed whole at the
     timeout or when ``started(proc)`` raises, so nothing it started keeps the output pipes
@@ -221,7 +252,7 @@ def run_dcm2niix(
             kill_group(proc)
             proc.communicate()
     text = (stdout + stderr).decode("utf-8", "replace")
-    outputs = {name: _read(os.path.join(out_dir, name)) for name in sorted(os.listdir(out_dir))}
+    outputs = sorted(os.listdir(out_dir))
     images = [n for n in outputs if n.endswith((".nii.gz", ".nii"))]
     if proc.returncode != 0 or not images:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -231,6 +262,51 @@ def run_dcm2niix(
         ).replace(dicom_dir, "<series>")
         raise ConversionError(f"dcm2niix exit {proc.returncode}: {problem}")
     return outputs
+
+
+def _check_room(tmp: str, series_bytes: int) -> None:
+    """ENOSPC, before anything is fetched, when the disk of ``tmp`` has less free space than
+    the series takes twice: its copy, then dcm2niix's outputs (gzipped, they are smaller
+    than the uncompressed pixel data they hold).  Why: a series larger than the free space
+    was fetched and copied until the disk was full — every other writer on it (the cache,
+    the upload journal) failed meanwhile — and the conversion failed anyway."""
+    if series_bytes <= 0:
+        return
+    free = _free_bytes(tmp)
+    if free < 2 * series_bytes:
+        raise OSError(
+            errno.ENOSPC,
+            f"the series is {series_bytes} bytes: converting it needs {2 * series_bytes} "
+            f"free in {os.path.dirname(tmp)}, {free} are",
+        )
+
+
+def _free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _tree_bytes(path: str) -> int:
+    """Bytes of the files below ``path`` (for the sweep's log line; unreadable: 0)."""
+    total = 0
+    for top, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(top, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _short_of_room(out_dir: str, dicom_dir: str) -> bool:
+    """After dcm2niix failed: is the disk too full for its output (less free than the
+    series' bytes, which its output needs about as much as)?  dcm2niix's message does not
+    always say so (exit 1, "Convert 32 DICOM as ..." on a full tmpfs)."""
+    try:
+        free = _free_bytes(out_dir)
+    except OSError:
+        return False
+    return free < max(_tree_bytes(dicom_dir), 1 << 16)
 
 
 def _read(path: str) -> bytes:
@@ -252,10 +328,8 @@ class Job:
 
     scan: str  # for log lines: project/subject/session/scan
     fetch_dicom: Callable[[str], None]
-    #: called with the outputs before packing (e.g. to keep only the main image)
-    post: Optional[Callable[[Dict[str, bytes]], Dict[str, bytes]]] = None
-    #: the series' bytes as XNAT lists them (0: unknown): the room a full disk asks for
-    size: int = 0
+    #: the series' bytes as XNAT lists them (0: unknown), for ``_check_room``
+    series_bytes: int = 0
 
 
 @dataclass
@@ -297,6 +371,50 @@ class Converter:
         self._closed = False
         #: dcm2niix processes running now (``close`` kills them)
         self._procs: Set["subprocess.Popen[bytes]"] = set()
+        #: bundle uri -> (monotonic time, message) of dcm2niix failing on it (``_remembered``)
+        self._failures: Dict[str, Tuple[float, str]] = {}
+        #: this process's claim on its conversion folders in ``tmp_dir`` (None: no tmp_dir)
+        self._owners: Optional[PartialOwners] = None
+        if self.tmp_dir:
+            self._owners = PartialOwners(
+                os.path.join(self.tmp_dir, "owners"), self.tmp_dir, secrets.token_hex(4)
+            )
+            self._owners.claim()
+            self.sweep()
+
+    def sweep(self) -> int:
+        """Remove the conversion folders of processes that are gone; how many.
+
+        Why: each conversion copies its whole DICOM series into a folder of ``tmp_dir``,
+        removed when it ends; a daemon killed mid-conversion (SIGKILL, OOM, power loss) left
+        it there, outside every cache budget, and no later mount removed it.  Several mounts
+        may share a cache directory, so only folders whose owner's lock is free go
+        (``PartialOwners``, as the content cache's partial files); a folder without an
+        owner tag is an older version's and goes too."""
+        owners = self._owners
+        if owners is None or self.tmp_dir is None:
+            return 0
+        known: Dict[str, bool] = {}
+        removed, freed = 0, 0
+        for name in os.listdir(self.tmp_dir):
+            if not name.startswith(_TMP_PREFIX):
+                continue
+            tag, sep, _ = name[len(_TMP_PREFIX) :].partition("-")
+            if sep and owners.alive(tag, known):
+                continue
+            path = os.path.join(self.tmp_dir, name)
+            freed += _tree_bytes(path)
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        if removed:
+            log.info(
+                "BIDS: removed %d conversion folder(s) (%d bytes) left in %s by a daemon that "
+                "ended mid-conversion",
+                removed,
+                freed,
+                self.tmp_dir,
+            )
+        return removed
 
     def close(self) -> None:
         """Kill the running dcm2niix processes; conversions waiting for a slot or not started
@@ -309,6 +427,38 @@ class Converter:
             procs = [p for p in self._procs if p.returncode is None]  # not reaped yet
         for proc in procs:
             kill_group(proc)
+        if self._owners is not None:
+            # the folders of conversions still ending are free for a sweep from now on
+            # (each removes its own too, ignoring what a sweep removed first)
+            self._owners.release()
+
+    def _remember(self, uri: str, why: str) -> None:
+        """dcm2niix failed on the series of ``uri`` (exited non-zero, wrote no image, ran past
+        the timeout): the same files and dcm2niix (the key holds both) fail the same way, so
+        reads within ``FAILURE_MEMORY`` seconds get that failure at once instead of another
+        run.  Why: every read ran dcm2niix again, so a series it hangs on held one of the
+        ``max_running`` slots for the whole timeout at each read (a pipeline retrying kept
+        every conversion of the mount waiting).  Bounded; fetch failures are not kept."""
+        with self._lock:
+            if len(self._failures) >= 1024:
+                self._failures.pop(next(iter(self._failures)))
+            self._failures[uri] = (time.monotonic(), why)
+
+    def _remembered(self, uri: str) -> str:
+        """The remembered failure of ``uri`` (said so), or "" when there is none or it is
+        older than ``FAILURE_MEMORY`` (then it is tried again)."""
+        with self._lock:
+            known = self._failures.get(uri)
+            if known is None:
+                return ""
+            age = time.monotonic() - known[0]
+            if age >= FAILURE_MEMORY:
+                del self._failures[uri]
+                return ""
+        return (
+            f"{known[1]} ({age:.0f} s ago, on these same files; "
+            f"tried again {FAILURE_MEMORY:.0f} s after)"
+        )
 
     def _started(self, proc: "subprocess.Popen[bytes]") -> None:
         """``run_dcm2niix``'s hook: register the process, or refuse it (killed) once closed."""
@@ -339,10 +489,13 @@ class Converter:
         with self._lock:
             job = self.jobs.get(uri)
             self.stats.queued += 1
-        if job is None:
+        earlier = self._remembered(uri)
+        if job is None or earlier:
             with self._lock:
                 self.stats.queued -= 1
-            raise ConversionError(f"no conversion known for {uri}")
+            if job is None:
+                raise ConversionError(f"no conversion known for {uri}")
+            raise ConversionError(f"BIDS conversion of {job.scan} failed: {earlier}")
         with self._slots:
             with self._lock:
                 self.stats.queued -= 1
@@ -350,7 +503,7 @@ class Converter:
             t0 = time.monotonic()
             try:
                 self._check_open()  # waited for a slot while the view closed
-                data = self._convert_with_room(job)
+                self._convert_with_room(job, sink)
             except Exception as exc:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 with self._lock:
@@ -359,33 +512,41 @@ class Converter:
                 # INFO here: the reader's EIO is the one ERROR line (``fs.errmap``), and it
                 # carries this message; ``xnatfs status`` keeps the last one
                 log.info("BIDS conversion of %s failed: %s", job.scan, why)
+                if getattr(exc, "by_dcm2niix", False):
+                    self._remember(uri, why)
                 raise ConversionError(
                     f"BIDS conversion of {job.scan} failed: {why}",
-                    disk_full_errno(exc) or errno.EIO,
+                    disk_full_errno(exc) or errmap.errno_for(exc),
+                    bool(getattr(exc, "reported", False)),
                 ) from exc
             finally:
                 with self._lock:
                     self.stats.running -= 1
                     self.stats.seconds += time.monotonic() - t0
-            with self._lock:
-                self.stats.done += 1
-        for start in range(0, len(data), 1 << 20):
-            sink(data[start : start + (1 << 20)])
 
-    def _convert_with_room(self, job: Job) -> bytes:
+    def _convert_with_room(self, job: Job, sink: Callable[[bytes], None]) -> None:
         """``_convert``, once more after ``make_room`` evicted something when it met a full
-        disk (module docstring); the temp dir of the first run is gone by then."""
+        disk (module docstring).  Only before the bundle's first byte went to ``sink``: a
+        full disk met while it streams is the content cache's own write, which makes room
+        itself; the temp dir of the first run is gone by then."""
+        streamed = [False]
+
+        def tracked(chunk: bytes) -> None:
+            streamed[0] = True
+            sink(chunk)
+
         try:
-            return self._convert(job)
+            self._convert(job, tracked)
+            return
         except OSError as exc:
-            if disk_full_errno(exc) is None or not self._room(job):
+            if streamed[0] or disk_full_errno(exc) is None or not self._room(job):
                 raise
             log.info(
                 "BIDS conversion of %s: the cache disk was full (%s); room made, converting again",
                 job.scan,
                 exc.strerror or exc,
             )
-        return self._convert(job)
+        self._convert(job, sink)
 
     def _room(self, job: Job) -> bool:
         """``make_room`` for ``job``: its series copied and converted (about twice its
@@ -394,31 +555,41 @@ class Converter:
             return False
         where = self.tmp_dir or tempfile.gettempdir()
         try:
-            return self.make_room(where, 2 * job.size + (1 << 20)) > 0
+            return self.make_room(where, 2 * job.series_bytes + (1 << 20)) > 0
         except Exception:  # the conversion's own error is the one to report
             log.debug("BIDS: making room for a conversion failed", exc_info=True)
             return False
 
-    def _convert(self, job: Job) -> bytes:
-        with tempfile.TemporaryDirectory(prefix="xnatfs-bids-", dir=self.tmp_dir) as tmp:
+    def _convert(self, job: Job, sink: Callable[[bytes], None]) -> None:
+        """Fetch the series into a private folder, run dcm2niix on it and stream the bundle
+        of its outputs into ``sink`` (``pack_files``) before the folder goes."""
+        prefix = _TMP_PREFIX + (f"{self._owners.tag}-" if self._owners is not None else "")
+        with tempfile.TemporaryDirectory(
+            prefix=prefix, dir=self.tmp_dir, ignore_cleanup_errors=True
+        ) as tmp:
             os.chmod(tmp, 0o700)
+            _check_room(tmp, job.series_bytes)
             dicom_dir, out_dir = os.path.join(tmp, "dicom"), os.path.join(tmp, "out")
             os.mkdir(dicom_dir)
             os.mkdir(out_dir)
             job.fetch_dicom(dicom_dir)
             try:
-                outputs = run_dcm2niix(dicom_dir, out_dir, self.timeout, started=self._started)
+                outputs = convert_files(dicom_dir, out_dir, self.timeout, started=self._started)
             except ConversionError as exc:
                 self._check_open()  # killed by close(): say that, not its exit status
                 if _short_of_room(out_dir, dicom_dir):
                     raise ConversionError(
                         f"{exc.strerror} (the cache disk is full)", errno.ENOSPC
                     ) from exc
+                # of these very files (``_remember``), unless the disk may have been full
+                exc.by_dcm2niix = _free_bytes(tmp) >= _ROOM_TO_BLAME
                 raise
             finally:
                 with self._lock:
                     self._procs = {p for p in self._procs if p.returncode is None}
-        if job.post is not None:
-            outputs = job.post(outputs)
-        log.info("BIDS: converted %s (%s)", job.scan, ", ".join(sorted(outputs)))
-        return pack(outputs)
+            with self._lock:
+                # done once dcm2niix has: a reader of one image has all of it as soon as
+                # that image is streamed, before the rest of the bundle
+                self.stats.done += 1
+            pack_files(out_dir, outputs, sink)
+        log.info("BIDS: converted %s (%s)", job.scan, ", ".join(outputs))

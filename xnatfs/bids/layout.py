@@ -120,13 +120,13 @@ class BidsLayout(BaseLayout):
         self.src = Source(client, content, Mapper(config=config))
         self.source = getattr(client, "base_url", "XNAT") + " (BIDS view)"
         os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.join(cache_dir, "tmp"), mode=0o700, exist_ok=True)
         self.converter = convert.Converter(
             max_running=max_conversions,
             timeout=conversion_timeout,
             tmp_dir=os.path.join(cache_dir, "tmp"),
             make_room=self._make_room,
         )
-        os.makedirs(os.path.join(cache_dir, "tmp"), mode=0o700, exist_ok=True)
         #: conversion bundles, like downloads: single flight per key, LRU, kept across mounts
         self.bundles = ContentCache(
             os.path.join(cache_dir, "content"),
@@ -345,6 +345,7 @@ class BidsLayout(BaseLayout):
         plan = self._plan_of(unescape_name(parts[0]))
         listing = Listing()
         scans = plan.folders.get(tuple(parts[1:]), [])
+        shown: List[Tuple[PlannedScan, ScanFiles, List[NodeInfo]]] = []
         for scan, files in zip(scans, parallel(lambda s: self.src.scan_files(s.scan_uri), scans)):
             if files.nifti is None and not files.dicom:
                 log.info(
@@ -354,14 +355,55 @@ class BidsLayout(BaseLayout):
                     scan.scan_id,
                 )
                 continue
-            for child in self._file_nodes(scan, files):
+            shown.append((scan, files, self._file_nodes(scan, files)))
+        for _scan, _files, nodes in self._distinct(shown):
+            for child in nodes:
                 listing.add(child)
         return listing
 
-    def _file_nodes(self, scan: PlannedScan, files: ScanFiles) -> List[NodeInfo]:
+    def _distinct(
+        self, shown: List[Tuple[PlannedScan, ScanFiles, List[NodeInfo]]]
+    ) -> List[Tuple[PlannedScan, ScanFiles, List[NodeInfo]]]:
+        """The scans of one folder with names no two share (docs/BIDS.md "Multi-image
+        series").  Each scan's own name is unique (the plan's runs); the other names a
+        converted scan's images take (``magnitude2``, ``echo-2``) may be another scan's: a
+        GRE field map holding magnitudes and phase beside a magnitude series of its own both
+        showed ``…_magnitude1``, and the listing silently kept one.  A scan whose images would
+        take another scan's own name, or a name another scan's images take too, shows its one
+        image under its own name instead, as before its conversion (one INFO line)."""
+        own = {scan.stem for scan, _, _ in shown}
+        stems = [{_stem(n.name) for n in nodes} for _, _, nodes in shown]
+        single = {
+            i
+            for i, (scan, _, _) in enumerate(shown)
+            if any(name != scan.stem and name in own for name in stems[i])
+        }
+        counts: Dict[str, int] = {}
+        for i, names in enumerate(stems):
+            for name in names if i not in single else ():
+                counts[name] = counts.get(name, 0) + 1
+        single |= {i for i, names in enumerate(stems) if any(counts.get(n, 0) > 1 for n in names)}
+        out = []
+        for i, (scan, files, nodes) in enumerate(shown):
+            if i in single:
+                log.info(
+                    "BIDS: %s: the images of %s would share names with another scan's in "
+                    "the same folder: shown as one image under %s",
+                    "/".join(scan.folder()),
+                    _scan_label(scan),
+                    scan.stem,
+                )
+                nodes = self._file_nodes(scan, files, single=True)
+            out.append((scan, files, nodes))
+        return out
+
+    def _file_nodes(
+        self, scan: PlannedScan, files: ScanFiles, *, single: bool = False
+    ) -> List[NodeInfo]:
         """The files of one scan: a NIfTI resource's image as it is; a DICOM scan's image
         under the scan's name until it is converted, then every image dcm2niix made under
-        its own name (``images.bids_images``; docs/BIDS.md "Multi-image series")."""
+        its own name (``images.bids_images``; docs/BIDS.md "Multi-image series") — or, with
+        ``single``, its main image alone under the scan's name (``_distinct``)."""
         attrs = scan.attrs()
         if files.nifti is not None:
             ext = ".nii" if files.nifti.path.lower().endswith(".nii") else ".nii.gz"
@@ -380,14 +422,15 @@ class BidsLayout(BaseLayout):
             )
         named, index = cached
         out: List[NodeInfo] = []
-        for n in named:
+        for n in named[:1] if single else named:
             stem = n.image.stem
             sizes = {
                 role: index[stem + ext][1]
                 for role, ext in (("image", ".nii.gz"), ("bval", ".bval"), ("bvec", ".bvec"))
                 if stem + ext in index
             }
-            ref = BidsFile(scan.named(n.name), files, "image", bundle, stem, n.extra)
+            shown = scan if single else scan.named(n.name)
+            ref = BidsFile(shown, files, "image", bundle, stem, n.extra)
             out += self._image_nodes(ref, ".nii.gz", attrs, sizes)
         return out
 
@@ -433,7 +476,7 @@ class BidsLayout(BaseLayout):
             return None
         content = self.src.content
         needed = []
-        if ref.files.dicom and not self.src.has_header(ref.scan.scan_uri):
+        if ref.files.dicom and not self.src.has_header(ref.scan.scan_uri, ref.files):
             needed.append(file_key(ref.files.dicom[0]))
         if not ref.converted and ".json" in ref.files.companions:
             needed.append(file_key(ref.files.companions[".json"]))
@@ -556,7 +599,7 @@ class BidsLayout(BaseLayout):
                 fetch_dicom=lambda dest: src.fetch_series(
                     files, dest, time.monotonic() + deadline_s
                 ),
-                size=files.dicom_bytes,
+                series_bytes=files.dicom_bytes,
             ),
         )
 
@@ -567,6 +610,14 @@ _PER_IMAGE_KEYS = ("EchoTime", "ImageType")
 
 def _gre_fieldmap(scan: PlannedScan) -> bool:
     return scan.name.datatype == "fmap" and scan.name.suffix in images.GRE_FMAP_SUFFIXES
+
+
+def _stem(file_name: str) -> str:
+    """A file's name without its extension (``.nii.gz``, ``.json``…): the image's name."""
+    for ext in (".nii.gz", ".nii", ".json", ".bval", ".bvec"):
+        if file_name.endswith(ext):
+            return file_name[: -len(ext)]
+    return file_name
 
 
 def _scan_label(scan: PlannedScan) -> str:

@@ -160,8 +160,13 @@ class Source:
         self.mapper = mapper
         self.use_xnat_map = use_xnat_map and mapper.config is None
         self._headers_lock = threading.Lock()
-        #: scan uri -> sidecar keys from its first DICOM header (bounded)
-        self._headers: Dict[str, Mapping[str, Any]] = {}
+        #: scan uri -> (content key of the DICOM file read, sidecar keys from its header);
+        #: bounded.  The file's key (URI, size, MD5) is kept so that a series changed on XNAT
+        #: (a file replaced, a slice added that sorts first) is read again once its listing
+        #: shows the change: keyed by the scan alone, the sidecar kept the first header's
+        #: values for the life of the mount, after ``xnatfs refresh`` and after the image
+        #: was converted again from the new files
+        self._headers: Dict[str, Tuple[str, Mapping[str, Any]]] = {}
 
     # ------------------------------------------------------------------ plan
     def xnat_map(self, project: str) -> Optional[XnatBidsMap]:
@@ -347,25 +352,39 @@ class Source:
         finally:
             handle.close()
 
-    def has_header(self, scan_uri: str) -> bool:
+    def _known_header(self, scan_uri: str, entry: Any) -> Optional[Mapping[str, Any]]:
+        """The header kept for ``scan_uri`` when it was read from ``entry`` as listed now (the
+        same URI, size and MD5); None otherwise.  ``entry`` None: whichever was read."""
         with self._headers_lock:
-            return scan_uri in self._headers
+            known = self._headers.get(scan_uri)
+        if known is None or (entry is not None and known[0] != file_key(entry).hexname()):
+            return None
+        return known[1]
+
+    def has_header(self, scan_uri: str, files: ScanFiles) -> bool:
+        """Is the header of ``files``' first DICOM file (as listed now) in memory?"""
+        return bool(files.dicom) and self._known_header(scan_uri, files.dicom[0]) is not None
 
     def header(
         self, scan_uri: str, files: Optional[ScanFiles], deadline: float
     ) -> Mapping[str, Any]:
         """Sidecar keys from the scan's first DICOM file (one download, cached on disk by the
-        content cache and here in memory); {} when the scan has no DICOM."""
+        content cache and here in memory); {} when the scan has no DICOM.  With ``files`` (a
+        sidecar's read) the header kept in memory serves only if it was read from the first
+        file as ``files`` lists it; without (a mapping criterion while the plan loads) any
+        header kept serves, so that listing a project costs no listing per scan."""
         from xnatfs.bids import sidecar
 
-        with self._headers_lock:
-            known = self._headers.get(scan_uri)
-        if known is not None:
-            return known
         if files is None:
+            known = self._known_header(scan_uri, None)
+            if known is not None:
+                return known
             files = self.scan_files(scan_uri)
         if not files.dicom:
             return {}
+        known = self._known_header(scan_uri, files.dicom[0])
+        if known is not None:
+            return known
         entry = files.dicom[0]
         handle = self.content.open(file_key(entry))
         try:
@@ -379,7 +398,7 @@ class Source:
         with self._headers_lock:
             if len(self._headers) > 20_000:
                 self._headers.clear()
-            self._headers[scan_uri] = doc
+            self._headers[scan_uri] = (file_key(entry).hexname(), doc)
         return doc
 
     def _header_fn(self, scan_uri: str) -> Callable[[], Mapping[str, Any]]:

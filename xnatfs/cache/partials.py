@@ -66,6 +66,11 @@ class PartialOwners:
             pass
         os.close(fd)
 
+    def alive(self, tag: str, known: Dict[str, bool]) -> bool:
+        """``_alive`` for other kinds of leftovers named by tag (the BIDS view's conversion
+        folders, ``xnatfs.bids.convert``); ``known`` memoises answers within one sweep."""
+        return self._alive(tag, known)
+
     def _alive(self, tag: str, known: Dict[str, bool]) -> bool:
         """Does a running process hold ``tag``?  A dead owner's lock file is removed."""
         if tag == self.tag:

@@ -394,6 +394,16 @@ class Engine:
                 k for k in self._last_good.keys() if k[:n] == parts or (n and k == parts[:-1])
             ]:
                 self._last_good.pop(key, None)
+        # the documents made from those listings (a BIDS participants.tsv): kept by path for
+        # a listing TTL, one made before the change was served after ``xnatfs refresh`` listed
+        # the change (a new subject in the folder, not in its participants.tsv)
+        with self._generated_lock:
+            for path in [
+                p
+                for p in self._generated.keys()
+                if split_path(p)[:n] == parts or (n and split_path(p)[:-1] == parts[:-1])
+            ]:
+                self._generated.pop(path, None)
         # a layout that keeps loads of its own (one request for many directories) forgets
         # the ones the change touches
         layout, prefix = self.layout_of(parts)
