@@ -9,7 +9,7 @@ import re
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import replace
-from typing import Any, ContextManager, Iterator, List, Optional, Sequence
+from typing import Any, ContextManager, Iterator, List, Optional, Sequence, Tuple
 
 from xnatfs import deadline
 from xnatfs.tree import prearchive_moves
@@ -327,7 +327,7 @@ class Namespace(Opening):
         new_parts = split_path(new)
         target = self._target_for(new_parent, new_parts, new)
         if existing is not None:
-            target = replace(target, overwrite=True)
+            target = replace(target, overwrite=True, base_md5s=self._made_over(existing))
         spool = self.spool.create()
         try:
             self._fill_from_server(node, spool, old)
@@ -519,7 +519,7 @@ class Namespace(Opening):
             # answered 0 and the upload then met XNAT's file, "duplicates", kept as failed)
             if not self.allow_delete:
                 raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
-            return replace(target, overwrite=True)
+            return replace(target, overwrite=True, base_md5s=self._made_over(existing))
         if (
             (local.entry is not None and not self._refused_by_xnat(local.entry))
             or local.uploaded_size
@@ -529,8 +529,29 @@ class Namespace(Opening):
             # XNAT answered "duplicates", the newest bytes were kept as failed, the older
             # won.  Not over a record XNAT refused: it never landed, and when the refusal was
             # another client's file there, overwrite replaced that without --allow-delete
-            return replace(target, overwrite=True)
+            return replace(target, overwrite=True, base_md5s=self._made_over(existing))
         return target
+
+    def _made_over(self, existing: NodeInfo) -> Tuple[str, ...]:
+        """The MD5s a version renamed over ``existing`` is made over (``UploadTarget.
+        base_md5s``): XNAT's file's; for a local file there, what that one was made over and
+        each of its versions (any may be on XNAT by the time this one lands).  () when one
+        of them is not known (no MD5 listed, a version confirmed and gone): no check then,
+        rather than refusing a version because the mount forgot what it replaced."""
+        local = existing.local_file
+        if not isinstance(local, LocalFile):
+            return (existing.digest,) if existing.digest else ()
+        if local.uploaded_size or (local.replaces is not None and not local.replaces.digest):
+            return ()
+        digests = [*local.target.base_md5s, local.target.replaces_md5]
+        if local.replaces is not None:
+            digests.append(local.replaces.digest)
+        try:
+            versions = self.journal.versions_for(join_path(local.parts))
+            digests += [self._entry_md5(v) for v in versions]
+        except OSError:
+            return ()
+        return tuple(d for d in dict.fromkeys(digests) if d)
 
     def _locked_move(
         self, lf: LocalFile, new_parts: PathParts, target: UploadTarget, entry: Optional[Entry]
