@@ -20,6 +20,7 @@ from xnatfs.tree.opening import Opening
 from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path, unescape_name
 from xnatfs.uploads import UploadTarget
 from xnatfs.uploads.journal import Entry
+from xnatfs.xnat.errors import NotFound, XnatError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,29 @@ _RENAME_TRIES = 5
 def _check_label(label: str, path: str) -> None:
     if not _LABEL_RE.match(label):
         raise OSError(errno.EINVAL, "XNAT labels are 1-64 characters of A-Z a-z 0-9 _ -", path)
+
+
+def _half_moved(old: str, new: str, exc: BaseException) -> BaseException:
+    """The error of a move whose copy landed and whose DELETE of the old name failed: the
+    DELETE's own (its errno, URL and status), saying where the bytes are.  Before, it was
+    the bare DELETE error: the user learnt the rename failed, not that the new name held
+    the file (and, after a lost answer, that the old one might be gone)."""
+    what = (
+        f"the file was copied to {new} on XNAT first, then deleting this name failed: "
+        f"{new} holds it; this name may still be there too (rm it to finish the move)"
+    )
+    if isinstance(exc, XnatError):
+        told = type(exc)(
+            exc.method,
+            exc.url,
+            exc.status,
+            f"{exc.message}; {what}" if exc.message else what,
+            retry_after=exc.retry_after,
+        )
+        told.reported = False  # the breaker's "down" line is not this rename's
+        return told
+    code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
+    return OSError(code, f"{exc}; {what}", old)
 
 
 class Namespace(Opening):
@@ -307,7 +331,15 @@ class Namespace(Opening):
             raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)
         if existing is None or not self._same_bytes(node, existing):
             self._upload_copy(node, existing, new_parent, old, new)
-        self._unlink_remote(old, split_path(old))
+        try:
+            self._unlink_remote(old, split_path(old))
+        except (NotFound, FileNotFoundError):
+            # gone already (another client's rm, shown by the copy's check listing, or a 404
+            # to the DELETE): the file is at the new name, the move is done
+            self.tree.invalidate(join_path(split_path(old)[:-1]))
+        except Exception as exc:
+            self.tree.invalidate(join_path(split_path(old)[:-1]))  # `ls` shows XNAT's truth
+            raise _half_moved(old, new, exc) from exc
         log.info("mv %s %s: moved on XNAT (uploaded under the new name, then deleted)", old, new)
 
     @staticmethod
@@ -331,8 +363,12 @@ class Namespace(Opening):
         spool = self.spool.create()
         try:
             self._fill_from_server(node, spool, old)
-        except BaseException:
+        except BaseException as exc:
             spool.discard()
+            if isinstance(exc, XnatError):
+                # the breaker's "XNAT down" is one line per outage, for reads; a failed
+                # rename is a user's change and gets its own line (path, URL, cause)
+                exc.reported = False
             raise
         lf = LocalFile(
             new_parts,
