@@ -102,6 +102,25 @@ def test_a_rename_over_a_file_does_not_overwrite_another_clients_newer_copy(make
     assert "another XNAT client changed this file" in rt.writer.status()[0]["last_error"]
 
 
+def test_a_move_on_xnat_over_a_changed_file_does_not_overwrite_it(make_runtime):
+    """``os.rename`` of one file on XNAT over another that a client changed since the
+    listing the rename saw: the copy is refused (EEXIST), both files keep their bytes, and
+    nothing waits to upload (the old name still holds the moved file)."""
+    rt = make_runtime(allow_delete=True)
+    src, dst = f"{PROTOCOLS}/README.txt", f"{PROTOCOLS}/notes.txt"
+    other_client_stores(rt, "notes.txt", b"first\n")
+    rt.tree.invalidate(PROTOCOLS)
+    rt.tree.lookup(dst)  # the listing the rename sees
+    data = on_server(rt, "README.txt")
+    other_client_stores(rt, "notes.txt")
+    with pytest.raises(OSError) as got:
+        rt.writer.rename(src, dst)
+    assert got.value.errno == errno.EEXIST, got.value
+    assert on_server(rt, "notes.txt") == THEIRS  # before: README's bytes over theirs
+    assert on_server(rt, "README.txt") == data
+    assert rt.writer.journal.entries() == []
+
+
 def test_an_append_after_an_upload_does_not_overwrite_another_clients_copy(make_runtime):
     """A log uploaded by one close (its descriptor still open) and appended to; another
     client stores it before the next close: that close replaced the other client's file
