@@ -177,6 +177,33 @@ def test_versions_of_the_users_own_replace_each_other_without_a_false_conflict(m
     assert on_server(rt, "README.txt") == b"version 1\nversion 2\n"
 
 
+def test_a_close_ahead_of_its_own_pending_version_is_not_a_conflict(make_runtime):
+    """A log's first version is on XNAT, its second pending (XNAT answered 503), and the third
+    close uploads at once, ahead of the second still queued: XNAT holds the first, which the
+    third is made over too.  Refused as another client's before (only the second counted):
+    four shells appending to one log (tests/mount/test_write_mount.py) lost their lines."""
+    rt = make_runtime(allow_delete=True)
+    writer = rt.writer
+    writer.uploader.base_delay = writer.uploader.max_delay = 3600.0  # v2 waits in the queue
+    path = f"{PROTOCOLS}/run.log"
+    handle = writer.create(path)
+    handle.write(0, b"1\n")
+    handle.flush()  # v1 on XNAT; still open
+    handle.write(2, b"2\n")  # continues from XNAT's copy of v1
+    rt.tree.listdir(PROTOCOLS)
+    rt.emu.faults.error_rate, rt.emu.faults.error_status = 1.0, 503
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - the 503's error; kept pending
+            handle.flush()
+    finally:
+        rt.emu.faults.error_rate = 0.0
+    handle.write(4, b"3\n")
+    handle.flush()  # v3, uploaded now: XNAT holds v1
+    handle.close()
+    assert on_server(rt, "run.log") == b"1\n2\n3\n"
+    wait_for(lambda: not writer.status(), 30, what="v2 dropped as superseded")
+
+
 @pytest.fixture
 def runtimes(make_emulator, tmp_path):
     """Factory of runtimes on one emulator and one cache directory, closed after the test."""

@@ -44,8 +44,8 @@ class UploadTarget:
     #: file: replace what XNAT has at that path
     overwrite: bool = False
     #: file: the MD5 of the bytes this version replaces (the mount's own earlier version of
-    #: the file); "" when not known.  Without --allow-delete another file found there is not
-    #: replaced (``UploadPath._put``)
+    #: the file); "" when not known.  Another file found there is not replaced, with or
+    #: without --allow-delete (``UploadPath._check_replaces``)
     replaces_md5: str = ""
     #: file: the MD5s XNAT held at this name when the user's change began (a file on XNAT
     #: opened to change in place, truncated, or renamed over; a local file renamed over, with
