@@ -177,12 +177,14 @@ def test_versions_of_the_users_own_replace_each_other_without_a_false_conflict(m
     assert on_server(rt, "README.txt") == b"version 1\nversion 2\n"
 
 
-def test_a_close_ahead_of_its_own_pending_version_is_not_a_conflict(make_runtime):
+@pytest.mark.parametrize("allow_delete", [True, False], ids=["allow-delete", "no-allow-delete"])
+def test_a_close_ahead_of_its_own_pending_version_is_not_a_conflict(make_runtime, allow_delete):
     """A log's first version is on XNAT, its second pending (XNAT answered 503), and the third
     close uploads at once, ahead of the second still queued: XNAT holds the first, which the
     third is made over too.  Refused as another client's before (only the second counted):
-    four shells appending to one log (tests/mount/test_write_mount.py) lost their lines."""
-    rt = make_runtime(allow_delete=True)
+    four shells appending to one log (tests/mount/test_write_mount.py) lost their lines; and
+    without --allow-delete review8i's check refused it the same way (NotReplaced)."""
+    rt = make_runtime(allow_delete=allow_delete)
     writer = rt.writer
     writer.uploader.base_delay = writer.uploader.max_delay = 3600.0  # v2 waits in the queue
     path = f"{PROTOCOLS}/run.log"
