@@ -175,6 +175,28 @@ def test_a_failed_delete_leaves_both_names_and_says_where_the_file_is(faulty_del
     assert rt.writer.journal.entries() == []
 
 
+def test_a_500_on_the_copys_put_changes_nothing_and_leaves_nothing_queued(make_runtime):
+    """XNAT answers the copy's PUT with 500 (transient for an upload: a close's version would
+    be retried): the rename answers EIO, the old name keeps the file, and the copy leaves the
+    journal at once, so no retry uploads it under the new name later."""
+    rt = make_runtime(allow_delete=True)
+    old, new = f"{PROTOCOLS}/README.txt", f"{PROTOCOLS}/README2.txt"
+    data = read_all(rt, old)
+    rt.emu.faults.fault_methods = "PUT"
+    rt.emu.faults.error_rate, rt.emu.faults.error_status = 1.0, 500
+    try:
+        with pytest.raises(XnatError) as got:
+            rt.writer.rename(old, new)
+    finally:
+        rt.emu.faults.error_rate, rt.emu.faults.fault_methods = 0.0, ""
+    assert errno_for(got.value) == errno.EIO and "-> 500" in str(got.value)
+    assert rt.writer.journal.entries() == [] and rt.writer.status() == []
+    assert on_server(rt, PROTOCOLS_URI, "README.txt") == data
+    assert on_server(rt, PROTOCOLS_URI, "README2.txt") == 404
+    names = listed(rt, PROTOCOLS)
+    assert "README.txt" in names and "README2.txt" not in names
+
+
 def test_a_delete_whose_answer_is_lost_says_where_the_file_is(make_runtime):
     """The DELETE is done after the client gave up waiting (its answer lost): the old name
     goes, the new one holds the file.  The rename says so, and the old name's listing is

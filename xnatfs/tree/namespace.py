@@ -316,7 +316,8 @@ class Namespace(Opening):
         then the old name deleted: what mv's EXDEV fallback does, inside the one call, so that
         programs that rename() without a fallback (Python's ``os.rename``, a rotating log)
         work.  Not atomic: a failed upload changes nothing (the new name's local version is
-        dropped again); a failed DELETE leaves both names on XNAT, and is the answer.  Up to
+        dropped again); a failed DELETE leaves both names on XNAT, and is the answer, saying
+        so (``_half_moved``); an old name gone already is a done move.  Up to
         ``MOVE_ON_XNAT_MAX``; a rename over a local file, or of a larger file, is EXDEV."""
         if split_path(old) == split_path(new):
             return
