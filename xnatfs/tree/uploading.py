@@ -304,7 +304,8 @@ class UploadPath(LocalOverlay):
         PUT overwrote whatever XNAT held when it landed, and nobody was told.  XNAT has no
         conditional PUT (no ETag, no If-Match: docs/XNAT-API.md): this narrows the window
         to one request."""
-        known = {d for d in (target.replaces_md5, *target.base_md5s) if d}
+        chain = [d for d in (*target.base_md5s, target.replaces_md5) if d]  # oldest first
+        known = set(chain)
         for f in self.client.list_files(target.resource_uri):
             if f.path != target.relpath:
                 continue
@@ -315,7 +316,8 @@ class UploadPath(LocalOverlay):
             if target.listing:  # it lists the old file: once the user's is gone, XNAT's shows
                 self.tree.invalidate(join_path(target.listing))
             url = f"{self.client.base_url}{target.file_uri}"
-            expected = ", ".join(sorted(known))
+            # one bounded line: the newest (a log's chain of pending versions may be long)
+            expected = chain[-1] + (f" or {len(chain) - 1} earlier" if len(chain) > 1 else "")
             raise ChangedOnXnat(entry, url, f.digest, expected)
 
     @staticmethod
