@@ -47,6 +47,20 @@ def test_error_rate(femu: Emulator, make_client: Any) -> None:
     assert c.get("/data/projects?format=json").status_code == 200
 
 
+def test_fault_methods_scope_the_faults(femu: Emulator, make_client: Any) -> None:
+    """``fault_methods``: only those methods are faulted (a move whose copy lands and whose
+    DELETE fails, tests/api/test_moves.py)."""
+    c = make_client(("admin", "admin"), base=femu.url)
+    femu.faults.error_rate, femu.faults.fault_methods = 1.0, "DELETE"
+    try:
+        assert c.get("/data/projects/F/resources/R/files?format=json").status_code == 200
+        r = c.delete("/data/projects/F/resources/R/files/big.bin")
+        assert r.status_code == 500
+    finally:
+        femu.faults.error_rate, femu.faults.fault_methods = 0.0, ""
+    assert c.get("/data/projects/F/resources/R/files/big.bin").status_code == 200
+
+
 def test_html_login_rate(femu: Emulator, make_client: Any) -> None:
     c = make_client(("admin", "admin"), base=femu.url)
     femu.faults.html_login_rate = 1.0

@@ -48,6 +48,19 @@ class Faults:
     #: in time (a crawling server or link), one each
     trickle_next: int = 0
     trickle_bps: int = 1000
+    #: the methods ``latency_ms``, ``error_rate`` and ``drop_rate`` apply to (comma-separated,
+    #: e.g. ``DELETE``: a move whose copy lands and whose delete fails); "" for all
+    fault_methods: str = ""
+
+    def hits(self, method: str) -> bool:
+        """Do the latency, error and drop faults apply to a request of ``method``?"""
+        methods = {m.strip().upper() for m in self.fault_methods.split(",") if m.strip()}
+        return not methods or method.upper() in methods
+
+    def drops(self, method: str) -> bool:
+        """May a request of ``method`` be dropped after it is served?  Never an upload or an
+        import: their bodies are cut instead (``Emulator._body_filter``)."""
+        return self.drop_rate > 0 and method not in ("PUT", "POST") and self.hits(method)
 
     def update(self, values: dict[str, Any]) -> None:
         for k, v in values.items():
@@ -275,7 +288,8 @@ class Emulator:
         """Request bodies: with probability drop_rate, cut the connection half-way."""
         if request.environ.get("xnatfs.emulator.control"):
             return it
-        if self.faults.drop_rate <= 0 or self._rng.random() >= self.faults.drop_rate:
+        f = self.faults
+        if f.drop_rate <= 0 or not f.hits(request.method) or self._rng.random() >= f.drop_rate:
             return it
         limit = max(1, (request.content_length or 2) // 2)
 
@@ -318,9 +332,9 @@ class Emulator:
             drop = False
             try:
                 if not is_control:
-                    if f.latency_ms > 0:
+                    if f.latency_ms > 0 and f.hits(method):
                         time.sleep(f.latency_ms / 1000.0)
-                    if f.error_rate > 0 and self._rng.random() < f.error_rate:
+                    if f.hits(method) and f.error_rate > 0 and self._rng.random() < f.error_rate:
                         body = error_response(
                             f.error_status, formats.HTTP_REASONS.get(f.error_status, "Error")
                         )
@@ -333,11 +347,7 @@ class Emulator:
                         )
                         app.add_cookies(body, None)
                         return self._count(body(environ, sr), state, method, raw_path, False)
-                    drop = (
-                        f.drop_rate > 0
-                        and method not in ("PUT", "POST")
-                        and self._rng.random() < f.drop_rate
-                    )
+                    drop = f.drops(method) and self._rng.random() < f.drop_rate
                 result = app(environ, sr)
             except DropConnection:
                 self._activity(-1)

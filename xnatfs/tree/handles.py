@@ -11,13 +11,13 @@ import os
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from xnatfs.tree.local import EMPTY, WRITING, LocalFile
 from xnatfs.tree.nodes import NodeInfo
 from xnatfs.tree.paths import join_path
 from xnatfs.tree.uploading import UploadPath
-from xnatfs.uploads import SpoolFile
+from xnatfs.uploads import SpoolFile, UploadTarget
 from xnatfs.uploads.journal import FAILED, Entry
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,24 @@ class WriteHandle:
                 uploaded.close()
         finally:
             self.writer._release(self.lf, commit=self.changed)
+
+
+#: most MD5s a version carries of the versions before it that may still be on XNAT
+#: (``_made_over``): a log closed more often than this while XNAT is down may be refused as
+#: changed by another client once XNAT answers (its bytes kept as failed, never lost)
+MAX_MADE_OVER = 128
+
+
+def _made_over(target: UploadTarget, pending: bool) -> Tuple[str, ...]:
+    """What a version continuing from the one ``target`` describes is made over, besides that
+    one (its ``replaces_md5``): while that one is pending, what it was made over too (XNAT
+    may hold any of them: a close uploads its version at once, ahead of an older one still
+    queued); once XNAT confirmed it, nothing older.  Before, only the one before it counted,
+    and four shells appending to a log refused each other's versions as another client's."""
+    if not pending:
+        return ()
+    chain = (*target.base_md5s, target.replaces_md5)
+    return tuple(d for d in dict.fromkeys(chain) if d)[-MAX_MADE_OVER:]
 
 
 class HandleOps(UploadPath):
@@ -290,7 +308,12 @@ class HandleOps(UploadPath):
             # same; the upload now checks first (UploadPath._put)
             spool = lf.spool
             replaces = self._spool_md5(spool) if spool is not None and spool.size else ""
-            lf.target = replace(lf.target, overwrite=True, replaces_md5=replaces)
+            lf.target = replace(
+                lf.target,
+                overwrite=True,
+                replaces_md5=replaces,
+                base_md5s=_made_over(lf.target, pending=copied),
+            )
 
     def _refused_by_xnat(self, entry: Optional[Entry]) -> bool:
         """Was ``entry`` refused for good (``failed``: never on XNAT; 409 a file of another

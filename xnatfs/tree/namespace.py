@@ -9,7 +9,7 @@ import re
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import replace
-from typing import Any, ContextManager, Iterator, List, Optional, Sequence
+from typing import Any, ContextManager, Iterator, List, Optional, Sequence, Tuple
 
 from xnatfs import deadline
 from xnatfs.tree import prearchive_moves
@@ -20,6 +20,7 @@ from xnatfs.tree.opening import Opening
 from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path, unescape_name
 from xnatfs.uploads import UploadTarget
 from xnatfs.uploads.journal import Entry
+from xnatfs.xnat.errors import NotFound, XnatError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,29 @@ _RENAME_TRIES = 5
 def _check_label(label: str, path: str) -> None:
     if not _LABEL_RE.match(label):
         raise OSError(errno.EINVAL, "XNAT labels are 1-64 characters of A-Z a-z 0-9 _ -", path)
+
+
+def _half_moved(old: str, new: str, exc: BaseException) -> BaseException:
+    """The error of a move whose copy landed and whose DELETE of the old name failed: the
+    DELETE's own (its errno, URL and status), saying where the bytes are.  Before, it was
+    the bare DELETE error: the user learnt the rename failed, not that the new name held
+    the file (and, after a lost answer, that the old one might be gone)."""
+    what = (
+        f"the file was copied to {new} on XNAT first, then deleting this name failed: "
+        f"{new} holds it; this name may still be there too (rm it to finish the move)"
+    )
+    if isinstance(exc, XnatError):
+        told = type(exc)(
+            exc.method,
+            exc.url,
+            exc.status,
+            f"{exc.message}; {what}" if exc.message else what,
+            retry_after=exc.retry_after,
+        )
+        told.reported = False  # the breaker's "down" line is not this rename's
+        return told
+    code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
+    return OSError(code, f"{exc}; {what}", old)
 
 
 class Namespace(Opening):
@@ -292,7 +316,8 @@ class Namespace(Opening):
         then the old name deleted: what mv's EXDEV fallback does, inside the one call, so that
         programs that rename() without a fallback (Python's ``os.rename``, a rotating log)
         work.  Not atomic: a failed upload changes nothing (the new name's local version is
-        dropped again); a failed DELETE leaves both names on XNAT, and is the answer.  Up to
+        dropped again); a failed DELETE leaves both names on XNAT, and is the answer, saying
+        so (``_half_moved``); an old name gone already is a done move.  Up to
         ``MOVE_ON_XNAT_MAX``; a rename over a local file, or of a larger file, is EXDEV."""
         if split_path(old) == split_path(new):
             return
@@ -307,7 +332,15 @@ class Namespace(Opening):
             raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)
         if existing is None or not self._same_bytes(node, existing):
             self._upload_copy(node, existing, new_parent, old, new)
-        self._unlink_remote(old, split_path(old))
+        try:
+            self._unlink_remote(old, split_path(old))
+        except (NotFound, FileNotFoundError):
+            # gone already (another client's rm, shown by the copy's check listing, or a 404
+            # to the DELETE): the file is at the new name, the move is done
+            self.tree.invalidate(join_path(split_path(old)[:-1]))
+        except Exception as exc:
+            self.tree.invalidate(join_path(split_path(old)[:-1]))  # `ls` shows XNAT's truth
+            raise _half_moved(old, new, exc) from exc
         log.info("mv %s %s: moved on XNAT (uploaded under the new name, then deleted)", old, new)
 
     @staticmethod
@@ -327,12 +360,16 @@ class Namespace(Opening):
         new_parts = split_path(new)
         target = self._target_for(new_parent, new_parts, new)
         if existing is not None:
-            target = replace(target, overwrite=True)
+            target = replace(target, overwrite=True, base_md5s=self._made_over(existing))
         spool = self.spool.create()
         try:
             self._fill_from_server(node, spool, old)
-        except BaseException:
+        except BaseException as exc:
             spool.discard()
+            if isinstance(exc, XnatError):
+                # the breaker's "XNAT down" is one line per outage, for reads; a failed
+                # rename is a user's change and gets its own line (path, URL, cause)
+                exc.reported = False
             raise
         lf = LocalFile(
             new_parts,
@@ -519,7 +556,7 @@ class Namespace(Opening):
             # answered 0 and the upload then met XNAT's file, "duplicates", kept as failed)
             if not self.allow_delete:
                 raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
-            return replace(target, overwrite=True)
+            return replace(target, overwrite=True, base_md5s=self._made_over(existing))
         if (
             (local.entry is not None and not self._refused_by_xnat(local.entry))
             or local.uploaded_size
@@ -529,8 +566,29 @@ class Namespace(Opening):
             # XNAT answered "duplicates", the newest bytes were kept as failed, the older
             # won.  Not over a record XNAT refused: it never landed, and when the refusal was
             # another client's file there, overwrite replaced that without --allow-delete
-            return replace(target, overwrite=True)
+            return replace(target, overwrite=True, base_md5s=self._made_over(existing))
         return target
+
+    def _made_over(self, existing: NodeInfo) -> Tuple[str, ...]:
+        """The MD5s a version renamed over ``existing`` is made over (``UploadTarget.
+        base_md5s``): XNAT's file's; for a local file there, what that one was made over and
+        each of its versions (any may be on XNAT by the time this one lands).  () when one
+        of them is not known (no MD5 listed, a version confirmed and gone): no check then,
+        rather than refusing a version because the mount forgot what it replaced."""
+        local = existing.local_file
+        if not isinstance(local, LocalFile):
+            return (existing.digest,) if existing.digest else ()
+        if local.uploaded_size or (local.replaces is not None and not local.replaces.digest):
+            return ()
+        digests = [*local.target.base_md5s, local.target.replaces_md5]
+        if local.replaces is not None:
+            digests.append(local.replaces.digest)
+        try:
+            versions = self.journal.versions_for(join_path(local.parts))
+            digests += [self._entry_md5(v) for v in versions]
+        except OSError:
+            return ()
+        return tuple(d for d in dict.fromkeys(digests) if d)
 
     def _locked_move(
         self, lf: LocalFile, new_parts: PathParts, target: UploadTarget, entry: Optional[Entry]

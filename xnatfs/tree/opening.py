@@ -70,7 +70,13 @@ class Opening(HandleOps):
             # appending or changing bytes in place: the result differs from what XNAT has
             raise OSError(errno.EACCES, "changing a file on XNAT needs --allow-delete", path)
         parent = self.tree.lookup(join_path(parts[:-1]))
-        target = replace(self._target_for(parent, parts, path), overwrite=True)
+        # what the user's version is made over: an upload that finds other bytes there (another
+        # client's, stored meanwhile) does not overwrite them (UploadPath._check_replaces)
+        target = replace(
+            self._target_for(parent, parts, path),
+            overwrite=True,
+            base_md5s=(node.digest,) if node.digest else (),
+        )
         spool = self.spool.create()
         if not truncate:
             try:

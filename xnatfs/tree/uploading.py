@@ -114,6 +114,26 @@ class NotReplaced(OSError):
         )
 
 
+class ChangedOnXnat(OSError):
+    """A lost update refused (with --allow-delete): another XNAT client stored other bytes at
+    the name since the user's change began (opened, truncated, renamed over).  Overwriting
+    them would destroy that client's version unseen; the user's bytes stay in the journal as
+    failed (``retryable`` False) for the user to decide."""
+
+    retryable = False
+
+    def __init__(self, entry: Entry, url: str, found: str, expected: str) -> None:
+        super().__init__(
+            errno.EEXIST,
+            f"another XNAT client changed this file since it was opened here: {url} holds "
+            f"MD5 {found}, not {expected} (what this version was made over); not "
+            "overwritten, your version is kept as failed (xnatfs status). To replace "
+            "XNAT's: copy yours out of the mount, rm it here (XNAT's shows again), copy "
+            "yours back in",
+            entry.path,
+        )
+
+
 class UploadPath(LocalOverlay):
     """Commit to the journal, upload, and follow the uploader's changes of an entry."""
 
@@ -268,8 +288,8 @@ class UploadPath(LocalOverlay):
         target = entry.target
         with open(entry.data_path, "rb") as fh:
             if target is not None and target.is_file:
-                if target.overwrite and target.replaces_md5 and not self.allow_delete:
-                    self._check_replaces_own(entry, target)
+                if target.overwrite and (target.replaces_md5 or target.base_md5s):
+                    self._check_replaces(entry, target)
                 self.client.upload_file(
                     target.resource_uri, target.relpath, fh, entry.size, overwrite=target.overwrite
                 )
@@ -280,16 +300,43 @@ class UploadPath(LocalOverlay):
             else:
                 raise OSError(errno.EINVAL, f"unknown upload target {target!r}", entry.path)
 
-    def _check_replaces_own(self, entry: Entry, target: Any) -> None:
-        """Before a version replaces the mount's own earlier one (no --allow-delete): XNAT
-        must hold that one, these bytes, or nothing there.  Another client's file stored
-        meanwhile is not replaced: refused as XNAT refuses a new file over it (EEXIST, kept
-        as failed).  XNAT has no conditional PUT: this narrows the window to one request."""
+    def _check_replaces(self, entry: Entry, target: Any) -> None:
+        """Before a version replaces a file: XNAT must hold what the user's change was made
+        over (``target.base_md5s``: the file as opened, truncated or renamed over), the
+        mount's own earlier version (``target.replaces_md5``), these bytes, or nothing there.
+        Another client's file stored meanwhile is not replaced: without --allow-delete as
+        XNAT refuses a new file over it (``NotReplaced``), with it as a lost update
+        (``ChangedOnXnat``); both EEXIST, kept as failed.  Before, with --allow-delete the
+        PUT overwrote whatever XNAT held when it landed, and nobody was told.  XNAT has no
+        conditional PUT (no ETag, no If-Match: docs/XNAT-API.md): this narrows the window
+        to one request."""
+        chain = [d for d in (*target.base_md5s, target.replaces_md5) if d]  # oldest first
+        known = set(chain)
         for f in self.client.list_files(target.resource_uri):
-            if f.path == target.relpath:
-                if f.digest and f.digest not in (target.replaces_md5, entry.md5):
-                    raise NotReplaced(entry)
+            if f.path != target.relpath:
+                continue
+            if not f.digest or f.digest in known or f.digest == self._entry_md5(entry):
                 return
+            if not self.allow_delete:
+                raise NotReplaced(entry)
+            if target.listing:  # it lists the old file: once the user's is gone, XNAT's shows
+                self.tree.invalidate(join_path(target.listing))
+            url = f"{self.client.base_url}{target.file_uri}"
+            # one bounded line: the newest (a log's chain of pending versions may be long)
+            expected = chain[-1] + (f" or {len(chain) - 1} earlier" if len(chain) > 1 else "")
+            raise ChangedOnXnat(entry, url, f.digest, expected)
+
+    @staticmethod
+    def _entry_md5(entry: Entry) -> str:
+        """The MD5 of the journal entry's bytes (hashed here when no attempt hashed them yet:
+        an earlier attempt of these bytes may have landed)."""
+        if entry.md5:
+            return entry.md5
+        md5 = hashlib.md5(usedforsecurity=False)
+        with open(entry.data_path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                md5.update(block)
+        return md5.hexdigest()
 
     def _import(self, entry: Entry, target: Any, fh: Any) -> List[str]:
         """POST the archive to XNAT's import service, never twice while an answer is unknown.

@@ -131,6 +131,8 @@ _PERMANENT_WORDS = (
     "file exists (duplicates",
     "earlier write failed",
     "not sent again",  # an import whose answer was lost (tree/uploading.py ImportUnsure)
+    "not overwritten, your version",  # a lost update refused (tree/uploading.py ChangedOnXnat)
+    "not replaced (replacing another",  # tree/uploading.py NotReplaced
 )
 
 

@@ -44,9 +44,16 @@ class UploadTarget:
     #: file: replace what XNAT has at that path
     overwrite: bool = False
     #: file: the MD5 of the bytes this version replaces (the mount's own earlier version of
-    #: the file); "" when not known.  Without --allow-delete another file found there is not
-    #: replaced (``UploadPath._put``)
+    #: the file); "" when not known.  Another file found there is not replaced, with or
+    #: without --allow-delete (``UploadPath._check_replaces``)
     replaces_md5: str = ""
+    #: file: the MD5s XNAT held at this name when the user's change began (a file on XNAT
+    #: opened to change in place, truncated, or renamed over; a local file renamed over, with
+    #: its versions): what the user's version was made over.  With --allow-delete too, an
+    #: upload that finds another MD5 there (another client stored it meanwhile) does not
+    #: overwrite it (``UploadPath._check_replaces``).  () when not known: sidecars written
+    #: before this field, or a listing without MD5s
+    base_md5s: Tuple[str, ...] = ()
     #: mount path parts of the folder to refresh once XNAT has the bytes
     listing: Tuple[str, ...] = ()
     #: import: project the sessions go to
@@ -110,6 +117,8 @@ class UploadTarget:
             )
             if self.replaces_md5:
                 doc["replaces_md5"] = self.replaces_md5
+            if self.base_md5s:
+                doc["base_md5s"] = list(self.base_md5s)
         elif self.is_import:
             doc.update(project=self.project, dest=self.dest, content_type=self.content_type)
             if self.subject is not None:
@@ -141,6 +150,7 @@ class UploadTarget:
             relpath=str(doc.get("relpath", "")),
             overwrite=bool(doc.get("overwrite", False)),
             replaces_md5=str(doc.get("replaces_md5") or ""),
+            base_md5s=_digests(doc.get("base_md5s")),
             listing=tuple(str(p) for p in (doc.get("listing") or ())),
             project=str(doc.get("project", "")),
             subject=None if subject is None else str(subject),
@@ -152,3 +162,8 @@ class UploadTarget:
     def coerce(cls, target: "UploadTarget | Mapping[str, Any]") -> "UploadTarget":
         """``target`` itself, or a mapping in the sidecar's shape read as one."""
         return target if isinstance(target, UploadTarget) else cls.from_json(target)
+
+
+def _digests(value: Any) -> Tuple[str, ...]:
+    """A sidecar's list of MD5s; () for anything else (absent in older sidecars)."""
+    return tuple(str(d) for d in value if d) if isinstance(value, list) else ()
