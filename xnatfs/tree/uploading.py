@@ -24,7 +24,6 @@ from xnatfs.uploads import Journal, Spool, SpoolFile, Uploader
 from xnatfs.uploads.checks import SharedChecks
 from xnatfs.uploads.journal import DONE, FAILED, PENDING, Entry
 from xnatfs.uploads.retry import classify
-from xnatfs.xnat.errors import XnatError
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +243,6 @@ class UploadPath(LocalOverlay):
             retry = classify(exc).retry
             with self._lock:
                 lf.state = PENDING if retry else FAILED
-            if isinstance(exc, XnatError) and exc.reported:
-                # the breaker's "XNAT down" (ServerDown) is logged once per outage for reads;
-                # a failed close is a user's write, and each gets its line (path, URL, cause)
-                exc.reported = False
             log.info(
                 "upload %s: kept in the journal, %s",
                 path,
