@@ -266,3 +266,22 @@ def test_a_name_that_is_not_there_stays_quiet(make_runtime, caplog):
         assert _fails(lambda: ops.unlink(f"{PROTOCOLS}/never-there.txt")) == errno.ENOENT
         assert _fails(lambda: ops.rmdir(f"{SUBJECTS}/NEVER")) == errno.ENOENT
     assert _errors(caplog) == []
+
+
+def test_a_mv_whose_old_name_another_client_removed_is_done(make_runtime, caplog):
+    """The mount had README's bytes; another client removed it before the mv: the bytes are
+    uploaded under the new name and the old one is gone, which is the move.  Before, the mv
+    answered ENOENT (mv: "cannot move") with the file moved, and no line said so."""
+    rt = make_runtime(allow_delete=True)
+    _seen(rt)
+    data = _on_xnat(rt, "README.txt")
+    _another_client(rt, "DELETE", "README.txt")
+    with caplog.at_level(logging.DEBUG, logger="xnatfs"):
+        _rename(_adapter(rt), rt)  # before: FuseOSError(ENOENT)
+    assert _on_xnat(rt, "README2.txt") == data
+    assert _on_xnat(rt, "README.txt") == 404
+    assert "the old was gone already" in caplog.text
+    assert _errors(caplog) == []
+    rt.tree.invalidate(PROTOCOLS)
+    names = {n.name for n in rt.tree.listdir(PROTOCOLS)}
+    assert "README2.txt" in names and "README.txt" not in names

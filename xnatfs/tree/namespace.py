@@ -20,6 +20,7 @@ from xnatfs.tree.opening import Opening
 from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path, unescape_name
 from xnatfs.uploads import UploadTarget
 from xnatfs.uploads.journal import Entry
+from xnatfs.xnat.errors import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,16 @@ class Namespace(Opening):
             raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)
         if existing is None or not self._same_bytes(node, existing):
             self._upload_copy(node, existing, new_parent, old, new)
-        self._unlink_remote(old, split_path(old))
+        try:
+            self._unlink_remote(old, split_path(old))
+        except (FileNotFoundError, NotFound):
+            # another client removed the old name meanwhile (the listing loaded after the
+            # upload has it no more, or the DELETE answered 404): the file is at the new name
+            # only, which is what the rename was to do.  Before, mv answered ENOENT (a failed
+            # move) with the move done, and no line said so
+            log.info("mv %s %s: uploaded under the new name; the old was gone already", old, new)
+            self.tree.invalidate(join_path(split_path(old)[:-1]))
+            return
         log.info("mv %s %s: moved on XNAT (uploaded under the new name, then deleted)", old, new)
 
     @staticmethod
