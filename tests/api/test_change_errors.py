@@ -285,3 +285,22 @@ def test_a_mv_whose_old_name_another_client_removed_is_done(make_runtime, caplog
     rt.tree.invalidate(PROTOCOLS)
     names = {n.name for n in rt.tree.listdir(PROTOCOLS)}
     assert "README2.txt" in names and "README.txt" not in names
+
+
+def test_a_failed_mv_does_not_say_the_copy_is_kept(make_runtime, caplog):
+    """XNAT answers 500 to the upload under the new name: the mv fails (EIO, one ERROR line),
+    the copy is dropped and the old name stays.  Before, the log also said "upload
+    .../README2.txt: kept in the journal, retried in the background until XNAT has it": a
+    file that never came."""
+    rt = make_runtime(allow_delete=True)
+    _seen(rt)
+    rt.emu.faults.error_status = 500
+    rt.emu.faults.error_rate = 1.0
+    with caplog.at_level(logging.DEBUG, logger="xnatfs"):
+        assert _fails(lambda: _rename(_adapter(rt), rt)) == errno.EIO
+    rt.emu.faults.error_rate = 0.0
+    assert "kept in the journal" not in caplog.text  # before: said so
+    assert f"mv {README} {PROTOCOLS}/README2.txt: not moved" in caplog.text
+    assert len(_errors(caplog)) == 1
+    assert rt.writer.journal.entries() == []
+    assert _on_xnat(rt, "README2.txt") == 404 and isinstance(_on_xnat(rt, "README.txt"), bytes)

@@ -351,6 +351,7 @@ class Namespace(Opening):
             handles=1,
             dirty=True,
             mtime_ns=self.tree.mtime_ns(node),
+            moving_from=old,
         )
         with self._lock:
             if new_parts in self._files:  # written meanwhile: not ours to replace

@@ -243,13 +243,18 @@ class UploadPath(LocalOverlay):
             retry = classify(exc).retry
             with self._lock:
                 lf.state = PENDING if retry else FAILED
-            log.info(
-                "upload %s: kept in the journal, %s",
-                path,
-                "retried in the background until XNAT has it"
-                if retry
-                else "not retryable: kept as failed",
-            )
+            if lf.moving_from:
+                # the rename drops this copy again (``Namespace._upload_copy``): "kept in the
+                # journal" was a lie there, the new name never came
+                log.info("mv %s %s: not moved (the old name stays)", lf.moving_from, path)
+            else:
+                log.info(
+                    "upload %s: kept in the journal, %s",
+                    path,
+                    "retried in the background until XNAT has it"
+                    if retry
+                    else "not retryable: kept as failed",
+                )
             raise
 
     # ------------------------------------------------------------------ uploader callbacks
