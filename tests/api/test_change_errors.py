@@ -29,6 +29,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN
+from tests.helpers.waiting import wait_for
 from xnatfs.fs.ops import XnatOperations, mfusepy
 from xnatfs.xnat.breaker import THRESHOLD, Failure
 
@@ -304,3 +305,34 @@ def test_a_failed_mv_does_not_say_the_copy_is_kept(make_runtime, caplog):
     assert len(_errors(caplog)) == 1
     assert rt.writer.journal.entries() == []
     assert _on_xnat(rt, "README2.txt") == 404 and isinstance(_on_xnat(rt, "README.txt"), bytes)
+
+
+@pytest.mark.parametrize("change", [_mkdir_subject, _unlink], ids=lambda f: f.__name__.strip("_"))
+def test_a_change_that_timed_out_is_looked_up_again(make_runtime, change):
+    """XNAT takes longer than ``--read-timeout`` but does the change: the call answers
+    ETIMEDOUT (its outcome unknown), and the next look at the folder asks XNAT.  Before, the
+    folder's listing stayed as it was for the listing TTL (60 s): the new subject missing
+    (a mkdir that said it failed, and then did not show what XNAT made), the removed file
+    still shown."""
+    rt = make_runtime(allow_delete=True, read_timeout=1.0)
+    _seen(rt)
+    rt.emu.faults.latency_ms = 2500
+    try:
+        assert _fails(lambda: change(_adapter(rt), rt)) == errno.ETIMEDOUT
+    finally:
+        rt.emu.faults.latency_ms = 0
+    rt.emu.emu.wait_idle()  # XNAT finishes the change it was given
+    if change is _mkdir_subject:
+        # the first look may show the listing seen before while its refresh runs (stale_grace)
+        wait_for(
+            lambda: "NEWSUBJ" in {n.name for n in rt.tree.listdir(SUBJECTS)},
+            10,
+            what="the subject XNAT made to be listed",  # before: missing for the 60 s TTL
+        )
+    else:
+        assert _on_xnat(rt, "README.txt") == 404
+        wait_for(
+            lambda: "README.txt" not in {n.name for n in rt.tree.listdir(PROTOCOLS)},
+            10,
+            what="the file XNAT removed to go from the listing",  # before: listed for 60 s
+        )

@@ -20,7 +20,7 @@ from xnatfs.tree.opening import Opening
 from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path, unescape_name
 from xnatfs.uploads import UploadTarget
 from xnatfs.uploads.journal import Entry
-from xnatfs.xnat.errors import NotFound
+from xnatfs.xnat.errors import NotFound, ServerDown, Unreachable, XnatTimeout
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,22 @@ class Namespace(Opening):
     experiment_type: str
     scan_type: str
 
+    @contextmanager
+    def _told_or_expired(self, *folders: str) -> Iterator[None]:
+        """A request that changes ``folders`` on XNAT: one that fails without XNAT's answer
+        (timed out, connection broken) may have been done all the same, so their listings
+        are asked for again at the next look (``Engine.expire``).  Before, a mkdir or rm that
+        timed out while XNAT did it left the listing as it was for the listing TTL (60 s):
+        the new folder missing, the removed file still shown.  Not sent at all (the breaker's
+        ``ServerDown``): nothing changed, nothing to ask."""
+        try:
+            yield
+        except (XnatTimeout, Unreachable) as exc:
+            if not isinstance(exc, ServerDown):
+                for folder in folders:
+                    self.tree.expire(folder)
+            raise
+
     def mkdir(self, path: str) -> None:
         parts = split_path(path)
         name = check_write_name(parts[-1], path)  # before any request (issue 17 §3)
@@ -71,16 +87,17 @@ class Namespace(Opening):
                 path,
             )
         _check_label(name, path)
-        if parent.kind is Kind.SUBJECTS:
-            self.client.create_subject(parent.project, name)
-        elif parent.kind is Kind.EXPERIMENTS:
-            self.client.create_experiment(
-                parent.project, parent.subject, name, self.experiment_type
-            )
-        elif parent.kind is Kind.SCANS:
-            self.client.create_scan(parent.uri, name, self.scan_type)
-        else:
-            self.client.create_resource(parent.uri, name)
+        with self._told_or_expired(join_path(parts[:-1])):
+            if parent.kind is Kind.SUBJECTS:
+                self.client.create_subject(parent.project, name)
+            elif parent.kind is Kind.EXPERIMENTS:
+                self.client.create_experiment(
+                    parent.project, parent.subject, name, self.experiment_type
+                )
+            elif parent.kind is Kind.SCANS:
+                self.client.create_scan(parent.uri, name, self.scan_type)
+            else:
+                self.client.create_resource(parent.uri, name)
         log.info("mkdir %s: created on XNAT", path)
         self.tree.invalidate(join_path(parts[:-1]))
 
@@ -101,12 +118,13 @@ class Namespace(Opening):
             raise OSError(errno.EPERM, "cannot remove this", path)
         if not self.allow_delete:
             raise OSError(errno.EACCES, "removing files from XNAT needs --allow-delete", path)
-        self.client.delete(node.uri)
-        log.info("rm %s: deleted on XNAT", path)
         # a resource's files are one listing however deep the folders (§1.8): forget all of it,
         # else a file in a sub-folder stays listed after rm (found by tests/real)
         parent = self.tree.lookup(join_path(parts[:-1]))
         root = self._files_root(parent, parts[:-1]) if parent.kind is Kind.FILES else parts[:-1]
+        with self._told_or_expired(join_path(root)):
+            self.client.delete(node.uri)
+        log.info("rm %s: deleted on XNAT", path)
         self.tree.invalidate(join_path(root))
 
     def _unlink_local(self, lf: LocalFile, parts: PathParts, path: str) -> None:
@@ -201,10 +219,11 @@ class Namespace(Opening):
             raise OSError(errno.EACCES, "removing XNAT objects needs --allow-delete", path)
         if node.kind is not Kind.PRE_SESSION and not self._is_empty(path, node):
             raise OSError(errno.ENOTEMPTY, "XNAT object is not empty", path)
-        if node.kind is Kind.PRE_SESSION:
-            self._prearc().delete(node.uri)
-        else:
-            self.client.delete(node.uri)
+        with self._told_or_expired(join_path(parts[:-1])):
+            if node.kind is Kind.PRE_SESSION:
+                self._prearc().delete(node.uri)
+            else:
+                self.client.delete(node.uri)
         log.info("rmdir %s: deleted on XNAT", path)
         self.tree.invalidate(join_path(parts[:-1]))
 
