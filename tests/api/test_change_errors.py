@@ -336,3 +336,30 @@ def test_a_change_that_timed_out_is_looked_up_again(make_runtime, change):
             10,
             what="the file XNAT removed to go from the listing",  # before: listed for 60 s
         )
+
+
+def test_a_mv_that_timed_out_says_xnat_may_have_the_copy(make_runtime, caplog):
+    """The upload under the new name gets no answer in time, but XNAT stores it: mv answers
+    ETIMEDOUT, the old name stays, and the log says XNAT may have the copy under the new name
+    too; the folder is looked up again, so the mount shows what XNAT has (both names, a
+    duplicate, never a loss).  Before, the log said "not moved (the old name stays)" only (and
+    before that, "kept in the journal") and the new name stayed unlisted for the 60 s TTL."""
+    rt = make_runtime(allow_delete=True, read_timeout=1.0)
+    _seen(rt)
+    rt.emu.faults.latency_ms = 2500
+    try:
+        with caplog.at_level(logging.DEBUG, logger="xnatfs"):
+            assert _fails(lambda: _rename(_adapter(rt), rt)) == errno.ETIMEDOUT
+    finally:
+        rt.emu.faults.latency_ms = 0
+    rt.emu.emu.wait_idle()
+    assert "XNAT may have the copy under the new name too" in caplog.text
+    assert len(_errors(caplog)) == 1
+    assert isinstance(_on_xnat(rt, "README.txt"), bytes)
+    assert rt.writer.journal.entries() == []
+    assert _on_xnat(rt, "README2.txt") == _on_xnat(rt, "README.txt")  # XNAT stored it
+    wait_for(
+        lambda: "README2.txt" in {n.name for n in rt.tree.listdir(PROTOCOLS)},
+        10,
+        what="the copy XNAT stored to be listed",  # before: unlisted for the 60 s TTL
+    )

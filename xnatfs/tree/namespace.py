@@ -20,7 +20,7 @@ from xnatfs.tree.opening import Opening
 from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path, unescape_name
 from xnatfs.uploads import UploadTarget
 from xnatfs.uploads.journal import Entry
-from xnatfs.xnat.errors import NotFound, ServerDown, Unreachable, XnatTimeout
+from xnatfs.xnat.errors import NotFound, unanswered
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ class Namespace(Opening):
         ``ServerDown``): nothing changed, nothing to ask."""
         try:
             yield
-        except (XnatTimeout, Unreachable) as exc:
-            if not isinstance(exc, ServerDown):
+        except Exception as exc:
+            if unanswered(exc):
                 for folder in folders:
                     self.tree.expire(folder)
             raise
@@ -326,7 +326,9 @@ class Namespace(Opening):
         if existing is not None and (existing.is_dir or self.owns(existing)):
             raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)
         if existing is None or not self._same_bytes(node, existing):
-            self._upload_copy(node, existing, new_parent, old, new)
+            new_files = self._files_root(new_parent, split_path(new)[:-1])
+            with self._told_or_expired(join_path(new_files)):  # an upload without an answer
+                self._upload_copy(node, existing, new_parent, old, new)
         try:
             self._unlink_remote(old, split_path(old))
         except (FileNotFoundError, NotFound):

@@ -24,6 +24,7 @@ from xnatfs.uploads import Journal, Spool, SpoolFile, Uploader
 from xnatfs.uploads.checks import SharedChecks
 from xnatfs.uploads.journal import DONE, FAILED, PENDING, Entry
 from xnatfs.uploads.retry import classify
+from xnatfs.xnat.errors import unanswered
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,12 @@ class UploadPath(LocalOverlay):
             if lf.moving_from:
                 # the rename drops this copy again (``Namespace._upload_copy``): "kept in the
                 # journal" was a lie there, the new name never came
-                log.info("mv %s %s: not moved (the old name stays)", lf.moving_from, path)
+                log.info(
+                    "mv %s %s: not moved (the old name stays%s)",
+                    lf.moving_from,
+                    path,
+                    "; XNAT may have the copy under the new name too" if unanswered(exc) else "",
+                )
             else:
                 log.info(
                     "upload %s: kept in the journal, %s",
