@@ -363,3 +363,32 @@ def test_a_mv_that_timed_out_says_xnat_may_have_the_copy(make_runtime, caplog):
         10,
         what="the copy XNAT stored to be listed",  # before: unlisted for the 60 s TTL
     )
+
+
+def test_a_prearchive_move_not_finished_in_time_is_looked_up_again(
+    make_runtime, monkeypatch, caplog
+):
+    """XNAT accepts a prearchive move that takes longer than the call's deadline: mv answers
+    ETIMEDOUT ("it may still finish", README) with one ERROR line, and once it has finished
+    the old folder no longer lists the session.  Before, it did for the listing TTL (60 s)."""
+    rt = make_runtime(fs_timeout=3.0)
+    _seen(rt)
+    stamp_folder = rt.session.rsplit("/", 1)[0]
+    name = rt.session.rsplit("/", 1)[1]
+    rt.tree.listdir(stamp_folder)
+    monkeypatch.setenv("XNATFS_EMULATOR_PREARC_DELAY", "5")  # XNAT's queue, in the emulator
+    with caplog.at_level(logging.DEBUG, logger="xnatfs"):
+        assert _fails(lambda: _mv_prearchive(_adapter(rt), rt)) == errno.ETIMEDOUT
+    errors = _errors(caplog)
+    assert len(errors) == 1 and rt.session in errors[0] and "may still finish" in errors[0]
+
+    def moved() -> bool:
+        r = requests.get(f"{rt.emu.url}/data/prearchive/projects/DEMO2", auth=ADMIN, timeout=30)
+        return r.status_code == 200 and name in r.text
+
+    wait_for(moved, 30, what="XNAT to finish the move")
+    wait_for(
+        lambda: name not in {n.name for n in rt.tree.listdir(stamp_folder)},
+        10,
+        what="the moved session to go from its old folder",  # before: listed for 60 s
+    )

@@ -61,7 +61,9 @@ class Namespace(Opening):
         try:
             yield
         except Exception as exc:
-            if unanswered(exc):
+            # a prearchive move XNAT accepted and did not finish in time: ETIMEDOUT too
+            late = isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT
+            if late or unanswered(exc):
                 for folder in folders:
                     self.tree.expire(folder)
             raise
@@ -252,14 +254,16 @@ class Namespace(Opening):
         if node.kind is Kind.PRE_SESSION and new_parent.kind is Kind.EXPERIMENTS:
             label = unescape_name(new_parts[-1])
             _check_label(label, new)
-            prearchive_moves.archive_session(
-                self._prearc(), self.tree, node, new_parent, old, new, label
-            )
+            with self._told_or_expired(join_path(old_parts[:-1]), join_path(new_parts[:-1])):
+                prearchive_moves.archive_session(
+                    self._prearc(), self.tree, node, new_parent, old, new, label
+                )
             return
         if node.kind is Kind.PRE_SESSION and new_parent.kind is Kind.PRE_PROJECT:
-            prearchive_moves.move_session(
-                self._prearc(), self.tree, node, new_parent, old_parts, new_parts, new
-            )
+            with self._told_or_expired(*map(join_path, (old_parts[:-1], old_parts[:-2]))):
+                prearchive_moves.move_session(
+                    self._prearc(), self.tree, node, new_parent, old_parts, new_parts, new
+                )
             return
         lf = node.local_file if isinstance(node.local_file, LocalFile) else None
         if lf is None and not node.is_local and not self.allow_delete:
