@@ -26,6 +26,12 @@ try:
         out["head"] = data[:64].decode("latin-1")
     elif kind == "unlink":
         os.unlink(path)
+    elif kind == "mkdir":
+        os.mkdir(path)
+    elif kind == "rmdir":
+        os.rmdir(path)
+    elif kind == "rename":
+        os.rename(path, sys.argv[3])
     out["errno"] = 0
 except OSError as e:
     out["errno"] = e.errno
@@ -34,14 +40,20 @@ print(json.dumps(out))
 """
 
 
-def fs_op(kind: str, path: "os.PathLike[str] | str", timeout: float = 120) -> dict:
-    """One file operation (``stat``, ``listdir``, ``read``, ``unlink``) in a child process (a
+def fs_op(
+    kind: str,
+    path: "os.PathLike[str] | str",
+    timeout: float = 120,
+    to: "os.PathLike[str] | str | None" = None,
+) -> dict:
+    """One file operation (``stat``, ``listdir``, ``read``, ``unlink``, ``mkdir``, ``rmdir``,
+    ``rename`` to ``to``) in a child process (a
     hung FUSE call cannot hang the test run): ``{"errno", "seconds", ...}``, the time measured
     around the call itself.  A child still blocked at ``timeout`` is sent SIGKILL and reported
     as errno None, ``hung``."""
     t = time.monotonic()
     child = subprocess.Popen(
-        [sys.executable, "-c", _OP, kind, str(path)],
+        [sys.executable, "-c", _OP, kind, str(path), *([str(to)] if to is not None else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

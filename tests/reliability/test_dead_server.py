@@ -18,7 +18,9 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import needs_fuse
+import requests
+
+from tests.conftest import ADMIN, needs_fuse
 from tests.helpers.fsop import fs_op
 from tests.helpers.waiting import wait_for
 from tests.reliability.conftest import mount_stats, umount_timed
@@ -221,3 +223,50 @@ def test_a_server_answering_500_to_everything_then_recovering(make_emulator, mak
     wait_for(lambda: _server(m)["state"] == "up", 30, what="the breaker to close")
     assert fs_op("read", m.path / FILES / names[1])["errno"] == 0
     assert m.log_text().count(" is down (") == 1
+
+
+@needs_fuse
+def test_each_change_failed_while_down_has_its_own_error_line(make_emulator, make_mount):
+    """mkdir, rmdir, rm and mv while the breaker holds requests back: each answers EHOSTDOWN
+    at once, leaves nothing half-done, and has ONE ERROR line in the daemon's log naming the
+    path, the URL and "XNAT down"; the reads failed meanwhile add none (the outage's line
+    told).  Before, those changes were logged at DEBUG only (the breaker's error is
+    ``reported``): a user's failed mkdir or rm had no line at all."""
+    emu = make_emulator()
+    put = requests.put(f"{emu.url}/data/projects/DEMO1/subjects/EMPTY", auth=ADMIN, timeout=30)
+    assert put.status_code in (200, 201), put.text
+    m = make_mount(
+        emu.url,
+        *("--timeout", str(T), "--allow-delete"),
+        *("--walk-ahead", "0", "--prefetch", "0", "--bulk-zip", "0"),
+    )
+    subjects, readme = m.path / "DEMO1" / "subjects", m.path / PROTOCOLS / "README.txt"
+    assert "EMPTY" in fs_op("listdir", subjects)["names"]
+    assert fs_op("listdir", subjects / "EMPTY")["errno"] == 0
+    assert fs_op("read", readme)["errno"] == 0
+    emu.stop()
+    fs_op("listdir", subjects / "SUBJ02" / "experiments")
+    wait_for(lambda: _server(m)["state"] != "up", 30, what="the breaker to open")
+    for _ in range(3):  # reads: no line of their own
+        assert fs_op("stat", subjects / "SUBJ03" / "experiments" / "x")["errno"] == errno.EHOSTDOWN
+    changes = [
+        ("mkdir", subjects / "NEWSUBJ", None),
+        ("rmdir", subjects / "EMPTY", None),
+        ("unlink", readme, None),
+        ("rename", readme, m.path / PROTOCOLS / "README2.txt"),
+    ]
+    for kind, path, to in changes:
+        res = fs_op(kind, path, to=to)
+        assert res["errno"] == errno.EHOSTDOWN and res["seconds"] < AT_ONCE, (kind, res)
+    errors = [ln for ln in m.log_text().splitlines() if " ERROR " in ln]
+    for kind, path, _to in changes:
+        op = {"mkdir": "mkdir", "rmdir": "rmdir", "unlink": "unlink", "rename": "rename"}[kind]
+        mine = [ln for ln in errors if f"{op} /{path.relative_to(m.path)}: " in ln]
+        assert len(mine) == 1, (kind, errors)  # before: none
+        assert "http://" in mine[0] and "XNAT down" in mine[0], mine[0]
+    assert len(errors) == len(changes), errors  # the reads: none
+    # nothing half-done: no phantom folder, nothing gone, no second name
+    names = fs_op("listdir", subjects)["names"]
+    assert "NEWSUBJ" not in names and "EMPTY" in names, names
+    files = fs_op("listdir", m.path / PROTOCOLS)["names"]
+    assert "README.txt" in files and "README2.txt" not in files, files

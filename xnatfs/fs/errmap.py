@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from typing import Optional
 
 from xnatfs.xnat import errors as xe
 
@@ -77,11 +78,48 @@ _QUIET = frozenset(
 #: ops that commit a written file: EEXIST there is XNAT's "duplicates" answer (a file of that
 #: name appeared on XNAT meanwhile) and the bytes stay in the journal, so it is a failure
 _COMMIT_OPS = frozenset({"flush", "fsync", "release"})
+#: ops that change XNAT or the upload journal (``open`` for writing too: the wrapper says so).
+#: When XNAT (or the breaker on its behalf) fails one of these, that is a change the user asked
+#: for and did not get: it has its own ERROR line, whatever the errno
+CHANGES = frozenset(
+    {
+        "mkdir",
+        "rmdir",
+        "unlink",
+        "rename",
+        "create",
+        "write",
+        "truncate",
+        "flush",
+        "fsync",
+        "release",
+        "setxattr",
+        "utimens",
+    }
+)
 
 
-def log_failure(op: str, path: str, exc: BaseException, code: int) -> None:
-    """Log a failed op once.  ENOENT and friends are normal answers, not failures; an error
-    marked ``reported`` (``tree.writes.AlreadyReported``) was logged where it happened."""
+def log_failure(
+    op: str, path: str, exc: BaseException, code: int, change: Optional[bool] = None
+) -> None:
+    """Log a failed op once (``change``: the op changes XNAT or the journal; by default, when
+    ``op`` is one of ``CHANGES``).
+
+    Quiet (DEBUG): the ordinary answers of a look (ENOENT and friends, the kernel asks for
+    names that are not there all the time), an error marked ``reported``: a failed ``write``
+    whose later ``flush``/``release`` answer its errno again (``tree.local.AlreadyReported``),
+    and a call the open circuit breaker failed (``ServerDown``: the breaker logged the outage
+    once; a line per ``stat`` would flood).  But an XNAT error that fails a change (a mkdir,
+    rm, mv, close... that XNAT refused, that timed out, that the breaker held back) is an
+    ERROR line of its own, naming the path, the URL and why: the user's change was not made,
+    or is only in the journal, and one line per failed call says so (the client's retries
+    are not lines of their own).  Before, a mkdir or rm failed by the open breaker, or a mv
+    that XNAT answered 404 or "duplicates" for, had no line at all."""
+    if change is None:
+        change = op in CHANGES
+    if change and isinstance(exc, xe.XnatError):
+        log.error("%s", describe(op, path, exc))
+        return
     quiet = code in _QUIET and not (op in _COMMIT_OPS and code == errno.EEXIST)
     if getattr(exc, "reported", False) or quiet:
         log.debug("%s", describe(op, path, exc))

@@ -112,6 +112,18 @@ class _Reader:
     got: int = 0
 
 
+#: open flags of an open for writing (``open`` is then a change: ``errmap.log_failure``)
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+
+
+def _changes(name: str, args: tuple) -> Optional[bool]:
+    """Does this call change XNAT or the journal?  None: ``errmap.CHANGES`` says by its name;
+    an ``open`` does when it opens for writing (its ``fi.flags``)."""
+    if name != "open":
+        return None
+    return bool(args and getattr(args[0], "flags", 0) & _WRITE_FLAGS)
+
+
 def _op(func: Callable[..., Any]) -> Callable[..., Any]:
     """Run one op: any exception becomes ``FuseOSError(errno)`` plus at most one log line."""
     name = func.__name__
@@ -126,7 +138,7 @@ def _op(func: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except BaseException as exc:  # noqa: BLE001 - the errno table decides
             code = errmap.errno_for(exc)
-            errmap.log_failure(name, str(path), exc, code)
+            errmap.log_failure(name, str(path), exc, code, _changes(name, args))
             if self.runtime is not None and not errmap.is_refusal(name, code):
                 self.runtime.note_error(errno.errorcode.get(code, str(code)))
             raise mfusepy.FuseOSError(code) from None
@@ -406,7 +418,7 @@ class XnatOperations(mfusepy.Operations):
     def open(self, path: str, fi: Any) -> int:
         self.runtime.note_fuse("open")
         tree = self.runtime.tree
-        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+        if fi.flags & _WRITE_FLAGS:
             node = tree.lookup(path)
             handle = self._writer(path).open_write(node, path, truncate=bool(fi.flags & os.O_TRUNC))
             return self._add_handle(handle, fi)

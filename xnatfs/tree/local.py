@@ -100,6 +100,9 @@ class LocalFile:
     #: the upload): a handle reading XNAT's copy of an earlier upload (``WriteHandle``) must
     #: not serve it once a later one replaced it.  Changed under ``io``.
     generation: int = 0
+    #: the old name, when this is the copy a rename of a file on XNAT uploads under the new
+    #: name (``Namespace._upload_copy``): a failed upload drops it again, nothing is kept
+    moving_from: str = ""
 
     @contextmanager
     def holding(self, timeout: float) -> Iterator[None]:

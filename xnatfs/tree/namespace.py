@@ -20,7 +20,7 @@ from xnatfs.tree.opening import Opening
 from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path, unescape_name
 from xnatfs.uploads import UploadTarget
 from xnatfs.uploads.journal import Entry
-from xnatfs.xnat.errors import NotFound, XnatError
+from xnatfs.xnat.errors import NotFound, XnatError, unanswered
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,24 @@ class Namespace(Opening):
     experiment_type: str
     scan_type: str
 
+    @contextmanager
+    def _told_or_expired(self, *folders: str) -> Iterator[None]:
+        """A request that changes ``folders`` on XNAT: one that fails without XNAT's answer
+        (timed out, connection broken) may have been done all the same, so their listings
+        are asked for again at the next look (``Engine.expire``).  Before, a mkdir or rm that
+        timed out while XNAT did it left the listing as it was for the listing TTL (60 s):
+        the new folder missing, the removed file still shown.  Not sent at all (the breaker's
+        ``ServerDown``): nothing changed, nothing to ask."""
+        try:
+            yield
+        except Exception as exc:
+            # a prearchive move XNAT accepted and did not finish in time: ETIMEDOUT too
+            late = isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT
+            if late or unanswered(exc):
+                for folder in folders:
+                    self.tree.expire(folder)
+            raise
+
     def mkdir(self, path: str) -> None:
         parts = split_path(path)
         name = check_write_name(parts[-1], path)  # before any request (issue 17 §3)
@@ -94,16 +112,17 @@ class Namespace(Opening):
                 path,
             )
         _check_label(name, path)
-        if parent.kind is Kind.SUBJECTS:
-            self.client.create_subject(parent.project, name)
-        elif parent.kind is Kind.EXPERIMENTS:
-            self.client.create_experiment(
-                parent.project, parent.subject, name, self.experiment_type
-            )
-        elif parent.kind is Kind.SCANS:
-            self.client.create_scan(parent.uri, name, self.scan_type)
-        else:
-            self.client.create_resource(parent.uri, name)
+        with self._told_or_expired(join_path(parts[:-1])):
+            if parent.kind is Kind.SUBJECTS:
+                self.client.create_subject(parent.project, name)
+            elif parent.kind is Kind.EXPERIMENTS:
+                self.client.create_experiment(
+                    parent.project, parent.subject, name, self.experiment_type
+                )
+            elif parent.kind is Kind.SCANS:
+                self.client.create_scan(parent.uri, name, self.scan_type)
+            else:
+                self.client.create_resource(parent.uri, name)
         log.info("mkdir %s: created on XNAT", path)
         self.tree.invalidate(join_path(parts[:-1]))
 
@@ -124,12 +143,13 @@ class Namespace(Opening):
             raise OSError(errno.EPERM, "cannot remove this", path)
         if not self.allow_delete:
             raise OSError(errno.EACCES, "removing files from XNAT needs --allow-delete", path)
-        self.client.delete(node.uri)
-        log.info("rm %s: deleted on XNAT", path)
         # a resource's files are one listing however deep the folders (§1.8): forget all of it,
         # else a file in a sub-folder stays listed after rm (found by tests/real)
         parent = self.tree.lookup(join_path(parts[:-1]))
         root = self._files_root(parent, parts[:-1]) if parent.kind is Kind.FILES else parts[:-1]
+        with self._told_or_expired(join_path(root)):
+            self.client.delete(node.uri)
+        log.info("rm %s: deleted on XNAT", path)
         self.tree.invalidate(join_path(root))
 
     def _unlink_local(self, lf: LocalFile, parts: PathParts, path: str) -> None:
@@ -224,10 +244,11 @@ class Namespace(Opening):
             raise OSError(errno.EACCES, "removing XNAT objects needs --allow-delete", path)
         if node.kind is not Kind.PRE_SESSION and not self._is_empty(path, node):
             raise OSError(errno.ENOTEMPTY, "XNAT object is not empty", path)
-        if node.kind is Kind.PRE_SESSION:
-            self._prearc().delete(node.uri)
-        else:
-            self.client.delete(node.uri)
+        with self._told_or_expired(join_path(parts[:-1])):
+            if node.kind is Kind.PRE_SESSION:
+                self._prearc().delete(node.uri)
+            else:
+                self.client.delete(node.uri)
         log.info("rmdir %s: deleted on XNAT", path)
         self.tree.invalidate(join_path(parts[:-1]))
 
@@ -256,14 +277,16 @@ class Namespace(Opening):
         if node.kind is Kind.PRE_SESSION and new_parent.kind is Kind.EXPERIMENTS:
             label = unescape_name(new_parts[-1])
             _check_label(label, new)
-            prearchive_moves.archive_session(
-                self._prearc(), self.tree, node, new_parent, old, new, label
-            )
+            with self._told_or_expired(join_path(old_parts[:-1]), join_path(new_parts[:-1])):
+                prearchive_moves.archive_session(
+                    self._prearc(), self.tree, node, new_parent, old, new, label
+                )
             return
         if node.kind is Kind.PRE_SESSION and new_parent.kind is Kind.PRE_PROJECT:
-            prearchive_moves.move_session(
-                self._prearc(), self.tree, node, new_parent, old_parts, new_parts, new
-            )
+            with self._told_or_expired(*map(join_path, (old_parts[:-1], old_parts[:-2]))):
+                prearchive_moves.move_session(
+                    self._prearc(), self.tree, node, new_parent, old_parts, new_parts, new
+                )
             return
         lf = node.local_file if isinstance(node.local_file, LocalFile) else None
         if lf is None and not node.is_local and not self.allow_delete:
@@ -331,13 +354,19 @@ class Namespace(Opening):
         if existing is not None and (existing.is_dir or self.owns(existing)):
             raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)
         if existing is None or not self._same_bytes(node, existing):
-            self._upload_copy(node, existing, new_parent, old, new)
+            new_files = self._files_root(new_parent, split_path(new)[:-1])
+            with self._told_or_expired(join_path(new_files)):  # an upload without an answer
+                self._upload_copy(node, existing, new_parent, old, new)
         try:
             self._unlink_remote(old, split_path(old))
-        except (NotFound, FileNotFoundError):
-            # gone already (another client's rm, shown by the copy's check listing, or a 404
-            # to the DELETE): the file is at the new name, the move is done
+        except (FileNotFoundError, NotFound):
+            # another client removed the old name meanwhile (the listing loaded after the
+            # upload has it no more, or the DELETE answered 404): the file is at the new name
+            # only, which is what the rename was to do.  Before, mv answered ENOENT (a failed
+            # move) with the move done, and no line said so
+            log.info("mv %s %s: uploaded under the new name; the old was gone already", old, new)
             self.tree.invalidate(join_path(split_path(old)[:-1]))
+            return
         except Exception as exc:
             self.tree.invalidate(join_path(split_path(old)[:-1]))  # `ls` shows XNAT's truth
             raise _half_moved(old, new, exc) from exc
@@ -378,6 +407,7 @@ class Namespace(Opening):
             handles=1,
             dirty=True,
             mtime_ns=self.tree.mtime_ns(node),
+            moving_from=old,
         )
         with self._lock:
             if new_parts in self._files:  # written meanwhile: not ours to replace

@@ -24,7 +24,7 @@ from xnatfs.uploads import Journal, Spool, SpoolFile, Uploader
 from xnatfs.uploads.checks import SharedChecks
 from xnatfs.uploads.journal import DONE, FAILED, PENDING, Entry
 from xnatfs.uploads.retry import classify
-from xnatfs.xnat.errors import XnatError
+from xnatfs.xnat.errors import unanswered
 
 log = logging.getLogger(__name__)
 
@@ -270,17 +270,23 @@ class UploadPath(LocalOverlay):
             retry = classify(exc).retry
             with self._lock:
                 lf.state = PENDING if retry else FAILED
-            if isinstance(exc, XnatError) and exc.reported:
-                # the breaker's "XNAT down" (ServerDown) is logged once per outage for reads;
-                # a failed close is a user's write, and each gets its line (path, URL, cause)
-                exc.reported = False
-            log.info(
-                "upload %s: kept in the journal, %s",
-                path,
-                "retried in the background until XNAT has it"
-                if retry
-                else "not retryable: kept as failed",
-            )
+            if lf.moving_from:
+                # the rename drops this copy again (``Namespace._upload_copy``): "kept in the
+                # journal" was a lie there, the new name never came
+                log.info(
+                    "mv %s %s: not moved (the old name stays%s)",
+                    lf.moving_from,
+                    path,
+                    "; XNAT may have the copy under the new name too" if unanswered(exc) else "",
+                )
+            else:
+                log.info(
+                    "upload %s: kept in the journal, %s",
+                    path,
+                    "retried in the background until XNAT has it"
+                    if retry
+                    else "not retryable: kept as failed",
+                )
             raise
 
     # ------------------------------------------------------------------ uploader callbacks

@@ -383,6 +383,13 @@ class Engine:
         if parts:
             self.meta.invalidate(parts[:-1])
 
+    def expire(self, path: str) -> None:
+        """The listing of ``path`` may be out of date: a change there whose outcome XNAT did
+        not tell (timed out, connection broken).  The next look asks again; the listing seen
+        before is kept, and shown only while that cannot be answered (``cached``), unlike
+        ``invalidate``, which forgets it (an ``ls`` while XNAT is down would then fail)."""
+        self.meta.invalidate(split_path(path))
+
     def _forget_around(self, parts: PathParts) -> None:
         """What ``invalidate`` forgets besides the listing cache: the last-good listings and
         a layout's own loads at and below ``parts`` and of its parent."""

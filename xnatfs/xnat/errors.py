@@ -29,6 +29,7 @@ __all__ = [
     "NotXnatResponse",
     "CredentialsError",
     "error_for_status",
+    "unanswered",
 ]
 
 
@@ -173,6 +174,12 @@ class ServerDown(Unreachable):
 class HostDown(ServerDown):
     """``ServerDown`` while the server cannot even be connected to (refused, DNS, connect
     timeout), not merely answering errors: the filesystem says "Host is down" (EHOSTDOWN)."""
+
+
+def unanswered(exc: BaseException) -> bool:
+    """A request that failed without XNAT's answer (timed out, connection refused or broken):
+    if it was a change, XNAT may have made it all the same.  Not ``ServerDown``: never sent."""
+    return isinstance(exc, (XnatTimeout, Unreachable)) and not isinstance(exc, ServerDown)
 
 
 class NotXnatResponse(XnatError):
