@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Iterator
 
 import pytest
@@ -67,7 +68,7 @@ def runtime(make_runtime):
 @pytest.fixture
 def runtimes(make_emulator, tmp_path):
     """Factory of runtimes on one emulator and one cache directory (a mount, then the next
-    mount of the same cache), closed after the test."""
+    mount of the same cache; ``make(**options)`` changes options), closed after the test."""
     from tests.conftest import ADMIN
     from xnatfs.options import Options
     from xnatfs.runtime import Runtime
@@ -77,8 +78,8 @@ def runtimes(make_emulator, tmp_path):
     options = Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0)
     made = []
 
-    def make():
-        rt = Runtime(options, Credentials(*ADMIN))
+    def make(**extra):
+        rt = Runtime(dataclasses.replace(options, **extra), Credentials(*ADMIN))
         rt.start()
         rt.emu = emu
         made.append(rt)

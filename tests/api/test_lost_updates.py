@@ -11,7 +11,6 @@ the runtime API, like ``test_tree.py``."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 
 import pytest
@@ -20,11 +19,8 @@ import requests
 from tests.conftest import ADMIN
 from tests.mount.helpers import wait_for
 from xnatfs.fs.errmap import errno_for
-from xnatfs.options import Options
-from xnatfs.runtime import Runtime
 from xnatfs.uploads import UploadTarget
 from xnatfs.uploads.retry import classify_text
-from xnatfs.xnat.auth import Credentials
 
 PROTOCOLS = "/DEMO1/resources/protocols/files"
 PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
@@ -204,26 +200,6 @@ def test_a_close_ahead_of_its_own_pending_version_is_not_a_conflict(make_runtime
     handle.close()
     assert on_server(rt, "run.log") == b"1\n2\n3\n"
     wait_for(lambda: not writer.status(), 30, what="v2 dropped as superseded")
-
-
-@pytest.fixture
-def runtimes(make_emulator, tmp_path):
-    """Factory of runtimes on one emulator and one cache directory, closed after the test."""
-    emu = make_emulator()
-    options = Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0)
-    made = []
-
-    def make(**extra):
-        rt = Runtime(Options(**{**options.__dict__, **extra}), Credentials(*ADMIN))
-        rt.start()
-        rt.emu = emu
-        made.append(rt)
-        return rt
-
-    yield make
-    for rt in made:
-        with contextlib.suppress(Exception):
-            rt.close()
 
 
 def test_what_a_pending_change_was_made_over_survives_a_restart(runtimes):
