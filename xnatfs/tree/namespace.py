@@ -18,7 +18,8 @@ from xnatfs.tree.local import EMPTY, LocalFile, is_temporary
 from xnatfs.tree.nodes import Kind, NodeInfo
 from xnatfs.tree.opening import Opening
 from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path, unescape_name
-from xnatfs.uploads import UploadTarget
+from xnatfs.tree.uploading import entry_md5
+from xnatfs.uploads import Journal, UploadTarget
 from xnatfs.uploads.journal import Entry
 from xnatfs.xnat.errors import NotFound, XnatError, unanswered
 
@@ -65,6 +66,32 @@ def _half_moved(old: str, new: str, exc: BaseException) -> BaseException:
         return told
     code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
     return OSError(code, f"{exc}; {what}", old)
+
+
+def _same_bytes(a: NodeInfo, b: NodeInfo) -> bool:
+    return bool(a.digest) and a.digest == b.digest and a.size == b.size
+
+
+def _made_over(existing: NodeInfo, journal: Journal) -> Tuple[str, ...]:
+    """The MD5s a version renamed over ``existing`` is made over (``UploadTarget.
+    base_md5s``): XNAT's file's; for a local file there, what that one was made over and
+    each of its versions (any may be on XNAT by the time this one lands).  () when one
+    of them is not known (no MD5 listed, a version confirmed and gone): no check then,
+    rather than refusing a version because the mount forgot what it replaced."""
+    local = existing.local_file
+    if not isinstance(local, LocalFile):
+        return (existing.digest,) if existing.digest else ()
+    if local.uploaded_size or (local.replaces is not None and not local.replaces.digest):
+        return ()
+    digests = [*local.target.base_md5s, local.target.replaces_md5]
+    if local.replaces is not None:
+        digests.append(local.replaces.digest)
+    try:
+        versions = journal.versions_for(join_path(local.parts))
+        digests += [entry_md5(v) for v in versions]
+    except OSError:
+        return ()
+    return tuple(d for d in dict.fromkeys(digests) if d)
 
 
 class Namespace(Opening):
@@ -353,7 +380,7 @@ class Namespace(Opening):
             existing = None
         if existing is not None and (existing.is_dir or self.owns(existing)):
             raise OSError(errno.EXDEV, "XNAT has no rename: copy and remove instead", old)
-        if existing is None or not self._same_bytes(node, existing):
+        if existing is None or not _same_bytes(node, existing):
             new_files = self._files_root(new_parent, split_path(new)[:-1])
             with self._told_or_expired(join_path(new_files)):  # an upload without an answer
                 self._upload_copy(node, existing, new_parent, old, new)
@@ -372,10 +399,6 @@ class Namespace(Opening):
             raise _half_moved(old, new, exc) from exc
         log.info("mv %s %s: moved on XNAT (uploaded under the new name, then deleted)", old, new)
 
-    @staticmethod
-    def _same_bytes(a: NodeInfo, b: NodeInfo) -> bool:
-        return bool(a.digest) and a.digest == b.digest and a.size == b.size
-
     def _upload_copy(
         self,
         node: NodeInfo,
@@ -389,7 +412,7 @@ class Namespace(Opening):
         new_parts = split_path(new)
         target = self._target_for(new_parent, new_parts, new)
         if existing is not None:
-            target = replace(target, overwrite=True, base_md5s=self._made_over(existing))
+            target = replace(target, overwrite=True, base_md5s=_made_over(existing, self.journal))
         spool = self.spool.create()
         try:
             self._fill_from_server(node, spool, old)
@@ -586,7 +609,7 @@ class Namespace(Opening):
             # answered 0 and the upload then met XNAT's file, "duplicates", kept as failed)
             if not self.allow_delete:
                 raise OSError(errno.EACCES, "replacing a file on XNAT needs --allow-delete", new)
-            return replace(target, overwrite=True, base_md5s=self._made_over(existing))
+            return replace(target, overwrite=True, base_md5s=_made_over(existing, self.journal))
         if (
             (local.entry is not None and not self._refused_by_xnat(local.entry))
             or local.uploaded_size
@@ -596,29 +619,8 @@ class Namespace(Opening):
             # XNAT answered "duplicates", the newest bytes were kept as failed, the older
             # won.  Not over a record XNAT refused: it never landed, and when the refusal was
             # another client's file there, overwrite replaced that without --allow-delete
-            return replace(target, overwrite=True, base_md5s=self._made_over(existing))
+            return replace(target, overwrite=True, base_md5s=_made_over(existing, self.journal))
         return target
-
-    def _made_over(self, existing: NodeInfo) -> Tuple[str, ...]:
-        """The MD5s a version renamed over ``existing`` is made over (``UploadTarget.
-        base_md5s``): XNAT's file's; for a local file there, what that one was made over and
-        each of its versions (any may be on XNAT by the time this one lands).  () when one
-        of them is not known (no MD5 listed, a version confirmed and gone): no check then,
-        rather than refusing a version because the mount forgot what it replaced."""
-        local = existing.local_file
-        if not isinstance(local, LocalFile):
-            return (existing.digest,) if existing.digest else ()
-        if local.uploaded_size or (local.replaces is not None and not local.replaces.digest):
-            return ()
-        digests = [*local.target.base_md5s, local.target.replaces_md5]
-        if local.replaces is not None:
-            digests.append(local.replaces.digest)
-        try:
-            versions = self.journal.versions_for(join_path(local.parts))
-            digests += [self._entry_md5(v) for v in versions]
-        except OSError:
-            return ()
-        return tuple(d for d in dict.fromkeys(digests) if d)
 
     def _locked_move(
         self, lf: LocalFile, new_parts: PathParts, target: UploadTarget, entry: Optional[Entry]

@@ -134,6 +134,18 @@ class ChangedOnXnat(OSError):
         )
 
 
+def entry_md5(entry: Entry) -> str:
+    """The MD5 of a journal entry's bytes (hashed here when no attempt hashed them yet: an
+    earlier attempt of these bytes may have landed)."""
+    if entry.md5:
+        return entry.md5
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(entry.data_path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            md5.update(block)
+    return md5.hexdigest()
+
+
 class UploadPath(LocalOverlay):
     """Commit to the journal, upload, and follow the uploader's changes of an entry."""
 
@@ -321,7 +333,7 @@ class UploadPath(LocalOverlay):
         for f in self.client.list_files(target.resource_uri):
             if f.path != target.relpath:
                 continue
-            if not f.digest or f.digest in known or f.digest == self._entry_md5(entry):
+            if not f.digest or f.digest in known or f.digest == entry_md5(entry):
                 return
             if not self.allow_delete:
                 raise NotReplaced(entry)
@@ -331,18 +343,6 @@ class UploadPath(LocalOverlay):
             # one bounded line: the newest (a log's chain of pending versions may be long)
             expected = chain[-1] + (f" or {len(chain) - 1} earlier" if len(chain) > 1 else "")
             raise ChangedOnXnat(entry, url, f.digest, expected)
-
-    @staticmethod
-    def _entry_md5(entry: Entry) -> str:
-        """The MD5 of the journal entry's bytes (hashed here when no attempt hashed them yet:
-        an earlier attempt of these bytes may have landed)."""
-        if entry.md5:
-            return entry.md5
-        md5 = hashlib.md5(usedforsecurity=False)
-        with open(entry.data_path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                md5.update(block)
-        return md5.hexdigest()
 
     def _import(self, entry: Entry, target: Any, fh: Any) -> List[str]:
         """POST the archive to XNAT's import service, never twice while an answer is unknown.
