@@ -449,17 +449,22 @@ class Journal:
                 current = self._entries.get(entry.id)
                 if current is None:
                     raise KeyError(entry.id)
-            entry = dataclasses.replace(
-                entry,
-                data_path=self._data_path(entry.id),
-                mtime_ns=current.mtime_ns,
-                sent_at=current.sent_at,
-            )
+            entry = self._as_stored(entry, current)
             self._write_sidecar(entry)
             with self._lock:
                 self._locked_insert(entry)
                 self._unsaved.discard(entry.id)
         return entry
+
+    def _as_stored(self, entry: Entry, current: Entry) -> Entry:
+        """``entry`` as the journal stores a new version of ``current``: its own data path,
+        and the time and send mark the journal holds (``update``'s docstring says why)."""
+        return dataclasses.replace(
+            entry,
+            data_path=self._data_path(entry.id),
+            mtime_ns=current.mtime_ns,
+            sent_at=current.sent_at,
+        )
 
     def remember(self, entry: Entry) -> Optional[Entry]:
         """Hold a new version of an entry in memory only, after its ``update`` failed (a full
@@ -474,12 +479,7 @@ class Journal:
                 current = self._entries.get(entry.id)
                 if current is None:
                     return None
-                entry = dataclasses.replace(
-                    entry,
-                    data_path=self._data_path(entry.id),
-                    mtime_ns=current.mtime_ns,
-                    sent_at=current.sent_at,
-                )
+                entry = self._as_stored(entry, current)
                 self._locked_insert(entry)
                 self._unsaved.add(entry.id)
         return entry
