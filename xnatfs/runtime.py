@@ -27,8 +27,8 @@ from xnatfs.cache.meta import MetaCache
 from xnatfs.cache.times import TimesIndex
 from xnatfs.options import Options
 from xnatfs.tree.tree import Tree
-from xnatfs.tree.writes import UploadsInUse, Writer, journal_dir
-from xnatfs.uploads.journal import read_entries
+from xnatfs.tree.writes import UploadsInUse, Writer
+from xnatfs.uploads.journal import journal_dir, read_entries, uploads_dir
 from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.client import ClientOptions, XnatClient
 
@@ -305,11 +305,6 @@ def full_disk_at_start(cache_dir: "str | os.PathLike[str]", error: BaseException
         f"cache folder {os.fspath(cache_dir)}: its disk is full ({free} bytes free: {error})"
         f"{kept}. Free space on that disk and mount again"
     )
-
-
-def uploads_dir(cache_dir: "str | os.PathLike[str]") -> str:
-    """``<cache-dir>/uploads``: the spool and the upload journal (``tree/writes.py``)."""
-    return os.path.join(cache_dir, "uploads")
 
 
 def _plain(value: Any) -> Any:

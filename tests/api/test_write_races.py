@@ -632,6 +632,9 @@ def two_versions_pending(runtime, path):
     retries); XNAT answers again when the block ends."""
     writer = runtime.writer
     writer.uploader.base_delay = writer.uploader.max_delay = 0.2
+    # 503s to the uploads only: 503s to the listings before them too (the rename's check
+    # whether XNAT has the new name) paused the whole mount, 25 s of the test spent waiting
+    runtime.emu.faults.fault_methods = "PUT"
     with xnat_refusing(runtime):
         for text in (b"first version\n", b"second version\n"):
             write_pending(writer, path, text)

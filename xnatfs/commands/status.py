@@ -58,9 +58,7 @@ def _report_not_uploaded(mountpoint: str, cache_dir: str) -> None:
     """What was written in the mount and is not on XNAT (the daemon's journal after it exited):
     the rule is that the user is told which of the two holds each write, and the daemon's own
     warning at shutdown goes to a log file nobody reads at ``umount``."""
-    from xnatfs.runtime import uploads_dir
-    from xnatfs.tree.writes import journal_dir
-    from xnatfs.uploads.journal import FAILED, read_entries
+    from xnatfs.uploads.journal import FAILED, journal_dir, read_entries, uploads_dir
 
     directory = journal_dir(uploads_dir(cache_dir))
     entries = read_entries(directory)

@@ -49,6 +49,7 @@ from xnatfs.tree.namespace import Namespace
 from xnatfs.tree.paths import join_path, split_path
 from xnatfs.uploads import Journal, Spool, Uploader
 from xnatfs.uploads.checks import SharedChecks
+from xnatfs.uploads.journal import journal_dir
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -59,19 +60,12 @@ __all__ = [
     "WriteHandle",
     "Writer",
     "is_temporary",
-    "journal_dir",
 ]
 
 log = logging.getLogger(__name__)
 
 #: at most this many empty files are named in the unmount's log line
 _EMPTY_LOG_LIMIT = 20
-
-
-def journal_dir(uploads_dir: str) -> str:
-    """Where the upload journal of ``uploads_dir`` (``<cache-dir>/uploads``) lives: also read
-    by ``xnatfs umount`` after the daemon exited, to say what is not on XNAT yet."""
-    return os.path.join(uploads_dir, "journal")
 
 
 class UploadsInUse(OSError):
