@@ -44,9 +44,40 @@ def _root_logging_restored():
     root.setLevel(level)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """Tests marked ``slow`` (10 s or more, mostly waiting on a fault's timers) run first.
+    The suite runs on one pytest-xdist worker per CPU (``scripts/install.sh test``), which
+    hands tests out as workers become free: a long test left to the end kept one worker busy
+    for a minute while the other had nothing left (measured: the 500/503 upload-fault runs,
+    30-70 s each).  The sort is stable, so every worker collects the same order."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+SDCFLOWS_TEST = Path(__file__).parent / "bids" / "test_sdcflows_mount.py"
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not HAVE_FUSE:
         terminalreporter.write_sep("!", "FUSE MOUNT TESTS SKIPPED: " + FUSE_SKIP_REASON, red=True)
+    _say_sdcflows_deselected(terminalreporter, config)
+
+
+def _say_sdcflows_deselected(terminalreporter, config) -> None:
+    """The SDCFlows check is deselected without SDCFlows (tests/bids/conftest.py); said here,
+    by the process that reports: under pytest-xdist the workers collect, and their terminal
+    lines are not shown."""
+    from tests.helpers.optional import sdcflows_python
+
+    asked = [Path(str(arg).split("::", 1)[0]).resolve() for arg in config.args]
+    if sdcflows_python() or not any(
+        SDCFLOWS_TEST == where or where in SDCFLOWS_TEST.parents for where in asked
+    ):
+        return
+    terminalreporter.write_line(
+        "tests/bids/test_sdcflows_mount.py deselected: SDCFlows is not installed "
+        "(set XNATFS_SDCFLOWS_PYTHON to an interpreter that has it to run it)"
+    )
 
 
 # ------------------------------------------------------------------------------ emulator

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 from urllib.parse import unquote
 
 import pytest
 
+from tests.helpers.optional import sdcflows_python
 from xnatfs.emulator.dicom import (
     SeriesSpec,
     StudySpec,
@@ -24,34 +24,15 @@ from xnatfs.emulator.dicom import (
 from xnatfs.emulator.seed import add_dicom_series
 
 
-def sdcflows_python() -> str:
-    """An interpreter that has SDCFlows (``XNATFS_SDCFLOWS_PYTHON``, else this one if it
-    imports it), or ""."""
-    candidate = os.environ.get("XNATFS_SDCFLOWS_PYTHON", "")
-    if candidate and os.access(candidate, os.X_OK):
-        return candidate
-    try:
-        import sdcflows  # noqa: F401
-    except ImportError:
-        return ""
-    return sys.executable
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     """The SDCFlows check (test_sdcflows_mount.py) needs SDCFlows, not a dependency of
-    xnatfs: without it the check is deselected, and the run says so in one line (the suite
-    skips only where /dev/fuse is missing)."""
+    xnatfs: without it the check is deselected, and the run says so in one line (the report
+    header, ``tests/conftest.py``; the suite skips only where /dev/fuse is missing)."""
     drop = [it for it in items if Path(str(it.fspath)).name == "test_sdcflows_mount.py"]
     if not drop or sdcflows_python():
         return
     config.hook.pytest_deselected(items=drop)
     items[:] = [it for it in items if it not in drop]
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(
-            "tests/bids/test_sdcflows_mount.py deselected: SDCFlows is not installed "
-            "(set XNATFS_SDCFLOWS_PYTHON to an interpreter that has it to run it)"
-        )
 
 
 #: the field map scan added to SUBJ02_MR2 by :func:`add_series` (``bids_mount``): the

@@ -48,6 +48,7 @@ def local_dcm2niix(dicom_dir: Path, out: Path) -> nib.Nifti1Image:
     return nib.load(str(out / image))
 
 
+@pytest.mark.slow
 def test_first_read_converts_once_and_matches_dcm2niix(
     make_emulator, make_mount, tmp_path: Path
 ) -> None:

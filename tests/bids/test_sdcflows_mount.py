@@ -13,7 +13,8 @@ import subprocess
 
 import pytest
 
-from tests.bids.conftest import FMAP_AFTER, add_gre_fieldmap, sdcflows_python, tree
+from tests.bids.conftest import FMAP_AFTER, add_gre_fieldmap, tree
+from tests.helpers.optional import sdcflows_python
 from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.mount

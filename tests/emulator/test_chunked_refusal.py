@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import pytest
 import requests
 
 from tests.emulator.rawhttp import send_cut
@@ -53,6 +54,7 @@ def test_a_chunked_upload_is_refused_with_500_and_nothing_stored(tmp_path: Path)
         assert _get(emu, "sized.bin").content == b"".join(_chunks())
 
 
+@pytest.mark.slow
 def test_behind_a_buffering_proxy_a_chunked_upload_is_stored_whole(tmp_path: Path) -> None:
     with Emulator(tmp_path / "d", seed="demo", buffering_proxy=True) as emu:
         r = _put_chunked(emu, "chunked.bin", inbody="true")

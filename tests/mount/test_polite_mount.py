@@ -108,6 +108,7 @@ def _attempts(mounts) -> int:
     return sum(sum(_stats(m.path)["requests"]["requests"].values()) for m in mounts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outage", ["503", "stopped"])
 def test_no_retry_storm_when_xnat_restarts(make_emulator, make_mount, tmp_path, outage):
     """N busy mounts; the server answers 503 to everything for a while (``503``; counted at

@@ -344,6 +344,7 @@ def test_dropped_connection_mid_upload(emu, make_mount, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_kill_9_mid_upload_then_remount_completes(emu, tmp_path):
     data = random.Random(4).randbytes(2 << 20)
     (tmp_path / "k.bin").write_bytes(data)

@@ -45,11 +45,16 @@ SCRATCH_DEFAULT = "XNATFS_SCRATCH"
 HERE = Path(__file__).parent
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
-    """Mark everything here ``real``; and when the self-check will run these tests in a child
-    pytest (a default run without ``-m real``), do not run them a second time in-process."""
+    """Mark everything here ``real`` and in one pytest-xdist group (``--dist loadgroup``:
+    one worker runs them one at a time, as they share the scratch project of a real XNAT;
+    before xdist reads the group, hence ``tryfirst``); and when the self-check will run these
+    tests in a child pytest (a default run without ``-m real``), do not run them a second
+    time in-process."""
     mine = [it for it in items if Path(str(it.fspath)).parent == HERE]
     for it in mine:
+        it.add_marker(pytest.mark.xdist_group("real"))
         if it.name != "test_real_mode_against_separate_emulator":
             it.add_marker(pytest.mark.real)
     selfcheck = any(it.name == "test_real_mode_against_separate_emulator" for it in mine)

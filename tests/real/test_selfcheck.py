@@ -123,6 +123,7 @@ def _snapshot(t: Target) -> dict:
     return inv
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_real_mode_against_separate_emulator(separate_emulator: str, tmp_path: Path) -> None:
     url = separate_emulator

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 import requests
 
 from tests.conftest import ADMIN, needs_fuse
@@ -18,6 +19,7 @@ from tests.reliability.test_stalled_server import emulator_process  # noqa: F401
 T = 5.0
 
 
+@pytest.mark.slow
 @needs_fuse
 def test_unmount_while_the_server_hangs_is_quick_and_keeps_the_write(
     emulator_process,  # noqa: F811 - the fixture imported above

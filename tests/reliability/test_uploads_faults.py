@@ -35,6 +35,7 @@ N_FILES = 100
 SETTLE_DEADLINE = 120.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [500, 503])
 def test_100_uploads_under_errors_and_drops_all_arrive(
     status, make_emulator, make_mount, tmp_path, record

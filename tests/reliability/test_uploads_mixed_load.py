@@ -13,6 +13,8 @@ import sys
 import time
 from collections import Counter
 
+import pytest
+
 from tests.conftest import needs_fuse
 from tests.reliability.conftest import (
     FILES,
@@ -94,6 +96,7 @@ def run_tasks(tasks, threads=8, timeout=600):
     return json.loads(res.stdout)
 
 
+@pytest.mark.slow
 def test_cold_reads_and_uploads_under_500s_never_a_wrong_byte(
     make_emulator, make_mount, tmp_path, record
 ):

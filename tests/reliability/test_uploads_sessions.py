@@ -69,6 +69,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_sessions_expiring_every_few_seconds_cause_no_user_visible_failure(
     make_emulator, make_mount, record
 ):

@@ -403,6 +403,7 @@ def test_a_gzip_encoded_file_is_eio_with_one_log_line_never_inflated(hostile, ma
     assert good["errno"] == 0 and good["size"] == len(GOOD_BYTES), good
 
 
+@pytest.mark.slow
 def test_a_trickled_file_body_ends_within_the_timeout_and_the_mount_answers(hostile, make_mount):
     """A file whose bytes come one every 0.5 s (each well inside --read-timeout): ``cat``
     ends within --timeout with an error, and the mount answers meanwhile."""
