@@ -138,18 +138,20 @@ def test_kill_9_then_mount_again(shared_emulator, tmp_path):
     from xnatfs.fs.mounting import _unmount_helpers, is_stale
 
     m = Mount(shared_emulator.url, tmp_path / "m", tmp_path / "c", tmp_path / "log", []).start()
+    m2 = Mount(shared_emulator.url, tmp_path / "m", tmp_path / "c", tmp_path / "log2", [])
     try:
         for pid in _unmount_helpers(str(m.path)):
             os.kill(pid, signal.SIGKILL)
         os.kill(m.proc.pid, signal.SIGKILL)
         m.proc.wait(timeout=10)
         assert is_mounted(str(m.path)) and is_stale(str(m.path))
-        m2 = Mount(
-            shared_emulator.url, tmp_path / "m", tmp_path / "c", tmp_path / "log2", []
-        ).start()
-        assert "DEMO1" in os.listdir(m2.path)
+        m2.start()
+        # before: failed once in CI ([] : the harness returned on the bare directory while
+        # the new daemon cleared the dead mount; MountDaemon.wait, fixed)
+        assert "DEMO1" in os.listdir(m2.path), m2.log_tail()
         m2.umount()
     finally:
+        m2.cleanup()  # a failure above left the second daemon and its mount behind
         m.cleanup()
 
 

@@ -70,6 +70,29 @@ def test_wait_returns_once_the_path_is_mounted_and_answers(tmp_path):
     assert json.dumps(CREDS) not in " ".join(daemon.argv)
 
 
+def test_wait_over_a_dead_mount_returns_only_once_the_new_mount_is_there(tmp_path, monkeypatch):
+    """A remount over a dead mount: the mount table lists the dead one (which answers
+    nothing), the new daemon clears it (the bare directory answers ``statvfs``, not in the
+    table), then mounts (in the table, answers).  Each look lets the world take its next
+    step, as the daemon did between the two checks; ``wait`` returned having last seen the
+    bare directory when it read the table first."""
+    DEAD, BARE, NEW = 0, 1, 2
+    world = {"now": DEAD, "last_seen": None}
+
+    def look(true_at):
+        seen = world["now"]
+        world["now"], world["last_seen"] = min(NEW, seen + 1), seen
+        return seen in true_at
+
+    monkeypatch.setattr(mounting, "is_mounted", lambda path: look((DEAD, NEW)))
+    daemon = _daemon(tmp_path, "import sys, time; sys.stdin.readline(); time.sleep(600)")
+    try:
+        daemon.wait(timeout=30, answers=lambda: look((BARE, NEW)))
+        assert world["last_seen"] == NEW  # before: BARE (the mount table read at DEAD)
+    finally:
+        daemon.end(grace=0)
+
+
 def test_mountinfo_decoder_reads_escaped_mount_points():
     assert mounting._unescape_mountinfo(r"/mnt/a\040b\134c\011d") == "/mnt/a b\\c\td"
 

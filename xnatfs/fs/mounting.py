@@ -378,7 +378,14 @@ class MountDaemon:
     ) -> None:
         """Return once the mount is there and ``answers()`` (default: ``statvfs`` reaches the
         daemon); raise :class:`MountFailed` when the daemon exits first or at the deadline
-        (the daemon is left running: :meth:`stop` is the caller's)."""
+        (the daemon is left running: :meth:`stop` is the caller's).
+
+        ``answers()`` is asked before the mount table, never after: over a dead mount (a
+        daemon killed with -9) the table still listed the dead mount when it was read, the
+        new daemon then cleared it, and ``statvfs`` answered for the bare directory below, so
+        ``xnatfs mount`` returned before its mount was there and the next ``ls`` showed an
+        empty directory (seen once in CI).  In this order an answer means the dead mount is
+        gone (it answers nothing), and the table read after it lists only the new one."""
         deadline = time.monotonic() + timeout
         check = answers or (lambda: _answers(self.path))
         while True:
@@ -386,7 +393,7 @@ class MountDaemon:
                 rc = self.proc.returncode if self.proc is not None else None
                 tail = self.tail(tail_lines)
                 raise MountFailed(f"xnatfs exited rc={rc}:\n{tail}", rc, tail)
-            if is_mounted(self.path) and check():
+            if check() and is_mounted(self.path):
                 return
             if time.monotonic() > deadline:
                 tail = self.tail(tail_lines)
