@@ -17,6 +17,7 @@ import pydicom
 import pytest
 
 from tests.bids.conftest import conversions, file_gets, per_scan, zip_gets
+from tests.helpers.waiting import wait_for
 from tests.mount.helpers import put_file
 from xnatfs.bids import convert
 
@@ -114,7 +115,8 @@ def test_first_read_converts_once_and_matches_dcm2niix(
     assert 'bids: {"done": 9, "failed": 0' in status.stdout, status.stdout + status.stderr
     bold = subject / "ses-MR2/func/sub-SUBJ02_ses-MR2_task-rest_bold.nii.gz"
     assert nib.load(str(bold)).shape == (32, 32, 8, 4)
-    assert os.getxattr(bold, "user.xnat.conversion") == b"cached"
+    # stored a moment after its read ends (docs/BIDS.md "Sizes before conversion")
+    wait_for(lambda: os.getxattr(bold, "user.xnat.conversion") == b"cached", 30, "bold stored")
     converted_bold = bold.read_bytes()
     m.umount()
 
