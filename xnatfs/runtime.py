@@ -128,6 +128,7 @@ class Runtime:
             max_downloads=o.max_downloads,
             # a paused stream is dropped after the longest silence we allow the server
             stream_idle=o.read_timeout,
+            stop_transfers=self.client.stop_transfers,
         )
         self.content.start()
         self.tree = Tree(

@@ -49,6 +49,7 @@ class ContentStore:
         verify: bool = True,
         fetch_archive: Optional[Fetch] = None,
         stream_idle: float = IDLE_LIMIT,
+        stop_transfers: Optional[Callable[[], None]] = None,
     ) -> None:
         """Every field of the cache, each with what it holds and which lock guards it.
 
@@ -65,6 +66,10 @@ class ContentStore:
         self._fetch = fetch
         #: fetches keys of kind ARCHIVE and the zips of ``bulk`` (tests give one fetch for all)
         self._fetch_archive = fetch_archive or fetch
+        #: ends the fetches under way at once (``close``; the mount's client shuts their
+        #: connections): a running download stops at its next chunk, but a server that
+        #: trickles never completes one
+        self._stop_transfers = stop_transfers
         self._index_dir = os.path.join(self.directory, "index")
         self._partial_dir = os.path.join(self.directory, "partial")
         for path in (self.directory, self._index_dir, self._partial_dir):

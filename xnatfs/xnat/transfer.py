@@ -204,9 +204,10 @@ class Transfer(Transport):
             with self._streams_lock:
                 if sock is not None:
                     self._streams[id(resp)] = sock
-                if self._closed and sock is not None:
+                if self._closing.is_set() and sock is not None:
                     try:
-                        sock.shutdown(socket.SHUT_RDWR)  # close() has run: read nothing more
+                        # stop_transfers() has run: read nothing more
+                        sock.shutdown(socket.SHUT_RDWR)
                     except OSError:
                         pass
             head = _HtmlHead(self._may_be_login_page(resp))

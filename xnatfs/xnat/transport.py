@@ -756,12 +756,10 @@ class Transport(_LoginSession):
             self._heartbeat_thread = t
             t.start()
 
-    def close(self) -> None:
-        """Stop the heartbeat, log out (``DELETE /data/JSESSION``, §10.16) and close the pool.
-        Never raises; safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+    def stop_transfers(self) -> None:
+        """End the downloads under way (their connections are shut) and every retry and
+        heartbeat from now on: the first step of an unmount, taken by the content cache's
+        close before it waits for its downloads (``close`` still logs out after it)."""
         self._closing.set()
         self._heartbeat_wake.set()
         with self._streams_lock:
@@ -772,6 +770,14 @@ class Transport(_LoginSession):
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def close(self) -> None:
+        """Stop the heartbeat, log out (``DELETE /data/JSESSION``, §10.16) and close the pool.
+        Never raises; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop_transfers()
         # one budget for the heartbeat's end, a login under way and the logout: on a server
         # that hangs each of them took its own 3 s (or, for the login, its whole deadline)
         until = time.monotonic() + _LOGOUT_S
