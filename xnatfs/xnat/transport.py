@@ -61,7 +61,19 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, TypeVar, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    TypeVar,
+    Union,
+)
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import requests
@@ -683,6 +695,17 @@ def _http_session(opts: ClientOptions, resolver: "_resolver.Resolver") -> "_Sess
     return http
 
 
+def _shut_all(leases: Iterable[_watchdog.Shuttable]) -> None:
+    """Shut the connections of streamed downloads.  Each is the lease of its connection
+    (``watchdog.Lease``): a download whose last read gave its connection back to the pool,
+    not yet unregistered, shuts nothing."""
+    for lease in leases:
+        try:
+            lease.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class Transport(_LoginSession):
     """A session with one XNAT server and the policy of every request sent in it (see the
     module docstring); the calls of :class:`~xnatfs.xnat.client.XnatClient` build on it.
@@ -763,13 +786,7 @@ class Transport(_LoginSession):
         self._closing.set()
         self._heartbeat_wake.set()
         with self._streams_lock:
-            # each is the lease of its connection (``watchdog.Lease``): a download whose last
-            # read gave its connection back to the pool, not yet unregistered, shuts nothing
-            for sock in self._streams.values():
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shut_all(self._streams.values())
 
     def close(self) -> None:
         """Stop the heartbeat, log out (``DELETE /data/JSESSION``, §10.16) and close the pool.
