@@ -85,7 +85,7 @@ def test_wait_over_a_dead_mount_returns_only_once_the_new_mount_is_there(tmp_pat
         return seen in true_at
 
     monkeypatch.setattr(mounting, "is_mounted", lambda path: look((DEAD, NEW)))
-    daemon = _daemon(tmp_path, "import sys, time; sys.stdin.readline(); time.sleep(600)")
+    daemon = _daemon(tmp_path, "import signal, sys; sys.stdin.readline(); signal.pause()")
     try:
         daemon.wait(timeout=30, answers=lambda: look((BARE, NEW)))
         assert world["last_seen"] == NEW  # before: BARE (the mount table read at DEAD)

@@ -51,6 +51,7 @@ Never logged: passwords, the login form, ``Authorization``/``Cookie`` headers, s
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.cookiejar
 import json
 import logging
@@ -700,10 +701,8 @@ def _shut_all(leases: Iterable[_watchdog.Shuttable]) -> None:
     (``watchdog.Lease``): a download whose last read gave its connection back to the pool,
     not yet unregistered, shuts nothing."""
     for lease in leases:
-        try:
+        with contextlib.suppress(OSError):  # already shut or closed: nothing left to end
             lease.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 class Transport(_LoginSession):
