@@ -182,7 +182,11 @@ class _Index(diskcache.Cache):
             try:
                 os.unlink(os.path.join(self.directory, filename))
             except FileNotFoundError:
-                pass
+                # a row left by an earlier eviction whose DELETE found no room: its file
+                # freed nothing now (counted, it ended the loop with nothing freed and the
+                # download failed ENOSPC while real entries could still go); its row goes
+                victims.append(key)
+                continue
             except OSError:
                 continue
             victims.append(key)
