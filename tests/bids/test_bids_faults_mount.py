@@ -60,23 +60,31 @@ def set_repetition_time(url: str, scan_uri: str, tr_ms: float) -> None:
         put_file(url, f"{scan_uri}/resources/DICOM/files/{row['Name']}", buf.getvalue())
 
 
+@pytest.mark.parametrize(
+    "refreshed",
+    [".bids/DEMO1/sub-SUBJ01/ses-MR1/anat", "DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1"],
+)
 def test_a_sidecar_follows_its_series_changed_on_xnat_after_a_refresh(
-    make_emulator, make_mount
+    make_emulator, make_mount, refreshed: str
 ) -> None:
     """A sidecar not yet merged with dcm2niix's is made from the first DICOM header; the
     header was kept in memory by scan, so after the series changed on XNAT and ``xnatfs
     refresh`` the sidecar kept the old values (3.2 s here) for the life of the mount, while
-    the image was converted again from the new files: the two disagreed."""
+    the image was converted again from the new files: the two disagreed.
+
+    Refreshed at the BIDS folder, or at the XNAT side's session (what a user who changed the
+    series on XNAT refreshes): before, that did not reach ``.bids`` and the sidecar showed the
+    old TR for a listing TTL."""
     emu = make_emulator()
     m = make_mount(emu.url)
     sidecar = m.path / (T2W + ".json")
     assert json.loads(sidecar.read_bytes())["RepetitionTime"] == 3.2
     scan_uri = os.getxattr(sidecar, "user.xnat.uri").decode()
     set_repetition_time(emu.url, scan_uri, 1234.0)
-    refresh(sidecar.parent)
+    refresh(m.path / refreshed)
     assert json.loads(sidecar.read_bytes())["RepetitionTime"] == 1.234
     # the listing's true size is of the new sidecar too
-    refresh(sidecar.parent)
+    refresh(m.path / refreshed)
     assert sidecar.stat().st_size == len(sidecar.read_bytes())
 
 
@@ -194,20 +202,23 @@ def test_a_conversion_while_xnat_is_down_answers_as_its_files_do(make_emulator, 
     assert nii.read_bytes() == want
 
 
-def test_dataset_documents_follow_a_refresh(make_emulator, make_mount) -> None:
+@pytest.mark.parametrize("refreshed", [".bids/DEMO1", "DEMO1"])
+def test_dataset_documents_follow_a_refresh(make_emulator, make_mount, refreshed: str) -> None:
     """A subject added on XNAT, then ``xnatfs refresh`` of the dataset: its ``sub-`` folder
     was listed at once, but ``participants.tsv`` (a document the engine keeps by path for a
-    listing TTL so that stat and read agree) kept the subjects from before."""
+    listing TTL so that stat and read agree) kept the subjects from before.  A refresh of the
+    XNAT side's project (``MNT/DEMO1``) refreshes its dataset too (before: neither the folder
+    nor the document showed the subject for a listing TTL)."""
     emu = make_emulator()
     m = make_mount(emu.url)
     root = m.path / ".bids" / "DEMO1"
     tsv = root / "participants.tsv"
-    assert "sub-NEW9" not in tsv.read_text().split()
+    assert "sub-NEW9" not in tsv.read_text().split() and "sub-NEW9" not in os.listdir(root)
     seed_session(
         emu.emu.store,
         DemoSession("DEMO1", "NEW9", "NEW9_MR1", "20240301", (SeriesSpec(1, "T1w", 3),)),
     )
-    refresh(root)
+    refresh(m.path / refreshed)
     assert "sub-NEW9" in os.listdir(root)
     rows = tsv.read_text().split()
     assert "sub-NEW9" in rows

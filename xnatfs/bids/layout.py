@@ -103,6 +103,7 @@ class BidsLayout(BaseLayout):
     """Read-only BIDS datasets of every project (mounted by the engine under ``.bids``)."""
 
     source = "XNAT (BIDS view)"
+    follows_projects = True  # .bids/P is made from the XNAT side's P
 
     def __init__(
         self,

@@ -690,12 +690,26 @@ class XnatOperations(mfusepy.Operations):
         ``fuse_invalidate_path``, -ENOENT for a name it does not hold); its next ``stat``
         asks the daemon.  A name it holds as missing stays so for ``negative_timeout``
         (10 s at most) unless its folder is listed: libfuse's high-level API cannot reach
-        those, so ``xnatfs refresh`` lists the folder after this (``control._list_folder``)."""
+        those, so ``xnatfs refresh`` lists the folder after this (``control._list_folder``).
+
+        A view made from the XNAT side (``.bids``) is refreshed with it, at the project's
+        folder (``Engine.following``): a refresh of ``MNT/P/S/E`` after a change on XNAT
+        shows it in ``MNT/.bids/P`` too."""
         tree = self.runtime.tree
         folder = path if tree.lookup(path).is_dir else os.path.dirname(path)
+        views = tree.following(path)
         known = [folder, *tree.known_below(folder)]
+        for view in views:
+            if tree.holds(view):  # else never looked at (or expired): nothing to forget
+                known += [view, *tree.known_below(view)]
         tree.invalidate(path)
-        log.info("refresh of %s: its listings are loaded anew", path)
+        for view in views:
+            tree.invalidate(view)
+        log.info(
+            "refresh of %s%s: its listings are loaded anew",
+            path,
+            "".join(f" (and {view})" for view in views),
+        )
         forget = _kernel_forgets()
         try:
             tree.lookup(path)  # ENOENT for a folder gone from XNAT meanwhile

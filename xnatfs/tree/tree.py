@@ -19,6 +19,7 @@ from xnatfs.policies.prefetch import Prefetch
 from xnatfs.policies.walk import WalkAhead
 from xnatfs.view.engine import Engine, ReadHandle
 from xnatfs.view.layout import Listing, Policy
+from xnatfs.view.paths import escape_name, join_path, split_path
 
 __all__ = ["DIGEST_PARAM", "Listing", "ReadHandle", "Tree", "_content_key"]
 
@@ -78,3 +79,20 @@ class Tree(Engine):
     @catalog_times.setter
     def catalog_times(self, value: bool) -> None:
         self.xnat.catalog_times = value
+
+    def following(self, path: str) -> List[str]:
+        """In each mounted view that ``follows_projects`` (``view.layout.BaseLayout``), the
+        folder of ``path``'s project: ``MNT/P/S/E`` -> ``MNT/.bids/P``.  ``xnatfs refresh`` of
+        an XNAT path refreshes them too; before, only a refresh of the ``.bids`` path reached
+        the BIDS view, which showed the series as they were for a listing TTL.  The whole
+        project's folder, not a mapped sub-folder: a view gathers one XNAT object into several
+        of its folders (a session's scans into ``anat``, ``func``, ``fmap``) and makes
+        documents from all of them (``participants.tsv``).  No request when ``path`` was just
+        looked up (its project's node is cached)."""
+        parts = split_path(path)
+        views = [n for n, lay in self._mounts.items() if getattr(lay, "follows_projects", False)]
+        if not parts or not views or self.layout_of(parts)[1]:
+            return []
+        project = self.node(parts[:1]).project
+        folder = escape_name(project) if project else parts[0]
+        return [join_path((name, folder)) for name in views]

@@ -383,6 +383,16 @@ class Engine:
         if parts:
             self.meta.invalidate(parts[:-1])
 
+    def following(self, path: str) -> List[str]:
+        """Folders of mounted views made from what ``path`` shows: a refresh of ``path``
+        reaches them too (``fs/ops.py``).  None here; ``tree.Tree`` names them."""
+        return []
+
+    def holds(self, path: str) -> bool:
+        """Is the node at ``path`` cached (``known_below(path)`` then makes no request)?"""
+        parts = split_path(path)
+        return not parts or self.meta.peek(parts + (_NODE_KEY,)) is not None
+
     def expire(self, path: str) -> None:
         """The listing of ``path`` may be out of date: a change there whose outcome XNAT did
         not tell (timed out, connection broken).  The next look asks again; the listing seen

@@ -217,6 +217,10 @@ class BaseLayout:
     ``open`` (``tests/mount/toy_layout.py`` is a whole layout in ~80 lines)."""
 
     source = "the source"
+    #: a view of the main layout's projects, each at a top-level folder named as in the main
+    #: layout (the BIDS view's ``.bids/P``): a refresh of the main layout's ``P/...``
+    #: reaches that folder too (``Engine.following``)
+    follows_projects = False
 
     def root(self) -> NodeInfo:  # pragma: no cover - every layout has its own
         raise NotImplementedError
