@@ -705,6 +705,49 @@ def test_an_earlier_mounts_damaged_entry_is_hashed_before_it_is_served(tmp_path,
         assert second.stats["verified"] == 1 and second.stats["damaged"] == 1
 
 
+def test_an_open_after_the_verdict_is_verified_while_the_download_is_stored(
+    make_cache, monkeypatch
+):
+    """A download's fsync and adoption follow its verdict.  An open in that window followed
+    the download and counted as unverified, so the mount dropped the pages the first read had
+    just filled (``fs.keepcache``): the next reads of a large file went through the daemon
+    again.  Opened after the verdict, every byte it can serve is the verified attempt's."""
+    from xnatfs.cache import download as download_module
+
+    data = payload(300_000, seed=3)
+    fetch = FakeFetch({"/f": data}, hold_at=100_000)
+    syncing, stored = threading.Event(), threading.Event()
+    real_sync = download_module.Download.sync
+
+    def held_sync(self) -> None:
+        syncing.set()
+        assert stored.wait(WAIT), "the test never let the download be stored"
+        real_sync(self)
+
+    monkeypatch.setattr(download_module.Download, "sync", held_sync)
+    cc = make_cache(fetch)
+    key = key_for("/f", data)
+    first = cc.open(key)
+    second = None
+    try:
+        assert fetch.held.wait(WAIT)
+        assert not first.verified  # following the download: no verdict yet
+        fetch.gate.set()
+        assert first.read(0, len(data) + 1, later()) == data  # the last read waits for it
+        assert syncing.wait(WAIT)
+        second = cc.open(key)
+        assert cc.state(key) == "downloading"  # being stored
+        assert second.verified  # before: False
+        assert not first.verified  # opened before the verdict: stays so
+        assert second.read(0, len(data) + 1, later()) == data
+    finally:
+        stored.set()
+        first.close()
+        if second is not None:
+            second.close()
+    wait_for(lambda: cc.state(key) == "cached", "the download stored")
+
+
 def test_a_verified_entry_changed_while_running_is_hashed_again(make_cache):
     data = payload(50_000)
     cc, fetch, key = _cached(make_cache, data)

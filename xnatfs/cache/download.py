@@ -691,6 +691,13 @@ class Download:
         with self._cond:
             return self._done
 
+    @property
+    def verified(self) -> bool:
+        """The current attempt's size and MD5 checked out: the partial file's bytes are final
+        (no attempt follows a verified one; what is left is its fsync and adoption)."""
+        with self._cond:
+            return self._verified >= 0 and self._verified == self._generation
+
     def wait(self, deadline: float) -> bool:
         """Block until the download ended or ``deadline`` (time.monotonic) passed; True if ended."""
         with self._cond:
