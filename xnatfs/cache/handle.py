@@ -119,7 +119,8 @@ class ContentHandle:
         opens depends on it (``fs.keepcache``).  A download's fsync and adoption follow its
         verdict (0.3-0.6 s for 256 MiB here): opens in that window counted as unverified and
         dropped the pages the first read had just filled, so the next two or three reads of a
-        large file went through the daemon again (1.2 against 5-6.5 GB/s, 1 MiB ``dd``)."""
+        large file went through the daemon again (0.7-1.2 against 2.8-5.5 GB/s with pages
+        kept; ``benchmarks/reread.py``, RESULTS.md)."""
         if self._verification is not None:
             return False
         return self._download is None or self._opened_verified

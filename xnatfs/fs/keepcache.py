@@ -5,9 +5,9 @@ drops that inode's pages at open (``FOPEN_KEEP_CACHE`` unset: the kernel invalid
 mapping in ``fuse_finish_open``; docs/FUSE.md §2).  Pages read through an open that was not
 served from a verified cache entry — a download being followed, a large cached file still
 hashed while read, a streamed file — may hold bytes that later failed their check: that open
-ends in EIO, but its pages stay.  (An open of a download whose verdict is in, still being
-stored, is verified: ``ContentHandle.verified``.)  Keeping them for the next open would hand those wrong bytes
-out with success (never a wrong byte, issue 17 §5).
+ends in EIO, but its pages stay.  Keeping them for the next open would hand those wrong bytes
+out with success (never a wrong byte, issue 17 §5).  (An open of a download whose verdict is
+in, the file still being stored, is verified: ``ContentHandle.verified``.)
 
 So an unverified open always drops the path's pages and puts the path on probation, noting
 the content cache's ``taints`` count.  The next open served from the verified cache entry
