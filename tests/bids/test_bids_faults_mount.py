@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -223,6 +224,39 @@ def test_dataset_documents_follow_a_refresh(make_emulator, make_mount, refreshed
     rows = tsv.read_text().split()
     assert "sub-NEW9" in rows
     assert tsv.stat().st_size == len(tsv.read_bytes())
+
+
+@pytest.mark.slow
+def test_a_refresh_of_the_xnat_side_reaches_names_the_kernel_holds_longer_than_the_daemon(
+    make_emulator, make_mount
+) -> None:
+    """The kernel keeps a name for a listing TTL from its own lookup: ``participants.tsv``
+    looked up half a TTL after ``.bids/DEMO1`` outlives the daemon's entry for that folder.
+    A refresh of ``MNT/DEMO1`` in that window made the kernel forget nothing below
+    ``.bids/DEMO1`` (it asked whether the folder's entry was held): ``stat`` gave the old size
+    while a read gave the new document (found in review; refreshing ``.bids/DEMO1`` itself
+    was right).  The names now come from the listings held, fresh or last seen.  Timed by the
+    TTL itself, so it sleeps: the kernel's entry cannot be waited for otherwise."""
+    ttl = 10.0
+    emu = make_emulator()
+    m = make_mount(emu.url, "--listing-ttl", str(ttl))
+    root = m.path / ".bids" / "DEMO1"
+    tsv = root / "participants.tsv"
+    t0 = time.monotonic()
+    os.stat(root)  # the daemon's entry for .bids/DEMO1 lasts until t0 + ttl
+    time.sleep(ttl / 2)
+    before = tsv.stat().st_size  # the kernel holds this until about t0 + 1.5 ttl
+    time.sleep(max(0.0, t0 + ttl + 0.5 - time.monotonic()))
+    seed_session(
+        emu.emu.store,
+        DemoSession("DEMO1", "NEW9", "NEW9_MR1", "20240301", (SeriesSpec(1, "T1w", 3),)),
+    )
+    refresh(m.path / "DEMO1")
+    size = tsv.stat().st_size
+    assert time.monotonic() - t0 < 1.45 * ttl, "checked after the kernel's entry ended"
+    text = tsv.read_bytes()
+    assert b"sub-NEW9" in text
+    assert size == len(text) != before  # before: the old size (48) against 57 bytes read
 
 
 def test_a_series_zip_cut_mid_stream_converts_the_whole_series(make_emulator, make_mount) -> None:

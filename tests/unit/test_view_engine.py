@@ -429,3 +429,25 @@ def test_known_below_names_what_held_listings_gave_and_loads_nothing(engine):
     assert "/docs" in eng.known_below("/") and "/docs/readme.txt" not in eng.known_below("/")
     assert main.loads == loads + 1  # only the listdir above
     assert len(eng.known_below("/", limit=2)) == 2
+
+
+def test_known_below_outlives_the_folders_own_entry(tmp_path):
+    """The kernel keeps a name for a TTL from its own lookup, which may end after the engine's
+    entry for the folder above it: a refresh then found that entry gone and made the kernel
+    forget nothing below it (a stale ``stat`` size after ``xnatfs refresh`` of the XNAT side,
+    seen for ``.bids/P``).  The folders' last seen listings still name them; no request."""
+    now = [0.0]
+    main = ToyLayout(TREE)
+    eng = Engine(main, MetaCache(ttl=10.0, timer=lambda: now[0]), content=None, fs_timeout=10.0)
+    try:
+        eng.listdir("/data")
+        eng.listdir("/data/deep")
+        assert eng.peek_node(("data",)) is not None
+        now[0] += 11.0  # every entry expired; the listings are kept as last seen
+        loads = main.loads
+        assert eng.peek_node(("data",)) is None
+        assert sorted(eng.known_below("/data")) == ["/data/deep", "/data/deep/numbers.bin"]
+        assert eng.known_below("/docs") == []  # never listed: not looked into
+        assert main.loads == loads  # before: the walk from the root asked the source again
+    finally:
+        eng.close()

@@ -177,8 +177,10 @@ class BidsLayout(BaseLayout):
                 raise OSError(errno.ENOENT, "no such folder in the BIDS dataset", "/".join(parts))
             return listing
 
+        # keyed by the folder's name as shown (escaped), as every key is a path: under the raw
+        # ID, a refresh of an escaped name (``a%2Fb``) missed the project's listing
         return Loaded(
-            key=(project,), load=lambda: self._load_project(project, record), select=select
+            key=parts[:1], load=lambda: self._load_project(project, record), select=select
         )
 
     def lookup(self, parts: PathParts, parent: NodeInfo, name: str) -> Optional[NodeInfo]:

@@ -700,8 +700,7 @@ class XnatOperations(mfusepy.Operations):
         views = tree.following(path)
         known = [folder, *tree.known_below(folder)]
         for view in views:
-            if tree.holds(view):  # else never looked at (or expired): nothing to forget
-                known += [view, *tree.known_below(view)]
+            known += [view, *tree.known_below(view)]  # [] for a view never looked at
         tree.invalidate(path)
         for view in views:
             tree.invalidate(view)

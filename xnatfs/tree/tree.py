@@ -87,12 +87,16 @@ class Tree(Engine):
         the BIDS view, which showed the series as they were for a listing TTL.  The whole
         project's folder, not a mapped sub-folder: a view gathers one XNAT object into several
         of its folders (a session's scans into ``anat``, ``func``, ``fmap``) and makes
-        documents from all of them (``participants.tsv``).  No request when ``path`` was just
-        looked up (its project's node is cached)."""
+        documents from all of them (``participants.tsv``).  None for a folder that is no
+        project (``.prearchive``, ``.xnatfs``, a folder made by ``mkdir``).  At most one
+        request (the projects' listing, when the project's node has expired before the
+        path's), and a refresh never fails for it: the path's own refresh stands."""
         parts = split_path(path)
         views = [n for n, lay in self._mounts.items() if getattr(lay, "follows_projects", False)]
         if not parts or not views or self.layout_of(parts)[1]:
             return []
-        project = self.node(parts[:1]).project
-        folder = escape_name(project) if project else parts[0]
-        return [join_path((name, folder)) for name in views]
+        try:
+            project = self.node(parts[:1]).project
+        except OSError:
+            return []
+        return [join_path((name, escape_name(project))) for name in views] if project else []

@@ -34,6 +34,7 @@ import cachetools
 from xnatfs import deadline
 from xnatfs.cache.content import ContentKey
 from xnatfs.cache.meta import MetaCache
+from xnatfs.view import held
 from xnatfs.view.layout import Children, Fixed, Layout, Listing, Loaded, Overlay, Policy
 from xnatfs.view.node import Generated, Local, NodeInfo
 from xnatfs.view.paths import PathParts, canonical_name, join_path, split_path
@@ -388,11 +389,6 @@ class Engine:
         reaches them too (``fs/ops.py``).  None here; ``tree.Tree`` names them."""
         return []
 
-    def holds(self, path: str) -> bool:
-        """Is the node at ``path`` cached (``known_below(path)`` then makes no request)?"""
-        parts = split_path(path)
-        return not parts or self.meta.peek(parts + (_NODE_KEY,)) is not None
-
     def expire(self, path: str) -> None:
         """The listing of ``path`` may be out of date: a change there whose outcome XNAT did
         not tell (timed out, connection broken).  The next look asks again; the listing seen
@@ -431,32 +427,21 @@ class Engine:
     def known_below(self, path: str, limit: int = 50_000) -> List[str]:
         """Paths below ``path`` that a listing the engine still holds names (fresh, or the last
         one seen), at most ``limit``: every name the kernel can hold for that folder came from
-        one of them (``fs/ops.py`` makes the kernel forget them at a refresh).  No request:
-        a folder whose listing is not held is not looked into."""
-        found: List[str] = []
-        start = split_path(path)
-        stack: List[Tuple[PathParts, NodeInfo]] = [(start, self.node(start))]
-        while stack and len(found) < limit:
-            parts, node = stack.pop()
-            if not node.is_dir:
-                continue
-            children = self.descriptor(parts, node)
-            if children is None:
-                continue
-            if isinstance(children, Fixed):
-                listing = children.listing
-            else:
-                value = self.meta.peek(children.key)
-                if value is None:
-                    with self._last_good_lock:
-                        value = self._last_good.get(children.key)
-                if value is None:
-                    continue
-                listing = children.select(value)
-            for name, child in listing.children.items():
-                found.append(join_path(parts + (name,)))
-                stack.append((parts + (name,), child))
-        return found[:limit]
+        one of them (``fs/ops.py`` makes the kernel forget them at a refresh).  No request
+        (``view/held.py``)."""
+        return held.known_below(self, path, limit)
+
+    def last_seen(self, key: PathParts) -> Any:
+        """The listing cached under ``key``, fresh or the last one seen; None.  No request."""
+        value = self.meta.peek(key)
+        if value is None:
+            with self._last_good_lock:
+                value = self._last_good.get(key)
+        return value
+
+    def peek_node(self, parts: PathParts) -> Optional[NodeInfo]:
+        """The node at ``parts`` if it is cached (``node`` keeps it as long as listings)."""
+        return self.meta.peek(parts + (_NODE_KEY,)) if parts else None
 
     def refresh(self, path: str, make: Callable[[NodeInfo], Any], since: int) -> bool:
         """``invalidate(path)`` after a change the caller has a listing of: ``make(node)``
