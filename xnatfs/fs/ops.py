@@ -693,7 +693,7 @@ class XnatOperations(mfusepy.Operations):
         those, so ``xnatfs refresh`` lists the folder after this (``control._list_folder``).
 
         A view made from the XNAT side (``.bids``) is refreshed with it, at the project's
-        folder (``Engine.following``): a refresh of ``MNT/P/S/E`` after a change on XNAT
+        folder (``Tree.following``): a refresh of ``MNT/P/S/E`` after a change on XNAT
         shows it in ``MNT/.bids/P`` too."""
         tree = self.runtime.tree
         folder = path if tree.lookup(path).is_dir else os.path.dirname(path)
