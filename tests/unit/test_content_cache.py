@@ -937,6 +937,7 @@ def test_a_row_whose_file_is_already_gone_is_not_counted_as_room(make_cache, sma
     _fill_to_the_last_block(small_fs / "filler")  # the room it freed is taken again
     assert read_all(cc, key_for("/new", new)) == new  # before: ENOSPC, nothing more to evict
     assert cc.state(key_for("/old1", old["/old1"])) == "absent"  # the real room it took
+    assert cc.stats["evictions"] == 1  # /old1; the row of /old0 went, no second eviction
 
 
 def test_the_cache_closes_on_a_full_disk(make_cache, small_fs):

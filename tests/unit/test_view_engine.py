@@ -431,7 +431,7 @@ def test_known_below_names_what_held_listings_gave_and_loads_nothing(engine):
     assert len(eng.known_below("/", limit=2)) == 2
 
 
-def test_known_below_outlives_the_folders_own_entry(tmp_path):
+def test_known_below_outlives_the_folders_own_entry():
     """The kernel keeps a name for a TTL from its own lookup, which may end after the engine's
     entry for the folder above it: a refresh then found that entry gone and made the kernel
     forget nothing below it (a stale ``stat`` size after ``xnatfs refresh`` of the XNAT side,

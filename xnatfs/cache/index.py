@@ -173,7 +173,7 @@ class _Index(diskcache.Cache):
         ).fetchall()
         if touched:
             rows.sort(key=lambda row: max(row[3] or 0.0, touched.get(row[0], 0.0)))
-        freed, victims = 0, []
+        freed, victims, stale = 0, [], []
         for key, size, filename, _ in rows:
             if freed >= need:
                 break
@@ -184,20 +184,23 @@ class _Index(diskcache.Cache):
             except FileNotFoundError:
                 # a row left by an earlier eviction whose DELETE found no room: its file
                 # freed nothing now (counted, it ended the loop with nothing freed and the
-                # download failed ENOSPC while real entries could still go); its row goes
-                victims.append(key)
+                # download failed ENOSPC while real entries could still go); its row goes,
+                # and it is no eviction (counted when its file went)
+                stale.append(key)
                 continue
             except OSError:
                 continue
             victims.append(key)
             freed += int(size or 0)
-        if victims:
+        if victims or stale:
             try:
                 with self._transact(retry=True) as (sql, _cleanup):
-                    for key in victims:
+                    for key in victims + stale:
                         sql("DELETE FROM Cache WHERE key = ? AND raw = 1", (key,))
             except sqlite3.Error as exc:  # still no room: the rows go at their next open
-                log.warning("content cache: cannot drop %d evicted rows: %s", len(victims), exc)
+                log.warning(
+                    "content cache: cannot drop %d evicted rows: %s", len(victims + stale), exc
+                )
         return victims
 
     def size_of(self, key: str) -> Optional[int]:
