@@ -7,6 +7,7 @@ the emulator's access log.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -137,7 +138,11 @@ def test_git_repository_in_a_resource(emu, make_mount, tmp_path):
     assert sh([*git, "status", "--porcelain"]).stdout == ""
     assert sh([*git, "log", "--format=%s"]).stdout == "first\n"
     # what git left is what XNAT has: a clone of the repository from XNAT's copy (read back
-    # through a second, fresh mount) checks out the same file
+    # through a second, fresh mount) checks out the same file.  Once the uploads are done: an
+    # object git renamed from its held-back temporary name is uploaded after the rename, and
+    # under load the clone came first ("unable to read sha1 file", the blob still queued)
+    stats = m.path / ".xnatfs" / "stats"
+    wait_for(lambda: not json.loads(stats.read_text())["uploads"], 60, "git's files on XNAT")
     on_server = server_files(emu)
     assert not [n for n in on_server if n.endswith(".lock") or "/tmp_obj_" in n]
     assert "code/.git/HEAD" in on_server and "code/analysis.py" in on_server
