@@ -52,6 +52,29 @@ def hash_files(paths: Sequence[str], threads: int = 1, timeout: float = 120) -> 
     return json.loads(res.stdout)
 
 
+_FORGETTER = r"""
+import os, sys
+for p in sys.argv[1:]:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+"""
+
+
+def forget_pages(paths: Sequence[str], timeout: float = 60) -> None:
+    """The kernel forgets its page cache of these files (``POSIX_FADV_DONTNEED`` on each): the
+    next read goes to the daemon.  Never ``echo 3 > /proc/sys/vm/drop_caches``: that empties
+    the page cache of the whole machine, tests running beside this one included (a residency
+    check of ``test_pages_of_a_failed_open_never_serve_the_next_one`` saw 0.51-0.89 of its
+    kept pages, and 0 when a drop fell between its read and its check)."""
+    res = subprocess.run(
+        [sys.executable, "-c", _FORGETTER, *paths], capture_output=True, text=True, timeout=timeout
+    )
+    assert res.returncode == 0, res.stderr
+
+
 def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 

@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import needs_fuse
 from tests.helpers.damage import damaged_page_then_eio, flip_a_bit
-from tests.mount.helpers import api, downloads, hash_files, md5, put_file, sh
+from tests.mount.helpers import api, downloads, forget_pages, hash_files, md5, put_file, sh
 
 pytestmark = [needs_fuse]
 
@@ -63,11 +63,6 @@ def _cache_files(cache: Path) -> List[Path]:
     return sorted((cache / "content" / "index").glob("??/*.bin"))
 
 
-def _drop_page_cache() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
 def _damage(files: List[Path]) -> None:
     """Bit flip, truncation to 100 bytes, same-size replacement, deletion: one file each."""
     flip, cut, swap, gone = files[:4]
@@ -95,8 +90,6 @@ def _verify(cache: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("when", ["unmounted", "mounted"])
 def test_damaged_cache_files_are_never_served(shared_emulator, make_mount, tmp_path, when):
-    if when == "mounted" and os.geteuid() != 0:
-        pytest.skip("dropping the page cache needs root")
     cache = tmp_path / "cache"
     m = make_mount(shared_emulator.url, "--prefetch", "0", "--bulk-zip", "0", cache=cache)
     names = sorted(os.listdir(m.path / SCAN))[:12]
@@ -116,9 +109,11 @@ def test_damaged_cache_files_are_never_served(shared_emulator, make_mount, tmp_p
         paths = [str(m.path / SCAN / n) for n in names]
         os.listdir(m.path / SCAN)
     else:
+        # the kernel still holds the first reads' pages of these files (the open of a verified
+        # entry keeps them): forgotten, the second reads reach the daemon, which meets the
+        # damage.  (The remount above has new inodes: nothing held.)
+        forget_pages(paths)
         _damage(files)
-    if os.geteuid() == 0:
-        _drop_page_cache()
     mark = shared_emulator.mark()
     second = hash_files(paths)
     assert list(second.values()) == list(first.values()), "0 wrong bytes"
@@ -330,10 +325,11 @@ def test_pages_of_a_failed_open_never_serve_the_next_one(make_emulator, make_mou
     assert md5(path.read_bytes()) == md5(data)
     _settled(m)
     # a clean download's pages serve the next open (the warm read costs no extra pass).  An
-    # open that drops them leaves 0 resident; beside other tests (-n 2) 0.51-0.89 were seen
-    # here in the trees before and after 132e91f (some pages reclaimed: not understood yet,
-    # see the twelfth stop's note), so the bound tells kept from dropped, not 100 %
-    assert _resident_after_open(path) > 0.25, "keep_cache after a clean download"
+    # open that drops them leaves 0 resident.  (Not 1.0: under load a few pages of a read
+    # went missing, 0.992-0.994 in 2 of 16 probes beside two busy loops.  The 0.51-0.89 once
+    # seen here came from tests that emptied the machine's page cache: no test does now,
+    # tests/mount/helpers.forget_pages.)
+    assert _resident_after_open(path) > 0.9, "keep_cache after a clean download"
     m.umount()
     (stored,) = _cache_files(cache)
     flip_a_bit(stored, len(data) // 2)
@@ -348,7 +344,7 @@ def test_pages_of_a_failed_open_never_serve_the_next_one(make_emulator, make_mou
         assert md5(again.stdout) == md5(data), "0 wrong bytes"
     assert m.log_text().count("dropped, fetched again") == 1
     # warm reads keep their speed: an open of the verified entry keeps the pages
-    assert _resident_after_open(path) > 0.25, "keep_cache for a verified entry"
+    assert _resident_after_open(path) > 0.9, "keep_cache for a verified entry"
 
 
 def _resident_after_open(path: Path) -> float:
