@@ -26,7 +26,16 @@ import pytest
 
 from tests.conftest import needs_fuse
 from tests.helpers.damage import damaged_page_then_eio, flip_a_bit
-from tests.mount.helpers import api, downloads, forget_pages, hash_files, md5, put_file, sh
+from tests.mount.helpers import (
+    api,
+    downloads,
+    forget_pages,
+    hash_files,
+    md5,
+    put_file,
+    sh,
+    wait_until,
+)
 
 pytestmark = [needs_fuse]
 
@@ -380,3 +389,65 @@ def _resident_after_open(path: Path) -> float:
     finally:
         os.close(fd)
     return sum(b & 1 for b in vec) / pages
+
+
+#: an old open reads on after a new version was opened: first 4 KiB of the old one, then half
+#: of the new one, then the old one to its end, then the new one to its end; prints per open
+#: how many bytes of each version it got
+_TWO_VERSIONS = r"""
+import json, os, sys
+path, half = sys.argv[1], int(sys.argv[2]) // 2
+def read_on(fd, got):
+    while True:
+        b = os.pread(fd, 1 << 20, len(got))
+        if not b:
+            return bytes(got)
+        got += b
+fd1 = os.open(path, os.O_RDONLY)
+first = os.pread(fd1, 4096, 0)
+print("ready", flush=True)
+sys.stdin.readline()  # meanwhile the file was replaced on XNAT
+fd2 = os.open(path, os.O_RDONLY)
+a2 = bytearray()
+while len(a2) < half:
+    a2 += os.pread(fd2, half - len(a2), len(a2))
+old, new = read_on(fd1, bytearray(first)), read_on(fd2, a2)
+print(json.dumps({n: [d.count(b"1"), d.count(b"2")] for n, d in (("old", old), ("new", new))}))
+"""
+
+
+def test_two_opens_of_two_versions_never_read_a_mix(shared_emulator, make_mount):
+    """A file replaced on XNAT while a program reads the old version: a new open reads the new
+    version, the old open reads on.  The kernel has one page cache per path, so pages each
+    open filled reached the other, and both read to a successful end a mix of the two
+    versions (old open 1 MiB + 4 KiB of v1, the rest v2; new open 1 MiB of v1).  Each open
+    reads one whole version: the new one is served apart (direct_io) while the old one is
+    open (fs/keepcache.py).  Found by a reviewer's reproducer."""
+    size = 4 << 20
+    uri = "/data/projects/DEMO2/resources/VR/files/big.bin"
+    put_file(shared_emulator.url, uri, b"1" * size)
+    m = make_mount(shared_emulator.url, "--listing-ttl", "1", "--bulk-zip", "0", "--prefetch", "0")
+    path = m.path / "DEMO2/resources/VR/files/big.bin"
+    with subprocess.Popen(
+        [sys.executable, "-c", _TWO_VERSIONS, str(path), str(size)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        got = _two_versions(child, shared_emulator.url, uri, path, size)
+    assert got == {"old": [size, 0], "new": [0, size]}, got
+
+
+def _two_versions(child: subprocess.Popen, url: str, uri: str, path: Path, size: int) -> dict:
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        wait_until(lambda: os.getxattr(path, "user.xnat.cache_state") == b"cached", what="v1")
+        put_file(url, uri, b"2" * size)
+        v2 = md5(b"2" * size).encode()
+        wait_until(lambda: os.getxattr(path, "user.xnat.digest") == v2, what="v2 listed")
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        return dict(json.loads(child.stdout.readline()))
+    finally:
+        child.kill()

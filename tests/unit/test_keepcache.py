@@ -32,3 +32,23 @@ def test_a_forgotten_path_costs_one_drop_never_a_kept_page():
         assert not trust.keep_cache(path, "v", True, 0)
     assert trust.keep_cache("/c", "v", True, 0) and trust.keep_cache("/b", "v", True, 0)
     assert not trust.keep_cache("/a", "v", True, 0)  # forgotten (least recent): dropped
+
+
+def test_an_open_of_another_version_is_read_apart_while_the_old_one_is_open():
+    trust = PageCacheTrust()
+    assert trust.opened("/f", "v1", True, 0) == (False, False)  # first open: pages dropped
+    assert trust.opened("/f", "v1", True, 0) == (True, False)  # same version: kept
+    # the file changed on XNAT while both are open: the new version neither drops the old
+    # version's pages nor reads through them
+    assert trust.opened("/f", "v2", False, 0) == (True, True)
+    assert trust.opened("/g", "v2", True, 0) == (False, False)  # per path
+    trust.closed("/f", "v1")
+    assert trust.opened("/f", "v2", True, 0) == (True, True)  # one old open still open
+    trust.closed("/f", "v1")
+    # the old version's opens are gone: the new one drops its pages and uses the page cache
+    assert trust.opened("/f", "v2", True, 0) == (False, False)
+    assert trust.opened("/f", "v2", True, 0) == (True, False)
+    trust.closed("/f", "v2")
+    trust.closed("/f", "v2")
+    trust.closed("/f", "v2")  # one release too many changes nothing
+    assert trust.opened("/f", "v1", True, 0) == (False, False)

@@ -440,13 +440,15 @@ class XnatOperations(mfusepy.Operations):
         if handle.direct_io:
             fi.direct_io = 1
         elif tree.cacheable(node):
-            # only pages of verified bytes may serve a later open (fs/keepcache.py)
+            # only pages of verified bytes may serve a later open, and only one content
+            # version's pages while opens of it are open (fs/keepcache.py)
             version, verified = getattr(handle, "content_version", (None, False))
-            fi.keep_cache = int(
-                self._page_trust.keep_cache(
-                    path, version, verified, getattr(tree.content, "taints", 0)
-                )
+            keep, direct = self._page_trust.opened(
+                path, version, verified, getattr(tree.content, "taints", 0)
             )
+            fi.keep_cache, fi.direct_io = int(keep), int(direct)
+            if not direct:
+                handle.paged = (path, version)  # told to _page_trust at its release
         return 0
 
     @mfusepy.overrides(mfusepy.Operations)
@@ -519,6 +521,9 @@ class XnatOperations(mfusepy.Operations):
         with self._handles_lock:
             handle = self._handles.pop(fi.fh, None)
         if handle is not None:
+            paged = getattr(handle, "paged", None)
+            if paged is not None:
+                self._page_trust.closed(*paged)
             handle.close()
         return 0
 
