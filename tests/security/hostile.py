@@ -222,6 +222,9 @@ class HostileServer:
     #: mode ``custom``: the files listing of resource R, and bodies by path below ``files/``
     rows: List[Dict[str, Any]] = field(default_factory=list)
     bodies: Dict[str, bytes] = field(default_factory=dict)
+    #: mode ``custom``: the body of every GET of a file after its first (the file changed on
+    #: XNAT between two GETs, or a server that lies), by path below ``files/``
+    later_bodies: Dict[str, bytes] = field(default_factory=dict)
     #: any mode: the login's answer instead of a session, as (status line, text/plain body)
     login_answer: Optional[Tuple[str, bytes]] = None
     #: any mode: the login's Set-Cookie headers instead of ``JSESSIONID=SESSION; Path=/``
@@ -503,7 +506,10 @@ class HostileServer:
                 if method in ("PUT", "DELETE", "POST"):
                     environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
                     return send("200 OK", b"", "text/plain")
-                return send("200 OK", self.bodies.get(name, GOOD_BYTES), "application/octet-stream")
+                body = self.bodies.get(name, GOOD_BYTES)
+                if n > 1 and name in self.later_bodies:
+                    body = self.later_bodies[name]
+                return send("200 OK", body, "application/octet-stream")
             if name == "big.bin":
                 if mode == "file_endless":
                     return send("200 OK", self._endless(), "application/octet-stream")

@@ -8,6 +8,10 @@ and scheduling on a loaded 2-core CI machine), a generous bound and not a timing
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -460,3 +464,61 @@ def test_a_file_with_the_wrong_digest_on_every_try_is_eio_each_time_and_never_ca
         assert hostile.count(big) > before, "served without asking the server: cached"
     good = fs_op("read", m.path / FILES / "good.txt")
     assert good["errno"] == 0 and good["size"] == len(GOOD_BYTES), good
+
+
+_TWO_OPENS = r"""
+import hashlib, json, os, sys
+path = sys.argv[1]
+out = {}
+fd1 = os.open(path, os.O_RDONLY)
+data = bytearray(os.pread(fd1, 4096, 0))  # open 1: its GET (the listed bytes) starts
+fd2 = os.open(path, os.O_RDONLY)  # open 2: a GET of its own, other bytes
+try:
+    while os.read(fd2, 1 << 20):
+        pass
+    out["open2"] = 0
+except OSError as e:
+    out["open2"] = e.errno
+os.lseek(fd1, len(data), os.SEEK_SET)
+try:
+    while True:
+        b = os.read(fd1, 1 << 20)
+        if not b:
+            break
+        data += b
+    out["open1"] = 0
+except OSError as e:
+    out["open1"] = e.errno
+out["open1_md5"] = hashlib.md5(bytes(data)).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def test_a_streamed_file_read_to_its_end_holds_no_byte_another_open_rejected(hostile, make_mount):
+    """A file larger than the cache is streamed, one GET per open.  Open 1 reads 4 KiB (its GET
+    brings the listed bytes); open 2 reads the file through, its GET bringing other bytes of
+    the same size (the file changed, or a liar): EIO at its end.  Open 1 then reads on to its
+    end: before, that succeeded with 2 of its 3 MiB being open 2's rejected bytes, served from
+    the kernel's page cache (one per path; open 1's own GET verified).  Now every read of a
+    streamed open reaches its own handle (direct_io): open 1 gets the listed bytes, or EIO."""
+    size = 3 << 20
+    listed = bytes(range(256)) * (size // 256)
+    hostile.mode = "custom"
+    hostile.rows = [file_row("big.bin", size, digest=hashlib.md5(listed).hexdigest())]
+    hostile.bodies = {"big.bin": listed}
+    hostile.later_bodies = {"big.bin": b"B" * size}
+    m = make_mount(hostile.url, *ARGS, "--cache-size", "1M")
+    res = subprocess.run(
+        [sys.executable, "-c", _TWO_OPENS, str(m.path / FILES / "big.bin")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr + m.log_tail()
+    out = json.loads(res.stdout)
+    print("[hostile] two opens of a streamed file, the second GET other bytes:", out)
+    assert out["open2"] == errno.EIO, out
+    assert out["open1"] in (0, errno.EIO), out
+    if out["open1"] == 0:
+        assert out["open1_md5"] == hashlib.md5(listed).hexdigest(), out
+    assert hostile.count("GET /data/projects/H/resources/1/files/big.bin") >= 2

@@ -166,6 +166,12 @@ class StreamHandle:
         self.fetches = 0  # GETs started (tests, stats)
         self.idle_stops = 0  # GETs dropped for an idle reader (tests, stats)
 
+    #: every read of this open must reach this handle (FUSE ``direct_io``): the kernel keeps
+    #: one page cache per path, and each open of a streamed file has its own GET, so pages
+    #: another open's GET filled (bytes that may then fail their MD5) would reach this one's
+    #: reads and its verdict at the end would not cover them (``_final_check_locked``)
+    direct_io = True
+
     @property
     def verified(self) -> bool:
         """Never: its bytes come from the server as they are read (``fs.keepcache``)."""

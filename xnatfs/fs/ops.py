@@ -439,16 +439,21 @@ class XnatOperations(mfusepy.Operations):
             fi.noflush = 1
         if handle.direct_io:
             fi.direct_io = 1
-        elif tree.cacheable(node):
-            # only pages of verified bytes may serve a later open, and only one content
-            # version's pages while opens of it are open (fs/keepcache.py)
-            version, verified = getattr(handle, "content_version", (None, False))
-            keep, direct = self._page_trust.opened(
-                path, version, verified, getattr(tree.content, "taints", 0)
-            )
-            fi.keep_cache, fi.direct_io = int(keep), int(direct)
-            if not direct:
-                handle.paged = (path, version)  # told to _page_trust at its release
+        if not tree.cacheable(node):
+            return 0
+        # only pages of verified bytes may serve a later open, and only one content version's
+        # pages while opens of it are open (fs/keepcache.py)
+        version, verified = getattr(handle, "content_version", (None, False))
+        taints = getattr(tree.content, "taints", 0)
+        if handle.direct_io:
+            # a streamed XNAT file: its reads fill no page, but a private mmap of it does, so
+            # it must still drop the path's trust
+            self._page_trust.keep_cache(path, version, verified, taints)
+            return 0
+        keep, direct = self._page_trust.opened(path, version, verified, taints)
+        fi.keep_cache, fi.direct_io = int(keep), int(direct)
+        if not direct:
+            handle.paged = (path, version)  # told to _page_trust at its release
         return 0
 
     @mfusepy.overrides(mfusepy.Operations)

@@ -562,7 +562,8 @@ class Engine:
             opened.data,
             self.fs_timeout,
             path,
-            direct_io=generated or opened.direct_io,
+            # a streamed file (larger than the cache): StreamHandle.direct_io
+            direct_io=generated or opened.direct_io or bool(getattr(cached, "direct_io", False)),
         )
         if not generated and path and self.policies:
             hit = bool(getattr(cached, "verified", False))
