@@ -4,6 +4,8 @@ same lookup against the emulator's config service: test_bids_xnatmap_mount.py)."
 from __future__ import annotations
 
 import errno
+import hashlib
+import threading
 import time
 from typing import Any, Dict, List
 
@@ -12,7 +14,8 @@ import pytest
 from xnatfs import deadline
 from xnatfs.bids.mapping import Mapper
 from xnatfs.bids.names import label_hash
-from xnatfs.bids.source import Source
+from xnatfs.bids.source import Source, file_key
+from xnatfs.cache.content import ContentCache
 from xnatfs.xnat.models import Experiment, FileEntry, Project, Resource, Scan, Subject
 
 
@@ -276,3 +279,88 @@ def test_a_dicom_header_is_read_up_to_the_pixel_data_not_whole() -> None:
     doc = src.header("/data/experiments/E1/scans/1", None, time.monotonic() + 30)
     assert doc == sidecar.from_bytes(data) and doc["SeriesDescription"] == "T1w", doc
     assert content.served < 2 << 20, content.served
+
+
+def _dicom_file(desc: str, pixels: int) -> bytes:
+    from xnatfs.emulator import dicom
+
+    study = dicom.StudySpec(
+        seed="HDR", patient_name="P", patient_id="P", series=(dicom.SeriesSpec(1, desc, 1),)
+    )
+    ds = dicom.make_dataset(study, study.series[0], 0)
+    ds.PixelData = bytes(pixels)
+    return dicom.dataset_bytes(ds)
+
+
+class _FirstReadGate:
+    """A content cache whose handles set ``read`` once a reader got bytes."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache, self.read = cache, threading.Event()
+
+    def open(self, key: Any) -> Any:
+        handle, gate = self.cache.open(key), self.read
+
+        class Handle:
+            def read(self, offset: int, size: int, deadline: float) -> bytes:
+                data: bytes = handle.read(offset, size, deadline)
+                if data:
+                    gate.set()
+                return data
+
+            def close(self) -> None:
+                handle.close()
+
+        return Handle()
+
+
+def test_a_header_is_never_taken_from_bytes_that_fail_their_md5(tmp_path, caplog) -> None:
+    """A scan's first DICOM file is 3 MiB; XNAT lists the MD5 of a "T1w" file and the server
+    sends a file of the same size whose SeriesDescription is "EVIL".  The header was parsed
+    from the bytes up to the pixel data, before the download's size and MD5 verdict (only a
+    read of the last byte waits for it), and kept: ``header()`` answered "EVIL" before and
+    after the file itself read as EIO, for the sidecar and the mapping criteria.  Now it waits
+    for the verdict: EIO, and nothing kept."""
+    listed = _dicom_file("T1w", 3 << 20)
+    served = _dicom_file("EVIL", 3 << 20)
+    assert len(listed) == len(served)
+    gets: List[str] = []
+
+    def fetch(uri: str, sink: Any) -> None:
+        # the first MiB (the whole header) at once; the rest once a reader got bytes
+        gets.append(uri)
+        sink(served[: 1 << 20])
+        assert gate.read.wait(30)
+        sink(served[1 << 20 :])
+
+    class Client(_DicomClient):
+        def list_files(self, uri: str) -> List[FileEntry]:
+            digest = hashlib.md5(listed).hexdigest()
+            return [FileEntry("a.dcm", len(listed), f"{uri}/files/a.dcm", digest=digest)]
+
+    cache = ContentCache(str(tmp_path / "c"), size_limit=1 << 30, fetch=fetch)
+    cache.start()
+    gate = _FirstReadGate(cache)
+    scan_uri = "/data/experiments/E1/scans/1"
+    try:
+        src = Source(Client({}, {}), gate, Mapper(config=None))
+        with pytest.raises(OSError) as refused:
+            src.header(scan_uri, None, time.monotonic() + 30)
+        assert refused.value.errno == errno.EIO, refused.value
+        files = src.scan_files(scan_uri)
+        assert not src.has_header(scan_uri, files)  # nothing kept
+        handle = cache.open(file_key(files.dicom[0]))
+        try:
+            with pytest.raises(OSError):  # the file itself: EIO as well
+                handle.read(0, len(listed) + 1, time.monotonic() + 30)
+        finally:
+            handle.close()
+        with pytest.raises(OSError) as again:
+            src.header(scan_uri, files, time.monotonic() + 30)
+        assert again.value.errno == errno.EIO, again.value
+        assert not src.has_header(scan_uri, files)
+    finally:
+        cache.close()
+    assert len(gets) >= 2  # asked the server again each time: nothing of it cached
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert errors and all("a.dcm" in r.getMessage() for r in errors), errors

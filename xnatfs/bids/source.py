@@ -369,7 +369,9 @@ class Source:
         self, scan_uri: str, files: Optional[ScanFiles], deadline: float
     ) -> Mapping[str, Any]:
         """Sidecar keys from the scan's first DICOM file (one download, cached on disk by the
-        content cache and here in memory); {} when the scan has no DICOM.  With ``files`` (a
+        content cache and here in memory); {} when the scan has no DICOM.  Returned once the
+        file's size and MD5 check passed (EIO when it fails; nothing kept), so that no value
+        of unverified bytes reaches a sidecar or a mapping criterion.  With ``files`` (a
         sidecar's read) the header kept in memory serves only if it was read from the first
         file as ``files`` lists it; without (a mapping criterion while the plan loads) any
         header kept serves, so that listing a project costs no listing per scan."""
@@ -393,6 +395,11 @@ class Source:
             raw = _HandleReader(handle, entry.size, deadline, entry.uri)
             reader = io.BufferedReader(raw, _CHUNK)
             doc = sidecar.from_file(reader)
+            # then its verdict: a header parsed from bytes that fail their size or MD5 check
+            # must neither be used nor kept.  A read of the last byte waits for it (EIO when
+            # bad, and when this handle served bytes of a failed attempt); the download runs
+            # to the end anyway, so this costs the wait, not the bytes
+            handle.read(max(entry.size - 1, 0), 1, deadline)
         finally:
             handle.close()
         with self._headers_lock:
