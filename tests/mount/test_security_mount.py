@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN, Mount, needs_fuse
+from tests.helpers.fsop import fs_op
 from tests.mount.helpers import api, md5, put_file, sh
 from xnatfs.fs.mounting import is_mounted
 
@@ -434,6 +435,48 @@ def test_a_percent_in_an_xnat_name_is_shown_as_xnat_has_it(emu, make_mount):
         assert (m.path / PROTOCOLS / name).read_bytes() == xnat_name.encode() * 5
     assert (m.path / PROTOCOLS / "50%25_mask.nii.gz").read_bytes() == b"50%_mask.nii.gz" * 5
     assert "50%25_mask.nii.gz" not in shown
+
+
+def test_a_semicolon_in_a_file_name_is_sent_encoded_and_dotdot_semicolon_is_refused(
+    emu, make_mount, tmp_path
+):
+    """XNAT lists file URIs raw (§1.8) and a ``;`` is legal in a name; Tomcat reads a raw
+    ``;`` as the start of a path parameter and drops it with what follows, then resolves
+    ``..``.  A file ``..;`` (uploaded as ``..%3B``, so stored under that name) was creatable,
+    and its listed URI was sent raw: ``rm`` of it would have sent ``DELETE .../files/..;``,
+    which Tomcat reads as ``DELETE`` of the resource, ``removeFiles=true``.  Now a ``;`` is
+    always sent as ``%3B``: ``a;b.txt`` made elsewhere and ``c;d.txt`` written here list, read
+    and delete as themselves; a name that is ``..`` before its ``;`` is refused like ``..``
+    (EINVAL when written; made elsewhere, listed but EIO with one log line, never requested),
+    since a decoding proxy in front of Tomcat would still read ``..%3B`` as ``..``."""
+    put_file(emu.url, f"{PROTOCOLS_URI}/a%3Bb.txt", b"made elsewhere\n")
+    put_file(emu.url, f"{PROTOCOLS_URI}/..%3B", b"named dot dot semicolon\n")
+    assert {"a;b.txt", "..;"} <= server_files(emu)
+    m = make_mount(emu.url, "--allow-delete")
+    files = m.path / PROTOCOLS
+    src = tmp_path / "src"
+    src.write_bytes(b"written here\n")
+    sh(["cp", str(src), str(files / "c;d.txt")])
+    assert "c;d.txt" in server_files(emu)
+    mark = emu.mark()
+    assert _py("open(sys.argv[1], 'wb').write(b'x')", str(files / "..;x")) == "EINVAL"
+    shown = fs_op("listdir", files)["names"]
+    assert {"a;b.txt", "c;d.txt", "..;"} <= set(shown), shown
+    assert (files / "a;b.txt").read_bytes() == b"made elsewhere\n"
+    assert (files / "c;d.txt").read_bytes() == b"written here\n"
+    assert fs_op("read", files / "..;")["errno"] == errno.EIO
+    assert fs_op("unlink", files / "..;")["errno"] == errno.EIO
+    refused = [ln for ln in m.log_text().splitlines() if " ERROR " in ln and "/..;" in ln]
+    assert refused, m.log_tail()
+    for name in ("a;b.txt", "c;d.txt"):
+        assert fs_op("unlink", files / name)["errno"] == 0, name
+    left = server_files(emu)
+    assert "a;b.txt" not in left and "c;d.txt" not in left and "..;" in left, left
+    sent = [(method, path.split("?", 1)[0]) for method, path, _s, _b in emu.since(mark)]
+    deletes = sorted(path for method, path in sent if method == "DELETE")
+    # on the wire: the file, its ';' encoded, never a path parameter nor the resource
+    assert [d.rsplit("/files/", 1)[1] for d in deletes] == ["a%3Bb.txt", "c%3Bd.txt"], deletes
+    assert not [p for _m, p in sent if ";" in p or p.endswith("/..%3B")], sent
 
 
 def test_a_project_called_files_shows_its_files_where_they_are(emu, make_mount):

@@ -88,6 +88,10 @@ def test_a_gzip_bomb_document_is_refused_at_the_cap(hostile):
         "http://evil.example/data/x",
         "/etc/passwd",
         "/data/projects/H/resources/1/files/..%2F..%2Fx",
+        # Tomcat drops ';' path parameters, then resolves '..' (the '/..;/' traversal)
+        "/data/projects/H/resources/1/files/..;/..;/..;/..;/B/resources/1/files/secret.txt",
+        "/data/projects/H/resources/1/files/..%3B/..%3b/x",
+        "/data/projects/H/resources/1/files/.%2e;x=1/x",
     ],
 )
 def test_a_path_leaving_data_is_refused_before_any_request(hostile, uri):

@@ -342,6 +342,33 @@ def test_a_file_uri_of_another_project_is_neither_read_nor_removed(hostile, make
     assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode(), good
 
 
+def test_a_file_uri_climbing_with_dotdot_semicolon_is_neither_read_nor_removed(hostile, make_mount):
+    """Project H's files listing names
+    ``.../H/resources/1/files/..;/..;/..;/..;/B/resources/1/files/secret.txt``.  Tomcat (XNAT's
+    servlet container) drops a segment's ``;`` path parameters and then resolves ``..`` (the
+    ``/..;/`` traversal), so this is project B's file.  Every check refused only ``.``/``..``:
+    the row was shown under ``files/..;/..;/...``, ``cat`` sent a GET with the raw ``..;``
+    segments and ``rm`` (``--allow-delete``) a DELETE with ``removeFiles=true``.  Now the row
+    is refused like a plain ``..``: EIO + one log line, nothing sent for it."""
+    m = make_mount(hostile.url, "--timeout", str(T), "--allow-delete")
+    hostile.mode = "custom"
+    hostile.projects = ["B"]
+    climbing = "/data/projects/H/resources/1/files/..;/..;/..;/..;/B/resources/1/files/secret.txt"
+    hostile.rows = [
+        file_row("secret.txt", len(GOOD_BYTES), uri=climbing),
+        file_row("good.txt", len(GOOD_BYTES)),
+    ]
+    assert fs_op("listdir", m.path / FILES)["errno"] == 0
+    shown = m.path / FILES / "..;" / "..;" / "..;" / "..;" / "B" / "resources" / "1" / "files"
+    assert fs_op("read", shown / "secret.txt")["errno"] == errno.EIO
+    assert fs_op("unlink", shown / "secret.txt")["errno"] == errno.EIO
+    sent = [(r.method, r.raw or r.path) for r in hostile.requests]
+    assert not [s for s in sent if "secret.txt" in s[1] or s[0] == "DELETE"], sent
+    assert len(error_lines(m, "secret.txt")) >= 1
+    good = fs_op("read", m.path / FILES / "good.txt")
+    assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode(), good
+
+
 def test_a_login_page_whose_markers_come_late_makes_the_mount_log_in_again(hostile, make_mount):
     """An expired session answers a file's GET with XNAT's login page (200, HTML).  Only the
     first chunk of a download was checked for it; a real login page starts with a long head

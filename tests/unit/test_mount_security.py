@@ -47,6 +47,13 @@ def test_names_xnat_cannot_store_are_too_long_before_any_request():
         "line\nbreak",
         "tab\there",
         "del\x7f",
+        # '..' once Tomcat drops the ';' path parameter (or the decoded %3B): the '/..;/'
+        # traversal; the upload of a file '..;' sent as '..%3B' is a literal name for Tomcat,
+        # but a decoding proxy or container would climb
+        "..;",
+        ".;x",
+        "..;jsessionid=1",
+        "%2E%2E;",
         # bytes that are not UTF-8 (b"bad\xff.txt" reaches us as "bad\udcff.txt"): no URL
         # names them; before, close() failed with an unexpected UnicodeEncodeError
         os.fsdecode(b"bad\xff.txt"),
@@ -65,6 +72,10 @@ def test_hostile_written_names_are_einval(name):
         ("q?.txt", "q?.txt"),
         ("50%25.txt", "50%.txt"),
         ("..x", "..x"),
+        ("a;b.txt", "a;b.txt"),
+        (";x", ";x"),
+        ("...;", "...;"),
+        ("..%3B", "..%3B"),  # '%3B' is no escape of the path rule: sent as '..%253B'
         ("%252E%252E", "%2E%2E"),
         ("Ünï ✓", "Ünï ✓"),
     ],
@@ -81,6 +92,9 @@ def test_ordinary_odd_names_pass(name, xnat):
         "/data/experiments/E1/resources/R/files/%2E%2E/%2e%2e/x",
         "/data/experiments/E1/resources/R/files/a%5Cb",
         "/data/experiments/E1/resources/R/files/./a",
+        "/data/experiments/E1/resources/R/files/..;/..;/..;/resources/X/files/a",
+        "/data/experiments/E1/resources/R/files/..%3B",
+        "/data/experiments/E1/resources/R/files/%2e%2e;x/a",
         "/data/experiments/E1/resources/Rx/files/a",
         "/data/experiments/E1/resources/R/files",
     ],
@@ -104,6 +118,8 @@ def test_ordinary_write_urls_pass():
         base + "/sub/dir/x.nii",
         base + "/%252E%252E",
         base + "/a%23b%3F.txt",
+        base + "/a%3Bb.txt",
+        base + "/...%3B",
     ):
         check_contained("PUT", uri, base)
 
@@ -261,6 +277,21 @@ def test_modes_shown_never_give_others_write_unless_asked(monkeypatch):
     assert ops._modes == {True: 0o555, False: 0o444}
 
 
+def test_a_semicolon_is_always_sent_encoded_never_as_a_path_parameter():
+    """Tomcat cuts a raw segment at ``;`` (path parameters) before it resolves ``..``: a name
+    holding ``;`` sent raw (an upload's own URI, read back after the upload) was asked for
+    as the part before it, and ``..;`` as ``..``."""
+    client = XnatClient(URL, Credentials("u", "p"), ClientOptions(pool_size=1))
+    try:
+        files = "/data/projects/P/resources/R/files"
+        assert client._url(f"{files}/a;b.txt?x=1") == f"{URL}{files}/a%3Bb.txt?x=1"
+        assert client._url(f"{files}/a%3Bb.txt") == f"{URL}{files}/a%3Bb.txt"
+        with pytest.raises(xe.XnatError, match="refused"):
+            client._url(f"{files}/..;")
+    finally:
+        client.close()
+
+
 def test_deletes_of_listed_uris_stay_under_data():
     """A hostile listing could name ``/data/../../x`` as an object's URI: rm/rmdir must not
     send a DELETE there."""
@@ -268,7 +299,14 @@ def test_deletes_of_listed_uris_stay_under_data():
     sent = []
     client._send = lambda *a, **k: sent.append(a)
     try:
-        for uri in ("/data/../../admin/x", "/data/projects/P/../../../x", "/other/x"):
+        for uri in (
+            "/data/../../admin/x",
+            "/data/projects/P/../../../x",
+            "/other/x",
+            # what Tomcat resolves to the resource itself, or to project B's file
+            "/data/projects/H/resources/1/files/..;",
+            "/data/projects/H/resources/1/files/..;/..;/..;/..;/B/resources/1/files/s.txt",
+        ):
             with pytest.raises(xe.BadRequest):
                 client.delete(uri)
         with pytest.raises(xe.BadRequest):

@@ -372,6 +372,13 @@ def test_sizes_that_are_byte_counts_pass() -> None:
         "http://evil.example/data/projects/P/resources/7/files/a",
         "/etc/passwd",
         "/data/projects/P/resources/7/files/./a",
+        # '..' once Tomcat drops a segment's ';' path parameters (the '/..;/' traversal)
+        "/data/projects/H/resources/1/files/..;/..;/..;/..;/B/resources/1/files/secret.txt",
+        "/data/projects/P/resources/7/files/..;",
+        "/data/projects/P/resources/7/files/.;x/a",
+        "/data/projects/P/resources/7/files/..%3B/..%3b/x",
+        "/data/projects/P/resources/7/files/%2e%2E;jsessionid=1/x",
+        "/data/projects/P/resources/7/files/..\\..\\x",
         # not a file of a resource: an object (rm would DELETE it), a resource, its files/
         "/data/projects/P/subjects/S1",
         "/data/projects/P",
@@ -383,6 +390,47 @@ def test_sizes_that_are_byte_counts_pass() -> None:
 def test_a_file_uri_leaving_data_is_marked_never_fetched(uri) -> None:
     f = parse.file_from_row({"Name": "a", "Size": "1", "URI": uri})
     assert f.problem, uri
+
+
+@pytest.mark.parametrize(
+    "path, dots",
+    [
+        ("/data/projects/P/resources/7/files/..", True),
+        ("/data/projects/P/resources/7/files/%2E%2e/x", True),
+        ("/data/projects/P/resources/7/files/..;/x", True),  # Tomcat: params dropped first
+        ("/data/projects/P/resources/7/files/.;a=b", True),
+        ("/data/projects/P/resources/7/files/..%3b/x", True),  # decoded first, then cut
+        ("/data/projects/P/resources/7/files/.%2e%3Bx/y", True),
+        ("/data/projects/P/resources/7/files/a%2F..%2Fb", True),
+        ("/data/projects/P/resources/7/files/a\\..\\b", True),  # a backslash as '/'
+        ("/data/projects/P/resources/7/files/a%5C..", True),
+        ("/data/projects/P/resources/7/files/a;b.txt", False),
+        ("/data/projects/P/resources/7/files/a%3Bb.txt", False),
+        ("/data/projects/P/resources/7/files/;x", False),
+        ("/data/projects/P/resources/7/files/..x;y", False),
+        ("/data/projects/P/resources/7/files/...", False),
+        ("/data/projects/P/resources/7/files/%252E%252E", False),  # decoded once, as sent
+        ("/data/projects/P/resources/7/files//x", False),  # merged, never climbs
+    ],
+)
+def test_a_dot_segment_is_found_in_every_spelling_a_server_reads_as_one(path, dots) -> None:
+    """``..`` raw, percent-encoded, before a ``;`` path parameter (Tomcat drops those before
+    it resolves ``..``: the ``/..;/`` traversal) or after a backslash all climb on some
+    server; names that merely hold dots or a ``;`` do not."""
+    assert parse.has_dot_segment(path) is dots
+
+
+def test_a_semicolon_in_a_listed_name_is_sent_encoded_never_as_a_path_parameter() -> None:
+    """XNAT lists URIs raw (§1.8): a file ``a;b.txt`` is ``.../files/a;b.txt``.  Sent so,
+    Tomcat reads ``;b.txt`` as a path parameter and asks for ``a``; a file ``..;`` would be
+    the resource itself (``rm`` sends DELETE with ``removeFiles=true``)."""
+    f = parse.file_from_row(
+        {"Name": "a;b.txt", "Size": "1", "URI": "/data/projects/P/resources/7/files/d;x/a;b.txt"},
+        "/data/projects/P/resources/7",
+    )
+    assert (f.problem, f.path) == ("", "d;x/a;b.txt")
+    assert f.uri == "/data/projects/P/resources/7/files/d%3Bx/a%3Bb.txt"
+    assert parse.wire_uri("/data/projects/P/resources/7/files/..;").endswith("/..%3B")
 
 
 def test_rows_with_a_lone_surrogate_are_left_out_not_fatal() -> None:

@@ -87,14 +87,16 @@ def check_write_name(name: str, path: str = "") -> str:
     A written name becomes part of an upload URL (``<resource>/files/<relpath>``, §4.5).  After
     unescaping, ``..%2F..%2Fresources%2FX%2Ffiles%2Fa`` would be ``../../resources/X/files/a``,
     and HTTP libraries collapse ``..`` before sending (issue 17 §3): the bytes would land on
-    another object.  So a name is refused when its XNAT form is ``.`` or ``..``, or holds a
-    ``/`` (decoded ``%2F``), a NUL, a backslash (some servlet containers treat ``\\`` as ``/``)
-    or another control character, or bytes that are not UTF-8 (EINVAL); or longer than
-    ``NAME_MAX`` bytes (ENAMETOOLONG).  Checked before any request is made.
+    another object.  So a name is refused when its XNAT form is ``.`` or ``..``, also once cut
+    at its first ``;`` (``..;``: Tomcat drops a segment's ``;`` path parameters before it
+    resolves ``..``, docs/SECURITY.md), or holds a ``/`` (decoded ``%2F``), a NUL, a backslash
+    (some servlet containers treat ``\\`` as ``/``) or another control character, or bytes
+    that are not UTF-8 (EINVAL); or longer than ``NAME_MAX`` bytes (ENAMETOOLONG).  Checked
+    before any request is made.
     """
     xnat = unescape_name(name)
     bad = ""
-    if xnat in ("", ".", ".."):
+    if xnat in ("", ".", "..") or xnat.partition(";")[0] in (".", ".."):
         bad = "is a relative path segment"
     elif "/" in xnat:
         bad = "holds '/' (%2F)"

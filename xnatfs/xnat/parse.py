@@ -440,14 +440,44 @@ def file_relpath(uri: str) -> str:
     return uri[i + 7 :] if i >= 0 else uri.rsplit("/", 1)[-1]
 
 
-#: characters left alone when a raw server URI is made fit for a request line
-_URI_SAFE = "/:@!$&'()*+,;=-._~"
+#: characters left alone when a raw server URI is made fit for a request line; not ``;``,
+#: which would start a path parameter (``has_dot_segment``)
+_URI_SAFE = "/:@!$&'()*+,=-._~"
 
 
 def wire_uri(raw: str) -> str:
-    """A raw server URI (spaces, ``%``, ``?``, non-ASCII as they are) percent-encoded for the
-    request line; the client's ``_url`` leaves existing ``%XX`` alone after this."""
+    """A raw server URI (spaces, ``%``, ``?``, ``;``, non-ASCII as they are) percent-encoded
+    for the request line; the client's ``_url`` leaves existing ``%XX`` alone after this.
+
+    A ``;`` in a listed URI is part of a name (XNAT concatenates names into URIs raw, §1.8):
+    sent raw, Tomcat would take it and what follows for a path parameter and drop them, so
+    ``.../files/..;`` (a file named ``..;``) would name the resource itself."""
     return quote(raw, safe=_URI_SAFE)
+
+
+#: what servlet containers split a path at: ``/``, and ``\`` where it is taken for one
+_SEGMENT_SEP_RE = re.compile(r"[/\\]")
+
+
+def has_dot_segment(path: str) -> bool:
+    """Whether a segment of ``path`` is ``.`` or ``..`` as some server on the way may read it:
+    raw or percent-decoded once (``%2e%2E``; ``%2F`` and ``%5C`` then separate segments),
+    split at ``/`` or ``\\``, and cut at its first ``;``.
+
+    Tomcat (XNAT's servlet container) drops a segment's path parameters (``;`` and what
+    follows) before it resolves ``.``/``..``: ``.../files/..;/..;/B/...`` reaches project B
+    (the known ``/..;/`` traversal), so ``..;x`` counts as ``..``; a decoding proxy or
+    container may do it after decoding (``..%3B``).  Empty segments are not refused: they are
+    merged, they never climb.  Checks of listed URIs (``uri_problem``) and of request paths
+    (``transport.check_contained``, ``_safe_path``) use this one reading."""
+    if "." not in path and "%" not in path:
+        return False  # no dot in any spelling (object paths): one scan of the string
+    for form, decode in ((path, True), (unquote(path), False)):
+        for seg in _SEGMENT_SEP_RE.split(form):
+            head = seg.partition(";")[0]
+            if (unquote(head) if decode else head) in (".", ".."):
+                return True
+    return False
 
 
 def _strip_context(uri: str) -> str:
@@ -578,15 +608,16 @@ def listed_size(value: Any) -> "tuple[int, str]":
 def uri_problem(raw: str) -> str:
     """Why a server-given file URI must not be requested, or "" (issue 17 §8): it must be a
     plain path below ``/data/`` on the same server — no scheme or ``//host``, no ``.``/``..``
-    segment in any spelling — or the session cookie would go with it somewhere else; and it
-    must name a file of a resource, since ``rm`` sends a DELETE to it."""
+    segment in any spelling (``has_dot_segment``: ``%2e%2e``, ``..;``) — or the session cookie
+    would go with it somewhere else; and it must name a file of a resource, since ``rm`` sends
+    a DELETE to it."""
     if "://" in raw or raw.startswith("//"):
         return "file URI names another server"
     path = _strip_context(raw.split("?", 1)[0])
     if not path.startswith(("/data/", "/REST/")):
         return "file URI is not below /data/"
-    if any(seg in (".", "..") for seg in unquote(path).split("/")):
-        return "file URI has a '.' or '..' segment"
+    if has_dot_segment(path):
+        return "file URI has a '.' or '..' segment (or '..;', '%2e%2e')"
     m = _RESOURCE_FILES_RE.search(path)
     if m is None or not path[m.end() :].strip("/"):
         # every file URI XNAT lists has this shape (§1.8); rm of a row whose URI named an

@@ -422,18 +422,14 @@ def check_contained(method: str, uri: str, base: str) -> None:
 
     ``uri`` is the path as it will be sent, ``base`` the object's own path (``<resource>/files``
     for an upload).  HTTP libraries and servlet containers collapse ``.``/``..`` segments, in
-    the raw or the percent-decoded path, so a ``..`` in a name would move the request to another
-    object (issue 17 §3).  Raises :class:`BadRequest` (EINVAL, never retried) naming the URL.
+    the raw or the percent-decoded path, and Tomcat does after dropping a segment's ``;`` path
+    parameters (``..;``), so a ``..`` in a name would move the request to another object (issue
+    17 §3; ``parse.has_dot_segment``).  Raises :class:`BadRequest` (EINVAL, never retried)
+    naming the URL.
     """
-
-    def segments(path: str) -> List[str]:
-        return path.partition("?")[0].split("/")
-
     decoded_uri, decoded_base = unquote(uri), unquote(base.rstrip("/"))
-    bad = any(
-        seg in (".", "..")
-        for form in (uri, decoded_uri, base, decoded_base)
-        for seg in segments(form)
+    bad = parse.has_dot_segment(uri.partition("?")[0]) or parse.has_dot_segment(
+        base.partition("?")[0]
     )
     bad = bad or "\\" in decoded_uri or "\0" in decoded_uri
     if uri.startswith(("http://", "https://")):  # _url() keeps it under the base URL
@@ -454,14 +450,12 @@ def check_contained(method: str, uri: str, base: str) -> None:
 
 def _safe_path(path: str) -> bool:
     """A request path below ``/data/`` (or its old spelling ``/REST/``) with no ``.``/``..``
-    segment, percent-decoded or not (``//host/...`` would be a network-path reference to another
-    host); the client never asks for anything else."""
+    segment in any spelling (``parse.has_dot_segment``: percent-decoded or not, ``..;``;
+    ``//host/...`` would be a network-path reference to another host); the client never asks
+    for anything else."""
     if path.startswith("//") or not path.startswith(("/data/", "/REST/")):
         return False
-    for seg in unquote(path).split("/")[1:]:
-        if seg in (".", ".."):
-            return False
-    return True
+    return not parse.has_dot_segment(path)
 
 
 # What a newcomer can do about the two TLS failures met first: an https:// URL for a server
@@ -872,8 +866,10 @@ class Transport(_LoginSession):
 
         Refuses (XnatError, not retryable, before any request) a path that is not plainly below
         the base URL: another host, ``//host``, a ``.``/``..`` segment in any spelling
-        (``%2e%2e``, ``..%2F``).  HTTP libraries collapse ``..`` (issue 17 §3, §8), so such a
-        path would reach another object, or another site, with the session cookie."""
+        (``%2e%2e``, ``..%2F``, ``..;``).  HTTP libraries collapse ``..`` (issue 17 §3, §8), so
+        such a path would reach another object, or another site, with the session cookie.  A
+        ``;`` is always sent as ``%3B``: raw, Tomcat reads it as a path parameter and drops it
+        with what follows (a file ``a;b`` would be asked for as ``a``)."""
         if uri.startswith(("http://", "https://")):
             if not uri.startswith(self.base_url + "/"):
                 raise XnatError("", uri, None, f"refused: URL is not under {self.base_url}")
@@ -888,7 +884,7 @@ class Transport(_LoginSession):
                 None,
                 "refused: the path is not plainly below /data/ ('.', '..', '//')",
             )
-        path = quote(path, safe="/%:@!$&'()*+,;=-._~")
+        path = quote(path, safe="/%:@!$&'()*+,=-._~")
         return self.base_url + path + (sep + query if sep else "")
 
     def _send(
