@@ -31,6 +31,8 @@ T = 3.0
 SLACK = 2.0
 RSS_LIMIT_MB = 250.0
 ARGS = ("--timeout", str(T), "--read-only")
+#: the MD5 of no bytes
+EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 
 FILES = "H/resources/R/files"
 
@@ -195,6 +197,37 @@ def test_a_listed_size_outside_0_to_2_63_is_eio_with_one_log_line(hostile, make_
     good = fs_op("read", m.path / FILES / "good.txt")
     assert good["errno"] == 0 and good["size"] == len(GOOD_BYTES), good
     assert not any(".bin" in p for p in hostile.paths()), "a refused file was fetched"
+
+
+@pytest.mark.parametrize("size", ["", 0])
+def test_a_file_listed_empty_with_the_md5_of_bytes_is_eio_not_an_empty_read(
+    hostile, make_mount, size
+):
+    """A files row listed with size ``""`` (read as 0) or 0 but the MD5 of a non-empty file:
+    the kernel never sends a READ for a 0-byte file, so ``cat`` read 0 bytes with success (the
+    daemon's GET of it failed "long download" and told nobody).  Now the row contradicts
+    itself: EIO at ``stat``, one log line naming the path, the URI and the MD5, no GET.  True
+    empty files (size 0 with the empty file's MD5, or with none) still read as empty."""
+    m = make_mount(hostile.url, *ARGS)
+    hostile.mode = "custom"
+    digest = hashlib.md5(GOOD_BYTES).hexdigest()
+    hostile.rows = [
+        file_row("data.txt", size, digest=digest),
+        file_row("empty.txt", 0, digest=EMPTY_MD5.upper()),
+        file_row("bare.txt", 0),
+    ]
+    hostile.bodies = {"empty.txt": b"", "bare.txt": b""}
+    for op in ("stat", "read"):
+        res = fs_op(op, m.path / FILES / "data.txt")
+        assert res["errno"] == errno.EIO, (op, res)
+    lines = error_lines(m, f"/{FILES}/data.txt")
+    assert lines and all(
+        "says empty" in ln and digest in ln and "/resources/1/files/data.txt" in ln for ln in lines
+    ), lines
+    assert not any(p.endswith("data.txt") for p in hostile.paths()), "a refused file was fetched"
+    for name in ("empty.txt", "bare.txt"):
+        res = fs_op("read", m.path / FILES / name)
+        assert res["errno"] == 0 and res["size"] == 0, (name, res)
 
 
 def test_dot_names_are_escaped_and_control_characters_do_not_split_log_lines(hostile, make_mount):

@@ -363,6 +363,28 @@ def test_sizes_that_are_byte_counts_pass() -> None:
 
 
 @pytest.mark.parametrize(
+    "size, digest, refused",
+    [
+        ("", "5d41402abc4b2a76b9719d911017c592", True),  # MD5 of b"hello"
+        ("0", "5d41402abc4b2a76b9719d911017c592", True),
+        ("0.0", "not-even-hex", True),
+        ("0", "d41d8cd98f00b204e9800998ecf8427e", False),  # the empty file's MD5
+        ("", "D41D8CD98F00B204E9800998ECF8427E", False),
+        ("0", "", False),  # checksums off
+        ("5", "5d41402abc4b2a76b9719d911017c592", False),
+    ],
+)
+def test_a_row_listed_empty_with_the_md5_of_bytes_is_refused(size, digest, refused) -> None:
+    """Size 0 (or none) with an MD5 that is not the empty file's contradicts itself; read as
+    listed it was an empty file read with success (the kernel asks no byte of it)."""
+    f = parse.file_from_row(
+        {"Name": "a", "Size": size, "URI": "/data/projects/P/resources/7/files/a", "digest": digest}
+    )
+    assert bool(f.problem) is refused and ("says empty" in f.problem) is refused, f.problem
+    assert f.digest == digest
+
+
+@pytest.mark.parametrize(
     "uri",
     [
         "/data/../../../etc/passwd",

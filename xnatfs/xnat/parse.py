@@ -699,17 +699,36 @@ def file_from_row(row: Row, resource_uri: str = "") -> FileEntry:
         name = row.get("Name", "")
         uri = f"{resource_uri.rstrip('/')}/files/{quote(name)}"
     size, size_problem = listed_size(row.get("Size"))
+    digest = row.get("digest", "") or ""
     return FileEntry(
         path=file_relpath(uri),
         size=size,
-        problem=problem or size_problem,
+        problem=problem or size_problem or empty_size_problem(row.get("Size"), size, digest),
         uri=wire_uri(uri),
-        digest=row.get("digest", "") or "",
+        digest=digest,
         collection=row.get("collection", ""),
         format=row.get("file_format", ""),
         content=row.get("file_content", ""),
         tags=row.get("file_tags", ""),
     )
+
+
+#: the MD5 of no bytes: the only digest a file listed with size 0 (or none) may carry
+EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+
+
+def empty_size_problem(listed: Any, size: int, digest: str) -> str:
+    """Why a row listed as empty (size 0, or no size: read as 0) cannot be served, or "".
+
+    The kernel never asks for a byte of a 0-byte file, so such a row reads as an empty file
+    with success and its MD5 is never compared: a row whose MD5 is that of some bytes (not
+    ``EMPTY_MD5``) read as empty, bytes that are not XNAT's.  XNAT lists every file's size
+    (docs/XNAT-API.md §1.8), so the row contradicts itself: it answers EIO like any refused
+    row.  An empty file listed with the empty file's MD5, or with none, stays readable."""
+    if size != 0 or not digest or digest.strip().lower() == EMPTY_MD5:
+        return ""
+    text = "" if listed is None else str(listed)
+    return f"listed size {text[:40]!r} says empty, but MD5 {digest[:40]!r} is not the empty file's"
 
 
 def prearchive_from_row(row: Row) -> PrearchiveSession:
