@@ -161,6 +161,55 @@ def test_attributes_xattrs_and_unlisted_files(mnt, xnat_session):
     assert any(n.endswith("/files/" + f) for n in names), names[:5]
 
 
+def _zip_names(path) -> set:
+    """Base names of the members of the zip ``cat path`` gives."""
+    import io
+    import subprocess
+    import zipfile
+
+    out = subprocess.run(["cat", str(path)], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return {n.rsplit("/", 1)[-1] for n in zipfile.ZipFile(io.BytesIO(out.stdout)).namelist()}
+
+
+def test_a_resource_zip_read_after_the_resource_changed_holds_its_new_files(
+    shared_emulator, make_mount
+):
+    """Another client adds a file to a resource whose ``.zip`` was read: once the listing TTL
+    has passed and ``ls`` shows the file, ``.zip`` holds it too.  The zip was keyed on the
+    resource's time, its parent row's, which XNAT does not change when a file is added: the
+    first zip was served for ever."""
+    url = shared_emulator.url
+    put_file(url, "/data/projects/DEMO2/resources/ZR/files/a.txt", b"first file\n")
+    m = make_mount(url, "--listing-ttl", "1", "--bulk-zip", "0", "--prefetch", "0")
+    res = m.path / "DEMO2" / "resources" / "ZR"
+    assert _zip_names(res / ".zip") == {"a.txt"}
+    put_file(url, "/data/projects/DEMO2/resources/ZR/files/b.txt", b"second file\n")
+    wait_until(lambda: "b.txt" in os.listdir(res / "files"), what="b.txt listed")
+    assert _zip_names(res / ".zip") == {"a.txt", "b.txt"}
+
+
+def test_a_resource_zip_is_fetched_once_while_its_listing_holds(shared_emulator, make_mount):
+    """Read twice within the listing TTL, a resource's ``.zip`` costs one request (XNAT's zip),
+    none once cached; after ``xnatfs refresh`` of the resource with nothing changed, only the
+    listing is asked again: the zip is keyed on what the listing holds, not refetched."""
+    url = shared_emulator.url
+    put_file(url, "/data/projects/DEMO2/resources/ZONCE/files/a.txt", b"only file\n")
+    m = make_mount(url, "--bulk-zip", "0", "--prefetch", "0")
+    res = m.path / "DEMO2" / "resources" / "ZONCE"
+    assert os.listdir(res / "files") == ["a.txt"]  # the listing, warm
+    mark = shared_emulator.mark()
+    assert _zip_names(res / ".zip") == {"a.txt"}
+    assert _zip_names(res / ".zip") == {"a.txt"}
+    got = api(shared_emulator.since(mark))
+    assert len(got) == 1 and got[0][1].endswith("/files?format=zip"), got
+    os.getxattr(res, "user.xnatfs.refresh")
+    mark = shared_emulator.mark()
+    assert _zip_names(res / ".zip") == {"a.txt"}
+    got = api(shared_emulator.since(mark))
+    assert not any("format=zip" in p for _m, p in got), got
+
+
 def test_request_counts_ls_find_and_negative_lookups(shared_emulator, make_mount):
     url = shared_emulator.url
     for i in range(500):

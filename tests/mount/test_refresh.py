@@ -124,3 +124,33 @@ def test_refresh_shows_a_name_looked_up_as_missing(make_emulator, make_mount):
     assert not (folder / "later.txt").exists()
     assert _refresh(folder / "a.txt").returncode == 0
     assert _read(folder / "later.txt") == b"later\n"
+
+
+def _zip_names(path) -> set:
+    """Base names of the members of the zip ``cat path`` gives."""
+    import io
+    import zipfile
+
+    out = subprocess.run(["cat", str(path)], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return {n.rsplit("/", 1)[-1] for n in zipfile.ZipFile(io.BytesIO(out.stdout)).namelist()}
+
+
+def test_refresh_of_a_scan_resource_renews_the_scan_and_experiment_zips(make_emulator, make_mount):
+    """Another client adds a file to a scan's resource: after ``xnatfs refresh`` of that
+    resource's ``files`` folder, the scan's ``.zip`` and its experiment's ``.zip`` hold it.
+    Both were keyed on their row's time, which a file added below does not change: the zips
+    read before were served for ever (the listing TTL did not help either)."""
+    emu = make_emulator()
+    exp = "DEMO1/subjects/SUBJ01/experiments/SUBJ01_MR1"
+    m = make_mount(emu.url, "--bulk-zip", "0", "--prefetch", "0")
+    scan = m.path / exp / "scans" / "1"
+    files = scan / "resources" / "DICOM" / "files"
+    before = _zip_names(scan / ".zip")
+    assert before and "extra.txt" not in before
+    assert "extra.txt" not in _zip_names(m.path / exp / ".zip")
+    put_file(emu.url, f"/data/projects/{exp}/scans/1/resources/DICOM/files/extra.txt", b"new\n")
+    assert _refresh(files).returncode == 0
+    assert "extra.txt" in os.listdir(files)
+    assert _zip_names(scan / ".zip") == before | {"extra.txt"}
+    assert "extra.txt" in _zip_names(m.path / exp / ".zip")

@@ -43,7 +43,9 @@ class ContentKey:
     size: Optional[int]
     #: MD5 hex digest from the listing (``digest``); "" if the server gave none.
     digest: str = ""
-    #: Modification time from the listing (any JSON-able value), "" / None if unknown.
+    #: Modification time from the listing (any JSON-able value), "" / None if unknown; for an
+    #: archive, what identifies its content (XNAT's zips: a digest of the listings of what
+    #: they hold, ``layouts.xnat.layout.zip_key``).
     mtime: Union[float, int, str, None] = None
     #: FILE (fetched with ``fetch``) or ARCHIVE (made by XNAT, fetched with
     #: ``fetch_archive``).  Not part of ``hexname``: an archive's URI differs anyway, and

@@ -60,6 +60,8 @@ class Tree(Engine):
         if self.xnat.bundles is not None:
             # the experiment tables load ahead of a walker on the engine's background pool
             self.xnat.bundles.submit = self._refresh_submit
+        # a folder's .zip is keyed on the listings below it, as this engine keeps them
+        self.xnat.listed = self.cached
         self.client = client
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import json
 import logging
 import re
@@ -43,7 +44,7 @@ from xnatfs.layouts.xnat.loaders import (
 )
 from xnatfs.view.layout import BaseLayout, Children, Fixed, Listing, Loaded, Opened
 from xnatfs.view.node import Generated, NodeInfo
-from xnatfs.view.paths import PathParts
+from xnatfs.view.paths import PathParts, split_path
 from xnatfs.xnat.errors import XnatError
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,10 @@ class XnatLayout(BaseLayout):
         #: an experiment's scan resources and files from one or two requests (issue 12, B4),
         #: or None: one request per directory (``Tree(experiment_listings=...)``)
         self.bundles: Optional[ExperimentBundles] = None
+        #: ``(key, load) -> value``: a listing as the engine keeps it (``Engine.cached``: fresh,
+        #: else one request), so a ``.zip`` is keyed on the listings ``ls`` shows; set by the
+        #: tree.  Unset (a layout on its own), each load is a request
+        self.listed: Callable[[PathParts, Callable[[], Any]], Any] = _load_uncached
 
     @property
     def epoch(self) -> float:
@@ -222,8 +227,59 @@ class XnatLayout(BaseLayout):
             return Opened(key=self._file_key(node))
         if ref.what is Gen.ZIP:
             assert ref.parent is not None, "a zip node is made with the folder it zips"
-            return Opened(key=zip_key(ref.parent), direct_io=True)
+            folder = split_path(path)[:-1] if path else None
+            return Opened(
+                key=zip_key(ref.parent, self.zip_version(folder, ref.parent)), direct_io=True
+            )
         return Opened(data=self._make(ref), direct_io=True)
+
+    def zip_version(self, parts: Optional[PathParts], parent: NodeInfo) -> str:
+        """What XNAT's zip of folder ``parent`` (at ``parts``) holds now, as a digest of the
+        listings below it: every name, and every file's URI, size, MD5 and time (an
+        experiment's zip is of its scans only, §3.3).
+
+        Why: the zip was keyed on the folder's time, which XNAT does not change when a file is
+        added to a resource (a resource's time is its parent row's, and a row's
+        ``last_modified`` is the row's, §1.2): the first zip made was served for ever.  Keyed
+        on what the mount lists, a changed listing is a new key (a new zip, fetched once), the
+        same listing the zip already cached, never refetched; the listings are the engine's
+        (``listed``), so a zip is never older than what ``ls`` of its folder shows, and a
+        listing TTL or ``xnatfs refresh`` of the folder (or of any folder below it) renews it.
+        Costs what listing the folder's tree costs, as ``find`` of it would (a resource: its
+        one files listing; a scan or an experiment: its experiment's tables, B4, else one
+        listing per folder), a digest of the names held, and nothing more while those
+        listings are fresh; no open or read of any other file does any of it.  ``parts``
+        None (no path): the listings are loaded, not kept."""
+        digest = hashlib.sha256()
+        if parent.kind is Kind.EXPERIMENT:
+            scans = fixed_listing(parent, (("scans", Kind.SCANS),)).children["scans"]
+            self._fold_listed(None if parts is None else parts + ("scans",), scans, digest)
+        else:
+            self._fold_listed(parts, parent, digest)
+        return digest.hexdigest()
+
+    def _fold_listed(
+        self, parts: Optional[PathParts], node: NodeInfo, digest: "hashlib._Hash"
+    ) -> None:
+        """Add to ``digest`` what is listed below folder ``node`` at ``parts``; a resource's
+        files as their one ``FileTree.version``."""
+        children = self.children(parts or (), node)
+        if isinstance(children, Fixed):
+            listing = children.listing
+        else:
+            value = children.load() if parts is None else self.listed(children.key, children.load)
+            if isinstance(value, FileTree):
+                digest.update(value.version)
+                return
+            listing = children.select(value)
+        for name in sorted(listing.children):
+            child = listing.children[name]
+            attrs = sorted(child.attrs.items())
+            digest.update(
+                json.dumps([name, child.is_dir, attrs, child.size, child.digest]).encode()
+            )
+            if child.is_dir:
+                self._fold_listed(None if parts is None else parts + (name,), child, digest)
 
     def _make(self, ref: Generated) -> bytes:
         what, parent = ref.what, ref.parent
@@ -325,10 +381,16 @@ def _folder(subpath: PathParts, parts: PathParts, tree: FileTree) -> Listing:
     return listing
 
 
-def zip_key(parent: NodeInfo) -> ContentKey:
-    """XNAT's zip of an experiment's scans, a scan or a resource (§3.3)."""
+def zip_key(parent: NodeInfo, version: str) -> ContentKey:
+    """XNAT's zip of an experiment's scans, a scan or a resource (§3.3), as it is when what it
+    holds is ``version`` (``XnatLayout.zip_version``)."""
     uri = parent.uri + ("/scans/ALL" if parent.kind is Kind.EXPERIMENT else "")
-    return ContentKey.archive(uri, mtime=parent.mtime)
+    return ContentKey.archive(uri, mtime=version)
+
+
+def _load_uncached(key: PathParts, load: Callable[[], Any]) -> Any:
+    """``XnatLayout.listed`` of a layout outside a tree: every listing is a request."""
+    return load()
 
 
 @functools.lru_cache(maxsize=65536)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -67,6 +69,21 @@ class FileTree:
     sub-folder path -> Listing."""
 
     folders: Dict[Tuple[str, ...], Listing] = field(default_factory=dict)
+
+    @functools.cached_property
+    def version(self) -> bytes:
+        """A digest of every file listed (path, URI, size, MD5, time): what XNAT's zip of the
+        resource holds, so its cache key (``layout.zip_key``).  Computed once per listing
+        (the engine keeps this object for a listing TTL); two threads may both compute it."""
+        digest = hashlib.sha256()
+        for sub in sorted(self.folders):
+            children = self.folders[sub].children
+            for name in sorted(children):
+                child = children[name]
+                if not child.is_dir:
+                    row = [child.subpath, child.uri, child.size, child.digest, child.mtime]
+                    digest.update(json.dumps(row).encode())
+        return digest.digest()
 
 
 def _attrs(**values: Optional[str]) -> Dict[str, str]:
