@@ -673,6 +673,35 @@ def test_rm_drops_the_older_pending_versions_too(runtime):
     assert "draft.log" not in listed(runtime)
 
 
+def test_a_log_renamed_while_written_with_a_version_pending_keeps_its_newest_bytes(runtime):
+    """A log written while XNAT answers 503: an `echo >> log` closes (version 1 pending),
+    the program writes on through its own descriptor, and logrotate renames the log.  The
+    rename gave the file the new name's plain target, dropping what the program's next
+    version was made over (its own version 1, ``_reopen_spool``): once version 1 landed under
+    the new name, the program's close() was refused as another client's file there
+    ("duplicates", EEXIST), its newest bytes kept as failed and XNAT kept version 1."""
+    writer = runtime.writer
+    old, new = f"{PROTOCOLS}/app.log", f"{PROTOCOLS}/app.log.1"
+    runtime.emu.faults.fault_methods = "PUT"
+    with xnat_refusing(runtime):
+        program = writer.create(old)
+        program.write(0, b"line 1\n")
+        shell = writer.open_write(runtime.tree.lookup(old), old, truncate=False)
+        shell.write(7, b"line 2\n")
+        with pytest.raises(XnatError):  # the 503's error; version 1 pending
+            shell.flush()
+        shell.close()
+        program.write(14, b"line 3\n")  # the program writes on
+        writer.rename(old, new)  # logrotate
+    writer.uploader.retry_soon()
+    wait_for(lambda: server_status(runtime, "app.log.1") == (200, b"line 1\nline 2\n"), 30)
+    program.flush()  # before: EEXIST, "duplicates"
+    program.close()
+    assert server_status(runtime, "app.log.1") == (200, b"line 1\nline 2\nline 3\n")
+    assert writer.status() == []
+    assert server_status(runtime, "app.log")[0] == 404
+
+
 # ---------------------------------------------------------------------- found by review7w
 def test_a_close_committing_while_a_rename_replaces_its_file_uploads_nothing(runtime):
     """rsync renames its copy over held.log at the instant the program holding held.log

@@ -20,7 +20,7 @@ from xnatfs.tree.opening import Opening
 from xnatfs.tree.paths import PathParts, check_write_name, join_path, split_path, unescape_name
 from xnatfs.tree.uploading import entry_md5
 from xnatfs.uploads import Journal, UploadTarget
-from xnatfs.uploads.journal import Entry
+from xnatfs.uploads.journal import FAILED, Entry
 from xnatfs.xnat.errors import NotFound, XnatError, unanswered
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,23 @@ def _made_over(existing: NodeInfo, journal: Journal) -> Tuple[str, ...]:
     except OSError:
         return ()
     return tuple(d for d in dict.fromkeys(digests) if d)
+
+
+def _next_version_target(
+    lf: LocalFile, target: UploadTarget, renamed: Optional[Entry]
+) -> UploadTarget:
+    """Where the next version of ``lf`` goes once it has the new name (``target``, where its
+    ``renamed`` record goes).  Written on since that record was committed (a log that
+    logrotate renames while its program writes; not after XNAT refused the record),
+    ``lf.target`` describes that next version as ``_reopen_spool`` made it: over the record
+    (``replaces_md5``), which lands at the new name first.  Before, the rename gave it the
+    plain ``target``: the last close() met its own earlier version there as another client's
+    file ("duplicates", EEXIST), the newest bytes were kept as failed and XNAT kept the
+    older.  What the old name was made over stays behind (``target.base_md5s`` is the new
+    name's).  Not written on since: ``_reopen_spool`` makes it from ``target`` later."""
+    if renamed is None or lf.spool is None or renamed.state == FAILED:
+        return target
+    return replace(target, overwrite=True, replaces_md5=lf.target.replaces_md5)
 
 
 class Namespace(Opening):
@@ -636,7 +653,7 @@ class Namespace(Opening):
                 replaced.spool.discard()
                 replaced.spool = None
         lf.parts = new_parts
-        lf.target = target
+        lf.target = _next_version_target(lf, target, entry)
         if entry is not None:
             lf.entry = entry
         self._locked_put(lf)
