@@ -702,6 +702,65 @@ def test_a_log_renamed_while_written_with_a_version_pending_keeps_its_newest_byt
     assert server_status(runtime, "app.log")[0] == 404
 
 
+@pytest.mark.parametrize("allow_delete", [False, True])
+def test_rm_while_an_older_version_lands_does_not_answer_0_with_it_on_xnat(
+    make_runtime, allow_delete
+):
+    """A new file written twice while XNAT answers 503 (versions 1 and 2 pending, never on
+    XNAT); XNAT answers again, and `rm` comes while version 1's retry is on the wire.  rm
+    waited for that upload (``Uploader.held``), which landed, then dropped version 2 and
+    answered 0: the file it removed was on XNAT, with version 1's bytes.  Now, with
+    --allow-delete, rm removes it there too; without, rm answers EACCES, and version 2 is
+    kept and goes over version 1 (nothing the user wrote is lost or resurrected)."""
+    runtime = make_runtime(allow_delete=allow_delete)
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/notes.txt"
+    writer.uploader.base_delay = writer.uploader.max_delay = 3600  # retried when told only
+    runtime.emu.faults.fault_methods = "PUT"
+    with xnat_refusing(runtime):
+        for text in (b"version 1\n", b"version 2, longer\n"):
+            write_pending(writer, path, text)
+        gate = Gate(writer.client, "notes.txt")  # the next PUT (version 1's retry) waits
+    versions = writer.journal.versions_for(path)
+    assert len(versions) == 2
+    writer.uploader.submit(versions[0])  # version 1's retry now; version 2's waits its backoff
+    assert gate.arrived.wait(30), "version 1's retry did not start"
+    waiting, held = threading.Event(), writer.uploader.held
+
+    def held_told(*args, **kwargs):
+        waiting.set()  # rm has looked at its versions and waits for the running upload
+        return held(*args, **kwargs)
+
+    writer.uploader.held = held_told
+    result = {}
+
+    def rm():
+        try:
+            writer.unlink(path)
+            result["rm"] = 0
+        except (OSError, XnatError) as exc:
+            result["rm"] = errno_for(exc)
+
+    t = threading.Thread(target=rm)
+    t.start()
+    assert waiting.wait(30), "rm did not reach the upload"
+    gate.open()  # version 1 lands
+    t.join(30)
+    assert not t.is_alive()
+    writer.uploader.held = held
+    assert gate.passed.wait(30)
+    if allow_delete:
+        assert result["rm"] == 0
+        assert writer.status() == []
+        assert server_status(runtime, "notes.txt")[0] == 404  # before: 200, version 1
+        assert "notes.txt" not in listed(runtime)
+    else:
+        assert result["rm"] == errno.EACCES  # before: 0, with version 1 on XNAT
+        writer.uploader.retry_soon()
+        wait_for(lambda: not writer.status(), 30, what="version 2's upload")
+        assert server_status(runtime, "notes.txt") == (200, b"version 2, longer\n")
+
+
 # ---------------------------------------------------------------------- found by review7w
 def test_a_close_committing_while_a_rename_replaces_its_file_uploads_nothing(runtime):
     """rsync renames its copy over held.log at the instant the program holding held.log

@@ -94,6 +94,23 @@ def _made_over(existing: NodeInfo, journal: Journal) -> Tuple[str, ...]:
     return tuple(d for d in dict.fromkeys(digests) if d)
 
 
+def _older_version_landed(path: str, allow_delete: bool) -> None:
+    """rm of a local file one of whose older versions XNAT confirmed while the rm waited for
+    its running upload (``Uploader.held``): the name is on XNAT now, with bytes the user had
+    overwritten.  With --allow-delete the rm removes it there too (then the local versions),
+    as when the newest version itself landed meanwhile; without, this raises EACCES saying
+    so, and nothing is dropped (the newest version still goes over them).  Before, rm dropped
+    the newest version and answered 0: the file it removed was on XNAT, with older bytes."""
+    if allow_delete:
+        return
+    raise OSError(
+        errno.EACCES,
+        "an older version of it reached XNAT while rm waited for its upload: removing it "
+        "there needs --allow-delete; the newest version is kept and still goes to XNAT",
+        path,
+    )
+
+
 def _next_version_target(
     lf: LocalFile, target: UploadTarget, renamed: Optional[Entry]
 ) -> UploadTarget:
@@ -209,10 +226,14 @@ class Namespace(Opening):
         handle still open) the file is XNAT's and is removed as such (``--allow-delete``)."""
         with lf.holding(self.fs_timeout):
             held = lf.entry
+            waited_for = len(self._older_versions(held, path))
             with self._held(held) as current:
                 # older versions of the name go too: left queued, they uploaded after the rm
                 older = self._older_versions(current, path)
                 confirmed = held is not None and current is None
+                if current is not None and len(older) < waited_for:  # one landed meanwhile
+                    _older_version_landed(path, self.allow_delete)
+                    self._unlink_remote(path, parts)  # then its local versions go (below)
                 local_version = current is not None or lf.dirty
                 if (
                     lf.target.is_file
