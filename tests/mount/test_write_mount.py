@@ -331,6 +331,34 @@ def test_failed_upload_is_pending_then_uploaded(emu, make_mount, tmp_path):
     )
 
 
+def test_cp_back_of_the_original_after_a_failed_cp_is_what_xnat_keeps(emu, make_mount, tmp_path):
+    """--allow-delete; `cp change f` while XNAT answers 503 to PUTs (EIO: pending), then
+    `cp orig f` (the user undoes it): answers 0, since XNAT holds those bytes, and the
+    pending change leaves the journal.  Before: it stayed queued and landed once XNAT
+    answered, and XNAT held the change the user had undone."""
+    m = make_mount(emu.url, "--allow-delete", "--timeout", "20")
+    target = m.path / PROTOCOLS / "README.txt"
+    original = target.read_bytes()  # listed and cached: only the uploads meet the fault
+    (tmp_path / "orig.txt").write_bytes(original)
+    (tmp_path / "change.txt").write_bytes(b"a change the user undoes\n")
+    emu.faults.fault_methods = "PUT"
+    emu.faults.error_status = 503
+    emu.faults.error_rate = 1.0
+    res = sh(["cp", str(tmp_path / "change.txt"), str(target)], check=False, timeout=90)
+    assert res.returncode != 0 and "Input/output error" in res.stderr  # told: pending
+    res = sh(["cp", str(tmp_path / "orig.txt"), str(target)], check=False, timeout=90)
+    assert res.returncode == 0, res.stderr
+    emu.faults.error_rate = 0.0
+    journal = m.cache / "uploads" / "journal"
+    wait_for(
+        lambda: not [n for n in os.listdir(journal) if n.endswith(".json")],
+        60,
+        what="an empty journal",
+    )
+    assert server_files(emu)["README.txt"] == (len(original), md5(original))
+    assert target.read_bytes() == original
+
+
 def test_dropped_connection_mid_upload(emu, make_mount, tmp_path):
     m = make_mount(emu.url, "--timeout", "20")
     data = random.Random(3).randbytes(3 << 20)

@@ -13,7 +13,8 @@ import errno
 import hashlib
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple, TypeVar
 
 from xnatfs.cache.download import DISK_FULL
 from xnatfs.tree.local import AlreadyReported, LocalFile, is_temporary
@@ -24,7 +25,7 @@ from xnatfs.uploads import Journal, Spool, SpoolFile, Uploader
 from xnatfs.uploads.checks import SharedChecks
 from xnatfs.uploads.journal import DONE, FAILED, PENDING, Entry
 from xnatfs.uploads.retry import classify
-from xnatfs.xnat.errors import unanswered
+from xnatfs.xnat.errors import XnatError, unanswered
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ class UploadPath(LocalOverlay):
         holds ``lf.io`` (a write or read by another handle waits for it); the upload does not.
         """
         with lf.holding(self.fs_timeout):
-            entry = self._to_journal(lf)
+            entry = self._to_journal(lf, ask=upload)
         if entry is None or not upload:
             return
         if is_temporary(lf.parts[-1]):
@@ -207,9 +208,10 @@ class UploadPath(LocalOverlay):
             return
         self._upload_now(lf, entry)
 
-    def _to_journal(self, lf: LocalFile) -> Optional[Entry]:
+    def _to_journal(self, lf: LocalFile, ask: bool = True) -> Optional[Entry]:
         """The journal entry now holding ``lf``'s bytes, or None when there is nothing to
-        upload.  Caller holds ``lf.io``.
+        upload.  Caller holds ``lf.io``.  ``ask``: XNAT may be asked whether it holds the
+        bytes already (``_held_by_xnat``); not at unmount, where they are journalled.
 
         Long because: the checks before the journal (earlier error, emptied, same bytes,
         --allow-delete, empty) and the journal step must stay in this order, in one place.
@@ -240,14 +242,18 @@ class UploadPath(LocalOverlay):
                 code, "XNAT cannot store an empty file: the file on XNAT keeps its old bytes", path
             )
         if lf.replaces is not None:
-            if self._spool_same(lf.spool, lf.replaces):
+            same = self._spool_same(lf.spool, lf.replaces)
+            if same and ask and self._held_by_xnat(lf, lf.replaces, path):
                 # what rsync, cp and make do when nothing changed: no upload, and no
                 # --allow-delete needed since nothing is destroyed; the write's time sticks
                 lf.dirty = False
                 self._remember_time(lf.replaces, lf.mtime_ns)
                 log.info("write %s: the same bytes as on XNAT: nothing uploaded", path)
                 return None
-            if not self.allow_delete:
+            # the bytes as opened but not XNAT's now (a version of this mount's, or another
+            # client's, stored since; or it could not be asked): journalled, also without
+            # --allow-delete, since the upload replaces only those bytes (_check_replaces)
+            if not same and not self.allow_delete:
                 lf.write_error = errno.EACCES
                 raise OSError(
                     errno.EACCES,
@@ -271,6 +277,57 @@ class UploadPath(LocalOverlay):
             lf.dirty = False
             lf.state = PENDING
         return entry
+
+    def _held_by_xnat(self, lf: LocalFile, node: NodeInfo, path: str) -> bool:
+        """Does XNAT hold now the bytes ``lf`` had at open (``node``: its size and MD5, which
+        the spool has)?  One listing, shared with the uploads' checks of the resource.
+        Before, the file as opened was taken for XNAT's: after a version of this mount's was
+        confirmed (fsync) or while one was pending (a close that failed), writing the
+        original bytes back uploaded nothing and XNAT kept, or got once the pending one
+        landed, the bytes the user had replaced; after another client stored other bytes,
+        close() answered 0 and the user's bytes were nowhere.
+
+        The versions of ``lf`` still in the journal are older than these bytes: when XNAT
+        holds them, they leave it (as a confirmed version drops the older ones,
+        ``Uploader._succeeded``), held against their attempts (``Uploader.held``), so none
+        lands after the look.  False when XNAT lists other bytes or cannot be asked: then the
+        bytes are journalled and the upload's own check decides.  Caller holds ``lf.io``."""
+        versions = self.journal.versions_for(path)
+        held: ContextManager[Optional[Entry]] = (
+            self.uploader.held(versions[-1], time.monotonic() + self.fs_timeout)
+            if versions
+            else nullcontext(None)
+        )
+        target = lf.target
+        try:
+            with held:
+                if not any(
+                    f.path == target.relpath and f.size == node.size and f.digest == node.digest
+                    for f in self._listing_now(target.resource_uri)
+                ):
+                    return False
+                for gone in self.journal.versions_for(path):  # oldest first
+                    log.info("write %s: dropping older version %s (superseded)", path, gone.id)
+                    self.journal.remove(gone)
+        except (OSError, XnatError) as exc:
+            log.info("write %s: XNAT's copy not checked (%s): the bytes are journalled", path, exc)
+            return False
+        with self._lock:
+            lf.entry = None
+        return True
+
+    def _listing_now(self, uri: str) -> List[Any]:
+        """The files of resource ``uri`` as listed by a request begun after this call (the
+        uploads' checks share it, ``SharedChecks``)."""
+
+        def listing() -> Tuple[int, List[Any]]:
+            # as the checks' (``_verify``): they share calls of one key
+            return self.tree.meta.mark(), self.client.list_files(uri)
+
+        if not SHARE_CHECKS:
+            return listing()[1]
+        what = f"GET {self.client.base_url}{uri}/files?format=json"
+        return list(self._checks.fetch(uri, listing, what)[1])
 
     def _upload_now(self, lf: LocalFile, entry: Entry) -> None:
         path = join_path(lf.parts)
