@@ -6,6 +6,7 @@ the emulator's access log.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+import requests
 
 from tests.conftest import ADMIN, Mount, needs_fuse
 from tests.mount.helpers import api, dicom_zip, hash_files, md5, sh, wait_for
@@ -357,6 +359,44 @@ def test_cp_back_of_the_original_after_a_failed_cp_is_what_xnat_keeps(emu, make_
     )
     assert server_files(emu)["README.txt"] == (len(original), md5(original))
     assert target.read_bytes() == original
+
+
+def test_fsync_retried_after_eio_answers_eio_while_xnat_is_down(emu, make_mount):
+    """write, fsync -> EIO (XNAT answers 503: pending in the journal), fsync again while it
+    still does -> EIO again (the upload tried anew), and close() the same.  Before: the
+    second fsync and the close answered 0 with the bytes only in the journal."""
+    m = make_mount(emu.url, "--timeout", "20")
+    path = m.path / PROTOCOLS / "results.csv"
+    os.listdir(m.path / PROTOCOLS)  # listings cached: only the upload meets the fault
+    emu.faults.fault_methods = "PUT"
+    emu.faults.error_status = 503
+    emu.faults.error_rate = 1.0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    answers = []
+    try:
+        os.write(fd, b"a,b\n1,2\n")
+        for _ in range(2):
+            try:
+                os.fsync(fd)
+                answers.append(0)
+            except OSError as exc:
+                answers.append(exc.errno)
+    finally:
+        try:
+            os.close(fd)
+            answers.append(0)
+        except OSError as exc:
+            answers.append(exc.errno)
+    assert answers == [errno.EIO] * 3
+    url = f"{emu.url}/data/projects/DEMO1/resources/protocols/files/results.csv"
+    assert requests.get(url, auth=ADMIN, timeout=30).status_code == 404  # not on XNAT
+    assert os.getxattr(path, "user.xnat.cache_state").decode() in ("pending", "uploading")
+    emu.faults.error_rate = 0.0
+    wait_for(
+        lambda: server_files(emu).get("results.csv") == (8, md5(b"a,b\n1,2\n")),
+        60,
+        what="the retried upload",
+    )
 
 
 def test_dropped_connection_mid_upload(emu, make_mount, tmp_path):

@@ -100,6 +100,10 @@ class LocalFile:
     #: the upload): a handle reading XNAT's copy of an earlier upload (``WriteHandle``) must
     #: not serve it once a later one replaced it.  Changed under ``io``.
     generation: int = 0
+    #: what refused the newest version for good at a close or fsync (``failed``): a later
+    #: close or fsync answers it again (``UploadPath._unconfirmed``); None once a new one
+    #: is committed
+    refusal: Optional[BaseException] = field(default=None, repr=False, compare=False)
     #: the old name, when this is the copy a rename of a file on XNAT uploads under the new
     #: name (``Namespace._upload_copy``): a failed upload drops it again, nothing is kept
     moving_from: str = ""

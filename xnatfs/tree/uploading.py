@@ -191,7 +191,8 @@ class UploadPath(LocalOverlay):
         return make_room is not None and bool(make_room(self.journal.directory, need))
 
     def _commit(self, lf: LocalFile, upload: bool = True) -> None:
-        """close()/fsync(): put the bytes in the journal, then upload them now.
+        """close()/fsync(): put the bytes in the journal, then upload them now; with nothing
+        new to put there, the version still pending in the journal (``_unconfirmed``).
 
         Returns once XNAT confirmed them; on failure raises the error (the caller answers its
         errno) with the bytes safe in the journal and a retry scheduled.  The journal step
@@ -199,6 +200,8 @@ class UploadPath(LocalOverlay):
         """
         with lf.holding(self.fs_timeout):
             entry = self._to_journal(lf, ask=upload)
+            if entry is None and upload:
+                entry = self._unconfirmed(lf)
         if entry is None or not upload:
             return
         if is_temporary(lf.parts[-1]):
@@ -207,6 +210,31 @@ class UploadPath(LocalOverlay):
             self.uploader.submit(entry, delay=self.temp_delay)
             return
         self._upload_now(lf, entry)
+
+    def _unconfirmed(self, lf: LocalFile) -> Optional[Entry]:
+        """The version of ``lf`` that is in the journal and not confirmed by XNAT, for a
+        close()/fsync() with nothing new to commit to upload now; None when XNAT has it (or
+        a temporary name's upload waits for its rename, as at its first close).  A version
+        refused for good (``failed``) is not sent again: its refusal is answered again, the
+        error a close() got (EEXIST, EACCES...; EIO with its recorded error when the refusal
+        came in a background retry).  Before, a second fsync (a program retrying after EIO,
+        ``sync FILE``) or the close after a failed fsync answered 0 with the bytes only in
+        the journal (fsyncgate).  Caller holds ``lf.io``."""
+        entry = lf.entry
+        if entry is None or lf.removed or is_temporary(lf.parts[-1]):
+            return None
+        current = self.journal.get(entry.id)
+        if current is None:
+            return None  # confirmed meanwhile
+        if current.state == FAILED:
+            if lf.refusal is not None:
+                raise lf.refusal.with_traceback(None)
+            raise OSError(
+                errno.EIO,
+                f"refused for good, kept as failed (xnatfs status): {current.last_error}",
+                join_path(lf.parts),
+            )
+        return current
 
     def _to_journal(self, lf: LocalFile, ask: bool = True) -> Optional[Entry]:
         """The journal entry now holding ``lf``'s bytes, or None when there is nothing to
@@ -274,6 +302,7 @@ class UploadPath(LocalOverlay):
         with self._lock:
             lf.spool = None
             lf.entry = entry
+            lf.refusal = None
             lf.dirty = False
             lf.state = PENDING
         return entry
@@ -339,6 +368,8 @@ class UploadPath(LocalOverlay):
             retry = classify(exc).retry
             with self._lock:
                 lf.state = PENDING if retry else FAILED
+                # answered again by a later close()/fsync() (``_unconfirmed``)
+                lf.refusal = None if retry else exc
             if lf.moving_from:
                 # the rename drops this copy again (``Namespace._upload_copy``): "kept in the
                 # journal" was a lie there, the new name never came

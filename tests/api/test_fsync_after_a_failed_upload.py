@@ -1,0 +1,98 @@
+"""fsync(2) and close(2) after an upload failed (README: "close and fsync return only after
+XNAT accepted the bytes").  An fsync that answered EIO leaves the bytes pending in the journal;
+a program retrying its fsync, ``sync FILE``, or the close after it, answered 0 with nothing
+new to commit, while XNAT did not have the bytes (the "fsyncgate" pattern).  Now such a call
+tries the pending upload at once (``UploadPath._unconfirmed``) and answers its errno while it
+fails; a version refused for good is not sent again: its refusal is answered again.
+Through the runtime API, like ``test_lost_updates.py``."""
+
+from __future__ import annotations
+
+import errno
+
+import requests
+
+from tests.api.helpers import faults
+from tests.conftest import ADMIN
+from tests.mount.helpers import api
+from xnatfs.fs.errmap import errno_for
+from xnatfs.xnat.errors import XnatError
+
+PROTOCOLS = "/DEMO1/resources/protocols/files"
+PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
+
+
+def on_server(rt, name):
+    r = requests.get(f"{rt.emu.url}{PROTOCOLS_URI}/{name}", auth=ADMIN, timeout=30)
+    return r.content if r.status_code == 200 else r.status_code
+
+
+def answer(call):
+    """The errno ``call()`` answers through the FUSE adapter (0: none)."""
+    try:
+        call()
+    except (OSError, XnatError) as exc:
+        return errno_for(exc)
+    return 0
+
+
+def test_a_second_fsync_while_xnat_is_down_tries_again_and_answers_eio(make_runtime):
+    """fsync answers EIO (XNAT answers 503: the bytes are pending in the journal); the
+    program calls fsync again while XNAT still answers 503: that one sends the upload again
+    and answers EIO too.  Before: 0, without a request."""
+    rt = make_runtime()
+    path = f"{PROTOCOLS}/results.csv"
+    with faults(rt.emu, error_status=503, error_rate=1.0, fault_methods="PUT"):
+        handle = rt.writer.create(path)
+        handle.write(0, b"a,b\n1,2\n")
+        assert answer(handle.fsync) == errno.EIO
+        mark = rt.emu.mark()
+        assert answer(handle.fsync) == errno.EIO
+        assert "PUT" in [m for m, _ in api(rt.emu.since(mark))]
+        assert answer(handle.flush) == errno.EIO  # close(): the same
+        handle.close()
+    assert on_server(rt, "results.csv") == 404
+    (pending,) = rt.writer.status()
+    assert pending["state"] == "pending"  # still retried in the background
+
+
+def test_an_fsync_once_xnat_answers_again_uploads_the_pending_bytes(make_runtime):
+    """fsync EIO while XNAT answers 503, then XNAT answers again: the next fsync returns
+    once XNAT has the bytes, not before the background retry's backoff ends.  Before: it
+    returned 0 at once, with the bytes still only in the journal."""
+    rt = make_runtime()
+    path = f"{PROTOCOLS}/later.csv"
+    with faults(rt.emu, error_status=503, error_rate=1.0, fault_methods="PUT"):
+        handle = rt.writer.create(path)
+        handle.write(0, b"x,y\n3,4\n")
+        assert answer(handle.fsync) == errno.EIO
+    handle.fsync()
+    assert on_server(rt, "later.csv") == b"x,y\n3,4\n"  # right when fsync returned
+    assert rt.writer.status() == []
+    handle.close()
+
+
+def test_a_version_refused_for_good_is_answered_again_without_a_request(make_runtime):
+    """--allow-delete; a change in place of a file another XNAT client stored meanwhile:
+    the close answers EEXIST (a lost update refused, the bytes kept as failed).  A later
+    fsync or close of that file answers the same EEXIST again, with no request: a refusal
+    for good is not retried (README: copy out, rm, copy in).  Before: 0."""
+    rt = make_runtime(allow_delete=True)
+    path = f"{PROTOCOLS}/README.txt"
+    handle = rt.writer.open_write(rt.tree.lookup(path), path, truncate=False)
+    handle.write(0, b"MINE")
+    r = requests.put(
+        f"{rt.emu.url}{PROTOCOLS_URI}/README.txt?inbody=true&overwrite=true",
+        data=b"the other client's version\n",
+        auth=ADMIN,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201)
+    assert answer(handle.flush) == errno.EEXIST
+    mark = rt.emu.mark()
+    assert answer(handle.fsync) == errno.EEXIST
+    assert answer(handle.flush) == errno.EEXIST
+    assert api(rt.emu.since(mark)) == []
+    handle.close()
+    (kept,) = rt.writer.status()
+    assert kept["state"] == "failed"
