@@ -14,6 +14,7 @@ import requests
 
 from tests.api.helpers import faults
 from tests.conftest import ADMIN
+from tests.helpers.waiting import wait_for
 from tests.mount.helpers import api
 from xnatfs.fs.errmap import errno_for
 from xnatfs.xnat.errors import XnatError
@@ -96,3 +97,39 @@ def test_a_version_refused_for_good_is_answered_again_without_a_request(make_run
     handle.close()
     (kept,) = rt.writer.status()
     assert kept["state"] == "failed"
+
+
+def test_a_version_refused_in_a_background_retry_answers_eio_with_its_error(make_runtime):
+    """A new file's close answers EIO (XNAT answers 503), another XNAT client stores that
+    name meanwhile, and the background retry is refused for good (XNAT's "duplicates":
+    failed).  A later fsync answers EIO, naming the recorded refusal, without a request
+    (the errno of a refusal no close() got is not known).  Before: 0."""
+    rt = make_runtime()
+    name = "theirs-too.txt"
+    path = f"{PROTOCOLS}/{name}"
+    with faults(rt.emu, error_status=503, error_rate=1.0, fault_methods="PUT"):
+        handle = rt.writer.create(path)
+        handle.write(0, b"mine\n")
+        assert answer(handle.fsync) == errno.EIO
+    r = requests.put(
+        f"{rt.emu.url}{PROTOCOLS_URI}/{name}?inbody=true",
+        data=b"the other client's file\n",
+        auth=ADMIN,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201)
+    rt.writer.uploader.retry_soon()
+    wait_for(
+        lambda: [s["state"] for s in rt.writer.status()] == ["failed"],
+        timeout=30,
+        what="the background retry refused",
+    )
+    mark = rt.emu.mark()
+    try:
+        handle.fsync()
+        raise AssertionError("fsync answered 0")
+    except OSError as exc:
+        assert exc.errno == errno.EIO and "kept as failed" in str(exc), exc
+    assert api(rt.emu.since(mark)) == []
+    handle.close()
+    assert on_server(rt, name) == b"the other client's file\n"
