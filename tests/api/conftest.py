@@ -34,7 +34,8 @@ def client(emu: Emulator) -> Iterator[XnatClient]:
 def make_runtime(make_emulator, tmp_path):
     """Factory: ``make_runtime(**options)`` -> a started ``Runtime`` (client, caches, tree,
     writer) against a fresh demo emulator (``rt.emu``), driven through the calls the FUSE
-    adapter makes; closed after the test."""
+    adapter makes; closed after the test.  ``emulator={...}``: the emulator's own settings
+    (``checksums=False``: a site with checksums off)."""
     from tests.conftest import ADMIN
     from xnatfs.options import Options
     from xnatfs.runtime import Runtime
@@ -42,8 +43,8 @@ def make_runtime(make_emulator, tmp_path):
 
     made = []
 
-    def make(**options):
-        emu = make_emulator()
+    def make(emulator=None, **options):
+        emu = make_emulator(**(emulator or {}))
         options.setdefault("prefetch", 0)
         rt = Runtime(
             Options(url=emu.url, cache_dir=tmp_path / f"cache{len(made)}", **options),
@@ -68,17 +69,21 @@ def runtime(make_runtime):
 @pytest.fixture
 def runtimes(make_emulator, tmp_path):
     """Factory of runtimes on one emulator and one cache directory (a mount, then the next
-    mount of the same cache; ``make(**options)`` changes options), closed after the test."""
+    mount of the same cache; ``make(**options)`` changes options), closed after the test.
+    ``emulator={...}`` in the first call: the emulator's own settings (``make_runtime``)."""
     from tests.conftest import ADMIN
     from xnatfs.options import Options
     from xnatfs.runtime import Runtime
     from xnatfs.xnat.auth import Credentials
 
-    emu = make_emulator()
-    options = Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0)
+    emus = []
     made = []
 
-    def make(**extra):
+    def make(emulator=None, **extra):
+        if not emus:
+            emus.append(make_emulator(**(emulator or {})))
+        emu = emus[0]
+        options = Options(url=emu.url, cache_dir=tmp_path / "cache", prefetch=0)
         rt = Runtime(dataclasses.replace(options, **extra), Credentials(*ADMIN))
         rt.start()
         rt.emu = emu

@@ -102,7 +102,7 @@ class FakeServer:
                 self.active -= 1
             self.signal.notify()
 
-    def verify(self, entry) -> bool:
+    def verify(self, entry, sent=True) -> bool:
         with self.lock:
             self.verifies.append(entry.path)
             if self.lie_once:
@@ -640,12 +640,12 @@ def test_verify_raising_after_put_keeps_other_fds_intact_and_digest_right(rig, t
         seen["fd"] = _fd_of(e.data_path)  # the digest's fd, open while the body is sent
         real_put(e)
 
-    def verify(e):
+    def verify(e, sent):
         if "opened" not in seen:
             _occupy(seen["fd"], str(other))
             seen["opened"] = seen["fd"]
             raise error_for_status("GET", "http://x/data/.../files", 500, "boom")
-        return real_verify(e)
+        return real_verify(e, sent)
 
     up = Uploader(rig.journal, put, verify, clock=rig.clock, on_change=rig.on_change)
     rig.uploaders.append(up)

@@ -40,6 +40,12 @@ def build_parser(prog: str = "python -m xnatfs.emulator") -> argparse.ArgumentPa
         help="store chunked uploads, as an XNAT behind nginx's request buffering does "
         "(without it they are refused with 500, as XNAT itself does)",
     )
+    p.add_argument(
+        "--no-checksums",
+        dest="checksums",
+        action="store_false",
+        help="list files without their MD5, as a site with checksums off does",
+    )
     p.add_argument("--context-path", default="", help="serve under a context path, e.g. /xnat")
     p.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
     return p
@@ -66,6 +72,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m xnatfs.emu
         port=args.port,
         context_path=args.context_path,
         buffering_proxy=args.buffering_proxy,
+        checksums=args.checksums,
     )
     try:
         emu.start()

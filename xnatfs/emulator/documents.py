@@ -252,13 +252,16 @@ def _catalog_time(t: float) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
 
 
-def catalog_xml(store: Store, res: ResourceRow) -> bytes:
+def catalog_xml(store: Store, res: ResourceRow, checksums: bool = True) -> bytes:
+    """The resource's catalog; ``checksums`` off: its entries carry no ``digest`` (a site
+    with checksums off)."""
     # createdTime: XNAT's audit attribute of every entry since 1.6 (CatalogUtils.
     # configureEntry); the emulator stores one time per file (when its bytes were stored),
     # so a replaced file's new time shows here where XNAT adds a modifiedTime
     entries = "".join(
         f"<cat:entry URI={quoteattr(f.relpath)} ID={quoteattr(f.relpath)} "
-        f"name={quoteattr(f.name)} digest={quoteattr(f.md5)} format={quoteattr(f.format)} "
+        f"name={quoteattr(f.name)} {f'digest={quoteattr(f.md5)} ' if checksums else ''}"
+        f"format={quoteattr(f.format)} "
         f"content={quoteattr(f.content)} createdTime={quoteattr(_catalog_time(f.mtime))} "
         f'xsi:type="cat:entry"/>'
         for f in store.list_files(res.id)

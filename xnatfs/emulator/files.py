@@ -137,7 +137,8 @@ def file_listing(ctx: Ctx, r: Resolved, resources: list[ResourceRow], prefix: st
     if fmt == "xcat":
         if len(resources) != 1:
             raise HttpError(400, "format=xcat needs one resource")
-        return Response(catalog_xml(st, resources[0]), content_type="text/xml")
+        catalog = catalog_xml(st, resources[0], ctx.config.checksums)
+        return Response(catalog, content_type="text/xml")
     rows = []
     for res, f in items:
         rows.append(
@@ -150,7 +151,7 @@ def file_listing(ctx: Ctx, r: Resolved, resources: list[ResourceRow], prefix: st
                 "file_format": f.format,
                 "file_content": f.content,
                 "cat_ID": str(res.id),
-                "digest": f.md5,
+                "digest": f.md5 if ctx.config.checksums else "",
             }
         )
     props = [{"key": "URI", "serverRoot": ctx.config.context_path}]

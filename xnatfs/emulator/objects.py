@@ -57,7 +57,7 @@ def get_object(ctx: Ctx, kind: str, r: Resolved) -> Response:
         res = r.resources[0]
         if fmt == "json":
             return json_response({"items": [resource_item(ctx.config.data_dir, res)]})
-        return Response(catalog_xml(st, res), content_type="text/xml")
+        return Response(catalog_xml(st, res, ctx.config.checksums), content_type="text/xml")
     item = ItemBuilder(st, ctx.config.data_dir).item(kind, r)
     if fmt == "json":
         return json_response({"items": [item]})

@@ -13,7 +13,7 @@ import random
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
@@ -110,6 +110,7 @@ class Emulator:
         site_id: str = "XNAT",
         session_lifetime: float = 0.0,
         buffering_proxy: bool = False,
+        checksums: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.user = user
@@ -128,6 +129,8 @@ class Emulator:
         self.sessions = SessionTable(session_timeout, lifetime=session_lifetime)
         #: answer as an XNAT behind nginx's request buffering (chunked uploads stored)
         self.buffering_proxy = buffering_proxy
+        #: off: answer as a site with checksums off (no MD5 in listings and catalogs)
+        self.checksums = checksums
         self.store: Optional[Store] = None
         self._server: Optional[wsgi.Server] = None
         self._thread: Optional[threading.Thread] = None
@@ -167,10 +170,11 @@ class Emulator:
             # open for the server's life, closed by stop()
             log_fh = open(self.access_log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
             self._log_fh = log_fh
+        config = AppConfig(self.context_path, self.site_id, self.data_dir, self.buffering_proxy)
         app = XnatApp(
             store,
             self.sessions,
-            AppConfig(self.context_path, self.site_id, self.data_dir, self.buffering_proxy),
+            replace(config, checksums=self.checksums),
             control=self._control,
             body_filter=self._body_filter,
         )

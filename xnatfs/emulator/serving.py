@@ -107,6 +107,9 @@ class AppConfig:
     #: with a Content-Length, so it is stored; off, it is refused with 500 as XNAT's Restlet
     #: 1.1 does (docs/XNAT-API.md §4.5)
     buffering_proxy: bool = False
+    #: off: listings and catalogs carry no MD5, as on a site with checksums off
+    #: (docs/XNAT-API.md §1.8: the ``digest`` column is empty)
+    checksums: bool = True
 
 
 @dataclass

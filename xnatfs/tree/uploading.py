@@ -490,7 +490,10 @@ class UploadPath(LocalOverlay):
             return None
         return sorted(r.uri for r in rows if r.mtime is not None and r.mtime >= since - 120)
 
-    def _verify(self, entry: Entry) -> bool:
+    def _verify(self, entry: Entry, sent: bool) -> bool:
+        """The uploader's ``verify``: does XNAT list ``entry``'s bytes at its target
+        (``_shows``)?  ``sent``: a PUT of them has just returned; else a yes drops the entry
+        unsent (an earlier attempt landed)."""
         target = entry.target
         if target is None or not target.is_file:  # an import has no listing to check
             return entry.id in self._imported
@@ -507,7 +510,7 @@ class UploadPath(LocalOverlay):
             since, files = listing()
         for f in files:
             if f.path == target.relpath:
-                ok = f.size == entry.size and (not f.digest or f.digest == entry.md5)
+                ok = self._shows(entry, f, sent)
                 if ok:
                     self._landed(entry, f)
                     if KEEP_VERIFY_LISTING:
@@ -516,6 +519,36 @@ class UploadPath(LocalOverlay):
                             self._verified[entry.id] = (since, files)
                 return ok
         return False
+
+    def _shows(self, entry: Entry, listed: Any, sent: bool) -> bool:
+        """Is the listing row ``listed`` the file of ``entry``'s bytes?  The same size and
+        MD5; a row without an MD5 (checksums off, §1.8) has only its size to say it:
+
+        - after a PUT of these bytes returned (``sent``): XNAT accepted them just now, and
+          the size is taken;
+        - before sending again, over a file (``overwrite``): it may be the file they
+          replace; no, and they are sent again (the same bytes twice change nothing);
+        - before sending again, a new file: sent again it would be refused as a duplicate
+          if an earlier attempt landed, and kept as failed; XNAT's bytes are hashed (a
+          download) and compared, so another client's file of that size is not taken for
+          the user's either.
+
+        Before, a row without an MD5 and of the right size said yes before sending too: a
+        same-size change retried (or resumed at the next mount) was taken for landed and
+        dropped unsent, XNAT keeping the bytes it replaced (README: such files "count as
+        other bytes")."""
+        if listed.size != entry.size:
+            return False
+        if listed.digest:
+            return bool(listed.digest == entry.md5)
+        if sent:
+            return True
+        target = entry.target
+        if target is None or target.overwrite:
+            return False
+        md5 = hashlib.md5(usedforsecurity=False)
+        self.client.download(target.file_uri, md5.update)
+        return md5.hexdigest() == entry_md5(entry)
 
     # ------------------------------------------------------------------ times (issue 15)
     def _landed(self, entry: Entry, listed: Any) -> None:

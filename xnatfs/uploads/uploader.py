@@ -10,13 +10,16 @@ given two callables:
   has the bytes), and ``retry_after`` (seconds the server asked for) is honoured, capped at
   ``max_delay``. A ``verify`` that fails after a ``put`` that returned is always re-checked
   later, never ``failed``.
-- ``verify(entry) -> bool`` says whether the server now shows ``entry.path`` with ``entry.size``
-  bytes and digest ``entry.md5`` (an entry added without its MD5 gets it from a thread that
-  hashes the data file while ``put`` sends it, ``_Digest``). An entry is removed from the
-  journal *only* after verify said yes. Verify is also asked *before* sending again when
-  an earlier attempt was started (``entry.tries > 0``): that attempt may have reached the
+- ``verify(entry, sent) -> bool`` says whether the server now shows ``entry.path`` with
+  ``entry.size`` bytes and digest ``entry.md5`` (an entry added without its MD5 gets it from a
+  thread that hashes the data file while ``put`` sends it, ``_Digest``). An entry is removed
+  from the journal *only* after verify said yes. Verify is also asked *before* sending again
+  when an earlier attempt was started (``entry.tries > 0``): that attempt may have reached the
   server (a timeout after the body was sent, a crash before the entry was removed), and
-  sending again without overwrite would get a 409.
+  sending again without overwrite would get a 409; and after a refusal of such an attempt
+  (``_landed_before``).  ``sent`` says which: True right after a ``put`` of these bytes
+  returned, False when a yes means "an earlier attempt landed" and drops the entry unsent, so
+  the size alone must not say yes (a listing without MD5s: it may be the file they replace).
 
 Scheduling: a bounded pool of ``workers`` named threads (``xnatfs-upload-N``) started by
 ``start()`` (never by the constructor: threads must start after FUSE forks). Each waits on one
@@ -94,7 +97,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Uploader", "UploadNotVerified", "PutFn", "VerifyFn"]
 
 PutFn = Callable[[Entry], Any]
-VerifyFn = Callable[[Entry], bool]
+VerifyFn = Callable[[Entry, bool], bool]
 ChangeFn = Callable[[Entry], None]
 #: ``make_room(need)``: free ``need`` bytes on the journal's disk; True if anything was freed
 RoomFn = Callable[[int], bool]
@@ -641,12 +644,12 @@ class Uploader:
                 digest = _Digest(self._journal, entry)
                 if check_first:
                     entry = digest.result()
-            if not (check_first and self._verify(entry)):
+            if not (check_first and self._verify(entry, False)):
                 self._put(entry)
                 sent = True
                 if digest is not None:
                     entry = digest.result()
-                if not self._verify(entry):
+                if not self._verify(entry, True):
                     raise UploadNotVerified(entry)
         except Exception as exc:  # put/verify raise whatever the client raises
             if digest is not None:
@@ -672,7 +675,7 @@ class Uploader:
         if classify(exc).retry:
             return False
         try:
-            landed = self._verify(entry)
+            landed = self._verify(entry, False)
         except Exception:  # noqa: BLE001 - the refusal is the error to report
             return False
         if landed:
