@@ -131,6 +131,39 @@ def test_an_append_after_an_upload_does_not_overwrite_another_clients_copy(make_
     refused_as_a_conflict(rt, handle, "run.log")
 
 
+@pytest.mark.parametrize("allow_delete", [False, True])
+def test_writes_after_an_fsync_do_not_continue_from_another_clients_bytes(
+    make_runtime, allow_delete
+):
+    """A file written and fsync'ed (XNAT confirmed it, the journal dropped its copy), still
+    open; another client stores other bytes of the same size there; the descriptor writes
+    on.  Its copy of the file was XNAT's, checked by size only: the descriptor read the other
+    client's bytes as its own, and its close uploaded them with its write appended, over
+    theirs, answering 0 without --allow-delete too.  Now the write answers EEXIST (XNAT's
+    bytes are not the ones it confirmed), its read EIO, its close the write's error, and
+    XNAT keeps the other client's file."""
+    rt = make_runtime(allow_delete=allow_delete)
+    path = f"{PROTOCOLS}/state.db"
+    handle = rt.writer.create(path)
+    handle.write(0, b"AAAA")
+    handle.fsync()  # on XNAT, confirmed
+    assert on_server(rt, "state.db") == b"AAAA"
+    other_client_stores(rt, "state.db", b"ZZZZ")
+    with pytest.raises(OSError) as got:
+        handle.write(4, b"B")  # before: continued from ZZZZ
+    assert got.value.errno == errno.EEXIST, got.value
+    assert "another XNAT client stored it since" in str(got.value)
+    with pytest.raises(OSError) as read:
+        handle.read(0, 5)  # before: b"ZZZZB"
+    assert read.value.errno == errno.EIO, read.value
+    with pytest.raises(OSError) as closed:
+        handle.flush()  # before: 0, and XNAT held b"ZZZZB"
+    assert closed.value.errno == errno.EEXIST, closed.value
+    handle.close()
+    assert on_server(rt, "state.db") == b"ZZZZ"
+    assert rt.writer.status() == []
+
+
 def test_a_new_file_stored_by_another_client_meanwhile_is_not_overwritten(make_runtime):
     """Absent when this mount created it, there when it closes: refused as well (XNAT's
     "duplicates" answer to a PUT without overwrite)."""

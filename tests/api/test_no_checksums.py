@@ -144,3 +144,28 @@ def test_another_clients_new_file_of_the_same_size_is_not_taken_for_the_users(ma
     wait_for(lambda: [s["state"] for s in rt.writer.status()] == ["failed"], 30, what="refusal")
     assert on_server(rt, "new.dat") == theirs
     assert "duplicates" in rt.writer.status()[0]["last_error"]
+
+
+def test_writes_after_an_fsync_do_not_continue_from_another_clients_bytes(make_runtime):
+    """As in ``test_lost_updates.py``, with no MD5 in the listing to compare: a descriptor
+    that wrote and fsync'ed a file writes on after another client stored other bytes of the
+    same size there.  XNAT's copy is hashed as it is downloaded and is not the one confirmed:
+    the write answers EEXIST and XNAT keeps the other client's file."""
+    rt = make_runtime(emulator=NO_CHECKSUMS)
+    handle = rt.writer.create(f"{PROTOCOLS}/state.db")
+    handle.write(0, b"AAAA")
+    handle.fsync()
+    r = requests.put(
+        f"{rt.emu.url}{PROTOCOLS_URI}/state.db?inbody=true&overwrite=true",
+        data=b"ZZZZ",
+        auth=ADMIN,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text
+    with pytest.raises(OSError) as got:
+        handle.write(4, b"B")  # before: continued from ZZZZ, uploaded ZZZZB at close
+    assert got.value.errno == errno.EEXIST, got.value
+    with pytest.raises(OSError):
+        handle.flush()
+    handle.close()
+    assert on_server(rt, "state.db") == b"ZZZZ"

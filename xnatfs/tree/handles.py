@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import logging
 import os
 import threading
@@ -209,7 +210,8 @@ class HandleOps(UploadPath):
         it only once XNAT confirmed the upload (``lf.uploaded_size``).  The file as XNAT lists
         it now, through the content cache (one download, checked against the listed size and
         MD5).  EIO when that cannot be: an archive import (no file to read back), or a listing
-        that does not show the uploaded size (changed on XNAT since: open again)."""
+        that does not show the uploaded size and MD5 (changed on XNAT since: open again; a
+        descriptor reads what it wrote, never another client's bytes)."""
         path = join_path(lf.parts)
         size = self._confirmed_size(lf)
         if not size or not lf.target.is_file or lf.removed:
@@ -222,7 +224,12 @@ class HandleOps(UploadPath):
         node = self.tree.listing(lf.parts[:-1], self.tree.node(lf.parts[:-1])).children.get(
             lf.parts[-1]
         )
-        if node is None or node.is_dir or node.size != size:
+        if (
+            node is None
+            or node.is_dir
+            or node.size != size
+            or (node.digest and lf.uploaded_md5 and node.digest != lf.uploaded_md5)
+        ):
             raise OSError(
                 errno.EIO,
                 "uploaded meanwhile, and XNAT does not list it as uploaded: open again",
@@ -324,24 +331,35 @@ class HandleOps(UploadPath):
 
     def _fill_from_upload(self, lf: LocalFile) -> None:
         """The spool of ``lf`` gets the bytes XNAT holds at its upload target (straight from
-        the client: the overlay still shows the local file).  A failed download drops the
-        spool and raises: the write answers the errno, nothing is half-filled."""
+        the client: the overlay still shows the local file), if they are the bytes XNAT
+        confirmed (size and MD5, hashed here: a listing may have no MD5).  Another client may
+        have stored the name since: its bytes, taken by their size alone, became this
+        descriptor's, read back as its own and uploaded with its next write over them, with
+        or without --allow-delete (the version "replaced" their MD5).  Then EEXIST, as for a
+        version refused over another client's file (README): XNAT keeps theirs.  A failed
+        download drops the spool and raises: the write answers the errno, nothing is
+        half-filled."""
         spool = lf.spool
         assert spool is not None
         size = self._confirmed_size(lf)
         offset = [0]
+        md5 = hashlib.md5(usedforsecurity=False)
 
         def sink(chunk: bytes) -> None:
             self._with_room(functools.partial(spool.write, offset[0], chunk), len(chunk))
+            md5.update(chunk)
             offset[0] += len(chunk)
 
         try:
             self.client.download(lf.target.file_uri, sink)
-            if offset[0] != size:
+            if offset[0] != size or md5.hexdigest() != lf.uploaded_md5:
                 raise OSError(
-                    errno.EIO,
-                    f"XNAT sent {offset[0]} bytes of the {size} it confirmed; "
-                    "the file is not changed",
+                    errno.EEXIST,
+                    f"{self.client.base_url}{lf.target.file_uri} holds {offset[0]} bytes, "
+                    f"MD5 {md5.hexdigest()}, not the {size} bytes, MD5 "
+                    f"{lf.uploaded_md5 or '(unknown)'} XNAT confirmed from this mount: another "
+                    "XNAT client stored it since; writes do not continue from its bytes, and "
+                    "XNAT keeps them (open the file again to change them)",
                     join_path(lf.parts),
                 )
         except BaseException:

@@ -85,6 +85,10 @@ class LocalFile:
     #: size of the last upload XNAT confirmed: a ``stat`` between that confirmation (at
     #: close) and the release that drops this overlay entry must not see 0
     uploaded_size: int = 0
+    #: the MD5 of the bytes XNAT confirmed last (set by the check that confirmed them,
+    #: ``UploadPath._landed``): more writes continue from XNAT's copy only if it still holds
+    #: them (``HandleOps._fill_from_upload``), not from another client's stored since
+    uploaded_md5: str = ""
     #: removed (unlink, or a rename over it) while a handle was open: that handle still
     #: reads and writes its bytes (as POSIX's unlinked file), but nothing is uploaded or shown
     removed: bool = False

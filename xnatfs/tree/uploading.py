@@ -554,13 +554,17 @@ class UploadPath(LocalOverlay):
     def _landed(self, entry: Entry, listed: Any) -> None:
         """XNAT has the bytes of ``entry`` as the listing row ``listed``: the time the file
         showed while local (its last write, or what ``utimens`` set) sticks to it, so that
-        ``make`` and ``rsync -t`` see the time they expect, not the object's."""
+        ``make`` and ``rsync -t`` see the time they expect, not the object's.  The file's
+        overlay entry keeps the MD5 confirmed (``LocalFile.uploaded_md5``)."""
         # the journal's record, not the uploader's copy: a utimens may have come since
         recorded = self.journal.get(entry.id) or entry
         with self._lock:
             lf = self._files.get(split_path(entry.path))
             mine = lf is not None and lf.entry is not None and lf.entry.id == entry.id
             mtime_ns = lf.mtime_ns if mine and lf is not None else recorded.shown_mtime_ns
+            if mine and lf is not None:
+                # known before the journal lets go of its copy (``_confirmed_size``)
+                lf.uploaded_md5 = entry.md5 or listed.digest
         self._keep_time(listed, mtime_ns, getattr(listed, "mtime", None))
 
     def _remember_time(self, node: NodeInfo, mtime_ns: int) -> None:
