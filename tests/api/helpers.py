@@ -4,11 +4,16 @@ emulator's admin, and resetting the emulator's fault switches between tests."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
+import requests
+
+from tests.conftest import ADMIN as ADMIN_AUTH
 from xnatfs.emulator import Emulator
+from xnatfs.fs.errmap import errno_for
 from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.client import ClientOptions
+from xnatfs.xnat.errors import XnatError
 
 ADMIN = Credentials("admin", "admin-pw")  # the conftest emulators' admin
 ALICE = Credentials("alice", "alice-pw")
@@ -51,3 +56,23 @@ def faults(emu: Emulator, **switches: object) -> Iterator[None]:
         yield
     finally:
         reset_faults(emu)
+
+
+#: the demo project's protocols resource: its files through the runtime, and on the server
+PROTOCOLS = "/DEMO1/resources/protocols/files"
+PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
+
+
+def on_server(rt: Any, name: str = "README.txt") -> "bytes | int":
+    """The bytes the emulator holds for protocols file ``name``, or the status it answered."""
+    r = requests.get(f"{rt.emu.url}{PROTOCOLS_URI}/{name}", auth=ADMIN_AUTH, timeout=30)
+    return r.content if r.status_code == 200 else r.status_code
+
+
+def answer(call: Callable[[], object]) -> int:
+    """The errno ``call()`` answers through the FUSE adapter (0: none)."""
+    try:
+        call()
+    except (OSError, XnatError) as exc:
+        return errno_for(exc)
+    return 0

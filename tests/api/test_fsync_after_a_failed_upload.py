@@ -12,29 +12,10 @@ import errno
 
 import requests
 
-from tests.api.helpers import faults
+from tests.api.helpers import PROTOCOLS, PROTOCOLS_URI, answer, faults, on_server
 from tests.conftest import ADMIN
 from tests.helpers.waiting import wait_for
 from tests.mount.helpers import api
-from xnatfs.fs.errmap import errno_for
-from xnatfs.xnat.errors import XnatError
-
-PROTOCOLS = "/DEMO1/resources/protocols/files"
-PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
-
-
-def on_server(rt, name):
-    r = requests.get(f"{rt.emu.url}{PROTOCOLS_URI}/{name}", auth=ADMIN, timeout=30)
-    return r.content if r.status_code == 200 else r.status_code
-
-
-def answer(call):
-    """The errno ``call()`` answers through the FUSE adapter (0: none)."""
-    try:
-        call()
-    except (OSError, XnatError) as exc:
-        return errno_for(exc)
-    return 0
 
 
 def test_a_second_fsync_while_xnat_is_down_tries_again_and_answers_eio(make_runtime):

@@ -15,21 +15,12 @@ import errno
 import pytest
 import requests
 
-from tests.api.helpers import faults
+from tests.api.helpers import PROTOCOLS, PROTOCOLS_URI, answer, faults, on_server
 from tests.conftest import ADMIN
 from tests.helpers.waiting import wait_for
 from tests.mount.helpers import api
-from xnatfs.fs.errmap import errno_for
-from xnatfs.xnat.errors import XnatError
 
-PROTOCOLS = "/DEMO1/resources/protocols/files"
-PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
 README = f"{PROTOCOLS}/README.txt"
-
-
-def on_server(rt, name="README.txt"):
-    r = requests.get(f"{rt.emu.url}{PROTOCOLS_URI}/{name}", auth=ADMIN, timeout=30)
-    return r.content if r.status_code == 200 else r.status_code
 
 
 def shown(rt, path):
@@ -44,15 +35,6 @@ def shown(rt, path):
         return handle.read(0, 1 << 20)
     finally:
         handle.close()
-
-
-def answer(call):
-    """The errno ``call()`` answers through the FUSE adapter (0: none)."""
-    try:
-        call()
-    except (OSError, XnatError) as exc:
-        return errno_for(exc)
-    return 0
 
 
 def test_the_original_bytes_written_back_after_an_fsynced_change_reach_xnat(make_runtime):
