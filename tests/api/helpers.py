@@ -76,3 +76,14 @@ def answer(call: Callable[[], object]) -> int:
     except (OSError, XnatError) as exc:
         return errno_for(exc)
     return 0
+
+
+def another_client_stores(rt: Any, data: bytes, name: str = "README.txt") -> None:
+    """Another XNAT client replaces protocols file ``name`` with ``data`` (not the mount)."""
+    r = requests.put(
+        f"{rt.emu.url}{PROTOCOLS_URI}/{name}?inbody=true&overwrite=true",
+        data=data,
+        auth=ADMIN_AUTH,
+        timeout=30,
+    )
+    assert r.status_code in (200, 201), r.text

@@ -12,7 +12,14 @@ import errno
 
 import requests
 
-from tests.api.helpers import PROTOCOLS, PROTOCOLS_URI, answer, faults, on_server
+from tests.api.helpers import (
+    PROTOCOLS,
+    PROTOCOLS_URI,
+    another_client_stores,
+    answer,
+    faults,
+    on_server,
+)
 from tests.conftest import ADMIN
 from tests.helpers.waiting import wait_for
 from tests.mount.helpers import api
@@ -63,13 +70,7 @@ def test_a_version_refused_for_good_is_answered_again_without_a_request(make_run
     path = f"{PROTOCOLS}/README.txt"
     handle = rt.writer.open_write(rt.tree.lookup(path), path, truncate=False)
     handle.write(0, b"MINE")
-    r = requests.put(
-        f"{rt.emu.url}{PROTOCOLS_URI}/README.txt?inbody=true&overwrite=true",
-        data=b"the other client's version\n",
-        auth=ADMIN,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201)
+    another_client_stores(rt, b"the other client's version\n")
     assert answer(handle.flush) == errno.EEXIST
     mark = rt.emu.mark()
     assert answer(handle.fsync) == errno.EEXIST

@@ -13,10 +13,14 @@ from __future__ import annotations
 import errno
 
 import pytest
-import requests
 
-from tests.api.helpers import PROTOCOLS, PROTOCOLS_URI, answer, faults, on_server
-from tests.conftest import ADMIN
+from tests.api.helpers import (
+    PROTOCOLS,
+    another_client_stores,
+    answer,
+    faults,
+    on_server,
+)
 from tests.helpers.waiting import wait_for
 from tests.mount.helpers import api
 
@@ -95,13 +99,7 @@ def test_the_opened_bytes_over_another_clients_newer_copy_are_refused_and_kept(
     original = on_server(rt)
     handle = rt.writer.create(README, truncate=True)
     handle.write(0, original)
-    r = requests.put(
-        f"{rt.emu.url}{PROTOCOLS_URI}/README.txt?inbody=true&overwrite=true",
-        data=b"the other client's version\n",
-        auth=ADMIN,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201)
+    another_client_stores(rt, b"the other client's version\n")
     assert answer(handle.flush) == errno.EEXIST
     handle.close()
     assert on_server(rt) == b"the other client's version\n"
