@@ -119,6 +119,8 @@ def test_a_mount_started_on_a_full_disk_keeps_and_resumes_its_uploads(runtimes, 
         30,
         what="the resumed upload",
     )
+    # XNAT has the bytes a moment before the uploader's check drops their entry
+    wait_for(lambda: len(rt.writer.status()) == 1, 30, what="the resumed upload's entry gone")
     (left,) = rt.writer.status()
     assert left["state"] == "failed" and "left by a crash" in left["last_error"], left
     monkeypatch.undo()  # room again before the unmount
