@@ -78,8 +78,12 @@ def answer(call: Callable[[], object]) -> int:
     return 0
 
 
-def another_client_stores(rt: Any, data: bytes, name: str = "README.txt") -> None:
-    """Another XNAT client replaces protocols file ``name`` with ``data`` (not the mount)."""
+#: what another XNAT client stores in the write tests
+THEIRS = b"the other client's version\n"
+
+
+def another_client_stores(rt: Any, name: str = "README.txt", data: bytes = THEIRS) -> None:
+    """Another XNAT client (not this mount) replaces protocols file ``name`` with ``data``."""
     r = requests.put(
         f"{rt.emu.url}{PROTOCOLS_URI}/{name}?inbody=true&overwrite=true",
         data=data,

@@ -14,33 +14,12 @@ from __future__ import annotations
 import errno
 
 import pytest
-import requests
 
-from tests.conftest import ADMIN
+from tests.api.helpers import PROTOCOLS, THEIRS, another_client_stores, on_server
 from tests.mount.helpers import wait_for
 from xnatfs.fs.errmap import errno_for
 from xnatfs.uploads import UploadTarget
 from xnatfs.uploads.retry import classify_text
-
-PROTOCOLS = "/DEMO1/resources/protocols/files"
-PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
-THEIRS = b"the other client's version\n"
-
-
-def other_client_stores(rt, name, data=THEIRS):
-    """Another XNAT client (not this mount) stores ``data`` as ``name``."""
-    r = requests.put(
-        f"{rt.emu.url}{PROTOCOLS_URI}/{name}?inbody=true&overwrite=true",
-        data=data,
-        auth=ADMIN,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
-
-
-def on_server(rt, name):
-    r = requests.get(f"{rt.emu.url}{PROTOCOLS_URI}/{name}", auth=ADMIN, timeout=30)
-    return r.content if r.status_code == 200 else r.status_code
 
 
 def refused_as_a_conflict(rt, handle, name):
@@ -65,7 +44,7 @@ def test_a_change_in_place_does_not_overwrite_another_clients_newer_copy(make_ru
     path = f"{PROTOCOLS}/README.txt"
     handle = rt.writer.open_write(rt.tree.lookup(path), path, truncate=False)
     handle.write(0, b"MINE")
-    other_client_stores(rt, "README.txt")
+    another_client_stores(rt, "README.txt")
     status = refused_as_a_conflict(rt, handle, "README.txt")
     assert status["path"] == path
     data = rt.writer._read(rt.tree.lookup(path).local_file, 0, 1 << 20)
@@ -77,7 +56,7 @@ def test_an_o_trunc_rewrite_does_not_overwrite_another_clients_newer_copy(make_r
     path = f"{PROTOCOLS}/README.txt"
     handle = rt.writer.create(path, truncate=True)  # `cmd > file` over a file on XNAT
     handle.write(0, b"rewritten\n")
-    other_client_stores(rt, "README.txt")
+    another_client_stores(rt, "README.txt")
     refused_as_a_conflict(rt, handle, "README.txt")
 
 
@@ -91,7 +70,7 @@ def test_a_rename_over_a_file_does_not_overwrite_another_clients_newer_copy(make
     handle.write(0, b"edited by sed\n")
     handle.flush()  # a temporary name: kept back for its rename
     handle.close()
-    other_client_stores(rt, "README.txt")
+    another_client_stores(rt, "README.txt")
     rt.writer.rename(tmp, path)  # done: its upload's failure is logged, kept in the journal
     wait_for(lambda: rt.writer.status()[0]["state"] == "failed", 30, what="the refusal")
     assert on_server(rt, "README.txt") == THEIRS
@@ -104,11 +83,11 @@ def test_a_move_on_xnat_over_a_changed_file_does_not_overwrite_it(make_runtime):
     nothing waits to upload (the old name still holds the moved file)."""
     rt = make_runtime(allow_delete=True)
     src, dst = f"{PROTOCOLS}/README.txt", f"{PROTOCOLS}/notes.txt"
-    other_client_stores(rt, "notes.txt", b"first\n")
+    another_client_stores(rt, "notes.txt", b"first\n")
     rt.tree.invalidate(PROTOCOLS)
     rt.tree.lookup(dst)  # the listing the rename sees
     data = on_server(rt, "README.txt")
-    other_client_stores(rt, "notes.txt")
+    another_client_stores(rt, "notes.txt")
     with pytest.raises(OSError) as got:
         rt.writer.rename(src, dst)
     assert got.value.errno == errno.EEXIST, got.value
@@ -127,7 +106,7 @@ def test_an_append_after_an_upload_does_not_overwrite_another_clients_copy(make_
     handle.write(0, b"line 1\n")
     handle.flush()  # uploaded; still open
     handle.write(7, b"line 2\n")  # continues from XNAT's copy of line 1
-    other_client_stores(rt, "run.log")
+    another_client_stores(rt, "run.log")
     refused_as_a_conflict(rt, handle, "run.log")
 
 
@@ -148,7 +127,7 @@ def test_writes_after_an_fsync_do_not_continue_from_another_clients_bytes(
     handle.write(0, b"AAAA")
     handle.fsync()  # on XNAT, confirmed
     assert on_server(rt, "state.db") == b"AAAA"
-    other_client_stores(rt, "state.db", b"ZZZZ")
+    another_client_stores(rt, "state.db", b"ZZZZ")
     with pytest.raises(OSError) as got:
         handle.write(4, b"B")  # before: continued from ZZZZ
     assert got.value.errno == errno.EEXIST, got.value
@@ -171,7 +150,7 @@ def test_a_new_file_stored_by_another_client_meanwhile_is_not_overwritten(make_r
     path = f"{PROTOCOLS}/new.txt"
     handle = rt.writer.create(path)
     handle.write(0, b"mine\n")
-    other_client_stores(rt, "new.txt")
+    another_client_stores(rt, "new.txt")
     with pytest.raises(Exception) as got:  # XNAT's "duplicates" (Conflict)
         handle.flush()
     handle.close()
@@ -256,7 +235,7 @@ def test_what_a_pending_change_was_made_over_survives_a_restart(runtimes):
     finally:
         rt.emu.faults.error_rate = 0.0
     rt.close()
-    other_client_stores(rt, "README.txt")
+    another_client_stores(rt, "README.txt")
     rt = runtimes(allow_delete=True)
     wait_for(lambda: [s["state"] for s in rt.writer.status()] == ["failed"], 30, what="the refusal")
     assert on_server(rt, "README.txt") == THEIRS

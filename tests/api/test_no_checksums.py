@@ -10,19 +10,18 @@ import errno
 import pytest
 import requests
 
-from tests.api.helpers import faults
+from tests.api.helpers import (
+    PROTOCOLS,
+    PROTOCOLS_URI,
+    another_client_stores,
+    faults,
+    on_server,
+)
 from tests.conftest import ADMIN
 from tests.mount.helpers import wait_for
 from xnatfs.fs.errmap import errno_for
 
-PROTOCOLS = "/DEMO1/resources/protocols/files"
-PROTOCOLS_URI = "/data/projects/DEMO1/resources/protocols/files"
 NO_CHECKSUMS = {"checksums": False}
-
-
-def on_server(rt, name):
-    r = requests.get(f"{rt.emu.url}{PROTOCOLS_URI}/{name}", auth=ADMIN, timeout=30)
-    return r.content if r.status_code == 200 else r.status_code
 
 
 def same_size_change(data: bytes) -> bytes:
@@ -155,13 +154,7 @@ def test_writes_after_an_fsync_do_not_continue_from_another_clients_bytes(make_r
     handle = rt.writer.create(f"{PROTOCOLS}/state.db")
     handle.write(0, b"AAAA")
     handle.fsync()
-    r = requests.put(
-        f"{rt.emu.url}{PROTOCOLS_URI}/state.db?inbody=true&overwrite=true",
-        data=b"ZZZZ",
-        auth=ADMIN,
-        timeout=30,
-    )
-    assert r.status_code in (200, 201), r.text
+    another_client_stores(rt, "state.db", b"ZZZZ")
     with pytest.raises(OSError) as got:
         handle.write(4, b"B")  # before: continued from ZZZZ, uploaded ZZZZB at close
     assert got.value.errno == errno.EEXIST, got.value

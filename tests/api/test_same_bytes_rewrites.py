@@ -99,7 +99,7 @@ def test_the_opened_bytes_over_another_clients_newer_copy_are_refused_and_kept(
     original = on_server(rt)
     handle = rt.writer.create(README, truncate=True)
     handle.write(0, original)
-    another_client_stores(rt, b"the other client's version\n")
+    another_client_stores(rt)
     assert answer(handle.flush) == errno.EEXIST
     handle.close()
     assert on_server(rt) == b"the other client's version\n"

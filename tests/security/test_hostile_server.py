@@ -351,20 +351,26 @@ def test_rm_of_a_row_whose_uri_names_an_object_deletes_nothing(hostile, make_mou
     assert good["errno"] == 0 and good["head"] == GOOD_BYTES.decode(), good
 
 
+def _listing_a_secret(hostile, make_mount, uri: str):
+    """A mount (``--allow-delete``) of project H whose files listing names ``secret.txt`` at
+    ``uri`` beside a plain ``good.txt``; the listing is read once."""
+    m = make_mount(hostile.url, "--timeout", str(T), "--allow-delete")
+    hostile.mode = "custom"
+    hostile.projects = ["B"]
+    hostile.rows = [
+        file_row("secret.txt", len(GOOD_BYTES), uri=uri),
+        file_row("good.txt", len(GOOD_BYTES)),
+    ]
+    assert fs_op("listdir", m.path / FILES)["errno"] == 0
+    return m
+
+
 def test_a_file_uri_of_another_project_is_neither_read_nor_removed(hostile, make_mount):
     """Project H's files listing names a file of project B (same server, same session):
     ``cat`` of it sent ``GET /data/projects/B/resources/1/files/secret.txt`` and showed B's
     bytes as H's file, and ``rm`` (``--allow-delete``) would delete B's file.  Files are
     fetched only under the resource they were listed in; the row is EIO + one log line."""
-    m = make_mount(hostile.url, "--timeout", str(T), "--allow-delete")
-    hostile.mode = "custom"
-    hostile.projects = ["B"]
-    foreign = "/data/projects/B/resources/1/files/secret.txt"
-    hostile.rows = [
-        file_row("secret.txt", len(GOOD_BYTES), uri=foreign),
-        file_row("good.txt", len(GOOD_BYTES)),
-    ]
-    assert fs_op("listdir", m.path / FILES)["errno"] == 0
+    m = _listing_a_secret(hostile, make_mount, "/data/projects/B/resources/1/files/secret.txt")
     res = fs_op("read", m.path / FILES / "secret.txt")
     assert res["errno"] == errno.EIO, res
     assert fs_op("unlink", m.path / FILES / "secret.txt")["errno"] == errno.EIO
@@ -383,15 +389,8 @@ def test_a_file_uri_climbing_with_dotdot_semicolon_is_neither_read_nor_removed(h
     the row was shown under ``files/..;/..;/...``, ``cat`` sent a GET with the raw ``..;``
     segments and ``rm`` (``--allow-delete``) a DELETE with ``removeFiles=true``.  Now the row
     is refused like a plain ``..``: EIO + one log line, nothing sent for it."""
-    m = make_mount(hostile.url, "--timeout", str(T), "--allow-delete")
-    hostile.mode = "custom"
-    hostile.projects = ["B"]
     climbing = "/data/projects/H/resources/1/files/..;/..;/..;/..;/B/resources/1/files/secret.txt"
-    hostile.rows = [
-        file_row("secret.txt", len(GOOD_BYTES), uri=climbing),
-        file_row("good.txt", len(GOOD_BYTES)),
-    ]
-    assert fs_op("listdir", m.path / FILES)["errno"] == 0
+    m = _listing_a_secret(hostile, make_mount, climbing)
     shown = m.path / FILES / "..;" / "..;" / "..;" / "..;" / "B" / "resources" / "1" / "files"
     assert fs_op("read", shown / "secret.txt")["errno"] == errno.EIO
     assert fs_op("unlink", shown / "secret.txt")["errno"] == errno.EIO
