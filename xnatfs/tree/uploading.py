@@ -332,7 +332,7 @@ class UploadPath(LocalOverlay):
             with held:
                 if not any(
                     f.path == target.relpath and f.size == node.size and f.digest == node.digest
-                    for f in self._listing_now(target.resource_uri)
+                    for f in self._listing_now(target.resource_uri)[1]
                 ):
                     return False
                 for gone in self.journal.versions_for(path):  # oldest first
@@ -345,18 +345,20 @@ class UploadPath(LocalOverlay):
             lf.entry = None
         return True
 
-    def _listing_now(self, uri: str) -> List[Any]:
-        """The files of resource ``uri`` as listed by a request begun after this call (the
-        uploads' checks share it, ``SharedChecks``)."""
+    def _listing_now(self, uri: str) -> Tuple[int, List[Any]]:
+        """(the listing cache's mark right before the request, the files of resource ``uri``)
+        as listed by a request begun after this call; the uploads' checks of one resource
+        that end together share it (``SharedChecks``)."""
 
         def listing() -> Tuple[int, List[Any]]:
-            # as the checks' (``_verify``): they share calls of one key
+            # the mark right before the request: a change after it wins
             return self.tree.meta.mark(), self.client.list_files(uri)
 
         if not SHARE_CHECKS:
-            return listing()[1]
+            return listing()
         what = f"GET {self.client.base_url}{uri}/files?format=json"
-        return list(self._checks.fetch(uri, listing, what)[1])
+        since, files = self._checks.fetch(uri, listing, what)
+        return since, list(files)
 
     def _upload_now(self, lf: LocalFile, entry: Entry) -> None:
         path = join_path(lf.parts)
@@ -497,17 +499,7 @@ class UploadPath(LocalOverlay):
         target = entry.target
         if target is None or not target.is_file:  # an import has no listing to check
             return entry.id in self._imported
-        uri = target.resource_uri
-
-        def listing() -> Tuple[int, List[Any]]:
-            # the listing cache's mark right before the request: a change after it wins
-            return self.tree.meta.mark(), self.client.list_files(uri)
-
-        if SHARE_CHECKS:  # one listing for the uploads to this resource that end together
-            what = f"GET {self.client.base_url}{uri}/files?format=json"
-            since, files = self._checks.fetch(uri, listing, what)
-        else:
-            since, files = listing()
+        since, files = self._listing_now(target.resource_uri)
         for f in files:
             if f.path == target.relpath:
                 ok = self._shows(entry, f, sent)
