@@ -1,17 +1,21 @@
 """The per-message fast paths (benchmarks/RESULTS.md, "Per-message cost") answer exactly what the
 code they replace answered: the ``stat`` the kernel gets for a LOOKUP, GETATTR or readdirplus
 entry (``_fill_stat`` against mfusepy's ``set_st_attrs``, through ``XnatFUSE.fgetattr``), the
-deadline of a call (``deadline.scope`` as a class, against the generator it was), and the parts
-of a path (``split_path`` kept per path)."""
+deadline of a call (``deadline.scope`` as a class, against the generator it was), the parts
+of a path (``split_path`` kept per path), and the checks of a listing's rows (``has_dot_segment``
+on a plain path, ``outside_listing`` with its objects kept)."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import errno
+import random
+import re
 import time
 from types import SimpleNamespace
 from typing import Any, Dict, Iterator, Optional
+from urllib.parse import unquote
 
 import pytest
 
@@ -19,6 +23,7 @@ from xnatfs import deadline
 from xnatfs.fs import ops as fsops
 from xnatfs.fs.ops import XnatFUSE, mfusepy
 from xnatfs.view.paths import split_path
+from xnatfs.xnat import parse
 
 ATTRS: Dict[str, int] = {
     "st_mode": 0o100644,
@@ -157,3 +162,42 @@ def test_split_path_kept_gives_the_same_parts(path, parts):
     assert split_path(path) == parts
     assert split_path(path) == parts  # the kept answer
     assert split_path.__wrapped__(path) == parts  # the function itself
+
+
+def _dot_segment_reference(path: str) -> bool:
+    """``parse.has_dot_segment`` as it was before its plain-path fast path: every reading."""
+    for form, decode in ((path, True), (unquote(path), False)):
+        for seg in re.split(r"[/\\]", form):
+            head = seg.partition(";")[0]
+            if (unquote(head) if decode else head) in (".", ".."):
+                return True
+    return False
+
+
+def test_the_plain_path_dot_check_finds_what_every_reading_finds():
+    """The regex for paths with nothing to decode, split or cut answers as the full check
+    did, on every path of up to 6 pieces from an alphabet of the pieces that matter."""
+    pieces = ["/", ".", "..", "a", "a.b", "%2e", "%2F", ";", ";x", "\\", "//"]
+    rng = random.Random(12)
+    paths = {"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))) for _ in range(20000)}
+    paths |= {".", "..", "/.", "/..", "./", "../", "", "a/./b", "a/../b", "x/.../y"}
+    for path in sorted(paths):
+        assert parse.has_dot_segment(path) is _dot_segment_reference(path), path
+
+
+def test_listing_rows_checked_with_kept_objects_answer_as_before():
+    """``outside_listing`` keeps the listed object and each row's object (per listing, per
+    scan resource): the same rows are kept or marked whichever came first."""
+    listed = "/data/experiments/XE1/scans/ALL"
+    rows = [
+        "/data/experiments/XE1/scans/4/resources/12/files/a.dcm",
+        "/data/experiments/XE2/scans/4/resources/12/files/a.dcm",
+        "/data/projects/P/subjects/S/experiments/XE1/scans/4/resources/12/files/b",
+        "/data/experiments/XE1/scans/4/resources/12/files/a.dcm",
+    ]
+    first = [parse.outside_listing(uri, listed) for uri in rows]
+    assert first == ["", "file URI is not under the object it was listed in", "", ""]
+    assert [parse.outside_listing(uri, listed) for uri in reversed(rows)] == first[::-1]
+    own = "/data/experiments/XE1/scans/4/resources/12"
+    assert parse.outside_listing(rows[0], own) == ""
+    assert parse.outside_listing(rows[0], "/data/experiments/XE1/scans/4/resources/13") != ""

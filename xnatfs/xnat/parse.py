@@ -15,11 +15,12 @@ from __future__ import annotations
 import calendar
 import csv
 import email.utils
+import functools
 import html
 import io
 import json
 import re
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import quote, unquote
 
 from .body import MAX_DOCUMENT_OBJECTS, json_refusal
@@ -457,6 +458,10 @@ def wire_uri(raw: str) -> str:
 
 #: what servlet containers split a path at: ``/``, and ``\`` where it is taken for one
 _SEGMENT_SEP_RE = re.compile(r"[/\\]")
+#: a segment that is ``.`` or ``..`` in a path with nothing to decode, split or cut
+_PLAIN_DOT_SEGMENT_RE = re.compile(r"(?:^|/)\.\.?(?:/|$)")
+#: the characters that give a path another reading than its raw one (``has_dot_segment``)
+_REREAD = ("%", ";", "\\")
 
 
 def has_dot_segment(path: str) -> bool:
@@ -472,6 +477,11 @@ def has_dot_segment(path: str) -> bool:
     (``transport.check_contained``, ``_safe_path``) use this one reading."""
     if "." not in path and "%" not in path:
         return False  # no dot in any spelling (object paths): one scan of the string
+    if not any(c in path for c in _REREAD):
+        # nothing to decode, no ``\`` to split at, no ``;`` to cut at: the raw reading is the
+        # only one; one regex instead of two splits and a decode per segment (every file
+        # row's URI: RESULTS.md, "Listing rows")
+        return _PLAIN_DOT_SEGMENT_RE.search(path) is not None
     for form, decode in ((path, True), (unquote(path), False)):
         for seg in _SEGMENT_SEP_RE.split(form):
             head = seg.partition(";")[0]
@@ -654,6 +664,24 @@ def _canonical_object(path: str) -> List[str]:
     return segs
 
 
+@functools.lru_cache(maxsize=4096)
+def _object_of(path: str) -> Tuple[str, ...]:
+    """``_canonical_object`` kept per object path: the rows of a listing share a few (one per
+    scan resource), and ``outside_listing`` asks for each row's."""
+    return tuple(_canonical_object(path))
+
+
+@functools.lru_cache(maxsize=1024)
+def _listed_object(listed_in: str) -> Tuple[Tuple[str, ...], str]:
+    """The object and the resource (label or number, or "") a listing was asked of, in
+    ``_canonical_object``'s spelling: the same for every row of that listing."""
+    listed = "/".join(unquote(seg) for seg in listed_in.rstrip("/").split("/"))
+    head, sep, resource = listed.rpartition("/resources/")
+    if not sep or "/" in resource:
+        head, resource = listed, ""
+    return tuple(_canonical_object(head)), resource
+
+
 def outside_listing(raw: str, listed_in: str) -> str:
     """Why a listed file URI (``raw``, as the server wrote it) is not a file of the resource
     it was listed in (``listed_in``, the URI xnatfs asked for ``/files`` of), or "".
@@ -666,17 +694,13 @@ def outside_listing(raw: str, listed_in: str) -> str:
     prearchive rows, one made on this mount), where any resource of that object will do.  A
     segment ``ALL`` in ``listed_in`` (``.../scans/ALL``: every scan's files in one request)
     stands for any one segment, the resource then any."""
-    m = _RESOURCE_FILES_RE.search(_strip_context(raw.split("?", 1)[0]))
+    path = _strip_context(raw.split("?", 1)[0])
+    m = _RESOURCE_FILES_RE.search(path)
     if m is None:
         return ""  # uri_problem's case
-    path = _strip_context(raw.split("?", 1)[0])
-    got = _canonical_object(path[: m.start()])
+    got = _object_of(path[: m.start()])
     got_resource = path[m.start() :].split("/")[2]
-    listed = "/".join(unquote(seg) for seg in listed_in.rstrip("/").split("/"))
-    head, sep, resource = listed.rpartition("/resources/")
-    if not sep or "/" in resource:
-        head, resource = listed, ""
-    want = _canonical_object(head)
+    want, resource = _listed_object(listed_in)
     same = len(got) == len(want) and all(w in (g, "ALL") for g, w in zip(got, want))
     if not same:
         return "file URI is not under the object it was listed in"
