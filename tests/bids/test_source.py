@@ -14,7 +14,7 @@ import pytest
 from xnatfs import deadline
 from xnatfs.bids.mapping import Mapper
 from xnatfs.bids.names import label_hash
-from xnatfs.bids.source import Source, file_key
+from xnatfs.bids.source import Source
 from xnatfs.cache.content import ContentCache
 from xnatfs.xnat.models import Experiment, FileEntry, Project, Resource, Scan, Subject
 
@@ -349,7 +349,7 @@ def test_a_header_is_never_taken_from_bytes_that_fail_their_md5(tmp_path, caplog
         assert refused.value.errno == errno.EIO, refused.value
         files = src.scan_files(scan_uri)
         assert not src.has_header(scan_uri, files)  # nothing kept
-        handle = cache.open(file_key(files.dicom[0]))
+        handle = cache.open(src.file_key(files.dicom[0]))
         try:
             with pytest.raises(OSError):  # the file itself: EIO as well
                 handle.read(0, len(listed) + 1, time.monotonic() + 30)

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import ADMIN, needs_fuse
+from tests.helpers.waiting import wait_for
 
 pytestmark = [needs_fuse]
 
@@ -72,3 +73,47 @@ def test_a_second_mount_of_one_cache_leaves_the_first_ones_writes_alone(make_emu
     assert err.value.errno == errno.EROFS
     assert "another xnatfs mount of this cache directory" in m2.log_text()
     assert os.listdir(m2.path / PROTOCOLS)
+
+
+def _an_experiment_file(root) -> str:
+    """A file of an experiment's scan (its time is the experiment's, the same on both copies of
+    the demo archive; a project resource's is the mount's start)."""
+    for dirpath, _dirs, files in sorted(os.walk(root)):
+        if "/experiments/" in dirpath and dirpath.endswith("/files") and files:
+            return os.path.join(dirpath, sorted(files)[0])
+    raise AssertionError(f"no experiment file below {root}")
+
+
+def test_two_servers_never_share_bytes_of_files_listed_without_md5(make_emulator, make_mount):
+    """One user's mounts of two XNATs share the default cache directory.  Without MD5s in the
+    listings (checksums off, docs/XNAT-API.md §1.8) a file's key was its path, size and time
+    only: the second server, a copy of the first with one file's bytes changed (same size,
+    same time), read the first server's bytes (a red-team reproducer)."""
+    first = make_emulator(checksums=False)
+    second = make_emulator(checksums=False)  # the same demo archive, another URL
+    m1 = make_mount(first.url, "--bulk-zip", "0", "--prefetch", "0")
+    path = _an_experiment_file(m1.path / "DEMO1" / "subjects")
+    rel = os.path.relpath(path, m1.path)
+    with open(path, "rb") as f:
+        theirs = f.read()
+    assert theirs
+    wait_for(
+        lambda: os.getxattr(path, "user.xnat.cache_state") == b"cached", what="the file cached"
+    )
+    m1.umount()
+    ours = bytes(b ^ 0xFF for b in theirs)
+    changed = 0
+    for dirpath, _dirs, files in os.walk(second.data / "archive"):
+        for name in files:
+            stored = os.path.join(dirpath, name)
+            if name == os.path.basename(path) and os.path.getsize(stored) == len(theirs):
+                st = os.stat(stored)
+                with open(stored, "r+b") as f:
+                    f.write(ours)
+                os.utime(stored, ns=(st.st_atime_ns, st.st_mtime_ns))
+                changed += 1
+    assert changed, "the file is not in the second emulator's data"
+    m2 = make_mount(second.url, "--bulk-zip", "0", "--prefetch", "0", cache=m1.cache)
+    with open(m2.path / rel, "rb") as f:
+        got = f.read()
+    assert got == ours, f"{rel}: the first server's bytes ({got == theirs})"

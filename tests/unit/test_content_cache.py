@@ -434,6 +434,21 @@ def test_changed_key_refetches(make_cache):
     assert fetch.calls["/f"] == 3
 
 
+def test_the_server_is_part_of_a_key_only_without_a_digest():
+    """Two servers' files with one path, size and time but no MD5 are two entries; with an MD5
+    the entry is shared and keeps the name it had before keys had a server."""
+    digest = "0123456789abcdef0123456789abcdef"
+    before = hashlib.sha256(json.dumps(["/f", 3, digest, None]).encode()).hexdigest()
+    assert ContentKey("/f", 3, digest, origin="https://a").hexname() == before
+    assert ContentKey("/f", 3, digest, origin="https://b").hexname() == before
+    a = ContentKey("/f", 3, "", 12.0, origin="https://a")
+    b = ContentKey("/f", 3, "", 12.0, origin="https://b")
+    assert a.hexname() != b.hexname()
+    assert ContentKey.archive("/o", "v", origin="https://a").hexname() != (
+        ContentKey.archive("/o", "v", origin="https://b").hexname()
+    )
+
+
 def test_cache_persists_across_reopen(tmp_path, make_cache):
     data = payload(70_000)
     fetch = FakeFetch({"/f": data})

@@ -31,11 +31,11 @@ def _cfg(tmp_path, upstream="http://127.0.0.1:8080/xnat", **kw):
 def test_digest_rides_on_the_download_url_only_when_well_formed():
     assert proxy.DIGEST_PARAM == DIGEST_PARAM
     uri = "/data/projects/P/resources/1/files/a b.dcm"
-    assert _content_key(uri, 3, MD5.upper(), None).uri == f"{uri}?{DIGEST_PARAM}={MD5}"
-    assert _content_key(uri + "?x=1", 3, MD5, None).uri == f"{uri}?x=1&{DIGEST_PARAM}={MD5}"
+    assert _content_key(uri, 3, MD5.upper(), None, "").uri == f"{uri}?{DIGEST_PARAM}={MD5}"
+    assert _content_key(uri + "?x=1", 3, MD5, None, "").uri == f"{uri}?x=1&{DIGEST_PARAM}={MD5}"
     # no digest (checksums off) or a strange one: the URL is XNAT's, the proxy passes it through
-    assert _content_key(uri, 3, "", 12.0).uri == uri
-    assert _content_key(uri, 3, "abc&x=1", None).uri == uri
+    assert _content_key(uri, 3, "", 12.0, "").uri == uri
+    assert _content_key(uri, 3, "abc&x=1", None, "").uri == uri
 
 
 def test_config_has_the_safety_parts(tmp_path):

@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from xnatfs.bids import convert, dataset, images, sidecar
 from xnatfs.bids.mapping import Dcm2BidsConfig, Mapper, unmatched_tsv
-from xnatfs.bids.source import Plan, PlannedScan, ScanFiles, Source, file_key, parallel
+from xnatfs.bids.source import Plan, PlannedScan, ScanFiles, Source, parallel
 from xnatfs.cache.content import ContentCache, ContentKey
 from xnatfs.view.layout import BaseLayout, Children, Listing, Loaded, Opened, PathParts
 from xnatfs.view.node import Generated, NodeInfo, Record, Ref
@@ -213,7 +213,7 @@ class BidsLayout(BaseLayout):
             )
             if entry is None:
                 raise OSError(errno.EIO, f"{ref.role} missing from the scan's NIfTI resource", path)
-            return Opened(key=file_key(entry))
+            return Opened(key=self.src.file_key(entry))
         self._register(ref)
         return Opened(
             handle=_BundleMember(
@@ -234,7 +234,7 @@ class BidsLayout(BaseLayout):
             and ref.role == "image"
             and ref.files.nifti is not None
         ):
-            return file_key(ref.files.nifti)
+            return self.src.file_key(ref.files.nifti)
         return None
 
     def attributes(self, node: NodeInfo) -> Dict[str, str]:
@@ -480,9 +480,9 @@ class BidsLayout(BaseLayout):
         content = self.src.content
         needed = []
         if ref.files.dicom and not self.src.has_header(ref.scan.scan_uri, ref.files):
-            needed.append(file_key(ref.files.dicom[0]))
+            needed.append(self.src.file_key(ref.files.dicom[0]))
         if not ref.converted and ".json" in ref.files.companions:
-            needed.append(file_key(ref.files.companions[".json"]))
+            needed.append(self.src.file_key(ref.files.companions[".json"]))
         if any(content.state(key) != "cached" for key in needed):
             return None
         try:
@@ -491,9 +491,13 @@ class BidsLayout(BaseLayout):
             log.debug("sidecar of %s not made from the cache: %s", ref.scan.scan_uri, exc)
             return None
 
-    @staticmethod
-    def _bundle_uri(scan: PlannedScan, files: ScanFiles) -> str:
-        return convert.bundle_key_uri(scan.scan_uri, files.digests)
+    def _bundle_uri(self, scan: PlannedScan, files: ScanFiles) -> str:
+        # a series listed without MD5s is known by names, sizes and times only: the server is
+        # then part of its bundle's key, as of its files' (``ContentKey.origin``)
+        digestless = any(not f.digest for f in files.dicom)
+        return convert.bundle_key_uri(
+            scan.scan_uri, files.digests, extra=self.src.origin if digestless else ""
+        )
 
     def _bundle_images(
         self, bundle: str, scan: PlannedScan

@@ -136,12 +136,13 @@ class ScanFiles:
         return sum(f.size for f in self.dicom)
 
 
-def file_key(entry: Any) -> ContentKey:
+def file_key(entry: Any, origin: str) -> ContentKey:
     """The content-cache key the XNAT layout gives the same file, so both views share one
-    cached copy (with a digest: uri+MD5 parameter, size, digest; without: the listed mtime)."""
-    return _content_key(
-        entry.uri, entry.size, entry.digest, None if entry.digest else (entry.mtime or 0.0)
-    )
+    cached copy (with a digest: uri+MD5 parameter, size, digest; without: the listed mtime
+    and the server, ``origin``: ``ContentKey.origin``)."""
+    if entry.digest:
+        return _content_key(entry.uri, entry.size, entry.digest, None, "")
+    return _content_key(entry.uri, entry.size, "", entry.mtime or 0.0, origin)
 
 
 def _scan_order(scan_id: str) -> Tuple[int, Any]:
@@ -158,6 +159,8 @@ class Source:
         self.client = client
         self.content = content
         self.mapper = mapper
+        #: the server, part of the cache key of a file listed without an MD5
+        self.origin: str = getattr(client, "base_url", "")
         self.use_xnat_map = use_xnat_map and mapper.config is None
         self._headers_lock = threading.Lock()
         #: scan uri -> (content key of the DICOM file read, sidecar keys from its header);
@@ -167,6 +170,10 @@ class Source:
         #: values for the life of the mount, after ``xnatfs refresh`` and after the image
         #: was converted again from the new files
         self._headers: Dict[str, Tuple[str, Mapping[str, Any]]] = {}
+
+    def file_key(self, entry: Any) -> ContentKey:
+        """``file_key`` of a file of this server."""
+        return file_key(entry, self.origin)
 
     # ------------------------------------------------------------------ plan
     def xnat_map(self, project: str) -> Optional[XnatBidsMap]:
@@ -340,7 +347,7 @@ class Source:
 
     def _copy(self, entry: Any, write: Callable[[bytes], Any], deadline: float) -> None:
         """One XNAT file through the main content cache into ``write``, 1 MiB at a time."""
-        handle = self.content.open(file_key(entry))
+        handle = self.content.open(self.file_key(entry))
         try:
             offset = 0
             while True:
@@ -357,7 +364,7 @@ class Source:
         same URI, size and MD5); None otherwise.  ``entry`` None: whichever was read."""
         with self._headers_lock:
             known = self._headers.get(scan_uri)
-        if known is None or (entry is not None and known[0] != file_key(entry).hexname()):
+        if known is None or (entry is not None and known[0] != self.file_key(entry).hexname()):
             return None
         return known[1]
 
@@ -388,7 +395,7 @@ class Source:
         if known is not None:
             return known
         entry = files.dicom[0]
-        handle = self.content.open(file_key(entry))
+        handle = self.content.open(self.file_key(entry))
         try:
             # read as pydicom asks, up to the pixel data: the whole file in memory was the
             # size of an enhanced (multi-frame) DICOM, hundreds of MB, for a few KiB of header
@@ -405,7 +412,7 @@ class Source:
         with self._headers_lock:
             if len(self._headers) > 20_000:
                 self._headers.clear()
-            self._headers[scan_uri] = (file_key(entry).hexname(), doc)
+            self._headers[scan_uri] = (self.file_key(entry).hexname(), doc)
         return doc
 
     def _header_fn(self, scan_uri: str) -> Callable[[], Mapping[str, Any]]:
@@ -422,7 +429,7 @@ class Source:
     def fetch_series(self, files: ScanFiles, dest: str, deadline: float) -> None:
         """Every DICOM file of the scan into ``dest``: the resource as one zip through the
         content cache's bulk path when several files are missing, then each from the cache."""
-        keys = {f.path: file_key(f) for f in files.dicom}
+        keys = {f.path: self.file_key(f) for f in files.dicom}
 
         def key_of(member: str) -> Optional[ContentKey]:
             m = _ZIP_MEMBER.match(member)

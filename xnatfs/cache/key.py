@@ -51,11 +51,26 @@ class ContentKey:
     #: ``fetch_archive``).  Not part of ``hexname``: an archive's URI differs anyway, and
     #: entries cached before the field existed keep their names.
     kind: str = FILE
+    #: The server the bytes come from (its base URL), for a key that has no digest: two
+    #: servers may list the same path with the same size and time and other bytes (a staging
+    #: clone, checksums off), and one user's mounts of both share one cache.  With a digest
+    #: the bytes are checked against it, so entries stay shared between servers (and keep
+    #: the names they had before this field).  Part of ``hexname`` only then.
+    origin: str = ""
 
     @classmethod
-    def archive(cls, object_uri: str, mtime: Union[float, int, str, None] = None) -> "ContentKey":
+    def archive(
+        cls, object_uri: str, mtime: Union[float, int, str, None] = None, origin: str = ""
+    ) -> "ContentKey":
         """The zip of everything below ``object_uri``: size and digest unknown until made."""
-        return cls(uri=archive_uri(object_uri), size=None, digest="", mtime=mtime, kind=ARCHIVE)
+        return cls(
+            uri=archive_uri(object_uri),
+            size=None,
+            digest="",
+            mtime=mtime,
+            kind=ARCHIVE,
+            origin=origin,
+        )
 
     def hexname(self) -> str:
         """sha256 of the key: the on-disk name and the index key; stable across processes."""
@@ -64,5 +79,8 @@ class ContentKey:
     @functools.cached_property
     def _hexname(self) -> str:
         # computed once per key object: open, state and prefetch all ask for it
-        blob = json.dumps([self.uri, self.size, self.digest, self.mtime], ensure_ascii=False)
+        fields = [self.uri, self.size, self.digest, self.mtime]
+        if self.origin and not self.digest:
+            fields.append(self.origin)
+        blob = json.dumps(fields, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()

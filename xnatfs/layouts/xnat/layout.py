@@ -229,7 +229,8 @@ class XnatLayout(BaseLayout):
             assert ref.parent is not None, "a zip node is made with the folder it zips"
             folder = split_path(path)[:-1] if path else None
             return Opened(
-                key=zip_key(ref.parent, self.zip_version(folder, ref.parent)), direct_io=True
+                key=zip_key(ref.parent, self.zip_version(folder, ref.parent), self.source),
+                direct_io=True,
             )
         return Opened(data=self._make(ref), direct_io=True)
 
@@ -301,13 +302,14 @@ class XnatLayout(BaseLayout):
             return None
         return self._file_key(node)
 
-    @staticmethod
-    def _file_key(node: NodeInfo) -> ContentKey:
+    def _file_key(self, node: NodeInfo) -> ContentKey:
         # With a digest, (uri, size, digest) identifies the bytes; the mtime we show for files is
         # the parent object's, which changes whenever anything in it changes, so it would only
         # cause needless downloads.  Without a digest (checksums off, §1.8) the mtime is all
-        # we have to notice a change.
-        return _content_key(node.uri, node.size, node.digest, None if node.digest else node.mtime)
+        # we have to notice a change, and the server is part of the key (``ContentKey.origin``).
+        if node.digest:
+            return _content_key(node.uri, node.size, node.digest, None, "")
+        return _content_key(node.uri, node.size, "", node.mtime, self.source)
 
     def refusal(self, node: NodeInfo) -> str:
         """A listing row refused by the client (a size outside 0..2^63-1, a URI leaving
@@ -381,11 +383,12 @@ def _folder(subpath: PathParts, parts: PathParts, tree: FileTree) -> Listing:
     return listing
 
 
-def zip_key(parent: NodeInfo, version: str) -> ContentKey:
+def zip_key(parent: NodeInfo, version: str, origin: str) -> ContentKey:
     """XNAT's zip of an experiment's scans, a scan or a resource (§3.3), as it is when what it
-    holds is ``version`` (``XnatLayout.zip_version``)."""
+    holds is ``version`` (``XnatLayout.zip_version``), made by the server ``origin`` (each
+    server frames its zips its own way: no digest says the bytes are the same)."""
     uri = parent.uri + ("/scans/ALL" if parent.kind is Kind.EXPERIMENT else "")
-    return ContentKey.archive(uri, mtime=version)
+    return ContentKey.archive(uri, mtime=version, origin=origin)
 
 
 def _load_uncached(key: PathParts, load: Callable[[], Any]) -> Any:
@@ -394,7 +397,9 @@ def _load_uncached(key: PathParts, load: Callable[[], Any]) -> Any:
 
 
 @functools.lru_cache(maxsize=65536)
-def _content_key(uri: str, size: int, digest: str, mtime: Optional[float]) -> ContentKey:
+def _content_key(
+    uri: str, size: int, digest: str, mtime: Optional[float], origin: str
+) -> ContentKey:
     """One ContentKey object per file version, so its hexname (json + sha256) is computed once
     and not on every open, prefetch check and xattr read.
 
@@ -403,7 +408,7 @@ def _content_key(uri: str, size: int, digest: str, mtime: Optional[float]) -> Co
     docs/SCALING.md) keys on it: a file changed on XNAT has a new URL and never an old entry."""
     if digest and _HEX.fullmatch(digest):
         uri += ("&" if "?" in uri else "?") + DIGEST_PARAM + "=" + digest.lower()
-    return ContentKey(uri=uri, size=size, digest=digest, mtime=mtime)
+    return ContentKey(uri=uri, size=size, digest=digest, mtime=mtime, origin=origin)
 
 
 #: the download URL parameter that carries the listed MD5 (the cache proxy's key)
