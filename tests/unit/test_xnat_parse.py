@@ -607,3 +607,21 @@ def test_catalogs_and_uri_lists_past_the_element_cap_are_refused_before_parsing(
         "/data/a",
         "/data/b",
     ]
+
+
+@pytest.mark.parametrize(
+    "relpath",
+    ["a?b.txt", "c#d.txt", "e%41f.txt", "g h.txt", "ümlaut.txt", "50%.txt", "x;y", "sub/a?b"],
+)
+def test_a_written_files_uri_is_the_one_its_listing_row_gets(relpath: str) -> None:
+    """``file_uri`` (a file this mount wrote: the resource's URI, the name raw) is the URI
+    XNAT's listing row of that file gets once it lands (``FileEntry.uri``): the times index
+    and ``user.xnat.uri`` key it the same way, and a request for it names that file only
+    (§1.8, §10.17).  Before, the name was raw (``.../files/e%41f.txt``: ``eAf.txt``)."""
+    resource = "/data/projects/P/resources/101"
+    row = {"Name": relpath.rsplit("/", 1)[-1], "Size": "3", "URI": f"{resource}/files/{relpath}"}
+    listed = parse.file_from_row(row, resource)
+    assert not listed.problem and listed.path == relpath
+    assert parse.file_uri(resource, relpath) == listed.uri
+    tail = parse.file_uri(resource, relpath).split("/files/", 1)[1]
+    assert not set("?# ;") & set(tail) and "%41" not in tail and tail.isascii()

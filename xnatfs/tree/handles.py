@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from typing import Any, Optional, Tuple
 
-from xnatfs.tree.local import EMPTY, WRITING, LocalFile
+from xnatfs.tree.local import EMPTY, WRITING, LocalFile, target_uri
 from xnatfs.tree.nodes import NodeInfo
 from xnatfs.tree.paths import join_path
 from xnatfs.tree.uploading import UploadPath
@@ -350,12 +350,13 @@ class HandleOps(UploadPath):
             md5.update(chunk)
             offset[0] += len(chunk)
 
+        uri = target_uri(lf.target)
         try:
-            self.client.download(lf.target.file_uri, sink)
+            self.client.download(uri, sink)
             if offset[0] != size or md5.hexdigest() != lf.uploaded_md5:
                 raise OSError(
                     errno.EEXIST,
-                    f"{self.client.base_url}{lf.target.file_uri} holds {offset[0]} bytes, "
+                    f"{self.client.base_url}{uri} holds {offset[0]} bytes, "
                     f"MD5 {md5.hexdigest()}, not the {size} bytes, MD5 "
                     f"{lf.uploaded_md5 or '(unknown)'} XNAT confirmed from this mount: another "
                     "XNAT client stored it since; writes do not continue from its bytes, and "

@@ -16,6 +16,7 @@ from xnatfs.tree.nodes import NodeInfo
 from xnatfs.tree.paths import PathParts, join_path
 from xnatfs.uploads import SpoolFile, UploadTarget
 from xnatfs.uploads.journal import Entry
+from xnatfs.xnat.parse import file_uri
 
 #: a LocalFile's state while the user writes it (before the journal has it); after that it
 #: takes the journal's states (``uploads/journal.py``: PENDING, UPLOADING, FAILED, DONE)
@@ -46,6 +47,14 @@ _TEMP_RE = re.compile(
 )
 #: seconds a temporary file waits for its rename before it is uploaded under its own name
 TEMP_UPLOAD_DELAY = 10.0
+
+
+def target_uri(target: UploadTarget) -> str:
+    """The URI of the file a file target names, as XNAT's listing of it gives it (its name
+    percent-encoded: ``parse.file_uri``, docs/XNAT-API.md §1.8, §10.17); "" for an import.
+    What the write side asks XNAT for, keys times by and shows as ``user.xnat.uri``: with the
+    name raw, ``e%41f.txt`` named ``eAf.txt`` and ``a?b.txt`` the file ``a``."""
+    return file_uri(target.resource_uri, target.relpath) if target.is_file else ""
 
 
 def is_temporary(name: str) -> bool:

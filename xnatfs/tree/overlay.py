@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from typing import Dict, List, Optional, Set
 
-from xnatfs.tree.local import EMPTY, LocalFile
+from xnatfs.tree.local import EMPTY, LocalFile, target_uri
 from xnatfs.tree.nodes import Kind, Local, NodeInfo
 from xnatfs.tree.paths import PathParts, join_path
 
@@ -86,7 +86,7 @@ class LocalOverlay:
 
     @staticmethod
     def _file_node(lf: LocalFile) -> NodeInfo:
-        uri = lf.target.file_uri
+        uri = target_uri(lf.target)
         return NodeInfo(
             name=lf.parts[-1],
             kind=Kind.FILE,

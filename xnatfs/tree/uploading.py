@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple, TypeVar
 
 from xnatfs.cache.download import DISK_FULL
-from xnatfs.tree.local import AlreadyReported, LocalFile, is_temporary
+from xnatfs.tree.local import AlreadyReported, LocalFile, is_temporary, target_uri
 from xnatfs.tree.nodes import Kind, NodeInfo
 from xnatfs.tree.overlay import LocalOverlay
 from xnatfs.tree.paths import join_path, split_path
@@ -429,7 +429,7 @@ class UploadPath(LocalOverlay):
                 raise NotReplaced(entry)
             if target.listing:  # it lists the old file: once the user's is gone, XNAT's shows
                 self.tree.invalidate(join_path(target.listing))
-            url = f"{self.client.base_url}{target.file_uri}"
+            url = f"{self.client.base_url}{target_uri(target)}"
             # one bounded line: the newest (a log's chain of pending versions may be long)
             expected = chain[-1] + (f" or {len(chain) - 1} earlier" if len(chain) > 1 else "")
             raise ChangedOnXnat(entry, url, f.digest, expected)
@@ -539,7 +539,7 @@ class UploadPath(LocalOverlay):
         if target is None or target.overwrite:
             return False
         md5 = hashlib.md5(usedforsecurity=False)
-        self.client.download(target.file_uri, md5.update)
+        self.client.download(target_uri(target), md5.update)
         return md5.hexdigest() == entry_md5(entry)
 
     # ------------------------------------------------------------------ times (issue 15)
@@ -601,7 +601,7 @@ class UploadPath(LocalOverlay):
             if entry.md5 and lf.target.is_file:
                 times = getattr(self.tree, "times", None)
                 if times is not None:
-                    times.set(lf.target.file_uri, entry.size, entry.md5, mtime_ns)
+                    times.set(target_uri(lf.target), entry.size, entry.md5, mtime_ns)
         except OSError as exc:
             log.warning(
                 "utimens %s: the time holds until unmount, not kept in the journal: %s",

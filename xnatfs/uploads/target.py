@@ -3,7 +3,9 @@
 Two kinds (``docs/LAYOUT.md`` §1.3):
 
 - ``file``: PUT the bytes to ``<resource_uri>/files/<relpath>`` (``overwrite`` when it
-  replaces a file XNAT has);
+  replaces a file XNAT has).  ``relpath`` is the name as XNAT has it, raw: the file's URI
+  (its name percent-encoded, as XNAT's listing gives it) is ``xnat.parse.file_uri``'s, made
+  where requests are (this module knows no URL rules);
 - ``import``: POST an archive to the import service (``project``, ``subject``, ``dest``,
   ``content_type``), which makes sessions of it.
 
@@ -102,11 +104,6 @@ class UploadTarget:
     @property
     def is_import(self) -> bool:
         return self.kind == IMPORT
-
-    @property
-    def file_uri(self) -> str:
-        """URI of the uploaded file (file targets; "" otherwise)."""
-        return f"{self.resource_uri}/files/{self.relpath}" if self.is_file else ""
 
     def to_json(self) -> Dict[str, Any]:
         """The sidecar's ``target`` object: the fields of this kind, in the historical shape."""

@@ -51,6 +51,8 @@ __all__ = [
     "parse_uri_list",
     "quote_segment",
     "file_relpath",
+    "wire_uri",
+    "file_uri",
     "project_from_row",
     "subject_from_row",
     "experiment_from_row",
@@ -454,6 +456,19 @@ def wire_uri(raw: str) -> str:
     sent raw, Tomcat would take it and what follows for a path parameter and drop them, so
     ``.../files/..;`` (a file named ``..;``) would name the resource itself."""
     return quote(raw, safe=_URI_SAFE)
+
+
+def file_uri(resource_uri: str, relpath: str) -> str:
+    """The URI of file ``relpath`` (its path below the resource's ``files/``, as XNAT names it:
+    raw) in the resource at ``resource_uri`` (a URI this client built: encoded already), in
+    the form XNAT's listing row of that file gets (``FileEntry.uri``, ``wire_uri``): the one
+    rule for naming a file this mount wrote, in requests (a download of XNAT's copy), the
+    times index (keyed by the listing's URI) and ``user.xnat.uri``.
+
+    Its name is percent-encoded here, never raw (§1.8: XNAT's own URI is raw; §10.17): the
+    client's ``_url`` cuts a path at ``?`` and leaves ``%XX`` alone, so ``a?b.txt`` raw was
+    asked for as ``a`` and ``e%41f.txt`` as ``eAf.txt``, another file."""
+    return f"{resource_uri.rstrip('/')}/files/{wire_uri(relpath)}"
 
 
 #: what servlet containers split a path at: ``/``, and ``\`` where it is taken for one
