@@ -280,6 +280,16 @@ def test_file_row_keeps_subfolders_and_uri_verbatim() -> None:
     assert k.uri == "/data/projects/P/resources/7/files/a%20b/100%25.txt"
 
 
+def test_a_row_without_a_uri_is_named_by_its_resource_and_name_encoded_once() -> None:
+    """Never seen from XNAT; built from the listed resource's URI (encoded already) and the
+    row's name (raw): ``100%`` was encoded twice (``100%2525``) and shown as ``100%25``."""
+    res = "/data/projects/P/resources/my%20notes"
+    f = parse.file_from_row({"Name": "a b/100%.txt", "Size": "1"}, res)
+    assert f.path == "a b/100%.txt" and not f.problem
+    assert f.uri == "/data/projects/P/resources/my%20notes/files/a%20b/100%25.txt"
+    assert parse.file_from_row({"Name": "../x", "Size": "1"}, res).problem
+
+
 def test_file_row_drops_a_context_path_prefix() -> None:
     f = parse.file_from_row(
         {"Name": "a", "Size": "1", "URI": "/xnat/data/projects/P/resources/7/files/a"}

@@ -734,16 +734,19 @@ def file_from_row(row: Row, resource_uri: str = "") -> FileEntry:
     if raw and resource_uri and not problem:
         problem = outside_listing(raw, resource_uri)
     uri = raw if problem else _strip_context(raw)  # refused ones shown as sent
-    if not uri:
-        name = row.get("Name", "")
-        uri = f"{resource_uri.rstrip('/')}/files/{quote(name)}"
+    if uri:
+        path, wire = file_relpath(uri), wire_uri(uri)
+    else:  # its name below the resource it was listed in (encoded already), encoded once
+        path = row.get("Name", "")
+        wire = file_uri(resource_uri, path)
+        problem = uri_problem(wire)
     size, size_problem = listed_size(row.get("Size"))
     digest = row.get("digest", "") or ""
     return FileEntry(
-        path=file_relpath(uri),
+        path=path,
         size=size,
         problem=problem or size_problem or empty_size_problem(row.get("Size"), size, digest),
-        uri=wire_uri(uri),
+        uri=wire,
         digest=digest,
         collection=row.get("collection", ""),
         format=row.get("file_format", ""),
