@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
+import json
 import random
 import re
 import time
@@ -20,6 +22,7 @@ from urllib.parse import unquote
 import pytest
 
 from xnatfs import deadline
+from xnatfs.cache.key import ContentKey
 from xnatfs.fs import ops as fsops
 from xnatfs.fs.ops import XnatFUSE, mfusepy
 from xnatfs.view.paths import split_path
@@ -201,3 +204,13 @@ def test_listing_rows_checked_with_kept_objects_answer_as_before():
     own = "/data/experiments/XE1/scans/4/resources/12"
     assert parse.outside_listing(rows[0], own) == ""
     assert parse.outside_listing(rows[0], "/data/experiments/XE1/scans/4/resources/13") != ""
+
+
+@pytest.mark.parametrize("uri", ["/data/f/a.dcm", "/data/f/résumé – notes.txt", '/data/f/"q"\\x'])
+def test_a_keys_name_is_the_one_json_dumps_gave(uri):
+    """``ContentKey.hexname`` with its encoder made once: the names of entries already on disk
+    (``json.dumps``, ``ensure_ascii=False``) are unchanged, non-ASCII and escapes included."""
+    for key in (ContentKey(uri, 5, "ab" * 16), ContentKey(uri, None, "", 1.5, origin="https://x")):
+        fields = [key.uri, key.size, key.digest, key.mtime] + ([key.origin] if key.origin else [])
+        text = json.dumps(fields, ensure_ascii=False)
+        assert key.hexname() == hashlib.sha256(text.encode("utf-8")).hexdigest()

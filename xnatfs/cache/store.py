@@ -551,20 +551,27 @@ class ContentStore:
                 stamps[hexname] = (st.st_ino, st.st_mtime_ns)
         return stamps
 
-    def _too_big(self, key: ContentKey) -> bool:
+    def _too_big(self, key: ContentKey, room: Optional[int] = None) -> bool:
         """Is ``key`` larger than the cache could ever hold (its limit, or the free disk plus
-        all it could evict)?  Such a file is streamed from the server and not kept (gcsfuse).
-        Caller holds self._lock."""
+        all it could evict: ``room``, else ``_room_locked()``)?  Such a file is streamed from
+        the server and not kept (gcsfuse).  Caller holds self._lock."""
         if key.size is None or key.size < 0:
             return False
         if key.size > self.size_limit:
             return True
+        if room is None:
+            room = self._room_locked()
+        return room is not None and key.size > room
+
+    def _room_locked(self) -> Optional[int]:
+        """The most the cache could hold now: the free disk plus all it could evict (None if
+        the disk cannot say).  One ``statvfs``: a bulk fetch asks once for all its files.
+        Caller holds self._lock."""
         try:
             st = os.statvfs(self._partial_dir)
         except OSError:
-            return False
-        free = st.f_bavail * st.f_frsize
-        return key.size > free + self._volume - self._reserved
+            return None
+        return st.f_bavail * st.f_frsize + self._volume - self._reserved
 
     def _stored_path(self, hexname: str) -> str:
         """Where the cached file of ``hexname`` lives (``stored_name``)."""
