@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import logging
 import math
 import os
 import sqlite3
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from xnatfs import __version__
 from xnatfs.bids.layout import MOUNT_NAME, BidsLayout
@@ -245,6 +246,7 @@ class Runtime:
             "fuse_calls": calls,
             "uploads": self.writer.status() if self.writer else [],
             "bids": self.bids.stats()["conversions"] if self.bids else {},
+            "gc": {"threshold": list(gc.get_threshold()), "collections": _collections()},
             "zero_message_opens": (
                 self.zero_message_opens.snapshot() if self.zero_message_opens else None
             ),
@@ -306,6 +308,11 @@ def full_disk_at_start(cache_dir: "str | os.PathLike[str]", error: BaseException
         f"cache folder {os.fspath(cache_dir)}: its disk is full ({free} bytes free: {error})"
         f"{kept}. Free space on that disk and mount again"
     )
+
+
+def _collections() -> List[int]:
+    """Python's GC collections so far, youngest generation first (``gc`` in the stats)."""
+    return [int(generation.get("collections", 0)) for generation in gc.get_stats()]
 
 
 def _plain(value: Any) -> Any:

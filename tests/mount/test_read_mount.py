@@ -403,6 +403,11 @@ def test_stats_file(mnt):
     os.listdir(mnt.path / "DEMO1" / "subjects")
     stats = json.loads(sh(["cat", str(mnt.path / ".xnatfs" / "stats")]).stdout)
     assert stats["url"] and stats["requests"]
+    # the daemon's GC runs at its own threshold (commands/daemon.GC_YOUNGEST), counted
+    from xnatfs.commands.daemon import GC_YOUNGEST
+
+    assert stats["gc"]["threshold"][0] == GC_YOUNGEST
+    assert len(stats["gc"]["collections"]) == 3
 
 
 def test_prefetch_downloads_the_next_files_and_read_ahead_is_raised(shared_emulator, make_mount):
