@@ -309,7 +309,8 @@ def rows_from_json(doc: Any) -> List[Dict[str, str]]:
     for item in result:
         if not isinstance(item, dict):
             raise BadDocument("ResultSet.Result holds a non-object row")
-        rows.append({str(k): _cell(v) for k, v in item.items()})
+        # a str cell as it is without a call (most are: 18,000 calls for a 2,000-file listing)
+        rows.append({str(k): v if v.__class__ is str else _cell(v) for k, v in item.items()})
     return rows
 
 
@@ -324,7 +325,8 @@ def without_unencodable(rows: List[Dict[str, str]]) -> "tuple[List[Dict[str, str
     it) nor a URL (``quote`` encodes UTF-8): one row like it made the whole listing fail with
     an unexpected ``UnicodeEncodeError``, every sibling unreachable (a hostile server's
     ``"\\ud800"`` is valid JSON)."""
-    kept = [r for r in rows if not any(_SURROGATE_RE.search(v) for v in r.values())]
+    # one search per row over its cells joined: a surrogate is in one cell iff in the join
+    kept = [r for r in rows if not _SURROGATE_RE.search("".join(r.values()))]
     return kept, len(rows) - len(kept)
 
 
