@@ -5,7 +5,7 @@
               (``xnatfs.policies``); lookup, listdir, open/read, xattrs.
 - ``writes``  ``Writer``: the write side (files in resources, objects by mkdir, imports, archive),
               built in layers: ``local``, ``overlay``, ``uploading``, ``handles``, ``opening``,
-              ``namespace`` (+ ``prearchive_moves``); see ``writes.py``,
+              ``objects``, ``namespace`` (+ ``prearchive_moves``); see ``writes.py``,
               registered with the engine as its overlay (``Engine.attach_overlay``).
 - ``nodes``   ``NodeInfo`` and the node kinds (re-exported from ``view.node`` and
               ``layouts.xnat.kinds``, where they live).

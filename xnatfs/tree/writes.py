@@ -20,7 +20,8 @@ The class is built in layers, one module each, every one using only those below 
 - ``uploading``  ``UploadPath``: commit to the journal, upload, the uploader's callbacks, times;
 - ``handles``    ``WriteHandle`` and ``HandleOps``: write, read, truncate, release of a file;
 - ``opening``    ``Opening``: create, open for writing, truncate, where the bytes go on XNAT;
-- ``namespace``  ``Namespace``: mkdir, unlink, rmdir, rename (``prearchive_moves`` for sessions);
+- ``objects``    ``XnatObjects``: mkdir, rmdir, the DELETE of a file on XNAT;
+- ``namespace``  ``Namespace``: unlink, rename (``prearchive_moves`` for sessions);
 - ``writes``     ``Writer``: construction and life cycle (journal reload, uploader start/stop).
 
 Lock: ``_lock`` protects ``_files`` and ``_dirs``; it is never held across a request.
