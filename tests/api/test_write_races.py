@@ -12,6 +12,7 @@ import threading
 import pytest
 import requests
 
+from tests.api.helpers import answer
 from tests.conftest import ADMIN
 from tests.mount.helpers import wait_for
 from xnatfs.fs.errmap import errno_for
@@ -702,25 +703,19 @@ def test_a_log_renamed_while_written_with_a_version_pending_keeps_its_newest_byt
     assert server_status(runtime, "app.log")[0] == 404
 
 
-@pytest.mark.parametrize("allow_delete", [False, True])
-def test_rm_while_an_older_version_lands_does_not_answer_0_with_it_on_xnat(
-    make_runtime, allow_delete
-):
-    """A new file written twice while XNAT answers 503 (versions 1 and 2 pending, never on
-    XNAT); XNAT answers again, and `rm` comes while version 1's retry is on the wire.  rm
-    waited for that upload (``Uploader.held``), which landed, then dropped version 2 and
-    answered 0: the file it removed was on XNAT, with version 1's bytes.  Now, with
-    --allow-delete, rm removes it there too; without, rm answers EACCES, and version 2 is
-    kept and goes over version 1 (nothing the user wrote is lost or resurrected)."""
-    runtime = make_runtime(allow_delete=allow_delete)
+def while_version_1_lands(runtime, path, call):
+    """``path`` (a new file) written twice while XNAT answers 503 (versions 1 and 2 pending,
+    never on XNAT); XNAT answers again, and ``call`` comes while version 1's retry is on the
+    wire: it waits for that upload (``Uploader.held``), which lands.  Returns the errno
+    ``call`` answered (0: none)."""
     writer = runtime.writer
-    path = f"{PROTOCOLS}/notes.txt"
+    name = path.rsplit("/", 1)[1]
     writer.uploader.base_delay = writer.uploader.max_delay = 3600  # retried when told only
     runtime.emu.faults.fault_methods = "PUT"
     with xnat_refusing(runtime):
         for text in (b"version 1\n", b"version 2, longer\n"):
             write_pending(writer, path, text)
-        gate = Gate(writer.client, "notes.txt")  # the next PUT (version 1's retry) waits
+        gate = Gate(writer.client, name)  # the next PUT (version 1's retry) waits
     versions = writer.journal.versions_for(path)
     assert len(versions) == 2
     writer.uploader.submit(versions[0])  # version 1's retry now; version 2's waits its backoff
@@ -728,37 +723,139 @@ def test_rm_while_an_older_version_lands_does_not_answer_0_with_it_on_xnat(
     waiting, held = threading.Event(), writer.uploader.held
 
     def held_told(*args, **kwargs):
-        waiting.set()  # rm has looked at its versions and waits for the running upload
+        waiting.set()  # the call has looked at the file and waits for the running upload
         return held(*args, **kwargs)
 
     writer.uploader.held = held_told
     result = {}
-
-    def rm():
-        try:
-            writer.unlink(path)
-            result["rm"] = 0
-        except (OSError, XnatError) as exc:
-            result["rm"] = errno_for(exc)
-
-    t = threading.Thread(target=rm)
+    t = threading.Thread(target=lambda: result.setdefault("errno", answer(call)))
     t.start()
-    assert waiting.wait(30), "rm did not reach the upload"
+    assert waiting.wait(30), "the call did not reach the upload"
     gate.open()  # version 1 lands
     t.join(30)
     assert not t.is_alive()
     writer.uploader.held = held
     assert gate.passed.wait(30)
+    return result["errno"]
+
+
+@pytest.mark.parametrize("allow_delete", [False, True])
+def test_rm_while_an_older_version_lands_does_not_answer_0_with_it_on_xnat(
+    make_runtime, allow_delete
+):
+    """`rm` of a file while its version 1's retry is on the wire (``while_version_1_lands``):
+    rm waited for that upload, which landed, then dropped version 2 and answered 0: the file
+    it removed was on XNAT, with version 1's bytes.  Now, with --allow-delete, rm removes it
+    there too; without, rm answers EACCES, and version 2 is kept and goes over version 1
+    (nothing the user wrote is lost or resurrected)."""
+    runtime = make_runtime(allow_delete=allow_delete)
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/notes.txt"
+    result = while_version_1_lands(runtime, path, lambda: writer.unlink(path))
     if allow_delete:
-        assert result["rm"] == 0
+        assert result == 0
         assert writer.status() == []
         assert server_status(runtime, "notes.txt")[0] == 404  # before: 200, version 1
         assert "notes.txt" not in listed(runtime)
     else:
-        assert result["rm"] == errno.EACCES  # before: 0, with version 1 on XNAT
+        assert result == errno.EACCES  # before: 0, with version 1 on XNAT
         writer.uploader.retry_soon()
         wait_for(lambda: not writer.status(), 30, what="version 2's upload")
         assert server_status(runtime, "notes.txt") == (200, b"version 2, longer\n")
+
+
+@pytest.mark.parametrize("allow_delete", [False, True])
+def test_mv_while_an_older_version_lands_moves_the_newest_and_leaves_no_old_name(
+    make_runtime, allow_delete
+):
+    """`mv` (logrotate) of the file while its version 1's retry is on the wire: the rename
+    answered EXDEV with --allow-delete (mv then copied and removed; a program's rename()
+    failed), EACCES without.  Now with --allow-delete it deletes version 1 under the old name
+    and moves version 2; without, EACCES as before, nothing renamed."""
+    runtime = make_runtime(allow_delete=allow_delete)
+    writer = runtime.writer
+    old, new = f"{PROTOCOLS}/moving.log", f"{PROTOCOLS}/moving.log.1"
+    result = while_version_1_lands(runtime, old, lambda: writer.rename(old, new))
+    writer.uploader.retry_soon()
+    wait_for(lambda: not writer.status(), 30, what="version 2's upload")
+    if allow_delete:
+        assert result == 0  # before: EXDEV
+        assert server_status(runtime, "moving.log.1") == (200, b"version 2, longer\n")
+        assert server_status(runtime, "moving.log")[0] == 404
+    else:
+        assert result == errno.EACCES
+        assert server_status(runtime, "moving.log") == (200, b"version 2, longer\n")
+        assert server_status(runtime, "moving.log.1")[0] == 404
+
+
+def older_version_landed(runtime, path):
+    """``path`` (a new file) written and closed twice while XNAT answers 503 (versions 1 and
+    2 pending, retried when told only); then XNAT answers and version 1's retry lands, in
+    the background, before the test's next call: version 2 still pending over it."""
+    writer = runtime.writer
+    writer.uploader.base_delay = writer.uploader.max_delay = 3600  # retried when told only
+    runtime.emu.faults.fault_methods = "PUT"
+    with xnat_refusing(runtime):
+        for text in (b"version 1\n", b"version 2, longer\n"):
+            write_pending(writer, path, text)
+    first, _second = writer.journal.versions_for(path)
+    writer.uploader.submit(first)  # version 1's retry now; version 2's waits its backoff
+    wait_for(lambda: len(writer.journal.versions_for(path)) == 1, 30, what="version 1 to land")
+    assert server_status(runtime, path.rsplit("/", 1)[1]) == (200, b"version 1\n")
+
+
+@pytest.mark.parametrize("allow_delete", [False, True])
+def test_rm_after_an_older_version_landed_does_not_answer_0_with_it_on_xnat(
+    make_runtime, allow_delete
+):
+    """As the case above, with version 1 confirmed in the background just before `rm` (not
+    while it waits): nothing on the open file said so (``_on_change`` only follows the
+    file's newest version), so rm dropped version 2 and answered 0, and XNAT showed the
+    removed file with version 1's bytes.  Now the same as when it lands during rm's wait."""
+    runtime = make_runtime(allow_delete=allow_delete)
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/landed.txt"
+    older_version_landed(runtime, path)
+    result = answer(lambda: writer.unlink(path))
+    if allow_delete:
+        assert result == 0
+        assert writer.status() == []
+        assert server_status(runtime, "landed.txt")[0] == 404  # before: 200, version 1
+        assert "landed.txt" not in listed(runtime)
+    else:
+        assert result == errno.EACCES  # before: 0, with version 1 on XNAT
+        assert [s["size"] for s in writer.status()] == [len(b"version 2, longer\n")]
+        writer.uploader.retry_soon()
+        wait_for(lambda: not writer.status(), 30, what="version 2's upload")
+        assert server_status(runtime, "landed.txt") == (200, b"version 2, longer\n")
+
+
+@pytest.mark.parametrize("allow_delete", [False, True])
+def test_mv_after_an_older_version_landed_leaves_nothing_under_the_old_name(
+    make_runtime, allow_delete
+):
+    """The same file renamed (logrotate, mv) after version 1 landed in the background: the
+    rename moved version 2 to the new name and answered 0, and XNAT kept version 1 under the
+    old name, a file the user had renamed away.  Now with --allow-delete the rename deletes
+    it there (the newest version goes to the new name); without, it answers EACCES and
+    changes nothing (version 2 still goes over version 1 under the old name)."""
+    runtime = make_runtime(allow_delete=allow_delete)
+    writer = runtime.writer
+    old, new = f"{PROTOCOLS}/rotated.log", f"{PROTOCOLS}/rotated.log.1"
+    older_version_landed(runtime, old)
+    result = answer(lambda: writer.rename(old, new))
+    writer.uploader.retry_soon()
+    wait_for(lambda: not writer.status(), 30, what="version 2's upload")
+    if allow_delete:
+        assert result == 0
+        assert server_status(runtime, "rotated.log.1") == (200, b"version 2, longer\n")
+        assert server_status(runtime, "rotated.log")[0] == 404  # before: 200, version 1
+        names = listed(runtime)
+        assert "rotated.log.1" in names and "rotated.log" not in names
+    else:
+        assert result == errno.EACCES  # before: 0, with version 1 left under the old name
+        assert server_status(runtime, "rotated.log") == (200, b"version 2, longer\n")
+        assert server_status(runtime, "rotated.log.1")[0] == 404
 
 
 # ---------------------------------------------------------------------- found by review7w

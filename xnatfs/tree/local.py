@@ -98,6 +98,14 @@ class LocalFile:
     #: ``UploadPath._landed``): more writes continue from XNAT's copy only if it still holds
     #: them (``HandleOps._fill_from_upload``), not from another client's stored since
     uploaded_md5: str = ""
+    #: XNAT confirmed an older version of this file while a newer one waits in the journal
+    #: (set by the check that confirmed it, ``UploadPath._landed``, before the uploader lets
+    #: the path go): the name is on XNAT with bytes the user overwrote since, and an rm or
+    #: rename must not leave them there behind a 0 (``Namespace``).  Before, nothing on the
+    #: file said so (``_on_change`` follows its newest version only): rm answered 0 and mv
+    #: moved the newest, XNAT showing the older bytes under the old name.  Cleared when a
+    #: newer version lands, or a rename deletes it there
+    older_landed: bool = False
     #: removed (unlink, or a rename over it) while a handle was open: that handle still
     #: reads and writes its bytes (as POSIX's unlinked file), but nothing is uploaded or shown
     removed: bool = False

@@ -88,18 +88,20 @@ def _made_over(existing: NodeInfo, journal: Journal) -> Tuple[str, ...]:
 
 
 def _older_version_landed(path: str, allow_delete: bool) -> None:
-    """rm of a local file one of whose older versions XNAT confirmed while the rm waited for
-    its running upload (``Uploader.held``): the name is on XNAT now, with bytes the user had
-    overwritten.  With --allow-delete the rm removes it there too (then the local versions),
-    as when the newest version itself landed meanwhile; without, this raises EACCES saying
-    so, and nothing is dropped (the newest version still goes over them).  Before, rm dropped
-    the newest version and answered 0: the file it removed was on XNAT, with older bytes."""
+    """rm of a local file one of whose older versions XNAT confirmed while a newer one waits
+    (``LocalFile.older_landed``: before the rm, or while it waited for that upload,
+    ``Uploader.held``): the name is on XNAT now, with bytes the user had overwritten.  With
+    --allow-delete the rm removes it there too (then the local versions), as when the newest
+    version itself landed; without, this raises EACCES saying so, and nothing is dropped (the
+    newest version still goes over them).  Before, rm dropped the newest version and answered
+    0: the file it removed was on XNAT, with older bytes."""
     if allow_delete:
         return
     raise OSError(
         errno.EACCES,
-        "an older version of it reached XNAT while rm waited for its upload: removing it "
-        "there needs --allow-delete; the newest version is kept and still goes to XNAT",
+        "an older version of it reached XNAT (its upload went on in the background): "
+        "removing it there needs --allow-delete; the newest version is kept and still goes "
+        "to XNAT over it",
         path,
     )
 
@@ -146,12 +148,11 @@ class Namespace(XnatObjects):
         handle still open) the file is XNAT's and is removed as such (``--allow-delete``)."""
         with lf.holding(self.fs_timeout):
             held = lf.entry
-            waited_for = len(self._older_versions(held, path))
             with self._held(held) as current:
                 # older versions of the name go too: left queued, they uploaded after the rm
                 older = self._older_versions(current, path)
                 confirmed = held is not None and current is None
-                if current is not None and len(older) < waited_for:  # one landed meanwhile
+                if current is not None and self._older_landed(lf):  # before, or meanwhile
                     _older_version_landed(path, self.allow_delete)
                     self._unlink_remote(path, parts)  # then its local versions go (below)
                 local_version = current is not None or lf.dirty
@@ -429,7 +430,6 @@ class Namespace(XnatObjects):
             # uploaded the new name at close and left the old one on XNAT, a file twice
             raise self._on_xnat(old, "it is on XNAT under its old name")
         held = lf.entry
-        older = self._older_versions(held, old)
         # the record of the file renamed over is held too: its close() may upload it right
         # now (committed just before the rename took its io); dropped under that attempt,
         # the attempt failed on a record gone (close() answered EIO) after its PUT landed
@@ -439,10 +439,9 @@ class Namespace(XnatObjects):
                 # its upload under the old name was confirmed while this waited: the
                 # file is XNAT's now, and XNAT has no move
                 raise self._on_xnat(old, "uploaded under its old name meanwhile")
-            if len(self._older_versions(held, old)) < len(older):
-                # an older version of it was confirmed while this waited: XNAT has the
-                # old name (with those bytes); renaming the newest would leave it there
-                raise self._on_xnat(old, "an older version was uploaded meanwhile")
+            older = self._older_versions(current, old)
+            if current is not None and self._older_landed(lf):
+                self._delete_landed(lf, old, new)
             # older versions of the old name (superseded by the one renamed; left queued
             # they uploaded under the old name), and the versions of what is renamed over:
             # they leave the journal with the renamed record's own write (Journal.renamed),
@@ -455,6 +454,33 @@ class Namespace(XnatObjects):
                 if self.journal.get(gone.id) is not None:  # no renamed record took it along
                     self.journal.remove(gone)
         return entry
+
+    def _older_landed(self, lf: LocalFile) -> bool:
+        with self._lock:
+            return lf.older_landed
+
+    def _delete_landed(self, lf: LocalFile, old: str, new: str) -> None:
+        """A rename of ``lf``, an older version of which XNAT confirmed (before the rename,
+        or while it waited for that upload): XNAT has the old name, with bytes the user
+        overwrote since.  The newest version goes to the new name, so that one is deleted
+        there first (--allow-delete), as ``rm`` does: the rename leaves nothing under the old
+        name.  Without --allow-delete: EACCES, nothing changed (the newest version still goes
+        over it under the old name).  A crash or a failure after the DELETE leaves the
+        rename not done: the newest version pending under the old name, uploaded there.
+        Before, the rename answered 0 with the older bytes left on XNAT under the old name
+        (EXDEV when they landed during its wait).  Caller holds ``lf.io`` and its entry."""
+        if not self.allow_delete:
+            raise OSError(
+                errno.EACCES,
+                "an older version of it reached XNAT under this name (its upload went on in "
+                "the background): moving it needs --allow-delete to delete it there; "
+                "nothing renamed, the newest version still goes to XNAT under this name",
+                old,
+            )
+        self._unlink_remote(old, split_path(old))
+        with self._lock:
+            lf.older_landed = False
+        log.info("mv %s %s: an older version was on XNAT under the old name: deleted", old, new)
 
     def _move_held(
         self,
@@ -570,6 +596,7 @@ class Namespace(XnatObjects):
             and lf.entry is not None
             and lf.spool is None
             and lf.handles == 0
+            and not self._older_landed(lf)  # that one must go from the old name
             and self._entry_same(lf.entry, existing)
         )
 

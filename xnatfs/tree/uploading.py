@@ -547,7 +547,10 @@ class UploadPath(LocalOverlay):
         """XNAT has the bytes of ``entry`` as the listing row ``listed``: the time the file
         showed while local (its last write, or what ``utimens`` set) sticks to it, so that
         ``make`` and ``rsync -t`` see the time they expect, not the object's.  The file's
-        overlay entry keeps the MD5 confirmed (``LocalFile.uploaded_md5``)."""
+        overlay entry keeps the MD5 confirmed (``LocalFile.uploaded_md5``), or, when a newer
+        version of it still waits, that an older one is on XNAT (``LocalFile.older_landed``).
+        Both are set here, in the attempt, before the uploader lets the path go: an rm or
+        rename waiting for it (``Uploader.held``) sees them when its wait ends."""
         # the journal's record, not the uploader's copy: a utimens may have come since
         recorded = self.journal.get(entry.id) or entry
         with self._lock:
@@ -557,6 +560,9 @@ class UploadPath(LocalOverlay):
             if mine and lf is not None:
                 # known before the journal lets go of its copy (``_confirmed_size``)
                 lf.uploaded_md5 = entry.md5 or listed.digest
+                lf.older_landed = False
+            elif lf is not None and lf.entry is not None and lf.entry.seq > entry.seq:
+                lf.older_landed = True
         self._keep_time(listed, mtime_ns, getattr(listed, "mtime", None))
 
     def _remember_time(self, node: NodeInfo, mtime_ns: int) -> None:
