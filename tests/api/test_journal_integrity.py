@@ -296,3 +296,47 @@ def test_a_version_after_a_pending_one_does_not_replace_another_clients_file(mak
     assert server_status(rt.emu, "results.log") == (200, b"the other client's\n")  # before: mine
     states = [s["state"] for s in writer.status()]
     assert states == ["failed", "failed"], states
+
+
+def test_a_crash_at_any_step_of_a_same_bytes_close_leaves_no_version_of_the_change(
+    make_runtime, tmp_path, monkeypatch
+):
+    """--allow-delete; a file on XNAT changed twice while XNAT answers 503 (two versions
+    pending), then its original bytes copied back (`cp orig f`: XNAT holds them, the close
+    drops the pending versions, ``UploadPath._held_by_xnat``), killed at each step of the
+    journal's work in turn.  The close removed the versions one by one, oldest first:
+    killed in between, the next mount found some of them (the later ones) and uploaded
+    them over the bytes the user had put back, a part of a decision half made.  Now the
+    decision is one atomic journal write (``Journal.remove_all``): a kill leaves every
+    version (the close not done, not answered) or none."""
+    rt = make_runtime(allow_delete=True)
+    writer = rt.writer
+    writer.uploader.base_delay = writer.uploader.max_delay = 3600  # retried when told only
+    original, changes = b"the original\n", [b"change 1\n", b"change 2, longer\n"]
+    bad, points, seen = [], 0, set()
+    for k in range(1, 40):
+        name = f"same{k}.txt"
+        path = f"{PROTOCOLS}/{name}"
+        r = requests.put(
+            f"{rt.emu.url}{PROTOCOLS_URI}/{name}?inbody=true", data=original, auth=ADMIN
+        )
+        assert r.status_code in (200, 201), r.text
+        rt.tree.invalidate(PROTOCOLS)
+        rt.emu.faults.fault_methods = "PUT"
+        with xnat_refusing(rt):
+            for data in changes:  # cp change f, twice: EIO, pending
+                write_pending(writer, path, data)
+        assert len(writer.journal.versions_for(path)) == 2
+        handle = writer.create(path, truncate=True)  # cp orig f
+        handle.write(0, original)
+        if not crashed_at(monkeypatch, k, handle.flush):
+            assert writer.journal.versions_for(path) == []
+            break
+        points += 1
+        found = after_restart(writer, tmp_path, k).get(path, [])
+        if found not in ([], changes):
+            bad.append((k, found))
+        seen.add(len(found))
+    assert points >= 4, "the crash should have stopped the close at several points"
+    assert bad == []  # before: the second change alone after a kill at 4 of its steps
+    assert {0, 2} <= seen  # killed before the decision and after it

@@ -510,6 +510,56 @@ def test_kill_at_any_point_of_a_rename_that_supersedes_entries(tmp_path, monkeyp
     assert points >= 4
 
 
+def test_kill_at_any_point_of_remove_all_leaves_all_or_none(tmp_path, monkeypatch):
+    """``remove_all``: the versions a same-bytes close drops go in one step as far as a crash
+    can tell: after a kill at any call, the next ``reload`` finds all three or none (removed
+    one by one, a kill in between left the later ones), ``read_entries`` (umount's report)
+    lists no more than that, and no tombstone is left once ``reload`` ran."""
+    seen, points = set(), 0
+    for k in range(1, 100):
+        base = tmp_path / str(k)
+        spool, jdir = Spool(base / "spool"), base / "journal"
+        j = Journal(jdir)
+        versions = [j.add(spooled(spool, b"v%d" % i), TARGET, MNT_PATH) for i in range(3)]
+        crashed = run_until_crash(monkeypatch, k, lambda j=j, v=versions: j.remove_all(v))
+        reported = {e.id for e in journal_mod.read_entries(jdir)}
+        got = [e.id for e in Journal(jdir).reload()]
+        assert got in ([v.id for v in versions], []), (k, got)
+        assert reported <= set(got), (k, reported)
+        assert not [n for n in os.listdir(jdir) if n.endswith(".drop")]
+        seen.add(len(got))
+        if not crashed:
+            assert got == [] and j.versions_for(MNT_PATH) == []
+            break
+        points += 1
+    assert points >= 6 and seen == {0, 3}
+
+
+def test_remove_all_whose_removal_fails_drops_the_entry_at_the_next_reload(dirs, monkeypatch):
+    """A removal that fails after the tombstone is written (EIO on an unlink): the entry
+    leaves the index at once (the uploader must not send it), and the tombstone, kept,
+    drops its files at the next ``reload``."""
+    spool, jdir = dirs
+    j = Journal(jdir)
+    j.reload()
+    first, second = (j.add(spooled(spool, d), TARGET, MNT_PATH) for d in (b"one", b"two"))
+    remove = j.remove
+
+    def failing(entry):
+        if entry.id == second.id:
+            raise OSError(errno.EIO, "I/O error")
+        remove(entry)
+
+    monkeypatch.setattr(j, "remove", failing)
+    j.remove_all([first, second])
+    assert j.versions_for(MNT_PATH) == []
+    assert os.path.exists(second.data_path)
+    assert journal_mod.read_entries(jdir) == []
+    assert Journal(jdir).reload() == []
+    assert not os.path.exists(second.data_path)
+    assert os.listdir(jdir) == []
+
+
 def test_add_without_digest_leaves_it_to_the_uploader_or_to_reload(dirs):
     """(the uploader's side: test_uploader.py, hashed beside the upload)"""
     spool, jdir = dirs

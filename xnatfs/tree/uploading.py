@@ -320,7 +320,15 @@ class UploadPath(LocalOverlay):
         holds them, they leave it (as a confirmed version drops the older ones,
         ``Uploader._succeeded``), held against their attempts (``Uploader.held``), so none
         lands after the look.  False when XNAT lists other bytes or cannot be asked: then the
-        bytes are journalled and the upload's own check decides.  Caller holds ``lf.io``."""
+        bytes are journalled and the upload's own check decides.  Caller holds ``lf.io``.
+
+        Crash ordering: the versions leave the journal as one step (``Journal.remove_all``:
+        a tombstone naming them, written atomically, then each removal).  A kill -9 before
+        the tombstone is on disk leaves every version, as before this close (which has not
+        answered): the newest still goes.  After it, the next mount drops every version it
+        names: none lands.  Before, they were removed one by one, oldest first: a kill in
+        between left the later ones, and the next mount uploaded them over the bytes the
+        user had put back, the close's decision half made."""
         versions = self.journal.versions_for(path)
         held: ContextManager[Optional[Entry]] = (
             self.uploader.held(versions[-1], time.monotonic() + self.fs_timeout)
@@ -335,9 +343,10 @@ class UploadPath(LocalOverlay):
                     for f in self._listing_now(target.resource_uri)[1]
                 ):
                     return False
-                for gone in self.journal.versions_for(path):  # oldest first
+                older = self.journal.versions_for(path)
+                for gone in older:
                     log.info("write %s: dropping older version %s (superseded)", path, gone.id)
-                    self.journal.remove(gone)
+                self.journal.remove_all(older)  # one step, whatever the crash
         except (OSError, XnatError) as exc:
             log.info("write %s: XNAT's copy not checked (%s): the bytes are journalled", path, exc)
             return False

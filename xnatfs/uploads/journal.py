@@ -8,6 +8,7 @@ One entry = a data file plus a JSON sidecar (rclone ``vfscache`` item ``Info``):
                                      tries, next_attempt, last_error, state, mtime_ns,
                                      sent_at (+ source, supersedes: see below)
         .<id>.json.<rnd>.tmp         a sidecar being written (fsspec ``atomic_write``)
+        <rnd>.drop             0600  a tombstone: the ids ``remove_all`` is removing
 
 Every sidecar write goes to a temp file in the same directory, is fsynced, moved into place with
 ``os.replace`` and the directory is fsynced, so a sidecar on disk is always a whole one.
@@ -36,6 +37,13 @@ add forward, and data renamed away from under the open spool file took its later
 
 ``renamed`` writes the renamed sidecar with ``supersedes``, the ids of the entries its rename
 replaces, then removes those: ``reload`` drops any that a crash left, so the rename is one step.
+
+``remove_all`` removes several entries as one step (the versions of a file a close found
+XNAT already holds, ``tree.uploading``): it writes a tombstone naming them, atomically as a
+sidecar, then removes each (``remove``), then the tombstone.  A kill -9 before the
+tombstone's ``os.replace`` leaves every entry; after it, ``reload`` drops every entry the
+tombstone names that is still there, then the tombstone: none is left.  Removed one by one,
+a kill in between left some (the later versions), which the next mount uploaded.
 
 ``remove`` deletes the data file first, then the sidecar. So a sidecar without a data file whose
 ``source`` is gone is an interrupted remove (or an add whose source vanished) and ``reload``
@@ -109,8 +117,11 @@ _DATA = ".data"
 _SIDECAR = ".json"
 _TMP = ".tmp"
 _VERSION = 1
-#: sidecar key of a renamed entry: ids of the entries its rename replaced (``renamed``)
+#: sidecar key of a renamed entry: ids of the entries its rename replaced (``renamed``);
+#: also a tombstone's (``remove_all``)
 _SUPERSEDES = "supersedes"
+#: suffix of a tombstone: a JSON object whose ``supersedes`` names entries being removed
+_DROP = ".drop"
 _CHUNK = 1 << 20
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -212,6 +223,29 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+def _write_json(directory: str, final: str, doc: Mapping[str, Any]) -> None:
+    """Atomically replace the file ``final`` of the journal ``directory`` with ``doc`` (temp
+    file ``.<name>.<rnd>.tmp``, fsync, os.replace, fsync of the directory).  On OSError
+    the old file (if any) is intact and the temp file is gone."""
+    payload = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    name = os.path.basename(final)
+    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}{_TMP}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except OSError:
+        _unlink_quietly(tmp)
+        raise
+    _fsync_dir(directory)
+
+
 def _digest_fd(fd: int) -> "tuple[int, str]":
     """(size, md5 hex) of an open file, read from offset 0."""
     md5 = hashlib.md5(usedforsecurity=False)
@@ -265,23 +299,7 @@ class Journal:
         the directory). On OSError the old sidecar is intact and the temp file is gone."""
         doc = entry.to_json()
         doc.update(extra)
-        payload = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
-        final = self._sidecar_path(entry.id)
-        tmp = os.path.join(self.directory, f".{entry.id}{_SIDECAR}.{secrets.token_hex(4)}{_TMP}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-        try:
-            try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-        except OSError:
-            _unlink_quietly(tmp)
-            raise
-        _fsync_dir(self.directory)
+        _write_json(self.directory, self._sidecar_path(entry.id), doc)
 
     # ----------------------------------------------------------------------- index
     def _locked_insert(self, entry: Entry) -> None:
@@ -595,6 +613,35 @@ class Journal:
                 self._unsaved.discard(entry.id)
         log.debug("journal: removed %s (%s)", entry.id, entry.path)
 
+    def remove_all(self, entries: Sequence[Entry]) -> None:
+        """Remove ``entries`` as one step: after a kill -9 at any point the next ``reload``
+        finds all of them or none (module docstring: the tombstone, written first, is the
+        commit point).  One entry is one ``remove``, which is one step already.  An entry
+        whose removal fails after the tombstone is written leaves this journal's index all
+        the same (one line; its files go at the next ``reload``, the tombstone staying until
+        then); raises OSError only when the tombstone cannot be written, nothing removed."""
+        if len(entries) < 2:
+            for entry in entries:
+                self.remove(entry)
+            return
+        with self._write_lock:
+            tombstone = os.path.join(self.directory, secrets.token_hex(8) + _DROP)
+            _write_json(
+                self.directory, tombstone, {_SUPERSEDES: sorted(e.id for e in entries), "v": 1}
+            )
+            left = 0
+            for entry in entries:
+                try:
+                    self.remove(entry)
+                except OSError as exc:  # the tombstone drops it at the next reload
+                    log.warning("journal: removed entry %s stays on disk: %s", entry.id, exc)
+                    left += 1
+                    with self._lock:
+                        self._locked_drop(entry.id)
+            if not left:
+                _unlink_missing_ok(tombstone)
+                _fsync_dir(self.directory)
+
     def get(self, entry_id: str) -> Optional[Entry]:
         """The current version of an entry, or None if it is not (any longer) in the journal."""
         with self._lock:
@@ -655,7 +702,7 @@ class Journal:
                     log.info("journal: removing temp file %s left by a crash", name)
                     _unlink_quietly(os.path.join(self.directory, name))
             names = set(os.listdir(self.directory))
-            self._drop_superseded(names)
+            _drop_superseded(self.directory, names)
             orphans: List[str] = []
             for name in sorted(names):
                 if name.endswith(_SIDECAR):
@@ -671,19 +718,6 @@ class Journal:
         if found:
             log.info("journal %s: %d upload(s) to resume", self.directory, len(found))
         return found
-
-    def _drop_superseded(self, names: Set[str]) -> None:
-        """Remove the entries that a rename replaced (``renamed``) and a crash left on disk:
-        the renamed sidecar names them.  Caller holds self._write_lock."""
-        for entry_id in sorted(_superseded_ids(self.directory, names)):
-            if entry_id + _SIDECAR not in names and entry_id + _DATA not in names:
-                continue
-            log.info("journal: dropping %s, replaced by a rename a crash interrupted", entry_id)
-            _unlink_missing_ok(self._data_path(entry_id))
-            _unlink_missing_ok(self._sidecar_path(entry_id))
-            names.discard(entry_id + _DATA)
-            names.discard(entry_id + _SIDECAR)
-        _fsync_dir(self.directory)
 
     def _reload_sidecar(self, entry_id: str, names: Set[str], orphans: List[str]) -> None:
         """Rebuild one entry from its sidecar after a restart.  Caller holds self._write_lock.
@@ -817,11 +851,36 @@ def _unlink_missing_ok(path: str) -> None:
         pass
 
 
+def _drop_superseded(directory: str, names: Set[str]) -> None:
+    """Remove the entries that a rename replaced (``renamed``), or a ``remove_all`` was
+    removing, and a crash left on disk: the renamed sidecar, or the tombstone, names
+    them; then the tombstones.  Caller holds the journal's ``_write_lock``."""
+    for entry_id in sorted(_superseded_ids(directory, names)):
+        if entry_id + _SIDECAR not in names and entry_id + _DATA not in names:
+            continue
+        log.info(
+            "journal: dropping %s, replaced or removed by a step a crash interrupted",
+            entry_id,
+        )
+        _unlink_missing_ok(os.path.join(directory, entry_id + _DATA))
+        _unlink_missing_ok(os.path.join(directory, entry_id + _SIDECAR))
+        names.discard(entry_id + _DATA)
+        names.discard(entry_id + _SIDECAR)
+    _fsync_dir(directory)
+    tombstones = sorted(n for n in names if n.endswith(_DROP))
+    for name in tombstones:  # after the removals they name are durable
+        _unlink_missing_ok(os.path.join(directory, name))
+        names.discard(name)
+    if tombstones:
+        _fsync_dir(directory)
+
+
 def _superseded_ids(directory: str, names: Iterable[str]) -> Set[str]:
-    """Ids that the renamed sidecars among ``names`` say their renames replaced."""
+    """Ids that the renamed sidecars among ``names`` say their renames replaced, and that
+    the tombstones among them say a ``remove_all`` was removing."""
     found: Set[str] = set()
     for name in names:
-        if not name.endswith(_SIDECAR) or name.startswith("."):
+        if not name.endswith((_SIDECAR, _DROP)) or name.startswith("."):
             continue
         try:
             with open(os.path.join(directory, name), "rb") as fh:
