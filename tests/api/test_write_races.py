@@ -830,6 +830,22 @@ def test_rm_after_an_older_version_landed_does_not_answer_0_with_it_on_xnat(
         assert server_status(runtime, "landed.txt") == (200, b"version 2, longer\n")
 
 
+def test_rm_after_an_older_version_landed_and_another_client_removed_it_answers_0(make_runtime):
+    """--allow-delete; version 1 landed, then another XNAT client removed the file: rm's
+    DELETE of version 1 gets 404, which is the rm done (not ENOENT with the local version
+    kept), and version 2 goes with it."""
+    runtime = make_runtime(allow_delete=True)
+    writer = runtime.writer
+    path = f"{PROTOCOLS}/gone.txt"
+    older_version_landed(runtime, path)
+    r = requests.delete(f"{runtime.emu.url}{PROTOCOLS_URI}/gone.txt", auth=ADMIN, timeout=30)
+    assert r.status_code == 200, r.text
+    assert answer(lambda: writer.unlink(path)) == 0
+    assert writer.status() == []
+    assert server_status(runtime, "gone.txt")[0] == 404
+    assert "gone.txt" not in listed(runtime)
+
+
 @pytest.mark.parametrize("allow_delete", [False, True])
 def test_mv_after_an_older_version_landed_leaves_nothing_under_the_old_name(
     make_runtime, allow_delete

@@ -87,21 +87,23 @@ def _made_over(existing: NodeInfo, journal: Journal) -> Tuple[str, ...]:
     return tuple(d for d in dict.fromkeys(digests) if d)
 
 
-def _older_version_landed(path: str, allow_delete: bool) -> None:
-    """rm of a local file one of whose older versions XNAT confirmed while a newer one waits
-    (``LocalFile.older_landed``: before the rm, or while it waited for that upload,
-    ``Uploader.held``): the name is on XNAT now, with bytes the user had overwritten.  With
-    --allow-delete the rm removes it there too (then the local versions), as when the newest
-    version itself landed; without, this raises EACCES saying so, and nothing is dropped (the
-    newest version still goes over them).  Before, rm dropped the newest version and answered
-    0: the file it removed was on XNAT, with older bytes."""
+def _older_version_landed(path: str, allow_delete: bool, rename: bool = False) -> None:
+    """rm (or ``rename``) of a local file one of whose older versions XNAT confirmed while a
+    newer one waits (``LocalFile.older_landed``: before the call, or while it waited for
+    that upload, ``Uploader.held``): the name is on XNAT now, with bytes the user had
+    overwritten.  With --allow-delete the call deletes it there (``_delete_older``), as
+    when the newest version itself landed; without, this raises EACCES saying so, and
+    nothing is dropped or renamed (the newest version still goes over it).  Before, rm
+    dropped the newest version and answered 0, and a rename moved it and answered 0 (EXDEV
+    when it landed during its wait): XNAT kept the older bytes under the name."""
     if allow_delete:
         return
+    what = "renaming" if rename else "removing"
     raise OSError(
         errno.EACCES,
         "an older version of it reached XNAT (its upload went on in the background): "
-        "removing it there needs --allow-delete; the newest version is kept and still goes "
-        "to XNAT over it",
+        f"{what} it needs --allow-delete to delete it there; the newest version is kept "
+        "and still goes to XNAT over it under this name",
         path,
     )
 
@@ -154,7 +156,7 @@ class Namespace(XnatObjects):
                 confirmed = held is not None and current is None
                 if current is not None and self._older_landed(lf):  # before, or meanwhile
                     _older_version_landed(path, self.allow_delete)
-                    self._unlink_remote(path, parts)  # then its local versions go (below)
+                    self._delete_older(lf, path)  # then its local versions go (below)
                 local_version = current is not None or lf.dirty
                 if (
                     lf.target.is_file
@@ -441,7 +443,11 @@ class Namespace(XnatObjects):
                 raise self._on_xnat(old, "uploaded under its old name meanwhile")
             older = self._older_versions(current, old)
             if current is not None and self._older_landed(lf):
-                self._delete_landed(lf, old, new)
+                # the newest goes to the new name: nothing may stay under the old one.  A
+                # crash or failure after the DELETE leaves the rename not done (the newest
+                # pending under the old name)
+                _older_version_landed(old, self.allow_delete, rename=True)
+                self._delete_older(lf, old)
             # older versions of the old name (superseded by the one renamed; left queued
             # they uploaded under the old name), and the versions of what is renamed over:
             # they leave the journal with the renamed record's own write (Journal.renamed),
@@ -459,28 +465,20 @@ class Namespace(XnatObjects):
         with self._lock:
             return lf.older_landed
 
-    def _delete_landed(self, lf: LocalFile, old: str, new: str) -> None:
-        """A rename of ``lf``, an older version of which XNAT confirmed (before the rename,
-        or while it waited for that upload): XNAT has the old name, with bytes the user
-        overwrote since.  The newest version goes to the new name, so that one is deleted
-        there first (--allow-delete), as ``rm`` does: the rename leaves nothing under the old
-        name.  Without --allow-delete: EACCES, nothing changed (the newest version still goes
-        over it under the old name).  A crash or a failure after the DELETE leaves the
-        rename not done: the newest version pending under the old name, uploaded there.
-        Before, the rename answered 0 with the older bytes left on XNAT under the old name
-        (EXDEV when they landed during its wait).  Caller holds ``lf.io`` and its entry."""
-        if not self.allow_delete:
-            raise OSError(
-                errno.EACCES,
-                "an older version of it reached XNAT under this name (its upload went on in "
-                "the background): moving it needs --allow-delete to delete it there; "
-                "nothing renamed, the newest version still goes to XNAT under this name",
-                old,
-            )
-        self._unlink_remote(old, split_path(old))
+    def _delete_older(self, lf: LocalFile, path: str) -> None:
+        """Delete on XNAT the older version of ``lf`` it confirmed (``_older_version_landed``,
+        --allow-delete), under ``lf.io`` and its held entry, as rm does a file of XNAT's; one
+        another client removed meanwhile is gone already.  Caller holds both."""
+        try:
+            self._unlink_remote(path, split_path(path))
+        except NotFound:
+            log.info("%s: its older version on XNAT was gone already", path)
+            if lf.target.listing:
+                self.tree.invalidate(join_path(lf.target.listing))
+        else:
+            log.info("%s: the older version XNAT had confirmed is deleted there", path)
         with self._lock:
             lf.older_landed = False
-        log.info("mv %s %s: an older version was on XNAT under the old name: deleted", old, new)
 
     def _move_held(
         self,

@@ -352,6 +352,7 @@ class UploadPath(LocalOverlay):
             return False
         with self._lock:
             lf.entry = None
+            lf.older_landed = False  # XNAT holds this close's bytes: none older is shown
         return True
 
     def _listing_now(self, uri: str) -> Tuple[int, List[Any]]:
