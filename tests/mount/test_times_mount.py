@@ -357,3 +357,89 @@ def test_times_set_on_pending_files_survive_a_kill_and_the_upload(emu, make_moun
     )
     wait_for(lambda: mtimes_ns(dst2) == want, 10, what="the times after the upload")
     assert (dst2 / "a.txt").read_bytes() == files["a.txt"]
+
+
+#: times set on the mount in these tests: in the past, to the nanosecond
+FD_SET = 978_307_200_123_456_789  # 2001-01-01, set by futimens on the open descriptor
+PATH_SET = 978_393_600_987_654_321  # 2001-01-02, set by utime on the name while open
+AFTER_SET = 978_480_000_000_000_007  # 2001-01-03, set after close
+
+
+def write_fsync_date(path: Path, data: bytes, set_ns: int, by_fd: bool) -> None:
+    """open(O_WRONLY|O_CREAT), write, fsync (the upload is confirmed), the time set while
+    the file is still open (on its descriptor or by its name), close."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+        os.utime(fd if by_fd else path, ns=(set_ns, set_ns))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("checksums", [True, False], ids=["md5", "no-checksums"])
+def test_a_time_set_after_fsync_on_an_open_file_sticks(make_emulator, make_mount, checksums):
+    """open -> write -> fsync -> futimens/utime -> close: once the fsync'ed upload was
+    confirmed the time was kept in the open file's memory only and was gone at close (the
+    file showed its upload's time); without checksums it was not kept even until close.
+    Also: a time set after close sticks; all survive a remount; a change on XNAT wins."""
+    from tests.mount.helpers import put_file
+
+    emu = make_emulator(checksums=checksums)
+    m = make_mount(emu.url, "--listing-ttl", "1")
+    dst = new_resource(m, "SYNCED")
+    write_fsync_date(dst / "fd.txt", b"dated by fd\n", FD_SET, by_fd=True)
+    write_fsync_date(dst / "path.txt", b"dated by name\n", PATH_SET, by_fd=False)
+    (dst / "after.txt").write_bytes(b"dated after close\n")
+    os.utime(dst / "after.txt", ns=(AFTER_SET, AFTER_SET))
+    want = {"fd.txt": FD_SET, "path.txt": PATH_SET, "after.txt": AFTER_SET}
+    time.sleep(1.5)  # past the kernel's and the listing's caches: the mount's own answer
+    assert mtimes_ns(dst) == want
+    m.umount()
+    m2 = make_mount(emu.url, "--listing-ttl", "1", cache=m.cache)
+    dst2 = m2.path / SUBJ01 / "resources" / "SYNCED" / "files"
+    assert mtimes_ns(dst2) == want
+    uri = os.getxattr(dst2 / "fd.txt", "user.xnat.uri").decode()
+    put_file(emu.url, uri, b"other bytes from another client\n")  # XNAT's copy changes
+    wait_for(lambda: (dst2 / "fd.txt").stat().st_size == 32, 10, what="the new listing")
+    assert (dst2 / "fd.txt").stat().st_mtime_ns != FD_SET  # XNAT's time again
+    assert (dst2 / "path.txt").stat().st_mtime_ns == PATH_SET
+
+
+def test_times_set_on_pending_open_and_closed_files_stick_once_uploaded(
+    emu, make_mount, tmp_path
+):
+    """While XNAT refuses (503): a file fsync'ed (EIO, pending) and dated while still open,
+    closed once XNAT answers again (the close uploads it); and a file closed pending then
+    ``touch -d``'ed (the background retry uploads it).  Both keep their times after the
+    upload and across a remount."""
+    m = make_mount(emu.url)
+    dst = new_resource(m, "PENDING2")
+    os.listdir(dst)  # the listing is loaded before XNAT refuses
+    emu.faults.error_status = 503
+    emu.faults.error_rate = 1.0
+    try:
+        fd = os.open(dst / "open.txt", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"pending while open\n")
+        with pytest.raises(OSError):
+            os.fsync(fd)
+        os.utime(fd, ns=(FD_SET, FD_SET))
+        with contextlib.suppress(OSError):
+            with open(dst / "closed.txt", "wb") as fh:
+                fh.write(b"closed pending\n")
+        sh(["touch", "-m", "-d", "@978393600.987654321", str(dst / "closed.txt")])
+    finally:
+        emu.faults.error_rate = 0.0
+    os.close(fd)  # XNAT answers again: this close uploads it
+    want = {"open.txt": FD_SET, "closed.txt": PATH_SET}
+    assert mtimes_ns(dst) == want
+    uri = "/data/projects/DEMO1/subjects/SUBJ01/resources/PENDING2"
+    wait_for(
+        lambda: sorted(server_files(emu, uri)) == ["closed.txt", "open.txt"],
+        60,
+        what="the uploads",
+    )
+    wait_for(lambda: mtimes_ns(dst) == want, 10, what="the times after the upload")
+    m.umount()
+    m2 = make_mount(emu.url, cache=m.cache)
+    assert mtimes_ns(m2.path / SUBJ01 / "resources" / "PENDING2" / "files") == want

@@ -1,0 +1,56 @@
+"""A time set on a file still open after its fsync'ed upload was confirmed (``utimens`` on
+its descriptor or its name, then ``close``), through the runtime API against the emulator.
+Before: the open file kept the time in memory only (``LocalFile.mtime_ns``) and lost it at
+close, the file showing its upload's time; rsync, make and tar saw the file changed."""
+
+from __future__ import annotations
+
+import pytest
+
+PROTOCOLS = "/DEMO1/resources/protocols/files"
+#: a time in the past, to the nanosecond (rsync and make compare nanoseconds)
+SET_NS = 978_307_200_123_456_789
+
+
+def shown(rt, path: str) -> int:
+    rt.tree.invalidate(PROTOCOLS)
+    return rt.tree.mtime_ns(rt.tree.lookup(path))
+
+
+@pytest.mark.parametrize("checksums", [True, False], ids=["md5", "no-checksums"])
+def test_a_time_set_after_fsync_sticks_at_close_and_across_a_restart(runtimes, checksums):
+    make = runtimes
+    rt = make(emulator={"checksums": checksums})
+    path = f"{PROTOCOLS}/synced.txt"
+    handle = rt.writer.create(path)
+    handle.write(0, b"synced, then dated\n")
+    handle.fsync()  # XNAT confirmed the upload
+    assert not rt.writer.status()
+    rt.writer.set_mtime(path, SET_NS)
+    handle.close()
+    assert shown(rt, path) == SET_NS
+    rt.close()
+    rt = make()  # the next mount on the same cache
+    assert shown(rt, path) == SET_NS
+
+
+@pytest.mark.parametrize("checksums", [True, False], ids=["md5", "no-checksums"])
+def test_a_time_set_while_the_upload_is_being_confirmed_is_kept(make_runtime, checksums):
+    """The window between the check that confirmed an upload (``_landed``, which keeps the
+    file's time then) and the journal letting go of the entry: a time set there went into
+    the journal record only, dropped with it a moment later."""
+    rt = make_runtime(emulator={"checksums": checksums})
+    path = f"{PROTOCOLS}/window.txt"
+    writer = rt.writer
+    landed = writer._landed
+
+    def landed_then_dated(entry, listed):
+        landed(entry, listed)
+        writer.set_mtime(path, SET_NS)
+
+    writer._landed = landed_then_dated
+    handle = writer.create(path)
+    handle.write(0, b"dated in the window\n")
+    handle.close()
+    writer._landed = landed
+    assert shown(rt, path) == SET_NS
