@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.api.helpers import on_server
+
 PROTOCOLS = "/DEMO1/resources/protocols/files"
 #: a time in the past, to the nanosecond (rsync and make compare nanoseconds)
 SET_NS = 978_307_200_123_456_789
@@ -53,4 +55,24 @@ def test_a_time_set_while_the_upload_is_being_confirmed_is_kept(make_runtime, ch
     handle.write(0, b"dated in the window\n")
     handle.close()
     writer._landed = landed
+    assert shown(rt, path) == SET_NS
+
+
+def test_a_time_set_after_fsync_of_the_same_bytes_sticks_at_close(runtimes):
+    """The same bytes written over a file on XNAT (``O_TRUNC``), fsync'ed (nothing
+    uploaded: the write's time kept for XNAT's file), then dated while still open."""
+    make = runtimes
+    rt = make()
+    path = f"{PROTOCOLS}/README.txt"
+    node = rt.tree.lookup(path)
+    data = on_server(rt)
+    assert isinstance(data, bytes) and len(data) == node.size
+    handle = rt.writer.open_write(node, path, truncate=True)
+    handle.write(0, data)
+    handle.fsync()  # the same bytes as on XNAT: nothing uploaded
+    rt.writer.set_mtime(path, SET_NS)
+    handle.close()
+    assert shown(rt, path) == SET_NS
+    rt.close()
+    rt = make()
     assert shown(rt, path) == SET_NS

@@ -381,8 +381,9 @@ def write_fsync_date(path: Path, data: bytes, set_ns: int, by_fd: bool) -> None:
 def test_a_time_set_after_fsync_on_an_open_file_sticks(make_emulator, make_mount, checksums):
     """open -> write -> fsync -> futimens/utime -> close: once the fsync'ed upload was
     confirmed the time was kept in the open file's memory only and was gone at close (the
-    file showed its upload's time); without checksums it was not kept even until close.
-    Also: a time set after close sticks; all survive a remount; a change on XNAT wins."""
+    file showed its upload's time); so was one set after an fsync of the same bytes over
+    the file (nothing uploaded).  Also: a time set after close sticks; all survive a
+    remount; a change on XNAT wins."""
     from tests.mount.helpers import put_file
 
     emu = make_emulator(checksums=checksums)
@@ -393,6 +394,17 @@ def test_a_time_set_after_fsync_on_an_open_file_sticks(make_emulator, make_mount
     (dst / "after.txt").write_bytes(b"dated after close\n")
     os.utime(dst / "after.txt", ns=(AFTER_SET, AFTER_SET))
     want = {"fd.txt": FD_SET, "path.txt": PATH_SET, "after.txt": AFTER_SET}
+    if checksums:  # without MD5s the same bytes cannot be told (they need --allow-delete)
+        # the same bytes again over the uploaded file (O_TRUNC), fsync'ed: nothing uploaded
+        (dst / "same.txt").write_bytes(b"the same bytes\n")
+        fd = os.open(dst / "same.txt", os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, b"the same bytes\n")
+            os.fsync(fd)
+            os.utime(fd, ns=(PATH_SET, PATH_SET))
+        finally:
+            os.close(fd)
+        want["same.txt"] = PATH_SET
     time.sleep(1.5)  # past the kernel's and the listing's caches: the mount's own answer
     assert mtimes_ns(dst) == want
     m.umount()
@@ -406,9 +418,7 @@ def test_a_time_set_after_fsync_on_an_open_file_sticks(make_emulator, make_mount
     assert (dst2 / "path.txt").stat().st_mtime_ns == PATH_SET
 
 
-def test_times_set_on_pending_open_and_closed_files_stick_once_uploaded(
-    emu, make_mount, tmp_path
-):
+def test_times_set_on_pending_open_and_closed_files_stick_once_uploaded(emu, make_mount, tmp_path):
     """While XNAT refuses (503): a file fsync'ed (EIO, pending) and dated while still open,
     closed once XNAT answers again (the close uploads it); and a file closed pending then
     ``touch -d``'ed (the background retry uploads it).  Both keep their times after the
