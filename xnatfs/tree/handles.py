@@ -274,6 +274,7 @@ class HandleOps(UploadPath):
         """More writes after a commit: continue from the committed bytes, the journal's copy
         while it has one, else XNAT's.  Caller holds ``lf.io``."""
         lf.generation += 1  # XNAT's copy of the last upload is not the file's any more
+        lf.landed = None  # a time set now goes with the next commit, not to those bytes
         if lf.state == EMPTY:
             # a new file closed empty, written or truncated now: still new (never on XNAT,
             # nothing to continue from, nothing it replaces); the overlay forgets it as EMPTY

@@ -16,6 +16,7 @@ from xnatfs.tree.nodes import NodeInfo
 from xnatfs.tree.paths import PathParts, join_path
 from xnatfs.uploads import SpoolFile, UploadTarget
 from xnatfs.uploads.journal import Entry
+from xnatfs.xnat.models import FileEntry
 from xnatfs.xnat.parse import file_uri
 
 #: a LocalFile's state while the user writes it (before the journal has it); after that it
@@ -106,6 +107,14 @@ class LocalFile:
     #: moved the newest, XNAT showing the older bytes under the old name.  Cleared when a
     #: newer version lands, or a rename deletes it there
     older_landed: bool = False
+    #: the listing row of the bytes XNAT confirmed last (``UploadPath._landed``), while the
+    #: file has no newer bytes (a write after it clears it): a time set on the open file
+    #: then goes into the times index keyed by this row, as the upload's time was.  Before,
+    #: it stayed in ``mtime_ns`` only (the journal's record gone) and was lost at close
+    landed: Optional[FileEntry] = None
+    #: held while this file's time is put into the times index (``_landed`` and
+    #: ``set_mtime`` on two threads): the last write there is the latest time
+    stamping: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     #: removed (unlink, or a rename over it) while a handle was open: that handle still
     #: reads and writes its bytes (as POSIX's unlinked file), but nothing is uploaded or shown
     removed: bool = False

@@ -275,7 +275,9 @@ class UploadPath(LocalOverlay):
                 # what rsync, cp and make do when nothing changed: no upload, and no
                 # --allow-delete needed since nothing is destroyed; the write's time sticks
                 lf.dirty = False
-                self._remember_time(lf.replaces, lf.mtime_ns)
+                with self._lock:  # XNAT's row, as an upload's (a later utimens: set_mtime)
+                    lf.landed = lf.replaces.record
+                self._keep_landed_time(lf)
                 log.info("write %s: the same bytes as on XNAT: nothing uploaded", path)
                 return None
             # the bytes as opened but not XNAT's now (a version of this mount's, or another
@@ -557,23 +559,38 @@ class UploadPath(LocalOverlay):
         """XNAT has the bytes of ``entry`` as the listing row ``listed``: the time the file
         showed while local (its last write, or what ``utimens`` set) sticks to it, so that
         ``make`` and ``rsync -t`` see the time they expect, not the object's.  The file's
-        overlay entry keeps the MD5 confirmed (``LocalFile.uploaded_md5``), or, when a newer
+        overlay entry keeps the MD5 confirmed (``LocalFile.uploaded_md5``) and the row (a
+        time set while it is still open goes there too: ``set_mtime``), or, when a newer
         version of it still waits, that an older one is on XNAT (``LocalFile.older_landed``).
-        Both are set here, in the attempt, before the uploader lets the path go: an rm or
+        These are set here, in the attempt, before the uploader lets the path go: an rm or
         rename waiting for it (``Uploader.held``) sees them when its wait ends."""
         # the journal's record, not the uploader's copy: a utimens may have come since
         recorded = self.journal.get(entry.id) or entry
         with self._lock:
             lf = self._files.get(split_path(entry.path))
             mine = lf is not None and lf.entry is not None and lf.entry.id == entry.id
-            mtime_ns = lf.mtime_ns if mine and lf is not None else recorded.shown_mtime_ns
             if mine and lf is not None:
                 # known before the journal lets go of its copy (``_confirmed_size``)
                 lf.uploaded_md5 = entry.md5 or listed.digest
+                lf.landed = listed
                 lf.older_landed = False
             elif lf is not None and lf.entry is not None and lf.entry.seq > entry.seq:
                 lf.older_landed = True
-        self._keep_time(listed, mtime_ns, getattr(listed, "mtime", None))
+        if mine and lf is not None:
+            self._keep_landed_time(lf)
+        else:
+            self._keep_time(listed, recorded.shown_mtime_ns, getattr(listed, "mtime", None))
+
+    def _keep_landed_time(self, lf: LocalFile) -> None:
+        """The time of ``lf`` now, into the times index for the bytes XNAT confirmed
+        (``lf.landed``), if it has no newer ones.  Read and written under ``lf.stamping``:
+        a ``utimens`` racing the confirmation is the last time written, not overwritten by
+        the one ``_landed`` read before it."""
+        with lf.stamping:
+            with self._lock:
+                landed, mtime_ns = lf.landed, lf.mtime_ns
+            if landed is not None:
+                self._keep_time(landed, mtime_ns, getattr(landed, "mtime", None))
 
     def _remember_time(self, node: NodeInfo, mtime_ns: int) -> None:
         self._keep_time(node, mtime_ns, getattr(node.record, "mtime", None))
@@ -590,34 +607,37 @@ class UploadPath(LocalOverlay):
         on XNAT keeps it in the cache's times index; directories accept it and keep nothing
         (their times are XNAT's objects').  A pending file's time goes into its journal
         record too (``Journal.set_mtime``): kept in memory only, a restart before the upload
-        lost it (``cp -p`` or ``rsync -a`` while XNAT was down)."""
+        lost it (``cp -p`` or ``rsync -a`` while XNAT was down).  An open file whose bytes
+        XNAT confirmed (an fsync) keeps it in the times index, as the file on XNAT it is:
+        before, only in memory, lost at close (open, write, fsync, futimens, close)."""
         parts = split_path(path)
         with self._lock:
             lf = self._files.get(parts)
             if lf is not None:
                 lf.mtime_ns = mtime_ns
-                entry = lf.entry
+                entry, landed = lf.entry, lf.landed
         if lf is not None:
             if entry is not None:
                 self._record_mtime(lf, entry, mtime_ns)
+            if landed is not None:
+                self._keep_landed_time(lf)
             return
         node = self.tree.lookup(path)
         if node.kind is Kind.FILE and not node.prearchive and not node.is_dir:
             self._remember_time(node, mtime_ns)
 
     def _record_mtime(self, lf: LocalFile, entry: Entry, mtime_ns: int) -> None:
-        """The time of ``lf`` into its journal record ``entry``; when XNAT confirmed that one
-        just now (gone from the journal), into the times index with its bytes' identity, as
-        ``_landed`` would have had it a moment later.  A failed write (a full disk) keeps the
-        time in memory, for this mount, with one line, once a full disk had nothing more to
-        evict (``_with_room``; before, the first ENOSPC kept it in memory)."""
+        """The time of ``lf`` into its journal record ``entry``.  A record XNAT confirmed
+        meanwhile (gone from the journal) needs nothing here: its check (``_landed``) read
+        this time, or ``set_mtime`` found ``lf.landed`` and kept it.  Before, this put it in
+        the times index under the entry's MD5, which is "" until the upload (nothing kept)
+        and which a listing without MD5s never matches.  A failed write (a full disk) keeps
+        the time in memory, for this mount, with one line, once a full disk had nothing
+        more to evict (``_with_room``; before, the first ENOSPC kept it in memory)."""
         try:
             self._with_room(lambda: self.journal.set_mtime(entry.id, mtime_ns), _JOURNAL_ROOM)
         except KeyError:
-            if entry.md5 and lf.target.is_file:
-                times = getattr(self.tree, "times", None)
-                if times is not None:
-                    times.set(target_uri(lf.target), entry.size, entry.md5, mtime_ns)
+            pass
         except OSError as exc:
             log.warning(
                 "utimens %s: the time holds until unmount, not kept in the journal: %s",
