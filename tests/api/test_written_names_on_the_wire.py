@@ -7,9 +7,7 @@ with a query.  Through the runtime API, like ``test_no_checksums.py``."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import hashlib
 from urllib.parse import quote
 
 import pytest
@@ -19,6 +17,7 @@ from tests.api.helpers import PROTOCOLS, another_client_stores, faults, on_serve
 from tests.conftest import ADMIN
 from tests.helpers.waiting import wait_for
 from xnatfs.fs.errmap import errno_for
+from xnatfs.uploads.journal import DONE
 from xnatfs.xnat.errors import XnatTimeout
 
 #: ``plain.txt`` (the control: never broken) and names that need encoding in a URL.  Raw,
@@ -120,28 +119,28 @@ def test_writes_after_an_fsync_continue_from_this_files_bytes(make_runtime, name
 def test_a_time_set_as_the_upload_is_confirmed_sticks(make_runtime, monkeypatch, name):
     """A utimens that comes as XNAT confirms the upload (the journal let go of the entry, the
     writer not yet told) keeps the time in the times index, under the key the file's listing
-    row is looked up by (``UploadPath._record_mtime``).  Before, the key was the URI with the
-    name raw, never looked up for such a name: the file showed the time it was written, not
-    the one set (rsync -t and make saw it changed).  The window is made here by calling the
-    step the utimens takes in it, with the entry just confirmed."""
+    row is looked up by (the row that confirmed it, ``LocalFile.landed``).  Before, the key
+    was the URI with the name raw, never looked up for such a name: the file showed the time
+    it was written, not the one set (rsync -t and make saw it changed).  The window is made
+    here by a utimens just before the uploader tells the writer (``_on_change``)."""
     rt = make_runtime()
     path = f"{PROTOCOLS}/{name}"
-    added = []
-    add = rt.writer.journal.add
+    writer = rt.writer
+    tell = writer.uploader._on_change
+    dated = []
 
-    def adding(*args, **kwargs):
-        added.append(add(*args, **kwargs))
-        return added[-1]
+    def date_then_tell(entry):
+        if entry.state == DONE and not dated:
+            assert writer.journal.get(entry.id) is None  # XNAT has it: the journal let go
+            writer.set_mtime(path, SET_NS)
+            dated.append(entry.id)
+        tell(entry)
 
-    monkeypatch.setattr(rt.writer.journal, "add", adding)
-    handle = rt.writer.create(path)
+    monkeypatch.setattr(writer.uploader, "_on_change", date_then_tell)
+    handle = writer.create(path)
     handle.write(0, b"dated\n")
     handle.fsync()
-    (confirmed,) = added
-    assert rt.writer.journal.get(confirmed.id) is None  # XNAT has it: the journal let go
-    # the entry as the uploader told the writer of it while it ran: with its bytes' MD5
-    told = dataclasses.replace(confirmed, md5=hashlib.md5(b"dated\n").hexdigest())
-    rt.writer._record_mtime(rt.tree.lookup(path).local_file, told, SET_NS)
+    assert dated
     handle.close()
     rt.tree.invalidate(PROTOCOLS)
     node = rt.tree.lookup(path)
