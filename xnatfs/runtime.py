@@ -27,6 +27,7 @@ from xnatfs.cache.content import ContentCache, archive_object_uri
 from xnatfs.cache.meta import MetaCache
 from xnatfs.cache.times import TimesIndex
 from xnatfs.options import Options
+from xnatfs.private import open_cache_lock, private_dir
 from xnatfs.tree.tree import Tree
 from xnatfs.tree.writes import UploadsInUse, Writer
 from xnatfs.uploads.journal import journal_dir, read_entries, uploads_dir
@@ -34,35 +35,6 @@ from xnatfs.xnat.auth import Credentials
 from xnatfs.xnat.client import ClientOptions, XnatClient
 
 log = logging.getLogger(__name__)
-
-
-def private_dir(path: "os.PathLike[str] | str") -> str:
-    """Create ``path`` (and parents) and make it 0700: caches and journals are private.
-
-    A symbolic link at ``path`` or a folder another user owns is refused (``PermissionError``
-    naming it): ``makedirs(exist_ok=True)`` and ``chmod`` follow a link, so one planted at
-    ``<cache-dir>/logs`` had the mount (often root) change the mode of the link's target and
-    write its log there; and a folder someone else owns is theirs to change under us.  The mode
-    is set on the folder opened, not by path again."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
-            raise PermissionError(
-                errno.ELOOP, f"{path} is a symbolic link: refused (make it a folder of yours)"
-            ) from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if st.st_uid != os.geteuid():
-            raise PermissionError(
-                errno.EPERM, f"{path} is owned by uid {st.st_uid}, not by you: refused"
-            )
-        os.fchmod(fd, 0o700)
-    finally:
-        os.close(fd)
-    return str(path)
 
 
 class Runtime:
@@ -103,7 +75,7 @@ class Runtime:
         private_dir(o.cache_dir)
         # a shared lock for as long as the mount lives: ``xnatfs cache clear`` takes it
         # exclusively and so refuses while any mount uses this cache
-        self._lock_file = open(os.path.join(o.cache_dir, "lock"), "a+")  # noqa: SIM115
+        self._lock_file = open_cache_lock(o.cache_dir)
         fcntl.flock(self._lock_file, fcntl.LOCK_SH)
         self.client = XnatClient(
             o.url,

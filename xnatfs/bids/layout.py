@@ -49,6 +49,7 @@ from xnatfs.bids import convert, dataset, images, sidecar
 from xnatfs.bids.mapping import Dcm2BidsConfig, Mapper, unmatched_tsv
 from xnatfs.bids.source import Plan, PlannedScan, ScanFiles, Source, parallel
 from xnatfs.cache.content import ContentCache, ContentKey
+from xnatfs.private import private_dir
 from xnatfs.view.layout import BaseLayout, Children, Listing, Loaded, Opened, PathParts
 from xnatfs.view.node import Generated, NodeInfo, Record, Ref
 from xnatfs.view.paths import escape_name, unescape_name
@@ -120,8 +121,8 @@ class BidsLayout(BaseLayout):
         config = Dcm2BidsConfig.load(config_path) if config_path else None
         self.src = Source(client, content, Mapper(config=config))
         self.source = getattr(client, "base_url", "XNAT") + " (BIDS view)"
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        os.makedirs(os.path.join(cache_dir, "tmp"), mode=0o700, exist_ok=True)
+        private_dir(cache_dir)  # ours and 0700, or refused (``xnatfs.private``)
+        private_dir(os.path.join(cache_dir, "tmp"))
         self.converter = convert.Converter(
             max_running=max_conversions,
             timeout=conversion_timeout,

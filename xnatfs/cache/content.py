@@ -76,6 +76,7 @@ from xnatfs.cache.index import (  # noqa: F401
 )
 from xnatfs.cache.key import ARCHIVE, FILE, ContentKey, archive_object_uri, archive_uri
 from xnatfs.cache.stream import StreamHandle
+from xnatfs.private import refuse_planted_db
 
 #: one logger for the whole content cache, whichever part of it logs (what log filters name)
 log = logging.getLogger("xnatfs.cache.content")
@@ -148,6 +149,7 @@ class ContentCache(BulkFetches):
     def _open_index(self) -> None:
         """Open the index, cull it to ``size_limit`` (the limit may have shrunk since the last
         run) and read what it holds.  Caller holds ``_lock``."""
+        refuse_planted_db(os.path.join(self._index_dir, "cache.db"))  # SQLite follows links
         index = _Index(
             self._index_dir,
             size_limit=self.size_limit,

@@ -20,11 +20,10 @@ import diskcache
 from diskcache.core import MODE_BINARY
 
 from xnatfs.cache.download import digest_file
+from xnatfs.private import private_dir
 
 #: one logger for the whole content cache, whichever part of it logs (what log filters name)
 log = logging.getLogger("xnatfs.cache.content")
-
-_DIR_MODE = 0o700
 
 
 # -- storage: diskcache with adoption -------------------------------------------------------------
@@ -54,16 +53,14 @@ class _Index(diskcache.Cache):
     _folders: Optional[Set[str]] = None
 
     def _make_parents(self, name: str) -> None:
-        """Create the folder of ``name`` below the index (0700) unless it is known to exist."""
+        """Create the folder of ``name`` below the index (0700) unless it is known to exist; one
+        that is a link or another user's is refused (``xnatfs.private``)."""
         if self._folders is None:
             self._folders = set()
         folder = os.path.dirname(name)
         if folder in self._folders:
             return
-        try:
-            os.mkdir(os.path.join(self.directory, folder), _DIR_MODE)
-        except FileExistsError:
-            pass
+        private_dir(os.path.join(self.directory, folder))
         self._folders.add(folder)
 
     def _move_in(self, name: str, path: str, full: str) -> None:
@@ -292,7 +289,7 @@ def set_index_aside(index_dir: str, tag: str) -> None:
     says which file is which (the cache is a copy of XNAT; they are fetched again)."""
     aside = f"{index_dir}.damaged-{tag}"
     os.rename(index_dir, aside)
-    os.makedirs(index_dir, mode=_DIR_MODE, exist_ok=True)
+    private_dir(index_dir)
     shutil.rmtree(aside, ignore_errors=True)
 
 

@@ -20,6 +20,8 @@ import logging
 import os
 from typing import Dict, Optional
 
+from xnatfs.private import private_dir
+
 #: one logger for the whole content cache, whichever part of it logs (what log filters name)
 log = logging.getLogger("xnatfs.cache.content")
 
@@ -35,7 +37,7 @@ class PartialOwners:
         self._partials = partial_dir
         self.tag = tag
         self._fd: Optional[int] = None
-        os.makedirs(owners_dir, mode=0o700, exist_ok=True)
+        private_dir(owners_dir)
 
     def _lock_path(self, tag: str) -> str:
         return os.path.join(self._owners, tag + _LOCK)

@@ -24,11 +24,11 @@ from xnatfs.cache.index import _Index, stored_name
 from xnatfs.cache.key import ARCHIVE, ContentKey
 from xnatfs.cache.partials import PartialOwners
 from xnatfs.cache.stream import IDLE_LIMIT
+from xnatfs.private import private_dir
 
 #: one logger for the whole content cache, whichever part of it logs (what log filters name)
 log = logging.getLogger("xnatfs.cache.content")
 
-_DIR_MODE = 0o700
 #: insertions between two reads of the real index volume (another mount may share the index)
 _VOLUME_SYNC = 64
 #: bytes of cached files evicted at least when a user's write meets a full disk
@@ -72,9 +72,10 @@ class ContentStore:
         self._stop_transfers = stop_transfers
         self._index_dir = os.path.join(self.directory, "index")
         self._partial_dir = os.path.join(self.directory, "partial")
+        # ours and 0700, or refused: a link or another user's folder planted here was
+        # followed/adopted, and the mount cached XNAT's bytes in it (``xnatfs.private``)
         for path in (self.directory, self._index_dir, self._partial_dir):
-            os.makedirs(path, mode=_DIR_MODE, exist_ok=True)
-            os.chmod(path, _DIR_MODE)
+            private_dir(path)
 
         self._index: Optional[_Index] = None
         self._index_lock = threading.Lock()

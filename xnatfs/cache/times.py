@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 from xnatfs.cache.index import damaged
+from xnatfs.private import NotPrivate, private_file, refuse_planted_db
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class TimesIndex:
         is and runs from memory, with one WARNING (module docstring)."""
         try:
             db, rows = self._open()
+        except NotPrivate:
+            raise  # planted by someone else: the mount refuses to start (one line)
         except (sqlite3.Error, OSError) as exc:
             if isinstance(exc, sqlite3.DatabaseError) and damaged(exc) and _retry:
                 # a damaged file loses only remembered times (XNAT's show instead)
@@ -108,8 +111,9 @@ class TimesIndex:
 
     def _open(self) -> "tuple[sqlite3.Connection, list]":
         """A connection to ``times.db`` and its rows; raises what SQLite or the OS raise."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.close(fd)
+        # a link or another user's file there is refused, not followed (``xnatfs.private``)
+        os.close(private_file(self.path))
+        refuse_planted_db(self.path)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
         try:
             db.execute("PRAGMA journal_mode=WAL")

@@ -16,7 +16,19 @@ from xnatfs.options import default_cache_dir, parse_size
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    """``xnatfs cache usage|prune|clear|verify|prefetch``."""
+    """``xnatfs cache usage|prune|clear|verify|prefetch``; a cache folder whose ``lock`` or
+    content folders another user could have planted is refused in one line
+    (``xnatfs.private``)."""
+    from xnatfs.private import NotPrivate
+
+    try:
+        return _cache_command(args)
+    except NotPrivate as exc:
+        raise UsageError(f"cache folder: {exc.strerror}") from None
+
+
+def _cache_command(args: argparse.Namespace) -> int:
+    """``cmd_cache``, unguarded."""
     if args.cache_command == "prefetch":
         return _prefetch(args.paths, args.threads)
     if args.cache_command == "verify":
@@ -35,7 +47,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     cache_dir = Path(args.cache_dir or default_cache_dir()).expanduser()
     if not (cache_dir / "content").is_dir():
         raise UsageError(f"no xnatfs cache at {cache_dir}")
-    lock = open(cache_dir / "lock", "a+")  # noqa: SIM115 - held for the whole command
+    from xnatfs.private import open_cache_lock
+
+    lock = open_cache_lock(cache_dir)  # held for the whole command; a planted link refused
     try:
         exclusive = args.cache_command == "clear"
         try:

@@ -27,13 +27,13 @@ log = logging.getLogger("xnatfs")
 
 def _log_file(args: argparse.Namespace, options: Options, mountpoint: str) -> Path:
     """``--log-file``, else ``<cache-dir>/logs/<mountpoint>.log``."""
-    from xnatfs.runtime import private_dir
+    from xnatfs.private import private_dir
 
     if args.log_file:
         return Path(args.log_file)
     try:
         # the cache folder first: one of another user's is refused before anything is made
-        # in it (runtime.private_dir)
+        # in it (xnatfs.private)
         private_dir(options.cache_dir)
         logs = Path(private_dir(options.cache_dir / "logs"))
     except OSError as exc:
@@ -231,7 +231,8 @@ def run_foreground(
     try:
         runtime.start()
     except PermissionError as exc:
-        # a cache folder that is a link or another user's (runtime.private_dir): one line
+        # a folder or file under the cache folder that is a link or another user's
+        # (xnatfs.private): one line
         runtime.close()
         raise UsageError(f"cache folder: {exc.strerror or exc}") from None
     except Exception as exc:

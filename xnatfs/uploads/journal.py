@@ -63,8 +63,8 @@ sees half an update. Entries of the same mount ``path`` are versions of one file
 The sidecar's ``target`` is an :class:`~xnatfs.uploads.target.UploadTarget` written as the
 plain JSON object of earlier versions (``UploadTarget.to_json``), so their sidecars still load.
 
-This module imports nothing from the rest of xnatfs except ``uploads.spool`` and
-``uploads.target``.
+This module imports nothing from the rest of xnatfs except ``uploads.spool``,
+``uploads.target`` and ``private``.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Union
 
+from xnatfs.private import private_dir
 from xnatfs.uploads.spool import SpoolFile
 from xnatfs.uploads.target import UploadTarget
 
@@ -111,7 +112,6 @@ FAILED = "failed"
 DONE = "done"
 STATES = (PENDING, UPLOADING, FAILED, DONE)
 
-_DIR_MODE = 0o700
 _FILE_MODE = 0o600
 _DATA = ".data"
 _SIDECAR = ".json"
@@ -275,8 +275,8 @@ class Journal:
     def __init__(self, directory: PathLike) -> None:
         #: the journal directory (created 0700; local I/O only, nothing started)
         self.directory = os.path.abspath(os.fspath(directory))
-        os.makedirs(self.directory, mode=_DIR_MODE, exist_ok=True)
-        os.chmod(self.directory, _DIR_MODE)
+        # ours and 0700, or refused: a link planted here was followed (``xnatfs.private``)
+        private_dir(self.directory)
         self._write_lock = threading.RLock()
         self._lock = threading.Lock()
         self._entries: Dict[str, Entry] = {}  # id -> newest version

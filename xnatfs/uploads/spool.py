@@ -29,22 +29,18 @@ import stat
 import threading
 from typing import Callable, List, Optional, Set, Union
 
+from xnatfs.private import private_dir
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Spool", "SpoolFile", "SPOOL_SUFFIX"]
 
 #: Suffix of every spool file (``leftovers()`` looks for it).
 SPOOL_SUFFIX = ".spool"
-_DIR_MODE = 0o700
 _FILE_MODE = 0o600
 _COPY_CHUNK = 1 << 20
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-def _make_private_dir(directory: str) -> None:
-    os.makedirs(directory, mode=_DIR_MODE, exist_ok=True)
-    os.chmod(directory, _DIR_MODE)  # makedirs' mode is filtered by the umask / an old dir
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -213,7 +209,7 @@ class Spool:
     def __init__(self, directory: PathLike) -> None:
         #: the spool directory (created 0700; local I/O only, nothing started)
         self.directory = os.path.abspath(os.fspath(directory))
-        _make_private_dir(self.directory)
+        private_dir(self.directory)  # ours and 0700, or refused (``xnatfs.private``)
         self._lock = threading.Lock()
         self._open: Set[str] = set()
 

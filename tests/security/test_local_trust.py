@@ -1,0 +1,172 @@
+"""Local trust (docs/SECURITY.md, "Files on this machine"): every private folder the mount makes
+under its cache folder, the files it opens there by name, the upload journal's sidecars and the
+config file are refused when another local user could have planted or may change them.
+
+Found in review: ``<cache>/content`` (and ``bids/tmp``, ``content/owners``,
+``uploads/journal``) were made with ``makedirs(exist_ok=True)`` + ``chmod`` by name, so a
+symbolic link there was followed and another user's folder adopted: a root mount cached
+XNAT's bytes in a folder of uid 65534.  ``<cache>/lock`` and ``<cache>/times.db`` were opened
+by name, following a link: root made the link's target in another user's folder.  A sidecar
+without a data file had its ``source`` *moved* into the journal and queued for upload, whatever
+file it named.  The config file was refused only when it held a password and had group/other
+bits: a 0666 file chose the CA bundle TLS was checked against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+import pytest
+
+from tests.conftest import ADMIN
+from xnatfs.cache.content import ContentCache
+from xnatfs.options import Options
+from xnatfs.runtime import Runtime
+from xnatfs.uploads.journal import Journal
+from xnatfs.uploads.spool import Spool
+from xnatfs.xnat.auth import Credentials
+
+NOBODY = 65534
+URL = "https://xnat.example.org"
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (another user's folder)")
+
+
+def _theirs(tmp_path):
+    """A folder of another user that anyone may write (where a planted link points)."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    os.chmod(theirs, 0o777)
+    return theirs
+
+
+def _plant(at, theirs, how: str) -> None:
+    """A symbolic link to ``theirs`` (or to a name not made yet in it) at ``at``, or a folder
+    of another user there."""
+    at.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if how == "symlink":
+        os.symlink(theirs, at)
+    elif how == "dangling":
+        os.symlink(theirs / "not-yet", at)
+    else:
+        at.mkdir()
+        os.chown(at, NOBODY, NOBODY)
+
+
+def _no_fetch(uri, sink):
+    raise AssertionError("no fetch expected")
+
+
+# ------------------------------------------------------------------ private folders
+@root_only
+@pytest.mark.parametrize("how", ["symlink", "dangling", "foreign"])
+@pytest.mark.parametrize("sub", ["content", "content/index", "content/partial", "content/owners"])
+def test_a_planted_content_folder_is_refused(tmp_path, how, sub):
+    theirs = _theirs(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    _plant(cache / sub, theirs, how)
+    with pytest.raises(PermissionError, match=re.escape(str(cache / sub))):
+        cc = ContentCache(str(cache / "content"), size_limit=1 << 20, fetch=_no_fetch)
+        cc.start()
+        cc.close()
+    assert os.listdir(theirs) == []
+    assert os.lstat(theirs).st_mode & 0o777 == 0o777  # their folder's mode is not changed
+
+
+@root_only
+@pytest.mark.parametrize("how", ["symlink", "foreign"])
+@pytest.mark.parametrize("sub", ["bids", "bids/tmp", "bids/content"])
+def test_a_planted_bids_folder_is_refused(tmp_path, how, sub):
+    from types import SimpleNamespace
+
+    from xnatfs.bids.layout import BidsLayout
+
+    theirs = _theirs(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    _plant(cache / sub, theirs, how)
+    client = SimpleNamespace(base_url=URL)
+    with pytest.raises(PermissionError, match=re.escape(str(cache / sub))):
+        layout = BidsLayout(client, None, str(cache / "bids"), cache_size=1 << 20)
+        layout.bundles.close()
+    assert os.listdir(theirs) == []
+
+
+@root_only
+@pytest.mark.parametrize("how", ["symlink", "foreign"])
+@pytest.mark.parametrize("sub", ["journal", "spool"])
+def test_a_planted_upload_folder_is_refused(tmp_path, how, sub):
+    theirs = _theirs(tmp_path)
+    uploads = tmp_path / "cache" / "uploads"
+    uploads.mkdir(parents=True, mode=0o700)
+    _plant(uploads / sub, theirs, how)
+    make = Journal if sub == "journal" else Spool
+    with pytest.raises(PermissionError, match=re.escape(str(uploads / sub))):
+        make(uploads / sub)
+    assert os.listdir(theirs) == []
+
+
+def test_a_private_folder_of_ours_that_is_too_open_is_made_private(tmp_path):
+    """Our own folder with a wide mode (an older version, a umask) is fixed, not refused."""
+    uploads = tmp_path / "uploads"
+    (uploads / "journal").mkdir(parents=True, mode=0o777)
+    os.chmod(uploads / "journal", 0o777)
+    Journal(uploads / "journal")
+    assert os.stat(uploads / "journal").st_mode & 0o777 == 0o700
+
+
+# ------------------------------------------------------------------ files opened by name
+@pytest.mark.parametrize("name", ["lock", "times.db", "times.db-wal"])
+def test_a_planted_link_in_the_cache_folder_is_not_followed(make_emulator, tmp_path, name):
+    emu = make_emulator()
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = elsewhere / f"made-by-the-mount-{name}"
+    os.symlink(target, cache / name)
+    rt = Runtime(
+        Options(url=emu.url, cache_dir=cache, prefetch=0, read_only=True), Credentials(*ADMIN)
+    )
+    try:
+        with pytest.raises(PermissionError, match="symbolic link"):
+            rt.start()
+    finally:
+        rt.close()
+    assert not target.exists()
+
+
+@root_only
+@pytest.mark.parametrize("name", ["lock", "times.db"])
+def test_a_file_of_another_user_in_the_cache_folder_is_refused(make_emulator, tmp_path, name):
+    emu = make_emulator()
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    (cache / name).write_bytes(b"")
+    os.chown(cache / name, NOBODY, NOBODY)
+    rt = Runtime(
+        Options(url=emu.url, cache_dir=cache, prefetch=0, read_only=True), Credentials(*ADMIN)
+    )
+    try:
+        with pytest.raises(PermissionError, match=f"owned by uid {NOBODY}"):
+            rt.start()
+    finally:
+        rt.close()
+
+
+def test_the_cache_command_does_not_follow_a_planted_lock(tmp_path):
+    from xnatfs.commands.cache import cmd_cache
+    from xnatfs.commands.common import UsageError
+
+    cache = tmp_path / "cache"
+    (cache / "content").mkdir(parents=True, mode=0o700)
+    os.chmod(cache, 0o700)
+    target = tmp_path / "made-by-cache-usage"
+    os.symlink(target, cache / "lock")
+    with pytest.raises(UsageError, match=f"{re.escape(str(cache / 'lock'))} is a symbolic link"):
+        cmd_cache(argparse.Namespace(cache_command="usage", cache_dir=str(cache)))
+    assert not target.exists()
