@@ -15,6 +15,7 @@ bits: a 0666 file chose the CA bundle TLS was checked against.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 
@@ -26,6 +27,7 @@ from xnatfs.options import Options
 from xnatfs.runtime import Runtime
 from xnatfs.uploads.journal import Journal
 from xnatfs.uploads.spool import Spool
+from xnatfs.uploads.target import UploadTarget
 from xnatfs.xnat.auth import Credentials
 
 NOBODY = 65534
@@ -117,6 +119,70 @@ def test_a_private_folder_of_ours_that_is_too_open_is_made_private(tmp_path):
     os.chmod(uploads / "journal", 0o777)
     Journal(uploads / "journal")
     assert os.stat(uploads / "journal").st_mode & 0o777 == 0o700
+
+
+# ------------------------------------------------------------------ the journal's sidecars
+TARGET = UploadTarget(kind="file", resource_uri="/data/projects/THEIRS/resources/R", relpath="k")
+
+
+def _planted_sidecar(jdir, source) -> str:
+    entry_id = "0000000000000001-aaaaaaaaaaaa"
+    doc = {
+        "id": entry_id,
+        "target": TARGET.to_json(),
+        "path": "/THEIRS/resources/R/files/k",
+        "size": 10,
+        "md5": "",
+        "state": "pending",
+        "source": str(source),
+        "v": 1,
+    }
+    (jdir / f"{entry_id}.json").write_text(json.dumps(doc))
+    return entry_id
+
+
+@pytest.mark.parametrize("where", ["outside", "link_in_spool", "dot_dot_out_of_spool"])
+def test_a_sidecar_cannot_take_a_file_from_outside_the_spool(tmp_path, where):
+    """A sidecar with no data file is an interrupted add only when its ``source`` is a file of
+    the spool beside the journal; any other file it names stays where it is, is not queued,
+    and the sidecar is kept aside (``.bad``), not deleted."""
+    private = tmp_path / "root-only"
+    private.mkdir(mode=0o700)
+    victim = private / "secret.key"
+    victim.write_bytes(b"root's key")
+    uploads = tmp_path / "cache" / "uploads"
+    spool = Spool(uploads / "spool")
+    jdir = uploads / "journal"
+    Journal(jdir)
+    source = {
+        "outside": victim,
+        "link_in_spool": uploads / "spool" / "x.spool",
+        "dot_dot_out_of_spool": f"{uploads}/spool/../../../root-only/secret.key",
+    }[where]
+    if where == "link_in_spool":
+        os.symlink(victim, source)
+    entry_id = _planted_sidecar(jdir, source)
+    entries = Journal(jdir).reload()
+    assert entries == []
+    assert victim.read_bytes() == b"root's key"
+    assert sorted(os.listdir(jdir)) == [f"{entry_id}.json.bad"]
+    assert os.path.isdir(spool.directory)
+
+
+def test_an_interrupted_add_from_the_spool_is_still_completed(tmp_path):
+    """The genuine case: the Writer's layout (``uploads/spool``, ``uploads/journal``), an add
+    cut after its sidecar was written and before its rename: ``reload`` completes it."""
+    uploads = tmp_path / "cache" / "uploads"
+    spool = Spool(uploads / "spool")
+    j = Journal(uploads / "journal")
+    f = spool.create()
+    f.write(0, b"half added")
+    entry = j.add(f, TARGET, "/P/resources/R/files/k")
+    os.rename(entry.data_path, f.path)  # as if the crash came before the rename
+    assert Journal(uploads / "journal").reload() == [entry]
+    assert not os.path.exists(f.path)
+    with open(entry.data_path, "rb") as fh:
+        assert fh.read() == b"half added"
 
 
 # ------------------------------------------------------------------ files opened by name

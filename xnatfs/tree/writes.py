@@ -103,7 +103,7 @@ class Writer(Namespace):
         self.temp_delay = temp_delay
         self.empty_ttl = empty_ttl
         self.spool = Spool(os.path.join(directory, "spool"))
-        self.journal = Journal(journal_dir(directory))
+        self.journal = Journal(journal_dir(directory), spool_dir=self.spool.directory)
         # workers and backoff: the --upload-* settings (xnatfs/settings.py)
         self.uploader = Uploader(
             self.journal,

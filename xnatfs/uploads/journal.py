@@ -45,6 +45,13 @@ tombstone's ``os.replace`` leaves every entry; after it, ``reload`` drops every 
 tombstone names that is still there, then the tombstone: none is left.  Removed one by one,
 a kill in between left some (the later versions), which the next mount uploaded.
 
+Whose file: a sidecar's ``source`` is taken only when it is a file of this mount's spool
+(``Journal.spool_dir``; a regular file of ours with one link, named with no ``..`` out of it).
+A sidecar put in the journal by anyone else named any file the mount's user could rename, and
+``reload`` moved it in and uploaded it to the resource the sidecar chose.  A sidecar naming any
+other file that exists is kept aside as ``.bad`` with a warning, and nothing is moved.  The
+journal folder itself must be ours (``xnatfs.private``).
+
 ``remove`` deletes the data file first, then the sidecar. So a sidecar without a data file whose
 ``source`` is gone is an interrupted remove (or an add whose source vanished) and ``reload``
 drops it: no bytes are lost that way. A data file without a sidecar cannot come from our own
@@ -77,6 +84,7 @@ import logging
 import os
 import posixpath
 import secrets
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -216,6 +224,19 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _in_spool(source: str, spool_dir: str) -> bool:
+    """True when ``source`` names a regular file of ours, with one link, right in ``spool_dir``
+    (by its name: no ``..`` out of it, not a symbolic link)."""
+    path = os.path.normpath(source)
+    if not os.path.isabs(path) or os.path.dirname(path) != spool_dir:
+        return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -272,9 +293,12 @@ class Journal:
     Call ``reload()`` once at start, before the uploader runs.
     """
 
-    def __init__(self, directory: PathLike) -> None:
+    def __init__(self, directory: PathLike, spool_dir: Optional[PathLike] = None) -> None:
         #: the journal directory (created 0700; local I/O only, nothing started)
         self.directory = os.path.abspath(os.fspath(directory))
+        #: the ``Spool``'s folder (default: ``spool`` beside the journal, as in ``tree/writes``):
+        #: the only one ``reload`` completes an interrupted add from (``_complete_add``)
+        self.spool_dir = os.path.abspath(spool_dir or os.path.join(self.directory, "../spool"))
         # ours and 0700, or refused: a link planted here was followed (``xnatfs.private``)
         private_dir(self.directory)
         self._write_lock = threading.RLock()
@@ -744,30 +768,9 @@ class Journal:
             orphans.append(entry_id)
             return
         if entry_id + _DATA not in names:
-            source = doc.get("source")
-            if isinstance(source, str) and os.path.isfile(source):
-                log.info(
-                    "journal: completing interrupted add of %s (%s) from %s",
-                    entry_id,
-                    entry.path,
-                    source,
-                )
-                try:
-                    self._move_in(source, data_path)
-                except OSError as exc:  # leave both for the next reload; the bytes are safe
-                    log.warning(
-                        "journal: cannot complete the add of %s from %s: %s", entry_id, source, exc
-                    )
-                    return
-                names.add(entry_id + _DATA)
-            else:
-                log.info(
-                    "journal: dropping entry %s (%s): no data file (interrupted remove)",
-                    entry_id,
-                    entry.path,
-                )
-                _unlink_missing_ok(sidecar)
+            if not self._complete_add(entry, doc.get("source"), orphans):
                 return
+            names.add(entry_id + _DATA)
         if entry.state == DONE:
             _unlink_missing_ok(data_path)
             _unlink_missing_ok(sidecar)
@@ -791,6 +794,39 @@ class Journal:
                 log.warning("journal: cannot update sidecar of %s: %s", entry_id, exc)
         with self._lock:
             self._locked_insert(entry)
+
+    def _complete_add(self, entry: Entry, source: Any, orphans: List[str]) -> bool:
+        """True once an ``add`` a crash interrupted (a sidecar, no data file) has its bytes
+        moved in from ``source``, taken only from the spool (module docstring, "Whose file").
+        Caller holds self._write_lock."""
+        sidecar = self._sidecar_path(entry.id)
+        if not isinstance(source, str) or not os.path.lexists(source):
+            log.info(
+                "journal: dropping entry %s (%s): no data file (interrupted remove)",
+                entry.id,
+                entry.path,
+            )
+            _unlink_missing_ok(sidecar)
+            return False
+        if not _in_spool(source, self.spool_dir):
+            log.warning(
+                "journal: sidecar %s names %s, not a file of the spool %s: not taken, kept as .bad",
+                sidecar,
+                source,
+                self.spool_dir,
+            )
+            os.replace(sidecar, sidecar + ".bad")
+            orphans.append(entry.id)
+            return False
+        log.info(
+            "journal: completing interrupted add of %s (%s) from %s", entry.id, entry.path, source
+        )
+        try:
+            self._move_in(source, entry.data_path)
+        except OSError as exc:  # leave both for the next reload; the bytes are safe
+            log.warning("journal: cannot complete the add of %s from %s: %s", entry.id, source, exc)
+            return False
+        return True
 
     def _keep_orphan_data(self, entry_id: str, reason: str) -> Entry:
         """Make a failed entry of a data file that has no sidecar. Caller holds _write_lock."""
