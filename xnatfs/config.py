@@ -21,8 +21,9 @@ The keys are the long options of ``xnatfs mount`` with ``_`` for ``-`` (see :dat
 4. the built-in defaults (the table of ``xnatfs/settings.py``).
 
 Every problem is a :class:`ConfigError` whose message is one line naming the file (and line
-where TOML tells it) and the fix; nothing is logged here, the command line prints it.  A file
-holding a password must be private (``chmod 600``), like a netrc.
+where TOML tells it) and the fix; nothing is logged here, the command line prints it.  The
+file must be the user's (or root's) and not writable by group or others; one holding a
+password must be private (``chmod 600``), like a netrc (:func:`_check_trusted`).
 
 Imports only ``xnatfs.settings`` (the keys, their types and defaults); no I/O beyond reading
 the one file.
@@ -229,8 +230,8 @@ def load_config(
 
     ``path`` (``--config``) or ``$XNATFS_CONFIG`` name a file that must exist.  Raises
     :class:`ConfigError` for a file that cannot be read, malformed TOML (file and line), an
-    unknown table or key, a value of the wrong type, and a file holding a password that group or
-    others may access.
+    unknown table or key, a value of the wrong type, a file holding a password that group or
+    others may access, and a file another user owns or group or others may write.
     """
     explicit = path is not None or bool(env.get(ENV_CONFIG))
     file = Path(
@@ -272,12 +273,58 @@ def load_config(
             )
 
     holds_password = "password" in defaults or any("password" in t for t in servers.values())
-    if holds_password and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    _check_trusted(file, st, holds_password)
+    return ConfigFile(path=file, defaults=defaults, servers=servers)
+
+
+def _check_trusted(file: Path, st: os.stat_result, holds_password: bool) -> None:
+    """Refuse a config file someone else could change, or one whose password others may read.
+
+    It chooses the server, the CA bundle TLS is checked against, the netrc and the cache
+    folder: a file another user may write (or owns, and so may chmod) could point the mount
+    at their own CA and catch the password at the first login.  So a regular file must be
+    owned by the user (the effective uid, as the daemon's cache folder) or by root (a system
+    file, ``/etc``), and not writable by others, nor by its group unless that is the owner's
+    own (``_owners_own_group``); one holding a password must also not be readable by group
+    or others (``chmod 600``, like a netrc).  Not a regular file
+    (``XNATFS_CONFIG=/dev/null``: no config) has nothing to check.  One line names the
+    file and the fix."""
+    mode = stat.S_IMODE(st.st_mode)
+    if holds_password and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
             f"{file} holds a password but group or others may access it "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}): run chmod 600 {file}"
+            f"(mode {mode:04o}): run chmod 600 {file}"
         )
-    return ConfigFile(path=file, defaults=defaults, servers=servers)
+    if not stat.S_ISREG(st.st_mode):
+        return
+    me = os.geteuid()
+    if st.st_uid not in (me, 0):
+        raise ConfigError(
+            f"config file {file} is owned by uid {st.st_uid}, not by you (uid {me}) or root: "
+            f"refused, its owner could change what it sets; run chown {me} {file} "
+            "(or use a config file of your own)"
+        )
+    if mode & stat.S_IWOTH or (mode & stat.S_IWGRP and not _owners_own_group(st)):
+        raise ConfigError(
+            f"config file {file} may be written by group or others (mode {mode:04o}): "
+            f"refused, they could change the server, CA bundle or netrc it sets; "
+            f"run chmod go-w {file}"
+        )
+
+
+def _owners_own_group(st: os.stat_result) -> bool:
+    """True when the file's group is its owner's primary group and has no other member (a
+    user-private group, as ``umask 002`` distributions make): writable by that group is
+    writable by the owner alone (Debian's OpenSSH accepts it the same way)."""
+    import grp
+    import pwd
+
+    try:
+        owner = pwd.getpwuid(st.st_uid)
+        group = grp.getgrgid(st.st_gid)
+    except KeyError:
+        return False
+    return owner.pw_gid == st.st_gid and set(group.gr_mem) <= {owner.pw_name}
 
 
 def _toml_message(exc: Exception) -> str:

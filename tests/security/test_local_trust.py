@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import ADMIN
 from xnatfs.cache.content import ContentCache
+from xnatfs.config import ConfigError, load_config
 from xnatfs.options import Options
 from xnatfs.runtime import Runtime
 from xnatfs.uploads.journal import Journal
@@ -236,3 +237,67 @@ def test_the_cache_command_does_not_follow_a_planted_lock(tmp_path):
     with pytest.raises(UsageError, match=f"{re.escape(str(cache / 'lock'))} is a symbolic link"):
         cmd_cache(argparse.Namespace(cache_command="usage", cache_dir=str(cache)))
     assert not target.exists()
+
+
+# ------------------------------------------------------------------ the config file
+@root_only
+def test_a_config_owned_by_another_user_is_refused(tmp_path):
+    f = tmp_path / "config.toml"
+    f.write_text('[defaults]\nuser = "me"\npassword = "s3cret"\n')
+    os.chmod(f, 0o600)
+    os.chown(f, NOBODY, NOBODY)
+    with pytest.raises(ConfigError, match=f"{re.escape(str(f))}.*owned by uid {NOBODY}.*chown"):
+        load_config(f, env={})
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o646, 0o602])
+def test_a_config_others_may_write_is_refused(tmp_path, mode):
+    f = tmp_path / "config.toml"
+    f.write_text(f'[servers."{URL}"]\nca_bundle = "/tmp/evil-ca.pem"\nallow_delete = true\n')
+    os.chmod(f, mode)
+    with pytest.raises(ConfigError, match=f"{re.escape(str(f))}.*chmod go-w"):
+        load_config(f, env={})
+
+
+@root_only
+def test_a_config_writable_by_a_group_of_others_is_refused(tmp_path):
+    f = tmp_path / "config.toml"
+    f.write_text(f'[servers."{URL}"]\nallow_delete = true\n')
+    os.chown(f, 0, NOBODY)  # nogroup: not root's own group
+    os.chmod(f, 0o664)
+    with pytest.raises(ConfigError, match="chmod go-w"):
+        load_config(f, env={})
+
+
+def test_a_config_writable_by_the_owners_own_group_is_accepted(tmp_path):
+    """``umask 002`` (user-private groups): group-writable by a group that is the owner's
+    primary group with no other member is writable by the owner alone."""
+    import grp
+    import pwd
+
+    me = pwd.getpwuid(os.geteuid())
+    if set(grp.getgrgid(me.pw_gid).gr_mem) - {me.pw_name}:
+        pytest.skip("our primary group has other members")
+    f = tmp_path / "config.toml"
+    f.write_text(f'[servers."{URL}"]\nallow_delete = true\n')
+    os.chown(f, me.pw_uid, me.pw_gid)
+    os.chmod(f, 0o664)
+    assert load_config(f, env={}).servers
+
+
+def test_a_readable_config_without_a_password_is_still_accepted(tmp_path):
+    f = tmp_path / "config.toml"
+    f.write_text(f'[servers."{URL}"]\nallow_delete = true\n')
+    os.chmod(f, 0o644)
+    assert load_config(f, env={}).servers
+
+
+def test_a_system_config_owned_by_root_is_accepted(tmp_path, monkeypatch):
+    """``/etc``-style: a root-owned file nobody else may write is trusted by every user."""
+    f = tmp_path / "config.toml"
+    f.write_text(f'[servers."{URL}"]\nallow_delete = true\n')
+    os.chmod(f, 0o644)
+    if os.stat(f).st_uid != 0:
+        pytest.skip("needs a file owned by root")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert load_config(f, env={}).servers
