@@ -187,18 +187,16 @@ def test_an_interrupted_add_from_the_spool_is_still_completed(tmp_path):
 
 
 # ------------------------------------------------------------------ files opened by name
-@pytest.mark.parametrize("name", ["lock", "times.db", "times.db-wal"])
+@pytest.mark.parametrize("name", ["lock", "times.db", "times.db-wal", "uploads/lock"])
 def test_a_planted_link_in_the_cache_folder_is_not_followed(make_emulator, tmp_path, name):
     emu = make_emulator()
     cache = tmp_path / "cache"
-    cache.mkdir(mode=0o700)
+    (cache / "uploads").mkdir(parents=True, mode=0o700)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    target = elsewhere / f"made-by-the-mount-{name}"
+    target = elsewhere / f"made-by-the-mount-{name.replace('/', '-')}"
     os.symlink(target, cache / name)
-    rt = Runtime(
-        Options(url=emu.url, cache_dir=cache, prefetch=0, read_only=True), Credentials(*ADMIN)
-    )
+    rt = Runtime(Options(url=emu.url, cache_dir=cache, prefetch=0), Credentials(*ADMIN))
     try:
         with pytest.raises(PermissionError, match="symbolic link"):
             rt.start()

@@ -37,6 +37,7 @@ import time
 from typing import IO, Any, Dict, List, Optional, Tuple
 
 from xnatfs import settings
+from xnatfs.private import private_file
 from xnatfs.tree.handles import WriteHandle
 from xnatfs.tree.local import (
     ARCHIVE_SUFFIXES,
@@ -159,7 +160,8 @@ class Writer(Namespace):
         self.uploader.start()
 
     def _lock_uploads(self) -> None:
-        lock = open(self._uploads_lock_path, "a+")  # noqa: SIM115 - held until close()
+        # held until close(); a link or another user's file there is refused (xnatfs.private)
+        lock = os.fdopen(private_file(self._uploads_lock_path, os.O_RDWR), "r+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
