@@ -19,99 +19,21 @@ from __future__ import annotations
 import errno
 import os
 import random
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote, urlsplit
 
-import pytest
 import requests
 
 from tests.conftest import ADMIN, needs_fuse
 from tests.helpers.waiting import wait_for
+from tests.mount.conftest import needs_nginx
 from tests.mount.helpers import hash_files, md5, put_file
 
-NGINX = shutil.which("nginx") or (
-    "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
-)
-pytestmark = [
-    needs_fuse,
-    pytest.mark.skipif(
-        NGINX is None,
-        reason="NGINX MISSING: the cache-proxy tests need Debian's nginx package "
-        "(scripts/install.sh installs it)",
-    ),
-]
+pytestmark = [needs_fuse, needs_nginx]
 
 ALICE = ("alice", "alice-pw")
 FILES = "DEMO2/resources/SHARED/files"
 N_FILES = 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def cache_proxy(tmp_path):
-    """Factory: ``cache_proxy(emulator_url)`` -> the URL mounts use; stopped after the test."""
-    procs = []
-
-    def start(upstream: str) -> str:
-        port = _free_port()
-        with open(tmp_path / "cache-proxy.out", "ab") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "xnatfs",
-                    "cache-proxy",
-                    "--upstream",
-                    upstream,
-                    "--port",
-                    str(port),
-                    "--cache-dir",
-                    str(tmp_path / "proxy-cache"),
-                    "--run-dir",
-                    str(tmp_path / "proxy-run"),
-                    "--cache-size",
-                    "1G",
-                    # as root, nginx workers run as www-data, which cannot enter pytest's 0700
-                    # temp dirs; the test runs them as the test's own user
-                    *(["--worker-user", "root"] if os.geteuid() == 0 else []),
-                ],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        procs.append(proc)
-
-        def up() -> bool:
-            assert proc.poll() is None, (tmp_path / "cache-proxy.out").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for(up, 30, "the cache proxy to listen")
-        return f"http://127.0.0.1:{port}{urlsplit(upstream).path}"
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        assert proc.returncode == 0, (tmp_path / "cache-proxy.out").read_text()
 
 
 def _file_gets(records, since: int = 0):
