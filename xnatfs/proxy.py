@@ -280,9 +280,35 @@ def prepare(cfg: ProxyConfig) -> Path:
         # started as root, the workers run unprivileged: nginx chowns the cache and temp
         # directories to them, but they must be able to pass through the run directory
         os.chmod(cfg.run_dir, 0o711)
+    for log_name in LOGS:
+        _private_file(os.path.join(cfg.run_dir, log_name))
     conf = Path(cfg.run_dir) / "nginx.conf"
     conf.write_text(text, encoding="utf-8")
     return conf
+
+
+#: nginx's logs in the run directory: the access log names every file every user read
+LOGS = ("access.log", "error.log")
+
+#: the umask nginx runs with: what it creates (pid file, a log it makes anew) is its own user's
+#: only; the workers' cache and temp files are 0600 in 0700 folders whatever the umask
+NGINX_UMASK = 0o077
+
+
+def _private_file(path: str) -> None:
+    """Create ``path`` mode 0600 (or make an existing one so), never through a link: started as
+    root, nginx creates its logs 0644 and the run directory is 0711 for the workers, so any
+    local user could read them.  The workers write the logs through descriptors the master
+    opened, so they need no access to the files themselves."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:  # ELOOP: a symbolic link there
+        raise ProxyError(f"cannot make the log {path} private: {exc.strerror}") from exc
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def command(nginx: str, cfg: ProxyConfig, conf: Path) -> List[str]:
@@ -297,7 +323,9 @@ def run(cfg: ProxyConfig, out=sys.stderr) -> int:
     nginx = find_nginx()
     conf = prepare(cfg)
     cmd = command(nginx, cfg, conf)
-    check = subprocess.run(cmd + ["-t", "-q"], capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        cmd + ["-t", "-q"], capture_output=True, text=True, timeout=60, umask=NGINX_UMASK
+    )
     if check.returncode != 0:
         raise ProxyError(
             "nginx refused the generated configuration: "
@@ -309,7 +337,7 @@ def run(cfg: ProxyConfig, out=sys.stderr) -> int:
         file=out,
         flush=True,
     )
-    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent, umask=NGINX_UMASK)
 
     def stop(signum: int, _frame: object) -> None:
         if proc.poll() is None:

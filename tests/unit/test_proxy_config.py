@@ -126,6 +126,25 @@ def test_nginx_accepts_the_generated_config(tmp_path, variant):
     )
 
 
+def test_prepare_makes_the_logs_private(tmp_path):
+    """The access log names every file every user read: 0600 from the start, an old one made
+    so, a link there refused (the run directory is 0711 when started as root)."""
+    cfg = _cfg(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "error.log").write_text("old\n")
+    os.chmod(run / "error.log", 0o644)
+    proxy.prepare(cfg)
+    for name in proxy.LOGS:
+        assert os.stat(run / name).st_mode & 0o777 == 0o600, name
+    assert (run / "error.log").read_text() == "old\n"  # kept, only its mode changed
+    os.unlink(run / "access.log")
+    os.symlink(tmp_path / "elsewhere", run / "access.log")
+    with pytest.raises(proxy.ProxyError, match="private"):
+        proxy.prepare(cfg)
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_print_config_needs_no_nginx_and_touches_nothing(tmp_path):
     res = subprocess.run(
         [
