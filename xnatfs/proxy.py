@@ -23,8 +23,11 @@ What the generated configuration does, and why each part is safe:
   error (EIO, one log line) and never passes such bytes on, and its next listing has the new key.
 * **Nothing per-user is cached.**  Listings, login (``/data/JSESSION``, ``/data/services/auth``),
   uploads, deletes and zips pass through (``proxy_buffering off``, so they stream).  Cached
-  answers are stored and served without ``Set-Cookie`` (``proxy_ignore_headers`` +
-  ``proxy_hide_header``), and the key holds no cookie: one user's session never reaches another.
+  answers are stored and served without ``Set-Cookie``, and the key holds no cookie: one user's
+  session never reaches another.  nginx writes an answer's headers into the cache file as the
+  upstream sent them (``proxy_hide_header`` hides them from the client only), so the cache
+  fetches through a second hop, a server on a Unix socket in the run directory that drops
+  ``Set-Cookie`` first: no session id is ever written to the cache's disk.
 * **One download per file.**  ``proxy_cache_lock`` makes concurrent misses for the same key wait
   for the first one, so N nodes reading the same new file cost XNAT one download (plus N HEADs).
 
@@ -40,6 +43,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -136,6 +140,7 @@ def render(cfg: ProxyConfig) -> str:
     if not _HOST.fullmatch(cfg.bind):
         raise ProxyError(f"--bind wants an address or host name, not {cfg.bind!r}")
     listen_host = f"[{cfg.bind}]" if ":" in cfg.bind else cfg.bind
+    hop_socket = _q(hop_socket_path(cfg))[1:-1]  # checked like a quoted value, used bare
     ssl = ""
     if cfg.tls_cert:
         ssl = (
@@ -192,6 +197,14 @@ http {{
         keepalive 64;
     }}
 
+    # the cache's way to XNAT: the second hop below, which drops Set-Cookie before the answer
+    # reaches the cache (proxy_hide_header only hides a header from the client: nginx writes
+    # the upstream's header block into the cache file as it came, session id included)
+    upstream xnat_no_cookie {{
+        server unix:{hop_socket};
+        keepalive 64;
+    }}
+
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     proxy_set_header Host {host_header};
@@ -218,7 +231,7 @@ http {{
             # XNAT said no (401/403, or 404/5xx which auth_request reports as 500): ask XNAT
             # itself, uncached, so the user gets XNAT's own answer
             error_page 401 403 500 = @direct;
-            proxy_pass {scheme}://xnat;
+            proxy_pass http://xnat_no_cookie;
             proxy_cache xnatfs;
             proxy_cache_key $request_uri;
             # entries are refreshed daily: a bound on how long an entry stored under a digest
@@ -254,8 +267,65 @@ http {{
             proxy_pass {scheme}://xnat$request_uri;
         }}
     }}
+
+    # the second hop of cached answers (from @cached only; a socket in the run directory, in
+    # a folder of the workers' own): XNAT's answer without Set-Cookie, so that no session id
+    # is ever written into a cache file
+    server {{
+        listen unix:{hop_socket};
+        access_log off;
+        location / {{
+            proxy_pass {scheme}://xnat;
+            proxy_hide_header Set-Cookie;
+            proxy_buffering off;
+        }}
+    }}
 }}
 """
+
+
+#: the folder of the second hop's socket in the run directory (its workers' own)
+HOP_DIR = "hop"
+#: longest path of a Unix socket (sun_path holds 108 bytes with the final NUL)
+_SUN_PATH_MAX = 107
+
+
+def hop_socket_path(cfg: ProxyConfig) -> str:
+    """The second hop's socket (``render``): ``<run-dir>/hop/xnat.sock``."""
+    path = os.path.join(cfg.run_dir, HOP_DIR, "xnat.sock")
+    if len(path.encode()) > _SUN_PATH_MAX:
+        raise ProxyError(
+            f"--run-dir {cfg.run_dir!r} is too long for the socket {path!r} (at most "
+            f"{_SUN_PATH_MAX} bytes): choose a shorter one"
+        )
+    return path
+
+
+def _prepare_hop(cfg: ProxyConfig) -> None:
+    """The second hop's folder: 0700, its workers' (nginx's master makes the socket in it and
+    the workers connect to it); a socket left by a proxy killed before it could remove it
+    is removed (nginx would not start: address in use)."""
+    sock = hop_socket_path(cfg)
+    folder = os.path.dirname(sock)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ProxyError(f"{folder} is not a folder")
+    user = cfg.worker_user.split()[0] if cfg.worker_user else ""
+    if user and user != "root":
+        import pwd
+
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError as exc:
+            raise ProxyError(f"--worker-user {user!r}: no such user") from exc
+        os.chown(folder, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+    os.chmod(folder, 0o700)  # a folder (lstat above), in the private run directory
+    try:
+        if stat.S_ISSOCK(os.lstat(sock).st_mode):
+            os.unlink(sock)
+    except FileNotFoundError:
+        pass
 
 
 def find_nginx() -> str:
@@ -280,6 +350,7 @@ def prepare(cfg: ProxyConfig) -> Path:
         # started as root, the workers run unprivileged: nginx chowns the cache and temp
         # directories to them, but they must be able to pass through the run directory
         os.chmod(cfg.run_dir, 0o711)
+    _prepare_hop(cfg)
     for log_name in LOGS:
         _private_file(os.path.join(cfg.run_dir, log_name))
     conf = Path(cfg.run_dir) / "nginx.conf"

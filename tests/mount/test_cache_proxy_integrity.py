@@ -47,6 +47,32 @@ def _root(proxy: str) -> str:
     return "http://" + urlsplit(proxy).netloc
 
 
+def test_no_session_id_in_the_proxy_cache(make_emulator, cache_proxy, tmp_path):
+    emu = make_emulator()
+    data = os.urandom(50_000)
+    put_file(emu.url, f"/data/projects/{FILES}/secret.bin", data)
+    proxy = cache_proxy(emu.url)
+    url = f"{_root(proxy)}{_listed_uri(emu.url, 'secret.bin')}?xnatfs_md5={md5(data)}"
+    r = requests.get(url, auth=ADMIN, timeout=30)
+    assert r.status_code == 200 and r.content == data
+    assert r.headers.get("X-Xnatfs-Cache") == "MISS" and "Set-Cookie" not in r.headers
+    # XNAT did set a session cookie (a Basic-auth request): the cache must not have kept it
+    direct = requests.get(emu.url + _listed_uri(emu.url, "secret.bin"), auth=ADMIN, timeout=30)
+    assert "JSESSIONID" in direct.headers.get("Set-Cookie", "")
+    r = requests.get(url, auth=ADMIN, timeout=30)
+    assert r.headers.get("X-Xnatfs-Cache") == "HIT" and r.content == data
+    assert "Set-Cookie" not in r.headers
+    files = [os.path.join(d, f) for d, _s, fs in os.walk(tmp_path / "proxy-cache") for f in fs]
+    assert files, "nothing cached"
+    found = []
+    for name in files:
+        with open(name, "rb") as f:
+            blob = f.read()
+        if b"JSESSIONID" in blob or b"Set-Cookie" in blob:
+            found.append((name, [ln for ln in blob.split(b"\r\n") if b"Cookie" in ln]))
+    assert not found, f"session ids stored in the proxy's cache files: {found}"
+
+
 @pytest.fixture
 def reachable_dir():
     """A folder nginx's unprivileged workers can enter (pytest's temp dirs are 0700 root);

@@ -53,6 +53,12 @@ def test_config_has_the_safety_parts(tmp_path):
         "listen 127.0.0.1:18080;",
     ):
         assert needle in text, needle
+    # what the cache stores comes through a second hop that drops Set-Cookie (nginx keeps the
+    # upstream's headers in the cache file as they came: hiding them is for the client only)
+    cached = text[text.index("location @cached") : text.index("location @direct")]
+    assert "proxy_pass http://xnat_no_cookie;" in cached
+    hop = text[text.index(f"listen unix:{tmp_path}/run/hop/xnat.sock;") :]
+    assert "proxy_hide_header Set-Cookie;" in hop and "proxy_cache " not in hop
     # nothing per user in the key, and the pass-through locations store nothing
     assert "$http_cookie" not in text and "$http_authorization" not in text
     assert text.count("proxy_cache xnatfs;") == 1
@@ -76,6 +82,8 @@ def test_refuses_bad_input(tmp_path):
         proxy.render(proxy.make_config("http://x", 1, str(tmp_path / 'a";b'), 1, run_dir="/r"))
     with pytest.raises(proxy.ProxyError):
         proxy.render(_cfg(tmp_path, tls_cert="/c.pem"))
+    with pytest.raises(proxy.ProxyError, match="too long for the socket"):
+        proxy.render(proxy.make_config("http://x", 1, "/c", 1, run_dir="/r" + "/run" * 30))
 
 
 @needs_nginx
