@@ -19,8 +19,12 @@ What the generated configuration does, and why each part is safe:
   parameters, §1.2).  A file that changes on XNAT has a new digest, hence a new key.  Requests
   without a well-formed digest (checksums off on the server) are passed through uncached.  If a
   file changes between a mount's listing and its download, the new bytes can be stored under the
-  old digest's key; every mount checks each download against the listed MD5, so it reports an
-  error (EIO, one log line) and never passes such bytes on, and its next listing has the new key.
+  old digest's key (and anyone can store such an entry on purpose, by asking with a digest the
+  file does not have).  Such bytes never reach a reader: every answer of the cache says where it
+  came from (``X-Xnatfs-Cache``: HIT from the disk, MISS/EXPIRED/BYPASS from XNAT), a mount
+  serves bytes from the disk only after its MD5 check of the whole file, and refetches a file
+  that failed it with ``X-Xnatfs-Refresh: 1``, which makes nginx ask XNAT again and replace the
+  entry (``proxy_cache_bypass``; after XNAT's authorization, and nothing else bypasses).
 * **Nothing per-user is cached.**  Listings, login (``/data/JSESSION``, ``/data/services/auth``),
   uploads, deletes and zips pass through (``proxy_buffering off``, so they stream).  Cached
   answers are stored and served without ``Set-Cookie``, and the key holds no cookie: one user's
@@ -49,11 +53,32 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Mapping, Optional
 from urllib.parse import urlsplit
 
 #: the download parameter that carries the listed MD5 (kept equal to tree.DIGEST_PARAM)
 DIGEST_PARAM = "xnatfs_md5"
+
+#: what nginx adds to every answer of the caching location: its cache status; HIT (and any
+#: status but the ones in ``_LIVE``) means the bytes come from its disk
+CACHE_HEADER = "X-Xnatfs-Cache"
+#: a mount's refetch of a file whose answer from the cache failed its size or MD5 check:
+#: ``X-Xnatfs-Refresh: 1`` makes nginx ask XNAT (after XNAT's authorization, as always) and
+#: store XNAT's answer in place of the entry; nothing else (Cache-Control, Pragma) does
+REFRESH_HEADER = "X-Xnatfs-Refresh"
+#: cache statuses of an answer fetched from XNAT for this request, not read from the disk
+_LIVE = frozenset({"MISS", "EXPIRED", "BYPASS"})
+
+
+def stored_answer(headers: Mapping[str, str]) -> Optional[bool]:
+    """Did this answer come from a cache proxy's disk (True), through its cache from XNAT
+    (False), or not through its cache at all (None)?  ``headers``: the answer's, looked up
+    case-insensitively (requests' headers are)."""
+    status = headers.get(CACHE_HEADER)
+    if status is None:
+        return None
+    return status.strip().upper() not in _LIVE
+
 
 #: Debian's package that has nginx with the auth_request module (``nginx -V``)
 NGINX_PACKAGE = "nginx"
@@ -192,6 +217,13 @@ http {{
         default 0;
     }}
 
+    # a mount's refetch after an answer from the cache failed its size or MD5 check (exactly
+    # "X-Xnatfs-Refresh: 1"; nothing else skips the cache): ask XNAT, store its answer anew
+    map $http_x_xnatfs_refresh $xnatfs_refresh {{
+        "1" 1;
+        default 0;
+    }}
+
     upstream xnat {{
         server {hostport};
         keepalive 64;
@@ -237,6 +269,9 @@ http {{
             # entries are refreshed daily: a bound on how long an entry stored under a digest
             # the file did not have (the listing/download race) can cost its readers an EIO
             proxy_cache_valid 200 1d;
+            # ... or at once by a mount whose check failed: XNAT's answer replaces the entry
+            proxy_cache_bypass $xnatfs_refresh;
+            proxy_set_header X-Xnatfs-Refresh "";
             # the key has no Accept-Encoding: store and serve XNAT's identity bytes only
             proxy_set_header Accept-Encoding "";
             proxy_set_header Host {host_header};   # (a location's own proxy_set_header

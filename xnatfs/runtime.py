@@ -19,13 +19,15 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
-from xnatfs import __version__
+from xnatfs import __version__, proxy
 from xnatfs.bids.layout import MOUNT_NAME, BidsLayout
 from xnatfs.cache.content import ContentCache, archive_object_uri
+from xnatfs.cache.download import AttemptSink
 from xnatfs.cache.meta import MetaCache
 from xnatfs.cache.times import TimesIndex
+from xnatfs.layouts.xnat.layout import uncached_uri
 from xnatfs.options import Options
 from xnatfs.private import open_cache_lock, private_dir
 from xnatfs.tree.tree import Tree
@@ -171,9 +173,28 @@ class Runtime:
         self.tree.attach_overlay(self.writer)
 
     def _fetch(self, uri: str, sink: Any) -> None:
-        """The content cache's way to the network for files (it never sees the client)."""
+        """The content cache's way to the network for files (it never sees the client).  A
+        cache proxy between the mount and XNAT (``xnatfs cache-proxy``) is told what the sink
+        asks (``AttemptSink``: a refetch past its entry, or a stream past its cache) and its
+        answers are reported to the sink, which then holds back bytes from the proxy's disk
+        until their verdict.  Without a proxy, only a stream's URL differs: XNAT reads neither
+        the digest parameter nor the proxy's header."""
         assert self.client is not None
-        self.client.download(uri, sink)
+        if not isinstance(sink, AttemptSink):
+            self.client.download(uri, sink)
+            return
+
+        def on_headers(headers: Mapping[str, str]) -> None:
+            stored = proxy.stored_answer(headers)
+            if stored is not None:
+                sink.answered(stored)
+
+        self.client.download(
+            uncached_uri(uri) if sink.uncached else uri,
+            sink,
+            headers={proxy.REFRESH_HEADER: "1"} if sink.fresh else None,
+            on_headers=on_headers,
+        )
 
     def _fetch_archive(self, uri: str, sink: Any) -> None:
         """... and for archives (keys of kind ARCHIVE, bulk zips): ``uri`` is one that

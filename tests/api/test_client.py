@@ -294,6 +294,34 @@ def test_download_matches_digest(client: XnatClient) -> None:
     assert client.stats["bytes_in"] > 0
 
 
+def test_download_tells_its_answers_headers_before_the_first_byte(client: XnatClient) -> None:
+    """``headers`` go with the GET, ``on_headers`` hears the answer's before any byte reaches
+    the sink (a cache proxy speaks through them, ``Runtime._fetch``); what it raises ends the
+    download before a byte was taken."""
+    res = next(r for r in client.list_resources("/data/projects/DEMO1") if r.label == "protocols")
+    f = client.list_files(res.uri)[0]
+    events: List[str] = []
+    client.download(
+        f.uri,
+        lambda b: events.append("bytes"),
+        headers={"X-Xnatfs-Refresh": "1"},
+        on_headers=lambda h: events.append("headers:" + h.get("content-length", "?")),
+    )
+    assert events[0] == f"headers:{f.size}" and set(events[1:]) == {"bytes"}
+
+    class Refused(Exception):
+        pass
+
+    def refuse(headers: object) -> None:
+        raise Refused()
+
+    got: List[bytes] = []
+    with pytest.raises(Refused):
+        client.download(f.uri, got.append, on_headers=refuse)
+    assert got == [] and client.limiter["in_flight"] == 0  # closed: its slot given back
+    assert client.download(f.uri, got.append).size == f.size
+
+
 def test_download_missing_file(client: XnatClient) -> None:
     with pytest.raises(errors.NotFound):
         client.download("/data/projects/DEMO1/resources/protocols/files/nope.txt", lambda b: None)

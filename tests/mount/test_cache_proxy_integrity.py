@@ -24,10 +24,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, needs_fuse
 from tests.helpers.waiting import wait_for
 from tests.mount.conftest import needs_nginx
-from tests.mount.helpers import md5, put_file
+from tests.mount.helpers import hash_files, md5, put_file
 
 pytestmark = needs_nginx
 
@@ -45,6 +45,73 @@ def _listed_uri(emu_url: str, name: str) -> str:
 
 def _root(proxy: str) -> str:
     return "http://" + urlsplit(proxy).netloc
+
+
+@needs_fuse
+@pytest.mark.parametrize("cache_size", ["1M", "10G"])  # streamed / cached download
+def test_a_poisoned_entry_never_reaches_read(make_emulator, make_mount, cache_proxy, cache_size):
+    emu = make_emulator()
+    v1 = b"V1" * (12 << 20)  # 24 MiB (with 1M: larger than the mount's cache, streamed)
+    v2 = b"XX" * (12 << 20)
+    uri = f"/data/projects/{FILES}/big.bin"
+    proxy = cache_proxy(emu.url)
+    # v2 on XNAT while a reader still asks with v1's digest (a stale listing, or on purpose):
+    # the proxy stores v2's bytes under v1's key
+    put_file(emu.url, uri, v2)
+    poisoned = f"{_root(proxy)}{_listed_uri(emu.url, 'big.bin')}?xnatfs_md5={md5(v1)}"
+    r = requests.get(poisoned, auth=ADMIN, timeout=60)
+    assert r.status_code == 200 and r.headers.get("X-Xnatfs-Cache") == "MISS"
+    assert r.content == v2
+    # XNAT goes back to v1: its listing says md5(v1), the proxy's entry for it holds v2
+    put_file(emu.url, uri, v1)
+    m = make_mount(proxy, "--bulk-zip", "0", "--cache-size", cache_size, "--prefetch", "0")
+    path = m.path / FILES / "big.bin"
+    with open(path, "rb") as f:
+        head = f.read(64)
+    assert head == v1[:64], f"read() returned {head[:16]!r}..., XNAT has {v1[:16]!r}..."
+    assert hash_files([str(path)]) == {str(path): [md5(v1), len(v1)]}
+    if cache_size == "10G":
+        # the mount's refetch replaced the proxy's entry: every reader now gets v1 from it
+        r = requests.get(poisoned, auth=ADMIN, timeout=60)
+        assert r.headers.get("X-Xnatfs-Cache") == "HIT" and r.content == v1
+
+
+def test_only_the_refresh_header_makes_the_proxy_ask_xnat_again(make_emulator, cache_proxy):
+    emu = make_emulator()
+    old, new = os.urandom(40_000), os.urandom(40_000)
+    uri = f"/data/projects/{FILES}/r.bin"
+    put_file(emu.url, uri, old)
+    proxy = cache_proxy(emu.url)
+    url = f"{_root(proxy)}{_listed_uri(emu.url, 'r.bin')}?xnatfs_md5={md5(old)}"
+
+    def get(auth=ADMIN, **headers):
+        return requests.get(url, auth=auth, headers=headers, timeout=30)
+
+    r = get()
+    assert r.headers.get("X-Xnatfs-Cache") == "MISS" and r.content == old
+    put_file(emu.url, uri, new)  # what a refresh would now store under old's key
+    for headers in (
+        {"Cache-Control": "no-cache"},
+        {"Pragma": "no-cache"},
+        {"X-Xnatfs-Refresh": "0"},
+        {"X-Xnatfs-Refresh": "yes"},
+    ):
+        r = get(**headers)
+        assert (r.headers.get("X-Xnatfs-Cache"), r.content == old) == ("HIT", True), headers
+    # a reader XNAT refuses gets XNAT's answer and leaves the entry alone
+    r = get(auth=ALICE, **{"X-Xnatfs-Refresh": "1"})
+    assert r.status_code == 404 and old not in r.content and new not in r.content
+    r = get()
+    assert (r.headers.get("X-Xnatfs-Cache"), r.content == old) == ("HIT", True)
+    # the refresh: asked of XNAT (after its authorization), stored in place of the entry
+    mark = emu.mark()
+    r = get(**{"X-Xnatfs-Refresh": "1"})
+    assert r.headers.get("X-Xnatfs-Cache") == "BYPASS" and r.content == new
+    emu.mark()
+    gets = [rec for rec in emu.records()[mark:] if rec[0] == "GET" and "r.bin" in rec[1]]
+    assert len(gets) == 1, gets
+    r = get()
+    assert (r.headers.get("X-Xnatfs-Cache"), r.content == new) == ("HIT", True)
 
 
 def test_no_session_id_in_the_proxy_cache(make_emulator, cache_proxy, tmp_path):

@@ -59,6 +59,15 @@ def test_config_has_the_safety_parts(tmp_path):
     assert "proxy_pass http://xnat_no_cookie;" in cached
     hop = text[text.index(f"listen unix:{tmp_path}/run/hop/xnat.sock;") :]
     assert "proxy_hide_header Set-Cookie;" in hop and "proxy_cache " not in hop
+    # a mount's refetch after a failed check replaces the entry: exactly "X-Xnatfs-Refresh: 1"
+    # makes nginx ask XNAT again, nothing else does, and the header does not reach XNAT
+    assert "map $http_x_xnatfs_refresh $xnatfs_refresh {" in text and '"1" 1;' in text
+    assert "proxy_cache_bypass $xnatfs_refresh;" in cached
+    assert text.count("proxy_cache_bypass") == 1 and "proxy_no_cache" not in text
+    assert 'proxy_set_header X-Xnatfs-Refresh "";' in cached
+    assert proxy.REFRESH_HEADER.lower().replace("-", "_") in text
+    assert "add_header X-Xnatfs-Cache $upstream_cache_status always;" in cached
+    assert proxy.CACHE_HEADER == "X-Xnatfs-Cache"
     # nothing per user in the key, and the pass-through locations store nothing
     assert "$http_cookie" not in text and "$http_authorization" not in text
     assert text.count("proxy_cache xnatfs;") == 1

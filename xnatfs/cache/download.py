@@ -173,6 +173,52 @@ def digest_file(fd: int, size: int) -> str:
     return md5.hexdigest()
 
 
+class AttemptSink:
+    """The sink a download or a stream hands ``fetch`` for one GET: called with each chunk,
+    and what the fetch needs to know of a shared cache between the mount and XNAT (``xnatfs
+    cache-proxy``, docs/SCALING.md), whose entry may hold another version's bytes under the
+    file's digest (stored by a reader with a stale listing, or on purpose):
+
+    * ``fresh``: an earlier GET of this file came through that cache and failed its check: ask
+      the cache to fetch the file from XNAT again and replace its entry;
+    * ``uncached``: a file streamed past the mount's cache, whose bytes are served before their
+      verdict: fetch it past the shared cache, from XNAT;
+    * ``answered(stored)``: the fetch calls it before the first chunk of an answer that came
+      through the shared cache; ``stored``: from the cache's disk, not from XNAT for this GET.
+      A download then serves no byte before its verdict (``_CacheAnswers.held``)."""
+
+    def __init__(
+        self,
+        write: Sink,
+        answered: Callable[[bool], None],
+        fresh: bool = False,
+        uncached: bool = False,
+    ) -> None:
+        self._write = write
+        self.answered = answered
+        self.fresh = fresh
+        self.uncached = uncached
+
+    def __call__(self, chunk: Chunk) -> None:
+        self._write(chunk)
+
+
+class _CacheAnswers:
+    """What the GETs of one download learnt of a shared cache (``AttemptSink.answered``).  The
+    flags are only ever set, by the fetch, before the first byte of the answer that sets them
+    is counted as arrived: a reader that sees that byte (under ``Download._cond``) sees them."""
+
+    def __init__(self) -> None:
+        #: an answer came through the shared cache: the next attempt asks it afresh
+        self.via_cache = False
+        #: one came from the cache's disk: every read waits for the verdict (``Download._span``)
+        self.held = False
+
+    def answered(self, stored: bool) -> None:
+        self.via_cache = True
+        self.held = self.held or stored
+
+
 @dataclass(frozen=True)
 class Span:
     """What a read of a download got: ``n`` bytes, written by attempt ``generation`` (-1: no
@@ -276,6 +322,7 @@ class Download:
         #: the attempt (generation) whose size and MD5 checked out; readers of the last bytes
         #: wait for it (issue 17 §5: nothing is read to EOF before the verdict)
         self._verified = -1
+        self._answers = _CacheAnswers()  # what GETs learnt of a shared cache (AttemptSink)
         self._fed_hasher: Any = None  # the MD5 of the current fed attempt (``feed``)
         #: (sink, hasher) of the current fed attempt, for a fetch that goes on with it
         self._fed: "Optional[tuple[Any, Any]]" = None
@@ -417,7 +464,7 @@ class Download:
             if len(view) > n:
                 sink(view[n:])
 
-        return resumed
+        return AttemptSink(resumed, self._answers.answered, fresh=getattr(sink, "fresh", False))
 
     def _begin(self, inline_only: bool = False) -> "tuple[Sink, Any]":
         """Start an attempt: (sink for its bytes, hasher or None).  The MD5 is computed as the
@@ -432,6 +479,7 @@ class Download:
             fd = self._partial_fd_locked()
             self._fetching = True
             generation = self._generation
+        fresh = self._answers.via_cache  # an earlier attempt's answer came through one
         if self.digest:
             if inline_only or (self.size is not None and self.size <= INLINE_HASH_MAX):
                 hasher = hashlib.md5(usedforsecurity=False)
@@ -458,7 +506,7 @@ class Download:
             if inline is not None:
                 inline.update(chunk)  # after the readers were woken: they never wait for it
 
-        return sink, hasher
+        return AttemptSink(sink, self._answers.answered, fresh=fresh), hasher
 
     def _write(self, fd: int, view: memoryview) -> int:
         """One ``write``; on ENOSPC or EDQUOT (a quota on the cache disk: ``statvfs`` does not
@@ -740,7 +788,8 @@ class Download:
             return Span(0, -1, False)
         end = offset + size
         # a read that reaches the listed end also waits for the verdict on size and MD5, so
-        # nobody reads a whole file whose bytes are wrong with success (issue 17 §5)
+        # nobody reads a whole file whose bytes are wrong with success (issue 17 §5); every
+        # read does when bytes came from a shared cache's disk (``_CacheAnswers``)
         last = False
         if self.size is not None:
             last = end >= self.size
@@ -753,7 +802,8 @@ class Download:
                 if self.error is not None:
                     raise self.error
                 if self._done or (
-                    self._arrived >= end and (not last or self._verified == self._generation)
+                    self._arrived >= end
+                    and (not (last or self._answers.held) or self._verified == self._generation)
                 ):
                     break
                 remaining = deadline - time.monotonic()

@@ -14,6 +14,11 @@ The same promises as a cached file: the body is cut at its listed size (one byte
 EIO), and a read that reaches the last byte waits for the size and MD5 verdict and gets EIO
 when it is bad (issue 17 §5).  Knows nothing of the index or the client: it gets ``fetch``.
 
+Its bytes are served before their verdict, so they come from XNAT, never from a cache proxy's
+stored copy (``xnatfs cache-proxy``, whose entry may hold another version's bytes under the
+file's digest): its GETs ask for the file past any shared cache (``AttemptSink.uncached``),
+and an answer from a cache's disk is EIO (docs/SCALING.md).
+
 Idle readers hold nothing.  Every GET holds one of the client's ``--max-requests`` slots
 while it runs, so a handle that held a GET while its reader did nothing could stall the whole
 mount (16 idle opens of large files did: every other request waited for a slot):
@@ -58,7 +63,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Deque, Optional, Tuple
 
-from xnatfs.cache.download import Chunk, DownloadCancelled, Fetch, IntegrityError, TooLong
+from xnatfs.cache.download import (
+    AttemptSink,
+    Chunk,
+    DownloadCancelled,
+    Fetch,
+    IntegrityError,
+    TooLong,
+)
 
 if TYPE_CHECKING:  # content.py imports this module
     from xnatfs.cache.content import ContentKey
@@ -309,7 +321,8 @@ class StreamHandle:
     def _run(self, p: _Pass) -> None:
         error: Optional[BaseException] = None
         try:
-            self._fetch(self._uri, lambda chunk: self._sink(p, chunk))
+            sink = AttemptSink(lambda chunk: self._sink(p, chunk), self._answered, uncached=True)
+            self._fetch(self._uri, sink)
             if p.received != self._size:
                 error = IntegrityError(
                     f"short download: expected {self._size} bytes, got {p.received} "
@@ -350,6 +363,17 @@ class StreamHandle:
             self._cond.notify_all()
         if isinstance(error, IntegrityError):
             log.error("stream %s: %s", self._uri, error.strerror)
+
+    def _answered(self, stored: bool) -> None:
+        """``AttemptSink.answered``: a stream serves bytes before their verdict, so they must
+        be XNAT's for this GET, never a shared cache's stored copy (which may be another
+        version's: ``uncached`` asked for XNAT's)."""
+        if stored:
+            raise IntegrityError(
+                f"stream {self._uri}: a shared cache answered from its disk although asked "
+                "for XNAT's bytes (a file streamed past the mount's cache is never served "
+                "from a cache proxy's copy)"
+            )
 
     # -- readers ---------------------------------------------------------------------------------
 

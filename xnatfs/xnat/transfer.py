@@ -8,7 +8,7 @@ import contextlib
 import logging
 import socket
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 from urllib.parse import quote
 
 import requests
@@ -132,16 +132,25 @@ class Transfer(Transport):
 
     # ---------------------------------------------------------------- downloads (§3)
 
-    def download(self, file_uri: str, sink: Sink) -> RemoteStat:
+    def download(
+        self,
+        file_uri: str,
+        sink: Sink,
+        headers: Optional[Mapping[str, str]] = None,
+        on_headers: Optional[Callable[[Mapping[str, str]], None]] = None,
+    ) -> RemoteStat:
         """Stream a file into ``sink`` in chunks of ``chunk_size``; return its RemoteStat.
 
         Retries (connection errors, 5xx) only while no byte has reached ``sink``; after that a
         failure raises (Unreachable/XnatTimeout, retryable) and the caller decides.  A body
         shorter than ``Content-Length`` is an error, never a short file.  A body that stalls
         raises XnatTimeout after ``read_timeout``.  Exceptions raised by ``sink`` propagate
-        unchanged.
+        unchanged.  ``headers`` are added to the request; ``on_headers`` gets the headers of
+        each successful answer before its first byte reaches ``sink`` (what it raises
+        propagates, the answer closed): a cache proxy between us and XNAT speaks through them
+        (``runtime.Runtime._fetch``).
         """
-        return self._stream(file_uri, sink, params=None)
+        return self._stream(file_uri, sink, params=None, headers=headers, on_headers=on_headers)
 
     def download_archive(self, uri: str, sink: Sink, format: str = "zip") -> RemoteStat:
         """Stream ``<uri>/files?format=zip|tar|tar.gz`` (§3.3) into ``sink``.  Such answers
@@ -156,7 +165,13 @@ class Transfer(Transport):
         )
 
     def _stream(
-        self, uri: str, sink: Sink, params: Optional[Params], patience: float = 0.0
+        self,
+        uri: str,
+        sink: Sink,
+        params: Optional[Params],
+        patience: float = 0.0,
+        headers: Optional[Mapping[str, str]] = None,
+        on_headers: Optional[Callable[[Mapping[str, str]], None]] = None,
     ) -> RemoteStat:
         """``download``/``download_archive``: stream ``uri`` into ``sink``, retried only
         while no byte reached the sink, the socket registered so ``close()`` can end it.
@@ -174,7 +189,12 @@ class Transfer(Transport):
             _, generation = self._current_session(deadline)
             # identity: Content-Length must be the file's size, and the bytes the file's bytes
             resp = self._call(
-                "GET", uri, params=params, stream=True, headers=_IDENTITY, deadline=deadline
+                "GET",
+                uri,
+                params=params,
+                stream=True,
+                headers={**(headers or {}), **_IDENTITY},
+                deadline=deadline,
             )
             url = resp.url
             encoding = resp.headers.get("Content-Encoding", "").strip().lower()
@@ -195,6 +215,12 @@ class Transfer(Transport):
                 self._log_failure(err)
                 raise err
             stat = parse.remote_stat_from_headers(resp.headers)
+            if on_headers is not None:
+                try:
+                    on_headers(resp.headers)
+                except BaseException:
+                    resp.close()
+                    raise
             received = 0
             login_page = False
             failure: Optional[XnatError] = None

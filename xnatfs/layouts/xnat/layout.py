@@ -411,6 +411,14 @@ def _content_key(
     return ContentKey(uri=uri, size=size, digest=digest, mtime=mtime, origin=origin)
 
 
+def uncached_uri(uri: str) -> str:
+    """``uri`` without the digest ``_content_key`` put on it: a cache proxy passes such a
+    request through to XNAT, uncached (a file streamed past the mount's cache, whose bytes are
+    served before their verdict, must be XNAT's; docs/SCALING.md).  XNAT reads neither."""
+    return _DIGEST_AT_END.sub("", uri)
+
+
 #: the download URL parameter that carries the listed MD5 (the cache proxy's key)
 DIGEST_PARAM = "xnatfs_md5"
 _HEX = re.compile(r"[0-9a-fA-F]{32}")
+_DIGEST_AT_END = re.compile(r"[?&]" + DIGEST_PARAM + r"=[0-9a-f]{32}\Z")
