@@ -47,6 +47,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -338,8 +339,7 @@ def hop_socket_path(cfg: ProxyConfig) -> str:
 
 def _prepare_hop(cfg: ProxyConfig) -> None:
     """The second hop's folder: 0700, its workers' (nginx's master makes the socket in it and
-    the workers connect to it); a socket left by a proxy killed before it could remove it
-    is removed (nginx would not start: address in use)."""
+    the workers connect to it), without a socket of an earlier proxy (``_stale_socket``)."""
     sock = hop_socket_path(cfg)
     folder = os.path.dirname(sock)
     os.makedirs(folder, mode=0o700, exist_ok=True)
@@ -356,11 +356,26 @@ def _prepare_hop(cfg: ProxyConfig) -> None:
             raise ProxyError(f"--worker-user {user!r}: no such user") from exc
         os.chown(folder, pw.pw_uid, pw.pw_gid, follow_symlinks=False)
     os.chmod(folder, 0o700)  # a folder (lstat above), in the private run directory
+    _remove_stale_socket(sock)
+
+
+def _remove_stale_socket(sock: str) -> None:
+    """Remove a socket left by a proxy killed before it could (nginx would not start: address
+    in use); refuse one a running proxy listens on (this run directory is in use)."""
     try:
-        if stat.S_ISSOCK(os.lstat(sock).st_mode):
-            os.unlink(sock)
+        if not stat.S_ISSOCK(os.lstat(sock).st_mode):
+            return
     except FileNotFoundError:
-        pass
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(sock)
+    except OSError:  # nobody listens
+        os.unlink(sock)
+        return
+    finally:
+        probe.close()
+    raise ProxyError(f"another cache proxy runs with this --run-dir: {sock} answers")
 
 
 def find_nginx() -> str:

@@ -162,6 +162,26 @@ def test_prepare_makes_the_logs_private(tmp_path):
     assert not (tmp_path / "elsewhere").exists()
 
 
+def test_prepare_removes_a_dead_proxys_socket_and_refuses_a_live_ones(tmp_path):
+    import socket
+
+    cfg = _cfg(tmp_path)
+    proxy.prepare(cfg)
+    sock = proxy.hop_socket_path(cfg)
+    assert os.stat(os.path.dirname(sock)).st_mode & 0o777 == 0o700
+    left = socket.socket(socket.AF_UNIX)
+    left.bind(sock)  # a proxy killed before it removed its socket: nobody listens
+    left.close()
+    proxy.prepare(cfg)
+    assert not os.path.exists(sock)
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(sock)
+        live.listen(1)
+        with pytest.raises(proxy.ProxyError, match="another cache proxy"):
+            proxy.prepare(cfg)
+        assert os.path.exists(sock)
+
+
 def test_print_config_needs_no_nginx_and_touches_nothing(tmp_path):
     res = subprocess.run(
         [
