@@ -1,9 +1,11 @@
 """What a mount behind ``xnatfs cache-proxy`` pays for "no byte from the proxy's disk before its
 verdict" (docs/SCALING.md, "A poisoned entry"): ``open`` to the first 64 bytes and to the whole
 file of a 64 MiB file, on fresh mounts, for a proxy HIT, a MISS and a file streamed past the
-mount's cache.  A measurement, not a test: it runs only with ``XNATFS_BENCH=1`` and prints
+mount's cache.  A measurement, not a test (benchmarks are not run in CI): it uses the test
+suite's emulator, mount and proxy fixtures, loaded as plugins, and prints what it measured:
 
-    XNATFS_BENCH=1 PYTHONPATH=. python -m pytest tests/mount/test_cache_proxy_cost.py -s -q
+    PYTHONPATH=. python -m pytest -p tests.conftest -p tests.mount.conftest \
+        benchmarks/proxycost.py -s -q
 
 (``XNATFS_BENCH_N``: mounts per case, default 5).
 """
@@ -15,18 +17,13 @@ import statistics
 import time
 from urllib.parse import urlsplit
 
-import pytest
 import requests
 
 from tests.conftest import ADMIN, needs_fuse
 from tests.mount.conftest import needs_nginx
 from tests.mount.helpers import md5, put_file
 
-pytestmark = [
-    needs_fuse,
-    needs_nginx,
-    pytest.mark.skipif(not os.environ.get("XNATFS_BENCH"), reason="a measurement: XNATFS_BENCH=1"),
-]
+pytestmark = [needs_fuse, needs_nginx]
 
 FILES = "DEMO2/resources/SHARED/files"
 SIZE = 64 << 20
