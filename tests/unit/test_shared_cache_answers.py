@@ -145,7 +145,7 @@ class FakeClient:
 
 @pytest.mark.parametrize("status, stored", [("HIT", True), ("MISS", False), (None, None)])
 def test_the_runtime_speaks_to_the_proxy_through_headers_and_the_url(status, stored):
-    uri = _content_key("/data/f", 3, hashlib.md5(b"abc").hexdigest(), None).uri
+    uri = _content_key("/data/f", 3, hashlib.md5(b"abc").hexdigest(), None, "").uri
     heard: List[bool] = []
     client = FakeClient(status)
     rt = SimpleNamespace(client=client)
