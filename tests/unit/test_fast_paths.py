@@ -180,10 +180,10 @@ def _dot_segment_reference(path: str) -> bool:
 def test_the_plain_path_dot_check_finds_what_every_reading_finds():
     """The regex for paths with nothing to decode, split or cut answers as the full check
     did, on every path of up to 6 pieces from an alphabet of the pieces that matter."""
-    pieces = ["/", ".", "..", "a", "a.b", "%2e", "%2F", ";", ";x", "\\", "//"]
+    pieces = ["/", ".", "..", "a", "a.b", "%2e", "%2F", ";", ";x", "\\", "//", "\n"]
     rng = random.Random(12)
     paths = {"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))) for _ in range(20000)}
-    paths |= {".", "..", "/.", "/..", "./", "../", "", "a/./b", "a/../b", "x/.../y"}
+    paths |= {".", "..", "/.", "/..", "./", "../", "", "a/./b", "a/../b", "x/.../y", "a/..\n"}
     for path in sorted(paths):
         assert parse.has_dot_segment(path) is _dot_segment_reference(path), path
 

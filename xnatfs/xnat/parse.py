@@ -476,7 +476,7 @@ def file_uri(resource_uri: str, relpath: str) -> str:
 #: what servlet containers split a path at: ``/``, and ``\`` where it is taken for one
 _SEGMENT_SEP_RE = re.compile(r"[/\\]")
 #: a segment that is ``.`` or ``..`` in a path with nothing to decode, split or cut
-_PLAIN_DOT_SEGMENT_RE = re.compile(r"(?:^|/)\.\.?(?:/|$)")
+_PLAIN_DOT_SEGMENT_RE = re.compile(r"(?:\A|/)\.\.?(?:/|\Z)")  # \Z: ``$`` matches before a "\n"
 #: the characters that give a path another reading than its raw one (``has_dot_segment``)
 _REREAD = ("%", ";", "\\")
 
