@@ -350,7 +350,8 @@ class BidsLayout(BaseLayout):
         listing = Listing()
         scans = plan.folders.get(tuple(parts[1:]), [])
         shown: List[Tuple[PlannedScan, ScanFiles, List[NodeInfo]]] = []
-        for scan, files in zip(scans, parallel(lambda s: self.src.scan_files(s.scan_uri), scans)):
+        listed = parallel(lambda s: self.src.scan_files(s.scan_uri, s.mtime), scans)
+        for scan, files in zip(scans, listed):
             if files.nifti is None and not files.dicom:
                 log.info(
                     "BIDS: %s/%s scan %s has no NIfTI or DICOM resource: not shown",
@@ -547,7 +548,7 @@ class BidsLayout(BaseLayout):
         ]
         out: List[str] = []
         for target, files in zip(
-            targets, parallel(lambda s: self.src.scan_files(s.scan_uri), targets)
+            targets, parallel(lambda s: self.src.scan_files(s.scan_uri, s.mtime), targets)
         ):
             folder = "/".join(target.folder())
             for node in self._target_images(target, files):
@@ -570,7 +571,7 @@ class BidsLayout(BaseLayout):
             and s.name.entities == phase.name.entities
             and s.run == phase.run
         ):
-            files = self.src.scan_files(other.scan_uri)
+            files = self.src.scan_files(other.scan_uri, other.mtime)
             if files.nifti is not None or not files.dicom:
                 continue
             cached = self._bundle_images(self._bundle_uri(other, files), other)
@@ -723,7 +724,7 @@ class _SidecarHandle:
         ref, src = self._ref, self._layout.src
         ours: Dict[str, Any] = {}
         if ref.files.dicom:
-            ours.update(src.header(ref.scan.scan_uri, ref.files, deadline))
+            ours.update(src.header(ref.scan.scan_uri, ref.files, deadline, ref.scan.mtime))
         if ref.scan.task:
             ours["TaskName"] = ref.scan.task
         if ref.converted and not ref.image and _gre_fieldmap(ref.scan):

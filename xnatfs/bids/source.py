@@ -145,6 +145,13 @@ def file_key(entry: Any, origin: str) -> ContentKey:
     return _content_key(entry.uri, entry.size, "", entry.mtime or 0.0, origin)
 
 
+def _timed(entry: Any, mtime: float) -> Any:
+    """``entry`` with the scan's time when it has neither an MD5 nor a time (``scan_files``)."""
+    if entry.digest or entry.mtime or not mtime:
+        return entry
+    return dataclasses.replace(entry, mtime=mtime)
+
+
 def _scan_order(scan_id: str) -> Tuple[int, Any]:
     return (0, int(scan_id)) if scan_id.isdigit() else (1, scan_id)
 
@@ -280,7 +287,7 @@ class Source:
                     scan.xsi_type,
                     scan.quality,
                     modality=_modality(scan.xsi_type),
-                    header=self._header_fn(scan.uri),
+                    header=self._header_fn(scan.uri, scan.mtime or exp.mtime or subj.mtime or 0.0),
                 )
                 found.append(
                     (
@@ -294,10 +301,18 @@ class Source:
         return found
 
     # ------------------------------------------------------------------ scan files
-    def scan_files(self, scan_uri: str) -> ScanFiles:
+    def scan_files(self, scan_uri: str, mtime: float = 0.0) -> ScanFiles:
         """A NIfTI resource's image (and its .json/.bval/.bvec) and the DICOM resource's files
         (for the sidecar's header, and to convert when there is no NIfTI): one ``resources``
-        listing and one ``files`` listing per resource used."""
+        listing and one ``files`` listing per resource used.
+
+        ``mtime``: the scan's time as the plan has it (``PlannedScan.mtime``: the scan's, else
+        its experiment's, else its subject's), given to each file listed with neither an MD5
+        nor a time of its own, as the XNAT view gives its files their object's time: with
+        checksums off that time is what changes when XNAT gets other bytes, so both views key
+        such a file alike (``file_key``), and a same-size replacement is a new cache entry.
+        Before, the BIDS view keyed it with time 0: it kept serving the first bytes it cached
+        (a review finding), and it never shared the XNAT view's copy."""
         resources = self.client.list_resources(scan_uri)
         found: Dict[str, Any] = {}
         for res in resources:
@@ -308,7 +323,11 @@ class Source:
                 continue
             # a row the client marked (a URI outside its resource, a bad size) is never read
             entries = sorted(
-                (e for e in self.client.list_files(res.uri) if not getattr(e, "problem", "")),
+                (
+                    _timed(e, mtime)
+                    for e in self.client.list_files(res.uri)
+                    if not getattr(e, "problem", "")
+                ),
                 key=lambda e: e.path,
             )
             images = [e for e in entries if e.path.lower().endswith(_NIFTI_EXT)]
@@ -331,7 +350,9 @@ class Source:
         ]
         if dicom:
             entries = [
-                e for e in self.client.list_files(dicom[0].uri) if not getattr(e, "problem", "")
+                _timed(e, mtime)
+                for e in self.client.list_files(dicom[0].uri)
+                if not getattr(e, "problem", "")
             ]
             found["dicom"] = tuple(sorted(entries, key=lambda e: e.path))
             found["dicom_resource_uri"] = dicom[0].uri
@@ -373,7 +394,7 @@ class Source:
         return bool(files.dicom) and self._known_header(scan_uri, files.dicom[0]) is not None
 
     def header(
-        self, scan_uri: str, files: Optional[ScanFiles], deadline: float
+        self, scan_uri: str, files: Optional[ScanFiles], deadline: float, mtime: float = 0.0
     ) -> Mapping[str, Any]:
         """Sidecar keys from the scan's first DICOM file (one download, cached on disk by the
         content cache and here in memory); {} when the scan has no DICOM.  Returned once the
@@ -388,7 +409,7 @@ class Source:
             known = self._known_header(scan_uri, None)
             if known is not None:
                 return known
-            files = self.scan_files(scan_uri)
+            files = self.scan_files(scan_uri, mtime)
         if not files.dicom:
             return {}
         known = self._known_header(scan_uri, files.dicom[0])
@@ -415,14 +436,14 @@ class Source:
             self._headers[scan_uri] = (self.file_key(entry).hexname(), doc)
         return doc
 
-    def _header_fn(self, scan_uri: str) -> Callable[[], Mapping[str, Any]]:
+    def _header_fn(self, scan_uri: str, mtime: float = 0.0) -> Callable[[], Mapping[str, Any]]:
         def get() -> Mapping[str, Any]:
             # within the listing's filesystem call when there is one (a config criterion on a
             # DICOM field reads a header per scan while the project folder is listed): a fresh
             # 60 s per header held that call far past --timeout (issue 17 §1)
             end = time.monotonic() + _HEADER_WAIT
             outer = call_deadline.current()
-            return self.header(scan_uri, None, end if outer is None else min(end, outer))
+            return self.header(scan_uri, None, end if outer is None else min(end, outer), mtime)
 
         return get
 
