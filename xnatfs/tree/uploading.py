@@ -572,7 +572,9 @@ class UploadPath(LocalOverlay):
             if mine and lf is not None:
                 # known before the journal lets go of its copy (``_confirmed_size``)
                 lf.uploaded_md5 = entry.md5 or listed.digest
-                lf.landed = listed
+                # not once written again (``_reopen_spool`` cleared it before this landed): a
+                # time set now goes with those newer bytes, not to these (a review finding)
+                lf.landed = None if lf.dirty else listed
                 lf.older_landed = False
             elif lf is not None and lf.entry is not None and lf.entry.seq > entry.seq:
                 lf.older_landed = True
