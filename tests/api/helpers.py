@@ -4,7 +4,7 @@ emulator's admin, and resetting the emulator's fault switches between tests."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, List
 
 import requests
 
@@ -91,3 +91,22 @@ def another_client_stores(rt: Any, name: str = "README.txt", data: bytes = THEIR
         timeout=30,
     )
     assert r.status_code in (200, 201), r.text
+
+
+def lost_answer(rt: Any, name: str) -> List[str]:
+    """The first PUT of ``name`` lands and its answer is lost (the client raises a timeout, as
+    if XNAT had not answered); returns the list of the PUTs of ``name`` that reached XNAT."""
+    from xnatfs.xnat.errors import XnatTimeout
+
+    real, puts = rt.writer.client.upload_file, []
+
+    def put(resource_uri: str, relpath: str, fh: Any, size: int, **k: Any) -> Any:
+        result = real(resource_uri, relpath, fh, size, **k)
+        if relpath == name:
+            puts.append(relpath)
+            if len(puts) == 1:
+                raise XnatTimeout("PUT", f"{resource_uri}/files/{relpath}", None, "timed out")
+        return result
+
+    rt.writer.client.upload_file = put
+    return puts

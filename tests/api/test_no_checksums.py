@@ -15,6 +15,7 @@ from tests.api.helpers import (
     PROTOCOLS_URI,
     another_client_stores,
     faults,
+    lost_answer,
     on_server,
 )
 from tests.conftest import ADMIN
@@ -82,25 +83,6 @@ def test_a_same_size_change_pending_at_a_restart_is_sent_by_the_next_mount(runti
     rt = runtimes(allow_delete=True)
     wait_for(lambda: not rt.writer.status(), 30, what="the resumed upload")
     assert on_server(rt, "README.txt") == change
-
-
-def lost_answer(rt, name):
-    """The first PUT of ``name`` lands, and its answer is lost (a timeout): the client raises
-    as if XNAT had not answered.  Returns the list of the PUTs of ``name`` that reached it."""
-    from xnatfs.xnat.errors import XnatTimeout
-
-    real, puts = rt.writer.client.upload_file, []
-
-    def put(resource_uri, relpath, fh, size, **k):
-        result = real(resource_uri, relpath, fh, size, **k)
-        if relpath == name:
-            puts.append(relpath)
-            if len(puts) == 1:
-                raise XnatTimeout("PUT", f"{resource_uri}/files/{relpath}", None, "timed out")
-        return result
-
-    rt.writer.client.upload_file = put
-    return puts
 
 
 def test_a_new_file_whose_answer_was_lost_is_found_without_checksums(make_runtime):

@@ -13,12 +13,11 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.api.helpers import PROTOCOLS, another_client_stores, faults, on_server
+from tests.api.helpers import PROTOCOLS, another_client_stores, faults, lost_answer, on_server
 from tests.conftest import ADMIN
 from tests.helpers.waiting import wait_for
 from xnatfs.fs.errmap import errno_for
 from xnatfs.uploads.journal import DONE
-from xnatfs.xnat.errors import XnatTimeout
 
 #: ``plain.txt`` (the control: never broken) and names that need encoding in a URL.  Raw,
 #: ``e%41f.txt`` is ``eAf.txt`` once decoded (stored beside it with other bytes of the same
@@ -53,23 +52,6 @@ def retried(rt) -> list:
 
     wait_for(ended, 30, what="the retry")
     return rt.writer.status()
-
-
-def lost_answer(rt, name):
-    """The first PUT of ``name`` lands and its answer is lost (a timeout); returns the list
-    of the PUTs of ``name`` that reached XNAT."""
-    real, puts = rt.writer.client.upload_file, []
-
-    def put(resource_uri, relpath, fh, size, **k):
-        result = real(resource_uri, relpath, fh, size, **k)
-        if relpath == name:
-            puts.append(relpath)
-            if len(puts) == 1:
-                raise XnatTimeout("PUT", f"{resource_uri}/files/{relpath}", None, "timed out")
-        return result
-
-    rt.writer.client.upload_file = put
-    return puts
 
 
 @pytest.mark.parametrize("name", NAMES)
