@@ -115,3 +115,22 @@ def test_a_version_refused_in_a_background_retry_answers_eio_with_its_error(make
     assert api(rt.emu.since(mark)) == []
     handle.close()
     assert on_server(rt, name) == b"the other client's file\n"
+
+
+def test_a_truncate_by_name_that_cannot_upload_says_so_at_error(make_runtime, caplog):
+    """``truncate -s N PATH`` while a program holds the file open (no flush of its own: the
+    truncate's handle uploads at its release) and XNAT answers 503: the bytes stay pending in
+    the journal, and one ERROR line names the path.  Before: DEBUG only (the release's
+    failure was taken for one a flush had already reported)."""
+    rt = make_runtime()
+    path = f"{PROTOCOLS}/cut.csv"
+    held = rt.writer.create(path)
+    held.write(0, b"a,b\n1,2\n3,4\n")
+    held.fsync()
+    with faults(rt.emu, error_status=503, error_rate=1.0, fault_methods="PUT"):
+        with caplog.at_level("DEBUG", logger="xnatfs"):
+            rt.writer.truncate(path, 8)
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and path in r.getMessage()]
+    assert len(errors) == 1, [r.getMessage() for r in caplog.records if path in r.getMessage()]
+    held.close()
+    wait_for(lambda: on_server(rt, "cut.csv") == b"a,b\n1,2\n", what="the cut file on XNAT")

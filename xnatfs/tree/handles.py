@@ -24,6 +24,18 @@ from xnatfs.uploads.journal import FAILED, Entry
 log = logging.getLogger(__name__)
 
 
+def _release_failed(path: str, exc: BaseException) -> None:
+    """The one line for a commit that failed at release, which answers no program.  A commit
+    there is of bytes no flush put in the journal (``truncate -s`` by name while the file is
+    open elsewhere, a write after the last flush) or a new try of a journal write a flush
+    failed: an attempt of its own (a flush whose upload failed left nothing to commit: its
+    version is in the journal).  Before, DEBUG only: taken for a failure a flush had said."""
+    if getattr(exc, "reported", False):
+        log.debug("release %s: %s", path, exc)
+    else:
+        log.error("release %s: not uploaded now: %s", path, exc)
+
+
 class WriteHandle:
     """An open file being written; all state lives in its ``LocalFile``.
 
@@ -413,8 +425,8 @@ class HandleOps(UploadPath):
             )
             if lf.dirty and not emptied:  # an emptied file was refused (and logged) at flush
                 self._commit(lf)
-        except Exception as exc:  # noqa: BLE001 - release cannot report; flush already did
-            log.debug("release %s: %s", path, exc)
+        except Exception as exc:  # noqa: BLE001 - release cannot report: one line says it
+            _release_failed(path, exc)
         finally:
             with self._lock:
                 self._released.notify_all()  # a rename may wait for this (namespace.py)
