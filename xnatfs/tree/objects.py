@@ -61,7 +61,7 @@ class XnatObjects(Opening):
             self.tree.lookup(path)
             raise OSError(errno.EEXIST, "exists", path)
         except FileNotFoundError:
-            pass
+            pass  # not there: made below
         if parent.kind is Kind.FILES:
             with self._lock:
                 self._dirs.add(parts)

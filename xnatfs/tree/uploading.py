@@ -639,7 +639,7 @@ class UploadPath(LocalOverlay):
         try:
             self._with_room(lambda: self.journal.set_mtime(entry.id, mtime_ns), _JOURNAL_ROOM)
         except KeyError:
-            pass
+            return  # confirmed meanwhile: the time went with the check (docstring)
         except OSError as exc:
             log.warning(
                 "utimens %s: the time holds until unmount, not kept in the journal: %s",
